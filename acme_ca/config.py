@@ -1,0 +1,231 @@
+"""One typed configuration, loaded once: defaults < TOML file < ``ACME_CA_*`` env < CLI flags.
+
+Every key has a default and a docstring (the ``doc`` metadata), so a new key deploys with an
+old configuration, and ``docs/configuration.md`` is generated from this module
+(``acme-ca config-doc``).  Nothing re-reads configuration per request.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "ACME_CA_"
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message names the key."""
+
+
+def _key(default: Any, doc: str, **kwargs: Any) -> Any:
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"doc": doc}, **kwargs)
+    return field(default=default, metadata={"doc": doc}, **kwargs)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting of the CA.  Field docs are the operator documentation."""
+
+    home: Path = _key(
+        Path(".acme-ca"),
+        "Directory for the CA's own state: the embedded PostgreSQL cluster (`pg/`), the "
+        "generated TLS material (`tls/`), development PKI (`pki/`). Env: `ACME_CA_HOME`.",
+    )
+    database_url: str | None = _key(
+        None,
+        "PostgreSQL DSN (`postgresql://user:pass@host:port/db`). Unset: the CA starts a "
+        "private embedded PostgreSQL under `home/pg` and stops it on exit.",
+    )
+    database_pool_size: int = _key(10, "Maximum connections in the asyncpg pool per process.")
+    listen: str = _key("127.0.0.1:14000", "HOST:PORT the ACME server listens on.")
+    plain_http: bool = _key(
+        False,
+        "Serve plain HTTP instead of HTTPS, for running behind a TLS-terminating proxy. "
+        "`base_url` should then name the proxy's https URL.",
+    )
+    base_url: str | None = _key(
+        None,
+        "External base URL clients use (scheme://host[:port], no path). Every URL the CA "
+        "hands out is built from it and JWS `url` headers are checked against it; the Host "
+        "header is never trusted. Default: derived from `listen` and `plain_http`.",
+    )
+    tls_cert: Path | None = _key(
+        None,
+        "PEM certificate chain for HTTPS. Unset: a certificate for localhost/127.0.0.1 is "
+        "generated on first start, issued by a local CA written to `home/tls/ca.pem`.",
+    )
+    tls_key: Path | None = _key(None, "PEM private key for `tls_cert`.")
+    terms_of_service: str | None = _key(
+        "https://jprs.jp/pubcert/info/repository/",
+        "URL of the subscriber terms, published as `meta.termsOfService`. When set, "
+        "newAccount requires `termsOfServiceAgreed: true` (RFC 8555 §7.3). Empty: none.",
+    )
+    website: str | None = _key("https://jprs.jp/", "`meta.website` in the directory.")
+    caa_identities: list[str] = _key(
+        ["jprs.jp"],
+        "Issuer domain names recognised in CAA `issue`/`issuewild` records and published "
+        "as `meta.caaIdentities` (CP 4.2.4: `jprs.jp`).",
+    )
+    external_account_required: bool = _key(
+        False,
+        "Require External Account Binding on newAccount (RFC 8555 §7.3.4); keys are made "
+        "with `acme-ca eab create`.",
+    )
+    nonce_lifetime_seconds: int = _key(
+        3600, "How long a Replay-Nonce stays redeemable after it is handed out."
+    )
+    max_request_bytes: int = _key(
+        50_000, "Largest request body accepted; larger ones get a 413 malformed problem."
+    )
+    orders_page_size: int = _key(
+        50, "Orders per page of an account's `orders` list (RFC 8555 §7.1.2.1)."
+    )
+    retry_after_seconds: int = _key(
+        3, "Retry-After value sent while an order or challenge is processing."
+    )
+    log_format: str = _key(
+        "json", "`json` (one JSON object per line, for operators) or `console` (for people)."
+    )
+    log_level: str = _key("info", "Lowest log level emitted: debug, info, warning, error.")
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def listen_host(self) -> str:
+        return _split_host_port(self.listen)[0]
+
+    @property
+    def listen_port(self) -> int:
+        return _split_host_port(self.listen)[1]
+
+    @property
+    def external_base_url(self) -> str:
+        """The base URL without trailing slash, derived when not configured."""
+        if self.base_url:
+            return self.base_url.rstrip("/")
+        scheme = "http" if self.plain_http else "https"
+        host = self.listen_host
+        if host in ("0.0.0.0", "::", ""):  # noqa: S104 - only used to name a URL
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{scheme}://{host}:{self.listen_port}"
+
+    def validate(self) -> Config:
+        """Check every value once at load; raise :class:`ConfigError` naming the key."""
+        _split_host_port(self.listen)
+        if self.log_format not in ("json", "console"):
+            raise ConfigError("log_format must be 'json' or 'console'")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
+            raise ConfigError("log_level must be debug, info, warning or error")
+        for name in ("nonce_lifetime_seconds", "max_request_bytes", "orders_page_size",
+                     "database_pool_size"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
+        if self.base_url and not self.base_url.startswith(("http://", "https://")):
+            raise ConfigError("base_url must start with http:// or https://")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("tls_cert and tls_key must be set together")
+        if not self.caa_identities:
+            raise ConfigError("caa_identities must name at least one issuer domain")
+        return self
+
+
+def _split_host_port(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(Config)
+
+
+def _coerce(name: str, raw: Any, hint: Any) -> Any:
+    """Turn a TOML or environment value into the field's type."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType) and type(None) in args:
+        if raw is None or raw == "":
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(name, raw, inner)
+    if hint is bool:
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name}: expected a boolean, got {raw!r}")
+    if hint is int:
+        try:
+            return int(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: expected an integer, got {raw!r}") from None
+    if hint is Path:
+        return Path(str(raw))
+    if hint is str:
+        if not isinstance(raw, str | int | float):
+            raise ConfigError(f"{name}: expected a string")
+        return str(raw)
+    if origin is list:
+        if isinstance(raw, str):
+            return [item.strip() for item in raw.split(",") if item.strip()]
+        if not isinstance(raw, list):
+            raise ConfigError(f"{name}: expected a list")
+        return [str(item) for item in raw]
+    raise ConfigError(f"{name}: unsupported type {hint!r}")  # pragma: no cover
+
+
+def load_config(
+    path: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build the :class:`Config`: defaults, then the TOML file, then env, then ``overrides``."""
+    env = os.environ if env is None else env
+    hints = _field_types()
+    known = {f.name for f in fields(Config)}
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+        for name, raw in data.items():
+            if name not in known:
+                raise ConfigError(f"{path}: unknown key {name!r}")
+            values[name] = _coerce(name, raw, hints[name])
+    for name in known:
+        raw_env = env.get(ENV_PREFIX + name.upper())
+        if raw_env is not None:
+            values[name] = _coerce(name, raw_env, hints[name])
+    for name, raw in (overrides or {}).items():
+        if raw is not None:
+            values[name] = _coerce(name, raw, hints[name])
+    return replace(Config(), **values).validate()
+
+
+def config_reference() -> str:
+    """Markdown table of every key, its default and its doc, for docs/configuration.md."""
+    hints = _field_types()
+    rows = ["| key | env | type | default | what it does |", "|---|---|---|---|---|"]
+    defaults = Config()
+    for f in fields(Config):
+        type_name = str(hints[f.name]).replace("typing.", "").replace("pathlib.", "")
+        type_name = type_name.replace("<class '", "").replace("'>", "")
+        default = getattr(defaults, f.name)
+        rows.append(
+            f"| `{f.name}` | `{ENV_PREFIX}{f.name.upper()}` | {type_name} | `{default!s}` "
+            f"| {f.metadata['doc']} |"
+        )
+    return "\n".join(rows) + "\n"

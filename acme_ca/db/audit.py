@@ -1,0 +1,40 @@
+"""The audit trail: one row per state change, written in the same transaction as the change.
+
+The request id comes from the structlog context the web layer bound, so an audit row and the
+log events of the request that caused it carry the same id.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import structlog
+
+
+async def record_event(
+    conn: asyncpg.Connection,
+    event: str,
+    *,
+    at: datetime,
+    actor: str,
+    account_id: int | None = None,
+    order_id: int | None = None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    request_id = structlog.contextvars.get_contextvars().get("request_id")
+    await conn.execute(
+        """INSERT INTO audit_events (at, event, actor, account_id, order_id, request_id, details)
+           VALUES ($1, $2, $3, $4, $5, $6, $7)""",
+        at, event, actor, account_id, order_id, request_id, details or {},
+    )
+
+
+async def events_for_account(pool: asyncpg.Pool, account_id: int) -> list[dict[str, Any]]:
+    """Audit rows of one account, oldest first (for operators and tests)."""
+    rows = await pool.fetch(
+        "SELECT at, event, actor, order_id, request_id, details FROM audit_events "
+        "WHERE account_id = $1 ORDER BY id", account_id,
+    )
+    return [dict(r) for r in rows]

@@ -1,0 +1,42 @@
+"""structlog set-up: JSON lines for operators, each event carrying the bound request context.
+
+``merge_contextvars`` runs first, so ``request_id``, ``account_id`` and ``order_id`` bound by
+the web layer (or ``job_id`` by the worker) appear on every event of that request or job.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, TextIO
+
+import structlog
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+           "error": logging.ERROR}
+
+
+def configure_logging(fmt: str = "json", level: str = "info", stream: TextIO | None = None) -> None:
+    """Configure structlog once per process."""
+    renderer: Any = (
+        structlog.processors.JSONRenderer(sort_keys=False)
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer()
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level.lower()]),
+        logger_factory=structlog.PrintLoggerFactory(stream or sys.stdout),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(name: str) -> Any:
+    """A logger that names its module in every event (``logger`` key)."""
+    return structlog.get_logger(logger=name)

@@ -1,0 +1,185 @@
+"""Account policy (RFC 8555 §7.3): registration, External Account Binding, updates, key rollover.
+
+Every rule that decides whether an account request is acceptable lives here; storage is one
+repository call per state change, and the web layer only translates HTTP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from acme_ca.acme import problems
+from acme_ca.acme.eab import parse_eab, verify_eab_mac
+from acme_ca.acme.jwk import Jwk, JwkError, parse_jwk
+from acme_ca.acme.jws import VerifiedJws, parse_jws, verify_jws
+from acme_ca.acme.problems import AcmeError
+from acme_ca.clock import Clock
+from acme_ca.db.accounts import (
+    Account,
+    AccountKeyInUse,
+    AccountRepository,
+    AccountStateChanged,
+    EabKeyUnavailable,
+)
+from acme_ca.db.eab import EabKeyRepository
+from acme_ca.ra.contacts import validate_contacts
+from acme_ca.ra.keys import KeyPolicy, KeyRejected
+
+log = structlog.get_logger(logger="acme_ca.ra.accounts")
+
+
+class AccountKeyConflict(AcmeError):
+    """keyChange to a key another account holds: 409, and the web layer adds its Location."""
+
+    def __init__(self, account_id: int) -> None:
+        super().__init__(problems.conflict("the new key is already in use by an account"))
+        self.account_id = account_id
+
+
+@dataclass(frozen=True)
+class NewAccountResult:
+    account: Account
+    created: bool
+    #: The verified binding, reflected in the 201 response (RFC 8555 §7.3.4).
+    external_account_binding: dict[str, Any] | None = None
+
+
+class AccountAuthority:
+    """Decides account requests; see the module docstring."""
+
+    def __init__(
+        self,
+        accounts: AccountRepository,
+        eab_keys: EabKeyRepository,
+        key_policy: KeyPolicy,
+        clock: Clock,
+        *,
+        terms_of_service: str | None,
+        external_account_required: bool,
+    ) -> None:
+        self._accounts = accounts
+        self._eab_keys = eab_keys
+        self._key_policy = key_policy
+        self._clock = clock
+        self._terms = terms_of_service
+        self._eab_required = external_account_required
+
+    async def check_account_key(self, jwk: Jwk) -> None:
+        """Apply the key policy to an account key: ``badPublicKey`` on refusal (§6.2)."""
+        try:
+            await self._key_policy.check(jwk.key, purpose="account")
+        except KeyRejected as exc:
+            raise AcmeError(problems.bad_public_key(f"account key refused: {exc.detail}")) from None
+
+    async def new_account(self, jwk: Jwk, payload: dict[str, Any], outer_url: str) -> NewAccountResult:
+        existing = await self._accounts.get_by_thumbprint(jwk.thumbprint())
+        if existing is not None:
+            if existing.status != "valid":
+                raise AcmeError(problems.deactivated_account())
+            return NewAccountResult(existing, created=False)
+        if payload.get("onlyReturnExisting") is True:
+            raise AcmeError(problems.account_does_not_exist("no account exists with this key"))
+        if self._terms and payload.get("termsOfServiceAgreed") is not True:
+            raise AcmeError(
+                problems.user_action_required(
+                    "you must agree to the terms of service (termsOfServiceAgreed: true)",
+                    extra={"instance": self._terms},
+                ),
+                headers={"Link": f'<{self._terms}>;rel="terms-of-service"'},
+            )
+        contact = validate_contacts(payload.get("contact"))
+        await self.check_account_key(jwk)
+
+        binding = payload.get("externalAccountBinding")
+        eab_kid: str | None = None
+        if binding is not None:
+            eab_kid = await self._verify_binding(binding, outer_url, jwk)
+        elif self._eab_required:
+            raise AcmeError(problems.external_account_required(
+                "this CA requires an externalAccountBinding"))
+
+        try:
+            account = await self._accounts.create(
+                jwk=jwk.to_json(), thumbprint=jwk.thumbprint(), contact=contact,
+                tos_agreed=payload.get("termsOfServiceAgreed") is True, eab_kid=eab_kid,
+                now=self._clock.now(),
+            )
+        except AccountKeyInUse as exc:  # lost a race with a request for the same key
+            raced = await self._accounts.get(exc.account_id)
+            assert raced is not None
+            return NewAccountResult(raced, created=False)
+        except EabKeyUnavailable:
+            raise AcmeError(problems.unauthorized(
+                "externalAccountBinding key is already bound to an account")) from None
+        log.info("account.created", account_id=account.id, eab_kid=eab_kid)
+        return NewAccountResult(account, created=True,
+                                external_account_binding=binding if eab_kid else None)
+
+    async def _verify_binding(self, binding: Any, outer_url: str, jwk: Jwk) -> str:
+        parsed = parse_eab(binding, outer_url=outer_url, outer_jwk=jwk)
+        key = await self._eab_keys.get(parsed.kid)
+        if key is None or key.revoked_at is not None:
+            raise AcmeError(problems.unauthorized("externalAccountBinding kid is not known"))
+        verify_eab_mac(parsed, key.hmac_key)
+        if key.account_id is not None:
+            raise AcmeError(problems.unauthorized(
+                "externalAccountBinding key is already bound to an account"))
+        return parsed.kid
+
+    async def update(self, account: Account, payload: dict[str, Any]) -> Account:
+        """Contact change or deactivation (§7.3.2, §7.3.6); other fields are ignored."""
+        status = payload.get("status")
+        if status is not None and status != "deactivated":
+            raise AcmeError(problems.malformed("the only status a client may set is 'deactivated'"))
+        try:
+            if "contact" in payload:
+                contact = validate_contacts(payload["contact"])
+                account = await self._accounts.update_contact(account.id, contact, self._clock.now())
+                log.info("account.updated", account_id=account.id)
+            if status == "deactivated":
+                account = await self._accounts.deactivate(account.id, self._clock.now())
+                log.info("account.deactivated", account_id=account.id)
+        except AccountStateChanged:
+            raise AcmeError(problems.deactivated_account()) from None
+        return account
+
+    async def key_change(self, account: Account, account_url: str, outer: VerifiedJws) -> Account:
+        """Roll the account key over (§7.3.5); ``AcmeError`` with 409 if the key is taken."""
+        inner_body = outer.parsed.payload_raw
+        inner = parse_jws(inner_body, require_nonce=False)
+        if inner.nonce is not None:
+            raise AcmeError(problems.malformed("keyChange inner JWS must not carry a nonce"))
+        if inner.jwk is None:
+            raise AcmeError(problems.malformed("keyChange inner JWS must carry the new key as jwk"))
+        if inner.url != outer.parsed.url:
+            raise AcmeError(problems.malformed("keyChange inner url must equal the outer url"))
+        verified = verify_jws(inner, inner.jwk.key)
+        body = verified.payload_json()
+        if body.get("account") != account_url:
+            raise AcmeError(problems.malformed("keyChange 'account' must be the signing account"))
+        try:
+            old_key = parse_jwk(body.get("oldKey"))
+        except JwkError:
+            raise AcmeError(problems.malformed("keyChange 'oldKey' is not a valid JWK")) from None
+        if old_key.thumbprint() != account.key_thumbprint:
+            raise AcmeError(problems.unauthorized("keyChange 'oldKey' is not the account's key"))
+        new_key = inner.jwk
+        await self.check_account_key(new_key)
+        holder = await self._accounts.get_by_thumbprint(new_key.thumbprint())
+        try:
+            if holder is not None:
+                raise AccountKeyInUse(holder.id)
+            updated = await self._accounts.change_key(
+                account.id, old_thumbprint=account.key_thumbprint, new_jwk=new_key.to_json(),
+                new_thumbprint=new_key.thumbprint(), now=self._clock.now(),
+            )
+        except AccountKeyInUse as exc:
+            raise AccountKeyConflict(exc.account_id) from None
+        except AccountStateChanged:
+            raise AcmeError(problems.unauthorized(
+                "account changed during keyChange; retry")) from None
+        log.info("account.key_changed", account_id=account.id)
+        return updated

@@ -38,5 +38,5 @@ def configure_logging(fmt: str = "json", level: str = "info", stream: TextIO | N
 
 
 def get_logger(name: str) -> Any:
-    """A logger that names its module in every event (``logger`` key)."""
-    return structlog.get_logger(logger=name)
+    """A logger that names its module in every event (``component`` key)."""
+    return structlog.get_logger(component=name)

@@ -28,7 +28,7 @@ from acme_ca.db.eab import EabKeyRepository
 from acme_ca.ra.contacts import validate_contacts
 from acme_ca.ra.keys import KeyPolicy, KeyRejected
 
-log = structlog.get_logger(logger="acme_ca.ra.accounts")
+log = structlog.get_logger(component="acme_ca.ra.accounts")
 
 
 class AccountKeyConflict(AcmeError):

@@ -1,0 +1,3 @@
+from acme_ca.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,87 @@
+"""Account resources (RFC 8555 §7.3): newAccount, the account URL, its orders list, keyChange."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from acme_ca.acme import problems
+from acme_ca.acme.problems import AcmeError
+from acme_ca.db.accounts import Account
+from acme_ca.ra.accounts import AccountKeyConflict
+from acme_ca.wfe.responses import acme_json
+from acme_ca.wfe.services import FrontEnd, front_end
+from acme_ca.wfe.verify import KeyMode, VerifiedRequest, verify_post
+
+
+def account_body(fe: FrontEnd, account: Account) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "status": account.status,
+        "contact": list(account.contact),
+        "orders": fe.urls.account_orders(account.id),
+        "createdAt": account.created_at.isoformat().replace("+00:00", "Z"),
+    }
+    if account.tos_agreed_at is not None:
+        body["termsOfServiceAgreed"] = True
+    return body
+
+
+async def post_new_account(request: web.Request) -> web.Response:
+    fe = front_end(request)
+    verified = await verify_post(request, KeyMode.JWK)
+    assert verified.jwk is not None
+    result = await fe.accounts.new_account(verified.jwk, verified.payload(), verified.url)
+    account = result.account
+    structlog.contextvars.bind_contextvars(account_id=account.id)
+    body = account_body(fe, account)
+    if result.external_account_binding is not None:
+        body["externalAccountBinding"] = result.external_account_binding
+    return acme_json(body, status=201 if result.created else 200,
+                     location=fe.urls.account(account.id))
+
+
+def _own_account(request: web.Request, verified: VerifiedRequest) -> Account:
+    account = verified.require_account()
+    if str(account.id) != request.match_info["account_id"]:
+        raise AcmeError(problems.unauthorized("the signing account does not own this resource"))
+    return account
+
+
+async def post_account(request: web.Request) -> web.Response:
+    fe = front_end(request)
+    verified = await verify_post(request, KeyMode.KID)
+    account = _own_account(request, verified)
+    if not verified.jws.is_post_as_get:
+        account = await fe.accounts.update(account, verified.payload())
+    return acme_json(account_body(fe, account), location=fe.urls.account(account.id))
+
+
+async def post_account_orders(request: web.Request) -> web.Response:
+    """The orders list, paged by order id with ``Link: rel="next"`` (§7.1.2.1)."""
+    fe = front_end(request)
+    verified = await verify_post(request, KeyMode.KID)
+    account = _own_account(request, verified)
+    if not verified.jws.is_post_as_get:
+        raise AcmeError(problems.malformed("the orders list is fetched with POST-as-GET"))
+    cursor_text = request.query.get("cursor", "0")
+    if not cursor_text.isdigit() or len(cursor_text) > 18:
+        raise AcmeError(problems.malformed("cursor must be a non-negative integer"))
+    limit = fe.config.orders_page_size
+    ids = await fe.account_reads.order_ids(account.id, after_id=int(cursor_text), limit=limit)
+    links = []
+    if len(ids) == limit:
+        links.append(f'<{fe.urls.account_orders(account.id, ids[-1])}>;rel="next"')
+    return acme_json({"orders": [fe.urls.order(i) for i in ids]}, links=links)
+
+
+async def post_key_change(request: web.Request) -> web.Response:
+    fe = front_end(request)
+    verified = await verify_post(request, KeyMode.KID)
+    account = verified.require_account()
+    try:
+        updated = await fe.accounts.key_change(account, fe.urls.account(account.id), verified.jws)
+    except AccountKeyConflict as exc:
+        raise AcmeError(exc.problem, headers={"Location": fe.urls.account(exc.account_id)}) from None
+    return acme_json(account_body(fe, updated), location=fe.urls.account(updated.id))

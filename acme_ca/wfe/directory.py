@@ -1,0 +1,36 @@
+"""GET /directory (RFC 8555 §7.1.1)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from acme_ca.wfe import urls
+from acme_ca.wfe.responses import acme_json
+from acme_ca.wfe.services import front_end
+
+
+def directory_body(request: web.Request) -> dict[str, Any]:
+    fe = front_end(request)
+    cfg = fe.config
+    meta: dict[str, Any] = {
+        "caaIdentities": list(cfg.caa_identities),
+        "externalAccountRequired": cfg.external_account_required,
+    }
+    if cfg.terms_of_service:
+        meta["termsOfService"] = cfg.terms_of_service
+    if cfg.website:
+        meta["website"] = cfg.website
+    return {
+        "newNonce": fe.urls.absolute(urls.NEW_NONCE),
+        "newAccount": fe.urls.absolute(urls.NEW_ACCOUNT),
+        "newOrder": fe.urls.absolute(urls.NEW_ORDER),
+        "revokeCert": fe.urls.absolute(urls.REVOKE_CERT),
+        "keyChange": fe.urls.absolute(urls.KEY_CHANGE),
+        "meta": meta,
+    }
+
+
+async def get_directory(request: web.Request) -> web.Response:
+    return acme_json(directory_body(request))

@@ -1,0 +1,365 @@
+"""The management API: pebble-challtestsrv's paths and JSON bodies, plus the CA's roots.
+
+Tests and ACME clients written against Pebble drive this server unchanged: every verb is a
+POST with a JSON object, answered 200 with an empty body, or 400 when the body cannot be
+used. Field names match case-insensitively because Go's ``encoding/json`` does, and clients
+rely on it (``targetURL``, ``Host``). Our additions: ``flags`` on CAA policies,
+``/set-nxdomain`` and ``/clear-nxdomain``, and ``GET /roots/<n>`` and ``/intermediates/<n>``,
+which Pebble serves on its own management port.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from acme_ca.testsrv.store import CaaPolicy, ChallengeStore, HistoryType, InvalidRecord
+
+MAX_BODY_BYTES = 64 * 1024
+"""Management bodies are a host and a few values; anything bigger is a mistake."""
+
+PEM_CHAIN_TYPE = "application/pem-certificate-chain"
+
+PemProvider = Callable[[int], Awaitable[bytes | None]]
+"""Returns the n-th certificate as PEM, or None when there is no such certificate."""
+
+STORE = web.AppKey("testsrv_management_store", ChallengeStore)
+ROOTS: web.AppKey[PemProvider] = web.AppKey("testsrv_roots")
+INTERMEDIATES: web.AppKey[PemProvider] = web.AppKey("testsrv_intermediates")
+
+_HISTORY_TYPES: dict[str, HistoryType | None] = {"dns": "dns", "http": "http", "tlsalpn": None}
+"""Pebble's clear-request-history types; we serve no TLS-ALPN, so clearing it is a no-op."""
+
+_log = structlog.get_logger(component=__name__)
+_OK = 200
+
+
+def static_pem(*pems: bytes) -> PemProvider:
+    """A provider for certificates known at start-up; index n is the n-th argument."""
+
+    async def provide(index: int) -> bytes | None:
+        return pems[index] if 0 <= index < len(pems) else None
+
+    return provide
+
+
+class _Body:
+    """A JSON object read the way Go's ``json.Unmarshal`` fills a struct Pebble declares."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self._data = data
+
+    def _get(self, name: str) -> Any:
+        if name in self._data:
+            return self._data[name]
+        folded = name.casefold()
+        for key, value in self._data.items():
+            if key.casefold() == folded:
+                return value
+        return None
+
+    def text(self, name: str, *, required: bool = True) -> str:
+        """A string member; missing or null reads as "", which required members reject."""
+        value = self._get(name)
+        if value is None:
+            value = ""
+        if not isinstance(value, str):
+            raise web.HTTPBadRequest(text=f"{name} must be a string\n")
+        if required and not value:
+            raise web.HTTPBadRequest(text=f"{name} must not be empty\n")
+        return value
+
+    def texts(self, name: str) -> list[str]:
+        value = self._get(name)
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+            raise web.HTTPBadRequest(text=f"{name} must be a non-empty list of strings\n")
+        return value
+
+    def policies(self) -> list[CaaPolicy]:
+        value = self._get("policies")
+        if not isinstance(value, list) or not value:
+            raise web.HTTPBadRequest(text="policies must be a non-empty list\n")
+        policies = []
+        for item in value:
+            if not isinstance(item, dict):
+                raise web.HTTPBadRequest(text="each policy must be an object\n")
+            member = _Body(item)
+            flags = member._get("flags")
+            if flags is None:
+                flags = 0
+            if isinstance(flags, bool) or not isinstance(flags, int) or not 0 <= flags <= 255:
+                raise web.HTTPBadRequest(text="flags must be an integer from 0 to 255\n")
+            policies.append(
+                CaaPolicy(
+                    tag=member.text("tag"), value=member.text("value", required=False), flags=flags
+                )
+            )
+        return policies
+
+
+async def _body(request: web.Request) -> _Body:
+    raw = await request.read()
+    if not raw.strip():
+        raise web.HTTPBadRequest(text="expected JSON POST body, was empty\n")
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise web.HTTPBadRequest(text=f"body is not JSON: {exc}\n") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise web.HTTPBadRequest(text="body must be a JSON object\n")
+    return _Body(data)
+
+
+@web.middleware
+async def _invalid_records(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """The store has the last word on values (IP versions, DNS names, CAA tags): 400."""
+    try:
+        return await handler(request)
+    except InvalidRecord as exc:
+        raise web.HTTPBadRequest(text=f"{exc}\n") from exc
+
+
+def _done(event: str, **fields: object) -> web.Response:
+    _log.info(event, **fields)
+    return web.Response(status=_OK)
+
+
+# DNS
+
+
+async def _set_default_ipv4(request: web.Request) -> web.Response:
+    ip = (await _body(request)).text("ip", required=False)
+    request.app[STORE].set_default_ipv4(ip)
+    return _done("testsrv.default_ipv4.set", ip=ip)
+
+
+async def _set_default_ipv6(request: web.Request) -> web.Response:
+    ip = (await _body(request)).text("ip", required=False)
+    request.app[STORE].set_default_ipv6(ip)
+    return _done("testsrv.default_ipv6.set", ip=ip)
+
+
+async def _add_a(request: web.Request) -> web.Response:
+    body = await _body(request)
+    host, addresses = body.text("host"), body.texts("addresses")
+    request.app[STORE].add_a(host, addresses)
+    return _done("testsrv.a.added", host=host, addresses=addresses)
+
+
+async def _clear_a(request: web.Request) -> web.Response:
+    host = (await _body(request)).text("host")
+    request.app[STORE].clear_a(host)
+    return _done("testsrv.a.cleared", host=host)
+
+
+async def _add_aaaa(request: web.Request) -> web.Response:
+    body = await _body(request)
+    host, addresses = body.text("host"), body.texts("addresses")
+    request.app[STORE].add_aaaa(host, addresses)
+    return _done("testsrv.aaaa.added", host=host, addresses=addresses)
+
+
+async def _clear_aaaa(request: web.Request) -> web.Response:
+    host = (await _body(request)).text("host")
+    request.app[STORE].clear_aaaa(host)
+    return _done("testsrv.aaaa.cleared", host=host)
+
+
+async def _add_caa(request: web.Request) -> web.Response:
+    body = await _body(request)
+    host, policies = body.text("host"), body.policies()
+    request.app[STORE].add_caa(host, policies)
+    return _done("testsrv.caa.added", host=host, policies=[str(p) for p in policies])
+
+
+async def _clear_caa(request: web.Request) -> web.Response:
+    host = (await _body(request)).text("host")
+    request.app[STORE].clear_caa(host)
+    return _done("testsrv.caa.cleared", host=host)
+
+
+async def _set_cname(request: web.Request) -> web.Response:
+    body = await _body(request)
+    host, target = body.text("host"), body.text("target")
+    request.app[STORE].set_cname(host, target)
+    return _done("testsrv.cname.set", host=host, target=target)
+
+
+async def _clear_cname(request: web.Request) -> web.Response:
+    host = (await _body(request)).text("host")
+    request.app[STORE].clear_cname(host)
+    return _done("testsrv.cname.cleared", host=host)
+
+
+async def _set_txt(request: web.Request) -> web.Response:
+    body = await _body(request)
+    host, value = body.text("host"), body.text("value")
+    request.app[STORE].set_txt(host, value)
+    return _done("testsrv.txt.set", host=host, value=value)
+
+
+async def _clear_txt(request: web.Request) -> web.Response:
+    host = (await _body(request)).text("host")
+    request.app[STORE].clear_txt(host)
+    return _done("testsrv.txt.cleared", host=host)
+
+
+async def _set_servfail(request: web.Request) -> web.Response:
+    host = (await _body(request)).text("host")
+    request.app[STORE].set_servfail(host)
+    return _done("testsrv.servfail.set", host=host)
+
+
+async def _clear_servfail(request: web.Request) -> web.Response:
+    host = (await _body(request)).text("host")
+    request.app[STORE].clear_servfail(host)
+    return _done("testsrv.servfail.cleared", host=host)
+
+
+async def _set_nxdomain(request: web.Request) -> web.Response:
+    host = (await _body(request)).text("host")
+    request.app[STORE].set_nxdomain(host)
+    return _done("testsrv.nxdomain.set", host=host)
+
+
+async def _clear_nxdomain(request: web.Request) -> web.Response:
+    host = (await _body(request)).text("host")
+    request.app[STORE].clear_nxdomain(host)
+    return _done("testsrv.nxdomain.cleared", host=host)
+
+
+# http-01
+
+
+async def _add_http01(request: web.Request) -> web.Response:
+    body = await _body(request)
+    token, content = body.text("token"), body.text("content")
+    request.app[STORE].add_http01(token, content)
+    return _done("testsrv.http01.added", token=token)
+
+
+async def _del_http01(request: web.Request) -> web.Response:
+    token = (await _body(request)).text("token")
+    request.app[STORE].del_http01(token)
+    return _done("testsrv.http01.deleted", token=token)
+
+
+async def _add_redirect(request: web.Request) -> web.Response:
+    body = await _body(request)
+    path, target = body.text("path"), body.text("targetURL")
+    request.app[STORE].add_redirect(path, target)
+    return _done("testsrv.redirect.added", path=path, target=target)
+
+
+async def _del_redirect(request: web.Request) -> web.Response:
+    path = (await _body(request)).text("path")
+    request.app[STORE].del_redirect(path)
+    return _done("testsrv.redirect.deleted", path=path)
+
+
+# Request history
+
+
+async def _http_history(request: web.Request) -> web.Response:
+    host = (await _body(request)).text("host")
+    events = request.app[STORE].http_history(host)
+    return web.json_response([e.to_json() for e in events])
+
+
+async def _dns_history(request: web.Request) -> web.Response:
+    host = (await _body(request)).text("host")
+    events = request.app[STORE].dns_history(host)
+    return web.json_response([e.to_json() for e in events])
+
+
+async def _clear_history(request: web.Request) -> web.Response:
+    body = await _body(request)
+    host, kind = body.text("host"), body.text("type", required=False)
+    if kind not in _HISTORY_TYPES:
+        raise web.HTTPBadRequest(text=f"{kind!r} event type unknown\n")
+    history_type = _HISTORY_TYPES[kind]
+    if history_type is not None:
+        request.app[STORE].clear_history(host, history_type)
+    return _done("testsrv.history.cleared", host=host, type=kind)
+
+
+# The CA's certificates, GET like Pebble's /roots/0 and /intermediates/0
+
+
+async def _pem(request: web.Request, provider: PemProvider | None) -> web.Response:
+    if provider is None:
+        raise web.HTTPNotFound(text="no certificates configured\n")
+    pem = await provider(int(request.match_info["index"]))
+    if pem is None:
+        raise web.HTTPNotFound(text="no such certificate\n")
+    return web.Response(body=pem, content_type=PEM_CHAIN_TYPE, charset="utf-8")
+
+
+async def _root(request: web.Request) -> web.Response:
+    return await _pem(request, request.app.get(ROOTS))
+
+
+async def _intermediate(request: web.Request) -> web.Response:
+    return await _pem(request, request.app.get(INTERMEDIATES))
+
+
+_DNS_ROUTES = (
+    ("/set-default-ipv4", _set_default_ipv4),
+    ("/set-default-ipv6", _set_default_ipv6),
+    ("/add-a", _add_a),
+    ("/clear-a", _clear_a),
+    ("/add-aaaa", _add_aaaa),
+    ("/clear-aaaa", _clear_aaaa),
+    ("/add-caa", _add_caa),
+    ("/clear-caa", _clear_caa),
+    ("/set-cname", _set_cname),
+    ("/clear-cname", _clear_cname),
+    ("/set-txt", _set_txt),
+    ("/clear-txt", _clear_txt),
+    ("/set-servfail", _set_servfail),
+    ("/clear-servfail", _clear_servfail),
+    ("/set-nxdomain", _set_nxdomain),
+    ("/clear-nxdomain", _clear_nxdomain),
+)
+_HTTP01_ROUTES = (
+    ("/add-http01", _add_http01),
+    ("/del-http01", _del_http01),
+    ("/add-redirect", _add_redirect),
+    ("/del-redirect", _del_redirect),
+)
+_HISTORY_ROUTES = (
+    ("/http-request-history", _http_history),
+    ("/dns-request-history", _dns_history),
+    ("/clear-request-history", _clear_history),
+)
+
+
+def make_management_app(
+    store: ChallengeStore,
+    *,
+    dns: bool = True,
+    http01: bool = True,
+    roots: PemProvider | None = None,
+    intermediates: PemProvider | None = None,
+) -> web.Application:
+    """Like Pebble, a disabled challenge server's verbs are absent (404), not silently kept."""
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_invalid_records])
+    app[STORE] = store
+    if roots is not None:
+        app[ROOTS] = roots
+    if intermediates is not None:
+        app[INTERMEDIATES] = intermediates
+    routes = _HISTORY_ROUTES + (_DNS_ROUTES if dns else ()) + (_HTTP01_ROUTES if http01 else ())
+    for path, handler in routes:
+        app.router.add_post(path, handler)
+    app.router.add_get(r"/roots/{index:\d+}", _root)
+    app.router.add_get(r"/intermediates/{index:\d+}", _intermediate)
+    return app

@@ -21,9 +21,15 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the ACME server")
-    serve.add_argument("--listen", metavar="HOST:PORT", help="listen address (default 127.0.0.1:14000)")
-    serve.add_argument("--plain-http", action="store_true", default=None,
-                       help="serve plain HTTP (behind a TLS-terminating proxy)")
+    serve.add_argument(
+        "--listen", metavar="HOST:PORT", help="listen address (default 127.0.0.1:14000)"
+    )
+    serve.add_argument(
+        "--plain-http",
+        action="store_true",
+        default=None,
+        help="serve plain HTTP (behind a TLS-terminating proxy)",
+    )
     serve.add_argument("--base-url", help="external base URL clients use")
 
     db = sub.add_parser("db", help="database maintenance")
@@ -104,8 +110,11 @@ async def _eab(config: Config, args: argparse.Namespace) -> int:
                 print(f"hmac_key: {b64url_encode(key)}")
             elif args.eab_command == "list":
                 for k in await repo.list():
-                    state = "revoked" if k.revoked_at else (
-                        f"bound to account {k.account_id}" if k.account_id else "unused")
+                    state = (
+                        "revoked"
+                        if k.revoked_at
+                        else (f"bound to account {k.account_id}" if k.account_id else "unused")
+                    )
                     print(f"{k.kid}\t{state}\t{k.created_at.isoformat()}\t{k.comment}")
             elif args.eab_command == "revoke":
                 if not await repo.revoke(args.kid, now, actor="operator:cli"):

@@ -124,8 +124,12 @@ class Config:
             raise ConfigError("log_format must be 'json' or 'console'")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError("log_level must be debug, info, warning or error")
-        for name in ("nonce_lifetime_seconds", "max_request_bytes", "orders_page_size",
-                     "database_pool_size"):
+        for name in (
+            "nonce_lifetime_seconds",
+            "max_request_bytes",
+            "orders_page_size",
+            "database_pool_size",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         if self.base_url and not self.base_url.startswith(("http://", "https://")):

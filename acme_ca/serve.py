@@ -32,15 +32,21 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
         runner = web.AppRunner(create_app(config, dsn), access_log=None, handle_signals=False)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, config.listen_host, config.listen_port,
-                               ssl_context=ssl_context, reuse_address=True)
+            site = web.TCPSite(
+                runner,
+                config.listen_host,
+                config.listen_port,
+                ssl_context=ssl_context,
+                reuse_address=True,
+            )
             await site.start()
             log.info(
                 "server.ready",
                 directory=config.external_base_url + urls.DIRECTORY,
                 listen=config.listen,
                 tls="off (plain_http)" if ssl_context is None else "on",
-                tls_ca=None if ssl_context is None or config.tls_cert
+                tls_ca=None
+                if ssl_context is None or config.tls_cert
                 else str((config.home / "tls" / "ca.pem").resolve()),
             )
             await stop.wait()

@@ -65,8 +65,10 @@ def parse_eab(value: Any, *, outer_url: str, outer_jwk: Jwk) -> ParsedEab:
     if bound.thumbprint() != outer_jwk.thumbprint():
         raise _malformed("payload must equal the outer JWS jwk")
     return ParsedEab(
-        kid=kid, alg=alg,
-        signing_input=f"{value['protected']}.{value['payload']}".encode("ascii"), mac=mac,
+        kid=kid,
+        alg=alg,
+        signing_input=f"{value['protected']}.{value['payload']}".encode("ascii"),
+        mac=mac,
     )
 
 

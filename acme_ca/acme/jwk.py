@@ -110,19 +110,23 @@ def jwk_from_key(key: PublicKey) -> Jwk:
     """The JWK of a cryptography public key (used by tests and for stored keys)."""
     if isinstance(key, rsa.RSAPublicKey):
         numbers = key.public_numbers()
-        return parse_jwk({
-            "kty": "RSA",
-            "n": b64url_encode(numbers.n.to_bytes((numbers.n.bit_length() + 7) // 8, "big")),
-            "e": b64url_encode(numbers.e.to_bytes((numbers.e.bit_length() + 7) // 8, "big")),
-        })
+        return parse_jwk(
+            {
+                "kty": "RSA",
+                "n": b64url_encode(numbers.n.to_bytes((numbers.n.bit_length() + 7) // 8, "big")),
+                "e": b64url_encode(numbers.e.to_bytes((numbers.e.bit_length() + 7) // 8, "big")),
+            }
+        )
     crv = _CURVE_NAMES.get(key.curve.name)
     if crv is None:
         raise JwkError(f"unsupported curve {key.curve.name}")
     size = _CURVES[crv][1]
     nums = key.public_numbers()
-    return parse_jwk({
-        "kty": "EC",
-        "crv": crv,
-        "x": b64url_encode(nums.x.to_bytes(size, "big")),
-        "y": b64url_encode(nums.y.to_bytes(size, "big")),
-    })
+    return parse_jwk(
+        {
+            "kty": "EC",
+            "crv": crv,
+            "x": b64url_encode(nums.x.to_bytes(size, "big")),
+            "y": b64url_encode(nums.y.to_bytes(size, "big")),
+        }
+    )

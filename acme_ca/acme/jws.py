@@ -24,7 +24,10 @@ from acme_ca.acme.problems import AcmeError
 
 #: The signature algorithms we accept, in the order listed to clients.
 ALLOWED_ALGORITHMS = ("RS256", "ES256", "ES384")
-_EC_ALGS = {"ES256": ("secp256r1", hashes.SHA256(), 32), "ES384": ("secp384r1", hashes.SHA384(), 48)}
+_EC_ALGS = {
+    "ES256": ("secp256r1", hashes.SHA256(), 32),
+    "ES384": ("secp384r1", hashes.SHA384(), 48),
+}
 
 
 def _malformed(detail: str) -> AcmeError:
@@ -110,8 +113,11 @@ def parse_jws(body: bytes, *, require_nonce: bool = True) -> ParsedJws:
 
     alg = protected.get("alg")
     if not isinstance(alg, str) or alg not in ALLOWED_ALGORITHMS:
-        raise AcmeError(problems.bad_signature_algorithm(
-            f"JWS algorithm {alg!r} is not accepted", list(ALLOWED_ALGORITHMS)))
+        raise AcmeError(
+            problems.bad_signature_algorithm(
+                f"JWS algorithm {alg!r} is not accepted", list(ALLOWED_ALGORITHMS)
+            )
+        )
     if "crit" in protected or "b64" in protected:
         raise _malformed("JWS 'crit' and 'b64' header parameters are not supported")
     nonce = protected.get("nonce")
@@ -138,9 +144,15 @@ def parse_jws(body: bytes, *, require_nonce: bool = True) -> ParsedJws:
         if not isinstance(kid, str) or not kid:
             raise _malformed("JWS kid must be a non-empty string")
     return ParsedJws(
-        alg=alg, nonce=nonce, url=url, jwk=jwk, kid=kid, protected=protected,
+        alg=alg,
+        nonce=nonce,
+        url=url,
+        jwk=jwk,
+        kid=kid,
+        protected=protected,
         signing_input=f"{protected_b64}.{payload_b64}".encode("ascii"),
-        signature=signature, payload_raw=payload_raw,
+        signature=signature,
+        payload_raw=payload_raw,
     )
 
 
@@ -151,8 +163,11 @@ def check_alg_matches_key(alg: str, key: PublicKey) -> None:
     else:
         ok = alg in _EC_ALGS and key.curve.name == _EC_ALGS[alg][0]
     if not ok:
-        raise AcmeError(problems.bad_signature_algorithm(
-            f"JWS algorithm {alg} does not match the key type", list(ALLOWED_ALGORITHMS)))
+        raise AcmeError(
+            problems.bad_signature_algorithm(
+                f"JWS algorithm {alg} does not match the key type", list(ALLOWED_ALGORITHMS)
+            )
+        )
 
 
 def verify_jws(parsed: ParsedJws, key: PublicKey) -> VerifiedJws:

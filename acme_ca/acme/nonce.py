@@ -52,9 +52,7 @@ class NonceCodec:
         return hmac.new(self._secret, body, hashlib.sha256).digest()[:_TAG_BYTES]
 
     def make(self, now: datetime) -> str:
-        body = _BODY.pack(NONCE_VERSION, int(now.timestamp())) + secrets.token_bytes(
-            _RANDOM_BYTES
-        )
+        body = _BODY.pack(NONCE_VERSION, int(now.timestamp())) + secrets.token_bytes(_RANDOM_BYTES)
         return b64url_encode(body + self._tag(body))
 
     def open(self, nonce: str, now: datetime) -> OpenedNonce:

@@ -41,9 +41,14 @@ class AccountStateChanged(Exception):
 
 def _to_account(row: asyncpg.Record) -> Account:
     return Account(
-        id=row["id"], key_thumbprint=bytes(row["key_thumbprint"]), jwk=row["jwk"],
-        contact=tuple(row["contact"]), status=row["status"], tos_agreed_at=row["tos_agreed_at"],
-        eab_kid=row["eab_kid"], created_at=row["created_at"],
+        id=row["id"],
+        key_thumbprint=bytes(row["key_thumbprint"]),
+        jwk=row["jwk"],
+        contact=tuple(row["contact"]),
+        status=row["status"],
+        tos_agreed_at=row["tos_agreed_at"],
+        eab_kid=row["eab_kid"],
+        created_at=row["created_at"],
     )
 
 
@@ -62,8 +67,14 @@ class AccountRepository:
         return _to_account(row) if row else None
 
     async def create(
-        self, *, jwk: dict[str, str], thumbprint: bytes, contact: tuple[str, ...],
-        tos_agreed: bool, eab_kid: str | None, now: datetime,
+        self,
+        *,
+        jwk: dict[str, str],
+        thumbprint: bytes,
+        contact: tuple[str, ...],
+        tos_agreed: bool,
+        eab_kid: str | None,
+        now: datetime,
     ) -> Account:
         """Insert the account and bind its EAB key atomically.
 
@@ -76,25 +87,38 @@ class AccountRepository:
                     """INSERT INTO accounts (key_thumbprint, jwk, contact, status,
                                              tos_agreed_at, created_at, updated_at)
                        VALUES ($1, $2, $3, 'valid', $4, $5, $5) RETURNING *""",
-                    thumbprint, jwk, list(contact), now if tos_agreed else None, now,
+                    thumbprint,
+                    jwk,
+                    list(contact),
+                    now if tos_agreed else None,
+                    now,
                 )
                 if eab_kid is not None:
                     bound = await conn.execute(
                         """UPDATE eab_keys SET account_id = $2, bound_at = $3
                            WHERE kid = $1 AND account_id IS NULL AND revoked_at IS NULL""",
-                        eab_kid, row["id"], now,
+                        eab_kid,
+                        row["id"],
+                        now,
                     )
                     if not bound.endswith(" 1"):
                         raise EabKeyUnavailable(eab_kid)
                     row = await conn.fetchrow(
                         "UPDATE accounts SET eab_kid = $2 WHERE id = $1 RETURNING *",
-                        row["id"], eab_kid,
+                        row["id"],
+                        eab_kid,
                     )
                 await record_event(
-                    conn, "account.created", at=now, actor=f"account:{row['id']}",
+                    conn,
+                    "account.created",
+                    at=now,
+                    actor=f"account:{row['id']}",
                     account_id=row["id"],
-                    details={"contact": list(contact), "eab_kid": eab_kid,
-                             "key_thumbprint": thumbprint.hex()},
+                    details={
+                        "contact": list(contact),
+                        "eab_kid": eab_kid,
+                        "key_thumbprint": thumbprint.hex(),
+                    },
                 )
         except asyncpg.UniqueViolationError:
             existing = await self.get_by_thumbprint(thumbprint)
@@ -103,47 +127,71 @@ class AccountRepository:
             raise AccountKeyInUse(existing.id) from None
         return _to_account(row)
 
-    async def update_contact(self, account_id: int, contact: tuple[str, ...],
-                             now: datetime) -> Account:
+    async def update_contact(
+        self, account_id: int, contact: tuple[str, ...], now: datetime
+    ) -> Account:
         async with self._pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
                 "UPDATE accounts SET contact = $2, updated_at = $3 "
                 "WHERE id = $1 AND status = 'valid' RETURNING *",
-                account_id, list(contact), now,
+                account_id,
+                list(contact),
+                now,
             )
             if row is None:
                 raise AccountStateChanged
-            await record_event(conn, "account.updated", at=now, actor=f"account:{account_id}",
-                               account_id=account_id, details={"contact": list(contact)})
+            await record_event(
+                conn,
+                "account.updated",
+                at=now,
+                actor=f"account:{account_id}",
+                account_id=account_id,
+                details={"contact": list(contact)},
+            )
         return _to_account(row)
 
     async def deactivate(self, account_id: int, now: datetime) -> Account:
         """Deactivate and cancel the account's unfinished orders (RFC 8555 §7.3.6)."""
         error: dict[str, Any] = {
             "type": "urn:ietf:params:acme:error:unauthorized",
-            "detail": "account was deactivated", "status": 403,
+            "detail": "account was deactivated",
+            "status": 403,
         }
         async with self._pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
                 "UPDATE accounts SET status = 'deactivated', updated_at = $2 "
                 "WHERE id = $1 AND status = 'valid' RETURNING *",
-                account_id, now,
+                account_id,
+                now,
             )
             if row is None:
                 raise AccountStateChanged
             cancelled = await conn.execute(
                 "UPDATE orders SET status = 'invalid', error = $2, updated_at = $3 "
                 "WHERE account_id = $1 AND status IN ('pending', 'ready')",
-                account_id, error, now,
+                account_id,
+                error,
+                now,
             )
-            await record_event(conn, "account.deactivated", at=now,
-                               actor=f"account:{account_id}", account_id=account_id,
-                               details={"orders_cancelled": int(cancelled.split()[-1])})
+            await record_event(
+                conn,
+                "account.deactivated",
+                at=now,
+                actor=f"account:{account_id}",
+                account_id=account_id,
+                details={"orders_cancelled": int(cancelled.split()[-1])},
+            )
         return _to_account(row)
 
-    async def change_key(self, account_id: int, *, old_thumbprint: bytes,
-                         new_jwk: dict[str, str], new_thumbprint: bytes,
-                         now: datetime) -> Account:
+    async def change_key(
+        self,
+        account_id: int,
+        *,
+        old_thumbprint: bytes,
+        new_jwk: dict[str, str],
+        new_thumbprint: bytes,
+        now: datetime,
+    ) -> Account:
         """Swap the key if it is still ``old_thumbprint``; :class:`AccountKeyInUse` on conflict."""
         try:
             async with self._pool.acquire() as conn, conn.transaction():
@@ -151,15 +199,24 @@ class AccountRepository:
                     """UPDATE accounts SET jwk = $3, key_thumbprint = $4, updated_at = $5
                        WHERE id = $1 AND key_thumbprint = $2 AND status = 'valid'
                        RETURNING *""",
-                    account_id, old_thumbprint, new_jwk, new_thumbprint, now,
+                    account_id,
+                    old_thumbprint,
+                    new_jwk,
+                    new_thumbprint,
+                    now,
                 )
                 if row is None:
                     raise AccountStateChanged
                 await record_event(
-                    conn, "account.key_changed", at=now, actor=f"account:{account_id}",
+                    conn,
+                    "account.key_changed",
+                    at=now,
+                    actor=f"account:{account_id}",
                     account_id=account_id,
-                    details={"old_thumbprint": old_thumbprint.hex(),
-                             "new_thumbprint": new_thumbprint.hex()},
+                    details={
+                        "old_thumbprint": old_thumbprint.hex(),
+                        "new_thumbprint": new_thumbprint.hex(),
+                    },
                 )
         except asyncpg.UniqueViolationError:
             holder = await self.get_by_thumbprint(new_thumbprint)
@@ -170,6 +227,8 @@ class AccountRepository:
         """One page of the account's order ids, oldest first, for the ``orders`` list."""
         rows = await self._pool.fetch(
             "SELECT id FROM orders WHERE account_id = $1 AND id > $2 ORDER BY id LIMIT $3",
-            account_id, after_id, limit,
+            account_id,
+            after_id,
+            limit,
         )
         return [r["id"] for r in rows]

@@ -27,7 +27,13 @@ async def record_event(
     await conn.execute(
         """INSERT INTO audit_events (at, event, actor, account_id, order_id, request_id, details)
            VALUES ($1, $2, $3, $4, $5, $6, $7)""",
-        at, event, actor, account_id, order_id, request_id, details or {},
+        at,
+        event,
+        actor,
+        account_id,
+        order_id,
+        request_id,
+        details or {},
     )
 
 
@@ -35,6 +41,7 @@ async def events_for_account(pool: asyncpg.Pool, account_id: int) -> list[dict[s
     """Audit rows of one account, oldest first (for operators and tests)."""
     rows = await pool.fetch(
         "SELECT at, event, actor, order_id, request_id, details FROM audit_events "
-        "WHERE account_id = $1 ORDER BY id", account_id,
+        "WHERE account_id = $1 ORDER BY id",
+        account_id,
     )
     return [dict(r) for r in rows]

@@ -15,7 +15,7 @@ from acme_ca.db.migrate import apply_schema
 
 @asynccontextmanager
 async def database_dsn(config: Config) -> AsyncIterator[str]:
-    """Yield a DSN; an embedded server started here is stopped on exit (one we found running is not)."""
+    """Yield a DSN; an embedded server started here is stopped on exit, one found running is not."""
     if config.database_url:
         yield config.database_url
         return

@@ -23,9 +23,13 @@ class EabKey:
 
 def _to_key(row: asyncpg.Record) -> EabKey:
     return EabKey(
-        kid=row["kid"], hmac_key=bytes(row["hmac_key"]), comment=row["comment"],
-        created_at=row["created_at"], revoked_at=row["revoked_at"],
-        account_id=row["account_id"], bound_at=row["bound_at"],
+        kid=row["kid"],
+        hmac_key=bytes(row["hmac_key"]),
+        comment=row["comment"],
+        created_at=row["created_at"],
+        revoked_at=row["revoked_at"],
+        account_id=row["account_id"],
+        bound_at=row["bound_at"],
     )
 
 
@@ -33,15 +37,21 @@ class EabKeyRepository:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    async def create(self, kid: str, hmac_key: bytes, comment: str, now: datetime,
-                     actor: str) -> EabKey:
+    async def create(
+        self, kid: str, hmac_key: bytes, comment: str, now: datetime, actor: str
+    ) -> EabKey:
         async with self._pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
                 "INSERT INTO eab_keys (kid, hmac_key, comment, created_at) VALUES ($1, $2, $3, $4)"
-                " RETURNING *", kid, hmac_key, comment, now,
+                " RETURNING *",
+                kid,
+                hmac_key,
+                comment,
+                now,
             )
-            await record_event(conn, "eab.created", at=now, actor=actor,
-                               details={"kid": kid, "comment": comment})
+            await record_event(
+                conn, "eab.created", at=now, actor=actor, details={"kid": kid, "comment": comment}
+            )
         return _to_key(row)
 
     async def get(self, kid: str) -> EabKey | None:
@@ -56,9 +66,10 @@ class EabKeyRepository:
         async with self._pool.acquire() as conn, conn.transaction():
             status = await conn.execute(
                 "UPDATE eab_keys SET revoked_at = $2 WHERE kid = $1 AND revoked_at IS NULL",
-                kid, now,
+                kid,
+                now,
             )
-            changed = status.endswith(" 1")
+            changed: bool = status.endswith(" 1")
             if changed:
                 await record_event(conn, "eab.revoked", at=now, actor=actor, details={"kid": kid})
         return changed

@@ -48,7 +48,8 @@ async def apply_schema(conn: asyncpg.Connection) -> list[int]:
             for m in migrations():
                 await conn.execute(
                     "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
-                    m.version, m.name,
+                    m.version,
+                    m.name,
                 )
             return applied
         done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}

@@ -26,13 +26,14 @@ class NonceRepository:
         row = await self._pool.fetchval(
             "INSERT INTO redeemed_nonces (nonce_id, expires_at) VALUES ($1, $2) "
             "ON CONFLICT DO NOTHING RETURNING 1",
-            nonce_id, expires_at,
+            nonce_id,
+            expires_at,
         )
         return row is not None
 
     async def purge_expired(self, now: datetime) -> int:
-        """Forget redemptions of nonces that can no longer be presented (they would fail the age check)."""
+        """Forget redemptions of nonces too old to be presented again (age check)."""
         status: str = await self._pool.execute(
             "DELETE FROM redeemed_nonces WHERE expires_at < $1", now
         )
-        return int(status.split()[-1])
+        return int(status.rsplit(maxsplit=1)[-1])

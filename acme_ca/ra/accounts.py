@@ -74,7 +74,9 @@ class AccountAuthority:
         except KeyRejected as exc:
             raise AcmeError(problems.bad_public_key(f"account key refused: {exc.detail}")) from None
 
-    async def new_account(self, jwk: Jwk, payload: dict[str, Any], outer_url: str) -> NewAccountResult:
+    async def new_account(
+        self, jwk: Jwk, payload: dict[str, Any], outer_url: str
+    ) -> NewAccountResult:
         existing = await self._accounts.get_by_thumbprint(jwk.thumbprint())
         if existing is not None:
             if existing.status != "valid":
@@ -98,13 +100,17 @@ class AccountAuthority:
         if binding is not None:
             eab_kid = await self._verify_binding(binding, outer_url, jwk)
         elif self._eab_required:
-            raise AcmeError(problems.external_account_required(
-                "this CA requires an externalAccountBinding"))
+            raise AcmeError(
+                problems.external_account_required("this CA requires an externalAccountBinding")
+            )
 
         try:
             account = await self._accounts.create(
-                jwk=jwk.to_json(), thumbprint=jwk.thumbprint(), contact=contact,
-                tos_agreed=payload.get("termsOfServiceAgreed") is True, eab_kid=eab_kid,
+                jwk=jwk.to_json(),
+                thumbprint=jwk.thumbprint(),
+                contact=contact,
+                tos_agreed=payload.get("termsOfServiceAgreed") is True,
+                eab_kid=eab_kid,
                 now=self._clock.now(),
             )
         except AccountKeyInUse as exc:  # lost a race with a request for the same key
@@ -112,11 +118,13 @@ class AccountAuthority:
             assert raced is not None
             return NewAccountResult(raced, created=False)
         except EabKeyUnavailable:
-            raise AcmeError(problems.unauthorized(
-                "externalAccountBinding key is already bound to an account")) from None
+            raise AcmeError(
+                problems.unauthorized("externalAccountBinding key is already bound to an account")
+            ) from None
         log.info("account.created", account_id=account.id, eab_kid=eab_kid)
-        return NewAccountResult(account, created=True,
-                                external_account_binding=binding if eab_kid else None)
+        return NewAccountResult(
+            account, created=True, external_account_binding=binding if eab_kid else None
+        )
 
     async def _verify_binding(self, binding: Any, outer_url: str, jwk: Jwk) -> str:
         parsed = parse_eab(binding, outer_url=outer_url, outer_jwk=jwk)
@@ -125,8 +133,9 @@ class AccountAuthority:
             raise AcmeError(problems.unauthorized("externalAccountBinding kid is not known"))
         verify_eab_mac(parsed, key.hmac_key)
         if key.account_id is not None:
-            raise AcmeError(problems.unauthorized(
-                "externalAccountBinding key is already bound to an account"))
+            raise AcmeError(
+                problems.unauthorized("externalAccountBinding key is already bound to an account")
+            )
         return parsed.kid
 
     async def update(self, account: Account, payload: dict[str, Any]) -> Account:
@@ -137,7 +146,9 @@ class AccountAuthority:
         try:
             if "contact" in payload:
                 contact = validate_contacts(payload["contact"])
-                account = await self._accounts.update_contact(account.id, contact, self._clock.now())
+                account = await self._accounts.update_contact(
+                    account.id, contact, self._clock.now()
+                )
                 log.info("account.updated", account_id=account.id)
             if status == "deactivated":
                 account = await self._accounts.deactivate(account.id, self._clock.now())
@@ -173,13 +184,17 @@ class AccountAuthority:
             if holder is not None:
                 raise AccountKeyInUse(holder.id)
             updated = await self._accounts.change_key(
-                account.id, old_thumbprint=account.key_thumbprint, new_jwk=new_key.to_json(),
-                new_thumbprint=new_key.thumbprint(), now=self._clock.now(),
+                account.id,
+                old_thumbprint=account.key_thumbprint,
+                new_jwk=new_key.to_json(),
+                new_thumbprint=new_key.thumbprint(),
+                now=self._clock.now(),
             )
         except AccountKeyInUse as exc:
             raise AccountKeyConflict(exc.account_id) from None
         except AccountStateChanged:
-            raise AcmeError(problems.unauthorized(
-                "account changed during keyChange; retry")) from None
+            raise AcmeError(
+                problems.unauthorized("account changed during keyChange; retry")
+            ) from None
         log.info("account.key_changed", account_id=account.id)
         return updated

@@ -28,13 +28,17 @@ def validate_contacts(value: Any) -> tuple[str, ...]:
 def _validate_one(contact: str) -> str:
     scheme, sep, address = contact.partition(":")
     if not sep or scheme.lower() != "mailto":
-        raise AcmeError(problems.unsupported_contact(
-            f"contact {contact!r}: only mailto: URLs are supported"))
+        raise AcmeError(
+            problems.unsupported_contact(f"contact {contact!r}: only mailto: URLs are supported")
+        )
     if len(contact) > MAX_CONTACT_LENGTH:
         raise AcmeError(problems.invalid_contact("contact is too long"))
     if "?" in address or "," in address or "%" in address:
-        raise AcmeError(problems.invalid_contact(
-            f"contact {contact!r}: one plain address, no header fields or encodings"))
+        raise AcmeError(
+            problems.invalid_contact(
+                f"contact {contact!r}: one plain address, no header fields or encodings"
+            )
+        )
     local, at, domain = address.rpartition("@")
     domain = domain.lower()
     if not at or not _LOCAL.match(local) or ".." in local:

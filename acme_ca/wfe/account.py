@@ -38,8 +38,9 @@ async def post_new_account(request: web.Request) -> web.Response:
     body = account_body(fe, account)
     if result.external_account_binding is not None:
         body["externalAccountBinding"] = result.external_account_binding
-    return acme_json(body, status=201 if result.created else 200,
-                     location=fe.urls.account(account.id))
+    return acme_json(
+        body, status=201 if result.created else 200, location=fe.urls.account(account.id)
+    )
 
 
 def _own_account(request: web.Request, verified: VerifiedRequest) -> Account:
@@ -83,5 +84,7 @@ async def post_key_change(request: web.Request) -> web.Response:
     try:
         updated = await fe.accounts.key_change(account, fe.urls.account(account.id), verified.jws)
     except AccountKeyConflict as exc:
-        raise AcmeError(exc.problem, headers={"Location": fe.urls.account(exc.account_id)}) from None
+        raise AcmeError(
+            exc.problem, headers={"Location": fe.urls.account(exc.account_id)}
+        ) from None
     return acme_json(account_body(fe, updated), location=fe.urls.account(updated.id))

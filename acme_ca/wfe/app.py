@@ -11,16 +11,12 @@ import contextlib
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
-import asyncpg
 import structlog
 from aiohttp import web
 
 from acme_ca.clock import Clock, SystemClock
 from acme_ca.config import Config
-from acme_ca.db.accounts import AccountRepository
-from acme_ca.db.eab import EabKeyRepository
-from acme_ca.db.nonces import NonceRepository
-from acme_ca.db.pool import create_pool
+from acme_ca.db.storage import Storage, open_storage
 from acme_ca.ra.accounts import AccountAuthority
 from acme_ca.ra.keys import KeyPolicy
 from acme_ca.wfe import account, directory, nonce, urls
@@ -31,7 +27,7 @@ from acme_ca.wfe.nonces import NonceService
 from acme_ca.wfe.services import FRONT_END, FrontEnd
 from acme_ca.wfe.urls import Urls
 
-DB_POOL = web.AppKey("db_pool", asyncpg.Pool)
+STORAGE = web.AppKey("storage", Storage)
 NONCE_PURGE_INTERVAL = 300.0
 log = structlog.get_logger(component="acme_ca.wfe.app")
 
@@ -45,27 +41,30 @@ def create_app(config: Config, dsn: str, *, clock: Clock | None = None) -> web.A
     setup_problems(app)
 
     async def services_ctx(app: web.Application) -> AsyncIterator[None]:
-        pool = await create_pool(dsn, max_size=config.database_pool_size)
-        app[DB_POOL] = pool
-        nonce_repo = NonceRepository(pool)
-        accounts = AccountRepository(pool)
+        storage = await open_storage(dsn, max_size=config.database_pool_size)
+        app[STORAGE] = storage
         app[FRONT_END] = FrontEnd(
             config=config,
             clock=clock,
             urls=Urls(config.external_base_url),
             nonces=NonceService(
-                nonce_repo, await nonce_repo.shared_secret(),
-                timedelta(seconds=config.nonce_lifetime_seconds), clock,
+                storage.nonces,
+                await storage.nonces.shared_secret(),
+                timedelta(seconds=config.nonce_lifetime_seconds),
+                clock,
             ),
             accounts=AccountAuthority(
-                accounts, EabKeyRepository(pool), KeyPolicy(), clock,
+                storage.accounts,
+                storage.eab_keys,
+                KeyPolicy(),
+                clock,
                 terms_of_service=config.terms_of_service,
                 external_account_required=config.external_account_required,
             ),
-            account_reads=accounts,
+            account_reads=storage.accounts,
         )
         yield
-        await pool.close()
+        await storage.close()
 
     async def nonce_purge_ctx(app: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(_purge_nonces_forever(app[FRONT_END].nonces))
@@ -86,8 +85,8 @@ async def _purge_nonces_forever(nonces: NonceService) -> None:
             removed = await nonces.purge()
             if removed:
                 log.info("nonces.purged", removed=removed)
-        except (OSError, asyncpg.PostgresError) as exc:
-            log.warning("nonces.purge_failed", error=str(exc))
+        except Exception as exc:
+            log.warning("nonces.purge_failed", error=repr(exc))
         await asyncio.sleep(NONCE_PURGE_INTERVAL)
 
 

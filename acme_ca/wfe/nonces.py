@@ -12,8 +12,9 @@ from acme_ca.db.nonces import NonceRepository
 
 
 class NonceService:
-    def __init__(self, repo: NonceRepository, secret: bytes, lifetime: timedelta,
-                 clock: Clock) -> None:
+    def __init__(
+        self, repo: NonceRepository, secret: bytes, lifetime: timedelta, clock: Clock
+    ) -> None:
         self._repo = repo
         self._codec = NonceCodec(secret, lifetime)
         self._clock = clock
@@ -26,7 +27,9 @@ class NonceService:
         try:
             opened = self._codec.open(nonce, self._clock.now())
         except NonceRejected as exc:
-            raise AcmeError(problems.bad_nonce(f"JWS has an invalid anti-replay nonce: {exc}")) from None
+            raise AcmeError(
+                problems.bad_nonce(f"JWS has an invalid anti-replay nonce: {exc}")
+            ) from None
         return opened.nonce_id
 
     async def redeem(self, nonce: str) -> None:

@@ -10,9 +10,14 @@ from aiohttp import web
 from acme_ca.acme.problems import PROBLEM_CONTENT_TYPE, Problem
 
 
-def acme_json(body: Any, *, status: int = 200, location: str | None = None,
-              links: list[str] | None = None, headers: dict[str, str] | None = None
-              ) -> web.Response:
+def acme_json(
+    body: Any,
+    *,
+    status: int = 200,
+    location: str | None = None,
+    links: list[str] | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
     response = web.json_response(body, status=status, dumps=_dumps)
     if location:
         response.headers["Location"] = location

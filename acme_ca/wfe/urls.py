@@ -43,7 +43,7 @@ class Urls:
         prefix = self.base + ACCOUNT_PREFIX
         if not kid.startswith(prefix):
             return None
-        tail = kid[len(prefix):]
+        tail = kid[len(prefix) :]
         if not tail.isdigit() or tail.startswith("0") or len(tail) > 18:
             return None
         return int(tail)

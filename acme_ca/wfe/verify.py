@@ -55,23 +55,30 @@ class VerifiedRequest:
 async def verify_post(request: web.Request, mode: KeyMode) -> VerifiedRequest:
     fe = front_end(request)
     if request.content_type != JOSE_CONTENT_TYPE:
-        raise AcmeError(problems.unsupported_media_type(
-            f"Content-Type must be {JOSE_CONTENT_TYPE}"))
+        raise AcmeError(
+            problems.unsupported_media_type(f"Content-Type must be {JOSE_CONTENT_TYPE}")
+        )
     body = await request.read()
     parsed = parse_jws(body)
 
     expected_url = fe.urls.absolute(request.raw_path)
     if parsed.url != expected_url:
-        raise AcmeError(problems.unauthorized(
-            f"JWS url {parsed.url!r} does not match the request URL {expected_url!r}"))
+        raise AcmeError(
+            problems.unauthorized(
+                f"JWS url {parsed.url!r} does not match the request URL {expected_url!r}"
+            )
+        )
     assert parsed.nonce is not None
     fe.nonces.check(parsed.nonce)
 
     account: Account | None = None
     if parsed.jwk is not None:
         if mode is KeyMode.KID:
-            raise AcmeError(problems.malformed(
-                "this resource requires a 'kid' header naming your account, not 'jwk'"))
+            raise AcmeError(
+                problems.malformed(
+                    "this resource requires a 'kid' header naming your account, not 'jwk'"
+                )
+            )
         key = parsed.jwk.key
     else:
         if mode is KeyMode.JWK:
@@ -80,8 +87,7 @@ async def verify_post(request: web.Request, mode: KeyMode) -> VerifiedRequest:
         account_id = fe.urls.account_id_from_kid(parsed.kid)
         account = await fe.account_reads.get(account_id) if account_id else None
         if account is None:
-            raise AcmeError(problems.account_does_not_exist(
-                f"no account at {parsed.kid!r}"))
+            raise AcmeError(problems.account_does_not_exist(f"no account at {parsed.kid!r}"))
         if account.status != "valid":
             raise AcmeError(problems.deactivated_account(f"account is {account.status}"))
         structlog.contextvars.bind_contextvars(account_id=account.id)

@@ -22,7 +22,9 @@ def _http_problem(exc: web.HTTPException) -> Problem:
     if exc.status == 404:
         return problems.not_found("no such resource")
     if exc.status == 405:
-        return problems.method_not_allowed(f"method not allowed; allowed: {exc.headers.get('Allow', '')}")
+        return problems.method_not_allowed(
+            f"method not allowed; allowed: {exc.headers.get('Allow', '')}"
+        )
     if exc.status == 413:
         return problems.payload_too_large("request body is too large")
     if exc.status == 415:

@@ -14,12 +14,12 @@ from acme_ca.wfe.services import front_end
 
 
 @web.middleware
-async def protocol_headers_middleware(
-    request: web.Request, handler: Handler
-) -> web.StreamResponse:
+async def protocol_headers_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     response = await handler(request)
     fe = front_end(request)
-    if (request.method == "POST" or response.status >= 400) and "Replay-Nonce" not in response.headers:
+    if (
+        request.method == "POST" or response.status >= 400
+    ) and "Replay-Nonce" not in response.headers:
         response.headers["Replay-Nonce"] = fe.nonces.issue()
     if request.path != urls.DIRECTORY:
         response.headers.add("Link", f'<{fe.urls.absolute(urls.DIRECTORY)}>;rel="index"')

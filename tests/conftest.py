@@ -1,0 +1,136 @@
+"""Shared fixtures: one real PostgreSQL per test session, a fresh database per test, and the
+ACME front end served on a real 127.0.0.1 port."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import asyncpg
+import pytest
+from aiohttp import web
+
+from acme_ca.clock import Clock, SystemClock
+from acme_ca.config import Config
+from acme_ca.db.embedded import EmbeddedPostgres
+from acme_ca.db.migrate import apply_schema
+from acme_ca.db.pool import create_pool
+from acme_ca.log import configure_logging
+from acme_ca.wfe.app import create_app
+
+TEMPLATE_DB = "acme_ca_template"
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[EmbeddedPostgres]:
+    """The session's PostgreSQL: ``ACME_CA_TEST_DATABASE_URL`` is not supported on purpose;
+    tests create and drop databases freely, so they get a private cluster."""
+    root = Path(tempfile.mkdtemp(prefix="acme-ca-test-pg-"))
+    os.chmod(root, 0o755)
+    pg = EmbeddedPostgres(root / "pg")
+    pg.start()
+    try:
+        yield pg
+    finally:
+        pg.stop()
+
+
+@pytest.fixture(scope="session")
+def template_dsn(postgres: EmbeddedPostgres) -> str:
+    import asyncio
+
+    dsn = postgres.create_database(TEMPLATE_DB)
+
+    async def prepare() -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await apply_schema(conn)
+        finally:
+            await conn.close()
+
+    asyncio.run(prepare())
+    return dsn
+
+
+@pytest.fixture
+def dsn(postgres: EmbeddedPostgres, template_dsn: str) -> str:
+    """A fresh database with the schema applied, private to this test."""
+    return postgres.create_database(f"t_{uuid.uuid4().hex[:16]}", template=TEMPLATE_DB)
+
+
+@pytest.fixture
+async def pool(dsn: str) -> AsyncIterator[asyncpg.Pool]:
+    p = await create_pool(dsn, max_size=4)
+    yield p
+    await p.close()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _logging() -> None:
+    configure_logging("json", "debug")
+
+
+def free_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@dataclass
+class RunningCa:
+    """An ACME front end listening on 127.0.0.1 over plain HTTP."""
+
+    config: Config
+    app: web.Application
+    base_url: str
+
+    @property
+    def directory_url(self) -> str:
+        return self.base_url + "/directory"
+
+
+class CaFactory:
+    """Starts front ends with config changes; all are stopped at test end."""
+
+    def __init__(self, dsn: str, tmp_path: Path) -> None:
+        self._dsn = dsn
+        self._tmp = tmp_path
+        self._runners: list[web.AppRunner] = []
+
+    async def start(self, clock: Clock | None = None, **changes: object) -> RunningCa:
+        sock = free_socket()
+        port = sock.getsockname()[1]
+        base = f"http://127.0.0.1:{port}"
+        config = replace(
+            Config(), home=self._tmp / "home", plain_http=True, listen=f"127.0.0.1:{port}",
+            base_url=base, **changes,  # type: ignore[arg-type]
+        ).validate()
+        app = create_app(config, self._dsn, clock=clock or SystemClock())
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.SockSite(runner, sock).start()
+        self._runners.append(runner)
+        return RunningCa(config=config, app=app, base_url=base)
+
+    async def close(self) -> None:
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+
+
+@pytest.fixture
+async def ca_factory(dsn: str, tmp_path: Path) -> AsyncIterator[CaFactory]:
+    factory = CaFactory(dsn, tmp_path)
+    yield factory
+    await factory.close()
+
+
+@pytest.fixture
+async def ca(ca_factory: CaFactory) -> RunningCa:
+    """The front end on its defaults (terms of service published, EAB optional)."""
+    return await ca_factory.start()

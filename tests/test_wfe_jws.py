@@ -1,0 +1,236 @@
+"""Every JWS rule of RFC 8555 §6.2-6.5 enforced by the front end, one negative case per row."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import aiohttp
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from acme_ca.acme.b64 import b64url_encode
+from acme_ca.clock import FixedClock
+from tests.conftest import CaFactory, RunningCa
+from tests.jws_client import JwsClient, make_jws
+
+ERR = "urn:ietf:params:acme:error:"
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+@pytest.fixture
+async def client(ca: RunningCa, session: aiohttp.ClientSession) -> JwsClient:
+    c = JwsClient(session, ca.directory_url, ec.generate_private_key(ec.SECP256R1()))
+    await c.load_directory()
+    reply = await c.register(contact=["mailto:ops@example.test"])
+    assert reply.status == 201
+    return c
+
+
+def assert_problem(reply, status: int, kind: str) -> None:  # type: ignore[no-untyped-def]
+    assert reply.status == status, reply.body
+    assert reply.content_type == "application/problem+json"
+    assert reply.body["type"] == ERR + kind, reply.body
+    assert reply.headers.get("Replay-Nonce"), "every error carries a fresh nonce"
+
+
+async def test_acme_jws_1_unprotected_header_rejected(client: JwsClient) -> None:
+    jws = make_jws(client.key, None, url=client.kid or "", nonce=await client.nonce(),
+                   kid=client.kid)
+    body = {**jws, "header": {"kid": client.kid}}
+    assert_problem(await client.post_raw(client.kid or "", json.dumps(body)), 400, "malformed")
+
+
+async def test_acme_jws_1_general_serialization_rejected(client: JwsClient) -> None:
+    jws = make_jws(client.key, None, url=client.kid or "", nonce=await client.nonce(),
+                   kid=client.kid)
+    body = {"payload": jws["payload"],
+            "signatures": [{"protected": jws["protected"], "signature": jws["signature"]}]}
+    assert_problem(await client.post_raw(client.kid or "", json.dumps(body)), 400, "malformed")
+
+
+async def test_acme_tr_1_padded_base64_rejected(client: JwsClient) -> None:
+    jws = make_jws(client.key, None, url=client.kid or "", nonce=await client.nonce(),
+                   kid=client.kid)
+    jws["protected"] += "=" * (-len(jws["protected"]) % 4 or 4)
+    assert_problem(await client.post_raw(client.kid or "", json.dumps(jws)), 400, "malformed")
+
+
+async def test_acme_jws_bad_signature_rejected(client: JwsClient) -> None:
+    jws = make_jws(client.key, None, url=client.kid or "", nonce=await client.nonce(),
+                   kid=client.kid)
+    other = make_jws(ec.generate_private_key(ec.SECP256R1()), None, url=client.kid or "",
+                     nonce="x", kid=client.kid)
+    jws["signature"] = other["signature"]
+    assert_problem(await client.post_raw(client.kid or "", json.dumps(jws)), 400, "malformed")
+
+
+async def test_acme_jws_2_both_jwk_and_kid_rejected(client: JwsClient) -> None:
+    reply = await client.post(client.kid or "", None, use_jwk=False,
+                              extra_protected={"jwk": {"kty": "EC"}})
+    assert_problem(reply, 400, "malformed")
+
+
+async def test_acme_jws_2_missing_nonce_is_bad_nonce(client: JwsClient) -> None:
+    jws = make_jws(client.key, None, url=client.kid or "", nonce=None, kid=client.kid)
+    assert_problem(await client.post_raw(client.kid or "", json.dumps(jws)), 400, "badNonce")
+
+
+@pytest.mark.parametrize("alg", ["none", "HS256", "RS512", "EdDSA", "PS256"],
+                         ids=["none", "hs256", "rs512", "eddsa", "ps256"])
+async def test_acme_jws_3_algorithm_not_allowed(client: JwsClient, alg: str) -> None:
+    reply = await client.post(client.kid or "", None, alg=alg)
+    assert_problem(reply, 400, "badSignatureAlgorithm")
+    assert reply.body["algorithms"] == ["RS256", "ES256", "ES384"]
+
+
+async def test_acme_jws_3_alg_must_match_key(ca: RunningCa, session: aiohttp.ClientSession) -> None:
+    c = JwsClient(session, ca.directory_url, ec.generate_private_key(ec.SECP384R1()))
+    await c.load_directory()
+    reply = await c.post(c.directory["newAccount"], {"termsOfServiceAgreed": True},
+                         use_jwk=True, alg="ES256")
+    assert_problem(reply, 400, "badSignatureAlgorithm")
+
+
+async def test_acme_jws_4_small_rsa_key_bad_public_key(
+    ca: RunningCa, session: aiohttp.ClientSession
+) -> None:
+    c = JwsClient(session, ca.directory_url, rsa.generate_private_key(65537, 1024))
+    await c.load_directory()
+    assert_problem(await c.register(), 400, "badPublicKey")
+
+
+async def test_acme_jws_5_jwk_where_kid_required(client: JwsClient) -> None:
+    reply = await client.post(client.kid or "", None, use_jwk=True)
+    assert_problem(reply, 400, "malformed")
+
+
+async def test_acme_jws_5_kid_where_jwk_required(client: JwsClient) -> None:
+    reply = await client.post(client.directory["newAccount"], {"termsOfServiceAgreed": True},
+                              use_jwk=False)
+    assert_problem(reply, 400, "malformed")
+
+
+async def test_acme_jws_5_unknown_kid_account_does_not_exist(client: JwsClient) -> None:
+    client.kid = (client.kid or "").rsplit("/", 1)[0] + "/999999"
+    reply = await client.post(client.directory["newOrder"], {"identifiers": []})
+    assert_problem(reply, 400, "accountDoesNotExist")
+
+
+async def test_acme_jws_5_foreign_kid_url_account_does_not_exist(client: JwsClient) -> None:
+    client.kid = "https://elsewhere.example/acme/acct/1"
+    reply = await client.post(client.directory["newOrder"], {"identifiers": []})
+    assert_problem(reply, 400, "accountDoesNotExist")
+
+
+async def test_acme_jws_6_wrong_content_type_415(client: JwsClient) -> None:
+    jws = make_jws(client.key, None, url=client.kid or "", nonce=await client.nonce(),
+                   kid=client.kid)
+    reply = await client.post_raw(client.kid or "", json.dumps(jws), "application/json")
+    assert_problem(reply, 415, "malformed")
+
+
+async def test_acme_jws_7_url_mismatch(client: JwsClient) -> None:
+    reply = await client.post(client.kid or "", None,
+                              signed_url=client.directory["newOrder"])
+    assert_problem(reply, 403, "unauthorized")
+
+
+async def test_acme_jws_7_url_host_must_match_configured_base(
+    client: JwsClient, ca: RunningCa
+) -> None:
+    """The Host header is never trusted: a url naming another host fails even if routed here."""
+    wrong = (client.kid or "").replace("127.0.0.1", "localhost")
+    reply = await client.post(client.kid or "", None, signed_url=wrong)
+    assert_problem(reply, 403, "unauthorized")
+
+
+async def test_acme_nonce_2_replayed_nonce(client: JwsClient) -> None:
+    nonce = await client.nonce()
+    first = await client.post(client.kid or "", None, nonce=nonce)
+    assert first.status == 200
+    replay = await client.post(client.kid or "", None, nonce=nonce)
+    assert_problem(replay, 400, "badNonce")
+    fresh = replay.headers["Replay-Nonce"]
+    retried = await client.post(client.kid or "", None, nonce=fresh)
+    assert retried.status == 200
+
+
+@pytest.mark.parametrize(
+    "nonce",
+    ["AQAAAABrBDm5Ip7C35QDSzy9I4Zs5xpAWsPnl7wB4X9G7G5a1DTMvK0", "not+base64", "short", "AAAA="],
+    ids=["forged-mac", "bad-alphabet", "too-short", "padded"],
+)
+async def test_acme_nonce_1_unknown_or_malformed_nonce(client: JwsClient, nonce: str) -> None:
+    assert_problem(await client.post(client.kid or "", None, nonce=nonce), 400, "badNonce")
+
+
+async def test_acme_nonce_1_expired_nonce(
+    ca_factory: CaFactory, session: aiohttp.ClientSession
+) -> None:
+    clock = FixedClock(datetime.now(UTC))
+    ca = await ca_factory.start(clock=clock, nonce_lifetime_seconds=60)
+    c = JwsClient(session, ca.directory_url, ec.generate_private_key(ec.SECP256R1()))
+    await c.load_directory()
+    nonce = await c.nonce()
+    clock.advance(timedelta(seconds=61))
+    reply = await c.post(c.directory["newAccount"], {"termsOfServiceAgreed": True},
+                         nonce=nonce, use_jwk=True)
+    assert_problem(reply, 400, "badNonce")
+
+
+async def test_acme_nonce_3_nonce_on_success_and_error(client: JwsClient) -> None:
+    ok = await client.post(client.kid or "", None)
+    assert ok.status == 200 and ok.headers["Replay-Nonce"]
+    bad = await client.post(client.kid or "", {"status": "bogus"})
+    assert bad.status == 400 and bad.headers["Replay-Nonce"]
+
+
+async def test_request_body_over_limit_413(
+    ca_factory: CaFactory, session: aiohttp.ClientSession
+) -> None:
+    ca = await ca_factory.start(max_request_bytes=2000)
+    c = JwsClient(session, ca.directory_url, ec.generate_private_key(ec.SECP256R1()))
+    await c.load_directory()
+    reply = await c.post(c.directory["newAccount"],
+                         {"termsOfServiceAgreed": True, "pad": "x" * 4000}, use_jwk=True)
+    assert_problem(reply, 413, "malformed")
+
+
+async def test_acme_acct_6_deactivated_account_unauthorized_401(client: JwsClient) -> None:
+    reply = await client.post(client.kid or "", {"status": "deactivated"})
+    assert reply.status == 200 and reply.body["status"] == "deactivated"
+    after = await client.post(client.kid or "", None)
+    assert_problem(after, 401, "unauthorized")
+    again = await client.post(client.directory["newAccount"], {"termsOfServiceAgreed": True},
+                              use_jwk=True)
+    assert_problem(again, 401, "unauthorized")
+
+
+async def test_acme_get_2_post_as_get_payload_must_be_empty_string(client: JwsClient) -> None:
+    """A POST-as-GET carries the empty payload; ``{}`` on the orders list is not one."""
+    orders_url = (await client.post(client.kid or "", None)).body["orders"]
+    assert (await client.post(orders_url, None)).status == 200
+    assert_problem(await client.post(orders_url, {}), 400, "malformed")
+
+
+async def test_request_not_json_is_malformed(client: JwsClient) -> None:
+    assert_problem(await client.post_raw(client.kid or "", b"\xff\x00garbage"), 400, "malformed")
+
+
+async def test_payload_not_object_is_malformed(client: JwsClient) -> None:
+    reply = await client.post(client.kid or "", b'["not", "an", "object"]')
+    assert_problem(reply, 400, "malformed")
+
+
+async def test_protected_header_not_json_is_malformed(client: JwsClient) -> None:
+    jws = make_jws(client.key, None, url=client.kid or "", nonce=await client.nonce(),
+                   kid=client.kid)
+    jws["protected"] = b64url_encode(b"{not json")
+    assert_problem(await client.post_raw(client.kid or "", json.dumps(jws)), 400, "malformed")

@@ -31,6 +31,14 @@ def _parser() -> argparse.ArgumentParser:
         help="serve plain HTTP (behind a TLS-terminating proxy)",
     )
     serve.add_argument("--base-url", help="external base URL clients use")
+    serve.add_argument("--dns-resolver", metavar="HOST:PORT",
+                       help="validating recursive resolver for dns-01, CAA and http-01 lookups")
+    serve.add_argument("--http01-port", type=int, metavar="PORT",
+                       help="port http-01 validation connects to (default 80)")
+    serve.add_argument("--allow-loopback-validation", action="store_true", default=None,
+                       help="let http-01 reach loopback/private addresses (tests only)")
+    serve.add_argument("--dnssec", choices=("require", "off"),
+                       help="require DNSSEC-validated answers (default require)")
 
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", required=True)
@@ -54,6 +62,10 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "listen": getattr(args, "listen", None),
         "plain_http": getattr(args, "plain_http", None),
         "base_url": getattr(args, "base_url", None),
+        "dns_resolver": getattr(args, "dns_resolver", None),
+        "http01_port": getattr(args, "http01_port", None),
+        "allow_loopback_validation": getattr(args, "allow_loopback_validation", None),
+        "dnssec": getattr(args, "dnssec", None),
     }
 
 

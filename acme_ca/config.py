@@ -90,6 +90,48 @@ class Config:
     retry_after_seconds: int = _key(
         3, "Retry-After value sent while an order or challenge is processing."
     )
+    order_lifetime_seconds: int = _key(
+        7 * 86400, "How long a new order stays usable before it becomes invalid (expired)."
+    )
+    pending_authz_lifetime_seconds: int = _key(
+        7 * 86400,
+        "How long a pending authorization and its challenge tokens live; at most 30 days "
+        "(BR 3.2.2.4.7, 3.2.2.4.19).",
+    )
+    authz_reuse_days: int = _key(
+        30,
+        "How long a valid authorization is reused for new orders of the same account. Capped "
+        "at the BR 4.2.1 limit for the current date (200 days until 2027-03-15, then 100, "
+        "then 10 from 2029-03-15).",
+    )
+    max_names_per_order: int = _key(100, "Most identifiers one order may carry.")
+    blocked_names: list[str] = _key(
+        [], "Domain names (and everything below them) this CA refuses to certify."
+    )
+    validation_lease_seconds: int = _key(
+        120,
+        "How long one process owns a challenge it is validating; after that another process "
+        "takes the validation over (crash recovery).",
+    )
+    dns_resolver: str = _key(
+        "127.0.0.1:53",
+        "HOST:PORT of the DNSSEC-validating recursive resolver (e.g. Unbound) used for "
+        "dns-01, CAA and http-01 address lookups. Comma-separate several.",
+    )
+    dnssec: str = _key(
+        "require",
+        "`require`: answers must carry the AD bit from the resolver; bogus, unsigned-but-"
+        "unvalidated or SERVFAIL answers fail (BR 3.2.2.4, 3.2.2.8.1). `off`: test mode only.",
+    )
+    dns_timeout_seconds: int = _key(5, "Timeout of one DNS query attempt.")
+    http01_port: int = _key(
+        80, "Port http-01 validation connects to (RFC 8555 §8.3 says 80; tests move it)."
+    )
+    allow_loopback_validation: bool = _key(
+        False,
+        "Let http-01 connect to loopback and private addresses. For tests and CI harnesses "
+        "only: production refuses them (SSRF protection).",
+    )
     log_format: str = _key(
         "json", "`json` (one JSON object per line, for operators) or `console` (for people)."
     )
@@ -136,6 +178,19 @@ class Config:
             raise ConfigError("base_url must start with http:// or https://")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("tls_cert and tls_key must be set together")
+        if self.dnssec not in ("require", "off"):
+            raise ConfigError("dnssec must be 'require' or 'off'")
+        for name in ("order_lifetime_seconds", "pending_authz_lifetime_seconds",
+                     "authz_reuse_days", "max_names_per_order", "validation_lease_seconds",
+                     "dns_timeout_seconds"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
+        if self.pending_authz_lifetime_seconds > 30 * 86400:
+            raise ConfigError("pending_authz_lifetime_seconds may be at most 30 days (BR)")
+        for resolver in self.dns_resolver.split(","):
+            _split_host_port(resolver.strip())
+        if not 0 < self.http01_port < 65536:
+            raise ConfigError("http01_port must be a TCP port")
         if not self.caa_identities:
             raise ConfigError("caa_identities must name at least one issuer domain")
         return self

@@ -139,10 +139,13 @@ class AccountAuthority:
         return parsed.kid
 
     async def update(self, account: Account, payload: dict[str, Any]) -> Account:
-        """Contact change or deactivation (§7.3.2, §7.3.6); other fields are ignored."""
+        """Contact change or deactivation (§7.3.2, §7.3.6); other fields are ignored.
+
+        That includes ``status`` unless it is ``"deactivated"``: §7.3.2 says the server MUST
+        ignore updates to it, and acme-python/certbot echo ``"status": "valid"`` in every
+        contact update, so refusing it would break them.
+        """
         status = payload.get("status")
-        if status is not None and status != "deactivated":
-            raise AcmeError(problems.malformed("the only status a client may set is 'deactivated'"))
         try:
             if "contact" in payload:
                 contact = validate_contacts(payload["contact"])

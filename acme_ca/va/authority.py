@@ -1,0 +1,140 @@
+"""The validation authority: a method check, then CAA (BR §3.2.2.4, §3.2.2.8).
+
+The RA calls :meth:`ValidationAuthority.validate` from a background task and stores the
+result.  CAA is only asked once the method passed: a failed method needs no CAA lookup, and
+checking CAA at validation time is what lets the CA issue within the CAA window (CAA-9; the
+RA rechecks at finalize when it reuses an authorization).  Every check is a function of
+(identifier, expected value, resolver/perspective) returning a :class:`CheckResult`, so the
+same checks can run at remote perspectives for corroboration (BR §3.2.2.9).
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+import structlog
+
+from acme_ca.acme import problems
+from acme_ca.clock import Clock
+from acme_ca.va.caa_lookup import CaaChecker
+from acme_ca.va.dns01 import Dns01Validator, dns01_txt_value
+from acme_ca.va.http01 import Http01Validator
+from acme_ca.va.records import PRIMARY_PERSPECTIVE, CheckResult, ValidationRecord
+
+__all__ = [
+    "ALWAYS_VALID_NOTE",
+    "ChallengeType",
+    "ValidationAuthority",
+    "dns01_txt_value",
+    "key_authorization",
+]
+
+ChallengeType = Literal["http-01", "dns-01"]
+SUPPORTED_CHALLENGES: Final = ("http-01", "dns-01")
+ALWAYS_VALID_NOTE: Final = "not validated: always_valid test mode"
+
+_log = structlog.get_logger(component=__name__)
+
+
+def key_authorization(token: str, jwk_thumbprint_b64: str) -> str:
+    """RFC 8555 §8.1 (ACME-CHAL-4): ``token || '.' || base64url(JWK thumbprint)``."""
+    return f"{token}.{jwk_thumbprint_b64}"
+
+
+class ValidationAuthority:
+    """Validates one challenge: the method's check, then CAA if it passed.
+
+    ``always_valid`` is Pebble's ``PEBBLE_VA_ALWAYS_VALID``: every validation passes with a
+    record saying none was done.  Only ``serve --test`` may set it; it defaults to off.
+    """
+
+    def __init__(
+        self,
+        http01: Http01Validator,
+        dns01: Dns01Validator,
+        caa: CaaChecker,
+        clock: Clock,
+        *,
+        always_valid: bool = False,
+    ) -> None:
+        self._http01 = http01
+        self._dns01 = dns01
+        self._caa = caa
+        self._clock = clock
+        self.always_valid = always_valid
+        if always_valid:
+            _log.warning("va.always_valid", detail="every validation will pass unchecked")
+
+    async def validate(  # noqa: PLR0917 - the RA's Validator protocol passes these positionally
+        self,
+        challenge_type: str,
+        identifier: str,
+        wildcard: bool,
+        token: str,
+        key_authorization: str,
+        account_uri: str,
+    ) -> CheckResult:
+        """Run the method's check, then CAA; the records of both, in the order they ran.
+
+        ``identifier`` is the authorization's name without ``*.``; ``wildcard`` is its flag.
+        Unexpected exceptions propagate: the caller turns them into ``serverInternal``.
+        """
+        log = _log.bind(identifier=identifier, type=challenge_type, wildcard=wildcard)
+        if challenge_type not in SUPPORTED_CHALLENGES:
+            return CheckResult.failure(
+                problems.malformed(f"challenge type {challenge_type!r} is not supported"), ()
+            )
+        if not key_authorization.startswith(token + "."):
+            return CheckResult.failure(
+                problems.server_internal("key authorization does not belong to the token"), ()
+            )
+        if self.always_valid:
+            log.warning("va.validated", ok=True, always_valid=True)
+            return self._always_valid(challenge_type, identifier, key_authorization)
+        if challenge_type == "http-01":
+            if wildcard:
+                return CheckResult.failure(
+                    problems.unauthorized("http-01 cannot validate a wildcard (BR-DCV-5)"), ()
+                )
+            method = await self._http01.check(identifier, token, key_authorization)
+        else:
+            method = await self._dns01.check(identifier, key_authorization)
+        if not method.ok:
+            log.info("va.validated", ok=False, problem=_short(method), stage="method")
+            return method
+        caa = await self._caa.check(
+            identifier,
+            wildcard=wildcard,
+            account_uri=account_uri,
+            validation_method=challenge_type,
+        )
+        log.info(
+            "va.validated",
+            ok=caa.ok,
+            problem=_short(caa),
+            stage="caa",
+            records=len(method.records) + len(caa.records),
+        )
+        return CheckResult(
+            ok=caa.ok,
+            problem=caa.problem,
+            records=method.records + caa.records,
+            observed=method.observed,
+        )
+
+    def _always_valid(
+        self, challenge_type: str, identifier: str, key_authorization: str
+    ) -> CheckResult:
+        record = ValidationRecord(
+            method="http-01" if challenge_type == "http-01" else "dns-01",
+            hostname=identifier,
+            query="always_valid",
+            at=self._clock.now(),
+            perspective=PRIMARY_PERSPECTIVE,
+            response=ALWAYS_VALID_NOTE,
+        )
+        return CheckResult.success((record,), key_authorization)
+
+
+def _short(result: CheckResult) -> str | None:
+    return result.problem.short_type if result.problem is not None else None

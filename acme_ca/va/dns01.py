@@ -1,0 +1,94 @@
+"""dns-01 validation (RFC 8555 §8.4, BR §3.2.2.4.7, ACME-CHAL-6, BR-DCV-4).
+
+The TXT RRset at ``_acme-challenge.<name>`` (CNAMEs followed by the resolver client) must hold
+base64url(SHA-256(key authorization)).  A name may carry several values at once (a wildcard
+and its base name validated together, or an old value left behind), so any one matching is
+enough.  The lookup goes through our validating resolver; a failure is a ``dns`` problem and
+never a pass.  ``observed`` is the matching value, or every value seen when none matched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Final
+
+import structlog
+
+from acme_ca.acme import problems
+from acme_ca.acme.b64 import b64url_encode
+from acme_ca.clock import Clock, SystemClock
+from acme_ca.va.records import PRIMARY_PERSPECTIVE, CheckResult, dns_record, truncate
+from acme_ca.va.resolver import DnsAnswer, DnsClient
+
+CHALLENGE_LABEL: Final = "_acme-challenge"
+
+_log = structlog.get_logger(component=__name__)
+
+
+def dns01_txt_value(key_authorization: str) -> str:
+    """RFC 8555 §8.4: the TXT value is base64url(SHA-256(keyAuthorization)), unpadded."""
+    return b64url_encode(hashlib.sha256(key_authorization.encode("ascii")).digest())
+
+
+def challenge_name(identifier: str) -> str:
+    """``_acme-challenge.<name>``; a wildcard is validated at its base name (RFC 8555 §8.4)."""
+    name = identifier.removeprefix("*.").rstrip(".").lower()
+    return f"{CHALLENGE_LABEL}.{name}"
+
+
+def txt_strings(answer: DnsAnswer) -> list[str]:
+    """Each TXT record's character-strings joined, as RFC 8555 clients publish long values."""
+    values: list[str] = []
+    for rdata in answer.records:
+        strings: tuple[bytes, ...] = rdata.strings  # type: ignore[attr-defined]
+        values.append(b"".join(strings).decode("utf-8", "replace"))
+    return values
+
+
+class Dns01Validator:
+    """Checks the ``_acme-challenge`` TXT RRset through the VA's resolver."""
+
+    def __init__(
+        self,
+        dns: DnsClient,
+        *,
+        perspective: str = PRIMARY_PERSPECTIVE,
+        clock: Clock | None = None,
+    ) -> None:
+        self._dns = dns
+        self._perspective = perspective
+        self._clock: Clock = clock or SystemClock()
+
+    async def check(self, identifier: str, key_authorization: str) -> CheckResult:
+        """Pass when any TXT value at the challenge name equals the expected digest."""
+        name = challenge_name(identifier)
+        expected = dns01_txt_value(key_authorization)
+        at = self._clock.now()
+        answer = await self._dns.query(name, "TXT")
+        record = dns_record(
+            answer,
+            method="dns-01",
+            hostname=identifier.removeprefix("*.").rstrip(".").lower(),
+            at=at,
+            perspective=self._perspective,
+        )
+        if not answer.ok:
+            detail = f"DNS problem: {answer.failure} looking up TXT for {name}"
+            if answer.error:
+                detail += f": {answer.error}"
+            _log.info("va.dns01.failed", name=name, failure=str(answer.failure))
+            return CheckResult.failure(problems.dns(detail), (record,))
+        values = txt_strings(answer)
+        if expected in values:
+            return CheckResult.success((record,), expected)
+        observed = "\n".join(sorted(values)) if values else None
+        if not values:
+            detail = f"No TXT record found at {name}"
+        else:
+            shown = ", ".join(repr(truncate(v, 64)) for v in values[:3])
+            detail = (
+                f"Incorrect TXT record at {name}: {len(values)} found ({shown}), "
+                f"none is {expected!r}"
+            )
+        _log.info("va.dns01.failed", name=name, found=len(values))
+        return CheckResult.failure(problems.incorrect_response(detail), (record,), observed)

@@ -1,0 +1,343 @@
+"""The VA's DNS client: asks our own validating resolver and reports its DNSSEC verdict.
+
+The resolver does the recursion and the DNSSEC validation (ACME-CHAL-6, BR §3.2.2.4 and
+§3.2.2.8.1); this client sends every query with EDNS and the DO bit, retries over TCP when an
+answer is truncated (or always, when configured), follows the CNAME chain the resolver returns
+and reads the AD bit.  It never raises for a DNS outcome: a :class:`DnsAnswer` says whether the
+lookup failed and why, so every check can record the answer and refuse on failure.  NXDOMAIN
+and NODATA are empty answers, not failures.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from dataclasses import dataclass, field, replace
+from typing import Final
+
+import dns.asyncquery
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+import structlog
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+DEFAULT_PORT: Final = 53
+EDNS_PAYLOAD: Final = 1232
+"""The DNS Flag Day 2020 buffer size: large enough for most answers, small enough not to
+fragment; anything larger comes back truncated and is asked again over TCP."""
+MAX_CNAME_CHAIN: Final = 8
+"""CNAME hops followed before giving up; a longer chain or a loop is a lookup failure."""
+
+_log = structlog.get_logger(component=__name__)
+
+
+class DnsFailure(enum.StrEnum):
+    """Why a lookup produced no usable answer; each one fails the check that asked.
+
+    ``UNAUTHENTICATED``: ``require_dnssec`` and the reply lacked AD.  ``ERROR``: any other
+    rcode, a malformed reply, a CNAME loop or a network error.
+    """
+
+    SERVFAIL = "servfail"
+    TIMEOUT = "timeout"
+    UNAUTHENTICATED = "unauthenticated"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class Nameserver:
+    """One resolver address; ``host:port`` or ``[v6]:port`` in settings."""
+
+    host: str
+    port: int = DEFAULT_PORT
+
+    @classmethod
+    def parse(cls, text: str) -> Nameserver:
+        """Accept ``1.2.3.4``, ``1.2.3.4:53``, ``::1`` and ``[::1]:53``; IP literals only."""
+        text = text.strip()
+        host, port = text, DEFAULT_PORT
+        if text.startswith("["):
+            host, sep, rest = text[1:].partition("]")
+            if not sep or (rest and not rest.startswith(":")):
+                raise ValueError(f"bad nameserver {text!r}")
+            if rest:
+                port = int(rest[1:])
+        elif text.count(":") == 1:
+            host, _, port_text = text.partition(":")
+            port = int(port_text)
+        ipaddress.ip_address(host)  # a resolver named by hostname would need a resolver
+        if not 0 < port < 65536:
+            raise ValueError(f"bad nameserver port in {text!r}")
+        return cls(host, port)
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ResolverSettings:
+    """Where and how to ask; the defaults are the production ones (TCP, DNSSEC required).
+
+    ``require_dnssec`` makes every answer without the AD bit a failure, so it must point at a
+    validating resolver we run; a bogus answer already comes back from it as SERVFAIL.
+    """
+
+    nameservers: tuple[str, ...]
+    timeout: float = 5.0
+    """Seconds for one query to one nameserver."""
+    attempts: int = 2
+    """Passes over the nameserver list before a timeout or SERVFAIL is final."""
+    require_dnssec: bool = True
+    tcp: bool = True
+    """Query over TCP from the start (ACME-CHAL-6); UDP otherwise, with TCP on truncation."""
+    parsed: tuple[Nameserver, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.nameservers:
+            raise ValueError("at least one nameserver is required")
+        if self.timeout <= 0 or self.attempts < 1:
+            raise ValueError("timeout must be positive and attempts at least 1")
+        object.__setattr__(self, "parsed", tuple(Nameserver.parse(ns) for ns in self.nameservers))
+
+
+@dataclass(frozen=True)
+class DnsAnswer:
+    """One lookup as the checks see it: records of the asked type after the CNAME chain."""
+
+    name: str
+    rdtype: str
+    records: tuple[dns.rdata.Rdata, ...] = ()
+    chain: tuple[str, ...] = ()
+    """CNAME targets followed, in order."""
+    rcode: str | None = "NOERROR"
+    """None when no reply came back at all."""
+    authenticated: bool = False
+    """True only when every reply in the chain carried AD."""
+    server: str | None = None
+    failure: DnsFailure | None = None
+    """None for a usable (possibly empty) answer."""
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+    @property
+    def question(self) -> str:
+        return f"{self.name} {self.rdtype}"
+
+    def describe(self) -> str:
+        """The answer for a record: rcode, chain and records in presentation format."""
+        parts = [self.rcode or self.failure or "no reply"]
+        parts.extend(f"CNAME {target}" for target in self.chain)
+        parts.extend(r.to_text() for r in self.records)
+        return "; ".join(parts)
+
+
+class DnsLookupError(Exception):
+    """Raised by :meth:`DnsClient.resolve_addresses`; carries the failed answer."""
+
+    def __init__(self, answer: DnsAnswer) -> None:
+        super().__init__(
+            f"DNS lookup of {answer.question} failed ({answer.failure}): {answer.error or ''}"
+        )
+        self.answer = answer
+
+
+def _absolute(name: str) -> dns.name.Name:
+    return dns.name.from_text(name.rstrip(".") + ".")
+
+
+def _text(name: dns.name.Name) -> str:
+    return name.to_text(omit_final_dot=True)
+
+
+def _find(
+    message: dns.message.Message, name: dns.name.Name, rdtype: dns.rdatatype.RdataType
+) -> dns.rrset.RRset | None:
+    for rrset in message.answer:
+        if rrset.name == name and rrset.rdtype == rdtype and rrset.rdclass == dns.rdataclass.IN:
+            return rrset
+    return None
+
+
+class DnsClient:
+    """Queries the configured resolvers; one per VA, shared by every check."""
+
+    def __init__(self, settings: ResolverSettings) -> None:
+        self.settings = settings
+
+    def describe(self) -> str:
+        """The resolvers asked, for records that cannot name the one that answered."""
+        return ",".join(str(ns) for ns in self.settings.parsed)
+
+    async def query(self, name: str, rdtype: str) -> DnsAnswer:
+        """Look up ``name``/``rdtype`` and follow CNAMEs; never raises for a DNS outcome."""
+        wanted = dns.rdatatype.from_text(rdtype)
+        type_text = dns.rdatatype.to_text(wanted)
+        name = name.rstrip(".").lower()
+        try:
+            current = _absolute(name)
+        except (ValueError, dns.exception.DNSException) as exc:
+            return DnsAnswer(name, type_text, failure=DnsFailure.ERROR, error=str(exc))
+        chain: list[str] = []
+        seen = {current}
+        authenticated = True
+        # A recursive resolver returns the whole chain in one reply; if a reply stops at an
+        # alias target it did not chase, that target is asked about in a new query.
+        while True:
+            reply, server, failure, error = await self._exchange(current, wanted)
+            if reply is None:
+                return DnsAnswer(
+                    name,
+                    type_text,
+                    chain=tuple(chain),
+                    rcode="SERVFAIL" if failure == DnsFailure.SERVFAIL else None,
+                    server=server,
+                    failure=failure,
+                    error=error,
+                )
+            rcode = dns.rcode.to_text(reply.rcode())
+            authenticated = authenticated and bool(reply.flags & dns.flags.AD)
+            advanced = False
+            while True:
+                found = _find(reply, current, wanted)
+                if found is not None:
+                    return self._finish(
+                        DnsAnswer(
+                            name,
+                            type_text,
+                            records=tuple(found),
+                            chain=tuple(chain),
+                            rcode=rcode,
+                            authenticated=authenticated,
+                            server=server,
+                        )
+                    )
+                alias = _find(reply, current, dns.rdatatype.CNAME)
+                if alias is None or wanted == dns.rdatatype.CNAME:
+                    break
+                target = alias[0].target
+                if target in seen or len(chain) >= MAX_CNAME_CHAIN:
+                    return DnsAnswer(
+                        name,
+                        type_text,
+                        chain=tuple(chain),
+                        rcode=rcode,
+                        server=server,
+                        failure=DnsFailure.ERROR,
+                        error=f"CNAME chain loops or is longer than {MAX_CNAME_CHAIN} hops",
+                    )
+                seen.add(target)
+                chain.append(_text(target))
+                current = target
+                advanced = True
+            if not (advanced and rcode == "NOERROR"):
+                # NXDOMAIN or NODATA for the end of the chain: an empty answer.
+                return self._finish(
+                    DnsAnswer(
+                        name,
+                        type_text,
+                        chain=tuple(chain),
+                        rcode=rcode,
+                        authenticated=authenticated,
+                        server=server,
+                    )
+                )
+
+    def _finish(self, answer: DnsAnswer) -> DnsAnswer:
+        """Apply ``require_dnssec`` to a usable answer: no AD, no answer."""
+        if self.settings.require_dnssec and not answer.authenticated:
+            return replace(
+                answer,
+                records=(),
+                failure=DnsFailure.UNAUTHENTICATED,
+                error="answer not DNSSEC-authenticated (no AD bit): bogus or unsigned",
+            )
+        return answer
+
+    async def _exchange(
+        self, qname: dns.name.Name, rdtype: dns.rdatatype.RdataType
+    ) -> tuple[dns.message.Message | None, str | None, DnsFailure | None, str | None]:
+        """Ask each resolver in turn, ``attempts`` passes; ``(reply, server, failure, error)``.
+
+        SERVFAIL and timeouts move on to the next try; NOERROR and NXDOMAIN are final.
+        """
+        failure, error, server = DnsFailure.ERROR, "no nameserver answered", None
+        for _ in range(self.settings.attempts):
+            for ns in self.settings.parsed:
+                server = str(ns)
+                query = dns.message.make_query(
+                    qname, rdtype, use_edns=0, want_dnssec=True, payload=EDNS_PAYLOAD
+                )
+                # RFC 6840 §5.7: ask for the AD bit explicitly, not only through DO.
+                query.flags |= dns.flags.AD
+                try:
+                    reply = await self._send(query, ns)
+                except dns.exception.Timeout:
+                    failure, error = DnsFailure.TIMEOUT, f"timeout asking {server}"
+                    continue
+                except (OSError, EOFError, dns.exception.DNSException) as exc:
+                    failure, error = DnsFailure.ERROR, f"{type(exc).__name__}: {exc}"
+                    continue
+                rcode = reply.rcode()
+                if rcode in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+                    return reply, server, None, None
+                if rcode == dns.rcode.SERVFAIL:
+                    failure, error = DnsFailure.SERVFAIL, f"SERVFAIL from {server}"
+                else:
+                    failure = DnsFailure.ERROR
+                    error = f"{dns.rcode.to_text(rcode)} from {server}"
+                _log.debug(
+                    "va.dns.retry",
+                    name=_text(qname),
+                    type=dns.rdatatype.to_text(rdtype),
+                    server=server,
+                    failure=failure,
+                )
+        return None, server, failure, error
+
+    async def _send(self, query: dns.message.Message, ns: Nameserver) -> dns.message.Message:
+        timeout = self.settings.timeout
+        if not self.settings.tcp:
+            reply = await dns.asyncquery.udp(query, ns.host, timeout=timeout, port=ns.port)
+            if not reply.flags & dns.flags.TC:
+                return reply
+        return await dns.asyncquery.tcp(query, ns.host, timeout=timeout, port=ns.port)
+
+    async def resolve_addresses(self, host: str) -> list[IPAddress]:
+        """A and AAAA for ``host``, IPv6 first; either lookup failing fails the whole.
+
+        An IP literal is returned as is.  Raises :class:`DnsLookupError`; use
+        :meth:`lookup_addresses` to keep the answers for a record.
+        """
+        answers, addresses = await self.lookup_addresses(host)
+        for answer in answers:
+            if not answer.ok:
+                raise DnsLookupError(answer)
+        return addresses
+
+    async def lookup_addresses(self, host: str) -> tuple[tuple[DnsAnswer, ...], list[IPAddress]]:
+        """The AAAA and A answers and the addresses they hold (none if either failed)."""
+        try:
+            return (), [ipaddress.ip_address(host.strip("[]"))]
+        except ValueError:
+            pass
+        aaaa = await self.query(host, "AAAA")
+        a = await self.query(host, "A")
+        if not (aaaa.ok and a.ok):
+            return (aaaa, a), []
+        addresses: list[IPAddress] = []
+        for answer in (aaaa, a):
+            for rdata in answer.records:
+                addresses.append(ipaddress.ip_address(rdata.address))  # type: ignore[attr-defined]
+        return (aaaa, a), addresses

@@ -11,7 +11,7 @@ import json
 import socket
 from collections.abc import AsyncIterator, Iterator
 
-import josepy
+import josepy.jwk
 import pytest
 from acme import challenges as certbot_challenges
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -62,7 +62,7 @@ def test_acme_chal_4_values_match_certbot() -> None:
     ours = jwk_from_key(key.public_key())
     token = b"\x01" * 32
     challenge = certbot_challenges.DNS01(token=token)
-    theirs = josepy.JWKEC(key=key)
+    theirs = josepy.jwk.JWKEC(key=key)
     ka = key_authorization(challenge.encode("token"), ours.thumbprint_b64())
     assert ka == challenge.key_authorization(theirs)
     assert dns01_txt_value(ka) == challenge.validation(theirs)

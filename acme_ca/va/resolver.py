@@ -10,6 +10,7 @@ and NODATA are empty answers, not failures.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import ipaddress
 from dataclasses import dataclass, field, replace
@@ -332,8 +333,7 @@ class DnsClient:
             return (), [ipaddress.ip_address(host.strip("[]"))]
         except ValueError:
             pass
-        aaaa = await self.query(host, "AAAA")
-        a = await self.query(host, "A")
+        aaaa, a = await asyncio.gather(self.query(host, "AAAA"), self.query(host, "A"))
         if not (aaaa.ok and a.ok):
             return (aaaa, a), []
         addresses: list[IPAddress] = []

@@ -82,3 +82,65 @@ CREATE TABLE IF NOT EXISTS audit_events (
     details     jsonb NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS audit_events_account ON audit_events (account_id, at);
+
+-- Authorizations (RFC 8555 §7.1.4): `identifier` is the base name; a wildcard order's
+-- authorization has wildcard = true and offers dns-01 only.
+CREATE TABLE IF NOT EXISTS authorizations (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    account_id      bigint NOT NULL REFERENCES accounts (id),
+    identifier      text NOT NULL,
+    wildcard        boolean NOT NULL,
+    status          text NOT NULL CHECK (status IN
+                    ('pending', 'valid', 'invalid', 'deactivated', 'expired', 'revoked')),
+    expires_at      timestamptz NOT NULL,
+    validated_at    timestamptz,
+    created_at      timestamptz NOT NULL,
+    updated_at      timestamptz NOT NULL
+);
+CREATE INDEX IF NOT EXISTS authorizations_reuse
+    ON authorizations (account_id, identifier, wildcard, status, expires_at);
+
+CREATE TABLE IF NOT EXISTS order_authorizations (
+    order_id    bigint NOT NULL REFERENCES orders (id),
+    authz_id    bigint NOT NULL REFERENCES authorizations (id),
+    position    integer NOT NULL,
+    PRIMARY KEY (order_id, authz_id)
+);
+CREATE INDEX IF NOT EXISTS order_authorizations_authz ON order_authorizations (authz_id);
+
+-- Challenges (§7.1.5, §8). A challenge in `processing` is owned by a validator until
+-- `lease_until`; after that any server process picks it up again (crash recovery).
+CREATE TABLE IF NOT EXISTS challenges (
+    id                  bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    authz_id            bigint NOT NULL REFERENCES authorizations (id),
+    type                text NOT NULL CHECK (type IN ('http-01', 'dns-01')),
+    token               text NOT NULL UNIQUE,
+    status              text NOT NULL CHECK (status IN ('pending', 'processing', 'valid', 'invalid')),
+    validated_at        timestamptz,
+    error               jsonb,
+    validation_records  jsonb NOT NULL DEFAULT '[]',
+    attempts            integer NOT NULL DEFAULT 0,
+    lease_until         timestamptz,
+    created_at          timestamptz NOT NULL,
+    updated_at          timestamptz NOT NULL
+);
+CREATE INDEX IF NOT EXISTS challenges_authz ON challenges (authz_id);
+CREATE INDEX IF NOT EXISTS challenges_processing ON challenges (lease_until)
+    WHERE status = 'processing';
+
+-- Issued certificates (and, once CT lands, precertificates): the serial is unique by
+-- constraint, in lower-case hex of its DER INTEGER content.
+CREATE TABLE IF NOT EXISTS certificates (
+    id                  bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    order_id            bigint REFERENCES orders (id),
+    account_id          bigint NOT NULL REFERENCES accounts (id),
+    serial              text NOT NULL UNIQUE,
+    issuer              text NOT NULL,
+    der                 bytea NOT NULL,
+    not_before          timestamptz NOT NULL,
+    not_after           timestamptz NOT NULL,
+    revoked_at          timestamptz,
+    revocation_reason   smallint,
+    created_at          timestamptz NOT NULL
+);
+CREATE INDEX IF NOT EXISTS certificates_order ON certificates (order_id);

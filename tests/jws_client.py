@@ -29,8 +29,8 @@ def default_alg(key: PrivateKey) -> str:
 def raw_sign(key: PrivateKey, data: bytes, alg: str) -> bytes:
     if isinstance(key, rsa.RSAPrivateKey):
         return key.sign(data, padding.PKCS1v15(), hashes.SHA256())
-    digest, size = {"ES256": (hashes.SHA256(), 32), "ES384": (hashes.SHA384(), 48)}.get(
-        alg, (hashes.SHA256(), 32))
+    digest = hashes.SHA384() if alg == "ES384" else hashes.SHA256()
+    size = (key.curve.key_size + 7) // 8
     r, s = decode_dss_signature(key.sign(data, ec.ECDSA(digest)))
     return r.to_bytes(size, "big") + s.to_bytes(size, "big")
 

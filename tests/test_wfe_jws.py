@@ -188,7 +188,7 @@ async def test_acme_nonce_1_expired_nonce(
 async def test_acme_nonce_3_nonce_on_success_and_error(client: JwsClient) -> None:
     ok = await client.post(client.kid or "", None)
     assert ok.status == 200 and ok.headers["Replay-Nonce"]
-    bad = await client.post(client.kid or "", {"status": "bogus"})
+    bad = await client.post(client.kid or "", {"contact": ["ftp://example.test"]})
     assert bad.status == 400 and bad.headers["Replay-Nonce"]
 
 

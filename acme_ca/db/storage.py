@@ -7,8 +7,10 @@ from dataclasses import dataclass
 import asyncpg
 
 from acme_ca.db.accounts import AccountRepository
+from acme_ca.db.certificates import CertificateRepository
 from acme_ca.db.eab import EabKeyRepository
 from acme_ca.db.nonces import NonceRepository
+from acme_ca.db.orders import OrderRepository
 from acme_ca.db.pool import create_pool
 
 
@@ -18,6 +20,8 @@ class Storage:
     accounts: AccountRepository
     eab_keys: EabKeyRepository
     nonces: NonceRepository
+    orders: OrderRepository
+    certificates: CertificateRepository
 
     async def close(self) -> None:
         await self.pool.close()
@@ -30,4 +34,6 @@ async def open_storage(dsn: str, *, max_size: int = 10) -> Storage:
         accounts=AccountRepository(pool),
         eab_keys=EabKeyRepository(pool),
         nonces=NonceRepository(pool),
+        orders=OrderRepository(pool),
+        certificates=CertificateRepository(pool),
     )

@@ -11,7 +11,7 @@ from acme_ca.acme import problems
 from acme_ca.acme.problems import AcmeError
 from acme_ca.db.accounts import Account
 from acme_ca.ra.accounts import AccountKeyConflict
-from acme_ca.wfe.responses import acme_json
+from acme_ca.wfe.responses import acme_json, rfc3339
 from acme_ca.wfe.services import FrontEnd, front_end
 from acme_ca.wfe.verify import KeyMode, VerifiedRequest, verify_post
 
@@ -21,7 +21,7 @@ def account_body(fe: FrontEnd, account: Account) -> dict[str, Any]:
         "status": account.status,
         "contact": list(account.contact),
         "orders": fe.urls.account_orders(account.id),
-        "createdAt": account.created_at.isoformat().replace("+00:00", "Z"),
+        "createdAt": rfc3339(account.created_at),
     }
     if account.tos_agreed_at is not None:
         body["termsOfServiceAgreed"] = True
@@ -70,9 +70,12 @@ async def post_account_orders(request: web.Request) -> web.Response:
     if not cursor_text.isdigit() or len(cursor_text) > 18:
         raise AcmeError(problems.malformed("cursor must be a non-negative integer"))
     limit = fe.config.orders_page_size
-    ids = await fe.account_reads.order_ids(account.id, after_id=int(cursor_text), limit=limit)
+    # One row more than a page tells whether a next page exists (no empty last page).
+    ids = await fe.account_reads.order_ids(account.id, after_id=int(cursor_text),
+                                           limit=limit + 1)
     links = []
-    if len(ids) == limit:
+    if len(ids) > limit:
+        ids = ids[:limit]
         links.append(f'<{fe.urls.account_orders(account.id, ids[-1])}>;rel="next"')
     return acme_json({"orders": [fe.urls.order(i) for i in ids]}, links=links)
 

@@ -9,21 +9,30 @@ from aiohttp import web
 from acme_ca.clock import Clock
 from acme_ca.config import Config
 from acme_ca.db.accounts import AccountRepository
+from acme_ca.db.orders import OrderRepository
 from acme_ca.ra.accounts import AccountAuthority
+from acme_ca.ra.challenges import ChallengeAuthority
+from acme_ca.ra.orders import OrderAuthority
+from acme_ca.ra.revocation import RevocationAuthority
 from acme_ca.wfe.nonces import NonceService
 from acme_ca.wfe.urls import Urls
 
 
 @dataclass(frozen=True)
 class FrontEnd:
-    """Everything a handler uses: policy (RA) for writes, read-only storage for lookups."""
+    """Everything a handler uses: the RA's authorities for writes, read-only repositories
+    for lookups (as Boulder's WFE holds a read-only storage client)."""
 
     config: Config
     clock: Clock
     urls: Urls
     nonces: NonceService
     accounts: AccountAuthority
+    orders: OrderAuthority
+    challenges: ChallengeAuthority
+    revocation: RevocationAuthority
     account_reads: AccountRepository
+    order_reads: OrderRepository
 
 
 FRONT_END = web.AppKey("front_end", FrontEnd)

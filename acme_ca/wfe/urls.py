@@ -15,6 +15,10 @@ KEY_CHANGE = "/acme/key-change"
 ACCOUNT = "/acme/acct/{account_id:[0-9]{1,18}}"
 ACCOUNT_ORDERS = "/acme/acct/{account_id:[0-9]{1,18}}/orders"
 ORDER = "/acme/order/{order_id:[0-9]{1,18}}"
+FINALIZE = "/acme/order/{order_id:[0-9]{1,18}}/finalize"
+AUTHZ = "/acme/authz/{authz_id:[0-9]{1,18}}"
+CHALLENGE = "/acme/chall/{challenge_id:[0-9]{1,18}}"
+CERTIFICATE = "/acme/cert/{certificate_id:[0-9]{1,18}}"
 
 ACCOUNT_PREFIX = "/acme/acct/"
 
@@ -37,6 +41,18 @@ class Urls:
 
     def order(self, order_id: int) -> str:
         return f"{self.base}/acme/order/{order_id}"
+
+    def finalize(self, order_id: int) -> str:
+        return f"{self.base}/acme/order/{order_id}/finalize"
+
+    def authz(self, authz_id: int) -> str:
+        return f"{self.base}/acme/authz/{authz_id}"
+
+    def challenge(self, challenge_id: int) -> str:
+        return f"{self.base}/acme/chall/{challenge_id}"
+
+    def certificate(self, certificate_id: int) -> str:
+        return f"{self.base}/acme/cert/{certificate_id}"
 
     def account_id_from_kid(self, kid: str) -> int | None:
         """The account id if ``kid`` is exactly one of our account URLs, else None."""

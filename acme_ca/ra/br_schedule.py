@@ -1,0 +1,27 @@
+"""Date-gated limits of the Baseline Requirements, as pure functions of the date.
+
+BR 4.2.1 (ballot SC-081): how long domain-validation data may be reused; BR 6.3.2: the
+longest certificate validity.  Each limit applies from 00:00 UTC of its effective date.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+_DCV_REUSE = (
+    (datetime(2029, 3, 15, tzinfo=UTC), timedelta(days=10)),
+    (datetime(2027, 3, 15, tzinfo=UTC), timedelta(days=100)),
+    (datetime(2026, 3, 15, tzinfo=UTC), timedelta(days=200)),
+)
+_DCV_REUSE_BEFORE = timedelta(days=398)
+
+#: BR 3.2.2.4.7 / .19: a Random Value or Request Token is usable for at most 30 days.
+MAX_TOKEN_LIFETIME = timedelta(days=30)
+
+
+def max_dcv_reuse(at: datetime) -> timedelta:
+    """The longest a validation may be reused for issuance at ``at`` (BR 4.2.1)."""
+    for since, limit in _DCV_REUSE:
+        if at >= since:
+            return limit
+    return _DCV_REUSE_BEFORE

@@ -1,0 +1,128 @@
+"""Challenge responses and authorization deactivation (RFC 8555 §7.5.1, §7.5.2, §8).
+
+A challenge POST commits ``processing`` and returns at once; the validation runs in the
+background and its result is written by a conditional update.  A process that dies
+mid-validation leaves a lease that expires, and any process then runs it again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Protocol
+
+import structlog
+
+from acme_ca.acme import problems
+from acme_ca.acme.b64 import b64url_encode
+from acme_ca.acme.problems import AcmeError
+from acme_ca.clock import Clock
+from acme_ca.db.accounts import Account, AccountRepository
+from acme_ca.db.orders import Authorization, Challenge, OrderRepository, ValidationOutcome
+from acme_ca.ra.tasks import BackgroundTasks
+from acme_ca.va.records import CheckResult
+
+log = structlog.get_logger(component="acme_ca.ra.challenges")
+
+
+class Validator(Protocol):
+    async def validate(self, challenge_type: str, identifier: str, wildcard: bool, token: str,
+                       key_authorization: str, account_uri: str) -> CheckResult: ...
+
+
+def key_authorization(token: str, thumbprint: bytes) -> str:
+    """``token || '.' || base64url(JWK thumbprint)`` (RFC 8555 §8.1)."""
+    return f"{token}.{b64url_encode(thumbprint)}"
+
+
+class ChallengeAuthority:
+    def __init__(
+        self,
+        orders: OrderRepository,
+        accounts: AccountRepository,
+        validator: Validator,
+        tasks: BackgroundTasks,
+        clock: Clock,
+        *,
+        account_uri: Callable[[int], str],
+        reuse_period: Callable[[], timedelta],
+        lease: timedelta = timedelta(minutes=2),
+    ) -> None:
+        self._orders = orders
+        self._accounts = accounts
+        self._validator = validator
+        self._tasks = tasks
+        self._clock = clock
+        self._account_uri = account_uri
+        self._reuse_period = reuse_period
+        self._lease = lease
+
+    async def respond(self, account: Account, challenge_id: int) -> tuple[Challenge, Authorization]:
+        """The client says it is ready: start validation unless already started or done."""
+        found = await self._orders.get_challenge(challenge_id)
+        if found is None or found[1].account_id != account.id:
+            raise AcmeError(problems.not_found("no such challenge"))
+        challenge, authz = found
+        if challenge.status == "pending":
+            if authz.status != "pending" or authz.expires_at <= self._clock.now():
+                raise AcmeError(problems.malformed(
+                    f"the authorization is {authz.status}; this challenge cannot be started"))
+            if await self._orders.start_challenge(challenge.id, now=self._clock.now(),
+                                                  lease=self._lease):
+                log.info("challenge.processing", challenge_id=challenge.id, authz_id=authz.id,
+                         type=challenge.type, identifier=authz.identifier)
+                self._tasks.spawn(self.run_validation(challenge.id),
+                                  name=f"validate-{challenge.id}")
+            found = await self._orders.get_challenge(challenge_id)
+            assert found is not None
+        return found
+
+    async def run_validation(self, challenge_id: int) -> None:
+        found = await self._orders.get_challenge(challenge_id)
+        if found is None or found[0].status != "processing":
+            return
+        challenge, authz = found
+        account = await self._accounts.get(authz.account_id)
+        assert account is not None
+        try:
+            result = await self._validator.validate(
+                challenge.type, authz.identifier, authz.wildcard, challenge.token,
+                key_authorization(challenge.token, account.key_thumbprint),
+                self._account_uri(account.id),
+            )
+            valid, records = result.ok, [r.to_json() for r in result.records]
+            error = None if result.ok or result.problem is None else result.problem.to_json()
+        except Exception:
+            log.exception("challenge.validator_crashed", challenge_id=challenge_id)
+            valid, records = False, []
+            error = problems.server_internal("validation failed inside the CA").to_json()
+        now = self._clock.now()
+        outcome = ValidationOutcome(
+            valid=valid, records=records, error=error,
+            authz_expires_at=now + self._reuse_period() if valid else None,
+        )
+        changed = await self._orders.finish_validation(challenge_id, outcome, now)
+        log.info("challenge.valid" if valid else "challenge.invalid",
+                 challenge_id=challenge_id, authz_id=authz.id, account_id=account.id,
+                 identifier=authz.identifier, type=challenge.type, orders=changed,
+                 problem=error["type"] if error else None)
+
+    async def recover_stale(self) -> int:
+        """Re-run validations whose lease lapsed (their process died); returns how many."""
+        ids = await self._orders.claim_stale_challenges(now=self._clock.now(), lease=self._lease)
+        for challenge_id in ids:
+            log.warning("challenge.recovered", challenge_id=challenge_id)
+            self._tasks.spawn(self.run_validation(challenge_id), name=f"validate-{challenge_id}")
+        return len(ids)
+
+    async def deactivate_authorization(self, account: Account, authz_id: int) -> Authorization:
+        authz = await self._orders.get_authorization(authz_id)
+        if authz is None or authz.account_id != account.id:
+            raise AcmeError(problems.not_found("no such authorization"))
+        if not await self._orders.deactivate_authorization(authz_id, self._clock.now()):
+            raise AcmeError(problems.malformed(
+                f"an authorization that is {authz.status} cannot be deactivated"))
+        log.info("authz.deactivated", authz_id=authz_id, account_id=account.id)
+        updated = await self._orders.get_authorization(authz_id)
+        assert updated is not None
+        return updated

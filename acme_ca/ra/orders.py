@@ -1,0 +1,128 @@
+"""Order policy (RFC 8555 §7.4, §7.5): identifiers, authorization reuse, challenges offered.
+
+What an order contains is decided here and stored in one transaction; statuses are derived
+by :mod:`acme_ca.ra.states`.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import structlog
+
+from acme_ca.acme import problems
+from acme_ca.acme.b64 import b64url_encode
+from acme_ca.acme.problems import AcmeError, Identifier
+from acme_ca.clock import Clock
+from acme_ca.db.accounts import Account
+from acme_ca.db.orders import NewAuthorization, Order, OrderRepository
+from acme_ca.ra.br_schedule import MAX_TOKEN_LIFETIME, max_dcv_reuse
+from acme_ca.ra.identifiers import IdentifierPolicy, base_domain, is_wildcard
+from acme_ca.ra.states import AuthzState, order_status
+
+log = structlog.get_logger(component="acme_ca.ra.orders")
+
+#: 256 bits of CSPRNG per token (ACME-CHAL-4 asks for at least 128).
+TOKEN_BYTES = 32
+
+
+@dataclass(frozen=True)
+class OrderPolicy:
+    """Lifetimes and reuse, validated against the BRs at construction."""
+
+    order_lifetime: timedelta = timedelta(days=7)
+    pending_authz_lifetime: timedelta = timedelta(days=7)
+    authz_reuse: timedelta = timedelta(days=30)
+
+    def __post_init__(self) -> None:
+        if self.pending_authz_lifetime > MAX_TOKEN_LIFETIME:
+            raise ValueError("pending authorizations may live at most 30 days (BR 3.2.2.4)")
+        if min(self.order_lifetime, self.pending_authz_lifetime, self.authz_reuse) <= timedelta():
+            raise ValueError("lifetimes must be positive")
+
+
+def new_token() -> str:
+    return b64url_encode(secrets.token_bytes(TOKEN_BYTES))
+
+
+class OrderAuthority:
+    def __init__(self, orders: OrderRepository, identifiers: IdentifierPolicy,
+                 policy: OrderPolicy, clock: Clock) -> None:
+        self._orders = orders
+        self._identifiers = identifiers
+        self._policy = policy
+        self._clock = clock
+
+    def reuse_period(self) -> timedelta:
+        """The configured reuse period, never above the BR limit for today (BR 4.2.1)."""
+        return min(self._policy.authz_reuse, max_dcv_reuse(self._clock.now()))
+
+    async def new_order(self, account: Account, payload: dict[str, Any]) -> Order:
+        raw = payload.get("identifiers")
+        if not isinstance(raw, list) or not all(
+            isinstance(i, dict) and isinstance(i.get("type"), str)
+            and isinstance(i.get("value"), str) for i in raw
+        ):
+            raise AcmeError(problems.malformed("identifiers must be a list of {type, value}"))
+        for field_name in ("notBefore", "notAfter"):
+            if payload.get(field_name) is not None:
+                raise AcmeError(problems.malformed(
+                    f"{field_name} is not supported; validity follows the CA's profile"))
+        if payload.get("profile") is not None:
+            raise AcmeError(problems.invalid_profile("this CA offers no selectable profiles"))
+        identifiers = self._identifiers.check_order(
+            [Identifier(i["type"], i["value"]) for i in raw])
+
+        now = self._clock.now()
+        reuse_from = now - self.reuse_period()
+        reuse: list[int | None] = []
+        new: list[NewAuthorization | None] = []
+        for ident in identifiers:
+            wildcard = is_wildcard(ident.value)
+            name = base_domain(ident.value)
+            existing = await self._orders.reusable_authorization(
+                account.id, name, wildcard, now=now, valid_not_before=reuse_from,
+                min_remaining=timedelta(minutes=5),
+            )
+            reuse.append(existing)
+            if existing is not None:
+                new.append(None)
+                continue
+            kinds = ("dns-01",) if wildcard else ("http-01", "dns-01")
+            new.append(NewAuthorization(
+                identifier=name, wildcard=wildcard,
+                expires_at=now + self._policy.pending_authz_lifetime,
+                challenges=tuple((kind, new_token()) for kind in kinds),
+            ))
+        order = await self._orders.create_order(
+            account_id=account.id, identifiers=[i.to_json() for i in identifiers],
+            expires_at=now + self._policy.order_lifetime, status="pending",
+            reuse=reuse, new_authzs=new, now=now,
+        )
+        await self.refresh_status(order)
+        log.info("order.created", account_id=account.id, order_id=order.id,
+                 identifiers=[i.value for i in identifiers],
+                 reused_authzs=sum(1 for r in reuse if r))
+        refreshed = await self._orders.get_order(order.id)
+        assert refreshed is not None
+        return refreshed
+
+    def current_status(self, order: Order) -> str:
+        states = [AuthzState(s, e) for s, e in order.authz_states]
+        return order_status(order.status, order.expires_at, states, self._clock.now())
+
+    async def refresh_status(self, order: Order) -> str:
+        """Persist a derived change (e.g. all reused authorizations valid → ready)."""
+        status = self.current_status(order)
+        if status != order.status:
+            error = None
+            if status == "invalid":
+                error = problems.unauthorized(
+                    "order expired or one of its authorizations is no longer usable").to_json()
+            await self._orders.set_order_status(order.id, status, self._clock.now(), error)
+            log.info("order.status_changed", order_id=order.id, account_id=order.account_id,
+                     old=order.status, new=status)
+        return status

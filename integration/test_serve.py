@@ -28,16 +28,9 @@ from acme import client as acme_client
 from acme import messages as acme_messages
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests import conftest as _fixtures
 from tests.jws_client import JwsClient
 
 pytestmark = pytest.mark.integration
-
-# The session PostgreSQL and the per-test database of tests/conftest.py (a conftest only reaches
-# its own directory, so the fixtures are re-exported here by name).
-postgres = _fixtures.postgres
-template_dsn = _fixtures.template_dsn
-dsn = _fixtures.dsn
 
 
 def _acme_ca_exe() -> str:

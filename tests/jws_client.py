@@ -69,8 +69,11 @@ def make_jws(
     payload_b64 = b64url_encode(payload_raw)
     signing_input = f"{protected_b64}.{payload_b64}".encode()
     signature = raw_sign(key, signing_input, alg or default_alg(key))
-    return {"protected": protected_b64, "payload": payload_b64,
-            "signature": b64url_encode(signature)}
+    return {
+        "protected": protected_b64,
+        "payload": payload_b64,
+        "signature": b64url_encode(signature),
+    }
 
 
 def make_eab(hmac_key: bytes, kid: str, account_key: PrivateKey, url: str) -> dict[str, str]:
@@ -108,30 +111,49 @@ class JwsClient:
         async with self.session.head(self.directory["newNonce"]) as resp:
             return resp.headers["Replay-Nonce"]
 
-    async def post_raw(self, url: str, body: bytes | str,
-                       content_type: str = "application/jose+json") -> Reply:
+    async def post_raw(
+        self, url: str, body: bytes | str, content_type: str = "application/jose+json"
+    ) -> Reply:
         data = body.encode() if isinstance(body, str) else body
-        async with self.session.post(url, data=data,
-                                     headers={"Content-Type": content_type}) as resp:
+        async with self.session.post(
+            url, data=data, headers={"Content-Type": content_type}
+        ) as resp:
             raw = await resp.read()
             try:
                 parsed: Any = json.loads(raw) if raw else None
             except ValueError:
                 parsed = raw
-            return Reply(resp.status, dict(resp.headers), resp.headers.getall("Link", []),
-                         parsed, resp.content_type)
+            return Reply(
+                resp.status,
+                dict(resp.headers),
+                resp.headers.getall("Link", []),
+                parsed,
+                resp.content_type,
+            )
 
-    async def post(self, url: str, payload: Any, *, key: PrivateKey | None = None,
-                   nonce: str | None = None, use_jwk: bool | None = None,
-                   signed_url: str | None = None, **jws_options: Any) -> Reply:
+    async def post(
+        self,
+        url: str,
+        payload: Any,
+        *,
+        key: PrivateKey | None = None,
+        nonce: str | None = None,
+        use_jwk: bool | None = None,
+        signed_url: str | None = None,
+        **jws_options: Any,
+    ) -> Reply:
         """Sign and POST; by default with the account's kid once registered."""
         key = key or self.key
         if use_jwk is None:
             use_jwk = self.kid is None
         jws = make_jws(
-            key, payload, url=signed_url or url,
+            key,
+            payload,
+            url=signed_url or url,
             nonce=nonce if nonce is not None else await self.nonce(),
-            kid=None if use_jwk else self.kid, embed_jwk=use_jwk, **jws_options,
+            kid=None if use_jwk else self.kid,
+            embed_jwk=use_jwk,
+            **jws_options,
         )
         return await self.post_raw(url, json.dumps(jws))
 

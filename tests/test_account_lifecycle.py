@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from acme_ca.db.audit import events_for_account
 from acme_ca.db.eab import EabKeyRepository
-from tests.conftest import CaFactory, RunningCa
+from tests.fixtures import CaFactory, RunningCa
 
 T = TypeVar("T")
 USER_AGENT = "acme-ca-tests (acme-python)"

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from acme_ca.acme.b64 import b64url_encode
 from acme_ca.db.audit import events_for_account
-from tests.conftest import CaFactory, RunningCa
+from tests.fixtures import CaFactory, RunningCa
 from tests.jws_client import JwsClient, PrivateKey, Reply, jwk_json, make_jws
 
 ACME_ERR = "urn:ietf:params:acme:error:"

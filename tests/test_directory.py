@@ -1,4 +1,4 @@
-"""Directory, newNonce and the protocol headers every response carries (RFC 8555 §6.5, §7.1, §7.2)."""
+"""Directory, newNonce and the headers every response carries (RFC 8555 §6.5, §7.1, §7.2)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import aiohttp
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.conftest import CaFactory, RunningCa
+from tests.fixtures import CaFactory, RunningCa
 from tests.jws_client import JwsClient
 
 
@@ -16,7 +16,9 @@ async def session() -> aiohttp.ClientSession:
         yield s
 
 
-async def test_acme_dir_1_lists_required_resources(ca: RunningCa, session: aiohttp.ClientSession) -> None:
+async def test_acme_dir_1_lists_required_resources(
+    ca: RunningCa, session: aiohttp.ClientSession
+) -> None:
     async with session.get(ca.directory_url) as resp:
         assert resp.status == 200
         body = await resp.json()
@@ -49,7 +51,9 @@ async def test_acme_nonce_4_head_and_get(ca: RunningCa, session: aiohttp.ClientS
     assert "=" not in first and len(first) >= 22
 
 
-async def test_acme_link_1_index_on_resources(ca: RunningCa, session: aiohttp.ClientSession) -> None:
+async def test_acme_link_1_index_on_resources(
+    ca: RunningCa, session: aiohttp.ClientSession
+) -> None:
     async with session.head(ca.base_url + "/acme/new-nonce") as resp:
         assert f'<{ca.directory_url}>;rel="index"' in resp.headers.getall("Link")
     async with session.get(ca.directory_url) as resp:

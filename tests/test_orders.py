@@ -20,7 +20,7 @@ from acme_ca.clock import FixedClock
 from acme_ca.testsrv.server import ChallengeServerConfig, ChallengeTestServer
 from acme_ca.testsrv.store import CaaPolicy
 from acme_ca.wfe.services import FRONT_END
-from tests.conftest import CaFactory, RunningCa
+from tests.fixtures import CaFactory, RunningCa
 from tests.jws_client import JwsClient, Reply
 
 ERR = "urn:ietf:params:acme:error:"
@@ -56,8 +56,10 @@ class Subscriber(JwsClient):
         return f"{token}.{jwk_from_key(self.key.public_key()).thumbprint_b64()}"
 
     async def new_order(self, *names: str) -> Reply:
-        return await self.post(self.directory["newOrder"],
-                               {"identifiers": [{"type": "dns", "value": n} for n in names]})
+        return await self.post(
+            self.directory["newOrder"],
+            {"identifiers": [{"type": "dns", "value": n} for n in names]},
+        )
 
     async def get(self, url: str) -> Reply:
         return await self.post(url, None)
@@ -98,8 +100,9 @@ async def va_ca(ca_factory: CaFactory, challsrv: ChallengeTestServer) -> Running
     return await ca_factory.start(**validation_config(challsrv))
 
 
-async def subscriber(ca: RunningCa, session: aiohttp.ClientSession,
-                     srv: ChallengeTestServer) -> Subscriber:
+async def subscriber(
+    ca: RunningCa, session: aiohttp.ClientSession, srv: ChallengeTestServer
+) -> Subscriber:
     s = Subscriber(session, ca.directory_url, ec.generate_private_key(ec.SECP256R1()))
     s.srv = srv
     await s.load_directory()
@@ -108,8 +111,9 @@ async def subscriber(ca: RunningCa, session: aiohttp.ClientSession,
 
 
 @pytest.fixture
-async def sub(va_ca: RunningCa, session: aiohttp.ClientSession,
-              challsrv: ChallengeTestServer) -> Subscriber:
+async def sub(
+    va_ca: RunningCa, session: aiohttp.ClientSession, challsrv: ChallengeTestServer
+) -> Subscriber:
     return await subscriber(va_ca, session, challsrv)
 
 
@@ -125,8 +129,10 @@ async def test_acme_ord_1_new_order_created(sub: Subscriber, va_ca: RunningCa) -
     order = reply.body
     assert reply.headers["Location"].startswith(va_ca.base_url + "/acme/order/")
     assert order["status"] == "pending"
-    assert order["identifiers"] == [{"type": "dns", "value": "www.example.com"},
-                                    {"type": "dns", "value": "example.com"}]
+    assert order["identifiers"] == [
+        {"type": "dns", "value": "www.example.com"},
+        {"type": "dns", "value": "example.com"},
+    ]
     assert len(order["authorizations"]) == 2
     assert order["finalize"] == reply.headers["Location"] + "/finalize"
     expires = datetime.fromisoformat(order["expires"].replace("Z", "+00:00"))
@@ -148,35 +154,50 @@ async def test_acme_authz_2_wildcard_offers_dns01_only(sub: Subscriber) -> None:
 
 
 async def test_acme_ord_rejected_identifiers_are_subproblems(sub: Subscriber) -> None:
-    reply = await sub.post(sub.directory["newOrder"], {"identifiers": [
-        {"type": "dns", "value": "ok.example.com"},
-        {"type": "dns", "value": "printer.local"},
-        {"type": "dns", "value": "bad_name.example.com"}]})
+    reply = await sub.post(
+        sub.directory["newOrder"],
+        {
+            "identifiers": [
+                {"type": "dns", "value": "ok.example.com"},
+                {"type": "dns", "value": "printer.local"},
+                {"type": "dns", "value": "bad_name.example.com"},
+            ]
+        },
+    )
     body = assert_problem(reply, 400, "rejectedIdentifier")
     assert [p["identifier"]["value"] for p in body["subproblems"]] == [
-        "printer.local", "bad_name.example.com"]
+        "printer.local",
+        "bad_name.example.com",
+    ]
 
 
 async def test_acme_ord_ip_identifier_rejected(sub: Subscriber) -> None:
-    reply = await sub.post(sub.directory["newOrder"],
-                           {"identifiers": [{"type": "ip", "value": "192.0.2.1"}]})
+    reply = await sub.post(
+        sub.directory["newOrder"], {"identifiers": [{"type": "ip", "value": "192.0.2.1"}]}
+    )
     assert reply.status == 400
     assert reply.body["subproblems"][0]["type"] == ERR + "unsupportedIdentifier"
 
 
 async def test_acme_ord_2_not_before_cannot_be_honoured(sub: Subscriber) -> None:
-    reply = await sub.post(sub.directory["newOrder"], {
-        "identifiers": [{"type": "dns", "value": "a.example.com"}],
-        "notBefore": "2030-01-01T00:00:00Z"})
+    reply = await sub.post(
+        sub.directory["newOrder"],
+        {
+            "identifiers": [{"type": "dns", "value": "a.example.com"}],
+            "notBefore": "2030-01-01T00:00:00Z",
+        },
+    )
     assert_problem(reply, 400, "malformed")
 
 
-async def test_acme_ord_max_names(ca_factory: CaFactory, session: aiohttp.ClientSession,
-                                  challsrv: ChallengeTestServer) -> None:
+async def test_acme_ord_max_names(
+    ca_factory: CaFactory, session: aiohttp.ClientSession, challsrv: ChallengeTestServer
+) -> None:
     ca = await ca_factory.start(max_names_per_order=2, **validation_config(challsrv))
     s = await subscriber(ca, session, challsrv)
-    assert_problem(await s.new_order("a.example.com", "b.example.com", "c.example.com"),
-                   400, "malformed")
+    assert_problem(
+        await s.new_order("a.example.com", "b.example.com", "c.example.com"), 400, "malformed"
+    )
 
 
 async def test_acme_chal_5_http01_to_ready(sub: Subscriber) -> None:
@@ -257,7 +278,9 @@ async def test_authz_reuse_pending_authz_not_piled_up(sub: Subscriber) -> None:
 
 
 async def test_authz_reuse_not_across_accounts(
-    sub: Subscriber, va_ca: RunningCa, session: aiohttp.ClientSession,
+    sub: Subscriber,
+    va_ca: RunningCa,
+    session: aiohttp.ClientSession,
     challsrv: ChallengeTestServer,
 ) -> None:
     other = await subscriber(va_ca, session, challsrv)
@@ -276,7 +299,9 @@ async def test_acme_authz_3_deactivation_invalidates_order(sub: Subscriber) -> N
 
 
 async def test_acme_get_2_other_accounts_resources_not_found(
-    sub: Subscriber, va_ca: RunningCa, session: aiohttp.ClientSession,
+    sub: Subscriber,
+    va_ca: RunningCa,
+    session: aiohttp.ClientSession,
     challsrv: ChallengeTestServer,
 ) -> None:
     reply = await sub.new_order("mine.example.com")
@@ -285,8 +310,9 @@ async def test_acme_get_2_other_accounts_resources_not_found(
     assert_problem(await other.get(reply.body["authorizations"][0]), 404, "malformed")
 
 
-async def test_acme_ord_3_order_expires(ca_factory: CaFactory, session: aiohttp.ClientSession,
-                                        challsrv: ChallengeTestServer) -> None:
+async def test_acme_ord_3_order_expires(
+    ca_factory: CaFactory, session: aiohttp.ClientSession, challsrv: ChallengeTestServer
+) -> None:
     clock = FixedClock(datetime.now(UTC))
     ca = await ca_factory.start(clock=clock, **validation_config(challsrv))
     s = await subscriber(ca, session, challsrv)
@@ -306,7 +332,11 @@ async def test_acme_account_orders_list_shows_order(sub: Subscriber) -> None:
 
 
 async def test_validation_resumes_after_crash(
-    dsn: str, sub: Subscriber, va_ca: RunningCa, challsrv: ChallengeTestServer, tmp_path: Any,
+    dsn: str,
+    sub: Subscriber,
+    va_ca: RunningCa,
+    challsrv: ChallengeTestServer,
+    tmp_path: Any,
 ) -> None:
     """A challenge left 'processing' by a dead process (lease expired) is validated again by
     any live process, instead of staying stuck."""
@@ -319,7 +349,9 @@ async def test_validation_resumes_after_crash(
         challenge_id = int(challenge["url"].rsplit("/", 1)[1])
         await conn.execute(
             "UPDATE challenges SET status = 'processing', attempts = 1, "
-            "lease_until = now() - interval '1 minute' WHERE id = $1", challenge_id)
+            "lease_until = now() - interval '1 minute' WHERE id = $1",
+            challenge_id,
+        )
     finally:
         await conn.close()
     recovered = await va_ca.app[FRONT_END].challenges.recover_stale()

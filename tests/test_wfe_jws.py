@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from acme_ca.acme.b64 import b64url_encode
 from acme_ca.clock import FixedClock
-from tests.conftest import CaFactory, RunningCa
+from tests.fixtures import CaFactory, RunningCa
 from tests.jws_client import JwsClient, make_jws
 
 ERR = "urn:ietf:params:acme:error:"
@@ -41,39 +41,51 @@ def assert_problem(reply, status: int, kind: str) -> None:  # type: ignore[no-un
 
 
 async def test_acme_jws_1_unprotected_header_rejected(client: JwsClient) -> None:
-    jws = make_jws(client.key, None, url=client.kid or "", nonce=await client.nonce(),
-                   kid=client.kid)
+    jws = make_jws(
+        client.key, None, url=client.kid or "", nonce=await client.nonce(), kid=client.kid
+    )
     body = {**jws, "header": {"kid": client.kid}}
     assert_problem(await client.post_raw(client.kid or "", json.dumps(body)), 400, "malformed")
 
 
 async def test_acme_jws_1_general_serialization_rejected(client: JwsClient) -> None:
-    jws = make_jws(client.key, None, url=client.kid or "", nonce=await client.nonce(),
-                   kid=client.kid)
-    body = {"payload": jws["payload"],
-            "signatures": [{"protected": jws["protected"], "signature": jws["signature"]}]}
+    jws = make_jws(
+        client.key, None, url=client.kid or "", nonce=await client.nonce(), kid=client.kid
+    )
+    body = {
+        "payload": jws["payload"],
+        "signatures": [{"protected": jws["protected"], "signature": jws["signature"]}],
+    }
     assert_problem(await client.post_raw(client.kid or "", json.dumps(body)), 400, "malformed")
 
 
 async def test_acme_tr_1_padded_base64_rejected(client: JwsClient) -> None:
-    jws = make_jws(client.key, None, url=client.kid or "", nonce=await client.nonce(),
-                   kid=client.kid)
+    jws = make_jws(
+        client.key, None, url=client.kid or "", nonce=await client.nonce(), kid=client.kid
+    )
     jws["protected"] += "=" * (-len(jws["protected"]) % 4 or 4)
     assert_problem(await client.post_raw(client.kid or "", json.dumps(jws)), 400, "malformed")
 
 
 async def test_acme_jws_bad_signature_rejected(client: JwsClient) -> None:
-    jws = make_jws(client.key, None, url=client.kid or "", nonce=await client.nonce(),
-                   kid=client.kid)
-    other = make_jws(ec.generate_private_key(ec.SECP256R1()), None, url=client.kid or "",
-                     nonce="x", kid=client.kid)
+    jws = make_jws(
+        client.key, None, url=client.kid or "", nonce=await client.nonce(), kid=client.kid
+    )
+    other = make_jws(
+        ec.generate_private_key(ec.SECP256R1()),
+        None,
+        url=client.kid or "",
+        nonce="x",
+        kid=client.kid,
+    )
     jws["signature"] = other["signature"]
     assert_problem(await client.post_raw(client.kid or "", json.dumps(jws)), 400, "malformed")
 
 
 async def test_acme_jws_2_both_jwk_and_kid_rejected(client: JwsClient) -> None:
-    reply = await client.post(client.kid or "", None, use_jwk=False,
-                              extra_protected={"jwk": {"kty": "EC"}})
+    reply = await client.post(
+        client.kid or "", None, use_jwk=False, extra_protected={"jwk": {"kty": "EC"}}
+    )
     assert_problem(reply, 400, "malformed")
 
 
@@ -82,8 +94,11 @@ async def test_acme_jws_2_missing_nonce_is_bad_nonce(client: JwsClient) -> None:
     assert_problem(await client.post_raw(client.kid or "", json.dumps(jws)), 400, "badNonce")
 
 
-@pytest.mark.parametrize("alg", ["none", "HS256", "RS512", "EdDSA", "PS256"],
-                         ids=["none", "hs256", "rs512", "eddsa", "ps256"])
+@pytest.mark.parametrize(
+    "alg",
+    ["none", "HS256", "RS512", "EdDSA", "PS256"],
+    ids=["none", "hs256", "rs512", "eddsa", "ps256"],
+)
 async def test_acme_jws_3_algorithm_not_allowed(client: JwsClient, alg: str) -> None:
     reply = await client.post(client.kid or "", None, alg=alg)
     assert_problem(reply, 400, "badSignatureAlgorithm")
@@ -93,8 +108,9 @@ async def test_acme_jws_3_algorithm_not_allowed(client: JwsClient, alg: str) -> 
 async def test_acme_jws_3_alg_must_match_key(ca: RunningCa, session: aiohttp.ClientSession) -> None:
     c = JwsClient(session, ca.directory_url, ec.generate_private_key(ec.SECP384R1()))
     await c.load_directory()
-    reply = await c.post(c.directory["newAccount"], {"termsOfServiceAgreed": True},
-                         use_jwk=True, alg="ES256")
+    reply = await c.post(
+        c.directory["newAccount"], {"termsOfServiceAgreed": True}, use_jwk=True, alg="ES256"
+    )
     assert_problem(reply, 400, "badSignatureAlgorithm")
 
 
@@ -112,8 +128,9 @@ async def test_acme_jws_5_jwk_where_kid_required(client: JwsClient) -> None:
 
 
 async def test_acme_jws_5_kid_where_jwk_required(client: JwsClient) -> None:
-    reply = await client.post(client.directory["newAccount"], {"termsOfServiceAgreed": True},
-                              use_jwk=False)
+    reply = await client.post(
+        client.directory["newAccount"], {"termsOfServiceAgreed": True}, use_jwk=False
+    )
     assert_problem(reply, 400, "malformed")
 
 
@@ -130,15 +147,15 @@ async def test_acme_jws_5_foreign_kid_url_account_does_not_exist(client: JwsClie
 
 
 async def test_acme_jws_6_wrong_content_type_415(client: JwsClient) -> None:
-    jws = make_jws(client.key, None, url=client.kid or "", nonce=await client.nonce(),
-                   kid=client.kid)
+    jws = make_jws(
+        client.key, None, url=client.kid or "", nonce=await client.nonce(), kid=client.kid
+    )
     reply = await client.post_raw(client.kid or "", json.dumps(jws), "application/json")
     assert_problem(reply, 415, "malformed")
 
 
 async def test_acme_jws_7_url_mismatch(client: JwsClient) -> None:
-    reply = await client.post(client.kid or "", None,
-                              signed_url=client.directory["newOrder"])
+    reply = await client.post(client.kid or "", None, signed_url=client.directory["newOrder"])
     assert_problem(reply, 403, "unauthorized")
 
 
@@ -180,8 +197,9 @@ async def test_acme_nonce_1_expired_nonce(
     await c.load_directory()
     nonce = await c.nonce()
     clock.advance(timedelta(seconds=61))
-    reply = await c.post(c.directory["newAccount"], {"termsOfServiceAgreed": True},
-                         nonce=nonce, use_jwk=True)
+    reply = await c.post(
+        c.directory["newAccount"], {"termsOfServiceAgreed": True}, nonce=nonce, use_jwk=True
+    )
     assert_problem(reply, 400, "badNonce")
 
 
@@ -198,8 +216,9 @@ async def test_request_body_over_limit_413(
     ca = await ca_factory.start(max_request_bytes=2000)
     c = JwsClient(session, ca.directory_url, ec.generate_private_key(ec.SECP256R1()))
     await c.load_directory()
-    reply = await c.post(c.directory["newAccount"],
-                         {"termsOfServiceAgreed": True, "pad": "x" * 4000}, use_jwk=True)
+    reply = await c.post(
+        c.directory["newAccount"], {"termsOfServiceAgreed": True, "pad": "x" * 4000}, use_jwk=True
+    )
     assert_problem(reply, 413, "malformed")
 
 
@@ -208,8 +227,9 @@ async def test_acme_acct_6_deactivated_account_unauthorized_401(client: JwsClien
     assert reply.status == 200 and reply.body["status"] == "deactivated"
     after = await client.post(client.kid or "", None)
     assert_problem(after, 401, "unauthorized")
-    again = await client.post(client.directory["newAccount"], {"termsOfServiceAgreed": True},
-                              use_jwk=True)
+    again = await client.post(
+        client.directory["newAccount"], {"termsOfServiceAgreed": True}, use_jwk=True
+    )
     assert_problem(again, 401, "unauthorized")
 
 
@@ -230,7 +250,8 @@ async def test_payload_not_object_is_malformed(client: JwsClient) -> None:
 
 
 async def test_protected_header_not_json_is_malformed(client: JwsClient) -> None:
-    jws = make_jws(client.key, None, url=client.kid or "", nonce=await client.nonce(),
-                   kid=client.kid)
+    jws = make_jws(
+        client.key, None, url=client.kid or "", nonce=await client.nonce(), kid=client.kid
+    )
     jws["protected"] = b64url_encode(b"{not json")
     assert_problem(await client.post_raw(client.kid or "", json.dumps(jws)), 400, "malformed")

@@ -1,9 +1,11 @@
-"""Shared fixtures: one real PostgreSQL per test session, a fresh database per test, and the
-ACME front end served on a real 127.0.0.1 port."""
+"""Shared fixtures, loaded for tests/ and integration/ by the root conftest.py: one real
+PostgreSQL per session, a fresh database per test, and the ACME front end served on a real
+127.0.0.1 port."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import tempfile
 import uuid
@@ -15,13 +17,13 @@ import asyncpg
 import pytest
 from aiohttp import web
 
+from acme_ca.app import create_app
 from acme_ca.clock import Clock, SystemClock
 from acme_ca.config import Config
 from acme_ca.db.embedded import EmbeddedPostgres
 from acme_ca.db.migrate import apply_schema
 from acme_ca.db.pool import create_pool
 from acme_ca.log import configure_logging
-from acme_ca.wfe.app import create_app
 
 TEMPLATE_DB = "acme_ca_template"
 
@@ -38,6 +40,10 @@ def postgres() -> Iterator[EmbeddedPostgres]:
         yield pg
     finally:
         pg.stop()
+        cluster = pg.cluster_dir
+        shutil.rmtree(root, ignore_errors=True)
+        if cluster is not None and cluster.is_relative_to("/var/lib/acme-ca"):
+            shutil.rmtree(cluster, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -108,8 +114,12 @@ class CaFactory:
         port = sock.getsockname()[1]
         base = f"http://127.0.0.1:{port}"
         config = replace(
-            Config(), home=self._tmp / "home", plain_http=True, listen=f"127.0.0.1:{port}",
-            base_url=base, **changes,  # type: ignore[arg-type]
+            Config(),
+            home=self._tmp / "home",
+            plain_http=True,
+            listen=f"127.0.0.1:{port}",
+            base_url=base,
+            **changes,  # type: ignore[arg-type]
         ).validate()
         app = create_app(config, self._dsn, clock=clock or SystemClock())
         runner = web.AppRunner(app, access_log=None)

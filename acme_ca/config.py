@@ -132,6 +132,62 @@ class Config:
         "Let http-01 connect to loopback and private addresses. For tests and CI harnesses "
         "only: production refuses them (SSRF protection).",
     )
+    pki_dir: Path | None = _key(
+        None,
+        "Directory of the issuing hierarchy: `issuers.toml` (which issuers exist, their "
+        "certificates, keys and URLs) and the certificates it names. Default: `home/pki`, "
+        "created by `acme-ca init` (and by `serve` on first start with embedded defaults).",
+    )
+    pkcs11_module: str | None = _key(
+        None,
+        "Path of the PKCS#11 module of the HSM (e.g. /usr/lib/softhsm/libsofthsm2.so). Unset: "
+        "issuer keys are software keys under `pki_dir` (development only; logged loudly).",
+    )
+    pkcs11_token_label: str = _key("acme-ca", "Label of the HSM token holding the CA keys.")
+    pkcs11_pin: str | None = _key(
+        None, "User PIN of the token. Prefer `pkcs11_pin_file` or the environment."
+    )
+    pkcs11_pin_file: Path | None = _key(None, "File whose first line is the token's user PIN.")
+    pkcs11_sessions: int = _key(2, "PKCS#11 sessions kept open per issuer key.")
+    rsa_issuer: str = _key("dv-rsa", "Issuer (name in issuers.toml) for RSA subscriber keys.")
+    ecdsa_issuer: str = _key("dv-ecc", "Issuer (name in issuers.toml) for ECDSA subscriber keys.")
+    status_base_url: str = _key(
+        "http://127.0.0.1:14080",
+        "Plain-HTTP base URL of the CRL, OCSP and issuer-certificate repository, written into "
+        "certificates (CRL Distribution Points, AIA) by `acme-ca init`.",
+    )
+    policy_oid: str = _key(
+        "1.3.6.1.4.1.53827.1.1.4",
+        "The CA's own certificate policy OID, placed after the CA/B Forum DV OID "
+        "2.23.140.1.2.1 (CP 1.2: JPRS CA Certificate Policy).",
+    )
+    validity_days: int | None = _key(
+        None,
+        "Validity of subscriber certificates in days, counted inclusively. Unset: the BR "
+        "SHOULD for the issuance date (199, then 99 from 2027-03-15, 46 from 2029-03-15). "
+        "Never above the BR maximum (200/100/47) whatever is set.",
+    )
+    backdate_seconds: int = _key(
+        60, "How far notBefore lies before the signing time (clock skew of relying parties)."
+    )
+    include_subject_key_identifier: bool = _key(
+        False,
+        "Put SKI in subscriber certificates. The CP's profile lists it; BR 7.1.2.7.6 makes it "
+        "NOT RECOMMENDED, so it is off (see docs/conformance.md).",
+    )
+    weak_key_blocklists: list[str] = _key(
+        [],
+        "openssl-blacklist format files of Debian weak RSA keys (BR 6.1.1.3), e.g. from "
+        "Debian's openssl-blacklist package.",
+    )
+    serve_worker: bool = _key(
+        True,
+        "Run a signing worker inside `acme-ca serve`. Production runs `acme-ca worker` as "
+        "separate processes and sets this to false.",
+    )
+    worker_poll_seconds: int = _key(
+        5, "How often a worker looks for jobs even without a notification (lost NOTIFYs)."
+    )
     log_format: str = _key(
         "json", "`json` (one JSON object per line, for operators) or `console` (for people)."
     )
@@ -145,6 +201,10 @@ class Config:
     @property
     def listen_port(self) -> int:
         return _split_host_port(self.listen)[1]
+
+    @property
+    def pki_path(self) -> Path:
+        return self.pki_dir if self.pki_dir is not None else self.home / "pki"
 
     @property
     def external_base_url(self) -> str:
@@ -191,6 +251,14 @@ class Config:
             _split_host_port(resolver.strip())
         if not 0 < self.http01_port < 65536:
             raise ConfigError("http01_port must be a TCP port")
+        if self.validity_days is not None and not 1 <= self.validity_days <= 200:
+            raise ConfigError("validity_days must be between 1 and 200 (BR 6.3.2)")
+        if not 0 <= self.backdate_seconds <= 86400:
+            raise ConfigError("backdate_seconds must be between 0 and 86400")
+        if self.pkcs11_sessions < 1 or self.worker_poll_seconds < 1:
+            raise ConfigError("pkcs11_sessions and worker_poll_seconds must be positive")
+        if not self.status_base_url.startswith("http://"):
+            raise ConfigError("status_base_url must be a plain http:// URL (BR 7.1.2.7.7)")
         if not self.caa_identities:
             raise ConfigError("caa_identities must name at least one issuer domain")
         return self

@@ -62,8 +62,9 @@ def create_app(
         urls = Urls(config.external_base_url)
         orders = OrderAuthority(
             storage.orders,
-            IdentifierPolicy(max_names=config.max_names_per_order,
-                             blocked_names=config.blocked_names),
+            IdentifierPolicy(
+                max_names=config.max_names_per_order, blocked_names=config.blocked_names
+            ),
             OrderPolicy(
                 order_lifetime=timedelta(seconds=config.order_lifetime_seconds),
                 pending_authz_lifetime=timedelta(seconds=config.pending_authz_lifetime_seconds),
@@ -76,19 +77,28 @@ def create_app(
             clock=clock,
             urls=urls,
             nonces=NonceService(
-                storage.nonces, await storage.nonces.shared_secret(),
-                timedelta(seconds=config.nonce_lifetime_seconds), clock,
+                storage.nonces,
+                await storage.nonces.shared_secret(),
+                timedelta(seconds=config.nonce_lifetime_seconds),
+                clock,
             ),
             accounts=AccountAuthority(
-                storage.accounts, storage.eab_keys, KeyPolicy(), clock,
+                storage.accounts,
+                storage.eab_keys,
+                KeyPolicy(),
+                clock,
                 terms_of_service=config.terms_of_service,
                 external_account_required=config.external_account_required,
             ),
             orders=orders,
             challenges=ChallengeAuthority(
-                storage.orders, storage.accounts,
-                validator or build_validation_authority(config, clock), tasks, clock,
-                account_uri=urls.account, reuse_period=orders.reuse_period,
+                storage.orders,
+                storage.accounts,
+                validator or build_validation_authority(config, clock),
+                tasks,
+                clock,
+                account_uri=urls.account,
+                reuse_period=orders.reuse_period,
                 lease=timedelta(seconds=config.validation_lease_seconds),
             ),
             revocation=RevocationAuthority(storage.certificates, clock),
@@ -103,8 +113,13 @@ def create_app(
         fe = app[FRONT_END]
         loops = [
             asyncio.create_task(_every(NONCE_PURGE_INTERVAL, "nonces.purge", fe.nonces.purge)),
-            asyncio.create_task(_every(STALE_VALIDATION_SCAN_INTERVAL, "validations.recover",
-                                       fe.challenges.recover_stale)),
+            asyncio.create_task(
+                _every(
+                    STALE_VALIDATION_SCAN_INTERVAL,
+                    "validations.recover",
+                    fe.challenges.recover_stale,
+                )
+            ),
         ]
         yield
         for task in loops:
@@ -125,6 +140,6 @@ async def _every(seconds: float, name: str, job: Callable[[], Awaitable[int]]) -
             done = await job()
             if done:
                 log.info(name, count=done)
-        except Exception as exc:  # noqa: BLE001 - maintenance must outlive a database hiccup
+        except Exception as exc:
             log.warning(f"{name}_failed", error=repr(exc))
         await asyncio.sleep(seconds)

@@ -8,11 +8,11 @@ import signal
 import structlog
 from aiohttp import web
 
+from acme_ca.app import create_app
 from acme_ca.config import Config
 from acme_ca.db.database import database_dsn, migrate
 from acme_ca.tls import server_ssl_context
 from acme_ca.wfe import urls
-from acme_ca.app import create_app
 
 log = structlog.get_logger(component="acme_ca.serve")
 

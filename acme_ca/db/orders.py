@@ -79,9 +79,15 @@ class ValidationOutcome:
 
 def _challenge(row: asyncpg.Record) -> Challenge:
     return Challenge(
-        id=row["id"], authz_id=row["authz_id"], type=row["type"], token=row["token"],
-        status=row["status"], validated_at=row["validated_at"], error=row["error"],
-        validation_records=row["validation_records"], attempts=row["attempts"],
+        id=row["id"],
+        authz_id=row["authz_id"],
+        type=row["type"],
+        token=row["token"],
+        status=row["status"],
+        validated_at=row["validated_at"],
+        error=row["error"],
+        validation_records=row["validation_records"],
+        attempts=row["attempts"],
     )
 
 
@@ -103,9 +109,14 @@ _ORDER_SELECT = """
 
 def _order(row: asyncpg.Record) -> Order:
     return Order(
-        id=row["id"], account_id=row["account_id"], status=row["status"],
-        identifiers=row["identifiers"], expires_at=row["expires_at"], error=row["error"],
-        profile=row["profile"], created_at=row["created_at"],
+        id=row["id"],
+        account_id=row["account_id"],
+        status=row["status"],
+        identifiers=row["identifiers"],
+        expires_at=row["expires_at"],
+        error=row["error"],
+        profile=row["profile"],
+        created_at=row["created_at"],
         authz_ids=tuple(row["authz_ids"]),
         authz_states=tuple(zip(row["authz_statuses"], row["authz_expiries"], strict=True)),
         certificate_id=row["certificate_id"],
@@ -135,8 +146,14 @@ class OrderRepository:
             return _challenge(row), authz
 
     async def reusable_authorization(
-        self, account_id: int, identifier: str, wildcard: bool, *,
-        now: datetime, valid_not_before: datetime, min_remaining: timedelta,
+        self,
+        account_id: int,
+        identifier: str,
+        wildcard: bool,
+        *,
+        now: datetime,
+        valid_not_before: datetime,
+        min_remaining: timedelta,
     ) -> int | None:
         """A valid authorization validated after ``valid_not_before``, or a pending one."""
         authz_id: int | None = await self._pool.fetchval(
@@ -146,14 +163,25 @@ class OrderRepository:
                        AND expires_at > $5::timestamptz + $6::interval)
                       OR (status = 'pending' AND expires_at > $5::timestamptz + $6::interval))
                ORDER BY (status = 'valid') DESC, expires_at DESC LIMIT 1""",
-            account_id, identifier, wildcard, valid_not_before, now, min_remaining,
+            account_id,
+            identifier,
+            wildcard,
+            valid_not_before,
+            now,
+            min_remaining,
         )
         return authz_id
 
     # ------------------------------------------------------------------ writes
     async def create_order(
-        self, *, account_id: int, identifiers: list[dict[str, str]], expires_at: datetime,
-        status: str, reuse: Sequence[int | None], new_authzs: Sequence[NewAuthorization | None],
+        self,
+        *,
+        account_id: int,
+        identifiers: list[dict[str, str]],
+        expires_at: datetime,
+        status: str,
+        reuse: Sequence[int | None],
+        new_authzs: Sequence[NewAuthorization | None],
         now: datetime,
     ) -> Order:
         """Create the order, its new authorizations and challenges, in one transaction.
@@ -166,7 +194,11 @@ class OrderRepository:
                 """INSERT INTO orders (account_id, status, identifiers, expires_at,
                                        created_at, updated_at)
                    VALUES ($1, $2, $3, $4, $5, $5) RETURNING id""",
-                account_id, status, identifiers, expires_at, now,
+                account_id,
+                status,
+                identifiers,
+                expires_at,
+                now,
             )
             for position, (existing, new) in enumerate(zip(reuse, new_authzs, strict=True)):
                 authz_id = existing
@@ -176,7 +208,11 @@ class OrderRepository:
                         """INSERT INTO authorizations (account_id, identifier, wildcard, status,
                                                        expires_at, created_at, updated_at)
                            VALUES ($1, $2, $3, 'pending', $4, $5, $5) RETURNING id""",
-                        account_id, new.identifier, new.wildcard, new.expires_at, now,
+                        account_id,
+                        new.identifier,
+                        new.wildcard,
+                        new.expires_at,
+                        now,
                     )
                     await conn.executemany(
                         """INSERT INTO challenges (authz_id, type, token, status, created_at,
@@ -186,27 +222,37 @@ class OrderRepository:
                     )
                 await conn.execute(
                     "INSERT INTO order_authorizations (order_id, authz_id, position) "
-                    "VALUES ($1, $2, $3)", order_id, authz_id, position,
+                    "VALUES ($1, $2, $3)",
+                    order_id,
+                    authz_id,
+                    position,
                 )
             await record_event(
-                conn, "order.created", at=now, actor=f"account:{account_id}",
-                account_id=account_id, order_id=order_id,
+                conn,
+                "order.created",
+                at=now,
+                actor=f"account:{account_id}",
+                account_id=account_id,
+                order_id=order_id,
                 details={"identifiers": identifiers, "reused_authzs": [r for r in reuse if r]},
             )
             row = await conn.fetchrow(_ORDER_SELECT + " WHERE o.id = $1 GROUP BY o.id", order_id)
         return _order(row)
 
-    async def set_order_status(self, order_id: int, status: str, now: datetime,
-                               error: dict[str, Any] | None = None) -> None:
+    async def set_order_status(
+        self, order_id: int, status: str, now: datetime, error: dict[str, Any] | None = None
+    ) -> None:
         """Persist a derived pending→ready/invalid change (never touches sticky states)."""
         await self._pool.execute(
             "UPDATE orders SET status = $2, error = coalesce($3, error), updated_at = $4 "
             "WHERE id = $1 AND status IN ('pending', 'ready')",
-            order_id, status, error, now,
+            order_id,
+            status,
+            error,
+            now,
         )
 
-    async def start_challenge(self, challenge_id: int, *, now: datetime,
-                              lease: timedelta) -> bool:
+    async def start_challenge(self, challenge_id: int, *, now: datetime, lease: timedelta) -> bool:
         """pending → processing, only while the authorization is pending and unexpired."""
         async with self._pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
@@ -216,20 +262,29 @@ class OrderRepository:
                    WHERE c.id = $1 AND c.status = 'pending' AND a.id = c.authz_id
                      AND a.status = 'pending' AND a.expires_at > $2
                    RETURNING a.account_id, a.id AS authz_id, c.type""",
-                challenge_id, now, lease,
+                challenge_id,
+                now,
+                lease,
             )
             if row is None:
                 return False
             await record_event(
-                conn, "challenge.processing", at=now, actor=f"account:{row['account_id']}",
+                conn,
+                "challenge.processing",
+                at=now,
+                actor=f"account:{row['account_id']}",
                 account_id=row["account_id"],
-                details={"challenge_id": challenge_id, "authz_id": row["authz_id"],
-                         "type": row["type"]},
+                details={
+                    "challenge_id": challenge_id,
+                    "authz_id": row["authz_id"],
+                    "type": row["type"],
+                },
             )
         return True
 
-    async def claim_stale_challenges(self, *, now: datetime, lease: timedelta,
-                                     limit: int = 10) -> list[int]:
+    async def claim_stale_challenges(
+        self, *, now: datetime, lease: timedelta, limit: int = 10
+    ) -> list[int]:
         """Take over processing challenges whose validator went away (lease expired)."""
         rows = await self._pool.fetch(
             """UPDATE challenges SET lease_until = $1::timestamptz + $2::interval
@@ -237,12 +292,15 @@ class OrderRepository:
                             WHERE status = 'processing' AND lease_until < $1
                             ORDER BY lease_until LIMIT $3 FOR UPDATE SKIP LOCKED)
                RETURNING id""",
-            now, lease, limit,
+            now,
+            lease,
+            limit,
         )
         return [r["id"] for r in rows]
 
-    async def finish_validation(self, challenge_id: int, outcome: ValidationOutcome,
-                                now: datetime) -> list[int]:
+    async def finish_validation(
+        self, challenge_id: int, outcome: ValidationOutcome, now: datetime
+    ) -> list[int]:
         """Write a validation result and move the authorization and its orders along.
 
         Returns the ids of orders whose status changed; ``[]`` if another run finished first.
@@ -253,8 +311,12 @@ class OrderRepository:
                           validation_records = validation_records || $5::jsonb,
                           lease_until = NULL, updated_at = $6
                    WHERE id = $1 AND status = 'processing' RETURNING authz_id""",
-                challenge_id, "valid" if outcome.valid else "invalid",
-                now if outcome.valid else None, outcome.error, outcome.records, now,
+                challenge_id,
+                "valid" if outcome.valid else "invalid",
+                now if outcome.valid else None,
+                outcome.error,
+                outcome.records,
+                now,
             )
             if row is None:
                 return []
@@ -264,23 +326,33 @@ class OrderRepository:
                     """UPDATE authorizations SET status = 'valid', validated_at = $2,
                               expires_at = $3, updated_at = $2
                        WHERE id = $1 AND status = 'pending' RETURNING account_id""",
-                    authz_id, now, outcome.authz_expires_at,
+                    authz_id,
+                    now,
+                    outcome.authz_expires_at,
                 )
             else:
                 authz = await conn.fetchrow(
                     """UPDATE authorizations SET status = 'invalid', updated_at = $2
                        WHERE id = $1 AND status = 'pending' RETURNING account_id""",
-                    authz_id, now,
+                    authz_id,
+                    now,
                 )
             if authz is None:
                 return []
             changed = await _advance_orders(conn, authz_id, now, outcome.error)
             await record_event(
-                conn, "challenge.valid" if outcome.valid else "challenge.invalid", at=now,
-                actor="va", account_id=authz["account_id"],
-                details={"challenge_id": challenge_id, "authz_id": authz_id,
-                         "orders_changed": changed, "records": outcome.records,
-                         "error": outcome.error},
+                conn,
+                "challenge.valid" if outcome.valid else "challenge.invalid",
+                at=now,
+                actor="va",
+                account_id=authz["account_id"],
+                details={
+                    "challenge_id": challenge_id,
+                    "authz_id": authz_id,
+                    "orders_changed": changed,
+                    "records": outcome.records,
+                    "error": outcome.error,
+                },
             )
         return changed
 
@@ -290,16 +362,25 @@ class OrderRepository:
             account_id = await conn.fetchval(
                 "UPDATE authorizations SET status = 'deactivated', updated_at = $2 "
                 "WHERE id = $1 AND status IN ('pending', 'valid') RETURNING account_id",
-                authz_id, now,
+                authz_id,
+                now,
             )
             if account_id is None:
                 return False
-            error = {"type": "urn:ietf:params:acme:error:unauthorized", "status": 403,
-                     "detail": "an authorization of this order was deactivated"}
+            error = {
+                "type": "urn:ietf:params:acme:error:unauthorized",
+                "status": 403,
+                "detail": "an authorization of this order was deactivated",
+            }
             changed = await _advance_orders(conn, authz_id, now, error)
-            await record_event(conn, "authz.deactivated", at=now, actor=f"account:{account_id}",
-                               account_id=account_id,
-                               details={"authz_id": authz_id, "orders_changed": changed})
+            await record_event(
+                conn,
+                "authz.deactivated",
+                at=now,
+                actor=f"account:{account_id}",
+                account_id=account_id,
+                details={"authz_id": authz_id, "orders_changed": changed},
+            )
         return True
 
 
@@ -311,14 +392,20 @@ async def _load_authz(conn: asyncpg.Connection, authz_id: int) -> Authorization 
         "SELECT * FROM challenges WHERE authz_id = $1 ORDER BY id", authz_id
     )
     return Authorization(
-        id=row["id"], account_id=row["account_id"], identifier=row["identifier"],
-        wildcard=row["wildcard"], status=row["status"], expires_at=row["expires_at"],
-        validated_at=row["validated_at"], challenges=tuple(_challenge(c) for c in challenges),
+        id=row["id"],
+        account_id=row["account_id"],
+        identifier=row["identifier"],
+        wildcard=row["wildcard"],
+        status=row["status"],
+        expires_at=row["expires_at"],
+        validated_at=row["validated_at"],
+        challenges=tuple(_challenge(c) for c in challenges),
     )
 
 
-async def _advance_orders(conn: asyncpg.Connection, authz_id: int, now: datetime,
-                          error: dict[str, Any] | None) -> list[int]:
+async def _advance_orders(
+    conn: asyncpg.Connection, authz_id: int, now: datetime, error: dict[str, Any] | None
+) -> list[int]:
     """Re-derive pending/ready orders that use ``authz_id``; persist the ones that changed."""
     rows = await conn.fetch(
         """UPDATE orders o SET
@@ -337,12 +424,14 @@ async def _advance_orders(conn: asyncpg.Connection, authz_id: int, now: datetime
            WHERE o.id IN (SELECT order_id FROM order_authorizations WHERE authz_id = $1)
              AND o.status IN ('pending', 'ready')
            RETURNING o.id, o.status""",
-        authz_id, now,
+        authz_id,
+        now,
     )
     invalid = [r["id"] for r in rows if r["status"] == "invalid"]
     if invalid and error is not None:
         await conn.execute(
             "UPDATE orders SET error = $2 WHERE id = ANY($1::bigint[]) AND error IS NULL",
-            invalid, error,
+            invalid,
+            error,
         )
     return [r["id"] for r in rows]

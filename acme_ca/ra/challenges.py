@@ -26,8 +26,15 @@ log = structlog.get_logger(component="acme_ca.ra.challenges")
 
 
 class Validator(Protocol):
-    async def validate(self, challenge_type: str, identifier: str, wildcard: bool, token: str,
-                       key_authorization: str, account_uri: str) -> CheckResult: ...
+    async def validate(  # noqa: PLR0917 - mirrors ValidationAuthority.validate
+        self,
+        challenge_type: str,
+        identifier: str,
+        wildcard: bool,
+        token: str,
+        key_authorization: str,
+        account_uri: str,
+    ) -> CheckResult: ...
 
 
 def key_authorization(token: str, thumbprint: bytes) -> str:
@@ -65,14 +72,24 @@ class ChallengeAuthority:
         challenge, authz = found
         if challenge.status == "pending":
             if authz.status != "pending" or authz.expires_at <= self._clock.now():
-                raise AcmeError(problems.malformed(
-                    f"the authorization is {authz.status}; this challenge cannot be started"))
-            if await self._orders.start_challenge(challenge.id, now=self._clock.now(),
-                                                  lease=self._lease):
-                log.info("challenge.processing", challenge_id=challenge.id, authz_id=authz.id,
-                         type=challenge.type, identifier=authz.identifier)
-                self._tasks.spawn(self.run_validation(challenge.id),
-                                  name=f"validate-{challenge.id}")
+                raise AcmeError(
+                    problems.malformed(
+                        f"the authorization is {authz.status}; this challenge cannot be started"
+                    )
+                )
+            if await self._orders.start_challenge(
+                challenge.id, now=self._clock.now(), lease=self._lease
+            ):
+                log.info(
+                    "challenge.processing",
+                    challenge_id=challenge.id,
+                    authz_id=authz.id,
+                    type=challenge.type,
+                    identifier=authz.identifier,
+                )
+                self._tasks.spawn(
+                    self.run_validation(challenge.id), name=f"validate-{challenge.id}"
+                )
             found = await self._orders.get_challenge(challenge_id)
             assert found is not None
         return found
@@ -86,7 +103,10 @@ class ChallengeAuthority:
         assert account is not None
         try:
             result = await self._validator.validate(
-                challenge.type, authz.identifier, authz.wildcard, challenge.token,
+                challenge.type,
+                authz.identifier,
+                authz.wildcard,
+                challenge.token,
                 key_authorization(challenge.token, account.key_thumbprint),
                 self._account_uri(account.id),
             )
@@ -98,14 +118,22 @@ class ChallengeAuthority:
             error = problems.server_internal("validation failed inside the CA").to_json()
         now = self._clock.now()
         outcome = ValidationOutcome(
-            valid=valid, records=records, error=error,
+            valid=valid,
+            records=records,
+            error=error,
             authz_expires_at=now + self._reuse_period() if valid else None,
         )
         changed = await self._orders.finish_validation(challenge_id, outcome, now)
-        log.info("challenge.valid" if valid else "challenge.invalid",
-                 challenge_id=challenge_id, authz_id=authz.id, account_id=account.id,
-                 identifier=authz.identifier, type=challenge.type, orders=changed,
-                 problem=error["type"] if error else None)
+        log.info(
+            "challenge.valid" if valid else "challenge.invalid",
+            challenge_id=challenge_id,
+            authz_id=authz.id,
+            account_id=account.id,
+            identifier=authz.identifier,
+            type=challenge.type,
+            orders=changed,
+            problem=error["type"] if error else None,
+        )
 
     async def recover_stale(self) -> int:
         """Re-run validations whose lease lapsed (their process died); returns how many."""
@@ -120,8 +148,9 @@ class ChallengeAuthority:
         if authz is None or authz.account_id != account.id:
             raise AcmeError(problems.not_found("no such authorization"))
         if not await self._orders.deactivate_authorization(authz_id, self._clock.now()):
-            raise AcmeError(problems.malformed(
-                f"an authorization that is {authz.status} cannot be deactivated"))
+            raise AcmeError(
+                problems.malformed(f"an authorization that is {authz.status} cannot be deactivated")
+            )
         log.info("authz.deactivated", authz_id=authz_id, account_id=account.id)
         updated = await self._orders.get_authorization(authz_id)
         assert updated is not None

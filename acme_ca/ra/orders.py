@@ -49,8 +49,13 @@ def new_token() -> str:
 
 
 class OrderAuthority:
-    def __init__(self, orders: OrderRepository, identifiers: IdentifierPolicy,
-                 policy: OrderPolicy, clock: Clock) -> None:
+    def __init__(
+        self,
+        orders: OrderRepository,
+        identifiers: IdentifierPolicy,
+        policy: OrderPolicy,
+        clock: Clock,
+    ) -> None:
         self._orders = orders
         self._identifiers = identifiers
         self._policy = policy
@@ -63,18 +68,24 @@ class OrderAuthority:
     async def new_order(self, account: Account, payload: dict[str, Any]) -> Order:
         raw = payload.get("identifiers")
         if not isinstance(raw, list) or not all(
-            isinstance(i, dict) and isinstance(i.get("type"), str)
-            and isinstance(i.get("value"), str) for i in raw
+            isinstance(i, dict)
+            and isinstance(i.get("type"), str)
+            and isinstance(i.get("value"), str)
+            for i in raw
         ):
             raise AcmeError(problems.malformed("identifiers must be a list of {type, value}"))
         for field_name in ("notBefore", "notAfter"):
             if payload.get(field_name) is not None:
-                raise AcmeError(problems.malformed(
-                    f"{field_name} is not supported; validity follows the CA's profile"))
+                raise AcmeError(
+                    problems.malformed(
+                        f"{field_name} is not supported; validity follows the CA's profile"
+                    )
+                )
         if payload.get("profile") is not None:
             raise AcmeError(problems.invalid_profile("this CA offers no selectable profiles"))
         identifiers = self._identifiers.check_order(
-            [Identifier(i["type"], i["value"]) for i in raw])
+            [Identifier(i["type"], i["value"]) for i in raw]
+        )
 
         now = self._clock.now()
         reuse_from = now - self.reuse_period()
@@ -84,7 +95,11 @@ class OrderAuthority:
             wildcard = is_wildcard(ident.value)
             name = base_domain(ident.value)
             existing = await self._orders.reusable_authorization(
-                account.id, name, wildcard, now=now, valid_not_before=reuse_from,
+                account.id,
+                name,
+                wildcard,
+                now=now,
+                valid_not_before=reuse_from,
                 min_remaining=timedelta(minutes=5),
             )
             reuse.append(existing)
@@ -92,20 +107,31 @@ class OrderAuthority:
                 new.append(None)
                 continue
             kinds = ("dns-01",) if wildcard else ("http-01", "dns-01")
-            new.append(NewAuthorization(
-                identifier=name, wildcard=wildcard,
-                expires_at=now + self._policy.pending_authz_lifetime,
-                challenges=tuple((kind, new_token()) for kind in kinds),
-            ))
+            new.append(
+                NewAuthorization(
+                    identifier=name,
+                    wildcard=wildcard,
+                    expires_at=now + self._policy.pending_authz_lifetime,
+                    challenges=tuple((kind, new_token()) for kind in kinds),
+                )
+            )
         order = await self._orders.create_order(
-            account_id=account.id, identifiers=[i.to_json() for i in identifiers],
-            expires_at=now + self._policy.order_lifetime, status="pending",
-            reuse=reuse, new_authzs=new, now=now,
+            account_id=account.id,
+            identifiers=[i.to_json() for i in identifiers],
+            expires_at=now + self._policy.order_lifetime,
+            status="pending",
+            reuse=reuse,
+            new_authzs=new,
+            now=now,
         )
         await self.refresh_status(order)
-        log.info("order.created", account_id=account.id, order_id=order.id,
-                 identifiers=[i.value for i in identifiers],
-                 reused_authzs=sum(1 for r in reuse if r))
+        log.info(
+            "order.created",
+            account_id=account.id,
+            order_id=order.id,
+            identifiers=[i.value for i in identifiers],
+            reused_authzs=sum(1 for r in reuse if r),
+        )
         refreshed = await self._orders.get_order(order.id)
         assert refreshed is not None
         return refreshed
@@ -121,8 +147,14 @@ class OrderAuthority:
             error = None
             if status == "invalid":
                 error = problems.unauthorized(
-                    "order expired or one of its authorizations is no longer usable").to_json()
+                    "order expired or one of its authorizations is no longer usable"
+                ).to_json()
             await self._orders.set_order_status(order.id, status, self._clock.now(), error)
-            log.info("order.status_changed", order_id=order.id, account_id=order.account_id,
-                     old=order.status, new=status)
+            log.info(
+                "order.status_changed",
+                order_id=order.id,
+                account_id=order.account_id,
+                old=order.status,
+                new=status,
+            )
         return status

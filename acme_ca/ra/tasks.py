@@ -37,12 +37,12 @@ class BackgroundTasks:
     def __len__(self) -> int:
         return len(self._tasks)
 
-    async def drain(self, timeout: float = 10.0) -> None:
-        """Let running work finish for ``timeout`` seconds, then cancel the rest."""
+    async def drain(self, grace: float = 10.0) -> None:
+        """Let running work finish for ``grace`` seconds, then cancel the rest."""
         self._closed = True
         if not self._tasks:
             return
-        _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+        _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
         for task in pending:
             task.cancel()
         for task in pending:

@@ -25,17 +25,24 @@ def loopback_allowed_policy(address: IPAddress) -> bool:
 
 
 def build_validation_authority(config: Config, clock: Clock) -> ValidationAuthority:
-    dns = DnsClient(ResolverSettings(
-        nameservers=tuple(ns.strip() for ns in config.dns_resolver.split(",")),
-        timeout=float(config.dns_timeout_seconds),
-        require_dnssec=config.dnssec == "require",
-    ))
+    dns = DnsClient(
+        ResolverSettings(
+            nameservers=tuple(ns.strip() for ns in config.dns_resolver.split(",")),
+            timeout=float(config.dns_timeout_seconds),
+            require_dnssec=config.dnssec == "require",
+        )
+    )
     if config.dnssec != "require":
-        log.warning("va.dnssec_off", detail="DNS answers are not required to be DNSSEC-"
-                    "validated; BR 3.2.2.4 forbids this in production")
+        log.warning(
+            "va.dnssec_off",
+            detail="DNS answers are not required to be DNSSEC-"
+            "validated; BR 3.2.2.4 forbids this in production",
+        )
     if config.allow_loopback_validation:
-        log.warning("va.loopback_allowed", detail="http-01 may connect to loopback and "
-                    "private addresses; test harnesses only")
+        log.warning(
+            "va.loopback_allowed",
+            detail="http-01 may connect to loopback and private addresses; test harnesses only",
+        )
     policy = loopback_allowed_policy if config.allow_loopback_validation else public_address_policy
     return ValidationAuthority(
         Http01Validator(dns, port=config.http01_port, address_policy=policy, clock=clock),

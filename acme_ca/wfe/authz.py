@@ -59,8 +59,9 @@ async def post_authz(request: web.Request) -> web.Response:
     else:
         payload = verified.payload()
         if payload.get("status") != "deactivated":
-            raise AcmeError(problems.malformed(
-                "the only update to an authorization is status: deactivated"))
+            raise AcmeError(
+                problems.malformed("the only update to an authorization is status: deactivated")
+            )
         authz = await fe.challenges.deactivate_authorization(account, authz_id)
     return acme_json(authz_body(fe, authz))
 
@@ -81,5 +82,8 @@ async def post_challenge(request: web.Request) -> web.Response:
     headers = {}
     if challenge.status == "processing":
         headers["Retry-After"] = str(fe.config.retry_after_seconds)
-    return acme_json(challenge_body(fe, challenge), headers=headers,
-                     links=[f'<{fe.urls.authz(authz.id)}>;rel="up"'])
+    return acme_json(
+        challenge_body(fe, challenge),
+        headers=headers,
+        links=[f'<{fe.urls.authz(authz.id)}>;rel="up"'],
+    )

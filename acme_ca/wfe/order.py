@@ -24,8 +24,12 @@ def order_body(fe: FrontEnd, order: Order, status: str) -> dict[str, Any]:
         "finalize": fe.urls.finalize(order.id),
     }
     if status == "invalid":
-        body["error"] = order.error or problems.unauthorized(
-            "the order expired or one of its authorizations failed").to_json()
+        body["error"] = (
+            order.error
+            or problems.unauthorized(
+                "the order expired or one of its authorizations failed"
+            ).to_json()
+        )
     if status == "valid" and order.certificate_id is not None:
         body["certificate"] = fe.urls.certificate(order.certificate_id)
     return body

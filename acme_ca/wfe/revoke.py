@@ -27,7 +27,9 @@ async def post_revoke_cert(request: web.Request) -> web.Response:
     if reason is not None and (not isinstance(reason, int) or isinstance(reason, bool)):
         raise AcmeError(problems.bad_revocation_reason("reason must be an integer"))
     await fe.revocation.revoke(
-        der, reason, account=verified.account,
+        der,
+        reason,
+        account=verified.account,
         jwk_key=verified.jwk.key if verified.jwk else None,
     )
     return acme_json(None)

@@ -139,8 +139,50 @@ CREATE TABLE IF NOT EXISTS certificates (
     der                 bytea NOT NULL,
     not_before          timestamptz NOT NULL,
     not_after           timestamptz NOT NULL,
+    -- PEM of the chain served with it (leaf excluded) and of alternate chains (§7.4.2),
+    -- fixed at issuance so the front end never needs the issuer's key material.
+    chain_pem           text NOT NULL DEFAULT '',
+    alternate_chains    jsonb NOT NULL DEFAULT '[]',
     revoked_at          timestamptz,
     revocation_reason   smallint,
     created_at          timestamptz NOT NULL
 );
-CREATE INDEX IF NOT EXISTS certificates_order ON certificates (order_id);
+-- One certificate per order: a retried issuance job can never store a second one.
+CREATE UNIQUE INDEX IF NOT EXISTS certificates_order ON certificates (order_id);
+
+-- Keys this CA refuses in CSRs (revoked for keyCompromise, reported compromised):
+-- SHA-256 of the DER SubjectPublicKeyInfo.
+CREATE TABLE IF NOT EXISTS blocked_keys (
+    spki_sha256     bytea PRIMARY KEY,
+    reason          text NOT NULL,
+    added_at        timestamptz NOT NULL,
+    source          text NOT NULL
+);
+
+-- Issuance jobs (one per finalized order), taken by signing workers with
+-- FOR UPDATE SKIP LOCKED. Every step is recorded before the next one runs: the serial,
+-- validity and the exact TBS bytes are fixed once (and the linted copy stored) before the
+-- signer is asked for anything, so a worker killed at any point leaves a job the next
+-- worker finishes with the same serial, and anything signed can be found and revoked.
+CREATE TABLE IF NOT EXISTS issuance_jobs (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    order_id        bigint NOT NULL UNIQUE REFERENCES orders (id),
+    account_id      bigint NOT NULL REFERENCES accounts (id),
+    csr_der         bytea NOT NULL,
+    names           jsonb NOT NULL,
+    status          text NOT NULL CHECK (status IN ('queued', 'running', 'done', 'failed')),
+    attempts        integer NOT NULL DEFAULT 0,
+    issuer          text,
+    serial          text UNIQUE,
+    not_before      timestamptz,
+    not_after       timestamptz,
+    tbs_der         bytea,
+    lint_der        bytea,
+    error           jsonb,
+    locked_by       text,
+    locked_until    timestamptz,
+    created_at      timestamptz NOT NULL,
+    updated_at      timestamptz NOT NULL
+);
+CREATE INDEX IF NOT EXISTS issuance_jobs_runnable ON issuance_jobs (id)
+    WHERE status IN ('queued', 'running');

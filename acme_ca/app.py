@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
+from pathlib import Path
 
 import structlog
 from aiohttp import web
@@ -21,6 +22,7 @@ from acme_ca.config import Config
 from acme_ca.db.storage import Storage, open_storage
 from acme_ca.ra.accounts import AccountAuthority
 from acme_ca.ra.challenges import ChallengeAuthority, Validator
+from acme_ca.ra.finalize import FinalizeAuthority
 from acme_ca.ra.identifiers import IdentifierPolicy
 from acme_ca.ra.keys import KeyPolicy
 from acme_ca.ra.orders import OrderAuthority, OrderPolicy
@@ -72,6 +74,12 @@ def create_app(
             ),
             clock,
         )
+        key_policy = await asyncio.to_thread(
+            KeyPolicy,
+            weak_key_blocklist_paths=[Path(p) for p in config.weak_key_blocklists],
+            blocked_key_lookup=storage.issuance.is_key_blocked,
+        )
+        va = validator or build_validation_authority(config, clock)
         app[FRONT_END] = FrontEnd(
             config=config,
             clock=clock,
@@ -101,9 +109,15 @@ def create_app(
                 reuse_period=orders.reuse_period,
                 lease=timedelta(seconds=config.validation_lease_seconds),
             ),
+            finalize=FinalizeAuthority(
+                orders, storage.orders, storage.issuance, key_policy, va, clock,
+                account_uri=urls.account, rsa_issuer=config.rsa_issuer,
+                ecdsa_issuer=config.ecdsa_issuer,
+            ),
             revocation=RevocationAuthority(storage.certificates, clock),
             account_reads=storage.accounts,
             order_reads=storage.orders,
+            certificate_reads=storage.certificates,
         )
         yield
         await tasks.drain()

@@ -22,6 +22,8 @@ class CertificateRecord:
     not_after: datetime
     revoked_at: datetime | None
     revocation_reason: int | None
+    chain_pem: str
+    alternate_chains: list[str]
 
 
 def _record(row: asyncpg.Record) -> CertificateRecord:
@@ -36,6 +38,8 @@ def _record(row: asyncpg.Record) -> CertificateRecord:
         not_after=row["not_after"],
         revoked_at=row["revoked_at"],
         revocation_reason=row["revocation_reason"],
+        chain_pem=row["chain_pem"],
+        alternate_chains=list(row["alternate_chains"]),
     )
 
 

@@ -145,6 +145,10 @@ class OrderRepository:
             assert authz is not None
             return _challenge(row), authz
 
+    async def validations(self, order_id: int) -> list[AuthzValidation]:
+        """Identifier, validation time and method of each of the order's authorizations."""
+        return await _order_validations(self._pool, order_id)
+
     async def reusable_authorization(
         self,
         account_id: int,
@@ -435,3 +439,26 @@ async def _advance_orders(
             error,
         )
     return [r["id"] for r in rows]
+
+
+@dataclass(frozen=True)
+class AuthzValidation:
+    """How one authorization of an order was validated (for the CAA recheck at finalize)."""
+
+    identifier: str
+    wildcard: bool
+    validated_at: datetime | None
+    method: str | None
+
+
+async def _order_validations(pool: asyncpg.Pool, order_id: int) -> list[AuthzValidation]:
+    rows = await pool.fetch(
+        """SELECT a.identifier, a.wildcard, a.validated_at,
+                  (SELECT c.type FROM challenges c WHERE c.authz_id = a.id AND c.status = 'valid'
+                   ORDER BY c.validated_at DESC LIMIT 1) AS method
+           FROM order_authorizations oa JOIN authorizations a ON a.id = oa.authz_id
+           WHERE oa.order_id = $1 ORDER BY oa.position""",
+        order_id,
+    )
+    return [AuthzValidation(r["identifier"], r["wildcard"], r["validated_at"], r["method"])
+            for r in rows]

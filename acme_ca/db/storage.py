@@ -9,6 +9,7 @@ import asyncpg
 from acme_ca.db.accounts import AccountRepository
 from acme_ca.db.certificates import CertificateRepository
 from acme_ca.db.eab import EabKeyRepository
+from acme_ca.db.issuance import IssuanceRepository
 from acme_ca.db.nonces import NonceRepository
 from acme_ca.db.orders import OrderRepository
 from acme_ca.db.pool import create_pool
@@ -22,6 +23,7 @@ class Storage:
     nonces: NonceRepository
     orders: OrderRepository
     certificates: CertificateRepository
+    issuance: IssuanceRepository
 
     async def close(self) -> None:
         await self.pool.close()
@@ -36,4 +38,5 @@ async def open_storage(dsn: str, *, max_size: int = 10) -> Storage:
         nonces=NonceRepository(pool),
         orders=OrderRepository(pool),
         certificates=CertificateRepository(pool),
+        issuance=IssuanceRepository(pool),
     )

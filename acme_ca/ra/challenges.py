@@ -26,6 +26,8 @@ log = structlog.get_logger(component="acme_ca.ra.challenges")
 
 
 class Validator(Protocol):
+    """What the RA needs of the VA: validate a challenge, recheck CAA before issuance."""
+
     async def validate(  # noqa: PLR0917 - mirrors ValidationAuthority.validate
         self,
         challenge_type: str,
@@ -34,6 +36,10 @@ class Validator(Protocol):
         token: str,
         key_authorization: str,
         account_uri: str,
+    ) -> CheckResult: ...
+
+    async def recheck_caa(
+        self, identifier: str, wildcard: bool, account_uri: str, validation_method: str
     ) -> CheckResult: ...
 
 

@@ -122,6 +122,21 @@ class ValidationAuthority:
             observed=method.observed,
         )
 
+    async def recheck_caa(
+        self, identifier: str, wildcard: bool, account_uri: str, validation_method: str
+    ) -> CheckResult:
+        """CAA again before issuance when the validation's check is older than BR 3.2.2.8
+        allows (8 hours); same rules as at validation time."""
+        if self.always_valid:
+            return self._always_valid(validation_method, identifier, "caa-recheck")
+        result = await self._caa.check(
+            identifier, wildcard=wildcard, account_uri=account_uri,
+            validation_method=validation_method,
+        )
+        _log.info("va.caa_rechecked", identifier=identifier, ok=result.ok,
+                  problem=_short(result))
+        return result
+
     def _always_valid(
         self, challenge_type: str, identifier: str, key_authorization: str
     ) -> CheckResult:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from acme_ca.wfe import account, authz, directory, nonce, order, revoke, urls
+from acme_ca.wfe import account, authz, certificate, directory, nonce, order, revoke, urls
 from acme_ca.wfe.middleware.problems import setup_problems
 from acme_ca.wfe.middleware.protocol_headers import setup_protocol_headers
 from acme_ca.wfe.middleware.request_log import setup_request_log
@@ -27,4 +27,8 @@ def setup_front_end(app: web.Application) -> None:
     r.add_post(urls.ORDER, order.post_order)
     r.add_post(urls.AUTHZ, authz.post_authz)
     r.add_post(urls.CHALLENGE, authz.post_challenge)
+    r.add_post(urls.FINALIZE, certificate.post_finalize)
+    r.add_post(urls.CERTIFICATE, certificate.post_certificate)
+    r.add_post(urls.CERTIFICATE_ALTERNATE, certificate.post_certificate)
+    r.add_post(urls.CERTIFICATE_ISSUER, certificate.post_certificate_issuer)
     r.add_post(urls.REVOKE_CERT, revoke.post_revoke_cert)

@@ -9,9 +9,11 @@ from aiohttp import web
 from acme_ca.clock import Clock
 from acme_ca.config import Config
 from acme_ca.db.accounts import AccountRepository
+from acme_ca.db.certificates import CertificateRepository
 from acme_ca.db.orders import OrderRepository
 from acme_ca.ra.accounts import AccountAuthority
 from acme_ca.ra.challenges import ChallengeAuthority
+from acme_ca.ra.finalize import FinalizeAuthority
 from acme_ca.ra.orders import OrderAuthority
 from acme_ca.ra.revocation import RevocationAuthority
 from acme_ca.wfe.nonces import NonceService
@@ -30,9 +32,11 @@ class FrontEnd:
     accounts: AccountAuthority
     orders: OrderAuthority
     challenges: ChallengeAuthority
+    finalize: FinalizeAuthority
     revocation: RevocationAuthority
     account_reads: AccountRepository
     order_reads: OrderRepository
+    certificate_reads: CertificateRepository
 
 
 FRONT_END = web.AppKey("front_end", FrontEnd)

@@ -19,6 +19,8 @@ FINALIZE = "/acme/order/{order_id:[0-9]{1,18}}/finalize"
 AUTHZ = "/acme/authz/{authz_id:[0-9]{1,18}}"
 CHALLENGE = "/acme/chall/{challenge_id:[0-9]{1,18}}"
 CERTIFICATE = "/acme/cert/{certificate_id:[0-9]{1,18}}"
+CERTIFICATE_ALTERNATE = "/acme/cert/{certificate_id:[0-9]{1,18}}/alt/{alt:[0-9]{1,2}}"
+CERTIFICATE_ISSUER = "/acme/cert/{certificate_id:[0-9]{1,18}}/issuer"
 
 ACCOUNT_PREFIX = "/acme/acct/"
 
@@ -53,6 +55,12 @@ class Urls:
 
     def certificate(self, certificate_id: int) -> str:
         return f"{self.base}/acme/cert/{certificate_id}"
+
+    def certificate_alternate(self, certificate_id: int, n: int) -> str:
+        return f"{self.base}/acme/cert/{certificate_id}/alt/{n}"
+
+    def certificate_issuer(self, certificate_id: int) -> str:
+        return f"{self.base}/acme/cert/{certificate_id}/issuer"
 
     def account_id_from_kid(self, kid: str) -> int | None:
         """The account id if ``kid`` is exactly one of our account URLs, else None."""

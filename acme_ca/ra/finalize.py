@@ -1,0 +1,102 @@
+"""Finalize (RFC 8555 §7.4): check the CSR, recheck stale CAA, hand the order to the CA.
+
+On success the order is ``processing`` and an issuance job is queued in the same
+transaction; the response returns at once and a signing worker does the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any, Protocol
+
+import structlog
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from acme_ca.acme import problems
+from acme_ca.acme.b64 import b64url_decode
+from acme_ca.acme.jwk import parse_jwk
+from acme_ca.acme.problems import AcmeError
+from acme_ca.clock import Clock
+from acme_ca.db.accounts import Account
+from acme_ca.db.issuance import IssuanceRepository
+from acme_ca.db.orders import Order, OrderRepository
+from acme_ca.ra.csr import CheckedCsr, check_csr
+from acme_ca.ra.keys import KeyPolicy
+from acme_ca.ra.orders import OrderAuthority
+from acme_ca.va.records import CheckResult
+
+log = structlog.get_logger(component="acme_ca.ra.finalize")
+
+#: BR 3.2.2.8: issue within 8 hours of the CAA check (or the record's TTL, if longer).
+CAA_RECHECK_AFTER = timedelta(hours=8)
+
+
+class CaaRechecker(Protocol):
+    async def recheck_caa(self, identifier: str, wildcard: bool, account_uri: str,
+                          validation_method: str) -> CheckResult: ...
+
+
+class FinalizeAuthority:
+    def __init__(self, orders: OrderAuthority, order_repo: OrderRepository,
+                 issuance: IssuanceRepository, key_policy: KeyPolicy, caa: CaaRechecker,
+                 clock: Clock, *, account_uri: Callable[[int], str], rsa_issuer: str,
+                 ecdsa_issuer: str) -> None:
+        self._orders = orders
+        self._order_repo = order_repo
+        self._issuance = issuance
+        self._key_policy = key_policy
+        self._caa = caa
+        self._clock = clock
+        self._account_uri = account_uri
+        self._rsa_issuer = rsa_issuer
+        self._ecdsa_issuer = ecdsa_issuer
+
+    async def finalize(self, account: Account, order: Order, payload: dict[str, Any]) -> None:
+        status = await self._orders.refresh_status(order)
+        if status != "ready":
+            raise AcmeError(problems.order_not_ready(
+                f"the order is {status}; it must be ready to finalize"))
+        encoded = payload.get("csr")
+        if not isinstance(encoded, str):
+            raise AcmeError(problems.malformed("finalize needs a csr (base64url DER)"))
+        try:
+            der = b64url_decode(encoded)
+        except ValueError:
+            raise AcmeError(problems.bad_csr("csr is not base64url")) from None
+        account_spki = _spki(parse_jwk(account.jwk).key)
+        checked = await check_csr(der, [i["value"] for i in order.identifiers],
+                                  account_spki=account_spki, key_policy=self._key_policy)
+        await self._recheck_stale_caa(account, order)
+        issuer = self._issuer_for(checked)
+        if not await self._issuance.enqueue(order_id=order.id, account_id=account.id,
+                                            csr_der=checked.der, names=list(checked.names),
+                                            issuer=issuer,
+                                            now=self._clock.now()):
+            raise AcmeError(problems.order_not_ready("the order changed; fetch it again"))
+        log.info("order.processing", order_id=order.id, account_id=account.id, issuer=issuer,
+                 names=list(checked.names))
+
+    def _issuer_for(self, csr: CheckedCsr) -> str:
+        if isinstance(csr.public_key, ec.EllipticCurvePublicKey):
+            return self._ecdsa_issuer
+        return self._rsa_issuer
+
+    async def _recheck_stale_caa(self, account: Account, order: Order) -> None:
+        now = self._clock.now()
+        for v in await self._order_repo.validations(order.id):
+            if v.validated_at is not None and now - v.validated_at < CAA_RECHECK_AFTER:
+                continue
+            result = await self._caa.recheck_caa(
+                v.identifier, v.wildcard, self._account_uri(account.id), v.method or "dns-01")
+            log.info("caa.rechecked", order_id=order.id, identifier=v.identifier, ok=result.ok)
+            if not result.ok:
+                assert result.problem is not None
+                raise AcmeError(result.problem)
+
+
+def _spki(key: Any) -> bytes:
+    der: bytes = key.public_bytes(serialization.Encoding.DER,
+                                  serialization.PublicFormat.SubjectPublicKeyInfo)
+    return der

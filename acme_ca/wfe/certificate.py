@@ -1,0 +1,78 @@
+"""Finalize and certificate download (RFC 8555 §7.4, §7.4.2)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from acme_ca.acme import problems
+from acme_ca.acme.problems import AcmeError
+from acme_ca.db.certificates import CertificateRecord
+from acme_ca.wfe.order import load_own_order, order_body
+from acme_ca.wfe.responses import acme_json
+from acme_ca.wfe.services import FrontEnd, front_end
+from acme_ca.wfe.verify import KeyMode, verify_post
+
+PEM_CHAIN = "application/pem-certificate-chain"
+
+
+async def post_finalize(request: web.Request) -> web.Response:
+    fe = front_end(request)
+    verified = await verify_post(request, KeyMode.KID)
+    account = verified.require_account()
+    order = await load_own_order(request, fe, account.id)
+    await fe.finalize.finalize(account, order, verified.payload())
+    updated = await fe.order_reads.get_order(order.id)
+    assert updated is not None
+    status = fe.orders.current_status(updated)
+    headers = {"Retry-After": str(fe.config.retry_after_seconds)} if status == "processing" else {}
+    return acme_json(order_body(fe, updated, status), location=fe.urls.order(order.id),
+                     headers=headers)
+
+
+async def _own_certificate(request: web.Request, fe: FrontEnd) -> CertificateRecord:
+    verified = await verify_post(request, KeyMode.KID)
+    if not verified.jws.is_post_as_get:
+        raise AcmeError(problems.malformed("a certificate is fetched with POST-as-GET"))
+    record = await fe.certificate_reads.get(int(request.match_info["certificate_id"]))
+    if record is None or record.account_id != verified.require_account().id:
+        raise AcmeError(problems.not_found("no such certificate"))
+    return record
+
+
+def _leaf_pem(record: CertificateRecord) -> str:
+    cert = x509.load_der_x509_certificate(record.der)
+    return cert.public_bytes(Encoding.PEM).decode()
+
+
+async def post_certificate(request: web.Request) -> web.Response:
+    """The leaf and its chain, with the alternate chains linked (§7.4.2)."""
+    fe = front_end(request)
+    record = await _own_certificate(request, fe)
+    alt = request.match_info.get("alt")
+    if alt is None:
+        chain = record.chain_pem
+    else:
+        index = int(alt)
+        if not 1 <= index <= len(record.alternate_chains):
+            raise AcmeError(problems.not_found("no such alternate chain"))
+        chain = record.alternate_chains[index - 1]
+    response = web.Response(text=_leaf_pem(record) + chain, content_type=PEM_CHAIN)
+    response.headers.add("Link", f'<{fe.urls.certificate_issuer(record.id)}>;rel="up"')
+    for n in range(1, len(record.alternate_chains) + 1):
+        if alt is None or int(alt) != n:
+            response.headers.add(
+                "Link", f'<{fe.urls.certificate_alternate(record.id, n)}>;rel="alternate"')
+    if alt is not None:
+        response.headers.add("Link", f'<{fe.urls.certificate(record.id)}>;rel="alternate"')
+    return response
+
+
+async def post_certificate_issuer(request: web.Request) -> web.Response:
+    """The issuer's certificate as application/pkix-cert, for the leaf's ``rel="up"`` link."""
+    fe = front_end(request)
+    record = await _own_certificate(request, fe)
+    issuers = x509.load_pem_x509_certificates(record.chain_pem.encode())
+    return web.Response(body=issuers[0].public_bytes(Encoding.DER),
+                        content_type="application/pkix-cert")

@@ -8,7 +8,13 @@ asks Unbound, as production asks our own resolver:
 * ``good.dnssec.test``: everything signed; answers carry AD and dns-01 passes with
   ``require_dnssec=True``;
 * ``broken.dnssec.test``: every signature at the name altered; Unbound answers SERVFAIL, so
-  dns-01 fails with ``dns`` and CAA is refused even though its record names us.
+  dns-01 fails with ``dns`` and CAA is refused even though its record names us;
+* ``insecure.dnssec.test``: an insecure delegation -- the signed parent has NS records and,
+  proven by its signed NSEC, no DS -- to an unsigned child zone served by the same server.
+  Unbound answers without AD; the client proves Unbound validates (AD on the parent's DNSKEY)
+  and accepts the answer as DNSSEC-insecure: dns-01 passes and CAA there names us;
+* the authoritative server asked directly (it never sets AD): nothing is accepted with
+  ``require_dnssec=True``, since that "resolver" does not validate.
 
 Without Unbound the test tries ``apt-get install -y unbound`` (when root); if that fails it is
 skipped with the reason, except under ``CI=true`` where it fails.
@@ -25,7 +31,7 @@ import socketserver
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,12 +54,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from acme_ca.va.caa_lookup import CaaChecker
 from acme_ca.va.dns01 import Dns01Validator, dns01_txt_value
+from acme_ca.va.records import dns_record
 from acme_ca.va.resolver import DnsClient, DnsFailure, ResolverSettings
 
 pytestmark = pytest.mark.integration
 
 ACME = "urn:ietf:params:acme:error:"
 ORIGIN = dns.name.from_text("dnssec.test.")
+INSECURE_ORIGIN = dns.name.from_text("insecure.dnssec.test.")
 KEY_AUTH = "tPUZNY4ONIk6LxErRFEjVw.9jg46WB3rR_AHD-EBXdN7cBkH1WOu0tA3M9fm21mqTI"
 ACCOUNT = "https://acme.jprs.test/acme/acct/1"
 UNBOUND_CANDIDATES = ("/usr/sbin/unbound", "unbound")
@@ -70,6 +78,14 @@ _acme-challenge.good 60 IN TXT "{dns01_txt_value(KEY_AUTH)}"
 broken 3600 IN A 127.0.0.1
 broken 3600 IN CAA 0 issue "jprs.jp"
 _acme-challenge.broken 60 IN TXT "{dns01_txt_value(KEY_AUTH)}"
+insecure 3600 IN NS ns
+"""
+INSECURE_ZONE_TEXT = f"""
+@ 3600 IN SOA ns.dnssec.test. hostmaster.dnssec.test. 1 3600 600 86400 60
+@ 3600 IN NS ns.dnssec.test.
+@ 3600 IN A 127.0.0.1
+@ 3600 IN CAA 0 issue "jprs.jp"
+_acme-challenge 60 IN TXT "{dns01_txt_value(KEY_AUTH)}"
 """
 BROKEN_NAMES = ("broken.dnssec.test.", "_acme-challenge.broken.dnssec.test.")
 
@@ -97,10 +113,16 @@ class SignedZone:
     zone: dns.zone.Zone
     trust_anchor: str
     """Unbound's ``trust-anchor:`` value: the zone's DNSKEY in presentation format."""
+    insecure: dns.zone.Zone
+    """The unsigned child zone the signed one delegates to without DS."""
 
 
 def signed_zone() -> SignedZone:
-    """Sign the zone with one ECDSA P-256 key (flags 257), then break the broken names."""
+    """Sign the zone with one ECDSA P-256 key (flags 257), then break the broken names.
+
+    dnspython signs neither the delegation's NS set nor anything below it, and gives the cut
+    an NSEC (types NS, RRSIG, NSEC) that proves the missing DS.
+    """
     zone = dns.zone.from_text(ZONE_TEXT, origin=ORIGIN, relativize=False)
     key = ec.generate_private_key(ec.SECP256R1())
     dnskey = dns.dnssec.make_dnskey(
@@ -123,7 +145,8 @@ def signed_zone() -> SignedZone:
                     continue
                 rrsigs = [_corrupt(r) for r in rdataset]
                 txn.replace(name, dns.rrset.from_rdata_list(name, rdataset.ttl, rrsigs))
-    return SignedZone(zone, f"{ORIGIN.to_text()} DNSKEY {dnskey.to_text()}")
+    insecure = dns.zone.from_text(INSECURE_ZONE_TEXT, origin=INSECURE_ORIGIN, relativize=False)
+    return SignedZone(zone, f"{ORIGIN.to_text()} DNSKEY {dnskey.to_text()}", insecure)
 
 
 # --- a tiny authoritative server ----------------------------------------------------------------
@@ -144,8 +167,33 @@ def _with_sigs(
     return out
 
 
-def answer(zone: dns.zone.Zone, wire: bytes) -> bytes | None:
-    """Answer one query authoritatively: data, NODATA or NXDOMAIN, with NSEC proofs."""
+def origin(zone: dns.zone.Zone) -> dns.name.Name:
+    assert zone.origin is not None
+    return zone.origin
+
+
+def zone_for(
+    zones: Sequence[dns.zone.Zone], qname: dns.name.Name, rdtype: dns.rdatatype.RdataType
+) -> dns.zone.Zone | None:
+    """The closest enclosing zone served; DS at a child's apex is the parent's to answer."""
+    enclosing = sorted(
+        (z for z in zones if qname.is_subdomain(origin(z))),
+        key=lambda z: len(origin(z)),
+        reverse=True,
+    )
+    if not enclosing:
+        return None
+    if rdtype == dns.rdatatype.DS and qname == origin(enclosing[0]) and len(enclosing) > 1:
+        return enclosing[1]
+    return enclosing[0]
+
+
+def answer(zones: Sequence[dns.zone.Zone], wire: bytes) -> bytes | None:
+    """Answer one query authoritatively: data, NODATA or NXDOMAIN, with NSEC proofs.
+
+    Serves every zone in ``zones`` (the signed parent and its unsigned child); an unsigned
+    zone has no RRSIG or NSEC records, so its answers carry none.
+    """
     try:
         query = dns.message.from_wire(wire)
     except dns.exception.DNSException:
@@ -159,14 +207,15 @@ def answer(zone: dns.zone.Zone, wire: bytes) -> bytes | None:
     question = query.question[0]
     qname, rdtype = question.name, question.rdtype
     dnssec = bool(query.ednsflags & dns.flags.DO)
-    if not qname.is_subdomain(ORIGIN):
+    zone = zone_for(zones, qname, rdtype)
+    if zone is None:
         reply.set_rcode(dns.rcode.REFUSED)
         return reply.to_wire()
     node = zone.get_node(qname)
     if node is not None and node.get_rdataset(dns.rdataclass.IN, rdtype) is not None:
         reply.answer.extend(_with_sigs(zone, qname, rdtype, dnssec))
     else:
-        reply.authority.extend(_with_sigs(zone, ORIGIN, dns.rdatatype.SOA, dnssec))
+        reply.authority.extend(_with_sigs(zone, origin(zone), dns.rdatatype.SOA, dnssec))
         if node is None:
             reply.set_rcode(dns.rcode.NXDOMAIN)
             # A small zone: every NSEC proves whatever it can; the resolver picks.
@@ -181,8 +230,8 @@ def answer(zone: dns.zone.Zone, wire: bytes) -> bytes | None:
 class AuthoritativeServer:
     """UDP and TCP on one 127.0.0.1 port, in threads, so it outlives any event loop."""
 
-    def __init__(self, zone: dns.zone.Zone) -> None:
-        zone_ref = zone
+    def __init__(self, zones: Sequence[dns.zone.Zone]) -> None:
+        zone_ref = tuple(zones)
 
         class Udp(socketserver.BaseRequestHandler):
             def handle(self) -> None:
@@ -306,6 +355,11 @@ remote-control:
 stub-zone:
     name: "{ORIGIN.to_text()}"
     stub-addr: 127.0.0.1@{auth_port}
+
+# The child's NS (ns.dnssec.test) has no port; the stub sends Unbound to the same server.
+stub-zone:
+    name: "{INSECURE_ORIGIN.to_text()}"
+    stub-addr: 127.0.0.1@{auth_port}
 """
 
 
@@ -313,10 +367,14 @@ stub-zone:
 class Resolver:
     port: int
     log: Path
+    auth_port: int
+    """The authoritative server's port: a DNS server that does not validate."""
 
-    def settings(self, *, require_dnssec: bool = True, tcp: bool = True) -> ResolverSettings:
+    def settings(
+        self, *, require_dnssec: bool = True, tcp: bool = True, port: int | None = None
+    ) -> ResolverSettings:
         return ResolverSettings(
-            (f"127.0.0.1:{self.port}",),
+            (f"127.0.0.1:{port or self.port}",),
             timeout=5.0,
             attempts=1,
             require_dnssec=require_dnssec,
@@ -348,7 +406,7 @@ def resolver(zone: SignedZone, tmp_path_factory: pytest.TempPathFactory) -> Iter
     if binary is None:
         unavailable("unbound is not installed and `apt-get install -y unbound` failed")
         return
-    auth = AuthoritativeServer(zone.zone)
+    auth = AuthoritativeServer((zone.zone, zone.insecure))
     directory = tmp_path_factory.mktemp("unbound")
     port = free_port()
     config = directory / "unbound.conf"
@@ -360,7 +418,7 @@ def resolver(zone: SignedZone, tmp_path_factory: pytest.TempPathFactory) -> Iter
         )
     try:
         wait_ready(process, port, log)
-        yield Resolver(port, log)
+        yield Resolver(port, log, auth.port)
     finally:
         process.terminate()
         try:
@@ -380,9 +438,11 @@ async def test_br_dcv_1_signed_txt_validates(resolver: Resolver, tcp: bool) -> N
     answer = await client.query("_acme-challenge.good.dnssec.test", "TXT")
     assert answer.ok, (answer, resolver.log.read_text()[-2000:])
     assert answer.authenticated is True
+    assert answer.dnssec == "secure"
     result = await Dns01Validator(client).check("good.dnssec.test", KEY_AUTH)
     assert result.ok, result.problem
     assert result.records[0].authenticated is True
+    assert result.records[0].to_json()["dnssec"] == "secure"
     assert result.observed == dns01_txt_value(KEY_AUTH)
 
 
@@ -424,3 +484,73 @@ async def test_caa_signed_climb_allowed(resolver: Resolver) -> None:
     assert result.ok, (result.problem, resolver.log.read_text()[-2000:])
     assert [r.query for r in result.records] == ["good.dnssec.test CAA", "dnssec.test CAA"]
     assert all(r.authenticated for r in result.records)
+
+
+async def test_br_dcv_1_insecure_delegation_accepted(resolver: Resolver) -> None:
+    """No DS under a signed parent: Unbound proves the child insecure and gives no AD.
+
+    The client accepts that only after seeing AD on the parent's DNSKEY from Unbound, and
+    says so in the record.
+    """
+    client = DnsClient(resolver.settings())
+    ds = await DnsClient(resolver.settings(require_dnssec=False)).query(
+        "insecure.dnssec.test", "DS"
+    )
+    assert ds.ok and ds.records == () and ds.authenticated is True, ds  # signed NSEC: no DS
+    answer = await client.query("_acme-challenge.insecure.dnssec.test", "TXT")
+    assert answer.ok, (answer, resolver.log.read_text()[-2000:])
+    assert answer.authenticated is False
+    assert answer.dnssec == "insecure"
+    assert answer.validated_ancestor == "dnssec.test."
+    result = await Dns01Validator(client).check("insecure.dnssec.test", KEY_AUTH)
+    assert result.ok, result.problem
+    assert result.observed == dns01_txt_value(KEY_AUTH)
+    record = result.records[0].to_json()
+    assert record["authenticated"] is False
+    assert record["dnssec"] == "insecure"
+
+
+async def test_caa_11_insecure_caa_allowed(resolver: Resolver) -> None:
+    """The insecure zone's own ``issue "jprs.jp"`` is permission: proven insecure, not bogus."""
+    client = DnsClient(resolver.settings())
+    checker = CaaChecker.from_dns(client)
+    result = await checker.check(
+        "insecure.dnssec.test", wildcard=False, account_uri=ACCOUNT, validation_method="dns-01"
+    )
+    assert result.ok, (result.problem, resolver.log.read_text()[-2000:])
+    assert [r.query for r in result.records] == ["insecure.dnssec.test CAA"]
+    assert result.records[0].authenticated is False
+    caa = await client.query("insecure.dnssec.test", "CAA")
+    assert caa.dnssec == "insecure"
+    assert [r.to_text() for r in caa.records] == ['0 issue "jprs.jp"']
+
+
+@pytest.mark.parametrize("name", ["good.dnssec.test", "insecure.dnssec.test"])
+async def test_br_dcv_1_non_validating_resolver_refused(resolver: Resolver, name: str) -> None:
+    """The authoritative server never sets AD: it does not validate, so nothing it says counts.
+
+    Even the signed zone's data fails: without a validator nobody checked the signatures.
+    """
+    client = DnsClient(resolver.settings(port=resolver.auth_port))
+    answer = await client.query(f"_acme-challenge.{name}", "TXT")
+    assert answer.failure is DnsFailure.UNAUTHENTICATED, answer
+    result = await Dns01Validator(client).check(name, KEY_AUTH)
+    assert not result.ok and result.problem is not None
+    assert result.problem.type == ACME + "dns"
+    assert "does not appear to validate DNSSEC" in result.problem.detail
+    assert result.records[0].error is not None
+    assert "dnssec" not in result.records[0].to_json()
+    checker = CaaChecker.from_dns(client)
+    caa = await checker.check(name, wildcard=False, account_uri=ACCOUNT, validation_method="dns-01")
+    assert not caa.ok and caa.problem is not None and caa.problem.type == ACME + "caa"
+
+
+async def test_br_dcv_1_non_validating_resolver_unchecked_when_off(resolver: Resolver) -> None:
+    """``dnssec = "off"`` (tests only) takes the same answer and marks it unchecked."""
+    client = DnsClient(resolver.settings(port=resolver.auth_port, require_dnssec=False))
+    answer = await client.query("_acme-challenge.insecure.dnssec.test", "TXT")
+    assert answer.ok and answer.dnssec == "unchecked"
+    record = dns_record(
+        answer, method="dns-01", hostname="insecure.dnssec.test", at=dt.datetime.now(dt.UTC)
+    )
+    assert record.to_json()["dnssec"] == "unchecked"

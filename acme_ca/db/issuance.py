@@ -53,10 +53,19 @@ def _job(row: asyncpg.Record) -> IssuanceJob:
         return bytes(v) if v is not None else None
 
     return IssuanceJob(
-        id=row["id"], order_id=row["order_id"], account_id=row["account_id"],
-        csr_der=bytes(row["csr_der"]), names=tuple(row["names"]), status=row["status"], attempts=row["attempts"],
-        issuer=row["issuer"], serial=row["serial"], not_before=row["not_before"],
-        not_after=row["not_after"], tbs_der=b(row["tbs_der"]), lint_der=b(row["lint_der"]),
+        id=row["id"],
+        order_id=row["order_id"],
+        account_id=row["account_id"],
+        csr_der=bytes(row["csr_der"]),
+        names=tuple(row["names"]),
+        status=row["status"],
+        attempts=row["attempts"],
+        issuer=row["issuer"],
+        serial=row["serial"],
+        not_before=row["not_before"],
+        not_after=row["not_after"],
+        tbs_der=b(row["tbs_der"]),
+        lint_der=b(row["lint_der"]),
     )
 
 
@@ -64,13 +73,23 @@ class IssuanceRepository:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    async def enqueue(self, *, order_id: int, account_id: int, csr_der: bytes,
-                      names: list[str], issuer: str, now: datetime) -> bool:
+    async def enqueue(
+        self,
+        *,
+        order_id: int,
+        account_id: int,
+        csr_der: bytes,
+        names: list[str],
+        issuer: str,
+        now: datetime,
+    ) -> bool:
         """ready → processing and a queued job, atomically; False if the order was not ready."""
         async with self._pool.acquire() as conn, conn.transaction():
             moved = await conn.execute(
                 "UPDATE orders SET status = 'processing', updated_at = $2 "
-                "WHERE id = $1 AND status = 'ready'", order_id, now,
+                "WHERE id = $1 AND status = 'ready'",
+                order_id,
+                now,
             )
             if not moved.endswith(" 1"):
                 return False
@@ -78,11 +97,22 @@ class IssuanceRepository:
                 """INSERT INTO issuance_jobs (order_id, account_id, csr_der, names, status,
                                               issuer, created_at, updated_at)
                    VALUES ($1, $2, $3, $4, 'queued', $5, $6, $6)""",
-                order_id, account_id, csr_der, names, issuer, now,
+                order_id,
+                account_id,
+                csr_der,
+                names,
+                issuer,
+                now,
             )
-            await record_event(conn, "order.processing", at=now, actor=f"account:{account_id}",
-                               account_id=account_id, order_id=order_id,
-                               details={"issuer": issuer})
+            await record_event(
+                conn,
+                "order.processing",
+                at=now,
+                actor=f"account:{account_id}",
+                account_id=account_id,
+                order_id=order_id,
+                details={"issuer": issuer},
+            )
             await conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")
         return True
 
@@ -96,25 +126,49 @@ class IssuanceRepository:
                               OR (status = 'running' AND locked_until < $2)
                            ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
                RETURNING *""",
-            worker_id, now, lease,
+            worker_id,
+            now,
+            lease,
         )
         return _job(row) if row else None
 
-    async def record_prepared(self, job_id: int, worker_id: str, *, serial: str,
-                              not_before: datetime, not_after: datetime, tbs_der: bytes,
-                              lint_der: bytes, now: datetime) -> IssuanceJob:
+    async def record_prepared(
+        self,
+        job_id: int,
+        worker_id: str,
+        *,
+        serial: str,
+        not_before: datetime,
+        not_after: datetime,
+        tbs_der: bytes,
+        lint_der: bytes,
+        now: datetime,
+    ) -> IssuanceJob:
         """Fix serial, validity and TBS once; a job that already has them keeps its own."""
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(
                 """UPDATE issuance_jobs SET serial = $3, not_before = $4, not_after = $5,
                           tbs_der = $6, lint_der = $7, updated_at = $8
                    WHERE id = $1 AND locked_by = $2 AND serial IS NULL""",
-                job_id, worker_id, serial, not_before, not_after, tbs_der, lint_der, now,
+                job_id,
+                worker_id,
+                serial,
+                not_before,
+                not_after,
+                tbs_der,
+                lint_der,
+                now,
             )
             row = await conn.fetchrow("SELECT * FROM issuance_jobs WHERE id = $1", job_id)
-            await record_event(conn, "issuance.prepared", at=now, actor=f"worker:{worker_id}",
-                               account_id=row["account_id"], order_id=row["order_id"],
-                               details={"serial": row["serial"], "job_id": job_id})
+            await record_event(
+                conn,
+                "issuance.prepared",
+                at=now,
+                actor=f"worker:{worker_id}",
+                account_id=row["account_id"],
+                order_id=row["order_id"],
+                details={"serial": row["serial"], "job_id": job_id},
+            )
         return _job(row)
 
     async def complete(self, job: IssuanceJob, cert: IssuedCertificate, now: datetime) -> bool:
@@ -126,46 +180,84 @@ class IssuanceRepository:
                                              alternate_chains, created_at)
                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
                    ON CONFLICT DO NOTHING RETURNING id""",
-                job.order_id, job.account_id, cert.serial, cert.issuer, cert.der,
-                cert.not_before, cert.not_after, cert.chain_pem, cert.alternate_chains, now,
+                job.order_id,
+                job.account_id,
+                cert.serial,
+                cert.issuer,
+                cert.der,
+                cert.not_before,
+                cert.not_after,
+                cert.chain_pem,
+                cert.alternate_chains,
+                now,
             )
             await conn.execute(
                 "UPDATE orders SET status = 'valid', updated_at = $2 "
-                "WHERE id = $1 AND status = 'processing'", job.order_id, now,
+                "WHERE id = $1 AND status = 'processing'",
+                job.order_id,
+                now,
             )
             await conn.execute(
                 "UPDATE issuance_jobs SET status = 'done', locked_by = NULL, "
-                "locked_until = NULL, updated_at = $2 WHERE id = $1", job.id, now,
+                "locked_until = NULL, updated_at = $2 WHERE id = $1",
+                job.id,
+                now,
             )
             if inserted is not None:
-                await record_event(conn, "certificate.issued", at=now, actor="ca",
-                                   account_id=job.account_id, order_id=job.order_id,
-                                   details={"serial": cert.serial, "issuer": cert.issuer,
-                                            "not_after": cert.not_after.isoformat()})
+                await record_event(
+                    conn,
+                    "certificate.issued",
+                    at=now,
+                    actor="ca",
+                    account_id=job.account_id,
+                    order_id=job.order_id,
+                    details={
+                        "serial": cert.serial,
+                        "issuer": cert.issuer,
+                        "not_after": cert.not_after.isoformat(),
+                    },
+                )
         return inserted is not None
 
-    async def fail(self, job: IssuanceJob, problem: dict[str, Any], details: dict[str, Any],
-                   now: datetime) -> None:
+    async def fail(
+        self, job: IssuanceJob, problem: dict[str, Any], details: dict[str, Any], now: datetime
+    ) -> None:
         """Give up on the job: order invalid with ``problem``; details go to the audit log."""
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(
                 "UPDATE orders SET status = 'invalid', error = $2, updated_at = $3 "
-                "WHERE id = $1 AND status = 'processing'", job.order_id, problem, now,
+                "WHERE id = $1 AND status = 'processing'",
+                job.order_id,
+                problem,
+                now,
             )
             await conn.execute(
                 "UPDATE issuance_jobs SET status = 'failed', error = $2, locked_by = NULL, "
-                "locked_until = NULL, updated_at = $3 WHERE id = $1", job.id, details, now,
+                "locked_until = NULL, updated_at = $3 WHERE id = $1",
+                job.id,
+                details,
+                now,
             )
-            await record_event(conn, "issuance.failed", at=now, actor="ca",
-                               account_id=job.account_id, order_id=job.order_id,
-                               details=details)
+            await record_event(
+                conn,
+                "issuance.failed",
+                at=now,
+                actor="ca",
+                account_id=job.account_id,
+                order_id=job.order_id,
+                details=details,
+            )
 
-    async def renew_lease(self, job_id: int, worker_id: str, *, now: datetime,
-                          lease: timedelta) -> bool:
+    async def renew_lease(
+        self, job_id: int, worker_id: str, *, now: datetime, lease: timedelta
+    ) -> bool:
         status = await self._pool.execute(
             "UPDATE issuance_jobs SET locked_until = $3::timestamptz + $4::interval "
             "WHERE id = $1 AND locked_by = $2 AND status = 'running'",
-            job_id, worker_id, now, lease,
+            job_id,
+            worker_id,
+            now,
+            lease,
         )
         return bool(status.endswith(" 1"))
 
@@ -181,16 +273,26 @@ class IssuanceRepository:
 
     async def is_key_blocked(self, spki_sha256: bytes) -> bool:
         found = await self._pool.fetchval(
-            "SELECT 1 FROM blocked_keys WHERE spki_sha256 = $1", spki_sha256)
+            "SELECT 1 FROM blocked_keys WHERE spki_sha256 = $1", spki_sha256
+        )
         return found is not None
 
-    async def block_key(self, spki_sha256: bytes, *, reason: str, source: str,
-                        now: datetime) -> None:
+    async def block_key(
+        self, spki_sha256: bytes, *, reason: str, source: str, now: datetime
+    ) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(
                 "INSERT INTO blocked_keys (spki_sha256, reason, added_at, source) "
                 "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                spki_sha256, reason, now, source,
+                spki_sha256,
+                reason,
+                now,
+                source,
             )
-            await record_event(conn, "key.blocked", at=now, actor=source,
-                               details={"spki_sha256": spki_sha256.hex(), "reason": reason})
+            await record_event(
+                conn,
+                "key.blocked",
+                at=now,
+                actor=source,
+                details={"spki_sha256": spki_sha256.hex(), "reason": reason},
+            )

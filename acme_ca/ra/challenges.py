@@ -28,7 +28,7 @@ log = structlog.get_logger(component="acme_ca.ra.challenges")
 class Validator(Protocol):
     """What the RA needs of the VA: validate a challenge, recheck CAA before issuance."""
 
-    async def validate(  # noqa: PLR0917 - mirrors ValidationAuthority.validate
+    async def validate(
         self,
         challenge_type: str,
         identifier: str,

@@ -42,12 +42,14 @@ def _bad(reason: str, detail: str = "") -> AcmeError:
 
 
 def _spki(key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey) -> bytes:
-    return key.public_bytes(serialization.Encoding.DER,
-                            serialization.PublicFormat.SubjectPublicKeyInfo)
+    return key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
-async def check_csr(der: bytes, identifiers: list[str], *, account_spki: bytes,
-                    key_policy: KeyPolicy) -> CheckedCsr:
+async def check_csr(
+    der: bytes, identifiers: list[str], *, account_spki: bytes, key_policy: KeyPolicy
+) -> CheckedCsr:
     try:
         csr = x509.load_der_x509_csr(der)
     except ValueError:

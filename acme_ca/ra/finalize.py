@@ -34,15 +34,25 @@ CAA_RECHECK_AFTER = timedelta(hours=8)
 
 
 class CaaRechecker(Protocol):
-    async def recheck_caa(self, identifier: str, wildcard: bool, account_uri: str,
-                          validation_method: str) -> CheckResult: ...
+    async def recheck_caa(
+        self, identifier: str, wildcard: bool, account_uri: str, validation_method: str
+    ) -> CheckResult: ...
 
 
 class FinalizeAuthority:
-    def __init__(self, orders: OrderAuthority, order_repo: OrderRepository,
-                 issuance: IssuanceRepository, key_policy: KeyPolicy, caa: CaaRechecker,
-                 clock: Clock, *, account_uri: Callable[[int], str], rsa_issuer: str,
-                 ecdsa_issuer: str) -> None:
+    def __init__(
+        self,
+        orders: OrderAuthority,
+        order_repo: OrderRepository,
+        issuance: IssuanceRepository,
+        key_policy: KeyPolicy,
+        caa: CaaRechecker,
+        clock: Clock,
+        *,
+        account_uri: Callable[[int], str],
+        rsa_issuer: str,
+        ecdsa_issuer: str,
+    ) -> None:
         self._orders = orders
         self._order_repo = order_repo
         self._issuance = issuance
@@ -56,8 +66,9 @@ class FinalizeAuthority:
     async def finalize(self, account: Account, order: Order, payload: dict[str, Any]) -> None:
         status = await self._orders.refresh_status(order)
         if status != "ready":
-            raise AcmeError(problems.order_not_ready(
-                f"the order is {status}; it must be ready to finalize"))
+            raise AcmeError(
+                problems.order_not_ready(f"the order is {status}; it must be ready to finalize")
+            )
         encoded = payload.get("csr")
         if not isinstance(encoded, str):
             raise AcmeError(problems.malformed("finalize needs a csr (base64url DER)"))
@@ -66,17 +77,30 @@ class FinalizeAuthority:
         except ValueError:
             raise AcmeError(problems.bad_csr("csr is not base64url")) from None
         account_spki = _spki(parse_jwk(account.jwk).key)
-        checked = await check_csr(der, [i["value"] for i in order.identifiers],
-                                  account_spki=account_spki, key_policy=self._key_policy)
+        checked = await check_csr(
+            der,
+            [i["value"] for i in order.identifiers],
+            account_spki=account_spki,
+            key_policy=self._key_policy,
+        )
         await self._recheck_stale_caa(account, order)
         issuer = self._issuer_for(checked)
-        if not await self._issuance.enqueue(order_id=order.id, account_id=account.id,
-                                            csr_der=checked.der, names=list(checked.names),
-                                            issuer=issuer,
-                                            now=self._clock.now()):
+        if not await self._issuance.enqueue(
+            order_id=order.id,
+            account_id=account.id,
+            csr_der=checked.der,
+            names=list(checked.names),
+            issuer=issuer,
+            now=self._clock.now(),
+        ):
             raise AcmeError(problems.order_not_ready("the order changed; fetch it again"))
-        log.info("order.processing", order_id=order.id, account_id=account.id, issuer=issuer,
-                 names=list(checked.names))
+        log.info(
+            "order.processing",
+            order_id=order.id,
+            account_id=account.id,
+            issuer=issuer,
+            names=list(checked.names),
+        )
 
     def _issuer_for(self, csr: CheckedCsr) -> str:
         if isinstance(csr.public_key, ec.EllipticCurvePublicKey):
@@ -89,7 +113,8 @@ class FinalizeAuthority:
             if v.validated_at is not None and now - v.validated_at < CAA_RECHECK_AFTER:
                 continue
             result = await self._caa.recheck_caa(
-                v.identifier, v.wildcard, self._account_uri(account.id), v.method or "dns-01")
+                v.identifier, v.wildcard, self._account_uri(account.id), v.method or "dns-01"
+            )
             log.info("caa.rechecked", order_id=order.id, identifier=v.identifier, ok=result.ok)
             if not result.ok:
                 assert result.problem is not None
@@ -97,6 +122,7 @@ class FinalizeAuthority:
 
 
 def _spki(key: Any) -> bytes:
-    der: bytes = key.public_bytes(serialization.Encoding.DER,
-                                  serialization.PublicFormat.SubjectPublicKeyInfo)
+    der: bytes = key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     return der

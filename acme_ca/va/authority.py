@@ -65,7 +65,7 @@ class ValidationAuthority:
         if always_valid:
             _log.warning("va.always_valid", detail="every validation will pass unchecked")
 
-    async def validate(  # noqa: PLR0917 - the RA's Validator protocol passes these positionally
+    async def validate(
         self,
         challenge_type: str,
         identifier: str,

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any, Final, Literal
 
 from acme_ca.acme.problems import Problem
-from acme_ca.va.resolver import DnsAnswer
+from acme_ca.va.resolver import DnsAnswer, DnssecStatus
 
 Method = Literal["http-01", "dns-01", "caa"]
 
@@ -38,7 +38,10 @@ class ValidationRecord:
     ``query`` is the URL fetched or the DNS question (``name TYPE``); ``server`` is the
     resolver asked or the ``address:port`` connected to; ``addresses`` are the addresses the
     hostname resolved to; ``response`` is what came back, truncated; ``authenticated`` is the
-    resolver's DNSSEC verdict (AD bit) where a DNS answer was involved.
+    resolver's AD bit where a DNS answer was involved, and ``dnssec`` what we made of it:
+    ``secure`` (AD), ``insecure`` (no AD, from a resolver proven to validate on the name's
+    path, so the zone is DNSSEC-insecure, not bogus) or ``unchecked`` (DNSSEC not required,
+    test mode); None for a failed lookup or a record without a DNS answer.
     """
 
     method: Method
@@ -51,6 +54,7 @@ class ValidationRecord:
     response: str | None = None
     error: str | None = None
     authenticated: bool | None = None
+    dnssec: DnssecStatus | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The audit form: every field, time as RFC 3339, empty optionals left out."""
@@ -71,6 +75,8 @@ class ValidationRecord:
             body["error"] = self.error
         if self.authenticated is not None:
             body["authenticated"] = self.authenticated
+        if self.dnssec is not None:
+            body["dnssec"] = self.dnssec
         return body
 
 
@@ -137,4 +143,5 @@ def dns_record(
         response=truncate(answer.describe()),
         error=f"{answer.failure}: {answer.error}" if answer.failure is not None else None,
         authenticated=answer.authenticated,
+        dnssec=answer.dnssec,
     )

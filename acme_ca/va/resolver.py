@@ -6,6 +6,22 @@ answer is truncated (or always, when configured), follows the CNAME chain the re
 and reads the AD bit.  It never raises for a DNS outcome: a :class:`DnsAnswer` says whether the
 lookup failed and why, so every check can record the answer and refuse on failure.  NXDOMAIN
 and NODATA are empty answers, not failures.
+
+DNSSEC, with ``require_dnssec`` (production):
+
+* **secure**: the reply carried AD -- the resolver validated it.
+* **bogus**: a validating resolver answers SERVFAIL; that is a failure, always.
+* **insecure**: no AD, which a validating resolver gives for data in an unsigned zone below a
+  delegation without DS (most of the Internet).  Such an answer is usable only when the same
+  resolver is *proven to validate* on the name's path: a DNSKEY query for one of the name's
+  ancestors (closest first, up to the root) came back with AD.  A validating resolver that
+  authenticated that part of the tree would have answered SERVFAIL for bogus data below it, so
+  the missing AD means "proven insecure", not "unchecked".  The proof is cached per resolver
+  and ancestor for :data:`VALIDATION_PROOF_TTL`.  No proof -- a resolver that does not
+  validate at all -- is :attr:`DnsFailure.UNAUTHENTICATED`.
+
+Without ``require_dnssec`` (``dnssec = "off"``, tests only) answers are used as they come and
+marked **unchecked**.
 """
 
 from __future__ import annotations
@@ -14,7 +30,8 @@ import asyncio
 import enum
 import ipaddress
 from dataclasses import dataclass, field, replace
-from typing import Final
+from datetime import datetime, timedelta
+from typing import Final, Literal
 
 import dns.asyncquery
 import dns.exception
@@ -28,6 +45,8 @@ import dns.rdatatype
 import dns.rrset
 import structlog
 
+from acme_ca.clock import Clock, SystemClock
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 DEFAULT_PORT: Final = 53
@@ -36,6 +55,13 @@ EDNS_PAYLOAD: Final = 1232
 fragment; anything larger comes back truncated and is asked again over TCP."""
 MAX_CNAME_CHAIN: Final = 8
 """CNAME hops followed before giving up; a longer chain or a loop is a lookup failure."""
+VALIDATION_PROOF_TTL: Final = timedelta(minutes=5)
+"""How long an authenticated DNSKEY answer for an ancestor keeps proving that the resolver
+validates below it, so each validation does not cost an extra query."""
+
+DnssecStatus = Literal["secure", "insecure", "unchecked"]
+"""The DNSSEC standing of a usable answer: ``secure`` (AD), ``insecure`` (no AD, from a
+resolver proven to validate on the name's path) or ``unchecked`` (``require_dnssec`` off)."""
 
 _log = structlog.get_logger(component=__name__)
 
@@ -43,8 +69,10 @@ _log = structlog.get_logger(component=__name__)
 class DnsFailure(enum.StrEnum):
     """Why a lookup produced no usable answer; each one fails the check that asked.
 
-    ``UNAUTHENTICATED``: ``require_dnssec`` and the reply lacked AD.  ``ERROR``: any other
-    rcode, a malformed reply, a CNAME loop or a network error.
+    ``UNAUTHENTICATED``: ``require_dnssec``, the reply lacked AD and the resolver could not
+    be shown to validate DNSSEC on the name's path.  ``SERVFAIL`` includes bogus answers from
+    a validating resolver.  ``ERROR``: any other rcode, a malformed reply, a CNAME loop or a
+    network error.
     """
 
     SERVFAIL = "servfail"
@@ -88,8 +116,9 @@ class Nameserver:
 class ResolverSettings:
     """Where and how to ask; the defaults are the production ones (TCP, DNSSEC required).
 
-    ``require_dnssec`` makes every answer without the AD bit a failure, so it must point at a
-    validating resolver we run; a bogus answer already comes back from it as SERVFAIL.
+    ``require_dnssec`` accepts an answer without the AD bit only as DNSSEC-insecure, when the
+    resolver is proven to validate on the name's path (see the module docstring); it must
+    point at a validating resolver we run, where a bogus answer comes back as SERVFAIL.
     """
 
     nameservers: tuple[str, ...]
@@ -123,6 +152,11 @@ class DnsAnswer:
     """None when no reply came back at all."""
     authenticated: bool = False
     """True only when every reply in the chain carried AD."""
+    dnssec: DnssecStatus | None = None
+    """The DNSSEC standing of a usable answer; None when the lookup failed."""
+    validated_ancestor: str | None = None
+    """For an ``insecure`` answer: the ancestor whose authenticated DNSKEY answer showed the
+    resolver validates above the final name (``.`` for the root)."""
     server: str | None = None
     failure: DnsFailure | None = None
     """None for a usable (possibly empty) answer."""
@@ -162,6 +196,24 @@ def _text(name: dns.name.Name) -> str:
     return name.to_text(omit_final_dot=True)
 
 
+def _ancestors(name: dns.name.Name) -> list[dns.name.Name]:
+    """The enclosing names of ``name``, closest first, the root last; not ``name`` itself."""
+    out: list[dns.name.Name] = []
+    while name != dns.name.root:
+        name = name.parent()
+        out.append(name)
+    return out
+
+
+@dataclass
+class _Reply:
+    """One reply in a lookup: who sent it, whether it had AD, the names it answered for."""
+
+    server: str
+    authenticated: bool
+    names: list[dns.name.Name]
+
+
 def _find(
     message: dns.message.Message, name: dns.name.Name, rdtype: dns.rdatatype.RdataType
 ) -> dns.rrset.RRset | None:
@@ -172,10 +224,24 @@ def _find(
 
 
 class DnsClient:
-    """Queries the configured resolvers; one per VA, shared by every check."""
+    """Queries the configured resolvers; one per VA, shared by every check.
 
-    def __init__(self, settings: ResolverSettings) -> None:
+    ``clock`` and ``proof_ttl`` govern the cache of "this resolver validates below this
+    ancestor" proofs (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        settings: ResolverSettings,
+        *,
+        clock: Clock | None = None,
+        proof_ttl: timedelta = VALIDATION_PROOF_TTL,
+    ) -> None:
         self.settings = settings
+        self._clock: Clock = clock or SystemClock()
+        self._proof_ttl = proof_ttl
+        self._servers = {str(ns): ns for ns in settings.parsed}
+        self._proofs: dict[tuple[str, dns.name.Name], datetime] = {}
 
     def describe(self) -> str:
         """The resolvers asked, for records that cannot name the one that answered."""
@@ -193,6 +259,7 @@ class DnsClient:
         chain: list[str] = []
         seen = {current}
         authenticated = True
+        replies: list[_Reply] = []
         # A recursive resolver returns the whole chain in one reply; if a reply stops at an
         # alias target it did not chase, that target is asked about in a new query.
         while True:
@@ -208,12 +275,15 @@ class DnsClient:
                     error=error,
                 )
             rcode = dns.rcode.to_text(reply.rcode())
-            authenticated = authenticated and bool(reply.flags & dns.flags.AD)
+            ad = bool(reply.flags & dns.flags.AD)
+            authenticated = authenticated and ad
+            assert server is not None  # a reply names its sender
+            replies.append(_Reply(server, ad, [current]))
             advanced = False
             while True:
                 found = _find(reply, current, wanted)
                 if found is not None:
-                    return self._finish(
+                    return await self._finish(
                         DnsAnswer(
                             name,
                             type_text,
@@ -222,7 +292,8 @@ class DnsClient:
                             rcode=rcode,
                             authenticated=authenticated,
                             server=server,
-                        )
+                        ),
+                        replies,
                     )
                 alias = _find(reply, current, dns.rdatatype.CNAME)
                 if alias is None or wanted == dns.rdatatype.CNAME:
@@ -241,10 +312,11 @@ class DnsClient:
                 seen.add(target)
                 chain.append(_text(target))
                 current = target
+                replies[-1].names.append(target)
                 advanced = True
             if not (advanced and rcode == "NOERROR"):
                 # NXDOMAIN or NODATA for the end of the chain: an empty answer.
-                return self._finish(
+                return await self._finish(
                     DnsAnswer(
                         name,
                         type_text,
@@ -252,30 +324,92 @@ class DnsClient:
                         rcode=rcode,
                         authenticated=authenticated,
                         server=server,
-                    )
+                    ),
+                    replies,
                 )
 
-    def _finish(self, answer: DnsAnswer) -> DnsAnswer:
-        """Apply ``require_dnssec`` to a usable answer: no AD, no answer."""
-        if self.settings.require_dnssec and not answer.authenticated:
-            return replace(
-                answer,
-                records=(),
-                failure=DnsFailure.UNAUTHENTICATED,
-                error="answer not DNSSEC-authenticated (no AD bit): bogus or unsigned",
-            )
-        return answer
+    async def _finish(self, answer: DnsAnswer, replies: list[_Reply]) -> DnsAnswer:
+        """Give a usable answer its DNSSEC standing; refuse it if the resolver is unproven.
+
+        Every name answered in a reply without AD (the queried name and the CNAME targets in
+        that reply) needs an ancestor the same resolver authenticated; the last proof found
+        (the one for the end of the chain when its reply lacked AD) is kept in the answer.
+        """
+        if not self.settings.require_dnssec:
+            return replace(answer, dnssec="unchecked")
+        if answer.authenticated:
+            return replace(answer, dnssec="secure")
+        proof: dns.name.Name | None = None
+        for reply in replies:
+            if reply.authenticated:
+                continue
+            for qname in reply.names:
+                proof = await self._validating_ancestor(reply.server, qname)
+                if proof is None:
+                    tried = ", ".join(a.to_text() for a in _ancestors(qname)) or "none"
+                    _log.warning(
+                        "va.dns.resolver_not_validating",
+                        server=reply.server,
+                        name=_text(qname),
+                        type=answer.rdtype,
+                    )
+                    return replace(
+                        answer,
+                        records=(),
+                        failure=DnsFailure.UNAUTHENTICATED,
+                        error=(
+                            f"resolver {reply.server} does not appear to validate DNSSEC: "
+                            f"no AD bit on the answer for {_text(qname)} nor on DNSKEY for "
+                            f"any of its ancestors ({tried})"
+                        ),
+                    )
+        assert proof is not None  # not authenticated, so some reply lacked AD
+        return replace(answer, dnssec="insecure", validated_ancestor=proof.to_text())
+
+    async def _validating_ancestor(self, server: str, name: dns.name.Name) -> dns.name.Name | None:
+        """The closest ancestor of ``name`` below which ``server`` is proven to validate.
+
+        A cached proof for any ancestor counts; otherwise DNSKEY is asked for each ancestor,
+        closest first, until a reply (NOERROR or NXDOMAIN) carries AD.  None: no proof.
+        """
+        ancestors = _ancestors(name)
+        now = self._clock.now()
+        for ancestor in ancestors:
+            expires = self._proofs.get((server, ancestor))
+            if expires is not None and now < expires:
+                return ancestor
+        ns = self._servers.get(server)
+        if ns is None:
+            return None
+        for ancestor in ancestors:
+            reply, _, _, _ = await self._exchange(ancestor, dns.rdatatype.DNSKEY, (ns,))
+            if reply is not None and reply.flags & dns.flags.AD:
+                now = self._clock.now()
+                self._proofs = {k: t for k, t in self._proofs.items() if now < t}
+                self._proofs[(server, ancestor)] = now + self._proof_ttl
+                _log.debug(
+                    "va.dns.validation_proven",
+                    server=server,
+                    name=_text(name),
+                    ancestor=ancestor.to_text(),
+                )
+                return ancestor
+        return None
 
     async def _exchange(
-        self, qname: dns.name.Name, rdtype: dns.rdatatype.RdataType
+        self,
+        qname: dns.name.Name,
+        rdtype: dns.rdatatype.RdataType,
+        servers: tuple[Nameserver, ...] | None = None,
     ) -> tuple[dns.message.Message | None, str | None, DnsFailure | None, str | None]:
         """Ask each resolver in turn, ``attempts`` passes; ``(reply, server, failure, error)``.
 
         SERVFAIL and timeouts move on to the next try; NOERROR and NXDOMAIN are final.
+        ``servers`` narrows the resolvers asked (a validation proof is per resolver).
         """
         failure, error, server = DnsFailure.ERROR, "no nameserver answered", None
         for _ in range(self.settings.attempts):
-            for ns in self.settings.parsed:
+            for ns in servers or self.settings.parsed:
                 server = str(ns)
                 query = dns.message.make_query(
                     qname, rdtype, use_edns=0, want_dnssec=True, payload=EDNS_PAYLOAD

@@ -27,8 +27,9 @@ async def post_finalize(request: web.Request) -> web.Response:
     assert updated is not None
     status = fe.orders.current_status(updated)
     headers = {"Retry-After": str(fe.config.retry_after_seconds)} if status == "processing" else {}
-    return acme_json(order_body(fe, updated, status), location=fe.urls.order(order.id),
-                     headers=headers)
+    return acme_json(
+        order_body(fe, updated, status), location=fe.urls.order(order.id), headers=headers
+    )
 
 
 async def _own_certificate(request: web.Request, fe: FrontEnd) -> CertificateRecord:
@@ -63,7 +64,8 @@ async def post_certificate(request: web.Request) -> web.Response:
     for n in range(1, len(record.alternate_chains) + 1):
         if alt is None or int(alt) != n:
             response.headers.add(
-                "Link", f'<{fe.urls.certificate_alternate(record.id, n)}>;rel="alternate"')
+                "Link", f'<{fe.urls.certificate_alternate(record.id, n)}>;rel="alternate"'
+            )
     if alt is not None:
         response.headers.add("Link", f'<{fe.urls.certificate(record.id)}>;rel="alternate"')
     return response
@@ -74,5 +76,6 @@ async def post_certificate_issuer(request: web.Request) -> web.Response:
     fe = front_end(request)
     record = await _own_certificate(request, fe)
     issuers = x509.load_pem_x509_certificates(record.chain_pem.encode())
-    return web.Response(body=issuers[0].public_bytes(Encoding.DER),
-                        content_type="application/pkix-cert")
+    return web.Response(
+        body=issuers[0].public_bytes(Encoding.DER), content_type="application/pkix-cert"
+    )

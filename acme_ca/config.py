@@ -120,8 +120,10 @@ class Config:
     )
     dnssec: str = _key(
         "require",
-        "`require`: answers must carry the AD bit from the resolver; bogus, unsigned-but-"
-        "unvalidated or SERVFAIL answers fail (BR 3.2.2.4, 3.2.2.8.1). `off`: test mode only.",
+        "`require`: every DNS answer must come DNSSEC-validated from `dns_resolver`: secure "
+        "(AD bit) or provably insecure (the resolver authenticated an ancestor's DNSKEY); "
+        "bogus answers (SERVFAIL) and non-validating resolvers fail (BR 3.2.2.4, 3.2.2.8.1). "
+        "`off`: answers are taken unchecked, for test mode only.",
     )
     dns_timeout_seconds: int = _key(5, "Timeout of one DNS query attempt.")
     http01_port: int = _key(

@@ -218,6 +218,8 @@ async def test_acme_chal_5_http01_to_ready(sub: Subscriber) -> None:
     assert challenge["type"] == "http-01" and challenge["status"] == "valid"
     assert challenge["validated"].endswith("Z")
     assert challenge["validationRecord"], "validation record kept for the audit"
+    assert challenge["validationRecord"][0]["brMethod"] == "3.2.2.4.19"
+    assert challenge["validationRecord"][0]["brVersion"] == "2.2.6"
     assert datetime.fromisoformat(authz["expires"].replace("Z", "+00:00")) > datetime.now(UTC)
 
 

@@ -8,6 +8,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+#: The Baseline Requirements version this code implements, recorded with every validation
+#: (BR 3.2.2.4: "the CA SHALL maintain a record of which domain validation method, including
+#: the relevant BR version number, was used").
+BR_VERSION = "2.2.6"
+
+#: The BR method each ACME challenge type implements.
+BR_METHODS = {"http-01": "3.2.2.4.19", "dns-01": "3.2.2.4.7"}
+
 _DCV_REUSE = (
     (datetime(2029, 3, 15, tzinfo=UTC), timedelta(days=10)),
     (datetime(2027, 3, 15, tzinfo=UTC), timedelta(days=100)),

@@ -19,6 +19,7 @@ from acme_ca.acme.problems import AcmeError
 from acme_ca.clock import Clock
 from acme_ca.db.accounts import Account, AccountRepository
 from acme_ca.db.orders import Authorization, Challenge, OrderRepository, ValidationOutcome
+from acme_ca.ra.br_schedule import BR_METHODS, BR_VERSION
 from acme_ca.ra.tasks import BackgroundTasks
 from acme_ca.va.records import CheckResult
 
@@ -116,7 +117,9 @@ class ChallengeAuthority:
                 key_authorization(challenge.token, account.key_thumbprint),
                 self._account_uri(account.id),
             )
-            valid, records = result.ok, [r.to_json() for r in result.records]
+            method = {"brMethod": BR_METHODS[challenge.type], "brVersion": BR_VERSION}
+            valid = result.ok
+            records = [{**r.to_json(), **method} for r in result.records]
             error = None if result.ok or result.problem is None else result.problem.to_json()
         except Exception:
             log.exception("challenge.validator_crashed", challenge_id=challenge_id)

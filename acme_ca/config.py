@@ -154,9 +154,12 @@ class Config:
     rsa_issuer: str = _key("dv-rsa", "Issuer (name in issuers.toml) for RSA subscriber keys.")
     ecdsa_issuer: str = _key("dv-ecc", "Issuer (name in issuers.toml) for ECDSA subscriber keys.")
     status_base_url: str = _key(
-        "http://127.0.0.1:14080",
+        "http://pki.acme-ca.example.com",
         "Plain-HTTP base URL of the CRL, OCSP and issuer-certificate repository, written into "
-        "certificates (CRL Distribution Points, AIA) by `acme-ca init`.",
+        "certificates (CRL Distribution Points, AIA) by `acme-ca init`. Production: the host "
+        "that serves them (the CP's is http://repo.pubcert.jprs.jp). The default is a "
+        "documentation name: an internal name or IP address here would fail pre-issuance "
+        "linting (cabf.internal_domain_name).",
     )
     policy_oid: str = _key(
         "1.3.6.1.4.1.53827.1.1.4",

@@ -40,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--dnssec", choices=("require", "off"),
                        help="require DNSSEC-validated answers (default require)")
 
+    sub.add_parser("worker", help="run a signing worker (production: one or more processes)")
+    sub.add_parser("init", help="create the development PKI hierarchy under pki_dir")
+
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", required=True)
     db_sub.add_parser("migrate", help="apply schema.sql and pending migrations")
@@ -85,7 +88,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         asyncio.run(serve(config))
         return 0
+    if args.command == "worker":
+        configure_logging(config.log_format, config.log_level)
+        from acme_ca.serve import work
+
+        asyncio.run(work(config))
+        return 0
     configure_logging(config.log_format, config.log_level, stream=sys.stderr)
+    if args.command == "init":
+        from acme_ca.ca.hierarchy import init_hierarchy
+
+        path = asyncio.run(init_hierarchy(config))
+        print(f"issuers: {path}")
+        print(f"root certificate: {config.pki_path / 'root.pem'}")
+        return 0
     if args.command == "db":
         return asyncio.run(_db_migrate(config))
     if args.command == "eab":

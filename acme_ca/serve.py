@@ -1,14 +1,21 @@
-"""``acme-ca serve``: database, schema, front end, listener; until SIGTERM or SIGINT."""
+"""``acme-ca serve`` and ``acme-ca worker``: database, schema, PKI, front end and/or signing
+worker, until SIGTERM or SIGINT."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
+from typing import Any
 
 import structlog
 from aiohttp import web
 
 from acme_ca.app import create_app
+from acme_ca.ca.hierarchy import init_hierarchy
+from acme_ca.ca.issuers import ISSUERS_FILE
+from acme_ca.ca.worker import run_worker
+from acme_ca.clock import SystemClock
 from acme_ca.config import Config
 from acme_ca.db.database import database_dsn, migrate
 from acme_ca.tls import server_ssl_context
@@ -17,39 +24,71 @@ from acme_ca.wfe import urls
 log = structlog.get_logger(component="acme_ca.serve")
 
 
-async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
-    """Run the CA until ``stop`` is set or the process is asked to terminate."""
-    stop = stop or asyncio.Event()
+def _stop_on_signals(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+
+
+async def ensure_hierarchy(config: Config) -> None:
+    """On the embedded defaults (no ``pki_dir`` configured), create the development
+    hierarchy on first start; a configured ``pki_dir`` must already hold issuers.toml."""
+    if config.pki_dir is None and not (config.pki_path / ISSUERS_FILE).exists():
+        path = await init_hierarchy(config)
+        log.warning("pki.development_hierarchy_created", issuers=str(path),
+                    root=str((config.pki_path / "root.pem").resolve()))
+
+
+async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
+    """Run the CA until ``stop`` is set or the process is asked to terminate."""
+    stop = stop or asyncio.Event()
+    _stop_on_signals(stop)
     if config.database_url is None:
         log.info("database.embedded", home=str(config.home.resolve()))
     async with database_dsn(config) as dsn:
         applied = await migrate(dsn)
         log.info("database.migrated", applied=applied)
+        await ensure_hierarchy(config)
         ssl_context = await asyncio.to_thread(server_ssl_context, config)
         runner = web.AppRunner(create_app(config, dsn), access_log=None, handle_signals=False)
         await runner.setup()
+        worker_stop = asyncio.Event()
+        worker: asyncio.Task[None] | None = None
         try:
-            site = web.TCPSite(
-                runner,
-                config.listen_host,
-                config.listen_port,
-                ssl_context=ssl_context,
-                reuse_address=True,
-            )
+            if config.serve_worker:
+                worker = asyncio.create_task(
+                    run_worker(config, dsn, worker_stop, SystemClock()), name="signing-worker")
+            site = web.TCPSite(runner, config.listen_host, config.listen_port,
+                               ssl_context=ssl_context, reuse_address=True)
             await site.start()
             log.info(
                 "server.ready",
                 directory=config.external_base_url + urls.DIRECTORY,
                 listen=config.listen,
                 tls="off (plain_http)" if ssl_context is None else "on",
-                tls_ca=None
-                if ssl_context is None or config.tls_cert
+                tls_ca=None if ssl_context is None or config.tls_cert
                 else str((config.home / "tls" / "ca.pem").resolve()),
+                worker="in-process" if config.serve_worker else "external",
             )
-            await stop.wait()
+            waiters: list[asyncio.Task[Any]] = [asyncio.create_task(stop.wait())]
+            if worker is not None:
+                waiters.append(worker)
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            if worker is not None and worker.done():
+                worker.result()  # a worker that died takes the server down: surface why
             log.info("server.stopping")
         finally:
+            worker_stop.set()
+            if worker is not None and not worker.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await worker
             await runner.cleanup()
+
+
+async def work(config: Config, *, stop: asyncio.Event | None = None) -> None:
+    """``acme-ca worker``: a signing worker process on the configured database."""
+    stop = stop or asyncio.Event()
+    _stop_on_signals(stop)
+    async with database_dsn(config) as dsn:
+        await migrate(dsn)
+        await run_worker(config, dsn, stop, SystemClock())

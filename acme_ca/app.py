@@ -93,7 +93,7 @@ def create_app(
             accounts=AccountAuthority(
                 storage.accounts,
                 storage.eab_keys,
-                KeyPolicy(),
+                key_policy,
                 clock,
                 terms_of_service=config.terms_of_service,
                 external_account_required=config.external_account_required,

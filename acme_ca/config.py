@@ -193,6 +193,55 @@ class Config:
     worker_poll_seconds: int = _key(
         5, "How often a worker looks for jobs even without a notification (lost NOTIFYs)."
     )
+    status_listen: str = _key(
+        "127.0.0.1:14080",
+        "HOST:PORT of the plain-HTTP status listener: CRLs, OCSP and issuer certificates "
+        "(what `status_base_url` points at). `off` disables it.",
+    )
+    crl_validity_hours: int = _key(
+        96,
+        "nextUpdate − thisUpdate of every CRL: CP Table 7.2.2 gives 96 hours; BR 4.9.7 allows "
+        "at most 10 days.",
+    )
+    crl_interval_hours: int = _key(
+        24, "A fresh CRL is published at least this often (CP 4.9.7: every 24 hours)."
+    )
+    ocsp_validity_hours: int = _key(
+        96, "nextUpdate − thisUpdate of OCSP responses (BR 4.9.10: 8 hours to 10 days)."
+    )
+    test_mode: bool = _key(
+        False,
+        "Test mode (`serve --test`): starts the challenge test server and uses it as the "
+        "resolver and http-01 target, and enables the Pebble-compatible knobs. Never with an "
+        "HSM (`pkcs11_module`).",
+    )
+    challsrv_dns: str = _key("127.0.0.1:8053", "Test mode: the challenge test server's DNS.")
+    challsrv_management: str = _key(
+        "127.0.0.1:8055", "Test mode: the pebble-challtestsrv-compatible management API."
+    )
+    challsrv_http01: str = _key(
+        "127.0.0.1:5002",
+        "Test mode: the challenge test server's own http-01 listener, or `off` so a "
+        "standalone client can bind the validation port itself.",
+    )
+    nonce_reject_percent: int = _key(
+        0,
+        "Test mode: share of valid nonces rejected with badNonce (Pebble's "
+        "PEBBLE_WFE_NONCEREJECT).",
+    )
+    validation_delay_seconds: int = _key(
+        0,
+        "Test mode: each validation waits a random 0..N seconds first (Pebble sleeps unless "
+        "PEBBLE_VA_NOSLEEP is set).",
+    )
+    always_valid: bool = _key(
+        False, "Test mode: every validation passes unchecked (PEBBLE_VA_ALWAYS_VALID)."
+    )
+    authz_reuse_percent: int = _key(
+        100,
+        "Share of newOrder lookups that may reuse an existing authorization (Pebble's "
+        "PEBBLE_AUTHZREUSE); below 100 only in test mode.",
+    )
     log_format: str = _key(
         "json", "`json` (one JSON object per line, for operators) or `console` (for people)."
     )
@@ -264,6 +313,26 @@ class Config:
             raise ConfigError("pkcs11_sessions and worker_poll_seconds must be positive")
         if not self.status_base_url.startswith("http://"):
             raise ConfigError("status_base_url must be a plain http:// URL (BR 7.1.2.7.7)")
+        if not 1 <= self.crl_validity_hours <= 240:
+            raise ConfigError("crl_validity_hours must be 1..240 (BR 4.9.7: at most 10 days)")
+        if not 1 <= self.crl_interval_hours <= self.crl_validity_hours:
+            raise ConfigError("crl_interval_hours must be 1..crl_validity_hours")
+        if not 8 <= self.ocsp_validity_hours <= 240:
+            raise ConfigError("ocsp_validity_hours must be 8..240 (BR 4.9.10)")
+        for name in ("nonce_reject_percent", "authz_reuse_percent"):
+            if not 0 <= getattr(self, name) <= 100:
+                raise ConfigError(f"{name} must be 0..100")
+        if self.validation_delay_seconds < 0:
+            raise ConfigError("validation_delay_seconds must not be negative")
+        test_knobs = (self.nonce_reject_percent != 0 or self.validation_delay_seconds != 0
+                      or self.always_valid or self.authz_reuse_percent != 100)
+        if test_knobs and not self.test_mode:
+            raise ConfigError("nonce_reject_percent, validation_delay_seconds, always_valid and "
+                              "authz_reuse_percent are test-mode knobs (serve --test)")
+        if self.test_mode and self.pkcs11_module:
+            raise ConfigError("test_mode cannot be combined with an HSM (pkcs11_module)")
+        if self.status_listen != "off":
+            _split_host_port(self.status_listen)
         if not self.caa_identities:
             raise ConfigError("caa_identities must name at least one issuer domain")
         return self

@@ -200,14 +200,14 @@ class Config:
     )
     crl_validity_hours: int = _key(
         96,
-        "nextUpdate − thisUpdate of every CRL: CP Table 7.2.2 gives 96 hours; BR 4.9.7 allows "
+        "nextUpdate - thisUpdate of every CRL: CP Table 7.2.2 gives 96 hours; BR 4.9.7 allows "
         "at most 10 days.",
     )
     crl_interval_hours: int = _key(
         24, "A fresh CRL is published at least this often (CP 4.9.7: every 24 hours)."
     )
     ocsp_validity_hours: int = _key(
-        96, "nextUpdate − thisUpdate of OCSP responses (BR 4.9.10: 8 hours to 10 days)."
+        96, "nextUpdate - thisUpdate of OCSP responses (BR 4.9.10: 8 hours to 10 days)."
     )
     test_mode: bool = _key(
         False,
@@ -294,9 +294,14 @@ class Config:
             raise ConfigError("tls_cert and tls_key must be set together")
         if self.dnssec not in ("require", "off"):
             raise ConfigError("dnssec must be 'require' or 'off'")
-        for name in ("order_lifetime_seconds", "pending_authz_lifetime_seconds",
-                     "authz_reuse_days", "max_names_per_order", "validation_lease_seconds",
-                     "dns_timeout_seconds"):
+        for name in (
+            "order_lifetime_seconds",
+            "pending_authz_lifetime_seconds",
+            "authz_reuse_days",
+            "max_names_per_order",
+            "validation_lease_seconds",
+            "dns_timeout_seconds",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         if self.pending_authz_lifetime_seconds > 30 * 86400:
@@ -324,11 +329,17 @@ class Config:
                 raise ConfigError(f"{name} must be 0..100")
         if self.validation_delay_seconds < 0:
             raise ConfigError("validation_delay_seconds must not be negative")
-        test_knobs = (self.nonce_reject_percent != 0 or self.validation_delay_seconds != 0
-                      or self.always_valid or self.authz_reuse_percent != 100)
+        test_knobs = (
+            self.nonce_reject_percent != 0
+            or self.validation_delay_seconds != 0
+            or self.always_valid
+            or self.authz_reuse_percent != 100
+        )
         if test_knobs and not self.test_mode:
-            raise ConfigError("nonce_reject_percent, validation_delay_seconds, always_valid and "
-                              "authz_reuse_percent are test-mode knobs (serve --test)")
+            raise ConfigError(
+                "nonce_reject_percent, validation_delay_seconds, always_valid and "
+                "authz_reuse_percent are test-mode knobs (serve --test)"
+            )
         if self.test_mode and self.pkcs11_module:
             raise ConfigError("test_mode cannot be combined with an HSM (pkcs11_module)")
         if self.status_listen != "off":
@@ -413,7 +424,44 @@ def load_config(
     for name, raw in (overrides or {}).items():
         if raw is not None:
             values[name] = _coerce(name, raw, hints[name])
+    if values.get("test_mode"):
+        values = {**test_mode_defaults(values, env), **values}
     return replace(Config(), **values).validate()
+
+
+#: Pebble's knob variables, honoured in test mode so harnesses written for Pebble work as is.
+PEBBLE_ENV = {
+    "PEBBLE_WFE_NONCEREJECT": "nonce_reject_percent",
+    "PEBBLE_AUTHZREUSE": "authz_reuse_percent",
+    "PEBBLE_VA_ALWAYS_VALID": "always_valid",
+    "PEBBLE_VA_NOSLEEP": "validation_delay_seconds",
+}
+#: Pebble sleeps up to this long before each validation unless PEBBLE_VA_NOSLEEP is set.
+PEBBLE_MAX_VALIDATION_SLEEP = 15
+
+
+def test_mode_defaults(explicit: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """What ``serve --test`` changes, unless set explicitly: resolve through the challenge
+    test server, validate http-01 on its port (5002), reach loopback, skip DNSSEC (the test
+    DNS server signs nothing), and read Pebble's knob variables."""
+    hints = _field_types()
+    dns = explicit.get("challsrv_dns", Config.challsrv_dns)
+    derived: dict[str, Any] = {
+        "dns_resolver": dns,
+        "http01_port": 5002,
+        "allow_loopback_validation": True,
+        "dnssec": "off",
+    }
+    for variable, name in PEBBLE_ENV.items():
+        raw = env.get(variable)
+        if raw is None or name in explicit:
+            continue
+        if variable == "PEBBLE_VA_NOSLEEP":
+            nosleep = raw.strip().lower() in ("1", "true", "yes", "on")
+            derived[name] = 0 if nosleep else PEBBLE_MAX_VALIDATION_SLEEP
+        else:
+            derived[name] = _coerce(variable, raw, hints[name])
+    return derived
 
 
 def config_reference() -> str:

@@ -7,6 +7,8 @@ mid-validation leaves a lease that expires, and any process then runs it again.
 
 from __future__ import annotations
 
+import asyncio
+import secrets
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Protocol
@@ -61,7 +63,10 @@ class ChallengeAuthority:
         account_uri: Callable[[int], str],
         reuse_period: Callable[[], timedelta],
         lease: timedelta = timedelta(minutes=2),
+        max_delay_seconds: int = 0,
     ) -> None:
+        """``max_delay_seconds`` is the test-mode knob (Pebble sleeps before validating
+        unless PEBBLE_VA_NOSLEEP): clients must poll rather than expect an instant result."""
         self._orders = orders
         self._accounts = accounts
         self._validator = validator
@@ -70,6 +75,7 @@ class ChallengeAuthority:
         self._account_uri = account_uri
         self._reuse_period = reuse_period
         self._lease = lease
+        self._max_delay = max_delay_seconds
 
     async def respond(self, account: Account, challenge_id: int) -> tuple[Challenge, Authorization]:
         """The client says it is ready: start validation unless already started or done."""
@@ -108,6 +114,8 @@ class ChallengeAuthority:
         challenge, authz = found
         account = await self._accounts.get(authz.account_id)
         assert account is not None
+        if self._max_delay:
+            await asyncio.sleep(secrets.randbelow(self._max_delay * 1000 + 1) / 1000)
         try:
             result = await self._validator.validate(
                 challenge.type,

@@ -36,6 +36,8 @@ class OrderPolicy:
     order_lifetime: timedelta = timedelta(days=7)
     pending_authz_lifetime: timedelta = timedelta(days=7)
     authz_reuse: timedelta = timedelta(days=30)
+    #: Test-mode knob (PEBBLE_AUTHZREUSE): the share of lookups allowed to reuse.
+    authz_reuse_percent: int = 100
 
     def __post_init__(self) -> None:
         if self.pending_authz_lifetime > MAX_TOKEN_LIFETIME:
@@ -60,6 +62,10 @@ class OrderAuthority:
         self._identifiers = identifiers
         self._policy = policy
         self._clock = clock
+
+    def _may_reuse(self) -> bool:
+        percent = self._policy.authz_reuse_percent
+        return percent >= 100 or secrets.randbelow(100) < percent
 
     def reuse_period(self) -> timedelta:
         """The configured reuse period, never above the BR limit for today (BR 4.2.1)."""
@@ -94,14 +100,16 @@ class OrderAuthority:
         for ident in identifiers:
             wildcard = is_wildcard(ident.value)
             name = base_domain(ident.value)
-            existing = await self._orders.reusable_authorization(
-                account.id,
-                name,
-                wildcard,
-                now=now,
-                valid_not_before=reuse_from,
-                min_remaining=timedelta(minutes=5),
-            )
+            existing = None
+            if self._may_reuse():
+                existing = await self._orders.reusable_authorization(
+                    account.id,
+                    name,
+                    wildcard,
+                    now=now,
+                    valid_not_before=reuse_from,
+                    min_remaining=timedelta(minutes=5),
+                )
             reuse.append(existing)
             if existing is not None:
                 new.append(None)

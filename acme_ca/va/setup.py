@@ -49,4 +49,5 @@ def build_validation_authority(config: Config, clock: Clock) -> ValidationAuthor
         Dns01Validator(dns, clock=clock),
         CaaChecker.from_dns(dns, config.caa_identities, clock=clock),
         clock,
+        always_valid=config.always_valid,
     )

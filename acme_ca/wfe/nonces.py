@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from datetime import timedelta
 
 from acme_ca.acme import problems
@@ -13,11 +14,20 @@ from acme_ca.db.nonces import NonceRepository
 
 class NonceService:
     def __init__(
-        self, repo: NonceRepository, secret: bytes, lifetime: timedelta, clock: Clock
+        self,
+        repo: NonceRepository,
+        secret: bytes,
+        lifetime: timedelta,
+        clock: Clock,
+        *,
+        reject_percent: int = 0,
     ) -> None:
+        """``reject_percent`` is the test-mode knob (PEBBLE_WFE_NONCEREJECT): that share of
+        good nonces is refused, so clients prove they retry ``badNonce``."""
         self._repo = repo
         self._codec = NonceCodec(secret, lifetime)
         self._clock = clock
+        self._reject_percent = reject_percent
 
     def issue(self) -> str:
         return self._codec.make(self._clock.now())
@@ -30,6 +40,13 @@ class NonceService:
             raise AcmeError(
                 problems.bad_nonce(f"JWS has an invalid anti-replay nonce: {exc}")
             ) from None
+        if self._reject_percent and secrets.randbelow(100) < self._reject_percent:
+            raise AcmeError(
+                problems.bad_nonce(
+                    "nonce rejected by the test-mode knob "
+                    "nonce_reject_percent; retry with a fresh one"
+                )
+            )
         return opened.nonce_id
 
     async def redeem(self, nonce: str) -> None:

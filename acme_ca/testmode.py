@@ -1,0 +1,87 @@
+"""``acme-ca serve --test``: the CA plus a Pebble-compatible challenge test server.
+
+The challenge test server (DNS on 8053, management API on 8055, its own http-01 responder on
+5002 unless turned off) is what the CA resolves through in test mode, so a harness written
+for Pebble and pebble-challtestsrv works unchanged. Its management API also serves the roots
+and intermediates chains must verify to (``/roots/0``, ``/intermediates/0``), as Pebble's
+management interface does. Production code never imports this module or ``testsrv``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import structlog
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from acme_ca.ca.issuers import read_issuers_file
+from acme_ca.config import Config, _split_host_port
+from acme_ca.testsrv.server import BindAddress, ChallengeServerConfig, ChallengeTestServer
+
+log = structlog.get_logger(component="acme_ca.testmode")
+
+TEST_MODE_BANNER = (
+    "TEST MODE: not a publicly-trusted CA; validation runs against the built-in challenge "
+    "test server and test-only knobs may be on"
+)
+
+
+def _bind(value: str) -> BindAddress:
+    host, port = _split_host_port(value)
+    return BindAddress(host, port)
+
+
+def _pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(Encoding.PEM)
+
+
+def _chain_pems(pki: Path) -> tuple[list[bytes], list[bytes]]:
+    """Roots (primary first, then the alternate chains' roots) and the issuers, from
+    issuers.toml (no keys are opened)."""
+    issuers = read_issuers_file(pki)
+    roots = [_pem(issuers.root)]
+    for entry in issuers.roots.values():
+        if _pem(entry.certificate) not in roots:
+            roots.append(_pem(entry.certificate))
+    order = sorted(issuers.issuers.values(), key=lambda e: e.name)
+    return roots, [_pem(e.certificate) for e in order]
+
+
+@contextlib.asynccontextmanager
+async def challenge_test_server(config: Config) -> AsyncIterator[ChallengeTestServer]:
+    """Run the challenge test server for the lifetime of ``serve --test``."""
+    root_pems, issuer_pems = _chain_pems(config.pki_path)
+
+    async def roots(index: int) -> bytes | None:
+        return root_pems[index] if 0 <= index < len(root_pems) else None
+
+    async def intermediates(index: int) -> bytes | None:
+        return b"".join(issuer_pems) if index == 0 else None
+
+    http01 = None if config.challsrv_http01 == "off" else _bind(config.challsrv_http01)
+    server = ChallengeTestServer(
+        ChallengeServerConfig(
+            dns=_bind(config.challsrv_dns),
+            management=_bind(config.challsrv_management),
+            http01=http01,
+        ),
+        roots=roots,
+        intermediates=intermediates,
+    )
+    async with server:
+        log.warning(
+            "testmode.ready",
+            banner=TEST_MODE_BANNER,
+            dns=config.challsrv_dns,
+            management=server.management_url,
+            http01=config.challsrv_http01,
+            validates_http01_on=config.http01_port,
+            nonce_reject_percent=config.nonce_reject_percent,
+            validation_delay_seconds=config.validation_delay_seconds,
+            always_valid=config.always_valid,
+            authz_reuse_percent=config.authz_reuse_percent,
+        )
+        yield server

@@ -4,22 +4,15 @@ exercised with certbot, the ``acme`` library and the low-level test JWS client."
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 import signal
-import socket
-import ssl
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
 
 import aiohttp
 import josepy as jose
@@ -28,198 +21,16 @@ from acme import client as acme_client
 from acme import messages as acme_messages
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from integration.processes import CaProcesses, base_env, describe, free_port, run_cli
 from tests.jws_client import JwsClient
 
 pytestmark = pytest.mark.integration
 
 
-def _acme_ca_exe() -> str:
-    beside = Path(sys.executable).parent / "acme-ca"
-    if beside.is_file():
-        return str(beside)
-    found = shutil.which("acme-ca")
-    if found is None:
-        pytest.fail("the acme-ca console script is not installed (pip install -e .)")
-    return found
-
-
-ACME_CA = _acme_ca_exe()
-READY_TIMEOUT = 20.0
-STOP_TIMEOUT = 30.0
-TAIL_LINES = 40
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
-def _base_env(**extra: str) -> dict[str, str]:
-    """The caller's environment without any ACME_CA_* setting that would leak into the CA."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ACME_CA_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
-
-
-def _tail(path: Path, lines: int = TAIL_LINES) -> str:
-    try:
-        text = path.read_text(errors="replace").rstrip()
-    except OSError as exc:
-        return f"(cannot read {path}: {exc})"
-    return "\n".join(text.splitlines()[-lines:]) if text else "(empty)"
-
-
-@dataclass
-class CaProcess:
-    """One ``acme-ca`` subprocess whose stdout/stderr go to files."""
-
-    name: str
-    proc: subprocess.Popen[bytes]
-    stdout_path: Path
-    stderr_path: Path
-    base_url: str
-    _files: list[IO[bytes]] = field(default_factory=list)
-
-    @property
-    def directory_url(self) -> str:
-        return self.base_url + "/directory"
-
-    def tails(self) -> str:
-        return (
-            f"--- {self.name} (pid {self.proc.pid}, exit {self.proc.poll()}) stdout tail ---\n"
-            f"{_tail(self.stdout_path)}\n"
-            f"--- {self.name} stderr tail ---\n{_tail(self.stderr_path)}"
-        )
-
-    def log_events(self) -> list[dict[str, Any]]:
-        events = []
-        for line in self.stdout_path.read_text(errors="replace").splitlines():
-            try:
-                obj = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(obj, dict):
-                events.append(obj)
-        return events
-
-    def wait_ready(self, *, cafile: Path | None = None, timeout: float = READY_TIMEOUT) -> None:
-        """Poll the directory until it answers 200 (over TLS trusting ``cafile`` if given)."""
-        deadline = time.monotonic() + timeout
-        last_error: object = None
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"{self.name} exited with {self.proc.returncode}\n{self.tails()}")
-            context = None
-            if cafile is not None:
-                if not cafile.exists():
-                    time.sleep(0.1)
-                    continue
-                context = ssl.create_default_context(cafile=str(cafile))
-            try:
-                with urllib.request.urlopen(self.directory_url, timeout=2, context=context) as r:
-                    if r.status == 200:
-                        json.loads(r.read())
-                        return
-                    last_error = f"HTTP {r.status}"
-            except (OSError, urllib.error.URLError, ValueError) as exc:
-                last_error = exc
-            time.sleep(0.1)
-        pytest.fail(
-            f"{self.name}: {self.directory_url} not ready within {timeout:.0f} s "
-            f"(last error: {last_error!r})\n{self.tails()}"
-        )
-
-    def terminate(self, timeout: float = STOP_TIMEOUT) -> int:
-        """SIGTERM and wait; fails the test (after killing) if it does not exit in time."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            pytest.fail(f"{self.name} ignored SIGTERM for {timeout:.0f} s\n{self.tails()}")
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-
-    def close_files(self) -> None:
-        for fh in self._files:
-            fh.close()
-
-
-class CaProcesses:
-    """Starts ``acme-ca`` subprocesses; teardown kills whatever is left and prints log tails."""
-
-    def __init__(self, log_dir: Path) -> None:
-        self._log_dir = log_dir
-        self._log_dir.mkdir(parents=True, exist_ok=True)
-        self.started: list[CaProcess] = []
-
-    def serve(self, name: str, *args: str, env: dict[str, str], base_url: str) -> CaProcess:
-        stdout_path = self._log_dir / f"{name}.stdout"
-        stderr_path = self._log_dir / f"{name}.stderr"
-        out = stdout_path.open("wb")
-        err = stderr_path.open("wb")
-        proc = subprocess.Popen(
-            [ACME_CA, "serve", *args],
-            stdout=out,
-            stderr=err,
-            stdin=subprocess.DEVNULL,
-            env=env,
-        )
-        ca = CaProcess(name, proc, stdout_path, stderr_path, base_url, [out, err])
-        self.started.append(ca)
-        return ca
-
-    def serve_plain(self, name: str, database_url: str, home: Path, **env: str) -> CaProcess:
-        port = _free_port()
-        return self.serve(
-            name,
-            "--plain-http",
-            "--listen",
-            f"127.0.0.1:{port}",
-            env=_base_env(ACME_CA_DATABASE_URL=database_url, ACME_CA_HOME=str(home), **env),
-            base_url=f"http://127.0.0.1:{port}",
-        )
-
-    def close(self) -> None:
-        for ca in self.started:
-            ca.kill()
-            ca.close_files()
-            # Shown by pytest only when the test failed.
-            print(ca.tails())
-
-
 @pytest.fixture
 def processes(tmp_path: Path) -> Iterator[CaProcesses]:
-    procs = CaProcesses(tmp_path / "logs")
-    try:
+    with CaProcesses(tmp_path / "logs") as procs:
         yield procs
-    finally:
-        procs.close()
-
-
-def run_cli(
-    *args: str, env: dict[str, str], timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [ACME_CA, *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
-
-
-def _describe(proc: subprocess.CompletedProcess[str]) -> str:
-    return f"exit {proc.returncode}\n--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}"
 
 
 # ------------------------------------------------------------------------------------------
@@ -246,13 +57,13 @@ def test_serve_embedded_defaults_https_and_certbot_register(
 ) -> None:
     home = tmp_path / "ca-home"
     cluster_link = home / "pg" / "cluster"
-    port = _free_port()
+    port = free_port()
     base_url = f"https://127.0.0.1:{port}"
     ca = processes.serve(
         "embedded",
         "--listen",
         f"127.0.0.1:{port}",
-        env=_base_env(ACME_CA_HOME=str(home)),
+        env=base_env(ACME_CA_HOME=str(home)),
         base_url=base_url,
     )
     real_cluster: Path | None = None
@@ -288,13 +99,13 @@ def test_serve_embedded_defaults_https_and_certbot_register(
             ],
             capture_output=True,
             text=True,
-            env=_base_env(REQUESTS_CA_BUNDLE=str(cafile)),
+            env=base_env(REQUESTS_CA_BUNDLE=str(cafile)),
             timeout=60,
             stdin=subprocess.DEVNULL,
             check=False,
         )
-        assert reg.returncode == 0, f"certbot register: {_describe(reg)}\n{ca.tails()}"
-        assert "Account registered" in reg.stdout + reg.stderr, _describe(reg)
+        assert reg.returncode == 0, f"certbot register: {describe(reg)}\n{ca.tails()}"
+        assert "Account registered" in reg.stdout + reg.stderr, describe(reg)
 
         assert ca.terminate() == 0, ca.tails()
         assert not (cluster_link / "postmaster.pid").exists(), (
@@ -387,18 +198,18 @@ def _eab_registration(
 
 
 def test_eab_cli_create_then_register(dsn: str, tmp_path: Path, processes: CaProcesses) -> None:
-    cli_env = _base_env(ACME_CA_DATABASE_URL=dsn, ACME_CA_HOME=str(tmp_path / "home"))
+    cli_env = base_env(ACME_CA_DATABASE_URL=dsn, ACME_CA_HOME=str(tmp_path / "home"))
     created = run_cli("eab", "create", "--comment", "test", env=cli_env)
-    assert created.returncode == 0, _describe(created)
+    assert created.returncode == 0, describe(created)
     kid_match = re.search(r"^kid: (\S+)$", created.stdout, re.MULTILINE)
     key_match = re.search(r"^hmac_key: (\S+)$", created.stdout, re.MULTILINE)
-    assert kid_match and key_match, _describe(created)
+    assert kid_match and key_match, describe(created)
     kid, hmac_key = kid_match[1], key_match[1]
 
     listed = run_cli("eab", "list", env=cli_env)
-    assert listed.returncode == 0, _describe(listed)
+    assert listed.returncode == 0, describe(listed)
     assert re.search(rf"^{re.escape(kid)}\tunused\t.*\ttest$", listed.stdout, re.MULTILINE), (
-        _describe(listed)
+        describe(listed)
     )
 
     ca = processes.serve_plain(
@@ -414,9 +225,9 @@ def test_eab_cli_create_then_register(dsn: str, tmp_path: Path, processes: CaPro
     assert regr.body.external_account_binding is not None
 
     listed = run_cli("eab", "list", env=cli_env)
-    assert listed.returncode == 0, _describe(listed)
+    assert listed.returncode == 0, describe(listed)
     assert re.search(rf"^{re.escape(kid)}\tbound to account \S+\t", listed.stdout, re.MULTILINE), (
-        _describe(listed)
+        describe(listed)
     )
 
     # The key is spent: a second account cannot bind it.
@@ -441,8 +252,8 @@ def test_eab_cli_create_then_register(dsn: str, tmp_path: Path, processes: CaPro
 
 
 def test_db_migrate_is_idempotent(dsn: str, tmp_path: Path) -> None:
-    env = _base_env(ACME_CA_DATABASE_URL=dsn, ACME_CA_HOME=str(tmp_path / "home"))
+    env = base_env(ACME_CA_DATABASE_URL=dsn, ACME_CA_HOME=str(tmp_path / "home"))
     for _ in range(2):
         migrated = run_cli("db", "migrate", env=env)
-        assert migrated.returncode == 0, _describe(migrated)
-        assert "schema is current" in migrated.stdout, _describe(migrated)
+        assert migrated.returncode == 0, describe(migrated)
+        assert "schema is current" in migrated.stdout, describe(migrated)

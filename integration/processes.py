@@ -1,0 +1,246 @@
+"""Shared helpers of the integration tests: run the real ``acme-ca`` console script as
+subprocesses (``serve``, ``worker``, one-shot commands), wait for them, stop them, and show
+their log tails when a test fails."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+import pytest
+
+
+def _acme_ca_exe() -> str:
+    beside = Path(sys.executable).parent / "acme-ca"
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which("acme-ca")
+    if found is None:
+        pytest.fail("the acme-ca console script is not installed (pip install -e .)")
+    return found
+
+
+ACME_CA = _acme_ca_exe()
+READY_TIMEOUT = 20.0
+STOP_TIMEOUT = 30.0
+TAIL_LINES = 40
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    """The caller's environment without any ACME_CA_* setting that would leak into the CA."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACME_CA_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def tail(path: Path, lines: int = TAIL_LINES) -> str:
+    try:
+        text = path.read_text(errors="replace").rstrip()
+    except OSError as exc:
+        return f"(cannot read {path}: {exc})"
+    return "\n".join(text.splitlines()[-lines:]) if text else "(empty)"
+
+
+def describe(proc: subprocess.CompletedProcess[str]) -> str:
+    return f"exit {proc.returncode}\n--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}"
+
+
+def run_cli(
+    *args: str, env: dict[str, str], timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """A one-shot ``acme-ca`` command (``init``, ``db migrate``, ``eab ...``)."""
+    return subprocess.run(
+        [ACME_CA, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+
+
+@dataclass
+class CaProcess:
+    """One long-running ``acme-ca`` subprocess whose stdout/stderr go to files."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    stdout_path: Path
+    stderr_path: Path
+    base_url: str | None = None
+    _files: list[IO[bytes]] = field(default_factory=list)
+
+    @property
+    def directory_url(self) -> str:
+        if self.base_url is None:
+            raise AssertionError(f"{self.name} serves no HTTP")
+        return self.base_url + "/directory"
+
+    def tails(self) -> str:
+        return (
+            f"--- {self.name} (pid {self.proc.pid}, exit {self.proc.poll()}) stdout tail ---\n"
+            f"{tail(self.stdout_path)}\n"
+            f"--- {self.name} stderr tail ---\n{tail(self.stderr_path)}"
+        )
+
+    def log_events(self) -> list[dict[str, Any]]:
+        """The JSON log lines written so far."""
+        events = []
+        for line in self.stdout_path.read_text(errors="replace").splitlines():
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(obj, dict):
+                events.append(obj)
+        return events
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [e for e in self.log_events() if e.get("event") == name]
+
+    def wait_event(self, name: str, *, timeout: float = READY_TIMEOUT) -> dict[str, Any]:
+        """The first log event called ``name``, waiting for it; fails if the process exits."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.events(name)
+            if found:
+                return found[0]
+            if self.proc.poll() is not None:
+                pytest.fail(f"{self.name} exited with {self.proc.returncode}\n{self.tails()}")
+            if time.monotonic() > deadline:
+                pytest.fail(
+                    f"{self.name}: no {name!r} event within {timeout:.0f} s\n{self.tails()}"
+                )
+            time.sleep(0.1)
+
+    def wait_ready(self, *, cafile: Path | None = None, timeout: float = READY_TIMEOUT) -> None:
+        """Poll the directory until it answers 200 (over TLS trusting ``cafile`` if given)."""
+        deadline = time.monotonic() + timeout
+        last_error: object = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"{self.name} exited with {self.proc.returncode}\n{self.tails()}")
+            context = None
+            if cafile is not None:
+                if not cafile.exists():
+                    time.sleep(0.1)
+                    continue
+                context = ssl.create_default_context(cafile=str(cafile))
+            try:
+                with urllib.request.urlopen(self.directory_url, timeout=2, context=context) as r:
+                    if r.status == 200:
+                        json.loads(r.read())
+                        return
+                    last_error = f"HTTP {r.status}"
+            except (OSError, urllib.error.URLError, ValueError) as exc:
+                last_error = exc
+            time.sleep(0.1)
+        pytest.fail(
+            f"{self.name}: {self.directory_url} not ready within {timeout:.0f} s "
+            f"(last error: {last_error!r})\n{self.tails()}"
+        )
+
+    def terminate(self, timeout: float = STOP_TIMEOUT) -> int:
+        """SIGTERM and wait; fails the test (after killing) if it does not exit in time."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"{self.name} ignored SIGTERM for {timeout:.0f} s\n{self.tails()}")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def close_files(self) -> None:
+        for fh in self._files:
+            fh.close()
+
+
+class CaProcesses:
+    """Starts ``acme-ca`` subprocesses; :meth:`close` kills whatever is left and prints the
+    log tails (pytest shows them only for a failed test).  Also a context manager."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self._log_dir = log_dir
+        self._log_dir.mkdir(parents=True, exist_ok=True)
+        self.started: list[CaProcess] = []
+
+    def start(
+        self, name: str, *argv: str, env: dict[str, str], base_url: str | None = None
+    ) -> CaProcess:
+        """``acme-ca <argv...>`` in the background; ``name`` names its log files (unique)."""
+        stdout_path = self._log_dir / f"{name}.stdout"
+        stderr_path = self._log_dir / f"{name}.stderr"
+        out = stdout_path.open("wb")
+        err = stderr_path.open("wb")
+        proc = subprocess.Popen(
+            [ACME_CA, *argv],
+            stdout=out,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
+        ca = CaProcess(name, proc, stdout_path, stderr_path, base_url, [out, err])
+        self.started.append(ca)
+        return ca
+
+    def serve(self, name: str, *args: str, env: dict[str, str], base_url: str) -> CaProcess:
+        return self.start(name, "serve", *args, env=env, base_url=base_url)
+
+    def serve_plain(self, name: str, database_url: str, home: Path, **env: str) -> CaProcess:
+        port = free_port()
+        return self.serve(
+            name,
+            "--plain-http",
+            "--listen",
+            f"127.0.0.1:{port}",
+            env=base_env(ACME_CA_DATABASE_URL=database_url, ACME_CA_HOME=str(home), **env),
+            base_url=f"http://127.0.0.1:{port}",
+        )
+
+    def worker(self, name: str, *, env: dict[str, str]) -> CaProcess:
+        return self.start(name, "worker", env=env)
+
+    def close(self) -> None:
+        for ca in self.started:
+            ca.kill()
+            ca.close_files()
+            # Shown by pytest only when the test failed.
+            print(ca.tails())
+
+    def __enter__(self) -> CaProcesses:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

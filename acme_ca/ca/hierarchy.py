@@ -51,7 +51,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 from acme_ca.ca.der import sign_tbs_certificate, throwaway_signed_certificate
-from acme_ca.ca.issuers import ISSUERS_FILE, PIN_ENV_VAR
+from acme_ca.ca.issuers import ISSUERS_FILE
 from acme_ca.ca.signer import (
     KeySpec,
     Pkcs11Signer,
@@ -153,7 +153,7 @@ class _KeyStore:
         if self._pin is None:
             c = self._config
             self._pin = await asyncio.to_thread(
-                resolve_pin, c.pkcs11_pin, c.pkcs11_pin_file, PIN_ENV_VAR
+                resolve_pin, c.pkcs11_pin, c.pkcs11_pin_file
             )
         return self._pin
 

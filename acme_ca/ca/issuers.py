@@ -518,7 +518,7 @@ class _PinSource:
     async def get(self) -> str:
         if self._pin is None:
             self._pin = await asyncio.to_thread(
-                resolve_pin, self._config.pkcs11_pin, self._config.pkcs11_pin_file, PIN_ENV_VAR
+                resolve_pin, self._config.pkcs11_pin, self._config.pkcs11_pin_file
             )
         return self._pin
 

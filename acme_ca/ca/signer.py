@@ -278,15 +278,18 @@ class SoftwareSigner:
 # --------------------------------------------------------------------------- PKCS#11
 
 
-def resolve_pin(pin: str | None, pin_file: Path | None, env_var: str) -> str:
+def resolve_pin(pin: str | None, pin_file: Path | None, env_var: str | None = None) -> str:
     """Pick the HSM PIN from exactly one source, so a stale second source cannot win silently.
 
-    ``pin_file`` loses its trailing newline only.  Blocking file I/O: call it at start-up.
+    ``env_var`` is read only when given: callers whose ``pin`` already came from the
+    configuration (which reads ``ACME_CA_PKCS11_PIN`` itself) pass None, so one variable is
+    not counted twice. ``pin_file`` loses its trailing newline only. Blocking file I/O:
+    call it at start-up.
     """
-    from_env = os.environ.get(env_var)
+    from_env = os.environ.get(env_var) if env_var else None
     sources = [
         name
-        for name, value in (("pin", pin), ("pin_file", pin_file), (env_var, from_env))
+        for name, value in (("pin", pin), ("pin_file", pin_file), (env_var or "env", from_env))
         if value is not None
     ]
     if len(sources) > 1:
@@ -299,7 +302,9 @@ def resolve_pin(pin: str | None, pin_file: Path | None, env_var: str) -> str:
     elif from_env is not None:
         value = from_env
     else:
-        raise SignerError(f"no HSM PIN: set pin, pin_file or the {env_var} environment variable")
+        raise SignerError(
+            f"no HSM PIN: set pkcs11_pin, pkcs11_pin_file or {env_var or 'ACME_CA_PKCS11_PIN'}"
+        )
     if not value:
         raise SignerError(f"HSM PIN from {sources[0]} is empty")
     return value

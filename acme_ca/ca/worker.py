@@ -81,9 +81,11 @@ class SigningWorker:
         log.info("worker.started", worker_id=self.worker_id, issuers=self._issuers.names())
         try:
             while not stop.is_set():
+                # Clear before draining, not after: a NOTIFY that arrives while the last
+                # (empty) claim is in flight must still cut the following wait short.
+                self._wake.clear()
                 while not stop.is_set() and await self.run_once():
                     pass
-                self._wake.clear()
                 waiters = [asyncio.create_task(self._wake.wait()), asyncio.create_task(stop.wait())]
                 await asyncio.wait(waiters, timeout=self._poll, return_when=asyncio.FIRST_COMPLETED)
                 for task in waiters:

@@ -9,6 +9,7 @@ certificate impossible.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -268,7 +269,10 @@ class IssuanceRepository:
         return conn
 
     async def release_listener(self, conn: asyncpg.Connection, callback: Any) -> None:
-        await conn.remove_listener(NOTIFY_CHANNEL, callback)
+        # A listener whose server connection was lost has already been given back by the
+        # pool (its proxy is detached and raises InterfaceError); there is nothing to undo.
+        with contextlib.suppress(asyncpg.InterfaceError):
+            await conn.remove_listener(NOTIFY_CHANNEL, callback)
         await self._pool.release(conn)
 
     async def is_key_blocked(self, spki_sha256: bytes) -> bool:

@@ -1,0 +1,302 @@
+"""Real ``acme-ca worker`` processes SIGKILLed mid-job, over and over: every order still gets
+exactly one certificate, with the serial its job recorded before anything was signed.
+
+The worker runs against the test's PostgreSQL and a development hierarchy with software keys
+made beforehand with ``init_hierarchy``.  Jobs are real ones (SQL-inserted ready orders queued
+with ``IssuanceRepository.enqueue``, see tests/test_worker.py).  A seeded RNG picks when each
+kill lands after the worker reports ``worker.started``.
+
+A killed worker's job keeps its lease (two minutes, not configurable) until it lapses.  Once
+the process is known dead (``wait()`` returned), the test does what the passing of that time
+would do and expires the leases the dead worker held, so the run stays short; the next
+worker then resumes them through the ordinary lapsed-lease claim.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO
+
+import asyncpg
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from acme_ca.ca.hierarchy import init_hierarchy
+from acme_ca.config import Config
+from acme_ca.db.issuance import IssuanceRepository
+from tests.test_worker import build_csr, insert_ready_order
+
+pytestmark = pytest.mark.integration
+
+SEED = 8555
+JOBS = 100
+MIN_KILLS = 5
+#: Seconds between a worker's ``worker.started`` and its SIGKILL.
+KILL_AFTER = (0.2, 0.6)
+#: Typically 10-20 s; generous for a loaded two-core machine.
+TOTAL_SECONDS = 120.0
+START_TIMEOUT = 30.0
+
+
+def _acme_ca_exe() -> str:
+    beside = Path(sys.executable).parent / "acme-ca"
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which("acme-ca")
+    if found is None:
+        pytest.fail("the acme-ca console script is not installed (pip install -e .)")
+    return found
+
+
+@dataclass
+class WorkerProcess:
+    """One incarnation of ``acme-ca worker``, its output in files."""
+
+    number: int
+    proc: subprocess.Popen[bytes]
+    stdout: Path
+    stderr: Path
+    files: tuple[IO[bytes], IO[bytes]]
+
+    @property
+    def worker_id(self) -> str:
+        """What SigningWorker names itself: ``hostname:pid``."""
+        return f"{socket.gethostname()}:{self.proc.pid}"
+
+    def events(self) -> list[dict[str, object]]:
+        found = []
+        for line in self.stdout.read_text(errors="replace").splitlines():
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(obj, dict):
+                found.append(obj)
+        return found
+
+    def tails(self, lines: int = 30) -> str:
+        out = "\n".join(self.stdout.read_text(errors="replace").splitlines()[-lines:])
+        err = "\n".join(self.stderr.read_text(errors="replace").splitlines()[-lines:])
+        return (
+            f"--- worker #{self.number} (pid {self.proc.pid}, exit {self.proc.poll()}) stdout\n"
+            f"{out}\n--- stderr\n{err}"
+        )
+
+    def wait_started(self, timeout: float = START_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(e.get("event") == "worker.started" for e in self.events()):
+                return
+            if self.proc.poll() is not None:
+                pytest.fail(f"worker exited before starting\n{self.tails()}")
+            time.sleep(0.02)
+        pytest.fail(f"worker did not start within {timeout}s\n{self.tails()}")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        for f in self.files:
+            f.close()
+
+
+class Workers:
+    """Starts incarnations of ``acme-ca worker`` with one environment; kills leftovers."""
+
+    def __init__(self, env: dict[str, str], logs: Path) -> None:
+        self._env = env
+        self._logs = logs
+        self.started: list[WorkerProcess] = []
+
+    def start(self) -> WorkerProcess:
+        n = len(self.started) + 1
+        stdout, stderr = self._logs / f"worker-{n}.out", self._logs / f"worker-{n}.err"
+        out, err = stdout.open("wb"), stderr.open("wb")
+        proc = subprocess.Popen(
+            [_acme_ca_exe(), "worker"],
+            env=self._env,
+            stdout=out,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+        )
+        worker = WorkerProcess(n, proc, stdout, stderr, (out, err))
+        self.started.append(worker)
+        return worker
+
+    def kill_all(self) -> None:
+        for worker in self.started:
+            if worker.proc.poll() is None:
+                worker.kill()
+
+
+def _env(dsn: str, home: Path, pki: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACME_CA_")}
+    env.update(
+        PYTHONUNBUFFERED="1",
+        ACME_CA_DATABASE_URL=dsn,
+        ACME_CA_HOME=str(home),
+        ACME_CA_PKI_DIR=str(pki),
+        ACME_CA_WORKER_POLL_SECONDS="1",
+        ACME_CA_LOG_FORMAT="json",
+        ACME_CA_LOG_LEVEL="info",
+    )
+    return env
+
+
+async def _unfinished(pool: asyncpg.Pool) -> int:
+    return int(
+        await pool.fetchval(
+            "SELECT count(*) FROM issuance_jobs WHERE status IN ('queued', 'running')"
+        )
+    )
+
+
+async def test_worker_sigkill_mid_job_completes_exactly_once(
+    dsn: str, pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    rng = random.Random(SEED)
+    home = tmp_path / "home"
+    config = replace(Config(), home=home, pki_dir=home / "pki").validate()
+    await init_hierarchy(config)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    workers = Workers(_env(dsn, home, config.pki_path), logs)
+
+    # CSRs first, so the jobs go in as one quick burst; the RSA subscribers share one key
+    # (allowed across orders, and generating dozens of RSA keys would take seconds).
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    requests = []
+    for i in range(JOBS):
+        key_type = "rsa" if i % 5 == 0 else "ec"
+        names = [f"www.crash-{i}.example.com", f"crash-{i}.example.com"]
+        key = rsa_key if key_type == "rsa" else None
+        requests.append((names, key_type, build_csr(names, key_type, key)))
+
+    jobs = IssuanceRepository(pool)
+    kills = 0
+    landed_mid_job = 0
+    timeline: list[str] = []
+    started_at = time.monotonic()
+    try:
+        worker = workers.start()
+        worker.wait_started()
+
+        async def enqueue(names: list[str], key_type: str, csr_der: bytes) -> None:
+            account_id, order_id = await insert_ready_order(pool, names)
+            assert await jobs.enqueue(
+                order_id=order_id,
+                account_id=account_id,
+                csr_der=csr_der,
+                names=names,
+                issuer=config.ecdsa_issuer if key_type == "ec" else config.rsa_issuer,
+                now=datetime.now(UTC),
+            )
+
+        await asyncio.gather(*(enqueue(*r) for r in requests))
+        enqueued_at = time.monotonic()
+        backlog = await _unfinished(pool)
+        while True:
+            time.sleep(rng.uniform(*KILL_AFTER))
+            worker.kill()
+            kills += 1
+            # The process is gone: let its lease lapse now rather than in two minutes.
+            held = await pool.fetch(
+                "UPDATE issuance_jobs SET locked_until = now() - interval '1 millisecond' "
+                "WHERE locked_by = $1 AND status = 'running' RETURNING id, serial",
+                worker.worker_id,
+            )
+            landed_mid_job += len(held)
+            left = await _unfinished(pool)
+            timeline.append(
+                f"kill {kills}: worker #{worker.number} pid {worker.proc.pid} "
+                + (
+                    f"held running job {held[0]['id']} "
+                    f"({'serial recorded' if held[0]['serial'] else 'before prepare was recorded'})"
+                    if held
+                    else "held no running job"
+                )
+                + f", {left} unfinished"
+            )
+            if left == 0 and kills >= MIN_KILLS:
+                break
+            if time.monotonic() - started_at > TOTAL_SECONDS:
+                pytest.fail(
+                    f"{left} jobs still unfinished after {TOTAL_SECONDS}s and {kills} kills\n"
+                    + "\n".join(timeline)
+                    + "\n"
+                    + worker.tails()
+                )
+            worker = workers.start()
+            worker.wait_started()
+    finally:
+        workers.kill_all()
+    elapsed = time.monotonic() - started_at
+
+    jobs_rows = await pool.fetch("SELECT * FROM issuance_jobs ORDER BY id")
+    certs = await pool.fetch("SELECT * FROM certificates ORDER BY id")
+    retried = [j for j in jobs_rows if j["attempts"] > 1]
+    print("\n".join(timeline))
+    print(
+        f"{JOBS} jobs enqueued in {enqueued_at - started_at:.1f}s, {backlog} unfinished then; "
+        f"{kills} kills in {elapsed:.1f}s over {len(workers.started)} workers; "
+        f"{landed_mid_job} landed while the worker held a running job; "
+        f"{len(retried)} jobs needed more than one attempt "
+        f"(attempts: {sorted(j['attempts'] for j in retried)})"
+    )
+
+    assert len(jobs_rows) == JOBS
+    assert all(j["status"] == "done" for j in jobs_rows), [j["status"] for j in jobs_rows]
+    assert len(certs) == len(jobs_rows) == JOBS
+    assert len({c["order_id"] for c in certs}) == JOBS, "an order got two certificates"
+    assert len({c["serial"] for c in certs}) == JOBS, "a serial was used twice"
+    assert await pool.fetchval("SELECT count(*) FROM orders WHERE status <> 'valid'") == 0
+
+    by_order = {c["order_id"]: c for c in certs}
+    for job in jobs_rows:
+        cert_row = by_order[job["order_id"]]
+        assert job["serial"] is not None
+        assert cert_row["serial"] == job["serial"]
+        cert = x509.load_der_x509_certificate(bytes(cert_row["der"]))
+        assert cert.serial_number == int(job["serial"], 16)
+        assert cert.serial_number > 0 and cert.serial_number.bit_length() >= 64
+        assert cert.tbs_certificate_bytes == bytes(job["tbs_der"]), "signed TBS is not recorded"
+        issuer = x509.load_pem_x509_certificates(cert_row["chain_pem"].encode())[0]
+        cert.verify_directly_issued_by(issuer)
+
+    # Serial, validity and TBS were fixed once per job, however often it was resumed.
+    prepared = await pool.fetch(
+        "SELECT order_id, array_agg(DISTINCT details->>'serial') AS serials "
+        "FROM audit_events WHERE event = 'issuance.prepared' GROUP BY order_id"
+    )
+    assert len(prepared) == JOBS
+    for row in prepared:
+        assert row["serials"] == [by_order[row["order_id"]]["serial"]], row
+    issued = await pool.fetchval(
+        "SELECT count(*) FROM audit_events WHERE event = 'certificate.issued'"
+    )
+    assert issued == JOBS
+
+    # No resumed job tripped the worker up: no failed attempt, no error logged.
+    events = [e for w in workers.started for e in w.events()]
+    troubles = [e for e in events if e.get("level") in ("error", "critical")]
+    assert not troubles, troubles
+    resumed = sum(1 for e in events if e.get("event") == "issuance.resumed")
+    print(f"{resumed} resumptions at the signing step (serial already recorded)")
+
+    assert kills >= MIN_KILLS
+    # Each kill that found a running job left exactly one job to be claimed once more.
+    assert sum(j["attempts"] for j in jobs_rows) == JOBS + landed_mid_job
+    assert retried, "no kill landed mid-job"

@@ -1,0 +1,734 @@
+"""The signing worker in-process: real PostgreSQL, a real development hierarchy with software
+keys (``init_hierarchy``), the real pre-issuance linter.
+
+Every job is a real one: an account and a ready order are inserted with SQL, then
+``IssuanceRepository.enqueue`` queues it with a CSR built by cryptography for the order's names,
+exactly as finalize does.  Crashes are simulated at each recorded step (a claim whose lease
+lapsed, a prepared job whose signer died, a stored certificate whose job still says running),
+and the next worker must finish the job with the same serial and TBS and never store a second
+certificate.  ``integration/test_worker_crash.py`` does the same with SIGKILLed processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+import asyncpg
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+
+from acme_ca.ca.hierarchy import init_hierarchy
+from acme_ca.ca.issuers import IssuerSet, load_issuers
+from acme_ca.ca.lint import CertificateLinter
+from acme_ca.ca.signer import HashName, Signer
+from acme_ca.ca.worker import DEFAULT_LEASE, SigningWorker, profile_settings_factory
+from acme_ca.clock import SystemClock
+from acme_ca.config import Config
+from acme_ca.db.issuance import IssuanceRepository
+from acme_ca.db.pool import create_pool
+
+T = TypeVar("T")
+SERVER_INTERNAL = "urn:ietf:params:acme:error:serverInternal"
+#: An internal address as the status URL: pkilint reports the CRL/AIA URLs (ERROR).
+INTERNAL_STATUS_URL = "http://127.0.0.1:14080"
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+def run_in_thread(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine in its own loop: module fixtures may be set up inside a running loop."""
+    with ThreadPoolExecutor(1) as executor:
+        return executor.submit(asyncio.run, factory()).result()
+
+
+def make_pki_config(home: Path, **changes: Any) -> Config:
+    """A configuration whose ``pki_path`` gets a development hierarchy with software keys."""
+    config = replace(Config(), home=home, **changes).validate()
+    run_in_thread(lambda: init_hierarchy(config))
+    return config
+
+
+def build_csr(
+    names: Sequence[str],
+    key_type: str = "ec",
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | None = None,
+) -> bytes:
+    """DER CSR for ``names`` (CN = first name, SAN = all) with ``key`` or a fresh P-256 or
+    RSA-2048 key."""
+    if key is None and key_type == "ec":
+        key = ec.generate_private_key(ec.SECP256R1())
+    elif key is None:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), False)
+        .sign(key, hashes.SHA256())
+    )
+    return csr.public_bytes(serialization.Encoding.DER)
+
+
+@dataclass(frozen=True)
+class QueuedOrder:
+    order_id: int
+    account_id: int
+    names: tuple[str, ...]
+    csr_der: bytes
+    issuer: str
+
+
+async def insert_ready_order(pool: asyncpg.Pool, names: Sequence[str]) -> tuple[int, int]:
+    """An account and a ``ready`` order for ``names``, as the ACME flow leaves them."""
+    now = datetime.now(UTC)
+    async with pool.acquire() as conn, conn.transaction():
+        account_id = await conn.fetchval(
+            """INSERT INTO accounts (key_thumbprint, jwk, status, tos_agreed_at,
+                                     created_at, updated_at)
+               VALUES ($1, $2, 'valid', $3, $3, $3) RETURNING id""",
+            os.urandom(32),
+            {"kty": "EC", "crv": "P-256", "x": os.urandom(8).hex(), "y": os.urandom(8).hex()},
+            now,
+        )
+        order_id = await conn.fetchval(
+            """INSERT INTO orders (account_id, status, identifiers, expires_at,
+                                   created_at, updated_at)
+               VALUES ($1, 'ready', $2, $3, $4, $4) RETURNING id""",
+            account_id,
+            [{"type": "dns", "value": n} for n in names],
+            now + timedelta(days=7),
+            now,
+        )
+    return account_id, order_id
+
+
+async def queue_order(
+    pool: asyncpg.Pool, config: Config, names: Sequence[str], key_type: str = "ec"
+) -> QueuedOrder:
+    """Insert a ready order and enqueue its issuance job (order → processing, job queued)."""
+    account_id, order_id = await insert_ready_order(pool, names)
+    csr_der = build_csr(names, key_type)
+    issuer = config.ecdsa_issuer if key_type == "ec" else config.rsa_issuer
+    queued = await IssuanceRepository(pool).enqueue(
+        order_id=order_id,
+        account_id=account_id,
+        csr_der=csr_der,
+        names=list(names),
+        issuer=issuer,
+        now=datetime.now(UTC),
+    )
+    assert queued, "enqueue refused a ready order"
+    return QueuedOrder(order_id, account_id, tuple(names), csr_der, issuer)
+
+
+def names_for(i: int) -> tuple[str, ...]:
+    return (f"www.worker-{i}.example.com", f"worker-{i}.example.com")
+
+
+# --------------------------------------------------------------------------- state
+
+
+async def job_of(pool: asyncpg.Pool, order_id: int) -> asyncpg.Record:
+    row = await pool.fetchrow("SELECT * FROM issuance_jobs WHERE order_id = $1", order_id)
+    assert row is not None
+    return row
+
+
+async def order_of(pool: asyncpg.Pool, order_id: int) -> asyncpg.Record:
+    row = await pool.fetchrow("SELECT * FROM orders WHERE id = $1", order_id)
+    assert row is not None
+    return row
+
+
+async def certificates_of(pool: asyncpg.Pool, order_id: int) -> list[asyncpg.Record]:
+    return list(await pool.fetch("SELECT * FROM certificates WHERE order_id = $1", order_id))
+
+
+async def expire_lease(pool: asyncpg.Pool, order_id: int) -> None:
+    """What the passing of the lease would do: the job's owner is presumed dead."""
+    status = await pool.execute(
+        "UPDATE issuance_jobs SET locked_until = now() - interval '1 second' "
+        "WHERE order_id = $1 AND status = 'running'",
+        order_id,
+    )
+    assert status == "UPDATE 1"
+
+
+async def assert_issued(
+    pool: asyncpg.Pool, issuers: IssuerSet, queued: QueuedOrder
+) -> x509.Certificate:
+    """Order valid, job done, exactly one certificate: the recorded serial and TBS, signed by
+    the job's issuer, for the CSR's key and the order's names, with the issuer's chains."""
+    order = await order_of(pool, queued.order_id)
+    job = await job_of(pool, queued.order_id)
+    certs = await certificates_of(pool, queued.order_id)
+    assert order["status"] == "valid", order
+    assert order["error"] is None
+    assert job["status"] == "done", job
+    assert job["locked_by"] is None and job["locked_until"] is None
+    assert len(certs) == 1, certs
+    row = certs[0]
+    cert = x509.load_der_x509_certificate(bytes(row["der"]))
+    issuer = issuers.by_name(queued.issuer)
+
+    assert row["serial"] == job["serial"] == format(cert.serial_number, "x")
+    assert cert.serial_number > 0 and cert.serial_number.bit_length() >= 64  # BR-PROF-1
+    assert cert.tbs_certificate_bytes == bytes(job["tbs_der"])
+    assert row["issuer"] == queued.issuer == job["issuer"]
+    assert row["account_id"] == queued.account_id
+    assert row["not_before"] == job["not_before"] == cert.not_valid_before_utc
+    assert row["not_after"] == job["not_after"] == cert.not_valid_after_utc
+
+    cert.verify_directly_issued_by(issuer.certificate)
+    assert cert.issuer == issuer.certificate.subject
+    assert row["chain_pem"] == issuer.pem_chain().decode()
+    assert x509.load_pem_x509_certificates(row["chain_pem"].encode())[0] == issuer.certificate
+    assert row["alternate_chains"] == [
+        issuer.pem_chain(i).decode() for i in range(len(issuer.alternate_chains))
+    ]
+    assert len(row["alternate_chains"]) >= 1
+
+    csr = x509.load_der_x509_csr(queued.csr_der)
+    assert cert.public_key() == csr.public_key()
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert tuple(san.get_values_for_type(x509.DNSName)) == queued.names
+    # The linted copy is the same TBS under a throwaway signature.
+    linted = x509.load_der_x509_certificate(bytes(job["lint_der"]))
+    assert linted.tbs_certificate_bytes == cert.tbs_certificate_bytes
+    return cert
+
+
+async def prepared_events(pool: asyncpg.Pool, order_id: int) -> list[asyncpg.Record]:
+    return list(
+        await pool.fetch(
+            "SELECT * FROM audit_events WHERE order_id = $1 AND event = 'issuance.prepared' "
+            "ORDER BY id",
+            order_id,
+        )
+    )
+
+
+# --------------------------------------------------------------------------- signers
+
+
+class WrappedSigner:
+    """Delegates to a real signer; counts signatures; can die or stall on demand."""
+
+    def __init__(self, inner: Signer) -> None:
+        self._inner = inner
+        self.calls = 0
+        self.crash = False
+        self.gate: asyncio.Event | None = None
+        self.entered = asyncio.Event()
+
+    @property
+    def key_type(self) -> Any:
+        return self._inner.key_type
+
+    @property
+    def public_key(self) -> Any:
+        return self._inner.public_key
+
+    def signature_algorithm_der(self, hash: HashName) -> bytes:
+        return self._inner.signature_algorithm_der(hash)
+
+    async def sign(self, data: bytes, hash: HashName) -> bytes:
+        self.calls += 1
+        self.entered.set()
+        if self.crash:
+            raise RuntimeError("the HSM went away")
+        if self.gate is not None:
+            await self.gate.wait()
+        return await self._inner.sign(data, hash)
+
+    async def aclose(self) -> None:
+        """The wrapped signer belongs to the real IssuerSet, which closes it."""
+
+
+def wrap_issuers(issuers: IssuerSet) -> tuple[IssuerSet, dict[str, WrappedSigner]]:
+    """The same issuers, each signing through a :class:`WrappedSigner`."""
+    wrapped = {name: WrappedSigner(i.signer) for name, i in issuers.issuers.items()}
+    return (
+        IssuerSet(
+            issuers=MappingProxyType(
+                {name: replace(i, signer=wrapped[name]) for name, i in issuers.issuers.items()}
+            ),
+            root=issuers.root,
+            rsa_issuer=issuers.rsa_issuer,
+            ecdsa_issuer=issuers.ecdsa_issuer,
+            roots=issuers.roots,
+        ),
+        wrapped,
+    )
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def pki_config(tmp_path_factory: pytest.TempPathFactory) -> Config:
+    """A development hierarchy whose status URLs lint clean."""
+    return make_pki_config(tmp_path_factory.mktemp("worker-pki"))
+
+
+@pytest.fixture(scope="module")
+def internal_pki_config(tmp_path_factory: pytest.TempPathFactory) -> Config:
+    """A hierarchy whose CRL/AIA URLs name an internal address: every certificate fails lint."""
+    return make_pki_config(
+        tmp_path_factory.mktemp("worker-pki-internal"), status_base_url=INTERNAL_STATUS_URL
+    )
+
+
+@pytest.fixture(scope="module")
+def linter() -> CertificateLinter:
+    return CertificateLinter()
+
+
+@pytest.fixture
+async def issuers(pki_config: Config) -> AsyncIterator[IssuerSet]:
+    loaded = await load_issuers(pki_config)
+    yield loaded
+    await loaded.aclose()
+
+
+@pytest.fixture
+def make_worker(pki_config: Config, linter: CertificateLinter) -> Callable[..., SigningWorker]:
+    def make(
+        pool: asyncpg.Pool,
+        issuers: IssuerSet,
+        worker_id: str,
+        *,
+        poll_seconds: float = 30.0,
+        lease: timedelta = DEFAULT_LEASE,
+        config: Config = pki_config,
+    ) -> SigningWorker:
+        return SigningWorker(
+            IssuanceRepository(pool),
+            issuers,
+            linter,
+            SystemClock(),
+            profile_for=profile_settings_factory(config),
+            poll_seconds=poll_seconds,
+            lease=lease,
+            worker_id=worker_id,
+        )
+
+    return make
+
+
+@contextlib.asynccontextmanager
+async def running(worker: SigningWorker) -> AsyncIterator[asyncio.Task[None]]:
+    """``worker.run`` in a task, stopped (and its errors raised) on exit."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop), name=f"worker-{worker.worker_id}")
+    try:
+        yield task
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=30)
+
+
+async def listeners(pool: asyncpg.Pool) -> list[int]:
+    """Backend pids of the connections LISTENing in this database (idle after the LISTEN)."""
+    rows = await pool.fetch(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+        "AND pid <> pg_backend_pid() AND query ILIKE 'LISTEN %'"
+    )
+    return [r["pid"] for r in rows]
+
+
+async def wait_for(
+    predicate: Callable[[], Coroutine[Any, Any, bool]], timeout: float, what: str
+) -> float:
+    """Poll ``predicate`` every 20 ms; return the seconds it took, fail after ``timeout``."""
+    start = time.monotonic()
+    while not await predicate():
+        if time.monotonic() - start > timeout:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.02)
+    return time.monotonic() - start
+
+
+def job_done(pool: asyncpg.Pool, order_id: int) -> Callable[[], Coroutine[Any, Any, bool]]:
+    async def check() -> bool:
+        return (await job_of(pool, order_id))["status"] == "done"
+
+    return check
+
+
+# --------------------------------------------------------------------------- tests
+
+
+async def test_queued_jobs_become_certificates(
+    pool: asyncpg.Pool,
+    pki_config: Config,
+    issuers: IssuerSet,
+    make_worker: Callable[..., SigningWorker],
+) -> None:
+    ecdsa = await queue_order(pool, pki_config, names_for(1), "ec")
+    rsa_order = await queue_order(pool, pki_config, names_for(2), "rsa")
+    assert (await order_of(pool, ecdsa.order_id))["status"] == "processing"
+    assert (await job_of(pool, ecdsa.order_id))["status"] == "queued"
+    worker = make_worker(pool, issuers, "w1")
+
+    assert await worker.run_once()
+    assert await worker.run_once()
+    assert not await worker.run_once()  # the queue is empty
+
+    ecc_cert = await assert_issued(pool, issuers, ecdsa)
+    rsa_cert = await assert_issued(pool, issuers, rsa_order)
+    assert ecdsa.issuer == "dv-ecc" and rsa_order.issuer == "dv-rsa"
+    assert isinstance(ecc_cert.public_key(), ec.EllipticCurvePublicKey)
+    assert isinstance(rsa_cert.public_key(), rsa.RSAPublicKey)
+    for queued in (ecdsa, rsa_order):
+        job = await job_of(pool, queued.order_id)
+        assert job["attempts"] == 1
+        events = [
+            r["event"]
+            for r in await pool.fetch(
+                "SELECT event FROM audit_events WHERE order_id = $1 ORDER BY id",
+                queued.order_id,
+            )
+        ]
+        assert events == ["order.processing", "issuance.prepared", "certificate.issued"]
+
+
+async def test_lease_lapsed_before_prepare_is_taken_over(
+    pool: asyncpg.Pool,
+    pki_config: Config,
+    issuers: IssuerSet,
+    make_worker: Callable[..., SigningWorker],
+) -> None:
+    """(a) A worker claimed the job and died before recording anything."""
+    queued = await queue_order(pool, pki_config, names_for(1))
+    jobs = IssuanceRepository(pool)
+    claimed = await jobs.claim("dead-worker", now=datetime.now(UTC), lease=DEFAULT_LEASE)
+    assert claimed is not None and claimed.order_id == queued.order_id
+    assert claimed.status == "running" and claimed.serial is None
+
+    worker = make_worker(pool, issuers, "w2")
+    assert not await worker.run_once(), "a job under a live lease must not be taken"
+    assert (await job_of(pool, queued.order_id))["locked_by"] == "dead-worker"
+
+    await expire_lease(pool, queued.order_id)
+    assert await worker.run_once()
+    await assert_issued(pool, issuers, queued)
+    assert (await job_of(pool, queued.order_id))["attempts"] == 2
+    assert len(await prepared_events(pool, queued.order_id)) == 1
+
+
+async def test_prepared_job_is_signed_with_the_recorded_serial_and_tbs(
+    pool: asyncpg.Pool,
+    pki_config: Config,
+    issuers: IssuerSet,
+    make_worker: Callable[..., SigningWorker],
+) -> None:
+    """(b) Serial, validity, TBS and lint copy recorded, then the worker died at the signer."""
+    queued = await queue_order(pool, pki_config, names_for(1))
+    dying, signers = wrap_issuers(issuers)
+    signers[queued.issuer].crash = True
+    first = make_worker(pool, dying, "dies-at-sign")
+    assert await first.run_once()  # prepare recorded, then the signer raised
+
+    recorded = await job_of(pool, queued.order_id)
+    assert recorded["status"] == "running" and recorded["locked_by"] == "dies-at-sign"
+    assert recorded["serial"] is not None and recorded["tbs_der"] is not None
+    assert recorded["lint_der"] is not None and recorded["not_before"] is not None
+    assert signers[queued.issuer].calls == 1
+    assert await certificates_of(pool, queued.order_id) == []
+    assert (await order_of(pool, queued.order_id))["status"] == "processing"
+
+    second = make_worker(pool, issuers, "resumes")
+    assert not await second.run_once(), "the dead worker's lease has not lapsed yet"
+    await expire_lease(pool, queued.order_id)
+    assert await second.run_once()
+
+    cert = await assert_issued(pool, issuers, queued)
+    assert cert.serial_number == int(recorded["serial"], 16)
+    assert cert.tbs_certificate_bytes == bytes(recorded["tbs_der"])
+    after = await job_of(pool, queued.order_id)
+    for column in ("serial", "tbs_der", "lint_der", "not_before", "not_after"):
+        assert after[column] == recorded[column], column
+    assert after["attempts"] == 2
+    # Prepared once: the second worker resumed at the signing step.
+    events = await prepared_events(pool, queued.order_id)
+    assert [e["actor"] for e in events] == ["worker:dies-at-sign"]
+
+
+async def test_stored_certificate_with_running_job_is_marked_done_without_a_second(
+    pool: asyncpg.Pool,
+    pki_config: Config,
+    issuers: IssuerSet,
+    make_worker: Callable[..., SigningWorker],
+) -> None:
+    """(c) The certificate is stored but the job row still says running (lease lapsed)."""
+    queued = await queue_order(pool, pki_config, names_for(1))
+    worker = make_worker(pool, issuers, "w1")
+    assert await worker.run_once()
+    original = await assert_issued(pool, issuers, queued)
+    stored = (await certificates_of(pool, queued.order_id))[0]
+    await pool.execute(
+        "UPDATE issuance_jobs SET status = 'running', locked_by = 'dead-worker', "
+        "locked_until = now() - interval '1 second' WHERE order_id = $1",
+        queued.order_id,
+    )
+
+    assert await make_worker(pool, issuers, "w2").run_once()
+    assert await assert_issued(pool, issuers, queued) == original
+    again = await certificates_of(pool, queued.order_id)
+    assert [(r["id"], bytes(r["der"])) for r in again] == [(stored["id"], bytes(stored["der"]))]
+    assert await pool.fetchval("SELECT count(*) FROM certificates") == 1
+    issued_events = await pool.fetchval(
+        "SELECT count(*) FROM audit_events WHERE event = 'certificate.issued'"
+    )
+    assert issued_events == 1
+    assert not await make_worker(pool, issuers, "w3").run_once()
+
+
+async def test_worker_whose_lease_lapsed_while_signing_stores_no_second_certificate(
+    pool: asyncpg.Pool,
+    pki_config: Config,
+    issuers: IssuerSet,
+    make_worker: Callable[..., SigningWorker],
+) -> None:
+    """(c, live) A slow signer outlives the lease: another worker finishes the job, then the
+    slow one comes back with its signature and finds the certificate stored."""
+    queued = await queue_order(pool, pki_config, names_for(1))
+    slow, signers = wrap_issuers(issuers)
+    signer = signers[queued.issuer]
+    signer.gate = asyncio.Event()
+    stalled = asyncio.create_task(make_worker(pool, slow, "slow").run_once())
+    try:
+        await asyncio.wait_for(signer.entered.wait(), timeout=10)
+        recorded = await job_of(pool, queued.order_id)
+        await expire_lease(pool, queued.order_id)
+        assert await make_worker(pool, issuers, "fast").run_once()
+        cert = await assert_issued(pool, issuers, queued)
+        stored = bytes((await certificates_of(pool, queued.order_id))[0]["der"])
+    finally:
+        signer.gate.set()
+    assert await asyncio.wait_for(stalled, timeout=10)
+
+    assert cert.serial_number == int(recorded["serial"], 16)
+    assert await assert_issued(pool, issuers, queued) == cert
+    rows = await certificates_of(pool, queued.order_id)
+    assert len(rows) == 1 and bytes(rows[0]["der"]) == stored
+    assert (await job_of(pool, queued.order_id))["attempts"] == 2
+
+
+async def test_lint_error_fails_the_order_and_signs_nothing(
+    pool: asyncpg.Pool,
+    internal_pki_config: Config,
+    make_worker: Callable[..., SigningWorker],
+) -> None:
+    queued = await queue_order(pool, internal_pki_config, names_for(1))
+    async with await load_issuers(internal_pki_config) as loaded:
+        counted, signers = wrap_issuers(loaded)
+        worker = make_worker(pool, counted, "w1", config=internal_pki_config)
+        assert await worker.run_once()
+        assert not await worker.run_once(), "a failed job is not retried"
+    assert all(s.calls == 0 for s in signers.values()), "nothing may be signed"
+
+    order = await order_of(pool, queued.order_id)
+    assert order["status"] == "invalid"
+    assert order["error"]["type"] == SERVER_INTERNAL
+    assert order["error"]["status"] == 500
+    assert "lint" in order["error"]["detail"]
+
+    job = await job_of(pool, queued.order_id)
+    assert job["status"] == "failed"
+    assert job["locked_by"] is None and job["locked_until"] is None
+    assert job["serial"] is None and job["tbs_der"] is None and job["lint_der"] is None
+    assert job["error"]["reason"] == "pre-issuance lint"
+    findings = job["error"]["findings"]
+    assert findings and all(f.startswith(("ERROR ", "FATAL ")) for f in findings), findings
+    assert any("internal" in f.lower() for f in findings), findings
+    assert await pool.fetchval("SELECT count(*) FROM certificates") == 0
+    failed = await pool.fetchrow(
+        "SELECT * FROM audit_events WHERE order_id = $1 AND event = 'issuance.failed'",
+        queued.order_id,
+    )
+    assert failed is not None and failed["details"]["findings"] == findings
+    assert await prepared_events(pool, queued.order_id) == []
+
+
+async def test_notify_wakes_a_waiting_worker(
+    pool: asyncpg.Pool,
+    pki_config: Config,
+    issuers: IssuerSet,
+    make_worker: Callable[..., SigningWorker],
+) -> None:
+    worker = make_worker(pool, issuers, "listener", poll_seconds=30.0)
+    async with running(worker) as task:
+        await wait_for(lambda: _has_listener(pool), 10, "the worker's LISTEN")
+        await asyncio.sleep(0.2)  # let it drain the empty queue and settle into its wait
+        start = time.monotonic()
+        queued = await queue_order(pool, pki_config, names_for(1))
+        await wait_for(job_done(pool, queued.order_id), 10, "the job to be done")
+        elapsed = time.monotonic() - start
+        assert not task.done()
+    print(f"notified worker issued in {elapsed:.3f}s (poll interval 30s)")
+    assert elapsed < 2.5, f"took {elapsed:.2f}s: the NOTIFY did not wake the worker"
+    await assert_issued(pool, issuers, queued)
+
+
+class EnqueueDuringFirstEmptyClaim(IssuanceRepository):
+    """Enqueues a job while the worker's first claim (which found nothing) is in flight, and
+    holds that claim's answer until the NOTIFY has had time to reach the worker."""
+
+    def __init__(self, pool: asyncpg.Pool, enqueue: Callable[[], Coroutine[Any, Any, Any]]):
+        super().__init__(pool)
+        self._enqueue: Callable[[], Coroutine[Any, Any, Any]] | None = enqueue
+        self.queued: Any = None
+
+    async def claim(self, worker_id: str, *, now: datetime, lease: timedelta) -> Any:
+        job = await super().claim(worker_id, now=now, lease=lease)
+        if job is None and self._enqueue is not None:
+            enqueue, self._enqueue = self._enqueue, None
+            self.queued = await enqueue()
+            await asyncio.sleep(0.3)
+        return job
+
+
+async def test_notify_during_the_last_empty_claim_is_not_lost(
+    pool: asyncpg.Pool,
+    pki_config: Config,
+    issuers: IssuerSet,
+    linter: CertificateLinter,
+) -> None:
+    """The wake-up flag is cleared before the queue is drained, not after: a NOTIFY that
+    lands while the claim that found the queue empty is in flight still wakes the worker."""
+    jobs = EnqueueDuringFirstEmptyClaim(pool, lambda: queue_order(pool, pki_config, names_for(1)))
+    worker = SigningWorker(
+        jobs,
+        issuers,
+        linter,
+        SystemClock(),
+        profile_for=profile_settings_factory(pki_config),
+        poll_seconds=30.0,
+        worker_id="racy",
+    )
+    async with running(worker):
+        start = time.monotonic()
+        await wait_for(lambda: _queued(jobs), 10, "the job enqueued during the claim")
+        await wait_for(job_done(pool, jobs.queued.order_id), 5, "the job (poll is 30s)")
+        elapsed = time.monotonic() - start
+    print(f"job enqueued during an empty claim issued after {elapsed:.3f}s")
+    await assert_issued(pool, issuers, jobs.queued)
+
+
+async def _queued(jobs: EnqueueDuringFirstEmptyClaim) -> bool:
+    return jobs.queued is not None
+
+
+async def test_poll_finds_a_job_whose_notify_was_missed(
+    pool: asyncpg.Pool,
+    pki_config: Config,
+    issuers: IssuerSet,
+    make_worker: Callable[..., SigningWorker],
+) -> None:
+    """The listener connection is gone (as after a network blip): the enqueue's NOTIFY
+    reaches nobody, and the worker must still find the job by polling."""
+    worker = make_worker(pool, issuers, "poller", poll_seconds=1.0)
+    async with running(worker) as task:
+        await wait_for(lambda: _has_listener(pool), 10, "the worker's LISTEN")
+        (pid,) = await listeners(pool)
+        assert await pool.fetchval("SELECT pg_terminate_backend($1)", pid)
+        await wait_for(lambda: _has_listener(pool, False), 10, "the listener to be gone")
+
+        start = time.monotonic()
+        queued = await queue_order(pool, pki_config, names_for(1))
+        await wait_for(job_done(pool, queued.order_id), 10, "the polled job to be done")
+        elapsed = time.monotonic() - start
+        assert not task.done(), "losing the listener must not stop the worker"
+    print(f"polling worker issued in {elapsed:.3f}s (poll interval 1s, no listener)")
+    assert elapsed < 4.0
+    await assert_issued(pool, issuers, queued)
+
+
+async def test_job_queued_before_the_worker_started_is_taken_at_start(
+    pool: asyncpg.Pool,
+    pki_config: Config,
+    issuers: IssuerSet,
+    make_worker: Callable[..., SigningWorker],
+) -> None:
+    """Enqueued while no worker listened at all: the NOTIFY went nowhere."""
+    queued = await queue_order(pool, pki_config, names_for(1))
+    async with running(make_worker(pool, issuers, "late", poll_seconds=30.0)):
+        await wait_for(job_done(pool, queued.order_id), 10, "the job to be done")
+    await assert_issued(pool, issuers, queued)
+
+
+async def _has_listener(pool: asyncpg.Pool, expected: bool = True) -> bool:
+    return bool(await listeners(pool)) == expected
+
+
+async def test_two_workers_issue_twenty_jobs_exactly_once(
+    dsn: str,
+    pool: asyncpg.Pool,
+    pki_config: Config,
+    issuers: IssuerSet,
+    make_worker: Callable[..., SigningWorker],
+) -> None:
+    worker_pools = [await create_pool(dsn, max_size=2) for _ in range(2)]
+    try:
+        workers = [
+            make_worker(p, issuers, f"concurrent-{i}", poll_seconds=1.0)
+            for i, p in enumerate(worker_pools)
+        ]
+        async with running(workers[0]), running(workers[1]):
+            await wait_for(lambda: _listener_count(pool, 2), 10, "both workers' LISTEN")
+            queued = [
+                await queue_order(pool, pki_config, names_for(i), "rsa" if i % 4 == 0 else "ec")
+                for i in range(20)
+            ]
+
+            async def all_done() -> bool:
+                return bool(
+                    await pool.fetchval(
+                        "SELECT count(*) = 20 FROM issuance_jobs WHERE status = 'done'"
+                    )
+                )
+
+            await wait_for(all_done, 60, "all 20 jobs to be done")
+    finally:
+        for p in worker_pools:
+            await p.close()
+
+    certs = [await assert_issued(pool, issuers, q) for q in queued]
+    assert len(certs) == 20
+    assert len({c.serial_number for c in certs}) == 20
+    assert await pool.fetchval("SELECT count(*) FROM certificates") == 20
+    assert await pool.fetchval("SELECT count(DISTINCT serial) FROM certificates") == 20
+    assert await pool.fetchval("SELECT count(DISTINCT order_id) FROM certificates") == 20
+    assert (
+        await pool.fetchval(
+            "SELECT count(*) FROM issuance_jobs WHERE status <> 'done' OR attempts <> 1"
+        )
+        == 0
+    ), "every job is claimed exactly once"
+    share = dict(
+        await pool.fetch(
+            "SELECT actor, count(*) FROM audit_events WHERE event = 'issuance.prepared' "
+            "GROUP BY actor"
+        )
+    )
+    print(f"jobs per worker: {share}")
+    assert sum(share.values()) == 20
+
+
+async def _listener_count(pool: asyncpg.Pool, count: int) -> bool:
+    return len(await listeners(pool)) == count

@@ -147,7 +147,7 @@ class IssuanceRepository:
     ) -> IssuanceJob:
         """Fix serial, validity and TBS once; a job that already has them keeps its own."""
         async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(
+            updated = await conn.execute(
                 """UPDATE issuance_jobs SET serial = $3, not_before = $4, not_after = $5,
                           tbs_der = $6, lint_der = $7, updated_at = $8
                    WHERE id = $1 AND locked_by = $2 AND serial IS NULL""",
@@ -161,6 +161,8 @@ class IssuanceRepository:
                 now,
             )
             row = await conn.fetchrow("SELECT * FROM issuance_jobs WHERE id = $1", job_id)
+            if not updated.endswith(" 1"):  # another worker owns or prepared it: no event
+                return _job(row)
             await record_event(
                 conn,
                 "issuance.prepared",
@@ -248,6 +250,12 @@ class IssuanceRepository:
                 order_id=job.order_id,
                 details=details,
             )
+
+    async def certificate_for_order(self, order_id: int) -> bool:
+        """Whether the order already has its certificate (a resumed job need not sign)."""
+        found = await self._pool.fetchval(
+            "SELECT 1 FROM certificates WHERE order_id = $1", order_id)
+        return found is not None
 
     async def renew_lease(
         self, job_id: int, worker_id: str, *, now: datetime, lease: timedelta

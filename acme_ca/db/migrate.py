@@ -29,8 +29,11 @@ def schema_sql() -> str:
 
 def migrations() -> list[Migration]:
     """Numbered files in ``acme_ca/db/migrations``, in order."""
-    found = []
-    for entry in (resources.files("acme_ca.db") / "migrations").iterdir():
+    found: list[Migration] = []
+    directory = resources.files("acme_ca.db") / "migrations"
+    if not directory.is_dir():
+        return found
+    for entry in directory.iterdir():
         match = _MIGRATION_NAME.match(entry.name)
         if match:
             found.append(Migration(int(match[1]), match[2], entry.read_text()))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
+import os
 import secrets
 import sys
 from collections.abc import Sequence
@@ -13,6 +15,17 @@ from typing import Any
 from acme_ca.acme.b64 import b64url_encode
 from acme_ca.config import Config, ConfigError, config_reference, load_config
 from acme_ca.log import configure_logging
+
+#: ``acme-ca admin revoke --reason`` names (acme_ca.ra.revocation.REASON_CODES, kept here so
+#: parsing arguments imports no room).
+ADMIN_REASONS = (
+    "unspecified",
+    "keyCompromise",
+    "affiliationChanged",
+    "superseded",
+    "cessationOfOperation",
+    "privilegeWithdrawn",
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,6 +68,27 @@ def _parser() -> argparse.ArgumentParser:
     eab_sub.add_parser("list", help="list keys and their bound accounts")
     revoke = eab_sub.add_parser("revoke", help="revoke an unused or bound key")
     revoke.add_argument("kid")
+
+    admin = sub.add_parser("admin", help="operator actions (recorded in the audit trail)")
+    admin_sub = admin.add_subparsers(dest="admin_command", required=True)
+    revoke_cert = admin_sub.add_parser(
+        "revoke",
+        help="revoke a certificate by serial, or every unexpired one under a domain",
+        description="Revoke SERIAL, or with --domain every unexpired, unrevoked certificate "
+        "naming the domain or a name under it. keyCompromise also blocks the key for future "
+        "CSRs. Each revocation is an audit event naming --actor.",
+    )
+    revoke_cert.add_argument("serial", nargs="?", help="certificate serial number (hex)")
+    revoke_cert.add_argument("--domain", help="registered domain, e.g. example.com")
+    revoke_cert.add_argument(
+        "--reason", required=True, choices=ADMIN_REASONS, help="CRLReason (BR 7.2.2)"
+    )
+    revoke_cert.add_argument("--actor", help="who decided this (default: the OS user)")
+    revoke_cert.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="with --domain: list what would be revoked, change nothing",
+    )
 
     sub.add_parser("config-doc", help="print the configuration reference (Markdown)")
     return parser
@@ -106,6 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_db_migrate(config))
     if args.command == "eab":
         return asyncio.run(_eab(config, args))
+    if args.command == "admin":
+        return asyncio.run(_admin(config, args))
     return 2  # pragma: no cover - argparse enforces the choices
 
 
@@ -152,6 +188,70 @@ async def _eab(config: Config, args: argparse.Namespace) -> int:
         finally:
             await pool.close()
     return 0
+
+
+def _operator_name() -> str:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name and no passwd entry (containers)
+        return f"uid:{os.getuid()}"
+
+
+async def _admin(config: Config, args: argparse.Namespace) -> int:
+    if (args.serial is None) == (args.domain is None):
+        print("acme-ca: admin revoke takes either SERIAL or --domain", file=sys.stderr)
+        return 2
+    if args.dry_run and args.domain is None:
+        print("acme-ca: --dry-run goes with --domain", file=sys.stderr)
+        return 2
+    from acme_ca.clock import SystemClock
+    from acme_ca.db.certificates import CertificateRepository
+    from acme_ca.db.database import database_dsn, migrate
+    from acme_ca.db.pool import create_pool
+    from acme_ca.ra.revocation import (
+        REASON_CODES,
+        REASON_NAMES,
+        OperatorRevocation,
+        OperatorRevocationError,
+        RevocationAuthority,
+    )
+
+    actor = f"operator:{args.actor or _operator_name()}"
+    reason = REASON_CODES[args.reason]
+
+    def line(r: OperatorRevocation, verb: str) -> str:
+        when = r.revoked_at.isoformat() if r.revoked_at else "-"
+        return (
+            f"{verb}\t{r.serial}\treason={REASON_NAMES.get(r.reason, r.reason)}\t"
+            f"revoked_at={when}\taccount={r.account_id}\tnot_after={r.not_after.isoformat()}"
+            f"\tnames={','.join(r.names)}" + ("\tkey_blocked" if r.key_blocked else "")
+        )
+
+    async with database_dsn(config) as dsn:
+        await migrate(dsn)
+        pool = await create_pool(dsn, max_size=1)
+        try:
+            authority = RevocationAuthority(CertificateRepository(pool), SystemClock())
+            try:
+                if args.serial is not None:
+                    done = [await authority.revoke_serial(args.serial, reason, actor=actor)]
+                else:
+                    done = await authority.revoke_domain(
+                        args.domain, reason, actor=actor, dry_run=args.dry_run
+                    )
+            except OperatorRevocationError as exc:
+                print(f"acme-ca: {exc}", file=sys.stderr)
+                return 1
+        finally:
+            await pool.close()
+    for r in done:
+        verb = "revoked" if r.revoked else "already revoked"
+        print(line(r, "would revoke" if args.dry_run else verb))
+    count = sum(r.revoked for r in done)
+    if args.domain is not None:
+        what = "would revoke" if args.dry_run else f"revoked by {actor}:"
+        print(f"{what} {len(done) if args.dry_run else count} certificate(s) under {args.domain}")
+    return 0 if args.domain is not None or count else 1
 
 
 if __name__ == "__main__":  # pragma: no cover

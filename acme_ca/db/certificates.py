@@ -43,6 +43,34 @@ def _record(row: asyncpg.Record) -> CertificateRecord:
     )
 
 
+@dataclass(frozen=True)
+class KeyBlock:
+    """A key to put on ``blocked_keys`` together with a revocation (BR 6.1.1.3(4))."""
+
+    spki_sha256: bytes
+    reason: str
+    source: str
+
+
+async def _block_key(conn: asyncpg.Connection, block: KeyBlock, now: datetime) -> None:
+    added = await conn.fetchval(
+        "INSERT INTO blocked_keys (spki_sha256, reason, added_at, source) "
+        "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING 1",
+        block.spki_sha256,
+        block.reason,
+        now,
+        block.source,
+    )
+    if added is not None:
+        await record_event(
+            conn,
+            "key.blocked",
+            at=now,
+            actor=block.source,
+            details={"spki_sha256": block.spki_sha256.hex(), "reason": block.reason},
+        )
+
+
 class CertificateRepository:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
@@ -55,9 +83,23 @@ class CertificateRepository:
         row = await self._pool.fetchrow("SELECT * FROM certificates WHERE serial = $1", serial)
         return _record(row) if row else None
 
-    async def revoke(self, certificate_id: int, *, reason: int, now: datetime, actor: str) -> bool:
-        """Mark revoked unless it already is; False means it was already revoked."""
+    async def revoke(
+        self,
+        certificate_id: int,
+        *,
+        reason: int,
+        now: datetime,
+        actor: str,
+        block: KeyBlock | None = None,
+    ) -> bool:
+        """Mark revoked unless it already is; False means it was already revoked.
+
+        ``block`` also puts the certificate's key on ``blocked_keys``, in the same transaction
+        and whether or not the certificate was already revoked.
+        """
         async with self._pool.acquire() as conn, conn.transaction():
+            if block is not None:  # a compromised key stays blocked even if already revoked
+                await _block_key(conn, block, now)
             row = await conn.fetchrow(
                 "UPDATE certificates SET revoked_at = $2, revocation_reason = $3 "
                 "WHERE id = $1 AND revoked_at IS NULL RETURNING account_id, order_id, serial",
@@ -94,3 +136,21 @@ class CertificateRepository:
             now,
         )
         return held == len(set(names))
+
+    async def unrevoked_candidates_for_domain(
+        self, domain: str, now: datetime
+    ) -> list[CertificateRecord]:
+        """Unexpired, unrevoked certificates whose order names ``domain`` or a name under it
+        (and any without an order); the caller confirms against the certificate's SANs."""
+        rows = await self._pool.fetch(
+            """SELECT c.* FROM certificates c LEFT JOIN orders o ON o.id = c.order_id
+               WHERE c.revoked_at IS NULL AND c.not_after > $2
+                 AND (o.id IS NULL OR EXISTS (
+                      SELECT 1 FROM jsonb_array_elements(o.identifiers) AS i
+                      WHERE lower(i->>'value') = $1
+                         OR right(lower(i->>'value'), length($1) + 1) = '.' || $1))
+               ORDER BY c.id""",
+            domain,
+            now,
+        )
+        return [_record(r) for r in rows]

@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 
 from acme_ca.db.audit import record_event
+from acme_ca.db.certificates import CertificateRecord, CertificateRepository
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,25 @@ class Order:
     #: (status, expires_at) of each authorization, in ``authz_ids`` order.
     authz_states: tuple[tuple[str, datetime], ...]
     certificate_id: int | None
+    #: RFC 9773 §5: the certID of the certificate this order replaces, as the client sent it.
+    replaces: str | None = None
+
+
+@dataclass(frozen=True)
+class Replacement:
+    """An accepted ``replaces`` (RFC 9773 §5): the certID and the certificate it names."""
+
+    cert_id: str
+    certificate_id: int
+    account_id: int
+
+
+class AlreadyReplaced(Exception):
+    """Another order that is not invalid already replaces the certificate."""
+
+    def __init__(self, order_id: int) -> None:
+        super().__init__(f"already replaced by order {order_id}")
+        self.order_id = order_id
 
 
 @dataclass(frozen=True)
@@ -120,6 +140,7 @@ def _order(row: asyncpg.Record) -> Order:
         authz_ids=tuple(row["authz_ids"]),
         authz_states=tuple(zip(row["authz_statuses"], row["authz_expiries"], strict=True)),
         certificate_id=row["certificate_id"],
+        replaces=row["replaces"],
     )
 
 
@@ -176,6 +197,10 @@ class OrderRepository:
         )
         return authz_id
 
+    async def certificate_by_serial(self, serial: str) -> CertificateRecord | None:
+        """A certificate an order may name in ``replaces`` (serial as stored)."""
+        return await CertificateRepository(self._pool).get_by_serial(serial)
+
     # ------------------------------------------------------------------ writes
     async def create_order(
         self,
@@ -187,21 +212,45 @@ class OrderRepository:
         reuse: Sequence[int | None],
         new_authzs: Sequence[NewAuthorization | None],
         now: datetime,
+        replaces: Replacement | None = None,
     ) -> Order:
         """Create the order, its new authorizations and challenges, in one transaction.
 
         ``reuse[i]`` names an existing authorization for position ``i``; otherwise
-        ``new_authzs[i]`` describes one to create.
+        ``new_authzs[i]`` describes one to create.  With ``replaces``, raises
+        :class:`AlreadyReplaced` if an order that is not invalid (pending or ready and
+        unexpired, processing, or valid) already replaces that certificate; the certificate
+        row is locked meanwhile, so two concurrent replacements cannot both be accepted.
         """
         async with self._pool.acquire() as conn, conn.transaction():
+            if replaces is not None:
+                await conn.execute(
+                    "SELECT 1 FROM certificates WHERE id = $1 FOR UPDATE",
+                    replaces.certificate_id,
+                )
+                # Replacements come from the certificate's own account (the RA checks it),
+                # so the account index finds every candidate.
+                other = await conn.fetchval(
+                    """SELECT id FROM orders
+                       WHERE account_id = $1 AND replaces = $2
+                         AND (status IN ('processing', 'valid')
+                              OR (status IN ('pending', 'ready') AND expires_at > $3))
+                       ORDER BY id LIMIT 1""",
+                    replaces.account_id,
+                    replaces.cert_id,
+                    now,
+                )
+                if other is not None:
+                    raise AlreadyReplaced(other)
             order_id = await conn.fetchval(
-                """INSERT INTO orders (account_id, status, identifiers, expires_at,
+                """INSERT INTO orders (account_id, status, identifiers, expires_at, replaces,
                                        created_at, updated_at)
-                   VALUES ($1, $2, $3, $4, $5, $5) RETURNING id""",
+                   VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING id""",
                 account_id,
                 status,
                 identifiers,
                 expires_at,
+                replaces.cert_id if replaces else None,
                 now,
             )
             for position, (existing, new) in enumerate(zip(reuse, new_authzs, strict=True)):
@@ -238,7 +287,11 @@ class OrderRepository:
                 actor=f"account:{account_id}",
                 account_id=account_id,
                 order_id=order_id,
-                details={"identifiers": identifiers, "reused_authzs": [r for r in reuse if r]},
+                details={
+                    "identifiers": identifiers,
+                    "reused_authzs": [r for r in reuse if r],
+                    **({"replaces": replaces.cert_id} if replaces else {}),
+                },
             )
             row = await conn.fetchrow(_ORDER_SELECT + " WHERE o.id = $1 GROUP BY o.id", order_id)
         return _order(row)

@@ -12,13 +12,20 @@ from datetime import timedelta
 from typing import Any
 
 import structlog
+from cryptography import x509
 
-from acme_ca.acme import problems
+from acme_ca.acme import ari, problems
 from acme_ca.acme.b64 import b64url_encode
 from acme_ca.acme.problems import AcmeError, Identifier
 from acme_ca.clock import Clock
 from acme_ca.db.accounts import Account
-from acme_ca.db.orders import NewAuthorization, Order, OrderRepository
+from acme_ca.db.orders import (
+    AlreadyReplaced,
+    NewAuthorization,
+    Order,
+    OrderRepository,
+    Replacement,
+)
 from acme_ca.ra.br_schedule import MAX_TOKEN_LIFETIME, max_dcv_reuse
 from acme_ca.ra.identifiers import IdentifierPolicy, base_domain, is_wildcard
 from acme_ca.ra.states import AuthzState, order_status
@@ -92,6 +99,7 @@ class OrderAuthority:
         identifiers = self._identifiers.check_order(
             [Identifier(i["type"], i["value"]) for i in raw]
         )
+        replaces = await self._replacement(account, identifiers, payload.get("replaces"))
 
         now = self._clock.now()
         reuse_from = now - self.reuse_period()
@@ -123,15 +131,24 @@ class OrderAuthority:
                     challenges=tuple((kind, new_token()) for kind in kinds),
                 )
             )
-        order = await self._orders.create_order(
-            account_id=account.id,
-            identifiers=[i.to_json() for i in identifiers],
-            expires_at=now + self._policy.order_lifetime,
-            status="pending",
-            reuse=reuse,
-            new_authzs=new,
-            now=now,
-        )
+        try:
+            order = await self._orders.create_order(
+                account_id=account.id,
+                identifiers=[i.to_json() for i in identifiers],
+                expires_at=now + self._policy.order_lifetime,
+                status="pending",
+                reuse=reuse,
+                new_authzs=new,
+                now=now,
+                replaces=replaces,
+            )
+        except AlreadyReplaced as exc:
+            raise AcmeError(
+                problems.already_replaced(
+                    "the certificate named in replaces is already being replaced by another "
+                    "order (RFC 9773 §5)"
+                )
+            ) from exc
         await self.refresh_status(order)
         log.info(
             "order.created",
@@ -139,10 +156,50 @@ class OrderAuthority:
             order_id=order.id,
             identifiers=[i.value for i in identifiers],
             reused_authzs=sum(1 for r in reuse if r),
+            replaces=replaces.cert_id if replaces else None,
         )
         refreshed = await self._orders.get_order(order.id)
         assert refreshed is not None
         return refreshed
+
+    async def _replacement(
+        self, account: Account, identifiers: tuple[Identifier, ...], raw: Any
+    ) -> Replacement | None:
+        """Check newOrder's ``replaces`` (RFC 9773 §5, ARI-5): a well-formed certID of a
+        certificate we issued to this account, sharing at least one identifier with the order.
+        Whether another order already replaces it is settled when the order is stored."""
+        if raw is None:
+            return None
+        if not isinstance(raw, str):
+            raise AcmeError(problems.malformed("replaces must be a certID string"))
+        try:
+            wanted = ari.parse_cert_id(raw)
+        except ari.CertIdError as exc:
+            raise AcmeError(problems.malformed(f"replaces is not a valid certID: {exc}")) from None
+        record = await self._orders.certificate_by_serial(wanted.serial_hex)
+        if record is None or not ari.matches(record.der, wanted):
+            raise AcmeError(
+                problems.malformed("replaces names no certificate issued by this CA")
+            )
+        if record.account_id != account.id:
+            raise AcmeError(
+                problems.unauthorized(
+                    "the certificate named in replaces was not issued to this account"
+                )
+            )
+        cert = x509.load_der_x509_certificate(record.der)
+        try:
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            names = {n.lower() for n in san.get_values_for_type(x509.DNSName)}
+        except x509.ExtensionNotFound:
+            names = set()
+        if not names & {i.value for i in identifiers}:
+            raise AcmeError(
+                problems.malformed(
+                    "the order shares no identifier with the certificate named in replaces"
+                )
+            )
+        return Replacement(cert_id=raw, certificate_id=record.id, account_id=account.id)
 
     def current_status(self, order: Order) -> str:
         states = [AuthzState(s, e) for s, e in order.authz_states]

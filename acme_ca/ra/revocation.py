@@ -1,12 +1,46 @@
-"""Who may revoke what, and with which reason (RFC 8555 §7.6, BR 4.9.1.1, BR 7.2.2).
+"""Who may revoke what, and with which reason (RFC 8555 §7.6, BR 4.9.1.1, BR 7.2.2, CP 4.9).
 
-Subscribers may give: unspecified (0, sent by omitting the reason), keyCompromise (1),
-superseded (4), cessationOfOperation (5), affiliationChanged (3).  The CRL/OCSP side of a
-revocation is the status room's job; this module only decides and records.
+**ACME (subscribers and other key or name holders).**  A revokeCert request is accepted when
+it is signed by the account that ordered the certificate, by an account holding valid
+authorizations for every name in it, or (``jwk``) by the certificate's own key.  Reasons a
+requester may give (BR 7.2.2, ACME-REV-2): unspecified (0, or the reason omitted),
+keyCompromise (1), affiliationChanged (3), superseded (4), cessationOfOperation (5); anything
+else, privilegeWithdrawn (9) included, is ``badRevocationReason``.  A second request for a
+revoked certificate is ``alreadyRevoked``.
+
+**Key blocking (BR 6.1.1.3(4), ACME-REV-3).**  The certificate's key goes on ``blocked_keys``
+(which the CSR key policy consults at every finalize) in the same transaction as the
+revocation when
+
+* the request is signed by the certificate key: whoever sent it holds the private key, so we
+  treat the key as out of the subscriber's sole control whatever reason was given; or
+* the reason is keyCompromise, from any authorized requester.
+
+Decision for keyCompromise *without* proof of possession (an account request): accepted,
+recorded as reason 1 and the key blocked.  BR 4.9.1.1 #3 makes us revoke within 24 hours
+once we have evidence of compromise, and the subscriber's own statement is such evidence;
+CP 4.9.1 obliges subscribers to apply when the key "has been or may be compromised", and
+refusing would leave a certificate we were told is compromised unrevoked.  The block records
+that it rests on a statement, not on proof (``blocked_keys.reason``), so an operator can
+review it; the worst a dishonest requester with authorizations for every name can do is
+force the holder of that key to use a new one.  A keyCompromise request for an already
+revoked certificate still blocks the key (and still answers ``alreadyRevoked``).
+
+**Operators** (``acme-ca admin revoke``, CP 4.9.1 "the CA may revoke ... at the CA's
+discretion") may also use privilegeWithdrawn (9), revoke by serial or every unexpired
+certificate under a registered domain, and are recorded by name in the audit trail.
+
+The CRL/OCSP side of a revocation is the status room's job; this module only decides and
+records.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import idna
 import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -16,15 +50,89 @@ from acme_ca.acme.jwk import PublicKey
 from acme_ca.acme.problems import AcmeError
 from acme_ca.clock import Clock
 from acme_ca.db.accounts import Account
-from acme_ca.db.certificates import CertificateRecord, CertificateRepository
+from acme_ca.db.certificates import CertificateRecord, CertificateRepository, KeyBlock
+from acme_ca.ra.identifiers import icann_public_suffix_list
+from acme_ca.ra.keys import spki_sha256
 
 log = structlog.get_logger(component="acme_ca.ra.revocation")
 
+UNSPECIFIED = 0
+KEY_COMPROMISE = 1
+PRIVILEGE_WITHDRAWN = 9
+
+#: RFC 5280 CRLReason names an operator may use (BR 7.2.2; 2, 6, 8 and 10 never apply).
+REASON_CODES: dict[str, int] = {
+    "unspecified": UNSPECIFIED,
+    "keyCompromise": KEY_COMPROMISE,
+    "affiliationChanged": 3,
+    "superseded": 4,
+    "cessationOfOperation": 5,
+    "privilegeWithdrawn": PRIVILEGE_WITHDRAWN,
+}
+REASON_NAMES: dict[int, str] = {code: name for name, code in REASON_CODES.items()}
+#: What an ACME requester may ask for (ACME-REV-2: 9 is not offered).
 SUBSCRIBER_REASONS = frozenset({0, 1, 3, 4, 5})
+OPERATOR_REASONS = frozenset(REASON_CODES.values())
+
+
+class OperatorRevocationError(ValueError):
+    """An operator's revocation request cannot be carried out (unknown serial, bad domain)."""
+
+
+@dataclass(frozen=True)
+class OperatorRevocation:
+    """One certificate an operator's command revoked (or found already revoked)."""
+
+    serial: str
+    names: tuple[str, ...]
+    account_id: int
+    not_after: datetime
+    reason: int
+    revoked: bool  # False: it was already revoked and is unchanged
+    revoked_at: datetime | None
+    key_blocked: bool
 
 
 def serial_hex(serial: int) -> str:
     return format(serial, "x")
+
+
+def normalize_serial(text: str) -> str:
+    """An operator's serial (hex, any case, optional ``0x``/colons/leading zeros) → stored form."""
+    cleaned = text.strip().lower().removeprefix("0x").replace(":", "")
+    try:
+        value = int(cleaned, 16)
+    except ValueError:
+        raise OperatorRevocationError(f"{text!r} is not a hexadecimal serial number") from None
+    if value <= 0:
+        raise OperatorRevocationError("a serial number is positive")
+    return serial_hex(value)
+
+
+def normalize_domain(text: str) -> str:
+    """A registered domain (or a name under one) to revoke under, as an A-label name.
+
+    A public suffix (``com``, ``co.jp``) is refused: that would revoke other people's names.
+    """
+    name = text.strip().rstrip(".").lower().removeprefix("*.")
+    try:
+        name = idna.encode(name, uts46=True).decode("ascii") if not name.isascii() else name
+    except idna.IDNAError as exc:
+        raise OperatorRevocationError(f"{text!r} is not a domain name: {exc}") from None
+    if not name or "." not in name or any(not label for label in name.split(".")):
+        raise OperatorRevocationError(f"{text!r} is not a registered domain name")
+    psl = icann_public_suffix_list()
+    if psl.publicsuffix(name, accept_unknown=False) == name:
+        raise OperatorRevocationError(f"{name} is a public suffix, not a registered domain")
+    return name
+
+
+def certificate_names(cert: x509.Certificate) -> tuple[str, ...]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (x509.ExtensionNotFound, ValueError):
+        return ()
+    return tuple(n.lower() for n in san.get_values_for_type(x509.DNSName))
 
 
 def _spki(key: object) -> bytes:
@@ -35,11 +143,16 @@ def _spki(key: object) -> bytes:
     return der
 
 
+def _under(name: str, domain: str) -> bool:
+    return name == domain or name.endswith("." + domain)
+
+
 class RevocationAuthority:
     def __init__(self, certificates: CertificateRepository, clock: Clock) -> None:
         self._certificates = certificates
         self._clock = clock
 
+    # ------------------------------------------------------------------ ACME revokeCert
     async def revoke(
         self, der: bytes, reason: int | None, *, account: Account | None, jwk_key: PublicKey | None
     ) -> CertificateRecord:
@@ -59,22 +172,45 @@ class RevocationAuthority:
         if record is None or record.der != der:
             raise AcmeError(problems.not_found("this certificate was not issued by this CA"))
         await self._authorize(cert, record, account, jwk_key)
+        code = reason or UNSPECIFIED
         actor = f"account:{account.id}" if account else "certificate-key"
-        if not await self._certificates.revoke(
-            record.id, reason=reason or 0, now=self._clock.now(), actor=actor
-        ):
+        block = self._key_block(cert, record, code, actor, proof=jwk_key is not None)
+        revoked = await self._certificates.revoke(
+            record.id, reason=code, now=self._clock.now(), actor=actor, block=block
+        )
+        if block is not None:
+            log.info("key.blocked", serial=record.serial, actor=actor, reason=block.reason)
+        if not revoked:
             raise AcmeError(problems.already_revoked("the certificate is already revoked"))
         log.info(
             "certificate.revoked",
             serial=record.serial,
-            reason=reason or 0,
+            reason=code,
             actor=actor,
             account_id=record.account_id,
             order_id=record.order_id,
+            key_blocked=block is not None,
         )
         updated = await self._certificates.get(record.id)
         assert updated is not None
         return updated
+
+    @staticmethod
+    def _key_block(
+        cert: x509.Certificate, record: CertificateRecord, reason: int, actor: str, *, proof: bool
+    ) -> KeyBlock | None:
+        if proof:
+            why = (
+                "keyCompromise" if reason == KEY_COMPROMISE else "revocation"
+            ) + f" signed by the certificate key (proof of possession), serial {record.serial}"
+        elif reason == KEY_COMPROMISE:
+            why = (
+                f"keyCompromise stated by {actor} without proof of possession, "
+                f"serial {record.serial}"
+            )
+        else:
+            return None
+        return KeyBlock(spki_sha256(cert.public_key()), why, actor)
 
     async def _authorize(
         self,
@@ -90,11 +226,7 @@ class RevocationAuthority:
         assert account is not None
         if account.id == record.account_id:
             return
-        try:
-            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-            names = san.get_values_for_type(x509.DNSName)
-        except x509.ExtensionNotFound:
-            names = []
+        names = list(certificate_names(cert))
         if names and await self._certificates.account_holds_valid_authzs(
             account.id, names, self._clock.now()
         ):
@@ -104,4 +236,89 @@ class RevocationAuthority:
                 "the account neither ordered this certificate nor holds authorizations for all "
                 "its names"
             )
+        )
+
+    # ------------------------------------------------------------------ operators
+    async def revoke_serial(self, serial: str, reason: int, *, actor: str) -> OperatorRevocation:
+        """Revoke one certificate by serial (any hex spelling) for an operator."""
+        if reason not in OPERATOR_REASONS:
+            raise OperatorRevocationError(f"reason {reason} may not be used (BR 7.2.2)")
+        record = await self._certificates.get_by_serial(normalize_serial(serial))
+        if record is None:
+            raise OperatorRevocationError(f"no certificate with serial {serial} was issued here")
+        return await self._operator_revoke(record, reason, actor)
+
+    async def revoke_domain(
+        self, domain: str, reason: int, *, actor: str, dry_run: bool = False
+    ) -> list[OperatorRevocation]:
+        """Revoke every unexpired, unrevoked certificate with ``domain`` or a name under it."""
+        if reason not in OPERATOR_REASONS:
+            raise OperatorRevocationError(f"reason {reason} may not be used (BR 7.2.2)")
+        name = normalize_domain(domain)
+        found = await self.certificates_under(name)
+        if dry_run:
+            return [
+                OperatorRevocation(
+                    r.serial, names, r.account_id, r.not_after, reason, False, None, False
+                )
+                for r, names in found
+            ]
+        log.info(
+            "revocation.domain_started",
+            domain=name,
+            reason=reason,
+            actor=actor,
+            certificates=len(found),
+        )
+        return [await self._operator_revoke(r, reason, actor) for r, _ in found]
+
+    async def certificates_under(
+        self, domain: str
+    ) -> Sequence[tuple[CertificateRecord, tuple[str, ...]]]:
+        """Unexpired, unrevoked certificates naming ``domain`` (normalized) or names under it,
+        confirmed against each certificate's SAN."""
+        out = []
+        for record in await self._certificates.unrevoked_candidates_for_domain(
+            domain, self._clock.now()
+        ):
+            names = certificate_names(x509.load_der_x509_certificate(record.der))
+            if any(_under(n, domain) for n in names):  # "*.example.com" is under example.com
+                out.append((record, names))
+        return out
+
+    async def _operator_revoke(
+        self, record: CertificateRecord, reason: int, actor: str
+    ) -> OperatorRevocation:
+        cert = x509.load_der_x509_certificate(record.der)
+        block = None
+        if reason == KEY_COMPROMISE:
+            block = KeyBlock(
+                spki_sha256(cert.public_key()),
+                f"keyCompromise decided by {actor}, serial {record.serial}",
+                actor,
+            )
+        now = self._clock.now()
+        revoked = await self._certificates.revoke(
+            record.id, reason=reason, now=now, actor=actor, block=block
+        )
+        log.info(
+            "certificate.revoked" if revoked else "certificate.already_revoked",
+            serial=record.serial,
+            reason=reason,
+            actor=actor,
+            account_id=record.account_id,
+            order_id=record.order_id,
+            key_blocked=block is not None,
+        )
+        current = await self._certificates.get(record.id)
+        assert current is not None
+        return OperatorRevocation(
+            serial=record.serial,
+            names=certificate_names(cert),
+            account_id=record.account_id,
+            not_after=record.not_after,
+            reason=current.revocation_reason if current.revocation_reason is not None else reason,
+            revoked=revoked,
+            revoked_at=current.revoked_at,
+            key_blocked=block is not None,
         )

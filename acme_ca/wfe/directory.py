@@ -1,4 +1,4 @@
-"""GET /directory (RFC 8555 §7.1.1)."""
+"""GET /directory (RFC 8555 §7.1.1; renewalInfo from RFC 9773 §3)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ def directory_body(request: web.Request) -> dict[str, Any]:
         "newOrder": fe.urls.absolute(urls.NEW_ORDER),
         "revokeCert": fe.urls.absolute(urls.REVOKE_CERT),
         "keyChange": fe.urls.absolute(urls.KEY_CHANGE),
+        "renewalInfo": fe.urls.absolute(urls.RENEWAL_INFO_BASE),
         "meta": meta,
     }
 

@@ -23,6 +23,8 @@ def order_body(fe: FrontEnd, order: Order, status: str) -> dict[str, Any]:
         "authorizations": [fe.urls.authz(i) for i in order.authz_ids],
         "finalize": fe.urls.finalize(order.id),
     }
+    if order.replaces is not None:  # RFC 9773 §5: reflected in every response
+        body["replaces"] = order.replaces
     if status == "invalid":
         body["error"] = (
             order.error

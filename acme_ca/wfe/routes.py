@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from acme_ca.wfe import account, authz, certificate, directory, nonce, order, revoke, urls
+from acme_ca.wfe import (
+    account,
+    authz,
+    certificate,
+    directory,
+    nonce,
+    order,
+    renewal_info,
+    revoke,
+    urls,
+)
 from acme_ca.wfe.middleware.problems import setup_problems
 from acme_ca.wfe.middleware.protocol_headers import setup_protocol_headers
 from acme_ca.wfe.middleware.request_log import setup_request_log
@@ -32,3 +42,5 @@ def setup_front_end(app: web.Application) -> None:
     r.add_post(urls.CERTIFICATE_ALTERNATE, certificate.post_certificate)
     r.add_post(urls.CERTIFICATE_ISSUER, certificate.post_certificate_issuer)
     r.add_post(urls.REVOKE_CERT, revoke.post_revoke_cert)
+    r.add_get(urls.RENEWAL_INFO, renewal_info.get_renewal_info)
+    r.add_route("*", urls.RENEWAL_INFO_BASE, renewal_info.any_renewal_info_base)

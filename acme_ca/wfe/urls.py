@@ -21,6 +21,9 @@ CHALLENGE = "/acme/chall/{challenge_id:[0-9]{1,18}}"
 CERTIFICATE = "/acme/cert/{certificate_id:[0-9]{1,18}}"
 CERTIFICATE_ALTERNATE = "/acme/cert/{certificate_id:[0-9]{1,18}}/alt/{alt:[0-9]{1,2}}"
 CERTIFICATE_ISSUER = "/acme/cert/{certificate_id:[0-9]{1,18}}/issuer"
+#: ARI (RFC 9773 §4.1): the directory's renewalInfo URL, and the per-certificate resource.
+RENEWAL_INFO_BASE = "/acme/renewal-info"
+RENEWAL_INFO = "/acme/renewal-info/{cert_id}"
 
 ACCOUNT_PREFIX = "/acme/acct/"
 

@@ -1,0 +1,49 @@
+"""GET {renewalInfo}/{certID} (RFC 9773 §4): unauthenticated, so plain GET, and cacheable.
+
+The certID names a certificate by its issuer's key identifier and its serial; the serial
+finds the row and the stored DER must carry the same AKI keyIdentifier, so a certID made up
+from one of our serials and another issuer's key identifier is unknown (404).  The window
+and Retry-After come from :func:`acme_ca.acme.ari.suggested_window`.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from acme_ca.acme import ari, problems
+from acme_ca.acme.problems import AcmeError
+from acme_ca.wfe.responses import acme_json, rfc3339
+from acme_ca.wfe.services import front_end
+
+#: Shared caches may keep an answer this long (ARI-4; never longer than its Retry-After).
+MAX_CACHE_SECONDS = 3600
+
+
+async def get_renewal_info(request: web.Request) -> web.Response:
+    fe = front_end(request)
+    try:
+        wanted = ari.parse_cert_id(request.match_info["cert_id"])
+    except ari.CertIdError as exc:
+        raise AcmeError(problems.malformed(f"malformed certID: {exc}")) from None
+    record = await fe.certificate_reads.get_by_serial(wanted.serial_hex)
+    if record is None or not ari.matches(record.der, wanted):
+        raise AcmeError(problems.not_found("no certificate with this certID was issued here"))
+    window = ari.suggested_window(record.not_before, record.not_after, record.revoked_at)
+    retry_after = int(window.retry_after.total_seconds())
+    return acme_json(
+        {"suggestedWindow": {"start": rfc3339(window.start), "end": rfc3339(window.end)}},
+        headers={
+            "Retry-After": str(retry_after),
+            "Cache-Control": f"public, max-age={min(retry_after, MAX_CACHE_SECONDS)}",
+        },
+    )
+
+
+async def any_renewal_info_base(request: web.Request) -> web.Response:
+    """The directory's renewalInfo URL is a prefix, not a resource: every method there is 405
+    (as for any advertised URL used the wrong way), naming the right request."""
+    raise AcmeError(
+        problems.method_not_allowed(
+            "renewalInfo is fetched per certificate: GET {renewalInfo}/{certID} (RFC 9773 §4.1)"
+        )
+    )

@@ -50,6 +50,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="port http-01 validation connects to (default 80)")
     serve.add_argument("--allow-loopback-validation", action="store_true", default=None,
                        help="let http-01 reach loopback/private addresses (tests only)")
+    serve.add_argument("--test", action="store_true", default=None, dest="test_mode",
+                       help="test mode: built-in Pebble-compatible challenge test server "
+                       "(DNS 127.0.0.1:8053, API 127.0.0.1:8055, http-01 127.0.0.1:5002)")
+    serve.add_argument("--challsrv-http01", metavar="HOST:PORT|off",
+                       help="test mode: the challenge server's own http-01 listener, or off")
     serve.add_argument("--dnssec", choices=("require", "off"),
                        help="require DNSSEC-validated answers (default require)")
 
@@ -103,6 +108,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "http01_port": getattr(args, "http01_port", None),
         "allow_loopback_validation": getattr(args, "allow_loopback_validation", None),
         "dnssec": getattr(args, "dnssec", None),
+        "test_mode": getattr(args, "test_mode", None),
+        "challsrv_http01": getattr(args, "challsrv_http01", None),
     }
 
 

@@ -22,6 +22,11 @@ def directory_body(request: web.Request) -> dict[str, Any]:
         meta["termsOfService"] = cfg.terms_of_service
     if cfg.website:
         meta["website"] = cfg.website
+    if cfg.test_mode:  # loud, so nobody mistakes a test CA for a real one
+        meta["testMode"] = (
+            "acme_ca TEST MODE: not a publicly-trusted CA; validation uses the built-in "
+            "challenge test server"
+        )
     return {
         "newNonce": fe.urls.absolute(urls.NEW_NONCE),
         "newAccount": fe.urls.absolute(urls.NEW_ACCOUNT),

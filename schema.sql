@@ -186,3 +186,54 @@ CREATE TABLE IF NOT EXISTS issuance_jobs (
 );
 CREATE INDEX IF NOT EXISTS issuance_jobs_runnable ON issuance_jobs (id)
     WHERE status IN ('queued', 'running');
+
+-- ---------------------------------------------------------------------------------------
+-- Revocation status (CP 4.9.7, 4.9.9, 7.2, 7.3; BR 4.9.7, 4.9.10, 7.2, 7.3): signed by the
+-- signing workers, which hold the keys; served from here by any `acme-ca serve` process.
+
+-- Revoked certificates per issuer (CRL entries until expiry) and the OCSP refresh scan.
+CREATE INDEX IF NOT EXISTS certificates_revoked ON certificates (issuer, not_after)
+    WHERE revoked_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS certificates_not_after ON certificates (not_after);
+
+-- The last CRL Number handed out per CRL issuer (issuing CA or root). Allocated with
+-- UPDATE ... RETURNING under the row lock, so numbers strictly increase across restarts and
+-- across workers (BR 7.2.2: CRLNumber strictly increasing, below 2^159); a number whose CRL
+-- was never published (lint or signer failure) is simply skipped.
+CREATE TABLE IF NOT EXISTS crl_numbers (
+    issuer       text PRIMARY KEY,
+    last_number  bigint NOT NULL CHECK (last_number > 0)
+);
+
+-- Every CRL published (history kept); the latest per issuer is the highest number.
+-- entries_digest fingerprints the revoked entries so a poll can see whether the latest CRL
+-- still lists exactly the current revocations.
+CREATE TABLE IF NOT EXISTS crls (
+    issuer          text NOT NULL,
+    number          bigint NOT NULL CHECK (number > 0),
+    this_update     timestamptz NOT NULL,
+    next_update     timestamptz NOT NULL,
+    der             bytea NOT NULL,
+    entries         integer NOT NULL CHECK (entries >= 0),
+    entries_digest  bytea NOT NULL,
+    created_at      timestamptz NOT NULL,
+    PRIMARY KEY (issuer, number),
+    CHECK (next_update > this_update)
+);
+
+-- Pre-produced OCSP responses (RFC 5019): the current one per certificate and CertID hash
+-- algorithm (SHA-1 and SHA-256, RFC 5019bis 3.1.1). A revoked response is never replaced by
+-- a good one, whatever order two workers store them in.
+CREATE TABLE IF NOT EXISTS ocsp_responses (
+    issuer             text NOT NULL,
+    serial             text NOT NULL,
+    hash_algorithm     text NOT NULL CHECK (hash_algorithm IN ('sha1', 'sha256')),
+    status             text NOT NULL CHECK (status IN ('good', 'revoked')),
+    revocation_reason  smallint,
+    der                bytea NOT NULL,
+    this_update        timestamptz NOT NULL,
+    next_update        timestamptz NOT NULL,
+    produced_at        timestamptz NOT NULL,
+    PRIMARY KEY (issuer, serial, hash_algorithm),
+    CHECK (next_update > this_update)
+);

@@ -18,6 +18,7 @@ from acme_ca.ca.worker import run_worker
 from acme_ca.clock import SystemClock
 from acme_ca.config import Config
 from acme_ca.db.database import database_dsn, migrate
+from acme_ca.status.server import StatusServer, start_status_server
 from acme_ca.tls import server_ssl_context
 from acme_ca.wfe import urls
 
@@ -54,7 +55,16 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
         await runner.setup()
         worker_stop = asyncio.Event()
         worker: asyncio.Task[None] | None = None
+        status: StatusServer | None = None
         try:
+            if config.status_listen != "off":
+                try:
+                    status = await start_status_server(config, dsn)
+                except OSError:
+                    log.exception("status.listen_failed", listen=config.status_listen)
+                    raise
+                log.info("status.ready", url=status.url, listen=config.status_listen,
+                         status_base_url=config.status_base_url)
             if config.serve_worker:
                 worker = asyncio.create_task(
                     run_worker(config, dsn, worker_stop, SystemClock()), name="signing-worker")
@@ -82,6 +92,8 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
             if worker is not None and not worker.done():
                 with contextlib.suppress(asyncio.CancelledError):
                     await worker
+            if status is not None:
+                await status.aclose()
             await runner.cleanup()
 
 

@@ -37,7 +37,15 @@ from acme_ca.ca.profile import IssuanceRequest, ProfileSettings, build_certifica
 from acme_ca.clock import Clock
 from acme_ca.config import Config
 from acme_ca.db.issuance import IssuanceJob, IssuanceRepository, IssuedCertificate
+from acme_ca.db.status import StatusRepository
 from acme_ca.db.storage import open_storage
+from acme_ca.status.updater import (
+    PublishingIssuanceRepository,
+    StatusSettings,
+    StatusUpdater,
+    close_authorities,
+    open_root_authorities,
+)
 
 log = structlog.get_logger(component="acme_ca.ca.worker")
 
@@ -218,18 +226,45 @@ def profile_settings_factory(config: Any) -> Any:
 
 
 async def run_worker(config: Config, dsn: str, stop: asyncio.Event, clock: Clock) -> None:
-    """The worker with everything it needs: storage, issuer keys, a warm linter."""
-    storage = await open_storage(dsn, max_size=2)
+    """The worker with everything it needs: storage, issuer keys, a warm linter; and, beside
+    it, the status updater that signs CRLs and OCSP responses with the same keys.
+
+    Either task failing stops the other and surfaces its error.
+    """
+    # Two connections stay LISTENing (issuance jobs, revocations); the rest run queries.
+    storage = await open_storage(dsn, max_size=5)
     try:
         issuers = await load_issuers(config, clock=clock)
         try:
             linter = await asyncio.to_thread(CertificateLinter)
-            worker = SigningWorker(
-                storage.issuance, issuers, linter, clock,
-                profile_for=profile_settings_factory(config),
-                poll_seconds=float(config.worker_poll_seconds),
-            )
-            await worker.run(stop)
+            roots = await open_root_authorities(config)
+            try:
+                updater = StatusUpdater(
+                    StatusRepository(storage.pool), issuers, linter, clock,
+                    StatusSettings.from_config(config), roots=roots,
+                )
+                worker = SigningWorker(
+                    PublishingIssuanceRepository.for_storage(storage, updater.certificate_issued),
+                    issuers, linter, clock,
+                    profile_for=profile_settings_factory(config),
+                    poll_seconds=float(config.worker_poll_seconds),
+                )
+                tasks = [
+                    asyncio.create_task(worker.run(stop), name="signing-worker"),
+                    asyncio.create_task(updater.run(stop), name="status-updater"),
+                ]
+                try:
+                    await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+                finally:
+                    for task in tasks:
+                        task.cancel()
+                    await asyncio.gather(*tasks, return_exceptions=True)
+                for task in tasks:  # the first failure, as raised (not an ExceptionGroup)
+                    error = None if task.cancelled() else task.exception()
+                    if error is not None:
+                        raise error
+            finally:
+                await close_authorities(roots)
         finally:
             await issuers.aclose()
     finally:

@@ -8,6 +8,7 @@ from datetime import datetime
 import asyncpg
 
 from acme_ca.db.audit import record_event
+from acme_ca.db.status import REVOCATION_CHANNEL, revocation_payload
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,8 @@ class CertificateRepository:
                 await _block_key(conn, block, now)
             row = await conn.fetchrow(
                 "UPDATE certificates SET revoked_at = $2, revocation_reason = $3 "
-                "WHERE id = $1 AND revoked_at IS NULL RETURNING account_id, order_id, serial",
+                "WHERE id = $1 AND revoked_at IS NULL "
+                "RETURNING account_id, order_id, serial, issuer",
                 certificate_id,
                 now,
                 reason,
@@ -117,6 +119,13 @@ class CertificateRepository:
                 account_id=row["account_id"],
                 order_id=row["order_id"],
                 details={"serial": row["serial"], "reason": reason},
+            )
+            # Delivered at commit: signing workers republish the issuer's CRL and this
+            # certificate's OCSP response within seconds (CP 4.9.7: immediately).
+            await conn.execute(
+                "SELECT pg_notify($1, $2)",
+                REVOCATION_CHANNEL,
+                revocation_payload(row["issuer"], row["serial"]),
             )
         return True
 

@@ -211,6 +211,9 @@ class CaProcesses:
         return ca
 
     def serve(self, name: str, *args: str, env: dict[str, str], base_url: str) -> CaProcess:
+        """``acme-ca serve``; its status listener gets a free port unless the test set one,
+        so several servers can run at once."""
+        env = {"ACME_CA_STATUS_LISTEN": f"127.0.0.1:{free_port()}", **env}
         return self.start(name, "serve", *args, env=env, base_url=base_url)
 
     def serve_plain(self, name: str, database_url: str, home: Path, **env: str) -> CaProcess:

@@ -104,7 +104,7 @@ def create_app(
             challenges=ChallengeAuthority(
                 storage.orders,
                 storage.accounts,
-                validator or build_validation_authority(config, clock),
+                va,
                 tasks,
                 clock,
                 account_uri=urls.account,

@@ -18,7 +18,7 @@ from acme_ca.ca.worker import run_worker
 from acme_ca.clock import SystemClock
 from acme_ca.config import Config
 from acme_ca.db.database import database_dsn, migrate
-from acme_ca.status.server import StatusServer, start_status_server
+from acme_ca.status.server import start_status_server
 from acme_ca.tls import server_ssl_context
 from acme_ca.wfe import urls
 
@@ -41,60 +41,74 @@ async def ensure_hierarchy(config: Config) -> None:
 
 
 async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
-    """Run the CA until ``stop`` is set or the process is asked to terminate."""
+    """Run the CA until ``stop`` is set or the process is asked to terminate.
+
+    Started in order and stopped in reverse: database, schema, development PKI (embedded
+    defaults), in test mode the challenge test server, the status listener, the signing
+    worker (``serve_worker``), then the ACME listener.
+    """
     stop = stop or asyncio.Event()
     _stop_on_signals(stop)
     if config.database_url is None:
         log.info("database.embedded", home=str(config.home.resolve()))
-    async with database_dsn(config) as dsn:
+    async with contextlib.AsyncExitStack() as stack:
+        dsn = await stack.enter_async_context(database_dsn(config))
         applied = await migrate(dsn)
         log.info("database.migrated", applied=applied)
         await ensure_hierarchy(config)
+        if config.test_mode:
+            from acme_ca.testmode import challenge_test_server
+
+            await stack.enter_async_context(challenge_test_server(config))
+        if config.status_listen != "off":
+            try:
+                status = await start_status_server(config, dsn)
+            except OSError:
+                log.exception("status.listen_failed", listen=config.status_listen)
+                raise
+            stack.push_async_callback(status.aclose)
+            log.info("status.ready", url=status.url, listen=config.status_listen,
+                     status_base_url=config.status_base_url)
+        worker: asyncio.Task[None] | None = None
+        if config.serve_worker:
+            worker_stop = asyncio.Event()
+            worker = asyncio.create_task(
+                run_worker(config, dsn, worker_stop, SystemClock()), name="signing-worker")
+            stack.push_async_callback(_stop_worker, worker, worker_stop)
         ssl_context = await asyncio.to_thread(server_ssl_context, config)
         runner = web.AppRunner(create_app(config, dsn), access_log=None, handle_signals=False)
         await runner.setup()
-        worker_stop = asyncio.Event()
-        worker: asyncio.Task[None] | None = None
-        status: StatusServer | None = None
-        try:
-            if config.status_listen != "off":
-                try:
-                    status = await start_status_server(config, dsn)
-                except OSError:
-                    log.exception("status.listen_failed", listen=config.status_listen)
-                    raise
-                log.info("status.ready", url=status.url, listen=config.status_listen,
-                         status_base_url=config.status_base_url)
-            if config.serve_worker:
-                worker = asyncio.create_task(
-                    run_worker(config, dsn, worker_stop, SystemClock()), name="signing-worker")
-            site = web.TCPSite(runner, config.listen_host, config.listen_port,
-                               ssl_context=ssl_context, reuse_address=True)
-            await site.start()
-            log.info(
-                "server.ready",
-                directory=config.external_base_url + urls.DIRECTORY,
-                listen=config.listen,
-                tls="off (plain_http)" if ssl_context is None else "on",
-                tls_ca=None if ssl_context is None or config.tls_cert
-                else str((config.home / "tls" / "ca.pem").resolve()),
-                worker="in-process" if config.serve_worker else "external",
-            )
-            waiters: list[asyncio.Task[Any]] = [asyncio.create_task(stop.wait())]
-            if worker is not None:
-                waiters.append(worker)
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            if worker is not None and worker.done():
-                worker.result()  # a worker that died takes the server down: surface why
-            log.info("server.stopping")
-        finally:
-            worker_stop.set()
-            if worker is not None and not worker.done():
-                with contextlib.suppress(asyncio.CancelledError):
-                    await worker
-            if status is not None:
-                await status.aclose()
-            await runner.cleanup()
+        stack.push_async_callback(runner.cleanup)
+        site = web.TCPSite(runner, config.listen_host, config.listen_port,
+                           ssl_context=ssl_context, reuse_address=True)
+        await site.start()
+        log.info(
+            "server.ready",
+            directory=config.external_base_url + urls.DIRECTORY,
+            listen=config.listen,
+            tls="off (plain_http)" if ssl_context is None else "on",
+            tls_ca=None if ssl_context is None or config.tls_cert
+            else str((config.home / "tls" / "ca.pem").resolve()),
+            worker="in-process" if config.serve_worker else "external",
+            test_mode=config.test_mode,
+        )
+        waiters: list[asyncio.Task[Any]] = [asyncio.create_task(stop.wait())]
+        if worker is not None:
+            waiters.append(worker)
+        done, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            if task is not worker:
+                task.cancel()
+        if worker is not None and worker in done:
+            worker.result()  # a worker that died takes the server down: surface why
+        log.info("server.stopping")
+
+
+async def _stop_worker(worker: asyncio.Task[None], worker_stop: asyncio.Event) -> None:
+    worker_stop.set()
+    if not worker.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker
 
 
 async def work(config: Config, *, stop: asyncio.Event | None = None) -> None:

@@ -50,6 +50,11 @@ from acme_ca.status.updater import (
 log = structlog.get_logger(component="acme_ca.ca.worker")
 
 DEFAULT_LEASE = timedelta(minutes=2)
+#: After this many attempts a job is a permanent fault (unknown issuer, a TBS the HSM refuses):
+#: the order fails with serverInternal instead of staying `processing` for ever.
+MAX_ATTEMPTS = 10
+#: Pause after a database error in the claim loop before trying again.
+CLAIM_ERROR_BACKOFF = 2.0
 
 
 def _pem(certs: Any) -> str:
@@ -92,8 +97,14 @@ class SigningWorker:
                 # Clear before draining, not after: a NOTIFY that arrives while the last
                 # (empty) claim is in flight must still cut the following wait short.
                 self._wake.clear()
-                while not stop.is_set() and await self.run_once():
-                    pass
+                try:
+                    while not stop.is_set() and await self.run_once():
+                        pass
+                except Exception as exc:
+                    # The database went away between jobs (claim lives outside run_once's
+                    # guard): keep the worker alive and try again shortly.
+                    log.warning("worker.claim_failed", error=repr(exc))
+                    await asyncio.sleep(CLAIM_ERROR_BACKOFF)
                 waiters = [asyncio.create_task(self._wake.wait()), asyncio.create_task(stop.wait())]
                 await asyncio.wait(waiters, timeout=self._poll, return_when=asyncio.FIRST_COMPLETED)
                 for task in waiters:
@@ -123,6 +134,15 @@ class SigningWorker:
         return True
 
     async def _process(self, job: IssuanceJob) -> None:
+        if job.attempts > MAX_ATTEMPTS:
+            await self._jobs.fail(
+                job,
+                problems.server_internal("issuance kept failing inside the CA").to_json(),
+                {"reason": "too many attempts", "attempts": job.attempts},
+                self._clock.now(),
+            )
+            log.error("issuance.given_up", attempts=job.attempts)
+            return
         assert job.issuer is not None
         issuer = self._issuers.by_name(job.issuer)
         if job.serial is None:
@@ -132,6 +152,11 @@ class SigningWorker:
             job = prepared_job
         else:
             log.info("issuance.resumed", serial=job.serial, attempts=job.attempts)
+            if await self._jobs.certificate_for_order(job.order_id):
+                # Stored before the crash: only the bookkeeping is left, sign nothing again.
+                await self._jobs.mark_done(job, self._clock.now())
+                log.info("issuance.already_complete", serial=job.serial)
+                return
         assert job.tbs_der is not None and job.serial is not None
         assert job.not_before is not None and job.not_after is not None
         cert = await sign_tbs_certificate(job.tbs_der, issuer.signer, issuer.hash)

@@ -251,6 +251,16 @@ class IssuanceRepository:
                 details=details,
             )
 
+    async def mark_done(self, job: IssuanceJob, now: datetime) -> None:
+        """Finish a job whose certificate is already stored (the order moves to valid)."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "UPDATE orders SET status = 'valid', updated_at = $2 "
+                "WHERE id = $1 AND status = 'processing'", job.order_id, now)
+            await conn.execute(
+                "UPDATE issuance_jobs SET status = 'done', locked_by = NULL, "
+                "locked_until = NULL, updated_at = $2 WHERE id = $1", job.id, now)
+
     async def certificate_for_order(self, order_id: int) -> bool:
         """Whether the order already has its certificate (a resumed job need not sign)."""
         found = await self._pool.fetchval(

@@ -206,6 +206,11 @@ class Config:
     crl_interval_hours: int = _key(
         24, "A fresh CRL is published at least this often (CP 4.9.7: every 24 hours)."
     )
+    crl_publish_dir: Path | None = _key(
+        None,
+        "Directory where every published CRL is also written as `<issuer>.crl` (atomically), "
+        "for an operator to hand to a CDN. Default: `home/crl`.",
+    )
     ocsp_validity_hours: int = _key(
         96, "nextUpdate - thisUpdate of OCSP responses (BR 4.9.10: 8 hours to 10 days)."
     )
@@ -259,6 +264,10 @@ class Config:
     @property
     def pki_path(self) -> Path:
         return self.pki_dir if self.pki_dir is not None else self.home / "pki"
+
+    @property
+    def crl_publish_path(self) -> Path:
+        return self.crl_publish_dir if self.crl_publish_dir is not None else self.home / "crl"
 
     @property
     def external_base_url(self) -> str:

@@ -312,6 +312,14 @@ def test_status_revocation_end_to_end(
     assert number_revoked > number_before
     assert_lint_clean(LINT_CRL, "-t", "CRL", "-p", "BR", crl_der)
     assert_lint_clean(LINT_OCSP, revoked_der)
+    # BR-CRL-1: the published CRL is also a file an operator can hand to a CDN.
+    crl_file = home / "crl" / "dv-ecc.crl"
+    on_disk = wait_for(
+        lambda: crl_file.read_bytes().hex()
+        if crl_file.exists() and crl_number(crl_file.read_bytes()) >= number_revoked else None,
+        "CRL file", 5)
+    assert leaf.serial_number in {e.serial_number for e in
+                                  x509.load_der_x509_crl(bytes.fromhex(on_disk))}
 
     events = ca.process.log_events()
     published = [e for e in events if e.get("event") == "crl.published"]

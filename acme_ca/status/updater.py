@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Final
 
 import structlog
@@ -76,6 +78,8 @@ class StatusSettings:
     crl_interval: timedelta
     ocsp_validity: timedelta
     poll_seconds: float = DEFAULT_POLL_SECONDS
+    #: Where each published CRL is also written as a file (for a CDN); None: nowhere.
+    crl_dir: Path | None = None
 
     @classmethod
     def from_config(cls, config: Config) -> StatusSettings:
@@ -83,6 +87,7 @@ class StatusSettings:
             crl_validity=timedelta(hours=config.crl_validity_hours),
             crl_interval=timedelta(hours=config.crl_interval_hours),
             ocsp_validity=timedelta(hours=config.ocsp_validity_hours),
+            crl_dir=config.crl_publish_path,
         )
 
 
@@ -224,7 +229,7 @@ class StatusUpdater:
 
     async def _publish(self, authority: CrlAuthority, *, trigger: str) -> None:
         try:
-            await publish_crl(
+            record = await publish_crl(
                 self._repository,
                 authority,
                 clock=self._clock,
@@ -233,6 +238,9 @@ class StatusUpdater:
                 with_entries=authority.name in self._authorities,
                 trigger=trigger,
             )
+            if record is not None and self._settings.crl_dir is not None:
+                await asyncio.to_thread(write_crl_file, self._settings.crl_dir,
+                                        authority.name, record.der)
         except Exception:
             log.exception("crl.publish_failed", issuer=authority.name, trigger=trigger)
 
@@ -391,3 +399,13 @@ class PublishingIssuanceRepository(IssuanceRepository):
         stored = await super().complete(job, cert, now)
         self._on_issued(cert.issuer, cert.serial)
         return stored
+
+
+def write_crl_file(directory: Path, name: str, der: bytes) -> Path:
+    """Write ``<name>.crl`` atomically (rename over the old file), for CDN upload."""
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / f"{name}.crl"
+    partial = directory / f".{name}.crl.tmp"
+    partial.write_bytes(der)
+    os.replace(partial, target)
+    return target

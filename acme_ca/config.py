@@ -247,6 +247,48 @@ class Config:
         "Share of newOrder lookups that may reuse an existing authorization (Pebble's "
         "PEBBLE_AUTHZREUSE); below 100 only in test mode.",
     )
+    mpic_perspectives_file: Path | None = _key(
+        None,
+        "TOML file listing the remote validation perspectives (BR 3.2.2.9): `[[perspectives]]` "
+        "with url, id, rir, latitude, longitude, resolver_latitude, resolver_longitude. "
+        "Unset: no corroboration (refused for production issuance once the BRs require it).",
+    )
+    mpic_client_cert: Path | None = _key(
+        None, "PEM client certificate the primary presents to remote VAs (mutual TLS)."
+    )
+    mpic_client_key: Path | None = _key(None, "Private key of `mpic_client_cert`.")
+    mpic_server_ca: Path | None = _key(
+        None, "PEM CA certificate(s) the primary trusts for remote VAs' server certificates."
+    )
+    mpic_timeout_seconds: int = _key(10, "Per-remote timeout of one corroboration request.")
+    test_perspectives: int = _key(
+        0,
+        "Test mode: start this many local remote VAs (`serve --test --perspectives N`) so "
+        "corroboration can be tried on one machine.",
+    )
+    remote_va_listen: str = _key(
+        "127.0.0.1:14443", "`acme-ca remote-va`: HOST:PORT of its mutual-TLS listener."
+    )
+    perspective_id: str = _key("", "`acme-ca remote-va`: this perspective's id.")
+    perspective_rir: str = _key(
+        "", "`acme-ca remote-va`: this perspective's RIR (ARIN, RIPE, APNIC, LACNIC, AFRINIC)."
+    )
+    remote_va_client_ca: Path | None = _key(
+        None, "`acme-ca remote-va`: CA certificate that must have issued the primary's client "
+        "certificate; other clients are refused."
+    )
+    ct_log_list: Path | None = _key(
+        None,
+        "Certificate Transparency log list in Chrome's v3 JSON format (reloaded when it "
+        "changes). Unset on the embedded defaults and in test mode: three in-process test logs "
+        "are started and their list written to `home/ct/log_list.json`.",
+    )
+    ct_timeout_seconds: int = _key(10, "Timeout of one CT log submission.")
+    ct_deadline_seconds: int = _key(
+        3600,
+        "How long issuance keeps retrying to collect enough SCTs before the order becomes "
+        "invalid (the precertificate stays recorded).",
+    )
     log_format: str = _key(
         "json", "`json` (one JSON object per line, for operators) or `console` (for people)."
     )

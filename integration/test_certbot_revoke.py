@@ -17,9 +17,7 @@ import json
 import ssl
 import subprocess
 import sys
-import threading
 import urllib.request
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,7 +27,7 @@ from cryptography import x509
 
 from acme_ca.acme import ari
 from acme_ca.ra.keys import spki_sha256
-from acme_ca.testsrv.server import ChallengeServerConfig, ChallengeTestServer
+from integration.challsrv_thread import ThreadedChallengeServer
 from integration.processes import CaProcess, CaProcesses, base_env, describe, free_port
 
 pytestmark = pytest.mark.integration
@@ -38,44 +36,6 @@ CERTBOT = str(Path(sys.executable).parent / "certbot")
 EMAIL = "ops@example.test"
 BY_ACCOUNT = ["revoke-a.example.com", "www.revoke-a.example.com"]
 BY_KEY = ["revoke-b.example.com"]
-
-
-class ThreadedDns:
-    """The challenge test server's DNS on its own event loop thread."""
-
-    def __init__(self) -> None:
-        self.server = ChallengeTestServer(ChallengeServerConfig.ephemeral(http01=False))
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-
-    def __enter__(self) -> ThreadedDns:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self.server.start(), self._loop).result(timeout=10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            asyncio.run_coroutine_threadsafe(self.server.stop(), self._loop).result(timeout=10)
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=10)
-            self._loop.close()
-
-    @property
-    def resolver(self) -> str:
-        return f"127.0.0.1:{self.server.dns_port}"
-
-
-@pytest.fixture
-def dns() -> Iterator[ThreadedDns]:
-    with ThreadedDns() as srv:
-        yield srv
-
-
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[CaProcesses]:
-    with CaProcesses(tmp_path / "logs") as procs:
-        yield procs
 
 
 class Certbot:
@@ -164,7 +124,7 @@ def _renewal_info(ca: CaProcess, cafile: Path, cert: x509.Certificate) -> dict[s
 
 
 def test_acme_rev_3_certbot_revoke_by_account_and_by_certificate_key(
-    dsn: str, tmp_path: Path, processes: CaProcesses, dns: ThreadedDns
+    dsn: str, tmp_path: Path, processes: CaProcesses, challenge_dns: ThreadedChallengeServer
 ) -> None:
     home = tmp_path / "ca-home"
     http01_port = free_port()
@@ -179,7 +139,7 @@ def test_acme_rev_3_certbot_revoke_by_account_and_by_certificate_key(
         "--listen",
         f"127.0.0.1:{port}",
         "--dns-resolver",
-        dns.resolver,
+        challenge_dns.resolver,
         "--dnssec",
         "off",
         "--http01-port",

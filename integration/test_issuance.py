@@ -16,15 +16,12 @@ Names resolve through the in-process challenge test server's DNS (every A query 
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import re
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -38,7 +35,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from acme_ca.ca.profile import recommended_validity
-from acme_ca.testsrv.server import ChallengeServerConfig, ChallengeTestServer
+from integration.challsrv_thread import ThreadedChallengeServer
 from integration.processes import (
     CaProcess,
     CaProcesses,
@@ -76,65 +73,6 @@ HSM_KEY_LABELS = {"acme-ca-root-r1", "acme-ca-root-x1", "acme-ca-dv-rsa", "acme-
 
 # ------------------------------------------------------------------------------------------
 # fixtures: processes, and the challenge test server's DNS on a thread of its own
-
-
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[CaProcesses]:
-    with CaProcesses(tmp_path / "logs") as procs:
-        yield procs
-
-
-class ThreadedChallengeServer:
-    """:class:`ChallengeTestServer` (DNS only) on its own event loop thread, so the tests can
-    block in subprocesses and the ``acme`` library while it answers the CA's queries."""
-
-    def __init__(self) -> None:
-        self.server = ChallengeTestServer(ChallengeServerConfig.ephemeral(http01=False))
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="challenge-test-server", daemon=True
-        )
-
-    def start(self) -> None:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self.server.start(), self._loop).result(timeout=10)
-
-    def stop(self) -> None:
-        if self._thread.is_alive():
-            try:
-                asyncio.run_coroutine_threadsafe(self.server.stop(), self._loop).result(timeout=10)
-            finally:
-                self._loop.call_soon_threadsafe(self._loop.stop)
-                self._thread.join(timeout=10)
-        self._loop.close()
-
-    def _on_loop(self, fn: Callable[[], _T]) -> _T:
-        async def call() -> _T:
-            return fn()
-
-        return asyncio.run_coroutine_threadsafe(call(), self._loop).result(timeout=10)
-
-    @property
-    def resolver(self) -> str:
-        return f"127.0.0.1:{self.server.dns_port}"
-
-    def set_txt(self, host: str, value: str) -> None:
-        """The store belongs to the server's loop: change it there."""
-        self._on_loop(lambda: self.server.store.set_txt(host, value))
-
-
-@pytest.fixture
-def dns_server() -> Iterator[ThreadedChallengeServer]:
-    srv = ThreadedChallengeServer()
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
-
-
-# ------------------------------------------------------------------------------------------
-# helpers
 
 
 def _validation_flags(dns: ThreadedChallengeServer, http01_port: int) -> list[str]:
@@ -345,12 +283,12 @@ def test_certbot_http01_issues_verifiable_lint_clean(
     dsn: str,
     tmp_path: Path,
     processes: CaProcesses,
-    dns_server: ThreadedChallengeServer,
+    challenge_dns: ThreadedChallengeServer,
 ) -> None:
     home = tmp_path / "ca-home"
     http01_port = free_port()
     env = _ca_env(home, dsn)
-    ca = _serve_https(processes, "serve", env, dns_server, http01_port)
+    ca = _serve_https(processes, "serve", env, challenge_dns, http01_port)
     cafile = home / "tls" / "ca.pem"
     pki = home / "pki"
     assert ca.wait_event("server.ready")["worker"] == "in-process"
@@ -432,7 +370,7 @@ def test_issuance_signed_in_softhsm_with_separate_worker(
     dsn: str,
     tmp_path: Path,
     processes: CaProcesses,
-    dns_server: ThreadedChallengeServer,
+    challenge_dns: ThreadedChallengeServer,
 ) -> None:
     # A token of our own, seen by the subprocesses only (this process's SoftHSM is left alone).
     token = SoftHsmToken.create(tmp_path / "softhsm", label="acme-ca-it", activate=False)
@@ -455,7 +393,7 @@ def test_issuance_signed_in_softhsm_with_separate_worker(
     assert _hsm_private_key_labels(token) >= HSM_KEY_LABELS
 
     http01_port = free_port()
-    ca = _serve_https(processes, "serve", env, dns_server, http01_port)
+    ca = _serve_https(processes, "serve", env, challenge_dns, http01_port)
     assert ca.wait_event("server.ready")["worker"] == "external"
     worker = processes.worker("worker-1", env=env)
     worker.wait_event("worker.started", timeout=30)
@@ -476,7 +414,7 @@ def test_issuance_signed_in_softhsm_with_separate_worker(
     assert worker.terminate() == 0, worker.tails()
     acme, key = _acme_account(ca.directory_url, cafile)
     names = ["queued.example.com"]
-    order = _ready_order_dns01(acme, key, dns_server, names)
+    order = _ready_order_dns01(acme, key, challenge_dns, names)
     finalized = _finalize(acme, order)
     assert finalized.json()["status"] == "processing", finalized.json()
     assert int(finalized.headers["Retry-After"]) > 0
@@ -520,7 +458,7 @@ def test_download_alternate_chain(
     dsn: str,
     tmp_path: Path,
     processes: CaProcesses,
-    dns_server: ThreadedChallengeServer,
+    challenge_dns: ThreadedChallengeServer,
 ) -> None:
     home = tmp_path / "ca-home"
     pki = home / "pki"
@@ -530,7 +468,7 @@ def test_download_alternate_chain(
         "--plain-http",
         "--listen",
         f"127.0.0.1:{port}",
-        *_validation_flags(dns_server, free_port()),
+        *_validation_flags(challenge_dns, free_port()),
         env=_ca_env(home, dsn),
         base_url=f"http://127.0.0.1:{port}",
     )
@@ -538,7 +476,7 @@ def test_download_alternate_chain(
 
     acme, key = _acme_account(ca.directory_url, None)
     names = ["www.example.com", "example.com"]
-    order = _ready_order_dns01(acme, key, dns_server, names)
+    order = _ready_order_dns01(acme, key, challenge_dns, names)
     _finalize(acme, order)
     done = _poll_order(acme, order, "valid", timeout=30)
     assert done.json()["status"] == "valid", (done.json(), ca.tails())

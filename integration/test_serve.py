@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -25,12 +24,6 @@ from integration.processes import CaProcesses, base_env, describe, free_port, ru
 from tests.jws_client import JwsClient
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[CaProcesses]:
-    with CaProcesses(tmp_path / "logs") as procs:
-        yield procs
 
 
 # ------------------------------------------------------------------------------------------

@@ -16,17 +16,15 @@ thread of its own answers dns-01.  The ``acme`` library issues an ECDSA certific
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import datetime as dt
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -39,7 +37,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import AuthorityInformationAccessOID
 
-from acme_ca.testsrv.server import ChallengeServerConfig, ChallengeTestServer
+from integration.challsrv_thread import ThreadedChallengeServer
 from integration.processes import CaProcess, CaProcesses, free_port
 
 pytestmark = pytest.mark.integration
@@ -57,54 +55,6 @@ REVOCATION_DEADLINE = 10.0
 # fixtures
 
 
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[CaProcesses]:
-    with CaProcesses(tmp_path / "logs") as procs:
-        yield procs
-
-
-class DnsThread:
-    """The challenge test server's DNS on its own event loop thread: the test blocks in the
-    ``acme`` library and in subprocesses while it answers the CA."""
-
-    def __init__(self) -> None:
-        self.server = ChallengeTestServer(ChallengeServerConfig.ephemeral(http01=False))
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-
-    def __enter__(self) -> DnsThread:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self.server.start(), self._loop).result(timeout=10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            asyncio.run_coroutine_threadsafe(self.server.stop(), self._loop).result(timeout=10)
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=10)
-            self._loop.close()
-
-    def _on_loop(self, fn: Callable[[], _T]) -> _T:
-        async def call() -> _T:
-            return fn()
-
-        return asyncio.run_coroutine_threadsafe(call(), self._loop).result(timeout=10)
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.server.dns_port}"
-
-    def set_txt(self, host: str, value: str) -> None:
-        self._on_loop(lambda: self.server.store.set_txt(host, value))
-
-
-@pytest.fixture
-def dns() -> Iterator[DnsThread]:
-    with DnsThread() as server:
-        yield server
-
-
 # ------------------------------------------------------------------------------------------
 # helpers
 
@@ -118,14 +68,14 @@ class StatusCa:
 
 
 def start_ca(
-    processes: CaProcesses, name: str, dsn: str, home: Path, dns: DnsThread
+    processes: CaProcesses, name: str, dsn: str, home: Path, challenge_dns: ThreadedChallengeServer
 ) -> StatusCa:
     status_port = free_port()
     process = processes.serve_plain(
         name,
         dsn,
         home,
-        ACME_CA_DNS_RESOLVER=dns.address,
+        ACME_CA_DNS_RESOLVER=challenge_dns.resolver,
         ACME_CA_DNSSEC="off",
         ACME_CA_STATUS_LISTEN=f"127.0.0.1:{status_port}",
         ACME_CA_WORKER_POLL_SECONDS="1",
@@ -136,7 +86,9 @@ def start_ca(
     return StatusCa(process, ready["url"])
 
 
-def issue(directory_url: str, dns: DnsThread) -> tuple[client.ClientV2, x509.Certificate, str]:
+def issue(
+    directory_url: str, challenge_dns: ThreadedChallengeServer
+) -> tuple[client.ClientV2, x509.Certificate, str]:
     """A new account orders NAME with dns-01; returns the client, the leaf and the PEM chain."""
     account_key = josepy.JWKEC(key=ec.generate_private_key(ec.SECP256R1()))
     net = client.ClientNetwork(account_key, alg=josepy.ES256, user_agent="acme_ca-status-test")
@@ -153,7 +105,9 @@ def issue(directory_url: str, dns: DnsThread) -> tuple[client.ClientV2, x509.Cer
     for authz in order.authorizations:
         challb = next(c for c in authz.body.challenges if isinstance(c.chall, challenges.DNS01))
         response, validation = challb.chall.response_and_validation(account_key)
-        dns.set_txt(challb.chall.validation_domain_name(authz.body.identifier.value), validation)
+        challenge_dns.set_txt(
+            challb.chall.validation_domain_name(authz.body.identifier.value), validation
+        )
         acme.answer_challenge(challb, response)
     deadline = dt.datetime.now() + dt.timedelta(seconds=30)
     order = acme.poll_and_finalize(order, deadline)
@@ -164,7 +118,11 @@ def issue(directory_url: str, dns: DnsThread) -> tuple[client.ClientV2, x509.Cer
 
 def run(*argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        list(argv), capture_output=True, text=True, timeout=timeout, check=False,
+        list(argv),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
         stdin=subprocess.DEVNULL,
     )
 
@@ -175,11 +133,15 @@ def openssl_ocsp(
     """``openssl ocsp`` against the listener; stdout + stderr (``Response verify OK`` is
     printed on stderr)."""
     argv = [
-        "openssl", "ocsp",
-        "-issuer", str(files["issuer"]),
+        "openssl",
+        "ocsp",
+        "-issuer",
+        str(files["issuer"]),
         *target,
-        "-url", ocsp_url,
-        "-CAfile", str(files["root"]),
+        "-url",
+        ocsp_url,
+        "-CAfile",
+        str(files["root"]),
     ]
     if respout is not None:
         argv += ["-respout", str(respout)]
@@ -220,11 +182,11 @@ def assert_lint_clean(tool: str, *args: str | Path) -> None:
 
 
 def test_status_revocation_end_to_end(
-    dsn: str, tmp_path: Path, processes: CaProcesses, dns: DnsThread
+    dsn: str, tmp_path: Path, processes: CaProcesses, challenge_dns: ThreadedChallengeServer
 ) -> None:
     home = tmp_path / "home"
-    ca = start_ca(processes, "ca-status", dsn, home, dns)
-    acme, leaf, chain_pem = issue(ca.process.directory_url, dns)
+    ca = start_ca(processes, "ca-status", dsn, home, challenge_dns)
+    acme, leaf, chain_pem = issue(ca.process.directory_url, challenge_dns)
 
     # Where the certificate says its status lives: the listener serves the same paths.
     aia = leaf.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
@@ -262,8 +224,15 @@ def test_status_revocation_end_to_end(
     assert_lint_clean(LINT_OCSP, good_der)
     # GET (RFC 6960 A.1) answers the same: url-encoded base64 of the DER request.
     request_der = run(
-        "openssl", "ocsp", "-issuer", str(files["issuer"]), "-cert", str(files["cert"]),
-        "-no_nonce", "-reqout", str(tmp_path / "req.der"),
+        "openssl",
+        "ocsp",
+        "-issuer",
+        str(files["issuer"]),
+        "-cert",
+        str(files["cert"]),
+        "-no_nonce",
+        "-reqout",
+        str(tmp_path / "req.der"),
     )
     assert request_der.returncode == 0, request_der.stderr
     encoded = urllib.parse.quote(base64.b64encode((tmp_path / "req.der").read_bytes()), safe="")
@@ -315,11 +284,17 @@ def test_status_revocation_end_to_end(
     # BR-CRL-1: the published CRL is also a file an operator can hand to a CDN.
     crl_file = home / "crl" / "dv-ecc.crl"
     on_disk = wait_for(
-        lambda: crl_file.read_bytes().hex()
-        if crl_file.exists() and crl_number(crl_file.read_bytes()) >= number_revoked else None,
-        "CRL file", 5)
-    assert leaf.serial_number in {e.serial_number for e in
-                                  x509.load_der_x509_crl(bytes.fromhex(on_disk))}
+        lambda: (
+            crl_file.read_bytes().hex()
+            if crl_file.exists() and crl_number(crl_file.read_bytes()) >= number_revoked
+            else None
+        ),
+        "CRL file",
+        5,
+    )
+    assert leaf.serial_number in {
+        e.serial_number for e in x509.load_der_x509_crl(bytes.fromhex(on_disk))
+    }
 
     events = ca.process.log_events()
     published = [e for e in events if e.get("event") == "crl.published"]
@@ -328,7 +303,7 @@ def test_status_revocation_end_to_end(
 
     # ---- restart the process holding the keys: the CRL Number keeps increasing
     assert ca.process.terminate() == 0, ca.process.tails()
-    again = start_ca(processes, "ca-status-restarted", dsn, home, dns)
+    again = start_ca(processes, "ca-status-restarted", dsn, home, challenge_dns)
     again.process.wait_event("crl.published")
 
     def newer_crl() -> str | None:
@@ -341,7 +316,8 @@ def test_status_revocation_end_to_end(
     after_restart = bytes.fromhex(wait_for(newer_crl, "CRL after restart", 10))
     entries = {e.serial_number for e in x509.load_der_x509_crl(after_restart)}
     assert leaf.serial_number in entries
-    out = openssl_ocsp(files, ocsp_url.replace(ca.status_url, again.status_url),
-                       "-cert", str(files["cert"]))
+    out = openssl_ocsp(
+        files, ocsp_url.replace(ca.status_url, again.status_url), "-cert", str(files["cert"])
+    )
     assert f"{files['cert']}: revoked" in out, out
     assert again.process.terminate() == 0, again.process.tails()

@@ -28,7 +28,7 @@ from acme_ca.ra.keys import KeyPolicy
 from acme_ca.ra.orders import OrderAuthority, OrderPolicy
 from acme_ca.ra.revocation import RevocationAuthority
 from acme_ca.ra.tasks import BackgroundTasks
-from acme_ca.va.setup import build_validation_authority
+from acme_ca.remote_va.primary import build_validator
 from acme_ca.wfe.nonces import NonceService
 from acme_ca.wfe.routes import setup_front_end
 from acme_ca.wfe.services import FRONT_END, FrontEnd
@@ -80,7 +80,7 @@ def create_app(
             weak_key_blocklist_paths=[Path(p) for p in config.weak_key_blocklists],
             blocked_key_lookup=storage.issuance.is_key_blocked,
         )
-        va = validator or build_validation_authority(config, clock)
+        va = validator or build_validator(config, clock)
         app[FRONT_END] = FrontEnd(
             config=config,
             clock=clock,

@@ -57,6 +57,42 @@ def _parser() -> argparse.ArgumentParser:
                        help="test mode: the challenge server's own http-01 listener, or off")
     serve.add_argument("--dnssec", choices=("require", "off"),
                        help="require DNSSEC-validated answers (default require)")
+    serve.add_argument("--perspectives", type=int, metavar="N", dest="test_perspectives",
+                       help="test mode: start N local remote VAs in-process and corroborate "
+                       "every validation with them (docs/mpic.md)")
+
+    remote = sub.add_parser(
+        "remote-va",
+        help="run a remote validation perspective (multi-perspective corroboration)",
+        description="A remote VA: a mutual-TLS HTTPS server that runs the CA's http-01, "
+        "dns-01 and CAA checks from this network through its own resolver and answers the "
+        "primary with its perspective id and RIR (BR 3.2.2.9; docs/mpic.md).",
+    )
+    remote.add_argument("--listen", metavar="HOST:PORT", dest="remote_va_listen",
+                        help="mutual-TLS listener (default 127.0.0.1:14443)")
+    remote.add_argument("--perspective", metavar="ID", dest="perspective_id",
+                        help="this perspective's id, as in the primary's perspectives file")
+    remote.add_argument("--rir", metavar="RIR", dest="perspective_rir",
+                        help="this perspective's RIR: ARIN, RIPE NCC, APNIC, LACNIC, AFRINIC")
+    remote.add_argument("--dns-resolver", metavar="HOST:PORT",
+                        help="this perspective's own validating resolver")
+    remote.add_argument("--tls-cert", type=Path, metavar="PEM",
+                        help="server certificate naming the perspective id")
+    remote.add_argument("--tls-key", type=Path, metavar="PEM", help="its private key")
+    remote.add_argument("--client-ca", type=Path, metavar="PEM", dest="remote_va_client_ca",
+                        help="CA of the primary's client certificate; other clients are refused")
+
+    certs = sub.add_parser(
+        "mpic-certs",
+        help="create the mutual-TLS material between the primary and remote VAs",
+        description="Write a small CA (ca.pem, ca.key), the primary's client certificate "
+        "(primary.pem/.key) and one server certificate per remote (ID.pem/.key) to DIR. An "
+        "existing CA in DIR is reused, so perspectives can be added later.",
+    )
+    certs.add_argument("--out", type=Path, required=True, metavar="DIR")
+    certs.add_argument("--perspectives", required=True, metavar="ID[=NAME+NAME],...",
+                       help="comma-separated perspective ids; optional extra DNS/IP names for "
+                       "a remote's certificate after '=' joined by '+'")
 
     sub.add_parser("worker", help="run a signing worker (production: one or more processes)")
     sub.add_parser("init", help="create the development PKI hierarchy under pki_dir")
@@ -110,6 +146,13 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "dnssec": getattr(args, "dnssec", None),
         "test_mode": getattr(args, "test_mode", None),
         "challsrv_http01": getattr(args, "challsrv_http01", None),
+        "test_perspectives": getattr(args, "test_perspectives", None),
+        "remote_va_listen": getattr(args, "remote_va_listen", None),
+        "perspective_id": getattr(args, "perspective_id", None),
+        "perspective_rir": getattr(args, "perspective_rir", None),
+        "tls_cert": getattr(args, "tls_cert", None),
+        "tls_key": getattr(args, "tls_key", None),
+        "remote_va_client_ca": getattr(args, "remote_va_client_ca", None),
     }
 
 
@@ -118,6 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "config-doc":
         sys.stdout.write(config_reference())
         return 0
+    if args.command == "mpic-certs":
+        return _mpic_certs(args)
     try:
         config = load_config(args.config, overrides=_overrides(args))
     except ConfigError as exc:
@@ -127,7 +172,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging(config.log_format, config.log_level)
         from acme_ca.serve import serve
 
-        asyncio.run(serve(config))
+        try:
+            asyncio.run(serve(config))
+        except ConfigError as exc:  # the multi-perspective refusals (docs/mpic.md)
+            print(f"acme-ca: configuration error: {exc}", file=sys.stderr)
+            return 2
+        return 0
+    if args.command == "remote-va":
+        configure_logging(config.log_format, config.log_level)
+        from acme_ca.remote_va.server import load_remote_va_settings, run_remote_va
+
+        try:
+            load_remote_va_settings(config)
+        except ConfigError as exc:
+            print(f"acme-ca: configuration error: {exc}", file=sys.stderr)
+            return 2
+        asyncio.run(run_remote_va(config))
         return 0
     if args.command == "worker":
         configure_logging(config.log_format, config.log_level)
@@ -150,6 +210,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "admin":
         return asyncio.run(_admin(config, args))
     return 2  # pragma: no cover - argparse enforces the choices
+
+
+def _mpic_certs(args: argparse.Namespace) -> int:
+    from acme_ca.va.mtls import create_mpic_material
+    from acme_ca.va.perspectives import valid_perspective_id
+
+    ids: list[str] = []
+    extra: dict[str, list[str]] = {}
+    for item in args.perspectives.split(","):
+        pid, _, names = item.strip().partition("=")
+        if not valid_perspective_id(pid) or pid == "ca":
+            print(f"acme-ca: perspective id {pid!r} must be a lowercase DNS label "
+                  "(not 'primary' or 'ca')", file=sys.stderr)
+            return 2
+        ids.append(pid)
+        extra[pid] = [n for n in names.split("+") if n]
+    material = create_mpic_material(args.out, ids, extra_names=extra)
+    print(f"channel CA: {material.ca_cert} (keep {material.directory / 'ca.key'} offline)")
+    print(f"primary client certificate: {material.primary_cert} key: {material.primary_key}")
+    for pid, (cert, key) in material.remotes.items():
+        print(f"remote {pid}: certificate {cert} key {key}")
+    return 0
 
 
 async def _db_migrate(config: Config) -> int:

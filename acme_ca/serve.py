@@ -18,8 +18,10 @@ from acme_ca.ca.worker import run_worker
 from acme_ca.clock import SystemClock
 from acme_ca.config import Config
 from acme_ca.db.database import database_dsn, migrate
+from acme_ca.remote_va.primary import build_validator
 from acme_ca.status.server import start_status_server
 from acme_ca.tls import server_ssl_context
+from acme_ca.va.perspectives import load_mpic_setup
 from acme_ca.wfe import urls
 
 log = structlog.get_logger(component="acme_ca.serve")
@@ -43,10 +45,14 @@ async def ensure_hierarchy(config: Config) -> None:
 async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
     """Run the CA until ``stop`` is set or the process is asked to terminate.
 
-    Started in order and stopped in reverse: database, schema, development PKI (embedded
-    defaults), in test mode the challenge test server, the status listener, the signing
-    worker (``serve_worker``), then the ACME listener.
+    The multi-perspective configuration is checked before anything starts (a refusal raises
+    :class:`~acme_ca.va.perspectives.MpicConfigError`).  Started in order and stopped in
+    reverse: database, schema, development PKI (embedded defaults), in test mode the
+    challenge test server (and the ``--perspectives`` remote VAs), the status listener, the
+    signing worker (``serve_worker``), then the ACME listener.
     """
+    # Multi-perspective configuration first: one the BRs do not allow never starts anything.
+    mpic = load_mpic_setup(config, SystemClock().now())
     stop = stop or asyncio.Event()
     _stop_on_signals(stop)
     if config.database_url is None:
@@ -56,10 +62,19 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
         applied = await migrate(dsn)
         log.info("database.migrated", applied=applied)
         await ensure_hierarchy(config)
+        ct_logs = None
+        if config.ct_log_list is None:  # test mode, embedded defaults: in-process CT test logs
+            from acme_ca.ct_testlogs import ct_test_logs
+
+            ct_logs = await stack.enter_async_context(ct_test_logs(config))
         if config.test_mode:
             from acme_ca.testmode import challenge_test_server
 
             await stack.enter_async_context(challenge_test_server(config))
+            if mpic.local_test_perspectives:
+                from acme_ca.remote_va.local import local_remote_vas
+
+                mpic = await stack.enter_async_context(local_remote_vas(config))
         if config.status_listen != "off":
             try:
                 status = await start_status_server(config, dsn)
@@ -73,10 +88,13 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
         if config.serve_worker:
             worker_stop = asyncio.Event()
             worker = asyncio.create_task(
-                run_worker(config, dsn, worker_stop, SystemClock()), name="signing-worker")
+                run_worker(config, dsn, worker_stop, SystemClock(), ct_logs=ct_logs),
+                name="signing-worker")
             stack.push_async_callback(_stop_worker, worker, worker_stop)
         ssl_context = await asyncio.to_thread(server_ssl_context, config)
-        runner = web.AppRunner(create_app(config, dsn), access_log=None, handle_signals=False)
+        validator = build_validator(config, SystemClock(), mpic)
+        app = create_app(config, dsn, validator=validator)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
         site = web.TCPSite(runner, config.listen_host, config.listen_port,
@@ -91,6 +109,8 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
             else str((config.home / "tls" / "ca.pem").resolve()),
             worker="in-process" if config.serve_worker else "external",
             test_mode=config.test_mode,
+            corroboration=f"{len(mpic.perspectives)} remote perspective(s)"
+            if mpic.perspectives else "off",
         )
         waiters: list[asyncio.Task[Any]] = [asyncio.create_task(stop.wait())]
         if worker is not None:
@@ -115,6 +135,12 @@ async def work(config: Config, *, stop: asyncio.Event | None = None) -> None:
     """``acme-ca worker``: a signing worker process on the configured database."""
     stop = stop or asyncio.Event()
     _stop_on_signals(stop)
-    async with database_dsn(config) as dsn:
+    async with contextlib.AsyncExitStack() as stack:
+        dsn = await stack.enter_async_context(database_dsn(config))
         await migrate(dsn)
-        await run_worker(config, dsn, stop, SystemClock())
+        ct_logs = None
+        if config.ct_log_list is None:  # embedded defaults: in-process CT test logs
+            from acme_ca.ct_testlogs import ct_test_logs
+
+            ct_logs = await stack.enter_async_context(ct_test_logs(config))
+        await run_worker(config, dsn, stop, SystemClock(), ct_logs=ct_logs)

@@ -17,6 +17,11 @@ from acme_ca.va.resolver import DnsAnswer, DnssecStatus
 
 Method = Literal["http-01", "dns-01", "caa"]
 
+
+class FormatError(ValueError):
+    """JSON that is not a record, result or problem as ``to_json`` writes them."""
+
+
 PRIMARY_PERSPECTIVE: Final = "primary"
 """The CA's own network location; remote perspectives use their own names (BR §3.2.2.9)."""
 
@@ -55,6 +60,12 @@ class ValidationRecord:
     error: str | None = None
     authenticated: bool | None = None
     dnssec: DnssecStatus | None = None
+    rir: str | None = None
+    """Remote perspectives (BR 3.2.2.9): the RIR region the perspective is in."""
+    corroborated: bool | None = None
+    """A remote perspective's summary record: whether it corroborated the primary."""
+    quorum: str | None = None
+    """The primary's corroboration summary: corroborating remotes / remotes asked, ``4/5``."""
 
     def to_json(self) -> dict[str, Any]:
         """The audit form: every field, time as RFC 3339, empty optionals left out."""
@@ -77,7 +88,76 @@ class ValidationRecord:
             body["authenticated"] = self.authenticated
         if self.dnssec is not None:
             body["dnssec"] = self.dnssec
+        if self.rir is not None:
+            body["rir"] = self.rir
+        if self.corroborated is not None:
+            body["corroborated"] = self.corroborated
+        if self.quorum is not None:
+            body["quorum"] = self.quorum
         return body
+
+    @classmethod
+    def from_json(cls, body: Any) -> ValidationRecord:
+        """Read :meth:`to_json`'s form back (a remote perspective's reply); ValueError if the
+        shape is wrong."""
+        if not isinstance(body, dict):
+            raise FormatError("a validation record must be an object")
+        method = body.get("method")
+        if method not in ("http-01", "dns-01", "caa"):
+            raise FormatError(f"unknown record method {method!r}")
+        at = datetime.fromisoformat(_text(body, "at"))
+        if at.tzinfo is None:
+            raise FormatError("record time has no time zone")
+        addresses = body.get("addresses", [])
+        if not isinstance(addresses, list) or not all(isinstance(a, str) for a in addresses):
+            raise FormatError("addresses must be a list of strings")
+        dnssec = body.get("dnssec")
+        if dnssec not in (None, "secure", "insecure", "unchecked"):
+            raise FormatError(f"unknown dnssec status {dnssec!r}")
+        return cls(
+            method=method,
+            hostname=_text(body, "hostname"),
+            query=_text(body, "query"),
+            at=at,
+            perspective=_text(body, "perspective"),
+            server=_optional_text(body, "server"),
+            addresses=tuple(addresses),
+            response=_optional_text(body, "response"),
+            error=_optional_text(body, "error"),
+            authenticated=_optional_bool(body, "authenticated"),
+            dnssec=dnssec,
+            rir=_optional_text(body, "rir"),
+            corroborated=_optional_bool(body, "corroborated"),
+            quorum=_optional_text(body, "quorum"),
+        )
+
+
+def _text(body: dict[str, Any], key: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str):
+        raise FormatError(f"{key} must be a string")
+    return value
+
+
+def _optional_text(body: dict[str, Any], key: str) -> str | None:
+    return None if body.get(key) is None else _text(body, key)
+
+
+def _optional_bool(body: dict[str, Any], key: str) -> bool | None:
+    value = body.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise FormatError(f"{key} must be a boolean")
+    return value
+
+
+def problem_from_json(body: Any) -> Problem:
+    """A problem document as :meth:`Problem.to_json` wrote it (type, detail, status only)."""
+    if not isinstance(body, dict):
+        raise FormatError("a problem must be an object")
+    status = body.get("status")
+    if isinstance(status, bool) or not isinstance(status, int):
+        raise FormatError("problem status must be an integer")
+    return Problem(type=_text(body, "type"), detail=_text(body, "detail"), status=status)
 
 
 @dataclass(frozen=True)
@@ -111,6 +191,25 @@ class CheckResult:
         observed: str | None = None,
     ) -> CheckResult:
         return cls(ok=False, problem=problem, records=records, observed=observed)
+
+    @classmethod
+    def from_json(cls, body: Any) -> CheckResult:
+        """Read :meth:`to_json`'s form back; ValueError if the shape is wrong."""
+        if not isinstance(body, dict):
+            raise FormatError("a check result must be an object")
+        ok = body.get("ok")
+        if not isinstance(ok, bool):
+            raise FormatError("ok must be a boolean")
+        records = body.get("records", [])
+        if not isinstance(records, list):
+            raise FormatError("records must be a list")
+        problem = None if body.get("problem") is None else problem_from_json(body["problem"])
+        return cls(
+            ok=ok,
+            problem=problem,
+            records=tuple(ValidationRecord.from_json(r) for r in records),
+            observed=_optional_text(body, "observed"),
+        )
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {

@@ -27,6 +27,8 @@ def directory_body(request: web.Request) -> dict[str, Any]:
             "acme_ca TEST MODE: not a publicly-trusted CA; validation uses the built-in "
             "challenge test server"
         )
+    if not (cfg.mpic_perspectives_file or (cfg.test_mode and cfg.test_perspectives)):
+        meta["corroboration"] = "off: no remote network perspectives (BR 3.2.2.9)"
     return {
         "newNonce": fe.urls.absolute(urls.NEW_NONCE),
         "newAccount": fe.urls.absolute(urls.NEW_ACCOUNT),

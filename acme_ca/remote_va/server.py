@@ -1,0 +1,218 @@
+"""``acme-ca remote-va``: one remote network perspective (BR 3.2.2.9).
+
+An HTTPS server with mutual TLS: only a client whose certificate chains to
+``remote_va_client_ca`` and carries clientAuth (the primary's, from ``acme-ca mpic-certs``)
+completes the handshake.  It has one endpoint, ``POST /acme-ca/mpic/v1/check``, which runs
+the same check classes as the primary (:class:`Http01Validator`, :class:`Dns01Validator`,
+:class:`CaaChecker`) through this perspective's own resolver (``dns_resolver``) and answers
+the :class:`CheckResult` JSON with its perspective id, RIR and the request's nonce.  Every
+request builds its checks afresh (a new DNS client), so nothing is reused between requests.
+
+The listener is ``remote_va_listen``, or -- systemd socket activation -- the listening
+socket passed as fd 3 with ``LISTEN_FDS=1`` (and ``LISTEN_PID``, if set, equal to our pid).
+The integration tests use the latter to run a remote inside its own network namespace while
+its listener lives in the primary's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import structlog
+from aiohttp import web
+
+from acme_ca.clock import SystemClock
+from acme_ca.config import Config
+from acme_ca.va.authority import ValidationAuthority
+from acme_ca.va.mpic import CHECK_PATH, RemoteRequest, remote_reply, run_remote_check
+from acme_ca.va.mtls import server_context
+from acme_ca.va.perspectives import MpicConfigError, valid_perspective_id
+from acme_ca.va.quorum import UnknownRir, canonical_rir
+from acme_ca.va.records import FormatError
+from acme_ca.va.setup import remote_authority_factory
+
+MAX_REQUEST_BYTES: Final = 16 * 1024
+SD_LISTEN_FDS_START: Final = 3
+
+log = structlog.get_logger(component="acme_ca.remote_va")
+
+
+@dataclass(frozen=True)
+class RemoteIdentity:
+    """Who this remote is: what it puts in every reply."""
+
+    perspective_id: str
+    rir: str
+
+
+IDENTITY = web.AppKey("remote_va_identity", RemoteIdentity)
+CheckFactory = Callable[[], ValidationAuthority]
+CHECKS: web.AppKey[CheckFactory] = web.AppKey("remote_va_checks")
+
+
+@dataclass(frozen=True)
+class RemoteVaSettings:
+    identity: RemoteIdentity
+    host: str
+    port: int
+    tls_cert: Path
+    tls_key: Path
+    client_ca: Path
+
+
+def load_remote_va_settings(config: Config) -> RemoteVaSettings:
+    """Check the remote VA's configuration; :class:`MpicConfigError` lists every problem."""
+    problems: list[str] = []
+    if not valid_perspective_id(config.perspective_id):
+        problems.append(
+            f"perspective_id (--perspective) {config.perspective_id!r} must be a lowercase DNS "
+            "label other than 'primary'"
+        )
+    rir = ""
+    try:
+        rir = canonical_rir(config.perspective_rir)
+    except UnknownRir as exc:
+        problems.append(f"perspective_rir (--rir): {exc}")
+    host, _, port_text = config.remote_va_listen.rpartition(":")
+    if not host or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
+        problems.append(f"remote_va_listen (--listen) {config.remote_va_listen!r} is not HOST:PORT")
+        port_text = "0"
+    paths = {
+        "tls_cert (--tls-cert)": config.tls_cert,
+        "tls_key (--tls-key)": config.tls_key,
+        "remote_va_client_ca (--client-ca)": config.remote_va_client_ca,
+    }
+    for name, path in paths.items():
+        if path is None:
+            problems.append(f"{name} is required: a remote VA speaks mutual TLS only")
+        elif not path.is_file():
+            problems.append(f"{name}: {path} is not a readable file")
+    if problems:
+        raise MpicConfigError("remote-va: " + "; ".join(problems))
+    assert config.tls_cert and config.tls_key and config.remote_va_client_ca
+    return RemoteVaSettings(
+        identity=RemoteIdentity(config.perspective_id, rir),
+        host=host.strip("[]"),
+        port=int(port_text),
+        tls_cert=config.tls_cert,
+        tls_key=config.tls_key,
+        client_ca=config.remote_va_client_ca,
+    )
+
+
+def _peer_name(request: web.Request) -> str | None:
+    transport = request.transport
+    cert = transport.get_extra_info("peercert") if transport is not None else None
+    if not cert:
+        return None
+    for rdn in cert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return None
+
+
+async def _check(request: web.Request) -> web.Response:
+    identity = request.app[IDENTITY]
+    started = time.monotonic()
+    try:
+        body = await request.json()
+        check = RemoteRequest.from_json(body)
+    except (ValueError, FormatError) as exc:
+        log.warning("remote_va.bad_request", error=str(exc), client=_peer_name(request))
+        return web.json_response({"error": f"bad request: {exc}"}, status=400)
+    result = await run_remote_check(request.app[CHECKS](), check)
+    log.info(
+        "remote_va.checked",
+        perspective=identity.perspective_id,
+        rir=identity.rir,
+        kind=check.kind,
+        method=check.method,
+        identifier=check.identifier,
+        nonce=check.nonce,
+        ok=result.ok,
+        observed=result.observed,
+        problem=result.problem.short_type if result.problem is not None else None,
+        client=_peer_name(request),
+        elapsed_ms=round((time.monotonic() - started) * 1000),
+    )
+    return web.json_response(
+        remote_reply(identity.perspective_id, identity.rir, check.nonce, result)
+    )
+
+
+def make_remote_va_app(
+    identity: RemoteIdentity, checks: Callable[[], ValidationAuthority]
+) -> web.Application:
+    """The remote VA's application; ``checks`` builds a fresh authority per request."""
+    app = web.Application(client_max_size=MAX_REQUEST_BYTES)
+    app[IDENTITY] = identity
+    app[CHECKS] = checks
+    app.router.add_post(CHECK_PATH, _check)
+    return app
+
+
+def inherited_listen_socket() -> socket.socket | None:
+    """The listening socket of systemd-style socket activation, if one was passed."""
+    fds = os.environ.pop("LISTEN_FDS", None)
+    pid = os.environ.pop("LISTEN_PID", None)
+    os.environ.pop("LISTEN_FDNAMES", None)
+    if fds is None or (pid is not None and pid != str(os.getpid())):
+        return None
+    if fds != "1":
+        raise MpicConfigError(f"remote-va: LISTEN_FDS={fds}; exactly one listening socket expected")
+    sock = socket.socket(fileno=SD_LISTEN_FDS_START)
+    sock.setblocking(False)
+    return sock
+
+
+async def run_remote_va(config: Config, *, stop: asyncio.Event | None = None) -> None:
+    """Serve as one remote perspective until ``stop`` is set or SIGTERM/SIGINT."""
+    settings = load_remote_va_settings(config)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    context = await asyncio.to_thread(
+        server_context, settings.tls_cert, settings.tls_key, settings.client_ca
+    )
+    identity = settings.identity
+    app = make_remote_va_app(
+        identity, remote_authority_factory(config, SystemClock(), identity.perspective_id)
+    )
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        sock = inherited_listen_socket()
+        site: web.BaseSite
+        if sock is not None:
+            site = web.SockSite(runner, sock, ssl_context=context)
+            host, port = sock.getsockname()[:2]
+            listen = f"fd:3 ({host}:{port})"
+        else:
+            site = web.TCPSite(
+                runner, settings.host, settings.port, ssl_context=context, reuse_address=True
+            )
+            listen = config.remote_va_listen
+        await site.start()
+        log.info(
+            "remote_va.ready",
+            perspective=identity.perspective_id,
+            rir=identity.rir,
+            listen=listen,
+            dns_resolver=config.dns_resolver,
+            dnssec=config.dnssec,
+            client_ca=str(settings.client_ca),
+        )
+        await stop.wait()
+        log.info("remote_va.stopping", perspective=identity.perspective_id)
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,280 @@
+"""The primary's corroboration (``va/mpic.py``) with a fake local VA and a fake transport: who
+is asked, when waiting stops, how each reply is judged and what is recorded."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from acme_ca.acme import problems
+from acme_ca.clock import FixedClock
+from acme_ca.va.mpic import (
+    NOT_AWAITED,
+    MpicValidator,
+    RemoteRequest,
+    RemoteUnavailable,
+    remote_reply,
+)
+from acme_ca.va.perspectives import MpicSetup, Perspective
+from acme_ca.va.records import CheckResult, ValidationRecord
+
+KEY_AUTH = "tok.thumb"
+DEC_2026 = datetime(2026, 12, 20, tzinfo=UTC)
+PERSPECTIVES = (
+    Perspective("a1", "ARIN", "https://a1.example"),
+    Perspective("a2", "ARIN", "https://a2.example"),
+    Perspective("a3", "ARIN", "https://a3.example"),
+    Perspective("a4", "ARIN", "https://a4.example"),
+    Perspective("r1", "RIPE NCC", "https://r1.example"),
+)
+
+Behaviour = Callable[[Perspective, dict[str, Any]], Awaitable[Any]]
+
+
+def record(perspective: str = "primary") -> ValidationRecord:
+    return ValidationRecord(
+        method="dns-01", hostname="example.com", query="_acme-challenge.example.com TXT",
+        at=DEC_2026, perspective=perspective,
+    )
+
+
+class FakeLocal:
+    always_valid = False
+
+    def __init__(self, result: CheckResult) -> None:
+        self.result = result
+
+    async def validate(self, *args: object) -> CheckResult:
+        return self.result
+
+    async def recheck_caa(self, *args: object) -> CheckResult:
+        return self.result
+
+
+def agree(observed: str = KEY_AUTH, **overrides: Any) -> Behaviour:
+    async def reply(p: Perspective, request: dict[str, Any]) -> Any:
+        body = remote_reply(
+            p.id, p.rir, request["nonce"], CheckResult.success((record(p.id),), observed)
+        )
+        body.update(overrides)
+        return body
+
+    return reply
+
+
+def fail(problem: Any) -> Behaviour:
+    async def reply(p: Perspective, request: dict[str, Any]) -> Any:
+        return remote_reply(p.id, p.rir, request["nonce"], CheckResult.failure(problem, ()))
+
+    return reply
+
+
+def hang(cancelled: list[str]) -> Behaviour:
+    async def reply(p: Perspective, request: dict[str, Any]) -> Any:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.append(p.id)
+            raise
+
+    return reply
+
+
+def unavailable(reason: str) -> Behaviour:
+    async def reply(p: Perspective, request: dict[str, Any]) -> Any:
+        raise RemoteUnavailable(reason)
+
+    return reply
+
+
+class FakeTransport:
+    def __init__(self, behaviours: dict[str, Behaviour]) -> None:
+        self.behaviours = behaviours
+        self.requests: list[tuple[str, dict[str, Any]]] = []
+
+    async def check(self, perspective: Perspective, request: dict[str, Any]) -> Any:
+        self.requests.append((perspective.id, request))
+        behaviour = self.behaviours.get(perspective.id, agree())
+        return await behaviour(perspective, request)
+
+
+def validator(
+    transport: FakeTransport,
+    *,
+    local: CheckResult | None = None,
+    perspectives: tuple[Perspective, ...] = PERSPECTIVES,
+    strict: bool = True,
+    timeout: float = 5.0,
+    at: datetime = DEC_2026,
+) -> MpicValidator:
+    setup = MpicSetup(perspectives=perspectives, strict=strict, source="test",
+                      timeout_seconds=timeout)
+    primary = local or CheckResult.success((record(),), KEY_AUTH)
+    return MpicValidator(FakeLocal(primary), setup, transport, FixedClock(at))  # type: ignore[arg-type]
+
+
+async def validate(v: MpicValidator) -> CheckResult:
+    return await v.validate("dns-01", "example.com", False, "tok", KEY_AUTH, "acct")
+
+
+def quorum(result: CheckResult) -> str | None:
+    return result.records[-1].quorum
+
+
+def summaries(result: CheckResult) -> dict[str, ValidationRecord]:
+    return {r.perspective: r for r in result.records
+            if r.corroborated is not None and r.quorum is None}
+
+
+async def test_primary_failure_asks_no_remote() -> None:
+    transport = FakeTransport({})
+    failed = CheckResult.failure(problems.incorrect_response("wrong TXT"), (record(),))
+    result = await validate(validator(transport, local=failed))
+    assert result is failed
+    assert transport.requests == []
+
+
+async def test_all_agree() -> None:
+    transport = FakeTransport({})
+    result = await validate(validator(transport))
+    assert result.ok and quorum(result) == "5/5"
+    assert {pid for pid, _ in transport.requests} == {p.id for p in PERSPECTIVES}
+    assert all(r.corroborated for r in summaries(result).values())
+    # each remote's own records are kept, labelled with its id and RIR
+    own = [r for r in result.records if r.query.startswith("_acme-challenge") and r.rir]
+    assert {(r.perspective, r.rir) for r in own} == {(p.id, p.rir) for p in PERSPECTIVES}
+
+
+@pytest.mark.parametrize(
+    ("behaviours", "ok", "quorum_text", "problem_type"),
+    [
+        ({"a1": agree("other")}, True, "4/5", None),
+        ({"a1": fail(problems.caa("CAA forbids"))}, True, "4/5", None),
+        ({"a1": agree("x"), "a2": agree("y")}, False, "3/5", "unauthorized"),
+        ({"a1": fail(problems.caa("no")), "a2": fail(problems.caa("no"))}, False, "3/5", "caa"),
+        ({"r1": agree("other")}, False, "4/5", "unauthorized"),
+        ({"r1": unavailable("connection refused")}, False, "4/5", "unauthorized"),
+        ({"a1": unavailable("refused"), "a2": unavailable("refused")}, False, "3/5",
+         "unauthorized"),
+    ],
+    ids=["one-wrong-value", "one-caa-denied", "two-wrong", "two-caa-denied",
+         "only-arin-corroborates", "ripe-down", "two-down"],
+)
+async def test_quorum_outcomes(
+    behaviours: dict[str, Behaviour], ok: bool, quorum_text: str, problem_type: str | None
+) -> None:
+    result = await validate(validator(FakeTransport(behaviours)))
+    assert result.ok is ok and quorum(result) == quorum_text
+    if problem_type is not None:
+        assert result.problem is not None
+        assert result.problem.short_type == problem_type
+        assert "multi-perspective corroboration failed" in result.problem.detail
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({"perspective": "imposter"}, "reply names perspective 'imposter', configured 'a1'"),
+        ({"rir": "APNIC"}, "reply names RIR 'APNIC', configured 'ARIN'"),
+        ({"rir": "IANA"}, "reply names RIR 'IANA'"),
+        ({"nonce": "old"}, "reply is not for this request"),
+        ({"ok": "yes"}, "malformed reply"),
+        ({"records": [{"method": "carrier-pigeon"}]}, "malformed reply"),
+    ],
+    ids=["wrong-id", "wrong-rir", "unknown-rir", "stale-nonce", "bad-ok", "bad-record"],
+)
+async def test_reply_identity_is_checked(overrides: dict[str, Any], reason: str) -> None:
+    result = await validate(validator(FakeTransport({"a1": agree(**overrides)})))
+    summary = summaries(result)["a1"]
+    assert summary.corroborated is False
+    assert summary.error is not None and reason in summary.error
+    assert result.ok and quorum(result) == "4/5"
+
+
+async def test_slow_remote_is_cut_off_once_decided() -> None:
+    cancelled: list[str] = []
+    transport = FakeTransport({"a4": hang(cancelled)})
+    started = time.monotonic()
+    result = await validate(validator(transport, timeout=30))
+    assert time.monotonic() - started < 2
+    assert cancelled == ["a4"]
+    assert result.ok and quorum(result) == "4/5"
+    assert summaries(result)["a4"].error == NOT_AWAITED
+
+
+async def test_failure_is_decided_early_too() -> None:
+    cancelled: list[str] = []
+    transport = FakeTransport(
+        {"a1": agree("x"), "a2": agree("y"), **{p: hang(cancelled) for p in ("a3", "a4", "r1")}}
+    )
+    result = await validate(validator(transport, timeout=30))
+    assert not result.ok and quorum(result) == "0/5"
+    assert sorted(cancelled) == ["a3", "a4", "r1"]
+
+
+async def test_only_ripe_pending_keeps_waiting_until_timeout() -> None:
+    cancelled: list[str] = []
+    result = await validate(validator(FakeTransport({"r1": hang(cancelled)}), timeout=0.3))
+    assert not result.ok and quorum(result) == "4/5"
+    assert summaries(result)["r1"].error == "no reply within 0.3 s"
+
+
+async def test_every_call_asks_every_remote_afresh() -> None:
+    transport = FakeTransport({})
+    v = validator(transport)
+    await validate(v)
+    await validate(v)
+    assert len(transport.requests) == 2 * len(PERSPECTIVES)
+    nonces = {request["nonce"] for _, request in transport.requests}
+    assert len(nonces) == 2  # one per attempt, shared by that attempt's remotes
+
+
+async def test_request_carries_the_primary_inputs() -> None:
+    transport = FakeTransport({})
+    await validate(validator(transport))
+    request = RemoteRequest.from_json(transport.requests[0][1])
+    assert (request.kind, request.method, request.identifier, request.key_authorization) == (
+        "dcv", "dns-01", "example.com", KEY_AUTH)
+
+
+async def test_recheck_caa_is_corroborated() -> None:
+    denied = fail(problems.caa("issue ;"))
+    allowed = {p.id: agree("allowed") for p in PERSPECTIVES}
+    transport = FakeTransport({**allowed, "a1": denied, "a2": denied})
+    v = validator(transport, local=CheckResult.success((record(),), "allowed"))
+    result = await v.recheck_caa("example.com", False, "acct", "dns-01")
+    assert not result.ok and result.problem is not None and result.problem.short_type == "caa"
+    assert quorum(result) == "3/5"
+    assert transport.requests[0][1]["kind"] == "caa"
+    ok = await validator(
+        FakeTransport(allowed), local=CheckResult.success((), "allowed")
+    ).recheck_caa("example.com", False, "acct", "dns-01")
+    assert ok.ok and quorum(ok) == "5/5"
+
+
+async def test_too_few_remotes_for_the_date_fails_without_asking() -> None:
+    transport = FakeTransport({})
+    result = await validate(validator(transport, perspectives=PERSPECTIVES[1:]))
+    assert not result.ok and transport.requests == []
+    assert result.problem is not None and result.problem.short_type == "serverInternal"
+    assert "requires at least 5 from 2026-12-15" in result.problem.detail
+
+
+async def test_advisory_phase_records_but_does_not_block() -> None:
+    transport = FakeTransport({"a1": agree("x"), "a2": agree("y")})
+    v = validator(transport, perspectives=PERSPECTIVES[:2],
+                  at=datetime(2025, 5, 1, tzinfo=UTC))
+    result = await validate(v)
+    assert result.ok and quorum(result) == "0/2"
+    assert "advisory" in (result.records[-1].error or "")
+
+
+async def test_test_configuration_waives_the_count() -> None:
+    result = await validate(validator(FakeTransport({}), perspectives=PERSPECTIVES[3:],
+                                      strict=False))
+    assert result.ok and quorum(result) == "2/2"

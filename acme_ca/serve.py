@@ -62,11 +62,6 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
         applied = await migrate(dsn)
         log.info("database.migrated", applied=applied)
         await ensure_hierarchy(config)
-        ct_logs = None
-        if config.ct_log_list is None:  # test mode, embedded defaults: in-process CT test logs
-            from acme_ca.ct_testlogs import ct_test_logs
-
-            ct_logs = await stack.enter_async_context(ct_test_logs(config))
         if config.test_mode:
             from acme_ca.testmode import challenge_test_server
 
@@ -88,8 +83,7 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
         if config.serve_worker:
             worker_stop = asyncio.Event()
             worker = asyncio.create_task(
-                run_worker(config, dsn, worker_stop, SystemClock(), ct_logs=ct_logs),
-                name="signing-worker")
+                run_worker(config, dsn, worker_stop, SystemClock()), name="signing-worker")
             stack.push_async_callback(_stop_worker, worker, worker_stop)
         ssl_context = await asyncio.to_thread(server_ssl_context, config)
         validator = build_validator(config, SystemClock(), mpic)
@@ -135,12 +129,6 @@ async def work(config: Config, *, stop: asyncio.Event | None = None) -> None:
     """``acme-ca worker``: a signing worker process on the configured database."""
     stop = stop or asyncio.Event()
     _stop_on_signals(stop)
-    async with contextlib.AsyncExitStack() as stack:
-        dsn = await stack.enter_async_context(database_dsn(config))
+    async with database_dsn(config) as dsn:
         await migrate(dsn)
-        ct_logs = None
-        if config.ct_log_list is None:  # embedded defaults: in-process CT test logs
-            from acme_ca.ct_testlogs import ct_test_logs
-
-            ct_logs = await stack.enter_async_context(ct_test_logs(config))
-        await run_worker(config, dsn, stop, SystemClock(), ct_logs=ct_logs)
+        await run_worker(config, dsn, stop, SystemClock())

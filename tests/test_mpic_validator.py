@@ -278,3 +278,17 @@ async def test_test_configuration_waives_the_count() -> None:
     result = await validate(validator(FakeTransport({}), perspectives=PERSPECTIVES[3:],
                                       strict=False))
     assert result.ok and quorum(result) == "2/2"
+
+
+def late(seconds: float) -> Behaviour:
+    async def reply(p: Perspective, request: dict[str, Any]) -> Any:
+        await asyncio.sleep(seconds)
+        return await agree()(p, request)
+
+    return reply
+
+
+async def test_prompt_stragglers_are_still_recorded() -> None:
+    # Decided after four replies; the fifth, 50 ms later, arrives within the grace.
+    result = await validate(validator(FakeTransport({"a4": late(0.05)})))
+    assert result.ok and quorum(result) == "5/5"

@@ -13,8 +13,9 @@ remote perspectives are configured.  It wraps the local :class:`ValidationAuthor
    bytes of the CAA answer need not match, CAA-15).  Anything else -- no answer, a timeout,
    a TLS failure, another id or RIR, a malformed reply -- is a non-corroboration;
 4. after each reply the pure rules of :mod:`acme_ca.va.quorum` are applied for the date of
-   the check; as soon as the outcome cannot change, the remotes still pending are cancelled
-   and recorded as "not awaited";
+   the check; as soon as the outcome cannot change, the remotes still pending get a short
+   grace (:data:`DECIDED_GRACE_SECONDS`) and are then cancelled and recorded as "not
+   awaited" -- a slow or hung remote never holds up a decided validation;
 5. everything is recorded: each remote's own records, one summary record per remote (id,
    RIR, result) and one quorum record (``"4/5"``) -- appended to the :class:`CheckResult`
    the RA stores -- and one ``va.mpic.quorum`` log event with the same facts.
@@ -65,6 +66,10 @@ from acme_ca.va.records import (
 CHECK_PATH: Final = "/acme-ca/mpic/v1/check"
 """The one endpoint of a remote VA."""
 NOT_AWAITED: Final = "not awaited: the outcome was already decided"
+DECIDED_GRACE_SECONDS: Final = 0.25
+"""Once the outcome is decided, replies already on their way get this long to arrive (so the
+record is as complete as promptness allows: five prompt remotes read "5/5", not "4/5");
+then the remotes still pending are cancelled."""
 CORROBORATED: Final = "corroborated"
 
 Kind = Literal["dcv", "caa"]
@@ -359,14 +364,21 @@ class MpicValidator:
         }
         outcomes: dict[str, RemoteOutcome] = {}
         pending: set[asyncio.Task[RemoteOutcome]] = set(tasks)
+
+        def collect(done: set[asyncio.Task[RemoteOutcome]]) -> None:
+            for task in done:
+                outcome = task.result()
+                outcomes[outcome.perspective.id] = outcome
+                results[outcome.perspective.id] = outcome.corroborated
+
         try:
             while pending:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    outcome = task.result()
-                    outcomes[outcome.perspective.id] = outcome
-                    results[outcome.perspective.id] = outcome.corroborated
+                collect(done)
                 if decide(rule, remotes, results).decided:
+                    if pending:
+                        done, pending = await asyncio.wait(pending, timeout=DECIDED_GRACE_SECONDS)
+                        collect(done)
                     break
         finally:
             for task in pending:

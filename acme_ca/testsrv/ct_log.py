@@ -1,0 +1,505 @@
+"""Honest in-process Certificate Transparency logs, for tests and test mode only.
+
+Each :class:`TestCtLog` implements the RFC 6962 submission API (§4.1 ``add-chain``, §4.2
+``add-pre-chain``, §4.3 ``get-roots``) under ``/ct/v1/`` on its own aiohttp listener, with
+its own P-256 key, operator and temporal interval, in one of two modes:
+
+* ``rfc6962``: SCTs with empty extensions (listed under ``operators[].logs``);
+* ``static-ct-api``: SCTs carrying the ``leaf_index`` extension (type 0, uint40), as
+  c2sp.org/static-ct-api logs return them (listed under ``operators[].tiled_logs``).
+
+A submission is checked as a real log checks it: the chain parses, each certificate is signed
+by the next and the last one is, or is signed by, an accepted root; the leaf has serverAuth
+in its EKU and a notAfter inside the log's temporal interval; ``add-pre-chain`` wants the
+critical poison (and a directly issuing CA: precertificate signing certificates are refused),
+``add-chain`` wants no poison.  The SCT is signed over the RFC 6962 §3.2 data; the
+precertificate's TBS without the poison is made with pyasn1 (independently of the CA's own
+byte-level code).  A second submission of the same entry returns the same SCT.
+
+Fault knobs (:class:`Faults`, settable per log while it runs): 429 with Retry-After, 503,
+slow responses, a corrupt signature, an unknown log id, a timestamp an hour ahead.
+
+:class:`TestCtLogs` runs several logs at once (each on its own port, 0 = a free one) and
+produces their log list in Chrome's v3 format, also served at ``/log_list.json`` by each log.
+Production code never imports this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import itertools
+import json
+import struct
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, Literal
+
+import structlog
+from aiohttp import web
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
+from pyasn1.codec.der import decoder, encoder  # type: ignore[import-untyped]
+from pyasn1_alt_modules import rfc5280  # type: ignore[import-untyped]
+
+from acme_ca.clock import Clock, SystemClock
+
+_log = structlog.get_logger(component=__name__)
+
+LogMode = Literal["rfc6962", "static-ct-api"]
+#: How far ahead the ``future_timestamp`` fault puts the SCT timestamp.
+FUTURE_SKEW: Final = timedelta(hours=1)
+_PRECERT_SIGNING_EKU: Final = x509.ObjectIdentifier("1.3.6.1.4.1.11129.2.4.4")
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass
+class Faults:
+    """What a log does wrong; every knob stays on until cleared."""
+
+    #: Answer 429 Too Many Requests with this Retry-After (seconds).
+    retry_after: int | None = None
+    #: Answer 503 Service Unavailable.
+    unavailable: bool = False
+    #: Wait this long before answering.
+    delay: float = 0.0
+    #: Flip a byte of the SCT signature.
+    corrupt_signature: bool = False
+    #: Put another log's id in the SCT.
+    wrong_log_id: bool = False
+    #: Date the SCT an hour ahead.
+    future_timestamp: bool = False
+
+    def clear(self) -> None:
+        for name, value in Faults().__dict__.items():
+            setattr(self, name, value)
+
+    @property
+    def any(self) -> bool:
+        return self != Faults()
+
+
+@dataclass
+class TestLogSpec:
+    """Who a test log is: description, operator, key, temporal interval, API mode, state."""
+
+    __test__ = False  # not a pytest class
+
+    name: str
+    operator: str
+    key: ec.EllipticCurvePrivateKey
+    start: datetime | None = None
+    end: datetime | None = None
+    mode: LogMode = "rfc6962"
+    state: str = "usable"
+    #: Port to listen on; 0 picks a free one.
+    port: int = 0
+
+    @classmethod
+    def generate(cls, name: str, operator: str, **kwargs: Any) -> TestLogSpec:
+        return cls(name, operator, ec.generate_private_key(ec.SECP256R1()), **kwargs)
+
+
+def _u16(data: bytes) -> bytes:
+    return struct.pack(">H", len(data)) + data
+
+
+def _u24(data: bytes) -> bytes:
+    return len(data).to_bytes(3, "big") + data
+
+
+def _millis(at: datetime) -> int:
+    return (at - _EPOCH) // timedelta(milliseconds=1)
+
+
+def _without_poison(tbs_der: bytes) -> bytes:
+    """The TBSCertificate without the poison extension, re-encoded by pyasn1 (DER in, DER
+    out: every other byte stays as it was)."""
+    tbs, rest = decoder.decode(tbs_der, asn1Spec=rfc5280.TBSCertificate())
+    if rest:
+        raise _Rejected("trailing bytes after the TBSCertificate")
+    extensions = tbs["extensions"]
+    kept = extensions.clone()
+    for extension in extensions:
+        if str(extension["extnID"]) != ExtensionOID.PRECERT_POISON.dotted_string:
+            kept.append(extension)
+    tbs["extensions"] = kept
+    encoded: bytes = encoder.encode(tbs)
+    return encoded
+
+
+def _rfc3339(at: datetime) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class _Rejected(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class TestCtLog:
+    """One log: its key, its accepted roots, what it has logged, its fault knobs."""
+
+    __test__ = False  # not a pytest class
+
+    def __init__(
+        self, spec: TestLogSpec, roots: Sequence[x509.Certificate], clock: Clock | None = None
+    ) -> None:
+        self.spec = spec
+        self.roots = list(roots)
+        self.faults = Faults()
+        self.requests: Counter[str] = Counter()
+        self.url: str = ""  # set once listening: http://host:port/
+        self._clock = clock or SystemClock()
+        self.key_der = spec.key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        self.log_id = hashlib.sha256(self.key_der).digest()
+        #: (entry type, signed entry) → the SCT response first returned for it.
+        self._entries: dict[tuple[int, bytes], dict[str, Any]] = {}
+        self.log_list_json: dict[str, Any] = {}
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def operator(self) -> str:
+        return self.spec.operator
+
+    @property
+    def entries(self) -> int:
+        return len(self._entries)
+
+    def responses(self) -> list[dict[str, Any]]:
+        """The SCT responses given for each logged entry, in logging order."""
+        return list(self._entries.values())
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/ct/v1/add-chain", self._add_chain)
+        app.router.add_post("/ct/v1/add-pre-chain", self._add_pre_chain)
+        app.router.add_get("/ct/v1/get-roots", self._get_roots)
+        app.router.add_get("/log_list.json", self._log_list)
+        return app
+
+    # ------------------------------------------------------------------ handlers
+
+    async def _get_roots(self, request: web.Request) -> web.Response:
+        self.requests["get-roots"] += 1
+        certs = [
+            base64.b64encode(r.public_bytes(serialization.Encoding.DER)).decode()
+            for r in self.roots
+        ]
+        return web.json_response({"certificates": certs})
+
+    async def _log_list(self, request: web.Request) -> web.Response:
+        return web.json_response(self.log_list_json)
+
+    async def _add_chain(self, request: web.Request) -> web.Response:
+        return await self._add(request, precert=False)
+
+    async def _add_pre_chain(self, request: web.Request) -> web.Response:
+        return await self._add(request, precert=True)
+
+    async def _add(self, request: web.Request, *, precert: bool) -> web.Response:
+        call = "add-pre-chain" if precert else "add-chain"
+        self.requests[call] += 1
+        faults = Faults(**self.faults.__dict__)  # as they are now, for this request
+        if faults.delay:
+            await asyncio.sleep(faults.delay)
+        if faults.unavailable:
+            return web.Response(status=503, text="log unavailable (test fault)")
+        if faults.retry_after is not None:
+            return web.Response(
+                status=429, text="slow down (test fault)",
+                headers={"Retry-After": str(faults.retry_after)},
+            )
+        try:
+            chain = await self._chain(request)
+            entry_type, signed_entry = self._check(chain, precert=precert)
+        except _Rejected as e:
+            _log.info("ct_log.rejected", log=self.name, call=call, reason=e.message)
+            return web.Response(status=400, text=e.message)
+        key = (entry_type, signed_entry)
+        if not faults.any and key in self._entries:
+            return web.json_response(self._entries[key])
+        timestamp = self._clock.now() + (FUTURE_SKEW if faults.future_timestamp else timedelta())
+        extensions = b""
+        if self.spec.mode == "static-ct-api":
+            index = self.entries if key not in self._entries else self._index(key)
+            extensions = b"\x00" + _u16(index.to_bytes(5, "big"))
+        response = self._sct(entry_type, signed_entry, _millis(timestamp), extensions, faults)
+        if not faults.any:
+            self._entries[key] = response
+            _log.info("ct_log.logged", log=self.name, call=call, entries=self.entries)
+        return web.json_response(response)
+
+    def _index(self, key: tuple[int, bytes]) -> int:
+        ext = base64.b64decode(self._entries[key]["extensions"])
+        return int.from_bytes(ext[3:8], "big")
+
+    async def _chain(self, request: web.Request) -> list[x509.Certificate]:
+        try:
+            body = await request.json()
+            raw = body["chain"]
+            if not isinstance(raw, list) or not raw:
+                raise _Rejected("chain must be a non-empty array")
+            return [x509.load_der_x509_certificate(base64.b64decode(c, validate=True))
+                    for c in raw]
+        except _Rejected:
+            raise
+        except Exception as e:
+            raise _Rejected(f"malformed chain: {e!r}") from e
+
+    def _check(self, chain: list[x509.Certificate], *, precert: bool) -> tuple[int, bytes]:
+        leaf = chain[0]
+        try:
+            poison = leaf.extensions.get_extension_for_oid(ExtensionOID.PRECERT_POISON)
+        except x509.ExtensionNotFound:
+            poison = None
+        if precert and poison is None:
+            raise _Rejected("add-pre-chain needs a precertificate (no poison extension)")
+        if precert and poison is not None and not poison.critical:
+            raise _Rejected("the precertificate poison must be critical")
+        if not precert and poison is not None:
+            raise _Rejected("add-chain takes certificates, not precertificates")
+        try:
+            eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        except x509.ExtensionNotFound:
+            raise _Rejected("no extendedKeyUsage: serverAuth is required") from None
+        if ExtendedKeyUsageOID.SERVER_AUTH not in eku:
+            raise _Rejected("extendedKeyUsage lacks serverAuth")
+        not_after = leaf.not_valid_after_utc
+        if self.spec.start is not None and not_after < self.spec.start:
+            raise _Rejected(f"notAfter {not_after} is before this log's temporal interval")
+        if self.spec.end is not None and not_after >= self.spec.end:
+            raise _Rejected(f"notAfter {not_after} is after this log's temporal interval")
+        self._check_chain(chain)
+        if not precert:
+            return 0, _u24(leaf.public_bytes(serialization.Encoding.DER))
+        if len(chain) < 2:
+            raise _Rejected("add-pre-chain needs the issuer after the precertificate")
+        issuer = chain[1]
+        with contextlib.suppress(x509.ExtensionNotFound):
+            issuer_eku = issuer.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+            if _PRECERT_SIGNING_EKU in issuer_eku:
+                raise _Rejected("precertificate signing certificates are not accepted")
+        issuer_key_hash = hashlib.sha256(
+            issuer.public_key().public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        ).digest()
+        return 1, issuer_key_hash + _u24(_without_poison(leaf.tbs_certificate_bytes))
+
+    def _check_chain(self, chain: list[x509.Certificate]) -> None:
+        for child, parent in itertools.pairwise(chain):
+            try:
+                child.verify_directly_issued_by(parent)
+            except (ValueError, TypeError, InvalidSignature) as e:
+                raise _Rejected(f"{child.subject.rfc4514_string()} is not signed by "
+                                f"{parent.subject.rfc4514_string()}") from e
+        last = chain[-1]
+        for root in self.roots:
+            if last == root:
+                return
+            if last.issuer != root.subject:
+                continue
+            try:
+                last.verify_directly_issued_by(root)
+            except (ValueError, TypeError, InvalidSignature):
+                continue
+            return
+        raise _Rejected("the chain does not lead to an accepted root")
+
+    def _sct(
+        self, entry_type: int, signed_entry: bytes, timestamp: int, extensions: bytes,
+        faults: Faults,
+    ) -> dict[str, Any]:
+        data = (
+            struct.pack(">BBQH", 0, 0, timestamp, entry_type) + signed_entry + _u16(extensions)
+        )
+        signature = self.spec.key.sign(data, ec.ECDSA(hashes.SHA256()))
+        if faults.corrupt_signature:
+            at = len(signature) // 2
+            signature = signature[:at] + bytes([signature[at] ^ 0x5A]) + signature[at + 1 :]
+        log_id = self.log_id
+        if faults.wrong_log_id:
+            log_id = hashlib.sha256(b"some other log" + self.key_der).digest()
+        return {
+            "sct_version": 0,
+            "id": base64.b64encode(log_id).decode(),
+            "timestamp": timestamp,
+            "extensions": base64.b64encode(extensions).decode(),
+            "signature": base64.b64encode(b"\x04\x03" + _u16(signature)).decode(),
+        }
+
+    # ------------------------------------------------------------------ log list
+
+    def log_list_entry(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {
+            "description": self.name,
+            "log_id": base64.b64encode(self.log_id).decode(),
+            "key": base64.b64encode(self.key_der).decode(),
+            "mmd": 86400 if self.spec.mode == "rfc6962" else 60,
+            "state": {self.spec.state: {"timestamp": "2025-01-01T00:00:00Z"}},
+        }
+        if self.spec.mode == "rfc6962":
+            entry["url"] = self.url
+        else:
+            entry["submission_url"] = self.url
+            entry["monitoring_url"] = self.url
+        if self.spec.start is not None or self.spec.end is not None:
+            entry["temporal_interval"] = {
+                "start_inclusive": _rfc3339(self.spec.start or _EPOCH),
+                "end_exclusive": _rfc3339(self.spec.end or datetime(9999, 1, 1, tzinfo=UTC)),
+            }
+        return entry
+
+
+def log_list_json(
+    logs: Sequence[TestCtLog], *, version: str = "acme-ca test logs"
+) -> dict[str, Any]:
+    """The v3 log list naming ``logs`` (RFC 6962 logs under ``logs``, static-ct-api logs under
+    ``tiled_logs``), operators in order of first appearance."""
+    operators: dict[str, dict[str, Any]] = {}
+    for ct_log in logs:
+        op = operators.setdefault(
+            ct_log.operator,
+            {"name": ct_log.operator, "email": ["ct-logs@example.test"], "logs": [],
+             "tiled_logs": []},
+        )
+        kind = "logs" if ct_log.spec.mode == "rfc6962" else "tiled_logs"
+        op[kind].append(ct_log.log_list_entry())
+    return {
+        "version": version,
+        "log_list_timestamp": _rfc3339(datetime.now(UTC)),
+        "operators": list(operators.values()),
+    }
+
+
+class TestCtLogs:
+    """Several test logs, each on its own listener; ``async with`` or start()/stop()."""
+
+    __test__ = False
+
+    def __init__(
+        self,
+        specs: Sequence[TestLogSpec],
+        roots: Sequence[x509.Certificate],
+        *,
+        host: str = "127.0.0.1",
+        clock: Clock | None = None,
+    ) -> None:
+        self.host = host
+        self.logs = [TestCtLog(spec, roots, clock) for spec in specs]
+        self._runners: list[web.AppRunner] = []
+
+    def __getitem__(self, name: str) -> TestCtLog:
+        for ct_log in self.logs:
+            if ct_log.name == name:
+                return ct_log
+        raise KeyError(name)
+
+    def by_operator(self, operator: str) -> list[TestCtLog]:
+        return [x for x in self.logs if x.operator == operator]
+
+    def log_list(self) -> dict[str, Any]:
+        return log_list_json(self.logs)
+
+    def write_log_list(self, path: Path) -> Path:
+        """Write the log list atomically (rename over the old file)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.tmp")
+        partial.write_text(json.dumps(self.log_list(), indent=2) + "\n")
+        partial.replace(path)
+        return path
+
+    def clear_faults(self) -> None:
+        for ct_log in self.logs:
+            ct_log.faults.clear()
+
+    async def start(self) -> TestCtLogs:
+        try:
+            for ct_log in self.logs:
+                runner = web.AppRunner(ct_log.app(), access_log=None, shutdown_timeout=0.5)
+                await runner.setup()
+                self._runners.append(runner)
+                site = web.TCPSite(runner, self.host, ct_log.spec.port)
+                await site.start()
+                port = runner.addresses[0][1]
+                ct_log.url = f"http://{self.host}:{port}/"
+        except BaseException:
+            await self.stop()
+            raise
+        listed = self.log_list()
+        for ct_log in self.logs:
+            ct_log.log_list_json = listed
+        _log.info("ct_logs.started", logs=[(x.name, x.operator, x.spec.mode, x.url)
+                                           for x in self.logs])
+        return self
+
+    async def stop(self) -> None:
+        runners, self._runners = self._runners, []
+        for runner in reversed(runners):
+            await runner.cleanup()
+
+    async def __aenter__(self) -> TestCtLogs:
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
+def default_specs(
+    keys: Sequence[ec.EllipticCurvePrivateKey], now: datetime | None = None
+) -> list[TestLogSpec]:
+    """The three logs of test mode and the embedded defaults, one per operator:
+
+    * ``acme-ca test log A`` (operator A, RFC 6962), notAfter in [Jan 1 of last year,
+      Jan 1 two years on);
+    * ``acme-ca test log B`` (operator B, RFC 6962), [Jan 1 of last year, Jan 1 three years on);
+    * ``acme-ca test log C`` (operator C, static-ct-api), [Jan 1 this year, Jan 1 two years on).
+
+    Every interval covers the notAfter of any certificate of up to a year issued now.
+    """
+    year = (now or datetime.now(UTC)).year
+
+    def jan1(y: int) -> datetime:
+        return datetime(y, 1, 1, tzinfo=UTC)
+
+    a, b, c = keys
+    return [
+        TestLogSpec("acme-ca test log A", "acme-ca test operator A", a,
+                    jan1(year - 1), jan1(year + 2), "rfc6962"),
+        TestLogSpec("acme-ca test log B", "acme-ca test operator B", b,
+                    jan1(year - 1), jan1(year + 3), "rfc6962"),
+        TestLogSpec("acme-ca test log C", "acme-ca test operator C", c,
+                    jan1(year), jan1(year + 2), "static-ct-api"),
+    ]
+
+
+__all__ = [
+    "FUTURE_SKEW",
+    "Faults",
+    "TestCtLog",
+    "TestCtLogs",
+    "TestLogSpec",
+    "default_specs",
+    "log_list_json",
+]

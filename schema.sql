@@ -237,3 +237,53 @@ CREATE TABLE IF NOT EXISTS ocsp_responses (
     PRIMARY KEY (issuer, serial, hash_algorithm),
     CHECK (next_update > this_update)
 );
+
+-- ---------------------------------------------------------------------------------------
+-- Certificate Transparency (RFC 6962; BR 7.1.2.9; CP 4.3.1: CT before issuance).
+
+-- The CT steps of an issuance job, each recorded before the next one runs: the
+-- precertificate's TBS and linted copy (with serial and validity, at prepare), the signed
+-- precertificate and when submission began, then the verified SCTs together with the final
+-- certificate's TBS and linted copy (tbs_der / lint_der, as for a job without CT).
+-- A job whose SCTs fell short goes back to `queued` until retry_at (deferrals counts those
+-- returns, which are not faults).
+ALTER TABLE issuance_jobs ADD COLUMN IF NOT EXISTS precert_tbs_der bytea;
+ALTER TABLE issuance_jobs ADD COLUMN IF NOT EXISTS precert_lint_der bytea;
+ALTER TABLE issuance_jobs ADD COLUMN IF NOT EXISTS precert_der bytea;
+ALTER TABLE issuance_jobs ADD COLUMN IF NOT EXISTS ct_submitted_at timestamptz;
+ALTER TABLE issuance_jobs ADD COLUMN IF NOT EXISTS scts jsonb;
+ALTER TABLE issuance_jobs ADD COLUMN IF NOT EXISTS retry_at timestamptz;
+ALTER TABLE issuance_jobs ADD COLUMN IF NOT EXISTS deferrals integer NOT NULL DEFAULT 0;
+
+-- Signed precertificates. A precertificate counts as issued (BR 7.1.2.9, 4.9.9): its serial
+-- is assigned from the moment it is recorded, so OCSP answers for it (as for the final
+-- certificate, which shares its serial, once that exists). At most one per job.
+CREATE TABLE IF NOT EXISTS precertificates (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    job_id      bigint NOT NULL UNIQUE REFERENCES issuance_jobs (id),
+    order_id    bigint NOT NULL REFERENCES orders (id),
+    account_id  bigint NOT NULL REFERENCES accounts (id),
+    serial      text NOT NULL UNIQUE,
+    issuer      text NOT NULL,
+    der         bytea NOT NULL,
+    not_before  timestamptz NOT NULL,
+    not_after   timestamptz NOT NULL,
+    created_at  timestamptz NOT NULL
+);
+CREATE INDEX IF NOT EXISTS precertificates_not_after ON precertificates (not_after);
+
+-- The SCTs embedded in each certificate: log, operator, timestamp and the SCT itself.
+ALTER TABLE certificates ADD COLUMN IF NOT EXISTS scts jsonb NOT NULL DEFAULT '[]';
+
+-- What OCSP answers for: every certificate, and every precertificate whose certificate is not
+-- stored (yet, or ever): from signing on its serial counts as issued (BR 7.1.2.9, 4.9.9), so
+-- "unknown" is never the answer. A precertificate is not revoked on its own: revoking the
+-- certificate revokes the serial.
+CREATE OR REPLACE VIEW certificate_statuses AS
+    SELECT 0 AS kind, id, issuer, serial, not_after, revoked_at, revocation_reason
+    FROM certificates
+    UNION ALL
+    SELECT 1 AS kind, p.id, p.issuer, p.serial, p.not_after, NULL::timestamptz,
+           NULL::smallint
+    FROM precertificates p
+    WHERE NOT EXISTS (SELECT 1 FROM certificates c WHERE c.serial = p.serial);

@@ -47,7 +47,8 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
 
     The multi-perspective configuration is checked before anything starts (a refusal raises
     :class:`~acme_ca.va.perspectives.MpicConfigError`).  Started in order and stopped in
-    reverse: database, schema, development PKI (embedded defaults), in test mode the
+    reverse: database, schema, development PKI (embedded defaults), the in-process CT test
+    logs (``ct_log_list`` unset: test mode and embedded defaults), in test mode the
     challenge test server (and the ``--perspectives`` remote VAs), the status listener, the
     signing worker (``serve_worker``), then the ACME listener.
     """
@@ -62,6 +63,11 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
         applied = await migrate(dsn)
         log.info("database.migrated", applied=applied)
         await ensure_hierarchy(config)
+        ct_logs = None
+        if config.ct_log_list is None:  # test mode, embedded defaults: in-process CT test logs
+            from acme_ca.ct_testlogs import ct_test_logs
+
+            ct_logs = await stack.enter_async_context(ct_test_logs(config))
         if config.test_mode:
             from acme_ca.testmode import challenge_test_server
 
@@ -83,7 +89,8 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
         if config.serve_worker:
             worker_stop = asyncio.Event()
             worker = asyncio.create_task(
-                run_worker(config, dsn, worker_stop, SystemClock()), name="signing-worker")
+                run_worker(config, dsn, worker_stop, SystemClock(), ct_logs=ct_logs),
+                name="signing-worker")
             stack.push_async_callback(_stop_worker, worker, worker_stop)
         ssl_context = await asyncio.to_thread(server_ssl_context, config)
         validator = build_validator(config, SystemClock(), mpic)
@@ -126,9 +133,16 @@ async def _stop_worker(worker: asyncio.Task[None], worker_stop: asyncio.Event) -
 
 
 async def work(config: Config, *, stop: asyncio.Event | None = None) -> None:
-    """``acme-ca worker``: a signing worker process on the configured database."""
+    """``acme-ca worker``: a signing worker process on the configured database (with its own
+    in-process CT test logs when ``ct_log_list`` is unset)."""
     stop = stop or asyncio.Event()
     _stop_on_signals(stop)
-    async with database_dsn(config) as dsn:
+    async with contextlib.AsyncExitStack() as stack:
+        dsn = await stack.enter_async_context(database_dsn(config))
         await migrate(dsn)
-        await run_worker(config, dsn, stop, SystemClock())
+        ct_logs = None
+        if config.ct_log_list is None:  # embedded defaults: in-process CT test logs
+            from acme_ca.ct_testlogs import ct_test_logs
+
+            ct_logs = await stack.enter_async_context(ct_test_logs(config))
+        await run_worker(config, dsn, stop, SystemClock(), ct_logs=ct_logs)

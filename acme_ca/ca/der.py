@@ -22,7 +22,7 @@ from typing import Final
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from acme_ca.ca.signer import CaPrivateKey, HashName, KeyType, Signer
 
@@ -154,6 +154,21 @@ def throwaway_signed_certificate(
     """Step 1: the certificate signed by a throwaway key whose TBS ``signer`` can sign as is."""
     signer.signature_algorithm_der(hash)  # refuses a key/hash pair the BRs forbid
     return builder.sign(_throwaway_for(signer), _hash(hash))
+
+
+def throwaway_signed_tbs(tbs_der: bytes, signer: Signer, hash: HashName) -> bytes:
+    """Step 1 for TBS bytes made without a builder (the final certificate of a
+    precertificate, :func:`acme_ca.ca.ct.sct.final_tbs`): those exact bytes under a throwaway
+    signature, for the linter.  The TBS must already name the signer's algorithm."""
+    sig_alg = signer.signature_algorithm_der(hash)
+    if tbs_signature_algorithm(tbs_der) != sig_alg:
+        raise ValueError("TBS names another signature algorithm than the signer's")
+    key = _throwaway_for(signer)
+    if isinstance(key, rsa.RSAPrivateKey):
+        signature = key.sign(tbs_der, padding.PKCS1v15(), _hash(hash))
+    else:
+        signature = key.sign(tbs_der, ec.ECDSA(_hash(hash)))
+    return assemble_signed(tbs_der, sig_alg, signature)
 
 
 def throwaway_signed_crl(

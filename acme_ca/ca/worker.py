@@ -1,18 +1,38 @@
 """The signing worker: turns queued issuance jobs into certificates, crash-safely.
 
 Jobs come from PostgreSQL (``FOR UPDATE SKIP LOCKED``); a worker wakes on ``LISTEN/NOTIFY``
-and also polls, because notifications can be lost. Each job runs in recorded steps:
+and also polls, because notifications can be lost. With Certificate Transparency (CP 4.3.1:
+CT before issuance; RFC 6962 §3.1; BR 7.1.2.9), each job runs in these recorded steps:
 
-1. prepare: choose serial and validity, build the TBS, sign a copy with a throwaway key and
-   lint it (BR 4.3.1.2); an ERROR or FATAL finding fails the order with ``serverInternal``;
-2. record serial, validity, TBS and the linted copy (before the HSM signs anything, so
-   whatever it signs can be found and revoked after a crash);
-3. have the signer sign exactly the recorded TBS bytes;
-4. store the certificate and mark the order valid, in one transaction.
+1. prepare: choose serial and validity, check that the usable CT logs covering notAfter can
+   meet the CT policy (otherwise nothing is signed and the job waits, see below), build the
+   precertificate TBS (the final TBS plus the critical poison, last), sign a copy with a
+   throwaway key and lint it as ``DV-PRE-CERTIFICATE`` (BR 4.3.1.2); an ERROR or FATAL
+   finding fails the order with ``serverInternal``;
+2. record serial, validity, precertificate TBS and linted copy (before the HSM signs
+   anything, so whatever it signs can be found and revoked after a crash);
+3. have the signer sign exactly that TBS, and record the precertificate: from this commit on
+   it counts as issued (``precertificates``; the status updater produces its OCSP responses);
+4. submit it with ``add-pre-chain`` to logs chosen by the policy and verify every SCT
+   (:mod:`acme_ca.ca.ct.submit`); if the policy is not met, the job goes back to the queue
+   with backoff and is retried, with the same precertificate, until ``ct_deadline_seconds``
+   after the first submission, then the order becomes invalid with a clear error (the
+   precertificate stays recorded);
+5. build the final TBS: the precertificate's with the SCT list extension in the poison's
+   place (:func:`acme_ca.ca.ct.sct.final_tbs`), check that its precertificate TBS equals the
+   signed precertificate's (RFC 6962 §3.2, BR 4.3.1.2), lint it as ``DV-FINAL-CERTIFICATE``,
+   and record SCTs, TBS and linted copy;
+6. have the signer sign exactly that TBS; store the certificate (with its SCTs) and mark the
+   order valid, in one transaction; then send the certificate to the logs (best effort).
 
 A worker killed anywhere leaves a job whose lease lapses; the next worker resumes at the
-first step not recorded, with the same serial. The unique constraints on serial and on the
-certificate's order make a second certificate impossible.
+first step not recorded, with the same serial and the same precertificate (a job never has
+two: ``precertificates.job_id`` is unique and only the first recorded one is ever
+submitted). The unique constraints on serial and on the certificate's order make a second
+certificate impossible.
+
+``SigningWorker(ct=None)`` skips steps 3-5 (the TBS of step 1 is then the certificate's):
+only tests of the signing steps use it; :func:`run_worker` always runs with CT.
 """
 
 from __future__ import annotations
@@ -22,18 +42,32 @@ import contextlib
 import os
 import socket
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from acme_ca.acme import problems
-from acme_ca.ca.der import sign_tbs_certificate
+from acme_ca.ca.ct.loglist import FileLogList, LogListSource
+from acme_ca.ca.ct.sct import final_tbs, remove_poison
+from acme_ca.ca.ct.submit import (
+    CertificateTransparency,
+    CtPolicyNotMet,
+    CtSettings,
+    LoggedSct,
+)
+from acme_ca.ca.der import sign_tbs_certificate, throwaway_signed_tbs
 from acme_ca.ca.issuers import Issuer, IssuerSet, load_issuers
-from acme_ca.ca.lint import CertificateLinter
-from acme_ca.ca.profile import IssuanceRequest, ProfileSettings, build_certificate, new_serial
+from acme_ca.ca.lint import CertificateLinter, LintKind
+from acme_ca.ca.profile import (
+    IssuanceRequest,
+    PreparedCertificate,
+    ProfileSettings,
+    build_certificate,
+    new_serial,
+)
 from acme_ca.clock import Clock
 from acme_ca.config import Config
 from acme_ca.db.issuance import IssuanceJob, IssuanceRepository, IssuedCertificate
@@ -61,6 +95,14 @@ def _pem(certs: Any) -> str:
     return "".join(c.public_bytes(Encoding.PEM).decode() for c in certs)
 
 
+class IssuanceError(RuntimeError):
+    """A step produced something it must not sign (a bug, never a subscriber's fault)."""
+
+
+def _spki(cert: x509.Certificate) -> bytes:
+    return cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+
+
 class SigningWorker:
     def __init__(
         self,
@@ -73,6 +115,7 @@ class SigningWorker:
         poll_seconds: float = 5.0,
         lease: timedelta = DEFAULT_LEASE,
         worker_id: str | None = None,
+        ct: CertificateTransparency | None = None,
     ) -> None:
         self._jobs = jobs
         self._issuers = issuers
@@ -83,6 +126,7 @@ class SigningWorker:
         self._lease = lease
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self._wake = asyncio.Event()
+        self._ct = ct
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work until ``stop`` is set: drain the queue, then wait for NOTIFY or the poll."""
@@ -91,7 +135,8 @@ class SigningWorker:
             self._wake.set()
 
         listener = await self._jobs.listen(notified)
-        log.info("worker.started", worker_id=self.worker_id, issuers=self._issuers.names())
+        log.info("worker.started", worker_id=self.worker_id, issuers=self._issuers.names(),
+                 ct="off" if self._ct is None else "on")
         try:
             while not stop.is_set():
                 # Clear before draining, not after: a NOTIFY that arrives while the last
@@ -134,7 +179,7 @@ class SigningWorker:
         return True
 
     async def _process(self, job: IssuanceJob) -> None:
-        if job.attempts > MAX_ATTEMPTS:
+        if job.faults > MAX_ATTEMPTS:
             await self._jobs.fail(
                 job,
                 problems.server_internal("issuance kept failing inside the CA").to_json(),
@@ -145,21 +190,41 @@ class SigningWorker:
             return
         assert job.issuer is not None
         issuer = self._issuers.by_name(job.issuer)
-        if job.serial is None:
-            prepared_job = await self._prepare(job, issuer)
-            if prepared_job is None:
-                return
-            job = prepared_job
-        else:
+        if job.serial is not None:
             log.info("issuance.resumed", serial=job.serial, attempts=job.attempts)
             if await self._jobs.certificate_for_order(job.order_id):
                 # Stored before the crash: only the bookkeeping is left, sign nothing again.
                 await self._jobs.mark_done(job, self._clock.now())
                 log.info("issuance.already_complete", serial=job.serial)
                 return
-        assert job.tbs_der is not None and job.serial is not None
+        if self._ct is not None:
+            await self._process_ct(job, issuer, self._ct)
+            return
+        if job.serial is None:
+            prepared_job = await self._prepare(job, issuer)
+            if prepared_job is None:
+                return
+            job = prepared_job
+        assert job.tbs_der is not None
+        await self._sign_and_store(job, issuer, job.tbs_der)
+
+    async def _sign_and_store(
+        self,
+        job: IssuanceJob,
+        issuer: Issuer,
+        tbs_der: bytes,
+        precert: x509.Certificate | None = None,
+        scts: list[LoggedSct] | None = None,
+    ) -> x509.Certificate:
+        assert job.serial is not None
         assert job.not_before is not None and job.not_after is not None
-        cert = await sign_tbs_certificate(job.tbs_der, issuer.signer, issuer.hash)
+        cert = await sign_tbs_certificate(tbs_der, issuer.signer, issuer.hash)
+        if cert.tbs_certificate_bytes != tbs_der:
+            raise IssuanceError("the signed certificate's TBS is not the recorded TBS")
+        if precert is not None and cert.tbs_precertificate_bytes != remove_poison(
+            precert.tbs_certificate_bytes
+        ):
+            raise IssuanceError("the certificate's precertificate TBS is not the precertificate's")
         log.info("issuance.signed", serial=job.serial, issuer=issuer.name)
         stored = await self._jobs.complete(
             job,
@@ -173,6 +238,7 @@ class SigningWorker:
                 alternate_chains=[
                     _pem((issuer.certificate, *chain)) for chain in issuer.alternate_chains
                 ],
+                scts=[s.to_json() for s in scts or ()],
             ),
             self._clock.now(),
         )
@@ -182,12 +248,15 @@ class SigningWorker:
             issuer=issuer.name,
             names=list(job.names),
             not_after=job.not_after.isoformat(),
+            **({"scts": [s.summary() for s in scts]} if scts else {}),
         )
+        return cert
 
-    async def _prepare(self, job: IssuanceJob, issuer: Issuer) -> IssuanceJob | None:
+    def _build(
+        self, job: IssuanceJob, issuer: Issuer, *, precertificate: bool
+    ) -> PreparedCertificate:
         csr = x509.load_der_x509_csr(job.csr_der)
-        signing_time = self._clock.now()
-        prepared = build_certificate(
+        return build_certificate(
             issuer.certificate,
             issuer.signer.public_key,
             issuer.hash,
@@ -196,23 +265,39 @@ class SigningWorker:
                 names=job.names,
                 public_key=csr.public_key(),  # type: ignore[arg-type]
                 serial=new_serial(),
-                signing_time=signing_time,
+                signing_time=self._clock.now(),
             ),
+            precertificate=precertificate,
         )
-        report = await self._linter.alint(
-            prepared.lint_der, "DV-FINAL-CERTIFICATE", signing_time
+
+    async def _lint_ok(
+        self, job: IssuanceJob, der: bytes, kind: LintKind, signing_time: datetime
+    ) -> tuple[bool, int]:
+        """Lint ``der``; on an ERROR or FATAL finding fail the order (nothing more is signed)
+        and return False.  Also returns the number of findings."""
+        report = await self._linter.alint(der, kind, signing_time)
+        if not report.blocking:
+            return True, len(report.findings)
+        findings = [str(f) for f in report.blocking]
+        log.error("issuance.lint_failed", kind=kind, findings=findings, serial=job.serial)
+        what = "precertificate" if kind == "DV-PRE-CERTIFICATE" else "certificate"
+        signed = " beyond the precertificate" if job.precert_der is not None else ""
+        await self._jobs.fail(
+            job,
+            problems.server_internal(
+                f"the {what} failed pre-issuance linting; nothing{signed} was signed"
+            ).to_json(),
+            {"reason": "pre-issuance lint", "kind": kind, "findings": findings},
+            self._clock.now(),
         )
-        if report.blocking:
-            findings = [str(f) for f in report.blocking]
-            log.error("issuance.lint_failed", findings=findings)
-            await self._jobs.fail(
-                job,
-                problems.server_internal(
-                    "the certificate failed pre-issuance linting; nothing was signed"
-                ).to_json(),
-                {"reason": "pre-issuance lint", "findings": findings},
-                self._clock.now(),
-            )
+        return False, len(report.findings)
+
+    async def _prepare(self, job: IssuanceJob, issuer: Issuer) -> IssuanceJob | None:
+        prepared = self._build(job, issuer, precertificate=False)
+        ok, findings = await self._lint_ok(
+            job, prepared.lint_der, "DV-FINAL-CERTIFICATE", self._clock.now()
+        )
+        if not ok:
             return None
         recorded = await self._jobs.record_prepared(
             job.id,
@@ -228,9 +313,183 @@ class SigningWorker:
             "issuance.prepared",
             serial=recorded.serial,
             issuer=issuer.name,
-            lint_findings=len(report.findings),
+            lint_findings=findings,
         )
         return recorded
+
+    # ------------------------------------------------------------------ with CT
+
+    def _holds(self, job: IssuanceJob, step: str) -> bool:
+        """Whether this worker still owns ``job`` as recorded; if not, another worker took it
+        over after our lease lapsed and carries on from what is recorded."""
+        if job.status == "running" and job.locked_by == self.worker_id:
+            return True
+        log.warning("issuance.lease_lost", step=step, serial=job.serial,
+                    status=job.status, locked_by=job.locked_by)
+        return False
+
+    async def _process_ct(
+        self, job: IssuanceJob, issuer: Issuer, ct: CertificateTransparency
+    ) -> None:
+        if job.serial is not None and job.precert_tbs_der is None:
+            # Prepared by a worker without CT (before an upgrade): its TBS carries no poison
+            # and its serial may be signed already, so it cannot become a precertificate.
+            await self._jobs.fail(
+                job,
+                problems.server_internal(
+                    "issuance was prepared without Certificate Transparency; order again"
+                ).to_json(),
+                {"reason": "prepared without certificate transparency", "serial": job.serial},
+                self._clock.now(),
+            )
+            log.error("issuance.prepared_without_ct", serial=job.serial)
+            return
+        if job.serial is None:
+            prepared = await self._prepare_precertificate(job, issuer, ct)
+            if prepared is None:
+                return
+            job = prepared
+        assert job.precert_tbs_der is not None
+        assert job.not_before is not None and job.not_after is not None
+        if job.precert_der is None:
+            signed = await sign_tbs_certificate(job.precert_tbs_der, issuer.signer, issuer.hash)
+            if signed.tbs_certificate_bytes != job.precert_tbs_der:
+                raise IssuanceError("the signed precertificate's TBS is not the recorded TBS")
+            job = await self._jobs.record_precertificate(
+                job, self.worker_id, signed.public_bytes(Encoding.DER), self._clock.now()
+            )
+            if not self._holds(job, "precertificate"):
+                return
+            log.info("precertificate.issued", serial=job.serial, issuer=issuer.name)
+        assert job.precert_der is not None
+        precert = x509.load_der_x509_certificate(job.precert_der)
+        if job.tbs_der is None:
+            collected = await self._collect_scts(job, issuer, ct, precert)
+            if collected is None:
+                return
+            job = collected
+        assert job.tbs_der is not None and job.scts is not None
+        scts = [LoggedSct.from_json(s) for s in job.scts]
+        cert = await self._sign_and_store(job, issuer, job.tbs_der, precert, scts)
+        ct.submit_final_later(cert, (issuer.certificate, *issuer.chain), scts)
+
+    async def _prepare_precertificate(
+        self, job: IssuanceJob, issuer: Issuer, ct: CertificateTransparency
+    ) -> IssuanceJob | None:
+        prepared = self._build(job, issuer, precertificate=True)
+        problem = ct.coverage_problem(prepared.not_before, prepared.not_after)
+        if problem is not None:
+            # Checked before anything is signed: without enough logs no precertificate.
+            await self._ct_unavailable(job, [problem], since=job.created_at)
+            return None
+        ok, findings = await self._lint_ok(
+            job, prepared.lint_der, "DV-PRE-CERTIFICATE", self._clock.now()
+        )
+        if not ok:
+            return None
+        recorded = await self._jobs.record_prepared(
+            job.id,
+            self.worker_id,
+            serial=format(prepared.serial, "x"),
+            not_before=prepared.not_before,
+            not_after=prepared.not_after,
+            precert_tbs_der=prepared.tbs_der,
+            precert_lint_der=prepared.lint_der,
+            now=self._clock.now(),
+        )
+        if not self._holds(recorded, "prepare") or recorded.precert_tbs_der != prepared.tbs_der:
+            return None
+        log.info(
+            "issuance.prepared",
+            serial=recorded.serial,
+            issuer=issuer.name,
+            lint_findings=findings,
+            precertificate=True,
+        )
+        return recorded
+
+    async def _collect_scts(
+        self,
+        job: IssuanceJob,
+        issuer: Issuer,
+        ct: CertificateTransparency,
+        precert: x509.Certificate,
+    ) -> IssuanceJob | None:
+        assert job.precert_tbs_der is not None and job.ct_submitted_at is not None
+        assert job.not_before is not None and job.not_after is not None
+        try:
+            scts = await ct.collect(
+                precert,
+                (issuer.certificate, *issuer.chain),
+                precert_tbs=job.precert_tbs_der,
+                issuer_spki_der=_spki(issuer.certificate),
+                not_before=job.not_before,
+                not_after=job.not_after,
+                submitted_at=job.ct_submitted_at,
+            )
+        except CtPolicyNotMet as e:
+            await self._ct_unavailable(job, e.reasons, since=job.ct_submitted_at)
+            return None
+        tbs = final_tbs(job.precert_tbs_der, [s.sct for s in scts])
+        lint_der = throwaway_signed_tbs(tbs, issuer.signer, issuer.hash)
+        # RFC 6962 §3.2 / BR 4.3.1.2: the final certificate minus its SCT list (cryptography)
+        # is the signed precertificate minus its poison (our own DER code), byte for byte.
+        if x509.load_der_x509_certificate(lint_der).tbs_precertificate_bytes != remove_poison(
+            precert.tbs_certificate_bytes
+        ):
+            raise IssuanceError("the final TBS does not match the precertificate's TBS")
+        ok, findings = await self._lint_ok(job, lint_der, "DV-FINAL-CERTIFICATE", self._clock.now())
+        if not ok:
+            return None
+        recorded = await self._jobs.record_scts(
+            job,
+            self.worker_id,
+            scts=[s.to_json() for s in scts],
+            tbs_der=tbs,
+            lint_der=lint_der,
+            now=self._clock.now(),
+        )
+        if not self._holds(recorded, "scts"):
+            return None
+        log.info(
+            "ct.scts_collected",
+            serial=job.serial,
+            scts=[s.summary() for s in scts],
+            lint_findings=findings,
+        )
+        return recorded
+
+    async def _ct_unavailable(
+        self, job: IssuanceJob, reasons: list[str], *, since: datetime | None
+    ) -> None:
+        """Not enough SCTs (or logs) now: back to the queue with backoff, or, past the
+        deadline, fail the order (a recorded precertificate stays recorded)."""
+        assert self._ct is not None
+        settings = self._ct.settings
+        now = self._clock.now()
+        deadline = (since or job.created_at or now) + settings.deadline
+        details: dict[str, Any] = {"reason": "certificate transparency", "reasons": reasons}
+        if now >= deadline:
+            seconds = int(settings.deadline.total_seconds())
+            await self._jobs.fail(
+                job,
+                problems.server_internal(
+                    "the certificate could not be logged to Certificate Transparency as the "
+                    f"CA's policy requires: not enough valid SCTs within {seconds} seconds ("
+                    + ("its precertificate was signed and stays on record)" if job.precert_der
+                       else "nothing was signed)")
+                ).to_json(),
+                {**details, "serial": job.serial,
+                 "precertificate": job.precert_der is not None},
+                now,
+            )
+            log.error("issuance.ct_failed", serial=job.serial, reasons=reasons,
+                      precertificate=job.precert_der is not None)
+            return
+        retry_at = min(now + settings.backoff(job.deferrals + 1), deadline)
+        await self._jobs.defer(job, self.worker_id, retry_at=retry_at, details=details, now=now)
+        log.warning("issuance.ct_deferred", serial=job.serial, reasons=reasons,
+                    retry_at=retry_at.isoformat(), deferrals=job.deferrals + 1)
 
 
 def profile_settings_factory(config: Any) -> Any:
@@ -250,12 +509,36 @@ def profile_settings_factory(config: Any) -> Any:
     return settings
 
 
-async def run_worker(config: Config, dsn: str, stop: asyncio.Event, clock: Clock) -> None:
-    """The worker with everything it needs: storage, issuer keys, a warm linter; and, beside
-    it, the status updater that signs CRLs and OCSP responses with the same keys.
+def ct_log_source(config: Config, given: LogListSource | None) -> LogListSource:
+    """The log list the worker submits to: ``given`` (the in-process test logs) or the
+    configured ``ct_log_list`` file; there is no issuance without one (CP 4.3.1)."""
+    if given is not None:
+        return given
+    if config.ct_log_list is None:
+        raise RuntimeError(
+            "no Certificate Transparency log list: set ct_log_list (docs/ct.md); only serve "
+            "and worker start test logs when it is unset"
+        )
+    return FileLogList(config.ct_log_list)
+
+
+async def run_worker(
+    config: Config,
+    dsn: str,
+    stop: asyncio.Event,
+    clock: Clock,
+    *,
+    ct_logs: LogListSource | None = None,
+) -> None:
+    """The worker with everything it needs: storage, issuer keys, a warm linter, the CT log
+    list; and, beside it, the status updater that signs CRLs and OCSP responses with the same
+    keys.
 
     Either task failing stops the other and surfaces its error.
     """
+    logs = ct_log_source(config, ct_logs)
+    logs.current()  # an unreadable log list stops the worker now, not at the first job
+    ct = CertificateTransparency(logs, clock, CtSettings.from_config(config))
     # Two connections stay LISTENing (issuance jobs, revocations); the rest run queries.
     storage = await open_storage(dsn, max_size=5)
     try:
@@ -273,6 +556,7 @@ async def run_worker(config: Config, dsn: str, stop: asyncio.Event, clock: Clock
                     issuers, linter, clock,
                     profile_for=profile_settings_factory(config),
                     poll_seconds=float(config.worker_poll_seconds),
+                    ct=ct,
                 )
                 tasks = [
                     asyncio.create_task(worker.run(stop), name="signing-worker"),
@@ -293,4 +577,5 @@ async def run_worker(config: Config, dsn: str, stop: asyncio.Event, clock: Clock
         finally:
             await issuers.aclose()
     finally:
+        await ct.aclose()
         await storage.close()

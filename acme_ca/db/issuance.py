@@ -1,16 +1,24 @@
 """Issuance jobs: enqueued at finalize, taken by signing workers, each step recorded.
 
-The job row is the worker's checkpoint. ``claim`` takes a queued job (or a running one whose
-worker stopped renewing its lease) with ``FOR UPDATE SKIP LOCKED``; ``record_prepared`` fixes
-serial, validity and TBS once; ``complete`` stores the certificate and moves the order to
-valid in one transaction, and the unique constraints on serial and order make a second
-certificate impossible.
+The job row is the worker's checkpoint. ``claim`` takes a queued job whose ``retry_at`` has
+come (or a running one whose worker stopped renewing its lease) with ``FOR UPDATE SKIP
+LOCKED``; ``record_prepared`` fixes serial, validity and the TBS (the precertificate's, with
+CT) once; ``record_precertificate`` stores the signed precertificate once per job, which from
+then on counts as issued; ``record_scts`` fixes the SCTs and the final TBS once; ``defer``
+sends a job whose SCTs fell short back to the queue until its backoff ends; ``complete``
+stores the certificate and moves the order to valid in one transaction, and the unique
+constraints on serial and order make a second certificate impossible.
+
+Every recording step only succeeds for the worker holding the job and only once; each returns
+the row as recorded, so a worker that lost its lease continues with (or stops at) what another
+worker recorded, never with its own second version.
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -36,6 +44,20 @@ class IssuanceJob:
     not_after: datetime | None
     tbs_der: bytes | None
     lint_der: bytes | None
+    created_at: datetime | None = None
+    locked_by: str | None = None
+    #: CT steps (None until recorded): see schema.sql.
+    precert_tbs_der: bytes | None = None
+    precert_lint_der: bytes | None = None
+    precert_der: bytes | None = None
+    ct_submitted_at: datetime | None = None
+    scts: list[dict[str, Any]] | None = None
+    deferrals: int = 0
+
+    @property
+    def faults(self) -> int:
+        """Claims that did not end in a CT backoff: what MAX_ATTEMPTS limits."""
+        return self.attempts - self.deferrals
 
 
 @dataclass(frozen=True)
@@ -47,6 +69,8 @@ class IssuedCertificate:
     not_after: datetime
     chain_pem: str
     alternate_chains: list[str]
+    #: The embedded SCTs as stored (log, operator, timestamp, log id, the SCT itself).
+    scts: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _job(row: asyncpg.Record) -> IssuanceJob:
@@ -67,7 +91,20 @@ def _job(row: asyncpg.Record) -> IssuanceJob:
         not_after=row["not_after"],
         tbs_der=b(row["tbs_der"]),
         lint_der=b(row["lint_der"]),
+        created_at=row["created_at"],
+        locked_by=row["locked_by"],
+        precert_tbs_der=b(row["precert_tbs_der"]),
+        precert_lint_der=b(row["precert_lint_der"]),
+        precert_der=b(row["precert_der"]),
+        ct_submitted_at=row["ct_submitted_at"],
+        scts=row["scts"],
+        deferrals=row["deferrals"],
     )
+
+
+def _sct_summaries(scts: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Log, operator and timestamp of each SCT: what the order timeline shows."""
+    return [{k: s.get(k) for k in ("log", "operator", "timestamp")} for s in scts]
 
 
 class IssuanceRepository:
@@ -123,7 +160,7 @@ class IssuanceRepository:
                       locked_by = $1, locked_until = $2::timestamptz + $3::interval,
                       updated_at = $2
                WHERE id = (SELECT id FROM issuance_jobs
-                           WHERE status = 'queued'
+                           WHERE (status = 'queued' AND (retry_at IS NULL OR retry_at <= $2))
                               OR (status = 'running' AND locked_until < $2)
                            ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
                RETURNING *""",
@@ -141,15 +178,21 @@ class IssuanceRepository:
         serial: str,
         not_before: datetime,
         not_after: datetime,
-        tbs_der: bytes,
-        lint_der: bytes,
+        tbs_der: bytes | None = None,
+        lint_der: bytes | None = None,
+        precert_tbs_der: bytes | None = None,
+        precert_lint_der: bytes | None = None,
         now: datetime,
     ) -> IssuanceJob:
-        """Fix serial, validity and TBS once; a job that already has them keeps its own."""
+        """Fix serial, validity and TBS once (with CT: the precertificate's TBS and linted
+        copy, the final TBS coming with the SCTs); a job that already has them keeps its own."""
+        if (tbs_der is None) == (precert_tbs_der is None):
+            raise ValueError("record either the certificate TBS or the precertificate TBS")
         async with self._pool.acquire() as conn, conn.transaction():
             updated = await conn.execute(
                 """UPDATE issuance_jobs SET serial = $3, not_before = $4, not_after = $5,
-                          tbs_der = $6, lint_der = $7, updated_at = $8
+                          tbs_der = $6, lint_der = $7, precert_tbs_der = $8,
+                          precert_lint_der = $9, updated_at = $10
                    WHERE id = $1 AND locked_by = $2 AND serial IS NULL""",
                 job_id,
                 worker_id,
@@ -158,6 +201,8 @@ class IssuanceRepository:
                 not_after,
                 tbs_der,
                 lint_der,
+                precert_tbs_der,
+                precert_lint_der,
                 now,
             )
             row = await conn.fetchrow("SELECT * FROM issuance_jobs WHERE id = $1", job_id)
@@ -170,9 +215,135 @@ class IssuanceRepository:
                 actor=f"worker:{worker_id}",
                 account_id=row["account_id"],
                 order_id=row["order_id"],
-                details={"serial": row["serial"], "job_id": job_id},
+                details={
+                    "serial": row["serial"],
+                    "job_id": job_id,
+                    "precertificate": precert_tbs_der is not None,
+                },
             )
         return _job(row)
+
+    async def record_precertificate(
+        self, job: IssuanceJob, worker_id: str, der: bytes, now: datetime
+    ) -> IssuanceJob:
+        """Store the signed precertificate, once per job, and the start of its submission.
+
+        From this commit on the serial counts as issued (BR 7.1.2.9): the precertificate is in
+        ``precertificates`` (OCSP answers for it) and on the job, which every later step reuses.
+        Another worker's precertificate, recorded first, wins: the row returned carries it.
+        """
+        async with self._pool.acquire() as conn, conn.transaction():
+            updated = await conn.execute(
+                """UPDATE issuance_jobs SET precert_der = $3,
+                          ct_submitted_at = coalesce(ct_submitted_at, $4), updated_at = $4
+                   WHERE id = $1 AND locked_by = $2 AND precert_der IS NULL
+                     AND precert_tbs_der IS NOT NULL""",
+                job.id,
+                worker_id,
+                der,
+                now,
+            )
+            row = await conn.fetchrow("SELECT * FROM issuance_jobs WHERE id = $1", job.id)
+            if not updated.endswith(" 1"):
+                return _job(row)
+            await conn.execute(
+                """INSERT INTO precertificates (job_id, order_id, account_id, serial, issuer,
+                                                der, not_before, not_after, created_at)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",
+                job.id,
+                row["order_id"],
+                row["account_id"],
+                row["serial"],
+                row["issuer"],
+                der,
+                row["not_before"],
+                row["not_after"],
+                now,
+            )
+            await record_event(
+                conn,
+                "precertificate.issued",
+                at=now,
+                actor=f"worker:{worker_id}",
+                account_id=row["account_id"],
+                order_id=row["order_id"],
+                details={"serial": row["serial"], "issuer": row["issuer"], "job_id": job.id},
+            )
+        return _job(row)
+
+    async def record_scts(
+        self,
+        job: IssuanceJob,
+        worker_id: str,
+        *,
+        scts: list[dict[str, Any]],
+        tbs_der: bytes,
+        lint_der: bytes,
+        now: datetime,
+    ) -> IssuanceJob:
+        """Fix the SCTs and the final certificate's TBS and linted copy, once."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            updated = await conn.execute(
+                """UPDATE issuance_jobs SET scts = $3, tbs_der = $4, lint_der = $5,
+                          error = NULL, updated_at = $6
+                   WHERE id = $1 AND locked_by = $2 AND tbs_der IS NULL
+                     AND precert_der IS NOT NULL""",
+                job.id,
+                worker_id,
+                scts,
+                tbs_der,
+                lint_der,
+                now,
+            )
+            row = await conn.fetchrow("SELECT * FROM issuance_jobs WHERE id = $1", job.id)
+            if not updated.endswith(" 1"):
+                return _job(row)
+            await record_event(
+                conn,
+                "ct.scts_collected",
+                at=now,
+                actor=f"worker:{worker_id}",
+                account_id=row["account_id"],
+                order_id=row["order_id"],
+                details={"serial": row["serial"], "scts": _sct_summaries(scts)},
+            )
+        return _job(row)
+
+    async def defer(
+        self,
+        job: IssuanceJob,
+        worker_id: str,
+        *,
+        retry_at: datetime,
+        details: dict[str, Any],
+        now: datetime,
+    ) -> bool:
+        """Back to the queue until ``retry_at`` (CT policy not met yet); False if this worker
+        no longer holds the job."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            updated = await conn.execute(
+                """UPDATE issuance_jobs SET status = 'queued', retry_at = $3,
+                          deferrals = deferrals + 1, error = $4, locked_by = NULL,
+                          locked_until = NULL, updated_at = $5
+                   WHERE id = $1 AND locked_by = $2 AND status = 'running'""",
+                job.id,
+                worker_id,
+                retry_at,
+                details,
+                now,
+            )
+            if not updated.endswith(" 1"):
+                return False
+            await record_event(
+                conn,
+                "ct.deferred",
+                at=now,
+                actor=f"worker:{worker_id}",
+                account_id=job.account_id,
+                order_id=job.order_id,
+                details={"serial": job.serial, "retry_at": retry_at.isoformat(), **details},
+            )
+        return True
 
     async def complete(self, job: IssuanceJob, cert: IssuedCertificate, now: datetime) -> bool:
         """Store the certificate, order valid, job done; False if it was already stored."""
@@ -180,8 +351,8 @@ class IssuanceRepository:
             inserted = await conn.fetchval(
                 """INSERT INTO certificates (order_id, account_id, serial, issuer, der,
                                              not_before, not_after, chain_pem,
-                                             alternate_chains, created_at)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                                             alternate_chains, created_at, scts)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
                    ON CONFLICT DO NOTHING RETURNING id""",
                 job.order_id,
                 job.account_id,
@@ -193,6 +364,7 @@ class IssuanceRepository:
                 cert.chain_pem,
                 cert.alternate_chains,
                 now,
+                cert.scts,
             )
             await conn.execute(
                 "UPDATE orders SET status = 'valid', updated_at = $2 "
@@ -218,6 +390,7 @@ class IssuanceRepository:
                         "serial": cert.serial,
                         "issuer": cert.issuer,
                         "not_after": cert.not_after.isoformat(),
+                        **({"scts": _sct_summaries(cert.scts)} if cert.scts else {}),
                     },
                 )
         return inserted is not None

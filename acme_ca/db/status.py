@@ -271,9 +271,11 @@ class StatusRepository:
     # ------------------------------------------------------------------ OCSP
 
     async def certificate_status(self, issuer: str, serial: str) -> CertificateStatus | None:
+        """The status of the certificate with this serial or, before it exists, of its
+        precertificate (BR 7.1.2.9: a precertificate's serial counts as issued; see the
+        ``certificate_statuses`` view in schema.sql)."""
         row = await self._pool.fetchrow(
-            "SELECT issuer, serial, not_after, revoked_at, revocation_reason FROM certificates "
-            "WHERE issuer = $1 AND serial = $2",
+            "SELECT * FROM certificate_statuses WHERE issuer = $1 AND serial = $2",
             issuer,
             serial,
         )
@@ -288,11 +290,12 @@ class StatusRepository:
         fresh_after: datetime,
         limit: int = 500,
     ) -> list[CertificateStatus]:
-        """Unexpired certificates of ``issuers`` lacking, for some hash algorithm, a response
-        produced after ``fresh_after`` that states their current status."""
+        """Unexpired certificates (and precertificates whose certificate does not exist yet)
+        of ``issuers`` lacking, for some hash algorithm, a response produced after
+        ``fresh_after`` that states their current status."""
         rows = await self._pool.fetch(
             """SELECT c.issuer, c.serial, c.not_after, c.revoked_at, c.revocation_reason
-               FROM certificates c
+               FROM certificate_statuses c
                WHERE c.issuer = ANY($1::text[]) AND c.not_after > $3
                  AND (SELECT count(*) FROM ocsp_responses r
                       WHERE r.issuer = c.issuer AND r.serial = c.serial
@@ -304,7 +307,7 @@ class StatusRepository:
                             (CASE WHEN c.revoked_at IS NULL
                                   THEN NULL ELSE coalesce(c.revocation_reason, 0) END)
                      ) < cardinality($2::text[])
-               ORDER BY c.id
+               ORDER BY c.kind, c.id
                LIMIT $5""",
             list(issuers),
             list(hash_algorithms),

@@ -7,8 +7,10 @@ What it does and when (CP 4.9.7, 4.9.9; BR 4.9.7, 4.9.10):
   OCSP responses still missing or due;
 * on each ``acme_ca_revocation`` NOTIFY (sent when a revocation commits): the issuer's CRL and
   that certificate's OCSP responses, within seconds;
-* right after a certificate is stored (:class:`PublishingIssuanceRepository` calls
-  :meth:`StatusUpdater.certificate_issued`): its OCSP responses;
+* right after a precertificate or a certificate is stored
+  (:class:`PublishingIssuanceRepository` calls :meth:`StatusUpdater.certificate_issued`): its
+  OCSP responses (a precertificate counts as issued, BR 7.1.2.9: its serial is never
+  "unknown" from then on; the final certificate shares the serial and the responses);
 * every ``poll_seconds`` (30 s; lost notifications, other workers' certificates): CRLs older
   than ``crl_interval_hours`` or whose entries no longer match the revocations in the
   database, and OCSP responses that are missing, state an outdated status, or have passed
@@ -383,7 +385,7 @@ async def _wait_any(wake: asyncio.Event, stop: asyncio.Event, seconds: float) ->
 
 class PublishingIssuanceRepository(IssuanceRepository):
     """The signing worker's job repository that tells the :class:`StatusUpdater` about every
-    certificate it stores, so its OCSP response exists seconds after issuance."""
+    precertificate and certificate it stores, so its OCSP response exists seconds later."""
 
     _on_issued: Callable[[str, str], None]
 
@@ -394,6 +396,15 @@ class PublishingIssuanceRepository(IssuanceRepository):
         repository = cls(storage.pool)
         repository._on_issued = on_issued
         return repository
+
+    async def record_precertificate(
+        self, job: IssuanceJob, worker_id: str, der: bytes, now: datetime
+    ) -> IssuanceJob:
+        recorded = await super().record_precertificate(job, worker_id, der, now)
+        if recorded.issuer is not None and recorded.serial is not None:
+            # A precertificate counts as issued: its OCSP responses exist seconds later.
+            self._on_issued(recorded.issuer, recorded.serial)
+        return recorded
 
     async def complete(self, job: IssuanceJob, cert: IssuedCertificate, now: datetime) -> bool:
         stored = await super().complete(job, cert, now)

@@ -34,6 +34,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from acme_ca.ca.ct.loglist import parse_log_list
+from acme_ca.ca.ct.sct import certificate_precert_entry, embedded_scts, verify_signature
 from acme_ca.ca.profile import recommended_validity
 from integration.challsrv_thread import ThreadedChallengeServer
 from integration.processes import (
@@ -327,6 +329,20 @@ def test_certbot_http01_issues_verifiable_lint_clean(
 
     validity = leaf.not_valid_after_utc - leaf.not_valid_before_utc + dt.timedelta(seconds=1)
     assert validity == EXPECTED_VALIDITY, (leaf.not_valid_before_utc, leaf.not_valid_after_utc)
+
+    # CT-7/CT-8: more than 180 days needs 3 SCTs from at least 2 operators; each verifies
+    # against the key of its log in the list the embedded defaults wrote.
+    log_list = parse_log_list((home / "ct" / "log_list.json").read_bytes())
+    issuer_spki = issuer.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    entry = certificate_precert_entry(leaf.tbs_certificate_bytes, issuer_spki)
+    operators = []
+    for sct in embedded_scts(leaf.tbs_certificate_bytes):
+        ct_log = log_list.by_id(sct.log_id)
+        assert ct_log is not None, "SCT from a log not in home/ct/log_list.json"
+        verify_signature(sct, ct_log.public_key, entry)
+        operators.append(ct_log.operator)
+    assert len(operators) >= 3 and len(set(operators)) >= 2, operators
 
     issued = ca.events("certificate.issued")
     assert len(issued) == 1, ca.tails()

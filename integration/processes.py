@@ -82,6 +82,19 @@ def run_cli(
 
 
 @dataclass
+def read_log_events(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects among the lines of a structlog output file (other lines skipped)."""
+    events = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(obj, dict):
+            events.append(obj)
+    return events
+
+
 class CaProcess:
     """One long-running ``acme-ca`` subprocess whose stdout/stderr go to files."""
 
@@ -107,15 +120,7 @@ class CaProcess:
 
     def log_events(self) -> list[dict[str, Any]]:
         """The JSON log lines written so far."""
-        events = []
-        for line in self.stdout_path.read_text(errors="replace").splitlines():
-            try:
-                obj = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(obj, dict):
-                events.append(obj)
-        return events
+        return read_log_events(self.stdout_path)
 
     def events(self, name: str) -> list[dict[str, Any]]:
         return [e for e in self.log_events() if e.get("event") == name]

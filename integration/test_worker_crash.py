@@ -15,7 +15,6 @@ worker then resumes them through the ordinary lapsed-lease claim.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
 import shutil
@@ -37,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from acme_ca.ca.hierarchy import init_hierarchy
 from acme_ca.config import Config
 from acme_ca.db.issuance import IssuanceRepository
+from integration.processes import read_log_events
 from tests.test_worker import build_csr, insert_ready_order
 
 pytestmark = pytest.mark.integration
@@ -77,15 +77,7 @@ class WorkerProcess:
         return f"{socket.gethostname()}:{self.proc.pid}"
 
     def events(self) -> list[dict[str, object]]:
-        found = []
-        for line in self.stdout.read_text(errors="replace").splitlines():
-            try:
-                obj = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(obj, dict):
-                found.append(obj)
-        return found
+        return read_log_events(self.stdout)
 
     def tails(self, lines: int = 30) -> str:
         out = "\n".join(self.stdout.read_text(errors="replace").splitlines()[-lines:])

@@ -81,7 +81,6 @@ def run_cli(
     )
 
 
-@dataclass
 def read_log_events(path: Path) -> list[dict[str, Any]]:
     """The JSON objects among the lines of a structlog output file (other lines skipped)."""
     events = []
@@ -95,6 +94,7 @@ def read_log_events(path: Path) -> list[dict[str, Any]]:
     return events
 
 
+@dataclass
 class CaProcess:
     """One long-running ``acme-ca`` subprocess whose stdout/stderr go to files."""
 

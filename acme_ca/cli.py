@@ -234,6 +234,15 @@ def _mpic_certs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_line_safe_key() -> bytes:
+    """A 256-bit HMAC key whose base64url form does not start with "-": operators paste it
+    after `--eab-hmac-key` / `--hmac`, where a leading dash reads as another option."""
+    while True:
+        key = secrets.token_bytes(32)
+        if not b64url_encode(key).startswith("-"):
+            return key
+
+
 async def _db_migrate(config: Config) -> int:
     from acme_ca.db.database import database_dsn, migrate
 
@@ -257,7 +266,7 @@ async def _eab(config: Config, args: argparse.Namespace) -> int:
             repo = EabKeyRepository(pool)
             if args.eab_command == "create":
                 kid = args.kid or "kid-" + secrets.token_hex(8)
-                key = secrets.token_bytes(32)
+                key = _command_line_safe_key()
                 await repo.create(kid, key, args.comment, now, actor="operator:cli")
                 print(f"kid: {kid}")
                 print(f"hmac_key: {b64url_encode(key)}")

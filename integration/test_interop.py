@@ -501,7 +501,7 @@ class Certbot(Client):
             if key_type == "rsa"
             else ["--key-type", "ecdsa", "--elliptic-curve", "secp256r1"]
         )
-        binding = ["--eab-kid", eab[0], "--eab-hmac-key", eab[1]] if eab else []
+        binding = [f"--eab-kid={eab[0]}", f"--eab-hmac-key={eab[1]}"] if eab else []
         self._run(
             "certonly",
             *how,
@@ -517,7 +517,7 @@ class Certbot(Client):
         return self._snapshot(names, key_type)
 
     def register(self, eab: tuple[str, str] | None = None) -> bool:
-        binding = ["--eab-kid", eab[0], "--eab-hmac-key", eab[1]] if eab else []
+        binding = [f"--eab-kid={eab[0]}", f"--eab-hmac-key={eab[1]}"] if eab else []
         self._run("register", "--agree-tos", "-m", EMAIL, *binding)
         return True
 
@@ -568,7 +568,7 @@ class Lego(Client):
         else:
             argv += ["--dns", "exec", "--dns.resolvers", self.ca.resolver, "--dns.disable-cp"]
         if eab:
-            argv += ["--eab", "--kid", eab[0], "--hmac", eab[1]]
+            argv += ["--eab", f"--kid={eab[0]}", f"--hmac={eab[1]}"]
         return argv
 
     def _env(self) -> dict[str, str]:

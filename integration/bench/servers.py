@@ -1,0 +1,634 @@
+"""The two benchmark targets, each started in the shape it is meant to run in, as context
+managers yielding a :class:`Target`.
+
+* Pebble: the Debian package, over HTTPS with a throwaway TLS certificate, its validation
+  sleep off (``PEBBLE_VA_NOSLEEP``), no nonce rejection, authorization reuse at Pebble's
+  default; names resolve through a ``pebble-challtestsrv`` DNS answering 127.0.0.1.
+* acme_ca in production shape: a PostgreSQL server of its own, the CA keys in a SoftHSM2
+  token, ``acme-ca serve`` (HTTPS, no in-process worker) beside one ``acme-ca worker``
+  process, logging at info as production does, pre-issuance linting (always on), CT logs
+  reached over HTTP in a helper process (production's logs are remote, so their CPU is not
+  the CA's), and the same ``pebble-challtestsrv`` DNS as Pebble's resolver.
+
+CPU counted for a target is its own work: the pebble process; acme_ca's serve, worker and
+PostgreSQL trees.  The DNS server and the CT logs are reported beside it, not counted.
+
+Every subprocess runs in a session of its own (a Ctrl-C at the terminal reaches only the
+benchmark, which then stops them in order) and is killed by the kernel should the benchmark
+die without cleaning up (``PR_SET_PDEATHSIG``).  Output goes to files in the work directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import datetime as dt
+import ipaddress
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import dns.exception
+import dns.message
+import dns.query
+import dns.rdatatype
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from acme_ca.db.embedded import EmbeddedPostgres
+
+REPO = Path(__file__).resolve().parents[2]
+PEBBLE = "/usr/bin/pebble"
+CHALLTESTSRV = "/usr/bin/pebble-challtestsrv"
+READY_TIMEOUT = 60.0
+STOP_TIMEOUT = 20.0
+TAIL_LINES = 30
+#: Label of the benchmark's SoftHSM2 token.
+TOKEN_LABEL = "acme-ca-bench"
+
+
+class BenchSetupError(RuntimeError):
+    """A target could not be started; the message carries the relevant log tails."""
+
+
+@dataclass
+class Target:
+    """A running server under test and how to measure it."""
+
+    name: str
+    directory_url: str
+    cafile: Path | None
+    #: The port the target's http-01 validation connects to (the load generator binds it).
+    http01_port: int
+    #: Every process whose CPU is charged to the target (descendants are found by procstat).
+    cpu_pids: Callable[[], list[int]]
+    alive: Callable[[], bool]
+    #: Versions, processes and settings: what exactly was measured.
+    details: dict[str, Any] = field(default_factory=dict)
+    #: ``cpu_pids`` by part (acme_ca: serve / worker / postgres), for the split in the report.
+    cpu_split: dict[str, list[int]] = field(default_factory=dict)
+    #: Shared infrastructure whose CPU is reported but not charged (DNS, CT logs).
+    infra_split: dict[str, list[int]] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------ processes
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """preexec_fn: the kernel SIGKILLs the child when the benchmark dies."""
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """Our environment without ACME_CA_* or PEBBLE_* settings that would change a target."""
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("ACME_CA_", "PEBBLE_"))
+    }
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def tail(path: Path, lines: int = TAIL_LINES) -> str:
+    try:
+        text = path.read_text(errors="replace").rstrip()
+    except OSError as exc:
+        return f"(cannot read {path}: {exc})"
+    return "\n".join(text.splitlines()[-lines:]) if text else "(empty)"
+
+
+@dataclass
+class Service:
+    """One long-running subprocess whose stdout and stderr go to files."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    stdout_path: Path
+    stderr_path: Path
+    files: list[IO[bytes]]
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def tails(self) -> str:
+        return (
+            f"--- {self.name} (pid {self.pid}, exit {self.proc.poll()}) stdout: "
+            f"{self.stdout_path} ---\n{tail(self.stdout_path)}\n"
+            f"--- {self.name} stderr: {self.stderr_path} ---\n{tail(self.stderr_path)}"
+        )
+
+    def check_alive(self) -> None:
+        if not self.alive():
+            raise BenchSetupError(f"{self.name} exited with {self.proc.returncode}\n{self.tails()}")
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """SIGTERM, then SIGKILL if it has not exited within ``timeout``."""
+        try:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(timeout=10)
+        finally:
+            for fh in self.files:
+                fh.close()
+
+
+def start_service(
+    stack: contextlib.ExitStack,
+    name: str,
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    log_dir: Path,
+) -> Service:
+    """Start ``argv`` in the background; ``stack`` stops it on exit (also on errors)."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    stdout_path = log_dir / f"{name}.stdout"
+    stderr_path = log_dir / f"{name}.stderr"
+    out = stdout_path.open("wb")
+    err = stderr_path.open("wb")
+    try:
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            env=dict(env),
+            cwd=REPO,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads run while we spawn
+        )
+    except BaseException:
+        out.close()
+        err.close()
+        raise
+    service = Service(name, proc, stdout_path, stderr_path, [out, err])
+    stack.callback(service.stop)
+    return service
+
+
+def _wait(
+    what: str, ready: Callable[[], bool], services: Sequence[Service], timeout: float
+) -> None:
+    """Poll ``ready`` until true; fail early if one of ``services`` exits."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        for service in services:
+            service.check_alive()
+        if time.monotonic() > deadline:
+            raise BenchSetupError(
+                f"{what}: not ready within {timeout:.0f} s\n"
+                + "\n".join(s.tails() for s in services)
+            )
+        time.sleep(0.1)
+
+
+def _directory_answers(url: str, cafile: Path | None) -> Callable[[], bool]:
+    def ready() -> bool:
+        if cafile is not None and not cafile.exists():
+            return False
+        context = ssl.create_default_context(cafile=str(cafile)) if cafile else None
+        try:
+            with urllib.request.urlopen(url, timeout=2, context=context) as response:
+                return response.status == 200 and "newOrder" in json.loads(response.read())
+        except (OSError, urllib.error.URLError, ValueError):
+            return False
+
+    return ready
+
+
+def _json_event(path: Path, name: str) -> Callable[[], bool]:
+    def seen() -> bool:
+        with contextlib.suppress(OSError):
+            for line in path.read_text(errors="replace").splitlines():
+                with contextlib.suppress(ValueError):
+                    event = json.loads(line)
+                    if isinstance(event, dict) and event.get("event") == name:
+                        return True
+        return False
+
+    return seen
+
+
+def _command_output(*argv: str) -> str | None:
+    """First line of a version command's output, or None when it cannot run."""
+    try:
+        run = subprocess.run(list(argv), capture_output=True, text=True, timeout=20, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    text = (run.stdout or run.stderr).strip()
+    return text.splitlines()[0] if run.returncode == 0 and text else None
+
+
+def pg_version(text: str) -> str:
+    """``15.18`` out of ``pg_ctl (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)``."""
+    match = re.search(r"\(PostgreSQL\)\s+(\S+)", text)
+    return match[1] if match else text
+
+
+def deb_version(package: str) -> str | None:
+    return _command_output("dpkg-query", "-W", "-f=${Version}", package)
+
+
+# ------------------------------------------------------------------------------ DNS
+
+
+@dataclass(frozen=True)
+class Dns:
+    """A pebble-challtestsrv answering every A query with 127.0.0.1 and no AAAA."""
+
+    service: Service
+    address: str  # host:port
+
+
+def _dns_answers(port: int) -> Callable[[], bool]:
+    def ready() -> bool:
+        query = dns.message.make_query("ready.bench.example.com", dns.rdatatype.A)
+        try:
+            reply = dns.query.udp(query, "127.0.0.1", port=port, timeout=0.5)
+        except (OSError, dns.exception.DNSException):
+            return False
+        return bool(reply.answer)
+
+    return ready
+
+
+def start_dns(stack: contextlib.ExitStack, log_dir: Path) -> Dns:
+    """pebble-challtestsrv as a plain DNS server: every challenge listener off, A queries
+    answered 127.0.0.1, AAAA queries answered empty (``-defaultIPv6 ""``) so validators
+    connect to the IPv4 loopback the load generator listens on."""
+    port = free_port()
+    service = start_service(
+        stack,
+        "dns",
+        [
+            CHALLTESTSRV,
+            "-dns01", f"127.0.0.1:{port}",
+            "-http01", "",
+            "-https01", "",
+            "-tlsalpn01", "",
+            "-management", f"127.0.0.1:{free_port()}",
+            "-defaultIPv4", "127.0.0.1",
+            "-defaultIPv6", "",
+        ],
+        env=clean_env(),
+        log_dir=log_dir,
+    )
+    _wait("pebble-challtestsrv DNS", _dns_answers(port), [service], READY_TIMEOUT)
+    return Dns(service, f"127.0.0.1:{port}")
+
+
+# ------------------------------------------------------------------------------ Pebble
+
+
+def make_tls(directory: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for localhost/127.0.0.1 signed by it; returns
+    (ca.pem, cert.pem, key.pem)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "acme_ca benchmark TLS CA")])
+    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                crl_sign=True, encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(ca_ski, critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                crl_sign=False, encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_path = directory / "ca.pem"
+    cert_path = directory / "cert.pem"
+    key_path = directory / "key.pem"
+    ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key_path.chmod(0o600)
+    return ca_path, cert_path, key_path
+
+
+def pebble_missing() -> str | None:
+    """Why Pebble cannot be benchmarked here, or None."""
+    for exe in (PEBBLE, CHALLTESTSRV):
+        if not Path(exe).is_file():
+            return f"{exe} is not installed (apt-get install pebble)"
+    return None
+
+
+@contextlib.contextmanager
+def pebble(workdir: Path) -> Iterator[Target]:
+    """Pebble over HTTPS with its DNS; stopped on exit."""
+    problem = pebble_missing()
+    if problem is not None:
+        raise BenchSetupError(problem)
+    base = workdir / "pebble"
+    logs = base / "logs"
+    with contextlib.ExitStack() as stack:
+        dns_server = start_dns(stack, logs)
+        ca_path, cert_path, key_path = make_tls(base / "tls")
+        port, http01_port = free_port(), free_port()
+        config = {
+            "pebble": {
+                "listenAddress": f"127.0.0.1:{port}",
+                "managementListenAddress": f"127.0.0.1:{free_port()}",
+                "certificate": str(cert_path),
+                "privateKey": str(key_path),
+                "httpPort": http01_port,
+                "tlsPort": free_port(),
+                "ocspResponderURL": "",
+                "externalAccountBindingRequired": False,
+            }
+        }
+        config_path = base / "pebble-config.json"
+        config_path.write_text(json.dumps(config, indent=2) + "\n")
+        knobs = {"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"}
+        server = start_service(
+            stack,
+            "pebble",
+            [PEBBLE, "-config", str(config_path), "-dnsserver", dns_server.address],
+            env=clean_env(**knobs),
+            log_dir=logs,
+        )
+        directory_url = f"https://127.0.0.1:{port}/dir"
+        _wait("pebble", _directory_answers(directory_url, ca_path), [server, dns_server.service],
+              READY_TIMEOUT)
+        yield Target(
+            name="pebble",
+            directory_url=directory_url,
+            cafile=ca_path,
+            http01_port=http01_port,
+            cpu_pids=lambda: [server.pid],
+            alive=server.alive,
+            details={
+                "version": deb_version("pebble"),
+                "shape": "Debian's pebble, one process, HTTPS; pebble-challtestsrv as DNS",
+                "processes": {"pebble": server.pid, "dns": dns_server.service.pid},
+                "environment": {**knobs, "PEBBLE_AUTHZREUSE": "(unset: Pebble's default)"},
+                "config": config["pebble"],
+                "dns": dns_server.address,
+                "cpu_counted": ["pebble"],
+                "logs": str(logs),
+            },
+            cpu_split={"pebble": [server.pid]},
+            infra_split={"dns": [dns_server.service.pid]},
+        )
+
+
+# ------------------------------------------------------------------------------ acme_ca
+
+
+def _acme_ca_exe() -> str:
+    beside = Path(sys.executable).parent / "acme-ca"
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which("acme-ca")
+    if found is None:
+        raise BenchSetupError("the acme-ca console script is not installed (pip install -e .)")
+    return found
+
+
+class _FileLog:
+    """EmbeddedPostgres's logger: one JSON line per event into the target's log directory,
+    keeping the benchmark's own output to the report."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+
+    def _write(self, level: str, event: str, **kw: Any) -> None:
+        line = {"event": event, "level": level, **kw}
+        with self._path.open("a") as fh:
+            fh.write(json.dumps(line, default=str) + "\n")
+
+    def info(self, event: str, *args: Any, **kw: Any) -> None:
+        self._write("info", event, **kw)
+
+    def warning(self, event: str, *args: Any, **kw: Any) -> None:
+        self._write("warning", event, **kw)
+
+
+def _postmaster_pid(postgres: EmbeddedPostgres) -> int:
+    """The postmaster's pid, from postmaster.pid of the cluster we started."""
+    cluster = postgres.cluster_dir
+    if cluster is None:
+        raise BenchSetupError("PostgreSQL has no cluster directory after start")
+    return int((cluster / "postmaster.pid").read_text().splitlines()[0])
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, another user's (the postgres user when we are root)
+    return True
+
+
+@contextlib.contextmanager
+def acme_ca(workdir: Path) -> Iterator[Target]:
+    """acme_ca in production shape (see the module docstring); stopped on exit."""
+    # Imported here: the benchmark of Pebble alone needs neither SoftHSM2 nor its helper.
+    from tests.softhsm import SoftHsmToken, softhsm_available
+
+    if not softhsm_available():
+        raise BenchSetupError("SoftHSM2 is not installed (apt-get install softhsm2)")
+    base = workdir / "acme_ca"
+    logs = base / "logs"
+    home = base / "home"
+    exe = _acme_ca_exe()
+    with contextlib.ExitStack() as stack:
+        dns_server = start_dns(stack, logs)
+
+        logs.mkdir(parents=True, exist_ok=True)
+        postgres = EmbeddedPostgres(base / "pg", log=_FileLog(logs / "embedded_postgres.log"))
+        dsn = postgres.start()
+        stack.callback(postgres.stop)
+        postmaster = _postmaster_pid(postgres)
+
+        token = SoftHsmToken.create(base / "softhsm", label=TOKEN_LABEL, activate=False)
+        log_list = base / "ct" / "log_list.json"
+        env = clean_env(
+            ACME_CA_HOME=str(home),
+            ACME_CA_DATABASE_URL=dsn,
+            ACME_CA_PKCS11_MODULE=token.module,
+            ACME_CA_PKCS11_TOKEN_LABEL=token.label,
+            ACME_CA_PKCS11_PIN=token.pin,
+            ACME_CA_SERVE_WORKER="false",
+            ACME_CA_STATUS_LISTEN=f"127.0.0.1:{free_port()}",
+            ACME_CA_CT_LOG_LIST=str(log_list),
+            **token.env(),
+        )
+
+        init = subprocess.run(
+            [exe, "init"], env=env, cwd=REPO, stdin=subprocess.DEVNULL,
+            capture_output=True, text=True, timeout=300, check=False,
+        )
+        (logs / "init.stdout").write_text(init.stdout)
+        (logs / "init.stderr").write_text(init.stderr)
+        if init.returncode != 0:
+            raise BenchSetupError(
+                f"acme-ca init failed (exit {init.returncode}):\n{init.stdout}\n{init.stderr}"
+            )
+
+        ct_logs = start_service(
+            stack,
+            "ct-logs",
+            [sys.executable, "-m", "integration.bench.ctlogs",
+             "--home", str(home), "--log-list", str(log_list)],
+            env=clean_env(),
+            log_dir=logs,
+        )
+        _wait("CT test logs", log_list.exists, [ct_logs], READY_TIMEOUT)
+
+        port, http01_port = free_port(), free_port()
+        serve = start_service(
+            stack,
+            "serve",
+            [
+                exe, "serve",
+                "--listen", f"127.0.0.1:{port}",
+                "--dns-resolver", dns_server.address,
+                "--dnssec", "off",
+                "--http01-port", str(http01_port),
+                "--allow-loopback-validation",
+            ],
+            env=env,
+            log_dir=logs,
+        )
+        cafile = home / "tls" / "ca.pem"
+        directory_url = f"https://127.0.0.1:{port}/directory"
+        _wait("acme-ca serve", _directory_answers(directory_url, cafile), [serve],
+              READY_TIMEOUT)
+        # After serve: serve has applied the schema, so the worker's migrate is a no-op.
+        worker = start_service(stack, "worker", [exe, "worker"], env=env, log_dir=logs)
+        _wait("acme-ca worker", _json_event(worker.stdout_path, "worker.started"), [worker],
+              READY_TIMEOUT)
+
+        binaries = postgres.binaries
+        counted = {"serve": [serve.pid], "worker": [worker.pid], "postgres": [postmaster]}
+        yield Target(
+            name="acme_ca",
+            directory_url=directory_url,
+            cafile=cafile,
+            http01_port=http01_port,
+            cpu_pids=lambda: [pid for pids in counted.values() for pid in pids],
+            alive=lambda: serve.alive() and worker.alive() and _pid_alive(postmaster),
+            details={
+                "version": _command_output("git", "-C", str(REPO), "describe", "--always",
+                                           "--dirty"),
+                "shape": "acme-ca serve (HTTPS, no in-process worker) + 1 acme-ca worker "
+                "process + own PostgreSQL server; CA keys in SoftHSM2; pre-issuance linting "
+                "on; CT test logs in a separate process (remote in production, not counted); "
+                "logging at info, JSON, to files; pebble-challtestsrv as DNS (dnssec off)",
+                "processes": {
+                    "serve": serve.pid,
+                    "worker": worker.pid,
+                    "postgres": postmaster,
+                    "ct_logs": ct_logs.pid,
+                    "dns": dns_server.service.pid,
+                },
+                "postgresql": pg_version(binaries.version) if binaries else None,
+                "postgresql_binaries": str(binaries.bin_dir) if binaries else None,
+                "softhsm2": deb_version("softhsm2"),
+                "environment": {
+                    k: ("***" if k in ("ACME_CA_PKCS11_PIN", "ACME_CA_DATABASE_URL") else v)
+                    for k, v in env.items() if k.startswith("ACME_CA_")
+                },
+                "dns": dns_server.address,
+                "cpu_counted": list(counted),
+                "logs": str(logs),
+            },
+            cpu_split=counted,
+            infra_split={"dns": [dns_server.service.pid], "ct_logs": [ct_logs.pid]},
+        )
+
+
+#: The targets by the name ``--targets`` uses, in the order they run.
+TARGETS: dict[str, Callable[[Path], contextlib.AbstractContextManager[Target]]] = {
+    "pebble": pebble,
+    "acme_ca": acme_ca,
+}

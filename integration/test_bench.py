@@ -1,0 +1,220 @@
+"""Smoke test of the benchmark (``python -m integration.bench``, scripts/bench.sh): each target
+is started in its benchmark shape, driven by the real load generator at one client for a few
+seconds, measured and stopped.
+
+Only functional facts are asserted (certificates were issued, no errors, CPU was charged to
+the server's processes, acme_ca's certificates were signed by the separate worker, nothing is
+left running), never timings: those are what the benchmark reports, not what it must meet.
+
+Without Pebble (or SoftHSM2) the target is skipped with the reason, except as root under
+``CI=true``, where the packages are installable and a skip would hide a broken benchmark.
+The CPU accounting and the report are also checked on their own, without servers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from integration.bench import procstat
+from integration.bench.__main__ import LevelResult, Options, TargetResult, markdown
+from integration.bench.servers import REPO, pebble_missing
+from integration.processes import read_log_events
+from tests.softhsm import softhsm_available
+
+pytestmark = pytest.mark.integration
+
+DURATION = 3
+
+
+def _skip_or_fail(reason: str) -> None:
+    if os.geteuid() == 0 and os.environ.get("CI") == "true":
+        pytest.fail(f"running as root under CI=true, yet {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    """A work directory PostgreSQL's unprivileged user can reach when we are root (pytest's
+    tmp_path is 0700), so the benchmark's cluster lives inside it and goes with it."""
+    path = Path(tempfile.mkdtemp(prefix="acme-ca-test-bench-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _gone(pid: int) -> bool:
+    """Exited (a zombie whose parent has not reaped it yet counts as exited)."""
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rpartition(")")[2].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in ("Z", "X")
+
+
+def _run_bench(target: str, workdir: Path) -> dict[str, Any]:
+    out = workdir / "bench.json"
+    table = workdir / "bench.md"
+    run = subprocess.run(
+        [
+            sys.executable, "-m", "integration.bench",
+            "--targets", target,
+            "--levels", "1",
+            "--duration", str(DURATION),
+            "--json", str(out),
+            "--markdown", str(table),
+            "--workdir", str(workdir / "runs"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=150,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    report = f"exit {run.returncode}\n--- stdout ---\n{run.stdout}\n--- stderr ---\n{run.stderr}"
+    assert run.returncode == 0, report
+    raw: dict[str, Any] = json.loads(out.read_text())
+    assert table.read_text().startswith("# acme_ca vs Pebble"), report
+    assert len(raw["targets"]) == 1
+    result: dict[str, Any] = raw["targets"][0]
+    assert result["name"] == target
+    assert result["start_error"] is None, report
+    [level] = result["levels"]
+    assert level["clients"] == 1
+    assert level["not_run"] is None
+    assert level["setup_failed"] is None, report
+    assert not level["stopped_answering"], report
+    assert level["issuances"] >= 1, report
+    assert level["errors"] == {}, report
+    assert level["cpu_seconds"] > 0
+    assert level["cpu_per_issuance"] > 0
+    assert len(level["latencies"]) == level["issuances"]
+    # Every process the target started is gone once the benchmark has exited.
+    left = {name: pid for name, pid in result["details"]["processes"].items() if not _gone(pid)}
+    assert not left, f"still running after the benchmark: {left}"
+    return result
+
+
+def test_bench_pebble(workdir: Path) -> None:
+    problem = pebble_missing()
+    if problem is not None:
+        _skip_or_fail(problem)
+    result = _run_bench("pebble", workdir)
+    [level] = result["levels"]
+    assert set(level["cpu_split"]) == {"pebble"}
+    assert result["details"]["environment"]["PEBBLE_VA_NOSLEEP"] == "1"
+
+
+def test_bench_acme_ca_production_shape(workdir: Path) -> None:
+    if not softhsm_available():
+        _skip_or_fail("SoftHSM2 is not installed (apt-get install softhsm2)")
+    if shutil.which("pebble-challtestsrv") is None:
+        _skip_or_fail("pebble-challtestsrv (the DNS server of both targets) is not installed")
+    result = _run_bench("acme_ca", workdir)
+    [level] = result["levels"]
+    # serve, worker and the PostgreSQL tree each did part of the work.
+    assert set(level["cpu_split"]) == {"serve", "worker", "postgres"}
+    assert all(seconds > 0 for seconds in level["cpu_split"].values()), level["cpu_split"]
+    assert set(level["infra_cpu"]) == {"dns", "ct_logs"}
+    # Signed by the separate worker (in the HSM), never by serve; SCTs from the helper's logs.
+    logs = Path(result["details"]["logs"])
+    issued = [e for e in read_log_events(logs / "worker.stdout")
+              if e.get("event") == "certificate.issued"]
+    assert len(issued) >= level["issuances"]
+    assert not [e for e in read_log_events(logs / "serve.stdout")
+                if e.get("event") == "certificate.issued"]
+    ct_events = read_log_events(logs / "ct-logs.stdout")
+    stopping = [e for e in ct_events if e.get("event") == "bench_ct_logs.stopping"]
+    assert stopping and all(n >= 1 for n in stopping[0]["entries"].values()), ct_events[-3:]
+
+
+# ------------------------------------------------------------------------------------------
+# the parts, without servers
+
+
+def test_cpu_of_a_tree_counts_children_that_exited() -> None:
+    """A shell running short-lived CPU burners: their CPU reaches the shell's cutime when
+    they exit, and the tree's delta includes it (PostgreSQL backends come and go so)."""
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass"
+    script = f"sleep 0.3; for i in 1 2; do {sys.executable} -c '{burn}'; done; exec sleep 30"
+    shell = subprocess.Popen(["bash", "-c", script])
+    try:
+        before = procstat.snapshot({"shell": [shell.pid]})
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            after = procstat.snapshot({"shell": [shell.pid]})
+            if after.pids["shell"] == {shell.pid}:  # back to the shell alone: both have exited
+                used = procstat.delta_seconds(before, after)["shell"]
+                if used >= 0.6:
+                    break
+        else:
+            pytest.fail("the burners' CPU never reached the tree")
+        assert procstat.cpu_seconds([shell.pid, shell.pid]) == procstat.cpu_seconds([shell.pid])
+    finally:
+        shell.kill()
+        shell.wait()
+    assert procstat.cpu_seconds([shell.pid]) == 0.0
+
+
+@dataclass
+class _Outcome:
+    clients: int
+    duration: float
+    issuances: int
+    latencies: list[float] = field(default_factory=list)
+    errors: Counter[str] = field(default_factory=Counter)
+    stopped_answering: bool = False
+    setup_failed: str | None = None
+    per_second: float | None = None
+    p50: float | None = None
+    p90: float | None = None
+    p99: float | None = None
+
+
+def test_report_ratios_and_stopped_servers() -> None:
+    options = Options([1, 200], 30, 60, ["pebble", "acme_ca"], 10, None, None, None)
+    pebble = TargetResult("pebble", {"shape": "x"}, [
+        LevelResult("pebble", 1, 30, _Outcome(1, 30, 300, [0.1] * 300, per_second=10.0,
+                                               p50=0.1, p90=0.1, p99=0.1), cpu_seconds=3.0),
+        LevelResult("pebble", 200, 60, _Outcome(200, 60, 0, stopped_answering=True,
+                                                errors=Counter(timeout=5)),
+                    cpu_seconds=1.0, stopped_answering=True),
+    ])
+    ours = TargetResult("acme_ca", {"shape": "y"}, [
+        LevelResult("acme_ca", 1, 30, _Outcome(1, 30, 150, [0.2] * 150, per_second=5.0,
+                                                p50=0.2, p90=0.2, p99=0.2), cpu_seconds=6.0),
+        LevelResult("acme_ca", 200, 60, _Outcome(200, 60, 600, per_second=10.0,
+                                                  errors=Counter(badNonce=2, timeout=1)),
+                    cpu_seconds=30.0),
+    ])
+    machine = {k: "?" for k in ("date", "cpu_count", "cpu_model", "memory", "os", "kernel",
+                                "python", "pebble", "postgresql", "softhsm2",
+                                "acme_ca_commit")}
+    text = markdown([pebble, ours], options, machine)
+    rows = {tuple(c.strip() for c in line.strip("|").split("|")[:2]): line
+            for line in text.splitlines() if line.startswith("| 1 ") or
+            line.startswith("| 200 ")}
+    assert rows[("1", "issuances/s (higher is better)")].endswith("| 10.00 | 5.00 | 0.50 |")
+    assert rows[("1", "p50 latency ms (lower is better)")].endswith("| 100.0 | 200.0 | 2.00 |")
+    assert rows[("1", "CPU ms/issuance (lower is better)")].endswith("| 10.0 | 40.0 | 4.00 |")
+    assert rows[("1", "errors (by kind)")].endswith("| 0 | 0 |  |")
+    assert rows[("200", "issuances/s (higher is better)")].endswith(
+        "| stopped answering | 10.00 | — |")
+    assert rows[("200", "errors (by kind)")].endswith(
+        "| stopped answering | badNonce 2, timeout 1 |  |")

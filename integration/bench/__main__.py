@@ -5,8 +5,9 @@ For each target in turn (``--targets``, default Pebble then acme_ca): start it
 server is idle, snapshot the CPU of its processes, run the load generator for the level's
 duration, snapshot again.  One server serves all levels, as a production server would; a
 level after which the server no longer answers (the load generator says so, or one of its
-processes died) is recorded as such and the target's remaining levels are not run: a server
-that fell over is the finding, and restarting it would hide that.
+processes died), or at which the load generator could not even register its accounts, is
+recorded as such and the target's remaining levels are not run: a server that fell over is
+the finding, and restarting it would hide that.
 
 The result is a Markdown table (printed, and written with ``--markdown``) of issuances per
 second, latency percentiles, errors by kind and server CPU seconds per issuance for each
@@ -349,20 +350,20 @@ def bench_target(result: TargetResult, workdir: Path, options: Options, load: Lo
             result.details = target.details
             _progress(f"{name}: ready in {result.startup_seconds:.1f} s at "
                       f"{target.directory_url}")
-            stopped_at: int | None = None
+            given_up: str | None = None
             for clients in options.levels:
                 duration = options.duration_for(clients)
-                if stopped_at is not None:
-                    result.levels.append(LevelResult(
-                        name, clients, duration,
-                        not_run=f"stopped answering at {stopped_at} clients"))
+                if given_up is not None:
+                    result.levels.append(LevelResult(name, clients, duration, not_run=given_up))
                     continue
                 _progress(f"{name}: {clients} clients for {duration:g} s")
                 level = run_level(target, clients, duration, options, load)
                 result.levels.append(level)
                 _progress(f"{name}: {clients} clients: {_describe_level(level)}")
                 if level.stopped_answering:
-                    stopped_at = clients
+                    given_up = f"stopped answering at {clients} clients"
+                elif level.outcome is not None and level.outcome.setup_failed:
+                    given_up = f"setup failed at {clients} clients"
             _progress(f"{name}: stopping")
     except BenchSetupError as exc:
         result.start_error = str(exc)

@@ -193,6 +193,12 @@ class Config:
     worker_poll_seconds: int = _key(
         5, "How often a worker looks for jobs even without a notification (lost NOTIFYs)."
     )
+    worker_concurrency: int = _key(
+        8,
+        "Issuance jobs one worker process carries at once. A job spends most of its time "
+        "waiting (HSM, CT logs, database), so several in flight keep the process busy; each "
+        "holds a lease of its own, so workers on other machines never take the same job.",
+    )
     status_listen: str = _key(
         "127.0.0.1:14080",
         "HOST:PORT of the plain-HTTP status listener: CRLs, OCSP and issuer certificates "
@@ -365,8 +371,9 @@ class Config:
             raise ConfigError("validity_days must be between 1 and 200 (BR 6.3.2)")
         if not 0 <= self.backdate_seconds <= 86400:
             raise ConfigError("backdate_seconds must be between 0 and 86400")
-        if self.pkcs11_sessions < 1 or self.worker_poll_seconds < 1:
-            raise ConfigError("pkcs11_sessions and worker_poll_seconds must be positive")
+        if min(self.pkcs11_sessions, self.worker_poll_seconds, self.worker_concurrency) < 1:
+            raise ConfigError(
+                "pkcs11_sessions, worker_poll_seconds and worker_concurrency must be positive")
         if not self.status_base_url.startswith("http://"):
             raise ConfigError("status_base_url must be a plain http:// URL (BR 7.1.2.7.7)")
         if not 1 <= self.crl_validity_hours <= 240:

@@ -314,6 +314,7 @@ def make_worker(pki_config: Config, linter: CertificateLinter) -> Callable[..., 
         poll_seconds: float = 30.0,
         lease: timedelta = DEFAULT_LEASE,
         config: Config = pki_config,
+        concurrency: int = 1,
     ) -> SigningWorker:
         return SigningWorker(
             IssuanceRepository(pool),
@@ -324,6 +325,7 @@ def make_worker(pki_config: Config, linter: CertificateLinter) -> Callable[..., 
             poll_seconds=poll_seconds,
             lease=lease,
             worker_id=worker_id,
+            concurrency=concurrency,
         )
 
     return make
@@ -728,6 +730,62 @@ async def test_two_workers_issue_twenty_jobs_exactly_once(
     )
     print(f"jobs per worker: {share}")
     assert sum(share.values()) == 20
+
+
+async def test_worker_carries_several_jobs_at_once(
+    pool: asyncpg.Pool,
+    pki_config: Config,
+    issuers: IssuerSet,
+    make_worker: Callable[..., SigningWorker],
+) -> None:
+    """``worker_concurrency``: while one job waits for the HSM the next ones are claimed and
+    reach the HSM too; a worker carrying one job at a time would stall at the first."""
+    wrapped_issuers, signers = wrap_issuers(issuers)
+    signer = signers[pki_config.ecdsa_issuer]
+    signer.gate = asyncio.Event()
+    worker = make_worker(pool, wrapped_issuers, "parallel", poll_seconds=30.0, concurrency=3)
+    async with running(worker):
+        queued = [await queue_order(pool, pki_config, names_for(i)) for i in range(3)]
+
+        async def all_waiting_in_hsm() -> bool:
+            return signer.calls == 3
+
+        await wait_for(all_waiting_in_hsm, 20, "three jobs signing at once")
+        assert [(await job_of(pool, q.order_id))["status"] for q in queued] == ["running"] * 3
+        signer.gate.set()
+        for q in queued:
+            await wait_for(job_done(pool, q.order_id), 20, "the released jobs to be done")
+    certs = [await assert_issued(pool, wrapped_issuers, q) for q in queued]
+    assert len({c.serial_number for c in certs}) == 3
+
+
+async def test_stopping_worker_finishes_the_jobs_in_flight(
+    pool: asyncpg.Pool,
+    pki_config: Config,
+    issuers: IssuerSet,
+    make_worker: Callable[..., SigningWorker],
+) -> None:
+    """SIGTERM while jobs are inside the HSM: the worker stops after they are stored, not
+    half-way (a job left half-way would wait out its lease before another worker resumed)."""
+    wrapped_issuers, signers = wrap_issuers(issuers)
+    signer = signers[pki_config.ecdsa_issuer]
+    signer.gate = asyncio.Event()
+    worker = make_worker(pool, wrapped_issuers, "draining", poll_seconds=30.0, concurrency=2)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    queued = [await queue_order(pool, pki_config, names_for(i)) for i in range(2)]
+
+    async def both_in_hsm() -> bool:
+        return signer.calls == 2
+
+    await wait_for(both_in_hsm, 20, "two jobs signing")
+    stop.set()
+    await asyncio.sleep(0.2)
+    assert not task.done(), "the worker stopped with jobs in flight"
+    signer.gate.set()
+    await asyncio.wait_for(task, timeout=30)
+    for q in queued:
+        await assert_issued(pool, wrapped_issuers, q)
 
 
 async def _listener_count(pool: asyncpg.Pool, count: int) -> bool:

@@ -116,6 +116,7 @@ class SigningWorker:
         lease: timedelta = DEFAULT_LEASE,
         worker_id: str | None = None,
         ct: CertificateTransparency | None = None,
+        concurrency: int = 1,
     ) -> None:
         self._jobs = jobs
         self._issuers = issuers
@@ -127,44 +128,69 @@ class SigningWorker:
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self._wake = asyncio.Event()
         self._ct = ct
+        self._concurrency = concurrency
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Work until ``stop`` is set: drain the queue, then wait for NOTIFY or the poll."""
+        """Work until ``stop`` is set: keep up to ``concurrency`` jobs in flight, claiming
+        more whenever one finishes, a NOTIFY arrives or the poll interval passes; at stop,
+        let the jobs in flight finish (each is bounded by its HSM, CT and database
+        timeouts)."""
 
         def notified(*_: Any) -> None:
             self._wake.set()
 
+        in_flight: set[asyncio.Task[None]] = set()
+
+        def finished(task: asyncio.Task[None]) -> None:
+            in_flight.discard(task)
+            self._wake.set()  # a free slot: look for the next job at once
+
         listener = await self._jobs.listen(notified)
         log.info("worker.started", worker_id=self.worker_id, issuers=self._issuers.names(),
-                 ct="off" if self._ct is None else "on")
+                 ct="off" if self._ct is None else "on", concurrency=self._concurrency)
         try:
             while not stop.is_set():
-                # Clear before draining, not after: a NOTIFY that arrives while the last
+                # Clear before claiming, not after: a NOTIFY that arrives while the last
                 # (empty) claim is in flight must still cut the following wait short.
                 self._wake.clear()
                 try:
-                    while not stop.is_set() and await self.run_once():
-                        pass
+                    while not stop.is_set() and len(in_flight) < self._concurrency:
+                        job = await self._claim()
+                        if job is None:
+                            break
+                        task = asyncio.create_task(self._run_job(job), name=f"job-{job.id}")
+                        in_flight.add(task)
+                        task.add_done_callback(finished)
                 except Exception as exc:
-                    # The database went away between jobs (claim lives outside run_once's
+                    # The database went away between jobs (claim lives outside the job's
                     # guard): keep the worker alive and try again shortly.
                     log.warning("worker.claim_failed", error=repr(exc))
                     await asyncio.sleep(CLAIM_ERROR_BACKOFF)
                 waiters = [asyncio.create_task(self._wake.wait()), asyncio.create_task(stop.wait())]
                 await asyncio.wait(waiters, timeout=self._poll, return_when=asyncio.FIRST_COMPLETED)
-                for task in waiters:
-                    task.cancel()
+                for waiter in waiters:
+                    waiter.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
-                        await task
+                        await waiter
         finally:
+            if in_flight:
+                await asyncio.gather(*in_flight, return_exceptions=True)
             await self._jobs.release_listener(listener, notified)
             log.info("worker.stopped", worker_id=self.worker_id)
 
+    async def _claim(self) -> IssuanceJob | None:
+        return await self._jobs.claim(self.worker_id, now=self._clock.now(), lease=self._lease)
+
     async def run_once(self) -> bool:
         """Take one job and carry it as far as it goes; False when the queue is empty."""
-        job = await self._jobs.claim(self.worker_id, now=self._clock.now(), lease=self._lease)
+        job = await self._claim()
         if job is None:
             return False
+        await self._run_job(job)
+        return True
+
+    async def _run_job(self, job: IssuanceJob) -> None:
+        """One claimed job, with its ids bound to every log event it causes."""
         structlog.contextvars.bind_contextvars(
             job_id=job.id, order_id=job.order_id, account_id=job.account_id
         )
@@ -176,7 +202,6 @@ class SigningWorker:
             log.exception("issuance.attempt_failed", attempts=job.attempts)
         finally:
             structlog.contextvars.unbind_contextvars("job_id", "order_id", "account_id")
-        return True
 
     async def _process(self, job: IssuanceJob) -> None:
         if job.faults > MAX_ATTEMPTS:
@@ -539,8 +564,9 @@ async def run_worker(
     logs = ct_log_source(config, ct_logs)
     logs.current()  # an unreadable log list stops the worker now, not at the first job
     ct = CertificateTransparency(logs, clock, CtSettings.from_config(config))
-    # Two connections stay LISTENing (issuance jobs, revocations); the rest run queries.
-    storage = await open_storage(dsn, max_size=5)
+    # Two connections stay LISTENing (issuance jobs, revocations); the rest run queries,
+    # about one per job in flight (each job's queries are short and sequential).
+    storage = await open_storage(dsn, max_size=3 + min(config.worker_concurrency, 8))
     try:
         issuers = await load_issuers(config, clock=clock)
         try:
@@ -557,6 +583,7 @@ async def run_worker(
                     profile_for=profile_settings_factory(config),
                     poll_seconds=float(config.worker_poll_seconds),
                     ct=ct,
+                    concurrency=config.worker_concurrency,
                 )
                 tasks = [
                     asyncio.create_task(worker.run(stop), name="signing-worker"),

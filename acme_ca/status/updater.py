@@ -408,7 +408,10 @@ class PublishingIssuanceRepository(IssuanceRepository):
 
     async def complete(self, job: IssuanceJob, cert: IssuedCertificate, now: datetime) -> bool:
         stored = await super().complete(job, cert, now)
-        self._on_issued(cert.issuer, cert.serial)
+        if job.precert_der is None:
+            # With CT the serial's responses were made when its precertificate was
+            # recorded: same serial, same status, nothing new to sign.
+            self._on_issued(cert.issuer, cert.serial)
         return stored
 
 

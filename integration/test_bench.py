@@ -99,6 +99,7 @@ def _run_bench(target: str, workdir: Path) -> dict[str, Any]:
     assert level["not_run"] is None
     assert level["setup_failed"] is None, report
     assert not level["stopped_answering"], report
+    assert level["probe"] == "ok", report
     assert level["issuances"] >= 1, report
     assert level["errors"] == {}, report
     assert level["cpu_seconds"] > 0

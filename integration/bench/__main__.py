@@ -113,6 +113,8 @@ class LevelResult:
     stopped_answering: bool = False
     #: Why the level was not run (the server stopped answering at an earlier level).
     not_run: str | None = None
+    #: The check after the level that the server still serves a new client (see probe()).
+    probe: str | None = None
 
     @property
     def issuances(self) -> int:
@@ -131,6 +133,7 @@ class LevelResult:
             "requested_duration": self.requested_duration,
             "not_run": self.not_run,
             "stopped_answering": self.stopped_answering,
+            "probe": self.probe,
             "wall_seconds": self.wall_seconds,
             "cpu_seconds": self.cpu_seconds,
             "cpu_per_issuance": self.cpu_per_issuance,
@@ -315,7 +318,34 @@ def run_level(target: Target, clients: int, duration: float, options: Options,
     result.infra_cpu = {k: deltas[k] for k in target.infra_split}
     result.cpu_seconds = sum(result.cpu_split.values())
     result.stopped_answering = outcome.stopped_answering or not target.alive()
+    if not result.stopped_answering:
+        result.probe = probe(target, options, load)
+        result.stopped_answering = result.probe != "ok"
     return result
+
+
+def probe(target: Target, options: Options, load: LoadFn) -> str:
+    """After a level, one client registering one account (no issuance): "ok", or why not.
+
+    Why: a server can wedge while still answering the requests that touch no state (Pebble
+    2.4.0 deadlocks its in-memory store under concurrency yet keeps handing out nonces), and
+    in-flight requests cut off at the end of the window are not errors.  Outside the CPU
+    measurement."""
+    outcome = asyncio.run(
+        load(
+            target.directory_url,
+            clients=1,
+            duration=0.0,
+            http01_port=target.http01_port,
+            cafile=target.cafile,
+            request_timeout=options.request_timeout,
+        )
+    )
+    if outcome.setup_failed:
+        return f"probe failed: {outcome.setup_failed}"
+    if outcome.stopped_answering:
+        return "probe failed: stopped answering"
+    return "ok"
 
 
 def _describe_level(level: LevelResult) -> str:
@@ -334,7 +364,8 @@ def _describe_level(level: LevelResult) -> str:
     if o.setup_failed:
         parts.append(f"setup failed: {o.setup_failed}")
     if level.stopped_answering:
-        parts.append("STOPPED ANSWERING")
+        parts.append("STOPPED ANSWERING"
+                     + (f" ({level.probe})" if level.probe not in (None, "ok") else ""))
     return ", ".join(parts)
 
 

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from acme_ca.clock import Clock, SystemClock
 from acme_ca.config import Config
+from acme_ca.db.completions import OrderCompletions
 from acme_ca.db.storage import Storage, open_storage
 from acme_ca.ra.accounts import AccountAuthority
 from acme_ca.ra.challenges import ChallengeAuthority, Validator
@@ -81,6 +82,9 @@ def create_app(
             blocked_key_lookup=storage.issuance.is_key_blocked,
         )
         va = validator or build_validator(config, clock)
+        completions = OrderCompletions(storage.pool)
+        if config.finalize_wait_seconds > 0:
+            await completions.listen()  # a failure is logged and retried by later finalizes
         app[FRONT_END] = FrontEnd(
             config=config,
             clock=clock,
@@ -111,6 +115,7 @@ def create_app(
                 reuse_period=orders.reuse_period,
                 lease=timedelta(seconds=config.validation_lease_seconds),
                 max_delay_seconds=config.validation_delay_seconds,
+                wait_seconds=config.challenge_wait_seconds,
             ),
             finalize=FinalizeAuthority(
                 orders,
@@ -122,6 +127,8 @@ def create_app(
                 account_uri=urls.account,
                 rsa_issuer=config.rsa_issuer,
                 ecdsa_issuer=config.ecdsa_issuer,
+                completions=completions,
+                wait_seconds=config.finalize_wait_seconds,
             ),
             revocation=RevocationAuthority(storage.certificates, clock),
             account_reads=storage.accounts,
@@ -130,6 +137,7 @@ def create_app(
         )
         yield
         await tasks.drain()
+        await completions.aclose()
         await storage.close()
 
     async def maintenance_ctx(app: web.Application) -> AsyncIterator[None]:

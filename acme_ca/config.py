@@ -90,6 +90,18 @@ class Config:
     retry_after_seconds: int = _key(
         3, "Retry-After value sent while an order or challenge is processing."
     )
+    challenge_wait_seconds: int = _key(
+        3,
+        "How long a challenge POST waits for its validation to finish before answering "
+        "`processing`; an answer of `valid` or `invalid` saves the client its polls. 0: "
+        "answer at once (the validation still runs in the background).",
+    )
+    finalize_wait_seconds: int = _key(
+        5,
+        "How long finalize waits for the signing worker to store the certificate before "
+        "answering `processing` (woken by NOTIFY, not polling); an answer of `valid` saves "
+        "the client its polls. 0: answer at once.",
+    )
     order_lifetime_seconds: int = _key(
         7 * 86400, "How long a new order stays usable before it becomes invalid (expired)."
     )
@@ -371,6 +383,8 @@ class Config:
             raise ConfigError("validity_days must be between 1 and 200 (BR 6.3.2)")
         if not 0 <= self.backdate_seconds <= 86400:
             raise ConfigError("backdate_seconds must be between 0 and 86400")
+        if not (0 <= self.challenge_wait_seconds <= 30 and 0 <= self.finalize_wait_seconds <= 30):
+            raise ConfigError("challenge_wait_seconds and finalize_wait_seconds must be 0..30")
         if min(self.pkcs11_sessions, self.worker_poll_seconds, self.worker_concurrency) < 1:
             raise ConfigError(
                 "pkcs11_sessions, worker_poll_seconds and worker_concurrency must be positive")

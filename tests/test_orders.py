@@ -17,11 +17,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from acme_ca.acme.b64 import b64url_encode
 from acme_ca.acme.jwk import jwk_from_key
 from acme_ca.clock import FixedClock
+from acme_ca.db.issuance import IssuanceRepository
 from acme_ca.testsrv.server import ChallengeServerConfig, ChallengeTestServer
 from acme_ca.testsrv.store import CaaPolicy
 from acme_ca.wfe.services import FRONT_END
 from tests.fixtures import CaFactory, RunningCa
 from tests.jws_client import JwsClient, Reply
+from tests.test_worker import build_csr
 
 ERR = "urn:ietf:params:acme:error:"
 
@@ -359,3 +361,92 @@ async def test_validation_resumes_after_crash(
     recovered = await va_ca.app[FRONT_END].challenges.recover_stale()
     assert recovered == 1
     assert (await sub.wait_order(reply.headers["Location"]))["status"] == "ready"
+
+
+# ------------------------------------------------------------------ answers that wait
+
+
+async def test_acme_chal_1_quick_validation_is_answered_with_its_result(sub: Subscriber) -> None:
+    """challenge_wait_seconds: the POST that starts a quick validation answers with its
+    outcome (valid, with `validated`), so the client need not poll; no Retry-After."""
+    reply = await sub.new_order("answered.example.com")
+    answered = await sub.answer(reply.body["authorizations"][0], "http-01")
+    assert answered.status == 200
+    assert answered.body["status"] == "valid", answered.body
+    assert answered.body["validated"].endswith("Z")
+    assert "Retry-After" not in answered.headers
+
+
+async def test_acme_chal_3_failed_validation_is_answered_invalid_with_its_error(
+    sub: Subscriber,
+) -> None:
+    reply = await sub.new_order("refused.example.com")
+    authz_url = reply.body["authorizations"][0]
+    authz = (await sub.get(authz_url)).body
+    challenge = next(c for c in authz["challenges"] if c["type"] == "http-01")
+    sub.srv.store.add_http01(challenge["token"], "not-the-key-authorization")
+    answered = await sub.post(challenge["url"], {})
+    assert answered.status == 200
+    assert answered.body["status"] == "invalid", answered.body
+    assert answered.body["error"]["type"] == ERR + "incorrectResponse"
+
+
+async def _ready_order(sub: Subscriber, name: str) -> tuple[str, dict[str, Any]]:
+    reply = await sub.new_order(name)
+    await sub.answer(reply.body["authorizations"][0], "http-01")
+    order = await sub.wait_order(reply.headers["Location"])
+    assert order["status"] == "ready", order
+    return reply.headers["Location"], order
+
+
+def _csr_b64(name: str) -> str:
+    return b64url_encode(build_csr([name]))
+
+
+async def test_acme_ord_3_finalize_answers_once_the_worker_is_done(
+    ca_factory: CaFactory,
+    session: aiohttp.ClientSession,
+    challsrv: ChallengeTestServer,
+    pool: asyncpg.Pool,
+) -> None:
+    """finalize_wait_seconds: finalize holds its answer until the worker's NOTIFY that the
+    order is done (here: given up on, the simplest outcome to produce by hand), and then
+    answers with the order's final state instead of `processing`."""
+    ca = await ca_factory.start(finalize_wait_seconds=30, **validation_config(challsrv))
+    sub = await subscriber(ca, session, challsrv)
+    order_url, order = await _ready_order(sub, "held.example.com")
+    order_id = int(order_url.rsplit("/", 1)[1])
+    finalizing = asyncio.create_task(
+        sub.post(order["finalize"], {"csr": _csr_b64("held.example.com")}))
+
+    jobs = IssuanceRepository(pool)
+    job = None
+    for _ in range(200):
+        job = await jobs.claim("test-worker", now=datetime.now(UTC), lease=timedelta(minutes=1))
+        if job is not None:
+            break
+        await asyncio.sleep(0.05)
+    assert job is not None and job.order_id == order_id
+    assert not finalizing.done(), "finalize answered before the worker finished"
+    problem = {"type": ERR + "serverInternal", "detail": "given up for the test", "status": 500}
+    await jobs.fail(job, problem, {"reason": "test"}, datetime.now(UTC))
+
+    # Well inside the 30 s wait: the NOTIFY, not the timeout, released the answer.
+    answered = await asyncio.wait_for(finalizing, timeout=15)
+    assert answered.status == 200
+    assert answered.body["status"] == "invalid", answered.body
+    assert answered.body["error"]["type"] == ERR + "serverInternal"
+    assert "Retry-After" not in answered.headers
+
+
+async def test_acme_ord_3_finalize_without_a_worker_answers_processing(
+    ca_factory: CaFactory, session: aiohttp.ClientSession, challsrv: ChallengeTestServer
+) -> None:
+    """No worker finishes within finalize_wait_seconds: `processing` with Retry-After."""
+    ca = await ca_factory.start(finalize_wait_seconds=1, **validation_config(challsrv))
+    sub = await subscriber(ca, session, challsrv)
+    _, order = await _ready_order(sub, "queued.example.com")
+    answered = await sub.post(order["finalize"], {"csr": _csr_b64("queued.example.com")})
+    assert answered.status == 200
+    assert answered.body["status"] == "processing", answered.body
+    assert int(answered.headers["Retry-After"]) > 0

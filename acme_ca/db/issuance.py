@@ -25,6 +25,7 @@ from typing import Any
 import asyncpg
 
 from acme_ca.db.audit import record_event
+from acme_ca.db.completions import notify_order_done
 
 NOTIFY_CHANNEL = "acme_ca_issuance"
 
@@ -378,6 +379,7 @@ class IssuanceRepository:
                 job.id,
                 now,
             )
+            await notify_order_done(conn, job.order_id)
             if inserted is not None:
                 await record_event(
                     conn,
@@ -414,6 +416,7 @@ class IssuanceRepository:
                 details,
                 now,
             )
+            await notify_order_done(conn, job.order_id)
             await record_event(
                 conn,
                 "issuance.failed",
@@ -433,6 +436,7 @@ class IssuanceRepository:
             await conn.execute(
                 "UPDATE issuance_jobs SET status = 'done', locked_by = NULL, "
                 "locked_until = NULL, updated_at = $2 WHERE id = $1", job.id, now)
+            await notify_order_done(conn, job.order_id)
 
     async def certificate_for_order(self, order_id: int) -> bool:
         """Whether the order already has its certificate (a resumed job need not sign)."""

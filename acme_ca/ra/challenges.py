@@ -1,8 +1,10 @@
 """Challenge responses and authorization deactivation (RFC 8555 §7.5.1, §7.5.2, §8).
 
-A challenge POST commits ``processing`` and returns at once; the validation runs in the
-background and its result is written by a conditional update.  A process that dies
-mid-validation leaves a lease that expires, and any process then runs it again.
+A challenge POST commits ``processing`` and starts the validation in the background; the
+response waits up to ``challenge_wait_seconds`` for it, so a quick validation is answered
+``valid`` (or ``invalid``) and the client needs no polls.  The result is written by a
+conditional update.  A process that dies mid-validation leaves a lease that expires, and any
+process then runs it again.
 """
 
 from __future__ import annotations
@@ -64,9 +66,11 @@ class ChallengeAuthority:
         reuse_period: Callable[[], timedelta],
         lease: timedelta = timedelta(minutes=2),
         max_delay_seconds: int = 0,
+        wait_seconds: float = 0.0,
     ) -> None:
         """``max_delay_seconds`` is the test-mode knob (Pebble sleeps before validating
-        unless PEBBLE_VA_NOSLEEP): clients must poll rather than expect an instant result."""
+        unless PEBBLE_VA_NOSLEEP): clients must poll rather than expect an instant result.
+        ``wait_seconds`` is how long a response waits for the validation it started."""
         self._orders = orders
         self._accounts = accounts
         self._validator = validator
@@ -76,6 +80,7 @@ class ChallengeAuthority:
         self._reuse_period = reuse_period
         self._lease = lease
         self._max_delay = max_delay_seconds
+        self._wait = wait_seconds
 
     async def respond(self, account: Account, challenge_id: int) -> tuple[Challenge, Authorization]:
         """The client says it is ready: start validation unless already started or done."""
@@ -100,9 +105,12 @@ class ChallengeAuthority:
                     type=challenge.type,
                     identifier=authz.identifier,
                 )
-                self._tasks.spawn(
+                validation = self._tasks.spawn(
                     self.run_validation(challenge.id), name=f"validate-{challenge.id}"
                 )
+                if self._wait > 0:
+                    # asyncio.wait never cancels: a client that hangs up does not stop it.
+                    await asyncio.wait({validation}, timeout=self._wait)
             found = await self._orders.get_challenge(challenge_id)
             assert found is not None
         return found

@@ -1,11 +1,15 @@
 """Finalize (RFC 8555 §7.4): check the CSR, recheck stale CAA, hand the order to the CA.
 
 On success the order is ``processing`` and an issuance job is queued in the same
-transaction; the response returns at once and a signing worker does the rest.
+transaction; a signing worker does the rest.  The response waits up to
+``finalize_wait_seconds`` for the worker's NOTIFY that the order is done
+(:mod:`acme_ca.db.completions`), so the client usually gets ``valid`` and no polls.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, Protocol
@@ -20,6 +24,7 @@ from acme_ca.acme.jwk import parse_jwk
 from acme_ca.acme.problems import AcmeError
 from acme_ca.clock import Clock
 from acme_ca.db.accounts import Account
+from acme_ca.db.completions import OrderCompletions
 from acme_ca.db.issuance import IssuanceRepository
 from acme_ca.db.orders import Order, OrderRepository
 from acme_ca.ra.csr import CheckedCsr, check_csr
@@ -52,6 +57,8 @@ class FinalizeAuthority:
         account_uri: Callable[[int], str],
         rsa_issuer: str,
         ecdsa_issuer: str,
+        completions: OrderCompletions | None = None,
+        wait_seconds: float = 0.0,
     ) -> None:
         self._orders = orders
         self._order_repo = order_repo
@@ -62,6 +69,8 @@ class FinalizeAuthority:
         self._account_uri = account_uri
         self._rsa_issuer = rsa_issuer
         self._ecdsa_issuer = ecdsa_issuer
+        self._completions = completions
+        self._wait = wait_seconds
 
     async def finalize(self, account: Account, order: Order, payload: dict[str, Any]) -> None:
         status = await self._orders.refresh_status(order)
@@ -85,6 +94,18 @@ class FinalizeAuthority:
         )
         await self._recheck_stale_caa(account, order)
         issuer = self._issuer_for(checked)
+        if self._completions is None or self._wait <= 0:
+            await self._enqueue(account, order, checked, issuer)
+            return
+        async with self._completions.watch(order.id) as done:
+            await self._enqueue(account, order, checked, issuer)
+            if done is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(done.wait(), self._wait)
+
+    async def _enqueue(
+        self, account: Account, order: Order, checked: CheckedCsr, issuer: str
+    ) -> None:
         if not await self._issuance.enqueue(
             order_id=order.id,
             account_id=account.id,

@@ -192,6 +192,14 @@ class Config:
         "Put SKI in subscriber certificates. The CP's profile lists it; BR 7.1.2.7.6 makes it "
         "NOT RECOMMENDED, so it is off (see docs/conformance.md).",
     )
+    lint_final_certificates: bool = _key(
+        False,
+        "Also run pkilint on each final certificate (DV-FINAL-CERTIFICATE), not only on its "
+        "precertificate. BR 4.3.1.2 makes it unnecessary when the final TBS is proven to "
+        "match the linted precertificate as RFC 6962 §3.2 describes, which the worker "
+        "checks byte for byte before signing; costs one more lint (about a third of the "
+        "worker's CPU per certificate).",
+    )
     weak_key_blocklists: list[str] = _key(
         [],
         "openssl-blacklist format files of Debian weak RSA keys (BR 6.1.1.3), e.g. from "

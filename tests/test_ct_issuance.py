@@ -48,6 +48,7 @@ from acme_ca.ca.ct.sct import (
     certificate_precert_entry,
     embedded_scts,
     precert_entry,
+    remove_poison,
     to_millis,
     verify_signature,
 )
@@ -149,6 +150,8 @@ class Harness:
         jobs: IssuanceRepository | None = None,
         ct: CertificateTransparency | None = None,
         config: Config | None = None,
+        linter: CertificateLinter | None = None,
+        lint_final: bool = False,
     ) -> SigningWorker:
         if ct is None:
             ct = CertificateTransparency(self.source, SystemClock(), settings or self.settings)
@@ -156,11 +159,12 @@ class Harness:
         return SigningWorker(
             jobs or IssuanceRepository(self.pool),
             issuers or self.issuers,
-            self.linter,
+            linter or self.linter,
             SystemClock(),
             profile_for=profile_settings_factory(config or self.config),
             worker_id=worker_id,
             ct=ct,
+            lint_final=lint_final,
         )
 
     async def queue(self, names: Sequence[str], key: ec.EllipticCurvePrivateKey | None = None,
@@ -850,3 +854,35 @@ async def test_run_worker_refuses_to_start_without_a_log_list(pki_config: Config
     assert isinstance(ct_log_source(replace(pki_config, ct_log_list=Path("x.json")), None),
                       FileLogList)
     assert timedelta(seconds=FAST.timeout * 3) < DEFAULT_LEASE
+
+
+class CountingLinter(CertificateLinter):
+    """The real linter, remembering which kinds it was asked to lint."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kinds: list[str] = []
+
+    def lint(self, der: bytes, kind: Any, validity_period_start: datetime | None = None) -> Any:
+        self.kinds.append(kind)
+        return super().lint(der, kind, validity_period_start)
+
+
+@pytest.mark.parametrize("lint_final", [False, True])
+async def test_br_lint_1_precertificate_linted_final_only_on_request(
+    pool: asyncpg.Pool, pki_config: Config, issuers: IssuerSet, linter: CertificateLinter,
+    lint_final: bool,
+) -> None:
+    """BR 4.3.1.2: the precertificate is always linted; the final certificate, whose TBS is
+    proven equal to the precertificate's minus poison (RFC 6962 §3.2), only with
+    ``lint_final_certificates``."""
+    counting = await asyncio.to_thread(CountingLinter)
+    async with harness(pool, days(pki_config, 90), issuers, linter, three_operators()) as h:
+        order_id, _ = await h.queue(["lint-final.example.com"])
+        assert await h.worker(linter=counting, lint_final=lint_final).run_once()
+        result = await issued(h, order_id)
+    expected = ["DV-PRE-CERTIFICATE", "DV-FINAL-CERTIFICATE"] if lint_final else [
+        "DV-PRE-CERTIFICATE"]
+    assert counting.kinds == expected
+    assert result.cert.tbs_precertificate_bytes == remove_poison(
+        result.precert.tbs_certificate_bytes)

@@ -20,8 +20,9 @@ CT before issuance; RFC 6962 §3.1; BR 7.1.2.9), each job runs in these recorded
    precertificate stays recorded);
 5. build the final TBS: the precertificate's with the SCT list extension in the poison's
    place (:func:`acme_ca.ca.ct.sct.final_tbs`), check that its precertificate TBS equals the
-   signed precertificate's (RFC 6962 §3.2, BR 4.3.1.2), lint it as ``DV-FINAL-CERTIFICATE``,
-   and record SCTs, TBS and linted copy;
+   signed precertificate's (RFC 6962 §3.2): with that control BR 4.3.1.2 does not require
+   linting the certificate again, so it is linted as ``DV-FINAL-CERTIFICATE`` only with
+   ``lint_final_certificates``; record SCTs, TBS and the throwaway-signed copy;
 6. have the signer sign exactly that TBS; store the certificate (with its SCTs) and mark the
    order valid, in one transaction; then send the certificate to the logs (best effort).
 
@@ -117,6 +118,7 @@ class SigningWorker:
         worker_id: str | None = None,
         ct: CertificateTransparency | None = None,
         concurrency: int = 1,
+        lint_final: bool = False,
     ) -> None:
         self._jobs = jobs
         self._issuers = issuers
@@ -129,6 +131,7 @@ class SigningWorker:
         self._wake = asyncio.Event()
         self._ct = ct
         self._concurrency = concurrency
+        self._lint_final = lint_final
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work until ``stop`` is set: keep up to ``concurrency`` jobs in flight, claiming
@@ -463,9 +466,12 @@ class SigningWorker:
             precert.tbs_certificate_bytes
         ):
             raise IssuanceError("the final TBS does not match the precertificate's TBS")
-        ok, findings = await self._lint_ok(job, lint_der, "DV-FINAL-CERTIFICATE", self._clock.now())
-        if not ok:
-            return None
+        findings: int | None = None  # not linted: it matches the linted precertificate
+        if self._lint_final:
+            ok, findings = await self._lint_ok(
+                job, lint_der, "DV-FINAL-CERTIFICATE", self._clock.now())
+            if not ok:
+                return None
         recorded = await self._jobs.record_scts(
             job,
             self.worker_id,
@@ -584,6 +590,7 @@ async def run_worker(
                     poll_seconds=float(config.worker_poll_seconds),
                     ct=ct,
                     concurrency=config.worker_concurrency,
+                    lint_final=config.lint_final_certificates,
                 )
                 tasks = [
                     asyncio.create_task(worker.run(stop), name="signing-worker"),

@@ -9,7 +9,7 @@ cd "$ACME_CA_ROOT"
 profile="${1:-runtime}"
 
 runtime_debs=(python3-venv openssl)
-test_debs=(postgresql softhsm2 opensc unbound openssl iproute2 dnsutils curl lego dehydrated uacme)
+test_debs=(postgresql softhsm2 opensc unbound openssl iproute2 dnsutils curl lego dehydrated uacme pebble)
 
 need_install=()
 wanted=("${runtime_debs[@]}")

@@ -247,7 +247,10 @@ class AcmeLoadClient:
             raise IssuanceError(f"{type(exc).__name__} ({step})") from None
         finally:
             self._watchdog.outstanding -= 1
-        self._watchdog.last_answer = time.monotonic()
+        if method == "POST":
+            # Only answers to signed requests prove the server works: a server wedged on
+            # its store may still hand out nonces and its directory.
+            self._watchdog.last_answer = time.monotonic()
         nonce = resp.headers.get("Replay-Nonce")
         if nonce:
             self._nonce = nonce
@@ -389,6 +392,7 @@ async def run_load(
     ssl_arg = _client_ssl(cafile)
     run_id = secrets.token_hex(3)
     sessions: list[aiohttp.ClientSession] = []
+    tasks: list[asyncio.Task[None]] = []
     await responder.start()
     try:
         for _ in range(clients):
@@ -405,16 +409,20 @@ async def run_load(
         watchdog.requests = 0
         start = time.monotonic()
         deadline = start + duration
-        tasks = [
+        tasks.extend(
             asyncio.create_task(_client_loop(c, i, run_id, domain_suffix, deadline, result))
             for i, c in enumerate(load_clients)
-        ]
+        )
         stalled = await _supervise(tasks, deadline, watchdog, stall_after)
         result.duration = time.monotonic() - start if stalled else duration
         result.stopped_answering = stalled
         result.requests = watchdog.requests
         return result
     finally:
+        # Cancelled from outside (Ctrl-C): stop the clients before closing their sessions.
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
         await responder.stop()
 

@@ -144,9 +144,12 @@ class SigningWorker:
 
         in_flight: set[asyncio.Task[None]] = set()
 
+        full = False  # the last claims stopped at the limit, not at an empty queue
+
         def finished(task: asyncio.Task[None]) -> None:
             in_flight.discard(task)
-            self._wake.set()  # a free slot: look for the next job at once
+            if full:
+                self._wake.set()  # a slot freed while jobs may be waiting: claim at once
 
         listener = await self._jobs.listen(notified)
         log.info("worker.started", worker_id=self.worker_id, issuers=self._issuers.names(),
@@ -157,7 +160,11 @@ class SigningWorker:
                 # (empty) claim is in flight must still cut the following wait short.
                 self._wake.clear()
                 try:
-                    while not stop.is_set() and len(in_flight) < self._concurrency:
+                    full = False
+                    while not stop.is_set():
+                        if len(in_flight) >= self._concurrency:
+                            full = True
+                            break
                         job = await self._claim()
                         if job is None:
                             break

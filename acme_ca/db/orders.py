@@ -97,14 +97,18 @@ class ValidationOutcome:
     authz_expires_at: datetime | None  # for a valid authorization: end of its reuse period
 
 
-def _challenge(row: asyncpg.Record) -> Challenge:
+def _challenge(row: asyncpg.Record | dict[str, Any]) -> Challenge:
+    """From a challenges row, or from its JSON form (timestamps as ISO 8601 text)."""
+    validated_at = row["validated_at"]
+    if isinstance(validated_at, str):
+        validated_at = datetime.fromisoformat(validated_at)
     return Challenge(
         id=row["id"],
         authz_id=row["authz_id"],
         type=row["type"],
         token=row["token"],
         status=row["status"],
-        validated_at=row["validated_at"],
+        validated_at=validated_at,
         error=row["error"],
         validation_records=row["validation_records"],
         attempts=row["attempts"],
@@ -442,12 +446,22 @@ class OrderRepository:
 
 
 async def _load_authz(conn: asyncpg.Connection, authz_id: int) -> Authorization | None:
-    row = await conn.fetchrow("SELECT * FROM authorizations WHERE id = $1", authz_id)
+    # One round trip: the challenges come along as an array of challenge rows.
+    row = await conn.fetchrow(
+        """SELECT a.*,
+                  (SELECT coalesce(json_agg(json_build_object(
+                              'id', c.id, 'authz_id', c.authz_id, 'type', c.type,
+                              'token', c.token, 'status', c.status,
+                              'validated_at', c.validated_at, 'error', c.error,
+                              'validation_records', c.validation_records,
+                              'attempts', c.attempts) ORDER BY c.id), '[]')
+                   FROM challenges c WHERE c.authz_id = a.id) AS challenge_rows
+           FROM authorizations a WHERE a.id = $1""",
+        authz_id,
+    )
     if row is None:
         return None
-    challenges = await conn.fetch(
-        "SELECT * FROM challenges WHERE authz_id = $1 ORDER BY id", authz_id
-    )
+    challenges = [_challenge(c) for c in row["challenge_rows"]]
     return Authorization(
         id=row["id"],
         account_id=row["account_id"],
@@ -456,7 +470,7 @@ async def _load_authz(conn: asyncpg.Connection, authz_id: int) -> Authorization 
         status=row["status"],
         expires_at=row["expires_at"],
         validated_at=row["validated_at"],
-        challenges=tuple(_challenge(c) for c in challenges),
+        challenges=tuple(challenges),
     )
 
 

@@ -4,11 +4,15 @@ A fake transport stands in for the resolver so each reply's AD bit can be chosen
 ``require_dnssec`` an answer without AD is usable only as ``insecure``, after a DNSKEY query
 for an ancestor came back with AD from the same resolver (BR §3.2.2.4, §3.2.2.8.1).  The
 real resolver behaviour is in ``integration/test_dnssec.py``.
+
+The last part runs the TCP transport over real sockets on 127.0.0.1: connections to the
+resolver are reused (RFC 7766) and discarded on a timeout, an error or a close by the server.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -21,8 +25,12 @@ import dns.rrset
 import pytest
 
 from acme_ca.clock import FixedClock
+from acme_ca.testsrv.dns import DnsServer
+from acme_ca.testsrv.store import ChallengeStore
 from acme_ca.va.records import dns_record
 from acme_ca.va.resolver import (
+    TCP_IDLE_TIMEOUT,
+    TCP_POOL_SIZE,
     VALIDATION_PROOF_TTL,
     DnsClient,
     DnsFailure,
@@ -322,3 +330,283 @@ async def test_failed_lookup_record_has_no_dnssec_status() -> None:
     record = dns_record(answer, method="dns-01", hostname="www.example.com", at=T0)
     assert record.dnssec is None and "dnssec" not in record.to_json()
     assert record.error is not None and "unauthenticated" in record.error
+
+
+# --- TCP connection reuse (RFC 7766 §6.2.1), over real sockets ----------------------------------
+
+
+class CountingDnsServer(DnsServer):
+    """The challenge test server's DNS server, counting the TCP connections it accepts."""
+
+    def __init__(self, store: ChallengeStore) -> None:
+        super().__init__(store, host="127.0.0.1", port=0)
+        self.accepted = 0
+
+    async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        await super()._serve_tcp(reader, writer)
+
+
+class Responder:
+    """A TCP DNS responder on 127.0.0.1 whose misbehaviour each test chooses.
+
+    A questions get 192.0.2.1, other types an empty NOERROR, except: names in ``stall`` get no
+    reply, names in ``cut`` get half of their reply and then the connection is closed, names
+    in ``wrong_id`` get a reply whose id is not the query's.  ``close_after_reply`` closes each
+    connection after its first reply (a server closing idle connections); with
+    ``close_when_reused`` a connection's second query is read and the connection closed
+    unanswered (the server closed it just as the query was sent).  ``client_closes`` counts
+    connections the client closed between messages.
+    """
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self.client_closes = 0
+        self.asked: list[str] = []
+        self.stall: set[str] = set()
+        self.cut: set[str] = set()
+        self.wrong_id: set[str] = set()
+        self.close_after_reply = False
+        self.close_when_reused = False
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._server: asyncio.Server | None = None
+
+    @property
+    def nameserver(self) -> str:
+        assert self._server is not None
+        return f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+
+    async def stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in list(self._writers):
+            writer.close()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        self._writers.add(writer)
+        answered = 0
+        try:
+            while True:
+                try:
+                    size = int.from_bytes(await reader.readexactly(2), "big")
+                    query = dns.message.from_wire(await reader.readexactly(size))
+                except asyncio.IncompleteReadError:
+                    self.client_closes += 1
+                    return
+                question = query.question[0]
+                name = question.name.to_text(omit_final_dot=True)
+                self.asked.append(name)
+                if self.close_when_reused and answered:
+                    return
+                if name in self.stall:
+                    continue
+                reply = dns.message.make_response(query)
+                if question.rdtype == dns.rdatatype.A:
+                    reply.answer.append(
+                        dns.rrset.from_text(question.name, 0, "IN", "A", "192.0.2.1")
+                    )
+                if name in self.wrong_id:
+                    reply.id ^= 0x5A5A
+                wire = reply.to_wire(prepend_length=True)
+                if name in self.cut:
+                    writer.write(wire[: len(wire) // 2])
+                    await writer.drain()
+                    return
+                writer.write(wire)
+                await writer.drain()
+                answered += 1
+                if self.close_after_reply:
+                    return
+        except ConnectionError:
+            return
+        finally:
+            self._writers.discard(writer)
+            writer.close()
+
+
+@pytest.fixture
+async def responder() -> AsyncIterator[Responder]:
+    server = Responder()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+ClientFactory = Callable[..., DnsClient]
+
+
+@pytest.fixture
+async def tcp_client() -> AsyncIterator[ClientFactory]:
+    """Builds TCP clients (one attempt, DNSSEC off) and closes them after the test."""
+    made: list[DnsClient] = []
+
+    def make(
+        nameserver: str,
+        *,
+        timeout: float = 5.0,
+        pool_size: int = TCP_POOL_SIZE,
+        idle_timeout: float = TCP_IDLE_TIMEOUT,
+    ) -> DnsClient:
+        client = DnsClient(
+            ResolverSettings((nameserver,), timeout=timeout, attempts=1, require_dnssec=False),
+            tcp_pool_size=pool_size,
+            tcp_idle_timeout=idle_timeout,
+        )
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        await client.aclose()
+
+
+async def eventually(condition: Callable[[], bool]) -> None:
+    """Wait until the server has seen what the client did (bounded; nothing about timing)."""
+    async with asyncio.timeout(10):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+def idle(client: DnsClient) -> int:
+    return client.idle_connections(client.settings.parsed[0])
+
+
+async def test_acme_chal_6_sequential_tcp_queries_share_one_connection(
+    tcp_client: ClientFactory,
+) -> None:
+    """A CAA walk, A/AAAA and TXT one after another: one TCP connection to the resolver."""
+    store = ChallengeStore()
+    store.set_txt("_acme-challenge.www.example.com", "token")
+    server = CountingDnsServer(store)
+    await server.start()
+    try:
+        client = tcp_client(f"127.0.0.1:{server.port}")
+        for name in ["www.example.com", "example.com", "com"]:
+            caa = await client.query(name, "CAA")
+            assert caa.ok and caa.records == (), caa
+        a = await client.query("www.example.com", "A")
+        assert [r.to_text() for r in a.records] == [store.default_ipv4]
+        assert (await client.query("www.example.com", "AAAA")).ok
+        txt = await client.query("_acme-challenge.www.example.com", "TXT")
+        assert [r.to_text() for r in txt.records] == ['"token"']
+        assert server.accepted == 1
+        assert idle(client) == 1
+    finally:
+        await server.stop()
+
+
+async def test_server_closing_idle_connections_does_not_fail_queries(
+    responder: Responder, tcp_client: ClientFactory
+) -> None:
+    """The server closes each connection after one reply: every query still succeeds."""
+    responder.close_after_reply = True
+    client = tcp_client(responder.nameserver)
+    for _ in range(3):
+        answer = await client.query("www.example.com", "A")
+        assert answer.ok, answer
+        assert [r.to_text() for r in answer.records] == ["192.0.2.1"]
+    assert responder.accepted == 3
+
+
+async def test_reused_connection_closed_before_reply_is_retried_on_a_fresh_one(
+    responder: Responder, tcp_client: ClientFactory
+) -> None:
+    """The server closes a connection on its second query: the query is sent once more."""
+    responder.close_when_reused = True
+    client = tcp_client(responder.nameserver)
+    for _ in range(3):
+        answer = await client.query("www.example.com", "A")
+        assert answer.ok, answer
+    # Queries 2 and 3 each met a closing connection and were asked again on a new one.
+    assert responder.accepted == 3
+    assert responder.asked == ["www.example.com"] * 5
+
+
+async def test_timeout_discards_the_connection_without_retry(
+    responder: Responder, tcp_client: ClientFactory
+) -> None:
+    """A reused connection with no reply in time is closed; the spent budget allows no retry."""
+    responder.stall.add("stall.example")
+    client = tcp_client(responder.nameserver, timeout=0.5)
+    assert (await client.query("www.example.com", "A")).ok
+    assert idle(client) == 1
+    answer = await client.query("stall.example", "A")
+    assert answer.failure is DnsFailure.TIMEOUT
+    assert idle(client) == 0
+    await eventually(lambda: responder.client_closes == 1)
+    assert responder.asked.count("stall.example") == 1
+    assert responder.accepted == 1
+    # The next query opens a new connection rather than read the late reply of the old one.
+    assert (await client.query("www.example.com", "A")).ok
+    assert responder.accepted == 2
+
+
+async def test_reply_cut_short_fails_without_retry_and_is_not_reused(
+    responder: Responder, tcp_client: ClientFactory
+) -> None:
+    """Once a reply has begun, a failure is final: the query is not sent again."""
+    responder.cut.add("cut.example")
+    client = tcp_client(responder.nameserver)
+    assert (await client.query("www.example.com", "A")).ok
+    answer = await client.query("cut.example", "A")
+    assert answer.failure is DnsFailure.ERROR
+    assert answer.error is not None and "EOFError" in answer.error
+    assert responder.asked == ["www.example.com", "cut.example"]
+    assert responder.accepted == 1
+    assert idle(client) == 0
+
+
+async def test_reply_with_another_id_fails_and_discards_the_connection(
+    responder: Responder, tcp_client: ClientFactory
+) -> None:
+    """dnspython matches the reply to the query; a mismatch is an error and closes the stream."""
+    responder.wrong_id.add("mismatch.example")
+    client = tcp_client(responder.nameserver)
+    answer = await client.query("mismatch.example", "A")
+    assert answer.failure is DnsFailure.ERROR
+    assert answer.error is not None and "BadResponse" in answer.error
+    assert idle(client) == 0
+    await eventually(lambda: responder.client_closes == 1)
+    assert (await client.query("www.example.com", "A")).ok
+    assert responder.accepted == 2
+
+
+async def test_pool_keeps_at_most_pool_size_idle_connections(
+    responder: Responder, tcp_client: ClientFactory
+) -> None:
+    """Concurrent queries each get a connection; only ``pool_size`` stay open afterwards."""
+    client = tcp_client(responder.nameserver, pool_size=2)
+    answers = await asyncio.gather(*(client.query(f"h{i}.example", "A") for i in range(4)))
+    assert all(answer.ok for answer in answers)
+    assert responder.accepted == 4
+    assert idle(client) == 2
+    await eventually(lambda: responder.client_closes == 2)
+
+
+async def test_aclose_closes_idle_connections(
+    responder: Responder, tcp_client: ClientFactory
+) -> None:
+    client = tcp_client(responder.nameserver)
+    assert (await client.query("www.example.com", "A")).ok
+    await client.aclose()
+    assert idle(client) == 0
+    await eventually(lambda: responder.client_closes == 1)
+    # Still usable, but nothing is kept open any more.
+    assert (await client.query("www.example.com", "A")).ok
+    assert idle(client) == 0
+    await eventually(lambda: responder.client_closes == 2)
+
+
+async def test_idle_connection_is_closed_after_idle_timeout(
+    responder: Responder, tcp_client: ClientFactory
+) -> None:
+    """A client nobody closes holds no connection for long."""
+    client = tcp_client(responder.nameserver, idle_timeout=0.05)
+    assert (await client.query("www.example.com", "A")).ok
+    await eventually(lambda: responder.client_closes == 1)
+    assert idle(client) == 0

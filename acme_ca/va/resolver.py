@@ -22,20 +22,31 @@ DNSSEC, with ``require_dnssec`` (production):
 
 Without ``require_dnssec`` (``dnssec = "off"``, tests only) answers are used as they come and
 marked **unchecked**.
+
+TCP connections to a resolver are reused (RFC 7766 §6.2.1): each :class:`DnsClient` keeps up to
+:data:`TCP_POOL_SIZE` idle connections per nameserver and sends each query over an idle one, one
+query at a time.  A connection is closed on any error, timeout or cancellation, when the
+resolver closed it, and after :data:`TCP_IDLE_TIMEOUT` unused, so a client that is never closed
+holds nothing for long; :meth:`DnsClient.aclose` closes the idle ones at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import ipaddress
+import socket
+from collections.abc import Awaitable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Final, Literal
+from typing import Final, Literal, TypeVar
 
+import dns._asyncbackend
 import dns.asyncquery
 import dns.exception
 import dns.flags
+import dns.inet
 import dns.message
 import dns.name
 import dns.rcode
@@ -58,6 +69,14 @@ MAX_CNAME_CHAIN: Final = 8
 VALIDATION_PROOF_TTL: Final = timedelta(minutes=5)
 """How long an authenticated DNSKEY answer for an ancestor keeps proving that the resolver
 validates below it, so each validation does not cost an extra query."""
+TCP_POOL_SIZE: Final = 8
+"""Idle TCP connections kept per nameserver; a busier moment opens more and closes the extra
+ones when their query is done."""
+TCP_IDLE_TIMEOUT: Final = 5.0
+"""Seconds an idle TCP connection is kept before we close it; well below the idle timeouts of
+resolvers (Unbound: 30 s), though a busy resolver may close it sooner, which costs one retry."""
+
+_T = TypeVar("_T")
 
 DnssecStatus = Literal["secure", "insecure", "unchecked"]
 """The DNSSEC standing of a usable answer: ``secure`` (AD), ``insecure`` (no AD, from a
@@ -223,6 +242,124 @@ def _find(
     return None
 
 
+async def _within(awaitable: Awaitable[_T], seconds: float | None) -> _T:
+    """``awaitable`` with dnspython's timeout exception, as its socket methods raise."""
+    try:
+        async with asyncio.timeout(seconds):
+            return await awaitable
+    except TimeoutError:
+        raise dns.exception.Timeout from None
+
+
+class _TcpConnection(dns._asyncbackend.StreamSocket):  # dns.asyncbackend's, re-exported
+    """One TCP connection to a resolver, given to ``dns.asyncquery.tcp(sock=...)``.
+
+    dnspython's asyncio stream socket plus what reuse needs: ``received`` counts the reply bytes
+    read for the current query (a reused connection that fails before the first one was closed
+    by the server and the query may be asked again; after it, the stream is mid-message and the
+    connection is only fit to be closed) and :meth:`reusable` notices a peer that closed it.
+    """
+
+    def __init__(
+        self,
+        ns: Nameserver,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        super().__init__(dns.inet.af_for_address(ns.host), socket.SOCK_STREAM)
+        self.reader = reader
+        self.writer = writer
+        self.loop = loop
+        self.received = 0
+        self.idle_timer: asyncio.TimerHandle | None = None
+
+    @classmethod
+    async def open(cls, ns: Nameserver, seconds: float) -> _TcpConnection:
+        reader, writer = await _within(asyncio.open_connection(ns.host, ns.port), seconds)
+        return cls(ns, reader, writer, asyncio.get_running_loop())
+
+    # dnspython's socket interface names the argument ``timeout``.
+    async def sendall(self, what: bytes, timeout: float | None) -> None:  # noqa: ASYNC109
+        self.writer.write(what)
+        await _within(self.writer.drain(), timeout)
+
+    async def recv(self, size: int, timeout: float | None) -> bytes:  # noqa: ASYNC109
+        data = await _within(self.reader.read(size), timeout)
+        self.received += len(data)
+        return data
+
+    async def getpeername(self) -> object:
+        return self.writer.get_extra_info("peername")
+
+    async def getsockname(self) -> object:
+        return self.writer.get_extra_info("sockname")
+
+    async def close(self) -> None:
+        self.shut()
+
+    def reusable(self) -> bool:
+        """Still open both ways as far as we know: no EOF, error or close seen."""
+        return not (
+            self.writer.is_closing() or self.reader.at_eof() or self.reader.exception() is not None
+        )
+
+    def shut(self) -> None:
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
+        if not self.writer.is_closing():
+            with contextlib.suppress(RuntimeError):  # its event loop is already closed
+                self.writer.close()
+
+
+class _TcpPool:
+    """The idle TCP connections to one nameserver; the most recently used goes out first."""
+
+    def __init__(self, size: int, idle_timeout: float) -> None:
+        self._size = size
+        self._idle_timeout = idle_timeout
+        self._idle: list[_TcpConnection] = []
+        self.closed = False
+
+    def take(self) -> _TcpConnection | None:
+        """An idle connection still open, on the running event loop; None if there is none."""
+        loop = asyncio.get_running_loop()
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.idle_timer is not None:
+                conn.idle_timer.cancel()
+                conn.idle_timer = None
+            if conn.loop is loop and conn.reusable():
+                conn.received = 0
+                return conn
+            conn.shut()
+        return None
+
+    def put(self, conn: _TcpConnection) -> None:
+        """Keep a connection whose last exchange completed; close it if there is no room."""
+        if self.closed or len(self._idle) >= self._size or not conn.reusable():
+            conn.shut()
+            return
+        conn.idle_timer = conn.loop.call_later(self._idle_timeout, self._expire, conn)
+        self._idle.append(conn)
+
+    def _expire(self, conn: _TcpConnection) -> None:
+        conn.idle_timer = None
+        with contextlib.suppress(ValueError):
+            self._idle.remove(conn)
+        conn.shut()
+
+    def close(self) -> None:
+        """Close the idle connections; those in use are closed when their query ends."""
+        self.closed = True
+        while self._idle:
+            self._idle.pop().shut()
+
+    def __len__(self) -> int:
+        return len(self._idle)
+
+
 class DnsClient:
     """Queries the configured resolvers; one per VA, shared by every check.
 
@@ -236,12 +373,28 @@ class DnsClient:
         *,
         clock: Clock | None = None,
         proof_ttl: timedelta = VALIDATION_PROOF_TTL,
+        tcp_pool_size: int = TCP_POOL_SIZE,
+        tcp_idle_timeout: float = TCP_IDLE_TIMEOUT,
     ) -> None:
         self.settings = settings
         self._clock: Clock = clock or SystemClock()
         self._proof_ttl = proof_ttl
         self._servers = {str(ns): ns for ns in settings.parsed}
         self._proofs: dict[tuple[str, dns.name.Name], datetime] = {}
+        self._pools = {ns: _TcpPool(tcp_pool_size, tcp_idle_timeout) for ns in settings.parsed}
+
+    async def aclose(self) -> None:
+        """Close the idle TCP connections; any later connection is closed after its query.
+
+        Optional: idle connections close themselves after ``tcp_idle_timeout`` anyway.
+        """
+        for pool in self._pools.values():
+            pool.close()
+
+    def idle_connections(self, ns: Nameserver) -> int:
+        """How many idle TCP connections to ``ns`` are pooled (for tests and metrics)."""
+        pool = self._pools.get(ns)
+        return 0 if pool is None else len(pool)
 
     def describe(self) -> str:
         """The resolvers asked, for records that cannot name the one that answered."""
@@ -447,7 +600,47 @@ class DnsClient:
             reply = await dns.asyncquery.udp(query, ns.host, timeout=timeout, port=ns.port)
             if not reply.flags & dns.flags.TC:
                 return reply
-        return await dns.asyncquery.tcp(query, ns.host, timeout=timeout, port=ns.port)
+            return await dns.asyncquery.tcp(query, ns.host, timeout=timeout, port=ns.port)
+        return await self._send_tcp(query, ns, timeout)
+
+    async def _send_tcp(
+        self, query: dns.message.Message, ns: Nameserver, budget: float
+    ) -> dns.message.Message:
+        """One query over a pooled TCP connection, within ``budget`` seconds in all.
+
+        An idle connection may have been closed by the resolver (RFC 7766 §6.2.3 lets it close
+        idle connections at any time): if it fails before any byte of the reply arrived, the
+        query is sent once more on a new connection, in what is left of ``budget``.  Any
+        failure closes the connection; dnspython matches the reply's id and question to the
+        query (``BadResponse`` otherwise), and a reply read in part leaves the stream
+        mid-message, so such a connection is never reused.
+        """
+        pool = self._pools[ns]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget
+        conn = pool.take()
+        reused = conn is not None
+        while True:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise dns.exception.Timeout
+            if conn is None:
+                conn = await _TcpConnection.open(ns, left)
+                left = deadline - loop.time()
+            try:
+                reply = await dns.asyncquery.tcp(
+                    query, ns.host, timeout=max(left, 0.0), port=ns.port, sock=conn
+                )
+            except BaseException as exc:
+                conn.shut()
+                stale = reused and conn.received == 0 and isinstance(exc, (EOFError, OSError))
+                if not stale:
+                    raise
+                _log.debug("va.dns.tcp_reconnect", server=str(ns), error=repr(exc))
+                conn, reused = None, False
+                continue
+            pool.put(conn)
+            return reply
 
     async def resolve_addresses(self, host: str) -> list[IPAddress]:
         """A and AAAA for ``host``, IPv6 first; either lookup failing fails the whole.

@@ -129,7 +129,11 @@ async def _check(request: web.Request) -> web.Response:
     except (ValueError, FormatError) as exc:
         log.warning("remote_va.bad_request", error=str(exc), client=_peer_name(request))
         return web.json_response({"error": f"bad request: {exc}"}, status=400)
-    result = await run_remote_check(request.app[CHECKS](), check)
+    authority = request.app[CHECKS]()  # fresh per request: nothing learnt is reused
+    try:
+        result = await run_remote_check(authority, check)
+    finally:
+        await authority.aclose()
     log.info(
         "remote_va.checked",
         perspective=identity.perspective_id,

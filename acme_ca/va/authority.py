@@ -10,6 +10,7 @@ same checks can run at remote perspectives for corroboration (BR §3.2.2.9).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Final, Literal
 
 import structlog
@@ -56,14 +57,21 @@ class ValidationAuthority:
         clock: Clock,
         *,
         always_valid: bool = False,
+        on_close: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._http01 = http01
         self._dns01 = dns01
         self._caa = caa
         self._clock = clock
         self.always_valid = always_valid
+        self._on_close = on_close
         if always_valid:
             _log.warning("va.always_valid", detail="every validation will pass unchecked")
+
+    async def aclose(self) -> None:
+        """Release what the checks hold open (the DNS client's idle TCP connections)."""
+        if self._on_close is not None:
+            await self._on_close()
 
     async def validate(
         self,

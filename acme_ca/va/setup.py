@@ -84,4 +84,5 @@ def _authority(
         CaaChecker.from_dns(dns, config.caa_identities, perspective=perspective, clock=clock),
         clock,
         always_valid=always_valid,
+        on_close=dns.aclose,
     )

@@ -62,7 +62,8 @@ from acme_ca.ct_testlogs import accepted_roots
 from acme_ca.db.issuance import IssuanceJob, IssuanceRepository
 from acme_ca.db.status import StatusRepository
 from acme_ca.status.updater import StatusSettings, StatusUpdater
-from acme_ca.testsrv.ct_log import TestCtLogs, TestLogSpec
+from acme_ca.testsrv.ct_log import TestCtLogs, TestLogSpec, _without_poison
+from tests.test_ct_units import pyasn1_without_poison
 from tests.test_worker import (
     INTERNAL_STATUS_URL,
     build_csr,
@@ -247,6 +248,11 @@ def check_precert_and_final(result: Issued) -> None:
                   "not_valid_after_utc", "signature_algorithm_oid"):
         assert getattr(result.precert, field) == getattr(result.cert, field), field
     assert result.precert.public_key() == result.cert.public_key()
+    # What the test logs sign (cryptography's DER code) is pyasn1's and ours, byte for byte.
+    tbs = result.precert.tbs_certificate_bytes
+    without = _without_poison(result.precert)
+    assert without == pyasn1_without_poison(tbs) == remove_poison(tbs)
+    assert without == result.cert.tbs_precertificate_bytes
 
 
 # --------------------------------------------------------------------------- verifiers

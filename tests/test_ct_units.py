@@ -1,12 +1,13 @@
 """Certificate Transparency pieces on their own: SCT encoding, signed data and TBS surgery
 (checked against cryptography and pyasn1), the v3 log list, the policy, and the test log's
-acceptance rules (RFC 6962 §4.1-4.3)."""
+acceptance rules (RFC 6962 §4.1-4.3) and chain-link cache."""
 
 from __future__ import annotations
 
 import base64
 import json
 import os
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,12 @@ from typing import Any
 import aiohttp
 import pytest
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
+from pyasn1.codec.der import decoder, encoder  # type: ignore[import-untyped]
+from pyasn1_alt_modules import rfc5280  # type: ignore[import-untyped]
 
 from acme_ca.ca.ct.loglist import (
     FileLogList,
@@ -42,7 +46,8 @@ from acme_ca.ca.ct.sct import (
 )
 from acme_ca.ca.ct.submit import _retry_after
 from acme_ca.ca.der import assemble_signed, tbs_signature_algorithm
-from acme_ca.testsrv.ct_log import TestCtLogs, TestLogSpec, _without_poison
+from acme_ca.testsrv import ct_log as ct_log_module
+from acme_ca.testsrv.ct_log import TestCtLog, TestCtLogs, TestLogSpec, _without_poison
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
@@ -78,6 +83,7 @@ class Pki:
         self, *, poison: bool = True, critical_poison: bool = True,
         eku: list[x509.ObjectIdentifier] | None = None, days: int = 90,
         key: ec.EllipticCurvePrivateKey | None = None, serial: int = 0x1234567890ABCDEF,
+        extra: Sequence[x509.ExtensionType] = (),
     ) -> x509.Certificate:
         builder = (
             x509.CertificateBuilder().subject_name(_name("leaf.example.com"))
@@ -92,6 +98,8 @@ class Pki:
         )
         if poison:
             builder = builder.add_extension(x509.PrecertPoison(), critical=critical_poison)
+        for extension in extra:
+            builder = builder.add_extension(extension, critical=False)
         return builder.sign(key or self.ca_key, hashes.SHA256())
 
     def spki(self) -> bytes:
@@ -114,6 +122,25 @@ def _sign_like_a_log(key: ec.EllipticCurvePrivateKey, entry: Any, ext: bytes = b
 def _spki(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def pyasn1_without_poison(tbs_der: bytes) -> bytes:
+    """The reference for the test log's poison removal: the TBSCertificate decoded by pyasn1,
+    the poison extension dropped, the rest re-encoded (DER in, DER out)."""
+    tbs, rest = decoder.decode(tbs_der, asn1Spec=rfc5280.TBSCertificate())
+    assert not rest
+    extensions = tbs["extensions"]
+    kept = extensions.clone()
+    for extension in extensions:
+        if str(extension["extnID"]) != ExtensionOID.PRECERT_POISON.dotted_string:
+            kept.append(extension)
+    tbs["extensions"] = kept
+    encoded: bytes = encoder.encode(tbs)
+    return encoded
 
 
 # --------------------------------------------------------------------------- SCTs and TBS
@@ -147,7 +174,7 @@ def test_poison_removal_matches_pyasn1_and_final_tbs_matches_cryptography(pki: P
     precert = pki.leaf()
     plain = pki.leaf(poison=False)  # same fields, no poison (ECDSA: TBS is deterministic)
     assert remove_poison(precert.tbs_certificate_bytes) == plain.tbs_certificate_bytes
-    assert _without_poison(precert.tbs_certificate_bytes) == plain.tbs_certificate_bytes
+    assert _without_poison(precert) == plain.tbs_certificate_bytes
     log_key = ec.generate_private_key(ec.SECP256R1())
     entry = precert_entry(precert.tbs_certificate_bytes, pki.spki())
     scts = [_sign_like_a_log(log_key, entry, ext) for ext in (b"", b"\x00\x00\x05" + bytes(5))]
@@ -166,6 +193,75 @@ def test_poison_removal_matches_pyasn1_and_final_tbs_matches_cryptography(pki: P
         verify_signature(sct, log_key.public_key(), entry)
     with pytest.raises(SctError, match="poison"):
         final_tbs(plain.tbs_certificate_bytes, scts)
+
+
+def test_test_log_poison_removal_is_pyasn1s_and_rfc6962s(pki: Pki) -> None:
+    """The test log removes the poison with cryptography's tbs_precertificate_bytes (which by
+    itself drops only an SCT list, and refuses a TBS without one): the bytes are pyasn1's."""
+    with pytest.raises(ValueError, match="SCT list"):
+        pki.leaf().tbs_precertificate_bytes  # noqa: B018 - why _without_poison renames
+    poison_der = ct_log_module._POISON_EXTENSION
+    assert poison_der in pki.leaf().tbs_certificate_bytes  # the constant is the real DER
+    hidden = x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.55555.1"),
+                                        b"\x04\x15" + poison_der)
+    precerts = {
+        "poison last": (pki.leaf(), pki.leaf(poison=False)),
+        # The poison's bytes once more inside another extension: still the right one goes.
+        "poison DER in another field": (
+            pki.leaf(extra=[hidden]), pki.leaf(poison=False, extra=[hidden])),
+    }
+    builder = (
+        x509.CertificateBuilder().subject_name(_name("mid.example")).issuer_name(pki.ca.subject)
+        .public_key(pki.subscriber_key.public_key()).serial_number(77)
+        .not_valid_before(NOW).not_valid_after(NOW + timedelta(days=30))
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+    )
+    san = x509.SubjectAlternativeName([x509.DNSName("mid.example")])
+    precerts["poison in the middle"] = (
+        builder.add_extension(x509.PrecertPoison(), critical=True)
+        .add_extension(san, critical=False).sign(pki.ca_key, hashes.SHA256()),
+        builder.add_extension(san, critical=False).sign(pki.ca_key, hashes.SHA256()),
+    )
+    for why, (precert, plain) in precerts.items():
+        tbs = precert.tbs_certificate_bytes
+        assert _without_poison(precert) == pyasn1_without_poison(tbs), why
+        assert _without_poison(precert) == plain.tbs_certificate_bytes, why
+    # The CA's own byte-level code agrees where it applies (it wants the poison last).
+    precert = precerts["poison last"][0]
+    assert _without_poison(precert) == remove_poison(precert.tbs_certificate_bytes)
+    assert precerts["poison DER in another field"][0].tbs_certificate_bytes.count(poison_der) == 2
+
+
+def test_test_log_verifies_chain_links_once_and_keeps_at_most_a_few(
+    pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ct_log_module, "LINK_CACHE_SIZE", 2)
+    ct_log = TestCtLog(TestLogSpec.generate("cache", "A"), [pki.root])
+
+    def ca(n: int, key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
+        return (
+            x509.CertificateBuilder().subject_name(_name(f"CA {n}"))
+            .issuer_name(pki.root.subject).public_key(pki.ca_key.public_key()).serial_number(n)
+            .not_valid_before(NOW).not_valid_after(NOW + timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .sign(key, hashes.SHA256())
+        )
+
+    cas = [ca(n, pki.root_key) for n in (1, 2, 3)]
+    for cert in cas:
+        ct_log._signed_by(cert, pki.root, leaf=False)
+    assert list(ct_log._verified_links) == [(_der(c), _der(pki.root)) for c in cas[1:]]
+    forged = ca(4, ec.generate_private_key(ec.SECP256R1()))
+    for _ in range(2):  # a failure is never remembered
+        with pytest.raises(InvalidSignature):
+            ct_log._signed_by(forged, pki.root, leaf=False)
+    assert (_der(forged), _der(pki.root)) not in ct_log._verified_links
+    # A remembered link is not verified again (the cache is what the log trusts), a leaf is.
+    ct_log._verified_links[(_der(forged), _der(pki.root))] = None
+    ct_log._signed_by(forged, pki.root, leaf=False)
+    with pytest.raises(InvalidSignature):
+        ct_log._signed_by(forged, pki.root, leaf=True)
+    assert not TestCtLog(TestLogSpec.generate("other", "B"), [pki.root])._verified_links
 
 
 def test_signature_checks_reject_tampering(pki: Pki) -> None:
@@ -392,3 +488,56 @@ async def test_test_log_accepts_what_rfc6962_allows_and_nothing_else(pki: Pki) -
         tiled.faults.future_timestamp = True
         status, body, _ = await _post(http, tiled.url + "ct/v1/add-pre-chain", [precert, pki.ca])
         assert body["timestamp"] > (datetime.now(UTC) + timedelta(minutes=50)).timestamp() * 1000
+
+
+async def test_test_log_checks_every_leaf_after_its_issuer_was_remembered(pki: Pki) -> None:
+    """A cached issuer -> root link never vouches for a leaf: a leaf its issuer did not sign
+    is refused after a good submission through the same issuer; a failed link is not kept."""
+    other = Pki()  # same names ("Issuing CA" under "Root"), other keys
+    forger = ec.generate_private_key(ec.SECP256R1())
+    root_leaf = (
+        x509.CertificateBuilder().subject_name(_name("direct.example.com"))
+        .issuer_name(pki.root.subject).public_key(pki.subscriber_key.public_key())
+        .serial_number(404).not_valid_before(NOW).not_valid_after(NOW + timedelta(days=30))
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+    )
+    async with (
+        TestCtLogs([TestLogSpec.generate("cache", "A")], [pki.root]) as logs,
+        aiohttp.ClientSession() as http,
+    ):
+        ct_log = logs["cache"]
+        pre, add = ct_log.url + "ct/v1/add-pre-chain", ct_log.url + "ct/v1/add-chain"
+        for _ in range(2):
+            status, text, _ = await _post(http, pre, [other.leaf(serial=301), other.ca])
+            assert status == 400 and "accepted root" in text, text
+        assert not ct_log._verified_links
+
+        assert (await _post(http, pre, [pki.leaf(serial=302), pki.ca]))[0] == 200
+        ca_link = (_der(pki.ca), _der(pki.root))
+        assert list(ct_log._verified_links) == [ca_link]
+        for url, chain in (
+            (pre, [pki.leaf(serial=303, key=forger), pki.ca]),
+            (pre, [pki.leaf(serial=303, key=forger), pki.ca, pki.root]),
+            (add, [pki.leaf(serial=303, poison=False, key=forger), pki.ca]),
+        ):
+            status, text, _ = await _post(http, url, chain)
+            assert status == 400 and "is not signed by" in text, text
+        assert (await _post(http, add, [pki.leaf(serial=302, poison=False), pki.ca]))[0] == 200
+        assert list(ct_log._verified_links) == [ca_link] and ct_log.entries == 2
+
+        # A certificate issued by the root itself is the leaf: verified every time, not kept.
+        assert (await _post(http, add, [root_leaf.sign(pki.root_key, hashes.SHA256())]))[0] == 200
+        status, text, _ = await _post(http, add, [root_leaf.sign(forger, hashes.SHA256())])
+        assert status == 400 and "accepted root" in text, text
+        assert list(ct_log._verified_links) == [ca_link]
+
+        # Precertificates the poison removal cannot serve are refused, not answered with 500.
+        sct = _sign_like_a_log(forger, X509Entry(b"\x30\x00"))
+        with_scts = x509.UnrecognizedExtension(
+            ExtensionOID.PRECERT_SIGNED_CERTIFICATE_TIMESTAMPS, sct_list_extension_value([sct]))
+        status, text, _ = await _post(http, pre, [pki.leaf(serial=305, extra=[with_scts]), pki.ca])
+        assert status == 400 and "SCT list" in text, text
+        not_null = x509.UnrecognizedExtension(ExtensionOID.PRECERT_POISON, b"\x04\x00")
+        status, text, _ = await _post(
+            http, pre, [pki.leaf(serial=306, poison=False, extra=[not_null]), pki.ca])
+        assert status == 400 and "malformed extensions" in text, text

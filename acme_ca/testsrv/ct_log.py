@@ -13,8 +13,14 @@ by the next and the last one is, or is signed by, an accepted root; the leaf has
 in its EKU and a notAfter inside the log's temporal interval; ``add-pre-chain`` wants the
 critical poison (and a directly issuing CA: precertificate signing certificates are refused),
 ``add-chain`` wants no poison.  The SCT is signed over the RFC 6962 §3.2 data; the
-precertificate's TBS without the poison is made with pyasn1 (independently of the CA's own
-byte-level code).  A second submission of the same entry returns the same SCT.
+precertificate's TBS without the poison is made by cryptography's ``tbs_precertificate_bytes``
+(its own DER code, independent of the CA's byte-level code; see :func:`_without_poison`), so a
+precertificate that already carries an SCT list extension is refused.  A second submission of
+the same entry returns the same SCT.
+
+Every submission verifies its leaf's signature afresh; a CA link (issuer by root, intermediate
+by intermediate) that verified once is remembered by the DER of both certificates, in a small
+bounded cache per log, and not verified again.  A link that failed is never remembered.
 
 Fault knobs (:class:`Faults`, settable per log while it runs): 429 with Retry-After, 503,
 slow responses, a corrupt signature, an unknown log id, a timestamp an hour ahead.
@@ -33,7 +39,7 @@ import hashlib
 import itertools
 import json
 import struct
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -48,8 +54,6 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
-from pyasn1.codec.der import decoder, encoder  # type: ignore[import-untyped]
-from pyasn1_alt_modules import rfc5280  # type: ignore[import-untyped]
 
 from acme_ca.clock import Clock, SystemClock
 
@@ -60,6 +64,13 @@ LogMode = Literal["rfc6962", "static-ct-api"]
 FUTURE_SKEW: Final = timedelta(hours=1)
 _PRECERT_SIGNING_EKU: Final = x509.ObjectIdentifier("1.3.6.1.4.1.11129.2.4.4")
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+#: The critical poison extension, as RFC 6962 §3.1 makes it and DER allows only one way:
+#: SEQUENCE { extnID 1.3.6.1.4.1.11129.2.4.3, critical TRUE, extnValue OCTET STRING { NULL } }.
+_POISON_EXTENSION: Final = bytes.fromhex("3013" "060a2b06010401d679020403" "0101ff" "04020500")
+#: The same with the extnID of the embedded SCT list (1.3.6.1.4.1.11129.2.4.2): same length.
+_SCT_LIST_AS_POISON: Final = bytes.fromhex("3013" "060a2b06010401d679020402" "0101ff" "04020500")
+#: How many verified CA links (child DER, parent DER) each log remembers.
+LINK_CACHE_SIZE: Final = 64
 
 
 @dataclass
@@ -121,20 +132,47 @@ def _millis(at: datetime) -> int:
     return (at - _EPOCH) // timedelta(milliseconds=1)
 
 
-def _without_poison(tbs_der: bytes) -> bytes:
-    """The TBSCertificate without the poison extension, re-encoded by pyasn1 (DER in, DER
-    out: every other byte stays as it was)."""
-    tbs, rest = decoder.decode(tbs_der, asn1Spec=rfc5280.TBSCertificate())
-    if rest:
-        raise _Rejected("trailing bytes after the TBSCertificate")
-    extensions = tbs["extensions"]
-    kept = extensions.clone()
-    for extension in extensions:
-        if str(extension["extnID"]) != ExtensionOID.PRECERT_POISON.dotted_string:
-            kept.append(extension)
-    tbs["extensions"] = kept
-    encoded: bytes = encoder.encode(tbs)
-    return encoded
+def _without_poison(precert: x509.Certificate) -> bytes:
+    """The precertificate's TBSCertificate without the poison extension (RFC 6962 §3.2),
+    re-encoded by cryptography (DER in, DER out: every other byte stays as it was).
+
+    ``tbs_precertificate_bytes`` removes the *SCT list* extension (…11129.2.4.2) of a final
+    certificate, not the poison (…11129.2.4.3), and raises on a TBS without an SCT list.  So
+    the poison's extnID is renamed to the SCT list's (same length, last byte 3 → 2) in a copy
+    of the certificate, and the copy's ``tbs_precertificate_bytes`` is the answer.  The caller
+    has checked that the poison is there and critical (cryptography's parser has checked its
+    NULL value), so its extension is exactly :data:`_POISON_EXTENSION`.  Should those bytes
+    also occur inside another field, renaming them there leaves the copy without an SCT list
+    extension (``tbs_precertificate_bytes`` raises) or unparsable; exactly one occurrence
+    must work.  A precertificate that already has an SCT list is refused: there would be two.
+    """
+    with contextlib.suppress(x509.ExtensionNotFound):
+        precert.extensions.get_extension_for_oid(
+            ExtensionOID.PRECERT_SIGNED_CERTIFICATE_TIMESTAMPS)
+        raise _Rejected("a precertificate carries no SCT list extension")
+    tbs = precert.tbs_certificate_bytes
+    der = precert.public_bytes(serialization.Encoding.DER)
+    tbs_at = der.index(tbs)
+    found: list[bytes] = []
+    at = tbs.find(_POISON_EXTENSION)
+    while at >= 0:
+        cut = tbs_at + at
+        renamed = der[:cut] + _SCT_LIST_AS_POISON + der[cut + len(_SCT_LIST_AS_POISON) :]
+        with contextlib.suppress(ValueError):  # not the extension: no SCT list in the copy
+            found.append(x509.load_der_x509_certificate(renamed).tbs_precertificate_bytes)
+        at = tbs.find(_POISON_EXTENSION, at + 1)
+    if len(found) != 1:
+        raise _Rejected("cannot locate the poison extension's DER (RFC 6962 §3.1) in the TBS")
+    return found[0]
+
+
+def _extensions(cert: x509.Certificate) -> x509.Extensions:
+    """``cert.extensions``; one that does not parse (a poison that is not NULL, a duplicate)
+    rejects the submission rather than failing the request."""
+    try:
+        return cert.extensions
+    except (ValueError, x509.DuplicateExtension) as e:
+        raise _Rejected(f"{cert.subject.rfc4514_string()} has malformed extensions: {e}") from e
 
 
 def _rfc3339(at: datetime) -> str:
@@ -167,6 +205,8 @@ class TestCtLog:
         self.log_id = hashlib.sha256(self.key_der).digest()
         #: (entry type, signed entry) → the SCT response first returned for it.
         self._entries: dict[tuple[int, bytes], dict[str, Any]] = {}
+        #: (child DER, parent DER) of CA links whose signature verified, oldest first.
+        self._verified_links: OrderedDict[tuple[bytes, bytes], None] = OrderedDict()
         self.log_list_json: dict[str, Any] = {}
 
     @property
@@ -264,8 +304,9 @@ class TestCtLog:
 
     def _check(self, chain: list[x509.Certificate], *, precert: bool) -> tuple[int, bytes]:
         leaf = chain[0]
+        extensions = _extensions(leaf)
         try:
-            poison = leaf.extensions.get_extension_for_oid(ExtensionOID.PRECERT_POISON)
+            poison = extensions.get_extension_for_oid(ExtensionOID.PRECERT_POISON)
         except x509.ExtensionNotFound:
             poison = None
         if precert and poison is None:
@@ -275,7 +316,7 @@ class TestCtLog:
         if not precert and poison is not None:
             raise _Rejected("add-chain takes certificates, not precertificates")
         try:
-            eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+            eku = extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
         except x509.ExtensionNotFound:
             raise _Rejected("no extendedKeyUsage: serverAuth is required") from None
         if ExtendedKeyUsageOID.SERVER_AUTH not in eku:
@@ -292,7 +333,7 @@ class TestCtLog:
             raise _Rejected("add-pre-chain needs the issuer after the precertificate")
         issuer = chain[1]
         with contextlib.suppress(x509.ExtensionNotFound):
-            issuer_eku = issuer.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+            issuer_eku = _extensions(issuer).get_extension_for_class(x509.ExtendedKeyUsage).value
             if _PRECERT_SIGNING_EKU in issuer_eku:
                 raise _Rejected("precertificate signing certificates are not accepted")
         issuer_key_hash = hashlib.sha256(
@@ -300,12 +341,15 @@ class TestCtLog:
                 serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
             )
         ).digest()
-        return 1, issuer_key_hash + _u24(_without_poison(leaf.tbs_certificate_bytes))
+        return 1, issuer_key_hash + _u24(_without_poison(leaf))
 
     def _check_chain(self, chain: list[x509.Certificate]) -> None:
-        for child, parent in itertools.pairwise(chain):
+        """Each certificate is signed by the next, the last is or is signed by a root.  The
+        leaf's signature is always verified; CA links may come from :meth:`_signed_by`'s
+        cache."""
+        for i, (child, parent) in enumerate(itertools.pairwise(chain)):
             try:
-                child.verify_directly_issued_by(parent)
+                self._signed_by(child, parent, leaf=i == 0)
             except (ValueError, TypeError, InvalidSignature) as e:
                 raise _Rejected(f"{child.subject.rfc4514_string()} is not signed by "
                                 f"{parent.subject.rfc4514_string()}") from e
@@ -316,11 +360,29 @@ class TestCtLog:
             if last.issuer != root.subject:
                 continue
             try:
-                last.verify_directly_issued_by(root)
+                self._signed_by(last, root, leaf=len(chain) == 1)
             except (ValueError, TypeError, InvalidSignature):
                 continue
             return
         raise _Rejected("the chain does not lead to an accepted root")
+
+    def _signed_by(self, child: x509.Certificate, parent: x509.Certificate, *, leaf: bool
+                   ) -> None:
+        """``child.verify_directly_issued_by(parent)`` (raises as it does), remembered for a
+        CA link (``leaf`` false) once it succeeded: the answer depends on the two
+        certificates' DER alone."""
+        if leaf:
+            child.verify_directly_issued_by(parent)
+            return
+        link = (child.public_bytes(serialization.Encoding.DER),
+                parent.public_bytes(serialization.Encoding.DER))
+        if link in self._verified_links:
+            self._verified_links.move_to_end(link)
+            return
+        child.verify_directly_issued_by(parent)
+        self._verified_links[link] = None
+        if len(self._verified_links) > LINK_CACHE_SIZE:
+            self._verified_links.popitem(last=False)
 
     def _sct(
         self, entry_type: int, signed_entry: bytes, timestamp: int, extensions: bytes,

@@ -7,25 +7,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-# What the benchmark itself runs; bootstrap.sh below adds the test suite's packages.
-bench_debs=(pebble softhsm2 postgresql)
-missing=()
-for pkg in "${bench_debs[@]}"; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "bench: installing Debian packages: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -q >/dev/null
-    apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
-    # The postgresql package starts a system cluster we do not use; the CA runs its own.
-    command -v pg_ctlcluster >/dev/null && service postgresql stop >/dev/null 2>&1 || true
-  else
-    echo "bench: not root; cannot install ${missing[*]} (the pebble target needs pebble)." >&2
-  fi
-fi
-
-# The same virtualenv as scripts/test.sh (.venv with the project and its test extras).
+# The test suite's set-up: as root, its Debian packages (pebble, softhsm2, postgresql among
+# them) and the .venv with the project and its test extras (py-spy for profiling included).
 source "$root/scripts/bootstrap.sh" test
 exec .venv/bin/python -m integration.bench "$@"

@@ -41,6 +41,7 @@ class Remote:
     material: MpicMaterial
     challsrv: ChallengeTestServer
     built: list[int]
+    closed: list[int]
 
 
 @pytest.fixture
@@ -56,10 +57,19 @@ async def remote(tmp_path: Path) -> AsyncIterator[Remote]:
         )
         factory = remote_authority_factory(config, SystemClock(), "us-east")
         built: list[int] = []
+        closed: list[int] = []
 
         def checks() -> ValidationAuthority:
             built.append(1)
-            return factory()
+            authority = factory()
+            release = authority.aclose
+
+            async def aclose() -> None:
+                closed.append(1)
+                await release()
+
+            authority.aclose = aclose  # type: ignore[method-assign]
+            return authority
 
         cert, key = material.remotes["us-east"]
         app = make_remote_va_app(RemoteIdentity("us-east", "ARIN"), checks)
@@ -70,7 +80,7 @@ async def remote(tmp_path: Path) -> AsyncIterator[Remote]:
         await site.start()
         port = runner.addresses[0][1]
         try:
-            yield Remote(f"https://127.0.0.1:{port}", material, challsrv, built)
+            yield Remote(f"https://127.0.0.1:{port}", material, challsrv, built, closed)
         finally:
             await runner.cleanup()
 
@@ -109,6 +119,8 @@ async def test_each_request_builds_fresh_checks(remote: Remote) -> None:
         await transport.check(perspective, dcv_request(nonce).to_json())
     assert len(remote.built) == 2
     assert len(remote.challsrv.store.dns_history("_acme-challenge.example.com")) == 2
+    # ... and closes them (their pooled DNS connections) once the check is answered.
+    assert len(remote.closed) == 2
 
 
 async def test_server_certificate_must_name_the_perspective(remote: Remote) -> None:

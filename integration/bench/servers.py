@@ -29,7 +29,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -51,13 +50,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from acme_ca.db.embedded import EmbeddedPostgres
+from integration.processes import free_port, tail
 
 REPO = Path(__file__).resolve().parents[2]
 PEBBLE = "/usr/bin/pebble"
 CHALLTESTSRV = "/usr/bin/pebble-challtestsrv"
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 20.0
-TAIL_LINES = 30
 #: Label of the benchmark's SoftHSM2 token.
 TOKEN_LABEL = "acme-ca-bench"
 
@@ -97,13 +96,6 @@ def _die_with_parent() -> None:
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 def clean_env(**extra: str) -> dict[str, str]:
     """Our environment without ACME_CA_* or PEBBLE_* settings that would change a target."""
     env = {
@@ -112,14 +104,6 @@ def clean_env(**extra: str) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env
-
-
-def tail(path: Path, lines: int = TAIL_LINES) -> str:
-    try:
-        text = path.read_text(errors="replace").rstrip()
-    except OSError as exc:
-        return f"(cannot read {path}: {exc})"
-    return "\n".join(text.splitlines()[-lines:]) if text else "(empty)"
 
 
 @dataclass
@@ -530,7 +514,7 @@ def acme_ca(workdir: Path) -> Iterator[Target]:
         postmaster = _postmaster_pid(postgres)
 
         token = SoftHsmToken.create(base / "softhsm", label=TOKEN_LABEL, activate=False)
-        log_list = base / "ct" / "log_list.json"
+        log_list = home / "ct" / "log_list.json"  # where acme_ca.ct_testlogs writes it
         env = clean_env(
             ACME_CA_HOME=str(home),
             ACME_CA_DATABASE_URL=dsn,
@@ -557,8 +541,7 @@ def acme_ca(workdir: Path) -> Iterator[Target]:
         ct_logs = start_service(
             stack,
             "ct-logs",
-            [sys.executable, "-m", "integration.bench.ctlogs",
-             "--home", str(home), "--log-list", str(log_list)],
+            [sys.executable, "-m", "integration.bench.ctlogs", "--home", str(home)],
             env=clean_env(),
             log_dir=logs,
         )

@@ -21,7 +21,7 @@ from acme_ca.db.database import database_dsn, migrate
 from acme_ca.remote_va.primary import build_validator
 from acme_ca.status.server import start_status_server
 from acme_ca.tls import server_ssl_context
-from acme_ca.va.perspectives import load_mpic_setup
+from acme_ca.va.perspectives import is_strict, load_mpic_setup
 from acme_ca.wfe import urls
 
 log = structlog.get_logger(component="acme_ca.serve")
@@ -89,7 +89,8 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
         if config.serve_worker:
             worker_stop = asyncio.Event()
             worker = asyncio.create_task(
-                run_worker(config, dsn, worker_stop, SystemClock(), ct_logs=ct_logs),
+                run_worker(config, dsn, worker_stop, SystemClock(), ct_logs=ct_logs,
+                           production=is_strict(config)),
                 name="signing-worker")
             stack.push_async_callback(_stop_worker, worker, worker_stop)
         ssl_context = await asyncio.to_thread(server_ssl_context, config)
@@ -145,4 +146,5 @@ async def work(config: Config, *, stop: asyncio.Event | None = None) -> None:
             from acme_ca.ct_testlogs import ct_test_logs
 
             ct_logs = await stack.enter_async_context(ct_test_logs(config))
-        await run_worker(config, dsn, stop, SystemClock(), ct_logs=ct_logs)
+        await run_worker(config, dsn, stop, SystemClock(), ct_logs=ct_logs,
+                         production=is_strict(config))

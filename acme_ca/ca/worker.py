@@ -42,7 +42,7 @@ import asyncio
 import contextlib
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -104,7 +104,16 @@ def _spki(cert: x509.Certificate) -> bytes:
     return cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
 
 
+#: Date-dependent production invariants evaluated at every signing (e.g. the BR 3.2.2.9
+#: minimum of remote perspectives for that date): the violations, empty when signing may go on.
+SigningGuard = Callable[[datetime], Sequence[str]]
+
+
 class SigningWorker:
+    """Claims issuance jobs and signs them.  ``production`` (the default, fail closed)
+    applies the BR corroboration rule in full at signing time; ``signing_guard(now)`` is asked
+    before every precertificate is signed and any violation it returns refuses the signing."""
+
     def __init__(
         self,
         jobs: IssuanceRepository,
@@ -119,6 +128,8 @@ class SigningWorker:
         ct: CertificateTransparency | None = None,
         concurrency: int = 1,
         lint_final: bool = False,
+        production: bool = True,
+        signing_guard: SigningGuard | None = None,
     ) -> None:
         self._jobs = jobs
         self._issuers = issuers
@@ -132,6 +143,8 @@ class SigningWorker:
         self._ct = ct
         self._concurrency = concurrency
         self._lint_final = lint_final
+        self._production = production
+        self._signing_guard = signing_guard
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work until ``stop`` is set: keep up to ``concurrency`` jobs in flight, claiming
@@ -567,12 +580,15 @@ async def run_worker(
     clock: Clock,
     *,
     ct_logs: LogListSource | None = None,
+    production: bool = True,
+    signing_guard: SigningGuard | None = None,
 ) -> None:
     """The worker with everything it needs: storage, issuer keys, a warm linter, the CT log
     list; and, beside it, the status updater that signs CRLs and OCSP responses with the same
     keys.
 
-    Either task failing stops the other and surfaces its error.
+    Either task failing stops the other and surfaces its error.  ``production`` (fail closed
+    by default) and ``signing_guard`` are the signing-time re-checks of :class:`SigningWorker`.
     """
     logs = ct_log_source(config, ct_logs)
     logs.current()  # an unreadable log list stops the worker now, not at the first job
@@ -598,6 +614,8 @@ async def run_worker(
                     ct=ct,
                     concurrency=config.worker_concurrency,
                     lint_final=config.lint_final_certificates,
+                    production=production,
+                    signing_guard=signing_guard,
                 )
                 tasks = [
                     asyncio.create_task(worker.run(stop), name="signing-worker"),

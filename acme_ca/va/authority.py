@@ -20,6 +20,12 @@ from acme_ca.clock import Clock
 from acme_ca.va.caa_lookup import CaaChecker
 from acme_ca.va.dns01 import Dns01Validator, dns01_txt_value
 from acme_ca.va.http01 import Http01Validator
+from acme_ca.va.methods import (
+    DCV_METHODS,
+    WildcardNotAllowed,
+    applied_for,
+    authorization_domain_name,
+)
 from acme_ca.va.records import PRIMARY_PERSPECTIVE, CheckResult, ValidationRecord
 
 __all__ = [
@@ -31,7 +37,8 @@ __all__ = [
 ]
 
 ChallengeType = Literal["http-01", "dns-01"]
-SUPPORTED_CHALLENGES: Final = ("http-01", "dns-01")
+SUPPORTED_CHALLENGES: Final = tuple(DCV_METHODS)
+"""tls-alpn-01 (3.2.2.4.20) and dns-persist-01 (3.2.2.4.22) are not implemented."""
 ALWAYS_VALID_NOTE: Final = "not validated: always_valid test mode"
 
 _log = structlog.get_logger(component=__name__)
@@ -98,15 +105,15 @@ class ValidationAuthority:
             )
         if self.always_valid:
             log.warning("va.validated", ok=True, always_valid=True)
-            return self._always_valid(challenge_type, identifier, key_authorization)
+            return self._always_valid(challenge_type, identifier, wildcard, key_authorization)
+        try:
+            authorization_domain_name(DCV_METHODS[challenge_type], identifier, wildcard)
+        except WildcardNotAllowed as exc:
+            return CheckResult.failure(problems.unauthorized(f"{exc} (BR-DCV-5)"), ())
         if challenge_type == "http-01":
-            if wildcard:
-                return CheckResult.failure(
-                    problems.unauthorized("http-01 cannot validate a wildcard (BR-DCV-5)"), ()
-                )
             method = await self._http01.check(identifier, token, key_authorization)
         else:
-            method = await self._dns01.check(identifier, key_authorization)
+            method = await self._dns01.check(identifier, key_authorization, wildcard=wildcard)
         if not method.ok:
             log.info("va.validated", ok=False, problem=_short(method), stage="method")
             return method
@@ -136,7 +143,7 @@ class ValidationAuthority:
         """CAA again before issuance when the validation's check is older than BR 3.2.2.8
         allows (8 hours); same rules as at validation time."""
         if self.always_valid:
-            return self._always_valid(validation_method, identifier, "caa-recheck")
+            return self._always_valid(validation_method, identifier, wildcard, "caa-recheck")
         result = await self._caa.check(
             identifier, wildcard=wildcard, account_uri=account_uri,
             validation_method=validation_method,
@@ -146,15 +153,19 @@ class ValidationAuthority:
         return result
 
     def _always_valid(
-        self, challenge_type: str, identifier: str, key_authorization: str
+        self, challenge_type: str, identifier: str, wildcard: bool, key_authorization: str
     ) -> CheckResult:
+        """A record that says plainly nothing was checked: no value, no result."""
+        method = DCV_METHODS["http-01" if challenge_type == "http-01" else "dns-01"]
         record = ValidationRecord(
-            method="http-01" if challenge_type == "http-01" else "dns-01",
+            method="http-01" if method.label == "http-01" else "dns-01",
             hostname=identifier,
             query="always_valid",
             at=self._clock.now(),
             perspective=PRIMARY_PERSPECTIVE,
             response=ALWAYS_VALID_NOTE,
+            identifier=applied_for(identifier, wildcard),
+            br_method=method.section,
         )
         return CheckResult.success((record,), key_authorization)
 

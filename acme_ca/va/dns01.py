@@ -1,10 +1,16 @@
 """dns-01 validation (RFC 8555 §8.4, BR §3.2.2.4.7, ACME-CHAL-6, BR-DCV-4).
 
-The TXT RRset at ``_acme-challenge.<name>`` (CNAMEs followed by the resolver client) must hold
-base64url(SHA-256(key authorization)).  A name may carry several values at once (a wildcard
-and its base name validated together, or an old value left behind), so any one matching is
-enough.  The lookup goes through our validating resolver; a failure is a ``dns`` problem and
-never a pass.  ``observed`` is the matching value, or every value seen when none matched.
+The TXT RRset at ``_acme-challenge.<ADN>`` must hold base64url(SHA-256(key authorization)).
+The ADN is the applied-for FQDN itself, for a wildcard the name without ``*.``: BR 3.2.2.4
+(SC-101) would let this method prune labels or take a CNAME target of the FQDN as the ADN,
+and this CA does neither (see :mod:`acme_ca.va.methods`).  What the resolver client does
+follow is a CNAME *at* ``_acme-challenge.<ADN>`` -- the BR's "record returned in a query for"
+the underscore-prefixed ADN, i.e. delegated validation; the chain is in the record.
+
+A name may carry several values at once (a wildcard and its base name validated together, or
+an old value left behind), so any one matching is enough.  The lookup goes through our
+validating resolver; a failure is a ``dns`` problem and never a pass.  ``observed`` is the
+matching value, or every value seen when none matched.
 """
 
 from __future__ import annotations
@@ -17,10 +23,19 @@ import structlog
 from acme_ca.acme import problems
 from acme_ca.acme.b64 import b64url_encode
 from acme_ca.clock import Clock, SystemClock
-from acme_ca.va.records import PRIMARY_PERSPECTIVE, CheckResult, dns_record, truncate
+from acme_ca.va.methods import DCV_METHODS, applied_for, authorization_domain_name
+from acme_ca.va.records import (
+    PRIMARY_PERSPECTIVE,
+    CheckResult,
+    ValidationRecord,
+    dcv_records,
+    dns_record,
+    truncate,
+)
 from acme_ca.va.resolver import DnsAnswer, DnsClient
 
 CHALLENGE_LABEL: Final = "_acme-challenge"
+METHOD: Final = DCV_METHODS["dns-01"]
 
 _log = structlog.get_logger(component=__name__)
 
@@ -31,9 +46,8 @@ def dns01_txt_value(key_authorization: str) -> str:
 
 
 def challenge_name(identifier: str) -> str:
-    """``_acme-challenge.<name>``; a wildcard is validated at its base name (RFC 8555 §8.4)."""
-    name = identifier.removeprefix("*.").rstrip(".").lower()
-    return f"{CHALLENGE_LABEL}.{name}"
+    """``_acme-challenge.<ADN>``; a wildcard is validated at its base name (RFC 8555 §8.4)."""
+    return f"{CHALLENGE_LABEL}.{authorization_domain_name(METHOD, identifier, False)}"
 
 
 def txt_strings(answer: DnsAnswer) -> list[str]:
@@ -59,28 +73,38 @@ class Dns01Validator:
         self._perspective = perspective
         self._clock: Clock = clock or SystemClock()
 
-    async def check(self, identifier: str, key_authorization: str) -> CheckResult:
+    async def check(
+        self, identifier: str, key_authorization: str, *, wildcard: bool = False
+    ) -> CheckResult:
         """Pass when any TXT value at the challenge name equals the expected digest."""
-        name = challenge_name(identifier)
+        adn = authorization_domain_name(METHOD, identifier, wildcard)
+        name = f"{CHALLENGE_LABEL}.{adn}"
         expected = dns01_txt_value(key_authorization)
         at = self._clock.now()
         answer = await self._dns.query(name, "TXT")
         record = dns_record(
-            answer,
-            method="dns-01",
-            hostname=identifier.removeprefix("*.").rstrip(".").lower(),
-            at=at,
-            perspective=self._perspective,
+            answer, method="dns-01", hostname=adn, at=at, perspective=self._perspective
         )
+
+        def records(ok: bool) -> tuple[ValidationRecord, ...]:
+            return dcv_records(
+                (record,),
+                method=METHOD,
+                identifier=applied_for(adn, wildcard or identifier.startswith("*.")),
+                adn=adn,
+                value=expected,
+                ok=ok,
+            )
+
         if not answer.ok:
             detail = f"DNS problem: {answer.failure} looking up TXT for {name}"
             if answer.error:
                 detail += f": {answer.error}"
             _log.info("va.dns01.failed", name=name, failure=str(answer.failure))
-            return CheckResult.failure(problems.dns(detail), (record,))
+            return CheckResult.failure(problems.dns(detail), records(False))
         values = txt_strings(answer)
         if expected in values:
-            return CheckResult.success((record,), expected)
+            return CheckResult.success(records(True), expected)
         observed = "\n".join(sorted(values)) if values else None
         if not values:
             detail = f"No TXT record found at {name}"
@@ -91,4 +115,4 @@ class Dns01Validator:
                 f"none is {expected!r}"
             )
         _log.info("va.dns01.failed", name=name, found=len(values))
-        return CheckResult.failure(problems.incorrect_response(detail), (record,), observed)
+        return CheckResult.failure(problems.incorrect_response(detail), records(False), observed)

@@ -9,6 +9,12 @@ header block and a capped body.
 
 Every hop yields a :class:`ValidationRecord`; the result's ``observed`` is the body served
 (trailing whitespace stripped), which remote perspectives must reproduce (BR §3.2.2.9).
+
+The Authorization Domain Name is exactly the applied-for FQDN (BR 3.2.2.4 as amended by
+SC-101: method 3.2.2.4.19 allows no wildcard, no pruning, no CNAME substitution): the first
+request is ``http://<FQDN>/.well-known/acme-challenge/<token>`` with ``Host: <FQDN>``.  The
+resolver may follow a CNAME to find the FQDN's addresses; that changes where we connect,
+never which name is validated.  Only the redirects BR 3.2.2.4.19 allows lead elsewhere.
 """
 
 from __future__ import annotations
@@ -28,9 +34,22 @@ import structlog
 from acme_ca.acme import problems
 from acme_ca.acme.problems import Problem
 from acme_ca.clock import Clock, SystemClock
-from acme_ca.va.records import PRIMARY_PERSPECTIVE, CheckResult, ValidationRecord, truncate
+from acme_ca.va.methods import (
+    DCV_METHODS,
+    WildcardNotAllowed,
+    applied_for,
+    authorization_domain_name,
+)
+from acme_ca.va.records import (
+    PRIMARY_PERSPECTIVE,
+    CheckResult,
+    ValidationRecord,
+    dcv_records,
+    truncate,
+)
 from acme_ca.va.resolver import DnsAnswer, DnsClient, IPAddress
 
+METHOD: Final = DCV_METHODS["http-01"]
 HTTP_PORT: Final = 80
 HTTPS_PORT: Final = 443
 MAX_REDIRECTS: Final = 10
@@ -269,17 +288,19 @@ class Http01Validator:
         netloc = identifier if self.port == HTTP_PORT else f"{identifier}:{self.port}"
         return f"http://{netloc}{WELL_KNOWN_PATH}{token}"
 
-    async def check(self, identifier: str, token: str, key_authorization: str) -> CheckResult:
-        """Fetch the token, follow allowed redirects and compare the body exactly."""
-        if identifier.startswith("*."):
-            return CheckResult.failure(
-                problems.unauthorized("http-01 cannot validate a wildcard name (BR-DCV-5)"), ()
-            )
+    async def check(
+        self, identifier: str, token: str, key_authorization: str, *, wildcard: bool = False
+    ) -> CheckResult:
+        """Fetch the token from the FQDN itself, follow allowed redirects, compare the body."""
+        try:
+            adn = authorization_domain_name(METHOD, identifier, wildcard)
+        except WildcardNotAllowed as exc:
+            return CheckResult.failure(problems.unauthorized(f"{exc} (BR-DCV-5)"), ())
         if _TOKEN_RE.fullmatch(token) is None:
             return CheckResult.failure(problems.malformed("token is not base64url"), ())
         expected = key_authorization.encode("ascii")
         cap = self._max_body if self._max_body is not None else len(expected) + BODY_SLACK
-        url = self.challenge_url(identifier.rstrip(".").lower(), token)
+        url = self.challenge_url(adn, token)
         records: list[ValidationRecord] = []
         hop: _Hop | None = None
         seen: set[str] = set()
@@ -295,8 +316,13 @@ class Http01Validator:
                         problem = _judge(url, response, expected, cap)
                         records.append(hop.record(problem.detail if problem else None))
                         if problem is not None:
-                            return self._fail(problem, records, response.body)
-                        return CheckResult.success(self._stamp(records), key_authorization)
+                            return self._fail(
+                                problem, records, response.body, adn, key_authorization
+                            )
+                        return CheckResult.success(
+                            self._stamp(records, adn, key_authorization, ok=True),
+                            key_authorization,
+                        )
                     url = self._next_url(url, response.location, len(records) + 1, seen)
                     records.append(hop.record())
                     hop = None
@@ -308,7 +334,9 @@ class Http01Validator:
             )
         if hop is not None:
             records.append(hop.record(problem.detail))
-        return self._fail(problem, records, hop.body if hop is not None else None)
+        return self._fail(
+            problem, records, hop.body if hop is not None else None, adn, key_authorization
+        )
 
     def _now(self) -> datetime:
         return self._clock.now()
@@ -334,7 +362,12 @@ class Http01Validator:
         return target
 
     def _fail(
-        self, problem: Problem, records: list[ValidationRecord], body: bytes | None
+        self,
+        problem: Problem,
+        records: list[ValidationRecord],
+        body: bytes | None,
+        adn: str,
+        key_authorization: str,
     ) -> CheckResult:
         observed = None
         if body is not None:
@@ -345,13 +378,24 @@ class Http01Validator:
             problem=problem.short_type,
             detail=problem.detail,
         )
-        return CheckResult.failure(problem, self._stamp(records), observed)
+        return CheckResult.failure(
+            problem, self._stamp(records, adn, key_authorization, ok=False), observed
+        )
 
-    def _stamp(self, records: list[ValidationRecord]) -> tuple[ValidationRecord, ...]:
-        """Put this validator's perspective on every record."""
-        if self._perspective == PRIMARY_PERSPECTIVE:
-            return tuple(records)
-        return tuple(replace(r, perspective=self._perspective) for r in records)
+    def _stamp(
+        self, records: list[ValidationRecord], adn: str, key_authorization: str, *, ok: bool
+    ) -> tuple[ValidationRecord, ...]:
+        """Put this validator's perspective and what was validated (SC-099) on every record."""
+        if self._perspective != PRIMARY_PERSPECTIVE:
+            records = [replace(r, perspective=self._perspective) for r in records]
+        return dcv_records(
+            records,
+            method=METHOD,
+            identifier=applied_for(adn, wildcard=False),
+            adn=adn,
+            value=key_authorization,
+            ok=ok,
+        )
 
     async def _addresses(self, target: Target, hop: _Hop) -> list[IPAddress]:
         """Resolve the hop's host and keep the addresses the policy allows, IPv6 first."""

@@ -45,6 +45,7 @@ from acme_ca.acme.problems import Problem
 from acme_ca.clock import Clock
 from acme_ca.va.authority import SUPPORTED_CHALLENGES, ValidationAuthority
 from acme_ca.va.caa_lookup import OBSERVED_ALLOWED
+from acme_ca.va.methods import DCV_METHODS, applied_for, authorization_domain_name
 from acme_ca.va.perspectives import MpicSetup, Perspective
 from acme_ca.va.quorum import (
     QuorumDecision,
@@ -322,7 +323,7 @@ class MpicValidator:
         assert decision.decided
         passed = decision.verdict is Verdict.PASS
         records = local.records + self._records(
-            request, record_method, at, outcomes, decision, rule
+            request, record_method, at, outcomes, decision, rule, local.observed
         )
         (_log.info if passed else _log.warning)(
             "va.mpic.quorum",
@@ -415,11 +416,20 @@ class MpicValidator:
         outcomes: list[RemoteOutcome],
         decision: QuorumDecision,
         rule: QuorumRule,
+        value: str | None,
     ) -> tuple[ValidationRecord, ...]:
-        """The remotes' own records, a summary per remote and the quorum record."""
+        """The remotes' own records, a summary per remote and the quorum record.
+
+        Summaries and the quorum record name what was validated (BR 5.4.1 with SC-099): the
+        applied-for name, the ADN (dcv), the method by ACME label and BR section, the value
+        every perspective had to observe; each summary the perspective's id and ``result``
+        (its own pass/fail, absent with no usable reply) beside ``corroborated``; the quorum
+        record ``quorum`` (BR 5.4.1 item 8).  Built here from the request, so the facts hold
+        whatever version the remote runs."""
         record_method: Any = method
         hostname = request.identifier.removeprefix("*.").rstrip(".").lower()
         query = f"corroborate {request.kind} {request.method} {hostname}"
+        about = self._about(request, value)
         out: list[ValidationRecord] = []
         for o in outcomes:
             if o.result is not None:
@@ -438,6 +448,8 @@ class MpicValidator:
                     response=o.reason if o.corroborated else None,
                     error=None if o.corroborated else o.reason,
                     corroborated=o.corroborated,
+                    result=None if o.result is None else ("pass" if o.result.ok else "fail"),
+                    **about,
                 )
             )
         passed = decision.verdict is Verdict.PASS
@@ -457,9 +469,24 @@ class MpicValidator:
                 error=None if passed else truncate(summary, 512),
                 corroborated=passed,
                 quorum=decision.quorum,
+                result="pass" if passed else "fail",
+                **about,
             )
         )
         return tuple(out)
+
+    @staticmethod
+    def _about(request: RemoteRequest, value: str | None) -> dict[str, Any]:
+        """What a corroboration was about: the applied-for name and, for domain validation,
+        the ADN, the BR section of the method and the value looked for.  A CAA recheck has
+        no ADN or method of its own (CAA climbs from the FQDN, RFC 8659)."""
+        about: dict[str, Any] = {"identifier": applied_for(request.identifier, request.wildcard)}
+        if request.kind == "dcv":
+            dcv = DCV_METHODS[request.method]
+            about["adn"] = authorization_domain_name(dcv, request.identifier, request.wildcard)
+            about["br_method"] = dcv.section
+            about["value"] = value
+        return about
 
     def _problem(
         self, request: RemoteRequest, outcomes: list[RemoteOutcome], decision: QuorumDecision

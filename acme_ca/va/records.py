@@ -1,21 +1,33 @@
 """What each validation attempt asked, of whom, and what came back (Boulder's ValidationRecord).
 
 Every check in ``va/`` returns a :class:`CheckResult` built from these records.  The records go
-to the audit log (BR-DCV-1 wants the method recorded for every validation) and ``observed``
-is the one value a remote perspective must reproduce for corroboration (BR §3.2.2.9), so both
-are plain frozen data that serialise to JSON without knowing who will read them.
+to the audit log and ``observed`` is the one value a remote perspective must reproduce for
+corroboration (BR §3.2.2.9), so both are plain frozen data that serialise to JSON without
+knowing who will read them.
+
+BR 5.4.1 (ballot SC-099, from 2026-07-15) wants every verification record to name what was
+validated (the applied-for FQDN), the Authorization Domain Name and the method (BR section or
+ACME label); BR 5.4.1 items 7-8 (MPIC) want each perspective's id, the attempted name, its
+result and the quorum.  A method's records therefore each carry ``identifier``, ``adn``,
+``method`` + ``br_method`` and the ``value`` looked for, and the record that decided the
+check carries its ``result`` (:func:`dcv_records`).  Every new field is optional in JSON, so
+records written before them, or by a remote VA of an older version, still read.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Final, Literal
 
 from acme_ca.acme.problems import Problem
+from acme_ca.va.methods import DcvMethod
 from acme_ca.va.resolver import DnsAnswer, DnssecStatus
 
 Method = Literal["http-01", "dns-01", "caa"]
+Result = Literal["pass", "fail"]
+RESULTS: Final = ("pass", "fail")
 
 
 class FormatError(ValueError):
@@ -66,6 +78,17 @@ class ValidationRecord:
     """A remote perspective's summary record: whether it corroborated the primary."""
     quorum: str | None = None
     """The primary's corroboration summary: corroborating remotes / remotes asked, ``4/5``."""
+    identifier: str | None = None
+    """What was validated (SC-099): the applied-for name, ``*.example.com`` for a wildcard."""
+    adn: str | None = None
+    """The Authorization Domain Name the method proved control of (BR 3.2.2.4, SC-101)."""
+    br_method: str | None = None
+    """The BR section of the method, ``3.2.2.4.19``; ``method`` is its ACME label."""
+    value: str | None = None
+    """The value the method looks for: the key authorization (http-01) or the TXT digest
+    (dns-01).  With ``result: pass`` it is the value that proved control."""
+    result: Result | None = None
+    """On the record that decided a check, and on each perspective's summary: pass or fail."""
 
     def to_json(self) -> dict[str, Any]:
         """The audit form: every field, time as RFC 3339, empty optionals left out."""
@@ -94,6 +117,16 @@ class ValidationRecord:
             body["corroborated"] = self.corroborated
         if self.quorum is not None:
             body["quorum"] = self.quorum
+        if self.identifier is not None:
+            body["identifier"] = self.identifier
+        if self.adn is not None:
+            body["adn"] = self.adn
+        if self.br_method is not None:
+            body["brMethod"] = self.br_method
+        if self.value is not None:
+            body["value"] = self.value
+        if self.result is not None:
+            body["result"] = self.result
         return body
 
     @classmethod
@@ -114,6 +147,9 @@ class ValidationRecord:
         dnssec = body.get("dnssec")
         if dnssec not in (None, "secure", "insecure", "unchecked"):
             raise FormatError(f"unknown dnssec status {dnssec!r}")
+        result = body.get("result")
+        if result not in (None, *RESULTS):
+            raise FormatError(f"unknown result {result!r}")
         return cls(
             method=method,
             hostname=_text(body, "hostname"),
@@ -129,6 +165,11 @@ class ValidationRecord:
             rir=_optional_text(body, "rir"),
             corroborated=_optional_bool(body, "corroborated"),
             quorum=_optional_text(body, "quorum"),
+            identifier=_optional_text(body, "identifier"),
+            adn=_optional_text(body, "adn"),
+            br_method=_optional_text(body, "brMethod"),
+            value=_optional_text(body, "value"),
+            result=result,
         )
 
 
@@ -244,3 +285,29 @@ def dns_record(
         authenticated=answer.authenticated,
         dnssec=answer.dnssec,
     )
+
+
+def dcv_records(
+    records: Iterable[ValidationRecord],
+    *,
+    method: DcvMethod,
+    identifier: str,
+    adn: str,
+    value: str,
+    ok: bool,
+) -> tuple[ValidationRecord, ...]:
+    """One method check's records, each naming what was validated and how (BR 5.4.1, SC-099);
+    the last one -- the hop or lookup that decided -- also carries the check's result."""
+    out = [
+        replace(
+            r,
+            identifier=identifier,
+            adn=adn,
+            br_method=method.section,
+            value=value,
+        )
+        for r in records
+    ]
+    if out:
+        out[-1] = replace(out[-1], result="pass" if ok else "fail")
+    return tuple(out)

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from acme_ca.va.methods import DCV_METHODS
+
 #: The Baseline Requirements version this code implements, recorded with every validation
 #: (BR 3.2.2.4: "the CA SHALL maintain a record of which domain validation method, including
 #: the relevant BR version number, was used").
 BR_VERSION = "2.2.6"
 
-#: The BR method each ACME challenge type implements.
-BR_METHODS = {"http-01": "3.2.2.4.19", "dns-01": "3.2.2.4.7"}
+#: The BR method each ACME challenge type implements (the VA's table is the one source).
+BR_METHODS = {label: method.section for label, method in DCV_METHODS.items()}
 
 _DCV_REUSE = (
     (datetime(2029, 3, 15, tzinfo=UTC), timedelta(days=10)),

@@ -16,6 +16,7 @@ asks Unbound, as production asks our own resolver:
 * the authoritative server asked directly (it never sets AD): nothing is accepted with
   ``require_dnssec=True``, since that "resolver" does not validate.
 
+The authoritative server and Unbound's configuration come from ``integration/signed_dns.py``.
 Without Unbound the test tries ``apt-get install -y unbound`` (when root); if that fails it is
 skipped with the reason, except under ``CI=true`` where it fails.
 """
@@ -25,13 +26,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
-import shutil
-import socket
-import socketserver
-import subprocess
-import threading
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +51,14 @@ from acme_ca.va.caa_lookup import CaaChecker
 from acme_ca.va.dns01 import Dns01Validator, dns01_txt_value
 from acme_ca.va.records import dns_record
 from acme_ca.va.resolver import DnsClient, DnsFailure, ResolverSettings
+from integration.signed_dns import (
+    AuthoritativeServer,
+    find_unbound,
+    free_port,
+    install_unbound,
+    running_unbound,
+    unbound_config,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -64,9 +67,6 @@ ORIGIN = dns.name.from_text("dnssec.test.")
 INSECURE_ORIGIN = dns.name.from_text("insecure.dnssec.test.")
 KEY_AUTH = "tPUZNY4ONIk6LxErRFEjVw.9jg46WB3rR_AHD-EBXdN7cBkH1WOu0tA3M9fm21mqTI"
 ACCOUNT = "https://acme.jprs.test/acme/acct/1"
-UNBOUND_CANDIDATES = ("/usr/sbin/unbound", "unbound")
-STARTUP_TIMEOUT = 20.0
-APT_TIMEOUT = 600
 
 ZONE_TEXT = f"""
 @ 3600 IN SOA ns hostmaster 1 3600 600 86400 60
@@ -149,220 +149,6 @@ def signed_zone() -> SignedZone:
     return SignedZone(zone, f"{ORIGIN.to_text()} DNSKEY {dnskey.to_text()}", insecure)
 
 
-# --- a tiny authoritative server ----------------------------------------------------------------
-
-
-def _with_sigs(
-    zone: dns.zone.Zone, name: dns.name.Name, rdtype: dns.rdatatype.RdataType, dnssec: bool
-) -> list[dns.rrset.RRset]:
-    """The RRset and, when the query had DO, the RRSIGs covering it."""
-    found = zone.get_rrset(name, rdtype)
-    if found is None:
-        return []
-    out = [found]
-    if dnssec:
-        sigs = zone.get_rrset(name, dns.rdatatype.RRSIG, rdtype)
-        if sigs is not None:
-            out.append(sigs)
-    return out
-
-
-def origin(zone: dns.zone.Zone) -> dns.name.Name:
-    assert zone.origin is not None
-    return zone.origin
-
-
-def zone_for(
-    zones: Sequence[dns.zone.Zone], qname: dns.name.Name, rdtype: dns.rdatatype.RdataType
-) -> dns.zone.Zone | None:
-    """The closest enclosing zone served; DS at a child's apex is the parent's to answer."""
-    enclosing = sorted(
-        (z for z in zones if qname.is_subdomain(origin(z))),
-        key=lambda z: len(origin(z)),
-        reverse=True,
-    )
-    if not enclosing:
-        return None
-    if rdtype == dns.rdatatype.DS and qname == origin(enclosing[0]) and len(enclosing) > 1:
-        return enclosing[1]
-    return enclosing[0]
-
-
-def answer(zones: Sequence[dns.zone.Zone], wire: bytes) -> bytes | None:
-    """Answer one query authoritatively: data, NODATA or NXDOMAIN, with NSEC proofs.
-
-    Serves every zone in ``zones`` (the signed parent and its unsigned child); an unsigned
-    zone has no RRSIG or NSEC records, so its answers carry none.
-    """
-    try:
-        query = dns.message.from_wire(wire)
-    except dns.exception.DNSException:
-        return None
-    reply = dns.message.make_response(query)
-    reply.flags |= dns.flags.AA
-    reply.flags &= ~dns.flags.RA
-    if len(query.question) != 1:
-        reply.set_rcode(dns.rcode.FORMERR)
-        return reply.to_wire()
-    question = query.question[0]
-    qname, rdtype = question.name, question.rdtype
-    dnssec = bool(query.ednsflags & dns.flags.DO)
-    zone = zone_for(zones, qname, rdtype)
-    if zone is None:
-        reply.set_rcode(dns.rcode.REFUSED)
-        return reply.to_wire()
-    node = zone.get_node(qname)
-    if node is not None and node.get_rdataset(dns.rdataclass.IN, rdtype) is not None:
-        reply.answer.extend(_with_sigs(zone, qname, rdtype, dnssec))
-    else:
-        reply.authority.extend(_with_sigs(zone, origin(zone), dns.rdatatype.SOA, dnssec))
-        if node is None:
-            reply.set_rcode(dns.rcode.NXDOMAIN)
-            # A small zone: every NSEC proves whatever it can; the resolver picks.
-            if dnssec:
-                for name in list(zone.nodes):
-                    reply.authority.extend(_with_sigs(zone, name, dns.rdatatype.NSEC, True))
-        elif dnssec:
-            reply.authority.extend(_with_sigs(zone, qname, dns.rdatatype.NSEC, True))
-    return reply.to_wire(max_size=65535)
-
-
-class AuthoritativeServer:
-    """UDP and TCP on one 127.0.0.1 port, in threads, so it outlives any event loop."""
-
-    def __init__(self, zones: Sequence[dns.zone.Zone]) -> None:
-        zone_ref = tuple(zones)
-
-        class Udp(socketserver.BaseRequestHandler):
-            def handle(self) -> None:
-                data, sock = self.request
-                reply = answer(zone_ref, data)
-                if reply is None:
-                    return
-                if len(reply) > 1232:
-                    truncated = dns.message.from_wire(reply)
-                    truncated.answer.clear()
-                    truncated.authority.clear()
-                    truncated.flags |= dns.flags.TC
-                    reply = truncated.to_wire()
-                sock.sendto(reply, self.client_address)
-
-        class Tcp(socketserver.StreamRequestHandler):
-            def handle(self) -> None:
-                while True:
-                    size = self.rfile.read(2)
-                    if len(size) < 2:
-                        return
-                    reply = answer(zone_ref, self.rfile.read(int.from_bytes(size, "big")))
-                    if reply is None:
-                        return
-                    self.wfile.write(len(reply).to_bytes(2, "big") + reply)
-
-        self.udp = socketserver.ThreadingUDPServer(("127.0.0.1", 0), Udp)
-        self.port: int = self.udp.server_address[1]
-        self.tcp = socketserver.ThreadingTCPServer(("127.0.0.1", self.port), Tcp)
-        self.tcp.daemon_threads = True
-        self.udp.daemon_threads = True
-        self._threads = [
-            threading.Thread(target=s.serve_forever, daemon=True) for s in (self.udp, self.tcp)
-        ]
-        for thread in self._threads:
-            thread.start()
-
-    def close(self) -> None:
-        for server in (self.udp, self.tcp):
-            server.shutdown()
-            server.server_close()
-
-
-# --- Unbound ------------------------------------------------------------------------------------
-
-
-def find_unbound() -> str | None:
-    for candidate in UNBOUND_CANDIDATES:
-        path = shutil.which(candidate) or (candidate if os.path.isfile(candidate) else None)
-        if path:
-            return path
-    return None
-
-
-def install_unbound() -> str | None:
-    """Debian's package, as the brief for this check requires; only as root."""
-    if not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("apt-get") is None:
-        return None
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (
-        ["apt-get", "install", "-y", "--no-install-recommends", "unbound"],
-        ["apt-get", "update"],
-        ["apt-get", "install", "-y", "--no-install-recommends", "unbound"],
-    ):
-        done = subprocess.run(
-            command, env=env, capture_output=True, timeout=APT_TIMEOUT, check=False
-        )
-        if command[1] == "install" and done.returncode == 0:
-            break
-    return find_unbound()
-
-
-def free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1 (a race we accept in tests)."""
-    for _ in range(20):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port: int = tcp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free port")
-
-
-def unbound_config(directory: Path, port: int, auth_port: int, trust_anchor: str) -> str:
-    return f"""server:
-    interface: 127.0.0.1
-    port: {port}
-    do-ip4: yes
-    do-ip6: no
-    do-udp: yes
-    do-tcp: yes
-    chroot: ""
-    username: ""
-    directory: "{directory}"
-    pidfile: "{directory}/unbound.pid"
-    use-syslog: no
-    logfile: ""
-    verbosity: 1
-    val-log-level: 2
-    num-threads: 1
-    so-reuseport: no
-    access-control: 127.0.0.0/8 allow
-    do-not-query-localhost: no
-    module-config: "validator iterator"
-    trust-anchor: "{trust_anchor}"
-    val-permissive-mode: no
-    qname-minimisation: no
-    harden-dnssec-stripped: yes
-    local-zone: "test." nodefault
-    cache-max-ttl: 1
-    cache-max-negative-ttl: 1
-    val-bogus-ttl: 1
-
-remote-control:
-    control-enable: no
-
-stub-zone:
-    name: "{ORIGIN.to_text()}"
-    stub-addr: 127.0.0.1@{auth_port}
-
-# The child's NS (ns.dnssec.test) has no port; the stub sends Unbound to the same server.
-stub-zone:
-    name: "{INSECURE_ORIGIN.to_text()}"
-    stub-addr: 127.0.0.1@{auth_port}
-"""
-
-
 @dataclass(frozen=True)
 class Resolver:
     port: int
@@ -382,19 +168,6 @@ class Resolver:
         )
 
 
-def wait_ready(process: subprocess.Popen[bytes], port: int, log: Path) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    query = dns.message.make_query("dnssec.test.", "SOA")
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            unavailable(f"unbound exited with {process.returncode}: {log.read_text()[-2000:]}")
-        with contextlib.suppress(dns.exception.DNSException, OSError):
-            dns.query.udp(query, "127.0.0.1", port=port, timeout=0.5)
-            return
-        time.sleep(0.1)
-    unavailable(f"unbound did not answer on port {port}: {log.read_text()[-2000:]}")
-
-
 @pytest.fixture(scope="module")
 def zone() -> SignedZone:
     return signed_zone()
@@ -409,23 +182,22 @@ def resolver(zone: SignedZone, tmp_path_factory: pytest.TempPathFactory) -> Iter
     auth = AuthoritativeServer((zone.zone, zone.insecure))
     directory = tmp_path_factory.mktemp("unbound")
     port = free_port()
-    config = directory / "unbound.conf"
-    config.write_text(unbound_config(directory, port, auth.port, zone.trust_anchor))
-    log = directory / "unbound.log"
-    with log.open("wb") as log_file:
-        process = subprocess.Popen(
-            [binary, "-d", "-c", str(config)], stdout=log_file, stderr=subprocess.STDOUT
-        )
+    stub = f"127.0.0.1@{auth.port}"
+    # The child's NS (ns.dnssec.test) has no port; the stub sends Unbound to the same server.
+    config = unbound_config(
+        directory,
+        port,
+        [zone.trust_anchor],
+        [(ORIGIN.to_text(), stub), (INSECURE_ORIGIN.to_text(), stub)],
+    )
     try:
-        wait_ready(process, port, log)
-        yield Resolver(port, log, auth.port)
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(running_unbound(binary, directory, config))
+            except RuntimeError as exc:
+                unavailable(str(exc))
+            yield Resolver(port, directory / "unbound.log", auth.port)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
         auth.close()
 
 

@@ -50,9 +50,7 @@ import datetime as dt
 import http.client
 import json
 import os
-import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -72,6 +70,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from acme_ca.db.embedded import EmbeddedPostgres
 from acme_ca.va.quorum import phase_for
+from integration.netns import Namespace, create_namespace, listening_socket, require_namespaces
 from integration.processes import (
     ACME_CA,
     CaProcess,
@@ -100,88 +99,6 @@ SPECS = [
     ("eu-central", "RIPE NCC", 50.1109, 8.6821),  # Frankfurt
 ]
 PRIMARY_AT = (35.6762, 139.6503)  # Tokyo
-
-
-# ------------------------------------------------------------------------------------------
-# network namespaces
-
-
-@dataclass
-class Namespace:
-    """A network namespace with only loopback, and the command prefix that runs in it."""
-
-    name: str
-    prefix: list[str]
-    holder: subprocess.Popen[str] | None = None
-
-    def close(self) -> None:
-        if self.holder is not None:
-            self.holder.kill()
-            self.holder.wait(timeout=10)
-        else:
-            subprocess.run(["ip", "netns", "del", self.name], capture_output=True, check=False)
-
-
-def create_namespace(name: str) -> Namespace:
-    """``ip netns add`` as root; otherwise ``unshare -rn`` holding a namespace for
-    ``nsenter``.  Raises OSError (with the tools' stderr) when neither works."""
-    if os.geteuid() == 0 and shutil.which("ip"):
-        made = subprocess.run(
-            ["ip", "netns", "add", name], capture_output=True, text=True, check=False
-        )
-        if made.returncode != 0:
-            raise OSError(f"ip netns add: {made.stderr.strip()}")
-        up = subprocess.run(
-            ["ip", "-n", name, "link", "set", "lo", "up"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if up.returncode != 0:
-            subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
-            raise OSError(f"ip link set lo up: {up.stderr.strip()}")
-        return Namespace(name, ["ip", "netns", "exec", name])
-    for tool in ("unshare", "nsenter", "ip"):
-        if shutil.which(tool) is None:
-            raise OSError(f"{tool} is not installed")
-    holder = subprocess.Popen(
-        ["unshare", "-rn", "sh", "-c", "ip link set lo up && echo up && exec sleep 86400"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-    )
-    assert holder.stdout is not None and holder.stderr is not None
-    if holder.stdout.readline().strip() != "up":
-        holder.kill()
-        raise OSError(f"unshare -rn: {holder.stderr.read().strip()}")
-    prefix = ["nsenter", f"--target={holder.pid}", "--user", "--net", "--preserve-credentials"]
-    return Namespace(name, prefix, holder)
-
-
-def namespace_problem() -> str | None:
-    """None when a namespace can be created and entered here, else why not."""
-    try:
-        ns = create_namespace(f"acme-mpic-probe-{os.getpid()}")
-    except OSError as exc:
-        return f"cannot create a network namespace: {exc}"
-    try:
-        ran = subprocess.run(
-            [*ns.prefix, "true"], capture_output=True, text=True, timeout=10, check=False
-        )
-        if ran.returncode != 0:
-            return f"cannot enter a network namespace: {ran.stderr.strip()}"
-    finally:
-        ns.close()
-    return None
-
-
-def listening_socket(port: int = 0) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
-    sock.listen(64)
-    return sock
 
 
 # ------------------------------------------------------------------------------------------
@@ -469,11 +386,7 @@ def perspectives_toml(mtls_ports: dict[str, int]) -> str:
 def world(
     tmp_path_factory: pytest.TempPathFactory, postgres: EmbeddedPostgres, template_dsn: str
 ) -> Iterator[World]:
-    problem = namespace_problem()
-    if problem is not None:
-        if os.geteuid() == 0 and os.environ.get("CI") == "true":
-            pytest.fail(f"running as root under CI=true, yet {problem}")
-        pytest.skip(problem)
+    require_namespaces()
     tmp = tmp_path_factory.mktemp("mpic")
     mtls = tmp / "mtls"
     made = run_cli(

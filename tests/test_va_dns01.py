@@ -285,3 +285,94 @@ def test_nameserver_parse(text: str, host: str, port: int) -> None:
 def test_nameserver_parse_refuses(text: str) -> None:
     with pytest.raises(ValueError):
         Nameserver.parse(text)
+
+
+# --- the Authorization Domain Name (BR 3.2.2.4 with SC-101; 5.4.1 with SC-099) ---------------
+
+
+async def test_br_3_2_2_4_7_dns01_adn_is_not_pruned(
+    srv: ChallengeTestServer, validator: Dns01Validator
+) -> None:
+    """The BR would let dns-01 prune to a parent; this CA does not (RFC 8555 §8.4 names the
+    identifier): a value at _acme-challenge.example.test does not validate www.example.test."""
+    srv.store.set_txt("_acme-challenge.example.test", EXPECTED)
+    result = await validator.check("www.example.test", KEY_AUTH)
+    assert result.problem is not None and result.problem.type == ACME + "incorrectResponse"
+    (record,) = result.records
+    assert record.query == "_acme-challenge.www.example.test TXT"
+    assert (record.identifier, record.adn, record.result) == (
+        "www.example.test", "www.example.test", "fail"
+    )
+    assert srv.store.dns_history("_acme-challenge.example.test") == ()
+    # The parent's own challenge does pass: the value was there to be found.
+    assert (await validator.check("example.test", KEY_AUTH)).ok
+
+
+async def test_br_3_2_2_4_7_dns01_cname_of_fqdn_does_not_become_the_adn(
+    srv: ChallengeTestServer, validator: Dns01Validator
+) -> None:
+    """www.example.test CNAME target.test: the BR would allow target.test as the ADN; this CA
+    asks _acme-challenge.www.example.test only, so a value under the target does not count."""
+    srv.store.set_cname("www.example.test", "target.test")
+    srv.store.set_txt("_acme-challenge.target.test", EXPECTED)
+    result = await validator.check("www.example.test", KEY_AUTH)
+    assert not result.ok
+    assert [r.query for r in result.records] == ["_acme-challenge.www.example.test TXT"]
+    assert result.records[0].adn == "www.example.test"
+    assert srv.store.dns_history("_acme-challenge.target.test") == ()
+
+
+async def test_br_3_2_2_4_7_dns01_challenge_label_cname_followed_and_recorded(
+    srv: ChallengeTestServer, validator: Dns01Validator
+) -> None:
+    """A CNAME *at* _acme-challenge.<ADN> is followed (the value is in a record "returned in
+    a query for" the prefixed ADN): delegated validation.  The ADN stays the FQDN; the chain
+    is in the record for the auditor."""
+    srv.store.set_cname("_acme-challenge.www.example.test", "www.acme-delegate.test")
+    srv.store.set_txt("www.acme-delegate.test", EXPECTED)
+    result = await validator.check("www.example.test", KEY_AUTH)
+    assert result.ok, result.problem
+    (record,) = result.records
+    assert record.adn == "www.example.test"
+    assert record.response is not None and "CNAME www.acme-delegate.test" in record.response
+
+
+@pytest.mark.parametrize("spelling", ["flag", "prefix"])
+async def test_br_3_2_2_4_7_dns01_wildcard_adn_is_base_name(
+    srv: ChallengeTestServer, validator: Dns01Validator, spelling: str
+) -> None:
+    """*.www.example.test: ``*.`` removed, nothing pruned -- the ADN is www.example.test."""
+    srv.store.set_txt("_acme-challenge.example.test", EXPECTED)
+    if spelling == "flag":
+        result = await validator.check("www.example.test", KEY_AUTH, wildcard=True)
+    else:
+        result = await validator.check("*.www.example.test", KEY_AUTH)
+    assert not result.ok
+    srv.store.set_txt("_acme-challenge.www.example.test", EXPECTED)
+    if spelling == "flag":
+        result = await validator.check("www.example.test", KEY_AUTH, wildcard=True)
+    else:
+        result = await validator.check("*.www.example.test", KEY_AUTH)
+    assert result.ok, result.problem
+    (record,) = result.records
+    assert (record.identifier, record.adn) == ("*.www.example.test", "www.example.test")
+
+
+async def test_br_5_4_1_dns01_record_names_value_adn_and_method(
+    srv: ChallengeTestServer, validator: Dns01Validator
+) -> None:
+    """SC-099: the record names what was validated, the ADN, the method by ACME label and BR
+    section, and the TXT value that proved control."""
+    srv.store.set_txt("_acme-challenge.example.test", EXPECTED)
+    result = await validator.check("example.test", KEY_AUTH)
+    assert result.ok
+    (record,) = result.records
+    body = record.to_json()
+    assert {k: body[k] for k in ("method", "brMethod", "identifier", "adn", "value", "result")} == {
+        "method": "dns-01",
+        "brMethod": "3.2.2.4.7",
+        "identifier": "example.test",
+        "adn": "example.test",
+        "value": EXPECTED,
+        "result": "pass",
+    }

@@ -538,3 +538,100 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
+
+
+# --- the Authorization Domain Name (BR 3.2.2.4 with SC-101; 5.4.1 with SC-099) ---------------
+
+
+def served_only_to(host: str, body: str = KEY_AUTH) -> web.Application:
+    """A web server answering the challenge path only for requests whose Host is ``host``;
+    every other Host gets 404, so a validator that asked a parent or a CNAME target fails."""
+
+    async def handler(request: web.Request) -> web.Response:
+        asked = (request.host or "").rsplit(":", 1)[0].lower()
+        if asked == host and request.path == PATH:
+            return web.Response(text=body)
+        return web.Response(status=404, text=f"nothing for {asked}")
+
+    return app_with(handler)
+
+
+async def test_br_3_2_2_4_19_http01_validates_exact_fqdn(serve: Serve, dns: DnsClient) -> None:
+    """www.example.test must not pass because its parent example.test serves the token:
+    method 3.2.2.4.19 has no Prune column, the ADN is the FQDN itself."""
+    port = await serve(served_only_to("example.test"))
+    validator = Http01Validator(dns, port=port, address_policy=loopback_ok, timeout=5.0)
+    result = await validator.check("www.example.test", TOKEN, KEY_AUTH)
+    assert problem_type(result) == "unauthorized", result.problem
+    assert [r.query for r in result.records] == [f"http://www.example.test:{port}{PATH}"]
+    (record,) = result.records
+    assert (record.identifier, record.adn, record.result) == (
+        "www.example.test", "www.example.test", "fail"
+    )
+    # The same server, asked for the name it does serve, passes: the check is not vacuous.
+    parent = await validator.check("example.test", TOKEN, KEY_AUTH)
+    assert parent.ok, parent.problem
+    assert parent.records[-1].adn == "example.test"
+
+
+async def test_br_3_2_2_4_19_http01_cname_target_is_not_the_adn(
+    srv: ChallengeTestServer, serve: Serve, dns: DnsClient
+) -> None:
+    """www.example.test CNAME example.test: the addresses come through the CNAME (the DNS
+    layer), but the request still names www.example.test -- the target serving the token
+    proves nothing about www (3.2.2.4.19 has no CNAME column)."""
+    srv.store.set_cname("www.example.test", "example.test")
+    port = await serve(served_only_to("example.test"))
+    validator = Http01Validator(dns, port=port, address_policy=loopback_ok, timeout=5.0)
+    result = await validator.check("www.example.test", TOKEN, KEY_AUTH)
+    assert problem_type(result) == "unauthorized", result.problem
+    assert result.records[0].adn == "www.example.test"
+    assert result.records[0].response is not None
+    assert "nothing for www.example.test" in result.records[0].response
+
+
+async def test_br_3_2_2_4_19_http01_fqdn_behind_cname_validates_as_itself(
+    srv: ChallengeTestServer, serve: Serve, dns: DnsClient
+) -> None:
+    """Following the CNAME to find where to connect is allowed; the validated name is still
+    the FQDN, and that is what the record names."""
+    srv.store.set_cname("www.example.test", "cdn.example.test")
+    port = await serve(served_only_to("www.example.test"))
+    validator = Http01Validator(dns, port=port, address_policy=loopback_ok, timeout=5.0)
+    result = await validator.check("www.example.test", TOKEN, KEY_AUTH)
+    assert result.ok, result.problem
+    (record,) = result.records
+    assert (record.hostname, record.identifier, record.adn) == ("www.example.test",) * 3
+    assert record.addresses == ("127.0.0.1",)
+
+
+@pytest.mark.parametrize("wildcard", [True, False], ids=["flag", "prefix"])
+async def test_br_3_2_2_4_19_http01_has_no_wildcard(
+    srv: ChallengeTestServer, validator: Http01Validator, wildcard: bool
+) -> None:
+    """Neither a wildcard flag nor a ``*.`` name gets an ADN under 3.2.2.4.19; nothing is asked."""
+    srv.store.add_http01(TOKEN, KEY_AUTH)
+    name = "example.test" if wildcard else "*.example.test"
+    result = await validator.check(name, TOKEN, KEY_AUTH, wildcard=wildcard)
+    assert problem_type(result) == "unauthorized"
+    assert result.problem is not None and "3.2.2.4.19" in result.problem.detail
+    assert srv.store.http_history("example.test") == ()
+
+
+async def test_br_5_4_1_http01_records_name_value_adn_and_method(
+    srv: ChallengeTestServer, validator: Http01Validator
+) -> None:
+    """SC-099: every hop names what was validated, the ADN and the method; the hop that
+    decided carries the result; the value is the key authorization that proved control."""
+    port = srv.http01_port
+    srv.store.add_redirect(PATH, f"http://b.example.test:{port}/.well-known/acme-challenge/final")
+    srv.store.add_http01("final", KEY_AUTH)
+    result = await validator.check(NAME, TOKEN, KEY_AUTH)
+    assert result.ok, result.problem
+    assert [r.hostname for r in result.records] == [NAME, "b.example.test"]
+    for record in result.records:
+        body = record.to_json()
+        assert body["method"] == "http-01" and body["brMethod"] == "3.2.2.4.19"
+        assert body["identifier"] == NAME and body["adn"] == NAME
+        assert body["value"] == KEY_AUTH
+    assert [r.result for r in result.records] == [None, "pass"]

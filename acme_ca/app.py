@@ -48,11 +48,14 @@ def create_app(
     *,
     clock: Clock | None = None,
     validator: Validator | None = None,
+    debian_weak_rsa_sizes: frozenset[int] | None = None,
 ) -> web.Application:
     """Build the ACME server for ``config`` on the database at ``dsn``.
 
     ``validator`` replaces the validation authority built from ``config`` (the multi-
-    perspective wrapper passes itself here).
+    perspective wrapper passes itself here).  ``debian_weak_rsa_sizes``: a production
+    deployment's RSA sizes its Debian weak-key lists cover; keys of other sizes are refused
+    (BR 6.1.1.3, :mod:`acme_ca.deployment`).
     """
     clock = clock or SystemClock()
     app = web.Application(client_max_size=config.max_request_bytes)
@@ -80,6 +83,7 @@ def create_app(
             KeyPolicy,
             weak_key_blocklist_paths=[Path(p) for p in config.weak_key_blocklists],
             blocked_key_lookup=storage.issuance.is_key_blocked,
+            debian_weak_rsa_sizes=debian_weak_rsa_sizes,
         )
         va = validator or build_validator(config, clock)
         completions = OrderCompletions(storage.pool)

@@ -95,6 +95,18 @@ def _parser() -> argparse.ArgumentParser:
                        "a remote's certificate after '=' joined by '+'")
 
     sub.add_parser("worker", help="run a signing worker (production: one or more processes)")
+    check = sub.add_parser(
+        "check",
+        help="evaluate the production invariants: could this configuration issue "
+        "publicly-trusted certificates?",
+        description="Print the deployment shape and every production invariant as PASS or "
+        "FAIL with its BR/CP clause and the keys to set (docs/production.md). serve and "
+        "worker run the same evaluation and, with a production hierarchy, refuse to start "
+        "on any FAIL. Exit 0 only when every invariant passes.",
+    )
+    check.add_argument("--json", action="store_true", help="print the result as JSON")
+    check.add_argument("--at", metavar="ISO8601",
+                       help="evaluate at this time instead of now (e.g. 2026-12-15T00:00Z)")
     sub.add_parser("init", help="create the development PKI hierarchy under pki_dir")
 
     db = sub.add_parser("db", help="database maintenance")
@@ -174,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         try:
             asyncio.run(serve(config))
-        except ConfigError as exc:  # the multi-perspective refusals (docs/mpic.md)
+        except ConfigError as exc:  # production invariants (docs/production.md), MPIC refusals
             print(f"acme-ca: configuration error: {exc}", file=sys.stderr)
             return 2
         return 0
@@ -193,9 +205,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging(config.log_format, config.log_level)
         from acme_ca.serve import work
 
-        asyncio.run(work(config))
+        try:
+            asyncio.run(work(config))
+        except ConfigError as exc:  # a production deployment failing an invariant
+            print(f"acme-ca: configuration error: {exc}", file=sys.stderr)
+            return 2
         return 0
     configure_logging(config.log_format, config.log_level, stream=sys.stderr)
+    if args.command == "check":
+        return _check(config, args)
     if args.command == "init":
         from acme_ca.ca.hierarchy import init_hierarchy
 
@@ -210,6 +228,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "admin":
         return asyncio.run(_admin(config, args))
     return 2  # pragma: no cover - argparse enforces the choices
+
+
+def _check(config: Config, args: argparse.Namespace) -> int:
+    import json
+    from datetime import UTC, datetime
+
+    from acme_ca.clock import SystemClock
+    from acme_ca.deployment import assess, render_text
+
+    at = SystemClock().now()
+    if args.at:
+        try:
+            at = datetime.fromisoformat(args.at)
+        except ValueError:
+            print(f"acme-ca: --at {args.at!r} is not an ISO 8601 time", file=sys.stderr)
+            return 2
+        at = at if at.tzinfo else at.replace(tzinfo=UTC)
+    assessment = assess(config, at)
+    if args.json:
+        print(json.dumps(assessment.to_json(), indent=2))
+    else:
+        sys.stdout.write(render_text(assessment))
+    return 1 if assessment.failures else 0
 
 
 def _mpic_certs(args: argparse.Namespace) -> int:

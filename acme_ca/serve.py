@@ -15,13 +15,14 @@ from acme_ca.app import create_app
 from acme_ca.ca.hierarchy import init_hierarchy
 from acme_ca.ca.issuers import ISSUERS_FILE
 from acme_ca.ca.worker import run_worker
-from acme_ca.clock import SystemClock
+from acme_ca.clock import Clock, SystemClock
 from acme_ca.config import Config
 from acme_ca.db.database import database_dsn, migrate
+from acme_ca.deployment import deployment_gate, signing_guard
 from acme_ca.remote_va.primary import build_validator
 from acme_ca.status.server import start_status_server
 from acme_ca.tls import server_ssl_context
-from acme_ca.va.perspectives import is_strict, load_mpic_setup
+from acme_ca.va.perspectives import load_mpic_setup
 from acme_ca.wfe import urls
 
 log = structlog.get_logger(component="acme_ca.serve")
@@ -42,18 +43,26 @@ async def ensure_hierarchy(config: Config) -> None:
                     root=str((config.pki_path / "root.pem").resolve()))
 
 
-async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
+async def serve(
+    config: Config, *, stop: asyncio.Event | None = None, clock: Clock | None = None
+) -> None:
     """Run the CA until ``stop`` is set or the process is asked to terminate.
 
-    The multi-perspective configuration is checked before anything starts (a refusal raises
+    Before anything starts: the development hierarchy of the embedded defaults is made, the
+    deployment is assessed (:func:`~acme_ca.deployment.deployment_gate`: a production
+    hierarchy with a failing invariant raises :class:`~acme_ca.deployment.DeploymentRefused`),
+    and the multi-perspective configuration is checked (a refusal raises
     :class:`~acme_ca.va.perspectives.MpicConfigError`).  Started in order and stopped in
-    reverse: database, schema, development PKI (embedded defaults), the in-process CT test
-    logs (``ct_log_list`` unset: test mode and embedded defaults), in test mode the
-    challenge test server (and the ``--perspectives`` remote VAs), the status listener, the
-    signing worker (``serve_worker``), then the ACME listener.
+    reverse: database, schema, the in-process CT test logs (``ct_log_list`` unset: test mode
+    and embedded defaults), in test mode the challenge test server (and the
+    ``--perspectives`` remote VAs), the status listener, the signing worker
+    (``serve_worker``), then the ACME listener.
     """
-    # Multi-perspective configuration first: one the BRs do not allow never starts anything.
-    mpic = load_mpic_setup(config, SystemClock().now())
+    clock = clock or SystemClock()
+    await ensure_hierarchy(config)
+    # A configuration the BRs do not allow never starts anything.
+    assessment = await deployment_gate(config, clock.now(), process="serve")
+    mpic = load_mpic_setup(config, clock.now())
     stop = stop or asyncio.Event()
     _stop_on_signals(stop)
     if config.database_url is None:
@@ -62,7 +71,6 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
         dsn = await stack.enter_async_context(database_dsn(config))
         applied = await migrate(dsn)
         log.info("database.migrated", applied=applied)
-        await ensure_hierarchy(config)
         ct_logs = None
         if config.ct_log_list is None:  # test mode, embedded defaults: in-process CT test logs
             from acme_ca.ct_testlogs import ct_test_logs
@@ -89,13 +97,18 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
         if config.serve_worker:
             worker_stop = asyncio.Event()
             worker = asyncio.create_task(
-                run_worker(config, dsn, worker_stop, SystemClock(), ct_logs=ct_logs,
-                           production=is_strict(config)),
+                run_worker(config, dsn, worker_stop, clock, ct_logs=ct_logs,
+                           production=assessment.production,
+                           signing_guard=signing_guard(assessment)),
                 name="signing-worker")
             stack.push_async_callback(_stop_worker, worker, worker_stop)
         ssl_context = await asyncio.to_thread(server_ssl_context, config)
-        validator = build_validator(config, SystemClock(), mpic)
-        app = create_app(config, dsn, validator=validator)
+        validator = build_validator(config, clock, mpic)
+        app = create_app(
+            config, dsn, clock=clock, validator=validator,
+            debian_weak_rsa_sizes=assessment.debian_weak_rsa_sizes
+            if assessment.production else None,
+        )
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
@@ -133,9 +146,14 @@ async def _stop_worker(worker: asyncio.Task[None], worker_stop: asyncio.Event) -
             await worker
 
 
-async def work(config: Config, *, stop: asyncio.Event | None = None) -> None:
+async def work(
+    config: Config, *, stop: asyncio.Event | None = None, clock: Clock | None = None
+) -> None:
     """``acme-ca worker``: a signing worker process on the configured database (with its own
-    in-process CT test logs when ``ct_log_list`` is unset)."""
+    in-process CT test logs when ``ct_log_list`` is unset), after the same deployment
+    assessment as ``serve`` (a production hierarchy with a failing invariant never signs)."""
+    clock = clock or SystemClock()
+    assessment = await deployment_gate(config, clock.now(), process="worker")
     stop = stop or asyncio.Event()
     _stop_on_signals(stop)
     async with contextlib.AsyncExitStack() as stack:
@@ -146,5 +164,6 @@ async def work(config: Config, *, stop: asyncio.Event | None = None) -> None:
             from acme_ca.ct_testlogs import ct_test_logs
 
             ct_logs = await stack.enter_async_context(ct_test_logs(config))
-        await run_worker(config, dsn, stop, SystemClock(), ct_logs=ct_logs,
-                         production=is_strict(config))
+        await run_worker(config, dsn, stop, clock, ct_logs=ct_logs,
+                         production=assessment.production,
+                         signing_guard=signing_guard(assessment))

@@ -51,7 +51,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 from acme_ca.ca.der import sign_tbs_certificate, throwaway_signed_certificate
-from acme_ca.ca.issuers import ISSUERS_FILE
+from acme_ca.ca.issuers import GENERATED_BY_INIT, ISSUERS_FILE
 from acme_ca.ca.signer import (
     KeySpec,
     Pkcs11Signer,
@@ -504,7 +504,10 @@ async def _create(
 
     text = (
         f"# Development hierarchy written by `acme-ca init` at {not_before.isoformat()}.\n"
-        "# NOT publicly trusted. Format: see the docstring of acme_ca/ca/issuers.py.\n\n"
+        "# NOT publicly trusted. Format: see the docstring of acme_ca/ca/issuers.py.\n"
+        "# generated_by makes it a development hierarchy: start-up may relax the production\n"
+        "# invariants (logged), `acme-ca check` says so (docs/production.md).\n"
+        f"generated_by = {_toml_str(GENERATED_BY_INIT)}\n\n"
         "# The root clients verify the primary chains against.\n"
         f"root = {_toml_str(ROOT_R1.file)}\n\n" + "\n".join(tables)
     )

@@ -5,6 +5,10 @@ operators of a real one.  Paths are relative to the directory holding the file (
 are used as they are); every PEM file holds exactly one certificate.  Unknown keys are errors,
 so a misspelt key cannot be silently ignored::
 
+    # Written by `acme-ca init` only: marks a development hierarchy (acme_ca.deployment).
+    # A hand-written or imported hierarchy leaves it out and is production-shaped.
+    # generated_by = "acme-ca init"
+
     # The root relying parties verify the primary chains against (a self-signed certificate).
     root = "root.pem"
 
@@ -77,6 +81,9 @@ _log = get_logger(__name__)
 
 #: The file under ``config.pki_path`` that lists the issuers.
 ISSUERS_FILE: Final = "issuers.toml"
+#: ``generated_by`` value ``acme-ca init`` writes: with roots whose subjects say "Development"
+#: it makes the hierarchy a development one (:mod:`acme_ca.deployment`).
+GENERATED_BY_INIT: Final = "acme-ca init"
 #: Environment variable :func:`~acme_ca.ca.signer.resolve_pin` consults for the HSM PIN.
 PIN_ENV_VAR: Final = "ACME_CA_PKCS11_PIN"
 
@@ -152,6 +159,8 @@ class IssuersFile:
     root: x509.Certificate
     issuers: Mapping[str, IssuerEntry]
     roots: Mapping[str, RootEntry]
+    generated_by: str | None = None
+    """The top-level ``generated_by`` key: :data:`GENERATED_BY_INIT` for ``acme-ca init``."""
 
 
 def read_issuers_file(pki_path: Path, *, now: datetime | None = None) -> IssuersFile:
@@ -180,9 +189,12 @@ def read_issuers_file(pki_path: Path, *, now: datetime | None = None) -> Issuers
 
 def _parse(path: Path, data: dict[str, Any], now: datetime) -> IssuersFile:
     base = path.parent
-    unknown = set(data) - {"root", "issuers", "roots"}
+    unknown = set(data) - {"root", "issuers", "roots", "generated_by"}
     if unknown:
         raise IssuerConfigError(f"{path}: unknown top-level keys {sorted(unknown)}")
+    generated_by = data.get("generated_by")
+    if generated_by is not None and not isinstance(generated_by, str):
+        raise IssuerConfigError(f"{path}: `generated_by` must be a string")
     root_path = data.get("root")
     if not isinstance(root_path, str):
         raise IssuerConfigError(f"{path}: `root` must name the root certificate's PEM file")
@@ -222,7 +234,9 @@ def _parse(path: Path, data: dict[str, Any], now: datetime) -> IssuersFile:
         roots[name] = RootEntry(
             name, cert, _key_ref(base, table, where) if has_key else None, crl_url
         )
-    return IssuersFile(path, root, MappingProxyType(issuers), MappingProxyType(roots))
+    return IssuersFile(
+        path, root, MappingProxyType(issuers), MappingProxyType(roots), generated_by
+    )
 
 
 def _parse_issuer(

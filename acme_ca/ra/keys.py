@@ -14,7 +14,11 @@ Rules, in the order they run (cheap and local first, then I/O, then CPU in a thr
 2. EC public-key validation (SP 800-56A §5.6.2.3): coordinates in range and on the curve.
    All three NIST curves have cofactor 1, so this partial validation is full validation.
 3. Debian weak keys (CVE-2008-0166, BR §6.1.1.3): RSA moduli looked up in lists in the
-   Debian ``openssl-blacklist`` format, see :func:`openssl_blacklist_fingerprint`.
+   Debian ``openssl-blacklist`` format, see :func:`openssl_blacklist_fingerprint`.  Each
+   list covers one modulus size, which Debian puts in the file name (``blacklist.RSA-2048``,
+   :func:`openssl_blacklist_size`).  With ``debian_weak_rsa_sizes`` (production,
+   :mod:`acme_ca.deployment`) an RSA key of a size no list covers is refused: whether it is a
+   Debian weak key cannot be known.
 4. Our own blocked keys (revoked for keyCompromise, BR §6.1.1.3(4), ACME-REV-3): the injected
    ``blocked_key_lookup`` is asked about :func:`spki_sha256` of the key.
 5. badkeys (https://badkeys.info/), run through :func:`asyncio.to_thread`: Fermat within 100
@@ -37,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import hashlib
+import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -84,6 +89,7 @@ class KeyRejectReason(enum.StrEnum):
     EC_CURVE_NOT_ALLOWED = "ec_curve_not_allowed"
     EC_POINT_INVALID = "ec_point_invalid"
     DEBIAN_WEAK = "debian_weak"
+    DEBIAN_WEAK_UNCHECKABLE = "debian_weak_uncheckable"
     BLOCKED = "blocked"
     KNOWN_COMPROMISED = "known_compromised"
     FERMAT_FACTORABLE = "fermat_factorable"
@@ -131,6 +137,16 @@ def openssl_blacklist_fingerprint(modulus: int) -> str:
     """
     text = f"Modulus={modulus:X}\n".encode("ascii")
     return hashlib.sha1(text, usedforsecurity=False).hexdigest()[20:]
+
+
+_BLACKLIST_NAME: Final = re.compile(r"blacklist\.RSA-([0-9]+)")
+
+
+def openssl_blacklist_size(path: Path) -> int | None:
+    """The RSA modulus size an ``openssl-blacklist`` file covers, from Debian's file name
+    (``/usr/share/openssl-blacklist/blacklist.RSA-2048``); None for any other name."""
+    match = _BLACKLIST_NAME.fullmatch(path.name)
+    return int(match.group(1)) if match else None
 
 
 def load_openssl_blacklist(path: Path) -> set[bytes]:
@@ -258,7 +274,10 @@ class KeyPolicy:
         weak_key_blocklist_paths: Sequence[Path] = (),
         blocked_key_lookup: BlockedKeyLookup | None = None,
         use_badkeys: bool = True,
+        debian_weak_rsa_sizes: Iterable[int] | None = None,
     ) -> None:
+        """``debian_weak_rsa_sizes``: the RSA sizes a Debian weak-key list covers; RSA keys
+        of any other size are refused (BR §6.1.1.3).  None (development) skips that rule."""
         self.rsa_sizes = frozenset(rsa_sizes)
         self.ec_curves = frozenset(ec_curves)
         if not self.rsa_sizes:
@@ -276,6 +295,9 @@ class KeyPolicy:
         self._debian: set[bytes] = set()
         for path in self.weak_key_blocklist_paths:
             self._debian |= load_openssl_blacklist(path)
+        self.debian_weak_rsa_sizes = (
+            None if debian_weak_rsa_sizes is None else frozenset(debian_weak_rsa_sizes)
+        )
         self._blocked_key_lookup = blocked_key_lookup
         self.use_badkeys = use_badkeys
         self._badkeys_checks: tuple[str, ...] = ()
@@ -373,6 +395,16 @@ class KeyPolicy:
             )
 
     def _check_debian(self, modulus: int) -> None:
+        covered = self.debian_weak_rsa_sizes
+        bits = modulus.bit_length()
+        if covered is not None and bits not in covered:
+            sizes = ", ".join(str(s) for s in sorted(covered)) or "none"
+            raise KeyRejected(
+                KeyRejectReason.DEBIAN_WEAK_UNCHECKABLE,
+                f"RSA key has {bits} bits, a size no Debian weak-key list of this CA covers, "
+                f"so it cannot be checked as BR 6.1.1.3 requires; RSA sizes checked: {sizes} "
+                "(or use an ECDSA key)",
+            )
         if not self._debian:
             return
         if bytes.fromhex(openssl_blacklist_fingerprint(modulus)) in self._debian:

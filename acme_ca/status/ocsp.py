@@ -50,7 +50,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509 import ocsp
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from acme_ca.ca.der import (
     TAG_BIT_STRING,
@@ -219,6 +219,44 @@ def successful_response(basic_der: bytes) -> bytes:
     )
 
 
+class OcspSignerNotAllowed(ValueError):
+    """The certificate of the key asked to sign OCSP does not allow it (BR 7.1.2.8)."""
+
+
+def ocsp_signing_problem(certificate: x509.Certificate) -> str | None:
+    """Why the key of ``certificate`` may not sign OCSP responses, or None.
+
+    BR 7.1.2.8: responses are signed by the issuing CA, whose certificate then has the
+    keyUsage digitalSignature, or by a delegated responder certificate with the EKU
+    id-kp-OCSPSigning (and digitalSignature).
+    """
+    try:
+        usage = certificate.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        usage = None
+    if usage is None or not usage.digital_signature:
+        return (
+            f"{certificate.subject.rfc4514_string()} lacks keyUsage digitalSignature, so its "
+            "key may not sign OCSP responses (BR 7.1.2.8)"
+        )
+    try:
+        constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints)
+        is_ca = constraints.value.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    if not is_ca:
+        try:
+            eku = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        except x509.ExtensionNotFound:
+            eku = None
+        if eku is None or ExtendedKeyUsageOID.OCSP_SIGNING not in eku:
+            return (
+                f"{certificate.subject.rfc4514_string()} is not a CA and lacks "
+                "id-kp-OCSPSigning, so it is no delegated OCSP responder (BR 7.1.2.8)"
+            )
+    return None
+
+
 async def sign_ocsp_response(
     issuer_certificate: x509.Certificate,
     signer: Signer,
@@ -230,7 +268,14 @@ async def sign_ocsp_response(
     next_update: datetime,
     produced_at: datetime,
 ) -> bytes:
-    """A signed OCSPResponse (DER) about ``serial`` from its issuing CA, as described above."""
+    """A signed OCSPResponse (DER) about ``serial`` from its issuing CA, as described above.
+
+    Raises :class:`OcspSignerNotAllowed` (nothing signed) when the issuer's certificate does
+    not allow its key to sign OCSP (:func:`ocsp_signing_problem`).
+    """
+    problem = ocsp_signing_problem(issuer_certificate)
+    if problem is not None:
+        raise OcspSignerNotAllowed(problem)
     hash = default_hash(signer.public_key)
     public_key = signer.public_key
     curve = public_key.curve.name if isinstance(public_key, ec.EllipticCurvePublicKey) else None

@@ -246,6 +246,29 @@ def parse_perspectives(
     return primary, tuple(perspectives)
 
 
+def phase_violations(perspectives: Sequence[Perspective], at: datetime) -> list[str]:
+    """What the BR 3.2.2.9 phase in force at ``at`` asks of the configured remotes and they
+    lack: the minimum number, the RIR span.  Date-dependent, so the signing worker asks it
+    again at every signing (:func:`acme_ca.deployment.signing_guard`)."""
+    phase = phase_for(at)
+    if not phase.enforced:
+        return []
+    problems: list[str] = []
+    count = len(perspectives)
+    if count < phase.min_remotes:
+        problems.append(
+            f"{count} remote perspective(s) configured; BR 3.2.2.9 requires at least "
+            f"{phase.min_remotes} from {phase.label}"
+        )
+    rirs = {p.rir for p in perspectives}
+    if len(rirs) < phase.min_rirs:
+        problems.append(
+            f"the remote perspectives span {len(rirs)} RIR(s) ({', '.join(sorted(rirs))}); "
+            f"corroboration needs {phase.min_rirs} distinct RIRs from {phase.label}"
+        )
+    return problems
+
+
 def check_setup(setup: MpicSetup, at: datetime) -> None:
     """Every refusal for ``setup`` at start-up time ``at``, joined into one error."""
     problems: list[str] = []
@@ -257,19 +280,7 @@ def check_setup(setup: MpicSetup, at: datetime) -> None:
         problems.append(f"url {url} appears more than once")
     problems.extend(distance_violations(setup.perspectives, setup.primary))
     if setup.strict:
-        phase = phase_for(at)
-        count = len(setup.perspectives)
-        if phase.enforced and count < phase.min_remotes:
-            problems.append(
-                f"{count} remote perspective(s) configured; BR 3.2.2.9 requires at least "
-                f"{phase.min_remotes} from {phase.label}"
-            )
-        rirs = {p.rir for p in setup.perspectives}
-        if phase.enforced and len(rirs) < phase.min_rirs:
-            problems.append(
-                f"the remote perspectives span {len(rirs)} RIR(s) ({', '.join(sorted(rirs))}); "
-                f"corroboration needs {phase.min_rirs} distinct RIRs from {phase.label}"
-            )
+        problems.extend(phase_violations(setup.perspectives, at))
         if setup.primary is None:
             problems.append(
                 "no [primary] location: the remotes cannot be shown to be 500 km from the primary"
@@ -292,13 +303,14 @@ def check_setup(setup: MpicSetup, at: datetime) -> None:
         raise MpicConfigError(f"{setup.source}: " + "; ".join(problems))
 
 
-def load_mpic_setup(config: Config, at: datetime) -> MpicSetup:
+def load_mpic_setup(config: Config, at: datetime, *, strict: bool | None = None) -> MpicSetup:
     """Read and check the multi-perspective configuration; raises :class:`MpicConfigError`.
 
     Called at start-up (before anything else is started), so a configuration the BRs do not
-    allow never serves a request.
+    allow never serves a request.  ``strict`` defaults to :func:`is_strict`; the production
+    invariants (:mod:`acme_ca.deployment`) pass True to judge any configuration as production.
     """
-    strict = is_strict(config)
+    strict = is_strict(config) if strict is None else strict
     if config.test_perspectives:
         if not config.test_mode:
             raise MpicConfigError("test_perspectives (--perspectives N) needs test mode (--test)")

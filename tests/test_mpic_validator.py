@@ -292,3 +292,47 @@ async def test_prompt_stragglers_are_still_recorded() -> None:
     # Decided after four replies; the fifth, 50 ms later, arrives within the grace.
     result = await validate(validator(FakeTransport({"a4": late(0.05)})))
     assert result.ok and quorum(result) == "5/5"
+
+
+# --- what the records say (BR 5.4.1 items 7-8, with SC-099) ----------------------------------
+
+
+async def test_br_5_4_1_each_perspective_result_beside_corroboration() -> None:
+    """A remote that fails says ``fail``; one that passes with another value says ``pass``
+    but did not corroborate; one that never answered has no result.  The quorum record says
+    whether corroboration held.  The replies' records lack the SC-099 fields (an older remote
+    VA); the summaries are built from the request, so they name them all the same."""
+    transport = FakeTransport({
+        "a1": fail(problems.incorrect_response("no TXT")),
+        "a2": agree("other"),
+        "a3": unavailable("connection refused"),
+    })
+    result = await validate_wildcard(validator(transport))
+    found = {pid: (r.result, r.corroborated) for pid, r in summaries(result).items()}
+    assert found == {
+        "a1": ("fail", False), "a2": ("pass", False), "a3": (None, False),
+        "a4": ("pass", True), "r1": ("pass", True),
+    }
+    last = result.records[-1]
+    assert (last.quorum, last.result, last.corroborated) == ("2/5", "fail", False)
+    for record in [*summaries(result).values(), last]:
+        assert (record.identifier, record.adn, record.method, record.br_method, record.value) == (
+            "*.example.com", "example.com", "dns-01", "3.2.2.4.7", KEY_AUTH
+        )
+
+
+async def test_br_5_4_1_caa_recheck_records_name_the_identifier_only() -> None:
+    """A CAA recheck is no domain validation: its records name the applied-for name and the
+    result, but no ADN, BR method or value."""
+    allowed = {p.id: agree("allowed") for p in PERSPECTIVES}
+    v = validator(FakeTransport(allowed), local=CheckResult.success((), "allowed"))
+    result = await v.recheck_caa("example.com", True, "acct", "dns-01")
+    last = result.records[-1]
+    assert (last.method, last.identifier, last.result, last.quorum) == (
+        "caa", "*.example.com", "pass", "5/5"
+    )
+    assert (last.adn, last.br_method, last.value) == (None, None, None)
+
+
+async def validate_wildcard(v: MpicValidator) -> CheckResult:
+    return await v.validate("dns-01", "example.com", True, "tok", KEY_AUTH, "acct")

@@ -166,6 +166,7 @@ class Harness:
             worker_id=worker_id,
             ct=ct,
             lint_final=lint_final,
+            production=False,  # a development hierarchy: no remote perspectives needed
         )
 
     async def queue(self, names: Sequence[str], key: ec.EllipticCurvePrivateKey | None = None,

@@ -39,6 +39,7 @@ from acme_ca.clock import SystemClock
 from acme_ca.config import Config
 from acme_ca.db.issuance import IssuanceRepository
 from acme_ca.db.pool import create_pool
+from acme_ca.va.records import ValidationRecord
 
 T = TypeVar("T")
 SERVER_INTERNAL = "urn:ietf:params:acme:error:serverInternal"
@@ -91,9 +92,69 @@ class QueuedOrder:
     issuer: str
 
 
-async def insert_ready_order(pool: asyncpg.Pool, names: Sequence[str]) -> tuple[int, int]:
-    """An account and a ``ready`` order for ``names``, as the ACME flow leaves them."""
-    now = datetime.now(UTC)
+def primary_records(name: str, method: str, at: datetime) -> list[dict[str, Any]]:
+    """What the primary VA records for a passing validation of ``name`` at ``at``: the
+    method's lookup and the CAA lookup (no remote perspectives)."""
+    base = name.removeprefix("*.")
+    query = (f"_acme-challenge.{base} TXT" if method == "dns-01"
+             else f"http://{base}/.well-known/acme-challenge/token")
+    return [
+        ValidationRecord(method=method, hostname=base, query=query, at=at,  # type: ignore[arg-type]
+                         response="key authorization matched").to_json(),
+        ValidationRecord(method="caa", hostname=base, query=f"{base} CAA", at=at,
+                         response="NOERROR: no CAA records").to_json(),
+    ]
+
+
+async def insert_authorizations(
+    conn: asyncpg.Connection,
+    account_id: int,
+    order_id: int,
+    names: Sequence[str],
+    *,
+    validated_at: datetime,
+    expires_at: datetime,
+    records: Callable[[str, str, datetime], list[dict[str, Any]]] = primary_records,
+    status: str = "valid",
+) -> list[int]:
+    """A valid authorization per name with one valid challenge (dns-01 for a wildcard,
+    http-01 otherwise) carrying ``records(name, method, validated_at)``; linked to the order."""
+    ids = []
+    for position, name in enumerate(names):
+        wildcard = name.startswith("*.")
+        method = "dns-01" if wildcard else "http-01"
+        authz_id = await conn.fetchval(
+            """INSERT INTO authorizations (account_id, identifier, wildcard, status, expires_at,
+                                           validated_at, created_at, updated_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $6, $6) RETURNING id""",
+            account_id, name.removeprefix("*."), wildcard, status, expires_at, validated_at,
+        )
+        await conn.execute(
+            """INSERT INTO challenges (authz_id, type, token, status, validated_at,
+                                       validation_records, created_at, updated_at)
+               VALUES ($1, $2, $3, 'valid', $4, $5, $4, $4)""",
+            authz_id, method, os.urandom(16).hex(), validated_at,
+            records(name, method, validated_at),
+        )
+        await conn.execute(
+            "INSERT INTO order_authorizations (order_id, authz_id, position) VALUES ($1, $2, $3)",
+            order_id, authz_id, position,
+        )
+        ids.append(authz_id)
+    return ids
+
+
+async def insert_ready_order(
+    pool: asyncpg.Pool,
+    names: Sequence[str],
+    *,
+    now: datetime | None = None,
+    validated_at: datetime | None = None,
+    records: Callable[[str, str, datetime], list[dict[str, Any]]] = primary_records,
+) -> tuple[int, int]:
+    """An account and a ``ready`` order for ``names``, as the ACME flow leaves them: each name
+    with a valid authorization, validated at ``validated_at`` (default: ``now``)."""
+    now = now or datetime.now(UTC)
     async with pool.acquire() as conn, conn.transaction():
         account_id = await conn.fetchval(
             """INSERT INTO accounts (key_thumbprint, jwk, status, tos_agreed_at,
@@ -112,6 +173,10 @@ async def insert_ready_order(pool: asyncpg.Pool, names: Sequence[str]) -> tuple[
             now + timedelta(days=7),
             now,
         )
+        validated = validated_at or now
+        await insert_authorizations(conn, account_id, order_id, names, validated_at=validated,
+                                    expires_at=max(now, validated) + timedelta(days=30),
+                                    records=records)
     return account_id, order_id
 
 
@@ -326,6 +391,7 @@ def make_worker(pki_config: Config, linter: CertificateLinter) -> Callable[..., 
             lease=lease,
             worker_id=worker_id,
             concurrency=concurrency,
+            production=False,  # a development hierarchy: no remote perspectives needed
         )
 
     return make
@@ -622,6 +688,7 @@ async def test_notify_during_the_last_empty_claim_is_not_lost(
         profile_for=profile_settings_factory(pki_config),
         poll_seconds=30.0,
         worker_id="racy",
+        production=False,
     )
     async with running(worker):
         start = time.monotonic()

@@ -44,13 +44,14 @@ import os
 import socket
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from acme_ca.acme import problems
+from acme_ca.ca import recheck
 from acme_ca.ca.ct.loglist import FileLogList, LogListSource
 from acme_ca.ca.ct.sct import final_tbs, remove_poison
 from acme_ca.ca.ct.submit import (
@@ -74,6 +75,8 @@ from acme_ca.config import Config
 from acme_ca.db.issuance import IssuanceJob, IssuanceRepository, IssuedCertificate
 from acme_ca.db.status import StatusRepository
 from acme_ca.db.storage import open_storage
+from acme_ca.remote_va.primary import build_validator
+from acme_ca.status.key_compromise import KeyCompromiseSweeper
 from acme_ca.status.updater import (
     PublishingIssuanceRepository,
     StatusSettings,
@@ -81,6 +84,10 @@ from acme_ca.status.updater import (
     close_authorities,
     open_root_authorities,
 )
+from acme_ca.va.authority import ValidationAuthority
+from acme_ca.va.mpic import MpicValidator
+from acme_ca.va.perspectives import MpicSetup, load_mpic_setup
+from acme_ca.va.records import CheckResult
 
 log = structlog.get_logger(component="acme_ca.ca.worker")
 
@@ -109,10 +116,20 @@ def _spki(cert: x509.Certificate) -> bytes:
 SigningGuard = Callable[[datetime], Sequence[str]]
 
 
+class CaaRechecker(Protocol):
+    """The validator's CAA recheck (corroborated when remote perspectives are configured)."""
+
+    async def recheck_caa(
+        self, identifier: str, wildcard: bool, account_uri: str, validation_method: str
+    ) -> CheckResult: ...
+
+
 class SigningWorker:
-    """Claims issuance jobs and signs them.  ``production`` (the default, fail closed)
-    applies the BR corroboration rule in full at signing time; ``signing_guard(now)`` is asked
-    before every precertificate is signed and any violation it returns refuses the signing."""
+    """Claims issuance jobs and signs them, re-checking the order just before signing
+    (:mod:`acme_ca.ca.recheck`).  ``production`` (the default, fail closed) applies the BR
+    corroboration rule in full; ``signing_guard(now)`` is asked first and any violation it
+    returns refuses the signing; ``caa`` and ``account_uri`` recheck CAA older than 8 hours
+    (without them such an order is refused)."""
 
     def __init__(
         self,
@@ -130,6 +147,8 @@ class SigningWorker:
         lint_final: bool = False,
         production: bool = True,
         signing_guard: SigningGuard | None = None,
+        caa: CaaRechecker | None = None,
+        account_uri: Callable[[int], str] | None = None,
     ) -> None:
         self._jobs = jobs
         self._issuers = issuers
@@ -145,6 +164,8 @@ class SigningWorker:
         self._lint_final = lint_final
         self._production = production
         self._signing_guard = signing_guard
+        self._caa = caa
+        self._account_uri = account_uri
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work until ``stop`` is set: keep up to ``concurrency`` jobs in flight, claiming
@@ -253,6 +274,10 @@ class SigningWorker:
             if prepared_job is None:
                 return
             job = prepared_job
+        else:
+            assert job.not_before is not None and job.not_after is not None
+            if not await self._recheck(job, not_before=job.not_before, not_after=job.not_after):
+                return
         assert job.tbs_der is not None
         await self._sign_and_store(job, issuer, job.tbs_der)
 
@@ -342,6 +367,10 @@ class SigningWorker:
 
     async def _prepare(self, job: IssuanceJob, issuer: Issuer) -> IssuanceJob | None:
         prepared = self._build(job, issuer, precertificate=False)
+        if not await self._recheck(
+            job, not_before=prepared.not_before, not_after=prepared.not_after
+        ):
+            return None
         ok, findings = await self._lint_ok(
             job, prepared.lint_der, "DV-FINAL-CERTIFICATE", self._clock.now()
         )
@@ -364,6 +393,92 @@ class SigningWorker:
             lint_findings=findings,
         )
         return recorded
+
+    # ------------------------------------------------------------------ re-checks
+
+    async def _recheck(
+        self, job: IssuanceJob, *, not_before: datetime, not_after: datetime
+    ) -> bool:
+        """Just before the HSM signs (:mod:`acme_ca.ca.recheck`): the production guard, the
+        date rules (authorizations, BR 4.2.1 reuse, BR 6.3.2 validity, BR 3.2.2.9
+        corroboration), then CAA older than 8 hours checked again (BR 3.2.2.8).  A refusal
+        fails the order with its problem and an audit row; returns whether signing may go on.
+        """
+        if not await self._date_rules_hold(job, not_before, not_after):
+            return False
+        rechecked = await self._recheck_stale_caa(job)
+        if rechecked is None:
+            return False
+        # A recheck takes network time: the date rules once more at the time now reached.
+        return not rechecked or await self._date_rules_hold(job, not_before, not_after)
+
+    async def _date_rules_hold(
+        self, job: IssuanceJob, not_before: datetime, not_after: datetime
+    ) -> bool:
+        now = self._clock.now()
+        if self._signing_guard is not None:
+            violations = list(self._signing_guard(now))
+            if violations:
+                await self._refuse(job, [recheck.guard_refusal(violations)], now)
+                return False
+        evidence = await self._jobs.order_authorizations(job.order_id)
+        found = recheck.refusals(
+            job.names, evidence, not_before=not_before, not_after=not_after, now=now,
+            production=self._production,
+        )
+        if found:
+            await self._refuse(job, found, now)
+            return False
+        return True
+
+    async def _recheck_stale_caa(self, job: IssuanceJob) -> bool | None:
+        """Recheck CAA for each name whose check is older than 8 hours; whether any was
+        rechecked, or None when one refused (the order has failed)."""
+        evidence = await self._jobs.order_authorizations(job.order_id)
+        rechecked = False
+        for name, ev in recheck.authorizations_by_name(job.names, evidence).items():
+            assert ev is not None and ev.method is not None  # the date rules checked that
+            if not recheck.caa_stale(ev, self._clock.now()):
+                continue
+            if self._caa is None or self._account_uri is None:
+                refusal = recheck.caa_refusal(name, None, recheck.caa_checked_at(ev))
+                await self._refuse(job, [refusal], self._clock.now())
+                return None
+            started = self._clock.now()
+            result = await self._caa.recheck_caa(
+                ev.identifier, ev.wildcard, self._account_uri(job.account_id), ev.method
+            )
+            rechecked = True
+            await self._jobs.record_caa_recheck(
+                job, self.worker_id, authz_id=ev.authz_id, identifier=name,
+                checked_at=started, ok=result.ok, records=[r.to_json() for r in result.records],
+                problem=None if result.problem is None else result.problem.to_json(),
+                now=self._clock.now(),
+            )
+            previous = recheck.caa_checked_at(ev)
+            log.info("caa.rechecked", identifier=name, ok=result.ok,
+                     previous=None if previous is None else previous.isoformat())
+            if not result.ok:
+                assert result.problem is not None
+                refusal = recheck.caa_refusal(name, result.problem, previous)
+                await self._refuse(job, [refusal], self._clock.now())
+                return None
+        return rechecked
+
+    async def _refuse(
+        self, job: IssuanceJob, found: list[recheck.Refusal], now: datetime
+    ) -> None:
+        """Fail the order: nothing is signed for it (a recorded, unsigned serial stays
+        unsigned); the audit row names every rule that refused."""
+        await self._jobs.fail(
+            job,
+            recheck.problem_for(found).to_json(),
+            {"reason": "re-check before signing", "serial": job.serial,
+             "refusals": [r.audit() for r in found]},
+            now,
+        )
+        log.error("issuance.refused", serial=job.serial,
+                  refusals=[r.audit() for r in found])
 
     # ------------------------------------------------------------------ with CT
 
@@ -397,6 +512,12 @@ class SigningWorker:
             if prepared is None:
                 return
             job = prepared
+        elif job.precert_der is None:
+            # Prepared, then interrupted before the precertificate was signed: time has
+            # passed, so everything is re-checked again before the HSM signs.
+            assert job.not_before is not None and job.not_after is not None
+            if not await self._recheck(job, not_before=job.not_before, not_after=job.not_after):
+                return
         assert job.precert_tbs_der is not None
         assert job.not_before is not None and job.not_after is not None
         if job.precert_der is None:
@@ -429,6 +550,10 @@ class SigningWorker:
         if problem is not None:
             # Checked before anything is signed: without enough logs no precertificate.
             await self._ct_unavailable(job, [problem], since=job.created_at)
+            return None
+        if not await self._recheck(
+            job, not_before=prepared.not_before, not_after=prepared.not_after
+        ):
             return None
         ok, findings = await self._lint_ok(
             job, prepared.lint_der, "DV-PRE-CERTIFICATE", self._clock.now()
@@ -580,18 +705,32 @@ async def run_worker(
     clock: Clock,
     *,
     ct_logs: LogListSource | None = None,
+    account_uri: Callable[[int], str] | None = None,
     production: bool = True,
     signing_guard: SigningGuard | None = None,
+    mpic: MpicSetup | None = None,
 ) -> None:
     """The worker with everything it needs: storage, issuer keys, a warm linter, the CT log
-    list; and, beside it, the status updater that signs CRLs and OCSP responses with the same
-    keys.
+    list, a validator for CAA rechecks; and, beside it, the status updater that signs CRLs and
+    OCSP responses with the same keys.
 
     Either task failing stops the other and surfaces its error.  ``production`` (fail closed
-    by default) and ``signing_guard`` are the signing-time re-checks of :class:`SigningWorker`.
+    by default) and ``signing_guard`` are the signing-time re-checks of :class:`SigningWorker`;
+    ``account_uri`` names an account as the front end does (CAA ``accounturi``, RFC 8657):
+    without it the worker cannot recheck CAA and refuses orders whose CAA check is older than
+    8 hours; ``mpic`` is the corroboration setup (by default read from ``config``), so CAA
+    rechecks are corroborated as validations are.
     """
     logs = ct_log_source(config, ct_logs)
     logs.current()  # an unreadable log list stops the worker now, not at the first job
+    validator: ValidationAuthority | MpicValidator | None = None
+    if account_uri is not None:
+        validator = build_validator(
+            config, clock, mpic if mpic is not None else load_mpic_setup(config, clock.now())
+        )
+    else:
+        log.warning("worker.no_caa_recheck", detail="no account_uri: orders whose CAA check "
+                    "is older than 8 hours are refused (BR 3.2.2.8)")
     ct = CertificateTransparency(logs, clock, CtSettings.from_config(config))
     # Two connections stay LISTENing (issuance jobs, revocations); the rest run queries,
     # about one per job in flight (each job's queries are short and sequential).
@@ -616,10 +755,16 @@ async def run_worker(
                     lint_final=config.lint_final_certificates,
                     production=production,
                     signing_guard=signing_guard,
+                    caa=validator,
+                    account_uri=account_uri,
                 )
                 tasks = [
                     asyncio.create_task(worker.run(stop), name="signing-worker"),
                     asyncio.create_task(updater.run(stop), name="status-updater"),
+                    asyncio.create_task(  # BR 4.9.1.1 #3: revoke every certificate of a
+                        KeyCompromiseSweeper.for_storage(storage, clock).run(stop),  # bad key
+                        name="key-compromise-sweeper",
+                    ),
                 ]
                 try:
                     await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
@@ -638,3 +783,5 @@ async def run_worker(
     finally:
         await ct.aclose()
         await storage.close()
+        if isinstance(validator, ValidationAuthority):
+            await validator.aclose()

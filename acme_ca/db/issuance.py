@@ -74,6 +74,23 @@ class IssuedCertificate:
     scts: list[dict[str, Any]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class AuthorizationEvidence:
+    """One authorization of an order as recorded, for the signing-time re-checks: its state,
+    when it was validated and CAA last rechecked, and its valid challenge's type and
+    validation records (None / empty when no challenge is valid)."""
+
+    authz_id: int
+    identifier: str
+    wildcard: bool
+    status: str
+    expires_at: datetime
+    validated_at: datetime | None
+    caa_checked_at: datetime | None
+    method: str | None
+    records: list[dict[str, Any]]
+
+
 def _job(row: asyncpg.Record) -> IssuanceJob:
     def b(v: Any) -> bytes | None:
         return bytes(v) if v is not None else None
@@ -443,6 +460,76 @@ class IssuanceRepository:
         found = await self._pool.fetchval(
             "SELECT 1 FROM certificates WHERE order_id = $1", order_id)
         return found is not None
+
+    async def order_authorizations(self, order_id: int) -> list[AuthorizationEvidence]:
+        """The order's authorizations, each with its most recent valid challenge."""
+        rows = await self._pool.fetch(
+            """SELECT a.id, a.identifier, a.wildcard, a.status, a.expires_at, a.validated_at,
+                      a.caa_checked_at, c.type, c.validation_records
+               FROM order_authorizations oa
+               JOIN authorizations a ON a.id = oa.authz_id
+               LEFT JOIN LATERAL (
+                   SELECT type, validation_records FROM challenges
+                   WHERE authz_id = a.id AND status = 'valid'
+                   ORDER BY validated_at DESC LIMIT 1) c ON true
+               WHERE oa.order_id = $1 ORDER BY oa.position""",
+            order_id,
+        )
+        return [
+            AuthorizationEvidence(
+                authz_id=r["id"],
+                identifier=r["identifier"],
+                wildcard=r["wildcard"],
+                status=r["status"],
+                expires_at=r["expires_at"],
+                validated_at=r["validated_at"],
+                caa_checked_at=r["caa_checked_at"],
+                method=r["type"],
+                records=list(r["validation_records"] or []),
+            )
+            for r in rows
+        ]
+
+    async def record_caa_recheck(
+        self,
+        job: IssuanceJob,
+        worker_id: str,
+        *,
+        authz_id: int,
+        identifier: str,
+        checked_at: datetime,
+        ok: bool,
+        records: list[dict[str, Any]],
+        problem: dict[str, Any] | None,
+        now: datetime,
+    ) -> None:
+        """Audit a CAA recheck made before signing (BR 3.2.2.8: with its records) and, when
+        it allowed issuance, make ``checked_at`` the authorization's CAA check time."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            if ok:
+                await conn.execute(
+                    """UPDATE authorizations SET caa_checked_at = $2
+                       WHERE id = $1 AND (caa_checked_at IS NULL OR caa_checked_at < $2)""",
+                    authz_id,
+                    checked_at,
+                )
+            await record_event(
+                conn,
+                "caa.rechecked",
+                at=now,
+                actor=f"worker:{worker_id}",
+                account_id=job.account_id,
+                order_id=job.order_id,
+                details={
+                    "identifier": identifier,
+                    "authz_id": authz_id,
+                    "job_id": job.id,
+                    "checked_at": checked_at.isoformat(),
+                    "ok": ok,
+                    "records": records,
+                    **({"problem": problem} if problem is not None else {}),
+                },
+            )
 
     async def renew_lease(
         self, job_id: int, worker_id: str, *, now: datetime, lease: timedelta

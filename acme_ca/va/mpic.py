@@ -60,6 +60,7 @@ from acme_ca.va.records import (
     PRIMARY_PERSPECTIVE,
     CheckResult,
     FormatError,
+    Method,
     ValidationRecord,
     truncate,
 )
@@ -428,8 +429,8 @@ class MpicValidator:
         whatever version the remote runs."""
         record_method: Any = method
         hostname = request.identifier.removeprefix("*.").rstrip(".").lower()
+        base = self._about(request, record_method, hostname, at, value)
         query = f"corroborate {request.kind} {request.method} {hostname}"
-        about = self._about(request, value)
         out: list[ValidationRecord] = []
         for o in outcomes:
             if o.result is not None:
@@ -438,18 +439,15 @@ class MpicValidator:
                     for r in o.result.records
                 )
             out.append(
-                ValidationRecord(
-                    method=record_method,
-                    hostname=hostname,
+                replace(
+                    base,
                     query=query,
-                    at=at,
                     perspective=o.perspective.id,
                     rir=o.perspective.rir,
                     response=o.reason if o.corroborated else None,
                     error=None if o.corroborated else o.reason,
                     corroborated=o.corroborated,
                     result=None if o.result is None else ("pass" if o.result.ok else "fail"),
-                    **about,
                 )
             )
         passed = decision.verdict is Verdict.PASS
@@ -459,34 +457,46 @@ class MpicValidator:
             + ("" if rule.binding else " (advisory: not enforced)")
         )
         out.append(
-            ValidationRecord(
-                method=record_method,
-                hostname=hostname,
+            replace(
+                base,
                 query=f"multi-perspective corroboration (BR 3.2.2.9) of {request.kind}",
-                at=at,
                 perspective=PRIMARY_PERSPECTIVE,
                 response=truncate(summary, 512) if passed else None,
                 error=None if passed else truncate(summary, 512),
                 corroborated=passed,
                 quorum=decision.quorum,
                 result="pass" if passed else "fail",
-                **about,
             )
         )
         return tuple(out)
 
     @staticmethod
-    def _about(request: RemoteRequest, value: str | None) -> dict[str, Any]:
-        """What a corroboration was about: the applied-for name and, for domain validation,
-        the ADN, the BR section of the method and the value looked for.  A CAA recheck has
-        no ADN or method of its own (CAA climbs from the FQDN, RFC 8659)."""
-        about: dict[str, Any] = {"identifier": applied_for(request.identifier, request.wildcard)}
-        if request.kind == "dcv":
-            dcv = DCV_METHODS[request.method]
-            about["adn"] = authorization_domain_name(dcv, request.identifier, request.wildcard)
-            about["br_method"] = dcv.section
-            about["value"] = value
-        return about
+    def _about(
+        request: RemoteRequest,
+        method: Method,
+        hostname: str,
+        at: datetime,
+        value: str | None,
+    ) -> ValidationRecord:
+        """The part of every summary that says what was corroborated: the applied-for name
+        and, for domain validation, the ADN, the BR section of the method and the value
+        looked for.  A CAA recheck has no ADN or method of its own (RFC 8659 climbs from the
+        FQDN)."""
+        dcv = DCV_METHODS[request.method] if request.kind == "dcv" else None
+        return ValidationRecord(
+            method=method,
+            hostname=hostname,
+            query="",
+            at=at,
+            identifier=applied_for(request.identifier, request.wildcard),
+            adn=(
+                authorization_domain_name(dcv, request.identifier, request.wildcard)
+                if dcv is not None
+                else None
+            ),
+            br_method=dcv.section if dcv is not None else None,
+            value=value if dcv is not None else None,
+        )
 
     def _problem(
         self, request: RemoteRequest, outcomes: list[RemoteOutcome], decision: QuorumDecision

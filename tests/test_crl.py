@@ -28,7 +28,7 @@ from acme_ca.ca.lint import CertificateLinter, LintFinding, LintReport, Severity
 from acme_ca.ca.signer import SIGNATURE_ALGORITHMS
 from acme_ca.clock import Clock, FixedClock, SystemClock
 from acme_ca.config import Config
-from acme_ca.db.certificates import CertificateRepository
+from acme_ca.db.certificates import CertificateRepository, RevocationOutcome
 from acme_ca.db.pool import create_pool
 from acme_ca.db.status import StatusRepository
 from acme_ca.status.crl import (
@@ -138,10 +138,11 @@ class StatusEnv:
 
     async def revoke(self, row_id: int, reason: int, at: datetime | None = None) -> None:
         """Revoke the way the RA does (with the NOTIFY)."""
-        done = await CertificateRepository(self.pool).revoke(
-            row_id, reason=reason, now=at or self.clock.now(), actor="test"
+        serial = await self.pool.fetchval("SELECT serial FROM certificates WHERE id = $1", row_id)
+        outcome = await CertificateRepository(self.pool).revoke(
+            serial, reason=reason, now=at or self.clock.now(), actor="test"
         )
-        assert done
+        assert outcome is RevocationOutcome.REVOKED
 
     def authority(self, name: str) -> CrlAuthority:
         if name in ROOTS:

@@ -439,16 +439,28 @@ async def test_acme_rev_3_key_compromise_by_account_blocks_key(
         await policy.check(sibling.cert.public_key(), purpose="csr")
 
 
-async def test_acme_rev_3_key_compromise_on_revoked_certificate_still_blocks_key(
+async def test_kc_3_key_compromise_on_revoked_certificate_updates_reason_and_blocks_key(
     owner: Subscriber, leaf: Leaf, pool: asyncpg.Pool
 ) -> None:
+    """BR 7.2.2 / KC-3: a keyCompromise report for a certificate revoked for another reason
+    moves it to keyCompromise (the earlier revocationDate stays); a second report is
+    alreadyRevoked, and the key stays blocked."""
     assert (await revoke(owner, leaf, 4)).status == 200
+    first = await cert_row(pool, leaf.serial)
     assert not await is_blocked(pool, leaf)
     anonymous = JwsClient(owner.session, owner.directory_url, leaf.key)
     await anonymous.load_directory()
+    assert (await revoke(anonymous, leaf, 1, with_cert_key=True)).status == 200
+    assert await is_blocked(pool, leaf), "the compromised key is blocked"
+    row = await cert_row(pool, leaf.serial)
+    assert (row["revocation_reason"], row["revoked_at"]) == (1, first["revoked_at"])
+    (updated,) = await audit(pool, "certificate.revocation_updated")
+    assert updated["details"]["previous_reason"] == 4 and updated["details"]["reason"] == 1
+    assert updated["actor"] == "certificate-key"
+    assert len(await audit(pool, "key_compromise.sweep_queued")) == 1
+
     assert_problem(await revoke(anonymous, leaf, 1, with_cert_key=True), 400, "alreadyRevoked")
-    assert await is_blocked(pool, leaf), "the compromised key is blocked all the same"
-    assert (await cert_row(pool, leaf.serial))["revocation_reason"] == 4
+    assert (await cert_row(pool, leaf.serial))["revocation_reason"] == 1
 
 
 # ------------------------------------------------------------------------------------------

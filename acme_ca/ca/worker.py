@@ -761,8 +761,8 @@ async def run_worker(
                 tasks = [
                     asyncio.create_task(worker.run(stop), name="signing-worker"),
                     asyncio.create_task(updater.run(stop), name="status-updater"),
-                    asyncio.create_task(  # BR 4.9.1.1 #3: revoke every certificate of a
-                        KeyCompromiseSweeper.for_storage(storage, clock).run(stop),  # bad key
+                    asyncio.create_task(  # revokes every certificate of a compromised key
+                        KeyCompromiseSweeper.for_storage(storage, clock).run(stop),
                         name="key-compromise-sweeper",
                     ),
                 ]

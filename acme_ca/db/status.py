@@ -76,6 +76,8 @@ class OcspResponseRecord:
     this_update: datetime
     next_update: datetime
     produced_at: datetime
+    #: The revocationTime stated (a changed one, BR 7.2.2 backdating, is re-signed).
+    revoked_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -138,11 +140,14 @@ def _ocsp(row: asyncpg.Record) -> OcspResponseRecord:
         this_update=row["this_update"],
         next_update=row["next_update"],
         produced_at=row["produced_at"],
+        revoked_at=row["revoked_at"],
     )
 
 
+# Certificates and precertificates whose certificate was never stored (the
+# ``certificate_statuses`` view): a revoked serial is listed whichever it is (BR 7.1.2.9).
 _ENTRIES_SQL: Final = """
-    SELECT serial, revoked_at, revocation_reason FROM certificates
+    SELECT serial, revoked_at, revocation_reason FROM certificate_statuses
     WHERE issuer = $1 AND revoked_at IS NOT NULL AND not_after > $2
     ORDER BY serial"""
 
@@ -271,9 +276,9 @@ class StatusRepository:
     # ------------------------------------------------------------------ OCSP
 
     async def certificate_status(self, issuer: str, serial: str) -> CertificateStatus | None:
-        """The status of the certificate with this serial or, before it exists, of its
-        precertificate (BR 7.1.2.9: a precertificate's serial counts as issued; see the
-        ``certificate_statuses`` view in schema.sql)."""
+        """The status of the certificate with this serial or, when none is stored (yet, or
+        ever), of its precertificate (BR 7.1.2.9: a precertificate's serial counts as issued
+        and is revocable; see the ``certificate_statuses`` view in schema.sql)."""
         row = await self._pool.fetchrow(
             "SELECT * FROM certificate_statuses WHERE issuer = $1 AND serial = $2",
             issuer,
@@ -292,7 +297,7 @@ class StatusRepository:
     ) -> list[CertificateStatus]:
         """Unexpired certificates (and precertificates whose certificate does not exist yet)
         of ``issuers`` lacking, for some hash algorithm, a response produced after
-        ``fresh_after`` that states their current status."""
+        ``fresh_after`` that states their current status, reason and revocation time."""
         rows = await self._pool.fetch(
             """SELECT c.issuer, c.serial, c.not_after, c.revoked_at, c.revocation_reason
                FROM certificate_statuses c
@@ -306,6 +311,7 @@ class StatusRepository:
                         AND r.revocation_reason IS NOT DISTINCT FROM
                             (CASE WHEN c.revoked_at IS NULL
                                   THEN NULL ELSE coalesce(c.revocation_reason, 0) END)
+                        AND r.revoked_at IS NOT DISTINCT FROM c.revoked_at
                      ) < cardinality($2::text[])
                ORDER BY c.kind, c.id
                LIMIT $5""",
@@ -323,12 +329,13 @@ class StatusRepository:
         stored = await self._pool.fetchval(
             """INSERT INTO ocsp_responses (issuer, serial, hash_algorithm, status,
                                            revocation_reason, der, this_update, next_update,
-                                           produced_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                                           produced_at, revoked_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
                ON CONFLICT (issuer, serial, hash_algorithm) DO UPDATE SET
                    status = EXCLUDED.status, revocation_reason = EXCLUDED.revocation_reason,
                    der = EXCLUDED.der, this_update = EXCLUDED.this_update,
-                   next_update = EXCLUDED.next_update, produced_at = EXCLUDED.produced_at
+                   next_update = EXCLUDED.next_update, produced_at = EXCLUDED.produced_at,
+                   revoked_at = EXCLUDED.revoked_at
                WHERE ocsp_responses.produced_at <= EXCLUDED.produced_at
                  AND NOT (ocsp_responses.status = 'revoked' AND EXCLUDED.status = 'good')
                RETURNING 1""",
@@ -341,6 +348,7 @@ class StatusRepository:
             response.this_update,
             response.next_update,
             response.produced_at,
+            response.revoked_at,
         )
         return stored is not None
 

@@ -9,12 +9,23 @@ else, privilegeWithdrawn (9) included, is ``badRevocationReason``.  A second req
 revoked certificate is ``alreadyRevoked``.
 
 **Key blocking (BR 6.1.1.3(4), ACME-REV-3).**  The certificate's key goes on ``blocked_keys``
-(which the CSR key policy consults at every finalize) in the same transaction as the
-revocation when
+(which the key policy consults for every CSR and every account key) in the same transaction as
+the revocation when
 
 * the request is signed by the certificate key: whoever sent it holds the private key, so we
   treat the key as out of the subscriber's sole control whatever reason was given; or
 * the reason is keyCompromise, from any authorized requester.
+
+**Key compromise (BR 4.9.1.1 #3, 4.9.12, 7.2.2; KC-1..3).**  A keyCompromise revocation, by
+any route (the certificate key, an account, ``acme-ca admin revoke``, ``acme-ca admin
+block-key``), also queues a durable sweep in that transaction: the signing workers revoke
+every unexpired certificate and precertificate with the same SubjectPublicKeyInfo, of any
+account, as keyCompromise (``status/key_compromise.py``).  A certificate revoked earlier for
+another reason and then reported as keyCompromise gets reason keyCompromise (its
+revocationDate stays, or moves back to an earlier known compromise date): the request
+succeeds; only a second keyCompromise report is ``alreadyRevoked``.  A revocation signed by
+the certificate key with another reason blocks the key but sweeps nothing: holding the key
+is not evidence that it leaked.
 
 Decision for keyCompromise *without* proof of possession (an account request): accepted,
 recorded as reason 1 and the key blocked.  BR 4.9.1.1 #3 makes us revoke within 24 hours
@@ -23,12 +34,13 @@ CP 4.9.1 obliges subscribers to apply when the key "has been or may be compromis
 refusing would leave a certificate we were told is compromised unrevoked.  The block records
 that it rests on a statement, not on proof (``blocked_keys.reason``), so an operator can
 review it; the worst a dishonest requester with authorizations for every name can do is
-force the holder of that key to use a new one.  A keyCompromise request for an already
-revoked certificate still blocks the key (and still answers ``alreadyRevoked``).
+force the holder of that key to use a new one.
 
 **Operators** (``acme-ca admin revoke``, CP 4.9.1 "the CA may revoke ... at the CA's
-discretion") may also use privilegeWithdrawn (9), revoke by serial or every unexpired
-certificate under a registered domain, and are recorded by name in the audit trail.
+discretion") may also use privilegeWithdrawn (9), revoke by serial (any assigned serial: a
+precertificate whose certificate was never stored is revoked all the same, BR 7.1.2.9) or
+every unexpired certificate under a registered domain, and block a key they learnt is
+compromised (``block-key``); they are recorded by name in the audit trail.
 
 The CRL/OCSP side of a revocation is the status room's job; this module only decides and
 records.
@@ -43,6 +55,7 @@ from datetime import datetime
 import idna
 import structlog
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from acme_ca.acme import problems
@@ -50,7 +63,12 @@ from acme_ca.acme.jwk import PublicKey
 from acme_ca.acme.problems import AcmeError
 from acme_ca.clock import Clock
 from acme_ca.db.accounts import Account
-from acme_ca.db.certificates import CertificateRecord, CertificateRepository, KeyBlock
+from acme_ca.db.certificates import (
+    CertificateRecord,
+    CertificateRepository,
+    KeyBlock,
+    RevocationOutcome,
+)
 from acme_ca.ra.identifiers import icann_public_suffix_list
 from acme_ca.ra.keys import spki_sha256
 
@@ -88,9 +106,11 @@ class OperatorRevocation:
     account_id: int
     not_after: datetime
     reason: int
-    revoked: bool  # False: it was already revoked and is unchanged
+    revoked: bool  # False: it was already revoked (``updated`` says whether that changed)
     revoked_at: datetime | None
     key_blocked: bool
+    updated: bool = False  # revoked before for another reason, now keyCompromise
+    precertificate: bool = False  # the serial's certificate was never stored
 
 
 def serial_hex(serial: int) -> str:
@@ -175,17 +195,21 @@ class RevocationAuthority:
         code = reason or UNSPECIFIED
         actor = f"account:{account.id}" if account else "certificate-key"
         block = self._key_block(cert, record, code, actor, proof=jwk_key is not None)
-        revoked = await self._certificates.revoke(
-            record.id, reason=code, now=self._clock.now(), actor=actor, block=block
+        outcome = await self._certificates.revoke(
+            record.serial, reason=code, now=self._clock.now(), actor=actor, block=block
         )
         if block is not None:
-            log.info("key.blocked", serial=record.serial, actor=actor, reason=block.reason)
-        if not revoked:
+            log.info("key.blocked", serial=record.serial, actor=actor, reason=block.reason,
+                     sweep=block.compromise)
+        if outcome is RevocationOutcome.UNCHANGED:
             raise AcmeError(problems.already_revoked("the certificate is already revoked"))
         log.info(
-            "certificate.revoked",
+            "certificate.revoked"
+            if outcome is RevocationOutcome.REVOKED
+            else "certificate.revocation_updated",
             serial=record.serial,
             reason=code,
+            previous_reason=record.revocation_reason,
             actor=actor,
             account_id=record.account_id,
             order_id=record.order_id,
@@ -210,7 +234,9 @@ class RevocationAuthority:
             )
         else:
             return None
-        return KeyBlock(spki_sha256(cert.public_key()), why, actor)
+        return KeyBlock(
+            spki_sha256(cert.public_key()), why, actor, compromise=reason == KEY_COMPROMISE
+        )
 
     async def _authorize(
         self,
@@ -243,7 +269,7 @@ class RevocationAuthority:
         """Revoke one certificate by serial (any hex spelling) for an operator."""
         if reason not in OPERATOR_REASONS:
             raise OperatorRevocationError(f"reason {reason} may not be used (BR 7.2.2)")
-        record = await self._certificates.get_by_serial(normalize_serial(serial))
+        record = await self._certificates.find_serial(normalize_serial(serial))
         if record is None:
             raise OperatorRevocationError(f"no certificate with serial {serial} was issued here")
         return await self._operator_revoke(record, reason, actor)
@@ -296,21 +322,27 @@ class RevocationAuthority:
                 spki_sha256(cert.public_key()),
                 f"keyCompromise decided by {actor}, serial {record.serial}",
                 actor,
+                compromise=True,
             )
         now = self._clock.now()
-        revoked = await self._certificates.revoke(
-            record.id, reason=reason, now=now, actor=actor, block=block
+        outcome = await self._certificates.revoke(
+            record.serial, reason=reason, now=now, actor=actor, block=block
         )
         log.info(
-            "certificate.revoked" if revoked else "certificate.already_revoked",
+            {
+                RevocationOutcome.REVOKED: "certificate.revoked",
+                RevocationOutcome.UPDATED: "certificate.revocation_updated",
+                RevocationOutcome.UNCHANGED: "certificate.already_revoked",
+            }[outcome],
             serial=record.serial,
             reason=reason,
             actor=actor,
             account_id=record.account_id,
             order_id=record.order_id,
             key_blocked=block is not None,
+            precertificate=record.precertificate,
         )
-        current = await self._certificates.get(record.id)
+        current = await self._certificates.find_serial(record.serial)
         assert current is not None
         return OperatorRevocation(
             serial=record.serial,
@@ -318,7 +350,78 @@ class RevocationAuthority:
             account_id=record.account_id,
             not_after=record.not_after,
             reason=current.revocation_reason if current.revocation_reason is not None else reason,
-            revoked=revoked,
+            revoked=outcome is RevocationOutcome.REVOKED,
             revoked_at=current.revoked_at,
             key_blocked=block is not None,
+            updated=outcome is RevocationOutcome.UPDATED,
+            precertificate=record.precertificate,
         )
+
+    async def block_key(
+        self,
+        spki_sha256_digest: bytes,
+        *,
+        actor: str,
+        reason: str,
+        compromised_at: datetime | None = None,
+    ) -> KeyBlockResult:
+        """An operator blocks a compromised key (``acme-ca admin block-key``): refused for
+        CSRs and account keys from now on, and every unexpired certificate with it revoked by
+        the queued sweep (BR 4.9.1.1 #3), dated ``compromised_at`` if given (BR 7.2.2)."""
+        if len(spki_sha256_digest) != 32:
+            raise OperatorRevocationError("an SPKI hash is 32 bytes of SHA-256")
+        now = self._clock.now()
+        if compromised_at is not None and compromised_at > now:
+            raise OperatorRevocationError("the compromise date is in the future")
+        block = KeyBlock(
+            spki_sha256_digest,
+            f"keyCompromise reported to {actor}: {reason}" if reason
+            else f"keyCompromise decided by {actor}",
+            actor,
+            compromise=True,
+            compromised_at=compromised_at,
+        )
+        sweep_id = await self._certificates.block_key(block, now)
+        assert sweep_id is not None
+        affected = await self._certificates.unexpired_with_key(spki_sha256_digest, now)
+        log.info("key.blocked", spki_sha256=spki_sha256_digest.hex(), actor=actor,
+                 sweep_id=sweep_id, certificates=affected)
+        return KeyBlockResult(spki_sha256_digest, sweep_id, affected)
+
+
+@dataclass(frozen=True)
+class KeyBlockResult:
+    spki_sha256: bytes
+    sweep_id: int
+    #: Unexpired serials with the key when it was blocked (the sweep revokes them).
+    certificates: int
+
+
+def spki_sha256_from_pem(data: bytes) -> bytes:
+    """The blocked-key id of the key in a PEM file: a public key, certificate, CSR or private
+    key (an operator may only have the leaked private key)."""
+    text = data.decode("ascii", errors="replace")
+    try:
+        if "CERTIFICATE REQUEST" in text:
+            return spki_sha256(x509.load_pem_x509_csr(data).public_key())
+        if "BEGIN CERTIFICATE" in text:
+            return spki_sha256(x509.load_pem_x509_certificate(data).public_key())
+        if "PRIVATE KEY" in text:
+            return spki_sha256(
+                serialization.load_pem_private_key(data, password=None).public_key()
+            )
+        return spki_sha256(serialization.load_pem_public_key(data))
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise OperatorRevocationError(f"no key found in the PEM: {exc}") from None
+
+
+def parse_spki_sha256(text: str) -> bytes:
+    """An operator's SHA-256 SPKI hash: 64 hex digits, colons and spaces ignored."""
+    cleaned = text.strip().lower().replace(":", "").replace(" ", "")
+    try:
+        digest = bytes.fromhex(cleaned)
+    except ValueError:
+        raise OperatorRevocationError(f"{text!r} is not hexadecimal") from None
+    if len(digest) != 32:
+        raise OperatorRevocationError("an SPKI hash is 64 hex digits (SHA-256)")
+    return digest

@@ -358,6 +358,7 @@ class StatusUpdater:
                 this_update=this_update,
                 next_update=next_update,
                 produced_at=produced_at,
+                revoked_at=status.revoked_at,
             )
             if await self._repository.store_ocsp_response(record):
                 stored.append(record)

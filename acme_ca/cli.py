@@ -142,6 +142,27 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --domain: list what would be revoked, change nothing",
     )
+    block_key = admin_sub.add_parser(
+        "block-key",
+        help="block a compromised key and revoke every certificate that has it",
+        description="Block a key reported compromised (BR 4.9.1.1, 4.9.12): refused for CSRs "
+        "and account keys from now on, and a sweep the signing workers run within seconds "
+        "revokes every unexpired certificate and precertificate with it, of any account, as "
+        "keyCompromise (docs/operations.md). Recorded in the audit trail naming --actor.",
+    )
+    which_key = block_key.add_mutually_exclusive_group(required=True)
+    which_key.add_argument("--key", type=Path, metavar="PEM",
+                           help="the key: a PEM public key, certificate, CSR or private key")
+    which_key.add_argument("--spki", metavar="SHA256",
+                           help="hex SHA-256 of the key's DER SubjectPublicKeyInfo")
+    block_key.add_argument("--reason", default="",
+                           help="what was reported, e.g. a ticket or the report's source")
+    block_key.add_argument("--compromised-at", metavar="ISO8601",
+                           help="when the key is known to have been compromised: revocation "
+                           "dates move back to it (BR 7.2.2); default: now")
+    block_key.add_argument("--actor", help="who decided this (default: the OS user)")
+    block_key.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                           help="wait up to SECONDS for a worker to finish the sweep")
 
     sub.add_parser("config-doc", help="print the configuration reference (Markdown)")
     return parser
@@ -225,6 +246,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_db_migrate(config))
     if args.command == "eab":
         return asyncio.run(_eab(config, args))
+    if args.command == "admin" and args.admin_command == "block-key":
+        return asyncio.run(_admin_block_key(config, args))
     if args.command == "admin":
         return asyncio.run(_admin(config, args))
     return 2  # pragma: no cover - argparse enforces the choices
@@ -364,6 +387,7 @@ async def _admin(config: Config, args: argparse.Namespace) -> int:
             f"{verb}\t{r.serial}\treason={REASON_NAMES.get(r.reason, r.reason)}\t"
             f"revoked_at={when}\taccount={r.account_id}\tnot_after={r.not_after.isoformat()}"
             f"\tnames={','.join(r.names)}" + ("\tkey_blocked" if r.key_blocked else "")
+            + ("\tprecertificate" if r.precertificate else "")
         )
 
     async with database_dsn(config) as dsn:
@@ -384,13 +408,74 @@ async def _admin(config: Config, args: argparse.Namespace) -> int:
         finally:
             await pool.close()
     for r in done:
-        verb = "revoked" if r.revoked else "already revoked"
+        verb = "revoked" if r.revoked else "updated" if r.updated else "already revoked"
         print(line(r, "would revoke" if args.dry_run else verb))
-    count = sum(r.revoked for r in done)
+    count = sum(r.revoked or r.updated for r in done)
     if args.domain is not None:
         what = "would revoke" if args.dry_run else f"revoked by {actor}:"
         print(f"{what} {len(done) if args.dry_run else count} certificate(s) under {args.domain}")
     return 0 if args.domain is not None or count else 1
+
+
+
+async def _admin_block_key(config: Config, args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from acme_ca.clock import SystemClock
+    from acme_ca.db.certificates import CertificateRepository
+    from acme_ca.db.database import database_dsn, migrate
+    from acme_ca.db.key_compromise import KeyCompromiseRepository
+    from acme_ca.db.pool import create_pool
+    from acme_ca.ra.revocation import (
+        OperatorRevocationError,
+        RevocationAuthority,
+        parse_spki_sha256,
+        spki_sha256_from_pem,
+    )
+
+    actor = f"operator:{args.actor or _operator_name()}"
+    try:
+        digest = (
+            spki_sha256_from_pem(args.key.read_bytes())
+            if args.key is not None
+            else parse_spki_sha256(args.spki)
+        )
+        compromised_at = None
+        if args.compromised_at:
+            compromised_at = datetime.fromisoformat(args.compromised_at)
+            if compromised_at.tzinfo is None:
+                compromised_at = compromised_at.replace(tzinfo=UTC)
+    except (OSError, ValueError) as exc:  # OperatorRevocationError is a ValueError
+        print(f"acme-ca: {exc}", file=sys.stderr)
+        return 2
+    async with database_dsn(config) as dsn:
+        await migrate(dsn)
+        pool = await create_pool(dsn, max_size=1)
+        try:
+            authority = RevocationAuthority(CertificateRepository(pool), SystemClock())
+            try:
+                result = await authority.block_key(
+                    digest, actor=actor, reason=args.reason, compromised_at=compromised_at
+                )
+            except OperatorRevocationError as exc:
+                print(f"acme-ca: {exc}", file=sys.stderr)
+                return 1
+            print(f"blocked\t{digest.hex()}\tsweep={result.sweep_id}\t"
+                  f"unexpired_certificates={result.certificates}")
+            sweeps = KeyCompromiseRepository(pool)
+            deadline = asyncio.get_running_loop().time() + args.wait
+            while True:
+                sweep = await sweeps.get(result.sweep_id)
+                assert sweep is not None
+                if sweep.status == "done" or asyncio.get_running_loop().time() >= deadline:
+                    break
+                await asyncio.sleep(0.5)
+        finally:
+            await pool.close()
+    print(f"sweep {sweep.id}: {sweep.status}\trevoked={sweep.revoked}\tupdated={sweep.updated}"
+          f"\tattempts={sweep.attempts}" + (f"\tlast_error={sweep.last_error}"
+                                              if sweep.last_error else ""))
+    return 0 if sweep.status == "done" or not args.wait else 3
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -197,15 +198,21 @@ class CaProcesses:
         self.started: list[CaProcess] = []
 
     def start(
-        self, name: str, *argv: str, env: dict[str, str], base_url: str | None = None
+        self,
+        name: str,
+        *argv: str,
+        env: dict[str, str],
+        base_url: str | None = None,
+        prefix: Sequence[str] = (),
     ) -> CaProcess:
-        """``acme-ca <argv...>`` in the background; ``name`` names its log files (unique)."""
+        """``acme-ca <argv...>`` in the background; ``name`` names its log files (unique).
+        ``prefix`` runs it through another command (``ip netns exec NAME``)."""
         stdout_path = self._log_dir / f"{name}.stdout"
         stderr_path = self._log_dir / f"{name}.stderr"
         out = stdout_path.open("wb")
         err = stderr_path.open("wb")
         proc = subprocess.Popen(
-            [ACME_CA, *argv],
+            [*prefix, ACME_CA, *argv],
             stdout=out,
             stderr=err,
             stdin=subprocess.DEVNULL,

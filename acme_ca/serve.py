@@ -99,7 +99,9 @@ async def serve(
             worker = asyncio.create_task(
                 run_worker(config, dsn, worker_stop, clock, ct_logs=ct_logs,
                            production=assessment.production,
-                           signing_guard=signing_guard(assessment)),
+                           signing_guard=signing_guard(assessment),
+                           account_uri=urls.Urls(config.external_base_url).account,
+                           mpic=mpic),
                 name="signing-worker")
             stack.push_async_callback(_stop_worker, worker, worker_stop)
         ssl_context = await asyncio.to_thread(server_ssl_context, config)
@@ -166,4 +168,5 @@ async def work(
             ct_logs = await stack.enter_async_context(ct_test_logs(config))
         await run_worker(config, dsn, stop, clock, ct_logs=ct_logs,
                          production=assessment.production,
-                         signing_guard=signing_guard(assessment))
+                         signing_guard=signing_guard(assessment),
+                         account_uri=urls.Urls(config.external_base_url).account)

@@ -56,7 +56,7 @@ from acme_ca.va.perspectives import (
     load_mpic_setup,
     phase_violations,
 )
-from acme_ca.va.quorum import phase_for
+from acme_ca.va.quorum import PHASES, phase_for
 
 log = structlog.get_logger(component="acme_ca.deployment")
 
@@ -304,9 +304,15 @@ def _perspectives(ctx: _Context) -> tuple[bool, str]:
     except MpicConfigError as e:
         return False, str(e)
     rirs = sorted({p.rir for p in setup.perspectives})
+    upcoming = [
+        f"; from {p.label} {p.min_remotes} are required and signing stops without them"
+        for p in PHASES
+        if p.since is not None and p.since > ctx.at and p.min_remotes > len(setup.perspectives)
+    ][-1:]
     return True, (
         f"{len(setup.perspectives)} remote perspectives across {len(rirs)} RIRs "
         f"({', '.join(rirs)}), >= {MIN_DISTANCE_KM:.0f} km apart and from the primary; {need}"
+        + "".join(upcoming)
     )
 
 
@@ -533,7 +539,8 @@ def _real_urls(ctx: _Context) -> tuple[bool, str]:
             problems.append(f"{key}: {problem}")
     if problems:
         return False, "; ".join(problems)
-    return True, f"{len(urls)} URLs name public hosts (status: {config.status_base_url})"
+    return True, (f"{len(urls)} URLs, none a documentation or internal name "
+                  f"(status: {config.status_base_url})")
 
 
 _CHECKS: Final[dict[str, Callable[[_Context], tuple[bool, str]]]] = {

@@ -5,8 +5,12 @@ and also polls, because notifications can be lost. With Certificate Transparency
 CT before issuance; RFC 6962 §3.1; BR 7.1.2.9), each job runs in these recorded steps:
 
 1. prepare: choose serial and validity, check that the usable CT logs covering notAfter can
-   meet the CT policy (otherwise nothing is signed and the job waits, see below), build the
-   precertificate TBS (the final TBS plus the critical poison, last), sign a copy with a
+   meet the CT policy (otherwise nothing is signed and the job waits, see below), re-check the
+   order with the signing time (:mod:`acme_ca.ca.recheck`: ``signing_guard``, authorizations,
+   BR 4.2.1 reuse, BR 6.3.2 validity, BR 3.2.2.9 corroboration, CAA older than 8 hours checked
+   again; a refusal fails the order and nothing is signed; a job that comes back to prepare
+   from CT backoff is re-checked again, and so is a prepared job resumed before step 3), build
+   the precertificate TBS (the final TBS plus the critical poison, last), sign a copy with a
    throwaway key and lint it as ``DV-PRE-CERTIFICATE`` (BR 4.3.1.2); an ERROR or FATAL
    finding fails the order with ``serverInternal``;
 2. record serial, validity, precertificate TBS and linted copy (before the HSM signs

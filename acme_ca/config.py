@@ -203,7 +203,9 @@ class Config:
     weak_key_blocklists: list[str] = _key(
         [],
         "openssl-blacklist format files of Debian weak RSA keys (BR 6.1.1.3), e.g. from "
-        "Debian's openssl-blacklist package.",
+        "Debian's openssl-blacklist package, named as Debian names them "
+        "(`blacklist.RSA-2048`): the name says which RSA size a list covers, and a production "
+        "hierarchy refuses RSA keys of sizes no list covers (docs/production.md).",
     )
     serve_worker: bool = _key(
         True,
@@ -277,7 +279,7 @@ class Config:
         None,
         "TOML file listing the remote validation perspectives (BR 3.2.2.9): `[[perspectives]]` "
         "with url, id, rir, latitude, longitude, resolver_latitude, resolver_longitude. "
-        "Unset: no corroboration (refused for production issuance once the BRs require it).",
+        "Unset: no corroboration, which a production hierarchy refuses (docs/production.md).",
     )
     mpic_client_cert: Path | None = _key(
         None, "PEM client certificate the primary presents to remote VAs (mutual TLS)."

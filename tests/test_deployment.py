@@ -322,12 +322,13 @@ async def test_fc_1_every_failure_is_listed_at_once(production: Config) -> None:
         assert clause in text
 
 
-def test_cli_serve_refusal_exits_non_zero_listing_every_failure(
-    production: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+@pytest.mark.parametrize("command", ["serve", "worker"])
+def test_cli_refusal_exits_non_zero_listing_every_failure(
+    production: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str,
 ) -> None:
     path = write_config(tmp_path / "ca.toml", replace(production, dnssec="off",
                                                       weak_key_blocklists=[]))
-    assert main(["--config", str(path), "serve"]) == 2
+    assert main(["--config", str(path), command]) == 2
     err = capsys.readouterr().err
     assert "refusing to start" in err and "BR 3.2.2.8.1" in err and "BR 6.1.1.3" in err
 

@@ -240,6 +240,11 @@ class Ceremony:
         self.openssl(*argv)
         return out
 
+    def reissue(self, name: str, profile: str) -> Path:
+        """Another certificate for issuing CA ``name``'s key (in the HSM), from its kept
+        request, with the extensions of ``profile``."""
+        return self.issue(self.dir / f"{name}.csr", self.dir / f"{name}-{profile}.pem", profile)
+
     def request(self, stem: str, subject: str, algorithm: Sequence[str]) -> tuple[Path, Path]:
         """A key (PKCS#8 PEM, for softhsm2-util) and its certificate request."""
         key, csr = self.dir / f"{stem}.key", self.dir / f"{stem}.csr"
@@ -464,6 +469,30 @@ class ProductionEnv:
             "".join(f"{k} = {toml_value(v)}\n" for k, v in values.items() if v is not None)
         )
         return path
+
+    def variant_pki(
+        self,
+        label: str,
+        *,
+        certificates: Mapping[str, Path] | None = None,
+        keys: Mapping[str, Path] | None = None,
+    ) -> Path:
+        """A copy of the hierarchy directory where issuer ``name`` has another certificate
+        (``certificates``) or a software key file (``keys``) instead of its HSM key."""
+        directory = self.base / f"pki-{label}"
+        directory.mkdir()
+        for pem in self.pki.glob("*.pem"):
+            shutil.copy(pem, directory)
+        for path in [*(certificates or {}).values(), *(keys or {}).values()]:
+            shutil.copy(path, directory)
+        (directory / "issuers.toml").write_text(
+            issuers_toml(
+                self.ceremony.status_base_url,
+                {name: path.name for name, path in (certificates or {}).items()},
+                {name: f'key_file = "{path.name}"' for name, path in (keys or {}).items()},
+            )
+        )
+        return directory
 
     def env(self, **extra: str) -> dict[str, str]:
         return base_env(**self.secrets_env, **extra)

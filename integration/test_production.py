@@ -19,10 +19,11 @@ reason, but as root under ``CI=true`` a missing piece is a failure.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -33,15 +34,19 @@ from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsag
 
 from acme_ca.ca.ct.loglist import parse_log_list
 from acme_ca.ca.ct.sct import certificate_precert_entry, embedded_scts, verify_signature
+from acme_ca.deployment import INVARIANTS
 from integration.netns import require_namespaces
-from integration.processes import CaProcess, describe, tail
+from integration.processes import CaProcess, describe, free_port, tail
 from integration.production_env import (
     PERSPECTIVES,
     STATUS_BASE_URL,
     ZONE,
+    Perspective,
     ProductionEnv,
     SetupError,
+    perspectives_toml,
     production_env,
+    weak_key_lists,
 )
 from integration.test_issuance import CERTBOT, _openssl_verify
 from integration.test_mpic_certbot import _challenge_records
@@ -89,8 +94,10 @@ def production(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
 # certbot
 
 
-def certbot(env: ProductionEnv, work: Path, name: str, key: list[str]) -> None:
-    """``certbot certonly --manual`` (dns-01) for ``name``; fails the test with the logs."""
+def run_certbot(
+    env: ProductionEnv, work: Path, name: str, args: list[str]
+) -> subprocess.CompletedProcess[str]:
+    """``certbot certonly --manual`` (dns-01, the hooks write the signed zone) for ``name``."""
     argv = [
         CERTBOT, "certonly", "--server", env.directory_url, "-n",
         "--config-dir", str(work / "config"), "--work-dir", str(work / "work"),
@@ -98,9 +105,9 @@ def certbot(env: ProductionEnv, work: Path, name: str, key: list[str]) -> None:
         "--manual", "--preferred-challenges", "dns",
         "--manual-auth-hook", str(env.hooks / "certbot-dns01-auth.sh"),
         "--manual-cleanup-hook", str(env.hooks / "certbot-dns01-cleanup.sh"),
-        *key, "--agree-tos", "-m", EMAIL, "--cert-name", name, "-d", name,
+        "--agree-tos", "-m", EMAIL, "-d", name, *args,
     ]  # fmt: skip
-    run = subprocess.run(
+    return subprocess.run(
         argv,
         capture_output=True,
         text=True,
@@ -110,6 +117,11 @@ def certbot(env: ProductionEnv, work: Path, name: str, key: list[str]) -> None:
         stdin=subprocess.DEVNULL,
         check=False,
     )
+
+
+def certbot(env: ProductionEnv, work: Path, name: str, key: list[str]) -> None:
+    """A certificate for ``name`` with a new ``key``; fails the test with every log."""
+    run = run_certbot(env, work, name, [*key, "--cert-name", name])
     assert run.returncode == 0, "\n".join(
         [describe(run), tail(work / "logs" / "letsencrypt.log", 80), *env_tails(env)]
     )
@@ -221,3 +233,169 @@ def test_production_shape_serves_with_five_perspectives(production: Running) -> 
     assert ready["corroboration"] == "5 remote perspective(s)"
     assert ready["worker"] == "external"
     assert ready["test_mode"] is False
+
+
+# ------------------------------------------------------------------------------------------
+# the invariants: acme-ca check passes them all; each broken alone refuses serve and worker
+
+
+def test_production_check_passes_every_invariant(production: Running) -> None:
+    """``acme-ca check`` on the running configuration: production shape, 10/10, exit 0."""
+    env = production.env
+    text = env.cli("check")
+    assert text.returncode == 0, describe(text)
+    assert "10/10 invariants pass" in text.stdout, text.stdout
+    assert "could this configuration issue publicly-trusted certificates? yes" in text.stdout
+    as_json = env.cli("check", "--json")
+    assert as_json.returncode == 0, describe(as_json)
+    report = json.loads(as_json.stdout)
+    assert report["shape"] == "production" and report["publicly_trusted"] is True, report
+    assert [(i["number"], i["passed"]) for i in report["invariants"]] == [
+        (n, True) for n in range(1, 11)
+    ], report
+
+
+ChangeFn = Callable[[ProductionEnv], dict[str, object]]
+
+
+def _software_key(env: ProductionEnv) -> dict[str, object]:
+    key, csr = env.ceremony.request(
+        "dv-ecc-software",
+        "/C=JP/O=acme_ca Integration Test Trust Services/CN=acme_ca Integration DV ECC CA S1",
+        ("-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"),
+    )
+    cert = env.ceremony.issue(csr, env.ceremony.dir / "dv-ecc-software.pem", "issuing")
+    return {"pki_dir": env.variant_pki("software-key", certificates={"dv-ecc": cert},
+                                       keys={"dv-ecc": key})}  # fmt: skip
+
+
+def _reissued(issuer: str, profile: str, extensions: str) -> ChangeFn:
+    """The issuing CA re-certified by the root (same HSM key) with other extensions."""
+
+    def change(env: ProductionEnv) -> dict[str, object]:
+        env.ceremony.add_profile(profile, extensions)
+        cert = env.ceremony.reissue(issuer, profile)
+        return {"pki_dir": env.variant_pki(profile, certificates={issuer: cert})}
+
+    return change
+
+
+def _perspectives(
+    label: str, edit: Callable[[list[Perspective]], list[Perspective]]
+) -> ChangeFn:
+    def change(env: ProductionEnv) -> dict[str, object]:
+        path = env.base / f"perspectives-{label}.toml"
+        path.write_text(perspectives_toml(edit(list(env.perspectives))))
+        return {"mpic_perspectives_file": str(path)}
+
+    return change
+
+
+def _one_operator_log_list(env: ProductionEnv) -> dict[str, object]:
+    """The log list with only its first operator's first log: no CT policy can be met."""
+    data = json.loads(env.log_list.read_text())
+    first = data["operators"][0]
+    data["operators"] = [{**first, "logs": first["logs"][:1], "tiled_logs": []}]
+    path = env.base / "log_list-one-log.json"
+    path.write_text(json.dumps(data))
+    return {"ct_log_list": str(path)}
+
+
+def _weak_list_for_1024(env: ProductionEnv) -> dict[str, object]:
+    paths, _ = weak_key_lists(env.base / "weak-keys-1024", [1024])
+    return {"weak_key_blocklists": [str(p) for p in paths]}
+
+
+OSAKA = (34.6937, 135.5023)  # 392 km from Tokyo
+NO_DIGITAL_SIGNATURE = """
+basicConstraints = critical, CA:TRUE, pathlen:0
+keyUsage = critical, keyCertSign, cRLSign
+extendedKeyUsage = serverAuth
+certificatePolicies = 2.23.140.1.2.1
+authorityKeyIdentifier = keyid:always
+subjectKeyIdentifier = hash
+"""
+CLIENT_AUTH_TOO = """
+basicConstraints = critical, CA:TRUE, pathlen:0
+keyUsage = critical, digitalSignature, keyCertSign, cRLSign
+extendedKeyUsage = serverAuth, clientAuth
+certificatePolicies = 2.23.140.1.2.1
+authorityKeyIdentifier = keyid:always
+subjectKeyIdentifier = hash
+"""
+Change = dict[str, object] | ChangeFn
+#: (id, invariant number, the configuration change that breaks it and nothing else)
+BROKEN: list[tuple[str, int, Change]] = [
+    ("software-issuer-key", 1, _software_key),
+    ("no-pkcs11-module", 1, {"pkcs11_module": None}),
+    ("no-perspectives-file", 2, {"mpic_perspectives_file": None}),
+    ("three-perspectives", 2, _perspectives("three", lambda ps: ps[:3])),
+    ("one-rir", 2, _perspectives("one-rir", lambda ps: [replace(p, rir="ARIN") for p in ps])),
+    ("perspective-near-the-primary", 2, _perspectives(
+        "osaka", lambda ps: [*ps[:-1], replace(ps[-1], latitude=OSAKA[0], longitude=OSAKA[1])])),
+    ("no-ct-log-list", 3, {"ct_log_list": None}),
+    ("ct-policy-unmeetable", 3, _one_operator_log_list),
+    ("dnssec-off", 4, {"dnssec": "off"}),
+    ("http01-port-5002", 5, {"http01_port": 5002}),
+    ("loopback-validation", 5, {"allow_loopback_validation": True}),
+    ("no-weak-key-list", 6, {"weak_key_blocklists": []}),
+    ("weak-key-list-for-no-accepted-size", 6, _weak_list_for_1024),
+    ("48h-after-notbefore", 7, {"ct_deadline_seconds": 48 * 3600 - 60, "backdate_seconds": 60}),
+    ("issuer-without-digitalsignature", 8,
+     _reissued("dv-rsa", "no_digital_signature", NO_DIGITAL_SIGNATURE)),
+    ("issuer-with-clientauth", 9, _reissued("dv-ecc", "client_auth_too", CLIENT_AUTH_TOO)),
+    ("placeholder-status-base-url", 10, {"status_base_url": "http://pki.acme-ca.example.com"}),
+    ("placeholder-terms", 10, {"terms_of_service": "https://example.com/terms"}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("number", "change"), [(n, c) for _, n, c in BROKEN],
+                         ids=[f"{n}-{i}" for i, n, _ in BROKEN])  # fmt: skip
+def test_production_each_broken_invariant_refuses_serve_and_worker(
+    production: Running, number: int, change: Change
+) -> None:
+    """The same configuration with one invariant broken: ``serve`` and ``worker`` both exit
+    2 naming that invariant and only it, before listening or signing."""
+    env = production.env
+    changes = change(env) if callable(change) else change
+    invariant = next(i for i in INVARIANTS if i.number == number)
+    config = env.config_file(
+        **changes, listen=f"127.0.0.1:{free_port()}", status_listen=f"127.0.0.1:{free_port()}"
+    )
+    label = f"refused-{number}-{config.stem}"
+    started = [env.start(command, f"{label}-{command}", config) for command in ("serve", "worker")]
+    for process in started:
+        try:
+            code = process.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{process.name} did not refuse to start\n{process.tails()}")
+        stderr = process.stderr_path.read_text()
+        assert code == 2, process.tails()
+        assert "refusing to start, 1 of 10 production invariants fail" in stderr, stderr
+        assert f"[{invariant.label}]" in stderr, stderr
+        refused = process.events("deployment.refused")
+        assert [f["invariant"] for f in refused[0]["failing"]] == [invariant.label], refused
+        assert not process.events("server.ready") and not process.events("worker.started")
+
+
+def test_br_6_1_1_3_debian_weak_key_csr_refused(production: Running, tmp_path: Path) -> None:
+    """certbot with a CSR whose RSA 2048 key the configured Debian list names: the finalize
+    is refused (badCSR, debian_weak) and nothing is signed."""
+    env = production.env
+    name = f"weak.{ZONE.rstrip('.')}"
+    csr = tmp_path / "weak.csr"
+    made = subprocess.run(
+        ["openssl", "req", "-new", "-key", str(env.weak_key), "-subj", f"/CN={name}",
+         "-addext", f"subjectAltName=DNS:{name}", "-outform", "DER", "-out", str(csr)],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert made.returncode == 0, describe(made)
+    work = tmp_path / "certbot"
+    work.mkdir()
+    run = run_certbot(env, work, name, ["--csr", str(csr)])
+    assert run.returncode != 0, describe(run)
+    log = (work / "logs" / "letsencrypt.log").read_text(errors="replace")
+    assert "urn:ietf:params:acme:error:badCSR" in log, tail(work / "logs" / "letsencrypt.log")
+    assert "Debian weak key" in log or "debian_weak" in log, tail(work / "logs" / "letsencrypt.log")
+    assert not [e for e in production.worker.events("certificate.issued")
+                if name in e.get("names", [])]  # fmt: skip

@@ -549,3 +549,26 @@ async def test_rfc8555_authorization_deactivated_after_finalize_is_not_signed(ri
     details = await refused(rig, order_id, "authorization", "unauthorized")
     assert details["refusals"][0]["identifier"] == NAMES[0]
     assert rig.hsm_signatures == 0
+
+
+async def test_a_worker_that_lost_its_lease_cannot_fail_the_job_it_refused(rig: Rig) -> None:
+    """A refusal is written only while the refusing worker still holds the job: a worker
+    whose lease lapsed during a slow recheck leaves the job to the one that took it over."""
+    order_id = await rig.queue(validated_at=rig.clock.now())
+    jobs = IssuanceRepository(rig.pool)
+    first = await jobs.claim("w1", now=rig.clock.now(), lease=timedelta(minutes=2))
+    assert first is not None and first.order_id == order_id
+    rig.clock.advance(timedelta(minutes=3))
+    second = await jobs.claim("w2", now=rig.clock.now(), lease=timedelta(minutes=2))
+    assert second is not None and second.id == first.id
+    assert not await jobs.fail(first, {"type": "x"}, {"reason": "late"}, rig.clock.now(),
+                               held_by="w1")
+    order = await rig.pool.fetchrow("SELECT * FROM orders WHERE id = $1", order_id)
+    job = await rig.pool.fetchrow("SELECT * FROM issuance_jobs WHERE id = $1", first.id)
+    assert order["status"] == "processing" and order["error"] is None
+    assert job["status"] == "running" and job["locked_by"] == "w2"
+    assert await rig.pool.fetchval(
+        "SELECT count(*) FROM audit_events WHERE order_id = $1 AND event = 'issuance.failed'",
+        order_id) == 0
+    assert await jobs.fail(second, {"type": "x"}, {"reason": "now"}, rig.clock.now(),
+                           held_by="w2")

@@ -474,13 +474,17 @@ class SigningWorker:
     ) -> None:
         """Fail the order: nothing is signed for it (a recorded, unsigned serial stays
         unsigned); the audit row names every rule that refused."""
-        await self._jobs.fail(
+        if not await self._jobs.fail(
             job,
             recheck.problem_for(found).to_json(),
             {"reason": "re-check before signing", "serial": job.serial,
              "refusals": [r.audit() for r in found]},
             now,
-        )
+            held_by=self.worker_id,
+        ):
+            # Another worker took the job over after our lease lapsed: it re-checks itself.
+            log.warning("issuance.lease_lost", step="re-check", serial=job.serial)
+            return
         log.error("issuance.refused", serial=job.serial,
                   refusals=[r.audit() for r in found])
 

@@ -415,22 +415,37 @@ class IssuanceRepository:
         return inserted is not None
 
     async def fail(
-        self, job: IssuanceJob, problem: dict[str, Any], details: dict[str, Any], now: datetime
-    ) -> None:
-        """Give up on the job: order invalid with ``problem``; details go to the audit log."""
+        self,
+        job: IssuanceJob,
+        problem: dict[str, Any],
+        details: dict[str, Any],
+        now: datetime,
+        *,
+        held_by: str | None = None,
+    ) -> bool:
+        """Give up on the job: order invalid with ``problem``; details go to the audit log.
+
+        With ``held_by``, only while that worker still holds the running job (a worker whose
+        lease lapsed must not fail a job another worker has carried on); False if not.
+        """
         async with self._pool.acquire() as conn, conn.transaction():
+            # $4 NULL: whoever holds it (the worker's own give-up paths).
+            updated = await conn.execute(
+                "UPDATE issuance_jobs SET status = 'failed', error = $2, locked_by = NULL, "
+                "locked_until = NULL, updated_at = $3 WHERE id = $1 AND ($4::text IS NULL OR "
+                "(locked_by = $4 AND status = 'running'))",
+                job.id,
+                details,
+                now,
+                held_by,
+            )
+            if not updated.endswith(" 1"):
+                return False
             await conn.execute(
                 "UPDATE orders SET status = 'invalid', error = $2, updated_at = $3 "
                 "WHERE id = $1 AND status = 'processing'",
                 job.order_id,
                 problem,
-                now,
-            )
-            await conn.execute(
-                "UPDATE issuance_jobs SET status = 'failed', error = $2, locked_by = NULL, "
-                "locked_until = NULL, updated_at = $3 WHERE id = $1",
-                job.id,
-                details,
                 now,
             )
             await notify_order_done(conn, job.order_id)
@@ -443,6 +458,7 @@ class IssuanceRepository:
                 order_id=job.order_id,
                 details=details,
             )
+        return True
 
     async def mark_done(self, job: IssuanceJob, now: datetime) -> None:
         """Finish a job whose certificate is already stored (the order moves to valid)."""

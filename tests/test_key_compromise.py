@@ -1,0 +1,604 @@
+"""Key compromise (BR 4.9.1.1 #3, 4.9.12, 6.1.1.3(4), 7.2.2; KC-1..4 in standards.md) and
+precertificates as certificates for revocation (BR 7.1.2.9, 4.9.9).
+
+Everything is real: the ACME front end on a real port, accounts and orders made through it
+(http-01 against the challenge test server), a real ``run_worker`` (signing worker with the
+development hierarchy's software keys and CT against in-process test logs, the status updater
+and the key-compromise sweeper) on the same real PostgreSQL, and the CRLs and OCSP responses
+it publishes parsed from their DER.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hashlib
+import os
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509 import ocsp
+
+from acme_ca.acme.b64 import b64url_encode
+from acme_ca.ca.ct.loglist import StaticLogList, parse_log_list
+from acme_ca.ca.issuers import IssuerSet, load_issuers
+from acme_ca.ca.lint import CertificateLinter
+from acme_ca.ca.worker import run_worker
+from acme_ca.clock import SystemClock
+from acme_ca.config import Config
+from acme_ca.ct_testlogs import accepted_roots
+from acme_ca.db.key_compromise import KeyCompromiseRepository
+from acme_ca.db.status import StatusRepository
+from acme_ca.ra.keys import spki_sha256
+from acme_ca.status.key_compromise import KeyCompromiseSweeper
+from acme_ca.status.ocsp import OcspResponder
+from acme_ca.status.updater import StatusSettings, StatusUpdater
+from acme_ca.testsrv.ct_log import TestCtLogs, TestLogSpec
+from acme_ca.testsrv.server import ChallengeServerConfig, ChallengeTestServer
+from tests.fixtures import CaFactory, RunningCa
+from tests.jws_client import JwsClient, Reply
+from tests.test_accounts_protocol import key_change
+from tests.test_crl import STATUS
+from tests.test_ct_issuance import FAST, Harness, harness
+from tests.test_ocsp import spk_bits
+from tests.test_orders import Subscriber, subscriber, validation_config
+from tests.test_worker import build_csr, make_pki_config
+
+ERR = "urn:ietf:params:acme:error:"
+ISSUER = "dv-ecc"  # the issuer of P-256 CSRs (Config.ecdsa_issuer)
+
+
+# --------------------------------------------------------------------------- the world
+
+
+@pytest.fixture(scope="module")
+def pki_config(tmp_path_factory: pytest.TempPathFactory) -> Config:
+    """A development hierarchy with status URLs that lint clean; fast worker polling; 90-day
+    certificates (two SCTs)."""
+    return make_pki_config(
+        tmp_path_factory.mktemp("kc-pki"), status_base_url=STATUS, worker_poll_seconds=1,
+        validity_days=90,  # two SCTs from the two test logs
+    )
+
+
+@pytest.fixture(scope="module")
+def linter() -> CertificateLinter:
+    return CertificateLinter()
+
+
+@pytest.fixture
+async def issuers(pki_config: Config) -> AsyncIterator[IssuerSet]:
+    loaded = await load_issuers(pki_config)
+    yield loaded
+    await loaded.aclose()
+
+
+@pytest.fixture
+async def challsrv() -> AsyncIterator[ChallengeTestServer]:
+    async with ChallengeTestServer(ChallengeServerConfig.ephemeral()) as srv:
+        yield srv
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+@pytest.fixture
+async def va_ca(ca_factory: CaFactory, challsrv: ChallengeTestServer) -> RunningCa:
+    return await ca_factory.start(finalize_wait_seconds=0, **validation_config(challsrv))
+
+
+@dataclass
+class World:
+    """The front end, a running worker process's tasks (run_worker) and the database."""
+
+    ca: RunningCa
+    session: aiohttp.ClientSession
+    challsrv: ChallengeTestServer
+    pool: asyncpg.Pool
+    issuers: IssuerSet
+
+    async def subscriber(self) -> Subscriber:
+        return await subscriber(self.ca, self.session, self.challsrv)
+
+    async def issue(self, sub: Subscriber, name: str, key: ec.EllipticCurvePrivateKey) -> str:
+        """Order, validate, finalize with a CSR of ``key``; the certificate's serial once the
+        worker issued it."""
+        reply = await sub.new_order(name)
+        await sub.answer(reply.body["authorizations"][0], "http-01")
+        order = await sub.wait_order(reply.headers["Location"])
+        assert order["status"] == "ready", order
+        csr = b64url_encode(build_csr([name], key=key))
+        assert (await sub.post(order["finalize"], {"csr": csr})).status == 200
+        done = await sub.wait_order(reply.headers["Location"], timeout=60)
+        assert done["status"] == "valid", done
+        order_id = int(reply.headers["Location"].rsplit("/", 1)[1])
+        serial: str = await self.pool.fetchval(
+            "SELECT serial FROM certificates WHERE order_id = $1", order_id
+        )
+        return serial
+
+    async def der(self, serial: str) -> bytes:
+        return bytes(
+            await self.pool.fetchval("SELECT der FROM certificates WHERE serial = $1", serial)
+        )
+
+
+def two_logs() -> list[TestLogSpec]:
+    return [
+        TestLogSpec.generate("log A", "operator A"),
+        TestLogSpec.generate("log B", "operator B"),
+    ]
+
+
+@contextlib.asynccontextmanager
+async def worker_process(config: Config, dsn: str) -> AsyncIterator[None]:
+    """``run_worker`` as ``acme-ca worker`` runs it (CT against test logs), stopped on exit."""
+    async with TestCtLogs(two_logs(), accepted_roots(config)) as logs:
+        stop = asyncio.Event()
+        task = asyncio.create_task(
+            run_worker(
+                config,
+                dsn,
+                stop,
+                SystemClock(),
+                ct_logs=StaticLogList(parse_log_list(logs.log_list())),
+                production=False,
+            )
+        )
+        try:
+            yield
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 30)
+
+
+@pytest.fixture
+async def world(
+    va_ca: RunningCa,
+    session: aiohttp.ClientSession,
+    challsrv: ChallengeTestServer,
+    pool: asyncpg.Pool,
+    dsn: str,
+    pki_config: Config,
+    issuers: IssuerSet,
+) -> AsyncIterator[World]:
+    async with worker_process(pki_config, dsn):
+        yield World(va_ca, session, challsrv, pool, issuers)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 20) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+# --------------------------------------------------------------------------- CRL and OCSP
+
+
+def crl_entries(der: bytes) -> dict[int, x509.RevokedCertificate]:
+    return {entry.serial_number: entry for entry in x509.load_der_x509_crl(der)}
+
+
+def entry_reason(entry: x509.RevokedCertificate) -> x509.ReasonFlags | None:
+    try:
+        return entry.extensions.get_extension_for_class(x509.CRLReason).value.reason
+    except x509.ExtensionNotFound:
+        return None
+
+
+async def listed_on_crl(
+    pool: asyncpg.Pool, serials: list[str], reason: x509.ReasonFlags
+) -> bool:
+    """Every serial is on the issuer's latest CRL with ``reason``."""
+    crl = await StatusRepository(pool).latest_crl(ISSUER)
+    if crl is None:
+        return False
+    listed = crl_entries(crl.der)
+    return all(
+        int(s, 16) in listed and entry_reason(listed[int(s, 16)]) == reason for s in serials
+    )
+
+
+async def ocsp_answer(world: World, serial: str) -> ocsp.OCSPResponse:
+    """What the status listener answers for the serial: a real SHA-1 OCSPRequest through the
+    key-less responder every ``serve`` runs."""
+    issuer = world.issuers.by_name(ISSUER).certificate
+    request = (
+        ocsp.OCSPRequestBuilder()
+        .add_certificate_by_hash(
+            hashlib.sha1(issuer.subject.public_bytes()).digest(),
+            hashlib.sha1(spk_bits(issuer)).digest(),
+            int(serial, 16),
+            hashes.SHA1(),
+        )
+        .build()
+    )
+    responder = OcspResponder(StatusRepository(world.pool), {ISSUER: issuer}, SystemClock())
+    answer = await responder.answer(request.public_bytes(serialization.Encoding.DER))
+    return ocsp.load_der_ocsp_response(answer.der)
+
+
+async def ocsp_says(
+    world: World, serial: str, status: ocsp.OCSPCertStatus, reason: x509.ReasonFlags | None
+) -> bool:
+    response = await ocsp_answer(world, serial)
+    if response.response_status != ocsp.OCSPResponseStatus.SUCCESSFUL:
+        return False
+    if response.certificate_status != status:
+        return False
+    return status != ocsp.OCSPCertStatus.REVOKED or response.revocation_reason == reason
+
+
+def p256() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def assert_problem(reply: Reply, status: int, kind: str) -> None:
+    assert reply.status == status, reply.body
+    assert reply.body["type"] == ERR + kind, reply.body
+
+
+async def audit(pool: asyncpg.Pool, event: str) -> list[asyncpg.Record]:
+    return list(
+        await pool.fetch(
+            "SELECT at, actor, account_id, details FROM audit_events WHERE event = $1 "
+            "ORDER BY id",
+            event,
+        )
+    )
+
+
+# --------------------------------------------------------------------------- KC-1, KC-2
+
+
+async def test_br_4_9_1_1_key_compromise_revokes_all_certs_with_key(world: World) -> None:
+    """KC-1/KC-2: three certificates with one key under two accounts; revoking one as
+    keyCompromise (signed with the certificate key) revokes all three on the CRL and in OCSP
+    within seconds, each revocation audited; another key's certificate stays good; the key is
+    refused afterwards as a CSR key (finalize: badCSR) and as an account key (newAccount and
+    keyChange: badPublicKey)."""
+    key = p256()
+    alice, bob = await world.subscriber(), await world.subscriber()
+    serials = [
+        await world.issue(alice, "kc-one.example.com", key),
+        await world.issue(alice, "kc-two.example.com", key),
+        await world.issue(bob, "kc-three.example.com", key),
+    ]
+    unrelated = await world.issue(bob, "kc-other.example.com", p256())
+    for serial in [*serials, unrelated]:
+        await eventually(
+            functools.partial(ocsp_says, world, serial, ocsp.OCSPCertStatus.GOOD, None), "good"
+        )
+
+    holder = JwsClient(world.session, world.ca.directory_url, key)
+    await holder.load_directory()
+    reply = await holder.post(
+        holder.directory["revokeCert"],
+        {"certificate": b64url_encode(await world.der(serials[0])), "reason": 1},
+        use_jwk=True,
+    )
+    assert reply.status == 200, reply.body
+
+    key_compromise = x509.ReasonFlags.key_compromise
+    await eventually(lambda: listed_on_crl(world.pool, serials, key_compromise), "the CRL")
+    for serial in serials:
+        await eventually(
+            functools.partial(
+                ocsp_says, world, serial, ocsp.OCSPCertStatus.REVOKED, key_compromise
+            ),
+            f"OCSP revoked for {serial}",
+        )
+    assert await ocsp_says(world, unrelated, ocsp.OCSPCertStatus.GOOD, None)
+    crl = await StatusRepository(world.pool).latest_crl(ISSUER)
+    assert crl is not None and int(unrelated, 16) not in crl_entries(crl.der)
+
+    # Certificates and precertificates alike: every row of every serial says keyCompromise.
+    for table in ("certificates", "precertificates"):
+        rows = await world.pool.fetch(
+            f"SELECT serial, revocation_reason FROM {table} WHERE serial = ANY($1)",
+            serials,
+        )
+        assert {(r["serial"], r["revocation_reason"]) for r in rows} == {
+            (s, 1) for s in serials
+        }, table
+    revoked = await audit(world.pool, "certificate.revoked")
+    assert revoked[0]["details"]["serial"] == serials[0]
+    assert revoked[0]["actor"] == "certificate-key"
+    (sweep_done,) = await audit(world.pool, "key_compromise.sweep_done")
+    sweep_id = sweep_done["details"]["sweep_id"]
+    swept = {e["details"]["serial"]: e for e in revoked[1:]}
+    assert set(swept) == set(serials[1:])
+    for event in swept.values():
+        assert event["actor"] == f"key-compromise-sweep:{sweep_id}"
+        assert event["details"]["sweep_id"] == sweep_id and event["details"]["reason"] == 1
+    assert {e["account_id"] for e in revoked} == {
+        int(alice.kid.rsplit("/", 1)[1]), int(bob.kid.rsplit("/", 1)[1])  # type: ignore[union-attr]
+    }
+    assert sweep_done["details"]["revoked"] == 2
+
+    # KC-2: the key is refused for a new certificate ...
+    reply = await alice.new_order("kc-four.example.com")
+    await alice.answer(reply.body["authorizations"][0], "http-01")
+    order = await alice.wait_order(reply.headers["Location"])
+    refused = await alice.post(
+        order["finalize"], {"csr": b64url_encode(build_csr(["kc-four.example.com"], key=key))}
+    )
+    assert_problem(refused, 400, "badCSR")
+    assert "blocked" in refused.body["detail"]
+    # ... as a new account's key ...
+    assert_problem(await holder.register(), 400, "badPublicKey")
+    # ... and as the new key of an existing account.
+    assert_problem(await key_change(bob, key), 400, "badPublicKey")
+
+
+# --------------------------------------------------------------------------- KC-4
+
+
+@dataclass
+class StatusWorld:
+    """The status side of a worker, driven step by step: updater and sweeper."""
+
+    pool: asyncpg.Pool
+    issuers: IssuerSet
+    updater: StatusUpdater
+    sweeper: KeyCompromiseSweeper
+
+    async def publish(self) -> None:
+        await self.updater.publish_all_crls()
+        await self.updater.refresh_ocsp()
+
+    async def crl(self) -> dict[int, x509.RevokedCertificate]:
+        record = await StatusRepository(self.pool).latest_crl(ISSUER)
+        assert record is not None
+        return crl_entries(record.der)
+
+
+@pytest.fixture
+async def status_world(
+    pool: asyncpg.Pool, issuers: IssuerSet, linter: CertificateLinter, pki_config: Config
+) -> StatusWorld:
+    updater = StatusUpdater(
+        StatusRepository(pool), issuers, linter, SystemClock(),
+        StatusSettings.from_config(pki_config),
+    )
+    sweeper = KeyCompromiseSweeper(KeyCompromiseRepository(pool), SystemClock(), worker_id="t")
+    return StatusWorld(pool, issuers, updater, sweeper)
+
+
+async def failed_precertificate(
+    h: Harness, name: str, key: ec.EllipticCurvePrivateKey | None = None
+) -> str:
+    """A precertificate signed for an order that then failed: every log down past the CT
+    deadline.  Its serial, which no certificate will ever carry."""
+    for ct_log in h.logs.logs:
+        ct_log.faults.unavailable = True
+    order_id, _ = await h.queue([name], key)
+    assert await h.worker("ct-down", settings=replace(FAST, deadline=timedelta(0))).run_once()
+    order = await h.pool.fetchrow("SELECT status FROM orders WHERE id = $1", order_id)
+    assert order["status"] == "invalid"
+    serial: str = await h.pool.fetchval(
+        "SELECT serial FROM precertificates WHERE order_id = $1", order_id
+    )
+    assert serial is not None
+    assert not await h.pool.fetchval("SELECT count(*) FROM certificates WHERE serial = $1", serial)
+    return serial
+
+
+def world_of(status: StatusWorld) -> World:
+    """Just enough of a World for :func:`ocsp_says`."""
+    return World(None, None, None, status.pool, status.issuers)  # type: ignore[arg-type]
+
+
+async def test_kc_4_revoked_precertificate_of_failed_order_on_crl_and_ocsp(
+    status_world: StatusWorld,
+    pool: asyncpg.Pool,
+    pki_config: Config,
+    issuers: IssuerSet,
+    linter: CertificateLinter,
+    dsn: str,
+    tmp_path: Path,
+) -> None:
+    """BR 7.1.2.9, 4.9.9 (KC-4): a precertificate's serial is revocable by serial with
+    ``acme-ca admin revoke`` although its order failed, is then on the CRL and revoked in
+    OCSP; an unrevoked one is good, never unknown; and a key-compromise sweep revokes a
+    precertificate with the key."""
+    compromised = p256()
+    async with harness(pool, pki_config, issuers, linter, two_logs()) as h:
+        revoked = await failed_precertificate(h, "pre-revoked.example.com")
+        kept = await failed_precertificate(h, "pre-kept.example.com")
+        swept = await failed_precertificate(h, "pre-swept.example.com", compromised)
+    await status_world.publish()
+    for serial in (revoked, kept, swept):
+        assert await ocsp_says(world_of(status_world), serial, ocsp.OCSPCertStatus.GOOD, None)
+
+    code, out, err = await run_admin(
+        dsn, tmp_path, revoked.upper(), "--reason", "superseded", "--actor", "carol"
+    )
+    assert code == 0, (out, err)
+    assert out.startswith(f"revoked\t{revoked}\treason=superseded") and "precertificate" in out
+    (event,) = await audit(pool, "certificate.revoked")
+    assert event["details"] == {"serial": revoked, "reason": 4, "precertificate": True}
+
+    code, out, err = await run_block_key(
+        dsn, tmp_path, "--spki", spki_sha256(compromised.public_key()).hex(), "--actor", "carol"
+    )
+    assert code == 0, (out, err)
+    assert await status_world.sweeper.run_due() == 1
+
+    await status_world.publish()
+    listed = await status_world.crl()
+    assert entry_reason(listed[int(revoked, 16)]) == x509.ReasonFlags.superseded
+    assert entry_reason(listed[int(swept, 16)]) == x509.ReasonFlags.key_compromise
+    assert int(kept, 16) not in listed
+    world = world_of(status_world)
+    assert await ocsp_says(world, revoked, ocsp.OCSPCertStatus.REVOKED, x509.ReasonFlags.superseded)
+    assert await ocsp_says(
+        world, swept, ocsp.OCSPCertStatus.REVOKED, x509.ReasonFlags.key_compromise
+    )
+    assert await ocsp_says(world, kept, ocsp.OCSPCertStatus.GOOD, None)
+
+
+# --------------------------------------------------------------------------- the CLI
+
+
+async def run_cli(dsn: str, tmp_path: Path, *args: str) -> tuple[int, str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACME_CA_")}
+    env.update(ACME_CA_DATABASE_URL=dsn, ACME_CA_HOME=str(tmp_path / "home"))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "acme_ca", *args, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.DEVNULL,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=90)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def run_admin(dsn: str, tmp_path: Path, *args: str) -> tuple[int, str, str]:
+    return await run_cli(dsn, tmp_path, "admin", "revoke", *args)
+
+
+async def run_block_key(dsn: str, tmp_path: Path, *args: str) -> tuple[int, str, str]:
+    return await run_cli(dsn, tmp_path, "admin", "block-key", *args)
+
+
+# --------------------------------------------------------------------------- block-key
+
+
+@pytest.mark.parametrize("by", ["key", "spki"])
+async def test_br_4_9_12_block_key_revokes_and_refuses_the_key(
+    world: World, dsn: str, tmp_path: Path, by: str
+) -> None:
+    """``acme-ca admin block-key`` by PEM and by SPKI hash has the effects of a keyCompromise
+    revocation: every certificate with the key revoked (the running worker's sweep, waited
+    for with --wait) and the key refused as an account key."""
+    key = p256()
+    sub = await world.subscriber()
+    serials = [
+        await world.issue(sub, "block-one.example.com", key),
+        await world.issue(sub, "block-two.example.com", key),
+    ]
+    if by == "key":
+        pem = tmp_path / "leaked.pem"
+        pem.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                          serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+        which = ["--key", str(pem)]
+    else:
+        digest = spki_sha256(key.public_key()).hex()
+        which = ["--spki", ":".join(digest[i:i + 2] for i in range(0, 64, 2)).upper()]
+    code, out, err = await run_block_key(
+        dsn, tmp_path, *which, "--reason", "ticket 42", "--actor", "dave", "--wait", "30"
+    )
+    assert code == 0, (out, err)
+    first, second = out.splitlines()
+    assert first.startswith(f"blocked\t{spki_sha256(key.public_key()).hex()}\tsweep=")
+    assert first.endswith("\tunexpired_certificates=2")
+    assert second.endswith("done\trevoked=2\tupdated=0\tattempts=1"), second
+
+    blocked = await world.pool.fetchrow("SELECT reason, source FROM blocked_keys")
+    assert blocked["source"] == "operator:dave" and "ticket 42" in blocked["reason"]
+    key_compromise = x509.ReasonFlags.key_compromise
+    await eventually(lambda: listed_on_crl(world.pool, serials, key_compromise), "the CRL")
+    for serial in serials:
+        await eventually(
+            functools.partial(
+                ocsp_says, world, serial, ocsp.OCSPCertStatus.REVOKED, key_compromise
+            ),
+            "OCSP revoked",
+        )
+    holder = JwsClient(world.session, world.ca.directory_url, key)
+    await holder.load_directory()
+    assert_problem(await holder.register(), 400, "badPublicKey")
+
+
+async def test_block_key_refuses_bad_input(dsn: str, tmp_path: Path) -> None:
+    (tmp_path / "nothing.pem").write_text("not a key\n")
+    for args in (
+        ["--spki", "abcd"],
+        ["--spki", "zz" * 32],
+        ["--key", str(tmp_path / "nothing.pem")],
+        ["--key", str(tmp_path / "missing.pem")],
+    ):
+        code, out, err = await run_block_key(dsn, tmp_path, *args)
+        assert code == 2 and out == "", (args, out, err)
+    code, _, err = await run_block_key(dsn, tmp_path, "--spki", "00" * 32,
+                                       "--compromised-at", "2999-01-01T00:00:00Z")
+    assert code == 1 and "future" in err
+
+
+# --------------------------------------------------------------------------- KC-3
+
+
+async def test_br_7_2_2_reason_upgrade_to_key_compromise_updates_crl_entry(
+    world: World, dsn: str, tmp_path: Path
+) -> None:
+    """KC-3: a certificate revoked as superseded, then reported keyCompromise by its account,
+    gets reason keyCompromise in its CRL entry and OCSP response with its revocation date
+    kept; a compromise date an operator later learns moves the date back (BR 7.2.2 note), to
+    no earlier than the certificate's notBefore."""
+    key = p256()
+    sub = await world.subscriber()
+    serial = await world.issue(sub, "upgrade.example.com", key)
+    revoke_url = sub.directory["revokeCert"]
+    certificate = {"certificate": b64url_encode(await world.der(serial))}
+    assert (await sub.post(revoke_url, certificate | {"reason": 4})).status == 200
+    await eventually(
+        lambda: listed_on_crl(world.pool, [serial], x509.ReasonFlags.superseded), "superseded"
+    )
+    first = await world.pool.fetchrow(
+        "SELECT revoked_at, not_before FROM certificates WHERE serial = $1", serial
+    )
+
+    assert (await sub.post(revoke_url, certificate | {"reason": 1})).status == 200
+    key_compromise = x509.ReasonFlags.key_compromise
+    await eventually(lambda: listed_on_crl(world.pool, [serial], key_compromise), "the CRL")
+    await eventually(
+        lambda: ocsp_says(world, serial, ocsp.OCSPCertStatus.REVOKED, key_compromise), "OCSP"
+    )
+    crl = await StatusRepository(world.pool).latest_crl(ISSUER)
+    assert crl is not None
+    entry = crl_entries(crl.der)[int(serial, 16)]
+    assert entry.revocation_date_utc == first["revoked_at"].replace(microsecond=0)
+    assert_problem(await sub.post(revoke_url, certificate | {"reason": 1}), 400, "alreadyRevoked")
+
+    # The operator learns the key leaked before the certificate was issued: the entry's date
+    # moves back to the notBefore.
+    leaked = first["not_before"] - timedelta(days=3)
+    code, out, err = await run_block_key(
+        dsn, tmp_path, "--spki", spki_sha256(key.public_key()).hex(),
+        "--compromised-at", leaked.isoformat(), "--wait", "30",
+    )
+    assert code == 0 and "updated=1" in out, (out, err)
+
+    async def backdated() -> bool:
+        record = await StatusRepository(world.pool).latest_crl(ISSUER)
+        assert record is not None
+        listed = crl_entries(record.der)[int(serial, 16)]
+        return bool(listed.revocation_date_utc == first["not_before"])
+
+    await eventually(backdated, "the CRL entry's date moved back")
+
+    async def ocsp_backdated() -> bool:
+        response = await ocsp_answer(world, serial)
+        return bool(response.revocation_time_utc == first["not_before"])
+
+    await eventually(ocsp_backdated, "the OCSP revocation time moved back")
+    (updated, moved) = await audit(world.pool, "certificate.revocation_updated")
+    assert updated["details"]["previous_reason"] == 4
+    assert moved["details"]["previous_reason"] == 1 and moved["details"]["sweep_id"]

@@ -441,7 +441,11 @@ class SigningWorker:
         evidence = await self._jobs.order_authorizations(job.order_id)
         rechecked = False
         for name, ev in recheck.authorizations_by_name(job.names, evidence).items():
-            assert ev is not None and ev.method is not None  # the date rules checked that
+            gone = recheck.authorization_refusal(name, ev, self._clock.now())
+            if gone is not None:  # changed since the date rules looked (deactivated...)
+                await self._refuse(job, [gone], self._clock.now())
+                return None
+            assert ev is not None and ev.method is not None
             if not recheck.caa_stale(ev, self._clock.now()):
                 continue
             if self._caa is None or self._account_uri is None:

@@ -264,7 +264,8 @@ class Ceremony:
         return key, csr
 
 
-def _subject(cn: str) -> str:
+def ca_subject(cn: str) -> str:
+    """A CA subject for openssl: C, O, CN (BR 7.1.2.10.2)."""
     return f"/C=JP/O={ORGANIZATION}/CN={cn}"
 
 
@@ -321,12 +322,12 @@ def key_ceremony(directory: Path, pki: Path, token: SoftHsmToken, base: str) -> 
     ceremony.cnf.write_text(OPENSSL_CNF.format(dir=directory, policy_oid=POLICY_OID, base=base))
     _, root_csr = ceremony.request(
         "root",
-        _subject("acme_ca Integration Root R1"),
+        ca_subject("acme_ca Integration Root R1"),
         ("-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384"),
     )
     ceremony.issue(root_csr, pki / "root.pem", "root", selfsign=True)
     for index, (name, (cn, algorithm, label)) in enumerate(ISSUERS.items(), start=1):
-        key, csr = ceremony.request(name, _subject(cn), algorithm)
+        key, csr = ceremony.request(name, ca_subject(cn), algorithm)
         ceremony.issue(csr, pki / f"{name}.pem", "issuing")
         _run(
             [
@@ -350,7 +351,7 @@ def key_ceremony(directory: Path, pki: Path, token: SoftHsmToken, base: str) -> 
 
 
 def weak_key_lists(directory: Path, sizes: Sequence[int]) -> tuple[list[Path], Path]:
-    """One openssl-blacklist file per RSA size (Debian's names), and a PEM public key that
+    """One openssl-blacklist file per RSA size (Debian's names), and a PEM private key that
     the 2048-bit list names: a key the CA must refuse (BR 6.1.1.3)."""
     directory.mkdir(parents=True)
     weak = rsa.generate_private_key(65537, 2048)

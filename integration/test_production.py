@@ -44,6 +44,7 @@ from integration.production_env import (
     Perspective,
     ProductionEnv,
     SetupError,
+    ca_subject,
     perspectives_toml,
     production_env,
     weak_key_lists,
@@ -175,9 +176,7 @@ async def test_production_shape_certbot_dns01_issues_with_scts_and_5_of_5(
     eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert list(eku) == [ExtendedKeyUsageOID.SERVER_AUTH]
     assert _uri(leaf, x509.CRLDistributionPoints) == [f"{STATUS_BASE_URL}/crl/{issuer}.crl"]
-    assert _uri(leaf, x509.AuthorityInformationAccess) == [
-        f"{STATUS_BASE_URL}/issuer/{issuer}.cer"
-    ]
+    assert _uri(leaf, x509.AuthorityInformationAccess) == [f"{STATUS_BASE_URL}/issuer/{issuer}.cer"]
 
     # CT: every embedded SCT verifies against its log's key in the log list file, and the
     # logs span at least two operators (three SCTs for a validity over 180 days).
@@ -261,7 +260,7 @@ ChangeFn = Callable[[ProductionEnv], dict[str, object]]
 def _software_key(env: ProductionEnv) -> dict[str, object]:
     key, csr = env.ceremony.request(
         "dv-ecc-software",
-        "/C=JP/O=acme_ca Integration Test Trust Services/CN=acme_ca Integration DV ECC CA S1",
+        ca_subject("acme_ca Integration DV ECC CA S1"),
         ("-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"),
     )
     cert = env.ceremony.issue(csr, env.ceremony.dir / "dv-ecc-software.pem", "issuing")
@@ -280,9 +279,7 @@ def _reissued(issuer: str, profile: str, extensions: str) -> ChangeFn:
     return change
 
 
-def _perspectives(
-    label: str, edit: Callable[[list[Perspective]], list[Perspective]]
-) -> ChangeFn:
+def _perspectives(label: str, edit: Callable[[list[Perspective]], list[Perspective]]) -> ChangeFn:
     def change(env: ProductionEnv) -> dict[str, object]:
         path = env.base / f"perspectives-{label}.toml"
         path.write_text(perspectives_toml(edit(list(env.perspectives))))

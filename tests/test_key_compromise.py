@@ -18,7 +18,7 @@ import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
@@ -37,10 +37,12 @@ from acme_ca.ca.worker import run_worker
 from acme_ca.clock import SystemClock
 from acme_ca.config import Config
 from acme_ca.ct_testlogs import accepted_roots
-from acme_ca.db.key_compromise import KeyCompromiseRepository
+from acme_ca.db.certificates import CertificateRepository
+from acme_ca.db.key_compromise import KeyCompromiseRepository, SweepLost
 from acme_ca.db.status import StatusRepository
 from acme_ca.ra.keys import spki_sha256
-from acme_ca.status.key_compromise import KeyCompromiseSweeper
+from acme_ca.ra.revocation import RevocationAuthority
+from acme_ca.status.key_compromise import KeyCompromiseSweeper, retry_delay
 from acme_ca.status.ocsp import OcspResponder
 from acme_ca.status.updater import StatusSettings, StatusUpdater
 from acme_ca.testsrv.ct_log import TestCtLogs, TestLogSpec
@@ -52,6 +54,7 @@ from tests.test_crl import STATUS
 from tests.test_ct_issuance import FAST, Harness, harness
 from tests.test_ocsp import spk_bits
 from tests.test_orders import Subscriber, subscriber, validation_config
+from tests.test_revocation import make_issuer, make_leaf, store_certificate
 from tests.test_worker import build_csr, make_pki_config
 
 ERR = "urn:ietf:params:acme:error:"
@@ -602,3 +605,123 @@ async def test_br_7_2_2_reason_upgrade_to_key_compromise_updates_crl_entry(
     (updated, moved) = await audit(world.pool, "certificate.revocation_updated")
     assert updated["details"]["previous_reason"] == 4
     assert moved["details"]["previous_reason"] == 1 and moved["details"]["sweep_id"]
+
+
+# --------------------------------------------------------------------------- durability
+
+
+async def new_account(pool: asyncpg.Pool) -> int:
+    account_id: int = await pool.fetchval(
+        "INSERT INTO accounts (key_thumbprint, jwk, status, created_at, updated_at) "
+        "VALUES ($1, $2, 'valid', now(), now()) RETURNING id",
+        os.urandom(32),
+        {"kty": "EC"},
+    )
+    return account_id
+
+
+async def revocations(pool: asyncpg.Pool, serials: list[str]) -> dict[str, int | None]:
+    rows = await pool.fetch(
+        "SELECT serial, revocation_reason FROM certificates WHERE serial = ANY($1)", serials
+    )
+    return {r["serial"]: r["revocation_reason"] for r in rows}
+
+
+async def test_br_4_9_1_1_sweep_survives_a_restart(pool: asyncpg.Pool) -> None:
+    """The sweep is a database row: queued while no worker runs, taken over from a worker
+    that died holding it once its lease lapses, never run by two workers at once, and
+    finished by the new one; a certificate with the key that appears later is swept again."""
+    issuer = make_issuer()
+    key = p256()
+    leaves = [make_leaf(issuer, [f"d{i}.example.com"], key=key) for i in range(3)]
+    accounts = [await new_account(pool), await new_account(pool)]
+    for i, leaf in enumerate(leaves):
+        await store_certificate(pool, accounts[i % 2], leaf)
+    serials = [leaf.serial for leaf in leaves]
+
+    authority = RevocationAuthority(CertificateRepository(pool), SystemClock())
+    blocked = await authority.block_key(
+        spki_sha256(key.public_key()), actor="operator:test", reason="report"
+    )
+    assert blocked.certificates == 3
+
+    # A worker claims it, revokes one certificate, and dies (its lease still runs).
+    repository = KeyCompromiseRepository(pool)
+    dead = await repository.claim("dead-worker", now=datetime.now(UTC), lease=timedelta(minutes=2))
+    assert dead is not None and dead.id == blocked.sweep_id
+    targets = await repository.targets(dead, now=datetime.now(UTC), limit=10)
+    assert sorted(targets) == sorted(serials)
+    await repository.revoke(dead, targets[0], worker_id="dead-worker", now=datetime.now(UTC))
+
+    # The restarted worker does not touch a sweep another worker holds ...
+    sweeper = KeyCompromiseSweeper(repository, SystemClock(), worker_id="new-worker")
+    assert await sweeper.run_due() == 0
+    assert list((await revocations(pool, serials)).values()).count(1) == 1
+    # ... and takes it over once the lease lapsed.
+    await pool.execute(
+        "UPDATE key_compromise_sweeps SET locked_until = now() - interval '1 second'"
+    )
+    assert await sweeper.run_due() == 1
+    assert await revocations(pool, serials) == dict.fromkeys(serials, 1)
+    sweep = await repository.get(blocked.sweep_id)
+    assert sweep is not None
+    assert (sweep.status, sweep.revoked, sweep.attempts) == ("done", 3, 2)
+    assert sweep.locked_by is None and sweep.finished_at is not None
+    # The dead worker, woken up, cannot go on with a sweep it no longer holds.
+    with pytest.raises(SweepLost):
+        await repository.revoke(dead, targets[1], worker_id="dead-worker", now=datetime.now(UTC))
+    events = await audit(pool, "certificate.revoked")
+    assert {e["details"]["serial"] for e in events} == set(serials)
+    assert {e["actor"] for e in events} == {f"key-compromise-sweep:{blocked.sweep_id}"}
+    assert {e["account_id"] for e in events} == set(accounts)
+
+    # A certificate with the key signed after the sweep (its CSR was checked before the key
+    # was blocked) is found by the periodic recheck and swept too.
+    late = make_leaf(issuer, ["late.example.com"], key=key)
+    await store_certificate(pool, accounts[0], late)
+    await sweeper.recheck()
+    assert await sweeper.run_due() == 1
+    assert await revocations(pool, [late.serial]) == {late.serial: 1}
+
+
+async def test_br_4_9_1_1_failed_sweep_is_retried_with_backoff(pool: asyncpg.Pool) -> None:
+    issuer = make_issuer()
+    key = p256()
+    leaf = make_leaf(issuer, ["retry.example.com"], key=key)
+    await store_certificate(pool, await new_account(pool), leaf)
+    authority = RevocationAuthority(CertificateRepository(pool), SystemClock())
+    blocked = await authority.block_key(
+        spki_sha256(key.public_key()), actor="operator:test", reason=""
+    )
+    repository = KeyCompromiseRepository(pool)
+    claimed = await repository.claim("w1", now=datetime.now(UTC), lease=timedelta(minutes=2))
+    assert claimed is not None
+    retry_at = datetime.now(UTC) + retry_delay(claimed.attempts)
+    await repository.fail(claimed, worker_id="w1", error="database went away", retry_at=retry_at)
+    sweeper = KeyCompromiseSweeper(repository, SystemClock(), worker_id="w2")
+    assert await sweeper.run_due() == 0, "not before its retry time"
+    sweep = await repository.get(blocked.sweep_id)
+    assert sweep is not None and sweep.last_error == "database went away"
+    await pool.execute("UPDATE key_compromise_sweeps SET run_after = now()")
+    assert await sweeper.run_due() == 1
+    assert await revocations(pool, [leaf.serial]) == {leaf.serial: 1}
+    assert [retry_delay(n).total_seconds() for n in (1, 2, 3, 9, 10, 50)] == [
+        2, 4, 8, 512, 600, 600
+    ]
+
+
+async def test_spki_hash_column_matches_the_key(pool: asyncpg.Pool) -> None:
+    """The SQL DER walk gives what cryptography gives, for RSA (long-form lengths) and EC."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    account = await new_account(pool)
+    for key in (p256(), ec.generate_private_key(ec.SECP384R1()),
+                rsa.generate_private_key(public_exponent=65537, key_size=2048),
+                rsa.generate_private_key(public_exponent=65537, key_size=4096)):
+        leaf = make_leaf(make_issuer(), ["hash.example.com"], key=key)  # type: ignore[arg-type]
+        await store_certificate(pool, account, leaf)
+        stored = await pool.fetchval(
+            "SELECT spki_sha256 FROM certificates WHERE serial = $1", leaf.serial
+        )
+        assert stored == spki_sha256(key.public_key())
+    assert await pool.fetchval("SELECT acme_ca_spki_sha256('\\x3000'::bytea)") is None

@@ -38,7 +38,9 @@ from acme_ca.clock import SystemClock
 from acme_ca.config import Config
 from acme_ca.ct_testlogs import accepted_roots
 from acme_ca.db.certificates import CertificateRepository
+from acme_ca.db.embedded import EmbeddedPostgres
 from acme_ca.db.key_compromise import KeyCompromiseRepository, SweepLost
+from acme_ca.db.migrate import apply_schema
 from acme_ca.db.status import StatusRepository
 from acme_ca.ra.keys import spki_sha256
 from acme_ca.ra.revocation import RevocationAuthority
@@ -59,6 +61,7 @@ from tests.test_worker import build_csr, make_pki_config
 
 ERR = "urn:ietf:params:acme:error:"
 ISSUER = "dv-ecc"  # the issuer of P-256 CSRs (Config.ecdsa_issuer)
+DATA = Path(__file__).parent / "data"
 
 
 # --------------------------------------------------------------------------- the world
@@ -725,3 +728,80 @@ async def test_spki_hash_column_matches_the_key(pool: asyncpg.Pool) -> None:
         )
         assert stored == spki_sha256(key.public_key())
     assert await pool.fetchval("SELECT acme_ca_spki_sha256('\\x3000'::bytea)") is None
+
+
+# --------------------------------------------------------------------------- migration 001
+
+
+async def test_migration_001_backfills_key_hashes_and_queues_legacy_sweeps(
+    postgres: EmbeddedPostgres,
+) -> None:
+    """A database made by the schema before 001, holding a certificate revoked for
+    keyCompromise (its key blocked, its OCSP response revoked) and a precertificate with the
+    same key: the migration hashes both keys, marks the precertificate's serial revoked,
+    records the response's revocation time and queues the sweep such keys never had."""
+    dsn = postgres.create_database(f"m_{os.urandom(8).hex()}")
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute((DATA / "schema_before_001.sql").read_text())
+        assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == 0
+        key = p256()
+        issuer = make_issuer()
+        leaf = make_leaf(issuer, ["old.example.com"], key=key)
+        pre = make_leaf(issuer, ["old-pre.example.com"], key=key)
+        now = datetime.now(UTC)
+        account = await conn.fetchval(
+            "INSERT INTO accounts (key_thumbprint, jwk, status, created_at, updated_at) "
+            "VALUES ($1, '{}', 'valid', $2, $2) RETURNING id", os.urandom(32), now)
+        # The certificate, revoked, and its precertificate (same serial); another
+        # precertificate whose order failed.
+        await conn.execute(
+            "INSERT INTO certificates (account_id, serial, issuer, der, not_before, not_after, "
+            "revoked_at, revocation_reason, created_at) "
+            "VALUES ($1, $2, 'dv-ecc', $3, $4, $5, $6, 1, $6)",
+            account, leaf.serial, leaf.der, leaf.cert.not_valid_before_utc,
+            leaf.cert.not_valid_after_utc, now)
+        for made, status in ((leaf, "done"), (pre, "failed")):
+            order = await conn.fetchval(
+                "INSERT INTO orders (account_id, status, identifiers, expires_at, created_at, "
+                "updated_at) VALUES ($1, 'invalid', '[]', $2, $2, $2) RETURNING id",
+                account, now)
+            job = await conn.fetchval(
+                "INSERT INTO issuance_jobs (order_id, account_id, csr_der, names, status, "
+                "created_at, updated_at) VALUES ($1, $2, '', '[]', $3, $4, $4) RETURNING id",
+                order, account, status, now)
+            await conn.execute(
+                "INSERT INTO precertificates (job_id, order_id, account_id, serial, issuer, "
+                "der, not_before, not_after, created_at) "
+                "VALUES ($1, $2, $3, $4, 'dv-ecc', $5, $6, $7, $8)",
+                job, order, account, made.serial, made.der, made.cert.not_valid_before_utc,
+                made.cert.not_valid_after_utc, now)
+        await conn.execute(
+            "INSERT INTO blocked_keys (spki_sha256, reason, added_at, source) "
+            "VALUES ($1, $2, $3, 'account:1')", spki_sha256(key.public_key()),
+            f"keyCompromise stated by account:1 without proof of possession, serial {leaf.serial}",
+            now)
+        await conn.execute(
+            "INSERT INTO ocsp_responses (issuer, serial, hash_algorithm, status, "
+            "revocation_reason, der, this_update, next_update, produced_at) "
+            "VALUES ('dv-ecc', $1, 'sha1', 'revoked', 1, '\\x00', $2, $3, $2)",
+            leaf.serial, now, now + timedelta(days=4))
+
+        applied = await apply_schema(conn)
+        assert applied[:1] == [1] and sorted(applied) == applied
+
+        digest = spki_sha256(key.public_key())
+        for table in ("certificates", "precertificates"):
+            hashes_ = await conn.fetch(f"SELECT spki_sha256 FROM {table}")
+            assert {bytes(r["spki_sha256"]) for r in hashes_} == {digest}, table
+        synced = await conn.fetchrow(
+            "SELECT revoked_at, revocation_reason FROM precertificates WHERE serial = $1",
+            leaf.serial)
+        assert (synced["revoked_at"], synced["revocation_reason"]) == (now, 1)
+        assert await conn.fetchval("SELECT revoked_at FROM ocsp_responses") == now
+        sweep = await conn.fetchrow("SELECT * FROM key_compromise_sweeps")
+        assert bytes(sweep["spki_sha256"]) == digest and sweep["status"] == "queued"
+        assert sweep["compromised_at"] == now and sweep["requested_by"] == "account:1"
+        assert await apply_schema(conn) == [], "replaying the schema changes nothing"
+    finally:
+        await conn.close()

@@ -805,3 +805,40 @@ async def test_migration_001_backfills_key_hashes_and_queues_legacy_sweeps(
         assert await apply_schema(conn) == [], "replaying the schema changes nothing"
     finally:
         await conn.close()
+
+
+async def test_kc_4_certificate_of_a_revoked_precertificate_is_stored_revoked(
+    status_world: StatusWorld,
+    pool: asyncpg.Pool,
+    pki_config: Config,
+    issuers: IssuerSet,
+    linter: CertificateLinter,
+) -> None:
+    """The serial is what is revoked: a precertificate revoked while its job waits for SCTs,
+    whose certificate is then signed and stored, leaves a certificate stored revoked, on the
+    CRL and revoked in OCSP, as the precertificate was."""
+    async with harness(pool, pki_config, issuers, linter, two_logs()) as h:
+        h.logs["log B"].faults.corrupt_signature = True
+        order_id, _ = await h.queue(["pre-then-cert.example.com"])
+        assert await h.worker().run_once()
+        serial: str = await pool.fetchval(
+            "SELECT serial FROM precertificates WHERE order_id = $1", order_id
+        )
+        assert serial is not None
+        authority = RevocationAuthority(CertificateRepository(pool), SystemClock())
+        done = await authority.revoke_serial(serial, 5, actor="operator:erin")
+        assert done.revoked and done.precertificate
+        h.logs["log B"].faults.clear()
+        await pool.execute("UPDATE issuance_jobs SET retry_at = now() WHERE order_id = $1",
+                           order_id)
+        assert await h.worker().run_once()
+    row = await pool.fetchrow(
+        "SELECT revoked_at, revocation_reason FROM certificates WHERE order_id = $1", order_id
+    )
+    assert row is not None, "the certificate was stored"
+    assert (row["revoked_at"], row["revocation_reason"]) == (done.revoked_at, 5)
+    await status_world.publish()
+    listed = await status_world.crl()
+    assert entry_reason(listed[int(serial, 16)]) == x509.ReasonFlags.cessation_of_operation
+    assert await ocsp_says(world_of(status_world), serial, ocsp.OCSPCertStatus.REVOKED,
+                           x509.ReasonFlags.cessation_of_operation)

@@ -406,3 +406,23 @@ def test_responder_key_hash_is_sha1_of_public_key_bits(env: StatusEnv) -> None:
     for name in ISSUERS:
         certificate = env.issuers.by_name(name).certificate
         assert responder_key_hash(certificate) == hashlib.sha1(spk_bits(certificate)).digest()
+
+
+async def test_br_7_2_2_moved_revocation_time_caught_by_poll(env: StatusEnv) -> None:
+    """A revocation date moved back (keyCompromise known to be older, BR 7.2.2) with the same
+    status and reason: the periodic pass re-signs the responses with the new time."""
+    row_id, serial = await env.add_certificate("dv-ecc")
+    first = env.clock.now() - timedelta(minutes=1)
+    await env.revoke(row_id, 1, first)
+    updater = env.updater()
+    await updater.refresh_ocsp()
+    earlier = first - timedelta(hours=5)
+    await env.pool.execute(
+        "UPDATE certificates SET revoked_at = $2 WHERE serial = $1", serial, earlier
+    )
+    await updater.refresh_ocsp()
+    for record in (await responses_for(env, "dv-ecc", serial)).values():
+        response = ocsp.load_der_ocsp_response(record.der)
+        assert response.revocation_time_utc == earlier
+        assert response.revocation_reason == x509.ReasonFlags.key_compromise
+        assert record.revoked_at == earlier

@@ -208,10 +208,13 @@ async def revoke_serial(
     transaction, with its audit row and the ``acme_ca_revocation`` NOTIFY; None when nothing
     changed.  ``at`` is the revocationDate to write (for keyCompromise, the date the key is
     known compromised), ``now`` the time of the audit row."""
-    changed_certificate = await conn.fetchrow(_REVOKE_SQL["certificates"], serial, at, reason)
+    # The precertificate first: a certificate being stored for this serial holds its row
+    # (FOR SHARE, the certificates_inherit_revocation trigger), so either that certificate is
+    # committed before the certificates statement below runs, or it inherits this revocation.
     changed_precertificate = await conn.fetchrow(
         _REVOKE_SQL["precertificates"], serial, at, reason
     )
+    changed_certificate = await conn.fetchrow(_REVOKE_SQL["certificates"], serial, at, reason)
     row = changed_certificate or changed_precertificate
     if row is None:
         return None

@@ -120,6 +120,8 @@ async def serve(
         log.info(
             "server.ready",
             directory=config.external_base_url + urls.DIRECTORY,
+            shape=str(assessment.shape),
+            relaxed=[f.invariant.id for f in assessment.failures],
             listen=config.listen,
             tls="off (plain_http)" if ssl_context is None else "on",
             tls_ca=None if ssl_context is None or config.tls_cert

@@ -409,6 +409,8 @@ async def test_fc_1_init_made_hierarchy_starts_logging_each_relaxation_once(
     assert all(e["log_level"] == "warning" for e in relaxed)
     [shape] = [e for e in logs if e["event"] == "deployment.shape"]
     assert shape["shape"] == "development" and shape["publicly_trusted"] is False
+    [ready] = [e for e in logs if e["event"] == "server.ready"]
+    assert ready["shape"] == "development" and ready["relaxed"] == [i.id for i in INVARIANTS]
 
 
 # --------------------------------------------------------------------------- shape

@@ -57,7 +57,7 @@ from acme_ca.ra.keys import (
 from acme_ca.serve import serve, work
 from acme_ca.status.ocsp import CertStatus, OcspSignerNotAllowed, sign_ocsp_response
 from acme_ca.va.mtls import create_mpic_material
-from tests.softhsm import find_module
+from tests.softhsm import find_module, shared_token, softhsm_available
 
 #: The issue's example: started the day before BR 3.2.2.9 asks for 5 remote perspectives.
 DAY_BEFORE_FIVE = datetime(2026, 12, 14, 12, 0, tzinfo=UTC)
@@ -704,3 +704,19 @@ async def test_br_7_1_2_8_no_ocsp_is_signed_by_a_key_without_digital_signature(
                                      produced_at=NOW)
     finally:
         await signer.aclose()
+
+
+@pytest.mark.skipif(not softhsm_available(), reason="SoftHSM2 is not installed")
+async def test_softhsm_hierarchy_made_by_init_is_development_with_keys_in_the_hsm(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path,
+) -> None:
+    """The benchmark's shape: `acme-ca init` with pkcs11_module set. Invariant 1 holds, and
+    the hierarchy is still development (its roots say so), so the rest may be relaxed."""
+    token = shared_token(tmp_path_factory.getbasetemp() / "softhsm")
+    config = replace(Config(), home=tmp_path, pkcs11_module=token.module,
+                     pkcs11_token_label=token.label, pkcs11_pin=token.pin).validate()
+    await init_hierarchy(config, key_label_prefix=f"deploy-{secrets.token_hex(4)}")
+    result = assess(config, datetime.now(UTC))
+    assert result.shape is Shape.DEVELOPMENT and not result.publicly_trusted
+    hsm = next(f for f in result.findings if f.invariant.id == "issuer-keys-in-hsm")
+    assert hsm.passed, hsm.detail

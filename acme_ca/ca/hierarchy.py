@@ -7,7 +7,9 @@ What :func:`init_hierarchy` writes under ``config.pki_path``::
     cross-r1-by-x1.pem    Root R1's subject and key, signed by X1 (the alternate chain)
     dv-rsa.pem            acme_ca DV RSA CA 2026        RSA 2048, 5 years, signed by R1
     dv-ecc.pem            acme_ca DV ECC CA 2026        ECDSA P-256, 5 years, signed by R1
-    issuers.toml          the issuers, their keys and URLs (format: acme_ca.ca.issuers)
+    issuers.toml          the issuers, their keys and URLs (format: acme_ca.ca.issuers),
+                          marked ``generated_by = "acme-ca init"`` (a development
+                          hierarchy, :mod:`acme_ca.deployment`)
     keys/*.key.pem        software keys (0600), only without ``pkcs11_module``
 
 With ``config.pkcs11_module`` set every key, the roots' included, is generated in the token

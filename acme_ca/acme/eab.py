@@ -10,11 +10,11 @@ import hashlib
 import hmac
 import json
 from dataclasses import dataclass
-from typing import Any
 
 from acme_ca.acme import problems
 from acme_ca.acme.b64 import b64url_decode
 from acme_ca.acme.jwk import Jwk, JwkError, parse_jwk
+from acme_ca.acme.messages import FlattenedJws
 from acme_ca.acme.problems import AcmeError
 
 EAB_ALGORITHMS = {"HS256": hashlib.sha256, "HS384": hashlib.sha384, "HS512": hashlib.sha512}
@@ -32,14 +32,15 @@ def _malformed(detail: str) -> AcmeError:
     return AcmeError(problems.malformed(f"externalAccountBinding: {detail}"))
 
 
-def parse_eab(value: Any, *, outer_url: str, outer_jwk: Jwk) -> ParsedEab:
-    """Check the binding's form: MAC alg, kid, no nonce, same url, payload = the account key."""
-    if not isinstance(value, dict) or set(value) != {"protected", "payload", "signature"}:
-        raise _malformed("must be a flattened JWS with protected, payload and signature")
+def parse_eab(value: FlattenedJws, *, outer_url: str, outer_jwk: Jwk) -> ParsedEab:
+    """Check the binding's form: MAC alg, kid, no nonce, same url, payload = the account key.
+
+    Its shape (exactly protected, payload and signature, all strings) was checked when the
+    newAccount message was decoded (:class:`acme_ca.acme.messages.NewAccount`)."""
     try:
-        protected_raw = b64url_decode(value["protected"])
-        payload_raw = b64url_decode(value["payload"])
-        mac = b64url_decode(value["signature"])
+        protected_raw = b64url_decode(value.protected)
+        payload_raw = b64url_decode(value.payload)
+        mac = b64url_decode(value.signature)
         protected = json.loads(protected_raw)
         payload = json.loads(payload_raw)
     except (ValueError, TypeError, UnicodeDecodeError):
@@ -67,7 +68,7 @@ def parse_eab(value: Any, *, outer_url: str, outer_jwk: Jwk) -> ParsedEab:
     return ParsedEab(
         kid=kid,
         alg=alg,
-        signing_input=f"{value['protected']}.{value['payload']}".encode("ascii"),
+        signing_input=f"{value.protected}.{value.payload}".encode("ascii"),
         mac=mac,
     )
 

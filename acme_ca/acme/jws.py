@@ -186,3 +186,16 @@ def verify_jws(parsed: ParsedJws, key: PublicKey) -> VerifiedJws:
     except InvalidSignature:
         raise _malformed("JWS signature is invalid") from None
     return VerifiedJws(parsed=parsed, key=key, _token=_VERIFIED)
+
+
+def verify_inner_jws(outer: VerifiedJws) -> VerifiedJws:
+    """keyChange's inner JWS (RFC 8555 §7.3.5), the outer payload: no nonce, the new key as
+    ``jwk``, the outer ``url``, and a signature by that new key."""
+    inner = parse_jws(outer.parsed.payload_raw, require_nonce=False)
+    if inner.nonce is not None:
+        raise _malformed("keyChange inner JWS must not carry a nonce")
+    if inner.jwk is None:
+        raise _malformed("keyChange inner JWS must carry the new key as jwk")
+    if inner.url != outer.parsed.url:
+        raise _malformed("keyChange inner url must equal the outer url")
+    return verify_jws(inner, inner.jwk.key)

@@ -6,6 +6,7 @@ into an ``application/problem+json`` response in one place.  Nothing else choose
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +51,25 @@ class Problem:
             body["subproblems"] = [p.to_json() for p in self.subproblems]
         body.update(self.extra)
         return body
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> Problem:
+        """The inverse of :meth:`to_json`, for problem documents stored as JSON."""
+        kind, detail, status = body.get("type"), body.get("detail"), body.get("status")
+        if not isinstance(kind, str) or not isinstance(detail, str) or not isinstance(status, int):
+            raise TypeError("a problem document needs string type and detail, integer status")
+        ident = body.get("identifier")
+        return cls(
+            type=kind,
+            detail=detail,
+            status=status,
+            subproblems=tuple(cls.from_json(p) for p in body.get("subproblems", ())),
+            identifier=None if ident is None else Identifier(ident["type"], ident["value"]),
+            extra={k: v for k, v in body.items() if k not in _PROBLEM_MEMBERS},
+        )
+
+
+_PROBLEM_MEMBERS = frozenset({"type", "detail", "status", "identifier", "subproblems"})
 
 
 class AcmeError(Exception):

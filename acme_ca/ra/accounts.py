@@ -7,15 +7,15 @@ repository call per state change, and the web layer only translates HTTP.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import structlog
 
 from acme_ca.acme import problems
 from acme_ca.acme.eab import parse_eab, verify_eab_mac
-from acme_ca.acme.jwk import Jwk, JwkError, parse_jwk
-from acme_ca.acme.jws import VerifiedJws, parse_jws, verify_jws
+from acme_ca.acme.jwk import Jwk
+from acme_ca.acme.messages import AccountUpdate, FlattenedJws, KeyChange, NewAccount
 from acme_ca.acme.problems import AcmeError
+from acme_ca.acme.status import AccountStatus
 from acme_ca.clock import Clock
 from acme_ca.db.accounts import (
     Account,
@@ -44,7 +44,7 @@ class NewAccountResult:
     account: Account
     created: bool
     #: The verified binding, reflected in the 201 response (RFC 8555 §7.3.4).
-    external_account_binding: dict[str, Any] | None = None
+    external_account_binding: FlattenedJws | None = None
 
 
 class AccountAuthority:
@@ -74,17 +74,15 @@ class AccountAuthority:
         except KeyRejected as exc:
             raise AcmeError(problems.bad_public_key(f"account key refused: {exc.detail}")) from None
 
-    async def new_account(
-        self, jwk: Jwk, payload: dict[str, Any], outer_url: str
-    ) -> NewAccountResult:
+    async def new_account(self, jwk: Jwk, message: NewAccount, outer_url: str) -> NewAccountResult:
         existing = await self._accounts.get_by_thumbprint(jwk.thumbprint())
         if existing is not None:
-            if existing.status != "valid":
+            if existing.status != AccountStatus.VALID:
                 raise AcmeError(problems.deactivated_account())
             return NewAccountResult(existing, created=False)
-        if payload.get("onlyReturnExisting") is True:
+        if message.only_return_existing:
             raise AcmeError(problems.account_does_not_exist("no account exists with this key"))
-        if self._terms and payload.get("termsOfServiceAgreed") is not True:
+        if self._terms and not message.terms_of_service_agreed:
             raise AcmeError(
                 problems.user_action_required(
                     "you must agree to the terms of service (termsOfServiceAgreed: true)",
@@ -92,10 +90,10 @@ class AccountAuthority:
                 ),
                 headers={"Link": f'<{self._terms}>;rel="terms-of-service"'},
             )
-        contact = validate_contacts(payload.get("contact"))
+        contact = validate_contacts(message.contact or ())
         await self.check_account_key(jwk)
 
-        binding = payload.get("externalAccountBinding")
+        binding = message.external_account_binding
         eab_kid: str | None = None
         if binding is not None:
             eab_kid = await self._verify_binding(binding, outer_url, jwk)
@@ -109,7 +107,7 @@ class AccountAuthority:
                 jwk=jwk.to_json(),
                 thumbprint=jwk.thumbprint(),
                 contact=contact,
-                tos_agreed=payload.get("termsOfServiceAgreed") is True,
+                tos_agreed=message.terms_of_service_agreed,
                 eab_kid=eab_kid,
                 now=self._clock.now(),
             )
@@ -126,7 +124,7 @@ class AccountAuthority:
             account, created=True, external_account_binding=binding if eab_kid else None
         )
 
-    async def _verify_binding(self, binding: Any, outer_url: str, jwk: Jwk) -> str:
+    async def _verify_binding(self, binding: FlattenedJws, outer_url: str, jwk: Jwk) -> str:
         parsed = parse_eab(binding, outer_url=outer_url, outer_jwk=jwk)
         key = await self._eab_keys.get(parsed.kid)
         if key is None or key.revoked_at is not None:
@@ -138,49 +136,38 @@ class AccountAuthority:
             )
         return parsed.kid
 
-    async def update(self, account: Account, payload: dict[str, Any]) -> Account:
+    async def update(self, account: Account, message: AccountUpdate) -> Account:
         """Contact change or deactivation (§7.3.2, §7.3.6); other fields are ignored.
 
-        That includes ``status`` unless it is ``"deactivated"``: §7.3.2 says the server MUST
-        ignore updates to it, and acme-python/certbot echo ``"status": "valid"`` in every
-        contact update, so refusing it would break them.
+        That includes ``status`` unless it is ``"deactivated"`` (the message reads any other
+        value as absent): §7.3.2 says the server MUST ignore updates to it, and
+        acme-python/certbot echo ``"status": "valid"`` in every contact update.
         """
-        status = payload.get("status")
         try:
-            if "contact" in payload:
-                contact = validate_contacts(payload["contact"])
+            if message.contact is not None:
+                contact = validate_contacts(message.contact)
                 account = await self._accounts.update_contact(
                     account.id, contact, self._clock.now()
                 )
                 log.info("account.updated", account_id=account.id)
-            if status == "deactivated":
+            if message.status is AccountStatus.DEACTIVATED:
                 account = await self._accounts.deactivate(account.id, self._clock.now())
                 log.info("account.deactivated", account_id=account.id)
         except AccountStateChanged:
             raise AcmeError(problems.deactivated_account()) from None
         return account
 
-    async def key_change(self, account: Account, account_url: str, outer: VerifiedJws) -> Account:
-        """Roll the account key over (§7.3.5); ``AcmeError`` with 409 if the key is taken."""
-        inner_body = outer.parsed.payload_raw
-        inner = parse_jws(inner_body, require_nonce=False)
-        if inner.nonce is not None:
-            raise AcmeError(problems.malformed("keyChange inner JWS must not carry a nonce"))
-        if inner.jwk is None:
-            raise AcmeError(problems.malformed("keyChange inner JWS must carry the new key as jwk"))
-        if inner.url != outer.parsed.url:
-            raise AcmeError(problems.malformed("keyChange inner url must equal the outer url"))
-        verified = verify_jws(inner, inner.jwk.key)
-        body = verified.payload_json()
-        if body.get("account") != account_url:
+    async def key_change(
+        self, account: Account, account_url: str, new_key: Jwk, message: KeyChange
+    ) -> Account:
+        """Roll the account key over (§7.3.5); ``AcmeError`` with 409 if the key is taken.
+
+        ``new_key`` signed the inner JWS whose payload is ``message``
+        (:func:`acme_ca.acme.jws.verify_inner_jws` checked it)."""
+        if message.account != account_url:
             raise AcmeError(problems.malformed("keyChange 'account' must be the signing account"))
-        try:
-            old_key = parse_jwk(body.get("oldKey"))
-        except JwkError:
-            raise AcmeError(problems.malformed("keyChange 'oldKey' is not a valid JWK")) from None
-        if old_key.thumbprint() != account.key_thumbprint:
+        if message.old_key.thumbprint() != account.key_thumbprint:
             raise AcmeError(problems.unauthorized("keyChange 'oldKey' is not the account's key"))
-        new_key = inner.jwk
         await self.check_account_key(new_key)
         holder = await self._accounts.get_by_thumbprint(new_key.thumbprint())
         try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from acme_ca.acme import problems
 from acme_ca.acme.problems import AcmeError
@@ -14,12 +13,10 @@ _LOCAL = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}$")
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 
 
-def validate_contacts(value: Any) -> tuple[str, ...]:
-    """Return the contact list, or raise invalidContact / unsupportedContact / malformed."""
-    if value is None:
-        return ()
-    if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
-        raise AcmeError(problems.malformed("contact must be an array of strings"))
+def validate_contacts(value: tuple[str, ...]) -> tuple[str, ...]:
+    """Return the normalised contacts, or raise invalidContact / unsupportedContact.
+
+    The type (an array of strings) was checked when the message was decoded."""
     if len(value) > MAX_CONTACTS:
         raise AcmeError(problems.invalid_contact(f"at most {MAX_CONTACTS} contacts are allowed"))
     return tuple(_validate_one(c) for c in value)

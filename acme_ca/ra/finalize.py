@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from acme_ca.acme import problems
-from acme_ca.acme.b64 import b64url_decode
 from acme_ca.acme.jwk import parse_jwk
+from acme_ca.acme.messages import Finalize
 from acme_ca.acme.problems import AcmeError
 from acme_ca.clock import Clock
 from acme_ca.db.accounts import Account
@@ -72,22 +72,15 @@ class FinalizeAuthority:
         self._completions = completions
         self._wait = wait_seconds
 
-    async def finalize(self, account: Account, order: Order, payload: dict[str, Any]) -> None:
+    async def finalize(self, account: Account, order: Order, message: Finalize) -> None:
         status = await self._orders.refresh_status(order)
         if status != "ready":
             raise AcmeError(
                 problems.order_not_ready(f"the order is {status}; it must be ready to finalize")
             )
-        encoded = payload.get("csr")
-        if not isinstance(encoded, str):
-            raise AcmeError(problems.malformed("finalize needs a csr (base64url DER)"))
-        try:
-            der = b64url_decode(encoded)
-        except ValueError:
-            raise AcmeError(problems.bad_csr("csr is not base64url")) from None
         account_spki = _spki(parse_jwk(account.jwk).key)
         checked = await check_csr(
-            der,
+            message.csr,
             [i["value"] for i in order.identifiers],
             account_spki=account_spki,
             key_policy=self._key_policy,

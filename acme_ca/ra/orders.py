@@ -9,13 +9,13 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
 import structlog
 from cryptography import x509
 
 from acme_ca.acme import ari, problems
 from acme_ca.acme.b64 import b64url_encode
+from acme_ca.acme.messages import NewOrder
 from acme_ca.acme.problems import AcmeError, Identifier
 from acme_ca.clock import Clock
 from acme_ca.db.accounts import Account
@@ -78,28 +78,19 @@ class OrderAuthority:
         """The configured reuse period, never above the BR limit for today (BR 4.2.1)."""
         return min(self._policy.authz_reuse, max_dcv_reuse(self._clock.now()))
 
-    async def new_order(self, account: Account, payload: dict[str, Any]) -> Order:
-        raw = payload.get("identifiers")
-        if not isinstance(raw, list) or not all(
-            isinstance(i, dict)
-            and isinstance(i.get("type"), str)
-            and isinstance(i.get("value"), str)
-            for i in raw
-        ):
-            raise AcmeError(problems.malformed("identifiers must be a list of {type, value}"))
-        for field_name in ("notBefore", "notAfter"):
-            if payload.get(field_name) is not None:
+    async def new_order(self, account: Account, message: NewOrder) -> Order:
+        validity = (("notBefore", message.not_before), ("notAfter", message.not_after))
+        for field_name, value in validity:
+            if value is not None:
                 raise AcmeError(
                     problems.malformed(
                         f"{field_name} is not supported; validity follows the CA's profile"
                     )
                 )
-        if payload.get("profile") is not None:
+        if message.profile is not None:
             raise AcmeError(problems.invalid_profile("this CA offers no selectable profiles"))
-        identifiers = self._identifiers.check_order(
-            [Identifier(i["type"], i["value"]) for i in raw]
-        )
-        replaces = await self._replacement(account, identifiers, payload.get("replaces"))
+        identifiers = self._identifiers.check_order(message.identifiers)
+        replaces = await self._replacement(account, identifiers, message.replaces)
 
         now = self._clock.now()
         reuse_from = now - self.reuse_period()
@@ -163,15 +154,13 @@ class OrderAuthority:
         return refreshed
 
     async def _replacement(
-        self, account: Account, identifiers: tuple[Identifier, ...], raw: Any
+        self, account: Account, identifiers: tuple[Identifier, ...], raw: str | None
     ) -> Replacement | None:
         """Check newOrder's ``replaces`` (RFC 9773 §5, ARI-5): a well-formed certID of a
         certificate we issued to this account, sharing at least one identifier with the order.
         Whether another order already replaces it is settled when the order is stored."""
         if raw is None:
             return None
-        if not isinstance(raw, str):
-            raise AcmeError(problems.malformed("replaces must be a certID string"))
         try:
             wanted = ari.parse_cert_id(raw)
         except ari.CertIdError as exc:

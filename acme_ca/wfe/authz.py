@@ -2,88 +2,76 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 
-from acme_ca.acme import problems
-from acme_ca.acme.problems import AcmeError
+from acme_ca.acme import problems, resources
+from acme_ca.acme.messages import AuthzUpdate, ChallengeResponse
+from acme_ca.acme.problems import AcmeError, Identifier, Problem
+from acme_ca.acme.status import AuthorizationStatus, ChallengeStatus
 from acme_ca.db.orders import Authorization, Challenge
 from acme_ca.ra.states import authz_status
-from acme_ca.wfe.responses import acme_json, rfc3339
+from acme_ca.wfe.responses import acme_json
 from acme_ca.wfe.services import FrontEnd, front_end
 from acme_ca.wfe.verify import KeyMode, verify_post
 
 
-def challenge_body(fe: FrontEnd, challenge: Challenge) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "type": challenge.type,
-        "url": fe.urls.challenge(challenge.id),
-        "token": challenge.token,
-        "status": challenge.status,
-    }
-    if challenge.validated_at is not None:
-        body["validated"] = rfc3339(challenge.validated_at)
-    if challenge.error is not None:
-        body["error"] = challenge.error
-    if challenge.validation_records:
-        body["validationRecord"] = challenge.validation_records
-    return body
+def challenge_resource(challenge: Challenge) -> resources.Challenge:
+    return resources.Challenge(
+        id=challenge.id,
+        type=challenge.type,
+        token=challenge.token,
+        status=ChallengeStatus(challenge.status),
+        validated=challenge.validated_at,
+        error=None if challenge.error is None else Problem.from_json(challenge.error),
+        validation_record=tuple(challenge.validation_records),
+    )
 
 
-def authz_body(fe: FrontEnd, authz: Authorization) -> dict[str, Any]:
+def authz_resource(fe: FrontEnd, authz: Authorization) -> resources.Authorization:
     status = authz_status(authz.status, authz.expires_at, fe.clock.now())
     challenges = authz.challenges
     if status == "valid":  # only the challenge that validated it is of interest (§7.1.4)
         challenges = tuple(c for c in challenges if c.status == "valid") or challenges
-    body: dict[str, Any] = {
-        "identifier": {"type": "dns", "value": authz.identifier},
-        "status": status,
-        "expires": rfc3339(authz.expires_at),
-        "challenges": [challenge_body(fe, c) for c in challenges],
-    }
-    if authz.wildcard:
-        body["wildcard"] = True
-    return body
+    return resources.Authorization(
+        identifier=Identifier("dns", authz.identifier),
+        status=AuthorizationStatus(status),
+        expires=authz.expires_at,
+        challenges=tuple(challenge_resource(c) for c in challenges),
+        wildcard=authz.wildcard,
+    )
 
 
 async def post_authz(request: web.Request) -> web.Response:
     fe = front_end(request)
-    verified = await verify_post(request, KeyMode.KID)
+    verified = await verify_post(request, KeyMode.KID, AuthzUpdate, or_post_as_get=True)
     account = verified.require_account()
     authz_id = int(request.match_info["authz_id"])
-    if verified.jws.is_post_as_get:
+    if verified.message is None:
         authz = await fe.order_reads.get_authorization(authz_id)
         if authz is None or authz.account_id != account.id:
             raise AcmeError(problems.not_found("no such authorization"))
-    else:
-        payload = verified.payload()
-        if payload.get("status") != "deactivated":
-            raise AcmeError(
-                problems.malformed("the only update to an authorization is status: deactivated")
-            )
+    else:  # AuthzUpdate decodes only {"status": "deactivated"} (§7.5.2)
         authz = await fe.challenges.deactivate_authorization(account, authz_id)
-    return acme_json(authz_body(fe, authz))
+    return acme_json(authz_resource(fe, authz).to_json(fe.urls))
 
 
 async def post_challenge(request: web.Request) -> web.Response:
     fe = front_end(request)
-    verified = await verify_post(request, KeyMode.KID)
+    verified = await verify_post(request, KeyMode.KID, ChallengeResponse, or_post_as_get=True)
     account = verified.require_account()
     challenge_id = int(request.match_info["challenge_id"])
-    if verified.jws.is_post_as_get:
+    if verified.message is None:
         found = await fe.order_reads.get_challenge(challenge_id)
         if found is None or found[1].account_id != account.id:
             raise AcmeError(problems.not_found("no such challenge"))
     else:
-        verified.payload()  # must be a JSON object; {} per RFC 8555 §7.5.1 (erratum 5729)
         found = await fe.challenges.respond(account, challenge_id)
     challenge, authz = found
     headers = {}
     if challenge.status == "processing":
         headers["Retry-After"] = str(fe.config.retry_after_seconds)
     return acme_json(
-        challenge_body(fe, challenge),
+        challenge_resource(challenge).to_json(fe.urls),
         headers=headers,
         links=[f'<{fe.urls.authz(authz.id)}>;rel="up"'],
     )

@@ -7,9 +7,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from acme_ca.acme import problems
+from acme_ca.acme.messages import Finalize
 from acme_ca.acme.problems import AcmeError
 from acme_ca.db.certificates import CertificateRecord
-from acme_ca.wfe.order import load_own_order, order_body
+from acme_ca.wfe.order import load_own_order, order_resource
 from acme_ca.wfe.responses import acme_json
 from acme_ca.wfe.services import FrontEnd, front_end
 from acme_ca.wfe.verify import KeyMode, verify_post
@@ -19,16 +20,18 @@ PEM_CHAIN = "application/pem-certificate-chain"
 
 async def post_finalize(request: web.Request) -> web.Response:
     fe = front_end(request)
-    verified = await verify_post(request, KeyMode.KID)
+    verified = await verify_post(request, KeyMode.KID, Finalize)
     account = verified.require_account()
     order = await load_own_order(request, fe, account.id)
-    await fe.finalize.finalize(account, order, verified.payload())
+    await fe.finalize.finalize(account, order, verified.message)
     updated = await fe.order_reads.get_order(order.id)
     assert updated is not None
     status = fe.orders.current_status(updated)
     headers = {"Retry-After": str(fe.config.retry_after_seconds)} if status == "processing" else {}
     return acme_json(
-        order_body(fe, updated, status), location=fe.urls.order(order.id), headers=headers
+        order_resource(updated, status).to_json(fe.urls),
+        location=fe.urls.order(order.id),
+        headers=headers,
     )
 
 

@@ -2,39 +2,38 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import structlog
 from aiohttp import web
 
-from acme_ca.acme import problems
-from acme_ca.acme.problems import AcmeError
+from acme_ca.acme import problems, resources
+from acme_ca.acme.messages import NewOrder
+from acme_ca.acme.problems import AcmeError, Identifier, Problem
+from acme_ca.acme.status import OrderStatus
 from acme_ca.db.orders import Order
-from acme_ca.wfe.responses import acme_json, rfc3339
+from acme_ca.wfe.responses import acme_json
 from acme_ca.wfe.services import FrontEnd, front_end
 from acme_ca.wfe.verify import KeyMode, verify_post
 
 
-def order_body(fe: FrontEnd, order: Order, status: str) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "status": status,
-        "expires": rfc3339(order.expires_at),
-        "identifiers": order.identifiers,
-        "authorizations": [fe.urls.authz(i) for i in order.authz_ids],
-        "finalize": fe.urls.finalize(order.id),
-    }
-    if order.replaces is not None:  # RFC 9773 §5: reflected in every response
-        body["replaces"] = order.replaces
-    if status == "invalid":
-        body["error"] = (
-            order.error
-            or problems.unauthorized(
-                "the order expired or one of its authorizations failed"
-            ).to_json()
+def order_resource(order: Order, status: str) -> resources.Order:
+    """The order as shown now: ``status`` is its derived status, not necessarily the row's."""
+    error = None
+    if status == OrderStatus.INVALID:
+        error = (
+            Problem.from_json(order.error)
+            if order.error
+            else problems.unauthorized("the order expired or one of its authorizations failed")
         )
-    if status == "valid" and order.certificate_id is not None:
-        body["certificate"] = fe.urls.certificate(order.certificate_id)
-    return body
+    return resources.Order(
+        id=order.id,
+        status=OrderStatus(status),
+        expires=order.expires_at,
+        identifiers=tuple(Identifier(i["type"], i["value"]) for i in order.identifiers),
+        authz_ids=order.authz_ids,
+        error=error,
+        certificate_id=order.certificate_id if status == OrderStatus.VALID else None,
+        replaces=order.replaces,
+    )
 
 
 def _retry_after(fe: FrontEnd, status: str) -> dict[str, str]:
@@ -43,11 +42,15 @@ def _retry_after(fe: FrontEnd, status: str) -> dict[str, str]:
 
 async def post_new_order(request: web.Request) -> web.Response:
     fe = front_end(request)
-    verified = await verify_post(request, KeyMode.KID)
-    order = await fe.orders.new_order(verified.require_account(), verified.payload())
+    verified = await verify_post(request, KeyMode.KID, NewOrder)
+    order = await fe.orders.new_order(verified.require_account(), verified.message)
     structlog.contextvars.bind_contextvars(order_id=order.id)
     status = fe.orders.current_status(order)
-    return acme_json(order_body(fe, order, status), status=201, location=fe.urls.order(order.id))
+    return acme_json(
+        order_resource(order, status).to_json(fe.urls),
+        status=201,
+        location=fe.urls.order(order.id),
+    )
 
 
 async def load_own_order(request: web.Request, fe: FrontEnd, account_id: int) -> Order:
@@ -65,4 +68,6 @@ async def post_order(request: web.Request) -> web.Response:
         raise AcmeError(problems.malformed("an order is fetched with POST-as-GET"))
     order = await load_own_order(request, fe, verified.require_account().id)
     status = await fe.orders.refresh_status(order)
-    return acme_json(order_body(fe, order, status), headers=_retry_after(fe, status))
+    return acme_json(
+        order_resource(order, status).to_json(fe.urls), headers=_retry_after(fe, status)
+    )

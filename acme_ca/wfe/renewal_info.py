@@ -12,7 +12,8 @@ from aiohttp import web
 
 from acme_ca.acme import ari, problems
 from acme_ca.acme.problems import AcmeError
-from acme_ca.wfe.responses import acme_json, rfc3339
+from acme_ca.acme.resources import rfc3339
+from acme_ca.wfe.responses import acme_json
 from acme_ca.wfe.services import front_end
 
 #: Shared caches may keep an answer this long (ARI-4; never longer than its Retry-After).

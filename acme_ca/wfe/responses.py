@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -40,8 +39,3 @@ def problem_response(problem: Problem, headers: dict[str, str] | None = None) ->
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
-
-
-def rfc3339(at: datetime) -> str:
-    """RFC 3339 UTC with a Z suffix, to the second, as ACME clients expect."""
-    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, Generic, Literal, TypeVar, overload
 
 import structlog
 from aiohttp import web
@@ -17,6 +17,7 @@ from aiohttp import web
 from acme_ca.acme import problems
 from acme_ca.acme.jwk import Jwk, PublicKey, parse_jwk
 from acme_ca.acme.jws import VerifiedJws, parse_jws, verify_jws
+from acme_ca.acme.messages import Message
 from acme_ca.acme.problems import AcmeError
 from acme_ca.db.accounts import Account
 from acme_ca.wfe.services import front_end
@@ -32,19 +33,26 @@ class KeyMode(Enum):
     EITHER = "either"
 
 
+M = TypeVar("M", bound=Message)
+T_co = TypeVar("T_co", covariant=True)
+
+
 @dataclass(frozen=True)
-class VerifiedRequest:
-    """A POST whose JWS verified, with the account that signed it (None for ``jwk``)."""
+class VerifiedRequest(Generic[T_co]):
+    """A POST whose JWS verified, with the account that signed it (None for ``jwk``) and its
+    payload decoded as the endpoint's message (None for POST-as-GET or an undecoded payload)."""
 
     jws: VerifiedJws
     account: Account | None
     jwk: Jwk | None
+    message: T_co
 
     @property
     def url(self) -> str:
         return self.jws.parsed.url
 
     def payload(self) -> dict[str, Any]:
+        """The raw payload object, for endpoints without a message class yet (revokeCert)."""
         return self.jws.payload_json()
 
     def require_account(self) -> Account:
@@ -52,7 +60,31 @@ class VerifiedRequest:
         return self.account
 
 
-async def verify_post(request: web.Request, mode: KeyMode) -> VerifiedRequest:
+@overload
+async def verify_post(request: web.Request, mode: KeyMode) -> VerifiedRequest[None]: ...
+
+
+@overload
+async def verify_post(
+    request: web.Request, mode: KeyMode, message: type[M]
+) -> VerifiedRequest[M]: ...
+
+
+@overload
+async def verify_post(
+    request: web.Request, mode: KeyMode, message: type[M], *, or_post_as_get: Literal[True]
+) -> VerifiedRequest[M | None]: ...
+
+
+async def verify_post(
+    request: web.Request,
+    mode: KeyMode,
+    message: type[Message] | None = None,
+    *,
+    or_post_as_get: bool = False,
+) -> VerifiedRequest[Any]:
+    """Authenticate the POST, then decode its payload as ``message`` (``malformed`` naming the
+    member if it does not fit); with ``or_post_as_get`` an empty payload gives None instead."""
     fe = front_end(request)
     if request.content_type != JOSE_CONTENT_TYPE:
         raise AcmeError(
@@ -94,7 +126,10 @@ async def verify_post(request: web.Request, mode: KeyMode) -> VerifiedRequest:
         key = _stored_key(account)
     verified = verify_jws(parsed, key)
     await fe.nonces.redeem(parsed.nonce)
-    return VerifiedRequest(jws=verified, account=account, jwk=parsed.jwk)
+    decoded = None
+    if message is not None and not (or_post_as_get and verified.is_post_as_get):
+        decoded = message.from_json(verified.payload_json())
+    return VerifiedRequest(jws=verified, account=account, jwk=parsed.jwk, message=decoded)
 
 
 def _stored_key(account: Account) -> PublicKey:

@@ -616,3 +616,48 @@ async def test_admin_revoke_by_domain_audited(
         dsn, tmp_path, "--domain", "co.jp", "--reason", "superseded"
     )
     assert code == 1 and "public suffix" in err, (out, err)
+
+
+async def test_kc_4_admin_revoke_by_domain_includes_precertificates_of_failed_orders(
+    dsn: str, tmp_path: Path, pool: asyncpg.Pool, account_id: int, issuer: ThrowawayIssuer
+) -> None:
+    """BR 7.1.2.9: a precertificate whose order failed is an assigned serial, so revoking
+    everything under a domain revokes it too (and a precertificate whose certificate exists
+    is revoked once, with it)."""
+    now = datetime.now(UTC)
+    issued = make_leaf(issuer, ["shop.example.com"])
+    await store_certificate(pool, account_id, issued)
+    lone = make_leaf(issuer, ["failed.example.com"])
+    for leaf, status in ((lone, "failed"), (issued, "done")):
+        order_id = await pool.fetchval(
+            "INSERT INTO orders (account_id, status, identifiers, expires_at, created_at, "
+            "updated_at) VALUES ($1, 'invalid', $2, $3, $3, $3) RETURNING id",
+            account_id, [{"type": "dns", "value": n} for n in leaf.names], now,
+        )
+        job_id = await pool.fetchval(
+            "INSERT INTO issuance_jobs (order_id, account_id, csr_der, names, status, "
+            "created_at, updated_at) VALUES ($1, $2, '', '[]', $3, $4, $4) RETURNING id",
+            order_id, account_id, status, now,
+        )
+        await pool.execute(
+            "INSERT INTO precertificates (job_id, order_id, account_id, serial, issuer, der, "
+            "not_before, not_after, created_at) VALUES ($1, $2, $3, $4, 'test-issuer', $5, $6, "
+            "$7, $8)",
+            job_id, order_id, account_id, leaf.serial, leaf.der,
+            leaf.cert.not_valid_before_utc, leaf.cert.not_valid_after_utc, now,
+        )
+    code, out, err = await run_admin(
+        dsn, tmp_path, "--domain", "example.com", "--reason", "superseded", "--actor", "frank"
+    )
+    assert code == 0, (out, err)
+    lines = {line.split("\t")[1]: line for line in out.splitlines() if "\t" in line}
+    assert set(lines) == {issued.serial, lone.serial}, out
+    assert lines[lone.serial].endswith("\tprecertificate")
+    assert not lines[issued.serial].endswith("\tprecertificate")
+    for leaf in (issued, lone):
+        row = await pool.fetchrow(
+            "SELECT revocation_reason FROM precertificates WHERE serial = $1", leaf.serial
+        )
+        assert row["revocation_reason"] == 4
+    assert (await cert_row(pool, issued.serial))["revocation_reason"] == 4
+    assert len(await audit(pool, "certificate.revoked")) == 2

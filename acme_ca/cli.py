@@ -127,9 +127,12 @@ def _parser() -> argparse.ArgumentParser:
     revoke_cert = admin_sub.add_parser(
         "revoke",
         help="revoke a certificate by serial, or every unexpired one under a domain",
-        description="Revoke SERIAL, or with --domain every unexpired, unrevoked certificate "
-        "naming the domain or a name under it. keyCompromise also blocks the key for future "
-        "CSRs. Each revocation is an audit event naming --actor.",
+        description="Revoke SERIAL (a certificate's, or a precertificate's whose certificate "
+        "was never stored), or with --domain every unexpired, unrevoked certificate naming the "
+        "domain or a name under it. keyCompromise also blocks the key for CSRs and account "
+        "keys, moves an earlier revocation to keyCompromise, and queues a sweep that revokes "
+        "every other certificate with the key (see block-key). Each revocation is an audit "
+        "event naming --actor.",
     )
     revoke_cert.add_argument("serial", nargs="?", help="certificate serial number (hex)")
     revoke_cert.add_argument("--domain", help="registered domain, e.g. example.com")

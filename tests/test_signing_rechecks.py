@@ -387,18 +387,31 @@ async def test_fc_4_caa_older_than_8_hours_is_redone_before_signing(
     assert all(caa_queries(dns, name) >= 1 for name in NAMES)
 
 
+@pytest.mark.parametrize(("caa_at", "forbidden", "problem"), [
+    ("www.recheck.example.com", {"www.recheck.example.com"}, "caa"),
+    ("recheck.example.com", set(NAMES), "compound"),  # the climb finds it for both names
+], ids=["one-name", "both-names"])
 async def test_fc_4_caa_that_now_forbids_fails_the_order_and_signs_nothing(
-    rig: Rig, dns: ChallengeTestServer
+    rig: Rig, dns: ChallengeTestServer, caa_at: str, forbidden: set[str], problem: str
 ) -> None:
+    """CAA changed since the validation 9 hours ago: every stale name is rechecked (each
+    audited), the names CAA now forbids are refused, and nothing is signed."""
     order_id = await rig.queue(validated_at=rig.clock.now())
-    dns.store.add_caa("recheck.example.com", [CaaPolicy("issue", "another-ca.example")])
+    dns.store.add_caa(caa_at, [CaaPolicy("issue", "another-ca.example")])
     rig.clock.advance(timedelta(hours=9))
     await run(rig.worker(production=False))
-    details = await refused(rig, order_id, "BR 3.2.2.8", "caa")
-    assert details["refusals"][0]["identifier"] in NAMES
+    details = await refused(rig, order_id, "BR 3.2.2.8", problem)
+    assert {r["identifier"] for r in details["refusals"]} == forbidden
+    assert all(r["type"] == "caa" for r in details["refusals"])
     audits = await caa_rechecks(rig.pool, order_id)
-    assert audits and audits[-1]["ok"] is False and audits[-1]["problem"]["type"] == ACME + "caa"
+    assert {a["identifier"]: a["ok"] for a in audits} == {n: n not in forbidden for n in NAMES}
+    assert all(a["problem"]["type"] == ACME + "caa" for a in audits if not a["ok"])
     assert rig.hsm_signatures == 0
+    # A name CAA still allows keeps its new check time; a forbidden one does not.
+    stored = dict(await rig.pool.fetch(
+        "SELECT a.identifier, a.caa_checked_at FROM order_authorizations oa "
+        "JOIN authorizations a ON a.id = oa.authz_id WHERE oa.order_id = $1", order_id))
+    assert {n for n, t in stored.items() if t is not None} == set(NAMES) - forbidden
 
 
 async def test_fc_4_ct_retry_that_reenters_prepare_after_8_hours_redoes_caa(rig: Rig) -> None:

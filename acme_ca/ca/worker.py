@@ -76,7 +76,12 @@ from acme_ca.ca.profile import (
 )
 from acme_ca.clock import Clock
 from acme_ca.config import Config
-from acme_ca.db.issuance import IssuanceJob, IssuanceRepository, IssuedCertificate
+from acme_ca.db.issuance import (
+    AuthorizationEvidence,
+    IssuanceJob,
+    IssuanceRepository,
+    IssuedCertificate,
+)
 from acme_ca.db.status import StatusRepository
 from acme_ca.db.storage import open_storage
 from acme_ca.remote_va.primary import build_validator
@@ -436,27 +441,37 @@ class SigningWorker:
         return True
 
     async def _recheck_stale_caa(self, job: IssuanceJob) -> bool | None:
-        """Recheck CAA for each name whose check is older than 8 hours; whether any was
-        rechecked, or None when one refused (the order has failed)."""
+        """Recheck CAA, concurrently, for each name whose check is older than 8 hours (so a
+        100-name order stays well within the job's lease); whether any was rechecked, or None
+        when one refused (the order has failed)."""
         evidence = await self._jobs.order_authorizations(job.order_id)
-        rechecked = False
+        now = self._clock.now()
+        stale: list[tuple[str, AuthorizationEvidence, str]] = []
         for name, ev in recheck.authorizations_by_name(job.names, evidence).items():
-            gone = recheck.authorization_refusal(name, ev, self._clock.now())
+            gone = recheck.authorization_refusal(name, ev, now)
             if gone is not None:  # changed since the date rules looked (deactivated...)
-                await self._refuse(job, [gone], self._clock.now())
+                await self._refuse(job, [gone], now)
                 return None
             assert ev is not None and ev.method is not None
-            if not recheck.caa_stale(ev, self._clock.now()):
-                continue
-            if self._caa is None or self._account_uri is None:
-                refusal = recheck.caa_refusal(name, None, recheck.caa_checked_at(ev))
-                await self._refuse(job, [refusal], self._clock.now())
-                return None
-            started = self._clock.now()
-            result = await self._caa.recheck_caa(
-                ev.identifier, ev.wildcard, self._account_uri(job.account_id), ev.method
-            )
-            rechecked = True
+            if recheck.caa_stale(ev, now):
+                stale.append((name, ev, ev.method))
+        if not stale:
+            return False
+        caa, account_uri = self._caa, self._account_uri
+        if caa is None or account_uri is None:
+            await self._refuse(job, [recheck.caa_refusal(name, None, recheck.caa_checked_at(ev))
+                                     for name, ev, _ in stale], now)
+            return None
+        started = self._clock.now()
+        async with asyncio.TaskGroup() as group:
+            checks = [
+                group.create_task(caa.recheck_caa(
+                    ev.identifier, ev.wildcard, account_uri(job.account_id), method))
+                for _, ev, method in stale
+            ]
+        refusals: list[recheck.Refusal] = []
+        for (name, ev, _), check in zip(stale, checks, strict=True):
+            result = check.result()
             await self._jobs.record_caa_recheck(
                 job, self.worker_id, authz_id=ev.authz_id, identifier=name,
                 checked_at=started, ok=result.ok, records=[r.to_json() for r in result.records],
@@ -468,10 +483,11 @@ class SigningWorker:
                      previous=None if previous is None else previous.isoformat())
             if not result.ok:
                 assert result.problem is not None
-                refusal = recheck.caa_refusal(name, result.problem, previous)
-                await self._refuse(job, [refusal], self._clock.now())
-                return None
-        return rechecked
+                refusals.append(recheck.caa_refusal(name, result.problem, previous))
+        if refusals:
+            await self._refuse(job, refusals, self._clock.now())
+            return None
+        return True
 
     async def _refuse(
         self, job: IssuanceJob, found: list[recheck.Refusal], now: datetime

@@ -8,7 +8,9 @@ from typing import Any
 
 import asyncpg
 
+from acme_ca.acme.states import ORDERS, OrderEvent
 from acme_ca.db.audit import record_event
+from acme_ca.db.orders import apply_order_event
 
 
 @dataclass(frozen=True)
@@ -166,12 +168,15 @@ class AccountRepository:
             )
             if row is None:
                 raise AccountStateChanged
-            cancelled = await conn.execute(
-                "UPDATE orders SET status = 'invalid', error = $2, updated_at = $3 "
-                "WHERE account_id = $1 AND status IN ('pending', 'ready')",
+            event = OrderEvent.ACCOUNT_DEACTIVATED
+            unfinished = await conn.fetch(
+                "SELECT id FROM orders WHERE account_id = $1 AND status = ANY($2::text[]) "
+                "ORDER BY id FOR UPDATE",
                 account_id,
-                error,
-                now,
+                list(ORDERS.sources(event)),
+            )
+            cancelled = await apply_order_event(
+                conn, event, [r["id"] for r in unfinished], now, error=error
             )
             await record_event(
                 conn,
@@ -179,7 +184,7 @@ class AccountRepository:
                 at=now,
                 actor=f"account:{account_id}",
                 account_id=account_id,
-                details={"orders_cancelled": int(cancelled.split()[-1])},
+                details={"orders_cancelled": len(cancelled)},
             )
         return _to_account(row)
 

@@ -24,8 +24,10 @@ from typing import Any
 
 import asyncpg
 
+from acme_ca.acme.states import OrderEvent
 from acme_ca.db.audit import record_event
 from acme_ca.db.completions import notify_order_done
+from acme_ca.db.orders import Order, apply_order_event
 
 NOTIFY_CHANNEL = "acme_ca_issuance"
 
@@ -138,17 +140,13 @@ class IssuanceRepository:
         names: list[str],
         issuer: str,
         now: datetime,
-    ) -> bool:
-        """ready → processing and a queued job, atomically; False if the order was not ready."""
+    ) -> Order | None:
+        """ready → processing and a queued job, atomically: the order as moved, or None if it
+        was not ready (or had expired)."""
         async with self._pool.acquire() as conn, conn.transaction():
-            moved = await conn.execute(
-                "UPDATE orders SET status = 'processing', updated_at = $2 "
-                "WHERE id = $1 AND status = 'ready'",
-                order_id,
-                now,
-            )
-            if not moved.endswith(" 1"):
-                return False
+            moved = await apply_order_event(conn, OrderEvent.FINALIZED, [order_id], now)
+            if not moved:
+                return None
             await conn.execute(
                 """INSERT INTO issuance_jobs (order_id, account_id, csr_der, names, status,
                                               issuer, created_at, updated_at)
@@ -170,7 +168,7 @@ class IssuanceRepository:
                 details={"issuer": issuer},
             )
             await conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")
-        return True
+        return moved[0]
 
     async def claim(self, worker_id: str, *, now: datetime, lease: timedelta) -> IssuanceJob | None:
         row = await self._pool.fetchrow(
@@ -384,12 +382,7 @@ class IssuanceRepository:
                 now,
                 cert.scts,
             )
-            await conn.execute(
-                "UPDATE orders SET status = 'valid', updated_at = $2 "
-                "WHERE id = $1 AND status = 'processing'",
-                job.order_id,
-                now,
-            )
+            await apply_order_event(conn, OrderEvent.ISSUED, [job.order_id], now)
             await conn.execute(
                 "UPDATE issuance_jobs SET status = 'done', locked_by = NULL, "
                 "locked_until = NULL, updated_at = $2 WHERE id = $1",
@@ -441,12 +434,8 @@ class IssuanceRepository:
             )
             if not updated.endswith(" 1"):
                 return False
-            await conn.execute(
-                "UPDATE orders SET status = 'invalid', error = $2, updated_at = $3 "
-                "WHERE id = $1 AND status = 'processing'",
-                job.order_id,
-                problem,
-                now,
+            await apply_order_event(
+                conn, OrderEvent.ISSUANCE_FAILED, [job.order_id], now, error=problem
             )
             await notify_order_done(conn, job.order_id)
             await record_event(
@@ -463,9 +452,7 @@ class IssuanceRepository:
     async def mark_done(self, job: IssuanceJob, now: datetime) -> None:
         """Finish a job whose certificate is already stored (the order moves to valid)."""
         async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "UPDATE orders SET status = 'valid', updated_at = $2 "
-                "WHERE id = $1 AND status = 'processing'", job.order_id, now)
+            await apply_order_event(conn, OrderEvent.ISSUED, [job.order_id], now)
             await conn.execute(
                 "UPDATE issuance_jobs SET status = 'done', locked_by = NULL, "
                 "locked_until = NULL, updated_at = $2 WHERE id = $1", job.id, now)

@@ -1,18 +1,32 @@
 """Orders, authorizations and challenges: one table family, one transaction per state change.
 
 Races are settled in SQL: a challenge moves to ``processing`` only from ``pending``, and a
-validation result is written only while the challenge is still ``processing``.
+validation result is written only while the challenge is still ``processing``.  Order and
+authorization statuses move only by events of the tables in :mod:`acme_ca.acme.states`, each
+applied by a conditional update whose allowed states are the event's sources in that table;
+reads never write (expiry is derived by whoever reads, from the row and the clock).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
 
+from acme_ca.acme.states import (
+    AUTHORIZATION_EVENT_SOURCES,
+    AUTHORIZATIONS,
+    ORDERS,
+    AuthorizationEvent,
+    OrderEvent,
+    authorizations_event,
+    authz_status,
+    order_status,
+)
+from acme_ca.acme.status import AuthorizationStatus, OrderStatus
 from acme_ca.db.audit import record_event
 from acme_ca.db.certificates import CertificateRecord, CertificateRepository
 
@@ -36,7 +50,8 @@ class Authorization:
     account_id: int
     identifier: str
     wildcard: bool
-    status: str
+    #: As stored: :func:`acme_ca.acme.states.authz_status` gives it at a given time.
+    status: AuthorizationStatus
     expires_at: datetime
     validated_at: datetime | None
     challenges: tuple[Challenge, ...]
@@ -46,7 +61,8 @@ class Authorization:
 class Order:
     id: int
     account_id: int
-    status: str
+    #: As stored: :func:`acme_ca.acme.states.order_status` gives it at a given time.
+    status: OrderStatus
     identifiers: list[dict[str, str]]
     expires_at: datetime
     error: dict[str, Any] | None
@@ -54,7 +70,7 @@ class Order:
     created_at: datetime
     authz_ids: tuple[int, ...]
     #: (status, expires_at) of each authorization, in ``authz_ids`` order.
-    authz_states: tuple[tuple[str, datetime], ...]
+    authz_states: tuple[tuple[AuthorizationStatus, datetime], ...]
     certificate_id: int | None
     #: RFC 9773 §5: the certID of the certificate this order replaces, as the client sent it.
     replaces: str | None = None
@@ -115,37 +131,83 @@ def _challenge(row: asyncpg.Record | dict[str, Any]) -> Challenge:
     )
 
 
-_ORDER_SELECT = """
+#: An order row ``o`` with its certificate and its authorizations' ids, statuses and expiries
+#: (in position order); ``o`` may be the table or the ``RETURNING`` of an update.
+_ORDER_COLUMNS = """
     SELECT o.*,
            (SELECT c.id FROM certificates c WHERE c.order_id = o.id ORDER BY c.id LIMIT 1)
                AS certificate_id,
-           coalesce(array_agg(a.id ORDER BY oa.position) FILTER (WHERE a.id IS NOT NULL), '{}')
-               AS authz_ids,
-           coalesce(array_agg(a.status ORDER BY oa.position) FILTER (WHERE a.id IS NOT NULL), '{}')
-               AS authz_statuses,
-           coalesce(array_agg(a.expires_at ORDER BY oa.position)
-                    FILTER (WHERE a.id IS NOT NULL), '{}') AS authz_expiries
-    FROM orders o
-    LEFT JOIN order_authorizations oa ON oa.order_id = o.id
-    LEFT JOIN authorizations a ON a.id = oa.authz_id
+           coalesce(az.ids, '{}') AS authz_ids,
+           coalesce(az.statuses, '{}') AS authz_statuses,
+           coalesce(az.expiries, '{}') AS authz_expiries
 """
+_AUTHZ_ARRAYS = """
+    LEFT JOIN LATERAL (
+        SELECT array_agg(a.id ORDER BY oa.position) AS ids,
+               array_agg(a.status ORDER BY oa.position) AS statuses,
+               array_agg(a.expires_at ORDER BY oa.position) AS expiries
+        FROM order_authorizations oa JOIN authorizations a ON a.id = oa.authz_id
+        WHERE oa.order_id = o.id) az ON true
+"""
+_ORDER_SELECT = _ORDER_COLUMNS + " FROM orders o " + _AUTHZ_ARRAYS
+
+#: One order event: to the table's target ($2), only from its sources ($5) and not once the
+#: order has expired out of them ($6: the sources of EXPIRED); the moved rows come back whole.
+_MOVE_ORDERS = """
+    WITH o AS (
+        UPDATE orders SET status = $2, error = coalesce(error, $3), updated_at = $4
+        WHERE id = ANY($1::bigint[]) AND status = ANY($5::text[])
+          AND NOT (status = ANY($6::text[]) AND expires_at <= $4)
+        RETURNING *)
+"""
+_APPLY_ORDER_EVENT = _MOVE_ORDERS + _ORDER_COLUMNS + " FROM o " + _AUTHZ_ARRAYS + " ORDER BY o.id"
 
 
-def _order(row: asyncpg.Record) -> Order:
+def _order(row: Mapping[str, Any]) -> Order:
     return Order(
         id=row["id"],
         account_id=row["account_id"],
-        status=row["status"],
+        status=OrderStatus(row["status"]),
         identifiers=row["identifiers"],
         expires_at=row["expires_at"],
         error=row["error"],
         profile=row["profile"],
         created_at=row["created_at"],
         authz_ids=tuple(row["authz_ids"]),
-        authz_states=tuple(zip(row["authz_statuses"], row["authz_expiries"], strict=True)),
+        authz_states=tuple(
+            (AuthorizationStatus(s), e)
+            for s, e in zip(row["authz_statuses"], row["authz_expiries"], strict=True)
+        ),
         certificate_id=row["certificate_id"],
         replaces=row["replaces"],
     )
+
+
+async def apply_order_event(
+    conn: asyncpg.Connection,
+    event: OrderEvent,
+    order_ids: Sequence[int],
+    now: datetime,
+    *,
+    error: dict[str, Any] | None = None,
+) -> list[Order]:
+    """Move the orders ``event`` applies to (its sources in :data:`ORDERS`) to its target.
+
+    Orders in any other status are left alone, so of two writers racing for an order only the
+    first moves it; so is an order that expired out of a source status by ``now`` (its stored
+    ``ready`` is ``invalid`` to every reader, so it cannot be finalized).  ``error`` is stored
+    unless the order has one.  Returns the moved orders as the update left them.
+    """
+    rows = await conn.fetch(
+        _APPLY_ORDER_EVENT,
+        list(order_ids),
+        ORDERS.target(event),
+        error,
+        now,
+        list(ORDERS.sources(event)),
+        list(ORDERS.sources(OrderEvent.EXPIRED)),
+    )
+    return [_order(r) for r in rows]
 
 
 class OrderRepository:
@@ -154,7 +216,7 @@ class OrderRepository:
 
     # ------------------------------------------------------------------ reads
     async def get_order(self, order_id: int) -> Order | None:
-        row = await self._pool.fetchrow(_ORDER_SELECT + " WHERE o.id = $1 GROUP BY o.id", order_id)
+        row = await self._pool.fetchrow(_ORDER_SELECT + " WHERE o.id = $1", order_id)
         return _order(row) if row else None
 
     async def get_authorization(self, authz_id: int) -> Authorization | None:
@@ -212,7 +274,6 @@ class OrderRepository:
         account_id: int,
         identifiers: list[dict[str, str]],
         expires_at: datetime,
-        status: str,
         reuse: Sequence[int | None],
         new_authzs: Sequence[NewAuthorization | None],
         now: datetime,
@@ -221,10 +282,11 @@ class OrderRepository:
         """Create the order, its new authorizations and challenges, in one transaction.
 
         ``reuse[i]`` names an existing authorization for position ``i``; otherwise
-        ``new_authzs[i]`` describes one to create.  With ``replaces``, raises
-        :class:`AlreadyReplaced` if an order that is not invalid (pending or ready and
-        unexpired, processing, or valid) already replaces that certificate; the certificate
-        row is locked meanwhile, so two concurrent replacements cannot both be accepted.
+        ``new_authzs[i]`` describes one to create.  The order starts ``pending`` and moves by
+        the event its authorizations amount to (all reused and valid: ``ready``).  With
+        ``replaces``, raises :class:`AlreadyReplaced` if an order that is not invalid
+        already replaces that certificate; the certificate row is locked meanwhile, so two
+        concurrent replacements cannot both be accepted.  Returns the order as inserted.
         """
         async with self._pool.acquire() as conn, conn.transaction():
             if replaces is not None:
@@ -232,24 +294,32 @@ class OrderRepository:
                     "SELECT 1 FROM certificates WHERE id = $1 FOR UPDATE",
                     replaces.certificate_id,
                 )
-                # Replacements come from the certificate's own account (the RA checks it),
-                # so the account index finds every candidate.
-                other = await conn.fetchval(
-                    """SELECT id FROM orders
-                       WHERE account_id = $1 AND replaces = $2
-                         AND (status IN ('processing', 'valid')
-                              OR (status IN ('pending', 'ready') AND expires_at > $3))
-                       ORDER BY id LIMIT 1""",
-                    replaces.account_id,
-                    replaces.cert_id,
-                    now,
-                )
+                other = await _replacing_order(conn, replaces, now)
                 if other is not None:
                     raise AlreadyReplaced(other)
-            order_id = await conn.fetchval(
+            # The reused authorizations as they are now, share-locked until this order is
+            # stored: a concurrent validation or deactivation either commits first and is
+            # read here, or waits and then finds this order to move (_advance_orders).
+            reused = {
+                r["id"]: (AuthorizationStatus(r["status"]), r["expires_at"])
+                for r in await conn.fetch(
+                    "SELECT id, status, expires_at FROM authorizations "
+                    "WHERE id = ANY($1::bigint[]) ORDER BY id FOR SHARE",
+                    [r for r in reuse if r is not None],
+                )
+            }
+            states = [
+                reused[existing]
+                if existing is not None
+                else (AuthorizationStatus.PENDING, _new(new).expires_at)
+                for existing, new in zip(reuse, new_authzs, strict=True)
+            ]
+            event = authorizations_event(authz_status(st, exp, now) for st, exp in states)
+            status = ORDERS.apply(OrderStatus.PENDING, [event] if event else [])
+            row = await conn.fetchrow(
                 """INSERT INTO orders (account_id, status, identifiers, expires_at, replaces,
                                        created_at, updated_at)
-                   VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING id""",
+                   VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING *""",
                 account_id,
                 status,
                 identifiers,
@@ -257,26 +327,13 @@ class OrderRepository:
                 replaces.cert_id if replaces else None,
                 now,
             )
+            order_id = row["id"]
+            authz_ids: list[int] = []
             for position, (existing, new) in enumerate(zip(reuse, new_authzs, strict=True)):
                 authz_id = existing
                 if authz_id is None:
-                    assert new is not None
-                    authz_id = await conn.fetchval(
-                        """INSERT INTO authorizations (account_id, identifier, wildcard, status,
-                                                       expires_at, created_at, updated_at)
-                           VALUES ($1, $2, $3, 'pending', $4, $5, $5) RETURNING id""",
-                        account_id,
-                        new.identifier,
-                        new.wildcard,
-                        new.expires_at,
-                        now,
-                    )
-                    await conn.executemany(
-                        """INSERT INTO challenges (authz_id, type, token, status, created_at,
-                                                   updated_at)
-                           VALUES ($1, $2, $3, 'pending', $4, $4)""",
-                        [(authz_id, kind, token, now) for kind, token in new.challenges],
-                    )
+                    authz_id = await _insert_authorization(conn, account_id, _new(new), now)
+                authz_ids.append(authz_id)
                 await conn.execute(
                     "INSERT INTO order_authorizations (order_id, authz_id, position) "
                     "VALUES ($1, $2, $3)",
@@ -293,24 +350,19 @@ class OrderRepository:
                 order_id=order_id,
                 details={
                     "identifiers": identifiers,
+                    "status": status,
                     "reused_authzs": [r for r in reuse if r],
                     **({"replaces": replaces.cert_id} if replaces else {}),
                 },
             )
-            row = await conn.fetchrow(_ORDER_SELECT + " WHERE o.id = $1 GROUP BY o.id", order_id)
-        return _order(row)
-
-    async def set_order_status(
-        self, order_id: int, status: str, now: datetime, error: dict[str, Any] | None = None
-    ) -> None:
-        """Persist a derived pending→ready/invalid change (never touches sticky states)."""
-        await self._pool.execute(
-            "UPDATE orders SET status = $2, error = coalesce($3, error), updated_at = $4 "
-            "WHERE id = $1 AND status IN ('pending', 'ready')",
-            order_id,
-            status,
-            error,
-            now,
+        return _order(
+            {
+                **dict(row),
+                "certificate_id": None,
+                "authz_ids": authz_ids,
+                "authz_statuses": [st for st, _ in states],
+                "authz_expiries": [exp for _, exp in states],
+            }
         )
 
     async def start_challenge(self, challenge_id: int, *, now: datetime, lease: timedelta) -> bool:
@@ -383,20 +435,26 @@ class OrderRepository:
                 return []
             authz_id = row["authz_id"]
             if outcome.valid:
+                event = AuthorizationEvent.VALIDATED
                 authz = await conn.fetchrow(
-                    """UPDATE authorizations SET status = 'valid', validated_at = $2,
+                    """UPDATE authorizations SET status = $4, validated_at = $2,
                               expires_at = $3, updated_at = $2
-                       WHERE id = $1 AND status = 'pending' RETURNING account_id""",
+                       WHERE id = $1 AND status = ANY($5::text[]) RETURNING account_id""",
                     authz_id,
                     now,
                     outcome.authz_expires_at,
+                    AUTHORIZATIONS.target(event),
+                    list(AUTHORIZATIONS.sources(event)),
                 )
             else:
+                event = AuthorizationEvent.VALIDATION_FAILED
                 authz = await conn.fetchrow(
-                    """UPDATE authorizations SET status = 'invalid', updated_at = $2
-                       WHERE id = $1 AND status = 'pending' RETURNING account_id""",
+                    """UPDATE authorizations SET status = $3, updated_at = $2
+                       WHERE id = $1 AND status = ANY($4::text[]) RETURNING account_id""",
                     authz_id,
                     now,
+                    AUTHORIZATIONS.target(event),
+                    list(AUTHORIZATIONS.sources(event)),
                 )
             if authz is None:
                 return []
@@ -420,11 +478,14 @@ class OrderRepository:
     async def deactivate_authorization(self, authz_id: int, now: datetime) -> bool:
         """valid/pending → deactivated (§7.5.2); orders depending on it become invalid."""
         async with self._pool.acquire() as conn, conn.transaction():
+            event = AuthorizationEvent.DEACTIVATED
             account_id = await conn.fetchval(
-                "UPDATE authorizations SET status = 'deactivated', updated_at = $2 "
-                "WHERE id = $1 AND status IN ('pending', 'valid') RETURNING account_id",
+                "UPDATE authorizations SET status = $3, updated_at = $2 "
+                "WHERE id = $1 AND status = ANY($4::text[]) RETURNING account_id",
                 authz_id,
                 now,
+                AUTHORIZATIONS.target(event),
+                list(AUTHORIZATIONS.sources(event)),
             )
             if account_id is None:
                 return False
@@ -467,7 +528,7 @@ async def _load_authz(conn: asyncpg.Connection, authz_id: int) -> Authorization 
         account_id=row["account_id"],
         identifier=row["identifier"],
         wildcard=row["wildcard"],
-        status=row["status"],
+        status=AuthorizationStatus(row["status"]),
         expires_at=row["expires_at"],
         validated_at=row["validated_at"],
         challenges=tuple(challenges),
@@ -477,35 +538,95 @@ async def _load_authz(conn: asyncpg.Connection, authz_id: int) -> Authorization 
 async def _advance_orders(
     conn: asyncpg.Connection, authz_id: int, now: datetime, error: dict[str, Any] | None
 ) -> list[int]:
-    """Re-derive pending/ready orders that use ``authz_id``; persist the ones that changed."""
-    rows = await conn.fetch(
-        """UPDATE orders o SET
-               status = CASE
-                   WHEN EXISTS (SELECT 1 FROM order_authorizations x
-                                JOIN authorizations a ON a.id = x.authz_id
-                                WHERE x.order_id = o.id
-                                  AND (a.status NOT IN ('pending', 'valid') OR a.expires_at <= $2))
-                       THEN 'invalid'
-                   WHEN NOT EXISTS (SELECT 1 FROM order_authorizations x
-                                    JOIN authorizations a ON a.id = x.authz_id
-                                    WHERE x.order_id = o.id AND a.status <> 'valid')
-                       THEN 'ready'
-                   ELSE 'pending' END,
-               updated_at = $2
-           WHERE o.id IN (SELECT order_id FROM order_authorizations WHERE authz_id = $1)
-             AND o.status IN ('pending', 'ready')
-           RETURNING o.id, o.status""",
+    """Apply to each order using ``authz_id`` the event its authorizations now amount to.
+
+    The orders are locked (in id order) before their authorizations are read, each read a
+    statement of its own: of two validations finishing the last two authorizations of one
+    order, the second waits for the first and sees its authorization valid.  Returns the ids
+    of the orders that moved; ``error`` goes to those that became invalid.
+    """
+    locked = await conn.fetch(
+        """SELECT o.id FROM orders o JOIN order_authorizations x ON x.order_id = o.id
+           WHERE x.authz_id = $1 AND o.status = ANY($2::text[])
+           ORDER BY o.id FOR UPDATE OF o""",
         authz_id,
+        list(AUTHORIZATION_EVENT_SOURCES),
+    )
+    if not locked:
+        return []
+    statuses: dict[int, list[AuthorizationStatus]] = {}
+    for r in await conn.fetch(
+        """SELECT x.order_id, a.status, a.expires_at
+           FROM order_authorizations x JOIN authorizations a ON a.id = x.authz_id
+           WHERE x.order_id = ANY($1::bigint[])""",
+        [r["id"] for r in locked],
+    ):
+        statuses.setdefault(r["order_id"], []).append(
+            authz_status(r["status"], r["expires_at"], now)
+        )
+    by_event: dict[OrderEvent, list[int]] = {}
+    for order_id, seen in statuses.items():
+        event = authorizations_event(seen)
+        if event is not None:
+            by_event.setdefault(event, []).append(order_id)
+    moved: list[int] = []
+    for event, ids in by_event.items():
+        failed = event is OrderEvent.AUTHORIZATION_FAILED
+        orders = await apply_order_event(conn, event, ids, now, error=error if failed else None)
+        moved.extend(o.id for o in orders)
+    return sorted(moved)
+
+
+async def _replacing_order(
+    conn: asyncpg.Connection, replaces: Replacement, now: datetime
+) -> int | None:
+    """The first order of the account that replaces the certificate and is not invalid at
+    ``now`` (RFC 9773 §5), its status derived as any read derives it."""
+    # Replacements come from the certificate's own account (the RA checks it), so the
+    # account index finds every candidate.
+    rows = await conn.fetch(
+        _ORDER_SELECT + " WHERE o.account_id = $1 AND o.replaces = $2 AND o.status <> $3"
+        " ORDER BY o.id",
+        replaces.account_id,
+        replaces.cert_id,
+        OrderStatus.INVALID,
+    )
+    for row in rows:
+        order = _order(row)
+        if order_status(order.status, order.expires_at, order.authz_states, now) != (
+            OrderStatus.INVALID
+        ):
+            return order.id
+    return None
+
+
+async def _insert_authorization(
+    conn: asyncpg.Connection, account_id: int, new: NewAuthorization, now: datetime
+) -> int:
+    """A pending authorization with its pending challenges; returns its id."""
+    authz_id: int = await conn.fetchval(
+        """INSERT INTO authorizations (account_id, identifier, wildcard, status,
+                                       expires_at, created_at, updated_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING id""",
+        account_id,
+        new.identifier,
+        new.wildcard,
+        AuthorizationStatus.PENDING,
+        new.expires_at,
         now,
     )
-    invalid = [r["id"] for r in rows if r["status"] == "invalid"]
-    if invalid and error is not None:
-        await conn.execute(
-            "UPDATE orders SET error = $2 WHERE id = ANY($1::bigint[]) AND error IS NULL",
-            invalid,
-            error,
-        )
-    return [r["id"] for r in rows]
+    await conn.executemany(
+        """INSERT INTO challenges (authz_id, type, token, status, created_at, updated_at)
+           VALUES ($1, $2, $3, 'pending', $4, $4)""",
+        [(authz_id, kind, token, now) for kind, token in new.challenges],
+    )
+    return authz_id
+
+
+def _new(new: NewAuthorization | None) -> NewAuthorization:
+    if new is None:
+        raise ValueError("each position needs an authorization to reuse or one to create")
+    return new
 
 
 @dataclass(frozen=True)
@@ -527,5 +648,7 @@ async def _order_validations(pool: asyncpg.Pool, order_id: int) -> list[AuthzVal
            WHERE oa.order_id = $1 ORDER BY oa.position""",
         order_id,
     )
-    return [AuthzValidation(r["identifier"], r["wildcard"], r["validated_at"], r["method"])
-            for r in rows]
+    return [
+        AuthzValidation(r["identifier"], r["wildcard"], r["validated_at"], r["method"])
+        for r in rows
+    ]

@@ -9,7 +9,6 @@ transaction; a signing worker does the rest.  The response waits up to
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, Protocol
@@ -22,6 +21,7 @@ from acme_ca.acme import problems
 from acme_ca.acme.jwk import parse_jwk
 from acme_ca.acme.messages import Finalize
 from acme_ca.acme.problems import AcmeError
+from acme_ca.acme.status import OrderStatus
 from acme_ca.clock import Clock
 from acme_ca.db.accounts import Account
 from acme_ca.db.completions import OrderCompletions
@@ -72,9 +72,11 @@ class FinalizeAuthority:
         self._completions = completions
         self._wait = wait_seconds
 
-    async def finalize(self, account: Account, order: Order, message: Finalize) -> None:
-        status = await self._orders.refresh_status(order)
-        if status != "ready":
+    async def finalize(self, account: Account, order: Order, message: Finalize) -> Order:
+        """Queue the order's issuance; returns the order as it stands when the response is due:
+        ``processing`` as queued, or what the worker made of it within the wait."""
+        status = self._orders.current_status(order)
+        if status != OrderStatus.READY:
             raise AcmeError(
                 problems.order_not_ready(f"the order is {status}; it must be ready to finalize")
             )
@@ -88,25 +90,32 @@ class FinalizeAuthority:
         await self._recheck_stale_caa(account, order)
         issuer = self._issuer_for(checked)
         if self._completions is None or self._wait <= 0:
-            await self._enqueue(account, order, checked, issuer)
-            return
+            return await self._enqueue(account, order, checked, issuer)
         async with self._completions.watch(order.id) as done:
-            await self._enqueue(account, order, checked, issuer)
-            if done is not None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(done.wait(), self._wait)
+            queued = await self._enqueue(account, order, checked, issuer)
+            if done is None:
+                return queued
+            try:
+                await asyncio.wait_for(done.wait(), self._wait)
+            except TimeoutError:
+                return queued
+        # The worker moved it on (valid or invalid) in its own transaction: read that.
+        finished = await self._order_repo.get_order(order.id)
+        assert finished is not None
+        return finished
 
     async def _enqueue(
         self, account: Account, order: Order, checked: CheckedCsr, issuer: str
-    ) -> None:
-        if not await self._issuance.enqueue(
+    ) -> Order:
+        queued = await self._issuance.enqueue(
             order_id=order.id,
             account_id=account.id,
             csr_der=checked.der,
             names=list(checked.names),
             issuer=issuer,
             now=self._clock.now(),
-        ):
+        )
+        if queued is None:
             raise AcmeError(problems.order_not_ready("the order changed; fetch it again"))
         log.info(
             "order.processing",
@@ -115,6 +124,7 @@ class FinalizeAuthority:
             issuer=issuer,
             names=list(checked.names),
         )
+        return queued
 
     def _issuer_for(self, csr: CheckedCsr) -> str:
         if isinstance(csr.public_key, ec.EllipticCurvePublicKey):

@@ -1,7 +1,7 @@
 """Order policy (RFC 8555 §7.4, §7.5): identifiers, authorization reuse, challenges offered.
 
-What an order contains is decided here and stored in one transaction; statuses are derived
-by :mod:`acme_ca.ra.states`.
+What an order contains is decided here and stored in one transaction; its status moves only
+by the events of :data:`acme_ca.acme.states.ORDERS`, and a read derives it without writing.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from acme_ca.acme import ari, problems
 from acme_ca.acme.b64 import b64url_encode
 from acme_ca.acme.messages import NewOrder
 from acme_ca.acme.problems import AcmeError, Identifier
+from acme_ca.acme.states import order_status
+from acme_ca.acme.status import OrderStatus
 from acme_ca.clock import Clock
 from acme_ca.db.accounts import Account
 from acme_ca.db.orders import (
@@ -28,7 +30,6 @@ from acme_ca.db.orders import (
 )
 from acme_ca.ra.br_schedule import MAX_TOKEN_LIFETIME, max_dcv_reuse
 from acme_ca.ra.identifiers import IdentifierPolicy, base_domain, is_wildcard
-from acme_ca.ra.states import AuthzState, order_status
 
 log = structlog.get_logger(component="acme_ca.ra.orders")
 
@@ -127,7 +128,6 @@ class OrderAuthority:
                 account_id=account.id,
                 identifiers=[i.to_json() for i in identifiers],
                 expires_at=now + self._policy.order_lifetime,
-                status="pending",
                 reuse=reuse,
                 new_authzs=new,
                 now=now,
@@ -140,18 +140,16 @@ class OrderAuthority:
                     "order (RFC 9773 §5)"
                 )
             ) from exc
-        await self.refresh_status(order)
         log.info(
             "order.created",
             account_id=account.id,
             order_id=order.id,
+            status=order.status,
             identifiers=[i.value for i in identifiers],
             reused_authzs=sum(1 for r in reuse if r),
             replaces=replaces.cert_id if replaces else None,
         )
-        refreshed = await self._orders.get_order(order.id)
-        assert refreshed is not None
-        return refreshed
+        return order
 
     async def _replacement(
         self, account: Account, identifiers: tuple[Identifier, ...], raw: str | None
@@ -190,25 +188,6 @@ class OrderAuthority:
             )
         return Replacement(cert_id=raw, certificate_id=record.id, account_id=account.id)
 
-    def current_status(self, order: Order) -> str:
-        states = [AuthzState(s, e) for s, e in order.authz_states]
-        return order_status(order.status, order.expires_at, states, self._clock.now())
-
-    async def refresh_status(self, order: Order) -> str:
-        """Persist a derived change (e.g. all reused authorizations valid → ready)."""
-        status = self.current_status(order)
-        if status != order.status:
-            error = None
-            if status == "invalid":
-                error = problems.unauthorized(
-                    "order expired or one of its authorizations is no longer usable"
-                ).to_json()
-            await self._orders.set_order_status(order.id, status, self._clock.now(), error)
-            log.info(
-                "order.status_changed",
-                order_id=order.id,
-                account_id=order.account_id,
-                old=order.status,
-                new=status,
-            )
-        return status
+    def current_status(self, order: Order) -> OrderStatus:
+        """The order's status now (expired, or moved by its authorizations); writes nothing."""
+        return order_status(order.status, order.expires_at, order.authz_states, self._clock.now())

@@ -23,9 +23,7 @@ async def post_finalize(request: web.Request) -> web.Response:
     verified = await verify_post(request, KeyMode.KID, Finalize)
     account = verified.require_account()
     order = await load_own_order(request, fe, account.id)
-    await fe.finalize.finalize(account, order, verified.message)
-    updated = await fe.order_reads.get_order(order.id)
-    assert updated is not None
+    updated = await fe.finalize.finalize(account, order, verified.message)
     status = fe.orders.current_status(updated)
     headers = {"Retry-After": str(fe.config.retry_after_seconds)} if status == "processing" else {}
     return acme_json(

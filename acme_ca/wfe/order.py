@@ -67,7 +67,7 @@ async def post_order(request: web.Request) -> web.Response:
     if not verified.jws.is_post_as_get:
         raise AcmeError(problems.malformed("an order is fetched with POST-as-GET"))
     order = await load_own_order(request, fe, verified.require_account().id)
-    status = await fe.orders.refresh_status(order)
+    status = fe.orders.current_status(order)
     return acme_json(
         order_resource(order, status).to_json(fe.urls), headers=_retry_after(fe, status)
     )

@@ -1,0 +1,392 @@
+"""The order and authorization state machines (RFC 8555 §7.1.6; ACME-ORD-3, ACME-AUTHZ-1).
+
+The tables in :mod:`acme_ca.acme.states` are checked row by row, and every pair that is not a
+row is checked to move nothing.  Then, against a real PostgreSQL, each event is applied to an
+order stored in each status (a conditional update moves exactly the table's rows), reads are
+shown to write nothing, and racing writers are shown to leave what the table says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import aiohttp
+import asyncpg
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from acme_ca.acme.states import (
+    AUTHORIZATIONS,
+    ORDERS,
+    AuthorizationEvent,
+    OrderEvent,
+    StateMachine,
+    authorizations_event,
+    authz_status,
+    order_status,
+)
+from acme_ca.acme.status import AuthorizationStatus, OrderStatus
+from acme_ca.clock import FixedClock
+from acme_ca.db.issuance import IssuanceRepository
+from acme_ca.db.orders import (
+    NewAuthorization,
+    OrderRepository,
+    ValidationOutcome,
+    apply_order_event,
+)
+from tests.fixtures import CaFactory
+from tests.jws_client import JwsClient
+
+S = OrderStatus
+E = OrderEvent
+AS = AuthorizationStatus
+AE = AuthorizationEvent
+NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
+LATER = NOW + timedelta(days=1)
+EARLIER = NOW - timedelta(seconds=1)
+ERR = "urn:ietf:params:acme:error:"
+
+#: RFC 8555 §7.1.6 Figure 10 and §7.3.6, written out here independently of the module.
+ORDER_ROWS = [
+    (S.PENDING, E.AUTHORIZATIONS_VALID, S.READY),
+    (S.PENDING, E.AUTHORIZATION_FAILED, S.INVALID),
+    (S.PENDING, E.EXPIRED, S.INVALID),
+    (S.PENDING, E.ACCOUNT_DEACTIVATED, S.INVALID),
+    (S.READY, E.AUTHORIZATION_FAILED, S.INVALID),
+    (S.READY, E.EXPIRED, S.INVALID),
+    (S.READY, E.ACCOUNT_DEACTIVATED, S.INVALID),
+    (S.READY, E.FINALIZED, S.PROCESSING),
+    (S.PROCESSING, E.ISSUED, S.VALID),
+    (S.PROCESSING, E.ISSUANCE_FAILED, S.INVALID),
+]
+ORDER_NON_ROWS = [
+    (s, e)
+    for s, e in itertools.product(OrderStatus, OrderEvent)
+    if (s, e) not in {(r[0], r[1]) for r in ORDER_ROWS}
+]
+
+#: RFC 8555 §7.1.6 Figure 9 (no server-side revocation of authorizations here).
+AUTHZ_ROWS = [
+    (AS.PENDING, AE.VALIDATED, AS.VALID),
+    (AS.PENDING, AE.VALIDATION_FAILED, AS.INVALID),
+    (AS.PENDING, AE.DEACTIVATED, AS.DEACTIVATED),
+    (AS.PENDING, AE.EXPIRED, AS.EXPIRED),
+    (AS.VALID, AE.DEACTIVATED, AS.DEACTIVATED),
+    (AS.VALID, AE.EXPIRED, AS.EXPIRED),
+]
+AUTHZ_NON_ROWS = [
+    (s, e)
+    for s, e in itertools.product(AuthorizationStatus, AuthorizationEvent)
+    if (s, e) not in {(r[0], r[1]) for r in AUTHZ_ROWS}
+]
+
+
+def _id(value: object) -> str:
+    """AS parameter's part of a test id: the status or event, or the time relative to NOW."""
+    if isinstance(value, datetime):
+        return {LATER: "later", NOW: "now", EARLIER: "earlier"}[value]
+    return str(value)
+
+
+# --------------------------------------------------------------------------- the tables
+
+
+@pytest.mark.parametrize(("status", "event", "expected"), ORDER_ROWS, ids=_id)
+def test_acme_ord_3_transition(status: S, event: E, expected: S) -> None:
+    assert ORDERS.next(status, event) is expected
+    assert status in ORDERS.sources(event)
+    assert ORDERS.target(event) is expected
+
+
+@pytest.mark.parametrize(("status", "event"), ORDER_NON_ROWS, ids=_id)
+def test_acme_ord_3_no_transition(status: S, event: E) -> None:
+    """valid and invalid are final; nothing but FINALIZED leaves ready for processing."""
+    assert ORDERS.next(status, event) is None
+    assert status not in ORDERS.sources(event)
+    assert ORDERS.apply(status, [event]) is status
+
+
+def test_acme_ord_3_table_is_exactly_the_rows() -> None:
+    assert dict(ORDERS.table) == {(s, e): t for s, e, t in ORDER_ROWS}
+
+
+@pytest.mark.parametrize(("status", "event", "expected"), AUTHZ_ROWS, ids=_id)
+def test_acme_authz_1_transition(status: AS, event: AE, expected: AS) -> None:
+    assert AUTHORIZATIONS.next(status, event) is expected
+    assert status in AUTHORIZATIONS.sources(event)
+
+
+@pytest.mark.parametrize(("status", "event"), AUTHZ_NON_ROWS, ids=_id)
+def test_acme_authz_1_no_transition(status: AS, event: AE) -> None:
+    assert AUTHORIZATIONS.next(status, event) is None
+
+
+def test_acme_authz_1_table_is_exactly_the_rows() -> None:
+    assert dict(AUTHORIZATIONS.table) == {(s, e): t for s, e, t in AUTHZ_ROWS}
+
+
+def test_an_event_with_two_targets_is_refused() -> None:
+    """Storage moves an event's sources to one target, so a table must not fork."""
+    with pytest.raises(ValueError, match="more than one status"):
+        StateMachine({(S.PENDING, E.EXPIRED): S.INVALID, (S.READY, E.EXPIRED): S.VALID})
+
+
+# --------------------------------------------------------------------------- derivation
+
+ALL_VALID = [(AS.VALID, LATER), (AS.VALID, LATER)]
+
+
+@pytest.mark.parametrize(
+    ("stored", "expires_at", "authzs", "expected"),
+    [
+        (S.PENDING, LATER, [(AS.VALID, LATER), (AS.PENDING, LATER)], S.PENDING),
+        (S.PENDING, LATER, ALL_VALID, S.READY),
+        (S.READY, LATER, ALL_VALID, S.READY),
+        (S.PENDING, NOW, [(AS.PENDING, LATER)], S.INVALID),
+        (S.READY, EARLIER, ALL_VALID, S.INVALID),
+        (S.PENDING, LATER, [(AS.VALID, LATER), (AS.VALID, NOW)], S.INVALID),
+        (S.READY, LATER, [(AS.VALID, LATER), (AS.DEACTIVATED, LATER)], S.INVALID),
+        (S.PENDING, LATER, [(AS.PENDING, LATER), (AS.INVALID, LATER)], S.INVALID),
+        (S.PROCESSING, EARLIER, [(AS.VALID, EARLIER)], S.PROCESSING),
+        (S.VALID, EARLIER, [(AS.DEACTIVATED, EARLIER)], S.VALID),
+        (S.INVALID, LATER, ALL_VALID, S.INVALID),
+    ],
+    ids=[
+        "pending-while-an-authorization-is-pending",
+        "pending-becomes-ready-when-all-valid",
+        "ready-stays-ready",
+        "pending-expires-at-its-expires",
+        "ready-expired",
+        "an-authorization-expired",
+        "an-authorization-deactivated",
+        "an-authorization-invalid",
+        "processing-is-not-expired-by-the-clock",
+        "valid-is-final",
+        "invalid-is-final",
+    ],
+)
+def test_acme_ord_3_status_derived_on_read(
+    stored: S, expires_at: datetime, authzs: list[tuple[AS, datetime]], expected: S
+) -> None:
+    assert order_status(stored, expires_at, authzs, NOW) is expected
+
+
+@pytest.mark.parametrize(
+    ("stored", "expires_at", "expected"),
+    [
+        (AS.PENDING, LATER, AS.PENDING),
+        (AS.PENDING, NOW, AS.EXPIRED),
+        (AS.VALID, EARLIER, AS.EXPIRED),
+        (AS.INVALID, EARLIER, AS.INVALID),
+        (AS.DEACTIVATED, EARLIER, AS.DEACTIVATED),
+    ],
+    ids=_id,
+)
+def test_acme_authz_1_expired_derived_on_read(
+    stored: AS, expires_at: datetime, expected: AS
+) -> None:
+    assert authz_status(stored, expires_at, NOW) is expected
+
+
+def test_acme_ord_3_authorizations_event() -> None:
+    assert authorizations_event([AS.VALID, AS.VALID]) is E.AUTHORIZATIONS_VALID
+    assert authorizations_event([AS.VALID, AS.PENDING]) is None
+    assert authorizations_event([AS.PENDING, AS.REVOKED]) is E.AUTHORIZATION_FAILED
+    assert authorizations_event([]) is None
+
+
+# --------------------------------------------------------------------------- storage
+
+
+async def _account(conn: asyncpg.Connection) -> int:
+    account_id: int = await conn.fetchval(
+        """INSERT INTO accounts (key_thumbprint, jwk, status, tos_agreed_at,
+                                 created_at, updated_at)
+           VALUES ($1, $2, 'valid', $3, $3, $3) RETURNING id""",
+        os.urandom(32),
+        {"kty": "EC", "crv": "P-256", "x": os.urandom(8).hex(), "y": os.urandom(8).hex()},
+        NOW,
+    )
+    return account_id
+
+
+async def _order(
+    conn: asyncpg.Connection, account_id: int, status: str, expires_at: datetime = LATER
+) -> int:
+    order_id: int = await conn.fetchval(
+        """INSERT INTO orders (account_id, status, identifiers, expires_at,
+                               created_at, updated_at)
+           VALUES ($1, $2, '[{"type": "dns", "value": "states.example.com"}]', $3, $4, $4)
+           RETURNING id""",
+        account_id,
+        status,
+        expires_at,
+        NOW - timedelta(hours=1),
+    )
+    return order_id
+
+
+@pytest.mark.parametrize("event", list(OrderEvent), ids=str)
+async def test_acme_ord_3_storage_moves_exactly_the_table_rows(
+    pool: asyncpg.Pool, event: E
+) -> None:
+    """The conditional update of each event moves an order stored in each status iff the
+    table has that row, to the row's target, and returns the row it wrote."""
+    async with pool.acquire() as conn, conn.transaction():
+        account_id = await _account(conn)
+        ids = {s: await _order(conn, account_id, s) for s in OrderStatus}
+        error = {"type": ERR + "serverInternal", "detail": "test", "status": 500}
+        moved = await apply_order_event(conn, event, list(ids.values()), NOW, error=error)
+    by_id = {o.id: o for o in moved}
+    for status, order_id in ids.items():
+        stored = await pool.fetchrow("SELECT * FROM orders WHERE id = $1", order_id)
+        expected = ORDERS.next(status, event)
+        if expected is None:
+            assert order_id not in by_id
+            assert stored["status"] == status and stored["updated_at"] < NOW
+        else:
+            assert by_id[order_id].status is expected
+            assert stored["status"] == expected and stored["updated_at"] == NOW
+            assert stored["error"] == error
+
+
+async def test_acme_ord_3_expired_ready_order_cannot_be_finalized(pool: asyncpg.Pool) -> None:
+    """An order stored ready but past its expires is invalid to every reader, so the
+    FINALIZED update does not move it and no issuance job is queued."""
+    async with pool.acquire() as conn:
+        account_id = await _account(conn)
+        order_id = await _order(conn, account_id, "ready", expires_at=EARLIER)
+        assert await apply_order_event(conn, E.FINALIZED, [order_id], NOW) == []
+    queued = await IssuanceRepository(pool).enqueue(
+        order_id=order_id,
+        account_id=account_id,
+        csr_der=b"unused",
+        names=["states.example.com"],
+        issuer="unused",
+        now=NOW,
+    )
+    assert queued is None
+    assert await pool.fetchval("SELECT status FROM orders WHERE id = $1", order_id) == "ready"
+    assert await pool.fetchval("SELECT count(*) FROM issuance_jobs") == 0
+
+
+async def test_acme_ord_3_finalize_returns_the_row_it_wrote(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        account_id = await _account(conn)
+        order_id = await _order(conn, account_id, "ready")
+    queued = await IssuanceRepository(pool).enqueue(
+        order_id=order_id,
+        account_id=account_id,
+        csr_der=b"csr",
+        names=["states.example.com"],
+        issuer="issuer",
+        now=NOW,
+    )
+    assert queued is not None and queued.id == order_id
+    assert queued.status is S.PROCESSING
+    assert queued == await OrderRepository(pool).get_order(order_id)
+
+
+def _pending(name: str, expires_at: datetime = LATER) -> NewAuthorization:
+    return NewAuthorization(name, False, expires_at, (("http-01", os.urandom(16).hex()),))
+
+
+async def test_acme_ord_3_new_order_on_valid_authorizations_is_ready(pool: asyncpg.Pool) -> None:
+    """newOrder reusing only valid authorizations stores ready and returns the inserted row."""
+    repo = OrderRepository(pool)
+    async with pool.acquire() as conn:
+        account_id = await _account(conn)
+    first = await repo.create_order(
+        account_id=account_id,
+        identifiers=[{"type": "dns", "value": "a.example.com"}],
+        expires_at=LATER,
+        reuse=[None],
+        new_authzs=[_pending("a.example.com")],
+        now=NOW,
+    )
+    assert first.status is S.PENDING
+    assert first == await repo.get_order(first.id)
+    authz = await repo.get_authorization(first.authz_ids[0])
+    assert authz is not None
+    assert await repo.start_challenge(authz.challenges[0].id, now=NOW, lease=timedelta(1))
+    outcome = ValidationOutcome(True, [], None, LATER)
+    assert await repo.finish_validation(authz.challenges[0].id, outcome, NOW) == [first.id]
+
+    second = await repo.create_order(
+        account_id=account_id,
+        identifiers=[{"type": "dns", "value": "a.example.com"}],
+        expires_at=LATER,
+        reuse=[authz.id],
+        new_authzs=[None],
+        now=NOW,
+    )
+    assert second.status is S.READY
+    assert second == await repo.get_order(second.id)
+
+
+async def test_acme_ord_3_racing_validations_leave_the_order_ready(pool: asyncpg.Pool) -> None:
+    """Two validations finishing an order's last two authorizations at once: whichever
+    commits second sees the first's authorization valid and moves the order to ready."""
+    repo = OrderRepository(pool)
+    async with pool.acquire() as conn:
+        account_id = await _account(conn)
+    for attempt in range(5):
+        names = [f"{attempt}-{i}.race.example.com" for i in range(2)]
+        order = await repo.create_order(
+            account_id=account_id,
+            identifiers=[{"type": "dns", "value": n} for n in names],
+            expires_at=LATER,
+            reuse=[None, None],
+            new_authzs=[_pending(n) for n in names],
+            now=NOW,
+        )
+        challenge_ids = []
+        for authz_id in order.authz_ids:
+            authz = await repo.get_authorization(authz_id)
+            assert authz is not None
+            challenge_ids.append(authz.challenges[0].id)
+            assert await repo.start_challenge(challenge_ids[-1], now=NOW, lease=timedelta(1))
+        outcome = ValidationOutcome(True, [], None, LATER)
+        await asyncio.gather(*(repo.finish_validation(c, outcome, NOW) for c in challenge_ids))
+        stored = await repo.get_order(order.id)
+        assert stored is not None and stored.status is S.READY
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+async def test_acme_ord_3_reading_an_expired_order_writes_nothing(
+    ca_factory: CaFactory, session: aiohttp.ClientSession, pool: asyncpg.Pool
+) -> None:
+    """POST-as-GET of an order past its expires answers invalid (with a problem) and leaves
+    the row as it was; finalize refuses it as not ready, and still writes nothing."""
+    clock = FixedClock(datetime.now(UTC))
+    ca = await ca_factory.start(clock=clock)
+    client = JwsClient(session, ca.directory_url, ec.generate_private_key(ec.SECP256R1()))
+    await client.load_directory()
+    assert (await client.register()).status == 201
+    created = await client.post(
+        client.directory["newOrder"],
+        {"identifiers": [{"type": "dns", "value": "late.example.com"}]},
+    )
+    assert created.status == 201 and created.body["status"] == "pending"
+    order_url = created.headers["Location"]
+    order_id = int(order_url.rsplit("/", 1)[1])
+    before = await pool.fetchrow("SELECT * FROM orders WHERE id = $1", order_id)
+
+    clock.advance(timedelta(days=8))
+    for _ in range(2):
+        read = await client.post(order_url, None)
+        assert read.status == 200
+        assert read.body["status"] == "invalid"
+        assert read.body["error"]["type"] == ERR + "unauthorized"
+    refused = await client.post(created.body["finalize"], {"csr": "AAAA"})
+    assert refused.status == 403 and refused.body["type"] == ERR + "orderNotReady"
+    assert await pool.fetchrow("SELECT * FROM orders WHERE id = $1", order_id) == before

@@ -842,3 +842,27 @@ async def test_kc_4_certificate_of_a_revoked_precertificate_is_stored_revoked(
     assert entry_reason(listed[int(serial, 16)]) == x509.ReasonFlags.cessation_of_operation
     assert await ocsp_says(world_of(status_world), serial, ocsp.OCSPCertStatus.REVOKED,
                            x509.ReasonFlags.cessation_of_operation)
+
+
+def test_block_key_reads_every_pem_an_operator_may_hold() -> None:
+    """``--key``: a public key, a certificate, a CSR or the leaked private key all name the
+    same blocked-key id; anything else is refused."""
+    from acme_ca.ra.revocation import OperatorRevocationError, spki_sha256_from_pem
+
+    key = p256()
+    leaf = make_leaf(make_issuer(), ["pem.example.com"], key=key)
+    pems = [
+        key.public_key().public_bytes(serialization.Encoding.PEM,
+                                      serialization.PublicFormat.SubjectPublicKeyInfo),
+        leaf.cert.public_bytes(serialization.Encoding.PEM),
+        x509.load_der_x509_csr(build_csr(["pem.example.com"], key=key)).public_bytes(
+            serialization.Encoding.PEM),
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                          serialization.NoEncryption()),
+        key.private_bytes(serialization.Encoding.PEM,
+                          serialization.PrivateFormat.TraditionalOpenSSL,
+                          serialization.NoEncryption()),
+    ]
+    assert {spki_sha256_from_pem(pem) for pem in pems} == {spki_sha256(key.public_key())}
+    with pytest.raises(OperatorRevocationError):
+        spki_sha256_from_pem(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")

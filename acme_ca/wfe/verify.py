@@ -51,10 +51,6 @@ class VerifiedRequest(Generic[T_co]):
     def url(self) -> str:
         return self.jws.parsed.url
 
-    def payload(self) -> dict[str, Any]:
-        """The raw payload object, for endpoints without a message class yet (revokeCert)."""
-        return self.jws.payload_json()
-
     def require_account(self) -> Account:
         assert self.account is not None
         return self.account

@@ -22,6 +22,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -145,6 +148,20 @@ def _uri(cert: x509.Certificate, kind: type[x509.ExtensionType]) -> list[str]:
     ]
 
 
+def _openssl_ocsp(env: ProductionEnv, live: Path, url: str) -> subprocess.CompletedProcess[str]:
+    """``openssl ocsp`` for certbot's certificate, trusting the imported root; retried while
+    the response is not yet produced (the worker produces it right after signing)."""
+    argv = ["openssl", "ocsp", "-issuer", str(live / "chain.pem"), "-cert",
+            str(live / "cert.pem"), "-url", url, "-CAfile", str(env.pki / "root.pem"),
+            "-no_nonce"]  # fmt: skip
+    deadline = time.monotonic() + 15
+    while True:
+        run = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+        if ": good" in run.stdout or time.monotonic() > deadline:
+            return run
+        time.sleep(0.5)
+
+
 @pytest.mark.parametrize(
     ("label", "key", "issuer"),
     [
@@ -178,6 +195,19 @@ async def test_production_shape_certbot_dns01_issues_with_scts_and_5_of_5(
     assert list(eku) == [ExtendedKeyUsageOID.SERVER_AUTH]
     assert _uri(leaf, x509.CRLDistributionPoints) == [f"{STATUS_BASE_URL}/crl/{issuer}.crl"]
     assert _uri(leaf, x509.AuthorityInformationAccess) == [f"{STATUS_BASE_URL}/issuer/{issuer}.cer"]
+
+    # Revocation status, signed in the HSM by the worker and served key-less by serve's
+    # status listener at the paths of the URLs in the certificate: the CRL does not list the
+    # leaf, and openssl finds the OCSP response good and signed by the issuer.
+    status = f"http://{env.settings['status_listen']}"
+    crl_path = urllib.parse.urlsplit(_uri(leaf, x509.CRLDistributionPoints)[0]).path
+    with urllib.request.urlopen(status + crl_path, timeout=10) as response:
+        crl = x509.load_der_x509_crl(response.read())
+    assert crl.issuer == issuing.subject and crl.is_signature_valid(issuing.public_key())
+    assert crl.get_revoked_certificate_by_serial_number(leaf.serial_number) is None
+    ocsp = _openssl_ocsp(env, live, f"{status}/ocsp/{issuer}")
+    assert f"{live / 'cert.pem'}: good" in ocsp.stdout, describe(ocsp)
+    assert "Response verify OK" in ocsp.stdout + ocsp.stderr, describe(ocsp)
 
     # CT: every embedded SCT verifies against its log's key in the log list file, and the
     # logs span at least two operators (three SCTs for a validity over 180 days).

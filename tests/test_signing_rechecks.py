@@ -46,6 +46,7 @@ from acme_ca.va.authority import ValidationAuthority
 from acme_ca.va.perspectives import Location, Perspective
 from acme_ca.va.records import ValidationRecord
 from acme_ca.va.setup import build_validation_authority
+from tests import test_mpic_validator as mpic_tests
 from tests.test_ct_issuance import FAST, three_operators
 from tests.test_worker import (
     WrappedSigner,
@@ -192,6 +193,36 @@ def test_br_mpic_recorded_corroboration_meets_the_rule_of_its_date(
     assert found.rule == recheck.RULE_CORROBORATION
     assert found.problem.type == ACME + "unauthorized"
     assert "BR 3.2.2.9" in found.problem.detail and reason in found.problem.detail
+
+
+@pytest.mark.parametrize(
+    ("behaviours", "passed"),
+    [
+        ({}, True),  # 5/5
+        ({"a1": mpic_tests.agree("other")}, True),  # 4/5, one may fail
+        ({"a4": "hang"}, True),  # decided at 4/5, a4 cut off ("not awaited")
+        ({"a1": mpic_tests.agree("x"), "a2": mpic_tests.agree("y")}, False),  # 3/5
+        ({"r1": mpic_tests.agree("other")}, False),  # one RIR left among the corroborating
+    ],
+    ids=["5of5", "4of5", "decided-early", "3of5", "one-rir"],
+)
+async def test_br_mpic_recheck_reads_what_the_mpic_validator_records(
+    behaviours: dict[str, Any], passed: bool
+) -> None:
+    """The re-check recomputes the quorum from the records the real MpicValidator writes
+    (its remotes answering through the test transport of tests/test_mpic_validator.py) and
+    comes to the validator's own verdict, cut-off remotes included."""
+    cancelled: list[str] = []
+    transport = mpic_tests.FakeTransport(
+        {pid: mpic_tests.hang(cancelled) if b == "hang" else b for pid, b in behaviours.items()})
+    result = await mpic_tests.validate(mpic_tests.validator(transport, timeout=30))
+    assert result.ok is passed
+    ev = AuthorizationEvidence(
+        authz_id=1, identifier="example.com", wildcard=False, status="valid",
+        expires_at=mpic_tests.DEC_2026 + timedelta(days=1), validated_at=mpic_tests.DEC_2026,
+        caa_checked_at=None, method="dns-01", records=[r.to_json() for r in result.records])
+    found = recheck.corroboration_refusal("example.com", ev, production=True)
+    assert (found is None) is passed, found
 
 
 def test_fc_4_caa_age_counts_from_the_primarys_check_or_the_last_recheck() -> None:

@@ -61,7 +61,7 @@ import dns.query
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from acme_ca.db.embedded import EmbeddedPostgres
+from acme_ca.db.embedded import SHARED_CLUSTER_ROOT, EmbeddedPostgres
 from acme_ca.ra.keys import DEFAULT_RSA_SIZES, openssl_blacklist_fingerprint
 from integration.bench.servers import Service, start_service
 from integration.netns import Namespace, add_veth, create_namespace
@@ -559,6 +559,10 @@ def production_env(base: Path) -> Iterator[ProductionEnv]:
         # PostgreSQL, a server of its own.
         postgres = EmbeddedPostgres(base / "postgres")
         dsn = postgres.start()
+        cluster = postgres.cluster_dir.resolve() if postgres.cluster_dir else None
+        if cluster is not None and cluster.is_relative_to(SHARED_CLUSTER_ROOT):
+            # as root the cluster lives outside our temporary directory: remove it after
+            stack.callback(shutil.rmtree, cluster, ignore_errors=True)
         stack.callback(postgres.stop)
 
         # The perspectives' namespaces and their links to the main namespace.

@@ -31,13 +31,9 @@ from acme_ca.acme.states import (
 )
 from acme_ca.acme.status import AuthorizationStatus, OrderStatus
 from acme_ca.clock import FixedClock
+from acme_ca.db.authorizations import NewAuthorization, ValidationOutcome
 from acme_ca.db.issuance import IssuanceRepository
-from acme_ca.db.orders import (
-    NewAuthorization,
-    OrderRepository,
-    ValidationOutcome,
-    apply_order_event,
-)
+from acme_ca.db.orders import OrderRepository, apply_order_event
 from tests.fixtures import CaFactory
 from tests.jws_client import JwsClient
 

@@ -28,33 +28,18 @@ from acme_ca.acme.states import (
 )
 from acme_ca.acme.status import AuthorizationStatus, OrderStatus
 from acme_ca.db.audit import record_event
+from acme_ca.db.authorizations import (
+    Authorization,
+    AuthzValidation,
+    Challenge,
+    NewAuthorization,
+    ValidationOutcome,
+    challenge_from_row,
+    insert_authorization,
+    load_authorization,
+    order_validations,
+)
 from acme_ca.db.certificates import CertificateRecord, CertificateRepository
-
-
-@dataclass(frozen=True)
-class Challenge:
-    id: int
-    authz_id: int
-    type: str
-    token: str
-    status: str
-    validated_at: datetime | None
-    error: dict[str, Any] | None
-    validation_records: list[dict[str, Any]]
-    attempts: int
-
-
-@dataclass(frozen=True)
-class Authorization:
-    id: int
-    account_id: int
-    identifier: str
-    wildcard: bool
-    #: As stored: :func:`acme_ca.acme.states.authz_status` gives it at a given time.
-    status: AuthorizationStatus
-    expires_at: datetime
-    validated_at: datetime | None
-    challenges: tuple[Challenge, ...]
 
 
 @dataclass(frozen=True)
@@ -91,44 +76,6 @@ class AlreadyReplaced(Exception):
     def __init__(self, order_id: int) -> None:
         super().__init__(f"already replaced by order {order_id}")
         self.order_id = order_id
-
-
-@dataclass(frozen=True)
-class NewAuthorization:
-    """An authorization to create with its challenges (types and tokens)."""
-
-    identifier: str
-    wildcard: bool
-    expires_at: datetime
-    challenges: tuple[tuple[str, str], ...]
-
-
-@dataclass(frozen=True)
-class ValidationOutcome:
-    """What a validation run decided for one challenge."""
-
-    valid: bool
-    records: list[dict[str, Any]]
-    error: dict[str, Any] | None
-    authz_expires_at: datetime | None  # for a valid authorization: end of its reuse period
-
-
-def _challenge(row: asyncpg.Record | dict[str, Any]) -> Challenge:
-    """From a challenges row, or from its JSON form (timestamps as ISO 8601 text)."""
-    validated_at = row["validated_at"]
-    if isinstance(validated_at, str):
-        validated_at = datetime.fromisoformat(validated_at)
-    return Challenge(
-        id=row["id"],
-        authz_id=row["authz_id"],
-        type=row["type"],
-        token=row["token"],
-        status=row["status"],
-        validated_at=validated_at,
-        error=row["error"],
-        validation_records=row["validation_records"],
-        attempts=row["attempts"],
-    )
 
 
 #: An order row ``o`` with its certificate and its authorizations' ids, statuses and expiries
@@ -221,20 +168,20 @@ class OrderRepository:
 
     async def get_authorization(self, authz_id: int) -> Authorization | None:
         async with self._pool.acquire() as conn:
-            return await _load_authz(conn, authz_id)
+            return await load_authorization(conn, authz_id)
 
     async def get_challenge(self, challenge_id: int) -> tuple[Challenge, Authorization] | None:
         async with self._pool.acquire() as conn:
             row = await conn.fetchrow("SELECT * FROM challenges WHERE id = $1", challenge_id)
             if row is None:
                 return None
-            authz = await _load_authz(conn, row["authz_id"])
+            authz = await load_authorization(conn, row["authz_id"])
             assert authz is not None
-            return _challenge(row), authz
+            return challenge_from_row(row), authz
 
     async def validations(self, order_id: int) -> list[AuthzValidation]:
         """Identifier, validation time and method of each of the order's authorizations."""
-        return await _order_validations(self._pool, order_id)
+        return await order_validations(self._pool, order_id)
 
     async def reusable_authorization(
         self,
@@ -332,7 +279,7 @@ class OrderRepository:
             for position, (existing, new) in enumerate(zip(reuse, new_authzs, strict=True)):
                 authz_id = existing
                 if authz_id is None:
-                    authz_id = await _insert_authorization(conn, account_id, _new(new), now)
+                    authz_id = await insert_authorization(conn, account_id, _new(new), now)
                 authz_ids.append(authz_id)
                 await conn.execute(
                     "INSERT INTO order_authorizations (order_id, authz_id, position) "
@@ -506,35 +453,6 @@ class OrderRepository:
         return True
 
 
-async def _load_authz(conn: asyncpg.Connection, authz_id: int) -> Authorization | None:
-    # One round trip: the challenges come along as an array of challenge rows.
-    row = await conn.fetchrow(
-        """SELECT a.*,
-                  (SELECT coalesce(json_agg(json_build_object(
-                              'id', c.id, 'authz_id', c.authz_id, 'type', c.type,
-                              'token', c.token, 'status', c.status,
-                              'validated_at', c.validated_at, 'error', c.error,
-                              'validation_records', c.validation_records,
-                              'attempts', c.attempts) ORDER BY c.id), '[]')
-                   FROM challenges c WHERE c.authz_id = a.id) AS challenge_rows
-           FROM authorizations a WHERE a.id = $1""",
-        authz_id,
-    )
-    if row is None:
-        return None
-    challenges = [_challenge(c) for c in row["challenge_rows"]]
-    return Authorization(
-        id=row["id"],
-        account_id=row["account_id"],
-        identifier=row["identifier"],
-        wildcard=row["wildcard"],
-        status=AuthorizationStatus(row["status"]),
-        expires_at=row["expires_at"],
-        validated_at=row["validated_at"],
-        challenges=tuple(challenges),
-    )
-
-
 async def _advance_orders(
     conn: asyncpg.Connection, authz_id: int, now: datetime, error: dict[str, Any] | None
 ) -> list[int]:
@@ -600,55 +518,7 @@ async def _replacing_order(
     return None
 
 
-async def _insert_authorization(
-    conn: asyncpg.Connection, account_id: int, new: NewAuthorization, now: datetime
-) -> int:
-    """A pending authorization with its pending challenges; returns its id."""
-    authz_id: int = await conn.fetchval(
-        """INSERT INTO authorizations (account_id, identifier, wildcard, status,
-                                       expires_at, created_at, updated_at)
-           VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING id""",
-        account_id,
-        new.identifier,
-        new.wildcard,
-        AuthorizationStatus.PENDING,
-        new.expires_at,
-        now,
-    )
-    await conn.executemany(
-        """INSERT INTO challenges (authz_id, type, token, status, created_at, updated_at)
-           VALUES ($1, $2, $3, 'pending', $4, $4)""",
-        [(authz_id, kind, token, now) for kind, token in new.challenges],
-    )
-    return authz_id
-
-
 def _new(new: NewAuthorization | None) -> NewAuthorization:
     if new is None:
         raise ValueError("each position needs an authorization to reuse or one to create")
     return new
-
-
-@dataclass(frozen=True)
-class AuthzValidation:
-    """How one authorization of an order was validated (for the CAA recheck at finalize)."""
-
-    identifier: str
-    wildcard: bool
-    validated_at: datetime | None
-    method: str | None
-
-
-async def _order_validations(pool: asyncpg.Pool, order_id: int) -> list[AuthzValidation]:
-    rows = await pool.fetch(
-        """SELECT a.identifier, a.wildcard, a.validated_at,
-                  (SELECT c.type FROM challenges c WHERE c.authz_id = a.id AND c.status = 'valid'
-                   ORDER BY c.validated_at DESC LIMIT 1) AS method
-           FROM order_authorizations oa JOIN authorizations a ON a.id = oa.authz_id
-           WHERE oa.order_id = $1 ORDER BY oa.position""",
-        order_id,
-    )
-    return [
-        AuthzValidation(r["identifier"], r["wildcard"], r["validated_at"], r["method"])
-        for r in rows
-    ]

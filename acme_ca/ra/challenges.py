@@ -22,7 +22,8 @@ from acme_ca.acme.b64 import b64url_encode
 from acme_ca.acme.problems import AcmeError
 from acme_ca.clock import Clock
 from acme_ca.db.accounts import Account, AccountRepository
-from acme_ca.db.orders import Authorization, Challenge, OrderRepository, ValidationOutcome
+from acme_ca.db.authorizations import Authorization, Challenge, ValidationOutcome
+from acme_ca.db.orders import OrderRepository
 from acme_ca.ra.br_schedule import BR_METHODS, BR_VERSION
 from acme_ca.ra.tasks import BackgroundTasks
 from acme_ca.va.records import CheckResult

@@ -21,13 +21,8 @@ from acme_ca.acme.states import order_status
 from acme_ca.acme.status import OrderStatus
 from acme_ca.clock import Clock
 from acme_ca.db.accounts import Account
-from acme_ca.db.orders import (
-    AlreadyReplaced,
-    NewAuthorization,
-    Order,
-    OrderRepository,
-    Replacement,
-)
+from acme_ca.db.authorizations import NewAuthorization
+from acme_ca.db.orders import AlreadyReplaced, Order, OrderRepository, Replacement
 from acme_ca.ra.br_schedule import MAX_TOKEN_LIFETIME, max_dcv_reuse
 from acme_ca.ra.identifiers import IdentifierPolicy, base_domain, is_wildcard
 

@@ -9,7 +9,7 @@ from acme_ca.acme.messages import AuthzUpdate, ChallengeResponse
 from acme_ca.acme.problems import AcmeError, Identifier, Problem
 from acme_ca.acme.states import authz_status
 from acme_ca.acme.status import AuthorizationStatus, ChallengeStatus
-from acme_ca.db.orders import Authorization, Challenge
+from acme_ca.db.authorizations import Authorization, Challenge
 from acme_ca.wfe.responses import acme_json
 from acme_ca.wfe.services import FrontEnd, front_end
 from acme_ca.wfe.verify import KeyMode, verify_post

@@ -1,0 +1,156 @@
+"""Authorizations and their challenges as stored: the rows' dataclasses, loading one
+authorization with its challenges in one round trip, inserting a new one, and how an order's
+authorizations were validated.  The writes that move them are in :mod:`acme_ca.db.orders`,
+which moves their orders in the same transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from acme_ca.acme.status import AuthorizationStatus
+
+
+@dataclass(frozen=True)
+class Challenge:
+    id: int
+    authz_id: int
+    type: str
+    token: str
+    status: str
+    validated_at: datetime | None
+    error: dict[str, Any] | None
+    validation_records: list[dict[str, Any]]
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Authorization:
+    id: int
+    account_id: int
+    identifier: str
+    wildcard: bool
+    #: As stored: :func:`acme_ca.acme.states.authz_status` gives it at a given time.
+    status: AuthorizationStatus
+    expires_at: datetime
+    validated_at: datetime | None
+    challenges: tuple[Challenge, ...]
+
+
+@dataclass(frozen=True)
+class NewAuthorization:
+    """An authorization to create with its challenges (types and tokens)."""
+
+    identifier: str
+    wildcard: bool
+    expires_at: datetime
+    challenges: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class ValidationOutcome:
+    """What a validation run decided for one challenge."""
+
+    valid: bool
+    records: list[dict[str, Any]]
+    error: dict[str, Any] | None
+    authz_expires_at: datetime | None  # for a valid authorization: end of its reuse period
+
+
+def challenge_from_row(row: asyncpg.Record | dict[str, Any]) -> Challenge:
+    """From a challenges row, or from its JSON form (timestamps as ISO 8601 text)."""
+    validated_at = row["validated_at"]
+    if isinstance(validated_at, str):
+        validated_at = datetime.fromisoformat(validated_at)
+    return Challenge(
+        id=row["id"],
+        authz_id=row["authz_id"],
+        type=row["type"],
+        token=row["token"],
+        status=row["status"],
+        validated_at=validated_at,
+        error=row["error"],
+        validation_records=row["validation_records"],
+        attempts=row["attempts"],
+    )
+
+
+async def load_authorization(conn: asyncpg.Connection, authz_id: int) -> Authorization | None:
+    # One round trip: the challenges come along as an array of challenge rows.
+    row = await conn.fetchrow(
+        """SELECT a.*,
+                  (SELECT coalesce(json_agg(json_build_object(
+                              'id', c.id, 'authz_id', c.authz_id, 'type', c.type,
+                              'token', c.token, 'status', c.status,
+                              'validated_at', c.validated_at, 'error', c.error,
+                              'validation_records', c.validation_records,
+                              'attempts', c.attempts) ORDER BY c.id), '[]')
+                   FROM challenges c WHERE c.authz_id = a.id) AS challenge_rows
+           FROM authorizations a WHERE a.id = $1""",
+        authz_id,
+    )
+    if row is None:
+        return None
+    challenges = [challenge_from_row(c) for c in row["challenge_rows"]]
+    return Authorization(
+        id=row["id"],
+        account_id=row["account_id"],
+        identifier=row["identifier"],
+        wildcard=row["wildcard"],
+        status=AuthorizationStatus(row["status"]),
+        expires_at=row["expires_at"],
+        validated_at=row["validated_at"],
+        challenges=tuple(challenges),
+    )
+
+
+async def insert_authorization(
+    conn: asyncpg.Connection, account_id: int, new: NewAuthorization, now: datetime
+) -> int:
+    """A pending authorization with its pending challenges; returns its id."""
+    authz_id: int = await conn.fetchval(
+        """INSERT INTO authorizations (account_id, identifier, wildcard, status,
+                                       expires_at, created_at, updated_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING id""",
+        account_id,
+        new.identifier,
+        new.wildcard,
+        AuthorizationStatus.PENDING,
+        new.expires_at,
+        now,
+    )
+    await conn.executemany(
+        """INSERT INTO challenges (authz_id, type, token, status, created_at, updated_at)
+           VALUES ($1, $2, $3, 'pending', $4, $4)""",
+        [(authz_id, kind, token, now) for kind, token in new.challenges],
+    )
+    return authz_id
+
+
+@dataclass(frozen=True)
+class AuthzValidation:
+    """How one authorization of an order was validated (for the CAA recheck at finalize)."""
+
+    identifier: str
+    wildcard: bool
+    validated_at: datetime | None
+    method: str | None
+
+
+async def order_validations(pool: asyncpg.Pool, order_id: int) -> list[AuthzValidation]:
+    rows = await pool.fetch(
+        """SELECT a.identifier, a.wildcard, a.validated_at,
+                  (SELECT c.type FROM challenges c WHERE c.authz_id = a.id AND c.status = 'valid'
+                   ORDER BY c.validated_at DESC LIMIT 1) AS method
+           FROM order_authorizations oa JOIN authorizations a ON a.id = oa.authz_id
+           WHERE oa.order_id = $1 ORDER BY oa.position""",
+        order_id,
+    )
+    return [
+        AuthzValidation(r["identifier"], r["wildcard"], r["validated_at"], r["method"])
+        for r in rows
+    ]

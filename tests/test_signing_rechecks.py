@@ -26,6 +26,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 from dns import rdatatype as dns_rdatatype
 
 from acme_ca.ca import recheck
@@ -37,8 +38,11 @@ from acme_ca.ca.worker import SigningGuard, SigningWorker, profile_settings_fact
 from acme_ca.clock import FixedClock
 from acme_ca.config import Config
 from acme_ca.ct_testlogs import accepted_roots
+from acme_ca.db.certificates import CertificateRepository
 from acme_ca.db.issuance import AuthorizationEvidence, IssuanceRepository
 from acme_ca.deployment import Assessment, Shape, signing_guard
+from acme_ca.ra.keys import spki_sha256
+from acme_ca.ra.revocation import RevocationAuthority
 from acme_ca.testsrv.ct_log import TestCtLogs
 from acme_ca.testsrv.server import ChallengeServerConfig, ChallengeTestServer
 from acme_ca.testsrv.store import CaaPolicy
@@ -308,12 +312,12 @@ class Rig:
         )
 
     async def queue(self, *, validated_at: datetime, records: Records = primary_records,
-                    names: Sequence[str] = NAMES) -> int:
+                    names: Sequence[str] = NAMES, csr_der: bytes | None = None) -> int:
         """A ready order for ``names`` validated at ``validated_at``, queued now."""
         account_id, order_id = await insert_ready_order(
             self.pool, names, now=self.clock.now(), validated_at=validated_at, records=records)
         assert await IssuanceRepository(self.pool).enqueue(
-            order_id=order_id, account_id=account_id, csr_der=build_csr(names),
+            order_id=order_id, account_id=account_id, csr_der=csr_der or build_csr(names),
             names=list(names), issuer=self.config.ecdsa_issuer, now=self.clock.now())
         return order_id
 
@@ -593,6 +597,30 @@ async def test_rfc8555_authorization_deactivated_after_finalize_is_not_signed(ri
     details = await refused(rig, order_id, "authorization", "unauthorized")
     assert details["refusals"][0]["identifier"] == NAMES[0]
     assert rig.hsm_signatures == 0
+
+
+async def test_kc_2_key_blocked_after_finalize_is_not_signed(rig: Rig) -> None:
+    """BR 6.1.1.3(4) / 4.9.1.1: the CSR's key passed finalize, then an operator blocked it
+    (``acme-ca admin block-key``: reported compromised) before the worker took the job: the
+    order fails with badCSR naming the rule, nothing is signed; another key still is."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    order_id = await rig.queue(validated_at=rig.clock.now(), csr_der=build_csr(NAMES, key=key))
+    other = await rig.queue(validated_at=rig.clock.now(), names=["other.recheck.example.com"])
+    blocked = await RevocationAuthority(CertificateRepository(rig.pool), rig.clock).block_key(
+        spki_sha256(key.public_key()), actor="operator:test", reason="private key published")
+    assert blocked.certificates == 0  # nothing was signed with it yet
+    worker = rig.worker(production=False)
+    await run(worker)
+    details = await refused(rig, order_id, "BR 6.1.1.3(4)", "badCSR")
+    assert details["refusals"] == [{
+        "rule": recheck.RULE_BLOCKED_KEY, "type": "badCSR",
+        "detail": recheck.blocked_key_refusal(blocked.spki_sha256).problem.detail}]
+    order = await rig.pool.fetchrow("SELECT error FROM orders WHERE id = $1", order_id)
+    assert "BR 4.9.1.1" in order["error"]["detail"]
+    assert blocked.spki_sha256.hex() in order["error"]["detail"]
+    assert rig.hsm_signatures == 0
+    await run(worker)
+    await issued(rig.pool, other)
 
 
 async def test_a_worker_that_lost_its_lease_cannot_fail_the_job_it_refused(rig: Rig) -> None:

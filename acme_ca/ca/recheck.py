@@ -17,7 +17,9 @@ signing time; no I/O, no clock:
   (a development hierarchy) uses the test rule (``strict=False``): no minimum number of
   remotes, so a validation without perspectives passes, as it does at validation time;
 * BR 3.2.2.8: :func:`caa_stale` says which names need their CAA checked again (the worker
-  does that through the validator, then records the time).
+  does that through the validator, then records the time);
+* BR 6.1.1.3(4) / 4.9.1.1: the CSR's public key is not blocked (:func:`csr_key_id` is the
+  ``blocked_keys`` id; a key reported compromised after finalize is refused here).
 
 Each refusal names its rule and carries the RFC 8555 problem the order fails with.
 """
@@ -29,11 +31,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
+from cryptography import x509
+
 from acme_ca.acme import problems
 from acme_ca.acme.problems import Identifier, Problem
 from acme_ca.ca.profile import max_validity
 from acme_ca.db.issuance import AuthorizationEvidence
 from acme_ca.ra.br_schedule import max_dcv_reuse
+from acme_ca.ra.keys import spki_sha256
 from acme_ca.va.quorum import Remote, UnknownRir, Verdict, canonical_rir, decide, rule_for
 from acme_ca.va.records import PRIMARY_PERSPECTIVE, FormatError, ValidationRecord
 
@@ -49,6 +54,7 @@ RULE_CORROBORATION: Final = "BR 3.2.2.9 corroboration"
 RULE_REUSE: Final = "BR 4.2.1 validation reuse"
 RULE_VALIDITY: Final = "BR 6.3.2 validity"
 RULE_GUARD: Final = "production invariants"
+RULE_BLOCKED_KEY: Final = "BR 6.1.1.3(4) blocked key"
 
 
 @dataclass(frozen=True)
@@ -244,6 +250,25 @@ def caa_refusal(name: str, problem: Problem | None, checked: datetime | None) ->
             status=problem.status,
             detail=f"{RULE_CAA} recheck before signing: {problem.detail}; nothing was signed",
             identifier=_dns(name),
+        ),
+    )
+
+
+def csr_key_id(csr_der: bytes) -> bytes:
+    """The ``blocked_keys`` id of the CSR's public key (:func:`acme_ca.ra.keys.spki_sha256`,
+    the one definition finalize and ``acme-ca admin block-key`` use)."""
+    return spki_sha256(x509.load_der_x509_csr(csr_der).public_key())
+
+
+def blocked_key_refusal(key_id: bytes) -> Refusal:
+    """The CSR's key was blocked after finalize (reported compromised, or revoked for
+    keyCompromise): BR 6.1.1.3(4) forbids certifying it, BR 4.9.1.1 would revoke it at once."""
+    return Refusal(
+        RULE_BLOCKED_KEY,
+        problems.bad_csr(
+            f"{RULE_BLOCKED_KEY}: the CSR's public key (SPKI SHA-256 {key_id.hex()}) is blocked "
+            "by this CA (e.g. reported compromised, BR 4.9.1.1) since the order was finalized; "
+            "nothing was signed. Order again with a new key"
         ),
     )
 

@@ -6,7 +6,8 @@ CT before issuance; RFC 6962 §3.1; BR 7.1.2.9), each job runs in these recorded
 
 1. prepare: choose serial and validity, check that the usable CT logs covering notAfter can
    meet the CT policy (otherwise nothing is signed and the job waits, see below), re-check the
-   order with the signing time (:mod:`acme_ca.ca.recheck`: ``signing_guard``, authorizations,
+   order with the signing time (:mod:`acme_ca.ca.recheck`: ``signing_guard``, the CSR's key
+   not blocked (BR 6.1.1.3(4)), authorizations,
    BR 4.2.1 reuse, BR 6.3.2 validity, BR 3.2.2.9 corroboration, CAA older than 8 hours checked
    again; a refusal fails the order and nothing is signed; a job that comes back to prepare
    from CT backoff is re-checked again, and so is a prepared job resumed before step 3), build
@@ -409,8 +410,9 @@ class SigningWorker:
         self, job: IssuanceJob, *, not_before: datetime, not_after: datetime
     ) -> bool:
         """Just before the HSM signs (:mod:`acme_ca.ca.recheck`): the production guard, the
-        date rules (authorizations, BR 4.2.1 reuse, BR 6.3.2 validity, BR 3.2.2.9
-        corroboration), then CAA older than 8 hours checked again (BR 3.2.2.8).  A refusal
+        CSR's key not blocked (BR 6.1.1.3(4)), the date rules (authorizations, BR 4.2.1 reuse,
+        BR 6.3.2 validity, BR 3.2.2.9 corroboration), then CAA older than 8 hours checked
+        again (BR 3.2.2.8).  A refusal
         fails the order with its problem and an audit row; returns whether signing may go on.
         """
         if not await self._date_rules_hold(job, not_before, not_after):
@@ -430,6 +432,10 @@ class SigningWorker:
             if violations:
                 await self._refuse(job, [recheck.guard_refusal(violations)], now)
                 return False
+        key_id = recheck.csr_key_id(job.csr_der)
+        if await self._jobs.is_key_blocked(key_id):
+            await self._refuse(job, [recheck.blocked_key_refusal(key_id)], now)
+            return False
         evidence = await self._jobs.order_authorizations(job.order_id)
         found = recheck.refusals(
             job.names, evidence, not_before=not_before, not_after=not_after, now=now,

@@ -43,7 +43,6 @@ class ParsedJws:
     url: str
     jwk: Jwk | None
     kid: str | None
-    protected: dict[str, Any]
     signing_input: bytes
     signature: bytes
     payload_raw: bytes
@@ -149,7 +148,6 @@ def parse_jws(body: bytes, *, require_nonce: bool = True) -> ParsedJws:
         url=url,
         jwk=jwk,
         kid=kid,
-        protected=protected,
         signing_input=f"{protected_b64}.{payload_b64}".encode("ascii"),
         signature=signature,
         payload_raw=payload_raw,

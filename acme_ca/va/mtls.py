@@ -19,8 +19,6 @@ used to query another remote.  Nothing here is the CA's issuing hierarchy.
 
 from __future__ import annotations
 
-import ipaddress
-import os
 import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,9 +27,9 @@ from pathlib import Path
 from typing import Final
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from acme_ca.localca import LocalCa, local_name
 
 CA_LIFETIME: Final = timedelta(days=3650)
 LEAF_LIFETIME: Final = timedelta(days=398)
@@ -53,100 +51,20 @@ class MpicMaterial:
     """Perspective id -> (certificate, key)."""
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, _ORG),
-            x509.NameAttribute(NameOID.COMMON_NAME, cn),
-        ]
-    )
-
-
-def _load_or_create_ca(
-    directory: Path, now: datetime
-) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    cert_path, key_path = directory / "ca.pem", directory / "ca.key"
-    if cert_path.exists() and key_path.exists():
-        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-        key = serialization.load_pem_private_key(key_path.read_bytes(), None)
-        if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise ValueError(f"{key_path} is not an EC key")
-        return cert, key
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("acme_ca MPIC channel CA"))
-        .issuer_name(_name("acme_ca MPIC channel CA"))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(hours=1))
-        .not_valid_after(now + CA_LIFETIME)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    _write_private(key_path, _key_pem(key))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return cert, key
-
-
 def _leaf(
     directory: Path,
     stem: str,
-    ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
+    ca: LocalCa,
     *,
     usage: x509.ObjectIdentifier,
     names: Sequence[str],
     now: datetime,
 ) -> tuple[Path, Path]:
-    ca_cert, ca_key = ca
-    key = ec.generate_private_key(ec.SECP256R1())
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(stem))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(hours=1))
-        .not_valid_after(now + LEAF_LIFETIME)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(True, False, False, False, False, False, False, False, False),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
+    cert, key = ca.issue(
+        local_name(stem, _ORG), usage=usage, names=names, now=now, lifetime=LEAF_LIFETIME
     )
-    if names:
-        general: list[x509.GeneralName] = []
-        for name in names:
-            try:
-                general.append(x509.IPAddress(ipaddress.ip_address(name)))
-            except ValueError:
-                general.append(x509.DNSName(name))
-        builder = builder.add_extension(x509.SubjectAlternativeName(general), critical=False)
-    cert = builder.sign(ca_key, hashes.SHA256())
     cert_path, key_path = directory / f"{stem}.pem", directory / f"{stem}.key"
-    _write_private(key_path, _key_pem(key))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    ca.write_leaf(cert_path, key_path, cert, key)
     return cert_path, key_path
 
 
@@ -164,7 +82,13 @@ def create_mpic_material(
         raise ValueError("'primary' and 'ca' cannot be perspective ids")
     now = now or datetime.now(UTC)
     directory.mkdir(parents=True, exist_ok=True)
-    ca = _load_or_create_ca(directory, now)
+    ca = LocalCa.load_or_create(
+        directory / "ca.pem",
+        directory / "ca.key",
+        local_name("acme_ca MPIC channel CA", _ORG),
+        now=now,
+        lifetime=CA_LIFETIME,
+    )
     primary_cert, primary_key = directory / "primary.pem", directory / "primary.key"
     if not (primary_cert.exists() and primary_key.exists()):
         _leaf(

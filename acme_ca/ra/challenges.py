@@ -25,7 +25,7 @@ from acme_ca.db.accounts import Account, AccountRepository
 from acme_ca.db.authorizations import Authorization, Challenge, ValidationOutcome
 from acme_ca.db.orders import OrderRepository
 from acme_ca.ra.br_schedule import BR_METHODS, BR_VERSION
-from acme_ca.ra.tasks import BackgroundTasks
+from acme_ca.tasks import BackgroundTasks
 from acme_ca.va.records import CheckResult
 
 log = structlog.get_logger(component="acme_ca.ra.challenges")

@@ -1,51 +1,6 @@
-"""Background work the application owns: tracked, logged when it fails, drained at shutdown.
+"""Moved to :mod:`acme_ca.tasks`; this name stays only until ``app.py`` (being rewritten
+by another change of issue 18) imports it from there, then it goes."""
 
-Never a bare ``create_task``: a task here keeps a strong reference, inherits the request's
-log context (``request_id``), and is awaited or cancelled when the app stops.
-"""
+from acme_ca.tasks import BackgroundTasks
 
-from __future__ import annotations
-
-import asyncio
-import contextlib
-from collections.abc import Coroutine
-from typing import Any
-
-import structlog
-
-log = structlog.get_logger(component="acme_ca.ra.tasks")
-
-
-class BackgroundTasks:
-    def __init__(self) -> None:
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._closed = False
-
-    def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
-        if self._closed:
-            coro.close()
-            raise RuntimeError("background tasks are closed")
-        task = asyncio.create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
-        return task
-
-    def _done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("task.failed", task=task.get_name(), exc_info=task.exception())
-
-    def __len__(self) -> int:
-        return len(self._tasks)
-
-    async def drain(self, grace: float = 10.0) -> None:
-        """Let running work finish for ``grace`` seconds, then cancel the rest."""
-        self._closed = True
-        if not self._tasks:
-            return
-        _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
-        for task in pending:
-            task.cancel()
-        for task in pending:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+__all__ = ["BackgroundTasks"]

@@ -53,6 +53,7 @@ from acme_ca.ca.ct.sct import (
     verify_signature,
 )
 from acme_ca.clock import Clock
+from acme_ca.tasks import BackgroundTasks
 
 log = structlog.get_logger(component="acme_ca.ca.ct")
 
@@ -195,7 +196,7 @@ class CertificateTransparency:
         self._session: aiohttp.ClientSession | None = None
         #: log id → loop time before which the log is not asked again (its Retry-After).
         self._held: dict[bytes, float] = {}
-        self._background: set[asyncio.Task[None]] = set()
+        self._background = BackgroundTasks()
 
     # ------------------------------------------------------------------ policy
 
@@ -413,9 +414,10 @@ class CertificateTransparency:
         background; failures are logged, never raised."""
         if not self.settings.submit_final:
             return
-        task = asyncio.create_task(self._submit_final(certificate, chain, scts))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._background.spawn(
+            self._submit_final(certificate, chain, scts),
+            name=f"ct-final-{certificate.serial_number:x}",
+        )
 
     async def _submit_final(
         self, certificate: x509.Certificate, chain: Sequence[x509.Certificate],
@@ -453,16 +455,11 @@ class CertificateTransparency:
 
     async def wait_idle(self) -> None:
         """Until the background submissions started so far have finished."""
-        while self._background:
-            await asyncio.gather(*list(self._background), return_exceptions=True)
+        await self._background.wait_idle()
 
     async def aclose(self, grace: float = 2.0) -> None:
         """Give background submissions ``grace`` seconds, cancel the rest, close HTTP."""
-        if self._background:
-            _, pending = await asyncio.wait(list(self._background), timeout=grace)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+        await self._background.drain(grace)
         if self._session is not None:
             with contextlib.suppress(Exception):
                 await self._session.close()

@@ -15,26 +15,27 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, Self
 
 import pytest
 
 
-def _acme_ca_exe() -> str:
+def acme_ca_exe() -> str:
+    """The ``acme-ca`` console script of this interpreter's environment, else the one on PATH."""
     beside = Path(sys.executable).parent / "acme-ca"
     if beside.is_file():
         return str(beside)
     found = shutil.which("acme-ca")
     if found is None:
-        pytest.fail("the acme-ca console script is not installed (pip install -e .)")
+        raise FileNotFoundError("the acme-ca console script is not installed (pip install -e .)")
     return found
 
 
-ACME_CA = _acme_ca_exe()
+ACME_CA = acme_ca_exe()
 READY_TIMEOUT = 20.0
 STOP_TIMEOUT = 30.0
 TAIL_LINES = 40
@@ -48,8 +49,10 @@ def free_port() -> int:
 
 
 def base_env(**extra: str) -> dict[str, str]:
-    """The caller's environment without any ACME_CA_* setting that would leak into the CA."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ACME_CA_")}
+    """The caller's environment without any ACME_CA_* setting that would leak into the CA,
+    nor Pebble's PEBBLE_* knobs (which ``serve --test`` and Pebble itself obey), so the
+    shell a test runs from cannot change what a server under test does; ``extra`` on top."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACME_CA_", "PEBBLE_"))}
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env
@@ -96,27 +99,52 @@ def read_log_events(path: Path) -> list[dict[str, Any]]:
 
 
 @dataclass
-class CaProcess:
-    """One long-running ``acme-ca`` subprocess whose stdout/stderr go to files."""
+class LoggedProcess:
+    """One long-running subprocess whose stdout/stderr go to files, shown (tails) when
+    something fails."""
 
     name: str
     proc: subprocess.Popen[bytes]
     stdout_path: Path
     stderr_path: Path
-    base_url: str | None = None
-    _files: list[IO[bytes]] = field(default_factory=list)
+    files: list[IO[bytes]] = field(default_factory=list)
+
+    @classmethod
+    def spawn(
+        cls, name: str, argv: Sequence[str], *, log_dir: Path, env: Mapping[str, str],
+        **popen: Any,
+    ) -> Self:
+        """Start ``argv`` with stdin closed and its output in ``log_dir/name.stdout|stderr``;
+        ``popen`` passes on (``cwd``, ``pass_fds``, ``start_new_session`` ...)."""
+        log_dir.mkdir(parents=True, exist_ok=True)
+        stdout_path = log_dir / f"{name}.stdout"
+        stderr_path = log_dir / f"{name}.stderr"
+        out = stdout_path.open("wb")
+        err = stderr_path.open("wb")
+        try:
+            proc = subprocess.Popen(
+                list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=dict(env),
+                **popen,
+            )
+        except BaseException:
+            out.close()
+            err.close()
+            raise
+        return cls(name=name, proc=proc, stdout_path=stdout_path, stderr_path=stderr_path,
+                   files=[out, err])
 
     @property
-    def directory_url(self) -> str:
-        if self.base_url is None:
-            raise AssertionError(f"{self.name} serves no HTTP")
-        return self.base_url + "/directory"
+    def pid(self) -> int:
+        return self.proc.pid
 
-    def tails(self) -> str:
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def tails(self, lines: int = TAIL_LINES) -> str:
         return (
             f"--- {self.name} (pid {self.proc.pid}, exit {self.proc.poll()}) stdout tail ---\n"
-            f"{tail(self.stdout_path)}\n"
-            f"--- {self.name} stderr tail ---\n{tail(self.stderr_path)}"
+            f"{tail(self.stdout_path, lines)}\n"
+            f"--- {self.name} stderr tail ---\n{tail(self.stderr_path, lines)}"
         )
 
     def log_events(self) -> list[dict[str, Any]]:
@@ -140,6 +168,50 @@ class CaProcess:
                     f"{self.name}: no {name!r} event within {timeout:.0f} s\n{self.tails()}"
                 )
             time.sleep(0.1)
+
+    def terminate(self, timeout: float = STOP_TIMEOUT) -> int:
+        """SIGTERM and wait; fails the test (after killing) if it does not exit in time."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"{self.name} ignored SIGTERM for {timeout:.0f} s\n{self.tails()}")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def close_files(self) -> None:
+        for fh in self.files:
+            fh.close()
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """SIGTERM, SIGKILL if it has not exited within ``timeout``; then close its files."""
+        try:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    self.kill()
+        finally:
+            self.close_files()
+
+
+@dataclass
+class CaProcess(LoggedProcess):
+    """An ``acme-ca`` subprocess: its JSON log events, readiness and SIGTERM stop."""
+
+    base_url: str | None = None
+
+    @property
+    def directory_url(self) -> str:
+        if self.base_url is None:
+            raise AssertionError(f"{self.name} serves no HTTP")
+        return self.base_url + "/directory"
 
     def wait_ready(self, *, cafile: Path | None = None, timeout: float = READY_TIMEOUT) -> None:
         """Poll the directory until it answers 200 (over TLS trusting ``cafile`` if given)."""
@@ -168,25 +240,6 @@ class CaProcess:
             f"(last error: {last_error!r})\n{self.tails()}"
         )
 
-    def terminate(self, timeout: float = STOP_TIMEOUT) -> int:
-        """SIGTERM and wait; fails the test (after killing) if it does not exit in time."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            pytest.fail(f"{self.name} ignored SIGTERM for {timeout:.0f} s\n{self.tails()}")
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-
-    def close_files(self) -> None:
-        for fh in self._files:
-            fh.close()
-
 
 class CaProcesses:
     """Starts ``acme-ca`` subprocesses; :meth:`close` kills whatever is left and prints the
@@ -207,18 +260,8 @@ class CaProcesses:
     ) -> CaProcess:
         """``acme-ca <argv...>`` in the background; ``name`` names its log files (unique).
         ``prefix`` runs it through another command (``ip netns exec NAME``)."""
-        stdout_path = self._log_dir / f"{name}.stdout"
-        stderr_path = self._log_dir / f"{name}.stderr"
-        out = stdout_path.open("wb")
-        err = stderr_path.open("wb")
-        proc = subprocess.Popen(
-            [*prefix, ACME_CA, *argv],
-            stdout=out,
-            stderr=err,
-            stdin=subprocess.DEVNULL,
-            env=env,
-        )
-        ca = CaProcess(name, proc, stdout_path, stderr_path, base_url, [out, err])
+        ca = CaProcess.spawn(name, [*prefix, ACME_CA, *argv], log_dir=self._log_dir, env=env)
+        ca.base_url = base_url
         self.started.append(ca)
         return ca
 

@@ -26,7 +26,6 @@ import datetime as dt
 import json
 import os
 import re
-import shutil
 import signal
 import ssl
 import subprocess
@@ -37,7 +36,7 @@ import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import dns.exception
 import dns.message
@@ -47,7 +46,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from acme_ca.db.embedded import EmbeddedPostgres
 from acme_ca.localca import LocalCa, cert_pem, local_name
-from integration.processes import free_port, tail
+from integration.processes import LoggedProcess, acme_ca_exe, base_env, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 PEBBLE = "/usr/bin/pebble"
@@ -93,57 +92,12 @@ def _die_with_parent() -> None:
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def clean_env(**extra: str) -> dict[str, str]:
-    """Our environment without ACME_CA_* or PEBBLE_* settings that would change a target."""
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("ACME_CA_", "PEBBLE_"))
-    }
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
-
-
-@dataclass
-class Service:
-    """One long-running subprocess whose stdout and stderr go to files."""
-
-    name: str
-    proc: subprocess.Popen[bytes]
-    stdout_path: Path
-    stderr_path: Path
-    files: list[IO[bytes]]
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def tails(self) -> str:
-        return (
-            f"--- {self.name} (pid {self.pid}, exit {self.proc.poll()}) stdout: "
-            f"{self.stdout_path} ---\n{tail(self.stdout_path)}\n"
-            f"--- {self.name} stderr: {self.stderr_path} ---\n{tail(self.stderr_path)}"
-        )
+class Service(LoggedProcess):
+    """One benchmark subprocess; fails the set-up (not a test) when it has exited."""
 
     def check_alive(self) -> None:
         if not self.alive():
             raise BenchSetupError(f"{self.name} exited with {self.proc.returncode}\n{self.tails()}")
-
-    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        """SIGTERM, then SIGKILL if it has not exited within ``timeout``."""
-        try:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    self.proc.wait(timeout=timeout)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(timeout=10)
-        finally:
-            for fh in self.files:
-                fh.close()
 
 
 def start_service(
@@ -155,28 +109,16 @@ def start_service(
     log_dir: Path,
 ) -> Service:
     """Start ``argv`` in the background; ``stack`` stops it on exit (also on errors)."""
-    log_dir.mkdir(parents=True, exist_ok=True)
-    stdout_path = log_dir / f"{name}.stdout"
-    stderr_path = log_dir / f"{name}.stderr"
-    out = stdout_path.open("wb")
-    err = stderr_path.open("wb")
-    try:
-        proc = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=err,
-            env=dict(env),
-            cwd=REPO,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads run while we spawn
-        )
-    except BaseException:
-        out.close()
-        err.close()
-        raise
-    service = Service(name, proc, stdout_path, stderr_path, [out, err])
-    stack.callback(service.stop)
+    service = Service.spawn(
+        name,
+        argv,
+        log_dir=log_dir,
+        env=env,
+        cwd=REPO,
+        start_new_session=True,
+        preexec_fn=_die_with_parent,  # safe: no threads run while we spawn
+    )
+    stack.callback(service.stop, STOP_TIMEOUT)
     return service
 
 
@@ -284,7 +226,7 @@ def start_dns(stack: contextlib.ExitStack, log_dir: Path) -> Dns:
             "-defaultIPv4", "127.0.0.1",
             "-defaultIPv6", "",
         ],
-        env=clean_env(),
+        env=base_env(),
         log_dir=log_dir,
     )
     _wait("pebble-challtestsrv DNS", _dns_answers(port), [service], READY_TIMEOUT)
@@ -355,7 +297,7 @@ def pebble(workdir: Path) -> Iterator[Target]:
             stack,
             "pebble",
             [PEBBLE, "-config", str(config_path), "-dnsserver", dns_server.address],
-            env=clean_env(**knobs),
+            env=base_env(**knobs),
             log_dir=logs,
         )
         directory_url = f"https://127.0.0.1:{port}/dir"
@@ -384,16 +326,6 @@ def pebble(workdir: Path) -> Iterator[Target]:
 
 
 # ------------------------------------------------------------------------------ acme_ca
-
-
-def _acme_ca_exe() -> str:
-    beside = Path(sys.executable).parent / "acme-ca"
-    if beside.is_file():
-        return str(beside)
-    found = shutil.which("acme-ca")
-    if found is None:
-        raise BenchSetupError("the acme-ca console script is not installed (pip install -e .)")
-    return found
 
 
 class _FileLog:
@@ -444,7 +376,10 @@ def acme_ca(workdir: Path) -> Iterator[Target]:
     base = workdir / "acme_ca"
     logs = base / "logs"
     home = base / "home"
-    exe = _acme_ca_exe()
+    try:
+        exe = acme_ca_exe()
+    except FileNotFoundError as e:
+        raise BenchSetupError(str(e)) from e
     with contextlib.ExitStack() as stack:
         dns_server = start_dns(stack, logs)
 
@@ -456,7 +391,7 @@ def acme_ca(workdir: Path) -> Iterator[Target]:
 
         token = SoftHsmToken.create(base / "softhsm", label=TOKEN_LABEL, activate=False)
         log_list = home / "ct" / "log_list.json"  # where acme_ca.ct_testlogs writes it
-        env = clean_env(
+        env = base_env(
             ACME_CA_HOME=str(home),
             ACME_CA_DATABASE_URL=dsn,
             ACME_CA_PKCS11_MODULE=token.module,
@@ -483,7 +418,7 @@ def acme_ca(workdir: Path) -> Iterator[Target]:
             stack,
             "ct-logs",
             [sys.executable, "-m", "integration.bench.ctlogs", "--home", str(home)],
-            env=clean_env(),
+            env=base_env(),
             log_dir=logs,
         )
         _wait("CT test logs", log_list.exists, [ct_logs], READY_TIMEOUT)

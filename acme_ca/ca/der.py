@@ -18,6 +18,7 @@ inner AlgorithmIdentifier matches the signer's before anything is signed.
 from __future__ import annotations
 
 import functools
+from datetime import UTC, datetime
 from typing import Final
 
 from cryptography import x509
@@ -30,6 +31,13 @@ TAG_INTEGER: Final = 0x02
 TAG_BIT_STRING: Final = 0x03
 TAG_SEQUENCE: Final = 0x30
 TAG_CONTEXT_0: Final = 0xA0  # [0] EXPLICIT Version in a TBSCertificate
+TAG_OCTET_STRING: Final = 0x04
+TAG_OID: Final = 0x06
+TAG_ENUMERATED: Final = 0x0A
+TAG_UTC_TIME: Final = 0x17
+TAG_GENERALIZED_TIME: Final = 0x18
+#: RFC 5280 4.1.2.5: dates through 2049 are UTCTime, from 2050 on GeneralizedTime.
+_UTC_TIME_LIMIT: Final = datetime(2050, 1, 1, tzinfo=UTC)
 
 
 def encode_length(length: int) -> bytes:
@@ -45,6 +53,29 @@ def encode_length(length: int) -> bytes:
 def encode_tlv(tag: int, content: bytes) -> bytes:
     """One DER element with a single-byte tag."""
     return bytes([tag]) + encode_length(len(content)) + content
+
+
+def encode_integer(value: int) -> bytes:
+    """DER INTEGER of a non-negative ``value``: minimal big-endian, 0x00 first if the high bit
+    is set (so the number stays positive)."""
+    if value < 0:
+        raise ValueError("negative INTEGER")
+    return encode_tlv(TAG_INTEGER, value.to_bytes(value.bit_length() // 8 + 1, "big"))
+
+
+def encode_time(at: datetime) -> bytes:
+    """RFC 5280 Time of ``at`` in whole UTC seconds: UTCTime ``YYMMDDHHMMSSZ`` before 2050,
+    GeneralizedTime ``YYYYMMDDHHMMSSZ`` from 2050 on (4.1.2.5, 5.1.2.4, 5.1.2.6).
+
+    Written with one bytes format (fixed lengths: 13 and 15): a large CRL encodes one per entry.
+    """
+    at = at.astimezone(UTC)
+    fields = (at.month, at.day, at.hour, at.minute, at.second)
+    if at < _UTC_TIME_LIMIT:
+        if at.year < 1950:
+            raise ValueError("UTCTime cannot express years before 1950")
+        return b"\x17\x0d%02d%02d%02d%02d%02d%02dZ" % (at.year % 100, *fields)
+    return b"\x18\x0f%04d%02d%02d%02d%02d%02dZ" % (at.year, *fields)
 
 
 def read_tlv(der: bytes, offset: int = 0) -> tuple[int, int, int]:
@@ -189,6 +220,12 @@ async def _sign_tbs(tbs_der: bytes, signer: Signer, hash: HashName) -> bytes:
         )
     signature = await signer.sign(tbs_der, hash)
     return assemble_signed(tbs_der, sig_alg, signature)
+
+
+async def sign_tbs(tbs_der: bytes, signer: Signer, hash: HashName) -> bytes:
+    """Steps 2-3, returning the signed DER unparsed: for a large CRL, whose parsing and
+    signature check belong in a worker thread rather than on the event loop."""
+    return await _sign_tbs(tbs_der, signer, hash)
 
 
 async def sign_tbs_certificate(tbs_der: bytes, signer: Signer, hash: HashName) -> x509.Certificate:

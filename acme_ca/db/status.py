@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -34,12 +34,50 @@ class RevokedEntry:
 
 
 @dataclass(frozen=True)
+class RevokedEntries:
+    """The entries a CRL must list, column by column, in the order the database gave them.
+
+    Three tuples of str, datetime and int, not one object per entry: the garbage collector
+    stops tracking a tuple of such values, while 100,000 entry objects would set off full
+    collections, which hold the GIL and so stop the event loop even when the CRL is built in
+    a worker thread.
+    """
+
+    serials: tuple[str, ...] = ()
+    revoked_at: tuple[datetime, ...] = ()
+    reasons: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not len(self.serials) == len(self.revoked_at) == len(self.reasons):
+            raise ValueError("RevokedEntries columns of different lengths")
+
+    @classmethod
+    def of(cls, entries: Iterable[RevokedEntry]) -> RevokedEntries:
+        listed = list(entries)
+        return cls(
+            tuple(e.serial for e in listed),
+            tuple(e.revoked_at for e in listed),
+            tuple(e.reason for e in listed),
+        )
+
+    def __len__(self) -> int:
+        return len(self.serials)
+
+    def __getitem__(self, index: int) -> RevokedEntry:
+        return RevokedEntry(self.serials[index], self.revoked_at[index], self.reasons[index])
+
+    def __iter__(self) -> Iterator[RevokedEntry]:
+        for serial, at, reason in zip(self.serials, self.revoked_at, self.reasons, strict=True):
+            yield RevokedEntry(serial, at, reason)
+
+
+@dataclass(frozen=True)
 class CrlDraft:
     """A freshly allocated CRL Number and the entries that CRL must list."""
 
     issuer: str
     number: int
-    entries: tuple[RevokedEntry, ...]
+    entries: RevokedEntries
 
 
 @dataclass(frozen=True)
@@ -146,16 +184,33 @@ def _ocsp(row: asyncpg.Record) -> OcspResponseRecord:
 
 # Certificates and precertificates whose certificate was never stored (the
 # ``certificate_statuses`` view): a revoked serial is listed whichever it is (BR 7.1.2.9).
+#: Entries in numeric serial order (lower-case hex: shorter first, then by text), the order a
+#: CRL lists them in, so sorting them again in Python is one linear pass.  Each row holds
+#: 10,000 entries as three parallel arrays: a CRL may list 100,000 entries; one Record per
+#: entry would be 100,000 objects for the garbage collector to walk, and one row of all would
+#: be decoded on the event loop in one go.
 _ENTRIES_SQL: Final = """
-    SELECT serial, revoked_at, revocation_reason FROM certificate_statuses
-    WHERE issuer = $1 AND revoked_at IS NOT NULL AND not_after > $2
-    ORDER BY serial"""
+    WITH e AS (
+        SELECT serial, revoked_at, coalesce(revocation_reason, 0) AS reason,
+               row_number() OVER (ORDER BY length(ltrim(serial, '0')),
+                                           ltrim(serial, '0') COLLATE "C") - 1 AS n
+        FROM certificate_statuses
+        WHERE issuer = $1 AND revoked_at IS NOT NULL AND not_after > $2)
+    SELECT array_agg(serial ORDER BY n) AS serials,
+           array_agg(revoked_at ORDER BY n) AS revoked_at,
+           array_agg(reason ORDER BY n) AS reasons
+    FROM e GROUP BY n / 10000 ORDER BY n / 10000"""
 
 
-def _entries(rows: Sequence[asyncpg.Record]) -> tuple[RevokedEntry, ...]:
-    return tuple(
-        RevokedEntry(r["serial"], r["revoked_at"], r["revocation_reason"] or 0) for r in rows
-    )
+def _entries(rows: Sequence[asyncpg.Record]) -> RevokedEntries:
+    serials: list[str] = []
+    revoked_at: list[datetime] = []
+    reasons: list[int] = []
+    for row in rows:
+        serials.extend(row["serials"])
+        revoked_at.extend(row["revoked_at"])
+        reasons.extend(row["reasons"])
+    return RevokedEntries(tuple(serials), tuple(revoked_at), tuple(reasons))
 
 
 class RevocationListener:
@@ -234,7 +289,7 @@ class StatusRepository:
             rows = await conn.fetch(_ENTRIES_SQL, issuer, now)
         return CrlDraft(issuer, number, _entries(rows))
 
-    async def revoked_entries(self, issuer: str, now: datetime) -> tuple[RevokedEntry, ...]:
+    async def revoked_entries(self, issuer: str, now: datetime) -> RevokedEntries:
         """The entries a CRL for ``issuer`` built at ``now`` must list."""
         return _entries(await self._pool.fetch(_ENTRIES_SQL, issuer, now))
 

@@ -84,7 +84,7 @@ from integration.signed_dns import (
 )
 from integration.signed_dns import free_port as free_dns_port
 from integration.test_interop import write_hooks
-from tests.softhsm import SoftHsmToken
+from tests.support.softhsm import SoftHsmToken
 
 ZONE = "production.example.com."
 STATUS_BASE_URL = "http://repo.pubcert.jprs.jp"

@@ -32,7 +32,7 @@ from integration.bench import procstat
 from integration.bench.__main__ import LevelResult, Options, TargetResult, markdown
 from integration.bench.servers import REPO, pebble_missing
 from integration.processes import read_log_events
-from tests.softhsm import softhsm_available
+from tests.support.softhsm import softhsm_available
 
 pytestmark = pytest.mark.integration
 

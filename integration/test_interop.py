@@ -76,7 +76,7 @@ from integration.test_testmode import (
     write_pem,
 )
 from tests.fixtures import TEMPLATE_DB
-from tests.jws_client import JwsClient
+from tests.support.jws import JwsClient
 
 pytestmark = pytest.mark.integration
 

@@ -46,7 +46,7 @@ from integration.processes import (
     free_port,
     run_cli,
 )
-from tests.softhsm import SoftHsmToken, softhsm_available
+from tests.support.softhsm import SoftHsmToken, softhsm_available
 
 pytestmark = pytest.mark.integration
 

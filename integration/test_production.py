@@ -56,7 +56,7 @@ from integration.production_env import (
 from integration.test_issuance import CERTBOT, _openssl_verify
 from integration.test_mpic_certbot import _challenge_records
 from integration.test_testmode import clean_env
-from tests.softhsm import softhsm_available
+from tests.support.softhsm import softhsm_available
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,7 @@ from acme import messages as acme_messages
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from integration.processes import CaProcesses, base_env, describe, free_port, run_cli
-from tests.jws_client import JwsClient
+from tests.support.jws import JwsClient
 
 pytestmark = pytest.mark.integration
 

@@ -63,7 +63,7 @@ from integration.test_issuance import (
     _csr_pem,
     _openssl_verify,
 )
-from tests.jws_client import JwsClient
+from tests.support.jws import JwsClient
 
 pytestmark = pytest.mark.integration
 

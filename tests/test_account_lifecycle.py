@@ -29,10 +29,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from acme_ca.db.audit import events_for_account
 from acme_ca.db.eab import EabKeyRepository
 from tests.fixtures import CaFactory, RunningCa
+from tests.support.problems import ERR
 
 T = TypeVar("T")
 USER_AGENT = "acme-ca-tests (acme-python)"
-ACME_ERR = "urn:ietf:params:acme:error:"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -213,7 +213,7 @@ async def test_acme_acct_3_only_return_existing_unknown_key(
     lib = await clients.make(ca)
     reg = messages.NewRegistration.from_data(email="nobody@example.com", only_return_existing=True)
     error = await expect_error(lib, lib.client.new_account, reg)
-    assert error.typ == ACME_ERR + "accountDoesNotExist"
+    assert error.typ == ERR + "accountDoesNotExist"
     assert lib.last.status_code == 400
     assert lib.last.headers["Content-Type"].split(";")[0] == "application/problem+json"
 
@@ -289,11 +289,11 @@ async def test_acme_key_2_rollover(
     # the old key no longer names the account ...
     stale = await clients.make(ca, old_key)
     error = await expect_error(stale, stale.client.query_registration, regr)
-    assert error.typ == ACME_ERR + "accountDoesNotExist"
+    assert error.typ == ERR + "accountDoesNotExist"
     # ... and its signatures under the account's kid no longer verify
     stale.net.account = regr
     error = await expect_error(stale, post_as_get_sync(stale), regr.uri)
-    assert error.typ == ACME_ERR + stale_error
+    assert error.typ == ERR + stale_error
     assert stale.last.status_code == 400
     stale.net.account = None
 
@@ -316,16 +316,16 @@ async def test_acme_acct_6_deactivate_then_401(ca: RunningCa, clients: Clients) 
     # kid-signed requests: 401 unauthorized
     for url in (regr.uri, regr.uri + "/orders"):
         error = await expect_error(lib, post_as_get_sync(lib), url)
-        assert error.typ == ACME_ERR + "unauthorized"
+        assert error.typ == ERR + "unauthorized"
         assert lib.last.status_code == 401
         assert "Replay-Nonce" in lib.last.headers
 
     # a second deactivation, a contact update, and the jwk lookup are refused alike
     error = await expect_error(lib, lib.client.deactivate_registration, regr)
-    assert error.typ == ACME_ERR + "unauthorized"
+    assert error.typ == ERR + "unauthorized"
     assert lib.last.status_code == 401
     error = await expect_error(lib, lib.client.query_registration, regr)
-    assert error.typ == ACME_ERR + "unauthorized"
+    assert error.typ == ERR + "unauthorized"
     assert lib.last.status_code == 401
 
     # newAccount with the same key does not resurrect or replace the account
@@ -335,7 +335,7 @@ async def test_acme_acct_6_deactivate_then_401(ca: RunningCa, clients: Clients) 
         fresh.client.new_account,
         messages.NewRegistration.from_data(terms_of_service_agreed=True),
     )
-    assert error.typ == ACME_ERR + "unauthorized"
+    assert error.typ == ERR + "unauthorized"
     assert fresh.last.status_code == 401
 
 
@@ -424,7 +424,7 @@ async def test_acme_eab_1_bad_mac_unauthorized(
             terms_of_service_agreed=True, external_account_binding=binding
         ),
     )
-    assert error.typ == ACME_ERR + "unauthorized"
+    assert error.typ == ERR + "unauthorized"
     assert lib.last.status_code == 403
     stored = await EabKeyRepository(pool).get(kid)
     assert stored is not None and stored.account_id is None
@@ -443,7 +443,7 @@ async def test_acme_eab_1_unknown_kid_unauthorized(
             terms_of_service_agreed=True, external_account_binding=binding
         ),
     )
-    assert error.typ == ACME_ERR + "unauthorized"
+    assert error.typ == ERR + "unauthorized"
 
 
 async def test_acme_eab_1_revoked_kid_unauthorized(
@@ -459,7 +459,7 @@ async def test_acme_eab_1_revoked_kid_unauthorized(
             terms_of_service_agreed=True, external_account_binding=eab_for(lib, kid, hmac_key)
         ),
     )
-    assert error.typ == ACME_ERR + "unauthorized"
+    assert error.typ == ERR + "unauthorized"
 
 
 async def test_acme_eab_1_kid_already_bound_unauthorized(
@@ -478,7 +478,7 @@ async def test_acme_eab_1_kid_already_bound_unauthorized(
             external_account_binding=eab_for(second, kid, hmac_key),
         ),
     )
-    assert error.typ == ACME_ERR + "unauthorized"
+    assert error.typ == ERR + "unauthorized"
     stored = await EabKeyRepository(pool).get(kid)
     assert stored is not None and stored.account_id == account_id(first_regr)
 
@@ -493,7 +493,7 @@ async def test_acme_eab_1_missing_binding_external_account_required(
         lib.client.new_account,
         messages.NewRegistration.from_data(terms_of_service_agreed=True),
     )
-    assert error.typ == ACME_ERR + "externalAccountRequired"
+    assert error.typ == ERR + "externalAccountRequired"
     assert lib.last.status_code == 403
 
 
@@ -516,7 +516,7 @@ async def test_acme_eab_1_optional_binding_verified_when_sent(
             external_account_binding=eab_for(bad, kid, secrets.token_bytes(32)),
         ),
     )
-    assert error.typ == ACME_ERR + "unauthorized"
+    assert error.typ == ERR + "unauthorized"
 
     good = await clients.make(ca)
     binding = eab_for(good, kid, hmac_key)

@@ -1,4 +1,4 @@
-"""Account requests a real client never sends (RFC 8555 §7.3), through ``tests/jws_client.py``.
+"""Account requests a real client never sends (RFC 8555 §7.3), through ``tests/support/jws.py``.
 
 Terms of service, contact rules, update field handling, account ownership, the paged orders
 list, the keyChange checklist (§7.3.5) and refused account keys (§6.2).
@@ -21,9 +21,9 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from acme_ca.acme.b64 import b64url_encode
 from acme_ca.db.audit import events_for_account
 from tests.fixtures import CaFactory, RunningCa
-from tests.jws_client import JwsClient, PrivateKey, Reply, jwk_json, make_jws
+from tests.support.jws import JwsClient, PrivateKey, Reply, jwk_json, make_jws
+from tests.support.problems import assert_problem
 
-ACME_ERR = "urn:ietf:params:acme:error:"
 TERMS = "https://jprs.jp/pubcert/info/repository/"
 NEXT_LINK = re.compile(r'^<([^>]+)>;rel="next"$')
 
@@ -63,14 +63,6 @@ def account_id(client: JwsClient) -> int:
     return int(client.kid.rsplit("/", 1)[1])
 
 
-def assert_problem(reply: Reply, short_type: str, status: int) -> None:
-    assert reply.status == status, reply.body
-    assert reply.content_type == "application/problem+json"
-    assert reply.body["type"] == ACME_ERR + short_type, reply.body
-    assert reply.body["status"] == status
-    assert "Replay-Nonce" in reply.headers
-
-
 async def key_change(
     client: JwsClient,
     new_key: PrivateKey,
@@ -105,7 +97,7 @@ async def test_acme_acct_4_terms_not_agreed_user_action_required(
         payload["termsOfServiceAgreed"] = agreed
     reply = await client.post(client.directory["newAccount"], payload, use_jwk=True)
 
-    assert_problem(reply, "userActionRequired", 403)
+    assert_problem(reply, 403, "userActionRequired")
     assert reply.body["instance"] == TERMS
     assert f'<{TERMS}>;rel="terms-of-service"' in reply.links
     assert "Location" not in reply.headers
@@ -157,7 +149,7 @@ async def test_acme_acct_1_contact_rules_on_new_account(
 ) -> None:
     client = await new_client(ca, session)
     reply = await client.register(contact=contact)
-    assert_problem(reply, problem, 400)
+    assert_problem(reply, 400, problem)
     assert client.kid is None
 
 
@@ -170,7 +162,7 @@ async def test_acme_acct_5_contact_rules_on_update(
 ) -> None:
     client = await registered(ca, session, contact=["mailto:keep@example.com"])
     reply = await client.post(client.kid, {"contact": contact})
-    assert_problem(reply, problem, 400)
+    assert_problem(reply, 400, problem)
     current = await client.post(client.kid, None)
     assert current.body["contact"] == ["mailto:keep@example.com"]
 
@@ -227,7 +219,7 @@ async def test_acme_jws_5_unknown_kid_account_does_not_exist(
     client = await registered(ca, session)
     client.kid = ca.base_url + "/acme/acct/999999"
     reply = await client.post(client.kid, None)
-    assert_problem(reply, "accountDoesNotExist", 400)
+    assert_problem(reply, 400, "accountDoesNotExist")
 
 
 # --------------------------------------------------------------------------- account updates
@@ -291,9 +283,9 @@ async def test_acme_acct_6_deactivated_account_refused_everywhere(
         (client.kid + "/orders", None),
         (client.directory["keyChange"], {}),
     ):
-        assert_problem(await client.post(url, payload), "unauthorized", 401)
+        assert_problem(await client.post(url, payload), 401, "unauthorized")
     reply = await client.post(client.directory["newAccount"], {}, use_jwk=True)
-    assert_problem(reply, "unauthorized", 401)
+    assert_problem(reply, 401, "unauthorized")
     events = [e["event"] for e in await events_for_account(pool, account_id(client))]
     assert events == ["account.created", "account.deactivated"]
 
@@ -304,11 +296,11 @@ async def test_acme_get_2_other_accounts_url_unauthorized(
     alice = await registered(ca, session, contact=["mailto:alice@example.com"])
     bob = await registered(ca, session, contact=["mailto:bob@example.com"])
 
-    assert_problem(await alice.post(bob.kid, None), "unauthorized", 403)
+    assert_problem(await alice.post(bob.kid, None), 403, "unauthorized")
     reply = await alice.post(bob.kid, {"contact": ["mailto:mallory@example.com"]})
-    assert_problem(reply, "unauthorized", 403)
-    assert_problem(await alice.post(bob.kid, {"status": "deactivated"}), "unauthorized", 403)
-    assert_problem(await alice.post(bob.kid + "/orders", None), "unauthorized", 403)
+    assert_problem(reply, 403, "unauthorized")
+    assert_problem(await alice.post(bob.kid, {"status": "deactivated"}), 403, "unauthorized")
+    assert_problem(await alice.post(bob.kid + "/orders", None), 403, "unauthorized")
 
     # Bob is untouched
     reply = await bob.post(bob.kid, None)
@@ -407,14 +399,14 @@ async def test_orders_list_bad_cursor_malformed(
 ) -> None:
     client = await registered(ca, session)
     reply = await client.post(f"{client.kid}/orders?cursor={cursor}", None)
-    assert_problem(reply, "malformed", 400)
+    assert_problem(reply, 400, "malformed")
 
 
 async def test_orders_list_requires_post_as_get(
     ca: RunningCa, session: aiohttp.ClientSession
 ) -> None:
     client = await registered(ca, session)
-    assert_problem(await client.post(client.kid + "/orders", {}), "malformed", 400)
+    assert_problem(await client.post(client.kid + "/orders", {}), 400, "malformed")
 
 
 # --------------------------------------------------------------------------- keyChange
@@ -430,11 +422,11 @@ async def test_acme_key_1_success_with_jws_client(
     assert reply.headers["Location"] == client.kid
 
     assert (await client.post(client.kid, None, key=new_key)).status == 200
-    assert_problem(await client.post(client.kid, None, key=old_key), "malformed", 400)
+    assert_problem(await client.post(client.kid, None, key=old_key), 400, "malformed")
     lookup = await client.post(
         client.directory["newAccount"], {"onlyReturnExisting": True}, key=old_key, use_jwk=True
     )
-    assert_problem(lookup, "accountDoesNotExist", 400)
+    assert_problem(lookup, 400, "accountDoesNotExist")
 
 
 async def test_acme_key_1_inner_nonce_malformed(
@@ -443,7 +435,7 @@ async def test_acme_key_1_inner_nonce_malformed(
     client = await registered(ca, session)
     nonce = await client.nonce()
     reply = await key_change(client, p256(), inner_nonce=nonce)
-    assert_problem(reply, "malformed", 400)
+    assert_problem(reply, 400, "malformed")
     assert "nonce" in reply.body["detail"]
 
 
@@ -452,7 +444,7 @@ async def test_acme_key_1_inner_url_differs_malformed(
 ) -> None:
     client = await registered(ca, session)
     reply = await key_change(client, p256(), inner_url=client.kid)
-    assert_problem(reply, "malformed", 400)
+    assert_problem(reply, 400, "malformed")
     assert "url" in reply.body["detail"]
 
 
@@ -462,7 +454,7 @@ async def test_acme_key_1_account_not_kid_malformed(
     alice = await registered(ca, session)
     bob = await registered(ca, session)
     reply = await key_change(alice, p256(), account=bob.kid)
-    assert_problem(reply, "malformed", 400)
+    assert_problem(reply, 400, "malformed")
     assert "account" in reply.body["detail"]
 
 
@@ -471,7 +463,7 @@ async def test_acme_key_1_old_key_wrong_unauthorized(
 ) -> None:
     client = await registered(ca, session)
     reply = await key_change(client, p256(), old_jwk=jwk_json(p256()))
-    assert_problem(reply, "unauthorized", 403)
+    assert_problem(reply, 403, "unauthorized")
 
 
 async def test_acme_key_1_inner_not_signed_by_new_key_malformed(
@@ -487,7 +479,7 @@ async def test_acme_key_1_inner_not_signed_by_new_key_malformed(
         embed_jwk=False,
         extra_protected={"jwk": jwk_json(p256())},  # claims a key it did not sign with
     )
-    assert_problem(await client.post(url, inner), "malformed", 400)
+    assert_problem(await client.post(url, inner), 400, "malformed")
 
 
 async def test_acme_key_1_inner_with_kid_malformed(
@@ -502,7 +494,7 @@ async def test_acme_key_1_inner_with_kid_malformed(
         nonce=None,
         kid=client.kid,
     )
-    assert_problem(await client.post(url, inner), "malformed", 400)
+    assert_problem(await client.post(url, inner), 400, "malformed")
 
 
 async def test_acme_key_1_new_key_rsa_1024_bad_public_key(
@@ -510,7 +502,7 @@ async def test_acme_key_1_new_key_rsa_1024_bad_public_key(
 ) -> None:
     client = await registered(ca, session)
     reply = await key_change(client, rsa.generate_private_key(65537, 1024))
-    assert_problem(reply, "badPublicKey", 400)
+    assert_problem(reply, 400, "badPublicKey")
     assert (await client.post(client.kid, None)).status == 200
 
 
@@ -553,7 +545,7 @@ async def test_acme_jws_4_rsa_1024_account_key_bad_public_key(
 ) -> None:
     client = await new_client(ca, session, rsa.generate_private_key(65537, 1024))
     reply = await client.register(contact=["mailto:admin@example.com"])
-    assert_problem(reply, "badPublicKey", 400)
+    assert_problem(reply, 400, "badPublicKey")
 
 
 def p521_jws(url: str, nonce: str, alg: str) -> dict[str, str]:
@@ -583,10 +575,10 @@ async def test_acme_jws_4_p521_account_key_bad_public_key(
     url = client.directory["newAccount"]
 
     reply = await client.post_raw(url, json.dumps(p521_jws(url, await client.nonce(), "ES256")))
-    assert_problem(reply, "badPublicKey", 400)
+    assert_problem(reply, 400, "badPublicKey")
 
     # with its own algorithm, ES512 is refused first, listing what we accept (ACME-JWS-3)
     reply = await client.post_raw(url, json.dumps(p521_jws(url, await client.nonce(), "ES512")))
-    assert_problem(reply, "badSignatureAlgorithm", 400)
+    assert_problem(reply, 400, "badSignatureAlgorithm")
     assert "ES256" in reply.body["algorithms"]
     assert "ES512" not in reply.body["algorithms"]

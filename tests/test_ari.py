@@ -15,7 +15,8 @@ from acme_ca.acme import ari
 from acme_ca.acme.b64 import b64url_encode
 from acme_ca.testsrv.server import ChallengeServerConfig, ChallengeTestServer
 from tests.fixtures import CaFactory, RunningCa
-from tests.jws_client import Reply
+from tests.support.jws import Reply
+from tests.support.problems import ERR, assert_problem
 from tests.test_orders import Subscriber, subscriber, validation_config
 from tests.test_revocation import (
     Leaf,
@@ -26,7 +27,6 @@ from tests.test_revocation import (
     store_certificate,
 )
 
-ERR = "urn:ietf:params:acme:error:"
 #: RFC 9773 §4.1 and Appendix A.
 VECTOR = "aYhba4dGQEHhs3uEe6CuLN4ByNQ.AIdlQyE"
 VECTOR_AKI = bytes.fromhex("69885B6B87464041E1B37B847BA0AE2CDE01C8D4")
@@ -36,12 +36,6 @@ VECTOR_SERIAL = 0x87654321
 def parse_time(text: str) -> datetime:
     assert text.endswith("Z"), text
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-def assert_problem(reply: Reply, status: int, kind: str) -> dict[str, Any]:
-    assert reply.status == status, reply.body
-    assert reply.body["type"] == ERR + kind, reply.body
-    return reply.body  # type: ignore[no-any-return]
 
 
 # ------------------------------------------------------------------------------------------

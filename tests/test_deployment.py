@@ -57,7 +57,7 @@ from acme_ca.ra.keys import (
 from acme_ca.serve import serve, work
 from acme_ca.status.ocsp import CertStatus, OcspSignerNotAllowed, sign_ocsp_response
 from acme_ca.va.mtls import create_mpic_material
-from tests.softhsm import find_module, shared_token, softhsm_available
+from tests.support.softhsm import find_module, shared_token, softhsm_available
 
 #: The issue's example: started the day before BR 3.2.2.9 asks for 5 remote perspectives.
 DAY_BEFORE_FIVE = datetime(2026, 12, 14, 12, 0, tzinfo=UTC)

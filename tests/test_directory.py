@@ -7,7 +7,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.fixtures import CaFactory, RunningCa
-from tests.jws_client import JwsClient
+from tests.support.jws import JwsClient
 
 
 @pytest.fixture

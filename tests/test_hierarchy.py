@@ -48,7 +48,7 @@ from acme_ca.ca.issuers import (
 )
 from acme_ca.clock import FixedClock
 from acme_ca.config import Config
-from tests.softhsm import SoftHsmToken, shared_token, softhsm_available
+from tests.support.softhsm import SoftHsmToken, shared_token, softhsm_available
 
 requires_softhsm = pytest.mark.skipif(not softhsm_available(), reason="SoftHSM2 not installed")
 

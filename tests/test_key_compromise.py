@@ -33,7 +33,6 @@ from acme_ca.acme.b64 import b64url_encode
 from acme_ca.ca.ct.loglist import StaticLogList, parse_log_list
 from acme_ca.ca.issuers import IssuerSet, load_issuers
 from acme_ca.ca.lint import CertificateLinter
-from acme_ca.ca.worker import run_worker
 from acme_ca.clock import SystemClock
 from acme_ca.config import Config
 from acme_ca.ct_testlogs import accepted_roots
@@ -42,6 +41,7 @@ from acme_ca.db.embedded import EmbeddedPostgres
 from acme_ca.db.key_compromise import KeyCompromiseRepository, SweepLost
 from acme_ca.db.migrate import apply_schema
 from acme_ca.db.status import StatusRepository
+from acme_ca.main.worker import run_worker
 from acme_ca.ra.keys import spki_sha256
 from acme_ca.ra.revocation import RevocationAuthority
 from acme_ca.status.key_compromise import KeyCompromiseSweeper, retry_delay
@@ -50,16 +50,16 @@ from acme_ca.status.updater import StatusSettings, StatusUpdater
 from acme_ca.testsrv.ct_log import TestCtLogs, TestLogSpec
 from acme_ca.testsrv.server import ChallengeServerConfig, ChallengeTestServer
 from tests.fixtures import CaFactory, RunningCa
-from tests.jws_client import JwsClient, Reply
+from tests.support.jws import JwsClient
+from tests.support.problems import assert_problem
 from tests.test_accounts_protocol import key_change
 from tests.test_crl import STATUS
-from tests.test_ct_issuance import FAST, Harness, harness
+from tests.test_ct_issuance import Harness, harness
 from tests.test_ocsp import spk_bits
 from tests.test_orders import Subscriber, subscriber, validation_config
 from tests.test_revocation import make_issuer, make_leaf, store_certificate
-from tests.test_worker import build_csr, make_pki_config
+from tests.test_worker import FAST, build_csr, make_pki_config
 
-ERR = "urn:ietf:params:acme:error:"
 ISSUER = "dv-ecc"  # the issuer of P-256 CSRs (Config.ecdsa_issuer)
 DATA = Path(__file__).parent / "data"
 
@@ -252,11 +252,6 @@ async def ocsp_says(
 
 def p256() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
-
-
-def assert_problem(reply: Reply, status: int, kind: str) -> None:
-    assert reply.status == status, reply.body
-    assert reply.body["type"] == ERR + kind, reply.body
 
 
 async def audit(pool: asyncpg.Pool, event: str) -> list[asyncpg.Record]:

@@ -37,8 +37,8 @@ from acme_ca.acme.status import (
     OrderStatus,
 )
 from acme_ca.wfe.urls import Urls
+from tests.support.problems import ERR
 
-ERR = "urn:ietf:params:acme:error:"
 DNS = {"type": "dns", "value": "a.example.com"}
 JWK = jwk_from_key(ec.generate_private_key(ec.SECP256R1()).public_key())
 EAB = {"protected": "e30", "payload": "e30", "signature": "AAAA"}

@@ -11,9 +11,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.fixtures import RunningCa
-from tests.jws_client import JwsClient, jwk_json, make_jws
+from tests.support.jws import JwsClient, jwk_json, make_jws
+from tests.support.problems import ERR
 
-ERR = "urn:ietf:params:acme:error:"
 DNS = {"type": "dns", "value": "typed.example.com"}
 
 

@@ -35,7 +35,7 @@ from acme_ca.db.authorizations import NewAuthorization, ValidationOutcome
 from acme_ca.db.issuance import IssuanceRepository
 from acme_ca.db.orders import OrderRepository, apply_order_event
 from tests.fixtures import CaFactory
-from tests.jws_client import JwsClient
+from tests.support.jws import JwsClient
 
 S = OrderStatus
 E = OrderEvent

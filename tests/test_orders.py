@@ -22,10 +22,9 @@ from acme_ca.testsrv.server import ChallengeServerConfig, ChallengeTestServer
 from acme_ca.testsrv.store import CaaPolicy
 from acme_ca.wfe.services import FRONT_END
 from tests.fixtures import CaFactory, RunningCa
-from tests.jws_client import JwsClient, Reply
+from tests.support.jws import JwsClient, Reply
+from tests.support.problems import ERR, assert_problem
 from tests.test_worker import build_csr
-
-ERR = "urn:ietf:params:acme:error:"
 
 
 @pytest.fixture
@@ -117,12 +116,6 @@ async def sub(
     va_ca: RunningCa, session: aiohttp.ClientSession, challsrv: ChallengeTestServer
 ) -> Subscriber:
     return await subscriber(va_ca, session, challsrv)
-
-
-def assert_problem(reply: Reply, status: int, kind: str) -> dict[str, Any]:
-    assert reply.status == status, reply.body
-    assert reply.body["type"] == ERR + kind, reply.body
-    return reply.body  # type: ignore[no-any-return]
 
 
 async def test_acme_ord_1_new_order_created(sub: Subscriber, va_ca: RunningCa) -> None:

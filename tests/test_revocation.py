@@ -34,10 +34,10 @@ from acme_ca.ra.keys import KeyPolicy, spki_sha256
 from acme_ca.ra.revocation import REASON_CODES
 from acme_ca.testsrv.server import ChallengeServerConfig, ChallengeTestServer
 from tests.fixtures import CaFactory, RunningCa
-from tests.jws_client import JwsClient, Reply
+from tests.support.jws import JwsClient, Reply
+from tests.support.problems import ERR, assert_problem
 from tests.test_orders import Subscriber, subscriber, validation_config
 
-ERR = "urn:ietf:params:acme:error:"
 NAMES = ["rev.example.com", "www.rev.example.com"]
 
 
@@ -167,13 +167,6 @@ async def cert_row(pool: asyncpg.Pool, serial: str) -> asyncpg.Record:
 
 async def is_blocked(pool: asyncpg.Pool, leaf: Leaf) -> bool:
     return await IssuanceRepository(pool).is_key_blocked(spki_sha256(leaf.key.public_key()))
-
-
-def assert_problem(reply: Reply, status: int, kind: str) -> dict[str, Any]:
-    assert reply.status == status, reply.body
-    assert reply.body["type"] == ERR + kind, reply.body
-    assert reply.headers.get("Replay-Nonce"), "errors carry a fresh nonce (ACME-NONCE-3)"
-    return reply.body  # type: ignore[no-any-return]
 
 
 # ------------------------------------------------------------------------------------------

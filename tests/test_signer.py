@@ -43,7 +43,7 @@ from acme_ca.ca.signer import (
     resolve_pin,
     verify_signature,
 )
-from tests.softhsm import SoftHsmToken, shared_token, softhsm_available
+from tests.support.softhsm import SoftHsmToken, shared_token, softhsm_available
 
 requires_softhsm = pytest.mark.skipif(not softhsm_available(), reason="SoftHSM2 not installed")
 

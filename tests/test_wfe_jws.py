@@ -13,9 +13,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from acme_ca.acme.b64 import b64url_encode
 from acme_ca.clock import FixedClock
 from tests.fixtures import CaFactory, RunningCa
-from tests.jws_client import JwsClient, make_jws
-
-ERR = "urn:ietf:params:acme:error:"
+from tests.support.jws import JwsClient, make_jws
+from tests.support.problems import assert_problem
 
 
 @pytest.fixture
@@ -31,13 +30,6 @@ async def client(ca: RunningCa, session: aiohttp.ClientSession) -> JwsClient:
     reply = await c.register(contact=["mailto:ops@example.test"])
     assert reply.status == 201
     return c
-
-
-def assert_problem(reply, status: int, kind: str) -> None:  # type: ignore[no-untyped-def]
-    assert reply.status == status, reply.body
-    assert reply.content_type == "application/problem+json"
-    assert reply.body["type"] == ERR + kind, reply.body
-    assert reply.headers.get("Replay-Nonce"), "every error carries a fresh nonce"
 
 
 async def test_acme_jws_1_unprotected_header_rejected(client: JwsClient) -> None:

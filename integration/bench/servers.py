@@ -369,7 +369,7 @@ def _pid_alive(pid: int) -> bool:
 def acme_ca(workdir: Path) -> Iterator[Target]:
     """acme_ca in production shape (see the module docstring); stopped on exit."""
     # Imported here: the benchmark of Pebble alone needs neither SoftHSM2 nor its helper.
-    from tests.softhsm import SoftHsmToken, softhsm_available
+    from tests.support.softhsm import SoftHsmToken, softhsm_available
 
     if not softhsm_available():
         raise BenchSetupError("SoftHSM2 is not installed (apt-get install softhsm2)")

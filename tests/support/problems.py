@@ -1,0 +1,21 @@
+"""What every ACME error reply must be (RFC 8555 §6.7, RFC 7807): checked in one place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.support.jws import Reply
+
+ERR = "urn:ietf:params:acme:error:"
+"""The RFC 8555 §6.7 namespace of ACME problem types."""
+
+
+def assert_problem(reply: Reply, status: int, kind: str) -> dict[str, Any]:
+    """``reply`` is the problem document ``ERR + kind`` with HTTP ``status``, served as
+    ``application/problem+json`` with a fresh nonce (ACME-NONCE-3); returns the document."""
+    assert reply.status == status, reply.body
+    assert reply.content_type == "application/problem+json", reply.content_type
+    assert reply.body["type"] == ERR + kind, reply.body
+    assert reply.body.get("status") == status, reply.body
+    assert reply.headers.get("Replay-Nonce"), "errors carry a fresh nonce (ACME-NONCE-3)"
+    return reply.body  # type: ignore[no-any-return]

@@ -247,7 +247,7 @@ CREATE TABLE IF NOT EXISTS ocsp_responses (
 -- The CT steps of an issuance job, each recorded before the next one runs: the
 -- precertificate's TBS and linted copy (with serial and validity, at prepare), the signed
 -- precertificate and when submission began, then the verified SCTs together with the final
--- certificate's TBS and linted copy (tbs_der / lint_der, as for a job without CT).
+-- certificate's TBS and linted copy (tbs_der / lint_der).
 -- A job whose SCTs fell short goes back to `queued` until retry_at (deferrals counts those
 -- returns, which are not faults).
 ALTER TABLE issuance_jobs ADD COLUMN IF NOT EXISTS precert_tbs_der bytea;
@@ -257,6 +257,29 @@ ALTER TABLE issuance_jobs ADD COLUMN IF NOT EXISTS ct_submitted_at timestamptz;
 ALTER TABLE issuance_jobs ADD COLUMN IF NOT EXISTS scts jsonb;
 ALTER TABLE issuance_jobs ADD COLUMN IF NOT EXISTS retry_at timestamptz;
 ALTER TABLE issuance_jobs ADD COLUMN IF NOT EXISTS deferrals integer NOT NULL DEFAULT 0;
+
+-- The step a job has reached (docs/architecture.md, "The signing worker's steps"): queued ->
+-- prepared -> precert_signed -> scts_collected -> issued. Each recording moves it on with a
+-- conditional update (WHERE step = the one before); a job a worker may still take has every
+-- column its step needs (the worker reads it as that step's typed view). Migration 005.
+ALTER TABLE issuance_jobs ADD COLUMN IF NOT EXISTS step text NOT NULL DEFAULT 'queued'
+    CONSTRAINT issuance_jobs_step
+    CHECK (step IN ('queued', 'prepared', 'precert_signed', 'scts_collected', 'issued'));
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'issuance_jobs_step_recorded') THEN
+        ALTER TABLE issuance_jobs ADD CONSTRAINT issuance_jobs_step_recorded CHECK (
+            status NOT IN ('queued', 'running') OR (
+                (step IN ('queued', 'issued') OR (serial IS NOT NULL AND not_before IS NOT NULL
+                    AND not_after IS NOT NULL AND precert_tbs_der IS NOT NULL
+                    AND precert_lint_der IS NOT NULL))
+                AND (step NOT IN ('precert_signed', 'scts_collected')
+                     OR (precert_der IS NOT NULL AND ct_submitted_at IS NOT NULL))
+                AND (step <> 'scts_collected'
+                     OR (scts IS NOT NULL AND tbs_der IS NOT NULL AND lint_der IS NOT NULL))));
+    END IF;
+END
+$$;
 
 -- Signed precertificates. A precertificate counts as issued (BR 7.1.2.9, 4.9.9): its serial
 -- is assigned from the moment it is recorded, so OCSP answers for it (as for the final

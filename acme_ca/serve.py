@@ -14,11 +14,11 @@ from aiohttp import web
 from acme_ca.app import create_app
 from acme_ca.ca.hierarchy import init_hierarchy
 from acme_ca.ca.issuers import ISSUERS_FILE
-from acme_ca.ca.worker import run_worker
 from acme_ca.clock import Clock, SystemClock
 from acme_ca.config import Config
 from acme_ca.db.database import database_dsn, migrate
 from acme_ca.deployment import deployment_gate, signing_guard
+from acme_ca.main.worker import run_worker
 from acme_ca.remote_va.primary import build_validator
 from acme_ca.status.server import start_status_server
 from acme_ca.tls import server_ssl_context

@@ -63,10 +63,12 @@ from acme_ca.db.issuance import IssuanceJob, IssuanceRepository
 from acme_ca.db.status import StatusRepository
 from acme_ca.status.updater import StatusSettings, StatusUpdater
 from acme_ca.testsrv.ct_log import TestCtLogs, TestLogSpec, _without_poison
-from tests.test_ct_units import pyasn1_without_poison
+from tests.support.ct import pyasn1_without_poison
 from tests.test_worker import (
+    FAST,
     INTERNAL_STATUS_URL,
     build_csr,
+    ct_log_specs,
     expire_lease,
     insert_ready_order,
     job_of,
@@ -78,15 +80,6 @@ from tests.test_worker import (
 SERVER_INTERNAL = "urn:ietf:params:acme:error:serverInternal"
 BIN = Path(sys.executable).parent
 PKILINT = str(BIN / "lint_cabf_serverauth_cert")
-#: Quick settings: logs in list order, short timeouts and backoff.
-FAST = CtSettings(
-    timeout=1.5,
-    stagger=0.3,
-    retry_initial=timedelta(milliseconds=100),
-    retry_max=timedelta(milliseconds=500),
-    deadline=timedelta(seconds=60),
-    shuffle=False,
-)
 NOW = datetime.now(UTC)
 
 
@@ -120,11 +113,7 @@ def spec(name: str, operator: str, mode: str = "rfc6962", **kwargs: Any) -> Test
 
 
 def three_operators() -> list[TestLogSpec]:
-    return [
-        spec("log A", "operator A"),
-        spec("log B", "operator B"),
-        spec("log C", "operator C", "static-ct-api"),
-    ]
+    return ct_log_specs()
 
 
 @dataclass
@@ -854,7 +843,7 @@ async def test_log_list_file_is_reloaded_without_restart(
 
 
 async def test_run_worker_refuses_to_start_without_a_log_list(pki_config: Config) -> None:
-    from acme_ca.ca.worker import ct_log_source
+    from acme_ca.main.worker import ct_log_source
 
     with pytest.raises(RuntimeError, match="ct_log_list"):
         ct_log_source(pki_config, None)

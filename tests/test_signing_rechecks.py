@@ -51,8 +51,9 @@ from acme_ca.va.perspectives import Location, Perspective
 from acme_ca.va.records import ValidationRecord
 from acme_ca.va.setup import build_validation_authority
 from tests import test_mpic_validator as mpic_tests
-from tests.test_ct_issuance import FAST, three_operators
+from tests.test_ct_issuance import three_operators
 from tests.test_worker import (
+    FAST,
     WrappedSigner,
     build_csr,
     insert_ready_order,
@@ -628,12 +629,13 @@ async def test_a_worker_that_lost_its_lease_cannot_fail_the_job_it_refused(rig: 
     whose lease lapsed during a slow recheck leaves the job to the one that took it over."""
     order_id = await rig.queue(validated_at=rig.clock.now())
     jobs = IssuanceRepository(rig.pool)
+    problem = {"type": "urn:ietf:params:acme:error:serverInternal", "detail": "x", "status": 500}
     first = await jobs.claim("w1", now=rig.clock.now(), lease=timedelta(minutes=2))
     assert first is not None and first.order_id == order_id
     rig.clock.advance(timedelta(minutes=3))
     second = await jobs.claim("w2", now=rig.clock.now(), lease=timedelta(minutes=2))
     assert second is not None and second.id == first.id
-    assert not await jobs.fail(first, {"type": "x"}, {"reason": "late"}, rig.clock.now(),
+    assert not await jobs.fail(first, problem, {"reason": "late"}, rig.clock.now(),
                                held_by="w1")
     order = await rig.pool.fetchrow("SELECT * FROM orders WHERE id = $1", order_id)
     job = await rig.pool.fetchrow("SELECT * FROM issuance_jobs WHERE id = $1", first.id)
@@ -642,5 +644,5 @@ async def test_a_worker_that_lost_its_lease_cannot_fail_the_job_it_refused(rig: 
     assert await rig.pool.fetchval(
         "SELECT count(*) FROM audit_events WHERE order_id = $1 AND event = 'issuance.failed'",
         order_id) == 0
-    assert await jobs.fail(second, {"type": "x"}, {"reason": "now"}, rig.clock.now(),
+    assert await jobs.fail(second, problem, {"reason": "now"}, rig.clock.now(),
                            held_by="w2")

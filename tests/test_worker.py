@@ -1,5 +1,6 @@
 """The signing worker in-process: real PostgreSQL, a real development hierarchy with software
-keys (``init_hierarchy``), the real pre-issuance linter.
+keys (``init_hierarchy``), the real pre-issuance linter, real in-process CT test logs (CT is
+always on: every job goes queued → prepared → precert_signed → scts_collected → issued).
 
 Every job is a real one: an account and a ready order are inserted with SQL, then
 ``IssuanceRepository.enqueue`` queues it with a CSR built by cryptography for the order's names,
@@ -30,6 +31,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
+from acme_ca.ca.ct.loglist import StaticLogList, parse_log_list
+from acme_ca.ca.ct.sct import remove_poison
+from acme_ca.ca.ct.submit import CertificateTransparency, CtSettings
 from acme_ca.ca.hierarchy import init_hierarchy
 from acme_ca.ca.issuers import IssuerSet, load_issuers
 from acme_ca.ca.lint import CertificateLinter
@@ -37,14 +41,33 @@ from acme_ca.ca.signer import HashName, Signer
 from acme_ca.ca.worker import DEFAULT_LEASE, SigningWorker, profile_settings_factory
 from acme_ca.clock import SystemClock
 from acme_ca.config import Config
-from acme_ca.db.issuance import IssuanceRepository
+from acme_ca.ct_testlogs import accepted_roots
+from acme_ca.db.embedded import EmbeddedPostgres
+from acme_ca.db.issuance import (
+    IssuanceJob,
+    IssuanceRepository,
+    PrecertSignedJob,
+    PreparedJob,
+    SctsCollectedJob,
+)
+from acme_ca.db.migrate import apply_schema
 from acme_ca.db.pool import create_pool
+from acme_ca.testsrv.ct_log import TestCtLogs, TestLogSpec
 from acme_ca.va.records import ValidationRecord
 
 T = TypeVar("T")
 SERVER_INTERNAL = "urn:ietf:params:acme:error:serverInternal"
 #: An internal address as the status URL: pkilint reports the CRL/AIA URLs (ERROR).
 INTERNAL_STATUS_URL = "http://127.0.0.1:14080"
+#: Quick CT settings: logs in list order, short timeouts and backoff.
+FAST = CtSettings(
+    timeout=1.5,
+    stagger=0.3,
+    retry_initial=timedelta(milliseconds=100),
+    retry_max=timedelta(milliseconds=500),
+    deadline=timedelta(seconds=60),
+    shuffle=False,
+)
 
 
 # --------------------------------------------------------------------------- jobs
@@ -252,6 +275,12 @@ async def assert_issued(
     assert row["serial"] == job["serial"] == format(cert.serial_number, "x")
     assert cert.serial_number > 0 and cert.serial_number.bit_length() >= 64  # BR-PROF-1
     assert cert.tbs_certificate_bytes == bytes(job["tbs_der"])
+    assert job["step"] == "issued"
+    # The certificate is its precertificate with the SCT list in the poison's place.
+    precert = x509.load_der_x509_certificate(bytes(job["precert_der"]))
+    assert precert.tbs_certificate_bytes == bytes(job["precert_tbs_der"])
+    assert cert.tbs_precertificate_bytes == remove_poison(precert.tbs_certificate_bytes)
+    assert len(row["scts"]) >= 2
     assert row["issuer"] == queued.issuer == job["issuer"]
     assert row["account_id"] == queued.account_id
     assert row["not_before"] == job["not_before"] == cert.not_valid_before_utc
@@ -369,8 +398,32 @@ async def issuers(pki_config: Config) -> AsyncIterator[IssuerSet]:
     await loaded.aclose()
 
 
+def ct_log_specs() -> list[TestLogSpec]:
+    """Three in-process test logs of three operators (one static-ct-api)."""
+    return [
+        TestLogSpec.generate("log A", "operator A"),
+        TestLogSpec.generate("log B", "operator B"),
+        TestLogSpec.generate("log C", "operator C", mode="static-ct-api"),
+    ]
+
+
 @pytest.fixture
-def make_worker(pki_config: Config, linter: CertificateLinter) -> Callable[..., SigningWorker]:
+async def ct(pki_config: Config) -> AsyncIterator[CertificateTransparency]:
+    """Certificate Transparency against real in-process test logs that accept the
+    hierarchy's roots."""
+    async with TestCtLogs(ct_log_specs(), accepted_roots(pki_config)) as logs:
+        transparency = CertificateTransparency(
+            StaticLogList(parse_log_list(logs.log_list())), SystemClock(), FAST)
+        try:
+            yield transparency
+        finally:
+            await transparency.aclose()
+
+
+@pytest.fixture
+def make_worker(
+    pki_config: Config, linter: CertificateLinter, ct: CertificateTransparency
+) -> Callable[..., SigningWorker]:
     def make(
         pool: asyncpg.Pool,
         issuers: IssuerSet,
@@ -386,6 +439,7 @@ def make_worker(pki_config: Config, linter: CertificateLinter) -> Callable[..., 
             issuers,
             linter,
             SystemClock(),
+            ct=ct,
             profile_for=profile_settings_factory(config),
             poll_seconds=poll_seconds,
             lease=lease,
@@ -471,7 +525,8 @@ async def test_queued_jobs_become_certificates(
                 queued.order_id,
             )
         ]
-        assert events == ["order.processing", "issuance.prepared", "certificate.issued"]
+        assert events == ["order.processing", "issuance.prepared", "precertificate.issued",
+                          "ct.scts_collected", "certificate.issued"]
 
 
 async def test_lease_lapsed_before_prepare_is_taken_over(
@@ -485,7 +540,7 @@ async def test_lease_lapsed_before_prepare_is_taken_over(
     jobs = IssuanceRepository(pool)
     claimed = await jobs.claim("dead-worker", now=datetime.now(UTC), lease=DEFAULT_LEASE)
     assert claimed is not None and claimed.order_id == queued.order_id
-    assert claimed.status == "running" and claimed.serial is None
+    assert claimed.status == "running" and claimed.step == "queued"
 
     worker = make_worker(pool, issuers, "w2")
     assert not await worker.run_once(), "a job under a live lease must not be taken"
@@ -504,7 +559,8 @@ async def test_prepared_job_is_signed_with_the_recorded_serial_and_tbs(
     issuers: IssuerSet,
     make_worker: Callable[..., SigningWorker],
 ) -> None:
-    """(b) Serial, validity, TBS and lint copy recorded, then the worker died at the signer."""
+    """(b) Serial, validity, precertificate TBS and lint copy recorded (step prepared), then
+    the worker died at the signer."""
     queued = await queue_order(pool, pki_config, names_for(1))
     dying, signers = wrap_issuers(issuers)
     signers[queued.issuer].crash = True
@@ -513,8 +569,9 @@ async def test_prepared_job_is_signed_with_the_recorded_serial_and_tbs(
 
     recorded = await job_of(pool, queued.order_id)
     assert recorded["status"] == "running" and recorded["locked_by"] == "dies-at-sign"
-    assert recorded["serial"] is not None and recorded["tbs_der"] is not None
-    assert recorded["lint_der"] is not None and recorded["not_before"] is not None
+    assert recorded["step"] == "prepared" and recorded["serial"] is not None
+    assert recorded["precert_tbs_der"] is not None and recorded["precert_lint_der"] is not None
+    assert recorded["not_before"] is not None and recorded["precert_der"] is None
     assert signers[queued.issuer].calls == 1
     assert await certificates_of(pool, queued.order_id) == []
     assert (await order_of(pool, queued.order_id))["status"] == "processing"
@@ -526,9 +583,10 @@ async def test_prepared_job_is_signed_with_the_recorded_serial_and_tbs(
 
     cert = await assert_issued(pool, issuers, queued)
     assert cert.serial_number == int(recorded["serial"], 16)
-    assert cert.tbs_certificate_bytes == bytes(recorded["tbs_der"])
     after = await job_of(pool, queued.order_id)
-    for column in ("serial", "tbs_der", "lint_der", "not_before", "not_after"):
+    precert = x509.load_der_x509_certificate(bytes(after["precert_der"]))
+    assert precert.tbs_certificate_bytes == bytes(recorded["precert_tbs_der"])
+    for column in ("serial", "precert_tbs_der", "precert_lint_der", "not_before", "not_after"):
         assert after[column] == recorded[column], column
     assert after["attempts"] == 2
     # Prepared once: the second worker resumed at the signing step.
@@ -619,7 +677,8 @@ async def test_lint_error_fails_the_order_and_signs_nothing(
     job = await job_of(pool, queued.order_id)
     assert job["status"] == "failed"
     assert job["locked_by"] is None and job["locked_until"] is None
-    assert job["serial"] is None and job["tbs_der"] is None and job["lint_der"] is None
+    assert job["serial"] is None and job["precert_tbs_der"] is None
+    assert job["step"] == "queued" and job["precert_der"] is None
     assert job["error"]["reason"] == "pre-issuance lint"
     findings = job["error"]["findings"]
     assert findings and all(f.startswith(("ERROR ", "FATAL ")) for f in findings), findings
@@ -676,6 +735,7 @@ async def test_notify_during_the_last_empty_claim_is_not_lost(
     pki_config: Config,
     issuers: IssuerSet,
     linter: CertificateLinter,
+    ct: CertificateTransparency,
 ) -> None:
     """The wake-up flag is cleared before the queue is drained, not after: a NOTIFY that
     lands while the claim that found the queue empty is in flight still wakes the worker."""
@@ -685,6 +745,7 @@ async def test_notify_during_the_last_empty_claim_is_not_lost(
         issuers,
         linter,
         SystemClock(),
+        ct=ct,
         profile_for=profile_settings_factory(pki_config),
         poll_seconds=30.0,
         worker_id="racy",
@@ -857,3 +918,116 @@ async def test_stopping_worker_finishes_the_jobs_in_flight(
 
 async def _listener_count(pool: asyncpg.Pool, count: int) -> bool:
     return len(await listeners(pool)) == count
+
+
+# --------------------------------------------------------------------------- migration 005
+
+DATA = Path(__file__).parent / "data"
+
+
+async def test_migration_005_derives_each_jobs_step_from_its_recorded_columns(
+    postgres: EmbeddedPostgres,
+) -> None:
+    """A database made by the schema before 005 (migrations 001 and 002 applied) holding a job
+    at every point the worker could have left one: the migration gives each the step its
+    columns show, a claimable job comes back as its step's typed view, a job prepared by a
+    worker without CT is failed with its order (serverInternal, audited), and the constraint
+    keeps a claimable job's step and columns in agreement from then on."""
+    dsn = postgres.create_database(f"m_{os.urandom(8).hex()}")
+    pool = await create_pool(dsn, max_size=2)
+    conn = await pool.acquire()
+    try:
+        await conn.execute((DATA / "schema_before_005.sql").read_text())
+        await conn.execute("INSERT INTO schema_migrations (version, name) VALUES "
+                           "(1, 'key_compromise'), (2, 'authorizations_caa_checked_at')")
+        now = datetime.now(UTC)
+        account = await conn.fetchval(
+            "INSERT INTO accounts (key_thumbprint, jwk, status, created_at, updated_at) "
+            "VALUES ($1, '{}', 'valid', $2, $2) RETURNING id", os.urandom(32), now)
+        der, later = b"\x30\x03\x02\x01\x01", now + timedelta(days=90)
+        prepared = {"serial": "", "not_before": now, "not_after": later,
+                    "precert_tbs_der": der, "precert_lint_der": der}
+        signed = {**prepared, "precert_der": der, "ct_submitted_at": now}
+        collected = {**signed, "scts": [{"log": "log A"}], "tbs_der": der, "lint_der": der}
+        legacy = {"serial": "", "not_before": now, "not_after": later, "tbs_der": der,
+                  "lint_der": der}
+        cases: dict[str, tuple[str, dict[str, Any], str]] = {
+            "queued": ("queued", {}, "queued"),
+            "prepared": ("running", prepared, "prepared"),
+            "precert_signed": ("running", signed, "precert_signed"),
+            "scts_collected": ("queued", collected, "scts_collected"),  # CT-deferred later on
+            "done": ("done", collected, "issued"),
+            "failed_early": ("failed", {}, "queued"),
+            "legacy_without_ct": ("running", legacy, "prepared"),
+        }
+        jobs: dict[str, tuple[int, int]] = {}
+        for name, (status, columns, _) in cases.items():
+            order = await conn.fetchval(
+                "INSERT INTO orders (account_id, status, identifiers, expires_at, created_at, "
+                "updated_at) VALUES ($1, 'processing', '[]', $2, $2, $2) RETURNING id",
+                account, now + timedelta(days=7))
+            values = {**columns}
+            if "serial" in values:
+                values["serial"] = os.urandom(16).hex()
+            if status == "running":  # its worker's lease has lapsed
+                values["locked_by"], values["locked_until"] = "dead-worker", now
+            names = ", ".join(values)
+            params = ", ".join(f"${i}" for i in range(8, 8 + len(values)))
+            job = await conn.fetchval(
+                "INSERT INTO issuance_jobs (order_id, account_id, csr_der, names, status, "
+                f"issuer, created_at, updated_at{', ' + names if values else ''}) "
+                f"VALUES ($1, $2, $3, $4, $5, $6, $7, $7{', ' + params if values else ''}) "
+                "RETURNING id",
+                order, account, der, [f"{name.replace('_', '-')}.example.com"], status,
+                "dv-ecc", now, *values.values())
+            jobs[name] = (job, order)
+
+        applied = await apply_schema(conn)
+        assert 5 in applied and sorted(applied) == applied
+
+        steps = dict(await conn.fetch("SELECT id, step FROM issuance_jobs"))
+        assert {name: steps[job] for name, (job, _) in jobs.items()} == {
+            name: step for name, (_, _, step) in cases.items()}
+        # Prepared without CT: failed, and so is its order, as the worker used to do.
+        job_id, order_id = jobs["legacy_without_ct"]
+        failed = await conn.fetchrow("SELECT * FROM issuance_jobs WHERE id = $1", job_id)
+        assert failed["status"] == "failed" and failed["locked_by"] is None
+        assert failed["error"]["reason"] == "prepared without certificate transparency"
+        order = await conn.fetchrow("SELECT * FROM orders WHERE id = $1", order_id)
+        assert order["status"] == "invalid"
+        assert order["error"]["type"] == SERVER_INTERNAL
+        assert "Transparency" in order["error"]["detail"]
+        audit = await conn.fetchrow(
+            "SELECT * FROM audit_events WHERE order_id = $1 AND event = 'issuance.failed'",
+            order_id)
+        assert audit is not None and audit["details"]["serial"] == failed["serial"]
+        # Other jobs kept their status.
+        assert await conn.fetchval(
+            "SELECT count(*) FROM issuance_jobs WHERE status = 'failed'") == 2
+
+        # The constraint: a claimable job's step needs its columns.
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute("UPDATE issuance_jobs SET step = 'prepared' WHERE id = $1",
+                               jobs["queued"][0])
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute("UPDATE issuance_jobs SET step = 'signed' WHERE id = $1",
+                               jobs["done"][0])
+        assert await apply_schema(conn) == [], "replaying the schema changes nothing"
+    finally:
+        await pool.release(conn)
+
+    # Claimed, each unfinished job comes back as its step's typed view.
+    try:
+        repository = IssuanceRepository(pool)
+        views: dict[int, type[IssuanceJob]] = {}
+        while (claimed := await repository.claim(
+                "w", now=datetime.now(UTC) + timedelta(hours=1), lease=DEFAULT_LEASE)):
+            views[claimed.id] = type(claimed)
+        assert views == {
+            jobs["queued"][0]: IssuanceJob,
+            jobs["prepared"][0]: PreparedJob,
+            jobs["precert_signed"][0]: PrecertSignedJob,
+            jobs["scts_collected"][0]: SctsCollectedJob,
+        }
+    finally:
+        await pool.close()

@@ -1,44 +1,48 @@
 """The signing worker: turns queued issuance jobs into certificates, crash-safely.
 
 Jobs come from PostgreSQL (``FOR UPDATE SKIP LOCKED``); a worker wakes on ``LISTEN/NOTIFY``
-and also polls, because notifications can be lost. With Certificate Transparency (CP 4.3.1:
-CT before issuance; RFC 6962 §3.1; BR 7.1.2.9), each job runs in these recorded steps:
+and also polls, because notifications can be lost.  Certificate Transparency is always on
+(CP 4.3.1: CT before issuance; RFC 6962 §3.1; BR 7.1.2.9).  Each job records the step it has
+reached (``issuance_jobs.step``, :class:`acme_ca.db.issuance.Step`) and the worker dispatches
+on it to one small handler per step, each taking the typed view of its step and returning
+the next one:
 
-1. prepare: choose serial and validity, check that the usable CT logs covering notAfter can
-   meet the CT policy (otherwise nothing is signed and the job waits, see below), re-check the
-   order with the signing time (:mod:`acme_ca.ca.recheck`: ``signing_guard``, the CSR's key
-   not blocked (BR 6.1.1.3(4)), authorizations,
-   BR 4.2.1 reuse, BR 6.3.2 validity, BR 3.2.2.9 corroboration, CAA older than 8 hours checked
-   again; a refusal fails the order and nothing is signed; a job that comes back to prepare
-   from CT backoff is re-checked again, and so is a prepared job resumed before step 3), build
-   the precertificate TBS (the final TBS plus the critical poison, last), sign a copy with a
-   throwaway key and lint it as ``DV-PRE-CERTIFICATE`` (BR 4.3.1.2); an ERROR or FATAL
-   finding fails the order with ``serverInternal``;
-2. record serial, validity, precertificate TBS and linted copy (before the HSM signs
-   anything, so whatever it signs can be found and revoked after a crash);
-3. have the signer sign exactly that TBS, and record the precertificate: from this commit on
-   it counts as issued (``precertificates``; the status updater produces its OCSP responses);
-4. submit it with ``add-pre-chain`` to logs chosen by the policy and verify every SCT
-   (:mod:`acme_ca.ca.ct.submit`); if the policy is not met, the job goes back to the queue
-   with backoff and is retried, with the same precertificate, until ``ct_deadline_seconds``
-   after the first submission, then the order becomes invalid with a clear error (the
-   precertificate stays recorded);
-5. build the final TBS: the precertificate's with the SCT list extension in the poison's
-   place (:func:`acme_ca.ca.ct.sct.final_tbs`), check that its precertificate TBS equals the
-   signed precertificate's (RFC 6962 §3.2): with that control BR 4.3.1.2 does not require
-   linting the certificate again, so it is linted as ``DV-FINAL-CERTIFICATE`` only with
-   ``lint_final_certificates``; record SCTs, TBS and the throwaway-signed copy;
-6. have the signer sign exactly that TBS; store the certificate (with its SCTs) and mark the
-   order valid, in one transaction; then send the certificate to the logs (best effort).
+``queued`` → :meth:`SigningWorker._prepare` → ``prepared``
+    choose serial and validity; check that the usable CT logs covering notAfter can meet the
+    CT policy (otherwise nothing is signed and the job waits, see below); build the
+    precertificate TBS (the final TBS plus the critical poison, last), sign a copy with a
+    throwaway key and lint it as ``DV-PRE-CERTIFICATE`` (BR 4.3.1.2: an ERROR or FATAL
+    finding fails the order with ``serverInternal``); record serial, validity, TBS and the
+    linted copy before the HSM signs anything, so whatever it signs can be found and revoked.
+``prepared`` → :meth:`SigningWorker._sign_precertificate` → ``precert_signed``
+    re-check the order with the signing time (:mod:`acme_ca.ca.recheck`: ``signing_guard``,
+    the CSR's key not blocked (BR 6.1.1.3(4)), authorizations, BR 4.2.1 reuse, BR 6.3.2
+    validity, BR 3.2.2.9 corroboration, CAA older than 8 hours checked again; a refusal fails
+    the order and nothing is signed; a prepared job resumed after a crash is re-checked
+    again); have the signer sign exactly the recorded TBS and record the precertificate: from
+    this commit on it counts as issued (``precertificates``; ``on_issued`` tells the status
+    updater, which signs its OCSP responses).
+``precert_signed`` → :meth:`SigningWorker._collect_scts` → ``scts_collected``
+    submit it with ``add-pre-chain`` to logs chosen by the policy and verify every SCT
+    (:mod:`acme_ca.ca.ct.submit`); if the policy is not met, the job goes back to the queue
+    with backoff and is retried, with the same precertificate, until ``ct_deadline_seconds``
+    after the first submission, then the order becomes invalid with a clear error (the
+    precertificate stays recorded).  Build the final TBS: the precertificate's with the SCT
+    list extension in the poison's place (:func:`acme_ca.ca.ct.sct.final_tbs`), check that its
+    precertificate TBS equals the signed precertificate's (RFC 6962 §3.2): with that control
+    BR 4.3.1.2 does not require linting the certificate again, so it is linted as
+    ``DV-FINAL-CERTIFICATE`` only with ``lint_final_certificates``; record SCTs, TBS and the
+    throwaway-signed copy.
+``scts_collected`` → :meth:`SigningWorker._sign_certificate` → ``issued``
+    have the signer sign exactly that TBS; store the certificate (with its SCTs) and mark the
+    order valid, in one transaction; then send the certificate to the logs (best effort).
 
 A worker killed anywhere leaves a job whose lease lapses; the next worker resumes at the
-first step not recorded, with the same serial and the same precertificate (a job never has
-two: ``precertificates.job_id`` is unique and only the first recorded one is ever
-submitted). The unique constraints on serial and on the certificate's order make a second
-certificate impossible.
-
-``SigningWorker(ct=None)`` skips steps 3-5 (the TBS of step 1 is then the certificate's):
-only tests of the signing steps use it; :func:`run_worker` always runs with CT.
+recorded step, with the same serial and the same precertificate (a job never has two:
+``precertificates.job_id`` is unique and each step is recorded only from the step before).
+The unique constraints on serial and on the certificate's order make a second certificate
+impossible.  The process around the worker (storage, keys, the status updater beside it) is
+composed in :mod:`acme_ca.main.worker`.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ import asyncio
 import contextlib
 import os
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -57,46 +61,23 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from acme_ca.acme import problems
 from acme_ca.ca import recheck
-from acme_ca.ca.ct.loglist import FileLogList, LogListSource
 from acme_ca.ca.ct.sct import final_tbs, remove_poison
-from acme_ca.ca.ct.submit import (
-    CertificateTransparency,
-    CtPolicyNotMet,
-    CtSettings,
-    LoggedSct,
-)
+from acme_ca.ca.ct.submit import CertificateTransparency, CtPolicyNotMet, LoggedSct
 from acme_ca.ca.der import sign_tbs_certificate, throwaway_signed_tbs
-from acme_ca.ca.issuers import Issuer, IssuerSet, load_issuers
+from acme_ca.ca.issuers import Issuer, IssuerSet
 from acme_ca.ca.lint import CertificateLinter, LintKind
-from acme_ca.ca.profile import (
-    IssuanceRequest,
-    PreparedCertificate,
-    ProfileSettings,
-    build_certificate,
-    new_serial,
-)
+from acme_ca.ca.profile import IssuanceRequest, ProfileSettings, build_certificate, new_serial
 from acme_ca.clock import Clock
-from acme_ca.config import Config
 from acme_ca.db.issuance import (
     AuthorizationEvidence,
     IssuanceJob,
     IssuanceRepository,
     IssuedCertificate,
+    PrecertSignedJob,
+    PreparedJob,
+    SctsCollectedJob,
+    Step,
 )
-from acme_ca.db.status import StatusRepository
-from acme_ca.db.storage import open_storage
-from acme_ca.remote_va.primary import build_validator
-from acme_ca.status.key_compromise import KeyCompromiseSweeper
-from acme_ca.status.updater import (
-    PublishingIssuanceRepository,
-    StatusSettings,
-    StatusUpdater,
-    close_authorities,
-    open_root_authorities,
-)
-from acme_ca.va.authority import ValidationAuthority
-from acme_ca.va.mpic import MpicValidator
-from acme_ca.va.perspectives import MpicSetup, load_mpic_setup
 from acme_ca.va.records import CheckResult
 
 log = structlog.get_logger(component="acme_ca.ca.worker")
@@ -134,12 +115,22 @@ class CaaRechecker(Protocol):
     ) -> CheckResult: ...
 
 
+#: A step's handler: the job as its step's view, its issuer; the job as the next step's view,
+#: or None when the job stops here (done, failed, deferred, or taken over by another worker).
+Handler = Callable[[Any, Issuer], Awaitable[IssuanceJob | None]]
+
+
 class SigningWorker:
-    """Claims issuance jobs and signs them, re-checking the order just before signing
-    (:mod:`acme_ca.ca.recheck`).  ``production`` (the default, fail closed) applies the BR
+    """Claims issuance jobs and carries each through its steps (module docstring), one small
+    handler per step, dispatched on the job's recorded ``step``.
+
+    Just before the precertificate is signed the order is re-checked
+    (:mod:`acme_ca.ca.recheck`): ``production`` (the default, fail closed) applies the BR
     corroboration rule in full; ``signing_guard(now)`` is asked first and any violation it
     returns refuses the signing; ``caa`` and ``account_uri`` recheck CAA older than 8 hours
-    (without them such an order is refused)."""
+    (without them such an order is refused).  ``on_issued(issuer, serial)`` is told of every
+    precertificate recorded (it counts as issued: the status updater signs its OCSP
+    responses)."""
 
     def __init__(
         self,
@@ -148,11 +139,12 @@ class SigningWorker:
         linter: CertificateLinter,
         clock: Clock,
         *,
+        ct: CertificateTransparency,
         profile_for: Callable[[Issuer], ProfileSettings],
+        on_issued: Callable[[str, str], None] | None = None,
         poll_seconds: float = 5.0,
         lease: timedelta = DEFAULT_LEASE,
         worker_id: str | None = None,
-        ct: CertificateTransparency | None = None,
         concurrency: int = 1,
         lint_final: bool = False,
         production: bool = True,
@@ -164,18 +156,27 @@ class SigningWorker:
         self._issuers = issuers
         self._linter = linter
         self._clock = clock
+        self._ct = ct
         self._profile_for = profile_for
+        self._on_issued = on_issued
         self._poll = poll_seconds
         self._lease = lease
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self._wake = asyncio.Event()
-        self._ct = ct
         self._concurrency = concurrency
         self._lint_final = lint_final
         self._production = production
         self._signing_guard = signing_guard
         self._caa = caa
         self._account_uri = account_uri
+        #: The dispatch table: each step's view and handler.
+        self._steps: dict[Step, tuple[type[IssuanceJob], Handler]] = {
+            Step.QUEUED: (IssuanceJob, self._prepare),
+            Step.PREPARED: (PreparedJob, self._sign_precertificate),
+            Step.PRECERT_SIGNED: (PrecertSignedJob, self._collect_scts),
+            Step.SCTS_COLLECTED: (SctsCollectedJob, self._sign_certificate),
+            Step.ISSUED: (IssuanceJob, self._finish_stored),
+        }
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work until ``stop`` is set: keep up to ``concurrency`` jobs in flight, claiming
@@ -197,7 +198,7 @@ class SigningWorker:
 
         listener = await self._jobs.listen(notified)
         log.info("worker.started", worker_id=self.worker_id, issuers=self._issuers.names(),
-                 ct="off" if self._ct is None else "on", concurrency=self._concurrency)
+                 concurrency=self._concurrency)
         try:
             while not stop.is_set():
                 # Clear before claiming, not after: a NOTIFY that arrives while the last
@@ -253,62 +254,168 @@ class SigningWorker:
         except Exception:
             # Leave the job to a retry after the lease: a transient HSM or database fault
             # must not lose the order. Permanent faults surface in the logs each attempt.
-            log.exception("issuance.attempt_failed", attempts=job.attempts)
+            log.exception("issuance.attempt_failed", attempts=job.attempts, step=job.step)
         finally:
             structlog.contextvars.unbind_contextvars("job_id", "order_id", "account_id")
 
     async def _process(self, job: IssuanceJob) -> None:
+        """Run the job's step handlers, from its recorded step, until one stops it."""
         if job.faults > MAX_ATTEMPTS:
             await self._jobs.fail(
                 job,
                 problems.server_internal("issuance kept failing inside the CA").to_json(),
-                {"reason": "too many attempts", "attempts": job.attempts},
+                {"reason": "too many attempts", "attempts": job.attempts, "step": job.step},
                 self._clock.now(),
             )
-            log.error("issuance.given_up", attempts=job.attempts)
+            log.error("issuance.given_up", attempts=job.attempts, step=job.step)
             return
-        assert job.issuer is not None
         issuer = self._issuers.by_name(job.issuer)
-        if job.serial is not None:
-            log.info("issuance.resumed", serial=job.serial, attempts=job.attempts)
-            if await self._jobs.certificate_for_order(job.order_id):
-                # Stored before the crash: only the bookkeeping is left, sign nothing again.
-                await self._jobs.mark_done(job, self._clock.now())
-                log.info("issuance.already_complete", serial=job.serial)
-                return
-        if self._ct is not None:
-            await self._process_ct(job, issuer, self._ct)
-            return
-        if job.serial is None:
-            prepared_job = await self._prepare(job, issuer)
-            if prepared_job is None:
-                return
-            job = prepared_job
-        else:
-            assert job.not_before is not None and job.not_after is not None
-            if not await self._recheck(job, not_before=job.not_before, not_after=job.not_after):
-                return
-        assert job.tbs_der is not None
-        await self._sign_and_store(job, issuer, job.tbs_der)
+        if job.step is not Step.QUEUED:
+            log.info("issuance.resumed", step=job.step, attempts=job.attempts,
+                     serial=job.serial if isinstance(job, PreparedJob) else None)
+        current: IssuanceJob | None = job
+        while current is not None:
+            view, handler = self._steps[current.step]
+            if type(current) is not view:
+                raise IssuanceError(f"a {current.step} job read as {type(current).__name__}")
+            current = await handler(current, issuer)
 
-    async def _sign_and_store(
-        self,
-        job: IssuanceJob,
-        issuer: Issuer,
-        tbs_der: bytes,
-        precert: x509.Certificate | None = None,
-        scts: list[LoggedSct] | None = None,
-    ) -> x509.Certificate:
-        assert job.serial is not None
-        assert job.not_before is not None and job.not_after is not None
-        cert = await sign_tbs_certificate(tbs_der, issuer.signer, issuer.hash)
-        if cert.tbs_certificate_bytes != tbs_der:
-            raise IssuanceError("the signed certificate's TBS is not the recorded TBS")
-        if precert is not None and cert.tbs_precertificate_bytes != remove_poison(
+    def _holds(self, job: IssuanceJob, step: str) -> bool:
+        """Whether this worker still owns ``job`` as recorded; if not, another worker took it
+        over after our lease lapsed and carries on from what is recorded."""
+        if job.status == "running" and job.locked_by == self.worker_id:
+            return True
+        log.warning("issuance.lease_lost", step=step, status=job.status, locked_by=job.locked_by)
+        return False
+
+    # ------------------------------------------------------------------ the steps
+
+    async def _prepare(self, job: IssuanceJob, issuer: Issuer) -> PreparedJob | None:
+        """queued → prepared: serial, validity and the precertificate TBS, linted, recorded
+        before anything is signed (waits in the queue while the CT logs cannot cover it)."""
+        csr = x509.load_der_x509_csr(job.csr_der)
+        prepared = build_certificate(
+            issuer.certificate,
+            issuer.signer.public_key,
+            issuer.hash,
+            self._profile_for(issuer),
+            IssuanceRequest(
+                names=job.names,
+                public_key=csr.public_key(),  # type: ignore[arg-type]
+                serial=new_serial(),
+                signing_time=self._clock.now(),
+            ),
+            precertificate=True,
+        )
+        problem = self._ct.coverage_problem(prepared.not_before, prepared.not_after)
+        if problem is not None:
+            # Checked before anything is signed: without enough logs no precertificate.
+            await self._ct_unavailable(job, [problem], since=job.created_at)
+            return None
+        ok, findings = await self._lint_ok(
+            job, prepared.lint_der, "DV-PRE-CERTIFICATE", self._clock.now()
+        )
+        if not ok:
+            return None
+        recorded = await self._jobs.record_prepared(
+            job,
+            self.worker_id,
+            serial=format(prepared.serial, "x"),
+            not_before=prepared.not_before,
+            not_after=prepared.not_after,
+            precert_tbs_der=prepared.tbs_der,
+            precert_lint_der=prepared.lint_der,
+            now=self._clock.now(),
+        )
+        if (not self._holds(recorded, "prepare") or not isinstance(recorded, PreparedJob)
+                or recorded.precert_tbs_der != prepared.tbs_der):
+            return None
+        log.info("issuance.prepared", serial=recorded.serial, issuer=issuer.name,
+                 lint_findings=findings)
+        return recorded
+
+    async def _sign_precertificate(
+        self, job: PreparedJob, issuer: Issuer
+    ) -> PrecertSignedJob | None:
+        """prepared → precert_signed: re-check the order with the signing time, then have the
+        signer sign exactly the recorded TBS and record the precertificate (issued from then
+        on).  A prepared job resumed after a crash is re-checked the same way."""
+        if not await self._recheck(job):
+            return None
+        signed = await sign_tbs_certificate(job.precert_tbs_der, issuer.signer, issuer.hash)
+        if signed.tbs_certificate_bytes != job.precert_tbs_der:
+            raise IssuanceError("the signed precertificate's TBS is not the recorded TBS")
+        recorded = await self._jobs.record_precertificate(
+            job, self.worker_id, signed.public_bytes(Encoding.DER), self._clock.now()
+        )
+        if not self._holds(recorded, "precertificate") or not isinstance(
+            recorded, PrecertSignedJob
+        ):
+            return None
+        log.info("precertificate.issued", serial=recorded.serial, issuer=issuer.name)
+        if self._on_issued is not None:
+            self._on_issued(issuer.name, recorded.serial)
+        return recorded
+
+    async def _collect_scts(
+        self, job: PrecertSignedJob, issuer: Issuer
+    ) -> SctsCollectedJob | None:
+        """precert_signed → scts_collected: SCTs from logs chosen by the policy, verified; the
+        final TBS built from the precertificate's and checked against it; not enough SCTs
+        sends the job back to the queue with backoff (until the CT deadline)."""
+        precert = x509.load_der_x509_certificate(job.precert_der)
+        try:
+            scts = await self._ct.collect(
+                precert,
+                (issuer.certificate, *issuer.chain),
+                precert_tbs=job.precert_tbs_der,
+                issuer_spki_der=_spki(issuer.certificate),
+                not_before=job.not_before,
+                not_after=job.not_after,
+                submitted_at=job.ct_submitted_at,
+            )
+        except CtPolicyNotMet as e:
+            await self._ct_unavailable(job, e.reasons, since=job.ct_submitted_at)
+            return None
+        tbs = final_tbs(job.precert_tbs_der, [s.sct for s in scts])
+        lint_der = throwaway_signed_tbs(tbs, issuer.signer, issuer.hash)
+        # RFC 6962 §3.2 / BR 4.3.1.2: the final certificate minus its SCT list (cryptography)
+        # is the signed precertificate minus its poison (our own DER code), byte for byte.
+        if x509.load_der_x509_certificate(lint_der).tbs_precertificate_bytes != remove_poison(
             precert.tbs_certificate_bytes
         ):
+            raise IssuanceError("the final TBS does not match the precertificate's TBS")
+        findings: int | None = None  # not linted: it matches the linted precertificate
+        if self._lint_final:
+            ok, findings = await self._lint_ok(
+                job, lint_der, "DV-FINAL-CERTIFICATE", self._clock.now())
+            if not ok:
+                return None
+        recorded = await self._jobs.record_scts(
+            job,
+            self.worker_id,
+            scts=[s.to_json() for s in scts],
+            tbs_der=tbs,
+            lint_der=lint_der,
+            now=self._clock.now(),
+        )
+        if not self._holds(recorded, "scts") or not isinstance(recorded, SctsCollectedJob):
+            return None
+        log.info("ct.scts_collected", serial=job.serial, scts=[s.summary() for s in scts],
+                 lint_findings=findings)
+        return recorded
+
+    async def _sign_certificate(self, job: SctsCollectedJob, issuer: Issuer) -> None:
+        """scts_collected → issued: sign exactly the recorded final TBS, store the certificate
+        and move the order to valid in one transaction, then send it to the logs."""
+        precert = x509.load_der_x509_certificate(job.precert_der)
+        cert = await sign_tbs_certificate(job.tbs_der, issuer.signer, issuer.hash)
+        if cert.tbs_certificate_bytes != job.tbs_der:
+            raise IssuanceError("the signed certificate's TBS is not the recorded TBS")
+        if cert.tbs_precertificate_bytes != remove_poison(precert.tbs_certificate_bytes):
             raise IssuanceError("the certificate's precertificate TBS is not the precertificate's")
         log.info("issuance.signed", serial=job.serial, issuer=issuer.name)
+        scts = [LoggedSct.from_json(s) for s in job.scts]
         stored = await self._jobs.complete(
             job,
             IssuedCertificate(
@@ -321,7 +428,7 @@ class SigningWorker:
                 alternate_chains=[
                     _pem((issuer.certificate, *chain)) for chain in issuer.alternate_chains
                 ],
-                scts=[s.to_json() for s in scts or ()],
+                scts=job.scts,
             ),
             self._clock.now(),
         )
@@ -331,27 +438,16 @@ class SigningWorker:
             issuer=issuer.name,
             names=list(job.names),
             not_after=job.not_after.isoformat(),
-            **({"scts": [s.summary() for s in scts]} if scts else {}),
+            scts=[s.summary() for s in scts],
         )
-        return cert
+        # Same serial as the precertificate: its OCSP responses already answer for it.
+        self._ct.submit_final_later(cert, (issuer.certificate, *issuer.chain), scts)
 
-    def _build(
-        self, job: IssuanceJob, issuer: Issuer, *, precertificate: bool
-    ) -> PreparedCertificate:
-        csr = x509.load_der_x509_csr(job.csr_der)
-        return build_certificate(
-            issuer.certificate,
-            issuer.signer.public_key,
-            issuer.hash,
-            self._profile_for(issuer),
-            IssuanceRequest(
-                names=job.names,
-                public_key=csr.public_key(),  # type: ignore[arg-type]
-                serial=new_serial(),
-                signing_time=self._clock.now(),
-            ),
-            precertificate=precertificate,
-        )
+    async def _finish_stored(self, job: IssuanceJob, issuer: Issuer) -> None:
+        """issued, yet claimable (its job row was left running): only the bookkeeping is left;
+        nothing is signed again."""
+        await self._jobs.mark_done(job, self._clock.now())
+        log.info("issuance.already_complete")
 
     async def _lint_ok(
         self, job: IssuanceJob, der: bytes, kind: LintKind, signing_time: datetime
@@ -362,9 +458,9 @@ class SigningWorker:
         if not report.blocking:
             return True, len(report.findings)
         findings = [str(f) for f in report.blocking]
-        log.error("issuance.lint_failed", kind=kind, findings=findings, serial=job.serial)
+        log.error("issuance.lint_failed", kind=kind, findings=findings, step=job.step)
         what = "precertificate" if kind == "DV-PRE-CERTIFICATE" else "certificate"
-        signed = " beyond the precertificate" if job.precert_der is not None else ""
+        signed = " beyond the precertificate" if isinstance(job, PrecertSignedJob) else ""
         await self._jobs.fail(
             job,
             problems.server_internal(
@@ -375,57 +471,55 @@ class SigningWorker:
         )
         return False, len(report.findings)
 
-    async def _prepare(self, job: IssuanceJob, issuer: Issuer) -> IssuanceJob | None:
-        prepared = self._build(job, issuer, precertificate=False)
-        if not await self._recheck(
-            job, not_before=prepared.not_before, not_after=prepared.not_after
-        ):
-            return None
-        ok, findings = await self._lint_ok(
-            job, prepared.lint_der, "DV-FINAL-CERTIFICATE", self._clock.now()
-        )
-        if not ok:
-            return None
-        recorded = await self._jobs.record_prepared(
-            job.id,
-            self.worker_id,
-            serial=format(prepared.serial, "x"),
-            not_before=prepared.not_before,
-            not_after=prepared.not_after,
-            tbs_der=prepared.tbs_der,
-            lint_der=prepared.lint_der,
-            now=self._clock.now(),
-        )
-        log.info(
-            "issuance.prepared",
-            serial=recorded.serial,
-            issuer=issuer.name,
-            lint_findings=findings,
-        )
-        return recorded
+    async def _ct_unavailable(
+        self, job: IssuanceJob, reasons: list[str], *, since: datetime
+    ) -> None:
+        """Not enough SCTs (or logs) now: back to the queue with backoff, or, past the
+        deadline, fail the order (a recorded precertificate stays recorded)."""
+        settings = self._ct.settings
+        now = self._clock.now()
+        deadline = since + settings.deadline
+        signed = isinstance(job, PrecertSignedJob)
+        serial = job.serial if isinstance(job, PreparedJob) else None
+        details: dict[str, Any] = {"reason": "certificate transparency", "reasons": reasons}
+        if now >= deadline:
+            seconds = int(settings.deadline.total_seconds())
+            await self._jobs.fail(
+                job,
+                problems.server_internal(
+                    "the certificate could not be logged to Certificate Transparency as the "
+                    f"CA's policy requires: not enough valid SCTs within {seconds} seconds ("
+                    + ("its precertificate was signed and stays on record)" if signed
+                       else "nothing was signed)")
+                ).to_json(),
+                {**details, "serial": serial, "precertificate": signed},
+                now,
+            )
+            log.error("issuance.ct_failed", serial=serial, reasons=reasons, precertificate=signed)
+            return
+        retry_at = min(now + settings.backoff(job.deferrals + 1), deadline)
+        await self._jobs.defer(job, self.worker_id, retry_at=retry_at, details=details, now=now)
+        log.warning("issuance.ct_deferred", serial=serial, reasons=reasons,
+                    retry_at=retry_at.isoformat(), deferrals=job.deferrals + 1)
 
     # ------------------------------------------------------------------ re-checks
 
-    async def _recheck(
-        self, job: IssuanceJob, *, not_before: datetime, not_after: datetime
-    ) -> bool:
+    async def _recheck(self, job: PreparedJob) -> bool:
         """Just before the HSM signs (:mod:`acme_ca.ca.recheck`): the production guard, the
         CSR's key not blocked (BR 6.1.1.3(4)), the date rules (authorizations, BR 4.2.1 reuse,
         BR 6.3.2 validity, BR 3.2.2.9 corroboration), then CAA older than 8 hours checked
-        again (BR 3.2.2.8).  A refusal
-        fails the order with its problem and an audit row; returns whether signing may go on.
+        again (BR 3.2.2.8).  A refusal fails the order with its problem and an audit row;
+        returns whether signing may go on.
         """
-        if not await self._date_rules_hold(job, not_before, not_after):
+        if not await self._date_rules_hold(job):
             return False
         rechecked = await self._recheck_stale_caa(job)
         if rechecked is None:
             return False
         # A recheck takes network time: the date rules once more at the time now reached.
-        return not rechecked or await self._date_rules_hold(job, not_before, not_after)
+        return not rechecked or await self._date_rules_hold(job)
 
-    async def _date_rules_hold(
-        self, job: IssuanceJob, not_before: datetime, not_after: datetime
-    ) -> bool:
+    async def _date_rules_hold(self, job: PreparedJob) -> bool:
         now = self._clock.now()
         if self._signing_guard is not None:
             violations = list(self._signing_guard(now))
@@ -438,7 +532,7 @@ class SigningWorker:
             return False
         evidence = await self._jobs.order_authorizations(job.order_id)
         found = recheck.refusals(
-            job.names, evidence, not_before=not_before, not_after=not_after, now=now,
+            job.names, evidence, not_before=job.not_before, not_after=job.not_after, now=now,
             production=self._production,
         )
         if found:
@@ -446,7 +540,7 @@ class SigningWorker:
             return False
         return True
 
-    async def _recheck_stale_caa(self, job: IssuanceJob) -> bool | None:
+    async def _recheck_stale_caa(self, job: PreparedJob) -> bool | None:
         """Recheck CAA, concurrently, for each name whose check is older than 8 hours (so a
         100-name order stays well within the job's lease); whether any was rechecked, or None
         when one refused (the order has failed)."""
@@ -496,7 +590,7 @@ class SigningWorker:
         return True
 
     async def _refuse(
-        self, job: IssuanceJob, found: list[recheck.Refusal], now: datetime
+        self, job: PreparedJob, found: list[recheck.Refusal], now: datetime
     ) -> None:
         """Fail the order: nothing is signed for it (a recorded, unsigned serial stays
         unsigned); the audit row names every rule that refused."""
@@ -514,193 +608,6 @@ class SigningWorker:
         log.error("issuance.refused", serial=job.serial,
                   refusals=[r.audit() for r in found])
 
-    # ------------------------------------------------------------------ with CT
-
-    def _holds(self, job: IssuanceJob, step: str) -> bool:
-        """Whether this worker still owns ``job`` as recorded; if not, another worker took it
-        over after our lease lapsed and carries on from what is recorded."""
-        if job.status == "running" and job.locked_by == self.worker_id:
-            return True
-        log.warning("issuance.lease_lost", step=step, serial=job.serial,
-                    status=job.status, locked_by=job.locked_by)
-        return False
-
-    async def _process_ct(
-        self, job: IssuanceJob, issuer: Issuer, ct: CertificateTransparency
-    ) -> None:
-        if job.serial is not None and job.precert_tbs_der is None:
-            # Prepared by a worker without CT (before an upgrade): its TBS carries no poison
-            # and its serial may be signed already, so it cannot become a precertificate.
-            await self._jobs.fail(
-                job,
-                problems.server_internal(
-                    "issuance was prepared without Certificate Transparency; order again"
-                ).to_json(),
-                {"reason": "prepared without certificate transparency", "serial": job.serial},
-                self._clock.now(),
-            )
-            log.error("issuance.prepared_without_ct", serial=job.serial)
-            return
-        if job.serial is None:
-            prepared = await self._prepare_precertificate(job, issuer, ct)
-            if prepared is None:
-                return
-            job = prepared
-        elif job.precert_der is None:
-            # Prepared, then interrupted before the precertificate was signed: time has
-            # passed, so everything is re-checked again before the HSM signs.
-            assert job.not_before is not None and job.not_after is not None
-            if not await self._recheck(job, not_before=job.not_before, not_after=job.not_after):
-                return
-        assert job.precert_tbs_der is not None
-        assert job.not_before is not None and job.not_after is not None
-        if job.precert_der is None:
-            signed = await sign_tbs_certificate(job.precert_tbs_der, issuer.signer, issuer.hash)
-            if signed.tbs_certificate_bytes != job.precert_tbs_der:
-                raise IssuanceError("the signed precertificate's TBS is not the recorded TBS")
-            job = await self._jobs.record_precertificate(
-                job, self.worker_id, signed.public_bytes(Encoding.DER), self._clock.now()
-            )
-            if not self._holds(job, "precertificate"):
-                return
-            log.info("precertificate.issued", serial=job.serial, issuer=issuer.name)
-        assert job.precert_der is not None
-        precert = x509.load_der_x509_certificate(job.precert_der)
-        if job.tbs_der is None:
-            collected = await self._collect_scts(job, issuer, ct, precert)
-            if collected is None:
-                return
-            job = collected
-        assert job.tbs_der is not None and job.scts is not None
-        scts = [LoggedSct.from_json(s) for s in job.scts]
-        cert = await self._sign_and_store(job, issuer, job.tbs_der, precert, scts)
-        ct.submit_final_later(cert, (issuer.certificate, *issuer.chain), scts)
-
-    async def _prepare_precertificate(
-        self, job: IssuanceJob, issuer: Issuer, ct: CertificateTransparency
-    ) -> IssuanceJob | None:
-        prepared = self._build(job, issuer, precertificate=True)
-        problem = ct.coverage_problem(prepared.not_before, prepared.not_after)
-        if problem is not None:
-            # Checked before anything is signed: without enough logs no precertificate.
-            await self._ct_unavailable(job, [problem], since=job.created_at)
-            return None
-        if not await self._recheck(
-            job, not_before=prepared.not_before, not_after=prepared.not_after
-        ):
-            return None
-        ok, findings = await self._lint_ok(
-            job, prepared.lint_der, "DV-PRE-CERTIFICATE", self._clock.now()
-        )
-        if not ok:
-            return None
-        recorded = await self._jobs.record_prepared(
-            job.id,
-            self.worker_id,
-            serial=format(prepared.serial, "x"),
-            not_before=prepared.not_before,
-            not_after=prepared.not_after,
-            precert_tbs_der=prepared.tbs_der,
-            precert_lint_der=prepared.lint_der,
-            now=self._clock.now(),
-        )
-        if not self._holds(recorded, "prepare") or recorded.precert_tbs_der != prepared.tbs_der:
-            return None
-        log.info(
-            "issuance.prepared",
-            serial=recorded.serial,
-            issuer=issuer.name,
-            lint_findings=findings,
-            precertificate=True,
-        )
-        return recorded
-
-    async def _collect_scts(
-        self,
-        job: IssuanceJob,
-        issuer: Issuer,
-        ct: CertificateTransparency,
-        precert: x509.Certificate,
-    ) -> IssuanceJob | None:
-        assert job.precert_tbs_der is not None and job.ct_submitted_at is not None
-        assert job.not_before is not None and job.not_after is not None
-        try:
-            scts = await ct.collect(
-                precert,
-                (issuer.certificate, *issuer.chain),
-                precert_tbs=job.precert_tbs_der,
-                issuer_spki_der=_spki(issuer.certificate),
-                not_before=job.not_before,
-                not_after=job.not_after,
-                submitted_at=job.ct_submitted_at,
-            )
-        except CtPolicyNotMet as e:
-            await self._ct_unavailable(job, e.reasons, since=job.ct_submitted_at)
-            return None
-        tbs = final_tbs(job.precert_tbs_der, [s.sct for s in scts])
-        lint_der = throwaway_signed_tbs(tbs, issuer.signer, issuer.hash)
-        # RFC 6962 §3.2 / BR 4.3.1.2: the final certificate minus its SCT list (cryptography)
-        # is the signed precertificate minus its poison (our own DER code), byte for byte.
-        if x509.load_der_x509_certificate(lint_der).tbs_precertificate_bytes != remove_poison(
-            precert.tbs_certificate_bytes
-        ):
-            raise IssuanceError("the final TBS does not match the precertificate's TBS")
-        findings: int | None = None  # not linted: it matches the linted precertificate
-        if self._lint_final:
-            ok, findings = await self._lint_ok(
-                job, lint_der, "DV-FINAL-CERTIFICATE", self._clock.now())
-            if not ok:
-                return None
-        recorded = await self._jobs.record_scts(
-            job,
-            self.worker_id,
-            scts=[s.to_json() for s in scts],
-            tbs_der=tbs,
-            lint_der=lint_der,
-            now=self._clock.now(),
-        )
-        if not self._holds(recorded, "scts"):
-            return None
-        log.info(
-            "ct.scts_collected",
-            serial=job.serial,
-            scts=[s.summary() for s in scts],
-            lint_findings=findings,
-        )
-        return recorded
-
-    async def _ct_unavailable(
-        self, job: IssuanceJob, reasons: list[str], *, since: datetime | None
-    ) -> None:
-        """Not enough SCTs (or logs) now: back to the queue with backoff, or, past the
-        deadline, fail the order (a recorded precertificate stays recorded)."""
-        assert self._ct is not None
-        settings = self._ct.settings
-        now = self._clock.now()
-        deadline = (since or job.created_at or now) + settings.deadline
-        details: dict[str, Any] = {"reason": "certificate transparency", "reasons": reasons}
-        if now >= deadline:
-            seconds = int(settings.deadline.total_seconds())
-            await self._jobs.fail(
-                job,
-                problems.server_internal(
-                    "the certificate could not be logged to Certificate Transparency as the "
-                    f"CA's policy requires: not enough valid SCTs within {seconds} seconds ("
-                    + ("its precertificate was signed and stays on record)" if job.precert_der
-                       else "nothing was signed)")
-                ).to_json(),
-                {**details, "serial": job.serial,
-                 "precertificate": job.precert_der is not None},
-                now,
-            )
-            log.error("issuance.ct_failed", serial=job.serial, reasons=reasons,
-                      precertificate=job.precert_der is not None)
-            return
-        retry_at = min(now + settings.backoff(job.deferrals + 1), deadline)
-        await self._jobs.defer(job, self.worker_id, retry_at=retry_at, details=details, now=now)
-        log.warning("issuance.ct_deferred", serial=job.serial, reasons=reasons,
-                    retry_at=retry_at.isoformat(), deferrals=job.deferrals + 1)
-
 
 def profile_settings_factory(config: Any) -> Any:
     """ProfileSettings for an issuer from the configuration and the issuer's URLs."""
@@ -717,105 +624,3 @@ def profile_settings_factory(config: Any) -> Any:
         )
 
     return settings
-
-
-def ct_log_source(config: Config, given: LogListSource | None) -> LogListSource:
-    """The log list the worker submits to: ``given`` (the in-process test logs) or the
-    configured ``ct_log_list`` file; there is no issuance without one (CP 4.3.1)."""
-    if given is not None:
-        return given
-    if config.ct_log_list is None:
-        raise RuntimeError(
-            "no Certificate Transparency log list: set ct_log_list (docs/ct.md); only serve "
-            "and worker start test logs when it is unset"
-        )
-    return FileLogList(config.ct_log_list)
-
-
-async def run_worker(
-    config: Config,
-    dsn: str,
-    stop: asyncio.Event,
-    clock: Clock,
-    *,
-    ct_logs: LogListSource | None = None,
-    account_uri: Callable[[int], str] | None = None,
-    production: bool = True,
-    signing_guard: SigningGuard | None = None,
-    mpic: MpicSetup | None = None,
-) -> None:
-    """The worker with everything it needs: storage, issuer keys, a warm linter, the CT log
-    list, a validator for CAA rechecks; and, beside it, the status updater that signs CRLs and
-    OCSP responses with the same keys.
-
-    Either task failing stops the other and surfaces its error.  ``production`` (fail closed
-    by default) and ``signing_guard`` are the signing-time re-checks of :class:`SigningWorker`;
-    ``account_uri`` names an account as the front end does (CAA ``accounturi``, RFC 8657):
-    without it the worker cannot recheck CAA and refuses orders whose CAA check is older than
-    8 hours; ``mpic`` is the corroboration setup (by default read from ``config``), so CAA
-    rechecks are corroborated as validations are.
-    """
-    logs = ct_log_source(config, ct_logs)
-    logs.current()  # an unreadable log list stops the worker now, not at the first job
-    validator: ValidationAuthority | MpicValidator | None = None
-    if account_uri is not None:
-        validator = build_validator(
-            config, clock, mpic if mpic is not None else load_mpic_setup(config, clock.now())
-        )
-    else:
-        log.warning("worker.no_caa_recheck", detail="no account_uri: orders whose CAA check "
-                    "is older than 8 hours are refused (BR 3.2.2.8)")
-    ct = CertificateTransparency(logs, clock, CtSettings.from_config(config))
-    # Two connections stay LISTENing (issuance jobs, revocations); the rest run queries,
-    # about one per job in flight (each job's queries are short and sequential).
-    storage = await open_storage(dsn, max_size=3 + min(config.worker_concurrency, 8))
-    try:
-        issuers = await load_issuers(config, clock=clock)
-        try:
-            linter = await asyncio.to_thread(CertificateLinter)
-            roots = await open_root_authorities(config)
-            try:
-                updater = StatusUpdater(
-                    StatusRepository(storage.pool), issuers, linter, clock,
-                    StatusSettings.from_config(config), roots=roots,
-                )
-                worker = SigningWorker(
-                    PublishingIssuanceRepository.for_storage(storage, updater.certificate_issued),
-                    issuers, linter, clock,
-                    profile_for=profile_settings_factory(config),
-                    poll_seconds=float(config.worker_poll_seconds),
-                    ct=ct,
-                    concurrency=config.worker_concurrency,
-                    lint_final=config.lint_final_certificates,
-                    production=production,
-                    signing_guard=signing_guard,
-                    caa=validator,
-                    account_uri=account_uri,
-                )
-                tasks = [
-                    asyncio.create_task(worker.run(stop), name="signing-worker"),
-                    asyncio.create_task(updater.run(stop), name="status-updater"),
-                    asyncio.create_task(  # revokes every certificate of a compromised key
-                        KeyCompromiseSweeper.for_storage(storage, clock).run(stop),
-                        name="key-compromise-sweeper",
-                    ),
-                ]
-                try:
-                    await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-                finally:
-                    for task in tasks:
-                        task.cancel()
-                    await asyncio.gather(*tasks, return_exceptions=True)
-                for task in tasks:  # the first failure, as raised (not an ExceptionGroup)
-                    error = None if task.cancelled() else task.exception()
-                    if error is not None:
-                        raise error
-            finally:
-                await close_authorities(roots)
-        finally:
-            await issuers.aclose()
-    finally:
-        await ct.aclose()
-        await storage.close()
-        if isinstance(validator, ValidationAuthority):
-            await validator.aclose()

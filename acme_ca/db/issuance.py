@@ -1,22 +1,28 @@
 """Issuance jobs: enqueued at finalize, taken by signing workers, each step recorded.
 
-The job row is the worker's checkpoint. ``claim`` takes a queued job whose ``retry_at`` has
-come (or a running one whose worker stopped renewing its lease) with ``FOR UPDATE SKIP
-LOCKED``; ``record_prepared`` fixes serial, validity and the TBS (the precertificate's, with
-CT) once; ``record_precertificate`` stores the signed precertificate once per job, which from
-then on counts as issued; ``record_scts`` fixes the SCTs and the final TBS once; ``defer``
-sends a job whose SCTs fell short back to the queue until its backoff ends; ``complete``
-stores the certificate and moves the order to valid in one transaction, and the unique
-constraints on serial and order make a second certificate impossible.
+The job row is the worker's checkpoint and ``step`` says how far it got: ``queued`` →
+``prepared`` (serial, validity, precertificate TBS and linted copy fixed) → ``precert_signed``
+(the signed precertificate stored; from then on it counts as issued) → ``scts_collected``
+(SCTs, final TBS and linted copy fixed) → ``issued`` (certificate stored, order valid).
+``claim`` takes a queued job whose ``retry_at`` has come (or a running one whose worker's
+lease lapsed) with ``FOR UPDATE SKIP LOCKED`` and returns the typed view of its step
+(:class:`IssuanceJob`, :class:`PreparedJob`, :class:`PrecertSignedJob`,
+:class:`SctsCollectedJob`): each carries exactly the columns its step has recorded, none of
+them optional.  ``defer`` sends a job whose SCTs fell short back to the queue until its
+backoff ends; ``complete`` stores the certificate and moves the order to valid in one
+transaction, and the unique constraints on serial and order make a second certificate
+impossible.
 
-Every recording step only succeeds for the worker holding the job and only once; each returns
-the row as recorded, so a worker that lost its lease continues with (or stops at) what another
-worker recorded, never with its own second version.
+Every recording moves the step on with a conditional update (``WHERE step = <the one
+before> AND locked_by = <this worker>``) and returns the row as recorded, so a worker that
+lost its lease continues with (or stops at) what another worker recorded, never with its own
+second version.
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -32,35 +38,66 @@ from acme_ca.db.orders import Order, apply_order_event
 NOTIFY_CHANNEL = "acme_ca_issuance"
 
 
+class Step(enum.StrEnum):
+    """How far a job got: each value names the last thing recorded (``issuance_jobs.step``)."""
+
+    QUEUED = "queued"
+    PREPARED = "prepared"
+    PRECERT_SIGNED = "precert_signed"
+    SCTS_COLLECTED = "scts_collected"
+    ISSUED = "issued"
+
+
 @dataclass(frozen=True)
 class IssuanceJob:
+    """A claimed job as every step sees it (the view of a ``queued`` or ``issued`` job)."""
+
     id: int
     order_id: int
     account_id: int
     csr_der: bytes
     names: tuple[str, ...]
     status: str
+    step: Step
     attempts: int
-    issuer: str | None
-    serial: str | None
-    not_before: datetime | None
-    not_after: datetime | None
-    tbs_der: bytes | None
-    lint_der: bytes | None
-    created_at: datetime | None = None
-    locked_by: str | None = None
-    #: CT steps (None until recorded): see schema.sql.
-    precert_tbs_der: bytes | None = None
-    precert_lint_der: bytes | None = None
-    precert_der: bytes | None = None
-    ct_submitted_at: datetime | None = None
-    scts: list[dict[str, Any]] | None = None
-    deferrals: int = 0
+    deferrals: int
+    issuer: str
+    created_at: datetime
+    locked_by: str | None
 
     @property
     def faults(self) -> int:
         """Claims that did not end in a CT backoff: what MAX_ATTEMPTS limits."""
         return self.attempts - self.deferrals
+
+
+@dataclass(frozen=True)
+class PreparedJob(IssuanceJob):
+    """Serial, validity, precertificate TBS and its linted copy fixed; nothing signed yet."""
+
+    serial: str
+    not_before: datetime
+    not_after: datetime
+    precert_tbs_der: bytes
+    precert_lint_der: bytes
+
+
+@dataclass(frozen=True)
+class PrecertSignedJob(PreparedJob):
+    """The precertificate is signed and stored (it counts as issued); SCTs are collected from
+    ``ct_submitted_at`` on."""
+
+    precert_der: bytes
+    ct_submitted_at: datetime
+
+
+@dataclass(frozen=True)
+class SctsCollectedJob(PrecertSignedJob):
+    """SCTs verified; the final certificate's TBS and linted copy fixed, not yet signed."""
+
+    scts: list[dict[str, Any]]
+    tbs_der: bytes
+    lint_der: bytes
 
 
 @dataclass(frozen=True)
@@ -94,31 +131,47 @@ class AuthorizationEvidence:
 
 
 def _job(row: asyncpg.Record) -> IssuanceJob:
-    def b(v: Any) -> bytes | None:
-        return bytes(v) if v is not None else None
-
-    return IssuanceJob(
-        id=row["id"],
-        order_id=row["order_id"],
-        account_id=row["account_id"],
-        csr_der=bytes(row["csr_der"]),
-        names=tuple(row["names"]),
-        status=row["status"],
-        attempts=row["attempts"],
-        issuer=row["issuer"],
-        serial=row["serial"],
-        not_before=row["not_before"],
-        not_after=row["not_after"],
-        tbs_der=b(row["tbs_der"]),
-        lint_der=b(row["lint_der"]),
-        created_at=row["created_at"],
-        locked_by=row["locked_by"],
-        precert_tbs_der=b(row["precert_tbs_der"]),
-        precert_lint_der=b(row["precert_lint_der"]),
-        precert_der=b(row["precert_der"]),
-        ct_submitted_at=row["ct_submitted_at"],
+    """The typed view of the row's step (the ``issuance_jobs_step_recorded`` constraint
+    guarantees the columns of a job a worker may take)."""
+    step = Step(row["step"])
+    common: dict[str, Any] = {
+        "id": row["id"],
+        "order_id": row["order_id"],
+        "account_id": row["account_id"],
+        "csr_der": bytes(row["csr_der"]),
+        "names": tuple(row["names"]),
+        "status": row["status"],
+        "step": step,
+        "attempts": row["attempts"],
+        "deferrals": row["deferrals"],
+        "issuer": row["issuer"],
+        "created_at": row["created_at"],
+        "locked_by": row["locked_by"],
+    }
+    if step in (Step.QUEUED, Step.ISSUED):
+        return IssuanceJob(**common)
+    prepared = {
+        **common,
+        "serial": row["serial"],
+        "not_before": row["not_before"],
+        "not_after": row["not_after"],
+        "precert_tbs_der": bytes(row["precert_tbs_der"]),
+        "precert_lint_der": bytes(row["precert_lint_der"]),
+    }
+    if step is Step.PREPARED:
+        return PreparedJob(**prepared)
+    signed = {
+        **prepared,
+        "precert_der": bytes(row["precert_der"]),
+        "ct_submitted_at": row["ct_submitted_at"],
+    }
+    if step is Step.PRECERT_SIGNED:
+        return PrecertSignedJob(**signed)
+    return SctsCollectedJob(
+        **signed,
         scts=row["scts"],
-        deferrals=row["deferrals"],
+        tbs_der=bytes(row["tbs_der"]),
+        lint_der=bytes(row["lint_der"]),
     )
 
 
@@ -188,40 +241,34 @@ class IssuanceRepository:
 
     async def record_prepared(
         self,
-        job_id: int,
+        job: IssuanceJob,
         worker_id: str,
         *,
         serial: str,
         not_before: datetime,
         not_after: datetime,
-        tbs_der: bytes | None = None,
-        lint_der: bytes | None = None,
-        precert_tbs_der: bytes | None = None,
-        precert_lint_der: bytes | None = None,
+        precert_tbs_der: bytes,
+        precert_lint_der: bytes,
         now: datetime,
     ) -> IssuanceJob:
-        """Fix serial, validity and TBS once (with CT: the precertificate's TBS and linted
-        copy, the final TBS coming with the SCTs); a job that already has them keeps its own."""
-        if (tbs_der is None) == (precert_tbs_der is None):
-            raise ValueError("record either the certificate TBS or the precertificate TBS")
+        """queued → prepared: fix serial, validity and the precertificate's TBS and linted
+        copy, once; a job another worker took or prepared comes back as that worker left it."""
         async with self._pool.acquire() as conn, conn.transaction():
             updated = await conn.execute(
-                """UPDATE issuance_jobs SET serial = $3, not_before = $4, not_after = $5,
-                          tbs_der = $6, lint_der = $7, precert_tbs_der = $8,
-                          precert_lint_der = $9, updated_at = $10
-                   WHERE id = $1 AND locked_by = $2 AND serial IS NULL""",
-                job_id,
+                """UPDATE issuance_jobs SET step = 'prepared', serial = $3, not_before = $4,
+                          not_after = $5, precert_tbs_der = $6, precert_lint_der = $7,
+                          updated_at = $8
+                   WHERE id = $1 AND locked_by = $2 AND step = 'queued'""",
+                job.id,
                 worker_id,
                 serial,
                 not_before,
                 not_after,
-                tbs_der,
-                lint_der,
                 precert_tbs_der,
                 precert_lint_der,
                 now,
             )
-            row = await conn.fetchrow("SELECT * FROM issuance_jobs WHERE id = $1", job_id)
+            row = await conn.fetchrow("SELECT * FROM issuance_jobs WHERE id = $1", job.id)
             if not updated.endswith(" 1"):  # another worker owns or prepared it: no event
                 return _job(row)
             await record_event(
@@ -231,18 +278,15 @@ class IssuanceRepository:
                 actor=f"worker:{worker_id}",
                 account_id=row["account_id"],
                 order_id=row["order_id"],
-                details={
-                    "serial": row["serial"],
-                    "job_id": job_id,
-                    "precertificate": precert_tbs_der is not None,
-                },
+                details={"serial": row["serial"], "job_id": job.id, "precertificate": True},
             )
         return _job(row)
 
     async def record_precertificate(
         self, job: IssuanceJob, worker_id: str, der: bytes, now: datetime
     ) -> IssuanceJob:
-        """Store the signed precertificate, once per job, and the start of its submission.
+        """prepared → precert_signed: store the signed precertificate, once per job, and the
+        start of its submission.
 
         From this commit on the serial counts as issued (BR 7.1.2.9): the precertificate is in
         ``precertificates`` (OCSP answers for it) and on the job, which every later step reuses.
@@ -250,10 +294,9 @@ class IssuanceRepository:
         """
         async with self._pool.acquire() as conn, conn.transaction():
             updated = await conn.execute(
-                """UPDATE issuance_jobs SET precert_der = $3,
+                """UPDATE issuance_jobs SET step = 'precert_signed', precert_der = $3,
                           ct_submitted_at = coalesce(ct_submitted_at, $4), updated_at = $4
-                   WHERE id = $1 AND locked_by = $2 AND precert_der IS NULL
-                     AND precert_tbs_der IS NOT NULL""",
+                   WHERE id = $1 AND locked_by = $2 AND step = 'prepared'""",
                 job.id,
                 worker_id,
                 der,
@@ -297,13 +340,13 @@ class IssuanceRepository:
         lint_der: bytes,
         now: datetime,
     ) -> IssuanceJob:
-        """Fix the SCTs and the final certificate's TBS and linted copy, once."""
+        """precert_signed → scts_collected: fix the SCTs and the final certificate's TBS and
+        linted copy, once."""
         async with self._pool.acquire() as conn, conn.transaction():
             updated = await conn.execute(
-                """UPDATE issuance_jobs SET scts = $3, tbs_der = $4, lint_der = $5,
-                          error = NULL, updated_at = $6
-                   WHERE id = $1 AND locked_by = $2 AND tbs_der IS NULL
-                     AND precert_der IS NOT NULL""",
+                """UPDATE issuance_jobs SET step = 'scts_collected', scts = $3, tbs_der = $4,
+                          lint_der = $5, error = NULL, updated_at = $6
+                   WHERE id = $1 AND locked_by = $2 AND step = 'precert_signed'""",
                 job.id,
                 worker_id,
                 scts,
@@ -357,12 +400,14 @@ class IssuanceRepository:
                 actor=f"worker:{worker_id}",
                 account_id=job.account_id,
                 order_id=job.order_id,
-                details={"serial": job.serial, "retry_at": retry_at.isoformat(), **details},
+                details={"serial": job.serial if isinstance(job, PreparedJob) else None,
+                         "retry_at": retry_at.isoformat(), **details},
             )
         return True
 
     async def complete(self, job: IssuanceJob, cert: IssuedCertificate, now: datetime) -> bool:
-        """Store the certificate, order valid, job done; False if it was already stored."""
+        """scts_collected → issued: store the certificate, order valid, job done; False if it
+        was already stored."""
         async with self._pool.acquire() as conn, conn.transaction():
             inserted = await conn.fetchval(
                 """INSERT INTO certificates (order_id, account_id, serial, issuer, der,
@@ -384,7 +429,7 @@ class IssuanceRepository:
             )
             await apply_order_event(conn, OrderEvent.ISSUED, [job.order_id], now)
             await conn.execute(
-                "UPDATE issuance_jobs SET status = 'done', locked_by = NULL, "
+                "UPDATE issuance_jobs SET status = 'done', step = 'issued', locked_by = NULL, "
                 "locked_until = NULL, updated_at = $2 WHERE id = $1",
                 job.id,
                 now,
@@ -454,7 +499,7 @@ class IssuanceRepository:
         async with self._pool.acquire() as conn, conn.transaction():
             await apply_order_event(conn, OrderEvent.ISSUED, [job.order_id], now)
             await conn.execute(
-                "UPDATE issuance_jobs SET status = 'done', locked_by = NULL, "
+                "UPDATE issuance_jobs SET status = 'done', step = 'issued', locked_by = NULL, "
                 "locked_until = NULL, updated_at = $2 WHERE id = $1", job.id, now)
             await notify_order_done(conn, job.order_id)
 
@@ -534,19 +579,6 @@ class IssuanceRepository:
                 },
             )
 
-    async def renew_lease(
-        self, job_id: int, worker_id: str, *, now: datetime, lease: timedelta
-    ) -> bool:
-        status = await self._pool.execute(
-            "UPDATE issuance_jobs SET locked_until = $3::timestamptz + $4::interval "
-            "WHERE id = $1 AND locked_by = $2 AND status = 'running'",
-            job_id,
-            worker_id,
-            now,
-            lease,
-        )
-        return bool(status.endswith(" 1"))
-
     async def listen(self, callback: Any) -> asyncpg.Connection:
         """A dedicated connection notified when jobs are enqueued (caller closes it)."""
         conn = await self._pool.acquire()
@@ -565,23 +597,3 @@ class IssuanceRepository:
             "SELECT 1 FROM blocked_keys WHERE spki_sha256 = $1", spki_sha256
         )
         return found is not None
-
-    async def block_key(
-        self, spki_sha256: bytes, *, reason: str, source: str, now: datetime
-    ) -> None:
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "INSERT INTO blocked_keys (spki_sha256, reason, added_at, source) "
-                "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                spki_sha256,
-                reason,
-                now,
-                source,
-            )
-            await record_event(
-                conn,
-                "key.blocked",
-                at=now,
-                actor=source,
-                details={"spki_sha256": spki_sha256.hex(), "reason": reason},
-            )

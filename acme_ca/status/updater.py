@@ -7,8 +7,8 @@ What it does and when (CP 4.9.7, 4.9.9; BR 4.9.7, 4.9.10):
   OCSP responses still missing or due;
 * on each ``acme_ca_revocation`` NOTIFY (sent when a revocation commits): the issuer's CRL and
   that certificate's OCSP responses, within seconds;
-* right after a precertificate or a certificate is stored
-  (:class:`PublishingIssuanceRepository` calls :meth:`StatusUpdater.certificate_issued`): its
+* right after a precertificate is stored (the signing worker's ``on_issued`` calls
+  :meth:`StatusUpdater.certificate_issued`, wired in :mod:`acme_ca.main.worker`): its
   OCSP responses (a precertificate counts as issued, BR 7.1.2.9: its serial is never
   "unknown" from then on; the final certificate shares the serial and the responses);
 * every ``poll_seconds`` (30 s; lost notifications, other workers' certificates): CRLs older
@@ -30,7 +30,7 @@ import contextlib
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Final
 
@@ -46,7 +46,6 @@ from acme_ca.ca.issuers import (
 from acme_ca.ca.lint import CertificateLinter
 from acme_ca.clock import Clock
 from acme_ca.config import Config
-from acme_ca.db.issuance import IssuanceJob, IssuanceRepository, IssuedCertificate
 from acme_ca.db.status import (
     CertificateStatus,
     OcspResponseRecord,
@@ -54,7 +53,6 @@ from acme_ca.db.status import (
     RevocationNotice,
     StatusRepository,
 )
-from acme_ca.db.storage import Storage
 from acme_ca.status.crl import CrlAuthority, entries_digest, publish_crl
 from acme_ca.status.ocsp import CERT_ID_HASHES, CertStatus, sign_ocsp_response
 
@@ -383,38 +381,6 @@ async def _wait_any(wake: asyncio.Event, stop: asyncio.Event, seconds: float) ->
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-
-class PublishingIssuanceRepository(IssuanceRepository):
-    """The signing worker's job repository that tells the :class:`StatusUpdater` about every
-    precertificate and certificate it stores, so its OCSP response exists seconds later."""
-
-    _on_issued: Callable[[str, str], None]
-
-    @classmethod
-    def for_storage(
-        cls, storage: Storage, on_issued: Callable[[str, str], None]
-    ) -> PublishingIssuanceRepository:
-        repository = cls(storage.pool)
-        repository._on_issued = on_issued
-        return repository
-
-    async def record_precertificate(
-        self, job: IssuanceJob, worker_id: str, der: bytes, now: datetime
-    ) -> IssuanceJob:
-        recorded = await super().record_precertificate(job, worker_id, der, now)
-        if recorded.issuer is not None and recorded.serial is not None:
-            # A precertificate counts as issued: its OCSP responses exist seconds later.
-            self._on_issued(recorded.issuer, recorded.serial)
-        return recorded
-
-    async def complete(self, job: IssuanceJob, cert: IssuedCertificate, now: datetime) -> bool:
-        stored = await super().complete(job, cert, now)
-        if job.precert_der is None:
-            # With CT the serial's responses were made when its precertificate was
-            # recorded: same serial, same status, nothing new to sign.
-            self._on_issued(cert.issuer, cert.serial)
-        return stored
 
 
 def write_crl_file(directory: Path, name: str, der: bytes) -> Path:

@@ -1,0 +1,176 @@
+"""The signing-worker process: storage, the issuer keys, a warm linter, the CT log list, a
+validator for CAA rechecks, and beside the :class:`~acme_ca.ca.worker.SigningWorker` the
+status updater (CRLs and OCSP, signed with the same keys) and the key-compromise sweeper.
+
+This is where ``ca/`` and ``status/`` meet: the worker tells the updater of each
+precertificate through ``on_issued``; neither room imports the other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
+
+import structlog
+
+from acme_ca.ca.ct.loglist import FileLogList, LogListSource
+from acme_ca.ca.ct.submit import CertificateTransparency, CtSettings
+from acme_ca.ca.issuers import IssuerSet, load_issuers
+from acme_ca.ca.lint import CertificateLinter
+from acme_ca.ca.worker import SigningGuard, SigningWorker, profile_settings_factory
+from acme_ca.clock import Clock
+from acme_ca.config import Config
+from acme_ca.db.status import StatusRepository
+from acme_ca.db.storage import Storage, open_storage
+from acme_ca.remote_va.primary import build_validator
+from acme_ca.status.key_compromise import KeyCompromiseSweeper
+from acme_ca.status.updater import (
+    StatusSettings,
+    StatusUpdater,
+    close_authorities,
+    open_root_authorities,
+)
+from acme_ca.va.authority import ValidationAuthority
+from acme_ca.va.mpic import MpicValidator
+from acme_ca.va.perspectives import MpicSetup, load_mpic_setup
+
+log = structlog.get_logger(component="acme_ca.main.worker")
+
+
+def ct_log_source(config: Config, given: LogListSource | None) -> LogListSource:
+    """The log list the worker submits to: ``given`` (the in-process test logs) or the
+    configured ``ct_log_list`` file; there is no issuance without one (CP 4.3.1)."""
+    if given is not None:
+        return given
+    if config.ct_log_list is None:
+        raise RuntimeError(
+            "no Certificate Transparency log list: set ct_log_list (docs/ct.md); only serve "
+            "and worker start test logs when it is unset"
+        )
+    return FileLogList(config.ct_log_list)
+
+
+@contextlib.asynccontextmanager
+async def _storage(config: Config, dsn: str) -> AsyncIterator[Storage]:
+    # Two connections stay LISTENing (issuance jobs, revocations); the rest run queries,
+    # about one per job in flight (each job's queries are short and sequential).
+    storage = await open_storage(dsn, max_size=3 + min(config.worker_concurrency, 8))
+    try:
+        yield storage
+    finally:
+        await storage.close()
+
+
+@contextlib.asynccontextmanager
+async def _issuers(config: Config, clock: Clock) -> AsyncIterator[IssuerSet]:
+    issuers = await load_issuers(config, clock=clock)
+    try:
+        yield issuers
+    finally:
+        await issuers.aclose()
+
+
+@contextlib.asynccontextmanager
+async def _ct(config: Config, logs: LogListSource, clock: Clock
+              ) -> AsyncIterator[CertificateTransparency]:
+    ct = CertificateTransparency(logs, clock, CtSettings.from_config(config))
+    try:
+        yield ct
+    finally:
+        await ct.aclose()
+
+
+@contextlib.asynccontextmanager
+async def _caa_validator(
+    config: Config, clock: Clock, account_uri: Callable[[int], str] | None,
+    mpic: MpicSetup | None,
+) -> AsyncIterator[ValidationAuthority | MpicValidator | None]:
+    if account_uri is None:
+        log.warning("worker.no_caa_recheck", detail="no account_uri: orders whose CAA check "
+                    "is older than 8 hours are refused (BR 3.2.2.8)")
+        yield None
+        return
+    validator = build_validator(
+        config, clock, mpic if mpic is not None else load_mpic_setup(config, clock.now()))
+    try:
+        yield validator
+    finally:
+        if isinstance(validator, ValidationAuthority):
+            await validator.aclose()
+
+
+async def run_worker(
+    config: Config,
+    dsn: str,
+    stop: asyncio.Event,
+    clock: Clock,
+    *,
+    ct_logs: LogListSource | None = None,
+    account_uri: Callable[[int], str] | None = None,
+    production: bool = True,
+    signing_guard: SigningGuard | None = None,
+    mpic: MpicSetup | None = None,
+) -> None:
+    """The worker with everything it needs, the status updater and the key-compromise
+    sweeper beside it, until ``stop`` is set.
+
+    Any task failing stops the others and surfaces its error.  ``production`` (fail closed
+    by default) and ``signing_guard`` are the signing-time re-checks of :class:`SigningWorker`;
+    ``account_uri`` names an account as the front end does (CAA ``accounturi``, RFC 8657):
+    without it the worker cannot recheck CAA and refuses orders whose CAA check is older than
+    8 hours; ``mpic`` is the corroboration setup (by default read from ``config``), so CAA
+    rechecks are corroborated as validations are.
+    """
+    logs = ct_log_source(config, ct_logs)
+    logs.current()  # an unreadable log list stops the worker now, not at the first job
+    async with contextlib.AsyncExitStack() as stack:
+        validator = await stack.enter_async_context(
+            _caa_validator(config, clock, account_uri, mpic))
+        ct = await stack.enter_async_context(_ct(config, logs, clock))
+        storage = await stack.enter_async_context(_storage(config, dsn))
+        issuers = await stack.enter_async_context(_issuers(config, clock))
+        linter = await asyncio.to_thread(CertificateLinter)
+        roots = await open_root_authorities(config)
+        stack.push_async_callback(close_authorities, roots)
+        updater = StatusUpdater(
+            StatusRepository(storage.pool), issuers, linter, clock,
+            StatusSettings.from_config(config), roots=roots,
+        )
+        worker = SigningWorker(
+            storage.issuance, issuers, linter, clock,
+            ct=ct,
+            profile_for=profile_settings_factory(config),
+            on_issued=updater.certificate_issued,
+            poll_seconds=float(config.worker_poll_seconds),
+            concurrency=config.worker_concurrency,
+            lint_final=config.lint_final_certificates,
+            production=production,
+            signing_guard=signing_guard,
+            caa=validator,
+            account_uri=account_uri,
+        )
+        await _run_together(
+            (worker.run(stop), "signing-worker"),
+            (updater.run(stop), "status-updater"),
+            # revokes every certificate of a compromised key
+            (KeyCompromiseSweeper.for_storage(storage, clock).run(stop),
+             "key-compromise-sweeper"),
+        )
+
+
+async def _run_together(*coroutines: tuple[Coroutine[Any, Any, None], str]) -> None:
+    """Run the tasks until all end; the first failure cancels the others and is raised as
+    raised (not an ExceptionGroup)."""
+    tasks = [asyncio.create_task(coro, name=name) for coro, name in coroutines]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task in tasks:
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            raise error

@@ -1,0 +1,433 @@
+-- schema.sql as it was before migration 005 (commit 5adc206): tests/test_worker.py
+-- applies the numbered migrations after 002 to a database created from it.
+-- acme_ca schema: the whole current schema, applied idempotently (CREATE ... IF NOT EXISTS).
+-- A fresh database gets this file and is marked as having every numbered migration in
+-- acme_ca/db/migrations/; an older database gets only the migrations it lacks.
+-- Times are timestamptz, stored at microsecond precision (db/ alone rounds them).
+
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version     integer PRIMARY KEY,
+    name        text NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- The HMAC secret that authenticates Replay-Nonces, shared by every server process.
+CREATE TABLE IF NOT EXISTS nonce_secrets (
+    id          smallint PRIMARY KEY,
+    secret      bytea NOT NULL CHECK (length(secret) >= 32),
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- Redeemed nonces: the primary key makes each nonce single-use across processes.
+CREATE TABLE IF NOT EXISTS redeemed_nonces (
+    nonce_id    bytea PRIMARY KEY,
+    expires_at  timestamptz NOT NULL
+);
+CREATE INDEX IF NOT EXISTS redeemed_nonces_expires_at ON redeemed_nonces (expires_at);
+
+-- External Account Binding MAC keys (RFC 8555 §7.3.4); each binds at most one account.
+CREATE TABLE IF NOT EXISTS eab_keys (
+    kid         text PRIMARY KEY,
+    hmac_key    bytea NOT NULL CHECK (length(hmac_key) >= 32),
+    comment     text NOT NULL DEFAULT '',
+    created_at  timestamptz NOT NULL,
+    revoked_at  timestamptz,
+    account_id  bigint UNIQUE,
+    bound_at    timestamptz
+);
+
+CREATE TABLE IF NOT EXISTS accounts (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    -- RFC 7638 SHA-256 thumbprint: one account per key (RFC 8555 §7.3.1, §11.1).
+    key_thumbprint  bytea NOT NULL UNIQUE,
+    jwk             jsonb NOT NULL,
+    contact         jsonb NOT NULL DEFAULT '[]',
+    status          text NOT NULL CHECK (status IN ('valid', 'deactivated', 'revoked')),
+    tos_agreed_at   timestamptz,
+    eab_kid         text UNIQUE REFERENCES eab_keys (kid),
+    created_at      timestamptz NOT NULL,
+    updated_at      timestamptz NOT NULL
+);
+
+DO $$ BEGIN
+    ALTER TABLE eab_keys ADD CONSTRAINT eab_keys_account_fk
+        FOREIGN KEY (account_id) REFERENCES accounts (id);
+EXCEPTION WHEN duplicate_object THEN NULL;
+END $$;
+
+CREATE TABLE IF NOT EXISTS orders (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    account_id      bigint NOT NULL REFERENCES accounts (id),
+    status          text NOT NULL
+                    CHECK (status IN ('pending', 'ready', 'processing', 'valid', 'invalid')),
+    identifiers     jsonb NOT NULL,
+    not_before      timestamptz,
+    not_after       timestamptz,
+    profile         text,
+    replaces        text,
+    error           jsonb,
+    expires_at      timestamptz NOT NULL,
+    created_at      timestamptz NOT NULL,
+    updated_at      timestamptz NOT NULL
+);
+CREATE INDEX IF NOT EXISTS orders_account_id ON orders (account_id, id);
+
+-- Audit trail: every state change, with who, what and the request it came from.
+CREATE TABLE IF NOT EXISTS audit_events (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    at          timestamptz NOT NULL,
+    event       text NOT NULL,
+    actor       text NOT NULL,
+    account_id  bigint,
+    order_id    bigint,
+    request_id  text,
+    details     jsonb NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS audit_events_account ON audit_events (account_id, at);
+
+-- Authorizations (RFC 8555 §7.1.4): `identifier` is the base name; a wildcard order's
+-- authorization has wildcard = true and offers dns-01 only.
+CREATE TABLE IF NOT EXISTS authorizations (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    account_id      bigint NOT NULL REFERENCES accounts (id),
+    identifier      text NOT NULL,
+    wildcard        boolean NOT NULL,
+    status          text NOT NULL CHECK (status IN
+                    ('pending', 'valid', 'invalid', 'deactivated', 'expired', 'revoked')),
+    expires_at      timestamptz NOT NULL,
+    validated_at    timestamptz,
+    -- The last CAA recheck that allowed issuance (BR 3.2.2.8), by the signing worker; the
+    -- validation's own CAA check is the time of its CAA records.
+    caa_checked_at  timestamptz,
+    created_at      timestamptz NOT NULL,
+    updated_at      timestamptz NOT NULL
+);
+CREATE INDEX IF NOT EXISTS authorizations_reuse
+    ON authorizations (account_id, identifier, wildcard, status, expires_at);
+
+CREATE TABLE IF NOT EXISTS order_authorizations (
+    order_id    bigint NOT NULL REFERENCES orders (id),
+    authz_id    bigint NOT NULL REFERENCES authorizations (id),
+    position    integer NOT NULL,
+    PRIMARY KEY (order_id, authz_id)
+);
+CREATE INDEX IF NOT EXISTS order_authorizations_authz ON order_authorizations (authz_id);
+
+-- Challenges (§7.1.5, §8). A challenge in `processing` is owned by a validator until
+-- `lease_until`; after that any server process picks it up again (crash recovery).
+CREATE TABLE IF NOT EXISTS challenges (
+    id                  bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    authz_id            bigint NOT NULL REFERENCES authorizations (id),
+    type                text NOT NULL CHECK (type IN ('http-01', 'dns-01')),
+    token               text NOT NULL UNIQUE,
+    status              text NOT NULL CHECK (status IN ('pending', 'processing', 'valid', 'invalid')),
+    validated_at        timestamptz,
+    error               jsonb,
+    validation_records  jsonb NOT NULL DEFAULT '[]',
+    attempts            integer NOT NULL DEFAULT 0,
+    lease_until         timestamptz,
+    created_at          timestamptz NOT NULL,
+    updated_at          timestamptz NOT NULL
+);
+CREATE INDEX IF NOT EXISTS challenges_authz ON challenges (authz_id);
+CREATE INDEX IF NOT EXISTS challenges_processing ON challenges (lease_until)
+    WHERE status = 'processing';
+
+-- Issued certificates (and, once CT lands, precertificates): the serial is unique by
+-- constraint, in lower-case hex of its DER INTEGER content.
+CREATE TABLE IF NOT EXISTS certificates (
+    id                  bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    order_id            bigint REFERENCES orders (id),
+    account_id          bigint NOT NULL REFERENCES accounts (id),
+    serial              text NOT NULL UNIQUE,
+    issuer              text NOT NULL,
+    der                 bytea NOT NULL,
+    not_before          timestamptz NOT NULL,
+    not_after           timestamptz NOT NULL,
+    -- PEM of the chain served with it (leaf excluded) and of alternate chains (§7.4.2),
+    -- fixed at issuance so the front end never needs the issuer's key material.
+    chain_pem           text NOT NULL DEFAULT '',
+    alternate_chains    jsonb NOT NULL DEFAULT '[]',
+    revoked_at          timestamptz,
+    revocation_reason   smallint,
+    created_at          timestamptz NOT NULL
+);
+-- One certificate per order: a retried issuance job can never store a second one.
+CREATE UNIQUE INDEX IF NOT EXISTS certificates_order ON certificates (order_id);
+
+-- Keys this CA refuses in CSRs (revoked for keyCompromise, reported compromised):
+-- SHA-256 of the DER SubjectPublicKeyInfo.
+CREATE TABLE IF NOT EXISTS blocked_keys (
+    spki_sha256     bytea PRIMARY KEY,
+    reason          text NOT NULL,
+    added_at        timestamptz NOT NULL,
+    source          text NOT NULL
+);
+
+-- Issuance jobs (one per finalized order), taken by signing workers with
+-- FOR UPDATE SKIP LOCKED. Every step is recorded before the next one runs: the serial,
+-- validity and the exact TBS bytes are fixed once (and the linted copy stored) before the
+-- signer is asked for anything, so a worker killed at any point leaves a job the next
+-- worker finishes with the same serial, and anything signed can be found and revoked.
+CREATE TABLE IF NOT EXISTS issuance_jobs (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    order_id        bigint NOT NULL UNIQUE REFERENCES orders (id),
+    account_id      bigint NOT NULL REFERENCES accounts (id),
+    csr_der         bytea NOT NULL,
+    names           jsonb NOT NULL,
+    status          text NOT NULL CHECK (status IN ('queued', 'running', 'done', 'failed')),
+    attempts        integer NOT NULL DEFAULT 0,
+    issuer          text,
+    serial          text UNIQUE,
+    not_before      timestamptz,
+    not_after       timestamptz,
+    tbs_der         bytea,
+    lint_der        bytea,
+    error           jsonb,
+    locked_by       text,
+    locked_until    timestamptz,
+    created_at      timestamptz NOT NULL,
+    updated_at      timestamptz NOT NULL
+);
+CREATE INDEX IF NOT EXISTS issuance_jobs_runnable ON issuance_jobs (id)
+    WHERE status IN ('queued', 'running');
+
+-- ---------------------------------------------------------------------------------------
+-- Revocation status (CP 4.9.7, 4.9.9, 7.2, 7.3; BR 4.9.7, 4.9.10, 7.2, 7.3): signed by the
+-- signing workers, which hold the keys; served from here by any `acme-ca serve` process.
+
+-- Revoked certificates per issuer (CRL entries until expiry) and the OCSP refresh scan.
+CREATE INDEX IF NOT EXISTS certificates_revoked ON certificates (issuer, not_after)
+    WHERE revoked_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS certificates_not_after ON certificates (not_after);
+
+-- The last CRL Number handed out per CRL issuer (issuing CA or root). Allocated with
+-- UPDATE ... RETURNING under the row lock, so numbers strictly increase across restarts and
+-- across workers (BR 7.2.2: CRLNumber strictly increasing, below 2^159); a number whose CRL
+-- was never published (lint or signer failure) is simply skipped.
+CREATE TABLE IF NOT EXISTS crl_numbers (
+    issuer       text PRIMARY KEY,
+    last_number  bigint NOT NULL CHECK (last_number > 0)
+);
+
+-- Every CRL published (history kept); the latest per issuer is the highest number.
+-- entries_digest fingerprints the revoked entries so a poll can see whether the latest CRL
+-- still lists exactly the current revocations.
+CREATE TABLE IF NOT EXISTS crls (
+    issuer          text NOT NULL,
+    number          bigint NOT NULL CHECK (number > 0),
+    this_update     timestamptz NOT NULL,
+    next_update     timestamptz NOT NULL,
+    der             bytea NOT NULL,
+    entries         integer NOT NULL CHECK (entries >= 0),
+    entries_digest  bytea NOT NULL,
+    created_at      timestamptz NOT NULL,
+    PRIMARY KEY (issuer, number),
+    CHECK (next_update > this_update)
+);
+
+-- Pre-produced OCSP responses (RFC 5019): the current one per certificate and CertID hash
+-- algorithm (SHA-1 and SHA-256, RFC 5019bis 3.1.1). A revoked response is never replaced by
+-- a good one, whatever order two workers store them in.
+CREATE TABLE IF NOT EXISTS ocsp_responses (
+    issuer             text NOT NULL,
+    serial             text NOT NULL,
+    hash_algorithm     text NOT NULL CHECK (hash_algorithm IN ('sha1', 'sha256')),
+    status             text NOT NULL CHECK (status IN ('good', 'revoked')),
+    revocation_reason  smallint,
+    der                bytea NOT NULL,
+    this_update        timestamptz NOT NULL,
+    next_update        timestamptz NOT NULL,
+    produced_at        timestamptz NOT NULL,
+    PRIMARY KEY (issuer, serial, hash_algorithm),
+    CHECK (next_update > this_update)
+);
+
+-- ---------------------------------------------------------------------------------------
+-- Certificate Transparency (RFC 6962; BR 7.1.2.9; CP 4.3.1: CT before issuance).
+
+-- The CT steps of an issuance job, each recorded before the next one runs: the
+-- precertificate's TBS and linted copy (with serial and validity, at prepare), the signed
+-- precertificate and when submission began, then the verified SCTs together with the final
+-- certificate's TBS and linted copy (tbs_der / lint_der, as for a job without CT).
+-- A job whose SCTs fell short goes back to `queued` until retry_at (deferrals counts those
+-- returns, which are not faults).
+ALTER TABLE issuance_jobs ADD COLUMN IF NOT EXISTS precert_tbs_der bytea;
+ALTER TABLE issuance_jobs ADD COLUMN IF NOT EXISTS precert_lint_der bytea;
+ALTER TABLE issuance_jobs ADD COLUMN IF NOT EXISTS precert_der bytea;
+ALTER TABLE issuance_jobs ADD COLUMN IF NOT EXISTS ct_submitted_at timestamptz;
+ALTER TABLE issuance_jobs ADD COLUMN IF NOT EXISTS scts jsonb;
+ALTER TABLE issuance_jobs ADD COLUMN IF NOT EXISTS retry_at timestamptz;
+ALTER TABLE issuance_jobs ADD COLUMN IF NOT EXISTS deferrals integer NOT NULL DEFAULT 0;
+
+-- Signed precertificates. A precertificate counts as issued (BR 7.1.2.9, 4.9.9): its serial
+-- is assigned from the moment it is recorded, so OCSP answers for it (as for the final
+-- certificate, which shares its serial, once that exists). At most one per job.
+CREATE TABLE IF NOT EXISTS precertificates (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    job_id      bigint NOT NULL UNIQUE REFERENCES issuance_jobs (id),
+    order_id    bigint NOT NULL REFERENCES orders (id),
+    account_id  bigint NOT NULL REFERENCES accounts (id),
+    serial      text NOT NULL UNIQUE,
+    issuer      text NOT NULL,
+    der         bytea NOT NULL,
+    not_before  timestamptz NOT NULL,
+    not_after   timestamptz NOT NULL,
+    created_at  timestamptz NOT NULL
+);
+CREATE INDEX IF NOT EXISTS precertificates_not_after ON precertificates (not_after);
+
+-- The SCTs embedded in each certificate: log, operator, timestamp and the SCT itself.
+ALTER TABLE certificates ADD COLUMN IF NOT EXISTS scts jsonb NOT NULL DEFAULT '[]';
+
+-- ---------------------------------------------------------------------------------------
+-- Key compromise (BR 4.9.1.1 #3, 4.9.12, 6.1.1.3(4), 7.2.2) and precertificate revocation
+-- (BR 7.1.2.9, 4.9.9: a precertificate's serial is a certificate's for revocation).
+
+-- SHA-256 of the DER SubjectPublicKeyInfo of a DER Certificate (precertificates included):
+-- the same id blocked_keys uses. Walks the DER: Certificate SEQUENCE, TBSCertificate
+-- SEQUENCE, optional [0] version, serialNumber, signature, issuer, validity, subject, then
+-- subjectPublicKeyInfo. NULL for bytes that are not a certificate (never for what the
+-- signer stored; the sweep logs certificates without a hash, see status/key_compromise.py).
+CREATE OR REPLACE FUNCTION acme_ca_spki_sha256(der bytea) RETURNS bytea
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $$
+DECLARE
+    total  integer := length(der);
+    pos    integer := 0;  -- 0-based offset of the current TLV
+    depth  integer := 0;  -- 0: Certificate, 1: TBSCertificate, 2: inside the TBSCertificate
+    field  integer := 0;  -- TBSCertificate fields seen, version excluded
+    tag    integer;
+    len    integer;
+    head   integer;
+    octets integer;
+BEGIN
+    LOOP
+        IF pos + 2 > total THEN
+            RETURN NULL;
+        END IF;
+        tag := get_byte(der, pos);
+        len := get_byte(der, pos + 1);
+        head := 2;
+        IF len >= 128 THEN
+            octets := len - 128;
+            IF octets < 1 OR octets > 3 OR pos + 2 + octets > total THEN
+                RETURN NULL;
+            END IF;
+            len := 0;
+            FOR i IN 0 .. octets - 1 LOOP
+                len := len * 256 + get_byte(der, pos + 2 + i);
+            END LOOP;
+            head := 2 + octets;
+        END IF;
+        IF pos + head + len > total THEN
+            RETURN NULL;
+        END IF;
+        IF depth < 2 THEN
+            IF tag <> 48 THEN  -- SEQUENCE
+                RETURN NULL;
+            END IF;
+            depth := depth + 1;
+            pos := pos + head;
+        ELSIF field = 0 AND tag = 160 THEN  -- [0] EXPLICIT version
+            pos := pos + head + len;
+        ELSE
+            field := field + 1;
+            IF field = 1 AND tag <> 2 THEN  -- serialNumber INTEGER
+                RETURN NULL;
+            END IF;
+            IF field = 6 THEN
+                IF tag <> 48 THEN
+                    RETURN NULL;
+                END IF;
+                RETURN sha256(substring(der FROM pos + 1 FOR head + len));
+            END IF;
+            pos := pos + head + len;
+        END IF;
+    END LOOP;
+END
+$$;
+
+-- Every certificate and precertificate is found by its key (the key-compromise sweep).
+-- Generated, so every insert path fills it and existing rows are backfilled when the column
+-- is added (a table rewrite: see the migration note in docs/operations.md).
+ALTER TABLE certificates ADD COLUMN IF NOT EXISTS spki_sha256 bytea
+    GENERATED ALWAYS AS (acme_ca_spki_sha256(der)) STORED;
+CREATE INDEX IF NOT EXISTS certificates_spki ON certificates (spki_sha256);
+
+-- A precertificate is revocable by itself: its order may have failed (CT deadline) and no
+-- certificate will ever carry its serial.
+ALTER TABLE precertificates ADD COLUMN IF NOT EXISTS revoked_at timestamptz;
+ALTER TABLE precertificates ADD COLUMN IF NOT EXISTS revocation_reason smallint;
+ALTER TABLE precertificates ADD COLUMN IF NOT EXISTS spki_sha256 bytea
+    GENERATED ALWAYS AS (acme_ca_spki_sha256(der)) STORED;
+CREATE INDEX IF NOT EXISTS precertificates_spki ON precertificates (spki_sha256);
+CREATE INDEX IF NOT EXISTS precertificates_revoked ON precertificates (issuer, not_after)
+    WHERE revoked_at IS NOT NULL;
+
+-- The revocation time an OCSP response states, so a changed revocationDate (BR 7.2.2:
+-- keyCompromise backdating) is re-signed like a changed status or reason.
+ALTER TABLE ocsp_responses ADD COLUMN IF NOT EXISTS revoked_at timestamptz;
+
+-- A certificate stored after its precertificate's serial was revoked is stored revoked (the
+-- serial is what was revoked). FOR SHARE waits for a revocation of that serial in flight.
+CREATE OR REPLACE FUNCTION acme_ca_certificate_inherits_revocation() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    pre record;
+BEGIN
+    SELECT revoked_at, revocation_reason INTO pre FROM precertificates
+        WHERE serial = NEW.serial FOR SHARE;
+    IF FOUND AND pre.revoked_at IS NOT NULL
+       AND (NEW.revoked_at IS NULL OR NEW.revoked_at > pre.revoked_at) THEN
+        NEW.revoked_at := pre.revoked_at;
+        NEW.revocation_reason := pre.revocation_reason;
+    END IF;
+    RETURN NEW;
+END
+$$;
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'certificates_inherit_revocation') THEN
+        CREATE TRIGGER certificates_inherit_revocation BEFORE INSERT ON certificates
+            FOR EACH ROW EXECUTE FUNCTION acme_ca_certificate_inherits_revocation();
+    END IF;
+END $$;
+
+-- What CRLs and OCSP answer for: every certificate, and every precertificate whose
+-- certificate is not stored (yet, or ever). From signing on a precertificate's serial counts
+-- as issued (BR 7.1.2.9, 4.9.9), so "unknown" is never the answer, and it is revocable:
+-- revoking a serial revokes both rows (db/certificates.py).
+CREATE OR REPLACE VIEW certificate_statuses AS
+    SELECT 0 AS kind, id, issuer, serial, not_after, revoked_at, revocation_reason
+    FROM certificates
+    UNION ALL
+    SELECT 1 AS kind, p.id, p.issuer, p.serial, p.not_after, p.revoked_at, p.revocation_reason
+    FROM precertificates p
+    WHERE NOT EXISTS (SELECT 1 FROM certificates c WHERE c.serial = p.serial);
+
+-- Durable key-compromise sweeps: each revokes every unexpired certificate and precertificate
+-- with the key, of any account, with reason keyCompromise (BR 4.9.1.1 #3: within 24 hours),
+-- and moves an earlier revocation of another reason to keyCompromise. Queued in the
+-- transaction that blocks the key; run by the signing workers (status/key_compromise.py)
+-- under a lease (locked_by / locked_until), retried with backoff (run_after) after a failure.
+-- revocationDate of what it revokes: compromised_at, never before the certificate's notBefore
+-- and never later than an earlier revocation (BR 7.2.2 note on backdating).
+CREATE TABLE IF NOT EXISTS key_compromise_sweeps (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    spki_sha256     bytea NOT NULL CHECK (length(spki_sha256) = 32),
+    compromised_at  timestamptz NOT NULL,
+    requested_by    text NOT NULL,
+    reason          text NOT NULL,
+    status          text NOT NULL CHECK (status IN ('queued', 'done')),
+    attempts        integer NOT NULL DEFAULT 0,
+    run_after       timestamptz NOT NULL,
+    locked_by       text,
+    locked_until    timestamptz,
+    revoked         integer NOT NULL DEFAULT 0,
+    updated         integer NOT NULL DEFAULT 0,
+    last_error      text,
+    created_at      timestamptz NOT NULL,
+    finished_at     timestamptz
+);
+CREATE INDEX IF NOT EXISTS key_compromise_sweeps_due ON key_compromise_sweeps (run_after)
+    WHERE status = 'queued';
+CREATE INDEX IF NOT EXISTS key_compromise_sweeps_key ON key_compromise_sweeps (spki_sha256);

@@ -19,8 +19,6 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
-from pyasn1.codec.der import decoder, encoder  # type: ignore[import-untyped]
-from pyasn1_alt_modules import rfc5280  # type: ignore[import-untyped]
 
 from acme_ca.ca.ct.loglist import (
     FileLogList,
@@ -48,6 +46,7 @@ from acme_ca.ca.ct.submit import _retry_after
 from acme_ca.ca.der import assemble_signed, tbs_signature_algorithm
 from acme_ca.testsrv import ct_log as ct_log_module
 from acme_ca.testsrv.ct_log import TestCtLog, TestCtLogs, TestLogSpec, _without_poison
+from tests.support.ct import pyasn1_without_poison
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
@@ -126,21 +125,6 @@ def _spki(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 def _der(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.DER)
-
-
-def pyasn1_without_poison(tbs_der: bytes) -> bytes:
-    """The reference for the test log's poison removal: the TBSCertificate decoded by pyasn1,
-    the poison extension dropped, the rest re-encoded (DER in, DER out)."""
-    tbs, rest = decoder.decode(tbs_der, asn1Spec=rfc5280.TBSCertificate())
-    assert not rest
-    extensions = tbs["extensions"]
-    kept = extensions.clone()
-    for extension in extensions:
-        if str(extension["extnID"]) != ExtensionOID.PRECERT_POISON.dotted_string:
-            kept.append(extension)
-    tbs["extensions"] = kept
-    encoded: bytes = encoder.encode(tbs)
-    return encoded
 
 
 # --------------------------------------------------------------------------- SCTs and TBS

@@ -1,4 +1,6 @@
-"""Just enough DER to put an HSM signature on a certificate or CRL that cryptography built.
+"""Just enough DER to put an HSM signature on a certificate or CRL that cryptography built,
+and to encode what cryptography would be too slow for (the entries of a large CRL:
+:func:`encode_integer`, :func:`encode_time`).
 
 cryptography can only sign with keys it holds, so the TBS bytes are made with a throwaway key:
 

@@ -21,8 +21,9 @@ Signing follows :mod:`acme_ca.ca.der`, in time linear in the entries and off the
 * cryptography's builder makes the header (issuer, times, extensions) and a lint copy, signed
   with a throwaway key of the issuer's key type, that lists one entry of each encoding shape
   (:func:`specimen_indexes`); that copy is linted (``lint_crl -t CRL -p BR``; an ERROR or
-  FATAL finding stops publication).  pkilint takes about a millisecond per entry, so the full
-  list is not linted; see docs/performance.md.
+  FATAL finding stops publication).  pkilint needs about a millisecond per entry, and more as
+  the list grows (minutes for 100,000), so the full list is not linted; see
+  docs/performance.md.
 * every entry is DER-encoded here (:func:`encode_crl_entry`); the lint copy's entries must be
   byte-identical to cryptography's encoding of them, else nothing is signed.  (Appending
   entries to cryptography's builder one by one copies its list each time: quadratic.)
@@ -280,7 +281,8 @@ def specimen_indexes(encoded: Sequence[bytes]) -> list[int]:
     """
     seen: dict[tuple[int, int, bytes], int] = {}
     for index, entry in enumerate(encoded):
-        # SEQUENCE (under 128 bytes: short length) { INTEGER, Time, [extensions] }
+        # SEQUENCE { INTEGER, Time, [extensions] }: at most 58 bytes (a serial of at most 20
+        # octets, encode_crl_entry), so every length is one byte
         serial_length = entry[3]
         time_at = 4 + serial_length
         key = (serial_length, entry[time_at], entry[time_at + 2 + entry[time_at + 1] :])

@@ -19,6 +19,8 @@ import asyncpg
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from acme_ca.acme import problems
+from acme_ca.acme.problems import Identifier
 from acme_ca.acme.states import (
     AUTHORIZATIONS,
     ORDERS,
@@ -235,7 +237,7 @@ async def test_acme_ord_3_storage_moves_exactly_the_table_rows(
     async with pool.acquire() as conn, conn.transaction():
         account_id = await _account(conn)
         ids = {s: await _order(conn, account_id, s) for s in OrderStatus}
-        error = {"type": ERR + "serverInternal", "detail": "test", "status": 500}
+        error = problems.server_internal("test")
         moved = await apply_order_event(conn, event, list(ids.values()), NOW, error=error)
     by_id = {o.id: o for o in moved}
     for status, order_id in ids.items():
@@ -247,7 +249,8 @@ async def test_acme_ord_3_storage_moves_exactly_the_table_rows(
         else:
             assert by_id[order_id].status is expected
             assert stored["status"] == expected and stored["updated_at"] == NOW
-            assert stored["error"] == error
+            assert stored["error"] == error.to_json()
+            assert by_id[order_id].error == error
 
 
 async def test_acme_ord_3_expired_ready_order_cannot_be_finalized(pool: asyncpg.Pool) -> None:
@@ -298,7 +301,7 @@ async def test_acme_ord_3_new_order_on_valid_authorizations_is_ready(pool: async
         account_id = await _account(conn)
     first = await repo.create_order(
         account_id=account_id,
-        identifiers=[{"type": "dns", "value": "a.example.com"}],
+        identifiers=[Identifier("dns", "a.example.com")],
         expires_at=LATER,
         reuse=[None],
         new_authzs=[_pending("a.example.com")],
@@ -314,7 +317,7 @@ async def test_acme_ord_3_new_order_on_valid_authorizations_is_ready(pool: async
 
     second = await repo.create_order(
         account_id=account_id,
-        identifiers=[{"type": "dns", "value": "a.example.com"}],
+        identifiers=[Identifier("dns", "a.example.com")],
         expires_at=LATER,
         reuse=[authz.id],
         new_authzs=[None],
@@ -334,7 +337,7 @@ async def test_acme_ord_3_racing_validations_leave_the_order_ready(pool: asyncpg
         names = [f"{attempt}-{i}.race.example.com" for i in range(2)]
         order = await repo.create_order(
             account_id=account_id,
-            identifiers=[{"type": "dns", "value": n} for n in names],
+            identifiers=[Identifier("dns", n) for n in names],
             expires_at=LATER,
             reuse=[None, None],
             new_authzs=[_pending(n) for n in names],

@@ -8,11 +8,11 @@ status, which challenges) is decided by whoever builds it; these classes only re
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from acme_ca.acme.jsontypes import JsonObject
 from acme_ca.acme.messages import FlattenedJws
 from acme_ca.acme.problems import Identifier, Problem
 from acme_ca.acme.status import (
@@ -74,7 +74,7 @@ class Challenge:
     status: ChallengeStatus
     validated: datetime | None = None
     error: Problem | None = None
-    validation_record: tuple[Mapping[str, Any], ...] = ()
+    validation_record: tuple[JsonObject, ...] = ()
 
     def to_json(self, urls: ResourceUrls) -> dict[str, Any]:
         body: dict[str, Any] = {

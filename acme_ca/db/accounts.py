@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 import asyncpg
 
+from acme_ca.acme import problems
+from acme_ca.acme.jwk import Jwk, parse_jwk
 from acme_ca.acme.states import ORDERS, OrderEvent
+from acme_ca.acme.status import AccountStatus
 from acme_ca.db.audit import record_event
 from acme_ca.db.orders import apply_order_event
 
@@ -16,10 +18,12 @@ from acme_ca.db.orders import apply_order_event
 @dataclass(frozen=True)
 class Account:
     id: int
+    #: RFC 7638 thumbprint of ``jwk``, as stored (the unique key of the account).
     key_thumbprint: bytes
-    jwk: dict[str, str]
+    #: The account key, parsed once here from the JWK stored as the client sent it.
+    jwk: Jwk
     contact: tuple[str, ...]
-    status: str
+    status: AccountStatus
     tos_agreed_at: datetime | None
     eab_kid: str | None
     created_at: datetime
@@ -45,9 +49,9 @@ def _to_account(row: asyncpg.Record) -> Account:
     return Account(
         id=row["id"],
         key_thumbprint=bytes(row["key_thumbprint"]),
-        jwk=row["jwk"],
+        jwk=parse_jwk(row["jwk"]),
         contact=tuple(row["contact"]),
-        status=row["status"],
+        status=AccountStatus(row["status"]),
         tos_agreed_at=row["tos_agreed_at"],
         eab_kid=row["eab_kid"],
         created_at=row["created_at"],
@@ -71,8 +75,7 @@ class AccountRepository:
     async def create(
         self,
         *,
-        jwk: dict[str, str],
-        thumbprint: bytes,
+        jwk: Jwk,
         contact: tuple[str, ...],
         tos_agreed: bool,
         eab_kid: str | None,
@@ -80,9 +83,11 @@ class AccountRepository:
     ) -> Account:
         """Insert the account and bind its EAB key atomically.
 
+        The key is stored as its JWK members and found again by their RFC 7638 thumbprint.
         Raises :class:`AccountKeyInUse` when another request registered the key first and
         :class:`EabKeyUnavailable` when the EAB key cannot be bound.
         """
+        thumbprint = jwk.thumbprint()
         try:
             async with self._pool.acquire() as conn, conn.transaction():
                 row = await conn.fetchrow(
@@ -90,7 +95,7 @@ class AccountRepository:
                                              tos_agreed_at, created_at, updated_at)
                        VALUES ($1, $2, $3, 'valid', $4, $5, $5) RETURNING *""",
                     thumbprint,
-                    jwk,
+                    jwk.to_json(),
                     list(contact),
                     now if tos_agreed else None,
                     now,
@@ -154,11 +159,7 @@ class AccountRepository:
 
     async def deactivate(self, account_id: int, now: datetime) -> Account:
         """Deactivate and cancel the account's unfinished orders (RFC 8555 §7.3.6)."""
-        error: dict[str, Any] = {
-            "type": "urn:ietf:params:acme:error:unauthorized",
-            "detail": "account was deactivated",
-            "status": 403,
-        }
+        error = problems.unauthorized("account was deactivated")
         async with self._pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
                 "UPDATE accounts SET status = 'deactivated', updated_at = $2 "
@@ -193,11 +194,11 @@ class AccountRepository:
         account_id: int,
         *,
         old_thumbprint: bytes,
-        new_jwk: dict[str, str],
-        new_thumbprint: bytes,
+        new_jwk: Jwk,
         now: datetime,
     ) -> Account:
         """Swap the key if it is still ``old_thumbprint``; :class:`AccountKeyInUse` on conflict."""
+        new_thumbprint = new_jwk.thumbprint()
         try:
             async with self._pool.acquire() as conn, conn.transaction():
                 row = await conn.fetchrow(
@@ -206,7 +207,7 @@ class AccountRepository:
                        RETURNING *""",
                     account_id,
                     old_thumbprint,
-                    new_jwk,
+                    new_jwk.to_json(),
                     new_thumbprint,
                     now,
                 )

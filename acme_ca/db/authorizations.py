@@ -6,13 +6,16 @@ which moves their orders in the same transaction.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 
-from acme_ca.acme.status import AuthorizationStatus
+from acme_ca.acme.jsontypes import JsonObject
+from acme_ca.acme.problems import Problem
+from acme_ca.acme.status import AuthorizationStatus, ChallengeStatus
 
 
 @dataclass(frozen=True)
@@ -21,10 +24,11 @@ class Challenge:
     authz_id: int
     type: str
     token: str
-    status: str
+    status: ChallengeStatus
     validated_at: datetime | None
-    error: dict[str, Any] | None
-    validation_records: list[dict[str, Any]]
+    error: Problem | None
+    #: The VA's records as stored (each with the BR method it used), shown to the client as is.
+    validation_records: tuple[JsonObject, ...]
     attempts: int
 
 
@@ -56,14 +60,15 @@ class ValidationOutcome:
     """What a validation run decided for one challenge."""
 
     valid: bool
-    records: list[dict[str, Any]]
-    error: dict[str, Any] | None
+    records: Sequence[JsonObject]
+    error: Problem | None
     authz_expires_at: datetime | None  # for a valid authorization: end of its reuse period
 
 
-def challenge_from_row(row: asyncpg.Record | dict[str, Any]) -> Challenge:
+def challenge_from_row(row: Mapping[str, Any]) -> Challenge:
     """From a challenges row, or from its JSON form (timestamps as ISO 8601 text)."""
     validated_at = row["validated_at"]
+    error = row["error"]
     if isinstance(validated_at, str):
         validated_at = datetime.fromisoformat(validated_at)
     return Challenge(
@@ -71,10 +76,10 @@ def challenge_from_row(row: asyncpg.Record | dict[str, Any]) -> Challenge:
         authz_id=row["authz_id"],
         type=row["type"],
         token=row["token"],
-        status=row["status"],
+        status=ChallengeStatus(row["status"]),
         validated_at=validated_at,
-        error=row["error"],
-        validation_records=row["validation_records"],
+        error=None if error is None else Problem.from_json(error),
+        validation_records=tuple(row["validation_records"]),
         attempts=row["attempts"],
     )
 

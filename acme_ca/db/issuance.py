@@ -30,6 +30,7 @@ from typing import Any
 
 import asyncpg
 
+from acme_ca.acme.problems import Problem
 from acme_ca.acme.states import OrderEvent
 from acme_ca.db.audit import record_event
 from acme_ca.db.completions import notify_order_done
@@ -480,7 +481,11 @@ class IssuanceRepository:
             if not updated.endswith(" 1"):
                 return False
             await apply_order_event(
-                conn, OrderEvent.ISSUANCE_FAILED, [job.order_id], now, error=problem
+                conn,
+                OrderEvent.ISSUANCE_FAILED,
+                [job.order_id],
+                now,
+                error=Problem.from_json(problem),
             )
             await notify_order_done(conn, job.order_id)
             await record_event(

@@ -16,6 +16,8 @@ from typing import Any
 
 import asyncpg
 
+from acme_ca.acme import problems
+from acme_ca.acme.problems import Identifier, Problem
 from acme_ca.acme.states import (
     AUTHORIZATION_EVENT_SOURCES,
     AUTHORIZATIONS,
@@ -48,9 +50,10 @@ class Order:
     account_id: int
     #: As stored: :func:`acme_ca.acme.states.order_status` gives it at a given time.
     status: OrderStatus
-    identifiers: list[dict[str, str]]
+    identifiers: tuple[Identifier, ...]
     expires_at: datetime
-    error: dict[str, Any] | None
+    #: Why the order became invalid, if it is stored invalid.
+    error: Problem | None
     profile: str | None
     created_at: datetime
     authz_ids: tuple[int, ...]
@@ -111,13 +114,14 @@ _APPLY_ORDER_EVENT = _MOVE_ORDERS + _ORDER_COLUMNS + " FROM o " + _AUTHZ_ARRAYS 
 
 
 def _order(row: Mapping[str, Any]) -> Order:
+    error = row["error"]
     return Order(
         id=row["id"],
         account_id=row["account_id"],
         status=OrderStatus(row["status"]),
-        identifiers=row["identifiers"],
+        identifiers=tuple(Identifier(i["type"], i["value"]) for i in row["identifiers"]),
         expires_at=row["expires_at"],
-        error=row["error"],
+        error=None if error is None else Problem.from_json(error),
         profile=row["profile"],
         created_at=row["created_at"],
         authz_ids=tuple(row["authz_ids"]),
@@ -136,7 +140,7 @@ async def apply_order_event(
     order_ids: Sequence[int],
     now: datetime,
     *,
-    error: dict[str, Any] | None = None,
+    error: Problem | None = None,
 ) -> list[Order]:
     """Move the orders ``event`` applies to (its sources in :data:`ORDERS`) to its target.
 
@@ -149,7 +153,7 @@ async def apply_order_event(
         _APPLY_ORDER_EVENT,
         list(order_ids),
         ORDERS.target(event),
-        error,
+        None if error is None else error.to_json(),
         now,
         list(ORDERS.sources(event)),
         list(ORDERS.sources(OrderEvent.EXPIRED)),
@@ -219,7 +223,7 @@ class OrderRepository:
         self,
         *,
         account_id: int,
-        identifiers: list[dict[str, str]],
+        identifiers: Sequence[Identifier],
         expires_at: datetime,
         reuse: Sequence[int | None],
         new_authzs: Sequence[NewAuthorization | None],
@@ -263,13 +267,14 @@ class OrderRepository:
             ]
             event = authorizations_event(authz_status(st, exp, now) for st, exp in states)
             status = ORDERS.apply(OrderStatus.PENDING, [event] if event else [])
+            identifiers_json = [i.to_json() for i in identifiers]
             row = await conn.fetchrow(
                 """INSERT INTO orders (account_id, status, identifiers, expires_at, replaces,
                                        created_at, updated_at)
                    VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING *""",
                 account_id,
                 status,
-                identifiers,
+                identifiers_json,
                 expires_at,
                 replaces.cert_id if replaces else None,
                 now,
@@ -296,7 +301,7 @@ class OrderRepository:
                 account_id=account_id,
                 order_id=order_id,
                 details={
-                    "identifiers": identifiers,
+                    "identifiers": identifiers_json,
                     "status": status,
                     "reused_authzs": [r for r in reuse if r],
                     **({"replaces": replaces.cert_id} if replaces else {}),
@@ -365,6 +370,8 @@ class OrderRepository:
 
         Returns the ids of orders whose status changed; ``[]`` if another run finished first.
         """
+        error = None if outcome.error is None else outcome.error.to_json()
+        records = list(outcome.records)
         async with self._pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
                 """UPDATE challenges SET status = $2, validated_at = $3, error = $4,
@@ -374,8 +381,8 @@ class OrderRepository:
                 challenge_id,
                 "valid" if outcome.valid else "invalid",
                 now if outcome.valid else None,
-                outcome.error,
-                outcome.records,
+                error,
+                records,
                 now,
             )
             if row is None:
@@ -416,8 +423,8 @@ class OrderRepository:
                     "challenge_id": challenge_id,
                     "authz_id": authz_id,
                     "orders_changed": changed,
-                    "records": outcome.records,
-                    "error": outcome.error,
+                    "records": records,
+                    "error": error,
                 },
             )
         return changed
@@ -436,11 +443,7 @@ class OrderRepository:
             )
             if account_id is None:
                 return False
-            error = {
-                "type": "urn:ietf:params:acme:error:unauthorized",
-                "status": 403,
-                "detail": "an authorization of this order was deactivated",
-            }
+            error = problems.unauthorized("an authorization of this order was deactivated")
             changed = await _advance_orders(conn, authz_id, now, error)
             await record_event(
                 conn,
@@ -454,7 +457,7 @@ class OrderRepository:
 
 
 async def _advance_orders(
-    conn: asyncpg.Connection, authz_id: int, now: datetime, error: dict[str, Any] | None
+    conn: asyncpg.Connection, authz_id: int, now: datetime, error: Problem | None
 ) -> list[int]:
     """Apply to each order using ``authz_id`` the event its authorizations now amount to.
 

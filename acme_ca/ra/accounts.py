@@ -104,8 +104,7 @@ class AccountAuthority:
 
         try:
             account = await self._accounts.create(
-                jwk=jwk.to_json(),
-                thumbprint=jwk.thumbprint(),
+                jwk=jwk,
                 contact=contact,
                 tos_agreed=message.terms_of_service_agreed,
                 eab_kid=eab_kid,
@@ -176,8 +175,7 @@ class AccountAuthority:
             updated = await self._accounts.change_key(
                 account.id,
                 old_thumbprint=account.key_thumbprint,
-                new_jwk=new_key.to_json(),
-                new_thumbprint=new_key.thumbprint(),
+                new_jwk=new_key,
                 now=self._clock.now(),
             )
         except AccountKeyInUse as exc:

@@ -20,6 +20,7 @@ import structlog
 from acme_ca.acme import problems
 from acme_ca.acme.b64 import b64url_encode
 from acme_ca.acme.problems import AcmeError
+from acme_ca.acme.status import AuthorizationStatus, ChallengeStatus
 from acme_ca.clock import Clock
 from acme_ca.db.accounts import Account, AccountRepository
 from acme_ca.db.authorizations import Authorization, Challenge, ValidationOutcome
@@ -89,8 +90,8 @@ class ChallengeAuthority:
         if found is None or found[1].account_id != account.id:
             raise AcmeError(problems.not_found("no such challenge"))
         challenge, authz = found
-        if challenge.status == "pending":
-            if authz.status != "pending" or authz.expires_at <= self._clock.now():
+        if challenge.status == ChallengeStatus.PENDING:
+            if authz.status != AuthorizationStatus.PENDING or authz.expires_at <= self._clock.now():
                 raise AcmeError(
                     problems.malformed(
                         f"the authorization is {authz.status}; this challenge cannot be started"
@@ -118,7 +119,7 @@ class ChallengeAuthority:
 
     async def run_validation(self, challenge_id: int) -> None:
         found = await self._orders.get_challenge(challenge_id)
-        if found is None or found[0].status != "processing":
+        if found is None or found[0].status != ChallengeStatus.PROCESSING:
             return
         challenge, authz = found
         account = await self._accounts.get(authz.account_id)
@@ -137,11 +138,11 @@ class ChallengeAuthority:
             method = {"brMethod": BR_METHODS[challenge.type], "brVersion": BR_VERSION}
             valid = result.ok
             records = [{**r.to_json(), **method} for r in result.records]
-            error = None if result.ok or result.problem is None else result.problem.to_json()
+            error = None if result.ok else result.problem
         except Exception:
             log.exception("challenge.validator_crashed", challenge_id=challenge_id)
             valid, records = False, []
-            error = problems.server_internal("validation failed inside the CA").to_json()
+            error = problems.server_internal("validation failed inside the CA")
         now = self._clock.now()
         outcome = ValidationOutcome(
             valid=valid,
@@ -158,7 +159,7 @@ class ChallengeAuthority:
             identifier=authz.identifier,
             type=challenge.type,
             orders=changed,
-            problem=error["type"] if error else None,
+            problem=error.type if error else None,
         )
 
     async def recover_stale(self) -> int:

@@ -18,7 +18,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from acme_ca.acme import problems
-from acme_ca.acme.jwk import parse_jwk
 from acme_ca.acme.messages import Finalize
 from acme_ca.acme.problems import AcmeError
 from acme_ca.acme.status import OrderStatus
@@ -80,10 +79,10 @@ class FinalizeAuthority:
             raise AcmeError(
                 problems.order_not_ready(f"the order is {status}; it must be ready to finalize")
             )
-        account_spki = _spki(parse_jwk(account.jwk).key)
+        account_spki = _spki(account.jwk.key)
         checked = await check_csr(
             message.csr,
-            [i["value"] for i in order.identifiers],
+            [i.value for i in order.identifiers],
             account_spki=account_spki,
             key_policy=self._key_policy,
         )

@@ -121,7 +121,7 @@ class OrderAuthority:
         try:
             order = await self._orders.create_order(
                 account_id=account.id,
-                identifiers=[i.to_json() for i in identifiers],
+                identifiers=identifiers,
                 expires_at=now + self._policy.order_lifetime,
                 reuse=reuse,
                 new_authzs=new,

@@ -6,9 +6,9 @@ from aiohttp import web
 
 from acme_ca.acme import problems, resources
 from acme_ca.acme.messages import AuthzUpdate, ChallengeResponse
-from acme_ca.acme.problems import AcmeError, Identifier, Problem
+from acme_ca.acme.problems import AcmeError, Identifier
 from acme_ca.acme.states import authz_status
-from acme_ca.acme.status import AuthorizationStatus, ChallengeStatus
+from acme_ca.acme.status import AuthorizationStatus
 from acme_ca.db.authorizations import Authorization, Challenge
 from acme_ca.wfe.responses import acme_json
 from acme_ca.wfe.services import FrontEnd, front_end
@@ -20,10 +20,10 @@ def challenge_resource(challenge: Challenge) -> resources.Challenge:
         id=challenge.id,
         type=challenge.type,
         token=challenge.token,
-        status=ChallengeStatus(challenge.status),
+        status=challenge.status,
         validated=challenge.validated_at,
-        error=None if challenge.error is None else Problem.from_json(challenge.error),
-        validation_record=tuple(challenge.validation_records),
+        error=challenge.error,
+        validation_record=challenge.validation_records,
     )
 
 

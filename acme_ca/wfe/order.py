@@ -7,7 +7,7 @@ from aiohttp import web
 
 from acme_ca.acme import problems, resources
 from acme_ca.acme.messages import NewOrder
-from acme_ca.acme.problems import AcmeError, Identifier, Problem
+from acme_ca.acme.problems import AcmeError
 from acme_ca.acme.status import OrderStatus
 from acme_ca.db.orders import Order
 from acme_ca.wfe.responses import acme_json
@@ -19,16 +19,14 @@ def order_resource(order: Order, status: str) -> resources.Order:
     """The order as shown now: ``status`` is its derived status, not necessarily the row's."""
     error = None
     if status == OrderStatus.INVALID:
-        error = (
-            Problem.from_json(order.error)
-            if order.error
-            else problems.unauthorized("the order expired or one of its authorizations failed")
+        error = order.error or problems.unauthorized(
+            "the order expired or one of its authorizations failed"
         )
     return resources.Order(
         id=order.id,
         status=OrderStatus(status),
         expires=order.expires_at,
-        identifiers=tuple(Identifier(i["type"], i["value"]) for i in order.identifiers),
+        identifiers=order.identifiers,
         authz_ids=order.authz_ids,
         error=error,
         certificate_id=order.certificate_id if status == OrderStatus.VALID else None,

@@ -15,10 +15,11 @@ import structlog
 from aiohttp import web
 
 from acme_ca.acme import problems
-from acme_ca.acme.jwk import Jwk, PublicKey, parse_jwk
+from acme_ca.acme.jwk import Jwk
 from acme_ca.acme.jws import VerifiedJws, parse_jws, verify_jws
 from acme_ca.acme.messages import Message
 from acme_ca.acme.problems import AcmeError
+from acme_ca.acme.status import AccountStatus
 from acme_ca.db.accounts import Account
 from acme_ca.wfe.services import front_end
 
@@ -116,10 +117,10 @@ async def verify_post(
         account = await fe.account_reads.get(account_id) if account_id else None
         if account is None:
             raise AcmeError(problems.account_does_not_exist(f"no account at {parsed.kid!r}"))
-        if account.status != "valid":
+        if account.status != AccountStatus.VALID:
             raise AcmeError(problems.deactivated_account(f"account is {account.status}"))
         structlog.contextvars.bind_contextvars(account_id=account.id)
-        key = _stored_key(account)
+        key = account.jwk.key
     verified = verify_jws(parsed, key)
     await fe.nonces.redeem(parsed.nonce)
     decoded = None
@@ -127,6 +128,3 @@ async def verify_post(
         decoded = message.from_json(verified.payload_json())
     return VerifiedRequest(jws=verified, account=account, jwk=parsed.jwk, message=decoded)
 
-
-def _stored_key(account: Account) -> PublicKey:
-    return parse_jwk(account.jwk).key

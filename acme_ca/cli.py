@@ -206,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "serve":
         configure_logging(config.log_format, config.log_level)
-        from acme_ca.serve import serve
+        from acme_ca.main.serve import serve
 
         try:
             asyncio.run(serve(config))
@@ -227,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "worker":
         configure_logging(config.log_format, config.log_level)
-        from acme_ca.serve import work
+        from acme_ca.main.serve import work
 
         try:
             asyncio.run(work(config))

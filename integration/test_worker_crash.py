@@ -35,6 +35,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from acme_ca.ca.hierarchy import init_hierarchy
+from acme_ca.ca.worker import MAX_ATTEMPTS
 from acme_ca.config import Config
 from acme_ca.db.issuance import IssuanceRepository
 from integration.processes import read_log_events
@@ -49,13 +50,16 @@ MIN_KILLS = 5
 #: to start (imports, the linter, keys, CT test logs) and is killed 0.2-0.6 s after
 #: ``worker.started``: on a loaded two-core machine an incarnation finishes one to three jobs,
 #: so killing until the queue is empty took longer than any budget (and failed at c9db75c too
-#: once the machine was busy).  Ten kills landing at random steps are the crash test; the
-#: last worker's drain checks that every job they left behind is resumed exactly once.
-MAX_KILLS = 10
+#: once the machine was busy).  The kills landing at random steps are the crash test; the
+#: last worker's drain checks that every job they left behind is resumed exactly once.  Each
+#: kill costs the jobs in flight (up to ``worker_concurrency``) an attempt, and past
+#: ``MAX_ATTEMPTS`` the worker rightly gives up on a job that keeps dying with its workers:
+#: so fewer kills than that.
+MAX_KILLS = MAX_ATTEMPTS - 3
 #: Seconds between a worker's ``worker.started`` and its SIGKILL.
 KILL_AFTER = (0.2, 0.6)
-#: Typically 40-70 s (ten restarts); generous for a loaded two-core machine.
-TOTAL_SECONDS = 180.0
+#: Typically 30-60 s (seven restarts); generous for a loaded two-core machine.
+TOTAL_SECONDS = 240.0
 START_TIMEOUT = 30.0
 
 

@@ -47,6 +47,7 @@ from acme_ca.deployment import (
     weak_key_coverage,
 )
 from acme_ca.log import configure_logging
+from acme_ca.main.serve import serve, work
 from acme_ca.ra.keys import (
     KeyPolicy,
     KeyRejected,
@@ -54,7 +55,6 @@ from acme_ca.ra.keys import (
     Purpose,
     openssl_blacklist_fingerprint,
 )
-from acme_ca.serve import serve, work
 from acme_ca.status.ocsp import CertStatus, OcspSignerNotAllowed, sign_ocsp_response
 from acme_ca.va.mtls import create_mpic_material
 from tests.support.softhsm import find_module, shared_token, softhsm_available

@@ -1,5 +1,6 @@
 """``acme-ca serve`` and ``acme-ca worker``: database, schema, PKI, front end and/or signing
-worker, until SIGTERM or SIGINT."""
+worker, until SIGTERM or SIGINT.  Every resource is entered on one exit stack, so whatever
+started is stopped, in reverse order, however the process ends."""
 
 from __future__ import annotations
 
@@ -11,17 +12,18 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from acme_ca.app import create_app
 from acme_ca.ca.hierarchy import init_hierarchy
 from acme_ca.ca.issuers import ISSUERS_FILE
 from acme_ca.clock import Clock, SystemClock
 from acme_ca.config import Config
 from acme_ca.db.database import database_dsn, migrate
 from acme_ca.deployment import deployment_gate, signing_guard
+from acme_ca.main.app import create_app
 from acme_ca.main.worker import run_worker
 from acme_ca.remote_va.primary import build_validator
 from acme_ca.status.server import start_status_server
 from acme_ca.tls import server_ssl_context
+from acme_ca.va.authority import ValidationAuthority
 from acme_ca.va.perspectives import load_mpic_setup
 from acme_ca.wfe import urls
 
@@ -106,14 +108,17 @@ async def serve(
             stack.push_async_callback(_stop_worker, worker, worker_stop)
         ssl_context = await asyncio.to_thread(server_ssl_context, config)
         validator = build_validator(config, clock, mpic)
+        if isinstance(validator, ValidationAuthority):
+            stack.push_async_callback(validator.aclose)
         app = create_app(
             config, dsn, clock=clock, validator=validator,
             debian_weak_rsa_sizes=assessment.debian_weak_rsa_sizes
             if assessment.production else None,
         )
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
+        # Before setup: a resource failing to start still has the ones before it torn down.
         stack.push_async_callback(runner.cleanup)
+        await runner.setup()
         site = web.TCPSite(runner, config.listen_host, config.listen_port,
                            ssl_context=ssl_context, reuse_address=True)
         await site.start()

@@ -1,0 +1,226 @@
+"""The ACME web application: storage, the RA's authorities and the front end, from one Config.
+
+Each resource with a lifetime is its own ``cleanup_ctx`` entry, set up before ``yield`` and
+torn down in ``finally`` (aiohttp tears down in reverse order, and only the entries whose
+set-up finished): the storage pool, the background tasks (drained before the pool closes),
+the order-completion listener, the validator this app built, then the front end that uses
+them all and its maintenance loops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+
+from acme_ca.clock import Clock, SystemClock
+from acme_ca.config import Config
+from acme_ca.db.completions import OrderCompletions
+from acme_ca.db.storage import Storage, open_storage
+from acme_ca.ra.accounts import AccountAuthority
+from acme_ca.ra.challenges import ChallengeAuthority, Validator
+from acme_ca.ra.finalize import FinalizeAuthority
+from acme_ca.ra.identifiers import IdentifierPolicy
+from acme_ca.ra.keys import KeyPolicy
+from acme_ca.ra.orders import OrderAuthority, OrderPolicy
+from acme_ca.ra.revocation import RevocationAuthority
+from acme_ca.remote_va.primary import build_validator
+from acme_ca.tasks import BackgroundTasks
+from acme_ca.va.authority import ValidationAuthority
+from acme_ca.wfe.nonces import NonceService
+from acme_ca.wfe.routes import setup_front_end
+from acme_ca.wfe.services import FRONT_END, FrontEnd
+from acme_ca.wfe.urls import Urls
+
+STORAGE = web.AppKey("storage", Storage)
+TASKS = web.AppKey("tasks", BackgroundTasks)
+COMPLETIONS = web.AppKey("completions", OrderCompletions)
+VALIDATOR = web.AppKey("validator", Validator)
+NONCE_PURGE_INTERVAL = 300.0
+STALE_VALIDATION_SCAN_INTERVAL = 30.0
+log = structlog.get_logger(component="acme_ca.main.app")
+
+
+def create_app(
+    config: Config,
+    dsn: str,
+    *,
+    clock: Clock | None = None,
+    validator: Validator | None = None,
+    debian_weak_rsa_sizes: frozenset[int] | None = None,
+) -> web.Application:
+    """Build the ACME server for ``config`` on the database at ``dsn``.
+
+    ``validator`` replaces the validation authority built from ``config`` (the multi-
+    perspective wrapper passes itself here; its owner closes it).  ``debian_weak_rsa_sizes``:
+    a production deployment's RSA sizes its Debian weak-key lists cover; keys of other sizes
+    are refused (BR 6.1.1.3, :mod:`acme_ca.deployment`).
+    """
+    clock = clock or SystemClock()
+    app = web.Application(client_max_size=config.max_request_bytes)
+    setup_front_end(app)
+
+    async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
+        app[STORAGE] = await open_storage(dsn, max_size=config.database_pool_size)
+        try:
+            yield
+        finally:
+            await app[STORAGE].close()
+
+    async def tasks_ctx(app: web.Application) -> AsyncIterator[None]:
+        app[TASKS] = BackgroundTasks()
+        try:
+            yield
+        finally:
+            await app[TASKS].drain()  # validations in flight, before the pool closes
+
+    async def completions_ctx(app: web.Application) -> AsyncIterator[None]:
+        app[COMPLETIONS] = OrderCompletions(app[STORAGE].pool)
+        try:
+            if config.finalize_wait_seconds > 0:
+                await app[COMPLETIONS].listen()  # a failure is logged, retried by finalizes
+            yield
+        finally:
+            await app[COMPLETIONS].aclose()
+
+    async def validator_ctx(app: web.Application) -> AsyncIterator[None]:
+        built = None
+        if validator is None:
+            app[VALIDATOR] = built = build_validator(config, clock)
+        else:
+            app[VALIDATOR] = validator
+        try:
+            yield
+        finally:
+            if isinstance(built, ValidationAuthority):
+                await built.aclose()
+
+    async def front_end_ctx(app: web.Application) -> AsyncIterator[None]:
+        app[FRONT_END] = await _front_end(
+            config, clock, app[STORAGE], app[TASKS], app[COMPLETIONS], app[VALIDATOR],
+            debian_weak_rsa_sizes)
+        yield
+
+    async def maintenance_ctx(app: web.Application) -> AsyncIterator[None]:
+        fe = app[FRONT_END]
+        loops = [
+            asyncio.create_task(_every(NONCE_PURGE_INTERVAL, "nonces.purge", fe.nonces.purge)),
+            asyncio.create_task(
+                _every(
+                    STALE_VALIDATION_SCAN_INTERVAL,
+                    "validations.recover",
+                    fe.challenges.recover_stale,
+                )
+            ),
+        ]
+        try:
+            yield
+        finally:
+            for task in loops:
+                task.cancel()
+            for task in loops:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    app.cleanup_ctx.extend(
+        [storage_ctx, tasks_ctx, completions_ctx, validator_ctx, front_end_ctx, maintenance_ctx]
+    )
+    return app
+
+
+async def _front_end(
+    config: Config,
+    clock: Clock,
+    storage: Storage,
+    tasks: BackgroundTasks,
+    completions: OrderCompletions,
+    va: Validator,
+    debian_weak_rsa_sizes: frozenset[int] | None,
+) -> FrontEnd:
+    """The RA's authorities over ``storage`` and the front end's read-only repositories."""
+    urls = Urls(config.external_base_url)
+    orders = OrderAuthority(
+        storage.orders,
+        IdentifierPolicy(max_names=config.max_names_per_order, blocked_names=config.blocked_names),
+        OrderPolicy(
+            order_lifetime=timedelta(seconds=config.order_lifetime_seconds),
+            pending_authz_lifetime=timedelta(seconds=config.pending_authz_lifetime_seconds),
+            authz_reuse=timedelta(days=config.authz_reuse_days),
+            authz_reuse_percent=config.authz_reuse_percent,
+        ),
+        clock,
+    )
+    # Reads the weak-key lists: a blocking start-up step, kept off the loop.
+    key_policy = await asyncio.to_thread(
+        KeyPolicy,
+        weak_key_blocklist_paths=[Path(p) for p in config.weak_key_blocklists],
+        blocked_key_lookup=storage.issuance.is_key_blocked,
+        debian_weak_rsa_sizes=debian_weak_rsa_sizes,
+    )
+    return FrontEnd(
+        config=config,
+        clock=clock,
+        urls=urls,
+        nonces=NonceService(
+            storage.nonces,
+            await storage.nonces.shared_secret(),
+            timedelta(seconds=config.nonce_lifetime_seconds),
+            clock,
+            reject_percent=config.nonce_reject_percent,
+        ),
+        accounts=AccountAuthority(
+            storage.accounts,
+            storage.eab_keys,
+            key_policy,
+            clock,
+            terms_of_service=config.terms_of_service,
+            external_account_required=config.external_account_required,
+        ),
+        orders=orders,
+        challenges=ChallengeAuthority(
+            storage.orders,
+            storage.accounts,
+            va,
+            tasks,
+            clock,
+            account_uri=urls.account,
+            reuse_period=orders.reuse_period,
+            lease=timedelta(seconds=config.validation_lease_seconds),
+            max_delay_seconds=config.validation_delay_seconds,
+            wait_seconds=config.challenge_wait_seconds,
+        ),
+        finalize=FinalizeAuthority(
+            orders,
+            storage.orders,
+            storage.issuance,
+            key_policy,
+            va,
+            clock,
+            account_uri=urls.account,
+            rsa_issuer=config.rsa_issuer,
+            ecdsa_issuer=config.ecdsa_issuer,
+            completions=completions,
+            wait_seconds=config.finalize_wait_seconds,
+        ),
+        revocation=RevocationAuthority(storage.certificates, clock),
+        account_reads=storage.accounts,
+        order_reads=storage.orders,
+        certificate_reads=storage.certificates,
+    )
+
+
+async def _every(seconds: float, name: str, job: Callable[[], Awaitable[int]]) -> None:
+    """Run ``job`` now and then every ``seconds``; a failure is logged, never fatal."""
+    while True:
+        try:
+            done = await job()
+            if done:
+                log.info(name, count=done)
+        except Exception as exc:
+            log.warning(f"{name}_failed", error=repr(exc))
+        await asyncio.sleep(seconds)

@@ -216,7 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "remote-va":
         configure_logging(config.log_format, config.log_level)
-        from acme_ca.remote_va.server import load_remote_va_settings, run_remote_va
+        from acme_ca.main.remote_va import run_remote_va
+        from acme_ca.remote_va.server import load_remote_va_settings
 
         try:
             load_remote_va_settings(config)

@@ -17,10 +17,10 @@ from aiohttp import web
 
 from acme_ca.clock import SystemClock
 from acme_ca.config import Config
+from acme_ca.main.remote_va import inherited_listen_socket
 from acme_ca.remote_va.client import MtlsTransport
 from acme_ca.remote_va.server import (
     RemoteIdentity,
-    inherited_listen_socket,
     load_remote_va_settings,
     make_remote_va_app,
 )

@@ -19,9 +19,9 @@ from acme_ca.config import Config
 from acme_ca.db.database import database_dsn, migrate
 from acme_ca.deployment import deployment_gate, signing_guard
 from acme_ca.main.app import create_app
+from acme_ca.main.status import start_status_server
 from acme_ca.main.worker import run_worker
 from acme_ca.remote_va.primary import build_validator
-from acme_ca.status.server import start_status_server
 from acme_ca.tls import server_ssl_context
 from acme_ca.va.authority import ValidationAuthority
 from acme_ca.va.perspectives import load_mpic_setup

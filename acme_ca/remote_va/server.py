@@ -8,18 +8,15 @@ the same check classes as the primary (:class:`Http01Validator`, :class:`Dns01Va
 the :class:`CheckResult` JSON with its perspective id, RIR and the request's nonce.  Every
 request builds its checks afresh (a new DNS client), so nothing is reused between requests.
 
-The listener is ``remote_va_listen``, or -- systemd socket activation -- the listening
-socket passed as fd 3 with ``LISTEN_FDS=1`` (and ``LISTEN_PID``, if set, equal to our pid).
+The process around this app (:mod:`acme_ca.main.remote_va`) listens on ``remote_va_listen``,
+or -- systemd socket activation -- on the listening socket passed as fd 3 with
+``LISTEN_FDS=1`` (and ``LISTEN_PID``, if set, equal to our pid).
 The integration tests use the latter to run a remote inside its own network namespace while
 its listener lives in the primary's.
 """
 
 from __future__ import annotations
 
-import asyncio
-import os
-import signal
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,18 +26,14 @@ from typing import Final
 import structlog
 from aiohttp import web
 
-from acme_ca.clock import SystemClock
 from acme_ca.config import Config
 from acme_ca.va.authority import ValidationAuthority
 from acme_ca.va.mpic import CHECK_PATH, RemoteRequest, remote_reply, run_remote_check
-from acme_ca.va.mtls import server_context
 from acme_ca.va.perspectives import MpicConfigError, valid_perspective_id
 from acme_ca.va.quorum import UnknownRir, canonical_rir
 from acme_ca.va.records import FormatError
-from acme_ca.va.setup import remote_authority_factory
 
 MAX_REQUEST_BYTES: Final = 16 * 1024
-SD_LISTEN_FDS_START: Final = 3
 
 log = structlog.get_logger(component="acme_ca.remote_va")
 
@@ -162,61 +155,3 @@ def make_remote_va_app(
     app[CHECKS] = checks
     app.router.add_post(CHECK_PATH, _check)
     return app
-
-
-def inherited_listen_socket() -> socket.socket | None:
-    """The listening socket of systemd-style socket activation, if one was passed."""
-    fds = os.environ.pop("LISTEN_FDS", None)
-    pid = os.environ.pop("LISTEN_PID", None)
-    os.environ.pop("LISTEN_FDNAMES", None)
-    if fds is None or (pid is not None and pid != str(os.getpid())):
-        return None
-    if fds != "1":
-        raise MpicConfigError(f"remote-va: LISTEN_FDS={fds}; exactly one listening socket expected")
-    sock = socket.socket(fileno=SD_LISTEN_FDS_START)
-    sock.setblocking(False)
-    return sock
-
-
-async def run_remote_va(config: Config, *, stop: asyncio.Event | None = None) -> None:
-    """Serve as one remote perspective until ``stop`` is set or SIGTERM/SIGINT."""
-    settings = load_remote_va_settings(config)
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    context = await asyncio.to_thread(
-        server_context, settings.tls_cert, settings.tls_key, settings.client_ca
-    )
-    identity = settings.identity
-    app = make_remote_va_app(
-        identity, remote_authority_factory(config, SystemClock(), identity.perspective_id)
-    )
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    try:
-        sock = inherited_listen_socket()
-        site: web.BaseSite
-        if sock is not None:
-            site = web.SockSite(runner, sock, ssl_context=context)
-            host, port = sock.getsockname()[:2]
-            listen = f"fd:3 ({host}:{port})"
-        else:
-            site = web.TCPSite(
-                runner, settings.host, settings.port, ssl_context=context, reuse_address=True
-            )
-            listen = config.remote_va_listen
-        await site.start()
-        log.info(
-            "remote_va.ready",
-            perspective=identity.perspective_id,
-            rir=identity.rir,
-            listen=listen,
-            dns_resolver=config.dns_resolver,
-            dnssec=config.dnssec,
-            client_ca=str(settings.client_ca),
-        )
-        await stop.wait()
-        log.info("remote_va.stopping", perspective=identity.perspective_id)
-    finally:
-        await runner.cleanup()

@@ -6,9 +6,10 @@ into an ``application/problem+json`` response in one place.  Nothing else choose
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+
+from acme_ca.acme.jsontypes import JsonValue
 
 ACME_ERROR_NS = "urn:ietf:params:acme:error:"
 
@@ -26,6 +27,16 @@ class Identifier:
     def to_json(self) -> dict[str, str]:
         return {"type": self.type, "value": self.value}
 
+    @classmethod
+    def from_json(cls, body: object) -> Identifier:
+        """The inverse of :meth:`to_json`, for identifiers stored as JSON."""
+        if not isinstance(body, Mapping):
+            raise TypeError("an identifier is a JSON object")
+        kind, value = body.get("type"), body.get("value")
+        if not isinstance(kind, str) or not isinstance(value, str):
+            raise TypeError("an identifier needs string type and value")
+        return cls(kind, value)
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -36,15 +47,20 @@ class Problem:
     status: int
     subproblems: tuple[Problem, ...] = ()
     identifier: Identifier | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    #: Extension members (§6.7: e.g. ``algorithms``, ``instance``), written as given.
+    extra: Mapping[str, JsonValue] = field(default_factory=dict)
 
     @property
     def short_type(self) -> str:
         """The type without the ACME namespace, as used in logs."""
         return self.type.removeprefix(ACME_ERROR_NS)
 
-    def to_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"type": self.type, "detail": self.detail, "status": self.status}
+    def to_json(self) -> dict[str, JsonValue]:
+        body: dict[str, JsonValue] = {
+            "type": self.type,
+            "detail": self.detail,
+            "status": self.status,
+        }
         if self.identifier is not None:
             body["identifier"] = self.identifier.to_json()
         if self.subproblems:
@@ -53,18 +69,22 @@ class Problem:
         return body
 
     @classmethod
-    def from_json(cls, body: Mapping[str, Any]) -> Problem:
+    def from_json(cls, body: JsonValue) -> Problem:
         """The inverse of :meth:`to_json`, for problem documents stored as JSON."""
+        if not isinstance(body, Mapping):
+            raise TypeError("a problem document is a JSON object")
         kind, detail, status = body.get("type"), body.get("detail"), body.get("status")
         if not isinstance(kind, str) or not isinstance(detail, str) or not isinstance(status, int):
             raise TypeError("a problem document needs string type and detail, integer status")
-        ident = body.get("identifier")
+        ident, subproblems = body.get("identifier"), body.get("subproblems", ())
+        if not isinstance(subproblems, Sequence) or isinstance(subproblems, str):
+            raise TypeError("a problem document's subproblems are an array")
         return cls(
             type=kind,
             detail=detail,
             status=status,
-            subproblems=tuple(cls.from_json(p) for p in body.get("subproblems", ())),
-            identifier=None if ident is None else Identifier(ident["type"], ident["value"]),
+            subproblems=tuple(cls.from_json(p) for p in subproblems),
+            identifier=None if ident is None else Identifier.from_json(ident),
             extra={k: v for k, v in body.items() if k not in _PROBLEM_MEMBERS},
         )
 
@@ -85,40 +105,61 @@ class AcmeError(Exception):
         self.headers = headers or {}
 
 
-def _acme(name: str, status: int) -> Any:
-    def factory(detail: str, **kwargs: Any) -> Problem:
-        return Problem(type=ACME_ERROR_NS + name, detail=detail, status=status, **kwargs)
+@dataclass(frozen=True)
+class ProblemType:
+    """One ``urn:ietf:params:acme:error:`` type with the HTTP status fixed for it; calling it
+    makes a :class:`Problem` of that type."""
 
-    factory.__name__ = name
-    factory.__doc__ = f"``{ACME_ERROR_NS}{name}`` with HTTP {status}."
-    return factory
+    name: str
+    status: int
+
+    @property
+    def type(self) -> str:
+        return ACME_ERROR_NS + self.name
+
+    def __call__(
+        self,
+        detail: str,
+        *,
+        subproblems: tuple[Problem, ...] = (),
+        identifier: Identifier | None = None,
+        extra: Mapping[str, JsonValue] | None = None,
+    ) -> Problem:
+        return Problem(
+            type=self.type,
+            detail=detail,
+            status=self.status,
+            subproblems=subproblems,
+            identifier=identifier,
+            extra={} if extra is None else extra,
+        )
 
 
-account_does_not_exist = _acme("accountDoesNotExist", 400)
-already_replaced = _acme("alreadyReplaced", 409)
-already_revoked = _acme("alreadyRevoked", 400)
-bad_csr = _acme("badCSR", 400)
-bad_nonce = _acme("badNonce", 400)
-bad_public_key = _acme("badPublicKey", 400)
-bad_revocation_reason = _acme("badRevocationReason", 400)
-caa = _acme("caa", 403)
-compound = _acme("compound", 403)
-connection = _acme("connection", 400)
-dns = _acme("dns", 400)
-external_account_required = _acme("externalAccountRequired", 403)
-incorrect_response = _acme("incorrectResponse", 403)
-invalid_contact = _acme("invalidContact", 400)
-invalid_profile = _acme("invalidProfile", 400)
-malformed = _acme("malformed", 400)
-order_not_ready = _acme("orderNotReady", 403)
-rate_limited = _acme("rateLimited", 429)
-rejected_identifier = _acme("rejectedIdentifier", 400)
-server_internal = _acme("serverInternal", 500)
-tls = _acme("tls", 400)
-unauthorized = _acme("unauthorized", 403)
-unsupported_contact = _acme("unsupportedContact", 400)
-unsupported_identifier = _acme("unsupportedIdentifier", 400)
-user_action_required = _acme("userActionRequired", 403)
+account_does_not_exist = ProblemType("accountDoesNotExist", 400)
+already_replaced = ProblemType("alreadyReplaced", 409)
+already_revoked = ProblemType("alreadyRevoked", 400)
+bad_csr = ProblemType("badCSR", 400)
+bad_nonce = ProblemType("badNonce", 400)
+bad_public_key = ProblemType("badPublicKey", 400)
+bad_revocation_reason = ProblemType("badRevocationReason", 400)
+caa = ProblemType("caa", 403)
+compound = ProblemType("compound", 403)
+connection = ProblemType("connection", 400)
+dns = ProblemType("dns", 400)
+external_account_required = ProblemType("externalAccountRequired", 403)
+incorrect_response = ProblemType("incorrectResponse", 403)
+invalid_contact = ProblemType("invalidContact", 400)
+invalid_profile = ProblemType("invalidProfile", 400)
+malformed = ProblemType("malformed", 400)
+order_not_ready = ProblemType("orderNotReady", 403)
+rate_limited = ProblemType("rateLimited", 429)
+rejected_identifier = ProblemType("rejectedIdentifier", 400)
+server_internal = ProblemType("serverInternal", 500)
+tls = ProblemType("tls", 400)
+unauthorized = ProblemType("unauthorized", 403)
+unsupported_contact = ProblemType("unsupportedContact", 400)
+unsupported_identifier = ProblemType("unsupportedIdentifier", 400)
+user_action_required = ProblemType("userActionRequired", 403)
 
 
 def bad_signature_algorithm(detail: str, algorithms: list[str]) -> Problem:

@@ -64,6 +64,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from acme_ca.db.embedded import SHARED_CLUSTER_ROOT, EmbeddedPostgres
 from acme_ca.ra.keys import DEFAULT_RSA_SIZES, openssl_blacklist_fingerprint
 from integration.bench.servers import Service, start_service
+from integration.clients import write_hooks
 from integration.netns import Namespace, add_veth, create_namespace
 from integration.processes import (
     CaProcess,
@@ -83,7 +84,6 @@ from integration.signed_dns import (
     unbound_config,
 )
 from integration.signed_dns import free_port as free_dns_port
-from integration.test_interop import write_hooks
 from tests.support.softhsm import SoftHsmToken
 
 ZONE = "production.example.com."

@@ -59,10 +59,10 @@ from integration.signed_dns import (
     running_unbound,
     unbound_config,
 )
+from tests.support.problems import ERR
 
 pytestmark = pytest.mark.integration
 
-ACME = "urn:ietf:params:acme:error:"
 ORIGIN = dns.name.from_text("dnssec.test.")
 INSECURE_ORIGIN = dns.name.from_text("insecure.dnssec.test.")
 KEY_AUTH = "tPUZNY4ONIk6LxErRFEjVw.9jg46WB3rR_AHD-EBXdN7cBkH1WOu0tA3M9fm21mqTI"
@@ -224,7 +224,7 @@ async def test_br_dcv_1_broken_rrsig_is_servfail(resolver: Resolver) -> None:
     assert answer.failure is DnsFailure.SERVFAIL, answer
     result = await Dns01Validator(client).check("broken.dnssec.test", KEY_AUTH)
     assert not result.ok and result.problem is not None
-    assert result.problem.type == ACME + "dns"
+    assert result.problem.type == ERR + "dns"
     assert "servfail" in result.problem.detail
 
 
@@ -232,7 +232,7 @@ async def test_br_dcv_1_resolver_validates_even_when_not_required(resolver: Reso
     """The refusal comes from the resolver's validation, not only from our AD check."""
     client = DnsClient(resolver.settings(require_dnssec=False))
     result = await Dns01Validator(client).check("broken.dnssec.test", KEY_AUTH)
-    assert result.problem is not None and result.problem.type == ACME + "dns"
+    assert result.problem is not None and result.problem.type == ERR + "dns"
 
 
 async def test_caa_11_bogus_caa_refused(resolver: Resolver) -> None:
@@ -242,7 +242,7 @@ async def test_caa_11_bogus_caa_refused(resolver: Resolver) -> None:
         "broken.dnssec.test", wildcard=False, account_uri=ACCOUNT, validation_method="dns-01"
     )
     assert not result.ok and result.problem is not None
-    assert result.problem.type == ACME + "caa"
+    assert result.problem.type == ERR + "caa"
     assert result.problem.status == 403
     assert result.records[0].error is not None
 
@@ -308,13 +308,13 @@ async def test_br_dcv_1_non_validating_resolver_refused(resolver: Resolver, name
     assert answer.failure is DnsFailure.UNAUTHENTICATED, answer
     result = await Dns01Validator(client).check(name, KEY_AUTH)
     assert not result.ok and result.problem is not None
-    assert result.problem.type == ACME + "dns"
+    assert result.problem.type == ERR + "dns"
     assert "does not appear to validate DNSSEC" in result.problem.detail
     assert result.records[0].error is not None
     assert "dnssec" not in result.records[0].to_json()
     checker = CaaChecker.from_dns(client)
     caa = await checker.check(name, wildcard=False, account_uri=ACCOUNT, validation_method="dns-01")
-    assert not caa.ok and caa.problem is not None and caa.problem.type == ACME + "caa"
+    assert not caa.ok and caa.problem is not None and caa.problem.type == ERR + "caa"
 
 
 async def test_br_dcv_1_non_validating_resolver_unchecked_when_off(resolver: Resolver) -> None:

@@ -65,13 +65,12 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from acme_ca.db.embedded import EmbeddedPostgres
-from integration.processes import STOP_TIMEOUT, CaProcesses, describe, run_cli, tail
-from integration.test_issuance import CERTBOT, _openssl_verify
-from integration.test_testmode import (
+from integration.clients import CERTBOT, openssl_verify, write_hooks
+from integration.processes import STOP_TIMEOUT, CaProcesses, base_env, describe, run_cli, tail
+from integration.testmode_server import (
     QuietProcesses,
     RunningTestCa,
     blocking_findings,
-    clean_env,
     start_test_mode,
     write_pem,
 )
@@ -119,88 +118,6 @@ ROLLOVER_UNSUPPORTED = {
 
 # ------------------------------------------------------------------------------------------
 # hook scripts: bash + curl against the management API, as a Pebble harness has them
-
-HOOKS = {
-    "certbot-dns01-auth.sh": """#!/bin/bash
-# certbot --manual-auth-hook (dns-01): certbot exports CERTBOT_DOMAIN and CERTBOT_VALIDATION.
-set -euo pipefail
-MGMT=@MGMT@
-curl -sSf -X POST "$MGMT/set-txt" \\
-  -d "{\\"host\\":\\"_acme-challenge.${CERTBOT_DOMAIN}.\\",\\"value\\":\\"${CERTBOT_VALIDATION}\\"}"
-""",
-    "certbot-dns01-cleanup.sh": """#!/bin/bash
-# certbot --manual-cleanup-hook (dns-01)
-set -euo pipefail
-MGMT=@MGMT@
-curl -sSf -X POST "$MGMT/clear-txt" -d "{\\"host\\":\\"_acme-challenge.${CERTBOT_DOMAIN}.\\"}"
-""",
-    "lego-exec.sh": """#!/bin/bash
-# lego --dns exec (EXEC_PATH): present|cleanup FQDN VALUE; the FQDN ends in a dot.
-set -euo pipefail
-MGMT=@MGMT@
-case "$1" in
-  present) curl -sSf -X POST "$MGMT/set-txt" -d "{\\"host\\":\\"$2\\",\\"value\\":\\"$3\\"}" ;;
-  cleanup) curl -sSf -X POST "$MGMT/clear-txt" -d "{\\"host\\":\\"$2\\"}" ;;
-esac
-""",
-    "dehydrated-http01.sh": """#!/bin/bash
-# dehydrated hook (http-01): deploy_challenge/clean_challenge DOMAIN TOKEN KEYAUTH
-set -euo pipefail
-MGMT=@MGMT@
-case "$1" in
-  deploy_challenge)
-    curl -sSf -X POST "$MGMT/add-http01" -d "{\\"token\\":\\"$3\\",\\"content\\":\\"$4\\"}" ;;
-  clean_challenge)
-    curl -sSf -X POST "$MGMT/del-http01" -d "{\\"token\\":\\"$3\\"}" ;;
-esac
-exit 0
-""",
-    "dehydrated-dns01.sh": """#!/bin/bash
-# dehydrated hook (dns-01): deploy_challenge/clean_challenge DOMAIN TOKEN TXT-VALUE
-set -euo pipefail
-MGMT=@MGMT@
-case "$1" in
-  deploy_challenge)
-    curl -sSf -X POST "$MGMT/set-txt" \\
-      -d "{\\"host\\":\\"_acme-challenge.$2.\\",\\"value\\":\\"$4\\"}" ;;
-  clean_challenge)
-    curl -sSf -X POST "$MGMT/clear-txt" -d "{\\"host\\":\\"_acme-challenge.$2.\\"}" ;;
-esac
-exit 0
-""",
-    "uacme-http01.sh": """#!/bin/bash
-# uacme -h (http-01 only): METHOD TYPE IDENT TOKEN AUTH; non-zero declines a challenge.
-MGMT=@MGMT@
-case "$1:$2" in
-  begin:http-01)
-    curl -sSf -X POST "$MGMT/add-http01" -d "{\\"token\\":\\"$4\\",\\"content\\":\\"$5\\"}" ;;
-  done:http-01|failed:http-01)
-    curl -sSf -X POST "$MGMT/del-http01" -d "{\\"token\\":\\"$4\\"}" ;;
-  *) exit 1 ;;
-esac
-""",
-    "uacme-dns01.sh": """#!/bin/bash
-# uacme -h (dns-01 only): METHOD TYPE IDENT TOKEN AUTH; AUTH is already the TXT value.
-MGMT=@MGMT@
-case "$1:$2" in
-  begin:dns-01)
-    curl -sSf -X POST "$MGMT/set-txt" \\
-      -d "{\\"host\\":\\"_acme-challenge.$3.\\",\\"value\\":\\"$5\\"}" ;;
-  done:dns-01|failed:dns-01)
-    curl -sSf -X POST "$MGMT/clear-txt" -d "{\\"host\\":\\"_acme-challenge.$3.\\"}" ;;
-  *) exit 1 ;;
-esac
-""",
-}
-
-
-def write_hooks(directory: Path, management_url: str) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, text in HOOKS.items():
-        path = directory / name
-        path.write_text(text.replace("@MGMT@", management_url))
-        path.chmod(0o755)
-    return directory
 
 
 # ------------------------------------------------------------------------------------------
@@ -351,7 +268,7 @@ def snapshot(directory: Path, leaf_file: Path, chain_file: Path | None = None) -
 
 def check_issued(server: InteropServer, issued: Issued, *, lint: bool = True) -> None:
     """openssl verify against /roots/0, pkilint clean, the names and the key asked for."""
-    _openssl_verify(server.root, issued.chain, issued.leaf)
+    openssl_verify(server.root, issued.chain, issued.leaf)
     if lint:
         blocking = blocking_findings(issued.leaf)
         assert not blocking, blocking
@@ -391,7 +308,7 @@ class Client:
             argv,
             capture_output=True,
             text=True,
-            env=clean_env(**(env or {})),
+            env=base_env(**(env or {})),
             cwd=self.work,
             timeout=CLIENT_TIMEOUT,
             stdin=subprocess.DEVNULL,

@@ -20,7 +20,6 @@ import datetime as dt
 import json
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import TypeVar
@@ -29,7 +28,6 @@ import josepy
 import pytest
 import requests
 from acme import challenges, client, messages
-from acme import crypto_util as acme_crypto
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -38,6 +36,15 @@ from acme_ca.ca.ct.loglist import parse_log_list
 from acme_ca.ca.ct.sct import certificate_precert_entry, embedded_scts, verify_signature
 from acme_ca.ca.profile import recommended_validity
 from integration.challsrv_thread import ThreadedChallengeServer
+from integration.clients import (
+    BIN,
+    NAMES,
+    acme_account,
+    certbot_certonly,
+    certbot_failure,
+    csr_pem,
+    openssl_verify,
+)
 from integration.processes import (
     CaProcess,
     CaProcesses,
@@ -52,11 +59,7 @@ pytestmark = pytest.mark.integration
 
 _T = TypeVar("_T")
 
-BIN = Path(sys.executable).parent
-CERTBOT = str(BIN / "certbot")
 PKILINT = str(BIN / "lint_cabf_serverauth_cert")
-NAMES = ["www.example.com", "example.com", "api.example.com"]
-EMAIL = "ops@example.test"
 PEM_CHAIN = "application/pem-certificate-chain"
 #: BR 6.3.2 (SC-081): the SHOULD for today's date (199 days until 2027-03-15, then 99, 46).
 EXPECTED_VALIDITY = recommended_validity(dt.datetime.now(dt.UTC))
@@ -119,74 +122,10 @@ def _serve_https(
     return ca
 
 
-def _certbot_certonly(
-    tmp_path: Path, ca: CaProcess, cafile: Path, key_type: str, http01_port: int
-) -> tuple[subprocess.CompletedProcess[str], Path]:
-    """certbot certonly --standalone for NAMES; returns the run and certbot's base dir."""
-    certbot_dir = tmp_path / f"certbot-{key_type}"
-    args = [
-        CERTBOT,
-        "certonly",
-        "--standalone",
-        "--server",
-        ca.directory_url,
-        "--http-01-port",
-        str(http01_port),
-        "--http-01-address",
-        "127.0.0.1",
-        "--key-type",
-        key_type,
-        *[arg for name in NAMES for arg in ("-d", name)],
-        "-n",
-        "--agree-tos",
-        "-m",
-        EMAIL,
-        "--config-dir",
-        str(certbot_dir / "config"),
-        "--work-dir",
-        str(certbot_dir / "work"),
-        "--logs-dir",
-        str(certbot_dir / "logs"),
-    ]
-    run = subprocess.run(
-        args,
-        capture_output=True,
-        text=True,
-        env=base_env(REQUESTS_CA_BUNDLE=str(cafile)),
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
-    return run, certbot_dir
-
-
-def _certbot_failure(
-    run: subprocess.CompletedProcess[str], certbot_dir: Path, *cas: CaProcess
-) -> str:
-    log = certbot_dir / "logs" / "letsencrypt.log"
-    log_tail = "\n".join(log.read_text(errors="replace").splitlines()[-60:]) if log.exists() else ""
-    return "\n".join(
-        [f"certbot: {describe(run)}", f"--- letsencrypt.log tail ---\n{log_tail}"]
-        + [ca.tails() for ca in cas]
-    )
-
-
 def _certbot_order_ids(certbot_dir: Path) -> set[int]:
     """Order ids from certbot's debug log (it logs every response's headers)."""
     text = (certbot_dir / "logs" / "letsencrypt.log").read_text(errors="replace")
     return {int(m) for m in re.findall(r"/acme/order/(\d+)", text)}
-
-
-def _openssl_verify(cafile: Path, untrusted: Path, leaf: Path) -> None:
-    verify = subprocess.run(
-        ["openssl", "verify", "-CAfile", str(cafile), "-untrusted", str(untrusted), str(leaf)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert verify.returncode == 0, f"openssl verify: {describe(verify)}"
-    assert verify.stdout.strip() == f"{leaf}: OK", describe(verify)
 
 
 def _pkilint_findings(cert: Path) -> list[tuple[str, str, str]]:
@@ -224,33 +163,11 @@ def _load(path: Path) -> x509.Certificate:
 # acme library -----------------------------------------------------------------------------
 
 
-def _acme_account(directory_url: str, cafile: Path | None) -> tuple[client.ClientV2, josepy.JWK]:
-    key = josepy.JWKEC(key=ec.generate_private_key(ec.SECP256R1()))
-    net = client.ClientNetwork(
-        key,
-        alg=josepy.ES256,
-        user_agent="acme-ca-integration",
-        # requests takes a CA bundle path wherever it takes True.
-        verify_ssl=str(cafile) if cafile is not None else True,  # type: ignore[arg-type]
-    )
-    acme = client.ClientV2(client.ClientV2.get_directory(directory_url, net), net)
-    acme.new_account(messages.NewRegistration.from_data(email=EMAIL, terms_of_service_agreed=True))
-    return acme, key
-
-
-def _csr_pem(names: list[str]) -> bytes:
-    key = ec.generate_private_key(ec.SECP256R1())
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return acme_crypto.make_csr(pem, names)
-
-
 def _ready_order_dns01(
     acme: client.ClientV2, key: josepy.JWK, dns: ThreadedChallengeServer, names: list[str]
 ) -> messages.OrderResource:
     """newOrder, every authorization by dns-01 (TXT in the test DNS), polled to valid."""
-    order = acme.new_order(_csr_pem(names))
+    order = acme.new_order(csr_pem(names))
     for authz in order.authorizations:
         challb = next(c for c in authz.body.challenges if isinstance(c.chall, challenges.DNS01))
         response, validation = challb.chall.response_and_validation(key)
@@ -296,12 +213,12 @@ def test_certbot_http01_issues_verifiable_lint_clean(
     assert ca.wait_event("server.ready")["worker"] == "in-process"
     assert (pki / "root.pem").is_file(), "serve did not create the development hierarchy"
 
-    run, certbot_dir = _certbot_certonly(tmp_path, ca, cafile, key_type, http01_port)
-    assert run.returncode == 0, _certbot_failure(run, certbot_dir, ca)
+    run, certbot_dir = certbot_certonly(tmp_path, ca, cafile, key_type, http01_port)
+    assert run.returncode == 0, certbot_failure(run, certbot_dir, ca)
 
     live = certbot_dir / "config" / "live" / NAMES[0]
     cert_pem, chain_pem = live / "cert.pem", live / "chain.pem"
-    _openssl_verify(pki / "root.pem", chain_pem, cert_pem)
+    openssl_verify(pki / "root.pem", chain_pem, cert_pem)
 
     findings = _pkilint_findings(cert_pem)
     blocking = [f for f in findings if f[0] in ("ERROR", "FATAL")]
@@ -415,10 +332,10 @@ def test_issuance_signed_in_softhsm_with_separate_worker(
     worker.wait_event("worker.started", timeout=30)
 
     cafile = home / "tls" / "ca.pem"
-    run, certbot_dir = _certbot_certonly(tmp_path, ca, cafile, "ecdsa", http01_port)
-    assert run.returncode == 0, _certbot_failure(run, certbot_dir, ca, worker)
+    run, certbot_dir = certbot_certonly(tmp_path, ca, cafile, "ecdsa", http01_port)
+    assert run.returncode == 0, certbot_failure(run, certbot_dir, ca, worker)
     live = certbot_dir / "config" / "live" / NAMES[0]
-    _openssl_verify(pki / "root.pem", live / "chain.pem", live / "cert.pem")
+    openssl_verify(pki / "root.pem", live / "chain.pem", live / "cert.pem")
     leaf = _load(live / "cert.pem")
     assert leaf.issuer == _load(pki / "dv-ecc.pem").subject
 
@@ -428,7 +345,7 @@ def test_issuance_signed_in_softhsm_with_separate_worker(
 
     # No worker: the finalized order waits in `processing` and says when to ask again.
     assert worker.terminate() == 0, worker.tails()
-    acme, key = _acme_account(ca.directory_url, cafile)
+    acme, key = acme_account(ca.directory_url, cafile)
     names = ["queued.example.com"]
     order = _ready_order_dns01(acme, key, challenge_dns, names)
     finalized = _finalize(acme, order)
@@ -490,7 +407,7 @@ def test_download_alternate_chain(
     )
     ca.wait_ready(timeout=40)
 
-    acme, key = _acme_account(ca.directory_url, None)
+    acme, key = acme_account(ca.directory_url, None)
     names = ["www.example.com", "example.com"]
     order = _ready_order_dns01(acme, key, challenge_dns, names)
     _finalize(acme, order)
@@ -531,4 +448,4 @@ def test_download_alternate_chain(
     untrusted.write_bytes(
         b"".join(c.public_bytes(serialization.Encoding.PEM) for c in alt_chain[1:])
     )
-    _openssl_verify(pki / "root-x1.pem", untrusted, leaf_path)
+    openssl_verify(pki / "root-x1.pem", untrusted, leaf_path)

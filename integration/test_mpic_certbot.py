@@ -10,18 +10,14 @@ event for the name (see ``docs/mpic.md``, "How an auditor reads a quorum").
 
 from __future__ import annotations
 
-import json
 import subprocess
 from pathlib import Path
-from typing import Any
 
-import asyncpg
 import pytest
 
-from integration.processes import CaProcesses, describe, tail
-from integration.test_interop import write_hooks
-from integration.test_issuance import CERTBOT
-from integration.test_testmode import clean_env, start_test_mode
+from integration.clients import CERTBOT, challenge_records, write_hooks
+from integration.processes import CaProcesses, base_env, describe, tail
+from integration.testmode_server import start_test_mode
 
 pytestmark = pytest.mark.integration
 
@@ -67,33 +63,12 @@ def _certbot(
         argv,
         capture_output=True,
         text=True,
-        env=clean_env(REQUESTS_CA_BUNDLE=str(cafile)),
+        env=base_env(REQUESTS_CA_BUNDLE=str(cafile)),
         cwd=work,
         timeout=180,
         stdin=subprocess.DEVNULL,
         check=False,
     )
-
-
-async def _challenge_records(dsn: str, identifier: str) -> list[tuple[str, str, list[Any]]]:
-    """(type, status, validation_records) of every challenge of ``identifier``."""
-    conn = await asyncpg.connect(dsn)
-    try:
-        rows = await conn.fetch(
-            "SELECT c.type, c.status, c.validation_records FROM challenges c"
-            " JOIN authorizations a ON a.id = c.authz_id WHERE a.identifier = $1"
-            " ORDER BY c.id",
-            identifier,
-        )
-    finally:
-        await conn.close()
-    result = []
-    for row in rows:
-        records = row["validation_records"]
-        if isinstance(records, str):
-            records = json.loads(records)
-        result.append((row["type"], row["status"], records))
-    return result
 
 
 async def test_br_mpic_certbot_with_five_perspectives(
@@ -118,7 +93,7 @@ async def test_br_mpic_certbot_with_five_perspectives(
     assert (work / "config" / "live" / NAME / "cert.pem").is_file()
 
     # The dns-01 challenge is valid, and its records carry the quorum: 5 of 5 remotes.
-    challenges = await _challenge_records(dsn, NAME)
+    challenges = await challenge_records(dsn, NAME)
     valid = [(kind, records) for kind, status, records in challenges if status == "valid"]
     assert [kind for kind, _ in valid] == ["dns-01"], challenges
     records = valid[0][1]

@@ -39,8 +39,9 @@ from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsag
 from acme_ca.ca.ct.loglist import parse_log_list
 from acme_ca.ca.ct.sct import certificate_precert_entry, embedded_scts, verify_signature
 from acme_ca.deployment import INVARIANTS
+from integration.clients import CERTBOT, challenge_records, openssl_verify
 from integration.netns import require_namespaces
-from integration.processes import CaProcess, describe, free_port, tail
+from integration.processes import CaProcess, base_env, describe, free_port, tail
 from integration.production_env import (
     PERSPECTIVES,
     STATUS_BASE_URL,
@@ -53,9 +54,6 @@ from integration.production_env import (
     production_env,
     weak_key_lists,
 )
-from integration.test_issuance import CERTBOT, _openssl_verify
-from integration.test_mpic_certbot import _challenge_records
-from integration.test_testmode import clean_env
 from tests.support.softhsm import softhsm_available
 
 pytestmark = pytest.mark.integration
@@ -116,7 +114,7 @@ def run_certbot(
         argv,
         capture_output=True,
         text=True,
-        env=clean_env(REQUESTS_CA_BUNDLE=str(env.cafile)),
+        env=base_env(REQUESTS_CA_BUNDLE=str(env.cafile)),
         cwd=work,
         timeout=CERTBOT_TIMEOUT,
         stdin=subprocess.DEVNULL,
@@ -186,7 +184,7 @@ async def test_production_shape_certbot_dns01_issues_with_scts_and_5_of_5(
 
     # The chain: the issuing CA for the key type, then the imported root, verified by openssl.
     assert chain == [issuing], [c.subject.rfc4514_string() for c in chain]
-    _openssl_verify(env.pki / "root.pem", live / "chain.pem", live / "cert.pem")
+    openssl_verify(env.pki / "root.pem", live / "chain.pem", live / "cert.pem")
     public = leaf.public_key()
     assert isinstance(public, rsa.RSAPublicKey if label == "rsa" else ec.EllipticCurvePublicKey)
     san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -231,7 +229,7 @@ async def test_production_shape_certbot_dns01_issues_with_scts_and_5_of_5(
     assert not production.serve.events("certificate.issued")
 
     # dns-01 was DNSSEC-secure at the primary and corroborated by all five remotes.
-    challenges = await _challenge_records(str(env.settings["database_url"]), name)
+    challenges = await challenge_records(str(env.settings["database_url"]), name)
     valid = [records for kind, status, records in challenges if status == "valid"]
     assert [kind for kind, status, _ in challenges if status == "valid"] == ["dns-01"]
     records = valid[0]

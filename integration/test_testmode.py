@@ -21,19 +21,14 @@ are shared with ``integration/test_interop.py``.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import io
 import json
 import os
 import shutil
 import signal
 import ssl
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,22 +41,30 @@ from acme import challenges, messages
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from acme_ca.config import PEBBLE_ENV, PEBBLE_MAX_VALIDATION_SLEEP, Config, load_config
+from acme_ca.config import PEBBLE_MAX_VALIDATION_SLEEP, Config, load_config
+from integration.clients import (
+    NAMES,
+    acme_account,
+    certbot_certonly,
+    certbot_failure,
+    csr_pem,
+    openssl_verify,
+)
 from integration.processes import (
-    CaProcess,
     CaProcesses,
     base_env,
     describe,
-    free_port,
     run_cli,
 )
-from integration.test_issuance import (
-    NAMES,
-    _acme_account,
-    _certbot_certonly,
-    _certbot_failure,
-    _csr_pem,
-    _openssl_verify,
+from integration.testmode_server import (
+    PEM_CHAIN,
+    QuietProcesses,
+    RunningTestCa,
+    blocking_findings,
+    http_get,
+    mgmt_post,
+    start_test_mode,
+    write_pem,
 )
 from tests.support.jws import JwsClient
 
@@ -71,182 +74,11 @@ STARTUP_TARGET_SECONDS = 5.0
 STARTUP_LIMIT_SECONDS = 15.0
 BAD_NONCE = "urn:ietf:params:acme:error:badNonce"
 PROBLEM_JSON = "application/problem+json"
-PEM_CHAIN = "application/pem-certificate-chain"
 HSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 
 
 # ------------------------------------------------------------------------------------------
 # shared helpers: one `acme-ca serve --test` subprocess on free ports
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """:func:`base_env` without Pebble's knob variables either, so the caller's shell cannot
-    change what a test-mode server does."""
-    env = {k: v for k, v in base_env().items() if k not in PEBBLE_ENV}
-    env.update(extra)
-    return env
-
-
-@dataclass
-class RunningTestCa:
-    """One ``acme-ca serve --test`` subprocess and the ports it was given."""
-
-    proc: CaProcess
-    home: Path
-    env: dict[str, str]
-    listen_port: int
-    status_port: int
-    dns_port: int
-    management_port: int
-    challsrv_http01: str
-    """``HOST:PORT`` of the challenge server's own http-01 listener, or ``off``."""
-    http01_port: int
-    """The port the CA's http-01 validation connects to (``--http01-port``)."""
-    startup_seconds: float = 0.0
-    _root: Path | None = field(default=None, repr=False)
-
-    @property
-    def directory_url(self) -> str:
-        return self.proc.directory_url
-
-    @property
-    def cafile(self) -> Path:
-        """The generated local CA the HTTPS listener's certificate chains to."""
-        return self.home / "tls" / "ca.pem"
-
-    @property
-    def management_url(self) -> str:
-        return f"http://127.0.0.1:{self.management_port}"
-
-    @property
-    def resolver(self) -> str:
-        return f"127.0.0.1:{self.dns_port}"
-
-    def mgmt(self, path: str, body: dict[str, Any]) -> None:
-        """A management verb that must succeed (200)."""
-        status, text = mgmt_post(self.management_url + path, body)
-        assert status == 200, f"POST {path} {body}: {status} {text!r}"
-
-    def root_pem(self, directory: Path) -> Path:
-        """The CA's root, fetched from ``/roots/0`` as a harness would (once per server)."""
-        if self._root is None:
-            status, ctype, body = http_get(self.management_url + "/roots/0")
-            assert status == 200, (status, body)
-            assert ctype == PEM_CHAIN, ctype
-            directory.mkdir(parents=True, exist_ok=True)
-            self._root = directory / f"root-{self.management_port}.pem"
-            self._root.write_bytes(body)
-        return self._root
-
-    def stop(self) -> None:
-        """SIGTERM: the server stops its worker, listeners and any embedded PostgreSQL."""
-        code = self.proc.terminate()
-        assert code == 0, f"exit {code}\n{self.proc.tails()}"
-
-
-def start_test_mode(
-    processes: CaProcesses,
-    name: str,
-    home: Path,
-    *,
-    dsn: str | None = None,
-    challsrv_http01: str = "on",
-    http01_port: int | None = None,
-    args: tuple[str, ...] = (),
-    timeout: float = 40.0,
-    env: dict[str, str] | None = None,
-) -> RunningTestCa:
-    """``acme-ca serve --test`` on free ports, waited for until the directory answers.
-
-    ``challsrv_http01="on"`` puts the challenge server's http-01 listener on a free port and
-    points the CA's http-01 validation there (Pebble's 5002 arrangement); ``"off"`` turns the
-    listener off and validation goes to ``http01_port`` (free if not given), where a
-    standalone client binds. ``dsn`` None runs the embedded PostgreSQL under ``home``.
-    ``env`` adds variables (knobs, Pebble's names) to the server's environment.
-    """
-    listen, status, dns_port, management = free_port(), free_port(), free_port(), free_port()
-    if challsrv_http01 == "on":
-        http01_port = http01_port or free_port()
-        challsrv = f"127.0.0.1:{http01_port}"
-    else:
-        challsrv = challsrv_http01
-        http01_port = http01_port or free_port()
-    server_env = clean_env(
-        ACME_CA_HOME=str(home),
-        ACME_CA_STATUS_LISTEN=f"127.0.0.1:{status}",
-        ACME_CA_CHALLSRV_DNS=f"127.0.0.1:{dns_port}",
-        ACME_CA_CHALLSRV_MANAGEMENT=f"127.0.0.1:{management}",
-        **(env or {}),
-    )
-    if dsn is not None:
-        server_env["ACME_CA_DATABASE_URL"] = dsn
-    started = time.monotonic()
-    proc = processes.serve(
-        name,
-        "--test",
-        "--listen",
-        f"127.0.0.1:{listen}",
-        "--challsrv-http01",
-        challsrv,
-        "--http01-port",
-        str(http01_port),
-        *args,
-        env=server_env,
-        base_url=f"https://127.0.0.1:{listen}",
-    )
-    ca = RunningTestCa(
-        proc=proc,
-        home=home,
-        env=server_env,
-        listen_port=listen,
-        status_port=status,
-        dns_port=dns_port,
-        management_port=management,
-        challsrv_http01=challsrv,
-        http01_port=http01_port,
-    )
-    proc.wait_ready(cafile=ca.cafile, timeout=timeout)
-    ca.startup_seconds = time.monotonic() - started
-    proc.wait_event("testmode.ready", timeout=5)
-    return ca
-
-
-class QuietProcesses(CaProcesses):
-    """:class:`CaProcesses` that prints the servers' log tails only when a test failed
-    (``-s`` would otherwise show every tail of every passing test)."""
-
-    def __init__(self, log_dir: Path, session: pytest.Session) -> None:
-        super().__init__(log_dir)
-        self._session = session
-        self._failed_before = session.testsfailed
-
-    def close(self) -> None:
-        failed = self._session.testsfailed > self._failed_before
-        for ca in self.started:
-            ca.kill()
-            ca.close_files()
-            if failed:
-                print(ca.tails())
-
-
-def mgmt_post(url: str, body: object) -> tuple[int, bytes]:
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    request = urllib.request.Request(
-        url, data=data, method="POST", headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-def http_get(url: str, context: ssl.SSLContext | None = None) -> tuple[int, str, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=10, context=context) as resp:
-            return resp.status, resp.headers.get_content_type(), resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.headers.get_content_type(), exc.read()
 
 
 def directory(ca: RunningTestCa) -> dict[str, Any]:
@@ -263,43 +95,6 @@ def dns_answers(ca: RunningTestCa, name: str, rdtype: str) -> list[str]:
     reply = dns.query.udp(query, "127.0.0.1", port=ca.dns_port, timeout=3)
     wanted = dns.rdatatype.from_text(rdtype)
     return sorted(rr.to_text() for rrset in reply.answer if rrset.rdtype == wanted for rr in rrset)
-
-
-def pkilint_findings(cert: Path) -> list[tuple[str, str, str]]:
-    """(severity, code, node path) of every pkilint finding at WARNING and above: the same
-    ``lint_cabf_serverauth_cert lint`` command line and JSON report as
-    ``integration.test_issuance._pkilint_findings``, run through the CLI's entry point in this
-    process (0.2 s a certificate instead of a second for a new interpreter)."""
-    from pkilint.bin.lint_cabf_serverauth_cert import main as pkilint_main
-
-    out, err = io.StringIO(), io.StringIO()
-    argv = ["lint", "-t", "DV-FINAL-CERTIFICATE", "-s", "WARNING", "-f", "JSON", str(cert)]
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            pkilint_main(argv)
-    except SystemExit as exc:  # argparse or a load error
-        pytest.fail(f"pkilint exited {exc.code}: {err.getvalue()}")
-    try:
-        report = json.loads(out.getvalue())
-    except ValueError:
-        pytest.fail(f"pkilint output is not JSON: {out.getvalue()!r} {err.getvalue()!r}")
-    return [
-        (f["severity"], f["code"], r["node_path"])
-        for r in report["results"]
-        for f in r["finding_descriptions"]
-    ]
-
-
-def blocking_findings(cert: Path) -> list[tuple[str, str, str]]:
-    findings = pkilint_findings(cert)
-    return [f for f in findings if f[0] in ("ERROR", "FATAL")]
-
-
-def write_pem(path: Path, certs: list[x509.Certificate]) -> Path:
-    from cryptography.hazmat.primitives.serialization import Encoding
-
-    path.write_bytes(b"".join(c.public_bytes(Encoding.PEM) for c in certs))
-    return path
 
 
 # ------------------------------------------------------------------------------------------
@@ -474,8 +269,8 @@ def test_management_api_endpoints_and_roots_verify_the_issued_chain(
     # Issue through dns-01 records set over the API (and a CAA record naming this CA):
     # the chain verifies to the root the API serves and lints clean.
     names = ["caa.mgmt.example.com", "issued.mgmt.example.com"]
-    acme, key = _acme_account(ca.directory_url, ca.cafile)
-    order = acme.new_order(_csr_pem(names))
+    acme, key = acme_account(ca.directory_url, ca.cafile)
+    order = acme.new_order(csr_pem(names))
     for authz in order.authorizations:
         challb = next(c for c in authz.body.challenges if isinstance(c.chall, challenges.DNS01))
         _, validation = challb.chall.response_and_validation(key)
@@ -485,8 +280,8 @@ def test_management_api_endpoints_and_roots_verify_the_issued_chain(
     done = acme.poll_and_finalize(order, dt.datetime.now() + dt.timedelta(seconds=30))
     chain = x509.load_pem_x509_certificates(done.fullchain_pem.encode())
     leaf = write_pem(tmp_path / "leaf.pem", chain[:1])
-    _openssl_verify(root0, write_pem(tmp_path / "chain.pem", chain[1:]), leaf)
-    _openssl_verify(root0, write_pem(tmp_path / "intermediates.pem", intermediates), leaf)
+    openssl_verify(root0, write_pem(tmp_path / "chain.pem", chain[1:]), leaf)
+    openssl_verify(root0, write_pem(tmp_path / "intermediates.pem", intermediates), leaf)
     assert not blocking_findings(leaf)
 
     # A CAA record naming another CA, set over the API, makes validation fail.
@@ -494,7 +289,7 @@ def test_management_api_endpoints_and_roots_verify_the_issued_chain(
         "/add-caa",
         {"host": "denied.mgmt.example.com", "policies": [{"tag": "issue", "value": "ca.invalid"}]},
     )
-    order = acme.new_order(_csr_pem(["denied.mgmt.example.com"]))
+    order = acme.new_order(csr_pem(["denied.mgmt.example.com"]))
     (authz,) = order.authorizations
     challb = next(c for c in authz.body.challenges if isinstance(c.chall, challenges.DNS01))
     _, validation = challb.chall.response_and_validation(key)
@@ -527,10 +322,10 @@ def test_challsrv_http01_off_lets_certbot_standalone_bind_the_port(
     assert mgmt_post(ca.management_url + "/add-http01", {"token": "t", "content": "c"})[0] == 404
     ca.mgmt("/set-txt", {"host": "still-there.example.com.", "value": "dns verbs stay"})
 
-    run, certbot_dir = _certbot_certonly(tmp_path, ca.proc, ca.cafile, "rsa", ca.http01_port)
-    assert run.returncode == 0, _certbot_failure(run, certbot_dir, ca.proc)
+    run, certbot_dir = certbot_certonly(tmp_path, ca.proc, ca.cafile, "rsa", ca.http01_port)
+    assert run.returncode == 0, certbot_failure(run, certbot_dir, ca.proc)
     live = certbot_dir / "config" / "live" / NAMES[0]
-    _openssl_verify(ca.root_pem(tmp_path), live / "chain.pem", live / "cert.pem")
+    openssl_verify(ca.root_pem(tmp_path), live / "chain.pem", live / "cert.pem")
     assert not blocking_findings(live / "cert.pem")
 
 
@@ -556,8 +351,8 @@ def test_pebble_va_always_valid_passes_without_any_response(
     assert ca.proc.events("va.always_valid"), "always_valid is not announced"
 
     name = "nothing-served.example.com"
-    acme, key = _acme_account(ca.directory_url, ca.cafile)
-    order = acme.new_order(_csr_pem([name]))
+    acme, key = acme_account(ca.directory_url, ca.cafile)
+    order = acme.new_order(csr_pem([name]))
     (authz,) = order.authorizations
     challb = _first_http01(authz)
     acme.answer_challenge(challb, challb.chall.response(key))  # nothing provisioned anywhere
@@ -581,8 +376,8 @@ def test_pebble_authzreuse(
     assert ca.proc.wait_event("testmode.ready")["authz_reuse_percent"] == (
         100 if authzreuse is None else 0
     )
-    acme, _ = _acme_account(ca.directory_url, ca.cafile)
-    csr = _csr_pem(["reuse.example.com"])
+    acme, _ = acme_account(ca.directory_url, ca.cafile)
+    csr = csr_pem(["reuse.example.com"])
     first = [a.uri for a in acme.new_order(csr).authorizations]
     second = [a.uri for a in acme.new_order(csr).authorizations]
     third = [a.uri for a in acme.new_order(csr).authorizations]
@@ -617,8 +412,8 @@ def test_pebble_va_nosleep(
     assert ready["validation_delay_seconds"] == expected_delay, ready
     if expected_delay:
         return  # a random 0..15 s sleep: nothing to time reliably
-    acme, key = _acme_account(ca.directory_url, ca.cafile)
-    order = acme.new_order(_csr_pem(["nosleep.example.com"]))
+    acme, key = acme_account(ca.directory_url, ca.cafile)
+    order = acme.new_order(csr_pem(["nosleep.example.com"]))
     (authz,) = order.authorizations
     challb = _first_http01(authz)
     response, validation = challb.chall.response_and_validation(key)
@@ -731,7 +526,7 @@ async def test_nonce_reject_percent_config_key_100(
 @pytest.mark.parametrize("how", ["--test", "ACME_CA_TEST_MODE", "config-file"])
 def test_test_mode_with_hsm_refuses_to_start(how: str, tmp_path: Path) -> None:
     home = tmp_path / "ca-home"
-    env = clean_env(ACME_CA_HOME=str(home), ACME_CA_PKCS11_MODULE=HSM_MODULE)
+    env = base_env(ACME_CA_HOME=str(home), ACME_CA_PKCS11_MODULE=HSM_MODULE)
     args = ["serve"]
     if how == "--test":
         args.append("--test")
@@ -760,7 +555,7 @@ def test_test_mode_with_hsm_refuses_to_start(how: str, tmp_path: Path) -> None:
 def test_knobs_without_test_mode_are_refused(knob: str, tmp_path: Path) -> None:
     variable, _, value = knob.partition("=")
     home = tmp_path / "ca-home"
-    run = run_cli("serve", env=clean_env(ACME_CA_HOME=str(home), **{variable: value}))
+    run = run_cli("serve", env=base_env(ACME_CA_HOME=str(home), **{variable: value}))
     assert run.returncode == 2, describe(run)
     assert "are test-mode knobs (serve --test)" in run.stderr, describe(run)
     assert not (home / "pg").exists()

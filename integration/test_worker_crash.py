@@ -39,7 +39,7 @@ from acme_ca.ca.worker import MAX_ATTEMPTS
 from acme_ca.config import Config
 from acme_ca.db.issuance import IssuanceRepository
 from integration.processes import read_log_events
-from tests.test_worker import build_csr, insert_ready_order
+from tests.support.worker import build_csr, insert_ready_order
 
 pytestmark = pytest.mark.integration
 

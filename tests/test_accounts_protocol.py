@@ -21,7 +21,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from acme_ca.acme.b64 import b64url_encode
 from acme_ca.db.audit import events_for_account
 from tests.fixtures import CaFactory, RunningCa
-from tests.support.jws import JwsClient, PrivateKey, Reply, jwk_json, make_jws
+from tests.support.accounts import key_change
+from tests.support.jws import JwsClient, PrivateKey, jwk_json, make_jws
 from tests.support.problems import assert_problem
 
 TERMS = "https://jprs.jp/pubcert/info/repository/"
@@ -61,27 +62,6 @@ async def registered(
 def account_id(client: JwsClient) -> int:
     assert client.kid is not None
     return int(client.kid.rsplit("/", 1)[1])
-
-
-async def key_change(
-    client: JwsClient,
-    new_key: PrivateKey,
-    *,
-    inner_nonce: str | None = None,
-    inner_url: str | None = None,
-    account: str | None = None,
-    old_jwk: dict[str, str] | None = None,
-) -> Reply:
-    """POST keyChange with an inner JWS built from the given (possibly wrong) parts."""
-    url = client.directory["keyChange"]
-    inner = make_jws(
-        new_key,
-        {"account": account or client.kid, "oldKey": old_jwk or jwk_json(client.key)},
-        url=inner_url or url,
-        nonce=inner_nonce,
-        embed_jwk=True,
-    )
-    return await client.post(url, inner)
 
 
 # --------------------------------------------------------------------------- terms of service

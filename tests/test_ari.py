@@ -16,9 +16,9 @@ from acme_ca.acme.b64 import b64url_encode
 from acme_ca.testsrv.server import ChallengeServerConfig, ChallengeTestServer
 from tests.fixtures import CaFactory, RunningCa
 from tests.support.jws import Reply
+from tests.support.orders import Subscriber, subscriber, validation_config
 from tests.support.problems import ERR, assert_problem
-from tests.test_orders import Subscriber, subscriber, validation_config
-from tests.test_revocation import (
+from tests.support.revocation import (
     Leaf,
     ThrowawayIssuer,
     account_id_of,

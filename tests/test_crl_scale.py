@@ -29,13 +29,13 @@ from acme_ca.status.crl import (
     publish_crl,
     specimen_indexes,
 )
-from tests import test_crl
-from tests.test_crl import ISSUERS, StatusEnv
+from tests.support import status as status_support
+from tests.support.status import ISSUERS, StatusEnv
 
 # The shared fixtures of the status tests.
-status_config = test_crl.status_config
-linter = test_crl.linter
-env = test_crl.env
+status_config = status_support.status_config
+linter = status_support.linter
+env = status_support.env
 
 T = TypeVar("T")
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import json
 import socket
@@ -22,7 +21,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,11 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from acme_ca.ca.ct.loglist import (
     FileLogList,
-    LogList,
-    LogListSource,
-    StaticLogList,
     openssl_ctlog_config,
-    parse_log_list,
 )
 from acme_ca.ca.ct.policy import CtPolicy
 from acme_ca.ca.ct.sct import (
@@ -52,10 +47,10 @@ from acme_ca.ca.ct.sct import (
     to_millis,
     verify_signature,
 )
-from acme_ca.ca.ct.submit import CertificateTransparency, CtSettings
+from acme_ca.ca.ct.submit import CertificateTransparency
 from acme_ca.ca.issuers import IssuerSet, load_issuers
 from acme_ca.ca.lint import CertificateLinter
-from acme_ca.ca.worker import DEFAULT_LEASE, SigningWorker, profile_settings_factory
+from acme_ca.ca.worker import DEFAULT_LEASE
 from acme_ca.clock import SystemClock
 from acme_ca.config import Config
 from acme_ca.ct_testlogs import accepted_roots
@@ -63,14 +58,11 @@ from acme_ca.db.issuance import IssuanceJob, IssuanceRepository
 from acme_ca.db.status import StatusRepository
 from acme_ca.status.updater import StatusSettings, StatusUpdater
 from acme_ca.testsrv.ct_log import TestCtLogs, TestLogSpec, _without_poison
-from tests.support.ct import pyasn1_without_poison
-from tests.test_worker import (
+from tests.support.ct import Harness, harness, pyasn1_without_poison, three_operators
+from tests.support.worker import (
     FAST,
     INTERNAL_STATUS_URL,
-    build_csr,
-    ct_log_specs,
     expire_lease,
-    insert_ready_order,
     job_of,
     make_pki_config,
     order_of,
@@ -110,83 +102,6 @@ def days(config: Config, n: int) -> Config:
 
 def spec(name: str, operator: str, mode: str = "rfc6962", **kwargs: Any) -> TestLogSpec:
     return TestLogSpec.generate(name, operator, mode=mode, **kwargs)  # type: ignore[arg-type]
-
-
-def three_operators() -> list[TestLogSpec]:
-    return ct_log_specs()
-
-
-@dataclass
-class Harness:
-    pool: asyncpg.Pool
-    config: Config
-    issuers: IssuerSet
-    linter: CertificateLinter
-    logs: TestCtLogs
-    source: LogListSource
-    settings: CtSettings
-    cts: list[CertificateTransparency]
-
-    @property
-    def log_list(self) -> LogList:
-        return self.source.current()
-
-    def worker(
-        self,
-        worker_id: str = "w1",
-        *,
-        issuers: IssuerSet | None = None,
-        settings: CtSettings | None = None,
-        jobs: IssuanceRepository | None = None,
-        ct: CertificateTransparency | None = None,
-        config: Config | None = None,
-        linter: CertificateLinter | None = None,
-        lint_final: bool = False,
-    ) -> SigningWorker:
-        if ct is None:
-            ct = CertificateTransparency(self.source, SystemClock(), settings or self.settings)
-            self.cts.append(ct)
-        return SigningWorker(
-            jobs or IssuanceRepository(self.pool),
-            issuers or self.issuers,
-            linter or self.linter,
-            SystemClock(),
-            profile_for=profile_settings_factory(config or self.config),
-            worker_id=worker_id,
-            ct=ct,
-            lint_final=lint_final,
-            production=False,  # a development hierarchy: no remote perspectives needed
-        )
-
-    async def queue(self, names: Sequence[str], key: ec.EllipticCurvePrivateKey | None = None,
-                    ) -> tuple[int, ec.EllipticCurvePrivateKey]:
-        """A ready order for ``names`` queued with a CSR of ``key`` (fresh P-256)."""
-        key = key or ec.generate_private_key(ec.SECP256R1())
-        account_id, order_id = await insert_ready_order(self.pool, names)
-        assert await IssuanceRepository(self.pool).enqueue(
-            order_id=order_id, account_id=account_id, csr_der=build_csr(names, key=key),
-            names=list(names), issuer=self.config.ecdsa_issuer, now=datetime.now(UTC),
-        )
-        return order_id, key
-
-
-@contextlib.asynccontextmanager
-async def harness(
-    pool: asyncpg.Pool,
-    config: Config,
-    issuers: IssuerSet,
-    linter: CertificateLinter,
-    specs: Sequence[TestLogSpec],
-    settings: CtSettings = FAST,
-) -> AsyncIterator[Harness]:
-    async with TestCtLogs(specs, accepted_roots(config)) as logs:
-        h = Harness(pool, config, issuers, linter, logs,
-                    StaticLogList(parse_log_list(logs.log_list())), settings, [])
-        try:
-            yield h
-        finally:
-            for ct in h.cts:
-                await ct.aclose()
 
 
 @dataclass

@@ -50,15 +50,14 @@ from acme_ca.status.updater import StatusSettings, StatusUpdater
 from acme_ca.testsrv.ct_log import TestCtLogs, TestLogSpec
 from acme_ca.testsrv.server import ChallengeServerConfig, ChallengeTestServer
 from tests.fixtures import CaFactory, RunningCa
+from tests.support.accounts import key_change
+from tests.support.ct import Harness, harness
 from tests.support.jws import JwsClient
+from tests.support.orders import Subscriber, subscriber, validation_config
 from tests.support.problems import assert_problem
-from tests.test_accounts_protocol import key_change
-from tests.test_crl import STATUS
-from tests.test_ct_issuance import Harness, harness
-from tests.test_ocsp import spk_bits
-from tests.test_orders import Subscriber, subscriber, validation_config
-from tests.test_revocation import make_issuer, make_leaf, store_certificate
-from tests.test_worker import FAST, build_csr, make_pki_config
+from tests.support.revocation import make_issuer, make_leaf, store_certificate
+from tests.support.status import STATUS, spk_bits
+from tests.support.worker import FAST, build_csr, make_pki_config
 
 ISSUER = "dv-ecc"  # the issuer of P-256 CSRs (Config.ecdsa_issuer)
 DATA = Path(__file__).parent / "data"

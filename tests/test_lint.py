@@ -28,7 +28,7 @@ from acme_ca.ca.lint import (
     Severity,
 )
 from acme_ca.ca.profile import ProfileSettings
-from tests.test_profile import (
+from tests.support.profile import (
     COMMON_NAME_PRESENT,
     SETTINGS,
     SIGNING_TIME,

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from acme_ca.acme import problems
-from acme_ca.clock import FixedClock
 from acme_ca.va.mpic import (
     NOT_AWAITED,
     MpicValidator,
@@ -20,51 +18,19 @@ from acme_ca.va.mpic import (
     RemoteUnavailable,
     remote_reply,
 )
-from acme_ca.va.perspectives import MpicSetup, Perspective
+from acme_ca.va.perspectives import Perspective
 from acme_ca.va.records import CheckResult, ValidationRecord
-
-KEY_AUTH = "tok.thumb"
-DEC_2026 = datetime(2026, 12, 20, tzinfo=UTC)
-PERSPECTIVES = (
-    Perspective("a1", "ARIN", "https://a1.example"),
-    Perspective("a2", "ARIN", "https://a2.example"),
-    Perspective("a3", "ARIN", "https://a3.example"),
-    Perspective("a4", "ARIN", "https://a4.example"),
-    Perspective("r1", "RIPE NCC", "https://r1.example"),
+from tests.support.mpic import (
+    KEY_AUTH,
+    PERSPECTIVES,
+    Behaviour,
+    FakeTransport,
+    agree,
+    hang,
+    record,
+    validate,
+    validator,
 )
-
-Behaviour = Callable[[Perspective, dict[str, Any]], Awaitable[Any]]
-
-
-def record(perspective: str = "primary") -> ValidationRecord:
-    return ValidationRecord(
-        method="dns-01", hostname="example.com", query="_acme-challenge.example.com TXT",
-        at=DEC_2026, perspective=perspective,
-    )
-
-
-class FakeLocal:
-    always_valid = False
-
-    def __init__(self, result: CheckResult) -> None:
-        self.result = result
-
-    async def validate(self, *args: object) -> CheckResult:
-        return self.result
-
-    async def recheck_caa(self, *args: object) -> CheckResult:
-        return self.result
-
-
-def agree(observed: str = KEY_AUTH, **overrides: Any) -> Behaviour:
-    async def reply(p: Perspective, request: dict[str, Any]) -> Any:
-        body = remote_reply(
-            p.id, p.rir, request["nonce"], CheckResult.success((record(p.id),), observed)
-        )
-        body.update(overrides)
-        return body
-
-    return reply
 
 
 def fail(problem: Any) -> Behaviour:
@@ -74,52 +40,11 @@ def fail(problem: Any) -> Behaviour:
     return reply
 
 
-def hang(cancelled: list[str]) -> Behaviour:
-    async def reply(p: Perspective, request: dict[str, Any]) -> Any:
-        try:
-            await asyncio.sleep(3600)
-        except asyncio.CancelledError:
-            cancelled.append(p.id)
-            raise
-
-    return reply
-
-
 def unavailable(reason: str) -> Behaviour:
     async def reply(p: Perspective, request: dict[str, Any]) -> Any:
         raise RemoteUnavailable(reason)
 
     return reply
-
-
-class FakeTransport:
-    def __init__(self, behaviours: dict[str, Behaviour]) -> None:
-        self.behaviours = behaviours
-        self.requests: list[tuple[str, dict[str, Any]]] = []
-
-    async def check(self, perspective: Perspective, request: dict[str, Any]) -> Any:
-        self.requests.append((perspective.id, request))
-        behaviour = self.behaviours.get(perspective.id, agree())
-        return await behaviour(perspective, request)
-
-
-def validator(
-    transport: FakeTransport,
-    *,
-    local: CheckResult | None = None,
-    perspectives: tuple[Perspective, ...] = PERSPECTIVES,
-    strict: bool = True,
-    timeout: float = 5.0,
-    at: datetime = DEC_2026,
-) -> MpicValidator:
-    setup = MpicSetup(perspectives=perspectives, strict=strict, source="test",
-                      timeout_seconds=timeout)
-    primary = local or CheckResult.success((record(),), KEY_AUTH)
-    return MpicValidator(FakeLocal(primary), setup, transport, FixedClock(at))  # type: ignore[arg-type]
-
-
-async def validate(v: MpicValidator) -> CheckResult:
-    return await v.validate("dns-01", "example.com", False, "tok", KEY_AUTH, "acct")
 
 
 def quorum(result: CheckResult) -> str | None:
@@ -315,8 +240,8 @@ async def test_br_5_4_1_each_perspective_result_beside_corroboration() -> None:
     }
     last = result.records[-1]
     assert (last.quorum, last.result, last.corroborated) == ("2/5", "fail", False)
-    for record in [*summaries(result).values(), last]:
-        assert (record.identifier, record.adn, record.method, record.br_method, record.value) == (
+    for rec in [*summaries(result).values(), last]:
+        assert (rec.identifier, rec.adn, rec.method, rec.br_method, rec.value) == (
             "*.example.com", "example.com", "dns-01", "3.2.2.4.7", KEY_AUTH
         )
 

@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
 
 from acme_ca.ca.der import encode_tlv, split_signed
@@ -38,27 +37,17 @@ from acme_ca.status.ocsp import (
     sign_ocsp_response,
 )
 from acme_ca.status.updater import ocsp_refresh_age
-from tests import test_crl
-from tests.test_crl import ISSUERS, REPO, StatusEnv, StatusSite, pkilint
+from tests.support import status as status_support
+from tests.support.status import ISSUERS, REPO, StatusEnv, StatusSite, pkilint, spk_bits
 
 # The shared fixtures of the status tests.
-status_config = test_crl.status_config
-linter = test_crl.linter
-env = test_crl.env
-status_site = test_crl.status_site
+status_config = status_support.status_config
+linter = status_support.linter
+env = status_support.env
+status_site = status_support.status_site
 
 LINT_OCSP = REPO / ".venv" / "bin" / "lint_ocsp_response"
 HASHES = {"sha1": hashes.SHA1(), "sha256": hashes.SHA256()}
-
-
-def spk_bits(certificate: x509.Certificate) -> bytes:
-    """The subjectPublicKey BIT STRING contents, computed independently of the code under
-    test: the X9.62 uncompressed point, or the PKCS#1 RSAPublicKey DER."""
-    key = certificate.public_key()
-    if isinstance(key, ec.EllipticCurvePublicKey):
-        return key.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
-    assert isinstance(key, rsa.RSAPublicKey)
-    return key.public_bytes(Encoding.DER, PublicFormat.PKCS1)
 
 
 def request_for(

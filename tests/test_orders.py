@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -12,19 +11,17 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from acme_ca.acme.b64 import b64url_encode
-from acme_ca.acme.jwk import jwk_from_key
 from acme_ca.clock import FixedClock
 from acme_ca.db.issuance import IssuanceRepository
 from acme_ca.testsrv.server import ChallengeServerConfig, ChallengeTestServer
 from acme_ca.testsrv.store import CaaPolicy
 from acme_ca.wfe.services import FRONT_END
 from tests.fixtures import CaFactory, RunningCa
-from tests.support.jws import JwsClient, Reply
+from tests.support.orders import Subscriber, subscriber, validation_config
 from tests.support.problems import ERR, assert_problem
-from tests.test_worker import build_csr
+from tests.support.worker import build_csr
 
 
 @pytest.fixture
@@ -33,82 +30,15 @@ async def challsrv() -> AsyncIterator[ChallengeTestServer]:
         yield srv
 
 
-def validation_config(srv: ChallengeTestServer) -> dict[str, Any]:
-    return {
-        "dns_resolver": f"127.0.0.1:{srv.dns_port}",
-        "dnssec": "off",
-        "http01_port": srv.http01_port,
-        "allow_loopback_validation": True,
-    }
-
-
 @pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as s:
         yield s
 
 
-class Subscriber(JwsClient):
-    """A JwsClient with helpers to take an order through validation."""
-
-    srv: ChallengeTestServer
-
-    def key_authorization(self, token: str) -> str:
-        return f"{token}.{jwk_from_key(self.key.public_key()).thumbprint_b64()}"
-
-    async def new_order(self, *names: str) -> Reply:
-        return await self.post(
-            self.directory["newOrder"],
-            {"identifiers": [{"type": "dns", "value": n} for n in names]},
-        )
-
-    async def get(self, url: str) -> Reply:
-        return await self.post(url, None)
-
-    async def answer(self, authz_url: str, kind: str) -> Reply:
-        authz = (await self.get(authz_url)).body
-        challenge = next(c for c in authz["challenges"] if c["type"] == kind)
-        key_auth = self.key_authorization(challenge["token"])
-        name = authz["identifier"]["value"]
-        if kind == "http-01":
-            self.srv.store.add_http01(challenge["token"], key_auth)
-        else:
-            digest = b64url_encode(hashlib.sha256(key_auth.encode()).digest())
-            self.srv.store.set_txt(f"_acme-challenge.{name}", digest)
-        return await self.post(challenge["url"], {})
-
-    async def wait_order(self, url: str, timeout: float = 10.0) -> dict[str, Any]:
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            body = (await self.get(url)).body
-            if body["status"] not in ("pending", "processing") or (
-                asyncio.get_running_loop().time() > deadline
-            ):
-                return body
-            await asyncio.sleep(0.05)
-
-    async def wait_authz(self, url: str, timeout: float = 10.0) -> dict[str, Any]:
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            body = (await self.get(url)).body
-            if body["status"] != "pending" or asyncio.get_running_loop().time() > deadline:
-                return body
-            await asyncio.sleep(0.05)
-
-
 @pytest.fixture
 async def va_ca(ca_factory: CaFactory, challsrv: ChallengeTestServer) -> RunningCa:
     return await ca_factory.start(**validation_config(challsrv))
-
-
-async def subscriber(
-    ca: RunningCa, session: aiohttp.ClientSession, srv: ChallengeTestServer
-) -> Subscriber:
-    s = Subscriber(session, ca.directory_url, ec.generate_private_key(ec.SECP256R1()))
-    s.srv = srv
-    await s.load_directory()
-    assert (await s.register()).status == 201
-    return s
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import NameOID
 
 from acme_ca.ca.lint import CertificateLinter, LintKind, LintReport, Severity
 from acme_ca.ca.profile import (
@@ -47,16 +47,24 @@ from acme_ca.ca.profile import (
     new_serial,
     recommended_validity,
 )
-from acme_ca.ca.signer import CaPrivateKey, HashName, SoftwareSigner
+from acme_ca.ca.signer import HashName
+from tests.support.profile import (
+    CA_ISSUERS_URL,
+    COMMON_NAME_PRESENT,
+    CRL_URL,
+    NAMES,
+    SETTINGS,
+    SIGNING_TIME,
+    Hierarchy,
+    Issuer,
+    ca_name,
+    make_hierarchy,
+    prepare,
+    request,
+)
 
-SIGNING_TIME = datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC)
-CRL_URL = "http://crl.example.jp/dv-g1.crl"
-CA_ISSUERS_URL = "http://repo.example.jp/dv-g1.der"
 OCSP_URL = "http://ocsp.example.jp"
-SETTINGS = ProfileSettings(crl_url=CRL_URL, ca_issuers_url=CA_ISSUERS_URL)
-NAMES = ("www.example.jp", "example.jp", "*.shop.example.com")
 
-COMMON_NAME_PRESENT = "cabf.serverauth.dv.common_name_attribute_present"
 RSA_DIGSIG_AND_KEYENC = (
     "cabf.serverauth.subscriber_rsa_digitalsignature_and_keyencipherment_present"
 )
@@ -169,105 +177,6 @@ def subject_of(cert: x509.Certificate) -> bytes:
 # ------------------------------------------------------------------ throwaway hierarchy
 
 
-@dataclass(frozen=True)
-class Issuer:
-    cert: x509.Certificate
-    key: CaPrivateKey
-    hash: HashName
-
-    def signer(self) -> SoftwareSigner:
-        return SoftwareSigner(self.key)
-
-
-def _ca_name(cn: str) -> x509.Name:
-    return x509.Name(
-        [
-            x509.NameAttribute(NameOID.COUNTRY_NAME, "JP"),
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Example Registry Services Co., Ltd."),
-            x509.NameAttribute(NameOID.COMMON_NAME, cn),
-        ]
-    )
-
-
-def make_root() -> Issuer:
-    key = ec.generate_private_key(ec.SECP384R1())
-    name = _ca_name("Example Test Root CA - G1")
-    cert = (
-        x509.CertificateBuilder()
-        .issuer_name(name)
-        .subject_name(name)
-        .public_key(key.public_key())
-        .serial_number(new_serial())
-        .not_valid_before(datetime(2025, 1, 1, tzinfo=UTC))
-        .not_valid_after(datetime(2040, 1, 1, tzinfo=UTC))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA384())
-    )
-    return Issuer(cert, key, "sha384")
-
-
-def make_issuer(root: Issuer, key: CaPrivateKey, cn: str, hash: HashName) -> Issuer:
-    """A TLS subordinate CA (BR 7.1.2.6 shape) under ``root``."""
-    cert = (
-        x509.CertificateBuilder()
-        .issuer_name(root.cert.subject)
-        .subject_name(_ca_name(cn))
-        .public_key(key.public_key())
-        .serial_number(new_serial())
-        .not_valid_before(datetime(2025, 6, 1, tzinfo=UTC))
-        .not_valid_after(datetime(2035, 6, 1, tzinfo=UTC))
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(root.key.public_key()),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(True, False, False, False, False, True, True, False, False),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(root.key, hashes.SHA384())
-    )
-    return Issuer(cert, key, hash)
-
-
-@dataclass(frozen=True)
-class Hierarchy:
-    root: Issuer
-    rsa: Issuer
-    p256: Issuer
-    p384: Issuer
-
-    def for_key(self, public_key: SubscriberPublicKey) -> Issuer:
-        """RSA subscriber keys go to the RSA issuer, ECDSA keys to the P-256 issuer."""
-        return self.rsa if isinstance(public_key, rsa.RSAPublicKey) else self.p256
-
-
-def make_hierarchy() -> Hierarchy:
-    root = make_root()
-    return Hierarchy(
-        root=root,
-        rsa=make_issuer(
-            root,
-            rsa.generate_private_key(public_exponent=65537, key_size=2048),
-            "Example DV RSA CA - G1",
-            "sha256",
-        ),
-        p256=make_issuer(
-            root, ec.generate_private_key(ec.SECP256R1()), "Example DV ECC CA - G1", "sha256"
-        ),
-        p384=make_issuer(
-            root, ec.generate_private_key(ec.SECP384R1()), "Example DV ECC384 CA - G1", "sha384"
-        ),
-    )
-
-
 def make_subscriber_keys() -> dict[str, SubscriberPublicKey]:
     return {
         "rsa2048": rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key(),
@@ -275,34 +184,6 @@ def make_subscriber_keys() -> dict[str, SubscriberPublicKey]:
         "p256": ec.generate_private_key(ec.SECP256R1()).public_key(),
         "p384": ec.generate_private_key(ec.SECP384R1()).public_key(),
     }
-
-
-def request(
-    public_key: SubscriberPublicKey,
-    names: tuple[str, ...] = NAMES,
-    signing_time: datetime = SIGNING_TIME,
-) -> IssuanceRequest:
-    return IssuanceRequest(
-        names=names, public_key=public_key, serial=new_serial(), signing_time=signing_time
-    )
-
-
-def prepare(
-    issuer: Issuer,
-    req: IssuanceRequest,
-    settings: ProfileSettings = SETTINGS,
-    *,
-    precertificate: bool = False,
-    hash: HashName | None = None,
-) -> PreparedCertificate:
-    return build_certificate(
-        issuer.cert,
-        issuer.key.public_key(),
-        hash or issuer.hash,
-        settings,
-        req,
-        precertificate=precertificate,
-    )
 
 
 async def prepare_and_issue(
@@ -676,7 +557,7 @@ def test_issuer_without_ski_gets_computed_aki(
     cert = (
         x509.CertificateBuilder()
         .issuer_name(hierarchy.root.cert.subject)
-        .subject_name(_ca_name("No SKI CA"))
+        .subject_name(ca_name("No SKI CA"))
         .public_key(key.public_key())
         .serial_number(new_serial())
         .not_valid_before(datetime(2025, 6, 1, tzinfo=UTC))

@@ -6,7 +6,7 @@ real validation authority whose CAA lookups go to the challenge test server's DN
 :class:`FixedClock` shared by the worker, the VA and the CT logs, so a test can stand just
 before or just after a Baseline Requirements deadline.
 
-Orders are inserted as the ACME flow leaves them (``tests.test_worker.insert_ready_order``: a
+Orders are inserted as the ACME flow leaves them (``tests.support.worker.insert_ready_order``: a
 valid authorization per name whose challenge carries the VA's records); the records of a
 corroborated validation are written in the shape ``va/mpic.py`` writes them.  Every refusal
 must leave: the order invalid with a problem naming the rule, an ``issuance.failed`` audit row,
@@ -50,9 +50,10 @@ from acme_ca.va.authority import ValidationAuthority
 from acme_ca.va.perspectives import Location, Perspective
 from acme_ca.va.records import ValidationRecord
 from acme_ca.va.setup import build_validation_authority
-from tests import test_mpic_validator as mpic_tests
-from tests.test_ct_issuance import three_operators
-from tests.test_worker import (
+from tests.support import mpic as mpic_tests
+from tests.support.ct import three_operators
+from tests.support.problems import ERR
+from tests.support.worker import (
     FAST,
     WrappedSigner,
     build_csr,
@@ -62,7 +63,6 @@ from tests.test_worker import (
     wrap_issuers,
 )
 
-ACME = "urn:ietf:params:acme:error:"
 NAMES = ("www.recheck.example.com", "recheck.example.com")
 #: Four remotes in two RIRs: enough for 2026-06-15 .. 2026-12-14, one short from 2026-12-15.
 FOUR = (("us-east", "ARIN"), ("us-west", "ARIN"), ("eu-west", "RIPE NCC"),
@@ -141,7 +141,7 @@ def test_br_reuse_1_limit_is_the_signing_dates(signing: str, validated: str, ref
     assert (found is not None) == refused
     if found is not None:
         assert found.rule == recheck.RULE_REUSE
-        assert found.problem.type == ACME + "unauthorized"
+        assert found.problem.type == ERR + "unauthorized"
         assert "BR 4.2.1" in found.problem.detail and "at most 100 days" in found.problem.detail
 
 
@@ -163,7 +163,7 @@ def test_br_val_1_validity_is_within_the_signing_dates_maximum(
     found = recheck.validity_refusal(not_before, not_after, at(signing))
     assert (found is not None) == refused
     if found is not None:
-        assert found.problem.type == ACME + "serverInternal"
+        assert found.problem.type == ERR + "serverInternal"
         assert "BR 6.3.2" in found.problem.detail
 
 
@@ -196,7 +196,7 @@ def test_br_mpic_recorded_corroboration_meets_the_rule_of_its_date(
         return
     assert found is not None
     assert found.rule == recheck.RULE_CORROBORATION
-    assert found.problem.type == ACME + "unauthorized"
+    assert found.problem.type == ERR + "unauthorized"
     assert "BR 3.2.2.9" in found.problem.detail and reason in found.problem.detail
 
 
@@ -257,13 +257,13 @@ def test_rfc8555_authorizations_still_valid_at_signing() -> None:
     ]:
         found = recheck.authorization_refusal("recheck.example.com", ev, now)
         assert found is not None and text in found.problem.detail
-        assert found.problem.type == ACME + "unauthorized"
+        assert found.problem.type == ERR + "unauthorized"
     # Several refusals: one compound problem with a subproblem each (RFC 8555 §6.7.1).
     several = recheck.refusals(
         ["recheck.example.com", "www.recheck.example.com"], [replace(ok, status="revoked")],
         not_before=now, not_after=now + timedelta(days=10), now=now, production=False)
     problem = recheck.problem_for(several)
-    assert problem.type == ACME + "compound"
+    assert problem.type == ERR + "compound"
     assert [p.identifier.value for p in problem.subproblems if p.identifier] == [
         "recheck.example.com", "www.recheck.example.com"]
 
@@ -365,7 +365,7 @@ async def refused(rig: Rig, order_id: int, rule: str, problem_type: str) -> dict
     order = await rig.pool.fetchrow("SELECT * FROM orders WHERE id = $1", order_id)
     job = await rig.pool.fetchrow("SELECT * FROM issuance_jobs WHERE order_id = $1", order_id)
     assert order["status"] == "invalid", order
-    assert order["error"]["type"] == ACME + problem_type, order["error"]
+    assert order["error"]["type"] == ERR + problem_type, order["error"]
     assert rule in order["error"]["detail"] and "nothing was signed" in order["error"]["detail"]
     assert job["status"] == "failed" and job["precert_der"] is None and job["tbs_der"] is None
     assert await rig.pool.fetchval(
@@ -441,7 +441,7 @@ async def test_fc_4_caa_that_now_forbids_fails_the_order_and_signs_nothing(
     assert all(r["type"] == "caa" for r in details["refusals"])
     audits = await caa_rechecks(rig.pool, order_id)
     assert {a["identifier"]: a["ok"] for a in audits} == {n: n not in forbidden for n in NAMES}
-    assert all(a["problem"]["type"] == ACME + "caa" for a in audits if not a["ok"])
+    assert all(a["problem"]["type"] == ERR + "caa" for a in audits if not a["ok"])
     assert rig.hsm_signatures == 0
     # A name CAA still allows keeps its new check time; a forbidden one does not.
     stored = dict(await rig.pool.fetch(
@@ -517,7 +517,7 @@ async def test_br_val_1_job_prepared_2027_03_14_is_not_signed_2027_03_15(rig: Ri
     await run(rig.worker(worker_id="w2"))
     order = await rig.pool.fetchrow("SELECT * FROM orders WHERE id = $1", order_id)
     assert order["status"] == "invalid" and "BR 6.3.2" in order["error"]["detail"]
-    assert order["error"]["type"] == ACME + "serverInternal"
+    assert order["error"]["type"] == ERR + "serverInternal"
     assert signer.calls == tried  # nothing more was asked of the HSM
     assert await rig.pool.fetchval(
         "SELECT count(*) FROM precertificates WHERE order_id = $1", order_id) == 0

@@ -27,8 +27,8 @@ from acme_ca.va.caa_lookup import CaaChecker
 from acme_ca.va.dns01 import Dns01Validator
 from acme_ca.va.http01 import Http01Validator, public_address_policy
 from acme_ca.va.resolver import DnsClient, IPAddress, ResolverSettings
+from tests.support.problems import ERR
 
-ACME = "urn:ietf:params:acme:error:"
 TOKEN = "DGyRejmCefe7v4NfDGDKfA"
 THUMBPRINT = "9jg46WB3rR_AHD-EBXdN7cBkH1WOu0tA3M9fm21mqTI"
 KEY_AUTH = f"{TOKEN}.{THUMBPRINT}"
@@ -110,7 +110,7 @@ async def test_caa_denial_after_method_passed(
     srv.store.add_caa(NAME, [CaaPolicy("issue", "other-ca.example")])
     result = await va.validate("http-01", NAME, False, TOKEN, KEY_AUTH, ACCOUNT)
     assert not result.ok and result.problem is not None
-    assert result.problem.type == ACME + "caa"
+    assert result.problem.type == ERR + "caa"
     assert [r.method for r in result.records] == ["http-01", "caa"]
     assert result.observed == KEY_AUTH
 
@@ -119,12 +119,12 @@ async def test_caa_13_method_not_listed(srv: ChallengeTestServer, va: Validation
     srv.store.set_txt(f"_acme-challenge.{NAME}", dns01_txt_value(KEY_AUTH))
     srv.store.add_caa(NAME, [CaaPolicy("issue", "jprs.jp; validationmethods=http-01")])
     result = await va.validate("dns-01", NAME, False, TOKEN, KEY_AUTH, ACCOUNT)
-    assert result.problem is not None and result.problem.type == ACME + "caa"
+    assert result.problem is not None and result.problem.type == ERR + "caa"
 
 
 async def test_method_failure_skips_caa(srv: ChallengeTestServer, va: ValidationAuthority) -> None:
     result = await va.validate("http-01", NAME, False, TOKEN, KEY_AUTH, ACCOUNT)
-    assert result.problem is not None and result.problem.type == ACME + "unauthorized"
+    assert result.problem is not None and result.problem.type == ERR + "unauthorized"
     assert [r.method for r in result.records] == ["http-01"]
     assert caa_queries(srv) == 0
 
@@ -134,7 +134,7 @@ async def test_br_dcv_5_http01_wildcard_refused(
 ) -> None:
     srv.store.add_http01(TOKEN, KEY_AUTH)
     result = await va.validate("http-01", NAME, True, TOKEN, KEY_AUTH, ACCOUNT)
-    assert result.problem is not None and result.problem.type == ACME + "unauthorized"
+    assert result.problem is not None and result.problem.type == ERR + "unauthorized"
     assert srv.store.http_history(NAME) == ()
 
 
@@ -154,7 +154,7 @@ async def test_refused_before_any_lookup(
     expected: str,
 ) -> None:
     result = await va.validate(challenge_type, NAME, False, TOKEN, key_auth, ACCOUNT)
-    assert result.problem is not None and result.problem.type == ACME + expected
+    assert result.problem is not None and result.problem.type == ERR + expected
     assert result.records == ()
     assert srv.store.dns_history(NAME) == ()
 

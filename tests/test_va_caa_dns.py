@@ -17,8 +17,8 @@ from acme_ca.va.caa import LookupFailure
 from acme_ca.va.caa_lookup import OBSERVED_ALLOWED, OBSERVED_DENIED, CaaChecker, make_caa_lookup
 from acme_ca.va.records import CheckResult
 from acme_ca.va.resolver import DnsClient, ResolverSettings
+from tests.support.problems import ERR
 
-ACME = "urn:ietf:params:acme:error:"
 ACCOUNT = "https://acme.jprs.test/acme/acct/42"
 
 
@@ -59,7 +59,7 @@ def denied(result: CheckResult) -> bool:
     if result.ok:
         return False
     assert result.problem is not None
-    assert result.problem.type == ACME + "caa"
+    assert result.problem.type == ERR + "caa"
     assert result.problem.status == 403
     return True
 

@@ -21,8 +21,8 @@ from acme_ca.testsrv.server import ChallengeServerConfig, ChallengeTestServer
 from acme_ca.va.authority import key_authorization
 from acme_ca.va.dns01 import Dns01Validator, challenge_name, dns01_txt_value
 from acme_ca.va.resolver import DnsClient, DnsFailure, Nameserver, ResolverSettings
+from tests.support.problems import ERR
 
-ACME = "urn:ietf:params:acme:error:"
 TOKEN = "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA"
 KEY_AUTH = f"{TOKEN}.9jg46WB3rR_AHD-EBXdN7cBkH1WOu0tA3M9fm21mqTI"
 EXPECTED = dns01_txt_value(KEY_AUTH)
@@ -99,7 +99,7 @@ async def test_acme_chal_6_wrong_value(srv: ChallengeTestServer, validator: Dns0
     srv.store.set_txt("_acme-challenge.example.test", "not-the-digest")
     result = await validator.check("example.test", KEY_AUTH)
     assert not result.ok and result.problem is not None
-    assert result.problem.type == ACME + "incorrectResponse"
+    assert result.problem.type == ERR + "incorrectResponse"
     assert result.problem.status == 403
     assert "1 found" in result.problem.detail
     assert result.observed == "not-the-digest"
@@ -108,7 +108,7 @@ async def test_acme_chal_6_wrong_value(srv: ChallengeTestServer, validator: Dns0
 async def test_acme_chal_6_no_record(srv: ChallengeTestServer, validator: Dns01Validator) -> None:
     result = await validator.check("example.test", KEY_AUTH)
     assert result.problem is not None
-    assert result.problem.type == ACME + "incorrectResponse"
+    assert result.problem.type == ERR + "incorrectResponse"
     assert "No TXT record" in result.problem.detail
 
 
@@ -118,7 +118,7 @@ async def test_acme_chal_6_nxdomain_is_empty_not_failure(
     srv.store.set_nxdomain("_acme-challenge.example.test")
     result = await validator.check("example.test", KEY_AUTH)
     assert result.problem is not None
-    assert result.problem.type == ACME + "incorrectResponse"
+    assert result.problem.type == ERR + "incorrectResponse"
     assert "NXDOMAIN" in (result.records[0].response or "")
 
 
@@ -172,7 +172,7 @@ async def test_acme_chal_6_cname_loop_is_dns_problem(
     srv.store.set_cname("a.loop.test", "_acme-challenge.example.test")
     result = await validator.check("example.test", KEY_AUTH)
     assert result.problem is not None
-    assert result.problem.type == ACME + "dns"
+    assert result.problem.type == ERR + "dns"
 
 
 async def test_acme_chal_6_servfail(srv: ChallengeTestServer, validator: Dns01Validator) -> None:
@@ -180,7 +180,7 @@ async def test_acme_chal_6_servfail(srv: ChallengeTestServer, validator: Dns01Va
     srv.store.set_servfail("_acme-challenge.example.test")
     result = await validator.check("example.test", KEY_AUTH)
     assert not result.ok and result.problem is not None
-    assert result.problem.type == ACME + "dns"
+    assert result.problem.type == ERR + "dns"
     assert result.problem.status == 400
     assert "servfail" in result.problem.detail
     assert result.records[0].error is not None
@@ -205,7 +205,7 @@ async def test_br_dcv_1_unauthenticated_answer_refused_when_dnssec_required(
     srv.store.set_txt("_acme-challenge.example.test", EXPECTED)
     result = await Dns01Validator(client(srv, require_dnssec=True)).check("example.test", KEY_AUTH)
     assert result.problem is not None
-    assert result.problem.type == ACME + "dns"
+    assert result.problem.type == ERR + "dns"
     assert "unauthenticated" in result.problem.detail
     assert result.records[0].authenticated is False
 
@@ -237,7 +237,7 @@ async def test_resolver_timeout_is_a_failure(silent_nameserver: int) -> None:
     answer = await dns.query("example.test", "TXT")
     assert answer.failure is DnsFailure.TIMEOUT
     result = await Dns01Validator(dns).check("example.test", KEY_AUTH)
-    assert result.problem is not None and result.problem.type == ACME + "dns"
+    assert result.problem is not None and result.problem.type == ERR + "dns"
 
 
 async def test_resolver_falls_back_to_next_nameserver(
@@ -297,7 +297,7 @@ async def test_br_3_2_2_4_7_dns01_adn_is_not_pruned(
     identifier): a value at _acme-challenge.example.test does not validate www.example.test."""
     srv.store.set_txt("_acme-challenge.example.test", EXPECTED)
     result = await validator.check("www.example.test", KEY_AUTH)
-    assert result.problem is not None and result.problem.type == ACME + "incorrectResponse"
+    assert result.problem is not None and result.problem.type == ERR + "incorrectResponse"
     (record,) = result.records
     assert record.query == "_acme-challenge.www.example.test TXT"
     assert (record.identifier, record.adn, record.result) == (

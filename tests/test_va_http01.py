@@ -33,8 +33,8 @@ from acme_ca.va.http01 import (
     public_address_policy,
 )
 from acme_ca.va.resolver import DnsClient, IPAddress, ResolverSettings
+from tests.support.problems import ERR
 
-ACME = "urn:ietf:params:acme:error:"
 TOKEN = "LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0"
 KEY_AUTH = f"{TOKEN}.9jg46WB3rR_AHD-EBXdN7cBkH1WOu0tA3M9fm21mqTI"
 PATH = f"/.well-known/acme-challenge/{TOKEN}"
@@ -125,7 +125,7 @@ def self_signed_context(tmp_path: Path) -> ssl.SSLContext:
 
 def problem_type(result: object) -> str | None:
     problem = getattr(result, "problem", None)
-    return None if problem is None else str(problem.type).removeprefix(ACME)
+    return None if problem is None else str(problem.type).removeprefix(ERR)
 
 
 # --- the response -----------------------------------------------------------------------------

@@ -42,7 +42,7 @@ from acme_ca.va.perspectives import Perspective
 from acme_ca.va.records import CheckResult, FormatError, ValidationRecord
 from acme_ca.va.resolver import DnsClient, IPAddress, ResolverSettings
 from tests.fixtures import CaFactory, free_socket
-from tests.test_orders import subscriber, validation_config
+from tests.support.orders import subscriber, validation_config
 
 TOKEN = "LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0"
 KEY_AUTH = f"{TOKEN}.9jg46WB3rR_AHD-EBXdN7cBkH1WOu0tA3M9fm21mqTI"

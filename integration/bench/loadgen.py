@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import math
 import secrets
@@ -35,10 +34,11 @@ from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
 from acme_ca.acme.b64 import b64url_encode
+from acme_ca.acme.jwk import jwk_from_key
+from tests.support.jws import make_jws
 
 #: Seconds between polls of a processing authorization or order (the last one repeats).
 POLL_DELAYS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.25)
@@ -114,27 +114,7 @@ class LoadResult:
 
 
 # ------------------------------------------------------------------------------------------
-# JWS (ES256 only: the account keys are ours)
-
-
-def _es256(key: ec.EllipticCurvePrivateKey, data: bytes) -> str:
-    r, s = decode_dss_signature(key.sign(data, ec.ECDSA(hashes.SHA256())))
-    return b64url_encode(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
-
-
-def _jwk(key: ec.EllipticCurvePrivateKey) -> dict[str, str]:
-    numbers = key.public_key().public_numbers()
-    return {
-        "crv": "P-256",
-        "kty": "EC",
-        "x": b64url_encode(numbers.x.to_bytes(32, "big")),
-        "y": b64url_encode(numbers.y.to_bytes(32, "big")),
-    }
-
-
-def _thumbprint(jwk: dict[str, str]) -> str:
-    canonical = json.dumps(jwk, sort_keys=True, separators=(",", ":")).encode()
-    return b64url_encode(hashlib.sha256(canonical).digest())
+# CSRs
 
 
 def _csr_der(name: str) -> bytes:
@@ -224,8 +204,7 @@ class AcmeLoadClient:
         self._result = result
         self._timeout = aiohttp.ClientTimeout(total=request_timeout)
         self._key = ec.generate_private_key(ec.SECP256R1())
-        self._jwk = _jwk(self._key)
-        self._thumbprint = _thumbprint(self._jwk)
+        self._thumbprint = jwk_from_key(self._key.public_key()).thumbprint_b64()
         self._directory: dict[str, Any] = {}
         self._nonce: str | None = None
         self._kid: str | None = None
@@ -265,21 +244,11 @@ class AcmeLoadClient:
     async def post(self, url: str, payload: Any, step: str) -> _Response:
         """POST a JWS (``payload`` None = POST-as-GET); badNonce is retried, any other
         problem raised as an :class:`IssuanceError` named after its type."""
-        encoded_payload = "" if payload is None else b64url_encode(
-            json.dumps(payload, separators=(",", ":")).encode())
         for attempt in range(NONCE_RETRIES + 1):
             nonce = self._nonce or await self._fresh_nonce()
             self._nonce = None
-            protected: dict[str, Any] = {"alg": "ES256", "nonce": nonce, "url": url}
-            if self._kid is None:
-                protected["jwk"] = self._jwk
-            else:
-                protected["kid"] = self._kid
-            encoded_protected = b64url_encode(
-                json.dumps(protected, separators=(",", ":")).encode())
-            signature = _es256(self._key, f"{encoded_protected}.{encoded_payload}".encode())
-            body = json.dumps({"protected": encoded_protected, "payload": encoded_payload,
-                               "signature": signature}).encode()
+            jws = make_jws(self._key, payload, url=url, nonce=nonce, kid=self._kid)
+            body = json.dumps(jws).encode()
             resp = await self._request("POST", url, step, data=body)
             if resp.status < 400:
                 return resp

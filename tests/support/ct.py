@@ -2,9 +2,38 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import asyncpg
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtensionOID
 from pyasn1.codec.der import decoder, encoder  # type: ignore[import-untyped]
 from pyasn1_alt_modules import rfc5280  # type: ignore[import-untyped]
+
+from acme_ca.ca.ct.loglist import (
+    LogList,
+    LogListSource,
+    StaticLogList,
+    parse_log_list,
+)
+from acme_ca.ca.ct.submit import CertificateTransparency, CtSettings
+from acme_ca.ca.issuers import IssuerSet
+from acme_ca.ca.lint import CertificateLinter
+from acme_ca.ca.worker import SigningWorker, profile_settings_factory
+from acme_ca.clock import SystemClock
+from acme_ca.config import Config
+from acme_ca.ct_testlogs import accepted_roots
+from acme_ca.db.issuance import IssuanceRepository
+from acme_ca.testsrv.ct_log import TestCtLogs, TestLogSpec
+from tests.support.worker import (
+    FAST,
+    build_csr,
+    ct_log_specs,
+    insert_ready_order,
+)
 
 
 def pyasn1_without_poison(tbs_der: bytes) -> bytes:
@@ -20,3 +49,80 @@ def pyasn1_without_poison(tbs_der: bytes) -> bytes:
     tbs["extensions"] = kept
     encoded: bytes = encoder.encode(tbs)
     return encoded
+
+
+def three_operators() -> list[TestLogSpec]:
+    return ct_log_specs()
+
+
+@dataclass
+class Harness:
+    pool: asyncpg.Pool
+    config: Config
+    issuers: IssuerSet
+    linter: CertificateLinter
+    logs: TestCtLogs
+    source: LogListSource
+    settings: CtSettings
+    cts: list[CertificateTransparency]
+
+    @property
+    def log_list(self) -> LogList:
+        return self.source.current()
+
+    def worker(
+        self,
+        worker_id: str = "w1",
+        *,
+        issuers: IssuerSet | None = None,
+        settings: CtSettings | None = None,
+        jobs: IssuanceRepository | None = None,
+        ct: CertificateTransparency | None = None,
+        config: Config | None = None,
+        linter: CertificateLinter | None = None,
+        lint_final: bool = False,
+    ) -> SigningWorker:
+        if ct is None:
+            ct = CertificateTransparency(self.source, SystemClock(), settings or self.settings)
+            self.cts.append(ct)
+        return SigningWorker(
+            jobs or IssuanceRepository(self.pool),
+            issuers or self.issuers,
+            linter or self.linter,
+            SystemClock(),
+            profile_for=profile_settings_factory(config or self.config),
+            worker_id=worker_id,
+            ct=ct,
+            lint_final=lint_final,
+            production=False,  # a development hierarchy: no remote perspectives needed
+        )
+
+    async def queue(self, names: Sequence[str], key: ec.EllipticCurvePrivateKey | None = None,
+                    ) -> tuple[int, ec.EllipticCurvePrivateKey]:
+        """A ready order for ``names`` queued with a CSR of ``key`` (fresh P-256)."""
+        key = key or ec.generate_private_key(ec.SECP256R1())
+        account_id, order_id = await insert_ready_order(self.pool, names)
+        assert await IssuanceRepository(self.pool).enqueue(
+            order_id=order_id, account_id=account_id, csr_der=build_csr(names, key=key),
+            names=list(names), issuer=self.config.ecdsa_issuer, now=datetime.now(UTC),
+        )
+        return order_id, key
+
+
+@contextlib.asynccontextmanager
+async def harness(
+    pool: asyncpg.Pool,
+    config: Config,
+    issuers: IssuerSet,
+    linter: CertificateLinter,
+    specs: Sequence[TestLogSpec],
+    settings: CtSettings = FAST,
+) -> AsyncIterator[Harness]:
+    async with TestCtLogs(specs, accepted_roots(config)) as logs:
+        h = Harness(pool, config, issuers, linter, logs,
+                    StaticLogList(parse_log_list(logs.log_list())), settings, [])
+        try:
+            yield h
+        finally:
+            for ct in h.cts:
+                await ct.aclose()

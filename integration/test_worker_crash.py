@@ -18,16 +18,11 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import shutil
-import signal
 import socket
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
 
 import asyncpg
 import pytest
@@ -38,7 +33,7 @@ from acme_ca.ca.hierarchy import init_hierarchy
 from acme_ca.ca.worker import MAX_ATTEMPTS
 from acme_ca.config import Config
 from acme_ca.db.issuance import IssuanceRepository
-from integration.processes import read_log_events
+from integration.processes import ACME_CA, LoggedProcess
 from tests.support.worker import build_csr, insert_ready_order
 
 pytestmark = pytest.mark.integration
@@ -63,46 +58,21 @@ TOTAL_SECONDS = 240.0
 START_TIMEOUT = 30.0
 
 
-def _acme_ca_exe() -> str:
-    beside = Path(sys.executable).parent / "acme-ca"
-    if beside.is_file():
-        return str(beside)
-    found = shutil.which("acme-ca")
-    if found is None:
-        pytest.fail("the acme-ca console script is not installed (pip install -e .)")
-    return found
-
-
 @dataclass
-class WorkerProcess:
+class WorkerProcess(LoggedProcess):
     """One incarnation of ``acme-ca worker``, its output in files."""
 
-    number: int
-    proc: subprocess.Popen[bytes]
-    stdout: Path
-    stderr: Path
-    files: tuple[IO[bytes], IO[bytes]]
+    number: int = 0
 
     @property
     def worker_id(self) -> str:
         """What SigningWorker names itself: ``hostname:pid``."""
         return f"{socket.gethostname()}:{self.proc.pid}"
 
-    def events(self) -> list[dict[str, object]]:
-        return read_log_events(self.stdout)
-
-    def tails(self, lines: int = 30) -> str:
-        out = "\n".join(self.stdout.read_text(errors="replace").splitlines()[-lines:])
-        err = "\n".join(self.stderr.read_text(errors="replace").splitlines()[-lines:])
-        return (
-            f"--- worker #{self.number} (pid {self.proc.pid}, exit {self.proc.poll()}) stdout\n"
-            f"{out}\n--- stderr\n{err}"
-        )
-
     def wait_started(self, timeout: float = START_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if any(e.get("event") == "worker.started" for e in self.events()):
+            if any(e.get("event") == "worker.started" for e in self.log_events()):
                 return
             if self.proc.poll() is not None:
                 pytest.fail(f"worker exited before starting\n{self.tails()}")
@@ -110,11 +80,8 @@ class WorkerProcess:
         pytest.fail(f"worker did not start within {timeout}s\n{self.tails()}")
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-        for f in self.files:
-            f.close()
+        super().kill()
+        self.close_files()
 
 
 class Workers:
@@ -127,16 +94,9 @@ class Workers:
 
     def start(self) -> WorkerProcess:
         n = len(self.started) + 1
-        stdout, stderr = self._logs / f"worker-{n}.out", self._logs / f"worker-{n}.err"
-        out, err = stdout.open("wb"), stderr.open("wb")
-        proc = subprocess.Popen(
-            [_acme_ca_exe(), "worker"],
-            env=self._env,
-            stdout=out,
-            stderr=err,
-            stdin=subprocess.DEVNULL,
-        )
-        worker = WorkerProcess(n, proc, stdout, stderr, (out, err))
+        worker = WorkerProcess.spawn(f"worker-{n}", [ACME_CA, "worker"], log_dir=self._logs,
+                                     env=self._env)
+        worker.number = n
         self.started.append(worker)
         return worker
 
@@ -305,7 +265,7 @@ async def test_worker_sigkill_mid_job_completes_exactly_once(
     assert issued == JOBS
 
     # No resumed job tripped the worker up: no failed attempt, no error logged.
-    events = [e for w in workers.started for e in w.events()]
+    events = [e for w in workers.started for e in w.log_events()]
     troubles = [e for e in events if e.get("level") in ("error", "critical")]
     assert not troubles, troubles
     resumed = sum(1 for e in events if e.get("event") == "issuance.resumed")

@@ -413,8 +413,7 @@ def world(
         home = tmp / "primary-home"
         listen, dns, mgmt, http01 = free_port(), free_port(), free_port(), free_port()
         dsn = postgres.create_database(f"mpic_{uuid.uuid4().hex[:12]}", template=TEMPLATE_DB)
-        env = {k: v for k, v in base_env().items() if not k.startswith("PEBBLE_")}
-        env.update(
+        env = base_env(
             ACME_CA_HOME=str(home),
             ACME_CA_DATABASE_URL=dsn,
             ACME_CA_CHALLSRV_DNS=f"127.0.0.1:{dns}",

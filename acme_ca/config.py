@@ -438,7 +438,7 @@ def _split_host_port(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _field_types() -> dict[str, Any]:
+def _field_types() -> dict[str, object]:
     return typing.get_type_hints(Config)
 
 
@@ -489,7 +489,7 @@ def load_config(
     env = os.environ if env is None else env
     hints = _field_types()
     known = {f.name for f in fields(Config)}
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = {}  # coerced per field type, checked by Config.validate()
     if path is not None:
         try:
             data = tomllib.loads(path.read_text())
@@ -522,13 +522,13 @@ PEBBLE_ENV = {
 PEBBLE_MAX_VALIDATION_SLEEP = 15
 
 
-def test_mode_defaults(explicit: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+def test_mode_defaults(explicit: Mapping[str, object], env: Mapping[str, str]) -> dict[str, object]:
     """What ``serve --test`` changes, unless set explicitly: resolve through the challenge
     test server, validate http-01 on its port (5002), reach loopback, skip DNSSEC (the test
     DNS server signs nothing), and read Pebble's knob variables."""
     hints = _field_types()
     dns = explicit.get("challsrv_dns", Config.challsrv_dns)
-    derived: dict[str, Any] = {
+    derived: dict[str, object] = {
         "dns_resolver": dns,
         "http01_port": 5002,
         "allow_loopback_validation": True,

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
@@ -56,14 +56,14 @@ class Jwk:
         return b64url_encode(self.thumbprint())
 
 
-def _member(data: dict[str, Any], name: str) -> str:
+def _member(data: Mapping[str, object], name: str) -> str:
     value = data.get(name)
     if not isinstance(value, str) or not value:
         raise JwkError(f"JWK member {name!r} is missing or not a string")
     return value
 
 
-def _b64_int(data: dict[str, Any], name: str) -> int:
+def _b64_int(data: Mapping[str, object], name: str) -> int:
     try:
         raw = b64url_decode(_member(data, name))
     except ValueError:
@@ -73,9 +73,9 @@ def _b64_int(data: dict[str, Any], name: str) -> int:
     return int.from_bytes(raw, "big")
 
 
-def parse_jwk(data: Any) -> Jwk:
+def parse_jwk(data: object) -> Jwk:
     """Parse a public JWK object; raise :class:`JwkError` on anything unexpected."""
-    if not isinstance(data, dict):
+    if not isinstance(data, Mapping):
         raise JwkError("JWK must be a JSON object")
     if _PRIVATE_MEMBERS & data.keys():
         raise JwkError("JWK contains private key material")
@@ -86,7 +86,7 @@ def parse_jwk(data: Any) -> Jwk:
             key: PublicKey = rsa.RSAPublicNumbers(e, n).public_key()
         except ValueError as exc:
             raise JwkError(f"invalid RSA key: {exc}") from None
-        return Jwk(key, (("e", data["e"]), ("kty", "RSA"), ("n", data["n"])))
+        return Jwk(key, (("e", _member(data, "e")), ("kty", "RSA"), ("n", _member(data, "n"))))
     if kty == "EC":
         crv = _member(data, "crv")
         if crv not in _CURVES:
@@ -102,7 +102,8 @@ def parse_jwk(data: Any) -> Jwk:
             key = ec.EllipticCurvePublicKey.from_encoded_point(curve, b"\x04" + x + y)
         except ValueError:
             raise JwkError("EC point is not on the curve") from None
-        return Jwk(key, (("crv", crv), ("kty", "EC"), ("x", data["x"]), ("y", data["y"])))
+        x_b64, y_b64 = _member(data, "x"), _member(data, "y")
+        return Jwk(key, (("crv", crv), ("kty", "EC"), ("x", x_b64), ("y", y_b64)))
     raise JwkError(f"unsupported key type {kty!r}; accepted: RSA, EC")
 
 

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from acme_ca.acme import problems
 from acme_ca.acme.b64 import b64url_decode
+from acme_ca.acme.jsontypes import JsonValue
 from acme_ca.acme.jwk import Jwk, JwkError, PublicKey, parse_jwk
 from acme_ca.acme.problems import AcmeError
 
@@ -60,7 +61,7 @@ class VerifiedJws:
     def is_post_as_get(self) -> bool:
         return self.parsed.payload_raw == b""
 
-    def payload_json(self) -> dict[str, Any]:
+    def payload_json(self) -> dict[str, JsonValue]:
         """The payload as a JSON object; ``malformed`` if it is not one."""
         try:
             value = json.loads(self.parsed.payload_raw)

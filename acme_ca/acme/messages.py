@@ -48,7 +48,7 @@ class Message(jose.JSONObjectWithFields):
         """Decode ``jobj`` or raise :class:`AcmeError` naming the first bad member."""
         if not isinstance(jobj, Mapping):
             raise AcmeError(problems.malformed(f"{cls.resource}: payload must be a JSON object"))
-        values: dict[str, Any] = {}
+        values: dict[str, object] = {}
         for slot, fld in cls._fields.items():
             name = fld.json_name
             value = jobj.get(name)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Protocol
 
-from acme_ca.acme.jsontypes import JsonObject
+from acme_ca.acme.jsontypes import JsonObject, JsonValue
 from acme_ca.acme.messages import FlattenedJws
 from acme_ca.acme.problems import Identifier, Problem
 from acme_ca.acme.status import (
@@ -50,8 +50,8 @@ class Account:
     terms_of_service_agreed: bool
     external_account_binding: FlattenedJws | None = None
 
-    def to_json(self, urls: ResourceUrls) -> dict[str, Any]:
-        body: dict[str, Any] = {
+    def to_json(self, urls: ResourceUrls) -> dict[str, JsonValue]:
+        body: dict[str, JsonValue] = {
             "status": str(self.status),
             "contact": list(self.contact),
             "orders": urls.account_orders(self.id),
@@ -76,8 +76,8 @@ class Challenge:
     error: Problem | None = None
     validation_record: tuple[JsonObject, ...] = ()
 
-    def to_json(self, urls: ResourceUrls) -> dict[str, Any]:
-        body: dict[str, Any] = {
+    def to_json(self, urls: ResourceUrls) -> dict[str, JsonValue]:
+        body: dict[str, JsonValue] = {
             "type": self.type,
             "url": urls.challenge(self.id),
             "token": self.token,
@@ -102,8 +102,8 @@ class Authorization:
     challenges: tuple[Challenge, ...]
     wildcard: bool = False
 
-    def to_json(self, urls: ResourceUrls) -> dict[str, Any]:
-        body: dict[str, Any] = {
+    def to_json(self, urls: ResourceUrls) -> dict[str, JsonValue]:
+        body: dict[str, JsonValue] = {
             "identifier": self.identifier.to_json(),
             "status": str(self.status),
             "expires": rfc3339(self.expires),
@@ -127,8 +127,8 @@ class Order:
     certificate_id: int | None = None
     replaces: str | None = None
 
-    def to_json(self, urls: ResourceUrls) -> dict[str, Any]:
-        body: dict[str, Any] = {
+    def to_json(self, urls: ResourceUrls) -> dict[str, JsonValue]:
+        body: dict[str, JsonValue] = {
             "status": str(self.status),
             "expires": rfc3339(self.expires),
             "identifiers": [i.to_json() for i in self.identifiers],

@@ -187,7 +187,7 @@ def read_issuers_file(pki_path: Path, *, now: datetime | None = None) -> Issuers
     return _parse(path, data, now or datetime.now(UTC))
 
 
-def _parse(path: Path, data: dict[str, Any], now: datetime) -> IssuersFile:
+def _parse(path: Path, data: Mapping[str, object], now: datetime) -> IssuersFile:
     base = path.parent
     unknown = set(data) - {"root", "issuers", "roots", "generated_by"}
     if unknown:
@@ -242,7 +242,7 @@ def _parse(path: Path, data: dict[str, Any], now: datetime) -> IssuersFile:
 def _parse_issuer(
     base: Path,
     name: str,
-    table: dict[str, Any],
+    table: Mapping[str, object],
     root: x509.Certificate,
     now: datetime,
     where: str,
@@ -295,20 +295,20 @@ def _check_name(name: str, where: str) -> None:
         raise IssuerConfigError(f"{where}: names are letters, digits, '-' and '_'")
 
 
-def _check_keys(table: dict[str, Any], allowed: frozenset[str], where: str) -> None:
+def _check_keys(table: Mapping[str, object], allowed: frozenset[str], where: str) -> None:
     unknown = set(table) - allowed
     if unknown:
         raise IssuerConfigError(f"{where}: unknown keys {sorted(unknown)}")
 
 
-def _str(table: dict[str, Any], key: str, where: str) -> str:
+def _str(table: Mapping[str, object], key: str, where: str) -> str:
     value = table.get(key)
     if not isinstance(value, str) or not value:
         raise IssuerConfigError(f"{where}: `{key}` must be a non-empty string")
     return value
 
 
-def _url(table: dict[str, Any], key: str, where: str, *, required: bool) -> str | None:
+def _url(table: Mapping[str, object], key: str, where: str, *, required: bool) -> str | None:
     if key not in table and not required:
         return None
     value = _str(table, key, where)
@@ -323,7 +323,7 @@ def _require(value: str | None, key: str, where: str) -> str:
     return value
 
 
-def _key_ref(base: Path, table: dict[str, Any], where: str) -> KeyRef:
+def _key_ref(base: Path, table: Mapping[str, object], where: str) -> KeyRef:
     has_file = "key_file" in table
     has_label = "pkcs11_key_label" in table
     if has_file == has_label:

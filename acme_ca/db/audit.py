@@ -7,10 +7,23 @@ log events of the request that caused it carry the same id.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import TypedDict
 
 import asyncpg
 import structlog
+
+from acme_ca.acme.jsontypes import JsonObject, JsonValue
+
+
+class AuditRow(TypedDict):
+    """One ``audit_events`` row of an account, as :func:`events_for_account` reads it."""
+
+    at: datetime
+    event: str
+    actor: str
+    order_id: int | None
+    request_id: str | None
+    details: dict[str, JsonValue]
 
 
 async def record_event(
@@ -21,7 +34,7 @@ async def record_event(
     actor: str,
     account_id: int | None = None,
     order_id: int | None = None,
-    details: dict[str, Any] | None = None,
+    details: JsonObject | None = None,
 ) -> None:
     request_id = structlog.contextvars.get_contextvars().get("request_id")
     await conn.execute(
@@ -33,15 +46,25 @@ async def record_event(
         account_id,
         order_id,
         request_id,
-        details or {},
+        dict(details or {}),
     )
 
 
-async def events_for_account(pool: asyncpg.Pool, account_id: int) -> list[dict[str, Any]]:
+async def events_for_account(pool: asyncpg.Pool, account_id: int) -> list[AuditRow]:
     """Audit rows of one account, oldest first (for operators and tests)."""
     rows = await pool.fetch(
         "SELECT at, event, actor, order_id, request_id, details FROM audit_events "
         "WHERE account_id = $1 ORDER BY id",
         account_id,
     )
-    return [dict(r) for r in rows]
+    return [
+        AuditRow(
+            at=r["at"],
+            event=r["event"],
+            actor=r["actor"],
+            order_id=r["order_id"],
+            request_id=r["request_id"],
+            details=r["details"],
+        )
+        for r in rows
+    ]

@@ -7,10 +7,11 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
+from typing import Final
 
 import asyncpg
 
+from acme_ca.acme.jsontypes import JsonObject, JsonValue
 from acme_ca.db.audit import record_event
 from acme_ca.db.status import REVOCATION_CHANNEL, revocation_payload
 
@@ -202,7 +203,7 @@ async def revoke_serial(
     at: datetime,
     now: datetime,
     actor: str,
-    details: dict[str, Any] | None = None,
+    details: JsonObject | None = None,
 ) -> RevocationChange | None:
     """Revoke the serial (its certificate and its precertificate) inside the caller's
     transaction, with its audit row and the ``acme_ca_revocation`` NOTIFY; None when nothing
@@ -233,7 +234,7 @@ async def revoke_serial(
         previous_revoked_at=row["previous_revoked_at"],
         previous_reason=row["previous_reason"],
     )
-    audit: dict[str, Any] = {"serial": serial, "reason": reason}
+    audit: dict[str, JsonValue] = {"serial": serial, "reason": reason}
     if changed_certificate is None and not await conn.fetchval(
         "SELECT EXISTS (SELECT 1 FROM certificates WHERE serial = $1)", serial
     ):
@@ -253,7 +254,7 @@ async def revoke_serial(
         actor=actor,
         account_id=change.account_id,
         order_id=change.order_id,
-        details=audit | (details or {}),
+        details={**audit, **(details or {})},
     )
     # Delivered at commit: signing workers republish the issuer's CRL and this serial's OCSP
     # responses within seconds (CP 4.9.7: immediately).

@@ -119,7 +119,7 @@ def _order(row: Mapping[str, Any]) -> Order:
         id=row["id"],
         account_id=row["account_id"],
         status=OrderStatus(row["status"]),
-        identifiers=tuple(Identifier(i["type"], i["value"]) for i in row["identifiers"]),
+        identifiers=tuple(Identifier.from_json(i) for i in row["identifiers"]),
         expires_at=row["expires_at"],
         error=None if error is None else Problem.from_json(error),
         profile=row["profile"],

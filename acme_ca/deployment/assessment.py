@@ -8,10 +8,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import structlog
 
+from acme_ca.acme.jsontypes import JsonValue
 from acme_ca.ca.issuers import ISSUERS_FILE, IssuerConfigError, IssuersFile, read_issuers_file
 from acme_ca.config import Config, ConfigError
 from acme_ca.deployment.invariants import (
@@ -36,7 +36,7 @@ class Finding:
     passed: bool
     detail: str
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, JsonValue]:
         inv = self.invariant
         return {
             "number": inv.number, "id": inv.id, "title": inv.title, "clause": inv.clause,
@@ -81,7 +81,7 @@ class Assessment:
             reasons.append(f"{len(self.failures)} of {len(self.findings)} invariants fail")
         return "no: " + "; ".join(reasons)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, JsonValue]:
         return {
             "shape": str(self.shape),
             "shape_reason": self.shape_reason,

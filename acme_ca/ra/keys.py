@@ -44,7 +44,7 @@ import hashlib
 import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Final, Literal
 
 import badkeys
 import structlog
@@ -247,16 +247,15 @@ def _badkeys_blocklist_present() -> bool:
     return all((directory / name).is_file() for name in _BADKEYS_DATA_FILES)
 
 
-def _badkeys_findings(spki_pem: str, checks: tuple[str, ...]) -> dict[str, Any]:
+def _badkeys_findings(spki_pem: str, checks: tuple[str, ...]) -> frozenset[str]:
     """Run badkeys (CPU-bound; called in a worker thread) and return the checks that fired."""
     try:
-        result: dict[str, Any] = badkeys.checkpubkey(spki_pem, checks=checks)
+        result = badkeys.checkpubkey(spki_pem, checks=checks)
     except SystemExit as exc:  # badkeys' reaction to missing data; must not stop the server
         raise RuntimeError("badkeys exited instead of checking the key") from exc
     if "exception" in result:
         raise RuntimeError(f"badkeys could not parse the key: {result.get('errmsg')}")
-    findings: dict[str, Any] = result["results"]
-    return findings
+    return frozenset(result["results"])
 
 
 class KeyPolicy:

@@ -15,6 +15,7 @@ from typing import Any, Final
 
 import aiohttp
 
+from acme_ca.acme.jsontypes import JsonObject
 from acme_ca.va.mpic import CHECK_PATH, RemoteUnavailable
 from acme_ca.va.perspectives import Perspective
 
@@ -29,7 +30,7 @@ class MtlsTransport:
     def __init__(self, context: ssl.SSLContext) -> None:
         self._context = context
 
-    async def check(self, perspective: Perspective, request: dict[str, Any]) -> Any:
+    async def check(self, perspective: Perspective, request: JsonObject) -> Any:
         connector = aiohttp.TCPConnector(ssl=self._context, force_close=True, limit=1)
         try:
             async with (

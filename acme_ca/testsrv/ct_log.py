@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypedDict
 
 import structlog
 from aiohttp import web
@@ -71,6 +71,48 @@ _POISON_EXTENSION: Final = bytes.fromhex("3013" "060a2b06010401d679020403" "0101
 _SCT_LIST_AS_POISON: Final = bytes.fromhex("3013" "060a2b06010401d679020402" "0101ff" "04020500")
 #: How many verified CA links (child DER, parent DER) each log remembers.
 LINK_CACHE_SIZE: Final = 64
+
+
+class SctResponse(TypedDict):
+    """The JSON answer of ``add-chain``/``add-pre-chain`` (RFC 6962 §4.1), base64 members."""
+
+    sct_version: int
+    id: str
+    timestamp: int
+    extensions: str
+    signature: str
+
+
+class _LogListEntry(TypedDict):
+    description: str
+    log_id: str
+    key: str
+    mmd: int
+    state: dict[str, dict[str, str]]
+
+
+class LogListEntry(_LogListEntry, total=False):
+    """One log in a v3 log list: ``url`` (RFC 6962) or the static-ct-api URLs."""
+
+    url: str
+    submission_url: str
+    monitoring_url: str
+    temporal_interval: dict[str, str]
+
+
+class LogListOperator(TypedDict):
+    name: str
+    email: list[str]
+    logs: list[LogListEntry]
+    tiled_logs: list[LogListEntry]
+
+
+class LogList(TypedDict):
+    """The v3 log list (Chrome's ``log_list.json`` schema), the parts this CA reads."""
+
+    version: str
+    log_list_timestamp: str
+    operators: list[LogListOperator]
 
 
 @dataclass
@@ -204,10 +246,10 @@ class TestCtLog:
         )
         self.log_id = hashlib.sha256(self.key_der).digest()
         #: (entry type, signed entry) → the SCT response first returned for it.
-        self._entries: dict[tuple[int, bytes], dict[str, Any]] = {}
+        self._entries: dict[tuple[int, bytes], SctResponse] = {}
         #: (child DER, parent DER) of CA links whose signature verified, oldest first.
         self._verified_links: OrderedDict[tuple[bytes, bytes], None] = OrderedDict()
-        self.log_list_json: dict[str, Any] = {}
+        self.log_list_json: LogList | None = None
 
     @property
     def name(self) -> str:
@@ -221,7 +263,7 @@ class TestCtLog:
     def entries(self) -> int:
         return len(self._entries)
 
-    def responses(self) -> list[dict[str, Any]]:
+    def responses(self) -> list[SctResponse]:
         """The SCT responses given for each logged entry, in logging order."""
         return list(self._entries.values())
 
@@ -244,7 +286,7 @@ class TestCtLog:
         return web.json_response({"certificates": certs})
 
     async def _log_list(self, request: web.Request) -> web.Response:
-        return web.json_response(self.log_list_json)
+        return web.json_response(self.log_list_json or {})
 
     async def _add_chain(self, request: web.Request) -> web.Response:
         return await self._add(request, precert=False)
@@ -387,7 +429,7 @@ class TestCtLog:
     def _sct(
         self, entry_type: int, signed_entry: bytes, timestamp: int, extensions: bytes,
         faults: Faults,
-    ) -> dict[str, Any]:
+    ) -> SctResponse:
         data = (
             struct.pack(">BBQH", 0, 0, timestamp, entry_type) + signed_entry + _u16(extensions)
         )
@@ -408,8 +450,8 @@ class TestCtLog:
 
     # ------------------------------------------------------------------ log list
 
-    def log_list_entry(self) -> dict[str, Any]:
-        entry: dict[str, Any] = {
+    def log_list_entry(self) -> LogListEntry:
+        entry: LogListEntry = {
             "description": self.name,
             "log_id": base64.b64encode(self.log_id).decode(),
             "key": base64.b64encode(self.key_der).decode(),
@@ -431,18 +473,19 @@ class TestCtLog:
 
 def log_list_json(
     logs: Sequence[TestCtLog], *, version: str = "acme-ca test logs"
-) -> dict[str, Any]:
+) -> LogList:
     """The v3 log list naming ``logs`` (RFC 6962 logs under ``logs``, static-ct-api logs under
     ``tiled_logs``), operators in order of first appearance."""
-    operators: dict[str, dict[str, Any]] = {}
+    operators: dict[str, LogListOperator] = {}
     for ct_log in logs:
         op = operators.setdefault(
             ct_log.operator,
             {"name": ct_log.operator, "email": ["ct-logs@example.test"], "logs": [],
              "tiled_logs": []},
         )
-        kind = "logs" if ct_log.spec.mode == "rfc6962" else "tiled_logs"
-        op[kind].append(ct_log.log_list_entry())
+        (op["logs"] if ct_log.spec.mode == "rfc6962" else op["tiled_logs"]).append(
+            ct_log.log_list_entry()
+        )
     return {
         "version": version,
         "log_list_timestamp": _rfc3339(datetime.now(UTC)),
@@ -476,7 +519,7 @@ class TestCtLogs:
     def by_operator(self, operator: str) -> list[TestCtLog]:
         return [x for x in self.logs if x.operator == operator]
 
-    def log_list(self) -> dict[str, Any]:
+    def log_list(self) -> LogList:
         return log_list_json(self.logs)
 
     def write_log_list(self, path: Path) -> Path:

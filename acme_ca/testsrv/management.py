@@ -11,8 +11,7 @@ which Pebble serves on its own management port.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
 
 import structlog
 from aiohttp import web
@@ -50,10 +49,10 @@ def static_pem(*pems: bytes) -> PemProvider:
 class _Body:
     """A JSON object read the way Go's ``json.Unmarshal`` fills a struct Pebble declares."""
 
-    def __init__(self, data: dict[str, Any]) -> None:
+    def __init__(self, data: Mapping[str, object]) -> None:
         self._data = data
 
-    def _get(self, name: str) -> Any:
+    def _get(self, name: str) -> object:
         if name in self._data:
             return self._data[name]
         folded = name.casefold()

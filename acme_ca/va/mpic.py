@@ -41,6 +41,7 @@ from typing import Any, Final, Literal, Protocol
 import structlog
 
 from acme_ca.acme import problems
+from acme_ca.acme.jsontypes import JsonObject, JsonValue
 from acme_ca.acme.problems import Problem
 from acme_ca.clock import Clock
 from acme_ca.va.authority import SUPPORTED_CHALLENGES, ValidationAuthority
@@ -86,7 +87,7 @@ class RemoteUnavailable(Exception):
 class RemoteTransport(Protocol):
     """Sends one request to one remote and returns its decoded JSON reply."""
 
-    async def check(self, perspective: Perspective, request: dict[str, Any]) -> Any:
+    async def check(self, perspective: Perspective, request: JsonObject) -> Any:
         """Raise :class:`RemoteUnavailable` (or time out) when there is no reply to judge."""
         ...
 
@@ -105,8 +106,8 @@ class RemoteRequest:
     token: str | None = None
     key_authorization: str | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {
+    def to_json(self) -> dict[str, JsonValue]:
+        body: dict[str, JsonValue] = {
             "kind": self.kind,
             "identifier": self.identifier,
             "wildcard": self.wildcard,
@@ -169,7 +170,9 @@ async def run_remote_check(va: ValidationAuthority, request: RemoteRequest) -> C
     )
 
 
-def remote_reply(perspective_id: str, rir: str, nonce: str, result: CheckResult) -> dict[str, Any]:
+def remote_reply(
+    perspective_id: str, rir: str, nonce: str, result: CheckResult
+) -> dict[str, JsonValue]:
     """The remote's answer: the CheckResult JSON with who answered and for which request."""
     return {"perspective": perspective_id, "rir": rir, "nonce": nonce, **result.to_json()}
 

@@ -16,11 +16,12 @@ records written before them, or by a remote VA of an older version, still read.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Final, Literal
 
+from acme_ca.acme.jsontypes import JsonValue
 from acme_ca.acme.problems import Problem
 from acme_ca.va.methods import DcvMethod
 from acme_ca.va.resolver import DnsAnswer, DnssecStatus
@@ -90,9 +91,9 @@ class ValidationRecord:
     result: Result | None = None
     """On the record that decided a check, and on each perspective's summary: pass or fail."""
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, JsonValue]:
         """The audit form: every field, time as RFC 3339, empty optionals left out."""
-        body: dict[str, Any] = {
+        body: dict[str, JsonValue] = {
             "method": self.method,
             "perspective": self.perspective,
             "hostname": self.hostname,
@@ -173,18 +174,18 @@ class ValidationRecord:
         )
 
 
-def _text(body: dict[str, Any], key: str) -> str:
+def _text(body: Mapping[str, object], key: str) -> str:
     value = body.get(key)
     if not isinstance(value, str):
         raise FormatError(f"{key} must be a string")
     return value
 
 
-def _optional_text(body: dict[str, Any], key: str) -> str | None:
+def _optional_text(body: Mapping[str, object], key: str) -> str | None:
     return None if body.get(key) is None else _text(body, key)
 
 
-def _optional_bool(body: dict[str, Any], key: str) -> bool | None:
+def _optional_bool(body: Mapping[str, object], key: str) -> bool | None:
     value = body.get(key)
     if value is not None and not isinstance(value, bool):
         raise FormatError(f"{key} must be a boolean")
@@ -252,8 +253,8 @@ class CheckResult:
             observed=_optional_text(body, "observed"),
         )
 
-    def to_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {
+    def to_json(self) -> dict[str, JsonValue]:
+        body: dict[str, JsonValue] = {
             "ok": self.ok,
             "records": [r.to_json() for r in self.records],
         }

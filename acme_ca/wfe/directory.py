@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 
+from acme_ca.acme.jsontypes import JsonValue
 from acme_ca.wfe import urls
 from acme_ca.wfe.responses import acme_json
 from acme_ca.wfe.services import front_end
 
 
-def directory_body(request: web.Request) -> dict[str, Any]:
+def directory_body(request: web.Request) -> dict[str, JsonValue]:
     fe = front_end(request)
     cfg = fe.config
-    meta: dict[str, Any] = {
+    meta: dict[str, JsonValue] = {
         "caaIdentities": list(cfg.caa_identities),
         "externalAccountRequired": cfg.external_account_required,
     }

@@ -33,13 +33,14 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, TypedDict
 
 import aiohttp
 import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from acme_ca.acme.jsontypes import JsonValue
 from acme_ca.ca.ct.loglist import CtLog, LogList, LogListError, LogListSource
 from acme_ca.ca.ct.policy import CtPolicy, Requirement, spread
 from acme_ca.ca.ct.sct import (
@@ -98,6 +99,12 @@ class CtSettings:
         return min(pause, self.retry_max)
 
 
+class AddChain(TypedDict):
+    """The body of ``add-chain``/``add-pre-chain`` (RFC 6962 §4.1): base64 DER, leaf first."""
+
+    chain: list[str]
+
+
 @dataclass(frozen=True)
 class LoggedSct:
     """A verified SCT and the log it came from, as stored with the certificate."""
@@ -126,7 +133,7 @@ class LoggedSct:
             "timestamp": self.timestamp.isoformat().replace("+00:00", "Z"),
         }
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, JsonValue]:
         return {
             **self.summary(),
             "log_id": self.log_id,
@@ -251,7 +258,7 @@ class CertificateTransparency:
             problem = self.coverage_problem(not_before, not_after) or "no usable logs"
             raise CtPolicyNotMet(requirement, [problem])
         entry = precert_entry(precert_tbs, issuer_spki_der)
-        body = {"chain": [_b64(precert), *(_b64(c) for c in chain)]}
+        body: AddChain = {"chain": [_b64(precert), *(_b64(c) for c in chain)]}
 
         def verify(ct_log: CtLog, sct: SignedCertificateTimestamp) -> None:
             self._verify(log_list, ct_log, sct, entry, submitted_at)
@@ -264,7 +271,7 @@ class CertificateTransparency:
         requirement: Requirement,
         candidates: list[CtLog],
         call: str,
-        body: dict[str, Any],
+        body: AddChain,
         verify: Callable[[CtLog, SignedCertificateTimestamp], None],
     ) -> list[LoggedSct]:
         loop = asyncio.get_running_loop()
@@ -358,7 +365,7 @@ class CertificateTransparency:
         self,
         ct_log: CtLog,
         call: str,
-        body: dict[str, Any],
+        body: AddChain,
         verify: Callable[[CtLog, SignedCertificateTimestamp], None],
     ) -> SignedCertificateTimestamp:
         loop = asyncio.get_running_loop()
@@ -430,7 +437,7 @@ class CertificateTransparency:
             log.warning("ct.final_submission_skipped", serial=serial, error=str(e))
             return
         entry = X509Entry(certificate.public_bytes(Encoding.DER))
-        body = {"chain": [_b64(certificate), *(_b64(c) for c in chain)]}
+        body: AddChain = {"chain": [_b64(certificate), *(_b64(c) for c in chain)]}
         submitted_at = self._clock.now()
 
         def verify(ct_log: CtLog, sct: SignedCertificateTimestamp) -> None:

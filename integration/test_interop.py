@@ -65,15 +65,9 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from acme_ca.db.embedded import EmbeddedPostgres
-from integration.clients import CERTBOT, openssl_verify, write_hooks
+from integration.clients import CERTBOT, blocking_findings, openssl_verify, write_hooks
 from integration.processes import STOP_TIMEOUT, CaProcesses, base_env, describe, run_cli, tail
-from integration.testmode_server import (
-    QuietProcesses,
-    RunningTestCa,
-    blocking_findings,
-    start_test_mode,
-    write_pem,
-)
+from integration.testmode_server import QuietProcesses, RunningTestCa, start_test_mode, write_pem
 from tests.fixtures import TEMPLATE_DB
 from tests.support.jws import JwsClient
 

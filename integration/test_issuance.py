@@ -17,7 +17,6 @@ Names resolve through the in-process challenge test server's DNS (every A query 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import re
 import subprocess
 import time
@@ -37,13 +36,13 @@ from acme_ca.ca.ct.sct import certificate_precert_entry, embedded_scts, verify_s
 from acme_ca.ca.profile import recommended_validity
 from integration.challsrv_thread import ThreadedChallengeServer
 from integration.clients import (
-    BIN,
     NAMES,
     acme_account,
     certbot_certonly,
     certbot_failure,
     csr_pem,
     openssl_verify,
+    pkilint_findings,
 )
 from integration.processes import (
     CaProcess,
@@ -59,7 +58,6 @@ pytestmark = pytest.mark.integration
 
 _T = TypeVar("_T")
 
-PKILINT = str(BIN / "lint_cabf_serverauth_cert")
 PEM_CHAIN = "application/pem-certificate-chain"
 #: BR 6.3.2 (SC-081): the SHOULD for today's date (199 days until 2027-03-15, then 99, 46).
 EXPECTED_VALIDITY = recommended_validity(dt.datetime.now(dt.UTC))
@@ -126,26 +124,6 @@ def _certbot_order_ids(certbot_dir: Path) -> set[int]:
     """Order ids from certbot's debug log (it logs every response's headers)."""
     text = (certbot_dir / "logs" / "letsencrypt.log").read_text(errors="replace")
     return {int(m) for m in re.findall(r"/acme/order/(\d+)", text)}
-
-
-def _pkilint_findings(cert: Path) -> list[tuple[str, str, str]]:
-    """(severity, code, node path) of every pkilint finding at WARNING and above."""
-    run = subprocess.run(
-        [PKILINT, "lint", "-t", "DV-FINAL-CERTIFICATE", "-s", "WARNING", "-f", "JSON", str(cert)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    try:
-        report = json.loads(run.stdout)
-    except ValueError:
-        pytest.fail(f"pkilint output is not JSON: {describe(run)}")
-    return [
-        (f["severity"], f["code"], r["node_path"])
-        for r in report["results"]
-        for f in r["finding_descriptions"]
-    ]
 
 
 def _serial_hex(cert: x509.Certificate) -> str:
@@ -220,7 +198,7 @@ def test_certbot_http01_issues_verifiable_lint_clean(
     cert_pem, chain_pem = live / "cert.pem", live / "chain.pem"
     openssl_verify(pki / "root.pem", chain_pem, cert_pem)
 
-    findings = _pkilint_findings(cert_pem)
+    findings = pkilint_findings(cert_pem)
     blocking = [f for f in findings if f[0] in ("ERROR", "FATAL")]
     assert not blocking, findings
     warnings = {code for severity, code, _ in findings if severity == "WARNING"}

@@ -45,6 +45,7 @@ from acme_ca.config import PEBBLE_MAX_VALIDATION_SLEEP, Config, load_config
 from integration.clients import (
     NAMES,
     acme_account,
+    blocking_findings,
     certbot_certonly,
     certbot_failure,
     csr_pem,
@@ -60,7 +61,6 @@ from integration.testmode_server import (
     PEM_CHAIN,
     QuietProcesses,
     RunningTestCa,
-    blocking_findings,
     http_get,
     mgmt_post,
     start_test_mode,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import ssl
 import time
@@ -186,36 +184,6 @@ def http_get(url: str, context: ssl.SSLContext | None = None) -> tuple[int, str,
             return resp.status, resp.headers.get_content_type(), resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.headers.get_content_type(), exc.read()
-
-
-def pkilint_findings(cert: Path) -> list[tuple[str, str, str]]:
-    """(severity, code, node path) of every pkilint finding at WARNING and above: the same
-    ``lint_cabf_serverauth_cert lint`` command line and JSON report as
-    ``integration.test_issuance._pkilint_findings``, run through the CLI's entry point in this
-    process (0.2 s a certificate instead of a second for a new interpreter)."""
-    from pkilint.bin.lint_cabf_serverauth_cert import main as pkilint_main
-
-    out, err = io.StringIO(), io.StringIO()
-    argv = ["lint", "-t", "DV-FINAL-CERTIFICATE", "-s", "WARNING", "-f", "JSON", str(cert)]
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            pkilint_main(argv)
-    except SystemExit as exc:  # argparse or a load error
-        pytest.fail(f"pkilint exited {exc.code}: {err.getvalue()}")
-    try:
-        report = json.loads(out.getvalue())
-    except ValueError:
-        pytest.fail(f"pkilint output is not JSON: {out.getvalue()!r} {err.getvalue()!r}")
-    return [
-        (f["severity"], f["code"], r["node_path"])
-        for r in report["results"]
-        for f in r["finding_descriptions"]
-    ]
-
-
-def blocking_findings(cert: Path) -> list[tuple[str, str, str]]:
-    findings = pkilint_findings(cert)
-    return [f for f in findings if f[0] in ("ERROR", "FATAL")]
 
 
 def write_pem(path: Path, certs: list[x509.Certificate]) -> Path:

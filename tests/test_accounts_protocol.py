@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -30,12 +29,6 @@ NEXT_LINK = re.compile(r'^<([^>]+)>;rel="next"$')
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 def p256() -> ec.EllipticCurvePrivateKey:

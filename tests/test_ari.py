@@ -3,7 +3,6 @@ newOrder's ``replaces``, with the RFC's test vector and with real certificates."
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,10 +12,10 @@ import pytest
 
 from acme_ca.acme import ari
 from acme_ca.acme.b64 import b64url_encode
-from acme_ca.testsrv.server import ChallengeServerConfig, ChallengeTestServer
-from tests.fixtures import CaFactory, RunningCa
+from acme_ca.testsrv.server import ChallengeTestServer
+from tests.fixtures import RunningCa
 from tests.support.jws import Reply
-from tests.support.orders import Subscriber, subscriber, validation_config
+from tests.support.orders import Subscriber, subscriber
 from tests.support.problems import ERR, assert_problem
 from tests.support.revocation import (
     Leaf,
@@ -133,30 +132,6 @@ def test_ari_3_revoked_window_is_in_the_past() -> None:
 @pytest.fixture(scope="module")
 def issuer() -> ThrowawayIssuer:
     return make_issuer("ARI Test Issuer")
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
-@pytest.fixture
-async def challsrv() -> AsyncIterator[ChallengeTestServer]:
-    async with ChallengeTestServer(ChallengeServerConfig.ephemeral()) as srv:
-        yield srv
-
-
-@pytest.fixture
-async def va_ca(ca_factory: CaFactory, challsrv: ChallengeTestServer) -> RunningCa:
-    return await ca_factory.start(**validation_config(challsrv))
-
-
-@pytest.fixture
-async def sub(
-    va_ca: RunningCa, session: aiohttp.ClientSession, challsrv: ChallengeTestServer
-) -> Subscriber:
-    return await subscriber(va_ca, session, challsrv)
 
 
 async def stored(pool: asyncpg.Pool, sub: Subscriber, issuer: ThrowawayIssuer, *names: str) -> Leaf:

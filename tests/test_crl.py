@@ -33,7 +33,6 @@ from tests.support.status import ISSUERS, REPO, ROOTS, StatusEnv, StatusSite, pk
 
 # The shared fixtures of the status tests.
 status_config = status_support.status_config
-linter = status_support.linter
 env = status_support.env
 status_site = status_support.status_site
 

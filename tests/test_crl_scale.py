@@ -34,7 +34,6 @@ from tests.support.status import ISSUERS, StatusEnv
 
 # The shared fixtures of the status tests.
 status_config = status_support.status_config
-linter = status_support.linter
 env = status_support.env
 
 T = TypeVar("T")

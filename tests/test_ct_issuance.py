@@ -21,7 +21,6 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -81,18 +80,6 @@ NOW = datetime.now(UTC)
 @pytest.fixture(scope="module")
 def pki_config(tmp_path_factory: pytest.TempPathFactory) -> Config:
     return make_pki_config(tmp_path_factory.mktemp("ct-pki"))
-
-
-@pytest.fixture(scope="module")
-def linter() -> CertificateLinter:
-    return CertificateLinter()
-
-
-@pytest.fixture
-async def issuers(pki_config: Config) -> AsyncIterator[IssuerSet]:
-    loaded = await load_issuers(pki_config)
-    yield loaded
-    await loaded.aclose()
 
 
 def days(config: Config, n: int) -> Config:

@@ -31,7 +31,7 @@ from cryptography.x509 import ocsp
 
 from acme_ca.acme.b64 import b64url_encode
 from acme_ca.ca.ct.loglist import StaticLogList, parse_log_list
-from acme_ca.ca.issuers import IssuerSet, load_issuers
+from acme_ca.ca.issuers import IssuerSet
 from acme_ca.ca.lint import CertificateLinter
 from acme_ca.clock import SystemClock
 from acme_ca.config import Config
@@ -48,7 +48,7 @@ from acme_ca.status.key_compromise import KeyCompromiseSweeper, retry_delay
 from acme_ca.status.ocsp import OcspResponder
 from acme_ca.status.updater import StatusSettings, StatusUpdater
 from acme_ca.testsrv.ct_log import TestCtLogs, TestLogSpec
-from acme_ca.testsrv.server import ChallengeServerConfig, ChallengeTestServer
+from acme_ca.testsrv.server import ChallengeTestServer
 from tests.fixtures import CaFactory, RunningCa
 from tests.support.accounts import key_change
 from tests.support.ct import Harness, harness
@@ -74,30 +74,6 @@ def pki_config(tmp_path_factory: pytest.TempPathFactory) -> Config:
         tmp_path_factory.mktemp("kc-pki"), status_base_url=STATUS, worker_poll_seconds=1,
         validity_days=90,  # two SCTs from the two test logs
     )
-
-
-@pytest.fixture(scope="module")
-def linter() -> CertificateLinter:
-    return CertificateLinter()
-
-
-@pytest.fixture
-async def issuers(pki_config: Config) -> AsyncIterator[IssuerSet]:
-    loaded = await load_issuers(pki_config)
-    yield loaded
-    await loaded.aclose()
-
-
-@pytest.fixture
-async def challsrv() -> AsyncIterator[ChallengeTestServer]:
-    async with ChallengeTestServer(ChallengeServerConfig.ephemeral()) as srv:
-        yield srv
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 @pytest.fixture

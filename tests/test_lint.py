@@ -42,11 +42,6 @@ Ext = x509.Extension[x509.ExtensionType]
 
 
 @pytest.fixture(scope="module")
-def linter() -> CertificateLinter:
-    return CertificateLinter()
-
-
-@pytest.fixture(scope="module")
 def hierarchy() -> Hierarchy:
     return make_hierarchy()
 

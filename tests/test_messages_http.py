@@ -3,7 +3,6 @@ the problem that names it, and the request changes nothing (RFC 8555 §6.7, §7.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -15,12 +14,6 @@ from tests.support.jws import JwsClient, jwk_json, make_jws
 from tests.support.problems import ERR
 
 DNS = {"type": "dns", "value": "typed.example.com"}
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
@@ -38,6 +37,7 @@ from acme_ca.db.issuance import IssuanceRepository
 from acme_ca.db.orders import OrderRepository, apply_order_event
 from tests.fixtures import CaFactory
 from tests.support.jws import JwsClient
+from tests.support.problems import ERR
 
 S = OrderStatus
 E = OrderEvent
@@ -46,7 +46,6 @@ AE = AuthorizationEvent
 NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 LATER = NOW + timedelta(days=1)
 EARLIER = NOW - timedelta(seconds=1)
-ERR = "urn:ietf:params:acme:error:"
 
 #: RFC 8555 §7.1.6 Figure 10 and §7.3.6, written out here independently of the module.
 ORDER_ROWS = [
@@ -353,12 +352,6 @@ async def test_acme_ord_3_racing_validations_leave_the_order_ready(pool: asyncpg
         await asyncio.gather(*(repo.finish_validation(c, outcome, NOW) for c in challenge_ids))
         stored = await repo.get_order(order.id)
         assert stored is not None and stored.status is S.READY
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 async def test_acme_ord_3_reading_an_expired_order_writes_nothing(

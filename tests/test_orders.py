@@ -4,48 +4,22 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
 import asyncpg
-import pytest
 
 from acme_ca.acme.b64 import b64url_encode
 from acme_ca.clock import FixedClock
 from acme_ca.db.issuance import IssuanceRepository
-from acme_ca.testsrv.server import ChallengeServerConfig, ChallengeTestServer
+from acme_ca.testsrv.server import ChallengeTestServer
 from acme_ca.testsrv.store import CaaPolicy
 from acme_ca.wfe.services import FRONT_END
 from tests.fixtures import CaFactory, RunningCa
 from tests.support.orders import Subscriber, subscriber, validation_config
 from tests.support.problems import ERR, assert_problem
 from tests.support.worker import build_csr
-
-
-@pytest.fixture
-async def challsrv() -> AsyncIterator[ChallengeTestServer]:
-    async with ChallengeTestServer(ChallengeServerConfig.ephemeral()) as srv:
-        yield srv
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
-@pytest.fixture
-async def va_ca(ca_factory: CaFactory, challsrv: ChallengeTestServer) -> RunningCa:
-    return await ca_factory.start(**validation_config(challsrv))
-
-
-@pytest.fixture
-async def sub(
-    va_ca: RunningCa, session: aiohttp.ClientSession, challsrv: ChallengeTestServer
-) -> Subscriber:
-    return await subscriber(va_ca, session, challsrv)
 
 
 async def test_acme_ord_1_new_order_created(sub: Subscriber, va_ca: RunningCa) -> None:

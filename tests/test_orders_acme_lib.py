@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator
 
 import josepy
 import pytest
@@ -15,17 +14,11 @@ from acme import crypto_util as acme_crypto
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from acme_ca.testsrv.server import ChallengeServerConfig, ChallengeTestServer
+from acme_ca.testsrv.server import ChallengeTestServer
 from acme_ca.testsrv.store import CaaPolicy
 from tests.fixtures import CaFactory, RunningCa
 
 NAMES = ["www.example.com", "*.example.com", "api.example.com"]
-
-
-@pytest.fixture
-async def challsrv() -> AsyncIterator[ChallengeTestServer]:
-    async with ChallengeTestServer(ChallengeServerConfig.ephemeral()) as srv:
-        yield srv
 
 
 @pytest.fixture

@@ -225,11 +225,6 @@ def subscriber_keys() -> dict[str, SubscriberPublicKey]:
     return make_subscriber_keys()
 
 
-@pytest.fixture(scope="module")
-def linter() -> CertificateLinter:
-    return CertificateLinter()
-
-
 @dataclass(frozen=True)
 class Issued:
     issuer: Issuer

@@ -11,7 +11,6 @@ import asyncio
 import getpass
 import os
 import sys
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,10 +29,10 @@ from acme_ca.db.issuance import IssuanceRepository
 from acme_ca.ra.csr import check_csr
 from acme_ca.ra.keys import KeyPolicy, spki_sha256
 from acme_ca.ra.revocation import REASON_CODES
-from acme_ca.testsrv.server import ChallengeServerConfig, ChallengeTestServer
-from tests.fixtures import CaFactory, RunningCa
+from acme_ca.testsrv.server import ChallengeTestServer
+from tests.fixtures import RunningCa
 from tests.support.jws import JwsClient, Reply
-from tests.support.orders import Subscriber, subscriber, validation_config
+from tests.support.orders import Subscriber, subscriber
 from tests.support.problems import ERR, assert_problem
 from tests.support.revocation import (
     Leaf,
@@ -68,23 +67,6 @@ async def is_blocked(pool: asyncpg.Pool, leaf: Leaf) -> bool:
 @pytest.fixture(scope="module")
 def issuer() -> ThrowawayIssuer:
     return make_issuer()
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
-@pytest.fixture
-async def challsrv() -> AsyncIterator[ChallengeTestServer]:
-    async with ChallengeTestServer(ChallengeServerConfig.ephemeral()) as srv:
-        yield srv
-
-
-@pytest.fixture
-async def va_ca(ca_factory: CaFactory, challsrv: ChallengeTestServer) -> RunningCa:
-    return await ca_factory.start(**validation_config(challsrv))
 
 
 @pytest.fixture

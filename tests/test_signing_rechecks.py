@@ -276,11 +276,6 @@ def pki_config(tmp_path_factory: pytest.TempPathFactory) -> Config:
     return make_pki_config(tmp_path_factory.mktemp("recheck-pki"))
 
 
-@pytest.fixture(scope="module")
-def linter() -> CertificateLinter:
-    return CertificateLinter()
-
-
 @pytest.fixture
 async def dns() -> AsyncIterator[ChallengeTestServer]:
     """CAA answers for the VA: none at first (issuance allowed), tests add records."""

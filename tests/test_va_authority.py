@@ -9,13 +9,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
 
 from acme_ca.clock import FixedClock
-from acme_ca.testsrv.server import ChallengeServerConfig, ChallengeTestServer
+from acme_ca.testsrv.server import ChallengeTestServer
 from acme_ca.testsrv.store import CaaPolicy
 from acme_ca.va.authority import (
     ALWAYS_VALID_NOTE,
@@ -23,11 +22,8 @@ from acme_ca.va.authority import (
     dns01_txt_value,
     key_authorization,
 )
-from acme_ca.va.caa_lookup import CaaChecker
-from acme_ca.va.dns01 import Dns01Validator
-from acme_ca.va.http01 import Http01Validator, public_address_policy
-from acme_ca.va.resolver import DnsClient, IPAddress, ResolverSettings
 from tests.support.problems import ERR
+from tests.support.va import local_authority
 
 TOKEN = "DGyRejmCefe7v4NfDGDKfA"
 THUMBPRINT = "9jg46WB3rR_AHD-EBXdN7cBkH1WOu0tA3M9fm21mqTI"
@@ -37,36 +33,9 @@ NAME = "example.test"
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
 
-def loopback_ok(address: IPAddress) -> bool:
-    return address.is_loopback or public_address_policy(address)
-
-
-@pytest.fixture
-async def srv() -> AsyncIterator[ChallengeTestServer]:
-    async with ChallengeTestServer(ChallengeServerConfig.ephemeral()) as server:
-        yield server
-
-
-def build(srv: ChallengeTestServer, *, always_valid: bool = False) -> ValidationAuthority:
-    clock = FixedClock(NOW)
-    dns = DnsClient(
-        ResolverSettings(
-            (f"127.0.0.1:{srv.dns_port}",), timeout=2.0, attempts=1, require_dnssec=False
-        )
-    )
-    assert srv.http01_port is not None
-    return ValidationAuthority(
-        Http01Validator(dns, port=srv.http01_port, address_policy=loopback_ok, clock=clock),
-        Dns01Validator(dns, clock=clock),
-        CaaChecker.from_dns(dns, clock=clock),
-        clock,
-        always_valid=always_valid,
-    )
-
-
 @pytest.fixture
 def va(srv: ChallengeTestServer) -> ValidationAuthority:
-    return build(srv)
+    return local_authority(srv, FixedClock(NOW))
 
 
 def caa_queries(srv: ChallengeTestServer, name: str = NAME) -> int:
@@ -160,7 +129,7 @@ async def test_refused_before_any_lookup(
 
 
 async def test_always_valid_switch(srv: ChallengeTestServer) -> None:
-    va = build(srv, always_valid=True)
+    va = local_authority(srv, FixedClock(NOW), always_valid=True)
     srv.store.add_caa(NAME, [CaaPolicy("issue", "other-ca.example")])
     result = await va.validate("dns-01", NAME, False, TOKEN, KEY_AUTH, ACCOUNT)
     assert result.ok
@@ -171,4 +140,4 @@ async def test_always_valid_switch(srv: ChallengeTestServer) -> None:
 
 
 async def test_always_valid_defaults_off(srv: ChallengeTestServer) -> None:
-    assert build(srv).always_valid is False
+    assert local_authority(srv, FixedClock(NOW)).always_valid is False

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from acme_ca.testsrv.server import ChallengeServerConfig, ChallengeTestServer
+from acme_ca.testsrv.server import ChallengeTestServer
 from acme_ca.va.http01 import (
     BODY_SLACK,
     Http01Validator,
@@ -32,24 +32,14 @@ from acme_ca.va.http01 import (
     parse_target,
     public_address_policy,
 )
-from acme_ca.va.resolver import DnsClient, IPAddress, ResolverSettings
+from acme_ca.va.resolver import DnsClient, ResolverSettings
 from tests.support.problems import ERR
+from tests.support.va import loopback_ok
 
 TOKEN = "LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0"
 KEY_AUTH = f"{TOKEN}.9jg46WB3rR_AHD-EBXdN7cBkH1WOu0tA3M9fm21mqTI"
 PATH = f"/.well-known/acme-challenge/{TOKEN}"
 NAME = "site.example.test"
-
-
-def loopback_ok(address: IPAddress) -> bool:
-    """Production policy plus loopback, so tests can serve on 127.0.0.1."""
-    return address.is_loopback or public_address_policy(address)
-
-
-@pytest.fixture
-async def srv() -> AsyncIterator[ChallengeTestServer]:
-    async with ChallengeTestServer(ChallengeServerConfig.ephemeral()) as server:
-        yield server
 
 
 @pytest.fixture

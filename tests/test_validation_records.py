@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,11 +25,9 @@ from acme_ca.config import Config
 from acme_ca.ra.br_schedule import BR_METHODS
 from acme_ca.remote_va.local import local_remote_vas
 from acme_ca.remote_va.primary import build_validator
-from acme_ca.testsrv.server import ChallengeServerConfig, ChallengeTestServer
-from acme_ca.va.authority import SUPPORTED_CHALLENGES, ValidationAuthority
-from acme_ca.va.caa_lookup import CaaChecker
-from acme_ca.va.dns01 import Dns01Validator, dns01_txt_value
-from acme_ca.va.http01 import Http01Validator, public_address_policy
+from acme_ca.testsrv.server import ChallengeTestServer
+from acme_ca.va.authority import SUPPORTED_CHALLENGES
+from acme_ca.va.dns01 import dns01_txt_value
 from acme_ca.va.methods import (
     DCV_METHODS,
     WildcardNotAllowed,
@@ -40,40 +37,14 @@ from acme_ca.va.methods import (
 from acme_ca.va.mpic import MpicValidator
 from acme_ca.va.perspectives import Perspective
 from acme_ca.va.records import CheckResult, FormatError, ValidationRecord
-from acme_ca.va.resolver import DnsClient, IPAddress, ResolverSettings
 from tests.fixtures import CaFactory, free_socket
 from tests.support.orders import subscriber, validation_config
+from tests.support.va import local_authority
 
 TOKEN = "LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0"
 KEY_AUTH = f"{TOKEN}.9jg46WB3rR_AHD-EBXdN7cBkH1WOu0tA3M9fm21mqTI"
 ACCOUNT = "https://ca.example/acme/acct/1"
 NOW = datetime(2026, 12, 20, 9, 30, tzinfo=UTC)
-
-
-@pytest.fixture
-async def srv() -> AsyncIterator[ChallengeTestServer]:
-    async with ChallengeTestServer(ChallengeServerConfig.ephemeral()) as server:
-        yield server
-
-
-def loopback_ok(address: IPAddress) -> bool:
-    return address.is_loopback or public_address_policy(address)
-
-
-def authority(srv: ChallengeTestServer) -> ValidationAuthority:
-    clock = FixedClock(NOW)
-    dns = DnsClient(
-        ResolverSettings(
-            (f"127.0.0.1:{srv.dns_port}",), timeout=2.0, attempts=1, require_dnssec=False
-        )
-    )
-    assert srv.http01_port is not None
-    return ValidationAuthority(
-        Http01Validator(dns, port=srv.http01_port, address_policy=loopback_ok, clock=clock),
-        Dns01Validator(dns, clock=clock),
-        CaaChecker.from_dns(dns, clock=clock),
-        clock,
-    )
 
 
 def publish(srv: ChallengeTestServer, method: str, adn: str) -> str:
@@ -146,7 +117,7 @@ async def test_br_3_2_2_4_record_names_method_section_and_label(
     """Every record of the method names the applied-for name, the ADN, the ACME label and the
     BR section and the value that proved control; the deciding one says ``pass``."""
     value = publish(srv, method, identifier)
-    result = await authority(srv).validate(
+    result = await local_authority(srv, FixedClock(NOW)).validate(
         method, identifier, wildcard, TOKEN, KEY_AUTH, ACCOUNT
     )
     assert result.ok, result.problem
@@ -175,7 +146,7 @@ async def test_br_5_4_1_failed_validation_is_recorded_with_its_adn(
     looked for and ``fail``.  (dns-01: the parent holds the value, and www must not pass.)"""
     if method == "dns-01":
         publish(srv, method, "example.test")
-    result = await authority(srv).validate(
+    result = await local_authority(srv, FixedClock(NOW)).validate(
         method, "www.example.test", False, TOKEN, KEY_AUTH, ACCOUNT
     )
     assert not result.ok

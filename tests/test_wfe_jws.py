@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
@@ -15,12 +14,6 @@ from acme_ca.clock import FixedClock
 from tests.fixtures import CaFactory, RunningCa
 from tests.support.jws import JwsClient, make_jws
 from tests.support.problems import assert_problem
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 @pytest.fixture

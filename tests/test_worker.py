@@ -185,18 +185,6 @@ def internal_pki_config(tmp_path_factory: pytest.TempPathFactory) -> Config:
     )
 
 
-@pytest.fixture(scope="module")
-def linter() -> CertificateLinter:
-    return CertificateLinter()
-
-
-@pytest.fixture
-async def issuers(pki_config: Config) -> AsyncIterator[IssuerSet]:
-    loaded = await load_issuers(pki_config)
-    yield loaded
-    await loaded.aclose()
-
-
 @pytest.fixture
 async def ct(pki_config: Config) -> AsyncIterator[CertificateTransparency]:
     """Certificate Transparency against real in-process test logs that accept the

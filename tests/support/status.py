@@ -163,11 +163,6 @@ def status_config(tmp_path_factory: pytest.TempPathFactory) -> Config:
     return config
 
 
-@pytest.fixture(scope="module")
-def linter() -> CertificateLinter:
-    return CertificateLinter()
-
-
 @pytest.fixture
 async def env(
     status_config: Config, linter: CertificateLinter, pool: asyncpg.Pool, dsn: str

@@ -1,0 +1,37 @@
+"""The VA as the VA tests build it: production's address policy plus loopback, against the
+challenge test server's DNS and http-01 port."""
+
+from __future__ import annotations
+
+from acme_ca.clock import Clock
+from acme_ca.testsrv.server import ChallengeTestServer
+from acme_ca.va.authority import ValidationAuthority
+from acme_ca.va.caa_lookup import CaaChecker
+from acme_ca.va.dns01 import Dns01Validator
+from acme_ca.va.http01 import Http01Validator, public_address_policy
+from acme_ca.va.resolver import DnsClient, IPAddress, ResolverSettings
+
+
+def loopback_ok(address: IPAddress) -> bool:
+    """Production policy plus loopback, so tests can serve on 127.0.0.1."""
+    return address.is_loopback or public_address_policy(address)
+
+
+def local_authority(
+    srv: ChallengeTestServer, clock: Clock, *, always_valid: bool = False
+) -> ValidationAuthority:
+    """A ValidationAuthority resolving through ``srv`` (no DNSSEC) and connecting to its
+    http-01 port."""
+    dns = DnsClient(
+        ResolverSettings(
+            (f"127.0.0.1:{srv.dns_port}",), timeout=2.0, attempts=1, require_dnssec=False
+        )
+    )
+    assert srv.http01_port is not None
+    return ValidationAuthority(
+        Http01Validator(dns, port=srv.http01_port, address_policy=loopback_ok, clock=clock),
+        Dns01Validator(dns, clock=clock),
+        CaaChecker.from_dns(dns, clock=clock),
+        clock,
+        always_valid=always_valid,
+    )

@@ -37,6 +37,15 @@ NAMES = ["www.example.com", "example.com", "api.example.com"]
 EMAIL = "ops@example.test"
 
 
+def certbot_dirs(base: Path) -> list[str]:
+    """certbot's config, work and log directories under ``base``: nothing in /etc or /var."""
+    return [
+        "--config-dir", str(base / "config"),
+        "--work-dir", str(base / "work"),
+        "--logs-dir", str(base / "logs"),
+    ]  # fmt: skip
+
+
 def certbot_certonly(
     tmp_path: Path, ca: CaProcess, cafile: Path, key_type: str, http01_port: int
 ) -> tuple[subprocess.CompletedProcess[str], Path]:
@@ -59,12 +68,7 @@ def certbot_certonly(
         "--agree-tos",
         "-m",
         EMAIL,
-        "--config-dir",
-        str(certbot_dir / "config"),
-        "--work-dir",
-        str(certbot_dir / "work"),
-        "--logs-dir",
-        str(certbot_dir / "logs"),
+        *certbot_dirs(certbot_dir),
     ]
     run = subprocess.run(
         args,

@@ -16,7 +16,6 @@ import asyncio
 import json
 import ssl
 import subprocess
-import sys
 import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,11 +27,11 @@ from cryptography import x509
 from acme_ca.acme import ari
 from acme_ca.ra.keys import spki_sha256
 from integration.challsrv_thread import ThreadedChallengeServer
+from integration.clients import CERTBOT, certbot_dirs
 from integration.processes import CaProcess, CaProcesses, base_env, describe, free_port
 
 pytestmark = pytest.mark.integration
 
-CERTBOT = str(Path(sys.executable).parent / "certbot")
 EMAIL = "ops@example.test"
 BY_ACCOUNT = ["revoke-a.example.com", "www.revoke-a.example.com"]
 BY_KEY = ["revoke-b.example.com"]
@@ -53,12 +52,7 @@ class Certbot:
                 "--server",
                 self.ca.directory_url,
                 "-n",
-                "--config-dir",
-                str(self.base / "config"),
-                "--work-dir",
-                str(self.base / "work"),
-                "--logs-dir",
-                str(self.base / "logs"),
+                *certbot_dirs(self.base),
             ],
             capture_output=True,
             text=True,

@@ -65,7 +65,13 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from acme_ca.db.embedded import EmbeddedPostgres
-from integration.clients import CERTBOT, blocking_findings, openssl_verify, write_hooks
+from integration.clients import (
+    CERTBOT,
+    blocking_findings,
+    certbot_dirs,
+    openssl_verify,
+    write_hooks,
+)
 from integration.processes import STOP_TIMEOUT, CaProcesses, base_env, describe, run_cli, tail
 from integration.testmode_server import QuietProcesses, RunningTestCa, start_test_mode, write_pem
 from tests.fixtures import TEMPLATE_DB
@@ -366,12 +372,7 @@ class Certbot(Client):
             "--server",
             self.ca.directory_url,
             "-n",
-            "--config-dir",
-            str(self.work / "config"),
-            "--work-dir",
-            str(self.work / "work"),
-            "--logs-dir",
-            str(self.work / "logs"),
+            *certbot_dirs(self.work),
         ]
 
     def _run(self, *args: str) -> subprocess.CompletedProcess[str]:

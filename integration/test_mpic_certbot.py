@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from integration.clients import CERTBOT, challenge_records, write_hooks
+from integration.clients import CERTBOT, certbot_dirs, challenge_records, write_hooks
 from integration.processes import CaProcesses, base_env, describe, tail
 from integration.testmode_server import start_test_mode
 
@@ -34,12 +34,7 @@ def _certbot(
         "--server",
         ca_dir,
         "-n",
-        "--config-dir",
-        str(work / "config"),
-        "--work-dir",
-        str(work / "work"),
-        "--logs-dir",
-        str(work / "logs"),
+        *certbot_dirs(work),
         "--manual",
         "--preferred-challenges",
         "dns",

@@ -39,7 +39,7 @@ from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsag
 from acme_ca.ca.ct.loglist import parse_log_list
 from acme_ca.ca.ct.sct import certificate_precert_entry, embedded_scts, verify_signature
 from acme_ca.deployment import INVARIANTS
-from integration.clients import CERTBOT, challenge_records, openssl_verify
+from integration.clients import CERTBOT, certbot_dirs, challenge_records, openssl_verify
 from integration.netns import require_namespaces
 from integration.processes import CaProcess, base_env, describe, free_port, tail
 from integration.production_env import (
@@ -103,8 +103,7 @@ def run_certbot(
     """``certbot certonly --manual`` (dns-01, the hooks write the signed zone) for ``name``."""
     argv = [
         CERTBOT, "certonly", "--server", env.directory_url, "-n",
-        "--config-dir", str(work / "config"), "--work-dir", str(work / "work"),
-        "--logs-dir", str(work / "logs"),
+        *certbot_dirs(work),
         "--manual", "--preferred-challenges", "dns",
         "--manual-auth-hook", str(env.hooks / "certbot-dns01-auth.sh"),
         "--manual-cleanup-hook", str(env.hooks / "certbot-dns01-cleanup.sh"),

@@ -9,7 +9,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from acme import client as acme_client
 from acme import messages as acme_messages
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from integration.clients import CERTBOT, certbot_dirs
 from integration.processes import CaProcesses, base_env, describe, free_port, run_cli
 from tests.support.jws import JwsClient
 
@@ -72,10 +72,9 @@ def test_serve_embedded_defaults_https_and_certbot_register(
         assert ready[0]["tls_ca"] == str(cafile.resolve())
 
         certbot_dir = tmp_path / "certbot"
-        certbot = shutil.which("certbot") or str(Path(sys.executable).parent / "certbot")
         reg = subprocess.run(
             [
-                certbot,
+                CERTBOT,
                 "register",
                 "--server",
                 ca.directory_url,
@@ -83,12 +82,7 @@ def test_serve_embedded_defaults_https_and_certbot_register(
                 "-m",
                 "ops@example.test",
                 "-n",
-                "--config-dir",
-                str(certbot_dir / "config"),
-                "--work-dir",
-                str(certbot_dir / "work"),
-                "--logs-dir",
-                str(certbot_dir / "logs"),
+                *certbot_dirs(certbot_dir),
             ],
             capture_output=True,
             text=True,

@@ -8,7 +8,7 @@ from acme_ca.acme import problems, resources
 from acme_ca.acme.messages import AuthzUpdate, ChallengeResponse
 from acme_ca.acme.problems import AcmeError, Identifier
 from acme_ca.acme.states import authz_status
-from acme_ca.acme.status import AuthorizationStatus
+from acme_ca.acme.status import AuthorizationStatus, ChallengeStatus
 from acme_ca.db.authorizations import Authorization, Challenge
 from acme_ca.wfe.responses import acme_json
 from acme_ca.wfe.services import FrontEnd, front_end
@@ -30,11 +30,13 @@ def challenge_resource(challenge: Challenge) -> resources.Challenge:
 def authz_resource(fe: FrontEnd, authz: Authorization) -> resources.Authorization:
     status = authz_status(authz.status, authz.expires_at, fe.clock.now())
     challenges = authz.challenges
-    if status == "valid":  # only the challenge that validated it is of interest (§7.1.4)
-        challenges = tuple(c for c in challenges if c.status == "valid") or challenges
+    if status is AuthorizationStatus.VALID:  # only the challenge that validated it (§7.1.4)
+        challenges = (
+            tuple(c for c in challenges if c.status is ChallengeStatus.VALID) or challenges
+        )
     return resources.Authorization(
         identifier=Identifier("dns", authz.identifier),
-        status=AuthorizationStatus(status),
+        status=status,
         expires=authz.expires_at,
         challenges=tuple(challenge_resource(c) for c in challenges),
         wildcard=authz.wildcard,
@@ -68,7 +70,7 @@ async def post_challenge(request: web.Request) -> web.Response:
         found = await fe.challenges.respond(account, challenge_id)
     challenge, authz = found
     headers = {}
-    if challenge.status == "processing":
+    if challenge.status is ChallengeStatus.PROCESSING:
         headers["Retry-After"] = str(fe.config.retry_after_seconds)
     return acme_json(
         challenge_resource(challenge).to_json(fe.urls),

@@ -10,7 +10,7 @@ from acme_ca.acme import problems
 from acme_ca.acme.messages import Finalize
 from acme_ca.acme.problems import AcmeError
 from acme_ca.db.certificates import CertificateRecord
-from acme_ca.wfe.order import load_own_order, order_resource
+from acme_ca.wfe.order import load_own_order, order_resource, retry_after
 from acme_ca.wfe.responses import acme_json
 from acme_ca.wfe.services import FrontEnd, front_end
 from acme_ca.wfe.verify import KeyMode, verify_post
@@ -25,11 +25,10 @@ async def post_finalize(request: web.Request) -> web.Response:
     order = await load_own_order(request, fe, account.id)
     updated = await fe.finalize.finalize(account, order, verified.message)
     status = fe.orders.current_status(updated)
-    headers = {"Retry-After": str(fe.config.retry_after_seconds)} if status == "processing" else {}
     return acme_json(
         order_resource(updated, status).to_json(fe.urls),
         location=fe.urls.order(order.id),
-        headers=headers,
+        headers=retry_after(fe, status),
     )
 
 

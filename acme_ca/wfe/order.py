@@ -15,7 +15,7 @@ from acme_ca.wfe.services import FrontEnd, front_end
 from acme_ca.wfe.verify import KeyMode, verify_post
 
 
-def order_resource(order: Order, status: str) -> resources.Order:
+def order_resource(order: Order, status: OrderStatus) -> resources.Order:
     """The order as shown now: ``status`` is its derived status, not necessarily the row's."""
     error = None
     if status == OrderStatus.INVALID:
@@ -24,7 +24,7 @@ def order_resource(order: Order, status: str) -> resources.Order:
         )
     return resources.Order(
         id=order.id,
-        status=OrderStatus(status),
+        status=status,
         expires=order.expires_at,
         identifiers=order.identifiers,
         authz_ids=order.authz_ids,
@@ -34,8 +34,11 @@ def order_resource(order: Order, status: str) -> resources.Order:
     )
 
 
-def _retry_after(fe: FrontEnd, status: str) -> dict[str, str]:
-    return {"Retry-After": str(fe.config.retry_after_seconds)} if status == "processing" else {}
+def retry_after(fe: FrontEnd, status: OrderStatus) -> dict[str, str]:
+    """``Retry-After`` while the order is processing (RFC 8555 §7.4: clients poll)."""
+    if status is OrderStatus.PROCESSING:
+        return {"Retry-After": str(fe.config.retry_after_seconds)}
+    return {}
 
 
 async def post_new_order(request: web.Request) -> web.Response:
@@ -67,5 +70,5 @@ async def post_order(request: web.Request) -> web.Response:
     order = await load_own_order(request, fe, verified.require_account().id)
     status = fe.orders.current_status(order)
     return acme_json(
-        order_resource(order, status).to_json(fe.urls), headers=_retry_after(fe, status)
+        order_resource(order, status).to_json(fe.urls), headers=retry_after(fe, status)
     )

@@ -52,11 +52,11 @@ from acme_ca.ca.lint import CertificateLinter
 from acme_ca.ca.worker import DEFAULT_LEASE
 from acme_ca.clock import SystemClock
 from acme_ca.config import Config
-from acme_ca.ct_testlogs import accepted_roots
 from acme_ca.db.issuance import IssuanceJob, IssuanceRepository
 from acme_ca.db.status import StatusRepository
 from acme_ca.status.updater import StatusSettings, StatusUpdater
 from acme_ca.testsrv.ct_log import TestCtLogs, TestLogSpec, _without_poison
+from acme_ca.testsrv.ct_logs_runner import accepted_roots
 from tests.support.ct import Harness, harness, pyasn1_without_poison, three_operators
 from tests.support.worker import (
     FAST,

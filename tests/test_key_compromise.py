@@ -35,7 +35,6 @@ from acme_ca.ca.issuers import IssuerSet
 from acme_ca.ca.lint import CertificateLinter
 from acme_ca.clock import SystemClock
 from acme_ca.config import Config
-from acme_ca.ct_testlogs import accepted_roots
 from acme_ca.db.certificates import CertificateRepository
 from acme_ca.db.embedded import EmbeddedPostgres
 from acme_ca.db.key_compromise import KeyCompromiseRepository, SweepLost
@@ -48,6 +47,7 @@ from acme_ca.status.key_compromise import KeyCompromiseSweeper, retry_delay
 from acme_ca.status.ocsp import OcspResponder
 from acme_ca.status.updater import StatusSettings, StatusUpdater
 from acme_ca.testsrv.ct_log import TestCtLogs, TestLogSpec
+from acme_ca.testsrv.ct_logs_runner import accepted_roots
 from acme_ca.testsrv.server import ChallengeTestServer
 from tests.fixtures import CaFactory, RunningCa
 from tests.support.accounts import key_change

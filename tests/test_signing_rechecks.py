@@ -37,13 +37,13 @@ from acme_ca.ca.lint import CertificateLinter
 from acme_ca.ca.worker import SigningGuard, SigningWorker, profile_settings_factory
 from acme_ca.clock import FixedClock
 from acme_ca.config import Config
-from acme_ca.ct_testlogs import accepted_roots
 from acme_ca.db.certificates import CertificateRepository
 from acme_ca.db.issuance import AuthorizationEvidence, IssuanceRepository
 from acme_ca.deployment import Assessment, Shape, signing_guard
 from acme_ca.ra.keys import spki_sha256
 from acme_ca.ra.revocation import RevocationAuthority
 from acme_ca.testsrv.ct_log import TestCtLogs
+from acme_ca.testsrv.ct_logs_runner import accepted_roots
 from acme_ca.testsrv.server import ChallengeServerConfig, ChallengeTestServer
 from acme_ca.testsrv.store import CaaPolicy
 from acme_ca.va.authority import ValidationAuthority

@@ -169,7 +169,7 @@ def _perspectives(ctx: Context) -> tuple[bool, str]:
 
 
 def _in_process_log_list(config: Config) -> Path:
-    from acme_ca.ct_testlogs import log_list_path  # the test room, only its path
+    from acme_ca.testsrv.ct_logs_runner import log_list_path  # the test room, only its path
 
     return log_list_path(config)
 

@@ -75,11 +75,11 @@ async def serve(
         log.info("database.migrated", applied=applied)
         ct_logs = None
         if config.ct_log_list is None:  # test mode, embedded defaults: in-process CT test logs
-            from acme_ca.ct_testlogs import ct_test_logs
+            from acme_ca.testsrv.ct_logs_runner import ct_test_logs
 
             ct_logs = await stack.enter_async_context(ct_test_logs(config))
         if config.test_mode:
-            from acme_ca.testmode import challenge_test_server
+            from acme_ca.testsrv.testmode import challenge_test_server
 
             await stack.enter_async_context(challenge_test_server(config))
             if mpic.local_test_perspectives:
@@ -170,7 +170,7 @@ async def work(
         await migrate(dsn)
         ct_logs = None
         if config.ct_log_list is None:  # embedded defaults: in-process CT test logs
-            from acme_ca.ct_testlogs import ct_test_logs
+            from acme_ca.testsrv.ct_logs_runner import ct_test_logs
 
             ct_logs = await stack.enter_async_context(ct_test_logs(config))
         await run_worker(config, dsn, stop, clock, ct_logs=ct_logs,

@@ -2,9 +2,10 @@
 
 Why a separate process: left unset, ``ct_log_list`` makes ``acme-ca worker`` start the test
 logs inside itself, so every SCT the logs sign would be charged to the CA's CPU.  In
-production the logs are remote services; here :func:`acme_ca.ct_testlogs.ct_test_logs` (the
-same logs, keys and roots the CA would start itself) runs beside the CA, and the worker
-reaches them over HTTP through the log list it writes to ``HOME/ct/log_list.json``.
+production the logs are remote services; here
+:func:`acme_ca.testsrv.ct_logs_runner.ct_test_logs` (the same logs, keys and roots the CA
+would start itself) runs beside the CA, and the worker reaches them over HTTP through the
+log list it writes to ``HOME/ct/log_list.json``.
 
 Usage: ``python -m integration.bench.ctlogs --home HOME``; runs until SIGTERM or SIGINT.
 ``HOME`` is the CA's home (its ``pki/issuers.toml`` names the roots to accept).
@@ -21,8 +22,8 @@ from pathlib import Path
 import structlog
 
 from acme_ca.config import load_config
-from acme_ca.ct_testlogs import ct_test_logs, log_list_path
 from acme_ca.log import configure_logging
+from acme_ca.testsrv.ct_logs_runner import ct_test_logs, log_list_path
 
 log = structlog.get_logger(component="integration.bench.ctlogs")
 

@@ -390,7 +390,7 @@ def acme_ca(workdir: Path) -> Iterator[Target]:
         postmaster = _postmaster_pid(postgres)
 
         token = SoftHsmToken.create(base / "softhsm", label=TOKEN_LABEL, activate=False)
-        log_list = home / "ct" / "log_list.json"  # where acme_ca.ct_testlogs writes it
+        log_list = home / "ct" / "log_list.json"  # where acme_ca.testsrv.ct_logs_runner writes it
         env = base_env(
             ACME_CA_HOME=str(home),
             ACME_CA_DATABASE_URL=dsn,

@@ -25,9 +25,9 @@ from acme_ca.ca.lint import CertificateLinter
 from acme_ca.ca.worker import SigningWorker, profile_settings_factory
 from acme_ca.clock import SystemClock
 from acme_ca.config import Config
-from acme_ca.ct_testlogs import accepted_roots
 from acme_ca.db.issuance import IssuanceRepository
 from acme_ca.testsrv.ct_log import TestCtLogs, TestLogSpec
+from acme_ca.testsrv.ct_logs_runner import accepted_roots
 from tests.support.worker import (
     FAST,
     build_csr,

@@ -21,7 +21,7 @@ from acme_ca.ca.issuers import read_issuers_file
 from acme_ca.config import Config, _split_host_port
 from acme_ca.testsrv.server import BindAddress, ChallengeServerConfig, ChallengeTestServer
 
-log = structlog.get_logger(component="acme_ca.testmode")
+log = structlog.get_logger(component="acme_ca.testsrv.testmode")
 
 TEST_MODE_BANNER = (
     "TEST MODE: not a publicly-trusted CA; validation runs against the built-in challenge "

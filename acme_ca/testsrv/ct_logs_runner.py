@@ -31,7 +31,7 @@ from acme_ca.ca.issuers import read_issuers_file
 from acme_ca.config import Config
 from acme_ca.testsrv.ct_log import TestCtLogs, default_specs
 
-log = structlog.get_logger(component="acme_ca.ct_testlogs")
+log = structlog.get_logger(component="acme_ca.testsrv.ct_logs_runner")
 
 TEST_LOGS_BANNER = (
     "CT TEST LOGS: certificates get SCTs from in-process test logs no browser trusts; "

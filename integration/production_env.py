@@ -61,7 +61,7 @@ import dns.query
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from acme_ca.db.embedded import SHARED_CLUSTER_ROOT, EmbeddedPostgres
+from acme_ca.embedded_pg import SHARED_CLUSTER_ROOT, EmbeddedPostgres
 from acme_ca.ra.keys import DEFAULT_RSA_SIZES, openssl_blacklist_fingerprint
 from integration.bench.servers import Service, start_service
 from integration.clients import write_hooks

@@ -64,7 +64,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 
-from acme_ca.db.embedded import EmbeddedPostgres
+from acme_ca.embedded_pg import EmbeddedPostgres
 from integration.clients import (
     CERTBOT,
     blocking_findings,

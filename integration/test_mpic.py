@@ -68,7 +68,7 @@ from acme import challenges, client, crypto_util, errors, messages
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from acme_ca.db.embedded import EmbeddedPostgres
+from acme_ca.embedded_pg import EmbeddedPostgres
 from acme_ca.va.quorum import phase_for
 from integration.netns import Namespace, create_namespace, listening_socket, require_namespaces
 from integration.processes import (

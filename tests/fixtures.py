@@ -19,9 +19,9 @@ from aiohttp import web
 
 from acme_ca.clock import Clock, SystemClock
 from acme_ca.config import Config
-from acme_ca.db.embedded import EmbeddedPostgres
 from acme_ca.db.migrate import apply_schema
 from acme_ca.db.pool import create_pool
+from acme_ca.embedded_pg import EmbeddedPostgres
 from acme_ca.log import configure_logging
 from acme_ca.main.app import create_app
 

@@ -19,13 +19,14 @@ from typing import Any
 import asyncpg
 import pytest
 
-from acme_ca.db import embedded
-from acme_ca.db.embedded import (
+from acme_ca import embedded_pg
+from acme_ca.embedded_pg import (
     EmbeddedPostgres,
     EmbeddedPostgresError,
     find_postgres_binaries,
     pgserver_bin_dir,
 )
+from acme_ca.embedded_pg import binaries as pg_binaries
 
 
 class RecordingLogger:
@@ -137,7 +138,7 @@ async def test_embedded_start_select_one(make_pg: MakePg, tmp_path: Path) -> Non
         if cluster != link:  # pytest's tmp is 0700 for root: cluster moved out, symlink left
             assert link.is_symlink()
             assert link.resolve() == cluster
-            assert cluster.parent == embedded.SHARED_CLUSTER_ROOT
+            assert cluster.parent == embedded_pg.SHARED_CLUSTER_ROOT
     else:
         assert cluster == tmp_path / "pg" / "cluster"
 
@@ -279,7 +280,7 @@ def test_embedded_finder_finds_pgserver(tmp_path: Path) -> None:
 
     preferred = find_postgres_binaries()
     machine_has_pg = shutil.which("initdb") is not None or any(
-        embedded.SYSTEM_PG_ROOT.glob("*/bin/initdb")
+        embedded_pg.SYSTEM_PG_ROOT.glob("*/bin/initdb")
     )
     assert (preferred.source != "pgserver") == machine_has_pg
 
@@ -292,7 +293,7 @@ async def test_embedded_start_with_pgserver_binaries(
         d for d in visible_path.split(os.pathsep) if d and not (Path(d) / "initdb").exists()
     )
     monkeypatch.setenv("PATH", hidden_path)
-    monkeypatch.setattr(embedded, "SYSTEM_PG_ROOT", tmp_path / "no-system-pg")
+    monkeypatch.setattr(pg_binaries, "SYSTEM_PG_ROOT", tmp_path / "no-system-pg")
 
     log = RecordingLogger()
     pg = make_pg(log=log)

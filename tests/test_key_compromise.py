@@ -36,10 +36,10 @@ from acme_ca.ca.lint import CertificateLinter
 from acme_ca.clock import SystemClock
 from acme_ca.config import Config
 from acme_ca.db.certificates import CertificateRepository
-from acme_ca.db.embedded import EmbeddedPostgres
 from acme_ca.db.key_compromise import KeyCompromiseRepository, SweepLost
 from acme_ca.db.migrate import apply_schema
 from acme_ca.db.status import StatusRepository
+from acme_ca.embedded_pg import EmbeddedPostgres
 from acme_ca.main.worker import run_worker
 from acme_ca.ra.keys import spki_sha256
 from acme_ca.ra.revocation import RevocationAuthority

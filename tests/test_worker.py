@@ -35,7 +35,6 @@ from acme_ca.ca.lint import CertificateLinter
 from acme_ca.ca.worker import DEFAULT_LEASE, SigningWorker, profile_settings_factory
 from acme_ca.clock import SystemClock
 from acme_ca.config import Config
-from acme_ca.db.embedded import EmbeddedPostgres
 from acme_ca.db.issuance import (
     IssuanceJob,
     IssuanceRepository,
@@ -45,6 +44,7 @@ from acme_ca.db.issuance import (
 )
 from acme_ca.db.migrate import apply_schema
 from acme_ca.db.pool import create_pool
+from acme_ca.embedded_pg import EmbeddedPostgres
 from acme_ca.testsrv.ct_log import TestCtLogs
 from acme_ca.testsrv.ct_logs_runner import accepted_roots
 from tests.support.worker import (

@@ -9,8 +9,8 @@ from contextlib import asynccontextmanager
 import asyncpg
 
 from acme_ca.config import Config
-from acme_ca.db.embedded import EmbeddedPostgres
 from acme_ca.db.migrate import apply_schema
+from acme_ca.embedded_pg import EmbeddedPostgres
 
 
 @asynccontextmanager

@@ -231,7 +231,7 @@ def _os_release() -> str | None:
 
 
 def _postgres_version() -> str | None:
-    from acme_ca.db.embedded import EmbeddedPostgresError, find_postgres_binaries
+    from acme_ca.embedded_pg import EmbeddedPostgresError, find_postgres_binaries
 
     try:
         return pg_version(find_postgres_binaries().version)

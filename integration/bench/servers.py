@@ -44,7 +44,7 @@ import dns.query
 import dns.rdatatype
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from acme_ca.db.embedded import EmbeddedPostgres
+from acme_ca.embedded_pg import EmbeddedPostgres
 from acme_ca.localca import LocalCa, cert_pem, local_name
 from integration.processes import LoggedProcess, acme_ca_exe, base_env, free_port
 

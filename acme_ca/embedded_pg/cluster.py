@@ -1,39 +1,6 @@
-"""A private PostgreSQL cluster that the CA runs for itself when no database URL is configured.
+"""The embedded cluster's lifecycle: find or initdb it, start or reuse it, stop what we started.
 
-Why: ``acme-ca serve`` must work on a fresh machine with nothing set up by hand, so the CA
-creates, starts and reuses its own cluster under a directory (``$ACME_CA_HOME/pg``).
-
-Layout of ``data_root``:
-
-- ``password``   the random superuser password (mode 0600, owned by whoever runs the CA);
-- ``server.log`` the server's stdout/stderr (appended to on every start);
-- ``lock``       an ``fcntl.flock`` lock that serialises initdb/start/stop across processes;
-- ``cluster``    the PostgreSQL data directory (or a symlink to it, see below).
-
-Binaries: the machine's PostgreSQL is preferred (``initdb``/``pg_ctl`` on ``PATH``, else the
-newest ``/usr/lib/postgresql/*/bin``), otherwise the binaries bundled in the ``pgserver`` wheel.
-An existing cluster is always served by binaries of its own major version (``PG_VERSION``),
-so a cluster made with pgserver's binaries keeps working after Debian's package is installed.
-
-The server listens on 127.0.0.1 only, on a port chosen once and kept in ``postgresql.conf``
-(moved only if the port has since been taken), with no Unix socket at all, so long paths do
-not matter. Authentication is scram-sha-256 for every connection.
-
-Several processes may share one cluster: ``start()`` returns the DSN of an already running
-server without taking ownership of it, and ``stop()`` stops only a server that this instance
-itself started. Nothing is registered globally (no atexit, no signal handlers): the caller
-decides when to stop.
-
-Running as root: PostgreSQL refuses to run as root, so when the effective uid is 0, initdb and
-pg_ctl run as an unprivileged system user: the owner of an existing cluster, else ``postgres``
-if that user exists, else a system user ``acme-ca-pg`` that is created with ``useradd``. The
-cluster directory is owned by that user. If the user cannot traverse to ``data_root`` (the CA
-home under ``/root`` or under pytest's ``/tmp/pytest-of-root``, both mode 0700), the real
-cluster lives in ``/var/lib/acme-ca/pg-<sha256(resolved data_root)[:16]>`` and
-``data_root/cluster`` is a symlink to it. Server logs still reach ``data_root/server.log``
-because the file is opened by the calling process and handed to pg_ctl as its output.
-With pgserver's binaries the server user must also be able to reach the virtualenv; if it
-cannot (a venv under /root), ``start()`` says so rather than failing obscurely.
+See the package docstring for the layout of ``data_root`` and the run-as-root rules.
 """
 
 from __future__ import annotations
@@ -41,229 +8,49 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import importlib.util
 import os
-import pwd
-import re
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Protocol
+from typing import IO
 from urllib.parse import quote
 
 import structlog
 
-__all__ = [
-    "DB_NAME",
-    "SUPERUSER",
-    "EmbeddedPostgres",
-    "EmbeddedPostgresError",
-    "PgBinaries",
-    "find_postgres_binaries",
-    "pgserver_bin_dir",
-]
+from acme_ca.embedded_pg.binaries import PgBinaries, find_postgres_binaries, probe
+from acme_ca.embedded_pg.process import (
+    EmbeddedPostgresError,
+    Logger,
+    RunAs,
+    clean_env,
+    run,
+    tail,
+)
+from acme_ca.embedded_pg.run_as import (
+    run_as_for_existing,
+    server_user_for_new_cluster,
+    user_can_reach,
+)
+from acme_ca.embedded_pg.settings import (
+    configured_port,
+    pick_free_port,
+    port_is_free,
+    write_settings,
+)
 
 DB_NAME = "acme_ca"
 SUPERUSER = "acme_ca"
 
-SYSTEM_PG_ROOT = Path("/usr/lib/postgresql")
-"""Where Debian installs each major version's binaries (``<root>/<major>/bin``)."""
-
 SHARED_CLUSTER_ROOT = Path("/var/lib/acme-ca")
 """Home of clusters whose data_root the unprivileged user cannot reach (root only)."""
 
-FALLBACK_SYSTEM_USER = "acme-ca-pg"
 START_TIMEOUT = 60.0
 """Seconds to wait for the server to accept connections (a crash recovery can take a while)."""
-
-_REQUIRED_EXES = ("initdb", "pg_ctl", "postgres", "pg_isready", "createdb")
-_CONF_BEGIN = "# BEGIN acme_ca embedded settings (managed by acme_ca; rewritten on port change)"
-_CONF_END = "# END acme_ca embedded settings"
-_VERSION_RE = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
-_LOG_TAIL_LINES = 30
-
-
-class EmbeddedPostgresError(RuntimeError):
-    """The private cluster could not be set up, started or stopped."""
-
-
-class _Logger(Protocol):
-    """The part of a structlog logger this module uses, so any bound logger fits."""
-
-    def info(self, event: str, *args: Any, **kw: Any) -> Any: ...
-
-    def warning(self, event: str, *args: Any, **kw: Any) -> Any: ...
-
-
-@dataclass(frozen=True)
-class PgBinaries:
-    """A directory of PostgreSQL server binaries and the version they are."""
-
-    bin_dir: Path
-    source: str
-    """``path``, ``system`` (``/usr/lib/postgresql``), ``pgserver`` or ``explicit``."""
-    version: str
-    major: int
-
-    def exe(self, name: str) -> str:
-        """Full path of one program, so no PATH lookup can pick a different version."""
-        return str(self.bin_dir / name)
-
-
-@dataclass(frozen=True)
-class _RunAs:
-    """The unprivileged account that server commands run as when we are root."""
-
-    name: str
-    uid: int
-    gid: int
-
-
-def pgserver_bin_dir() -> Path | None:
-    """The ``pginstall/bin`` of the pgserver wheel, found without importing it (its import is slow
-    and noisy)."""
-    try:
-        spec = importlib.util.find_spec("pgserver")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for location in spec.submodule_search_locations:
-        candidate = Path(location) / "pginstall" / "bin"
-        if (candidate / "initdb").is_file():
-            return candidate
-    return None
-
-
-def _major_sort_key(path: Path) -> tuple[int, ...]:
-    """Sort ``/usr/lib/postgresql/<major>`` numerically, so 16 beats 9.6."""
-    try:
-        return tuple(int(part) for part in path.name.split("."))
-    except ValueError:
-        return (-1,)
-
-
-def _candidate_bin_dirs(search_path: str | None, system_root: Path) -> list[tuple[str, Path]]:
-    """Binary directories in order of preference, deduplicated by real path."""
-    found: list[tuple[str, Path]] = []
-    initdb = shutil.which("initdb", path=search_path)
-    if initdb is not None:
-        found.append(("path", Path(initdb).resolve().parent))
-    if system_root.is_dir():
-        for version_dir in sorted(system_root.iterdir(), key=_major_sort_key, reverse=True):
-            if (version_dir / "bin").is_dir():
-                found.append(("system", version_dir / "bin"))
-    bundled = pgserver_bin_dir()
-    if bundled is not None:
-        found.append(("pgserver", bundled))
-    unique: list[tuple[str, Path]] = []
-    seen: set[Path] = set()
-    for source, bin_dir in found:
-        real = bin_dir.resolve()
-        if real not in seen:
-            seen.add(real)
-            unique.append((source, real))
-    return unique
-
-
-def _probe(source: str, bin_dir: Path) -> PgBinaries | None:
-    """Return the binaries in ``bin_dir`` if the set is complete and runs, else None."""
-    if not all(os.access(bin_dir / exe, os.X_OK) for exe in _REQUIRED_EXES):
-        return None
-    try:
-        out = subprocess.run(  # noqa: S603 - fixed argv, no shell
-            [str(bin_dir / "pg_ctl"), "--version"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=30,
-            env=_clean_env(),
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    match = _VERSION_RE.search(out)
-    if match is None:
-        return None
-    return PgBinaries(bin_dir=bin_dir, source=source, version=out.strip(), major=int(match[1]))
-
-
-def find_postgres_binaries(
-    required_major: int | None = None,
-    *,
-    search_path: str | None = None,
-    system_root: Path | None = None,
-) -> PgBinaries:
-    """Pick the PostgreSQL binaries to run: the machine's first, then pgserver's bundled ones.
-
-    ``required_major`` restricts the choice to one major version, because a data directory can
-    only be served by the major version that created it. ``search_path`` replaces ``$PATH`` and
-    ``system_root`` replaces ``/usr/lib/postgresql`` (tests use both to hide the machine's).
-    """
-    root = system_root if system_root is not None else SYSTEM_PG_ROOT
-    considered: list[str] = []
-    for source, bin_dir in _candidate_bin_dirs(search_path, root):
-        binaries = _probe(source, bin_dir)
-        if binaries is None:
-            considered.append(f"{bin_dir} ({source}): incomplete or not runnable")
-            continue
-        if required_major is not None and binaries.major != required_major:
-            considered.append(f"{bin_dir} ({source}): PostgreSQL {binaries.major}")
-            continue
-        return binaries
-    wanted = f"PostgreSQL {required_major}" if required_major is not None else "PostgreSQL"
-    detail = "; ".join(considered) if considered else "none found"
-    raise EmbeddedPostgresError(
-        f"no usable {wanted} server binaries (considered: {detail}); install Debian's "
-        "'postgresql' package or the 'pgserver' Python package"
-    )
-
-
-def _clean_env(**extra: str) -> dict[str, str]:
-    """The caller's environment minus libpq/server variables (PGPORT, PGDATA, ...) that would
-    silently redirect our commands, with C messages so failures read the same everywhere."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    env.pop("LANGUAGE", None)
-    env["LC_ALL"] = "C"
-    env.update(extra)
-    return env
-
-
-def _port_is_free(port: int) -> bool:
-    """Whether PostgreSQL could bind ``port`` (it sets SO_REUSEADDR too, so we do)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _pick_free_port() -> int:
-    """A port the kernel says is free right now on 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
-def _tail(path: Path, lines: int = _LOG_TAIL_LINES, start: int = 0) -> str:
-    """The last lines of a log, read from ``start`` on, for error messages."""
-    try:
-        with path.open("rb") as fh:
-            fh.seek(start)
-            data = fh.read()
-    except OSError as exc:
-        return f"(could not read {path}: {exc})"
-    text = data.decode("utf-8", errors="replace").rstrip()
-    return "\n".join(text.splitlines()[-lines:]) if text else "(empty)"
 
 
 class EmbeddedPostgres:
@@ -277,17 +64,17 @@ class EmbeddedPostgres:
         self,
         data_root: Path,
         *,
-        log: _Logger | None = None,
+        log: Logger | None = None,
         bin_dir: Path | None = None,
         start_timeout: float = START_TIMEOUT,
     ) -> None:
         """``bin_dir`` pins the binaries (skipping the search); the default finds them."""
         self._root = Path(data_root)
-        self._log: _Logger = log if log is not None else structlog.get_logger(__name__)
+        self._log: Logger = log if log is not None else structlog.get_logger(__name__)
         self._bin_dir = bin_dir
         self._timeout = start_timeout
         self._binaries: PgBinaries | None = None
-        self._run_as: _RunAs | None = None
+        self._run_as: RunAs | None = None
         self._cluster: Path | None = None
         self._port: int | None = None
         self._password: str | None = None
@@ -384,7 +171,7 @@ class EmbeddedPostgres:
             if proc.returncode != 0:
                 raise EmbeddedPostgresError(
                     f"pg_ctl stop failed (exit {proc.returncode}): {proc.stdout}{proc.stderr}\n"
-                    f"--- tail of {self.log_path} ---\n{_tail(self.log_path)}"
+                    f"--- tail of {self.log_path} ---\n{tail(self.log_path)}"
                 )
             self._owned = False
             self._owned_pid = None
@@ -411,7 +198,7 @@ class EmbeddedPostgres:
         """Stop on exit (a no-op when another process owns the server)."""
         self.stop()
 
-    # -- locking and identities ----------------------------------------------------------
+    # -- locking -------------------------------------------------------------------------
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -423,57 +210,6 @@ class EmbeddedPostgres:
         finally:
             os.close(fd)
 
-    def _server_user_for_new_cluster(self) -> _RunAs:
-        """``postgres`` if it exists, else our own system user, created when first needed."""
-        for name in ("postgres", FALLBACK_SYSTEM_USER):
-            with contextlib.suppress(KeyError):
-                entry = pwd.getpwnam(name)
-                return _RunAs(entry.pw_name, entry.pw_uid, entry.pw_gid)
-        useradd = shutil.which("useradd", path="/usr/sbin:/sbin:/usr/bin:/bin")
-        if useradd is None:
-            raise EmbeddedPostgresError("running as root but useradd is missing; cannot drop root")
-        proc = subprocess.run(  # noqa: S603 - fixed argv, no shell
-            [
-                useradd,
-                "--system",
-                "--no-create-home",
-                "--home-dir",
-                "/nonexistent",
-                "--shell",
-                "/usr/sbin/nologin",
-                "--user-group",
-                FALLBACK_SYSTEM_USER,
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=60,
-        )
-        try:
-            entry = pwd.getpwnam(FALLBACK_SYSTEM_USER)
-        except KeyError:
-            raise EmbeddedPostgresError(
-                f"could not create system user {FALLBACK_SYSTEM_USER}: {proc.stderr.strip()}"
-            ) from None
-        self._log.info("embedded_postgres.user_created", user=FALLBACK_SYSTEM_USER)
-        return _RunAs(entry.pw_name, entry.pw_uid, entry.pw_gid)
-
-    def _user_can_reach(self, run_as: _RunAs, path: Path) -> bool:
-        """Ask the kernel, as ``run_as``, whether ``path`` can be traversed (ACLs included)."""
-        test = shutil.which("test", path="/usr/bin:/bin")
-        if test is None:
-            return False
-        proc = subprocess.run(  # noqa: S603 - fixed argv, no shell
-            [test, "-x", str(path)],
-            user=run_as.uid,
-            group=run_as.gid,
-            extra_groups=[],
-            cwd="/",
-            check=False,
-            timeout=30,
-        )
-        return proc.returncode == 0
-
     # -- cluster directory ---------------------------------------------------------------
 
     def _prepare_cluster(self) -> tuple[Path, bool]:
@@ -483,14 +219,14 @@ class EmbeddedPostgres:
         if link.is_symlink() or link.is_dir():
             cluster = link.resolve()
             if is_root:
-                self._run_as = self._run_as_for_existing(cluster)
+                self._run_as = run_as_for_existing(cluster, self._log)
             if (cluster / "PG_VERSION").is_file():
                 return cluster, False
         else:
             cluster = link
             if is_root:
-                self._run_as = self._server_user_for_new_cluster()
-                if not self._user_can_reach(self._run_as, self._root):
+                self._run_as = server_user_for_new_cluster(self._log)
+                if not user_can_reach(self._run_as, self._root):
                     digest = hashlib.sha256(str(self._root).encode()).hexdigest()[:16]
                     cluster = SHARED_CLUSTER_ROOT / f"pg-{digest}"
                     SHARED_CLUSTER_ROOT.mkdir(mode=0o755, parents=True, exist_ok=True)
@@ -501,17 +237,6 @@ class EmbeddedPostgres:
             )
         self._initdb(cluster, link)
         return cluster, True
-
-    def _run_as_for_existing(self, cluster: Path) -> _RunAs:
-        """An existing cluster keeps running as whoever owns it."""
-        try:
-            uid = cluster.stat().st_uid
-        except FileNotFoundError:
-            return self._server_user_for_new_cluster()
-        if uid == 0:
-            return self._server_user_for_new_cluster()
-        entry = pwd.getpwuid(uid)
-        return _RunAs(entry.pw_name, entry.pw_uid, entry.pw_gid)
 
     def _make_empty_cluster_dir(self, cluster: Path, link: Path) -> None:
         """An empty 0700 directory owned by the server user, plus the symlink if it lives away."""
@@ -559,7 +284,7 @@ class EmbeddedPostgres:
             raise EmbeddedPostgresError(
                 f"initdb failed (exit {proc.returncode}) in {cluster}:\n{proc.stdout}{proc.stderr}"
             )
-        self._write_settings(cluster, _pick_free_port())
+        write_settings(cluster, pick_free_port())
         self._log.info("embedded_postgres.initdb", cluster=str(cluster), version=binaries.major)
 
     def _write_password(self, password: str) -> None:
@@ -586,46 +311,6 @@ class EmbeddedPostgres:
                 "cannot be used without it (remove the cluster to start afresh)"
             ) from None
 
-    # -- configuration -------------------------------------------------------------------
-
-    @staticmethod
-    def _write_settings(cluster: Path, port: int) -> None:
-        """Replace our block at the end of postgresql.conf (later lines win in PostgreSQL).
-
-        Written in place so the file keeps its owner when we are root.
-        """
-        conf = cluster / "postgresql.conf"
-        text = conf.read_text()
-        begin = text.find(_CONF_BEGIN)
-        if begin != -1:
-            end = text.find(_CONF_END, begin)
-            tail = text[end + len(_CONF_END) :] if end != -1 else ""
-            text = text[:begin] + tail.lstrip("\n")
-        block = "\n".join(
-            [
-                _CONF_BEGIN,
-                "listen_addresses = '127.0.0.1'",
-                f"port = {port}",
-                "unix_socket_directories = ''",
-                _CONF_END,
-            ]
-        )
-        if not text.endswith("\n"):
-            text += "\n"
-        with conf.open("r+") as fh:
-            fh.seek(0)
-            fh.write(text + block + "\n")
-            fh.truncate()
-
-    @staticmethod
-    def _configured_port(cluster: Path) -> int | None:
-        """The port our block in postgresql.conf names, if any."""
-        text = (cluster / "postgresql.conf").read_text()
-        begin = text.find(_CONF_BEGIN)
-        if begin == -1:
-            return None
-        match = re.search(r"^port\s*=\s*(\d+)", text[begin:], re.MULTILINE)
-        return int(match[1]) if match else None
 
     # -- binaries and subprocesses -------------------------------------------------------
 
@@ -638,7 +323,7 @@ class EmbeddedPostgres:
         if self._binaries is not None and required in (None, self._binaries.major):
             return self._binaries
         if self._bin_dir is not None:
-            binaries = _probe("explicit", self._bin_dir.resolve())
+            binaries = probe("explicit", self._bin_dir.resolve())
             if binaries is None:
                 raise EmbeddedPostgresError(f"{self._bin_dir} holds no usable PostgreSQL binaries")
             if required is not None and binaries.major != required:
@@ -661,7 +346,7 @@ class EmbeddedPostgres:
         """Fail clearly when the unprivileged user cannot run them (e.g. a venv under /root)."""
         if self._run_as is None:
             return
-        if not self._user_can_reach(self._run_as, binaries.bin_dir / "postgres"):
+        if not user_can_reach(self._run_as, binaries.bin_dir / "postgres"):
             raise EmbeddedPostgresError(
                 f"user {self._run_as.name} cannot execute {binaries.bin_dir}/postgres; install "
                 "Debian's 'postgresql' package or put the virtualenv where that user can reach it"
@@ -681,35 +366,15 @@ class EmbeddedPostgres:
         stdout: IO[bytes] | None = None,
         timeout: float | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """Run one program, dropping root for the server user when asked to.
-
-        Output goes to ``stdout`` when given (pg_ctl start, whose server inherits it: a pipe
-        would keep us waiting for the server's whole life), otherwise it is captured.
-        """
-        run_as = self._run_as if as_server_user else None
-        capture = subprocess.PIPE if stdout is None else stdout
-        try:
-            proc = subprocess.run(  # noqa: S603 - argv built here, no shell
-                list(cmd),
-                stdin=subprocess.DEVNULL,
-                stdout=capture,
-                stderr=subprocess.PIPE if stdout is None else subprocess.STDOUT,
-                env=env if env is not None else _clean_env(),
-                cwd="/",
-                user=run_as.uid if run_as else None,
-                group=run_as.gid if run_as else None,
-                extra_groups=[] if run_as else None,
-                check=False,
-                timeout=timeout if timeout is not None else self._timeout + 30,
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise EmbeddedPostgresError(
-                f"{cmd[0]} did not finish in {exc.timeout} s\n"
-                f"--- tail of {self.log_path} ---\n{_tail(self.log_path)}"
-            ) from exc
-        out = proc.stdout.decode(errors="replace") if isinstance(proc.stdout, bytes) else ""
-        err = proc.stderr.decode(errors="replace") if isinstance(proc.stderr, bytes) else ""
-        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+        """Run one program (:func:`process.run`), as the server user when asked to."""
+        return run(
+            cmd,
+            run_as=self._run_as if as_server_user else None,
+            server_log=self.log_path,
+            timeout=timeout if timeout is not None else self._timeout + 30,
+            env=env,
+            stdout=stdout,
+        )
 
     # -- running the server --------------------------------------------------------------
 
@@ -736,13 +401,13 @@ class EmbeddedPostgres:
 
     def _start_server(self, cluster: Path) -> None:
         """Start with pg_ctl -w on the configured port, moving the port if it was taken."""
-        port = self._configured_port(cluster)
+        port = configured_port(cluster)
         for attempt in range(3):
-            if port is None or not _port_is_free(port):
-                new_port = _pick_free_port()
+            if port is None or not port_is_free(port):
+                new_port = pick_free_port()
                 self._log.warning("embedded_postgres.port_moved", old=port, new=new_port)
                 port = new_port
-                self._write_settings(cluster, port)
+                write_settings(cluster, port)
             log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
             log_fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             with os.fdopen(log_fd, "ab") as logf:
@@ -765,7 +430,7 @@ class EmbeddedPostgres:
                 running = self._running_postmaster(cluster)
                 self._owned_pid = running[0] if running else None
                 return
-            attempt_log = _tail(self.log_path, start=log_start)
+            attempt_log = tail(self.log_path, start=log_start)
             if "could not bind" in attempt_log and attempt < 2:
                 port = None  # lost a race for the port: take another
                 continue
@@ -789,7 +454,7 @@ class EmbeddedPostgres:
                 raise EmbeddedPostgresError(
                     f"PostgreSQL on 127.0.0.1:{port} runs but does not accept connections after "
                     f"{self._timeout:.0f} s.\n--- tail of {self.log_path} ---\n"
-                    f"{_tail(self.log_path)}"
+                    f"{tail(self.log_path)}"
                 )
             time.sleep(0.1)
 
@@ -803,7 +468,7 @@ class EmbeddedPostgres:
         proc = self._run(
             cmd,
             as_server_user=False,
-            env=_clean_env(PGPASSWORD=self._password, PGCONNECT_TIMEOUT="10"),
+            env=clean_env(PGPASSWORD=self._password, PGCONNECT_TIMEOUT="10"),
             timeout=120,
         )
         if proc.returncode != 0 and "already exists" not in proc.stderr:

@@ -10,7 +10,6 @@ import secrets
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from acme_ca.acme.b64 import b64url_encode
 from acme_ca.config import Config, ConfigError, config_reference, load_config
@@ -171,7 +170,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+def _overrides(args: argparse.Namespace) -> dict[str, object]:
     return {
         "listen": getattr(args, "listen", None),
         "plain_http": getattr(args, "plain_http", None),

@@ -483,7 +483,7 @@ def _coerce(name: str, raw: Any, hint: Any) -> Any:
 def load_config(
     path: Path | None = None,
     env: Mapping[str, str] | None = None,
-    overrides: Mapping[str, Any] | None = None,
+    overrides: Mapping[str, object] | None = None,
 ) -> Config:
     """Build the :class:`Config`: defaults, then the TOML file, then env, then ``overrides``."""
     env = os.environ if env is None else env

@@ -84,7 +84,7 @@ def _decode_part(value: Any, name: str) -> bytes:
         raise _malformed(f"JWS member {name!r} is not unpadded base64url") from None
 
 
-def parse_jws(body: bytes, *, require_nonce: bool = True) -> ParsedJws:
+def parse_jws(body: bytes, *, require_nonce: bool = True) -> ParsedJws:  # noqa: C901 -- one early check per RFC 7515/8555 envelope rule
     """Check the envelope and protected header (everything that needs no key)."""
     try:
         envelope = json.loads(body)

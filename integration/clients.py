@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import josepy
 import pytest
 from acme import client, messages
 from acme import crypto_util as acme_crypto
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from josepy.jwa import ES256
+from josepy.jwk import JWK, JWKEC
 
 from integration.processes import (
     CaProcess,
@@ -105,11 +106,11 @@ def openssl_verify(cafile: Path, untrusted: Path, leaf: Path) -> None:
     assert verify.stdout.strip() == f"{leaf}: OK", describe(verify)
 
 
-def acme_account(directory_url: str, cafile: Path | None) -> tuple[client.ClientV2, josepy.JWK]:
-    key = josepy.JWKEC(key=ec.generate_private_key(ec.SECP256R1()))
+def acme_account(directory_url: str, cafile: Path | None) -> tuple[client.ClientV2, JWK]:
+    key = JWKEC(key=ec.generate_private_key(ec.SECP256R1()))
     net = client.ClientNetwork(
         key,
-        alg=josepy.ES256,
+        alg=ES256,
         user_agent="acme-ca-integration",
         # requests takes a CA bundle path wherever it takes True.
         verify_ssl=str(cafile) if cafile is not None else True,  # type: ignore[arg-type]

@@ -21,13 +21,14 @@ import subprocess
 import time
 from pathlib import Path
 
-import josepy
 import pytest
 from acme import challenges, client, messages
 from acme import crypto_util as acme_crypto
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from josepy.jwa import ES256
+from josepy.jwk import JWKEC
 
 from acme_ca.ca.ct.loglist import openssl_ctlog_config, parse_log_list
 from acme_ca.ca.ct.sct import certificate_precert_entry, embedded_scts, verify_signature
@@ -39,8 +40,8 @@ NAMES = ["www.ct-serve.example.com", "ct-serve.example.com"]
 
 
 def _order(directory_url: str, key: ec.EllipticCurvePrivateKey) -> str:
-    account_key = josepy.JWKEC(key=ec.generate_private_key(ec.SECP256R1()))
-    net = client.ClientNetwork(account_key, alg=josepy.ES256, user_agent="acme-ca-ct-test")
+    account_key = JWKEC(key=ec.generate_private_key(ec.SECP256R1()))
+    net = client.ClientNetwork(account_key, alg=ES256, user_agent="acme-ca-ct-test")
     acme = client.ClientV2(client.ClientV2.get_directory(directory_url, net), net)
     acme.new_account(messages.NewRegistration.from_data(terms_of_service_agreed=True))
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,

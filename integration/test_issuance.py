@@ -23,13 +23,13 @@ import time
 from pathlib import Path
 from typing import TypeVar
 
-import josepy
 import pytest
 import requests
 from acme import challenges, client, messages
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from josepy.jwk import JWK
 
 from acme_ca.ca.ct.loglist import parse_log_list
 from acme_ca.ca.ct.sct import certificate_precert_entry, embedded_scts, verify_signature
@@ -142,7 +142,7 @@ def _load(path: Path) -> x509.Certificate:
 
 
 def _ready_order_dns01(
-    acme: client.ClientV2, key: josepy.JWK, dns: ThreadedChallengeServer, names: list[str]
+    acme: client.ClientV2, key: JWK, dns: ThreadedChallengeServer, names: list[str]
 ) -> messages.OrderResource:
     """newOrder, every authorization by dns-01 (TXT in the test DNS), polled to valid."""
     order = acme.new_order(csr_pem(names))

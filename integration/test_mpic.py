@@ -62,11 +62,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-import josepy
 import pytest
 from acme import challenges, client, crypto_util, errors, messages
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from josepy.jwa import ES256
+from josepy.jwk import JWK, JWKEC
 
 from acme_ca.embedded_pg import EmbeddedPostgres
 from acme_ca.va.quorum import phase_for
@@ -291,7 +292,7 @@ class World:
     cafile: Path
     mtls: Path
     acme: client.ClientV2
-    key: josepy.JWK
+    key: JWK
 
     def publish(
         self,
@@ -438,10 +439,14 @@ def world(
         )
         cafile = home / "tls" / "ca.pem"
         primary.wait_ready(cafile=cafile, timeout=60)
-        key = josepy.JWKEC(key=ec.generate_private_key(ec.SECP256R1()))
+        key = JWKEC(key=ec.generate_private_key(ec.SECP256R1()))
         net = client.ClientNetwork(
-            key, alg=josepy.ES256, user_agent="acme-ca-mpic-test", verify_ssl=str(cafile)
-        )  # type: ignore[arg-type]
+            key,
+            alg=ES256,
+            user_agent="acme-ca-mpic-test",
+            # acme.client types verify_ssl as bool; requests also takes a CA bundle path.
+            verify_ssl=str(cafile),  # type: ignore[arg-type]
+        )
         acme = client.ClientV2(client.ClientV2.get_directory(primary.directory_url, net), net)
         acme.new_account(
             messages.NewRegistration.from_data(

@@ -13,11 +13,12 @@ import time
 from pathlib import Path
 
 import aiohttp
-import josepy as jose
 import pytest
 from acme import client as acme_client
 from acme import messages as acme_messages
 from cryptography.hazmat.primitives.asymmetric import ec
+from josepy.jwa import ES256
+from josepy.jwk import JWKEC
 
 from integration.clients import CERTBOT, certbot_dirs
 from integration.processes import CaProcesses, base_env, describe, free_port, run_cli
@@ -140,6 +141,7 @@ async def test_acme_nonce_1_nonce_redeemed_across_processes(
             use_jwk=True,
         )
         assert created.status == 201, (created.body, a.tails(), b.tails())
+        assert b.base_url is not None
         assert created.headers["Location"].startswith(b.base_url)
 
         # The same nonce again, back at A: already used.
@@ -162,8 +164,8 @@ async def test_acme_nonce_1_nonce_redeemed_across_processes(
 
 
 def _acme_client(directory_url: str) -> acme_client.ClientV2:
-    key = jose.JWKEC(key=ec.generate_private_key(ec.SECP256R1()))
-    net = acme_client.ClientNetwork(key, alg=jose.ES256, user_agent="acme-ca-integration")
+    key = JWKEC(key=ec.generate_private_key(ec.SECP256R1()))
+    net = acme_client.ClientNetwork(key, alg=ES256, user_agent="acme-ca-integration")
     directory = acme_client.ClientV2.get_directory(directory_url, net)
     return acme_client.ClientV2(directory, net)
 
@@ -171,6 +173,7 @@ def _acme_client(directory_url: str) -> acme_client.ClientV2:
 def _eab_registration(
     acme: acme_client.ClientV2, kid: str, hmac_key: str
 ) -> acme_messages.NewRegistration:
+    assert acme.net.key is not None
     eab = acme_messages.ExternalAccountBinding.from_data(
         account_public_key=acme.net.key.public_key(),
         kid=kid,
@@ -207,6 +210,7 @@ def test_eab_cli_create_then_register(dsn: str, tmp_path: Path, processes: CaPro
     first = _acme_client(ca.directory_url)
     assert first.directory.meta.external_account_required is True
     regr = first.new_account(_eab_registration(first, kid, hmac_key))
+    assert ca.base_url is not None
     assert regr.uri and regr.uri.startswith(ca.base_url)
     assert regr.body.status == "valid"
     assert regr.body.external_account_binding is not None

@@ -28,7 +28,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-import josepy
 import pytest
 from acme import challenges, client, messages
 from acme import crypto_util as acme_crypto
@@ -36,6 +35,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import AuthorityInformationAccessOID
+from josepy.jwa import ES256
+from josepy.jwk import JWKEC
 
 from integration.challsrv_thread import ThreadedChallengeServer
 from integration.processes import CaProcess, CaProcesses, free_port
@@ -90,8 +91,8 @@ def issue(
     directory_url: str, challenge_dns: ThreadedChallengeServer
 ) -> tuple[client.ClientV2, x509.Certificate, str]:
     """A new account orders NAME with dns-01; returns the client, the leaf and the PEM chain."""
-    account_key = josepy.JWKEC(key=ec.generate_private_key(ec.SECP256R1()))
-    net = client.ClientNetwork(account_key, alg=josepy.ES256, user_agent="acme_ca-status-test")
+    account_key = JWKEC(key=ec.generate_private_key(ec.SECP256R1()))
+    net = client.ClientNetwork(account_key, alg=ES256, user_agent="acme_ca-status-test")
     acme = client.ClientV2(client.ClientV2.get_directory(directory_url, net), net)
     acme.new_account(
         messages.NewRegistration.from_data(email="ops@example.test", terms_of_service_agreed=True)
@@ -193,7 +194,9 @@ def test_status_revocation_end_to_end(
     ocsp_method = AuthorityInformationAccessOID.OCSP
     (ocsp_in_cert,) = [d.access_location.value for d in aia if d.access_method == ocsp_method]
     crldp = leaf.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
-    crl_in_cert = crldp[0].full_name[0].value  # type: ignore[index]
+    full_name = crldp[0].full_name
+    assert full_name is not None
+    crl_in_cert = full_name[0].value
     issuer_name = urllib.parse.urlsplit(ocsp_in_cert).path.rsplit("/", 1)[1]
     assert issuer_name == "dv-ecc"
     ocsp_url = ca.status_url + urllib.parse.urlsplit(ocsp_in_cert).path

@@ -25,6 +25,8 @@ from acme import jws as acme_jws
 from acme import messages
 from acme.client import ClientNetwork, ClientV2
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from josepy.jwa import ES256, RS256, JWASignature
+from josepy.jwk import JWK, JWKEC, JWKRSA
 
 from acme_ca.db.audit import events_for_account
 from acme_ca.db.eab import EabKeyRepository
@@ -38,12 +40,12 @@ USER_AGENT = "acme-ca-tests (acme-python)"
 # --------------------------------------------------------------------------- helpers
 
 
-def rsa_key(bits: int = 2048) -> tuple[jose.JWK, jose.JWASignature]:
-    return jose.JWKRSA(key=rsa.generate_private_key(65537, bits)), jose.RS256
+def rsa_key(bits: int = 2048) -> tuple[JWK, JWASignature]:
+    return JWKRSA(key=rsa.generate_private_key(65537, bits)), RS256
 
 
-def ec_key() -> tuple[jose.JWK, jose.JWASignature]:
-    return jose.JWKEC(key=ec.generate_private_key(ec.SECP256R1())), jose.ES256
+def ec_key() -> tuple[JWK, JWASignature]:
+    return JWKEC(key=ec.generate_private_key(ec.SECP256R1())), ES256
 
 
 @dataclass
@@ -61,6 +63,12 @@ class LibClient:
         return await asyncio.to_thread(fn, *args)
 
     @property
+    def key(self) -> tuple[JWK, JWASignature]:
+        """The account key this client signs with (always set: ``Clients.make`` gives one)."""
+        assert self.net.key is not None
+        return self.net.key, self.net.alg
+
+    @property
     def last(self) -> requests.Response:
         return self.responses[-1]
 
@@ -75,7 +83,7 @@ class Clients:
         self._made: list[LibClient] = []
 
     async def make(
-        self, ca: RunningCa, key: tuple[jose.JWK, jose.JWASignature] | None = None
+        self, ca: RunningCa, key: tuple[JWK, JWASignature] | None = None
     ) -> LibClient:
         jwk, alg = key or ec_key()
         net = ClientNetwork(key=jwk, alg=alg, user_agent=USER_AGENT)
@@ -128,13 +136,13 @@ async def post_as_get(lib: LibClient, url: str) -> requests.Response:
 
 
 async def change_key(
-    lib: LibClient, regr: messages.RegistrationResource, new: tuple[jose.JWK, jose.JWASignature]
+    lib: LibClient, regr: messages.RegistrationResource, new: tuple[JWK, JWASignature]
 ) -> requests.Response:
     """keyChange (RFC 8555 §7.3.5).  acme 5.x has no ``ClientV2`` method for it, so the inner
     JWS is built with the library's own ``acme.jws.JWS`` and posted with its network layer."""
     new_key, new_alg = new
     url = lib.client.directory["keyChange"]
-    inner_payload = {"account": regr.uri, "oldKey": lib.net.key.public_key().to_partial_json()}
+    inner_payload = {"account": regr.uri, "oldKey": lib.key[0].public_key().to_partial_json()}
     inner = acme_jws.JWS.sign(
         json.dumps(inner_payload).encode(), key=new_key, alg=new_alg, nonce=None, url=url
     )
@@ -154,7 +162,7 @@ async def new_eab_key(pool: asyncpg.Pool, kid: str | None = None) -> tuple[str, 
 
 def eab_for(lib: LibClient, kid: str, hmac_key: bytes) -> dict[str, Any]:
     return messages.ExternalAccountBinding.from_data(
-        account_public_key=lib.net.key.public_key(),
+        account_public_key=lib.key[0].public_key(),
         kid=kid,
         hmac_key=jose.b64.b64encode(hmac_key).decode(),
         directory=lib.client.directory,
@@ -166,7 +174,7 @@ def eab_for(lib: LibClient, kid: str, hmac_key: bytes) -> dict[str, Any]:
 
 @pytest.mark.parametrize("keygen", [rsa_key, ec_key], ids=["rsa2048", "es256"])
 async def test_acme_acct_1_create_201_location_valid_orders(
-    ca: RunningCa, clients: Clients, keygen: Callable[[], tuple[jose.JWK, jose.JWASignature]]
+    ca: RunningCa, clients: Clients, keygen: Callable[[], tuple[JWK, JWASignature]]
 ) -> None:
     lib = await clients.make(ca, keygen())
     regr = await register(lib, email="admin@example.com")
@@ -264,8 +272,8 @@ async def test_acme_acct_5_update_contact(
 async def test_acme_key_2_rollover(
     ca: RunningCa,
     clients: Clients,
-    old: Callable[[], tuple[jose.JWK, jose.JWASignature]],
-    new: Callable[[], tuple[jose.JWK, jose.JWASignature]],
+    old: Callable[[], tuple[JWK, JWASignature]],
+    new: Callable[[], tuple[JWK, JWASignature]],
     stale_error: str,
 ) -> None:
     old_key = old()
@@ -329,7 +337,7 @@ async def test_acme_acct_6_deactivate_then_401(ca: RunningCa, clients: Clients) 
     assert lib.last.status_code == 401
 
     # newAccount with the same key does not resurrect or replace the account
-    fresh = await clients.make(ca, (lib.net.key, lib.net.alg))
+    fresh = await clients.make(ca, lib.key)
     error = await expect_error(
         fresh,
         fresh.client.new_account,
@@ -404,7 +412,7 @@ async def test_acme_eab_1_good_mac_registers_and_reflects_binding(
     assert created["details"]["eab_kid"] == kid
 
     # later lookups need no binding and do not reflect one
-    again = await clients.make(eab_ca, (lib.net.key, lib.net.alg))
+    again = await clients.make(eab_ca, lib.key)
     with pytest.raises(acme_errors.ConflictError):
         await register(again)
     assert again.last.status_code == 200

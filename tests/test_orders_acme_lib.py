@@ -7,12 +7,13 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 
-import josepy
 import pytest
 from acme import challenges, client, errors, messages
 from acme import crypto_util as acme_crypto
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from josepy.jwa import ES256
+from josepy.jwk import JWKEC
 
 from acme_ca.testsrv.server import ChallengeTestServer
 from acme_ca.testsrv.store import CaaPolicy
@@ -31,9 +32,9 @@ async def va_ca(ca_factory: CaFactory, challsrv: ChallengeTestServer) -> Running
     )
 
 
-def _client(directory_url: str) -> tuple[client.ClientV2, josepy.JWKEC]:
-    key = josepy.JWKEC(key=ec.generate_private_key(ec.SECP256R1()))
-    net = client.ClientNetwork(key, alg=josepy.ES256, user_agent="acme_ca-tests")
+def _client(directory_url: str) -> tuple[client.ClientV2, JWKEC]:
+    key = JWKEC(key=ec.generate_private_key(ec.SECP256R1()))
+    net = client.ClientNetwork(key, alg=ES256, user_agent="acme_ca-tests")
     directory = messages.Directory.from_json(net.get(directory_url).json())
     acme = client.ClientV2(directory, net)
     acme.new_account(
@@ -51,7 +52,7 @@ def _csr(names: list[str]) -> bytes:
 
 
 def _take_order(
-    acme: client.ClientV2, key: josepy.JWKEC, srv: ChallengeTestServer, names: list[str]
+    acme: client.ClientV2, key: JWKEC, srv: ChallengeTestServer, names: list[str]
 ) -> messages.OrderResource:
     order = acme.new_order(_csr(names))
     for authz in order.authorizations:

@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 
+from acme_ca.acme import problems
 from acme_ca.acme.b64 import b64url_encode
 from acme_ca.clock import FixedClock
 from acme_ca.db.issuance import IssuanceRepository
@@ -325,7 +326,7 @@ async def test_acme_ord_3_finalize_answers_once_the_worker_is_done(
         await asyncio.sleep(0.05)
     assert job is not None and job.order_id == order_id
     assert not finalizing.done(), "finalize answered before the worker finished"
-    problem = {"type": ERR + "serverInternal", "detail": "given up for the test", "status": 500}
+    problem = problems.server_internal("given up for the test")
     await jobs.fail(job, problem, {"reason": "test"}, datetime.now(UTC))
 
     # Well inside the 30 s wait: the NOTIFY, not the timeout, released the answer.

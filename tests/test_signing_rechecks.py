@@ -29,6 +29,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from dns import rdatatype as dns_rdatatype
 
+from acme_ca.acme import problems
 from acme_ca.ca import recheck
 from acme_ca.ca.ct.loglist import StaticLogList, parse_log_list
 from acme_ca.ca.ct.submit import CertificateTransparency
@@ -624,7 +625,7 @@ async def test_a_worker_that_lost_its_lease_cannot_fail_the_job_it_refused(rig: 
     whose lease lapsed during a slow recheck leaves the job to the one that took it over."""
     order_id = await rig.queue(validated_at=rig.clock.now())
     jobs = IssuanceRepository(rig.pool)
-    problem = {"type": "urn:ietf:params:acme:error:serverInternal", "detail": "x", "status": 500}
+    problem = problems.server_internal("x")
     first = await jobs.claim("w1", now=rig.clock.now(), lease=timedelta(minutes=2))
     assert first is not None and first.order_id == order_id
     rig.clock.advance(timedelta(minutes=3))

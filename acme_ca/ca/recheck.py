@@ -29,11 +29,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Final
+from typing import Final
 
 from cryptography import x509
 
 from acme_ca.acme import problems
+from acme_ca.acme.jsontypes import JsonValue
 from acme_ca.acme.problems import Identifier, Problem
 from acme_ca.ca.profile import max_validity
 from acme_ca.db.issuance import AuthorizationEvidence
@@ -64,9 +65,9 @@ class Refusal:
     rule: str
     problem: Problem
 
-    def audit(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"rule": self.rule, "type": self.problem.short_type,
-                                "detail": self.problem.detail}
+    def audit(self) -> dict[str, JsonValue]:
+        body: dict[str, JsonValue] = {"rule": self.rule, "type": self.problem.short_type,
+                                      "detail": self.problem.detail}
         if self.problem.identifier is not None:
             body["identifier"] = self.problem.identifier.value
         return body

@@ -60,6 +60,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from acme_ca.acme import problems
+from acme_ca.acme.jsontypes import JsonValue
 from acme_ca.ca import recheck
 from acme_ca.ca.ct.sct import final_tbs, remove_poison
 from acme_ca.ca.ct.submit import CertificateTransparency, CtPolicyNotMet, LoggedSct
@@ -263,7 +264,7 @@ class SigningWorker:
         if job.faults > MAX_ATTEMPTS:
             await self._jobs.fail(
                 job,
-                problems.server_internal("issuance kept failing inside the CA").to_json(),
+                problems.server_internal("issuance kept failing inside the CA"),
                 {"reason": "too many attempts", "attempts": job.attempts, "step": job.step},
                 self._clock.now(),
             )
@@ -465,7 +466,7 @@ class SigningWorker:
             job,
             problems.server_internal(
                 f"the {what} failed pre-issuance linting; nothing{signed} was signed"
-            ).to_json(),
+            ),
             {"reason": "pre-issuance lint", "kind": kind, "findings": findings},
             self._clock.now(),
         )
@@ -481,7 +482,7 @@ class SigningWorker:
         deadline = since + settings.deadline
         signed = isinstance(job, PrecertSignedJob)
         serial = job.serial if isinstance(job, PreparedJob) else None
-        details: dict[str, Any] = {"reason": "certificate transparency", "reasons": reasons}
+        details: dict[str, JsonValue] = {"reason": "certificate transparency", "reasons": reasons}
         if now >= deadline:
             seconds = int(settings.deadline.total_seconds())
             await self._jobs.fail(
@@ -491,7 +492,7 @@ class SigningWorker:
                     f"CA's policy requires: not enough valid SCTs within {seconds} seconds ("
                     + ("its precertificate was signed and stays on record)" if signed
                        else "nothing was signed)")
-                ).to_json(),
+                ),
                 {**details, "serial": serial, "precertificate": signed},
                 now,
             )
@@ -575,7 +576,7 @@ class SigningWorker:
             await self._jobs.record_caa_recheck(
                 job, self.worker_id, authz_id=ev.authz_id, identifier=name,
                 checked_at=started, ok=result.ok, records=[r.to_json() for r in result.records],
-                problem=None if result.problem is None else result.problem.to_json(),
+                problem=result.problem,
                 now=self._clock.now(),
             )
             previous = recheck.caa_checked_at(ev)
@@ -596,7 +597,7 @@ class SigningWorker:
         unsigned); the audit row names every rule that refused."""
         if not await self._jobs.fail(
             job,
-            recheck.problem_for(found).to_json(),
+            recheck.problem_for(found),
             {"reason": "re-check before signing", "serial": job.serial,
              "refusals": [r.audit() for r in found]},
             now,

@@ -26,10 +26,11 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypedDict
 
 import asyncpg
 
+from acme_ca.acme.jsontypes import JsonObject, JsonValue
 from acme_ca.acme.problems import Problem
 from acme_ca.acme.states import OrderEvent
 from acme_ca.db.audit import record_event
@@ -96,7 +97,7 @@ class PrecertSignedJob(PreparedJob):
 class SctsCollectedJob(PrecertSignedJob):
     """SCTs verified; the final certificate's TBS and linted copy fixed, not yet signed."""
 
-    scts: list[dict[str, Any]]
+    scts: list[dict[str, JsonValue]]
     tbs_der: bytes
     lint_der: bytes
 
@@ -111,7 +112,7 @@ class IssuedCertificate:
     chain_pem: str
     alternate_chains: list[str]
     #: The embedded SCTs as stored (log, operator, timestamp, log id, the SCT itself).
-    scts: list[dict[str, Any]] = field(default_factory=list)
+    scts: list[dict[str, JsonValue]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -128,14 +129,44 @@ class AuthorizationEvidence:
     validated_at: datetime | None
     caa_checked_at: datetime | None
     method: str | None
-    records: list[dict[str, Any]]
+    records: list[JsonObject]
+
+
+class _JobColumns(TypedDict):
+    """The columns every step's view has (:class:`IssuanceJob`'s fields)."""
+
+    id: int
+    order_id: int
+    account_id: int
+    csr_der: bytes
+    names: tuple[str, ...]
+    status: str
+    step: Step
+    attempts: int
+    deferrals: int
+    issuer: str
+    created_at: datetime
+    locked_by: str | None
+
+
+class _PreparedColumns(_JobColumns):
+    serial: str
+    not_before: datetime
+    not_after: datetime
+    precert_tbs_der: bytes
+    precert_lint_der: bytes
+
+
+class _SignedColumns(_PreparedColumns):
+    precert_der: bytes
+    ct_submitted_at: datetime
 
 
 def _job(row: asyncpg.Record) -> IssuanceJob:
     """The typed view of the row's step (the ``issuance_jobs_step_recorded`` constraint
     guarantees the columns of a job a worker may take)."""
     step = Step(row["step"])
-    common: dict[str, Any] = {
+    common: _JobColumns = {
         "id": row["id"],
         "order_id": row["order_id"],
         "account_id": row["account_id"],
@@ -151,7 +182,7 @@ def _job(row: asyncpg.Record) -> IssuanceJob:
     }
     if step in (Step.QUEUED, Step.ISSUED):
         return IssuanceJob(**common)
-    prepared = {
+    prepared: _PreparedColumns = {
         **common,
         "serial": row["serial"],
         "not_before": row["not_before"],
@@ -161,7 +192,7 @@ def _job(row: asyncpg.Record) -> IssuanceJob:
     }
     if step is Step.PREPARED:
         return PreparedJob(**prepared)
-    signed = {
+    signed: _SignedColumns = {
         **prepared,
         "precert_der": bytes(row["precert_der"]),
         "ct_submitted_at": row["ct_submitted_at"],
@@ -176,7 +207,7 @@ def _job(row: asyncpg.Record) -> IssuanceJob:
     )
 
 
-def _sct_summaries(scts: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def _sct_summaries(scts: Sequence[JsonObject]) -> list[dict[str, JsonValue]]:
     """Log, operator and timestamp of each SCT: what the order timeline shows."""
     return [{k: s.get(k) for k in ("log", "operator", "timestamp")} for s in scts]
 
@@ -336,7 +367,7 @@ class IssuanceRepository:
         job: IssuanceJob,
         worker_id: str,
         *,
-        scts: list[dict[str, Any]],
+        scts: list[dict[str, JsonValue]],
         tbs_der: bytes,
         lint_der: bytes,
         now: datetime,
@@ -375,7 +406,7 @@ class IssuanceRepository:
         worker_id: str,
         *,
         retry_at: datetime,
-        details: dict[str, Any],
+        details: JsonObject,
         now: datetime,
     ) -> bool:
         """Back to the queue until ``retry_at`` (CT policy not met yet); False if this worker
@@ -456,8 +487,8 @@ class IssuanceRepository:
     async def fail(
         self,
         job: IssuanceJob,
-        problem: dict[str, Any],
-        details: dict[str, Any],
+        problem: Problem,
+        details: JsonObject,
         now: datetime,
         *,
         held_by: str | None = None,
@@ -485,7 +516,7 @@ class IssuanceRepository:
                 OrderEvent.ISSUANCE_FAILED,
                 [job.order_id],
                 now,
-                error=Problem.from_json(problem),
+                error=problem,
             )
             await notify_order_done(conn, job.order_id)
             await record_event(
@@ -552,8 +583,8 @@ class IssuanceRepository:
         identifier: str,
         checked_at: datetime,
         ok: bool,
-        records: list[dict[str, Any]],
-        problem: dict[str, Any] | None,
+        records: Sequence[JsonObject],
+        problem: Problem | None,
         now: datetime,
     ) -> None:
         """Audit a CAA recheck made before signing (BR 3.2.2.8: with its records) and, when
@@ -579,8 +610,8 @@ class IssuanceRepository:
                     "job_id": job.id,
                     "checked_at": checked_at.isoformat(),
                     "ok": ok,
-                    "records": records,
-                    **({"problem": problem} if problem is not None else {}),
+                    "records": list(records),
+                    **({"problem": problem.to_json()} if problem is not None else {}),
                 },
             )
 

@@ -53,8 +53,7 @@ async def registered(
 
 
 def account_id(client: JwsClient) -> int:
-    assert client.kid is not None
-    return int(client.kid.rsplit("/", 1)[1])
+    return int(client.account_url.rsplit("/", 1)[1])
 
 
 # --------------------------------------------------------------------------- terms of service
@@ -134,9 +133,9 @@ async def test_acme_acct_5_contact_rules_on_update(
     ca: RunningCa, session: aiohttp.ClientSession, contact: Any, problem: str
 ) -> None:
     client = await registered(ca, session, contact=["mailto:keep@example.com"])
-    reply = await client.post(client.kid, {"contact": contact})
+    reply = await client.post(client.account_url, {"contact": contact})
     assert_problem(reply, 400, problem)
-    current = await client.post(client.kid, None)
+    current = await client.post(client.account_url, None)
     assert current.body["contact"] == ["mailto:keep@example.com"]
 
 
@@ -167,7 +166,7 @@ async def test_acme_acct_3_unknown_fields_not_reflected(
     assert reply.status == 201, reply.body
     assert set(reply.body) == {"status", "contact", "orders", "createdAt", "termsOfServiceAgreed"}
     assert reply.body["status"] == "valid"
-    assert reply.body["orders"] == client.kid + "/orders"
+    assert reply.body["orders"] == client.account_url + "/orders"
 
 
 async def test_acme_acct_2_existing_account_ignores_request_fields(
@@ -202,10 +201,10 @@ async def test_acme_acct_5_update_ignores_orders_tos_and_unknown_fields(
     ca: RunningCa, session: aiohttp.ClientSession, pool: asyncpg.Pool
 ) -> None:
     client = await registered(ca, session, contact=["mailto:old@example.com"])
-    before = (await client.post(client.kid, None)).body
+    before = (await client.post(client.account_url, None)).body
 
     reply = await client.post(
-        client.kid,
+        client.account_url,
         {
             "contact": ["mailto:new@example.com"],
             "orders": "https://attacker.example/orders",
@@ -235,25 +234,26 @@ async def test_acme_acct_5_update_status_other_than_deactivated_ignored(
 
     acme-python/certbot send ``"status": "valid"`` with every contact update."""
     client = await registered(ca, session, contact=["mailto:old@example.com"])
-    reply = await client.post(client.kid, {"status": status, "contact": ["mailto:n@example.com"]})
+    update = {"status": status, "contact": ["mailto:n@example.com"]}
+    reply = await client.post(client.account_url, update)
     assert reply.status == 200, reply.body
     assert reply.body["status"] == "valid"
     assert reply.body["contact"] == ["mailto:n@example.com"]
-    assert (await client.post(client.kid, None)).status == 200
+    assert (await client.post(client.account_url, None)).status == 200
 
 
 async def test_acme_acct_6_deactivated_account_refused_everywhere(
     ca: RunningCa, session: aiohttp.ClientSession, pool: asyncpg.Pool
 ) -> None:
     client = await registered(ca, session, contact=["mailto:old@example.com"])
-    reply = await client.post(client.kid, {"status": "deactivated"})
+    reply = await client.post(client.account_url, {"status": "deactivated"})
     assert reply.status == 200, reply.body
     assert reply.body["status"] == "deactivated"
 
     for url, payload in (
-        (client.kid, None),
-        (client.kid, {"status": "deactivated"}),
-        (client.kid + "/orders", None),
+        (client.account_url, None),
+        (client.account_url, {"status": "deactivated"}),
+        (client.account_url + "/orders", None),
         (client.directory["keyChange"], {}),
     ):
         assert_problem(await client.post(url, payload), 401, "unauthorized")
@@ -269,14 +269,15 @@ async def test_acme_get_2_other_accounts_url_unauthorized(
     alice = await registered(ca, session, contact=["mailto:alice@example.com"])
     bob = await registered(ca, session, contact=["mailto:bob@example.com"])
 
-    assert_problem(await alice.post(bob.kid, None), 403, "unauthorized")
-    reply = await alice.post(bob.kid, {"contact": ["mailto:mallory@example.com"]})
+    assert_problem(await alice.post(bob.account_url, None), 403, "unauthorized")
+    reply = await alice.post(bob.account_url, {"contact": ["mailto:mallory@example.com"]})
     assert_problem(reply, 403, "unauthorized")
-    assert_problem(await alice.post(bob.kid, {"status": "deactivated"}), 403, "unauthorized")
-    assert_problem(await alice.post(bob.kid + "/orders", None), 403, "unauthorized")
+    reply = await alice.post(bob.account_url, {"status": "deactivated"})
+    assert_problem(reply, 403, "unauthorized")
+    assert_problem(await alice.post(bob.account_url + "/orders", None), 403, "unauthorized")
 
     # Bob is untouched
-    reply = await bob.post(bob.kid, None)
+    reply = await bob.post(bob.account_url, None)
     assert reply.body["status"] == "valid"
     assert reply.body["contact"] == ["mailto:bob@example.com"]
 
@@ -302,7 +303,7 @@ async def insert_orders(pool: asyncpg.Pool, account: int, count: int) -> list[in
 
 async def walk_orders(client: JwsClient) -> tuple[list[list[str]], list[str | None]]:
     """Follow ``rel="next"`` from the orders URL; return each page and its next link."""
-    url: str | None = client.kid + "/orders"
+    url: str | None = client.account_url + "/orders"
     pages: list[list[str]] = []
     nexts: list[str | None] = []
     while url is not None:
@@ -329,8 +330,8 @@ async def test_orders_list_paged_with_next_links(
         mine += await insert_orders(pool, account_id(alice), 1)
         await insert_orders(pool, account_id(bob), 1)
 
-    account = (await alice.post(alice.kid, None)).body
-    assert account["orders"] == alice.kid + "/orders"
+    account = (await alice.post(alice.account_url, None)).body
+    assert account["orders"] == alice.account_url + "/orders"
 
     pages, nexts = await walk_orders(alice)
     order_url = ca.base_url + "/acme/order/{}"
@@ -379,7 +380,7 @@ async def test_orders_list_requires_post_as_get(
     ca: RunningCa, session: aiohttp.ClientSession
 ) -> None:
     client = await registered(ca, session)
-    assert_problem(await client.post(client.kid + "/orders", {}), 400, "malformed")
+    assert_problem(await client.post(client.account_url + "/orders", {}), 400, "malformed")
 
 
 # --------------------------------------------------------------------------- keyChange
@@ -476,7 +477,7 @@ async def test_acme_key_1_new_key_rsa_1024_bad_public_key(
     client = await registered(ca, session)
     reply = await key_change(client, rsa.generate_private_key(65537, 1024))
     assert_problem(reply, 400, "badPublicKey")
-    assert (await client.post(client.kid, None)).status == 200
+    assert (await client.post(client.account_url, None)).status == 200
 
 
 async def test_acme_key_2_conflict_409_location(
@@ -492,7 +493,7 @@ async def test_acme_key_2_conflict_409_location(
     assert "Replay-Nonce" in reply.headers
 
     # nothing changed: both accounts keep their keys
-    assert (await alice.post(alice.kid, None)).status == 200
+    assert (await alice.post(alice.account_url, None)).status == 200
     assert (await bob.post(bob.kid, None)).status == 200
     events = [e["event"] for e in await events_for_account(pool, account_id(alice))]
     assert "account.key_changed" not in events
@@ -504,7 +505,7 @@ async def test_acme_key_2_conflict_with_deactivated_account_key(
     """A deactivated account still holds its key (one key per account, §11.1)."""
     alice = await registered(ca, session)
     bob = await registered(ca, session)
-    assert (await bob.post(bob.kid, {"status": "deactivated"})).status == 200
+    assert (await bob.post(bob.account_url, {"status": "deactivated"})).status == 200
     reply = await key_change(alice, bob.key)
     assert reply.status == 409, reply.body
     assert reply.headers["Location"] == bob.kid

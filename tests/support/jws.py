@@ -102,6 +102,12 @@ class JwsClient:
     kid: str | None = None
     directory: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def account_url(self) -> str:
+        """The account URL (the kid); a test that uses it has registered first."""
+        assert self.kid is not None, "not registered"
+        return self.kid
+
     async def load_directory(self) -> dict[str, Any]:
         async with self.session.get(self.directory_url) as resp:
             self.directory = await resp.json()

@@ -200,7 +200,9 @@ async def test_production_shape_certbot_dns01_issues_with_scts_and_5_of_5(
     crl_path = urllib.parse.urlsplit(_uri(leaf, x509.CRLDistributionPoints)[0]).path
     with urllib.request.urlopen(status + crl_path, timeout=10) as response:
         crl = x509.load_der_x509_crl(response.read())
-    assert crl.issuer == issuing.subject and crl.is_signature_valid(issuing.public_key())
+    issuing_key = issuing.public_key()
+    assert isinstance(issuing_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey)
+    assert crl.issuer == issuing.subject and crl.is_signature_valid(issuing_key)
     assert crl.get_revoked_certificate_by_serial_number(leaf.serial_number) is None
     ocsp = _openssl_ocsp(env, live, f"{status}/ocsp/{issuer}")
     assert f"{live / 'cert.pem'}: good" in ocsp.stdout, describe(ocsp)

@@ -195,8 +195,8 @@ async def test_br_crl_3_reason_codes(env: StatusEnv) -> None:
     crl = x509.load_der_x509_crl(record.der)
     listed = {entry.serial_number: entry for entry in crl}
     assert set(listed) == set(revoked)
-    for serial, (reason, at) in revoked.items():
-        entry = listed[serial]
+    for serial_number, (reason, at) in revoked.items():
+        entry = listed[serial_number]
         assert entry.revocation_date_utc == at.replace(microsecond=0)
         if REASONS[reason] is None:
             assert len(entry.extensions) == 0, "unspecified (0) is written without reasonCode"

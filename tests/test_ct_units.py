@@ -19,6 +19,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
+from multidict import CIMultiDictProxy
 
 from acme_ca.ca.ct.loglist import (
     FileLogList,
@@ -392,7 +393,7 @@ def test_policy_counts_operators_and_rfc6962_logs() -> None:
 
 
 async def _post(session: aiohttp.ClientSession, url: str, chain: list[x509.Certificate]
-                ) -> tuple[int, Any, aiohttp.typedefs.LooseHeaders]:
+                ) -> tuple[int, Any, CIMultiDictProxy[str]]:
     body = {"chain": [base64.b64encode(c.public_bytes(serialization.Encoding.DER)).decode()
                       for c in chain]}
     async with session.post(url, json=body) as response:

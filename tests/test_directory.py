@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import aiohttp
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -11,7 +13,7 @@ from tests.support.jws import JwsClient
 
 
 @pytest.fixture
-async def session() -> aiohttp.ClientSession:
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as s:
         yield s
 

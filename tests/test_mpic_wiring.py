@@ -41,7 +41,7 @@ def perspectives_file(tmp_path: Path) -> dict[str, object]:
 
 
 async def directory_meta(ca_factory: CaFactory, **changes: object) -> dict[str, object]:
-    ca = await ca_factory.start(**changes)
+    ca = await ca_factory.start(None, **changes)
     async with aiohttp.ClientSession() as session, session.get(ca.directory_url) as resp:
         meta: dict[str, object] = (await resp.json())["meta"]
     return meta

@@ -264,7 +264,8 @@ async def wait_for(
 
 def job_done(pool: asyncpg.Pool, order_id: int) -> Callable[[], Coroutine[Any, Any, bool]]:
     async def check() -> bool:
-        return (await job_of(pool, order_id))["status"] == "done"
+        status: str = (await job_of(pool, order_id))["status"]
+        return status == "done"
 
     return check
 

@@ -58,7 +58,7 @@ class Subscriber(JwsClient):
     async def wait_order(self, url: str, timeout: float = 10.0) -> dict[str, Any]:
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
-            body = (await self.get(url)).body
+            body: dict[str, Any] = (await self.get(url)).body
             if body["status"] not in ("pending", "processing") or (
                 asyncio.get_running_loop().time() > deadline
             ):
@@ -68,7 +68,7 @@ class Subscriber(JwsClient):
     async def wait_authz(self, url: str, timeout: float = 10.0) -> dict[str, Any]:
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
-            body = (await self.get(url)).body
+            body: dict[str, Any] = (await self.get(url)).body
             if body["status"] != "pending" or asyncio.get_running_loop().time() > deadline:
                 return body
             await asyncio.sleep(0.05)

@@ -31,16 +31,14 @@ from acme_ca.ca.der import (
     throwaway_signed_certificate,
     throwaway_signed_crl,
 )
+from acme_ca.ca.pkcs11_signer import Pkcs11Signer, generate_pkcs11_key, resolve_pin
 from acme_ca.ca.signer import (
     CaPrivateKey,
     HashName,
     KeySpec,
-    Pkcs11Signer,
     Signer,
     SignerError,
     SoftwareSigner,
-    generate_pkcs11_key,
-    resolve_pin,
     verify_signature,
 )
 from tests.support.softhsm import SoftHsmToken, shared_token, softhsm_available

@@ -54,16 +54,8 @@ from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsag
 
 from acme_ca.ca.der import sign_tbs_certificate, throwaway_signed_certificate
 from acme_ca.ca.issuers import GENERATED_BY_INIT, ISSUERS_FILE
-from acme_ca.ca.signer import (
-    KeySpec,
-    Pkcs11Signer,
-    Signer,
-    SignerError,
-    SoftwareSigner,
-    default_hash,
-    generate_pkcs11_key,
-    resolve_pin,
-)
+from acme_ca.ca.pkcs11_signer import Pkcs11Signer, generate_pkcs11_key, resolve_pin
+from acme_ca.ca.signer import KeySpec, Signer, SignerError, SoftwareSigner, default_hash
 from acme_ca.clock import Clock, SystemClock
 from acme_ca.config import Config
 from acme_ca.log import get_logger

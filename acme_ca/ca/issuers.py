@@ -63,15 +63,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from acme_ca.ca.pkcs11_signer import Pkcs11Signer, resolve_pin
 from acme_ca.ca.signer import (
     HashName,
     KeyType,
-    Pkcs11Signer,
     Signer,
     SignerError,
     SoftwareSigner,
     default_hash,
-    resolve_pin,
 )
 from acme_ca.clock import Clock, SystemClock
 from acme_ca.config import Config
@@ -84,7 +83,7 @@ ISSUERS_FILE: Final = "issuers.toml"
 #: ``generated_by`` value ``acme-ca init`` writes: with roots whose subjects say "Development"
 #: it makes the hierarchy a development one (:mod:`acme_ca.deployment`).
 GENERATED_BY_INIT: Final = "acme-ca init"
-#: Environment variable :func:`~acme_ca.ca.signer.resolve_pin` consults for the HSM PIN.
+#: Environment variable :func:`~acme_ca.ca.pkcs11_signer.resolve_pin` consults for the HSM PIN.
 PIN_ENV_VAR: Final = "ACME_CA_PKCS11_PIN"
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")

@@ -27,20 +27,18 @@ TCP connections to a resolver are reused (RFC 7766 §6.2.1): each :class:`DnsCli
 :data:`TCP_POOL_SIZE` idle connections per nameserver and sends each query over an idle one, one
 query at a time.  A connection is closed on any error, timeout or cancellation, when the
 resolver closed it, and after :data:`TCP_IDLE_TIMEOUT` unused, so a client that is never closed
-holds nothing for long; :meth:`DnsClient.aclose` closes the idle ones at once.
+holds nothing for long; :meth:`DnsClient.aclose` closes the idle ones at once.  The
+connections and their pools are :mod:`acme_ca.va.dns_tcp`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import ipaddress
-import socket
-from collections.abc import Awaitable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Final, Literal, TypeVar
+from typing import Final, Literal
 
 import dns._asyncbackend
 import dns.asyncquery
@@ -57,6 +55,7 @@ import dns.rrset
 import structlog
 
 from acme_ca.clock import Clock, SystemClock
+from acme_ca.va.dns_tcp import TcpConnection, TcpPool
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -76,7 +75,6 @@ TCP_IDLE_TIMEOUT: Final = 5.0
 """Seconds an idle TCP connection is kept before we close it; well below the idle timeouts of
 resolvers (Unbound: 30 s), though a busy resolver may close it sooner, which costs one retry."""
 
-_T = TypeVar("_T")
 
 DnssecStatus = Literal["secure", "insecure", "unchecked"]
 """The DNSSEC standing of a usable answer: ``secure`` (AD), ``insecure`` (no AD, from a
@@ -242,124 +240,6 @@ def _find(
     return None
 
 
-async def _within(awaitable: Awaitable[_T], seconds: float | None) -> _T:
-    """``awaitable`` with dnspython's timeout exception, as its socket methods raise."""
-    try:
-        async with asyncio.timeout(seconds):
-            return await awaitable
-    except TimeoutError:
-        raise dns.exception.Timeout from None
-
-
-class _TcpConnection(dns._asyncbackend.StreamSocket):  # dns.asyncbackend's, re-exported
-    """One TCP connection to a resolver, given to ``dns.asyncquery.tcp(sock=...)``.
-
-    dnspython's asyncio stream socket plus what reuse needs: ``received`` counts the reply bytes
-    read for the current query (a reused connection that fails before the first one was closed
-    by the server and the query may be asked again; after it, the stream is mid-message and the
-    connection is only fit to be closed) and :meth:`reusable` notices a peer that closed it.
-    """
-
-    def __init__(
-        self,
-        ns: Nameserver,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        loop: asyncio.AbstractEventLoop,
-    ) -> None:
-        super().__init__(dns.inet.af_for_address(ns.host), socket.SOCK_STREAM)
-        self.reader = reader
-        self.writer = writer
-        self.loop = loop
-        self.received = 0
-        self.idle_timer: asyncio.TimerHandle | None = None
-
-    @classmethod
-    async def open(cls, ns: Nameserver, seconds: float) -> _TcpConnection:
-        reader, writer = await _within(asyncio.open_connection(ns.host, ns.port), seconds)
-        return cls(ns, reader, writer, asyncio.get_running_loop())
-
-    # dnspython's socket interface names the argument ``timeout``.
-    async def sendall(self, what: bytes, timeout: float | None) -> None:  # noqa: ASYNC109
-        self.writer.write(what)
-        await _within(self.writer.drain(), timeout)
-
-    async def recv(self, size: int, timeout: float | None) -> bytes:  # noqa: ASYNC109
-        data = await _within(self.reader.read(size), timeout)
-        self.received += len(data)
-        return data
-
-    async def getpeername(self) -> object:
-        return self.writer.get_extra_info("peername")
-
-    async def getsockname(self) -> object:
-        return self.writer.get_extra_info("sockname")
-
-    async def close(self) -> None:
-        self.shut()
-
-    def reusable(self) -> bool:
-        """Still open both ways as far as we know: no EOF, error or close seen."""
-        return not (
-            self.writer.is_closing() or self.reader.at_eof() or self.reader.exception() is not None
-        )
-
-    def shut(self) -> None:
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-            self.idle_timer = None
-        if not self.writer.is_closing():
-            with contextlib.suppress(RuntimeError):  # its event loop is already closed
-                self.writer.close()
-
-
-class _TcpPool:
-    """The idle TCP connections to one nameserver; the most recently used goes out first."""
-
-    def __init__(self, size: int, idle_timeout: float) -> None:
-        self._size = size
-        self._idle_timeout = idle_timeout
-        self._idle: list[_TcpConnection] = []
-        self.closed = False
-
-    def take(self) -> _TcpConnection | None:
-        """An idle connection still open, on the running event loop; None if there is none."""
-        loop = asyncio.get_running_loop()
-        while self._idle:
-            conn = self._idle.pop()
-            if conn.idle_timer is not None:
-                conn.idle_timer.cancel()
-                conn.idle_timer = None
-            if conn.loop is loop and conn.reusable():
-                conn.received = 0
-                return conn
-            conn.shut()
-        return None
-
-    def put(self, conn: _TcpConnection) -> None:
-        """Keep a connection whose last exchange completed; close it if there is no room."""
-        if self.closed or len(self._idle) >= self._size or not conn.reusable():
-            conn.shut()
-            return
-        conn.idle_timer = conn.loop.call_later(self._idle_timeout, self._expire, conn)
-        self._idle.append(conn)
-
-    def _expire(self, conn: _TcpConnection) -> None:
-        conn.idle_timer = None
-        with contextlib.suppress(ValueError):
-            self._idle.remove(conn)
-        conn.shut()
-
-    def close(self) -> None:
-        """Close the idle connections; those in use are closed when their query ends."""
-        self.closed = True
-        while self._idle:
-            self._idle.pop().shut()
-
-    def __len__(self) -> int:
-        return len(self._idle)
-
-
 class DnsClient:
     """Queries the configured resolvers; one per VA, shared by every check.
 
@@ -381,7 +261,7 @@ class DnsClient:
         self._proof_ttl = proof_ttl
         self._servers = {str(ns): ns for ns in settings.parsed}
         self._proofs: dict[tuple[str, dns.name.Name], datetime] = {}
-        self._pools = {ns: _TcpPool(tcp_pool_size, tcp_idle_timeout) for ns in settings.parsed}
+        self._pools = {ns: TcpPool(tcp_pool_size, tcp_idle_timeout) for ns in settings.parsed}
 
     async def aclose(self) -> None:
         """Close the idle TCP connections; any later connection is closed after its query.
@@ -625,7 +505,7 @@ class DnsClient:
             if left <= 0:
                 raise dns.exception.Timeout
             if conn is None:
-                conn = await _TcpConnection.open(ns, left)
+                conn = await TcpConnection.open(ns.host, ns.port, left)
                 left = deadline - loop.time()
             try:
                 reply = await dns.asyncquery.tcp(

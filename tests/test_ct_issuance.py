@@ -31,6 +31,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtensionOID
 
 from acme_ca.ca.ct.loglist import (
     FileLogList,
@@ -55,7 +56,7 @@ from acme_ca.config import Config
 from acme_ca.db.issuance import IssuanceJob, IssuanceRepository
 from acme_ca.db.status import StatusRepository
 from acme_ca.status.updater import StatusSettings, StatusUpdater
-from acme_ca.testsrv.ct_log import TestCtLogs, TestLogSpec, _without_poison
+from acme_ca.testsrv.ct_log import LogListEntry, TestCtLogs, TestLogSpec, _without_poison
 from acme_ca.testsrv.ct_logs_runner import accepted_roots
 from tests.support.ct import Harness, harness, pyasn1_without_poison, three_operators
 from tests.support.worker import (
@@ -88,7 +89,7 @@ def days(config: Config, n: int) -> Config:
 
 
 def spec(name: str, operator: str, mode: str = "rfc6962", **kwargs: Any) -> TestLogSpec:
-    return TestLogSpec.generate(name, operator, mode=mode, **kwargs)  # type: ignore[arg-type]
+    return TestLogSpec.generate(name, operator, mode=mode, **kwargs)
 
 
 @dataclass
@@ -129,9 +130,9 @@ def check_precert_and_final(result: Issued) -> None:
     same TBS with a non-critical SCT list in its place, everything else byte-identical."""
     pre_exts = list(result.precert.extensions)
     final_exts = list(result.cert.extensions)
-    assert pre_exts[-1].oid == x509.ExtensionOID.PRECERT_POISON and pre_exts[-1].critical
+    assert pre_exts[-1].oid == ExtensionOID.PRECERT_POISON and pre_exts[-1].critical
     assert POISON_EXTENSION_DER in result.precert.tbs_certificate_bytes
-    assert final_exts[-1].oid == x509.ExtensionOID.PRECERT_SIGNED_CERTIFICATE_TIMESTAMPS
+    assert final_exts[-1].oid == ExtensionOID.PRECERT_SIGNED_CERTIFICATE_TIMESTAMPS
     assert not final_exts[-1].critical
     assert [(e.oid, e.critical, e.value) for e in pre_exts[:-1]] == [
         (e.oid, e.critical, e.value) for e in final_exts[:-1]
@@ -192,7 +193,7 @@ def verify_with_cryptography(h: Harness, cert: x509.Certificate) -> list[str]:
     return names
 
 
-def listed_logs(h: Harness) -> list[dict[str, Any]]:
+def listed_logs(h: Harness) -> list[LogListEntry]:
     """Every log entry of the v3 list the logs publish (RFC 6962 and tiled)."""
     return [e for op in h.logs.log_list()["operators"]
             for kind in ("logs", "tiled_logs") for e in op[kind]]
@@ -349,7 +350,7 @@ async def test_short_certificate_gets_two_scts_from_two_operators(
 # --------------------------------------------------------------------------- faults
 
 
-FAULTS = {
+FAULTS: dict[str, dict[str, object]] = {
     "429 Retry-After": {"retry_after": 30},
     "503": {"unavailable": True},
     "slow": {"delay": 5.0},

@@ -122,7 +122,8 @@ def evidence(
         authz_id=1, identifier=name.removeprefix("*."), wildcard=name.startswith("*."),
         status=status, expires_at=expires_at or validated_at + timedelta(days=200),
         validated_at=validated_at, caa_checked_at=caa_checked_at, method="http-01",
-        records=records(name, "http-01", validated_at),
+        # A list of JSON objects (AuthorizationEvidence.records), built from the dicts.
+        records=list(records(name, "http-01", validated_at)),
     )
 
 

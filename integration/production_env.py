@@ -287,7 +287,7 @@ ISSUERS = {
 def issuers_toml(
     base: str, certificates: Mapping[str, str] | None = None, keys: Mapping[str, str] | None = None
 ) -> str:
-    """issuers.toml as an operator writes it (format: :mod:`acme_ca.ca.issuers`).
+    """issuers.toml as an operator writes it (format: :mod:`acme_ca.ca.issuers_file`).
     ``certificates`` / ``keys`` replace an issuer's certificate file or key line."""
     certificates, keys = certificates or {}, keys or {}
     lines = ['root = "root.pem"', ""]

@@ -15,7 +15,7 @@ from cryptography.x509.oid import ExtensionOID
 from structlog.testing import capture_logs
 
 from acme_ca.ca.der import split_signed
-from acme_ca.ca.issuers import read_issuers_file
+from acme_ca.ca.issuers_file import read_issuers_file
 from acme_ca.ca.lint import CertificateLinter, LintFinding, LintReport, Severity
 from acme_ca.ca.signer import SIGNATURE_ALGORITHMS
 from acme_ca.clock import SystemClock

@@ -31,7 +31,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from acme_ca.acme.problems import AcmeError
 from acme_ca.ca.ct.sct import log_id_of
 from acme_ca.ca.hierarchy import init_hierarchy
-from acme_ca.ca.issuers import ISSUERS_FILE, read_issuers_file
+from acme_ca.ca.issuers_file import ISSUERS_FILE, read_issuers_file
 from acme_ca.ca.signer import SoftwareSigner
 from acme_ca.cli import main
 from acme_ca.clock import FixedClock

@@ -37,15 +37,8 @@ from acme_ca.ca.hierarchy import (
     HierarchyError,
     init_hierarchy,
 )
-from acme_ca.ca.issuers import (
-    ISSUERS_FILE,
-    Issuer,
-    IssuerConfigError,
-    IssuerSet,
-    load_issuers,
-    open_root_signer,
-    read_issuers_file,
-)
+from acme_ca.ca.issuers import Issuer, IssuerSet, load_issuers, open_root_signer
+from acme_ca.ca.issuers_file import ISSUERS_FILE, IssuerConfigError, read_issuers_file
 from acme_ca.clock import FixedClock
 from acme_ca.config import Config
 from tests.support.softhsm import SoftHsmToken, shared_token, softhsm_available

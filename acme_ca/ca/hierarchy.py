@@ -7,7 +7,7 @@ What :func:`init_hierarchy` writes under ``config.pki_path``::
     cross-r1-by-x1.pem    Root R1's subject and key, signed by X1 (the alternate chain)
     dv-rsa.pem            acme_ca DV RSA CA 2026        RSA 2048, 5 years, signed by R1
     dv-ecc.pem            acme_ca DV ECC CA 2026        ECDSA P-256, 5 years, signed by R1
-    issuers.toml          the issuers, their keys and URLs (format: acme_ca.ca.issuers),
+    issuers.toml          the issuers, their keys and URLs (format: acme_ca.ca.issuers_file),
                           marked ``generated_by = "acme-ca init"`` (a development
                           hierarchy, :mod:`acme_ca.deployment`)
     keys/*.key.pem        software keys (0600), only without ``pkcs11_module``
@@ -53,7 +53,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 from acme_ca.ca.der import sign_tbs_certificate, throwaway_signed_certificate
-from acme_ca.ca.issuers import GENERATED_BY_INIT, ISSUERS_FILE
+from acme_ca.ca.issuers_file import GENERATED_BY_INIT, ISSUERS_FILE
 from acme_ca.ca.pkcs11_signer import Pkcs11Signer, generate_pkcs11_key, resolve_pin
 from acme_ca.ca.signer import KeySpec, Signer, SignerError, SoftwareSigner, default_hash
 from acme_ca.clock import Clock, SystemClock
@@ -498,7 +498,7 @@ async def _create(
 
     text = (
         f"# Development hierarchy written by `acme-ca init` at {not_before.isoformat()}.\n"
-        "# NOT publicly trusted. Format: see the docstring of acme_ca/ca/issuers.py.\n"
+        "# NOT publicly trusted. Format: see the docstring of acme_ca/ca/issuers_file.py.\n"
         "# generated_by makes it a development hierarchy: start-up may relax the production\n"
         "# invariants (logged), `acme-ca check` says so (docs/production.md).\n"
         f"generated_by = {_toml_str(GENERATED_BY_INIT)}\n\n"

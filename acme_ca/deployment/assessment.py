@@ -12,7 +12,7 @@ from pathlib import Path
 import structlog
 
 from acme_ca.acme.jsontypes import JsonValue
-from acme_ca.ca.issuers import ISSUERS_FILE, IssuerConfigError, IssuersFile, read_issuers_file
+from acme_ca.ca.issuers_file import ISSUERS_FILE, IssuerConfigError, IssuersFile, read_issuers_file
 from acme_ca.config import Config, ConfigError
 from acme_ca.deployment.invariants import (
     CHECKS,

@@ -19,7 +19,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from acme_ca.ca.ct.loglist import LogList, LogListError, parse_log_list
 from acme_ca.ca.ct.submit import CtSettings
-from acme_ca.ca.issuers import IssuersFile
+from acme_ca.ca.issuers_file import IssuersFile
 from acme_ca.ca.profile import max_validity
 from acme_ca.config import Config
 from acme_ca.ra.keys import DEFAULT_RSA_SIZES, load_openssl_blacklist, openssl_blacklist_size

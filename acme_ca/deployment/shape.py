@@ -7,7 +7,7 @@ from typing import Final
 
 from cryptography import x509
 
-from acme_ca.ca.issuers import GENERATED_BY_INIT, ISSUERS_FILE, IssuersFile
+from acme_ca.ca.issuers_file import GENERATED_BY_INIT, ISSUERS_FILE, IssuersFile
 
 #: The word a development root's subject carries (``acme_ca Development Root R1``).
 DEVELOPMENT_MARK: Final = "Development"

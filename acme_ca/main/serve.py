@@ -13,7 +13,7 @@ import structlog
 from aiohttp import web
 
 from acme_ca.ca.hierarchy import init_hierarchy
-from acme_ca.ca.issuers import ISSUERS_FILE
+from acme_ca.ca.issuers_file import ISSUERS_FILE
 from acme_ca.clock import Clock, SystemClock
 from acme_ca.config import Config
 from acme_ca.db.database import database_dsn, migrate

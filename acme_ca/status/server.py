@@ -34,7 +34,7 @@ import structlog
 from aiohttp import web
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from acme_ca.ca.issuers import IssuersFile, read_issuers_file
+from acme_ca.ca.issuers_file import IssuersFile, read_issuers_file
 from acme_ca.clock import Clock, SystemClock
 from acme_ca.config import Config
 from acme_ca.db.status import StatusRepository

@@ -36,13 +36,8 @@ from typing import Final
 
 import structlog
 
-from acme_ca.ca.issuers import (
-    Issuer,
-    IssuerConfigError,
-    IssuerSet,
-    open_root_signer,
-    read_issuers_file,
-)
+from acme_ca.ca.issuers import Issuer, IssuerSet, open_root_signer
+from acme_ca.ca.issuers_file import IssuerConfigError, read_issuers_file
 from acme_ca.ca.lint import CertificateLinter
 from acme_ca.clock import Clock
 from acme_ca.config import Config

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from acme_ca.ca.ct.loglist import LogListSource, StaticLogList, parse_log_list
-from acme_ca.ca.issuers import read_issuers_file
+from acme_ca.ca.issuers_file import read_issuers_file
 from acme_ca.config import Config
 from acme_ca.testsrv.ct_log import TestCtLogs, default_specs
 

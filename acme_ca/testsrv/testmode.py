@@ -17,7 +17,7 @@ import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from acme_ca.ca.issuers import read_issuers_file
+from acme_ca.ca.issuers_file import read_issuers_file
 from acme_ca.config import Config, _split_host_port
 from acme_ca.testsrv.server import BindAddress, ChallengeServerConfig, ChallengeTestServer
 

@@ -43,22 +43,49 @@ def _parser() -> argparse.ArgumentParser:
         help="serve plain HTTP (behind a TLS-terminating proxy)",
     )
     serve.add_argument("--base-url", help="external base URL clients use")
-    serve.add_argument("--dns-resolver", metavar="HOST:PORT",
-                       help="validating recursive resolver for dns-01, CAA and http-01 lookups")
-    serve.add_argument("--http01-port", type=int, metavar="PORT",
-                       help="port http-01 validation connects to (default 80)")
-    serve.add_argument("--allow-loopback-validation", action="store_true", default=None,
-                       help="let http-01 reach loopback/private addresses (tests only)")
-    serve.add_argument("--test", action="store_true", default=None, dest="test_mode",
-                       help="test mode: built-in Pebble-compatible challenge test server "
-                       "(DNS 127.0.0.1:8053, API 127.0.0.1:8055, http-01 127.0.0.1:5002)")
-    serve.add_argument("--challsrv-http01", metavar="HOST:PORT|off",
-                       help="test mode: the challenge server's own http-01 listener, or off")
-    serve.add_argument("--dnssec", choices=("require", "off"),
-                       help="require DNSSEC-validated answers (default require)")
-    serve.add_argument("--perspectives", type=int, metavar="N", dest="test_perspectives",
-                       help="test mode: start N local remote VAs in-process and corroborate "
-                       "every validation with them (docs/mpic.md)")
+    serve.add_argument(
+        "--dns-resolver",
+        metavar="HOST:PORT",
+        help="validating recursive resolver for dns-01, CAA and http-01 lookups",
+    )
+    serve.add_argument(
+        "--http01-port",
+        type=int,
+        metavar="PORT",
+        help="port http-01 validation connects to (default 80)",
+    )
+    serve.add_argument(
+        "--allow-loopback-validation",
+        action="store_true",
+        default=None,
+        help="let http-01 reach loopback/private addresses (tests only)",
+    )
+    serve.add_argument(
+        "--test",
+        action="store_true",
+        default=None,
+        dest="test_mode",
+        help="test mode: built-in Pebble-compatible challenge test server "
+        "(DNS 127.0.0.1:8053, API 127.0.0.1:8055, http-01 127.0.0.1:5002)",
+    )
+    serve.add_argument(
+        "--challsrv-http01",
+        metavar="HOST:PORT|off",
+        help="test mode: the challenge server's own http-01 listener, or off",
+    )
+    serve.add_argument(
+        "--dnssec",
+        choices=("require", "off"),
+        help="require DNSSEC-validated answers (default require)",
+    )
+    serve.add_argument(
+        "--perspectives",
+        type=int,
+        metavar="N",
+        dest="test_perspectives",
+        help="test mode: start N local remote VAs in-process and corroborate "
+        "every validation with them (docs/mpic.md)",
+    )
 
     remote = sub.add_parser(
         "remote-va",
@@ -67,19 +94,38 @@ def _parser() -> argparse.ArgumentParser:
         "dns-01 and CAA checks from this network through its own resolver and answers the "
         "primary with its perspective id and RIR (BR 3.2.2.9; docs/mpic.md).",
     )
-    remote.add_argument("--listen", metavar="HOST:PORT", dest="remote_va_listen",
-                        help="mutual-TLS listener (default 127.0.0.1:14443)")
-    remote.add_argument("--perspective", metavar="ID", dest="perspective_id",
-                        help="this perspective's id, as in the primary's perspectives file")
-    remote.add_argument("--rir", metavar="RIR", dest="perspective_rir",
-                        help="this perspective's RIR: ARIN, RIPE NCC, APNIC, LACNIC, AFRINIC")
-    remote.add_argument("--dns-resolver", metavar="HOST:PORT",
-                        help="this perspective's own validating resolver")
-    remote.add_argument("--tls-cert", type=Path, metavar="PEM",
-                        help="server certificate naming the perspective id")
+    remote.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        dest="remote_va_listen",
+        help="mutual-TLS listener (default 127.0.0.1:14443)",
+    )
+    remote.add_argument(
+        "--perspective",
+        metavar="ID",
+        dest="perspective_id",
+        help="this perspective's id, as in the primary's perspectives file",
+    )
+    remote.add_argument(
+        "--rir",
+        metavar="RIR",
+        dest="perspective_rir",
+        help="this perspective's RIR: ARIN, RIPE NCC, APNIC, LACNIC, AFRINIC",
+    )
+    remote.add_argument(
+        "--dns-resolver", metavar="HOST:PORT", help="this perspective's own validating resolver"
+    )
+    remote.add_argument(
+        "--tls-cert", type=Path, metavar="PEM", help="server certificate naming the perspective id"
+    )
     remote.add_argument("--tls-key", type=Path, metavar="PEM", help="its private key")
-    remote.add_argument("--client-ca", type=Path, metavar="PEM", dest="remote_va_client_ca",
-                        help="CA of the primary's client certificate; other clients are refused")
+    remote.add_argument(
+        "--client-ca",
+        type=Path,
+        metavar="PEM",
+        dest="remote_va_client_ca",
+        help="CA of the primary's client certificate; other clients are refused",
+    )
 
     certs = sub.add_parser(
         "mpic-certs",
@@ -89,9 +135,13 @@ def _parser() -> argparse.ArgumentParser:
         "existing CA in DIR is reused, so perspectives can be added later.",
     )
     certs.add_argument("--out", type=Path, required=True, metavar="DIR")
-    certs.add_argument("--perspectives", required=True, metavar="ID[=NAME+NAME],...",
-                       help="comma-separated perspective ids; optional extra DNS/IP names for "
-                       "a remote's certificate after '=' joined by '+'")
+    certs.add_argument(
+        "--perspectives",
+        required=True,
+        metavar="ID[=NAME+NAME],...",
+        help="comma-separated perspective ids; optional extra DNS/IP names for "
+        "a remote's certificate after '=' joined by '+'",
+    )
 
     sub.add_parser("worker", help="run a signing worker (production: one or more processes)")
     check = sub.add_parser(
@@ -104,8 +154,11 @@ def _parser() -> argparse.ArgumentParser:
         "on any FAIL. Exit 0 only when every invariant passes.",
     )
     check.add_argument("--json", action="store_true", help="print the result as JSON")
-    check.add_argument("--at", metavar="ISO8601",
-                       help="evaluate at this time instead of now (e.g. 2026-12-15T00:00Z)")
+    check.add_argument(
+        "--at",
+        metavar="ISO8601",
+        help="evaluate at this time instead of now (e.g. 2026-12-15T00:00Z)",
+    )
     sub.add_parser("init", help="create the development PKI hierarchy under pki_dir")
 
     db = sub.add_parser("db", help="database maintenance")
@@ -153,18 +206,32 @@ def _parser() -> argparse.ArgumentParser:
         "keyCompromise (docs/operations.md). Recorded in the audit trail naming --actor.",
     )
     which_key = block_key.add_mutually_exclusive_group(required=True)
-    which_key.add_argument("--key", type=Path, metavar="PEM",
-                           help="the key: a PEM public key, certificate, CSR or private key")
-    which_key.add_argument("--spki", metavar="SHA256",
-                           help="hex SHA-256 of the key's DER SubjectPublicKeyInfo")
-    block_key.add_argument("--reason", default="",
-                           help="what was reported, e.g. a ticket or the report's source")
-    block_key.add_argument("--compromised-at", metavar="ISO8601",
-                           help="when the key is known to have been compromised: revocation "
-                           "dates move back to it (BR 7.2.2); default: now")
+    which_key.add_argument(
+        "--key",
+        type=Path,
+        metavar="PEM",
+        help="the key: a PEM public key, certificate, CSR or private key",
+    )
+    which_key.add_argument(
+        "--spki", metavar="SHA256", help="hex SHA-256 of the key's DER SubjectPublicKeyInfo"
+    )
+    block_key.add_argument(
+        "--reason", default="", help="what was reported, e.g. a ticket or the report's source"
+    )
+    block_key.add_argument(
+        "--compromised-at",
+        metavar="ISO8601",
+        help="when the key is known to have been compromised: revocation "
+        "dates move back to it (BR 7.2.2); default: now",
+    )
     block_key.add_argument("--actor", help="who decided this (default: the OS user)")
-    block_key.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
-                           help="wait up to SECONDS for a worker to finish the sweep")
+    block_key.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait up to SECONDS for a worker to finish the sweep",
+    )
 
     sub.add_parser("config-doc", help="print the configuration reference (Markdown)")
     return parser
@@ -288,8 +355,11 @@ def _mpic_certs(args: argparse.Namespace) -> int:
     for item in args.perspectives.split(","):
         pid, _, names = item.strip().partition("=")
         if not valid_perspective_id(pid) or pid == "ca":
-            print(f"acme-ca: perspective id {pid!r} must be a lowercase DNS label "
-                  "(not 'primary' or 'ca')", file=sys.stderr)
+            print(
+                f"acme-ca: perspective id {pid!r} must be a lowercase DNS label "
+                "(not 'primary' or 'ca')",
+                file=sys.stderr,
+            )
             return 2
         ids.append(pid)
         extra[pid] = [n for n in names.split("+") if n]
@@ -389,7 +459,8 @@ async def _admin(config: Config, args: argparse.Namespace) -> int:
         return (
             f"{verb}\t{r.serial}\treason={REASON_NAMES.get(r.reason, r.reason)}\t"
             f"revoked_at={when}\taccount={r.account_id}\tnot_after={r.not_after.isoformat()}"
-            f"\tnames={','.join(r.names)}" + ("\tkey_blocked" if r.key_blocked else "")
+            f"\tnames={','.join(r.names)}"
+            + ("\tkey_blocked" if r.key_blocked else "")
             + ("\tprecertificate" if r.precertificate else "")
         )
 
@@ -418,7 +489,6 @@ async def _admin(config: Config, args: argparse.Namespace) -> int:
         what = "would revoke" if args.dry_run else f"revoked by {actor}:"
         print(f"{what} {len(done) if args.dry_run else count} certificate(s) under {args.domain}")
     return 0 if args.domain is not None or count else 1
-
 
 
 async def _admin_block_key(config: Config, args: argparse.Namespace) -> int:
@@ -463,8 +533,10 @@ async def _admin_block_key(config: Config, args: argparse.Namespace) -> int:
             except OperatorRevocationError as exc:
                 print(f"acme-ca: {exc}", file=sys.stderr)
                 return 1
-            print(f"blocked\t{digest.hex()}\tsweep={result.sweep_id}\t"
-                  f"unexpired_certificates={result.certificates}")
+            print(
+                f"blocked\t{digest.hex()}\tsweep={result.sweep_id}\t"
+                f"unexpired_certificates={result.certificates}"
+            )
             sweeps = KeyCompromiseRepository(pool)
             deadline = asyncio.get_running_loop().time() + args.wait
             while True:
@@ -475,9 +547,11 @@ async def _admin_block_key(config: Config, args: argparse.Namespace) -> int:
                 await asyncio.sleep(0.5)
         finally:
             await pool.close()
-    print(f"sweep {sweep.id}: {sweep.status}\trevoked={sweep.revoked}\tupdated={sweep.updated}"
-          f"\tattempts={sweep.attempts}" + (f"\tlast_error={sweep.last_error}"
-                                              if sweep.last_error else ""))
+    print(
+        f"sweep {sweep.id}: {sweep.status}\trevoked={sweep.revoked}\tupdated={sweep.updated}"
+        f"\tattempts={sweep.attempts}"
+        + (f"\tlast_error={sweep.last_error}" if sweep.last_error else "")
+    )
     return 0 if sweep.status == "done" or not args.wait else 3
 
 

@@ -302,8 +302,9 @@ class Config:
         "", "`acme-ca remote-va`: this perspective's RIR (ARIN, RIPE, APNIC, LACNIC, AFRINIC)."
     )
     remote_va_client_ca: Path | None = _key(
-        None, "`acme-ca remote-va`: CA certificate that must have issued the primary's client "
-        "certificate; other clients are refused."
+        None,
+        "`acme-ca remote-va`: CA certificate that must have issued the primary's client "
+        "certificate; other clients are refused.",
     )
     ct_log_list: Path | None = _key(
         None,
@@ -397,7 +398,8 @@ class Config:
             raise ConfigError("challenge_wait_seconds and finalize_wait_seconds must be 0..30")
         if min(self.pkcs11_sessions, self.worker_poll_seconds, self.worker_concurrency) < 1:
             raise ConfigError(
-                "pkcs11_sessions, worker_poll_seconds and worker_concurrency must be positive")
+                "pkcs11_sessions, worker_poll_seconds and worker_concurrency must be positive"
+            )
         if not self.status_base_url.startswith("http://"):
             raise ConfigError("status_base_url must be a plain http:// URL (BR 7.1.2.7.7)")
         if not 1 <= self.crl_validity_hours <= 240:

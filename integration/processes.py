@@ -111,7 +111,12 @@ class LoggedProcess:
 
     @classmethod
     def spawn(
-        cls, name: str, argv: Sequence[str], *, log_dir: Path, env: Mapping[str, str],
+        cls,
+        name: str,
+        argv: Sequence[str],
+        *,
+        log_dir: Path,
+        env: Mapping[str, str],
         **popen: Any,
     ) -> Self:
         """Start ``argv`` with stdin closed and its output in ``log_dir/name.stdout|stderr``;
@@ -123,15 +128,20 @@ class LoggedProcess:
         err = stderr_path.open("wb")
         try:
             proc = subprocess.Popen(
-                list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=dict(env),
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                env=dict(env),
                 **popen,
             )
         except BaseException:
             out.close()
             err.close()
             raise
-        return cls(name=name, proc=proc, stdout_path=stdout_path, stderr_path=stderr_path,
-                   files=[out, err])
+        return cls(
+            name=name, proc=proc, stdout_path=stdout_path, stderr_path=stderr_path, files=[out, err]
+        )
 
     @property
     def pid(self) -> int:

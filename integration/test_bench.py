@@ -71,13 +71,21 @@ def _run_bench(target: str, workdir: Path) -> dict[str, Any]:
     table = workdir / "bench.md"
     run = subprocess.run(
         [
-            sys.executable, "-m", "integration.bench",
-            "--targets", target,
-            "--levels", "1",
-            "--duration", str(DURATION),
-            "--json", str(out),
-            "--markdown", str(table),
-            "--workdir", str(workdir / "runs"),
+            sys.executable,
+            "-m",
+            "integration.bench",
+            "--targets",
+            target,
+            "--levels",
+            "1",
+            "--duration",
+            str(DURATION),
+            "--json",
+            str(out),
+            "--markdown",
+            str(table),
+            "--workdir",
+            str(workdir / "runs"),
         ],
         cwd=REPO,
         capture_output=True,
@@ -134,11 +142,13 @@ def test_bench_acme_ca_production_shape(workdir: Path) -> None:
     assert set(level["infra_cpu"]) == {"dns", "ct_logs"}
     # Signed by the separate worker (in the HSM), never by serve; SCTs from the helper's logs.
     logs = Path(result["details"]["logs"])
-    issued = [e for e in read_log_events(logs / "worker.stdout")
-              if e.get("event") == "certificate.issued"]
+    issued = [
+        e for e in read_log_events(logs / "worker.stdout") if e.get("event") == "certificate.issued"
+    ]
     assert len(issued) >= level["issuances"]
-    assert not [e for e in read_log_events(logs / "serve.stdout")
-                if e.get("event") == "certificate.issued"]
+    assert not [
+        e for e in read_log_events(logs / "serve.stdout") if e.get("event") == "certificate.issued"
+    ]
     ct_events = read_log_events(logs / "ct-logs.stdout")
     logged = Counter(e.get("log") for e in ct_events if e.get("event") == "ct_log.logged")
     assert len(logged) >= 2 and min(logged.values()) >= 1, ct_events[-3:]
@@ -191,32 +201,76 @@ class _Outcome:
 
 def test_report_ratios_and_stopped_servers() -> None:
     options = Options([1, 200], 30, 60, ["pebble", "acme_ca"], 10, None, None, None)
-    pebble = TargetResult("pebble", {"shape": "x"}, [
-        LevelResult("pebble", 1, 30, _Outcome(1, 30, 300, [0.1] * 300, per_second=10.0,
-                                               p50=0.1, p90=0.1, p99=0.1), cpu_seconds=3.0),
-        LevelResult("pebble", 200, 60, _Outcome(200, 60, 0, stopped_answering=True,
-                                                errors=Counter(timeout=5)),
-                    cpu_seconds=1.0, stopped_answering=True),
-    ])
-    ours = TargetResult("acme_ca", {"shape": "y"}, [
-        LevelResult("acme_ca", 1, 30, _Outcome(1, 30, 150, [0.2] * 150, per_second=5.0,
-                                                p50=0.2, p90=0.2, p99=0.2), cpu_seconds=6.0),
-        LevelResult("acme_ca", 200, 60, _Outcome(200, 60, 600, per_second=10.0,
-                                                  errors=Counter(badNonce=2, timeout=1)),
-                    cpu_seconds=30.0),
-    ])
-    machine = {k: "?" for k in ("date", "cpu_count", "cpu_model", "memory", "os", "kernel",
-                                "python", "pebble", "postgresql", "softhsm2",
-                                "acme_ca_commit")}
+    pebble = TargetResult(
+        "pebble",
+        {"shape": "x"},
+        [
+            LevelResult(
+                "pebble",
+                1,
+                30,
+                _Outcome(1, 30, 300, [0.1] * 300, per_second=10.0, p50=0.1, p90=0.1, p99=0.1),
+                cpu_seconds=3.0,
+            ),
+            LevelResult(
+                "pebble",
+                200,
+                60,
+                _Outcome(200, 60, 0, stopped_answering=True, errors=Counter(timeout=5)),
+                cpu_seconds=1.0,
+                stopped_answering=True,
+            ),
+        ],
+    )
+    ours = TargetResult(
+        "acme_ca",
+        {"shape": "y"},
+        [
+            LevelResult(
+                "acme_ca",
+                1,
+                30,
+                _Outcome(1, 30, 150, [0.2] * 150, per_second=5.0, p50=0.2, p90=0.2, p99=0.2),
+                cpu_seconds=6.0,
+            ),
+            LevelResult(
+                "acme_ca",
+                200,
+                60,
+                _Outcome(200, 60, 600, per_second=10.0, errors=Counter(badNonce=2, timeout=1)),
+                cpu_seconds=30.0,
+            ),
+        ],
+    )
+    machine = {
+        k: "?"
+        for k in (
+            "date",
+            "cpu_count",
+            "cpu_model",
+            "memory",
+            "os",
+            "kernel",
+            "python",
+            "pebble",
+            "postgresql",
+            "softhsm2",
+            "acme_ca_commit",
+        )
+    }
     text = markdown([pebble, ours], options, machine)
-    rows = {tuple(c.strip() for c in line.strip("|").split("|")[:2]): line
-            for line in text.splitlines() if line.startswith("| 1 ") or
-            line.startswith("| 200 ")}
+    rows = {
+        tuple(c.strip() for c in line.strip("|").split("|")[:2]): line
+        for line in text.splitlines()
+        if line.startswith("| 1 ") or line.startswith("| 200 ")
+    }
     assert rows[("1", "issuances/s (higher is better)")].endswith("| 10.00 | 5.00 | 0.50 |")
     assert rows[("1", "p50 latency ms (lower is better)")].endswith("| 100.0 | 200.0 | 2.00 |")
     assert rows[("1", "CPU ms/issuance (lower is better)")].endswith("| 10.0 | 40.0 | 4.00 |")
     assert rows[("1", "errors (by kind)")].endswith("| 0 | 0 |  |")
     assert rows[("200", "issuances/s (higher is better)")].endswith(
-        "| stopped answering | 10.00 | — |")
+        "| stopped answering | 10.00 | — |"
+    )
     assert rows[("200", "errors (by kind)")].endswith(
-        "| stopped answering | badNonce 2, timeout 1 |  |")
+        "| stopped answering | badNonce 2, timeout 1 |  |"
+    )

@@ -44,12 +44,12 @@ def _order(directory_url: str, key: ec.EllipticCurvePrivateKey) -> str:
     net = client.ClientNetwork(account_key, alg=ES256, user_agent="acme-ca-ct-test")
     acme = client.ClientV2(client.ClientV2.get_directory(directory_url, net), net)
     acme.new_account(messages.NewRegistration.from_data(terms_of_service_agreed=True))
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     order = acme.new_order(acme_crypto.make_csr(pem, NAMES))
     for authz in order.authorizations:
-        challb = next(c for c in authz.body.challenges
-                      if isinstance(c.chall, challenges.HTTP01))
+        challb = next(c for c in authz.body.challenges if isinstance(c.chall, challenges.HTTP01))
         acme.answer_challenge(challb, challb.chall.response(account_key))
     deadline = dt.datetime.now() + dt.timedelta(seconds=60)
     done = acme.poll_and_finalize(order, deadline)
@@ -57,20 +57,40 @@ def _order(directory_url: str, key: ec.EllipticCurvePrivateKey) -> str:
     return fullchain
 
 
-def _openssl_ct(tmp: Path, chain_pem: str, key: ec.EllipticCurvePrivateKey, root: Path,
-                ctlogs: Path) -> str:
+def _openssl_ct(
+    tmp: Path, chain_pem: str, key: ec.EllipticCurvePrivateKey, root: Path, ctlogs: Path
+) -> str:
     leaf, *rest = x509.load_pem_x509_certificates(chain_pem.encode())
     (tmp / "leaf.pem").write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
     (tmp / "chain.pem").write_bytes(
-        b"".join(c.public_bytes(serialization.Encoding.PEM) for c in rest))
-    (tmp / "leaf.key").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
+        b"".join(c.public_bytes(serialization.Encoding.PEM) for c in rest)
+    )
+    (tmp / "leaf.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     port = free_port()
     server = subprocess.Popen(
-        ["openssl", "s_server", "-accept", str(port), "-cert", str(tmp / "leaf.pem"),
-         "-key", str(tmp / "leaf.key"), "-cert_chain", str(tmp / "chain.pem"), "-quiet"],
-        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            "openssl",
+            "s_server",
+            "-accept",
+            str(port),
+            "-cert",
+            str(tmp / "leaf.pem"),
+            "-key",
+            str(tmp / "leaf.key"),
+            "-cert_chain",
+            str(tmp / "chain.pem"),
+            "-quiet",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 15
         while True:
@@ -80,9 +100,24 @@ def _openssl_ct(tmp: Path, chain_pem: str, key: ec.EllipticCurvePrivateKey, root
             assert time.monotonic() < deadline and server.poll() is None, "no s_server"
             time.sleep(0.05)
         run = subprocess.run(
-            ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-CAfile", str(root),
-             "-verify_return_error", "-ct", "-ctlogfile", str(ctlogs)],
-            input="", capture_output=True, text=True, timeout=30, check=False)
+            [
+                "openssl",
+                "s_client",
+                "-connect",
+                f"127.0.0.1:{port}",
+                "-CAfile",
+                str(root),
+                "-verify_return_error",
+                "-ct",
+                "-ctlogfile",
+                str(ctlogs),
+            ],
+            input="",
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
     finally:
         server.kill()
         server.wait(timeout=10)
@@ -90,9 +125,7 @@ def _openssl_ct(tmp: Path, chain_pem: str, key: ec.EllipticCurvePrivateKey, root
     return run.stdout
 
 
-def test_serve_test_mode_certificates_carry_real_verifiable_scts(
-    dsn: str, tmp_path: Path
-) -> None:
+def test_serve_test_mode_certificates_carry_real_verifiable_scts(dsn: str, tmp_path: Path) -> None:
     home = tmp_path / "home"
     port = free_port()
     env = base_env(
@@ -107,8 +140,15 @@ def test_serve_test_mode_certificates_carry_real_verifiable_scts(
     )
     key = ec.generate_private_key(ec.SECP256R1())
     with CaProcesses(tmp_path / "logs") as processes:
-        ca = processes.serve("serve", "--test", "--plain-http", "--listen",
-                             f"127.0.0.1:{port}", env=env, base_url=f"http://127.0.0.1:{port}")
+        ca = processes.serve(
+            "serve",
+            "--test",
+            "--plain-http",
+            "--listen",
+            f"127.0.0.1:{port}",
+            env=env,
+            base_url=f"http://127.0.0.1:{port}",
+        )
         ca.wait_ready(timeout=60)
         started = ca.wait_event("ct.test_logs_started")
         fullchain = _order(ca.directory_url, key)
@@ -127,8 +167,10 @@ def test_serve_test_mode_certificates_carry_real_verifiable_scts(
     assert leaf.not_valid_after_utc - leaf.not_valid_before_utc > dt.timedelta(days=180)
     entry = certificate_precert_entry(
         leaf.tbs_certificate_bytes,
-        issuer.public_key().public_bytes(serialization.Encoding.DER,
-                                         serialization.PublicFormat.SubjectPublicKeyInfo))
+        issuer.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        ),
+    )
     scts = embedded_scts(leaf.tbs_certificate_bytes)
     operators = []
     for sct in scts:
@@ -136,8 +178,11 @@ def test_serve_test_mode_certificates_carry_real_verifiable_scts(
         assert ct_log is not None, "SCT from a log not in home/ct/log_list.json"
         verify_signature(sct, ct_log.public_key, entry)
         operators.append(ct_log.operator)
-    assert sorted(operators) == ["acme-ca test operator A", "acme-ca test operator B",
-                                 "acme-ca test operator C"]
+    assert sorted(operators) == [
+        "acme-ca test operator A",
+        "acme-ca test operator B",
+        "acme-ca test operator C",
+    ]
     assert sorted(s["operator"] for s in issued["scts"]) == sorted(operators)
     assert [e["serial"] for e in precert_events] == [issued["serial"]]
     assert issued["serial"] == format(leaf.serial_number, "x")

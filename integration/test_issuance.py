@@ -229,7 +229,8 @@ def test_certbot_http01_issues_verifiable_lint_clean(
     # against the key of its log in the list the embedded defaults wrote.
     log_list = parse_log_list((home / "ct" / "log_list.json").read_bytes())
     issuer_spki = issuer.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     entry = certificate_precert_entry(leaf.tbs_certificate_bytes, issuer_spki)
     operators = []
     for sct in embedded_scts(leaf.tbs_certificate_bytes):

@@ -94,8 +94,9 @@ class Workers:
 
     def start(self) -> WorkerProcess:
         n = len(self.started) + 1
-        worker = WorkerProcess.spawn(f"worker-{n}", [ACME_CA, "worker"], log_dir=self._logs,
-                                     env=self._env)
+        worker = WorkerProcess.spawn(
+            f"worker-{n}", [ACME_CA, "worker"], log_dir=self._logs, env=self._env
+        )
         worker.number = n
         self.started.append(worker)
         return worker
@@ -211,7 +212,9 @@ async def test_worker_sigkill_mid_job_completes_exactly_once(
                         pytest.fail(
                             f"{left} jobs still unfinished after {TOTAL_SECONDS}s, the last "
                             f"worker alive after {kills} kills\n"
-                            + "\n".join(timeline) + "\n" + worker.tails()
+                            + "\n".join(timeline)
+                            + "\n"
+                            + worker.tails()
                         )
                     await asyncio.sleep(0.1)
                 timeline.append(f"worker #{worker.number} finished the queue")

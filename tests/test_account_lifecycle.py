@@ -82,9 +82,7 @@ class Clients:
     def __init__(self) -> None:
         self._made: list[LibClient] = []
 
-    async def make(
-        self, ca: RunningCa, key: tuple[JWK, JWASignature] | None = None
-    ) -> LibClient:
+    async def make(self, ca: RunningCa, key: tuple[JWK, JWASignature] | None = None) -> LibClient:
         jwk, alg = key or ec_key()
         net = ClientNetwork(key=jwk, alg=alg, user_agent=USER_AGENT)
         responses: list[requests.Response] = []

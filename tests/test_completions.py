@@ -56,7 +56,8 @@ async def test_lost_listener_means_no_wait_then_listens_again(
     try:
         pid = await pool.fetchval(
             "SELECT pid FROM pg_stat_activity WHERE query ILIKE 'LISTEN %' "
-            "AND datname = current_database()")
+            "AND datname = current_database()"
+        )
         assert await pool.fetchval("SELECT pg_terminate_backend($1)", pid)
         for _ in range(100):
             if not completions.listening:

@@ -84,7 +84,11 @@ async def make_revocations(env: StatusEnv, issuer: str) -> None:
                        CASE WHEN i <= revoked OR i > expired THEN {_REASON_SQL} END,
                        now - interval '30 days'
                 FROM p, generate_series(1, expired + 500) AS i""",
-            env.account_id, issuer, env.clock.now(), REVOKED_CERTIFICATES, expired_from,
+            env.account_id,
+            issuer,
+            env.clock.now(),
+            REVOKED_CERTIFICATES,
+            expired_from,
         )
         # A precertificate needs a job, and a job an order of its own.
         await conn.execute(
@@ -109,8 +113,11 @@ async def make_revocations(env: StatusEnv, issuer: str) -> None:
                        $2, '\\x3000', now - interval '30 days', now + interval '60 days',
                        now - interval '30 days', now - k * interval '1 second', 4
                 FROM p, n""",
-            env.account_id, issuer, env.clock.now(),
-            PAIRED_PRECERTIFICATES + LONE_PRECERTIFICATES, PAIRED_PRECERTIFICATES,
+            env.account_id,
+            issuer,
+            env.clock.now(),
+            PAIRED_PRECERTIFICATES + LONE_PRECERTIFICATES,
+            PAIRED_PRECERTIFICATES,
         )
 
 
@@ -124,7 +131,8 @@ async def expected_entries(env: StatusEnv, issuer: str) -> dict[int, tuple[datet
            SELECT p.serial, p.revoked_at, coalesce(p.revocation_reason, 0) FROM precertificates p
            WHERE p.issuer = $1 AND p.revoked_at IS NOT NULL AND p.not_after > $2
              AND NOT EXISTS (SELECT 1 FROM certificates c WHERE c.serial = p.serial)""",
-        issuer, env.clock.now(),
+        issuer,
+        env.clock.now(),
     )
     return {int(r["serial"], 16): (r["revoked_at"], r["reason"]) for r in rows}
 
@@ -172,10 +180,15 @@ async def test_br_crl_3_crl_of_100000_entries_built_off_the_loop_in_time(env: St
     assert len(expected) == ENTRIES
 
     async with loop_pulse() as delays:
-        record, seconds = await timed(publish_crl(
-            env.repository, env.authority(issuer), clock=env.clock,
-            validity=env.settings.crl_validity, linter=env.linter,
-        ))
+        record, seconds = await timed(
+            publish_crl(
+                env.repository,
+                env.authority(issuer),
+                clock=env.clock,
+                validity=env.settings.crl_validity,
+                linter=env.linter,
+            )
+        )
     assert record is not None and record.entries == ENTRIES
     assert len(delays) > 10, "the ticker did not run during the publication"
     assert max(delays) < MAX_TICK_DELAY, f"event loop blocked for {max(delays):.3f} s"
@@ -250,7 +263,8 @@ async def test_br_crl_2_entries_encoded_byte_for_byte_as_cryptography(
     drawn = draw_up_crl(authority, 42, RevokedEntries.of(entries), this_update, next_update)
     reference = throwaway_signed_crl(
         crl_builder(authority, 42, entries, this_update, next_update),
-        authority.signer, authority.hash,
+        authority.signer,
+        authority.hash,
     )
     assert drawn.tbs == reference.tbs_certlist_bytes
     assert drawn.entries == len(entries)

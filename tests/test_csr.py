@@ -25,15 +25,23 @@ EC_KEY = ec.generate_private_key(ec.SECP256R1())
 
 def spki(key: object) -> bytes:
     assert hasattr(key, "public_bytes")
-    out: bytes = key.public_bytes(serialization.Encoding.DER,
-                                  serialization.PublicFormat.SubjectPublicKeyInfo)
+    out: bytes = key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     return out
 
 
-def build(names: list[str] = NAMES, *, key: object = EC_KEY, cn: str | None = None,
-          extra: list[x509.GeneralName] | None = None, san: bool = True) -> bytes:
+def build(
+    names: list[str] = NAMES,
+    *,
+    key: object = EC_KEY,
+    cn: str | None = None,
+    extra: list[x509.GeneralName] | None = None,
+    san: bool = True,
+) -> bytes:
     builder = x509.CertificateSigningRequestBuilder().subject_name(
-        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)] if cn else []))
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)] if cn else [])
+    )
     if san:
         general = [x509.DNSName(n) for n in names] + (extra or [])
         builder = builder.add_extension(x509.SubjectAlternativeName(general), critical=False)
@@ -53,8 +61,9 @@ def policy() -> KeyPolicy:
 
 
 async def run(der: bytes, policy: KeyPolicy, names: list[str] = NAMES) -> object:
-    return await check_csr(der, names, account_spki=spki(ACCOUNT_KEY.public_key()),
-                           key_policy=policy)
+    return await check_csr(
+        der, names, account_spki=spki(ACCOUNT_KEY.public_key()), key_policy=policy
+    )
 
 
 REJECTIONS: list[tuple[str, Callable[[], bytes], str]] = [
@@ -65,26 +74,34 @@ REJECTIONS: list[tuple[str, Callable[[], bytes], str]] = [
     ("duplicate-name", lambda: build([*NAMES, "example.com"]), csr_rules.NAMES_DIFFER),
     ("no-san", lambda: build(san=False, cn="example.com"), csr_rules.NO_SAN),
     ("cn-not-in-san", lambda: build(cn="evil.example.net"), csr_rules.CN_NOT_IN_SAN),
-    ("ip-san", lambda: build(extra=[x509.IPAddress(ipaddress.ip_address("192.0.2.1"))]),
-     csr_rules.OTHER_SAN_TYPES),
-    ("email-san", lambda: build(extra=[x509.RFC822Name("a@example.com")]),
-     csr_rules.OTHER_SAN_TYPES),
+    (
+        "ip-san",
+        lambda: build(extra=[x509.IPAddress(ipaddress.ip_address("192.0.2.1"))]),
+        csr_rules.OTHER_SAN_TYPES,
+    ),
+    (
+        "email-san",
+        lambda: build(extra=[x509.RFC822Name("a@example.com")]),
+        csr_rules.OTHER_SAN_TYPES,
+    ),
     ("account-key", lambda: build(key=ACCOUNT_KEY), csr_rules.ACCOUNT_KEY),
-    ("rsa-1024", lambda: build(key=rsa.generate_private_key(65537, 1024)),
-     csr_rules.KEY_REJECTED),
-    ("rsa-exponent-3", lambda: build(key=rsa.generate_private_key(3, 2048)),
-     csr_rules.KEY_REJECTED),
-    ("p521", lambda: build(key=ec.generate_private_key(ec.SECP521R1())),
-     csr_rules.KEY_REJECTED),
-    ("ed25519", lambda: build(key=ed25519.Ed25519PrivateKey.generate()),
-     csr_rules.UNSUPPORTED_KEY),
+    ("rsa-1024", lambda: build(key=rsa.generate_private_key(65537, 1024)), csr_rules.KEY_REJECTED),
+    (
+        "rsa-exponent-3",
+        lambda: build(key=rsa.generate_private_key(3, 2048)),
+        csr_rules.KEY_REJECTED,
+    ),
+    ("p521", lambda: build(key=ec.generate_private_key(ec.SECP521R1())), csr_rules.KEY_REJECTED),
+    ("ed25519", lambda: build(key=ed25519.Ed25519PrivateKey.generate()), csr_rules.UNSUPPORTED_KEY),
 ]
 
 
-@pytest.mark.parametrize(("make", "reason"), [(m, r) for _, m, r in REJECTIONS],
-                         ids=[i for i, _, _ in REJECTIONS])
-async def test_acme_fin_2_csr_rejections(policy: KeyPolicy, make: Callable[[], bytes],
-                                         reason: str) -> None:
+@pytest.mark.parametrize(
+    ("make", "reason"), [(m, r) for _, m, r in REJECTIONS], ids=[i for i, _, _ in REJECTIONS]
+)
+async def test_acme_fin_2_csr_rejections(
+    policy: KeyPolicy, make: Callable[[], bytes], reason: str
+) -> None:
     with pytest.raises(AcmeError) as caught:
         await run(make(), policy)
     assert caught.value.problem.type == "urn:ietf:params:acme:error:badCSR"
@@ -118,8 +135,9 @@ async def test_br_key_2_blocked_key_refused() -> None:
 async def test_br_key_2_debian_weak_key_list(tmp_path: Path) -> None:
     weak = rsa.generate_private_key(65537, 2048)
     path = tmp_path / "blacklist.RSA-2048"
-    path.write_text("# test list\n" + openssl_blacklist_fingerprint(
-        weak.public_key().public_numbers().n) + "\n")
+    path.write_text(
+        "# test list\n" + openssl_blacklist_fingerprint(weak.public_key().public_numbers().n) + "\n"
+    )
     policy = KeyPolicy(weak_key_blocklist_paths=[path])
     with pytest.raises(AcmeError) as caught:
         await run(build(key=weak), policy)

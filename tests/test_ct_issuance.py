@@ -120,8 +120,10 @@ async def issued(h: Harness, order_id: int) -> Issued:
 
 
 def issuer_spki(h: Harness) -> bytes:
-    return h.issuers.by_name(h.config.ecdsa_issuer).certificate.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    return (
+        h.issuers.by_name(h.config.ecdsa_issuer)
+        .certificate.public_key()
+        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
 
 
@@ -137,8 +139,14 @@ def check_precert_and_final(result: Issued) -> None:
     assert [(e.oid, e.critical, e.value) for e in pre_exts[:-1]] == [
         (e.oid, e.critical, e.value) for e in final_exts[:-1]
     ]
-    for field in ("subject", "issuer", "serial_number", "not_valid_before_utc",
-                  "not_valid_after_utc", "signature_algorithm_oid"):
+    for field in (
+        "subject",
+        "issuer",
+        "serial_number",
+        "not_valid_before_utc",
+        "not_valid_after_utc",
+        "signature_algorithm_oid",
+    ):
         assert getattr(result.precert, field) == getattr(result.cert, field), field
     assert result.precert.public_key() == result.cert.public_key()
     # What the test logs sign (cryptography's DER code) is pyasn1's and ours, byte for byte.
@@ -173,8 +181,9 @@ def verify_with_cryptography(h: Harness, cert: x509.Certificate) -> list[str]:
     for sct in ext.value:
         assert sct.version == x509.certificate_transparency.Version.v1
         assert sct.entry_type == x509.certificate_transparency.LogEntryType.PRE_CERTIFICATE
-        millis = (sct.timestamp.replace(tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)) // \
-            timedelta(milliseconds=1)
+        millis = (
+            sct.timestamp.replace(tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)
+        ) // timedelta(milliseconds=1)
         data = (
             struct.pack(">BBQH", 0, 0, millis, 1)
             + issuer_key_hash
@@ -195,8 +204,12 @@ def verify_with_cryptography(h: Harness, cert: x509.Certificate) -> list[str]:
 
 def listed_logs(h: Harness) -> list[LogListEntry]:
     """Every log entry of the v3 list the logs publish (RFC 6962 and tiled)."""
-    return [e for op in h.logs.log_list()["operators"]
-            for kind in ("logs", "tiled_logs") for e in op[kind]]
+    return [
+        e
+        for op in h.logs.log_list()["operators"]
+        for kind in ("logs", "tiled_logs")
+        for e in op[kind]
+    ]
 
 
 def free_port() -> int:
@@ -214,9 +227,11 @@ def verify_with_openssl(
     issuer = h.issuers.by_name(h.config.ecdsa_issuer)
     files = {
         "leaf.pem": cert.public_bytes(serialization.Encoding.PEM),
-        "leaf.key": key.private_bytes(serialization.Encoding.PEM,
-                                      serialization.PrivateFormat.PKCS8,
-                                      serialization.NoEncryption()),
+        "leaf.key": key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
         "chain.pem": issuer.pem_chain(),
         "root.pem": h.issuers.root.public_bytes(serialization.Encoding.PEM),
         "ctlogs.cnf": openssl_ctlog_config(h.log_list).encode(),
@@ -229,10 +244,22 @@ def verify_with_openssl(
     time.sleep(max(0.0, newest / 1000 + 1.05 - time.time()))
     port = free_port()
     server = subprocess.Popen(
-        ["openssl", "s_server", "-accept", str(port), "-cert", str(tmp_path / "leaf.pem"),
-         "-key", str(tmp_path / "leaf.key"), "-cert_chain", str(tmp_path / "chain.pem"),
-         "-quiet"],
-        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            "openssl",
+            "s_server",
+            "-accept",
+            str(port),
+            "-cert",
+            str(tmp_path / "leaf.pem"),
+            "-key",
+            str(tmp_path / "leaf.key"),
+            "-cert_chain",
+            str(tmp_path / "chain.pem"),
+            "-quiet",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 15
@@ -244,10 +271,23 @@ def verify_with_openssl(
                 pytest.fail("openssl s_server did not start")
             time.sleep(0.05)
         client = subprocess.run(
-            ["openssl", "s_client", "-connect", f"127.0.0.1:{port}",
-             "-CAfile", str(tmp_path / "root.pem"), "-verify_return_error",
-             "-ct", "-ctlogfile", str(tmp_path / "ctlogs.cnf")],
-            input="", capture_output=True, text=True, timeout=30, check=False,
+            [
+                "openssl",
+                "s_client",
+                "-connect",
+                f"127.0.0.1:{port}",
+                "-CAfile",
+                str(tmp_path / "root.pem"),
+                "-verify_return_error",
+                "-ct",
+                "-ctlogfile",
+                str(tmp_path / "ctlogs.cnf"),
+            ],
+            input="",
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
         )
     finally:
         server.kill()
@@ -260,7 +300,10 @@ def verify_with_openssl(
 
 
 async def test_200_day_certificate_has_three_scts_verified_three_ways(
-    pool: asyncpg.Pool, pki_config: Config, issuers: IssuerSet, linter: CertificateLinter,
+    pool: asyncpg.Pool,
+    pki_config: Config,
+    issuers: IssuerSet,
+    linter: CertificateLinter,
     tmp_path: Path,
 ) -> None:
     config = days(pki_config, 200)
@@ -272,7 +315,8 @@ async def test_200_day_certificate_has_three_scts_verified_three_ways(
         final_submissions = {x.name: x.requests["add-chain"] for x in h.logs.logs}
         (tmp_path / "openssl").mkdir()
         openssl_out = await asyncio.to_thread(
-            verify_with_openssl, h, tmp_path / "openssl", result.cert, key)
+            verify_with_openssl, h, tmp_path / "openssl", result.cert, key
+        )
 
     lifetime = result.cert.not_valid_after_utc - result.cert.not_valid_before_utc
     assert lifetime == timedelta(days=200) - timedelta(seconds=1)
@@ -297,17 +341,25 @@ async def test_200_day_certificate_has_three_scts_verified_three_ways(
     assert final_submissions == {"log A": 1, "log B": 1, "log C": 1}
 
     # pkilint (the CLI, as BR 4.3.1.2 linting would run it) on both.
-    for kind, cert in (("DV-PRE-CERTIFICATE", result.precert), ("DV-FINAL-CERTIFICATE",
-                                                                 result.cert)):
+    for kind, cert in (
+        ("DV-PRE-CERTIFICATE", result.precert),
+        ("DV-FINAL-CERTIFICATE", result.cert),
+    ):
         path = tmp_path / f"{kind}.pem"
         path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         run = await asyncio.to_thread(
             subprocess.run,
             [PKILINT, "lint", "-t", kind, "-s", "WARNING", "-f", "JSON", str(path)],
-            capture_output=True, text=True, timeout=60, check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
-        findings = [(f["severity"], f["code"]) for r in json.loads(run.stdout)["results"]
-                    for f in r["finding_descriptions"]]
+        findings = [
+            (f["severity"], f["code"])
+            for r in json.loads(run.stdout)["results"]
+            for f in r["finding_descriptions"]
+        ]
         # Accepted on purpose: a CN (CP profile), and 200 days (BR 6.3.2 SHOULD is 199).
         assert set(findings) == {
             ("WARNING", "cabf.serverauth.dv.common_name_attribute_present"),
@@ -316,17 +368,25 @@ async def test_200_day_certificate_has_three_scts_verified_three_ways(
 
     # The order timeline, step by step, with log, operator and timestamp of each SCT.
     events = await h.pool.fetch(
-        "SELECT event, details FROM audit_events WHERE order_id = $1 ORDER BY id", order_id)
+        "SELECT event, details FROM audit_events WHERE order_id = $1 ORDER BY id", order_id
+    )
     assert [e["event"] for e in events] == [
-        "order.processing", "issuance.prepared", "precertificate.issued", "ct.scts_collected",
-        "certificate.issued"]
+        "order.processing",
+        "issuance.prepared",
+        "precertificate.issued",
+        "ct.scts_collected",
+        "certificate.issued",
+    ]
     summaries = [{k: s[k] for k in ("log", "operator", "timestamp")} for s in stored]
     assert events[3]["details"]["scts"] == summaries
     assert events[4]["details"]["scts"] == summaries
 
 
 async def test_short_certificate_gets_two_scts_from_two_operators(
-    pool: asyncpg.Pool, pki_config: Config, issuers: IssuerSet, linter: CertificateLinter,
+    pool: asyncpg.Pool,
+    pki_config: Config,
+    issuers: IssuerSet,
+    linter: CertificateLinter,
 ) -> None:
     specs = [
         spec("log A1", "operator A"),
@@ -362,7 +422,10 @@ FAULTS: dict[str, dict[str, object]] = {
 
 @pytest.mark.parametrize("fault", list(FAULTS))
 async def test_each_fault_makes_the_ca_move_to_another_log(
-    fault: str, pool: asyncpg.Pool, pki_config: Config, issuers: IssuerSet,
+    fault: str,
+    pool: asyncpg.Pool,
+    pki_config: Config,
+    issuers: IssuerSet,
     linter: CertificateLinter,
 ) -> None:
     specs = [
@@ -392,7 +455,10 @@ async def test_each_fault_makes_the_ca_move_to_another_log(
 
 
 async def test_retry_after_within_the_budget_is_honoured(
-    pool: asyncpg.Pool, pki_config: Config, issuers: IssuerSet, linter: CertificateLinter,
+    pool: asyncpg.Pool,
+    pki_config: Config,
+    issuers: IssuerSet,
+    linter: CertificateLinter,
 ) -> None:
     specs = [spec("busy", "operator A"), spec("log B", "operator B")]
     settings = replace(FAST, timeout=4.0, stagger=10.0)
@@ -414,7 +480,10 @@ async def test_retry_after_within_the_budget_is_honoured(
 
 
 async def test_all_logs_of_one_operator_down(
-    pool: asyncpg.Pool, pki_config: Config, issuers: IssuerSet, linter: CertificateLinter,
+    pool: asyncpg.Pool,
+    pki_config: Config,
+    issuers: IssuerSet,
+    linter: CertificateLinter,
 ) -> None:
     specs = [
         spec("log A1", "operator A"),
@@ -437,7 +506,10 @@ async def test_all_logs_of_one_operator_down(
 
 
 async def test_no_log_covering_not_after_means_no_issuance(
-    pool: asyncpg.Pool, pki_config: Config, issuers: IssuerSet, linter: CertificateLinter,
+    pool: asyncpg.Pool,
+    pki_config: Config,
+    issuers: IssuerSet,
+    linter: CertificateLinter,
 ) -> None:
     soon = NOW + timedelta(days=30)
     specs = [
@@ -471,17 +543,25 @@ async def test_no_log_covering_not_after_means_no_issuance(
     assert await pool.fetchval("SELECT count(*) FROM precertificates") == 0
     job = await job_of(pool, order_id)
     assert job["status"] == "failed" and job["error"]["reason"] == "certificate transparency"
-    events = [r["event"] for r in await pool.fetch(
-        "SELECT event FROM audit_events WHERE order_id = $1 ORDER BY id", order_id)]
+    events = [
+        r["event"]
+        for r in await pool.fetch(
+            "SELECT event FROM audit_events WHERE order_id = $1 ORDER BY id", order_id
+        )
+    ]
     assert events == ["order.processing", "ct.deferred", "issuance.failed"]
 
 
 async def test_policy_not_met_retries_with_the_same_precertificate_then_fails_at_deadline(
-    pool: asyncpg.Pool, pki_config: Config, issuers: IssuerSet, linter: CertificateLinter,
+    pool: asyncpg.Pool,
+    pki_config: Config,
+    issuers: IssuerSet,
+    linter: CertificateLinter,
 ) -> None:
     specs = [spec("log A", "operator A"), spec("log B", "operator B")]
-    slow_backoff = replace(FAST, retry_initial=timedelta(seconds=30),
-                           retry_max=timedelta(seconds=30))
+    slow_backoff = replace(
+        FAST, retry_initial=timedelta(seconds=30), retry_max=timedelta(seconds=30)
+    )
     async with harness(pool, days(pki_config, 90), issuers, linter, specs, slow_backoff) as h:
         h.logs["log B"].faults.corrupt_signature = True
         first, _ = await h.queue(["ct-retry.example.com"])
@@ -493,8 +573,10 @@ async def test_policy_not_met_retries_with_the_same_precertificate_then_fails_at
             assert job["status"] == "queued" and job["deferrals"] == 1, job
             assert job["precert_der"] is not None and job["tbs_der"] is None
             assert any("SCT rejected" in r for r in job["error"]["reasons"]), job["error"]
-        precerts = {r["order_id"]: bytes(r["der"]) for r in await pool.fetch(
-            "SELECT order_id, der FROM precertificates")}
+        precerts = {
+            r["order_id"]: bytes(r["der"])
+            for r in await pool.fetch("SELECT order_id, der FROM precertificates")
+        }
         assert set(precerts) == {first, second}
 
         # A precertificate counts as issued: OCSP answers for its serial from now on.
@@ -502,13 +584,22 @@ async def test_policy_not_met_retries_with_the_same_precertificate_then_fails_at
         job = await job_of(pool, second)
         found = await status.certificate_status(h.config.ecdsa_issuer, job["serial"])
         assert found is not None and found.revoked_at is None
-        updater = StatusUpdater(status, issuers, linter, SystemClock(), StatusSettings(
-            crl_validity=timedelta(hours=96), crl_interval=timedelta(hours=24),
-            ocsp_validity=timedelta(hours=96)))
+        updater = StatusUpdater(
+            status,
+            issuers,
+            linter,
+            SystemClock(),
+            StatusSettings(
+                crl_validity=timedelta(hours=96),
+                crl_interval=timedelta(hours=24),
+                ocsp_validity=timedelta(hours=96),
+            ),
+        )
         await updater.refresh_ocsp()
         for algorithm in ("sha1", "sha256"):
-            response = await status.get_ocsp_response(h.config.ecdsa_issuer, job["serial"],
-                                                      algorithm)
+            response = await status.get_ocsp_response(
+                h.config.ecdsa_issuer, job["serial"], algorithm
+            )
             assert response is not None and response.status == "good"
 
         # The first order: the log recovers and the retry embeds SCTs for the same
@@ -520,15 +611,16 @@ async def test_policy_not_met_retries_with_the_same_precertificate_then_fails_at
         assert result.precert.public_bytes(serialization.Encoding.DER) == precerts[first]
         assert result.job["attempts"] == 2 and result.job["deferrals"] == 1
         submitted = to_millis(result.job["ct_submitted_at"])
-        assert all(s.timestamp >= submitted - 5000 for s in
-                   embedded_scts(result.cert.tbs_certificate_bytes))
+        assert all(
+            s.timestamp >= submitted - 5000
+            for s in embedded_scts(result.cert.tbs_certificate_bytes)
+        )
         assert sorted(verify_own(h, result.cert)) == ["log A", "log B"]
 
         # The second: still failing at its deadline, the order becomes invalid with a clear
         # error; the precertificate stays recorded.
         h.logs["log B"].faults.unavailable = True
-        await pool.execute("UPDATE issuance_jobs SET retry_at = now() WHERE order_id = $1",
-                           second)
+        await pool.execute("UPDATE issuance_jobs SET retry_at = now() WHERE order_id = $1", second)
         assert await h.worker("w2", settings=replace(FAST, deadline=timedelta(0))).run_once()
     order = await order_of(pool, second)
     assert order["status"] == "invalid"
@@ -539,12 +631,14 @@ async def test_policy_not_met_retries_with_the_same_precertificate_then_fails_at
     assert any("HTTP 503" in r for r in job["error"]["reasons"]), job["error"]
     rows = await pool.fetch("SELECT der FROM precertificates WHERE order_id = $1", second)
     assert [bytes(r["der"]) for r in rows] == [precerts[second]]
-    assert await pool.fetchval("SELECT count(*) FROM certificates WHERE order_id = $1",
-                               second) == 0
+    assert await pool.fetchval("SELECT count(*) FROM certificates WHERE order_id = $1", second) == 0
 
 
 async def test_static_ct_api_sct_is_embedded_byte_for_byte(
-    pool: asyncpg.Pool, pki_config: Config, issuers: IssuerSet, linter: CertificateLinter,
+    pool: asyncpg.Pool,
+    pki_config: Config,
+    issuers: IssuerSet,
+    linter: CertificateLinter,
 ) -> None:
     specs = [spec("log A", "operator A"), spec("tiled B", "operator B", "static-ct-api")]
     async with harness(pool, days(pki_config, 90), issuers, linter, specs) as h:
@@ -558,10 +652,12 @@ async def test_static_ct_api_sct_is_embedded_byte_for_byte(
         responses = tiled.responses()
     indexes = []
     for result in answers:
-        (embedded,) = [s for s in embedded_scts(result.cert.tbs_certificate_bytes)
-                       if s.log_id == tiled.log_id]
-        given = next(r for r in responses
-                     if base64.b64decode(r["signature"])[4:] == embedded.signature)
+        (embedded,) = [
+            s for s in embedded_scts(result.cert.tbs_certificate_bytes) if s.log_id == tiled.log_id
+        ]
+        given = next(
+            r for r in responses if base64.b64decode(r["signature"])[4:] == embedded.signature
+        )
         assert base64.b64encode(embedded.extensions).decode() == given["extensions"]
         assert embedded.timestamp == given["timestamp"]
         # leaf_index extension: type 0, 5-byte big-endian index (c2sp.org/static-ct-api).
@@ -603,7 +699,10 @@ class DiesAfterSigningPrecert(IssuanceRepository):
 
 
 async def test_crash_between_precertificate_and_certificate_resumes_with_the_same_ones(
-    pool: asyncpg.Pool, pki_config: Config, issuers: IssuerSet, linter: CertificateLinter,
+    pool: asyncpg.Pool,
+    pki_config: Config,
+    issuers: IssuerSet,
+    linter: CertificateLinter,
 ) -> None:
     async with harness(pool, days(pki_config, 90), issuers, linter, three_operators()) as h:
         # (a) Killed after the precertificate was recorded, before any SCT.
@@ -650,7 +749,8 @@ async def test_crash_between_precertificate_and_certificate_resumes_with_the_sam
         assert result.cert.tbs_certificate_bytes == bytes(before["tbs_der"])
         assert result.row["scts"] == before["scts"]
         assert sum(x.requests["add-pre-chain"] for x in h.logs.logs) == requests, (
-            "SCTs were collected again")
+            "SCTs were collected again"
+        )
 
         # (c) Killed between the HSM's precertificate signature and its record: the next
         # worker signs the same TBS again and records one precertificate.
@@ -663,8 +763,12 @@ async def test_crash_between_precertificate_and_certificate_resumes_with_the_sam
         result = await issued(h, c)
         assert result.precert.tbs_certificate_bytes == bytes(before["precert_tbs_der"])
     for order_id in (a, b, c):
-        events = [r["event"] for r in await pool.fetch(
-            "SELECT event FROM audit_events WHERE order_id = $1 ORDER BY id", order_id)]
+        events = [
+            r["event"]
+            for r in await pool.fetch(
+                "SELECT event FROM audit_events WHERE order_id = $1 ORDER BY id", order_id
+            )
+        ]
         assert events.count("issuance.prepared") == 1
         assert events.count("precertificate.issued") == 1
         assert events.count("certificate.issued") == 1
@@ -672,7 +776,10 @@ async def test_crash_between_precertificate_and_certificate_resumes_with_the_sam
 
 
 async def test_lease_lost_during_collection_leaves_the_job_to_its_new_owner(
-    pool: asyncpg.Pool, pki_config: Config, issuers: IssuerSet, linter: CertificateLinter,
+    pool: asyncpg.Pool,
+    pki_config: Config,
+    issuers: IssuerSet,
+    linter: CertificateLinter,
 ) -> None:
     """A worker whose lease lapsed while logs were slow finds the job taken over and
     records nothing of its own."""
@@ -688,8 +795,10 @@ async def test_lease_lost_during_collection_leaves_the_job_to_its_new_owner(
         assert await asyncio.wait_for(slow, 10)
         result = await issued(h, order_id)
     assert result.job["attempts"] == 2
-    assert await pool.fetchval(
-        "SELECT count(*) FROM audit_events WHERE event = 'ct.scts_collected'") == 1
+    assert (
+        await pool.fetchval("SELECT count(*) FROM audit_events WHERE event = 'ct.scts_collected'")
+        == 1
+    )
 
 
 # --------------------------------------------------------------------------- lint, list
@@ -697,12 +806,15 @@ async def test_lease_lost_during_collection_leaves_the_job_to_its_new_owner(
 
 @pytest.fixture(scope="module")
 def internal_pki_config(tmp_path_factory: pytest.TempPathFactory) -> Config:
-    return make_pki_config(tmp_path_factory.mktemp("ct-pki-internal"),
-                           status_base_url=INTERNAL_STATUS_URL)
+    return make_pki_config(
+        tmp_path_factory.mktemp("ct-pki-internal"), status_base_url=INTERNAL_STATUS_URL
+    )
 
 
 async def test_precertificate_lint_error_signs_nothing(
-    pool: asyncpg.Pool, internal_pki_config: Config, linter: CertificateLinter,
+    pool: asyncpg.Pool,
+    internal_pki_config: Config,
+    linter: CertificateLinter,
 ) -> None:
     async with await load_issuers(internal_pki_config) as loaded:
         counted, signers = wrap_issuers(loaded)
@@ -719,7 +831,10 @@ async def test_precertificate_lint_error_signs_nothing(
 
 
 async def test_log_list_file_is_reloaded_without_restart(
-    pool: asyncpg.Pool, pki_config: Config, issuers: IssuerSet, linter: CertificateLinter,
+    pool: asyncpg.Pool,
+    pki_config: Config,
+    issuers: IssuerSet,
+    linter: CertificateLinter,
     tmp_path: Path,
 ) -> None:
     async with TestCtLogs(three_operators(), accepted_roots(pki_config)) as logs:
@@ -750,8 +865,9 @@ async def test_run_worker_refuses_to_start_without_a_log_list(pki_config: Config
 
     with pytest.raises(RuntimeError, match="ct_log_list"):
         ct_log_source(pki_config, None)
-    assert isinstance(ct_log_source(replace(pki_config, ct_log_list=Path("x.json")), None),
-                      FileLogList)
+    assert isinstance(
+        ct_log_source(replace(pki_config, ct_log_list=Path("x.json")), None), FileLogList
+    )
     assert timedelta(seconds=FAST.timeout * 3) < DEFAULT_LEASE
 
 
@@ -769,7 +885,10 @@ class CountingLinter(CertificateLinter):
 
 @pytest.mark.parametrize("lint_final", [False, True])
 async def test_br_lint_1_precertificate_linted_final_only_on_request(
-    pool: asyncpg.Pool, pki_config: Config, issuers: IssuerSet, linter: CertificateLinter,
+    pool: asyncpg.Pool,
+    pki_config: Config,
+    issuers: IssuerSet,
+    linter: CertificateLinter,
     lint_final: bool,
 ) -> None:
     """BR 4.3.1.2: the precertificate is always linted; the final certificate, whose TBS is
@@ -780,8 +899,10 @@ async def test_br_lint_1_precertificate_linted_final_only_on_request(
         order_id, _ = await h.queue(["lint-final.example.com"])
         assert await h.worker(linter=counting, lint_final=lint_final).run_once()
         result = await issued(h, order_id)
-    expected = ["DV-PRE-CERTIFICATE", "DV-FINAL-CERTIFICATE"] if lint_final else [
-        "DV-PRE-CERTIFICATE"]
+    expected = (
+        ["DV-PRE-CERTIFICATE", "DV-FINAL-CERTIFICATE"] if lint_final else ["DV-PRE-CERTIFICATE"]
+    )
     assert counting.kinds == expected
     assert result.cert.tbs_precertificate_bytes == remove_poison(
-        result.precert.tbs_certificate_bytes)
+        result.precert.tbs_certificate_bytes
+    )

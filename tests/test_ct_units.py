@@ -63,38 +63,55 @@ class Pki:
     def __init__(self) -> None:
         self.root_key = ec.generate_private_key(ec.SECP256R1())
         self.root = (
-            x509.CertificateBuilder().subject_name(_name("Root")).issuer_name(_name("Root"))
-            .public_key(self.root_key.public_key()).serial_number(1)
-            .not_valid_before(NOW - timedelta(days=1)).not_valid_after(NOW + timedelta(days=3650))
+            x509.CertificateBuilder()
+            .subject_name(_name("Root"))
+            .issuer_name(_name("Root"))
+            .public_key(self.root_key.public_key())
+            .serial_number(1)
+            .not_valid_before(NOW - timedelta(days=1))
+            .not_valid_after(NOW + timedelta(days=3650))
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .sign(self.root_key, hashes.SHA256())
         )
         self.ca_key = ec.generate_private_key(ec.SECP256R1())
         self.ca = (
-            x509.CertificateBuilder().subject_name(_name("Issuing CA")).issuer_name(_name("Root"))
-            .public_key(self.ca_key.public_key()).serial_number(2)
-            .not_valid_before(NOW - timedelta(days=1)).not_valid_after(NOW + timedelta(days=3000))
+            x509.CertificateBuilder()
+            .subject_name(_name("Issuing CA"))
+            .issuer_name(_name("Root"))
+            .public_key(self.ca_key.public_key())
+            .serial_number(2)
+            .not_valid_before(NOW - timedelta(days=1))
+            .not_valid_after(NOW + timedelta(days=3000))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .sign(self.root_key, hashes.SHA256())
         )
         self.subscriber_key = ec.generate_private_key(ec.SECP256R1())
 
     def leaf(
-        self, *, poison: bool = True, critical_poison: bool = True,
-        eku: list[x509.ObjectIdentifier] | None = None, days: int = 90,
-        key: ec.EllipticCurvePrivateKey | None = None, serial: int = 0x1234567890ABCDEF,
+        self,
+        *,
+        poison: bool = True,
+        critical_poison: bool = True,
+        eku: list[x509.ObjectIdentifier] | None = None,
+        days: int = 90,
+        key: ec.EllipticCurvePrivateKey | None = None,
+        serial: int = 0x1234567890ABCDEF,
         extra: Sequence[x509.ExtensionType] = (),
     ) -> x509.Certificate:
         builder = (
-            x509.CertificateBuilder().subject_name(_name("leaf.example.com"))
+            x509.CertificateBuilder()
+            .subject_name(_name("leaf.example.com"))
             .issuer_name(self.ca.subject)
             .public_key(self.subscriber_key.public_key())
             .serial_number(serial)
-            .not_valid_before(NOW).not_valid_after(NOW + timedelta(days=days))
-            .add_extension(x509.ExtendedKeyUsage(eku or [ExtendedKeyUsageOID.SERVER_AUTH]),
-                           critical=False)
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("leaf.example.com")]),
-                           critical=False)
+            .not_valid_before(NOW)
+            .not_valid_after(NOW + timedelta(days=days))
+            .add_extension(
+                x509.ExtendedKeyUsage(eku or [ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+            )
+            .add_extension(
+                x509.SubjectAlternativeName([x509.DNSName("leaf.example.com")]), critical=False
+            )
         )
         if poison:
             builder = builder.add_extension(x509.PrecertPoison(), critical=critical_poison)
@@ -104,7 +121,8 @@ class Pki:
 
     def spki(self) -> bytes:
         return self.ca.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
 
 
 @pytest.fixture(scope="module")
@@ -112,8 +130,9 @@ def pki() -> Pki:
     return Pki()
 
 
-def _sign_like_a_log(key: ec.EllipticCurvePrivateKey, entry: Any, ext: bytes = b"",
-                     ts: int = 1_700_000_000_000) -> SignedCertificateTimestamp:
+def _sign_like_a_log(
+    key: ec.EllipticCurvePrivateKey, entry: Any, ext: bytes = b"", ts: int = 1_700_000_000_000
+) -> SignedCertificateTimestamp:
     unsigned = SignedCertificateTimestamp(0, log_id_of(_spki(key)), ts, ext, 4, 3, b"")
     signature = key.sign(signed_data(unsigned, entry), ec.ECDSA(hashes.SHA256()))
     return SignedCertificateTimestamp(0, unsigned.log_id, ts, ext, 4, 3, signature)
@@ -121,7 +140,8 @@ def _sign_like_a_log(key: ec.EllipticCurvePrivateKey, entry: Any, ext: bytes = b
 
 def _spki(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def _der(cert: x509.Certificate) -> bytes:
@@ -132,8 +152,9 @@ def _der(cert: x509.Certificate) -> bytes:
 
 
 def test_sct_tls_encoding_round_trips_and_keeps_extensions() -> None:
-    sct = SignedCertificateTimestamp(0, os.urandom(32), 1_795_000_000_123,
-                                     b"\x00\x00\x05\x00\x00\x00\x01\x02", 4, 3, b"sig" * 24)
+    sct = SignedCertificateTimestamp(
+        0, os.urandom(32), 1_795_000_000_123, b"\x00\x00\x05\x00\x00\x00\x01\x02", 4, 3, b"sig" * 24
+    )
     raw = sct.encode()
     assert raw[0] == 0 and raw[1:33] == sct.log_id
     assert int.from_bytes(raw[33:41], "big") == sct.timestamp
@@ -147,9 +168,13 @@ def test_sct_tls_encoding_round_trips_and_keeps_extensions() -> None:
         SignedCertificateTimestamp.decode(raw + b"\x00")
     with pytest.raises(SctError):
         decode_sct_list(b"\x00\x00")
-    body = {"sct_version": 0, "id": base64.b64encode(sct.log_id).decode(),
-            "timestamp": sct.timestamp, "extensions": base64.b64encode(sct.extensions).decode(),
-            "signature": base64.b64encode(sct.digitally_signed()).decode()}
+    body = {
+        "sct_version": 0,
+        "id": base64.b64encode(sct.log_id).decode(),
+        "timestamp": sct.timestamp,
+        "extensions": base64.b64encode(sct.extensions).decode(),
+        "signature": base64.b64encode(sct.digitally_signed()).decode(),
+    }
     assert SignedCertificateTimestamp.from_json(body) == sct
     with pytest.raises(SctError):
         SignedCertificateTimestamp.from_json({**body, "signature": "!!"})
@@ -166,7 +191,8 @@ def test_poison_removal_matches_pyasn1_and_final_tbs_matches_cryptography(pki: P
     tbs = final_tbs(precert.tbs_certificate_bytes, scts)
     signature = pki.ca_key.sign(tbs, ec.ECDSA(hashes.SHA256()))
     final = x509.load_der_x509_certificate(
-        assemble_signed(tbs, tbs_signature_algorithm(tbs), signature))
+        assemble_signed(tbs, tbs_signature_algorithm(tbs), signature)
+    )
     final.verify_directly_issued_by(pki.ca)
     # cryptography strips the SCT list: what remains is exactly what the logs signed.
     assert final.tbs_precertificate_bytes == entry.tbs_certificate
@@ -187,24 +213,32 @@ def test_test_log_poison_removal_is_pyasn1s_and_rfc6962s(pki: Pki) -> None:
         pki.leaf().tbs_precertificate_bytes  # noqa: B018 - why _without_poison renames
     poison_der = ct_log_module._POISON_EXTENSION
     assert poison_der in pki.leaf().tbs_certificate_bytes  # the constant is the real DER
-    hidden = x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.55555.1"),
-                                        b"\x04\x15" + poison_der)
+    hidden = x509.UnrecognizedExtension(
+        x509.ObjectIdentifier("1.3.6.1.4.1.55555.1"), b"\x04\x15" + poison_der
+    )
     precerts = {
         "poison last": (pki.leaf(), pki.leaf(poison=False)),
         # The poison's bytes once more inside another extension: still the right one goes.
         "poison DER in another field": (
-            pki.leaf(extra=[hidden]), pki.leaf(poison=False, extra=[hidden])),
+            pki.leaf(extra=[hidden]),
+            pki.leaf(poison=False, extra=[hidden]),
+        ),
     }
     builder = (
-        x509.CertificateBuilder().subject_name(_name("mid.example")).issuer_name(pki.ca.subject)
-        .public_key(pki.subscriber_key.public_key()).serial_number(77)
-        .not_valid_before(NOW).not_valid_after(NOW + timedelta(days=30))
+        x509.CertificateBuilder()
+        .subject_name(_name("mid.example"))
+        .issuer_name(pki.ca.subject)
+        .public_key(pki.subscriber_key.public_key())
+        .serial_number(77)
+        .not_valid_before(NOW)
+        .not_valid_after(NOW + timedelta(days=30))
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
     )
     san = x509.SubjectAlternativeName([x509.DNSName("mid.example")])
     precerts["poison in the middle"] = (
         builder.add_extension(x509.PrecertPoison(), critical=True)
-        .add_extension(san, critical=False).sign(pki.ca_key, hashes.SHA256()),
+        .add_extension(san, critical=False)
+        .sign(pki.ca_key, hashes.SHA256()),
         builder.add_extension(san, critical=False).sign(pki.ca_key, hashes.SHA256()),
     )
     for why, (precert, plain) in precerts.items():
@@ -225,9 +259,13 @@ def test_test_log_verifies_chain_links_once_and_keeps_at_most_a_few(
 
     def ca(n: int, key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
         return (
-            x509.CertificateBuilder().subject_name(_name(f"CA {n}"))
-            .issuer_name(pki.root.subject).public_key(pki.ca_key.public_key()).serial_number(n)
-            .not_valid_before(NOW).not_valid_after(NOW + timedelta(days=30))
+            x509.CertificateBuilder()
+            .subject_name(_name(f"CA {n}"))
+            .issuer_name(pki.root.subject)
+            .public_key(pki.ca_key.public_key())
+            .serial_number(n)
+            .not_valid_before(NOW)
+            .not_valid_after(NOW + timedelta(days=30))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .sign(key, hashes.SHA256())
         )
@@ -283,33 +321,60 @@ def test_retry_after_header() -> None:
 
 def _log_entry(key: ec.EllipticCurvePrivateKey, **extra: Any) -> dict[str, Any]:
     der = _spki(key)
-    return {"description": extra.pop("description", "a log"),
-            "log_id": base64.b64encode(log_id_of(der)).decode(),
-            "key": base64.b64encode(der).decode(), "mmd": 86400,
-            "state": {"usable": {"timestamp": "2025-01-01T00:00:00Z"}}, **extra}
+    return {
+        "description": extra.pop("description", "a log"),
+        "log_id": base64.b64encode(log_id_of(der)).decode(),
+        "key": base64.b64encode(der).decode(),
+        "mmd": 86400,
+        "state": {"usable": {"timestamp": "2025-01-01T00:00:00Z"}},
+        **extra,
+    }
 
 
 def test_v3_log_list_with_logs_and_tiled_logs() -> None:
     keys = [ec.generate_private_key(ec.SECP256R1()) for _ in range(5)]
     doc = {
-        "version": "42", "log_list_timestamp": "2026-11-01T00:00:00Z",
+        "version": "42",
+        "log_list_timestamp": "2026-11-01T00:00:00Z",
         "operators": [
-            {"name": "Op 1", "email": [], "logs": [
-                _log_entry(keys[0], url="https://ct.example/2027h1", temporal_interval={
-                    "start_inclusive": "2027-01-01T00:00:00Z",
-                    "end_exclusive": "2027-07-01T00:00:00Z"}),
-                _log_entry(keys[1], url="https://ct.example/ro/",
-                           state={"readonly": {"timestamp": "2025-01-01T00:00:00Z",
-                                               "final_tree_head": {}}}),
-            ], "tiled_logs": [
-                _log_entry(keys[2], submission_url="https://tiled.example/",
-                           monitoring_url="https://tiles.example/"),
-            ]},
-            {"name": "Op 2", "logs": [
-                {**_log_entry(keys[3], url="https://bad.example/"),
-                 "log_id": base64.b64encode(b"x" * 32).decode()},  # not the key's hash
-                _log_entry(keys[4], url="https://ok.example/"),
-            ]},
+            {
+                "name": "Op 1",
+                "email": [],
+                "logs": [
+                    _log_entry(
+                        keys[0],
+                        url="https://ct.example/2027h1",
+                        temporal_interval={
+                            "start_inclusive": "2027-01-01T00:00:00Z",
+                            "end_exclusive": "2027-07-01T00:00:00Z",
+                        },
+                    ),
+                    _log_entry(
+                        keys[1],
+                        url="https://ct.example/ro/",
+                        state={
+                            "readonly": {"timestamp": "2025-01-01T00:00:00Z", "final_tree_head": {}}
+                        },
+                    ),
+                ],
+                "tiled_logs": [
+                    _log_entry(
+                        keys[2],
+                        submission_url="https://tiled.example/",
+                        monitoring_url="https://tiles.example/",
+                    ),
+                ],
+            },
+            {
+                "name": "Op 2",
+                "logs": [
+                    {
+                        **_log_entry(keys[3], url="https://bad.example/"),
+                        "log_id": base64.b64encode(b"x" * 32).decode(),
+                    },  # not the key's hash
+                    _log_entry(keys[4], url="https://ok.example/"),
+                ],
+            },
         ],
     }
     parsed = parse_log_list(json.dumps(doc))
@@ -327,9 +392,14 @@ def test_v3_log_list_with_logs_and_tiled_logs() -> None:
     assert not sharded.covers(datetime(2026, 12, 31, tzinfo=UTC))
     usable = parsed.usable_for(datetime(2027, 3, 1, tzinfo=UTC))
     assert [x.submission_url for x in usable] == [
-        "https://ct.example/2027h1/", "https://tiled.example/", "https://ok.example/"]
+        "https://ct.example/2027h1/",
+        "https://tiled.example/",
+        "https://ok.example/",
+    ]
     assert [x.submission_url for x in parsed.usable_for(datetime(2028, 1, 1, tzinfo=UTC))] == [
-        "https://tiled.example/", "https://ok.example/"]
+        "https://tiled.example/",
+        "https://ok.example/",
+    ]
     conf = openssl_ctlog_config(parsed)
     assert conf.startswith("enabled_logs = log0,log1,log2,log3\n")
     assert f"key = {base64.b64encode(_spki(keys[4])).decode()}" in conf
@@ -345,11 +415,28 @@ def test_file_log_list_reloads_and_keeps_the_last_good_list(tmp_path: Path) -> N
     source = FileLogList(path)
     with pytest.raises(LogListError):
         source.current()
-    path.write_text(json.dumps({"operators": [{"name": "A", "logs": [
-        _log_entry(key, url="https://a.example/")]}]}))
+    path.write_text(
+        json.dumps(
+            {"operators": [{"name": "A", "logs": [_log_entry(key, url="https://a.example/")]}]}
+        )
+    )
     assert [x.operator for x in source.current().logs] == ["A"]
-    path.write_text(json.dumps({"operators": [{"name": "B", "logs": [
-        _log_entry(key, url="https://b.example/", description="longer description")]}]}))
+    path.write_text(
+        json.dumps(
+            {
+                "operators": [
+                    {
+                        "name": "B",
+                        "logs": [
+                            _log_entry(
+                                key, url="https://b.example/", description="longer description"
+                            )
+                        ],
+                    }
+                ]
+            }
+        )
+    )
     assert [x.operator for x in source.current().logs] == ["B"]
     path.write_text("{ broken")
     assert [x.operator for x in source.current().logs] == ["B"]
@@ -359,15 +446,36 @@ def test_file_log_list_reloads_and_keeps_the_last_good_list(tmp_path: Path) -> N
 
 
 def test_policy_counts_operators_and_rfc6962_logs() -> None:
-    logs = parse_log_list({"operators": [
-        {"name": op, "logs" if api == "rfc6962" else "tiled_logs": [_log_entry(
-            ec.generate_private_key(ec.SECP256R1()), description=name,
-            **({"url": f"https://{name}/"} if api == "rfc6962" else
-               {"submission_url": f"https://{name}/", "monitoring_url": f"https://{name}/"}))]}
-        for name, op, api in [("a1", "A", "rfc6962"), ("a2", "A", "static"),
-                              ("a3", "A", "rfc6962"), ("b1", "B", "static"),
-                              ("c1", "C", "static")]
-    ]}).logs
+    logs = parse_log_list(
+        {
+            "operators": [
+                {
+                    "name": op,
+                    "logs" if api == "rfc6962" else "tiled_logs": [
+                        _log_entry(
+                            ec.generate_private_key(ec.SECP256R1()),
+                            description=name,
+                            **(
+                                {"url": f"https://{name}/"}
+                                if api == "rfc6962"
+                                else {
+                                    "submission_url": f"https://{name}/",
+                                    "monitoring_url": f"https://{name}/",
+                                }
+                            ),
+                        )
+                    ],
+                }
+                for name, op, api in [
+                    ("a1", "A", "rfc6962"),
+                    ("a2", "A", "static"),
+                    ("a3", "A", "rfc6962"),
+                    ("b1", "B", "static"),
+                    ("c1", "C", "static"),
+                ]
+            ]
+        }
+    ).logs
     a1, a2, a3, b1, c1 = logs
     long = CtPolicy().requirement(timedelta(days=200) - timedelta(seconds=1))
     short = CtPolicy().requirement(timedelta(days=180) - timedelta(seconds=1))
@@ -392,10 +500,14 @@ def test_policy_counts_operators_and_rfc6962_logs() -> None:
 # --------------------------------------------------------------------------- the test log
 
 
-async def _post(session: aiohttp.ClientSession, url: str, chain: list[x509.Certificate]
-                ) -> tuple[int, Any, CIMultiDictProxy[str]]:
-    body = {"chain": [base64.b64encode(c.public_bytes(serialization.Encoding.DER)).decode()
-                      for c in chain]}
+async def _post(
+    session: aiohttp.ClientSession, url: str, chain: list[x509.Certificate]
+) -> tuple[int, Any, CIMultiDictProxy[str]]:
+    body = {
+        "chain": [
+            base64.b64encode(c.public_bytes(serialization.Encoding.DER)).decode() for c in chain
+        ]
+    }
     async with session.post(url, json=body) as response:
         text = await response.text()
         data = json.loads(text) if response.status == 200 else text
@@ -412,12 +524,15 @@ async def test_test_log_accepts_what_rfc6962_allows_and_nothing_else(pki: Pki) -
         plain, tiled = logs["plain"], logs["tiled"]
         async with http.get(plain.url + "ct/v1/get-roots") as response:
             roots = (await response.json())["certificates"]
-        assert roots == [base64.b64encode(pki.root.public_bytes(
-            serialization.Encoding.DER)).decode()]
+        assert roots == [
+            base64.b64encode(pki.root.public_bytes(serialization.Encoding.DER)).decode()
+        ]
         async with http.get(plain.url + "log_list.json") as response:
             listed = parse_log_list(await response.json())
         assert [(x.name, x.api) for x in listed.logs] == [
-            ("plain", "rfc6962"), ("tiled", "static-ct-api")]
+            ("plain", "rfc6962"),
+            ("tiled", "static-ct-api"),
+        ]
 
         precert = pki.leaf()
         pre = plain.url + "ct/v1/add-pre-chain"
@@ -448,14 +563,18 @@ async def test_test_log_accepts_what_rfc6962_allows_and_nothing_else(pki: Pki) -
         status, body, _ = await _post(http, plain.url + "ct/v1/add-chain", [final, pki.ca])
         assert status == 200
         x509_sct = SignedCertificateTimestamp.from_json(body)
-        verify_signature(x509_sct, listed.logs[0].public_key,
-                         X509Entry(final.public_bytes(serialization.Encoding.DER)))
+        verify_signature(
+            x509_sct,
+            listed.logs[0].public_key,
+            X509Entry(final.public_bytes(serialization.Encoding.DER)),
+        )
 
         # static-ct-api: leaf_index extension, one more per new entry.
         indexes = []
         for serial in (101, 102):
-            status, body, _ = await _post(http, tiled.url + "ct/v1/add-pre-chain",
-                                          [pki.leaf(serial=serial), pki.ca])
+            status, body, _ = await _post(
+                http, tiled.url + "ct/v1/add-pre-chain", [pki.leaf(serial=serial), pki.ca]
+            )
             ext = base64.b64decode(body["extensions"])
             assert ext[:3] == b"\x00\x00\x05" and len(ext) == 8
             indexes.append(int.from_bytes(ext[3:], "big"))
@@ -463,8 +582,7 @@ async def test_test_log_accepts_what_rfc6962_allows_and_nothing_else(pki: Pki) -
 
         # Fault knobs.
         tiled.faults.retry_after = 9
-        status, _, headers = await _post(http, tiled.url + "ct/v1/add-pre-chain",
-                                         [precert, pki.ca])
+        status, _, headers = await _post(http, tiled.url + "ct/v1/add-pre-chain", [precert, pki.ca])
         assert status == 429 and headers["Retry-After"] == "9"
         tiled.faults.clear()
         tiled.faults.unavailable = True
@@ -481,9 +599,13 @@ async def test_test_log_checks_every_leaf_after_its_issuer_was_remembered(pki: P
     other = Pki()  # same names ("Issuing CA" under "Root"), other keys
     forger = ec.generate_private_key(ec.SECP256R1())
     root_leaf = (
-        x509.CertificateBuilder().subject_name(_name("direct.example.com"))
-        .issuer_name(pki.root.subject).public_key(pki.subscriber_key.public_key())
-        .serial_number(404).not_valid_before(NOW).not_valid_after(NOW + timedelta(days=30))
+        x509.CertificateBuilder()
+        .subject_name(_name("direct.example.com"))
+        .issuer_name(pki.root.subject)
+        .public_key(pki.subscriber_key.public_key())
+        .serial_number(404)
+        .not_valid_before(NOW)
+        .not_valid_after(NOW + timedelta(days=30))
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
     )
     async with (
@@ -519,10 +641,12 @@ async def test_test_log_checks_every_leaf_after_its_issuer_was_remembered(pki: P
         # Precertificates the poison removal cannot serve are refused, not answered with 500.
         sct = _sign_like_a_log(forger, X509Entry(b"\x30\x00"))
         with_scts = x509.UnrecognizedExtension(
-            ExtensionOID.PRECERT_SIGNED_CERTIFICATE_TIMESTAMPS, sct_list_extension_value([sct]))
+            ExtensionOID.PRECERT_SIGNED_CERTIFICATE_TIMESTAMPS, sct_list_extension_value([sct])
+        )
         status, text, _ = await _post(http, pre, [pki.leaf(serial=305, extra=[with_scts]), pki.ca])
         assert status == 400 and "SCT list" in text, text
         not_null = x509.UnrecognizedExtension(ExtensionOID.PRECERT_POISON, b"\x04\x00")
         status, text, _ = await _post(
-            http, pre, [pki.leaf(serial=306, poison=False, extra=[not_null]), pki.ca])
+            http, pre, [pki.leaf(serial=306, poison=False, extra=[not_null]), pki.ca]
+        )
         assert status == 400 and "malformed extensions" in text, text

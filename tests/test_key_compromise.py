@@ -71,7 +71,9 @@ def pki_config(tmp_path_factory: pytest.TempPathFactory) -> Config:
     """A development hierarchy with status URLs that lint clean; fast worker polling; 90-day
     certificates (two SCTs)."""
     return make_pki_config(
-        tmp_path_factory.mktemp("kc-pki"), status_base_url=STATUS, worker_poll_seconds=1,
+        tmp_path_factory.mktemp("kc-pki"),
+        status_base_url=STATUS,
+        worker_poll_seconds=1,
         validity_days=90,  # two SCTs from the two test logs
     )
 
@@ -182,17 +184,13 @@ def entry_reason(entry: x509.RevokedCertificate) -> x509.ReasonFlags | None:
         return None
 
 
-async def listed_on_crl(
-    pool: asyncpg.Pool, serials: list[str], reason: x509.ReasonFlags
-) -> bool:
+async def listed_on_crl(pool: asyncpg.Pool, serials: list[str], reason: x509.ReasonFlags) -> bool:
     """Every serial is on the issuer's latest CRL with ``reason``."""
     crl = await StatusRepository(pool).latest_crl(ISSUER)
     if crl is None:
         return False
     listed = crl_entries(crl.der)
-    return all(
-        int(s, 16) in listed and entry_reason(listed[int(s, 16)]) == reason for s in serials
-    )
+    return all(int(s, 16) in listed and entry_reason(listed[int(s, 16)]) == reason for s in serials)
 
 
 async def ocsp_answer(world: World, serial: str) -> ocsp.OCSPResponse:
@@ -232,8 +230,7 @@ def p256() -> ec.EllipticCurvePrivateKey:
 async def audit(pool: asyncpg.Pool, event: str) -> list[asyncpg.Record]:
     return list(
         await pool.fetch(
-            "SELECT at, actor, account_id, details FROM audit_events WHERE event = $1 "
-            "ORDER BY id",
+            "SELECT at, actor, account_id, details FROM audit_events WHERE event = $1 ORDER BY id",
             event,
         )
     )
@@ -289,9 +286,9 @@ async def test_br_4_9_1_1_key_compromise_revokes_all_certs_with_key(world: World
             f"SELECT serial, revocation_reason FROM {table} WHERE serial = ANY($1)",
             serials,
         )
-        assert {(r["serial"], r["revocation_reason"]) for r in rows} == {
-            (s, 1) for s in serials
-        }, table
+        assert {(r["serial"], r["revocation_reason"]) for r in rows} == {(s, 1) for s in serials}, (
+            table
+        )
     revoked = await audit(world.pool, "certificate.revoked")
     assert revoked[0]["details"]["serial"] == serials[0]
     assert revoked[0]["actor"] == "certificate-key"
@@ -303,7 +300,8 @@ async def test_br_4_9_1_1_key_compromise_revokes_all_certs_with_key(world: World
         assert event["actor"] == f"key-compromise-sweep:{sweep_id}"
         assert event["details"]["sweep_id"] == sweep_id and event["details"]["reason"] == 1
     assert {e["account_id"] for e in revoked} == {
-        int(alice.kid.rsplit("/", 1)[1]), int(bob.kid.rsplit("/", 1)[1])  # type: ignore[union-attr]
+        int(alice.account_url.rsplit("/", 1)[1]),
+        int(bob.account_url.rsplit("/", 1)[1]),
     }
     assert sweep_done["details"]["revoked"] == 2
 
@@ -349,7 +347,10 @@ async def status_world(
     pool: asyncpg.Pool, issuers: IssuerSet, linter: CertificateLinter, pki_config: Config
 ) -> StatusWorld:
     updater = StatusUpdater(
-        StatusRepository(pool), issuers, linter, SystemClock(),
+        StatusRepository(pool),
+        issuers,
+        linter,
+        SystemClock(),
         StatusSettings.from_config(pki_config),
     )
     sweeper = KeyCompromiseSweeper(KeyCompromiseRepository(pool), SystemClock(), worker_id="t")
@@ -436,8 +437,13 @@ async def run_cli(dsn: str, tmp_path: Path, *args: str) -> tuple[int, str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ACME_CA_")}
     env.update(ACME_CA_DATABASE_URL=dsn, ACME_CA_HOME=str(tmp_path / "home"))
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "acme_ca", *args, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "acme_ca",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
         stdin=asyncio.subprocess.DEVNULL,
     )
     out, err = await asyncio.wait_for(proc.communicate(), timeout=90)
@@ -471,13 +477,17 @@ async def test_br_4_9_12_block_key_revokes_and_refuses_the_key(
     ]
     if by == "key":
         pem = tmp_path / "leaked.pem"
-        pem.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                          serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
+        pem.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
         which = ["--key", str(pem)]
     else:
         digest = spki_sha256(key.public_key()).hex()
-        which = ["--spki", ":".join(digest[i:i + 2] for i in range(0, 64, 2)).upper()]
+        which = ["--spki", ":".join(digest[i : i + 2] for i in range(0, 64, 2)).upper()]
     code, out, err = await run_block_key(
         dsn, tmp_path, *which, "--reason", "ticket 42", "--actor", "dave", "--wait", "30"
     )
@@ -513,8 +523,9 @@ async def test_block_key_refuses_bad_input(dsn: str, tmp_path: Path) -> None:
     ):
         code, out, err = await run_block_key(dsn, tmp_path, *args)
         assert code == 2 and out == "", (args, out, err)
-    code, _, err = await run_block_key(dsn, tmp_path, "--spki", "00" * 32,
-                                       "--compromised-at", "2999-01-01T00:00:00Z")
+    code, _, err = await run_block_key(
+        dsn, tmp_path, "--spki", "00" * 32, "--compromised-at", "2999-01-01T00:00:00Z"
+    )
     assert code == 1 and "future" in err
 
 
@@ -557,8 +568,14 @@ async def test_br_7_2_2_reason_upgrade_to_key_compromise_updates_crl_entry(
     # moves back to the notBefore.
     leaked = first["not_before"] - timedelta(days=3)
     code, out, err = await run_block_key(
-        dsn, tmp_path, "--spki", spki_sha256(key.public_key()).hex(),
-        "--compromised-at", leaked.isoformat(), "--wait", "30",
+        dsn,
+        tmp_path,
+        "--spki",
+        spki_sha256(key.public_key()).hex(),
+        "--compromised-at",
+        leaked.isoformat(),
+        "--wait",
+        "30",
     )
     assert code == 0 and "updated=1" in out, (out, err)
 
@@ -679,7 +696,12 @@ async def test_br_4_9_1_1_failed_sweep_is_retried_with_backoff(pool: asyncpg.Poo
     assert await sweeper.run_due() == 1
     assert await revocations(pool, [leaf.serial]) == {leaf.serial: 1}
     assert [retry_delay(n).total_seconds() for n in (1, 2, 3, 9, 10, 50)] == [
-        2, 4, 8, 512, 600, 600
+        2,
+        4,
+        8,
+        512,
+        600,
+        600,
     ]
 
 
@@ -688,9 +710,12 @@ async def test_spki_hash_column_matches_the_key(pool: asyncpg.Pool) -> None:
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     account = await new_account(pool)
-    for key in (p256(), ec.generate_private_key(ec.SECP384R1()),
-                rsa.generate_private_key(public_exponent=65537, key_size=2048),
-                rsa.generate_private_key(public_exponent=65537, key_size=4096)):
+    for key in (
+        p256(),
+        ec.generate_private_key(ec.SECP384R1()),
+        rsa.generate_private_key(public_exponent=65537, key_size=2048),
+        rsa.generate_private_key(public_exponent=65537, key_size=4096),
+    ):
         leaf = make_leaf(make_issuer(), ["hash.example.com"], key=key)  # type: ignore[arg-type]
         await store_certificate(pool, account, leaf)
         stored = await pool.fetchval(
@@ -722,40 +747,66 @@ async def test_migration_001_backfills_key_hashes_and_queues_legacy_sweeps(
         now = datetime.now(UTC)
         account = await conn.fetchval(
             "INSERT INTO accounts (key_thumbprint, jwk, status, created_at, updated_at) "
-            "VALUES ($1, '{}', 'valid', $2, $2) RETURNING id", os.urandom(32), now)
+            "VALUES ($1, '{}', 'valid', $2, $2) RETURNING id",
+            os.urandom(32),
+            now,
+        )
         # The certificate, revoked, and its precertificate (same serial); another
         # precertificate whose order failed.
         await conn.execute(
             "INSERT INTO certificates (account_id, serial, issuer, der, not_before, not_after, "
             "revoked_at, revocation_reason, created_at) "
             "VALUES ($1, $2, 'dv-ecc', $3, $4, $5, $6, 1, $6)",
-            account, leaf.serial, leaf.der, leaf.cert.not_valid_before_utc,
-            leaf.cert.not_valid_after_utc, now)
+            account,
+            leaf.serial,
+            leaf.der,
+            leaf.cert.not_valid_before_utc,
+            leaf.cert.not_valid_after_utc,
+            now,
+        )
         for made, status in ((leaf, "done"), (pre, "failed")):
             order = await conn.fetchval(
                 "INSERT INTO orders (account_id, status, identifiers, expires_at, created_at, "
                 "updated_at) VALUES ($1, 'invalid', '[]', $2, $2, $2) RETURNING id",
-                account, now)
+                account,
+                now,
+            )
             job = await conn.fetchval(
                 "INSERT INTO issuance_jobs (order_id, account_id, csr_der, names, status, "
                 "created_at, updated_at) VALUES ($1, $2, '', '[]', $3, $4, $4) RETURNING id",
-                order, account, status, now)
+                order,
+                account,
+                status,
+                now,
+            )
             await conn.execute(
                 "INSERT INTO precertificates (job_id, order_id, account_id, serial, issuer, "
                 "der, not_before, not_after, created_at) "
                 "VALUES ($1, $2, $3, $4, 'dv-ecc', $5, $6, $7, $8)",
-                job, order, account, made.serial, made.der, made.cert.not_valid_before_utc,
-                made.cert.not_valid_after_utc, now)
+                job,
+                order,
+                account,
+                made.serial,
+                made.der,
+                made.cert.not_valid_before_utc,
+                made.cert.not_valid_after_utc,
+                now,
+            )
         await conn.execute(
             "INSERT INTO blocked_keys (spki_sha256, reason, added_at, source) "
-            "VALUES ($1, $2, $3, 'account:1')", spki_sha256(key.public_key()),
+            "VALUES ($1, $2, $3, 'account:1')",
+            spki_sha256(key.public_key()),
             f"keyCompromise stated by account:1 without proof of possession, serial {leaf.serial}",
-            now)
+            now,
+        )
         await conn.execute(
             "INSERT INTO ocsp_responses (issuer, serial, hash_algorithm, status, "
             "revocation_reason, der, this_update, next_update, produced_at) "
             "VALUES ('dv-ecc', $1, 'sha1', 'revoked', 1, '\\x00', $2, $3, $2)",
-            leaf.serial, now, now + timedelta(days=4))
+            leaf.serial,
+            now,
+            now + timedelta(days=4),
+        )
 
         applied = await apply_schema(conn)
         assert applied[:1] == [1] and sorted(applied) == applied
@@ -766,7 +817,8 @@ async def test_migration_001_backfills_key_hashes_and_queues_legacy_sweeps(
             assert {bytes(r["spki_sha256"]) for r in hashes_} == {digest}, table
         synced = await conn.fetchrow(
             "SELECT revoked_at, revocation_reason FROM precertificates WHERE serial = $1",
-            leaf.serial)
+            leaf.serial,
+        )
         assert (synced["revoked_at"], synced["revocation_reason"]) == (now, 1)
         assert await conn.fetchval("SELECT revoked_at FROM ocsp_responses") == now
         sweep = await conn.fetchrow("SELECT * FROM key_compromise_sweeps")
@@ -799,8 +851,9 @@ async def test_kc_4_certificate_of_a_revoked_precertificate_is_stored_revoked(
         done = await authority.revoke_serial(serial, 5, actor="operator:erin")
         assert done.revoked and done.precertificate
         h.logs["log B"].faults.clear()
-        await pool.execute("UPDATE issuance_jobs SET retry_at = now() WHERE order_id = $1",
-                           order_id)
+        await pool.execute(
+            "UPDATE issuance_jobs SET retry_at = now() WHERE order_id = $1", order_id
+        )
         assert await h.worker().run_once()
     row = await pool.fetchrow(
         "SELECT revoked_at, revocation_reason FROM certificates WHERE order_id = $1", order_id
@@ -810,8 +863,12 @@ async def test_kc_4_certificate_of_a_revoked_precertificate_is_stored_revoked(
     await status_world.publish()
     listed = await status_world.crl()
     assert entry_reason(listed[int(serial, 16)]) == x509.ReasonFlags.cessation_of_operation
-    assert await ocsp_says(world_of(status_world), serial, ocsp.OCSPCertStatus.REVOKED,
-                           x509.ReasonFlags.cessation_of_operation)
+    assert await ocsp_says(
+        world_of(status_world),
+        serial,
+        ocsp.OCSPCertStatus.REVOKED,
+        x509.ReasonFlags.cessation_of_operation,
+    )
 
 
 def test_block_key_reads_every_pem_an_operator_may_hold() -> None:
@@ -822,16 +879,23 @@ def test_block_key_reads_every_pem_an_operator_may_hold() -> None:
     key = p256()
     leaf = make_leaf(make_issuer(), ["pem.example.com"], key=key)
     pems = [
-        key.public_key().public_bytes(serialization.Encoding.PEM,
-                                      serialization.PublicFormat.SubjectPublicKeyInfo),
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ),
         leaf.cert.public_bytes(serialization.Encoding.PEM),
         x509.load_der_x509_csr(build_csr(["pem.example.com"], key=key)).public_bytes(
-            serialization.Encoding.PEM),
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                          serialization.NoEncryption()),
-        key.private_bytes(serialization.Encoding.PEM,
-                          serialization.PrivateFormat.TraditionalOpenSSL,
-                          serialization.NoEncryption()),
+            serialization.Encoding.PEM
+        ),
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        ),
     ]
     assert {spki_sha256_from_pem(pem) for pem in pems} == {spki_sha256(key.public_key())}
     with pytest.raises(OperatorRevocationError):

@@ -19,9 +19,12 @@ from acme_ca.wfe.services import FRONT_END
 
 async def _connections(pool: asyncpg.Pool) -> int:
     """Other sessions on the test's database (the app's pool and listener)."""
-    return int(await pool.fetchval(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-        "AND pid <> pg_backend_pid() AND backend_type = 'client backend'"))
+    return int(
+        await pool.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+        )
+    )
 
 
 async def test_resources_started_before_a_failing_one_are_torn_down(
@@ -31,8 +34,12 @@ async def test_resources_started_before_a_failing_one_are_torn_down(
     and the order-completion listener, started before it, are closed by the runner's cleanup,
     and the database is left with no session of the app's."""
     before = await _connections(pool)
-    config = replace(Config(), home=tmp_path, finalize_wait_seconds=5,
-                     weak_key_blocklists=[str(tmp_path / "missing-blacklist.RSA-2048")])
+    config = replace(
+        Config(),
+        home=tmp_path,
+        finalize_wait_seconds=5,
+        weak_key_blocklists=[str(tmp_path / "missing-blacklist.RSA-2048")],
+    )
     app = create_app(config, dsn)
     runner = web.AppRunner(app, handle_signals=False)
     with pytest.raises(FileNotFoundError):

@@ -102,8 +102,13 @@ def test_unknown_rir(name: str) -> None:
 # ------------------------------------------------------------------------------ the quorum
 
 # Five remotes, four ARIN and one RIPE NCC (the integration test's layout), and a spread set.
-ONE_RIPE = [Remote("a1", "ARIN"), Remote("a2", "ARIN"), Remote("a3", "ARIN"),
-            Remote("a4", "ARIN"), Remote("r1", "RIPE NCC")]
+ONE_RIPE = [
+    Remote("a1", "ARIN"),
+    Remote("a2", "ARIN"),
+    Remote("a3", "ARIN"),
+    Remote("a4", "ARIN"),
+    Remote("r1", "RIPE NCC"),
+]
 SPREAD = [Remote(f"p{i}", RIRS[i % 3]) for i in range(6)]
 DEC_2026 = utc(2026, 12, 20)
 JUL_2026 = utc(2026, 7, 1)
@@ -146,9 +151,22 @@ def res(remotes: list[Remote], ok: str) -> dict[str, bool]:
         (utc(2025, 10, 1), ONE_RIPE[:2], "nn", Verdict.FAIL, "0/2"),
     ],
     ids=[
-        "all-agree", "one-disagrees", "two-disagree", "one-rir", "early-pass", "wait-for-rir",
-        "early-fail", "nothing-yet", "too-few-dec", "four-in-july", "six-two-bad",
-        "six-three-bad", "six-early", "2025-two-arin", "2025-one-bad", "2025-both-bad",
+        "all-agree",
+        "one-disagrees",
+        "two-disagree",
+        "one-rir",
+        "early-pass",
+        "wait-for-rir",
+        "early-fail",
+        "nothing-yet",
+        "too-few-dec",
+        "four-in-july",
+        "six-two-bad",
+        "six-three-bad",
+        "six-early",
+        "2025-two-arin",
+        "2025-one-bad",
+        "2025-both-bad",
     ],
 )
 def test_decide_strict(
@@ -188,9 +206,7 @@ def test_advisory_phase_is_not_binding() -> None:
     ],
     ids=["two-agree", "two-one-bad", "one-remote", "same-rir-configured", "one-rir", "4-of-5"],
 )
-def test_decide_test_configuration(
-    remotes: list[Remote], results: str, verdict: Verdict
-) -> None:
+def test_decide_test_configuration(remotes: list[Remote], results: str, verdict: Verdict) -> None:
     rule = rule_for(DEC_2026, remotes, strict=False)
     assert rule.binding and rule.min_remotes == 0
     assert decide(rule, remotes, res(remotes, results)).verdict is verdict
@@ -257,8 +273,14 @@ PRIMARY = PrimarySite(TOKYO, TOKYO)
         ),
         ([at("osa", "APNIC", OSAKA)], None, []),
     ],
-    ids=["far-apart", "two-close", "close-to-primary", "resolvers-close",
-         "resolver-close-to-primary's", "no-primary-given"],
+    ids=[
+        "far-apart",
+        "two-close",
+        "close-to-primary",
+        "resolvers-close",
+        "resolver-close-to-primary's",
+        "no-primary-given",
+    ],
 )
 def test_br_mpic_4_distance(
     perspectives: list[Perspective], primary: PrimarySite | None, expected: list[str]
@@ -272,8 +294,17 @@ def test_br_mpic_4_distance(
 
 @pytest.mark.parametrize(
     ("text", "ok"),
-    [("us-east", True), ("p1", True), ("primary", False), ("US-East", False), ("-a", False),
-     ("a" * 63, True), ("a" * 64, False), ("a.b", False), ("", False)],
+    [
+        ("us-east", True),
+        ("p1", True),
+        ("primary", False),
+        ("US-East", False),
+        ("-a", False),
+        ("a" * 63, True),
+        ("a" * 64, False),
+        ("a.b", False),
+        ("", False),
+    ],
 )
 def test_perspective_ids(text: str, ok: bool) -> None:
     assert valid_perspective_id(text) is ok
@@ -300,16 +331,27 @@ def perspectives_toml(
 ) -> str:
     lines = []
     if primary is not None:
-        lines += ["[primary]", f"latitude = {primary.latitude}",
-                  f"longitude = {primary.longitude}", ""]
+        lines += [
+            "[primary]",
+            f"latitude = {primary.latitude}",
+            f"longitude = {primary.longitude}",
+            "",
+        ]
     for pid, rir, where in entries:
-        lines += ["[[perspectives]]", f'id = "{pid}"', f'rir = "{rir}"',
-                  f'url = "{url.format(id=pid)}"', f"latitude = {where.latitude}",
-                  f"longitude = {where.longitude}"]
+        lines += [
+            "[[perspectives]]",
+            f'id = "{pid}"',
+            f'rir = "{rir}"',
+            f'url = "{url.format(id=pid)}"',
+            f"latitude = {where.latitude}",
+            f"longitude = {where.longitude}",
+        ]
         resolver = (resolvers or {}).get(pid)
         if resolver is not None:
-            lines += [f"resolver_latitude = {resolver.latitude}",
-                      f"resolver_longitude = {resolver.longitude}"]
+            lines += [
+                f"resolver_latitude = {resolver.latitude}",
+                f"resolver_longitude = {resolver.longitude}",
+            ]
         lines.append("")
     return "\n".join(lines)
 
@@ -334,42 +376,82 @@ def test_production_setup_loads(tmp_path: Path, mtls: dict[str, Path]) -> None:
     config = production(tmp_path, mtls, perspectives_toml(CITIES[:5]))
     setup = load_mpic_setup(config, DEC_2026)
     assert setup.strict
-    assert [p.rir for p in setup.perspectives] == ["ARIN", "ARIN", "RIPE NCC", "RIPE NCC",
-                                                  "LACNIC"]
+    assert [p.rir for p in setup.perspectives] == ["ARIN", "ARIN", "RIPE NCC", "RIPE NCC", "LACNIC"]
     assert setup.perspectives[0].resolver == ASHBURN  # defaults to the perspective's location
 
 
 @pytest.mark.parametrize(
     ("text", "when", "message"),
     [
-        (perspectives_toml(CITIES[:4]), DEC_2026, "4 remote perspective(s) configured; BR "
-         "3.2.2.9 requires at least 5 from 2026-12-15"),
+        (
+            perspectives_toml(CITIES[:4]),
+            DEC_2026,
+            "4 remote perspective(s) configured; BR 3.2.2.9 requires at least 5 from 2026-12-15",
+        ),
         (perspectives_toml(CITIES[:3]), JUL_2026, "requires at least 4 from 2026-06-15"),
-        (perspectives_toml([*CITIES[:4], ("ams", "RIPE NCC", AMSTERDAM)]), DEC_2026,
-         "perspectives fra and ams are 363 km apart"),
-        (perspectives_toml(CITIES[:5], resolvers={"iad": FRANKFURT}), DEC_2026,
-         "resolvers of iad and of fra are 0 km apart"),
-        (perspectives_toml([*CITIES[:4], ("osa", "APNIC", OSAKA)]), DEC_2026,
-         "perspective osa and the primary are 392 km apart"),
-        (perspectives_toml([*CITIES[:4], ("xxx", "IANA", Location(0, 0))]), DEC_2026,
-         "unknown RIR 'IANA'"),
-        (perspectives_toml([(p, "ARIN", w) for p, _, w in CITIES[:5]]), DEC_2026,
-         "span 1 RIR(s) (ARIN)"),
+        (
+            perspectives_toml([*CITIES[:4], ("ams", "RIPE NCC", AMSTERDAM)]),
+            DEC_2026,
+            "perspectives fra and ams are 363 km apart",
+        ),
+        (
+            perspectives_toml(CITIES[:5], resolvers={"iad": FRANKFURT}),
+            DEC_2026,
+            "resolvers of iad and of fra are 0 km apart",
+        ),
+        (
+            perspectives_toml([*CITIES[:4], ("osa", "APNIC", OSAKA)]),
+            DEC_2026,
+            "perspective osa and the primary are 392 km apart",
+        ),
+        (
+            perspectives_toml([*CITIES[:4], ("xxx", "IANA", Location(0, 0))]),
+            DEC_2026,
+            "unknown RIR 'IANA'",
+        ),
+        (
+            perspectives_toml([(p, "ARIN", w) for p, _, w in CITIES[:5]]),
+            DEC_2026,
+            "span 1 RIR(s) (ARIN)",
+        ),
         (perspectives_toml(CITIES[:5], primary=None), DEC_2026, "no [primary] location"),
-        (perspectives_toml(CITIES[:5], url="http://{id}.example"), DEC_2026,
-         "must be an https:// URL"),
-        (perspectives_toml([*CITIES[:4], ("iad", "AFRINIC", CITIES[5][2])]), DEC_2026,
-         "perspective id 'iad' appears more than once"),
-        (perspectives_toml([*CITIES[:4], ("primary", "AFRINIC", CITIES[5][2])]), DEC_2026,
-         "must be a lowercase DNS label other than 'primary'"),
+        (
+            perspectives_toml(CITIES[:5], url="http://{id}.example"),
+            DEC_2026,
+            "must be an https:// URL",
+        ),
+        (
+            perspectives_toml([*CITIES[:4], ("iad", "AFRINIC", CITIES[5][2])]),
+            DEC_2026,
+            "perspective id 'iad' appears more than once",
+        ),
+        (
+            perspectives_toml([*CITIES[:4], ("primary", "AFRINIC", CITIES[5][2])]),
+            DEC_2026,
+            "must be a lowercase DNS label other than 'primary'",
+        ),
         (perspectives_toml([], primary=TOKYO), DEC_2026, "lists no [[perspectives]]"),
         ("[[perspectives]]\nid = 1\n", DEC_2026, "id 1 must be"),
         ("perspectives = [", DEC_2026, "cannot read mpic_perspectives_file"),
         ("[extra]\n", DEC_2026, "unknown key(s) extra"),
     ],
-    ids=["too-few-december", "too-few-july", "two-close", "resolvers-close",
-         "close-to-primary", "unknown-rir", "one-rir", "no-primary", "not-https",
-         "duplicate-id", "reserved-id", "empty", "bad-id-type", "not-toml", "unknown-key"],
+    ids=[
+        "too-few-december",
+        "too-few-july",
+        "two-close",
+        "resolvers-close",
+        "close-to-primary",
+        "unknown-rir",
+        "one-rir",
+        "no-primary",
+        "not-https",
+        "duplicate-id",
+        "reserved-id",
+        "empty",
+        "bad-id-type",
+        "not-toml",
+        "unknown-key",
+    ],
 )
 def test_production_refusals(
     tmp_path: Path, mtls: dict[str, Path], text: str, when: datetime, message: str
@@ -414,9 +496,7 @@ def test_test_configurations_waive_the_count_not_the_facts(
     ],
     ids=["embedded-defaults", "test-mode"],
 )
-def test_no_perspectives_skips_corroboration(
-    changes: dict[str, object], skip_reason: str
-) -> None:
+def test_no_perspectives_skips_corroboration(changes: dict[str, object], skip_reason: str) -> None:
     setup = load_mpic_setup(replace(Config(), **changes), DEC_2026)  # type: ignore[arg-type]
     assert setup.perspectives == () and setup.skip_reason == skip_reason
 
@@ -426,8 +506,10 @@ def test_no_perspectives_skips_corroboration(
     [
         ({"test_perspectives": 3}, "needs test mode"),
         ({"test_perspectives": 99, "test_mode": True}, "must be 1..16"),
-        ({"test_perspectives": 2, "test_mode": True,
-          "mpic_perspectives_file": Path("x.toml")}, "either"),
+        (
+            {"test_perspectives": 2, "test_mode": True, "mpic_perspectives_file": Path("x.toml")},
+            "either",
+        ),
     ],
     ids=["without-test-mode", "too-many", "and-a-file"],
 )

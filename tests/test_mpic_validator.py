@@ -52,8 +52,9 @@ def quorum(result: CheckResult) -> str | None:
 
 
 def summaries(result: CheckResult) -> dict[str, ValidationRecord]:
-    return {r.perspective: r for r in result.records
-            if r.corroborated is not None and r.quorum is None}
+    return {
+        r.perspective: r for r in result.records if r.corroborated is not None and r.quorum is None
+    }
 
 
 async def test_primary_failure_asks_no_remote() -> None:
@@ -84,11 +85,22 @@ async def test_all_agree() -> None:
         ({"a1": fail(problems.caa("no")), "a2": fail(problems.caa("no"))}, False, "3/5", "caa"),
         ({"r1": agree("other")}, False, "4/5", "unauthorized"),
         ({"r1": unavailable("connection refused")}, False, "4/5", "unauthorized"),
-        ({"a1": unavailable("refused"), "a2": unavailable("refused")}, False, "3/5",
-         "unauthorized"),
+        (
+            {"a1": unavailable("refused"), "a2": unavailable("refused")},
+            False,
+            "3/5",
+            "unauthorized",
+        ),
     ],
-    ids=["one-wrong-value", "one-caa-denied", "two-wrong", "two-caa-denied",
-         "only-arin-corroborates", "ripe-down", "two-down"],
+    ids=[
+        "one-wrong-value",
+        "one-caa-denied",
+        "two-wrong",
+        "two-caa-denied",
+        "only-arin-corroborates",
+        "ripe-down",
+        "two-down",
+    ],
 )
 async def test_quorum_outcomes(
     behaviours: dict[str, Behaviour], ok: bool, quorum_text: str, problem_type: str | None
@@ -164,7 +176,11 @@ async def test_request_carries_the_primary_inputs() -> None:
     await validate(validator(transport))
     request = RemoteRequest.from_json(transport.requests[0][1])
     assert (request.kind, request.method, request.identifier, request.key_authorization) == (
-        "dcv", "dns-01", "example.com", KEY_AUTH)
+        "dcv",
+        "dns-01",
+        "example.com",
+        KEY_AUTH,
+    )
 
 
 async def test_recheck_caa_is_corroborated() -> None:
@@ -192,16 +208,16 @@ async def test_too_few_remotes_for_the_date_fails_without_asking() -> None:
 
 async def test_advisory_phase_records_but_does_not_block() -> None:
     transport = FakeTransport({"a1": agree("x"), "a2": agree("y")})
-    v = validator(transport, perspectives=PERSPECTIVES[:2],
-                  at=datetime(2025, 5, 1, tzinfo=UTC))
+    v = validator(transport, perspectives=PERSPECTIVES[:2], at=datetime(2025, 5, 1, tzinfo=UTC))
     result = await validate(v)
     assert result.ok and quorum(result) == "0/2"
     assert "advisory" in (result.records[-1].error or "")
 
 
 async def test_test_configuration_waives_the_count() -> None:
-    result = await validate(validator(FakeTransport({}), perspectives=PERSPECTIVES[3:],
-                                      strict=False))
+    result = await validate(
+        validator(FakeTransport({}), perspectives=PERSPECTIVES[3:], strict=False)
+    )
     assert result.ok and quorum(result) == "2/2"
 
 
@@ -227,22 +243,31 @@ async def test_br_5_4_1_each_perspective_result_beside_corroboration() -> None:
     but did not corroborate; one that never answered has no result.  The quorum record says
     whether corroboration held.  The replies' records lack the SC-099 fields (an older remote
     VA); the summaries are built from the request, so they name them all the same."""
-    transport = FakeTransport({
-        "a1": fail(problems.incorrect_response("no TXT")),
-        "a2": agree("other"),
-        "a3": unavailable("connection refused"),
-    })
+    transport = FakeTransport(
+        {
+            "a1": fail(problems.incorrect_response("no TXT")),
+            "a2": agree("other"),
+            "a3": unavailable("connection refused"),
+        }
+    )
     result = await validate_wildcard(validator(transport))
     found = {pid: (r.result, r.corroborated) for pid, r in summaries(result).items()}
     assert found == {
-        "a1": ("fail", False), "a2": ("pass", False), "a3": (None, False),
-        "a4": ("pass", True), "r1": ("pass", True),
+        "a1": ("fail", False),
+        "a2": ("pass", False),
+        "a3": (None, False),
+        "a4": ("pass", True),
+        "r1": ("pass", True),
     }
     last = result.records[-1]
     assert (last.quorum, last.result, last.corroborated) == ("2/5", "fail", False)
     for rec in [*summaries(result).values(), last]:
         assert (rec.identifier, rec.adn, rec.method, rec.br_method, rec.value) == (
-            "*.example.com", "example.com", "dns-01", "3.2.2.4.7", KEY_AUTH
+            "*.example.com",
+            "example.com",
+            "dns-01",
+            "3.2.2.4.7",
+            KEY_AUTH,
         )
 
 
@@ -254,7 +279,10 @@ async def test_br_5_4_1_caa_recheck_records_name_the_identifier_only() -> None:
     result = await v.recheck_caa("example.com", True, "acct", "dns-01")
     last = result.records[-1]
     assert (last.method, last.identifier, last.result, last.quorum) == (
-        "caa", "*.example.com", "pass", "5/5"
+        "caa",
+        "*.example.com",
+        "pass",
+        "5/5",
     )
     assert (last.adn, last.br_method, last.value) == (None, None, None)
 

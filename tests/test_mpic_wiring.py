@@ -66,7 +66,9 @@ def test_build_validator(tmp_path: Path) -> None:
     mpic = build_validator(config, clock)
     assert isinstance(mpic, MpicValidator)
     assert [(p.id, p.rir) for p in mpic.perspectives] == [
-        ("us-east", "ARIN"), ("eu-central", "RIPE NCC")]
+        ("us-east", "ARIN"),
+        ("eu-central", "RIPE NCC"),
+    ]
 
 
 async def test_serve_test_perspectives_corroborate(tmp_path: Path) -> None:
@@ -84,7 +86,10 @@ async def test_serve_test_perspectives_corroborate(tmp_path: Path) -> None:
         challsrv.store.set_txt("_acme-challenge.example.com", dns01_txt_value(KEY_AUTH))
         async with local_remote_vas(config) as setup:
             assert [(p.id, p.rir) for p in setup.perspectives] == [
-                ("test-1", "ARIN"), ("test-2", "RIPE NCC"), ("test-3", "APNIC")]
+                ("test-1", "ARIN"),
+                ("test-2", "RIPE NCC"),
+                ("test-3", "APNIC"),
+            ]
             validator = build_validator(config, SystemClock(), setup)
             assert isinstance(validator, MpicValidator)
             result = await validator.validate(

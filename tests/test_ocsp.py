@@ -49,9 +49,7 @@ LINT_OCSP = REPO / ".venv" / "bin" / "lint_ocsp_response"
 HASHES = {"sha1": hashes.SHA1(), "sha256": hashes.SHA256()}
 
 
-def request_for(
-    env: StatusEnv, issuer: str, serial: str | int, algorithm: str = "sha1"
-) -> bytes:
+def request_for(env: StatusEnv, issuer: str, serial: str | int, algorithm: str = "sha1") -> bytes:
     certificate = env.issuers.by_name(issuer).certificate
     name_hash = hashlib.new(algorithm, certificate.subject.public_bytes()).digest()
     key_hash = hashlib.new(algorithm, spk_bits(certificate)).digest()
@@ -173,9 +171,7 @@ async def test_revoked_response_is_never_replaced_by_good(env: StatusEnv) -> Non
 
 
 @pytest.mark.skipif(not LINT_OCSP.exists(), reason="pkilint not installed in .venv")
-async def test_lint_5_good_and_revoked_responses_lint_clean(
-    env: StatusEnv, tmp_path: Path
-) -> None:
+async def test_lint_5_good_and_revoked_responses_lint_clean(env: StatusEnv, tmp_path: Path) -> None:
     targets = []
     for issuer in ISSUERS:
         _, good = await env.add_certificate(issuer)
@@ -325,9 +321,7 @@ async def test_ocsp_1_9_get_and_post_over_http_with_caching_headers(
     etag = headers["ETag"]
     assert etag.startswith('"') and etag.endswith('"')
 
-    async with session.get(
-        f"{base}/ocsp/dv-rsa/{encoded}", headers={"If-None-Match": etag}
-    ) as r:
+    async with session.get(f"{base}/ocsp/dv-rsa/{encoded}", headers={"If-None-Match": etag}) as r:
         assert r.status == 304
     async with session.post(
         f"{base}/ocsp/dv-rsa",

@@ -315,7 +315,8 @@ async def test_acme_ord_3_finalize_answers_once_the_worker_is_done(
     order_url, order = await _ready_order(sub, "held.example.com")
     order_id = int(order_url.rsplit("/", 1)[1])
     finalizing = asyncio.create_task(
-        sub.post(order["finalize"], {"csr": _csr_b64("held.example.com")}))
+        sub.post(order["finalize"], {"csr": _csr_b64("held.example.com")})
+    )
 
     jobs = IssuanceRepository(pool)
     job = None

@@ -75,8 +75,9 @@ async def remote(tmp_path: Path) -> AsyncIterator[Remote]:
         app = make_remote_va_app(RemoteIdentity("us-east", "ARIN"), checks)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0,
-                           ssl_context=server_context(cert, key, material.ca_cert))
+        site = web.TCPSite(
+            runner, "127.0.0.1", 0, ssl_context=server_context(cert, key, material.ca_cert)
+        )
         await site.start()
         port = runner.addresses[0][1]
         try:
@@ -92,9 +93,16 @@ def primary_transport(material: MpicMaterial) -> MtlsTransport:
 
 
 def dcv_request(nonce: str = "n1") -> RemoteRequest:
-    return RemoteRequest(kind="dcv", identifier="example.com", wildcard=False,
-                         account_uri="https://ca/acct/1", method="dns-01", nonce=nonce,
-                         token="token123", key_authorization=KEY_AUTH)
+    return RemoteRequest(
+        kind="dcv",
+        identifier="example.com",
+        wildcard=False,
+        account_uri="https://ca/acct/1",
+        method="dns-01",
+        nonce=nonce,
+        token="token123",
+        key_authorization=KEY_AUTH,
+    )
 
 
 async def test_dns01_corroborated_over_mutual_tls(remote: Remote) -> None:
@@ -103,7 +111,11 @@ async def test_dns01_corroborated_over_mutual_tls(remote: Remote) -> None:
     request = dcv_request()
     reply = await primary_transport(remote.material).check(perspective, request.to_json())
     assert (reply["perspective"], reply["rir"], reply["nonce"], reply["ok"]) == (
-        "us-east", "ARIN", "n1", True)
+        "us-east",
+        "ARIN",
+        "n1",
+        True,
+    )
     outcome = judge_reply(perspective, request, reply, dns01_txt_value(KEY_AUTH))
     assert outcome.corroborated, outcome.reason
     assert outcome.result is not None
@@ -151,24 +163,26 @@ async def test_only_the_primary_gets_in(remote: Remote, tmp_path: Path, who: str
         context = _client(remote.material, cert, key)
     async with aiohttp.ClientSession() as session:
         with pytest.raises(aiohttp.ClientError):
-            async with session.post(remote.url + CHECK_PATH, json=dcv_request().to_json(),
-                                    ssl=context) as response:
+            async with session.post(
+                remote.url + CHECK_PATH, json=dcv_request().to_json(), ssl=context
+            ) as response:
                 await response.read()
     assert remote.built == []
 
 
 async def test_bad_request_is_400(remote: Remote) -> None:
-    context = _client(remote.material, remote.material.primary_cert,
-                      remote.material.primary_key)
-    async with aiohttp.ClientSession() as session, session.post(
-        remote.url + CHECK_PATH, json={"kind": "dcv"}, ssl=context
-    ) as response:
+    context = _client(remote.material, remote.material.primary_cert, remote.material.primary_key)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(remote.url + CHECK_PATH, json={"kind": "dcv"}, ssl=context) as response,
+    ):
         assert response.status == 400
         body: dict[str, Any] = await response.json()
     assert "bad request" in body["error"]
     with pytest.raises(RemoteUnavailable, match="HTTP 400"):
         await primary_transport(remote.material).check(
-            Perspective("us-east", "ARIN", remote.url), {"kind": "nonsense"})
+            Perspective("us-east", "ARIN", remote.url), {"kind": "nonsense"}
+        )
 
 
 @pytest.mark.parametrize(
@@ -182,14 +196,27 @@ async def test_bad_request_is_400(remote: Remote) -> None:
         ({"remote_va_client_ca": Path("/nonexistent.pem")}, "is not a readable file"),
         ({"remote_va_listen": "nowhere"}, "is not HOST:PORT"),
     ],
-    ids=["no-id", "reserved-id", "unknown-rir", "no-cert", "no-client-ca", "missing-file",
-         "bad-listen"],
+    ids=[
+        "no-id",
+        "reserved-id",
+        "unknown-rir",
+        "no-cert",
+        "no-client-ca",
+        "missing-file",
+        "bad-listen",
+    ],
 )
 def test_remote_va_refusals(tmp_path: Path, changes: dict[str, Any], message: str) -> None:
     material = create_mpic_material(tmp_path, ["us-east"])
     cert, key = material.remotes["us-east"]
-    base = replace(Config(), perspective_id="us-east", perspective_rir="ripe", tls_cert=cert,
-                   tls_key=key, remote_va_client_ca=material.ca_cert)
+    base = replace(
+        Config(),
+        perspective_id="us-east",
+        perspective_rir="ripe",
+        tls_cert=cert,
+        tls_key=key,
+        remote_va_client_ca=material.ca_cert,
+    )
     assert load_remote_va_settings(base).identity == RemoteIdentity("us-east", "RIPE NCC")
     with pytest.raises(MpicConfigError) as info:
         load_remote_va_settings(replace(base, **changes))

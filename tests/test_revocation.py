@@ -479,9 +479,7 @@ async def test_admin_revoke_by_domain_audited(
 
     code, out, err = await run_admin(dsn, tmp_path, "--domain", "com", "--reason", "superseded")
     assert code == 1 and "not a registered domain" in err, (out, err)
-    code, out, err = await run_admin(
-        dsn, tmp_path, "--domain", "co.jp", "--reason", "superseded"
-    )
+    code, out, err = await run_admin(dsn, tmp_path, "--domain", "co.jp", "--reason", "superseded")
     assert code == 1 and "public suffix" in err, (out, err)
 
 
@@ -499,19 +497,30 @@ async def test_kc_4_admin_revoke_by_domain_includes_precertificates_of_failed_or
         order_id = await pool.fetchval(
             "INSERT INTO orders (account_id, status, identifiers, expires_at, created_at, "
             "updated_at) VALUES ($1, 'invalid', $2, $3, $3, $3) RETURNING id",
-            account_id, [{"type": "dns", "value": n} for n in leaf.names], now,
+            account_id,
+            [{"type": "dns", "value": n} for n in leaf.names],
+            now,
         )
         job_id = await pool.fetchval(
             "INSERT INTO issuance_jobs (order_id, account_id, csr_der, names, status, "
             "created_at, updated_at) VALUES ($1, $2, '', '[]', $3, $4, $4) RETURNING id",
-            order_id, account_id, status, now,
+            order_id,
+            account_id,
+            status,
+            now,
         )
         await pool.execute(
             "INSERT INTO precertificates (job_id, order_id, account_id, serial, issuer, der, "
             "not_before, not_after, created_at) VALUES ($1, $2, $3, $4, 'test-issuer', $5, $6, "
             "$7, $8)",
-            job_id, order_id, account_id, leaf.serial, leaf.der,
-            leaf.cert.not_valid_before_utc, leaf.cert.not_valid_after_utc, now,
+            job_id,
+            order_id,
+            account_id,
+            leaf.serial,
+            leaf.der,
+            leaf.cert.not_valid_before_utc,
+            leaf.cert.not_valid_after_utc,
+            now,
         )
     code, out, err = await run_admin(
         dsn, tmp_path, "--domain", "example.com", "--reason", "superseded", "--actor", "frank"

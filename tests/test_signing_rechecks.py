@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -49,13 +49,14 @@ from acme_ca.testsrv.server import ChallengeServerConfig, ChallengeTestServer
 from acme_ca.testsrv.store import CaaPolicy
 from acme_ca.va.authority import ValidationAuthority
 from acme_ca.va.perspectives import Location, Perspective
-from acme_ca.va.records import ValidationRecord
+from acme_ca.va.records import Method, ValidationRecord
 from acme_ca.va.setup import build_validation_authority
 from tests.support import mpic as mpic_tests
 from tests.support.ct import three_operators
 from tests.support.problems import ERR
 from tests.support.worker import (
     FAST,
+    RecordsFor,
     WrappedSigner,
     build_csr,
     insert_ready_order,
@@ -66,10 +67,9 @@ from tests.support.worker import (
 
 NAMES = ("www.recheck.example.com", "recheck.example.com")
 #: Four remotes in two RIRs: enough for 2026-06-15 .. 2026-12-14, one short from 2026-12-15.
-FOUR = (("us-east", "ARIN"), ("us-west", "ARIN"), ("eu-west", "RIPE NCC"),
-        ("eu-north", "RIPE NCC"))
+FOUR = (("us-east", "ARIN"), ("us-west", "ARIN"), ("eu-west", "RIPE NCC"), ("eu-north", "RIPE NCC"))
 FIVE = (*FOUR, ("ap-south", "APNIC"))
-Records = Callable[[str, str, datetime], list[dict[str, Any]]]
+Records = RecordsFor
 #: Quick CT settings, with a deadline long enough for a job to wait hours in CT backoff.
 CT_SETTINGS = replace(FAST, deadline=timedelta(hours=12))
 
@@ -78,29 +78,42 @@ def at(text: str) -> datetime:
     return datetime.fromisoformat(text).replace(tzinfo=UTC)
 
 
-def corroborated(remotes: Sequence[tuple[str, str]], failing: int = 0,
-                 quorum: str | None = None) -> Records:
+def corroborated(
+    remotes: Sequence[tuple[str, str]], failing: int = 0, quorum: str | None = None
+) -> Records:
     """The records of a validation corroborated by ``remotes`` (the last ``failing`` of them
     did not corroborate), as ``va/mpic.py`` writes them: the primary's records, one summary
     per remote, and the primary's quorum record (``quorum`` overrides its count)."""
 
-    def build(name: str, method: str, when: datetime) -> list[dict[str, Any]]:
+    def build(name: str, method: Method, when: datetime) -> list[dict[str, Any]]:
         host = name.removeprefix("*.")
         out = primary_records(name, method, when)
         ok = len(remotes) - failing
         for i, (pid, rir) in enumerate(remotes):
             agrees = i < ok
-            out.append(ValidationRecord(
-                method=method, hostname=host, query=f"corroborate dcv {method} {host}",  # type: ignore[arg-type]
-                at=when, perspective=pid, rir=rir, corroborated=agrees,
-                response="corroborated" if agrees else None,
-                error=None if agrees else "observed another key authorization",
-            ).to_json())
-        out.append(ValidationRecord(
-            method=method, hostname=host,  # type: ignore[arg-type]
-            query="multi-perspective corroboration (BR 3.2.2.9) of dcv", at=when,
-            corroborated=failing <= 1, quorum=quorum or f"{ok}/{len(remotes)}",
-        ).to_json())
+            out.append(
+                ValidationRecord(
+                    method=method,
+                    hostname=host,
+                    query=f"corroborate dcv {method} {host}",
+                    at=when,
+                    perspective=pid,
+                    rir=rir,
+                    corroborated=agrees,
+                    response="corroborated" if agrees else None,
+                    error=None if agrees else "observed another key authorization",
+                ).to_json()
+            )
+        out.append(
+            ValidationRecord(
+                method=method,
+                hostname=host,
+                query="multi-perspective corroboration (BR 3.2.2.9) of dcv",
+                at=when,
+                corroborated=failing <= 1,
+                quorum=quorum or f"{ok}/{len(remotes)}",
+            ).to_json()
+        )
         return out
 
     return build
@@ -119,9 +132,14 @@ def evidence(
     expires_at: datetime | None = None,
 ) -> AuthorizationEvidence:
     return AuthorizationEvidence(
-        authz_id=1, identifier=name.removeprefix("*."), wildcard=name.startswith("*."),
-        status=status, expires_at=expires_at or validated_at + timedelta(days=200),
-        validated_at=validated_at, caa_checked_at=caa_checked_at, method="http-01",
+        authz_id=1,
+        identifier=name.removeprefix("*."),
+        wildcard=name.startswith("*."),
+        status=status,
+        expires_at=expires_at or validated_at + timedelta(days=200),
+        validated_at=validated_at,
+        caa_checked_at=caa_checked_at,
+        method="http-01",
         # A list of JSON objects (AuthorizationEvidence.records), built from the dicts.
         records=list(records(name, "http-01", validated_at)),
     )
@@ -138,8 +156,9 @@ def evidence(
     ids=["150d-on-03-14", "150d-on-03-15", "100d-on-03-15", "100d+1s-on-03-15"],
 )
 def test_br_reuse_1_limit_is_the_signing_dates(signing: str, validated: str, refused: bool) -> None:
-    found = recheck.reuse_refusal("recheck.example.com",
-                                  evidence(validated_at=at(validated)), at(signing))
+    found = recheck.reuse_refusal(
+        "recheck.example.com", evidence(validated_at=at(validated)), at(signing)
+    )
     assert (found is not None) == refused
     if found is not None:
         assert found.rule == recheck.RULE_REUSE
@@ -179,20 +198,46 @@ def test_br_val_1_validity_is_within_the_signing_dates_maximum(
         (corroborated(FIVE, failing=2), False, "2026-12-15T00:00:00", "at most 1 may not"),
         (primary_records, True, "2026-12-03T00:00:00", "requires at least 4"),
         (primary_records, False, "2026-12-03T00:00:00", None),  # development: relaxed
-        (corroborated(FIVE, quorum="5/5", failing=1), True, "2026-12-15T00:00:00",
-         "records quorum 5/5 but its perspectives give 4/5"),
-        (corroborated((("us-east", "ARIN"), ("us-west", "ARIN"), ("us-central", "ARIN"),
-                       ("ca-east", "ARIN"))), True, "2026-12-14T10:00:00", "RIR"),
+        (
+            corroborated(FIVE, quorum="5/5", failing=1),
+            True,
+            "2026-12-15T00:00:00",
+            "records quorum 5/5 but its perspectives give 4/5",
+        ),
+        (
+            corroborated(
+                (
+                    ("us-east", "ARIN"),
+                    ("us-west", "ARIN"),
+                    ("us-central", "ARIN"),
+                    ("ca-east", "ARIN"),
+                )
+            ),
+            True,
+            "2026-12-14T10:00:00",
+            "RIR",
+        ),
     ],
-    ids=["4of4-on-12-14", "3of4-on-12-14", "4of4-on-12-15", "3of5", "3of5-development",
-         "none-production", "none-development", "quorum-mismatch", "one-rir"],
+    ids=[
+        "4of4-on-12-14",
+        "3of4-on-12-14",
+        "4of4-on-12-15",
+        "3of5",
+        "3of5-development",
+        "none-production",
+        "none-development",
+        "quorum-mismatch",
+        "one-rir",
+    ],
 )
 def test_br_mpic_recorded_corroboration_meets_the_rule_of_its_date(
     records: Records, production: bool, validated: str, reason: str | None
 ) -> None:
     found = recheck.corroboration_refusal(
-        "recheck.example.com", evidence(validated_at=at(validated), records=records),
-        production=production)
+        "recheck.example.com",
+        evidence(validated_at=at(validated), records=records),
+        production=production,
+    )
     if reason is None:
         assert found is None
         return
@@ -221,13 +266,21 @@ async def test_br_mpic_recheck_reads_what_the_mpic_validator_records(
     comes to the validator's own verdict, cut-off remotes included."""
     cancelled: list[str] = []
     transport = mpic_tests.FakeTransport(
-        {pid: mpic_tests.hang(cancelled) if b == "hang" else b for pid, b in behaviours.items()})
+        {pid: mpic_tests.hang(cancelled) if b == "hang" else b for pid, b in behaviours.items()}
+    )
     result = await mpic_tests.validate(mpic_tests.validator(transport, timeout=30))
     assert result.ok is passed
     ev = AuthorizationEvidence(
-        authz_id=1, identifier="example.com", wildcard=False, status="valid",
-        expires_at=mpic_tests.DEC_2026 + timedelta(days=1), validated_at=mpic_tests.DEC_2026,
-        caa_checked_at=None, method="dns-01", records=[r.to_json() for r in result.records])
+        authz_id=1,
+        identifier="example.com",
+        wildcard=False,
+        status="valid",
+        expires_at=mpic_tests.DEC_2026 + timedelta(days=1),
+        validated_at=mpic_tests.DEC_2026,
+        caa_checked_at=None,
+        method="dns-01",
+        records=[r.to_json() for r in result.records],
+    )
     found = recheck.corroboration_refusal("example.com", ev, production=True)
     assert (found is None) is passed, found
 
@@ -262,12 +315,19 @@ def test_rfc8555_authorizations_still_valid_at_signing() -> None:
         assert found.problem.type == ERR + "unauthorized"
     # Several refusals: one compound problem with a subproblem each (RFC 8555 §6.7.1).
     several = recheck.refusals(
-        ["recheck.example.com", "www.recheck.example.com"], [replace(ok, status="revoked")],
-        not_before=now, not_after=now + timedelta(days=10), now=now, production=False)
+        ["recheck.example.com", "www.recheck.example.com"],
+        [replace(ok, status="revoked")],
+        not_before=now,
+        not_after=now + timedelta(days=10),
+        now=now,
+        production=False,
+    )
     problem = recheck.problem_for(several)
     assert problem.type == ERR + "compound"
     assert [p.identifier.value for p in problem.subproblems if p.identifier] == [
-        "recheck.example.com", "www.recheck.example.com"]
+        "recheck.example.com",
+        "www.recheck.example.com",
+    ]
 
 
 # --------------------------------------------------------------------------- the worker
@@ -298,25 +358,45 @@ class Rig:
     va: ValidationAuthority
     cts: list[CertificateTransparency]
 
-    def worker(self, *, production: bool = True, guard: SigningGuard | None = None,
-               worker_id: str = "w1") -> SigningWorker:
+    def worker(
+        self, *, production: bool = True, guard: SigningGuard | None = None, worker_id: str = "w1"
+    ) -> SigningWorker:
         ct = CertificateTransparency(self.source, self.clock, CT_SETTINGS)
         self.cts.append(ct)
         return SigningWorker(
-            IssuanceRepository(self.pool), self.issuers, self.linter, self.clock,
-            profile_for=profile_settings_factory(self.config), worker_id=worker_id, ct=ct,
-            production=production, signing_guard=guard, caa=self.va,
+            IssuanceRepository(self.pool),
+            self.issuers,
+            self.linter,
+            self.clock,
+            profile_for=profile_settings_factory(self.config),
+            worker_id=worker_id,
+            ct=ct,
+            production=production,
+            signing_guard=guard,
+            caa=self.va,
             account_uri=lambda account_id: f"https://acme.test/acme/acct/{account_id}",
         )
 
-    async def queue(self, *, validated_at: datetime, records: Records = primary_records,
-                    names: Sequence[str] = NAMES, csr_der: bytes | None = None) -> int:
+    async def queue(
+        self,
+        *,
+        validated_at: datetime,
+        records: Records = primary_records,
+        names: Sequence[str] = NAMES,
+        csr_der: bytes | None = None,
+    ) -> int:
         """A ready order for ``names`` validated at ``validated_at``, queued now."""
         account_id, order_id = await insert_ready_order(
-            self.pool, names, now=self.clock.now(), validated_at=validated_at, records=records)
+            self.pool, names, now=self.clock.now(), validated_at=validated_at, records=records
+        )
         assert await IssuanceRepository(self.pool).enqueue(
-            order_id=order_id, account_id=account_id, csr_der=csr_der or build_csr(names),
-            names=list(names), issuer=self.config.ecdsa_issuer, now=self.clock.now())
+            order_id=order_id,
+            account_id=account_id,
+            csr_der=csr_der or build_csr(names),
+            names=list(names),
+            issuer=self.config.ecdsa_issuer,
+            now=self.clock.now(),
+        )
         return order_id
 
     @property
@@ -325,16 +405,28 @@ class Rig:
 
 
 @pytest.fixture
-async def rig(pool: asyncpg.Pool, pki_config: Config, linter: CertificateLinter,
-              dns: ChallengeTestServer) -> AsyncIterator[Rig]:
+async def rig(
+    pool: asyncpg.Pool, pki_config: Config, linter: CertificateLinter, dns: ChallengeTestServer
+) -> AsyncIterator[Rig]:
     clock = FixedClock(at("2026-12-03T08:00:00"))
     loaded = await load_issuers(pki_config)
     issuers, signers = wrap_issuers(loaded)
     va = build_validation_authority(
-        replace(pki_config, dns_resolver=f"127.0.0.1:{dns.dns_port}", dnssec="off"), clock)
+        replace(pki_config, dns_resolver=f"127.0.0.1:{dns.dns_port}", dnssec="off"), clock
+    )
     async with TestCtLogs(three_operators(), accepted_roots(pki_config), clock=clock) as logs:
-        r = Rig(pool, pki_config, issuers, signers, linter, clock, logs,
-                StaticLogList(parse_log_list(logs.log_list())), va, [])
+        r = Rig(
+            pool,
+            pki_config,
+            issuers,
+            signers,
+            linter,
+            clock,
+            logs,
+            StaticLogList(parse_log_list(logs.log_list())),
+            va,
+            [],
+        )
         try:
             yield r
         finally:
@@ -351,10 +443,13 @@ async def run(worker: SigningWorker) -> None:
 async def issued(pool: asyncpg.Pool, order_id: int) -> None:
     order = await pool.fetchrow("SELECT * FROM orders WHERE id = $1", order_id)
     assert order["status"] == "valid", order
-    assert await pool.fetchval(
-        "SELECT count(*) FROM precertificates WHERE order_id = $1", order_id) == 1
-    assert await pool.fetchval(
-        "SELECT count(*) FROM certificates WHERE order_id = $1", order_id) == 1
+    assert (
+        await pool.fetchval("SELECT count(*) FROM precertificates WHERE order_id = $1", order_id)
+        == 1
+    )
+    assert (
+        await pool.fetchval("SELECT count(*) FROM certificates WHERE order_id = $1", order_id) == 1
+    )
 
 
 async def refused(rig: Rig, order_id: int, rule: str, problem_type: str) -> dict[str, Any]:
@@ -365,13 +460,20 @@ async def refused(rig: Rig, order_id: int, rule: str, problem_type: str) -> dict
     assert order["error"]["type"] == ERR + problem_type, order["error"]
     assert rule in order["error"]["detail"] and "nothing was signed" in order["error"]["detail"]
     assert job["status"] == "failed" and job["precert_der"] is None and job["tbs_der"] is None
-    assert await rig.pool.fetchval(
-        "SELECT count(*) FROM precertificates WHERE order_id = $1", order_id) == 0
-    assert await rig.pool.fetchval(
-        "SELECT count(*) FROM certificates WHERE order_id = $1", order_id) == 0
+    assert (
+        await rig.pool.fetchval(
+            "SELECT count(*) FROM precertificates WHERE order_id = $1", order_id
+        )
+        == 0
+    )
+    assert (
+        await rig.pool.fetchval("SELECT count(*) FROM certificates WHERE order_id = $1", order_id)
+        == 0
+    )
     rows = await rig.pool.fetch(
         "SELECT details FROM audit_events WHERE order_id = $1 AND event = 'issuance.failed'",
-        order_id)
+        order_id,
+    )
     assert len(rows) == 1
     details: dict[str, Any] = rows[0]["details"]
     assert details["reason"] == "re-check before signing"
@@ -382,7 +484,9 @@ async def refused(rig: Rig, order_id: int, rule: str, problem_type: str) -> dict
 async def caa_rechecks(pool: asyncpg.Pool, order_id: int) -> list[dict[str, Any]]:
     rows = await pool.fetch(
         "SELECT details FROM audit_events WHERE order_id = $1 AND event = 'caa.rechecked' "
-        "ORDER BY id", order_id)
+        "ORDER BY id",
+        order_id,
+    )
     return [r["details"] for r in rows]
 
 
@@ -391,9 +495,11 @@ def caa_queries(dns: ChallengeTestServer, name: str) -> int:
     return sum(1 for e in dns.store.dns_history(name) if e.qtype == dns_rdatatype.CAA)
 
 
-@pytest.mark.parametrize(("waited", "rechecked"), [(timedelta(hours=7), False),
-                                                   (timedelta(hours=9), True)],
-                         ids=["7h-in-queue", "9h-in-queue"])
+@pytest.mark.parametrize(
+    ("waited", "rechecked"),
+    [(timedelta(hours=7), False), (timedelta(hours=9), True)],
+    ids=["7h-in-queue", "9h-in-queue"],
+)
 async def test_fc_4_caa_older_than_8_hours_is_redone_before_signing(
     rig: Rig, dns: ChallengeTestServer, waited: timedelta, rechecked: bool
 ) -> None:
@@ -407,7 +513,9 @@ async def test_fc_4_caa_older_than_8_hours_is_redone_before_signing(
     audits = await caa_rechecks(rig.pool, order_id)
     stored = await rig.pool.fetch(
         "SELECT a.caa_checked_at FROM order_authorizations oa "
-        "JOIN authorizations a ON a.id = oa.authz_id WHERE oa.order_id = $1", order_id)
+        "JOIN authorizations a ON a.id = oa.authz_id WHERE oa.order_id = $1",
+        order_id,
+    )
     if not rechecked:
         assert audits == [] and all(r["caa_checked_at"] is None for r in stored)
         assert all(caa_queries(dns, name) == 0 for name in NAMES)
@@ -420,10 +528,14 @@ async def test_fc_4_caa_older_than_8_hours_is_redone_before_signing(
     assert all(caa_queries(dns, name) >= 1 for name in NAMES)
 
 
-@pytest.mark.parametrize(("caa_at", "forbidden", "problem"), [
-    ("www.recheck.example.com", {"www.recheck.example.com"}, "caa"),
-    ("recheck.example.com", set(NAMES), "compound"),  # the climb finds it for both names
-], ids=["one-name", "both-names"])
+@pytest.mark.parametrize(
+    ("caa_at", "forbidden", "problem"),
+    [
+        ("www.recheck.example.com", {"www.recheck.example.com"}, "caa"),
+        ("recheck.example.com", set(NAMES), "compound"),  # the climb finds it for both names
+    ],
+    ids=["one-name", "both-names"],
+)
 async def test_fc_4_caa_that_now_forbids_fails_the_order_and_signs_nothing(
     rig: Rig, dns: ChallengeTestServer, caa_at: str, forbidden: set[str], problem: str
 ) -> None:
@@ -441,9 +553,13 @@ async def test_fc_4_caa_that_now_forbids_fails_the_order_and_signs_nothing(
     assert all(a["problem"]["type"] == ERR + "caa" for a in audits if not a["ok"])
     assert rig.hsm_signatures == 0
     # A name CAA still allows keeps its new check time; a forbidden one does not.
-    stored = dict(await rig.pool.fetch(
-        "SELECT a.identifier, a.caa_checked_at FROM order_authorizations oa "
-        "JOIN authorizations a ON a.id = oa.authz_id WHERE oa.order_id = $1", order_id))
+    stored = dict(
+        await rig.pool.fetch(
+            "SELECT a.identifier, a.caa_checked_at FROM order_authorizations oa "
+            "JOIN authorizations a ON a.id = oa.authz_id WHERE oa.order_id = $1",
+            order_id,
+        )
+    )
     assert {n for n, t in stored.items() if t is not None} == set(NAMES) - forbidden
 
 
@@ -473,9 +589,11 @@ async def test_fc_4_ct_retry_that_reenters_prepare_after_8_hours_redoes_caa(rig:
     assert {a["checked_at"] for a in audits} == {(validated + timedelta(hours=10)).isoformat()}
 
 
-@pytest.mark.parametrize(("signing", "accepted"), [("2027-03-14T12:00:00", True),
-                                                   ("2027-03-15T00:00:00", False)],
-                         ids=["2027-03-14", "2027-03-15"])
+@pytest.mark.parametrize(
+    ("signing", "accepted"),
+    [("2027-03-14T12:00:00", True), ("2027-03-15T00:00:00", False)],
+    ids=["2027-03-14", "2027-03-15"],
+)
 async def test_br_reuse_1_validation_150_days_old_signed_across_2027_03_15(
     rig: Rig, signing: str, accepted: bool
 ) -> None:
@@ -499,8 +617,9 @@ async def test_br_val_1_job_prepared_2027_03_14_is_not_signed_2027_03_15(rig: Ri
     """BR 6.3.2 (SC-081): prepared on 2027-03-14 with 199 days of validity, the signer fails;
     the job comes back after midnight, when 100 days is the most: it is refused."""
     rig.clock.set(at("2027-03-14T23:50:00"))
-    order_id = await rig.queue(validated_at=rig.clock.now() - timedelta(hours=1),
-                               records=corroborated(FIVE))
+    order_id = await rig.queue(
+        validated_at=rig.clock.now() - timedelta(hours=1), records=corroborated(FIVE)
+    )
     signer = rig.signers[rig.config.ecdsa_issuer]
     signer.crash = True
     await run(rig.worker())
@@ -516,11 +635,19 @@ async def test_br_val_1_job_prepared_2027_03_14_is_not_signed_2027_03_15(rig: Ri
     assert order["status"] == "invalid" and "BR 6.3.2" in order["error"]["detail"]
     assert order["error"]["type"] == ERR + "serverInternal"
     assert signer.calls == tried  # nothing more was asked of the HSM
-    assert await rig.pool.fetchval(
-        "SELECT count(*) FROM precertificates WHERE order_id = $1", order_id) == 0
-    assert await rig.pool.fetchval(
-        "SELECT count(*) FROM audit_events WHERE order_id = $1 AND event = 'issuance.failed'",
-        order_id) == 1
+    assert (
+        await rig.pool.fetchval(
+            "SELECT count(*) FROM precertificates WHERE order_id = $1", order_id
+        )
+        == 0
+    )
+    assert (
+        await rig.pool.fetchval(
+            "SELECT count(*) FROM audit_events WHERE order_id = $1 AND event = 'issuance.failed'",
+            order_id,
+        )
+        == 1
+    )
 
 
 def four_perspectives_guard() -> SigningGuard:
@@ -529,8 +656,11 @@ def four_perspectives_guard() -> SigningGuard:
         Perspective(pid, rir, f"https://{pid}.mpic.test", Location(0.0, 10.0 * i))
         for i, (pid, rir) in enumerate(FOUR)
     )
-    return signing_guard(Assessment(Shape.PRODUCTION, "imported hierarchy",
-                                    at("2026-12-14T00:00:00"), (), perspectives))
+    return signing_guard(
+        Assessment(
+            Shape.PRODUCTION, "imported hierarchy", at("2026-12-14T00:00:00"), (), perspectives
+        )
+    )
 
 
 async def test_fc_2_four_perspectives_sign_on_2026_12_14_and_are_refused_on_2026_12_15(
@@ -541,8 +671,9 @@ async def test_fc_2_four_perspectives_sign_on_2026_12_14_and_are_refused_on_2026
     compliant then) on the 14th."""
     guard = four_perspectives_guard()
     rig.clock.set(at("2026-12-14T12:00:00"))
-    first = await rig.queue(validated_at=rig.clock.now() - timedelta(hours=1),
-                            records=corroborated(FOUR))
+    first = await rig.queue(
+        validated_at=rig.clock.now() - timedelta(hours=1), records=corroborated(FOUR)
+    )
     await run(rig.worker(guard=guard))
     await issued(rig.pool, first)
     signed = rig.hsm_signatures
@@ -566,8 +697,13 @@ async def test_fc_2_four_perspectives_sign_on_2026_12_14_and_are_refused_on_2026
         (corroborated(FOUR), True, True),
         (corroborated(FOUR, failing=2), True, False),
     ],
-    ids=["uncorroborated-development", "uncorroborated-production", "2-remotes-production",
-         "4-remotes-production", "2of4-production"],
+    ids=[
+        "uncorroborated-development",
+        "uncorroborated-production",
+        "2-remotes-production",
+        "4-remotes-production",
+        "2of4-production",
+    ],
 )
 async def test_br_mpic_2_3_corroboration_recorded_below_the_quorum_fails_the_order(
     rig: Rig, records: Records, production: bool, accepted: bool
@@ -575,8 +711,7 @@ async def test_br_mpic_2_3_corroboration_recorded_below_the_quorum_fails_the_ord
     """BR 3.2.2.9: at signing, each validation's recorded corroboration must meet the rule of
     its date (2026-12-03: 4 remotes, 2 RIRs, one may fail); a development worker
     (production=False) relaxes it as validation does without perspectives."""
-    order_id = await rig.queue(validated_at=rig.clock.now() - timedelta(minutes=5),
-                               records=records)
+    order_id = await rig.queue(validated_at=rig.clock.now() - timedelta(minutes=5), records=records)
     await run(rig.worker(production=production))
     if accepted:
         await issued(rig.pool, order_id)
@@ -590,7 +725,9 @@ async def test_rfc8555_authorization_deactivated_after_finalize_is_not_signed(ri
     order_id = await rig.queue(validated_at=rig.clock.now())
     await rig.pool.execute(
         "UPDATE authorizations SET status = 'deactivated' WHERE id = (SELECT authz_id FROM "
-        "order_authorizations WHERE order_id = $1 AND position = 0)", order_id)
+        "order_authorizations WHERE order_id = $1 AND position = 0)",
+        order_id,
+    )
     await run(rig.worker(production=False))
     details = await refused(rig, order_id, "authorization", "unauthorized")
     assert details["refusals"][0]["identifier"] == NAMES[0]
@@ -605,14 +742,19 @@ async def test_kc_2_key_blocked_after_finalize_is_not_signed(rig: Rig) -> None:
     order_id = await rig.queue(validated_at=rig.clock.now(), csr_der=build_csr(NAMES, key=key))
     other = await rig.queue(validated_at=rig.clock.now(), names=["other.recheck.example.com"])
     blocked = await RevocationAuthority(CertificateRepository(rig.pool), rig.clock).block_key(
-        spki_sha256(key.public_key()), actor="operator:test", reason="private key published")
+        spki_sha256(key.public_key()), actor="operator:test", reason="private key published"
+    )
     assert blocked.certificates == 0  # nothing was signed with it yet
     worker = rig.worker(production=False)
     await run(worker)
     details = await refused(rig, order_id, "BR 6.1.1.3(4)", "badCSR")
-    assert details["refusals"] == [{
-        "rule": recheck.RULE_BLOCKED_KEY, "type": "badCSR",
-        "detail": recheck.blocked_key_refusal(blocked.spki_sha256).problem.detail}]
+    assert details["refusals"] == [
+        {
+            "rule": recheck.RULE_BLOCKED_KEY,
+            "type": "badCSR",
+            "detail": recheck.blocked_key_refusal(blocked.spki_sha256).problem.detail,
+        }
+    ]
     order = await rig.pool.fetchrow("SELECT error FROM orders WHERE id = $1", order_id)
     assert "BR 4.9.1.1" in order["error"]["detail"]
     assert blocked.spki_sha256.hex() in order["error"]["detail"]
@@ -632,14 +774,16 @@ async def test_a_worker_that_lost_its_lease_cannot_fail_the_job_it_refused(rig: 
     rig.clock.advance(timedelta(minutes=3))
     second = await jobs.claim("w2", now=rig.clock.now(), lease=timedelta(minutes=2))
     assert second is not None and second.id == first.id
-    assert not await jobs.fail(first, problem, {"reason": "late"}, rig.clock.now(),
-                               held_by="w1")
+    assert not await jobs.fail(first, problem, {"reason": "late"}, rig.clock.now(), held_by="w1")
     order = await rig.pool.fetchrow("SELECT * FROM orders WHERE id = $1", order_id)
     job = await rig.pool.fetchrow("SELECT * FROM issuance_jobs WHERE id = $1", first.id)
     assert order["status"] == "processing" and order["error"] is None
     assert job["status"] == "running" and job["locked_by"] == "w2"
-    assert await rig.pool.fetchval(
-        "SELECT count(*) FROM audit_events WHERE order_id = $1 AND event = 'issuance.failed'",
-        order_id) == 0
-    assert await jobs.fail(second, problem, {"reason": "now"}, rig.clock.now(),
-                           held_by="w2")
+    assert (
+        await rig.pool.fetchval(
+            "SELECT count(*) FROM audit_events WHERE order_id = $1 AND event = 'issuance.failed'",
+            order_id,
+        )
+        == 0
+    )
+    assert await jobs.fail(second, problem, {"reason": "now"}, rig.clock.now(), held_by="w2")

@@ -301,7 +301,9 @@ async def test_br_3_2_2_4_7_dns01_adn_is_not_pruned(
     (record,) = result.records
     assert record.query == "_acme-challenge.www.example.test TXT"
     assert (record.identifier, record.adn, record.result) == (
-        "www.example.test", "www.example.test", "fail"
+        "www.example.test",
+        "www.example.test",
+        "fail",
     )
     assert srv.store.dns_history("_acme-challenge.example.test") == ()
     # The parent's own challenge does pass: the value was there to be found.

@@ -556,7 +556,9 @@ async def test_br_3_2_2_4_19_http01_validates_exact_fqdn(serve: Serve, dns: DnsC
     assert [r.query for r in result.records] == [f"http://www.example.test:{port}{PATH}"]
     (record,) = result.records
     assert (record.identifier, record.adn, record.result) == (
-        "www.example.test", "www.example.test", "fail"
+        "www.example.test",
+        "www.example.test",
+        "fail",
     )
     # The same server, asked for the name it does serve, passes: the check is not vacuous.
     parent = await validator.check("example.test", TOKEN, KEY_AUTH)

@@ -63,9 +63,7 @@ def test_br_3_2_2_4_offered_methods_and_their_adn_columns() -> None:
     """The CA offers exactly http-01 (3.2.2.4.19: no wildcard, prune or CNAME) and dns-01
     (3.2.2.4.7: all three allowed by the BR); the RA records the same sections."""
     assert SUPPORTED_CHALLENGES == ("http-01", "dns-01")
-    columns = {
-        m.label: (m.section, m.wildcard, m.prune, m.cname) for m in DCV_METHODS.values()
-    }
+    columns = {m.label: (m.section, m.wildcard, m.prune, m.cname) for m in DCV_METHODS.values()}
     assert columns == {
         "http-01": ("3.2.2.4.19", False, False, False),
         "dns-01": ("3.2.2.4.7", True, True, True),
@@ -84,8 +82,15 @@ def test_br_3_2_2_4_offered_methods_and_their_adn_columns() -> None:
         ("dns-01", "b.example.test", True, "b.example.test"),
         ("dns-01", "*.b.example.test", False, "b.example.test"),
     ],
-    ids=["http-fqdn", "http-normalised", "http-star", "http-flag", "dns-fqdn-not-pruned",
-         "dns-wildcard-flag", "dns-wildcard-star"],
+    ids=[
+        "http-fqdn",
+        "http-normalised",
+        "http-star",
+        "http-flag",
+        "dns-fqdn-not-pruned",
+        "dns-wildcard-flag",
+        "dns-wildcard-star",
+    ],
 )
 def test_br_3_2_2_4_adn_is_the_fqdn_never_pruned(
     method: str, identifier: str, wildcard: bool, adn: str | None
@@ -157,9 +162,15 @@ async def test_br_5_4_1_failed_validation_is_recorded_with_its_adn(
 
 def test_br_5_4_1_record_json_round_trip() -> None:
     record = ValidationRecord(
-        method="dns-01", hostname="example.test", query="_acme-challenge.example.test TXT",
-        at=NOW, identifier="*.example.test", adn="example.test", br_method="3.2.2.4.7",
-        value="abc", result="pass",
+        method="dns-01",
+        hostname="example.test",
+        query="_acme-challenge.example.test TXT",
+        at=NOW,
+        identifier="*.example.test",
+        adn="example.test",
+        br_method="3.2.2.4.7",
+        value="abc",
+        result="pass",
     )
     assert ValidationRecord.from_json(json.loads(json.dumps(record.to_json()))) == record
     with pytest.raises(FormatError, match="result"):
@@ -170,14 +181,23 @@ def test_from_json_reads_records_written_before_sc_099() -> None:
     """Records already stored, and replies from a remote VA of an older version, lack the new
     fields; they still read, and write back unchanged."""
     old = {
-        "method": "http-01", "perspective": "us-east", "hostname": "example.test",
+        "method": "http-01",
+        "perspective": "us-east",
+        "hostname": "example.test",
         "query": "http://example.test/.well-known/acme-challenge/x",
-        "at": "2026-04-01T12:00:00+00:00", "server": "192.0.2.7:80",
-        "addresses": ["192.0.2.7"], "response": "HTTP 200 body: 'x.y'", "rir": "ARIN",
+        "at": "2026-04-01T12:00:00+00:00",
+        "server": "192.0.2.7:80",
+        "addresses": ["192.0.2.7"],
+        "response": "HTTP 200 body: 'x.y'",
+        "rir": "ARIN",
     }
     record = ValidationRecord.from_json(old)
     assert (record.identifier, record.adn, record.br_method, record.value, record.result) == (
-        None, None, None, None, None
+        None,
+        None,
+        None,
+        None,
+        None,
     )
     assert record.to_json() == old
     result = CheckResult.from_json({"ok": True, "records": [old], "observed": "x.y"})
@@ -199,7 +219,10 @@ def test_applied_for_spells_the_certificate_name() -> None:
     ids=["http-01", "dns-01-wildcard"],
 )
 async def test_br_5_4_1_stored_records_name_value_adn_and_method(
-    ca_factory: CaFactory, srv: ChallengeTestServer, dsn: str, method: str,
+    ca_factory: CaFactory,
+    srv: ChallengeTestServer,
+    dsn: str,
+    method: str,
     names: tuple[str, ...],
 ) -> None:
     """Through the ACME API into PostgreSQL: the challenge's records and the audit event's
@@ -230,7 +253,8 @@ async def test_br_5_4_1_stored_records_name_value_adn_and_method(
         )
         audit = await conn.fetchval(
             "SELECT details FROM audit_events WHERE event = 'challenge.valid'"
-            " AND (details->>'challenge_id')::bigint = $1", challenge_id
+            " AND (details->>'challenge_id')::bigint = $1",
+            challenge_id,
         )
     finally:
         await conn.close()
@@ -285,7 +309,10 @@ async def test_br_5_4_1_mpic_records_each_perspective_result_and_quorum(
     for pid, record in summaries.items():
         assert record.rir is not None
         assert (record.identifier, record.adn, record.br_method, record.value) == (
-            "*.www.example.test", "www.example.test", "3.2.2.4.7", value
+            "*.www.example.test",
+            "www.example.test",
+            "3.2.2.4.7",
+            value,
         ), pid
         if pid == "offline":
             assert (record.result, record.corroborated) == (None, False)
@@ -295,14 +322,22 @@ async def test_br_5_4_1_mpic_records_each_perspective_result_and_quorum(
     quorum = result.records[-1]
     assert (quorum.perspective, quorum.quorum, quorum.result) == ("primary", "5/6", "pass")
     assert (quorum.identifier, quorum.adn, quorum.method, quorum.br_method, quorum.value) == (
-        "*.www.example.test", "www.example.test", "dns-01", "3.2.2.4.7", value
+        "*.www.example.test",
+        "www.example.test",
+        "dns-01",
+        "3.2.2.4.7",
+        value,
     )
     # Each remote's own lookup is kept, under its id, naming the same ADN.
     own = [r for r in result.records if r.query == "_acme-challenge.www.example.test TXT"]
     assert sorted(r.perspective for r in own) == [
-        "primary", "test-1", "test-2", "test-3", "test-4", "test-5"
+        "primary",
+        "test-1",
+        "test-2",
+        "test-3",
+        "test-4",
+        "test-5",
     ]
     assert all(r.adn == "www.example.test" and r.result == "pass" for r in own)
     # The stored form is JSON: what an auditor reads, and what the signing worker re-checks.
     assert [CheckResult.from_json(json.loads(json.dumps(result.to_json())))] == [result]
-

@@ -191,7 +191,8 @@ async def ct(pki_config: Config) -> AsyncIterator[CertificateTransparency]:
     hierarchy's roots."""
     async with TestCtLogs(ct_log_specs(), accepted_roots(pki_config)) as logs:
         transparency = CertificateTransparency(
-            StaticLogList(parse_log_list(logs.log_list())), SystemClock(), FAST)
+            StaticLogList(parse_log_list(logs.log_list())), SystemClock(), FAST
+        )
         try:
             yield transparency
         finally:
@@ -304,8 +305,13 @@ async def test_queued_jobs_become_certificates(
                 queued.order_id,
             )
         ]
-        assert events == ["order.processing", "issuance.prepared", "precertificate.issued",
-                          "ct.scts_collected", "certificate.issued"]
+        assert events == [
+            "order.processing",
+            "issuance.prepared",
+            "precertificate.issued",
+            "ct.scts_collected",
+            "certificate.issued",
+        ]
 
 
 async def test_lease_lapsed_before_prepare_is_taken_over(
@@ -717,19 +723,34 @@ async def test_migration_005_derives_each_jobs_step_from_its_recorded_columns(
     conn = await pool.acquire()
     try:
         await conn.execute((DATA / "schema_before_005.sql").read_text())
-        await conn.execute("INSERT INTO schema_migrations (version, name) VALUES "
-                           "(1, 'key_compromise'), (2, 'authorizations_caa_checked_at')")
+        await conn.execute(
+            "INSERT INTO schema_migrations (version, name) VALUES "
+            "(1, 'key_compromise'), (2, 'authorizations_caa_checked_at')"
+        )
         now = datetime.now(UTC)
         account = await conn.fetchval(
             "INSERT INTO accounts (key_thumbprint, jwk, status, created_at, updated_at) "
-            "VALUES ($1, '{}', 'valid', $2, $2) RETURNING id", os.urandom(32), now)
+            "VALUES ($1, '{}', 'valid', $2, $2) RETURNING id",
+            os.urandom(32),
+            now,
+        )
         der, later = b"\x30\x03\x02\x01\x01", now + timedelta(days=90)
-        prepared = {"serial": "", "not_before": now, "not_after": later,
-                    "precert_tbs_der": der, "precert_lint_der": der}
+        prepared = {
+            "serial": "",
+            "not_before": now,
+            "not_after": later,
+            "precert_tbs_der": der,
+            "precert_lint_der": der,
+        }
         signed = {**prepared, "precert_der": der, "ct_submitted_at": now}
         collected = {**signed, "scts": [{"log": "log A"}], "tbs_der": der, "lint_der": der}
-        legacy = {"serial": "", "not_before": now, "not_after": later, "tbs_der": der,
-                  "lint_der": der}
+        legacy = {
+            "serial": "",
+            "not_before": now,
+            "not_after": later,
+            "tbs_der": der,
+            "lint_der": der,
+        }
         cases: dict[str, tuple[str, dict[str, Any], str]] = {
             "queued": ("queued", {}, "queued"),
             "prepared": ("running", prepared, "prepared"),
@@ -744,7 +765,9 @@ async def test_migration_005_derives_each_jobs_step_from_its_recorded_columns(
             order = await conn.fetchval(
                 "INSERT INTO orders (account_id, status, identifiers, expires_at, created_at, "
                 "updated_at) VALUES ($1, 'processing', '[]', $2, $2, $2) RETURNING id",
-                account, now + timedelta(days=7))
+                account,
+                now + timedelta(days=7),
+            )
             values = {**columns}
             if "serial" in values:
                 values["serial"] = os.urandom(16).hex()
@@ -757,8 +780,15 @@ async def test_migration_005_derives_each_jobs_step_from_its_recorded_columns(
                 f"issuer, created_at, updated_at{', ' + names if values else ''}) "
                 f"VALUES ($1, $2, $3, $4, $5, $6, $7, $7{', ' + params if values else ''}) "
                 "RETURNING id",
-                order, account, der, [f"{name.replace('_', '-')}.example.com"], status,
-                "dv-ecc", now, *values.values())
+                order,
+                account,
+                der,
+                [f"{name.replace('_', '-')}.example.com"],
+                status,
+                "dv-ecc",
+                now,
+                *values.values(),
+            )
             jobs[name] = (job, order)
 
         applied = await apply_schema(conn)
@@ -766,7 +796,8 @@ async def test_migration_005_derives_each_jobs_step_from_its_recorded_columns(
 
         steps = dict(await conn.fetch("SELECT id, step FROM issuance_jobs"))
         assert {name: steps[job] for name, (job, _) in jobs.items()} == {
-            name: step for name, (_, _, step) in cases.items()}
+            name: step for name, (_, _, step) in cases.items()
+        }
         # Prepared without CT: failed, and so is its order, as the worker used to do.
         job_id, order_id = jobs["legacy_without_ct"]
         failed = await conn.fetchrow("SELECT * FROM issuance_jobs WHERE id = $1", job_id)
@@ -777,20 +808,23 @@ async def test_migration_005_derives_each_jobs_step_from_its_recorded_columns(
         assert order["error"]["type"] == SERVER_INTERNAL
         assert "Transparency" in order["error"]["detail"]
         audit = await conn.fetchrow(
-            "SELECT * FROM audit_events WHERE order_id = $1 AND event = 'issuance.failed'",
-            order_id)
+            "SELECT * FROM audit_events WHERE order_id = $1 AND event = 'issuance.failed'", order_id
+        )
         assert audit is not None and audit["details"]["serial"] == failed["serial"]
         # Other jobs kept their status.
-        assert await conn.fetchval(
-            "SELECT count(*) FROM issuance_jobs WHERE status = 'failed'") == 2
+        assert (
+            await conn.fetchval("SELECT count(*) FROM issuance_jobs WHERE status = 'failed'") == 2
+        )
 
         # The constraint: a claimable job's step needs its columns.
         with pytest.raises(asyncpg.CheckViolationError):
-            await conn.execute("UPDATE issuance_jobs SET step = 'prepared' WHERE id = $1",
-                               jobs["queued"][0])
+            await conn.execute(
+                "UPDATE issuance_jobs SET step = 'prepared' WHERE id = $1", jobs["queued"][0]
+            )
         with pytest.raises(asyncpg.CheckViolationError):
-            await conn.execute("UPDATE issuance_jobs SET step = 'signed' WHERE id = $1",
-                               jobs["done"][0])
+            await conn.execute(
+                "UPDATE issuance_jobs SET step = 'signed' WHERE id = $1", jobs["done"][0]
+            )
         assert await apply_schema(conn) == [], "replaying the schema changes nothing"
     finally:
         await pool.release(conn)
@@ -799,8 +833,9 @@ async def test_migration_005_derives_each_jobs_step_from_its_recorded_columns(
     try:
         repository = IssuanceRepository(pool)
         views: dict[int, type[IssuanceJob]] = {}
-        while (claimed := await repository.claim(
-                "w", now=datetime.now(UTC) + timedelta(hours=1), lease=DEFAULT_LEASE)):
+        while claimed := await repository.claim(
+            "w", now=datetime.now(UTC) + timedelta(hours=1), lease=DEFAULT_LEASE
+        ):
             views[claimed.id] = type(claimed)
         assert views == {
             jobs["queued"][0]: IssuanceJob,

@@ -212,9 +212,7 @@ async def revoke_serial(
     # The precertificate first: a certificate being stored for this serial holds its row
     # (FOR SHARE, the certificates_inherit_revocation trigger), so either that certificate is
     # committed before the certificates statement below runs, or it inherits this revocation.
-    changed_precertificate = await conn.fetchrow(
-        _REVOKE_SQL["precertificates"], serial, at, reason
-    )
+    changed_precertificate = await conn.fetchrow(_REVOKE_SQL["precertificates"], serial, at, reason)
     changed_certificate = await conn.fetchrow(_REVOKE_SQL["certificates"], serial, at, reason)
     row = changed_certificate or changed_precertificate
     if row is None:
@@ -311,9 +309,7 @@ class CertificateRepository:
             at = now
             if reason == KEY_COMPROMISE and block is not None and block.compromised_at:
                 at = min(now, block.compromised_at)
-            change = await revoke_serial(
-                conn, serial, reason=reason, at=at, now=now, actor=actor
-            )
+            change = await revoke_serial(conn, serial, reason=reason, at=at, now=now, actor=actor)
         return change.outcome if change is not None else RevocationOutcome.UNCHANGED
 
     async def block_key(self, block: KeyBlock, now: datetime) -> int | None:

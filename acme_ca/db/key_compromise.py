@@ -187,9 +187,7 @@ class KeyCompromiseRepository:
             )
         return done
 
-    async def fail(
-        self, sweep: Sweep, *, worker_id: str, error: str, retry_at: datetime
-    ) -> None:
+    async def fail(self, sweep: Sweep, *, worker_id: str, error: str, retry_at: datetime) -> None:
         """Give the sweep back after a failure, to be retried from ``retry_at``."""
         await self._pool.execute(
             """UPDATE key_compromise_sweeps SET locked_by = NULL, locked_until = NULL,
@@ -202,8 +200,9 @@ class KeyCompromiseRepository:
         )
 
     async def get(self, sweep_id: int) -> Sweep | None:
-        row = await self._pool.fetchrow("SELECT * FROM key_compromise_sweeps WHERE id = $1",
-                                        sweep_id)
+        row = await self._pool.fetchrow(
+            "SELECT * FROM key_compromise_sweeps WHERE id = $1", sweep_id
+        )
         return _sweep(row) if row else None
 
     async def recent(self, limit: int = 50) -> list[Sweep]:

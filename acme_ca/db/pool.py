@@ -30,8 +30,12 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 async def create_pool(dsn: str, *, max_size: int = 10) -> asyncpg.Pool:
     """Open a pool; raises ``OSError``/``asyncpg.PostgresError`` when the server is unreachable."""
     pool = await asyncpg.create_pool(
-        dsn, min_size=1, max_size=max_size, init=_init_connection,
-        reset=_keep_session, command_timeout=30
+        dsn,
+        min_size=1,
+        max_size=max_size,
+        init=_init_connection,
+        reset=_keep_session,
+        command_timeout=30,
     )
     assert pool is not None
     return pool

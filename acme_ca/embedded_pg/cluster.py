@@ -311,7 +311,6 @@ class EmbeddedPostgres:
                 "cannot be used without it (remove the cluster to start afresh)"
             ) from None
 
-
     # -- binaries and subprocesses -------------------------------------------------------
 
     def _choose_binaries(self, cluster: Path | None) -> PgBinaries:

@@ -102,8 +102,14 @@ def create_app(
 
     async def front_end_ctx(app: web.Application) -> AsyncIterator[None]:
         app[FRONT_END] = await _front_end(
-            config, clock, app[STORAGE], app[TASKS], app[COMPLETIONS], app[VALIDATOR],
-            debian_weak_rsa_sizes)
+            config,
+            clock,
+            app[STORAGE],
+            app[TASKS],
+            app[COMPLETIONS],
+            app[VALIDATOR],
+            debian_weak_rsa_sizes,
+        )
         yield
 
     async def maintenance_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -73,8 +73,9 @@ async def _issuers(config: Config, clock: Clock) -> AsyncIterator[IssuerSet]:
 
 
 @contextlib.asynccontextmanager
-async def _ct(config: Config, logs: LogListSource, clock: Clock
-              ) -> AsyncIterator[CertificateTransparency]:
+async def _ct(
+    config: Config, logs: LogListSource, clock: Clock
+) -> AsyncIterator[CertificateTransparency]:
     ct = CertificateTransparency(logs, clock, CtSettings.from_config(config))
     try:
         yield ct
@@ -84,16 +85,22 @@ async def _ct(config: Config, logs: LogListSource, clock: Clock
 
 @contextlib.asynccontextmanager
 async def _caa_validator(
-    config: Config, clock: Clock, account_uri: Callable[[int], str] | None,
+    config: Config,
+    clock: Clock,
+    account_uri: Callable[[int], str] | None,
     mpic: MpicSetup | None,
 ) -> AsyncIterator[ValidationAuthority | MpicValidator | None]:
     if account_uri is None:
-        log.warning("worker.no_caa_recheck", detail="no account_uri: orders whose CAA check "
-                    "is older than 8 hours are refused (BR 3.2.2.8)")
+        log.warning(
+            "worker.no_caa_recheck",
+            detail="no account_uri: orders whose CAA check "
+            "is older than 8 hours are refused (BR 3.2.2.8)",
+        )
         yield None
         return
     validator = build_validator(
-        config, clock, mpic if mpic is not None else load_mpic_setup(config, clock.now()))
+        config, clock, mpic if mpic is not None else load_mpic_setup(config, clock.now())
+    )
     try:
         yield validator
     finally:
@@ -127,7 +134,8 @@ async def run_worker(
     logs.current()  # an unreadable log list stops the worker now, not at the first job
     async with contextlib.AsyncExitStack() as stack:
         validator = await stack.enter_async_context(
-            _caa_validator(config, clock, account_uri, mpic))
+            _caa_validator(config, clock, account_uri, mpic)
+        )
         ct = await stack.enter_async_context(_ct(config, logs, clock))
         storage = await stack.enter_async_context(_storage(config, dsn))
         issuers = await stack.enter_async_context(_issuers(config, clock))
@@ -135,11 +143,18 @@ async def run_worker(
         roots = await open_root_authorities(config)
         stack.push_async_callback(close_authorities, roots)
         updater = StatusUpdater(
-            StatusRepository(storage.pool), issuers, linter, clock,
-            StatusSettings.from_config(config), roots=roots,
+            StatusRepository(storage.pool),
+            issuers,
+            linter,
+            clock,
+            StatusSettings.from_config(config),
+            roots=roots,
         )
         worker = SigningWorker(
-            storage.issuance, issuers, linter, clock,
+            storage.issuance,
+            issuers,
+            linter,
+            clock,
             ct=ct,
             profile_for=profile_settings_factory(config),
             on_issued=updater.certificate_issued,
@@ -155,8 +170,7 @@ async def run_worker(
             (worker.run(stop), "signing-worker"),
             (updater.run(stop), "status-updater"),
             # revokes every certificate of a compromised key
-            (KeyCompromiseSweeper.for_storage(storage, clock).run(stop),
-             "key-compromise-sweeper"),
+            (KeyCompromiseSweeper.for_storage(storage, clock).run(stop), "key-compromise-sweeper"),
         )
 
 

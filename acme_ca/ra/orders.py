@@ -160,9 +160,7 @@ class OrderAuthority:
             raise AcmeError(problems.malformed(f"replaces is not a valid certID: {exc}")) from None
         record = await self._orders.certificate_by_serial(wanted.serial_hex)
         if record is None or not ari.matches(record.der, wanted):
-            raise AcmeError(
-                problems.malformed("replaces names no certificate issued by this CA")
-            )
+            raise AcmeError(problems.malformed("replaces names no certificate issued by this CA"))
         if record.account_id != account.id:
             raise AcmeError(
                 problems.unauthorized(

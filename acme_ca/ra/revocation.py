@@ -199,8 +199,13 @@ class RevocationAuthority:
             record.serial, reason=code, now=self._clock.now(), actor=actor, block=block
         )
         if block is not None:
-            log.info("key.blocked", serial=record.serial, actor=actor, reason=block.reason,
-                     sweep=block.compromise)
+            log.info(
+                "key.blocked",
+                serial=record.serial,
+                actor=actor,
+                reason=block.reason,
+                sweep=block.compromise,
+            )
         if outcome is RevocationOutcome.UNCHANGED:
             raise AcmeError(problems.already_revoked("the certificate is already revoked"))
         log.info(
@@ -375,7 +380,8 @@ class RevocationAuthority:
             raise OperatorRevocationError("the compromise date is in the future")
         block = KeyBlock(
             spki_sha256_digest,
-            f"keyCompromise reported to {actor}: {reason}" if reason
+            f"keyCompromise reported to {actor}: {reason}"
+            if reason
             else f"keyCompromise decided by {actor}",
             actor,
             compromise=True,
@@ -384,8 +390,13 @@ class RevocationAuthority:
         sweep_id = await self._certificates.block_key(block, now)
         assert sweep_id is not None
         affected = await self._certificates.unexpired_with_key(spki_sha256_digest, now)
-        log.info("key.blocked", spki_sha256=spki_sha256_digest.hex(), actor=actor,
-                 sweep_id=sweep_id, certificates=affected)
+        log.info(
+            "key.blocked",
+            spki_sha256=spki_sha256_digest.hex(),
+            actor=actor,
+            sweep_id=sweep_id,
+            certificates=affected,
+        )
         return KeyBlockResult(spki_sha256_digest, sweep_id, affected)
 
 
@@ -407,9 +418,7 @@ def spki_sha256_from_pem(data: bytes) -> bytes:
         if "BEGIN CERTIFICATE" in text:
             return spki_sha256(x509.load_pem_x509_certificate(data).public_key())
         if "PRIVATE KEY" in text:
-            return spki_sha256(
-                serialization.load_pem_private_key(data, password=None).public_key()
-            )
+            return spki_sha256(serialization.load_pem_private_key(data, password=None).public_key())
         return spki_sha256(serialization.load_pem_public_key(data))
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise OperatorRevocationError(f"no key found in the PEM: {exc}") from None

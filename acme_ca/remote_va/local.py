@@ -31,9 +31,7 @@ log = structlog.get_logger(component="acme_ca.remote_va.local")
 
 
 @contextlib.asynccontextmanager
-async def local_remote_vas(
-    config: Config, clock: Clock | None = None
-) -> AsyncIterator[MpicSetup]:
+async def local_remote_vas(config: Config, clock: Clock | None = None) -> AsyncIterator[MpicSetup]:
     """Start ``config.test_perspectives`` remote VAs; yields the primary's setup for them."""
     clock = clock or SystemClock()
     count = config.test_perspectives

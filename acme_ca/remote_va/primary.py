@@ -49,9 +49,7 @@ def build_validator(
         "va.mpic_enabled",
         source=setup.source,
         strict=setup.strict,
-        perspectives=[
-            {"id": p.id, "rir": p.rir, "url": p.url} for p in setup.perspectives
-        ],
+        perspectives=[{"id": p.id, "rir": p.rir, "url": p.url} for p in setup.perspectives],
         phase=phase.label,
         min_remotes=phase.min_remotes,
         timeout_seconds=setup.timeout_seconds,

@@ -190,8 +190,7 @@ class _Ordered:
     def digest(self) -> bytes:
         revoked_at, reasons = self.entries.revoked_at, self.entries.reasons
         lines = (
-            f"{self.numbers[i]:x}:{int(revoked_at[i].timestamp())}:{reasons[i]}"
-            for i in self.order
+            f"{self.numbers[i]:x}:{int(revoked_at[i].timestamp())}:{reasons[i]}" for i in self.order
         )
         return hashlib.sha256("\n".join(lines).encode()).digest()
 

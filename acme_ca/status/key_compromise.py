@@ -90,8 +90,11 @@ class KeyCompromiseSweeper:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work until ``stop`` is set; a failing step is logged and tried again later."""
-        log.info("key_compromise.sweeper_started", worker_id=self.worker_id,
-                 poll_seconds=self._poll_seconds)
+        log.info(
+            "key_compromise.sweeper_started",
+            worker_id=self.worker_id,
+            poll_seconds=self._poll_seconds,
+        )
         loop = asyncio.get_running_loop()
         next_recheck = loop.time()
         while not stop.is_set():
@@ -134,8 +137,12 @@ class KeyCompromiseSweeper:
             return False
         except Exception as exc:
             retry_at = self._clock.now() + retry_delay(sweep.attempts)
-            log.exception("key_compromise.sweep_failed", sweep_id=sweep.id,
-                          attempt=sweep.attempts, retry_at=retry_at.isoformat())
+            log.exception(
+                "key_compromise.sweep_failed",
+                sweep_id=sweep.id,
+                attempt=sweep.attempts,
+                retry_at=retry_at.isoformat(),
+            )
             with contextlib.suppress(Exception):  # the lease lapses anyway
                 await self._repository.fail(
                     sweep, worker_id=self.worker_id, error=repr(exc), retry_at=retry_at
@@ -194,8 +201,11 @@ class KeyCompromiseSweeper:
         """Late certificates of swept keys, overdue sweeps, certificates without a key hash."""
         now = self._clock.now()
         for sweep_id in await self._repository.requeue_late_issuance(now=now):
-            log.warning("key_compromise.sweep_requeued", sweep_id=sweep_id,
-                        detail="a certificate with a swept key appeared after its sweep")
+            log.warning(
+                "key_compromise.sweep_requeued",
+                sweep_id=sweep_id,
+                detail="a certificate with a swept key appeared after its sweep",
+            )
         for sweep in await self._repository.overdue(queued_before=now - OVERDUE_AFTER):
             log.error(
                 "key_compromise.sweep_overdue",
@@ -207,8 +217,11 @@ class KeyCompromiseSweeper:
             )
         missing = await self._repository.unexpired_without_key_hash(now)
         if missing:
-            log.error("key_compromise.certificates_without_key_hash", count=missing,
-                      detail="their DER gave no SubjectPublicKeyInfo; no sweep can find them")
+            log.error(
+                "key_compromise.certificates_without_key_hash",
+                count=missing,
+                detail="their DER gave no SubjectPublicKeyInfo; no sweep can find them",
+            )
 
 
 async def _guarded(step: str, work: Callable[[], Awaitable[object]]) -> None:

@@ -447,9 +447,7 @@ class OcspResponder:
     def issuer_of(self, query: OcspQuery) -> str | None:
         if query.algorithm is None:
             return None
-        return self._by_hashes.get(
-            (query.algorithm, query.issuer_name_hash, query.issuer_key_hash)
-        )
+        return self._by_hashes.get((query.algorithm, query.issuer_name_hash, query.issuer_key_hash))
 
     async def answer(self, request_der: bytes) -> OcspAnswer:
         try:
@@ -464,9 +462,7 @@ class OcspResponder:
         issuer = self.issuer_of(query)
         if issuer is None:
             return OcspAnswer(UNAUTHORIZED, why="CertID names no issuing CA of ours")
-        record = await self._repository.get_ocsp_response(
-            issuer, query.serial_hex, query.algorithm
-        )
+        record = await self._repository.get_ocsp_response(issuer, query.serial_hex, query.algorithm)
         if record is None:
             return OcspAnswer(UNAUTHORIZED, why="no response for this serial")
         if record.next_update <= self._clock.now():

@@ -66,9 +66,9 @@ _PRECERT_SIGNING_EKU: Final = x509.ObjectIdentifier("1.3.6.1.4.1.11129.2.4.4")
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 #: The critical poison extension, as RFC 6962 §3.1 makes it and DER allows only one way:
 #: SEQUENCE { extnID 1.3.6.1.4.1.11129.2.4.3, critical TRUE, extnValue OCTET STRING { NULL } }.
-_POISON_EXTENSION: Final = bytes.fromhex("3013" "060a2b06010401d679020403" "0101ff" "04020500")
+_POISON_EXTENSION: Final = bytes.fromhex("3013060a2b06010401d6790204030101ff04020500")
 #: The same with the extnID of the embedded SCT list (1.3.6.1.4.1.11129.2.4.2): same length.
-_SCT_LIST_AS_POISON: Final = bytes.fromhex("3013" "060a2b06010401d679020402" "0101ff" "04020500")
+_SCT_LIST_AS_POISON: Final = bytes.fromhex("3013060a2b06010401d6790204020101ff04020500")
 #: How many verified CA links (child DER, parent DER) each log remembers.
 LINK_CACHE_SIZE: Final = 64
 
@@ -189,8 +189,7 @@ def _without_poison(precert: x509.Certificate) -> bytes:
     must work.  A precertificate that already has an SCT list is refused: there would be two.
     """
     with contextlib.suppress(x509.ExtensionNotFound):
-        precert.extensions.get_extension_for_oid(
-            ExtensionOID.PRECERT_SIGNED_CERTIFICATE_TIMESTAMPS)
+        precert.extensions.get_extension_for_oid(ExtensionOID.PRECERT_SIGNED_CERTIFICATE_TIMESTAMPS)
         raise _Rejected("a precertificate carries no SCT list extension")
     tbs = precert.tbs_certificate_bytes
     der = precert.public_bytes(serialization.Encoding.DER)
@@ -304,7 +303,8 @@ class TestCtLog:
             return web.Response(status=503, text="log unavailable (test fault)")
         if faults.retry_after is not None:
             return web.Response(
-                status=429, text="slow down (test fault)",
+                status=429,
+                text="slow down (test fault)",
                 headers={"Retry-After": str(faults.retry_after)},
             )
         try:
@@ -337,8 +337,7 @@ class TestCtLog:
             raw = body["chain"]
             if not isinstance(raw, list) or not raw:
                 raise _Rejected("chain must be a non-empty array")
-            return [x509.load_der_x509_certificate(base64.b64decode(c, validate=True))
-                    for c in raw]
+            return [x509.load_der_x509_certificate(base64.b64decode(c, validate=True)) for c in raw]
         except _Rejected:
             raise
         except Exception as e:
@@ -393,8 +392,10 @@ class TestCtLog:
             try:
                 self._signed_by(child, parent, leaf=i == 0)
             except (ValueError, TypeError, InvalidSignature) as e:
-                raise _Rejected(f"{child.subject.rfc4514_string()} is not signed by "
-                                f"{parent.subject.rfc4514_string()}") from e
+                raise _Rejected(
+                    f"{child.subject.rfc4514_string()} is not signed by "
+                    f"{parent.subject.rfc4514_string()}"
+                ) from e
         last = chain[-1]
         for root in self.roots:
             if last == root:
@@ -408,16 +409,17 @@ class TestCtLog:
             return
         raise _Rejected("the chain does not lead to an accepted root")
 
-    def _signed_by(self, child: x509.Certificate, parent: x509.Certificate, *, leaf: bool
-                   ) -> None:
+    def _signed_by(self, child: x509.Certificate, parent: x509.Certificate, *, leaf: bool) -> None:
         """``child.verify_directly_issued_by(parent)`` (raises as it does), remembered for a
         CA link (``leaf`` false) once it succeeded: the answer depends on the two
         certificates' DER alone."""
         if leaf:
             child.verify_directly_issued_by(parent)
             return
-        link = (child.public_bytes(serialization.Encoding.DER),
-                parent.public_bytes(serialization.Encoding.DER))
+        link = (
+            child.public_bytes(serialization.Encoding.DER),
+            parent.public_bytes(serialization.Encoding.DER),
+        )
         if link in self._verified_links:
             self._verified_links.move_to_end(link)
             return
@@ -427,12 +429,14 @@ class TestCtLog:
             self._verified_links.popitem(last=False)
 
     def _sct(
-        self, entry_type: int, signed_entry: bytes, timestamp: int, extensions: bytes,
+        self,
+        entry_type: int,
+        signed_entry: bytes,
+        timestamp: int,
+        extensions: bytes,
         faults: Faults,
     ) -> SctResponse:
-        data = (
-            struct.pack(">BBQH", 0, 0, timestamp, entry_type) + signed_entry + _u16(extensions)
-        )
+        data = struct.pack(">BBQH", 0, 0, timestamp, entry_type) + signed_entry + _u16(extensions)
         signature = self.spec.key.sign(data, ec.ECDSA(hashes.SHA256()))
         if faults.corrupt_signature:
             at = len(signature) // 2
@@ -471,17 +475,19 @@ class TestCtLog:
         return entry
 
 
-def log_list_json(
-    logs: Sequence[TestCtLog], *, version: str = "acme-ca test logs"
-) -> LogList:
+def log_list_json(logs: Sequence[TestCtLog], *, version: str = "acme-ca test logs") -> LogList:
     """The v3 log list naming ``logs`` (RFC 6962 logs under ``logs``, static-ct-api logs under
     ``tiled_logs``), operators in order of first appearance."""
     operators: dict[str, LogListOperator] = {}
     for ct_log in logs:
         op = operators.setdefault(
             ct_log.operator,
-            {"name": ct_log.operator, "email": ["ct-logs@example.test"], "logs": [],
-             "tiled_logs": []},
+            {
+                "name": ct_log.operator,
+                "email": ["ct-logs@example.test"],
+                "logs": [],
+                "tiled_logs": [],
+            },
         )
         (op["logs"] if ct_log.spec.mode == "rfc6962" else op["tiled_logs"]).append(
             ct_log.log_list_entry()
@@ -550,8 +556,9 @@ class TestCtLogs:
         listed = self.log_list()
         for ct_log in self.logs:
             ct_log.log_list_json = listed
-        _log.info("ct_logs.started", logs=[(x.name, x.operator, x.spec.mode, x.url)
-                                           for x in self.logs])
+        _log.info(
+            "ct_logs.started", logs=[(x.name, x.operator, x.spec.mode, x.url) for x in self.logs]
+        )
         return self
 
     async def stop(self) -> None:
@@ -590,12 +597,30 @@ def default_specs(
 
     a, b, c = keys
     return [
-        TestLogSpec("acme-ca test log A", "acme-ca test operator A", a,
-                    jan1(year - 1), jan1(year + 2), "rfc6962"),
-        TestLogSpec("acme-ca test log B", "acme-ca test operator B", b,
-                    jan1(year - 1), jan1(year + 3), "rfc6962"),
-        TestLogSpec("acme-ca test log C", "acme-ca test operator C", c,
-                    jan1(year), jan1(year + 2), "static-ct-api"),
+        TestLogSpec(
+            "acme-ca test log A",
+            "acme-ca test operator A",
+            a,
+            jan1(year - 1),
+            jan1(year + 2),
+            "rfc6962",
+        ),
+        TestLogSpec(
+            "acme-ca test log B",
+            "acme-ca test operator B",
+            b,
+            jan1(year - 1),
+            jan1(year + 3),
+            "rfc6962",
+        ),
+        TestLogSpec(
+            "acme-ca test log C",
+            "acme-ca test operator C",
+            c,
+            jan1(year),
+            jan1(year + 2),
+            "static-ct-api",
+        ),
     ]
 
 

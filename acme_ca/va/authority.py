@@ -145,11 +145,12 @@ class ValidationAuthority:
         if self.always_valid:
             return self._always_valid(validation_method, identifier, wildcard, "caa-recheck")
         result = await self._caa.check(
-            identifier, wildcard=wildcard, account_uri=account_uri,
+            identifier,
+            wildcard=wildcard,
+            account_uri=account_uri,
             validation_method=validation_method,
         )
-        _log.info("va.caa_rechecked", identifier=identifier, ok=result.ok,
-                  problem=_short(result))
+        _log.info("va.caa_rechecked", identifier=identifier, ok=result.ok, problem=_short(result))
         return result
 
     def _always_valid(

@@ -362,9 +362,7 @@ class MpicValidator:
         if decide(rule, remotes, results).decided:  # e.g. too few remotes for the date
             return [RemoteOutcome(p, False, NOT_AWAITED) for p in self.perspectives]
         tasks = {
-            asyncio.create_task(
-                self._ask(p, request, primary_observed), name=f"mpic-{p.id}"
-            ): p
+            asyncio.create_task(self._ask(p, request, primary_observed), name=f"mpic-{p.id}"): p
             for p in self.perspectives
         }
         outcomes: dict[str, RemoteOutcome] = {}

@@ -330,7 +330,8 @@ def load_mpic_setup(config: Config, at: datetime, *, strict: bool | None = None)
     path = config.mpic_perspectives_file
     if path is None:
         reason = (
-            "test mode without --perspectives" if config.test_mode
+            "test mode without --perspectives"
+            if config.test_mode
             else "no mpic_perspectives_file configured"
         )
         return MpicSetup(perspectives=(), strict=strict, source="-", skip_reason=reason)

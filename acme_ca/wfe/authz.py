@@ -31,9 +31,7 @@ def authz_resource(fe: FrontEnd, authz: Authorization) -> resources.Authorizatio
     status = authz_status(authz.status, authz.expires_at, fe.clock.now())
     challenges = authz.challenges
     if status is AuthorizationStatus.VALID:  # only the challenge that validated it (§7.1.4)
-        challenges = (
-            tuple(c for c in challenges if c.status is ChallengeStatus.VALID) or challenges
-        )
+        challenges = tuple(c for c in challenges if c.status is ChallengeStatus.VALID) or challenges
     return resources.Authorization(
         identifier=Identifier("dns", authz.identifier),
         status=status,

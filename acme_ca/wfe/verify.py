@@ -127,4 +127,3 @@ async def verify_post(
     if message is not None and not (or_post_as_get and verified.is_post_as_get):
         decoded = message.from_json(verified.payload_json())
     return VerifiedRequest(jws=verified, account=account, jwk=parsed.jwk, message=decoded)
-

@@ -247,7 +247,10 @@ def machine() -> dict[str, Any]:
 
         run = subprocess.run(
             ["git", "-C", str(REPO), "describe", "--always", "--dirty"],
-            capture_output=True, text=True, timeout=20, check=False,
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
         )
         commit = run.stdout.strip() or None
     return {
@@ -290,8 +293,9 @@ def wait_quiet(target: Target) -> None:
             return
 
 
-def run_level(target: Target, clients: int, duration: float, options: Options,
-              load: LoadFn) -> LevelResult:
+def run_level(
+    target: Target, clients: int, duration: float, options: Options, load: LoadFn
+) -> LevelResult:
     """One level against a running target, with the server's CPU measured around it."""
     result = LevelResult(target.name, clients, duration)
     wait_quiet(target)
@@ -364,8 +368,9 @@ def _describe_level(level: LevelResult) -> str:
     if o.setup_failed:
         parts.append(f"setup failed: {o.setup_failed}")
     if level.stopped_answering:
-        parts.append("STOPPED ANSWERING"
-                     + (f" ({level.probe})" if level.probe not in (None, "ok") else ""))
+        parts.append(
+            "STOPPED ANSWERING" + (f" ({level.probe})" if level.probe not in (None, "ok") else "")
+        )
     return ", ".join(parts)
 
 
@@ -379,8 +384,7 @@ def bench_target(result: TargetResult, workdir: Path, options: Options, load: Lo
         with TARGETS[name](workdir) as target:
             result.startup_seconds = time.monotonic() - started
             result.details = target.details
-            _progress(f"{name}: ready in {result.startup_seconds:.1f} s at "
-                      f"{target.directory_url}")
+            _progress(f"{name}: ready in {result.startup_seconds:.1f} s at {target.directory_url}")
             given_up: str | None = None
             for clients in options.levels:
                 duration = options.duration_for(clients)
@@ -427,23 +431,43 @@ def _ratio(ours: float | None, theirs: float | None) -> str:
 #: (label, getter, formatter, compared): the table's figures per level.
 _Figure = tuple[str, Callable[[LevelResult], Any], Callable[[Any], str], bool]
 FIGURES: list[_Figure] = [
-    ("issuances/s (higher is better)",
-     lambda lv: lv.outcome.per_second if lv.outcome else None, _rate, True),
-    ("p50 latency ms (lower is better)",
-     lambda lv: lv.outcome.p50 if lv.outcome else None, _ms, True),
-    ("p90 latency ms (lower is better)",
-     lambda lv: lv.outcome.p90 if lv.outcome else None, _ms, True),
-    ("p99 latency ms (lower is better)",
-     lambda lv: lv.outcome.p99 if lv.outcome else None, _ms, True),
-    ("errors (by kind)",
-     lambda lv: lv.outcome.errors if lv.outcome else None,
-     lambda v: "—" if v is None else _errors_cell(v), False),
+    (
+        "issuances/s (higher is better)",
+        lambda lv: lv.outcome.per_second if lv.outcome else None,
+        _rate,
+        True,
+    ),
+    (
+        "p50 latency ms (lower is better)",
+        lambda lv: lv.outcome.p50 if lv.outcome else None,
+        _ms,
+        True,
+    ),
+    (
+        "p90 latency ms (lower is better)",
+        lambda lv: lv.outcome.p90 if lv.outcome else None,
+        _ms,
+        True,
+    ),
+    (
+        "p99 latency ms (lower is better)",
+        lambda lv: lv.outcome.p99 if lv.outcome else None,
+        _ms,
+        True,
+    ),
+    (
+        "errors (by kind)",
+        lambda lv: lv.outcome.errors if lv.outcome else None,
+        lambda v: "—" if v is None else _errors_cell(v),
+        False,
+    ),
     ("CPU ms/issuance (lower is better)", lambda lv: lv.cpu_per_issuance, _ms, True),
 ]
 
 
-def _cell(level: LevelResult | None, getter: Callable[[LevelResult], Any],
-          fmt: Callable[[Any], str]) -> str:
+def _cell(
+    level: LevelResult | None, getter: Callable[[LevelResult], Any], fmt: Callable[[Any], str]
+) -> str:
     if level is None:
         return "—"
     if level.not_run is not None:
@@ -465,8 +489,9 @@ def _number(level: LevelResult | None, getter: Callable[[LevelResult], Any]) -> 
     return float(value) if isinstance(value, int | float) else None
 
 
-def markdown(results: Sequence[TargetResult], options: Options,
-             machine_info: dict[str, Any]) -> str:
+def markdown(
+    results: Sequence[TargetResult], options: Options, machine_info: dict[str, Any]
+) -> str:
     """The report: machine, targets, the comparison table and acme_ca's CPU split."""
     names = [r.name for r in results]
     lines = ["# acme_ca vs Pebble", ""]
@@ -478,8 +503,11 @@ def markdown(results: Sequence[TargetResult], options: Options,
         f"- versions: pebble {m['pebble']}, PostgreSQL {m['postgresql']}, "
         f"SoftHSM2 {m['softhsm2']}, acme_ca {m['acme_ca_commit']}",
         f"- levels: {', '.join(map(str, options.levels))} clients; {options.duration:g} s each"
-        + (f" ({options.duration_long:g} s at {LONG_LEVEL})" if LONG_LEVEL in options.levels
-           else "")
+        + (
+            f" ({options.duration_long:g} s at {LONG_LEVEL})"
+            if LONG_LEVEL in options.levels
+            else ""
+        )
         + f"; request timeout {options.request_timeout:g} s",
     ]
     for r in results:
@@ -505,9 +533,14 @@ def markdown(results: Sequence[TargetResult], options: Options,
             row = [str(clients), label]
             row += [_cell(by_name[n].level(clients), getter, fmt) for n in names]
             if compare:
-                row.append(_ratio(_number(by_name["acme_ca"].level(clients), getter),
-                                  _number(by_name["pebble"].level(clients), getter))
-                           if compared else "")
+                row.append(
+                    _ratio(
+                        _number(by_name["acme_ca"].level(clients), getter),
+                        _number(by_name["pebble"].level(clients), getter),
+                    )
+                    if compared
+                    else ""
+                )
             lines.append("| " + " | ".join(row) + " |")
     lines.append("")
 
@@ -538,8 +571,10 @@ def markdown(results: Sequence[TargetResult], options: Options,
     for r in results:
         for level in r.levels:
             if level.outcome is not None and level.outcome.setup_failed:
-                notes.append(f"- {r.name} at {level.clients} clients: setup failed: "
-                             f"{level.outcome.setup_failed}")
+                notes.append(
+                    f"- {r.name} at {level.clients} clients: setup failed: "
+                    f"{level.outcome.setup_failed}"
+                )
     if notes:
         lines += ["Notes:", "", *notes, ""]
     return "\n".join(lines)
@@ -563,7 +598,8 @@ def _targets(text: str) -> list[str]:
     unknown = [x for x in targets if x not in TARGETS]
     if unknown or not targets:
         raise argparse.ArgumentTypeError(
-            f"unknown target(s) {unknown}; choose from {', '.join(TARGETS)}")
+            f"unknown target(s) {unknown}; choose from {', '.join(TARGETS)}"
+        )
     return targets
 
 
@@ -572,24 +608,61 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         prog="python -m integration.bench",
         description="Benchmark acme_ca (production shape) against Pebble.",
     )
-    parser.add_argument("--levels", type=_levels, default=list(DEFAULT_LEVELS),
-                        help="client counts, run in order (default 1,5,50,200)")
-    parser.add_argument("--duration", type=float, default=30.0, metavar="SECONDS",
-                        help="measured seconds per level (default 30)")
-    parser.add_argument("--duration-200", type=float, default=60.0, metavar="SECONDS",
-                        dest="duration_long",
-                        help="measured seconds of the 200-client level (default 60)")
-    parser.add_argument("--targets", type=_targets, default=list(TARGETS),
-                        help="comma-separated, run in order (default pebble,acme_ca)")
-    parser.add_argument("--request-timeout", type=float, default=10.0, metavar="SECONDS",
-                        help="per-request timeout of the load generator (default 10)")
-    parser.add_argument("--json", type=Path, dest="json_path", metavar="PATH",
-                        help="write the raw results (latencies included) as JSON")
-    parser.add_argument("--markdown", type=Path, dest="markdown_path", metavar="PATH",
-                        help="write the results table as Markdown")
-    parser.add_argument("--workdir", type=Path, metavar="DIR",
-                        help="keep servers' logs, configs and data under DIR/run-<time> "
-                        "(default: a temporary directory, removed after a clean run)")
+    parser.add_argument(
+        "--levels",
+        type=_levels,
+        default=list(DEFAULT_LEVELS),
+        help="client counts, run in order (default 1,5,50,200)",
+    )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="measured seconds per level (default 30)",
+    )
+    parser.add_argument(
+        "--duration-200",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        dest="duration_long",
+        help="measured seconds of the 200-client level (default 60)",
+    )
+    parser.add_argument(
+        "--targets",
+        type=_targets,
+        default=list(TARGETS),
+        help="comma-separated, run in order (default pebble,acme_ca)",
+    )
+    parser.add_argument(
+        "--request-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="per-request timeout of the load generator (default 10)",
+    )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        dest="json_path",
+        metavar="PATH",
+        help="write the raw results (latencies included) as JSON",
+    )
+    parser.add_argument(
+        "--markdown",
+        type=Path,
+        dest="markdown_path",
+        metavar="PATH",
+        help="write the results table as Markdown",
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        metavar="DIR",
+        help="keep servers' logs, configs and data under DIR/run-<time> "
+        "(default: a temporary directory, removed after a clean run)",
+    )
     args = parser.parse_args(argv)
     return Options(
         levels=args.levels,
@@ -621,8 +694,13 @@ def _sigterm(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def write_outputs(results: Sequence[TargetResult], options: Options,
-                  machine_info: dict[str, Any], *, interrupted: bool = False) -> str:
+def write_outputs(
+    results: Sequence[TargetResult],
+    options: Options,
+    machine_info: dict[str, Any],
+    *,
+    interrupted: bool = False,
+) -> str:
     report = markdown(results, options, machine_info)
     if interrupted:
         report = "**Interrupted: partial results.**\n\n" + report

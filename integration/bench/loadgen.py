@@ -265,7 +265,8 @@ class AcmeLoadClient:
             raise IssuanceError(f"HTTP {resp.status} (directory)")
         self._directory = resp.json()
         created = await self.post(
-            self._directory["newAccount"], {"termsOfServiceAgreed": True}, "newAccount")
+            self._directory["newAccount"], {"termsOfServiceAgreed": True}, "newAccount"
+        )
         self._kid = created.headers.get("Location")
         if not self._kid:
             raise IssuanceError("no Location (newAccount)")
@@ -296,7 +297,8 @@ class AcmeLoadClient:
             if authz.get("status") == "valid":
                 continue
             challenge = next(
-                (c for c in authz.get("challenges", []) if c.get("type") == "http-01"), None)
+                (c for c in authz.get("challenges", []) if c.get("type") == "http-01"), None
+            )
             if challenge is None:
                 raise IssuanceError("no http-01 challenge (authz)")
             token = challenge["token"]

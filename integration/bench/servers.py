@@ -218,13 +218,20 @@ def start_dns(stack: contextlib.ExitStack, log_dir: Path) -> Dns:
         "dns",
         [
             CHALLTESTSRV,
-            "-dns01", f"127.0.0.1:{port}",
-            "-http01", "",
-            "-https01", "",
-            "-tlsalpn01", "",
-            "-management", f"127.0.0.1:{free_port()}",
-            "-defaultIPv4", "127.0.0.1",
-            "-defaultIPv6", "",
+            "-dns01",
+            f"127.0.0.1:{port}",
+            "-http01",
+            "",
+            "-https01",
+            "",
+            "-tlsalpn01",
+            "",
+            "-management",
+            f"127.0.0.1:{free_port()}",
+            "-defaultIPv4",
+            "127.0.0.1",
+            "-defaultIPv6",
+            "",
         ],
         env=base_env(),
         log_dir=log_dir,
@@ -301,8 +308,12 @@ def pebble(workdir: Path) -> Iterator[Target]:
             log_dir=logs,
         )
         directory_url = f"https://127.0.0.1:{port}/dir"
-        _wait("pebble", _directory_answers(directory_url, ca_path), [server, dns_server.service],
-              READY_TIMEOUT)
+        _wait(
+            "pebble",
+            _directory_answers(directory_url, ca_path),
+            [server, dns_server.service],
+            READY_TIMEOUT,
+        )
         yield Target(
             name="pebble",
             directory_url=directory_url,
@@ -404,8 +415,14 @@ def acme_ca(workdir: Path) -> Iterator[Target]:
         )
 
         init = subprocess.run(
-            [exe, "init"], env=env, cwd=REPO, stdin=subprocess.DEVNULL,
-            capture_output=True, text=True, timeout=300, check=False,
+            [exe, "init"],
+            env=env,
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
         )
         (logs / "init.stdout").write_text(init.stdout)
         (logs / "init.stderr").write_text(init.stderr)
@@ -428,11 +445,16 @@ def acme_ca(workdir: Path) -> Iterator[Target]:
             stack,
             "serve",
             [
-                exe, "serve",
-                "--listen", f"127.0.0.1:{port}",
-                "--dns-resolver", dns_server.address,
-                "--dnssec", "off",
-                "--http01-port", str(http01_port),
+                exe,
+                "serve",
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--dns-resolver",
+                dns_server.address,
+                "--dnssec",
+                "off",
+                "--http01-port",
+                str(http01_port),
                 "--allow-loopback-validation",
             ],
             env=env,
@@ -440,12 +462,15 @@ def acme_ca(workdir: Path) -> Iterator[Target]:
         )
         cafile = home / "tls" / "ca.pem"
         directory_url = f"https://127.0.0.1:{port}/directory"
-        _wait("acme-ca serve", _directory_answers(directory_url, cafile), [serve],
-              READY_TIMEOUT)
+        _wait("acme-ca serve", _directory_answers(directory_url, cafile), [serve], READY_TIMEOUT)
         # After serve: serve has applied the schema, so the worker's migrate is a no-op.
         worker = start_service(stack, "worker", [exe, "worker"], env=env, log_dir=logs)
-        _wait("acme-ca worker", _json_event(worker.stdout_path, "worker.started"), [worker],
-              READY_TIMEOUT)
+        _wait(
+            "acme-ca worker",
+            _json_event(worker.stdout_path, "worker.started"),
+            [worker],
+            READY_TIMEOUT,
+        )
 
         binaries = postgres.binaries
         counted = {"serve": [serve.pid], "worker": [worker.pid], "postgres": [postmaster]}
@@ -457,8 +482,9 @@ def acme_ca(workdir: Path) -> Iterator[Target]:
             cpu_pids=lambda: [pid for pids in counted.values() for pid in pids],
             alive=lambda: serve.alive() and worker.alive() and _pid_alive(postmaster),
             details={
-                "version": _command_output("git", "-C", str(REPO), "describe", "--always",
-                                           "--dirty"),
+                "version": _command_output(
+                    "git", "-C", str(REPO), "describe", "--always", "--dirty"
+                ),
                 "shape": "acme-ca serve (HTTPS, no in-process worker) + 1 acme-ca worker "
                 "process + own PostgreSQL server; CA keys in SoftHSM2; pre-issuance linting "
                 "on; CT test logs in a separate process (remote in production, not counted); "
@@ -475,7 +501,8 @@ def acme_ca(workdir: Path) -> Iterator[Target]:
                 "softhsm2": deb_version("softhsm2"),
                 "environment": {
                     k: ("***" if k in ("ACME_CA_PKCS11_PIN", "ACME_CA_DATABASE_URL") else v)
-                    for k, v in env.items() if k.startswith("ACME_CA_")
+                    for k, v in env.items()
+                    if k.startswith("ACME_CA_")
                 },
                 "dns": dns_server.address,
                 "cpu_counted": list(counted),

@@ -97,14 +97,21 @@ class Harness:
             production=False,  # a development hierarchy: no remote perspectives needed
         )
 
-    async def queue(self, names: Sequence[str], key: ec.EllipticCurvePrivateKey | None = None,
-                    ) -> tuple[int, ec.EllipticCurvePrivateKey]:
+    async def queue(
+        self,
+        names: Sequence[str],
+        key: ec.EllipticCurvePrivateKey | None = None,
+    ) -> tuple[int, ec.EllipticCurvePrivateKey]:
         """A ready order for ``names`` queued with a CSR of ``key`` (fresh P-256)."""
         key = key or ec.generate_private_key(ec.SECP256R1())
         account_id, order_id = await insert_ready_order(self.pool, names)
         assert await IssuanceRepository(self.pool).enqueue(
-            order_id=order_id, account_id=account_id, csr_der=build_csr(names, key=key),
-            names=list(names), issuer=self.config.ecdsa_issuer, now=datetime.now(UTC),
+            order_id=order_id,
+            account_id=account_id,
+            csr_der=build_csr(names, key=key),
+            names=list(names),
+            issuer=self.config.ecdsa_issuer,
+            now=datetime.now(UTC),
         )
         return order_id, key
 
@@ -119,8 +126,16 @@ async def harness(
     settings: CtSettings = FAST,
 ) -> AsyncIterator[Harness]:
     async with TestCtLogs(specs, accepted_roots(config)) as logs:
-        h = Harness(pool, config, issuers, linter, logs,
-                    StaticLogList(parse_log_list(logs.log_list())), settings, [])
+        h = Harness(
+            pool,
+            config,
+            issuers,
+            linter,
+            logs,
+            StaticLogList(parse_log_list(logs.log_list())),
+            settings,
+            [],
+        )
         try:
             yield h
         finally:

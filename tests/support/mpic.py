@@ -35,8 +35,11 @@ Behaviour = Callable[[Perspective, dict[str, Any]], Awaitable[Any]]
 
 def record(perspective: str = "primary") -> ValidationRecord:
     return ValidationRecord(
-        method="dns-01", hostname="example.com", query="_acme-challenge.example.com TXT",
-        at=DEC_2026, perspective=perspective,
+        method="dns-01",
+        hostname="example.com",
+        query="_acme-challenge.example.com TXT",
+        at=DEC_2026,
+        perspective=perspective,
     )
 
 
@@ -95,8 +98,9 @@ def validator(
     timeout: float = 5.0,
     at: datetime = DEC_2026,
 ) -> MpicValidator:
-    setup = MpicSetup(perspectives=perspectives, strict=strict, source="test",
-                      timeout_seconds=timeout)
+    setup = MpicSetup(
+        perspectives=perspectives, strict=strict, source="test", timeout_seconds=timeout
+    )
     primary = local or CheckResult.success((record(),), KEY_AUTH)
     return MpicValidator(FakeLocal(primary), setup, transport, FixedClock(at))  # type: ignore[arg-type]
 

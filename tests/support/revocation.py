@@ -84,9 +84,7 @@ def make_leaf(
         .serial_number(serial or x509.random_serial_number())
         .not_valid_before(start)
         .not_valid_after(start + lifetime - timedelta(seconds=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=True
-        )
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=True)
         .add_extension(
             x509.AuthorityKeyIdentifier(issuer.key_identifier, None, None), critical=False
         )

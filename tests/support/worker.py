@@ -25,7 +25,7 @@ from acme_ca.ca.issuers import IssuerSet
 from acme_ca.ca.signer import HashName, Signer
 from acme_ca.config import Config
 from acme_ca.testsrv.ct_log import TestLogSpec
-from acme_ca.va.records import ValidationRecord
+from acme_ca.va.records import Method, ValidationRecord
 
 T = TypeVar("T")
 
@@ -78,17 +78,34 @@ def build_csr(
     return csr.public_bytes(serialization.Encoding.DER)
 
 
-def primary_records(name: str, method: str, at: datetime) -> list[dict[str, Any]]:
+#: Builds the validation records stored for (name, method, validated at).
+RecordsFor = Callable[[str, Method, datetime], list[dict[str, Any]]]
+
+
+def primary_records(name: str, method: Method, at: datetime) -> list[dict[str, Any]]:
     """What the primary VA records for a passing validation of ``name`` at ``at``: the
     method's lookup and the CAA lookup (no remote perspectives)."""
     base = name.removeprefix("*.")
-    query = (f"_acme-challenge.{base} TXT" if method == "dns-01"
-             else f"http://{base}/.well-known/acme-challenge/token")
+    query = (
+        f"_acme-challenge.{base} TXT"
+        if method == "dns-01"
+        else f"http://{base}/.well-known/acme-challenge/token"
+    )
     return [
-        ValidationRecord(method=method, hostname=base, query=query, at=at,  # type: ignore[arg-type]
-                         response="key authorization matched").to_json(),
-        ValidationRecord(method="caa", hostname=base, query=f"{base} CAA", at=at,
-                         response="NOERROR: no CAA records").to_json(),
+        ValidationRecord(
+            method=method,
+            hostname=base,
+            query=query,
+            at=at,
+            response="key authorization matched",
+        ).to_json(),
+        ValidationRecord(
+            method="caa",
+            hostname=base,
+            query=f"{base} CAA",
+            at=at,
+            response="NOERROR: no CAA records",
+        ).to_json(),
     ]
 
 
@@ -100,7 +117,7 @@ async def insert_authorizations(
     *,
     validated_at: datetime,
     expires_at: datetime,
-    records: Callable[[str, str, datetime], list[dict[str, Any]]] = primary_records,
+    records: RecordsFor = primary_records,
     status: str = "valid",
 ) -> list[int]:
     """A valid authorization per name with one valid challenge (dns-01 for a wildcard,
@@ -108,23 +125,33 @@ async def insert_authorizations(
     ids = []
     for position, name in enumerate(names):
         wildcard = name.startswith("*.")
-        method = "dns-01" if wildcard else "http-01"
+        method: Method = "dns-01" if wildcard else "http-01"
         authz_id = await conn.fetchval(
             """INSERT INTO authorizations (account_id, identifier, wildcard, status, expires_at,
                                            validated_at, created_at, updated_at)
                VALUES ($1, $2, $3, $4, $5, $6, $6, $6) RETURNING id""",
-            account_id, name.removeprefix("*."), wildcard, status, expires_at, validated_at,
+            account_id,
+            name.removeprefix("*."),
+            wildcard,
+            status,
+            expires_at,
+            validated_at,
         )
         await conn.execute(
             """INSERT INTO challenges (authz_id, type, token, status, validated_at,
                                        validation_records, created_at, updated_at)
                VALUES ($1, $2, $3, 'valid', $4, $5, $4, $4)""",
-            authz_id, method, os.urandom(16).hex(), validated_at,
+            authz_id,
+            method,
+            os.urandom(16).hex(),
+            validated_at,
             records(name, method, validated_at),
         )
         await conn.execute(
             "INSERT INTO order_authorizations (order_id, authz_id, position) VALUES ($1, $2, $3)",
-            order_id, authz_id, position,
+            order_id,
+            authz_id,
+            position,
         )
         ids.append(authz_id)
     return ids
@@ -136,7 +163,7 @@ async def insert_ready_order(
     *,
     now: datetime | None = None,
     validated_at: datetime | None = None,
-    records: Callable[[str, str, datetime], list[dict[str, Any]]] = primary_records,
+    records: RecordsFor = primary_records,
 ) -> tuple[int, int]:
     """An account and a ``ready`` order for ``names``, as the ACME flow leaves them: each name
     with a valid authorization, validated at ``validated_at`` (default: ``now``)."""
@@ -160,9 +187,15 @@ async def insert_ready_order(
             now,
         )
         validated = validated_at or now
-        await insert_authorizations(conn, account_id, order_id, names, validated_at=validated,
-                                    expires_at=max(now, validated) + timedelta(days=30),
-                                    records=records)
+        await insert_authorizations(
+            conn,
+            account_id,
+            order_id,
+            names,
+            validated_at=validated,
+            expires_at=max(now, validated) + timedelta(days=30),
+            records=records,
+        )
     return account_id, order_id
 
 

@@ -122,9 +122,7 @@ class LogList:
     def usable_for(self, not_after: datetime) -> list[CtLog]:
         """Logs in the ``usable`` state whose temporal interval covers ``not_after``."""
         return [
-            ct_log
-            for ct_log in self.logs
-            if ct_log.state == "usable" and ct_log.covers(not_after)
+            ct_log for ct_log in self.logs if ct_log.state == "usable" and ct_log.covers(not_after)
         ]
 
     def operators(self) -> set[str]:
@@ -286,8 +284,12 @@ class FileLogList:
                 except (OSError, LogListError) as e:
                     if self._reported != stamp:
                         self._reported = stamp
-                        log.warning("ct.log_list_invalid", path=str(self.path), error=str(e),
-                                    keeps_previous=self._list is not None)
+                        log.warning(
+                            "ct.log_list_invalid",
+                            path=str(self.path),
+                            error=str(e),
+                            keeps_previous=self._list is not None,
+                        )
                     if self._list is None:
                         raise LogListError(f"CT log list {self.path}: {e}") from e
                     return self._list

@@ -51,9 +51,7 @@ class Requirement:
             and (not self.rfc6962 or any(ct_log.rfc6962 for ct_log in logs))
         )
 
-    def next_log(
-        self, chosen: Sequence[CtLog], candidates: Sequence[CtLog]
-    ) -> CtLog | None:
+    def next_log(self, chosen: Sequence[CtLog], candidates: Sequence[CtLog]) -> CtLog | None:
         """The candidate that helps ``chosen`` (received or in flight) most: an RFC 6962 log
         while none is chosen, then an operator not yet chosen; never one whose operator is
         already at its cap.  ``candidates`` keep their order among equals."""

@@ -260,9 +260,7 @@ def signed_data(sct: SignedCertificateTimestamp, entry: LogEntry) -> bytes:
     """The ``digitally-signed`` struct of RFC 6962 §3.2 for ``sct`` over ``entry``: v1 ‖
     certificate_timestamp ‖ timestamp ‖ entry_type ‖ signed_entry ‖ extensions."""
     return (
-        struct.pack(
-            ">BBQH", sct.version, _CERTIFICATE_TIMESTAMP, sct.timestamp, entry.entry_type
-        )
+        struct.pack(">BBQH", sct.version, _CERTIFICATE_TIMESTAMP, sct.timestamp, entry.entry_type)
         + entry.encode()
         + _u16(sct.extensions)
     )

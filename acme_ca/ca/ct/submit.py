@@ -118,8 +118,9 @@ class LoggedSct:
 
     @classmethod
     def of(cls, sct: SignedCertificateTimestamp, ct_log: CtLog) -> LoggedSct:
-        return cls(sct, ct_log.log_id_b64, ct_log.name, ct_log.operator,
-                   ct_log.submission_url, ct_log.api)
+        return cls(
+            sct, ct_log.log_id_b64, ct_log.name, ct_log.operator, ct_log.submission_url, ct_log.api
+        )
 
     @property
     def timestamp(self) -> datetime:
@@ -314,8 +315,13 @@ class CertificateTransparency:
                         sct = task.result()
                     except _LogFailed as e:
                         failures.append(f"{ct_log.name} ({ct_log.operator}): {e}")
-                        log.warning("ct.submission_failed", log=ct_log.name,
-                                    operator=ct_log.operator, call=call, error=str(e))
+                        log.warning(
+                            "ct.submission_failed",
+                            log=ct_log.name,
+                            operator=ct_log.operator,
+                            call=call,
+                            error=str(e),
+                        )
                         continue
                     logged = LoggedSct.of(sct, ct_log)
                     got[ct_log.log_id] = logged
@@ -348,11 +354,15 @@ class CertificateTransparency:
         skew = self.settings.clock_skew
         now = self._clock.now()
         if sct.timestamp > to_millis(now + skew):
-            raise SctError(f"SCT timestamp {from_millis(sct.timestamp).isoformat()} is in the "
-                           f"future (now {now.isoformat()})")
+            raise SctError(
+                f"SCT timestamp {from_millis(sct.timestamp).isoformat()} is in the "
+                f"future (now {now.isoformat()})"
+            )
         if sct.timestamp < to_millis(submitted_at - skew):
-            raise SctError(f"SCT timestamp {from_millis(sct.timestamp).isoformat()} is older "
-                           f"than the submission ({submitted_at.isoformat()})")
+            raise SctError(
+                f"SCT timestamp {from_millis(sct.timestamp).isoformat()} is older "
+                f"than the submission ({submitted_at.isoformat()})"
+            )
 
     # ------------------------------------------------------------------ HTTP
 
@@ -414,7 +424,9 @@ class CertificateTransparency:
     # ------------------------------------------------------------------ final certificates
 
     def submit_final_later(
-        self, certificate: x509.Certificate, chain: Sequence[x509.Certificate],
+        self,
+        certificate: x509.Certificate,
+        chain: Sequence[x509.Certificate],
         scts: Sequence[LoggedSct],
     ) -> None:
         """``add-chain`` the final certificate to the logs that gave its SCTs, in the
@@ -427,7 +439,9 @@ class CertificateTransparency:
         )
 
     async def _submit_final(
-        self, certificate: x509.Certificate, chain: Sequence[x509.Certificate],
+        self,
+        certificate: x509.Certificate,
+        chain: Sequence[x509.Certificate],
         scts: Sequence[LoggedSct],
     ) -> None:
         serial = format(certificate.serial_number, "x")
@@ -447,11 +461,15 @@ class CertificateTransparency:
             try:
                 sct = await self._submit(ct_log, "add-chain", body, verify)
             except _LogFailed as e:
-                log.warning("ct.final_submission_failed", serial=serial, log=ct_log.name,
-                            operator=ct_log.operator, error=str(e))
+                log.warning(
+                    "ct.final_submission_failed",
+                    serial=serial,
+                    log=ct_log.name,
+                    operator=ct_log.operator,
+                    error=str(e),
+                )
             else:
-                log.info("ct.final_submitted", serial=serial,
-                         **LoggedSct.of(sct, ct_log).summary())
+                log.info("ct.final_submitted", serial=serial, **LoggedSct.of(sct, ct_log).summary())
 
         targets = []
         for logged in scts:

@@ -351,36 +351,50 @@ async def test_br_7_1_2_9_revoked_precertificate_without_certificate_is_listed(
     now = env.clock.now()
     order_id = await env.pool.fetchval(
         "INSERT INTO orders (account_id, status, identifiers, expires_at, created_at, "
-        "updated_at) VALUES ($1, 'invalid', '[]', $2, $2, $2) RETURNING id", env.account_id, now
+        "updated_at) VALUES ($1, 'invalid', '[]', $2, $2, $2) RETURNING id",
+        env.account_id,
+        now,
     )
     serials = []
     for i in range(2):
         job_id = await env.pool.fetchval(
             "INSERT INTO issuance_jobs (order_id, account_id, csr_der, names, status, "
             "created_at, updated_at) VALUES ($1, $2, '', '[]', 'failed', $3, $3) RETURNING id",
-            order_id if i == 0 else await env.pool.fetchval(
+            order_id
+            if i == 0
+            else await env.pool.fetchval(
                 "INSERT INTO orders (account_id, status, identifiers, expires_at, created_at, "
                 "updated_at) VALUES ($1, 'valid', '[]', $2, $2, $2) RETURNING id",
-                env.account_id, now),
-            env.account_id, now,
+                env.account_id,
+                now,
+            ),
+            env.account_id,
+            now,
         )
         serial = format(secrets.randbits(127) | 1 << 120, "x")
         await env.pool.execute(
             "INSERT INTO precertificates (job_id, order_id, account_id, serial, issuer, der, "
             "not_before, not_after, created_at) SELECT $1, order_id, account_id, $2, 'dv-ecc', "
             "'\\x3000', $3, $4, $3 FROM issuance_jobs WHERE id = $1",
-            job_id, serial, now - timedelta(hours=1), now + timedelta(days=90),
+            job_id,
+            serial,
+            now - timedelta(hours=1),
+            now + timedelta(days=90),
         )
         serials.append(serial)
     paired = serials[1]
     await env.add_certificate("dv-ecc", serial=int(paired, 16))
     for serial in serials:
-        assert await CertificateRepository(env.pool).revoke(
-            serial, reason=4, now=now, actor="test"
-        ) is RevocationOutcome.REVOKED
+        assert (
+            await CertificateRepository(env.pool).revoke(serial, reason=4, now=now, actor="test")
+            is RevocationOutcome.REVOKED
+        )
     record = await publish_crl(
-        env.repository, env.authority("dv-ecc"), clock=env.clock,
-        validity=env.settings.crl_validity, linter=env.linter,
+        env.repository,
+        env.authority("dv-ecc"),
+        clock=env.clock,
+        validity=env.settings.crl_validity,
+        linter=env.linter,
     )
     assert record is not None and record.entries == 2
     listed = [entry.serial_number for entry in x509.load_der_x509_crl(record.der)]

@@ -78,11 +78,13 @@ def _logging_back_to_stdout() -> Iterator[None]:
 
 
 def _name(cn: str) -> x509.Name:
-    return x509.Name([
-        x509.NameAttribute(NameOID.COUNTRY_NAME, "JP"),
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Deploy Test CA"),
-        x509.NameAttribute(NameOID.COMMON_NAME, cn),
-    ])
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.COUNTRY_NAME, "JP"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Deploy Test CA"),
+            x509.NameAttribute(NameOID.COMMON_NAME, cn),
+        ]
+    )
 
 
 def _usage(*, digital_signature: bool) -> x509.KeyUsage:
@@ -108,13 +110,18 @@ def write_hierarchy(pki: Path, ceremony: Ceremony = Ceremony()) -> Path:
     root_key = ec.generate_private_key(ec.SECP384R1())
     root_name = _name(ceremony.root_cn)
     root = (
-        x509.CertificateBuilder().subject_name(root_name).issuer_name(root_name)
-        .public_key(root_key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(not_before).not_valid_after(not_before + timedelta(days=9000))
+        x509.CertificateBuilder()
+        .subject_name(root_name)
+        .issuer_name(root_name)
+        .public_key(root_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_before + timedelta(days=9000))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(_usage(digital_signature=False), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(root_key.public_key()),
-                       critical=False)
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(root_key.public_key()), critical=False
+        )
         .sign(root_key, hashes.SHA384())
     )
     (pki / "root.pem").write_bytes(root.public_bytes(serialization.Encoding.PEM))
@@ -128,21 +135,29 @@ def write_hierarchy(pki: Path, ceremony: Ceremony = Ceremony()) -> Path:
     }
     for name, key in keys.items():
         builder = (
-            x509.CertificateBuilder().subject_name(_name(f"Deploy Test {name}"))
-            .issuer_name(root_name).public_key(key.public_key())
+            x509.CertificateBuilder()
+            .subject_name(_name(f"Deploy Test {name}"))
+            .issuer_name(root_name)
+            .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(not_before).not_valid_after(not_before + timedelta(days=1800))
+            .not_valid_before(not_before)
+            .not_valid_after(not_before + timedelta(days=1800))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(_usage(digital_signature=ceremony.issuer_digital_signature),
-                           critical=True)
+            .add_extension(
+                _usage(digital_signature=ceremony.issuer_digital_signature), critical=True
+            )
             .add_extension(x509.ExtendedKeyUsage(list(ceremony.issuer_eku)), critical=False)
         )
         cert = builder.sign(root_key, hashes.SHA384())
         (pki / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         if ceremony.software_key and name == "dv-rsa":
-            (pki / f"{name}.key.pem").write_bytes(key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption()))
+            (pki / f"{name}.key.pem").write_bytes(
+                key.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption(),
+                )
+            )
             key_line = f'key_file = "{name}.key.pem"'
         else:
             key_line = f'pkcs11_key_label = "ceremony-{name}"'
@@ -175,8 +190,10 @@ def write_perspectives(directory: Path, count: int) -> dict[str, Any]:
     material = create_mpic_material(directory / "mtls", [r[0] for r in rows])
     text = "[primary]\nlatitude = 35.68\nlongitude = 139.69\n"
     for i, (pid, rir, lat, lon) in enumerate(rows):
-        text += (f'\n[[perspectives]]\nid = "{pid}"\nrir = "{rir}"\n'
-                 f'url = "https://192.0.2.{i + 1}:14443"\nlatitude = {lat}\nlongitude = {lon}\n')
+        text += (
+            f'\n[[perspectives]]\nid = "{pid}"\nrir = "{rir}"\n'
+            f'url = "https://192.0.2.{i + 1}:14443"\nlatitude = {lat}\nlongitude = {lon}\n'
+        )
     path = directory / f"perspectives-{count}.toml"
     path.write_text(text)
     return {
@@ -191,14 +208,28 @@ def write_log_list(path: Path, operators: int = 3) -> Path:
     """A v3 log list: one usable RFC 6962 log per operator, no temporal interval."""
     ops = []
     for i in range(operators):
-        der = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-        ops.append({"name": f"Operator {i}", "logs": [{
-            "description": f"log {i}", "url": f"https://ct{i}.logs-deploy-test.jp/",
-            "log_id": base64.b64encode(log_id_of(der)).decode(),
-            "key": base64.b64encode(der).decode(), "mmd": 86400,
-            "state": {"usable": {"timestamp": "2025-01-01T00:00:00Z"}},
-        }]})
+        der = (
+            ec.generate_private_key(ec.SECP256R1())
+            .public_key()
+            .public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+        ops.append(
+            {
+                "name": f"Operator {i}",
+                "logs": [
+                    {
+                        "description": f"log {i}",
+                        "url": f"https://ct{i}.logs-deploy-test.jp/",
+                        "log_id": base64.b64encode(log_id_of(der)).decode(),
+                        "key": base64.b64encode(der).decode(),
+                        "mmd": 86400,
+                        "state": {"usable": {"timestamp": "2025-01-01T00:00:00Z"}},
+                    }
+                ],
+            }
+        )
     path.write_text(json.dumps({"version": "1", "operators": ops}))
     return path
 
@@ -253,6 +284,7 @@ def _reissue(tmp_path: Path, **ceremony: Any) -> Callable[[Config], Config]:
         pki = tmp_path / "pki-variant"
         write_hierarchy(pki, Ceremony(**ceremony))
         return replace(config, pki_dir=pki)
+
     return change
 
 
@@ -278,11 +310,14 @@ BREAK_ONE: list[tuple[str, str, Callable[[Path], Callable[[Config], Config]]]] =
     ("http01-port-80", "BR 3.2.2.4.19", _set(http01_port=5002)),
     ("debian-weak-keys", "BR 6.1.1.3", _set(weak_key_blocklists=[])),
     ("notbefore-48h", "BR 7.1.2.7", _set(ct_deadline_seconds=48 * 3600 - 60)),
-    ("ocsp-signer", "BR 7.1.2.8",
-     lambda p: _reissue(p, issuer_digital_signature=False)),
-    ("subordinate-eku-serverauth", "Chrome Root Program Policy 1.8",
-     lambda p: _reissue(p, issuer_eku=(ExtendedKeyUsageOID.SERVER_AUTH,
-                                       ExtendedKeyUsageOID.CLIENT_AUTH))),
+    ("ocsp-signer", "BR 7.1.2.8", lambda p: _reissue(p, issuer_digital_signature=False)),
+    (
+        "subordinate-eku-serverauth",
+        "Chrome Root Program Policy 1.8",
+        lambda p: _reissue(
+            p, issuer_eku=(ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH)
+        ),
+    ),
     ("no-placeholder-urls", "BR 4.10.2", _set(status_base_url="http://pki.example.com")),
 ]
 
@@ -292,10 +327,15 @@ def test_the_table_covers_every_invariant() -> None:
 
 
 @pytest.mark.parametrize("process", ["serve", "worker"])
-@pytest.mark.parametrize(("invariant", "clause", "breaker"), BREAK_ONE,
-                         ids=[row[0] for row in BREAK_ONE])
+@pytest.mark.parametrize(
+    ("invariant", "clause", "breaker"), BREAK_ONE, ids=[row[0] for row in BREAK_ONE]
+)
 async def test_fc_1_production_start_is_refused_naming_the_broken_invariant(
-    production: Config, tmp_path: Path, process: str, invariant: str, clause: str,
+    production: Config,
+    tmp_path: Path,
+    process: str,
+    invariant: str,
+    clause: str,
     breaker: Callable[[Path], Callable[[Config], Config]],
 ) -> None:
     config = breaker(tmp_path)(production)
@@ -308,12 +348,14 @@ async def test_fc_1_production_start_is_refused_naming_the_broken_invariant(
     assert f"{invariant} ({clause}" in message and "1 of 10" in message
     [event] = [e for e in logs if e["event"] == "deployment.refused"]
     assert event["process"] == process and [f["invariant"] for f in event["failing"]] == [
-        next(i.label for i in INVARIANTS if i.id == invariant)]
+        next(i.label for i in INVARIANTS if i.id == invariant)
+    ]
 
 
 async def test_fc_1_every_failure_is_listed_at_once(production: Config) -> None:
-    config = replace(production, dnssec="off", http01_port=8080, weak_key_blocklists=[],
-                     ct_log_list=None)
+    config = replace(
+        production, dnssec="off", http01_port=8080, weak_key_blocklists=[], ct_log_list=None
+    )
     with pytest.raises(DeploymentRefused) as refused:
         await serve(config, stop=asyncio.Event(), clock=FixedClock(NOW))
     text = str(refused.value)
@@ -324,10 +366,14 @@ async def test_fc_1_every_failure_is_listed_at_once(production: Config) -> None:
 
 @pytest.mark.parametrize("command", ["serve", "worker"])
 def test_cli_refusal_exits_non_zero_listing_every_failure(
-    production: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str,
+    production: Config,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    command: str,
 ) -> None:
-    path = write_config(tmp_path / "ca.toml", replace(production, dnssec="off",
-                                                      weak_key_blocklists=[]))
+    path = write_config(
+        tmp_path / "ca.toml", replace(production, dnssec="off", weak_key_blocklists=[])
+    )
     assert main(["--config", str(path), command]) == 2
     err = capsys.readouterr().err
     assert "refusing to start" in err and "BR 3.2.2.8.1" in err and "BR 6.1.1.3" in err
@@ -336,32 +382,40 @@ def test_cli_refusal_exits_non_zero_listing_every_failure(
 # --------------------------------------------------------------------------- development
 
 
-def _resign_issuer(pki: Path, name: str, change: Callable[[x509.CertificateBuilder,
-                                                          x509.Certificate],
-                                                         x509.CertificateBuilder]) -> None:
+def _resign_issuer(
+    pki: Path,
+    name: str,
+    change: Callable[[x509.CertificateBuilder, x509.Certificate], x509.CertificateBuilder],
+) -> None:
     """Re-sign an init-made issuer certificate with its development root's key file."""
     old = x509.load_pem_x509_certificate((pki / f"{name}.pem").read_bytes())
     root_key = serialization.load_pem_private_key(
-        (pki / "keys" / "root-r1.key.pem").read_bytes(), None)
+        (pki / "keys" / "root-r1.key.pem").read_bytes(), None
+    )
     assert isinstance(root_key, ec.EllipticCurvePrivateKey)
-    builder = (x509.CertificateBuilder().subject_name(old.subject).issuer_name(old.issuer)
-               .public_key(old.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(old.not_valid_before_utc)
-               .not_valid_after(old.not_valid_after_utc))
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(old.subject)
+        .issuer_name(old.issuer)
+        .public_key(old.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(old.not_valid_before_utc)
+        .not_valid_after(old.not_valid_after_utc)
+    )
     builder = change(builder, old)
     cert = builder.sign(root_key, hashes.SHA384())
     (pki / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
-def _copy_extensions(old: x509.Certificate, replace_with: x509.ExtensionType
-                     ) -> Callable[[x509.CertificateBuilder, x509.Certificate],
-                                   x509.CertificateBuilder]:
-    def change(builder: x509.CertificateBuilder, cert: x509.Certificate
-               ) -> x509.CertificateBuilder:
+def _copy_extensions(
+    old: x509.Certificate, replace_with: x509.ExtensionType
+) -> Callable[[x509.CertificateBuilder, x509.Certificate], x509.CertificateBuilder]:
+    def change(builder: x509.CertificateBuilder, cert: x509.Certificate) -> x509.CertificateBuilder:
         for ext in cert.extensions:
             value = replace_with if type(ext.value) is type(replace_with) else ext.value
             builder = builder.add_extension(value, critical=ext.critical)
         return builder
+
     return change
 
 
@@ -371,18 +425,38 @@ async def development(tmp_path: Path, dsn: str) -> Config:
     invariants: the init-made issuers are re-signed without digitalSignature (dv-rsa) and
     with clientAuth (dv-ecc)."""
     config = replace(
-        Config(), home=tmp_path / "dev-home", pki_dir=tmp_path / "dev-pki", database_url=dsn,
-        dnssec="off", http01_port=5002, ct_deadline_seconds=48 * 3600, plain_http=True,
-        listen="127.0.0.1:0", status_listen="off",
+        Config(),
+        home=tmp_path / "dev-home",
+        pki_dir=tmp_path / "dev-pki",
+        database_url=dsn,
+        dnssec="off",
+        http01_port=5002,
+        ct_deadline_seconds=48 * 3600,
+        plain_http=True,
+        listen="127.0.0.1:0",
+        status_listen="off",
     ).validate()
     await init_hierarchy(config)
     pki = config.pki_path
     dv_rsa = x509.load_pem_x509_certificate((pki / "dv-rsa.pem").read_bytes())
-    _resign_issuer(pki, "dv-rsa", _copy_extensions(dv_rsa, x509.KeyUsage(
-        False, False, False, False, False, True, True, False, False)))
+    _resign_issuer(
+        pki,
+        "dv-rsa",
+        _copy_extensions(
+            dv_rsa, x509.KeyUsage(False, False, False, False, False, True, True, False, False)
+        ),
+    )
     dv_ecc = x509.load_pem_x509_certificate((pki / "dv-ecc.pem").read_bytes())
-    _resign_issuer(pki, "dv-ecc", _copy_extensions(dv_ecc, x509.ExtendedKeyUsage(
-        [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH])))
+    _resign_issuer(
+        pki,
+        "dv-ecc",
+        _copy_extensions(
+            dv_ecc,
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+        ),
+    )
     return config
 
 
@@ -405,7 +479,8 @@ async def test_fc_1_init_made_hierarchy_starts_logging_each_relaxation_once(
             await asyncio.wait_for(task, 30)
     relaxed = [e for e in logs if e["event"] == "deployment.invariant_relaxed"]
     assert [(e["invariant"], e["clause"]) for e in relaxed] == [
-        (i.id, i.clause) for i in INVARIANTS]
+        (i.id, i.clause) for i in INVARIANTS
+    ]
     assert all(e["log_level"] == "warning" for e in relaxed)
     [shape] = [e for e in logs if e["event"] == "deployment.shape"]
     assert shape["shape"] == "development" and shape["publicly_trusted"] is False
@@ -437,8 +512,9 @@ def test_marker_with_a_root_not_saying_development_is_production(tmp_path: Path)
 
 
 def test_marker_and_development_root_is_development(tmp_path: Path) -> None:
-    write_hierarchy(tmp_path, Ceremony(generated_by="acme-ca init",
-                                       root_cn="Deploy Test Development Root"))
+    write_hierarchy(
+        tmp_path, Ceremony(generated_by="acme-ca init", root_cn="Deploy Test Development Root")
+    )
     assert hierarchy_shape(read_issuers_file(tmp_path, now=NOW))[0] is Shape.DEVELOPMENT
 
 
@@ -446,8 +522,7 @@ def test_init_hierarchy_with_an_imported_root_added_is_production(tmp_path: Path
     config = replace(Config(), home=tmp_path, pki_dir=tmp_path / "pki")
     asyncio.run(init_hierarchy(config))
     write_hierarchy(tmp_path / "other")
-    (config.pki_path / "other-root.pem").write_bytes((tmp_path / "other" / "root.pem")
-                                                     .read_bytes())
+    (config.pki_path / "other-root.pem").write_bytes((tmp_path / "other" / "root.pem").read_bytes())
     toml = config.pki_path / ISSUERS_FILE
     toml.write_text(toml.read_text() + '\n[roots.imported]\ncertificate = "other-root.pem"\n')
     shape, reason = hierarchy_shape(read_issuers_file(config.pki_path))
@@ -498,7 +573,9 @@ def write_config(path: Path, config: Config) -> Path:
 
 
 def test_check_passes_a_production_configuration(
-    production: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    production: Config,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     path = write_config(tmp_path / "ca.toml", production)
     assert main(["--config", str(path), "check", "--at", "2026-12-14T12:00:00Z"]) == 0
@@ -508,7 +585,9 @@ def test_check_passes_a_production_configuration(
 
 
 def test_check_at_a_later_date_fails_the_perspective_minimum(
-    production: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    production: Config,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     config = replace(production, **write_perspectives(tmp_path / "four", 4))
     path = write_config(tmp_path / "ca.toml", config)
@@ -523,7 +602,8 @@ def test_check_at_a_later_date_fails_the_perspective_minimum(
 
 
 def test_check_answers_no_for_a_development_configuration(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     path = tmp_path / "ca.toml"
     path.write_text(f'home = "{tmp_path / "home"}"\n')
@@ -547,7 +627,8 @@ def test_check_rejects_a_bad_date(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 
 def test_fc_2_signing_guard_refuses_from_2026_12_15_with_four_perspectives(
-    production: Config, tmp_path: Path,
+    production: Config,
+    tmp_path: Path,
 ) -> None:
     config = replace(production, **write_perspectives(tmp_path / "four", 4))
     started = assess(config, DAY_BEFORE_FIVE)
@@ -566,19 +647,24 @@ def test_signing_guard_of_a_development_hierarchy_relaxes(tmp_path: Path) -> Non
 
 
 def test_br_3_2_2_9_perspectives_closer_than_500_km_fail(
-    production: Config, tmp_path: Path,
+    production: Config,
+    tmp_path: Path,
 ) -> None:
     settings = write_perspectives(tmp_path / "near", 5)
     path = settings["mpic_perspectives_file"]
-    path.write_text(path.read_text().replace("latitude = 45.52\nlongitude = -122.68",
-                                             "latitude = 39.5\nlongitude = -77.0"))
+    path.write_text(
+        path.read_text().replace(
+            "latitude = 45.52\nlongitude = -122.68", "latitude = 39.5\nlongitude = -77.0"
+        )
+    )
     result = assess(replace(production, **settings), NOW)
     [failure] = result.failures
     assert failure.invariant.id == "mpic-perspectives" and "500 km" in failure.detail
 
 
 def test_cp_4_3_1_a_list_naming_the_in_process_test_logs_fails(
-    production: Config, tmp_path: Path,
+    production: Config,
+    tmp_path: Path,
 ) -> None:
     in_process = production.home / "ct" / "log_list.json"
     in_process.parent.mkdir(parents=True)
@@ -591,7 +677,8 @@ def test_cp_4_3_1_a_list_naming_the_in_process_test_logs_fails(
 
 
 def test_cp_4_3_1_a_list_that_cannot_meet_the_policy_fails(
-    production: Config, tmp_path: Path,
+    production: Config,
+    tmp_path: Path,
 ) -> None:
     one_operator = write_log_list(tmp_path / "one.json", operators=1)
     [failure] = assess(replace(production, ct_log_list=one_operator), NOW).failures
@@ -627,13 +714,15 @@ def test_placeholder_urls(url: str, bad: bool) -> None:
 
 
 def test_the_default_terms_of_service_is_a_placeholder(production: Config) -> None:
-    [failure] = assess(replace(production, terms_of_service=Config().terms_of_service),
-                       NOW).failures
+    [failure] = assess(
+        replace(production, terms_of_service=Config().terms_of_service), NOW
+    ).failures
     assert failure.invariant.id == "no-placeholder-urls" and "default" in failure.detail
 
 
 def test_placeholder_issuer_urls_in_issuers_toml_fail(
-    production: Config, tmp_path: Path,
+    production: Config,
+    tmp_path: Path,
 ) -> None:
     config = _reissue(tmp_path, status_base="http://crl.example.com")(production)
     [failure] = assess(config, NOW).failures
@@ -656,7 +745,8 @@ def test_weak_key_coverage_comes_from_debian_file_names(tmp_path: Path) -> None:
 
 
 def test_br_6_1_1_3_lists_covering_no_accepted_size_fail(
-    production: Config, tmp_path: Path,
+    production: Config,
+    tmp_path: Path,
 ) -> None:
     (tmp_path / "small").mkdir()
     config = replace(production, weak_key_blocklists=write_blacklists(tmp_path / "small", (1024,)))
@@ -699,22 +789,35 @@ async def test_br_7_1_2_8_no_ocsp_is_signed_by_a_key_without_digital_signature(
     signer = await SoftwareSigner.load(tmp_path / "dv-rsa.key.pem")
     try:
         with pytest.raises(OcspSignerNotAllowed, match="digitalSignature"):
-            await sign_ocsp_response(cert, signer, 1234, CertStatus(), "sha256",
-                                     this_update=NOW, next_update=NOW + timedelta(days=4),
-                                     produced_at=NOW)
+            await sign_ocsp_response(
+                cert,
+                signer,
+                1234,
+                CertStatus(),
+                "sha256",
+                this_update=NOW,
+                next_update=NOW + timedelta(days=4),
+                produced_at=NOW,
+            )
     finally:
         await signer.aclose()
 
 
 @pytest.mark.skipif(not softhsm_available(), reason="SoftHSM2 is not installed")
 async def test_softhsm_hierarchy_made_by_init_is_development_with_keys_in_the_hsm(
-    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path: Path,
 ) -> None:
     """The benchmark's shape: `acme-ca init` with pkcs11_module set. Invariant 1 holds, and
     the hierarchy is still development (its roots say so), so the rest may be relaxed."""
     token = shared_token(tmp_path_factory.getbasetemp() / "softhsm")
-    config = replace(Config(), home=tmp_path, pkcs11_module=token.module,
-                     pkcs11_token_label=token.label, pkcs11_pin=token.pin).validate()
+    config = replace(
+        Config(),
+        home=tmp_path,
+        pkcs11_module=token.module,
+        pkcs11_token_label=token.label,
+        pkcs11_pin=token.pin,
+    ).validate()
     await init_hierarchy(config, key_label_prefix=f"deploy-{secrets.token_hex(4)}")
     result = assess(config, datetime.now(UTC))
     assert result.shape is Shape.DEVELOPMENT and not result.publicly_trusted

@@ -146,9 +146,7 @@ class _KeyStore:
     async def _get_pin(self) -> str:
         if self._pin is None:
             c = self._config
-            self._pin = await asyncio.to_thread(
-                resolve_pin, c.pkcs11_pin, c.pkcs11_pin_file
-            )
+            self._pin = await asyncio.to_thread(resolve_pin, c.pkcs11_pin, c.pkcs11_pin_file)
         return self._pin
 
 

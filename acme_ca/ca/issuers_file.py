@@ -213,9 +213,7 @@ def _parse(path: Path, data: Mapping[str, object], now: datetime) -> IssuersFile
         roots[name] = RootEntry(
             name, cert, _key_ref(base, table, where) if has_key else None, crl_url
         )
-    return IssuersFile(
-        path, root, MappingProxyType(issuers), MappingProxyType(roots), generated_by
-    )
+    return IssuersFile(path, root, MappingProxyType(issuers), MappingProxyType(roots), generated_by)
 
 
 def _parse_issuer(

@@ -66,8 +66,11 @@ class Refusal:
     problem: Problem
 
     def audit(self) -> dict[str, JsonValue]:
-        body: dict[str, JsonValue] = {"rule": self.rule, "type": self.problem.short_type,
-                                      "detail": self.problem.detail}
+        body: dict[str, JsonValue] = {
+            "rule": self.rule,
+            "type": self.problem.short_type,
+            "detail": self.problem.detail,
+        }
         if self.problem.identifier is not None:
             body["identifier"] = self.problem.identifier.value
         return body
@@ -174,8 +177,9 @@ def corroboration_refusal(
     except (FormatError, ValueError) as exc:
         return _corroboration(name, f"has unreadable validation records ({exc})")
     dcv = [r for r in records if r.method == ev.method]
-    summaries = [r for r in dcv if r.perspective != PRIMARY_PERSPECTIVE
-                 and r.corroborated is not None]
+    summaries = [
+        r for r in dcv if r.perspective != PRIMARY_PERSPECTIVE and r.corroborated is not None
+    ]
     quorums = [r for r in dcv if r.perspective == PRIMARY_PERSPECTIVE and r.quorum is not None]
     remotes: list[Remote] = []
     results: dict[str, bool] = {}
@@ -185,8 +189,9 @@ def corroboration_refusal(
         try:
             rir = canonical_rir(r.rir or "")
         except UnknownRir:
-            return _corroboration(name, f"records perspective {r.perspective!r} without a "
-                                  "known RIR")
+            return _corroboration(
+                name, f"records perspective {r.perspective!r} without a known RIR"
+            )
         remotes.append(Remote(r.perspective, rir))
         assert r.corroborated is not None
         results[r.perspective] = r.corroborated
@@ -200,13 +205,15 @@ def corroboration_refusal(
     decision = decide(rule, remotes, results)
     if quorums and quorums[0].quorum != decision.quorum:
         return _corroboration(
-            name, f"records quorum {quorums[0].quorum} but its perspectives give "
-            f"{decision.quorum}")
+            name, f"records quorum {quorums[0].quorum} but its perspectives give {decision.quorum}"
+        )
     if decision.verdict is Verdict.PASS or not rule.binding:
         return None
     return _corroboration(
-        name, f"on {_day(at)} does not meet the rule for that date ({decision.quorum} "
-        f"remote perspectives corroborated): {decision.reason}")
+        name,
+        f"on {_day(at)} does not meet the rule for that date ({decision.quorum} "
+        f"remote perspectives corroborated): {decision.reason}",
+    )
 
 
 def caa_checked_at(ev: AuthorizationEvidence) -> datetime | None:
@@ -279,7 +286,8 @@ def guard_refusal(violations: Sequence[str]) -> Refusal:
     return Refusal(
         RULE_GUARD,
         problems.server_internal(
-            f"{RULE_GUARD}: the CA refuses to sign now: " + "; ".join(violations)
+            f"{RULE_GUARD}: the CA refuses to sign now: "
+            + "; ".join(violations)
             + "; nothing was signed"
         ),
     )
@@ -306,8 +314,10 @@ def refusals(
             found.append(refusal)
             continue
         assert ev is not None
-        for rule in (reuse_refusal(name, ev, now),
-                     corroboration_refusal(name, ev, production=production)):
+        for rule in (
+            reuse_refusal(name, ev, now),
+            corroboration_refusal(name, ev, production=production),
+        ):
             if rule is not None:
                 found.append(rule)
     return found

@@ -51,9 +51,9 @@ import asyncio
 import contextlib
 import os
 import socket
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 from cryptography import x509
@@ -61,16 +61,15 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from acme_ca.acme import problems
 from acme_ca.acme.jsontypes import JsonValue
-from acme_ca.ca import recheck
 from acme_ca.ca.ct.sct import final_tbs, remove_poison
 from acme_ca.ca.ct.submit import CertificateTransparency, CtPolicyNotMet, LoggedSct
 from acme_ca.ca.der import sign_tbs_certificate, throwaway_signed_tbs
 from acme_ca.ca.issuers import Issuer, IssuerSet
 from acme_ca.ca.lint import CertificateLinter, LintKind
 from acme_ca.ca.profile import IssuanceRequest, ProfileSettings, build_certificate, new_serial
+from acme_ca.ca.signing_checks import CaaRechecker, SigningChecks, SigningGuard
 from acme_ca.clock import Clock
 from acme_ca.db.issuance import (
-    AuthorizationEvidence,
     IssuanceJob,
     IssuanceRepository,
     IssuedCertificate,
@@ -79,7 +78,6 @@ from acme_ca.db.issuance import (
     SctsCollectedJob,
     Step,
 )
-from acme_ca.va.records import CheckResult
 
 log = structlog.get_logger(component="acme_ca.ca.worker")
 
@@ -101,19 +99,6 @@ class IssuanceError(RuntimeError):
 
 def _spki(cert: x509.Certificate) -> bytes:
     return cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-
-
-#: Date-dependent production invariants evaluated at every signing (e.g. the BR 3.2.2.9
-#: minimum of remote perspectives for that date): the violations, empty when signing may go on.
-SigningGuard = Callable[[datetime], Sequence[str]]
-
-
-class CaaRechecker(Protocol):
-    """The validator's CAA recheck (corroborated when remote perspectives are configured)."""
-
-    async def recheck_caa(
-        self, identifier: str, wildcard: bool, account_uri: str, validation_method: str
-    ) -> CheckResult: ...
 
 
 #: A step's handler: the job as its step's view, its issuer; the job as the next step's view,
@@ -166,10 +151,10 @@ class SigningWorker:
         self._wake = asyncio.Event()
         self._concurrency = concurrency
         self._lint_final = lint_final
-        self._production = production
-        self._signing_guard = signing_guard
-        self._caa = caa
-        self._account_uri = account_uri
+        self._checks = SigningChecks(
+            jobs, clock, self.worker_id, production=production, signing_guard=signing_guard,
+            caa=caa, account_uri=account_uri,
+        )
         #: The dispatch table: each step's view and handler.
         self._steps: dict[Step, tuple[type[IssuanceJob], Handler]] = {
             Step.QUEUED: (IssuanceJob, self._prepare),
@@ -198,8 +183,12 @@ class SigningWorker:
                 self._wake.set()  # a slot freed while jobs may be waiting: claim at once
 
         listener = await self._jobs.listen(notified)
-        log.info("worker.started", worker_id=self.worker_id, issuers=self._issuers.names(),
-                 concurrency=self._concurrency)
+        log.info(
+            "worker.started",
+            worker_id=self.worker_id,
+            issuers=self._issuers.names(),
+            concurrency=self._concurrency,
+        )
         try:
             while not stop.is_set():
                 # Clear before claiming, not after: a NOTIFY that arrives while the last
@@ -272,8 +261,12 @@ class SigningWorker:
             return
         issuer = self._issuers.by_name(job.issuer)
         if job.step is not Step.QUEUED:
-            log.info("issuance.resumed", step=job.step, attempts=job.attempts,
-                     serial=job.serial if isinstance(job, PreparedJob) else None)
+            log.info(
+                "issuance.resumed",
+                step=job.step,
+                attempts=job.attempts,
+                serial=job.serial if isinstance(job, PreparedJob) else None,
+            )
         current: IssuanceJob | None = job
         while current is not None:
             view, handler = self._steps[current.step]
@@ -328,11 +321,15 @@ class SigningWorker:
             precert_lint_der=prepared.lint_der,
             now=self._clock.now(),
         )
-        if (not self._holds(recorded, "prepare") or not isinstance(recorded, PreparedJob)
-                or recorded.precert_tbs_der != prepared.tbs_der):
+        if (
+            not self._holds(recorded, "prepare")
+            or not isinstance(recorded, PreparedJob)
+            or recorded.precert_tbs_der != prepared.tbs_der
+        ):
             return None
-        log.info("issuance.prepared", serial=recorded.serial, issuer=issuer.name,
-                 lint_findings=findings)
+        log.info(
+            "issuance.prepared", serial=recorded.serial, issuer=issuer.name, lint_findings=findings
+        )
         return recorded
 
     async def _sign_precertificate(
@@ -341,7 +338,7 @@ class SigningWorker:
         """prepared → precert_signed: re-check the order with the signing time, then have the
         signer sign exactly the recorded TBS and record the precertificate (issued from then
         on).  A prepared job resumed after a crash is re-checked the same way."""
-        if not await self._recheck(job):
+        if not await self._checks.passes(job):
             return None
         signed = await sign_tbs_certificate(job.precert_tbs_der, issuer.signer, issuer.hash)
         if signed.tbs_certificate_bytes != job.precert_tbs_der:
@@ -358,9 +355,7 @@ class SigningWorker:
             self._on_issued(issuer.name, recorded.serial)
         return recorded
 
-    async def _collect_scts(
-        self, job: PrecertSignedJob, issuer: Issuer
-    ) -> SctsCollectedJob | None:
+    async def _collect_scts(self, job: PrecertSignedJob, issuer: Issuer) -> SctsCollectedJob | None:
         """precert_signed → scts_collected: SCTs from logs chosen by the policy, verified; the
         final TBS built from the precertificate's and checked against it; not enough SCTs
         sends the job back to the queue with backoff (until the CT deadline)."""
@@ -389,7 +384,8 @@ class SigningWorker:
         findings: int | None = None  # not linted: it matches the linted precertificate
         if self._lint_final:
             ok, findings = await self._lint_ok(
-                job, lint_der, "DV-FINAL-CERTIFICATE", self._clock.now())
+                job, lint_der, "DV-FINAL-CERTIFICATE", self._clock.now()
+            )
             if not ok:
                 return None
         recorded = await self._jobs.record_scts(
@@ -402,8 +398,12 @@ class SigningWorker:
         )
         if not self._holds(recorded, "scts") or not isinstance(recorded, SctsCollectedJob):
             return None
-        log.info("ct.scts_collected", serial=job.serial, scts=[s.summary() for s in scts],
-                 lint_findings=findings)
+        log.info(
+            "ct.scts_collected",
+            serial=job.serial,
+            scts=[s.summary() for s in scts],
+            lint_findings=findings,
+        )
         return recorded
 
     async def _sign_certificate(self, job: SctsCollectedJob, issuer: Issuer) -> None:
@@ -490,8 +490,11 @@ class SigningWorker:
                 problems.server_internal(
                     "the certificate could not be logged to Certificate Transparency as the "
                     f"CA's policy requires: not enough valid SCTs within {seconds} seconds ("
-                    + ("its precertificate was signed and stays on record)" if signed
-                       else "nothing was signed)")
+                    + (
+                        "its precertificate was signed and stays on record)"
+                        if signed
+                        else "nothing was signed)"
+                    )
                 ),
                 {**details, "serial": serial, "precertificate": signed},
                 now,
@@ -500,114 +503,13 @@ class SigningWorker:
             return
         retry_at = min(now + settings.backoff(job.deferrals + 1), deadline)
         await self._jobs.defer(job, self.worker_id, retry_at=retry_at, details=details, now=now)
-        log.warning("issuance.ct_deferred", serial=serial, reasons=reasons,
-                    retry_at=retry_at.isoformat(), deferrals=job.deferrals + 1)
-
-    # ------------------------------------------------------------------ re-checks
-
-    async def _recheck(self, job: PreparedJob) -> bool:
-        """Just before the HSM signs (:mod:`acme_ca.ca.recheck`): the production guard, the
-        CSR's key not blocked (BR 6.1.1.3(4)), the date rules (authorizations, BR 4.2.1 reuse,
-        BR 6.3.2 validity, BR 3.2.2.9 corroboration), then CAA older than 8 hours checked
-        again (BR 3.2.2.8).  A refusal fails the order with its problem and an audit row;
-        returns whether signing may go on.
-        """
-        if not await self._date_rules_hold(job):
-            return False
-        rechecked = await self._recheck_stale_caa(job)
-        if rechecked is None:
-            return False
-        # A recheck takes network time: the date rules once more at the time now reached.
-        return not rechecked or await self._date_rules_hold(job)
-
-    async def _date_rules_hold(self, job: PreparedJob) -> bool:
-        now = self._clock.now()
-        if self._signing_guard is not None:
-            violations = list(self._signing_guard(now))
-            if violations:
-                await self._refuse(job, [recheck.guard_refusal(violations)], now)
-                return False
-        key_id = recheck.csr_key_id(job.csr_der)
-        if await self._jobs.is_key_blocked(key_id):
-            await self._refuse(job, [recheck.blocked_key_refusal(key_id)], now)
-            return False
-        evidence = await self._jobs.order_authorizations(job.order_id)
-        found = recheck.refusals(
-            job.names, evidence, not_before=job.not_before, not_after=job.not_after, now=now,
-            production=self._production,
+        log.warning(
+            "issuance.ct_deferred",
+            serial=serial,
+            reasons=reasons,
+            retry_at=retry_at.isoformat(),
+            deferrals=job.deferrals + 1,
         )
-        if found:
-            await self._refuse(job, found, now)
-            return False
-        return True
-
-    async def _recheck_stale_caa(self, job: PreparedJob) -> bool | None:
-        """Recheck CAA, concurrently, for each name whose check is older than 8 hours (so a
-        100-name order stays well within the job's lease); whether any was rechecked, or None
-        when one refused (the order has failed)."""
-        evidence = await self._jobs.order_authorizations(job.order_id)
-        now = self._clock.now()
-        stale: list[tuple[str, AuthorizationEvidence, str]] = []
-        for name, ev in recheck.authorizations_by_name(job.names, evidence).items():
-            gone = recheck.authorization_refusal(name, ev, now)
-            if gone is not None:  # changed since the date rules looked (deactivated...)
-                await self._refuse(job, [gone], now)
-                return None
-            assert ev is not None and ev.method is not None
-            if recheck.caa_stale(ev, now):
-                stale.append((name, ev, ev.method))
-        if not stale:
-            return False
-        caa, account_uri = self._caa, self._account_uri
-        if caa is None or account_uri is None:
-            await self._refuse(job, [recheck.caa_refusal(name, None, recheck.caa_checked_at(ev))
-                                     for name, ev, _ in stale], now)
-            return None
-        started = self._clock.now()
-        async with asyncio.TaskGroup() as group:
-            checks = [
-                group.create_task(caa.recheck_caa(
-                    ev.identifier, ev.wildcard, account_uri(job.account_id), method))
-                for _, ev, method in stale
-            ]
-        refusals: list[recheck.Refusal] = []
-        for (name, ev, _), check in zip(stale, checks, strict=True):
-            result = check.result()
-            await self._jobs.record_caa_recheck(
-                job, self.worker_id, authz_id=ev.authz_id, identifier=name,
-                checked_at=started, ok=result.ok, records=[r.to_json() for r in result.records],
-                problem=result.problem,
-                now=self._clock.now(),
-            )
-            previous = recheck.caa_checked_at(ev)
-            log.info("caa.rechecked", identifier=name, ok=result.ok,
-                     previous=None if previous is None else previous.isoformat())
-            if not result.ok:
-                assert result.problem is not None
-                refusals.append(recheck.caa_refusal(name, result.problem, previous))
-        if refusals:
-            await self._refuse(job, refusals, self._clock.now())
-            return None
-        return True
-
-    async def _refuse(
-        self, job: PreparedJob, found: list[recheck.Refusal], now: datetime
-    ) -> None:
-        """Fail the order: nothing is signed for it (a recorded, unsigned serial stays
-        unsigned); the audit row names every rule that refused."""
-        if not await self._jobs.fail(
-            job,
-            recheck.problem_for(found),
-            {"reason": "re-check before signing", "serial": job.serial,
-             "refusals": [r.audit() for r in found]},
-            now,
-            held_by=self.worker_id,
-        ):
-            # Another worker took the job over after our lease lapsed: it re-checks itself.
-            log.warning("issuance.lease_lost", step="re-check", serial=job.serial)
-            return
-        log.error("issuance.refused", serial=job.serial,
-                  refusals=[r.audit() for r in found])
 
 
 def profile_settings_factory(config: Any) -> Any:

@@ -432,8 +432,11 @@ class IssuanceRepository:
                 actor=f"worker:{worker_id}",
                 account_id=job.account_id,
                 order_id=job.order_id,
-                details={"serial": job.serial if isinstance(job, PreparedJob) else None,
-                         "retry_at": retry_at.isoformat(), **details},
+                details={
+                    "serial": job.serial if isinstance(job, PreparedJob) else None,
+                    "retry_at": retry_at.isoformat(),
+                    **details,
+                },
             )
         return True
 
@@ -536,13 +539,17 @@ class IssuanceRepository:
             await apply_order_event(conn, OrderEvent.ISSUED, [job.order_id], now)
             await conn.execute(
                 "UPDATE issuance_jobs SET status = 'done', step = 'issued', locked_by = NULL, "
-                "locked_until = NULL, updated_at = $2 WHERE id = $1", job.id, now)
+                "locked_until = NULL, updated_at = $2 WHERE id = $1",
+                job.id,
+                now,
+            )
             await notify_order_done(conn, job.order_id)
 
     async def certificate_for_order(self, order_id: int) -> bool:
         """Whether the order already has its certificate (a resumed job need not sign)."""
         found = await self._pool.fetchval(
-            "SELECT 1 FROM certificates WHERE order_id = $1", order_id)
+            "SELECT 1 FROM certificates WHERE order_id = $1", order_id
+        )
         return found is not None
 
     async def order_authorizations(self, order_id: int) -> list[AuthorizationEvidence]:

@@ -39,8 +39,13 @@ class Finding:
     def to_json(self) -> dict[str, JsonValue]:
         inv = self.invariant
         return {
-            "number": inv.number, "id": inv.id, "title": inv.title, "clause": inv.clause,
-            "keys": list(inv.keys), "passed": self.passed, "detail": self.detail,
+            "number": inv.number,
+            "id": inv.id,
+            "title": inv.title,
+            "clause": inv.clause,
+            "keys": list(inv.keys),
+            "passed": self.passed,
+            "detail": self.detail,
         }
 
 
@@ -75,8 +80,9 @@ class Assessment:
             return "yes: production hierarchy, every invariant holds"
         reasons = []
         if not self.production:
-            reasons.append(f"development hierarchy ({self.shape_reason}), which no root "
-                           "program trusts")
+            reasons.append(
+                f"development hierarchy ({self.shape_reason}), which no root program trusts"
+            )
         if self.failures:
             reasons.append(f"{len(self.failures)} of {len(self.findings)} invariants fail")
         return "no: " + "; ".join(reasons)
@@ -122,8 +128,10 @@ def assess(config: Config, at: datetime) -> Assessment:
     if parsed is not None:
         shape, reason = hierarchy_shape(parsed)
     elif config.pki_dir is None and not issuers_path.exists():
-        shape, reason = Shape.DEVELOPMENT, (
-            "embedded defaults: serve generates a development hierarchy on first start")
+        shape, reason = (
+            Shape.DEVELOPMENT,
+            ("embedded defaults: serve generates a development hierarchy on first start"),
+        )
     else:
         shape, reason = Shape.PRODUCTION, f"{ISSUERS_FILE} unreadable, not made by acme-ca init"
     ctx = Context(config, at, parsed, issuers_error)
@@ -148,23 +156,36 @@ async def deployment_gate(config: Config, at: datetime, *, process: str) -> Asse
     assessment = await asyncio.to_thread(assess, config, at)
     if assessment.production and assessment.failures:
         log.error(
-            "deployment.refused", process=process, shape=str(assessment.shape),
+            "deployment.refused",
+            process=process,
+            shape=str(assessment.shape),
             shape_reason=assessment.shape_reason,
-            failing=[{"invariant": f.invariant.label, "detail": f.detail, "set": f.invariant.keys}
-                     for f in assessment.failures],
+            failing=[
+                {"invariant": f.invariant.label, "detail": f.detail, "set": f.invariant.keys}
+                for f in assessment.failures
+            ],
         )
         raise DeploymentRefused(assessment)
     for f in assessment.failures:
         log.warning(
-            "deployment.invariant_relaxed", process=process, invariant=f.invariant.id,
-            number=f.invariant.number, clause=f.invariant.clause, detail=f.detail,
+            "deployment.invariant_relaxed",
+            process=process,
+            invariant=f.invariant.id,
+            number=f.invariant.number,
+            clause=f.invariant.clause,
+            detail=f.detail,
             set=list(f.invariant.keys),
             banner=f"DEVELOPMENT HIERARCHY: {f.invariant.clause} relaxed "
-                   f"({f.invariant.title}); never publicly trusted",
+            f"({f.invariant.title}); never publicly trusted",
         )
-    log.info("deployment.shape", process=process, shape=str(assessment.shape),
-             shape_reason=assessment.shape_reason, relaxed=len(assessment.failures),
-             publicly_trusted=assessment.publicly_trusted)
+    log.info(
+        "deployment.shape",
+        process=process,
+        shape=str(assessment.shape),
+        shape_reason=assessment.shape_reason,
+        relaxed=len(assessment.failures),
+        publicly_trusted=assessment.publicly_trusted,
+    )
     return assessment
 
 

@@ -55,51 +55,86 @@ class Invariant:
 
 
 HSM_KEYS: Final = Invariant(
-    1, "issuer-keys-in-hsm", "every issuer key is behind PKCS#11", "CP 6.2",
+    1,
+    "issuer-keys-in-hsm",
+    "every issuer key is behind PKCS#11",
+    "CP 6.2",
     ("pkcs11_module", "issuers.toml pkcs11_key_label"),
 )
 PERSPECTIVES: Final = Invariant(
-    2, "mpic-perspectives",
+    2,
+    "mpic-perspectives",
     "remote perspectives: the date's minimum, 2 RIRs, 500 km from the primary",
     "BR 3.2.2.9",
     ("mpic_perspectives_file", "mpic_client_cert", "mpic_client_key", "mpic_server_ca"),
 )
 CT_LOGS: Final = Invariant(
-    3, "ct-log-list", "a real CT log list that can meet the CT policy", "CP 4.3.1",
+    3,
+    "ct-log-list",
+    "a real CT log list that can meet the CT policy",
+    "CP 4.3.1",
     ("ct_log_list",),
 )
 DNSSEC: Final = Invariant(
-    4, "dnssec-required", "DNSSEC validation is not disabled", "BR 3.2.2.8.1", ("dnssec",),
+    4,
+    "dnssec-required",
+    "DNSSEC validation is not disabled",
+    "BR 3.2.2.8.1",
+    ("dnssec",),
 )
 HTTP01: Final = Invariant(
-    5, "http01-port-80", "http-01 on port 80, loopback and private addresses refused",
+    5,
+    "http01-port-80",
+    "http-01 on port 80, loopback and private addresses refused",
     "BR 3.2.2.4.19",
     ("http01_port", "allow_loopback_validation", "test_mode"),
 )
 WEAK_KEYS: Final = Invariant(
-    6, "debian-weak-keys", "a Debian weak-key list covers every RSA size accepted",
-    "BR 6.1.1.3", ("weak_key_blocklists",),
+    6,
+    "debian-weak-keys",
+    "a Debian weak-key list covers every RSA size accepted",
+    "BR 6.1.1.3",
+    ("weak_key_blocklists",),
 )
 SIGNING_DELAY: Final = Invariant(
-    7, "notbefore-48h", "ct_deadline_seconds + backdate_seconds under 48 hours", "BR 7.1.2.7",
+    7,
+    "notbefore-48h",
+    "ct_deadline_seconds + backdate_seconds under 48 hours",
+    "BR 7.1.2.7",
     ("ct_deadline_seconds", "backdate_seconds"),
 )
 OCSP_SIGNER: Final = Invariant(
-    8, "ocsp-signer", "OCSP is signed by a key allowed to (digitalSignature or OCSPSigning)",
-    "BR 7.1.2.8", ("issuers.toml certificate",),
+    8,
+    "ocsp-signer",
+    "OCSP is signed by a key allowed to (digitalSignature or OCSPSigning)",
+    "BR 7.1.2.8",
+    ("issuers.toml certificate",),
 )
 SERVER_AUTH_ONLY: Final = Invariant(
-    9, "subordinate-eku-serverauth", "subordinate CA certificates are serverAuth-only",
-    "Chrome Root Program Policy 1.8", ("issuers.toml certificate, chain, alternate_chains",),
+    9,
+    "subordinate-eku-serverauth",
+    "subordinate CA certificates are serverAuth-only",
+    "Chrome Root Program Policy 1.8",
+    ("issuers.toml certificate, chain, alternate_chains",),
 )
 REAL_URLS: Final = Invariant(
-    10, "no-placeholder-urls", "status and terms URLs are real, not placeholders",
+    10,
+    "no-placeholder-urls",
+    "status and terms URLs are real, not placeholders",
     "BR 4.10.2, 7.1.2.7.7; RFC 8555 §7.1.1",
     ("status_base_url", "terms_of_service", "issuers.toml crl_url, ocsp_url, ca_issuers_url"),
 )
 INVARIANTS: Final = (
-    HSM_KEYS, PERSPECTIVES, CT_LOGS, DNSSEC, HTTP01,
-    WEAK_KEYS, SIGNING_DELAY, OCSP_SIGNER, SERVER_AUTH_ONLY, REAL_URLS,
+    HSM_KEYS,
+    PERSPECTIVES,
+    CT_LOGS,
+    DNSSEC,
+    HTTP01,
+    WEAK_KEYS,
+    SIGNING_DELAY,
+    OCSP_SIGNER,
+    SERVER_AUTH_ONLY,
+    REAL_URLS,
 )
 
 
@@ -145,8 +180,11 @@ def _hsm_keys(ctx: Context, parsed: IssuersFile) -> tuple[bool, str]:
 def _perspectives(ctx: Context) -> tuple[bool, str]:
     config = ctx.config
     phase = phase_for(ctx.at)
-    need = (f"BR 3.2.2.9 requires {phase.min_remotes} from {phase.label}" if phase.enforced
-            else "none required yet")
+    need = (
+        f"BR 3.2.2.9 requires {phase.min_remotes} from {phase.label}"
+        if phase.enforced
+        else "none required yet"
+    )
     if config.test_perspectives:
         return False, "in-process test perspectives (--perspectives N) are not remote"
     if config.mpic_perspectives_file is None:
@@ -185,8 +223,10 @@ def _ct_logs(ctx: Context) -> tuple[bool, str]:
     config = ctx.config
     path = config.ct_log_list
     if path is None:
-        return False, ("ct_log_list is not set: in-process CT test logs would be started, "
-                       "whose SCTs no browser accepts")
+        return False, (
+            "ct_log_list is not set: in-process CT test logs would be started, "
+            "whose SCTs no browser accepts"
+        )
     in_process = _in_process_log_list(config)
     if path.resolve() == in_process.resolve():
         return False, f"{path} is the in-process CT test logs' list"
@@ -249,8 +289,10 @@ def weak_key_coverage(paths: Iterable[Path]) -> tuple[frozenset[int], list[str]]
     for path in paths:
         size = openssl_blacklist_size(path)
         if size is None:
-            problems.append(f"{path}: the name does not say which RSA size it covers "
-                            "(Debian names them blacklist.RSA-<bits>)")
+            problems.append(
+                f"{path}: the name does not say which RSA size it covers "
+                "(Debian names them blacklist.RSA-<bits>)"
+            )
             continue
         try:
             entries = load_openssl_blacklist(path)
@@ -287,8 +329,10 @@ def _weak_keys(ctx: Context) -> tuple[bool, str]:
 def _signing_delay(ctx: Context) -> tuple[bool, str]:
     config = ctx.config
     total = timedelta(seconds=config.ct_deadline_seconds + config.backdate_seconds)
-    text = (f"ct_deadline_seconds + backdate_seconds = {int(total.total_seconds())} s "
-            f"({total.total_seconds() / 3600:.1f} h)")
+    text = (
+        f"ct_deadline_seconds + backdate_seconds = {int(total.total_seconds())} s "
+        f"({total.total_seconds() / 3600:.1f} h)"
+    )
     if total >= MAX_SIGNING_DELAY:
         return False, f"{text}: a final certificate could be signed 48 h after its notBefore"
     return True, f"{text} < 48 h"
@@ -303,8 +347,10 @@ def _ocsp_signer(ctx: Context, parsed: IssuersFile) -> tuple[bool, str]:
     ]
     if problems:
         return False, "; ".join(problems) + "; no OCSP response is signed with such a key"
-    return True, (f"{len(parsed.issuers)} issuer certificate(s) have digitalSignature "
-                  "(each issuer signs its own OCSP)")
+    return True, (
+        f"{len(parsed.issuers)} issuer certificate(s) have digitalSignature "
+        "(each issuer signs its own OCSP)"
+    )
 
 
 def _server_auth_only(cert: x509.Certificate) -> bool:
@@ -333,8 +379,11 @@ def _subordinate_eku(ctx: Context, parsed: IssuersFile) -> tuple[bool, str]:
         for cert in (entry.certificate, *(c for chain in chains for c in chain)):
             if not _self_signed(cert):
                 seen.setdefault(cert.fingerprint(hashes.SHA256()), (name, cert))
-    bad = [f"{cert.subject.rfc4514_string()} (issuers.{name})"
-           for name, cert in seen.values() if not _server_auth_only(cert)]
+    bad = [
+        f"{cert.subject.rfc4514_string()} (issuers.{name})"
+        for name, cert in seen.values()
+        if not _server_auth_only(cert)
+    ]
     if bad:
         return False, "EKU is not exactly serverAuth: " + "; ".join(bad)
     return True, f"{len(seen)} subordinate CA certificate(s), each EKU serverAuth only"
@@ -378,8 +427,10 @@ def _real_urls(ctx: Context) -> tuple[bool, str]:
     if parsed is None:
         problems.append(f"the issuers' URLs are unknown: {ctx.issuers_error}")
     for name, entry in parsed.issuers.items() if parsed else ():
-        urls += [(f"issuers.{name}.crl_url", entry.crl_url),
-                 (f"issuers.{name}.ca_issuers_url", entry.ca_issuers_url)]
+        urls += [
+            (f"issuers.{name}.crl_url", entry.crl_url),
+            (f"issuers.{name}.ca_issuers_url", entry.ca_issuers_url),
+        ]
         if entry.ocsp_url is not None:
             urls.append((f"issuers.{name}.ocsp_url", entry.ocsp_url))
     for name, root in parsed.roots.items() if parsed else ():
@@ -391,8 +442,10 @@ def _real_urls(ctx: Context) -> tuple[bool, str]:
             problems.append(f"{key}: {problem}")
     if problems:
         return False, "; ".join(problems)
-    return True, (f"{len(urls)} URLs, none a documentation or internal name "
-                  f"(status: {config.status_base_url})")
+    return True, (
+        f"{len(urls)} URLs, none a documentation or internal name "
+        f"(status: {config.status_base_url})"
+    )
 
 
 CHECKS: Final[dict[str, Callable[[Context], tuple[bool, str]]]] = {
@@ -407,4 +460,3 @@ CHECKS: Final[dict[str, Callable[[Context], tuple[bool, str]]]] = {
     SERVER_AUTH_ONLY.id: _subordinate_eku,
     REAL_URLS.id: _real_urls,
 }
-

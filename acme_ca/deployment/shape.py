@@ -29,7 +29,7 @@ def hierarchy_shape(parsed: IssuersFile) -> tuple[Shape, str]:
     """The shape of a readable hierarchy, and why."""
     if parsed.generated_by != GENERATED_BY_INIT:
         return Shape.PRODUCTION, (
-            f"{ISSUERS_FILE} does not say `generated_by = \"{GENERATED_BY_INIT}\"`: imported "
+            f'{ISSUERS_FILE} does not say `generated_by = "{GENERATED_BY_INIT}"`: imported '
             "or hand-written"
         )
     roots = [("root", parsed.root)] + [
@@ -43,4 +43,3 @@ def hierarchy_shape(parsed: IssuersFile) -> tuple[Shape, str]:
     return Shape.DEVELOPMENT, (
         f"made by {GENERATED_BY_INIT}, every root says {DEVELOPMENT_MARK!r} in its subject"
     )
-

@@ -41,8 +41,11 @@ async def ensure_hierarchy(config: Config) -> None:
     hierarchy on first start; a configured ``pki_dir`` must already hold issuers.toml."""
     if config.pki_dir is None and not (config.pki_path / ISSUERS_FILE).exists():
         path = await init_hierarchy(config)
-        log.warning("pki.development_hierarchy_created", issuers=str(path),
-                    root=str((config.pki_path / "root.pem").resolve()))
+        log.warning(
+            "pki.development_hierarchy_created",
+            issuers=str(path),
+            root=str((config.pki_path / "root.pem").resolve()),
+        )
 
 
 async def serve(
@@ -93,34 +96,54 @@ async def serve(
                 log.exception("status.listen_failed", listen=config.status_listen)
                 raise
             stack.push_async_callback(status.aclose)
-            log.info("status.ready", url=status.url, listen=config.status_listen,
-                     status_base_url=config.status_base_url)
+            log.info(
+                "status.ready",
+                url=status.url,
+                listen=config.status_listen,
+                status_base_url=config.status_base_url,
+            )
         worker: asyncio.Task[None] | None = None
         if config.serve_worker:
             worker_stop = asyncio.Event()
             worker = asyncio.create_task(
-                run_worker(config, dsn, worker_stop, clock, ct_logs=ct_logs,
-                           production=assessment.production,
-                           signing_guard=signing_guard(assessment),
-                           account_uri=urls.Urls(config.external_base_url).account,
-                           mpic=mpic),
-                name="signing-worker")
+                run_worker(
+                    config,
+                    dsn,
+                    worker_stop,
+                    clock,
+                    ct_logs=ct_logs,
+                    production=assessment.production,
+                    signing_guard=signing_guard(assessment),
+                    account_uri=urls.Urls(config.external_base_url).account,
+                    mpic=mpic,
+                ),
+                name="signing-worker",
+            )
             stack.push_async_callback(_stop_worker, worker, worker_stop)
         ssl_context = await asyncio.to_thread(server_ssl_context, config)
         validator = build_validator(config, clock, mpic)
         if isinstance(validator, ValidationAuthority):
             stack.push_async_callback(validator.aclose)
         app = create_app(
-            config, dsn, clock=clock, validator=validator,
+            config,
+            dsn,
+            clock=clock,
+            validator=validator,
             debian_weak_rsa_sizes=assessment.debian_weak_rsa_sizes
-            if assessment.production else None,
+            if assessment.production
+            else None,
         )
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         # Before setup: a resource failing to start still has the ones before it torn down.
         stack.push_async_callback(runner.cleanup)
         await runner.setup()
-        site = web.TCPSite(runner, config.listen_host, config.listen_port,
-                           ssl_context=ssl_context, reuse_address=True)
+        site = web.TCPSite(
+            runner,
+            config.listen_host,
+            config.listen_port,
+            ssl_context=ssl_context,
+            reuse_address=True,
+        )
         await site.start()
         log.info(
             "server.ready",
@@ -129,12 +152,14 @@ async def serve(
             relaxed=[f.invariant.id for f in assessment.failures],
             listen=config.listen,
             tls="off (plain_http)" if ssl_context is None else "on",
-            tls_ca=None if ssl_context is None or config.tls_cert
+            tls_ca=None
+            if ssl_context is None or config.tls_cert
             else str((config.home / "tls" / "ca.pem").resolve()),
             worker="in-process" if config.serve_worker else "external",
             test_mode=config.test_mode,
             corroboration=f"{len(mpic.perspectives)} remote perspective(s)"
-            if mpic.perspectives else "off",
+            if mpic.perspectives
+            else "off",
         )
         waiters: list[asyncio.Task[Any]] = [asyncio.create_task(stop.wait())]
         if worker is not None:
@@ -173,7 +198,13 @@ async def work(
             from acme_ca.testsrv.ct_logs_runner import ct_test_logs
 
             ct_logs = await stack.enter_async_context(ct_test_logs(config))
-        await run_worker(config, dsn, stop, clock, ct_logs=ct_logs,
-                         production=assessment.production,
-                         signing_guard=signing_guard(assessment),
-                         account_uri=urls.Urls(config.external_base_url).account)
+        await run_worker(
+            config,
+            dsn,
+            stop,
+            clock,
+            ct_logs=ct_logs,
+            production=assessment.production,
+            signing_guard=signing_guard(assessment),
+            account_uri=urls.Urls(config.external_base_url).account,
+        )

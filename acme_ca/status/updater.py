@@ -234,8 +234,9 @@ class StatusUpdater:
                 trigger=trigger,
             )
             if record is not None and self._settings.crl_dir is not None:
-                await asyncio.to_thread(write_crl_file, self._settings.crl_dir,
-                                        authority.name, record.der)
+                await asyncio.to_thread(
+                    write_crl_file, self._settings.crl_dir, authority.name, record.der
+                )
         except Exception:
             log.exception("crl.publish_failed", issuer=authority.name, trigger=trigger)
 

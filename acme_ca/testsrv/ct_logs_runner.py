@@ -94,8 +94,9 @@ async def ct_test_logs(config: Config) -> AsyncIterator[LogListSource | None]:
             "ct.test_logs_started",
             banner=TEST_LOGS_BANNER,
             log_list=str(path.resolve()),
-            logs=[{"log": x.name, "operator": x.operator, "api": x.spec.mode, "url": x.url}
-                  for x in logs.logs],
+            logs=[
+                {"log": x.name, "operator": x.operator, "api": x.spec.mode, "url": x.url}
+                for x in logs.logs
+            ],
         )
         yield StaticLogList(parse_log_list(logs.log_list()))
-

@@ -152,8 +152,13 @@ class SigningWorker:
         self._concurrency = concurrency
         self._lint_final = lint_final
         self._checks = SigningChecks(
-            jobs, clock, self.worker_id, production=production, signing_guard=signing_guard,
-            caa=caa, account_uri=account_uri,
+            jobs,
+            clock,
+            self.worker_id,
+            production=production,
+            signing_guard=signing_guard,
+            caa=caa,
+            account_uri=account_uri,
         )
         #: The dispatch table: each step's view and handler.
         self._steps: dict[Step, tuple[type[IssuanceJob], Handler]] = {

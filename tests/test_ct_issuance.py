@@ -53,7 +53,8 @@ from acme_ca.ca.lint import CertificateLinter
 from acme_ca.ca.worker import DEFAULT_LEASE
 from acme_ca.clock import SystemClock
 from acme_ca.config import Config
-from acme_ca.db.issuance import IssuanceJob, IssuanceRepository
+from acme_ca.db.issuance import IssuanceRepository
+from acme_ca.db.issuance_jobs import IssuanceJob
 from acme_ca.db.status import StatusRepository
 from acme_ca.status.updater import StatusSettings, StatusUpdater
 from acme_ca.testsrv.ct_log import LogListEntry, TestCtLogs, TestLogSpec, _without_poison

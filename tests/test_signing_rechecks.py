@@ -40,7 +40,8 @@ from acme_ca.ca.worker import SigningWorker, profile_settings_factory
 from acme_ca.clock import FixedClock
 from acme_ca.config import Config
 from acme_ca.db.certificates import CertificateRepository
-from acme_ca.db.issuance import AuthorizationEvidence, IssuanceRepository
+from acme_ca.db.issuance import IssuanceRepository
+from acme_ca.db.issuance_jobs import AuthorizationEvidence
 from acme_ca.deployment import Assessment, Shape, signing_guard
 from acme_ca.ra.keys import spki_sha256
 from acme_ca.ra.revocation import RevocationAuthority

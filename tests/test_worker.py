@@ -35,13 +35,8 @@ from acme_ca.ca.lint import CertificateLinter
 from acme_ca.ca.worker import DEFAULT_LEASE, SigningWorker, profile_settings_factory
 from acme_ca.clock import SystemClock
 from acme_ca.config import Config
-from acme_ca.db.issuance import (
-    IssuanceJob,
-    IssuanceRepository,
-    PrecertSignedJob,
-    PreparedJob,
-    SctsCollectedJob,
-)
+from acme_ca.db.issuance import IssuanceRepository
+from acme_ca.db.issuance_jobs import IssuanceJob, PrecertSignedJob, PreparedJob, SctsCollectedJob
 from acme_ca.db.migrate import apply_schema
 from acme_ca.db.pool import create_pool
 from acme_ca.embedded_pg import EmbeddedPostgres

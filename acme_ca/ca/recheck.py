@@ -37,7 +37,7 @@ from acme_ca.acme import problems
 from acme_ca.acme.jsontypes import JsonValue
 from acme_ca.acme.problems import Identifier, Problem
 from acme_ca.ca.profile import max_validity
-from acme_ca.db.issuance import AuthorizationEvidence
+from acme_ca.db.issuance_jobs import AuthorizationEvidence
 from acme_ca.ra.br_schedule import max_dcv_reuse
 from acme_ca.ra.keys import spki_sha256
 from acme_ca.va.quorum import Remote, UnknownRir, Verdict, canonical_rir, decide, rule_for

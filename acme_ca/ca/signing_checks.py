@@ -17,7 +17,8 @@ import structlog
 
 from acme_ca.ca import recheck
 from acme_ca.clock import Clock
-from acme_ca.db.issuance import AuthorizationEvidence, IssuanceRepository, PreparedJob
+from acme_ca.db.issuance import IssuanceRepository
+from acme_ca.db.issuance_jobs import AuthorizationEvidence, PreparedJob
 from acme_ca.va.records import CheckResult
 
 # The worker's events (issuance.refused, caa.rechecked...), under the worker's component.

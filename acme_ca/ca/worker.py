@@ -69,9 +69,9 @@ from acme_ca.ca.lint import CertificateLinter, LintKind
 from acme_ca.ca.profile import IssuanceRequest, ProfileSettings, build_certificate, new_serial
 from acme_ca.ca.signing_checks import CaaRechecker, SigningChecks, SigningGuard
 from acme_ca.clock import Clock
-from acme_ca.db.issuance import (
+from acme_ca.db.issuance import IssuanceRepository
+from acme_ca.db.issuance_jobs import (
     IssuanceJob,
-    IssuanceRepository,
     IssuedCertificate,
     PrecertSignedJob,
     PreparedJob,

@@ -6,9 +6,8 @@ The job row is the worker's checkpoint and ``step`` says how far it got: ``queue
 (SCTs, final TBS and linted copy fixed) → ``issued`` (certificate stored, order valid).
 ``claim`` takes a queued job whose ``retry_at`` has come (or a running one whose worker's
 lease lapsed) with ``FOR UPDATE SKIP LOCKED`` and returns the typed view of its step
-(:class:`IssuanceJob`, :class:`PreparedJob`, :class:`PrecertSignedJob`,
-:class:`SctsCollectedJob`): each carries exactly the columns its step has recorded, none of
-them optional.  ``defer`` sends a job whose SCTs fell short back to the queue until its
+(:mod:`acme_ca.db.issuance_jobs`: each carries exactly the columns its step has recorded, none
+of them optional).  ``defer`` sends a job whose SCTs fell short back to the queue until its
 backoff ends; ``complete`` stores the certificate and moves the order to valid in one
 transaction, and the unique constraints on serial and order make a second certificate
 impossible.
@@ -22,11 +21,9 @@ second version.
 from __future__ import annotations
 
 import contextlib
-import enum
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, TypedDict
+from typing import Any
 
 import asyncpg
 
@@ -35,176 +32,16 @@ from acme_ca.acme.problems import Problem
 from acme_ca.acme.states import OrderEvent
 from acme_ca.db.audit import record_event
 from acme_ca.db.completions import notify_order_done
+from acme_ca.db.issuance_jobs import (
+    AuthorizationEvidence,
+    IssuanceJob,
+    IssuedCertificate,
+    PreparedJob,
+    job_from_row,
+)
 from acme_ca.db.orders import Order, apply_order_event
 
 NOTIFY_CHANNEL = "acme_ca_issuance"
-
-
-class Step(enum.StrEnum):
-    """How far a job got: each value names the last thing recorded (``issuance_jobs.step``)."""
-
-    QUEUED = "queued"
-    PREPARED = "prepared"
-    PRECERT_SIGNED = "precert_signed"
-    SCTS_COLLECTED = "scts_collected"
-    ISSUED = "issued"
-
-
-@dataclass(frozen=True)
-class IssuanceJob:
-    """A claimed job as every step sees it (the view of a ``queued`` or ``issued`` job)."""
-
-    id: int
-    order_id: int
-    account_id: int
-    csr_der: bytes
-    names: tuple[str, ...]
-    status: str
-    step: Step
-    attempts: int
-    deferrals: int
-    issuer: str
-    created_at: datetime
-    locked_by: str | None
-
-    @property
-    def faults(self) -> int:
-        """Claims that did not end in a CT backoff: what MAX_ATTEMPTS limits."""
-        return self.attempts - self.deferrals
-
-
-@dataclass(frozen=True)
-class PreparedJob(IssuanceJob):
-    """Serial, validity, precertificate TBS and its linted copy fixed; nothing signed yet."""
-
-    serial: str
-    not_before: datetime
-    not_after: datetime
-    precert_tbs_der: bytes
-    precert_lint_der: bytes
-
-
-@dataclass(frozen=True)
-class PrecertSignedJob(PreparedJob):
-    """The precertificate is signed and stored (it counts as issued); SCTs are collected from
-    ``ct_submitted_at`` on."""
-
-    precert_der: bytes
-    ct_submitted_at: datetime
-
-
-@dataclass(frozen=True)
-class SctsCollectedJob(PrecertSignedJob):
-    """SCTs verified; the final certificate's TBS and linted copy fixed, not yet signed."""
-
-    scts: list[dict[str, JsonValue]]
-    tbs_der: bytes
-    lint_der: bytes
-
-
-@dataclass(frozen=True)
-class IssuedCertificate:
-    serial: str
-    issuer: str
-    der: bytes
-    not_before: datetime
-    not_after: datetime
-    chain_pem: str
-    alternate_chains: list[str]
-    #: The embedded SCTs as stored (log, operator, timestamp, log id, the SCT itself).
-    scts: list[dict[str, JsonValue]] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class AuthorizationEvidence:
-    """One authorization of an order as recorded, for the signing-time re-checks: its state,
-    when it was validated and CAA last rechecked, and its valid challenge's type and
-    validation records (None / empty when no challenge is valid)."""
-
-    authz_id: int
-    identifier: str
-    wildcard: bool
-    status: str
-    expires_at: datetime
-    validated_at: datetime | None
-    caa_checked_at: datetime | None
-    method: str | None
-    records: list[JsonObject]
-
-
-class _JobColumns(TypedDict):
-    """The columns every step's view has (:class:`IssuanceJob`'s fields)."""
-
-    id: int
-    order_id: int
-    account_id: int
-    csr_der: bytes
-    names: tuple[str, ...]
-    status: str
-    step: Step
-    attempts: int
-    deferrals: int
-    issuer: str
-    created_at: datetime
-    locked_by: str | None
-
-
-class _PreparedColumns(_JobColumns):
-    serial: str
-    not_before: datetime
-    not_after: datetime
-    precert_tbs_der: bytes
-    precert_lint_der: bytes
-
-
-class _SignedColumns(_PreparedColumns):
-    precert_der: bytes
-    ct_submitted_at: datetime
-
-
-def _job(row: asyncpg.Record) -> IssuanceJob:
-    """The typed view of the row's step (the ``issuance_jobs_step_recorded`` constraint
-    guarantees the columns of a job a worker may take)."""
-    step = Step(row["step"])
-    common: _JobColumns = {
-        "id": row["id"],
-        "order_id": row["order_id"],
-        "account_id": row["account_id"],
-        "csr_der": bytes(row["csr_der"]),
-        "names": tuple(row["names"]),
-        "status": row["status"],
-        "step": step,
-        "attempts": row["attempts"],
-        "deferrals": row["deferrals"],
-        "issuer": row["issuer"],
-        "created_at": row["created_at"],
-        "locked_by": row["locked_by"],
-    }
-    if step in (Step.QUEUED, Step.ISSUED):
-        return IssuanceJob(**common)
-    prepared: _PreparedColumns = {
-        **common,
-        "serial": row["serial"],
-        "not_before": row["not_before"],
-        "not_after": row["not_after"],
-        "precert_tbs_der": bytes(row["precert_tbs_der"]),
-        "precert_lint_der": bytes(row["precert_lint_der"]),
-    }
-    if step is Step.PREPARED:
-        return PreparedJob(**prepared)
-    signed: _SignedColumns = {
-        **prepared,
-        "precert_der": bytes(row["precert_der"]),
-        "ct_submitted_at": row["ct_submitted_at"],
-    }
-    if step is Step.PRECERT_SIGNED:
-        return PrecertSignedJob(**signed)
-    return SctsCollectedJob(
-        **signed,
-        scts=row["scts"],
-        tbs_der=bytes(row["tbs_der"]),
-        lint_der=bytes(row["lint_der"]),
-    )
 
 
 def _sct_summaries(scts: Sequence[JsonObject]) -> list[dict[str, JsonValue]]:
@@ -269,7 +106,7 @@ class IssuanceRepository:
             now,
             lease,
         )
-        return _job(row) if row else None
+        return job_from_row(row) if row else None
 
     async def record_prepared(
         self,
@@ -302,7 +139,7 @@ class IssuanceRepository:
             )
             row = await conn.fetchrow("SELECT * FROM issuance_jobs WHERE id = $1", job.id)
             if not updated.endswith(" 1"):  # another worker owns or prepared it: no event
-                return _job(row)
+                return job_from_row(row)
             await record_event(
                 conn,
                 "issuance.prepared",
@@ -312,7 +149,7 @@ class IssuanceRepository:
                 order_id=row["order_id"],
                 details={"serial": row["serial"], "job_id": job.id, "precertificate": True},
             )
-        return _job(row)
+        return job_from_row(row)
 
     async def record_precertificate(
         self, job: IssuanceJob, worker_id: str, der: bytes, now: datetime
@@ -336,7 +173,7 @@ class IssuanceRepository:
             )
             row = await conn.fetchrow("SELECT * FROM issuance_jobs WHERE id = $1", job.id)
             if not updated.endswith(" 1"):
-                return _job(row)
+                return job_from_row(row)
             await conn.execute(
                 """INSERT INTO precertificates (job_id, order_id, account_id, serial, issuer,
                                                 der, not_before, not_after, created_at)
@@ -360,7 +197,7 @@ class IssuanceRepository:
                 order_id=row["order_id"],
                 details={"serial": row["serial"], "issuer": row["issuer"], "job_id": job.id},
             )
-        return _job(row)
+        return job_from_row(row)
 
     async def record_scts(
         self,
@@ -388,7 +225,7 @@ class IssuanceRepository:
             )
             row = await conn.fetchrow("SELECT * FROM issuance_jobs WHERE id = $1", job.id)
             if not updated.endswith(" 1"):
-                return _job(row)
+                return job_from_row(row)
             await record_event(
                 conn,
                 "ct.scts_collected",
@@ -398,7 +235,7 @@ class IssuanceRepository:
                 order_id=row["order_id"],
                 details={"serial": row["serial"], "scts": _sct_summaries(scts)},
             )
-        return _job(row)
+        return job_from_row(row)
 
     async def defer(
         self,

@@ -19,7 +19,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -42,6 +41,7 @@ from acme_ca.db.pool import create_pool
 from acme_ca.embedded_pg import EmbeddedPostgres
 from acme_ca.testsrv.ct_log import TestCtLogs
 from acme_ca.testsrv.ct_logs_runner import accepted_roots
+from tests.support.migrations import create_schema_before
 from tests.support.worker import (
     FAST,
     INTERNAL_STATUS_URL,
@@ -702,8 +702,6 @@ async def _listener_count(pool: asyncpg.Pool, count: int) -> bool:
 
 # --------------------------------------------------------------------------- migration 005
 
-DATA = Path(__file__).parent / "data"
-
 
 async def test_migration_005_derives_each_jobs_step_from_its_recorded_columns(
     postgres: EmbeddedPostgres,
@@ -717,11 +715,7 @@ async def test_migration_005_derives_each_jobs_step_from_its_recorded_columns(
     pool = await create_pool(dsn, max_size=2)
     conn = await pool.acquire()
     try:
-        await conn.execute((DATA / "schema_before_005.sql").read_text())
-        await conn.execute(
-            "INSERT INTO schema_migrations (version, name) VALUES "
-            "(1, 'key_compromise'), (2, 'authorizations_caa_checked_at')"
-        )
+        await create_schema_before(conn, 5)
         now = datetime.now(UTC)
         account = await conn.fetchval(
             "INSERT INTO accounts (key_thumbprint, jwk, status, created_at, updated_at) "

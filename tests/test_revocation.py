@@ -125,6 +125,16 @@ async def test_acme_rev_1_issuing_account_revokes(
     assert not await is_blocked(pool, leaf), "an account's plain revocation blocks no key"
 
 
+async def test_acme_rev_3_success_is_200_with_an_empty_body(owner: Subscriber, leaf: Leaf) -> None:
+    """RFC 8555 §7.6 defines no body; Boulder and Pebble send none, and acme.sh counts only
+    an empty body as success (a JSON ``null`` made it retry with the certificate key)."""
+    reply = await revoke(owner, leaf)
+    assert reply.status == 200, reply.body
+    assert reply.raw == b""
+    assert reply.headers.get("Content-Length") == "0"
+    assert "Content-Type" not in reply.headers
+
+
 async def test_acme_rev_1_other_account_with_authorizations_for_all_names(
     va_ca: RunningCa,
     session: aiohttp.ClientSession,

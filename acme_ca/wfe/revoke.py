@@ -1,11 +1,15 @@
-"""revokeCert (RFC 8555 §7.6): signed by an account (kid) or by the certificate's key (jwk)."""
+"""revokeCert (RFC 8555 §7.6): signed by an account (kid) or by the certificate's key (jwk).
+
+Success is 200 with an empty body, as Boulder (``wfe2/wfe.go`` RevokeCertificate) and Pebble
+answer: RFC 8555 §7.6 defines no response body, and some clients (acme.sh) count only an
+empty body as success.
+"""
 
 from __future__ import annotations
 
 from aiohttp import web
 
 from acme_ca.acme.messages import RevokeCert
-from acme_ca.wfe.responses import acme_json
 from acme_ca.wfe.services import front_end
 from acme_ca.wfe.verify import KeyMode, verify_post
 
@@ -19,4 +23,4 @@ async def post_revoke_cert(request: web.Request) -> web.Response:
         account=verified.account,
         jwk_key=verified.jwk.key if verified.jwk else None,
     )
-    return acme_json(None)
+    return web.Response(status=200)

@@ -90,6 +90,7 @@ class Reply:
     links: list[str]
     body: Any
     content_type: str
+    raw: bytes = b""
 
 
 @dataclass
@@ -135,6 +136,7 @@ class JwsClient:
                 resp.headers.getall("Link", []),
                 parsed,
                 resp.content_type,
+                raw,
             )
 
     async def post(

@@ -57,7 +57,8 @@ from acme_ca.db.issuance import IssuanceRepository
 from acme_ca.db.issuance_jobs import IssuanceJob
 from acme_ca.db.status import StatusRepository
 from acme_ca.status.updater import StatusSettings, StatusUpdater
-from acme_ca.testsrv.ct_log import LogListEntry, TestCtLogs, TestLogSpec, _without_poison
+from acme_ca.testsrv.ct_log import LogListEntry, TestLogSpec, _without_poison
+from acme_ca.testsrv.ct_log_set import TestCtLogs
 from acme_ca.testsrv.ct_logs_runner import accepted_roots
 from tests.support.ct import Harness, harness, pyasn1_without_poison, three_operators
 from tests.support.worker import (

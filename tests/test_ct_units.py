@@ -46,7 +46,8 @@ from acme_ca.ca.ct.sct import (
 from acme_ca.ca.ct.submit import _retry_after
 from acme_ca.ca.der import assemble_signed, tbs_signature_algorithm
 from acme_ca.testsrv import ct_log as ct_log_module
-from acme_ca.testsrv.ct_log import TestCtLog, TestCtLogs, TestLogSpec, _without_poison
+from acme_ca.testsrv.ct_log import TestCtLog, TestLogSpec, _without_poison
+from acme_ca.testsrv.ct_log_set import TestCtLogs
 from tests.support.ct import pyasn1_without_poison
 
 NOW = datetime.now(UTC).replace(microsecond=0)

@@ -46,7 +46,8 @@ from acme_ca.ra.revocation import RevocationAuthority
 from acme_ca.status.key_compromise import KeyCompromiseSweeper, retry_delay
 from acme_ca.status.ocsp import OcspResponder
 from acme_ca.status.updater import StatusSettings, StatusUpdater
-from acme_ca.testsrv.ct_log import TestCtLogs, TestLogSpec
+from acme_ca.testsrv.ct_log import TestLogSpec
+from acme_ca.testsrv.ct_log_set import TestCtLogs
 from acme_ca.testsrv.ct_logs_runner import accepted_roots
 from acme_ca.testsrv.server import ChallengeTestServer
 from tests.fixtures import CaFactory, RunningCa

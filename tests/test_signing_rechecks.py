@@ -45,7 +45,7 @@ from acme_ca.db.issuance_jobs import AuthorizationEvidence
 from acme_ca.deployment import Assessment, Shape, signing_guard
 from acme_ca.ra.keys import spki_sha256
 from acme_ca.ra.revocation import RevocationAuthority
-from acme_ca.testsrv.ct_log import TestCtLogs
+from acme_ca.testsrv.ct_log_set import TestCtLogs
 from acme_ca.testsrv.ct_logs_runner import accepted_roots
 from acme_ca.testsrv.server import ChallengeServerConfig, ChallengeTestServer
 from acme_ca.testsrv.store import CaaPolicy

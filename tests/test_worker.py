@@ -39,7 +39,7 @@ from acme_ca.db.issuance_jobs import IssuanceJob, PrecertSignedJob, PreparedJob,
 from acme_ca.db.migrate import apply_schema
 from acme_ca.db.pool import create_pool
 from acme_ca.embedded_pg import EmbeddedPostgres
-from acme_ca.testsrv.ct_log import TestCtLogs
+from acme_ca.testsrv.ct_log_set import TestCtLogs
 from acme_ca.testsrv.ct_logs_runner import accepted_roots
 from tests.support.migrations import create_schema_before
 from tests.support.worker import (

@@ -25,9 +25,9 @@ bounded cache per log, and not verified again.  A link that failed is never reme
 Fault knobs (:class:`Faults`, settable per log while it runs): 429 with Retry-After, 503,
 slow responses, a corrupt signature, an unknown log id, a timestamp an hour ahead.
 
-:class:`TestCtLogs` runs several logs at once (each on its own port, 0 = a free one) and
-produces their log list in Chrome's v3 format, also served at ``/log_list.json`` by each log.
-Production code never imports this module.
+:class:`acme_ca.testsrv.ct_log_set.TestCtLogs` runs several logs at once and produces
+their log list, also served at ``/log_list.json`` by each log.  Production code never
+imports this module.
 """
 
 from __future__ import annotations
@@ -37,14 +37,11 @@ import base64
 import contextlib
 import hashlib
 import itertools
-import json
 import struct
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from types import TracebackType
 from typing import Any, Final, Literal, TypedDict
 
 import structlog
@@ -216,7 +213,7 @@ def _extensions(cert: x509.Certificate) -> x509.Extensions:
         raise _Rejected(f"{cert.subject.rfc4514_string()} has malformed extensions: {e}") from e
 
 
-def _rfc3339(at: datetime) -> str:
+def rfc3339(at: datetime) -> str:
     return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -469,167 +466,16 @@ class TestCtLog:
             entry["monitoring_url"] = self.url
         if self.spec.start is not None or self.spec.end is not None:
             entry["temporal_interval"] = {
-                "start_inclusive": _rfc3339(self.spec.start or _EPOCH),
-                "end_exclusive": _rfc3339(self.spec.end or datetime(9999, 1, 1, tzinfo=UTC)),
+                "start_inclusive": rfc3339(self.spec.start or _EPOCH),
+                "end_exclusive": rfc3339(self.spec.end or datetime(9999, 1, 1, tzinfo=UTC)),
             }
         return entry
-
-
-def log_list_json(logs: Sequence[TestCtLog], *, version: str = "acme-ca test logs") -> LogList:
-    """The v3 log list naming ``logs`` (RFC 6962 logs under ``logs``, static-ct-api logs under
-    ``tiled_logs``), operators in order of first appearance."""
-    operators: dict[str, LogListOperator] = {}
-    for ct_log in logs:
-        op = operators.setdefault(
-            ct_log.operator,
-            {
-                "name": ct_log.operator,
-                "email": ["ct-logs@example.test"],
-                "logs": [],
-                "tiled_logs": [],
-            },
-        )
-        (op["logs"] if ct_log.spec.mode == "rfc6962" else op["tiled_logs"]).append(
-            ct_log.log_list_entry()
-        )
-    return {
-        "version": version,
-        "log_list_timestamp": _rfc3339(datetime.now(UTC)),
-        "operators": list(operators.values()),
-    }
-
-
-class TestCtLogs:
-    """Several test logs, each on its own listener; ``async with`` or start()/stop()."""
-
-    __test__ = False
-
-    def __init__(
-        self,
-        specs: Sequence[TestLogSpec],
-        roots: Sequence[x509.Certificate],
-        *,
-        host: str = "127.0.0.1",
-        clock: Clock | None = None,
-    ) -> None:
-        self.host = host
-        self.logs = [TestCtLog(spec, roots, clock) for spec in specs]
-        self._runners: list[web.AppRunner] = []
-
-    def __getitem__(self, name: str) -> TestCtLog:
-        for ct_log in self.logs:
-            if ct_log.name == name:
-                return ct_log
-        raise KeyError(name)
-
-    def by_operator(self, operator: str) -> list[TestCtLog]:
-        return [x for x in self.logs if x.operator == operator]
-
-    def log_list(self) -> LogList:
-        return log_list_json(self.logs)
-
-    def write_log_list(self, path: Path) -> Path:
-        """Write the log list atomically (rename over the old file)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.tmp")
-        partial.write_text(json.dumps(self.log_list(), indent=2) + "\n")
-        partial.replace(path)
-        return path
-
-    def clear_faults(self) -> None:
-        for ct_log in self.logs:
-            ct_log.faults.clear()
-
-    async def start(self) -> TestCtLogs:
-        try:
-            for ct_log in self.logs:
-                runner = web.AppRunner(ct_log.app(), access_log=None, shutdown_timeout=0.5)
-                await runner.setup()
-                self._runners.append(runner)
-                site = web.TCPSite(runner, self.host, ct_log.spec.port)
-                await site.start()
-                port = runner.addresses[0][1]
-                ct_log.url = f"http://{self.host}:{port}/"
-        except BaseException:
-            await self.stop()
-            raise
-        listed = self.log_list()
-        for ct_log in self.logs:
-            ct_log.log_list_json = listed
-        _log.info(
-            "ct_logs.started", logs=[(x.name, x.operator, x.spec.mode, x.url) for x in self.logs]
-        )
-        return self
-
-    async def stop(self) -> None:
-        runners, self._runners = self._runners, []
-        for runner in reversed(runners):
-            await runner.cleanup()
-
-    async def __aenter__(self) -> TestCtLogs:
-        return await self.start()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
-
-def default_specs(
-    keys: Sequence[ec.EllipticCurvePrivateKey], now: datetime | None = None
-) -> list[TestLogSpec]:
-    """The three logs of test mode and the embedded defaults, one per operator:
-
-    * ``acme-ca test log A`` (operator A, RFC 6962), notAfter in [Jan 1 of last year,
-      Jan 1 two years on);
-    * ``acme-ca test log B`` (operator B, RFC 6962), [Jan 1 of last year, Jan 1 three years on);
-    * ``acme-ca test log C`` (operator C, static-ct-api), [Jan 1 this year, Jan 1 two years on).
-
-    Every interval covers the notAfter of any certificate of up to a year issued now.
-    """
-    year = (now or datetime.now(UTC)).year
-
-    def jan1(y: int) -> datetime:
-        return datetime(y, 1, 1, tzinfo=UTC)
-
-    a, b, c = keys
-    return [
-        TestLogSpec(
-            "acme-ca test log A",
-            "acme-ca test operator A",
-            a,
-            jan1(year - 1),
-            jan1(year + 2),
-            "rfc6962",
-        ),
-        TestLogSpec(
-            "acme-ca test log B",
-            "acme-ca test operator B",
-            b,
-            jan1(year - 1),
-            jan1(year + 3),
-            "rfc6962",
-        ),
-        TestLogSpec(
-            "acme-ca test log C",
-            "acme-ca test operator C",
-            c,
-            jan1(year),
-            jan1(year + 2),
-            "static-ct-api",
-        ),
-    ]
 
 
 __all__ = [
     "FUTURE_SKEW",
     "Faults",
     "TestCtLog",
-    "TestCtLogs",
     "TestLogSpec",
-    "default_specs",
-    "log_list_json",
+    "rfc3339",
 ]

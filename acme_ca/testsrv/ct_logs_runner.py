@@ -1,7 +1,7 @@
 """The three in-process CT test logs of ``acme-ca serve --test`` and the embedded defaults.
 
 When ``ct_log_list`` is unset, ``serve`` and ``worker`` each start the logs of
-:func:`acme_ca.testsrv.ct_log.default_specs` (operators A, B, C; A and B RFC 6962, C
+:func:`acme_ca.testsrv.ct_log_set.default_specs` (operators A, B, C; A and B RFC 6962, C
 static-ct-api) on free ports of 127.0.0.1, accepting the roots of ``issuers.toml``, write their
 log list to ``home/ct/log_list.json`` and hand it to their own signing worker, so every
 certificate carries real SCTs that verify with that list.
@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from acme_ca.ca.ct.loglist import LogListSource, StaticLogList, parse_log_list
 from acme_ca.ca.issuers_file import read_issuers_file
 from acme_ca.config import Config
-from acme_ca.testsrv.ct_log import TestCtLogs, default_specs
+from acme_ca.testsrv.ct_log_set import TestCtLogs, default_specs
 
 log = structlog.get_logger(component="acme_ca.testsrv.ct_logs_runner")
 

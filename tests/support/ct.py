@@ -26,7 +26,8 @@ from acme_ca.ca.worker import SigningWorker, profile_settings_factory
 from acme_ca.clock import SystemClock
 from acme_ca.config import Config
 from acme_ca.db.issuance import IssuanceRepository
-from acme_ca.testsrv.ct_log import TestCtLogs, TestLogSpec
+from acme_ca.testsrv.ct_log import TestLogSpec
+from acme_ca.testsrv.ct_log_set import TestCtLogs
 from acme_ca.testsrv.ct_logs_runner import accepted_roots
 from tests.support.worker import (
     FAST,

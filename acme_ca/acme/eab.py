@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 from dataclasses import dataclass
 
 from acme_ca.acme import problems
 from acme_ca.acme.b64 import b64url_decode
+from acme_ca.acme.json_limits import loads_limited
 from acme_ca.acme.jwk import Jwk, JwkError, parse_jwk
 from acme_ca.acme.messages import FlattenedJws
 from acme_ca.acme.problems import AcmeError
@@ -41,8 +41,8 @@ def parse_eab(value: FlattenedJws, *, outer_url: str, outer_jwk: Jwk) -> ParsedE
         protected_raw = b64url_decode(value.protected)
         payload_raw = b64url_decode(value.payload)
         mac = b64url_decode(value.signature)
-        protected = json.loads(protected_raw)
-        payload = json.loads(payload_raw)
+        protected = loads_limited(protected_raw, "externalAccountBinding protected header")
+        payload = loads_limited(payload_raw, "externalAccountBinding payload")
     except (ValueError, TypeError, UnicodeDecodeError):
         raise _malformed("members must be base64url-encoded JSON") from None
     if not isinstance(protected, dict):

@@ -8,7 +8,6 @@ build one.  Only the protected header is ever read; unprotected headers are refu
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from acme_ca.acme import problems
 from acme_ca.acme.b64 import b64url_decode
+from acme_ca.acme.json_limits import loads_limited
 from acme_ca.acme.jsontypes import JsonValue
 from acme_ca.acme.jwk import Jwk, JwkError, PublicKey, parse_jwk
 from acme_ca.acme.problems import AcmeError
@@ -63,10 +63,7 @@ class VerifiedJws:
 
     def payload_json(self) -> dict[str, JsonValue]:
         """The payload as a JSON object; ``malformed`` if it is not one."""
-        try:
-            value = json.loads(self.parsed.payload_raw)
-        except (UnicodeDecodeError, ValueError):
-            raise _malformed("JWS payload is not JSON") from None
+        value = loads_limited(self.parsed.payload_raw, "JWS payload")
         if not isinstance(value, dict):
             raise _malformed("JWS payload must be a JSON object")
         return value
@@ -86,10 +83,7 @@ def _decode_part(value: Any, name: str) -> bytes:
 
 def parse_jws(body: bytes, *, require_nonce: bool = True) -> ParsedJws:  # noqa: C901 -- one early check per RFC 7515/8555 envelope rule
     """Check the envelope and protected header (everything that needs no key)."""
-    try:
-        envelope = json.loads(body)
-    except (UnicodeDecodeError, ValueError):
-        raise _malformed("request body is not JSON") from None
+    envelope = loads_limited(body, "request body")
     if not isinstance(envelope, dict):
         raise _malformed("request body must be a flattened JWS object")
     if "signatures" in envelope:
@@ -104,10 +98,7 @@ def parse_jws(body: bytes, *, require_nonce: bool = True) -> ParsedJws:  # noqa:
     signature = _decode_part(envelope["signature"], "signature")
     if not protected_raw or not signature:
         raise _malformed("JWS protected header and signature must not be empty")
-    try:
-        protected = json.loads(protected_raw)
-    except (UnicodeDecodeError, ValueError):
-        raise _malformed("JWS protected header is not JSON") from None
+    protected = loads_limited(protected_raw, "JWS protected header")
     if not isinstance(protected, dict):
         raise _malformed("JWS protected header must be a JSON object")
 

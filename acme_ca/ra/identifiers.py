@@ -8,7 +8,6 @@ reserved IPs or reverse-DNS names); checklist items ACME-AUTHZ-2, BR-DCV-5 and B
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 from collections.abc import Callable, Iterable, Sequence
 from typing import Final
@@ -25,6 +24,7 @@ from acme_ca.acme.problems import (
     rejected_identifier,
     unsupported_identifier,
 )
+from acme_ca.psl import icann_public_suffix_list
 
 #: The only identifier type this CA issues for (RFC 8555 §9.7.7).
 DNS_TYPE: Final = "dns"
@@ -83,12 +83,6 @@ INTERNAL_SUFFIXES: Final = frozenset(
 ONION_SUFFIX: Final = "onion"
 
 _LDH: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
-
-
-@functools.cache
-def icann_public_suffix_list() -> PublicSuffixList:
-    """The bundled PSL, ICANN section only; parsed once because parsing costs ~10k lines."""
-    return PublicSuffixList(only_icann=True)
 
 
 def is_wildcard(name: str) -> bool:

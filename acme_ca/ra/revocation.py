@@ -69,7 +69,7 @@ from acme_ca.db.certificates import (
     KeyBlock,
     RevocationOutcome,
 )
-from acme_ca.ra.identifiers import icann_public_suffix_list
+from acme_ca.psl import icann_public_suffix_list
 from acme_ca.ra.keys import spki_sha256
 
 log = structlog.get_logger(component="acme_ca.ra.revocation")

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "ACME_CA_"
+DEFAULT_CHALLENGE_TYPES = ("http-01", "dns-01")
+"""The validation methods offered unless ``challenge_types`` says otherwise."""
 
 
 class ConfigError(ValueError):
@@ -140,6 +142,13 @@ class Config:
     dns_timeout_seconds: int = _key(5, "Timeout of one DNS query attempt.")
     http01_port: int = _key(
         80, "Port http-01 validation connects to (RFC 8555 §8.3 says 80; tests move it)."
+    )
+    challenge_types: list[str] = _key(
+        list(DEFAULT_CHALLENGE_TYPES),
+        "The validation methods offered, by ACME challenge type (BR 3.2.2.4; the registry "
+        "in `acme_ca/va/registry.py`). New authorizations get one challenge per enabled "
+        "type, wildcard names only the DNS-based ones; a challenge of a type switched off "
+        "later fails when the client answers it. Env: comma-separated.",
     )
     allow_loopback_validation: bool = _key(
         False,
@@ -390,6 +399,8 @@ class Config:
             _split_host_port(resolver.strip())
         if not 0 < self.http01_port < 65536:
             raise ConfigError("http01_port must be a TCP port")
+        if not self.challenge_types:
+            raise ConfigError("challenge_types must enable at least one validation method")
         if self.validity_days is not None and not 1 <= self.validity_days <= 200:
             raise ConfigError("validity_days must be between 1 and 200 (BR 6.3.2)")
         if not 0 <= self.backdate_seconds <= 86400:

@@ -318,9 +318,11 @@ def test_acme_err_1_stored_problem_round_trips() -> None:
 
 
 def test_acme_acct_1_account_resource() -> None:
+    key = jwk_from_key(ec.generate_private_key(ec.SECP256R1()).public_key())
     account = resources.Account(
         id=7,
         status=AccountStatus.VALID,
+        key=key,
         contact=("mailto:a@example.com",),
         created_at=AT,
         terms_of_service_agreed=True,
@@ -328,6 +330,7 @@ def test_acme_acct_1_account_resource() -> None:
     )
     assert account.to_json(URLS) == {
         "status": "valid",
+        "key": key.to_json(),
         "contact": ["mailto:a@example.com"],
         "orders": "https://ca.example/acme/acct/7/orders",
         "createdAt": "2026-12-03T15:04:05Z",

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from acme_ca.acme.jsontypes import JsonObject, JsonValue
+from acme_ca.acme.jwk import Jwk
 from acme_ca.acme.messages import FlattenedJws
 from acme_ca.acme.problems import Identifier, Problem
 from acme_ca.acme.status import (
@@ -41,10 +42,15 @@ def rfc3339(at: datetime) -> str:
 
 @dataclass(frozen=True)
 class Account:
-    """An account object (§7.1.2); the binding is reflected only when just verified (§7.3.4)."""
+    """An account object (§7.1.2); the binding is reflected only when just verified (§7.3.4).
+
+    ``key`` is the account's public JWK, as Boulder (``core.Registration``) and Pebble send it:
+    clients read it back after a key rollover to see which key the account holds.
+    """
 
     id: int
     status: AccountStatus
+    key: Jwk
     contact: tuple[str, ...]
     created_at: datetime
     terms_of_service_agreed: bool
@@ -53,6 +59,7 @@ class Account:
     def to_json(self, urls: ResourceUrls) -> dict[str, JsonValue]:
         body: dict[str, JsonValue] = {
             "status": str(self.status),
+            "key": dict(self.key.to_json()),
             "contact": list(self.contact),
             "orders": urls.account_orders(self.id),
             "createdAt": rfc3339(self.created_at),

@@ -32,6 +32,7 @@ from acme_ca.ra.revocation import RevocationAuthority
 from acme_ca.remote_va.primary import build_validator
 from acme_ca.tasks import BackgroundTasks
 from acme_ca.va.authority import ValidationAuthority
+from acme_ca.va.registry import enabled_methods
 from acme_ca.wfe.nonces import NonceService
 from acme_ca.wfe.routes import setup_front_end
 from acme_ca.wfe.services import FRONT_END, FrontEnd
@@ -160,6 +161,7 @@ async def _front_end(
             authz_reuse_percent=config.authz_reuse_percent,
         ),
         clock,
+        enabled_methods(config.challenge_types),
     )
     # Reads the weak-key lists: a blocking start-up step, kept off the loop.
     key_policy = await asyncio.to_thread(

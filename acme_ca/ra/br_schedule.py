@@ -8,15 +8,15 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from acme_ca.va.methods import DCV_METHODS
+from acme_ca.va.registry import METHODS
 
 #: The Baseline Requirements version this code implements, recorded with every validation
 #: (BR 3.2.2.4: "the CA SHALL maintain a record of which domain validation method, including
 #: the relevant BR version number, was used").
 BR_VERSION = "2.2.6"
 
-#: The BR method each ACME challenge type implements (the VA's table is the one source).
-BR_METHODS = {label: method.section for label, method in DCV_METHODS.items()}
+#: The BR method each ACME challenge type implements (the VA's registry is the one source).
+BR_METHODS = {label: method.dcv.section for label, method in METHODS.items()}
 
 _DCV_REUSE = (
     (datetime(2029, 3, 15, tzinfo=UTC), timedelta(days=10)),

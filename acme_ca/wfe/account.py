@@ -21,6 +21,7 @@ def account_resource(account: Account, binding: FlattenedJws | None = None) -> r
     return resources.Account(
         id=account.id,
         status=AccountStatus(account.status),
+        key=account.jwk,
         contact=account.contact,
         created_at=account.created_at,
         terms_of_service_agreed=account.tos_agreed_at is not None,

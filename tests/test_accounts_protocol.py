@@ -6,18 +6,14 @@ list, the keyChange checklist (§7.3.5) and refused account keys (§6.2).
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
 import aiohttp
 import asyncpg
 import pytest
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from acme_ca.acme.b64 import b64url_encode
 from acme_ca.db.audit import events_for_account
 from tests.fixtures import CaFactory, RunningCa
 from tests.support.accounts import key_change
@@ -164,7 +160,14 @@ async def test_acme_acct_3_unknown_fields_not_reflected(
         shoeSize=44,
     )
     assert reply.status == 201, reply.body
-    assert set(reply.body) == {"status", "contact", "orders", "createdAt", "termsOfServiceAgreed"}
+    assert set(reply.body) == {
+        "status",
+        "key",
+        "contact",
+        "orders",
+        "createdAt",
+        "termsOfServiceAgreed",
+    }
     assert reply.body["status"] == "valid"
     assert reply.body["orders"] == client.account_url + "/orders"
 
@@ -403,6 +406,23 @@ async def test_acme_key_1_success_with_jws_client(
     assert_problem(lookup, 400, "accountDoesNotExist")
 
 
+async def test_acme_acct_1_account_object_carries_its_key_after_rollover(
+    ca: RunningCa, session: aiohttp.ClientSession
+) -> None:
+    """``key`` is the account's JWK in every account response, as Boulder and Pebble send
+    it; clients read it after keyChange to see which key the account now holds."""
+    client = await new_client(ca, session)
+    created = await client.register()
+    assert created.status == 201, created.body
+    assert created.body["key"] == jwk_json(client.key)
+    new_key = p256()
+    rolled = await key_change(client, new_key)
+    assert rolled.status == 200, rolled.body
+    assert rolled.body["key"] == jwk_json(new_key)
+    fetched = await client.post(client.account_url, None, key=new_key)
+    assert fetched.body["key"] == jwk_json(new_key)
+
+
 async def test_acme_key_1_inner_nonce_malformed(
     ca: RunningCa, session: aiohttp.ClientSession
 ) -> None:
@@ -522,37 +542,33 @@ async def test_acme_jws_4_rsa_1024_account_key_bad_public_key(
     assert_problem(reply, 400, "badPublicKey")
 
 
-def p521_jws(url: str, nonce: str, alg: str) -> dict[str, str]:
-    """A newAccount JWS signed by a P-521 key (``jwk_from_key`` refuses to build its JWK)."""
-    key = ec.generate_private_key(ec.SECP521R1())
-    numbers = key.public_key().public_numbers()
-    jwk = {
-        "kty": "EC",
-        "crv": "P-521",
-        "x": b64url_encode(numbers.x.to_bytes(66, "big")),
-        "y": b64url_encode(numbers.y.to_bytes(66, "big")),
-    }
-    protected = b64url_encode(
-        json.dumps({"alg": alg, "nonce": nonce, "url": url, "jwk": jwk}).encode()
-    )
-    payload = b64url_encode(json.dumps({"termsOfServiceAgreed": True}).encode())
-    digest = hashes.SHA512() if alg == "ES512" else hashes.SHA256()
-    r, s = decode_dss_signature(key.sign(f"{protected}.{payload}".encode(), ec.ECDSA(digest)))
-    signature = r.to_bytes(66, "big") + s.to_bytes(66, "big")
-    return {"protected": protected, "payload": payload, "signature": b64url_encode(signature)}
-
-
-async def test_acme_jws_4_p521_account_key_bad_public_key(
+async def test_acme_jws_3_es512_p521_account_key_accepted(
     ca: RunningCa, session: aiohttp.ClientSession
 ) -> None:
-    client = await new_client(ca, session)
+    """ES512 with a P-521 account key, as Boulder and Pebble accept: registration, requests
+    by kid, and a rollover to and from P-521 (certificate keys stay P-256/P-384)."""
+    p521 = ec.generate_private_key(ec.SECP521R1())
+    client = await new_client(ca, session, p521)
     url = client.directory["newAccount"]
 
-    reply = await client.post_raw(url, json.dumps(p521_jws(url, await client.nonce(), "ES256")))
-    assert_problem(reply, 400, "badPublicKey")
+    # the algorithm must still match the key (ACME-JWS-3): ES256 over a P-521 key is refused
+    mismatched = await client.post(url, {"termsOfServiceAgreed": True}, alg="ES256")
+    assert_problem(mismatched, 400, "badSignatureAlgorithm")
+    assert "ES512" in mismatched.body["algorithms"]
 
-    # with its own algorithm, ES512 is refused first, listing what we accept (ACME-JWS-3)
-    reply = await client.post_raw(url, json.dumps(p521_jws(url, await client.nonce(), "ES512")))
-    assert_problem(reply, 400, "badSignatureAlgorithm")
-    assert "ES256" in reply.body["algorithms"]
-    assert "ES512" not in reply.body["algorithms"]
+    created = await client.register()
+    assert created.status == 201, created.body
+    assert created.body["key"]["crv"] == "P-521"
+    assert (await client.post(client.account_url, None)).status == 200
+    order = await client.post(
+        client.directory["newOrder"],
+        {"identifiers": [{"type": "dns", "value": "p521.example.com"}]},
+    )
+    assert order.status == 201, order.body
+
+    p256_key = p256()
+    assert (await key_change(client, p256_key)).status == 200
+    client.key = p256_key
+    back = await key_change(client, ec.generate_private_key(ec.SECP521R1()))
+    assert back.status == 200, back.body
+    assert back.body["key"]["crv"] == "P-521"

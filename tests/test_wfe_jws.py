@@ -87,7 +87,7 @@ async def test_acme_jws_2_missing_nonce_is_bad_nonce(client: JwsClient) -> None:
 async def test_acme_jws_3_algorithm_not_allowed(client: JwsClient, alg: str) -> None:
     reply = await client.post(client.kid or "", None, alg=alg)
     assert_problem(reply, 400, "badSignatureAlgorithm")
-    assert reply.body["algorithms"] == ["RS256", "ES256", "ES384"]
+    assert reply.body["algorithms"] == ["RS256", "ES256", "ES384", "ES512"]
 
 
 async def test_acme_jws_3_alg_must_match_key(ca: RunningCa, session: aiohttp.ClientSession) -> None:

@@ -1,6 +1,6 @@
 """JSON Web Keys (RFC 7517/7518) for account keys, and their RFC 7638 thumbprints.
 
-Parsed strictly by hand: only RSA and EC P-256/P-384 public keys, members of the right
+Parsed strictly by hand: only RSA and EC P-256/P-384/P-521 public keys, members of the right
 type, EC points validated on their curve by ``cryptography``.  Private members are refused.
 """
 
@@ -20,8 +20,9 @@ PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 _CURVES: dict[str, tuple[ec.EllipticCurve, int]] = {
     "P-256": (ec.SECP256R1(), 32),
     "P-384": (ec.SECP384R1(), 48),
+    "P-521": (ec.SECP521R1(), 66),
 }
-_CURVE_NAMES = {"secp256r1": "P-256", "secp384r1": "P-384"}
+_CURVE_NAMES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
 _PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"}
 
 
@@ -90,7 +91,7 @@ def parse_jwk(data: object) -> Jwk:
     if kty == "EC":
         crv = _member(data, "crv")
         if crv not in _CURVES:
-            raise JwkError(f"unsupported curve {crv!r}; accepted: P-256, P-384")
+            raise JwkError(f"unsupported curve {crv!r}; accepted: P-256, P-384, P-521")
         curve, size = _CURVES[crv]
         try:
             x, y = b64url_decode(_member(data, "x")), b64url_decode(_member(data, "y"))

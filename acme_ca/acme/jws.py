@@ -24,10 +24,13 @@ from acme_ca.acme.jwk import Jwk, JwkError, PublicKey, parse_jwk
 from acme_ca.acme.problems import AcmeError
 
 #: The signature algorithms we accept, in the order listed to clients.
-ALLOWED_ALGORITHMS = ("RS256", "ES256", "ES384")
+#: ES512 (P-521) is for account keys only, as in Boulder and Pebble; certificate keys stay
+#: P-256/P-384 (``ra/keys.py``).
+ALLOWED_ALGORITHMS = ("RS256", "ES256", "ES384", "ES512")
 _EC_ALGS = {
     "ES256": ("secp256r1", hashes.SHA256(), 32),
     "ES384": ("secp384r1", hashes.SHA384(), 48),
+    "ES512": ("secp521r1", hashes.SHA512(), 66),
 }
 
 
@@ -147,7 +150,7 @@ def parse_jws(body: bytes, *, require_nonce: bool = True) -> ParsedJws:  # noqa:
 
 
 def check_alg_matches_key(alg: str, key: PublicKey) -> None:
-    """The algorithm must suit the key: RS256 for RSA, ES256 for P-256, ES384 for P-384."""
+    """The algorithm must suit the key: RS256 for RSA, ES256/ES384/ES512 for P-256/P-384/P-521."""
     if isinstance(key, rsa.RSAPublicKey):
         ok = alg == "RS256"
     else:

@@ -9,8 +9,9 @@ fired.  The web layer maps a rejection to ``badPublicKey`` (JWS keys, RFC 8555 �
 Rules, in the order they run (cheap and local first, then I/O, then CPU in a thread):
 
 1. Shape.  Account keys: RSA 2048..8192 bits, a multiple of 8, odd e >= 65537 and e < n; or
-   EC P-256/P-384 (the ES256/ES384 JWS algorithms).  CSR keys: RSA of a configured size with
-   e = 65537, or an EC curve from ``ec_curves``.  Everything else (Ed25519, DSA, ...) is refused.
+   EC P-256/P-384/P-521 (the ES256/ES384/ES512 JWS algorithms).  CSR keys: RSA of a
+   configured size with e = 65537, or an EC curve from ``ec_curves``.  Everything else
+   (Ed25519, DSA, ...) is refused.
 2. EC public-key validation (SP 800-56A §5.6.2.3): coordinates in range and on the curve.
    All three NIST curves have cofactor 1, so this partial validation is full validation.
 3. Debian weak keys (CVE-2008-0166, BR §6.1.1.3): RSA moduli looked up in lists in the
@@ -75,8 +76,10 @@ FERMAT_ROUNDS: Final = 100
 
 DEFAULT_RSA_SIZES: Final = frozenset({2048, 3072, 4096})
 DEFAULT_EC_CURVES: Final = frozenset({"P-256", "P-384"})
-#: Account keys must match a JWS algorithm we accept (ES256, ES384; ACME-JWS-3).
-ACCOUNT_EC_CURVES: Final = frozenset({"P-256", "P-384"})
+#: Account keys must match a JWS algorithm we accept (ES256, ES384, ES512; ACME-JWS-3).
+#: P-521 is accepted for accounts only, as Boulder and Pebble do; certificate keys follow
+#: ``ec_curves`` (P-256/P-384 by default, as the root programs require).
+ACCOUNT_EC_CURVES: Final = frozenset({"P-256", "P-384", "P-521"})
 
 
 class KeyRejectReason(enum.StrEnum):

@@ -23,13 +23,13 @@ PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 def default_alg(key: PrivateKey) -> str:
     if isinstance(key, rsa.RSAPrivateKey):
         return "RS256"
-    return {"secp256r1": "ES256", "secp384r1": "ES384"}[key.curve.name]
+    return {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}[key.curve.name]
 
 
 def raw_sign(key: PrivateKey, data: bytes, alg: str) -> bytes:
     if isinstance(key, rsa.RSAPrivateKey):
         return key.sign(data, padding.PKCS1v15(), hashes.SHA256())
-    digest = hashes.SHA384() if alg == "ES384" else hashes.SHA256()
+    digest = {"ES384": hashes.SHA384(), "ES512": hashes.SHA512()}.get(alg, hashes.SHA256())
     size = (key.curve.key_size + 7) // 8
     r, s = decode_dss_signature(key.sign(data, ec.ECDSA(digest)))
     return r.to_bytes(size, "big") + s.to_bytes(size, "big")

@@ -26,17 +26,12 @@ from acme_ca.ra.br_schedule import BR_METHODS
 from acme_ca.remote_va.local import local_remote_vas
 from acme_ca.remote_va.primary import build_validator
 from acme_ca.testsrv.server import ChallengeTestServer
-from acme_ca.va.authority import SUPPORTED_CHALLENGES
 from acme_ca.va.dns01 import dns01_txt_value
-from acme_ca.va.methods import (
-    DCV_METHODS,
-    WildcardNotAllowed,
-    applied_for,
-    authorization_domain_name,
-)
+from acme_ca.va.methods import WildcardNotAllowed, applied_for, authorization_domain_name
 from acme_ca.va.mpic import MpicValidator
 from acme_ca.va.perspectives import Perspective
 from acme_ca.va.records import CheckResult, FormatError, ValidationRecord
+from acme_ca.va.registry import METHODS
 from tests.fixtures import CaFactory, free_socket
 from tests.support.orders import subscriber, validation_config
 from tests.support.va import local_authority
@@ -60,15 +55,18 @@ def publish(srv: ChallengeTestServer, method: str, adn: str) -> str:
 
 
 def test_br_3_2_2_4_offered_methods_and_their_adn_columns() -> None:
-    """The CA offers exactly http-01 (3.2.2.4.19: no wildcard, prune or CNAME) and dns-01
-    (3.2.2.4.7: all three allowed by the BR); the RA records the same sections."""
-    assert SUPPORTED_CHALLENGES == ("http-01", "dns-01")
-    columns = {m.label: (m.section, m.wildcard, m.prune, m.cname) for m in DCV_METHODS.values()}
+    """The registry holds exactly these methods with the BR's columns: http-01 (3.2.2.4.19: no
+    wildcard, prune or CNAME) and dns-01 (3.2.2.4.7: all three allowed by the BR); the RA
+    records the same sections."""
+    columns = {
+        label: (m.dcv.section, m.dcv.wildcard, m.dcv.prune, m.dcv.cname)
+        for label, m in METHODS.items()
+    }
     assert columns == {
         "http-01": ("3.2.2.4.19", False, False, False),
         "dns-01": ("3.2.2.4.7", True, True, True),
     }
-    assert BR_METHODS == {"http-01": "3.2.2.4.19", "dns-01": "3.2.2.4.7"}
+    assert BR_METHODS == {label: section for label, (section, *_) in columns.items()}
 
 
 @pytest.mark.parametrize(
@@ -98,10 +96,10 @@ def test_br_3_2_2_4_adn_is_the_fqdn_never_pruned(
     """Steps 1-5 of BR 3.2.2.4 as this CA takes them: ``*.`` removed, nothing pruned, no CNAME
     target; a method without the Wildcard column has no ADN for a wildcard."""
     if adn is None:
-        with pytest.raises(WildcardNotAllowed, match=DCV_METHODS[method].section):
-            authorization_domain_name(DCV_METHODS[method], identifier, wildcard)
+        with pytest.raises(WildcardNotAllowed, match=METHODS[method].dcv.section):
+            authorization_domain_name(METHODS[method].dcv, identifier, wildcard)
     else:
-        assert authorization_domain_name(DCV_METHODS[method], identifier, wildcard) == adn
+        assert authorization_domain_name(METHODS[method].dcv, identifier, wildcard) == adn
 
 
 # --- what a record holds (BR 5.4.1 with SC-099) ----------------------------------------------
@@ -132,7 +130,7 @@ async def test_br_3_2_2_4_record_names_method_section_and_label(
     for record in dcv:
         body = json.loads(json.dumps(record.to_json()))
         assert body["method"] == method
-        assert body["brMethod"] == DCV_METHODS[method].section
+        assert body["brMethod"] == METHODS[method].dcv.section
         assert body["identifier"] == expected_name
         assert body["adn"] == identifier
         assert body["value"] == value
@@ -265,7 +263,7 @@ async def test_br_5_4_1_stored_records_name_value_adn_and_method(
     for record in dcv:
         assert record["identifier"] == names[0]
         assert record["adn"] == adn == names[0].removeprefix("*.")
-        assert record["brMethod"] == DCV_METHODS[method].section
+        assert record["brMethod"] == METHODS[method].dcv.section
         assert record["value"] == value
     assert dcv[-1]["result"] == "pass"
 

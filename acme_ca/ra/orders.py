@@ -25,6 +25,7 @@ from acme_ca.db.authorizations import NewAuthorization
 from acme_ca.db.orders import AlreadyReplaced, Order, OrderRepository, Replacement
 from acme_ca.ra.br_schedule import MAX_TOKEN_LIFETIME, max_dcv_reuse
 from acme_ca.ra.identifiers import IdentifierPolicy, base_domain, is_wildcard
+from acme_ca.va.registry import DEFAULT_METHODS, EnabledMethods
 
 log = structlog.get_logger(component="acme_ca.ra.orders")
 
@@ -60,11 +61,14 @@ class OrderAuthority:
         identifiers: IdentifierPolicy,
         policy: OrderPolicy,
         clock: Clock,
+        methods: EnabledMethods | None = None,
     ) -> None:
+        """``methods``: the challenge types offered (``challenge_types``)."""
         self._orders = orders
         self._identifiers = identifiers
         self._policy = policy
         self._clock = clock
+        self._methods = methods or DEFAULT_METHODS
 
     def _may_reuse(self) -> bool:
         percent = self._policy.authz_reuse_percent
@@ -109,7 +113,14 @@ class OrderAuthority:
             if existing is not None:
                 new.append(None)
                 continue
-            kinds = ("dns-01",) if wildcard else ("http-01", "dns-01")
+            kinds = self._methods.offered(wildcard)
+            if not kinds:
+                raise AcmeError(
+                    problems.rejected_identifier(
+                        f"{ident.value}: no enabled validation method can validate a "
+                        "Wildcard Domain Name (BR 3.2.2.4)"
+                    )
+                )
             new.append(
                 NewAuthorization(
                     identifier=name,

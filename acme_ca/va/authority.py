@@ -10,35 +10,31 @@ same checks can run at remote perspectives for corroboration (BR §3.2.2.9).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Final, Literal
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Final
 
 import structlog
 
 from acme_ca.acme import problems
 from acme_ca.clock import Clock
 from acme_ca.va.caa_lookup import CaaChecker
-from acme_ca.va.dns01 import Dns01Validator, dns01_txt_value
-from acme_ca.va.http01 import Http01Validator
-from acme_ca.va.methods import (
-    DCV_METHODS,
-    WildcardNotAllowed,
-    applied_for,
-    authorization_domain_name,
+from acme_ca.va.dns01 import dns01_txt_value
+from acme_ca.va.methods import WildcardNotAllowed, applied_for, authorization_domain_name
+from acme_ca.va.records import (
+    PRIMARY_PERSPECTIVE,
+    ChallengeRequest,
+    CheckResult,
+    ValidationRecord,
 )
-from acme_ca.va.records import PRIMARY_PERSPECTIVE, CheckResult, ValidationRecord
+from acme_ca.va.registry import METHODS, MethodCheck
 
 __all__ = [
     "ALWAYS_VALID_NOTE",
-    "ChallengeType",
     "ValidationAuthority",
     "dns01_txt_value",
     "key_authorization",
 ]
 
-ChallengeType = Literal["http-01", "dns-01"]
-SUPPORTED_CHALLENGES: Final = tuple(DCV_METHODS)
-"""tls-alpn-01 (3.2.2.4.20) and dns-persist-01 (3.2.2.4.22) are not implemented."""
 ALWAYS_VALID_NOTE: Final = "not validated: always_valid test mode"
 
 _log = structlog.get_logger(component=__name__)
@@ -52,22 +48,25 @@ def key_authorization(token: str, jwk_thumbprint_b64: str) -> str:
 class ValidationAuthority:
     """Validates one challenge: the method's check, then CAA if it passed.
 
-    ``always_valid`` is Pebble's ``PEBBLE_VA_ALWAYS_VALID``: every validation passes with a
-    record saying none was done.  Only ``serve --test`` may set it; it defaults to off.
+    ``checks`` holds one built check per enabled method of :mod:`acme_ca.va.registry`, by
+    label; a challenge of any other type is refused before any lookup.  ``always_valid`` is
+    Pebble's ``PEBBLE_VA_ALWAYS_VALID``: every validation passes with a record saying none
+    was done.  Only ``serve --test`` may set it; it defaults to off.
     """
 
     def __init__(
         self,
-        http01: Http01Validator,
-        dns01: Dns01Validator,
+        checks: Mapping[str, MethodCheck],
         caa: CaaChecker,
         clock: Clock,
         *,
         always_valid: bool = False,
         on_close: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
-        self._http01 = http01
-        self._dns01 = dns01
+        unknown = set(checks) - set(METHODS)
+        if unknown:
+            raise ValueError(f"checks for unregistered methods: {', '.join(sorted(unknown))}")
+        self._checks = dict(checks)
         self._caa = caa
         self._clock = clock
         self.always_valid = always_valid
@@ -95,9 +94,10 @@ class ValidationAuthority:
         Unexpected exceptions propagate: the caller turns them into ``serverInternal``.
         """
         log = _log.bind(identifier=identifier, type=challenge_type, wildcard=wildcard)
-        if challenge_type not in SUPPORTED_CHALLENGES:
+        check = self._checks.get(challenge_type)
+        if check is None:
             return CheckResult.failure(
-                problems.malformed(f"challenge type {challenge_type!r} is not supported"), ()
+                problems.malformed(f"challenge type {challenge_type!r} is not enabled"), ()
             )
         if not key_authorization.startswith(token + "."):
             return CheckResult.failure(
@@ -107,13 +107,12 @@ class ValidationAuthority:
             log.warning("va.validated", ok=True, always_valid=True)
             return self._always_valid(challenge_type, identifier, wildcard, key_authorization)
         try:
-            authorization_domain_name(DCV_METHODS[challenge_type], identifier, wildcard)
+            authorization_domain_name(METHODS[challenge_type].dcv, identifier, wildcard)
         except WildcardNotAllowed as exc:
             return CheckResult.failure(problems.unauthorized(f"{exc} (BR-DCV-5)"), ())
-        if challenge_type == "http-01":
-            method = await self._http01.check(identifier, token, key_authorization)
-        else:
-            method = await self._dns01.check(identifier, key_authorization, wildcard=wildcard)
+        method = await check.validate(
+            ChallengeRequest(identifier, wildcard, token, key_authorization, account_uri)
+        )
         if not method.ok:
             log.info("va.validated", ok=False, problem=_short(method), stage="method")
             return method
@@ -156,10 +155,11 @@ class ValidationAuthority:
     def _always_valid(
         self, challenge_type: str, identifier: str, wildcard: bool, key_authorization: str
     ) -> CheckResult:
-        """A record that says plainly nothing was checked: no value, no result."""
-        method = DCV_METHODS["http-01" if challenge_type == "http-01" else "dns-01"]
+        """A record that says plainly nothing was checked: no value, no result.  A CAA
+        recheck names the method the authorization was validated with."""
+        method = METHODS[challenge_type if challenge_type in METHODS else "dns-01"].dcv
         record = ValidationRecord(
-            method="http-01" if method.label == "http-01" else "dns-01",
+            method=method.label,
             hostname=identifier,
             query="always_valid",
             at=self._clock.now(),

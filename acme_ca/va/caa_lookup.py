@@ -25,7 +25,13 @@ from acme_ca.va.caa import (
     LookupFailure,
     check_caa,
 )
-from acme_ca.va.records import PRIMARY_PERSPECTIVE, CheckResult, ValidationRecord, truncate
+from acme_ca.va.records import (
+    CAA_METHOD,
+    PRIMARY_PERSPECTIVE,
+    CheckResult,
+    ValidationRecord,
+    truncate,
+)
 from acme_ca.va.resolver import DnsAnswer, DnsClient, DnsFailure
 
 OBSERVED_ALLOWED: Final = "allowed"
@@ -162,7 +168,7 @@ class CaaChecker:
         hostname = identifier.removeprefix("*.").rstrip(".").lower()
         return tuple(
             ValidationRecord(
-                method="caa",
+                method=CAA_METHOD,
                 hostname=hostname,
                 query=f"{result.query_name} CAA",
                 at=at,

@@ -23,9 +23,10 @@ import structlog
 from acme_ca.acme import problems
 from acme_ca.acme.b64 import b64url_encode
 from acme_ca.clock import Clock, SystemClock
-from acme_ca.va.methods import DCV_METHODS, applied_for, authorization_domain_name
+from acme_ca.va.methods import DcvMethod, applied_for, authorization_domain_name
 from acme_ca.va.records import (
     PRIMARY_PERSPECTIVE,
+    ChallengeRequest,
     CheckResult,
     ValidationRecord,
     dcv_records,
@@ -35,7 +36,14 @@ from acme_ca.va.records import (
 from acme_ca.va.resolver import DnsAnswer, DnsClient
 
 CHALLENGE_LABEL: Final = "_acme-challenge"
-METHOD: Final = DCV_METHODS["dns-01"]
+METHOD: Final = DcvMethod(
+    label="dns-01",
+    section="3.2.2.4.7",
+    title="DNS Change",
+    wildcard=True,
+    prune=True,
+    cname=True,
+)
 
 _log = structlog.get_logger(component=__name__)
 
@@ -73,6 +81,12 @@ class Dns01Validator:
         self._perspective = perspective
         self._clock: Clock = clock or SystemClock()
 
+    async def validate(self, request: ChallengeRequest) -> CheckResult:
+        """The registry's entry point (:class:`acme_ca.va.registry.MethodCheck`)."""
+        return await self.check(
+            request.identifier, request.key_authorization, wildcard=request.wildcard
+        )
+
     async def check(
         self, identifier: str, key_authorization: str, *, wildcard: bool = False
     ) -> CheckResult:
@@ -83,7 +97,7 @@ class Dns01Validator:
         at = self._clock.now()
         answer = await self._dns.query(name, "TXT")
         record = dns_record(
-            answer, method="dns-01", hostname=adn, at=at, perspective=self._perspective
+            answer, method=METHOD.label, hostname=adn, at=at, perspective=self._perspective
         )
 
         def records(ok: bool) -> tuple[ValidationRecord, ...]:

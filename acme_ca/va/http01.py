@@ -35,13 +35,14 @@ from acme_ca.acme import problems
 from acme_ca.acme.problems import Problem
 from acme_ca.clock import Clock, SystemClock
 from acme_ca.va.methods import (
-    DCV_METHODS,
+    DcvMethod,
     WildcardNotAllowed,
     applied_for,
     authorization_domain_name,
 )
 from acme_ca.va.records import (
     PRIMARY_PERSPECTIVE,
+    ChallengeRequest,
     CheckResult,
     ValidationRecord,
     dcv_records,
@@ -49,7 +50,14 @@ from acme_ca.va.records import (
 )
 from acme_ca.va.resolver import DnsAnswer, DnsClient, IPAddress
 
-METHOD: Final = DCV_METHODS["http-01"]
+METHOD: Final = DcvMethod(
+    label="http-01",
+    section="3.2.2.4.19",
+    title="Agreed-Upon Change to Website - ACME",
+    wildcard=False,
+    prune=False,
+    cname=False,
+)
 HTTP_PORT: Final = 80
 HTTPS_PORT: Final = 443
 MAX_REDIRECTS: Final = 10
@@ -223,7 +231,7 @@ class _Hop:
         if self.notes:
             error = "; ".join([*self.notes, error] if error else self.notes)
         return ValidationRecord(
-            method="http-01",
+            method=METHOD.label,
             hostname=self.hostname,
             query=self.url,
             at=self.at,
@@ -287,6 +295,15 @@ class Http01Validator:
         """The first URL fetched; the configured port stands in for 80."""
         netloc = identifier if self.port == HTTP_PORT else f"{identifier}:{self.port}"
         return f"http://{netloc}{WELL_KNOWN_PATH}{token}"
+
+    async def validate(self, request: ChallengeRequest) -> CheckResult:
+        """The registry's entry point (:class:`acme_ca.va.registry.MethodCheck`)."""
+        return await self.check(
+            request.identifier,
+            request.token,
+            request.key_authorization,
+            wildcard=request.wildcard,
+        )
 
     async def check(
         self, identifier: str, token: str, key_authorization: str, *, wildcard: bool = False

@@ -1,24 +1,17 @@
-"""The BR domain-validation methods this CA offers and how each picks its Authorization Domain
+"""A BR 3.2.2.4 domain-validation method's columns and how it picks its Authorization Domain
 Name (BR 3.2.2.4 as amended by ballot SC-101).
 
-BR 3.2.2.4 (SC-101) gives, per method, whether it may validate a Wildcard Domain Name, whether
-the CA may prune labels from the applied-for name and whether it may replace the name with
-the target of a DNS CNAME lookup before using it as the ADN.  For the two ACME methods here:
+Each method module declares its :class:`DcvMethod` (``http01.METHOD``, ``dns01.METHOD``...);
+the one list of methods the CA knows, each with its check and its corroboration, is
+:mod:`acme_ca.va.registry`, whose docstring holds the SC-101 table.
 
-========================  =========  ========  =====  =====
-method                    wildcard   prune     CNAME  label
-========================  =========  ========  =====  =====
-3.2.2.4.7  DNS Change     yes        may       may    dns-01
-3.2.2.4.19 Website - ACME no         no        no     http-01
-========================  =========  ========  =====  =====
-
-This CA never prunes and never substitutes a CNAME target for either method: RFC 8555 binds
-the challenge to the authorization's identifier (§8.3 fetches from the identifier itself,
-§8.4 queries ``_acme-challenge.<identifier>``), and an authorization for ``www.example.com``
-proven at ``example.com`` would be an authorization for a name the applicant did not prove.
-So the ADN is always the applied-for FQDN, or for a wildcard the name without ``*.``.  The
-``prune``/``cname`` columns are kept as the BR states them so that a method added later
-(tls-alpn-01 3.2.2.4.20, dns-persist-01 3.2.2.4.22) records what its ballot allows.
+This CA never prunes and never substitutes a CNAME target for http-01 or dns-01: RFC 8555
+binds the challenge to the authorization's identifier (§8.3 fetches from the identifier
+itself, §8.4 queries ``_acme-challenge.<identifier>``), and an authorization for
+``www.example.com`` proven at ``example.com`` would be an authorization for a name the
+applicant did not prove.  So the ADN is the applied-for FQDN, or for a wildcard the name
+without ``*.``.  The ``prune``/``cname`` columns are kept as the BR states them, so a method
+whose ballot allows pruning records it.
 
 What is *not* ADN substitution: the resolver following a CNAME at ``_acme-challenge.<ADN>``
 (dns-01: the BR's "record returned in a query for" the prefixed ADN, i.e. delegated
@@ -29,7 +22,6 @@ validation) or while resolving the ADN's A/AAAA records (http-01: the request st
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
 
 
 @dataclass(frozen=True)
@@ -44,30 +36,9 @@ class DcvMethod:
     wildcard: bool
     """BR 3.2.2.4 table, Wildcard column: the method may validate a Wildcard Domain Name."""
     prune: bool
-    """Prune column: the BR would allow pruning labels; this CA never does."""
+    """Prune column: the BR allows pruning labels toward the base domain."""
     cname: bool
-    """CNAME column: the BR would allow the CNAME target as ADN; this CA never does."""
-
-
-DCV_METHODS: Final[dict[str, DcvMethod]] = {
-    "http-01": DcvMethod(
-        label="http-01",
-        section="3.2.2.4.19",
-        title="Agreed-Upon Change to Website - ACME",
-        wildcard=False,
-        prune=False,
-        cname=False,
-    ),
-    "dns-01": DcvMethod(
-        label="dns-01",
-        section="3.2.2.4.7",
-        title="DNS Change",
-        wildcard=True,
-        prune=True,
-        cname=True,
-    ),
-}
-"""The methods this CA offers, by ACME label.  tls-alpn-01 and dns-persist-01 are not."""
+    """CNAME column: the BR allows the ADN to be found through a CNAME of the FQDN."""
 
 
 class WildcardNotAllowed(ValueError):

@@ -8,9 +8,9 @@ remote perspectives are configured.  It wraps the local :class:`ValidationAuthor
    same checks from its own network with its own resolver;
 3. each reply is judged: the remote corroborates when it answers as the configured
    perspective id and RIR, for this request (a fresh nonce per request, so no earlier reply
-   can be replayed), with ``ok`` and the same ``observed`` value -- the same key
-   authorization (http-01) or TXT digest (dns-01) -- and CAA permission (``allowed``; the
-   bytes of the CAA answer need not match, CAA-15).  Anything else -- no answer, a timeout,
+   can be replayed), with ``ok`` and an ``observed`` value its method's :class:`~acme_ca.va.registry.Corroboration` agrees with -- the same
+   key authorization (http-01), TXT digest (dns-01)... -- and CAA permission (``allowed``;
+   the bytes of the CAA answer need not match, CAA-15).  Anything else -- no answer, a timeout,
    a TLS failure, another id or RIR, a malformed reply -- is a non-corroboration;
 4. after each reply the pure rules of :mod:`acme_ca.va.quorum` are applied for the date of
    the check; as soon as the outcome cannot change, the remotes still pending get a short
@@ -44,9 +44,9 @@ from acme_ca.acme import problems
 from acme_ca.acme.jsontypes import JsonObject, JsonValue
 from acme_ca.acme.problems import Problem
 from acme_ca.clock import Clock
-from acme_ca.va.authority import SUPPORTED_CHALLENGES, ValidationAuthority
+from acme_ca.va.authority import ValidationAuthority
 from acme_ca.va.caa_lookup import OBSERVED_ALLOWED
-from acme_ca.va.methods import DCV_METHODS, applied_for, authorization_domain_name
+from acme_ca.va.methods import applied_for, authorization_domain_name
 from acme_ca.va.perspectives import MpicSetup, Perspective
 from acme_ca.va.quorum import (
     QuorumDecision,
@@ -65,6 +65,7 @@ from acme_ca.va.records import (
     ValidationRecord,
     truncate,
 )
+from acme_ca.va.registry import METHODS
 
 CHECK_PATH: Final = "/acme-ca/mpic/v1/check"
 """The one endpoint of a remote VA."""
@@ -134,8 +135,8 @@ class RemoteRequest:
                 raise FormatError(f"{key} must be a non-empty string")
         if not isinstance(body.get("wildcard"), bool):
             raise FormatError("wildcard must be a boolean")
-        if body["method"] not in SUPPORTED_CHALLENGES:
-            raise FormatError(f"method must be one of {', '.join(SUPPORTED_CHALLENGES)}")
+        if body["method"] not in METHODS:
+            raise FormatError(f"method must be one of {', '.join(METHODS)}")
         token = key_authorization = None
         if kind == "dcv":
             token, key_authorization = body.get("token"), body.get("key_authorization")
@@ -230,8 +231,14 @@ def judge_reply(
             f"{result.problem.short_type}: {truncate(result.problem.detail, 160)}",
             result,
         )
-    expected = OBSERVED_ALLOWED if request.kind == "caa" else primary_observed
-    if result.observed != expected:
+    if request.kind == "caa":
+        expected: str | None = OBSERVED_ALLOWED
+        agrees = result.observed == expected
+    else:
+        # The method's own corroboration rule (va/registry.py): what the remote must agree on.
+        expected = primary_observed
+        agrees = METHODS[request.method].corroboration.agree(primary_observed, result.observed)
+    if not agrees:
         return RemoteOutcome(
             perspective,
             False,
@@ -483,7 +490,7 @@ class MpicValidator:
         and, for domain validation, the ADN, the BR section of the method and the value
         looked for.  A CAA recheck has no ADN or method of its own (RFC 8659 climbs from the
         FQDN)."""
-        dcv = DCV_METHODS[request.method] if request.kind == "dcv" else None
+        dcv = METHODS[request.method].dcv if request.kind == "dcv" else None
         return ValidationRecord(
             method=method,
             hostname=hostname,

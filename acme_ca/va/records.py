@@ -16,6 +16,7 @@ records written before them, or by a remote VA of an older version, still read.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -26,9 +27,14 @@ from acme_ca.acme.problems import Problem
 from acme_ca.va.methods import DcvMethod
 from acme_ca.va.resolver import DnsAnswer, DnssecStatus
 
-Method = Literal["http-01", "dns-01", "caa"]
+Method = str
+"""A record's method: an ACME validation method label of :mod:`acme_ca.va.registry`, or
+``caa``.  Only the shape is checked when a record is read back (:data:`_METHOD_RE`): a
+remote's records are kept for the audit, its ``ok`` and ``observed`` decide."""
+CAA_METHOD: Final = "caa"
 Result = Literal["pass", "fail"]
 RESULTS: Final = ("pass", "fail")
+_METHOD_RE: Final = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*", re.ASCII)
 
 
 class FormatError(ValueError):
@@ -137,7 +143,7 @@ class ValidationRecord:
         if not isinstance(body, dict):
             raise FormatError("a validation record must be an object")
         method = body.get("method")
-        if method not in ("http-01", "dns-01", "caa"):
+        if not isinstance(method, str) or _METHOD_RE.fullmatch(method) is None:
             raise FormatError(f"unknown record method {method!r}")
         at = datetime.fromisoformat(_text(body, "at"))
         if at.tzinfo is None:
@@ -200,6 +206,20 @@ def problem_from_json(body: Any) -> Problem:
     if isinstance(status, bool) or not isinstance(status, int):
         raise FormatError("problem status must be an integer")
     return Problem(type=_text(body, "type"), detail=_text(body, "detail"), status=status)
+
+
+@dataclass(frozen=True)
+class ChallengeRequest:
+    """What every method's check is given, at the primary and at each remote perspective
+    alike (so a remote can repeat the full check): the authorization's name without ``*.``,
+    its wildcard flag, the challenge token, the key authorization (RFC 8555 §8.1) and the
+    account URI (dns-persist-01 and dns-account-01 bind to it)."""
+
+    identifier: str
+    wildcard: bool
+    token: str
+    key_authorization: str
+    account_uri: str
 
 
 @dataclass(frozen=True)

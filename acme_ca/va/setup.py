@@ -11,9 +11,15 @@ from acme_ca.clock import Clock
 from acme_ca.config import Config
 from acme_ca.va.authority import ValidationAuthority
 from acme_ca.va.caa_lookup import CaaChecker
-from acme_ca.va.dns01 import Dns01Validator
-from acme_ca.va.http01 import Http01Validator, public_address_policy
+from acme_ca.va.http01 import public_address_policy
 from acme_ca.va.records import PRIMARY_PERSPECTIVE
+from acme_ca.va.registry import (
+    ALL_METHODS,
+    CheckEnv,
+    EnabledMethods,
+    build_checks,
+    enabled_methods,
+)
 from acme_ca.va.resolver import DnsClient, ResolverSettings
 
 log = structlog.get_logger(component="acme_ca.va.setup")
@@ -27,9 +33,17 @@ def loopback_allowed_policy(address: IPAddress) -> bool:
 
 
 def build_validation_authority(config: Config, clock: Clock) -> ValidationAuthority:
-    """The primary's validation authority (warns about test-only settings once)."""
+    """The primary's validation authority for the enabled methods (``challenge_types``;
+    :class:`~acme_ca.config.ConfigError` for an unknown one); warns about test-only settings
+    once."""
     _warn_test_settings(config)
-    return _authority(config, clock, PRIMARY_PERSPECTIVE, always_valid=config.always_valid)
+    return _authority(
+        config,
+        clock,
+        PRIMARY_PERSPECTIVE,
+        enabled_methods(config.challenge_types),
+        always_valid=config.always_valid,
+    )
 
 
 def remote_authority_factory(
@@ -38,11 +52,12 @@ def remote_authority_factory(
     """A remote perspective's checks: the same classes as the primary's, naming
     ``perspective`` in their records.  Each call builds a fresh authority with its own DNS
     client, so no request reuses anything an earlier one learnt (BR 3.2.2.9: a retry reuses
-    nothing; no cache shared with any other perspective)."""
+    nothing; no cache shared with any other perspective).  A remote can repeat every method of
+    the registry: the primary's ``challenge_types`` decides what is offered."""
     _warn_test_settings(config)
 
     def build() -> ValidationAuthority:
-        return _authority(config, clock, perspective, always_valid=False)
+        return _authority(config, clock, perspective, ALL_METHODS, always_valid=False)
 
     return build
 
@@ -62,7 +77,12 @@ def _warn_test_settings(config: Config) -> None:
 
 
 def _authority(
-    config: Config, clock: Clock, perspective: str, *, always_valid: bool
+    config: Config,
+    clock: Clock,
+    perspective: str,
+    methods: EnabledMethods,
+    *,
+    always_valid: bool,
 ) -> ValidationAuthority:
     dns = DnsClient(
         ResolverSettings(
@@ -72,15 +92,16 @@ def _authority(
         )
     )
     policy = loopback_allowed_policy if config.allow_loopback_validation else public_address_policy
+    env = CheckEnv(
+        dns=dns,
+        clock=clock,
+        perspective=perspective,
+        address_policy=policy,
+        http01_port=config.http01_port,
+        caa_identities=tuple(config.caa_identities),
+    )
     return ValidationAuthority(
-        Http01Validator(
-            dns,
-            port=config.http01_port,
-            address_policy=policy,
-            perspective=perspective,
-            clock=clock,
-        ),
-        Dns01Validator(dns, perspective=perspective, clock=clock),
+        build_checks(env, methods),
         CaaChecker.from_dns(dns, config.caa_identities, perspective=perspective, clock=clock),
         clock,
         always_valid=always_valid,

@@ -7,8 +7,9 @@ from acme_ca.clock import Clock
 from acme_ca.testsrv.server import ChallengeTestServer
 from acme_ca.va.authority import ValidationAuthority
 from acme_ca.va.caa_lookup import CaaChecker
-from acme_ca.va.dns01 import Dns01Validator
-from acme_ca.va.http01 import Http01Validator, public_address_policy
+from acme_ca.va.http01 import public_address_policy
+from acme_ca.va.records import PRIMARY_PERSPECTIVE
+from acme_ca.va.registry import ALL_METHODS, CheckEnv, EnabledMethods, build_checks
 from acme_ca.va.resolver import DnsClient, IPAddress, ResolverSettings
 
 
@@ -18,19 +19,30 @@ def loopback_ok(address: IPAddress) -> bool:
 
 
 def local_authority(
-    srv: ChallengeTestServer, clock: Clock, *, always_valid: bool = False
+    srv: ChallengeTestServer,
+    clock: Clock,
+    *,
+    always_valid: bool = False,
+    methods: EnabledMethods = ALL_METHODS,
 ) -> ValidationAuthority:
-    """A ValidationAuthority resolving through ``srv`` (no DNSSEC) and connecting to its
-    http-01 port."""
+    """A ValidationAuthority with every registered method (or ``methods``), resolving
+    through ``srv`` (no DNSSEC) and connecting to its http-01 port."""
     dns = DnsClient(
         ResolverSettings(
             (f"127.0.0.1:{srv.dns_port}",), timeout=2.0, attempts=1, require_dnssec=False
         )
     )
     assert srv.http01_port is not None
+    env = CheckEnv(
+        dns=dns,
+        clock=clock,
+        perspective=PRIMARY_PERSPECTIVE,
+        address_policy=loopback_ok,
+        http01_port=srv.http01_port,
+        caa_identities=("jprs.jp",),
+    )
     return ValidationAuthority(
-        Http01Validator(dns, port=srv.http01_port, address_policy=loopback_ok, clock=clock),
-        Dns01Validator(dns, clock=clock),
+        build_checks(env, methods),
         CaaChecker.from_dns(dns, clock=clock),
         clock,
         always_valid=always_valid,

@@ -46,6 +46,36 @@ class Config:
         "private embedded PostgreSQL under `home/pg` and stops it on exit.",
     )
     database_pool_size: int = _key(10, "Maximum connections in the asyncpg pool per process.")
+    database_acquire_timeout_seconds: int = _key(
+        3,
+        "Longest a request or a worker step waits for a free pooled database connection. "
+        "Past it a request is answered at once with 503 `serverInternal` and `Retry-After`, "
+        "instead of queueing into the client's timeout (docs/operations.md, load shedding).",
+    )
+    max_requests_in_flight: int = _key(
+        0,
+        "Requests one `serve` process works on at once; above it a request is answered at "
+        "once with 503 `serverInternal` and `Retry-After`. 0: derived, four per pooled "
+        "database connection (4 x `database_pool_size`).",
+    )
+    max_connections: int = _key(
+        1000,
+        "Client connections one `serve` process keeps open. A new connection above it "
+        "closes the connection idle longest (no request in progress), so idle and slow "
+        "clients cannot crowd out a real one. Kept below the process's open-files limit.",
+    )
+    keepalive_timeout_seconds: int = _key(
+        15, "How long an idle keep-alive connection stays open after its last response."
+    )
+    header_read_timeout_seconds: int = _key(
+        10,
+        "How long a new connection may take to send its first request's headers before it "
+        "is closed (slowloris protection; aiohttp has no header timeout of its own).",
+    )
+    overload_retry_after_seconds: int = _key(
+        2,
+        "`Retry-After` sent with the 503 answers of load shedding and of a database outage.",
+    )
     listen: str = _key("127.0.0.1:14000", "HOST:PORT the ACME server listens on.")
     plain_http: bool = _key(
         False,
@@ -342,6 +372,11 @@ class Config:
         return _split_host_port(self.listen)[1]
 
     @property
+    def requests_in_flight_limit(self) -> int:
+        """``max_requests_in_flight``, or four per pooled database connection."""
+        return self.max_requests_in_flight or 4 * self.database_pool_size
+
+    @property
     def pki_path(self) -> Path:
         return self.pki_dir if self.pki_dir is not None else self.home / "pki"
 
@@ -374,9 +409,16 @@ class Config:
             "max_request_bytes",
             "orders_page_size",
             "database_pool_size",
+            "database_acquire_timeout_seconds",
+            "max_connections",
+            "keepalive_timeout_seconds",
+            "header_read_timeout_seconds",
+            "overload_retry_after_seconds",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
+        if self.max_requests_in_flight < 0:
+            raise ConfigError("max_requests_in_flight must not be negative (0: derived)")
         if self.base_url and not self.base_url.startswith(("http://", "https://")):
             raise ConfigError("base_url must start with http:// or https://")
         if (self.tls_cert is None) != (self.tls_key is None):

@@ -197,6 +197,13 @@ def payload_too_large(detail: str) -> Problem:
     return Problem(type=ACME_ERROR_NS + "malformed", detail=detail, status=413)
 
 
+def service_unavailable(detail: str) -> Problem:
+    """The server cannot take the request now (overload, database outage): ``serverInternal``
+    with 503, sent with ``Retry-After`` (RFC 9110 §15.6.4).  Not ``rateLimited`` (429): that
+    names a limit the client's own requests hit (RFC 8555 §6.6), which this is not."""
+    return Problem(type=ACME_ERROR_NS + "serverInternal", detail=detail, status=503)
+
+
 def conflict(detail: str) -> Problem:
     """A conflicting request, e.g. keyChange to a key another account holds (§7.3.5): 409."""
     return Problem(type=ACME_ERROR_NS + "malformed", detail=detail, status=409)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import asyncpg
 
@@ -27,15 +28,45 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     del conn
 
 
-async def create_pool(dsn: str, *, max_size: int = 10) -> asyncpg.Pool:
-    """Open a pool; raises ``OSError``/``asyncpg.PostgresError`` when the server is unreachable."""
-    pool = await asyncpg.create_pool(
+class BoundedPool(asyncpg.Pool):  # type: ignore[misc]  # asyncpg ships no type stubs
+    """A pool whose ``acquire()`` waits at most ``acquire_timeout`` seconds by default.
+
+    Every repository call goes through ``acquire()`` (asyncpg's ``fetch``/``execute``
+    helpers included), so one bound covers them all: a full pool or an unreachable server
+    raises ``TimeoutError`` (:func:`acme_ca.db.errors.database_unavailable`) instead of
+    queueing a request into its client's timeout.
+    """
+
+    __slots__ = ("_acquire_timeout",)
+
+    def __init__(self, *args: Any, acquire_timeout: float | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._acquire_timeout = acquire_timeout
+
+    def acquire(self, *, timeout: float | None = None) -> Any:
+        return super().acquire(timeout=self._acquire_timeout if timeout is None else timeout)
+
+
+async def create_pool(
+    dsn: str, *, max_size: int = 10, acquire_timeout: float | None = None
+) -> asyncpg.Pool:
+    """Open a pool; raises ``OSError``/``asyncpg.PostgresError`` when the server is unreachable.
+
+    ``acquire_timeout``: the longest wait for a connection (None: unbounded, for the CLI's
+    one-shot commands)."""
+    pool = BoundedPool(
         dsn,
+        acquire_timeout=acquire_timeout,
         min_size=1,
         max_size=max_size,
+        max_queries=50_000,
+        max_inactive_connection_lifetime=300.0,
         init=_init_connection,
         reset=_keep_session,
+        loop=None,
+        connection_class=asyncpg.Connection,
+        record_class=asyncpg.Record,
         command_timeout=30,
     )
-    assert pool is not None
+    await pool
     return pool

@@ -29,8 +29,11 @@ class Storage:
         await self.pool.close()
 
 
-async def open_storage(dsn: str, *, max_size: int = 10) -> Storage:
-    pool = await create_pool(dsn, max_size=max_size)
+async def open_storage(
+    dsn: str, *, max_size: int = 10, acquire_timeout: float | None = None
+) -> Storage:
+    """The pool and repositories; ``acquire_timeout`` bounds every wait for a connection."""
+    pool = await create_pool(dsn, max_size=max_size, acquire_timeout=acquire_timeout)
     return Storage(
         pool=pool,
         accounts=AccountRepository(pool),

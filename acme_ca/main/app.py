@@ -33,6 +33,7 @@ from acme_ca.remote_va.primary import build_validator
 from acme_ca.tasks import BackgroundTasks
 from acme_ca.va.authority import ValidationAuthority
 from acme_ca.va.registry import enabled_methods
+from acme_ca.wfe.middleware.load_shedding import setup_load_shedding
 from acme_ca.wfe.nonces import NonceService
 from acme_ca.wfe.routes import setup_front_end
 from acme_ca.wfe.services import FRONT_END, FrontEnd
@@ -65,9 +66,14 @@ def create_app(
     clock = clock or SystemClock()
     app = web.Application(client_max_size=config.max_request_bytes)
     setup_front_end(app)
+    setup_load_shedding(app, config)  # innermost: inside the problem mapping
 
     async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
-        app[STORAGE] = await open_storage(dsn, max_size=config.database_pool_size)
+        app[STORAGE] = await open_storage(
+            dsn,
+            max_size=config.database_pool_size,
+            acquire_timeout=config.database_acquire_timeout_seconds,
+        )
         try:
             yield
         finally:

@@ -26,6 +26,7 @@ from acme_ca.tls import server_ssl_context
 from acme_ca.va.authority import ValidationAuthority
 from acme_ca.va.perspectives import load_mpic_setup
 from acme_ca.wfe import urls
+from acme_ca.wfe.middleware.load_shedding import GuardedRunner
 
 log = structlog.get_logger(component="acme_ca.serve")
 
@@ -133,7 +134,8 @@ async def serve(
             if assessment.production
             else None,
         )
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # Connections counted, idle and slow-header ones closed (load shedding).
+        runner = GuardedRunner(app, access_log=None, handle_signals=False)
         # Before setup: a resource failing to start still has the ones before it torn down.
         stack.push_async_callback(runner.cleanup)
         await runner.setup()

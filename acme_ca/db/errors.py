@@ -1,0 +1,35 @@
+"""Which exceptions mean "the database cannot serve us now" rather than a bug.
+
+Only ``db/`` imports asyncpg, so the front end asks here: a request that meets a database
+outage (the server restarting, a lost connection, a pool whose connections are all busy past
+``database_acquire_timeout_seconds``) is answered 503 with ``Retry-After``, never a 500 with
+a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+
+#: asyncpg's own "the server went away or refuses us for now" errors.
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,  # lost connection, cannot connect now, too many clients
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    ConnectionError,  # refused / reset while connecting
+    TimeoutError,  # the pool's acquire timeout, or the server not answering
+)
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it was raised from) is a database outage or saturation."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, _UNAVAILABLE):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False

@@ -1,0 +1,234 @@
+"""Load shedding (issue 17 item 3): bounded requests in flight, bounded database waits, a
+database outage answered 503, idle and slow-header connections capped and timed out.
+
+Every 503 is ``serverInternal`` with ``Retry-After`` (RFC 8555 §6.6, §6.7; RFC 9110
+§15.6.4).  The database outage is a real one: the front end reaches PostgreSQL through a
+TCP relay the test cuts and restores, and recovers without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import pytest
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from acme_ca.config import Config
+from acme_ca.main.app import STORAGE, create_app
+from acme_ca.wfe.middleware.load_shedding import LOAD_SHEDDER, GuardedRunner
+from tests.fixtures import CaFactory, free_socket
+from tests.support.jws import JwsClient
+from tests.support.problems import assert_problem
+
+
+def _assert_shed(status: int, headers: object, body: dict[str, object]) -> None:
+    assert status == 503
+    assert body["type"] == "urn:ietf:params:acme:error:serverInternal"
+    assert headers["Retry-After"] == "2"  # type: ignore[index]
+
+
+async def _slow_body(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A POST whose headers are complete and whose body never comes: a request in flight."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"POST /acme/new-account HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/jose+json\r\nContent-Length: 1000\r\n\r\n{"
+    )
+    await writer.drain()
+    return reader, writer
+
+
+async def test_rfc8555_6_6_requests_above_the_in_flight_bound_get_503_at_once(
+    ca_factory: CaFactory, session: aiohttp.ClientSession
+) -> None:
+    ca = await ca_factory.start(max_requests_in_flight=2)
+    port = int(ca.base_url.rsplit(":", 1)[1])
+    shedder = ca.app[LOAD_SHEDDER]
+    held = [await _slow_body(port) for _ in range(2)]
+    deadline = time.monotonic() + 5
+    while shedder.in_flight < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert shedder.in_flight == 2
+    started = time.monotonic()
+    async with session.get(ca.directory_url) as resp:
+        _assert_shed(resp.status, resp.headers, await resp.json(content_type=None))
+        assert "Replay-Nonce" in resp.headers
+    assert time.monotonic() - started < 1.0, "shedding must answer at once"
+    for _, writer in held:
+        writer.close()
+    deadline = time.monotonic() + 5
+    while shedder.in_flight and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    async with session.get(ca.directory_url) as resp:
+        assert resp.status == 200
+    assert shedder.shed == 1
+
+
+async def test_rfc8555_6_6_database_pool_wait_is_bounded(
+    ca_factory: CaFactory, session: aiohttp.ClientSession
+) -> None:
+    """Every pooled connection busy for longer than the acquire timeout: 503, not a hang.
+    (Of the two connections, the order-completion listener holds one for good.)"""
+    ca = await ca_factory.start(database_pool_size=2, database_acquire_timeout_seconds=1)
+    client = JwsClient(session, ca.directory_url, ec.generate_private_key(ec.SECP256R1()))
+    await client.load_directory()
+    pool = ca.app[STORAGE].pool
+    async with pool.acquire():
+        started = time.monotonic()
+        reply = await client.register(contact=["mailto:ops@example.test"])
+        waited = time.monotonic() - started
+    assert_problem(reply, 503, "serverInternal")
+    assert reply.headers["Retry-After"] == "2"
+    assert 0.9 < waited < 3.0
+    assert (await client.register(contact=["mailto:ops@example.test"])).status == 201
+
+
+class Relay:
+    """A TCP relay in front of PostgreSQL that the test can cut (closing every relayed
+    connection and refusing new ones) and restore on the same port."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self._target = (target_host, target_port)
+        self._server: asyncio.Server | None = None
+        self._pipes: set[asyncio.StreamWriter] = set()
+        self.port = 0
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(
+            self._relay, "127.0.0.1", self.port or 0, reuse_address=True
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def cut(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in list(self._pipes):
+            writer.close()
+        await self._server.wait_closed()
+        self._server = None
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self._target)
+        self._pipes.update({writer, up_writer})
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError, asyncio.CancelledError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+        self._pipes.difference_update({writer, up_writer})
+
+
+@pytest.fixture
+async def relay(dsn: str) -> AsyncIterator[Relay]:
+    parts = urlsplit(dsn)
+    assert parts.hostname is not None and parts.port is not None
+    r = Relay(parts.hostname, parts.port)
+    await r.start()
+    yield r
+    with contextlib.suppress(AssertionError):
+        await r.cut()
+
+
+async def test_rfc8555_6_7_database_outage_is_503_server_internal_then_recovers(
+    dsn: str, relay: Relay, tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    parts = urlsplit(dsn)
+    relayed = urlunsplit(
+        parts._replace(netloc=f"{parts.netloc.rsplit('@', 1)[0]}@127.0.0.1:{relay.port}")
+    )
+    factory = CaFactory(relayed, tmp_path)
+    try:
+        ca = await factory.start(database_acquire_timeout_seconds=2)
+        client = JwsClient(session, ca.directory_url, ec.generate_private_key(ec.SECP256R1()))
+        await client.load_directory()
+        assert (await client.register(contact=["mailto:ops@example.test"])).status == 201
+        await relay.cut()
+        started = time.monotonic()
+        reply = await client.post(client.kid or "", None)
+        assert time.monotonic() - started < 5
+        assert_problem(reply, 503, "serverInternal")
+        assert reply.headers["Retry-After"] == "2"
+        assert "traceback" not in str(reply.body).lower()
+        await relay.start()  # the same port: the pool reconnects, no restart
+        deadline = time.monotonic() + 10
+        while (reply := await client.post(client.kid or "", None)).status != 200:
+            assert time.monotonic() < deadline, reply.body
+            await asyncio.sleep(0.2)
+    finally:
+        await factory.close()
+
+
+@pytest.fixture
+async def guarded(dsn: str, tmp_path: Path) -> AsyncIterator[tuple[web.Application, int]]:
+    """A front end behind the runner ``serve`` uses, with small connection bounds."""
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    config = replace(
+        Config(),
+        home=tmp_path / "home",
+        plain_http=True,
+        listen=f"127.0.0.1:{port}",
+        base_url=f"http://127.0.0.1:{port}",
+        max_connections=40,
+        header_read_timeout_seconds=1,
+        keepalive_timeout_seconds=2,
+    ).validate()
+    app = create_app(config, dsn)
+    runner = GuardedRunner(app, access_log=None)
+    await runner.setup()
+    await web.SockSite(runner, sock).start()
+    try:
+        yield app, port
+    finally:
+        await runner.cleanup()
+
+
+async def _closed_by_server(reader: asyncio.StreamReader, timeout: float) -> bool:
+    try:
+        return await asyncio.wait_for(reader.read(1024), timeout) == b""
+    except (TimeoutError, ConnectionError):
+        return False
+
+
+async def test_slow_header_connections_are_closed_and_a_client_still_served(
+    guarded: tuple[web.Application, int], session: aiohttp.ClientSession
+) -> None:
+    app, port = guarded
+    slow = []
+    for _ in range(20):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /directory HTTP/1.1\r\nHost: x\r\n")  # headers never end
+        slow.append((reader, writer))
+    async with session.get(f"http://127.0.0.1:{port}/directory") as resp:
+        assert resp.status == 200
+    closed = await asyncio.gather(*(_closed_by_server(r, 3.0) for r, _ in slow))
+    assert all(closed), closed
+    assert app[LOAD_SHEDDER].connections.header_timeouts >= 20
+
+
+async def test_idle_connections_above_the_cap_close_the_oldest(
+    guarded: tuple[web.Application, int], session: aiohttp.ClientSession
+) -> None:
+    app, port = guarded
+    idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(100)]
+    guard = app[LOAD_SHEDDER].connections
+    async with session.get(f"http://127.0.0.1:{port}/directory") as resp:
+        assert resp.status == 200
+    assert guard.open_connections <= 40
+    assert guard.evicted >= 60
+    # The oldest went first: the first connections are closed, the newest are open.
+    assert await _closed_by_server(idle[0][0], 1.0)
+    for _, writer in idle:
+        writer.close()

@@ -116,7 +116,8 @@ CREATE INDEX IF NOT EXISTS order_authorizations_authz ON order_authorizations (a
 CREATE TABLE IF NOT EXISTS challenges (
     id                  bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     authz_id            bigint NOT NULL REFERENCES authorizations (id),
-    type                text NOT NULL CHECK (type IN ('http-01', 'dns-01')),
+    type                text NOT NULL CHECK (
+        type IN ('http-01', 'dns-01', 'tls-alpn-01', 'dns-account-01', 'dns-persist-01')),
     token               text NOT NULL UNIQUE,
     status              text NOT NULL CHECK (status IN ('pending', 'processing', 'valid', 'invalid')),
     validated_at        timestamptz,

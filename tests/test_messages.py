@@ -416,3 +416,23 @@ def test_acme_authz_2_authorization_and_challenge_resources() -> None:
         challenges=(),
     )
     assert "wildcard" not in plain.to_json(URLS)
+
+
+def test_persist_1_challenge_names_issuers_and_account_not_a_token() -> None:
+    """draft-ietf-acme-dns-persist §3.1 (as Pebble 2.10): ``issuer-domain-names`` and
+    ``accounturi`` instead of ``token``."""
+    persist = resources.Challenge(
+        id=7,
+        type="dns-persist-01",
+        token="unused",
+        status=ChallengeStatus.PENDING,
+        issuer_domain_names=("ca.example", "ca.example.net"),
+        account_uri="https://ca.example/acme/acct/3",
+    )
+    assert json.loads(json.dumps(persist.to_json(URLS))) == {
+        "type": "dns-persist-01",
+        "url": "https://ca.example/acme/chall/7",
+        "issuer-domain-names": ["ca.example", "ca.example.net"],
+        "accounturi": "https://ca.example/acme/acct/3",
+        "status": "pending",
+    }

@@ -71,9 +71,19 @@ class Account:
         return body
 
 
+DNS_PERSIST_01 = "dns-persist-01"
+"""The challenge type whose object carries no token but the CA's Issuer Domain Names and the
+account URI (draft-ietf-acme-dns-persist §3.1; Pebble sends both since 2.10)."""
+
+
 @dataclass(frozen=True)
 class Challenge:
-    """A challenge object (§7.1.5, §8); ``validation_record`` is the VA's records as stored."""
+    """A challenge object (§7.1.5, §8); ``validation_record`` is the VA's records as stored.
+
+    A dns-persist-01 challenge shows ``issuer-domain-names`` (one of which the TXT record must
+    name) and ``accounturi`` (the value its ``accounturi=`` parameter must hold) instead of a
+    token: its record is bound to the account, not to one challenge.
+    """
 
     id: int
     type: str
@@ -82,14 +92,18 @@ class Challenge:
     validated: datetime | None = None
     error: Problem | None = None
     validation_record: tuple[JsonObject, ...] = ()
+    issuer_domain_names: tuple[str, ...] = ()
+    account_uri: str | None = None
 
     def to_json(self, urls: ResourceUrls) -> dict[str, JsonValue]:
-        body: dict[str, JsonValue] = {
-            "type": self.type,
-            "url": urls.challenge(self.id),
-            "token": self.token,
-            "status": str(self.status),
-        }
+        body: dict[str, JsonValue] = {"type": self.type, "url": urls.challenge(self.id)}
+        if self.type == DNS_PERSIST_01:
+            body["issuer-domain-names"] = list(self.issuer_domain_names)
+            if self.account_uri is not None:
+                body["accounturi"] = self.account_uri
+        else:
+            body["token"] = self.token
+        body["status"] = str(self.status)
         if self.validated is not None:
             body["validated"] = rfc3339(self.validated)
         if self.error is not None:

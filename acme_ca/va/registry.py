@@ -24,7 +24,12 @@ method                      wildcard  prune  CNAME  ACME label
 ==========================  ========  =====  =====  ===========
 3.2.2.4.7  DNS Change       yes       may    may    dns-01
 3.2.2.4.19 Website - ACME   no        no     no     http-01
+3.2.2.4.21 DNS Account ID   yes       may    no     dns-account-01
+3.2.2.4.22 Persistent TXT   yes       may    no     dns-persist-01
 ==========================  ========  =====  =====  ===========
+
+dns-persist-01 and dns-account-01 do prune (toward the registrable domain) and refuse a CNAME
+at the prefixed ADN (:mod:`acme_ca.va.adn`).
 
 To add a method: a module with its ``METHOD`` (the DcvMethod) and a check class with
 ``async validate(request) -> CheckResult``, then one entry in :data:`METHODS` below.
@@ -40,6 +45,10 @@ from acme_ca.clock import Clock
 from acme_ca.config import DEFAULT_CHALLENGE_TYPES, ConfigError
 from acme_ca.va.dns01 import METHOD as DNS01
 from acme_ca.va.dns01 import Dns01Validator
+from acme_ca.va.dns_account import METHOD as DNS_ACCOUNT01
+from acme_ca.va.dns_account import DnsAccountValidator
+from acme_ca.va.dns_persist import METHOD as DNS_PERSIST01
+from acme_ca.va.dns_persist import DnsPersistValidator
 from acme_ca.va.http01 import METHOD as HTTP01
 from acme_ca.va.http01 import AddressPolicy, Http01Validator
 from acme_ca.va.methods import DcvMethod
@@ -133,6 +142,32 @@ METHODS: Final[Mapping[str, ValidationMethod]] = _registry(
             repeats="the TXT lookup at _acme-challenge.<ADN> through the perspective's own "
             "resolver",
             agrees_on="the TXT value (base64url SHA-256 of the key authorization)",
+        ),
+    ),
+    ValidationMethod(
+        dcv=DNS_PERSIST01,
+        build=lambda env: DnsPersistValidator(
+            env.dns, env.caa_identities, perspective=env.perspective, clock=env.clock
+        ),
+        corroboration=Corroboration(
+            repeats="the TXT lookups at _validation-persist.<ADN>, the FQDN first, then each "
+            "parent down to the registrable domain, through the perspective's own resolver "
+            "(a CNAME at the prefixed ADN refused)",
+            agrees_on="the record for this CA (issuer domain name, accounturi, policy) and the "
+            "name it was found at: the same accounturi at the same ADN",
+        ),
+    ),
+    ValidationMethod(
+        dcv=DNS_ACCOUNT01,
+        build=lambda env: DnsAccountValidator(
+            env.dns, perspective=env.perspective, clock=env.clock
+        ),
+        corroboration=Corroboration(
+            repeats="the TXT lookups at _<account label>._acme-challenge.<ADN>, the FQDN "
+            "first, then each parent down to the registrable domain, through the "
+            "perspective's own resolver (a CNAME at the prefixed ADN refused)",
+            agrees_on="the TXT value (base64url SHA-256 of the key authorization) and the "
+            "name it was found at",
         ),
     ),
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from acme_ca.acme import problems, resources
+from acme_ca.acme.issuer_names import issuer_domain_names
 from acme_ca.acme.messages import AuthzUpdate, ChallengeResponse
 from acme_ca.acme.problems import AcmeError, Identifier
 from acme_ca.acme.states import authz_status
@@ -15,7 +16,10 @@ from acme_ca.wfe.services import FrontEnd, front_end
 from acme_ca.wfe.verify import KeyMode, verify_post
 
 
-def challenge_resource(challenge: Challenge) -> resources.Challenge:
+def challenge_resource(fe: FrontEnd, challenge: Challenge, account_id: int) -> resources.Challenge:
+    """The wire challenge; dns-persist-01's also names our Issuer Domain Names (the
+    ``caa_identities``, in the draft's normal form) and the account URI its record binds to."""
+    persist = challenge.type == resources.DNS_PERSIST_01
     return resources.Challenge(
         id=challenge.id,
         type=challenge.type,
@@ -24,6 +28,8 @@ def challenge_resource(challenge: Challenge) -> resources.Challenge:
         validated=challenge.validated_at,
         error=challenge.error,
         validation_record=challenge.validation_records,
+        issuer_domain_names=issuer_domain_names(fe.config.caa_identities) if persist else (),
+        account_uri=fe.urls.account(account_id) if persist else None,
     )
 
 
@@ -36,7 +42,7 @@ def authz_resource(fe: FrontEnd, authz: Authorization) -> resources.Authorizatio
         identifier=Identifier("dns", authz.identifier),
         status=status,
         expires=authz.expires_at,
-        challenges=tuple(challenge_resource(c) for c in challenges),
+        challenges=tuple(challenge_resource(fe, c, authz.account_id) for c in challenges),
         wildcard=authz.wildcard,
     )
 
@@ -71,7 +77,7 @@ async def post_challenge(request: web.Request) -> web.Response:
     if challenge.status is ChallengeStatus.PROCESSING:
         headers["Retry-After"] = str(fe.config.retry_after_seconds)
     return acme_json(
-        challenge_resource(challenge).to_json(fe.urls),
+        challenge_resource(fe, challenge, authz.account_id).to_json(fe.urls),
         headers=headers,
         links=[f'<{fe.urls.authz(authz.id)}>;rel="up"'],
     )

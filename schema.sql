@@ -23,16 +23,38 @@ CREATE TABLE IF NOT EXISTS redeemed_nonces (
 );
 CREATE INDEX IF NOT EXISTS redeemed_nonces_expires_at ON redeemed_nonces (expires_at);
 
--- External Account Binding MAC keys (RFC 8555 §7.3.4); each binds at most one account.
-CREATE TABLE IF NOT EXISTS eab_keys (
-    kid         text PRIMARY KEY,
-    hmac_key    bytea NOT NULL CHECK (length(hmac_key) >= 32),
-    comment     text NOT NULL DEFAULT '',
-    created_at  timestamptz NOT NULL,
+-- Organizations vetted by an operator (CP 3.2.2.1(2), 3.2.2.3, 3.2.5): the only source of an
+-- OV certificate's subject C, ST, L and O. Rows are never edited: a change is a new row and the
+-- old one revoked. vetted_at starts the BR 4.2.1 reuse period (ra/br_schedule.py).
+CREATE TABLE IF NOT EXISTS organizations (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name        text NOT NULL CHECK (name <> ''),
+    country     text NOT NULL CHECK (country ~ '^[A-Z]{2}$'),
+    state       text NOT NULL CHECK (state <> ''),
+    locality    text NOT NULL CHECK (locality <> ''),
+    evidence    text NOT NULL CHECK (evidence <> ''),
+    vetted_by   text NOT NULL CHECK (vetted_by <> ''),
+    vetted_at   timestamptz NOT NULL,
+    status      text NOT NULL DEFAULT 'valid' CHECK (status IN ('valid', 'revoked')),
     revoked_at  timestamptz,
-    account_id  bigint UNIQUE,
-    bound_at    timestamptz
+    created_at  timestamptz NOT NULL,
+    CHECK ((status = 'revoked') = (revoked_at IS NOT NULL))
 );
+
+-- External Account Binding MAC keys (RFC 8555 §7.3.4); each binds at most one account, and
+-- with organization_id set binds that account to a vetted organization (OV profile).
+CREATE TABLE IF NOT EXISTS eab_keys (
+    kid             text PRIMARY KEY,
+    hmac_key        bytea NOT NULL CHECK (length(hmac_key) >= 32),
+    comment         text NOT NULL DEFAULT '',
+    created_at      timestamptz NOT NULL,
+    revoked_at      timestamptz,
+    account_id      bigint UNIQUE,
+    bound_at        timestamptz,
+    organization_id bigint REFERENCES organizations (id)
+);
+CREATE INDEX IF NOT EXISTS eab_keys_organization ON eab_keys (organization_id)
+    WHERE organization_id IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS accounts (
     id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

@@ -12,6 +12,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from acme_ca.acme.b64 import b64url_encode
+from acme_ca.cli_org import (
+    ORG_REVOCATION_REASON,
+    add_org_parser,
+    revoke_org_certificates,
+    run_org,
+)
 from acme_ca.config import Config, ConfigError, config_reference, load_config
 from acme_ca.log import configure_logging
 
@@ -170,18 +176,29 @@ def _parser() -> argparse.ArgumentParser:
     create = eab_sub.add_parser("create", help="create a key; prints kid and HMAC key")
     create.add_argument("--kid", help="key id (default: random)")
     create.add_argument("--comment", default="", help="free text, e.g. the customer")
+    create.add_argument(
+        "--org",
+        type=int,
+        metavar="ID",
+        help="bind the key, and the account registered with it, to this vetted organization "
+        "(`acme-ca org add`): the account may then order OV certificates",
+    )
     eab_sub.add_parser("list", help="list keys and their bound accounts")
     revoke = eab_sub.add_parser("revoke", help="revoke an unused or bound key")
     revoke.add_argument("kid")
+    add_org_parser(sub)
 
     admin = sub.add_parser("admin", help="operator actions (recorded in the audit trail)")
     admin_sub = admin.add_subparsers(dest="admin_command", required=True)
     revoke_cert = admin_sub.add_parser(
         "revoke",
-        help="revoke a certificate by serial, or every unexpired one under a domain",
+        help="revoke a certificate by serial, every unexpired one under a domain, or an "
+        "organization's OV certificates",
         description="Revoke SERIAL (a certificate's, or a precertificate's whose certificate "
         "was never stored), or with --domain every unexpired, unrevoked certificate naming the "
-        "domain or a name under it. keyCompromise also blocks the key for CSRs and account "
+        "domain or a name under it, or with --org every unexpired, unrevoked OV certificate "
+        "of the organization's accounts (reason privilegeWithdrawn unless --reason says "
+        "otherwise). keyCompromise also blocks the key for CSRs and account "
         "keys, moves an earlier revocation to keyCompromise, and queues a sweep that revokes "
         "every other certificate with the key (see block-key). Each revocation is an audit "
         "event naming --actor.",
@@ -189,13 +206,18 @@ def _parser() -> argparse.ArgumentParser:
     revoke_cert.add_argument("serial", nargs="?", help="certificate serial number (hex)")
     revoke_cert.add_argument("--domain", help="registered domain, e.g. example.com")
     revoke_cert.add_argument(
-        "--reason", required=True, choices=ADMIN_REASONS, help="CRLReason (BR 7.2.2)"
+        "--org", type=int, metavar="ID", help="a vetted organization (`acme-ca org list`)"
+    )
+    revoke_cert.add_argument(
+        "--reason",
+        choices=ADMIN_REASONS,
+        help="CRLReason (BR 7.2.2); required with SERIAL or --domain",
     )
     revoke_cert.add_argument("--actor", help="who decided this (default: the OS user)")
     revoke_cert.add_argument(
         "--dry-run",
         action="store_true",
-        help="with --domain: list what would be revoked, change nothing",
+        help="with --domain or --org: list what would be revoked, change nothing",
     )
     block_key = admin_sub.add_parser(
         "block-key",
@@ -316,6 +338,9 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: C901 -- flat dispat
         return asyncio.run(_db_migrate(config))
     if args.command == "eab":
         return asyncio.run(_eab(config, args))
+    if args.command == "org":
+        actor = f"operator:{getattr(args, 'actor', None) or _operator_name()}"
+        return asyncio.run(run_org(config, args, actor))
     if args.command == "admin" and args.admin_command == "block-key":
         return asyncio.run(_admin_block_key(config, args))
     if args.command == "admin":
@@ -392,7 +417,7 @@ async def _db_migrate(config: Config) -> int:
 async def _eab(config: Config, args: argparse.Namespace) -> int:
     from acme_ca.clock import SystemClock
     from acme_ca.db.database import database_dsn, migrate
-    from acme_ca.db.eab import EabKeyRepository
+    from acme_ca.db.eab import EabKeyRepository, OrganizationUnavailable
     from acme_ca.db.pool import create_pool
 
     now = SystemClock().now()
@@ -404,9 +429,17 @@ async def _eab(config: Config, args: argparse.Namespace) -> int:
             if args.eab_command == "create":
                 kid = args.kid or "kid-" + secrets.token_hex(8)
                 key = _command_line_safe_key()
-                await repo.create(kid, key, args.comment, now, actor="operator:cli")
+                try:
+                    await repo.create(
+                        kid, key, args.comment, now, actor="operator:cli", organization_id=args.org
+                    )
+                except OrganizationUnavailable as exc:
+                    print(f"acme-ca: cannot bind the key: {exc}", file=sys.stderr)
+                    return 1
                 print(f"kid: {kid}")
                 print(f"hmac_key: {b64url_encode(key)}")
+                if args.org is not None:
+                    print(f"organization: {args.org}")
             elif args.eab_command == "list":
                 for k in await repo.list():
                     state = (
@@ -414,7 +447,8 @@ async def _eab(config: Config, args: argparse.Namespace) -> int:
                         if k.revoked_at
                         else (f"bound to account {k.account_id}" if k.account_id else "unused")
                     )
-                    print(f"{k.kid}\t{state}\t{k.created_at.isoformat()}\t{k.comment}")
+                    org = f"\torganization {k.organization_id}" if k.organization_id else ""
+                    print(f"{k.kid}\t{state}\t{k.created_at.isoformat()}\t{k.comment}{org}")
             elif args.eab_command == "revoke":
                 if not await repo.revoke(args.kid, now, actor="operator:cli"):
                     print(f"acme-ca: no active EAB key {args.kid!r}", file=sys.stderr)
@@ -433,11 +467,14 @@ def _operator_name() -> str:
 
 
 async def _admin(config: Config, args: argparse.Namespace) -> int:
-    if (args.serial is None) == (args.domain is None):
-        print("acme-ca: admin revoke takes either SERIAL or --domain", file=sys.stderr)
+    if sum(x is not None for x in (args.serial, args.domain, args.org)) != 1:
+        print("acme-ca: admin revoke takes one of SERIAL, --domain and --org", file=sys.stderr)
         return 2
-    if args.dry_run and args.domain is None:
-        print("acme-ca: --dry-run goes with --domain", file=sys.stderr)
+    if args.dry_run and args.serial is not None:
+        print("acme-ca: --dry-run goes with --domain or --org", file=sys.stderr)
+        return 2
+    if args.reason is None and args.org is None:
+        print("acme-ca: admin revoke SERIAL or --domain needs --reason", file=sys.stderr)
         return 2
     from acme_ca.clock import SystemClock
     from acme_ca.db.certificates import CertificateRepository
@@ -452,7 +489,7 @@ async def _admin(config: Config, args: argparse.Namespace) -> int:
     )
 
     actor = f"operator:{args.actor or _operator_name()}"
-    reason = REASON_CODES[args.reason]
+    reason = REASON_CODES[args.reason or ORG_REVOCATION_REASON]
 
     def line(r: OperatorRevocation, verb: str) -> str:
         when = r.revoked_at.isoformat() if r.revoked_at else "-"
@@ -472,9 +509,13 @@ async def _admin(config: Config, args: argparse.Namespace) -> int:
             try:
                 if args.serial is not None:
                     done = [await authority.revoke_serial(args.serial, reason, actor=actor)]
-                else:
+                elif args.domain is not None:
                     done = await authority.revoke_domain(
                         args.domain, reason, actor=actor, dry_run=args.dry_run
+                    )
+                else:
+                    done = await revoke_org_certificates(
+                        pool, authority, args.org, reason, actor=actor, dry_run=args.dry_run
                     )
             except OperatorRevocationError as exc:
                 print(f"acme-ca: {exc}", file=sys.stderr)
@@ -485,10 +526,11 @@ async def _admin(config: Config, args: argparse.Namespace) -> int:
         verb = "revoked" if r.revoked else "updated" if r.updated else "already revoked"
         print(line(r, "would revoke" if args.dry_run else verb))
     count = sum(r.revoked or r.updated for r in done)
-    if args.domain is not None:
+    if args.serial is None:
         what = "would revoke" if args.dry_run else f"revoked by {actor}:"
-        print(f"{what} {len(done) if args.dry_run else count} certificate(s) under {args.domain}")
-    return 0 if args.domain is not None or count else 1
+        scope = f"under {args.domain}" if args.domain else f"of organization {args.org}"
+        print(f"{what} {len(done) if args.dry_run else count} certificate(s) {scope}")
+    return 0 if args.serial is None or count else 1
 
 
 async def _admin_block_key(config: Config, args: argparse.Namespace) -> int:

@@ -51,6 +51,7 @@ LINT_CHAIN = REPO / ".venv" / "bin" / "lint_pkix_signer_signee_cert_chain"
 #: A public-looking name: pkilint flags 127.0.0.1 and unregistrable names as internal names.
 STATUS = "http://pki.acme-ca-test.example.com"
 DV = x509.ObjectIdentifier("2.23.140.1.2.1")
+OV = x509.ObjectIdentifier("2.23.140.1.2.2")
 T = TypeVar("T")
 
 
@@ -116,6 +117,8 @@ def test_software_init_writes_the_hierarchy(pki: Path) -> None:
         CROSS_FILE,
         "dv-rsa.pem",
         "dv-ecc.pem",
+        "ov-rsa.pem",
+        "ov-ecc.pem",
         ISSUERS_FILE,
         "keys",
     } <= names
@@ -125,6 +128,8 @@ def test_software_init_writes_the_hierarchy(pki: Path) -> None:
     assert key_files == [
         "dv-ecc.key.pem",
         "dv-rsa.key.pem",
+        "ov-ecc.key.pem",
+        "ov-rsa.key.pem",
         "root-r1.key.pem",
         "root-x1.key.pem",
     ]
@@ -133,7 +138,15 @@ def test_software_init_writes_the_hierarchy(pki: Path) -> None:
 
     parsed = read_issuers_file(pki)
     assert parsed.root.subject == load(pki / "root.pem").subject
-    assert list(parsed.issuers) == ["dv-rsa", "dv-ecc"]
+    assert list(parsed.issuers) == ["dv-rsa", "dv-ecc", "ov-rsa", "ov-ecc"]
+    assert {n: e.purpose for n, e in parsed.issuers.items()} == {
+        "dv-rsa": "dv",
+        "dv-ecc": "dv",
+        "ov-rsa": "ov",
+        "ov-ecc": "ov",
+    }
+    # The DV tables keep the shape older releases wrote: no purpose key (read as "dv").
+    assert (pki / ISSUERS_FILE).read_text().count("purpose = ") == 2
     for name, entry in parsed.issuers.items():
         assert entry.chain == ()
         assert entry.alternate_chains == ((load(pki / CROSS_FILE),),)
@@ -156,7 +169,7 @@ async def test_concurrent_inits_make_one_hierarchy(tmp_path: Path) -> None:
     config = make_config(tmp_path)
     first, second = await asyncio.gather(init_hierarchy(config), init_hierarchy(config))
     assert first == second == config.pki_path / ISSUERS_FILE
-    assert len(list((config.pki_path / "keys").iterdir())) == 4
+    assert len(list((config.pki_path / "keys").iterdir())) == 6
     (await load_issuers(config)).names()
 
 
@@ -241,21 +254,28 @@ def test_root_profile(pki: Path, file: str, cn: str, algorithm: x509.ObjectIdent
     }
 
 
+def _is_p256(k: object) -> bool:
+    return isinstance(k, ec.EllipticCurvePublicKey) and k.curve.name == "secp256r1"
+
+
 @pytest.mark.parametrize(
-    ("name", "cn", "key_check"),
+    ("name", "cn", "key_check", "reserved"),
     [
-        ("dv-rsa", "acme_ca DV RSA CA 2026", lambda k: isinstance(k, rsa.RSAPublicKey)),
-        (
-            "dv-ecc",
-            "acme_ca DV ECC CA 2026",
-            lambda k: isinstance(k, ec.EllipticCurvePublicKey) and k.curve.name == "secp256r1",
-        ),
+        ("dv-rsa", "acme_ca DV RSA CA 2026", lambda k: isinstance(k, rsa.RSAPublicKey), DV),
+        ("dv-ecc", "acme_ca DV ECC CA 2026", _is_p256, DV),
+        ("ov-rsa", "acme_ca OV RSA CA 2026", lambda k: isinstance(k, rsa.RSAPublicKey), OV),
+        ("ov-ecc", "acme_ca OV ECC CA 2026", _is_p256, OV),
     ],
 )
 def test_issuing_ca_profile(
-    pki: Path, name: str, cn: str, key_check: Callable[[object], bool]
+    pki: Path,
+    name: str,
+    cn: str,
+    key_check: Callable[[object], bool],
+    reserved: x509.ObjectIdentifier,
 ) -> None:
-    """BR 7.1.2.6 (TLS subordinate CA), under Root R1."""
+    """BR 7.1.2.6 (TLS subordinate CA), under Root R1; the OV issuers (CP 7.1.2, "JPRS
+    Organization Validation Authority") assert the CA/B OV policy instead of DV (OV-3)."""
     root = load(pki / "root.pem")
     cert = load(pki / f"{name}.pem")
     assert cert.subject == ca_name(cn)
@@ -274,7 +294,7 @@ def test_issuing_ca_profile(
     policies, critical = ext(cert, x509.CertificatePolicies)
     assert not critical
     assert [p.policy_identifier for p in policies] == [
-        DV,
+        reserved,
         x509.ObjectIdentifier(Config().policy_oid),
     ]
     assert all(p.policy_qualifiers is None for p in policies)
@@ -325,7 +345,7 @@ def test_chains_verify_by_signature(pki: Path) -> None:
     r1.verify_directly_issued_by(r1)
     x1.verify_directly_issued_by(x1)
     cross.verify_directly_issued_by(x1)
-    for name in ("dv-rsa", "dv-ecc"):
+    for name in ("dv-rsa", "dv-ecc", "ov-rsa", "ov-ecc"):
         issuer = load(pki / f"{name}.pem")
         issuer.verify_directly_issued_by(r1)
         issuer.verify_directly_issued_by(cross)  # the alternate chain's first link
@@ -341,7 +361,7 @@ def openssl_verify(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
 def test_openssl_verifies_primary_and_alternate_chains(pki: Path) -> None:
-    for name in ("dv-rsa", "dv-ecc"):
+    for name in ("dv-rsa", "dv-ecc", "ov-rsa", "ov-ecc"):
         issuer = str(pki / f"{name}.pem")
         primary = openssl_verify("-CAfile", str(pki / "root.pem"), issuer)
         assert primary.returncode == 0, primary.stdout + primary.stderr
@@ -371,6 +391,8 @@ LINT_CASES = [
     # Our issuing CAs are subordinate to our own roots: internal, not externally operated.
     ("dv-rsa.pem", "INTERNAL-UNCONSTRAINED-TLS-CA"),
     ("dv-ecc.pem", "INTERNAL-UNCONSTRAINED-TLS-CA"),
+    ("ov-rsa.pem", "INTERNAL-UNCONSTRAINED-TLS-CA"),
+    ("ov-ecc.pem", "INTERNAL-UNCONSTRAINED-TLS-CA"),
     # X1 and R1 have the same operator.
     (CROSS_FILE, "INTERNAL-CROSS-CA"),
 ]
@@ -391,6 +413,8 @@ def test_pkilint_finds_nothing_above_notice(pki: Path, file: str, kind: str) -> 
     [
         ("root.pem", "dv-rsa.pem"),
         ("root.pem", "dv-ecc.pem"),
+        ("root.pem", "ov-rsa.pem"),
+        ("root.pem", "ov-ecc.pem"),
         ("root-x1.pem", CROSS_FILE),
         (CROSS_FILE, "dv-rsa.pem"),
     ],
@@ -425,8 +449,8 @@ async def sign_leaf(issuer: Issuer, public_key: Any) -> x509.Certificate:
 async def test_load_issuers_picks_by_key_type(pki: Path, software_home: Path) -> None:
     config = make_config(software_home)
     async with await load_issuers(config) as issuers:
-        assert issuers.names() == ("dv-rsa", "dv-ecc")
-        assert len(issuers) == 2
+        assert issuers.names() == ("dv-rsa", "dv-ecc", "ov-rsa", "ov-ecc")
+        assert len(issuers) == 4
         assert issuers.root == load(pki / "root.pem")
         ec_key = ec.generate_private_key(ec.SECP256R1()).public_key()
         p384_key = ec.generate_private_key(ec.SECP384R1()).public_key()
@@ -436,6 +460,11 @@ async def test_load_issuers_picks_by_key_type(pki: Path, software_home: Path) ->
         assert issuers.for_key(rsa_key).name == "dv-rsa"
         with pytest.raises(ValueError, match="Ed25519"):
             issuers.for_key(ed25519.Ed25519PrivateKey.generate().public_key())
+        assert issuers.for_purpose("ov", ec_key).name == "ov-ecc"
+        assert issuers.for_purpose("ov", rsa_key).name == "ov-rsa"
+        assert issuers.for_purpose("dv", rsa_key).name == "dv-rsa"
+        assert issuers.by_name("ov-ecc").purpose == "ov"
+        assert issuers.by_name("dv-ecc").purpose == "dv"
         with pytest.raises(KeyError, match="no issuer named 'dv-dsa'"):
             issuers.by_name("dv-dsa")
 
@@ -554,6 +583,14 @@ async def test_typo_in_issuers_file_is_refused(home_copy: Path) -> None:
         await load_issuers(make_config(home_copy))
 
 
+async def test_issuer_purpose_is_checked(home_copy: Path) -> None:
+    """issuers.toml ``purpose``: absent reads as "dv" (files written before OV keep working);
+    anything but "dv" or "ov" is refused, so a typo cannot make an OV issuer sign DV."""
+    rewrite(home_copy / "pki" / ISSUERS_FILE, 'purpose = "ov"', 'purpose = "OV"')
+    with pytest.raises(IssuerConfigError, match=r"\[issuers\.ov-rsa\]: `purpose` must be one"):
+        await load_issuers(make_config(home_copy))
+
+
 async def test_expired_issuer_is_refused(software_home: Path) -> None:
     later = FixedClock(datetime.now(UTC) + timedelta(days=6 * 366))
     with pytest.raises(IssuerConfigError, match="expired"):
@@ -633,7 +670,7 @@ def test_hsm_init_keeps_every_key_in_the_token(
     assert "key_file" not in (pki / ISSUERS_FILE).read_text()
     objects = list_private_keys(token)
     blocks = objects.split("Private Key Object")
-    for name in ("root-r1", "root-x1", "dv-rsa", "dv-ecc"):
+    for name in ("root-r1", "root-x1", "dv-rsa", "dv-ecc", "ov-rsa", "ov-ecc"):
         label = f"{prefix}-{name}"
         (block,) = [b for b in blocks if re.search(rf"^\s*label:\s*{re.escape(label)}$", b, re.M)]
         assert re.search(r"Access:.*\bsensitive\b.*never extractable", block), block
@@ -649,7 +686,7 @@ def test_hsm_certificates_chain_and_lint(hsm_home: tuple[Path, str]) -> None:
     r1, x1, cross = load(pki / "root.pem"), load(pki / "root-x1.pem"), load(pki / CROSS_FILE)
     r1.verify_directly_issued_by(r1)
     cross.verify_directly_issued_by(x1)
-    for name in ("dv-rsa", "dv-ecc"):
+    for name in ("dv-rsa", "dv-ecc", "ov-rsa", "ov-ecc"):
         load(pki / f"{name}.pem").verify_directly_issued_by(r1)
     if LINT_CERT.exists():
         for file, kind in LINT_CASES:
@@ -665,8 +702,13 @@ async def test_hsm_issuers_load_and_sign(hsm_home: tuple[Path, str], token: Soft
     try:
         ec_key = ec.generate_private_key(ec.SECP256R1()).public_key()
         rsa_key = rsa.generate_private_key(65537, 2048).public_key()
-        for key, expected in ((ec_key, "dv-ecc"), (rsa_key, "dv-rsa")):
-            issuer = issuers.for_key(key)
+        for key, purpose, expected in (
+            (ec_key, "dv", "dv-ecc"),
+            (rsa_key, "dv", "dv-rsa"),
+            (ec_key, "ov", "ov-ecc"),
+            (rsa_key, "ov", "ov-rsa"),
+        ):
+            issuer = issuers.for_purpose(purpose, key)
             assert issuer.name == expected
             assert getattr(issuer.signer, "pool_size", None) == 3
             leaf = await sign_leaf(issuer, key)

@@ -7,24 +7,27 @@ What :func:`init_hierarchy` writes under ``config.pki_path``::
     cross-r1-by-x1.pem    Root R1's subject and key, signed by X1 (the alternate chain)
     dv-rsa.pem            acme_ca DV RSA CA 2026        RSA 2048, 5 years, signed by R1
     dv-ecc.pem            acme_ca DV ECC CA 2026        ECDSA P-256, 5 years, signed by R1
+    ov-rsa.pem            acme_ca OV RSA CA 2026        RSA 2048, 5 years, signed by R1
+    ov-ecc.pem            acme_ca OV ECC CA 2026        ECDSA P-256, 5 years, signed by R1
     issuers.toml          the issuers, their keys and URLs (format: acme_ca.ca.issuers_file),
                           marked ``generated_by = "acme-ca init"`` (a development
                           hierarchy, :mod:`acme_ca.deployment`)
     keys/*.key.pem        software keys (0600), only without ``pkcs11_module``
 
 With ``config.pkcs11_module`` set every key, the roots' included, is generated in the token
-(labels ``acme-ca-root-r1``, ``acme-ca-root-x1``, ``acme-ca-dv-rsa``, ``acme-ca-dv-ecc``) and
-no key file is written.  Either way each certificate is built with cryptography, signed by a
-throwaway key, and its TBS re-signed through the real :class:`~acme_ca.ca.signer.Signer`
-(:mod:`acme_ca.ca.der`), so the HSM and the software path run the same code.
+(labels ``acme-ca-root-r1``, ``acme-ca-root-x1``, ``acme-ca-dv-rsa``, ``acme-ca-dv-ecc``,
+``acme-ca-ov-rsa``, ``acme-ca-ov-ecc``) and no key file is written.  Either way each
+certificate is built with cryptography, signed by a throwaway key, and its TBS re-signed
+through the real :class:`~acme_ca.ca.signer.Signer` (:mod:`acme_ca.ca.der`), so the HSM and
+the software path run the same code.
 
 Profiles (CA/B Forum BR 7.1.2): the roots follow 7.1.2.1 (basicConstraints critical cA without
 pathLenConstraint; keyUsage critical keyCertSign+cRLSign; SKI, and the AKI that 7.1.2.1.2
 recommends, equal to it; no EKU or policies); the issuing CAs follow 7.1.2.6 for TLS
 subordinate CAs (C, O, CN; pathLenConstraint 0; keyUsage digitalSignature+keyCertSign+cRLSign;
-EKU serverAuth only; policies 2.23.140.1.2.1 then ``config.policy_oid``; AKI; SKI; AIA
-caIssuers and CRLDP over http); the cross-certificate follows 7.1.2.2 (same subject, key and
-SKI as Root R1, restricted to serverAuth).
+EKU serverAuth only; policies 2.23.140.1.2.1, or 2.23.140.1.2.2 for the OV issuers, then
+``config.policy_oid``; AKI; SKI; AIA caIssuers and CRLDP over http); the cross-certificate
+follows 7.1.2.2 (same subject, key and SKI as Root R1, restricted to serverAuth).
 
 Status URLs come from ``config.status_base_url``: ``/crl/<name>.crl``, ``/ocsp/<name>`` and
 ``/issuer/<name>.cer`` for the issuers, ``/crl/root-r1.crl`` and ``/issuer/root-r1.cer`` in the
@@ -70,6 +73,10 @@ ROOT_VALIDITY: Final = timedelta(days=9131)
 ISSUER_VALIDITY: Final = timedelta(days=1826)
 #: CA/B Forum reserved policy identifier for domain-validated certificates.
 DV_POLICY_OID: Final = "2.23.140.1.2.1"
+#: CA/B Forum reserved policy identifier for organization-validated certificates (CP 7.1.1).
+OV_POLICY_OID: Final = "2.23.140.1.2.2"
+#: The reserved identifier an issuing CA of each issuers.toml ``purpose`` asserts.
+PURPOSE_POLICY_OIDS: Final = {"dv": DV_POLICY_OID, "ov": OV_POLICY_OID}
 #: The cross-certificate of Root R1 by Root X1: every issuer's alternate chain.
 CROSS_FILE: Final = "cross-r1-by-x1.pem"
 KEYS_DIR: Final = "keys"
@@ -90,6 +97,8 @@ class CaSpec:
     common_name: str
     key_spec: KeySpec
     file: str
+    #: issuers.toml ``purpose``: "dv" or "ov" (the CP's two authorities, CP 1.1 / 7.1.1).
+    purpose: str = "dv"
 
 
 ROOT_R1: Final = CaSpec("root-r1", "acme_ca Development Root R1", "ec-p384", "root.pem")
@@ -98,6 +107,9 @@ ROOT_X1: Final = CaSpec("root-x1", "acme_ca Development Root X1", "rsa3072", "ro
 ISSUING_CAS: Final = (
     CaSpec("dv-rsa", "acme_ca DV RSA CA 2026", "rsa2048", "dv-rsa.pem"),
     CaSpec("dv-ecc", "acme_ca DV ECC CA 2026", "ec-p256", "dv-ecc.pem"),
+    # The CP's "JPRS Organization Validation Authority - G3", in the development shape.
+    CaSpec("ov-rsa", "acme_ca OV RSA CA 2026", "rsa2048", "ov-rsa.pem", purpose="ov"),
+    CaSpec("ov-ecc", "acme_ca OV ECC CA 2026", "ec-p256", "ov-ecc.pem", purpose="ov"),
 )
 
 
@@ -203,8 +215,8 @@ def _aki(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:
     return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(_ski(issuer))
 
 
-def _policies(policy_oid: str) -> x509.CertificatePolicies:
-    oids = [DV_POLICY_OID] + ([policy_oid] if policy_oid != DV_POLICY_OID else [])
+def _policies(policy_oid: str, reserved: str = DV_POLICY_OID) -> x509.CertificatePolicies:
+    oids = [reserved] + ([policy_oid] if policy_oid != reserved else [])
     return x509.CertificatePolicies(
         [x509.PolicyInformation(x509.ObjectIdentifier(oid), None) for oid in oids]
     )
@@ -307,7 +319,7 @@ async def _issuing_ca(
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(_key_usage(digital_signature=True), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(_policies(policy_oid), critical=False)
+        .add_extension(_policies(policy_oid, PURPOSE_POLICY_OIDS[ca.purpose]), critical=False)
         .add_extension(_aki(root), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
     )
@@ -477,6 +489,8 @@ async def _create(
             "crl_url": urls.crl(ca.name),
             "ocsp_url": urls.ocsp(ca.name),
             "ca_issuers_url": urls.ca_issuers(ca.name),
+            # DV tables keep the shape older releases wrote (no key means "dv").
+            **({"purpose": ca.purpose} if ca.purpose != "dv" else {}),
         }
         tables.append(_toml_table(f"issuers.{ca.name}", table))
         _log.info(
@@ -484,6 +498,7 @@ async def _create(
             issuer=ca.name,
             subject=cert.subject.rfc4514_string(),
             key_type=ca.key_spec,
+            purpose=ca.purpose,
             in_hsm=keys.in_hsm,
         )
     for ca, root_key in ((ROOT_R1, r1_key), (ROOT_X1, x1_key)):

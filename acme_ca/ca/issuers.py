@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 from acme_ca.ca.issuers_file import (
+    DEFAULT_PURPOSE,
     IssuerConfigError,
     KeyRef,
     RootEntry,
@@ -69,6 +70,8 @@ class Issuer:
     crl_url: str
     ocsp_url: str | None
     ca_issuers_url: str
+    #: ``dv`` or ``ov``: what this issuer signs (issuers.toml ``purpose``).
+    purpose: str = DEFAULT_PURPOSE
 
     @property
     def key_type(self) -> KeyType:
@@ -128,6 +131,22 @@ class IssuerSet:
         if isinstance(public_key, rsa.RSAPublicKey):
             return self.issuers[self.rsa_issuer]
         raise ValueError(f"no issuer for {type(public_key).__name__} subscriber keys")
+
+    def for_purpose(self, purpose: str, public_key: PublicKeyTypes) -> Issuer:
+        """The first issuer (issuers.toml order) with ``purpose`` whose key type suits the
+        subscriber key: an EC issuer for EC keys, an RSA issuer for RSA keys.  ``dv`` keeps
+        the configured ``rsa_issuer``/``ecdsa_issuer`` (:meth:`for_key`)."""
+        if purpose == DEFAULT_PURPOSE:
+            return self.for_key(public_key)
+        if not isinstance(public_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
+            raise TypeError(f"no issuer for {type(public_key).__name__} subscriber keys")
+        ecdsa = isinstance(public_key, ec.EllipticCurvePublicKey)
+        for issuer in self.issuers.values():
+            issuer_ecdsa = isinstance(issuer.signer.public_key, ec.EllipticCurvePublicKey)
+            if issuer.purpose == purpose and issuer_ecdsa == ecdsa:
+                return issuer
+        kind = "ECDSA" if ecdsa else "RSA"
+        raise KeyError(f"no {purpose} issuer in issuers.toml for {kind} subscriber keys")
 
     def by_name(self, name: str) -> Issuer:
         try:
@@ -288,6 +307,7 @@ async def load_issuers(config: Config, *, clock: Clock | None = None) -> IssuerS
                 crl_url=entry.crl_url,
                 ocsp_url=entry.ocsp_url,
                 ca_issuers_url=entry.ca_issuers_url,
+                purpose=entry.purpose,
             )
             _log.info(
                 "issuers.loaded",
@@ -295,6 +315,7 @@ async def load_issuers(config: Config, *, clock: Clock | None = None) -> IssuerS
                 subject=entry.certificate.subject.rfc4514_string(),
                 key=entry.key.describe(),
                 key_type=signer.key_type,
+                purpose=entry.purpose,
                 not_after=entry.certificate.not_valid_after_utc.isoformat(),
             )
     except BaseException:

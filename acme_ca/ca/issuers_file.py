@@ -28,6 +28,10 @@ so a misspelt key cannot be silently ignored::
     crl_url = "http://status.example/crl/dv-rsa.crl"         # CRL Distribution Point, http://
     ocsp_url = "http://status.example/ocsp/dv-rsa"           # optional: AIA OCSP, http://
     ca_issuers_url = "http://status.example/issuer/dv-rsa.cer"  # AIA caIssuers, http://
+    # What the issuer signs: "dv" (the default when absent) or "ov", organization-validated
+    # certificates only (profiles choose issuers by purpose; the signing worker refuses an
+    # "ov" issuer's job unless the account's vetted organization is still usable).
+    # purpose = "dv"
 
     # Optional: root CAs whose CRLs (ARLs) this installation signs.  Real roots are offline,
     # so production omits the key; ``acme-ca init`` records its development root keys here.
@@ -77,8 +81,12 @@ _ISSUER_KEYS: Final = frozenset(
         "crl_url",
         "ocsp_url",
         "ca_issuers_url",
+        "purpose",
     }
 )
+#: The ``purpose`` values: domain-validated or organization-validated certificates.
+PURPOSES: Final = ("dv", "ov")
+DEFAULT_PURPOSE: Final = "dv"
 _ROOT_KEYS: Final = frozenset({"certificate", "key_file", "pkcs11_key_label", "crl_url"})
 
 
@@ -118,6 +126,8 @@ class IssuerEntry:
     crl_url: str
     ocsp_url: str | None
     ca_issuers_url: str
+    #: ``dv`` or ``ov`` (:data:`PURPOSES`); absent in the file means ``dv``.
+    purpose: str = DEFAULT_PURPOSE
 
 
 @dataclass(frozen=True)
@@ -264,7 +274,16 @@ def _parse_issuer(
         ca_issuers_url=_require(
             _url(table, "ca_issuers_url", where, required=True), "ca_issuers_url", where
         ),
+        purpose=_purpose(table, where),
     )
+
+
+def _purpose(table: Mapping[str, object], where: str) -> str:
+    value = table.get("purpose", DEFAULT_PURPOSE)
+    if value not in PURPOSES:
+        raise IssuerConfigError(f"{where}: `purpose` must be one of {', '.join(PURPOSES)}")
+    assert isinstance(value, str)
+    return value
 
 
 def _check_name(name: str, where: str) -> None:

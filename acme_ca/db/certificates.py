@@ -378,3 +378,26 @@ class CertificateRepository:
             now,
         )
         return [_record(r) for r in rows] + [_precertificate_record(r) for r in precertificates]
+
+    async def unrevoked_for_accounts(
+        self, account_ids: list[int], now: datetime
+    ) -> list[CertificateRecord]:
+        """Unexpired, unrevoked certificates (and precertificates without one) ordered by
+        these accounts (``acme-ca admin revoke --org``; the caller picks the OV ones)."""
+        rows = await self._pool.fetch(
+            """SELECT * FROM certificates
+               WHERE account_id = ANY($1::bigint[]) AND revoked_at IS NULL AND not_after > $2
+               ORDER BY id""",
+            account_ids,
+            now,
+        )
+        precertificates = await self._pool.fetch(
+            """SELECT p.* FROM precertificates p
+               WHERE p.account_id = ANY($1::bigint[]) AND p.revoked_at IS NULL
+                 AND p.not_after > $2
+                 AND NOT EXISTS (SELECT 1 FROM certificates c WHERE c.serial = p.serial)
+               ORDER BY p.id""",
+            account_ids,
+            now,
+        )
+        return [_record(r) for r in rows] + [_precertificate_record(r) for r in precertificates]

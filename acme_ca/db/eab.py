@@ -1,4 +1,8 @@
-"""External Account Binding keys: created by operators, each bound to at most one account."""
+"""External Account Binding keys: created by operators, each bound to at most one account.
+
+A key created for an organization (``organization_id``) binds the account registered with it
+to that organization (:mod:`acme_ca.db.organizations`), which OV issuance requires.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +23,11 @@ class EabKey:
     revoked_at: datetime | None
     account_id: int | None
     bound_at: datetime | None
+    organization_id: int | None = None
+
+
+class OrganizationUnavailable(Exception):
+    """The organization to bind a new EAB key to is unknown or revoked."""
 
 
 def _to_key(row: asyncpg.Record) -> EabKey:
@@ -30,6 +39,7 @@ def _to_key(row: asyncpg.Record) -> EabKey:
         revoked_at=row["revoked_at"],
         account_id=row["account_id"],
         bound_at=row["bound_at"],
+        organization_id=row["organization_id"],
     )
 
 
@@ -38,19 +48,42 @@ class EabKeyRepository:
         self._pool = pool
 
     async def create(
-        self, kid: str, hmac_key: bytes, comment: str, now: datetime, actor: str
+        self,
+        kid: str,
+        hmac_key: bytes,
+        comment: str,
+        now: datetime,
+        actor: str,
+        *,
+        organization_id: int | None = None,
     ) -> EabKey:
+        """Store a new key; with ``organization_id``, bound to that organization, which must
+        be valid (:class:`OrganizationUnavailable` otherwise)."""
         async with self._pool.acquire() as conn, conn.transaction():
+            if organization_id is not None:
+                status = await conn.fetchval(
+                    "SELECT status FROM organizations WHERE id = $1 FOR SHARE", organization_id
+                )
+                if status != "valid":
+                    raise OrganizationUnavailable(
+                        f"organization {organization_id} is "
+                        + ("unknown" if status is None else status)
+                    )
             row = await conn.fetchrow(
-                "INSERT INTO eab_keys (kid, hmac_key, comment, created_at) VALUES ($1, $2, $3, $4)"
-                " RETURNING *",
+                "INSERT INTO eab_keys (kid, hmac_key, comment, created_at, organization_id)"
+                " VALUES ($1, $2, $3, $4, $5) RETURNING *",
                 kid,
                 hmac_key,
                 comment,
                 now,
+                organization_id,
             )
             await record_event(
-                conn, "eab.created", at=now, actor=actor, details={"kid": kid, "comment": comment}
+                conn,
+                "eab.created",
+                at=now,
+                actor=actor,
+                details={"kid": kid, "comment": comment, "organization_id": organization_id},
             )
         return _to_key(row)
 

@@ -1,7 +1,8 @@
 """Date-gated limits of the Baseline Requirements, as pure functions of the date.
 
-BR 4.2.1 (ballot SC-081): how long domain-validation data may be reused; BR 6.3.2: the
-longest certificate validity.  Each limit applies from 00:00 UTC of its effective date.
+BR 4.2.1 (ballot SC-081): how long domain-validation data and Subject Identity Information
+may be reused; BR 6.3.2: the longest certificate validity.  Each limit applies from 00:00 UTC
+of its effective date.
 """
 
 from __future__ import annotations
@@ -35,3 +36,16 @@ def max_dcv_reuse(at: datetime) -> timedelta:
         if at >= since:
             return limit
     return _DCV_REUSE_BEFORE
+
+
+_IDENTITY_REUSE = ((datetime(2026, 3, 15, tzinfo=UTC), timedelta(days=398)),)
+_IDENTITY_REUSE_BEFORE = timedelta(days=825)
+
+
+def max_identity_reuse(at: datetime) -> timedelta:
+    """The longest vetted Subject Identity Information (an OV organization's record) may be
+    reused for issuance at ``at`` (BR 4.2.1, SC-081: 825 days, 398 days from 2026-03-15)."""
+    for since, limit in _IDENTITY_REUSE:
+        if at >= since:
+            return limit
+    return _IDENTITY_REUSE_BEFORE

@@ -78,6 +78,9 @@ UNSPECIFIED = 0
 KEY_COMPROMISE = 1
 PRIVILEGE_WITHDRAWN = 9
 
+#: CA/B Forum reserved policy identifier of organization-validated certificates (BR 7.1.6.1).
+OV_POLICY_OID = "2.23.140.1.2.2"
+
 #: RFC 5280 CRLReason names an operator may use (BR 7.2.2; 2, 6, 8 and 10 never apply).
 REASON_CODES: dict[str, int] = {
     "unspecified": UNSPECIFIED,
@@ -153,6 +156,15 @@ def certificate_names(cert: x509.Certificate) -> tuple[str, ...]:
     except (x509.ExtensionNotFound, ValueError):
         return ()
     return tuple(n.lower() for n in san.get_values_for_type(x509.DNSName))
+
+
+def certificate_policies(cert: x509.Certificate) -> frozenset[str]:
+    """The policy OIDs a certificate asserts (dotted strings)."""
+    try:
+        policies = cert.extensions.get_extension_for_class(x509.CertificatePolicies).value
+    except (x509.ExtensionNotFound, ValueError):
+        return frozenset()
+    return frozenset(p.policy_identifier.dotted_string for p in policies)
 
 
 def _spki(key: object) -> bytes:
@@ -316,6 +328,48 @@ class RevocationAuthority:
             if any(_under(n, domain) for n in names):  # "*.example.com" is under example.com
                 out.append((record, names))
         return out
+
+    async def revoke_organization(
+        self, account_ids: Sequence[int], reason: int, *, actor: str, dry_run: bool = False
+    ) -> list[OperatorRevocation]:
+        """Revoke every unexpired, unrevoked OV certificate (and precertificate) ordered by
+        the accounts of a revoked organization: those asserting the CA/B OV policy
+        (:data:`OV_POLICY_OID`), i.e. carrying its vetted identity.  Its DV certificates name
+        no organization and are left alone.  BR 4.9.1.1 (a material change in, or inaccuracy
+        of, the information in the certificate) with BR 7.2.2 make that privilegeWithdrawn.
+        """
+        if reason not in OPERATOR_REASONS:
+            raise OperatorRevocationError(f"reason {reason} may not be used (BR 7.2.2)")
+        found = []
+        for record in await self._certificates.unrevoked_for_accounts(
+            list(account_ids), self._clock.now()
+        ):
+            cert = x509.load_der_x509_certificate(record.der)
+            if OV_POLICY_OID in certificate_policies(cert):
+                found.append((record, certificate_names(cert)))
+        if dry_run:
+            return [
+                OperatorRevocation(
+                    r.serial,
+                    names,
+                    r.account_id,
+                    r.not_after,
+                    reason,
+                    False,
+                    None,
+                    False,
+                    precertificate=r.precertificate,
+                )
+                for r, names in found
+            ]
+        log.info(
+            "revocation.organization_started",
+            accounts=list(account_ids),
+            reason=reason,
+            actor=actor,
+            certificates=len(found),
+        )
+        return [await self._operator_revoke(r, reason, actor) for r, _ in found]
 
     async def _operator_revoke(
         self, record: CertificateRecord, reason: int, actor: str

@@ -153,8 +153,9 @@ class Config:
         [], "Domain names (and everything below them) this CA refuses to certify."
     )
     validation_lease_seconds: int = _key(
-        120,
-        "How long one process owns a challenge it is validating; after that another process "
+        30,
+        "How long one process owns a challenge it is validating without renewing it (it "
+        "renews every third of this while the validation runs); after that another process "
         "takes the validation over (crash recovery).",
     )
     dns_resolver: str = _key(
@@ -202,6 +203,17 @@ class Config:
     )
     pkcs11_pin_file: Path | None = _key(None, "File whose first line is the token's user PIN.")
     pkcs11_sessions: int = _key(2, "PKCS#11 sessions kept open per issuer key.")
+    hsm_session_wait_seconds: int = _key(
+        10,
+        "Longest a signature waits for a free PKCS#11 session; past it the job backs off "
+        "like any HSM failure (docs/operations.md, HSM loss).",
+    )
+    hsm_deadline_seconds: int = _key(
+        3600,
+        "How long an order waits in `processing` while the HSM fails or its token is absent "
+        "(the job backs off and retries, sessions are reopened when the token returns); "
+        "after that the order becomes invalid with serverInternal.",
+    )
     rsa_issuer: str = _key("dv-rsa", "Issuer (name in issuers.toml) for RSA subscriber keys.")
     ecdsa_issuer: str = _key("dv-ecc", "Issuer (name in issuers.toml) for ECDSA subscriber keys.")
     status_base_url: str = _key(
@@ -253,6 +265,13 @@ class Config:
     )
     worker_poll_seconds: int = _key(
         5, "How often a worker looks for jobs even without a notification (lost NOTIFYs)."
+    )
+    issuance_lease_seconds: int = _key(
+        30,
+        "How long a worker owns an issuance job without renewing it. The worker renews the "
+        "lease every third of this while the job is in flight, also during long HSM and CT "
+        "calls; a killed worker's jobs are taken over when it lapses, or at once by a "
+        "worker on the same host that sees the holder's process is gone.",
     )
     worker_concurrency: int = _key(
         8,
@@ -431,6 +450,9 @@ class Config:
             "authz_reuse_days",
             "max_names_per_order",
             "validation_lease_seconds",
+            "issuance_lease_seconds",
+            "hsm_session_wait_seconds",
+            "hsm_deadline_seconds",
             "dns_timeout_seconds",
         ):
             if getattr(self, name) <= 0:

@@ -67,6 +67,7 @@ from acme_ca.ca.der import sign_tbs_certificate, throwaway_signed_tbs
 from acme_ca.ca.issuers import Issuer, IssuerSet
 from acme_ca.ca.lint import CertificateLinter, LintKind
 from acme_ca.ca.profile import IssuanceRequest, ProfileSettings, build_certificate, new_serial
+from acme_ca.ca.signer import SignerError
 from acme_ca.ca.signing_checks import CaaRechecker, SigningChecks, SigningGuard
 from acme_ca.clock import Clock
 from acme_ca.db.issuance import IssuanceRepository
@@ -81,7 +82,12 @@ from acme_ca.db.issuance_jobs import (
 
 log = structlog.get_logger(component="acme_ca.ca.worker")
 
-DEFAULT_LEASE = timedelta(minutes=2)
+#: A job's lease (``issuance_lease_seconds``), renewed every third of it while the job runs.
+DEFAULT_LEASE = timedelta(seconds=30)
+#: How long an order waits while the HSM fails (``hsm_deadline_seconds``).
+DEFAULT_HSM_DEADLINE = timedelta(hours=1)
+#: Backoff after an HSM failure: 1 s doubling, at most this, so a returning token is used soon.
+HSM_BACKOFF_MAX = timedelta(seconds=10)
 #: After this many attempts a job is a permanent fault (unknown issuer, a TBS the HSM refuses):
 #: the order fails with serverInternal instead of staying `processing` for ever.
 MAX_ATTEMPTS = 10
@@ -137,8 +143,10 @@ class SigningWorker:
         signing_guard: SigningGuard | None = None,
         caa: CaaRechecker | None = None,
         account_uri: Callable[[int], str] | None = None,
+        hsm_deadline: timedelta = DEFAULT_HSM_DEADLINE,
     ) -> None:
         self._jobs = jobs
+        self._hsm_deadline = hsm_deadline
         self._issuers = issuers
         self._linter = linter
         self._clock = clock
@@ -193,6 +201,7 @@ class SigningWorker:
             worker_id=self.worker_id,
             issuers=self._issuers.names(),
             concurrency=self._concurrency,
+            lease_seconds=self._lease.total_seconds(),
         )
         try:
             while not stop.is_set():
@@ -200,6 +209,7 @@ class SigningWorker:
                 # (empty) claim is in flight must still cut the following wait short.
                 self._wake.clear()
                 try:
+                    await self.take_over_dead_holders()
                     full = False
                     while not stop.is_set():
                         if len(in_flight) >= self._concurrency:
@@ -228,6 +238,22 @@ class SigningWorker:
             await self._jobs.release_listener(listener, notified)
             log.info("worker.stopped", worker_id=self.worker_id)
 
+    async def take_over_dead_holders(self) -> list[int]:
+        """End the leases of workers on this host whose process no longer exists (a killed
+        or crashed predecessor): their jobs resume now, not when the lease lapses.  Only
+        a holder named ``<this hostname>:<pid>`` whose pid is gone is provably dead."""
+        host = self.worker_id.rpartition(":")[0]
+        taken: list[int] = []
+        for holder in await self._jobs.lease_holders(f"{host}:", now=self._clock.now()):
+            pid = holder.rpartition(":")[2]
+            if holder == self.worker_id or not pid.isdigit() or _process_exists(int(pid)):
+                continue
+            released = await self._jobs.release_leases(holder, now=self._clock.now())
+            if released:
+                log.warning("issuance.holder_dead", holder=holder, jobs=released)
+                taken.extend(released)
+        return taken
+
     async def _claim(self) -> IssuanceJob | None:
         return await self._jobs.claim(self.worker_id, now=self._clock.now(), lease=self._lease)
 
@@ -244,14 +270,75 @@ class SigningWorker:
         structlog.contextvars.bind_contextvars(
             job_id=job.id, order_id=job.order_id, account_id=job.account_id
         )
+        heartbeat = asyncio.create_task(self._heartbeat(job), name=f"lease-{job.id}")
         try:
             await self._process(job)
+        except SignerError as exc:
+            await self._hsm_unavailable(job, exc)
         except Exception:
-            # Leave the job to a retry after the lease: a transient HSM or database fault
-            # must not lose the order. Permanent faults surface in the logs each attempt.
+            # Leave the job to a retry after the lease: a transient database fault must not
+            # lose the order. Permanent faults surface in the logs each attempt.
             log.exception("issuance.attempt_failed", attempts=job.attempts, step=job.step)
         finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
             structlog.contextvars.unbind_contextvars("job_id", "order_id", "account_id")
+
+    async def _heartbeat(self, job: IssuanceJob) -> None:
+        """Renew the job's lease every third of it while the job is in flight (HSM and CT
+        calls included), so no second worker takes a job that is only slow."""
+        interval = self._lease.total_seconds() / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                held = await self._jobs.renew_lease(
+                    job.id, self.worker_id, now=self._clock.now(), lease=self._lease
+                )
+            except Exception as exc:  # the database away for a moment: try again
+                log.warning("issuance.lease_renewal_failed", error=repr(exc))
+                continue
+            if not held:
+                return  # done, deferred, failed, or taken over: the step code notices
+
+    async def _hsm_unavailable(self, job: IssuanceJob, exc: SignerError) -> None:
+        """The signer failed (token absent, HSM error, no session free): nothing was
+        recorded as signed, so the job goes back to the queue with backoff and is retried
+        with the same serial and TBS; past ``hsm_deadline`` the order becomes invalid."""
+        now = self._clock.now()
+        deadline = job.created_at + self._hsm_deadline
+        reason = str(exc) or type(exc).__name__
+        if now >= deadline:
+            await self._jobs.fail(
+                job,
+                problems.server_internal(
+                    "the CA's signing key was unavailable for longer than "
+                    f"{int(self._hsm_deadline.total_seconds())} seconds"
+                ),
+                {"reason": "hsm unavailable", "error": reason, "step": job.step},
+                now,
+                held_by=self.worker_id,
+            )
+            log.error("issuance.hsm_failed", error=reason, step=job.step)
+            return
+        pause = min(timedelta(seconds=2 ** min(job.deferrals, 6)), HSM_BACKOFF_MAX)
+        retry_at = min(now + pause, deadline)
+        deferred = await self._jobs.defer(
+            job,
+            self.worker_id,
+            retry_at=retry_at,
+            details={"reason": "hsm unavailable", "error": reason},
+            now=now,
+            event="hsm.deferred",
+        )
+        log.error(
+            "issuance.hsm_unavailable",
+            error=reason,
+            step=job.step,
+            retry_at=retry_at.isoformat(),
+            deferrals=job.deferrals + 1,
+            deferred=deferred,
+        )
 
     async def _process(self, job: IssuanceJob) -> None:
         """Run the job's step handlers, from its recorded step, until one stops it."""
@@ -515,6 +602,17 @@ class SigningWorker:
             retry_at=retry_at.isoformat(),
             deferrals=job.deferrals + 1,
         )
+
+
+def _process_exists(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host (signal 0 checks without sending)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def profile_settings_factory(config: Any) -> Any:

@@ -245,9 +245,10 @@ class IssuanceRepository:
         retry_at: datetime,
         details: JsonObject,
         now: datetime,
+        event: str = "ct.deferred",
     ) -> bool:
-        """Back to the queue until ``retry_at`` (CT policy not met yet); False if this worker
-        no longer holds the job."""
+        """Back to the queue until ``retry_at`` (CT policy not met yet, or the HSM failing:
+        ``event`` names the audit event); False if this worker no longer holds the job."""
         async with self._pool.acquire() as conn, conn.transaction():
             updated = await conn.execute(
                 """UPDATE issuance_jobs SET status = 'queued', retry_at = $3,
@@ -264,7 +265,7 @@ class IssuanceRepository:
                 return False
             await record_event(
                 conn,
-                "ct.deferred",
+                event,
                 at=now,
                 actor=f"worker:{worker_id}",
                 account_id=job.account_id,
@@ -477,3 +478,42 @@ class IssuanceRepository:
             "SELECT 1 FROM blocked_keys WHERE spki_sha256 = $1", spki_sha256
         )
         return found is not None
+
+    # ------------------------------------------------------------------ leases
+
+    async def renew_lease(
+        self, job_id: int, worker_id: str, *, now: datetime, lease: timedelta
+    ) -> bool:
+        """Extend the lease of a job this worker still holds; False if it no longer does."""
+        updated = await self._pool.execute(
+            """UPDATE issuance_jobs SET locked_until = $3::timestamptz + $4::interval
+               WHERE id = $1 AND locked_by = $2 AND status = 'running'""",
+            job_id,
+            worker_id,
+            now,
+            lease,
+        )
+        return bool(updated.endswith(" 1"))
+
+    async def lease_holders(self, prefix: str, *, now: datetime) -> list[str]:
+        """Workers named ``prefix...`` holding a running job whose lease has not lapsed."""
+        rows = await self._pool.fetch(
+            """SELECT DISTINCT locked_by FROM issuance_jobs
+               WHERE status = 'running' AND locked_until >= $2
+                 AND starts_with(locked_by, $1)""",
+            prefix,
+            now,
+        )
+        return [r["locked_by"] for r in rows]
+
+    async def release_leases(self, holder: str, *, now: datetime) -> list[int]:
+        """End the leases ``holder`` has (its process is gone): its running jobs are
+        claimable at once and resume at their recorded step."""
+        rows = await self._pool.fetch(
+            """UPDATE issuance_jobs SET locked_until = $2::timestamptz - interval '1 millisecond'
+               WHERE locked_by = $1 AND status = 'running' AND locked_until >= $2
+               RETURNING id""",
+            holder,
+            now,
+        )
+        return [r["id"] for r in rows]

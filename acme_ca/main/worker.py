@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Coroutine
+from datetime import timedelta
 from typing import Any
 
 import structlog
@@ -57,7 +58,11 @@ def ct_log_source(config: Config, given: LogListSource | None) -> LogListSource:
 async def _storage(config: Config, dsn: str) -> AsyncIterator[Storage]:
     # Two connections stay LISTENing (issuance jobs, revocations); the rest run queries,
     # about one per job in flight (each job's queries are short and sequential).
-    storage = await open_storage(dsn, max_size=3 + min(config.worker_concurrency, 8))
+    storage = await open_storage(
+        dsn,
+        max_size=3 + min(config.worker_concurrency, 8),
+        acquire_timeout=config.database_acquire_timeout_seconds,
+    )
     try:
         yield storage
     finally:
@@ -162,6 +167,8 @@ async def run_worker(
             poll_seconds=float(config.worker_poll_seconds),
             concurrency=config.worker_concurrency,
             lint_final=config.lint_final_certificates,
+            lease=timedelta(seconds=config.issuance_lease_seconds),
+            hsm_deadline=timedelta(seconds=config.hsm_deadline_seconds),
             production=production,
             signing_guard=signing_guard,
             caa=validator,

@@ -75,9 +75,10 @@ async def bound_account(pool: asyncpg.Pool, organization_id: int | None) -> tupl
 
 
 async def audit(pool: asyncpg.Pool, event: str) -> list[asyncpg.Record]:
-    return await pool.fetch(
+    rows: list[asyncpg.Record] = await pool.fetch(
         "SELECT at, actor, details FROM audit_events WHERE event = $1 ORDER BY id", event
     )
+    return rows
 
 
 # --------------------------------------------------------------------------- BR 4.2.1 table

@@ -42,8 +42,10 @@ from acme_ca.config import Config
 from acme_ca.db.certificates import CertificateRepository
 from acme_ca.db.issuance import IssuanceRepository
 from acme_ca.db.issuance_jobs import AuthorizationEvidence
+from acme_ca.db.organizations import OrganizationRepository
 from acme_ca.deployment import Assessment, Shape, signing_guard
 from acme_ca.ra.keys import spki_sha256
+from acme_ca.ra.organizations import RULE_ORGANIZATION
 from acme_ca.ra.revocation import RevocationAuthority
 from acme_ca.testsrv.ct_log_set import TestCtLogs
 from acme_ca.testsrv.ct_logs_runner import accepted_roots
@@ -361,7 +363,12 @@ class Rig:
     cts: list[CertificateTransparency]
 
     def worker(
-        self, *, production: bool = True, guard: SigningGuard | None = None, worker_id: str = "w1"
+        self,
+        *,
+        production: bool = True,
+        guard: SigningGuard | None = None,
+        worker_id: str = "w1",
+        organizations: OrganizationRepository | None = None,
     ) -> SigningWorker:
         ct = CertificateTransparency(self.source, self.clock, CT_SETTINGS)
         self.cts.append(ct)
@@ -377,6 +384,7 @@ class Rig:
             signing_guard=guard,
             caa=self.va,
             account_uri=lambda account_id: f"https://acme.test/acme/acct/{account_id}",
+            organizations=organizations,
         )
 
     async def queue(
@@ -386,8 +394,10 @@ class Rig:
         records: Records = primary_records,
         names: Sequence[str] = NAMES,
         csr_der: bytes | None = None,
+        issuer: str | None = None,
     ) -> int:
-        """A ready order for ``names`` validated at ``validated_at``, queued now."""
+        """A ready order for ``names`` validated at ``validated_at``, queued now (for the
+        ECDSA DV issuer unless ``issuer`` names another)."""
         account_id, order_id = await insert_ready_order(
             self.pool, names, now=self.clock.now(), validated_at=validated_at, records=records
         )
@@ -396,7 +406,7 @@ class Rig:
             account_id=account_id,
             csr_der=csr_der or build_csr(names),
             names=list(names),
-            issuer=self.config.ecdsa_issuer,
+            issuer=issuer or self.config.ecdsa_issuer,
             now=self.clock.now(),
         )
         return order_id
@@ -789,3 +799,76 @@ async def test_a_worker_that_lost_its_lease_cannot_fail_the_job_it_refused(rig: 
         == 0
     )
     assert await jobs.fail(second, problem, {"reason": "now"}, rig.clock.now(), held_by="w2")
+
+
+# --------------------------------------------------------------------------- OV (issue 15)
+
+
+async def bind_to_new_organization(rig: Rig, order_id: int, vetted_at: datetime) -> int:
+    """Bind the order's account to a new vetted organization, as ``acme-ca eab create
+    --org`` and newAccount with that key do; returns the organization's id."""
+    org = await OrganizationRepository(rig.pool).add(
+        name="Recheck K.K.",
+        country="JP",
+        state="Tokyo",
+        locality="Minato-ku",
+        evidence="registry ref 42",
+        vetted_by="vetter",
+        vetted_at=vetted_at,
+        now=rig.clock.now(),
+        actor="operator:test",
+    )
+    account_id = await rig.pool.fetchval("SELECT account_id FROM orders WHERE id = $1", order_id)
+    kid = f"kid-ov-{order_id}"
+    await rig.pool.execute(
+        "INSERT INTO eab_keys (kid, hmac_key, created_at, organization_id, account_id, bound_at)"
+        " VALUES ($1, $2, $3, $4, $5, $3)",
+        kid,
+        b"k" * 32,
+        rig.clock.now(),
+        org.id,
+        account_id,
+    )
+    await rig.pool.execute("UPDATE accounts SET eab_kid = $1 WHERE id = $2", kid, account_id)
+    return org.id
+
+
+async def test_ov_organization_revoked_after_finalize_is_not_signed(rig: Rig) -> None:
+    """OV-1 at signing time: a job of an OV issuer whose organization an operator revoked
+    after finalize fails (unauthorized, naming the rule) and nothing is signed; a job whose
+    account has no organization at all is refused the same way; the organization's vetting
+    past the BR 4.2.1 period for the signing date is refused too."""
+    organizations = OrganizationRepository(rig.pool)
+    revoked = await rig.queue(validated_at=rig.clock.now(), issuer="ov-ecc")
+    org_id = await bind_to_new_organization(rig, revoked, rig.clock.now() - timedelta(days=30))
+    unbound = await rig.queue(
+        validated_at=rig.clock.now(), issuer="ov-ecc", names=["unbound.recheck.example.com"]
+    )
+    stale = await rig.queue(
+        validated_at=rig.clock.now(), issuer="ov-ecc", names=["stale.recheck.example.com"]
+    )
+    await bind_to_new_organization(rig, stale, rig.clock.now() - timedelta(days=399))
+    assert await organizations.revoke(org_id, rig.clock.now(), "operator:test")
+    worker = rig.worker(production=False, organizations=organizations)
+    for _ in range(3):
+        await run(worker)
+    details = await refused(rig, revoked, RULE_ORGANIZATION, "unauthorized")
+    assert f"organization {org_id} (Recheck K.K.) was revoked" in details["refusals"][0]["detail"]
+    details = await refused(rig, unbound, RULE_ORGANIZATION, "unauthorized")
+    assert "not bound to a vetted organization" in details["refusals"][0]["detail"]
+    details = await refused(rig, stale, RULE_ORGANIZATION, "unauthorized")
+    assert "399 days before" in details["refusals"][0]["detail"]
+    assert rig.signers["ov-ecc"].calls == 0
+
+
+async def test_ov_issuer_job_without_an_organization_lookup_is_refused(rig: Rig) -> None:
+    """Fail closed: a worker not given the organizations refuses every OV issuer's job, while
+    a DV job of a bound account is not asked about organizations at all."""
+    ov = await rig.queue(validated_at=rig.clock.now(), issuer="ov-ecc")
+    await bind_to_new_organization(rig, ov, rig.clock.now() - timedelta(days=1))
+    dv = await rig.queue(validated_at=rig.clock.now(), names=["dv.recheck.example.com"])
+    worker = rig.worker(production=False)
+    await run(worker)
+    await refused(rig, ov, RULE_ORGANIZATION, "unauthorized")
+    await run(worker)
+    await issued(rig.pool, dv)

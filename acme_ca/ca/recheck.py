@@ -19,7 +19,11 @@ signing time; no I/O, no clock:
 * BR 3.2.2.8: :func:`caa_stale` says which names need their CAA checked again (the worker
   does that through the validator, then records the time);
 * BR 6.1.1.3(4) / 4.9.1.1: the CSR's public key is not blocked (:func:`csr_key_id` is the
-  ``blocked_keys`` id; a key reported compromised after finalize is refused here).
+  ``blocked_keys`` id; a key reported compromised after finalize is refused here);
+* CP 3.2.2.1 / BR 4.2.1 (OV-1, OV-2): a job of an OV issuer (issuers.toml ``purpose = "ov"``)
+  belongs to an account whose vetted organization is still valid and within the identity
+  reuse period for the signing date (:func:`organization_refusal`); revoking the
+  organization stops its queued jobs here.
 
 Each refusal names its rule and carries the RFC 8555 problem the order fails with.
 """
@@ -27,7 +31,7 @@ Each refusal names its rule and carries the RFC 8555 problem the order fails wit
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Final
 
@@ -38,8 +42,10 @@ from acme_ca.acme.jsontypes import JsonValue
 from acme_ca.acme.problems import Identifier, Problem
 from acme_ca.ca.profile import max_validity
 from acme_ca.db.issuance_jobs import AuthorizationEvidence
+from acme_ca.db.organizations import Organization
 from acme_ca.ra.br_schedule import max_dcv_reuse
 from acme_ca.ra.keys import spki_sha256
+from acme_ca.ra.organizations import RULE_ORGANIZATION, organization_problem
 from acme_ca.va.quorum import Remote, UnknownRir, Verdict, canonical_rir, decide, rule_for
 from acme_ca.va.records import PRIMARY_PERSPECTIVE, FormatError, ValidationRecord
 
@@ -278,6 +284,19 @@ def blocked_key_refusal(key_id: bytes) -> Refusal:
             "by this CA (e.g. reported compromised, BR 4.9.1.1) since the order was finalized; "
             "nothing was signed. Order again with a new key"
         ),
+    )
+
+
+def organization_refusal(org: Organization | None, now: datetime) -> Refusal | None:
+    """An OV issuer's job: the account's organization (None: it has none) must still allow
+    OV issuance at the signing time (:func:`acme_ca.ra.organizations.organization_problem`,
+    the rule newOrder and finalize apply)."""
+    problem = organization_problem(org, now)
+    if problem is None:
+        return None
+    return Refusal(
+        RULE_ORGANIZATION,
+        replace(problem, detail=f"{problem.detail}; nothing was signed"),
     )
 
 

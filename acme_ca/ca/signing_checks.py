@@ -19,6 +19,7 @@ from acme_ca.ca import recheck
 from acme_ca.clock import Clock
 from acme_ca.db.issuance import IssuanceRepository
 from acme_ca.db.issuance_jobs import AuthorizationEvidence, PreparedJob
+from acme_ca.db.organizations import Organization
 from acme_ca.va.records import CheckResult
 
 # The worker's events (issuance.refused, caa.rechecked...), under the worker's component.
@@ -37,9 +38,19 @@ class CaaRechecker(Protocol):
     ) -> CheckResult: ...
 
 
+class OrganizationLookup(Protocol):
+    """Finds the account's vetted organization (``db.organizations.OrganizationRepository``)."""
+
+    async def organization_for_account(self, account_id: int) -> Organization | None: ...
+
+
 class SigningChecks:
     """Runs :mod:`acme_ca.ca.recheck` for one worker (see :class:`acme_ca.ca.worker.SigningWorker`
-    for what ``production``, ``signing_guard``, ``caa`` and ``account_uri`` mean)."""
+    for what ``production``, ``signing_guard``, ``caa`` and ``account_uri`` mean).
+
+    ``ov_issuers`` names the issuers whose jobs need a usable organization
+    (:func:`acme_ca.ca.recheck.organization_refusal`), looked up in ``organizations``; without
+    ``organizations`` every such job is refused (fail closed)."""
 
     def __init__(
         self,
@@ -51,8 +62,12 @@ class SigningChecks:
         signing_guard: SigningGuard | None,
         caa: CaaRechecker | None,
         account_uri: Callable[[int], str] | None,
+        ov_issuers: frozenset[str] = frozenset(),
+        organizations: OrganizationLookup | None = None,
     ) -> None:
         self._jobs = jobs
+        self._ov_issuers = ov_issuers
+        self._organizations = organizations
         self._clock = clock
         self.worker_id = worker_id
         self._production = production
@@ -86,6 +101,13 @@ class SigningChecks:
         if await self._jobs.is_key_blocked(key_id):
             await self._refuse(job, [recheck.blocked_key_refusal(key_id)], now)
             return False
+        if job.issuer in self._ov_issuers:
+            lookup = self._organizations
+            org = None if lookup is None else await lookup.organization_for_account(job.account_id)
+            refusal = recheck.organization_refusal(org, now)
+            if refusal is not None:
+                await self._refuse(job, [refusal], now)
+                return False
         evidence = await self._jobs.order_authorizations(job.order_id)
         found = recheck.refusals(
             job.names,

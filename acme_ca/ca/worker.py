@@ -68,7 +68,7 @@ from acme_ca.ca.issuers import Issuer, IssuerSet
 from acme_ca.ca.lint import CertificateLinter, LintKind
 from acme_ca.ca.profile import IssuanceRequest, ProfileSettings, build_certificate, new_serial
 from acme_ca.ca.signer import SignerError
-from acme_ca.ca.signing_checks import CaaRechecker, SigningChecks, SigningGuard
+from acme_ca.ca.signing_checks import CaaRechecker, OrganizationLookup, SigningChecks, SigningGuard
 from acme_ca.clock import Clock
 from acme_ca.db.issuance import IssuanceRepository
 from acme_ca.db.issuance_jobs import (
@@ -120,9 +120,10 @@ class SigningWorker:
     (:mod:`acme_ca.ca.recheck`): ``production`` (the default, fail closed) applies the BR
     corroboration rule in full; ``signing_guard(now)`` is asked first and any violation it
     returns refuses the signing; ``caa`` and ``account_uri`` recheck CAA older than 8 hours
-    (without them such an order is refused).  ``on_issued(issuer, serial)`` is told of every
-    precertificate recorded (it counts as issued: the status updater signs its OCSP
-    responses)."""
+    (without them such an order is refused); ``organizations`` finds the account's vetted
+    organization for a job of an OV issuer (without it such a job is refused).
+    ``on_issued(issuer, serial)`` is told of every precertificate recorded (it counts as
+    issued: the status updater signs its OCSP responses)."""
 
     def __init__(
         self,
@@ -143,6 +144,7 @@ class SigningWorker:
         signing_guard: SigningGuard | None = None,
         caa: CaaRechecker | None = None,
         account_uri: Callable[[int], str] | None = None,
+        organizations: OrganizationLookup | None = None,
         hsm_deadline: timedelta = DEFAULT_HSM_DEADLINE,
     ) -> None:
         self._jobs = jobs
@@ -167,6 +169,8 @@ class SigningWorker:
             signing_guard=signing_guard,
             caa=caa,
             account_uri=account_uri,
+            ov_issuers=frozenset(i.name for i in issuers if i.purpose == "ov"),
+            organizations=organizations,
         )
         #: The dispatch table: each step's view and handler.
         self._steps: dict[Step, tuple[type[IssuanceJob], Handler]] = {

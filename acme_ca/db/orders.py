@@ -363,6 +363,19 @@ class OrderRepository:
         )
         return [r["id"] for r in rows]
 
+    async def renew_challenge_lease(
+        self, challenge_id: int, *, now: datetime, lease: timedelta
+    ) -> bool:
+        """Extend the lease of a validation still processing; False once it is not."""
+        updated = await self._pool.execute(
+            """UPDATE challenges SET lease_until = $2::timestamptz + $3::interval
+               WHERE id = $1 AND status = 'processing'""",
+            challenge_id,
+            now,
+            lease,
+        )
+        return bool(updated.endswith(" 1"))
+
     async def finish_validation(
         self, challenge_id: int, outcome: ValidationOutcome, now: datetime
     ) -> list[int]:

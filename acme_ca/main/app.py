@@ -44,7 +44,8 @@ TASKS = web.AppKey("tasks", BackgroundTasks)
 COMPLETIONS = web.AppKey("completions", OrderCompletions)
 VALIDATOR = web.AppKey("validator", Validator)
 NONCE_PURGE_INTERVAL = 300.0
-STALE_VALIDATION_SCAN_INTERVAL = 30.0
+#: Validations are renewed every third of their lease: a lapsed one is found within seconds.
+STALE_VALIDATION_SCAN_INTERVAL = 5.0
 log = structlog.get_logger(component="acme_ca.main.app")
 
 

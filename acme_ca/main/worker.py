@@ -24,6 +24,7 @@ from acme_ca.ca.signing_checks import SigningGuard
 from acme_ca.ca.worker import SigningWorker, profile_settings_factory
 from acme_ca.clock import Clock
 from acme_ca.config import Config
+from acme_ca.db.organizations import OrganizationRepository
 from acme_ca.db.status import StatusRepository
 from acme_ca.db.storage import Storage, open_storage
 from acme_ca.remote_va.primary import build_validator
@@ -173,6 +174,7 @@ async def run_worker(
             signing_guard=signing_guard,
             caa=validator,
             account_uri=account_uri,
+            organizations=OrganizationRepository(storage.pool),
         )
         await _run_together(
             (worker.run(stop), "signing-worker"),

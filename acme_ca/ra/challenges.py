@@ -10,6 +10,7 @@ process then runs it again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from collections.abc import Callable
 from datetime import timedelta
@@ -118,6 +119,28 @@ class ChallengeAuthority:
         return found
 
     async def run_validation(self, challenge_id: int) -> None:
+        """Validate, renewing the challenge's lease every third of it meanwhile, so another
+        process takes it over only when this one is gone (``recover_stale``)."""
+        renewing = asyncio.create_task(self._renew_lease(challenge_id))
+        try:
+            await self._validate(challenge_id)
+        finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
+
+    async def _renew_lease(self, challenge_id: int) -> None:
+        while True:
+            await asyncio.sleep(self._lease.total_seconds() / 3)
+            try:
+                if not await self._orders.renew_challenge_lease(
+                    challenge_id, now=self._clock.now(), lease=self._lease
+                ):
+                    return  # finished (here or by a process that took it over)
+            except Exception as exc:  # the database away for a moment: try again
+                log.warning("challenge.lease_renewal_failed", error=repr(exc))
+
+    async def _validate(self, challenge_id: int) -> None:
         found = await self._orders.get_challenge(challenge_id)
         if found is None or found[0].status != ChallengeStatus.PROCESSING:
             return

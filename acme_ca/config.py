@@ -315,6 +315,17 @@ class Config:
         "Test mode: the challenge test server's own http-01 listener, or `off` so a "
         "standalone client can bind the validation port itself.",
     )
+    challsrv_https01: str = _key(
+        "127.0.0.1:5003",
+        "Test mode: the challenge test server's https-01 listener (http-01 answers over TLS, "
+        "pebble-challtestsrv's -https01), or `off`. In test mode the CA's http-01 redirects "
+        "to https (port 443) are fetched there.",
+    )
+    https01_port: int = _key(
+        443,
+        "Port an http-01 redirect to an https URL connects to (BR 3.2.2.4.19 allows 443 only; "
+        "test mode moves it to the challenge test server's https-01 listener).",
+    )
     nonce_reject_percent: int = _key(
         0,
         "Test mode: share of valid nonces rejected with badNonce (Pebble's "
@@ -463,6 +474,12 @@ class Config:
             _split_host_port(resolver.strip())
         if not 0 < self.http01_port < 65536:
             raise ConfigError("http01_port must be a TCP port")
+        if not 0 < self.https01_port < 65536:
+            raise ConfigError("https01_port must be a TCP port")
+        if self.https01_port != 443 and not self.test_mode:
+            raise ConfigError("https01_port other than 443 is for test mode (BR 3.2.2.4.19)")
+        if self.challsrv_https01 != "off":
+            _split_host_port(self.challsrv_https01)
         if not self.challenge_types:
             raise ConfigError("challenge_types must enable at least one validation method")
         if self.validity_days is not None and not 1 <= self.validity_days <= 200:
@@ -611,6 +628,9 @@ def test_mode_defaults(explicit: Mapping[str, object], env: Mapping[str, str]) -
         "allow_loopback_validation": True,
         "dnssec": "off",
     }
+    https01 = explicit.get("challsrv_https01", Config.challsrv_https01)
+    if isinstance(https01, str) and https01 != "off":
+        derived["https01_port"] = _split_host_port(https01)[1]
     for variable, name in PEBBLE_ENV.items():
         raw = env.get(variable)
         if raw is None or name in explicit:

@@ -172,7 +172,7 @@ def test_serve_test_starts_on_embedded_defaults_quickly_and_loudly(
         assert (status, ctype) == (200, PEM_CHAIN)
         assert x509.load_pem_x509_certificates(body)
         status, _, _ = http_get(f"http://{ca.challsrv_http01}/.well-known/acme-challenge/none")
-        assert status == 404
+        assert status == 200  # an unknown token: 200, empty, as pebble-challtestsrv
 
         ca.stop()
         assert not (cluster_link / "postmaster.pid").exists()
@@ -239,7 +239,7 @@ def test_management_api_endpoints_and_roots_verify_the_issued_chain(
     ca.mgmt("/add-http01", {"token": "tok-123", "content": "tok-123.thumbprint"})
     assert http_get(http01 + "tok-123")[::2] == (200, b"tok-123.thumbprint")
     ca.mgmt("/del-http01", {"token": "tok-123"})
-    assert http_get(http01 + "tok-123")[0] == 404
+    assert http_get(http01 + "tok-123")[::2] == (200, b"")  # unknown: 200 empty, as Pebble
     status, history = mgmt_post(ca.management_url + "/http-request-history", {"host": "127.0.0.1"})
     assert status == 200
     assert [e["URL"] for e in json.loads(history)] == [

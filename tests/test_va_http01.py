@@ -165,9 +165,10 @@ async def test_acme_chal_5_wrong_body(srv: ChallengeTestServer, validator: Http0
     assert result.observed == f"{TOKEN}.someone-elses-thumbprint"
 
 
-async def test_br_dcv_2_404_is_unauthorized(
-    srv: ChallengeTestServer, validator: Http01Validator
-) -> None:
+async def test_br_dcv_2_404_is_unauthorized(serve: Serve, dns: DnsClient) -> None:
+    # the challenge test server answers an unknown token 200 empty, as pebble-challtestsrv
+    port = await serve(served_only_to("nobody.invalid"))
+    validator = Http01Validator(dns, port=port, address_policy=loopback_ok, timeout=5.0)
     result = await validator.check(NAME, TOKEN, KEY_AUTH)
     assert problem_type(result) == "unauthorized"
     assert result.problem is not None and "HTTP 404" in result.problem.detail

@@ -181,11 +181,13 @@ def answer_query(store: ChallengeStore, wire: bytes, transport: Transport) -> by
             reply.answer.extend(result.answer)
             if not result.answer and result.rcode != dns.rcode.SERVFAIL:
                 reply.authority.append(_rrset(_SOA_OWNER, [_NEGATIVE_SOA]))
+    # Records go out in the order they were added, as pebble-challtestsrv sends them
+    # (dnspython shuffles an RRset's records unless told not to).
     if transport == "tcp":
-        return reply.to_wire(max_size=65535)
+        return reply.to_wire(max_size=65535, want_shuffle=False)
     limit = max(UDP_PAYLOAD_FLOOR, query.payload) if query.edns >= 0 else UDP_PAYLOAD_FLOOR
     # Too big for the client's buffer: send TC so it retries over TCP, as real servers do.
-    return reply.to_wire(max_size=limit, prefer_truncation=True)
+    return reply.to_wire(max_size=limit, prefer_truncation=True, want_shuffle=False)
 
 
 class _UdpProtocol(asyncio.DatagramProtocol):

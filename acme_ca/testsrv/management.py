@@ -61,27 +61,36 @@ class _Body:
                 return value
         return None
 
-    def text(self, name: str, *, required: bool = True) -> str:
-        """A string member; missing or null reads as "", which required members reject."""
+    def text(self, name: str, *, required: bool = True, empty: str | None = None) -> str:
+        """A string member; missing or null reads as "", which required members reject with
+        pebble-challtestsrv's bare 400 (or its ``empty`` message where it sends one)."""
         value = self._get(name)
         if value is None:
             value = ""
         if not isinstance(value, str):
-            raise web.HTTPBadRequest(text=f"{name} must be a string\n")
+            raise web.HTTPBadRequest(text=f"json: cannot unmarshal {name} into a string\n")
         if required and not value:
-            raise web.HTTPBadRequest(text=f"{name} must not be empty\n")
+            raise _missing(empty)
         return value
 
     def texts(self, name: str) -> list[str]:
         value = self._get(name)
-        if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-            raise web.HTTPBadRequest(text=f"{name} must be a non-empty list of strings\n")
+        if value is None:
+            value = []
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise web.HTTPBadRequest(text=f"json: cannot unmarshal {name} into a list of strings\n")
+        if not value:
+            raise _missing(None)
         return value
 
     def policies(self) -> list[CaaPolicy]:
         value = self._get("policies")
-        if not isinstance(value, list) or not value:
-            raise web.HTTPBadRequest(text="policies must be a non-empty list\n")
+        if value is None:
+            value = []
+        if not isinstance(value, list):
+            raise web.HTTPBadRequest(text="json: cannot unmarshal policies into a list\n")
+        if not value:
+            raise _missing(None)
         policies = []
         for item in value:
             if not isinstance(item, dict):
@@ -100,10 +109,23 @@ class _Body:
         return policies
 
 
+class _EmptyMember(Exception):
+    """A required member is missing or empty: pebble-challtestsrv's bare ``WriteHeader(400)``
+    (no body, no Content-Type), answered by the middleware."""
+
+
+def _missing(message: str | None) -> Exception:
+    """The bare 400, or ``http.Error``'s text where pebble-challtestsrv sends one (the
+    history verbs)."""
+    if message is None:
+        return _EmptyMember()
+    return web.HTTPBadRequest(text=message + "\n")
+
+
 async def _body(request: web.Request) -> _Body:
     raw = await request.read()
     if not raw.strip():
-        raise web.HTTPBadRequest(text="expected JSON POST body, was empty\n")
+        raise web.HTTPBadRequest(text="Expected JSON POST body, was empty\n")
     try:
         data = json.loads(raw)
     except ValueError as exc:
@@ -122,6 +144,8 @@ async def _invalid_records(
     """The store has the last word on values (IP versions, DNS names, CAA tags): 400."""
     try:
         return await handler(request)
+    except _EmptyMember:
+        return web.Response(status=400)
     except InvalidRecord as exc:
         raise web.HTTPBadRequest(text=f"{exc}\n") from exc
 
@@ -267,23 +291,27 @@ async def _del_redirect(request: web.Request) -> web.Response:
 # Request history
 
 
+_HISTORY_HOST_EMPTY = "host parameter of POST body must not be empty"
+
+
 async def _http_history(request: web.Request) -> web.Response:
-    host = (await _body(request)).text("host")
+    host = (await _body(request)).text("host", empty=_HISTORY_HOST_EMPTY)
     events = request.app[STORE].http_history(host)
     return web.json_response([e.to_json() for e in events])
 
 
 async def _dns_history(request: web.Request) -> web.Response:
-    host = (await _body(request)).text("host")
+    host = (await _body(request)).text("host", empty=_HISTORY_HOST_EMPTY)
     events = request.app[STORE].dns_history(host)
     return web.json_response([e.to_json() for e in events])
 
 
 async def _clear_history(request: web.Request) -> web.Response:
     body = await _body(request)
-    host, kind = body.text("host"), body.text("type", required=False)
+    host = body.text("host", empty="host parameter must not be empty")
+    kind = body.text("type", required=False)
     if kind not in _HISTORY_TYPES:
-        raise web.HTTPBadRequest(text=f"{kind!r} event type unknown\n")
+        raise web.HTTPBadRequest(text=f"{json.dumps(kind)} event type unknown\n")
     history_type = _HISTORY_TYPES[kind]
     if history_type is not None:
         request.app[STORE].clear_history(host, history_type)

@@ -8,6 +8,7 @@ read back from the running server so parallel tests never collide.
 from __future__ import annotations
 
 import contextlib
+import ssl
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -16,7 +17,7 @@ from aiohttp import web
 
 from acme_ca.clock import Clock
 from acme_ca.testsrv.dns import DnsServer
-from acme_ca.testsrv.http01 import make_http01_app
+from acme_ca.testsrv.http01 import https01_ssl_context, make_http01_app
 from acme_ca.testsrv.management import PemProvider, make_management_app
 from acme_ca.testsrv.store import DEFAULT_IPV4, ChallengeStore
 
@@ -40,27 +41,36 @@ class ChallengeServerConfig:
     management: BindAddress = field(default_factory=lambda: BindAddress("127.0.0.1", 8055))
     http01: BindAddress | None = field(default_factory=lambda: BindAddress("127.0.0.1", 5002))
     """None disables the http-01 responder and its management verbs."""
+    https01: BindAddress | None = None
+    """pebble-challtestsrv's https-01 listener (5003 there): http-01 answers over TLS, for
+    redirect tests; None (the default here) runs none."""
     default_ipv4: str | None = DEFAULT_IPV4
     default_ipv6: str | None = None
 
     @classmethod
-    def ephemeral(cls, host: str = "127.0.0.1", *, http01: bool = True) -> ChallengeServerConfig:
+    def ephemeral(
+        cls, host: str = "127.0.0.1", *, http01: bool = True, https01: bool = False
+    ) -> ChallengeServerConfig:
         """Every listener on a free port of ``host``: what tests want."""
         return cls(
             dns=BindAddress(host, 0),
             management=BindAddress(host, 0),
             http01=BindAddress(host, 0) if http01 else None,
+            https01=BindAddress(host, 0) if https01 else None,
         )
 
 
 async def _start_app(
-    stack: contextlib.AsyncExitStack, app: web.Application, bind: BindAddress
+    stack: contextlib.AsyncExitStack,
+    app: web.Application,
+    bind: BindAddress,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> int:
     """Run an aiohttp app until the stack closes; returns the bound port."""
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     stack.push_async_callback(runner.cleanup)
-    site = web.TCPSite(runner, bind.host, bind.port)
+    site = web.TCPSite(runner, bind.host, bind.port, ssl_context=ssl_context)
     await site.start()
     port: int = runner.addresses[0][1]
     return port
@@ -89,6 +99,7 @@ class ChallengeTestServer:
         self._stack: contextlib.AsyncExitStack | None = None
         self._dns_port: int | None = None
         self._http01_port: int | None = None
+        self._https01_port: int | None = None
         self._management_port: int | None = None
 
     @property
@@ -100,6 +111,11 @@ class ChallengeTestServer:
     def http01_port(self) -> int | None:
         """The bound http-01 port, or None when the responder is disabled."""
         return self._http01_port
+
+    @property
+    def https01_port(self) -> int | None:
+        """The bound https-01 port, or None when that listener is not run."""
+        return self._https01_port
 
     @property
     def management_port(self) -> int:
@@ -126,11 +142,13 @@ class ChallengeTestServer:
             await self._start_all()
         except BaseException:
             self._dns_port = self._http01_port = self._management_port = None
+            self._https01_port = None
             raise
         _log.info(
             "testsrv.started",
             dns_port=self._dns_port,
             http01_port=self._http01_port,
+            https01_port=self._https01_port,
             management_port=self._management_port,
         )
 
@@ -144,10 +162,15 @@ class ChallengeTestServer:
                 self._dns_port = dns_server.port
             if cfg.http01 is not None:
                 self._http01_port = await _start_app(stack, make_http01_app(self.store), cfg.http01)
+            if cfg.https01 is not None:
+                context = https01_ssl_context(self.store.clock.now())
+                self._https01_port = await _start_app(
+                    stack, make_http01_app(self.store), cfg.https01, context
+                )
             management = make_management_app(
                 self.store,
                 dns=cfg.dns is not None,
-                http01=cfg.http01 is not None,
+                http01=cfg.http01 is not None or cfg.https01 is not None,
                 roots=self._roots,
                 intermediates=self._intermediates,
             )
@@ -163,6 +186,7 @@ class ChallengeTestServer:
             await stack.aclose()
         finally:
             self._dns_port = self._http01_port = self._management_port = None
+            self._https01_port = None
             _log.info("testsrv.stopped")
 
     async def __aenter__(self) -> ChallengeTestServer:

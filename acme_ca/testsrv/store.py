@@ -89,14 +89,17 @@ class HttpRequestEvent:
     method: str
     user_agent: str
     time: datetime
+    https: bool = False
+    server_name: str = ""
 
     def to_json(self) -> dict[str, object]:
-        """Pebble's event shape; we serve plain HTTP only, so ``HTTPS`` is always false."""
+        """Pebble's event shape (``HTTPS`` and the SNI ``ServerName`` from the https-01
+        listener) plus our method and time."""
         return {
             "URL": self.url,
             "Host": self.host,
-            "HTTPS": False,
-            "ServerName": "",
+            "HTTPS": self.https,
+            "ServerName": self.server_name,
             "UserAgent": self.user_agent,
             "Method": self.method,
             "Time": self.time.isoformat(),

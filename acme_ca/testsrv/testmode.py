@@ -62,11 +62,13 @@ async def challenge_test_server(config: Config) -> AsyncIterator[ChallengeTestSe
         return b"".join(issuer_pems) if index == 0 else None
 
     http01 = None if config.challsrv_http01 == "off" else _bind(config.challsrv_http01)
+    https01 = None if config.challsrv_https01 == "off" else _bind(config.challsrv_https01)
     server = ChallengeTestServer(
         ChallengeServerConfig(
             dns=_bind(config.challsrv_dns),
             management=_bind(config.challsrv_management),
             http01=http01,
+            https01=https01,
         ),
         roots=roots,
         intermediates=intermediates,
@@ -78,6 +80,7 @@ async def challenge_test_server(config: Config) -> AsyncIterator[ChallengeTestSe
             dns=config.challsrv_dns,
             management=server.management_url,
             http01=config.challsrv_http01,
+            https01=config.challsrv_https01,
             validates_http01_on=config.http01_port,
             nonce_reject_percent=config.nonce_reject_percent,
             validation_delay_seconds=config.validation_delay_seconds,

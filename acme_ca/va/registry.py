@@ -76,6 +76,10 @@ class CheckEnv:
     http01_port: int
     caa_identities: tuple[str, ...]
     """The CA's issuer domain names (CAA, and the methods whose records name the CA)."""
+    tlsalpn01_port: int = 443
+    """The port tls-alpn-01 connects to (``tlsalpn01_port``: 443; test mode 5001)."""
+    https01_port: int = 443
+    """The port an http-01 redirect to an https URL connects to (443; test mode moves it)."""
 
 
 def same_observed(primary: str | None, remote: str | None) -> bool:
@@ -125,6 +129,7 @@ METHODS: Final[Mapping[str, ValidationMethod]] = _registry(
         build=lambda env: Http01Validator(
             env.dns,
             port=env.http01_port,
+            https_port=env.https01_port,
             address_policy=env.address_policy,
             perspective=env.perspective,
             clock=env.clock,

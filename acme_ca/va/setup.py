@@ -98,6 +98,8 @@ def _authority(
         perspective=perspective,
         address_policy=policy,
         http01_port=config.http01_port,
+        tlsalpn01_port=config.tlsalpn01_port,
+        https01_port=config.https01_port,
         caa_identities=tuple(config.caa_identities),
     )
     return ValidationAuthority(

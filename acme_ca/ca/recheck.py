@@ -59,6 +59,7 @@ RULE_AUTHORIZATION: Final = "RFC 8555 §7.4 authorization"
 RULE_CAA: Final = "BR 3.2.2.8 CAA"
 RULE_CORROBORATION: Final = "BR 3.2.2.9 corroboration"
 RULE_REUSE: Final = "BR 4.2.1 validation reuse"
+RULE_METHOD_REUSE: Final = "BR 3.2.2.4.22"
 RULE_VALIDITY: Final = "BR 6.3.2 validity"
 RULE_GUARD: Final = "production invariants"
 RULE_BLOCKED_KEY: Final = "BR 6.1.1.3(4) blocked key"
@@ -128,18 +129,26 @@ def authorization_refusal(
 
 
 def reuse_refusal(name: str, ev: AuthorizationEvidence, now: datetime) -> Refusal | None:
-    """BR 4.2.1: the validation may still be reused for a certificate signed at ``now``."""
+    """BR 4.2.1: the validation may still be reused for a certificate signed at ``now``;
+    one made by a method with a cap of its own (BR 3.2.2.4.22: dns-persist-01, 10 days)
+    no longer than that."""
     assert ev.validated_at is not None
-    limit = max_dcv_reuse(now)
+    limit = max_dcv_reuse(now, ev.method)
     age = now - ev.validated_at
     if age <= limit:
         return None
+    which = (
+        f"{ev.method} validations may be reused for at most {limit.days} days whatever the "
+        f"date ({RULE_METHOD_REUSE})"
+        if limit < max_dcv_reuse(now)
+        else f"from that date validations may be reused for at most {limit.days} days"
+    )
     return Refusal(
         RULE_REUSE,
         problems.unauthorized(
             f"{RULE_REUSE}: {name} was validated on {_day(ev.validated_at)}, {age.days} days "
-            f"before signing on {_day(now)}; from that date validations may be reused for at "
-            f"most {limit.days} days. Validate it again (new order); nothing was signed",
+            f"before signing on {_day(now)}; {which}. Validate it again (new order); nothing "
+            "was signed",
             identifier=_dns(name),
         ),
     )

@@ -196,21 +196,35 @@ class OrderRepository:
         now: datetime,
         valid_not_before: datetime,
         min_remaining: timedelta,
+        method_not_before: Mapping[str, datetime] | None = None,
     ) -> int | None:
-        """A valid authorization validated after ``valid_not_before``, or a pending one."""
+        """A valid authorization validated after ``valid_not_before``, or a pending one.
+
+        ``method_not_before`` holds stricter bounds by the type of the challenge that
+        validated it (BR 3.2.2.4.22: a dns-persist-01 validation is reused 10 days at most).
+        """
+        capped = method_not_before or {}
         authz_id: int | None = await self._pool.fetchval(
-            """SELECT id FROM authorizations
-               WHERE account_id = $1 AND identifier = $2 AND wildcard = $3
-                 AND ((status = 'valid' AND validated_at >= $4
-                       AND expires_at > $5::timestamptz + $6::interval)
-                      OR (status = 'pending' AND expires_at > $5::timestamptz + $6::interval))
-               ORDER BY (status = 'valid') DESC, expires_at DESC LIMIT 1""",
+            """SELECT a.id FROM authorizations a
+               WHERE a.account_id = $1 AND a.identifier = $2 AND a.wildcard = $3
+                 AND ((a.status = 'valid' AND a.validated_at >= $4
+                       AND a.expires_at > $5::timestamptz + $6::interval
+                       AND NOT EXISTS (
+                           SELECT 1 FROM challenges c
+                             JOIN unnest($7::text[], $8::timestamptz[]) AS cap(type, since)
+                               ON c.type = cap.type
+                            WHERE c.authz_id = a.id AND c.status = 'valid'
+                              AND a.validated_at < cap.since))
+                      OR (a.status = 'pending' AND a.expires_at > $5::timestamptz + $6::interval))
+               ORDER BY (a.status = 'valid') DESC, a.expires_at DESC LIMIT 1""",
             account_id,
             identifier,
             wildcard,
             valid_not_before,
             now,
             min_remaining,
+            list(capped),
+            list(capped.values()),
         )
         return authz_id
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from acme_ca.va.dns_persist import LABEL as DNS_PERSIST_01
+from acme_ca.va.dns_persist import REUSE_LIMIT as PERSISTENT_TXT_REUSE
 from acme_ca.va.registry import METHODS
 
 #: The Baseline Requirements version this code implements, recorded with every validation
@@ -30,12 +32,21 @@ _DCV_REUSE_BEFORE = timedelta(days=398)
 MAX_TOKEN_LIFETIME = timedelta(days=30)
 
 
-def max_dcv_reuse(at: datetime) -> timedelta:
-    """The longest a validation may be reused for issuance at ``at`` (BR 4.2.1)."""
-    for since, limit in _DCV_REUSE:
+#: Methods whose validations may be reused for less than BR 4.2.1's period of the day,
+#: whatever the date: BR 3.2.2.4.22 (BR-REUSE-1, PERSIST-2) caps dns-persist-01 at 10 days.
+METHOD_REUSE_CAPS: dict[str, timedelta] = {DNS_PERSIST_01: PERSISTENT_TXT_REUSE}
+
+
+def max_dcv_reuse(at: datetime, method: str | None = None) -> timedelta:
+    """The longest a validation may be reused for issuance at ``at`` (BR 4.2.1); for a
+    validation made by ``method`` (its ACME label), never more than that method's cap."""
+    limit = _DCV_REUSE_BEFORE
+    for since, period in _DCV_REUSE:
         if at >= since:
-            return limit
-    return _DCV_REUSE_BEFORE
+            limit = period
+            break
+    cap = METHOD_REUSE_CAPS.get(method) if method is not None else None
+    return limit if cap is None else min(limit, cap)
 
 
 _IDENTITY_REUSE = ((datetime(2026, 3, 15, tzinfo=UTC), timedelta(days=398)),)

@@ -26,7 +26,7 @@ from acme_ca.clock import Clock
 from acme_ca.db.accounts import Account, AccountRepository
 from acme_ca.db.authorizations import Authorization, Challenge, ValidationOutcome
 from acme_ca.db.orders import OrderRepository
-from acme_ca.ra.br_schedule import BR_METHODS, BR_VERSION
+from acme_ca.ra.br_schedule import BR_METHODS, BR_VERSION, max_dcv_reuse
 from acme_ca.tasks import BackgroundTasks
 from acme_ca.va.records import CheckResult
 
@@ -171,7 +171,13 @@ class ChallengeAuthority:
             valid=valid,
             records=records,
             error=error,
-            authz_expires_at=now + self._reuse_period() if valid else None,
+            # The reuse period ends the authorization; a method with a shorter cap of its own
+            # (BR 3.2.2.4.22: dns-persist-01, 10 days) ends it sooner.
+            authz_expires_at=(
+                now + min(self._reuse_period(), max_dcv_reuse(now, challenge.type))
+                if valid
+                else None
+            ),
         )
         changed = await self._orders.finish_validation(challenge_id, outcome, now)
         log.info(

@@ -23,7 +23,7 @@ from acme_ca.clock import Clock
 from acme_ca.db.accounts import Account
 from acme_ca.db.authorizations import NewAuthorization
 from acme_ca.db.orders import AlreadyReplaced, Order, OrderRepository, Replacement
-from acme_ca.ra.br_schedule import MAX_TOKEN_LIFETIME, max_dcv_reuse
+from acme_ca.ra.br_schedule import MAX_TOKEN_LIFETIME, METHOD_REUSE_CAPS, max_dcv_reuse
 from acme_ca.ra.identifiers import IdentifierPolicy, base_domain, is_wildcard
 from acme_ca.va.registry import DEFAULT_METHODS, EnabledMethods
 
@@ -108,6 +108,10 @@ class OrderAuthority:
                     now=now,
                     valid_not_before=reuse_from,
                     min_remaining=timedelta(minutes=5),
+                    method_not_before={
+                        method: now - min(self.reuse_period(), cap)
+                        for method, cap in METHOD_REUSE_CAPS.items()
+                    },
                 )
             reuse.append(existing)
             if existing is not None:

@@ -4,6 +4,7 @@ points validation at that server."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 from typing import Any
 
@@ -26,6 +27,19 @@ def validation_config(srv: ChallengeTestServer) -> dict[str, Any]:
     }
 
 
+def persist_record(challenge: dict[str, Any], *, wildcard: bool = False) -> str:
+    """The ``_validation-persist`` TXT value a client builds from a dns-persist-01 challenge
+    object: its first issuer domain name and its ``accounturi`` (draft-ietf-acme-dns-persist)."""
+    value = f"{challenge['issuer-domain-names'][0]}; accounturi={challenge['accounturi']}"
+    return value + ("; policy=wildcard" if wildcard else "")
+
+
+def account_label(account_url: str) -> str:
+    """dns-account-01's label, computed as a client does (draft-ietf-acme-dns-account-label)."""
+    digest = hashlib.sha256(account_url.encode()).digest()[:10]
+    return "_" + base64.b32encode(digest).decode().lower()
+
+
 class Subscriber(JwsClient):
     """A JwsClient with helpers to take an order through validation."""
 
@@ -46,13 +60,21 @@ class Subscriber(JwsClient):
     async def answer(self, authz_url: str, kind: str) -> Reply:
         authz = (await self.get(authz_url)).body
         challenge = next(c for c in authz["challenges"] if c["type"] == kind)
-        key_auth = self.key_authorization(challenge["token"])
+        key_auth = self.key_authorization(challenge.get("token", ""))  # none: dns-persist-01
         name = authz["identifier"]["value"]
         if kind == "http-01":
             self.srv.store.add_http01(challenge["token"], key_auth)
+        elif kind == "dns-persist-01":
+            self.srv.store.set_txt(
+                f"_validation-persist.{name}",
+                persist_record(challenge, wildcard=bool(authz.get("wildcard"))),
+            )
         else:
             digest = b64url_encode(hashlib.sha256(key_auth.encode()).digest())
-            self.srv.store.set_txt(f"_acme-challenge.{name}", digest)
+            prefix = "_acme-challenge"
+            if kind == "dns-account-01":
+                prefix = f"{account_label(self.account_url)}.{prefix}"
+            self.srv.store.set_txt(f"{prefix}.{name}", digest)
         return await self.post(challenge["url"], {})
 
     async def wait_order(self, url: str, timeout: float = 10.0) -> dict[str, Any]:

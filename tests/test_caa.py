@@ -506,6 +506,36 @@ PARAM_ROWS = [
         False,
     ),
     ("caa-12-unknown-parameter-ignored", "jprs.jp; policy=ev; x-y=1", ACCOUNT, DNS01, True),
+    # RFC 8657 §4 with the labels of BR 3.2.2.4.21 and .22 (issue 14): each new method is
+    # permitted by its own label only.
+    (
+        "caa-13-dns-persist-01-listed",
+        "jprs.jp; validationmethods=dns-persist-01",
+        ACCOUNT,
+        "dns-persist-01",
+        True,
+    ),
+    (
+        "caa-13-dns-persist-01-not-dns-01",
+        "jprs.jp; validationmethods=dns-01",
+        ACCOUNT,
+        "dns-persist-01",
+        False,
+    ),
+    (
+        "caa-13-dns-account-01-in-list",
+        "jprs.jp; validationmethods=http-01,dns-account-01",
+        ACCOUNT,
+        "dns-account-01",
+        True,
+    ),
+    (
+        "caa-13-dns-account-01-not-dns-persist-01",
+        "jprs.jp; validationmethods=dns-persist-01",
+        ACCOUNT,
+        "dns-account-01",
+        False,
+    ),
 ]
 
 

@@ -92,18 +92,34 @@ CREATE TABLE IF NOT EXISTS orders (
 );
 CREATE INDEX IF NOT EXISTS orders_account_id ON orders (account_id, id);
 
--- Audit trail: every state change, with who, what and the request it came from.
+-- Audit trail: every state change, with who, what and the request it came from. A hash
+-- chain, never updated, kept by month (CP 5.4, 5.5): see "The audit trail" at the end.
 CREATE TABLE IF NOT EXISTS audit_events (
-    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id          bigint NOT NULL,
     at          timestamptz NOT NULL,
     event       text NOT NULL,
     actor       text NOT NULL,
     account_id  bigint,
     order_id    bigint,
     request_id  text,
-    details     jsonb NOT NULL DEFAULT '{}'
-);
+    details     jsonb NOT NULL DEFAULT '{}',
+    prev_hash   bytea NOT NULL,
+    hash        bytea NOT NULL,
+    PRIMARY KEY (id, at)
+) PARTITION BY RANGE (at);
+CREATE TABLE IF NOT EXISTS audit_events_default PARTITION OF audit_events DEFAULT;
 CREATE INDEX IF NOT EXISTS audit_events_account ON audit_events (account_id, at);
+CREATE INDEX IF NOT EXISTS audit_events_order ON audit_events (order_id)
+    WHERE order_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS audit_events_request ON audit_events (request_id)
+    WHERE request_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS audit_events_id ON audit_events (id);
+-- What `acme-ca admin order` looks up: challenge rows name their authorization, issuance
+-- and revocation rows their serial.
+CREATE INDEX IF NOT EXISTS audit_events_authz ON audit_events (((details->>'authz_id')::bigint))
+    WHERE details ? 'authz_id';
+CREATE INDEX IF NOT EXISTS audit_events_serial ON audit_events ((details->>'serial'))
+    WHERE details ? 'serial';
 
 -- Authorizations (RFC 8555 §7.1.4): `identifier` is the base name; a wildcard order's
 -- authorization has wildcard = true and offers dns-01 only.
@@ -475,3 +491,168 @@ CREATE TABLE IF NOT EXISTS key_compromise_sweeps (
 CREATE INDEX IF NOT EXISTS key_compromise_sweeps_due ON key_compromise_sweeps (run_after)
     WHERE status = 'queued';
 CREATE INDEX IF NOT EXISTS key_compromise_sweeps_key ON key_compromise_sweeps (spki_sha256);
+
+-- ---------------------------------------------------------------------------------------
+-- The audit trail (CP 5.4.1, 5.4.3, 5.5.2; issue 16): tamper-evident, never updated, kept
+-- by month. db/audit_chain.py verifies, exports and retires it; docs/operations.md.
+
+-- The end of the hash chain: the last row's id and hash (32 zero bytes before any row).
+-- Its row lock serializes the writers of audit rows: see acme_ca_audit_chain().
+CREATE TABLE IF NOT EXISTS audit_chain_head (
+    singleton  boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    last_id    bigint NOT NULL,
+    last_hash  bytea NOT NULL CHECK (length(last_hash) = 32)
+);
+INSERT INTO audit_chain_head (singleton, last_id, last_hash)
+    VALUES (true, 0, '\x0000000000000000000000000000000000000000000000000000000000000000')
+    ON CONFLICT DO NOTHING;
+
+-- One field of a row's hashed content: '-' for NULL, else its UTF-8 length, ':' and the
+-- text, so no two rows share a content (db/audit_chain.content_bytes computes the same).
+CREATE OR REPLACE FUNCTION acme_ca_audit_field(v text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN v IS NULL THEN '-' ELSE octet_length(v)::text || ':' || v END
+$$;
+
+-- hash = SHA-256(prev_hash || content): id, `at` in microseconds since the Unix epoch,
+-- event, actor, account_id, order_id, request_id and details as jsonb's canonical text.
+CREATE OR REPLACE FUNCTION acme_ca_audit_hash(
+    prev bytea, id bigint, at timestamptz, event text, actor text, account_id bigint,
+    order_id bigint, request_id text, details jsonb
+) RETURNS bytea
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT sha256(prev || convert_to(
+        acme_ca_audit_field(id::text)
+        || acme_ca_audit_field(((extract(epoch FROM at) * 1000000)::bigint)::text)
+        || acme_ca_audit_field(event) || acme_ca_audit_field(actor)
+        || acme_ca_audit_field(account_id::text) || acme_ca_audit_field(order_id::text)
+        || acme_ca_audit_field(request_id) || acme_ca_audit_field(details::text), 'UTF8'))
+$$;
+
+-- Chains each new row to the one before. The head's row lock (FOR UPDATE) is held until the
+-- inserting transaction ends, so concurrent writers take their turn: each reads the head
+-- the previous writer committed (READ COMMITTED re-reads the locked row), and one that
+-- rolls back leaves the head as it was. Ids are therefore the chain's order, without gaps.
+-- The cost: transactions that write audit rows serialize from that insert to their commit.
+CREATE OR REPLACE FUNCTION acme_ca_audit_chain() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    head record;
+BEGIN
+    SELECT last_id, last_hash INTO head FROM audit_chain_head FOR UPDATE;
+    NEW.id := GREATEST(head.last_id + 1, COALESCE(NEW.id, 0));
+    NEW.prev_hash := head.last_hash;
+    NEW.hash := acme_ca_audit_hash(NEW.prev_hash, NEW.id, NEW.at, NEW.event, NEW.actor,
+        NEW.account_id, NEW.order_id, NEW.request_id, NEW.details);
+    UPDATE audit_chain_head SET last_id = NEW.id, last_hash = NEW.hash;
+    RETURN NEW;
+END
+$$;
+
+-- Rows never change and never go one by one: months leave whole, by DETACH PARTITION
+-- (the retention job), which fires no trigger.
+CREATE OR REPLACE FUNCTION acme_ca_audit_immutable() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'audit_events rows are never changed or deleted (%)', TG_OP
+        USING ERRCODE = 'insufficient_privilege';
+END
+$$;
+
+-- The head moves only from acme_ca_audit_chain() (trigger depth 2), never by hand.
+CREATE OR REPLACE FUNCTION acme_ca_audit_head_guard() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'UPDATE' AND pg_trigger_depth() > 1 THEN
+        RETURN NEW;
+    END IF;
+    RAISE EXCEPTION 'audit_chain_head moves only with a new audit row (%)', TG_OP
+        USING ERRCODE = 'insufficient_privilege';
+END
+$$;
+
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'audit_events_chain'
+                   AND tgrelid = 'audit_events'::regclass) THEN
+        CREATE TRIGGER audit_events_chain BEFORE INSERT ON audit_events
+            FOR EACH ROW EXECUTE FUNCTION acme_ca_audit_chain();
+        CREATE TRIGGER audit_events_immutable BEFORE UPDATE OR DELETE ON audit_events
+            FOR EACH ROW EXECUTE FUNCTION acme_ca_audit_immutable();
+        CREATE TRIGGER audit_events_no_truncate BEFORE TRUNCATE ON audit_events
+            FOR EACH STATEMENT EXECUTE FUNCTION acme_ca_audit_immutable();
+        CREATE TRIGGER audit_chain_head_guard BEFORE UPDATE OR DELETE ON audit_chain_head
+            FOR EACH ROW EXECUTE FUNCTION acme_ca_audit_head_guard();
+        CREATE TRIGGER audit_chain_head_no_truncate BEFORE TRUNCATE ON audit_chain_head
+            FOR EACH STATEMENT EXECUTE FUNCTION acme_ca_audit_head_guard();
+        CREATE TRIGGER audit_events_no_truncate BEFORE TRUNCATE ON audit_events_default
+            FOR EACH STATEMENT EXECUTE FUNCTION acme_ca_audit_immutable();
+    END IF;
+END $$;
+
+-- One partition per calendar month (UTC), audit_events_yYYYYmMM, for `months` months from
+-- the month of `start`. A month whose rows already went to the default partition (a clock
+-- far off, or no run for months) keeps them there: the default partition is never retired.
+CREATE OR REPLACE FUNCTION acme_ca_audit_ensure_partitions(start timestamptz, months integer)
+RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    first   timestamp := date_trunc('month', start AT TIME ZONE 'UTC');
+    lower   timestamp;
+    upper   timestamp;
+    name    text;
+    created integer := 0;
+BEGIN
+    FOR i IN 0 .. months - 1 LOOP
+        lower := first + make_interval(months => i);
+        upper := lower + interval '1 month';
+        name := 'audit_events_y' || to_char(lower, 'YYYY') || 'm' || to_char(lower, 'MM');
+        CONTINUE WHEN to_regclass(name) IS NOT NULL;
+        CONTINUE WHEN EXISTS (SELECT 1 FROM audit_events_default
+                              WHERE at >= lower AT TIME ZONE 'UTC'
+                                AND at < upper AT TIME ZONE 'UTC');
+        EXECUTE format('CREATE TABLE %I PARTITION OF audit_events FOR VALUES FROM (%L) TO (%L)',
+                       name, lower AT TIME ZONE 'UTC', upper AT TIME ZONE 'UTC');
+        -- TRUNCATE of one partition does not fire the parent's statement trigger.
+        EXECUTE format('CREATE TRIGGER audit_events_no_truncate BEFORE TRUNCATE ON %I '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION acme_ca_audit_immutable()', name);
+        created := created + 1;
+    END LOOP;
+    RETURN created;
+END
+$$;
+SELECT acme_ca_audit_ensure_partitions(now(), 3);
+
+-- Where the retention job moves months past audit_retention_days (CP 5.4.3, 5.5.2), for the
+-- operator to archive and drop: detached, read-only by default privileges, still chained.
+CREATE SCHEMA IF NOT EXISTS audit_archive;
+
+-- ---------------------------------------------------------------------------------------
+-- ACME requests, one compact row each (issue 16): what `acme-ca admin order` shows as the
+-- requests that touched an order. Written in batches off the response path
+-- (db/requests.RequestRecorder); the ids come from the URL and from what the handler bound.
+CREATE TABLE IF NOT EXISTS requests (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    at              timestamptz NOT NULL,
+    method          text NOT NULL,
+    path            text NOT NULL,
+    status          smallint NOT NULL,
+    problem         text,
+    duration_ms     real NOT NULL,
+    user_agent      text NOT NULL DEFAULT '',
+    source          text,
+    request_id      text NOT NULL,
+    account_id      bigint,
+    order_id        bigint,
+    authz_id        bigint,
+    challenge_id    bigint,
+    certificate_id  bigint
+);
+CREATE INDEX IF NOT EXISTS requests_request_id ON requests (request_id);
+CREATE INDEX IF NOT EXISTS requests_order ON requests (order_id) WHERE order_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS requests_authz ON requests (authz_id) WHERE authz_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS requests_challenge ON requests (challenge_id)
+    WHERE challenge_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS requests_certificate ON requests (certificate_id)
+    WHERE certificate_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS requests_account ON requests (account_id, at)
+    WHERE account_id IS NOT NULL;

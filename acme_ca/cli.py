@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from acme_ca.acme.b64 import b64url_encode
+from acme_ca.admin.args import COMMANDS as ADMIN_READ_COMMANDS
+from acme_ca.admin.args import register_admin, register_audit
 from acme_ca.cli_org import (
     ORG_REVOCATION_REASON,
     add_org_parser,
@@ -255,6 +257,8 @@ def _parser() -> argparse.ArgumentParser:
         help="wait up to SECONDS for a worker to finish the sweep",
     )
 
+    register_admin(admin_sub)
+    register_audit(sub)
     sub.add_parser("config-doc", help="print the configuration reference (Markdown)")
     return parser
 
@@ -341,6 +345,14 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: C901 -- flat dispat
     if args.command == "org":
         actor = f"operator:{getattr(args, 'actor', None) or _operator_name()}"
         return asyncio.run(run_org(config, args, actor))
+    if args.command == "admin" and args.admin_command in ADMIN_READ_COMMANDS:
+        from acme_ca.admin import commands
+
+        return commands.run(config, args)
+    if args.command == "audit":
+        from acme_ca.admin import audit
+
+        return audit.run(config, args)
     if args.command == "admin" and args.admin_command == "block-key":
         return asyncio.run(_admin_block_key(config, args))
     if args.command == "admin":

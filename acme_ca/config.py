@@ -297,6 +297,19 @@ class Config:
         "Directory where every published CRL is also written as `<issuer>.crl` (atomically), "
         "for an operator to hand to a CDN. Default: `home/crl`.",
     )
+    audit_retention_days: int = _key(
+        2557,
+        "Days audit rows are kept in the live `audit_events` table before `acme-ca audit "
+        "retention` moves their month (a whole partition) to the `audit_archive` schema "
+        "(CP 5.4.3, 5.5.2: at least seven years; 2557 days always covers seven years). "
+        "Values below 2557 are refused.",
+    )
+    audit_signing_key: Path | None = _key(
+        None,
+        "Ed25519 private key (PEM, PKCS#8) that signs `acme-ca audit export` files. Never an "
+        "issuing key: a key of its own, kept by the operator. Default: "
+        "`home/audit/export-ed25519.pem`, created (mode 0600) on the first export.",
+    )
     ocsp_validity_hours: int = _key(
         96, "nextUpdate - thisUpdate of OCSP responses (BR 4.9.10: 8 hours to 10 days)."
     )
@@ -415,6 +428,12 @@ class Config:
         return self.crl_publish_dir if self.crl_publish_dir is not None else self.home / "crl"
 
     @property
+    def audit_signing_key_path(self) -> Path:
+        if self.audit_signing_key is not None:
+            return self.audit_signing_key
+        return self.home / "audit" / "export-ed25519.pem"
+
+    @property
     def external_base_url(self) -> str:
         """The base URL without trailing slash, derived when not configured."""
         if self.base_url:
@@ -500,6 +519,8 @@ class Config:
             raise ConfigError("crl_interval_hours must be 1..crl_validity_hours")
         if not 8 <= self.ocsp_validity_hours <= 240:
             raise ConfigError("ocsp_validity_hours must be 8..240 (BR 4.9.10)")
+        if self.audit_retention_days < 2557:
+            raise ConfigError("audit_retention_days must be at least 2557 (CP 5.4.3: 7 years)")
         for name in ("nonce_reject_percent", "authz_reuse_percent"):
             if not 0 <= getattr(self, name) <= 100:
                 raise ConfigError(f"{name} must be 0..100")

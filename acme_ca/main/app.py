@@ -20,7 +20,9 @@ from aiohttp import web
 
 from acme_ca.clock import Clock, SystemClock
 from acme_ca.config import Config
+from acme_ca.db.audit_chain import ensure_partitions
 from acme_ca.db.completions import OrderCompletions
+from acme_ca.db.requests import RequestRecorder
 from acme_ca.db.storage import Storage, open_storage
 from acme_ca.ra.accounts import AccountAuthority
 from acme_ca.ra.challenges import ChallengeAuthority, Validator
@@ -34,6 +36,7 @@ from acme_ca.tasks import BackgroundTasks
 from acme_ca.va.authority import ValidationAuthority
 from acme_ca.va.registry import enabled_methods
 from acme_ca.wfe.middleware.load_shedding import setup_load_shedding
+from acme_ca.wfe.middleware.request_store import REQUEST_SINK
 from acme_ca.wfe.nonces import NonceService
 from acme_ca.wfe.routes import setup_front_end
 from acme_ca.wfe.services import FRONT_END, FrontEnd
@@ -46,6 +49,7 @@ VALIDATOR = web.AppKey("validator", Validator)
 NONCE_PURGE_INTERVAL = 300.0
 #: Validations are renewed every third of their lease: a lapsed one is found within seconds.
 STALE_VALIDATION_SCAN_INTERVAL = 5.0
+AUDIT_PARTITION_INTERVAL = 86400.0
 log = structlog.get_logger(component="acme_ca.main.app")
 
 
@@ -79,6 +83,15 @@ def create_app(
             yield
         finally:
             await app[STORAGE].close()
+
+    async def requests_ctx(app: web.Application) -> AsyncIterator[None]:
+        recorder = RequestRecorder(app[STORAGE].pool)
+        recorder.start()
+        app[REQUEST_SINK] = recorder
+        try:
+            yield
+        finally:
+            await recorder.aclose()  # the listener is closed: write the last rows
 
     async def tasks_ctx(app: web.Application) -> AsyncIterator[None]:
         app[TASKS] = BackgroundTasks()
@@ -131,6 +144,13 @@ def create_app(
                     fe.challenges.recover_stale,
                 )
             ),
+            asyncio.create_task(
+                _every(
+                    AUDIT_PARTITION_INTERVAL,
+                    "audit.partitions",
+                    lambda: ensure_partitions(app[STORAGE].pool, clock.now()),
+                )
+            ),
         ]
         try:
             yield
@@ -142,7 +162,15 @@ def create_app(
                     await task
 
     app.cleanup_ctx.extend(
-        [storage_ctx, tasks_ctx, completions_ctx, validator_ctx, front_end_ctx, maintenance_ctx]
+        [
+            storage_ctx,
+            requests_ctx,
+            tasks_ctx,
+            completions_ctx,
+            validator_ctx,
+            front_end_ctx,
+            maintenance_ctx,
+        ]
     )
     return app
 

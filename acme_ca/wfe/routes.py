@@ -18,11 +18,14 @@ from acme_ca.wfe import (
 from acme_ca.wfe.middleware.problems import setup_problems
 from acme_ca.wfe.middleware.protocol_headers import setup_protocol_headers
 from acme_ca.wfe.middleware.request_log import setup_request_log
+from acme_ca.wfe.middleware.request_store import setup_request_store
 
 
 def setup_front_end(app: web.Application) -> None:
-    """Outermost first: request log, protocol headers, problem mapping; then the routes."""
+    """Outermost first: request log, request store, protocol headers, problem mapping; then
+    the routes."""
     setup_request_log(app)
+    setup_request_store(app)
     setup_protocol_headers(app)
     setup_problems(app)
     r = app.router

@@ -1,0 +1,408 @@
+"""The audit trail's integrity and lifetime: the hash chain, its verification, its months.
+
+Every ``audit_events`` row carries ``hash = SHA-256(prev_hash || content)``, chained by the
+``acme_ca_audit_chain`` trigger (schema.sql, "The audit trail"), which takes the row lock of
+``audit_chain_head`` so concurrent writers chain in commit order. :func:`content_bytes`
+is the same content computed here, so :func:`verify_chain` recomputes every hash without
+trusting the database's function. Rows never change (UPDATE, DELETE and TRUNCATE are refused
+by triggers); a month leaves only whole, by :func:`retire_partitions`, once all of it is
+older than the retention period (CP 5.4.3, 5.5.2: seven years), and that move is itself an
+audit row recording the retired ids and their last hashes, so the chain stays checkable
+across it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import structlog
+
+from acme_ca.acme.jsontypes import JsonValue
+from acme_ca.db.audit import record_event
+
+GENESIS = bytes(32)
+"""``prev_hash`` of the first row ever written."""
+ARCHIVE_SCHEMA = "audit_archive"
+RETIRED_EVENT = "audit.partition_retired"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_PARTITION = re.compile(r"^audit_events_y(\d{4})m(\d{2})$")
+_BATCH = 5000
+log = structlog.get_logger(component="acme_ca.db.audit_chain")
+
+
+@dataclass(frozen=True)
+class ChainRow:
+    """One audit row with its chain fields; ``details_text`` is jsonb's canonical text."""
+
+    id: int
+    at: datetime
+    event: str
+    actor: str
+    account_id: int | None
+    order_id: int | None
+    request_id: str | None
+    details_text: str
+    prev_hash: bytes
+    hash: bytes
+
+
+def _field(value: str | None) -> bytes:
+    if value is None:
+        return b"-"
+    raw = value.encode()
+    return str(len(raw)).encode() + b":" + raw
+
+
+def _micros(at: datetime) -> int:
+    return (at - _EPOCH) // timedelta(microseconds=1)
+
+
+def content_bytes(row: ChainRow) -> bytes:
+    """The hashed content of ``row``, as schema.sql's ``acme_ca_audit_hash`` builds it."""
+    parts = (
+        str(row.id),
+        str(_micros(row.at)),
+        row.event,
+        row.actor,
+        None if row.account_id is None else str(row.account_id),
+        None if row.order_id is None else str(row.order_id),
+        row.request_id,
+        row.details_text,
+    )
+    return b"".join(_field(p) for p in parts)
+
+
+def row_hash(prev_hash: bytes, row: ChainRow) -> bytes:
+    return hashlib.sha256(prev_hash + content_bytes(row)).digest()
+
+
+_COLUMNS = (
+    "id, at, event, actor, account_id, order_id, request_id, details::text AS details_text, "
+    "prev_hash, hash"
+)
+_ROWS = f"SELECT {_COLUMNS} FROM audit_events"  # noqa: S608 - constant names
+
+
+def _row(r: asyncpg.Record) -> ChainRow:
+    return ChainRow(
+        id=r["id"],
+        at=r["at"],
+        event=r["event"],
+        actor=r["actor"],
+        account_id=r["account_id"],
+        order_id=r["order_id"],
+        request_id=r["request_id"],
+        details_text=r["details_text"],
+        prev_hash=bytes(r["prev_hash"]),
+        hash=bytes(r["hash"]),
+    )
+
+
+async def chain_rows(
+    pool: asyncpg.Pool,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    batch: int = _BATCH,
+) -> AsyncIterator[ChainRow]:
+    """Rows in chain (id) order, ``since <= at < until`` when given, read in batches by id."""
+    after = -1
+    while True:
+        records = await pool.fetch(
+            _ROWS + " WHERE id > $1 "
+            "AND ($2::timestamptz IS NULL OR at >= $2) AND ($3::timestamptz IS NULL OR at < $3) "
+            "ORDER BY id LIMIT $4",
+            after,
+            since,
+            until,
+            batch,
+        )
+        for r in records:
+            yield _row(r)
+        if len(records) < batch:
+            return
+        after = records[-1]["id"]
+
+
+@dataclass(frozen=True)
+class ChainBreak:
+    """The first row that does not fit the chain, and why."""
+
+    id: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    rows: int
+    first_id: int | None
+    last_id: int | None
+    anchor: str
+    """What the first row's ``prev_hash`` was checked against."""
+    broken: ChainBreak | None
+
+    @property
+    def ok(self) -> bool:
+        return self.broken is None
+
+
+@dataclass(frozen=True)
+class _Retired:
+    """Ids retired with archived months (from the ``audit.partition_retired`` rows)."""
+
+    runs: tuple[tuple[int, int], ...]
+    hash_of_run_end: dict[int, bytes]
+
+    def covers(self, first: int, last: int) -> bool:
+        """Whether every id in ``first..last`` was retired."""
+        need = first
+        for a, b in sorted(self.runs):
+            if a > need:
+                break
+            need = max(need, b + 1)
+            if need > last:
+                return True
+        return need > last
+
+
+async def _retired(pool: asyncpg.Pool) -> _Retired:
+    runs: list[tuple[int, int]] = []
+    ends: dict[int, bytes] = {}
+    for r in await pool.fetch(
+        "SELECT details FROM audit_events WHERE event = $1 ORDER BY id", RETIRED_EVENT
+    ):
+        for run in r["details"].get("id_runs", []):
+            runs.append((int(run["first"]), int(run["last"])))
+            ends[int(run["last"])] = bytes.fromhex(run["last_hash"])
+    return _Retired(tuple(runs), ends)
+
+
+async def verify_chain(pool: asyncpg.Pool) -> ChainReport:
+    """Recompute every row's hash and link; the first row that does not fit is named.
+
+    A link may skip ids only where the previous row's hash still matches (ids left unused,
+    e.g. by migrated rows) or where the skipped ids were all retired with archived months
+    and the row continues from the recorded hash of the last one. The head must name the
+    last row, so rows removed from the end are found too.
+    """
+    retired = await _retired(pool)
+    count = 0
+    first_id: int | None = None
+    anchor = "genesis"
+    prev: ChainRow | None = None
+    async for row in chain_rows(pool):
+        count += 1
+        if prev is None:
+            first_id = row.id
+            if row.prev_hash == GENESIS and row.id == 1:
+                anchor = "genesis"
+            elif retired.covers(1, row.id - 1) and retired.hash_of_run_end.get(row.id - 1) == (
+                row.prev_hash
+            ):
+                anchor = f"retired row {row.id - 1}"
+            elif row.prev_hash == GENESIS:
+                anchor = "genesis (migrated ids)"
+            else:
+                return ChainReport(
+                    count, first_id, row.id, anchor, ChainBreak(row.id, "first row has no anchor")
+                )
+        else:
+            linked = row.prev_hash == prev.hash
+            if not linked and not (
+                retired.covers(prev.id + 1, row.id - 1)
+                and retired.hash_of_run_end.get(row.id - 1) == row.prev_hash
+            ):
+                return ChainReport(
+                    count,
+                    first_id,
+                    row.id,
+                    anchor,
+                    ChainBreak(
+                        row.id,
+                        f"prev_hash does not match the hash of row {prev.id}: a row between "
+                        "them was removed or altered",
+                    ),
+                )
+        if row_hash(row.prev_hash, row) != row.hash:
+            return ChainReport(
+                count,
+                first_id,
+                row.id,
+                anchor,
+                ChainBreak(row.id, "content does not match its hash: the row was altered"),
+            )
+        prev = row
+    head = await pool.fetchrow("SELECT last_id, last_hash FROM audit_chain_head")
+    last_id = prev.id if prev else None
+    if (
+        head is not None
+        and prev is not None
+        and (head["last_id"], bytes(head["last_hash"]))
+        != (
+            prev.id,
+            prev.hash,
+        )
+    ):
+        return ChainReport(
+            count,
+            first_id,
+            last_id,
+            anchor,
+            ChainBreak(
+                head["last_id"],
+                f"the chain head names row {head['last_id']} but the last row is {prev.id}: "
+                "rows were removed from the end",
+            ),
+        )
+    return ChainReport(count, first_id, last_id, anchor, None)
+
+
+# --- months: partitions and retention ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Partition:
+    name: str
+    start: datetime
+    end: datetime
+
+
+def _month_after(start: datetime) -> datetime:
+    return start.replace(year=start.year + start.month // 12, month=start.month % 12 + 1)
+
+
+async def partitions(pool: asyncpg.Pool) -> list[Partition]:
+    """The live monthly partitions, oldest first (the default partition is not one)."""
+    found: list[Partition] = []
+    for r in await pool.fetch(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = 'audit_events'::regclass"
+    ):
+        match = _PARTITION.match(r["relname"])
+        if match:
+            start = datetime(int(match[1]), int(match[2]), 1, tzinfo=UTC)
+            found.append(Partition(r["relname"], start, _month_after(start)))
+    return sorted(found, key=lambda p: p.start)
+
+
+async def ensure_partitions(pool: asyncpg.Pool, now: datetime, months: int = 3) -> int:
+    """Create the partitions of this month and the next ``months - 1``; returns how many."""
+    created: int = await pool.fetchval(
+        "SELECT acme_ca_audit_ensure_partitions($1, $2)", now, months
+    )
+    if created:
+        log.info("audit.partitions_created", count=created)
+    return created
+
+
+@dataclass(frozen=True)
+class RetiredPartition:
+    name: str
+    start: datetime
+    end: datetime
+    rows: int
+    archived_as: str | None
+    """``audit_archive.<name>`` once moved; None for a dry run."""
+
+
+def _runs(ids: Sequence[int]) -> list[tuple[int, int]]:
+    runs: list[tuple[int, int]] = []
+    for i in ids:
+        if runs and runs[-1][1] + 1 == i:
+            runs[-1] = (runs[-1][0], i)
+        else:
+            runs.append((i, i))
+    return runs
+
+
+async def retire_partitions(
+    pool: asyncpg.Pool,
+    now: datetime,
+    retention: timedelta,
+    *,
+    actor: str,
+    dry_run: bool = False,
+) -> list[RetiredPartition]:
+    """Move each month wholly older than ``now - retention`` to the ``audit_archive`` schema.
+
+    Never earlier: a month leaves only when its last instant is past the retention period.
+    The partition is detached (no row trigger fires: rows are not deleted one by one) and
+    kept in ``audit_archive`` for the operator to export and drop. In the same transaction
+    an ``audit.partition_retired`` row records the retired ids (as runs) with the hash of
+    each run's last row, which :func:`verify_chain` uses to check the link across the gap.
+    """
+    cutoff = now - retention
+    done: list[RetiredPartition] = []
+    for part in await partitions(pool):
+        if part.end > cutoff:
+            break
+        async with pool.acquire() as conn, conn.transaction():
+            ids = [
+                (r["id"], bytes(r["hash"]))
+                for r in await conn.fetch(f'SELECT id, hash FROM "{part.name}" ORDER BY id')  # noqa: S608
+            ]
+            if dry_run:
+                done.append(RetiredPartition(part.name, part.start, part.end, len(ids), None))
+                continue
+            await conn.execute(f'ALTER TABLE audit_events DETACH PARTITION "{part.name}"')
+            await conn.execute(f'ALTER TABLE "{part.name}" SET SCHEMA {ARCHIVE_SCHEMA}')
+            hashes = dict(ids)
+            runs: list[JsonValue] = [
+                {"first": a, "last": b, "last_hash": hashes[b].hex()}
+                for a, b in _runs([i for i, _ in ids])
+            ]
+            await record_event(
+                conn,
+                RETIRED_EVENT,
+                at=now,
+                actor=actor,
+                details={
+                    "partition": part.name,
+                    "archived_as": f"{ARCHIVE_SCHEMA}.{part.name}",
+                    "month_start": part.start.isoformat(),
+                    "month_end": part.end.isoformat(),
+                    "rows": len(ids),
+                    "retention_days": retention.days,
+                    "id_runs": runs,
+                },
+            )
+        log.info(
+            RETIRED_EVENT,
+            partition=part.name,
+            rows=len(ids),
+            archived_as=f"{ARCHIVE_SCHEMA}.{part.name}",
+        )
+        done.append(
+            RetiredPartition(
+                part.name, part.start, part.end, len(ids), f"{ARCHIVE_SCHEMA}.{part.name}"
+            )
+        )
+    return done
+
+
+class AuditChain:
+    """The functions above over one pool, for rooms that hold no pool of their own (admin)."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    def rows(
+        self, *, since: datetime | None = None, until: datetime | None = None
+    ) -> AsyncIterator[ChainRow]:
+        return chain_rows(self._pool, since=since, until=until)
+
+    async def verify(self) -> ChainReport:
+        return await verify_chain(self._pool)
+
+    async def ensure_partitions(self, now: datetime, months: int = 3) -> int:
+        return await ensure_partitions(self._pool, now, months)
+
+    async def retire(
+        self, now: datetime, retention: timedelta, *, actor: str, dry_run: bool = False
+    ) -> list[RetiredPartition]:
+        return await retire_partitions(self._pool, now, retention, actor=actor, dry_run=dry_run)

@@ -1,0 +1,268 @@
+"""The tamper-evident audit trail (CP 5.4.1, 5.4.3, 5.5.2; issue 16).
+
+``audit_events`` rows are a SHA-256 chain computed by a trigger under the chain head's row
+lock; rows refuse UPDATE, DELETE and TRUNCATE; `acme-ca audit verify` recomputes the chain in
+Python and names the first row that does not fit; months leave only whole, never before
+the retention period; exports are Ed25519-signed JSON Lines; migration 010 carries old rows
+over and chains them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from acme_ca.acme.jsontypes import JsonValue
+from acme_ca.admin.audit import export, load_signing_key, verify_export
+from acme_ca.config import Config, ConfigError
+from acme_ca.db.audit import record_event
+from acme_ca.db.audit_chain import (
+    GENESIS,
+    AuditChain,
+    partitions,
+    retire_partitions,
+    row_hash,
+    verify_chain,
+)
+from acme_ca.db.migrate import apply_schema
+from acme_ca.embedded_pg import EmbeddedPostgres
+from tests.support.cli import run_cli
+from tests.support.migrations import create_schema_before
+
+SEVEN_YEARS = timedelta(days=2557)
+
+
+def utc(year: int, month: int, day: int, hour: int = 0) -> datetime:
+    return datetime(year, month, day, hour, tzinfo=UTC)
+
+
+async def add(pool: asyncpg.Pool, event: str, at: datetime, **details: JsonValue) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        await record_event(
+            conn, event, at=at, actor="test", account_id=1, order_id=2, details=dict(details)
+        )
+
+
+async def tamper(pool: asyncpg.Pool, sql: str, *args: object) -> None:
+    """Run ``sql`` as the superuser with triggers off: what an attacker with the database
+    could do, and what the chain must expose."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SET LOCAL session_replication_role = replica")
+        await conn.execute(sql, *args)
+
+
+async def test_cp_5_4_1_rows_chain_from_genesis_and_verify(pool: asyncpg.Pool) -> None:
+    for i in range(5):
+        await add(pool, f"e.{i}", datetime.now(UTC), n=i, text='héllo\n"quoted"')
+    rows = [r async for r in AuditChain(pool).rows()]
+    assert [r.id for r in rows] == [1, 2, 3, 4, 5]
+    assert rows[0].prev_hash == GENESIS
+    for before, after in itertools.pairwise(rows):
+        assert after.prev_hash == before.hash
+    # The Python content encoding is the trigger's, byte for byte.
+    assert all(row_hash(r.prev_hash, r) == r.hash for r in rows)
+    report = await verify_chain(pool)
+    assert report.ok and report.rows == 5 and report.anchor == "genesis"
+
+
+async def test_cp_5_4_1_audit_verify_names_a_row_altered_in_the_database(
+    pool: asyncpg.Pool, dsn: str, tmp_path: Path
+) -> None:
+    for i in range(4):
+        await add(pool, "order.created", datetime.now(UTC), n=i)
+    await tamper(pool, "UPDATE audit_events SET details = '{\"n\": 99}' WHERE id = 3")
+    report = await verify_chain(pool)
+    assert report.broken is not None and report.broken.id == 3
+    assert "altered" in report.broken.reason
+    status, out, _ = await run_cli(dsn, tmp_path, "audit", "verify")
+    assert status == 1 and "BROKEN at row 3" in out, out
+
+
+async def test_cp_5_4_1_audit_verify_finds_a_deleted_row_and_a_cut_tail(
+    pool: asyncpg.Pool,
+) -> None:
+    for i in range(5):
+        await add(pool, "order.created", datetime.now(UTC), n=i)
+    await tamper(pool, "DELETE FROM audit_events WHERE id = 2")
+    report = await verify_chain(pool)
+    assert report.broken is not None and report.broken.id == 3
+    assert "removed or altered" in report.broken.reason
+
+    await tamper(pool, "DELETE FROM audit_events WHERE id >= 2")
+    report = await verify_chain(pool)
+    assert report.broken is not None and "removed from the end" in report.broken.reason
+
+
+async def test_cp_5_4_1_audit_rows_refuse_update_delete_truncate(pool: asyncpg.Pool) -> None:
+    await add(pool, "order.created", datetime.now(UTC))
+    for sql in (
+        "UPDATE audit_events SET actor = 'someone else'",
+        "DELETE FROM audit_events",
+        "TRUNCATE audit_events",
+        "TRUNCATE audit_events_default",
+        "UPDATE audit_chain_head SET last_id = 0",
+        "DELETE FROM audit_chain_head",
+    ):
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await pool.execute(sql)
+    for name in [p.name for p in await partitions(pool)]:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await pool.execute(f'TRUNCATE "{name}"')
+    # Straight at the month's partition, too.
+    holder = await pool.fetchval("SELECT tableoid::regclass::text FROM audit_events")
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        await pool.execute(f'DELETE FROM "{holder}"')
+    assert (await verify_chain(pool)).ok
+
+
+async def test_cp_5_4_1_concurrent_writers_chain_in_commit_order(pool: asyncpg.Pool) -> None:
+    """Writers racing (each holding its transaction open a moment after its row) still leave
+    one unbroken chain with gapless ids; a rolled-back writer leaves no trace in it."""
+
+    async def writer(i: int) -> None:
+        async with pool.acquire() as conn, conn.transaction():
+            await record_event(conn, "race", at=datetime.now(UTC), actor=f"w{i}")
+            await asyncio.sleep(0.01)
+
+    async def rolled_back() -> None:
+        with pytest.raises(RuntimeError):
+            async with pool.acquire() as conn, conn.transaction():
+                await record_event(conn, "never", at=datetime.now(UTC), actor="x")
+                raise RuntimeError
+
+    await asyncio.gather(*(writer(i) for i in range(8)), rolled_back())
+    rows = [r async for r in AuditChain(pool).rows()]
+    assert [r.id for r in rows] == list(range(1, 9))
+    assert "never" not in {r.event for r in rows}
+    assert (await verify_chain(pool)).ok
+
+
+async def test_cp_5_4_3_retention_moves_whole_months_never_before_seven_years(
+    pool: asyncpg.Pool, dsn: str, tmp_path: Path
+) -> None:
+    chain = AuditChain(pool)
+    await chain.ensure_partitions(utc(2018, 1, 1), months=3)  # Jan..Mar 2018
+    await add(pool, "old.jan", utc(2018, 1, 15))
+    await add(pool, "old.feb", utc(2018, 2, 27))
+    await add(pool, "old.mar", utc(2018, 3, 31, 23))
+    now = utc(2025, 2, 14)  # 2557 days back: 2018-02-12, inside February
+    assert not await retire_partitions(pool, utc(2025, 1, 31), SEVEN_YEARS, actor="t")
+    retired = await retire_partitions(pool, now, SEVEN_YEARS, actor="test", dry_run=True)
+    assert [(p.name, p.rows, p.archived_as) for p in retired] == [
+        ("audit_events_y2018m01", 1, None)
+    ]
+    retired = await retire_partitions(pool, now, SEVEN_YEARS, actor="test")
+    assert [(p.name, p.archived_as) for p in retired] == [
+        ("audit_events_y2018m01", "audit_archive.audit_events_y2018m01")
+    ]
+    # February is partly younger than seven years: it stays, as does every later month.
+    names = [p.name for p in await partitions(pool)]
+    assert "audit_events_y2018m01" not in names and "audit_events_y2018m02" in names
+    archived = await pool.fetch("SELECT event FROM audit_archive.audit_events_y2018m01")
+    assert [r["event"] for r in archived] == ["old.jan"]
+    events = [r.event async for r in chain.rows()]
+    assert events == ["old.feb", "old.mar", "audit.partition_retired"]
+    # The chain still verifies across the gap, anchored by the retirement row.
+    report = await verify_chain(pool)
+    assert report.ok, report
+    assert report.anchor == "retired row 1"
+    # The command, on today's clock: both 2018 months are past seven years, this month is not;
+    # a dry run lists them and moves nothing.
+    status, out, _ = await run_cli(dsn, tmp_path, "audit", "retention", "--dry-run")
+    assert status == 0 and "would move 2 month(s)" in out, out
+    assert "audit_events_y2018m03" in out
+    assert "audit_events_y2018m02" in [p.name for p in await partitions(pool)]
+
+
+def test_cp_5_4_3_retention_below_seven_years_is_refused() -> None:
+    with pytest.raises(ConfigError, match="audit_retention_days"):
+        replace(Config(), audit_retention_days=365).validate()
+    assert Config().audit_retention_days >= 7 * 365 + 2  # any 7 years hold at most 2 leap days
+
+
+async def test_cp_5_4_3_export_is_signed_and_verifies(pool: asyncpg.Pool, tmp_path: Path) -> None:
+    await add(pool, "before", utc(2026, 10, 31, 23))
+    for i in range(3):
+        await add(pool, "in", utc(2026, 11, 2 + i), i=i)
+    await add(pool, "after", utc(2026, 12, 1))
+    key = load_signing_key(tmp_path / "audit" / "key.pem", create=True)
+    assert (tmp_path / "audit" / "key.pem").stat().st_mode & 0o777 == 0o600
+    path = tmp_path / "nov.jsonl"
+    with path.open("w") as out:
+        count = await export(AuditChain(pool), utc(2026, 11, 1), utc(2026, 12, 1), key, out)
+    assert count == 3
+    lines = path.read_text().splitlines()
+    assert [json.loads(x)["event"] for x in lines[:-1]] == ["in", "in", "in"]
+    assert json.loads(lines[-1])["signature"]["algorithm"] == "Ed25519"
+    assert verify_export(path, key.public_key()) is None
+    # Another key, or one changed byte, and it fails.
+    assert "signature" in (verify_export(path, Ed25519PrivateKey.generate().public_key()) or "")
+    altered = tmp_path / "altered.jsonl"
+    altered.write_text(path.read_text().replace('"i":1', '"i":7', 1))
+    assert "altered" in (verify_export(altered, key.public_key()) or "")
+
+
+async def test_cp_5_4_3_audit_export_command_round_trip(
+    pool: asyncpg.Pool, dsn: str, tmp_path: Path
+) -> None:
+    await add(pool, "order.created", utc(2026, 11, 3))
+    out = tmp_path / "export.jsonl"
+    status, _, err = await run_cli(
+        dsn, tmp_path, "audit", "export", "--since", "2026-11-01", "--until", "2026-12-01",
+        "--out", str(out),
+    )  # fmt: skip
+    assert status == 0 and "exported 1 audit rows" in err, err
+    assert (tmp_path / "home" / "audit" / "export-ed25519.pem").is_file()
+    status, text, _ = await run_cli(dsn, tmp_path, "audit", "verify", "--export", str(out))
+    assert status == 0 and "signature and chain OK" in text, text
+
+
+async def test_migration_010_chains_existing_audit_rows(postgres: EmbeddedPostgres) -> None:
+    dsn = postgres.create_database(f"m_{os.urandom(8).hex()}")
+    conn = await asyncpg.connect(dsn)
+    try:
+        await create_schema_before(conn, 10)
+        await conn.execute(
+            """INSERT INTO audit_events (at, event, actor, account_id, order_id, request_id,
+                                         details)
+               VALUES ('2024-02-03T04:05:06.123456Z', 'order.created', 'account:1', 1, 7,
+                       'abc', '{"b": [1, 2], "a": "x"}'),
+                      ('2026-11-30T00:00:00Z', 'certificate.issued', 'ca', 1, 7, NULL, '{}')"""
+        )
+        # A gap in the old ids (a rolled-back insert) is carried over as it is.
+        await conn.execute("SELECT nextval(pg_get_serial_sequence('audit_events', 'id'))")
+        await conn.execute(
+            "INSERT INTO audit_events (at, event, actor) VALUES (now(), 'eab.created', 'op')"
+        )
+        await apply_schema(conn)
+        rows = await conn.fetch(
+            "SELECT id, event, tableoid::regclass::text AS part FROM audit_events ORDER BY id"
+        )
+        assert [(r["id"], r["event"]) for r in rows] == [
+            (1, "order.created"),
+            (2, "certificate.issued"),
+            (4, "eab.created"),
+        ]
+        assert rows[0]["part"] == "audit_events_y2024m02"
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute("UPDATE audit_events SET actor = 'x'")
+        await conn.execute(
+            "INSERT INTO audit_events (at, event, actor) VALUES (now(), 'after', 'op')"
+        )
+        assert await conn.fetchval("SELECT max(id) FROM audit_events") == 5
+    finally:
+        await conn.close()
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
+    try:
+        assert (await verify_chain(pool)).ok
+    finally:
+        await pool.close()

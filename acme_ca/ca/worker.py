@@ -416,6 +416,8 @@ class SigningWorker:
             precert_tbs_der=prepared.tbs_der,
             precert_lint_der=prepared.lint_der,
             now=self._clock.now(),
+            lint_findings=findings,
+            lint_kind="DV-PRE-CERTIFICATE",
         )
         if (
             not self._holds(recorded, "prepare")
@@ -424,7 +426,10 @@ class SigningWorker:
         ):
             return None
         log.info(
-            "issuance.prepared", serial=recorded.serial, issuer=issuer.name, lint_findings=findings
+            "issuance.prepared",
+            serial=recorded.serial,
+            issuer=issuer.name,
+            lint_findings=len(findings),
         )
         return recorded
 
@@ -477,7 +482,7 @@ class SigningWorker:
             precert.tbs_certificate_bytes
         ):
             raise IssuanceError("the final TBS does not match the precertificate's TBS")
-        findings: int | None = None  # not linted: it matches the linted precertificate
+        findings: list[str] | None = None  # not linted: it matches the linted precertificate
         if self._lint_final:
             ok, findings = await self._lint_ok(
                 job, lint_der, "DV-FINAL-CERTIFICATE", self._clock.now()
@@ -498,7 +503,7 @@ class SigningWorker:
             "ct.scts_collected",
             serial=job.serial,
             scts=[s.summary() for s in scts],
-            lint_findings=findings,
+            lint_findings=None if findings is None else len(findings),
         )
         return recorded
 
@@ -548,12 +553,12 @@ class SigningWorker:
 
     async def _lint_ok(
         self, job: IssuanceJob, der: bytes, kind: LintKind, signing_time: datetime
-    ) -> tuple[bool, int]:
+    ) -> tuple[bool, list[str]]:
         """Lint ``der``; on an ERROR or FATAL finding fail the order (nothing more is signed)
-        and return False.  Also returns the number of findings."""
+        and return False.  Also returns the findings, one line each."""
         report = await self._linter.alint(der, kind, signing_time)
         if not report.blocking:
-            return True, len(report.findings)
+            return True, [str(f) for f in report.findings]
         findings = [str(f) for f in report.blocking]
         log.error("issuance.lint_failed", kind=kind, findings=findings, step=job.step)
         what = "precertificate" if kind == "DV-PRE-CERTIFICATE" else "certificate"
@@ -566,7 +571,7 @@ class SigningWorker:
             {"reason": "pre-issuance lint", "kind": kind, "findings": findings},
             self._clock.now(),
         )
-        return False, len(report.findings)
+        return False, [str(f) for f in report.findings]
 
     async def _ct_unavailable(
         self, job: IssuanceJob, reasons: list[str], *, since: datetime

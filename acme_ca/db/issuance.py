@@ -119,9 +119,13 @@ class IssuanceRepository:
         precert_tbs_der: bytes,
         precert_lint_der: bytes,
         now: datetime,
+        lint_findings: Sequence[str] = (),
+        lint_kind: str = "DV-PRE-CERTIFICATE",
     ) -> IssuanceJob:
         """queued → prepared: fix serial, validity and the precertificate's TBS and linted
-        copy, once; a job another worker took or prepared comes back as that worker left it."""
+        copy, once; a job another worker took or prepared comes back as that worker left it.
+        ``lint_findings`` (the linter's non-blocking findings, of the ``lint_kind`` rules) go
+        to the audit row, for the order's timeline."""
         async with self._pool.acquire() as conn, conn.transaction():
             updated = await conn.execute(
                 """UPDATE issuance_jobs SET step = 'prepared', serial = $3, not_before = $4,
@@ -147,7 +151,12 @@ class IssuanceRepository:
                 actor=f"worker:{worker_id}",
                 account_id=row["account_id"],
                 order_id=row["order_id"],
-                details={"serial": row["serial"], "job_id": job.id, "precertificate": True},
+                details={
+                    "serial": row["serial"],
+                    "job_id": job.id,
+                    "precertificate": True,
+                    "lint": {"profile": lint_kind, "findings": list(lint_findings)},
+                },
             )
         return job_from_row(row)
 

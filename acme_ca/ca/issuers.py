@@ -236,6 +236,7 @@ async def open_key(
         key.pkcs11_key_label,
         pin,
         pool_size=pool_size or config.pkcs11_sessions,
+        session_wait=float(config.hsm_session_wait_seconds),
     )
 
 

@@ -77,6 +77,8 @@ _RSA_MECHANISMS: Final[Mapping[HashName, Mechanism]] = {
 }
 #: A fixed probe signed once when a key is opened, to prove the key pair matches.
 _SELF_TEST_DATA: Final = b"acme_ca signer self-test"
+#: Longest a signature waits for a free session (``hsm_session_wait_seconds``).
+DEFAULT_SESSION_WAIT: Final = 10.0
 
 
 def resolve_pin(pin: str | None, pin_file: Path | None, env_var: str | None = None) -> str:
@@ -134,6 +136,9 @@ class _Module:
 
     lock: threading.Lock
     logins: dict[int, _Login]
+    #: Bumped at each re-initialisation (C_Finalize + C_Initialize), which invalidates every
+    #: session and login opened before it.
+    generation: int = 0
 
 
 _MODULES: dict[str, _Module] = {}
@@ -143,6 +148,31 @@ _MODULES_LOCK = threading.Lock()
 def _module(path: str) -> _Module:
     with _MODULES_LOCK:
         return _MODULES.setdefault(path, _Module(threading.Lock(), {}))
+
+
+def _open_entries(
+    path: str, state: _Module, token_label: str, key_label: str, pin: str, pool_size: int
+) -> tuple[list[_PoolEntry], CaPublicKey, int]:
+    """Log in, open ``pool_size`` sessions and find the key pair by label; caller holds
+    ``state.lock``.  Returns the sessions with their key objects, the public key, the slot."""
+    token = _load_token(path, token_label)
+    slot_id = _login(state, token, pin)
+    sessions: list[pkcs11.Session] = []
+    try:
+        for _ in range(pool_size):
+            sessions.append(token.open())  # no PIN: the token is logged in
+        entries = [
+            _PoolEntry(s, cast(_SigningKey, _find_key(s, ObjectClass.PRIVATE_KEY, key_label)))
+            for s in sessions
+        ]
+        public = _find_key(sessions[0], ObjectClass.PUBLIC_KEY, key_label)
+        public_key = _public_key_from_token(public)
+        key_type_of(public_key)
+    except BaseException:
+        _close_quietly(sessions)
+        _logout(state, slot_id)
+        raise
+    return entries, public_key, slot_id
 
 
 def _resolve_module(module: str | Path) -> tuple[str, _Module]:
@@ -289,8 +319,11 @@ class Pkcs11Signer:
         entries: list[_PoolEntry],
         slot_id: int,
         thread_safe_module: bool,
+        pin: str = "",
+        session_wait: float = DEFAULT_SESSION_WAIT,
     ) -> None:
-        """Use :meth:`open`; this only wires up what it found."""
+        """Use :meth:`open`; this only wires up what it found.  The PIN is kept to log in
+        again after the token comes back (:meth:`_reopen`)."""
         self._module_path = module
         self._state = _module(module)
         self._token_label = token_label
@@ -304,6 +337,14 @@ class Pkcs11Signer:
         for entry in entries:
             self._pool.put_nowait(entry)
         self._closed = False
+        self._pin = pin
+        self._session_wait = session_wait
+        #: The module generation our sessions belong to, and the one our last reopen saw.
+        self._generation = self._state.generation
+        self._seen_generation = self._state.generation
+        #: A signature failed inside the module: reopen before the next one.
+        self._stale = False
+        self._reopen_lock = asyncio.Lock()
 
     @classmethod
     async def open(
@@ -315,6 +356,7 @@ class Pkcs11Signer:
         *,
         pool_size: int = 2,
         thread_safe_module: bool = False,
+        session_wait: float = DEFAULT_SESSION_WAIT,
     ) -> Pkcs11Signer:
         """Log in, open ``pool_size`` sessions, find the key pair by label and self-test it.
 
@@ -327,26 +369,10 @@ class Pkcs11Signer:
         def work() -> tuple[str, list[_PoolEntry], CaPublicKey, int]:
             path, state = _resolve_module(module)
             with state.lock:
-                token = _load_token(path, token_label)
-                slot_id = _login(state, token, pin)
-                sessions: list[pkcs11.Session] = []
-                try:
-                    for _ in range(pool_size):
-                        sessions.append(token.open())  # no PIN: the token is logged in
-                    entries = [
-                        _PoolEntry(
-                            s, cast(_SigningKey, _find_key(s, ObjectClass.PRIVATE_KEY, key_label))
-                        )
-                        for s in sessions
-                    ]
-                    public = _find_key(sessions[0], ObjectClass.PUBLIC_KEY, key_label)
-                    public_key = _public_key_from_token(public)
-                    key_type_of(public_key)
-                    _warn_if_exportable(entries[0].key, key_label)
-                except BaseException:
-                    _close_quietly(sessions)
-                    _logout(state, slot_id)
-                    raise
+                entries, public_key, slot_id = _open_entries(
+                    path, state, token_label, key_label, pin, pool_size
+                )
+                _warn_if_exportable(entries[0].key, key_label)
             return path, entries, public_key, slot_id
 
         future = _in_thread(work)
@@ -364,6 +390,8 @@ class Pkcs11Signer:
             entries=entries,
             slot_id=slot_id,
             thread_safe_module=thread_safe_module,
+            pin=pin,
+            session_wait=session_wait,
         )
         try:
             # Proves the private key found by label belongs to the public key found by label.
@@ -401,7 +429,15 @@ class Pkcs11Signer:
         check_hash(self._public_key, hash)
         if self._closed:
             raise SignerError("signer is closed")
-        entry = await self._pool.get()
+        if self._stale or self._generation != self._state.generation:
+            await self._reopen()
+        try:
+            entry = await asyncio.wait_for(self._pool.get(), self._session_wait)
+        except TimeoutError:
+            raise SignerError(
+                f"no PKCS#11 session of key {self._key_label!r} free within "
+                f"{self._session_wait:g} s"
+            ) from None
         try:
             future = _in_thread(functools.partial(self._sign_blocking, entry, data, hash))
         except BaseException:
@@ -410,8 +446,77 @@ class Pkcs11Signer:
         # The session goes back when the thread is done with it, not when the caller stops
         # waiting; shield() keeps a cancelled caller from cancelling a job still queued in the
         # executor, which would never run and so never hand the session back.
-        future.add_done_callback(lambda _: self._pool.put_nowait(entry))
+        future.add_done_callback(functools.partial(self._returned, entry))
         return await asyncio.shield(future)
+
+    def _returned(self, entry: _PoolEntry, future: asyncio.Future[bytes]) -> None:
+        """A signature ended: its session goes back; a failure inside the module (token
+        removed, HSM reset, session lost) marks the sessions for reopening."""
+        error = None if future.cancelled() else future.exception()
+        if error is not None and isinstance(error.__cause__, PKCS11Error):
+            self._stale = True
+        self._pool.put_nowait(entry)
+
+    async def _reopen(self) -> None:
+        """Re-initialise the module (unless another signer did since our last try), log in
+        again and open fresh sessions on the same key; raises :class:`SignerError` while
+        the token is still absent, so the job backs off and a later signature tries again.
+
+        The old sessions are dropped, never closed: after a re-initialisation their handle
+        numbers may belong to new sessions."""
+        async with self._reopen_lock:
+            if not self._stale and self._generation == self._state.generation:
+                return  # another signature reopened meanwhile
+            old = [await self._pool.get() for _ in range(self._pool_size)]
+            seen = self._seen_generation
+
+            def work() -> tuple[int, list[_PoolEntry], CaPublicKey, int]:
+                with self._state.lock:
+                    if self._state.generation == seen:
+                        pkcs11.lib(self._module_path).reinitialize()
+                        self._state.generation += 1
+                        self._state.logins.clear()
+                    entries, public_key, slot_id = _open_entries(
+                        self._module_path,
+                        self._state,
+                        self._token_label,
+                        self._key_label,
+                        self._pin,
+                        self._pool_size,
+                    )
+                    return self._state.generation, entries, public_key, slot_id
+
+            try:
+                generation, entries, public_key, slot_id = await asyncio.shield(_in_thread(work))
+            except (SignerError, PKCS11Error) as e:
+                self._seen_generation = self._state.generation
+                for entry in old:
+                    self._pool.put_nowait(entry)
+                _log.warning(
+                    "signer.pkcs11.reopen_failed",
+                    key_label=self._key_label,
+                    error=str(e) or type(e).__name__,
+                )
+                raise SignerError(
+                    f"PKCS#11 token {self._token_label!r} unavailable: {str(e) or type(e).__name__}"
+                ) from e
+            if spki_sha256_hex(public_key) != spki_sha256_hex(self._public_key):
+                for entry in old:
+                    self._pool.put_nowait(entry)
+                raise SignerError(
+                    f"the token's key {self._key_label!r} is not the key this signer opened"
+                )
+            self._generation = self._seen_generation = generation
+            self._slot_id = slot_id
+            self._stale = False
+            for entry in entries:
+                self._pool.put_nowait(entry)
+            _log.warning(
+                "signer.pkcs11.reopened",
+                key_label=self._key_label,
+                token=self._token_label,
+                generation=generation,
+            )
 
     def _sign_blocking(self, entry: _PoolEntry, data: bytes, hash: HashName) -> bytes:
         lock: contextlib.AbstractContextManager[object] = (
@@ -441,6 +546,8 @@ class Pkcs11Signer:
             return
         self._closed = True
         entries = [await self._pool.get() for _ in range(self._pool_size)]
+        if self._generation != self._state.generation:
+            return  # the module was re-initialised: those sessions and that login are gone
         await asyncio.shield(
             _in_thread(functools.partial(_close_entries, self._module_path, entries, self._slot_id))
         )

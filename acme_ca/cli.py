@@ -20,7 +20,13 @@ from acme_ca.cli_org import (
     revoke_org_certificates,
     run_org,
 )
-from acme_ca.config import Config, ConfigError, config_reference, load_config
+from acme_ca.config import (
+    DEFAULT_METRICS_LISTEN,
+    Config,
+    ConfigError,
+    config_reference,
+    load_config,
+)
 from acme_ca.log import configure_logging
 
 #: ``acme-ca admin revoke --reason`` names (acme_ca.ra.revocation.REASON_CODES, kept here so
@@ -86,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
         choices=("require", "off"),
         help="require DNSSEC-validated answers (default require)",
     )
+    _metrics_flag(serve, "serve")
     serve.add_argument(
         "--perspectives",
         type=int,
@@ -134,6 +141,7 @@ def _parser() -> argparse.ArgumentParser:
         dest="remote_va_client_ca",
         help="CA of the primary's client certificate; other clients are refused",
     )
+    _metrics_flag(remote, "remote-va")
 
     certs = sub.add_parser(
         "mpic-certs",
@@ -151,7 +159,10 @@ def _parser() -> argparse.ArgumentParser:
         "a remote's certificate after '=' joined by '+'",
     )
 
-    sub.add_parser("worker", help="run a signing worker (production: one or more processes)")
+    worker = sub.add_parser(
+        "worker", help="run a signing worker (production: one or more processes)"
+    )
+    _metrics_flag(worker, "worker")
     check = sub.add_parser(
         "check",
         help="evaluate the production invariants: could this configuration issue "
@@ -263,6 +274,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _metrics_flag(parser: argparse.ArgumentParser, process: str) -> None:
+    parser.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT|off",
+        help=f"Prometheus /metrics listener, or off (default {DEFAULT_METRICS_LISTEN[process]})",
+    )
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, object]:
     return {
         "listen": getattr(args, "listen", None),
@@ -281,6 +300,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
         "tls_cert": getattr(args, "tls_cert", None),
         "tls_key": getattr(args, "tls_key", None),
         "remote_va_client_ca": getattr(args, "remote_va_client_ca", None),
+        "metrics_listen": getattr(args, "metrics_listen", None),
     }
 
 

@@ -17,6 +17,13 @@ from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "ACME_CA_"
+#: Where each process serves /metrics when ``metrics_listen`` is unset: distinct ports, so
+#: serve, worker and a remote VA can run on one host.
+DEFAULT_METRICS_LISTEN = {
+    "serve": "127.0.0.1:14090",
+    "worker": "127.0.0.1:14091",
+    "remote-va": "127.0.0.1:14092",
+}
 DEFAULT_CHALLENGE_TYPES = ("http-01", "dns-01")
 """The validation methods offered unless ``challenge_types`` says otherwise."""
 
@@ -284,6 +291,14 @@ class Config:
         "HOST:PORT of the plain-HTTP status listener: CRLs, OCSP and issuer certificates "
         "(what `status_base_url` points at). `off` disables it.",
     )
+    metrics_listen: str | None = _key(
+        None,
+        "HOST:PORT of this process's Prometheus listener (`GET /metrics`, plain HTTP, never "
+        "the ACME port), or `off`. Unset: `127.0.0.1:14090` for `serve` (its in-process "
+        "worker and status listener included), `127.0.0.1:14091` for `worker`, "
+        "`127.0.0.1:14092` for `remote-va`, so the three can share a host. Flag: "
+        "`--metrics-listen`. See docs/operations.md, Metrics and alerts.",
+    )
     crl_validity_hours: int = _key(
         96,
         "nextUpdate - thisUpdate of every CRL: CP Table 7.2.2 gives 96 hours; BR 4.9.7 allows "
@@ -419,6 +434,12 @@ class Config:
         """``max_requests_in_flight``, or four per pooled database connection."""
         return self.max_requests_in_flight or 4 * self.database_pool_size
 
+    def metrics_address(self, process: str) -> str:
+        """``metrics_listen``, or the default of ``process`` (serve, worker, remote-va)."""
+        if self.metrics_listen is not None:
+            return self.metrics_listen
+        return DEFAULT_METRICS_LISTEN[process]
+
     @property
     def pki_path(self) -> Path:
         return self.pki_dir if self.pki_dir is not None else self.home / "pki"
@@ -541,6 +562,8 @@ class Config:
             raise ConfigError("test_mode cannot be combined with an HSM (pkcs11_module)")
         if self.status_listen != "off":
             _split_host_port(self.status_listen)
+        if self.metrics_listen not in (None, "off"):
+            _split_host_port(self.metrics_listen)
         if not self.caa_identities:
             raise ConfigError("caa_identities must name at least one issuer domain")
         return self

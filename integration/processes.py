@@ -51,9 +51,12 @@ def free_port() -> int:
 def base_env(**extra: str) -> dict[str, str]:
     """The caller's environment without any ACME_CA_* setting that would leak into the CA,
     nor Pebble's PEBBLE_* knobs (which ``serve --test`` and Pebble itself obey), so the
-    shell a test runs from cannot change what a server under test does; ``extra`` on top."""
+    shell a test runs from cannot change what a server under test does; ``extra`` on top.
+    The metrics listener is off unless ``extra`` (or a flag) sets one: its fixed default
+    ports would collide between the servers and workers tests run at once."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ACME_CA_", "PEBBLE_"))}
     env["PYTHONUNBUFFERED"] = "1"
+    env["ACME_CA_METRICS_LISTEN"] = "off"
     env.update(extra)
     return env
 

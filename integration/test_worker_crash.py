@@ -115,6 +115,7 @@ def _env(dsn: str, home: Path, pki: Path) -> dict[str, str]:
         ACME_CA_HOME=str(home),
         ACME_CA_PKI_DIR=str(pki),
         ACME_CA_WORKER_POLL_SECONDS="1",
+        ACME_CA_METRICS_LISTEN="off",  # several workers at once: no fixed metrics port
         ACME_CA_LOG_FORMAT="json",
         ACME_CA_LOG_LEVEL="info",
     )

@@ -435,6 +435,7 @@ async def development(tmp_path: Path, dsn: str) -> Config:
         plain_http=True,
         listen="127.0.0.1:0",
         status_listen="off",
+        metrics_listen="off",
     ).validate()
     await init_hierarchy(config)
     pki = config.pki_path

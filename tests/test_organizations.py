@@ -13,8 +13,10 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from acme_ca.acme.b64 import b64url_decode
 from acme_ca.acme.jwk import jwk_from_key
@@ -33,9 +35,14 @@ from acme_ca.ra.organizations import (
     ov_subject,
 )
 from tests.fixtures import CaFactory
+from tests.support import status as status_support
 from tests.support.cli import run_cli
 from tests.support.jws import JwsClient, make_eab
 from tests.support.migrations import create_schema_before
+from tests.support.status import StatusEnv
+
+status_config = status_support.status_config
+env = status_support.env
 
 UNAUTHORIZED = "urn:ietf:params:acme:error:unauthorized"
 SC081 = datetime(2026, 3, 15, tzinfo=UTC)
@@ -389,3 +396,103 @@ async def test_migration_009_adds_organizations_to_an_old_database(
         assert await apply_schema(conn) == [], "replaying the schema changes nothing"
     finally:
         await conn.close()
+
+
+# --------------------------------------------------------------------------- admin revoke --org
+
+
+async def store_leaf(
+    env: StatusEnv, account_id: int, issuer: str, policy: str, subject: x509.Name
+) -> str:
+    """A certificate row as the worker stores it (issuer name, DER with ``policy``); its
+    serial.  Signed by a throwaway key: only the status room signs here."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = env.clock.now()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(env.issuers.by_name(issuer).subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(hours=1))
+        .not_valid_after(now + timedelta(days=90))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("www.example.jp")]), False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
+        .add_extension(
+            x509.CertificatePolicies([x509.PolicyInformation(x509.ObjectIdentifier(policy), None)]),
+            False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    serial = format(cert.serial_number, "x")
+    await env.pool.execute(
+        """INSERT INTO certificates (account_id, serial, issuer, der, not_before, not_after,
+                                     created_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $5)""",
+        account_id,
+        serial,
+        issuer,
+        cert.public_bytes(serialization.Encoding.DER),
+        cert.not_valid_before_utc,
+        cert.not_valid_after_utc,
+    )
+    return serial
+
+
+async def test_admin_revoke_org_revokes_its_ov_certificates_onto_the_crl(
+    env: StatusEnv, dsn: str, tmp_path: Path
+) -> None:
+    """``acme-ca admin revoke --org ID``: every unexpired OV certificate of the organization's
+    accounts is revoked (privilegeWithdrawn: its vetted information no longer holds, BR
+    4.9.1.1 / 7.2.2), audited, and on the OV issuer's next CRL; its DV certificates and other
+    organizations' certificates are not touched. --dry-run only lists."""
+    org = await add_org(env.pool, env.clock.now() - timedelta(days=5))
+    other = await add_org(env.pool, env.clock.now() - timedelta(days=5), name="Other K.K.")
+    member, _ = await bound_account(env.pool, org.id)
+    outsider, _ = await bound_account(env.pool, other.id)
+    ov = ov_subject(org, "www.example.jp")
+    ov_serial = await store_leaf(env, member, "ov-ecc", "2.23.140.1.2.2", ov)
+    dv_serial = await store_leaf(env, member, "dv-ecc", "2.23.140.1.2.1", x509.Name([]))
+    kept = await store_leaf(env, outsider, "ov-ecc", "2.23.140.1.2.2", ov_subject(other, None))
+
+    code, out, err = await run_cli(
+        dsn, tmp_path, "admin", "revoke", "--org", str(org.id), "--dry-run"
+    )
+    assert code == 0, (out, err)
+    assert out.splitlines()[0].startswith(f"would revoke\t{ov_serial}\treason=privilegeWithdrawn")
+    assert (
+        await env.pool.fetchval("SELECT count(*) FROM certificates WHERE revoked_at IS NOT NULL")
+        == 0
+    )
+
+    code, out, err = await run_cli(
+        dsn, tmp_path, "admin", "revoke", "--org", str(org.id), "--actor", "dave"
+    )
+    assert code == 0, (out, err)
+    assert out.splitlines()[0].startswith(f"revoked\t{ov_serial}\treason=privilegeWithdrawn")
+    assert f"1 certificate(s) of organization {org.id}" in out
+    rows = {
+        r["serial"]: r
+        for r in await env.pool.fetch(
+            "SELECT serial, revoked_at, revocation_reason FROM certificates"
+        )
+    }
+    assert rows[ov_serial]["revocation_reason"] == 9 and rows[ov_serial]["revoked_at"]
+    assert rows[dv_serial]["revoked_at"] is None and rows[kept]["revoked_at"] is None
+    (event,) = await audit(env.pool, "certificate.revoked")
+    assert event["actor"] == "operator:dave" and event["details"]["serial"] == ov_serial
+
+    await env.updater().publish_all_crls()
+    record = await env.repository.latest_crl("ov-ecc")
+    assert record is not None
+    crl = x509.load_der_x509_crl(record.der)
+    entry = crl.get_revoked_certificate_by_serial_number(int(ov_serial, 16))
+    assert entry is not None
+    reason = entry.extensions.get_extension_for_class(x509.CRLReason).value.reason
+    assert reason is x509.ReasonFlags.privilege_withdrawn
+    assert crl.get_revoked_certificate_by_serial_number(int(kept, 16)) is None
+
+    code, _, err = await run_cli(dsn, tmp_path, "admin", "revoke", "--org", "999999")
+    assert code == 1 and "no organization 999999" in err
+    code, _, err = await run_cli(dsn, tmp_path, "admin", "revoke", "--org", str(org.id), "x1")
+    assert code == 2 and "one of SERIAL, --domain and --org" in err

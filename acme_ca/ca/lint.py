@@ -32,6 +32,7 @@ import contextvars
 import enum
 import importlib.metadata
 import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Literal, get_args
@@ -42,6 +43,8 @@ from pkilint import finding_filter, loader, pkix
 from pkilint.cabf import cabf_crl, serverauth
 from pkilint.cabf.serverauth import serverauth_constants
 from pkilint.pkix import certificate, crl, extension, name
+
+from acme_ca import metrics
 
 PKILINT_VERSION: Final = "0.13.3"
 
@@ -202,6 +205,10 @@ def _undecodable(kind: str, e: Exception) -> LintReport:
     )
 
 
+def _observe(report: LintReport, seconds: float) -> None:
+    metrics.observe_lint(report.kind, (f.severity.name for f in report.findings), seconds)
+
+
 class CertificateLinter:
     """pkilint's DV subscriber (final and pre-certificate) and BR CRL linters, built once.
 
@@ -275,8 +282,11 @@ class CertificateLinter:
         kind: LintKind,
         validity_period_start: datetime | None = None,
     ) -> LintReport:
-        """:meth:`lint` in a worker thread."""
-        return await asyncio.to_thread(self.lint, der, kind, validity_period_start)
+        """:meth:`lint` in a worker thread (recorded in the lint metrics)."""
+        started = time.perf_counter()
+        report = await asyncio.to_thread(self.lint, der, kind, validity_period_start)
+        _observe(report, time.perf_counter() - started)
+        return report
 
     def lint_crl(self, der: bytes) -> LintReport:
         """Lint a DER CRL against RFC 5280 plus the BR rules pkilint has (reason codes
@@ -290,5 +300,8 @@ class CertificateLinter:
         return LintReport("CRL", tuple(_findings(results)))
 
     async def alint_crl(self, der: bytes) -> LintReport:
-        """:meth:`lint_crl` in a worker thread."""
-        return await asyncio.to_thread(self.lint_crl, der)
+        """:meth:`lint_crl` in a worker thread (recorded in the lint metrics)."""
+        started = time.perf_counter()
+        report = await asyncio.to_thread(self.lint_crl, der)
+        _observe(report, time.perf_counter() - started)
+        return report

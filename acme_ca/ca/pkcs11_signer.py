@@ -43,6 +43,7 @@ from pkcs11.exceptions import (
     UserAlreadyLoggedIn,
 )
 
+from acme_ca import metrics
 from acme_ca.ca.signer import (
     CaPublicKey,
     HashName,
@@ -426,6 +427,9 @@ class Pkcs11Signer:
         return signature_algorithm_der(self._public_key, hash)
 
     async def sign(self, data: bytes, hash: HashName) -> bytes:
+        return await metrics.measured_signature("pkcs11", self._key_label, self._sign(data, hash))
+
+    async def _sign(self, data: bytes, hash: HashName) -> bytes:
         check_hash(self._public_key, hash)
         if self._closed:
             raise SignerError("signer is closed")

@@ -21,6 +21,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
+from acme_ca import metrics
 from acme_ca.log import get_logger
 
 _log = get_logger(__name__)
@@ -162,11 +163,18 @@ def warn_if_loose(path: Path, what: str) -> None:
         )
 
 
+def _key_name(path: Path) -> str:
+    """``keys/dv-ecc.key.pem`` -> ``dv-ecc``: the name the metrics label the key with."""
+    return path.name.removesuffix(".pem").removesuffix(".key")
+
+
 class SoftwareSigner:
     """A private key in process memory, for the embedded test CA only: never for real issuance."""
 
-    def __init__(self, private_key: CaPrivateKey) -> None:
+    def __init__(self, private_key: CaPrivateKey, *, name: str = "software") -> None:
+        """``name`` labels its metrics (the key file's stem)."""
         self._key = private_key
+        self._name = name
         self._public_key: CaPublicKey = private_key.public_key()
         self._key_type = key_type_of(self._public_key)
         _log.warning(
@@ -189,6 +197,9 @@ class SoftwareSigner:
         return signature_algorithm_der(self._public_key, hash)
 
     async def sign(self, data: bytes, hash: HashName) -> bytes:
+        return await metrics.measured_signature("software", self._name, self._sign(data, hash))
+
+    async def _sign(self, data: bytes, hash: HashName) -> bytes:
         check_hash(self._public_key, hash)
         return await asyncio.to_thread(self._sign_blocking, data, hash)
 
@@ -219,7 +230,7 @@ class SoftwareSigner:
                 f.write(pem)
             return key
 
-        return cls(await asyncio.to_thread(work))
+        return cls(await asyncio.to_thread(work), name=_key_name(path))
 
     @classmethod
     async def load(cls, path: Path) -> SoftwareSigner:
@@ -232,4 +243,4 @@ class SoftwareSigner:
                 raise SignerError(f"{path}: not an RSA or EC private key")
             return key
 
-        return cls(await asyncio.to_thread(work))
+        return cls(await asyncio.to_thread(work), name=_key_name(path))

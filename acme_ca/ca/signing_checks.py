@@ -9,12 +9,14 @@ and an audit row naming every rule that refused.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Protocol
 
 import structlog
 
+from acme_ca import metrics
 from acme_ca.ca import recheck
 from acme_ca.clock import Clock
 from acme_ca.db.issuance import IssuanceRepository
@@ -36,6 +38,19 @@ class CaaRechecker(Protocol):
     async def recheck_caa(
         self, identifier: str, wildcard: bool, account_uri: str, validation_method: str
     ) -> CheckResult: ...
+
+
+async def _measured_recheck(
+    caa: CaaRechecker, identifier: str, wildcard: bool, account_uri: str, method: str
+) -> CheckResult:
+    """One CAA recheck, recorded as ``validation_latency{operation="caa"}``."""
+    started = time.perf_counter()
+    result: CheckResult | None = None
+    try:
+        result = await caa.recheck_caa(identifier, wildcard, account_uri, method)
+        return result
+    finally:
+        metrics.observe_validation("caa", "all", method, result, time.perf_counter() - started)
 
 
 class OrganizationLookup(Protocol):
@@ -154,7 +169,9 @@ class SigningChecks:
         async with asyncio.TaskGroup() as group:
             checks = [
                 group.create_task(
-                    caa.recheck_caa(ev.identifier, ev.wildcard, account_uri(job.account_id), method)
+                    _measured_recheck(
+                        caa, ev.identifier, ev.wildcard, account_uri(job.account_id), method
+                    )
                 )
                 for _, ev, method in stale
             ]

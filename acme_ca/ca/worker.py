@@ -51,6 +51,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -59,6 +60,7 @@ import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from acme_ca import metrics
 from acme_ca.acme import problems
 from acme_ca.acme.jsontypes import JsonValue
 from acme_ca.ca.ct.sct import final_tbs, remove_poison
@@ -368,7 +370,17 @@ class SigningWorker:
             view, handler = self._steps[current.step]
             if type(current) is not view:
                 raise IssuanceError(f"a {current.step} job read as {type(current).__name__}")
-            current = await handler(current, issuer)
+            step, started = current.step, time.perf_counter()
+            try:
+                current = await handler(current, issuer)
+            except Exception:
+                metrics.observe_issuance_step(step, "error", time.perf_counter() - started)
+                raise
+            # The last two steps end the job when they return nothing; the others stop it.
+            finished = current is not None or step in (Step.SCTS_COLLECTED, Step.ISSUED)
+            metrics.observe_issuance_step(
+                step, "advanced" if finished else "stopped", time.perf_counter() - started
+            )
 
     def _holds(self, job: IssuanceJob, step: str) -> bool:
         """Whether this worker still owns ``job`` as recorded; if not, another worker took it
@@ -534,6 +546,8 @@ class SigningWorker:
             ),
             self._clock.now(),
         )
+        if stored:
+            metrics.certificate_issued(issuer.name)
         log.info(
             "certificate.issued" if stored else "issuance.already_complete",
             serial=job.serial,

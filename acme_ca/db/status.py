@@ -249,6 +249,11 @@ class StatusRepository:
         self._pool = pool
         self._owns_pool = owns_pool
 
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """The pool it queries (its use is reported in the metrics)."""
+        return self._pool
+
     @classmethod
     async def open(cls, dsn: str, *, max_size: int = 4) -> StatusRepository:
         """A repository on its own pool (the key-less status listener); :meth:`close` it."""

@@ -24,6 +24,7 @@ from acme_ca.db.audit_chain import ensure_partitions
 from acme_ca.db.completions import OrderCompletions
 from acme_ca.db.requests import RequestRecorder
 from acme_ca.db.storage import Storage, open_storage
+from acme_ca.main.metrics import report_database
 from acme_ca.ra.accounts import AccountAuthority
 from acme_ca.ra.challenges import ChallengeAuthority, Validator
 from acme_ca.ra.finalize import FinalizeAuthority
@@ -79,9 +80,11 @@ def create_app(
             max_size=config.database_pool_size,
             acquire_timeout=config.database_acquire_timeout_seconds,
         )
+        unreport = report_database(app[STORAGE], "acme", clock)
         try:
             yield
         finally:
+            unreport()
             await app[STORAGE].close()
 
     async def requests_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -5,6 +5,7 @@ socket systemd passed), until SIGTERM or SIGINT."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -15,6 +16,7 @@ from aiohttp import web
 
 from acme_ca.clock import SystemClock
 from acme_ca.config import Config
+from acme_ca.main.metrics import metrics_listener
 from acme_ca.remote_va.server import load_remote_va_settings, make_remote_va_app
 from acme_ca.va.mtls import server_context
 from acme_ca.va.perspectives import MpicConfigError
@@ -53,9 +55,11 @@ async def run_remote_va(config: Config, *, stop: asyncio.Event | None = None) ->
     app = make_remote_va_app(
         identity, remote_authority_factory(config, SystemClock(), identity.perspective_id)
     )
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(metrics_listener(config, "remote-va"))
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        stack.push_async_callback(runner.cleanup)
         sock = inherited_listen_socket()
         site: web.BaseSite
         if sock is not None:
@@ -79,5 +83,3 @@ async def run_remote_va(config: Config, *, stop: asyncio.Event | None = None) ->
         )
         await stop.wait()
         log.info("remote_va.stopping", perspective=identity.perspective_id)
-    finally:
-        await runner.cleanup()

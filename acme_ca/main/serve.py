@@ -19,6 +19,7 @@ from acme_ca.config import Config
 from acme_ca.db.database import database_dsn, migrate
 from acme_ca.deployment import deployment_gate, signing_guard
 from acme_ca.main.app import create_app
+from acme_ca.main.metrics import metrics_listener
 from acme_ca.main.status import start_status_server
 from acme_ca.main.worker import run_worker
 from acme_ca.remote_va.primary import build_validator
@@ -59,10 +60,10 @@ async def serve(
     hierarchy with a failing invariant raises :class:`~acme_ca.deployment.DeploymentRefused`),
     and the multi-perspective configuration is checked (a refusal raises
     :class:`~acme_ca.va.perspectives.MpicConfigError`).  Started in order and stopped in
-    reverse: database, schema, the in-process CT test logs (``ct_log_list`` unset: test mode
-    and embedded defaults), in test mode the challenge test server (and the
-    ``--perspectives`` remote VAs), the status listener, the signing worker
-    (``serve_worker``), then the ACME listener.
+    reverse: the metrics listener (``metrics_listen``), database, schema, the in-process CT
+    test logs (``ct_log_list`` unset: test mode and embedded defaults), in test mode the
+    challenge test server (and the ``--perspectives`` remote VAs), the status listener, the
+    signing worker (``serve_worker``), then the ACME listener.
     """
     clock = clock or SystemClock()
     await ensure_hierarchy(config)
@@ -74,6 +75,8 @@ async def serve(
     if config.database_url is None:
         log.info("database.embedded", home=str(config.home.resolve()))
     async with contextlib.AsyncExitStack() as stack:
+        # First: a metrics port already taken stops the start before anything else runs.
+        await stack.enter_async_context(metrics_listener(config, "serve"))
         dsn = await stack.enter_async_context(database_dsn(config))
         applied = await migrate(dsn)
         log.info("database.migrated", applied=applied)
@@ -193,6 +196,7 @@ async def work(
     stop = stop or asyncio.Event()
     _stop_on_signals(stop)
     async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(metrics_listener(config, "worker"))
         dsn = await stack.enter_async_context(database_dsn(config))
         await migrate(dsn)
         ct_logs = None

@@ -1,5 +1,6 @@
 """The status listener (``status_listen``) of ``acme-ca serve``: the key-less app of
-:mod:`acme_ca.status.server` on its own plain-HTTP port."""
+:mod:`acme_ca.status.server` on its own plain-HTTP port.  :func:`start_plain_listener` also
+serves the metrics listener (:mod:`acme_ca.main.metrics`)."""
 
 from __future__ import annotations
 
@@ -28,14 +29,11 @@ def _host_port(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-async def start_status_server(
-    config: Config, dsn: str, *, clock: Clock | None = None
-) -> StatusServer:
-    """Listen on ``config.status_listen`` (port 0: any free port); the URL names the port."""
-    host, port = _host_port(config.status_listen)
-    runner = web.AppRunner(
-        create_status_app(config, dsn, clock=clock), access_log=None, handle_signals=False
-    )
+async def start_plain_listener(app: web.Application, listen: str) -> StatusServer:
+    """Serve ``app`` over plain HTTP on ``listen`` (HOST:PORT; port 0: any free port); the
+    URL names the port bound."""
+    host, port = _host_port(listen)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host or None, port, reuse_address=True)
@@ -48,3 +46,12 @@ async def start_status_server(
     if ":" in shown:
         shown = f"[{shown}]"
     return StatusServer(runner, f"http://{shown}:{bound}")
+
+
+async def start_status_server(
+    config: Config, dsn: str, *, clock: Clock | None = None
+) -> StatusServer:
+    """Listen on ``config.status_listen`` (port 0: any free port); the URL names the port."""
+    return await start_plain_listener(
+        create_status_app(config, dsn, clock=clock), config.status_listen
+    )

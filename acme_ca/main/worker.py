@@ -27,6 +27,7 @@ from acme_ca.config import Config
 from acme_ca.db.organizations import OrganizationRepository
 from acme_ca.db.status import StatusRepository
 from acme_ca.db.storage import Storage, open_storage
+from acme_ca.main.metrics import report_database
 from acme_ca.remote_va.primary import build_validator
 from acme_ca.status.key_compromise import KeyCompromiseSweeper
 from acme_ca.status.updater import (
@@ -145,6 +146,7 @@ async def run_worker(
         )
         ct = await stack.enter_async_context(_ct(config, logs, clock))
         storage = await stack.enter_async_context(_storage(config, dsn))
+        stack.callback(report_database(storage, "worker", clock))
         issuers = await stack.enter_async_context(_issuers(config, clock))
         linter = await asyncio.to_thread(CertificateLinter)
         roots = await open_root_authorities(config)

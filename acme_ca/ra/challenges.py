@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Protocol
 
 import structlog
 
+from acme_ca import metrics
 from acme_ca.acme import problems
 from acme_ca.acme.b64 import b64url_encode
 from acme_ca.acme.problems import AcmeError
@@ -149,6 +151,8 @@ class ChallengeAuthority:
         assert account is not None
         if self._max_delay:
             await asyncio.sleep(secrets.randbelow(self._max_delay * 1000 + 1) / 1000)
+        started = time.perf_counter()
+        result: CheckResult | None = None
         try:
             result = await self._validator.validate(
                 challenge.type,
@@ -166,6 +170,9 @@ class ChallengeAuthority:
             log.exception("challenge.validator_crashed", challenge_id=challenge_id)
             valid, records = False, []
             error = problems.server_internal("validation failed inside the CA")
+        metrics.observe_validation(
+            "dcv", "all", challenge.type, result, time.perf_counter() - started
+        )
         now = self._clock.now()
         outcome = ValidationOutcome(
             valid=valid,

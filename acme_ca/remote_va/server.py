@@ -26,6 +26,7 @@ from typing import Final
 import structlog
 from aiohttp import web
 
+from acme_ca import metrics
 from acme_ca.config import Config
 from acme_ca.va.authority import ValidationAuthority
 from acme_ca.va.mpic import CHECK_PATH, RemoteRequest, remote_reply, run_remote_check
@@ -127,6 +128,9 @@ async def _check(request: web.Request) -> web.Response:
         result = await run_remote_check(authority, check)
     finally:
         await authority.aclose()
+    metrics.observe_validation(
+        check.kind, identity.perspective_id, check.method, result, time.monotonic() - started
+    )
     log.info(
         "remote_va.checked",
         perspective=identity.perspective_id,

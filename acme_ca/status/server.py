@@ -34,11 +34,18 @@ import structlog
 from aiohttp import web
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from acme_ca import metrics
 from acme_ca.ca.issuers_file import IssuersFile, read_issuers_file
 from acme_ca.clock import Clock, SystemClock
 from acme_ca.config import Config
 from acme_ca.db.status import StatusRepository
-from acme_ca.status.ocsp import MAX_REQUEST_BYTES, OcspAnswer, OcspResponder, decode_get_request
+from acme_ca.status.ocsp import (
+    MALFORMED_REQUEST,
+    MAX_REQUEST_BYTES,
+    OcspAnswer,
+    OcspResponder,
+    decode_get_request,
+)
 
 log = structlog.get_logger(component="acme_ca.status.server")
 
@@ -115,6 +122,7 @@ def create_status_app(config: Config, dsn: str, *, clock: Clock | None = None) -
     async def state_ctx(app: web.Application) -> AsyncIterator[None]:
         parsed = await asyncio.to_thread(read_issuers_file, config.pki_path, now=clock.now())
         repository = await StatusRepository.open(dsn, max_size=POOL_SIZE)
+        unregister = metrics.register_pool("status", repository.pool)
         try:
             app[STATUS_STATE] = StatusState(
                 repository=repository,
@@ -128,6 +136,7 @@ def create_status_app(config: Config, dsn: str, *, clock: Clock | None = None) -
             )
             yield
         finally:
+            unregister()
             await repository.close()
 
     app.cleanup_ctx.append(state_ctx)
@@ -235,10 +244,12 @@ async def _ocsp_reply(
         error=answer.why,
     )
     if record is None:
+        metrics.observe_ocsp("malformed" if answer.der == MALFORMED_REQUEST else "unauthorized")
         # Unsigned error statuses: never cached, so a response produced seconds later is seen.
         headers = {"Cache-Control": "no-cache, no-store, max-age=0"}
         return web.Response(body=answer.der, content_type=OCSP_RESPONSE_TYPE, headers=headers)
     now = state.clock.now()
+    metrics.observe_ocsp(record.status, record.issuer, (now - record.this_update).total_seconds())
     headers = {
         "Last-Modified": http_date(record.produced_at),
         "ETag": _etag(record.der),

@@ -36,6 +36,7 @@ from typing import Final
 
 import structlog
 
+from acme_ca import metrics
 from acme_ca.ca.issuers import Issuer, IssuerSet, open_root_signer
 from acme_ca.ca.issuers_file import IssuerConfigError, read_issuers_file
 from acme_ca.ca.lint import CertificateLinter
@@ -238,7 +239,10 @@ class StatusUpdater:
                     write_crl_file, self._settings.crl_dir, authority.name, record.der
                 )
         except Exception:
+            metrics.crl_published(authority.name, ok=False)
             log.exception("crl.publish_failed", issuer=authority.name, trigger=trigger)
+        else:
+            metrics.crl_published(authority.name, ok=record is not None)  # None: lint failed
 
     async def publish_all_crls(self, trigger: str = "scheduled") -> None:
         for authority in (*self._authorities.values(), *self._roots.values()):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 from datetime import timedelta
 
+from acme_ca import metrics
 from acme_ca.acme import problems
 from acme_ca.acme.nonce import NonceCodec, NonceRejected
 from acme_ca.acme.problems import AcmeError
@@ -37,10 +38,12 @@ class NonceService:
         try:
             opened = self._codec.open(nonce, self._clock.now())
         except NonceRejected as exc:
+            metrics.observe_nonce("expired" if "expired" in str(exc) else "malformed")
             raise AcmeError(
                 problems.bad_nonce(f"JWS has an invalid anti-replay nonce: {exc}")
             ) from None
         if self._reject_percent and secrets.randbelow(100) < self._reject_percent:
+            metrics.observe_nonce("test_knob")
             raise AcmeError(
                 problems.bad_nonce(
                     "nonce rejected by the test-mode knob "
@@ -53,7 +56,9 @@ class NonceService:
         """Consume the nonce; a second use anywhere gets ``badNonce``."""
         opened = self._codec.open(nonce, self._clock.now())
         if not await self._repo.redeem(opened.nonce_id, opened.expires_at):
+            metrics.observe_nonce("used")
             raise AcmeError(problems.bad_nonce("JWS nonce was already used"))
+        metrics.observe_nonce(None)
 
     async def purge(self) -> int:
         return await self._repo.purge_expired(self._clock.now())

@@ -47,7 +47,8 @@ REPO = Path(__file__).resolve().parents[2]
 STATUS = "http://pki.acme-ca-test.example.com"
 
 
-ISSUERS = ("dv-rsa", "dv-ecc")
+#: Every issuing CA `acme-ca init` makes: the DV pair and the OV pair (issue 15).
+ISSUERS = ("dv-rsa", "dv-ecc", "ov-rsa", "ov-ecc")
 
 
 ROOTS = ("root-r1", "root-x1")

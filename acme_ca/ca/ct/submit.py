@@ -30,6 +30,7 @@ import base64
 import contextlib
 import email.utils
 import json
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -40,6 +41,7 @@ import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from acme_ca import metrics
 from acme_ca.acme.jsontypes import JsonValue
 from acme_ca.ca.ct.loglist import CtLog, LogList, LogListError, LogListSource
 from acme_ca.ca.ct.policy import CtPolicy, Requirement, spread
@@ -167,7 +169,11 @@ class CtPolicyNotMet(Exception):
 
 
 class _LogFailed(Exception):
-    """One log gave no usable SCT this time."""
+    """One log gave no usable SCT this time; ``status`` says how, for the metrics."""
+
+    def __init__(self, message: str, status: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def _retry_after(value: str | None, now: datetime) -> float | None:
@@ -378,6 +384,31 @@ class CertificateTransparency:
         body: AddChain,
         verify: Callable[[CtLog, SignedCertificateTimestamp], None],
     ) -> SignedCertificateTimestamp:
+        """:meth:`_post` to one log, recorded as ``ct_submission_time_seconds``."""
+        kind = "final" if call == "add-chain" else "precert"
+        started = time.perf_counter()
+        status = "canceled"  # a hedged submission no longer needed
+        try:
+            sct = await self._post(ct_log, call, body, verify)
+        except _LogFailed as e:
+            status = e.status
+            raise
+        except Exception:
+            status = "error"
+            raise
+        else:
+            status = "success"
+        finally:
+            metrics.observe_ct_submission(ct_log.name, kind, status, time.perf_counter() - started)
+        return sct
+
+    async def _post(
+        self,
+        ct_log: CtLog,
+        call: str,
+        body: AddChain,
+        verify: Callable[[CtLog, SignedCertificateTimestamp], None],
+    ) -> SignedCertificateTimestamp:
         loop = asyncio.get_running_loop()
         budget = self.settings.timeout
         budget_end = loop.time() + budget
@@ -387,7 +418,7 @@ class CertificateTransparency:
             tries += 1
             remaining = budget_end - loop.time()
             if remaining <= 0:
-                raise _LogFailed(f"no SCT within {budget:g} s")
+                raise _LogFailed(f"no SCT within {budget:g} s", "timeout")
             retry_after_header = None
             try:
                 async with asyncio.timeout(remaining):
@@ -396,7 +427,7 @@ class CertificateTransparency:
                         retry_after_header = response.headers.get("Retry-After")
                         payload = await response.read()
             except TimeoutError:
-                raise _LogFailed(f"no answer within {budget:g} s") from None
+                raise _LogFailed(f"no answer within {budget:g} s", "timeout") from None
             except aiohttp.ClientError as e:
                 status, payload = 0, str(e).encode()
             if status == 200:
@@ -404,7 +435,7 @@ class CertificateTransparency:
                     sct = SignedCertificateTimestamp.from_json(json.loads(payload))
                     verify(ct_log, sct)
                 except (ValueError, SctError) as e:
-                    raise _LogFailed(f"SCT rejected: {e}") from None
+                    raise _LogFailed(f"SCT rejected: {e}", "invalid_sct") from None
                 return sct
             what = f"HTTP {status}" if status else f"connection failed ({payload.decode()})"
             if status == 429 or status >= 500 or status == 0:
@@ -414,12 +445,12 @@ class CertificateTransparency:
                     if wait is not None:
                         self._held[ct_log.log_id] = loop.time() + wait
                         what += f", Retry-After {wait:g} s"
-                    raise _LogFailed(f"{what} after {tries} tries")
+                    raise _LogFailed(f"{what} after {tries} tries", "unavailable")
                 log.info("ct.submission_retry", log=ct_log.name, status=status, pause=pause)
                 await asyncio.sleep(pause)
                 continue
             detail = payload[:200].decode(errors="replace").strip()
-            raise _LogFailed(f"{what}: {detail}" if detail else what)
+            raise _LogFailed(f"{what}: {detail}" if detail else what, "rejected")
 
     # ------------------------------------------------------------------ final certificates
 

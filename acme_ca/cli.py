@@ -69,6 +69,12 @@ def _parser() -> argparse.ArgumentParser:
         help="port http-01 validation connects to (default 80)",
     )
     serve.add_argument(
+        "--tlsalpn01-port",
+        type=int,
+        metavar="PORT",
+        help="port tls-alpn-01 validation connects to (default 443; 5001 in test mode)",
+    )
+    serve.add_argument(
         "--allow-loopback-validation",
         action="store_true",
         default=None,
@@ -86,6 +92,12 @@ def _parser() -> argparse.ArgumentParser:
         "--challsrv-http01",
         metavar="HOST:PORT|off",
         help="test mode: the challenge server's own http-01 listener, or off",
+    )
+    serve.add_argument(
+        "--challsrv-tlsalpn01",
+        metavar="HOST:PORT|off",
+        help="test mode: the challenge server's own tls-alpn-01 listener (default "
+        "127.0.0.1:5001), or off so a client can answer on 5001 itself (lego --tls)",
     )
     serve.add_argument(
         "--dnssec",
@@ -129,6 +141,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     remote.add_argument(
         "--dns-resolver", metavar="HOST:PORT", help="this perspective's own validating resolver"
+    )
+    remote.add_argument(
+        "--tlsalpn01-port",
+        type=int,
+        metavar="PORT",
+        help="port tls-alpn-01 checks connect to (default 443)",
     )
     remote.add_argument(
         "--tls-cert", type=Path, metavar="PEM", help="server certificate naming the perspective id"
@@ -293,6 +311,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
         "dnssec": getattr(args, "dnssec", None),
         "test_mode": getattr(args, "test_mode", None),
         "challsrv_http01": getattr(args, "challsrv_http01", None),
+        "challsrv_tlsalpn01": getattr(args, "challsrv_tlsalpn01", None),
+        "tlsalpn01_port": getattr(args, "tlsalpn01_port", None),
         "test_perspectives": getattr(args, "test_perspectives", None),
         "remote_va_listen": getattr(args, "remote_va_listen", None),
         "perspective_id": getattr(args, "perspective_id", None),

@@ -181,6 +181,11 @@ class Config:
     http01_port: int = _key(
         80, "Port http-01 validation connects to (RFC 8555 §8.3 says 80; tests move it)."
     )
+    tlsalpn01_port: int = _key(
+        443,
+        "Port tls-alpn-01 validation connects to (RFC 8737 §3 says 443; test mode: 5001, "
+        "Pebble's tlsPort).",
+    )
     challenge_types: list[str] = _key(
         list(DEFAULT_CHALLENGE_TYPES),
         "The validation methods offered, by ACME challenge type (BR 3.2.2.4; the registry "
@@ -342,6 +347,12 @@ class Config:
         "127.0.0.1:5002",
         "Test mode: the challenge test server's own http-01 listener, or `off` so a "
         "standalone client can bind the validation port itself.",
+    )
+    challsrv_tlsalpn01: str = _key(
+        "127.0.0.1:5001",
+        "Test mode: the challenge test server's own tls-alpn-01 listener (answers with the "
+        "certificates of `/add-tlsalpn01`), or `off` so a client that answers the challenge "
+        "itself (`lego --tls`) can bind the validation port.",
     )
     challsrv_https01: str = _key(
         "127.0.0.1:5003",
@@ -514,6 +525,10 @@ class Config:
             _split_host_port(resolver.strip())
         if not 0 < self.http01_port < 65536:
             raise ConfigError("http01_port must be a TCP port")
+        if not 0 < self.tlsalpn01_port < 65536:
+            raise ConfigError("tlsalpn01_port must be a TCP port")
+        if self.challsrv_tlsalpn01 != "off":
+            _split_host_port(self.challsrv_tlsalpn01)
         if not 0 < self.https01_port < 65536:
             raise ConfigError("https01_port must be a TCP port")
         if self.https01_port != 443 and not self.test_mode:
@@ -662,8 +677,9 @@ PEBBLE_MAX_VALIDATION_SLEEP = 15
 
 def test_mode_defaults(explicit: Mapping[str, object], env: Mapping[str, str]) -> dict[str, object]:
     """What ``serve --test`` changes, unless set explicitly: resolve through the challenge
-    test server, validate http-01 on its port (5002), reach loopback, skip DNSSEC (the test
-    DNS server signs nothing), and read Pebble's knob variables."""
+    test server, validate http-01 on its port (5002) and tls-alpn-01 on its tls-alpn-01
+    listener's (5001, also when that listener is off: Pebble's tlsPort), reach loopback, skip
+    DNSSEC (the test DNS server signs nothing), and read Pebble's knob variables."""
     hints = _field_types()
     dns = explicit.get("challsrv_dns", Config.challsrv_dns)
     derived: dict[str, object] = {
@@ -672,6 +688,9 @@ def test_mode_defaults(explicit: Mapping[str, object], env: Mapping[str, str]) -
         "allow_loopback_validation": True,
         "dnssec": "off",
     }
+    tlsalpn01 = explicit.get("challsrv_tlsalpn01", Config.challsrv_tlsalpn01)
+    listener = tlsalpn01 if isinstance(tlsalpn01, str) and tlsalpn01 != "off" else None
+    derived["tlsalpn01_port"] = _split_host_port(listener)[1] if listener else 5001
     https01 = explicit.get("challsrv_https01", Config.challsrv_https01)
     if isinstance(https01, str) and https01 != "off":
         derived["https01_port"] = _split_host_port(https01)[1]

@@ -110,7 +110,7 @@ async def test_br_dcv_5_http01_wildcard_refused(
 @pytest.mark.parametrize(
     ("challenge_type", "key_auth", "expected"),
     [
-        ("tls-alpn-01", KEY_AUTH, "malformed"),
+        ("unknown-01", KEY_AUTH, "malformed"),
         ("http-01", f"other-token.{THUMBPRINT}", "serverInternal"),
     ],
     ids=["unsupported-type", "foreign-key-authorization"],

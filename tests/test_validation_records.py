@@ -65,6 +65,7 @@ def test_br_3_2_2_4_offered_methods_and_their_adn_columns() -> None:
     assert columns == {
         "http-01": ("3.2.2.4.19", False, False, False),
         "dns-01": ("3.2.2.4.7", True, True, True),
+        "tls-alpn-01": ("3.2.2.4.20", False, False, False),
         "dns-persist-01": ("3.2.2.4.22", True, True, False),
         "dns-account-01": ("3.2.2.4.21", True, True, False),
     }

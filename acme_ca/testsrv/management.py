@@ -288,6 +288,28 @@ async def _del_redirect(request: web.Request) -> web.Response:
     return _done("testsrv.redirect.deleted", path=path)
 
 
+# tls-alpn-01 (pebble-challtestsrv's /add-tlsalpn01 and /del-tlsalpn01)
+
+
+async def _add_tlsalpn01(request: web.Request) -> web.Response:
+    body = await _body(request)
+    host, content = body.text("host"), body.text("content")
+    request.app[STORE].add_tlsalpn01(host, content)
+    return _done("testsrv.tlsalpn01.added", host=host)
+
+
+async def _del_tlsalpn01(request: web.Request) -> web.Response:
+    host = (await _body(request)).text("host")
+    request.app[STORE].del_tlsalpn01(host)
+    return _done("testsrv.tlsalpn01.deleted", host=host)
+
+
+_TLSALPN01_ROUTES = (
+    ("/add-tlsalpn01", _add_tlsalpn01),
+    ("/del-tlsalpn01", _del_tlsalpn01),
+)
+
+
 # Request history
 
 
@@ -374,6 +396,7 @@ def make_management_app(
     *,
     dns: bool = True,
     http01: bool = True,
+    tlsalpn01: bool = False,
     roots: PemProvider | None = None,
     intermediates: PemProvider | None = None,
 ) -> web.Application:
@@ -385,6 +408,7 @@ def make_management_app(
     if intermediates is not None:
         app[INTERMEDIATES] = intermediates
     routes = _HISTORY_ROUTES + (_DNS_ROUTES if dns else ()) + (_HTTP01_ROUTES if http01 else ())
+    routes += _TLSALPN01_ROUTES if tlsalpn01 else ()
     for path, handler in routes:
         app.router.add_post(path, handler)
     app.router.add_get(r"/roots/{index:\d+}", _root)

@@ -20,6 +20,7 @@ from acme_ca.testsrv.dns import DnsServer
 from acme_ca.testsrv.http01 import https01_ssl_context, make_http01_app
 from acme_ca.testsrv.management import PemProvider, make_management_app
 from acme_ca.testsrv.store import DEFAULT_IPV4, ChallengeStore
+from acme_ca.testsrv.tlsalpn01 import TlsAlpnResponder
 
 _log = structlog.get_logger(component=__name__)
 
@@ -41,6 +42,9 @@ class ChallengeServerConfig:
     management: BindAddress = field(default_factory=lambda: BindAddress("127.0.0.1", 8055))
     http01: BindAddress | None = field(default_factory=lambda: BindAddress("127.0.0.1", 5002))
     """None disables the http-01 responder and its management verbs."""
+    tlsalpn01: BindAddress | None = None
+    """The tls-alpn-01 listener (pebble-challtestsrv's 5001) and its management verbs; None
+    (the default here) runs none."""
     https01: BindAddress | None = None
     """pebble-challtestsrv's https-01 listener (5003 there): http-01 answers over TLS, for
     redirect tests; None (the default here) runs none."""
@@ -99,6 +103,7 @@ class ChallengeTestServer:
         self._stack: contextlib.AsyncExitStack | None = None
         self._dns_port: int | None = None
         self._http01_port: int | None = None
+        self._tlsalpn01: TlsAlpnResponder | None = None
         self._https01_port: int | None = None
         self._management_port: int | None = None
 
@@ -116,6 +121,12 @@ class ChallengeTestServer:
     def https01_port(self) -> int | None:
         """The bound https-01 port, or None when that listener is not run."""
         return self._https01_port
+
+    @property
+    def tlsalpn01_port(self) -> int | None:
+        """The bound tls-alpn-01 port, or None when that listener is not running."""
+        responder = self._tlsalpn01
+        return responder.port if responder is not None and responder.running else None
 
     @property
     def management_port(self) -> int:
@@ -167,10 +178,16 @@ class ChallengeTestServer:
                 self._https01_port = await _start_app(
                     stack, make_http01_app(self.store), cfg.https01, context
                 )
+            if cfg.tlsalpn01 is not None:
+                responder = TlsAlpnResponder(self.store, cfg.tlsalpn01.host, cfg.tlsalpn01.port)
+                await responder.start()
+                stack.push_async_callback(responder.stop)
+                self._tlsalpn01 = responder
             management = make_management_app(
                 self.store,
                 dns=cfg.dns is not None,
                 http01=cfg.http01 is not None or cfg.https01 is not None,
+                tlsalpn01=cfg.tlsalpn01 is not None,
                 roots=self._roots,
                 intermediates=self._intermediates,
             )

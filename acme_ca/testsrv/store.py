@@ -170,6 +170,7 @@ class ChallengeStore:
         self._nxdomain: set[dns.name.Name] = set()
         self._http01: dict[str, str] = {}
         self._redirects: dict[str, str] = {}
+        self._tlsalpn01: dict[str, str] = {}
         self._dns_history: dict[str, list[DnsQueryEvent]] = {}
         self._http_history: dict[str, list[HttpRequestEvent]] = {}
 
@@ -275,6 +276,20 @@ class ChallengeStore:
 
     def is_nxdomain(self, host: str | dns.name.Name) -> bool:
         return dns_name(host) in self._nxdomain
+
+    # tls-alpn-01: the key authorization each host's challenge certificate carries (Pebble
+    # keys it by host as given; we fold case and a trailing dot, as SNI names compare).
+
+    def add_tlsalpn01(self, host: str, content: str) -> None:
+        if not host or not content:
+            raise InvalidRecord("host and content must not be empty")
+        self._tlsalpn01[host.rstrip(".").lower()] = content
+
+    def del_tlsalpn01(self, host: str) -> None:
+        self._tlsalpn01.pop(host.rstrip(".").lower(), None)
+
+    def tlsalpn01_content(self, host: str) -> str | None:
+        return self._tlsalpn01.get(host.rstrip(".").lower())
 
     # http-01 responses and redirects
 

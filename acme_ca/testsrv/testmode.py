@@ -1,10 +1,11 @@
 """``acme-ca serve --test``: the CA plus a Pebble-compatible challenge test server.
 
 The challenge test server (DNS on 8053, management API on 8055, its own http-01 responder on
-5002 unless turned off) is what the CA resolves through in test mode, so a harness written
-for Pebble and pebble-challtestsrv works unchanged. Its management API also serves the roots
-and intermediates chains must verify to (``/roots/0``, ``/intermediates/0``), as Pebble's
-management interface does. Production code never imports this module or ``testsrv``.
+5002 and tls-alpn-01 listener on 5001 unless turned off) is what the CA resolves through in
+test mode, so a harness written for Pebble and pebble-challtestsrv works unchanged. Its
+management API also serves the roots and intermediates chains must verify to (``/roots/0``,
+``/intermediates/0``), as Pebble's management interface does. Production code never imports
+this module or ``testsrv``.
 """
 
 from __future__ import annotations
@@ -62,12 +63,15 @@ async def challenge_test_server(config: Config) -> AsyncIterator[ChallengeTestSe
         return b"".join(issuer_pems) if index == 0 else None
 
     http01 = None if config.challsrv_http01 == "off" else _bind(config.challsrv_http01)
+    alpn = config.challsrv_tlsalpn01
+    tlsalpn01 = None if alpn == "off" else _bind(alpn)
     https01 = None if config.challsrv_https01 == "off" else _bind(config.challsrv_https01)
     server = ChallengeTestServer(
         ChallengeServerConfig(
             dns=_bind(config.challsrv_dns),
             management=_bind(config.challsrv_management),
             http01=http01,
+            tlsalpn01=tlsalpn01,
             https01=https01,
         ),
         roots=roots,
@@ -82,6 +86,8 @@ async def challenge_test_server(config: Config) -> AsyncIterator[ChallengeTestSe
             http01=config.challsrv_http01,
             https01=config.challsrv_https01,
             validates_http01_on=config.http01_port,
+            tlsalpn01=config.challsrv_tlsalpn01,
+            validates_tlsalpn01_on=config.tlsalpn01_port,
             nonce_reject_percent=config.nonce_reject_percent,
             validation_delay_seconds=config.validation_delay_seconds,
             always_valid=config.always_valid,

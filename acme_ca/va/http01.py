@@ -23,7 +23,6 @@ import asyncio
 import ipaddress
 import re
 import ssl
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Final
@@ -34,6 +33,13 @@ import structlog
 from acme_ca.acme import problems
 from acme_ca.acme.problems import Problem
 from acme_ca.clock import Clock, SystemClock
+from acme_ca.va.addresses import (
+    AddressesRefused,
+    AddressPolicy,
+    host_port,
+    public_address_policy,
+    resolve_allowed,
+)
 from acme_ca.va.methods import (
     DcvMethod,
     WildcardNotAllowed,
@@ -48,7 +54,7 @@ from acme_ca.va.records import (
     dcv_records,
     truncate,
 )
-from acme_ca.va.resolver import DnsAnswer, DnsClient, IPAddress
+from acme_ca.va.resolver import DnsClient
 
 METHOD: Final = DcvMethod(
     label="http-01",
@@ -86,33 +92,7 @@ _CHUNK_SIZE_RE: Final = re.compile(rb"([0-9A-Fa-f]{1,8})[ \t]*(?:;[^\r\n]*)?\r?\
 #: Visible ASCII stays as sent; anything else in a path is percent-encoded before it is sent.
 _PATH_SAFE: Final = "".join(chr(c) for c in range(0x21, 0x7F))
 
-_CGNAT: Final = ipaddress.ip_network("100.64.0.0/10")
-_NAT64: Final = ipaddress.ip_network("64:ff9b::/96")
 _log = structlog.get_logger(component=__name__)
-
-AddressPolicy = Callable[[IPAddress], bool]
-"""True when the VA may connect to the address."""
-
-
-def public_address_policy(address: IPAddress) -> bool:
-    """The production policy: only globally routable unicast (BR-DCV-6, ACME-CHAL-5 SSRF).
-
-    ``is_global`` already excludes private, loopback, link-local, reserved, unspecified,
-    documentation, benchmarking and CGNAT space; multicast is refused separately, and an
-    IPv6 address that embeds an IPv4 one (mapped, 6to4, NAT64, Teredo) is judged by the
-    embedded address so no IPv6 spelling reaches an internal IPv4 host.
-    """
-    if address.is_multicast or not address.is_global or address in _CGNAT:
-        return False
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.teredo is not None:
-            return False
-        embedded = address.ipv4_mapped or address.sixtofour
-        if embedded is None and address in _NAT64:
-            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-        if embedded is not None:
-            return public_address_policy(embedded)
-    return True
 
 
 @dataclass(frozen=True)
@@ -414,50 +394,23 @@ class Http01Validator:
             ok=ok,
         )
 
-    async def _addresses(self, target: Target, hop: _Hop) -> list[IPAddress]:
-        """Resolve the hop's host and keep the addresses the policy allows, IPv6 first."""
-        answers, addresses = await self._dns.lookup_addresses(target.host)
-        hop.addresses = tuple(str(a) for a in addresses)
-        failed: DnsAnswer | None = next((a for a in answers if not a.ok), None)
-        if failed is not None:
-            raise _HopFailed(
-                problems.dns(
-                    f"DNS problem: {failed.failure} looking up {failed.rdtype} for "
-                    f"{target.host}" + (f": {failed.error}" if failed.error else "")
-                )
-            )
-        if not addresses:
-            raise _HopFailed(problems.dns(f"No IP addresses found for {target.host}"))
-        allowed = [a for a in addresses if self._address_policy(a)]
-        refused = [str(a) for a in addresses if a not in allowed]
-        if refused:
-            hop.notes.append("refused by address policy: " + ", ".join(refused))
-        if not allowed:
-            raise _HopFailed(
-                problems.dns(
-                    f"No valid IP addresses found for {target.host}: "
-                    f"{', '.join(refused)} refused (reserved or internal addresses)"
-                )
-            )
-        return allowed
-
     async def _connect(
         self, target: Target, hop: _Hop
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """Connect to the first allowed IPv6 address, falling back to the first IPv4 one."""
-        allowed = await self._addresses(target, hop)
-        candidates = [
-            next((a for a in allowed if a.version == version), None) for version in (6, 4)
-        ]
+        try:
+            resolved = await resolve_allowed(self._dns, target.host, self._address_policy)
+        except AddressesRefused as exc:
+            hop.addresses = tuple(str(a) for a in exc.addresses)
+            if exc.note:
+                hop.notes.append(exc.note)
+            raise _HopFailed(exc.problem) from None
+        hop.addresses = tuple(str(a) for a in resolved.addresses)
+        if resolved.note:
+            hop.notes.append(resolved.note)
         errors: list[str] = []
-        for address in candidates:
-            if address is None:
-                continue
-            hop.server = (
-                f"[{address}]:{target.port}"
-                if address.version == 6
-                else (f"{address}:{target.port}")
-            )
+        for address in resolved.candidates():
+            hop.server = host_port(address, target.port)
             try:
                 return await asyncio.open_connection(
                     str(address),

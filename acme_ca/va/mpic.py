@@ -8,10 +8,12 @@ remote perspectives are configured.  It wraps the local :class:`ValidationAuthor
    same checks from its own network with its own resolver;
 3. each reply is judged: the remote corroborates when it answers as the configured
    perspective id and RIR, for this request (a fresh nonce per request, so no earlier reply
-   can be replayed), with ``ok`` and an ``observed`` value its method's :class:`~acme_ca.va.registry.Corroboration` agrees with -- the same
-   key authorization (http-01), TXT digest (dns-01)... -- and CAA permission (``allowed``;
-   the bytes of the CAA answer need not match, CAA-15).  Anything else -- no answer, a timeout,
-   a TLS failure, another id or RIR, a malformed reply -- is a non-corroboration;
+   can be replayed), with ``ok`` and an ``observed`` value its method's
+   :class:`~acme_ca.va.registry.Corroboration` agrees with -- the same key authorization
+   (http-01), TXT digest (dns-01), acmeIdentifier digest (tls-alpn-01)... -- and CAA
+   permission (``allowed``; the bytes of the CAA answer need not match, CAA-15).  Anything
+   else -- no answer, a timeout, a TLS failure, another id or RIR, a malformed reply -- is a
+   non-corroboration;
 4. after each reply the pure rules of :mod:`acme_ca.va.quorum` are applied for the date of
    the check; as soon as the outcome cannot change, the remotes still pending get a short
    grace (:data:`DECIDED_GRACE_SECONDS`) and are then cancelled and recorded as "not

@@ -24,6 +24,7 @@ method                      wildcard  prune  CNAME  ACME label
 ==========================  ========  =====  =====  ===========
 3.2.2.4.7  DNS Change       yes       may    may    dns-01
 3.2.2.4.19 Website - ACME   no        no     no     http-01
+3.2.2.4.20 TLS Using ALPN   no        no     no     tls-alpn-01
 3.2.2.4.21 DNS Account ID   yes       may    no     dns-account-01
 3.2.2.4.22 Persistent TXT   yes       may    no     dns-persist-01
 ==========================  ========  =====  =====  ===========
@@ -43,6 +44,7 @@ from typing import Final, Protocol
 
 from acme_ca.clock import Clock
 from acme_ca.config import DEFAULT_CHALLENGE_TYPES, ConfigError
+from acme_ca.va.addresses import AddressPolicy
 from acme_ca.va.dns01 import METHOD as DNS01
 from acme_ca.va.dns01 import Dns01Validator
 from acme_ca.va.dns_account import METHOD as DNS_ACCOUNT01
@@ -50,10 +52,12 @@ from acme_ca.va.dns_account import DnsAccountValidator
 from acme_ca.va.dns_persist import METHOD as DNS_PERSIST01
 from acme_ca.va.dns_persist import DnsPersistValidator
 from acme_ca.va.http01 import METHOD as HTTP01
-from acme_ca.va.http01 import AddressPolicy, Http01Validator
+from acme_ca.va.http01 import Http01Validator
 from acme_ca.va.methods import DcvMethod
 from acme_ca.va.records import ChallengeRequest, CheckResult
 from acme_ca.va.resolver import DnsClient
+from acme_ca.va.tlsalpn01 import METHOD as TLSALPN01
+from acme_ca.va.tlsalpn01 import TlsAlpn01Validator
 
 
 class MethodCheck(Protocol):
@@ -72,7 +76,8 @@ class CheckEnv:
     clock: Clock
     perspective: str
     address_policy: AddressPolicy
-    """Which resolved addresses a check may connect to (http-01 and its redirects)."""
+    """Which resolved addresses a check may connect to (http-01 and its redirects,
+    tls-alpn-01)."""
     http01_port: int
     caa_identities: tuple[str, ...]
     """The CA's issuer domain names (CAA, and the methods whose records name the CA)."""
@@ -147,6 +152,23 @@ METHODS: Final[Mapping[str, ValidationMethod]] = _registry(
             repeats="the TXT lookup at _acme-challenge.<ADN> through the perspective's own "
             "resolver",
             agrees_on="the TXT value (base64url SHA-256 of the key authorization)",
+        ),
+    ),
+    ValidationMethod(
+        dcv=TLSALPN01,
+        build=lambda env: TlsAlpn01Validator(
+            env.dns,
+            port=env.tlsalpn01_port,
+            address_policy=env.address_policy,
+            perspective=env.perspective,
+            clock=env.clock,
+        ),
+        corroboration=Corroboration(
+            repeats="the TLS handshake with the FQDN's addresses on the tls-alpn-01 port "
+            "(ALPN acme-tls/1, SNI the FQDN), through the perspective's own resolver, and the "
+            "full certificate check",
+            agrees_on="the acmeIdentifier digest (SHA-256 of the key authorization) of the "
+            "self-signed certificate presented",
         ),
     ),
     ValidationMethod(

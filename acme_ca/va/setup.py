@@ -9,9 +9,9 @@ import structlog
 
 from acme_ca.clock import Clock
 from acme_ca.config import Config
+from acme_ca.va.addresses import public_address_policy
 from acme_ca.va.authority import ValidationAuthority
 from acme_ca.va.caa_lookup import CaaChecker
-from acme_ca.va.http01 import public_address_policy
 from acme_ca.va.records import PRIMARY_PERSPECTIVE
 from acme_ca.va.registry import (
     ALL_METHODS,
@@ -72,7 +72,8 @@ def _warn_test_settings(config: Config) -> None:
     if config.allow_loopback_validation:
         log.warning(
             "va.loopback_allowed",
-            detail="http-01 may connect to loopback and private addresses; test harnesses only",
+            detail="http-01 and tls-alpn-01 may connect to loopback and private addresses; "
+            "test harnesses only",
         )
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from acme_ca.clock import Clock
 from acme_ca.testsrv.server import ChallengeTestServer
+from acme_ca.va.addresses import public_address_policy
 from acme_ca.va.authority import ValidationAuthority
 from acme_ca.va.caa_lookup import CaaChecker
-from acme_ca.va.http01 import public_address_policy
 from acme_ca.va.records import PRIMARY_PERSPECTIVE
 from acme_ca.va.registry import ALL_METHODS, CheckEnv, EnabledMethods, build_checks
 from acme_ca.va.resolver import DnsClient, IPAddress, ResolverSettings
@@ -24,9 +24,11 @@ def local_authority(
     *,
     always_valid: bool = False,
     methods: EnabledMethods = ALL_METHODS,
+    tlsalpn01_port: int | None = None,
 ) -> ValidationAuthority:
     """A ValidationAuthority with every registered method (or ``methods``), resolving
-    through ``srv`` (no DNSSEC) and connecting to its http-01 port."""
+    through ``srv`` (no DNSSEC) and connecting to its http-01 port and to its tls-alpn-01
+    listener (or ``tlsalpn01_port``)."""
     dns = DnsClient(
         ResolverSettings(
             (f"127.0.0.1:{srv.dns_port}",), timeout=2.0, attempts=1, require_dnssec=False
@@ -39,6 +41,7 @@ def local_authority(
         perspective=PRIMARY_PERSPECTIVE,
         address_policy=loopback_ok,
         http01_port=srv.http01_port,
+        tlsalpn01_port=tlsalpn01_port or srv.tlsalpn01_port or 443,
         caa_identities=("jprs.jp",),
     )
     return ValidationAuthority(

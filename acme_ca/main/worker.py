@@ -24,6 +24,7 @@ from acme_ca.ca.signing_checks import SigningGuard
 from acme_ca.ca.worker import SigningWorker, profile_settings_factory
 from acme_ca.clock import Clock
 from acme_ca.config import Config
+from acme_ca.db.advisory import AdvisoryLocks
 from acme_ca.db.organizations import OrganizationRepository
 from acme_ca.db.status import StatusRepository
 from acme_ca.db.storage import Storage, open_storage
@@ -58,11 +59,12 @@ def ct_log_source(config: Config, given: LogListSource | None) -> LogListSource:
 
 @contextlib.asynccontextmanager
 async def _storage(config: Config, dsn: str) -> AsyncIterator[Storage]:
-    # Two connections stay LISTENing (issuance jobs, revocations); the rest run queries,
-    # about one per job in flight (each job's queries are short and sequential).
+    # Two connections stay LISTENing (issuance jobs, revocations) and one holds the CRL
+    # publisher locks; the rest run queries, about one per job in flight (each job's
+    # queries are short and sequential).
     storage = await open_storage(
         dsn,
-        max_size=3 + min(config.worker_concurrency, 8),
+        max_size=4 + min(config.worker_concurrency, 8),
         acquire_timeout=config.database_acquire_timeout_seconds,
     )
     try:
@@ -151,6 +153,9 @@ async def run_worker(
         linter = await asyncio.to_thread(CertificateLinter)
         roots = await open_root_authorities(config)
         stack.push_async_callback(close_authorities, roots)
+        # One publisher per issuer's CRLs among all workers (docs/ha.md).
+        crl_lock = AdvisoryLocks(storage.pool)
+        stack.push_async_callback(crl_lock.aclose)
         updater = StatusUpdater(
             StatusRepository(storage.pool),
             issuers,
@@ -158,6 +163,7 @@ async def run_worker(
             clock,
             StatusSettings.from_config(config),
             roots=roots,
+            crl_lock=crl_lock,
         )
         worker = SigningWorker(
             storage.issuance,

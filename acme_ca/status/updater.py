@@ -42,6 +42,7 @@ from acme_ca.ca.issuers_file import IssuerConfigError, read_issuers_file
 from acme_ca.ca.lint import CertificateLinter
 from acme_ca.clock import Clock
 from acme_ca.config import Config
+from acme_ca.db.advisory import AdvisoryLocks
 from acme_ca.db.status import (
     CertificateStatus,
     OcspResponseRecord,
@@ -130,8 +131,13 @@ class StatusUpdater:
         settings: StatusSettings,
         *,
         roots: Sequence[CrlAuthority] = (),
+        crl_lock: AdvisoryLocks | None = None,
     ) -> None:
+        """``crl_lock``: with several workers, only the holder of an issuer's lock publishes
+        its CRLs (the others stand by); without it this updater publishes every CRL."""
         self._repository = repository
+        self._crl_lock = crl_lock
+        self._standing_by: set[str] = set()
         self._issuers = issuers
         self._linter = linter
         self._clock = clock
@@ -223,7 +229,26 @@ class StatusUpdater:
 
     # ------------------------------------------------------------------ CRLs
 
+    async def _publishes(self, name: str) -> bool:
+        """Whether this updater is the one that publishes ``name``'s CRLs now."""
+        if self._crl_lock is None:
+            return True
+        try:
+            mine = await self._crl_lock.holds(f"crl:{name}")
+        except Exception as exc:
+            log.warning("crl.publisher_lock_failed", issuer=name, error=repr(exc))
+            return False
+        if mine and name in self._standing_by:
+            self._standing_by.discard(name)
+            log.info("crl.publisher", issuer=name)
+        elif not mine and name not in self._standing_by:
+            self._standing_by.add(name)
+            log.info("crl.standby", issuer=name, detail="another worker publishes this CRL")
+        return mine
+
     async def _publish(self, authority: CrlAuthority, *, trigger: str) -> None:
+        if not await self._publishes(authority.name):
+            return
         try:
             record = await publish_crl(
                 self._repository,

@@ -461,6 +461,30 @@ async def development(tmp_path: Path, dsn: str) -> Config:
     return config
 
 
+async def test_ov_issuers_are_held_to_the_same_invariants(development: Config) -> None:
+    """Issue 15: the OV issuing CAs ``acme-ca init`` makes beside the DV ones are checked like
+    them: their software keys fail issuer-keys-in-hsm, and an OV issuer re-signed with
+    clientAuth fails subordinate-eku-serverauth by name."""
+    pki = development.pki_path
+    ov_ecc = x509.load_pem_x509_certificate((pki / "ov-ecc.pem").read_bytes())
+    _resign_issuer(
+        pki,
+        "ov-ecc",
+        _copy_extensions(
+            ov_ecc,
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+        ),
+    )
+    failures = {f.invariant.id: f.detail for f in assess(development, datetime.now(UTC)).failures}
+    for name in ("ov-rsa", "ov-ecc"):
+        assert f"issuers.{name} (" in failures["issuer-keys-in-hsm"], failures
+    assert "CN=acme_ca OV ECC CA 2026" in failures["subordinate-eku-serverauth"]
+    assert "(issuers.ov-ecc)" in failures["subordinate-eku-serverauth"]
+    assert "(issuers.ov-rsa)" not in failures["subordinate-eku-serverauth"]
+
+
 async def test_fc_1_init_made_hierarchy_starts_logging_each_relaxation_once(
     development: Config,
 ) -> None:

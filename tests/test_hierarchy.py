@@ -585,9 +585,19 @@ async def test_typo_in_issuers_file_is_refused(home_copy: Path) -> None:
 
 async def test_issuer_purpose_is_checked(home_copy: Path) -> None:
     """issuers.toml ``purpose``: absent reads as "dv" (files written before OV keep working);
-    anything but "dv" or "ov" is refused, so a typo cannot make an OV issuer sign DV."""
+    anything but "dv" or "ov" is refused, so a typo cannot make an OV issuer sign DV; and the
+    issuer certificate's policies must allow the purpose's reserved OID (BR 7.1.2.10.5)."""
     rewrite(home_copy / "pki" / ISSUERS_FILE, 'purpose = "ov"', 'purpose = "OV"')
     with pytest.raises(IssuerConfigError, match=r"\[issuers\.ov-rsa\]: `purpose` must be one"):
+        await load_issuers(make_config(home_copy))
+    rewrite(home_copy / "pki" / ISSUERS_FILE, 'purpose = "OV"', 'purpose = "ov"')
+    # An issuer whose certificate asserts DV only cannot be declared an OV issuer.
+    rewrite(
+        home_copy / "pki" / ISSUERS_FILE, "[issuers.dv-rsa]", '[issuers.dv-rsa]\npurpose = "ov"'
+    )
+    with pytest.raises(
+        IssuerConfigError, match=r"dv-rsa\]: purpose 'ov' but .* 2\.23\.140\.1\.2\.2"
+    ):
         await load_issuers(make_config(home_copy))
 
 

@@ -87,6 +87,10 @@ _ISSUER_KEYS: Final = frozenset(
 #: The ``purpose`` values: domain-validated or organization-validated certificates.
 PURPOSES: Final = ("dv", "ov")
 DEFAULT_PURPOSE: Final = "dv"
+#: The CA/B Forum reserved policy identifier (BR 7.1.6.1) each purpose's certificates assert;
+#: an issuing CA certificate with policies must allow it, or be anyPolicy (BR 7.1.2.10.5).
+PURPOSE_POLICY_OIDS: Final = {"dv": "2.23.140.1.2.1", "ov": "2.23.140.1.2.2"}
+_ANY_POLICY: Final = "2.5.29.32.0"
 _ROOT_KEYS: Final = frozenset({"certificate", "key_file", "pkcs11_key_label", "crl_url"})
 
 
@@ -274,15 +278,26 @@ def _parse_issuer(
         ca_issuers_url=_require(
             _url(table, "ca_issuers_url", where, required=True), "ca_issuers_url", where
         ),
-        purpose=_purpose(table, where),
+        purpose=_purpose(table, cert, where),
     )
 
 
-def _purpose(table: Mapping[str, object], where: str) -> str:
+def _purpose(table: Mapping[str, object], cert: x509.Certificate, where: str) -> str:
+    """The issuer's ``purpose``; its certificate's policies (when it has any) must allow the
+    purpose's reserved OID, so an OV issuer cannot be one whose certificate says DV only."""
     value = table.get("purpose", DEFAULT_PURPOSE)
     if value not in PURPOSES:
         raise IssuerConfigError(f"{where}: `purpose` must be one of {', '.join(PURPOSES)}")
     assert isinstance(value, str)
+    policies = extension_value(cert, x509.CertificatePolicies)
+    if policies is not None:
+        oids = {p.policy_identifier.dotted_string for p in policies}
+        if _ANY_POLICY not in oids and PURPOSE_POLICY_OIDS[value] not in oids:
+            raise IssuerConfigError(
+                f"{where}: purpose {value!r} but the certificate's policies "
+                f"({', '.join(sorted(oids))}) do not include {PURPOSE_POLICY_OIDS[value]} "
+                "or anyPolicy (BR 7.1.2.10.5)"
+            )
     return value
 
 

@@ -94,6 +94,12 @@ def _parser() -> argparse.ArgumentParser:
         help="test mode: the challenge server's own http-01 listener, or off",
     )
     serve.add_argument(
+        "--pebble-config",
+        metavar="FILE",
+        help="test mode: read a Pebble JSON config (ports, TLS, retryAfter, "
+        "externalAccountBindingRequired, externalAccountMACKeys; ignored members are logged)",
+    )
+    serve.add_argument(
         "--challsrv-tlsalpn01",
         metavar="HOST:PORT|off",
         help="test mode: the challenge server's own tls-alpn-01 listener (default "
@@ -311,6 +317,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
         "dnssec": getattr(args, "dnssec", None),
         "test_mode": getattr(args, "test_mode", None),
         "challsrv_http01": getattr(args, "challsrv_http01", None),
+        "pebble_config": getattr(args, "pebble_config", None),
         "challsrv_tlsalpn01": getattr(args, "challsrv_tlsalpn01", None),
         "tlsalpn01_port": getattr(args, "tlsalpn01_port", None),
         "test_perspectives": getattr(args, "test_perspectives", None),

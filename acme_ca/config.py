@@ -16,6 +16,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from acme_ca.config_pebble import PebbleConfigError, read_pebble_config
+
 ENV_PREFIX = "ACME_CA_"
 #: Where each process serves /metrics when ``metrics_listen`` is unset: distinct ports, so
 #: serve, worker and a remote VA can run on one host.
@@ -365,6 +367,13 @@ class Config:
         "Port an http-01 redirect to an https URL connects to (BR 3.2.2.4.19 allows 443 only; "
         "test mode moves it to the challenge test server's https-01 listener).",
     )
+    pebble_config: Path | None = _key(
+        None,
+        "Test mode (`serve --test --pebble-config FILE`): a Pebble JSON configuration file; "
+        "its members we support set the matching keys (below TOML, env and flags), its "
+        "`externalAccountMACKeys` become EAB keys that bind any number of accounts, as in "
+        "Pebble, and the members we ignore are logged (`testmode.pebble_config`).",
+    )
     nonce_reject_percent: int = _key(
         0,
         "Test mode: share of valid nonces rejected with badNonce (Pebble's "
@@ -533,6 +542,8 @@ class Config:
             raise ConfigError("https01_port must be a TCP port")
         if self.https01_port != 443 and not self.test_mode:
             raise ConfigError("https01_port other than 443 is for test mode (BR 3.2.2.4.19)")
+        if self.pebble_config is not None and not self.test_mode:
+            raise ConfigError("pebble_config is for test mode (serve --test) only")
         if self.challsrv_https01 != "off":
             _split_host_port(self.challsrv_https01)
         if not self.challenge_types:
@@ -691,6 +702,15 @@ def test_mode_defaults(explicit: Mapping[str, object], env: Mapping[str, str]) -
     tlsalpn01 = explicit.get("challsrv_tlsalpn01", Config.challsrv_tlsalpn01)
     listener = tlsalpn01 if isinstance(tlsalpn01, str) and tlsalpn01 != "off" else None
     derived["tlsalpn01_port"] = _split_host_port(listener)[1] if listener else 5001
+    pebble_path = explicit.get("pebble_config")
+    if isinstance(pebble_path, Path):
+        try:
+            pebble = read_pebble_config(pebble_path, frozenset(hints))
+        except PebbleConfigError as exc:
+            raise ConfigError(str(exc)) from None
+        for name, raw in pebble.settings.items():
+            if name not in explicit:
+                derived[name] = _coerce(name, raw, hints[name])
     https01 = explicit.get("challsrv_https01", Config.challsrv_https01)
     if isinstance(https01, str) and https01 != "off":
         derived["https01_port"] = _split_host_port(https01)[1]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import fields
 from datetime import timedelta
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from aiohttp import web
 
 from acme_ca.clock import Clock, SystemClock
 from acme_ca.config import Config
+from acme_ca.config_pebble import read_pebble_config
 from acme_ca.db.audit_chain import ensure_partitions
 from acme_ca.db.completions import OrderCompletions
 from acme_ca.db.requests import RequestRecorder
@@ -226,6 +228,7 @@ async def _front_end(
             clock,
             terms_of_service=config.terms_of_service,
             external_account_required=config.external_account_required,
+            shared_eab_keys=await _pebble_eab_keys(config),
         ),
         orders=orders,
         challenges=ChallengeAuthority(
@@ -258,6 +261,24 @@ async def _front_end(
         order_reads=storage.orders,
         certificate_reads=storage.certificates,
     )
+
+
+async def _pebble_eab_keys(config: Config) -> dict[str, bytes]:
+    """Test mode's ``--pebble-config``: its MAC keys, shared by any number of accounts; the
+    members we apply and those we ignore are logged once, here."""
+    if config.pebble_config is None:
+        return {}
+    known = frozenset(f.name for f in fields(Config))
+    pebble = await asyncio.to_thread(read_pebble_config, config.pebble_config, known)
+    log.warning(
+        "testmode.pebble_config",
+        path=str(config.pebble_config),
+        applied=sorted(pebble.settings),
+        ignored=list(pebble.ignored),
+        eab_kids=sorted(pebble.eab_keys),
+        eab_required=config.external_account_required,
+    )
+    return pebble.eab_keys
 
 
 async def _every(seconds: float, name: str, job: Callable[[], Awaitable[int]]) -> None:

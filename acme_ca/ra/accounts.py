@@ -6,6 +6,7 @@ repository call per state change, and the web layer only translates HTTP.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import structlog
@@ -59,9 +60,13 @@ class AccountAuthority:
         *,
         terms_of_service: str | None,
         external_account_required: bool,
+        shared_eab_keys: Mapping[str, bytes] | None = None,
     ) -> None:
+        """``shared_eab_keys`` (test mode's ``--pebble-config``) bind any number of accounts,
+        as Pebble's do; keys from ``acme-ca eab create`` bind one account each."""
         self._accounts = accounts
         self._eab_keys = eab_keys
+        self._shared_eab_keys = dict(shared_eab_keys or {})
         self._key_policy = key_policy
         self._clock = clock
         self._terms = terms_of_service
@@ -95,8 +100,14 @@ class AccountAuthority:
 
         binding = message.external_account_binding
         eab_kid: str | None = None
+        shared_kid: str | None = None
         if binding is not None:
-            eab_kid = await self._verify_binding(binding, outer_url, jwk)
+            parsed = parse_eab(binding, outer_url=outer_url, outer_jwk=jwk)
+            if parsed.kid in self._shared_eab_keys:
+                verify_eab_mac(parsed, self._shared_eab_keys[parsed.kid])
+                shared_kid = parsed.kid
+            else:
+                eab_kid = await self._verify_binding(binding, outer_url, jwk)
         elif self._eab_required:
             raise AcmeError(
                 problems.external_account_required("this CA requires an externalAccountBinding")
@@ -118,10 +129,14 @@ class AccountAuthority:
             raise AcmeError(
                 problems.unauthorized("externalAccountBinding key is already bound to an account")
             ) from None
-        log.info("account.created", account_id=account.id, eab_kid=eab_kid)
-        return NewAccountResult(
-            account, created=True, external_account_binding=binding if eab_kid else None
+        log.info(
+            "account.created",
+            account_id=account.id,
+            eab_kid=eab_kid or shared_kid,
+            eab_shared=shared_kid is not None,
         )
+        verified = binding if eab_kid or shared_kid else None
+        return NewAccountResult(account, created=True, external_account_binding=verified)
 
     async def _verify_binding(self, binding: FlattenedJws, outer_url: str, jwk: Jwk) -> str:
         parsed = parse_eab(binding, outer_url=outer_url, outer_jwk=jwk)

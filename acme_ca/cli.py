@@ -11,6 +11,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import structlog
+
 from acme_ca.acme.b64 import b64url_encode
 from acme_ca.admin.args import COMMANDS as ADMIN_READ_COMMANDS
 from acme_ca.admin.args import register_admin, register_audit
@@ -331,6 +333,23 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
+def _failed(process: str, exc: Exception) -> int:
+    """A serve or worker process that cannot go on (no HSM token, wrong PIN, missing PKCS#11
+    module, database unreachable at start, ...): one JSON error event naming the reason, then
+    exit status 1.  Operator-facing errors carry their message only; anything else also its
+    traceback, inside the event."""
+    from acme_ca.ca.signer import SignerError
+
+    expected = isinstance(exc, SignerError | OSError)
+    structlog.get_logger(component="acme_ca.cli").error(
+        f"{process}.failed",
+        reason=str(exc) or type(exc).__name__,
+        error_type=type(exc).__name__,
+        exc_info=None if expected else exc,
+    )
+    return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:  # noqa: C901 -- flat dispatch, one branch per subcommand
     args = _parser().parse_args(argv)
     if args.command == "config-doc":
@@ -352,6 +371,8 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: C901 -- flat dispat
         except ConfigError as exc:  # production invariants (docs/production.md), MPIC refusals
             print(f"acme-ca: configuration error: {exc}", file=sys.stderr)
             return 2
+        except Exception as exc:
+            return _failed("serve", exc)
         return 0
     if args.command == "remote-va":
         configure_logging(config.log_format, config.log_level)
@@ -374,6 +395,8 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: C901 -- flat dispat
         except ConfigError as exc:  # a production deployment failing an invariant
             print(f"acme-ca: configuration error: {exc}", file=sys.stderr)
             return 2
+        except Exception as exc:
+            return _failed("worker", exc)
         return 0
     configure_logging(config.log_format, config.log_level, stream=sys.stderr)
     if args.command == "check":

@@ -139,15 +139,23 @@ async def test_ov_1_account_without_organization_is_refused(pool: asyncpg.Pool) 
 
 
 async def test_ov_revoked_organization_is_refused(pool: asyncpg.Pool) -> None:
+    """Revoked: refused at once by every form of the gate (require for newOrder/finalize,
+    check, and subject, which the worker builds the OV subject from); no new key binds."""
     now = datetime.now(UTC)
     org = await add_org(pool, now - timedelta(days=10))
     account, _ = await bound_account(pool, org.id)
     assert (await require_at(pool, account, now)).id == org.id
+    policy = OrganizationPolicy(OrganizationRepository(pool), FixedClock(now + SECOND))
+    assert await policy.check(account, now) is None
+    assert await policy.subject(account) == ov_subject(org, None)
     repo = OrganizationRepository(pool)
     assert await repo.revoke(org.id, now, "operator:test")
     assert not await repo.revoke(org.id, now, "operator:test"), "revoked once"
     detail = await refused_at(pool, account, now + SECOND)
     assert f"organization {org.id} (Example Trading K.K.) was revoked" in detail
+    problem = await policy.check(account, now + SECOND)
+    assert problem is not None and problem.detail == detail
+    assert await policy.subject(account) is None
     revoked = await repo.get(org.id)
     assert revoked is not None and revoked.status is OrganizationStatus.REVOKED
     with pytest.raises(OrganizationUnavailable, match="revoked"):

@@ -130,6 +130,22 @@ class OrganizationPolicy:
         self._organizations = organizations
         self._clock = clock
 
+    async def check(self, account_id: int, at: datetime) -> Problem | None:
+        """Why the account may not have an OV certificate issued at ``at`` (None: it may);
+        the shape of ``ra.profiles.OrganizationCheck``."""
+        return organization_problem(
+            await self._organizations.organization_for_account(account_id), at
+        )
+
+    async def subject(self, account_id: int) -> x509.Name | None:
+        """The vetted C, ST, L, O of the account's organization (:func:`ov_subject` without
+        CN; the profile adds it), or None when it may not have an OV certificate now (the
+        shape of ``ca.worker.OrganizationSubject``)."""
+        org = await self._organizations.organization_for_account(account_id)
+        if org is None or organization_problem(org, self._clock.now()) is not None:
+            return None
+        return ov_subject(org, None)
+
     async def require(self, account_id: int) -> Organization:
         """The account's organization, when OV issuance is allowed now; otherwise raises
         ``AcmeError(unauthorized)`` with the reason."""

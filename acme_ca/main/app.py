@@ -242,6 +242,7 @@ async def _front_end(
             lease=timedelta(seconds=config.validation_lease_seconds),
             max_delay_seconds=config.validation_delay_seconds,
             wait_seconds=config.challenge_wait_seconds,
+            retry_after_seconds=config.retry_after_seconds,
         ),
         finalize=FinalizeAuthority(
             orders,

@@ -72,10 +72,12 @@ class ChallengeAuthority:
         lease: timedelta = timedelta(minutes=2),
         max_delay_seconds: int = 0,
         wait_seconds: float = 0.0,
+        retry_after_seconds: int = 3,
     ) -> None:
         """``max_delay_seconds`` is the test-mode knob (Pebble sleeps before validating
         unless PEBBLE_VA_NOSLEEP): clients must poll rather than expect an instant result.
-        ``wait_seconds`` is how long a response waits for the validation it started."""
+        ``wait_seconds`` is how long a response waits for the validation it started;
+        ``retry_after_seconds`` the ``Retry-After`` of a 409 for a validation in flight."""
         self._orders = orders
         self._accounts = accounts
         self._validator = validator
@@ -86,13 +88,21 @@ class ChallengeAuthority:
         self._lease = lease
         self._max_delay = max_delay_seconds
         self._wait = wait_seconds
+        self._retry_after = retry_after_seconds
 
     async def respond(self, account: Account, challenge_id: int) -> tuple[Challenge, Authorization]:
-        """The client says it is ready: start validation unless already started or done."""
+        """The client says it is ready: start validation, once.
+
+        A challenge already valid or invalid is answered as it is.  One whose validation is in
+        flight -- started by an earlier POST, or by a POST racing this one (the conditional
+        update lets exactly one start it) -- gets 409 with ``Retry-After``, as Boulder answers
+        (CONC-1): exactly one validation runs per challenge."""
         found = await self._orders.get_challenge(challenge_id)
         if found is None or found[1].account_id != account.id:
             raise AcmeError(problems.not_found("no such challenge"))
         challenge, authz = found
+        if challenge.status == ChallengeStatus.PROCESSING:
+            raise self._in_flight(challenge)
         if challenge.status == ChallengeStatus.PENDING:
             if authz.status != AuthorizationStatus.PENDING or authz.expires_at <= self._clock.now():
                 raise AcmeError(
@@ -116,9 +126,26 @@ class ChallengeAuthority:
                 if self._wait > 0:
                     # asyncio.wait never cancels: a client that hangs up does not stop it.
                     await asyncio.wait({validation}, timeout=self._wait)
+            else:
+                again = await self._orders.get_challenge(challenge_id)
+                assert again is not None
+                if again[0].status == ChallengeStatus.PROCESSING:
+                    raise self._in_flight(again[0])  # a racing POST started it
             found = await self._orders.get_challenge(challenge_id)
             assert found is not None
         return found
+
+    def _in_flight(self, challenge: Challenge) -> AcmeError:
+        """409 for a POST to a challenge being validated (Boulder's SetAuthzProcessing
+        conflict), in RFC 8555's own type: ``malformed``, as our other 409s."""
+        log.info("challenge.in_flight", challenge_id=challenge.id, type=challenge.type)
+        return AcmeError(
+            problems.conflict(
+                f"challenge {challenge.id} is already being validated; poll it (GET or "
+                "POST-as-GET) for the result instead of answering it again"
+            ),
+            headers={"Retry-After": str(self._retry_after)},
+        )
 
     async def run_validation(self, challenge_id: int) -> None:
         """Validate, renewing the challenge's lease every third of it meanwhile, so another

@@ -1,0 +1,154 @@
+"""CONC-1: a POST to a challenge whose validation is in flight gets 409 with Retry-After (as
+Boulder answers), so exactly one validation runs; a POST to a challenge already valid or
+invalid is answered with its current state.
+
+The validation is held in flight by an http-01 target of the test's own that answers only
+when told to, so the race is not left to timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+
+from acme_ca.testsrv.server import ChallengeTestServer
+from tests.fixtures import CaFactory
+from tests.support.orders import Subscriber, subscriber, validation_config
+from tests.support.problems import ERR
+
+
+@dataclass
+class HeldTarget:
+    """An http-01 server that holds every request until ``release`` is set."""
+
+    port: int = 0
+    requests: list[str] = field(default_factory=list)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    body: bytes = b""
+
+
+@pytest.fixture
+async def held() -> AsyncIterator[HeldTarget]:
+    target = HeldTarget()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        line = await reader.readline()
+        target.requests.append(line.decode().split(" ")[1])
+        while (await reader.readline()) not in (b"\r\n", b"\n", b""):
+            pass
+        await target.release.wait()
+        head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(target.body)}\r\n\r\n"
+        writer.write(head.encode() + target.body)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    target.port = server.sockets[0].getsockname()[1]
+    try:
+        yield target
+    finally:
+        target.release.set()
+        server.close()
+        await server.wait_closed()
+
+
+async def held_subscriber(
+    ca_factory: CaFactory,
+    challsrv: ChallengeTestServer,
+    session: aiohttp.ClientSession,
+    held: HeldTarget,
+) -> Subscriber:
+    config = {**validation_config(challsrv), "http01_port": held.port}
+    ca = await ca_factory.start(**config, challenge_wait_seconds=0, retry_after_seconds=2)
+    return await subscriber(ca, session, challsrv)
+
+
+async def http01_challenge(sub: Subscriber, name: str) -> dict[str, Any]:
+    order = (await sub.new_order(name)).body
+    authz = (await sub.get(order["authorizations"][0])).body
+    challenge: dict[str, Any] = next(c for c in authz["challenges"] if c["type"] == "http-01")
+    return challenge
+
+
+async def processing_events(dsn: str, challenge_url: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        count: int = await conn.fetchval(
+            "SELECT count(*) FROM audit_events WHERE event = 'challenge.processing'"
+            " AND (details->>'challenge_id')::bigint = $1",
+            int(challenge_url.rsplit("/", 1)[1]),
+        )
+    finally:
+        await conn.close()
+    return count
+
+
+async def test_conc_1_racing_posts_one_validation_the_other_409(
+    ca_factory: CaFactory,
+    challsrv: ChallengeTestServer,
+    session: aiohttp.ClientSession,
+    held: HeldTarget,
+    dsn: str,
+) -> None:
+    """Two POSTs at once: one starts the validation (200 processing), the other gets 409
+    with Retry-After; a third while it is still in flight gets 409 too; once released, one
+    fetch was made and one validation recorded, and a POST then answers valid."""
+    sub = await held_subscriber(ca_factory, challsrv, session, held)
+    challenge = await http01_challenge(sub, "race.example.com")
+    held.body = sub.key_authorization(challenge["token"]).encode()
+    first, second = await asyncio.gather(
+        sub.post(challenge["url"], {}), sub.post(challenge["url"], {})
+    )
+    replies = sorted([first, second], key=lambda r: r.status)
+    assert [r.status for r in replies] == [200, 409], [r.body for r in replies]
+    started, refused = replies
+    assert started.body["status"] == "processing"
+    assert refused.body["type"] == ERR + "malformed"
+    assert "already being validated" in refused.body["detail"]
+    assert refused.headers["Retry-After"] == "2"
+    third = await sub.post(challenge["url"], {})
+    assert third.status == 409 and third.headers["Retry-After"] == "2"
+    held.release.set()
+    for _ in range(200):
+        now = (await sub.get(challenge["url"])).body
+        if now["status"] != "processing":
+            break
+        await asyncio.sleep(0.02)
+    assert now["status"] == "valid", now
+    assert len(held.requests) == 1, held.requests
+    assert await processing_events(dsn, challenge["url"]) == 1
+    again = await sub.post(challenge["url"], {})
+    assert again.status == 200 and again.body["status"] == "valid"
+    assert "Retry-After" not in again.headers
+
+
+async def test_conc_1_post_to_invalid_challenge_answers_its_state(
+    ca_factory: CaFactory,
+    challsrv: ChallengeTestServer,
+    session: aiohttp.ClientSession,
+    held: HeldTarget,
+    dsn: str,
+) -> None:
+    """A POST to an invalid challenge answers it as it is, with its error; nothing re-runs."""
+    sub = await held_subscriber(ca_factory, challsrv, session, held)
+    challenge = await http01_challenge(sub, "refused-race.example.com")
+    held.body = b"not-the-key-authorization"
+    held.release.set()
+    assert (await sub.post(challenge["url"], {})).status == 200
+    for _ in range(200):
+        now = (await sub.get(challenge["url"])).body
+        if now["status"] != "processing":
+            break
+        await asyncio.sleep(0.02)
+    assert now["status"] == "invalid"
+    again = await sub.post(challenge["url"], {})
+    assert again.status == 200 and again.body["status"] == "invalid"
+    assert again.body["error"]["type"] == ERR + "incorrectResponse"
+    assert len(held.requests) == 1
+    assert await processing_events(dsn, challenge["url"]) == 1

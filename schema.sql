@@ -83,7 +83,8 @@ CREATE TABLE IF NOT EXISTS orders (
     identifiers     jsonb NOT NULL,
     not_before      timestamptz,
     not_after       timestamptz,
-    profile         text,
+    -- The certificate profile (acme_ca/profiles.py); `dv` for orders from before profiles.
+    profile         text NOT NULL DEFAULT 'dv',
     replaces        text,
     error           jsonb,
     expires_at      timestamptz NOT NULL,
@@ -296,6 +297,8 @@ ALTER TABLE issuance_jobs ADD COLUMN IF NOT EXISTS ct_submitted_at timestamptz;
 ALTER TABLE issuance_jobs ADD COLUMN IF NOT EXISTS scts jsonb;
 ALTER TABLE issuance_jobs ADD COLUMN IF NOT EXISTS retry_at timestamptz;
 ALTER TABLE issuance_jobs ADD COLUMN IF NOT EXISTS deferrals integer NOT NULL DEFAULT 0;
+-- The profile the job issues under (the order's; migration 008).
+ALTER TABLE issuance_jobs ADD COLUMN IF NOT EXISTS profile text NOT NULL DEFAULT 'dv';
 
 -- The step a job has reached (docs/architecture.md, "The signing worker's steps"): queued ->
 -- prepared -> precert_signed -> scts_collected -> issued. Each recording moves it on with a

@@ -7,6 +7,7 @@ old configuration, and ``docs/configuration.md`` is generated from this module
 
 from __future__ import annotations
 
+import functools
 import os
 import tomllib
 import types
@@ -17,6 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from acme_ca.config_pebble import PebbleConfigError, read_pebble_config
+from acme_ca.profiles import (
+    DEFAULT_PROFILE,
+    SHIPPED,
+    Inherited,
+    Profile,
+    ProfileSpec,
+    ProfileSpecError,
+    parse_profile_specs,
+    resolve_profiles,
+)
 
 ENV_PREFIX = "ACME_CA_"
 #: Where each process serves /metrics when ``metrics_listen`` is unset: distinct ports, so
@@ -249,6 +260,17 @@ class Config:
         "SHOULD for the issuance date (199, then 99 from 2027-03-15, 46 from 2029-03-15). "
         "Never above the BR maximum (200/100/47) whatever is set.",
     )
+    default_profile: str = _key(
+        DEFAULT_PROFILE,
+        "Profile of orders that name none (draft-ietf-acme-profiles §4); one of `profiles`. "
+        "The shipped profiles are `dv` (the CP's DV profile), `tlsserver`, `shortlived` and "
+        "`ov` (docs/profiles.md).",
+    )
+    profiles: tuple[ProfileSpec, ...] = _key(
+        (),
+        "`[profiles.<name>]` tables: each changes the shipped profile of that name or adds "
+        "one; its keys are in the profile table below. TOML only (no environment variable).",
+    )
     backdate_seconds: int = _key(
         60, "How far notBefore lies before the signing time (clock skew of relying parties)."
     )
@@ -460,6 +482,21 @@ class Config:
             return self.metrics_listen
         return DEFAULT_METRICS_LISTEN[process]
 
+    @functools.cached_property
+    def profile_table(self) -> Mapping[str, Profile]:
+        """Every profile, resolved over the top-level keys it inherits (acme_ca.profiles)."""
+        return resolve_profiles(
+            self.profiles,
+            Inherited(
+                rsa_issuer=self.rsa_issuer,
+                ecdsa_issuer=self.ecdsa_issuer,
+                validity_days=self.validity_days,
+                include_subject_key_identifier=self.include_subject_key_identifier,
+                policy_oid=self.policy_oid,
+                authz_reuse_days=self.authz_reuse_days,
+            ),
+        )
+
     @property
     def pki_path(self) -> Path:
         return self.pki_dir if self.pki_dir is not None else self.home / "pki"
@@ -592,7 +629,21 @@ class Config:
             _split_host_port(self.metrics_listen)
         if not self.caa_identities:
             raise ConfigError("caa_identities must name at least one issuer domain")
+        self._validate_profiles()
         return self
+
+    def _validate_profiles(self) -> None:
+        """The profile tables, and a default that is one of them and offered."""
+        try:
+            table = self.profile_table
+        except ProfileSpecError as exc:
+            raise ConfigError(str(exc)) from None
+        default = table.get(self.default_profile)
+        if default is None or not default.enabled:
+            raise ConfigError(
+                f"default_profile {self.default_profile!r} must name an enabled profile "
+                f"(known: {', '.join(n for n, p in table.items() if p.enabled)})"
+            )
 
 
 def _split_host_port(value: str) -> tuple[str, int]:
@@ -662,8 +713,14 @@ def load_config(
         for name, raw in data.items():
             if name not in known:
                 raise ConfigError(f"{path}: unknown key {name!r}")
+            if name == "profiles":
+                try:
+                    values[name] = parse_profile_specs(raw)
+                except ProfileSpecError as exc:
+                    raise ConfigError(f"{path}: {exc}") from None
+                continue
             values[name] = _coerce(name, raw, hints[name])
-    for name in known:
+    for name in known - {"profiles"}:
         raw_env = env.get(ENV_PREFIX + name.upper())
         if raw_env is not None:
             values[name] = _coerce(name, raw_env, hints[name])
@@ -734,9 +791,39 @@ def config_reference() -> str:
     for f in fields(Config):
         type_name = str(hints[f.name]).replace("typing.", "").replace("pathlib.", "")
         type_name = type_name.replace("<class '", "").replace("'>", "")
+        type_name = type_name.replace("acme_ca.profiles.", "")
         default = getattr(defaults, f.name)
         rows.append(
             f"| `{f.name}` | `{ENV_PREFIX}{f.name.upper()}` | {type_name} | `{default!s}` "
             f"| {f.metadata['doc']} |"
+        )
+    return "\n".join(rows) + "\n" + _profile_reference()
+
+
+def _profile_reference() -> str:
+    """The keys of a ``[profiles.<name>]`` table and the shipped profiles' values."""
+    spec_fields = [f for f in fields(ProfileSpec) if f.name != "name"]
+    rows = [
+        "",
+        "## Profile tables (`[profiles.<name>]`)",
+        "",
+        "Each key a table leaves out keeps the shipped profile's value (for a new name, the "
+        "default below); `-` inherits the top-level key named in the description. "
+        "See docs/profiles.md.",
+        "",
+        "| key | " + " | ".join(f"`{name}`" for name in SHIPPED) + " | default | what it does |",
+        "|---|" + "---|" * (len(SHIPPED) + 2),
+    ]
+    blank = ProfileSpec()
+
+    def show(value: object) -> str:
+        if isinstance(value, bool):
+            return f"`{str(value).lower()}`"
+        return "-" if value is None else f"`{value}`".replace("'", '"')
+
+    for f in spec_fields:
+        shipped = " | ".join(show(getattr(spec, f.name)) for spec in SHIPPED.values())
+        rows.append(
+            f"| `{f.name}` | {shipped} | {show(getattr(blank, f.name))} | {f.metadata['doc']} |"
         )
     return "\n".join(rows) + "\n"

@@ -295,7 +295,7 @@ def test_undecodable_input_is_fatal(linter: CertificateLinter) -> None:
 def test_arguments_are_checked(good: x509.Certificate, linter: CertificateLinter) -> None:
     der = good.public_bytes(serialization.Encoding.DER)
     with pytest.raises(ValueError, match="unknown lint kind"):
-        linter.lint(der, "OV-FINAL-CERTIFICATE")  # type: ignore[arg-type]
+        linter.lint(der, "EV-FINAL-CERTIFICATE")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="timezone-aware"):
         linter.lint(der, "DV-FINAL-CERTIFICATE", datetime(2026, 11, 22))
 

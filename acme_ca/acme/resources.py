@@ -137,7 +137,8 @@ class Authorization:
 
 @dataclass(frozen=True)
 class Order:
-    """An order object (§7.1.3), with ``replaces`` reflected in every response (RFC 9773 §5)."""
+    """An order object (§7.1.3), with ``replaces`` reflected in every response (RFC 9773 §5)
+    and the ``profile`` it is issued under (draft-ietf-acme-profiles §4)."""
 
     id: int
     status: OrderStatus
@@ -147,6 +148,7 @@ class Order:
     error: Problem | None = None
     certificate_id: int | None = None
     replaces: str | None = None
+    profile: str | None = None
 
     def to_json(self, urls: ResourceUrls) -> dict[str, JsonValue]:
         body: dict[str, JsonValue] = {
@@ -156,6 +158,8 @@ class Order:
             "authorizations": [urls.authz(i) for i in self.authz_ids],
             "finalize": urls.finalize(self.id),
         }
+        if self.profile is not None:
+            body["profile"] = self.profile
         if self.replaces is not None:
             body["replaces"] = self.replaces
         if self.error is not None:

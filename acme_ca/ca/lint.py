@@ -3,7 +3,8 @@
 pkilint's validator trees are slow to build (hundreds of milliseconds) and fast to run (a few
 milliseconds per certificate), so :class:`CertificateLinter` builds the trees it needs once:
 
-* ``DV-FINAL-CERTIFICATE`` and ``DV-PRE-CERTIFICATE``: exactly what
+* ``DV-FINAL-CERTIFICATE`` and ``DV-PRE-CERTIFICATE`` (and, built on first use, the ``OV-``
+  pair for the ``ov`` profile): exactly what
   ``lint_cabf_serverauth_cert lint -t <TYPE>`` runs in pkilint 0.13.3
   (``pkilint/bin/lint_cabf_serverauth_cert.py``): the serverauth decoding validators, the
   subscriber validators of ``pkilint.cabf.serverauth.create_validators`` and the PKIX
@@ -48,7 +49,9 @@ from acme_ca import metrics
 
 PKILINT_VERSION: Final = "0.13.3"
 
-LintKind = Literal["DV-FINAL-CERTIFICATE", "DV-PRE-CERTIFICATE"]
+LintKind = Literal[
+    "DV-FINAL-CERTIFICATE", "DV-PRE-CERTIFICATE", "OV-FINAL-CERTIFICATE", "OV-PRE-CERTIFICATE"
+]
 LINT_KINDS: Final[tuple[LintKind, ...]] = get_args(LintKind)
 
 #: The code of the finding :class:`CertificateLinter` adds for an EKU other than serverAuth.
@@ -221,17 +224,11 @@ class CertificateLinter:
         self._lock = threading.Lock()
         self._cert_loader = loader.RFC5280CertificateDocumentLoader()
         self._crl_loader = loader.RFC5280CertificateListDocumentLoader()
-        retriever = _ValidityPeriodStart()
+        self._retriever = _ValidityPeriodStart()
         self._trees: dict[str, _Tree] = {}
         for kind in LINT_KINDS:
-            cert_type = serverauth_constants.CertificateType.from_option_str(kind)
-            self._trees[kind] = _Tree(
-                certificate.create_pkix_certificate_validator_container(
-                    serverauth.create_decoding_validators(),
-                    serverauth.create_validators(cert_type, retriever),
-                ),
-                serverauth.create_serverauth_finding_filters(cert_type),
-            )
+            if kind.startswith("DV-"):  # every certificate path; OV trees on first use
+                self._trees[kind] = self._build_tree(kind)
         crl_type = crl.CertificateRevocationListType.CRL
         self._crl_tree = crl.create_pkix_crl_validator_container(
             [
@@ -248,6 +245,16 @@ class CertificateLinter:
             ],
         )
 
+    def _build_tree(self, kind: LintKind) -> _Tree:
+        cert_type = serverauth_constants.CertificateType.from_option_str(kind)
+        return _Tree(
+            certificate.create_pkix_certificate_validator_container(
+                serverauth.create_decoding_validators(),
+                serverauth.create_validators(cert_type, self._retriever),
+            ),
+            serverauth.create_serverauth_finding_filters(cert_type),
+        )
+
     def lint(
         self,
         der: bytes,
@@ -256,13 +263,16 @@ class CertificateLinter:
     ) -> LintReport:
         """Lint one DER certificate as ``kind``; date-gated rules use ``validity_period_start``
         (the issuance time) or, when None, the certificate's notBefore."""
-        if kind not in self._trees:
+        if kind not in LINT_KINDS:
             raise ValueError(f"unknown lint kind {kind!r}; expected one of {LINT_KINDS}")
         if validity_period_start is not None:
             if validity_period_start.tzinfo is None:
                 raise ValueError("validity_period_start must be timezone-aware")
             validity_period_start = validity_period_start.astimezone(UTC)
-        tree = self._trees[kind]
+        with self._lock:
+            tree = self._trees.get(kind)
+            if tree is None:
+                tree = self._trees[kind] = self._build_tree(kind)
         try:
             document = self._cert_loader.load_der_document(der, "certificate")
         except Exception as e:  # pkilint raises assorted pyasn1 errors

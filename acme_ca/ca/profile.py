@@ -1,4 +1,10 @@
-"""The DV subscriber certificate profile, as it stands on the date of issuance.
+"""The subscriber certificate template, as it stands on the date of issuance.
+
+What varies between the CA's profiles (:mod:`acme_ca.profiles`: ``dv``, ``tlsserver``,
+``shortlived``, ``ov``) is carried by :class:`ProfileSettings` (the reserved policy OID, the
+validity, CN or not, SKI, keyEncipherment, the OCSP and CRL URLs) and, for OV, by the vetted
+organization's subject attributes in :class:`IssuanceRequest`.  The defaults are the DV
+profile described below, byte for byte.
 
 Step one of Boulder's "prepare, lint, then sign" (letsencrypt/boulder ``issuance/cert.go``):
 :func:`build_certificate` turns an :class:`IssuanceRequest` into the exact TBSCertificate bytes
@@ -17,9 +23,11 @@ these choices where the two leave room or disagree:
   (RFC 5280 4.1.2.5).  The BR limit is taken at the *signing time*, which is never looser than
   the limit at notBefore because the limits only shrink.
 * ``subject``: commonName only, equal to the first dNSName, when it fits the 64-character upper
-  bound; otherwise an empty subject and a critical SAN (BR 7.1.2.7.12).  BR 7.1.2.7.2 makes CN
-  NOT RECOMMENDED for DV, but the CP's table makes it mandatory, so pkilint's WARNING
-  ``cabf.serverauth.dv.common_name_attribute_present`` is expected.
+  bound; otherwise an empty subject and a critical SAN (BR 7.1.2.7.12).  A profile without CN
+  (``tlsserver``) always has the empty subject; an OV request puts the vetted organization's
+  C, ST, L and O before the CN (BR 7.1.2.7.4, 7.1.4), and its SAN is then never critical.
+  BR 7.1.2.7.2 makes CN NOT RECOMMENDED for DV, but the CP's table makes it mandatory, so
+  pkilint's WARNING ``cabf.serverauth.dv.common_name_attribute_present`` is expected.
 * Extensions, in this fixed order (CT-3 needs the final certificate to repeat the
   precertificate's order; the poison sits last so the SCT list can take its place):
 
@@ -35,10 +43,12 @@ these choices where the two leave room or disagree:
   5. basicConstraints, critical, cA FALSE, no pathLen.  BR 7.1.2.7.8 makes it MAY and the CP's
      table does not list it; we include it, as Let's Encrypt and most public CAs do, so that no
      client can mistake a subscriber certificate for a CA certificate.  The CPS should say so.
-  6. certificatePolicies: 2.23.140.1.2.1 first (BR 7.1.2.7.9 RECOMMENDS the reserved OID first),
-     then the CA's own policy OID; no qualifiers (NOT RECOMMENDED by BR).  The CP's table orders
-     the two the other way and adds a CPS qualifier; the BR recommendation wins here.
-  7. cRLDistributionPoints: one DistributionPoint, fullName = the http CRL URL.
+  6. certificatePolicies: 2.23.140.1.2.1 (OV: 2.23.140.1.2.2) first (BR 7.1.2.7.9 RECOMMENDS
+     the reserved OID first), then the CA's own policy OID; no qualifiers (NOT RECOMMENDED by
+     BR).  The CP's table orders the two the other way and adds a CPS qualifier; the BR
+     recommendation wins here.
+  7. cRLDistributionPoints: one DistributionPoint, fullName = the http CRL URL (a short-lived
+     profile may leave it out; ours keep it).
   8. authorityInfoAccess: id-ad-ocsp (only if configured) then id-ad-caIssuers, both http, in the
      CP's order.
   9. subjectAltName: the dNSNames in request order.
@@ -80,6 +90,9 @@ SubscriberPublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 
 #: CA/B Forum reserved policy identifier for Domain Validated subscriber certificates.
 DV_POLICY_OID: Final = "2.23.140.1.2.1"
+#: CA/B Forum reserved policy identifier for Organization Validated subscriber certificates.
+OV_POLICY_OID: Final = "2.23.140.1.2.2"
+_RESERVED_SUBSCRIBER_OIDS: Final = frozenset({DV_POLICY_OID, OV_POLICY_OID})
 #: The CP's own policy OID (CP 1.2: JPRS CA Certificate Policy).
 DEFAULT_POLICY_OID: Final = "1.3.6.1.4.1.53827.1.1.4"
 _ANY_POLICY: Final = "2.5.29.32.0"
@@ -157,12 +170,16 @@ def _check_http_url(url: str, what: str) -> None:
 
 @dataclass(frozen=True, kw_only=True)
 class ProfileSettings:
-    """How one issuer fills in the DV profile; validated on construction."""
+    """How one issuer fills in one profile (the DV profile by default); validated on
+    construction."""
 
-    #: The CA's own certificate policy OID, placed after the CA/B Forum DV OID.
+    #: The CA's own certificate policy OID, placed after the CA/B Forum reserved OID.
     policy_oid: str = DEFAULT_POLICY_OID
-    #: http URL of the CRL covering certificates from this issuer (CRL Distribution Points).
-    crl_url: str
+    #: The CA/B Forum reserved OID listed first: DV (2.23.140.1.2.1) or OV (2.23.140.1.2.2).
+    reserved_policy_oid: str = DV_POLICY_OID
+    #: http URL of the CRL covering certificates from this issuer (CRL Distribution Points);
+    #: None leaves the extension out (short-lived certificates only, BR 7.1.2.11.2).
+    crl_url: str | None
     #: http URL of the OCSP responder; None leaves id-ad-ocsp out of AIA (BR: MAY).
     ocsp_url: str | None = None
     #: http URL of the issuing CA's certificate (AIA id-ad-caIssuers).
@@ -170,6 +187,9 @@ class ProfileSettings:
     #: Validity in days, counted inclusively; None: BR 6.3.2's SHOULD for the issuance date.
     #: Always capped at the BR maximum for the issuance date.
     validity_days: int | None = None
+    #: Validity as a period (hours, for short-lived profiles); takes precedence over
+    #: ``validity_days``.  Always capped at the BR maximum for the issuance date.
+    validity_period: timedelta | None = None
     #: notBefore lies this far before the signing time (relying parties' clock skew).
     backdate: timedelta = timedelta(seconds=60)
     #: SKI in subscriber certificates: listed by the CP, NOT RECOMMENDED by BR 7.1.2.7.6.
@@ -177,31 +197,44 @@ class ProfileSettings:
     #: keyEncipherment next to digitalSignature for RSA keys: listed by the CP, MAY in BR
     #: 7.1.2.7.11, but asserting both is NOT RECOMMENDED there (pkilint WARNING).
     rsa_key_encipherment: bool = True
+    #: commonName = the first dNSName (when it fits 64 characters); False: no CN at all.
+    subject_common_name: bool = True
 
     def __post_init__(self) -> None:
         try:
             oid = x509.ObjectIdentifier(self.policy_oid)
         except ValueError as e:
             raise ProfileError(f"policy_oid {self.policy_oid!r} is not an OID") from e
-        if oid.dotted_string in (_ANY_POLICY, DV_POLICY_OID) or oid.dotted_string.startswith(
-            _CABF_RESERVED_ARC
-        ):
+        if oid.dotted_string in (
+            _ANY_POLICY,
+            DV_POLICY_OID,
+            OV_POLICY_OID,
+        ) or oid.dotted_string.startswith(_CABF_RESERVED_ARC):
             raise ProfileError(
                 f"policy_oid {self.policy_oid} must be the CA's own OID, not anyPolicy or a "
                 "CA/B Forum reserved OID (BR 7.1.2.7.9)"
             )
-        _check_http_url(self.crl_url, "crl_url")
+        if self.reserved_policy_oid not in _RESERVED_SUBSCRIBER_OIDS:
+            raise ProfileError(
+                f"reserved_policy_oid {self.reserved_policy_oid} is not the DV or OV OID"
+            )
+        if self.crl_url is not None:
+            _check_http_url(self.crl_url, "crl_url")
         _check_http_url(self.ca_issuers_url, "ca_issuers_url")
         if self.ocsp_url is not None:
             _check_http_url(self.ocsp_url, "ocsp_url")
         if self.validity_days is not None and self.validity_days < 1:
             raise ProfileError("validity_days must be at least 1")
+        if self.validity_period is not None and self.validity_period < timedelta(hours=1):
+            raise ProfileError("validity_period must be at least an hour")
         if not timedelta(0) <= self.backdate < MAX_BACKDATE:
             raise ProfileError("backdate must be at least 0 and under 48 hours (BR 7.1.2.7)")
 
     def validity(self, at: datetime) -> timedelta:
         """The validity period (inclusive) of a certificate signed at ``at``."""
         limit = max_validity(at)
+        if self.validity_period is not None:
+            return min(self.validity_period, limit)
         if self.validity_days is None:
             return recommended_validity(at)
         return min(timedelta(days=self.validity_days), limit)
@@ -230,6 +263,9 @@ class IssuanceRequest:
     serial: int
     #: When the signature is made: the issuance date for every date-gated rule.
     signing_time: datetime
+    #: OV: the vetted organization's subject attributes (C, ST, L, O, in BR 7.1.4 order),
+    #: placed before the CN; None for DV.  Never taken from the CSR.
+    organization: x509.Name | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.names, tuple) or not self.names:
@@ -361,7 +397,8 @@ def build_certificate(
     *,
     precertificate: bool = False,
 ) -> PreparedCertificate:
-    """Build the DV subscriber TBSCertificate (module docstring) and its linting copy.
+    """Build the subscriber TBSCertificate of ``settings``' profile (module docstring) and its
+    linting copy.
 
     Raises :class:`ProfileError` for requests the profile cannot honour, and ``ValueError`` for a
     key/hash pair BR 7.1.3.2 forbids (P-256 with SHA-384, ...).
@@ -375,8 +412,11 @@ def build_certificate(
     not_after = not_before + settings.validity(signing_time) - timedelta(seconds=1)
 
     first = request.names[0]
-    with_cn = len(first) <= MAX_COMMON_NAME_LENGTH
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, first)] if with_cn else [])
+    with_cn = settings.subject_common_name and len(first) <= MAX_COMMON_NAME_LENGTH
+    attributes = list(request.organization) if request.organization is not None else []
+    if with_cn:
+        attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, first))
+    subject = x509.Name(attributes)
 
     subscriber_key = _check_subscriber_key(request.public_key)
     is_rsa = isinstance(subscriber_key, rsa.RSAPublicKey)
@@ -415,13 +455,17 @@ def build_certificate(
         .add_extension(
             x509.CertificatePolicies(
                 [
-                    x509.PolicyInformation(x509.ObjectIdentifier(DV_POLICY_OID), None),
+                    x509.PolicyInformation(
+                        x509.ObjectIdentifier(settings.reserved_policy_oid), None
+                    ),
                     x509.PolicyInformation(x509.ObjectIdentifier(settings.policy_oid), None),
                 ]
             ),
             critical=False,
         )
-        .add_extension(
+    )
+    if settings.crl_url is not None:
+        builder = builder.add_extension(
             x509.CRLDistributionPoints(
                 [
                     x509.DistributionPoint(
@@ -434,7 +478,6 @@ def build_certificate(
             ),
             critical=False,
         )
-    )
     access = []
     if settings.ocsp_url is not None:
         access.append(
@@ -453,7 +496,7 @@ def build_certificate(
         x509.AuthorityInformationAccess(access), critical=False
     ).add_extension(
         x509.SubjectAlternativeName([x509.DNSName(n) for n in request.names]),
-        critical=not with_cn,
+        critical=not attributes,
     )
     if precertificate:
         builder = builder.add_extension(x509.PrecertPoison(), critical=True)

@@ -52,7 +52,7 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -63,12 +63,20 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from acme_ca import metrics
 from acme_ca.acme import problems
 from acme_ca.acme.jsontypes import JsonValue
+from acme_ca.ca.ct.policy import CT_POLICIES, CtPolicy
 from acme_ca.ca.ct.sct import final_tbs, remove_poison
 from acme_ca.ca.ct.submit import CertificateTransparency, CtPolicyNotMet, LoggedSct
 from acme_ca.ca.der import sign_tbs_certificate, throwaway_signed_tbs
 from acme_ca.ca.issuers import Issuer, IssuerSet
 from acme_ca.ca.lint import CertificateLinter, LintKind
-from acme_ca.ca.profile import IssuanceRequest, ProfileSettings, build_certificate, new_serial
+from acme_ca.ca.profile import (
+    DV_POLICY_OID,
+    OV_POLICY_OID,
+    IssuanceRequest,
+    ProfileSettings,
+    build_certificate,
+    new_serial,
+)
 from acme_ca.ca.signer import SignerError
 from acme_ca.ca.signing_checks import CaaRechecker, OrganizationLookup, SigningChecks, SigningGuard
 from acme_ca.clock import Clock
@@ -81,6 +89,7 @@ from acme_ca.db.issuance_jobs import (
     SctsCollectedJob,
     Step,
 )
+from acme_ca.profiles import Profile
 
 log = structlog.get_logger(component="acme_ca.ca.worker")
 
@@ -109,6 +118,53 @@ def _spki(cert: x509.Certificate) -> bytes:
     return cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
 
 
+#: The vetted organization's subject attributes (C, ST, L, O) for an account, or None when the
+#: account may not have an OV certificate now (not bound, organization revoked or stale).
+OrganizationSubject = Callable[[int], Awaitable[x509.Name | None]]
+
+
+class IssuanceProfiles:
+    """The configured profiles as the worker issues them: which :class:`ProfileSettings` one
+    issuer fills in for one profile, and each profile's pkilint validations and CT policy."""
+
+    def __init__(self, config: Any) -> None:
+        self._config = config
+        self.profiles: Mapping[str, Profile] = config.profile_table
+
+    def profile(self, name: str) -> Profile:
+        """The job's profile; a job whose profile is gone from the configuration is an
+        :class:`IssuanceError` (nothing is signed for it)."""
+        try:
+            return self.profiles[name]
+        except KeyError:
+            raise IssuanceError(f"profile {name!r} is not configured") from None
+
+    def settings(self, issuer: Issuer, profile: Profile) -> ProfileSettings:
+        return ProfileSettings(
+            policy_oid=profile.policy_oid,
+            reserved_policy_oid=OV_POLICY_OID if profile.validation == "OV" else DV_POLICY_OID,
+            crl_url=issuer.crl_url if profile.crl_url else None,
+            ocsp_url=issuer.ocsp_url if profile.ocsp_url else None,
+            ca_issuers_url=issuer.ca_issuers_url,
+            validity_period=profile.validity,
+            backdate=timedelta(seconds=self._config.backdate_seconds),
+            include_subject_key_identifier=profile.subject_key_identifier,
+            rsa_key_encipherment=profile.rsa_key_encipherment,
+            subject_common_name=profile.subject_common_name,
+        )
+
+    @staticmethod
+    def ct_policy(profile: Profile) -> CtPolicy:
+        return CT_POLICIES[profile.ct_policy]
+
+    @staticmethod
+    def lint_kinds(profile: Profile) -> tuple[LintKind, LintKind]:
+        """(pre-certificate, final certificate) pkilint validations of the profile's level."""
+        if profile.validation == "OV":
+            return "OV-PRE-CERTIFICATE", "OV-FINAL-CERTIFICATE"
+        return "DV-PRE-CERTIFICATE", "DV-FINAL-CERTIFICATE"
+
+
 #: A step's handler: the job as its step's view, its issuer; the job as the next step's view,
 #: or None when the job stops here (done, failed, deferred, or taken over by another worker).
 Handler = Callable[[Any, Issuer], Awaitable[IssuanceJob | None]]
@@ -135,7 +191,7 @@ class SigningWorker:
         clock: Clock,
         *,
         ct: CertificateTransparency,
-        profile_for: Callable[[Issuer], ProfileSettings],
+        profile_for: IssuanceProfiles,
         on_issued: Callable[[str, str], None] | None = None,
         poll_seconds: float = 5.0,
         lease: timedelta = DEFAULT_LEASE,
@@ -148,6 +204,7 @@ class SigningWorker:
         account_uri: Callable[[int], str] | None = None,
         organizations: OrganizationLookup | None = None,
         hsm_deadline: timedelta = DEFAULT_HSM_DEADLINE,
+        organization_subject: OrganizationSubject | None = None,
     ) -> None:
         self._jobs = jobs
         self._hsm_deadline = hsm_deadline
@@ -156,6 +213,7 @@ class SigningWorker:
         self._clock = clock
         self._ct = ct
         self._profile_for = profile_for
+        self._organization_subject = organization_subject
         self._on_issued = on_issued
         self._poll = poll_seconds
         self._lease = lease
@@ -396,26 +454,34 @@ class SigningWorker:
         """queued → prepared: serial, validity and the precertificate TBS, linted, recorded
         before anything is signed (waits in the queue while the CT logs cannot cover it)."""
         csr = x509.load_der_x509_csr(job.csr_der)
+        profile = self._profile_for.profile(job.profile)
+        organization = None
+        if profile.subject_organization:
+            organization = await self._organization(job)
+            if organization is None:
+                return None
         prepared = build_certificate(
             issuer.certificate,
             issuer.signer.public_key,
             issuer.hash,
-            self._profile_for(issuer),
+            self._profile_for.settings(issuer, profile),
             IssuanceRequest(
                 names=job.names,
                 public_key=csr.public_key(),  # type: ignore[arg-type]
                 serial=new_serial(),
                 signing_time=self._clock.now(),
+                organization=organization,
             ),
             precertificate=True,
         )
-        problem = self._ct.coverage_problem(prepared.not_before, prepared.not_after)
+        ct_policy = self._profile_for.ct_policy(profile)
+        problem = self._ct.coverage_problem(prepared.not_before, prepared.not_after, ct_policy)
         if problem is not None:
             # Checked before anything is signed: without enough logs no precertificate.
             await self._ct_unavailable(job, [problem], since=job.created_at)
             return None
         ok, findings = await self._lint_ok(
-            job, prepared.lint_der, "DV-PRE-CERTIFICATE", self._clock.now()
+            job, prepared.lint_der, self._profile_for.lint_kinds(profile)[0], self._clock.now()
         )
         if not ok:
             return None
@@ -473,6 +539,7 @@ class SigningWorker:
         final TBS built from the precertificate's and checked against it; not enough SCTs
         sends the job back to the queue with backoff (until the CT deadline)."""
         precert = x509.load_der_x509_certificate(job.precert_der)
+        profile = self._profile_for.profile(job.profile)
         try:
             scts = await self._ct.collect(
                 precert,
@@ -482,6 +549,7 @@ class SigningWorker:
                 not_before=job.not_before,
                 not_after=job.not_after,
                 submitted_at=job.ct_submitted_at,
+                policy=self._profile_for.ct_policy(profile),
             )
         except CtPolicyNotMet as e:
             await self._ct_unavailable(job, e.reasons, since=job.ct_submitted_at)
@@ -497,7 +565,7 @@ class SigningWorker:
         findings: list[str] | None = None  # not linted: it matches the linted precertificate
         if self._lint_final:
             ok, findings = await self._lint_ok(
-                job, lint_der, "DV-FINAL-CERTIFICATE", self._clock.now()
+                job, lint_der, self._profile_for.lint_kinds(profile)[1], self._clock.now()
             )
             if not ok:
                 return None
@@ -575,7 +643,7 @@ class SigningWorker:
             return True, [str(f) for f in report.findings]
         findings = [str(f) for f in report.blocking]
         log.error("issuance.lint_failed", kind=kind, findings=findings, step=job.step)
-        what = "precertificate" if kind == "DV-PRE-CERTIFICATE" else "certificate"
+        what = "precertificate" if kind.endswith("-PRE-CERTIFICATE") else "certificate"
         signed = " beyond the precertificate" if isinstance(job, PrecertSignedJob) else ""
         await self._jobs.fail(
             job,
@@ -586,6 +654,26 @@ class SigningWorker:
             self._clock.now(),
         )
         return False, [str(f) for f in report.findings]
+
+    async def _organization(self, job: IssuanceJob) -> x509.Name | None:
+        """The OV subject attributes of the job's account, from its vetted organization; None
+        (and the order failed, nothing signed) when there is none to use now."""
+        found = None
+        if self._organization_subject is not None:
+            found = await self._organization_subject(job.account_id)
+        if found is not None:
+            return found
+        await self._jobs.fail(
+            job,
+            problems.unauthorized(
+                "the account has no vetted organization usable for an OV certificate now "
+                "(CP 3.2.2.1; BR 4.2.1); nothing was signed"
+            ),
+            {"reason": "organization", "profile": job.profile},
+            self._clock.now(),
+        )
+        log.error("issuance.refused", reason="organization", profile=job.profile)
+        return None
 
     async def _ct_unavailable(
         self, job: IssuanceJob, reasons: list[str], *, since: datetime
@@ -638,18 +726,6 @@ def _process_exists(pid: int) -> bool:
     return True
 
 
-def profile_settings_factory(config: Any) -> Any:
-    """ProfileSettings for an issuer from the configuration and the issuer's URLs."""
-
-    def settings(issuer: Issuer) -> ProfileSettings:
-        return ProfileSettings(
-            policy_oid=config.policy_oid,
-            crl_url=issuer.crl_url,
-            ocsp_url=issuer.ocsp_url,
-            ca_issuers_url=issuer.ca_issuers_url,
-            validity_days=config.validity_days,
-            backdate=timedelta(seconds=config.backdate_seconds),
-            include_subject_key_identifier=config.include_subject_key_identifier,
-        )
-
-    return settings
+def profile_settings_factory(config: Any) -> IssuanceProfiles:
+    """The configured profiles as the worker issues them (:class:`IssuanceProfiles`)."""
+    return IssuanceProfiles(config)

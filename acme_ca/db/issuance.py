@@ -62,6 +62,7 @@ class IssuanceRepository:
         names: list[str],
         issuer: str,
         now: datetime,
+        profile: str = "dv",
     ) -> Order | None:
         """ready → processing and a queued job, atomically: the order as moved, or None if it
         was not ready (or had expired)."""
@@ -71,13 +72,14 @@ class IssuanceRepository:
                 return None
             await conn.execute(
                 """INSERT INTO issuance_jobs (order_id, account_id, csr_der, names, status,
-                                              issuer, created_at, updated_at)
-                   VALUES ($1, $2, $3, $4, 'queued', $5, $6, $6)""",
+                                              issuer, profile, created_at, updated_at)
+                   VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $7)""",
                 order_id,
                 account_id,
                 csr_der,
                 names,
                 issuer,
+                profile,
                 now,
             )
             await record_event(
@@ -87,7 +89,7 @@ class IssuanceRepository:
                 actor=f"account:{account_id}",
                 account_id=account_id,
                 order_id=order_id,
-                details={"issuer": issuer},
+                details={"issuer": issuer, "profile": profile},
             )
             await conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")
         return moved[0]

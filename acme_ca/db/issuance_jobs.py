@@ -44,6 +44,8 @@ class IssuanceJob:
     issuer: str
     created_at: datetime
     locked_by: str | None
+    #: The certificate profile it issues under (the order's).
+    profile: str
 
     @property
     def faults(self) -> int:
@@ -125,6 +127,7 @@ class _JobColumns(TypedDict):
     issuer: str
     created_at: datetime
     locked_by: str | None
+    profile: str
 
 
 class _PreparedColumns(_JobColumns):
@@ -157,6 +160,7 @@ def job_from_row(row: asyncpg.Record) -> IssuanceJob:
         "issuer": row["issuer"],
         "created_at": row["created_at"],
         "locked_by": row["locked_by"],
+        "profile": row["profile"],
     }
     if step in (Step.QUEUED, Step.ISSUED):
         return IssuanceJob(**common)

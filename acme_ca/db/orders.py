@@ -54,7 +54,8 @@ class Order:
     expires_at: datetime
     #: Why the order became invalid, if it is stored invalid.
     error: Problem | None
-    profile: str | None
+    #: The certificate profile it is issued under (acme_ca.profiles; `dv` before profiles).
+    profile: str
     created_at: datetime
     authz_ids: tuple[int, ...]
     #: (status, expires_at) of each authorization, in ``authz_ids`` order.
@@ -243,6 +244,7 @@ class OrderRepository:
         new_authzs: Sequence[NewAuthorization | None],
         now: datetime,
         replaces: Replacement | None = None,
+        profile: str = "dv",
     ) -> Order:
         """Create the order, its new authorizations and challenges, in one transaction.
 
@@ -284,13 +286,14 @@ class OrderRepository:
             identifiers_json = [i.to_json() for i in identifiers]
             row = await conn.fetchrow(
                 """INSERT INTO orders (account_id, status, identifiers, expires_at, replaces,
-                                       created_at, updated_at)
-                   VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING *""",
+                                       profile, created_at, updated_at)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING *""",
                 account_id,
                 status,
                 identifiers_json,
                 expires_at,
                 replaces.cert_id if replaces else None,
+                profile,
                 now,
             )
             order_id = row["id"]
@@ -318,6 +321,7 @@ class OrderRepository:
                     "identifiers": identifiers_json,
                     "status": status,
                     "reused_authzs": [r for r in reuse if r],
+                    "profile": profile,
                     **({"replaces": replaces.cert_id} if replaces else {}),
                 },
             )

@@ -27,12 +27,14 @@ from acme_ca.db.completions import OrderCompletions
 from acme_ca.db.requests import RequestRecorder
 from acme_ca.db.storage import Storage, open_storage
 from acme_ca.main.metrics import report_database
+from acme_ca.main.profiles import profile_catalog
 from acme_ca.ra.accounts import AccountAuthority
 from acme_ca.ra.challenges import ChallengeAuthority, Validator
 from acme_ca.ra.finalize import FinalizeAuthority
 from acme_ca.ra.identifiers import IdentifierPolicy
 from acme_ca.ra.keys import KeyPolicy
 from acme_ca.ra.orders import OrderAuthority, OrderPolicy
+from acme_ca.ra.profiles import AccountGate
 from acme_ca.ra.revocation import RevocationAuthority
 from acme_ca.remote_va.primary import build_validator
 from acme_ca.tasks import BackgroundTasks
@@ -202,6 +204,8 @@ async def _front_end(
         ),
         clock,
         enabled_methods(config.challenge_types),
+        profiles=await profile_catalog(config, clock),
+        account_gate=AccountGate(None, None, clock),
     )
     # Reads the weak-key lists: a blocking start-up step, kept off the loop.
     key_policy = await asyncio.to_thread(
@@ -252,8 +256,6 @@ async def _front_end(
             va,
             clock,
             account_uri=urls.account,
-            rsa_issuer=config.rsa_issuer,
-            ecdsa_issuer=config.ecdsa_issuer,
             completions=completions,
             wait_seconds=config.finalize_wait_seconds,
         ),

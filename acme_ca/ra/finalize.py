@@ -26,6 +26,7 @@ from acme_ca.db.accounts import Account
 from acme_ca.db.completions import OrderCompletions
 from acme_ca.db.issuance import IssuanceRepository
 from acme_ca.db.orders import Order, OrderRepository
+from acme_ca.profiles import Profile
 from acme_ca.ra.csr import CheckedCsr, check_csr
 from acme_ca.ra.keys import KeyPolicy
 from acme_ca.ra.orders import OrderAuthority
@@ -54,8 +55,6 @@ class FinalizeAuthority:
         clock: Clock,
         *,
         account_uri: Callable[[int], str],
-        rsa_issuer: str,
-        ecdsa_issuer: str,
         completions: OrderCompletions | None = None,
         wait_seconds: float = 0.0,
     ) -> None:
@@ -66,8 +65,6 @@ class FinalizeAuthority:
         self._caa = caa
         self._clock = clock
         self._account_uri = account_uri
-        self._rsa_issuer = rsa_issuer
-        self._ecdsa_issuer = ecdsa_issuer
         self._completions = completions
         self._wait = wait_seconds
 
@@ -79,6 +76,7 @@ class FinalizeAuthority:
             raise AcmeError(
                 problems.order_not_ready(f"the order is {status}; it must be ready to finalize")
             )
+        profile = await self._orders.finalize_profile(account, order)
         account_spki = _spki(account.jwk.key)
         checked = await check_csr(
             message.csr,
@@ -87,11 +85,11 @@ class FinalizeAuthority:
             key_policy=self._key_policy,
         )
         await self._recheck_stale_caa(account, order)
-        issuer = self._issuer_for(checked)
+        issuer = _issuer_for(profile, checked)
         if self._completions is None or self._wait <= 0:
-            return await self._enqueue(account, order, checked, issuer)
+            return await self._enqueue(account, order, checked, issuer, profile)
         async with self._completions.watch(order.id) as done:
-            queued = await self._enqueue(account, order, checked, issuer)
+            queued = await self._enqueue(account, order, checked, issuer, profile)
             if done is None:
                 return queued
             try:
@@ -104,7 +102,7 @@ class FinalizeAuthority:
         return finished
 
     async def _enqueue(
-        self, account: Account, order: Order, checked: CheckedCsr, issuer: str
+        self, account: Account, order: Order, checked: CheckedCsr, issuer: str, profile: Profile
     ) -> Order:
         queued = await self._issuance.enqueue(
             order_id=order.id,
@@ -113,6 +111,7 @@ class FinalizeAuthority:
             names=list(checked.names),
             issuer=issuer,
             now=self._clock.now(),
+            profile=profile.name,
         )
         if queued is None:
             raise AcmeError(problems.order_not_ready("the order changed; fetch it again"))
@@ -121,14 +120,10 @@ class FinalizeAuthority:
             order_id=order.id,
             account_id=account.id,
             issuer=issuer,
+            profile=profile.name,
             names=list(checked.names),
         )
         return queued
-
-    def _issuer_for(self, csr: CheckedCsr) -> str:
-        if isinstance(csr.public_key, ec.EllipticCurvePublicKey):
-            return self._ecdsa_issuer
-        return self._rsa_issuer
 
     async def _recheck_stale_caa(self, account: Account, order: Order) -> None:
         now = self._clock.now()
@@ -142,6 +137,13 @@ class FinalizeAuthority:
             if not result.ok:
                 assert result.problem is not None
                 raise AcmeError(result.problem)
+
+
+def _issuer_for(profile: Profile, csr: CheckedCsr) -> str:
+    """The profile's issuer for the CSR's key type."""
+    if isinstance(csr.public_key, ec.EllipticCurvePublicKey):
+        return profile.ecdsa_issuer
+    return profile.rsa_issuer
 
 
 def _spki(key: Any) -> bytes:

@@ -23,8 +23,10 @@ from acme_ca.clock import Clock
 from acme_ca.db.accounts import Account
 from acme_ca.db.authorizations import NewAuthorization
 from acme_ca.db.orders import AlreadyReplaced, Order, OrderRepository, Replacement
+from acme_ca.profiles import Profile
 from acme_ca.ra.br_schedule import MAX_TOKEN_LIFETIME, METHOD_REUSE_CAPS, max_dcv_reuse
 from acme_ca.ra.identifiers import IdentifierPolicy, base_domain, is_wildcard
+from acme_ca.ra.profiles import AccountGate, ProfileCatalog, profile_challenges
 from acme_ca.va.registry import DEFAULT_METHODS, EnabledMethods
 
 log = structlog.get_logger(component="acme_ca.ra.orders")
@@ -62,21 +64,29 @@ class OrderAuthority:
         policy: OrderPolicy,
         clock: Clock,
         methods: EnabledMethods | None = None,
+        *,
+        profiles: ProfileCatalog,
+        account_gate: AccountGate,
     ) -> None:
-        """``methods``: the challenge types offered (``challenge_types``)."""
+        """``methods``: the challenge types offered (``challenge_types``); ``profiles``: the
+        profiles on offer; ``account_gate``: who may use an organization profile."""
         self._orders = orders
         self._identifiers = identifiers
         self._policy = policy
         self._clock = clock
         self._methods = methods or DEFAULT_METHODS
+        self.profiles = profiles
+        self._account_gate = account_gate
 
     def _may_reuse(self) -> bool:
         percent = self._policy.authz_reuse_percent
         return percent >= 100 or secrets.randbelow(100) < percent
 
-    def reuse_period(self) -> timedelta:
-        """The configured reuse period, never above the BR limit for today (BR 4.2.1)."""
-        return min(self._policy.authz_reuse, max_dcv_reuse(self._clock.now()))
+    def reuse_period(self, profile: Profile | None = None) -> timedelta:
+        """The configured reuse period (the profile's, when given), never above the BR limit
+        for today (BR 4.2.1)."""
+        configured = self._policy.authz_reuse if profile is None else profile.authz_reuse
+        return min(configured, max_dcv_reuse(self._clock.now()))
 
     async def new_order(self, account: Account, message: NewOrder) -> Order:
         validity = (("notBefore", message.not_before), ("notAfter", message.not_after))
@@ -87,13 +97,13 @@ class OrderAuthority:
                         f"{field_name} is not supported; validity follows the CA's profile"
                     )
                 )
-        if message.profile is not None:
-            raise AcmeError(problems.invalid_profile("this CA offers no selectable profiles"))
+        profile = self.profiles.requested(message.profile)
+        await self._account_gate.check(profile, account.id)
         identifiers = self._identifiers.check_order(message.identifiers)
         replaces = await self._replacement(account, identifiers, message.replaces)
 
         now = self._clock.now()
-        reuse_from = now - self.reuse_period()
+        reuse_from = now - self.reuse_period(profile)
         reuse: list[int | None] = []
         new: list[NewAuthorization | None] = []
         for ident in identifiers:
@@ -117,7 +127,7 @@ class OrderAuthority:
             if existing is not None:
                 new.append(None)
                 continue
-            kinds = self._methods.offered(wildcard)
+            kinds = profile_challenges(profile, self._methods.offered(wildcard))
             if not kinds:
                 raise AcmeError(
                     problems.rejected_identifier(
@@ -142,6 +152,7 @@ class OrderAuthority:
                 new_authzs=new,
                 now=now,
                 replaces=replaces,
+                profile=profile.name,
             )
         except AlreadyReplaced as exc:
             raise AcmeError(
@@ -158,6 +169,7 @@ class OrderAuthority:
             identifiers=[i.value for i in identifiers],
             reused_authzs=sum(1 for r in reuse if r),
             replaces=replaces.cert_id if replaces else None,
+            profile=profile.name,
         )
         return order
 
@@ -195,6 +207,14 @@ class OrderAuthority:
                 )
             )
         return Replacement(cert_id=raw, certificate_id=record.id, account_id=account.id)
+
+    async def finalize_profile(self, account: Account, order: Order) -> Profile:
+        """The order's profile at finalize: still offered (``invalidProfile`` if withdrawn
+        since, PROF-2) and still usable by the account (an organization revoked since
+        newOrder stops OV issuance)."""
+        profile = self.profiles.for_finalize(order.profile)
+        await self._account_gate.check(profile, account.id)
+        return profile
 
     def current_status(self, order: Order) -> OrderStatus:
         """The order's status now (expired, or moved by its authorizations); writes nothing."""

@@ -21,6 +21,8 @@ def directory_body(request: web.Request) -> dict[str, JsonValue]:
         meta["termsOfService"] = cfg.terms_of_service
     if cfg.website:
         meta["website"] = cfg.website
+    # draft-ietf-acme-profiles §3: each profile on offer, name -> description.
+    meta["profiles"] = dict(fe.orders.profiles.directory())
     if cfg.test_mode:  # loud, so nobody mistakes a test CA for a real one
         meta["testMode"] = (
             "acme_ca TEST MODE: not a publicly-trusted CA; validation uses the built-in "

@@ -31,6 +31,7 @@ def order_resource(order: Order, status: OrderStatus) -> resources.Order:
         error=error,
         certificate_id=order.certificate_id if status == OrderStatus.VALID else None,
         replaces=order.replaces,
+        profile=order.profile,
     )
 
 

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Final
 
 from acme_ca.ca.ct.loglist import CtLog
 
@@ -87,6 +88,14 @@ class CtPolicy:
             max_per_operator=self.long_max_per_operator if long else self.short_max_per_operator,
             rfc6962=self.require_rfc6962,
         )
+
+
+#: The CT policies a profile may name (``ct_policy``): both browsers' (the default, above) or
+#: Chrome's alone (no RFC 6962 log required since 2026-04-15; Apple may then refuse).
+CT_POLICIES: Final[Mapping[str, CtPolicy]] = {
+    "chrome-apple": CtPolicy(),
+    "chrome": CtPolicy(require_rfc6962=False),
+}
 
 
 def spread(logs: Sequence[CtLog], rng: random.Random | None = None) -> list[CtLog]:

@@ -214,21 +214,27 @@ class CertificateTransparency:
 
     # ------------------------------------------------------------------ policy
 
-    def requirement(self, not_before: datetime, not_after: datetime) -> Requirement:
-        return self.settings.policy.requirement(not_after - not_before)
+    def requirement(
+        self, not_before: datetime, not_after: datetime, policy: CtPolicy | None = None
+    ) -> Requirement:
+        """What the SCTs of a certificate must add up to, under ``policy`` (a profile's
+        ``ct_policy``) or the settings' policy."""
+        return (policy or self.settings.policy).requirement(not_after - not_before)
 
     def _candidates(self, log_list: LogList, not_after: datetime) -> list[CtLog]:
         now = asyncio.get_running_loop().time()
         return [x for x in log_list.usable_for(not_after) if self._held.get(x.log_id, 0) <= now]
 
-    def coverage_problem(self, not_before: datetime, not_after: datetime) -> str | None:
+    def coverage_problem(
+        self, not_before: datetime, not_after: datetime, policy: CtPolicy | None = None
+    ) -> str | None:
         """Why no precertificate should be signed now (no usable logs covering notAfter can
         meet the policy), or None.  Checked before signing, so a hopeless job signs nothing."""
         try:
             log_list = self.logs.current()
         except LogListError as e:
             return str(e)
-        requirement = self.requirement(not_before, not_after)
+        requirement = self.requirement(not_before, not_after, policy)
         candidates = self._candidates(log_list, not_after)
         if requirement.satisfied_by(candidates):
             return None
@@ -250,6 +256,7 @@ class CertificateTransparency:
         not_before: datetime,
         not_after: datetime,
         submitted_at: datetime,
+        policy: CtPolicy | None = None,
     ) -> list[LoggedSct]:
         """Submit ``precert`` (issued by ``chain[0]``) until the policy is met; return the
         verified SCTs in the order they arrived.  Raises :class:`CtPolicyNotMet`."""
@@ -257,12 +264,12 @@ class CertificateTransparency:
             log_list = self.logs.current()
         except LogListError as e:
             raise CtPolicyNotMet(None, [str(e)]) from e
-        requirement = self.requirement(not_before, not_after)
+        requirement = self.requirement(not_before, not_after, policy)
         candidates = self._candidates(log_list, not_after)
         if self.settings.shuffle:
             candidates = spread(candidates)
         if not requirement.satisfied_by(candidates):
-            problem = self.coverage_problem(not_before, not_after) or "no usable logs"
+            problem = self.coverage_problem(not_before, not_after, policy) or "no usable logs"
             raise CtPolicyNotMet(requirement, [problem])
         entry = precert_entry(precert_tbs, issuer_spki_der)
         body: AddChain = {"chain": [_b64(precert), *(_b64(c) for c in chain)]}

@@ -9,7 +9,8 @@ cd "$ACME_CA_ROOT"
 profile="${1:-runtime}"
 
 runtime_debs=(python3-venv openssl)
-test_debs=(postgresql softhsm2 opensc unbound openssl iproute2 dnsutils curl lego dehydrated uacme pebble)
+# prometheus: promtool checks and unit-tests deploy/prometheus/acme_ca_rules.yml.
+test_debs=(postgresql softhsm2 opensc unbound openssl iproute2 dnsutils curl lego dehydrated uacme pebble prometheus)
 
 need_install=()
 wanted=("${runtime_debs[@]}")
@@ -25,6 +26,8 @@ if [ "${#need_install[@]}" -gt 0 ]; then
     apt-get install -y -q --no-install-recommends "${need_install[@]}" >/dev/null
     # The postgresql package starts a system cluster we do not use; the CA runs its own.
     command -v pg_ctlcluster >/dev/null && service postgresql stop >/dev/null 2>&1 || true
+    # Likewise the Prometheus server the prometheus package starts: only promtool is used.
+    command -v promtool >/dev/null && service prometheus stop >/dev/null 2>&1 || true
   else
     echo "bootstrap: not root; skipping Debian packages (${need_install[*]})." >&2
     echo "bootstrap: PostgreSQL falls back to the pgserver wheel's binaries." >&2

@@ -46,7 +46,9 @@ namespace and always run.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import hashlib
 import http.client
 import json
 import os
@@ -62,6 +64,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import josepy as jose
 import pytest
 from acme import challenges, client, crypto_util, errors, messages
 from cryptography.hazmat.primitives import serialization
@@ -100,6 +103,8 @@ SPECS = [
     ("eu-central", "RIPE NCC", 50.1109, 8.6821),  # Frankfurt
 ]
 PRIMARY_AT = (35.6762, 139.6503)  # Tokyo
+# The primary offers the account-bound DNS methods too (dns-account-01 is off by default).
+CHALLENGE_TYPES = ("http-01", "dns-01", "dns-persist-01", "dns-account-01")
 
 
 # ------------------------------------------------------------------------------------------
@@ -337,6 +342,17 @@ class World:
             self.publish(name, challb, validation)
         else:
             prepare(challb, validation)
+        return self.answered(name, order, challb, response)
+
+    def answered(
+        self,
+        name: str,
+        order: messages.OrderResource,
+        challb: messages.ChallengeBody,
+        response: challenges.ChallengeResponse,
+    ) -> Attempt:
+        """Answer the order's (only) authorization's challenge and poll until it is decided."""
+        authz = order.authorizations[0]
         started = time.monotonic()
         self.acme.answer_challenge(challb, response)
         deadline = started + POLL_SECONDS
@@ -424,6 +440,10 @@ def world(
             ACME_CA_MPIC_CLIENT_KEY=str(mtls / "primary.key"),
             ACME_CA_MPIC_SERVER_CA=str(mtls / "ca.pem"),
             ACME_CA_MPIC_TIMEOUT_SECONDS=str(MPIC_TIMEOUT_SECONDS),
+            ACME_CA_CHALLENGE_TYPES=",".join(CHALLENGE_TYPES),
+            # not Pebble's fixed 5003: other suites' servers may hold it
+            ACME_CA_CHALLSRV_HTTPS01=f"127.0.0.1:{free_port()}",
+            ACME_CA_CHALLSRV_TLSALPN01=f"127.0.0.1:{free_port()}",
         )
         primary = processes.serve(
             "primary",
@@ -602,6 +622,86 @@ def test_passing_remotes_all_in_one_rir_invalid(fresh: World) -> None:
     assert attempt.status == "invalid", attempt.challenge
     assert attempt.quorum == "4/5"
     assert "span 1 RIR(s) (ARIN)" in attempt.challenge["error"]["detail"]
+
+
+# ------------------------------------------------------------------------------------------
+# dns-persist-01 and dns-account-01 (BR 3.2.2.4.21-22, PERSIST-2): every remote repeats the
+# record lookup (the ADN walk) through its own resolver and must see the same record
+
+
+def account_bound_record(world: World, name: str, challenge: dict[str, Any]) -> tuple[str, str]:
+    """Where a client publishes a dns-persist-01 or dns-account-01 record, and what."""
+    if challenge["type"] == "dns-persist-01":
+        issuer = challenge["issuer-domain-names"][0]
+        return f"_validation-persist.{name}.", f"{issuer}; accounturi={challenge['accounturi']}"
+    account = world.acme.net.account.uri
+    label = base64.b32encode(hashlib.sha256(account.encode()).digest()[:10]).decode().lower()
+    dns01 = challenges.DNS01(token=jose.decode_b64jose(challenge["token"]))
+    return f"_{label}._acme-challenge.{name}.", dns01.validation(world.key)
+
+
+def attempt_account_bound(
+    world: World, name: str, typ: str, remote_values: Callable[[str], dict[str, str]]
+) -> Attempt:
+    """newOrder, publish the ``typ`` record at the primary and every perspective (except what
+    ``remote_values`` of the good value overrides), answer, poll."""
+    order = world.acme.new_order(_csr(name))
+    challb = next(
+        c
+        for c in order.authorizations[0].body.challenges
+        if isinstance(c.chall, challenges.UnrecognizedChallenge) and c.chall.jobj["type"] == typ
+    )
+    host, value = account_bound_record(world, name, challb.chall.jobj)
+    mgmt_post(world.primary_mgmt + "/set-txt", {"host": host, "value": value})
+    overrides = remote_values(value)
+    for rid, remote in world.remotes.items():
+        remote.mgmt("/set-txt", {"host": host, "value": overrides.get(rid, value)})
+    # The response to both is an empty object, as to dns-01 (RFC 8555 §7.5.1).
+    return world.answered(name, order, challb, challenges.DNS01Response())
+
+
+def another_record(typ: str, value: str) -> str:
+    """What a perspective under attack sees: the record of another account (dns-persist-01)
+    or another digest (dns-account-01)."""
+    return value + "0" if typ == "dns-persist-01" else "not-" + value
+
+
+@pytest.mark.parametrize("typ", ["dns-persist-01", "dns-account-01"])
+def test_persist_2_account_bound_method_one_remote_sees_another_record_4_of_5(
+    fresh: World, typ: str
+) -> None:
+    name = unique(typ.split("-")[1])
+    attempt = attempt_account_bound(
+        fresh, name, typ, lambda value: {"us-east": another_record(typ, value)}
+    )
+    assert attempt.status == "valid", attempt.challenge
+    assert attempt.quorum == "4/5"
+    summary = attempt.summary("us-east")
+    assert summary["corroborated"] is False and summary["result"] == "fail", summary
+    assert summary["brMethod"] == ("3.2.2.4.22" if typ == "dns-persist-01" else "3.2.2.4.21")
+    assert all(attempt.summary(pid)["corroborated"] for pid, *_ in SPECS if pid != "us-east")
+    # each remote's own lookup, under the method's name, naming the ADN it looked at
+    for pid, *_ in SPECS:
+        assert any(
+            r["perspective"] == pid and r["method"] == typ and r.get("adn") == name
+            for r in attempt.records
+        ), pid
+
+
+@pytest.mark.parametrize("typ", ["dns-persist-01", "dns-account-01"])
+def test_persist_2_account_bound_method_two_remotes_disagree_invalid(
+    fresh: World, typ: str
+) -> None:
+    name = unique(typ.split("-")[1] + "-two")
+    attempt = attempt_account_bound(
+        fresh,
+        name,
+        typ,
+        lambda value: {who: another_record(typ, value) for who in ("us-west", "us-south")},
+    )
+    assert attempt.status == "invalid", attempt.challenge
+    assert "multi-perspective corroboration failed" in attempt.challenge["error"]["detail"]
+    assert attempt.quorum is not None and attempt.quorum.endswith("/5")
 
 
 def test_primary_failure_never_asks_the_remotes(fresh: World) -> None:

@@ -232,15 +232,17 @@ async def challenge_records(dsn: str, identifier: str) -> list[tuple[str, str, l
     return result
 
 
-def pkilint_findings(cert: Path) -> list[tuple[str, str, str]]:
+def pkilint_findings(
+    cert: Path, validation: str = "DV-FINAL-CERTIFICATE"
+) -> list[tuple[str, str, str]]:
     """(severity, code, node path) of every pkilint finding at WARNING and above: the
-    ``lint_cabf_serverauth_cert lint`` command line and JSON report, run through the CLI's
-    entry point in this process (0.2 s a certificate instead of a second for a new
+    ``lint_cabf_serverauth_cert lint -t VALIDATION`` command line and JSON report, run through
+    the CLI's entry point in this process (0.2 s a certificate instead of a second for a new
     interpreter)."""
     from pkilint.bin.lint_cabf_serverauth_cert import main as pkilint_main
 
     out, err = io.StringIO(), io.StringIO()
-    argv = ["lint", "-t", "DV-FINAL-CERTIFICATE", "-s", "WARNING", "-f", "JSON", str(cert)]
+    argv = ["lint", "-t", validation, "-s", "WARNING", "-f", "JSON", str(cert)]
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             pkilint_main(argv)
@@ -257,6 +259,8 @@ def pkilint_findings(cert: Path) -> list[tuple[str, str, str]]:
     ]
 
 
-def blocking_findings(cert: Path) -> list[tuple[str, str, str]]:
-    findings = pkilint_findings(cert)
+def blocking_findings(
+    cert: Path, validation: str = "DV-FINAL-CERTIFICATE"
+) -> list[tuple[str, str, str]]:
+    findings = pkilint_findings(cert, validation)
     return [f for f in findings if f[0] in ("ERROR", "FATAL")]

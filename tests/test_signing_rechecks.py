@@ -26,7 +26,10 @@ from typing import Any
 
 import asyncpg
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from dns import rdatatype as dns_rdatatype
 
 from acme_ca.acme import problems
@@ -858,6 +861,62 @@ async def test_ov_organization_revoked_after_finalize_is_not_signed(rig: Rig) ->
     assert "not bound to a vetted organization" in details["refusals"][0]["detail"]
     details = await refused(rig, stale, RULE_ORGANIZATION, "unauthorized")
     assert "399 days before" in details["refusals"][0]["detail"]
+    assert rig.signers["ov-ecc"].calls == 0
+
+
+def _policy_certificate(policy: str | None) -> bytes:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "purpose.example.com")])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(at("2026-12-01T00:00:00"))
+        .not_valid_after(at("2027-01-01T00:00:00"))
+    )
+    if policy is not None:
+        builder = builder.add_extension(
+            x509.CertificatePolicies([x509.PolicyInformation(x509.ObjectIdentifier(policy), None)]),
+            critical=False,
+        )
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+
+
+@pytest.mark.parametrize(
+    ("policy", "ov_issuer", "refused"),
+    [
+        ("2.23.140.1.2.2", True, False),
+        ("2.23.140.1.2.1", False, False),
+        (None, False, False),
+        ("2.23.140.1.2.2", False, True),
+        ("2.23.140.1.2.1", True, True),
+        (None, True, True),
+    ],
+    ids=["ov-by-ov", "dv-by-dv", "none-by-dv", "ov-by-dv", "dv-by-ov", "none-by-ov"],
+)
+def test_ov_3_only_ov_issuers_sign_ov_certificates(
+    policy: str | None, ov_issuer: bool, refused: bool
+) -> None:
+    """CP 7.1 / BR 7.1.2.10.5: whatever a profile chose, an OV certificate is signed only by
+    an OV issuing CA and an OV issuing CA signs only OV certificates."""
+    refusal = recheck.issuer_purpose_refusal("x-ecc", ov_issuer, _policy_certificate(policy))
+    assert (refusal is not None) == refused
+    if refusal is not None:
+        assert refusal.rule == recheck.RULE_ISSUER_PURPOSE
+        assert refusal.problem.type == ERR + "serverInternal"
+        assert "nothing was signed" in refusal.problem.detail
+
+
+async def test_ov_issuer_job_of_a_dv_certificate_is_not_signed(rig: Rig) -> None:
+    """A job queued on an OV issuer whose prepared certificate is a DV one (a profile that
+    picked the wrong issuer) is refused before the HSM is asked, even for a bound account."""
+    order_id = await rig.queue(validated_at=rig.clock.now(), issuer="ov-ecc")
+    await bind_to_new_organization(rig, order_id, rig.clock.now() - timedelta(days=1))
+    await run(rig.worker(production=False, organizations=OrganizationRepository(rig.pool)))
+    details = await refused(rig, order_id, recheck.RULE_ISSUER_PURPOSE, "serverInternal")
+    assert "is an OV issuing CA but the certificate does not assert" in str(details)
     assert rig.signers["ov-ecc"].calls == 0
 
 

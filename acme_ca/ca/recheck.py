@@ -23,7 +23,9 @@ signing time; no I/O, no clock:
 * CP 3.2.2.1 / BR 4.2.1 (OV-1, OV-2): a job of an OV issuer (issuers.toml ``purpose = "ov"``)
   belongs to an account whose vetted organization is still valid and within the identity
   reuse period for the signing date (:func:`organization_refusal`); revoking the
-  organization stops its queued jobs here.
+  organization stops its queued jobs here;
+* CP 7.1 / BR 7.1.2.10.5: an OV issuer signs only certificates asserting 2.23.140.1.2.2, and
+  only OV issuers sign those (:func:`issuer_purpose_refusal`), whatever a profile chose.
 
 Each refusal names its rule and carries the RFC 8555 problem the order fails with.
 """
@@ -40,6 +42,7 @@ from cryptography import x509
 from acme_ca.acme import problems
 from acme_ca.acme.jsontypes import JsonValue
 from acme_ca.acme.problems import Identifier, Problem
+from acme_ca.ca.issuers_file import PURPOSE_POLICY_OIDS
 from acme_ca.ca.profile import max_validity
 from acme_ca.db.issuance_jobs import AuthorizationEvidence
 from acme_ca.db.organizations import Organization
@@ -306,6 +309,35 @@ def organization_refusal(org: Organization | None, now: datetime) -> Refusal | N
     return Refusal(
         RULE_ORGANIZATION,
         replace(problem, detail=f"{problem.detail}; nothing was signed"),
+    )
+
+
+RULE_ISSUER_PURPOSE: Final = "CP 7.1 issuer purpose"
+
+
+def issuer_purpose_refusal(issuer: str, ov_issuer: bool, certificate_der: bytes) -> Refusal | None:
+    """The certificate to sign (``certificate_der``: the linted copy of its TBS) asserts the
+    OV policy exactly when ``issuer`` is an OV issuer (issuers.toml ``purpose = "ov"``): an
+    OV certificate under a DV issuing CA, or a DV one under an OV issuing CA, is refused."""
+    ov_oid = PURPOSE_POLICY_OIDS["ov"]
+    try:
+        policies = x509.load_der_x509_certificate(certificate_der).extensions
+        oids = {
+            p.policy_identifier.dotted_string
+            for p in policies.get_extension_for_class(x509.CertificatePolicies).value
+        }
+    except (ValueError, x509.ExtensionNotFound):
+        oids = set()
+    if (ov_oid in oids) == ov_issuer:
+        return None
+    what = (
+        f"issuer {issuer!r} is an OV issuing CA but the certificate does not assert {ov_oid}"
+        if ov_issuer
+        else f"the certificate asserts {ov_oid} (OV) but issuer {issuer!r} is not an OV issuing CA"
+    )
+    return Refusal(
+        RULE_ISSUER_PURPOSE,
+        problems.server_internal(f"{RULE_ISSUER_PURPOSE}: {what}; nothing was signed"),
     )
 
 

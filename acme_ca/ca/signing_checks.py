@@ -123,6 +123,12 @@ class SigningChecks:
             if refusal is not None:
                 await self._refuse(job, [refusal], now)
                 return False
+        purpose = recheck.issuer_purpose_refusal(
+            job.issuer, job.issuer in self._ov_issuers, job.precert_lint_der
+        )
+        if purpose is not None:
+            await self._refuse(job, [purpose], now)
+            return False
         evidence = await self._jobs.order_authorizations(job.order_id)
         found = recheck.refusals(
             job.names,

@@ -64,11 +64,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-import josepy as jose
 import pytest
 from acme import challenges, client, crypto_util, errors, messages
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from josepy.json_util import decode_b64jose
 from josepy.jwa import ES256
 from josepy.jwk import JWK, JWKEC
 
@@ -634,9 +634,11 @@ def account_bound_record(world: World, name: str, challenge: dict[str, Any]) -> 
     if challenge["type"] == "dns-persist-01":
         issuer = challenge["issuer-domain-names"][0]
         return f"_validation-persist.{name}.", f"{issuer}; accounturi={challenge['accounturi']}"
-    account = world.acme.net.account.uri
+    registration = world.acme.net.account
+    assert registration is not None  # the world registered its account
+    account: str = registration.uri
     label = base64.b32encode(hashlib.sha256(account.encode()).digest()[:10]).decode().lower()
-    dns01 = challenges.DNS01(token=jose.decode_b64jose(challenge["token"]))
+    dns01 = challenges.DNS01(token=decode_b64jose(challenge["token"]))
     return f"_{label}._acme-challenge.{name}.", dns01.validation(world.key)
 
 

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from cryptography import x509
+
 from acme_ca.acme.jsontypes import JsonValue
 from acme_ca.db.forensics import CertFacts, ChallengeFacts, OrderRecord
 from acme_ca.ra.revocation import REASON_NAMES
@@ -50,7 +52,8 @@ class Entry:
 
 
 def iso(at: datetime) -> str:
-    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    """UTC with microseconds always, so the text sorts as the times do."""
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _parse_time(value: JsonValue, fallback: datetime) -> datetime:
@@ -136,6 +139,15 @@ def _cert_entries(cert: CertFacts) -> list[Entry]:
     return entries
 
 
+def _crl_lists(der: bytes, serial: str) -> bool:
+    """Whether the CRL ``der`` has an entry for ``serial`` (as read, not as assumed)."""
+    try:
+        crl = x509.load_der_x509_crl(der)
+    except ValueError:
+        return False
+    return crl.get_revoked_certificate_by_serial_number(int(serial, 16)) is not None
+
+
 def build_timeline(record: OrderRecord) -> list[Entry]:
     """Every entry of ``record``, oldest first (ties in :data:`KINDS` order)."""
     entries: list[Entry] = []
@@ -214,7 +226,8 @@ def build_timeline(record: OrderRecord) -> list[Entry]:
             Entry(
                 ocsp.produced_at,
                 "ocsp",
-                f"OCSP response ({ocsp.hash_algorithm} CertID) status={ocsp.status} "
+                f"OCSP response ({ocsp.hash_algorithm} CertID, the current one; producedAt in "
+                f"whole seconds) status={ocsp.status} "
                 f"this_update={iso(ocsp.this_update)} next_update={iso(ocsp.next_update)}",
                 {
                     "hash_algorithm": ocsp.hash_algorithm,
@@ -225,7 +238,7 @@ def build_timeline(record: OrderRecord) -> list[Entry]:
             )
         )
     for crl in record.crls:
-        listed = bool(issued and issued.revoked_at and crl.this_update >= issued.revoked_at)
+        listed = issued is not None and _crl_lists(crl.der, issued.serial)
         entries.append(
             Entry(
                 crl.created_at,

@@ -117,6 +117,7 @@ class CrlFacts:
     next_update: datetime
     entries: int
     created_at: datetime
+    der: bytes
 
 
 @dataclass(frozen=True)
@@ -380,20 +381,21 @@ class ForensicsRepository:
 
     async def crls_after(self, cert: CertFacts) -> tuple[CrlFacts, ...]:
         """The issuer's first CRL published after issuance and, for a revoked certificate, the
-        first published after the revocation (the one that lists it)."""
+        first published after the revocation (the one that should list it). Publication
+        time, not thisUpdate, which a CRL states in whole seconds."""
         found: list[CrlFacts] = []
         for since in (cert.created_at, cert.revoked_at):
             if since is None:
                 continue
             r = await self._pool.fetchrow(
-                """SELECT issuer, number, this_update, next_update, entries, created_at
-                   FROM crls WHERE issuer = $1 AND this_update >= $2
+                """SELECT issuer, number, this_update, next_update, entries, created_at, der
+                   FROM crls WHERE issuer = $1 AND created_at >= $2
                    ORDER BY number LIMIT 1""",
                 cert.issuer,
                 since,
             )
             if r is not None and all(f.number != r["number"] for f in found):
-                found.append(CrlFacts(**dict(r)))
+                found.append(CrlFacts(**{**dict(r), "der": bytes(r["der"])}))
         return tuple(found)
 
     async def certificate(self, serial: str) -> CertFacts | None:

@@ -264,6 +264,8 @@ SHIPPED: Final[Mapping[str, ProfileSpec]] = {
                 "organization bound to the account by EAB, 2.23.140.1.2.2"
             ),
             validation="OV",
+            rsa_issuer="ov-rsa",
+            ecdsa_issuer="ov-ecc",
             subject=["organization", "cn"],
             accounts="organization",
         ),

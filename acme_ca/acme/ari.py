@@ -11,7 +11,9 @@ Suggested windows (§4.2) are chosen here, so the policy is in one place:
 
 * not revoked: the last third of the validity period, ending a tenth of the lifetime before
   ``notAfter`` so a client renewing at the very end of the window still has time to retry
-  (``start = notBefore + 2/3·lifetime``, ``end = notAfter - lifetime/10``);
+  (``start = notBefore + 2/3·lifetime``, ``end = notAfter - lifetime/10``); a profile may
+  choose other fractions of the lifetime (``renewal_window``: ``shortlived`` renews between
+  half and three quarters of its 160 hours, so an outage of a day still leaves time);
 * revoked: the hour before the revocation, i.e. wholly in the past, which tells a client to
   renew immediately (§4.2 step 3); fixed to the revocation time, so every answer is the same
   and may be cached.
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from fractions import Fraction
 
 from cryptography import x509
 
@@ -40,6 +43,8 @@ RETRY_AFTER = timedelta(hours=6)
 REVOKED_RETRY_AFTER = timedelta(hours=1)
 #: How far before the revocation the window of a revoked certificate starts.
 REVOKED_WINDOW = timedelta(hours=1)
+#: The window as fractions of the lifetime: the last third, ending a tenth before notAfter.
+DEFAULT_WINDOW = (Fraction(2, 3), Fraction(9, 10))
 
 
 class CertIdError(ValueError):
@@ -151,16 +156,24 @@ def _seconds(delta: timedelta) -> timedelta:
     return timedelta(seconds=int(delta.total_seconds()))
 
 
+def _fraction_of(delta: timedelta, fraction: Fraction) -> timedelta:
+    return _seconds(delta * fraction.numerator / fraction.denominator)
+
+
 def suggested_window(
-    not_before: datetime, not_after: datetime, revoked_at: datetime | None
+    not_before: datetime,
+    not_after: datetime,
+    revoked_at: datetime | None,
+    window: tuple[Fraction, Fraction] = DEFAULT_WINDOW,
 ) -> RenewalWindow:
-    """The window to suggest for a certificate (see the module docstring); ``end > start``."""
+    """The window to suggest for a certificate (see the module docstring): from ``window[0]``
+    to ``window[1]`` of its lifetime (its profile's ``renewal_window``); ``end > start``."""
     if revoked_at is not None:
         end = revoked_at.replace(microsecond=0)
         return RenewalWindow(end - REVOKED_WINDOW, end, REVOKED_RETRY_AFTER)
     lifetime = not_after - not_before
-    start = not_before.replace(microsecond=0) + _seconds(lifetime * 2 / 3)
-    end = not_after.replace(microsecond=0) - _seconds(lifetime / 10)
+    start = not_before.replace(microsecond=0) + _fraction_of(lifetime, window[0])
+    end = not_after.replace(microsecond=0) - _fraction_of(lifetime, 1 - window[1])
     if end <= start:  # degenerate lifetimes of a few seconds
         end = start + timedelta(seconds=1)
     return RenewalWindow(start, end, RETRY_AFTER)

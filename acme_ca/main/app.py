@@ -24,6 +24,7 @@ from acme_ca.config import Config
 from acme_ca.config_pebble import read_pebble_config
 from acme_ca.db.audit_chain import ensure_partitions
 from acme_ca.db.completions import OrderCompletions
+from acme_ca.db.organizations import OrganizationRepository
 from acme_ca.db.requests import RequestRecorder
 from acme_ca.db.storage import Storage, open_storage
 from acme_ca.main.metrics import report_database
@@ -34,6 +35,7 @@ from acme_ca.ra.finalize import FinalizeAuthority
 from acme_ca.ra.identifiers import IdentifierPolicy
 from acme_ca.ra.keys import KeyPolicy
 from acme_ca.ra.orders import OrderAuthority, OrderPolicy
+from acme_ca.ra.organizations import OrganizationPolicy
 from acme_ca.ra.profiles import AccountGate
 from acme_ca.ra.revocation import RevocationAuthority
 from acme_ca.remote_va.primary import build_validator
@@ -205,7 +207,7 @@ async def _front_end(
         clock,
         enabled_methods(config.challenge_types),
         profiles=await profile_catalog(config, clock),
-        account_gate=AccountGate(None, None, clock),
+        account_gate=_account_gate(storage, clock),
     )
     # Reads the weak-key lists: a blocking start-up step, kept off the loop.
     key_policy = await asyncio.to_thread(
@@ -282,6 +284,17 @@ async def _pebble_eab_keys(config: Config) -> dict[str, bytes]:
         eab_required=config.external_account_required,
     )
     return pebble.eab_keys
+
+
+def _account_gate(storage: Storage, clock: Clock) -> AccountGate:
+    """Organization profiles (``ov``): only accounts bound by EAB to a vetted organization,
+    and only while that organization may be used (revoked, BR 4.2.1 reuse)."""
+    organizations = OrganizationRepository(storage.pool)
+
+    async def bound(account_id: int) -> bool:
+        return await organizations.organization_for_account(account_id) is not None
+
+    return AccountGate(bound, OrganizationPolicy(organizations, clock).check, clock)
 
 
 async def _every(seconds: float, name: str, job: Callable[[], Awaitable[int]]) -> None:

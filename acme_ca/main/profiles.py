@@ -11,21 +11,22 @@ from acme_ca.config import Config
 from acme_ca.ra.profiles import ProfileCatalog, build_catalog
 
 
-def _issuer_names(config: Config) -> list[str] | None:
-    """The issuers of ``issuers.toml``, or None when it cannot be read here (a front end
-    without the hierarchy's files: only the top-level issuers then count as present, and the
-    signing worker, which opens them all, checks again)."""
+def _issuers(config: Config) -> dict[str, str] | None:
+    """Name → purpose of the issuers of ``issuers.toml``, or None when it cannot be read here
+    (a front end without the hierarchy's files: only the top-level issuers then count as
+    present, and the signing worker, which opens them all, checks again)."""
     try:
-        return list(read_issuers_file(config.pki_path).issuers)
+        parsed = read_issuers_file(config.pki_path)
     except IssuerConfigError:
         return None
+    return {name: entry.purpose for name, entry in parsed.issuers.items()}
 
 
 async def profile_catalog(config: Config, clock: Clock) -> ProfileCatalog:
     """The catalog for a process starting now; raises
     :class:`~acme_ca.ra.profiles.ProfileConfigError` (a ConfigError) when a profile breaks
     the BRs in force today or names what this CA does not have."""
-    names = await asyncio.to_thread(_issuer_names, config)
+    issuers = await asyncio.to_thread(_issuers, config)
     return build_catalog(
-        config, clock.now(), issuer_names=names, challenge_types=config.challenge_types
+        config, clock.now(), issuers=issuers, challenge_types=config.challenge_types
     )

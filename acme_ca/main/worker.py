@@ -29,6 +29,8 @@ from acme_ca.db.organizations import OrganizationRepository
 from acme_ca.db.status import StatusRepository
 from acme_ca.db.storage import Storage, open_storage
 from acme_ca.main.metrics import report_database
+from acme_ca.main.profiles import profile_catalog
+from acme_ca.ra.organizations import OrganizationPolicy
 from acme_ca.remote_va.primary import build_validator
 from acme_ca.status.key_compromise import KeyCompromiseSweeper
 from acme_ca.status.updater import (
@@ -150,6 +152,8 @@ async def run_worker(
         storage = await stack.enter_async_context(_storage(config, dsn))
         stack.callback(report_database(storage, "worker", clock))
         issuers = await stack.enter_async_context(_issuers(config, clock))
+        # A profile the BRs of today forbid never signs (the front end refuses it too).
+        await profile_catalog(config, clock)
         linter = await asyncio.to_thread(CertificateLinter)
         roots = await open_root_authorities(config)
         stack.push_async_callback(close_authorities, roots)
@@ -183,6 +187,9 @@ async def run_worker(
             caa=validator,
             account_uri=account_uri,
             organizations=OrganizationRepository(storage.pool),
+            organization_subject=OrganizationPolicy(
+                OrganizationRepository(storage.pool), clock
+            ).subject,
         )
         await _run_together(
             (worker.run(stop), "signing-worker"),

@@ -197,19 +197,23 @@ def build_catalog(
     config: Config,
     at: datetime,
     *,
-    issuer_names: Collection[str] | None,
+    issuers: Mapping[str, str] | None,
     challenge_types: Collection[str] | None = None,
 ) -> ProfileCatalog:
     """The catalog for a CA starting at ``at``; raises :class:`ProfileConfigError` naming every
-    refusal.  ``issuer_names``: the issuers of ``issuers.toml`` (None when this process does
-    not read it: then only the top-level ``rsa_issuer``/``ecdsa_issuer`` count as present).
+    refusal.  ``issuers``: name → ``purpose`` (``dv``/``ov``) of each issuer of
+    ``issuers.toml`` (None when this process cannot read it: then only the top-level
+    ``rsa_issuer``/``ecdsa_issuer`` count as present, as DV issuers).  A profile's issuers must
+    exist and serve its validation level (an OV profile signs only with OV issuers, CP 1.1).
     ``challenge_types``: the enabled challenge types (default: every one the VA knows)."""
     table = config.profile_table
     specs: dict[str, ProfileSpec] = dict(SHIPPED)
     specs.update((s.name, s) for s in config.profiles)
     configured = {s.name for s in config.profiles} | {config.default_profile}
     known_issuers = (
-        set(issuer_names) if issuer_names is not None else {config.rsa_issuer, config.ecdsa_issuer}
+        dict(issuers)
+        if issuers is not None
+        else {config.rsa_issuer: "dv", config.ecdsa_issuer: "dv"}
     )
     enabled_challenges = tuple(challenge_types if challenge_types is not None else BR_METHODS)
     refusals: list[str] = []
@@ -221,6 +225,16 @@ def build_catalog(
             continue
         refusals += _date_problems(specs[name], profile, at)
         refusals += _name_problems(profile, enabled_challenges)
+        wrong = [
+            f"{i} is a {known_issuers[i]} issuer"
+            for i in profile.issuer_names()
+            if i in known_issuers and known_issuers[i] != profile.validation.lower()
+        ]
+        if wrong:
+            refusals.append(
+                f"profiles.{name}: a {profile.validation} profile needs "
+                f"{profile.validation.lower()} issuers: {', '.join(wrong)} (CP 1.1)"
+            )
         missing = [i for i in profile.issuer_names() if i not in known_issuers]
         if missing:
             reason = f"its issuers {', '.join(missing)} are not in issuers.toml"

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from acme_ca.acme.issuer_names import issuer_domain_names
 from acme_ca.config_pebble import PebbleConfigError, read_pebble_config
 from acme_ca.profiles import (
     DEFAULT_PROFILE,
@@ -629,6 +630,10 @@ class Config:
             _split_host_port(self.metrics_listen)
         if not self.caa_identities:
             raise ConfigError("caa_identities must name at least one issuer domain")
+        try:  # dns-persist-01 lists them as its challenge's issuer-domain-names
+            issuer_domain_names(self.caa_identities)
+        except ValueError as exc:
+            raise ConfigError(f"caa_identities: {exc}") from None
         self._validate_profiles()
         return self
 

@@ -8,12 +8,14 @@ Names are under ``.com`` so the Public Suffix List gives them a registrable doma
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from acme_ca.acme.issuer_names import issuer_domain_names
 from acme_ca.clock import FixedClock
+from acme_ca.config import Config, ConfigError
 from acme_ca.testsrv.server import ChallengeServerConfig, ChallengeTestServer
 from acme_ca.va.adn import pruned_adns
 from acme_ca.va.dns_persist import (
@@ -280,3 +282,16 @@ async def test_persist_1_servfail_fails_closed(
     result = await validator.check(NAME, False, ACCOUNT)
     assert result.problem is not None
     assert result.problem.type == ERR + "dns"
+
+
+@pytest.mark.parametrize(
+    "identities",
+    [[f"ca{i}.example" for i in range(11)], ["ca.example", "not a name!"]],
+    ids=["eleven", "not-a-domain-name"],
+)
+def test_persist_1_caa_identities_refused_at_start(identities: list[str]) -> None:
+    """They are dns-persist-01's issuer-domain-names: a list the draft forbids stops start-up
+    (a ConfigError naming the key), not the first challenge response."""
+    with pytest.raises(ConfigError, match="caa_identities"):
+        replace(Config(), caa_identities=identities).validate()
+    assert replace(Config(), caa_identities=["CA.Example."]).validate()

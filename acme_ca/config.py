@@ -38,7 +38,7 @@ DEFAULT_METRICS_LISTEN = {
     "worker": "127.0.0.1:14091",
     "remote-va": "127.0.0.1:14092",
 }
-DEFAULT_CHALLENGE_TYPES = ("http-01", "dns-01")
+DEFAULT_CHALLENGE_TYPES = ("http-01", "dns-01", "tls-alpn-01")
 """The validation methods offered unless ``challenge_types`` says otherwise."""
 
 

@@ -8,7 +8,7 @@ Account Binding, and lego runs every case again against the same pair of servers
 
 * issuance: http-01 with RSA 2048 and three names in one certificate; http-01 with ECDSA
   P-256; dns-01 with RSA 2048 for a name and its wildcard; dns-01 with ECDSA P-256 for a
-  wildcard alone;
+  wildcard alone; and for lego, tls-alpn-01 (``--tls``) with ECDSA P-256;
 * renewal (a forced renewal of the http-01 ECDSA certificate: a new serial), revocation (of
   that renewed certificate: the CA logs ``certificate.revoked`` for its serial), account key
   rollover where the client has it (the old key finds no account, the new key the same
@@ -18,7 +18,9 @@ Account Binding, and lego runs every case again against the same pair of servers
 http-01: certbot ``--standalone`` and lego ``--http`` bind the CA's validation port
 (``--http01-port``) themselves on 127.0.0.2, where ``/add-a`` points their names;
 dehydrated and uacme answer through the challenge server's own listener on 127.0.0.1 (the
-same port), fed by hook scripts calling ``/add-http01``. dns-01: every client's hook
+same port), fed by hook scripts calling ``/add-http01``. tls-alpn-01: lego ``--tls`` binds
+the CA's tls-alpn-01 port (``--tlsalpn01-port``, a free one; the challenge server's own
+tls-alpn-01 listener is off) on 127.0.0.2 itself. dns-01: every client's hook
 mechanism calls ``/set-txt`` and ``/clear-txt`` on the management API (certbot
 ``--manual-auth-hook``/``--manual-cleanup-hook``, lego ``--dns exec``, dehydrated and uacme
 hook scripts): bash + curl, written into the module's temporary directory.
@@ -186,6 +188,8 @@ class Servers:
                 dsn=dsn,
                 # Polling clients honour Retry-After: a short one keeps the suite quick.
                 env={"ACME_CA_RETRY_AFTER_SECONDS": "1", **SERVER_ENV[kind]},
+                # tls-alpn-01 is answered by lego --tls itself, on its own port (a free one).
+                challsrv_tlsalpn01="off",
             )
             print(f"interop server {kind}: started in {ca.startup_seconds:.2f} s")
             uacme_certs = self._base / f"uacme-certs-{kind}"
@@ -477,6 +481,8 @@ class Lego(Client):
         ]
         if challenge == "http-01":
             argv += ["--http", "--http.port", f"{STANDALONE_ADDRESS}:{self.ca.http01_port}"]
+        elif challenge == "tls-alpn-01":
+            argv += ["--tls", "--tls.port", f"{STANDALONE_ADDRESS}:{self.ca.tlsalpn01_port}"]
         else:
             argv += ["--dns", "exec", "--dns.resolvers", self.ca.resolver, "--dns.disable-cp"]
         if eab:
@@ -505,7 +511,7 @@ class Lego(Client):
     def issue(
         self, names: list[str], key_type: str, challenge: str, *, eab: tuple[str, str] | None = None
     ) -> Issued:
-        if challenge == "http-01":
+        if challenge in ("http-01", "tls-alpn-01"):
             self.server.add_standalone_names(names)
         self.run([*self._argv(names, key_type, challenge, eab), "run"], env=self._env())
         return self._snapshot(names, key_type)
@@ -750,6 +756,22 @@ def test_issuance(
     if shape == "1name":
         ISSUED[label] = (client, issued)
     print(f"interop {label} {case} ({', '.join(names)}): ok")
+
+
+def test_alpn_lego_tls_issues_end_to_end(servers: Servers, tmp_path: Path) -> None:
+    """ALPN-1..5 with a real client: ``lego --tls`` answers tls-alpn-01 itself on the CA's
+    validation port (the challenge server's own listener off), the CA validates it and
+    issues (RFC 8737, BR 3.2.2.4.20)."""
+    client = make_client("lego", servers, tmp_path)
+    names = [domain("tlsalpn01-ecdsa", "lego")]
+    issued = client.issue(names, "ecdsa", "tls-alpn-01")
+    check_issued(client.server, issued)
+    valid = [
+        e
+        for e in client.server.ca.proc.events("challenge.valid")
+        if e.get("identifier") == names[0]
+    ]
+    assert [e["type"] for e in valid] == ["tls-alpn-01"], valid
 
 
 #: label -> (client, certificate): test_renewal renews the http-01 ECDSA certificate of

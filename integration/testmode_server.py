@@ -39,6 +39,10 @@ class RunningTestCa:
     """``HOST:PORT`` of the challenge server's own http-01 listener, or ``off``."""
     http01_port: int
     """The port the CA's http-01 validation connects to (``--http01-port``)."""
+    challsrv_tlsalpn01: str = "off"
+    """``HOST:PORT`` of the challenge server's own tls-alpn-01 listener, or ``off``."""
+    tlsalpn01_port: int = 0
+    """The port the CA's tls-alpn-01 validation connects to (``--tlsalpn01-port``)."""
     startup_seconds: float = 0.0
     _root: Path | None = field(default=None, repr=False)
 
@@ -89,6 +93,8 @@ def start_test_mode(
     dsn: str | None = None,
     challsrv_http01: str = "on",
     http01_port: int | None = None,
+    challsrv_tlsalpn01: str = "on",
+    tlsalpn01_port: int | None = None,
     args: tuple[str, ...] = (),
     timeout: float = 40.0,
     env: dict[str, str] | None = None,
@@ -98,7 +104,9 @@ def start_test_mode(
     ``challsrv_http01="on"`` puts the challenge server's http-01 listener on a free port and
     points the CA's http-01 validation there (Pebble's 5002 arrangement); ``"off"`` turns the
     listener off and validation goes to ``http01_port`` (free if not given), where a
-    standalone client binds. ``dsn`` None runs the embedded PostgreSQL under ``home``.
+    standalone client binds; ``challsrv_tlsalpn01`` and ``tlsalpn01_port`` likewise for
+    tls-alpn-01 (free ports, not Pebble's 5001: several servers run at once).  The https-01
+    listener gets a free port too.  ``dsn`` None runs the embedded PostgreSQL under ``home``.
     ``env`` adds variables (knobs, Pebble's names) to the server's environment.
     """
     listen, status, dns_port, management = free_port(), free_port(), free_port(), free_port()
@@ -108,12 +116,15 @@ def start_test_mode(
     else:
         challsrv = challsrv_http01
         http01_port = http01_port or free_port()
+    tlsalpn01_port = tlsalpn01_port or free_port()
+    if challsrv_tlsalpn01 == "on":
+        challsrv_tlsalpn01 = f"127.0.0.1:{tlsalpn01_port}"
     server_env = base_env(
         ACME_CA_HOME=str(home),
         ACME_CA_STATUS_LISTEN=f"127.0.0.1:{status}",
         ACME_CA_CHALLSRV_DNS=f"127.0.0.1:{dns_port}",
         ACME_CA_CHALLSRV_MANAGEMENT=f"127.0.0.1:{management}",
-        **(env or {}),
+        **{"ACME_CA_CHALLSRV_HTTPS01": f"127.0.0.1:{free_port()}", **(env or {})},
     )
     if dsn is not None:
         server_env["ACME_CA_DATABASE_URL"] = dsn
@@ -127,6 +138,10 @@ def start_test_mode(
         challsrv,
         "--http01-port",
         str(http01_port),
+        "--challsrv-tlsalpn01",
+        challsrv_tlsalpn01,
+        "--tlsalpn01-port",
+        str(tlsalpn01_port),
         *args,
         env=server_env,
         base_url=f"https://127.0.0.1:{listen}",
@@ -141,6 +156,8 @@ def start_test_mode(
         management_port=management,
         challsrv_http01=challsrv,
         http01_port=http01_port,
+        challsrv_tlsalpn01=challsrv_tlsalpn01,
+        tlsalpn01_port=tlsalpn01_port,
     )
     proc.wait_ready(cafile=ca.cafile, timeout=timeout)
     ca.startup_seconds = time.monotonic() - started

@@ -39,7 +39,7 @@ async def test_acme_ord_1_new_order_created(sub: Subscriber, va_ca: RunningCa) -
     assert expires > datetime.now(UTC) + timedelta(days=6)
     authz = (await sub.get(order["authorizations"][0])).body
     assert authz["identifier"] == {"type": "dns", "value": "www.example.com"}
-    assert {c["type"] for c in authz["challenges"]} == {"http-01", "dns-01"}
+    assert {c["type"] for c in authz["challenges"]} == {"http-01", "dns-01", "tls-alpn-01"}
     assert "wildcard" not in authz
     for c in authz["challenges"]:
         assert c["status"] == "pending" and len(c["token"]) >= 22 and "=" not in c["token"]

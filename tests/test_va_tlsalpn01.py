@@ -23,6 +23,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from acme_ca.clock import FixedClock, SystemClock
+from acme_ca.config import Config
+from acme_ca.deployment.invariants import CHECKS, HTTP01, Context
 from acme_ca.testsrv.server import BindAddress, ChallengeServerConfig, ChallengeTestServer
 from acme_ca.testsrv.store import CaaPolicy
 from acme_ca.testsrv.tlsalpn01 import load_pem_chain
@@ -351,3 +353,16 @@ async def test_testsrv_tlsalpn01_verbs_absent_without_listener(
     async with session.post(srv.management_url + "/add-tlsalpn01", json=body) as r:
         assert r.status == 404
     assert srv.tlsalpn01_port is None
+
+
+def test_alpn_5_production_invariant_wants_port_443() -> None:
+    """ALPN-5: a production deployment offering tls-alpn-01 must connect to 443; the http-01
+    invariant (BR 3.2.2.4.19/.20) says which key is wrong."""
+    check = CHECKS[HTTP01.id]
+    ok = Config()
+    assert check(Context(ok, NOW, None, ""))[0]
+    moved = replace(ok, tlsalpn01_port=5001)
+    passed, detail = check(Context(moved, NOW, None, ""))
+    assert not passed and "tlsalpn01_port = 5001, not 443" in detail
+    off = replace(moved, challenge_types=["http-01", "dns-01"])
+    assert check(Context(off, NOW, None, ""))[0]

@@ -87,7 +87,7 @@ HTTP01: Final = Invariant(
     "http01-port-80",
     "http-01 on port 80, loopback and private addresses refused",
     "BR 3.2.2.4.19",
-    ("http01_port", "allow_loopback_validation", "test_mode"),
+    ("http01_port", "tlsalpn01_port", "allow_loopback_validation", "test_mode"),
 )
 WEAK_KEYS: Final = Invariant(
     6,
@@ -272,6 +272,8 @@ def _http01(ctx: Context) -> tuple[bool, str]:
     problems = []
     if config.http01_port != 80:
         problems.append(f"http01_port = {config.http01_port}, not 80")
+    if "tls-alpn-01" in config.challenge_types and config.tlsalpn01_port != 443:
+        problems.append(f"tlsalpn01_port = {config.tlsalpn01_port}, not 443 (BR 3.2.2.4.20)")
     if config.allow_loopback_validation:
         problems.append("allow_loopback_validation = true")
     if config.test_mode:

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import astuple, dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 import asyncpg
 import structlog
@@ -23,9 +24,11 @@ import structlog
 log = structlog.get_logger(component="acme_ca.db.requests")
 
 
-@dataclass(frozen=True, slots=True)
-class RequestRow:
-    """One request as stored; the ids are those the URL named or the handler bound."""
+class RequestRow(NamedTuple):
+    """One request as stored; the ids are those the URL named or the handler bound.
+
+    A NamedTuple: built on every request (a frozen dataclass of 14 fields costs ten times
+    as much) and handed to COPY as it is."""
 
     at: datetime
     method: str
@@ -43,7 +46,7 @@ class RequestRow:
     certificate_id: int | None = None
 
 
-COLUMNS = tuple(f.name for f in fields(RequestRow))
+COLUMNS = RequestRow._fields
 _SELECT = f"SELECT id, {', '.join(COLUMNS)} FROM requests"  # noqa: S608 - constant names
 
 
@@ -92,9 +95,7 @@ class RequestRecorder:
             return 0
         rows, self._pending = self._pending, []
         try:
-            await self._pool.copy_records_to_table(
-                "requests", records=[astuple(r) for r in rows], columns=COLUMNS
-            )
+            await self._pool.copy_records_to_table("requests", records=rows, columns=COLUMNS)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             self._pending[:0] = rows
             excess = len(self._pending) - self._max_pending
@@ -116,10 +117,24 @@ class RequestRecorder:
 
 
 @dataclass(frozen=True)
-class StoredRequest(RequestRow):
+class StoredRequest:
     """A stored request row with its id (for timelines)."""
 
-    id: int = 0
+    id: int
+    at: datetime
+    method: str
+    path: str
+    status: int
+    problem: str | None
+    duration_ms: float
+    user_agent: str
+    source: str | None
+    request_id: str
+    account_id: int | None
+    order_id: int | None
+    authz_id: int | None
+    challenge_id: int | None
+    certificate_id: int | None
 
 
 async def requests_where(

@@ -25,6 +25,8 @@ from acme_ca.va.dns_persist import (
     parse_persist_record,
 )
 from acme_ca.va.resolver import DnsClient, ResolverSettings
+from tests.support.mpic import PERSPECTIVES, FakeTransport, agree
+from tests.support.mpic import validator as mpic_validator
 from tests.support.problems import ERR
 
 ISSUER = "ca.example"
@@ -295,3 +297,23 @@ def test_persist_1_caa_identities_refused_at_start(identities: list[str]) -> Non
     with pytest.raises(ConfigError, match="caa_identities"):
         replace(Config(), caa_identities=identities).validate()
     assert replace(Config(), caa_identities=["CA.Example."]).validate()
+
+
+async def test_persist_2_corroboration_records_name_the_pruned_adn(
+    srv: ChallengeTestServer, validator: DnsPersistValidator
+) -> None:
+    """The primary proved control at the pruned ADN ``example.com``; every perspective's summary
+    and the quorum record name that ADN, not the FQDN (REC-1 with ADN-3)."""
+    srv.store.set_txt("_validation-persist.example.com", record("policy=wildcard"))
+    local = await validator.check(NAME, False, ACCOUNT)
+    assert local.ok and local.observed is not None
+    mpic = mpic_validator(
+        FakeTransport({p.id: agree(local.observed) for p in PERSPECTIVES}), local=local
+    )
+    result = await mpic.validate("dns-persist-01", NAME, False, "tok", "tok.thumb", ACCOUNT)
+    assert result.ok, result.problem
+    summaries = [r for r in result.records if r.corroborated is not None]
+    assert len(summaries) == 6 and summaries[-1].quorum == "5/5"
+    assert {(r.adn, r.identifier, r.br_method) for r in summaries} == {
+        ("example.com", NAME, "3.2.2.4.22")
+    }

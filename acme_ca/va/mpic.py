@@ -251,6 +251,11 @@ def judge_reply(
     return RemoteOutcome(perspective, True, CORROBORATED, result)
 
 
+def decided_adn(result: CheckResult) -> str | None:
+    """The ADN of the record that decided a passing check (the last one with ``result``)."""
+    return next((r.adn for r in reversed(result.records) if r.result == "pass"), None)
+
+
 class MpicValidator:
     """The primary VA with corroboration by the remote perspectives of ``setup``."""
 
@@ -336,7 +341,7 @@ class MpicValidator:
         assert decision.decided
         passed = decision.verdict is Verdict.PASS
         records = local.records + self._records(
-            request, record_method, at, outcomes, decision, rule, local.observed
+            request, record_method, at, outcomes, decision, rule, local.observed, decided_adn(local)
         )
         (_log.info if passed else _log.warning)(
             "va.mpic.quorum",
@@ -428,6 +433,7 @@ class MpicValidator:
         decision: QuorumDecision,
         rule: QuorumRule,
         value: str | None,
+        adn: str | None = None,
     ) -> tuple[ValidationRecord, ...]:
         """The remotes' own records, a summary per remote and the quorum record.
 
@@ -439,7 +445,7 @@ class MpicValidator:
         whatever version the remote runs."""
         record_method: Any = method
         hostname = request.identifier.removeprefix("*.").rstrip(".").lower()
-        base = self._about(request, record_method, hostname, at, value)
+        base = self._about(request, record_method, hostname, at, value, adn)
         query = f"corroborate {request.kind} {request.method} {hostname}"
         out: list[ValidationRecord] = []
         for o in outcomes:
@@ -487,11 +493,13 @@ class MpicValidator:
         hostname: str,
         at: datetime,
         value: str | None,
+        adn: str | None = None,
     ) -> ValidationRecord:
         """The part of every summary that says what was corroborated: the applied-for name
         and, for domain validation, the ADN, the BR section of the method and the value
         looked for.  A CAA recheck has no ADN or method of its own (RFC 8659 climbs from the
-        FQDN)."""
+        FQDN).  ``adn``: where the primary's check found its proof, for the methods that
+        prune (dns-persist-01, dns-account-01); otherwise the method's ADN of the name."""
         dcv = METHODS[request.method].dcv if request.kind == "dcv" else None
         return ValidationRecord(
             method=method,
@@ -500,7 +508,7 @@ class MpicValidator:
             at=at,
             identifier=applied_for(request.identifier, request.wildcard),
             adn=(
-                authorization_domain_name(dcv, request.identifier, request.wildcard)
+                (adn or authorization_domain_name(dcv, request.identifier, request.wildcard))
                 if dcv is not None
                 else None
             ),

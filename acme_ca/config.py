@@ -390,6 +390,13 @@ class Config:
         "Port an http-01 redirect to an https URL connects to (BR 3.2.2.4.19 allows 443 only; "
         "test mode moves it to the challenge test server's https-01 listener).",
     )
+    management_listen: str = _key(
+        "127.0.0.1:15000",
+        "Test mode: Pebble's management interface (`managementListenAddress`) on its own "
+        "listener, HTTPS with the ACME listener's certificate: /roots/N, /root-keys/N, "
+        "/intermediates/N, /intermediate-keys/N, /cert-status-by-serial/SERIAL (also on the "
+        "challenge test server's management API); `off` disables it.",
+    )
     pebble_config: Path | None = _key(
         None,
         "Test mode (`serve --test --pebble-config FILE`): a Pebble JSON configuration file; "
@@ -580,6 +587,8 @@ class Config:
             raise ConfigError("https01_port must be a TCP port")
         if self.https01_port != 443 and not self.test_mode:
             raise ConfigError("https01_port other than 443 is for test mode (BR 3.2.2.4.19)")
+        if self.management_listen != "off":
+            _split_host_port(self.management_listen)
         if self.pebble_config is not None and not self.test_mode:
             raise ConfigError("pebble_config is for test mode (serve --test) only")
         if self.challsrv_https01 != "off":

@@ -88,7 +88,7 @@ async def serve(
         if config.test_mode:
             from acme_ca.testsrv.testmode import challenge_test_server
 
-            await stack.enter_async_context(challenge_test_server(config))
+            await stack.enter_async_context(challenge_test_server(config, dsn))
             if mpic.local_test_perspectives:
                 from acme_ca.remote_va.local import local_remote_vas
 

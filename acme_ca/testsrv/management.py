@@ -4,8 +4,9 @@ Tests and ACME clients written against Pebble drive this server unchanged: every
 POST with a JSON object, answered 200 with an empty body, or 400 when the body cannot be
 used. Field names match case-insensitively because Go's ``encoding/json`` does, and clients
 rely on it (``targetURL``, ``Host``). Our additions: ``flags`` on CAA policies,
-``/set-nxdomain`` and ``/clear-nxdomain``, and ``GET /roots/<n>`` and ``/intermediates/<n>``,
-which Pebble serves on its own management port.
+``/set-nxdomain`` and ``/clear-nxdomain``, and Pebble's own management endpoints
+(``GET /roots/<n>``, ``/intermediates/<n>``, their keys and ``/cert-status-by-serial/``,
+:mod:`acme_ca.testsrv.ca_endpoints`), which Pebble serves on its own management port.
 """
 
 from __future__ import annotations
@@ -16,34 +17,21 @@ from collections.abc import Awaitable, Callable, Mapping
 import structlog
 from aiohttp import web
 
+from acme_ca.testsrv.ca_endpoints import CaEndpoints, PemProvider, add_ca_routes, static_pem
 from acme_ca.testsrv.store import CaaPolicy, ChallengeStore, HistoryType, InvalidRecord
+
+__all__ = ["PemProvider", "make_management_app", "static_pem"]
 
 MAX_BODY_BYTES = 64 * 1024
 """Management bodies are a host and a few values; anything bigger is a mistake."""
 
-PEM_CHAIN_TYPE = "application/pem-certificate-chain"
-
-PemProvider = Callable[[int], Awaitable[bytes | None]]
-"""Returns the n-th certificate as PEM, or None when there is no such certificate."""
-
 STORE = web.AppKey("testsrv_management_store", ChallengeStore)
-ROOTS: web.AppKey[PemProvider] = web.AppKey("testsrv_roots")
-INTERMEDIATES: web.AppKey[PemProvider] = web.AppKey("testsrv_intermediates")
 
 _HISTORY_TYPES: dict[str, HistoryType | None] = {"dns": "dns", "http": "http", "tlsalpn": None}
 """Pebble's clear-request-history types; we serve no TLS-ALPN, so clearing it is a no-op."""
 
 _log = structlog.get_logger(component=__name__)
 _OK = 200
-
-
-def static_pem(*pems: bytes) -> PemProvider:
-    """A provider for certificates known at start-up; index n is the n-th argument."""
-
-    async def provide(index: int) -> bytes | None:
-        return pems[index] if 0 <= index < len(pems) else None
-
-    return provide
 
 
 class _Body:
@@ -340,26 +328,6 @@ async def _clear_history(request: web.Request) -> web.Response:
     return _done("testsrv.history.cleared", host=host, type=kind)
 
 
-# The CA's certificates, GET like Pebble's /roots/0 and /intermediates/0
-
-
-async def _pem(request: web.Request, provider: PemProvider | None) -> web.Response:
-    if provider is None:
-        raise web.HTTPNotFound(text="no certificates configured\n")
-    pem = await provider(int(request.match_info["index"]))
-    if pem is None:
-        raise web.HTTPNotFound(text="no such certificate\n")
-    return web.Response(body=pem, content_type=PEM_CHAIN_TYPE, charset="utf-8")
-
-
-async def _root(request: web.Request) -> web.Response:
-    return await _pem(request, request.app.get(ROOTS))
-
-
-async def _intermediate(request: web.Request) -> web.Response:
-    return await _pem(request, request.app.get(INTERMEDIATES))
-
-
 _DNS_ROUTES = (
     ("/set-default-ipv4", _set_default_ipv4),
     ("/set-default-ipv6", _set_default_ipv6),
@@ -399,18 +367,15 @@ def make_management_app(
     tlsalpn01: bool = False,
     roots: PemProvider | None = None,
     intermediates: PemProvider | None = None,
+    ca: CaEndpoints | None = None,
 ) -> web.Application:
-    """Like Pebble, a disabled challenge server's verbs are absent (404), not silently kept."""
+    """Like Pebble, a disabled challenge server's verbs are absent (404), not silently kept.
+    ``ca`` (or just ``roots`` and ``intermediates``) feeds Pebble's management endpoints."""
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_invalid_records])
     app[STORE] = store
-    if roots is not None:
-        app[ROOTS] = roots
-    if intermediates is not None:
-        app[INTERMEDIATES] = intermediates
     routes = _HISTORY_ROUTES + (_DNS_ROUTES if dns else ()) + (_HTTP01_ROUTES if http01 else ())
     routes += _TLSALPN01_ROUTES if tlsalpn01 else ()
     for path, handler in routes:
         app.router.add_post(path, handler)
-    app.router.add_get(r"/roots/{index:\d+}", _root)
-    app.router.add_get(r"/intermediates/{index:\d+}", _intermediate)
+    add_ca_routes(app, ca or CaEndpoints(roots=roots, intermediates=intermediates))
     return app

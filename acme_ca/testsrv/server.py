@@ -16,6 +16,7 @@ import structlog
 from aiohttp import web
 
 from acme_ca.clock import Clock
+from acme_ca.testsrv.ca_endpoints import CaEndpoints
 from acme_ca.testsrv.dns import DnsServer
 from acme_ca.testsrv.http01 import https01_ssl_context, make_http01_app
 from acme_ca.testsrv.management import PemProvider, make_management_app
@@ -90,8 +91,11 @@ class ChallengeTestServer:
         store: ChallengeStore | None = None,
         roots: PemProvider | None = None,
         intermediates: PemProvider | None = None,
+        ca: CaEndpoints | None = None,
         clock: Clock | None = None,
     ) -> None:
+        """``ca`` feeds Pebble's management endpoints (keys, certificate status) on the
+        management API; ``roots`` and ``intermediates`` alone serve just those two."""
         self.config = config or ChallengeServerConfig()
         self.store = store or ChallengeStore(
             default_ipv4=self.config.default_ipv4,
@@ -100,6 +104,7 @@ class ChallengeTestServer:
         )
         self._roots = roots
         self._intermediates = intermediates
+        self._ca = ca
         self._stack: contextlib.AsyncExitStack | None = None
         self._dns_port: int | None = None
         self._http01_port: int | None = None
@@ -190,6 +195,7 @@ class ChallengeTestServer:
                 tlsalpn01=cfg.tlsalpn01 is not None,
                 roots=self._roots,
                 intermediates=self._intermediates,
+                ca=self._ca,
             )
             self._management_port = await _start_app(stack, management, cfg.management)
             self._stack = stack.pop_all()

@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import structlog
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 
-from acme_ca.ca.issuers_file import read_issuers_file
 from acme_ca.config import Config, _split_host_port
+from acme_ca.testsrv.pebble_ca import pebble_ca, pebble_management_listener
 from acme_ca.testsrv.server import BindAddress, ChallengeServerConfig, ChallengeTestServer
 
 log = structlog.get_logger(component="acme_ca.testsrv.testmode")
@@ -35,32 +32,13 @@ def _bind(value: str) -> BindAddress:
     return BindAddress(host, port)
 
 
-def _pem(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(Encoding.PEM)
-
-
-def _chain_pems(pki: Path) -> tuple[list[bytes], list[bytes]]:
-    """Roots (primary first, then the alternate chains' roots) and the issuers, from
-    issuers.toml (no keys are opened)."""
-    issuers = read_issuers_file(pki)
-    roots = [_pem(issuers.root)]
-    for entry in issuers.roots.values():
-        if _pem(entry.certificate) not in roots:
-            roots.append(_pem(entry.certificate))
-    order = sorted(issuers.issuers.values(), key=lambda e: e.name)
-    return roots, [_pem(e.certificate) for e in order]
-
-
 @contextlib.asynccontextmanager
-async def challenge_test_server(config: Config) -> AsyncIterator[ChallengeTestServer]:
-    """Run the challenge test server for the lifetime of ``serve --test``."""
-    root_pems, issuer_pems = _chain_pems(config.pki_path)
-
-    async def roots(index: int) -> bytes | None:
-        return root_pems[index] if 0 <= index < len(root_pems) else None
-
-    async def intermediates(index: int) -> bytes | None:
-        return b"".join(issuer_pems) if index == 0 else None
+async def challenge_test_server(
+    config: Config, dsn: str | None = None
+) -> AsyncIterator[ChallengeTestServer]:
+    """Run the challenge test server and Pebble's management listener for the lifetime of
+    ``serve --test``; ``dsn`` is where /cert-status-by-serial/ finds certificates."""
+    ca = await pebble_ca(config.pki_path, dsn)
 
     http01 = None if config.challsrv_http01 == "off" else _bind(config.challsrv_http01)
     alpn = config.challsrv_tlsalpn01
@@ -74,15 +52,15 @@ async def challenge_test_server(config: Config) -> AsyncIterator[ChallengeTestSe
             tlsalpn01=tlsalpn01,
             https01=https01,
         ),
-        roots=roots,
-        intermediates=intermediates,
+        ca=ca.endpoints,
     )
-    async with server:
+    async with server, pebble_management_listener(config, ca) as pebble_management:
         log.warning(
             "testmode.ready",
             banner=TEST_MODE_BANNER,
             dns=config.challsrv_dns,
             management=server.management_url,
+            pebble_management=pebble_management,
             http01=config.challsrv_http01,
             https01=config.challsrv_https01,
             validates_http01_on=config.http01_port,

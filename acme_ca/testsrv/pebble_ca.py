@@ -1,0 +1,172 @@
+"""Test mode's sources for Pebble's management endpoints, and Pebble's own listener for them.
+
+The certificates and keys come from the test hierarchy's issuers.toml (read once at start);
+certificate status from the database.  Chain 0 is the primary root's; chain N (N >= 1) is
+the N-th alternate root's, reached through the cross-certificates in the issuers' alternate
+chains.  Keys are the software key files of test mode's generated hierarchy (test mode
+refuses an HSM), handed out as Pebble hands out its throwaway keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import asyncpg
+import structlog
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from acme_ca.ca.issuers_file import IssuersFile, KeyRef, read_issuers_file
+from acme_ca.config import Config, _split_host_port
+from acme_ca.db.certificates import CertificateRecord, CertificateRepository
+from acme_ca.db.pool import create_pool
+from acme_ca.testsrv.ca_endpoints import CaEndpoints, make_ca_management_app, static_pem
+from acme_ca.tls import server_ssl_context
+
+log = structlog.get_logger(component="acme_ca.testsrv.pebble_ca")
+
+
+def _pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(Encoding.PEM)
+
+
+def _self_signed(cert: x509.Certificate) -> bool:
+    return cert.subject == cert.issuer
+
+
+def _ends_at(chain: tuple[x509.Certificate, ...], root: x509.Certificate) -> bool:
+    """The chain reaches ``root``: it ends in it, or in a certificate it issued."""
+    return bool(chain) and (chain[-1] == root or chain[-1].issuer == root.subject)
+
+
+def _key_pem(ref: KeyRef | None) -> bytes | None:
+    if ref is None or ref.key_file is None:
+        return None
+    return ref.key_file.read_bytes()
+
+
+def _chains(issuers: IssuersFile) -> tuple[list[bytes], list[bytes], list[bytes], bytes]:
+    """Roots, the intermediates of each chain (PEM, concatenated), root keys and the issuers'
+    keys (concatenated, in the order of the intermediates)."""
+    roots = [issuers.root]
+    for root_entry in issuers.roots.values():
+        if root_entry.certificate not in roots:
+            roots.append(root_entry.certificate)
+    ordered = sorted(issuers.issuers.values(), key=lambda e: e.name)
+    intermediates = [b"".join(_pem(e.certificate) for e in ordered)]
+    for root in roots[1:]:
+        certs: list[x509.Certificate] = []
+        for entry in ordered:
+            for chain in entry.alternate_chains:
+                if _ends_at(chain, root):
+                    for cert in (entry.certificate, *chain):
+                        if not _self_signed(cert) and cert not in certs:
+                            certs.append(cert)
+        intermediates.append(b"".join(_pem(c) for c in certs))
+    by_cert = {entry.certificate: entry.key for entry in issuers.roots.values()}
+    root_keys = [_key_pem(by_cert.get(root)) or b"" for root in roots]
+    issuer_keys = b"".join(_key_pem(e.key) or b"" for e in ordered)
+    return [_pem(r) for r in roots], intermediates, root_keys, issuer_keys
+
+
+def _go_time(at: datetime) -> str:
+    """Go's ``time.Time.String()`` in UTC, as Pebble's RevokedAt: trailing zeros trimmed."""
+    text = at.strftime("%Y-%m-%d %H:%M:%S")
+    if at.microsecond:
+        text += ("." + f"{at.microsecond:06d}").rstrip("0")
+    return text + " +0000 UTC"
+
+
+class _Certificates:
+    """The database's certificates, opened on first use (a status query is rare in CI)."""
+
+    def __init__(self, dsn: str | None) -> None:
+        self._dsn = dsn
+        self._pool: asyncpg.Pool | None = None
+        self._lock = asyncio.Lock()
+
+    async def get(self, serial_hex: str) -> CertificateRecord | None:
+        if self._dsn is None:
+            return None
+        async with self._lock:
+            if self._pool is None:
+                self._pool = await create_pool(self._dsn, max_size=2, acquire_timeout=10)
+        return await CertificateRepository(self._pool).get_by_serial(serial_hex)
+
+    async def aclose(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+
+@dataclass(frozen=True)
+class PebbleCa:
+    """The endpoints' sources and what must be closed after them."""
+
+    endpoints: CaEndpoints
+    certificates: _Certificates
+
+
+async def pebble_ca(pki: Path, dsn: str | None) -> PebbleCa:
+    """Read the hierarchy (in a thread: file I/O); certificate status comes from the
+    certificates (not precertificates: what clients hold) in the database at ``dsn``."""
+    issuers = await asyncio.to_thread(read_issuers_file, pki)
+    roots, intermediates, root_keys, issuer_keys = await asyncio.to_thread(_chains, issuers)
+    certificates = _Certificates(dsn)
+
+    async def cert_status(serial: int) -> dict[str, object] | None:
+        record = await certificates.get(format(serial, "x"))
+        if record is None:
+            return None
+        cert = x509.load_der_x509_certificate(record.der)
+        status: dict[str, object] = {
+            "Status": "Revoked" if record.revoked_at is not None else "Valid",
+            "Serial": format(serial, "x"),
+            "Certificate": _pem(cert).decode(),
+        }
+        if record.revoked_at is not None:
+            if record.revocation_reason is not None:
+                status["Reason"] = record.revocation_reason
+            status["RevokedAt"] = _go_time(record.revoked_at)
+        return status
+
+    endpoints = CaEndpoints(
+        roots=static_pem(*roots),
+        intermediates=static_pem(*intermediates),
+        root_keys=static_pem(*[k for k in root_keys if k]),
+        intermediate_keys=static_pem(*([issuer_keys] * len(roots) if issuer_keys else [])),
+        cert_status=cert_status,
+    )
+    return PebbleCa(endpoints, certificates)
+
+
+@contextlib.asynccontextmanager
+async def pebble_management_listener(config: Config, ca: PebbleCa) -> AsyncIterator[str | None]:
+    """Pebble's management interface on its own listener (``management_listen``; HTTPS with
+    the ACME listener's certificate, as Pebble; plain HTTP with ``--plain-http``); yields its
+    base URL, or None when it is off.  Closes the certificate status pool at exit."""
+    try:
+        if config.management_listen == "off":
+            yield None
+            return
+        ssl_context = await asyncio.to_thread(server_ssl_context, config)
+        host, port = _split_host_port(config.management_listen)
+        runner = web.AppRunner(make_ca_management_app(ca.endpoints), access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
+            bound = runner.addresses[0][1]
+            scheme = "https" if ssl_context is not None else "http"
+            url = f"{scheme}://{f'[{host}]' if ':' in host else host}:{bound}"
+            log.info("testmode.management_listener", url=url)
+            yield url
+        finally:
+            await runner.cleanup()
+    finally:
+        await ca.certificates.aclose()

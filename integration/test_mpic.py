@@ -103,8 +103,8 @@ SPECS = [
     ("eu-central", "RIPE NCC", 50.1109, 8.6821),  # Frankfurt
 ]
 PRIMARY_AT = (35.6762, 139.6503)  # Tokyo
-# The primary offers the account-bound DNS methods too (dns-account-01 is off by default).
-CHALLENGE_TYPES = ("http-01", "dns-01", "dns-persist-01", "dns-account-01")
+# Every method the registry has: the defaults plus the opt-in account-bound DNS methods.
+CHALLENGE_TYPES = ("http-01", "dns-01", "tls-alpn-01", "dns-persist-01", "dns-account-01")
 
 
 # ------------------------------------------------------------------------------------------

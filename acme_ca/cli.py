@@ -338,9 +338,10 @@ def _failed(process: str, exc: Exception) -> int:
     module, database unreachable at start, ...): one JSON error event naming the reason, then
     exit status 1.  Operator-facing errors carry their message only; anything else also its
     traceback, inside the event."""
+    from acme_ca.ca.issuers_file import IssuerConfigError
     from acme_ca.ca.signer import SignerError
 
-    expected = isinstance(exc, SignerError | OSError)
+    expected = isinstance(exc, SignerError | IssuerConfigError | OSError)
     structlog.get_logger(component="acme_ca.cli").error(
         f"{process}.failed",
         reason=str(exc) or type(exc).__name__,

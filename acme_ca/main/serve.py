@@ -10,7 +10,6 @@ import signal
 from typing import Any
 
 import structlog
-from aiohttp import web
 
 from acme_ca.ca.hierarchy import init_hierarchy
 from acme_ca.ca.issuers_file import ISSUERS_FILE
@@ -27,7 +26,7 @@ from acme_ca.tls import server_ssl_context
 from acme_ca.va.authority import ValidationAuthority
 from acme_ca.va.perspectives import load_mpic_setup
 from acme_ca.wfe import urls
-from acme_ca.wfe.middleware.load_shedding import GuardedRunner
+from acme_ca.wfe.middleware.load_shedding import GuardedRunner, close_listener, listen
 
 log = structlog.get_logger(component="acme_ca.serve")
 
@@ -142,14 +141,15 @@ async def serve(
         # Before setup: a resource failing to start still has the ones before it torn down.
         stack.push_async_callback(runner.cleanup)
         await runner.setup()
-        site = web.TCPSite(
+        # Not aiohttp's TCPSite: a TLS handshake gets the header-read timeout too.
+        listener = await listen(
             runner,
             config.listen_host,
             config.listen_port,
-            ssl_context=ssl_context,
-            reuse_address=True,
+            ssl_context,
+            handshake_timeout=float(config.header_read_timeout_seconds),
         )
-        await site.start()
+        stack.push_async_callback(close_listener, listener)
         log.info(
             "server.ready",
             directory=config.external_base_url + urls.DIRECTORY,

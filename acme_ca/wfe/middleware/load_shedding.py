@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import resource
+import ssl
 from collections import OrderedDict
 from typing import Any
 
@@ -244,3 +245,33 @@ class GuardedRunner(web.AppRunner):
             keepalive_timeout=shedder.keepalive_timeout,
             **self._server_kwargs,
         )
+
+
+async def listen(
+    runner: web.AppRunner,
+    host: str,
+    port: int,
+    ssl_context: ssl.SSLContext | None,
+    *,
+    handshake_timeout: float,
+) -> asyncio.Server:
+    """Listen for ``runner`` as aiohttp's ``TCPSite`` does, and bound the TLS handshake by
+    ``handshake_timeout``: a connection that never completes its handshake (an idle socket on
+    the TLS port) never reaches the connection guard, and asyncio's default wait is 60 s."""
+    server = runner.server
+    assert server is not None, "runner.setup() first"
+    return await asyncio.get_running_loop().create_server(
+        server,
+        host,
+        port,
+        ssl=ssl_context,
+        reuse_address=True,
+        ssl_handshake_timeout=handshake_timeout if ssl_context is not None else None,
+    )
+
+
+async def close_listener(listener: asyncio.Server) -> None:
+    """Stop accepting; the runner's clean-up, after this, closes the connections.  Not
+    ``wait_closed()``: from Python 3.12 on it waits for those connections, which only that
+    clean-up closes."""
+    listener.close()

@@ -1,0 +1,499 @@
+"""Faults injected into acme_ca in production shape (issue 17, "Tests"): ``acme-ca serve`` and
+``acme-ca worker`` as separate processes on PostgreSQL, issuing keys in a SoftHSM2 token made
+by ``acme-ca init``, CT test logs in a process of their own behind a log list file.
+
+* The worker SIGKILLed right after each issuance step is recorded (prepared, precertificate
+  signed, SCTs collected, final certificate signed, stored): the next worker takes the
+  dead holder's job over at once (same host, process gone) and finishes it within 15 s of
+  starting.
+* The SoftHSM2 token made unavailable, then restored: orders wait (the jobs back off with
+  ``issuance.hsm_unavailable``), the worker reopens its sessions and they finish.
+* Start-up with no token, a wrong PIN or a missing module: one JSON error event, exit 1.
+* Overload: a flood above the in-flight bound gets fast 503s with ``Retry-After``, and the
+  server is healthy afterwards; 2,000 idle sockets and 200 slowloris connections do not keep
+  a real client from issuing.
+
+After every phase the SQL invariants hold (:func:`assert_invariants`): no order valid without
+its certificate, no order with two certificates or precertificates, no serial shared, no job
+running past its lease, every order finished (valid, or invalid with a problem).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import pytest
+from acme import challenges, client, messages
+from cryptography import x509
+from josepy.jwk import JWK
+
+from acme_ca.db.issuance import IssuanceRepository
+from acme_ca.db.pool import create_pool
+from acme_ca.embedded_pg import EmbeddedPostgres
+from integration.bench.servers import Service, start_service
+from integration.challsrv_thread import ThreadedChallengeServer
+from integration.clients import acme_account, csr_pem
+from integration.processes import (
+    ACME_CA,
+    READY_TIMEOUT,
+    CaProcess,
+    CaProcesses,
+    base_env,
+    describe,
+    free_port,
+    run_cli,
+)
+from tests.fixtures import TEMPLATE_DB
+from tests.support.softhsm import SoftHsmToken, softhsm_available
+from tests.support.worker import build_csr, insert_ready_order
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not softhsm_available(), reason="SoftHSM2 is not installed"),
+]
+
+#: An order interrupted by a worker kill must be valid this soon after the next worker starts.
+RESUME_WITHIN = 15.0
+#: The bounds the shape runs with: small, so a test can exceed them cheaply.
+IN_FLIGHT = 8
+HEADER_TIMEOUT = 2
+MAX_CONNECTIONS = 400
+#: (log event after which the worker is killed, what was recorded by then)
+KILL_POINTS = [
+    ("issuance.prepared", "prepared"),
+    ("precertificate.issued", "precertificate signed"),
+    ("ct.scts_collected", "SCTs collected"),
+    ("issuance.signed", "final certificate signed"),
+    ("certificate.issued", "stored"),
+]
+
+
+@dataclass
+class Shape:
+    env: dict[str, str]
+    dsn: str
+    home: Path
+    token: SoftHsmToken
+    processes: CaProcesses
+    serve: CaProcess
+    dns: ThreadedChallengeServer
+    port: int
+    #: The worker running now: tests share it (a worker takes seconds to start).
+    current: CaProcess | None = None
+
+    @property
+    def cafile(self) -> Path:
+        return self.home / "tls" / "ca.pem"
+
+    def worker(self, name: str) -> CaProcess:
+        """The running worker, or a new one called ``name`` once it has started."""
+        if self.current is None or not self.current.alive():
+            self.current = self.processes.worker(name, env=self.env)
+            self.current.wait_event("worker.started", timeout=READY_TIMEOUT)
+        return self.current
+
+    def client(self) -> tuple[client.ClientV2, JWK]:
+        return acme_account(self.serve.directory_url, self.cafile)
+
+
+@pytest.fixture(scope="module")
+def shape(
+    postgres: EmbeddedPostgres, template_dsn: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Shape]:
+    del template_dsn  # the template database must exist before it is copied
+    base = tmp_path_factory.mktemp("faults")
+    logs = base / "logs"
+    logs.mkdir()
+    home = base / "home"
+    dsn = postgres.create_database(f"faults_{uuid.uuid4().hex[:12]}", template=TEMPLATE_DB)
+    token = SoftHsmToken.create(base / "softhsm", label="acme-ca-faults", activate=False)
+    log_list = home / "ct" / "log_list.json"
+    with contextlib.ExitStack() as stack:
+        dns = stack.enter_context(ThreadedChallengeServer())
+        env = base_env(
+            ACME_CA_HOME=str(home),
+            ACME_CA_DATABASE_URL=dsn,
+            ACME_CA_PKCS11_MODULE=token.module,
+            ACME_CA_PKCS11_TOKEN_LABEL=token.label,
+            ACME_CA_PKCS11_PIN=token.pin,
+            ACME_CA_SERVE_WORKER="false",
+            ACME_CA_CT_LOG_LIST=str(log_list),
+            ACME_CA_DNS_RESOLVER=dns.resolver,
+            ACME_CA_DNSSEC="off",
+            ACME_CA_WORKER_POLL_SECONDS="1",
+            ACME_CA_MAX_REQUESTS_IN_FLIGHT=str(IN_FLIGHT),
+            ACME_CA_HEADER_READ_TIMEOUT_SECONDS=str(HEADER_TIMEOUT),
+            ACME_CA_MAX_CONNECTIONS=str(MAX_CONNECTIONS),
+            ACME_CA_LOG_FORMAT="json",
+            **token.env(),
+        )
+        init = run_cli("init", env=env, timeout=300)
+        assert init.returncode == 0, describe(init)
+        ct_logs: Service = start_service(
+            stack,
+            "ct-logs",
+            [sys.executable, "-m", "integration.bench.ctlogs", "--home", str(home)],
+            env=base_env(),
+            log_dir=logs,
+        )
+        deadline = time.monotonic() + READY_TIMEOUT
+        while not log_list.exists():
+            ct_logs.check_alive()
+            assert time.monotonic() < deadline, ct_logs.tails()
+            time.sleep(0.1)
+        processes = stack.enter_context(CaProcesses(logs))
+        port = free_port()
+        serve = processes.serve(
+            "serve", "--listen", f"127.0.0.1:{port}", env=env, base_url=f"https://127.0.0.1:{port}"
+        )
+        serve.wait_ready(cafile=home / "tls" / "ca.pem")
+        yield Shape(env, dsn, home, token, processes, serve, dns, port)
+
+
+@pytest.fixture
+async def db(shape: Shape) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(shape.dsn, max_size=2)
+    yield pool
+    await pool.close()
+
+
+# ------------------------------------------------------------------------------ invariants
+
+
+async def assert_invariants(pool: asyncpg.Pool) -> None:
+    """What must hold after any fault (module docstring)."""
+    valid_without = await pool.fetch(
+        "SELECT o.id FROM orders o LEFT JOIN certificates c ON c.order_id = o.id "
+        "WHERE o.status = 'valid' AND c.id IS NULL"
+    )
+    assert not valid_without, f"valid orders without a certificate: {valid_without}"
+    for table in ("certificates", "precertificates"):
+        doubled = await pool.fetch(
+            f"SELECT order_id FROM {table} GROUP BY order_id HAVING count(*) > 1"
+        )
+        assert not doubled, f"orders with two {table}: {doubled}"
+    shared = await pool.fetch(
+        "SELECT serial FROM certificates GROUP BY serial HAVING count(*) > 1 "
+        "UNION ALL SELECT serial FROM precertificates GROUP BY serial HAVING count(*) > 1"
+    )
+    assert not shared, f"serials used twice: {shared}"
+    across = await pool.fetch(
+        "SELECT p.serial FROM precertificates p JOIN certificates c ON c.serial = p.serial "
+        "WHERE c.order_id <> p.order_id"
+    )
+    assert not across, f"a serial shared between orders: {across}"
+    stuck = await pool.fetch(
+        "SELECT id, locked_by FROM issuance_jobs WHERE status = 'running' "
+        "AND locked_until < now() - interval '2 seconds'"
+    )
+    assert not stuck, f"jobs running past their lease: {stuck}"
+    unfinished = await pool.fetch(
+        "SELECT id, status FROM orders WHERE status IN ('processing') "
+        "OR (status = 'invalid' AND error IS NULL)"
+    )
+    assert not unfinished, f"orders neither finished nor failed with a problem: {unfinished}"
+
+
+async def _wait_orders(pool: asyncpg.Pool, order_ids: list[int], timeout: float) -> float:
+    """Seconds until every order left ``processing``; fails after ``timeout``."""
+    started = time.monotonic()
+    while True:
+        left = await pool.fetchval(
+            "SELECT count(*) FROM orders WHERE id = ANY($1::bigint[]) AND status = 'processing'",
+            order_ids,
+        )
+        if left == 0:
+            return time.monotonic() - started
+        assert time.monotonic() - started < timeout, f"{left} orders still processing"
+        await asyncio.sleep(0.1)
+
+
+async def _queue(pool: asyncpg.Pool, tag: str) -> int:
+    """A ready order queued for issuance as finalize queues it (ECDSA, dv-ecc)."""
+    names = [f"{tag}.faults.example.com"]
+    account_id, order_id = await insert_ready_order(pool, names)
+    assert await IssuanceRepository(pool).enqueue(
+        order_id=order_id,
+        account_id=account_id,
+        csr_der=build_csr(names, "ec"),
+        names=names,
+        issuer="dv-ecc",
+        now=datetime.now(UTC),
+    )
+    return order_id
+
+
+# ------------------------------------------------------------------------------ worker kills
+
+
+def _kill_after(worker: CaProcess, event: str, order_id: int, timeout: float = 60.0) -> None:
+    """SIGKILL ``worker`` as soon as its log shows ``event`` for ``order_id`` (reading the
+    log as it grows, a few milliseconds apart)."""
+    deadline = time.monotonic() + timeout
+    offset = 0
+    pending = b""
+    marker = f'"{event}"'.encode()
+    with worker.stdout_path.open("rb") as log:
+        while time.monotonic() < deadline:
+            log.seek(offset)
+            chunk = log.read()
+            offset += len(chunk)
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                if marker not in line:
+                    continue
+                entry = json.loads(line)
+                if entry.get("event") == event and entry.get("order_id") == order_id:
+                    os.kill(worker.pid, signal.SIGKILL)
+                    worker.proc.wait(timeout=10)
+                    return
+            if worker.proc.poll() is not None:
+                pytest.fail(f"{worker.name} exited\n{worker.tails()}")
+            time.sleep(0.002)
+    pytest.fail(f"{worker.name}: no {event!r} within {timeout:.0f} s\n{worker.tails()}")
+
+
+async def test_worker_sigkill_after_each_issuance_step_resumes_within_15_s(
+    shape: Shape, db: asyncpg.Pool
+) -> None:
+    worker = shape.worker("worker-0")
+    timeline = []
+    for n, (event, what) in enumerate(KILL_POINTS, 1):
+        order_id = await _queue(db, f"kill-{n}")
+        await asyncio.to_thread(_kill_after, worker, event, order_id)
+        job = await db.fetchrow(
+            "SELECT id, step, status, locked_by FROM issuance_jobs WHERE order_id = $1",
+            order_id,
+        )
+        spawned = time.monotonic()
+        worker = await asyncio.to_thread(shape.worker, f"worker-{n}")
+        ready = time.monotonic()
+        await _wait_orders(db, [order_id], timeout=RESUME_WITHIN + (ready - spawned))
+        resumed = time.monotonic() - ready
+        timeline.append(
+            f"killed after {what}: job at {job['step']}/{job['status']}; valid "
+            f"{resumed:.1f} s after the next worker started ({ready - spawned:.1f} s start-up)"
+        )
+        assert (await db.fetchval("SELECT status FROM orders WHERE id = $1", order_id)) == (
+            "valid"
+        ), worker.tails()
+        assert resumed <= RESUME_WITHIN, "\n".join(timeline)
+        if job["status"] == "running":
+            taken = worker.events("issuance.holder_dead")
+            assert taken, f"the dead holder's job was not taken over at once\n{worker.tails()}"
+        await assert_invariants(db)
+    print("\n".join(timeline))
+
+
+# ------------------------------------------------------------------------------ HSM loss
+
+
+async def test_softhsm_token_unavailable_then_restored(shape: Shape, db: asyncpg.Pool) -> None:
+    worker = await asyncio.to_thread(shape.worker, "worker-hsm")
+    (token_dir,) = list(shape.token.token_dir.iterdir())
+    away = shape.token.token_dir.parent / "token-away"  # outside the token directory
+    os.rename(token_dir, away)
+    try:
+        orders = [await _queue(db, f"hsm-{i}") for i in range(3)]
+        deadline = time.monotonic() + 30
+        while not worker.events("issuance.hsm_unavailable"):
+            assert time.monotonic() < deadline, worker.tails()
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(2)  # a few backoffs while the token stays away
+        statuses = await db.fetch("SELECT status FROM orders WHERE id = ANY($1::bigint[])", orders)
+        assert {r["status"] for r in statuses} == {"processing"}, "orders must wait, not fail"
+        assert not await db.fetchval(
+            "SELECT count(*) FROM precertificates WHERE order_id = ANY($1::bigint[])", orders
+        )
+    finally:
+        os.rename(away, token_dir)
+    restored = time.monotonic()
+    await _wait_orders(db, orders, timeout=60)
+    print(f"token back: orders valid {time.monotonic() - restored:.1f} s later")
+    statuses = await db.fetch("SELECT status FROM orders WHERE id = ANY($1::bigint[])", orders)
+    assert {r["status"] for r in statuses} == {"valid"}, worker.tails()
+    assert worker.events("signer.pkcs11.reopened"), worker.tails()
+    assert worker.alive()
+    await assert_invariants(db)
+
+
+#: What each start-up failure changes, and what its one error event must say.
+START_UP_FAILURES = {
+    "wrong PIN": ({"ACME_CA_PKCS11_PIN": "00000000"}, "incorrect PIN"),
+    "no token": ({"ACME_CA_PKCS11_TOKEN_LABEL": "no-such-token"}, "no token labelled"),
+    "missing module": (
+        {"ACME_CA_PKCS11_MODULE": "/nonexistent/libpkcs11.so"},
+        "cannot load PKCS#11 module",
+    ),
+}
+
+
+def test_worker_start_up_failures_are_one_json_event_and_exit_1(shape: Shape) -> None:
+    """No token, a wrong PIN, a missing module: each worker (started at once, in parallel)
+    writes exactly one error event, ``worker.failed`` with the reason, no bare traceback,
+    and exits 1."""
+    running = {
+        what: subprocess.Popen(
+            [ACME_CA, "worker"],
+            env={**shape.env, **change},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for what, (change, _) in START_UP_FAILURES.items()
+    }
+    for what, proc in running.items():
+        stdout, stderr = proc.communicate(timeout=120)
+        shown = f"{what}: exit {proc.returncode}\n{stdout}\n{stderr}"
+        assert proc.returncode == 1, shown
+        assert "Traceback" not in stdout + stderr, shown
+        events = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+        errors = [e for e in events if e.get("level") in ("error", "critical")]
+        assert len(errors) == 1, shown
+        assert errors[0]["event"] == "worker.failed", shown
+        assert START_UP_FAILURES[what][1] in errors[0]["reason"], shown
+
+
+# ------------------------------------------------------------------------------ load
+
+
+def _ssl_context(shape: Shape) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(shape.cafile))
+
+
+async def _request_in_flight(shape: Shape, context: ssl.SSLContext) -> asyncio.StreamWriter:
+    """A POST whose headers are in and whose body never comes: a request in flight."""
+    _, writer = await asyncio.open_connection(
+        "127.0.0.1", shape.port, ssl=context, server_hostname="127.0.0.1"
+    )
+    writer.write(
+        b"POST /acme/new-account HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/jose+json\r\nContent-Length: 4000\r\n\r\n{"
+    )
+    await writer.drain()
+    return writer
+
+
+def _issue_one(shape: Shape, name: str) -> float:
+    """A real client: account, dns-01, finalize, certificate; returns the seconds it took."""
+    started = time.monotonic()
+    acme, key = shape.client()
+    order = acme.new_order(csr_pem([name]))
+    for authz in order.authorizations:
+        challb = next(c for c in authz.body.challenges if isinstance(c.chall, challenges.DNS01))
+        response, validation = challb.chall.response_and_validation(key)
+        shape.dns.set_txt(challb.chall.validation_domain_name(name), validation)
+        acme.answer_challenge(challb, response)
+    order = acme.poll_authorizations(order, dt.datetime.now() + dt.timedelta(seconds=30))
+    done = acme.finalize_order(order, dt.datetime.now() + dt.timedelta(seconds=60))
+    assert isinstance(done, messages.OrderResource) and done.fullchain_pem
+    leaf = x509.load_pem_x509_certificates(done.fullchain_pem.encode())[0]
+    names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == [name]
+    return time.monotonic() - started
+
+
+async def test_flood_above_the_in_flight_bound_gets_fast_503s_then_healthy(
+    shape: Shape, db: asyncpg.Pool
+) -> None:
+    await asyncio.to_thread(shape.worker, "worker-flood")
+    context = _ssl_context(shape)
+    held = [await _request_in_flight(shape, context) for _ in range(IN_FLIGHT)]
+    await asyncio.sleep(0.3)
+    statuses: list[int] = []
+    slowest = 0.0
+    connector = aiohttp.TCPConnector(ssl=context, limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def one() -> None:
+            nonlocal slowest
+            started = time.monotonic()
+            async with session.head(f"https://127.0.0.1:{shape.port}/acme/new-nonce") as resp:
+                statuses.append(resp.status)
+                if resp.status == 503:
+                    assert int(resp.headers["Retry-After"]) > 0
+                slowest = max(slowest, time.monotonic() - started)
+
+        await asyncio.gather(*(one() for _ in range(300)))
+    for writer in held:
+        writer.close()
+    shed = [
+        e["duration_ms"]
+        for e in shape.serve.events("request.done")
+        if e.get("status") == 503 and e.get("path") == "/acme/new-nonce"
+    ]
+    print(
+        f"flood: {statuses.count(503)} x 503, {statuses.count(200)} x 200, slowest "
+        f"{slowest:.2f} s at the client (TLS included), {max(shed):.1f} ms in the server"
+    )
+    assert set(statuses) <= {200, 503}
+    assert statuses.count(503) >= 250, "requests above the bound must be shed"
+    assert max(shed) < 500, "shedding must answer at once"
+    assert slowest < 15.0, "no client may wait into its timeout"
+    assert shape.serve.events("requests.shed")
+    # Healthy afterwards: a whole issuance.
+    seconds = await asyncio.to_thread(_issue_one, shape, "after-flood.faults.example.com")
+    print(f"issued after the flood in {seconds:.1f} s")
+    await assert_invariants(db)
+
+
+async def test_idle_and_slowloris_connections_do_not_block_a_real_client(
+    shape: Shape, db: asyncpg.Pool
+) -> None:
+    await asyncio.to_thread(shape.worker, "worker-slowloris")
+    context = _ssl_context(shape)
+    idle = []
+    for _ in range(2000):
+        sock = socket.create_connection(("127.0.0.1", shape.port))
+        sock.setblocking(False)
+        idle.append(sock)
+    slow: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    for _ in range(200):
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", shape.port, ssl=context, server_hostname="127.0.0.1"
+        )
+        writer.write(b"GET /directory HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        await writer.drain()
+        slow.append((reader, writer))
+    try:
+        seconds = await asyncio.to_thread(_issue_one, shape, "slowloris.faults.example.com")
+        print(f"issued beside 2,000 idle and 200 slowloris connections in {seconds:.1f} s")
+        assert seconds < 60
+        closed = await asyncio.gather(*(_closed_by_server(r) for r, _ in slow))
+        assert all(closed), f"{closed.count(False)} slow-header connections still open"
+        assert shape.serve.events("connections.header_timeout")
+    finally:
+        for sock in idle:
+            sock.close()
+        for _, writer in slow:
+            writer.close()
+    await assert_invariants(db)
+
+
+async def _closed_by_server(reader: asyncio.StreamReader) -> bool:
+    """Whether the server closes the connection within the header timeout (and some slack)."""
+    try:
+        return await asyncio.wait_for(reader.read(4096), HEADER_TIMEOUT + 10) == b""
+    except TimeoutError:
+        return False
+    except (ConnectionError, ssl.SSLError):
+        return True

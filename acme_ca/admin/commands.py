@@ -37,10 +37,10 @@ def parse_time(text: str) -> datetime:
 
 def run(config: Config, args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Dispatch one ``admin`` read command; exit status 0, 1 (not found) or 2 (usage)."""
-    return asyncio.run(_run(config, args, out or sys.stdout))
+    return asyncio.run(run_async(config, args, out or sys.stdout))
 
 
-async def _run(config: Config, args: argparse.Namespace, out: TextIO) -> int:
+async def run_async(config: Config, args: argparse.Namespace, out: TextIO) -> int:
     try:
         since = parse_time(args.since) if getattr(args, "since", None) else None
         issued_since = (

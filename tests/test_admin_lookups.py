@@ -1,0 +1,78 @@
+"""``acme-ca admin order|account|search|certs`` over a real front end's database (issue 16).
+
+The full certbot issuance and revocation timeline is integration/test_admin_timeline.py;
+these check the lookups on an account with a pending order: by id and key thumbprint, by a
+request id the client saw, by name (``notexample.com`` is not under ``example.com``), and
+the not-found answers.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from acme_ca.acme.jwk import jwk_from_key
+from acme_ca.admin.commands import run_async
+from acme_ca.cli import _parser
+from acme_ca.config import Config
+from tests.fixtures import CaFactory, RunningCa
+from tests.support.orders import Subscriber
+
+
+async def admin(dsn: str, tmp_path: Path, *argv: str) -> tuple[int, str]:
+    config = replace(Config(), database_url=dsn, home=tmp_path / "home")
+    out = io.StringIO()
+    status = await run_async(config, _parser().parse_args(["admin", *argv]), out)
+    return status, out.getvalue()
+
+
+async def test_admin_account_by_id_and_key_thumbprint(
+    dsn: str, tmp_path: Path, va_ca: RunningCa, sub: Subscriber
+) -> None:
+    order = await sub.new_order("lookup.example.com")
+    assert order.status == 201
+    account_id = int(sub.account_url.rsplit("/", 1)[1])
+    status, text = await admin(dsn, tmp_path, "account", str(account_id), "--json")
+    assert status == 0, text
+    doc = json.loads(text)
+    assert doc["status"] == "valid"
+    assert [o["status"] for o in doc["orders"]] == ["pending"]
+    assert {a["event"] for a in doc["audit"]} >= {"account.created", "order.created"}
+    thumbprint = jwk_from_key(sub.key.public_key()).thumbprint_b64()
+    status, again = await admin(dsn, tmp_path, "account", "--key-thumbprint", thumbprint, "--json")
+    assert status == 0 and json.loads(again)["account_id"] == account_id
+    status, human = await admin(dsn, tmp_path, "account", str(account_id))
+    assert status == 0 and f"account {account_id}  status valid" in human
+    assert (await admin(dsn, tmp_path, "account", "999999"))[0] == 1
+
+
+async def test_admin_order_by_request_id_and_search_by_name(
+    dsn: str, tmp_path: Path, ca_factory: CaFactory, va_ca: RunningCa, sub: Subscriber
+) -> None:
+    mine = await sub.new_order("www.example.com")
+    other = await sub.new_order("notexample.com")
+    assert mine.status == other.status == 201
+    order_id = int(mine.headers["Location"].rsplit("/", 1)[1])
+    seen = await sub.get(mine.body["authorizations"][0])  # an authz request names no order
+    await ca_factory.close()  # stopping writes the queued request rows
+
+    status, text = await admin(dsn, tmp_path, "order", "--request-id", seen.headers["X-Request-ID"])
+    assert status == 0, text
+    assert text.startswith(f"order {order_id} ")
+    assert f"request_id={mine.headers['X-Request-ID']}" in text  # its newOrder request
+    assert "order.created by account:" in text
+
+    status, text = await admin(dsn, tmp_path, "search", "--domain", "example.com", "--json")
+    assert status == 0
+    assert [o["order_id"] for o in json.loads(text)] == [order_id]
+    status, _ = await admin(dsn, tmp_path, "search", "--domain", "exa_mple.com%")
+    assert status == 2
+    assert (await admin(dsn, tmp_path, "order", "--request-id", "0000"))[0] == 1
+    assert (await admin(dsn, tmp_path, "order", "--serial", "zz"))[0] == 2
+    status, csv_text = await admin(dsn, tmp_path, "certs", "--issued-since", "2020-01-01")
+    assert status == 0 and csv_text.splitlines() == [
+        "serial,issuer,issued_at,not_before,not_after,names,account_id,order_id,status,"
+        "revoked_at,revocation_reason,spki_sha256"
+    ]

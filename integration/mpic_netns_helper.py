@@ -1,7 +1,8 @@
 """The Internet as one remote perspective sees it, for ``integration/test_mpic.py``.
 
 Started inside that perspective's network namespace.  It serves, on the namespace's own
-loopback, the DNS (127.0.0.1:8053, UDP and TCP) and the http-01 responder (127.0.0.1:5002)
+loopback, the DNS (127.0.0.1:8053, UDP and TCP), the http-01 responder (127.0.0.1:5002) and
+the tls-alpn-01 listener (127.0.0.1:5001)
 that the perspective's ``acme-ca remote-va`` uses as its resolver and validation target --
 nobody outside the namespace can reach them, and the remote VA can reach nothing else.
 The test sets this perspective's records through the pebble-challtestsrv management API,
@@ -25,6 +26,7 @@ from acme_ca.testsrv.server import BindAddress, ChallengeServerConfig, Challenge
 
 DNS_PORT = 8053
 HTTP01_PORT = 5002
+TLSALPN01_PORT = 5001
 
 
 async def main(mgmt_fd: int) -> None:
@@ -34,13 +36,14 @@ async def main(mgmt_fd: int) -> None:
         dns=BindAddress("127.0.0.1", DNS_PORT),
         management=BindAddress("127.0.0.1", 0),  # in-namespace copy, unused
         http01=BindAddress("127.0.0.1", HTTP01_PORT),
+        tlsalpn01=BindAddress("127.0.0.1", TLSALPN01_PORT),
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with ChallengeTestServer(config) as server:
-        runner = web.AppRunner(make_management_app(server.store), access_log=None)
+        runner = web.AppRunner(make_management_app(server.store, tlsalpn01=True), access_log=None)
         await runner.setup()
         try:
             await web.SockSite(runner, mgmt).start()

@@ -33,7 +33,8 @@ the perspectives file places the remotes in real cities (four ARIN, one RIPE NCC
 primary in Tokyo, so the 500 km rules hold.
 
 Cases: all agree (5/5, a certificate is issued); one remote sees a wrong TXT, a wrong
-http-01 body or CAA for another CA (4/5, valid); two disagree (invalid, nothing signed) and
+http-01 body or CAA for another CA (4/5, valid); tls-alpn-01 with one or two remotes served
+another challenge certificate (4/5 valid, 3/5 invalid); two disagree (invalid, nothing signed) and
 the retry asks every remote afresh (their DNS logs); the passing remotes all in one RIR
 (invalid); the primary fails (remotes never asked); a remote SIGKILLed (non-corroboration);
 a remote hung (SIGSTOP) cut off once the outcome is decided; a wrong perspective id or RIR in
@@ -91,6 +92,7 @@ pytestmark = pytest.mark.integration
 HELPER = Path(__file__).with_name("mpic_netns_helper.py")
 NS_DNS = "127.0.0.1:8053"
 NS_HTTP01_PORT = 5002
+NS_TLSALPN01_PORT = 5001
 MPIC_TIMEOUT_SECONDS = 8
 POLL_SECONDS = 25.0
 
@@ -206,6 +208,7 @@ class Remote:
             ACME_CA_HOME=str(self.logs / f"{self.id}-home"),
             ACME_CA_DNSSEC="off",
             ACME_CA_HTTP01_PORT=str(NS_HTTP01_PORT),
+            ACME_CA_TLSALPN01_PORT=str(NS_TLSALPN01_PORT),
             ACME_CA_ALLOW_LOOPBACK_VALIDATION="true",
         )
         self.starts += 1
@@ -704,6 +707,63 @@ def test_persist_2_account_bound_method_two_remotes_disagree_invalid(
     assert attempt.status == "invalid", attempt.challenge
     assert "multi-perspective corroboration failed" in attempt.challenge["error"]["detail"]
     assert attempt.quorum is not None and attempt.quorum.endswith("/5")
+
+
+# ------------------------------------------------------------------------------------------
+# tls-alpn-01 (RFC 8737, BR 3.2.2.4.20): every remote repeats the handshake with its own view
+# of the name (its helper's tls-alpn-01 listener) and must see the same acmeIdentifier
+
+
+def attempt_tlsalpn01(world: World, name: str, wrong: tuple[str, ...]) -> Attempt:
+    """newOrder; the primary's and every perspective's tls-alpn-01 listener serve the
+    challenge certificate for ``name``, those in ``wrong`` one for another key authorization;
+    answer, poll."""
+    order = world.acme.new_order(_csr(name))
+    challb = next(
+        c
+        for c in order.authorizations[0].body.challenges
+        if isinstance(c.chall, challenges.UnrecognizedChallenge)
+        and c.chall.jobj["type"] == "tls-alpn-01"
+    )
+    token = decode_b64jose(challb.chall.jobj["token"])
+    key_authorization = challenges.DNS01(token=token).key_authorization(world.key)
+    mgmt_post(world.primary_mgmt + "/add-tlsalpn01", {"host": name, "content": key_authorization})
+    for rid, remote in world.remotes.items():
+        content = "other." + key_authorization if rid in wrong else key_authorization
+        remote.mgmt("/add-tlsalpn01", {"host": name, "content": content})
+    # The response is an empty object (RFC 8737 §3, RFC 8555 §7.5.1).
+    return world.answered(name, order, challb, challenges.DNS01Response())
+
+
+@pytest.mark.parametrize(
+    ("wrong", "status", "quorum"),
+    [(("us-east",), "valid", "4/5"), (("us-east", "eu-central"), "invalid", "3/5")],
+    ids=["one-remote-sees-another-certificate", "two-remotes-see-another-certificate"],
+)
+def test_alpn_mpic_remotes_repeat_the_handshake_and_the_quorum_decides(
+    fresh: World, wrong: tuple[str, ...], status: str, quorum: str
+) -> None:
+    name = unique("alpn")
+    attempt = attempt_tlsalpn01(fresh, name, wrong)
+    assert attempt.status == status, attempt.challenge
+    assert attempt.quorum == quorum
+    for pid, *_ in SPECS:
+        summary = attempt.summary(pid)
+        assert summary["corroborated"] is (pid not in wrong), summary
+        # the remote's own handshake, inside its namespace, on its own port
+        own = [
+            r
+            for r in attempt.records
+            if r["perspective"] == pid
+            and r["method"] == "tls-alpn-01"
+            and "corroborated" not in r  # not the primary's summary of this remote
+        ]
+        assert own and own[-1]["server"] == f"127.0.0.1:{NS_TLSALPN01_PORT}", own
+        assert own[-1]["brMethod"] == "3.2.2.4.20" and own[-1]["adn"] == name
+        if pid in wrong:
+            assert "acmeIdentifier" in summary["error"], summary
+    if status == "invalid":
+        assert attempt.challenge["error"]["type"] == "urn:ietf:params:acme:error:unauthorized"
 
 
 def test_primary_failure_never_asks_the_remotes(fresh: World) -> None:

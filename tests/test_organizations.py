@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,7 +22,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from acme_ca.acme.b64 import b64url_decode
 from acme_ca.acme.jwk import jwk_from_key
 from acme_ca.acme.problems import AcmeError
+from acme_ca.ca.hierarchy import init_hierarchy
 from acme_ca.clock import FixedClock
+from acme_ca.config import Config
 from acme_ca.db.accounts import AccountRepository
 from acme_ca.db.eab import EabKeyRepository, OrganizationUnavailable
 from acme_ca.db.migrate import apply_schema
@@ -34,11 +37,12 @@ from acme_ca.ra.organizations import (
     organization_problem,
     ov_subject,
 )
-from tests.fixtures import CaFactory
+from tests.fixtures import CaFactory, RunningCa
 from tests.support import status as status_support
 from tests.support.cli import run_cli
-from tests.support.jws import JwsClient, make_eab
+from tests.support.jws import JwsClient, Reply, make_eab
 from tests.support.migrations import create_schema_before
+from tests.support.problems import assert_problem
 from tests.support.status import StatusEnv
 
 status_config = status_support.status_config
@@ -252,6 +256,70 @@ def test_ov_1_subject_is_built_from_the_record_only() -> None:
         ov_subject(org, None).rfc4514_string()
         == "O=Example Trading K.K.,L=Chiyoda-ku,ST=Tokyo,C=JP"
     )
+
+
+# --------------------------------------------------------------------------- newOrder
+
+
+async def registered(
+    session: aiohttp.ClientSession, ca: RunningCa, pool: asyncpg.Pool, org: Organization | None
+) -> JwsClient:
+    """An ACME account, registered with an EAB key bound to ``org`` (none: no EAB)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    client = JwsClient(session, ca.directory_url, key)
+    await client.load_directory()
+    fields = {}
+    if org is not None:
+        kid, hmac_key = "kid-" + secrets.token_hex(6), secrets.token_bytes(32)
+        await EabKeyRepository(pool).create(
+            kid, hmac_key, "", datetime.now(UTC), "operator:test", organization_id=org.id
+        )
+        binding = make_eab(hmac_key, kid, key, client.directory["newAccount"])
+        fields["externalAccountBinding"] = binding
+    reply = await client.register(**fields)
+    assert reply.status == 201, reply.body
+    return client
+
+
+async def ov_order(client: JwsClient, name: str) -> Reply:
+    payload = {"identifiers": [{"type": "dns", "value": name}], "profile": "ov"}
+    return await client.post(client.directory["newOrder"], payload)
+
+
+async def test_ov_1_new_order_needs_a_usable_organization(
+    ca_factory: CaFactory, pool: asyncpg.Pool, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """newOrder with profile ``ov`` (RFC 8555 §7.4, draft-ietf-acme-profiles): accepted for
+    an account bound to a valid organization vetted within BR 4.2.1's period; unauthorized,
+    with the reason, once it is revoked or for a vetting 399 days old; an account bound to no
+    organization may not use the profile at all (invalidProfile)."""
+    pki = replace(Config(), home=tmp_path / "pki-home").validate()
+    await init_hierarchy(pki)  # the OV issuing CAs the ov profile signs with
+    ca = await ca_factory.start(pki_dir=pki.pki_path)
+    now = datetime.now(UTC)
+    org = await add_org(pool, now - timedelta(days=10))
+    stale = await add_org(pool, now - timedelta(days=399), name="Stale Vetting K.K.")
+    member = await registered(session, ca, pool, org)
+    late = await registered(session, ca, pool, stale)
+    nobody = await registered(session, ca, pool, None)
+
+    accepted = await ov_order(member, "www.ov-order.example.com")
+    assert accepted.status == 201 and accepted.body["profile"] == "ov", accepted.body
+    refused = await ov_order(late, "www.stale-order.example.com")
+    assert_problem(refused, 403, "unauthorized")
+    assert "399 days before" in refused.body["detail"] and "398 days" in refused.body["detail"]
+    unbound = await ov_order(nobody, "www.nobody-order.example.com")
+    assert_problem(unbound, 400, "invalidProfile")
+
+    assert await OrganizationRepository(pool).revoke(org.id, datetime.now(UTC), "operator:test")
+    revoked = await ov_order(member, "www.ov-order-2.example.com")
+    assert_problem(revoked, 403, "unauthorized")
+    assert f"organization {org.id} (Example Trading K.K.) was revoked" in revoked.body["detail"]
+    dv = await member.post(
+        member.directory["newOrder"],
+        {"identifiers": [{"type": "dns", "value": "www.dv-order.example.com"}]},
+    )
+    assert dv.status == 201 and dv.body["profile"] == "dv", "DV needs no organization"
 
 
 # --------------------------------------------------------------------------- the CLI

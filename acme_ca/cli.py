@@ -114,6 +114,27 @@ def _parser() -> argparse.ArgumentParser:
     )
     _metrics_flag(serve, "serve")
     serve.add_argument(
+        "--max-requests-in-flight",
+        type=int,
+        metavar="N",
+        help="requests worked on at once; more get 503 + Retry-After (default 4 per "
+        "pooled database connection)",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=int,
+        metavar="N",
+        help="open client connections kept; above it the longest idle is closed (default 1000)",
+    )
+    serve.add_argument(
+        "--header-read-timeout",
+        type=int,
+        metavar="SECONDS",
+        dest="header_read_timeout_seconds",
+        help="close a connection whose TLS handshake or first request headers take longer "
+        "(default 10)",
+    )
+    serve.add_argument(
         "--perspectives",
         type=int,
         metavar="N",
@@ -189,6 +210,12 @@ def _parser() -> argparse.ArgumentParser:
         "worker", help="run a signing worker (production: one or more processes)"
     )
     _metrics_flag(worker, "worker")
+    worker.add_argument(
+        "--issuance-lease-seconds",
+        type=int,
+        metavar="SECONDS",
+        help="how long a job is owned without renewal (renewed every third; default 30)",
+    )
     check = sub.add_parser(
         "check",
         help="evaluate the production invariants: could this configuration issue "
@@ -330,6 +357,10 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
         "tls_key": getattr(args, "tls_key", None),
         "remote_va_client_ca": getattr(args, "remote_va_client_ca", None),
         "metrics_listen": getattr(args, "metrics_listen", None),
+        "max_requests_in_flight": getattr(args, "max_requests_in_flight", None),
+        "max_connections": getattr(args, "max_connections", None),
+        "header_read_timeout_seconds": getattr(args, "header_read_timeout_seconds", None),
+        "issuance_lease_seconds": getattr(args, "issuance_lease_seconds", None),
     }
 
 

@@ -232,3 +232,19 @@ async def test_idle_connections_above_the_cap_close_the_oldest(
     assert await _closed_by_server(idle[0][0], 1.0)
     for _, writer in idle:
         writer.close()
+
+
+def test_bounds_are_settable_by_flags() -> None:
+    from acme_ca.cli import _overrides, _parser
+    from acme_ca.config import load_config
+
+    serve = _parser().parse_args(
+        ["serve", "--max-requests-in-flight", "7", "--max-connections", "50"]
+        + ["--header-read-timeout", "3"]
+    )
+    config = load_config(None, overrides=_overrides(serve))
+    assert (config.requests_in_flight_limit, config.max_connections) == (7, 50)
+    assert config.header_read_timeout_seconds == 3
+    worker = _parser().parse_args(["worker", "--issuance-lease-seconds", "12"])
+    assert load_config(None, overrides=_overrides(worker)).issuance_lease_seconds == 12
+    assert load_config(None).requests_in_flight_limit == 4 * Config().database_pool_size

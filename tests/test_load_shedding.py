@@ -238,10 +238,8 @@ def test_bounds_are_settable_by_flags() -> None:
     from acme_ca.cli import _overrides, _parser
     from acme_ca.config import load_config
 
-    serve = _parser().parse_args(
-        ["serve", "--max-requests-in-flight", "7", "--max-connections", "50"]
-        + ["--header-read-timeout", "3"]
-    )
+    flags = ["--max-requests-in-flight", "7", "--max-connections", "50"]
+    serve = _parser().parse_args(["serve", *flags, "--header-read-timeout", "3"])
     config = load_config(None, overrides=_overrides(serve))
     assert (config.requests_in_flight_limit, config.max_connections) == (7, 50)
     assert config.header_read_timeout_seconds == 3

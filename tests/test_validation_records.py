@@ -69,7 +69,7 @@ def test_br_3_2_2_4_offered_methods_and_their_adn_columns() -> None:
         "dns-persist-01": ("3.2.2.4.22", True, True, False),
         "dns-account-01": ("3.2.2.4.21", True, True, False),
     }
-    assert BR_METHODS == {label: section for label, (section, *_) in columns.items()}
+    assert {label: section for label, (section, *_) in columns.items()} == BR_METHODS
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,9 @@ Account Binding, and lego runs every case again against the same pair of servers
 * issuance: http-01 with RSA 2048 and three names in one certificate; http-01 with ECDSA
   P-256; dns-01 with RSA 2048 for a name and its wildcard; dns-01 with ECDSA P-256 for a
   wildcard alone; and for lego, tls-alpn-01 (``--tls``) with ECDSA P-256;
+* profiles (draft-ietf-acme-profiles): certbot ``--required-profile`` for each shipped DV
+  profile (``dv``, ``tlsserver``, ``shortlived``) and ``--preferred-profile`` (a known one, and
+  an unknown one falling back to the default); lego, which sends no profile, gets ``dv``;
 * renewal (a forced renewal of the http-01 ECDSA certificate: a new serial), revocation (of
   that renewed certificate: the CA logs ``certificate.revoked`` for its serial), account key
   rollover where the client has it (the old key finds no account, the new key the same
@@ -53,6 +56,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import aiohttp
@@ -65,6 +69,7 @@ from cryptography.hazmat.primitives.serialization import (
     PrivateFormat,
     load_pem_private_key,
 )
+from cryptography.x509.oid import NameOID
 
 from acme_ca.embedded_pg import EmbeddedPostgres
 from integration.clients import (
@@ -391,8 +396,16 @@ class Certbot(Client):
         return Issued(names, key_type, leaf, chain)
 
     def issue(
-        self, names: list[str], key_type: str, challenge: str, *, eab: tuple[str, str] | None = None
+        self,
+        names: list[str],
+        key_type: str,
+        challenge: str,
+        *,
+        eab: tuple[str, str] | None = None,
+        profile: tuple[str, str] | None = None,
     ) -> Issued:
+        """``profile``: ("required" or "preferred", name): certbot's --required-profile or
+        --preferred-profile (certbot 4+, draft-ietf-acme-profiles)."""
         if challenge == "http-01":
             self.server.add_standalone_names(names)
             how = [
@@ -418,11 +431,13 @@ class Certbot(Client):
             else ["--key-type", "ecdsa", "--elliptic-curve", "secp256r1"]
         )
         binding = [f"--eab-kid={eab[0]}", f"--eab-hmac-key={eab[1]}"] if eab else []
+        choice = [f"--{profile[0]}-profile", profile[1]] if profile else []
         self._run(
             "certonly",
             *how,
             *keys,
             *binding,
+            *choice,
             "--agree-tos",
             "-m",
             EMAIL,
@@ -772,6 +787,60 @@ def test_alpn_lego_tls_issues_end_to_end(servers: Servers, tmp_path: Path) -> No
         if e.get("identifier") == names[0]
     ]
     assert [e["type"] for e in valid] == ["tls-alpn-01"], valid
+
+
+def order_profile(server: InteropServer, names: list[str]) -> str:
+    """The profile of the (last) order for exactly ``names``, from the CA's order.created."""
+    wanted = sorted(names)
+    created = [
+        e
+        for e in server.ca.proc.events("order.created")
+        if sorted(e.get("identifiers") or []) == wanted
+    ]
+    assert created, f"no order.created for {names}"
+    profile: str = created[-1]["profile"]
+    return profile
+
+
+#: PROF-1 with certbot 4+: (flag, profile asked for, profile the CA must issue under).
+CERTBOT_PROFILES = [
+    pytest.param("required", "dv", "dv", id="required-dv"),
+    pytest.param("required", "tlsserver", "tlsserver", id="required-tlsserver"),
+    pytest.param("required", "shortlived", "shortlived", id="required-shortlived"),
+    pytest.param("preferred", "tlsserver", "tlsserver", id="preferred-tlsserver"),
+    pytest.param("preferred", "classic", "dv", id="preferred-unknown-falls-back-to-dv"),
+]
+
+
+@pytest.mark.parametrize(("flag", "asked", "issued_as"), CERTBOT_PROFILES)
+def test_prof_1_certbot_profiles(
+    flag: str, asked: str, issued_as: str, servers: Servers, tmp_path: Path
+) -> None:
+    client = make_client("certbot", servers, tmp_path)
+    assert isinstance(client, Certbot)
+    names = [domain(f"profile-{flag}-{asked}", "certbot")]
+    issued = client.issue(names, "ecdsa", "http-01", profile=(flag, asked))
+    check_issued(client.server, issued)  # pkilint DV-FINAL-CERTIFICATE: no ERROR or FATAL
+    assert order_profile(client.server, names) == issued_as
+    cert = issued.certificate
+    lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc + timedelta(seconds=1)
+    cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if issued_as == "tlsserver":
+        assert (lifetime, cn) == (timedelta(days=45), [])
+    elif issued_as == "shortlived":
+        assert lifetime == timedelta(hours=160) and [a.value for a in cn] == names
+    else:
+        assert lifetime > timedelta(days=45) and [a.value for a in cn] == names
+    print(f"interop certbot --{flag}-profile {asked}: issued as {issued_as}: ok")
+
+
+def test_prof_1_lego_without_profile_gets_the_default(servers: Servers, tmp_path: Path) -> None:
+    client = make_client("lego", servers, tmp_path)
+    names = [domain("profile-default", "lego")]
+    issued = client.issue(names, "ecdsa", "http-01")
+    check_issued(client.server, issued)
+    assert order_profile(client.server, names) == "dv"
+    print("interop lego without profile: issued as dv: ok")
 
 
 #: label -> (client, certificate): test_renewal renews the http-01 ECDSA certificate of

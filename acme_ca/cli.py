@@ -96,6 +96,13 @@ def _parser() -> argparse.ArgumentParser:
         help="test mode: the challenge server's own http-01 listener, or off",
     )
     serve.add_argument(
+        "--deterministic",
+        action="store_true",
+        default=None,
+        help="test mode: no nonce rejection, no validation sleep, authorizations always "
+        "reused, whatever PEBBLE_* variables say",
+    )
+    serve.add_argument(
         "--pebble-config",
         metavar="FILE",
         help="test mode: read a Pebble JSON config (ports, TLS, retryAfter, "
@@ -347,6 +354,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
         "test_mode": getattr(args, "test_mode", None),
         "challsrv_http01": getattr(args, "challsrv_http01", None),
         "pebble_config": getattr(args, "pebble_config", None),
+        "deterministic": getattr(args, "deterministic", None),
         "challsrv_tlsalpn01": getattr(args, "challsrv_tlsalpn01", None),
         "tlsalpn01_port": getattr(args, "tlsalpn01_port", None),
         "test_perspectives": getattr(args, "test_perspectives", None),

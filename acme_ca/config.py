@@ -397,6 +397,12 @@ class Config:
         "/intermediates/N, /intermediate-keys/N, /cert-status-by-serial/SERIAL (also on the "
         "challenge test server's management API); `off` disables it.",
     )
+    deterministic: bool = _key(
+        False,
+        "Test mode (`serve --test --deterministic`): the reproducible preset: no nonce "
+        "rejection, no validation sleep, authorizations always reused, whatever PEBBLE_* "
+        "variables say. Refused together with a knob set otherwise.",
+    )
     pebble_config: Path | None = _key(
         None,
         "Test mode (`serve --test --pebble-config FILE`): a Pebble JSON configuration file; "
@@ -589,6 +595,15 @@ class Config:
             raise ConfigError("https01_port other than 443 is for test mode (BR 3.2.2.4.19)")
         if self.management_listen != "off":
             _split_host_port(self.management_listen)
+        if self.deterministic and not self.test_mode:
+            raise ConfigError("deterministic is a test-mode preset (serve --test)")
+        if self.deterministic and any(
+            getattr(self, name) != value for name, value in DETERMINISTIC.items()
+        ):
+            raise ConfigError(
+                "deterministic conflicts with nonce_reject_percent, validation_delay_seconds "
+                f"or authz_reuse_percent set otherwise (the preset is {DETERMINISTIC})"
+            )
         if self.pebble_config is not None and not self.test_mode:
             raise ConfigError("pebble_config is for test mode (serve --test) only")
         if self.challsrv_https01 != "off":
@@ -746,15 +761,51 @@ def load_config(
     return replace(Config(), **values).validate()
 
 
-#: Pebble's knob variables, honoured in test mode so harnesses written for Pebble work as is.
+#: Pebble's knob variables, honoured in test mode so harnesses written for Pebble work as is
+#: (PEBBLE_VA_NOSLEEP and PEBBLE_VA_SLEEPTIME together give validation_delay_seconds).
 PEBBLE_ENV = {
     "PEBBLE_WFE_NONCEREJECT": "nonce_reject_percent",
     "PEBBLE_AUTHZREUSE": "authz_reuse_percent",
     "PEBBLE_VA_ALWAYS_VALID": "always_valid",
-    "PEBBLE_VA_NOSLEEP": "validation_delay_seconds",
+    "PEBBLE_WFE_ORDERS_PER_PAGE": "orders_page_size",
 }
-#: Pebble sleeps up to this long before each validation unless PEBBLE_VA_NOSLEEP is set.
-PEBBLE_MAX_VALIDATION_SLEEP = 15
+#: Pebble's hierarchy variables and the value test mode's hierarchy has (one alternate root,
+#: Root X1; chains of one issuing CA): another value is named in a warning at start.
+PEBBLE_HIERARCHY_ENV = {"PEBBLE_ALTERNATE_ROOTS": 1, "PEBBLE_CHAIN_LENGTH": 1}
+#: Pebble sleeps up to this long before each validation unless PEBBLE_VA_NOSLEEP is set
+#: (va.go defaultSleepTime); PEBBLE_VA_SLEEPTIME changes it.
+PEBBLE_MAX_VALIDATION_SLEEP = 5
+#: The spellings Pebble's va.go takes as true for PEBBLE_VA_NOSLEEP/PEBBLE_VA_ALWAYS_VALID.
+_PEBBLE_TRUE = ("1", "true", "True", "TRUE")
+#: ``--deterministic``: no nonce rejection, no sleep, authorizations always reused.
+DETERMINISTIC: dict[str, object] = {
+    "nonce_reject_percent": 0,
+    "validation_delay_seconds": 0,
+    "authz_reuse_percent": 100,
+}
+
+
+def pebble_validation_sleep(env: Mapping[str, str]) -> int | None:
+    """Pebble's sleep from PEBBLE_VA_NOSLEEP and PEBBLE_VA_SLEEPTIME: 0 when NOSLEEP is
+    true, else SLEEPTIME (a positive integer) or Pebble's default; None when neither is
+    set (acme_ca does not sleep unless asked, a documented difference)."""
+    nosleep, sleeptime = env.get("PEBBLE_VA_NOSLEEP"), env.get("PEBBLE_VA_SLEEPTIME")
+    if nosleep is not None and nosleep.strip() in _PEBBLE_TRUE:
+        return 0
+    if nosleep is None and sleeptime is None:
+        return None
+    if sleeptime is not None and sleeptime.strip().isdigit() and int(sleeptime) >= 1:
+        return int(sleeptime)
+    return PEBBLE_MAX_VALIDATION_SLEEP
+
+
+def pebble_hierarchy_differences(env: Mapping[str, str]) -> dict[str, str]:
+    """PEBBLE_ALTERNATE_ROOTS / PEBBLE_CHAIN_LENGTH values the test hierarchy does not have."""
+    return {
+        variable: env[variable]
+        for variable, ours in PEBBLE_HIERARCHY_ENV.items()
+        if variable in env and env[variable].strip() != str(ours)
+    }
 
 
 def test_mode_defaults(explicit: Mapping[str, object], env: Mapping[str, str]) -> dict[str, object]:
@@ -785,15 +836,20 @@ def test_mode_defaults(explicit: Mapping[str, object], env: Mapping[str, str]) -
     https01 = explicit.get("challsrv_https01", Config.challsrv_https01)
     if isinstance(https01, str) and https01 != "off":
         derived["https01_port"] = _split_host_port(https01)[1]
+    preset = DETERMINISTIC if explicit.get("deterministic") else {}
+    derived.update({name: value for name, value in preset.items() if name not in explicit})
     for variable, name in PEBBLE_ENV.items():
         raw = env.get(variable)
-        if raw is None or name in explicit:
+        if raw is None or name in explicit or name in preset:
             continue
-        if variable == "PEBBLE_VA_NOSLEEP":
-            nosleep = raw.strip().lower() in ("1", "true", "yes", "on")
-            derived[name] = 0 if nosleep else PEBBLE_MAX_VALIDATION_SLEEP
+        if variable == "PEBBLE_VA_ALWAYS_VALID":
+            derived[name] = raw.strip() in _PEBBLE_TRUE
         else:
             derived[name] = _coerce(variable, raw, hints[name])
+    sleep = pebble_validation_sleep(env)
+    skip_sleep = "validation_delay_seconds" in explicit or "validation_delay_seconds" in preset
+    if sleep is not None and not skip_sleep:
+        derived["validation_delay_seconds"] = sleep
     return derived
 
 

@@ -399,7 +399,7 @@ def test_pebble_va_nosleep(
     nosleep: str | None, expected_delay: int, dsn: str, tmp_path: Path, processes: CaProcesses
 ) -> None:
     """``PEBBLE_VA_NOSLEEP=1`` and unset both validate at once: unlike Pebble, acme_ca does
-    not sleep unless asked to. Set to a false value it sleeps like Pebble, up to 15 s."""
+    not sleep unless asked to. Set to a false value it sleeps like Pebble, up to 5 s."""
     extra = {} if nosleep is None else {"PEBBLE_VA_NOSLEEP": nosleep}
     ca = start_test_mode(
         processes,
@@ -411,7 +411,7 @@ def test_pebble_va_nosleep(
     ready = ca.proc.wait_event("testmode.ready")
     assert ready["validation_delay_seconds"] == expected_delay, ready
     if expected_delay:
-        return  # a random 0..15 s sleep: nothing to time reliably
+        return  # a random 0..5 s sleep: nothing to time reliably
     acme, key = acme_account(ca.directory_url, ca.cafile)
     order = acme.new_order(csr_pem(["nosleep.example.com"]))
     (authz,) = order.authorizations

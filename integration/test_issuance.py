@@ -71,7 +71,14 @@ ACCEPTED_WARNINGS = {
         "cabf.serverauth.subscriber_rsa_digitalsignature_and_keyencipherment_present",
     },
 }
-HSM_KEY_LABELS = {"acme-ca-root-r1", "acme-ca-root-x1", "acme-ca-dv-rsa", "acme-ca-dv-ecc"}
+HSM_KEY_LABELS = {
+    "acme-ca-root-r1",
+    "acme-ca-root-x1",
+    "acme-ca-dv-rsa",
+    "acme-ca-dv-ecc",
+    "acme-ca-ov-rsa",
+    "acme-ca-ov-ecc",
+}
 
 
 # ------------------------------------------------------------------------------------------

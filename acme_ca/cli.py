@@ -153,9 +153,10 @@ def _parser() -> argparse.ArgumentParser:
     remote = sub.add_parser(
         "remote-va",
         help="run a remote validation perspective (multi-perspective corroboration)",
-        description="A remote VA: a mutual-TLS HTTPS server that runs the CA's http-01, "
-        "dns-01 and CAA checks from this network through its own resolver and answers the "
-        "primary with its perspective id and RIR (BR 3.2.2.9; docs/mpic.md).",
+        description="A remote VA: a mutual-TLS HTTPS server that runs the CA's validation "
+        "checks (every method of the registry: http-01, dns-01, tls-alpn-01...) and CAA from "
+        "this network through its own resolver and answers the primary with its perspective "
+        "id and RIR (BR 3.2.2.9; docs/mpic.md).",
     )
     remote.add_argument(
         "--listen",

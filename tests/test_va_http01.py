@@ -25,12 +25,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from acme_ca.testsrv.server import ChallengeTestServer
+from acme_ca.va.addresses import public_address_policy
 from acme_ca.va.http01 import (
     BODY_SLACK,
     Http01Validator,
     TargetRefused,
     parse_target,
-    public_address_policy,
 )
 from acme_ca.va.resolver import DnsClient, ResolverSettings
 from tests.support.problems import ERR

@@ -366,3 +366,15 @@ def test_alpn_5_production_invariant_wants_port_443() -> None:
     assert not passed and "tlsalpn01_port = 5001, not 443" in detail
     off = replace(moved, challenge_types=["http-01", "dns-01"])
     assert check(Context(off, NOW, None, ""))[0]
+
+
+async def test_alpn_ipv6_first_then_ipv4_each_attempt_recorded(srv: ChallengeTestServer) -> None:
+    """IPv6 is tried first; when it refuses the connection the first IPv4 address is tried,
+    and both attempts are records (SC-099: the addresses tried)."""
+    srv.store.add_aaaa(NAME, ["::1"])
+    result, r = await check(srv, Spec())
+    assert result.ok, result.problem
+    first, second = result.records
+    assert first.server == f"[::1]:{r.port}" and first.error is not None
+    assert second.server == f"127.0.0.1:{r.port}" and second.result == "pass"
+    assert set(first.addresses) == {"::1", "127.0.0.1"}

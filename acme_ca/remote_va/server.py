@@ -3,7 +3,7 @@
 An HTTPS server with mutual TLS: only a client whose certificate chains to
 ``remote_va_client_ca`` and carries clientAuth (the primary's, from ``acme-ca mpic-certs``)
 completes the handshake.  It has one endpoint, ``POST /acme-ca/mpic/v1/check``, which runs
-the same check classes as the primary (:class:`Http01Validator`, :class:`Dns01Validator`,
+the same checks as the primary (every method of :mod:`acme_ca.va.registry` and
 :class:`CaaChecker`) through this perspective's own resolver (``dns_resolver``) and answers
 the :class:`CheckResult` JSON with its perspective id, RIR and the request's nonce.  Every
 request builds its checks afresh (a new DNS client), so nothing is reused between requests.

@@ -659,3 +659,33 @@ CREATE INDEX IF NOT EXISTS requests_certificate ON requests (certificate_id)
     WHERE certificate_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS requests_account ON requests (account_id, at)
     WHERE account_id IS NOT NULL;
+
+-- ---------------------------------------------------------------------------------------
+-- Rate limits (issue 16; docs/operations.md, "Rate limits"). One GCRA bucket per limit and
+-- key (account id, registered domain, name-set digest, account:hostname, address range):
+-- its theoretical arrival time `tat`, moved by one INSERT ... ON CONFLICT DO UPDATE per
+-- request (db/ratelimits.py), with the count/period it was last judged by. A bucket whose
+-- tat has passed is full and is purged.
+CREATE TABLE IF NOT EXISTS rate_limit_buckets (
+    limit_name      text NOT NULL,
+    bucket_key      text NOT NULL,
+    count           integer NOT NULL CHECK (count >= 0),
+    period_seconds  integer NOT NULL CHECK (period_seconds > 0),
+    tat             timestamptz NOT NULL,
+    allowed         boolean NOT NULL,
+    PRIMARY KEY (limit_name, bucket_key)
+);
+CREATE INDEX IF NOT EXISTS rate_limit_buckets_tat ON rate_limit_buckets (tat);
+
+-- Per-key overrides set by `acme-ca admin limits set` (count 0 blocks the key); each change
+-- is an audit row (ratelimit.override_set / ratelimit.override_cleared).
+CREATE TABLE IF NOT EXISTS rate_limit_overrides (
+    limit_name      text NOT NULL,
+    bucket_key      text NOT NULL,
+    count           integer NOT NULL CHECK (count >= 0),
+    period_seconds  integer NOT NULL CHECK (period_seconds > 0),
+    comment         text NOT NULL DEFAULT '',
+    actor           text NOT NULL,
+    created_at      timestamptz NOT NULL,
+    PRIMARY KEY (limit_name, bucket_key)
+);

@@ -16,6 +16,7 @@ import structlog
 from acme_ca.acme.b64 import b64url_encode
 from acme_ca.admin.args import COMMANDS as ADMIN_READ_COMMANDS
 from acme_ca.admin.args import register_admin, register_audit
+from acme_ca.cli_limits import add_limits_parser, run_limits
 from acme_ca.cli_org import (
     ORG_REVOCATION_REASON,
     add_org_parser,
@@ -330,6 +331,7 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     register_admin(admin_sub)
+    add_limits_parser(admin_sub)
     register_audit(sub)
     sub.add_parser("config-doc", help="print the configuration reference (Markdown)")
     return parser
@@ -464,6 +466,9 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: C901 -- flat dispat
         from acme_ca.admin import audit
 
         return audit.run(config, args)
+    if args.command == "admin" and args.admin_command == "limits":
+        actor = f"operator:{getattr(args, 'actor', None) or _operator_name()}"
+        return asyncio.run(run_limits(config, args, actor))
     if args.command == "admin" and args.admin_command == "block-key":
         return asyncio.run(_admin_block_key(config, args))
     if args.command == "admin":

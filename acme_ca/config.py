@@ -143,6 +143,13 @@ class Config:
     retry_after_seconds: int = _key(
         3, "Retry-After value sent while an order or challenge is processing."
     )
+    rate_limits: bool | None = _key(
+        None,
+        "Enforce the rate limits (new accounts per address range, new orders per account, "
+        "certificates per registered domain, duplicate certificates, failed validations; "
+        "docs/operations.md, Rate limits). Unset: on, except in test mode (`serve --test`), "
+        "where only `true` turns them on.",
+    )
     challenge_wait_seconds: int = _key(
         3,
         "How long a challenge POST waits for its validation to finish before answering "
@@ -489,6 +496,11 @@ class Config:
     def requests_in_flight_limit(self) -> int:
         """``max_requests_in_flight``, or four per pooled database connection."""
         return self.max_requests_in_flight or 4 * self.database_pool_size
+
+    @property
+    def rate_limits_enabled(self) -> bool:
+        """``rate_limits``, or its default: on outside test mode."""
+        return self.rate_limits if self.rate_limits is not None else not self.test_mode
 
     def metrics_address(self, process: str) -> str:
         """``metrics_listen``, or the default of ``process`` (serve, worker, remote-va)."""

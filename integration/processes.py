@@ -53,10 +53,13 @@ def base_env(**extra: str) -> dict[str, str]:
     nor Pebble's PEBBLE_* knobs (which ``serve --test`` and Pebble itself obey), so the
     shell a test runs from cannot change what a server under test does; ``extra`` on top.
     The metrics listener is off unless ``extra`` (or a flag) sets one: its fixed default
-    ports would collide between the servers and workers tests run at once."""
+    ports would collide between the servers and workers tests run at once.  Rate limits are
+    off too unless ``extra`` sets ``ACME_CA_RATE_LIMITS``: the harnesses and the benchmark
+    make many accounts and certificates from 127.0.0.1 for the same names."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ACME_CA_", "PEBBLE_"))}
     env["PYTHONUNBUFFERED"] = "1"
     env["ACME_CA_METRICS_LISTEN"] = "off"
+    env["ACME_CA_RATE_LIMITS"] = "false"
     env.update(extra)
     return env
 

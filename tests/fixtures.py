@@ -110,6 +110,9 @@ class CaFactory:
         self._runners: list[web.AppRunner] = []
 
     async def start(self, clock: Clock | None = None, **changes: object) -> RunningCa:
+        """A front end on ``Config()`` with ``changes``; rate limits off unless a test sets
+        ``rate_limits`` (tests make many accounts and orders from 127.0.0.1)."""
+        changes = {"rate_limits": False, **changes}
         sock = free_socket()
         port = sock.getsockname()[1]
         base = f"http://127.0.0.1:{port}"

@@ -25,6 +25,7 @@ from acme_ca.config_pebble import read_pebble_config
 from acme_ca.db.audit_chain import ensure_partitions
 from acme_ca.db.completions import OrderCompletions
 from acme_ca.db.organizations import OrganizationRepository
+from acme_ca.db.ratelimits import RateLimitRepository
 from acme_ca.db.requests import RequestRecorder
 from acme_ca.db.storage import Storage, open_storage
 from acme_ca.main.metrics import report_database
@@ -37,6 +38,7 @@ from acme_ca.ra.keys import KeyPolicy
 from acme_ca.ra.orders import OrderAuthority, OrderPolicy
 from acme_ca.ra.organizations import OrganizationPolicy
 from acme_ca.ra.profiles import AccountGate
+from acme_ca.ra.ratelimits import RateLimiter
 from acme_ca.ra.revocation import RevocationAuthority
 from acme_ca.remote_va.primary import build_validator
 from acme_ca.tasks import BackgroundTasks
@@ -161,6 +163,13 @@ def create_app(
                 )
             ),
         ]
+        if config.rate_limits_enabled:  # full buckets are the same as none: drop them
+            purge = RateLimitRepository(app[STORAGE].pool).purge
+            loops.append(
+                asyncio.create_task(
+                    _every(NONCE_PURGE_INTERVAL, "ratelimits.purge", lambda: purge(clock.now()))
+                )
+            )
         try:
             yield
         finally:
@@ -195,6 +204,11 @@ async def _front_end(
 ) -> FrontEnd:
     """The RA's authorities over ``storage`` and the front end's read-only repositories."""
     urls = Urls(config.external_base_url)
+    limits = (
+        RateLimiter(RateLimitRepository(storage.pool), clock)
+        if config.rate_limits_enabled
+        else None
+    )
     orders = OrderAuthority(
         storage.orders,
         IdentifierPolicy(max_names=config.max_names_per_order, blocked_names=config.blocked_names),
@@ -208,6 +222,7 @@ async def _front_end(
         enabled_methods(config.challenge_types),
         profiles=await profile_catalog(config, clock),
         account_gate=_account_gate(storage, clock),
+        limits=limits,
     )
     # Reads the weak-key lists: a blocking start-up step, kept off the loop.
     key_policy = await asyncio.to_thread(
@@ -235,6 +250,7 @@ async def _front_end(
             terms_of_service=config.terms_of_service,
             external_account_required=config.external_account_required,
             shared_eab_keys=await _pebble_eab_keys(config),
+            limits=limits,
         ),
         orders=orders,
         challenges=ChallengeAuthority(
@@ -249,6 +265,7 @@ async def _front_end(
             max_delay_seconds=config.validation_delay_seconds,
             wait_seconds=config.challenge_wait_seconds,
             retry_after_seconds=config.retry_after_seconds,
+            limits=limits,
         ),
         finalize=FinalizeAuthority(
             orders,
@@ -260,6 +277,7 @@ async def _front_end(
             account_uri=urls.account,
             completions=completions,
             wait_seconds=config.finalize_wait_seconds,
+            limits=limits,
         ),
         revocation=RevocationAuthority(storage.certificates, clock),
         account_reads=storage.accounts,

@@ -28,6 +28,7 @@ from acme_ca.db.accounts import (
 from acme_ca.db.eab import EabKeyRepository
 from acme_ca.ra.contacts import validate_contacts
 from acme_ca.ra.keys import KeyPolicy, KeyRejected
+from acme_ca.ra.ratelimits import RateLimiter
 
 log = structlog.get_logger(component="acme_ca.ra.accounts")
 
@@ -61,6 +62,7 @@ class AccountAuthority:
         terms_of_service: str | None,
         external_account_required: bool,
         shared_eab_keys: Mapping[str, bytes] | None = None,
+        limits: RateLimiter | None = None,
     ) -> None:
         """``shared_eab_keys`` (test mode's ``--pebble-config``) bind any number of accounts,
         as Pebble's do; keys from ``acme-ca eab create`` bind one account each."""
@@ -71,6 +73,7 @@ class AccountAuthority:
         self._clock = clock
         self._terms = terms_of_service
         self._eab_required = external_account_required
+        self._limits = limits
 
     async def check_account_key(self, jwk: Jwk) -> None:
         """Apply the key policy to an account key: ``badPublicKey`` on refusal (§6.2)."""
@@ -79,7 +82,11 @@ class AccountAuthority:
         except KeyRejected as exc:
             raise AcmeError(problems.bad_public_key(f"account key refused: {exc.detail}")) from None
 
-    async def new_account(self, jwk: Jwk, message: NewAccount, outer_url: str) -> NewAccountResult:
+    async def new_account(
+        self, jwk: Jwk, message: NewAccount, outer_url: str, *, source: str | None = None
+    ) -> NewAccountResult:
+        """Create (or find) the account of ``jwk``; ``source`` is the client's address, which
+        the new-accounts rate limit counts against."""
         existing = await self._accounts.get_by_thumbprint(jwk.thumbprint())
         if existing is not None:
             if existing.status != AccountStatus.VALID:
@@ -113,6 +120,8 @@ class AccountAuthority:
                 problems.external_account_required("this CA requires an externalAccountBinding")
             )
 
+        if self._limits is not None:
+            await self._limits.new_account(source)
         try:
             account = await self._accounts.create(
                 jwk=jwk,

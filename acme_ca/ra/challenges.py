@@ -29,6 +29,7 @@ from acme_ca.db.accounts import Account, AccountRepository
 from acme_ca.db.authorizations import Authorization, Challenge, ValidationOutcome
 from acme_ca.db.orders import OrderRepository
 from acme_ca.ra.br_schedule import BR_METHODS, BR_VERSION, max_dcv_reuse
+from acme_ca.ra.ratelimits import RateLimiter
 from acme_ca.tasks import BackgroundTasks
 from acme_ca.va.records import CheckResult
 
@@ -73,6 +74,7 @@ class ChallengeAuthority:
         max_delay_seconds: int = 0,
         wait_seconds: float = 0.0,
         retry_after_seconds: int = 3,
+        limits: RateLimiter | None = None,
     ) -> None:
         """``max_delay_seconds`` is the test-mode knob (Pebble sleeps before validating
         unless PEBBLE_VA_NOSLEEP): clients must poll rather than expect an instant result.
@@ -89,6 +91,7 @@ class ChallengeAuthority:
         self._max_delay = max_delay_seconds
         self._wait = wait_seconds
         self._retry_after = retry_after_seconds
+        self._limits = limits
 
     async def respond(self, account: Account, challenge_id: int) -> tuple[Challenge, Authorization]:
         """The client says it is ready: start validation, once.
@@ -110,6 +113,8 @@ class ChallengeAuthority:
                         f"the authorization is {authz.status}; this challenge cannot be started"
                     )
                 )
+            if self._limits is not None:
+                await self._limits.check_failed_validations(account.id, authz.identifier)
             if await self._orders.start_challenge(
                 challenge.id, now=self._clock.now(), lease=self._lease
             ):
@@ -214,6 +219,8 @@ class ChallengeAuthority:
             ),
         )
         changed = await self._orders.finish_validation(challenge_id, outcome, now)
+        if not valid and self._limits is not None:
+            await self._limits.failed_validation(account.id, authz.identifier)
         log.info(
             "challenge.valid" if valid else "challenge.invalid",
             challenge_id=challenge_id,

@@ -30,6 +30,7 @@ from acme_ca.profiles import Profile
 from acme_ca.ra.csr import CheckedCsr, check_csr
 from acme_ca.ra.keys import KeyPolicy
 from acme_ca.ra.orders import OrderAuthority
+from acme_ca.ra.ratelimits import RateLimiter
 from acme_ca.va.records import CheckResult
 
 log = structlog.get_logger(component="acme_ca.ra.finalize")
@@ -57,8 +58,10 @@ class FinalizeAuthority:
         account_uri: Callable[[int], str],
         completions: OrderCompletions | None = None,
         wait_seconds: float = 0.0,
+        limits: RateLimiter | None = None,
     ) -> None:
         self._orders = orders
+        self._limits = limits
         self._order_repo = order_repo
         self._issuance = issuance
         self._key_policy = key_policy
@@ -85,6 +88,8 @@ class FinalizeAuthority:
             key_policy=self._key_policy,
         )
         await self._recheck_stale_caa(account, order)
+        if self._limits is not None:  # an ARI renewal is exempt from the per-domain limit
+            await self._limits.issuance(checked.names, replaces=order.replaces is not None)
         issuer = _issuer_for(profile, checked)
         if self._completions is None or self._wait <= 0:
             return await self._enqueue(account, order, checked, issuer, profile)

@@ -27,6 +27,7 @@ from acme_ca.profiles import Profile
 from acme_ca.ra.br_schedule import MAX_TOKEN_LIFETIME, METHOD_REUSE_CAPS, max_dcv_reuse
 from acme_ca.ra.identifiers import IdentifierPolicy, base_domain, is_wildcard
 from acme_ca.ra.profiles import AccountGate, ProfileCatalog, profile_challenges
+from acme_ca.ra.ratelimits import RateLimiter
 from acme_ca.va.registry import DEFAULT_METHODS, EnabledMethods
 
 log = structlog.get_logger(component="acme_ca.ra.orders")
@@ -67,9 +68,11 @@ class OrderAuthority:
         *,
         profiles: ProfileCatalog,
         account_gate: AccountGate,
+        limits: RateLimiter | None = None,
     ) -> None:
         """``methods``: the challenge types offered (``challenge_types``); ``profiles``: the
-        profiles on offer; ``account_gate``: who may use an organization profile."""
+        profiles on offer; ``account_gate``: who may use an organization profile; ``limits``:
+        the rate limits (None: none)."""
         self._orders = orders
         self._identifiers = identifiers
         self._policy = policy
@@ -77,6 +80,7 @@ class OrderAuthority:
         self._methods = methods or DEFAULT_METHODS
         self.profiles = profiles
         self._account_gate = account_gate
+        self._limits = limits
 
     def _may_reuse(self) -> bool:
         percent = self._policy.authz_reuse_percent
@@ -101,6 +105,8 @@ class OrderAuthority:
         await self._account_gate.check(profile, account.id)
         identifiers = self._identifiers.check_order(message.identifiers)
         replaces = await self._replacement(account, identifiers, message.replaces)
+        if self._limits is not None:  # after the checks that need no write
+            await self._limits.new_order(account.id)
 
         now = self._clock.now()
         reuse_from = now - self.reuse_period(profile)

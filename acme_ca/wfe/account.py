@@ -33,7 +33,9 @@ async def post_new_account(request: web.Request) -> web.Response:
     fe = front_end(request)
     verified = await verify_post(request, KeyMode.JWK, NewAccount)
     assert verified.jwk is not None
-    result = await fe.accounts.new_account(verified.jwk, verified.message, verified.url)
+    result = await fe.accounts.new_account(
+        verified.jwk, verified.message, verified.url, source=request.remote
+    )
     account = result.account
     structlog.contextvars.bind_contextvars(account_id=account.id)
     body = account_resource(account, result.external_account_binding).to_json(fe.urls)

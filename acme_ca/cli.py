@@ -20,6 +20,7 @@ from acme_ca.cli_limits import add_limits_parser, run_limits
 from acme_ca.cli_org import (
     ORG_REVOCATION_REASON,
     add_org_parser,
+    organization_unusable,
     revoke_org_certificates,
     run_org,
 )
@@ -557,6 +558,10 @@ async def _eab(config: Config, args: argparse.Namespace) -> int:
             if args.eab_command == "create":
                 kid = args.kid or "kid-" + secrets.token_hex(8)
                 key = _command_line_safe_key()
+                why = None if args.org is None else await organization_unusable(pool, args.org, now)
+                if why is not None:
+                    print(f"acme-ca: cannot bind the key: {why}", file=sys.stderr)
+                    return 1
                 try:
                     await repo.create(
                         kid, key, args.comment, now, actor="operator:cli", organization_id=args.org

@@ -193,3 +193,19 @@ async def revoke_org_certificates(
         raise OperatorRevocationError(f"no organization {organization_id}")
     accounts = await organizations.account_ids(organization_id)
     return await authority.revoke_organization(accounts, reason, actor=actor, dry_run=dry_run)
+
+
+async def organization_unusable(
+    pool: asyncpg.Pool, organization_id: int, now: datetime
+) -> str | None:
+    """Why ``eab create --org`` should not bind a key to the organization now: it is unknown,
+    revoked, or its vetting is past the BR 4.2.1 reuse period (the key could order nothing:
+    vet it again first).  None when it may be bound."""
+    from acme_ca.db.organizations import OrganizationRepository
+    from acme_ca.ra.organizations import organization_problem
+
+    org = await OrganizationRepository(pool).get(organization_id)
+    if org is None:
+        return f"no organization {organization_id}"
+    problem = organization_problem(org, now)
+    return None if problem is None else problem.detail

@@ -439,6 +439,13 @@ async def test_eab_create_org_binds_the_account(
     await OrganizationRepository(pool).revoke(org.id, datetime.now(UTC), "operator:test")
     code, _, err = await run_cli(dsn, tmp_path, "eab", "create", "--org", str(org.id))
     assert code == 1 and "revoked" in err
+    # A key for an organization whose vetting is past the reuse period could order nothing.
+    stale = await add_org(pool, datetime.now(UTC) - timedelta(days=400), name="Stale K.K.")
+    code, _, err = await run_cli(dsn, tmp_path, "eab", "create", "--org", str(stale.id))
+    assert code == 1 and "at most 398 days" in err and "vet it again" in err, err
+    code, _, err = await run_cli(dsn, tmp_path, "eab", "create", "--org", "999999")
+    assert code == 1 and "no organization 999999" in err
+    assert len(await audit(pool, "eab.created")) == 1
 
 
 # --------------------------------------------------------------------------- migration 009

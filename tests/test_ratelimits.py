@@ -19,6 +19,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from acme_ca import metrics
+from acme_ca.acme import ari
+from acme_ca.acme.b64 import b64url_encode
 from acme_ca.acme.problems import AcmeError
 from acme_ca.cli_limits import LIMIT_NAMES
 from acme_ca.clock import FixedClock
@@ -37,7 +39,9 @@ from acme_ca.ra.ratelimits import (
 from acme_ca.testsrv.server import ChallengeTestServer
 from tests.fixtures import CaFactory
 from tests.support.jws import JwsClient
-from tests.support.orders import subscriber, validation_config
+from tests.support.orders import Subscriber, subscriber, validation_config
+from tests.support.revocation import account_id_of, make_issuer, make_leaf, store_certificate
+from tests.support.worker import build_csr
 
 NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 RATE_LIMITED = "urn:ietf:params:acme:error:rateLimited"
@@ -281,3 +285,53 @@ async def test_admin_limits_set_list_clear_cli(dsn: str, tmp_path: Path) -> None
     assert code == 0 and out.startswith("cleared\tcertificates_per_domain\texample.com"), err
     code, out, err = await admin("clear", "certificates_per_domain", "example.com")
     assert code == 1 and "no override" in err
+
+
+async def ready_order(sub: Subscriber, names: list[str], replaces: str | None = None) -> str:
+    """An order for ``names`` validated by http-01 and ready; its URL."""
+    payload: dict[str, object] = {"identifiers": [{"type": "dns", "value": n} for n in names]}
+    if replaces is not None:
+        payload["replaces"] = replaces
+    order = await sub.post(sub.directory["newOrder"], payload)
+    assert order.status == 201, order.body
+    for authz in order.body["authorizations"]:
+        await sub.answer(authz, "http-01")
+        assert (await sub.wait_authz(authz))["status"] == "valid"
+    url: str = order.headers["Location"]
+    assert (await sub.wait_order(url))["status"] == "ready"
+    return url
+
+
+async def test_finalize_per_domain_limit_ari_renewal_exempt_over_http(
+    ca_factory: CaFactory,
+    challsrv: ChallengeTestServer,
+    session: aiohttp.ClientSession,
+    pool: asyncpg.Pool,
+) -> None:
+    """example.com blocked (override 0): finalizing a new certificate under it is refused
+    with rateLimited naming certificates_per_domain; a renewal that sent ARI ``replaces`` for
+    a certificate of the account is queued all the same (RFC 9773; Let's Encrypt's rule)."""
+    ca = await ca_factory.start(
+        rate_limits=True, finalize_wait_seconds=0, **validation_config(challsrv)
+    )
+    sub = await subscriber(ca, session, challsrv)
+    leaf = make_leaf(make_issuer("Rate limit ARI issuer"), ["renew.example.com"])
+    await store_certificate(pool, account_id_of(sub), leaf)
+    await RateLimitRepository(pool).set_override(
+        Override("certificates_per_domain", "example.com", 0, 7 * 86400, "", "op", NOW)
+    )
+    fresh = await ready_order(sub, ["fresh.example.com"])
+    csr = b64url_encode(build_csr(["fresh.example.com"]))
+    refused_reply = await sub.post(fresh + "/finalize", {"csr": csr})
+    assert refused_reply.status == 429, refused_reply.body
+    assert refused_reply.body["type"] == RATE_LIMITED
+    assert "certificates_per_domain" in refused_reply.body["detail"]
+    assert "for example.com" in refused_reply.body["detail"]
+    assert int(refused_reply.headers["Retry-After"]) == 7 * 86400
+    assert (await sub.get(fresh)).body["status"] == "ready"  # nothing queued
+
+    renewal = await ready_order(sub, ["renew.example.com"], replaces=ari.cert_id_of(leaf.cert))
+    csr = b64url_encode(build_csr(["renew.example.com"]))
+    queued = await sub.post(renewal + "/finalize", {"csr": csr})
+    assert queued.status == 200, queued.body
+    assert queued.body["status"] == "processing"

@@ -901,7 +901,11 @@ def _profile_reference() -> str:
     def show(value: object) -> str:
         if isinstance(value, bool):
             return f"`{str(value).lower()}`"
-        return "-" if value is None else f"`{value}`".replace("'", '"')
+        if isinstance(value, list):  # as TOML writes it
+            return (
+                "`[" + ", ".join(f'"{v}"' if isinstance(v, str) else str(v) for v in value) + "]`"
+            )
+        return "-" if value is None else f"`{value}`"
 
     for f in spec_fields:
         shipped = " | ".join(show(getattr(spec, f.name)) for spec in SHIPPED.values())

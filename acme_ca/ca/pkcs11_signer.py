@@ -471,7 +471,18 @@ class Pkcs11Signer:
         async with self._reopen_lock:
             if not self._stale and self._generation == self._state.generation:
                 return  # another signature reopened meanwhile
-            old = [await self._pool.get() for _ in range(self._pool_size)]
+            old: list[_PoolEntry] = []
+            try:
+                async with asyncio.timeout(self._session_wait):
+                    while len(old) < self._pool_size:  # signatures in flight finish first
+                        old.append(await self._pool.get())
+            except TimeoutError:
+                for entry in old:
+                    self._pool.put_nowait(entry)
+                raise SignerError(
+                    f"PKCS#11 sessions of key {self._key_label!r} still busy after "
+                    f"{self._session_wait:g} s; not reopened"
+                ) from None
             seen = self._seen_generation
 
             def work() -> tuple[int, list[_PoolEntry], CaPublicKey, int]:

@@ -19,6 +19,7 @@ from acme_ca.clock import FixedClock
 from acme_ca.db.issuance_jobs import AuthorizationEvidence
 from acme_ca.ra.br_schedule import max_dcv_reuse
 from acme_ca.testsrv.server import ChallengeTestServer
+from acme_ca.wfe.services import FRONT_END
 from tests.fixtures import CaFactory, RunningCa
 from tests.support.orders import Subscriber, subscriber, validation_config
 from tests.support.problems import ERR
@@ -100,21 +101,29 @@ async def validated_authz(client: Subscriber, name: str, kind: str) -> str:
 @pytest.mark.parametrize(
     ("kind", "after", "reused"),
     [
-        ("dns-persist-01", timedelta(days=9), True),
-        ("dns-persist-01", timedelta(days=10), False),
+        ("dns-persist-01", timedelta(minutes=1), False),
+        ("dns-persist-01", timedelta(days=9), False),
         ("http-01", timedelta(days=10), True),
     ],
-    ids=["persist-9d", "persist-10d", "http-01-10d"],
+    ids=["persist-1min", "persist-9d", "http-01-10d"],
 )
-async def test_persist_2_order_time_reuse_capped_at_ten_days(
+async def test_persist_2_new_orders_do_not_reuse_persist_authorizations(
     client: Subscriber, clock: FixedClock, kind: str, after: timedelta, reused: bool
 ) -> None:
-    name = f"{kind}.reuse.example.com"
+    """The draft caps reuse at the record's TTL (seconds to minutes, known only to the
+    resolver): a new order validates again, as in Boulder (ra.NOT_REUSED_BY_NEW_ORDERS); the
+    record still being there, that is one lookup.  An http-01 authorization of 10 days is
+    reused (the control)."""
+    name = f"{kind}-{after.days}.reuse.example.com"
     first = await validated_authz(client, name, kind)
     clock.advance(after)
     second = await client.new_order(name)
     assert (second.body["authorizations"] == [first]) is reused
     assert second.body["status"] == ("ready" if reused else "pending")
+    if not reused:  # the same persistent record validates the new authorization at once
+        (authz_url,) = second.body["authorizations"]
+        await client.answer(authz_url, kind)
+        assert (await client.wait_authz(authz_url))["status"] == "valid"
 
 
 async def test_persist_2_authorization_expires_with_the_cap(
@@ -126,11 +135,12 @@ async def test_persist_2_authorization_expires_with_the_cap(
     assert authz["expires"] == (START + timedelta(days=10)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-async def test_persist_2_order_time_reuse_query_refuses_old_persist_validation(
-    client: Subscriber, clock: FixedClock, dsn: str
+async def test_persist_2_reuse_query_applies_a_method_cap_whatever_the_stored_expiry(
+    client: Subscriber, persist_ca: RunningCa, dsn: str
 ) -> None:
-    """The stored expiry is not the only guard: an authorization validated by dns-persist-01
-    more than 10 days ago is not reused even if its row says it expires later."""
+    """db/orders.reusable_authorization's per-method bound holds on its own: with dns-persist-01
+    allowed at order time again (the BR cap alone, 10 days), an authorization validated 11
+    days ago is still not reused though its row says it expires later."""
     first = await validated_authz(client, "row.example.com", "dns-persist-01")
     authz_id = int(first.rsplit("/", 1)[1])
     conn = await asyncpg.connect(dsn)
@@ -140,8 +150,21 @@ async def test_persist_2_order_time_reuse_query_refuses_old_persist_validation(
             authz_id,
             START + timedelta(days=30),
         )
+        account_id = await conn.fetchval(
+            "SELECT account_id FROM authorizations WHERE id = $1", authz_id
+        )
     finally:
         await conn.close()
-    clock.advance(timedelta(days=11))
-    second = await client.new_order("row.example.com")
-    assert second.body["authorizations"] != [first]
+    repo = persist_ca.app[FRONT_END].order_reads
+    for days, expected in ((9, authz_id), (11, None)):
+        now = START + timedelta(days=days)
+        found = await repo.reusable_authorization(
+            account_id,
+            "row.example.com",
+            False,
+            now=now,
+            valid_not_before=now - timedelta(days=30),
+            min_remaining=timedelta(minutes=5),
+            method_not_before={"dns-persist-01": now - max_dcv_reuse(now, "dns-persist-01")},
+        )
+        assert found == expected, days

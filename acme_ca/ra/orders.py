@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import structlog
 from cryptography import x509
@@ -31,6 +31,16 @@ from acme_ca.ra.ratelimits import RateLimiter
 from acme_ca.va.registry import DEFAULT_METHODS, EnabledMethods
 
 log = structlog.get_logger(component="acme_ca.ra.orders")
+
+#: Challenge types whose valid authorizations a new order never reuses.  dns-persist-01:
+#: the draft makes the TXT record's TTL the reuse period when it is shorter
+#: (draft-ietf-acme-dns-persist, "Validation Data Reuse and TTL Handling"), which is seconds
+#: to minutes in practice and only the answering resolver knows; so, as Boulder does, each
+#: order validates again (the record is still there: one lookup, nothing for the client to
+#: publish).  BR 3.2.2.4.22's 10 days still bound the authorization itself and the
+#: signing-time recheck (METHOD_REUSE_CAPS).
+NOT_REUSED_BY_NEW_ORDERS = ("dns-persist-01",)
+_NEVER = datetime.max.replace(tzinfo=UTC)
 
 #: 256 bits of CSPRNG per token (ACME-CHAL-4 asks for at least 128).
 TOKEN_BYTES = 32
@@ -125,8 +135,11 @@ class OrderAuthority:
                     valid_not_before=reuse_from,
                     min_remaining=timedelta(minutes=5),
                     method_not_before={
-                        method: now - min(self.reuse_period(), cap)
-                        for method, cap in METHOD_REUSE_CAPS.items()
+                        **{
+                            method: now - min(self.reuse_period(), cap)
+                            for method, cap in METHOD_REUSE_CAPS.items()
+                        },
+                        **{method: _NEVER for method in NOT_REUSED_BY_NEW_ORDERS},
                     },
                 )
             reuse.append(existing)

@@ -31,13 +31,16 @@ from acme_ca.clock import FixedClock, SystemClock
 from acme_ca.config import Config, ConfigError, load_config
 from acme_ca.db.eab import EabKeyRepository
 from acme_ca.db.issuance import IssuanceRepository
+from acme_ca.db.migrate import apply_schema
 from acme_ca.db.organizations import OrganizationRepository
+from acme_ca.embedded_pg import EmbeddedPostgres
 from acme_ca.profiles import SHIPPED, ProfileSpec
 from acme_ca.ra.organizations import OrganizationPolicy
 from acme_ca.ra.profiles import ProfileConfigError, build_catalog
 from tests.fixtures import CaFactory
 from tests.support.ct import Harness, harness, three_operators
 from tests.support.jws import JwsClient
+from tests.support.migrations import create_schema_before
 from tests.support.worker import build_csr, insert_ready_order, make_pki_config
 
 INVALID_PROFILE = "urn:ietf:params:acme:error:invalidProfile"
@@ -451,3 +454,51 @@ async def test_ov_job_of_an_unbound_account_signs_nothing(
         await pool.fetchval("SELECT count(*) FROM precertificates WHERE order_id = $1", order_id)
         == 0
     )
+
+
+# --------------------------------------------------------------------------- migration 008
+
+
+async def test_migration_008_gives_old_orders_and_jobs_the_dv_profile(
+    postgres: EmbeddedPostgres,
+) -> None:
+    """A database from before 008 with an order (profile NULL) and its queued job: both are
+    `dv` afterwards, the column is NOT NULL with default `dv` (a process of the previous
+    release, which names no profile, still inserts), and the schema replays cleanly."""
+    dsn = postgres.create_database(f"m_{os.urandom(8).hex()}")
+    conn = await asyncpg.connect(dsn)
+    try:
+        await create_schema_before(conn, 8)
+        account_id = await conn.fetchval(
+            "INSERT INTO accounts (key_thumbprint, jwk, status, created_at, updated_at) "
+            "VALUES ($1, '{}', 'valid', now(), now()) RETURNING id",
+            os.urandom(32),
+        )
+        order_id = await conn.fetchval(
+            "INSERT INTO orders (account_id, status, identifiers, expires_at, created_at, "
+            "updated_at) VALUES ($1, 'processing', '[]', now(), now(), now()) RETURNING id",
+            account_id,
+        )
+        assert await conn.fetchval("SELECT profile FROM orders") is None
+        await conn.execute(
+            "INSERT INTO issuance_jobs (order_id, account_id, csr_der, names, status, issuer, "
+            "created_at, updated_at) VALUES ($1, $2, '\\x00', '[]', 'queued', 'dv-ecc', now(), "
+            "now())",
+            order_id,
+            account_id,
+        )
+        applied = await apply_schema(conn)
+        assert 8 in applied
+        assert await conn.fetchval("SELECT profile FROM orders") == "dv"
+        assert await conn.fetchval("SELECT profile FROM issuance_jobs") == "dv"
+        later = await conn.fetchval(
+            "INSERT INTO orders (account_id, status, identifiers, expires_at, created_at, "
+            "updated_at) VALUES ($1, 'pending', '[]', now(), now(), now()) RETURNING profile",
+            account_id,
+        )
+        assert later == "dv"
+        with pytest.raises(asyncpg.NotNullViolationError):
+            await conn.execute("UPDATE orders SET profile = NULL")
+        assert await apply_schema(conn) == [], "replaying the schema changes nothing"
+    finally:
+        await conn.close()

@@ -404,6 +404,14 @@ class Config:
         "/intermediates/N, /intermediate-keys/N, /cert-status-by-serial/SERIAL (also on the "
         "challenge test server's management API); `off` disables it.",
     )
+    special_use_names: bool = _key(
+        False,
+        "Test mode: accept the special-use names CI suites use (.test, .example, .localhost, "
+        ".invalid, and single labels that are not TLDs, such as localhost), waiving only the "
+        "internal-name lint finding for them (each waiver logged); every other name rule "
+        "stays. On by default in test mode; `false` restores the production name policy. "
+        "Refused outside test mode.",
+    )
     deterministic: bool = _key(
         False,
         "Test mode (`serve --test --deterministic`): the reproducible preset: no nonce "
@@ -607,6 +615,8 @@ class Config:
             raise ConfigError("https01_port other than 443 is for test mode (BR 3.2.2.4.19)")
         if self.management_listen != "off":
             _split_host_port(self.management_listen)
+        if self.special_use_names and not self.test_mode:
+            raise ConfigError("special_use_names is for test mode (serve --test) only")
         if self.deterministic and not self.test_mode:
             raise ConfigError("deterministic is a test-mode preset (serve --test)")
         if self.deterministic and any(
@@ -832,6 +842,7 @@ def test_mode_defaults(explicit: Mapping[str, object], env: Mapping[str, str]) -
         "http01_port": 5002,
         "allow_loopback_validation": True,
         "dnssec": "off",
+        "special_use_names": True,
     }
     tlsalpn01 = explicit.get("challsrv_tlsalpn01", Config.challsrv_tlsalpn01)
     listener = tlsalpn01 if isinstance(tlsalpn01, str) and tlsalpn01 != "off" else None

@@ -17,7 +17,7 @@ from acme import client, messages
 from acme import crypto_util as acme_crypto
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from josepy.jwa import ES256
+from josepy.jwa import ES256, JWASignature
 from josepy.jwk import JWK, JWKEC
 
 from integration.processes import (
@@ -106,11 +106,17 @@ def openssl_verify(cafile: Path, untrusted: Path, leaf: Path) -> None:
     assert verify.stdout.strip() == f"{leaf}: OK", describe(verify)
 
 
-def acme_account(directory_url: str, cafile: Path | None) -> tuple[client.ClientV2, JWK]:
-    key = JWKEC(key=ec.generate_private_key(ec.SECP256R1()))
+def acme_account(
+    directory_url: str,
+    cafile: Path | None,
+    key: JWK | None = None,
+    alg: JWASignature = ES256,
+) -> tuple[client.ClientV2, JWK]:
+    """A registered account; P-256/ES256 unless ``key`` and ``alg`` say otherwise."""
+    key = key or JWKEC(key=ec.generate_private_key(ec.SECP256R1()))
     net = client.ClientNetwork(
         key,
-        alg=ES256,
+        alg=alg,
         user_agent="acme-ca-integration",
         # requests takes a CA bundle path wherever it takes True.
         verify_ssl=str(cafile) if cafile is not None else True,  # type: ignore[arg-type]

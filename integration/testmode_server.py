@@ -124,6 +124,9 @@ def start_test_mode(
         ACME_CA_STATUS_LISTEN=f"127.0.0.1:{status}",
         ACME_CA_CHALLSRV_DNS=f"127.0.0.1:{dns_port}",
         ACME_CA_CHALLSRV_MANAGEMENT=f"127.0.0.1:{management}",
+        # Pebble's management listener (15000 by default): a free port, so servers run side
+        # by side
+        ACME_CA_MANAGEMENT_LISTEN=f"127.0.0.1:{free_port()}",
         **{"ACME_CA_CHALLSRV_HTTPS01": f"127.0.0.1:{free_port()}", **(env or {})},
     )
     if dsn is not None:

@@ -68,7 +68,7 @@ from acme_ca.ca.ct.sct import final_tbs, remove_poison
 from acme_ca.ca.ct.submit import CertificateTransparency, CtPolicyNotMet, LoggedSct
 from acme_ca.ca.der import sign_tbs_certificate, throwaway_signed_tbs
 from acme_ca.ca.issuers import Issuer, IssuerSet
-from acme_ca.ca.lint import CertificateLinter, LintKind
+from acme_ca.ca.lint import CertificateLinter, LintFinding, LintKind
 from acme_ca.ca.profile import (
     DV_POLICY_OID,
     OV_POLICY_OID,
@@ -95,6 +95,8 @@ log = structlog.get_logger(component="acme_ca.ca.worker")
 
 #: A job's lease (``issuance_lease_seconds``), renewed every third of it while the job runs.
 DEFAULT_LEASE = timedelta(seconds=30)
+#: pkilint's finding for a SAN under a reserved or special-use domain (BR 7.1.2.7.12).
+INTERNAL_NAME_FINDING = "cabf.internal_domain_name"
 #: How long an order waits while the HSM fails (``hsm_deadline_seconds``).
 DEFAULT_HSM_DEADLINE = timedelta(hours=1)
 #: Backoff after an HSM failure: 1 s doubling, at most this, so a returning token is used soon.
@@ -205,8 +207,12 @@ class SigningWorker:
         organizations: OrganizationLookup | None = None,
         hsm_deadline: timedelta = DEFAULT_HSM_DEADLINE,
         organization_subject: OrganizationSubject | None = None,
+        internal_name_waiver: Callable[[str], bool] | None = None,
     ) -> None:
         self._jobs = jobs
+        #: Test mode's special-use names (``IdentifierPolicy.is_special_use``): for a job with
+        #: one, the internal-name lint finding, and only it, is waived and logged.
+        self._internal_name_waiver = internal_name_waiver
         self._hsm_deadline = hsm_deadline
         self._issuers = issuers
         self._linter = linter
@@ -639,9 +645,10 @@ class SigningWorker:
         """Lint ``der``; on an ERROR or FATAL finding fail the order (nothing more is signed)
         and return False.  Also returns the findings, one line each."""
         report = await self._linter.alint(der, kind, signing_time)
-        if not report.blocking:
+        blocking = self._unwaived(job, report.blocking, kind)
+        if not blocking:
             return True, [str(f) for f in report.findings]
-        findings = [str(f) for f in report.blocking]
+        findings = [str(f) for f in blocking]
         log.error("issuance.lint_failed", kind=kind, findings=findings, step=job.step)
         what = "precertificate" if kind.endswith("-PRE-CERTIFICATE") else "certificate"
         signed = " beyond the precertificate" if isinstance(job, PrecertSignedJob) else ""
@@ -654,6 +661,29 @@ class SigningWorker:
             self._clock.now(),
         )
         return False, [str(f) for f in report.findings]
+
+    def _unwaived(
+        self, job: IssuanceJob, blocking: tuple[LintFinding, ...], kind: LintKind
+    ) -> tuple[LintFinding, ...]:
+        """The blocking findings left after test mode's one waiver: the internal-name finding
+        for a job with special-use names (.test, localhost, ...), each waiver logged."""
+        waiver = self._internal_name_waiver
+        special = [name for name in job.names if waiver is not None and waiver(name)]
+        if not special:
+            return blocking
+        kept = []
+        for finding in blocking:
+            if finding.code != INTERNAL_NAME_FINDING:
+                kept.append(finding)
+                continue
+            log.warning(
+                "issuance.lint_waived",
+                kind=kind,
+                finding=str(finding),
+                names=special,
+                reason="test mode: special-use name",
+            )
+        return tuple(kept)
 
     async def _organization(self, job: IssuanceJob) -> x509.Name | None:
         """The OV subject attributes of the job's account, from its vetted organization; None

@@ -211,7 +211,11 @@ async def _front_end(
     )
     orders = OrderAuthority(
         storage.orders,
-        IdentifierPolicy(max_names=config.max_names_per_order, blocked_names=config.blocked_names),
+        IdentifierPolicy(
+            max_names=config.max_names_per_order,
+            blocked_names=config.blocked_names,
+            special_use_names=config.special_use_names,
+        ),
         OrderPolicy(
             order_lifetime=timedelta(seconds=config.order_lifetime_seconds),
             pending_authz_lifetime=timedelta(seconds=config.pending_authz_lifetime_seconds),

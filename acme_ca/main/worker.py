@@ -30,6 +30,7 @@ from acme_ca.db.status import StatusRepository
 from acme_ca.db.storage import Storage, open_storage
 from acme_ca.main.metrics import report_database
 from acme_ca.main.profiles import profile_catalog
+from acme_ca.ra.identifiers import IdentifierPolicy
 from acme_ca.ra.organizations import OrganizationPolicy
 from acme_ca.remote_va.primary import build_validator
 from acme_ca.status.key_compromise import KeyCompromiseSweeper
@@ -190,6 +191,9 @@ async def run_worker(
             organization_subject=OrganizationPolicy(
                 OrganizationRepository(storage.pool), clock
             ).subject,
+            internal_name_waiver=IdentifierPolicy(special_use_names=True).is_special_use
+            if config.special_use_names
+            else None,
         )
         await _run_together(
             (worker.run(stop), "signing-worker"),

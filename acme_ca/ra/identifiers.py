@@ -81,6 +81,10 @@ INTERNAL_SUFFIXES: Final = frozenset(
     }
 )
 ONION_SUFFIX: Final = "onion"
+#: Test mode only (``special_use_names``): the RFC 6761 names CI suites use.  A name under
+#: one of these, or a single label that is not an ICANN TLD (``localhost``), is accepted
+#: there; the rest of :data:`INTERNAL_SUFFIXES` stays refused.
+TEST_MODE_SUFFIXES: Final = frozenset({"test", "example", "localhost", "invalid"})
 
 _LDH: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 
@@ -194,10 +198,15 @@ class IdentifierPolicy:
         max_names: int = DEFAULT_MAX_NAMES,
         blocked_names: Iterable[str] = frozenset(),
         psl: PublicSuffixList | None = None,
+        *,
+        special_use_names: bool = False,
     ) -> None:
+        """``special_use_names`` (test mode only, as Pebble issues for any valid name):
+        accept :meth:`is_special_use` names; every other rule still applies."""
         if max_names < 1:
             raise ValueError("max_names must be at least 1")
         self.max_names = max_names
+        self.special_use_names = special_use_names
         self.blocked_names = frozenset(n.lower().rstrip(".") for n in blocked_names)
         self._psl = psl if psl is not None else icann_public_suffix_list()
 
@@ -206,10 +215,20 @@ class IdentifierPolicy:
         if identifier.type != DNS_TYPE:
             return REASON_UNSUPPORTED_TYPE
         reason = _syntax_reason(identifier.value)
+        name = identifier.value.lower()
+        if reason == REASON_TOO_FEW_LABELS and self.special_use_names:
+            reason = None if self.is_special_use(name) else reason
         if reason is None:
-            name = identifier.value.lower()
             reason = self._namespace_reason(base_domain(name), wildcard=is_wildcard(name))
         return reason
+
+    def is_special_use(self, name: str) -> bool:
+        """A test-mode special-use name: under .test, .example, .localhost or .invalid, or a
+        single label that is not an ICANN TLD (``localhost``, ``myhost``)."""
+        base = base_domain(name.lower().rstrip("."))
+        if "." not in base:
+            return bool(base) and self._psl.publicsuffix(base, accept_unknown=False) is None
+        return base.rsplit(".", 1)[1] in TEST_MODE_SUFFIXES
 
     def _namespace_reason(self, base: str, *, wildcard: bool) -> str | None:
         """Rules about where in the DNS tree a syntactically valid name sits."""
@@ -218,6 +237,11 @@ class IdentifierPolicy:
             ((ONION_SUFFIX,), REASON_ONION),
             (INTERNAL_SUFFIXES, REASON_INTERNAL_NAME),
         )
+        if self.special_use_names and self.is_special_use(base):
+            if wildcard and "." not in base:  # "*.test": a wildcard on the special-use TLD
+                return REASON_WILDCARD_ON_PUBLIC_SUFFIX
+            blocked = any(parent in self.blocked_names for parent in _parents(base))
+            return REASON_BLOCKED if blocked else None
         for suffixes, reason in reserved:
             if any(_has_suffix(base, s) for s in suffixes):
                 return reason

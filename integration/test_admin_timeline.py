@@ -204,6 +204,9 @@ def test_issue_16_admin_order_timeline_of_a_certbot_issuance_and_revocation(
     )
     cert = json.loads(admin("admin", "cert", serial, "--json")[1])
     assert cert["status"] == "revoked" and cert["revocation_reason"] == "superseded"
+    assert len(cert["scts"]) == len(scts) and cert["chain"]
+    status, human = admin("admin", "cert", serial)
+    assert status == 0 and f"serial {serial}  revoked" in human and "chain: CN=" in human, human
 
     # The auditors' list, and a search by name.
     _, listed = admin("admin", "certs", "--issued-since", "2020-01-01", "--format", "csv")

@@ -245,7 +245,7 @@ async def _cert(repo: ForensicsRepository, args: argparse.Namespace, out: TextIO
         {"hash_algorithm": o.hash_algorithm, "status": o.status, "produced_at": iso(o.produced_at)}
         for o in ocsp
     ]
-    doc["chain"] = (
+    chain = (
         [
             c.subject.rfc4514_string()
             for c in x509.load_pem_x509_certificates(cert.chain_pem.encode())
@@ -253,6 +253,7 @@ async def _cert(repo: ForensicsRepository, args: argparse.Namespace, out: TextIO
         if cert.chain_pem
         else []
     )
+    doc["chain"] = list(chain)
     if args.json:
         out.write(json.dumps(doc, indent=2) + "\n")
         return 0
@@ -266,7 +267,7 @@ async def _cert(repo: ForensicsRepository, args: argparse.Namespace, out: TextIO
     )
     if cert.revoked_at is not None:
         out.write(f"revoked {doc['revoked_at']} reason {doc['revocation_reason']}\n")
-    out.write("chain: " + (" <- ".join(str(c) for c in doc["chain"]) or "-") + "\n")  # type: ignore[union-attr]
+    out.write("chain: " + (" <- ".join(chain) or "-") + "\n")
     for s in cert.scts:
         out.write(f"SCT {s.get('log')} (operator {s.get('operator')}) {s.get('timestamp')}\n")
     for o in ocsp:

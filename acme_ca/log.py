@@ -39,6 +39,27 @@ def configure_logging(fmt: str = "json", level: str = "info", stream: TextIO | N
         logger_factory=structlog.PrintLoggerFactory(stream or sys.stdout),
         cache_logger_on_first_use=False,
     )
+    # Libraries log through the standard library (asyncpg retrying its pool floor while the
+    # database is down, aiohttp): the same JSON lines, traceback inside the event, not bare
+    # tracebacks on stderr.  Warnings and above only.
+    handler = logging.StreamHandler(stream or sys.stdout)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.stdlib.add_logger_name,
+                structlog.processors.add_log_level,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+            ],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(max(logging.WARNING, _LEVELS[level.lower()]))
 
 
 def get_logger(name: str) -> Any:

@@ -25,13 +25,13 @@ import contextlib
 import datetime as dt
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -42,11 +42,12 @@ import asyncpg
 import pytest
 from acme import challenges, client, messages
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 from josepy.jwk import JWK
 
 from acme_ca.db.issuance import IssuanceRepository
 from acme_ca.db.pool import create_pool
-from acme_ca.embedded_pg import EmbeddedPostgres
+from acme_ca.embedded_pg import SHARED_CLUSTER_ROOT, EmbeddedPostgres
 from integration.bench.servers import Service, start_service
 from integration.challsrv_thread import ThreadedChallengeServer
 from integration.clients import acme_account, csr_pem
@@ -60,7 +61,7 @@ from integration.processes import (
     free_port,
     run_cli,
 )
-from tests.fixtures import TEMPLATE_DB
+from tests.support.jws import JwsClient
 from tests.support.softhsm import SoftHsmToken, softhsm_available
 from tests.support.worker import build_csr, insert_ready_order
 
@@ -95,6 +96,7 @@ class Shape:
     serve: CaProcess
     dns: ThreadedChallengeServer
     port: int
+    postgres: EmbeddedPostgres
     #: The worker running now: tests share it (a worker takes seconds to start).
     current: CaProcess | None = None
 
@@ -114,18 +116,21 @@ class Shape:
 
 
 @pytest.fixture(scope="module")
-def shape(
-    postgres: EmbeddedPostgres, template_dsn: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Shape]:
-    del template_dsn  # the template database must exist before it is copied
+def shape(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shape]:
     base = tmp_path_factory.mktemp("faults")
     logs = base / "logs"
     logs.mkdir()
     home = base / "home"
-    dsn = postgres.create_database(f"faults_{uuid.uuid4().hex[:12]}", template=TEMPLATE_DB)
     token = SoftHsmToken.create(base / "softhsm", label="acme-ca-faults", activate=False)
     log_list = home / "ct" / "log_list.json"
     with contextlib.ExitStack() as stack:
+        # A PostgreSQL server of its own: a test restarts it.
+        postgres = EmbeddedPostgres(base / "postgres")
+        dsn = postgres.start()
+        cluster = postgres.cluster_dir.resolve() if postgres.cluster_dir else None
+        if cluster is not None and cluster.is_relative_to(SHARED_CLUSTER_ROOT):
+            stack.callback(shutil.rmtree, cluster, ignore_errors=True)  # as root: outside base
+        stack.callback(postgres.stop)
         dns = stack.enter_context(ThreadedChallengeServer())
         env = base_env(
             ACME_CA_HOME=str(home),
@@ -164,7 +169,7 @@ def shape(
             "serve", "--listen", f"127.0.0.1:{port}", env=env, base_url=f"https://127.0.0.1:{port}"
         )
         serve.wait_ready(cafile=home / "tls" / "ca.pem")
-        yield Shape(env, dsn, home, token, processes, serve, dns, port)
+        yield Shape(env, dsn, home, token, processes, serve, dns, port, postgres)
 
 
 @pytest.fixture
@@ -497,3 +502,45 @@ async def _closed_by_server(reader: asyncio.StreamReader) -> bool:
         return False
     except (ConnectionError, ssl.SSLError):
         return True
+
+
+# ------------------------------------------------------------------------------ database
+
+
+async def test_postgresql_restart_answers_503_then_serve_and_worker_recover(
+    shape: Shape,
+) -> None:
+    """The database stopped (fast shutdown) and started again: meanwhile requests that need
+    it get 503 serverInternal with Retry-After, never a 500; afterwards the same serve and
+    worker processes issue again, without a restart."""
+    worker = await asyncio.to_thread(shape.worker, "worker-pg")
+    context = _ssl_context(shape)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as session:
+        acme = JwsClient(
+            session, shape.serve.directory_url, ec.generate_private_key(ec.SECP256R1())
+        )
+        await acme.load_directory()
+        assert (await acme.register(contact=["mailto:ops@faults.example.com"])).status == 201
+        await asyncio.to_thread(shape.postgres.stop)
+        try:
+            during = [await acme.post(acme.account_url, None) for _ in range(3)]
+        finally:
+            await asyncio.to_thread(shape.postgres.start)
+        for reply in during:
+            assert reply.status == 503, reply.body
+            assert reply.body["type"] == "urn:ietf:params:acme:error:serverInternal"
+            assert int(reply.headers["Retry-After"]) > 0
+        deadline = time.monotonic() + 30
+        while (reply := await acme.post(acme.account_url, None)).status != 200:
+            assert time.monotonic() < deadline, reply.body
+            await asyncio.sleep(0.2)
+    assert not shape.serve.events("request.internal_error"), shape.serve.tails()
+    assert shape.serve.events("request.database_unavailable")
+    seconds = await asyncio.to_thread(_issue_one, shape, "after-restart.faults.example.com")
+    print(f"issued {seconds:.1f} s after PostgreSQL came back, same processes")
+    assert shape.serve.alive() and worker.alive() and worker is shape.current
+    pool = await create_pool(shape.dsn, max_size=2)
+    try:
+        await assert_invariants(pool)
+    finally:
+        await pool.close()

@@ -110,7 +110,7 @@ async def test_conc_1_racing_posts_one_validation_the_other_409(
     started, refused = replies
     assert started.body["status"] == "processing"
     assert refused.body["type"] == ERR + "malformed"
-    assert "already being validated" in refused.body["detail"]
+    assert "is already being validated" in refused.body["detail"]
     assert refused.headers["Retry-After"] == "2"
     third = await sub.post(challenge["url"], {})
     assert third.status == 409 and third.headers["Retry-After"] == "2"
@@ -152,3 +152,37 @@ async def test_conc_1_post_to_invalid_challenge_answers_its_state(
     assert again.body["error"]["type"] == ERR + "incorrectResponse"
     assert len(held.requests) == 1
     assert await processing_events(dsn, challenge["url"]) == 1
+
+
+async def test_conc_1_one_validation_per_authorization(
+    ca_factory: CaFactory,
+    challsrv: ChallengeTestServer,
+    session: aiohttp.ClientSession,
+    held: HeldTarget,
+    dsn: str,
+) -> None:
+    """Answering two challenges of one authorization at once (http-01 and dns-01, as a
+    confused client might): one starts, the other gets 409 naming the one in flight, as
+    Boulder's authorization-level processing flag answers; the other is never validated."""
+    sub = await held_subscriber(ca_factory, challsrv, session, held)
+    order = (await sub.new_order("both.example.com")).body
+    authz = (await sub.get(order["authorizations"][0])).body
+    by_type = {c["type"]: c for c in authz["challenges"]}
+    http, dns = by_type["http-01"], by_type["dns-01"]
+    held.body = sub.key_authorization(http["token"]).encode()
+    challsrv.store.set_txt("_acme-challenge.both.example.com", "published-but-unused")
+    replies = await asyncio.gather(sub.post(http["url"], {}), sub.post(dns["url"], {}))
+    assert sorted(r.status for r in replies) == [200, 409], [r.body for r in replies]
+    refused = next(r for r in replies if r.status == 409)
+    assert refused.headers["Retry-After"] == "2"
+    started = next(r for r in replies if r.status == 200)
+    in_flight = http if started.body["url"] == http["url"] else dns
+    assert in_flight["type"] in refused.body["detail"]
+    held.release.set()
+    for _ in range(200):
+        now = (await sub.get(in_flight["url"])).body
+        if now["status"] != "processing":
+            break
+        await asyncio.sleep(0.02)
+    counts = [await processing_events(dsn, c["url"]) for c in (http, dns)]
+    assert sorted(counts) == [0, 1], counts

@@ -336,14 +336,24 @@ class OrderRepository:
         )
 
     async def start_challenge(self, challenge_id: int, *, now: datetime, lease: timedelta) -> bool:
-        """pending → processing, only while the authorization is pending and unexpired."""
+        """pending → processing, only while the authorization is pending and unexpired and
+        none of its challenges is being validated (one validation per authorization at a
+        time, as Boulder's authz-level beganProcessing): the authorization row is locked
+        first, so two challenges of one authorization started at once serialize."""
         async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                """SELECT 1 FROM authorizations
+                   WHERE id = (SELECT authz_id FROM challenges WHERE id = $1) FOR UPDATE""",
+                challenge_id,
+            )
             row = await conn.fetchrow(
                 """UPDATE challenges c SET status = 'processing', attempts = attempts + 1,
                           lease_until = $2::timestamptz + $3::interval, updated_at = $2
                    FROM authorizations a
                    WHERE c.id = $1 AND c.status = 'pending' AND a.id = c.authz_id
                      AND a.status = 'pending' AND a.expires_at > $2
+                     AND NOT EXISTS (SELECT 1 FROM challenges o
+                                     WHERE o.authz_id = c.authz_id AND o.status = 'processing')
                    RETURNING a.account_id, a.id AS authz_id, c.type""",
                 challenge_id,
                 now,

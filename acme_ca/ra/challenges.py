@@ -106,6 +106,8 @@ class ChallengeAuthority:
         challenge, authz = found
         if challenge.status == ChallengeStatus.PROCESSING:
             raise self._in_flight(challenge)
+        if challenge.status == ChallengeStatus.PENDING and (busy := _processing(authz)):
+            raise self._in_flight(busy)  # another challenge of this authorization runs
         if challenge.status == ChallengeStatus.PENDING:
             if authz.status != AuthorizationStatus.PENDING or authz.expires_at <= self._clock.now():
                 raise AcmeError(
@@ -134,20 +136,23 @@ class ChallengeAuthority:
             else:
                 again = await self._orders.get_challenge(challenge_id)
                 assert again is not None
-                if again[0].status == ChallengeStatus.PROCESSING:
-                    raise self._in_flight(again[0])  # a racing POST started it
+                busy = _processing(again[1])
+                if busy is not None:
+                    raise self._in_flight(busy)  # a racing POST started it (or a sibling)
             found = await self._orders.get_challenge(challenge_id)
             assert found is not None
         return found
 
     def _in_flight(self, challenge: Challenge) -> AcmeError:
-        """409 for a POST to a challenge being validated (Boulder's SetAuthzProcessing
-        conflict), in RFC 8555's own type: ``malformed``, as our other 409s."""
+        """409 for a POST while a challenge of the authorization is being validated
+        (Boulder's SetAuthzProcessing conflict), in RFC 8555's own type: ``malformed``, as our
+        other 409s.  ``challenge`` is the one in flight."""
         log.info("challenge.in_flight", challenge_id=challenge.id, type=challenge.type)
         return AcmeError(
             problems.conflict(
-                f"challenge {challenge.id} is already being validated; poll it (GET or "
-                "POST-as-GET) for the result instead of answering it again"
+                f"the authorization's {challenge.type} challenge ({challenge.id}) is already "
+                "being validated; poll it (POST-as-GET) for the result instead of answering "
+                "again"
             ),
             headers={"Retry-After": str(self._retry_after)},
         )
@@ -252,3 +257,8 @@ class ChallengeAuthority:
         updated = await self._orders.get_authorization(authz_id)
         assert updated is not None
         return updated
+
+
+def _processing(authz: Authorization) -> Challenge | None:
+    """The authorization's challenge being validated, if any."""
+    return next((c for c in authz.challenges if c.status == ChallengeStatus.PROCESSING), None)

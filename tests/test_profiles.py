@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
+from acme_ca.acme import ari
 from acme_ca.acme.problems import AcmeError
 from acme_ca.ca.ct.submit import CertificateTransparency
 from acme_ca.ca.issuers import IssuerSet
@@ -41,6 +42,8 @@ from tests.fixtures import CaFactory
 from tests.support.ct import Harness, harness, three_operators
 from tests.support.jws import JwsClient
 from tests.support.migrations import create_schema_before
+from tests.support.orders import Subscriber
+from tests.support.revocation import account_id_of, make_issuer, make_leaf, store_certificate
 from tests.support.worker import build_csr, insert_ready_order, make_pki_config
 
 INVALID_PROFILE = "urn:ietf:params:acme:error:invalidProfile"
@@ -502,3 +505,33 @@ async def test_migration_008_gives_old_orders_and_jobs_the_dv_profile(
         assert await apply_schema(conn) == [], "replaying the schema changes nothing"
     finally:
         await conn.close()
+
+
+# --------------------------------------------------------------------------- ARI per profile
+
+
+async def test_ari_3_renewal_window_follows_the_profile(
+    sub: Subscriber, pool: asyncpg.Pool, session: aiohttp.ClientSession
+) -> None:
+    """RFC 9773 §4.2 per profile: a shortlived certificate's window is 50-75% of its own
+    validity; a dv one keeps the last third ending a tenth before notAfter."""
+    issuer = make_issuer("ARI Profile Test Issuer")
+    for profile, start_at, end_at in (("shortlived", 0.5, 0.75), ("dv", 2 / 3, 0.9)):
+        leaf = make_leaf(issuer, [f"ari-{profile}.profiles.example.com"])
+        cert_id = await store_certificate(pool, account_id_of(sub), leaf)
+        await pool.execute(
+            "UPDATE orders SET profile = $1 WHERE id = "
+            "(SELECT order_id FROM certificates WHERE id = $2)",
+            profile,
+            cert_id,
+        )
+        url = f"{sub.directory['renewalInfo']}/{ari.cert_id_of(leaf.cert)}"
+        async with session.get(url) as resp:
+            assert resp.status == 200
+            window = (await resp.json())["suggestedWindow"]
+        not_before = leaf.cert.not_valid_before_utc
+        lifetime = leaf.cert.not_valid_after_utc - not_before
+        start = datetime.fromisoformat(window["start"].replace("Z", "+00:00"))
+        end = datetime.fromisoformat(window["end"].replace("Z", "+00:00"))
+        assert abs(start - (not_before + lifetime * start_at)) < timedelta(seconds=2), profile
+        assert abs(end - (not_before + lifetime * end_at)) < timedelta(seconds=2), profile

@@ -38,7 +38,8 @@ from acme_ca.va.tlsalpn01 import (
     TlsAlpn01Validator,
     acme_identifier_value,
 )
-from tests.fixtures import free_socket
+from tests.fixtures import CaFactory, free_socket
+from tests.support.orders import subscriber, validation_config
 from tests.support.problems import ERR
 from tests.support.va import local_authority, loopback_ok
 
@@ -378,3 +379,30 @@ async def test_alpn_ipv6_first_then_ipv4_each_attempt_recorded(srv: ChallengeTes
     assert first.server == f"[::1]:{r.port}" and first.error is not None
     assert second.server == f"127.0.0.1:{r.port}" and second.result == "pass"
     assert set(first.addresses) == {"::1", "127.0.0.1"}
+
+
+async def test_alpn_acme_authorization_validated_through_the_challenge_server(
+    ca_factory: CaFactory, alpn_srv: ChallengeTestServer, session: aiohttp.ClientSession
+) -> None:
+    """Over ACME: a new authorization offers tls-alpn-01 (a default method); with the key
+    authorization given to the challenge server (/add-tlsalpn01) the POST validates it, the
+    records name BR 3.2.2.4.20, and the order becomes ready."""
+    config = {**validation_config(alpn_srv), "tlsalpn01_port": alpn_srv.tlsalpn01_port}
+    ca = await ca_factory.start(**config)
+    sub = await subscriber(ca, session, alpn_srv)
+    reply = await sub.new_order("alpn-acme.example.com")
+    authz = (await sub.get(reply.body["authorizations"][0])).body
+    challenge = next(c for c in authz["challenges"] if c["type"] == "tls-alpn-01")
+    alpn_srv.store.add_tlsalpn01("alpn-acme.example.com", sub.key_authorization(challenge["token"]))
+    answered = await sub.post(challenge["url"], {})
+    assert answered.status == 200
+    done = answered.body
+    for _ in range(200):
+        if done["status"] != "processing":
+            break
+        await asyncio.sleep(0.02)
+        done = (await sub.get(challenge["url"])).body
+    assert done["status"] == "valid", done
+    records = [r for r in done["validationRecord"] if r["method"] == "tls-alpn-01"]
+    assert records and records[-1]["brMethod"] == "3.2.2.4.20" and records[-1]["result"] == "pass"
+    assert (await sub.wait_order(reply.headers["Location"]))["status"] == "ready"

@@ -92,8 +92,9 @@ class ValidationRecord:
     br_method: str | None = None
     """The BR section of the method, ``3.2.2.4.19``; ``method`` is its ACME label."""
     value: str | None = None
-    """The value the method looks for: the key authorization (http-01) or the TXT digest
-    (dns-01).  With ``result: pass`` it is the value that proved control."""
+    """The value the method looks for: the key authorization (http-01), the TXT digest
+    (dns-01, dns-account-01) or the record for this CA and account (dns-persist-01).  With
+    ``result: pass`` it is the value that proved control."""
     result: Result | None = None
     """On the record that decided a check, and on each perspective's summary: pass or fail."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import asyncpg
@@ -48,14 +49,19 @@ class BoundedPool(asyncpg.Pool):  # type: ignore[misc]  # asyncpg ships no type 
 
 
 async def create_pool(
-    dsn: str, *, max_size: int = 10, acquire_timeout: float | None = None
+    dsn: str,
+    *,
+    max_size: int = 10,
+    acquire_timeout: float | None = None,
+    server_settings: Mapping[str, str] | None = None,
 ) -> asyncpg.Pool:
     """Open a pool; raises ``OSError``/``asyncpg.PostgresError`` when the server is unreachable.
 
     ``acquire_timeout``: the longest wait for a connection (None: unbounded, for the CLI's
-    one-shot commands)."""
+    one-shot commands); ``server_settings``: session settings of every connection."""
     pool = BoundedPool(
         dsn,
+        server_settings=dict(server_settings) if server_settings else None,
         acquire_timeout=acquire_timeout,
         min_size=1,
         max_size=max_size,

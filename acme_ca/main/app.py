@@ -19,6 +19,7 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
+from acme_ca import metrics
 from acme_ca.clock import Clock, SystemClock
 from acme_ca.config import Config
 from acme_ca.config_pebble import read_pebble_config
@@ -133,16 +134,18 @@ def create_app(
                 await built.aclose()
 
     async def front_end_ctx(app: web.Application) -> AsyncIterator[None]:
-        app[FRONT_END] = await _front_end(
-            config,
-            clock,
-            app[STORAGE],
-            app[TASKS],
-            app[COMPLETIONS],
-            app[VALIDATOR],
-            debian_weak_rsa_sizes,
-        )
-        yield
+        async with _rate_limits(config, dsn) as limits:
+            app[FRONT_END] = await _front_end(
+                config,
+                clock,
+                app[STORAGE],
+                app[TASKS],
+                app[COMPLETIONS],
+                app[VALIDATOR],
+                debian_weak_rsa_sizes,
+                limits,
+            )
+            yield
 
     async def maintenance_ctx(app: web.Application) -> AsyncIterator[None]:
         fe = app[FRONT_END]
@@ -193,6 +196,24 @@ def create_app(
     return app
 
 
+@contextlib.asynccontextmanager
+async def _rate_limits(config: Config, dsn: str) -> AsyncIterator[RateLimitRepository | None]:
+    """The rate limits' buckets on a pool of their own (reported as ``pool=ratelimits``), or
+    None when the limits are off."""
+    if not config.rate_limits_enabled:
+        yield None
+        return
+    limits = await RateLimitRepository.open(
+        dsn, acquire_timeout=config.database_acquire_timeout_seconds
+    )
+    unreport = metrics.register_pool("ratelimits", limits.pool)
+    try:
+        yield limits
+    finally:
+        unreport()
+        await limits.close()
+
+
 async def _front_end(
     config: Config,
     clock: Clock,
@@ -201,14 +222,12 @@ async def _front_end(
     completions: OrderCompletions,
     va: Validator,
     debian_weak_rsa_sizes: frozenset[int] | None,
+    rate_limits: RateLimitRepository | None = None,
 ) -> FrontEnd:
-    """The RA's authorities over ``storage`` and the front end's read-only repositories."""
+    """The RA's authorities over ``storage`` and the front end's read-only repositories;
+    ``rate_limits``: the buckets the limits are enforced with (None: no limits)."""
     urls = Urls(config.external_base_url)
-    limits = (
-        RateLimiter(RateLimitRepository(storage.pool), clock)
-        if config.rate_limits_enabled
-        else None
-    )
+    limits = RateLimiter(rate_limits, clock) if rate_limits is not None else None
     orders = OrderAuthority(
         storage.orders,
         IdentifierPolicy(

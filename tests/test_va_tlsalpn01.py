@@ -406,3 +406,34 @@ async def test_alpn_acme_authorization_validated_through_the_challenge_server(
     records = [r for r in done["validationRecord"] if r["method"] == "tls-alpn-01"]
     assert records and records[-1]["brMethod"] == "3.2.2.4.20" and records[-1]["result"] == "pass"
     assert (await sub.wait_order(reply.headers["Location"]))["status"] == "ready"
+
+
+@pytest.mark.parametrize(
+    ("timeout", "attempt_timeout", "problem", "detail"),
+    [(0.3, 0.2, "tls", "TLS handshake with"), (0.2, 5.0, "connection", "timeout after 0.2")],
+    ids=["attempt-timeout", "whole-check-timeout"],
+)
+async def test_alpn_silent_server_times_out(
+    srv: ChallengeTestServer, timeout: float, attempt_timeout: float, problem: str, detail: str
+) -> None:
+    """A server that accepts and never answers the ClientHello: the attempt's timeout (a
+    failed handshake, ``tls``) or the whole check's (``connection``) ends it, with a record;
+    the event loop is never blocked."""
+    hold = asyncio.Event()
+
+    async def silent(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await hold.wait()
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        quick = validator(srv, port, timeout=timeout, attempt_timeout=attempt_timeout)
+        result = await quick.check(NAME, KEY_AUTH)
+    finally:
+        hold.set()
+        server.close()
+        await server.wait_closed()
+    assert result.problem is not None and result.problem.type == ERR + problem, result.problem
+    assert detail in result.problem.detail
+    assert result.records and result.records[-1].result == "fail"

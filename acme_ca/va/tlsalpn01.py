@@ -336,12 +336,11 @@ class TlsAlpn01Validator:
                         continue
                     break
         except TimeoutError:
-            return finish(
-                problems.connection(
-                    f"tls-alpn-01 for {adn}: timeout after {self._timeout:g} seconds"
-                ),
-                None,
+            problem = problems.connection(
+                f"tls-alpn-01 for {adn}: timeout after {self._timeout:g} seconds"
             )
+            record(None, error=problem.detail)
+            return finish(problem, None)
         if handshake is None:
             assert failure is not None
             return finish(failure, None)

@@ -98,6 +98,12 @@ def _parser() -> argparse.ArgumentParser:
         help="test mode: the challenge server's own http-01 listener, or off",
     )
     serve.add_argument(
+        "--ephemeral",
+        action="store_true",
+        default=None,
+        help="test mode: a throwaway home (new hierarchy and database) removed at exit",
+    )
+    serve.add_argument(
         "--deterministic",
         action="store_true",
         default=None,
@@ -359,6 +365,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
         "challsrv_http01": getattr(args, "challsrv_http01", None),
         "pebble_config": getattr(args, "pebble_config", None),
         "deterministic": getattr(args, "deterministic", None),
+        "ephemeral": getattr(args, "ephemeral", None),
         "challsrv_tlsalpn01": getattr(args, "challsrv_tlsalpn01", None),
         "tlsalpn01_port": getattr(args, "tlsalpn01_port", None),
         "test_perspectives": getattr(args, "test_perspectives", None),

@@ -412,6 +412,12 @@ class Config:
         "stays. On by default in test mode; `false` restores the production name policy. "
         "Refused outside test mode.",
     )
+    ephemeral: bool = _key(
+        False,
+        "Test mode (`serve --test --ephemeral`): a throwaway home made for this run (new "
+        "hierarchy, TLS certificate and embedded PostgreSQL) and removed at exit, as Pebble "
+        "forgets everything. Not with `database_url` or `pki_dir`, which would outlive it.",
+    )
     deterministic: bool = _key(
         False,
         "Test mode (`serve --test --deterministic`): the reproducible preset: no nonce "
@@ -617,6 +623,10 @@ class Config:
             _split_host_port(self.management_listen)
         if self.special_use_names and not self.test_mode:
             raise ConfigError("special_use_names is for test mode (serve --test) only")
+        if self.ephemeral and not self.test_mode:
+            raise ConfigError("ephemeral is for test mode (serve --test) only")
+        if self.ephemeral and (self.database_url is not None or self.pki_dir is not None):
+            raise ConfigError("ephemeral cannot be combined with database_url or pki_dir")
         if self.deterministic and not self.test_mode:
             raise ConfigError("deterministic is a test-mode preset (serve --test)")
         if self.deterministic and any(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from dataclasses import replace
 from typing import Any
 
 import structlog
@@ -22,7 +23,7 @@ from acme_ca.main.metrics import metrics_listener
 from acme_ca.main.status import start_status_server
 from acme_ca.main.worker import run_worker
 from acme_ca.remote_va.primary import build_validator
-from acme_ca.tls import server_ssl_context
+from acme_ca.tls import ensure_local_tls, server_ssl_context
 from acme_ca.va.authority import ValidationAuthority
 from acme_ca.va.perspectives import load_mpic_setup
 from acme_ca.wfe import urls
@@ -50,6 +51,26 @@ async def ensure_hierarchy(config: Config) -> None:
 
 
 async def serve(
+    config: Config, *, stop: asyncio.Event | None = None, clock: Clock | None = None
+) -> None:
+    """Run the CA (:func:`_serve`); with ``ephemeral`` (``serve --test --ephemeral``) in a
+    throwaway home made for this run and removed after it, as Pebble forgets everything.
+    Only the HTTPS listener's certificate stays in ``home/tls`` (made once, like Pebble's
+    fixed one), so clients keep trusting ``$ACME_CA_HOME/tls/ca.pem``."""
+    if not config.ephemeral:
+        await _serve(config, stop=stop, clock=clock)
+        return
+    from acme_ca.testsrv.ephemeral import ephemeral_home
+
+    tls_cert, tls_key = config.tls_cert, config.tls_key
+    if not config.plain_http and tls_cert is None:
+        tls_cert, tls_key, _ = await asyncio.to_thread(ensure_local_tls, config.home / "tls")
+    async with ephemeral_home() as home:
+        run = replace(config, home=home, tls_cert=tls_cert, tls_key=tls_key)
+        await _serve(run, stop=stop, clock=clock)
+
+
+async def _serve(
     config: Config, *, stop: asyncio.Event | None = None, clock: Clock | None = None
 ) -> None:
     """Run the CA until ``stop`` is set or the process is asked to terminate.

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import json
 import os
 import shutil
@@ -32,14 +33,16 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import aiohttp
 import asyncpg
 import pytest
+import requests
 from acme import challenges, client, messages
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -56,14 +59,17 @@ from integration.processes import (
     READY_TIMEOUT,
     CaProcess,
     CaProcesses,
+    LoggedProcess,
     base_env,
     describe,
     free_port,
     run_cli,
 )
-from tests.support.jws import JwsClient
+from tests.support.jws import JwsClient, make_jws
 from tests.support.softhsm import SoftHsmToken, softhsm_available
 from tests.support.worker import build_csr, insert_ready_order
+
+_T = TypeVar("_T")
 
 pytestmark = [
     pytest.mark.integration,
@@ -539,6 +545,169 @@ async def test_postgresql_restart_answers_503_then_serve_and_worker_recover(
     seconds = await asyncio.to_thread(_issue_one, shape, "after-restart.faults.example.com")
     print(f"issued {seconds:.1f} s after PostgreSQL came back, same processes")
     assert shape.serve.alive() and worker.alive() and worker is shape.current
+    pool = await create_pool(shape.dsn, max_size=2)
+    try:
+        await assert_invariants(pool)
+    finally:
+        await pool.close()
+
+
+# ------------------------------------------------------------------------------ topology
+
+HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
+#: Clients issuing at once through haproxy, and certificates each.
+CLIENTS, ORDERS_EACH = 4, 3
+
+
+def _haproxy_config(port: int, backends: list[int]) -> str:
+    """TLS passed through (each serve terminates it with the same certificate); a killed
+    backend refuses connections, fails its check within a second and new connections go to
+    the other (``redispatch``)."""
+    servers = "".join(
+        f"  server s{i} 127.0.0.1:{p} check inter 300 fall 1 rise 2\n"
+        for i, p in enumerate(backends)
+    )
+    return (
+        "global\n  maxconn 2000\n"
+        "defaults\n  mode tcp\n  timeout connect 2s\n  timeout client 60s\n"
+        "  timeout server 60s\n  retries 3\n  option redispatch\n"
+        f"frontend acme\n  bind 127.0.0.1:{port}\n  default_backend serves\n"
+        f"backend serves\n  balance roundrobin\n{servers}"
+    )
+
+
+def _retrying(what: str, step: Callable[[], _T], deadline: float) -> _T:
+    """One client step, retried as an ACME client retries: on a lost connection, a 5xx
+    (503 with Retry-After included) or badNonce."""
+    while True:
+        try:
+            return step()
+        except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError):
+            pass
+        except messages.Error as e:
+            if e.typ not in (
+                "urn:ietf:params:acme:error:serverInternal",
+                "urn:ietf:params:acme:error:badNonce",
+            ):
+                raise
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: still failing at the deadline")
+        time.sleep(0.3)
+
+
+def _order_retrying(
+    shape: Shape, acme: client.ClientV2, key: JWK, name: str, deadline: float
+) -> messages.OrderResource:
+    """One certificate for ``name``, each step retried (:func:`_retrying`)."""
+    order = _retrying("newOrder", functools.partial(acme.new_order, csr_pem([name])), deadline)
+    for authz in order.authorizations:
+        challb = next(c for c in authz.body.challenges if isinstance(c.chall, challenges.DNS01))
+        response, validation = challb.chall.response_and_validation(key)
+        shape.dns.set_txt(challb.chall.validation_domain_name(name), validation)
+        answer = functools.partial(acme.answer_challenge, challb, response)
+        _retrying("challenge", answer, deadline)
+    poll = functools.partial(
+        acme.poll_authorizations, order, dt.datetime.now() + dt.timedelta(seconds=30)
+    )
+    ready = _retrying("authorizations", poll, deadline)
+
+    def finalize() -> messages.OrderResource:
+        limit = dt.datetime.now() + dt.timedelta(seconds=60)
+        try:
+            return acme.finalize_order(ready, limit)
+        except messages.Error as e:  # finalized already, its answer lost: poll it
+            if e.typ != "urn:ietf:params:acme:error:orderNotReady":
+                raise
+            return acme.poll_finalization(ready, limit)
+
+    return _retrying("finalize", finalize, deadline)
+
+
+def _client_run(shape: Shape, directory: str, n: int, issued: list[str]) -> None:
+    """A client issuing ORDERS_EACH certificates through the load balancer, retrying."""
+    deadline = time.monotonic() + 180
+    account = functools.partial(acme_account, directory, shape.cafile)
+    acme, key = _retrying("account", account, deadline)
+    for i in range(ORDERS_EACH):
+        name = f"lb-{n}-{i}.faults.example.com"
+        assert _order_retrying(shape, acme, key, name, deadline).fullchain_pem
+        issued.append(name)
+
+
+@pytest.mark.skipif(not Path(HAPROXY).exists(), reason="haproxy is not installed")
+async def test_two_serves_behind_haproxy_and_two_workers_survive_a_kill_of_each(
+    shape: Shape, tmp_path: Path
+) -> None:
+    """2 x serve behind haproxy on one ACME URL, 2 x worker, all on one database; clients
+    issue while one serve and one worker are SIGKILLed; every order finishes, and a nonce
+    from one front end is good at the other."""
+    port, backends = free_port(), [free_port(), free_port()]
+    url = f"https://127.0.0.1:{port}"
+    env = {**shape.env, "ACME_CA_BASE_URL": url}
+    fronts = [
+        shape.processes.serve(f"serve-lb-{i}", "--listen", f"127.0.0.1:{p}", env=env, base_url=url)
+        for i, p in enumerate(backends)
+    ]
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(_haproxy_config(port, backends))
+    haproxy = LoggedProcess.spawn(
+        "haproxy", [HAPROXY, "-db", "-f", str(config)], log_dir=tmp_path, env=base_env()
+    )
+    try:
+        workers = [await asyncio.to_thread(shape.worker, "worker-lb-0")]
+        workers.append(shape.processes.worker("worker-lb-1", env=shape.env))
+        for i, p in enumerate(backends):
+            await asyncio.to_thread(
+                CaProcess.wait_ready,
+                replace(fronts[i], base_url=f"https://127.0.0.1:{p}"),
+                cafile=shape.cafile,
+            )
+        await asyncio.to_thread(workers[1].wait_event, "worker.started", timeout=READY_TIMEOUT)
+
+        # A nonce from one front end, redeemed at the other.
+        context = _ssl_context(shape)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as session:
+            client = JwsClient(session, f"{url}/directory", ec.generate_private_key(ec.SECP256R1()))
+            await client.load_directory()
+            async with session.head(f"https://127.0.0.1:{backends[0]}/acme/new-nonce") as r:
+                nonce = r.headers["Replay-Nonce"]
+            jws = make_jws(
+                client.key,
+                {"termsOfServiceAgreed": True},
+                url=client.directory["newAccount"],
+                nonce=nonce,
+            )
+            reply = await client.post_raw(
+                f"https://127.0.0.1:{backends[1]}/acme/new-account", json.dumps(jws)
+            )
+            assert reply.status == 201, reply.body
+
+        issued: list[str] = []
+        runs = [
+            asyncio.create_task(
+                asyncio.to_thread(_client_run, shape, f"{url}/directory", n, issued)
+            )
+            for n in range(CLIENTS)
+        ]
+        deadline = time.monotonic() + 120
+        while len(issued) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        fronts[0].kill()
+        workers[0].kill()
+        killed_at = len(issued)
+        await asyncio.gather(*runs)
+    finally:
+        haproxy.stop()
+    print(
+        f"{len(issued)} certificates through haproxy; serve and worker killed after "
+        f"{killed_at}; dead-holder takeovers: {len(workers[1].events('issuance.holder_dead'))}"
+    )
+    assert sorted(issued) == sorted(
+        f"lb-{n}-{i}.faults.example.com" for n in range(CLIENTS) for i in range(ORDERS_EACH)
+    )
+    assert killed_at < CLIENTS * ORDERS_EACH, "the kills landed after the load"
+    assert fronts[1].alive() and workers[1].alive()
+    shape.current = workers[1]
     pool = await create_pool(shape.dsn, max_size=2)
     try:
         await assert_invariants(pool)

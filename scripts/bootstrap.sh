@@ -10,7 +10,8 @@ profile="${1:-runtime}"
 
 runtime_debs=(python3-venv openssl)
 # prometheus: promtool checks and unit-tests deploy/prometheus/acme_ca_rules.yml.
-test_debs=(postgresql softhsm2 opensc unbound openssl iproute2 dnsutils curl lego dehydrated uacme pebble prometheus)
+# haproxy: the load balancer of integration/test_faults.py's two-front-end topology.
+test_debs=(postgresql softhsm2 opensc unbound openssl iproute2 dnsutils curl lego dehydrated uacme pebble prometheus haproxy)
 
 need_install=()
 wanted=("${runtime_debs[@]}")

@@ -4,11 +4,17 @@ the records a client publishes, and stored with the method's label and BR sectio
 
 from __future__ import annotations
 
+import os
+
 import aiohttp
+import asyncpg
 import pytest
 
+from acme_ca.db.migrate import apply_schema
+from acme_ca.embedded_pg import EmbeddedPostgres
 from acme_ca.testsrv.server import ChallengeTestServer
 from tests.fixtures import CaFactory
+from tests.support.migrations import create_schema_before
 from tests.support.orders import Subscriber, subscriber, validation_config
 
 ALL = ["http-01", "dns-01", "tls-alpn-01", "dns-persist-01", "dns-account-01"]
@@ -60,3 +66,30 @@ async def test_acct_1_validated_through_the_api_and_recorded(
     assert decided and all(
         (r["method"], r["brMethod"], r["adn"]) == (kind, section, name) for r in decided
     )
+
+
+TYPE_CHECK = (
+    "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'challenges_type_check'"
+)
+
+
+async def test_migration_007_widens_the_challenge_types(
+    postgres: EmbeddedPostgres, dsn: str
+) -> None:
+    """A database from before 007 refuses the new types; after it, its constraint is the fresh
+    schema's (schema.sql), and replaying changes nothing."""
+    fresh = await asyncpg.connect(dsn)
+    try:
+        wanted = await fresh.fetchval(TYPE_CHECK)
+    finally:
+        await fresh.close()
+    assert "dns-persist-01" in wanted and "dns-account-01" in wanted and "tls-alpn-01" in wanted
+    conn = await asyncpg.connect(postgres.create_database(f"m_{os.urandom(8).hex()}"))
+    try:
+        await create_schema_before(conn, 7)
+        assert "dns-persist-01" not in await conn.fetchval(TYPE_CHECK)
+        assert 7 in await apply_schema(conn)
+        assert await conn.fetchval(TYPE_CHECK) == wanted
+        assert await apply_schema(conn) == [], "replaying the schema changes nothing"
+    finally:
+        await conn.close()

@@ -270,14 +270,23 @@ async def test_prof_1_challenges_follow_the_profile(
     ca_factory: CaFactory, session: aiohttp.ClientSession
 ) -> None:
     dns_only = replace(SHIPPED["shortlived"], challenges=["dns-01"])
-    ca = await ca_factory.start(profiles=(dns_only,))
+    http_only = ProfileSpec(name="webonly", description="http-01 only", challenges=["http-01"])
+    ca = await ca_factory.start(profiles=(dns_only, http_only))
     c = await client(ca.directory_url, session)
-    short = await new_order(c, "short.challenges.example.com", "shortlived")
-    dv = await new_order(c, "dv.challenges.example.com")
-    short_authz = await c.post(short.body["authorizations"][0], None)
+    dv = await new_order(c, "same.challenges.example.com")
+    short = await new_order(c, "same.challenges.example.com", "shortlived")
     dv_authz = await c.post(dv.body["authorizations"][0], None)
-    assert [ch["type"] for ch in short_authz.body["challenges"]] == ["dns-01"]
+    short_authz = await c.post(short.body["authorizations"][0], None)
     assert {ch["type"] for ch in dv_authz.body["challenges"]} >= {"http-01", "dns-01"}
+    # Not the dv order's pending authorization (it offers http-01): a new one, dns-01 only.
+    assert short.body["authorizations"] != dv.body["authorizations"]
+    assert [ch["type"] for ch in short_authz.body["challenges"]] == ["dns-01"]
+    wildcard = await new_order(c, "*.web.challenges.example.com", "webonly")
+    assert (wildcard.status, wildcard.body["type"]) == (
+        400,
+        "urn:ietf:params:acme:error:rejectedIdentifier",
+    )
+    assert "webonly profile allows only http-01" in wildcard.body["detail"]
 
 
 # --------------------------------------------------------------------------- issuance

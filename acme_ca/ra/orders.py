@@ -126,7 +126,9 @@ class OrderAuthority:
             wildcard = is_wildcard(ident.value)
             name = base_domain(ident.value)
             existing = None
-            if self._may_reuse():
+            # A profile that restricts the challenge types reuses nothing: an existing
+            # authorization may have been (or may yet be) validated by another type.
+            if self._may_reuse() and profile.challenges is None:
                 existing = await self._orders.reusable_authorization(
                     account.id,
                     name,
@@ -146,12 +148,16 @@ class OrderAuthority:
             if existing is not None:
                 new.append(None)
                 continue
-            kinds = profile_challenges(profile, self._methods.offered(wildcard))
+            offered = self._methods.offered(wildcard)
+            kinds = profile_challenges(profile, offered)
             if not kinds:
                 raise AcmeError(
                     problems.rejected_identifier(
                         f"{ident.value}: no enabled validation method can validate a "
                         "Wildcard Domain Name (BR 3.2.2.4)"
+                        if not offered
+                        else f"{ident.value}: the {profile.name} profile allows only "
+                        f"{', '.join(profile.challenges or ())}, which cannot validate it"
                     )
                 )
             new.append(

@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from integration.bench import procstat
+from integration.bench import counts, procstat
 from integration.bench.__main__ import LevelResult, Options, TargetResult, markdown
 from integration.bench.servers import REPO, pebble_missing
 from integration.processes import read_log_events
@@ -153,10 +153,41 @@ def test_bench_acme_ca_production_shape(workdir: Path) -> None:
     logged = Counter(e.get("log") for e in ct_events if e.get("event") == "ct_log.logged")
     assert len(logged) >= 2 and min(logged.values()) >= 1, ct_events[-3:]
     assert any(e.get("event") == "bench_ct_logs.stopping" for e in ct_events), ct_events[-3:]
+    # Target 3 of issue 20: the work per issuance is counted by the servers themselves.
+    counted = level["per_issuance"]
+    assert set(counted) == set(counts.COUNTS), counted
+    assert counted["requests"] >= 1 and counted["sql_statements"] >= 1, counted
+    assert counted["sql_transactions"] >= 1 and counted["lint_runs"] >= 1, counted
+    assert counted["signatures"] >= 2 and counted["ct_precert_submissions"] >= 2, counted
 
 
 # ------------------------------------------------------------------------------------------
 # the parts, without servers
+
+
+def test_counts_read_prometheus_samples_with_braces_in_labels() -> None:
+    """Route templates (``/acme/order/{order_id}``) put braces inside label values."""
+    text = "\n".join(
+        [
+            "# HELP response_time_count x",
+            'response_time_count{endpoint="/acme/order/{order_id}",method="POST",code="200"} 5.0',
+            'response_time_count{endpoint="/acme/new-order",method="POST",code="201"} 2.0',
+            'ct_submission_time_seconds_count{log="a",type="final",status="success"} 3.0',
+            'ct_submission_time_seconds_count{log="a",type="precert",status="success"} 4.0',
+            'signatures_total{backend="pkcs11",key="k"} 6.0',
+            'signatures_created{backend="pkcs11",key="k"} 1.7e9',
+        ]
+    )
+    read = counts.parse_metrics(text)
+    assert read["requests"] == 7.0
+    assert read["ct_final_submissions"] == 3.0
+    assert read["ct_precert_submissions"] == 4.0
+    assert read["signatures"] == 6.0
+    before = {k: 0.0 for k in counts.COUNTS}
+    after = {**{k: 10.0 for k in counts.COUNTS}, "sql_transactions": 11.0}
+    per = counts.per_issuance(before, after, 5)
+    # The reading's own transaction is not the server's work.
+    assert per["sql_transactions"] == 2.0 and per["requests"] == 2.0
 
 
 def test_cpu_of_a_tree_counts_children_that_exited() -> None:

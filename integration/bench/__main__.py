@@ -43,7 +43,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
-from integration.bench import procstat
+from integration.bench import counts, procstat
 from integration.bench.servers import (
     REPO,
     TARGETS,
@@ -115,6 +115,8 @@ class LevelResult:
     not_run: str | None = None
     #: The check after the level that the server still serves a new client (see probe()).
     probe: str | None = None
+    #: Work counted per issuance over the level (counts.COUNTS), when the target counts it.
+    per_issuance: dict[str, float] = field(default_factory=dict)
 
     @property
     def issuances(self) -> int:
@@ -140,6 +142,7 @@ class LevelResult:
             "cpu_split": self.cpu_split,
             "infra_cpu": self.infra_cpu,
             "client_cpu_seconds": self.client_cpu_seconds,
+            "per_issuance": self.per_issuance,
         }
         if self.outcome is not None:
             o = self.outcome
@@ -300,6 +303,7 @@ def run_level(
     result = LevelResult(target.name, clients, duration)
     wait_quiet(target)
     groups = {**target.cpu_split, **target.infra_split}
+    counted_before = target.counters() if target.counters else None
     before = procstat.snapshot(groups)
     client_before = _self_cpu()
     started = time.monotonic()
@@ -321,6 +325,13 @@ def run_level(
     result.cpu_split = {k: deltas[k] for k in target.cpu_split}
     result.infra_cpu = {k: deltas[k] for k in target.infra_split}
     result.cpu_seconds = sum(result.cpu_split.values())
+    if target.counters and counted_before is not None and target.alive():
+        # After the CPU reading (the counts' settle wait is idle time) and once the last
+        # requests' work is done, so it is not charged to the next level.
+        wait_quiet(target)
+        result.per_issuance = counts.per_issuance(
+            counted_before, target.counters(), outcome.issuances
+        )
     result.stopped_answering = outcome.stopped_answering or not target.alive()
     if not result.stopped_answering:
         result.probe = probe(target, options, load)
@@ -489,6 +500,32 @@ def _number(level: LevelResult | None, getter: Callable[[LevelResult], Any]) -> 
     return float(value) if isinstance(value, int | float) else None
 
 
+def _counts_table(results: Sequence[TargetResult]) -> list[str]:
+    """The per-issuance counts (issue 20, target 3) as Markdown lines, if any were counted."""
+    rows = []
+    for r in results:
+        for level in r.levels:
+            if level.per_issuance:
+                cells = [f"{level.per_issuance.get(k, 0.0):.2f}" for k in counts.COUNTS]
+                rows.append(
+                    f"| {DISPLAY.get(r.name, r.name)} | {level.clients} | "
+                    + " | ".join(cells)
+                    + " |"
+                )
+    if not rows:
+        return []
+    header = " | ".join(c.replace("_", " ") for c in counts.COUNTS)
+    return [
+        "Work per issuance (counted by the servers over the level: pg_stat_statements, "
+        "pg_stat_database, /metrics):",
+        "",
+        f"| target | clients | {header} |",
+        "|---|---:|" + "---:|" * len(counts.COUNTS),
+        *rows,
+        "",
+    ]
+
+
 def markdown(
     results: Sequence[TargetResult], options: Options, machine_info: dict[str, Any]
 ) -> str:
@@ -567,6 +604,7 @@ def markdown(
             *split_rows,
             "",
         ]
+    lines += _counts_table(results)
     notes = []
     for r in results:
         for level in r.levels:

@@ -46,6 +46,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from acme_ca.embedded_pg import EmbeddedPostgres
 from acme_ca.localca import LocalCa, cert_pem, local_name
+from integration.bench import counts
 from integration.processes import LoggedProcess, acme_ca_exe, base_env, free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -79,6 +80,8 @@ class Target:
     cpu_split: dict[str, list[int]] = field(default_factory=dict)
     #: Shared infrastructure whose CPU is reported but not charged (DNS, CT logs).
     infra_split: dict[str, list[int]] = field(default_factory=dict)
+    #: Reads the work counters (counts.COUNTS) the report divides by issuances, if any.
+    counters: Callable[[], dict[str, float]] | None = None
 
 
 # ------------------------------------------------------------------------------ processes
@@ -398,6 +401,11 @@ def acme_ca(workdir: Path) -> Iterator[Target]:
         postgres = EmbeddedPostgres(base / "pg", log=_FileLog(logs / "embedded_postgres.log"))
         dsn = postgres.start()
         stack.callback(postgres.stop)
+        # Statements counted per issuance (counts.py): pg_stat_statements needs a restart.
+        counts.enable_statement_counting(dsn)
+        postgres.stop()
+        dsn = postgres.start()
+        counts.create_extension(dsn)
         postmaster = _postmaster_pid(postgres)
 
         token = SoftHsmToken.create(base / "softhsm", label=TOKEN_LABEL, activate=False)
@@ -441,6 +449,7 @@ def acme_ca(workdir: Path) -> Iterator[Target]:
         _wait("CT test logs", log_list.exists, [ct_logs], READY_TIMEOUT)
 
         port, http01_port = free_port(), free_port()
+        serve_metrics, worker_metrics = free_port(), free_port()
         serve = start_service(
             stack,
             "serve",
@@ -456,6 +465,8 @@ def acme_ca(workdir: Path) -> Iterator[Target]:
                 "--http01-port",
                 str(http01_port),
                 "--allow-loopback-validation",
+                "--metrics-listen",
+                f"127.0.0.1:{serve_metrics}",
             ],
             env=env,
             log_dir=logs,
@@ -464,7 +475,13 @@ def acme_ca(workdir: Path) -> Iterator[Target]:
         directory_url = f"https://127.0.0.1:{port}/directory"
         _wait("acme-ca serve", _directory_answers(directory_url, cafile), [serve], READY_TIMEOUT)
         # After serve: serve has applied the schema, so the worker's migrate is a no-op.
-        worker = start_service(stack, "worker", [exe, "worker"], env=env, log_dir=logs)
+        worker = start_service(
+            stack,
+            "worker",
+            [exe, "worker", "--metrics-listen", f"127.0.0.1:{worker_metrics}"],
+            env=env,
+            log_dir=logs,
+        )
         _wait(
             "acme-ca worker",
             _json_event(worker.stdout_path, "worker.started"),
@@ -510,6 +527,10 @@ def acme_ca(workdir: Path) -> Iterator[Target]:
             },
             cpu_split=counted,
             infra_split={"dns": [dns_server.service.pid], "ct_logs": [ct_logs.pid]},
+            counters=counts.acme_ca_counter(
+                dsn,
+                [f"http://127.0.0.1:{p}/metrics" for p in (serve_metrics, worker_metrics)],
+            ),
         )
 
 

@@ -246,3 +246,25 @@ def test_bounds_are_settable_by_flags() -> None:
     worker = _parser().parse_args(["worker", "--issuance-lease-seconds", "12"])
     assert load_config(None, overrides=_overrides(worker)).issuance_lease_seconds == 12
     assert load_config(None).requests_in_flight_limit == 4 * Config().database_pool_size
+
+
+async def test_multi_host_database_url_reaches_the_writable_server(
+    dsn: str, tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    """``database_url`` may list several hosts (libpq multi-host, as in front of a Patroni
+    cluster): with ``target_session_attrs=read-write`` the pool skips a host that is down and
+    uses the one that accepts writes, for every new connection."""
+    parts = urlsplit(dsn)
+    creds, real = parts.netloc.rsplit("@", 1)
+    with free_socket() as dead:  # bound, never listening: connections are refused
+        down = f"127.0.0.1:{dead.getsockname()[1]}"
+        netloc = f"{creds}@{down},{real}"
+        multi = urlunsplit(parts._replace(netloc=netloc, query="target_session_attrs=read-write"))
+        factory = CaFactory(multi, tmp_path)
+        try:
+            ca = await factory.start()
+            client = JwsClient(session, ca.directory_url, ec.generate_private_key(ec.SECP256R1()))
+            await client.load_directory()
+            assert (await client.register(contact=["mailto:ops@example.test"])).status == 201
+        finally:
+            await factory.close()

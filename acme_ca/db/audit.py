@@ -2,6 +2,12 @@
 
 The request id comes from the structlog context the web layer bound, so an audit row and the
 log events of the request that caused it carry the same id.
+
+Each row is chained to the one before (db/audit_chain.py) by a trigger that holds the row
+lock of ``audit_chain_head`` until the transaction ends, so audit writers take turns. Write
+audit rows after the transaction's other row locks (UPDATE, SELECT ... FOR UPDATE) are
+taken: a transaction that holds the head and then waits for a row another audit writer has
+locked would deadlock with it.
 """
 
 from __future__ import annotations

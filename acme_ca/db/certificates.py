@@ -304,12 +304,14 @@ class CertificateRepository:
         queues its sweep), in the same transaction, whether or not anything was revoked.
         """
         async with self._pool.acquire() as conn, conn.transaction():
-            if block is not None:  # a compromised key stays blocked even if already revoked
-                await _block_key(conn, block, now)
             at = now
             if reason == KEY_COMPROMISE and block is not None and block.compromised_at:
                 at = min(now, block.compromised_at)
+            # The serial's rows are locked before any audit row is written: an audit row takes
+            # the chain head's lock until commit (db/audit.record_event).
             change = await revoke_serial(conn, serial, reason=reason, at=at, now=now, actor=actor)
+            if block is not None:  # a compromised key stays blocked even if already revoked
+                await _block_key(conn, block, now)
         return change.outcome if change is not None else RevocationOutcome.UNCHANGED
 
     async def block_key(self, block: KeyBlock, now: datetime) -> int | None:

@@ -490,6 +490,7 @@ def _check(config: Config, args: argparse.Namespace) -> int:
 
     from acme_ca.clock import SystemClock
     from acme_ca.deployment import assess, render_text
+    from acme_ca.main.profiles import profiles_report, render_profiles
 
     at = SystemClock().now()
     if args.at:
@@ -500,11 +501,12 @@ def _check(config: Config, args: argparse.Namespace) -> int:
             return 2
         at = at if at.tzinfo else at.replace(tzinfo=UTC)
     assessment = assess(config, at)
+    profiles = profiles_report(config, at)
     if args.json:
-        print(json.dumps(assessment.to_json(), indent=2))
+        print(json.dumps({**assessment.to_json(), "profiles": profiles}, indent=2))
     else:
-        sys.stdout.write(render_text(assessment))
-    return 1 if assessment.failures else 0
+        sys.stdout.write(render_text(assessment) + render_profiles(profiles))
+    return 1 if assessment.failures or not profiles["ok"] else 0
 
 
 def _mpic_certs(args: argparse.Namespace) -> int:

@@ -28,6 +28,7 @@ from acme_ca.ca.ct.submit import CertificateTransparency
 from acme_ca.ca.issuers import IssuerSet
 from acme_ca.ca.lint import CertificateLinter, LintKind
 from acme_ca.ca.worker import SigningWorker, profile_settings_factory
+from acme_ca.cli import main
 from acme_ca.clock import FixedClock, SystemClock
 from acme_ca.config import Config, ConfigError, load_config
 from acme_ca.db.eab import EabKeyRepository
@@ -544,3 +545,22 @@ async def test_ari_3_renewal_window_follows_the_profile(
         end = datetime.fromisoformat(window["end"].replace("Z", "+00:00"))
         assert abs(start - (not_before + lifetime * start_at)) < timedelta(seconds=2), profile
         assert abs(end - (not_before + lifetime * end_at)) < timedelta(seconds=2), profile
+
+
+def test_check_reports_profiles_for_a_date(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`acme-ca check --at DATE` says whether the profiles would start that day, naming the
+    rule, before serve or worker refuses."""
+    path = tmp_path / "acme-ca.toml"
+    path.write_text(
+        f'home = "{tmp_path / "home"}"\n'
+        '[profiles.long]\ndescription = "150 days"\nvalidity_days = 150\n'
+    )
+    main(["--config", str(path), "check", "--at", "2027-03-14"])
+    assert "profiles: ok, offered dv, tlsserver, shortlived, long (default dv)" in (
+        capsys.readouterr().out
+    )
+    assert main(["--config", str(path), "check", "--at", "2027-03-15"]) == 1
+    out = capsys.readouterr().out
+    assert "profiles.long: validity 150 days exceeds the BR 6.3.2 validity maximum" in out

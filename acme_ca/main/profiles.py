@@ -4,11 +4,14 @@ the configuration, ``issuers.toml`` and the enabled challenge types, for the dat
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
+from datetime import datetime
 
+from acme_ca.acme.jsontypes import JsonValue
 from acme_ca.ca.issuers_file import IssuerConfigError, read_issuers_file
 from acme_ca.clock import Clock
 from acme_ca.config import Config
-from acme_ca.ra.profiles import ProfileCatalog, build_catalog
+from acme_ca.ra.profiles import ProfileCatalog, ProfileConfigError, build_catalog
 
 
 def _issuers(config: Config) -> dict[str, str] | None:
@@ -20,6 +23,36 @@ def _issuers(config: Config) -> dict[str, str] | None:
     except IssuerConfigError:
         return None
     return {name: entry.purpose for name, entry in parsed.issuers.items()}
+
+
+def profiles_report(config: Config, at: datetime) -> dict[str, JsonValue]:
+    """For ``acme-ca check [--at DATE]``: whether serve and worker would start with these
+    profiles at ``at`` (the same checks), what they would offer and why not the others."""
+    try:
+        catalog = build_catalog(
+            config, at, issuers=_issuers(config), challenge_types=config.challenge_types
+        )
+    except ProfileConfigError as exc:
+        return {"ok": False, "problem": str(exc)}
+    return {
+        "ok": True,
+        "default": catalog.default,
+        "offered": list(catalog.offered),
+        "unavailable": dict(catalog.unavailable),
+    }
+
+
+def render_profiles(report: Mapping[str, JsonValue]) -> str:
+    if not report["ok"]:
+        return f"profiles: {report['problem']}\n"
+    unavailable = report["unavailable"]
+    assert isinstance(unavailable, dict) and isinstance(report["offered"], list)
+    lines = [
+        f"profiles: ok, offered {', '.join(map(str, report['offered']))} (default "
+        f"{report['default']})"
+    ]
+    lines += [f"  {name}: not offered, {why}" for name, why in unavailable.items()]
+    return "\n".join(lines) + "\n"
 
 
 async def profile_catalog(config: Config, clock: Clock) -> ProfileCatalog:

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-import asyncpg
 import structlog
 from aiohttp import web
 from cryptography import x509
@@ -88,21 +87,23 @@ class _Certificates:
 
     def __init__(self, dsn: str | None) -> None:
         self._dsn = dsn
-        self._pool: asyncpg.Pool | None = None
+        self._repository: CertificateRepository | None = None
+        self._close: Callable[[], Awaitable[None]] | None = None
         self._lock = asyncio.Lock()
 
     async def get(self, serial_hex: str) -> CertificateRecord | None:
         if self._dsn is None:
             return None
         async with self._lock:
-            if self._pool is None:
-                self._pool = await create_pool(self._dsn, max_size=2, acquire_timeout=10)
-        return await CertificateRepository(self._pool).get_by_serial(serial_hex)
+            if self._repository is None:
+                pool = await create_pool(self._dsn, max_size=2, acquire_timeout=10)
+                self._repository, self._close = CertificateRepository(pool), pool.close
+        return await self._repository.get_by_serial(serial_hex)
 
     async def aclose(self) -> None:
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+        close, self._close, self._repository = self._close, None, None
+        if close is not None:
+            await close()
 
 
 @dataclass(frozen=True)

@@ -545,6 +545,7 @@ async def test_postgresql_restart_answers_503_then_serve_and_worker_recover(
     seconds = await asyncio.to_thread(_issue_one, shape, "after-restart.faults.example.com")
     print(f"issued {seconds:.1f} s after PostgreSQL came back, same processes")
     assert shape.serve.alive() and worker.alive() and worker is shape.current
+    assert worker.events("worker.listener_restored"), "the worker must LISTEN again"
     pool = await create_pool(shape.dsn, max_size=2)
     try:
         await assert_invariants(pool)

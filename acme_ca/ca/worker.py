@@ -279,6 +279,10 @@ class SigningWorker:
                 # (empty) claim is in flight must still cut the following wait short.
                 self._wake.clear()
                 try:
+                    if not self._jobs.listener_alive(listener):  # the database restarted
+                        await self._jobs.release_listener(listener, notified)
+                        listener = await self._jobs.listen(notified)
+                        log.warning("worker.listener_restored")
                     await self.take_over_dead_holders()
                     full = False
                     while not stop.is_set():

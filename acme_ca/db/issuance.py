@@ -477,6 +477,15 @@ class IssuanceRepository:
         await conn.add_listener(NOTIFY_CHANNEL, callback)
         return conn
 
+    @staticmethod
+    def listener_alive(conn: asyncpg.Connection) -> bool:
+        """False once the listening connection is gone (the server restarted): the pool has
+        then taken its proxy back, so LISTEN again on a new one."""
+        try:
+            return not conn.is_closed()
+        except asyncpg.InterfaceError:  # released back to the pool when its server went
+            return False
+
     async def release_listener(self, conn: asyncpg.Connection, callback: Any) -> None:
         # A listener whose server connection was lost has already been given back by the
         # pool (its proxy is detached and raises InterfaceError); there is nothing to undo.

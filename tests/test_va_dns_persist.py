@@ -129,6 +129,8 @@ def test_adn_3_pruned_to_the_registrable_domain_never_past_it() -> None:
     )
     assert pruned_adns("*.example.com") == ("example.com",)
     assert pruned_adns("example.test") == ("example.test",)  # no ICANN suffix: no pruning
+    # the PRIVATE section counts too: github.io's users are each their own registrant
+    assert pruned_adns("a.b.github.io") == ("a.b.github.io", "b.github.io")
 
 
 # --- the check ------------------------------------------------------------------------------

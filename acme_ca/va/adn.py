@@ -12,11 +12,13 @@ method                    wildcard   prune     CNAME
 ========================  =========  ========  =====
 
 So each of them asks ``<prefix>.<ADN>`` for the FQDN itself first, then for each parent, and
-never past the registrable domain (the ICANN public suffix plus one label, :mod:`acme_ca.psl`):
-a record at ``_validation-persist.co.uk`` proves nothing about ``example.co.uk``.  A TXT answer
-reached through a CNAME at ``<prefix>.<ADN>`` is refused outright rather than skipped: the
-record the subscriber meant to publish is not where the BR lets us look, and the subscriber is
-told so (dns-01 keeps following such a CNAME, the delegated validation RFC 8555 §8.4 allows).
+never past the registrable domain (a public suffix of the whole PSL, PRIVATE section
+included, plus one label, :mod:`acme_ca.psl`): a record at ``_validation-persist.co.uk``
+proves nothing about ``example.co.uk``, nor one at ``github.io`` about ``b.github.io``.  A
+TXT answer reached through a CNAME at ``<prefix>.<ADN>`` is refused outright rather than
+skipped: the record the subscriber meant to publish is not where the BR lets us look, and the
+subscriber is told so (dns-01 keeps following such a CNAME, the delegated validation RFC
+8555 §8.4 allows).
 
 This module is the walk and the records it leaves; each method says what a record must hold.
 """

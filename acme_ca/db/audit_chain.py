@@ -14,6 +14,7 @@ across it.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -176,7 +177,10 @@ async def _retired(pool: asyncpg.Pool) -> _Retired:
     for r in await pool.fetch(
         "SELECT details FROM audit_events WHERE event = $1 ORDER BY id", RETIRED_EVENT
     ):
-        for run in r["details"].get("id_runs", []):
+        details = r["details"]
+        if isinstance(details, str):  # a pool without the JSON codecs (db/pool.py)
+            details = json.loads(details)
+        for run in details.get("id_runs", []):
             runs.append((int(run["first"]), int(run["last"])))
             ends[int(run["last"])] = bytes.fromhex(run["last_hash"])
     return _Retired(tuple(runs), ends)

@@ -38,7 +38,8 @@ def validator(srv: ChallengeTestServer) -> DnsAccountValidator:
 
 
 def test_acct_1_label_known_answer() -> None:
-    """The draft's example account (also Boulder's and Certify's test vector)."""
+    """Boulder's dns-account-01 test account URL, with the label Certify's documentation
+    gives for it (an independent implementation of the same draft-00 formula)."""
     assert account_label("https://example.com/acme/acct/ExampleAccount") == "_ujmmovf2vn55tgye"
     assert (
         record_name("https://example.com/acme/acct/ExampleAccount", "*.Example.org.")

@@ -22,7 +22,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from acme_ca.acme.jsontypes import JsonValue
-from acme_ca.admin.audit import export, load_signing_key, verify_export
+from acme_ca.admin.audit import export, load_signing_key, run_async, verify_export
+from acme_ca.cli import _parser
+from acme_ca.clock import Clock, FixedClock, SystemClock
 from acme_ca.config import Config, ConfigError
 from acme_ca.db.audit import record_event
 from acme_ca.db.audit_chain import (
@@ -50,6 +52,22 @@ async def add(pool: asyncpg.Pool, event: str, at: datetime, **details: JsonValue
         await record_event(
             conn, event, at=at, actor="test", account_id=1, order_id=2, details=dict(details)
         )
+
+
+async def audit_command(
+    dsn: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    *argv: str,
+    clock: Clock | None = None,
+) -> tuple[int, str, str]:
+    """``acme-ca audit ARGV`` in this process (the console script itself is run once, by
+    the altered-row test): exit status, standard output and standard error."""
+    config = replace(Config(), database_url=dsn, home=tmp_path / "home")
+    capsys.readouterr()
+    status = await run_async(config, _parser().parse_args(["audit", *argv]), clock or SystemClock())
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
 
 
 async def tamper(pool: asyncpg.Pool, sql: str, *args: object) -> None:
@@ -147,7 +165,7 @@ async def test_cp_5_4_1_concurrent_writers_chain_in_commit_order(pool: asyncpg.P
 
 
 async def test_cp_5_4_3_retention_moves_whole_months_never_before_seven_years(
-    pool: asyncpg.Pool, dsn: str, tmp_path: Path
+    pool: asyncpg.Pool, dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     chain = AuditChain(pool)
     await chain.ensure_partitions(utc(2018, 1, 1), months=3)  # Jan..Mar 2018
@@ -175,9 +193,11 @@ async def test_cp_5_4_3_retention_moves_whole_months_never_before_seven_years(
     report = await verify_chain(pool)
     assert report.ok, report
     assert report.anchor == "retired row 1"
-    # The command, on today's clock: both 2018 months are past seven years, this month is not;
-    # a dry run lists them and moves nothing.
-    status, out, _ = await run_cli(dsn, tmp_path, "audit", "retention", "--dry-run")
+    # The command on a clock of 2026-12-03: both 2018 months are past seven years, this
+    # month is not; a dry run lists them and moves nothing.
+    status, out, _ = await audit_command(
+        dsn, tmp_path, capsys, "retention", "--dry-run", clock=FixedClock(utc(2026, 12, 3))
+    )
     assert status == 0 and "would move 2 month(s)" in out, out
     assert "audit_events_y2018m03" in out
     assert "audit_events_y2018m02" in [p.name for p in await partitions(pool)]
@@ -212,17 +232,17 @@ async def test_cp_5_4_3_export_is_signed_and_verifies(pool: asyncpg.Pool, tmp_pa
 
 
 async def test_cp_5_4_3_audit_export_command_round_trip(
-    pool: asyncpg.Pool, dsn: str, tmp_path: Path
+    pool: asyncpg.Pool, dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     await add(pool, "order.created", utc(2026, 11, 3))
     out = tmp_path / "export.jsonl"
-    status, _, err = await run_cli(
-        dsn, tmp_path, "audit", "export", "--since", "2026-11-01", "--until", "2026-12-01",
+    status, _, err = await audit_command(
+        dsn, tmp_path, capsys, "export", "--since", "2026-11-01", "--until", "2026-12-01",
         "--out", str(out),
     )  # fmt: skip
     assert status == 0 and "exported 1 audit rows" in err, err
     assert (tmp_path / "home" / "audit" / "export-ed25519.pem").is_file()
-    status, text, _ = await run_cli(dsn, tmp_path, "audit", "verify", "--export", str(out))
+    status, text, _ = await audit_command(dsn, tmp_path, capsys, "verify", "--export", str(out))
     assert status == 0 and "signature and chain OK" in text, text
 
 

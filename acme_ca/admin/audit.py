@@ -39,10 +39,10 @@ SIGNATURE_ALGORITHM = "Ed25519"
 
 
 def run(config: Config, args: argparse.Namespace, clock: Clock | None = None) -> int:
-    return asyncio.run(_run(config, args, clock or SystemClock()))
+    return asyncio.run(run_async(config, args, clock or SystemClock()))
 
 
-async def _run(config: Config, args: argparse.Namespace, clock: Clock) -> int:
+async def run_async(config: Config, args: argparse.Namespace, clock: Clock) -> int:
     if args.audit_command == "verify" and args.export is not None:
         public = (
             load_public_key(args.public_key)

@@ -19,7 +19,7 @@ async def database_dsn(config: Config) -> AsyncIterator[str]:
     if config.database_url:
         yield config.database_url
         return
-    embedded = EmbeddedPostgres(config.home / "pg")
+    embedded = EmbeddedPostgres(config.home / "pg", throwaway=config.ephemeral)
     dsn = await asyncio.to_thread(embedded.start)
     try:
         yield dsn

@@ -67,9 +67,13 @@ class EmbeddedPostgres:
         log: Logger | None = None,
         bin_dir: Path | None = None,
         start_timeout: float = START_TIMEOUT,
+        throwaway: bool = False,
     ) -> None:
-        """``bin_dir`` pins the binaries (skipping the search); the default finds them."""
+        """``bin_dir`` pins the binaries (skipping the search); the default finds them.
+        ``throwaway``: a cluster removed after this run (``--ephemeral``), created and run
+        without fsync (initdb ``--no-sync``, ``fsync = off``)."""
         self._root = Path(data_root)
+        self._throwaway = throwaway
         self._log: Logger = log if log is not None else structlog.get_logger(__name__)
         self._bin_dir = bin_dir
         self._timeout = start_timeout
@@ -275,6 +279,7 @@ class EmbeddedPostgres:
                     "--encoding=UTF8",
                     "--locale=C",
                     "--no-instructions",
+                    *(["--no-sync"] if self._throwaway else []),
                 ],
                 as_server_user=True,
             )
@@ -284,7 +289,7 @@ class EmbeddedPostgres:
             raise EmbeddedPostgresError(
                 f"initdb failed (exit {proc.returncode}) in {cluster}:\n{proc.stdout}{proc.stderr}"
             )
-        write_settings(cluster, pick_free_port())
+        write_settings(cluster, pick_free_port(), throwaway=self._throwaway)
         self._log.info("embedded_postgres.initdb", cluster=str(cluster), version=binaries.major)
 
     def _write_password(self, password: str) -> None:
@@ -406,7 +411,7 @@ class EmbeddedPostgres:
                 new_port = pick_free_port()
                 self._log.warning("embedded_postgres.port_moved", old=port, new=new_port)
                 port = new_port
-                write_settings(cluster, port)
+                write_settings(cluster, port, throwaway=self._throwaway)
             log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
             log_fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             with os.fdopen(log_fd, "ab") as logf:

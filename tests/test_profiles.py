@@ -39,6 +39,7 @@ from acme_ca.embedded_pg import EmbeddedPostgres
 from acme_ca.profiles import SHIPPED, ProfileSpec
 from acme_ca.ra.organizations import OrganizationPolicy
 from acme_ca.ra.profiles import ProfileConfigError, build_catalog
+from acme_ca.testsrv.ct_log import TestLogSpec
 from tests.fixtures import CaFactory
 from tests.support.ct import Harness, harness, three_operators
 from tests.support.jws import JwsClient
@@ -564,3 +565,57 @@ def test_check_reports_profiles_for_a_date(
     assert main(["--config", str(path), "check", "--at", "2027-03-15"]) == 1
     out = capsys.readouterr().out
     assert "profiles.long: validity 150 days exceeds the BR 6.3.2 validity maximum" in out
+
+
+async def test_ct_policy_per_profile(
+    pool: asyncpg.Pool, pki_config: Config, issuers: IssuerSet, linter: CertificateLinter
+) -> None:
+    """Two static-ct-api logs of two operators, no RFC 6962 log: a profile with
+    ``ct_policy = "chrome"`` (Chrome's policy alone) issues; ``dv`` (chrome-apple, which asks
+    for one RFC 6962 log) signs nothing and waits in the queue."""
+    chrome = replace(SHIPPED["tlsserver"], name="chromeonly", description="Chrome CT only")
+    chrome = replace(chrome, ct_policy="chrome")
+    config = replace(pki_config, profiles=(chrome,)).validate()
+    specs = [
+        TestLogSpec.generate("tiled A", "operator A", mode="static-ct-api"),
+        TestLogSpec.generate("tiled B", "operator B", mode="static-ct-api"),
+    ]
+    async with harness(pool, config, issuers, linter, specs) as h:
+        orders = {}
+        for profile in ("chromeonly", "dv"):
+            names = [f"ct-{profile}.profiles.example.com"]
+            account_id, order_id = await insert_ready_order(pool, names)
+            assert await IssuanceRepository(pool).enqueue(
+                order_id=order_id,
+                account_id=account_id,
+                csr_der=build_csr(names),
+                names=names,
+                issuer="dv-ecc",
+                now=datetime.now(UTC),
+                profile=profile,
+            )
+            assert await worker(h, pool, datetime.now(UTC)).run_once()
+            orders[profile] = order_id
+    statuses = {
+        p: await pool.fetchval("SELECT status FROM orders WHERE id = $1", o)
+        for p, o in orders.items()
+    }
+    assert statuses == {"chromeonly": "valid", "dv": "processing"}
+    job = await pool.fetchrow(
+        "SELECT status, step FROM issuance_jobs WHERE order_id = $1", orders["dv"]
+    )
+    assert (job["status"], job["step"]) == ("queued", "queued")  # deferred, nothing signed
+
+
+def test_unknown_ct_policy_or_challenge_type_refuses_to_start() -> None:
+    bad_ct = replace(SHIPPED["tlsserver"], ct_policy="apple-only")
+    with pytest.raises(ProfileConfigError, match="ct_policy 'apple-only'"):
+        build_catalog(config_with(bad_ct), UTC_2026_06, issuers=DV_ISSUERS)
+    bad_challenge = replace(SHIPPED["tlsserver"], challenges=["dns-account-01"])
+    with pytest.raises(ProfileConfigError, match="'dns-account-01' is not an enabled"):
+        build_catalog(
+            config_with(bad_challenge),
+            UTC_2026_06,
+            issuers=DV_ISSUERS,
+            challenge_types=["http-01", "dns-01"],
+        )

@@ -65,9 +65,23 @@ async def serve(
     tls_cert, tls_key = config.tls_cert, config.tls_key
     if not config.plain_http and tls_cert is None:
         tls_cert, tls_key, _ = await asyncio.to_thread(ensure_local_tls, config.home / "tls")
-    async with ephemeral_home() as home:
+    async with ephemeral_home() as home, contextlib.AsyncExitStack() as stack:
         run = replace(config, home=home, tls_cert=tls_cert, tls_key=tls_key)
-        await _serve(run, stop=stop, clock=clock)
+        # The two slow first steps overlap: the new cluster (initdb, schema) and the new
+        # hierarchy (key generation); _serve then finds both ready.
+        database = asyncio.create_task(_ephemeral_database(stack, run))
+        try:
+            await ensure_hierarchy(run)
+        finally:
+            dsn = await database
+        await _serve(replace(run, database_url=dsn), stop=stop, clock=clock)
+
+
+async def _ephemeral_database(stack: contextlib.AsyncExitStack, config: Config) -> str:
+    """Start the throwaway embedded cluster (stopped when ``stack`` closes) and migrate it."""
+    dsn = await stack.enter_async_context(database_dsn(config))
+    await migrate(dsn)
+    return dsn
 
 
 async def _serve(

@@ -66,6 +66,14 @@ class AccountRepository:
         row = await self._pool.fetchrow("SELECT * FROM accounts WHERE id = $1", account_id)
         return _to_account(row) if row else None
 
+    async def get_versioned(self, account_id: int) -> tuple[Account, str] | None:
+        """The account and its row version (``xmin``, new on every UPDATE of the row), which
+        :meth:`NonceRepository.redeem_for_account` returns again for a front end's cache."""
+        row = await self._pool.fetchrow(
+            "SELECT *, xmin::text AS row_version FROM accounts WHERE id = $1", account_id
+        )
+        return (_to_account(row), row["row_version"]) if row else None
+
     async def get_by_thumbprint(self, thumbprint: bytes) -> Account | None:
         row = await self._pool.fetchrow(
             "SELECT * FROM accounts WHERE key_thumbprint = $1", thumbprint

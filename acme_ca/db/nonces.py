@@ -31,6 +31,23 @@ class NonceRepository:
         )
         return row is not None
 
+    async def redeem_for_account(
+        self, nonce_id: bytes, expires_at: datetime, account_id: int
+    ) -> tuple[bool, str | None]:
+        """:meth:`redeem`, and in the same round trip the account's current row version
+        (None when the account is gone): whether the account read before is still current."""
+        row = await self._pool.fetchrow(
+            "WITH n AS (INSERT INTO redeemed_nonces (nonce_id, expires_at) VALUES ($1, $2) "
+            "ON CONFLICT DO NOTHING RETURNING 1) "
+            "SELECT EXISTS (SELECT 1 FROM n) AS fresh, "
+            "(SELECT xmin::text FROM accounts WHERE id = $3) AS row_version",
+            nonce_id,
+            expires_at,
+            account_id,
+        )
+        assert row is not None
+        return bool(row["fresh"]), row["row_version"]
+
     async def purge_expired(self, now: datetime) -> int:
         """Forget redemptions of nonces too old to be presented again (age check)."""
         status: str = await self._pool.execute(

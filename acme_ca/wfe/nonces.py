@@ -55,7 +55,21 @@ class NonceService:
     async def redeem(self, nonce: str) -> None:
         """Consume the nonce; a second use anywhere gets ``badNonce``."""
         opened = self._codec.open(nonce, self._clock.now())
-        if not await self._repo.redeem(opened.nonce_id, opened.expires_at):
+        self._redeemed(await self._repo.redeem(opened.nonce_id, opened.expires_at))
+
+    async def redeem_for_account(self, nonce: str, account_id: int) -> str | None:
+        """:meth:`redeem`, returning the account's current row version from the same round
+        trip (None when the account is gone)."""
+        opened = self._codec.open(nonce, self._clock.now())
+        fresh, version = await self._repo.redeem_for_account(
+            opened.nonce_id, opened.expires_at, account_id
+        )
+        self._redeemed(fresh)
+        return version
+
+    @staticmethod
+    def _redeemed(fresh: bool) -> None:
+        if not fresh:
             metrics.observe_nonce("used")
             raise AcmeError(problems.bad_nonce("JWS nonce was already used"))
         metrics.observe_nonce(None)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
@@ -16,6 +16,7 @@ from acme_ca.ra.challenges import ChallengeAuthority
 from acme_ca.ra.finalize import FinalizeAuthority
 from acme_ca.ra.orders import OrderAuthority
 from acme_ca.ra.revocation import RevocationAuthority
+from acme_ca.wfe.account_cache import AccountCache
 from acme_ca.wfe.nonces import NonceService
 from acme_ca.wfe.urls import Urls
 
@@ -37,6 +38,8 @@ class FrontEnd:
     account_reads: AccountRepository
     order_reads: OrderRepository
     certificate_reads: CertificateRepository
+    #: Accounts by kid, re-validated by every request's nonce redemption (account_cache.py).
+    account_cache: AccountCache = field(default_factory=AccountCache)
 
 
 FRONT_END = web.AppKey("front_end", FrontEnd)

@@ -2,7 +2,9 @@
 
 Cheap checks first (media type, envelope, algorithm, url, nonce MAC), then the key lookup,
 then the signature, and only then the database write that consumes the nonce, so junk costs
-no writes and a replay can never succeed.
+no writes and a replay can never succeed. The ``kid`` account usually comes from the
+process's cache (account_cache.py): the nonce's redemption also returns the account's
+current row version, and a changed account is read again and checked again from the start.
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ from aiohttp import web
 
 from acme_ca.acme import problems
 from acme_ca.acme.jwk import Jwk
-from acme_ca.acme.jws import VerifiedJws, parse_jws, verify_jws
+from acme_ca.acme.jws import ParsedJws, VerifiedJws, parse_jws, verify_jws
 from acme_ca.acme.messages import Message
 from acme_ca.acme.problems import AcmeError
 from acme_ca.acme.status import AccountStatus
 from acme_ca.db.accounts import Account
-from acme_ca.wfe.services import front_end
+from acme_ca.wfe.account_cache import CachedAccount
+from acme_ca.wfe.services import FrontEnd, front_end
 
 JOSE_CONTENT_TYPE = "application/jose+json"
 
@@ -55,6 +58,46 @@ class VerifiedRequest(Generic[T_co]):
     def require_account(self) -> Account:
         assert self.account is not None
         return self.account
+
+
+async def _account_by_kid(fe: FrontEnd, kid: str, *, read: bool) -> tuple[CachedAccount, bool]:
+    """The valid account ``kid`` names, and whether it came from the process's cache (never
+    when ``read``) rather than from the database (then it is cached)."""
+    account_id = fe.urls.account_id_from_kid(kid)
+    cached = fe.account_cache.get(account_id) if account_id and not read else None
+    hit = cached is not None
+    if cached is None and account_id:
+        row = await fe.account_reads.get_versioned(account_id)
+        cached = fe.account_cache.put(*row) if row is not None else None
+    if cached is None:
+        raise AcmeError(problems.account_does_not_exist(f"no account at {kid!r}"))
+    if cached.account.status != AccountStatus.VALID:
+        fe.account_cache.drop(cached.account.id)
+        raise AcmeError(problems.deactivated_account(f"account is {cached.account.status}"))
+    return cached, hit
+
+
+async def _verify_kid(fe: FrontEnd, parsed: ParsedJws, kid: str) -> tuple[VerifiedJws, Account]:
+    """Verify under the ``kid`` account's key and consume the nonce; the account must still
+    be the one verified against when the nonce is consumed (account_cache.py)."""
+    assert parsed.nonce is not None
+    cached, hit = await _account_by_kid(fe, kid, read=False)
+    try:
+        verified = verify_jws(parsed, cached.account.jwk.key)
+    except AcmeError:
+        if not hit:
+            raise
+        # The cached key may be an old one (a key change in another process): read again.
+        cached, _ = await _account_by_kid(fe, kid, read=True)
+        verified = verify_jws(parsed, cached.account.jwk.key)
+    structlog.contextvars.bind_contextvars(account_id=cached.account.id)
+    version = await fe.nonces.redeem_for_account(parsed.nonce, cached.account.id)
+    if version != cached.version:
+        # Changed since it was read: every check again on the account as it stands now; the
+        # nonce stays consumed whatever the outcome.
+        cached, _ = await _account_by_kid(fe, kid, read=True)
+        verified = verify_jws(parsed, cached.account.jwk.key)
+    return verified, cached.account
 
 
 @overload
@@ -108,21 +151,13 @@ async def verify_post(
                     "this resource requires a 'kid' header naming your account, not 'jwk'"
                 )
             )
-        key = parsed.jwk.key
+        verified = verify_jws(parsed, parsed.jwk.key)
+        await fe.nonces.redeem(parsed.nonce)
     else:
         if mode is KeyMode.JWK:
             raise AcmeError(problems.malformed("this resource requires a 'jwk' header"))
         assert parsed.kid is not None
-        account_id = fe.urls.account_id_from_kid(parsed.kid)
-        account = await fe.account_reads.get(account_id) if account_id else None
-        if account is None:
-            raise AcmeError(problems.account_does_not_exist(f"no account at {parsed.kid!r}"))
-        if account.status != AccountStatus.VALID:
-            raise AcmeError(problems.deactivated_account(f"account is {account.status}"))
-        structlog.contextvars.bind_contextvars(account_id=account.id)
-        key = account.jwk.key
-    verified = verify_jws(parsed, key)
-    await fe.nonces.redeem(parsed.nonce)
+        verified, account = await _verify_kid(fe, parsed, parsed.kid)
     decoded = None
     if message is not None and not (or_post_as_get and verified.is_post_as_get):
         decoded = message.from_json(verified.payload_json())

@@ -9,6 +9,7 @@ issuing CAs, software keys), in-process CT test logs.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,6 +37,7 @@ from acme_ca.db.issuance import IssuanceRepository
 from acme_ca.db.migrate import apply_schema
 from acme_ca.db.organizations import OrganizationRepository
 from acme_ca.embedded_pg import EmbeddedPostgres
+from acme_ca.log import configure_logging
 from acme_ca.profiles import SHIPPED, ProfileSpec
 from acme_ca.ra.organizations import OrganizationPolicy
 from acme_ca.ra.profiles import ProfileConfigError, build_catalog
@@ -548,6 +550,14 @@ async def test_ari_3_renewal_window_follows_the_profile(
         assert abs(end - (not_before + lifetime * end_at)) < timedelta(seconds=2), profile
 
 
+@pytest.fixture
+def logging_back_to_stdout() -> Iterator[None]:
+    """``main`` points structlog at the (captured) output of the test; undo that."""
+    yield
+    configure_logging("json", "debug")
+
+
+@pytest.mark.usefixtures("logging_back_to_stdout")
 def test_check_reports_profiles_for_a_date(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -4,9 +4,12 @@ when the holder's connection goes (its process died), the other takes over."""
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 
 from acme_ca.db.advisory import AdvisoryLocks
+from acme_ca.db.status import StatusRepository
 from acme_ca.status.updater import StatusUpdater
 from tests.support import status as status_support
 from tests.support.status import StatusEnv
@@ -51,3 +54,27 @@ async def test_only_the_lock_holder_publishes_crls_and_a_standby_takes_over(
     finally:
         await first.aclose()
         await second.aclose()
+
+
+async def test_revocation_listener_lost_with_its_server_connection_reads_as_dead(
+    pool: asyncpg.Pool, dsn: str
+) -> None:
+    """A database restart ends the updater's LISTEN connection and the pool takes the proxy
+    back; ``alive`` must then say False (so the updater listens again) instead of raising
+    InterfaceError on a connection released to the pool, which failed every poll."""
+    listener = await StatusRepository(pool).listen_revocations(lambda _notice: None)
+    assert listener.alive
+    backend = await pool.fetchval(
+        "SELECT pid FROM pg_stat_activity "
+        "WHERE query LIKE 'LISTEN%' AND datname = current_database()"
+    )
+    other = await asyncpg.connect(dsn)
+    try:
+        await other.execute("SELECT pg_terminate_backend($1)", backend)
+    finally:
+        await other.close()
+    deadline = asyncio.get_running_loop().time() + 5
+    while listener.alive:
+        assert asyncio.get_running_loop().time() < deadline, "the lost listener still reads alive"
+        await asyncio.sleep(0.05)
+    await listener.aclose()

@@ -229,8 +229,14 @@ class RevocationListener:
 
     @property
     def alive(self) -> bool:
-        """False once the connection broke (database restart): listen again."""
-        return not self._closed and not self._conn.is_closed()
+        """False once the connection broke (database restart): listen again.  The pool takes
+        a broken connection's proxy back, after which asking it anything raises."""
+        if self._closed:
+            return False
+        try:
+            return not self._conn.is_closed()
+        except asyncpg.InterfaceError:
+            return False
 
     async def aclose(self) -> None:
         if self._closed:

@@ -629,3 +629,29 @@ def test_unknown_ct_policy_or_challenge_type_refuses_to_start() -> None:
             issuers=DV_ISSUERS,
             challenge_types=["http-01", "dns-01"],
         )
+
+
+async def test_job_of_a_profile_no_longer_configured_signs_nothing(
+    pool: asyncpg.Pool, pki_config: Config, issuers: IssuerSet, linter: CertificateLinter
+) -> None:
+    """A custom profile removed from the configuration between finalize and the worker: the
+    order fails at once with invalidProfile, nothing is signed (no retries)."""
+    names = ["gone.profiles.example.com"]
+    async with harness(pool, pki_config, issuers, linter, three_operators()) as h:
+        account_id, order_id = await insert_ready_order(pool, names)
+        assert await IssuanceRepository(pool).enqueue(
+            order_id=order_id,
+            account_id=account_id,
+            csr_der=build_csr(names),
+            names=names,
+            issuer="dv-ecc",
+            now=datetime.now(UTC),
+            profile="partners",
+        )
+        assert await worker(h, pool, datetime.now(UTC)).run_once()
+    order = await pool.fetchrow("SELECT status, error FROM orders WHERE id = $1", order_id)
+    assert order["status"] == "invalid" and order["error"]["type"] == INVALID_PROFILE
+    assert (
+        await pool.fetchval("SELECT serial FROM issuance_jobs WHERE order_id = $1", order_id)
+        is None
+    )

@@ -464,6 +464,19 @@ class SigningWorker:
         """queued → prepared: serial, validity and the precertificate TBS, linted, recorded
         before anything is signed (waits in the queue while the CT logs cannot cover it)."""
         csr = x509.load_der_x509_csr(job.csr_der)
+        if job.profile not in self._profile_for.profiles:
+            # Removed from the configuration since finalize: nothing to issue under.
+            await self._jobs.fail(
+                job,
+                problems.invalid_profile(
+                    f"the order's profile {job.profile!r} is no longer configured; nothing was "
+                    "signed. Create a new order"
+                ),
+                {"reason": "profile", "profile": job.profile},
+                self._clock.now(),
+            )
+            log.error("issuance.refused", reason="profile", profile=job.profile)
+            return None
         profile = self._profile_for.profile(job.profile)
         organization = None
         if profile.subject_organization:
@@ -505,7 +518,7 @@ class SigningWorker:
             precert_lint_der=prepared.lint_der,
             now=self._clock.now(),
             lint_findings=findings,
-            lint_kind="DV-PRE-CERTIFICATE",
+            lint_kind=self._profile_for.lint_kinds(profile)[0],
         )
         if (
             not self._holds(recorded, "prepare")

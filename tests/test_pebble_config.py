@@ -74,8 +74,15 @@ def test_pebble_config_keys_mapped_and_the_rest_named(tmp_path: Path) -> None:
 
 
 def test_pebble_config_in_test_mode_sets_keys_below_env(tmp_path: Path) -> None:
-    path = _write(tmp_path, {"pebble": {"httpPort": 5080, "externalAccountBindingRequired": True}})
+    pebble = {
+        "httpPort": 5080,
+        "tlsPort": 5081,
+        "managementListenAddress": "127.0.0.1:25000",
+        "externalAccountBindingRequired": True,
+    }
+    path = _write(tmp_path, {"pebble": pebble})
     config = load_config(env={}, overrides={"test_mode": True, "pebble_config": str(path)})
+    assert (config.tlsalpn01_port, config.management_listen) == (5081, "127.0.0.1:25000")
     assert config.http01_port == 5080
     assert config.external_account_required is True
     assert config.pebble_config == path

@@ -313,6 +313,7 @@ def run_level(
             clients=clients,
             duration=duration,
             http01_port=target.http01_port,
+            http01_host=target.http01_host,
             cafile=target.cafile,
             request_timeout=options.request_timeout,
         )
@@ -352,6 +353,7 @@ def probe(target: Target, options: Options, load: LoadFn) -> str:
             clients=1,
             duration=0.0,
             http01_port=target.http01_port,
+            http01_host=target.http01_host,
             cafile=target.cafile,
             request_timeout=options.request_timeout,
         )

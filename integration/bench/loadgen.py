@@ -136,8 +136,9 @@ def _csr_der(name: str) -> bytes:
 class Http01Responder:
     """Serves ``/.well-known/acme-challenge/<token>`` for every client of the run."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
         self.port = port
+        self.host = host
         self.answers: dict[str, str] = {}
         self._runner: web.AppRunner | None = None
 
@@ -152,7 +153,7 @@ class Http01Responder:
         app.router.add_get("/.well-known/acme-challenge/{token}", self._answer)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True).start()
+        await web.TCPSite(self._runner, self.host, self.port, reuse_address=True).start()
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -353,12 +354,13 @@ async def run_load(
     request_timeout: float = 10.0,
     domain_suffix: str = "bench.example.com",
     stall_seconds: float | None = None,
+    http01_host: str = "127.0.0.1",
 ) -> LoadResult:
     """Run ``clients`` closed-loop clients for ``duration`` seconds (after registering their
-    accounts) and return what was measured."""
+    accounts) and return what was measured; http-01 is answered on ``http01_host``."""
     result = LoadResult(clients=clients)
     stall_after = stall_seconds if stall_seconds is not None else 2 * request_timeout
-    responder = Http01Responder(http01_port)
+    responder = Http01Responder(http01_port, http01_host)
     watchdog = _Watchdog()
     ssl_arg = _client_ssl(cafile)
     run_id = secrets.token_hex(3)

@@ -82,6 +82,9 @@ class Target:
     infra_split: dict[str, list[int]] = field(default_factory=dict)
     #: Reads the work counters (counts.COUNTS) the report divides by issuances, if any.
     counters: Callable[[], dict[str, float]] | None = None
+    #: The address the load generator's http-01 responder binds (step-ca: a loopback
+    #: address of its own, since step-ca 0.19 validates on port 80 only).
+    http01_host: str = "127.0.0.1"
 
 
 # ------------------------------------------------------------------------------ processes
@@ -193,7 +196,8 @@ def deb_version(package: str) -> str | None:
 
 @dataclass(frozen=True)
 class Dns:
-    """A pebble-challtestsrv answering every A query with 127.0.0.1 and no AAAA."""
+    """A pebble-challtestsrv answering every A query with one address (127.0.0.1 unless
+    asked otherwise) and no AAAA."""
 
     service: Service
     address: str  # host:port
@@ -211,10 +215,10 @@ def _dns_answers(port: int) -> Callable[[], bool]:
     return ready
 
 
-def start_dns(stack: contextlib.ExitStack, log_dir: Path) -> Dns:
+def start_dns(stack: contextlib.ExitStack, log_dir: Path, answer: str = "127.0.0.1") -> Dns:
     """pebble-challtestsrv as a plain DNS server: every challenge listener off, A queries
-    answered 127.0.0.1, AAAA queries answered empty (``-defaultIPv6 ""``) so validators
-    connect to the IPv4 loopback the load generator listens on."""
+    answered ``answer``, AAAA queries answered empty (``-defaultIPv6 ""``) so validators
+    connect to the IPv4 loopback address the load generator listens on."""
     port = free_port()
     service = start_service(
         stack,
@@ -232,7 +236,7 @@ def start_dns(stack: contextlib.ExitStack, log_dir: Path) -> Dns:
             "-management",
             f"127.0.0.1:{free_port()}",
             "-defaultIPv4",
-            "127.0.0.1",
+            answer,
             "-defaultIPv6",
             "",
         ],
@@ -534,8 +538,16 @@ def acme_ca(workdir: Path) -> Iterator[Target]:
         )
 
 
+def step_ca(workdir: Path) -> contextlib.AbstractContextManager[Target]:
+    """Smallstep's step-ca (:mod:`integration.bench.step_ca`, which imports this module)."""
+    from integration.bench.step_ca import step_ca as start
+
+    return start(workdir)
+
+
 #: The targets by the name ``--targets`` uses, in the order they run.
 TARGETS: dict[str, Callable[[Path], contextlib.AbstractContextManager[Target]]] = {
     "pebble": pebble,
     "acme_ca": acme_ca,
+    "step-ca": step_ca,
 }

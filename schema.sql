@@ -164,6 +164,9 @@ CREATE TABLE IF NOT EXISTS challenges (
     validation_records  jsonb NOT NULL DEFAULT '[]',
     attempts            integer NOT NULL DEFAULT 0,
     lease_until         timestamptz,
+    -- the validating process, `<hostname>:<pid>`: a process on that host that sees it gone
+    -- takes the validation over at once (migration 012)
+    lease_holder        text,
     created_at          timestamptz NOT NULL,
     updated_at          timestamptz NOT NULL
 );

@@ -8,14 +8,22 @@ the validator is wrapped so the test can hold a validation open.
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import sys
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
+
+from acme_ca.db.migrate import apply_schema
+from acme_ca.embedded_pg import EmbeddedPostgres
 from acme_ca.main.app import STORAGE, TASKS, VALIDATOR
 from acme_ca.ra.challenges import ChallengeAuthority, Validator
 from acme_ca.testsrv.server import ChallengeTestServer
 from acme_ca.va.records import CheckResult
 from acme_ca.wfe.services import FRONT_END
 from tests.fixtures import RunningCa
+from tests.support.migrations import create_schema_before
 from tests.support.orders import Subscriber
 
 
@@ -87,3 +95,65 @@ async def test_slow_validation_renews_its_lease_and_is_not_taken_over(
     assert not await storage.orders.renew_challenge_lease(
         challenge_id, now=datetime.now(UTC), lease=lease
     ), "a finished validation has no lease to renew"
+
+
+async def _dead_pid() -> int:
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", "pass")
+    await proc.wait()
+    return proc.pid
+
+
+async def _processing_challenge(
+    sub: Subscriber, challsrv: ChallengeTestServer, name: str, dsn: str, holder: str
+) -> tuple[str, int]:
+    """An order whose http-01 challenge another process is validating under a 10-minute
+    lease held by ``holder``; returns the order URL and the challenge id."""
+    reply = await sub.new_order(name)
+    authz = (await sub.get(reply.body["authorizations"][0])).body
+    challenge = next(c for c in authz["challenges"] if c["type"] == "http-01")
+    challsrv.store.add_http01(challenge["token"], sub.key_authorization(challenge["token"]))
+    challenge_id = int(challenge["url"].rsplit("/", 1)[1])
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(
+            "UPDATE challenges SET status = 'processing', attempts = 1, lease_holder = $2, "
+            "lease_until = now() + interval '10 minutes' WHERE id = $1",
+            challenge_id,
+            holder,
+        )
+    finally:
+        await conn.close()
+    return reply.headers["Location"], challenge_id
+
+
+async def test_validation_of_a_dead_process_on_this_host_is_taken_over_at_once(
+    dsn: str, va_ca: RunningCa, sub: Subscriber, challsrv: ChallengeTestServer
+) -> None:
+    """A validation whose holder (same host) is gone is run again at the next scan, though
+    its lease has ten minutes left; a live holder's is left alone."""
+    dead = f"{socket.gethostname()}:{await _dead_pid()}"
+    alive = f"{socket.gethostname()}:{os.getppid()}"
+    orphan, _ = await _processing_challenge(sub, challsrv, "orphan.example.com", dsn, dead)
+    _, kept_id = await _processing_challenge(sub, challsrv, "kept.example.com", dsn, alive)
+    assert await va_ca.app[FRONT_END].challenges.recover_stale() == 1
+    assert (await sub.wait_order(orphan))["status"] == "ready"
+    holder = await va_ca.app[STORAGE].pool.fetchval(
+        "SELECT lease_holder FROM challenges WHERE id = $1", kept_id
+    )
+    assert holder == alive
+
+
+async def test_migration_012_gives_challenges_a_lease_holder(postgres: EmbeddedPostgres) -> None:
+    conn = await asyncpg.connect(postgres.create_database(f"m_{os.urandom(8).hex()}"))
+    try:
+        await create_schema_before(conn, 12)
+        column = (
+            "SELECT count(*) FROM information_schema.columns "
+            "WHERE table_name = 'challenges' AND column_name = 'lease_holder'"
+        )
+        assert await conn.fetchval(column) == 0
+        assert 12 in await apply_schema(conn)
+        assert await conn.fetchval(column) == 1
+        assert await apply_schema(conn) == [], "replaying the schema changes nothing"
+    finally:
+        await conn.close()

@@ -49,8 +49,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
@@ -89,6 +87,7 @@ from acme_ca.db.issuance_jobs import (
     SctsCollectedJob,
     Step,
 )
+from acme_ca.liveness import dead_on_this_host, holder_name, host_prefix
 from acme_ca.profiles import Profile
 
 log = structlog.get_logger(component="acme_ca.ca.worker")
@@ -154,6 +153,11 @@ class IssuanceProfiles:
             rsa_key_encipherment=profile.rsa_key_encipherment,
             subject_common_name=profile.subject_common_name,
         )
+
+    def reuse_cap(self, name: str) -> timedelta | None:
+        """The profile's own authorization reuse limit, rechecked at signing (None: none)."""
+        profile = self.profiles.get(name)
+        return None if profile is None else profile.reuse_cap
 
     @staticmethod
     def ct_policy(profile: Profile) -> CtPolicy:
@@ -223,7 +227,7 @@ class SigningWorker:
         self._on_issued = on_issued
         self._poll = poll_seconds
         self._lease = lease
-        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.worker_id = worker_id or holder_name()
         self._wake = asyncio.Event()
         self._concurrency = concurrency
         self._lint_final = lint_final
@@ -237,6 +241,7 @@ class SigningWorker:
             account_uri=account_uri,
             ov_issuers=frozenset(i.name for i in issuers if i.purpose == "ov"),
             organizations=organizations,
+            profile_reuse=profile_for.reuse_cap,
         )
         #: The dispatch table: each step's view and handler.
         self._steps: dict[Step, tuple[type[IssuanceJob], Handler]] = {
@@ -314,14 +319,11 @@ class SigningWorker:
 
     async def take_over_dead_holders(self) -> list[int]:
         """End the leases of workers on this host whose process no longer exists (a killed
-        or crashed predecessor): their jobs resume now, not when the lease lapses.  Only
-        a holder named ``<this hostname>:<pid>`` whose pid is gone is provably dead."""
-        host = self.worker_id.rpartition(":")[0]
+        or crashed predecessor): their jobs resume now, not when the lease lapses
+        (:mod:`acme_ca.liveness`)."""
+        holders = await self._jobs.lease_holders(host_prefix(self.worker_id), now=self._clock.now())
         taken: list[int] = []
-        for holder in await self._jobs.lease_holders(f"{host}:", now=self._clock.now()):
-            pid = holder.rpartition(":")[2]
-            if holder == self.worker_id or not pid.isdigit() or _process_exists(int(pid)):
-                continue
+        for holder in dead_on_this_host(holders, self.worker_id):
             released = await self._jobs.release_leases(holder, now=self._clock.now())
             if released:
                 log.warning("issuance.holder_dead", holder=holder, jobs=released)
@@ -760,17 +762,6 @@ class SigningWorker:
             retry_at=retry_at.isoformat(),
             deferrals=job.deferrals + 1,
         )
-
-
-def _process_exists(pid: int) -> bool:
-    """Whether a process ``pid`` exists on this host (signal 0 checks without sending)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    return True
 
 
 def profile_settings_factory(config: Any) -> IssuanceProfiles:

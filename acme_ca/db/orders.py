@@ -335,7 +335,9 @@ class OrderRepository:
             }
         )
 
-    async def start_challenge(self, challenge_id: int, *, now: datetime, lease: timedelta) -> bool:
+    async def start_challenge(
+        self, challenge_id: int, *, now: datetime, lease: timedelta, holder: str | None = None
+    ) -> bool:
         """pending → processing, only while the authorization is pending and unexpired and
         none of its challenges is being validated (one validation per authorization at a
         time, as Boulder's authz-level beganProcessing): the authorization row is locked
@@ -348,7 +350,8 @@ class OrderRepository:
             )
             row = await conn.fetchrow(
                 """UPDATE challenges c SET status = 'processing', attempts = attempts + 1,
-                          lease_until = $2::timestamptz + $3::interval, updated_at = $2
+                          lease_until = $2::timestamptz + $3::interval, lease_holder = $4,
+                          updated_at = $2
                    FROM authorizations a
                    WHERE c.id = $1 AND c.status = 'pending' AND a.id = c.authz_id
                      AND a.status = 'pending' AND a.expires_at > $2
@@ -358,6 +361,7 @@ class OrderRepository:
                 challenge_id,
                 now,
                 lease,
+                holder,
             )
             if row is None:
                 return False
@@ -376,20 +380,42 @@ class OrderRepository:
         return True
 
     async def claim_stale_challenges(
-        self, *, now: datetime, lease: timedelta, limit: int = 10
+        self,
+        *,
+        now: datetime,
+        lease: timedelta,
+        holder: str | None = None,
+        dead: Sequence[str] = (),
+        limit: int = 10,
     ) -> list[int]:
-        """Take over processing challenges whose validator went away (lease expired)."""
+        """Take over processing challenges whose validator went away: the lease lapsed, or
+        its holder is one of ``dead`` (a process on this host that no longer exists)."""
         rows = await self._pool.fetch(
-            """UPDATE challenges SET lease_until = $1::timestamptz + $2::interval
+            """UPDATE challenges SET lease_until = $1::timestamptz + $2::interval,
+                      lease_holder = $4
                WHERE id IN (SELECT id FROM challenges
-                            WHERE status = 'processing' AND lease_until < $1
+                            WHERE status = 'processing'
+                              AND (lease_until < $1 OR lease_holder = ANY($5::text[]))
                             ORDER BY lease_until LIMIT $3 FOR UPDATE SKIP LOCKED)
                RETURNING id""",
             now,
             lease,
             limit,
+            holder,
+            list(dead),
         )
         return [r["id"] for r in rows]
+
+    async def challenge_lease_holders(self, prefix: str, *, now: datetime) -> list[str]:
+        """Processes named ``prefix...`` validating a challenge under a lease not lapsed."""
+        rows = await self._pool.fetch(
+            """SELECT DISTINCT lease_holder FROM challenges
+               WHERE status = 'processing' AND lease_until >= $2
+                 AND starts_with(lease_holder, $1)""",
+            prefix,
+            now,
+        )
+        return [r["lease_holder"] for r in rows]
 
     async def renew_challenge_lease(
         self, challenge_id: int, *, now: datetime, lease: timedelta

@@ -28,6 +28,7 @@ from acme_ca.clock import Clock
 from acme_ca.db.accounts import Account, AccountRepository
 from acme_ca.db.authorizations import Authorization, Challenge, ValidationOutcome
 from acme_ca.db.orders import OrderRepository
+from acme_ca.liveness import dead_on_this_host, holder_name, host_prefix
 from acme_ca.ra.br_schedule import BR_METHODS, BR_VERSION, max_dcv_reuse
 from acme_ca.ra.ratelimits import RateLimiter
 from acme_ca.tasks import BackgroundTasks
@@ -88,6 +89,8 @@ class ChallengeAuthority:
         self._account_uri = account_uri
         self._reuse_period = reuse_period
         self._lease = lease
+        #: This process as a lease holder (``<hostname>:<pid>``, :mod:`acme_ca.liveness`).
+        self._holder = holder_name()
         self._max_delay = max_delay_seconds
         self._wait = wait_seconds
         self._retry_after = retry_after_seconds
@@ -118,7 +121,7 @@ class ChallengeAuthority:
             if self._limits is not None:
                 await self._limits.check_failed_validations(account.id, authz.identifier)
             if await self._orders.start_challenge(
-                challenge.id, now=self._clock.now(), lease=self._lease
+                challenge.id, now=self._clock.now(), lease=self._lease, holder=self._holder
             ):
                 log.info(
                     "challenge.processing",
@@ -238,8 +241,16 @@ class ChallengeAuthority:
         )
 
     async def recover_stale(self) -> int:
-        """Re-run validations whose lease lapsed (their process died); returns how many."""
-        ids = await self._orders.claim_stale_challenges(now=self._clock.now(), lease=self._lease)
+        """Re-run validations whose lease lapsed, or whose holder is a process on this host
+        that no longer exists (a killed ``serve``, restarted): returns how many."""
+        now = self._clock.now()
+        holders = await self._orders.challenge_lease_holders(host_prefix(self._holder), now=now)
+        dead = dead_on_this_host(holders, self._holder)
+        if dead:
+            log.warning("challenge.holder_dead", holders=dead)
+        ids = await self._orders.claim_stale_challenges(
+            now=now, lease=self._lease, holder=self._holder, dead=dead
+        )
         for challenge_id in ids:
             log.warning("challenge.recovered", challenge_id=challenge_id)
             self._tasks.spawn(self.run_validation(challenge_id), name=f"validate-{challenge_id}")

@@ -25,7 +25,12 @@ from acme_ca.ca.issuers_file import IssuersFile, KeyRef, read_issuers_file
 from acme_ca.config import Config, _split_host_port
 from acme_ca.db.certificates import CertificateRecord, CertificateRepository
 from acme_ca.db.pool import create_pool
-from acme_ca.testsrv.ca_endpoints import CaEndpoints, make_ca_management_app, static_pem
+from acme_ca.testsrv.ca_endpoints import (
+    CaEndpoints,
+    PemProvider,
+    make_ca_management_app,
+    static_pem,
+)
 from acme_ca.tls import server_ssl_context
 
 log = structlog.get_logger(component="acme_ca.testsrv.pebble_ca")
@@ -72,6 +77,16 @@ def _chains(issuers: IssuersFile) -> tuple[list[bytes], list[bytes], list[bytes]
     root_keys = [_key_pem(by_cert.get(root)) or b"" for root in roots]
     issuer_keys = b"".join(_key_pem(e.key) or b"" for e in ordered)
     return [_pem(r) for r in roots], intermediates, root_keys, issuer_keys
+
+
+def _indexed(items: list[bytes]) -> PemProvider:
+    """Like :func:`static_pem`, but an empty item (a root whose key is not on disk) is a 404
+    at its own index instead of shifting the ones after it."""
+
+    async def provide(index: int) -> bytes | None:
+        return (items[index] or None) if 0 <= index < len(items) else None
+
+    return provide
 
 
 def _go_time(at: datetime) -> str:
@@ -140,7 +155,7 @@ async def pebble_ca(pki: Path, dsn: str | None) -> PebbleCa:
     endpoints = CaEndpoints(
         roots=static_pem(*roots),
         intermediates=static_pem(*intermediates),
-        root_keys=static_pem(*[k for k in root_keys if k]),
+        root_keys=_indexed(root_keys),
         intermediate_keys=static_pem(*([issuer_keys] * len(roots) if issuer_keys else [])),
         cert_status=cert_status,
     )

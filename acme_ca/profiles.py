@@ -353,6 +353,9 @@ class Profile:
     challenges: tuple[str, ...] | None
     #: Reuse of valid authorizations, before the BR 4.2.1 cap for the date.
     authz_reuse: timedelta
+    #: The profile's own ``authz_reuse_days``, when configured: also enforced when the worker
+    #: signs (None: only the BR 4.2.1 limit of the signing date applies there).
+    reuse_cap: timedelta | None
     accounts: AccountScope
     renewal_window: tuple[Fraction, Fraction]
 
@@ -424,6 +427,7 @@ def resolve(spec: ProfileSpec, inherited: Inherited) -> Profile:
         crl_url=spec.crl_url,
         challenges=None if spec.challenges is None else tuple(spec.challenges),
         authz_reuse=timedelta(days=spec.authz_reuse_days or inherited.authz_reuse_days),
+        reuse_cap=None if spec.authz_reuse_days is None else timedelta(days=spec.authz_reuse_days),
         accounts=cast(AccountScope, spec.accounts),
         renewal_window=window,
     )

@@ -655,3 +655,45 @@ async def test_job_of_a_profile_no_longer_configured_signs_nothing(
         await pool.fetchval("SELECT serial FROM issuance_jobs WHERE order_id = $1", order_id)
         is None
     )
+
+
+async def test_br_4_2_1_profile_reuse_rechecked_at_signing(
+    pool: asyncpg.Pool, pki_config: Config, issuers: IssuerSet, linter: CertificateLinter
+) -> None:
+    """A profile's own authz_reuse_days (10) holds at signing as BR 4.2.1's limit does: a
+    validation 12 days old is refused for it, while dv (BR limit only) signs it."""
+    tight = ProfileSpec(name="tight", description="10-day reuse", authz_reuse_days=10)
+    config = replace(pki_config, profiles=(tight,)).validate()
+    now = datetime.now(UTC)
+    results = {}
+    async with harness(pool, config, issuers, linter, three_operators()) as h:
+        for profile in ("tight", "dv"):
+            names = [f"reuse-{profile}.profiles.example.com"]
+            account_id, order_id = await insert_ready_order(
+                pool, names, validated_at=now - timedelta(days=12)
+            )
+            # CAA was rechecked an hour ago (BR 3.2.2.8): only the reuse rule is in play.
+            await pool.execute(
+                "UPDATE authorizations SET caa_checked_at = $1 WHERE account_id = $2",
+                now - timedelta(hours=1),
+                account_id,
+            )
+            assert await IssuanceRepository(pool).enqueue(
+                order_id=order_id,
+                account_id=account_id,
+                csr_der=build_csr(names),
+                names=names,
+                issuer="dv-ecc",
+                now=now,
+                profile=profile,
+            )
+            assert await worker(h, pool, now).run_once()
+            results[profile] = await pool.fetchrow(
+                "SELECT status, error FROM orders WHERE id = $1", order_id
+            )
+    assert results["dv"]["status"] == "valid", results["dv"]["error"]
+    assert results["tight"]["status"] == "invalid"
+    assert (
+        "the order's profile reuses validations for at most 10 days"
+        in (results["tight"]["error"]["detail"])
+    )

@@ -131,13 +131,26 @@ def authorization_refusal(
     )
 
 
-def reuse_refusal(name: str, ev: AuthorizationEvidence, now: datetime) -> Refusal | None:
+def reuse_refusal(
+    name: str, ev: AuthorizationEvidence, now: datetime, profile_cap: timedelta | None = None
+) -> Refusal | None:
     """BR 4.2.1: the validation may still be reused for a certificate signed at ``now``;
     one made by a method with a cap of its own (BR 3.2.2.4.22: dns-persist-01, 10 days)
     no longer than that."""
     assert ev.validated_at is not None
     limit = max_dcv_reuse(now, ev.method)
     age = now - ev.validated_at
+    if profile_cap is not None and profile_cap < limit and age > profile_cap:
+        return Refusal(
+            RULE_REUSE,
+            problems.unauthorized(
+                f"{RULE_REUSE}: {name} was validated on {_day(ev.validated_at)}, {age.days} "
+                f"days before signing on {_day(now)}; the order's profile reuses validations "
+                f"for at most {profile_cap.days} days. Validate it again (new order); nothing "
+                "was signed",
+                identifier=_dns(name),
+            ),
+        )
     if age <= limit:
         return None
     which = (
@@ -361,9 +374,11 @@ def refusals(
     not_after: datetime,
     now: datetime,
     production: bool,
+    profile_cap: timedelta | None = None,
 ) -> list[Refusal]:
     """Every refusal of the rules above but CAA (which needs the network), for signing at
-    ``now`` a certificate for ``names`` valid from ``not_before`` to ``not_after``."""
+    ``now`` a certificate for ``names`` valid from ``not_before`` to ``not_after``;
+    ``profile_cap``: the order's profile's own reuse limit, when it configures one."""
     found: list[Refusal] = []
     validity = validity_refusal(not_before, not_after, now)
     if validity is not None:
@@ -375,7 +390,7 @@ def refusals(
             continue
         assert ev is not None
         for rule in (
-            reuse_refusal(name, ev, now),
+            reuse_refusal(name, ev, now, profile_cap),
             corroboration_refusal(name, ev, production=production),
         ):
             if rule is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
 import structlog
@@ -79,8 +79,10 @@ class SigningChecks:
         account_uri: Callable[[int], str] | None,
         ov_issuers: frozenset[str] = frozenset(),
         organizations: OrganizationLookup | None = None,
+        profile_reuse: Callable[[str], timedelta | None] | None = None,
     ) -> None:
         self._jobs = jobs
+        self._profile_reuse = profile_reuse
         self._ov_issuers = ov_issuers
         self._organizations = organizations
         self._clock = clock
@@ -137,6 +139,7 @@ class SigningChecks:
             not_after=job.not_after,
             now=now,
             production=self._production,
+            profile_cap=None if self._profile_reuse is None else self._profile_reuse(job.profile),
         )
         if found:
             await self._refuse(job, found, now)

@@ -34,6 +34,7 @@ from acme_ca.ca.lint import CertificateLinter
 from acme_ca.ca.worker import DEFAULT_LEASE, SigningWorker, profile_settings_factory
 from acme_ca.clock import SystemClock
 from acme_ca.config import Config
+from acme_ca.db.audit_chain import verify_chain
 from acme_ca.db.issuance import IssuanceRepository
 from acme_ca.db.issuance_jobs import IssuanceJob, PrecertSignedJob, PreparedJob, SctsCollectedJob
 from acme_ca.db.migrate import apply_schema
@@ -307,6 +308,72 @@ async def test_queued_jobs_become_certificates(
             "ct.scts_collected",
             "certificate.issued",
         ]
+
+
+async def test_cp_5_4_1_steps_recorded_in_one_statement_keep_their_audit_rows_and_chain(
+    pool: asyncpg.Pool,
+    pki_config: Config,
+    issuers: IssuerSet,
+    make_worker: Callable[..., SigningWorker],
+) -> None:
+    """prepared, precert_signed and scts_collected are each one statement (issue 20): the
+    audit rows carry what they carried as separate INSERTs, and the hash chain verifies."""
+    queued = await queue_order(pool, pki_config, names_for(1), "ec")
+    assert await make_worker(pool, issuers, "w1").run_once()
+    job = await job_of(pool, queued.order_id)
+    rows = {
+        r["event"]: r
+        for r in await pool.fetch(
+            "SELECT * FROM audit_events WHERE order_id = $1 ORDER BY id", queued.order_id
+        )
+    }
+    prepared = rows["issuance.prepared"]
+    assert prepared["actor"] == "worker:w1" and prepared["account_id"] == job["account_id"]
+    lint = prepared["details"]["lint"]
+    assert lint["profile"] == "DV-PRE-CERTIFICATE" and isinstance(lint["findings"], list)
+    assert prepared["details"] == {
+        "serial": job["serial"],
+        "job_id": job["id"],
+        "precertificate": True,
+        "lint": lint,
+    }
+    assert rows["precertificate.issued"]["details"] == {
+        "serial": job["serial"],
+        "issuer": job["issuer"],
+        "job_id": job["id"],
+    }
+    scts = rows["ct.scts_collected"]["details"]
+    assert scts["serial"] == job["serial"] and len(scts["scts"]) == len(job["scts"]) >= 2
+    assert all(set(s) == {"log", "operator", "timestamp"} for s in scts["scts"])
+    precert = await pool.fetchrow("SELECT * FROM precertificates WHERE job_id = $1", job["id"])
+    assert precert is not None and bytes(precert["der"]) == bytes(job["precert_der"])
+    report = await verify_chain(pool)
+    assert report.ok, report.broken
+
+
+async def test_step_of_a_job_another_worker_holds_records_nothing(
+    pool: asyncpg.Pool, pki_config: Config
+) -> None:
+    """A worker that lost the job gets it back as the holder left it, with no audit row."""
+    queued = await queue_order(pool, pki_config, names_for(1), "ec")
+    jobs = IssuanceRepository(pool)
+    now = datetime.now(UTC)
+    claimed = await jobs.claim("holder", now=now, lease=DEFAULT_LEASE)
+    assert claimed is not None
+    audit_rows = await pool.fetchval("SELECT count(*) FROM audit_events")
+    back = await jobs.record_prepared(
+        claimed,
+        "other",
+        serial="7f" * 16,
+        not_before=now,
+        not_after=now + timedelta(days=1),
+        precert_tbs_der=b"tbs",
+        precert_lint_der=b"lint",
+        now=now,
+    )
+    assert back.step == "queued" and back.locked_by == "holder"
+    assert await pool.fetchval("SELECT count(*) FROM audit_events") == audit_rows
+    assert (await job_of(pool, queued.order_id))["serial"] is None
 
 
 async def test_lease_lapsed_before_prepare_is_taken_over(

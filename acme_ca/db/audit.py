@@ -32,6 +32,13 @@ class AuditRow(TypedDict):
     details: dict[str, JsonValue]
 
 
+def current_request_id() -> str | None:
+    """The request id the web layer bound (None outside a request, as in the worker); also
+    for statements that write their audit row themselves (db/issuance.py)."""
+    request_id: str | None = structlog.contextvars.get_contextvars().get("request_id")
+    return request_id
+
+
 async def record_event(
     conn: asyncpg.Connection,
     event: str,
@@ -42,7 +49,7 @@ async def record_event(
     order_id: int | None = None,
     details: JsonObject | None = None,
 ) -> None:
-    request_id = structlog.contextvars.get_contextvars().get("request_id")
+    request_id = current_request_id()
     await conn.execute(
         """INSERT INTO audit_events (at, event, actor, account_id, order_id, request_id, details)
            VALUES ($1, $2, $3, $4, $5, $6, $7)""",

@@ -30,7 +30,7 @@ import asyncpg
 from acme_ca.acme.jsontypes import JsonObject, JsonValue
 from acme_ca.acme.problems import Problem
 from acme_ca.acme.states import OrderEvent
-from acme_ca.db.audit import record_event
+from acme_ca.db.audit import current_request_id, record_event
 from acme_ca.db.completions import notify_order_done
 from acme_ca.db.issuance_jobs import (
     AuthorizationEvidence,
@@ -52,6 +52,18 @@ def _sct_summaries(scts: Sequence[JsonObject]) -> list[dict[str, JsonValue]]:
 class IssuanceRepository:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
+
+    async def _as_recorded(self, row: asyncpg.Record | None, job: IssuanceJob) -> IssuanceJob:
+        """The job as the step's statement recorded it, else (it did not move the step: another
+        worker's) as that worker left it, read afresh.
+
+        Each step is one statement (issue 20): a CTE ``u`` with the conditional UPDATE, the
+        audit row inserted from ``u`` (so only when the step moved, after the job's row lock
+        was taken, as db/audit.py asks), the job row returned. In one implicit transaction the
+        audit chain's head is held until that statement commits, never across a round trip."""
+        if row is None:
+            row = await self._pool.fetchrow("SELECT * FROM issuance_jobs WHERE id = $1", job.id)
+        return job_from_row(row)
 
     async def enqueue(
         self,
@@ -128,39 +140,39 @@ class IssuanceRepository:
         copy, once; a job another worker took or prepared comes back as that worker left it.
         ``lint_findings`` (the linter's non-blocking findings, of the ``lint_kind`` rules) go
         to the audit row, for the order's timeline."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            updated = await conn.execute(
-                """UPDATE issuance_jobs SET step = 'prepared', serial = $3, not_before = $4,
+        row = await self._pool.fetchrow(
+            """WITH u AS (
+                   UPDATE issuance_jobs SET step = 'prepared', serial = $3, not_before = $4,
                           not_after = $5, precert_tbs_der = $6, precert_lint_der = $7,
                           updated_at = $8
-                   WHERE id = $1 AND locked_by = $2 AND step = 'queued'""",
-                job.id,
-                worker_id,
-                serial,
-                not_before,
-                not_after,
-                precert_tbs_der,
-                precert_lint_der,
-                now,
-            )
-            row = await conn.fetchrow("SELECT * FROM issuance_jobs WHERE id = $1", job.id)
-            if not updated.endswith(" 1"):  # another worker owns or prepared it: no event
-                return job_from_row(row)
-            await record_event(
-                conn,
-                "issuance.prepared",
-                at=now,
-                actor=f"worker:{worker_id}",
-                account_id=row["account_id"],
-                order_id=row["order_id"],
-                details={
-                    "serial": row["serial"],
-                    "job_id": job.id,
-                    "precertificate": True,
-                    "lint": {"profile": lint_kind, "findings": list(lint_findings)},
-                },
-            )
-        return job_from_row(row)
+                   WHERE id = $1 AND locked_by = $2 AND step = 'queued'
+                   RETURNING *),
+               a AS (
+                   INSERT INTO audit_events (at, event, actor, account_id, order_id,
+                                             request_id, details)
+                   SELECT $8::timestamptz, $9::text, $10::text, u.account_id, u.order_id,
+                          $11::text, $12::jsonb
+                   FROM u)
+               SELECT * FROM u""",
+            job.id,
+            worker_id,
+            serial,
+            not_before,
+            not_after,
+            precert_tbs_der,
+            precert_lint_der,
+            now,
+            "issuance.prepared",
+            f"worker:{worker_id}",
+            current_request_id(),
+            {
+                "serial": serial,
+                "job_id": job.id,
+                "precertificate": True,
+                "lint": {"profile": lint_kind, "findings": list(lint_findings)},
+            },
+        )
+        return await self._as_recorded(row, job)
 
     async def record_precertificate(
         self, job: IssuanceJob, worker_id: str, der: bytes, now: datetime
@@ -172,43 +184,36 @@ class IssuanceRepository:
         ``precertificates`` (OCSP answers for it) and on the job, which every later step reuses.
         Another worker's precertificate, recorded first, wins: the row returned carries it.
         """
-        async with self._pool.acquire() as conn, conn.transaction():
-            updated = await conn.execute(
-                """UPDATE issuance_jobs SET step = 'precert_signed', precert_der = $3,
+        row = await self._pool.fetchrow(
+            """WITH u AS (
+                   UPDATE issuance_jobs SET step = 'precert_signed', precert_der = $3,
                           ct_submitted_at = coalesce(ct_submitted_at, $4), updated_at = $4
-                   WHERE id = $1 AND locked_by = $2 AND step = 'prepared'""",
-                job.id,
-                worker_id,
-                der,
-                now,
-            )
-            row = await conn.fetchrow("SELECT * FROM issuance_jobs WHERE id = $1", job.id)
-            if not updated.endswith(" 1"):
-                return job_from_row(row)
-            await conn.execute(
-                """INSERT INTO precertificates (job_id, order_id, account_id, serial, issuer,
+                   WHERE id = $1 AND locked_by = $2 AND step = 'prepared'
+                   RETURNING *),
+               p AS (
+                   INSERT INTO precertificates (job_id, order_id, account_id, serial, issuer,
                                                 der, not_before, not_after, created_at)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",
-                job.id,
-                row["order_id"],
-                row["account_id"],
-                row["serial"],
-                row["issuer"],
-                der,
-                row["not_before"],
-                row["not_after"],
-                now,
-            )
-            await record_event(
-                conn,
-                "precertificate.issued",
-                at=now,
-                actor=f"worker:{worker_id}",
-                account_id=row["account_id"],
-                order_id=row["order_id"],
-                details={"serial": row["serial"], "issuer": row["issuer"], "job_id": job.id},
-            )
-        return job_from_row(row)
+                   SELECT u.id, u.order_id, u.account_id, u.serial, u.issuer, $3,
+                          u.not_before, u.not_after, $4
+                   FROM u
+                   RETURNING 1),
+               a AS (
+                   INSERT INTO audit_events (at, event, actor, account_id, order_id,
+                                             request_id, details)
+                   SELECT $4::timestamptz, $5::text, $6::text, u.account_id, u.order_id, $7::text,
+                          jsonb_build_object('serial', u.serial, 'issuer', u.issuer,
+                                             'job_id', u.id)
+                   FROM u, p)
+               SELECT * FROM u""",
+            job.id,
+            worker_id,
+            der,
+            now,
+            "precertificate.issued",
+            f"worker:{worker_id}",
+            current_request_id(),
+        )
+        return await self._as_recorded(row, job)
 
     async def record_scts(
         self,
@@ -222,31 +227,31 @@ class IssuanceRepository:
     ) -> IssuanceJob:
         """precert_signed → scts_collected: fix the SCTs and the final certificate's TBS and
         linted copy, once."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            updated = await conn.execute(
-                """UPDATE issuance_jobs SET step = 'scts_collected', scts = $3, tbs_der = $4,
+        row = await self._pool.fetchrow(
+            """WITH u AS (
+                   UPDATE issuance_jobs SET step = 'scts_collected', scts = $3, tbs_der = $4,
                           lint_der = $5, error = NULL, updated_at = $6
-                   WHERE id = $1 AND locked_by = $2 AND step = 'precert_signed'""",
-                job.id,
-                worker_id,
-                scts,
-                tbs_der,
-                lint_der,
-                now,
-            )
-            row = await conn.fetchrow("SELECT * FROM issuance_jobs WHERE id = $1", job.id)
-            if not updated.endswith(" 1"):
-                return job_from_row(row)
-            await record_event(
-                conn,
-                "ct.scts_collected",
-                at=now,
-                actor=f"worker:{worker_id}",
-                account_id=row["account_id"],
-                order_id=row["order_id"],
-                details={"serial": row["serial"], "scts": _sct_summaries(scts)},
-            )
-        return job_from_row(row)
+                   WHERE id = $1 AND locked_by = $2 AND step = 'precert_signed'
+                   RETURNING *),
+               a AS (
+                   INSERT INTO audit_events (at, event, actor, account_id, order_id,
+                                             request_id, details)
+                   SELECT $6::timestamptz, $7::text, $8::text, u.account_id, u.order_id, $9::text,
+                          jsonb_build_object('serial', u.serial, 'scts', $10::jsonb)
+                   FROM u)
+               SELECT * FROM u""",
+            job.id,
+            worker_id,
+            scts,
+            tbs_der,
+            lint_der,
+            now,
+            "ct.scts_collected",
+            f"worker:{worker_id}",
+            current_request_id(),
+            _sct_summaries(scts),
+        )
+        return await self._as_recorded(row, job)
 
     async def defer(
         self,

@@ -1,6 +1,8 @@
 """``serve --test --ephemeral`` (issue 21 item 8): every start gets a throwaway home (a new
-hierarchy and a new embedded PostgreSQL), removed at exit, as Pebble forgets everything; only
-the HTTPS listener's certificate stays in ``$ACME_CA_HOME/tls`` so clients keep trusting it.
+hierarchy) and a new database, both removed at exit, as Pebble forgets everything; what stays
+in ``$ACME_CA_HOME`` is the HTTPS listener's certificate (``tls/``, so clients keep trusting
+it) and the throwaway cluster holding the migrated template the runs' databases copy
+(``pg-ephemeral/``).
 
 The start-up time is measured and printed (the target is 1.5 s; Pebble's own start is about
 1.4 s): a report, not an assertion, so a loaded CI machine does not fail the suite.
@@ -47,12 +49,15 @@ def test_ephemeral_home_new_each_start_and_removed_at_exit(
         roots.append(root)
         assert throwaway.is_dir() and not throwaway.is_relative_to(home)
         assert (throwaway / "pki" / "issuers.toml").exists()
-        assert not (home / "pki").exists(), "nothing but tls/ is kept in ACME_CA_HOME"
+        assert not (home / "pki").exists(), "no hierarchy is kept in ACME_CA_HOME"
         ca.stop()
         assert not throwaway.exists(), "the throwaway home is removed at exit"
         assert ca.proc.events("testmode.ephemeral_home_removed")
+        (created,) = ca.proc.events("database.ephemeral_created")
+        (dropped,) = ca.proc.events("database.ephemeral_dropped")
+        assert created["database"] == dropped["database"], "the run's database is dropped"
     assert roots[0] != roots[1], "a new hierarchy each start"
-    assert sorted(p.name for p in home.iterdir()) == ["tls"]
+    assert sorted(p.name for p in home.iterdir()) == ["pg-ephemeral", "tls"]
     print(
         f"serve --test --ephemeral ready in {figures[0]:.2f} s (first start, TLS made) and "
         f"{figures[1]:.2f} s (second); target {TARGET_SECONDS} s"

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import asyncpg
+import structlog
 
 from acme_ca.config import Config
 from acme_ca.db.migrate import apply_schema
@@ -19,12 +22,77 @@ async def database_dsn(config: Config) -> AsyncIterator[str]:
     if config.database_url:
         yield config.database_url
         return
-    embedded = EmbeddedPostgres(config.home / "pg", throwaway=config.ephemeral)
+    embedded = EmbeddedPostgres(config.home / "pg")
     dsn = await asyncio.to_thread(embedded.start)
     try:
         yield dsn
     finally:
         await asyncio.to_thread(embedded.stop)
+
+
+log = structlog.get_logger(component="acme_ca.db.database")
+
+#: ``serve --test --ephemeral``: the migrated, otherwise empty database each run copies.
+EPHEMERAL_TEMPLATE = "acme_ca_ephemeral_template"
+
+
+@asynccontextmanager
+async def ephemeral_database(data_root: Path) -> AsyncIterator[str]:
+    """A new database for one ``serve --test --ephemeral`` run, dropped at exit.
+
+    It is copied from :data:`EPHEMERAL_TEMPLATE` in a throwaway embedded cluster under
+    ``data_root`` (no fsync: it only ever holds the template and the runs' databases), which
+    stays between runs, so only the first run pays for initdb and the schema; the cluster is
+    stopped at exit like any embedded one.
+    """
+    embedded = EmbeddedPostgres(data_root, throwaway=True)
+    base = await asyncio.to_thread(embedded.start)
+    try:
+        await _create_database(base, EPHEMERAL_TEMPLATE, template=None, exist_ok=True)
+        await migrate(_dsn_for(base, EPHEMERAL_TEMPLATE))
+        name = f"acme_ca_run_{secrets.token_hex(8)}"
+        await _create_database(base, name, template=EPHEMERAL_TEMPLATE)
+        log.info("database.ephemeral_created", database=name, data_root=str(data_root))
+        try:
+            yield _dsn_for(base, name)
+        finally:
+            conn = await asyncpg.connect(base)
+            try:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            finally:
+                await conn.close()
+            log.info("database.ephemeral_dropped", database=name)
+    finally:
+        await asyncio.to_thread(embedded.stop)
+
+
+def _dsn_for(dsn: str, name: str) -> str:
+    """The same server's DSN for database ``name`` (the embedded DSNs end in ``/<db>``)."""
+    return dsn.rsplit("/", 1)[0] + "/" + name
+
+
+async def _create_database(
+    dsn: str, name: str, *, template: str | None, exist_ok: bool = False
+) -> None:
+    """CREATE DATABASE, retried while a concurrent run still holds the template open."""
+    sql = f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else "")
+    conn = await asyncpg.connect(dsn)
+    try:
+        for attempt in range(20):
+            try:
+                await conn.execute(sql)
+            except asyncpg.DuplicateDatabaseError:
+                if exist_ok:
+                    return
+                raise
+            except asyncpg.ObjectInUseError:
+                if attempt == 19:
+                    raise
+                await asyncio.sleep(0.1)
+            else:
+                return
+    finally:
+        await conn.close()
 
 
 async def migrate(dsn: str) -> list[int]:

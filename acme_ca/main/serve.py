@@ -16,7 +16,7 @@ from acme_ca.ca.hierarchy import init_hierarchy
 from acme_ca.ca.issuers_file import ISSUERS_FILE
 from acme_ca.clock import Clock, SystemClock
 from acme_ca.config import Config
-from acme_ca.db.database import database_dsn, migrate
+from acme_ca.db.database import database_dsn, ephemeral_database, migrate
 from acme_ca.deployment import deployment_gate, signing_guard
 from acme_ca.main.app import create_app
 from acme_ca.main.metrics import metrics_listener
@@ -67,21 +67,16 @@ async def serve(
         tls_cert, tls_key, _ = await asyncio.to_thread(ensure_local_tls, config.home / "tls")
     async with ephemeral_home() as home, contextlib.AsyncExitStack() as stack:
         run = replace(config, home=home, tls_cert=tls_cert, tls_key=tls_key)
-        # The two slow first steps overlap: the new cluster (initdb, schema) and the new
-        # hierarchy (key generation); _serve then finds both ready.
-        database = asyncio.create_task(_ephemeral_database(stack, run))
+        # The two slow first steps overlap: the run's new database (a copy of a migrated
+        # template in $ACME_CA_HOME/pg-ephemeral) and the new hierarchy (key generation).
+        database = asyncio.create_task(
+            stack.enter_async_context(ephemeral_database(config.home / "pg-ephemeral"))
+        )
         try:
             await ensure_hierarchy(run)
         finally:
             dsn = await database
         await _serve(replace(run, database_url=dsn), stop=stop, clock=clock)
-
-
-async def _ephemeral_database(stack: contextlib.AsyncExitStack, config: Config) -> str:
-    """Start the throwaway embedded cluster (stopped when ``stack`` closes) and migrate it."""
-    dsn = await stack.enter_async_context(database_dsn(config))
-    await migrate(dsn)
-    return dsn
 
 
 async def _serve(

@@ -241,6 +241,12 @@ class Config:
         "Longest a signature waits for a free PKCS#11 session; past it the job backs off "
         "like any HSM failure (docs/operations.md, HSM loss).",
     )
+    hsm_sign_timeout_seconds: int = _key(
+        30,
+        "Longest one signature may take inside the PKCS#11 module; a call that hangs past it "
+        "fails the attempt (the job backs off and the sessions are reopened) instead of "
+        "holding the job, whose lease is renewed meanwhile, for ever.",
+    )
     hsm_deadline_seconds: int = _key(
         3600,
         "How long an order waits in `processing` while the HSM fails or its token is absent "
@@ -600,6 +606,7 @@ class Config:
             "validation_lease_seconds",
             "issuance_lease_seconds",
             "hsm_session_wait_seconds",
+            "hsm_sign_timeout_seconds",
             "hsm_deadline_seconds",
             "dns_timeout_seconds",
         ):

@@ -1,7 +1,8 @@
 """The PKCS#11 signer survives its token going away and coming back (issue 17 item 4): while
 the SoftHSM2 token is absent every signature fails with a :class:`SignerError` naming the
 cause (the worker backs off on it), and once the token is back the signer re-initialises the
-module, logs in again and signs with fresh sessions, without a restart.
+module, logs in again and signs with fresh sessions, without a restart.  A signature that
+does not return within ``hsm_sign_timeout_seconds`` fails the attempt the same way.
 
 Runs :mod:`tests.support.hsm_reopen` in a process of its own (see there why).
 """
@@ -36,3 +37,4 @@ def test_signer_reopens_sessions_when_the_token_returns(tmp_path: Path) -> None:
     assert "ObjectHandleInvalid" in results["absent"][0]
     assert "unavailable" in results["absent"][1], "a reopen while absent must say so"
     assert results["returned"] == ["signed", "signed"], results
+    assert results["hung"][0].startswith("error: ") and "did not return" in results["hung"][0]

@@ -237,6 +237,7 @@ async def open_key(
         pin,
         pool_size=pool_size or config.pkcs11_sessions,
         session_wait=float(config.hsm_session_wait_seconds),
+        sign_timeout=float(config.hsm_sign_timeout_seconds),
     )
 
 

@@ -80,6 +80,8 @@ _RSA_MECHANISMS: Final[Mapping[HashName, Mechanism]] = {
 _SELF_TEST_DATA: Final = b"acme_ca signer self-test"
 #: Longest a signature waits for a free session (``hsm_session_wait_seconds``).
 DEFAULT_SESSION_WAIT: Final = 10.0
+#: Longest one signature may take inside the module (``hsm_sign_timeout_seconds``).
+DEFAULT_SIGN_TIMEOUT: Final = 30.0
 
 
 def resolve_pin(pin: str | None, pin_file: Path | None, env_var: str | None = None) -> str:
@@ -322,6 +324,7 @@ class Pkcs11Signer:
         thread_safe_module: bool,
         pin: str = "",
         session_wait: float = DEFAULT_SESSION_WAIT,
+        sign_timeout: float = DEFAULT_SIGN_TIMEOUT,
     ) -> None:
         """Use :meth:`open`; this only wires up what it found.  The PIN is kept to log in
         again after the token comes back (:meth:`_reopen`)."""
@@ -340,6 +343,7 @@ class Pkcs11Signer:
         self._closed = False
         self._pin = pin
         self._session_wait = session_wait
+        self._sign_timeout = sign_timeout
         #: The module generation our sessions belong to, and the one our last reopen saw.
         self._generation = self._state.generation
         self._seen_generation = self._state.generation
@@ -358,6 +362,7 @@ class Pkcs11Signer:
         pool_size: int = 2,
         thread_safe_module: bool = False,
         session_wait: float = DEFAULT_SESSION_WAIT,
+        sign_timeout: float = DEFAULT_SIGN_TIMEOUT,
     ) -> Pkcs11Signer:
         """Log in, open ``pool_size`` sessions, find the key pair by label and self-test it.
 
@@ -393,6 +398,7 @@ class Pkcs11Signer:
             thread_safe_module=thread_safe_module,
             pin=pin,
             session_wait=session_wait,
+            sign_timeout=sign_timeout,
         )
         try:
             # Proves the private key found by label belongs to the public key found by label.
@@ -451,7 +457,16 @@ class Pkcs11Signer:
         # waiting; shield() keeps a cancelled caller from cancelling a job still queued in the
         # executor, which would never run and so never hand the session back.
         future.add_done_callback(functools.partial(self._returned, entry))
-        return await asyncio.shield(future)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), self._sign_timeout)
+        except TimeoutError:
+            # The call hangs in the module: its session comes back if it ever returns; the
+            # next signature reopens. The job backs off instead of holding its lease forever.
+            self._stale = True
+            raise SignerError(
+                f"PKCS#11 signing with key {self._key_label!r} did not return within "
+                f"{self._sign_timeout:g} s"
+            ) from None
 
     def _returned(self, entry: _PoolEntry, future: asyncio.Future[bytes]) -> None:
         """A signature ended: its session goes back; a failure inside the module (token

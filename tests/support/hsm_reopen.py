@@ -40,6 +40,11 @@ async def scenario(root: Path) -> dict[str, list[str]]:
     os.rename(away, token_dir)
     results["returned"] = [await _attempt(signer) for _ in range(2)]
     await signer.aclose()
+    try:  # a module that does not answer in time: here, no time at all
+        await Pkcs11Signer.open(token.module, token.label, "reopen", token.pin, sign_timeout=0)
+        results["hung"] = ["opened"]
+    except SignerError as e:
+        results["hung"] = [f"error: {e}"]
     return results
 
 

@@ -78,7 +78,7 @@ def test_special_use_names_key_on_in_test_mode_and_refused_outside() -> None:
 
 
 async def _order(ca_factory: CaFactory, session: aiohttp.ClientSession, **changes: bool) -> int:
-    ca = await ca_factory.start(None, **changes)
+    ca = await ca_factory.start(clock=None, **changes)
     client = JwsClient(session, ca.directory_url, ec.generate_private_key(ec.SECP256R1()))
     await client.load_directory()
     assert (await client.register()).status == 201

@@ -611,7 +611,8 @@ def markdown(
         if r.start_error:
             shape = f"FAILED TO START: {r.start_error.splitlines()[0]}"
         if r.restarts:
-            shape += f"; restarted {r.restarts} times after it stopped answering"
+            times = "time" if r.restarts == 1 else "times"
+            shape += f"; restarted {r.restarts} {times} after it stopped answering"
         lines.append(f"- {DISPLAY.get(r.name, r.name)}: {shape}")
     lines += [
         "- CPU ms/issuance: server CPU over the whole level (account setup and the requests "

@@ -40,10 +40,6 @@ from typing import Any, Final, Literal, get_args
 
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
-from pkilint import finding_filter, loader, pkix
-from pkilint.cabf import cabf_crl, serverauth
-from pkilint.cabf.serverauth import serverauth_constants
-from pkilint.pkix import certificate, crl, extension, name
 
 from acme_ca import metrics
 
@@ -220,6 +216,13 @@ class CertificateLinter:
     """
 
     def __init__(self) -> None:
+        # pkilint is imported here, not with the module: importing it takes over a second
+        # (its ISO 639 tables), which every acme-ca process would otherwise pay at start-up,
+        # and only the processes that lint construct a linter (in a worker thread).
+        from pkilint import loader, pkix
+        from pkilint.cabf import cabf_crl
+        from pkilint.pkix import crl, extension, name
+
         _check_version()
         self._lock = threading.Lock()
         self._cert_loader = loader.RFC5280CertificateDocumentLoader()
@@ -246,6 +249,10 @@ class CertificateLinter:
         )
 
     def _build_tree(self, kind: LintKind) -> _Tree:
+        from pkilint.cabf import serverauth
+        from pkilint.cabf.serverauth import serverauth_constants
+        from pkilint.pkix import certificate
+
         cert_type = serverauth_constants.CertificateType.from_option_str(kind)
         return _Tree(
             certificate.create_pkix_certificate_validator_container(
@@ -283,6 +290,8 @@ class CertificateLinter:
                 results = tree.validator.validate(document.root)
         finally:
             _VALIDITY_START.reset(token)
+        from pkilint import finding_filter
+
         results, _ = finding_filter.filter_results(tree.filters, results)
         return LintReport(kind, tuple(_findings(results) + _eku_findings(der)))
 

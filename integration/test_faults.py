@@ -471,6 +471,7 @@ async def test_idle_and_slowloris_connections_do_not_block_a_real_client(
     shape: Shape, db: asyncpg.Pool
 ) -> None:
     await asyncio.to_thread(shape.worker, "worker-slowloris")
+    idle_rss = _rss(shape.serve.pid)
     context = _ssl_context(shape)
     idle = []
     for _ in range(2000):
@@ -492,12 +493,30 @@ async def test_idle_and_slowloris_connections_do_not_block_a_real_client(
         closed = await asyncio.gather(*(_closed_by_server(r) for r, _ in slow))
         assert all(closed), f"{closed.count(False)} slow-header connections still open"
         assert shape.serve.events("connections.header_timeout")
+        peak_rss = _rss(shape.serve.pid)
     finally:
         for sock in idle:
             sock.close()
         for _, writer in slow:
             writer.close()
+    # Memory after the spike: back within 20 % of the idle size (issue 17 item 5).
+    deadline = time.monotonic() + 30
+    while (after_rss := _rss(shape.serve.pid)) > 1.2 * idle_rss and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+    print(
+        f"serve RSS: idle {idle_rss / 2**20:.0f} MiB, loaded {peak_rss / 2**20:.0f} MiB, "
+        f"after {after_rss / 2**20:.0f} MiB"
+    )
+    assert after_rss <= 1.2 * idle_rss, "serve kept the memory of the spike"
     await assert_invariants(db)
+
+
+def _rss(pid: int) -> int:
+    """Resident set size of ``pid`` in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
 
 
 async def _closed_by_server(reader: asyncio.StreamReader) -> bool:

@@ -31,6 +31,7 @@ from acme_ca.db.requests import RequestRecorder
 from acme_ca.db.storage import Storage, open_storage
 from acme_ca.main.metrics import report_database
 from acme_ca.main.profiles import profile_catalog
+from acme_ca.memory import release_free_memory
 from acme_ca.ra.accounts import AccountAuthority
 from acme_ca.ra.challenges import ChallengeAuthority, Validator
 from acme_ca.ra.finalize import FinalizeAuthority
@@ -45,7 +46,7 @@ from acme_ca.remote_va.primary import build_validator
 from acme_ca.tasks import BackgroundTasks
 from acme_ca.va.authority import ValidationAuthority
 from acme_ca.va.registry import enabled_methods
-from acme_ca.wfe.middleware.load_shedding import setup_load_shedding
+from acme_ca.wfe.middleware.load_shedding import LOAD_SHEDDER, setup_load_shedding
 from acme_ca.wfe.middleware.request_store import REQUEST_SINK
 from acme_ca.wfe.nonces import NonceService
 from acme_ca.wfe.routes import setup_front_end
@@ -59,6 +60,9 @@ VALIDATOR = web.AppKey("validator", Validator)
 NONCE_PURGE_INTERVAL = 300.0
 #: Validations are renewed every third of their lease: a lapsed one is found within seconds.
 STALE_VALIDATION_SCAN_INTERVAL = 5.0
+#: How often an idle front end gives freed memory back to the system, and what is worth a log.
+MEMORY_TRIM_INTERVAL = 5.0
+MEMORY_RELEASE_LOGGED = 16 * 2**20
 AUDIT_PARTITION_INTERVAL = 86400.0
 log = structlog.get_logger(component="acme_ca.main.app")
 
@@ -151,6 +155,9 @@ def create_app(
         fe = app[FRONT_END]
         loops = [
             asyncio.create_task(_every(NONCE_PURGE_INTERVAL, "nonces.purge", fe.nonces.purge)),
+            asyncio.create_task(
+                _every(MEMORY_TRIM_INTERVAL, "memory.trim", lambda: _trim_memory(app))
+            ),
             asyncio.create_task(
                 _every(
                     STALE_VALIDATION_SCAN_INTERVAL,
@@ -336,6 +343,21 @@ def _account_gate(storage: Storage, clock: Clock) -> AccountGate:
         return await organizations.organization_for_account(account_id) is not None
 
     return AccountGate(bound, OrganizationPolicy(organizations, clock).check, clock)
+
+
+async def _trim_memory(app: web.Application) -> int:
+    """After a load spike, give the freed memory back (:mod:`acme_ca.memory`); skipped while
+    requests are being served.  Logs ``memory.released`` when it gave back much."""
+    if app[LOAD_SHEDDER].in_flight > 0:
+        return 0
+    before, after = await asyncio.to_thread(release_free_memory)
+    if before - after > MEMORY_RELEASE_LOGGED:
+        log.info(
+            "memory.released",
+            released_mb=round((before - after) / 2**20),
+            resident_mb=round(after / 2**20),
+        )
+    return 0
 
 
 async def _every(seconds: float, name: str, job: Callable[[], Awaitable[int]]) -> None:

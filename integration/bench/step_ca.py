@@ -187,7 +187,8 @@ def _check_http01_port() -> None:
         except OSError as exc:
             raise BenchSetupError(
                 f"step-ca validates http-01 on port 80 only, and {HTTP01_HOST}:{HTTP01_PORT} "
-                f"cannot be bound here ({exc}): run the benchmark as root"
+                f"cannot be bound here ({exc}): run the benchmark as root, with nothing "
+                "else listening on port 80"
             ) from exc
 
 

@@ -84,10 +84,8 @@ def challenge_from_row(row: Mapping[str, Any]) -> Challenge:
     )
 
 
-async def load_authorization(conn: asyncpg.Connection, authz_id: int) -> Authorization | None:
-    # One round trip: the challenges come along as an array of challenge rows.
-    row = await conn.fetchrow(
-        """SELECT a.*,
+#: An authorization with its challenges as an array of challenge rows, for one round trip.
+_AUTHZ_SELECT = """SELECT a.*,
                   (SELECT coalesce(json_agg(json_build_object(
                               'id', c.id, 'authz_id', c.authz_id, 'type', c.type,
                               'token', c.token, 'status', c.status,
@@ -95,11 +93,32 @@ async def load_authorization(conn: asyncpg.Connection, authz_id: int) -> Authori
                               'validation_records', c.validation_records,
                               'attempts', c.attempts) ORDER BY c.id), '[]')
                    FROM challenges c WHERE c.authz_id = a.id) AS challenge_rows
-           FROM authorizations a WHERE a.id = $1""",
-        authz_id,
+           FROM authorizations a"""
+
+
+async def load_authorization(conn: asyncpg.Connection, authz_id: int) -> Authorization | None:
+    # One round trip: the challenges come along as an array of challenge rows.
+    row = await conn.fetchrow(_AUTHZ_SELECT + " WHERE a.id = $1", authz_id)
+    return _authorization(row) if row is not None else None
+
+
+async def load_challenge(
+    conn: asyncpg.Connection, challenge_id: int
+) -> tuple[Challenge, Authorization] | None:
+    """A challenge and its authorization in one round trip (the challenge is one of the
+    authorization's, read in the same snapshot)."""
+    row = await conn.fetchrow(
+        _AUTHZ_SELECT + " JOIN challenges x ON x.authz_id = a.id WHERE x.id = $1",
+        challenge_id,
     )
     if row is None:
         return None
+    authz = _authorization(row)
+    [challenge] = [c for c in authz.challenges if c.id == challenge_id]
+    return challenge, authz
+
+
+def _authorization(row: asyncpg.Record) -> Authorization:
     challenges = [challenge_from_row(c) for c in row["challenge_rows"]]
     return Authorization(
         id=row["id"],

@@ -36,9 +36,9 @@ from acme_ca.db.authorizations import (
     Challenge,
     NewAuthorization,
     ValidationOutcome,
-    challenge_from_row,
     insert_authorization,
     load_authorization,
+    load_challenge,
     order_validations,
 )
 from acme_ca.db.certificates import CertificateRecord, CertificateRepository
@@ -177,12 +177,7 @@ class OrderRepository:
 
     async def get_challenge(self, challenge_id: int) -> tuple[Challenge, Authorization] | None:
         async with self._pool.acquire() as conn:
-            row = await conn.fetchrow("SELECT * FROM challenges WHERE id = $1", challenge_id)
-            if row is None:
-                return None
-            authz = await load_authorization(conn, row["authz_id"])
-            assert authz is not None
-            return challenge_from_row(row), authz
+            return await load_challenge(conn, challenge_id)
 
     async def validations(self, order_id: int) -> list[AuthzValidation]:
         """Identifier, validation time and method of each of the order's authorizations."""

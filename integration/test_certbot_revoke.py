@@ -25,7 +25,7 @@ import pytest
 from cryptography import x509
 
 from acme_ca.acme import ari
-from acme_ca.ra.keys import spki_sha256
+from acme_ca.keyid import spki_sha256
 from integration.challsrv_thread import ThreadedChallengeServer
 from integration.clients import CERTBOT, certbot_dirs
 from integration.processes import CaProcess, CaProcesses, base_env, describe, free_port

@@ -40,8 +40,8 @@ from acme_ca.db.key_compromise import KeyCompromiseRepository, SweepLost
 from acme_ca.db.migrate import apply_schema
 from acme_ca.db.status import StatusRepository
 from acme_ca.embedded_pg import EmbeddedPostgres
+from acme_ca.keyid import spki_sha256
 from acme_ca.main.worker import run_worker
-from acme_ca.ra.keys import spki_sha256
 from acme_ca.ra.revocation import RevocationAuthority
 from acme_ca.status.key_compromise import KeyCompromiseSweeper, retry_delay
 from acme_ca.status.ocsp import OcspResponder

@@ -29,13 +29,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 from acme_ca.acme.problems import AcmeError
+from acme_ca.keyid import spki_sha256
 from acme_ca.ra import keys
 from acme_ca.ra.keys import (
     KeyPolicy,
     KeyRejected,
     KeyRejectReason,
     openssl_blacklist_fingerprint,
-    spki_sha256,
 )
 
 R = KeyRejectReason

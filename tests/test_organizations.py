@@ -22,6 +22,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from acme_ca.acme.b64 import b64url_decode
 from acme_ca.acme.jwk import jwk_from_key
 from acme_ca.acme.problems import AcmeError
+from acme_ca.br import RULE_ORGANIZATION, max_dcv_reuse, max_identity_reuse
 from acme_ca.ca.hierarchy import init_hierarchy
 from acme_ca.clock import FixedClock
 from acme_ca.config import Config
@@ -30,9 +31,7 @@ from acme_ca.db.eab import EabKeyRepository, OrganizationUnavailable
 from acme_ca.db.migrate import apply_schema
 from acme_ca.db.organizations import Organization, OrganizationRepository, OrganizationStatus
 from acme_ca.embedded_pg import EmbeddedPostgres
-from acme_ca.ra.br_schedule import max_dcv_reuse, max_identity_reuse
 from acme_ca.ra.organizations import (
-    RULE_ORGANIZATION,
     OrganizationPolicy,
     organization_problem,
     ov_subject,

@@ -334,7 +334,7 @@ def lint_clean(linter: CertificateLinter, cert: x509.Certificate, kind: LintKind
 
 def worker(h: Harness, pool: asyncpg.Pool, now: datetime) -> SigningWorker:
     """The signing worker as main/worker wires it, organizations included (OV)."""
-    organizations = OrganizationRepository(pool)
+    organizations = OrganizationPolicy(OrganizationRepository(pool), FixedClock(now))
     ct = CertificateTransparency(h.source, SystemClock(), h.settings)
     h.cts.append(ct)
     return SigningWorker(
@@ -346,7 +346,7 @@ def worker(h: Harness, pool: asyncpg.Pool, now: datetime) -> SigningWorker:
         ct=ct,
         production=False,  # a development hierarchy: no remote perspectives needed
         organizations=organizations,
-        organization_subject=OrganizationPolicy(organizations, FixedClock(now)).subject,
+        organization_subject=organizations.subject,
     )
 
 

@@ -26,8 +26,9 @@ from acme_ca.acme.b64 import b64url_decode, b64url_encode
 from acme_ca.acme.jwk import jwk_from_key
 from acme_ca.acme.problems import AcmeError
 from acme_ca.db.issuance import IssuanceRepository
+from acme_ca.keyid import spki_sha256
 from acme_ca.ra.csr import check_csr
-from acme_ca.ra.keys import KeyPolicy, spki_sha256
+from acme_ca.ra.keys import KeyPolicy
 from acme_ca.ra.revocation import REASON_CODES
 from acme_ca.testsrv.server import ChallengeTestServer
 from tests.fixtures import RunningCa

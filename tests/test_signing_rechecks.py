@@ -33,6 +33,7 @@ from cryptography.x509.oid import NameOID
 from dns import rdatatype as dns_rdatatype
 
 from acme_ca.acme import problems
+from acme_ca.br import RULE_ORGANIZATION
 from acme_ca.ca import recheck
 from acme_ca.ca.ct.loglist import StaticLogList, parse_log_list
 from acme_ca.ca.ct.submit import CertificateTransparency
@@ -47,8 +48,8 @@ from acme_ca.db.issuance import IssuanceRepository
 from acme_ca.db.issuance_jobs import AuthorizationEvidence
 from acme_ca.db.organizations import OrganizationRepository
 from acme_ca.deployment import Assessment, Shape, signing_guard
-from acme_ca.ra.keys import spki_sha256
-from acme_ca.ra.organizations import RULE_ORGANIZATION
+from acme_ca.keyid import spki_sha256
+from acme_ca.ra.organizations import OrganizationPolicy
 from acme_ca.ra.revocation import RevocationAuthority
 from acme_ca.testsrv.ct_log_set import TestCtLogs
 from acme_ca.testsrv.ct_logs_runner import accepted_roots
@@ -387,7 +388,10 @@ class Rig:
             signing_guard=guard,
             caa=self.va,
             account_uri=lambda account_id: f"https://acme.test/acme/acct/{account_id}",
-            organizations=organizations,
+            # The RA's OV rule, as main/worker.py hands it to the worker.
+            organizations=None
+            if organizations is None
+            else OrganizationPolicy(organizations, self.clock),
         )
 
     async def queue(

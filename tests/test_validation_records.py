@@ -22,7 +22,6 @@ import pytest
 from acme_ca.acme.b64 import b64url_encode
 from acme_ca.clock import FixedClock
 from acme_ca.config import Config
-from acme_ca.ra.br_schedule import BR_METHODS
 from acme_ca.remote_va.local import local_remote_vas
 from acme_ca.remote_va.primary import build_validator
 from acme_ca.testsrv.server import ChallengeTestServer
@@ -31,7 +30,7 @@ from acme_ca.va.methods import WildcardNotAllowed, applied_for, authorization_do
 from acme_ca.va.mpic import MpicValidator
 from acme_ca.va.perspectives import Perspective
 from acme_ca.va.records import CheckResult, FormatError, ValidationRecord
-from acme_ca.va.registry import METHODS
+from acme_ca.va.registry import BR_METHODS, METHODS
 from tests.fixtures import CaFactory, free_socket
 from tests.support.orders import subscriber, validation_config
 from tests.support.va import local_authority

@@ -14,10 +14,10 @@ import aiohttp
 import asyncpg
 import pytest
 
+from acme_ca.br import max_dcv_reuse
 from acme_ca.ca import recheck
 from acme_ca.clock import FixedClock
 from acme_ca.db.issuance_jobs import AuthorizationEvidence
-from acme_ca.ra.br_schedule import max_dcv_reuse
 from acme_ca.testsrv.server import ChallengeTestServer
 from acme_ca.wfe.services import FRONT_END
 from tests.fixtures import CaFactory, RunningCa

@@ -8,7 +8,7 @@ signing time; no I/O, no clock:
 
 * every name of the order has a valid, unexpired authorization with a valid challenge;
 * BR 4.2.1: each validation is within the reuse limit *for the signing date*
-  (:func:`acme_ca.ra.br_schedule.max_dcv_reuse`);
+  (:func:`acme_ca.br.max_dcv_reuse`);
 * BR 6.3.2: the validity is within the maximum for the signing date
   (:func:`acme_ca.ca.profile.max_validity`);
 * BR 3.2.2.9: the corroboration recorded with each validation meets the quorum rule for the
@@ -22,7 +22,8 @@ signing time; no I/O, no clock:
   ``blocked_keys`` id; a key reported compromised after finalize is refused here);
 * CP 3.2.2.1 / BR 4.2.1 (OV-1, OV-2): a job of an OV issuer (issuers.toml ``purpose = "ov"``)
   belongs to an account whose vetted organization is still valid and within the identity
-  reuse period for the signing date (:func:`organization_refusal`); revoking the
+  reuse period for the signing date (:func:`organization_refusal` of the problem the RA's OV
+  rule gives, injected as ``ca.signing_checks.OrganizationCheck``); revoking the
   organization stops its queued jobs here;
 * CP 7.1 / BR 7.1.2.10.5: an OV issuer signs only certificates asserting 2.23.140.1.2.2, and
   only OV issuers sign those (:func:`issuer_purpose_refusal`), whatever a profile chose.
@@ -42,13 +43,11 @@ from cryptography import x509
 from acme_ca.acme import problems
 from acme_ca.acme.jsontypes import JsonValue
 from acme_ca.acme.problems import Identifier, Problem
+from acme_ca.br import RULE_ORGANIZATION, max_dcv_reuse
 from acme_ca.ca.issuers_file import PURPOSE_POLICY_OIDS
 from acme_ca.ca.profile import max_validity
 from acme_ca.db.issuance_jobs import AuthorizationEvidence
-from acme_ca.db.organizations import Organization
-from acme_ca.ra.br_schedule import max_dcv_reuse
-from acme_ca.ra.keys import spki_sha256
-from acme_ca.ra.organizations import RULE_ORGANIZATION, organization_problem
+from acme_ca.keyid import spki_sha256
 from acme_ca.va.quorum import Remote, UnknownRir, Verdict, canonical_rir, decide, rule_for
 from acme_ca.va.records import PRIMARY_PERSPECTIVE, FormatError, ValidationRecord
 
@@ -294,7 +293,7 @@ def caa_refusal(name: str, problem: Problem | None, checked: datetime | None) ->
 
 
 def csr_key_id(csr_der: bytes) -> bytes:
-    """The ``blocked_keys`` id of the CSR's public key (:func:`acme_ca.ra.keys.spki_sha256`,
+    """The ``blocked_keys`` id of the CSR's public key (:func:`acme_ca.keyid.spki_sha256`,
     the one definition finalize and ``acme-ca admin block-key`` use)."""
     return spki_sha256(x509.load_der_x509_csr(csr_der).public_key())
 
@@ -312,11 +311,10 @@ def blocked_key_refusal(key_id: bytes) -> Refusal:
     )
 
 
-def organization_refusal(org: Organization | None, now: datetime) -> Refusal | None:
-    """An OV issuer's job: the account's organization (None: it has none) must still allow
-    OV issuance at the signing time (:func:`acme_ca.ra.organizations.organization_problem`,
-    the rule newOrder and finalize apply)."""
-    problem = organization_problem(org, now)
+def organization_refusal(problem: Problem | None) -> Refusal | None:
+    """An OV issuer's job: ``problem`` is why the account's organization no longer allows OV
+    issuance at the signing time (None: it does), as the RA's OV rule, the one newOrder and
+    finalize apply, answers it (``ca.signing_checks.OrganizationCheck``)."""
     if problem is None:
         return None
     return Refusal(

@@ -10,7 +10,6 @@ signature with the public key (:func:`verify_signature`) before returning it, so
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import stat
 from collections.abc import Mapping
@@ -22,6 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from acme_ca import metrics
+from acme_ca.keyid import spki_sha256
 from acme_ca.log import get_logger
 
 _log = get_logger(__name__)
@@ -131,11 +131,9 @@ def verify_signature(
 
 
 def spki_sha256_hex(public_key: CaPublicKey) -> str:
-    """The key's SPKI SHA-256 in hex: how log events name a CA key."""
-    spki = public_key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return hashlib.sha256(spki).hexdigest()
+    """The key's SPKI SHA-256 in hex (:func:`acme_ca.keyid.spki_sha256`): how log events
+    name a CA key."""
+    return spki_sha256(public_key).hex()
 
 
 # --------------------------------------------------------------------------- software keys

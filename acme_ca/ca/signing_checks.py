@@ -17,11 +17,13 @@ from typing import Protocol
 import structlog
 
 from acme_ca import metrics
+from acme_ca.acme import problems
+from acme_ca.acme.problems import Problem
+from acme_ca.br import RULE_ORGANIZATION
 from acme_ca.ca import recheck
 from acme_ca.clock import Clock
 from acme_ca.db.issuance import IssuanceRepository
 from acme_ca.db.issuance_jobs import AuthorizationEvidence, PreparedJob
-from acme_ca.db.organizations import Organization
 from acme_ca.va.records import CheckResult
 
 # The worker's events (issuance.refused, caa.rechecked...), under the worker's component.
@@ -53,10 +55,13 @@ async def _measured_recheck(
         metrics.observe_validation("caa", "all", method, result, time.perf_counter() - started)
 
 
-class OrganizationLookup(Protocol):
-    """Finds the account's vetted organization (``db.organizations.OrganizationRepository``)."""
+class OrganizationCheck(Protocol):
+    """The OV rule (CP 3.2.2.1, BR 4.2.1) for an account at a date: why it may not have an OV
+    certificate (None: it may).  The RA owns the rule (``ra.organizations.OrganizationPolicy``,
+    which ``main/worker.py`` hands the worker); the CA only asks it again at signing time,
+    so the CA never imports the RA."""
 
-    async def organization_for_account(self, account_id: int) -> Organization | None: ...
+    async def check(self, account_id: int, at: datetime) -> Problem | None: ...
 
 
 class SigningChecks:
@@ -64,7 +69,7 @@ class SigningChecks:
     for what ``production``, ``signing_guard``, ``caa`` and ``account_uri`` mean).
 
     ``ov_issuers`` names the issuers whose jobs need a usable organization
-    (:func:`acme_ca.ca.recheck.organization_refusal`), looked up in ``organizations``; without
+    (:func:`acme_ca.ca.recheck.organization_refusal`), asked of ``organizations``; without
     ``organizations`` every such job is refused (fail closed)."""
 
     def __init__(
@@ -78,7 +83,7 @@ class SigningChecks:
         caa: CaaRechecker | None,
         account_uri: Callable[[int], str] | None,
         ov_issuers: frozenset[str] = frozenset(),
-        organizations: OrganizationLookup | None = None,
+        organizations: OrganizationCheck | None = None,
         profile_reuse: Callable[[str], timedelta | None] | None = None,
     ) -> None:
         self._jobs = jobs
@@ -119,9 +124,12 @@ class SigningChecks:
             await self._refuse(job, [recheck.blocked_key_refusal(key_id)], now)
             return False
         if job.issuer in self._ov_issuers:
-            lookup = self._organizations
-            org = None if lookup is None else await lookup.organization_for_account(job.account_id)
-            refusal = recheck.organization_refusal(org, now)
+            check = self._organizations
+            refusal = recheck.organization_refusal(
+                problems.unauthorized(f"{RULE_ORGANIZATION}: this worker has no OV rule")
+                if check is None
+                else await check.check(job.account_id, now)
+            )
             if refusal is not None:
                 await self._refuse(job, [refusal], now)
                 return False

@@ -76,7 +76,7 @@ from acme_ca.ca.profile import (
     new_serial,
 )
 from acme_ca.ca.signer import SignerError
-from acme_ca.ca.signing_checks import CaaRechecker, OrganizationLookup, SigningChecks, SigningGuard
+from acme_ca.ca.signing_checks import CaaRechecker, OrganizationCheck, SigningChecks, SigningGuard
 from acme_ca.clock import Clock
 from acme_ca.db.issuance import IssuanceRepository
 from acme_ca.db.issuance_jobs import (
@@ -184,8 +184,8 @@ class SigningWorker:
     (:mod:`acme_ca.ca.recheck`): ``production`` (the default, fail closed) applies the BR
     corroboration rule in full; ``signing_guard(now)`` is asked first and any violation it
     returns refuses the signing; ``caa`` and ``account_uri`` recheck CAA older than 8 hours
-    (without them such an order is refused); ``organizations`` finds the account's vetted
-    organization for a job of an OV issuer (without it such a job is refused).
+    (without them such an order is refused); ``organizations`` answers the OV rule for the
+    account of a job of an OV issuer (without it such a job is refused).
     ``on_issued(issuer, serial)`` is told of every precertificate recorded (it counts as
     issued: the status updater signs its OCSP responses)."""
 
@@ -208,7 +208,7 @@ class SigningWorker:
         signing_guard: SigningGuard | None = None,
         caa: CaaRechecker | None = None,
         account_uri: Callable[[int], str] | None = None,
-        organizations: OrganizationLookup | None = None,
+        organizations: OrganizationCheck | None = None,
         hsm_deadline: timedelta = DEFAULT_HSM_DEADLINE,
         organization_subject: OrganizationSubject | None = None,
         internal_name_waiver: Callable[[str], bool] | None = None,

@@ -170,6 +170,8 @@ async def run_worker(
             roots=roots,
             crl_lock=crl_lock,
         )
+        # The OV rule is the RA's; the worker asks it again at signing time (OrganizationCheck).
+        organizations = OrganizationPolicy(OrganizationRepository(storage.pool), clock)
         worker = SigningWorker(
             storage.issuance,
             issuers,
@@ -187,10 +189,8 @@ async def run_worker(
             signing_guard=signing_guard,
             caa=validator,
             account_uri=account_uri,
-            organizations=OrganizationRepository(storage.pool),
-            organization_subject=OrganizationPolicy(
-                OrganizationRepository(storage.pool), clock
-            ).subject,
+            organizations=organizations,
+            organization_subject=organizations.subject,
             internal_name_waiver=IdentifierPolicy(special_use_names=True).is_special_use
             if config.special_use_names
             else None,

@@ -24,15 +24,16 @@ from acme_ca.acme import problems
 from acme_ca.acme.b64 import b64url_encode
 from acme_ca.acme.problems import AcmeError
 from acme_ca.acme.status import AuthorizationStatus, ChallengeStatus
+from acme_ca.br import BR_VERSION, max_dcv_reuse
 from acme_ca.clock import Clock
 from acme_ca.db.accounts import Account, AccountRepository
 from acme_ca.db.authorizations import Authorization, Challenge, ValidationOutcome
 from acme_ca.db.orders import OrderRepository
 from acme_ca.liveness import dead_on_this_host, holder_name, host_prefix
-from acme_ca.ra.br_schedule import BR_METHODS, BR_VERSION, max_dcv_reuse
 from acme_ca.ra.ratelimits import RateLimiter
 from acme_ca.tasks import BackgroundTasks
 from acme_ca.va.records import CheckResult
+from acme_ca.va.registry import BR_METHODS
 
 log = structlog.get_logger(component="acme_ca.ra.challenges")
 

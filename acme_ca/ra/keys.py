@@ -21,7 +21,7 @@ Rules, in the order they run (cheap and local first, then I/O, then CPU in a thr
    :mod:`acme_ca.deployment`) an RSA key of a size no list covers is refused: whether it is a
    Debian weak key cannot be known.
 4. Our own blocked keys (revoked for keyCompromise, BR §6.1.1.3(4), ACME-REV-3): the injected
-   ``blocked_key_lookup`` is asked about :func:`spki_sha256` of the key.
+   ``blocked_key_lookup`` is asked about :func:`acme_ca.keyid.spki_sha256` of the key.
 5. badkeys (https://badkeys.info/), run through :func:`asyncio.to_thread`: Fermat within 100
    rounds (SC-073 "close primes"), ROCA, small factors, primes shared with known-broken keys,
    polynomial-pattern moduli, Wiener-small private exponents, and the badkeys blocklist of
@@ -55,6 +55,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 from acme_ca.acme.problems import AcmeError, bad_csr, bad_public_key
+from acme_ca.keyid import spki_sha256
 
 log = structlog.get_logger(__name__)
 
@@ -119,15 +120,6 @@ class KeyRejected(Exception):
         """``badPublicKey`` for a JWS key (ACME-JWS-4), ``badCSR`` for a CSR key (§7.4)."""
         factory = bad_public_key if purpose == "account" else bad_csr
         return AcmeError(factory(f"key rejected: {self.detail}"))
-
-
-def spki_sha256(public_key: PublicKeyTypes) -> bytes:
-    """SHA-256 of the DER SubjectPublicKeyInfo: the id under which keys are blocked.
-
-    Hashing the whole SPKI (as badkeys and Boulder's blocked-keys table do) makes the id
-    independent of certificate or JWK encoding.
-    """
-    return hashlib.sha256(_spki_der(public_key)).digest()
 
 
 def openssl_blacklist_fingerprint(modulus: int) -> str:
@@ -348,9 +340,8 @@ class KeyPolicy:
                 "use RSA or ECDSA",
             )
 
-        spki = _spki_der(public_key)
         if self._blocked_key_lookup is not None and await self._blocked_key_lookup(
-            hashlib.sha256(spki).digest()
+            spki_sha256(public_key)
         ):
             raise KeyRejected(
                 KeyRejectReason.BLOCKED, "key is blocked by this CA (e.g. reported compromised)"
@@ -429,12 +420,6 @@ class KeyPolicy:
             raise KeyRejected(
                 KeyRejectReason.EC_POINT_INVALID, f"public point is not on curve {nist}"
             )
-
-
-def _spki_der(public_key: PublicKeyTypes) -> bytes:
-    return public_key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
 
 
 def _spki_pem(public_key: PublicKeyTypes) -> str:

@@ -19,12 +19,12 @@ from acme_ca.acme.messages import NewOrder
 from acme_ca.acme.problems import AcmeError, Identifier
 from acme_ca.acme.states import order_status
 from acme_ca.acme.status import OrderStatus
+from acme_ca.br import MAX_TOKEN_LIFETIME, METHOD_REUSE_CAPS, max_dcv_reuse
 from acme_ca.clock import Clock
 from acme_ca.db.accounts import Account
 from acme_ca.db.authorizations import NewAuthorization
 from acme_ca.db.orders import AlreadyReplaced, Order, OrderRepository, Replacement
 from acme_ca.profiles import Profile
-from acme_ca.ra.br_schedule import MAX_TOKEN_LIFETIME, METHOD_REUSE_CAPS, max_dcv_reuse
 from acme_ca.ra.identifiers import IdentifierPolicy, base_domain, is_wildcard
 from acme_ca.ra.profiles import AccountGate, ProfileCatalog, profile_challenges
 from acme_ca.ra.ratelimits import RateLimiter

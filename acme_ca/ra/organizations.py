@@ -3,7 +3,7 @@
 An OV certificate may be issued only to an account bound (through its EAB key) to an
 organization an operator vetted, while that organization is valid and its vetting is within
 the BR 4.2.1 reuse period for Subject Identity Information *at the issuance date*
-(:func:`acme_ca.ra.br_schedule.max_identity_reuse`: 825 days, 398 days from 2026-03-15).  The
+(:func:`acme_ca.br.max_identity_reuse`: 825 days, 398 days from 2026-03-15).  The
 profile path asks :meth:`OrganizationPolicy.require` at newOrder and finalize; the signing
 worker asks :func:`organization_problem` again with the signing time (``ca/signing_checks.py``),
 so revoking an organization stops its OV issuance at once, even for jobs already queued.
@@ -23,14 +23,11 @@ from cryptography.x509.oid import NameOID
 
 from acme_ca.acme import problems
 from acme_ca.acme.problems import AcmeError, Problem
+from acme_ca.br import RULE_ORGANIZATION, max_identity_reuse
 from acme_ca.clock import Clock
 from acme_ca.db.organizations import Organization, OrganizationRepository, OrganizationStatus
-from acme_ca.ra.br_schedule import max_identity_reuse
 
 log = structlog.get_logger(component="acme_ca.ra.organizations")
-
-RULE_ORGANIZATION: Final = "CP 3.2.2.1 / BR 4.2.1 organization"
-"""The rule a refusal names (the signing worker's audit rows and the problem's detail)."""
 
 #: CP 4.1.1(2) and 7.1.1: OV applicants are organizations with a place of business in Japan,
 #: and the OV subject's countryName is JP.

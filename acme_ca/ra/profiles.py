@@ -25,12 +25,13 @@ import structlog
 
 from acme_ca.acme import problems
 from acme_ca.acme.problems import AcmeError, Problem
+from acme_ca.br import max_dcv_reuse
 from acme_ca.ca.ct.policy import CT_POLICIES
 from acme_ca.ca.profile import max_validity
 from acme_ca.clock import Clock
 from acme_ca.config import Config, ConfigError
 from acme_ca.profiles import SHIPPED, SHORT_LIVED, Profile, ProfileSpec
-from acme_ca.ra.br_schedule import BR_METHODS, max_dcv_reuse
+from acme_ca.va.registry import BR_METHODS
 
 log = structlog.get_logger(component="acme_ca.ra.profiles")
 

@@ -69,8 +69,8 @@ from acme_ca.db.certificates import (
     KeyBlock,
     RevocationOutcome,
 )
+from acme_ca.keyid import spki_sha256
 from acme_ca.psl import icann_public_suffix_list
-from acme_ca.ra.keys import spki_sha256
 
 log = structlog.get_logger(component="acme_ca.ra.revocation")
 

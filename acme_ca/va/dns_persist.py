@@ -36,7 +36,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Final
 
 import structlog
@@ -44,6 +44,7 @@ import structlog
 from acme_ca.acme import problems
 from acme_ca.acme.issuer_names import issuer_domain_names, normalize_issuer_domain_name
 from acme_ca.acme.problems import Problem
+from acme_ca.br import PERSISTENT_TXT_REUSE
 from acme_ca.clock import Clock, SystemClock
 from acme_ca.va.adn import AdnLookup, AdnWalker, adn_records
 from acme_ca.va.dns01 import txt_strings
@@ -61,9 +62,9 @@ METHOD: Final = DcvMethod(
     prune=True,
     cname=False,
 )
-REUSE_LIMIT: Final = timedelta(days=10)
+REUSE_LIMIT: Final = PERSISTENT_TXT_REUSE
 """BR 3.2.2.4.22 (and BR 4.2.1's table): validations by this method are reused at most 10
-days, whatever the general reuse period of the day."""
+days, whatever the general reuse period of the day (:data:`acme_ca.br.PERSISTENT_TXT_REUSE`)."""
 
 TAG_ACCOUNT_URI: Final = "accounturi"
 TAG_POLICY: Final = "policy"

@@ -201,6 +201,11 @@ METHODS: Final[Mapping[str, ValidationMethod]] = _registry(
 """Every method the CA knows, by ACME label, in the order challenges are offered."""
 
 
+#: The BR method (section) each ACME challenge type implements: recorded with every
+#: validation (BR 3.2.2.4) and the challenge types a profile may offer.
+BR_METHODS: Final[Mapping[str, str]] = {label: m.dcv.section for label, m in METHODS.items()}
+
+
 class UnknownMethod(ConfigError):
     """A challenge type that is not in the registry."""
 

@@ -471,6 +471,7 @@ async def test_idle_and_slowloris_connections_do_not_block_a_real_client(
     shape: Shape, db: asyncpg.Pool
 ) -> None:
     await asyncio.to_thread(shape.worker, "worker-slowloris")
+    await asyncio.sleep(6)  # one trim interval of the idle serve: a settled baseline
     idle_rss = _rss(shape.serve.pid)
     context = _ssl_context(shape)
     idle = []

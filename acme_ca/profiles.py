@@ -31,14 +31,16 @@ from datetime import timedelta
 from fractions import Fraction
 from typing import Any, Final, Literal, cast, get_args
 
+from acme_ca.br import DV_POLICY_OID, OV_POLICY_OID
+
 #: The CA/B Forum validation level of a profile (BR 7.1.2.7.1): it fixes the reserved policy
 #: OID and the pkilint validation (``<level>-PRE-CERTIFICATE`` / ``<level>-FINAL-CERTIFICATE``).
 ValidationLevel = Literal["DV", "OV"]
 VALIDATION_LEVELS: Final[tuple[ValidationLevel, ...]] = get_args(ValidationLevel)
 #: CA/B Forum reserved policy OIDs (BR 7.1.2.7.9), by validation level.
 RESERVED_POLICY_OIDS: Final[Mapping[ValidationLevel, str]] = {
-    "DV": "2.23.140.1.2.1",
-    "OV": "2.23.140.1.2.2",
+    "DV": DV_POLICY_OID,
+    "OV": OV_POLICY_OID,
 }
 
 #: Who may order under a profile: every account, or only accounts whose EAB key binds them

@@ -55,6 +55,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
+from acme_ca.br import DV_POLICY_OID
 from acme_ca.ca.der import sign_tbs_certificate, throwaway_signed_certificate
 from acme_ca.ca.issuers_file import GENERATED_BY_INIT, ISSUERS_FILE, PURPOSE_POLICY_OIDS
 from acme_ca.ca.pkcs11_signer import Pkcs11Signer, generate_pkcs11_key, resolve_pin
@@ -71,10 +72,6 @@ ORGANIZATION: Final = "acme_ca Development"
 ROOT_VALIDITY: Final = timedelta(days=9131)
 #: 5 years, like JPRS's 2024 G1 issuing CAs.
 ISSUER_VALIDITY: Final = timedelta(days=1826)
-#: CA/B Forum reserved policy identifier for domain-validated certificates.
-DV_POLICY_OID: Final = "2.23.140.1.2.1"
-#: CA/B Forum reserved policy identifier for organization-validated certificates (CP 7.1.1).
-OV_POLICY_OID: Final = PURPOSE_POLICY_OIDS["ov"]
 #: The cross-certificate of Root R1 by Root X1: every issuer's alternate chain.
 CROSS_FILE: Final = "cross-r1-by-x1.pem"
 KEYS_DIR: Final = "keys"

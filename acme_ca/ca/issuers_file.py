@@ -60,6 +60,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from acme_ca.br import DV_POLICY_OID, OV_POLICY_OID
 from acme_ca.log import get_logger
 
 _log = get_logger(__name__)
@@ -89,7 +90,7 @@ PURPOSES: Final = ("dv", "ov")
 DEFAULT_PURPOSE: Final = "dv"
 #: The CA/B Forum reserved policy identifier (BR 7.1.6.1) each purpose's certificates assert;
 #: an issuing CA certificate with policies must allow it, or be anyPolicy (BR 7.1.2.10.5).
-PURPOSE_POLICY_OIDS: Final = {"dv": "2.23.140.1.2.1", "ov": "2.23.140.1.2.2"}
+PURPOSE_POLICY_OIDS: Final = {"dv": DV_POLICY_OID, "ov": OV_POLICY_OID}
 _ANY_POLICY: Final = "2.5.29.32.0"
 _ROOT_KEYS: Final = frozenset({"certificate", "key_file", "pkcs11_key_label", "crl_url"})
 

@@ -75,6 +75,7 @@ from cryptography.x509.oid import (
     NameOID,
 )
 
+from acme_ca.br import DV_POLICY_OID, OV_POLICY_OID
 from acme_ca.ca import der
 from acme_ca.ca.signer import (
     CaPublicKey,
@@ -88,10 +89,6 @@ from acme_ca.ca.signer import (
 
 SubscriberPublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 
-#: CA/B Forum reserved policy identifier for Domain Validated subscriber certificates.
-DV_POLICY_OID: Final = "2.23.140.1.2.1"
-#: CA/B Forum reserved policy identifier for Organization Validated subscriber certificates.
-OV_POLICY_OID: Final = "2.23.140.1.2.2"
 _RESERVED_SUBSCRIBER_OIDS: Final = frozenset({DV_POLICY_OID, OV_POLICY_OID})
 #: The CP's own policy OID (CP 1.2: JPRS CA Certificate Policy).
 DEFAULT_POLICY_OID: Final = "1.3.6.1.4.1.53827.1.1.4"

@@ -43,8 +43,7 @@ from cryptography import x509
 from acme_ca.acme import problems
 from acme_ca.acme.jsontypes import JsonValue
 from acme_ca.acme.problems import Identifier, Problem
-from acme_ca.br import RULE_ORGANIZATION, max_dcv_reuse
-from acme_ca.ca.issuers_file import PURPOSE_POLICY_OIDS
+from acme_ca.br import OV_POLICY_OID, RULE_ORGANIZATION, max_dcv_reuse
 from acme_ca.ca.profile import max_validity
 from acme_ca.db.issuance_jobs import AuthorizationEvidence
 from acme_ca.keyid import spki_sha256
@@ -330,7 +329,7 @@ def issuer_purpose_refusal(issuer: str, ov_issuer: bool, certificate_der: bytes)
     """The certificate to sign (``certificate_der``: the linted copy of its TBS) asserts the
     OV policy exactly when ``issuer`` is an OV issuer (issuers.toml ``purpose = "ov"``): an
     OV certificate under a DV issuing CA, or a DV one under an OV issuing CA, is refused."""
-    ov_oid = PURPOSE_POLICY_OIDS["ov"]
+    ov_oid = OV_POLICY_OID
     try:
         policies = x509.load_der_x509_certificate(certificate_der).extensions
         oids = {

@@ -61,6 +61,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from acme_ca import metrics
 from acme_ca.acme import problems
 from acme_ca.acme.jsontypes import JsonValue
+from acme_ca.br import DV_POLICY_OID, OV_POLICY_OID
 from acme_ca.ca.ct.policy import CT_POLICIES, CtPolicy
 from acme_ca.ca.ct.sct import final_tbs, remove_poison
 from acme_ca.ca.ct.submit import CertificateTransparency, CtPolicyNotMet, LoggedSct
@@ -68,8 +69,6 @@ from acme_ca.ca.der import sign_tbs_certificate, throwaway_signed_tbs
 from acme_ca.ca.issuers import Issuer, IssuerSet
 from acme_ca.ca.lint import CertificateLinter, LintFinding, LintKind
 from acme_ca.ca.profile import (
-    DV_POLICY_OID,
-    OV_POLICY_OID,
     IssuanceRequest,
     ProfileSettings,
     build_certificate,

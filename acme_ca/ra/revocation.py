@@ -61,6 +61,7 @@ from cryptography.hazmat.primitives import serialization
 from acme_ca.acme import problems
 from acme_ca.acme.jwk import PublicKey
 from acme_ca.acme.problems import AcmeError
+from acme_ca.br import OV_POLICY_OID
 from acme_ca.clock import Clock
 from acme_ca.db.accounts import Account
 from acme_ca.db.certificates import (
@@ -77,9 +78,6 @@ log = structlog.get_logger(component="acme_ca.ra.revocation")
 UNSPECIFIED = 0
 KEY_COMPROMISE = 1
 PRIVILEGE_WITHDRAWN = 9
-
-#: CA/B Forum reserved policy identifier of organization-validated certificates (BR 7.1.6.1).
-OV_POLICY_OID = "2.23.140.1.2.2"
 
 #: RFC 5280 CRLReason names an operator may use (BR 7.2.2; 2, 6, 8 and 10 never apply).
 REASON_CODES: dict[str, int] = {
@@ -334,9 +332,10 @@ class RevocationAuthority:
     ) -> list[OperatorRevocation]:
         """Revoke every unexpired, unrevoked OV certificate (and precertificate) ordered by
         the accounts of a revoked organization: those asserting the CA/B OV policy
-        (:data:`OV_POLICY_OID`), i.e. carrying its vetted identity.  Its DV certificates name
-        no organization and are left alone.  BR 4.9.1.1 (a material change in, or inaccuracy
-        of, the information in the certificate) with BR 7.2.2 make that privilegeWithdrawn.
+        (:data:`acme_ca.br.OV_POLICY_OID`), i.e. carrying its vetted identity.  Its DV
+        certificates name no organization and are left alone.  BR 4.9.1.1 (a material change
+        in, or inaccuracy of, the information in the certificate) with BR 7.2.2 make that
+        privilegeWithdrawn.
         """
         if reason not in OPERATOR_REASONS:
             raise OperatorRevocationError(f"reason {reason} may not be used (BR 7.2.2)")

@@ -2,4 +2,4 @@
 (``acme-ca remote-va``), the primary's mutual-TLS client, the validator wiring, and the
 in-process remote VAs of ``serve --test --perspectives N``.  The rules and the checks live in
 ``va/`` (``va/quorum.py``, ``va/mpic.py``); this package is the HTTP around them, since
-``va/`` holds no aiohttp."""
+``va/`` holds no HTTP server code (no ``aiohttp.web``)."""

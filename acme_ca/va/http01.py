@@ -3,9 +3,10 @@
 We speak HTTP/1.1 over asyncio streams ourselves instead of using a client library: the VA
 must decide every address it connects to (resolved by our resolver, checked by the injected
 ``address_policy`` so no answer can point us at an internal service), every redirect it
-follows and every byte it reads, and ``va/`` may not import aiohttp (import contract).  The
-exchange is deliberately small: one GET per connection, ``Connection: close``, a capped
-header block and a capped body.
+follows and every byte it reads.  (``va/`` may use aiohttp's client, only ``aiohttp.web`` is
+forbidden; the contract in pyproject.toml says why this module keeps its own.)  The exchange
+is deliberately small: one GET per connection, ``Connection: close``, a capped header block
+and a capped body.
 
 Every hop yields a :class:`ValidationRecord`; the result's ``observed`` is the body served
 (trailing whitespace stripped), which remote perspectives must reproduce (BR §3.2.2.9).

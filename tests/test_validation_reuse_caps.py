@@ -18,8 +18,8 @@ from acme_ca.br import max_dcv_reuse
 from acme_ca.ca import recheck
 from acme_ca.clock import FixedClock
 from acme_ca.db.issuance_jobs import AuthorizationEvidence
+from acme_ca.db.orders import OrderRepository
 from acme_ca.testsrv.server import ChallengeTestServer
-from acme_ca.wfe.services import FRONT_END
 from tests.fixtures import CaFactory, RunningCa
 from tests.support.orders import Subscriber, subscriber, validation_config
 from tests.support.problems import ERR
@@ -155,16 +155,21 @@ async def test_persist_2_reuse_query_applies_a_method_cap_whatever_the_stored_ex
         )
     finally:
         await conn.close()
-    repo = persist_ca.app[FRONT_END].order_reads
-    for days, expected in ((9, authz_id), (11, None)):
-        now = START + timedelta(days=days)
-        found = await repo.reusable_authorization(
-            account_id,
-            "row.example.com",
-            False,
-            now=now,
-            valid_not_before=now - timedelta(days=30),
-            min_remaining=timedelta(minutes=5),
-            method_not_before={"dns-persist-01": now - max_dcv_reuse(now, "dns-persist-01")},
-        )
-        assert found == expected, days
+    # The RA's query itself (db/), on its own pool: the front end holds only read views.
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
+    try:
+        repo = OrderRepository(pool)
+        for days, expected in ((9, authz_id), (11, None)):
+            now = START + timedelta(days=days)
+            found = await repo.reusable_authorization(
+                account_id,
+                "row.example.com",
+                False,
+                now=now,
+                valid_not_before=now - timedelta(days=30),
+                min_remaining=timedelta(minutes=5),
+                method_not_before={"dns-persist-01": now - max_dcv_reuse(now, "dns-persist-01")},
+            )
+            assert found == expected, days
+    finally:
+        await pool.close()

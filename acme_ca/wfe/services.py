@@ -8,9 +8,6 @@ from aiohttp import web
 
 from acme_ca.clock import Clock
 from acme_ca.config import Config
-from acme_ca.db.accounts import AccountRepository
-from acme_ca.db.certificates import CertificateRepository
-from acme_ca.db.orders import OrderRepository
 from acme_ca.ra.accounts import AccountAuthority
 from acme_ca.ra.challenges import ChallengeAuthority
 from acme_ca.ra.finalize import FinalizeAuthority
@@ -18,13 +15,15 @@ from acme_ca.ra.orders import OrderAuthority
 from acme_ca.ra.revocation import RevocationAuthority
 from acme_ca.wfe.account_cache import AccountCache
 from acme_ca.wfe.nonces import NonceService
+from acme_ca.wfe.reads import AccountReads, CertificateReads, OrderReads
 from acme_ca.wfe.urls import Urls
 
 
 @dataclass(frozen=True)
 class FrontEnd:
-    """Everything a handler uses: the RA's authorities for writes, read-only repositories
-    for lookups (as Boulder's WFE holds a read-only storage client)."""
+    """Everything a handler uses: the RA's authorities for writes, read-only views of the
+    repositories for lookups (``wfe/reads.py``, as Boulder's WFE holds a read-only storage
+    client)."""
 
     config: Config
     clock: Clock
@@ -35,9 +34,9 @@ class FrontEnd:
     challenges: ChallengeAuthority
     finalize: FinalizeAuthority
     revocation: RevocationAuthority
-    account_reads: AccountRepository
-    order_reads: OrderRepository
-    certificate_reads: CertificateRepository
+    account_reads: AccountReads
+    order_reads: OrderReads
+    certificate_reads: CertificateReads
     #: Accounts by kid, re-validated by every request's nonce redemption (account_cache.py).
     account_cache: AccountCache = field(default_factory=AccountCache)
 

@@ -35,7 +35,7 @@ from acme_ca.ca.worker import DEFAULT_LEASE, SigningWorker, profile_settings_fac
 from acme_ca.clock import SystemClock
 from acme_ca.config import Config
 from acme_ca.db.audit_chain import verify_chain
-from acme_ca.db.issuance import IssuanceRepository
+from acme_ca.db.issuance import NOTIFY_CHANNEL, IssuanceRepository
 from acme_ca.db.issuance_jobs import IssuanceJob, PrecertSignedJob, PreparedJob, SctsCollectedJob
 from acme_ca.db.migrate import apply_schema
 from acme_ca.db.pool import create_pool
@@ -349,6 +349,56 @@ async def test_cp_5_4_1_steps_recorded_in_one_statement_keep_their_audit_rows_an
     assert precert is not None and bytes(precert["der"]) == bytes(job["precert_der"])
     report = await verify_chain(pool)
     assert report.ok, report.broken
+
+
+async def test_finalize_in_one_statement_queues_the_job_notifies_and_audits_once(
+    pool: asyncpg.Pool, pki_config: Config
+) -> None:
+    """IssuanceRepository.enqueue is one statement (issue 20): order -> processing, the job,
+    the NOTIFY (at commit) and the audit row; a second finalize of the order does nothing."""
+    heard: list[str] = []
+
+    def hear(conn: object, pid: int, channel: str, payload: object) -> None:
+        heard.append(channel)
+
+    async with pool.acquire() as listener:
+        await listener.add_listener(NOTIFY_CHANNEL, hear)
+        account_id, order_id = await insert_ready_order(pool, names_for(1))
+        jobs = IssuanceRepository(pool)
+        order = await jobs.enqueue(
+            order_id=order_id,
+            account_id=account_id,
+            csr_der=build_csr(names_for(1), "ec"),
+            names=list(names_for(1)),
+            issuer=pki_config.ecdsa_issuer,
+            now=datetime.now(UTC),
+        )
+        assert order is not None and order.id == order_id and order.status == "processing"
+        assert order.authz_ids and order.certificate_id is None
+        for _ in range(100):
+            if heard:
+                break
+            await asyncio.sleep(0.02)
+        assert heard == [NOTIFY_CHANNEL]
+        again = await jobs.enqueue(
+            order_id=order_id,
+            account_id=account_id,
+            csr_der=b"other",
+            names=["other.example.com"],
+            issuer=pki_config.ecdsa_issuer,
+            now=datetime.now(UTC),
+        )
+        assert again is None
+        await listener.remove_listener(NOTIFY_CHANNEL, hear)
+    job = await job_of(pool, order_id)
+    assert job["status"] == "queued" and job["names"] == list(names_for(1))
+    rows = await pool.fetch(
+        "SELECT * FROM audit_events WHERE order_id = $1 AND event = 'order.processing'", order_id
+    )
+    assert len(rows) == 1
+    assert rows[0]["actor"] == f"account:{account_id}" and rows[0]["account_id"] == account_id
+    assert rows[0]["details"] == {"issuer": pki_config.ecdsa_issuer, "profile": "dv"}
+    assert (await verify_chain(pool)).ok
 
 
 async def test_step_of_a_job_another_worker_holds_records_nothing(

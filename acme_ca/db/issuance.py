@@ -39,7 +39,13 @@ from acme_ca.db.issuance_jobs import (
     PreparedJob,
     job_from_row,
 )
-from acme_ca.db.orders import Order, apply_order_event
+from acme_ca.db.orders import (
+    Order,
+    apply_order_event,
+    order_event_args,
+    order_event_statement,
+    order_from_row,
+)
 
 NOTIFY_CHANNEL = "acme_ca_issuance"
 
@@ -47,6 +53,27 @@ NOTIFY_CHANNEL = "acme_ca_issuance"
 def _sct_summaries(scts: Sequence[JsonObject]) -> list[dict[str, JsonValue]]:
     """Log, operator and timestamp of each SCT: what the order timeline shows."""
     return [{k: s.get(k) for k in ("log", "operator", "timestamp")} for s in scts]
+
+
+#: Finalize in one statement (issue 20): the order ready -> processing (``o``, $1-$6 of
+#: db/orders.order_event_args), its queued job, the ``NOTIFY`` that wakes the workers (sent
+#: at commit) and the audit row, inserted after the order's row lock and the job, as
+#: db/audit.py asks; nothing but the select of ``o`` when the order did not move.
+_ENQUEUE_CTES = """,
+    j AS (
+        INSERT INTO issuance_jobs (order_id, account_id, csr_der, names, status, issuer,
+                                   profile, created_at, updated_at)
+        SELECT o.id, $7::bigint, $8::bytea, $9::jsonb, 'queued', $10::text, $11::text,
+               $4, $4
+        FROM o
+        RETURNING id, pg_notify($15::text, '')),
+    a AS (
+        INSERT INTO audit_events (at, event, actor, account_id, order_id, request_id, details)
+        SELECT $4::timestamptz, 'order.processing', $12::text, $7::bigint, o.id, $13::text,
+               $14::jsonb
+        FROM o, j)
+"""
+_ENQUEUE = order_event_statement(_ENQUEUE_CTES)
 
 
 class IssuanceRepository:
@@ -78,33 +105,20 @@ class IssuanceRepository:
     ) -> Order | None:
         """ready → processing and a queued job, atomically: the order as moved, or None if it
         was not ready (or had expired)."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            moved = await apply_order_event(conn, OrderEvent.FINALIZED, [order_id], now)
-            if not moved:
-                return None
-            await conn.execute(
-                """INSERT INTO issuance_jobs (order_id, account_id, csr_der, names, status,
-                                              issuer, profile, created_at, updated_at)
-                   VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $7)""",
-                order_id,
-                account_id,
-                csr_der,
-                names,
-                issuer,
-                profile,
-                now,
-            )
-            await record_event(
-                conn,
-                "order.processing",
-                at=now,
-                actor=f"account:{account_id}",
-                account_id=account_id,
-                order_id=order_id,
-                details={"issuer": issuer, "profile": profile},
-            )
-            await conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")
-        return moved[0]
+        row = await self._pool.fetchrow(
+            _ENQUEUE,
+            *order_event_args(OrderEvent.FINALIZED, [order_id], now),
+            account_id,
+            csr_der,
+            names,
+            issuer,
+            profile,
+            f"account:{account_id}",
+            current_request_id(),
+            {"issuer": issuer, "profile": profile},
+            NOTIFY_CHANNEL,
+        )
+        return order_from_row(row) if row is not None else None
 
     async def claim(self, worker_id: str, *, now: datetime, lease: timedelta) -> IssuanceJob | None:
         row = await self._pool.fetchrow(

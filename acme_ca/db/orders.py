@@ -114,6 +114,33 @@ _MOVE_ORDERS = """
 _APPLY_ORDER_EVENT = _MOVE_ORDERS + _ORDER_COLUMNS + " FROM o " + _AUTHZ_ARRAYS + " ORDER BY o.id"
 
 
+def order_event_statement(more_ctes: str) -> str:
+    """:func:`apply_order_event`'s statement with ``more_ctes`` (``, name AS (...)`` reading
+    the moved orders ``o``) between the move and the select of the moved orders: a state
+    change and what goes with it (its audit row, a job) in one statement and one round trip.
+    Its $1-$6 are :func:`order_event_args`; ``more_ctes`` numbers its own from $7."""
+    return _MOVE_ORDERS + more_ctes + _ORDER_COLUMNS + " FROM o " + _AUTHZ_ARRAYS + " ORDER BY o.id"
+
+
+def order_event_args(
+    event: OrderEvent, order_ids: Sequence[int], now: datetime, error: Problem | None = None
+) -> list[Any]:
+    """$1-$6 of :func:`order_event_statement` (and of :func:`apply_order_event`)."""
+    return [
+        list(order_ids),
+        ORDERS.target(event),
+        None if error is None else error.to_json(),
+        now,
+        list(ORDERS.sources(event)),
+        list(ORDERS.sources(OrderEvent.EXPIRED)),
+    ]
+
+
+def order_from_row(row: Mapping[str, Any]) -> Order:
+    """An order as :func:`order_event_statement` (or any order select here) returns it."""
+    return _order(row)
+
+
 def _order(row: Mapping[str, Any]) -> Order:
     error = row["error"]
     return Order(
@@ -150,15 +177,7 @@ async def apply_order_event(
     ``ready`` is ``invalid`` to every reader, so it cannot be finalized).  ``error`` is stored
     unless the order has one.  Returns the moved orders as the update left them.
     """
-    rows = await conn.fetch(
-        _APPLY_ORDER_EVENT,
-        list(order_ids),
-        ORDERS.target(event),
-        None if error is None else error.to_json(),
-        now,
-        list(ORDERS.sources(event)),
-        list(ORDERS.sources(OrderEvent.EXPIRED)),
-    )
+    rows = await conn.fetch(_APPLY_ORDER_EVENT, *order_event_args(event, order_ids, now, error))
     return [_order(r) for r in rows]
 
 

@@ -141,6 +141,9 @@ class Remote:
     va: CaProcess | None = None
     starts: int = 0
     files: list[IO[bytes]] = field(default_factory=list)
+    _helper_out: Path = field(init=False)
+    _helper_err: Path = field(init=False)
+    _va_identity: str = field(init=False)
 
     @property
     def mgmt_url(self) -> str:
@@ -159,10 +162,11 @@ class Remote:
         self.files += [out, err]
         return out, err, out_path, err_path
 
-    def start_helper(self) -> None:
+    def spawn_helper(self) -> None:
+        """Start the helper; :meth:`wait_helper` waits for it (the five start side by side)."""
         sock = listening_socket()
         self.mgmt_port = sock.getsockname()[1]
-        out, err, out_path, err_path = self._open(f"{self.id}-helper")
+        out, err, self._helper_out, self._helper_err = self._open(f"{self.id}-helper")
         self.helper = subprocess.Popen(
             [*self.ns.prefix, sys.executable, str(HELPER), "--mgmt-fd", str(sock.fileno())],
             stdout=out,
@@ -172,14 +176,23 @@ class Remote:
             pass_fds=(sock.fileno(),),
         )
         sock.close()
+
+    def wait_helper(self) -> None:
+        assert self.helper is not None
         deadline = time.monotonic() + 20
-        while "netns-helper ready" not in out_path.read_text(errors="replace"):
+        while "netns-helper ready" not in self._helper_out.read_text(errors="replace"):
             if self.helper.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"{self.id} helper did not start\n{tail(err_path)}")
+                pytest.fail(f"{self.id} helper did not start\n{tail(self._helper_err)}")
             time.sleep(0.05)
 
     def start_va(self, *, perspective_id: str | None = None, rir: str | None = None) -> None:
         """``acme-ca remote-va`` in the namespace, its listener passed as fd 3."""
+        self.spawn_va(perspective_id=perspective_id, rir=rir)
+        self.wait_va()
+
+    def spawn_va(self, *, perspective_id: str | None = None, rir: str | None = None) -> None:
+        """Start the remote VA; :meth:`wait_va` waits for it and checks what it says."""
+        self._va_identity = perspective_id or self.id
         sock = listening_socket(self.va_port)
         self.va_port = sock.getsockname()[1]
         fd = sock.fileno()
@@ -223,11 +236,14 @@ class Remote:
         )
         sock.close()  # the remote VA holds the only copy: its death closes the listener
         self.va = CaProcess(f"{self.id}-va-{self.starts}", proc, out_path, err_path)
+
+    def wait_va(self) -> None:
+        assert self.va is not None
         ready = self.va.wait_event("remote_va.ready")
-        assert ready["perspective"] == (perspective_id or self.id)
+        assert ready["perspective"] == self._va_identity
         assert ready["listen"].startswith("fd:3 (127.0.0.1:"), ready
         # ip netns exec / nsenter and sh exec: the Popen pid is the remote VA itself
-        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+        cmdline = Path(f"/proc/{self.va.proc.pid}/cmdline").read_bytes()
         assert b"remote-va" in cmdline, cmdline
 
     def kill_va(self, sig: int = signal.SIGKILL) -> None:
@@ -237,9 +253,14 @@ class Remote:
             self.va.proc.wait(timeout=10)
 
     def restart_va(self, **identity: str) -> None:
+        self.respawn_va(**identity)
+        self.wait_va()
+
+    def respawn_va(self, **identity: str) -> None:
+        """SIGTERM the running remote VA (waited for) and start it again, not waiting."""
         if self.va is not None and self.va.proc.poll() is None:
             self.kill_va(signal.SIGTERM)
-        self.start_va(**identity)
+        self.spawn_va(**identity)
 
     def va_events(self, name: str) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = []
@@ -423,11 +444,14 @@ def world(
     remotes: dict[str, Remote] = {}
     processes = CaProcesses(logs)
     try:
+        # Every process starts at once and is waited for after (the remote VAs' listeners
+        # exist before they do, so the primary may connect early): each takes seconds of
+        # imports, which one after another made the module's longest wait.
         for index, (pid, rir, _, _) in enumerate(SPECS):
             ns = create_namespace(f"acme-mpic-{os.getpid()}-{index}")
             remotes[pid] = Remote(pid, rir, ns, logs, mtls)
-            remotes[pid].start_helper()
-            remotes[pid].start_va()
+            remotes[pid].spawn_helper()
+            remotes[pid].spawn_va()
         perspectives = tmp / "perspectives.toml"
         perspectives.write_text(perspectives_toml({r.id: r.va_port for r in remotes.values()}))
         home = tmp / "primary-home"
@@ -447,6 +471,8 @@ def world(
             # not Pebble's fixed 5003: other suites' servers may hold it
             ACME_CA_CHALLSRV_HTTPS01=f"127.0.0.1:{free_port()}",
             ACME_CA_CHALLSRV_TLSALPN01=f"127.0.0.1:{free_port()}",
+            # nor Pebble's management 15000, as integration/testmode_server.py does
+            ACME_CA_MANAGEMENT_LISTEN=f"127.0.0.1:{free_port()}",
         )
         primary = processes.serve(
             "primary",
@@ -460,6 +486,9 @@ def world(
             env=env,
             base_url=f"https://127.0.0.1:{listen}",
         )
+        for remote in remotes.values():
+            remote.wait_helper()
+            remote.wait_va()
         cafile = home / "tls" / "ca.pem"
         primary.wait_ready(cafile=cafile, timeout=60)
         key = JWKEC(key=ec.generate_private_key(ec.SECP256R1()))
@@ -810,8 +839,10 @@ def test_slow_remote_is_cut_off_once_the_outcome_is_decided(fresh: World) -> Non
 
 
 def test_wrong_perspective_id_or_rir_in_a_reply_fails(fresh: World) -> None:
-    fresh.remotes["us-west"].restart_va(perspective_id="imposter")
-    fresh.remotes["us-south"].restart_va(rir="APNIC")
+    fresh.remotes["us-west"].respawn_va(perspective_id="imposter")
+    fresh.remotes["us-south"].respawn_va(rir="APNIC")
+    fresh.remotes["us-west"].wait_va()
+    fresh.remotes["us-south"].wait_va()
     try:
         name = unique("identity")
         attempt = fresh.attempt(name)
@@ -825,8 +856,20 @@ def test_wrong_perspective_id_or_rir_in_a_reply_fails(fresh: World) -> None:
             "reply names RIR 'APNIC', configured 'ARIN'" in (attempt.summary("us-south")["error"])
         )
     finally:
-        fresh.remotes["us-west"].restart_va()
-        fresh.remotes["us-south"].restart_va()
+        fresh.remotes["us-west"].respawn_va()
+        fresh.remotes["us-south"].respawn_va()
+        fresh.remotes["us-west"].wait_va()
+        fresh.remotes["us-south"].wait_va()
+
+
+@pytest.fixture(scope="module")
+def other_mtls(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Mutual-TLS material of another CA than the world's (``acme-ca mpic-certs`` run
+    again): the rogue client's, and the files the refused configurations name."""
+    mtls = tmp_path_factory.mktemp("other-mtls")
+    made = run_cli("mpic-certs", "--out", str(mtls), "--perspectives", "x", env=base_env())
+    assert made.returncode == 0, made.stderr
+    return mtls
 
 
 def _post_check(port: int, context: ssl.SSLContext) -> tuple[int, dict[str, Any]]:
@@ -857,20 +900,14 @@ def _post_check(port: int, context: ssl.SSLContext) -> tuple[int, dict[str, Any]
 @pytest.mark.parametrize(
     "who", ["primary", "no-certificate", "another-ca", "a-remote's-certificate"]
 )
-def test_only_the_primary_certificate_gets_in(fresh: World, tmp_path: Path, who: str) -> None:
+def test_only_the_primary_certificate_gets_in(fresh: World, other_mtls: Path, who: str) -> None:
     mtls = fresh.mtls
     context = ssl.create_default_context(cafile=str(mtls / "ca.pem"))
     context.check_hostname = False
     if who == "primary":
         context.load_cert_chain(mtls / "primary.pem", mtls / "primary.key")
     elif who == "another-ca":
-        rogue = run_cli(
-            "mpic-certs", "--out", str(tmp_path / "rogue"), "--perspectives", "x", env=base_env()
-        )
-        assert rogue.returncode == 0, rogue.stderr
-        context.load_cert_chain(
-            tmp_path / "rogue" / "primary.pem", tmp_path / "rogue" / "primary.key"
-        )
+        context.load_cert_chain(other_mtls / "primary.pem", other_mtls / "primary.key")
     elif who == "a-remote's-certificate":
         context.load_cert_chain(mtls / "us-west.pem", mtls / "us-west.key")
     remote = fresh.remotes["us-east"]
@@ -950,21 +987,17 @@ REFUSALS = [
     ("text", "message"), [(t, m) for _, t, m in REFUSALS], ids=[i for i, _, _ in REFUSALS]
 )
 def test_production_configuration_refusals(
-    tmp_path: Path, text: Callable[[], str], message: str
+    tmp_path: Path, other_mtls: Path, text: Callable[[], str], message: str
 ) -> None:
-    made = run_cli(
-        "mpic-certs", "--out", str(tmp_path / "mtls"), "--perspectives", "x", env=base_env()
-    )
-    assert made.returncode == 0, made.stderr
     path = tmp_path / "perspectives.toml"
     path.write_text(text())
     env = base_env(
         ACME_CA_HOME=str(tmp_path / "home"),
         ACME_CA_STATUS_LISTEN=f"127.0.0.1:{free_port()}",
         ACME_CA_MPIC_PERSPECTIVES_FILE=str(path),
-        ACME_CA_MPIC_CLIENT_CERT=str(tmp_path / "mtls" / "primary.pem"),
-        ACME_CA_MPIC_CLIENT_KEY=str(tmp_path / "mtls" / "primary.key"),
-        ACME_CA_MPIC_SERVER_CA=str(tmp_path / "mtls" / "ca.pem"),
+        ACME_CA_MPIC_CLIENT_CERT=str(other_mtls / "primary.pem"),
+        ACME_CA_MPIC_CLIENT_KEY=str(other_mtls / "primary.key"),
+        ACME_CA_MPIC_SERVER_CA=str(other_mtls / "ca.pem"),
     )
     refused = run_cli("serve", "--listen", f"127.0.0.1:{free_port()}", env=env, timeout=30)
     assert refused.returncode == 2, refused.stdout + refused.stderr

@@ -36,7 +36,14 @@ from acme_ca.clock import SystemClock
 from acme_ca.config import Config
 from acme_ca.db.audit_chain import verify_chain
 from acme_ca.db.issuance import NOTIFY_CHANNEL, IssuanceRepository
-from acme_ca.db.issuance_jobs import IssuanceJob, PrecertSignedJob, PreparedJob, SctsCollectedJob
+from acme_ca.db.issuance_jobs import (
+    IssuanceJob,
+    IssuedCertificate,
+    PrecertSignedJob,
+    PreparedJob,
+    SctsCollectedJob,
+    job_from_row,
+)
 from acme_ca.db.migrate import apply_schema
 from acme_ca.db.pool import create_pool
 from acme_ca.embedded_pg import EmbeddedPostgres
@@ -316,8 +323,8 @@ async def test_cp_5_4_1_steps_recorded_in_one_statement_keep_their_audit_rows_an
     issuers: IssuerSet,
     make_worker: Callable[..., SigningWorker],
 ) -> None:
-    """prepared, precert_signed and scts_collected are each one statement (issue 20): the
-    audit rows carry what they carried as separate INSERTs, and the hash chain verifies."""
+    """prepared, precert_signed, scts_collected and issued are each one statement (issue 20):
+    the audit rows carry what they carried as separate INSERTs, and the hash chain verifies."""
     queued = await queue_order(pool, pki_config, names_for(1), "ec")
     assert await make_worker(pool, issuers, "w1").run_once()
     job = await job_of(pool, queued.order_id)
@@ -347,6 +354,41 @@ async def test_cp_5_4_1_steps_recorded_in_one_statement_keep_their_audit_rows_an
     assert all(set(s) == {"log", "operator", "timestamp"} for s in scts["scts"])
     precert = await pool.fetchrow("SELECT * FROM precertificates WHERE job_id = $1", job["id"])
     assert precert is not None and bytes(precert["der"]) == bytes(job["precert_der"])
+    stored = await pool.fetchrow("SELECT * FROM certificates WHERE order_id = $1", job["order_id"])
+    assert stored is not None
+    issued = rows["certificate.issued"]
+    assert issued["actor"] == "ca" and issued["account_id"] == job["account_id"]
+    assert issued["details"] == {
+        "serial": stored["serial"],
+        "issuer": stored["issuer"],
+        "not_after": stored["not_after"].isoformat(),
+        "scts": scts["scts"],
+    }
+    assert job["status"] == "done" and job["step"] == "issued" and job["locked_by"] is None
+    assert (await order_of(pool, queued.order_id))["status"] == "valid"
+    # The same certificate stored again (a worker whose lease lapsed): nothing new.
+    again = IssuedCertificate(
+        serial=stored["serial"],
+        issuer=stored["issuer"],
+        der=bytes(stored["der"]),
+        not_before=stored["not_before"],
+        not_after=stored["not_after"],
+        chain_pem=stored["chain_pem"],
+        alternate_chains=list(stored["alternate_chains"]),
+        scts=list(stored["scts"]),
+    )
+    claimed = job_from_row(
+        await pool.fetchrow("SELECT * FROM issuance_jobs WHERE id = $1", job["id"])
+    )
+    audit_rows = await pool.fetchval("SELECT count(*) FROM audit_events")
+    assert not await IssuanceRepository(pool).complete(claimed, again, datetime.now(UTC))
+    assert await pool.fetchval("SELECT count(*) FROM audit_events") == audit_rows
+    assert (
+        await pool.fetchval(
+            "SELECT count(*) FROM certificates WHERE order_id = $1", job["order_id"]
+        )
+        == 1
+    )
     report = await verify_chain(pool)
     assert report.ok, report.broken
 

@@ -31,7 +31,7 @@ from acme_ca.acme.jsontypes import JsonObject, JsonValue
 from acme_ca.acme.problems import Problem
 from acme_ca.acme.states import OrderEvent
 from acme_ca.db.audit import current_request_id, record_event
-from acme_ca.db.completions import notify_order_done
+from acme_ca.db.completions import ORDER_DONE_CHANNEL, notify_order_done
 from acme_ca.db.issuance_jobs import (
     AuthorizationEvidence,
     IssuanceJob,
@@ -40,6 +40,7 @@ from acme_ca.db.issuance_jobs import (
     job_from_row,
 )
 from acme_ca.db.orders import (
+    ORDER_EVENT_CTE,
     Order,
     apply_order_event,
     order_event_args,
@@ -74,6 +75,35 @@ _ENQUEUE_CTES = """,
         FROM o, j)
 """
 _ENQUEUE = order_event_statement(_ENQUEUE_CTES)
+
+#: A certificate stored in one statement (issue 20), in the order of the transaction it
+#: replaces: the order -> valid (``o``: its row lock first), the certificate (none if it was
+#: stored already), the job done, the completion NOTIFY (sent at commit) and, only when the
+#: certificate is new, its audit row, which runs after the rest (it reads ``c`` and ``j``).
+_COMPLETE_CTES = """,
+    c AS (
+        INSERT INTO certificates (order_id, account_id, serial, issuer, der, not_before,
+                                  not_after, chain_pem, alternate_chains, created_at, scts)
+        VALUES ($1[1], $7::bigint, $8::text, $9::text, $10::bytea, $11::timestamptz,
+                $12::timestamptz, $13::text, $14::jsonb, $4, $15::jsonb)
+        ON CONFLICT DO NOTHING
+        RETURNING id),
+    j AS (
+        UPDATE issuance_jobs SET status = 'done', step = 'issued', locked_by = NULL,
+               locked_until = NULL, updated_at = $4
+        WHERE id = $16::bigint
+        RETURNING id),
+    a AS (
+        INSERT INTO audit_events (at, event, actor, account_id, order_id, request_id, details)
+        SELECT $4::timestamptz, 'certificate.issued', 'ca', $7::bigint, $1[1], $17::text,
+               $18::jsonb
+        FROM c, j)
+    SELECT (SELECT count(*) FROM o) AS moved,
+           (SELECT id FROM c) AS certificate_id,
+           (SELECT count(*) FROM j) AS done,
+           pg_notify($19::text, ($1[1])::text) AS notified
+"""
+_COMPLETE = ORDER_EVENT_CTE + _COMPLETE_CTES
 
 
 class IssuanceRepository:
@@ -311,49 +341,31 @@ class IssuanceRepository:
     async def complete(self, job: IssuanceJob, cert: IssuedCertificate, now: datetime) -> bool:
         """scts_collected → issued: store the certificate, order valid, job done; False if it
         was already stored."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            inserted = await conn.fetchval(
-                """INSERT INTO certificates (order_id, account_id, serial, issuer, der,
-                                             not_before, not_after, chain_pem,
-                                             alternate_chains, created_at, scts)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-                   ON CONFLICT DO NOTHING RETURNING id""",
-                job.order_id,
-                job.account_id,
-                cert.serial,
-                cert.issuer,
-                cert.der,
-                cert.not_before,
-                cert.not_after,
-                cert.chain_pem,
-                cert.alternate_chains,
-                now,
-                cert.scts,
-            )
-            await apply_order_event(conn, OrderEvent.ISSUED, [job.order_id], now)
-            await conn.execute(
-                "UPDATE issuance_jobs SET status = 'done', step = 'issued', locked_by = NULL, "
-                "locked_until = NULL, updated_at = $2 WHERE id = $1",
-                job.id,
-                now,
-            )
-            await notify_order_done(conn, job.order_id)
-            if inserted is not None:
-                await record_event(
-                    conn,
-                    "certificate.issued",
-                    at=now,
-                    actor="ca",
-                    account_id=job.account_id,
-                    order_id=job.order_id,
-                    details={
-                        "serial": cert.serial,
-                        "issuer": cert.issuer,
-                        "not_after": cert.not_after.isoformat(),
-                        **({"scts": _sct_summaries(cert.scts)} if cert.scts else {}),
-                    },
-                )
-        return inserted is not None
+        details: JsonObject = {
+            "serial": cert.serial,
+            "issuer": cert.issuer,
+            "not_after": cert.not_after.isoformat(),
+            **({"scts": _sct_summaries(cert.scts)} if cert.scts else {}),
+        }
+        row = await self._pool.fetchrow(
+            _COMPLETE,
+            *order_event_args(OrderEvent.ISSUED, [job.order_id], now),
+            job.account_id,
+            cert.serial,
+            cert.issuer,
+            cert.der,
+            cert.not_before,
+            cert.not_after,
+            cert.chain_pem,
+            cert.alternate_chains,
+            cert.scts,
+            job.id,
+            current_request_id(),
+            details,
+            ORDER_DONE_CHANNEL,
+        )
+        assert row is not None
+        return row["certificate_id"] is not None
 
     async def fail(
         self,

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 import asyncpg
 
@@ -112,6 +112,11 @@ _MOVE_ORDERS = """
         RETURNING *)
 """
 _APPLY_ORDER_EVENT = _MOVE_ORDERS + _ORDER_COLUMNS + " FROM o " + _AUTHZ_ARRAYS + " ORDER BY o.id"
+
+
+#: :func:`apply_order_event`'s move alone (``WITH o AS (...)``, $1-$6 of
+#: :func:`order_event_args`), for a statement that selects something else than the orders.
+ORDER_EVENT_CTE: Final = _MOVE_ORDERS
 
 
 def order_event_statement(more_ctes: str) -> str:

@@ -160,8 +160,8 @@ async def test_worker_sigkill_mid_job_completes_exactly_once(
     timeline: list[str] = []
     started_at = time.monotonic()
     try:
+        # The first worker starts (seconds of imports, the linter, keys) while the jobs go in.
         worker = workers.start()
-        worker.wait_started()
 
         async def enqueue(names: list[str], key_type: str, csr_der: bytes) -> None:
             account_id, order_id = await insert_ready_order(pool, names)
@@ -177,6 +177,7 @@ async def test_worker_sigkill_mid_job_completes_exactly_once(
         await asyncio.gather(*(enqueue(*r) for r in requests))
         enqueued_at = time.monotonic()
         backlog = await _unfinished(pool)
+        worker.wait_started()
         while True:
             time.sleep(rng.uniform(*KILL_AFTER))
             worker.kill()

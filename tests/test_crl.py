@@ -29,7 +29,8 @@ from acme_ca.status.crl import (
     raw_subject_der,
 )
 from tests.support import status as status_support
-from tests.support.status import ISSUERS, REPO, ROOTS, StatusEnv, StatusSite, pkilint
+from tests.support.pkilint import pkilint
+from tests.support.status import ISSUERS, REPO, ROOTS, StatusEnv, StatusSite
 
 # The shared fixtures of the status tests.
 status_config = status_support.status_config

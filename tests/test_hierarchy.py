@@ -41,6 +41,7 @@ from acme_ca.ca.issuers import Issuer, IssuerSet, load_issuers, open_root_signer
 from acme_ca.ca.issuers_file import ISSUERS_FILE, IssuerConfigError, read_issuers_file
 from acme_ca.clock import FixedClock
 from acme_ca.config import Config
+from tests.support.pkilint import pkilint
 from tests.support.softhsm import SoftHsmToken, shared_token, softhsm_available
 
 requires_softhsm = pytest.mark.skipif(not softhsm_available(), reason="SoftHSM2 not installed")
@@ -377,12 +378,6 @@ def test_openssl_verifies_primary_and_alternate_chains(pki: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- pkilint
-
-
-def pkilint(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(a) for a in args], capture_output=True, text=True, check=False, cwd=REPO
-    )
 
 
 LINT_CASES = [

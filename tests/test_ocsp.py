@@ -38,7 +38,8 @@ from acme_ca.status.ocsp import (
 )
 from acme_ca.status.updater import ocsp_refresh_age
 from tests.support import status as status_support
-from tests.support.status import ISSUERS, REPO, StatusEnv, StatusSite, pkilint, spk_bits
+from tests.support.pkilint import pkilint
+from tests.support.status import ISSUERS, REPO, StatusEnv, StatusSite, spk_bits
 
 # The shared fixtures of the status tests.
 status_config = status_support.status_config

@@ -315,7 +315,14 @@ def test_challsrv_http01_off_lets_certbot_standalone_bind_the_port(
     dsn: str, tmp_path: Path, processes: CaProcesses
 ) -> None:
     ca = start_test_mode(
-        processes, "serve-off", tmp_path / "ca-home", dsn=dsn, challsrv_http01="off"
+        processes,
+        "serve-off",
+        tmp_path / "ca-home",
+        dsn=dsn,
+        challsrv_http01="off",
+        # The https-01 listener serves the same http-01 answers over TLS: off too, or the
+        # http-01 verbs stay (they would feed it).
+        env={"ACME_CA_CHALLSRV_HTTPS01": "off"},
     )
     assert ca.proc.wait_event("testmode.ready")["http01"] == "off"
     # Like Pebble: a disabled part's verbs are absent, not silently accepted.

@@ -26,9 +26,10 @@ from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsag
 from acme_ca.acme import ari
 from acme_ca.acme.problems import AcmeError
 from acme_ca.ca.ct.submit import CertificateTransparency
+from acme_ca.ca.issuance_profiles import profile_settings_factory
 from acme_ca.ca.issuers import IssuerSet
 from acme_ca.ca.lint import CertificateLinter, LintKind
-from acme_ca.ca.worker import SigningWorker, profile_settings_factory
+from acme_ca.ca.worker import SigningWorker
 from acme_ca.cli import main
 from acme_ca.clock import FixedClock, SystemClock
 from acme_ca.config import Config, ConfigError, load_config

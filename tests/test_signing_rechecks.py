@@ -37,10 +37,11 @@ from acme_ca.br import RULE_ORGANIZATION
 from acme_ca.ca import recheck
 from acme_ca.ca.ct.loglist import StaticLogList, parse_log_list
 from acme_ca.ca.ct.submit import CertificateTransparency
+from acme_ca.ca.issuance_profiles import profile_settings_factory
 from acme_ca.ca.issuers import IssuerSet, load_issuers
 from acme_ca.ca.lint import CertificateLinter
 from acme_ca.ca.signing_checks import SigningGuard
-from acme_ca.ca.worker import SigningWorker, profile_settings_factory
+from acme_ca.ca.worker import SigningWorker
 from acme_ca.clock import FixedClock
 from acme_ca.config import Config
 from acme_ca.db.certificates import CertificateRepository

@@ -29,9 +29,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from acme_ca.ca.ct.loglist import StaticLogList, parse_log_list
 from acme_ca.ca.ct.sct import remove_poison
 from acme_ca.ca.ct.submit import CertificateTransparency
+from acme_ca.ca.issuance_profiles import profile_settings_factory
 from acme_ca.ca.issuers import IssuerSet, load_issuers
 from acme_ca.ca.lint import CertificateLinter
-from acme_ca.ca.worker import DEFAULT_LEASE, SigningWorker, profile_settings_factory
+from acme_ca.ca.worker import DEFAULT_LEASE, SigningWorker
 from acme_ca.clock import SystemClock
 from acme_ca.config import Config
 from acme_ca.db.audit_chain import verify_chain

@@ -50,8 +50,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from datetime import datetime, timedelta
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 
 import structlog
@@ -60,17 +60,16 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from acme_ca import metrics
 from acme_ca.acme import problems
-from acme_ca.acme.jsontypes import JsonValue
-from acme_ca.br import DV_POLICY_OID, OV_POLICY_OID
-from acme_ca.ca.ct.policy import CT_POLICIES, CtPolicy
 from acme_ca.ca.ct.sct import final_tbs, remove_poison
 from acme_ca.ca.ct.submit import CertificateTransparency, CtPolicyNotMet, LoggedSct
+from acme_ca.ca.deferrals import DEFAULT_HSM_DEADLINE, Deferrals
 from acme_ca.ca.der import sign_tbs_certificate, throwaway_signed_tbs
+from acme_ca.ca.issuance_lint import IssuanceLint
+from acme_ca.ca.issuance_profiles import IssuanceError, IssuanceProfiles
 from acme_ca.ca.issuers import Issuer, IssuerSet
-from acme_ca.ca.lint import CertificateLinter, LintFinding, LintKind
+from acme_ca.ca.lint import CertificateLinter
 from acme_ca.ca.profile import (
     IssuanceRequest,
-    ProfileSettings,
     build_certificate,
     new_serial,
 )
@@ -87,18 +86,11 @@ from acme_ca.db.issuance_jobs import (
     Step,
 )
 from acme_ca.liveness import dead_on_this_host, holder_name, host_prefix
-from acme_ca.profiles import Profile
 
 log = structlog.get_logger(component="acme_ca.ca.worker")
 
 #: A job's lease (``issuance_lease_seconds``), renewed every third of it while the job runs.
 DEFAULT_LEASE = timedelta(seconds=30)
-#: pkilint's finding for a SAN under a reserved or special-use domain (BR 7.1.2.7.12).
-INTERNAL_NAME_FINDING = "cabf.internal_domain_name"
-#: How long an order waits while the HSM fails (``hsm_deadline_seconds``).
-DEFAULT_HSM_DEADLINE = timedelta(hours=1)
-#: Backoff after an HSM failure: 1 s doubling, at most this, so a returning token is used soon.
-HSM_BACKOFF_MAX = timedelta(seconds=10)
 #: After this many attempts a job is a permanent fault (unknown issuer, a TBS the HSM refuses):
 #: the order fails with serverInternal instead of staying `processing` for ever.
 MAX_ATTEMPTS = 10
@@ -110,10 +102,6 @@ def _pem(certs: Any) -> str:
     return "".join(c.public_bytes(Encoding.PEM).decode() for c in certs)
 
 
-class IssuanceError(RuntimeError):
-    """A step produced something it must not sign (a bug, never a subscriber's fault)."""
-
-
 def _spki(cert: x509.Certificate) -> bytes:
     return cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
 
@@ -121,53 +109,6 @@ def _spki(cert: x509.Certificate) -> bytes:
 #: The vetted organization's subject attributes (C, ST, L, O) for an account, or None when the
 #: account may not have an OV certificate now (not bound, organization revoked or stale).
 OrganizationSubject = Callable[[int], Awaitable[x509.Name | None]]
-
-
-class IssuanceProfiles:
-    """The configured profiles as the worker issues them: which :class:`ProfileSettings` one
-    issuer fills in for one profile, and each profile's pkilint validations and CT policy."""
-
-    def __init__(self, config: Any) -> None:
-        self._config = config
-        self.profiles: Mapping[str, Profile] = config.profile_table
-
-    def profile(self, name: str) -> Profile:
-        """The job's profile; a job whose profile is gone from the configuration is an
-        :class:`IssuanceError` (nothing is signed for it)."""
-        try:
-            return self.profiles[name]
-        except KeyError:
-            raise IssuanceError(f"profile {name!r} is not configured") from None
-
-    def settings(self, issuer: Issuer, profile: Profile) -> ProfileSettings:
-        return ProfileSettings(
-            policy_oid=profile.policy_oid,
-            reserved_policy_oid=OV_POLICY_OID if profile.validation == "OV" else DV_POLICY_OID,
-            crl_url=issuer.crl_url if profile.crl_url else None,
-            ocsp_url=issuer.ocsp_url if profile.ocsp_url else None,
-            ca_issuers_url=issuer.ca_issuers_url,
-            validity_period=profile.validity,
-            backdate=timedelta(seconds=self._config.backdate_seconds),
-            include_subject_key_identifier=profile.subject_key_identifier,
-            rsa_key_encipherment=profile.rsa_key_encipherment,
-            subject_common_name=profile.subject_common_name,
-        )
-
-    def reuse_cap(self, name: str) -> timedelta | None:
-        """The profile's own authorization reuse limit, rechecked at signing (None: none)."""
-        profile = self.profiles.get(name)
-        return None if profile is None else profile.reuse_cap
-
-    @staticmethod
-    def ct_policy(profile: Profile) -> CtPolicy:
-        return CT_POLICIES[profile.ct_policy]
-
-    @staticmethod
-    def lint_kinds(profile: Profile) -> tuple[LintKind, LintKind]:
-        """(pre-certificate, final certificate) pkilint validations of the profile's level."""
-        if profile.validation == "OV":
-            return "OV-PRE-CERTIFICATE", "OV-FINAL-CERTIFICATE"
-        return "DV-PRE-CERTIFICATE", "DV-FINAL-CERTIFICATE"
 
 
 #: A step's handler: the job as its step's view, its issuer; the job as the next step's view,
@@ -213,12 +154,7 @@ class SigningWorker:
         internal_name_waiver: Callable[[str], bool] | None = None,
     ) -> None:
         self._jobs = jobs
-        #: Test mode's special-use names (``IdentifierPolicy.is_special_use``): for a job with
-        #: one, the internal-name lint finding, and only it, is waived and logged.
-        self._internal_name_waiver = internal_name_waiver
-        self._hsm_deadline = hsm_deadline
         self._issuers = issuers
-        self._linter = linter
         self._clock = clock
         self._ct = ct
         self._profile_for = profile_for
@@ -230,6 +166,8 @@ class SigningWorker:
         self._wake = asyncio.Event()
         self._concurrency = concurrency
         self._lint_final = lint_final
+        self._lint = IssuanceLint(jobs, linter, clock, internal_name_waiver=internal_name_waiver)
+        self._deferrals = Deferrals(jobs, clock, self.worker_id, ct=ct, hsm_deadline=hsm_deadline)
         self._checks = SigningChecks(
             jobs,
             clock,
@@ -349,7 +287,7 @@ class SigningWorker:
         try:
             await self._process(job)
         except SignerError as exc:
-            await self._hsm_unavailable(job, exc)
+            await self._deferrals.hsm_unavailable(job, exc)
         except Exception:
             # Leave the job to a retry after the lease: a transient database fault must not
             # lose the order. Permanent faults surface in the logs each attempt.
@@ -375,45 +313,6 @@ class SigningWorker:
                 continue
             if not held:
                 return  # done, deferred, failed, or taken over: the step code notices
-
-    async def _hsm_unavailable(self, job: IssuanceJob, exc: SignerError) -> None:
-        """The signer failed (token absent, HSM error, no session free): nothing was
-        recorded as signed, so the job goes back to the queue with backoff and is retried
-        with the same serial and TBS; past ``hsm_deadline`` the order becomes invalid."""
-        now = self._clock.now()
-        deadline = job.created_at + self._hsm_deadline
-        reason = str(exc) or type(exc).__name__
-        if now >= deadline:
-            await self._jobs.fail(
-                job,
-                problems.server_internal(
-                    "the CA's signing key was unavailable for longer than "
-                    f"{int(self._hsm_deadline.total_seconds())} seconds"
-                ),
-                {"reason": "hsm unavailable", "error": reason, "step": job.step},
-                now,
-                held_by=self.worker_id,
-            )
-            log.error("issuance.hsm_failed", error=reason, step=job.step)
-            return
-        pause = min(timedelta(seconds=2 ** min(job.deferrals, 6)), HSM_BACKOFF_MAX)
-        retry_at = min(now + pause, deadline)
-        deferred = await self._jobs.defer(
-            job,
-            self.worker_id,
-            retry_at=retry_at,
-            details={"reason": "hsm unavailable", "error": reason},
-            now=now,
-            event="hsm.deferred",
-        )
-        log.error(
-            "issuance.hsm_unavailable",
-            error=reason,
-            step=job.step,
-            retry_at=retry_at.isoformat(),
-            deferrals=job.deferrals + 1,
-            deferred=deferred,
-        )
 
     async def _process(self, job: IssuanceJob) -> None:
         """Run the job's step handlers, from its recorded step, until one stops it."""
@@ -502,9 +401,9 @@ class SigningWorker:
         problem = self._ct.coverage_problem(prepared.not_before, prepared.not_after, ct_policy)
         if problem is not None:
             # Checked before anything is signed: without enough logs no precertificate.
-            await self._ct_unavailable(job, [problem], since=job.created_at)
+            await self._deferrals.ct_unavailable(job, [problem], since=job.created_at)
             return None
-        ok, findings = await self._lint_ok(
+        ok, findings = await self._lint.ok(
             job, prepared.lint_der, self._profile_for.lint_kinds(profile)[0], self._clock.now()
         )
         if not ok:
@@ -576,7 +475,7 @@ class SigningWorker:
                 policy=self._profile_for.ct_policy(profile),
             )
         except CtPolicyNotMet as e:
-            await self._ct_unavailable(job, e.reasons, since=job.ct_submitted_at)
+            await self._deferrals.ct_unavailable(job, e.reasons, since=job.ct_submitted_at)
             return None
         tbs = final_tbs(job.precert_tbs_der, [s.sct for s in scts])
         lint_der = throwaway_signed_tbs(tbs, issuer.signer, issuer.hash)
@@ -588,7 +487,7 @@ class SigningWorker:
             raise IssuanceError("the final TBS does not match the precertificate's TBS")
         findings: list[str] | None = None  # not linted: it matches the linted precertificate
         if self._lint_final:
-            ok, findings = await self._lint_ok(
+            ok, findings = await self._lint.ok(
                 job, lint_der, self._profile_for.lint_kinds(profile)[1], self._clock.now()
             )
             if not ok:
@@ -657,52 +556,6 @@ class SigningWorker:
         await self._jobs.mark_done(job, self._clock.now())
         log.info("issuance.already_complete")
 
-    async def _lint_ok(
-        self, job: IssuanceJob, der: bytes, kind: LintKind, signing_time: datetime
-    ) -> tuple[bool, list[str]]:
-        """Lint ``der``; on an ERROR or FATAL finding fail the order (nothing more is signed)
-        and return False.  Also returns the findings, one line each."""
-        report = await self._linter.alint(der, kind, signing_time)
-        blocking = self._unwaived(job, report.blocking, kind)
-        if not blocking:
-            return True, [str(f) for f in report.findings]
-        findings = [str(f) for f in blocking]
-        log.error("issuance.lint_failed", kind=kind, findings=findings, step=job.step)
-        what = "precertificate" if kind.endswith("-PRE-CERTIFICATE") else "certificate"
-        signed = " beyond the precertificate" if isinstance(job, PrecertSignedJob) else ""
-        await self._jobs.fail(
-            job,
-            problems.server_internal(
-                f"the {what} failed pre-issuance linting; nothing{signed} was signed"
-            ),
-            {"reason": "pre-issuance lint", "kind": kind, "findings": findings},
-            self._clock.now(),
-        )
-        return False, [str(f) for f in report.findings]
-
-    def _unwaived(
-        self, job: IssuanceJob, blocking: tuple[LintFinding, ...], kind: LintKind
-    ) -> tuple[LintFinding, ...]:
-        """The blocking findings left after test mode's one waiver: the internal-name finding
-        for a job with special-use names (.test, localhost, ...), each waiver logged."""
-        waiver = self._internal_name_waiver
-        special = [name for name in job.names if waiver is not None and waiver(name)]
-        if not special:
-            return blocking
-        kept = []
-        for finding in blocking:
-            if finding.code != INTERNAL_NAME_FINDING:
-                kept.append(finding)
-                continue
-            log.warning(
-                "issuance.lint_waived",
-                kind=kind,
-                finding=str(finding),
-                names=special,
-                reason="test mode: special-use name",
-            )
-        return tuple(kept)
-
     async def _organization(self, job: IssuanceJob) -> x509.Name | None:
         """The OV subject attributes of the job's account, from its vetted organization; None
         (and the order failed, nothing signed) when there is none to use now."""
@@ -722,47 +575,3 @@ class SigningWorker:
         )
         log.error("issuance.refused", reason="organization", profile=job.profile)
         return None
-
-    async def _ct_unavailable(
-        self, job: IssuanceJob, reasons: list[str], *, since: datetime
-    ) -> None:
-        """Not enough SCTs (or logs) now: back to the queue with backoff, or, past the
-        deadline, fail the order (a recorded precertificate stays recorded)."""
-        settings = self._ct.settings
-        now = self._clock.now()
-        deadline = since + settings.deadline
-        signed = isinstance(job, PrecertSignedJob)
-        serial = job.serial if isinstance(job, PreparedJob) else None
-        details: dict[str, JsonValue] = {"reason": "certificate transparency", "reasons": reasons}
-        if now >= deadline:
-            seconds = int(settings.deadline.total_seconds())
-            await self._jobs.fail(
-                job,
-                problems.server_internal(
-                    "the certificate could not be logged to Certificate Transparency as the "
-                    f"CA's policy requires: not enough valid SCTs within {seconds} seconds ("
-                    + (
-                        "its precertificate was signed and stays on record)"
-                        if signed
-                        else "nothing was signed)"
-                    )
-                ),
-                {**details, "serial": serial, "precertificate": signed},
-                now,
-            )
-            log.error("issuance.ct_failed", serial=serial, reasons=reasons, precertificate=signed)
-            return
-        retry_at = min(now + settings.backoff(job.deferrals + 1), deadline)
-        await self._jobs.defer(job, self.worker_id, retry_at=retry_at, details=details, now=now)
-        log.warning(
-            "issuance.ct_deferred",
-            serial=serial,
-            reasons=reasons,
-            retry_at=retry_at.isoformat(),
-            deferrals=job.deferrals + 1,
-        )
-
-
-def profile_settings_factory(config: Any) -> IssuanceProfiles:
-    """The configured profiles as the worker issues them (:class:`IssuanceProfiles`)."""
-    return IssuanceProfiles(config)

@@ -18,10 +18,11 @@ import structlog
 
 from acme_ca.ca.ct.loglist import FileLogList, LogListSource
 from acme_ca.ca.ct.submit import CertificateTransparency, CtSettings
+from acme_ca.ca.issuance_profiles import profile_settings_factory
 from acme_ca.ca.issuers import IssuerSet, load_issuers
 from acme_ca.ca.lint import CertificateLinter
 from acme_ca.ca.signing_checks import SigningGuard
-from acme_ca.ca.worker import SigningWorker, profile_settings_factory
+from acme_ca.ca.worker import SigningWorker
 from acme_ca.clock import Clock
 from acme_ca.config import Config
 from acme_ca.db.advisory import AdvisoryLocks

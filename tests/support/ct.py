@@ -20,9 +20,10 @@ from acme_ca.ca.ct.loglist import (
     parse_log_list,
 )
 from acme_ca.ca.ct.submit import CertificateTransparency, CtSettings
+from acme_ca.ca.issuance_profiles import profile_settings_factory
 from acme_ca.ca.issuers import IssuerSet
 from acme_ca.ca.lint import CertificateLinter
-from acme_ca.ca.worker import SigningWorker, profile_settings_factory
+from acme_ca.ca.worker import SigningWorker
 from acme_ca.clock import SystemClock
 from acme_ca.config import Config
 from acme_ca.db.issuance import IssuanceRepository

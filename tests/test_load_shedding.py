@@ -245,7 +245,7 @@ def test_bounds_are_settable_by_flags() -> None:
     assert config.header_read_timeout_seconds == 3
     worker = _parser().parse_args(["worker", "--issuance-lease-seconds", "12"])
     assert load_config(None, overrides=_overrides(worker)).issuance_lease_seconds == 12
-    assert load_config(None).requests_in_flight_limit == 4 * Config().database_pool_size
+    assert load_config(None).requests_in_flight_limit == 16 * Config().database_pool_size
 
 
 async def test_multi_host_database_url_reaches_the_writable_server(

@@ -3,7 +3,7 @@ out (RFC 8555 §6.6 lets clients back off; RFC 9110 §15.6.4).
 
 Three bounds, all from the configuration (docs/operations.md, "Load shedding"):
 
-* **Requests in flight** per process (``max_requests_in_flight``, by default four per pooled
+* **Requests in flight** per process (``max_requests_in_flight``, by default 16 per pooled
   database connection): one more is answered ``serverInternal`` 503 before any work.
 * **Database waits**: the pool's acquire timeout (``database_acquire_timeout_seconds``,
   :class:`acme_ca.db.pool.BoundedPool`) and a database outage (lost connection, server

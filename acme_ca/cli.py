@@ -6,21 +6,20 @@ import argparse
 import asyncio
 import getpass
 import os
-import secrets
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import structlog
 
-from acme_ca.acme.b64 import b64url_encode
 from acme_ca.admin.args import COMMANDS as ADMIN_READ_COMMANDS
 from acme_ca.admin.args import register_admin, register_audit
+from acme_ca.cli_block_key import add_block_key_parser, run_block_key
+from acme_ca.cli_eab import add_eab_parser, run_eab
 from acme_ca.cli_limits import add_limits_parser, run_limits
 from acme_ca.cli_org import (
     ORG_REVOCATION_REASON,
     add_org_parser,
-    organization_unusable,
     revoke_org_certificates,
     run_org,
 )
@@ -253,21 +252,7 @@ def _parser() -> argparse.ArgumentParser:
     db_sub = db.add_subparsers(dest="db_command", required=True)
     db_sub.add_parser("migrate", help="apply schema.sql and pending migrations")
 
-    eab = sub.add_parser("eab", help="External Account Binding keys")
-    eab_sub = eab.add_subparsers(dest="eab_command", required=True)
-    create = eab_sub.add_parser("create", help="create a key; prints kid and HMAC key")
-    create.add_argument("--kid", help="key id (default: random)")
-    create.add_argument("--comment", default="", help="free text, e.g. the customer")
-    create.add_argument(
-        "--org",
-        type=int,
-        metavar="ID",
-        help="bind the key, and the account registered with it, to this vetted organization "
-        "(`acme-ca org add`): the account may then order OV certificates",
-    )
-    eab_sub.add_parser("list", help="list keys and their bound accounts")
-    revoke = eab_sub.add_parser("revoke", help="revoke an unused or bound key")
-    revoke.add_argument("kid")
+    add_eab_parser(sub)
     add_org_parser(sub)
 
     admin = sub.add_parser("admin", help="operator actions (recorded in the audit trail)")
@@ -301,41 +286,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --domain or --org: list what would be revoked, change nothing",
     )
-    block_key = admin_sub.add_parser(
-        "block-key",
-        help="block a compromised key and revoke every certificate that has it",
-        description="Block a key reported compromised (BR 4.9.1.1, 4.9.12): refused for CSRs "
-        "and account keys from now on, and a sweep the signing workers run within seconds "
-        "revokes every unexpired certificate and precertificate with it, of any account, as "
-        "keyCompromise (docs/operations.md). Recorded in the audit trail naming --actor.",
-    )
-    which_key = block_key.add_mutually_exclusive_group(required=True)
-    which_key.add_argument(
-        "--key",
-        type=Path,
-        metavar="PEM",
-        help="the key: a PEM public key, certificate, CSR or private key",
-    )
-    which_key.add_argument(
-        "--spki", metavar="SHA256", help="hex SHA-256 of the key's DER SubjectPublicKeyInfo"
-    )
-    block_key.add_argument(
-        "--reason", default="", help="what was reported, e.g. a ticket or the report's source"
-    )
-    block_key.add_argument(
-        "--compromised-at",
-        metavar="ISO8601",
-        help="when the key is known to have been compromised: revocation "
-        "dates move back to it (BR 7.2.2); default: now",
-    )
-    block_key.add_argument("--actor", help="who decided this (default: the OS user)")
-    block_key.add_argument(
-        "--wait",
-        type=float,
-        default=0.0,
-        metavar="SECONDS",
-        help="wait up to SECONDS for a worker to finish the sweep",
-    )
+    add_block_key_parser(admin_sub)
 
     register_admin(admin_sub)
     add_limits_parser(admin_sub)
@@ -462,7 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: C901 -- flat dispat
     if args.command == "db":
         return asyncio.run(_db_migrate(config))
     if args.command == "eab":
-        return asyncio.run(_eab(config, args))
+        return asyncio.run(run_eab(config, args))
     if args.command == "org":
         actor = f"operator:{getattr(args, 'actor', None) or _operator_name()}"
         return asyncio.run(run_org(config, args, actor))
@@ -478,7 +429,8 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: C901 -- flat dispat
         actor = f"operator:{getattr(args, 'actor', None) or _operator_name()}"
         return asyncio.run(run_limits(config, args, actor))
     if args.command == "admin" and args.admin_command == "block-key":
-        return asyncio.run(_admin_block_key(config, args))
+        actor = f"operator:{args.actor or _operator_name()}"
+        return asyncio.run(run_block_key(config, args, actor))
     if args.command == "admin":
         return asyncio.run(_admin(config, args))
     return 2  # pragma: no cover - argparse enforces the choices
@@ -534,70 +486,12 @@ def _mpic_certs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _command_line_safe_key() -> bytes:
-    """A 256-bit HMAC key whose base64url form does not start with "-": operators paste it
-    after `--eab-hmac-key` / `--hmac`, where a leading dash reads as another option."""
-    while True:
-        key = secrets.token_bytes(32)
-        if not b64url_encode(key).startswith("-"):
-            return key
-
-
 async def _db_migrate(config: Config) -> int:
     from acme_ca.db.database import database_dsn, migrate
 
     async with database_dsn(config) as dsn:
         applied = await migrate(dsn)
     print(f"schema is current; migrations applied now: {applied or 'none'}")
-    return 0
-
-
-async def _eab(config: Config, args: argparse.Namespace) -> int:
-    from acme_ca.clock import SystemClock
-    from acme_ca.db.database import database_dsn, migrate
-    from acme_ca.db.eab import EabKeyRepository, OrganizationUnavailable
-    from acme_ca.db.pool import create_pool
-
-    now = SystemClock().now()
-    async with database_dsn(config) as dsn:
-        await migrate(dsn)
-        pool = await create_pool(dsn, max_size=1)
-        try:
-            repo = EabKeyRepository(pool)
-            if args.eab_command == "create":
-                kid = args.kid or "kid-" + secrets.token_hex(8)
-                key = _command_line_safe_key()
-                why = None if args.org is None else await organization_unusable(pool, args.org, now)
-                if why is not None:
-                    print(f"acme-ca: cannot bind the key: {why}", file=sys.stderr)
-                    return 1
-                try:
-                    await repo.create(
-                        kid, key, args.comment, now, actor="operator:cli", organization_id=args.org
-                    )
-                except OrganizationUnavailable as exc:
-                    print(f"acme-ca: cannot bind the key: {exc}", file=sys.stderr)
-                    return 1
-                print(f"kid: {kid}")
-                print(f"hmac_key: {b64url_encode(key)}")
-                if args.org is not None:
-                    print(f"organization: {args.org}")
-            elif args.eab_command == "list":
-                for k in await repo.list():
-                    state = (
-                        "revoked"
-                        if k.revoked_at
-                        else (f"bound to account {k.account_id}" if k.account_id else "unused")
-                    )
-                    org = f"\torganization {k.organization_id}" if k.organization_id else ""
-                    print(f"{k.kid}\t{state}\t{k.created_at.isoformat()}\t{k.comment}{org}")
-            elif args.eab_command == "revoke":
-                if not await repo.revoke(args.kid, now, actor="operator:cli"):
-                    print(f"acme-ca: no active EAB key {args.kid!r}", file=sys.stderr)
-                    return 1
-                print(f"revoked {args.kid}")
-        finally:
-            await pool.close()
     return 0
 
 
@@ -673,70 +567,6 @@ async def _admin(config: Config, args: argparse.Namespace) -> int:
         scope = f"under {args.domain}" if args.domain else f"of organization {args.org}"
         print(f"{what} {len(done) if args.dry_run else count} certificate(s) {scope}")
     return 0 if args.serial is None or count else 1
-
-
-async def _admin_block_key(config: Config, args: argparse.Namespace) -> int:
-    from datetime import UTC, datetime
-
-    from acme_ca.clock import SystemClock
-    from acme_ca.db.certificates import CertificateRepository
-    from acme_ca.db.database import database_dsn, migrate
-    from acme_ca.db.key_compromise import KeyCompromiseRepository
-    from acme_ca.db.pool import create_pool
-    from acme_ca.ra.revocation import (
-        OperatorRevocationError,
-        RevocationAuthority,
-        parse_spki_sha256,
-        spki_sha256_from_pem,
-    )
-
-    actor = f"operator:{args.actor or _operator_name()}"
-    try:
-        digest = (
-            spki_sha256_from_pem(args.key.read_bytes())
-            if args.key is not None
-            else parse_spki_sha256(args.spki)
-        )
-        compromised_at = None
-        if args.compromised_at:
-            compromised_at = datetime.fromisoformat(args.compromised_at)
-            if compromised_at.tzinfo is None:
-                compromised_at = compromised_at.replace(tzinfo=UTC)
-    except (OSError, ValueError) as exc:  # OperatorRevocationError is a ValueError
-        print(f"acme-ca: {exc}", file=sys.stderr)
-        return 2
-    async with database_dsn(config) as dsn:
-        await migrate(dsn)
-        pool = await create_pool(dsn, max_size=1)
-        try:
-            authority = RevocationAuthority(CertificateRepository(pool), SystemClock())
-            try:
-                result = await authority.block_key(
-                    digest, actor=actor, reason=args.reason, compromised_at=compromised_at
-                )
-            except OperatorRevocationError as exc:
-                print(f"acme-ca: {exc}", file=sys.stderr)
-                return 1
-            print(
-                f"blocked\t{digest.hex()}\tsweep={result.sweep_id}\t"
-                f"unexpired_certificates={result.certificates}"
-            )
-            sweeps = KeyCompromiseRepository(pool)
-            deadline = asyncio.get_running_loop().time() + args.wait
-            while True:
-                sweep = await sweeps.get(result.sweep_id)
-                assert sweep is not None
-                if sweep.status == "done" or asyncio.get_running_loop().time() >= deadline:
-                    break
-                await asyncio.sleep(0.5)
-        finally:
-            await pool.close()
-    print(
-        f"sweep {sweep.id}: {sweep.status}\trevoked={sweep.revoked}\tupdated={sweep.updated}"
-        f"\tattempts={sweep.attempts}"
-        + (f"\tlast_error={sweep.last_error}" if sweep.last_error else "")
-    )
-    return 0 if sweep.status == "done" or not args.wait else 3
 
 
 if __name__ == "__main__":  # pragma: no cover

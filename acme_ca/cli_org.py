@@ -1,7 +1,7 @@
 """``acme-ca org ...`` and ``acme-ca admin revoke --org``: vetted organizations for OV.
 
 The operator vets an organization outside the CA (CP 3.2.2.1(2), 3.2.5), records the result
-with ``org add``, creates EAB keys bound to it (``eab create --org``, in :mod:`acme_ca.cli`)
+with ``org add``, creates EAB keys bound to it (``eab create --org``, in :mod:`acme_ca.cli_eab`)
 and hands them to the subscriber.  ``org revoke`` stops OV issuance for it at once;
 ``admin revoke --org`` revokes its OV certificates.  Each change is an audit event naming the
 operator (docs/profiles.md, "Organization Validation workflow").
@@ -193,19 +193,3 @@ async def revoke_org_certificates(
         raise OperatorRevocationError(f"no organization {organization_id}")
     accounts = await organizations.account_ids(organization_id)
     return await authority.revoke_organization(accounts, reason, actor=actor, dry_run=dry_run)
-
-
-async def organization_unusable(
-    pool: asyncpg.Pool, organization_id: int, now: datetime
-) -> str | None:
-    """Why ``eab create --org`` should not bind a key to the organization now: it is unknown,
-    revoked, or its vetting is past the BR 4.2.1 reuse period (the key could order nothing:
-    vet it again first).  None when it may be bound."""
-    from acme_ca.db.organizations import OrganizationRepository
-    from acme_ca.ra.organizations import organization_problem
-
-    org = await OrganizationRepository(pool).get(organization_id)
-    if org is None:
-        return f"no organization {organization_id}"
-    problem = organization_problem(org, now)
-    return None if problem is None else problem.detail

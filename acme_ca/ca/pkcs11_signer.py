@@ -7,43 +7,48 @@ RSA-CRT fault leaks the key) never reaches a certificate.
 python-pkcs11 calls block, so each one runs in a worker thread.  python-pkcs11 always
 calls ``C_Initialize(NULL)``, which promises the module single-threaded use (SoftHSM2 then turns
 its own locks off), so calls into one module are serialised by a process-wide lock unless the
-caller vouches that the module is thread-safe anyway (``thread_safe_module=True``).
+caller vouches that the module is thread-safe anyway (``thread_safe_module=True``).  The
+module's lock, the token logins and the session opening live in :mod:`acme_ca.ca.pkcs11_token`;
+this module holds the session pool, signing, and the reopen after a token loss.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import functools
 import hashlib
-import hmac
 import os
 import secrets
-import threading
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Protocol, TypeVar, cast
+from typing import Any, Final
 
 import pkcs11
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-from pkcs11 import Attribute, Mechanism, MechanismFlag, ObjectClass
+from pkcs11 import Attribute, Mechanism, MechanismFlag
 from pkcs11.exceptions import (
-    MultipleObjectsReturned,
-    MultipleTokensReturned,
-    NoSuchKey,
-    NoSuchToken,
-    PinIncorrect,
-    PinLenRange,
-    PinLocked,
     PKCS11Error,
-    UserAlreadyLoggedIn,
 )
 
 from acme_ca import metrics
+from acme_ca.ca.pkcs11_token import (
+    EC_PARAMS,
+    PoolEntry,
+    close_entries,
+    discard_opened,
+    in_thread,
+    load_token,
+    login,
+    logout,
+    module_state,
+    open_entries,
+    public_key_from_token,
+    resolve_module,
+    warn_if_exportable,
+)
 from acme_ca.ca.signer import (
     CaPublicKey,
     HashName,
@@ -61,17 +66,7 @@ from acme_ca.ca.signer import (
 from acme_ca.log import get_logger
 
 _log = get_logger(__name__)
-_T = TypeVar("_T")
 
-#: DER of the namedCurve OIDs as CKA_EC_PARAMS holds them.
-_EC_PARAMS: Final[Mapping[str, bytes]] = {
-    "secp256r1": bytes.fromhex("06082a8648ce3d030107"),
-    "secp384r1": bytes.fromhex("06052b81040022"),
-}
-_CURVES: Final[Mapping[str, ec.EllipticCurve]] = {
-    "secp256r1": ec.SECP256R1(),
-    "secp384r1": ec.SECP384R1(),
-}
 _RSA_MECHANISMS: Final[Mapping[HashName, Mechanism]] = {
     "sha256": Mechanism.SHA256_RSA_PKCS,
     "sha384": Mechanism.SHA384_RSA_PKCS,
@@ -116,176 +111,6 @@ def resolve_pin(pin: str | None, pin_file: Path | None, env_var: str | None = No
     return value
 
 
-class _SigningKey(Protocol):
-    """What python-pkcs11 mixes into a private key object at run time (its stubs lack it)."""
-
-    def sign(self, data: bytes, *, mechanism: Mechanism) -> bytes: ...
-
-    def __getitem__(self, key: Attribute) -> Any: ...
-
-
-@dataclass
-class _Login:
-    """One C_Login per token per process: PKCS#11 login state is shared by every session."""
-
-    session: pkcs11.Session
-    pin_digest: bytes
-    users: int
-
-
-@dataclass
-class _Module:
-    """Per-module state: the lock serialising calls, and the token logins we hold."""
-
-    lock: threading.Lock
-    logins: dict[int, _Login]
-    #: Bumped at each re-initialisation (C_Finalize + C_Initialize), which invalidates every
-    #: session and login opened before it.
-    generation: int = 0
-
-
-_MODULES: dict[str, _Module] = {}
-_MODULES_LOCK = threading.Lock()
-
-
-def _module(path: str) -> _Module:
-    with _MODULES_LOCK:
-        return _MODULES.setdefault(path, _Module(threading.Lock(), {}))
-
-
-def _open_entries(
-    path: str, state: _Module, token_label: str, key_label: str, pin: str, pool_size: int
-) -> tuple[list[_PoolEntry], CaPublicKey, int]:
-    """Log in, open ``pool_size`` sessions and find the key pair by label; caller holds
-    ``state.lock``.  Returns the sessions with their key objects, the public key, the slot."""
-    token = _load_token(path, token_label)
-    slot_id = _login(state, token, pin)
-    sessions: list[pkcs11.Session] = []
-    try:
-        for _ in range(pool_size):
-            sessions.append(token.open())  # no PIN: the token is logged in
-        entries = [
-            _PoolEntry(s, cast(_SigningKey, _find_key(s, ObjectClass.PRIVATE_KEY, key_label)))
-            for s in sessions
-        ]
-        public = _find_key(sessions[0], ObjectClass.PUBLIC_KEY, key_label)
-        public_key = _public_key_from_token(public)
-        key_type_of(public_key)
-    except BaseException:
-        _close_quietly(sessions)
-        _logout(state, slot_id)
-        raise
-    return entries, public_key, slot_id
-
-
-def _resolve_module(module: str | Path) -> tuple[str, _Module]:
-    """One canonical path per module, so one lock and one login table per loaded library.
-
-    python-pkcs11 caches libraries by path string; a second C_Initialize of the same module
-    loaded under another name fails.
-    """
-    path = os.path.realpath(module)
-    return path, _module(path)
-
-
-def _load_token(module: str, token_label: str) -> pkcs11.Token:
-    try:
-        lib = pkcs11.lib(module)
-    except PKCS11Error as e:
-        raise SignerError(f"cannot load PKCS#11 module {module}: {e}") from e
-    try:
-        return lib.get_token(token_label=token_label)
-    except NoSuchToken as e:
-        raise SignerError(f"no token labelled {token_label!r} in {module}") from e
-    except MultipleTokensReturned as e:
-        raise SignerError(f"more than one token labelled {token_label!r} in {module}") from e
-
-
-def _login(state: _Module, token: pkcs11.Token, pin: str) -> int:
-    """Log in to ``token`` or join an existing login; caller holds ``state.lock``."""
-    slot_id = token.slot.slot_id
-    digest = hashlib.sha256(pin.encode()).digest()
-    held = state.logins.get(slot_id)
-    if held is not None:
-        if not hmac.compare_digest(held.pin_digest, digest):
-            raise SignerError(
-                f"token {token.label!r} is already logged in by this process with another PIN"
-            )
-        held.users += 1
-        return slot_id
-    what = f"PKCS#11 login to token {token.label!r} failed"
-    try:
-        session = token.open(user_pin=pin)
-    except PinIncorrect as e:
-        raise SignerError(f"{what}: incorrect PIN") from e
-    except PinLocked as e:
-        raise SignerError(f"{what}: PIN is locked (too many wrong attempts)") from e
-    except PinLenRange as e:
-        raise SignerError(f"{what}: PIN has the wrong length") from e
-    except UserAlreadyLoggedIn as e:
-        raise SignerError(
-            f"{what}: already logged in by code outside acme_ca.ca.signer in this process"
-        ) from e
-    except PKCS11Error as e:
-        raise SignerError(f"{what}: {type(e).__name__}") from e
-    state.logins[slot_id] = _Login(session, digest, 1)
-    return slot_id
-
-
-def _logout(state: _Module, slot_id: int) -> None:
-    """Drop one user of a login; the last one logs out.  Caller holds ``state.lock``."""
-    held = state.logins[slot_id]
-    held.users -= 1
-    if held.users == 0:
-        del state.logins[slot_id]
-        try:
-            held.session.close()  # C_Logout, then C_CloseSession
-        except PKCS11Error as e:
-            _log.warning("signer.pkcs11.logout_failed", error=type(e).__name__)
-
-
-def _close_quietly(sessions: list[pkcs11.Session]) -> None:
-    for session in sessions:
-        try:
-            session.close()
-        except PKCS11Error as e:
-            _log.warning("signer.pkcs11.close_failed", error=type(e).__name__)
-
-
-def _find_key(session: pkcs11.Session, object_class: ObjectClass, label: str) -> Any:
-    kind = "private" if object_class == ObjectClass.PRIVATE_KEY else "public"
-    try:
-        return session.get_key(object_class=object_class, label=label)
-    except NoSuchKey as e:
-        raise SignerError(f"no {kind} key labelled {label!r} on the token") from e
-    except MultipleObjectsReturned as e:
-        raise SignerError(f"more than one {kind} key labelled {label!r} on the token") from e
-
-
-def _public_key_from_token(key: Any) -> CaPublicKey:
-    """Rebuild the public key from CKA_* attributes so cryptography can build the SPKI."""
-    key_type = key[Attribute.KEY_TYPE]
-    if key_type == pkcs11.KeyType.RSA:
-        n = int.from_bytes(key[Attribute.MODULUS], "big")
-        e = int.from_bytes(key[Attribute.PUBLIC_EXPONENT], "big")
-        return rsa.RSAPublicNumbers(e, n).public_key()
-    if key_type == pkcs11.KeyType.EC:
-        params = bytes(key[Attribute.EC_PARAMS])
-        names = [name for name, der in _EC_PARAMS.items() if der == params]
-        if not names:
-            raise SignerError(f"EC key on an unsupported curve (CKA_EC_PARAMS {params.hex()})")
-        curve = _CURVES[names[0]]
-        point = bytes(key[Attribute.EC_POINT])
-        width = 1 + 2 * ((curve.key_size + 7) // 8)
-        if len(point) == 2 + width and point[:2] == bytes([0x04, width]):
-            point = point[2:]  # the DER OCTET STRING PKCS#11 asks for; some modules omit it
-        try:
-            return ec.EllipticCurvePublicKey.from_encoded_point(curve, point)
-        except ValueError as e:
-            raise SignerError(f"cannot decode CKA_EC_POINT {point.hex()}") from e
-    raise SignerError(f"unsupported PKCS#11 key type {key_type!r}")
-
-
 def _ecdsa_raw_to_der(raw: bytes, public_key: ec.EllipticCurvePublicKey) -> bytes:
     """PKCS#11 gives ECDSA as r||s, each as wide as the order; X.509 wants Ecdsa-Sig-Value."""
     size = (public_key.curve.key_size + 7) // 8
@@ -294,14 +119,6 @@ def _ecdsa_raw_to_der(raw: bytes, public_key: ec.EllipticCurvePublicKey) -> byte
     return encode_dss_signature(
         int.from_bytes(raw[:size], "big"), int.from_bytes(raw[size:], "big")
     )
-
-
-@dataclass(frozen=True)
-class _PoolEntry:
-    """An open session and the private key object found through it."""
-
-    session: pkcs11.Session
-    key: _SigningKey
 
 
 class Pkcs11Signer:
@@ -319,7 +136,7 @@ class Pkcs11Signer:
         token_label: str,
         key_label: str,
         public_key: CaPublicKey,
-        entries: list[_PoolEntry],
+        entries: list[PoolEntry],
         slot_id: int,
         thread_safe_module: bool,
         pin: str = "",
@@ -329,7 +146,7 @@ class Pkcs11Signer:
         """Use :meth:`open`; this only wires up what it found.  The PIN is kept to log in
         again after the token comes back (:meth:`_reopen`)."""
         self._module_path = module
-        self._state = _module(module)
+        self._state = module_state(module)
         self._token_label = token_label
         self._key_label = key_label
         self._public_key = public_key
@@ -337,7 +154,7 @@ class Pkcs11Signer:
         self._slot_id = slot_id
         self._thread_safe = thread_safe_module
         self._pool_size = len(entries)
-        self._pool: asyncio.Queue[_PoolEntry] = asyncio.Queue()
+        self._pool: asyncio.Queue[PoolEntry] = asyncio.Queue()
         for entry in entries:
             self._pool.put_nowait(entry)
         self._closed = False
@@ -372,21 +189,21 @@ class Pkcs11Signer:
         if pool_size < 1:
             raise ValueError("pool_size must be at least 1")
 
-        def work() -> tuple[str, list[_PoolEntry], CaPublicKey, int]:
-            path, state = _resolve_module(module)
+        def work() -> tuple[str, list[PoolEntry], CaPublicKey, int]:
+            path, state = resolve_module(module)
             with state.lock:
-                entries, public_key, slot_id = _open_entries(
+                entries, public_key, slot_id = open_entries(
                     path, state, token_label, key_label, pin, pool_size
                 )
-                _warn_if_exportable(entries[0].key, key_label)
+                warn_if_exportable(entries[0].key, key_label)
             return path, entries, public_key, slot_id
 
-        future = _in_thread(work)
+        future = in_thread(work)
         try:
             path, entries, public_key, slot_id = await asyncio.shield(future)
         except asyncio.CancelledError:
             # The thread runs on; when it has opened everything, give it all back.
-            future.add_done_callback(_discard_opened)
+            future.add_done_callback(discard_opened)
             raise
         signer = cls(
             module=path,
@@ -449,7 +266,7 @@ class Pkcs11Signer:
                 f"{self._session_wait:g} s"
             ) from None
         try:
-            future = _in_thread(functools.partial(self._sign_blocking, entry, data, hash))
+            future = in_thread(functools.partial(self._sign_blocking, entry, data, hash))
         except BaseException:
             self._pool.put_nowait(entry)
             raise
@@ -468,7 +285,7 @@ class Pkcs11Signer:
                 f"{self._sign_timeout:g} s"
             ) from None
 
-    def _returned(self, entry: _PoolEntry, future: asyncio.Future[bytes]) -> None:
+    def _returned(self, entry: PoolEntry, future: asyncio.Future[bytes]) -> None:
         """A signature ended: its session goes back; a failure inside the module (token
         removed, HSM reset, session lost) marks the sessions for reopening."""
         error = None if future.cancelled() else future.exception()
@@ -486,7 +303,7 @@ class Pkcs11Signer:
         async with self._reopen_lock:
             if not self._stale and self._generation == self._state.generation:
                 return  # another signature reopened meanwhile
-            old: list[_PoolEntry] = []
+            old: list[PoolEntry] = []
             try:
                 async with asyncio.timeout(self._session_wait):
                     while len(old) < self._pool_size:  # signatures in flight finish first
@@ -500,13 +317,13 @@ class Pkcs11Signer:
                 ) from None
             seen = self._seen_generation
 
-            def work() -> tuple[int, list[_PoolEntry], CaPublicKey, int]:
+            def work() -> tuple[int, list[PoolEntry], CaPublicKey, int]:
                 with self._state.lock:
                     if self._state.generation == seen:
                         pkcs11.lib(self._module_path).reinitialize()
                         self._state.generation += 1
                         self._state.logins.clear()
-                    entries, public_key, slot_id = _open_entries(
+                    entries, public_key, slot_id = open_entries(
                         self._module_path,
                         self._state,
                         self._token_label,
@@ -517,7 +334,7 @@ class Pkcs11Signer:
                     return self._state.generation, entries, public_key, slot_id
 
             try:
-                generation, entries, public_key, slot_id = await asyncio.shield(_in_thread(work))
+                generation, entries, public_key, slot_id = await asyncio.shield(in_thread(work))
             except (SignerError, PKCS11Error) as e:
                 self._seen_generation = self._state.generation
                 for entry in old:
@@ -548,7 +365,7 @@ class Pkcs11Signer:
                 generation=generation,
             )
 
-    def _sign_blocking(self, entry: _PoolEntry, data: bytes, hash: HashName) -> bytes:
+    def _sign_blocking(self, entry: PoolEntry, data: bytes, hash: HashName) -> bytes:
         lock: contextlib.AbstractContextManager[object] = (
             contextlib.nullcontext() if self._thread_safe else self._state.lock
         )
@@ -579,7 +396,7 @@ class Pkcs11Signer:
         if self._generation != self._state.generation:
             return  # the module was re-initialised: those sessions and that login are gone
         await asyncio.shield(
-            _in_thread(functools.partial(_close_entries, self._module_path, entries, self._slot_id))
+            in_thread(functools.partial(close_entries, self._module_path, entries, self._slot_id))
         )
 
     async def __aenter__(self) -> Pkcs11Signer:
@@ -592,47 +409,6 @@ class Pkcs11Signer:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
-
-
-def _in_thread(fn: Callable[[], _T]) -> asyncio.Future[_T]:
-    """Run ``fn`` in the default executor with the caller's context, as ``to_thread`` does.
-
-    Returns the future itself, so callers can shield it and attach clean-up.
-    """
-    context = contextvars.copy_context()
-    return asyncio.get_running_loop().run_in_executor(None, context.run, fn)
-
-
-def _close_entries(module: str, entries: list[_PoolEntry], slot_id: int) -> None:
-    state = _module(module)
-    with state.lock:
-        _close_quietly([e.session for e in entries])
-        _logout(state, slot_id)
-
-
-def _discard_opened(future: asyncio.Future[tuple[str, list[_PoolEntry], CaPublicKey, int]]) -> None:
-    """Close what a cancelled :meth:`Pkcs11Signer.open` opened after its caller left."""
-    if future.cancelled() or future.exception() is not None:
-        return
-    path, entries, _, slot_id = future.result()
-    # Nobody is left to await this; closing logs its own failures.
-    future.get_loop().run_in_executor(None, _close_entries, path, entries, slot_id)
-
-
-def _warn_if_exportable(key: _SigningKey, label: str) -> None:
-    """A CA key that can leave the HSM defeats the HSM; say so at every start."""
-    try:
-        sensitive = bool(key[Attribute.SENSITIVE])
-        extractable = bool(key[Attribute.EXTRACTABLE])
-    except PKCS11Error:
-        return
-    if extractable or not sensitive:
-        _log.warning(
-            "signer.pkcs11.key_exportable",
-            key_label=label,
-            sensitive=sensitive,
-            extractable=extractable,
-        )
 
 
 _KEY_SPECS: Final[Mapping[KeySpec, tuple[pkcs11.KeyType, int | None, str | None]]] = {
@@ -658,10 +434,10 @@ async def generate_pkcs11_key(
     key_id = secrets.token_bytes(16)  # pairs the halves for tools that match on CKA_ID
 
     def work() -> CaPublicKey:
-        path, state = _resolve_module(module)
+        path, state = resolve_module(module)
         with state.lock:
-            token = _load_token(path, token_label)
-            slot_id = _login(state, token, pin)
+            token = load_token(path, token_label)
+            slot_id = login(state, token, pin)
             try:
                 with token.open(rw=True) as session:
                     if next(session.get_objects({Attribute.LABEL: key_label}), None) is not None:
@@ -671,7 +447,7 @@ async def generate_pkcs11_key(
                         Attribute.PRIVATE: False,
                     }
                     if curve is not None:
-                        public_template[Attribute.EC_PARAMS] = _EC_PARAMS[curve]
+                        public_template[Attribute.EC_PARAMS] = EC_PARAMS[curve]
                     try:
                         public, _private = session.generate_keypair(
                             p11_type,
@@ -692,9 +468,9 @@ async def generate_pkcs11_key(
                         raise SignerError(
                             f"PKCS#11 key generation ({key_type}) failed: {type(e).__name__}"
                         ) from e
-                    return _public_key_from_token(public)
+                    return public_key_from_token(public)
             finally:
-                _logout(state, slot_id)
+                logout(state, slot_id)
 
     public_key = await asyncio.to_thread(work)
     _log.info(

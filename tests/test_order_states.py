@@ -34,7 +34,8 @@ from acme_ca.acme.status import AuthorizationStatus, OrderStatus
 from acme_ca.clock import FixedClock
 from acme_ca.db.authorizations import NewAuthorization, ValidationOutcome
 from acme_ca.db.issuance import IssuanceRepository
-from acme_ca.db.orders import OrderRepository, apply_order_event
+from acme_ca.db.order_events import apply_order_event
+from acme_ca.db.orders import OrderRepository
 from tests.fixtures import CaFactory
 from tests.support.jws import JwsClient
 from tests.support.problems import ERR

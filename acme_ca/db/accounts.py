@@ -12,7 +12,7 @@ from acme_ca.acme.jwk import Jwk, parse_jwk
 from acme_ca.acme.states import ORDERS, OrderEvent
 from acme_ca.acme.status import AccountStatus
 from acme_ca.db.audit import record_event
-from acme_ca.db.orders import apply_order_event
+from acme_ca.db.order_events import apply_order_event
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from acme_ca.db.issuance_jobs import (
     PreparedJob,
     job_from_row,
 )
-from acme_ca.db.orders import (
+from acme_ca.db.order_events import (
     ORDER_EVENT_CTE,
     Order,
     apply_order_event,

@@ -3,8 +3,9 @@
 Races are settled in SQL: a challenge moves to ``processing`` only from ``pending``, and a
 validation result is written only while the challenge is still ``processing``.  Order and
 authorization statuses move only by events of the tables in :mod:`acme_ca.acme.states`, each
-applied by a conditional update whose allowed states are the event's sources in that table;
-reads never write (expiry is derived by whoever reads, from the row and the clock).
+applied by a conditional update whose allowed states are the event's sources in that table
+(:mod:`acme_ca.db.order_events`); reads never write (expiry is derived by whoever reads,
+from the row and the clock).
 """
 
 from __future__ import annotations
@@ -12,18 +13,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Final
 
 import asyncpg
 
 from acme_ca.acme import problems
-from acme_ca.acme.problems import Identifier, Problem
+from acme_ca.acme.problems import Identifier
 from acme_ca.acme.states import (
-    AUTHORIZATION_EVENT_SOURCES,
     AUTHORIZATIONS,
     ORDERS,
     AuthorizationEvent,
-    OrderEvent,
     authorizations_event,
     authz_status,
     order_status,
@@ -42,27 +40,12 @@ from acme_ca.db.authorizations import (
     order_validations,
 )
 from acme_ca.db.certificates import CertificateRecord, CertificateRepository
-
-
-@dataclass(frozen=True)
-class Order:
-    id: int
-    account_id: int
-    #: As stored: :func:`acme_ca.acme.states.order_status` gives it at a given time.
-    status: OrderStatus
-    identifiers: tuple[Identifier, ...]
-    expires_at: datetime
-    #: Why the order became invalid, if it is stored invalid.
-    error: Problem | None
-    #: The certificate profile it is issued under (acme_ca.profiles; `dv` before profiles).
-    profile: str
-    created_at: datetime
-    authz_ids: tuple[int, ...]
-    #: (status, expires_at) of each authorization, in ``authz_ids`` order.
-    authz_states: tuple[tuple[AuthorizationStatus, datetime], ...]
-    certificate_id: int | None
-    #: RFC 9773 §5: the certID of the certificate this order replaces, as the client sent it.
-    replaces: str | None = None
+from acme_ca.db.order_events import (
+    ORDER_SELECT,
+    Order,
+    advance_orders,
+    order_from_row,
+)
 
 
 @dataclass(frozen=True)
@@ -82,118 +65,14 @@ class AlreadyReplaced(Exception):
         self.order_id = order_id
 
 
-#: An order row ``o`` with its certificate and its authorizations' ids, statuses and expiries
-#: (in position order); ``o`` may be the table or the ``RETURNING`` of an update.
-_ORDER_COLUMNS = """
-    SELECT o.*,
-           (SELECT c.id FROM certificates c WHERE c.order_id = o.id ORDER BY c.id LIMIT 1)
-               AS certificate_id,
-           coalesce(az.ids, '{}') AS authz_ids,
-           coalesce(az.statuses, '{}') AS authz_statuses,
-           coalesce(az.expiries, '{}') AS authz_expiries
-"""
-_AUTHZ_ARRAYS = """
-    LEFT JOIN LATERAL (
-        SELECT array_agg(a.id ORDER BY oa.position) AS ids,
-               array_agg(a.status ORDER BY oa.position) AS statuses,
-               array_agg(a.expires_at ORDER BY oa.position) AS expiries
-        FROM order_authorizations oa JOIN authorizations a ON a.id = oa.authz_id
-        WHERE oa.order_id = o.id) az ON true
-"""
-_ORDER_SELECT = _ORDER_COLUMNS + " FROM orders o " + _AUTHZ_ARRAYS
-
-#: One order event: to the table's target ($2), only from its sources ($5) and not once the
-#: order has expired out of them ($6: the sources of EXPIRED); the moved rows come back whole.
-_MOVE_ORDERS = """
-    WITH o AS (
-        UPDATE orders SET status = $2, error = coalesce(error, $3), updated_at = $4
-        WHERE id = ANY($1::bigint[]) AND status = ANY($5::text[])
-          AND NOT (status = ANY($6::text[]) AND expires_at <= $4)
-        RETURNING *)
-"""
-_APPLY_ORDER_EVENT = _MOVE_ORDERS + _ORDER_COLUMNS + " FROM o " + _AUTHZ_ARRAYS + " ORDER BY o.id"
-
-
-#: :func:`apply_order_event`'s move alone (``WITH o AS (...)``, $1-$6 of
-#: :func:`order_event_args`), for a statement that selects something else than the orders.
-ORDER_EVENT_CTE: Final = _MOVE_ORDERS
-
-
-def order_event_statement(more_ctes: str) -> str:
-    """:func:`apply_order_event`'s statement with ``more_ctes`` (``, name AS (...)`` reading
-    the moved orders ``o``) between the move and the select of the moved orders: a state
-    change and what goes with it (its audit row, a job) in one statement and one round trip.
-    Its $1-$6 are :func:`order_event_args`; ``more_ctes`` numbers its own from $7."""
-    return _MOVE_ORDERS + more_ctes + _ORDER_COLUMNS + " FROM o " + _AUTHZ_ARRAYS + " ORDER BY o.id"
-
-
-def order_event_args(
-    event: OrderEvent, order_ids: Sequence[int], now: datetime, error: Problem | None = None
-) -> list[Any]:
-    """$1-$6 of :func:`order_event_statement` (and of :func:`apply_order_event`)."""
-    return [
-        list(order_ids),
-        ORDERS.target(event),
-        None if error is None else error.to_json(),
-        now,
-        list(ORDERS.sources(event)),
-        list(ORDERS.sources(OrderEvent.EXPIRED)),
-    ]
-
-
-def order_from_row(row: Mapping[str, Any]) -> Order:
-    """An order as :func:`order_event_statement` (or any order select here) returns it."""
-    return _order(row)
-
-
-def _order(row: Mapping[str, Any]) -> Order:
-    error = row["error"]
-    return Order(
-        id=row["id"],
-        account_id=row["account_id"],
-        status=OrderStatus(row["status"]),
-        identifiers=tuple(Identifier.from_json(i) for i in row["identifiers"]),
-        expires_at=row["expires_at"],
-        error=None if error is None else Problem.from_json(error),
-        profile=row["profile"],
-        created_at=row["created_at"],
-        authz_ids=tuple(row["authz_ids"]),
-        authz_states=tuple(
-            (AuthorizationStatus(s), e)
-            for s, e in zip(row["authz_statuses"], row["authz_expiries"], strict=True)
-        ),
-        certificate_id=row["certificate_id"],
-        replaces=row["replaces"],
-    )
-
-
-async def apply_order_event(
-    conn: asyncpg.Connection,
-    event: OrderEvent,
-    order_ids: Sequence[int],
-    now: datetime,
-    *,
-    error: Problem | None = None,
-) -> list[Order]:
-    """Move the orders ``event`` applies to (its sources in :data:`ORDERS`) to its target.
-
-    Orders in any other status are left alone, so of two writers racing for an order only the
-    first moves it; so is an order that expired out of a source status by ``now`` (its stored
-    ``ready`` is ``invalid`` to every reader, so it cannot be finalized).  ``error`` is stored
-    unless the order has one.  Returns the moved orders as the update left them.
-    """
-    rows = await conn.fetch(_APPLY_ORDER_EVENT, *order_event_args(event, order_ids, now, error))
-    return [_order(r) for r in rows]
-
-
 class OrderRepository:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
     # ------------------------------------------------------------------ reads
     async def get_order(self, order_id: int) -> Order | None:
-        row = await self._pool.fetchrow(_ORDER_SELECT + " WHERE o.id = $1", order_id)
-        return _order(row) if row else None
+        row = await self._pool.fetchrow(ORDER_SELECT + " WHERE o.id = $1", order_id)
+        return order_from_row(row) if row else None
 
     async def get_authorization(self, authz_id: int) -> Authorization | None:
         async with self._pool.acquire() as conn:
@@ -285,7 +164,7 @@ class OrderRepository:
                     raise AlreadyReplaced(other)
             # The reused authorizations as they are now, share-locked until this order is
             # stored: a concurrent validation or deactivation either commits first and is
-            # read here, or waits and then finds this order to move (_advance_orders).
+            # read here, or waits and then finds this order to move (advance_orders).
             reused = {
                 r["id"]: (AuthorizationStatus(r["status"]), r["expires_at"])
                 for r in await conn.fetch(
@@ -344,7 +223,7 @@ class OrderRepository:
                     **({"replaces": replaces.cert_id} if replaces else {}),
                 },
             )
-        return _order(
+        return order_from_row(
             {
                 **dict(row),
                 "certificate_id": None,
@@ -498,7 +377,7 @@ class OrderRepository:
                 )
             if authz is None:
                 return []
-            changed = await _advance_orders(conn, authz_id, now, outcome.error)
+            changed = await advance_orders(conn, authz_id, now, outcome.error)
             await record_event(
                 conn,
                 "challenge.valid" if outcome.valid else "challenge.invalid",
@@ -530,7 +409,7 @@ class OrderRepository:
             if account_id is None:
                 return False
             error = problems.unauthorized("an authorization of this order was deactivated")
-            changed = await _advance_orders(conn, authz_id, now, error)
+            changed = await advance_orders(conn, authz_id, now, error)
             await record_event(
                 conn,
                 "authz.deactivated",
@@ -542,48 +421,6 @@ class OrderRepository:
         return True
 
 
-async def _advance_orders(
-    conn: asyncpg.Connection, authz_id: int, now: datetime, error: Problem | None
-) -> list[int]:
-    """Apply to each order using ``authz_id`` the event its authorizations now amount to.
-
-    The orders are locked (in id order) before their authorizations are read, each read a
-    statement of its own: of two validations finishing the last two authorizations of one
-    order, the second waits for the first and sees its authorization valid.  Returns the ids
-    of the orders that moved; ``error`` goes to those that became invalid.
-    """
-    locked = await conn.fetch(
-        """SELECT o.id FROM orders o JOIN order_authorizations x ON x.order_id = o.id
-           WHERE x.authz_id = $1 AND o.status = ANY($2::text[])
-           ORDER BY o.id FOR UPDATE OF o""",
-        authz_id,
-        list(AUTHORIZATION_EVENT_SOURCES),
-    )
-    if not locked:
-        return []
-    statuses: dict[int, list[AuthorizationStatus]] = {}
-    for r in await conn.fetch(
-        """SELECT x.order_id, a.status, a.expires_at
-           FROM order_authorizations x JOIN authorizations a ON a.id = x.authz_id
-           WHERE x.order_id = ANY($1::bigint[])""",
-        [r["id"] for r in locked],
-    ):
-        statuses.setdefault(r["order_id"], []).append(
-            authz_status(r["status"], r["expires_at"], now)
-        )
-    by_event: dict[OrderEvent, list[int]] = {}
-    for order_id, seen in statuses.items():
-        event = authorizations_event(seen)
-        if event is not None:
-            by_event.setdefault(event, []).append(order_id)
-    moved: list[int] = []
-    for event, ids in by_event.items():
-        failed = event is OrderEvent.AUTHORIZATION_FAILED
-        orders = await apply_order_event(conn, event, ids, now, error=error if failed else None)
-        moved.extend(o.id for o in orders)
-    return sorted(moved)
-
-
 async def _replacing_order(
     conn: asyncpg.Connection, replaces: Replacement, now: datetime
 ) -> int | None:
@@ -592,14 +429,14 @@ async def _replacing_order(
     # Replacements come from the certificate's own account (the RA checks it), so the
     # account index finds every candidate.
     rows = await conn.fetch(
-        _ORDER_SELECT + " WHERE o.account_id = $1 AND o.replaces = $2 AND o.status <> $3"
+        ORDER_SELECT + " WHERE o.account_id = $1 AND o.replaces = $2 AND o.status <> $3"
         " ORDER BY o.id",
         replaces.account_id,
         replaces.cert_id,
         OrderStatus.INVALID,
     )
     for row in rows:
-        order = _order(row)
+        order = order_from_row(row)
         if order_status(order.status, order.expires_at, order.authz_states, now) != (
             OrderStatus.INVALID
         ):

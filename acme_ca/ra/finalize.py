@@ -25,7 +25,8 @@ from acme_ca.clock import Clock
 from acme_ca.db.accounts import Account
 from acme_ca.db.completions import OrderCompletions
 from acme_ca.db.issuance import IssuanceRepository
-from acme_ca.db.orders import Order, OrderRepository
+from acme_ca.db.order_events import Order
+from acme_ca.db.orders import OrderRepository
 from acme_ca.profiles import Profile
 from acme_ca.ra.csr import CheckedCsr, check_csr
 from acme_ca.ra.keys import KeyPolicy

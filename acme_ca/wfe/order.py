@@ -9,7 +9,7 @@ from acme_ca.acme import problems, resources
 from acme_ca.acme.messages import NewOrder
 from acme_ca.acme.problems import AcmeError
 from acme_ca.acme.status import OrderStatus
-from acme_ca.db.orders import Order
+from acme_ca.db.order_events import Order
 from acme_ca.wfe.responses import acme_json
 from acme_ca.wfe.services import FrontEnd, front_end
 from acme_ca.wfe.verify import KeyMode, verify_post

@@ -13,7 +13,7 @@ from typing import Protocol
 from acme_ca.db.accounts import Account
 from acme_ca.db.authorizations import Authorization, Challenge
 from acme_ca.db.certificates import CertificateRecord
-from acme_ca.db.orders import Order
+from acme_ca.db.order_events import Order
 
 
 class AccountReads(Protocol):

@@ -44,6 +44,7 @@ import asyncpg
 import pytest
 import requests
 from acme import challenges, client, messages
+from acme import errors as acme_errors
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from josepy.jwk import JWK
@@ -627,7 +628,16 @@ def _order_retrying(
         challb = next(c for c in authz.body.challenges if isinstance(c.chall, challenges.DNS01))
         response, validation = challb.chall.response_and_validation(key)
         shape.dns.set_txt(challb.chall.validation_domain_name(name), validation)
-        answer = functools.partial(acme.answer_challenge, challb, response)
+
+        def answer(
+            challb: messages.ChallengeBody = challb,
+            response: challenges.ChallengeResponse = response,
+        ) -> None:
+            # A retry after a lost answer: the first POST started the validation, and a POST
+            # while it runs is answered 409 (CONC-1, as Boulder does): go on polling.
+            with contextlib.suppress(acme_errors.ConflictError):
+                acme.answer_challenge(challb, response)
+
         _retrying("challenge", answer, deadline)
     poll = functools.partial(
         acme.poll_authorizations, order, dt.datetime.now() + dt.timedelta(seconds=30)

@@ -65,3 +65,28 @@ def test_every_key_documented() -> None:
     assert config_reference() in doc, "run: acme-ca config-doc, and paste into the doc"
     for name in Config.__dataclass_fields__:
         assert f"`ACME_CA_{name.upper()}`" in doc
+
+
+#: Keys that only a test-mode CA may set, each with a value that would weaken validation,
+#: naming or issuance if a publicly-trusted CA could use it (BR 3.2.2.4, 4.2.1, 7.1.4.2).
+TEST_MODE_ONLY = [
+    ("ACME_CA_ALWAYS_VALID", "true", "always_valid"),
+    ("ACME_CA_NONCE_REJECT_PERCENT", "10", "nonce_reject_percent"),
+    ("ACME_CA_VALIDATION_DELAY_SECONDS", "1", "validation_delay_seconds"),
+    ("ACME_CA_AUTHZ_REUSE_PERCENT", "50", "authz_reuse_percent"),
+    ("ACME_CA_SPECIAL_USE_NAMES", "true", "special_use_names"),
+    ("ACME_CA_EPHEMERAL", "true", "ephemeral"),
+    ("ACME_CA_DETERMINISTIC", "true", "deterministic"),
+    ("ACME_CA_PEBBLE_CONFIG", "/dev/null", "pebble_config"),
+    ("ACME_CA_HTTPS01_PORT", "5003", "https01_port"),
+]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "key"), TEST_MODE_ONLY, ids=[r[2] for r in TEST_MODE_ONLY]
+)
+def test_test_mode_only_keys_are_refused_outside_test_mode(
+    variable: str, value: str, key: str
+) -> None:
+    with pytest.raises(ConfigError, match=key):
+        load_config(env={variable: value})

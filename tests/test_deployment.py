@@ -352,6 +352,19 @@ async def test_fc_1_production_start_is_refused_naming_the_broken_invariant(
     ]
 
 
+def test_fc_1_tls_alpn_01_off_port_443_fails_the_port_invariant(production: Config) -> None:
+    """BR 3.2.2.4.20: the TLS handshake is made to port 443.  Offering tls-alpn-01 on any other
+    port fails the port invariant (so serve, worker and ``acme-ca check`` refuse), naming the
+    clause; with tls-alpn-01 switched off the port no longer matters."""
+    moved = replace(production, tlsalpn01_port=5001)
+    failures = assess(moved, FIVE_REQUIRED).failures
+    assert [f.invariant.id for f in failures] == ["http01-port-80"]
+    assert "tlsalpn01_port = 5001" in failures[0].detail
+    assert "BR 3.2.2.4.20" in failures[0].detail
+    off = replace(moved, challenge_types=["http-01", "dns-01"])
+    assert not assess(off, FIVE_REQUIRED).failures
+
+
 async def test_fc_1_every_failure_is_listed_at_once(production: Config) -> None:
     config = replace(
         production, dnssec="off", http01_port=8080, weak_key_blocklists=[], ct_log_list=None

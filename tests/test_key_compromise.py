@@ -15,7 +15,6 @@ import contextlib
 import functools
 import hashlib
 import os
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -52,6 +51,7 @@ from acme_ca.testsrv.ct_logs_runner import accepted_roots
 from acme_ca.testsrv.server import ChallengeTestServer
 from tests.fixtures import CaFactory, RunningCa
 from tests.support.accounts import key_change
+from tests.support.cli import run_cli
 from tests.support.ct import Harness, harness
 from tests.support.jws import JwsClient
 from tests.support.orders import Subscriber, subscriber, validation_config
@@ -432,24 +432,6 @@ async def test_kc_4_revoked_precertificate_of_failed_order_on_crl_and_ocsp(
 
 
 # --------------------------------------------------------------------------- the CLI
-
-
-async def run_cli(dsn: str, tmp_path: Path, *args: str) -> tuple[int, str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ACME_CA_")}
-    env.update(ACME_CA_DATABASE_URL=dsn, ACME_CA_HOME=str(tmp_path / "home"))
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "acme_ca",
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        stdin=asyncio.subprocess.DEVNULL,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout=90)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 async def run_admin(dsn: str, tmp_path: Path, *args: str) -> tuple[int, str, str]:

@@ -358,10 +358,11 @@ class Config:
     )
     audit_retention_days: int = _key(
         2557,
-        "Days audit rows are kept in the live `audit_events` table before `acme-ca audit "
-        "retention` moves their month (a whole partition) to the `audit_archive` schema "
-        "(CP 5.4.3, 5.5.2: at least seven years; 2557 days always covers seven years). "
-        "Values below 2557 are refused.",
+        "Days audit rows and stored requests are kept in the live `audit_events` and "
+        "`requests` tables before `acme-ca audit retention` moves their month (a whole "
+        "partition) to the `audit_archive` schema (CP 5.4.3, 5.5.2: at least seven years; "
+        "2557 days always covers seven years). One period for both, so an order's timeline "
+        "is never half archived. Values below 2557 are refused.",
     )
     audit_signing_key: Path | None = _key(
         None,

@@ -143,45 +143,60 @@ def _done(event: str, **fields: object) -> web.Response:
     return web.Response(status=_OK)
 
 
+_Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+def _one_member_verb(
+    member: str, apply: Callable[[ChallengeStore, str], None], event: str, *, required: bool = True
+) -> _Handler:
+    """The verbs that take one string member (most clear/del verbs, servfail, nxdomain)."""
+
+    async def handler(request: web.Request) -> web.Response:
+        value = (await _body(request)).text(member, required=required)
+        apply(request.app[STORE], value)
+        return _done(event, **{member: value})
+
+    return handler
+
+
+def _addresses_verb(
+    apply: Callable[[ChallengeStore, str, list[str]], None], event: str
+) -> _Handler:
+    """/add-a and /add-aaaa: a host and its addresses."""
+
+    async def handler(request: web.Request) -> web.Response:
+        body = await _body(request)
+        host, addresses = body.text("host"), body.texts("addresses")
+        apply(request.app[STORE], host, addresses)
+        return _done(event, host=host, addresses=addresses)
+
+    return handler
+
+
+def _two_member_verb(
+    key: str,
+    member: str,
+    apply: Callable[[ChallengeStore, str, str], None],
+    event: str,
+    *,
+    logged_as: str | None,
+) -> _Handler:
+    """The verbs that take two string members (a key and its value); ``logged_as`` names the
+    value in the event, or None where it is challenge content and stays out of the log."""
+
+    async def handler(request: web.Request) -> web.Response:
+        body = await _body(request)
+        key_value, value = body.text(key), body.text(member)
+        apply(request.app[STORE], key_value, value)
+        fields: dict[str, object] = {key: key_value}
+        if logged_as is not None:
+            fields[logged_as] = value
+        return _done(event, **fields)
+
+    return handler
+
+
 # DNS
-
-
-async def _set_default_ipv4(request: web.Request) -> web.Response:
-    ip = (await _body(request)).text("ip", required=False)
-    request.app[STORE].set_default_ipv4(ip)
-    return _done("testsrv.default_ipv4.set", ip=ip)
-
-
-async def _set_default_ipv6(request: web.Request) -> web.Response:
-    ip = (await _body(request)).text("ip", required=False)
-    request.app[STORE].set_default_ipv6(ip)
-    return _done("testsrv.default_ipv6.set", ip=ip)
-
-
-async def _add_a(request: web.Request) -> web.Response:
-    body = await _body(request)
-    host, addresses = body.text("host"), body.texts("addresses")
-    request.app[STORE].add_a(host, addresses)
-    return _done("testsrv.a.added", host=host, addresses=addresses)
-
-
-async def _clear_a(request: web.Request) -> web.Response:
-    host = (await _body(request)).text("host")
-    request.app[STORE].clear_a(host)
-    return _done("testsrv.a.cleared", host=host)
-
-
-async def _add_aaaa(request: web.Request) -> web.Response:
-    body = await _body(request)
-    host, addresses = body.text("host"), body.texts("addresses")
-    request.app[STORE].add_aaaa(host, addresses)
-    return _done("testsrv.aaaa.added", host=host, addresses=addresses)
-
-
-async def _clear_aaaa(request: web.Request) -> web.Response:
-    host = (await _body(request)).text("host")
-    request.app[STORE].clear_aaaa(host)
-    return _done("testsrv.aaaa.cleared", host=host)
 
 
 async def _add_caa(request: web.Request) -> web.Response:
@@ -191,110 +206,24 @@ async def _add_caa(request: web.Request) -> web.Response:
     return _done("testsrv.caa.added", host=host, policies=[str(p) for p in policies])
 
 
-async def _clear_caa(request: web.Request) -> web.Response:
-    host = (await _body(request)).text("host")
-    request.app[STORE].clear_caa(host)
-    return _done("testsrv.caa.cleared", host=host)
-
-
-async def _set_cname(request: web.Request) -> web.Response:
-    body = await _body(request)
-    host, target = body.text("host"), body.text("target")
-    request.app[STORE].set_cname(host, target)
-    return _done("testsrv.cname.set", host=host, target=target)
-
-
-async def _clear_cname(request: web.Request) -> web.Response:
-    host = (await _body(request)).text("host")
-    request.app[STORE].clear_cname(host)
-    return _done("testsrv.cname.cleared", host=host)
-
-
-async def _set_txt(request: web.Request) -> web.Response:
-    body = await _body(request)
-    host, value = body.text("host"), body.text("value")
-    request.app[STORE].set_txt(host, value)
-    return _done("testsrv.txt.set", host=host, value=value)
-
-
-async def _clear_txt(request: web.Request) -> web.Response:
-    host = (await _body(request)).text("host")
-    request.app[STORE].clear_txt(host)
-    return _done("testsrv.txt.cleared", host=host)
-
-
-async def _set_servfail(request: web.Request) -> web.Response:
-    host = (await _body(request)).text("host")
-    request.app[STORE].set_servfail(host)
-    return _done("testsrv.servfail.set", host=host)
-
-
-async def _clear_servfail(request: web.Request) -> web.Response:
-    host = (await _body(request)).text("host")
-    request.app[STORE].clear_servfail(host)
-    return _done("testsrv.servfail.cleared", host=host)
-
-
-async def _set_nxdomain(request: web.Request) -> web.Response:
-    host = (await _body(request)).text("host")
-    request.app[STORE].set_nxdomain(host)
-    return _done("testsrv.nxdomain.set", host=host)
-
-
-async def _clear_nxdomain(request: web.Request) -> web.Response:
-    host = (await _body(request)).text("host")
-    request.app[STORE].clear_nxdomain(host)
-    return _done("testsrv.nxdomain.cleared", host=host)
-
-
-# http-01
-
-
-async def _add_http01(request: web.Request) -> web.Response:
-    body = await _body(request)
-    token, content = body.text("token"), body.text("content")
-    request.app[STORE].add_http01(token, content)
-    return _done("testsrv.http01.added", token=token)
-
-
-async def _del_http01(request: web.Request) -> web.Response:
-    token = (await _body(request)).text("token")
-    request.app[STORE].del_http01(token)
-    return _done("testsrv.http01.deleted", token=token)
-
-
-async def _add_redirect(request: web.Request) -> web.Response:
-    body = await _body(request)
-    path, target = body.text("path"), body.text("targetURL")
-    request.app[STORE].add_redirect(path, target)
-    return _done("testsrv.redirect.added", path=path, target=target)
-
-
-async def _del_redirect(request: web.Request) -> web.Response:
-    path = (await _body(request)).text("path")
-    request.app[STORE].del_redirect(path)
-    return _done("testsrv.redirect.deleted", path=path)
-
-
 # tls-alpn-01 (pebble-challtestsrv's /add-tlsalpn01 and /del-tlsalpn01)
 
 
-async def _add_tlsalpn01(request: web.Request) -> web.Response:
-    body = await _body(request)
-    host, content = body.text("host"), body.text("content")
-    request.app[STORE].add_tlsalpn01(host, content)
-    return _done("testsrv.tlsalpn01.added", host=host)
-
-
-async def _del_tlsalpn01(request: web.Request) -> web.Response:
-    host = (await _body(request)).text("host")
-    request.app[STORE].del_tlsalpn01(host)
-    return _done("testsrv.tlsalpn01.deleted", host=host)
-
-
 _TLSALPN01_ROUTES = (
-    ("/add-tlsalpn01", _add_tlsalpn01),
-    ("/del-tlsalpn01", _del_tlsalpn01),
+    (
+        "/add-tlsalpn01",
+        _two_member_verb(
+            "host",
+            "content",
+            ChallengeStore.add_tlsalpn01,
+            "testsrv.tlsalpn01.added",
+            logged_as=None,
+        ),
+    ),
+    (
+        "/del-tlsalpn01",
+        _one_member_verb("host", ChallengeStore.del_tlsalpn01, "testsrv.tlsalpn01.deleted"),
+    ),
 )
 
 
@@ -329,28 +258,77 @@ async def _clear_history(request: web.Request) -> web.Response:
 
 
 _DNS_ROUTES = (
-    ("/set-default-ipv4", _set_default_ipv4),
-    ("/set-default-ipv6", _set_default_ipv6),
-    ("/add-a", _add_a),
-    ("/clear-a", _clear_a),
-    ("/add-aaaa", _add_aaaa),
-    ("/clear-aaaa", _clear_aaaa),
+    (
+        "/set-default-ipv4",
+        _one_member_verb(
+            "ip", ChallengeStore.set_default_ipv4, "testsrv.default_ipv4.set", required=False
+        ),
+    ),
+    (
+        "/set-default-ipv6",
+        _one_member_verb(
+            "ip", ChallengeStore.set_default_ipv6, "testsrv.default_ipv6.set", required=False
+        ),
+    ),
+    ("/add-a", _addresses_verb(ChallengeStore.add_a, "testsrv.a.added")),
+    ("/clear-a", _one_member_verb("host", ChallengeStore.clear_a, "testsrv.a.cleared")),
+    ("/add-aaaa", _addresses_verb(ChallengeStore.add_aaaa, "testsrv.aaaa.added")),
+    ("/clear-aaaa", _one_member_verb("host", ChallengeStore.clear_aaaa, "testsrv.aaaa.cleared")),
     ("/add-caa", _add_caa),
-    ("/clear-caa", _clear_caa),
-    ("/set-cname", _set_cname),
-    ("/clear-cname", _clear_cname),
-    ("/set-txt", _set_txt),
-    ("/clear-txt", _clear_txt),
-    ("/set-servfail", _set_servfail),
-    ("/clear-servfail", _clear_servfail),
-    ("/set-nxdomain", _set_nxdomain),
-    ("/clear-nxdomain", _clear_nxdomain),
+    ("/clear-caa", _one_member_verb("host", ChallengeStore.clear_caa, "testsrv.caa.cleared")),
+    (
+        "/set-cname",
+        _two_member_verb(
+            "host", "target", ChallengeStore.set_cname, "testsrv.cname.set", logged_as="target"
+        ),
+    ),
+    ("/clear-cname", _one_member_verb("host", ChallengeStore.clear_cname, "testsrv.cname.cleared")),
+    (
+        "/set-txt",
+        _two_member_verb(
+            "host", "value", ChallengeStore.set_txt, "testsrv.txt.set", logged_as="value"
+        ),
+    ),
+    ("/clear-txt", _one_member_verb("host", ChallengeStore.clear_txt, "testsrv.txt.cleared")),
+    (
+        "/set-servfail",
+        _one_member_verb("host", ChallengeStore.set_servfail, "testsrv.servfail.set"),
+    ),
+    (
+        "/clear-servfail",
+        _one_member_verb("host", ChallengeStore.clear_servfail, "testsrv.servfail.cleared"),
+    ),
+    (
+        "/set-nxdomain",
+        _one_member_verb("host", ChallengeStore.set_nxdomain, "testsrv.nxdomain.set"),
+    ),
+    (
+        "/clear-nxdomain",
+        _one_member_verb("host", ChallengeStore.clear_nxdomain, "testsrv.nxdomain.cleared"),
+    ),
 )
 _HTTP01_ROUTES = (
-    ("/add-http01", _add_http01),
-    ("/del-http01", _del_http01),
-    ("/add-redirect", _add_redirect),
-    ("/del-redirect", _del_redirect),
+    (
+        "/add-http01",
+        _two_member_verb(
+            "token", "content", ChallengeStore.add_http01, "testsrv.http01.added", logged_as=None
+        ),
+    ),
+    ("/del-http01", _one_member_verb("token", ChallengeStore.del_http01, "testsrv.http01.deleted")),
+    (
+        "/add-redirect",
+        _two_member_verb(
+            "path",
+            "targetURL",
+            ChallengeStore.add_redirect,
+            "testsrv.redirect.added",
+            logged_as="target",
+        ),
+    ),
+    (
+        "/del-redirect",
+        _one_member_verb("path", ChallengeStore.del_redirect, "testsrv.redirect.deleted"),
+    ),
 )
 _HISTORY_ROUTES = (
     ("/http-request-history", _http_history),

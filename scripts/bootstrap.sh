@@ -11,7 +11,9 @@ profile="${1:-runtime}"
 runtime_debs=(python3-venv openssl)
 # prometheus: promtool checks and unit-tests deploy/prometheus/acme_ca_rules.yml.
 # haproxy: the load balancer of integration/test_faults.py's two-front-end topology.
-test_debs=(postgresql softhsm2 opensc unbound openssl iproute2 dnsutils curl lego dehydrated uacme pebble prometheus haproxy)
+# patroni, etcd-server: integration/test_patroni.py's failover (a 2-node Patroni cluster on
+# one etcd, Debian's PostgreSQL binaries); their services are not used (started by the test).
+test_debs=(postgresql softhsm2 opensc unbound openssl iproute2 dnsutils curl lego dehydrated uacme pebble prometheus haproxy patroni etcd-server)
 
 need_install=()
 wanted=("${runtime_debs[@]}")
@@ -29,6 +31,8 @@ if [ "${#need_install[@]}" -gt 0 ]; then
     command -v pg_ctlcluster >/dev/null && service postgresql stop >/dev/null 2>&1 || true
     # Likewise the Prometheus server the prometheus package starts: only promtool is used.
     command -v promtool >/dev/null && service prometheus stop >/dev/null 2>&1 || true
+    # And etcd's: integration/test_patroni.py runs an etcd of its own on a free port.
+    command -v etcd >/dev/null && service etcd stop >/dev/null 2>&1 || true
   else
     echo "bootstrap: not root; skipping Debian packages (${need_install[*]})." >&2
     echo "bootstrap: PostgreSQL falls back to the pgserver wheel's binaries." >&2

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import ssl
 from dataclasses import dataclass, field
-from types import TracebackType
 
 import structlog
 from aiohttp import web
@@ -216,12 +215,7 @@ class ChallengeTestServer:
         await self.start()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
 

@@ -146,6 +146,19 @@ def _address(text: str, version: Literal[4, 6]) -> str:
     return str(address)
 
 
+def _add_addresses(
+    table: dict[dns.name.Name, list[str]],
+    version: Literal[4, 6],
+    host: str | dns.name.Name,
+    addresses: Iterable[str],
+) -> None:
+    """Pebble's add-a / add-aaaa: every address checked first, then appended to the host's."""
+    checked = [_address(a, version) for a in addresses]
+    if not checked:
+        raise InvalidRecord("addresses must not be empty")
+    table.setdefault(dns_name(host), []).extend(checked)
+
+
 class ChallengeStore:
     """Records to serve and requests seen, shared by the DNS, http-01 and management servers."""
 
@@ -193,10 +206,7 @@ class ChallengeStore:
     # A / AAAA: adding appends to what the host already has.
 
     def add_a(self, host: str | dns.name.Name, addresses: Iterable[str]) -> None:
-        checked = [_address(a, 4) for a in addresses]
-        if not checked:
-            raise InvalidRecord("addresses must not be empty")
-        self._a.setdefault(dns_name(host), []).extend(checked)
+        _add_addresses(self._a, 4, host, addresses)
 
     def clear_a(self, host: str | dns.name.Name) -> None:
         self._a.pop(dns_name(host), None)
@@ -206,10 +216,7 @@ class ChallengeStore:
         return tuple(self._a.get(dns_name(host), ()))
 
     def add_aaaa(self, host: str | dns.name.Name, addresses: Iterable[str]) -> None:
-        checked = [_address(a, 6) for a in addresses]
-        if not checked:
-            raise InvalidRecord("addresses must not be empty")
-        self._aaaa.setdefault(dns_name(host), []).extend(checked)
+        _add_addresses(self._aaaa, 6, host, addresses)
 
     def clear_aaaa(self, host: str | dns.name.Name) -> None:
         self._aaaa.pop(dns_name(host), None)

@@ -23,13 +23,9 @@ from acme_ca.cli_org import (
     revoke_org_certificates,
     run_org,
 )
-from acme_ca.config import (
-    DEFAULT_METRICS_LISTEN,
-    Config,
-    ConfigError,
-    config_reference,
-    load_config,
-)
+from acme_ca.config import Config, ConfigError, load_config
+from acme_ca.config.keys import DEFAULT_METRICS_LISTEN
+from acme_ca.config.reference import config_reference
 from acme_ca.log import configure_logging
 
 #: ``acme-ca admin revoke --reason`` names (acme_ca.ra.revocation.REASON_CODES, kept here so

@@ -41,7 +41,8 @@ from acme import challenges, messages
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from acme_ca.config import PEBBLE_MAX_VALIDATION_SLEEP, Config, load_config
+from acme_ca.config import Config, load_config
+from acme_ca.config.pebble import PEBBLE_MAX_VALIDATION_SLEEP
 from integration.clients import (
     NAMES,
     acme_account,

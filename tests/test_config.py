@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from acme_ca.config import Config, ConfigError, config_reference, load_config
+from acme_ca.config import Config, ConfigError, load_config
+from acme_ca.config.reference import config_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from acme_ca.acme.b64 import b64url_decode
 from acme_ca.config import ConfigError, load_config
-from acme_ca.config_pebble import read_pebble_config
+from acme_ca.config.pebble import read_pebble_config
 from acme_ca.db.eab import EabKeyRepository
 from tests.fixtures import CaFactory
 from tests.support.jws import JwsClient, make_eab

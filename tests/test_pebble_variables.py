@@ -11,13 +11,8 @@ from __future__ import annotations
 import pytest
 
 from acme_ca.cli import _overrides, _parser
-from acme_ca.config import (
-    PEBBLE_MAX_VALIDATION_SLEEP,
-    Config,
-    ConfigError,
-    load_config,
-    pebble_hierarchy_differences,
-)
+from acme_ca.config import Config, ConfigError, load_config
+from acme_ca.config.pebble import PEBBLE_MAX_VALIDATION_SLEEP, pebble_hierarchy_differences
 
 
 def in_test_mode(env: dict[str, str], **overrides: object) -> Config:

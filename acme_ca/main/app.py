@@ -22,7 +22,7 @@ from aiohttp import web
 from acme_ca import metrics
 from acme_ca.clock import Clock, SystemClock
 from acme_ca.config import Config
-from acme_ca.config_pebble import read_pebble_config
+from acme_ca.config.pebble import read_pebble_config
 from acme_ca.db.audit_chain import ensure_partitions
 from acme_ca.db.completions import OrderCompletions
 from acme_ca.db.organizations import OrganizationRepository

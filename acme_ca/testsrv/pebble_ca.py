@@ -22,7 +22,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from acme_ca.ca.issuers_file import IssuersFile, KeyRef, read_issuers_file
-from acme_ca.config import Config, _split_host_port
+from acme_ca.config import Config
+from acme_ca.config.base import split_host_port
 from acme_ca.db.certificates import CertificateRecord, CertificateRepository
 from acme_ca.db.pool import create_pool
 from acme_ca.testsrv.ca_endpoints import (
@@ -172,7 +173,7 @@ async def pebble_management_listener(config: Config, ca: PebbleCa) -> AsyncItera
             yield None
             return
         ssl_context = await asyncio.to_thread(server_ssl_context, config)
-        host, port = _split_host_port(config.management_listen)
+        host, port = split_host_port(config.management_listen)
         runner = web.AppRunner(make_ca_management_app(ca.endpoints), access_log=None)
         await runner.setup()
         try:

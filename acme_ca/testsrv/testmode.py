@@ -16,7 +16,9 @@ from collections.abc import AsyncIterator
 
 import structlog
 
-from acme_ca.config import Config, _split_host_port, pebble_hierarchy_differences
+from acme_ca.config import Config
+from acme_ca.config.base import split_host_port
+from acme_ca.config.pebble import pebble_hierarchy_differences
 from acme_ca.testsrv.pebble_ca import pebble_ca, pebble_management_listener
 from acme_ca.testsrv.server import BindAddress, ChallengeServerConfig, ChallengeTestServer
 
@@ -29,7 +31,7 @@ TEST_MODE_BANNER = (
 
 
 def _bind(value: str) -> BindAddress:
-    host, port = _split_host_port(value)
+    host, port = split_host_port(value)
     return BindAddress(host, port)
 
 

@@ -1,4 +1,6 @@
-"""Pebble's JSON configuration file, read by ``serve --test --pebble-config FILE``.
+"""Pebble compatibility for test mode: its JSON configuration file (``serve --test
+--pebble-config FILE``), its ``PEBBLE_*`` environment variables and the ``--deterministic``
+preset that overrides them (all applied by :func:`acme_ca.config.load.test_mode_defaults`).
 
 A client project's CI starts Pebble with ``-config test/config/pebble-config.json``; handing
 the same file to test mode gives the same ports, TLS certificate, retry hints and External
@@ -18,6 +20,53 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from acme_ca.acme.b64 import b64url_decode
+
+#: Pebble's knob variables, honoured in test mode so harnesses written for Pebble work as is
+#: (PEBBLE_VA_NOSLEEP and PEBBLE_VA_SLEEPTIME together give validation_delay_seconds).
+PEBBLE_ENV = {
+    "PEBBLE_WFE_NONCEREJECT": "nonce_reject_percent",
+    "PEBBLE_AUTHZREUSE": "authz_reuse_percent",
+    "PEBBLE_VA_ALWAYS_VALID": "always_valid",
+    "PEBBLE_WFE_ORDERS_PER_PAGE": "orders_page_size",
+}
+#: Pebble's hierarchy variables and the value test mode's hierarchy has (one alternate root,
+#: Root X1; chains of one issuing CA): another value is named in a warning at start.
+PEBBLE_HIERARCHY_ENV = {"PEBBLE_ALTERNATE_ROOTS": 1, "PEBBLE_CHAIN_LENGTH": 1}
+#: Pebble sleeps up to this long before each validation unless PEBBLE_VA_NOSLEEP is set
+#: (va.go defaultSleepTime); PEBBLE_VA_SLEEPTIME changes it.
+PEBBLE_MAX_VALIDATION_SLEEP = 5
+#: The spellings Pebble's va.go takes as true for PEBBLE_VA_NOSLEEP/PEBBLE_VA_ALWAYS_VALID.
+PEBBLE_TRUE = ("1", "true", "True", "TRUE")
+#: ``--deterministic``: no nonce rejection, no sleep, authorizations always reused.
+DETERMINISTIC: dict[str, object] = {
+    "nonce_reject_percent": 0,
+    "validation_delay_seconds": 0,
+    "authz_reuse_percent": 100,
+}
+
+
+def pebble_validation_sleep(env: Mapping[str, str]) -> int | None:
+    """Pebble's sleep from PEBBLE_VA_NOSLEEP and PEBBLE_VA_SLEEPTIME: 0 when NOSLEEP is
+    true, else SLEEPTIME (a positive integer) or Pebble's default; None when neither is
+    set (acme_ca does not sleep unless asked, a documented difference)."""
+    nosleep, sleeptime = env.get("PEBBLE_VA_NOSLEEP"), env.get("PEBBLE_VA_SLEEPTIME")
+    if nosleep is not None and nosleep.strip() in PEBBLE_TRUE:
+        return 0
+    if nosleep is None and sleeptime is None:
+        return None
+    if sleeptime is not None and sleeptime.strip().isdigit() and int(sleeptime) >= 1:
+        return int(sleeptime)
+    return PEBBLE_MAX_VALIDATION_SLEEP
+
+
+def pebble_hierarchy_differences(env: Mapping[str, str]) -> dict[str, str]:
+    """PEBBLE_ALTERNATE_ROOTS / PEBBLE_CHAIN_LENGTH values the test hierarchy does not have."""
+    return {
+        variable: env[variable]
+        for variable, ours in PEBBLE_HIERARCHY_ENV.items()
+        if variable in env and env[variable].strip() != str(ours)
+    }
+
 
 #: Pebble config member -> our configuration key.
 PEBBLE_KEYS: dict[str, str] = {

@@ -1,32 +1,27 @@
-"""One typed configuration, loaded once: defaults < TOML file < ``ACME_CA_*`` env < CLI flags.
+"""The configuration keys: one frozen :class:`Config` of flat TOML keys and what derives from them.
 
 Every key has a default and a docstring (the ``doc`` metadata), so a new key deploys with an
-old configuration, and ``docs/configuration.md`` is generated from this module
-(``acme-ca config-doc``).  Nothing re-reads configuration per request.
+old configuration, and ``docs/configuration.md`` is generated from these declarations
+(``acme-ca config-doc``, :mod:`acme_ca.config.reference`).  A key's name is a contract: the
+TOML key, its ``ACME_CA_*`` variable and its CLI flag are spelled from it.  Loading is
+:mod:`acme_ca.config.load`, the invariants :mod:`acme_ca.config.checks`.
 """
 
 from __future__ import annotations
 
 import functools
-import os
-import tomllib
-import types
-import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from acme_ca.acme.issuer_names import issuer_domain_names
-from acme_ca.config_pebble import PebbleConfigError, read_pebble_config
+from acme_ca.config.base import split_host_port
+from acme_ca.config.checks import check
 from acme_ca.profiles import (
     DEFAULT_PROFILE,
-    SHIPPED,
     Inherited,
     Profile,
     ProfileSpec,
-    ProfileSpecError,
-    parse_profile_specs,
     resolve_profiles,
 )
 
@@ -40,10 +35,6 @@ DEFAULT_METRICS_LISTEN = {
 }
 DEFAULT_CHALLENGE_TYPES = ("http-01", "dns-01", "tls-alpn-01")
 """The validation methods offered unless ``challenge_types`` says otherwise."""
-
-
-class ConfigError(ValueError):
-    """A configuration value that cannot be used; the message names the key."""
 
 
 def _key(default: Any, doc: str, **kwargs: Any) -> Any:
@@ -508,11 +499,11 @@ class Config:
     # ------------------------------------------------------------------ derived values
     @property
     def listen_host(self) -> str:
-        return _split_host_port(self.listen)[0]
+        return split_host_port(self.listen)[0]
 
     @property
     def listen_port(self) -> int:
-        return _split_host_port(self.listen)[1]
+        return split_host_port(self.listen)[1]
 
     @property
     def requests_in_flight_limit(self) -> int:
@@ -573,374 +564,8 @@ class Config:
             host = f"[{host}]"
         return f"{scheme}://{host}:{self.listen_port}"
 
-    def validate(self) -> Config:  # noqa: C901 -- a checklist: one check per config key
-        """Check every value once at load; raise :class:`ConfigError` naming the key."""
-        _split_host_port(self.listen)
-        if self.log_format not in ("json", "console"):
-            raise ConfigError("log_format must be 'json' or 'console'")
-        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
-            raise ConfigError("log_level must be debug, info, warning or error")
-        for name in (
-            "nonce_lifetime_seconds",
-            "max_request_bytes",
-            "orders_page_size",
-            "database_pool_size",
-            "database_acquire_timeout_seconds",
-            "max_connections",
-            "keepalive_timeout_seconds",
-            "header_read_timeout_seconds",
-            "overload_retry_after_seconds",
-        ):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive")
-        if self.max_requests_in_flight < 0:
-            raise ConfigError("max_requests_in_flight must not be negative (0: derived)")
-        if self.base_url and not self.base_url.startswith(("http://", "https://")):
-            raise ConfigError("base_url must start with http:// or https://")
-        if (self.tls_cert is None) != (self.tls_key is None):
-            raise ConfigError("tls_cert and tls_key must be set together")
-        if self.dnssec not in ("require", "off"):
-            raise ConfigError("dnssec must be 'require' or 'off'")
-        for name in (
-            "order_lifetime_seconds",
-            "pending_authz_lifetime_seconds",
-            "authz_reuse_days",
-            "max_names_per_order",
-            "validation_lease_seconds",
-            "issuance_lease_seconds",
-            "hsm_session_wait_seconds",
-            "hsm_sign_timeout_seconds",
-            "hsm_deadline_seconds",
-            "dns_timeout_seconds",
-        ):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive")
-        if self.pending_authz_lifetime_seconds > 30 * 86400:
-            raise ConfigError("pending_authz_lifetime_seconds may be at most 30 days (BR)")
-        for resolver in self.dns_resolver.split(","):
-            _split_host_port(resolver.strip())
-        if not 0 < self.http01_port < 65536:
-            raise ConfigError("http01_port must be a TCP port")
-        if not 0 < self.tlsalpn01_port < 65536:
-            raise ConfigError("tlsalpn01_port must be a TCP port")
-        if self.challsrv_tlsalpn01 != "off":
-            _split_host_port(self.challsrv_tlsalpn01)
-        if not 0 < self.https01_port < 65536:
-            raise ConfigError("https01_port must be a TCP port")
-        if self.https01_port != 443 and not self.test_mode:
-            raise ConfigError("https01_port other than 443 is for test mode (BR 3.2.2.4.19)")
-        if self.management_listen != "off":
-            _split_host_port(self.management_listen)
-        if self.special_use_names and not self.test_mode:
-            raise ConfigError("special_use_names is for test mode (serve --test) only")
-        if self.ephemeral and not self.test_mode:
-            raise ConfigError("ephemeral is for test mode (serve --test) only")
-        if self.ephemeral and (self.database_url is not None or self.pki_dir is not None):
-            raise ConfigError("ephemeral cannot be combined with database_url or pki_dir")
-        if self.deterministic and not self.test_mode:
-            raise ConfigError("deterministic is a test-mode preset (serve --test)")
-        if self.deterministic and any(
-            getattr(self, name) != value for name, value in DETERMINISTIC.items()
-        ):
-            raise ConfigError(
-                "deterministic conflicts with nonce_reject_percent, validation_delay_seconds "
-                f"or authz_reuse_percent set otherwise (the preset is {DETERMINISTIC})"
-            )
-        if self.pebble_config is not None and not self.test_mode:
-            raise ConfigError("pebble_config is for test mode (serve --test) only")
-        if self.challsrv_https01 != "off":
-            _split_host_port(self.challsrv_https01)
-        if not self.challenge_types:
-            raise ConfigError("challenge_types must enable at least one validation method")
-        if self.validity_days is not None and not 1 <= self.validity_days <= 200:
-            raise ConfigError("validity_days must be between 1 and 200 (BR 6.3.2)")
-        if not 0 <= self.backdate_seconds <= 86400:
-            raise ConfigError("backdate_seconds must be between 0 and 86400")
-        if not (0 <= self.challenge_wait_seconds <= 30 and 0 <= self.finalize_wait_seconds <= 30):
-            raise ConfigError("challenge_wait_seconds and finalize_wait_seconds must be 0..30")
-        if min(self.pkcs11_sessions, self.worker_poll_seconds, self.worker_concurrency) < 1:
-            raise ConfigError(
-                "pkcs11_sessions, worker_poll_seconds and worker_concurrency must be positive"
-            )
-        if not self.status_base_url.startswith("http://"):
-            raise ConfigError("status_base_url must be a plain http:// URL (BR 7.1.2.7.7)")
-        if not 1 <= self.crl_validity_hours <= 240:
-            raise ConfigError("crl_validity_hours must be 1..240 (BR 4.9.7: at most 10 days)")
-        if not 1 <= self.crl_interval_hours <= self.crl_validity_hours:
-            raise ConfigError("crl_interval_hours must be 1..crl_validity_hours")
-        if not 8 <= self.ocsp_validity_hours <= 240:
-            raise ConfigError("ocsp_validity_hours must be 8..240 (BR 4.9.10)")
-        if self.audit_retention_days < 2557:
-            raise ConfigError("audit_retention_days must be at least 2557 (CP 5.4.3: 7 years)")
-        for name in ("nonce_reject_percent", "authz_reuse_percent"):
-            if not 0 <= getattr(self, name) <= 100:
-                raise ConfigError(f"{name} must be 0..100")
-        if self.validation_delay_seconds < 0:
-            raise ConfigError("validation_delay_seconds must not be negative")
-        test_knobs = (
-            self.nonce_reject_percent != 0
-            or self.validation_delay_seconds != 0
-            or self.always_valid
-            or self.authz_reuse_percent != 100
-        )
-        if test_knobs and not self.test_mode:
-            raise ConfigError(
-                "nonce_reject_percent, validation_delay_seconds, always_valid and "
-                "authz_reuse_percent are test-mode knobs (serve --test)"
-            )
-        if self.test_mode and self.pkcs11_module:
-            raise ConfigError("test_mode cannot be combined with an HSM (pkcs11_module)")
-        if self.status_listen != "off":
-            _split_host_port(self.status_listen)
-        if self.metrics_listen not in (None, "off"):
-            _split_host_port(self.metrics_listen)
-        if not self.caa_identities:
-            raise ConfigError("caa_identities must name at least one issuer domain")
-        try:  # dns-persist-01 lists them as its challenge's issuer-domain-names
-            issuer_domain_names(self.caa_identities)
-        except ValueError as exc:
-            raise ConfigError(f"caa_identities: {exc}") from None
-        self._validate_profiles()
+    def validate(self) -> Config:
+        """Check every value once at load (:func:`acme_ca.config.checks.check`); raise
+        :class:`~acme_ca.config.base.ConfigError` naming the key."""
+        check(self)
         return self
-
-    def _validate_profiles(self) -> None:
-        """The profile tables, and a default that is one of them and offered."""
-        try:
-            table = self.profile_table
-        except ProfileSpecError as exc:
-            raise ConfigError(str(exc)) from None
-        default = table.get(self.default_profile)
-        if default is None or not default.enabled:
-            raise ConfigError(
-                f"default_profile {self.default_profile!r} must name an enabled profile "
-                f"(known: {', '.join(n for n, p in table.items() if p.enabled)})"
-            )
-
-
-def _split_host_port(value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"expected HOST:PORT, got {value!r}")
-    return host.strip("[]"), int(port)
-
-
-def _field_types() -> dict[str, object]:
-    return typing.get_type_hints(Config)
-
-
-def _coerce(name: str, raw: Any, hint: Any) -> Any:
-    """Turn a TOML or environment value into the field's type."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType) and type(None) in args:
-        if raw is None or raw == "":
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(name, raw, inner)
-    if hint is bool:
-        if isinstance(raw, bool):
-            return raw
-        text = str(raw).strip().lower()
-        if text in ("1", "true", "yes", "on"):
-            return True
-        if text in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{name}: expected a boolean, got {raw!r}")
-    if hint is int:
-        try:
-            return int(raw)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{name}: expected an integer, got {raw!r}") from None
-    if hint is Path:
-        return Path(str(raw))
-    if hint is str:
-        if not isinstance(raw, str | int | float):
-            raise ConfigError(f"{name}: expected a string")
-        return str(raw)
-    if origin is list:
-        if isinstance(raw, str):
-            return [item.strip() for item in raw.split(",") if item.strip()]
-        if not isinstance(raw, list):
-            raise ConfigError(f"{name}: expected a list")
-        return [str(item) for item in raw]
-    raise ConfigError(f"{name}: unsupported type {hint!r}")  # pragma: no cover
-
-
-def load_config(
-    path: Path | None = None,
-    env: Mapping[str, str] | None = None,
-    overrides: Mapping[str, object] | None = None,
-) -> Config:
-    """Build the :class:`Config`: defaults, then the TOML file, then env, then ``overrides``."""
-    env = os.environ if env is None else env
-    hints = _field_types()
-    known = {f.name for f in fields(Config)}
-    values: dict[str, Any] = {}  # coerced per field type, checked by Config.validate()
-    if path is not None:
-        try:
-            data = tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
-        for name, raw in data.items():
-            if name not in known:
-                raise ConfigError(f"{path}: unknown key {name!r}")
-            if name == "profiles":
-                try:
-                    values[name] = parse_profile_specs(raw)
-                except ProfileSpecError as exc:
-                    raise ConfigError(f"{path}: {exc}") from None
-                continue
-            values[name] = _coerce(name, raw, hints[name])
-    for name in known - {"profiles"}:
-        raw_env = env.get(ENV_PREFIX + name.upper())
-        if raw_env is not None:
-            values[name] = _coerce(name, raw_env, hints[name])
-    for name, raw in (overrides or {}).items():
-        if raw is not None:
-            values[name] = _coerce(name, raw, hints[name])
-    if values.get("test_mode"):
-        values = {**test_mode_defaults(values, env), **values}
-    return replace(Config(), **values).validate()
-
-
-#: Pebble's knob variables, honoured in test mode so harnesses written for Pebble work as is
-#: (PEBBLE_VA_NOSLEEP and PEBBLE_VA_SLEEPTIME together give validation_delay_seconds).
-PEBBLE_ENV = {
-    "PEBBLE_WFE_NONCEREJECT": "nonce_reject_percent",
-    "PEBBLE_AUTHZREUSE": "authz_reuse_percent",
-    "PEBBLE_VA_ALWAYS_VALID": "always_valid",
-    "PEBBLE_WFE_ORDERS_PER_PAGE": "orders_page_size",
-}
-#: Pebble's hierarchy variables and the value test mode's hierarchy has (one alternate root,
-#: Root X1; chains of one issuing CA): another value is named in a warning at start.
-PEBBLE_HIERARCHY_ENV = {"PEBBLE_ALTERNATE_ROOTS": 1, "PEBBLE_CHAIN_LENGTH": 1}
-#: Pebble sleeps up to this long before each validation unless PEBBLE_VA_NOSLEEP is set
-#: (va.go defaultSleepTime); PEBBLE_VA_SLEEPTIME changes it.
-PEBBLE_MAX_VALIDATION_SLEEP = 5
-#: The spellings Pebble's va.go takes as true for PEBBLE_VA_NOSLEEP/PEBBLE_VA_ALWAYS_VALID.
-_PEBBLE_TRUE = ("1", "true", "True", "TRUE")
-#: ``--deterministic``: no nonce rejection, no sleep, authorizations always reused.
-DETERMINISTIC: dict[str, object] = {
-    "nonce_reject_percent": 0,
-    "validation_delay_seconds": 0,
-    "authz_reuse_percent": 100,
-}
-
-
-def pebble_validation_sleep(env: Mapping[str, str]) -> int | None:
-    """Pebble's sleep from PEBBLE_VA_NOSLEEP and PEBBLE_VA_SLEEPTIME: 0 when NOSLEEP is
-    true, else SLEEPTIME (a positive integer) or Pebble's default; None when neither is
-    set (acme_ca does not sleep unless asked, a documented difference)."""
-    nosleep, sleeptime = env.get("PEBBLE_VA_NOSLEEP"), env.get("PEBBLE_VA_SLEEPTIME")
-    if nosleep is not None and nosleep.strip() in _PEBBLE_TRUE:
-        return 0
-    if nosleep is None and sleeptime is None:
-        return None
-    if sleeptime is not None and sleeptime.strip().isdigit() and int(sleeptime) >= 1:
-        return int(sleeptime)
-    return PEBBLE_MAX_VALIDATION_SLEEP
-
-
-def pebble_hierarchy_differences(env: Mapping[str, str]) -> dict[str, str]:
-    """PEBBLE_ALTERNATE_ROOTS / PEBBLE_CHAIN_LENGTH values the test hierarchy does not have."""
-    return {
-        variable: env[variable]
-        for variable, ours in PEBBLE_HIERARCHY_ENV.items()
-        if variable in env and env[variable].strip() != str(ours)
-    }
-
-
-def test_mode_defaults(explicit: Mapping[str, object], env: Mapping[str, str]) -> dict[str, object]:
-    """What ``serve --test`` changes, unless set explicitly: resolve through the challenge
-    test server, validate http-01 on its port (5002) and tls-alpn-01 on its tls-alpn-01
-    listener's (5001, also when that listener is off: Pebble's tlsPort), reach loopback, skip
-    DNSSEC (the test DNS server signs nothing), and read Pebble's knob variables."""
-    hints = _field_types()
-    dns = explicit.get("challsrv_dns", Config.challsrv_dns)
-    derived: dict[str, object] = {
-        "dns_resolver": dns,
-        "http01_port": 5002,
-        "allow_loopback_validation": True,
-        "dnssec": "off",
-        "special_use_names": True,
-    }
-    tlsalpn01 = explicit.get("challsrv_tlsalpn01", Config.challsrv_tlsalpn01)
-    listener = tlsalpn01 if isinstance(tlsalpn01, str) and tlsalpn01 != "off" else None
-    derived["tlsalpn01_port"] = _split_host_port(listener)[1] if listener else 5001
-    pebble_path = explicit.get("pebble_config")
-    if isinstance(pebble_path, Path):
-        try:
-            pebble = read_pebble_config(pebble_path, frozenset(hints))
-        except PebbleConfigError as exc:
-            raise ConfigError(str(exc)) from None
-        for name, raw in pebble.settings.items():
-            if name not in explicit:
-                derived[name] = _coerce(name, raw, hints[name])
-    https01 = explicit.get("challsrv_https01", Config.challsrv_https01)
-    if isinstance(https01, str) and https01 != "off":
-        derived["https01_port"] = _split_host_port(https01)[1]
-    preset = DETERMINISTIC if explicit.get("deterministic") else {}
-    derived.update({name: value for name, value in preset.items() if name not in explicit})
-    for variable, name in PEBBLE_ENV.items():
-        raw = env.get(variable)
-        if raw is None or name in explicit or name in preset:
-            continue
-        if variable == "PEBBLE_VA_ALWAYS_VALID":
-            derived[name] = raw.strip() in _PEBBLE_TRUE
-        else:
-            derived[name] = _coerce(variable, raw, hints[name])
-    sleep = pebble_validation_sleep(env)
-    skip_sleep = "validation_delay_seconds" in explicit or "validation_delay_seconds" in preset
-    if sleep is not None and not skip_sleep:
-        derived["validation_delay_seconds"] = sleep
-    return derived
-
-
-def config_reference() -> str:
-    """Markdown table of every key, its default and its doc, for docs/configuration.md."""
-    hints = _field_types()
-    rows = ["| key | env | type | default | what it does |", "|---|---|---|---|---|"]
-    defaults = Config()
-    for f in fields(Config):
-        type_name = str(hints[f.name]).replace("typing.", "").replace("pathlib.", "")
-        type_name = type_name.replace("<class '", "").replace("'>", "")
-        type_name = type_name.replace("acme_ca.profiles.", "")
-        default = getattr(defaults, f.name)
-        rows.append(
-            f"| `{f.name}` | `{ENV_PREFIX}{f.name.upper()}` | {type_name} | `{default!s}` "
-            f"| {f.metadata['doc']} |"
-        )
-    return "\n".join(rows) + "\n" + _profile_reference()
-
-
-def _profile_reference() -> str:
-    """The keys of a ``[profiles.<name>]`` table and the shipped profiles' values."""
-    spec_fields = [f for f in fields(ProfileSpec) if f.name != "name"]
-    rows = [
-        "",
-        "## Profile tables (`[profiles.<name>]`)",
-        "",
-        "Each key a table leaves out keeps the shipped profile's value (for a new name, the "
-        "default below); `-` inherits the top-level key named in the description. "
-        "See docs/profiles.md.",
-        "",
-        "| key | " + " | ".join(f"`{name}`" for name in SHIPPED) + " | default | what it does |",
-        "|---|" + "---|" * (len(SHIPPED) + 2),
-    ]
-    blank = ProfileSpec()
-
-    def show(value: object) -> str:
-        if isinstance(value, bool):
-            return f"`{str(value).lower()}`"
-        if isinstance(value, list):  # as TOML writes it
-            return (
-                "`[" + ", ".join(f'"{v}"' if isinstance(v, str) else str(v) for v in value) + "]`"
-            )
-        return "-" if value is None else f"`{value}`"
-
-    for f in spec_fields:
-        shipped = " | ".join(show(getattr(spec, f.name)) for spec in SHIPPED.values())
-        rows.append(
-            f"| `{f.name}` | {shipped} | {show(getattr(blank, f.name))} | {f.metadata['doc']} |"
-        )
-    return "\n".join(rows) + "\n"

@@ -1,0 +1,15 @@
+"""What every part of the configuration shares: its error and the HOST:PORT parser."""
+
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message names the key."""
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (IPv6 hosts in brackets) as host and port; ConfigError otherwise."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)

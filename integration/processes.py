@@ -48,6 +48,35 @@ def free_port() -> int:
     return port
 
 
+#: The listeners ``serve --test`` opens on fixed ports by default (Pebble's 15000,
+#: pebble-challtestsrv's 8053, 8055, 5003 and 5001; 5002 is :func:`free_test_mode_ports`' own case).
+TEST_MODE_LISTENERS = (
+    "ACME_CA_MANAGEMENT_LISTEN",
+    "ACME_CA_CHALLSRV_DNS",
+    "ACME_CA_CHALLSRV_MANAGEMENT",
+    "ACME_CA_CHALLSRV_HTTPS01",
+    "ACME_CA_CHALLSRV_TLSALPN01",
+)
+
+
+def free_test_mode_ports(args: Sequence[str], env: Mapping[str, str]) -> dict[str, str]:
+    """A free loopback port for each test-mode listener the test left at its fixed default;
+    the test's own value (``off`` included) and the ``--challsrv-*`` flags (which win over
+    the variables) stay.  The http-01 listener and the port the CA validates http-01 on
+    (5002, not derived from the listener) move together, only when the test set neither."""
+    ports = {v: f"127.0.0.1:{free_port()}" for v in TEST_MODE_LISTENERS if v not in env}
+    http01 = (
+        "ACME_CA_CHALLSRV_HTTP01",
+        "ACME_CA_HTTP01_PORT",
+        "--challsrv-http01",
+        "--http01-port",
+    )
+    if not any(name in env or name in args for name in http01):
+        port = free_port()
+        ports.update(ACME_CA_CHALLSRV_HTTP01=f"127.0.0.1:{port}", ACME_CA_HTTP01_PORT=str(port))
+    return ports
+
+
 def base_env(**extra: str) -> dict[str, str]:
     """The caller's environment without any ACME_CA_* setting that would leak into the CA,
     nor Pebble's PEBBLE_* knobs (which ``serve --test`` and Pebble itself obey), so the
@@ -283,8 +312,11 @@ class CaProcesses:
 
     def serve(self, name: str, *args: str, env: dict[str, str], base_url: str) -> CaProcess:
         """``acme-ca serve``; its status listener gets a free port unless the test set one,
-        so several servers can run at once."""
+        and so does every test-mode listener (:func:`free_test_mode_ports`), so several servers,
+        of this suite or of another one running at once, never meet on a fixed port."""
         env = {"ACME_CA_STATUS_LISTEN": f"127.0.0.1:{free_port()}", **env}
+        if "--test" in args or env.get("ACME_CA_TEST_MODE", "").lower() in ("1", "true"):
+            env = {**env, **free_test_mode_ports(args, env)}
         return self.start(name, "serve", *args, env=env, base_url=base_url)
 
     def serve_plain(self, name: str, database_url: str, home: Path, **env: str) -> CaProcess:

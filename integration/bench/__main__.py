@@ -829,8 +829,15 @@ def write_outputs(
 
 
 def main(argv: Sequence[str] | None = None, *, load: LoadFn | None = None) -> int:
-    """Run the benchmark; ``load`` replaces the load generator (tests of the orchestration)."""
-    options = parse_args(argv)
+    """Run the benchmark; ``load`` replaces the load generator (tests of the orchestration).
+    ``interop`` as the first argument runs the interop suite's wall-time comparison instead
+    (:mod:`integration.bench.interop_walltime`)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["interop"]:
+        from integration.bench import interop_walltime
+
+        return interop_walltime.main(args[1:])
+    options = parse_args(args)
     if load is None:
         from integration.bench.loadgen import run_load
 

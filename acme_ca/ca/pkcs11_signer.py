@@ -52,12 +52,10 @@ from acme_ca.ca.signer import (
     CaPublicKey,
     HashName,
     KeySpec,
-    KeyType,
     SignerError,
+    SignerPublicKey,
     check_hash,
     default_hash,
-    key_type_of,
-    signature_algorithm_der,
     spki_sha256_hex,
     verify_signature,
     warn_if_loose,
@@ -120,7 +118,7 @@ def _ecdsa_raw_to_der(raw: bytes, public_key: ec.EllipticCurvePublicKey) -> byte
     )
 
 
-class Pkcs11Signer:
+class Pkcs11Signer(SignerPublicKey):
     """A private key in an HSM, used through a small pool of PKCS#11 sessions.
 
     Open with :meth:`open` and close with :meth:`aclose` (or ``async with``).  Each signature
@@ -148,8 +146,7 @@ class Pkcs11Signer:
         self._state = module_state(module)
         self._token_label = token_label
         self._key_label = key_label
-        self._public_key = public_key
-        self._key_type = key_type_of(public_key)
+        super().__init__(public_key)
         self._slot_id = slot_id
         self._thread_safe = thread_safe_module
         self._pool_size = len(entries)
@@ -234,19 +231,8 @@ class Pkcs11Signer:
         return signer
 
     @property
-    def key_type(self) -> KeyType:
-        return self._key_type
-
-    @property
-    def public_key(self) -> CaPublicKey:
-        return self._public_key
-
-    @property
     def pool_size(self) -> int:
         return self._pool_size
-
-    def signature_algorithm_der(self, hash: HashName) -> bytes:
-        return signature_algorithm_der(self._public_key, hash)
 
     async def sign(self, data: bytes, hash: HashName) -> bytes:
         return await metrics.measured_signature("pkcs11", self._key_label, self._sign(data, hash))

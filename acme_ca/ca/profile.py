@@ -80,11 +80,9 @@ from acme_ca.ca import der
 from acme_ca.ca.signer import (
     CaPublicKey,
     HashName,
-    KeyType,
     Signer,
     SignerError,
-    key_type_of,
-    signature_algorithm_der,
+    SignerPublicKey,
 )
 
 SubscriberPublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
@@ -301,30 +299,15 @@ class PreparedCertificate:
     issuer_spki_der: bytes = field(repr=False)
 
 
-class _IssuerPublicKey:
+class _IssuerPublicKey(SignerPublicKey):
     """The issuer's public key in :class:`Signer` shape, so that
     :func:`der.throwaway_signed_certificate` picks the throwaway key of the same type and hash.
 
     It cannot sign: only the real signer in :func:`issue` does that.
     """
 
-    def __init__(self, public_key: CaPublicKey) -> None:
-        self._public_key = public_key
-        self._key_type = key_type_of(public_key)
-
-    @property
-    def key_type(self) -> KeyType:
-        return self._key_type
-
-    @property
-    def public_key(self) -> CaPublicKey:
-        return self._public_key
-
     async def sign(self, data: bytes, hash: HashName) -> bytes:
         raise SignerError("the issuer's public key cannot sign")
-
-    def signature_algorithm_der(self, hash: HashName) -> bytes:
-        return signature_algorithm_der(self._public_key, hash)
 
     async def aclose(self) -> None:
         """Nothing to release."""

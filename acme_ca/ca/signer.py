@@ -139,6 +139,27 @@ def spki_sha256_hex(public_key: CaPublicKey) -> str:
 # --------------------------------------------------------------------------- software keys
 
 
+class SignerPublicKey:
+    """The public side every :class:`Signer` reports (its key type, the key, and the
+    AlgorithmIdentifier of its signatures): a base for the signers and the issuer's public key
+    in :mod:`acme_ca.ca.profile`."""
+
+    def __init__(self, public_key: CaPublicKey) -> None:
+        self._public_key = public_key
+        self._key_type = key_type_of(public_key)
+
+    @property
+    def key_type(self) -> KeyType:
+        return self._key_type
+
+    @property
+    def public_key(self) -> CaPublicKey:
+        return self._public_key
+
+    def signature_algorithm_der(self, hash: HashName) -> bytes:
+        return signature_algorithm_der(self._public_key, hash)
+
+
 def _generate_private_key(key_spec: KeySpec) -> CaPrivateKey:
     match key_spec:
         case "rsa2048":
@@ -166,15 +187,14 @@ def _key_name(path: Path) -> str:
     return path.name.removesuffix(".pem").removesuffix(".key")
 
 
-class SoftwareSigner:
+class SoftwareSigner(SignerPublicKey):
     """A private key in process memory, for the embedded test CA only: never for real issuance."""
 
     def __init__(self, private_key: CaPrivateKey, *, name: str = "software") -> None:
         """``name`` labels its metrics (the key file's stem)."""
+        super().__init__(private_key.public_key())
         self._key = private_key
         self._name = name
-        self._public_key: CaPublicKey = private_key.public_key()
-        self._key_type = key_type_of(self._public_key)
         _log.warning(
             "signer.key_not_in_hsm",
             detail="CA private key is held in process memory, NOT in an HSM; "
@@ -182,17 +202,6 @@ class SoftwareSigner:
             key_type=self._key_type,
             spki_sha256=spki_sha256_hex(self._public_key),
         )
-
-    @property
-    def key_type(self) -> KeyType:
-        return self._key_type
-
-    @property
-    def public_key(self) -> CaPublicKey:
-        return self._public_key
-
-    def signature_algorithm_der(self, hash: HashName) -> bytes:
-        return signature_algorithm_der(self._public_key, hash)
 
     async def sign(self, data: bytes, hash: HashName) -> bytes:
         return await metrics.measured_signature("software", self._name, self._sign(data, hash))

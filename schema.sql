@@ -595,30 +595,47 @@ DO $$ BEGIN
     END IF;
 END $$;
 
--- One partition per calendar month (UTC), audit_events_yYYYYmMM, for `months` months from
--- the month of `start`. A month whose rows already went to the default partition (a clock
--- far off, or no run for months) keeps them there: the default partition is never retired.
-CREATE OR REPLACE FUNCTION acme_ca_audit_ensure_partitions(start timestamptz, months integer)
-RETURNS integer
+-- One partition per calendar month (UTC) of `parent` (audit_events, requests), named
+-- <parent>_yYYYYmMM, for `months` months from the month of `start`; returns the names made.
+-- A month whose rows already went to the default partition (a clock far off, or no run for
+-- months) keeps them there: the default partition is never retired.
+CREATE OR REPLACE FUNCTION acme_ca_month_partitions(parent text, start timestamptz,
+                                                    months integer)
+RETURNS SETOF text
 LANGUAGE plpgsql AS $$
 DECLARE
     first   timestamp := date_trunc('month', start AT TIME ZONE 'UTC');
     lower   timestamp;
     upper   timestamp;
     name    text;
-    created integer := 0;
+    taken   boolean;
 BEGIN
     FOR i IN 0 .. months - 1 LOOP
         lower := first + make_interval(months => i);
         upper := lower + interval '1 month';
-        name := 'audit_events_y' || to_char(lower, 'YYYY') || 'm' || to_char(lower, 'MM');
+        name := parent || '_y' || to_char(lower, 'YYYY') || 'm' || to_char(lower, 'MM');
         CONTINUE WHEN to_regclass(name) IS NOT NULL;
-        CONTINUE WHEN EXISTS (SELECT 1 FROM audit_events_default
-                              WHERE at >= lower AT TIME ZONE 'UTC'
-                                AND at < upper AT TIME ZONE 'UTC');
-        EXECUTE format('CREATE TABLE %I PARTITION OF audit_events FOR VALUES FROM (%L) TO (%L)',
-                       name, lower AT TIME ZONE 'UTC', upper AT TIME ZONE 'UTC');
-        -- TRUNCATE of one partition does not fire the parent's statement trigger.
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM %I WHERE at >= $1 AND at < $2)',
+                       parent || '_default')
+            INTO taken USING lower AT TIME ZONE 'UTC', upper AT TIME ZONE 'UTC';
+        CONTINUE WHEN taken;
+        EXECUTE format('CREATE TABLE %I PARTITION OF %I FOR VALUES FROM (%L) TO (%L)',
+                       name, parent, lower AT TIME ZONE 'UTC', upper AT TIME ZONE 'UTC');
+        RETURN NEXT name;
+    END LOOP;
+END
+$$;
+
+-- audit_events' months, each refusing TRUNCATE: TRUNCATE of one partition does not fire
+-- the parent's statement trigger.
+CREATE OR REPLACE FUNCTION acme_ca_audit_ensure_partitions(start timestamptz, months integer)
+RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    name    text;
+    created integer := 0;
+BEGIN
+    FOR name IN SELECT acme_ca_month_partitions('audit_events', start, months) LOOP
         EXECUTE format('CREATE TRIGGER audit_events_no_truncate BEFORE TRUNCATE ON %I '
                        'FOR EACH STATEMENT EXECUTE FUNCTION acme_ca_audit_immutable()', name);
         created := created + 1;
@@ -636,8 +653,13 @@ CREATE SCHEMA IF NOT EXISTS audit_archive;
 -- ACME requests, one compact row each (issue 16): what `acme-ca admin order` shows as the
 -- requests that touched an order. Written in batches off the response path
 -- (db/requests.RequestRecorder); the ids come from the URL and from what the handler bound.
+-- Part of the RA's record (CP 5.4.3, 5.5.2), so kept like audit_events: by month, a month
+-- moved whole to audit_archive by `acme-ca audit retention` once past audit_retention_days
+-- (migration 013). The id comes from a sequence (PostgreSQL 15 has no identity column on a
+-- partitioned table).
+CREATE SEQUENCE IF NOT EXISTS requests_ids AS bigint;
 CREATE TABLE IF NOT EXISTS requests (
-    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id              bigint NOT NULL DEFAULT nextval('requests_ids'),
     at              timestamptz NOT NULL,
     method          text NOT NULL,
     path            text NOT NULL,
@@ -651,8 +673,10 @@ CREATE TABLE IF NOT EXISTS requests (
     order_id        bigint,
     authz_id        bigint,
     challenge_id    bigint,
-    certificate_id  bigint
-);
+    certificate_id  bigint,
+    PRIMARY KEY (id, at)
+) PARTITION BY RANGE (at);
+CREATE TABLE IF NOT EXISTS requests_default PARTITION OF requests DEFAULT;
 CREATE INDEX IF NOT EXISTS requests_request_id ON requests (request_id);
 CREATE INDEX IF NOT EXISTS requests_order ON requests (order_id) WHERE order_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS requests_authz ON requests (authz_id) WHERE authz_id IS NOT NULL;
@@ -662,6 +686,7 @@ CREATE INDEX IF NOT EXISTS requests_certificate ON requests (certificate_id)
     WHERE certificate_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS requests_account ON requests (account_id, at)
     WHERE account_id IS NOT NULL;
+SELECT count(*) FROM acme_ca_month_partitions('requests', now(), 3);
 
 -- ---------------------------------------------------------------------------------------
 -- Rate limits (issue 16; docs/operations.md, "Rate limits"). One GCRA bucket per limit and

@@ -29,13 +29,16 @@ from acme_ca.config import Config, ConfigError
 from acme_ca.db.audit import record_event
 from acme_ca.db.audit_chain import (
     GENESIS,
+    REQUESTS_RETIRED_EVENT,
     AuditChain,
     partitions,
     retire_partitions,
+    retire_request_partitions,
     row_hash,
     verify_chain,
 )
 from acme_ca.db.migrate import apply_schema
+from acme_ca.db.requests import RequestRecorder, RequestRow, requests_where
 from acme_ca.embedded_pg import EmbeddedPostgres
 from tests.support.cli import run_cli
 from tests.support.migrations import create_schema_before
@@ -204,9 +207,55 @@ async def test_cp_5_4_3_retention_moves_whole_months_never_before_seven_years(
 
 
 def test_cp_5_4_3_retention_below_seven_years_is_refused() -> None:
+    """One key for audit rows and stored requests (the retention command moves both)."""
     with pytest.raises(ConfigError, match="audit_retention_days"):
         replace(Config(), audit_retention_days=365).validate()
     assert Config().audit_retention_days >= 7 * 365 + 2  # any 7 years hold at most 2 leap days
+
+
+async def store_request(pool: asyncpg.Pool, at: datetime, request_id: str) -> None:
+    recorder = RequestRecorder(pool)
+    recorder.record(RequestRow(at, "POST", "/acme/new-order", 201, None, 1.0, "t", None,
+                               request_id, account_id=1, order_id=2))  # fmt: skip
+    assert await recorder.flush() == 1
+
+
+async def test_cp_5_4_3_retention_moves_requests_months_never_before_seven_years(
+    pool: asyncpg.Pool, dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Stored requests are the RA's record too: their months leave whole, to audit_archive,
+    only past the same retention, and the move is an audit row that leaves the chain whole."""
+    await AuditChain(pool).ensure_partitions(utc(2018, 1, 1), months=3)  # Jan..Mar 2018
+    assert [p.name for p in await partitions(pool, "requests")][:3] == [
+        "requests_y2018m01", "requests_y2018m02", "requests_y2018m03",
+    ]  # fmt: skip
+    await store_request(pool, utc(2018, 1, 15), "jan")
+    await store_request(pool, utc(2018, 2, 27), "feb")
+    await store_request(pool, utc(2026, 11, 30), "recent")
+    with pytest.raises(ValueError, match=r"CP 5\.4\.3"):
+        await retire_request_partitions(pool, utc(2025, 2, 14), timedelta(days=2556), actor="t")
+    assert not await retire_request_partitions(pool, utc(2025, 1, 31), SEVEN_YEARS, actor="t")
+    retired = await retire_request_partitions(pool, utc(2025, 2, 14), SEVEN_YEARS, actor="op")
+    assert [(p.name, p.rows, p.archived_as) for p in retired] == [
+        ("requests_y2018m01", 1, "audit_archive.requests_y2018m01")
+    ]
+    archived = await pool.fetch("SELECT request_id FROM audit_archive.requests_y2018m01")
+    assert [r["request_id"] for r in archived] == ["jan"]
+    live = await requests_where(pool, order_id=2)
+    assert [r.request_id for r in live] == ["feb", "recent"]
+    row = await pool.fetchrow(
+        "SELECT actor, details FROM audit_events WHERE event = $1", REQUESTS_RETIRED_EVENT
+    )
+    assert row is not None and row["actor"] == "op"
+    assert row["details"]["rows"] == 1 and row["details"]["partition"] == "requests_y2018m01"
+    assert (await verify_chain(pool)).ok
+    # The command, on a clock of 2026-12-03, moves February's requests with the audit months
+    # and keeps last month's.
+    status, out, _ = await audit_command(
+        dsn, tmp_path, capsys, "retention", clock=FixedClock(utc(2026, 12, 3))
+    )
+    assert status == 0 and "requests_y2018m02" in out and "requests_y2018m03" in out, out
+    assert [r.request_id for r in await requests_where(pool, order_id=2)] == ["recent"]
 
 
 async def test_cp_5_4_3_export_is_signed_and_verifies(pool: asyncpg.Pool, tmp_path: Path) -> None:
@@ -244,6 +293,41 @@ async def test_cp_5_4_3_audit_export_command_round_trip(
     assert (tmp_path / "home" / "audit" / "export-ed25519.pem").is_file()
     status, text, _ = await audit_command(dsn, tmp_path, capsys, "verify", "--export", str(out))
     assert status == 0 and "signature and chain OK" in text, text
+
+
+async def test_migration_013_keeps_stored_requests_by_month(postgres: EmbeddedPostgres) -> None:
+    dsn = postgres.create_database(f"m_{os.urandom(8).hex()}")
+    conn = await asyncpg.connect(dsn)
+    try:
+        await create_schema_before(conn, 13)
+        # The requests table as schema.sql made it before 013.
+        await conn.execute(
+            """CREATE TABLE requests (
+                 id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, at timestamptz NOT NULL,
+                 method text NOT NULL, path text NOT NULL, status smallint NOT NULL,
+                 problem text, duration_ms real NOT NULL, user_agent text NOT NULL DEFAULT '',
+                 source text, request_id text NOT NULL, account_id bigint, order_id bigint,
+                 authz_id bigint, challenge_id bigint, certificate_id bigint);
+               CREATE INDEX requests_request_id ON requests (request_id);
+               INSERT INTO requests (at, method, path, status, duration_ms, request_id, order_id)
+               VALUES ('2025-03-04T05:06:07Z', 'POST', '/a', 201, 2.5, 'old', 7),
+                      ('2026-11-30T00:00:00Z', 'POST', '/b', 200, 1.0, 'new', 7)"""
+        )
+        await apply_schema(conn)
+        rows = await conn.fetch(
+            "SELECT id, request_id, tableoid::regclass::text AS part FROM requests ORDER BY id"
+        )
+        assert [(r["id"], r["request_id"], r["part"]) for r in rows] == [
+            (1, "old", "requests_y2025m03"),
+            (2, "new", "requests_y2026m11"),
+        ]
+        await conn.execute(
+            "INSERT INTO requests (at, method, path, status, duration_ms, request_id) "
+            "VALUES (now(), 'GET', '/c', 200, 1.0, 'after')"
+        )
+        assert await conn.fetchval("SELECT max(id) FROM requests") == 3
+    finally:
+        await conn.close()
 
 
 async def test_migration_010_chains_existing_audit_rows(postgres: EmbeddedPostgres) -> None:

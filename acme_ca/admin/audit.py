@@ -89,19 +89,18 @@ async def run_async(config: Config, args: argparse.Namespace, clock: Clock) -> i
             return 0
         now = clock.now()
         await chain.ensure_partitions(now)
-        retired = await chain.retire(
-            now,
-            timedelta(days=config.audit_retention_days),
-            actor=args.actor,
-            dry_run=args.dry_run,
+        retention = timedelta(days=config.audit_retention_days)
+        retired = await chain.retire(now, retention, actor=args.actor, dry_run=args.dry_run)
+        requests = await chain.retire_requests(
+            now, retention, actor=args.actor, dry_run=args.dry_run
         )
         verb = "would move" if args.dry_run else "moved"
-        for p in retired:
+        for p in retired + requests:
             where = p.archived_as or ""
             print(f"{verb}\t{p.name}\t{iso(p.start)}..{iso(p.end)}\trows={p.rows}\t{where}")
         print(
-            f"{verb} {len(retired)} month(s) older than {config.audit_retention_days} days "
-            f"(cutoff {iso(now - timedelta(days=config.audit_retention_days))})"
+            f"{verb} {len(retired)} month(s) of audit_events and {len(requests)} of requests "
+            f"older than {config.audit_retention_days} days (cutoff {iso(now - retention)})"
         )
         return 0
 

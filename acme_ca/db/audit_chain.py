@@ -8,7 +8,8 @@ trusting the database's function. Rows never change (UPDATE, DELETE and TRUNCATE
 by triggers); a month leaves only whole, by :func:`retire_partitions`, once all of it is
 older than the retention period (CP 5.4.3, 5.5.2: seven years), and that move is itself an
 audit row recording the retired ids and their last hashes, so the chain stays checkable
-across it.
+across it. The stored ``requests`` (db/requests.py) are part of the same record and are
+kept the same way, by month, with the same period (:func:`retire_request_partitions`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -30,8 +31,14 @@ GENESIS = bytes(32)
 """``prev_hash`` of the first row ever written."""
 ARCHIVE_SCHEMA = "audit_archive"
 RETIRED_EVENT = "audit.partition_retired"
+REQUESTS_RETIRED_EVENT = "requests.partition_retired"
+"""Its own event: :func:`verify_chain` reads ``audit.partition_retired`` rows as chain ids."""
+RETENTION_FLOOR = timedelta(days=2557)
+"""CP 5.4.3, 5.5.2: seven years (2557 days hold any seven years); config refuses less too."""
+AUDIT_TABLE = "audit_events"
+REQUESTS_TABLE = "requests"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_PARTITION = re.compile(r"^audit_events_y(\d{4})m(\d{2})$")
+_PARTITION = re.compile(r"^(audit_events|requests)_y(\d{4})m(\d{2})$")
 _BATCH = 5000
 log = structlog.get_logger(component="acme_ca.db.audit_chain")
 
@@ -280,28 +287,37 @@ def _month_after(start: datetime) -> datetime:
     return start.replace(year=start.year + start.month // 12, month=start.month % 12 + 1)
 
 
-async def partitions(pool: asyncpg.Pool) -> list[Partition]:
-    """The live monthly partitions, oldest first (the default partition is not one)."""
+async def partitions(pool: asyncpg.Pool, table: str = AUDIT_TABLE) -> list[Partition]:
+    """``table``'s live monthly partitions, oldest first (the default partition is not one)."""
     found: list[Partition] = []
     for r in await pool.fetch(
         "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-        "WHERE i.inhparent = 'audit_events'::regclass"
+        "WHERE i.inhparent = $1::regclass",
+        table,
     ):
         match = _PARTITION.match(r["relname"])
-        if match:
-            start = datetime(int(match[1]), int(match[2]), 1, tzinfo=UTC)
+        if match and match[1] == table:
+            start = datetime(int(match[2]), int(match[3]), 1, tzinfo=UTC)
             found.append(Partition(r["relname"], start, _month_after(start)))
     return sorted(found, key=lambda p: p.start)
 
 
 async def ensure_partitions(pool: asyncpg.Pool, now: datetime, months: int = 3) -> int:
-    """Create the partitions of this month and the next ``months - 1``; returns how many."""
-    created: int = await pool.fetchval(
-        "SELECT acme_ca_audit_ensure_partitions($1, $2)", now, months
-    )
-    if created:
-        log.info("audit.partitions_created", count=created)
-    return created
+    """Create the partitions of this month and the next ``months - 1`` for ``audit_events``
+    and ``requests``; returns how many."""
+    async with pool.acquire() as conn, conn.transaction():
+        audit: int = await conn.fetchval(
+            "SELECT acme_ca_audit_ensure_partitions($1, $2)", now, months
+        )
+        requests: int = await conn.fetchval(
+            "SELECT count(*) FROM acme_ca_month_partitions($1, $2, $3)",
+            REQUESTS_TABLE,
+            now,
+            months,
+        )
+    if audit or requests:
+        log.info("audit.partitions_created", count=audit + requests, requests=requests)
+    return audit + requests
 
 
 @dataclass(frozen=True)
@@ -332,7 +348,8 @@ async def retire_partitions(
     actor: str,
     dry_run: bool = False,
 ) -> list[RetiredPartition]:
-    """Move each month wholly older than ``now - retention`` to the ``audit_archive`` schema.
+    """Move each ``audit_events`` month wholly older than ``now - retention`` to the
+    ``audit_archive`` schema.
 
     Never earlier: a month leaves only when its last instant is past the retention period.
     The partition is detached (no row trigger fires: rows are not deleted one by one) and
@@ -340,52 +357,89 @@ async def retire_partitions(
     an ``audit.partition_retired`` row records the retired ids (as runs) with the hash of
     each run's last row, which :func:`verify_chain` uses to check the link across the gap.
     """
+
+    async def summary(conn: asyncpg.Connection, name: str) -> tuple[int, dict[str, JsonValue]]:
+        rows = await conn.fetch(f'SELECT id, hash FROM "{name}" ORDER BY id')  # noqa: S608
+        hashes = {r["id"]: bytes(r["hash"]).hex() for r in rows}
+        runs: list[JsonValue] = [
+            {"first": a, "last": b, "last_hash": hashes[b]} for a, b in _runs(list(hashes))
+        ]
+        return len(rows), {"id_runs": runs}
+
+    return await _retire_months(
+        pool, AUDIT_TABLE, RETIRED_EVENT, summary, now, retention, actor, dry_run
+    )
+
+
+async def retire_request_partitions(
+    pool: asyncpg.Pool,
+    now: datetime,
+    retention: timedelta,
+    *,
+    actor: str,
+    dry_run: bool = False,
+) -> list[RetiredPartition]:
+    """Move each ``requests`` month wholly older than ``now - retention`` to
+    ``audit_archive``, as :func:`retire_partitions` does for ``audit_events``; the move is
+    a ``requests.partition_retired`` audit row naming the first and last request id."""
+
+    async def summary(conn: asyncpg.Connection, name: str) -> tuple[int, dict[str, JsonValue]]:
+        r = await conn.fetchrow(
+            f'SELECT count(*) AS n, min(id) AS first, max(id) AS last FROM "{name}"'  # noqa: S608
+        )
+        assert r is not None
+        return r["n"], {"first_id": r["first"], "last_id": r["last"]}
+
+    return await _retire_months(
+        pool, REQUESTS_TABLE, REQUESTS_RETIRED_EVENT, summary, now, retention, actor, dry_run
+    )
+
+
+async def _retire_months(
+    pool: asyncpg.Pool,
+    table: str,
+    event: str,
+    summary: Callable[[asyncpg.Connection, str], Awaitable[tuple[int, dict[str, JsonValue]]]],
+    now: datetime,
+    retention: timedelta,
+    actor: str,
+    dry_run: bool,
+) -> list[RetiredPartition]:
+    if retention < RETENTION_FLOOR:
+        raise ValueError(
+            f"retention of {retention.days} days is below {RETENTION_FLOOR.days} "
+            "(CP 5.4.3: audit records are kept at least seven years)"
+        )
     cutoff = now - retention
     done: list[RetiredPartition] = []
-    for part in await partitions(pool):
+    for part in await partitions(pool, table):
         if part.end > cutoff:
             break
+        archived_as = f"{ARCHIVE_SCHEMA}.{part.name}"
         async with pool.acquire() as conn, conn.transaction():
-            ids = [
-                (r["id"], bytes(r["hash"]))
-                for r in await conn.fetch(f'SELECT id, hash FROM "{part.name}" ORDER BY id')  # noqa: S608
-            ]
+            count, details = await summary(conn, part.name)
             if dry_run:
-                done.append(RetiredPartition(part.name, part.start, part.end, len(ids), None))
+                done.append(RetiredPartition(part.name, part.start, part.end, count, None))
                 continue
-            await conn.execute(f'ALTER TABLE audit_events DETACH PARTITION "{part.name}"')
+            await conn.execute(f'ALTER TABLE {table} DETACH PARTITION "{part.name}"')
             await conn.execute(f'ALTER TABLE "{part.name}" SET SCHEMA {ARCHIVE_SCHEMA}')
-            hashes = dict(ids)
-            runs: list[JsonValue] = [
-                {"first": a, "last": b, "last_hash": hashes[b].hex()}
-                for a, b in _runs([i for i, _ in ids])
-            ]
             await record_event(
                 conn,
-                RETIRED_EVENT,
+                event,
                 at=now,
                 actor=actor,
                 details={
                     "partition": part.name,
-                    "archived_as": f"{ARCHIVE_SCHEMA}.{part.name}",
+                    "archived_as": archived_as,
                     "month_start": part.start.isoformat(),
                     "month_end": part.end.isoformat(),
-                    "rows": len(ids),
+                    "rows": count,
                     "retention_days": retention.days,
-                    "id_runs": runs,
+                    **details,
                 },
             )
-        log.info(
-            RETIRED_EVENT,
-            partition=part.name,
-            rows=len(ids),
-            archived_as=f"{ARCHIVE_SCHEMA}.{part.name}",
-        )
-        done.append(
-            RetiredPartition(
-                part.name, part.start, part.end, len(ids), f"{ARCHIVE_SCHEMA}.{part.name}"
-            )
-        )
+        log.info(event, partition=part.name, rows=count, archived_as=archived_as)
+        done.append(RetiredPartition(part.name, part.start, part.end, count, archived_as))
     return done
 
 
@@ -410,3 +464,10 @@ class AuditChain:
         self, now: datetime, retention: timedelta, *, actor: str, dry_run: bool = False
     ) -> list[RetiredPartition]:
         return await retire_partitions(self._pool, now, retention, actor=actor, dry_run=dry_run)
+
+    async def retire_requests(
+        self, now: datetime, retention: timedelta, *, actor: str, dry_run: bool = False
+    ) -> list[RetiredPartition]:
+        return await retire_request_partitions(
+            self._pool, now, retention, actor=actor, dry_run=dry_run
+        )

@@ -21,9 +21,7 @@ running past its lease, every order finished (valid, or invalid with a problem).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
-import functools
 import json
 import os
 import shutil
@@ -31,46 +29,35 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
 
 import aiohttp
 import asyncpg
 import pytest
-import requests
-from acme import challenges, client, messages
-from acme import errors as acme_errors
+from acme import challenges, messages
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
-from josepy.jwk import JWK
 
 from acme_ca.db.issuance import IssuanceRepository
 from acme_ca.db.pool import create_pool
 from acme_ca.embedded_pg import SHARED_CLUSTER_ROOT, EmbeddedPostgres
-from integration.bench.servers import Service, start_service
-from integration.challsrv_thread import ThreadedChallengeServer
-from integration.clients import acme_account, csr_pem
+from integration.clients import csr_pem
+from integration.fault_shape import Shape, assert_invariants, client_run, production_shape
 from integration.processes import (
     ACME_CA,
     READY_TIMEOUT,
     CaProcess,
-    CaProcesses,
     LoggedProcess,
     base_env,
-    describe,
     free_port,
-    run_cli,
 )
 from tests.support.jws import JwsClient, make_jws
-from tests.support.softhsm import SoftHsmToken, softhsm_available
+from tests.support.softhsm import softhsm_available
 from tests.support.worker import build_csr, insert_ready_order
-
-_T = TypeVar("_T")
 
 pytestmark = [
     pytest.mark.integration,
@@ -93,90 +80,30 @@ KILL_POINTS = [
 ]
 
 
-@dataclass
-class Shape:
-    env: dict[str, str]
-    dsn: str
-    home: Path
-    token: SoftHsmToken
-    processes: CaProcesses
-    serve: CaProcess
-    dns: ThreadedChallengeServer
-    port: int
-    postgres: EmbeddedPostgres
-    #: The worker running now: tests share it (a worker takes seconds to start).
-    current: CaProcess | None = None
-
-    @property
-    def cafile(self) -> Path:
-        return self.home / "tls" / "ca.pem"
-
-    def worker(self, name: str) -> CaProcess:
-        """The running worker, or a new one called ``name`` once it has started."""
-        if self.current is None or not self.current.alive():
-            self.current = self.processes.worker(name, env=self.env)
-            self.current.wait_event("worker.started", timeout=READY_TIMEOUT)
-        return self.current
-
-    def client(self) -> tuple[client.ClientV2, JWK]:
-        return acme_account(self.serve.directory_url, self.cafile)
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+    """A PostgreSQL server of the shape's own: a test restarts it."""
+    postgres = EmbeddedPostgres(tmp_path_factory.mktemp("faults-pg"))
+    postgres.start()
+    try:
+        yield postgres
+    finally:
+        cluster = postgres.cluster_dir.resolve() if postgres.cluster_dir else None
+        postgres.stop()
+        if cluster is not None and cluster.is_relative_to(SHARED_CLUSTER_ROOT):
+            shutil.rmtree(cluster, ignore_errors=True)  # as root: outside base
 
 
 @pytest.fixture(scope="module")
-def shape(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shape]:
-    base = tmp_path_factory.mktemp("faults")
-    logs = base / "logs"
-    logs.mkdir()
-    home = base / "home"
-    token = SoftHsmToken.create(base / "softhsm", label="acme-ca-faults", activate=False)
-    log_list = home / "ct" / "log_list.json"
-    with contextlib.ExitStack() as stack:
-        # A PostgreSQL server of its own: a test restarts it.
-        postgres = EmbeddedPostgres(base / "postgres")
-        dsn = postgres.start()
-        cluster = postgres.cluster_dir.resolve() if postgres.cluster_dir else None
-        if cluster is not None and cluster.is_relative_to(SHARED_CLUSTER_ROOT):
-            stack.callback(shutil.rmtree, cluster, ignore_errors=True)  # as root: outside base
-        stack.callback(postgres.stop)
-        dns = stack.enter_context(ThreadedChallengeServer())
-        env = base_env(
-            ACME_CA_HOME=str(home),
-            ACME_CA_DATABASE_URL=dsn,
-            ACME_CA_PKCS11_MODULE=token.module,
-            ACME_CA_PKCS11_TOKEN_LABEL=token.label,
-            ACME_CA_PKCS11_PIN=token.pin,
-            ACME_CA_SERVE_WORKER="false",
-            ACME_CA_CT_LOG_LIST=str(log_list),
-            ACME_CA_DNS_RESOLVER=dns.resolver,
-            ACME_CA_DNSSEC="off",
-            ACME_CA_WORKER_POLL_SECONDS="1",
-            ACME_CA_MAX_REQUESTS_IN_FLIGHT=str(IN_FLIGHT),
-            ACME_CA_HEADER_READ_TIMEOUT_SECONDS=str(HEADER_TIMEOUT),
-            ACME_CA_MAX_CONNECTIONS=str(MAX_CONNECTIONS),
-            ACME_CA_LOG_FORMAT="json",
-            **token.env(),
-        )
-        init = run_cli("init", env=env, timeout=300)
-        assert init.returncode == 0, describe(init)
-        ct_logs: Service = start_service(
-            stack,
-            "ct-logs",
-            [sys.executable, "-m", "integration.bench.ctlogs", "--home", str(home)],
-            env=base_env(),
-            log_dir=logs,
-        )
-        deadline = time.monotonic() + READY_TIMEOUT
-        while not log_list.exists():
-            ct_logs.check_alive()
-            assert time.monotonic() < deadline, ct_logs.tails()
-            time.sleep(0.1)
-        processes = stack.enter_context(CaProcesses(logs))
-        port = free_port()
-        serve = processes.serve(
-            "serve", "--listen", f"127.0.0.1:{port}", env=env, base_url=f"https://127.0.0.1:{port}"
-        )
-        serve.wait_ready(cafile=home / "tls" / "ca.pem")
-        yield Shape(env, dsn, home, token, processes, serve, dns, port, postgres)
+def shape(tmp_path_factory: pytest.TempPathFactory, postgres: EmbeddedPostgres) -> Iterator[Shape]:
+    with production_shape(
+        tmp_path_factory.mktemp("faults"),
+        postgres.dsn,
+        ACME_CA_MAX_REQUESTS_IN_FLIGHT=str(IN_FLIGHT),
+        ACME_CA_HEADER_READ_TIMEOUT_SECONDS=str(HEADER_TIMEOUT),
+        ACME_CA_MAX_CONNECTIONS=str(MAX_CONNECTIONS),
+    ) as shape:
+        yield shape
 
 
 @pytest.fixture
@@ -184,43 +111,6 @@ async def db(shape: Shape) -> AsyncIterator[asyncpg.Pool]:
     pool = await create_pool(shape.dsn, max_size=2)
     yield pool
     await pool.close()
-
-
-# ------------------------------------------------------------------------------ invariants
-
-
-async def assert_invariants(pool: asyncpg.Pool) -> None:
-    """What must hold after any fault (module docstring)."""
-    valid_without = await pool.fetch(
-        "SELECT o.id FROM orders o LEFT JOIN certificates c ON c.order_id = o.id "
-        "WHERE o.status = 'valid' AND c.id IS NULL"
-    )
-    assert not valid_without, f"valid orders without a certificate: {valid_without}"
-    for table in ("certificates", "precertificates"):
-        doubled = await pool.fetch(
-            f"SELECT order_id FROM {table} GROUP BY order_id HAVING count(*) > 1"
-        )
-        assert not doubled, f"orders with two {table}: {doubled}"
-    shared = await pool.fetch(
-        "SELECT serial FROM certificates GROUP BY serial HAVING count(*) > 1 "
-        "UNION ALL SELECT serial FROM precertificates GROUP BY serial HAVING count(*) > 1"
-    )
-    assert not shared, f"serials used twice: {shared}"
-    across = await pool.fetch(
-        "SELECT p.serial FROM precertificates p JOIN certificates c ON c.serial = p.serial "
-        "WHERE c.order_id <> p.order_id"
-    )
-    assert not across, f"a serial shared between orders: {across}"
-    stuck = await pool.fetch(
-        "SELECT id, locked_by FROM issuance_jobs WHERE status = 'running' "
-        "AND locked_until < now() - interval '2 seconds'"
-    )
-    assert not stuck, f"jobs running past their lease: {stuck}"
-    unfinished = await pool.fetch(
-        "SELECT id, status FROM orders WHERE status IN ('processing') "
-        "OR (status = 'invalid' AND error IS NULL)"
-    )
-    assert not unfinished, f"orders neither finished nor failed with a problem: {unfinished}"
 
 
 async def _wait_orders(pool: asyncpg.Pool, order_ids: list[int], timeout: float) -> float:
@@ -537,7 +427,7 @@ async def _closed_by_server(reader: asyncio.StreamReader) -> bool:
 
 
 async def test_postgresql_restart_answers_503_then_serve_and_worker_recover(
-    shape: Shape,
+    shape: Shape, postgres: EmbeddedPostgres
 ) -> None:
     """The database stopped (fast shutdown) and started again: meanwhile requests that need
     it get 503 serverInternal with Retry-After, never a 500; afterwards the same serve and
@@ -550,11 +440,11 @@ async def test_postgresql_restart_answers_503_then_serve_and_worker_recover(
         )
         await acme.load_directory()
         assert (await acme.register(contact=["mailto:ops@faults.example.com"])).status == 201
-        await asyncio.to_thread(shape.postgres.stop)
+        await asyncio.to_thread(postgres.stop)
         try:
             during = [await acme.post(acme.account_url, None) for _ in range(3)]
         finally:
-            await asyncio.to_thread(shape.postgres.start)
+            await asyncio.to_thread(postgres.start)
         for reply in during:
             assert reply.status == 503, reply.body
             assert reply.body["type"] == "urn:ietf:params:acme:error:serverInternal"
@@ -600,71 +490,9 @@ def _haproxy_config(port: int, backends: list[int]) -> str:
     )
 
 
-def _retrying(what: str, step: Callable[[], _T], deadline: float) -> _T:
-    """One client step, retried as an ACME client retries: on a lost connection, a 5xx
-    (503 with Retry-After included) or badNonce."""
-    while True:
-        try:
-            return step()
-        except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError):
-            pass
-        except messages.Error as e:
-            if e.typ not in (
-                "urn:ietf:params:acme:error:serverInternal",
-                "urn:ietf:params:acme:error:badNonce",
-            ):
-                raise
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: still failing at the deadline")
-        time.sleep(0.3)
-
-
-def _order_retrying(
-    shape: Shape, acme: client.ClientV2, key: JWK, name: str, deadline: float
-) -> messages.OrderResource:
-    """One certificate for ``name``, each step retried (:func:`_retrying`)."""
-    order = _retrying("newOrder", functools.partial(acme.new_order, csr_pem([name])), deadline)
-    for authz in order.authorizations:
-        challb = next(c for c in authz.body.challenges if isinstance(c.chall, challenges.DNS01))
-        response, validation = challb.chall.response_and_validation(key)
-        shape.dns.set_txt(challb.chall.validation_domain_name(name), validation)
-
-        def answer(
-            challb: messages.ChallengeBody = challb,
-            response: challenges.ChallengeResponse = response,
-        ) -> None:
-            # A retry after a lost answer: the first POST started the validation, and a POST
-            # while it runs is answered 409 (CONC-1, as Boulder does): go on polling.
-            with contextlib.suppress(acme_errors.ConflictError):
-                acme.answer_challenge(challb, response)
-
-        _retrying("challenge", answer, deadline)
-    poll = functools.partial(
-        acme.poll_authorizations, order, dt.datetime.now() + dt.timedelta(seconds=30)
-    )
-    ready = _retrying("authorizations", poll, deadline)
-
-    def finalize() -> messages.OrderResource:
-        limit = dt.datetime.now() + dt.timedelta(seconds=60)
-        try:
-            return acme.finalize_order(ready, limit)
-        except messages.Error as e:  # finalized already, its answer lost: poll it
-            if e.typ != "urn:ietf:params:acme:error:orderNotReady":
-                raise
-            return acme.poll_finalization(ready, limit)
-
-    return _retrying("finalize", finalize, deadline)
-
-
-def _client_run(shape: Shape, directory: str, n: int, issued: list[str]) -> None:
-    """A client issuing ORDERS_EACH certificates through the load balancer, retrying."""
-    deadline = time.monotonic() + 180
-    account = functools.partial(acme_account, directory, shape.cafile)
-    acme, key = _retrying("account", account, deadline)
-    for i in range(ORDERS_EACH):
-        name = f"lb-{n}-{i}.faults.example.com"
-        assert _order_retrying(shape, acme, key, name, deadline).fullchain_pem
-        issued.append(name)
+def _lb_names(n: int) -> list[str]:
+    """The names client ``n`` of the topology test issues for, one certificate each."""
+    return [f"lb-{n}-{i}.faults.example.com" for i in range(ORDERS_EACH)]
 
 
 @pytest.mark.skipif(not Path(HAPROXY).exists(), reason="haproxy is not installed")
@@ -715,10 +543,10 @@ async def test_two_serves_behind_haproxy_and_two_workers_survive_a_kill_of_each(
             )
             assert reply.status == 201, reply.body
 
-        issued: list[str] = []
+        issued: dict[str, str] = {}
         runs = [
             asyncio.create_task(
-                asyncio.to_thread(_client_run, shape, f"{url}/directory", n, issued)
+                asyncio.to_thread(client_run, shape, f"{url}/directory", _lb_names(n), issued)
             )
             for n in range(CLIENTS)
         ]
@@ -735,9 +563,7 @@ async def test_two_serves_behind_haproxy_and_two_workers_survive_a_kill_of_each(
         f"{len(issued)} certificates through haproxy; serve and worker killed after "
         f"{killed_at}; dead-holder takeovers: {len(workers[1].events('issuance.holder_dead'))}"
     )
-    assert sorted(issued) == sorted(
-        f"lb-{n}-{i}.faults.example.com" for n in range(CLIENTS) for i in range(ORDERS_EACH)
-    )
+    assert sorted(issued) == sorted(name for n in range(CLIENTS) for name in _lb_names(n))
     assert killed_at < CLIENTS * ORDERS_EACH, "the kills landed after the load"
     assert fronts[1].alive() and workers[1].alive()
     shape.current = workers[1]

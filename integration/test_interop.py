@@ -536,7 +536,8 @@ class Lego(Client):
 
     def renew(self, issued: Issued, challenge: str) -> Issued:
         argv = self._argv(issued.names, issued.key_type, challenge, None)
-        self.run([*argv, "renew", "--days", "999", "--no-random-sleep"], env=self._env())
+        # lego renews only within --days of notAfter: any lifetime (Pebble's last 5 years).
+        self.run([*argv, "renew", "--days", "99999", "--no-random-sleep"], env=self._env())
         return self._snapshot(issued.names, issued.key_type)
 
     def revoke(self, issued: Issued) -> None:

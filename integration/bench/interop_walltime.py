@@ -228,6 +228,8 @@ class FlowResult:
     flow: str
     seconds: float
     error: str | None = None
+    #: The whole failure (command, output, log tails): in the JSON, not on the terminal.
+    detail: str | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -264,13 +266,22 @@ def _timed(
         result = action()
     except FLOW_ERRORS as exc:
         error = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        run.flows.append(FlowResult(target, client, flow, time.monotonic() - started, error))
-        _progress(f"{target} {client} {flow}: FAILED ({error})\n{exc}")
+        seconds = time.monotonic() - started
+        run.flows.append(FlowResult(target, client, flow, seconds, error, str(exc)))
+        _progress(f"{target} {client} {flow}: FAILED after {seconds:.2f} s: {error[:300]}")
         return None
     seconds = time.monotonic() - started
     run.flows.append(FlowResult(target, client, flow, seconds))
     _progress(f"{target} {client} {flow}: {seconds:.2f} s")
     return result
+
+
+def _renew(client: Any, issued: Any) -> Any:
+    """The client's renewal, which must have got a new certificate (a client that decided
+    not to renew would be timed doing nothing)."""
+    renewed = client.renew(issued, "http-01")
+    assert renewed.serial != issued.serial, "the client did not renew (same serial)"
+    return renewed
 
 
 def run_clients(
@@ -309,7 +320,7 @@ def run_clients(
                 elif target in kept:
                     client, issued = kept[target]
                     if flow == "renew":
-                        renew = functools.partial(client.renew, issued, "http-01")
+                        renew = functools.partial(_renew, client, issued)
                         renewed = _timed(run, target, client_name, flow, renew)
                         if renewed is not None:
                             kept[target] = (client, renewed)
@@ -337,7 +348,24 @@ def interop_server(kind: str, ca: Any, base: Path) -> Any:
     )
 
 
-def machine(workdir: Path) -> dict[str, Any]:
+def _git_describe() -> str | None:
+    """The commit measured (``--dirty`` when the tree has changes), None outside a checkout."""
+    import subprocess
+
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+        out = subprocess.run(
+            ["git", "-C", str(Path(__file__).parents[2]), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        if out.returncode == 0:
+            return out.stdout.strip()
+    return None
+
+
+def machine(workdir: Path, note: str | None) -> dict[str, Any]:
     def version(command: Sequence[str]) -> str | None:
         with contextlib.suppress(OSError):
             import subprocess
@@ -361,10 +389,9 @@ def machine(workdir: Path) -> dict[str, Any]:
         "lego": deb_version("lego") or (version([LEGO, "--version"]) if LEGO else None),
         "dehydrated": deb_version("dehydrated"),
         "uacme": version([UACME, "--version"]) if UACME else None,
-        "acme_ca_commit": version(
-            ["git", "-C", str(Path(__file__).parents[2]), "describe", "--always", "--dirty"]
-        ),
+        "acme_ca_commit": _git_describe(),
         "workdir": str(workdir),
+        "note": note,
     }
 
 
@@ -382,6 +409,7 @@ def report(run: Run, clients: Sequence[str]) -> str:
         f"- clients: certbot {m['certbot']}, lego {m['lego']}, dehydrated {m['dehydrated']}, "
         f"{m['uacme']}; pebble {m['pebble']}; both with "
         + ", ".join(f"{k}={v}" for k, v in KNOBS.items()),
+        *([f"- note: {m['note']}"] if m.get("note") else []),
         "- start-up (to the directory answering): "
         + ", ".join(f"{t} {s:.2f} s" for t, s in run.startup.items()),
         "",
@@ -451,6 +479,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help=f"only {','.join(MINIMAL_FLOWS)} (the CI test's smoke run)",
     )
+    parser.add_argument(
+        "--note", help="a line for the report's header (what was measured, e.g. a patch)"
+    )
     parser.add_argument("--json", type=Path, dest="json_path", help="write the raw figures")
     parser.add_argument("--markdown", type=Path, dest="markdown_path", help="write the table")
     parser.add_argument(
@@ -474,7 +505,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         workdir = Path(tempfile.mkdtemp(prefix="acme-ca-interop-bench-"))
         workdir.chmod(0o755)  # the embedded PostgreSQL's unprivileged user reads through it
-    run = Run(machine(workdir))
+    run = Run(machine(workdir, args.note))
     _progress(f"work directory {workdir}")
     with contextlib.ExitStack() as stack:
         processes = stack.enter_context(_Processes(workdir / "acme_ca" / "logs"))
@@ -489,12 +520,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             challsrv_tlsalpn01="off",
         )
         run.startup["acme_ca"] = ours.startup_seconds
+        # SIGTERM on the way out, also on errors: the server stops its embedded PostgreSQL.
+        stack.callback(ours.proc.stop)
         servers = {
             "pebble": interop_server("pebble", pebble_ca, workdir / "pebble"),
             "acme_ca": interop_server("acme_ca", ours, workdir / "acme_ca"),
         }
         run_clients(run, servers, workdir, args.clients, args.flows)
-        ours.stop()
     run.machine["loadavg_at_end"] = os.getloadavg()
     text = report(run, args.clients)
     print(text)

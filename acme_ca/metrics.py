@@ -18,6 +18,7 @@ scrape, at most every :data:`REFRESH_SECONDS`, through the readers main/ registe
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Final, Protocol
@@ -188,7 +189,8 @@ CRL_UPDATER_GENERATED: Final = Counter(
 )
 CRL_AGE: Final = Gauge(
     "crl_age_seconds",
-    "Age (now - thisUpdate) of the newest published CRL, per issuer, read from the database.",
+    "Age (now - thisUpdate) of the newest published CRL, per issuer, read from the database; "
+    "+Inf for an issuer the worker publishes for that has no CRL yet.",
     ["issuer"],
     registry=REGISTRY,
 )
@@ -497,10 +499,19 @@ def set_issuance_queue(queued: int, running: int, oldest_age_seconds: float) -> 
     ISSUANCE_QUEUE_OLDEST_AGE.set(oldest_age_seconds)
 
 
-def set_crl_times(times: Iterable[tuple[str, float, float]]) -> None:
-    """(issuer, age, seconds until nextUpdate) of each issuer's newest CRL."""
+def set_crl_times(times: Iterable[tuple[str, float, float]], expected: Iterable[str] = ()) -> None:
+    """(issuer, age, seconds until nextUpdate) of each issuer's newest CRL.
+
+    An ``expected`` issuer (one this process publishes for) with no CRL at all gets an age of
+    +Inf and no nextUpdate: a CRL never published is older than any bound, so the "CRL too
+    old" alert fires for it after its ``for`` delay, across restarts, as for a stale one."""
     CRL_AGE.clear()
     CRL_NEXT_UPDATE.clear()
+    seen: set[str] = set()
     for issuer, age, until_next in times:
+        seen.add(issuer)
         CRL_AGE.labels(issuer).set(age)
         CRL_NEXT_UPDATE.labels(issuer).set(until_next)
+    for issuer in expected:
+        if issuer not in seen:
+            CRL_AGE.labels(issuer).set(math.inf)

@@ -6,6 +6,7 @@ a CRL in PostgreSQL.  The whole processes are scraped in integration/test_metric
 from __future__ import annotations
 
 import asyncio
+import math
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -138,3 +139,35 @@ async def test_database_gauges_read_the_issuance_queue_and_the_newest_crls(
         stop()
         await storage.close()
     assert metrics.REGISTRY.get_sample_value("db_open_connections", {"pool": "test-gauges"}) is None
+
+
+async def test_crl_age_of_an_issuer_never_published_is_infinite_from_the_start(
+    dsn: str, pool: asyncpg.Pool
+) -> None:
+    """The worker names every CRL it publishes: one with no CRL yet reports +Inf (so
+    AcmeCaCrlTooOld fires for it, deploy/prometheus) and no nextUpdate; one published reports
+    its age; a process that publishes nothing reports only what the database holds."""
+    await pool.execute(
+        """INSERT INTO crls (issuer, number, this_update, next_update, der, entries,
+                             entries_digest, created_at)
+           VALUES ('dv-ecc', 1, $1::timestamptz, $1::timestamptz + interval '96 hours',
+                   '\\x30', 0, '\\x00', $1::timestamptz)""",
+        NOW - timedelta(hours=2),
+    )
+    storage = await open_storage(dsn, max_size=2)
+    stop = report_database(storage, "test-never", FixedClock(NOW), ["dv-ecc", "ov-rsa"])
+    try:
+        await metrics.refresh(max_age=0)
+        assert sample("crl_age_seconds", issuer="dv-ecc") == 2 * 3600
+        assert sample("crl_age_seconds", issuer="ov-rsa") == math.inf
+        labels = {"issuer": "ov-rsa"}
+        assert metrics.REGISTRY.get_sample_value("crl_next_update_seconds", labels) is None
+    finally:
+        stop()
+    stop = report_database(storage, "test-never", FixedClock(NOW))
+    try:
+        await metrics.refresh(max_age=0)
+        assert metrics.REGISTRY.get_sample_value("crl_age_seconds", {"issuer": "ov-rsa"}) is None
+    finally:
+        stop()
+        await storage.close()

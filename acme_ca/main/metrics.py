@@ -10,7 +10,7 @@ indexed queries at most every :data:`acme_ca.metrics.REFRESH_SECONDS`.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import structlog
 from aiohttp import web
@@ -65,10 +65,13 @@ async def metrics_listener(config: Config, process: str) -> AsyncIterator[Status
         await server.aclose()
 
 
-def report_database(storage: Storage, name: str, clock: Clock) -> Callable[[], None]:
+def report_database(
+    storage: Storage, name: str, clock: Clock, crl_issuers: Sequence[str] = ()
+) -> Callable[[], None]:
     """Report the use of ``storage``'s pool as ``pool=name`` and, from its database, the
     issuance queue and the newest CRLs, until the returned function is called (before the
-    pool closes)."""
+    pool closes). ``crl_issuers`` (the worker's: every CRL it publishes) get a CRL age from
+    the start, +Inf until their first CRL, so the alert cannot miss an issuer never published."""
     reads = GaugeReads(storage.pool)
 
     async def issuance_queue() -> None:
@@ -80,12 +83,15 @@ def report_database(storage: Storage, name: str, clock: Clock) -> Callable[[], N
     async def crls() -> None:
         now = clock.now()
         metrics.set_crl_times(
-            (
-                c.issuer,
-                (now - c.this_update).total_seconds(),
-                (c.next_update - now).total_seconds(),
-            )
-            for c in await reads.newest_crls()
+            [
+                (
+                    c.issuer,
+                    (now - c.this_update).total_seconds(),
+                    (c.next_update - now).total_seconds(),
+                )
+                for c in await reads.newest_crls()
+            ],
+            crl_issuers,
         )
 
     stops = [

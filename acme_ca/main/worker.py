@@ -152,13 +152,15 @@ async def run_worker(
         )
         ct = await stack.enter_async_context(_ct(config, logs, clock))
         storage = await stack.enter_async_context(_storage(config, dsn))
-        stack.callback(report_database(storage, "worker", clock))
         issuers = await stack.enter_async_context(_issuers(config, clock))
         # A profile the BRs of today forbid never signs (the front end refuses it too).
         await profile_catalog(config, clock)
         linter = await asyncio.to_thread(CertificateLinter)
         roots = await open_root_authorities(config)
         stack.push_async_callback(close_authorities, roots)
+        # Every CRL this worker publishes has an age series from now (+Inf before the first).
+        crl_issuers = [*issuers.names(), *(root.name for root in roots)]
+        stack.callback(report_database(storage, "worker", clock, crl_issuers))
         # One publisher per issuer's CRLs among all workers (docs/ha.md).
         crl_lock = AdvisoryLocks(storage.pool)
         stack.push_async_callback(crl_lock.aclose)

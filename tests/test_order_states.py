@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 import aiohttp
 import asyncpg
@@ -32,10 +34,12 @@ from acme_ca.acme.states import (
 )
 from acme_ca.acme.status import AuthorizationStatus, OrderStatus
 from acme_ca.clock import FixedClock
+from acme_ca.db.audit_chain import verify_chain
 from acme_ca.db.authorizations import NewAuthorization, ValidationOutcome
 from acme_ca.db.issuance import IssuanceRepository
-from acme_ca.db.order_events import apply_order_event
+from acme_ca.db.order_events import Order, apply_order_event
 from acme_ca.db.orders import OrderRepository
+from acme_ca.db.pool import create_pool
 from tests.fixtures import CaFactory
 from tests.support.jws import JwsClient
 from tests.support.problems import ERR
@@ -47,6 +51,7 @@ AE = AuthorizationEvent
 NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 LATER = NOW + timedelta(days=1)
 EARLIER = NOW - timedelta(seconds=1)
+T = TypeVar("T")
 
 #: RFC 8555 §7.1.6 Figure 10 and §7.3.6, written out here independently of the module.
 ORDER_ROWS = [
@@ -383,3 +388,107 @@ async def test_acme_ord_3_reading_an_expired_order_writes_nothing(
     refused = await client.post(created.body["finalize"], {"csr": "AAAA"})
     assert refused.status == 403 and refused.body["type"] == ERR + "orderNotReady"
     assert await pool.fetchrow("SELECT * FROM orders WHERE id = $1", order_id) == before
+
+
+async def _statements_of(
+    dsn: str, work: Callable[[OrderRepository], Awaitable[T]]
+) -> tuple[T, list[str]]:
+    """``work`` on a repository whose pool is one connection, with the statements it sent
+    (after a first run of ``work``, which also lets asyncpg introspect the types)."""
+    sent: list[str] = []
+    one = await create_pool(dsn, max_size=1)
+    try:
+        await work(OrderRepository(one))
+        async with one.acquire() as conn:
+            conn.add_query_logger(lambda q: sent.append(q.query))
+        result = await work(OrderRepository(one))
+        await asyncio.sleep(0)  # the logger runs from the loop, after each statement
+    finally:
+        await one.close()
+    return result, sent
+
+
+async def test_cp_5_4_1_new_order_in_one_statement_with_its_authorizations_and_audit_row(
+    pool: asyncpg.Pool, dsn: str
+) -> None:
+    """newOrder's writes (issue 20): the order, its new authorizations and their challenges
+    (in the order offered), its links by position (a reused authorization among them) and
+    the ``order.created`` audit row; one statement when nothing is reused."""
+    repo = OrderRepository(pool)
+    async with pool.acquire() as conn:
+        account_id = await _account(conn)
+    kinds = ("http-01", "dns-01", "tls-alpn-01")
+    made: list[tuple[NewAuthorization, NewAuthorization]] = []
+
+    def create(r: OrderRepository) -> Awaitable[Order]:
+        tokens = [os.urandom(16).hex() for _ in range(4)]
+        new = NewAuthorization(
+            "b.example.com", False, LATER, tuple(zip(kinds, tokens[:3], strict=True))
+        )
+        wild = NewAuthorization("c.example.com", True, LATER, (("dns-01", tokens[3]),))
+        made.append((new, wild))
+        return r.create_order(
+            account_id=account_id,
+            identifiers=[Identifier("dns", "b.example.com"), Identifier("dns", "*.c.example.com")],
+            expires_at=LATER,
+            reuse=[None, None],
+            new_authzs=[new, wild],
+            now=NOW,
+        )
+
+    lone, sent = await _statements_of(dsn, create)
+    new, wild = made[-1]
+    assert len(sent) == 1 and sent[0].lstrip().startswith("WITH o AS")
+    assert lone.status is S.PENDING and lone == await repo.get_order(lone.id)
+    first, second = [await repo.get_authorization(i) for i in lone.authz_ids]
+    assert first is not None and second is not None
+    assert (first.identifier, first.wildcard, second.identifier, second.wildcard) == (
+        "b.example.com",
+        False,
+        "c.example.com",
+        True,
+    )
+    assert [(c.type, c.token, c.status) for c in first.challenges] == [
+        (k, t, "pending") for k, t in new.challenges
+    ]
+    assert [(c.type, c.token) for c in second.challenges] == list(wild.challenges)
+    assert first.account_id == second.account_id == account_id
+    assert first.expires_at == second.expires_at == LATER and first.status is AS.PENDING
+
+    # Validate the first, then an order reusing it between two new authorizations.
+    assert await repo.start_challenge(first.challenges[0].id, now=NOW, lease=timedelta(1))
+    outcome = ValidationOutcome(True, [], None, LATER)
+    assert await repo.finish_validation(first.challenges[0].id, outcome, NOW) == []
+    names = ["d.example.com", "b.example.com", "e.example.com"]
+    mixed = await repo.create_order(
+        account_id=account_id,
+        identifiers=[Identifier("dns", n) for n in names],
+        expires_at=LATER,
+        reuse=[None, first.id, None],
+        new_authzs=[_pending("d.example.com"), None, _pending("e.example.com")],
+        now=NOW,
+        profile="dv",
+    )
+    assert mixed == await repo.get_order(mixed.id)
+    assert mixed.authz_ids[1] == first.id and mixed.status is S.PENDING
+    assert [s for s, _ in mixed.authz_states] == [AS.PENDING, AS.VALID, AS.PENDING]
+    stored = [await repo.get_authorization(i) for i in mixed.authz_ids]
+    assert [a.identifier for a in stored if a is not None] == names
+    links = await pool.fetch(
+        "SELECT authz_id, position FROM order_authorizations WHERE order_id = $1 ORDER BY position",
+        mixed.id,
+    )
+    assert [(r["authz_id"], r["position"]) for r in links] == [
+        (authz_id, position) for position, authz_id in enumerate(mixed.authz_ids)
+    ]
+    rows = await pool.fetch("SELECT * FROM audit_events WHERE event = 'order.created' ORDER BY id")
+    assert len(rows) == 3  # _statements_of's first run, lone, mixed
+    assert [r["order_id"] for r in rows[1:]] == [lone.id, mixed.id]
+    assert {(r["account_id"], r["actor"]) for r in rows} == {(account_id, f"account:{account_id}")}
+    assert rows[-2]["at"] == NOW and rows[-1]["details"] == {
+        "identifiers": [{"type": "dns", "value": n} for n in names],
+        "status": "pending",
+        "reused_authzs": [first.id],
+        "profile": "dv",
+    }
+    assert (await verify_chain(pool)).ok

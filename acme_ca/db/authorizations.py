@@ -1,7 +1,7 @@
 """Authorizations and their challenges as stored: the rows' dataclasses, loading one
-authorization with its challenges in one round trip, inserting a new one, and how an order's
-authorizations were validated.  The writes that move them are in :mod:`acme_ca.db.orders`,
-which moves their orders in the same transaction.
+authorization with its challenges in one round trip, and how an order's authorizations were
+validated.  New ones are inserted with their order, and the writes that move them are, in
+:mod:`acme_ca.db.orders`, which moves their orders in the same transaction.
 """
 
 from __future__ import annotations
@@ -130,29 +130,6 @@ def _authorization(row: asyncpg.Record) -> Authorization:
         validated_at=row["validated_at"],
         challenges=tuple(challenges),
     )
-
-
-async def insert_authorization(
-    conn: asyncpg.Connection, account_id: int, new: NewAuthorization, now: datetime
-) -> int:
-    """A pending authorization with its pending challenges; returns its id."""
-    authz_id: int = await conn.fetchval(
-        """INSERT INTO authorizations (account_id, identifier, wildcard, status,
-                                       expires_at, created_at, updated_at)
-           VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING id""",
-        account_id,
-        new.identifier,
-        new.wildcard,
-        AuthorizationStatus.PENDING,
-        new.expires_at,
-        now,
-    )
-    await conn.executemany(
-        """INSERT INTO challenges (authz_id, type, token, status, created_at, updated_at)
-           VALUES ($1, $2, $3, 'pending', $4, $4)""",
-        [(authz_id, kind, token, now) for kind, token in new.challenges],
-    )
-    return authz_id
 
 
 @dataclass(frozen=True)

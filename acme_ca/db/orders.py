@@ -10,6 +10,7 @@ from the row and the clock).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -27,14 +28,13 @@ from acme_ca.acme.states import (
     order_status,
 )
 from acme_ca.acme.status import AuthorizationStatus, OrderStatus
-from acme_ca.db.audit import record_event
+from acme_ca.db.audit import current_request_id, record_event
 from acme_ca.db.authorizations import (
     Authorization,
     AuthzValidation,
     Challenge,
     NewAuthorization,
     ValidationOutcome,
-    insert_authorization,
     load_authorization,
     load_challenge,
     order_validations,
@@ -46,6 +46,48 @@ from acme_ca.db.order_events import (
     advance_orders,
     order_from_row,
 )
+
+#: A new order in one statement (issue 20): the order, its new authorizations (``a``, created
+#: in position order, so their ids rank them), their challenges in the order offered, the
+#: order's links to its authorizations (``p``: reused ones as given, ``$14``; new ones by rank,
+#: ``$15``) and the audit row, which runs last (it reads ``c`` and ``l``).  Returns the order
+#: row with its authorizations' ids in position order.
+_CREATE_ORDER = """
+    WITH o AS (
+        INSERT INTO orders (account_id, status, identifiers, expires_at, replaces, profile,
+                            created_at, updated_at)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
+        RETURNING *),
+    a AS (
+        INSERT INTO authorizations (account_id, identifier, wildcard, status, expires_at,
+                                    created_at, updated_at)
+        SELECT $1, n.identifier, n.wildcard, 'pending', n.expires_at, $7, $7
+        FROM unnest($8::text[], $9::boolean[], $10::timestamptz[]) WITH ORDINALITY
+             AS n(identifier, wildcard, expires_at, rank)
+        ORDER BY n.rank
+        RETURNING id),
+    r AS (SELECT id, row_number() OVER (ORDER BY id) AS rank FROM a),
+    c AS (
+        INSERT INTO challenges (authz_id, type, token, status, created_at, updated_at)
+        SELECT (SELECT r.id FROM r WHERE r.rank = x.rank), x.type, x.token, 'pending', $7, $7
+        FROM unnest($11::int[], $12::text[], $13::text[]) WITH ORDINALITY
+             AS x(rank, type, token, ord)
+        ORDER BY x.ord
+        RETURNING id),
+    p AS (
+        SELECT (x.pos - 1)::int AS position,
+               coalesce(x.reused, (SELECT r.id FROM r WHERE r.rank = x.rank)) AS authz_id
+        FROM unnest($14::bigint[], $15::int[]) WITH ORDINALITY AS x(reused, rank, pos)),
+    l AS (
+        INSERT INTO order_authorizations (order_id, authz_id, position)
+        SELECT o.id, p.authz_id, p.position FROM o, p ORDER BY p.position
+        RETURNING position),
+    e AS (
+        INSERT INTO audit_events (at, event, actor, account_id, order_id, request_id, details)
+        SELECT $7, 'order.created', $16::text, $1, o.id, $17::text, $18::jsonb
+        FROM o, (SELECT count(*) FROM c) AS cc, (SELECT count(*) FROM l) AS lc)
+    SELECT o.*, array(SELECT p.authz_id FROM p ORDER BY p.position) AS authz_ids FROM o
+"""
 
 
 @dataclass(frozen=True)
@@ -144,7 +186,7 @@ class OrderRepository:
         replaces: Replacement | None = None,
         profile: str = "dv",
     ) -> Order:
-        """Create the order, its new authorizations and challenges, in one transaction.
+        """Create the order, its new authorizations and challenges, atomically.
 
         ``reuse[i]`` names an existing authorization for position ``i``; otherwise
         ``new_authzs[i]`` describes one to create.  The order starts ``pending`` and moves by
@@ -152,8 +194,17 @@ class OrderRepository:
         ``replaces``, raises :class:`AlreadyReplaced` if an order that is not invalid
         already replaces that certificate; the certificate row is locked meanwhile, so two
         concurrent replacements cannot both be accepted.  Returns the order as inserted.
+
+        The order, its authorizations, challenges, links and audit row are one statement
+        (issue 20); an order that reuses authorizations or replaces a certificate reads and
+        locks those first, in the same transaction.
         """
-        async with self._pool.acquire() as conn, conn.transaction():
+        reused_ids = [r for r in reuse if r is not None]
+        async with contextlib.AsyncExitStack() as stack:
+            conn = await stack.enter_async_context(self._pool.acquire())
+            reused: dict[int, tuple[AuthorizationStatus, datetime]] = {}
+            if replaces is not None or reused_ids:
+                await stack.enter_async_context(conn.transaction())
             if replaces is not None:
                 await conn.execute(
                     "SELECT 1 FROM certificates WHERE id = $1 FOR UPDATE",
@@ -162,17 +213,19 @@ class OrderRepository:
                 other = await _replacing_order(conn, replaces, now)
                 if other is not None:
                     raise AlreadyReplaced(other)
-            # The reused authorizations as they are now, share-locked until this order is
-            # stored: a concurrent validation or deactivation either commits first and is
-            # read here, or waits and then finds this order to move (advance_orders).
-            reused = {
-                r["id"]: (AuthorizationStatus(r["status"]), r["expires_at"])
-                for r in await conn.fetch(
-                    "SELECT id, status, expires_at FROM authorizations "
-                    "WHERE id = ANY($1::bigint[]) ORDER BY id FOR SHARE",
-                    [r for r in reuse if r is not None],
-                )
-            }
+            if reused_ids:
+                # The reused authorizations as they are now, share-locked until this order
+                # is stored: a concurrent validation or deactivation either commits first
+                # and is read here, or waits and then finds this order to move
+                # (advance_orders).
+                reused = {
+                    r["id"]: (AuthorizationStatus(r["status"]), r["expires_at"])
+                    for r in await conn.fetch(
+                        "SELECT id, status, expires_at FROM authorizations "
+                        "WHERE id = ANY($1::bigint[]) ORDER BY id FOR SHARE",
+                        reused_ids,
+                    )
+                }
             states = [
                 reused[existing]
                 if existing is not None
@@ -182,10 +235,23 @@ class OrderRepository:
             event = authorizations_event(authz_status(st, exp, now) for st, exp in states)
             status = ORDERS.apply(OrderStatus.PENDING, [event] if event else [])
             identifiers_json = [i.to_json() for i in identifiers]
+            # Position i takes reuse[i], or the k-th authorization created (k counted from 1
+            # over the positions that create one, in position order).
+            new_rank: list[int | None] = []
+            created: list[NewAuthorization] = []
+            for existing, new in zip(reuse, new_authzs, strict=True):
+                if existing is None:
+                    created.append(_new(new))
+                    new_rank.append(len(created))
+                else:
+                    new_rank.append(None)
+            challenge_rows = [
+                (rank, kind, token)
+                for rank, new in enumerate(created, start=1)
+                for kind, token in new.challenges
+            ]
             row = await conn.fetchrow(
-                """INSERT INTO orders (account_id, status, identifiers, expires_at, replaces,
-                                       profile, created_at, updated_at)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING *""",
+                _CREATE_ORDER,
                 account_id,
                 status,
                 identifiers_json,
@@ -193,32 +259,20 @@ class OrderRepository:
                 replaces.cert_id if replaces else None,
                 profile,
                 now,
-            )
-            order_id = row["id"]
-            authz_ids: list[int] = []
-            for position, (existing, new) in enumerate(zip(reuse, new_authzs, strict=True)):
-                authz_id = existing
-                if authz_id is None:
-                    authz_id = await insert_authorization(conn, account_id, _new(new), now)
-                authz_ids.append(authz_id)
-                await conn.execute(
-                    "INSERT INTO order_authorizations (order_id, authz_id, position) "
-                    "VALUES ($1, $2, $3)",
-                    order_id,
-                    authz_id,
-                    position,
-                )
-            await record_event(
-                conn,
-                "order.created",
-                at=now,
-                actor=f"account:{account_id}",
-                account_id=account_id,
-                order_id=order_id,
-                details={
+                [n.identifier for n in created],
+                [n.wildcard for n in created],
+                [n.expires_at for n in created],
+                [rank for rank, _, _ in challenge_rows],
+                [kind for _, kind, _ in challenge_rows],
+                [token for _, _, token in challenge_rows],
+                list(reuse),
+                new_rank,
+                f"account:{account_id}",
+                current_request_id(),
+                {
                     "identifiers": identifiers_json,
                     "status": status,
-                    "reused_authzs": [r for r in reuse if r],
+                    "reused_authzs": reused_ids,
                     "profile": profile,
                     **({"replaces": replaces.cert_id} if replaces else {}),
                 },
@@ -227,7 +281,6 @@ class OrderRepository:
             {
                 **dict(row),
                 "certificate_id": None,
-                "authz_ids": authz_ids,
                 "authz_statuses": [st for st, _ in states],
                 "authz_expiries": [exp for _, exp in states],
             }

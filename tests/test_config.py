@@ -80,6 +80,8 @@ TEST_MODE_ONLY = [
     ("ACME_CA_DETERMINISTIC", "true", "deterministic"),
     ("ACME_CA_PEBBLE_CONFIG", "/dev/null", "pebble_config"),
     ("ACME_CA_HTTPS01_PORT", "5003", "https01_port"),
+    ("ACME_CA_ALTERNATE_ROOTS", "1", "alternate_roots"),
+    ("ACME_CA_CHAIN_LENGTH", "2", "chain_length"),
 ]
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from acme_ca.cli import _overrides, _parser
 from acme_ca.config import Config, ConfigError, load_config
-from acme_ca.config.pebble import PEBBLE_MAX_VALIDATION_SLEEP, pebble_hierarchy_differences
+from acme_ca.config.pebble import PEBBLE_MAX_VALIDATION_SLEEP
 
 
 def in_test_mode(env: dict[str, str], **overrides: object) -> Config:
@@ -75,19 +75,31 @@ def test_pebble_wfe_orders_per_page() -> None:
 
 
 def test_pebble_alternate_roots() -> None:
-    """Read; the test hierarchy has one alternate root, so another value is warned about
-    (``testmode.pebble_variable_not_honoured``) rather than silently taken."""
-    assert pebble_hierarchy_differences({"PEBBLE_ALTERNATE_ROOTS": "1"}) == {}
-    assert pebble_hierarchy_differences({"PEBBLE_ALTERNATE_ROOTS": "3"}) == {
-        "PEBBLE_ALTERNATE_ROOTS": "3"
-    }
+    """Read into ``alternate_roots`` (the hierarchy's extra chains, tests/test_pebble_chains.py);
+    unset with PEBBLE_CHAIN_LENGTH unset too, the development hierarchy stays."""
+    assert in_test_mode({"PEBBLE_ALTERNATE_ROOTS": "3"}).alternate_roots == 3
+    assert in_test_mode({"PEBBLE_ALTERNATE_ROOTS": "0"}).alternate_roots == 0
+    assert in_test_mode({}).alternate_roots is None
+    with pytest.raises(ConfigError, match="alternate_roots"):
+        in_test_mode({"PEBBLE_ALTERNATE_ROOTS": "64"})
 
 
 def test_pebble_chain_length() -> None:
-    assert pebble_hierarchy_differences({"PEBBLE_CHAIN_LENGTH": "1"}) == {}
-    assert pebble_hierarchy_differences({"PEBBLE_CHAIN_LENGTH": "2"}) == {
-        "PEBBLE_CHAIN_LENGTH": "2"
-    }
+    """Pebble's meaning: the certificates between leaf and root (``newChain``'s
+    numIntermediates); 0 makes Pebble panic, and is refused here."""
+    assert in_test_mode({"PEBBLE_CHAIN_LENGTH": "2"}).chain_length == 2
+    assert in_test_mode({}).chain_length is None
+    for bad in ("0", "11", "-1"):
+        with pytest.raises(ConfigError, match="chain_length"):
+            in_test_mode({"PEBBLE_CHAIN_LENGTH": bad})
+
+
+def test_chain_shape_ignored_outside_test_mode_refused_with_a_pki_dir() -> None:
+    """Outside test mode Pebble's names change nothing (the ACME_CA_* spellings are refused:
+    tests/test_config.py); a configured pki_dir is never generated, so it cannot be shaped."""
+    assert load_config(env={"PEBBLE_CHAIN_LENGTH": "2"}).chain_length is None
+    with pytest.raises(ConfigError, match="pki_dir is not generated"):
+        in_test_mode({"PEBBLE_CHAIN_LENGTH": "2", "ACME_CA_PKI_DIR": "/srv/pki"})
 
 
 ALL_PEBBLE = {

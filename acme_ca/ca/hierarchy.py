@@ -299,8 +299,10 @@ async def _issuing_ca(
     not_before: datetime,
     urls: _Urls,
     policy_oid: str,
+    parent_name: str = ROOT_R1.name,
 ) -> x509.Certificate:
-    """BR 7.1.2.6 TLS subordinate CA certificate for ``signer``'s key, signed by root."""
+    """BR 7.1.2.6 TLS subordinate CA certificate for ``signer``'s key, signed by ``root``
+    (the CA named ``parent_name``: Root R1, or a test-mode chain's root or intermediate)."""
     public_key = signer.public_key
     not_after = min(not_before + ISSUER_VALIDITY - timedelta(seconds=1), root.not_valid_after_utc)
     builder = (
@@ -318,7 +320,7 @@ async def _issuing_ca(
         .add_extension(_aki(root), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
     )
-    builder = _status_links(builder, urls, ROOT_R1.name)
+    builder = _status_links(builder, urls, parent_name)
     return await _sign(builder, root_signer)
 
 
@@ -430,8 +432,12 @@ async def init_hierarchy(
     """Create the development hierarchy under ``config.pki_path``; return issuers.toml's path.
 
     Idempotent: with issuers.toml present nothing is done.  ``key_label_prefix`` names the
-    HSM keys (``<prefix>-root-r1`` …); tests sharing one token give each run its own.
+    HSM keys (``<prefix>-root-r1`` …); tests sharing one token give each run its own.  Test
+    mode's ``alternate_roots``/``chain_length`` (Pebble's variables) give Pebble's shape
+    instead (:mod:`acme_ca.ca.hierarchy_chains`).
     """
+    from acme_ca.ca.hierarchy_chains import ChainShape, create_chains
+
     pki = config.pki_path
     issuers_toml = pki / ISSUERS_FILE
     if await asyncio.to_thread(issuers_toml.exists):
@@ -447,7 +453,12 @@ async def init_hierarchy(
         await asyncio.to_thread(_check_empty, pki)
         closer = _Closer()
         try:
-            await _create(config, pki, clock or SystemClock(), key_label_prefix, closer)
+            shape = ChainShape.of(config)
+            if shape is None:
+                await _create(config, pki, clock or SystemClock(), key_label_prefix, closer)
+            else:
+                keys = _KeyStore(config, pki, key_label_prefix, closer)
+                await create_chains(config, clock or SystemClock(), keys, shape)
         finally:
             await closer.aclose()
     return issuers_toml
@@ -476,34 +487,58 @@ async def _create(
         signer, key = await keys.create(ca)
         cert = await _issuing_ca(ca, signer, r1, r1_signer, not_before, urls, config.policy_oid)
         files[ca.file] = _pem(cert)
-        table: dict[str, str | list[str] | list[list[str]]] = {
-            "certificate": ca.file,
-            "chain": [],
-            "alternate_chains": [[CROSS_FILE]],
-            **key,
-            "crl_url": urls.crl(ca.name),
-            "ocsp_url": urls.ocsp(ca.name),
-            "ca_issuers_url": urls.ca_issuers(ca.name),
-            # DV tables keep the shape older releases wrote (no key means "dv").
-            **({"purpose": ca.purpose} if ca.purpose != "dv" else {}),
-        }
-        tables.append(_toml_table(f"issuers.{ca.name}", table))
-        _log.info(
-            "hierarchy.issuer_created",
-            issuer=ca.name,
-            subject=cert.subject.rfc4514_string(),
-            key_type=ca.key_spec,
-            purpose=ca.purpose,
-            in_hsm=keys.in_hsm,
-        )
+        tables.append(_issuer_table(ca, key, urls, [], [[CROSS_FILE]]))
+        _log_issuer(ca, cert, in_hsm=keys.in_hsm)
     for ca, root_key in ((ROOT_R1, r1_key), (ROOT_X1, x1_key)):
-        tables.append(
-            _toml_table(
-                f"roots.{ca.name}",
-                {"certificate": ca.file, **root_key, "crl_url": urls.crl(ca.name)},
-            )
-        )
+        tables.append(_ca_table(ca, root_key, urls))
+    await _write_hierarchy(pki, not_before, files, tables, in_hsm=keys.in_hsm)
 
+
+def _issuer_table(
+    ca: CaSpec,
+    key: Mapping[str, str],
+    urls: _Urls,
+    chain: list[str],
+    alternate_chains: list[list[str]],
+) -> str:
+    """The ``[issuers.<name>]`` table of an issuing CA."""
+    table: dict[str, str | list[str] | list[list[str]]] = {
+        "certificate": ca.file,
+        "chain": chain,
+        "alternate_chains": alternate_chains,
+        **key,
+        "crl_url": urls.crl(ca.name),
+        "ocsp_url": urls.ocsp(ca.name),
+        "ca_issuers_url": urls.ca_issuers(ca.name),
+        # DV tables keep the shape older releases wrote (no key means "dv").
+        **({"purpose": ca.purpose} if ca.purpose != "dv" else {}),
+    }
+    return _toml_table(f"issuers.{ca.name}", table)
+
+
+def _log_issuer(ca: CaSpec, cert: x509.Certificate, *, in_hsm: bool) -> None:
+    _log.info(
+        "hierarchy.issuer_created",
+        issuer=ca.name,
+        subject=cert.subject.rfc4514_string(),
+        key_type=ca.key_spec,
+        purpose=ca.purpose,
+        in_hsm=in_hsm,
+    )
+
+
+def _ca_table(ca: CaSpec, key: Mapping[str, str], urls: _Urls) -> str:
+    """The ``[roots.<name>]`` table of a CA above the issuers whose CRLs this installation
+    signs (its key is at hand: a development hierarchy)."""
+    return _toml_table(
+        f"roots.{ca.name}", {"certificate": ca.file, **key, "crl_url": urls.crl(ca.name)}
+    )
+
+
+async def _write_hierarchy(
+    pki: Path, not_before: datetime, files: Mapping[str, bytes], tables: list[str], *, in_hsm: bool
+) -> None:
+    """Write the certificates, then issuers.toml (atomically, last) with ``tables``."""
     text = (
         f"# Development hierarchy written by `acme-ca init` at {not_before.isoformat()}.\n"
         "# NOT publicly trusted. Format: see the docstring of acme_ca/ca/issuers_file.py.\n"
@@ -520,4 +555,4 @@ async def _create(
         _write_atomically(pki / ISSUERS_FILE, text)
 
     await asyncio.to_thread(write)
-    _log.info("hierarchy.created", path=str(pki), in_hsm=keys.in_hsm)
+    _log.info("hierarchy.created", path=str(pki), in_hsm=in_hsm)

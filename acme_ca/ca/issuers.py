@@ -26,6 +26,7 @@ from acme_ca.ca.issuers_file import (
     IssuerConfigError,
     KeyRef,
     RootEntry,
+    alternate_path,
     extension_value,
     read_issuers_file,
 )
@@ -101,8 +102,9 @@ class Issuer:
         ``alternate=None`` gives the primary chain (towards ``root``); ``alternate=i`` gives
         ``alternate_chains[i]``, for RFC 8555 §7.4.2 ``Link: rel="alternate"``.
         """
-        rest = self.chain if alternate is None else self.alternate_chains[alternate]
-        return _pem((self.certificate, *rest))
+        if alternate is None:
+            return _pem((self.certificate, *self.chain))
+        return _pem(alternate_path(self.certificate, self.alternate_chains[alternate]))
 
 
 @dataclass

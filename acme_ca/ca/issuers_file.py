@@ -21,6 +21,8 @@ so a misspelt key cannot be silently ignored::
     chain = []
     # Further chains offered as RFC 8555 §7.4.2 Link: rel="alternate", each nearest first
     # and ending below some other root, e.g. a cross-certificate of `root` by an older root.
+    # A chain may begin with another certificate for this issuing CA (same subject and key,
+    # issued by another CA): it then stands in for `certificate` in that chain.
     alternate_chains = [["cross-r1-by-x1.pem"]]
     # Where the private key is: exactly one of
     pkcs11_key_label = "acme-ca-dv-rsa"      # CKA_LABEL in the token config.pkcs11_token_label
@@ -265,7 +267,7 @@ def _parse_issuer(
         alternate = tuple(_load_chain(base, raw, what))
         if not alternate:
             raise IssuerConfigError(f"{what} is empty")
-        _check_links((cert, *alternate), what)
+        _check_links(alternate_path(cert, alternate), what)
         alternates.append(alternate)
 
     return IssuerEntry(
@@ -391,6 +393,22 @@ def _require_ca(cert: x509.Certificate, what: str) -> None:
             f"{what} ({cert.subject.rfc4514_string()}) may not sign certificates "
             "(keyUsage lacks keyCertSign)"
         )
+
+
+def alternate_path(
+    certificate: x509.Certificate, alternate: Sequence[x509.Certificate]
+) -> tuple[x509.Certificate, ...]:
+    """The certificates an alternate chain serves after the leaf: the issuer's
+    ``certificate`` and then ``alternate``, unless ``alternate`` begins with another
+    certificate for the issuer itself (same subject and public key, issued by another CA, as
+    in test mode's Pebble-shaped chains), which then stands in for ``certificate``."""
+    if alternate and _same_ca(alternate[0], certificate):
+        return tuple(alternate)
+    return (certificate, *alternate)
+
+
+def _same_ca(a: x509.Certificate, b: x509.Certificate) -> bool:
+    return a.subject == b.subject and a.public_key() == b.public_key()
 
 
 def _check_links(path: Sequence[x509.Certificate], what: str) -> None:

@@ -531,7 +531,7 @@ class SigningWorker:
                 not_after=job.not_after,
                 chain_pem=_pem((issuer.certificate, *issuer.chain)),
                 alternate_chains=[
-                    _pem((issuer.certificate, *chain)) for chain in issuer.alternate_chains
+                    issuer.pem_chain(i).decode() for i in range(len(issuer.alternate_chains))
                 ],
                 scts=job.scts,
             ),

@@ -129,6 +129,7 @@ def check(config: Config) -> None:  # noqa: C901 -- a checklist: one check per c
             "nonce_reject_percent, validation_delay_seconds, always_valid and "
             "authz_reuse_percent are test-mode knobs (serve --test)"
         )
+    _check_chain_shape(config)
     if config.test_mode and config.pkcs11_module:
         raise ConfigError("test_mode cannot be combined with an HSM (pkcs11_module)")
     if config.status_listen != "off":
@@ -142,6 +143,23 @@ def check(config: Config) -> None:  # noqa: C901 -- a checklist: one check per c
     except ValueError as exc:
         raise ConfigError(f"caa_identities: {exc}") from None
     _check_profiles(config)
+
+
+def _check_chain_shape(config: Config) -> None:
+    """``alternate_roots`` and ``chain_length`` shape the hierarchy test mode generates."""
+    if config.alternate_roots is None and config.chain_length is None:
+        return
+    if not config.test_mode:
+        raise ConfigError("alternate_roots and chain_length are test-mode knobs (serve --test)")
+    if config.pki_dir is not None:
+        raise ConfigError(
+            "alternate_roots and chain_length shape the generated hierarchy; a configured "
+            "pki_dir is not generated"
+        )
+    if config.alternate_roots is not None and not 0 <= config.alternate_roots <= 63:
+        raise ConfigError("alternate_roots (PEBBLE_ALTERNATE_ROOTS) must be 0..63")
+    if config.chain_length is not None and not 1 <= config.chain_length <= 10:
+        raise ConfigError("chain_length (PEBBLE_CHAIN_LENGTH) must be 1..10")
 
 
 def _check_profiles(config: Config) -> None:

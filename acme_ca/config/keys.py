@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from acme_ca.config.base import split_host_port
+from acme_ca.config.base import DEFAULT_CHALLENGE_TYPES, split_host_port
 from acme_ca.config.checks import check
 from acme_ca.profiles import (
     DEFAULT_PROFILE,
@@ -33,8 +33,6 @@ DEFAULT_METRICS_LISTEN = {
     "worker": "127.0.0.1:14091",
     "remote-va": "127.0.0.1:14092",
 }
-DEFAULT_CHALLENGE_TYPES = ("http-01", "dns-01", "tls-alpn-01")
-"""The validation methods offered unless ``challenge_types`` says otherwise."""
 
 
 def _key(default: Any, doc: str, **kwargs: Any) -> Any:
@@ -429,6 +427,21 @@ class Config:
         "its members we support set the matching keys (below TOML, env and flags), its "
         "`externalAccountMACKeys` become EAB keys that bind any number of accounts, as in "
         "Pebble, and the members we ignore are logged (`testmode.pebble_config`).",
+    )
+    alternate_roots: int | None = _key(
+        None,
+        "Test mode: chains besides the primary one (Pebble's PEBBLE_ALTERNATE_ROOTS, 0..63). "
+        "With this or `chain_length` set, the generated hierarchy has Pebble's shape: 1 + N "
+        "chains, each with its own root, its intermediates and its own certificate for each "
+        "issuing CA (same key), the first issued with, the others offered as alternate "
+        "chains. Unset (both): the development hierarchy, whose one alternate chain reaches "
+        "Root X1 through a cross-certificate. Refused outside test mode and with `pki_dir`.",
+    )
+    chain_length: int | None = _key(
+        None,
+        "Test mode: certificates between a leaf and its root, the issuing CA's included, the "
+        "root's not (Pebble's PEBBLE_CHAIN_LENGTH, 1..10; 1: the root signs the issuing CA). "
+        "See `alternate_roots`.",
     )
     nonce_reject_percent: int = _key(
         0,

@@ -28,10 +28,9 @@ PEBBLE_ENV = {
     "PEBBLE_AUTHZREUSE": "authz_reuse_percent",
     "PEBBLE_VA_ALWAYS_VALID": "always_valid",
     "PEBBLE_WFE_ORDERS_PER_PAGE": "orders_page_size",
+    "PEBBLE_ALTERNATE_ROOTS": "alternate_roots",
+    "PEBBLE_CHAIN_LENGTH": "chain_length",
 }
-#: Pebble's hierarchy variables and the value test mode's hierarchy has (one alternate root,
-#: Root X1; chains of one issuing CA): another value is named in a warning at start.
-PEBBLE_HIERARCHY_ENV = {"PEBBLE_ALTERNATE_ROOTS": 1, "PEBBLE_CHAIN_LENGTH": 1}
 #: Pebble sleeps up to this long before each validation unless PEBBLE_VA_NOSLEEP is set
 #: (va.go defaultSleepTime); PEBBLE_VA_SLEEPTIME changes it.
 PEBBLE_MAX_VALIDATION_SLEEP = 5
@@ -57,15 +56,6 @@ def pebble_validation_sleep(env: Mapping[str, str]) -> int | None:
     if sleeptime is not None and sleeptime.strip().isdigit() and int(sleeptime) >= 1:
         return int(sleeptime)
     return PEBBLE_MAX_VALIDATION_SLEEP
-
-
-def pebble_hierarchy_differences(env: Mapping[str, str]) -> dict[str, str]:
-    """PEBBLE_ALTERNATE_ROOTS / PEBBLE_CHAIN_LENGTH values the test hierarchy does not have."""
-    return {
-        variable: env[variable]
-        for variable, ours in PEBBLE_HIERARCHY_ENV.items()
-        if variable in env and env[variable].strip() != str(ours)
-    }
 
 
 #: Pebble config member -> our configuration key.

@@ -26,6 +26,7 @@ from acme_ca.remote_va.primary import build_validator
 from acme_ca.tls import ensure_local_tls, server_ssl_context
 from acme_ca.va.authority import ValidationAuthority
 from acme_ca.va.perspectives import load_mpic_setup
+from acme_ca.va.settings import VASettings
 from acme_ca.wfe import urls
 from acme_ca.wfe.middleware.load_shedding import GuardedRunner, close_listener, listen
 
@@ -40,7 +41,9 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
 
 async def ensure_hierarchy(config: Config) -> None:
     """On the embedded defaults (no ``pki_dir`` configured), create the development
-    hierarchy on first start; a configured ``pki_dir`` must already hold issuers.toml."""
+    hierarchy on first start; a configured ``pki_dir`` must already hold issuers.toml.  In
+    test mode an existing one must have the chains ``alternate_roots``/``chain_length`` ask
+    for (Pebble's variables)."""
     if config.pki_dir is None and not (config.pki_path / ISSUERS_FILE).exists():
         path = await init_hierarchy(config)
         log.warning(
@@ -48,6 +51,10 @@ async def ensure_hierarchy(config: Config) -> None:
             issuers=str(path),
             root=str((config.pki_path / "root.pem").resolve()),
         )
+    elif config.test_mode:
+        from acme_ca.ca.hierarchy_chains import check_chain_shape
+
+        await asyncio.to_thread(check_chain_shape, config)
 
 
 async def serve(
@@ -98,7 +105,8 @@ async def _serve(
     await ensure_hierarchy(config)
     # A configuration the BRs do not allow never starts anything.
     assessment = await deployment_gate(config, clock.now(), process="serve")
-    mpic = load_mpic_setup(config, clock.now())
+    va = VASettings.from_config(config)
+    mpic = load_mpic_setup(va.mpic, clock.now())
     stop = stop or asyncio.Event()
     _stop_on_signals(stop)
     if config.database_url is None:
@@ -121,7 +129,7 @@ async def _serve(
             if mpic.local_test_perspectives:
                 from acme_ca.remote_va.local import local_remote_vas
 
-                mpic = await stack.enter_async_context(local_remote_vas(config))
+                mpic = await stack.enter_async_context(local_remote_vas(va, config.home))
         if config.status_listen != "off":
             try:
                 status = await start_status_server(config, dsn)
@@ -154,7 +162,7 @@ async def _serve(
             )
             stack.push_async_callback(_stop_worker, worker, worker_stop)
         ssl_context = await asyncio.to_thread(server_ssl_context, config)
-        validator = build_validator(config, clock, mpic)
+        validator = build_validator(va, clock, mpic)
         if isinstance(validator, ValidationAuthority):
             stack.push_async_callback(validator.aclose)
         app = create_app(

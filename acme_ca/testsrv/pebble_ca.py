@@ -2,8 +2,9 @@
 
 The certificates and keys come from the test hierarchy's issuers.toml (read once at start);
 certificate status from the database.  Chain 0 is the primary root's; chain N (N >= 1) is
-the N-th alternate root's, reached through the cross-certificates in the issuers' alternate
-chains.  Keys are the software key files of test mode's generated hierarchy (test mode
+the root's that the issuers' alternate chain N - 1 reaches (Root X1 through a
+cross-certificate, or in Pebble's shape, :mod:`acme_ca.ca.hierarchy_chains`, that chain's own
+root).  Keys are the software key files of test mode's generated hierarchy (test mode
 refuses an HSM), handed out as Pebble hands out its throwaway keys.
 """
 
@@ -21,7 +22,7 @@ from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from acme_ca.ca.issuers_file import IssuersFile, KeyRef, read_issuers_file
+from acme_ca.ca.issuers_file import IssuersFile, KeyRef, alternate_path, read_issuers_file
 from acme_ca.config import Config
 from acme_ca.config.base import split_host_port
 from acme_ca.db.certificates import CertificateRecord, CertificateRepository
@@ -41,38 +42,40 @@ def _pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(Encoding.PEM)
 
 
-def _self_signed(cert: x509.Certificate) -> bool:
-    return cert.subject == cert.issuer
-
-
-def _ends_at(chain: tuple[x509.Certificate, ...], root: x509.Certificate) -> bool:
-    """The chain reaches ``root``: it ends in it, or in a certificate it issued."""
-    return bool(chain) and (chain[-1] == root or chain[-1].issuer == root.subject)
-
-
 def _key_pem(ref: KeyRef | None) -> bytes | None:
     if ref is None or ref.key_file is None:
         return None
     return ref.key_file.read_bytes()
 
 
+def _unique(certs: list[x509.Certificate]) -> list[x509.Certificate]:
+    return list(dict.fromkeys(certs))
+
+
 def _chains(issuers: IssuersFile) -> tuple[list[bytes], list[bytes], list[bytes], bytes]:
     """Roots, the intermediates of each chain (PEM, concatenated), root keys and the issuers'
-    keys (concatenated, in the order of the intermediates)."""
-    roots = [issuers.root]
-    for root_entry in issuers.roots.values():
-        if root_entry.certificate not in roots:
-            roots.append(root_entry.certificate)
+    keys (concatenated, in the order of the intermediates).
+
+    Chain 0 is every issuer's primary chain, up to ``root``; chain N (N >= 1) is every
+    issuer's alternate chain N - 1, up to the root that signed its last certificate.  A
+    chain's intermediates are the issuing CAs' certificates in it, then the certificates
+    above them (nearest first): Pebble answers only the first, the one that signs."""
     ordered = sorted(issuers.issuers.values(), key=lambda e: e.name)
-    intermediates = [b"".join(_pem(e.certificate) for e in ordered)]
-    for root in roots[1:]:
-        certs: list[x509.Certificate] = []
-        for entry in ordered:
-            for chain in entry.alternate_chains:
-                if _ends_at(chain, root):
-                    for cert in (entry.certificate, *chain):
-                        if not _self_signed(cert) and cert not in certs:
-                            certs.append(cert)
+    paths = [[(e.certificate, *e.chain) for e in ordered]]
+    count = min(len(e.alternate_chains) for e in ordered)
+    for n in range(count):
+        paths.append([alternate_path(e.certificate, e.alternate_chains[n]) for e in ordered])
+    self_signed = {e.certificate.subject: e.certificate for e in issuers.roots.values()}
+    self_signed = {k: v for k, v in self_signed.items() if v.subject == v.issuer}
+    self_signed[issuers.root.subject] = issuers.root
+    roots: list[x509.Certificate] = []
+    intermediates: list[bytes] = []
+    for chain in paths:
+        root = self_signed.get(chain[0][-1].issuer)
+        if root is None:
+            break  # an alternate chain ending below a root issuers.toml does not hold
+        roots.append(root)
+        certs = _unique([path[0] for path in chain] + [c for path in chain for c in path[1:]])
         intermediates.append(b"".join(_pem(c) for c in certs))
     by_cert = {entry.certificate: entry.key for entry in issuers.roots.values()}
     root_keys = [_key_pem(by_cert.get(root)) or b"" for root in roots]

@@ -11,14 +11,12 @@ this module or ``testsrv``.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import AsyncIterator
 
 import structlog
 
 from acme_ca.config import Config
 from acme_ca.config.base import split_host_port
-from acme_ca.config.pebble import pebble_hierarchy_differences
 from acme_ca.testsrv.pebble_ca import pebble_ca, pebble_management_listener
 from acme_ca.testsrv.server import BindAddress, ChallengeServerConfig, ChallengeTestServer
 
@@ -42,15 +40,6 @@ async def challenge_test_server(
     """Run the challenge test server and Pebble's management listener for the lifetime of
     ``serve --test``; ``dsn`` is where /cert-status-by-serial/ finds certificates."""
     ca = await pebble_ca(config.pki_path, dsn)
-    for variable, value in pebble_hierarchy_differences(os.environ).items():
-        log.warning(
-            "testmode.pebble_variable_not_honoured",
-            variable=variable,
-            value=value,
-            reason="the test hierarchy has one alternate root (Root X1) and one issuing CA "
-            "per chain",
-        )
-
     http01 = None if config.challsrv_http01 == "off" else _bind(config.challsrv_http01)
     alpn = config.challsrv_tlsalpn01
     tlsalpn01 = None if alpn == "off" else _bind(alpn)
@@ -83,5 +72,7 @@ async def challenge_test_server(
             authz_reuse_percent=config.authz_reuse_percent,
             orders_page_size=config.orders_page_size,
             deterministic=config.deterministic,
+            alternate_roots=config.alternate_roots,
+            chain_length=config.chain_length,
         )
         yield server

@@ -375,10 +375,10 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: C901 -- flat dispat
     if args.command == "remote-va":
         configure_logging(config.log_format, config.log_level)
         from acme_ca.main.remote_va import run_remote_va
-        from acme_ca.remote_va.server import load_remote_va_settings
+        from acme_ca.remote_va.settings import RemoteVaSettings
 
         try:
-            load_remote_va_settings(config)
+            RemoteVaSettings.from_config(config)
         except ConfigError as exc:
             print(f"acme-ca: configuration error: {exc}", file=sys.stderr)
             return 2

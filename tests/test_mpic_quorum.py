@@ -31,6 +31,7 @@ from acme_ca.va.quorum import (
     phase_for,
     rule_for,
 )
+from acme_ca.va.settings import MpicSettings
 
 
 def utc(
@@ -374,7 +375,7 @@ def production(tmp_path: Path, mtls: dict[str, Path], text: str, **changes: obje
 
 def test_production_setup_loads(tmp_path: Path, mtls: dict[str, Path]) -> None:
     config = production(tmp_path, mtls, perspectives_toml(CITIES[:5]))
-    setup = load_mpic_setup(config, DEC_2026)
+    setup = load_mpic_setup(MpicSettings.from_config(config), DEC_2026)
     assert setup.strict
     assert [p.rir for p in setup.perspectives] == ["ARIN", "ARIN", "RIPE NCC", "RIPE NCC", "LACNIC"]
     assert setup.perspectives[0].resolver == ASHBURN  # defaults to the perspective's location
@@ -458,7 +459,7 @@ def test_production_refusals(
 ) -> None:
     config = production(tmp_path, mtls, text)
     with pytest.raises(MpicConfigError) as info:
-        load_mpic_setup(config, when)
+        load_mpic_setup(MpicSettings.from_config(config), when)
     assert message in str(info.value)
 
 
@@ -467,7 +468,7 @@ def test_missing_mtls_material_is_refused(tmp_path: Path, mtls: dict[str, Path])
     del mtls["mpic_server_ca"]
     config = production(tmp_path, mtls, perspectives_toml(CITIES[:5]))
     with pytest.raises(MpicConfigError) as info:
-        load_mpic_setup(config, DEC_2026)
+        load_mpic_setup(MpicSettings.from_config(config), DEC_2026)
     assert "mpic_server_ca is not set" in str(info.value)
     assert "mpic_client_key" in str(info.value) and "not a readable file" in str(info.value)
 
@@ -479,13 +480,13 @@ def test_test_configurations_waive_the_count_not_the_facts(
     tmp_path: Path, mtls: dict[str, Path], changes: dict[str, object]
 ) -> None:
     few = production(tmp_path, mtls, perspectives_toml(CITIES[:2], primary=None), **changes)
-    setup = load_mpic_setup(few, DEC_2026)
+    setup = load_mpic_setup(MpicSettings.from_config(few), DEC_2026)
     assert not setup.strict and len(setup.perspectives) == 2
     close = production(
         tmp_path, mtls, perspectives_toml([CITIES[2], ("ams", "RIPE", AMSTERDAM)]), **changes
     )
     with pytest.raises(MpicConfigError, match="363 km apart"):
-        load_mpic_setup(close, DEC_2026)
+        load_mpic_setup(MpicSettings.from_config(close), DEC_2026)
 
 
 @pytest.mark.parametrize(
@@ -497,7 +498,7 @@ def test_test_configurations_waive_the_count_not_the_facts(
     ids=["embedded-defaults", "test-mode"],
 )
 def test_no_perspectives_skips_corroboration(changes: dict[str, object], skip_reason: str) -> None:
-    setup = load_mpic_setup(replace(Config(), **changes), DEC_2026)  # type: ignore[arg-type]
+    setup = load_mpic_setup(MpicSettings.from_config(replace(Config(), **changes)), DEC_2026)  # type: ignore[arg-type]
     assert setup.perspectives == () and setup.skip_reason == skip_reason
 
 
@@ -515,10 +516,10 @@ def test_no_perspectives_skips_corroboration(changes: dict[str, object], skip_re
 )
 def test_test_perspectives_refusals(changes: dict[str, object], message: str) -> None:
     with pytest.raises(MpicConfigError, match=message):
-        load_mpic_setup(replace(Config(), **changes), DEC_2026)  # type: ignore[arg-type]
+        load_mpic_setup(MpicSettings.from_config(replace(Config(), **changes)), DEC_2026)  # type: ignore[arg-type]
 
 
 def test_test_perspectives_setup() -> None:
     config = replace(Config(), test_mode=True, test_perspectives=3)
-    setup = load_mpic_setup(config, DEC_2026)
+    setup = load_mpic_setup(MpicSettings.from_config(config), DEC_2026)
     assert setup.local_test_perspectives == 3 and not setup.strict

@@ -18,6 +18,7 @@ from acme_ca.va.authority import ValidationAuthority
 from acme_ca.va.dns01 import dns01_txt_value
 from acme_ca.va.mpic import MpicValidator
 from acme_ca.va.mtls import create_mpic_material
+from acme_ca.va.settings import VASettings
 from tests.fixtures import CaFactory
 
 KEY_AUTH = "tok123.thumbprint"
@@ -61,9 +62,9 @@ async def test_directory_is_silent_with_remotes(ca_factory: CaFactory, tmp_path:
 
 def test_build_validator(tmp_path: Path) -> None:
     clock = SystemClock()
-    assert isinstance(build_validator(Config(), clock), ValidationAuthority)
+    assert isinstance(build_validator(VASettings.from_config(Config()), clock), ValidationAuthority)
     config = replace(Config(), test_mode=True, **perspectives_file(tmp_path))  # type: ignore[arg-type]
-    mpic = build_validator(config, clock)
+    mpic = build_validator(VASettings.from_config(config), clock)
     assert isinstance(mpic, MpicValidator)
     assert [(p.id, p.rir) for p in mpic.perspectives] == [
         ("us-east", "ARIN"),
@@ -84,13 +85,13 @@ async def test_serve_test_perspectives_corroborate(tmp_path: Path) -> None:
             http01_port=challsrv.http01_port or 0,
         )
         challsrv.store.set_txt("_acme-challenge.example.com", dns01_txt_value(KEY_AUTH))
-        async with local_remote_vas(config) as setup:
+        async with local_remote_vas(VASettings.from_config(config), config.home) as setup:
             assert [(p.id, p.rir) for p in setup.perspectives] == [
                 ("test-1", "ARIN"),
                 ("test-2", "RIPE NCC"),
                 ("test-3", "APNIC"),
             ]
-            validator = build_validator(config, SystemClock(), setup)
+            validator = build_validator(VASettings.from_config(config), SystemClock(), setup)
             assert isinstance(validator, MpicValidator)
             result = await validator.validate(
                 "dns-01", "example.com", False, "tok123", KEY_AUTH, "https://ca/acct/1"

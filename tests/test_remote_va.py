@@ -20,16 +20,16 @@ from acme_ca.config import Config
 from acme_ca.main.remote_va import inherited_listen_socket
 from acme_ca.remote_va.client import MtlsTransport
 from acme_ca.remote_va.server import (
-    RemoteIdentity,
-    load_remote_va_settings,
     make_remote_va_app,
 )
+from acme_ca.remote_va.settings import RemoteIdentity, RemoteVaSettings
 from acme_ca.testsrv.server import ChallengeServerConfig, ChallengeTestServer
 from acme_ca.va.authority import ValidationAuthority
 from acme_ca.va.dns01 import dns01_txt_value
 from acme_ca.va.mpic import CHECK_PATH, RemoteRequest, RemoteUnavailable, judge_reply
 from acme_ca.va.mtls import MpicMaterial, client_context, create_mpic_material, server_context
 from acme_ca.va.perspectives import MpicConfigError, Perspective
+from acme_ca.va.settings import VASettings
 from acme_ca.va.setup import remote_authority_factory
 
 KEY_AUTH = "token123.thumbprint"
@@ -55,7 +55,7 @@ async def remote(tmp_path: Path) -> AsyncIterator[Remote]:
             allow_loopback_validation=True,
             http01_port=challsrv.http01_port or 0,
         )
-        factory = remote_authority_factory(config, SystemClock(), "us-east")
+        factory = remote_authority_factory(VASettings.from_config(config), SystemClock(), "us-east")
         built: list[int] = []
         closed: list[int] = []
 
@@ -217,9 +217,9 @@ def test_remote_va_refusals(tmp_path: Path, changes: dict[str, Any], message: st
         tls_key=key,
         remote_va_client_ca=material.ca_cert,
     )
-    assert load_remote_va_settings(base).identity == RemoteIdentity("us-east", "RIPE NCC")
+    assert RemoteVaSettings.from_config(base).identity == RemoteIdentity("us-east", "RIPE NCC")
     with pytest.raises(MpicConfigError) as info:
-        load_remote_va_settings(replace(base, **changes))
+        RemoteVaSettings.from_config(replace(base, **changes))
     assert message in str(info.value)
 
 

@@ -59,6 +59,7 @@ from acme_ca.testsrv.store import CaaPolicy
 from acme_ca.va.authority import ValidationAuthority
 from acme_ca.va.perspectives import Location, Perspective
 from acme_ca.va.records import Method, ValidationRecord
+from acme_ca.va.settings import VASettings
 from acme_ca.va.setup import build_validation_authority
 from tests.support import mpic as mpic_tests
 from tests.support.ct import three_operators
@@ -432,7 +433,10 @@ async def rig(
     loaded = await load_issuers(pki_config)
     issuers, signers = wrap_issuers(loaded)
     va = build_validation_authority(
-        replace(pki_config, dns_resolver=f"127.0.0.1:{dns.dns_port}", dnssec="off"), clock
+        VASettings.from_config(
+            replace(pki_config, dns_resolver=f"127.0.0.1:{dns.dns_port}", dnssec="off")
+        ),
+        clock,
     )
     async with TestCtLogs(three_operators(), accepted_roots(pki_config), clock=clock) as logs:
         r = Rig(

@@ -12,7 +12,7 @@ import pytest
 
 from acme_ca.clock import FixedClock
 from acme_ca.config import ConfigError, load_config
-from acme_ca.config.keys import DEFAULT_CHALLENGE_TYPES
+from acme_ca.config.base import DEFAULT_CHALLENGE_TYPES
 from acme_ca.testsrv.server import ChallengeTestServer
 from acme_ca.va.records import PRIMARY_PERSPECTIVE
 from acme_ca.va.registry import (

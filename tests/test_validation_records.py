@@ -31,6 +31,7 @@ from acme_ca.va.mpic import MpicValidator
 from acme_ca.va.perspectives import Perspective
 from acme_ca.va.records import CheckResult, FormatError, ValidationRecord
 from acme_ca.va.registry import BR_METHODS, METHODS
+from acme_ca.va.settings import VASettings
 from tests.fixtures import CaFactory, free_socket
 from tests.support.orders import subscriber, validation_config
 from tests.support.va import local_authority
@@ -294,9 +295,9 @@ async def test_br_5_4_1_mpic_records_each_perspective_result_and_quorum(
     with free_socket() as closed:
         port = closed.getsockname()[1]
     unreachable = Perspective("offline", "LACNIC", f"https://127.0.0.1:{port}")
-    async with local_remote_vas(config, clock) as local:
+    async with local_remote_vas(VASettings.from_config(config), config.home, clock) as local:
         setup = replace(local, perspectives=(*local.perspectives, unreachable))
-        validator = build_validator(config, clock, setup)
+        validator = build_validator(VASettings.from_config(config), clock, setup)
         assert isinstance(validator, MpicValidator)
         result = await validator.validate(
             "dns-01", "www.example.test", True, TOKEN, KEY_AUTH, ACCOUNT

@@ -1,6 +1,10 @@
-"""What every part of the configuration shares: its error and the HOST:PORT parser."""
+"""What every part of the configuration shares, and rooms may import without the Config: its
+error, the HOST:PORT parser, and the default challenge types (va/registry.py's default too)."""
 
 from __future__ import annotations
+
+DEFAULT_CHALLENGE_TYPES = ("http-01", "dns-01", "tls-alpn-01")
+"""The validation methods offered unless ``challenge_types`` says otherwise."""
 
 
 class ConfigError(ValueError):

@@ -24,6 +24,7 @@ from acme_ca.deployment.invariants import (
 )
 from acme_ca.deployment.shape import Shape, hierarchy_shape
 from acme_ca.va.perspectives import MpicConfigError, Perspective, load_mpic_setup, phase_violations
+from acme_ca.va.settings import MpicSettings
 
 log = structlog.get_logger(component="acme_ca.deployment")
 
@@ -142,7 +143,8 @@ def assess(config: Config, at: datetime) -> Assessment:
     perspectives: tuple[Perspective, ...] = ()
     if config.mpic_perspectives_file is not None and not config.test_perspectives:
         try:
-            perspectives = load_mpic_setup(config, at, strict=False).perspectives
+            mpic = MpicSettings.from_config(config)
+            perspectives = load_mpic_setup(mpic, at, strict=False).perspectives
         except MpicConfigError:
             perspectives = ()
     covered, _ = weak_key_coverage(Path(p) for p in config.weak_key_blocklists)

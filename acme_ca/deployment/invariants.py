@@ -30,6 +30,7 @@ from acme_ca.va.perspectives import (
     load_mpic_setup,
 )
 from acme_ca.va.quorum import PHASES, phase_for
+from acme_ca.va.settings import MpicSettings
 
 #: BR 7.1.2.7: notBefore within 48 hours of the signing; the final certificate is signed at
 #: most ``ct_deadline_seconds`` after its precertificate (whose notBefore it shares).
@@ -190,7 +191,7 @@ def _perspectives(ctx: Context) -> tuple[bool, str]:
     if config.mpic_perspectives_file is None:
         return False, f"mpic_perspectives_file is not set: no corroboration ({need})"
     try:
-        setup = load_mpic_setup(config, ctx.at, strict=True)
+        setup = load_mpic_setup(MpicSettings.from_config(config), ctx.at, strict=True)
     except MpicConfigError as e:
         return False, str(e)
     rirs = sorted({p.rir for p in setup.perspectives})

@@ -46,6 +46,7 @@ from acme_ca.remote_va.primary import build_validator
 from acme_ca.tasks import BackgroundTasks
 from acme_ca.va.authority import ValidationAuthority
 from acme_ca.va.registry import enabled_methods
+from acme_ca.va.settings import VASettings
 from acme_ca.wfe.middleware.load_shedding import LOAD_SHEDDER, setup_load_shedding
 from acme_ca.wfe.middleware.request_store import REQUEST_SINK
 from acme_ca.wfe.nonces import NonceService
@@ -128,7 +129,7 @@ def create_app(
     async def validator_ctx(app: web.Application) -> AsyncIterator[None]:
         built = None
         if validator is None:
-            app[VALIDATOR] = built = build_validator(config, clock)
+            app[VALIDATOR] = built = build_validator(VASettings.from_config(config), clock)
         else:
             app[VALIDATOR] = validator
         try:

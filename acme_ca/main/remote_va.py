@@ -17,7 +17,8 @@ from aiohttp import web
 from acme_ca.clock import SystemClock
 from acme_ca.config import Config
 from acme_ca.main.metrics import metrics_listener
-from acme_ca.remote_va.server import load_remote_va_settings, make_remote_va_app
+from acme_ca.remote_va.server import make_remote_va_app
+from acme_ca.remote_va.settings import RemoteVaSettings
 from acme_ca.va.mtls import server_context
 from acme_ca.va.perspectives import MpicConfigError
 from acme_ca.va.setup import remote_authority_factory
@@ -43,7 +44,7 @@ def inherited_listen_socket() -> socket.socket | None:
 
 async def run_remote_va(config: Config, *, stop: asyncio.Event | None = None) -> None:
     """Serve as one remote perspective until ``stop`` is set or SIGTERM/SIGINT."""
-    settings = load_remote_va_settings(config)
+    settings = RemoteVaSettings.from_config(config)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -53,7 +54,7 @@ async def run_remote_va(config: Config, *, stop: asyncio.Event | None = None) ->
     )
     identity = settings.identity
     app = make_remote_va_app(
-        identity, remote_authority_factory(config, SystemClock(), identity.perspective_id)
+        identity, remote_authority_factory(settings.va, SystemClock(), identity.perspective_id)
     )
     async with contextlib.AsyncExitStack() as stack:
         await stack.enter_async_context(metrics_listener(config, "remote-va"))

@@ -43,7 +43,8 @@ from acme_ca.status.updater import (
 )
 from acme_ca.va.authority import ValidationAuthority
 from acme_ca.va.mpic import MpicValidator
-from acme_ca.va.perspectives import MpicSetup, load_mpic_setup
+from acme_ca.va.perspectives import MpicSetup
+from acme_ca.va.settings import VASettings
 
 log = structlog.get_logger(component="acme_ca.main.worker")
 
@@ -112,9 +113,7 @@ async def _caa_validator(
         )
         yield None
         return
-    validator = build_validator(
-        config, clock, mpic if mpic is not None else load_mpic_setup(config, clock.now())
-    )
+    validator = build_validator(VASettings.from_config(config), clock, mpic)
     try:
         yield validator
     finally:

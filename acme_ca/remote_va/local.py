@@ -15,28 +15,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import structlog
 from aiohttp import web
 
 from acme_ca.clock import Clock, SystemClock
-from acme_ca.config import Config
-from acme_ca.remote_va.server import RemoteIdentity, make_remote_va_app
+from acme_ca.remote_va.server import make_remote_va_app
+from acme_ca.remote_va.settings import RemoteIdentity
 from acme_ca.va.mtls import create_mpic_material, server_context
 from acme_ca.va.perspectives import MpicSetup, Perspective
 from acme_ca.va.quorum import RIRS
+from acme_ca.va.settings import VASettings
 from acme_ca.va.setup import remote_authority_factory
 
 log = structlog.get_logger(component="acme_ca.remote_va.local")
 
 
 @contextlib.asynccontextmanager
-async def local_remote_vas(config: Config, clock: Clock | None = None) -> AsyncIterator[MpicSetup]:
-    """Start ``config.test_perspectives`` remote VAs; yields the primary's setup for them."""
+async def local_remote_vas(
+    settings: VASettings, home: Path, clock: Clock | None = None
+) -> AsyncIterator[MpicSetup]:
+    """Start ``settings.mpic.test_perspectives`` remote VAs, their mutual-TLS material under
+    ``home/mpic-test``; yields the primary's setup for them."""
     clock = clock or SystemClock()
-    count = config.test_perspectives
+    count = settings.mpic.test_perspectives
     ids = [f"test-{i}" for i in range(1, count + 1)]
-    material = await asyncio.to_thread(create_mpic_material, config.home / "mpic-test", ids)
+    material = await asyncio.to_thread(create_mpic_material, home / "mpic-test", ids)
     perspectives: list[Perspective] = []
     async with contextlib.AsyncExitStack() as stack:
         for index, pid in enumerate(ids):
@@ -44,7 +49,7 @@ async def local_remote_vas(config: Config, clock: Clock | None = None) -> AsyncI
             cert, key = material.remotes[pid]
             context = server_context(cert, key, material.ca_cert)
             app = make_remote_va_app(
-                RemoteIdentity(pid, rir), remote_authority_factory(config, clock, pid)
+                RemoteIdentity(pid, rir), remote_authority_factory(settings, clock, pid)
             )
             runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await runner.setup()
@@ -68,5 +73,5 @@ async def local_remote_vas(config: Config, clock: Clock | None = None) -> AsyncI
             client_cert=material.primary_cert,
             client_key=material.primary_key,
             server_ca=material.ca_cert,
-            timeout_seconds=float(config.mpic_timeout_seconds),
+            timeout_seconds=float(settings.mpic.timeout_seconds),
         )

@@ -11,13 +11,13 @@ from __future__ import annotations
 import structlog
 
 from acme_ca.clock import Clock
-from acme_ca.config import Config
 from acme_ca.remote_va.client import MtlsTransport
 from acme_ca.va.authority import ValidationAuthority
 from acme_ca.va.mpic import MpicValidator
 from acme_ca.va.mtls import client_context
 from acme_ca.va.perspectives import MpicConfigError, MpicSetup, load_mpic_setup
 from acme_ca.va.quorum import PHASES, phase_for
+from acme_ca.va.settings import VASettings
 from acme_ca.va.setup import build_validation_authority
 
 log = structlog.get_logger(component="acme_ca.remote_va.primary")
@@ -29,11 +29,11 @@ MPIC_DISABLED_NOTE = (
 
 
 def build_validator(
-    config: Config, clock: Clock, setup: MpicSetup | None = None
+    settings: VASettings, clock: Clock, setup: MpicSetup | None = None
 ) -> ValidationAuthority | MpicValidator:
-    """The RA's validator for ``config``; ``setup`` defaults to :func:`load_mpic_setup`."""
-    setup = setup if setup is not None else load_mpic_setup(config, clock.now())
-    local = build_validation_authority(config, clock)
+    """The RA's validator; ``setup`` defaults to :func:`load_mpic_setup` of ``settings.mpic``."""
+    setup = setup if setup is not None else load_mpic_setup(settings.mpic, clock.now())
+    local = build_validation_authority(settings, clock)
     if not setup.perspectives:
         if setup.local_test_perspectives:
             raise MpicConfigError("the --perspectives test VAs must be started before the CA")

@@ -19,19 +19,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Final
 
 import structlog
 from aiohttp import web
 
 from acme_ca import metrics
-from acme_ca.config import Config
+from acme_ca.remote_va.settings import RemoteIdentity
 from acme_ca.va.authority import ValidationAuthority
 from acme_ca.va.mpic import CHECK_PATH, RemoteRequest, remote_reply, run_remote_check
-from acme_ca.va.perspectives import MpicConfigError, valid_perspective_id
-from acme_ca.va.quorum import UnknownRir, canonical_rir
 from acme_ca.va.records import FormatError
 
 MAX_REQUEST_BYTES: Final = 16 * 1024
@@ -39,67 +35,9 @@ MAX_REQUEST_BYTES: Final = 16 * 1024
 log = structlog.get_logger(component="acme_ca.remote_va")
 
 
-@dataclass(frozen=True)
-class RemoteIdentity:
-    """Who this remote is: what it puts in every reply."""
-
-    perspective_id: str
-    rir: str
-
-
 IDENTITY = web.AppKey("remote_va_identity", RemoteIdentity)
 CheckFactory = Callable[[], ValidationAuthority]
 CHECKS: web.AppKey[CheckFactory] = web.AppKey("remote_va_checks")
-
-
-@dataclass(frozen=True)
-class RemoteVaSettings:
-    identity: RemoteIdentity
-    host: str
-    port: int
-    tls_cert: Path
-    tls_key: Path
-    client_ca: Path
-
-
-def load_remote_va_settings(config: Config) -> RemoteVaSettings:
-    """Check the remote VA's configuration; :class:`MpicConfigError` lists every problem."""
-    problems: list[str] = []
-    if not valid_perspective_id(config.perspective_id):
-        problems.append(
-            f"perspective_id (--perspective) {config.perspective_id!r} must be a lowercase DNS "
-            "label other than 'primary'"
-        )
-    rir = ""
-    try:
-        rir = canonical_rir(config.perspective_rir)
-    except UnknownRir as exc:
-        problems.append(f"perspective_rir (--rir): {exc}")
-    host, _, port_text = config.remote_va_listen.rpartition(":")
-    if not host or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
-        problems.append(f"remote_va_listen (--listen) {config.remote_va_listen!r} is not HOST:PORT")
-        port_text = "0"
-    paths = {
-        "tls_cert (--tls-cert)": config.tls_cert,
-        "tls_key (--tls-key)": config.tls_key,
-        "remote_va_client_ca (--client-ca)": config.remote_va_client_ca,
-    }
-    for name, path in paths.items():
-        if path is None:
-            problems.append(f"{name} is required: a remote VA speaks mutual TLS only")
-        elif not path.is_file():
-            problems.append(f"{name}: {path} is not a readable file")
-    if problems:
-        raise MpicConfigError("remote-va: " + "; ".join(problems))
-    assert config.tls_cert and config.tls_key and config.remote_va_client_ca
-    return RemoteVaSettings(
-        identity=RemoteIdentity(config.perspective_id, rir),
-        host=host.strip("[]"),
-        port=int(port_text),
-        tls_cert=config.tls_cert,
-        tls_key=config.tls_key,
-        client_ca=config.remote_va_client_ca,
-    )
 
 
 def _peer_name(request: web.Request) -> str | None:

@@ -45,9 +45,10 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from acme_ca.config import Config, ConfigError
+from acme_ca.config.base import ConfigError
 from acme_ca.va.quorum import Remote, UnknownRir, canonical_rir, phase_for
 from acme_ca.va.records import PRIMARY_PERSPECTIVE
+from acme_ca.va.settings import MpicSettings
 
 MIN_DISTANCE_KM: Final = 500.0
 """BR 3.2.2.9: perspectives (and their resolvers) at least this far apart and from the primary."""
@@ -132,11 +133,6 @@ class MpicSetup:
     @property
     def remotes(self) -> tuple[Remote, ...]:
         return tuple(p.remote for p in self.perspectives)
-
-
-def is_strict(config: Config) -> bool:
-    """Production rules: not test mode and DNSSEC required."""
-    return not config.test_mode and config.dnssec == "require"
 
 
 def distance_violations(
@@ -303,35 +299,37 @@ def check_setup(setup: MpicSetup, at: datetime) -> None:
         raise MpicConfigError(f"{setup.source}: " + "; ".join(problems))
 
 
-def load_mpic_setup(config: Config, at: datetime, *, strict: bool | None = None) -> MpicSetup:
+def load_mpic_setup(
+    settings: MpicSettings, at: datetime, *, strict: bool | None = None
+) -> MpicSetup:
     """Read and check the multi-perspective configuration; raises :class:`MpicConfigError`.
 
     Called at start-up (before anything else is started), so a configuration the BRs do not
-    allow never serves a request.  ``strict`` defaults to :func:`is_strict`; the production
+    allow never serves a request.  ``strict`` defaults to ``settings.strict``; the production
     invariants (:mod:`acme_ca.deployment`) pass True to judge any configuration as production.
     """
-    strict = is_strict(config) if strict is None else strict
-    if config.test_perspectives:
-        if not config.test_mode:
+    strict = settings.strict if strict is None else strict
+    if settings.test_perspectives:
+        if not settings.test_mode:
             raise MpicConfigError("test_perspectives (--perspectives N) needs test mode (--test)")
-        if config.mpic_perspectives_file is not None:
+        if settings.perspectives_file is not None:
             raise MpicConfigError(
                 "use either test_perspectives (--perspectives N) or mpic_perspectives_file"
             )
-        if not 1 <= config.test_perspectives <= MAX_TEST_PERSPECTIVES:
+        if not 1 <= settings.test_perspectives <= MAX_TEST_PERSPECTIVES:
             raise MpicConfigError(f"test_perspectives must be 1..{MAX_TEST_PERSPECTIVES}")
         return MpicSetup(
             perspectives=(),
             strict=False,
-            source=f"serve --test --perspectives {config.test_perspectives}",
-            timeout_seconds=float(config.mpic_timeout_seconds),
-            local_test_perspectives=config.test_perspectives,
+            source=f"serve --test --perspectives {settings.test_perspectives}",
+            timeout_seconds=float(settings.timeout_seconds),
+            local_test_perspectives=settings.test_perspectives,
         )
-    path = config.mpic_perspectives_file
+    path = settings.perspectives_file
     if path is None:
         reason = (
             "test mode without --perspectives"
-            if config.test_mode
+            if settings.test_mode
             else "no mpic_perspectives_file configured"
         )
         return MpicSetup(perspectives=(), strict=strict, source="-", skip_reason=reason)
@@ -350,10 +348,10 @@ def load_mpic_setup(config: Config, at: datetime, *, strict: bool | None = None)
         perspectives=perspectives,
         strict=strict,
         source=source,
-        client_cert=config.mpic_client_cert,
-        client_key=config.mpic_client_key,
-        server_ca=config.mpic_server_ca,
-        timeout_seconds=float(config.mpic_timeout_seconds),
+        client_cert=settings.client_cert,
+        client_key=settings.client_key,
+        server_ca=settings.server_ca,
+        timeout_seconds=float(settings.timeout_seconds),
         primary=primary,
     )
     check_setup(setup, at)

@@ -43,8 +43,7 @@ from dataclasses import dataclass
 from typing import Final, Protocol
 
 from acme_ca.clock import Clock
-from acme_ca.config.base import ConfigError
-from acme_ca.config.keys import DEFAULT_CHALLENGE_TYPES
+from acme_ca.config.base import DEFAULT_CHALLENGE_TYPES, ConfigError
 from acme_ca.va.addresses import AddressPolicy
 from acme_ca.va.dns01 import METHOD as DNS01
 from acme_ca.va.dns01 import Dns01Validator

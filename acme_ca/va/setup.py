@@ -1,4 +1,4 @@
-"""Builds the validation authority from configuration: the one place va/ reads Config."""
+"""Builds the validation authority from its settings (:class:`~acme_ca.va.settings.VASettings`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from collections.abc import Callable
 import structlog
 
 from acme_ca.clock import Clock
-from acme_ca.config import Config
 from acme_ca.va.addresses import public_address_policy
 from acme_ca.va.authority import ValidationAuthority
 from acme_ca.va.caa_lookup import CaaChecker
@@ -21,6 +20,7 @@ from acme_ca.va.registry import (
     enabled_methods,
 )
 from acme_ca.va.resolver import DnsClient, ResolverSettings
+from acme_ca.va.settings import VASettings
 
 log = structlog.get_logger(component="acme_ca.va.setup")
 
@@ -32,44 +32,44 @@ def loopback_allowed_policy(address: IPAddress) -> bool:
     return address.is_loopback or address.is_private or public_address_policy(address)
 
 
-def build_validation_authority(config: Config, clock: Clock) -> ValidationAuthority:
+def build_validation_authority(settings: VASettings, clock: Clock) -> ValidationAuthority:
     """The primary's validation authority for the enabled methods (``challenge_types``;
     :class:`~acme_ca.config.ConfigError` for an unknown one); warns about test-only settings
     once."""
-    _warn_test_settings(config)
+    _warn_test_settings(settings)
     return _authority(
-        config,
+        settings,
         clock,
         PRIMARY_PERSPECTIVE,
-        enabled_methods(config.challenge_types),
-        always_valid=config.always_valid,
+        enabled_methods(settings.challenge_types),
+        always_valid=settings.always_valid,
     )
 
 
 def remote_authority_factory(
-    config: Config, clock: Clock, perspective: str
+    settings: VASettings, clock: Clock, perspective: str
 ) -> Callable[[], ValidationAuthority]:
     """A remote perspective's checks: the same classes as the primary's, naming
     ``perspective`` in their records.  Each call builds a fresh authority with its own DNS
     client, so no request reuses anything an earlier one learnt (BR 3.2.2.9: a retry reuses
     nothing; no cache shared with any other perspective).  A remote can repeat every method of
     the registry: the primary's ``challenge_types`` decides what is offered."""
-    _warn_test_settings(config)
+    _warn_test_settings(settings)
 
     def build() -> ValidationAuthority:
-        return _authority(config, clock, perspective, ALL_METHODS, always_valid=False)
+        return _authority(settings, clock, perspective, ALL_METHODS, always_valid=False)
 
     return build
 
 
-def _warn_test_settings(config: Config) -> None:
-    if config.dnssec != "require":
+def _warn_test_settings(settings: VASettings) -> None:
+    if not settings.require_dnssec:
         log.warning(
             "va.dnssec_off",
             detail="DNS answers are not required to be DNSSEC-"
             "validated; BR 3.2.2.4 forbids this in production",
         )
-    if config.allow_loopback_validation:
+    if settings.allow_loopback_validation:
         log.warning(
             "va.loopback_allowed",
             detail="http-01 and tls-alpn-01 may connect to loopback and private addresses; "
@@ -78,7 +78,7 @@ def _warn_test_settings(config: Config) -> None:
 
 
 def _authority(
-    config: Config,
+    settings: VASettings,
     clock: Clock,
     perspective: str,
     methods: EnabledMethods,
@@ -87,25 +87,27 @@ def _authority(
 ) -> ValidationAuthority:
     dns = DnsClient(
         ResolverSettings(
-            nameservers=tuple(ns.strip() for ns in config.dns_resolver.split(",")),
-            timeout=float(config.dns_timeout_seconds),
-            require_dnssec=config.dnssec == "require",
+            nameservers=settings.nameservers,
+            timeout=float(settings.dns_timeout_seconds),
+            require_dnssec=settings.require_dnssec,
         )
     )
-    policy = loopback_allowed_policy if config.allow_loopback_validation else public_address_policy
+    policy = (
+        loopback_allowed_policy if settings.allow_loopback_validation else public_address_policy
+    )
     env = CheckEnv(
         dns=dns,
         clock=clock,
         perspective=perspective,
         address_policy=policy,
-        http01_port=config.http01_port,
-        tlsalpn01_port=config.tlsalpn01_port,
-        https01_port=config.https01_port,
-        caa_identities=tuple(config.caa_identities),
+        http01_port=settings.http01_port,
+        tlsalpn01_port=settings.tlsalpn01_port,
+        https01_port=settings.https01_port,
+        caa_identities=settings.caa_identities,
     )
     return ValidationAuthority(
         build_checks(env, methods),
-        CaaChecker.from_dns(dns, config.caa_identities, perspective=perspective, clock=clock),
+        CaaChecker.from_dns(dns, settings.caa_identities, perspective=perspective, clock=clock),
         clock,
         always_valid=always_valid,
         on_close=dns.aclose,

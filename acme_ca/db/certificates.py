@@ -37,7 +37,8 @@ class CertificateRecord:
     precertificate: bool = False
 
 
-def _record(row: asyncpg.Record) -> CertificateRecord:
+def _record(row: asyncpg.Record, *, precertificate: bool = False) -> CertificateRecord:
+    """A ``certificates`` row, or (``precertificate``) a ``precertificates`` row: no chains."""
     return CertificateRecord(
         id=row["id"],
         order_id=row["order_id"],
@@ -49,26 +50,9 @@ def _record(row: asyncpg.Record) -> CertificateRecord:
         not_after=row["not_after"],
         revoked_at=row["revoked_at"],
         revocation_reason=row["revocation_reason"],
-        chain_pem=row["chain_pem"],
-        alternate_chains=list(row["alternate_chains"]),
-    )
-
-
-def _precertificate_record(row: asyncpg.Record) -> CertificateRecord:
-    return CertificateRecord(
-        id=row["id"],
-        order_id=row["order_id"],
-        account_id=row["account_id"],
-        serial=row["serial"],
-        issuer=row["issuer"],
-        der=bytes(row["der"]),
-        not_before=row["not_before"],
-        not_after=row["not_after"],
-        revoked_at=row["revoked_at"],
-        revocation_reason=row["revocation_reason"],
-        chain_pem="",
-        alternate_chains=[],
-        precertificate=True,
+        chain_pem="" if precertificate else row["chain_pem"],
+        alternate_chains=[] if precertificate else list(row["alternate_chains"]),
+        precertificate=precertificate,
     )
 
 
@@ -286,7 +270,7 @@ class CertificateRepository:
         if row is not None:
             return _record(row)
         row = await self._pool.fetchrow("SELECT * FROM precertificates WHERE serial = $1", serial)
-        return _precertificate_record(row) if row else None
+        return _record(row, precertificate=True) if row else None
 
     async def revoke(
         self,
@@ -379,7 +363,9 @@ class CertificateRepository:
             domain,
             now,
         )
-        return [_record(r) for r in rows] + [_precertificate_record(r) for r in precertificates]
+        return [_record(r) for r in rows] + [
+            _record(r, precertificate=True) for r in precertificates
+        ]
 
     async def unrevoked_for_accounts(
         self, account_ids: list[int], now: datetime
@@ -402,4 +388,6 @@ class CertificateRepository:
             account_ids,
             now,
         )
-        return [_record(r) for r in rows] + [_precertificate_record(r) for r in precertificates]
+        return [_record(r) for r in rows] + [
+            _record(r, precertificate=True) for r in precertificates
+        ]

@@ -76,3 +76,33 @@ async def test_admin_order_by_request_id_and_search_by_name(
         "serial,issuer,issued_at,not_before,not_after,names,account_id,order_id,status,"
         "revoked_at,revocation_reason,spki_sha256"
     ]
+
+
+async def test_issue_16_timeline_validation_names_method_adn_addresses_and_result(
+    dsn: str, tmp_path: Path, ca_factory: CaFactory, va_ca: RunningCa, sub: Subscriber
+) -> None:
+    """An http-01 validation's timeline entry names the method, the ADN, the addresses tried
+    (what the certbot timeline's dns-01 cannot show) and the result; the requests carry
+    their method, status and problem."""
+    order = await sub.new_order("addr.example.com")
+    order_id = int(order.headers["Location"].rsplit("/", 1)[1])
+    authz_url = order.body["authorizations"][0]
+    await sub.answer(authz_url, "http-01")
+    assert (await sub.wait_authz(authz_url))["status"] == "valid"
+    await sub.post(order.body["finalize"], {"csr": "AA"})  # a bad CSR: a problem to store
+    await ca_factory.close()  # stopping writes the queued request rows
+
+    status, text = await admin(dsn, tmp_path, "order", str(order_id), "--json")
+    assert status == 0, text
+    timeline = json.loads(text)["timeline"]
+    dcv = [e for e in timeline if e["kind"] == "validation"]
+    assert dcv, timeline
+    assert all(e["details"]["method"] == "http-01" for e in dcv)
+    assert dcv[-1]["details"]["adn"] == "addr.example.com"
+    assert dcv[-1]["details"]["result"] == "pass"
+    assert dcv[-1]["details"]["addresses"] and "addresses=" in dcv[-1]["summary"]
+    requests = {e["details"]["path"]: e["details"] for e in timeline if e["kind"] == "request"}
+    assert requests["/acme/new-order"]["status"] == 201
+    assert requests["/acme/new-order"]["method"] == "POST"
+    finalize = next(d for p, d in requests.items() if p.endswith("/finalize"))
+    assert finalize["status"] == 400 and finalize["problem"] == "badCSR", finalize

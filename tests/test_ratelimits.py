@@ -59,6 +59,13 @@ async def refused(call: Awaitable[None]) -> AcmeError:
         await call
     assert caught.value.problem.type == RATE_LIMITED
     assert caught.value.problem.status == 429
+    # Every refusal says when to come back: Retry-After, and the detail names the limit.
+    retry = int(caught.value.headers["Retry-After"])
+    assert retry > 0
+    detail = caught.value.problem.detail or ""
+    assert "(limit " in detail and (
+        f"retry after {retry} s, fully reset at " in detail or "overridden to 0" in detail
+    ), detail
     return caught.value
 
 

@@ -31,6 +31,7 @@ from acme_ca.db.audit_chain import (
     GENESIS,
     REQUESTS_RETIRED_EVENT,
     AuditChain,
+    chain_rows,
     partitions,
     retire_partitions,
     retire_request_partitions,
@@ -93,6 +94,18 @@ async def test_cp_5_4_1_rows_chain_from_genesis_and_verify(pool: asyncpg.Pool) -
     assert all(row_hash(r.prev_hash, r) == r.hash for r in rows)
     report = await verify_chain(pool)
     assert report.ok and report.rows == 5 and report.anchor == "genesis"
+
+
+async def test_cp_5_4_1_chain_rows_read_in_batches_miss_and_repeat_no_row(
+    pool: asyncpg.Pool,
+) -> None:
+    """Keyset batches (db.pool.rows_by_id): a batch boundary on a row, and a short last batch."""
+    for i in range(5):
+        await add(pool, f"e.{i}", utc(2026, 1, 1, i))
+    for batch in (1, 2, 5, 6):
+        assert [r.id async for r in chain_rows(pool, batch=batch)] == [1, 2, 3, 4, 5]
+    window = chain_rows(pool, since=utc(2026, 1, 1, 1), until=utc(2026, 1, 1, 4), batch=2)
+    assert [r.event async for r in window] == ["e.1", "e.2", "e.3"]
 
 
 async def test_cp_5_4_1_audit_verify_names_a_row_altered_in_the_database(

@@ -26,6 +26,7 @@ import structlog
 
 from acme_ca.acme.jsontypes import JsonValue
 from acme_ca.db.audit import record_event
+from acme_ca.db.pool import rows_by_id
 
 GENESIS = bytes(32)
 """``prev_hash`` of the first row ever written."""
@@ -119,22 +120,13 @@ async def chain_rows(
     batch: int = _BATCH,
 ) -> AsyncIterator[ChainRow]:
     """Rows in chain (id) order, ``since <= at < until`` when given, read in batches by id."""
-    after = -1
-    while True:
-        records = await pool.fetch(
-            _ROWS + " WHERE id > $1 "
-            "AND ($2::timestamptz IS NULL OR at >= $2) AND ($3::timestamptz IS NULL OR at < $3) "
-            "ORDER BY id LIMIT $4",
-            after,
-            since,
-            until,
-            batch,
-        )
-        for r in records:
-            yield _row(r)
-        if len(records) < batch:
-            return
-        after = records[-1]["id"]
+    query = (
+        _ROWS + " WHERE id > $1 "
+        "AND ($2::timestamptz IS NULL OR at >= $2) AND ($3::timestamptz IS NULL OR at < $3) "
+        "ORDER BY id LIMIT $4"
+    )
+    async for r in rows_by_id(pool, query, since, until, batch=batch):
+        yield _row(r)
 
 
 @dataclass(frozen=True)

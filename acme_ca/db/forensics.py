@@ -19,7 +19,7 @@ from acme_ca.acme.jsontypes import JsonValue
 from acme_ca.config import Config
 from acme_ca.db.audit_chain import AuditChain
 from acme_ca.db.database import database_dsn, migrate
-from acme_ca.db.pool import create_pool
+from acme_ca.db.pool import create_pool, rows_by_id
 from acme_ca.db.requests import StoredRequest, requests_where
 
 
@@ -499,23 +499,14 @@ class ForensicsRepository:
         self, since: datetime, until: datetime | None = None, *, batch: int = 1000
     ) -> AsyncIterator[CertFacts]:
         """Certificates stored in ``[since, until)``, by id, in batches."""
-        after = 0
-        while True:
-            rows = await self._pool.fetch(
-                _CERTS
-                + """ WHERE id > $1 AND created_at >= $2
-                      AND ($3::timestamptz IS NULL OR created_at < $3)
-                    ORDER BY id LIMIT $4""",
-                after,
-                since,
-                until,
-                batch,
-            )
-            for r in rows:
-                yield _cert(r, precertificate=False)
-            if len(rows) < batch:
-                return
-            after = rows[-1]["id"]
+        query = (
+            _CERTS
+            + """ WHERE id > $1 AND created_at >= $2
+                  AND ($3::timestamptz IS NULL OR created_at < $3)
+                ORDER BY id LIMIT $4"""
+        )
+        async for r in rows_by_id(self._pool, query, since, until, batch=batch):
+            yield _cert(r, precertificate=False)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import asyncpg
@@ -45,7 +45,37 @@ class BoundedPool(asyncpg.Pool):  # type: ignore[misc]  # asyncpg ships no type 
         self._acquire_timeout = acquire_timeout
 
     def acquire(self, *, timeout: float | None = None) -> Any:
-        return super().acquire(timeout=self._acquire_timeout if timeout is None else timeout)
+        inner = super().acquire(timeout=self._acquire_timeout if timeout is None else timeout)
+        return _DiscardBroken(inner)
+
+
+class _DiscardBroken:
+    """asyncpg's acquire context, which terminates a connection whose protocol state broke
+    (``InternalClientError``) before it goes back to the pool.
+
+    A server that dies mid-operation (a Patroni primary SIGKILLed) can leave a connection that
+    asyncpg does not see as closed but that fails every later operation with "cannot switch
+    to state N" (MagicStack/asyncpg#1069); returned to the pool, it would fail the next
+    requests too.  ``await pool.acquire()`` passes through unchanged.
+    """
+
+    __slots__ = ("_con", "_inner")
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self._con: asyncpg.Connection | None = None
+
+    async def __aenter__(self) -> asyncpg.Connection:
+        self._con = await self._inner.__aenter__()
+        return self._con
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if isinstance(exc, asyncpg.InternalClientError) and self._con is not None:
+            self._con.terminate()
+        await self._inner.__aexit__(exc_type, exc, tb)
+
+    def __await__(self) -> Any:
+        return self._inner.__await__()
 
 
 async def create_pool(
@@ -76,3 +106,19 @@ async def create_pool(
     )
     await pool
     return pool
+
+
+async def rows_by_id(
+    pool: asyncpg.Pool, query: str, *args: object, batch: int
+) -> AsyncIterator[asyncpg.Record]:
+    """Every row of ``query`` in id order, read ``batch`` at a time by keyset (no OFFSET, so a
+    long walk costs the same per row).  ``query`` gets the last id seen as $1 (0 at first: ids
+    are positive), ``args`` as $2..., and ``batch`` last; it ends ``ORDER BY id LIMIT $n``."""
+    after = 0
+    while True:
+        rows = await pool.fetch(query, after, *args, batch)
+        for row in rows:
+            yield row
+        if len(rows) < batch:
+            return
+        after = rows[-1]["id"]

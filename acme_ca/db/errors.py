@@ -20,6 +20,14 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.CrashShutdownError,
     ConnectionError,  # refused / reset while connecting
     TimeoutError,  # the pool's acquire timeout, or the server not answering
+    # A multi-host database_url where no host is the primary now: a failover in progress
+    # (every host up but none read-write; asyncpg raises this instead of a connection error).
+    asyncpg.TargetServerAttributeNotMatched,
+    # asyncpg's protocol state broken by a connection the server ended mid-operation (a
+    # PostgreSQL SIGKILLed under load: "cannot switch to state 12; another operation (2) is
+    # in progress", MagicStack/asyncpg#1069); the pool terminates that connection
+    # (db/pool.BoundedPool) and the retry gets a fresh one.
+    asyncpg.InternalClientError,
 )
 
 

@@ -1,0 +1,70 @@
+"""What serve and worker meet while a Patroni cluster fails over (issue 17 item 1), on a real
+PostgreSQL: the errors asyncpg raises then count as a database outage (503 with
+``Retry-After``, never a 500), and a pooled connection whose protocol state broke is thrown
+away instead of failing the next requests too. The failover itself is
+``integration/test_patroni.py``."""
+
+from __future__ import annotations
+
+import asyncio
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from acme_ca.db.errors import database_unavailable
+from acme_ca.db.pool import create_pool
+
+
+async def test_no_read_write_host_in_a_multi_host_url_is_a_database_outage(dsn: str) -> None:
+    """Every host up but none the primary (a promotion in progress): asyncpg raises
+    ``TargetServerAttributeNotMatched``, not a connection error; it must be a 503."""
+    parts = urlsplit(dsn)
+    creds, host = parts.netloc.rsplit("@", 1)
+    # The one host refuses writes by default, as a standby does (reported to the client at
+    # start-up, which is what target_session_attrs=read-write checks).
+    query = "target_session_attrs=read-write&default_transaction_read_only=on"
+    read_only = urlunsplit(parts._replace(netloc=f"{creds}@{host},{host}", query=query))
+    with pytest.raises(asyncpg.TargetServerAttributeNotMatched) as raised:
+        await asyncpg.connect(read_only)
+    assert database_unavailable(raised.value)
+    writable = urlunsplit(parts._replace(query="target_session_attrs=read-write"))
+    conn = await asyncpg.connect(writable)
+    try:
+        assert await conn.fetchval("SELECT NOT pg_is_in_recovery()")
+    finally:
+        await conn.close()
+
+
+async def test_a_connection_whose_protocol_broke_is_terminated_not_pooled(dsn: str) -> None:
+    """An ``InternalClientError`` inside ``acquire()`` (asyncpg's "cannot switch to state N"
+    after the server died mid-operation) terminates that connection; it is an outage for the
+    client (503), and the pool's next connection works."""
+    pool = await create_pool(dsn, max_size=1)
+    try:
+        with pytest.raises(asyncpg.InternalClientError) as raised:
+            async with pool.acquire() as conn:
+                backend = await conn.fetchval("SELECT pg_backend_pid()")
+                raise asyncpg.InternalClientError(
+                    "cannot switch to state 12; another operation (2) is in progress"
+                )
+        assert database_unavailable(raised.value)
+        async with pool.acquire() as fresh:
+            assert await fresh.fetchval("SELECT pg_backend_pid()") != backend
+            # The broken one's session ends (its socket closed), polled for a few seconds.
+            for _ in range(100):
+                gone = not await fresh.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", backend
+                )
+                if gone:
+                    break
+                await asyncio.sleep(0.05)
+            assert gone, "the broken connection was not terminated"
+        # Other errors leave the connection in the pool.
+        with pytest.raises(asyncpg.UndefinedTableError):
+            async with pool.acquire() as conn:
+                kept = await conn.fetchval("SELECT pg_backend_pid()")
+                await conn.execute("SELECT * FROM no_such_table")
+        assert await pool.fetchval("SELECT pg_backend_pid()") == kept
+    finally:
+        await pool.close()

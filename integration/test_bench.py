@@ -13,6 +13,8 @@ The CPU accounting and the report are also checked on their own, without servers
 
 from __future__ import annotations
 
+import asyncio
+import email.utils
 import json
 import os
 import shutil
@@ -30,8 +32,10 @@ import pytest
 
 from integration.bench import counts, procstat
 from integration.bench.__main__ import LevelResult, Options, TargetResult, markdown
-from integration.bench.servers import REPO, pebble_missing
-from integration.processes import read_log_events
+from integration.bench.loadgen import RETRY_AFTER_CAP, retry_after_seconds, run_load
+from integration.bench.servers import REPO, override_limits, pebble_missing
+from integration.processes import CaProcesses, acme_ca_exe, free_port, read_log_events
+from integration.testmode_server import start_test_mode
 from tests.support.softhsm import softhsm_available
 
 pytestmark = pytest.mark.integration
@@ -110,6 +114,9 @@ def _run_bench(target: str, workdir: Path) -> dict[str, Any]:
     assert level["probe"] == "ok", report
     assert level["issuances"] >= 1, report
     assert level["errors"] == {}, report
+    # Counted apart (issue 17): none at one client, and present in the raw results.
+    assert level["timeouts"] == {}, report
+    assert level["shed"] == {}, report
     assert level["cpu_seconds"] > 0
     assert level["cpu_per_issuance"] > 0
     assert len(level["latencies"]) == level["issuances"]
@@ -130,12 +137,14 @@ def test_bench_pebble(workdir: Path) -> None:
 
 
 def test_bench_acme_ca_production_shape(workdir: Path) -> None:
+    target = "acme_ca"
     if not softhsm_available():
         _skip_or_fail("SoftHSM2 is not installed (apt-get install softhsm2)")
     if shutil.which("pebble-challtestsrv") is None:
         _skip_or_fail("pebble-challtestsrv (the DNS server of both targets) is not installed")
-    result = _run_bench("acme_ca", workdir)
+    result = _run_bench(target, workdir)
     [level] = result["levels"]
+    assert result["details"]["environment"]["ACME_CA_RATE_LIMITS"] == "false"
     # serve, worker and the PostgreSQL tree each did part of the work.
     assert set(level["cpu_split"]) == {"serve", "worker", "postgres"}
     assert all(seconds > 0 for seconds in level["cpu_split"].values()), level["cpu_split"]
@@ -159,6 +168,109 @@ def test_bench_acme_ca_production_shape(workdir: Path) -> None:
     assert counted["requests"] >= 1 and counted["sql_statements"] >= 1, counted
     assert counted["sql_transactions"] >= 1 and counted["lint_runs"] >= 1, counted
     assert counted["signatures"] >= 2 and counted["ct_precert_submissions"] >= 2, counted
+
+
+def test_issue_16_limits_on_row_overrides_every_bucket_the_load_generator_meets(
+    dsn: str, tmp_path: Path, processes: CaProcesses
+) -> None:
+    """The benchmark's limits-on row (target ``acme_ca-limits``, the production shape with
+    ``rate_limits = true``) raises the limits with :func:`override_limits` so the load
+    generator is never refused.  Checked on a ``serve --test`` with the limits on: twelve
+    accounts from 127.0.0.1 (the default allows 10 per address range) issue with not one 429,
+    every newOrder and finalize having been checked against the buckets."""
+    http01_port = free_port()
+    ca = start_test_mode(
+        processes,
+        "serve-limits",
+        tmp_path / "ca-home",
+        dsn=dsn,
+        challsrv_http01="off",
+        http01_port=http01_port,
+        env={"ACME_CA_RATE_LIMITS": "true", "ACME_CA_LOG_FORMAT": "json"},
+    )
+    logs = tmp_path / "limits-logs"
+    logs.mkdir()
+    clients = 12
+    override_limits(acme_ca_exe(), {**ca.env, "ACME_CA_DATABASE_URL": dsn}, logs, dsn, clients)
+    result = asyncio.run(
+        run_load(
+            ca.directory_url,
+            clients=clients,
+            duration=6.0,
+            http01_port=http01_port,
+            cafile=ca.cafile,
+        )
+    )
+    summary = result.as_dict()
+    assert result.setup_failed is None, summary
+    assert result.errors == Counter() and result.timeouts == Counter(), summary
+    assert result.shed == Counter(), summary
+    assert result.issuances >= 1, summary
+    served = read_log_events(ca.proc.stdout_path)
+    assert not [e for e in served if e.get("event") == "ratelimits.refused"]
+    commands = (logs / "limits.log").read_text()
+    assert "new_accounts_per_ip_range 127.0.0.1" in commands, commands
+    assert "certificates_per_domain example.com" in commands, commands
+
+
+def test_rfc8555_6_6_retry_after_read_as_a_client_reads_it() -> None:
+    """503 and 429 with Retry-After (seconds or an HTTP-date) mean "come back then", capped;
+    anything else, a 503 without it or a 500 included, is an answer the client reports."""
+    assert retry_after_seconds(503, {"Retry-After": "2"}) == 2.0
+    assert retry_after_seconds(429, {"Retry-After": "7"}) == 7.0
+    assert retry_after_seconds(503, {"Retry-After": "86400"}) == RETRY_AFTER_CAP
+    later = email.utils.formatdate(time.time() + 5, usegmt=True)
+    wait = retry_after_seconds(503, {"Retry-After": later})
+    assert wait is not None and 3.0 <= wait <= 5.0
+    past = email.utils.formatdate(time.time() - 60, usegmt=True)
+    assert retry_after_seconds(503, {"Retry-After": past}) == 0.0
+    assert retry_after_seconds(503, {}) is None
+    assert retry_after_seconds(503, {"Retry-After": "soon"}) is None
+    assert retry_after_seconds(500, {"Retry-After": "2"}) is None
+    assert retry_after_seconds(409, {"Retry-After": "1"}) is None
+
+
+def test_rfc8555_6_6_load_generator_obeys_load_shedding_and_counts_it_apart(
+    dsn: str, tmp_path: Path, processes: CaProcesses
+) -> None:
+    """Against a real ``serve --test`` holding one request in flight, eight clients are
+    shed (503 ``serverInternal`` with Retry-After): the load generator waits as told and
+    sends the same request again, so they still issue, and every shed answer is counted in
+    ``shed``, none as an error or a timeout (issue 17)."""
+    http01_port = free_port()
+    ca = start_test_mode(
+        processes,
+        "serve-shedding",
+        tmp_path / "ca-home",
+        dsn=dsn,
+        challsrv_http01="off",
+        http01_port=http01_port,
+        env={
+            "ACME_CA_MAX_REQUESTS_IN_FLIGHT": "1",
+            "ACME_CA_OVERLOAD_RETRY_AFTER_SECONDS": "1",
+            "ACME_CA_LOG_FORMAT": "json",
+        },
+    )
+    result = asyncio.run(
+        run_load(
+            ca.directory_url,
+            clients=8,
+            duration=4.0,
+            http01_port=http01_port,
+            cafile=ca.cafile,
+        )
+    )
+    summary = result.as_dict()
+    assert result.setup_failed is None, summary
+    assert not result.stopped_answering, summary
+    assert result.errors == Counter(), summary
+    assert result.timeouts == Counter(), summary
+    assert result.issuances >= 1, summary
+    assert sum(result.shed.values()) >= 1, summary
+    assert all(kind.startswith("503 serverInternal (") for kind in result.shed), summary
+    assert result.shed_wait_seconds >= sum(result.shed.values()) * 0.99, summary
+    served = read_log_events(ca.proc.stdout_path)
+    assert len([e for e in served if e.get("event") == "requests.shed"]) >= 1
 
 
 # ------------------------------------------------------------------------------------------
@@ -222,6 +334,8 @@ class _Outcome:
     issuances: int
     latencies: list[float] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
+    timeouts: Counter[str] = field(default_factory=Counter)
+    shed: Counter[str] = field(default_factory=Counter)
     stopped_answering: bool = False
     setup_failed: str | None = None
     per_second: float | None = None

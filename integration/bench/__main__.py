@@ -1,6 +1,6 @@
 """``python -m integration.bench``: acme_ca against Pebble, level by level (issue 8).
 
-For each target in turn (``--targets``, default Pebble then acme_ca): start it
+For each target in turn (``--targets``, default every one of ``servers.TARGETS``): start it
 (:mod:`integration.bench.servers`), then for each client count of ``--levels`` wait until the
 server is idle, snapshot the CPU of its processes, run the load generator for the level's
 duration, snapshot again.  One server serves all levels, as a production server would; a
@@ -13,8 +13,10 @@ again, up to 3 more times; the restarts are reported, and a level it never finis
 marked so.
 
 The result is a Markdown table (printed, and written with ``--markdown``) of issuances per
-second, latency percentiles, errors by kind and server CPU seconds per issuance for each
-target and level, with the acme_ca/Pebble ratio; ``--json`` writes every raw figure,
+second, latency percentiles, errors by kind, timeouts, answers shed with Retry-After (obeyed
+and retried, not errors: RFC 8555 §6.6) and server CPU seconds per issuance for each target
+and level, with acme_ca's ratio to Pebble and step-ca and the rate-limits-on row's ratio to
+the row without them (issue 16); ``--json`` writes every raw figure,
 latencies included, the machine and exactly what was started.
 
 CPU per issuance divides the server's CPU over the whole ``run_load`` call (its setup of
@@ -61,12 +63,18 @@ DEFAULT_LEVELS = (1, 5, 50, 200, 500)
 #: The levels from this many clients up take ``--duration-200`` (the goal: no errors at 500
 #: clients for 60 s).
 LONG_LEVEL = 200
-DISPLAY = {"pebble": "Pebble", "acme_ca": "acme_ca", "step-ca": "step-ca"}
+DISPLAY = {
+    "pebble": "Pebble",
+    "acme_ca": "acme_ca",
+    "acme_ca-limits": "acme_ca, rate limits on",
+    "step-ca": "step-ca",
+}
 #: Targets restarted when they stop answering, and how many times a level is then run again:
 #: Pebble 2.4.0 deadlocks its store under concurrency, a known bug rather than a finding.
 RETRIES = {"pebble": 3}
-#: The targets acme_ca's figures are divided by, in the report's ratio columns.
-REFERENCES = ("pebble", "step-ca")
+#: The report's ratio columns, (numerator, denominator): acme_ca against each reference, and
+#: the limits-on row against the limits-off one (issue 16: at most 5% worse).
+RATIOS = (("acme_ca", "pebble"), ("acme_ca", "step-ca"), ("acme_ca-limits", "acme_ca"))
 #: A server is idle when it used less than this share of one CPU over QUIET_WINDOW.
 QUIET_SHARE = 0.1
 QUIET_WINDOW = 0.5
@@ -86,6 +94,10 @@ class LoadOutcome(Protocol):
     def latencies(self) -> list[float]: ...
     @property
     def errors(self) -> Counter[str]: ...
+    @property
+    def timeouts(self) -> Counter[str]: ...
+    @property
+    def shed(self) -> Counter[str]: ...
     @property
     def stopped_answering(self) -> bool: ...
     @property
@@ -170,6 +182,8 @@ class LevelResult:
                 "p90": o.p90,
                 "p99": o.p99,
                 "errors": dict(o.errors),
+                "timeouts": dict(o.timeouts),
+                "shed": dict(o.shed),
                 "setup_failed": o.setup_failed,
                 "load_stopped_answering": o.stopped_answering,
                 "latencies": list(o.latencies),
@@ -396,6 +410,8 @@ def _describe_level(level: LevelResult) -> str:
         parts.append(f"p50 {o.p50 * 1000:.0f} ms")
     errors = sum(o.errors.values())
     parts.append(f"{errors} errors" + (f" ({_errors_cell(o.errors)})" if errors else ""))
+    parts.append(f"{sum(o.timeouts.values())} timeouts")
+    parts.append(f"shed: {_shed_cell(o.shed)}")
     if level.cpu_per_issuance is not None:
         parts.append(f"CPU {level.cpu_per_issuance * 1000:.1f} ms/issuance")
     if o.setup_failed:
@@ -480,6 +496,16 @@ def _errors_cell(errors: Counter[str]) -> str:
     return ", ".join(f"{kind} {count}" for kind, count in errors.most_common())
 
 
+def _shed_cell(shed: Counter[str]) -> str:
+    """``N 503s with Retry-After`` (and 429s, when a rate limit refused), or 0."""
+    by_status = Counter(kind.split(" ", 1)[0] for kind in shed.elements())
+    if not by_status:
+        return "0"
+    return ", ".join(
+        f"{count} {status}s with Retry-After" for status, count in sorted(by_status.items())
+    )
+
+
 def _ms(value: float | None) -> str:
     return "—" if value is None else f"{value * 1000:.1f}"
 
@@ -525,6 +551,18 @@ FIGURES: list[_Figure] = [
         "errors (by kind)",
         lambda lv: lv.outcome.errors if lv.outcome else None,
         lambda v: "—" if v is None else _errors_cell(v),
+        False,
+    ),
+    (
+        "timeouts",
+        lambda lv: lv.outcome.timeouts if lv.outcome else None,
+        lambda v: "—" if v is None else str(sum(v.values())),
+        False,
+    ),
+    (
+        "shed (answers obeyed, then retried)",
+        lambda lv: lv.outcome.shed if lv.outcome else None,
+        lambda v: "—" if v is None else _shed_cell(v),
         False,
     ),
     ("CPU ms/issuance (lower is better)", lambda lv: lv.cpu_per_issuance, _ms, True),
@@ -621,9 +659,12 @@ def markdown(
         "+ its PostgreSQL server.",
         "",
     ]
-    references = [n for n in REFERENCES if n in names] if "acme_ca" in names else []
+    ratios = [(a, b) for a, b in RATIOS if a in names and b in names]
     header = ["clients", "figure", *(DISPLAY.get(n, n) for n in names)]
-    header += [f"acme_ca / {DISPLAY.get(n, n)}" for n in references]
+    header += [
+        "limits on / off" if (a, b) == ("acme_ca-limits", "acme_ca") else f"{a} / {DISPLAY[b]}"
+        for a, b in ratios
+    ]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join(["---:", "---", *(["---:"] * (len(header) - 2))]) + "|")
     by_name = {r.name: r for r in results}
@@ -633,12 +674,12 @@ def markdown(
             row += [_cell(by_name[n].level(clients), getter, fmt) for n in names]
             row += [
                 _ratio(
-                    _number(by_name["acme_ca"].level(clients), getter),
-                    _number(by_name[n].level(clients), getter),
+                    _number(by_name[a].level(clients), getter),
+                    _number(by_name[b].level(clients), getter),
                 )
                 if compared
                 else ""
-                for n in references
+                for a, b in ratios
             ]
             lines.append("| " + " | ".join(row) + " |")
     lines.append("")

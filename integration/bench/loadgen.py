@@ -9,6 +9,12 @@ downloaded chain.  Accounts (ES256) are registered before the measured window op
 Polling ignores Retry-After and follows a fixed short backoff (:data:`POLL_DELAYS`), the
 same for every server, so latency measures the server rather than the advice it gives.
 
+A server that sheds load (RFC 8555 §6.6: 503, or 429 ``rateLimited``, with ``Retry-After``)
+is obeyed as a real ACME client obeys it: the client waits the advised time (capped at
+:data:`RETRY_AFTER_CAP`) and sends the same request again with a fresh nonce.  Each such
+answer is counted in ``shed``, apart from ``errors`` and from ``timeouts``; a 503 without
+``Retry-After``, or a 500, stays an error.
+
 Every request has a timeout.  A server that answers nothing for ``stall_seconds`` while
 requests are outstanding is reported as ``stopped_answering`` and the run ends there, rather
 than being waited on.  Only standard ACME is spoken: nothing here knows which server it is.
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import json
 import math
 import secrets
@@ -48,14 +55,22 @@ NONCE_RETRIES = 3
 ERROR_PAUSE = 0.2
 #: Problem documents arrive with this content type.
 PROBLEM_JSON = "application/problem+json"
+#: Statuses whose ``Retry-After`` asks the client to come back later (RFC 8555 §6.6).
+SHED_STATUSES = (429, 503)
+#: Longest ``Retry-After`` obeyed, in seconds (a client does not sleep for hours in a run).
+RETRY_AFTER_CAP = 30.0
+#: Shed answers in a row to one request before the client gives up on the issuance.
+SHED_RETRIES = 20
 
 
 class IssuanceError(Exception):
-    """One issuance failed; ``kind`` is what the report counts."""
+    """One issuance failed; ``kind`` is what the report counts, ``timeout`` whether it
+    was a request that got no answer in time (counted apart from errors)."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, *, timeout: bool = False) -> None:
         super().__init__(kind)
         self.kind = kind
+        self.timeout = timeout
 
 
 @dataclass
@@ -67,6 +82,13 @@ class LoadResult:
     issuances: int = 0
     latencies: list[float] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
+    #: Requests that got no answer within the request timeout, by step.
+    timeouts: Counter[str] = field(default_factory=Counter)
+    #: Answers that asked the client to retry later (503/429 with Retry-After), by status,
+    #: problem type and step; each was obeyed and the request sent again.
+    shed: Counter[str] = field(default_factory=Counter)
+    #: Seconds the clients spent waiting out Retry-After.
+    shed_wait_seconds: float = 0.0
     retries: Counter[str] = field(default_factory=Counter)
     requests: int = 0
     stopped_answering: bool = False
@@ -106,6 +128,9 @@ class LoadResult:
             "p90": self.p90,
             "p99": self.p99,
             "errors": dict(self.errors),
+            "timeouts": dict(self.timeouts),
+            "shed": dict(self.shed),
+            "shed_wait_seconds": round(self.shed_wait_seconds, 3),
             "retries": dict(self.retries),
             "requests": self.requests,
             "stopped_answering": self.stopped_answering,
@@ -222,7 +247,7 @@ class AcmeLoadClient:
             ) as resp:
                 body = await resp.read()
         except TimeoutError:
-            raise IssuanceError(f"timeout ({step})") from None
+            raise IssuanceError(f"timeout ({step})", timeout=True) from None
         except aiohttp.ClientError as exc:
             raise IssuanceError(f"{type(exc).__name__} ({step})") from None
         finally:
@@ -236,16 +261,35 @@ class AcmeLoadClient:
             self._nonce = nonce
         return _Response(resp.status, resp.headers, body)
 
+    async def _obey_retry_after(self, resp: _Response, step: str, shed_so_far: int) -> bool:
+        """When ``resp`` asks to come back later (:func:`retry_after_seconds`), count it,
+        wait as told and return True; False for any other answer."""
+        wait = retry_after_seconds(resp.status, resp.headers)
+        if wait is None:
+            return False
+        self._result.shed[f"{resp.status} {_problem_kind(resp)} ({step})"] += 1
+        if shed_so_far >= SHED_RETRIES:
+            raise IssuanceError(f"still shed after {SHED_RETRIES} retries ({step})")
+        self._result.shed_wait_seconds += wait
+        await asyncio.sleep(wait)
+        return True
+
     async def _fresh_nonce(self) -> str:
-        resp = await self._request("HEAD", self._directory["newNonce"], "newNonce")
-        if self._nonce is None:
-            raise IssuanceError(f"HTTP {resp.status} without nonce (newNonce)")
-        return self._nonce
+        for shed in range(SHED_RETRIES + 1):
+            resp = await self._request("HEAD", self._directory["newNonce"], "newNonce")
+            if self._nonce is not None:
+                return self._nonce
+            if not await self._obey_retry_after(resp, "newNonce", shed):
+                break
+        raise IssuanceError(f"HTTP {resp.status} without nonce (newNonce)")
 
     async def post(self, url: str, payload: Any, step: str) -> _Response:
-        """POST a JWS (``payload`` None = POST-as-GET); badNonce is retried, any other
-        problem raised as an :class:`IssuanceError` named after its type."""
-        for attempt in range(NONCE_RETRIES + 1):
+        """POST a JWS (``payload`` None = POST-as-GET); badNonce is retried, and an answer
+        with Retry-After (503, 429) waited out and retried, each with a fresh nonce; any
+        other problem is raised as an :class:`IssuanceError` named after its type."""
+        bad_nonces = 0
+        shed = 0
+        while True:
             nonce = self._nonce or await self._fresh_nonce()
             self._nonce = None
             jws = make_jws(self._key, payload, url=url, nonce=nonce, kid=self._kid)
@@ -254,14 +298,20 @@ class AcmeLoadClient:
             if resp.status < 400:
                 return resp
             kind = _problem_kind(resp)
-            if kind == "badNonce" and attempt < NONCE_RETRIES:
+            if kind == "badNonce" and bad_nonces < NONCE_RETRIES:
+                bad_nonces += 1
                 self._result.retries[f"badNonce ({step})"] += 1
                 continue
+            if await self._obey_retry_after(resp, step, shed):
+                shed += 1
+                continue
             raise IssuanceError(f"{kind} HTTP {resp.status} ({step})")
-        raise AssertionError("unreachable")
 
     async def register(self) -> None:
-        resp = await self._request("GET", self._directory_url, "directory")
+        for shed in range(SHED_RETRIES + 1):
+            resp = await self._request("GET", self._directory_url, "directory")
+            if resp.status == 200 or not await self._obey_retry_after(resp, "directory", shed):
+                break
         if resp.status != 200:
             raise IssuanceError(f"HTTP {resp.status} (directory)")
         self._directory = resp.json()
@@ -320,6 +370,28 @@ class AcmeLoadClient:
         cert = await self.post(order["certificate"], None, "certificate")
         if b"BEGIN CERTIFICATE" not in cert.body:
             raise IssuanceError("not a PEM chain (certificate)")
+
+
+def retry_after_seconds(status: int, headers: Any) -> float | None:
+    """How long to wait before sending a request again, when its answer is a 503 or 429
+    with a ``Retry-After`` (delay-seconds or an HTTP-date, RFC 9110 §10.2.3), capped at
+    :data:`RETRY_AFTER_CAP`; None for any other answer, a malformed value included."""
+    if status not in SHED_STATUSES:
+        return None
+    value = (headers.get("Retry-After") or "").strip()
+    if not value:
+        return None
+    if value.isdigit():
+        seconds = float(value)
+    else:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = when.timestamp() - time.time()
+    return min(max(seconds, 0.0), RETRY_AFTER_CAP)
 
 
 def _problem_kind(resp: _Response) -> str:
@@ -436,7 +508,7 @@ async def _client_loop(
             await client.issue(name)
         except IssuanceError as exc:
             if time.monotonic() < deadline:
-                result.errors[exc.kind] += 1
+                (result.timeouts if exc.timeout else result.errors)[exc.kind] += 1
                 await asyncio.sleep(ERROR_PAUSE)
             continue
         except (ValueError, KeyError, TypeError) as exc:  # a malformed answer

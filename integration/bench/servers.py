@@ -1,4 +1,4 @@
-"""The two benchmark targets, each started in the shape it is meant to run in, as context
+"""The benchmark targets, each started in the shape it is meant to run in, as context
 managers yielding a :class:`Target`.
 
 * Pebble: the Debian package, over HTTPS with a throwaway TLS certificate, its validation
@@ -9,6 +9,10 @@ managers yielding a :class:`Target`.
   process, logging at info as production does, pre-issuance linting (always on), CT logs
   reached over HTTP in a helper process (production's logs are remote, so their CPU is not
   the CA's), and the same ``pebble-challtestsrv`` DNS as Pebble's resolver.
+* acme_ca-limits: the same with the rate limits on (``rate_limits = true``, as production
+  has them), every bucket the load generator draws from overridden high enough that it is
+  never refused (:func:`override_limits`), so the row measures what the checks cost (issue
+  16: at most 5% below the row without them).
 
 CPU counted for a target is its own work: the pebble process; acme_ca's serve, worker and
 PostgreSQL trees.  The DNS server and the CT logs are reported beside it, not counted.
@@ -20,6 +24,7 @@ die without cleaning up (``PR_SET_PDEATHSIG``).  Output goes to files in the wor
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import datetime as dt
@@ -383,15 +388,93 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+#: The limits-on row's overrides: far more per second than two cores can issue.
+LIMIT_OVERRIDE_COUNT = 1_000_000
+LIMIT_OVERRIDE_PERIOD = "1s"
+#: Accounts 1..N get a ``new_orders_per_account`` override before the first level (ids are
+#: assigned in order in the target's fresh database; the default levels register about 760
+#: accounts, probes included).  More accounts than this would meet the default, 300 per 3
+#: hours, and a refusal would show as a 429 in the report's shed row.
+LIMIT_OVERRIDE_ACCOUNTS = 2000
+
+
+def override_limits(
+    exe: str,
+    env: Mapping[str, str],
+    log_dir: Path,
+    dsn: str,
+    accounts: int = LIMIT_OVERRIDE_ACCOUNTS,
+) -> None:
+    """Raise every limit the load generator meets, as an operator would for a known heavy
+    client: ``acme-ca admin limits set`` for the address range (all its accounts come from
+    127.0.0.1) and for the registered domain (every name is under example.com), then the same
+    override, through the repository the command uses, for account ids 1..``accounts``."""
+    count = str(LIMIT_OVERRIDE_COUNT)
+    for limit, key in (
+        ("new_accounts_per_ip_range", "127.0.0.1"),
+        ("certificates_per_domain", "example.com"),
+    ):
+        argv = [exe, "admin", "limits", "set", limit, key, "--count", count]
+        argv += ["--period", LIMIT_OVERRIDE_PERIOD, "--comment", "benchmark load generator"]
+        run = subprocess.run(
+            argv, env=env, cwd=REPO, capture_output=True, text=True, timeout=120, check=False
+        )
+        with (log_dir / "limits.log").open("a") as fh:
+            fh.write(f"$ {' '.join(argv)}\n{run.stdout}{run.stderr}")
+        if run.returncode != 0:
+            raise BenchSetupError(f"acme-ca admin limits set failed:\n{run.stdout}{run.stderr}")
+    asyncio.run(_override_accounts(dsn, accounts))
+
+
+async def _override_accounts(dsn: str, accounts: int) -> None:
+    from acme_ca.cli_limits import parse_period
+    from acme_ca.db.pool import create_pool
+    from acme_ca.db.ratelimits import Override, RateLimitRepository
+
+    seconds = int(parse_period(LIMIT_OVERRIDE_PERIOD).total_seconds())
+    now = dt.datetime.now(dt.UTC)
+    pool = await create_pool(dsn, max_size=1)
+    try:
+        repo = RateLimitRepository(pool)
+        for account in range(1, accounts + 1):
+            await repo.set_override(
+                Override(
+                    "new_orders_per_account",
+                    str(account),
+                    LIMIT_OVERRIDE_COUNT,
+                    seconds,
+                    "benchmark load generator",
+                    "bench",
+                    now,
+                )
+            )
+    finally:
+        await pool.close()
+
+
 @contextlib.contextmanager
 def acme_ca(workdir: Path) -> Iterator[Target]:
     """acme_ca in production shape (see the module docstring); stopped on exit."""
+    with _acme_ca(workdir, name="acme_ca", rate_limits=False) as target:
+        yield target
+
+
+@contextlib.contextmanager
+def acme_ca_limits(workdir: Path) -> Iterator[Target]:
+    """acme_ca in production shape with the rate limits on and overridden (module
+    docstring); stopped on exit."""
+    with _acme_ca(workdir, name="acme_ca-limits", rate_limits=True) as target:
+        yield target
+
+
+@contextlib.contextmanager
+def _acme_ca(workdir: Path, *, name: str, rate_limits: bool) -> Iterator[Target]:
     # Imported here: the benchmark of Pebble alone needs neither SoftHSM2 nor its helper.
     from tests.support.softhsm import SoftHsmToken, softhsm_available
 
     if not softhsm_available():
         raise BenchSetupError("SoftHSM2 is not installed (apt-get install softhsm2)")
-    base = workdir / "acme_ca"
+    base = workdir / name
     logs = base / "logs"
     home = base / "home"
     try:
@@ -423,6 +506,7 @@ def acme_ca(workdir: Path) -> Iterator[Target]:
             ACME_CA_SERVE_WORKER="false",
             ACME_CA_STATUS_LISTEN=f"127.0.0.1:{free_port()}",
             ACME_CA_CT_LOG_LIST=str(log_list),
+            ACME_CA_RATE_LIMITS="true" if rate_limits else "false",
             **token.env(),
         )
 
@@ -478,6 +562,8 @@ def acme_ca(workdir: Path) -> Iterator[Target]:
         cafile = home / "tls" / "ca.pem"
         directory_url = f"https://127.0.0.1:{port}/directory"
         _wait("acme-ca serve", _directory_answers(directory_url, cafile), [serve], READY_TIMEOUT)
+        if rate_limits:
+            override_limits(exe, env, logs, dsn)
         # After serve: serve has applied the schema, so the worker's migrate is a no-op.
         worker = start_service(
             stack,
@@ -496,7 +582,7 @@ def acme_ca(workdir: Path) -> Iterator[Target]:
         binaries = postgres.binaries
         counted = {"serve": [serve.pid], "worker": [worker.pid], "postgres": [postmaster]}
         yield Target(
-            name="acme_ca",
+            name=name,
             directory_url=directory_url,
             cafile=cafile,
             http01_port=http01_port,
@@ -509,7 +595,14 @@ def acme_ca(workdir: Path) -> Iterator[Target]:
                 "shape": "acme-ca serve (HTTPS, no in-process worker) + 1 acme-ca worker "
                 "process + own PostgreSQL server; CA keys in SoftHSM2; pre-issuance linting "
                 "on; CT test logs in a separate process (remote in production, not counted); "
-                "logging at info, JSON, to files; pebble-challtestsrv as DNS (dnssec off)",
+                "logging at info, JSON, to files; pebble-challtestsrv as DNS (dnssec off); "
+                + (
+                    f"rate limits ON, the load generator's buckets overridden to "
+                    f"{LIMIT_OVERRIDE_COUNT} per {LIMIT_OVERRIDE_PERIOD} (address range, "
+                    f"registered domain, accounts 1-{LIMIT_OVERRIDE_ACCOUNTS})"
+                    if rate_limits
+                    else "rate limits off"
+                ),
                 "processes": {
                     "serve": serve.pid,
                     "worker": worker.pid,
@@ -549,5 +642,6 @@ def step_ca(workdir: Path) -> contextlib.AbstractContextManager[Target]:
 TARGETS: dict[str, Callable[[Path], contextlib.AbstractContextManager[Target]]] = {
     "pebble": pebble,
     "acme_ca": acme_ca,
+    "acme_ca-limits": acme_ca_limits,
     "step-ca": step_ca,
 }

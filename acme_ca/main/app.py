@@ -52,6 +52,7 @@ from acme_ca.wfe.middleware.request_store import REQUEST_SINK
 from acme_ca.wfe.nonces import NonceService
 from acme_ca.wfe.routes import setup_front_end
 from acme_ca.wfe.services import FRONT_END, FrontEnd
+from acme_ca.wfe.settings import LoadSheddingSettings, WfeSettings
 from acme_ca.wfe.urls import Urls
 
 STORAGE = web.AppKey("storage", Storage)
@@ -86,7 +87,8 @@ def create_app(
     clock = clock or SystemClock()
     app = web.Application(client_max_size=config.max_request_bytes)
     setup_front_end(app)
-    setup_load_shedding(app, config)  # innermost: inside the problem mapping
+    # innermost: inside the problem mapping
+    setup_load_shedding(app, LoadSheddingSettings.from_config(config))
 
     async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
         app[STORAGE] = await open_storage(
@@ -263,7 +265,7 @@ async def _front_end(
         debian_weak_rsa_sizes=debian_weak_rsa_sizes,
     )
     return FrontEnd(
-        config=config,
+        settings=WfeSettings.from_config(config),
         clock=clock,
         urls=urls,
         nonces=NonceService(

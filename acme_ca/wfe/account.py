@@ -72,7 +72,7 @@ async def post_account_orders(request: web.Request) -> web.Response:
     cursor_text = request.query.get("cursor", "0")
     if not cursor_text.isdigit() or len(cursor_text) > 18:
         raise AcmeError(problems.malformed("cursor must be a non-negative integer"))
-    limit = fe.config.orders_page_size
+    limit = fe.settings.orders_page_size
     # One row more than a page tells whether a next page exists (no empty last page).
     ids = await fe.account_reads.order_ids(account.id, after_id=int(cursor_text), limit=limit + 1)
     links = []

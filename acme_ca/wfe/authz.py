@@ -28,7 +28,7 @@ def challenge_resource(fe: FrontEnd, challenge: Challenge, account_id: int) -> r
         validated=challenge.validated_at,
         error=challenge.error,
         validation_record=challenge.validation_records,
-        issuer_domain_names=issuer_domain_names(fe.config.caa_identities) if persist else (),
+        issuer_domain_names=issuer_domain_names(fe.settings.caa_identities) if persist else (),
         account_uri=fe.urls.account(account_id) if persist else None,
     )
 
@@ -75,7 +75,7 @@ async def post_challenge(request: web.Request) -> web.Response:
     challenge, authz = found
     headers = {}
     if challenge.status is ChallengeStatus.PROCESSING:
-        headers["Retry-After"] = str(fe.config.retry_after_seconds)
+        headers["Retry-After"] = str(fe.settings.retry_after_seconds)
     return acme_json(
         challenge_resource(fe, challenge, authz.account_id).to_json(fe.urls),
         headers=headers,

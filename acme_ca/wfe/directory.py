@@ -12,7 +12,7 @@ from acme_ca.wfe.services import front_end
 
 def directory_body(request: web.Request) -> dict[str, JsonValue]:
     fe = front_end(request)
-    cfg = fe.config
+    cfg = fe.settings
     meta: dict[str, JsonValue] = {
         "caaIdentities": list(cfg.caa_identities),
         "externalAccountRequired": cfg.external_account_required,
@@ -28,7 +28,7 @@ def directory_body(request: web.Request) -> dict[str, JsonValue]:
             "acme_ca TEST MODE: not a publicly-trusted CA; validation uses the built-in "
             "challenge test server"
         )
-    if not (cfg.mpic_perspectives_file or (cfg.test_mode and cfg.test_perspectives)):
+    if not cfg.corroboration:
         meta["corroboration"] = "off: no remote network perspectives (BR 3.2.2.9)"
     return {
         "newNonce": fe.urls.absolute(urls.NEW_NONCE),

@@ -38,7 +38,7 @@ def order_resource(order: Order, status: OrderStatus) -> resources.Order:
 def retry_after(fe: FrontEnd, status: OrderStatus) -> dict[str, str]:
     """``Retry-After`` while the order is processing (RFC 8555 §7.4: clients poll)."""
     if status is OrderStatus.PROCESSING:
-        return {"Retry-After": str(fe.config.retry_after_seconds)}
+        return {"Retry-After": str(fe.settings.retry_after_seconds)}
     return {}
 
 

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from acme_ca.clock import Clock
-from acme_ca.config import Config
 from acme_ca.ra.accounts import AccountAuthority
 from acme_ca.ra.challenges import ChallengeAuthority
 from acme_ca.ra.finalize import FinalizeAuthority
@@ -16,6 +15,7 @@ from acme_ca.ra.revocation import RevocationAuthority
 from acme_ca.wfe.account_cache import AccountCache
 from acme_ca.wfe.nonces import NonceService
 from acme_ca.wfe.reads import AccountReads, CertificateReads, OrderReads
+from acme_ca.wfe.settings import WfeSettings
 from acme_ca.wfe.urls import Urls
 
 
@@ -25,7 +25,7 @@ class FrontEnd:
     repositories for lookups (``wfe/reads.py``, as Boulder's WFE holds a read-only storage
     client)."""
 
-    config: Config
+    settings: WfeSettings
     clock: Clock
     urls: Urls
     nonces: NonceService

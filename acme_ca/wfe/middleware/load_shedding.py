@@ -34,8 +34,8 @@ from aiohttp.web_protocol import RequestHandler
 
 from acme_ca.acme import problems
 from acme_ca.acme.problems import AcmeError
-from acme_ca.config import Config
 from acme_ca.db.errors import database_unavailable
+from acme_ca.wfe.settings import LoadSheddingSettings
 
 log = structlog.get_logger(component="acme_ca.wfe.load_shedding")
 
@@ -133,15 +133,15 @@ class ConnectionGuard:
 class LoadShedder:
     """The per-process bounds of the front end (module docstring)."""
 
-    def __init__(self, config: Config) -> None:
-        self.max_in_flight = config.requests_in_flight_limit
-        self.retry_after = str(config.overload_retry_after_seconds)
-        self.keepalive_timeout = float(config.keepalive_timeout_seconds)
+    def __init__(self, settings: LoadSheddingSettings) -> None:
+        self.max_in_flight = settings.max_in_flight
+        self.retry_after = str(settings.retry_after_seconds)
+        self.keepalive_timeout = float(settings.keepalive_timeout_seconds)
         self.in_flight = 0
         self.shed = 0
         self.connections = ConnectionGuard(
-            max_connections=connection_cap(config.max_connections),
-            header_timeout=float(config.header_read_timeout_seconds),
+            max_connections=connection_cap(settings.max_connections),
+            header_timeout=float(settings.header_read_timeout_seconds),
         )
 
     def unavailable(self, detail: str) -> AcmeError:
@@ -200,9 +200,9 @@ async def _bounded(
         shedder.in_flight -= 1
 
 
-def setup_load_shedding(app: web.Application, config: Config) -> LoadShedder:
+def setup_load_shedding(app: web.Application, settings: LoadSheddingSettings) -> LoadShedder:
     """Register the middleware (innermost: inside the problem mapping) and its bounds."""
-    shedder = LoadShedder(config)
+    shedder = LoadShedder(settings)
     app[LOAD_SHEDDER] = shedder
     app.middlewares.append(load_shedding_middleware)
     return shedder

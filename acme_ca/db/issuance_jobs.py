@@ -9,9 +9,10 @@ optional.  :class:`acme_ca.db.issuance.IssuanceRepository` returns them.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from datetime import datetime
-from typing import TypedDict
+from typing import Any, Final
 
 import asyncpg
 
@@ -112,78 +113,35 @@ class AuthorizationEvidence:
     records: list[JsonObject]
 
 
-class _JobColumns(TypedDict):
-    """The columns every step's view has (:class:`IssuanceJob`'s fields)."""
+_VIEWS: Final[Mapping[Step, type[IssuanceJob]]] = {
+    Step.QUEUED: IssuanceJob,
+    Step.PREPARED: PreparedJob,
+    Step.PRECERT_SIGNED: PrecertSignedJob,
+    Step.SCTS_COLLECTED: SctsCollectedJob,
+    Step.ISSUED: IssuanceJob,
+}
+"""The view each step's job is read as: the columns its step has recorded, none optional."""
 
-    id: int
-    order_id: int
-    account_id: int
-    csr_der: bytes
-    names: tuple[str, ...]
-    status: str
-    step: Step
-    attempts: int
-    deferrals: int
-    issuer: str
-    created_at: datetime
-    locked_by: str | None
-    profile: str
-
-
-class _PreparedColumns(_JobColumns):
-    serial: str
-    not_before: datetime
-    not_after: datetime
-    precert_tbs_der: bytes
-    precert_lint_der: bytes
-
-
-class _SignedColumns(_PreparedColumns):
-    precert_der: bytes
-    ct_submitted_at: datetime
+_DECODE: Final[Mapping[str, Callable[[Any], object]]] = {
+    "step": Step,
+    "names": tuple,
+    "csr_der": bytes,
+    "precert_tbs_der": bytes,
+    "precert_lint_der": bytes,
+    "precert_der": bytes,
+    "tbs_der": bytes,
+    "lint_der": bytes,
+}
+"""Columns whose Python value is not asyncpg's as it comes; every other field is the column."""
 
 
 def job_from_row(row: asyncpg.Record) -> IssuanceJob:
-    """The typed view of the row's step (the ``issuance_jobs_step_recorded`` constraint
-    guarantees the columns of a job a worker may take)."""
-    step = Step(row["step"])
-    common: _JobColumns = {
-        "id": row["id"],
-        "order_id": row["order_id"],
-        "account_id": row["account_id"],
-        "csr_der": bytes(row["csr_der"]),
-        "names": tuple(row["names"]),
-        "status": row["status"],
-        "step": step,
-        "attempts": row["attempts"],
-        "deferrals": row["deferrals"],
-        "issuer": row["issuer"],
-        "created_at": row["created_at"],
-        "locked_by": row["locked_by"],
-        "profile": row["profile"],
-    }
-    if step in (Step.QUEUED, Step.ISSUED):
-        return IssuanceJob(**common)
-    prepared: _PreparedColumns = {
-        **common,
-        "serial": row["serial"],
-        "not_before": row["not_before"],
-        "not_after": row["not_after"],
-        "precert_tbs_der": bytes(row["precert_tbs_der"]),
-        "precert_lint_der": bytes(row["precert_lint_der"]),
-    }
-    if step is Step.PREPARED:
-        return PreparedJob(**prepared)
-    signed: _SignedColumns = {
-        **prepared,
-        "precert_der": bytes(row["precert_der"]),
-        "ct_submitted_at": row["ct_submitted_at"],
-    }
-    if step is Step.PRECERT_SIGNED:
-        return PrecertSignedJob(**signed)
-    return SctsCollectedJob(
-        **signed,
-        scts=row["scts"],
-        tbs_der=bytes(row["tbs_der"]),
-        lint_der=bytes(row["lint_der"]),
-    )
+    """The typed view of the row's step, one field per column of the same name (the
+    ``issuance_jobs_step_recorded`` constraint guarantees the columns of a job a worker may
+    take)."""
+    view = _VIEWS[Step(row["step"])]
+    values: dict[str, Any] = {}
+    for f in fields(view):
+        decode = _DECODE.get(f.name)
+        values[f.name] = row[f.name] if decode is None else decode(row[f.name])
+    return view(**values)

@@ -391,14 +391,16 @@ async def test_acme_ord_3_reading_an_expired_order_writes_nothing(
 
 
 async def _statements_of(
-    dsn: str, work: Callable[[OrderRepository], Awaitable[T]]
+    dsn: str,
+    work: Callable[[OrderRepository], Awaitable[T]],
+    warm: Callable[[OrderRepository], Awaitable[object]] | None = None,
 ) -> tuple[T, list[str]]:
-    """``work`` on a repository whose pool is one connection, with the statements it sent
-    (after a first run of ``work``, which also lets asyncpg introspect the types)."""
+    """``work`` on a repository whose pool is one connection, with the statements it sent,
+    after ``warm`` (by default ``work`` itself), which lets asyncpg introspect the types."""
     sent: list[str] = []
     one = await create_pool(dsn, max_size=1)
     try:
-        await work(OrderRepository(one))
+        await (warm or work)(OrderRepository(one))
         async with one.acquire() as conn:
             conn.add_query_logger(lambda q: sent.append(q.query))
         result = await work(OrderRepository(one))
@@ -491,4 +493,81 @@ async def test_cp_5_4_1_new_order_in_one_statement_with_its_authorizations_and_a
         "reused_authzs": [first.id],
         "profile": "dv",
     }
+    assert (await verify_chain(pool)).ok
+
+
+async def _started(repo: OrderRepository, account_id: int, names: list[str]) -> list[int]:
+    """A new order for ``names`` with the first challenge of each authorization started."""
+    order = await repo.create_order(
+        account_id=account_id,
+        identifiers=[Identifier("dns", n) for n in names],
+        expires_at=LATER,
+        reuse=[None] * len(names),
+        new_authzs=[_pending(n) for n in names],
+        now=NOW,
+    )
+    started = []
+    for authz_id in order.authz_ids:
+        authz = await repo.get_authorization(authz_id)
+        assert authz is not None
+        started.append(authz.challenges[0].id)
+        assert await repo.start_challenge(started[-1], now=NOW, lease=timedelta(1))
+    return [order.id, *started]
+
+
+async def test_cp_5_4_1_validation_result_in_two_statements_with_its_orders_and_audit_row(
+    pool: asyncpg.Pool, dsn: str
+) -> None:
+    """finish_validation (issue 20): the challenge and authorization, then the orders and the
+    audit row (with orders_changed), one transaction of two statements for an order of one
+    name; an order with other authorizations reads them after its lock, as before."""
+    repo = OrderRepository(pool)
+    async with pool.acquire() as conn:
+        account_id = await _account(conn)
+    ok = ValidationOutcome(True, [{"url": "http://x/"}], None, LATER)
+    warm_order, warm_challenge = await _started(repo, account_id, ["warm.example.com"])
+    order_id, challenge_id = await _started(repo, account_id, ["one.example.com"])
+    changed, sent = await _statements_of(
+        dsn,
+        lambda r: r.finish_validation(challenge_id, ok, NOW),
+        warm=lambda r: r.finish_validation(warm_challenge, ok, NOW),
+    )
+    assert changed == [order_id]
+    assert [q.split()[0] for q in sent] == ["BEGIN;", "WITH", "WITH", "COMMIT;"]
+    stored = await repo.get_order(order_id)
+    assert stored is not None and stored.status is S.READY
+    assert await repo.finish_validation(challenge_id, ok, NOW) == []  # finished already
+
+    # Two names: the first valid leaves the order pending, the second makes it ready
+    # (read after the lock); a failed validation fails an order of two names at once.
+    two, first, second = await _started(
+        repo, account_id, ["a.two.example.com", "b.two.example.com"]
+    )
+    assert await repo.finish_validation(first, ok, NOW) == []
+    assert await repo.finish_validation(second, ok, NOW) == [two]
+    bad, third, _ = await _started(repo, account_id, ["a.bad.example.com", "b.bad.example.com"])
+    refused = problems.unauthorized("no")
+    failure = ValidationOutcome(False, [], refused, None)
+    assert await repo.finish_validation(third, failure, NOW) == [bad]
+    failed = await repo.get_order(bad)
+    assert failed is not None and failed.status is S.INVALID
+    assert failed.error is not None and failed.error.detail == "no"
+    rows = await pool.fetch(
+        "SELECT event, actor, account_id, order_id, details FROM audit_events "
+        "WHERE event LIKE 'challenge.%' AND event <> 'challenge.processing' ORDER BY id"
+    )
+    assert [
+        (r["event"], r["details"]["challenge_id"], r["details"]["orders_changed"]) for r in rows
+    ] == [
+        ("challenge.valid", warm_challenge, [warm_order]),
+        ("challenge.valid", challenge_id, [order_id]),
+        ("challenge.valid", first, []),
+        ("challenge.valid", second, [two]),
+        ("challenge.invalid", third, [bad]),
+    ]
+    assert {(r["actor"], r["account_id"], r["order_id"]) for r in rows} == {
+        ("va", account_id, None)
+    }
+    assert rows[1]["details"]["records"] == [{"url": "http://x/"}]
+    assert rows[4]["details"]["error"] == refused.to_json()
     assert (await verify_chain(pool)).ok

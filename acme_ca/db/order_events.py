@@ -74,19 +74,24 @@ ORDER_SELECT = _ORDER_COLUMNS + " FROM orders o " + _AUTHZ_ARRAYS
 
 #: One order event: to the table's target ($2), only from its sources ($5) and not once the
 #: order has expired out of them ($6: the sources of EXPIRED); the moved rows come back whole.
-_MOVE_ORDERS = """
-    WITH o AS (
+_MOVE = """
         UPDATE orders SET status = $2, error = coalesce(error, $3), updated_at = $4
-        WHERE id = ANY($1::bigint[]) AND status = ANY($5::text[])
+        WHERE id = ANY({ids}) AND status = ANY($5::text[])
           AND NOT (status = ANY($6::text[]) AND expires_at <= $4)
-        RETURNING *)
-"""
+        RETURNING *"""
+_MOVE_ORDERS = "\n    WITH o AS (" + _MOVE.format(ids="$1::bigint[]") + ")\n"
 _APPLY_ORDER_EVENT = _MOVE_ORDERS + _ORDER_COLUMNS + " FROM o " + _AUTHZ_ARRAYS + " ORDER BY o.id"
 
 
 #: :func:`apply_order_event`'s move alone (``WITH o AS (...)``, $1-$6 of
 #: :func:`order_event_args`), for a statement that selects something else than the orders.
 ORDER_EVENT_CTE: Final = _MOVE_ORDERS
+
+
+def order_move(ids: str) -> str:
+    """The order event's ``UPDATE ... RETURNING *`` ($2-$6 of :func:`order_event_args`) for
+    the orders whose ids the array expression ``ids`` gives, computed in the statement."""
+    return _MOVE.format(ids=ids)
 
 
 def order_event_statement(more_ctes: str) -> str:
@@ -171,12 +176,21 @@ async def advance_orders(
     )
     if not locked:
         return []
+    return await advance_locked_orders(conn, [r["id"] for r in locked], now, error)
+
+
+async def advance_locked_orders(
+    conn: asyncpg.Connection, order_ids: Sequence[int], now: datetime, error: Problem | None
+) -> list[int]:
+    """:func:`advance_orders` for orders this transaction has locked already: their
+    authorizations are read in a statement after the lock, then each order is moved by
+    the event they amount to.  Returns the ids of the orders that moved."""
     statuses: dict[int, list[AuthorizationStatus]] = {}
     for r in await conn.fetch(
         """SELECT x.order_id, a.status, a.expires_at
            FROM order_authorizations x JOIN authorizations a ON a.id = x.authz_id
            WHERE x.order_id = ANY($1::bigint[])""",
-        [r["id"] for r in locked],
+        list(order_ids),
     ):
         statuses.setdefault(r["order_id"], []).append(
             authz_status(r["status"], r["expires_at"], now)

@@ -57,9 +57,9 @@ class Override:
     created_at: datetime
 
 
-# The effective count/period of each requested bucket (its override, else the default),
-# then: T = period / count (NULL for a count of 0: never allowed); $5 is now.
-_SPEND = """
+# The effective count/period of each requested bucket (its override, else the default):
+# $1..$4 are the requested names, keys, counts and periods.
+_EFFECTIVE = """
     WITH req AS (
         SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::int[])
             AS r(limit_name, bucket_key, count, period_seconds)
@@ -68,7 +68,12 @@ _SPEND = """
                coalesce(o.count, r.count) AS count,
                coalesce(o.period_seconds, r.period_seconds) AS period_seconds
         FROM req r LEFT JOIN rate_limit_overrides o USING (limit_name, bucket_key)
-    )
+    )"""
+
+# Then: T = period / count (NULL for a count of 0: never allowed); $5 is now.
+_SPEND = (
+    _EFFECTIVE  # noqa: S608 - constant SQL
+    + """
     INSERT INTO rate_limit_buckets AS b (limit_name, bucket_key, count, period_seconds, tat,
                                          allowed)
     SELECT limit_name, bucket_key, count, period_seconds,
@@ -96,17 +101,11 @@ _SPEND = """
                                              / nullif(EXCLUDED.count, 0))
             ELSE b.tat END
     RETURNING limit_name, bucket_key, count, period_seconds, tat, allowed"""
+)
 
-_CHECK = """
-    WITH req AS (
-        SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::int[])
-            AS r(limit_name, bucket_key, count, period_seconds)
-    ), eff AS (
-        SELECT r.limit_name, r.bucket_key,
-               coalesce(o.count, r.count) AS count,
-               coalesce(o.period_seconds, r.period_seconds) AS period_seconds
-        FROM req r LEFT JOIN rate_limit_overrides o USING (limit_name, bucket_key)
-    )
+_CHECK = (
+    _EFFECTIVE  # noqa: S608 - constant SQL
+    + """
     SELECT e.limit_name, e.bucket_key, e.count, e.period_seconds,
            coalesce(b.tat, $5::timestamptz) AS tat,
            coalesce(
@@ -114,6 +113,7 @@ _CHECK = """
                    + make_interval(secs => e.period_seconds::float8 / nullif(e.count, 0))
                <= $5::timestamptz + make_interval(secs => e.period_seconds), false) AS allowed
     FROM eff e LEFT JOIN rate_limit_buckets b USING (limit_name, bucket_key)"""
+)
 
 
 def _decision(row: asyncpg.Record) -> Decision:

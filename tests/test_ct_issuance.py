@@ -47,16 +47,18 @@ from acme_ca.ca.ct.sct import (
     to_millis,
     verify_signature,
 )
-from acme_ca.ca.ct.submit import CertificateTransparency
+from acme_ca.ca.ct.submit import CertificateTransparency, CtSettings
 from acme_ca.ca.issuers import IssuerSet, load_issuers
 from acme_ca.ca.lint import CertificateLinter
+from acme_ca.ca.settings import IssuerSettings
 from acme_ca.ca.worker import DEFAULT_LEASE
 from acme_ca.clock import SystemClock
-from acme_ca.config import Config
+from acme_ca.config import Config, ConfigError, load_config
 from acme_ca.db.issuance import IssuanceRepository
 from acme_ca.db.issuance_jobs import IssuanceJob
 from acme_ca.db.status import StatusRepository
-from acme_ca.status.updater import StatusSettings, StatusUpdater
+from acme_ca.status.settings import StatusSettings
+from acme_ca.status.updater import StatusUpdater
 from acme_ca.testsrv.ct_log import LogListEntry, TestLogSpec, _without_poison
 from acme_ca.testsrv.ct_log_set import TestCtLogs
 from acme_ca.testsrv.ct_logs_runner import accepted_roots
@@ -818,7 +820,7 @@ async def test_precertificate_lint_error_signs_nothing(
     internal_pki_config: Config,
     linter: CertificateLinter,
 ) -> None:
-    async with await load_issuers(internal_pki_config) as loaded:
+    async with await load_issuers(IssuerSettings.from_config(internal_pki_config)) as loaded:
         counted, signers = wrap_issuers(loaded)
         async with harness(pool, internal_pki_config, counted, linter, three_operators()) as h:
             order_id, _ = await h.queue(["ct-lint.example.com"])
@@ -908,3 +910,33 @@ async def test_br_lint_1_precertificate_linted_final_only_on_request(
     assert result.cert.tbs_precertificate_bytes == remove_poison(
         result.precert.tbs_certificate_bytes
     )
+
+
+def test_ct_stagger_and_backoff_come_from_configuration() -> None:
+    """The CT pauses that add latency when a log is slow or failing are configuration
+    (issue 20): stagger and retry pause in milliseconds, the job's backoff in seconds."""
+    defaults = CtSettings.from_config(load_config(env={}))
+    assert (defaults.stagger, defaults.retry_pause) == (2.0, 0.25)
+    assert (defaults.retry_initial, defaults.retry_max) == (
+        timedelta(seconds=10),
+        timedelta(minutes=5),
+    )
+    env = {
+        "ACME_CA_CT_STAGGER_MILLISECONDS": "300",
+        "ACME_CA_CT_RETRY_PAUSE_MILLISECONDS": "50",
+        "ACME_CA_CT_BACKOFF_INITIAL_SECONDS": "2",
+        "ACME_CA_CT_BACKOFF_MAX_SECONDS": "20",
+    }
+    tuned = CtSettings.from_config(load_config(env=env))
+    assert (tuned.stagger, tuned.retry_pause) == (0.3, 0.05)
+    assert [tuned.backoff(n) for n in (1, 2, 3, 4, 5)] == [
+        timedelta(seconds=s) for s in (2, 4, 8, 16, 20)
+    ]
+    for key, value in [
+        ("ACME_CA_CT_STAGGER_MILLISECONDS", "0"),
+        ("ACME_CA_CT_RETRY_PAUSE_MILLISECONDS", "-1"),
+        ("ACME_CA_CT_BACKOFF_INITIAL_SECONDS", "0"),
+        ("ACME_CA_CT_BACKOFF_MAX_SECONDS", "1"),
+    ]:
+        with pytest.raises(ConfigError, match=key.removeprefix("ACME_CA_").lower()):
+            load_config(env={**env, key: value})

@@ -53,9 +53,14 @@ def check(config: Config) -> None:  # noqa: C901 -- a checklist: one check per c
         "hsm_sign_timeout_seconds",
         "hsm_deadline_seconds",
         "dns_timeout_seconds",
+        "ct_stagger_milliseconds",
+        "ct_retry_pause_milliseconds",
+        "ct_backoff_initial_seconds",
     ):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{name} must be positive")
+    if config.ct_backoff_max_seconds < config.ct_backoff_initial_seconds:
+        raise ConfigError("ct_backoff_max_seconds must be at least ct_backoff_initial_seconds")
     if config.pending_authz_lifetime_seconds > 30 * 86400:
         raise ConfigError("pending_authz_lifetime_seconds may be at most 30 days (BR)")
     for resolver in config.dns_resolver.split(","):

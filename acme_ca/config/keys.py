@@ -504,6 +504,25 @@ class Config:
         "How long issuance keeps retrying to collect enough SCTs before the order becomes "
         "invalid (the precertificate stays recorded).",
     )
+    ct_stagger_milliseconds: int = _key(
+        2000,
+        "While SCTs are still missing, one more CT log is asked this often, so a slow log "
+        "does not hold issuance up (the logs the policy needs are asked at once). Lower: "
+        "less latency when a log is slow, more submissions.",
+    )
+    ct_retry_pause_milliseconds: int = _key(
+        250,
+        "Pause before retrying a CT log that answered 429 or 5xx without `Retry-After`, "
+        "or refused the connection (within `ct_timeout_seconds`, 3 tries at most).",
+    )
+    ct_backoff_initial_seconds: int = _key(
+        10,
+        "First pause before a job whose SCTs fell short of the policy tries again; it "
+        "doubles on each retry up to `ct_backoff_max_seconds`, until `ct_deadline_seconds`.",
+    )
+    ct_backoff_max_seconds: int = _key(
+        300, "Longest pause between two tries of a job whose SCTs fell short of the policy."
+    )
     log_format: str = _key(
         "json", "`json` (one JSON object per line, for operators) or `console` (for people)."
     )

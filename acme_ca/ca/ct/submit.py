@@ -62,8 +62,6 @@ log = structlog.get_logger(component="acme_ca.ca.ct")
 
 #: Tries per log per submission (the first one included).
 MAX_TRIES: Final = 3
-#: Pause before retrying a 5xx / refused connection that gave no Retry-After.
-RETRY_PAUSE: Final = 0.25
 USER_AGENT: Final = "acme-ca (certificate transparency submitter)"
 
 
@@ -75,9 +73,13 @@ class CtSettings:
     timeout: float = 10.0
     #: How long a job keeps trying to meet the policy (``ct_deadline_seconds``).
     deadline: timedelta = timedelta(hours=1)
-    #: While SCTs are missing, another log is tried this often.
+    #: While SCTs are missing, another log is tried this often (``ct_stagger_milliseconds``).
     stagger: float = 2.0
-    #: Job backoff after a failed collection: first pause, doubling up to ``retry_max``.
+    #: Pause before retrying a 5xx / refused connection that gave no Retry-After
+    #: (``ct_retry_pause_milliseconds``).
+    retry_pause: float = 0.25
+    #: Job backoff after a failed collection: first pause, doubling up to ``retry_max``
+    #: (``ct_backoff_initial_seconds``, ``ct_backoff_max_seconds``).
     retry_initial: timedelta = timedelta(seconds=10)
     retry_max: timedelta = timedelta(minutes=5)
     #: Allowed difference between a log's clock and ours.
@@ -93,6 +95,10 @@ class CtSettings:
         return cls(
             timeout=float(config.ct_timeout_seconds),
             deadline=timedelta(seconds=config.ct_deadline_seconds),
+            stagger=config.ct_stagger_milliseconds / 1000,
+            retry_pause=config.ct_retry_pause_milliseconds / 1000,
+            retry_initial=timedelta(seconds=config.ct_backoff_initial_seconds),
+            retry_max=timedelta(seconds=config.ct_backoff_max_seconds),
         )
 
     def backoff(self, retries: int) -> timedelta:
@@ -447,7 +453,7 @@ class CertificateTransparency:
             what = f"HTTP {status}" if status else f"connection failed ({payload.decode()})"
             if status == 429 or status >= 500 or status == 0:
                 wait = _retry_after(retry_after_header, self._clock.now())
-                pause = RETRY_PAUSE if wait is None else wait
+                pause = self.settings.retry_pause if wait is None else wait
                 if tries >= MAX_TRIES or loop.time() + pause >= budget_end:
                     if wait is not None:
                         self._held[ct_log.log_id] = loop.time() + wait

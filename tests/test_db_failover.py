@@ -7,13 +7,20 @@ away instead of failing the next requests too. The failover itself is
 from __future__ import annotations
 
 import asyncio
+import time
+from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 
+from acme_ca.ca.deferrals import release_when_database_back
+from acme_ca.clock import SystemClock
 from acme_ca.db.errors import database_unavailable
+from acme_ca.db.issuance import IssuanceRepository
 from acme_ca.db.pool import create_pool
+from tests.support.relay import relay_to
+from tests.support.worker import build_csr, insert_ready_order
 
 
 async def test_no_read_write_host_in_a_multi_host_url_is_a_database_outage(dsn: str) -> None:
@@ -66,5 +73,56 @@ async def test_a_connection_whose_protocol_broke_is_terminated_not_pooled(dsn: s
                 kept = await conn.fetchval("SELECT pg_backend_pid()")
                 await conn.execute("SELECT * FROM no_such_table")
         assert await pool.fetchval("SELECT pg_backend_pid()") == kept
+    finally:
+        await pool.close()
+
+
+async def test_a_job_that_met_a_database_outage_is_claimable_once_the_database_is_back(
+    dsn: str,
+) -> None:
+    """A worker whose job failed on a database outage (a restart, a failover) hands its lease
+    back as soon as the database answers again: the job resumes at its recorded step at once,
+    not when the 30 s lease lapses. The outage is real: a relay in front of PostgreSQL, cut
+    for a second."""
+    pool = await create_pool(dsn, max_size=2)
+    names = ["outage.failover.example.com"]
+    jobs = IssuanceRepository(pool)
+    lease = timedelta(seconds=30)
+    try:
+        account_id, order_id = await insert_ready_order(pool, names)
+        assert await jobs.enqueue(
+            order_id=order_id,
+            account_id=account_id,
+            csr_der=build_csr(names, "ec"),
+            names=names,
+            issuer="dv-ecc",
+            now=datetime.now(UTC),
+        )
+        job = await jobs.claim("host:1:worker", now=datetime.now(UTC), lease=lease)
+        assert job is not None
+        assert await jobs.claim("host:2:other", now=datetime.now(UTC), lease=lease) is None
+        async with relay_to(dsn) as relay:
+            relayed = await create_pool(relay.dsn(dsn), max_size=1, acquire_timeout=0.5)
+            try:
+                await relay.cut()
+                started = time.monotonic()
+                back = asyncio.create_task(
+                    release_when_database_back(
+                        IssuanceRepository(relayed), SystemClock(), "host:1:worker", job, lease
+                    )
+                )
+                await asyncio.sleep(1.0)
+                assert not back.done(), "released while the database was away"
+                await relay.start()  # the same port: the database is back
+                assert await asyncio.wait_for(back, 10)
+                assert time.monotonic() - started < 5
+            finally:
+                relayed.terminate()
+        again = await jobs.claim("host:2:other", now=datetime.now(UTC), lease=lease)
+        assert again is not None and again.id == job.id and again.step == job.step
+        # Not ours any more: nothing to release.
+        assert not await release_when_database_back(
+            jobs, SystemClock(), "host:1:worker", job, lease
+        )
     finally:
         await pool.close()

@@ -9,7 +9,6 @@ TCP relay the test cuts and restores, and recovers without a restart.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -27,6 +26,7 @@ from acme_ca.wfe.middleware.load_shedding import LOAD_SHEDDER, GuardedRunner
 from tests.fixtures import CaFactory, free_socket
 from tests.support.jws import JwsClient
 from tests.support.problems import assert_problem
+from tests.support.relay import Relay, relay_to
 
 
 def _assert_shed(status: int, headers: object, body: dict[str, object]) -> None:
@@ -91,54 +91,10 @@ async def test_rfc8555_6_6_database_pool_wait_is_bounded(
     assert (await client.register(contact=["mailto:ops@example.test"])).status == 201
 
 
-class Relay:
-    """A TCP relay in front of PostgreSQL that the test can cut (closing every relayed
-    connection and refusing new ones) and restore on the same port."""
-
-    def __init__(self, target_host: str, target_port: int) -> None:
-        self._target = (target_host, target_port)
-        self._server: asyncio.Server | None = None
-        self._pipes: set[asyncio.StreamWriter] = set()
-        self.port = 0
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(
-            self._relay, "127.0.0.1", self.port or 0, reuse_address=True
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def cut(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer in list(self._pipes):
-            writer.close()
-        await self._server.wait_closed()
-        self._server = None
-
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self._target)
-        self._pipes.update({writer, up_writer})
-
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError, asyncio.CancelledError):
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            dst.close()
-
-        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
-        self._pipes.difference_update({writer, up_writer})
-
-
 @pytest.fixture
 async def relay(dsn: str) -> AsyncIterator[Relay]:
-    parts = urlsplit(dsn)
-    assert parts.hostname is not None and parts.port is not None
-    r = Relay(parts.hostname, parts.port)
-    await r.start()
-    yield r
-    with contextlib.suppress(AssertionError):
-        await r.cut()
+    async with relay_to(dsn) as r:
+        yield r
 
 
 async def test_rfc8555_6_7_database_outage_is_503_server_internal_then_recovers(

@@ -3,12 +3,17 @@
 When the HSM fails (token absent, HSM error, no session free) or the CT logs cannot give
 enough SCTs, nothing more is signed: the job is deferred with backoff and retried with the
 same serial, TBS and precertificate, until a deadline after which its order becomes invalid
-with a clear error.  Kept apart from :mod:`acme_ca.ca.worker` so the worker's module holds
-the claim loop and the step handlers, and the two waiting rules sit side by side here.
+with a clear error.  A job that met a database outage (a restart, a failover to a new
+primary) hands its lease back as soon as the database answers again, so it resumes at once
+from its recorded step instead of waiting the lease out.  Kept apart from
+:mod:`acme_ca.ca.worker` so the worker's module holds the claim loop and the step handlers,
+and the waiting rules sit side by side here.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from datetime import datetime, timedelta
 
 import structlog
@@ -18,6 +23,7 @@ from acme_ca.acme.jsontypes import JsonValue
 from acme_ca.ca.ct.submit import CertificateTransparency
 from acme_ca.ca.signer import SignerError
 from acme_ca.clock import Clock
+from acme_ca.db.errors import database_unavailable
 from acme_ca.db.issuance import IssuanceRepository
 from acme_ca.db.issuance_jobs import IssuanceJob, PrecertSignedJob, PreparedJob
 
@@ -27,6 +33,28 @@ log = structlog.get_logger(component="acme_ca.ca.worker")
 DEFAULT_HSM_DEADLINE = timedelta(hours=1)
 #: Backoff after an HSM failure: 1 s doubling, at most this, so a returning token is used soon.
 HSM_BACKOFF_MAX = timedelta(seconds=10)
+#: How often a job that met a database outage tries to hand its lease back.
+OUTAGE_RETRY_SECONDS = 0.5
+
+
+async def release_when_database_back(
+    jobs: IssuanceRepository, clock: Clock, worker_id: str, job: IssuanceJob, lease: timedelta
+) -> bool:
+    """End ``worker_id``'s lease on ``job`` once the database answers again; True if it did
+    (the job is claimable now), False if the job was no longer ours or the lease lapsed
+    first (then any worker takes it as usual)."""
+    deadline = time.monotonic() + lease.total_seconds()
+    while time.monotonic() < deadline:
+        try:
+            released = await jobs.release_lease(job.id, worker_id, now=clock.now())
+        except Exception as exc:
+            if not database_unavailable(exc):
+                raise
+            await asyncio.sleep(OUTAGE_RETRY_SECONDS)
+            continue
+        log.info("issuance.lease_released", released=released, step=job.step)
+        return released
+    return False
 
 
 class Deferrals:

@@ -62,7 +62,7 @@ from acme_ca import metrics
 from acme_ca.acme import problems
 from acme_ca.ca.ct.sct import final_tbs, remove_poison
 from acme_ca.ca.ct.submit import CertificateTransparency, CtPolicyNotMet, LoggedSct
-from acme_ca.ca.deferrals import DEFAULT_HSM_DEADLINE, Deferrals
+from acme_ca.ca.deferrals import DEFAULT_HSM_DEADLINE, Deferrals, release_when_database_back
 from acme_ca.ca.der import sign_tbs_certificate, throwaway_signed_tbs
 from acme_ca.ca.issuance_lint import IssuanceLint
 from acme_ca.ca.issuance_profiles import IssuanceError, IssuanceProfiles
@@ -76,6 +76,7 @@ from acme_ca.ca.profile import (
 from acme_ca.ca.signer import SignerError
 from acme_ca.ca.signing_checks import CaaRechecker, OrganizationCheck, SigningChecks, SigningGuard
 from acme_ca.clock import Clock
+from acme_ca.db.errors import database_unavailable
 from acme_ca.db.issuance import IssuanceRepository
 from acme_ca.db.issuance_jobs import (
     IssuanceJob,
@@ -284,18 +285,27 @@ class SigningWorker:
             job_id=job.id, order_id=job.order_id, account_id=job.account_id
         )
         heartbeat = asyncio.create_task(self._heartbeat(job), name=f"lease-{job.id}")
+        outage = False
         try:
             await self._process(job)
         except SignerError as exc:
             await self._deferrals.hsm_unavailable(job, exc)
-        except Exception:
-            # Leave the job to a retry after the lease: a transient database fault must not
-            # lose the order. Permanent faults surface in the logs each attempt.
-            log.exception("issuance.attempt_failed", attempts=job.attempts, step=job.step)
+        except Exception as exc:
+            # Leave the job to a retry: a transient database fault must not lose the order.
+            # Permanent faults surface in the logs each attempt.
+            outage = database_unavailable(exc)
+            if outage:
+                log.warning("issuance.database_unavailable", step=job.step, error=repr(exc))
+            else:
+                log.exception("issuance.attempt_failed", attempts=job.attempts, step=job.step)
         finally:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
+            if outage and await release_when_database_back(
+                self._jobs, self._clock, self.worker_id, job, self._lease
+            ):
+                self._wake.set()  # claim it again now, not at the next poll
             structlog.contextvars.unbind_contextvars("job_id", "order_id", "account_id")
 
     async def _heartbeat(self, job: IssuanceJob) -> None:

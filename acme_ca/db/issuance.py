@@ -546,6 +546,19 @@ class IssuanceRepository:
         )
         return bool(updated.endswith(" 1"))
 
+    async def release_lease(self, job_id: int, worker_id: str, *, now: datetime) -> bool:
+        """End this worker's lease on a job it stopped carrying (the database went away
+        mid-step): claimable at once, it resumes at its recorded step. False if the job is
+        no longer this worker's, or no longer running (its last write did commit)."""
+        updated = await self._pool.execute(
+            """UPDATE issuance_jobs SET locked_until = $3::timestamptz - interval '1 millisecond'
+               WHERE id = $1 AND locked_by = $2 AND status = 'running'""",
+            job_id,
+            worker_id,
+            now,
+        )
+        return bool(updated.endswith(" 1"))
+
     async def lease_holders(self, prefix: str, *, now: datetime) -> list[str]:
         """Workers named ``prefix...`` holding a running job whose lease has not lapsed."""
         rows = await self._pool.fetch(

@@ -28,6 +28,7 @@ from acme_ca.br import BR_VERSION, max_dcv_reuse
 from acme_ca.clock import Clock
 from acme_ca.db.accounts import Account, AccountRepository
 from acme_ca.db.authorizations import Authorization, Challenge, ValidationOutcome
+from acme_ca.db.errors import database_unavailable
 from acme_ca.db.orders import OrderRepository
 from acme_ca.liveness import dead_on_this_host, holder_name, host_prefix
 from acme_ca.ra.ratelimits import RateLimiter
@@ -36,6 +37,9 @@ from acme_ca.va.records import CheckResult
 from acme_ca.va.registry import BR_METHODS
 
 log = structlog.get_logger(component="acme_ca.ra.challenges")
+
+#: How soon a validation that met a database outage is run again.
+OUTAGE_RETRY_SECONDS = 0.5
 
 
 class Validator(Protocol):
@@ -166,11 +170,30 @@ class ChallengeAuthority:
         process takes it over only when this one is gone (``recover_stale``)."""
         renewing = asyncio.create_task(self._renew_lease(challenge_id))
         try:
-            await self._validate(challenge_id)
+            await self._validate_through_outage(challenge_id)
         finally:
             renewing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewing
+
+    async def _validate_through_outage(self, challenge_id: int) -> None:
+        """:meth:`_validate`, run again while the database is away (a restart, a failover
+        to a new primary): the challenge is still this process's (its lease is renewed
+        meanwhile) and ``_validate`` starts from what is recorded, so the order goes on as
+        soon as the database answers instead of waiting for the lease to lapse."""
+        deadline = time.monotonic() + self._lease.total_seconds()
+        while True:
+            try:
+                await self._validate(challenge_id)
+            except Exception as exc:
+                if not database_unavailable(exc) or time.monotonic() > deadline:
+                    raise
+                log.warning(
+                    "challenge.database_unavailable", challenge_id=challenge_id, error=repr(exc)
+                )
+            else:
+                return
+            await asyncio.sleep(OUTAGE_RETRY_SECONDS)
 
     async def _renew_lease(self, challenge_id: int) -> None:
         while True:

@@ -7,8 +7,6 @@ off in test mode unless asked for."""
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -38,6 +36,7 @@ from acme_ca.ra.ratelimits import (
 )
 from acme_ca.testsrv.server import ChallengeTestServer
 from tests.fixtures import CaFactory
+from tests.support.cli import run_cli
 from tests.support.jws import JwsClient
 from tests.support.orders import Subscriber, subscriber, validation_config
 from tests.support.revocation import account_id_of, make_issuer, make_leaf, store_certificate
@@ -255,21 +254,7 @@ def test_admin_limit_names_and_keys() -> None:
 
 async def test_admin_limits_set_list_clear_cli(dsn: str, tmp_path: Path) -> None:
     async def admin(*args: str) -> tuple[int, str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ACME_CA_")}
-        env.update(ACME_CA_DATABASE_URL=dsn, ACME_CA_HOME=str(tmp_path / "home"))
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "acme_ca",
-            "admin",
-            "limits",
-            *args,
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await proc.communicate()
-        return proc.returncode or 0, out.decode(), err.decode()
+        return await run_cli(dsn, tmp_path, "admin", "limits", *args)
 
     code, out, err = await admin(
         "set", "certificates_per_domain", "www.example.com", "--count", "500", "--period",

@@ -7,10 +7,7 @@ test, and matching order and certificate rows are inserted with SQL.
 
 from __future__ import annotations
 
-import asyncio
 import getpass
-import os
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,6 +29,7 @@ from acme_ca.ra.keys import KeyPolicy
 from acme_ca.ra.revocation import REASON_CODES
 from acme_ca.testsrv.server import ChallengeTestServer
 from tests.fixtures import RunningCa
+from tests.support.cli import run_cli
 from tests.support.jws import JwsClient, Reply
 from tests.support.orders import Subscriber, subscriber
 from tests.support.problems import ERR, assert_problem
@@ -346,23 +344,7 @@ async def test_kc_3_key_compromise_on_revoked_certificate_updates_reason_and_blo
 
 
 async def run_admin(dsn: str, tmp_path: Path, *args: str) -> tuple[int, str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ACME_CA_")}
-    env.update(ACME_CA_DATABASE_URL=dsn, ACME_CA_HOME=str(tmp_path / "home"))
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "acme_ca",
-        "admin",
-        "revoke",
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        stdin=asyncio.subprocess.DEVNULL,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await run_cli(dsn, tmp_path, "admin", "revoke", *args)
 
 
 @pytest.fixture

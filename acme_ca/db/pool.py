@@ -2,11 +2,35 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 import asyncpg
+
+#: A request's later waits for a connection, as a multiple of the acquire timeout (below).
+BEGUN_WAIT_FACTOR = 5
+#: Whether the current request has already had a connection (None: not in a request).
+_BEGUN: contextvars.ContextVar[list[bool] | None] = contextvars.ContextVar(
+    "acme_ca_db_request_begun", default=None
+)
+
+
+@contextlib.contextmanager
+def request_scope() -> Iterator[None]:
+    """One request's database work: only its first wait for a connection is bounded by the
+    acquire timeout (load shedding, before anything is written).  Once it has had one, its
+    later waits may take :data:`BEGUN_WAIT_FACTOR` times as long: a request that has already
+    changed state (a challenge set processing, an order finalized) and then answered 503
+    would leave its client a retry that meets 409 or ``orderNotReady`` instead.  Background
+    work the request starts (its validation) inherits the begun state."""
+    token = _BEGUN.set([False])
+    try:
+        yield
+    finally:
+        _BEGUN.reset(token)
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -45,8 +69,15 @@ class BoundedPool(asyncpg.Pool):  # type: ignore[misc]  # asyncpg ships no type 
         self._acquire_timeout = acquire_timeout
 
     def acquire(self, *, timeout: float | None = None) -> Any:
-        inner = super().acquire(timeout=self._acquire_timeout if timeout is None else timeout)
-        return _DiscardBroken(inner)
+        if timeout is None:
+            timeout = self._acquire_timeout
+            begun = _BEGUN.get()
+            if begun is not None and timeout is not None:
+                if begun[0]:
+                    timeout *= BEGUN_WAIT_FACTOR
+                else:
+                    return _DiscardBroken(super().acquire(timeout=timeout), begun)
+        return _DiscardBroken(super().acquire(timeout=timeout))
 
 
 class _DiscardBroken:
@@ -59,14 +90,17 @@ class _DiscardBroken:
     requests too.  ``await pool.acquire()`` passes through unchanged.
     """
 
-    __slots__ = ("_con", "_inner")
+    __slots__ = ("_begun", "_con", "_inner")
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, begun: list[bool] | None = None) -> None:
         self._inner = inner
         self._con: asyncpg.Connection | None = None
+        self._begun = begun
 
     async def __aenter__(self) -> asyncpg.Connection:
         self._con = await self._inner.__aenter__()
+        if self._begun is not None:
+            self._begun[0] = True  # request_scope: this request has begun
         return self._con
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
@@ -75,7 +109,13 @@ class _DiscardBroken:
         await self._inner.__aexit__(exc_type, exc, tb)
 
     def __await__(self) -> Any:
-        return self._inner.__await__()
+        return self._acquired().__await__()
+
+    async def _acquired(self) -> asyncpg.Connection:
+        con = await self._inner
+        if self._begun is not None:
+            self._begun[0] = True
+        return con
 
 
 async def create_pool(

@@ -4,10 +4,16 @@ out (RFC 8555 §6.6 lets clients back off; RFC 9110 §15.6.4).
 Three bounds, all from the configuration (docs/operations.md, "Load shedding"):
 
 * **Requests in flight** per process (``max_requests_in_flight``, by default 16 per pooled
-  database connection): one more is answered ``serverInternal`` 503 before any work.
+  database connection): one more is answered ``serverInternal`` 503 before any work.  A
+  request that starts new work (newAccount, newOrder) is refused already at half the bound
+  (:data:`NEW_WORK_PATHS`), so under overload the requests that finish flows clients have
+  begun (challenges, polls, finalize, downloads) keep the other half: shedding delays new
+  orders instead of stranding those in progress.
 * **Database waits**: the pool's acquire timeout (``database_acquire_timeout_seconds``,
   :class:`acme_ca.db.pool.BoundedPool`) and a database outage (lost connection, server
-  restarting) become the same 503, never a 500 with a traceback.
+  restarting) become the same 503, never a 500 with a traceback.  Only a request's first
+  wait for a connection is bounded so (:func:`acme_ca.db.pool.request_scope`): one that has
+  begun writing is not shed halfway.
 * **Connections** (:class:`ConnectionGuard`, wired by :class:`GuardedRunner`): at most
   ``max_connections`` open, a new one above it closes the one idle longest; a connection that
   has not sent its first request's headers within ``header_read_timeout_seconds`` is closed
@@ -35,12 +41,16 @@ from aiohttp.web_protocol import RequestHandler
 from acme_ca.acme import problems
 from acme_ca.acme.problems import AcmeError
 from acme_ca.db.errors import database_unavailable
+from acme_ca.db.pool import request_scope
+from acme_ca.wfe import urls
 from acme_ca.wfe.settings import LoadSheddingSettings
 
 log = structlog.get_logger(component="acme_ca.wfe.load_shedding")
 
 #: File descriptors kept free for the database pool, log files, DNS and HTTP clients.
 FD_RESERVE = 200
+#: Requests that start new work: admitted only below :attr:`LoadShedder.new_work_limit`.
+NEW_WORK_PATHS = frozenset({urls.NEW_ACCOUNT, urls.NEW_ORDER})
 
 
 class ConnectionGuard:
@@ -135,6 +145,8 @@ class LoadShedder:
 
     def __init__(self, settings: LoadSheddingSettings) -> None:
         self.max_in_flight = settings.max_in_flight
+        #: Half the bound for new work (never below 2, never above the bound).
+        self.new_work_limit = min(self.max_in_flight, max(2, self.max_in_flight // 2))
         self.retry_after = str(settings.retry_after_seconds)
         self.keepalive_timeout = float(settings.keepalive_timeout_seconds)
         self.in_flight = 0
@@ -166,7 +178,8 @@ async def load_shedding_middleware(request: web.Request, handler: Handler) -> we
     protocol = request.protocol
     shedder.connections.request_started(protocol)
     try:
-        return await _bounded(shedder, request, handler)
+        with request_scope():
+            return await _bounded(shedder, request, handler)
     finally:
         shedder.connections.request_finished(protocol)
 
@@ -174,13 +187,17 @@ async def load_shedding_middleware(request: web.Request, handler: Handler) -> we
 async def _bounded(
     shedder: LoadShedder, request: web.Request, handler: Handler
 ) -> web.StreamResponse:
-    if shedder.in_flight >= shedder.max_in_flight:
+    limit = shedder.max_in_flight
+    if request.method == "POST" and request.path in NEW_WORK_PATHS:
+        limit = shedder.new_work_limit
+    if shedder.in_flight >= limit:
         shedder.shed += 1
         if shedder.shed == 1 or shedder.shed % 100 == 0:
             log.warning(
                 "requests.shed",
                 in_flight=shedder.in_flight,
                 max_in_flight=shedder.max_in_flight,
+                limit=limit,
                 shed=shedder.shed,
             )
         raise shedder.unavailable(

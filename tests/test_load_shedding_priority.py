@@ -1,0 +1,122 @@
+"""Load shedding that lets clients finish what they began (issue 17 item 3, found by the
+benchmark at 500 clients): new work is refused first, and a request is shed only before its
+first database work, never halfway through.
+
+Found so: at 200 and 500 closed-loop clients honouring ``Retry-After``, the 503s of the
+pool's acquire timeout also struck requests that had already changed state (a challenge set
+processing, an order finalized); their clients' retries then met 409 and ``orderNotReady``,
+and validations started by such requests failed in the background.  And newOrder competed
+on equal terms with the requests finishing orders already begun.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+import pytest
+
+from acme_ca.db.pool import BEGUN_WAIT_FACTOR, create_pool, request_scope
+from acme_ca.wfe.middleware.load_shedding import LOAD_SHEDDER
+from tests.fixtures import CaFactory
+
+
+async def _held(port: int, path: str) -> asyncio.StreamWriter:
+    """A POST whose headers are complete and whose body never comes: a request in flight."""
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/jose+json\r\n"
+        "Content-Length: 1000\r\n\r\n{".encode()
+    )
+    await writer.drain()
+    return writer
+
+
+async def test_rfc8555_6_6_new_work_is_shed_at_half_the_bound_and_flows_in_progress_go_on(
+    ca_factory: CaFactory, session: aiohttp.ClientSession
+) -> None:
+    ca = await ca_factory.start(max_requests_in_flight=4)
+    port = int(ca.base_url.rsplit(":", 1)[1])
+    shedder = ca.app[LOAD_SHEDDER]
+    assert shedder.new_work_limit == 2
+    held = [await _held(port, f"/acme/order/{n}") for n in (1, 2)]
+    deadline = time.monotonic() + 5
+    while shedder.in_flight < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert shedder.in_flight == 2
+    headers = {"Content-Type": "application/jose+json"}
+    for path in ("/acme/new-order", "/acme/new-account"):
+        started = time.monotonic()
+        async with session.post(ca.base_url + path, data=b"{}", headers=headers) as resp:
+            body = await resp.json(content_type=None)
+            assert resp.status == 503, body
+            assert body["type"] == "urn:ietf:params:acme:error:serverInternal"
+            assert resp.headers["Retry-After"] == "2"
+        assert time.monotonic() - started < 1.0, "shedding must answer at once"
+    # A request that goes on with an order is still admitted (and judged: a bad JWS).
+    async with session.post(ca.base_url + "/acme/authz/1", data=b"{}", headers=headers) as resp:
+        assert resp.status == 400, await resp.text()
+    assert shedder.shed == 2
+    # Up to the whole bound for those: two more held, then even they are shed.
+    held += [await _held(port, f"/acme/authz/{n}") for n in (1, 2)]
+    while shedder.in_flight < 4 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert shedder.in_flight == 4
+    async with session.post(ca.base_url + "/acme/authz/1", data=b"{}", headers=headers) as resp:
+        assert resp.status == 503
+    for writer in held:
+        writer.close()
+
+
+async def test_rfc8555_6_6_only_a_requests_first_wait_for_the_database_is_bounded(
+    dsn: str,
+) -> None:
+    """The acquire timeout sheds a request before its first database work; once it has had
+    a connection, its later waits (and those of the validation it starts) wait longer
+    instead of answering 503 after something was written."""
+    pool = await create_pool(dsn, max_size=1, acquire_timeout=0.3)
+    try:
+        with request_scope():  # a request that has not begun: shed after 0.3 s
+            async with pool.acquire():
+                other = asyncio.create_task(_fetch_in_new_request(pool))
+                started = time.monotonic()
+                with pytest.raises(TimeoutError):
+                    await other
+                assert time.monotonic() - started < 0.3 * BEGUN_WAIT_FACTOR
+
+        with request_scope():
+            assert await pool.fetchval("SELECT 1") == 1  # this request has begun
+            holder = await asyncio.create_task(_hold_for(pool, 0.9))
+            started = time.monotonic()
+            assert await pool.fetchval("SELECT 2") == 2  # waited past 0.3 s: not shed
+            assert time.monotonic() - started > 0.5
+            await holder
+            # Background work it starts inherits that (a validation after a challenge POST).
+            holder = await asyncio.create_task(_hold_for(pool, 0.9))
+            assert await asyncio.create_task(pool.fetchval("SELECT 3")) == 3
+            await holder
+
+        # Outside any request (the worker, the CLI): the bound as configured.
+        holder = await asyncio.create_task(_hold_for(pool, 0.9))
+        with pytest.raises(TimeoutError):
+            await pool.fetchval("SELECT 4")
+        await holder
+    finally:
+        await pool.close()
+
+
+async def _fetch_in_new_request(pool: object) -> object:
+    with request_scope():
+        return await pool.fetchval("SELECT 1")  # type: ignore[attr-defined]
+
+
+async def _hold_for(pool: object, seconds: float) -> asyncio.Task[None]:
+    """Take the pool's only connection now and give it back after ``seconds``."""
+    con = await pool.acquire(timeout=5)  # type: ignore[attr-defined]
+
+    async def release() -> None:
+        await asyncio.sleep(seconds)
+        await pool.release(con)  # type: ignore[attr-defined]
+
+    return asyncio.create_task(release())

@@ -351,6 +351,33 @@ def worker(h: Harness, pool: asyncpg.Pool, now: datetime) -> SigningWorker:
     )
 
 
+async def sign_once(
+    h: Harness,
+    pool: asyncpg.Pool,
+    ready: tuple[int, int],
+    names: list[str],
+    *,
+    issuer: str,
+    profile: str,
+    now: datetime | None = None,
+    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | None = None,
+) -> None:
+    """Queue the ready order's job (``ready``: account id, order id) under ``profile``, as
+    finalize does, and let the signing worker take it once."""
+    now = now or datetime.now(UTC)
+    account_id, order_id = ready
+    assert await IssuanceRepository(pool).enqueue(
+        order_id=order_id,
+        account_id=account_id,
+        csr_der=build_csr(names, key=key),
+        names=names,
+        issuer=issuer,
+        now=now,
+        profile=profile,
+    )
+    assert await worker(h, pool, now).run_once()
+
+
 @pytest.mark.parametrize(
     ("profile", "key_type"),
     [
@@ -382,16 +409,9 @@ async def test_each_shipped_profile_issues_and_lints_at_its_level(
             else ec.generate_private_key(ec.SECP256R1())
         )
         issuer = p.rsa_issuer if key_type == "rsa" else p.ecdsa_issuer
-        assert await IssuanceRepository(pool).enqueue(
-            order_id=order_id,
-            account_id=account_id,
-            csr_der=build_csr(names, key=key),
-            names=names,
-            issuer=issuer,
-            now=now,
-            profile=profile,
+        await sign_once(
+            h, pool, (account_id, order_id), names, issuer=issuer, profile=profile, now=now, key=key
         )
-        assert await worker(h, pool, now).run_once()
         row = await pool.fetchrow(
             "SELECT c.der, p.der AS precert FROM certificates c "
             "JOIN precertificates p ON p.serial = c.serial WHERE c.order_id = $1",
@@ -455,16 +475,7 @@ async def test_ov_job_of_an_unbound_account_signs_nothing(
     names = ["unbound.ov.profiles.example.com"]
     async with harness(pool, pki_config, issuers, linter, three_operators()) as h:
         account_id, order_id = await insert_ready_order(pool, names)
-        assert await IssuanceRepository(pool).enqueue(
-            order_id=order_id,
-            account_id=account_id,
-            csr_der=build_csr(names),
-            names=names,
-            issuer="ov-ecc",
-            now=datetime.now(UTC),
-            profile="ov",
-        )
-        assert await worker(h, pool, datetime.now(UTC)).run_once()
+        await sign_once(h, pool, (account_id, order_id), names, issuer="ov-ecc", profile="ov")
     order = await pool.fetchrow("SELECT status, error FROM orders WHERE id = $1", order_id)
     assert order["status"] == "invalid"
     assert (
@@ -596,16 +607,9 @@ async def test_ct_policy_per_profile(
         for profile in ("chromeonly", "dv"):
             names = [f"ct-{profile}.profiles.example.com"]
             account_id, order_id = await insert_ready_order(pool, names)
-            assert await IssuanceRepository(pool).enqueue(
-                order_id=order_id,
-                account_id=account_id,
-                csr_der=build_csr(names),
-                names=names,
-                issuer="dv-ecc",
-                now=datetime.now(UTC),
-                profile=profile,
+            await sign_once(
+                h, pool, (account_id, order_id), names, issuer="dv-ecc", profile=profile
             )
-            assert await worker(h, pool, datetime.now(UTC)).run_once()
             orders[profile] = order_id
     statuses = {
         p: await pool.fetchval("SELECT status FROM orders WHERE id = $1", o)
@@ -640,16 +644,7 @@ async def test_job_of_a_profile_no_longer_configured_signs_nothing(
     names = ["gone.profiles.example.com"]
     async with harness(pool, pki_config, issuers, linter, three_operators()) as h:
         account_id, order_id = await insert_ready_order(pool, names)
-        assert await IssuanceRepository(pool).enqueue(
-            order_id=order_id,
-            account_id=account_id,
-            csr_der=build_csr(names),
-            names=names,
-            issuer="dv-ecc",
-            now=datetime.now(UTC),
-            profile="partners",
-        )
-        assert await worker(h, pool, datetime.now(UTC)).run_once()
+        await sign_once(h, pool, (account_id, order_id), names, issuer="dv-ecc", profile="partners")
     order = await pool.fetchrow("SELECT status, error FROM orders WHERE id = $1", order_id)
     assert order["status"] == "invalid" and order["error"]["type"] == INVALID_PROFILE
     assert (
@@ -679,16 +674,9 @@ async def test_br_4_2_1_profile_reuse_rechecked_at_signing(
                 now - timedelta(hours=1),
                 account_id,
             )
-            assert await IssuanceRepository(pool).enqueue(
-                order_id=order_id,
-                account_id=account_id,
-                csr_der=build_csr(names),
-                names=names,
-                issuer="dv-ecc",
-                now=now,
-                profile=profile,
+            await sign_once(
+                h, pool, (account_id, order_id), names, issuer="dv-ecc", profile=profile, now=now
             )
-            assert await worker(h, pool, now).run_once()
             results[profile] = await pool.fetchrow(
                 "SELECT status, error FROM orders WHERE id = $1", order_id
             )

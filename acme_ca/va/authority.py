@@ -122,7 +122,8 @@ class ValidationAuthority:
             account_uri=account_uri,
             validation_method=challenge_type,
         )
-        log.info(
+        # A success is in the challenge.valid line and audit row that follow: debug.
+        (log.info if not caa.ok else log.debug)(
             "va.validated",
             ok=caa.ok,
             problem=_short(caa),

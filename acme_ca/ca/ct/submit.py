@@ -308,7 +308,7 @@ class CertificateTransparency:
             untried.remove(ct_log)
             task = asyncio.create_task(self._submit(ct_log, call, body, verify))
             running[task] = ct_log
-            log.info("ct.submitting", log=ct_log.name, operator=ct_log.operator, call=call)
+            log.debug("ct.submitting", log=ct_log.name, operator=ct_log.operator, call=call)
             return True
 
         try:
@@ -345,7 +345,7 @@ class CertificateTransparency:
                     logged = LoggedSct.of(sct, ct_log)
                     got[ct_log.log_id] = logged
                     received.append(ct_log)
-                    log.info("ct.sct_received", **logged.summary(), call=call)
+                    log.debug("ct.sct_received", **logged.summary(), call=call)
         finally:
             for task in running:
                 task.cancel()
@@ -513,7 +513,9 @@ class CertificateTransparency:
                     error=str(e),
                 )
             else:
-                log.info("ct.final_submitted", serial=serial, **LoggedSct.of(sct, ct_log).summary())
+                log.debug(
+                    "ct.final_submitted", serial=serial, **LoggedSct.of(sct, ct_log).summary()
+                )
 
         targets = []
         for logged in scts:

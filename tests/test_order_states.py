@@ -571,3 +571,52 @@ async def test_cp_5_4_1_validation_result_in_two_statements_with_its_orders_and_
     assert rows[1]["details"]["records"] == [{"url": "http://x/"}]
     assert rows[4]["details"]["error"] == refused.to_json()
     assert (await verify_chain(pool)).ok
+
+
+async def test_cp_5_4_1_challenge_started_with_its_audit_row_in_one_statement_after_the_lock(
+    pool: asyncpg.Pool, dsn: str
+) -> None:
+    """start_challenge (issue 20): the authorization's lock, then the move and the
+    ``challenge.processing`` audit row in one statement; a sibling challenge of an
+    authorization being validated, or the same one again, does not start and audits nothing."""
+    repo = OrderRepository(pool)
+    async with pool.acquire() as conn:
+        account_id = await _account(conn)
+    two_kinds = NewAuthorization(
+        "start.example.com",
+        False,
+        LATER,
+        (("http-01", "t1-" + os.urandom(8).hex()), ("dns-01", "t2-" + os.urandom(8).hex())),
+    )
+    warm = await _started(repo, account_id, ["warm-start.example.com"])
+    order = await repo.create_order(
+        account_id=account_id,
+        identifiers=[Identifier("dns", "start.example.com")],
+        expires_at=LATER,
+        reuse=[None],
+        new_authzs=[two_kinds],
+        now=NOW,
+    )
+    authz = await repo.get_authorization(order.authz_ids[0])
+    assert authz is not None
+    first, sibling = (c.id for c in authz.challenges)
+    started, sent = await _statements_of(
+        dsn,
+        lambda r: r.start_challenge(first, now=NOW, lease=timedelta(1), holder="h"),
+        warm=lambda r: r.start_challenge(warm[1], now=NOW, lease=timedelta(1), holder="h"),
+    )
+    assert started
+    assert [q.split()[0] for q in sent] == ["BEGIN;", "SELECT", "WITH", "COMMIT;"]
+    assert not await repo.start_challenge(sibling, now=NOW, lease=timedelta(1), holder="h")
+    assert not await repo.start_challenge(first, now=NOW, lease=timedelta(1), holder="h")
+    rows = await pool.fetch(
+        "SELECT actor, account_id, details FROM audit_events "
+        "WHERE event = 'challenge.processing' ORDER BY id"
+    )
+    assert [dict(r) for r in rows][-1] == {
+        "actor": f"account:{account_id}",
+        "account_id": account_id,
+        "details": {"challenge_id": first, "authz_id": authz.id, "type": "http-01"},
+    }
+    assert len(rows) == 2  # warm-start's and the first's
+    assert (await verify_chain(pool)).ok

@@ -96,6 +96,29 @@ _CREATE_ORDER = """
 """
 
 
+#: pending -> processing (after the authorization's row lock, a statement of its own: see
+#: start_challenge) and its audit row, which reads the moved challenge, in one statement.
+_START_CHALLENGE = """
+    WITH u AS (
+        UPDATE challenges c SET status = 'processing', attempts = attempts + 1,
+               lease_until = $2::timestamptz + $3::interval, lease_holder = $4,
+               updated_at = $2
+        FROM authorizations a
+        WHERE c.id = $1 AND c.status = 'pending' AND a.id = c.authz_id
+          AND a.status = 'pending' AND a.expires_at > $2
+          AND NOT EXISTS (SELECT 1 FROM challenges o
+                          WHERE o.authz_id = c.authz_id AND o.status = 'processing')
+        RETURNING a.account_id, a.id AS authz_id, c.type),
+    e AS (
+        INSERT INTO audit_events (at, event, actor, account_id, order_id, request_id, details)
+        SELECT $2, 'challenge.processing', 'account:' || u.account_id, u.account_id, NULL,
+               $5::text,
+               jsonb_build_object('challenge_id', $1::bigint, 'authz_id', u.authz_id,
+                                  'type', u.type)
+        FROM u)
+    SELECT account_id FROM u
+"""
+
 #: A validation's result (issue 20): the challenge, only while ``processing`` ($1-$6), and
 #: its authorization by the event's table ($7 target, $8 sources; $9 valid: validated now,
 #: expiring at $10).  ``account_id`` is null when the authorization had left the sources.
@@ -347,7 +370,10 @@ class OrderRepository:
         """pending → processing, only while the authorization is pending and unexpired and
         none of its challenges is being validated (one validation per authorization at a
         time, as Boulder's authz-level beganProcessing): the authorization row is locked
-        first, so two challenges of one authorization started at once serialize."""
+        first, so two challenges of one authorization started at once serialize.  The lock
+        is a statement of its own: the move's check of the other challenges must start after
+        it is granted to see a challenge started meanwhile; the move and its audit row are
+        then one statement (issue 20)."""
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(
                 """SELECT 1 FROM authorizations
@@ -355,34 +381,15 @@ class OrderRepository:
                 challenge_id,
             )
             row = await conn.fetchrow(
-                """UPDATE challenges c SET status = 'processing', attempts = attempts + 1,
-                          lease_until = $2::timestamptz + $3::interval, lease_holder = $4,
-                          updated_at = $2
-                   FROM authorizations a
-                   WHERE c.id = $1 AND c.status = 'pending' AND a.id = c.authz_id
-                     AND a.status = 'pending' AND a.expires_at > $2
-                     AND NOT EXISTS (SELECT 1 FROM challenges o
-                                     WHERE o.authz_id = c.authz_id AND o.status = 'processing')
-                   RETURNING a.account_id, a.id AS authz_id, c.type""",
+                _START_CHALLENGE,
                 challenge_id,
                 now,
                 lease,
                 holder,
+                current_request_id(),
             )
             if row is None:
                 return False
-            await record_event(
-                conn,
-                "challenge.processing",
-                at=now,
-                actor=f"account:{row['account_id']}",
-                account_id=row["account_id"],
-                details={
-                    "challenge_id": challenge_id,
-                    "authz_id": row["authz_id"],
-                    "type": row["type"],
-                },
-            )
         return True
 
     async def claim_stale_challenges(

@@ -401,8 +401,9 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: C901 -- flat dispat
         return _check(config, args)
     if args.command == "init":
         from acme_ca.ca.hierarchy import init_hierarchy
+        from acme_ca.ca.settings import HierarchySettings
 
-        path = asyncio.run(init_hierarchy(config))
+        path = asyncio.run(init_hierarchy(HierarchySettings.from_config(config)))
         print(f"issuers: {path}")
         print(f"root certificate: {config.pki_path / 'root.pem'}")
         return 0

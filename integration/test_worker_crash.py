@@ -31,6 +31,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from acme_ca.ca.hierarchy import init_hierarchy
+from acme_ca.ca.settings import HierarchySettings
 from acme_ca.ca.worker import MAX_ATTEMPTS
 from acme_ca.config import Config
 from acme_ca.db.issuance import IssuanceRepository
@@ -139,7 +140,7 @@ async def test_worker_sigkill_mid_job_completes_exactly_once(
     rng = random.Random(SEED)
     home = tmp_path / "home"
     config = replace(Config(), home=home, pki_dir=home / "pki").validate()
-    await init_hierarchy(config)
+    await init_hierarchy(HierarchySettings.from_config(config))
     logs = tmp_path / "logs"
     logs.mkdir()
     workers = Workers(_env(dsn, home, config.pki_path), logs)

@@ -32,6 +32,7 @@ from acme_ca.acme.problems import AcmeError
 from acme_ca.ca.ct.sct import log_id_of
 from acme_ca.ca.hierarchy import init_hierarchy
 from acme_ca.ca.issuers_file import ISSUERS_FILE, read_issuers_file
+from acme_ca.ca.settings import HierarchySettings
 from acme_ca.ca.signer import SoftwareSigner
 from acme_ca.cli import main
 from acme_ca.clock import FixedClock
@@ -450,7 +451,7 @@ async def development(tmp_path: Path, dsn: str) -> Config:
         status_listen="off",
         metrics_listen="off",
     ).validate()
-    await init_hierarchy(config)
+    await init_hierarchy(HierarchySettings.from_config(config))
     pki = config.pki_path
     dv_rsa = x509.load_pem_x509_certificate((pki / "dv-rsa.pem").read_bytes())
     _resign_issuer(
@@ -531,7 +532,7 @@ async def test_fc_1_init_made_hierarchy_starts_logging_each_relaxation_once(
 
 def test_init_marks_its_hierarchy_development(tmp_path: Path) -> None:
     config = replace(Config(), home=tmp_path, pki_dir=tmp_path / "pki")
-    asyncio.run(init_hierarchy(config))
+    asyncio.run(init_hierarchy(HierarchySettings.from_config(config)))
     parsed = read_issuers_file(config.pki_path)
     assert parsed.generated_by == "acme-ca init"
     assert hierarchy_shape(parsed)[0] is Shape.DEVELOPMENT
@@ -558,7 +559,7 @@ def test_marker_and_development_root_is_development(tmp_path: Path) -> None:
 
 def test_init_hierarchy_with_an_imported_root_added_is_production(tmp_path: Path) -> None:
     config = replace(Config(), home=tmp_path, pki_dir=tmp_path / "pki")
-    asyncio.run(init_hierarchy(config))
+    asyncio.run(init_hierarchy(HierarchySettings.from_config(config)))
     write_hierarchy(tmp_path / "other")
     (config.pki_path / "other-root.pem").write_bytes((tmp_path / "other" / "root.pem").read_bytes())
     toml = config.pki_path / ISSUERS_FILE
@@ -856,7 +857,9 @@ async def test_softhsm_hierarchy_made_by_init_is_development_with_keys_in_the_hs
         pkcs11_token_label=token.label,
         pkcs11_pin=token.pin,
     ).validate()
-    await init_hierarchy(config, key_label_prefix=f"deploy-{secrets.token_hex(4)}")
+    await init_hierarchy(
+        HierarchySettings.from_config(config), key_label_prefix=f"deploy-{secrets.token_hex(4)}"
+    )
     result = assess(config, datetime.now(UTC))
     assert result.shape is Shape.DEVELOPMENT and not result.publicly_trusted
     hsm = next(f for f in result.findings if f.invariant.id == "issuer-keys-in-hsm")

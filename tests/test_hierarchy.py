@@ -39,6 +39,7 @@ from acme_ca.ca.hierarchy import (
 )
 from acme_ca.ca.issuers import Issuer, IssuerSet, load_issuers, open_root_signer
 from acme_ca.ca.issuers_file import ISSUERS_FILE, IssuerConfigError, read_issuers_file
+from acme_ca.ca.settings import HierarchySettings, IssuerSettings
 from acme_ca.clock import FixedClock
 from acme_ca.config import Config
 from tests.support.pkilint import pkilint
@@ -91,7 +92,7 @@ def no_pin_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def software_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One software hierarchy for the read-only tests; copy it before changing anything."""
     home = tmp_path_factory.mktemp("software-home")
-    run_in_thread(lambda: init_hierarchy(make_config(home)))
+    run_in_thread(lambda: init_hierarchy(HierarchySettings.from_config(make_config(home))))
     return home
 
 
@@ -162,16 +163,22 @@ def test_software_init_writes_the_hierarchy(pki: Path) -> None:
 async def test_init_twice_is_idempotent(home_copy: Path) -> None:
     config = make_config(home_copy)
     before = snapshot(config.pki_path)
-    assert await init_hierarchy(config) == config.pki_path / ISSUERS_FILE
+    assert (
+        await init_hierarchy(HierarchySettings.from_config(config))
+        == config.pki_path / ISSUERS_FILE
+    )
     assert snapshot(config.pki_path) == before
 
 
 async def test_concurrent_inits_make_one_hierarchy(tmp_path: Path) -> None:
     config = make_config(tmp_path)
-    first, second = await asyncio.gather(init_hierarchy(config), init_hierarchy(config))
+    first, second = await asyncio.gather(
+        init_hierarchy(HierarchySettings.from_config(config)),
+        init_hierarchy(HierarchySettings.from_config(config)),
+    )
     assert first == second == config.pki_path / ISSUERS_FILE
     assert len(list((config.pki_path / "keys").iterdir())) == 6
-    (await load_issuers(config)).names()
+    (await load_issuers(IssuerSettings.from_config(config))).names()
 
 
 async def test_partial_directory_is_refused(tmp_path: Path) -> None:
@@ -179,7 +186,7 @@ async def test_partial_directory_is_refused(tmp_path: Path) -> None:
     config.pki_path.mkdir(parents=True)
     (config.pki_path / "root.pem").write_text("left over\n")
     with pytest.raises(HierarchyError, match=r"root\.pem but no issuers\.toml"):
-        await init_hierarchy(config)
+        await init_hierarchy(HierarchySettings.from_config(config))
     assert not (config.pki_path / ISSUERS_FILE).exists()
 
 
@@ -187,13 +194,13 @@ async def test_pki_path_that_is_a_file_is_refused(tmp_path: Path) -> None:
     config = make_config(tmp_path, pki_dir=tmp_path / "pki")
     (tmp_path / "pki").write_text("")
     with pytest.raises(HierarchyError, match="not a directory"):
-        await init_hierarchy(config)
+        await init_hierarchy(HierarchySettings.from_config(config))
 
 
 async def test_validity_follows_the_clock(tmp_path: Path) -> None:
     at = datetime(2026, 4, 1, 12, 0, 0, 123456, tzinfo=UTC)
     config = make_config(tmp_path)
-    await init_hierarchy(config, clock=FixedClock(at))
+    await init_hierarchy(HierarchySettings.from_config(config), clock=FixedClock(at))
     start = at.replace(microsecond=0)
     root = load(config.pki_path / "root.pem")
     issuer = load(config.pki_path / "dv-rsa.pem")
@@ -443,7 +450,7 @@ async def sign_leaf(issuer: Issuer, public_key: Any) -> x509.Certificate:
 
 async def test_load_issuers_picks_by_key_type(pki: Path, software_home: Path) -> None:
     config = make_config(software_home)
-    async with await load_issuers(config) as issuers:
+    async with await load_issuers(IssuerSettings.from_config(config)) as issuers:
         assert issuers.names() == ("dv-rsa", "dv-ecc", "ov-rsa", "ov-ecc")
         assert len(issuers) == 4
         assert issuers.root == load(pki / "root.pem")
@@ -481,7 +488,7 @@ async def test_load_issuers_picks_by_key_type(pki: Path, software_home: Path) ->
 
 async def test_config_chooses_the_issuers(software_home: Path) -> None:
     config = make_config(software_home, rsa_issuer="dv-ecc", ecdsa_issuer="dv-rsa")
-    issuers = await load_issuers(config)
+    issuers = await load_issuers(IssuerSettings.from_config(config))
     try:
         assert issuers.for_key(rsa.generate_private_key(65537, 2048).public_key()).name == "dv-ecc"
     finally:
@@ -491,7 +498,7 @@ async def test_config_chooses_the_issuers(software_home: Path) -> None:
 async def test_unknown_issuer_name_is_refused(software_home: Path) -> None:
     config = make_config(software_home, ecdsa_issuer="dv-ecdsa")
     with pytest.raises(IssuerConfigError, match=r"ecdsa_issuer = 'dv-ecdsa' names no issuer"):
-        await load_issuers(config)
+        await load_issuers(IssuerSettings.from_config(config))
     with pytest.raises(IssuerConfigError, match="names no issuer"):
         IssuerSet(
             issuers={},
@@ -505,7 +512,7 @@ async def test_missing_issuers_file_is_explained(tmp_path: Path) -> None:
     with pytest.raises(
         IssuerConfigError, match=r"issuers\.toml does not exist: run `acme-ca init`"
     ):
-        await load_issuers(make_config(tmp_path))
+        await load_issuers(IssuerSettings.from_config(make_config(tmp_path)))
 
 
 def rewrite(toml: Path, old: str, new: str) -> None:
@@ -526,13 +533,13 @@ async def test_mismatched_key_is_refused(home_copy: Path) -> None:
         )
     )
     with pytest.raises(IssuerConfigError, match=r"issuer 'dv-rsa'.*does not match key file"):
-        await load_issuers(make_config(home_copy))
+        await load_issuers(IssuerSettings.from_config(make_config(home_copy)))
 
 
 async def test_missing_key_file_is_named(home_copy: Path) -> None:
     (home_copy / "pki" / "keys" / "dv-ecc.key.pem").unlink()
     with pytest.raises(IssuerConfigError, match=r"issuer 'dv-ecc': cannot read key file"):
-        await load_issuers(make_config(home_copy))
+        await load_issuers(IssuerSettings.from_config(make_config(home_copy)))
 
 
 async def test_swapped_key_files_are_refused(home_copy: Path) -> None:
@@ -542,7 +549,7 @@ async def test_swapped_key_files_are_refused(home_copy: Path) -> None:
         'key_file = "keys/dv-ecc.key.pem"',
     )
     with pytest.raises(IssuerConfigError, match="does not match"):
-        await load_issuers(make_config(home_copy))
+        await load_issuers(IssuerSettings.from_config(make_config(home_copy)))
 
 
 async def test_issuer_certificate_that_is_not_a_ca_is_refused(home_copy: Path) -> None:
@@ -563,19 +570,19 @@ async def test_issuer_certificate_that_is_not_a_ca_is_refused(home_copy: Path) -
     (pki / "leaf.pem").write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
     rewrite(pki / ISSUERS_FILE, 'certificate = "dv-ecc.pem"', 'certificate = "leaf.pem"')
     with pytest.raises(IssuerConfigError, match=r"\[issuers\.dv-ecc\] certificate .* is not a CA"):
-        await load_issuers(make_config(home_copy))
+        await load_issuers(IssuerSettings.from_config(make_config(home_copy)))
 
 
 async def test_broken_chain_is_refused(home_copy: Path) -> None:
     rewrite(home_copy / "pki" / ISSUERS_FILE, "chain = []", 'chain = ["root-x1.pem"]')
     with pytest.raises(IssuerConfigError, match="is not issued by"):
-        await load_issuers(make_config(home_copy))
+        await load_issuers(IssuerSettings.from_config(make_config(home_copy)))
 
 
 async def test_typo_in_issuers_file_is_refused(home_copy: Path) -> None:
     rewrite(home_copy / "pki" / ISSUERS_FILE, "ocsp_url =", "ocsp-url =")
     with pytest.raises(IssuerConfigError, match=r"unknown keys \['ocsp-url'\]"):
-        await load_issuers(make_config(home_copy))
+        await load_issuers(IssuerSettings.from_config(make_config(home_copy)))
 
 
 async def test_issuer_purpose_is_checked(home_copy: Path) -> None:
@@ -584,7 +591,7 @@ async def test_issuer_purpose_is_checked(home_copy: Path) -> None:
     issuer certificate's policies must allow the purpose's reserved OID (BR 7.1.2.10.5)."""
     rewrite(home_copy / "pki" / ISSUERS_FILE, 'purpose = "ov"', 'purpose = "OV"')
     with pytest.raises(IssuerConfigError, match=r"\[issuers\.ov-rsa\]: `purpose` must be one"):
-        await load_issuers(make_config(home_copy))
+        await load_issuers(IssuerSettings.from_config(make_config(home_copy)))
     rewrite(home_copy / "pki" / ISSUERS_FILE, 'purpose = "OV"', 'purpose = "ov"')
     # An issuer whose certificate asserts DV only cannot be declared an OV issuer.
     rewrite(
@@ -593,24 +600,24 @@ async def test_issuer_purpose_is_checked(home_copy: Path) -> None:
     with pytest.raises(
         IssuerConfigError, match=r"dv-rsa\]: purpose 'ov' but .* 2\.23\.140\.1\.2\.2"
     ):
-        await load_issuers(make_config(home_copy))
+        await load_issuers(IssuerSettings.from_config(make_config(home_copy)))
 
 
 async def test_expired_issuer_is_refused(software_home: Path) -> None:
     later = FixedClock(datetime.now(UTC) + timedelta(days=6 * 366))
     with pytest.raises(IssuerConfigError, match="expired"):
-        await load_issuers(make_config(software_home), clock=later)
+        await load_issuers(IssuerSettings.from_config(make_config(software_home)), clock=later)
 
 
 async def test_root_signer_opens_for_development_arls(software_home: Path) -> None:
     config = make_config(software_home)
-    signer = await open_root_signer(config, "root-r1")
+    signer = await open_root_signer(IssuerSettings.from_config(config), "root-r1")
     try:
         assert signer.public_key == load(config.pki_path / "root.pem").public_key()
     finally:
         await signer.aclose()
     with pytest.raises(IssuerConfigError, match=r"no \[roots\.root-z9\]"):
-        await open_root_signer(config, "root-z9")
+        await open_root_signer(IssuerSettings.from_config(config), "root-z9")
 
 
 # ----------------------------------------------------------------------------- SoftHSM2
@@ -637,7 +644,11 @@ def hsm_home(token: SoftHsmToken, tmp_path_factory: pytest.TempPathFactory) -> t
     prefix = f"test-hierarchy-{uuid.uuid4().hex[:8]}"
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("ACME_CA_PKCS11_PIN", raising=False)
-        run_in_thread(lambda: init_hierarchy(hsm_config(home, token), key_label_prefix=prefix))
+        run_in_thread(
+            lambda: init_hierarchy(
+                HierarchySettings.from_config(hsm_config(home, token)), key_label_prefix=prefix
+            )
+        )
     return home, prefix
 
 
@@ -703,7 +714,7 @@ def test_hsm_certificates_chain_and_lint(hsm_home: tuple[Path, str]) -> None:
 async def test_hsm_issuers_load_and_sign(hsm_home: tuple[Path, str], token: SoftHsmToken) -> None:
     home, _ = hsm_home
     config = replace(hsm_config(home, token), pkcs11_sessions=3)
-    issuers = await load_issuers(config)
+    issuers = await load_issuers(IssuerSettings.from_config(config))
     try:
         ec_key = ec.generate_private_key(ec.SECP256R1()).public_key()
         rsa_key = rsa.generate_private_key(65537, 2048).public_key()
@@ -728,7 +739,7 @@ async def test_hsm_wrong_pin_names_the_issuer(
 ) -> None:
     config = replace(hsm_config(hsm_home[0], token), pkcs11_pin="0000")
     with pytest.raises(IssuerConfigError, match="issuer 'dv-rsa'"):
-        await load_issuers(config)
+        await load_issuers(IssuerSettings.from_config(config))
 
 
 @requires_softhsm
@@ -738,7 +749,7 @@ async def test_hsm_labels_in_use_are_refused(
     """A second init with the same labels (say, after a failed run) stops with advice."""
     config = hsm_config(tmp_path, token)
     with pytest.raises(HierarchyError, match=r"cannot create key .*-root-r1.*delete"):
-        await init_hierarchy(config, key_label_prefix=hsm_home[1])
+        await init_hierarchy(HierarchySettings.from_config(config), key_label_prefix=hsm_home[1])
 
 
 @requires_softhsm
@@ -749,5 +760,5 @@ async def test_hsm_pin_from_file(
     pin_file.write_text(token.pin + "\n")
     pin_file.chmod(0o600)
     config = replace(hsm_config(hsm_home[0], token), pkcs11_pin=None, pkcs11_pin_file=pin_file)
-    issuers = await load_issuers(config)
+    issuers = await load_issuers(IssuerSettings.from_config(config))
     await issuers.aclose()

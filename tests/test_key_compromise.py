@@ -44,7 +44,8 @@ from acme_ca.main.worker import run_worker
 from acme_ca.ra.revocation import RevocationAuthority
 from acme_ca.status.key_compromise import KeyCompromiseSweeper, retry_delay
 from acme_ca.status.ocsp import OcspResponder
-from acme_ca.status.updater import StatusSettings, StatusUpdater
+from acme_ca.status.settings import StatusSettings
+from acme_ca.status.updater import StatusUpdater
 from acme_ca.testsrv.ct_log import TestLogSpec
 from acme_ca.testsrv.ct_log_set import TestCtLogs
 from acme_ca.testsrv.ct_logs_runner import accepted_roots

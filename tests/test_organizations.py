@@ -24,6 +24,7 @@ from acme_ca.acme.jwk import jwk_from_key
 from acme_ca.acme.problems import AcmeError
 from acme_ca.br import RULE_ORGANIZATION, max_dcv_reuse, max_identity_reuse
 from acme_ca.ca.hierarchy import init_hierarchy
+from acme_ca.ca.settings import HierarchySettings
 from acme_ca.clock import FixedClock
 from acme_ca.config import Config
 from acme_ca.db.accounts import AccountRepository
@@ -293,7 +294,9 @@ async def test_ov_1_new_order_needs_a_usable_organization(
     with the reason, once it is revoked or for a vetting 399 days old; an account bound to no
     organization may not use the profile at all (invalidProfile)."""
     pki = replace(Config(), home=tmp_path / "pki-home").validate()
-    await init_hierarchy(pki)  # the OV issuing CAs the ov profile signs with
+    await init_hierarchy(
+        HierarchySettings.from_config(pki)
+    )  # the OV issuing CAs the ov profile signs with
     ca = await ca_factory.start(pki_dir=pki.pki_path)
     now = datetime.now(UTC)
     org = await add_org(pool, now - timedelta(days=10))

@@ -33,6 +33,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from acme_ca.acme.jwk import jwk_from_key
 from acme_ca.ca.hierarchy import init_hierarchy
+from acme_ca.ca.settings import HierarchySettings
 from acme_ca.config import Config, load_config
 from acme_ca.db.accounts import AccountRepository
 from acme_ca.localca import LocalCa, cert_pem, key_pem, local_name
@@ -138,7 +139,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     home = tmp_path_factory.mktemp("home")
     config = replace(Config(), home=home).validate()
     with ThreadPoolExecutor(1) as pool:
-        pool.submit(asyncio.run, init_hierarchy(config)).result()
+        pool.submit(asyncio.run, init_hierarchy(HierarchySettings.from_config(config))).result()
     return home
 
 

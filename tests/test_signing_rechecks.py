@@ -40,6 +40,7 @@ from acme_ca.ca.ct.submit import CertificateTransparency
 from acme_ca.ca.issuance_profiles import profile_settings_factory
 from acme_ca.ca.issuers import IssuerSet, load_issuers
 from acme_ca.ca.lint import CertificateLinter
+from acme_ca.ca.settings import IssuerSettings
 from acme_ca.ca.signing_checks import SigningGuard
 from acme_ca.ca.worker import SigningWorker
 from acme_ca.clock import FixedClock
@@ -430,7 +431,7 @@ async def rig(
     pool: asyncpg.Pool, pki_config: Config, linter: CertificateLinter, dns: ChallengeTestServer
 ) -> AsyncIterator[Rig]:
     clock = FixedClock(at("2026-12-03T08:00:00"))
-    loaded = await load_issuers(pki_config)
+    loaded = await load_issuers(IssuerSettings.from_config(pki_config))
     issuers, signers = wrap_issuers(loaded)
     va = build_validation_authority(
         VASettings.from_config(

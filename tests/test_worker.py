@@ -32,6 +32,7 @@ from acme_ca.ca.ct.submit import CertificateTransparency
 from acme_ca.ca.issuance_profiles import profile_settings_factory
 from acme_ca.ca.issuers import IssuerSet, load_issuers
 from acme_ca.ca.lint import CertificateLinter
+from acme_ca.ca.settings import IssuerSettings
 from acme_ca.ca.worker import DEFAULT_LEASE, SigningWorker
 from acme_ca.clock import SystemClock
 from acme_ca.config import Config
@@ -601,7 +602,7 @@ async def test_lint_error_fails_the_order_and_signs_nothing(
     make_worker: Callable[..., SigningWorker],
 ) -> None:
     queued = await queue_order(pool, internal_pki_config, names_for(1))
-    async with await load_issuers(internal_pki_config) as loaded:
+    async with await load_issuers(IssuerSettings.from_config(internal_pki_config)) as loaded:
         counted, signers = wrap_issuers(loaded)
         worker = make_worker(pool, counted, "w1", config=internal_pki_config)
         assert await worker.run_once()

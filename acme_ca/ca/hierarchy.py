@@ -1,6 +1,6 @@
 """A development issuing hierarchy for ``acme-ca init``, shaped like JPRS's under SECOM.
 
-What :func:`init_hierarchy` writes under ``config.pki_path``::
+What :func:`init_hierarchy` writes under ``settings.pki_path``::
 
     root.pem              acme_ca Development Root R1   ECDSA P-384, 25 years, self-signed
     root-x1.pem           acme_ca Development Root X1   RSA 3072, 25 years, self-signed
@@ -14,7 +14,7 @@ What :func:`init_hierarchy` writes under ``config.pki_path``::
                           hierarchy, :mod:`acme_ca.deployment`)
     keys/*.key.pem        software keys (0600), only without ``pkcs11_module``
 
-With ``config.pkcs11_module`` set every key, the roots' included, is generated in the token
+With ``pkcs11_module`` set every key, the roots' included, is generated in the token
 (labels ``acme-ca-root-r1``, ``acme-ca-root-x1``, ``acme-ca-dv-rsa``, ``acme-ca-dv-ecc``,
 ``acme-ca-ov-rsa``, ``acme-ca-ov-ecc``) and no key file is written.  Either way each
 certificate is built with cryptography, signed by a throwaway key, and its TBS re-signed
@@ -26,10 +26,10 @@ pathLenConstraint; keyUsage critical keyCertSign+cRLSign; SKI, and the AKI that 
 recommends, equal to it; no EKU or policies); the issuing CAs follow 7.1.2.6 for TLS
 subordinate CAs (C, O, CN; pathLenConstraint 0; keyUsage digitalSignature+keyCertSign+cRLSign;
 EKU serverAuth only; policies 2.23.140.1.2.1, or 2.23.140.1.2.2 for the OV issuers, then
-``config.policy_oid``; AKI; SKI; AIA caIssuers and CRLDP over http); the cross-certificate
+``policy_oid``; AKI; SKI; AIA caIssuers and CRLDP over http); the cross-certificate
 follows 7.1.2.2 (same subject, key and SKI as Root R1, restricted to serverAuth).
 
-Status URLs come from ``config.status_base_url``: ``/crl/<name>.crl``, ``/ocsp/<name>`` and
+Status URLs come from ``status_base_url``: ``/crl/<name>.crl``, ``/ocsp/<name>`` and
 ``/issuer/<name>.cer`` for the issuers, ``/crl/root-r1.crl`` and ``/issuer/root-r1.cer`` in the
 issuing CAs' certificates, ``/crl/root-x1.crl`` and ``/issuer/root-x1.cer`` in the cross.
 
@@ -59,9 +59,9 @@ from acme_ca.br import DV_POLICY_OID
 from acme_ca.ca.der import sign_tbs_certificate, throwaway_signed_certificate
 from acme_ca.ca.issuers_file import GENERATED_BY_INIT, ISSUERS_FILE, PURPOSE_POLICY_OIDS
 from acme_ca.ca.pkcs11_signer import Pkcs11Signer, generate_pkcs11_key, resolve_pin
+from acme_ca.ca.settings import HierarchySettings, HsmSettings
 from acme_ca.ca.signer import KeySpec, Signer, SignerError, SoftwareSigner, default_hash
 from acme_ca.clock import Clock, SystemClock
-from acme_ca.config import Config
 from acme_ca.log import get_logger
 
 _log = get_logger(__name__)
@@ -114,8 +114,8 @@ ISSUING_CAS: Final = (
 class _KeyStore:
     """Creates each CA key in the HSM (when configured) or as a 0600 PEM under keys/."""
 
-    def __init__(self, config: Config, pki: Path, label_prefix: str, stack: _Closer) -> None:
-        self._config = config
+    def __init__(self, hsm: HsmSettings, pki: Path, label_prefix: str, stack: _Closer) -> None:
+        self._hsm = hsm
         self._pki = pki
         self._prefix = label_prefix
         self._closer = stack
@@ -123,11 +123,11 @@ class _KeyStore:
 
     @property
     def in_hsm(self) -> bool:
-        return self._config.pkcs11_module is not None
+        return self._hsm.module is not None
 
     async def create(self, ca: CaSpec) -> tuple[Signer, Mapping[str, str]]:
         """Generate ``ca``'s key; return its signer and issuers.toml key location."""
-        module = self._config.pkcs11_module
+        module = self._hsm.module
         if module is None:
             keys = self._pki / KEYS_DIR
             await asyncio.to_thread(keys.mkdir, mode=0o700, exist_ok=True)
@@ -135,7 +135,7 @@ class _KeyStore:
             signer: Signer = await SoftwareSigner.generate(ca.key_spec, self._pki / relative)
             self._closer.add(signer)
             return signer, {"key_file": relative}
-        token = self._config.pkcs11_token_label
+        token = self._hsm.token_label
         label = f"{self._prefix}-{ca.name}"
         pin = await self._get_pin()
         try:
@@ -152,8 +152,7 @@ class _KeyStore:
 
     async def _get_pin(self) -> str:
         if self._pin is None:
-            c = self._config
-            self._pin = await asyncio.to_thread(resolve_pin, c.pkcs11_pin, c.pkcs11_pin_file)
+            self._pin = await asyncio.to_thread(resolve_pin, self._hsm.pin, self._hsm.pin_file)
         return self._pin
 
 
@@ -424,12 +423,12 @@ def _check_empty(pki: Path) -> None:
 
 
 async def init_hierarchy(
-    config: Config,
+    settings: HierarchySettings,
     *,
     clock: Clock | None = None,
     key_label_prefix: str = DEFAULT_KEY_LABEL_PREFIX,
 ) -> Path:
-    """Create the development hierarchy under ``config.pki_path``; return issuers.toml's path.
+    """Create the development hierarchy under ``settings.pki_path``; return issuers.toml's path.
 
     Idempotent: with issuers.toml present nothing is done.  ``key_label_prefix`` names the
     HSM keys (``<prefix>-root-r1`` …); tests sharing one token give each run its own.  Test
@@ -438,7 +437,7 @@ async def init_hierarchy(
     """
     from acme_ca.ca.hierarchy_chains import ChainShape, create_chains
 
-    pki = config.pki_path
+    pki = settings.pki_path
     issuers_toml = pki / ISSUERS_FILE
     if await asyncio.to_thread(issuers_toml.exists):
         _log.info("hierarchy.exists", path=str(issuers_toml))
@@ -453,29 +452,29 @@ async def init_hierarchy(
         await asyncio.to_thread(_check_empty, pki)
         closer = _Closer()
         try:
-            shape = ChainShape.of(config)
+            shape = ChainShape.of(settings)
             if shape is None:
-                await _create(config, pki, clock or SystemClock(), key_label_prefix, closer)
+                await _create(settings, pki, clock or SystemClock(), key_label_prefix, closer)
             else:
-                keys = _KeyStore(config, pki, key_label_prefix, closer)
-                await create_chains(config, clock or SystemClock(), keys, shape)
+                keys = _KeyStore(settings.hsm, pki, key_label_prefix, closer)
+                await create_chains(settings, clock or SystemClock(), keys, shape)
         finally:
             await closer.aclose()
     return issuers_toml
 
 
 async def _create(
-    config: Config, pki: Path, clock: Clock, label_prefix: str, closer: _Closer
+    settings: HierarchySettings, pki: Path, clock: Clock, label_prefix: str, closer: _Closer
 ) -> None:
-    keys = _KeyStore(config, pki, label_prefix, closer)
-    urls = _Urls(config.status_base_url.rstrip("/"))
+    keys = _KeyStore(settings.hsm, pki, label_prefix, closer)
+    urls = _Urls(settings.status_base_url.rstrip("/"))
     not_before = clock.now().replace(microsecond=0)
 
     r1_signer, r1_key = await keys.create(ROOT_R1)
     r1 = await _root(ROOT_R1, r1_signer, not_before)
     x1_signer, x1_key = await keys.create(ROOT_X1)
     x1 = await _root(ROOT_X1, x1_signer, not_before)
-    cross = await _cross(r1, x1, x1_signer, urls, config.policy_oid)
+    cross = await _cross(r1, x1, x1_signer, urls, settings.policy_oid)
 
     files: dict[str, bytes] = {
         ROOT_R1.file: _pem(r1),
@@ -485,7 +484,7 @@ async def _create(
     tables: list[str] = []
     for ca in ISSUING_CAS:
         signer, key = await keys.create(ca)
-        cert = await _issuing_ca(ca, signer, r1, r1_signer, not_before, urls, config.policy_oid)
+        cert = await _issuing_ca(ca, signer, r1, r1_signer, not_before, urls, settings.policy_oid)
         files[ca.file] = _pem(cert)
         tables.append(_issuer_table(ca, key, urls, [], [[CROSS_FILE]]))
         _log_issuer(ca, cert, in_hsm=keys.in_hsm)

@@ -51,9 +51,10 @@ from acme_ca.ca.hierarchy import (
     _write_hierarchy,
 )
 from acme_ca.ca.issuers_file import IssuersFile, alternate_path, read_issuers_file
+from acme_ca.ca.settings import HierarchySettings
 from acme_ca.ca.signer import Signer
 from acme_ca.clock import Clock
-from acme_ca.config import Config, ConfigError
+from acme_ca.config.base import ConfigError
 from acme_ca.log import get_logger
 
 _log = get_logger(__name__)
@@ -75,14 +76,15 @@ class ChainShape:
         return 1 + self.alternate_roots
 
     @classmethod
-    def of(cls, config: Config) -> ChainShape | None:
+    def of(cls, settings: HierarchySettings) -> ChainShape | None:
         """The shape test mode's knobs ask for; None (neither set) keeps the development
         hierarchy's own (Root X1 through a cross-certificate)."""
-        if config.alternate_roots is None and config.chain_length is None:
+        roots, length = settings.alternate_roots, settings.chain_length
+        if roots is None and length is None:
             return None
         return cls(
-            PEBBLE_ALTERNATE_ROOTS if config.alternate_roots is None else config.alternate_roots,
-            PEBBLE_CHAIN_LENGTH if config.chain_length is None else config.chain_length,
+            PEBBLE_ALTERNATE_ROOTS if roots is None else roots,
+            PEBBLE_CHAIN_LENGTH if length is None else length,
         )
 
     @classmethod
@@ -175,12 +177,14 @@ async def _intermediate(
     return await _sign(builder, parent.signer)
 
 
-async def create_chains(config: Config, clock: Clock, keys: _KeyStore, shape: ChainShape) -> None:
-    """Generate and write ``shape`` under ``config.pki_path`` (see the module docstring)."""
+async def create_chains(
+    settings: HierarchySettings, clock: Clock, keys: _KeyStore, shape: ChainShape
+) -> None:
+    """Generate and write ``shape`` under ``settings.pki_path`` (see the module docstring)."""
     if shape.alternate_roots < 0 or shape.chain_length < 1:
         raise HierarchyError(f"no such chain shape: {shape}")
-    pki = config.pki_path
-    urls = _Urls(config.status_base_url.rstrip("/"))
+    pki = settings.pki_path
+    urls = _Urls(settings.status_base_url.rstrip("/"))
     not_before = clock.now().replace(microsecond=0)
     files: dict[str, bytes] = {}
     ca_tables: list[str] = []
@@ -196,7 +200,7 @@ async def create_chains(config: Config, clock: Clock, keys: _KeyStore, shape: Ch
             spec = chain_intermediate(index, level)
             signer, key = await keys.create(spec)
             cert = await _intermediate(
-                spec, signer, top, level, not_before, urls, config.policy_oid
+                spec, signer, top, level, not_before, urls, settings.policy_oid
             )
             files[spec.file] = _pem(cert)
             ca_tables.append(_ca_table(spec, key, urls))
@@ -213,7 +217,7 @@ async def create_chains(config: Config, clock: Clock, keys: _KeyStore, shape: Ch
                 top.signer,
                 not_before,
                 urls,
-                config.policy_oid,
+                settings.policy_oid,
                 parent_name=top.spec.name,
             )
             files[issuer_file(ca, index)] = _pem(cert)
@@ -230,18 +234,18 @@ async def create_chains(config: Config, clock: Clock, keys: _KeyStore, shape: Ch
     await _write_hierarchy(pki, not_before, files, issuer_tables + ca_tables, in_hsm=keys.in_hsm)
 
 
-def check_chain_shape(config: Config) -> None:
+def check_chain_shape(settings: HierarchySettings) -> None:
     """An existing hierarchy (a kept ``ACME_CA_HOME``) must have the shape test mode's knobs
     ask for: it is never rebuilt, since certificates it issued would lose their CRLs."""
-    wanted = ChainShape.of(config)
+    wanted = ChainShape.of(settings)
     if wanted is None:
         return
-    have = ChainShape.of_file(read_issuers_file(config.pki_path))
+    have = ChainShape.of_file(read_issuers_file(settings.pki_path))
     if have != wanted:
         held = "another shape" if have is None else _describe(have)
         raise ConfigError(
             f"PEBBLE_ALTERNATE_ROOTS/PEBBLE_CHAIN_LENGTH (alternate_roots, chain_length) ask "
-            f"for {_describe(wanted)}, but {config.pki_path} holds a hierarchy of {held}: "
+            f"for {_describe(wanted)}, but {settings.pki_path} holds a hierarchy of {held}: "
             "start with --ephemeral (a new hierarchy each run) or another ACME_CA_HOME"
         )
 

@@ -2,7 +2,7 @@
 :mod:`acme_ca.ca.issuers_file`).
 
 :func:`load_issuers` reads the file, checks every chain link by signature and name, opens one
-signer per issuer (PKCS#11 with ``config.pkcs11_sessions`` sessions, or a software key) and
+signer per issuer (PKCS#11 with ``pkcs11_sessions`` sessions, or a software key) and
 refuses to start when an issuer certificate's public key is not the signer's key: such a CA
 would sign certificates nobody can verify.
 """
@@ -31,6 +31,7 @@ from acme_ca.ca.issuers_file import (
     read_issuers_file,
 )
 from acme_ca.ca.pkcs11_signer import Pkcs11Signer, resolve_pin
+from acme_ca.ca.settings import HsmSettings, IssuerSettings
 from acme_ca.ca.signer import (
     HashName,
     KeyType,
@@ -40,7 +41,6 @@ from acme_ca.ca.signer import (
     default_hash,
 )
 from acme_ca.clock import Clock, SystemClock
-from acme_ca.config import Config
 from acme_ca.log import get_logger
 
 _log = get_logger(__name__)
@@ -193,25 +193,23 @@ async def _close_all(signers: Sequence[Signer]) -> None:
 class _PinSource:
     """Resolves the HSM PIN once, on first need, so software-only files never ask for it."""
 
-    def __init__(self, config: Config) -> None:
-        self._config = config
+    def __init__(self, hsm: HsmSettings) -> None:
+        self._hsm = hsm
         self._pin: str | None = None
 
     async def get(self) -> str:
         if self._pin is None:
-            self._pin = await asyncio.to_thread(
-                resolve_pin, self._config.pkcs11_pin, self._config.pkcs11_pin_file
-            )
+            self._pin = await asyncio.to_thread(resolve_pin, self._hsm.pin, self._hsm.pin_file)
         return self._pin
 
 
 async def open_key(
-    key: KeyRef, config: Config, *, pin: str | None = None, pool_size: int | None = None
+    key: KeyRef, hsm: HsmSettings, *, pin: str | None = None, pool_size: int | None = None
 ) -> Signer:
-    """Open the signer for ``key``: the HSM token from ``config``, or the PEM file.
+    """Open the signer for ``key``: the HSM token of ``hsm``, or the PEM file.
 
-    ``pin`` defaults to the one ``config`` (or ``ACME_CA_PKCS11_PIN``) gives; ``pool_size``
-    to ``config.pkcs11_sessions``.
+    ``pin`` defaults to the one ``hsm`` (``pkcs11_pin``, ``pkcs11_pin_file`` or
+    ``ACME_CA_PKCS11_PIN``) gives; ``pool_size`` to ``hsm.sessions``.
     """
     if key.key_file is not None:
         try:
@@ -221,33 +219,33 @@ async def open_key(
         except ValueError as e:
             raise SignerError(f"key file {key.key_file}: {e}") from e
     assert key.pkcs11_key_label is not None
-    if config.pkcs11_module is None:
+    if hsm.module is None:
         raise SignerError(
             f"PKCS#11 key {key.pkcs11_key_label!r} but pkcs11_module is not configured"
         )
     if pin is None:
-        pin = await _PinSource(config).get()
+        pin = await _PinSource(hsm).get()
     return await Pkcs11Signer.open(
-        config.pkcs11_module,
-        config.pkcs11_token_label,
+        hsm.module,
+        hsm.token_label,
         key.pkcs11_key_label,
         pin,
-        pool_size=pool_size or config.pkcs11_sessions,
-        session_wait=float(config.hsm_session_wait_seconds),
-        sign_timeout=float(config.hsm_sign_timeout_seconds),
+        pool_size=pool_size or hsm.sessions,
+        session_wait=float(hsm.session_wait_seconds),
+        sign_timeout=float(hsm.sign_timeout_seconds),
     )
 
 
-async def open_root_signer(config: Config, name: str) -> Signer:
+async def open_root_signer(settings: IssuerSettings, name: str) -> Signer:
     """Open the key of ``[roots.<name>]`` (development ARL signing); refuses offline roots."""
-    parsed = await asyncio.to_thread(read_issuers_file, config.pki_path)
+    parsed = await asyncio.to_thread(read_issuers_file, settings.pki_path)
     entry = parsed.roots.get(name)
     if entry is None:
         raise IssuerConfigError(f"{parsed.path}: no [roots.{name}] table")
     if entry.key is None:
         raise IssuerConfigError(f"{parsed.path}: root {name!r} is offline (no key configured)")
     try:
-        signer = await open_key(entry.key, config, pool_size=1)
+        signer = await open_key(entry.key, settings.hsm, pool_size=1)
     except SignerError as e:
         raise IssuerConfigError(f"root {name!r}: {e}") from e
     try:
@@ -269,8 +267,8 @@ def _check_key_matches(
         )
 
 
-async def load_issuers(config: Config, *, clock: Clock | None = None) -> IssuerSet:
-    """Read issuers.toml under ``config.pki_path`` and open every issuer's signer.
+async def load_issuers(settings: IssuerSettings, *, clock: Clock | None = None) -> IssuerSet:
+    """Read issuers.toml under ``settings.pki_path`` and open every issuer's signer.
 
     Raises :class:`IssuerConfigError` (with every signer already closed again) for a missing or
     malformed file, a certificate that is not a CA or does not chain, a key that cannot be
@@ -278,21 +276,22 @@ async def load_issuers(config: Config, *, clock: Clock | None = None) -> IssuerS
     issuer.
     """
     now = (clock or SystemClock()).now()
-    parsed = await asyncio.to_thread(read_issuers_file, config.pki_path, now=now)
-    for setting, name in (("rsa_issuer", config.rsa_issuer), ("ecdsa_issuer", config.ecdsa_issuer)):
+    parsed = await asyncio.to_thread(read_issuers_file, settings.pki_path, now=now)
+    chosen = (("rsa_issuer", settings.rsa_issuer), ("ecdsa_issuer", settings.ecdsa_issuer))
+    for setting, name in chosen:
         if name not in parsed.issuers:
             raise IssuerConfigError(
                 f"{setting} = {name!r} names no issuer in {parsed.path} "
                 f"(known: {', '.join(sorted(parsed.issuers))})"
             )
-    pins = _PinSource(config)
+    pins = _PinSource(settings.hsm)
     opened: list[Signer] = []
     issuers: dict[str, Issuer] = {}
     try:
         for name, entry in parsed.issuers.items():
             try:
                 pin = await pins.get() if entry.key.pkcs11_key_label is not None else None
-                signer = await open_key(entry.key, config, pin=pin)
+                signer = await open_key(entry.key, settings.hsm, pin=pin)
             except SignerError as e:
                 raise IssuerConfigError(f"issuer {name!r}: {e}") from e
             opened.append(signer)
@@ -323,7 +322,7 @@ async def load_issuers(config: Config, *, clock: Clock | None = None) -> IssuerS
     return IssuerSet(
         issuers=MappingProxyType(issuers),
         root=parsed.root,
-        rsa_issuer=config.rsa_issuer,
-        ecdsa_issuer=config.ecdsa_issuer,
+        rsa_issuer=settings.rsa_issuer,
+        ecdsa_issuer=settings.ecdsa_issuer,
         roots=parsed.roots,
     )

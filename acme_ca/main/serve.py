@@ -14,6 +14,7 @@ import structlog
 
 from acme_ca.ca.hierarchy import init_hierarchy
 from acme_ca.ca.issuers_file import ISSUERS_FILE
+from acme_ca.ca.settings import HierarchySettings
 from acme_ca.clock import Clock, SystemClock
 from acme_ca.config import Config
 from acme_ca.db.database import database_dsn, ephemeral_database, migrate
@@ -45,7 +46,7 @@ async def ensure_hierarchy(config: Config) -> None:
     test mode an existing one must have the chains ``alternate_roots``/``chain_length`` ask
     for (Pebble's variables)."""
     if config.pki_dir is None and not (config.pki_path / ISSUERS_FILE).exists():
-        path = await init_hierarchy(config)
+        path = await init_hierarchy(HierarchySettings.from_config(config))
         log.warning(
             "pki.development_hierarchy_created",
             issuers=str(path),
@@ -54,7 +55,7 @@ async def ensure_hierarchy(config: Config) -> None:
     elif config.test_mode:
         from acme_ca.ca.hierarchy_chains import check_chain_shape
 
-        await asyncio.to_thread(check_chain_shape, config)
+        await asyncio.to_thread(check_chain_shape, HierarchySettings.from_config(config))
 
 
 async def serve(

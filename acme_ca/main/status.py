@@ -53,5 +53,5 @@ async def start_status_server(
 ) -> StatusServer:
     """Listen on ``config.status_listen`` (port 0: any free port); the URL names the port."""
     return await start_plain_listener(
-        create_status_app(config, dsn, clock=clock), config.status_listen
+        create_status_app(config.pki_path, dsn, clock=clock), config.status_listen
     )

@@ -21,6 +21,7 @@ from acme_ca.ca.ct.submit import CertificateTransparency, CtSettings
 from acme_ca.ca.issuance_profiles import profile_settings_factory
 from acme_ca.ca.issuers import IssuerSet, load_issuers
 from acme_ca.ca.lint import CertificateLinter
+from acme_ca.ca.settings import IssuerSettings
 from acme_ca.ca.signing_checks import SigningGuard
 from acme_ca.ca.worker import SigningWorker
 from acme_ca.clock import Clock
@@ -35,8 +36,8 @@ from acme_ca.ra.identifiers import IdentifierPolicy
 from acme_ca.ra.organizations import OrganizationPolicy
 from acme_ca.remote_va.primary import build_validator
 from acme_ca.status.key_compromise import KeyCompromiseSweeper
+from acme_ca.status.settings import StatusSettings
 from acme_ca.status.updater import (
-    StatusSettings,
     StatusUpdater,
     close_authorities,
     open_root_authorities,
@@ -80,7 +81,7 @@ async def _storage(config: Config, dsn: str) -> AsyncIterator[Storage]:
 
 @contextlib.asynccontextmanager
 async def _issuers(config: Config, clock: Clock) -> AsyncIterator[IssuerSet]:
-    issuers = await load_issuers(config, clock=clock)
+    issuers = await load_issuers(IssuerSettings.from_config(config), clock=clock)
     try:
         yield issuers
     finally:
@@ -155,7 +156,7 @@ async def run_worker(
         # A profile the BRs of today forbid never signs (the front end refuses it too).
         await profile_catalog(config, clock)
         linter = await asyncio.to_thread(CertificateLinter)
-        roots = await open_root_authorities(config)
+        roots = await open_root_authorities(IssuerSettings.from_config(config))
         stack.push_async_callback(close_authorities, roots)
         # Every CRL this worker publishes has an age series from now (+Inf before the first).
         crl_issuers = [*issuers.names(), *(root.name for root in roots)]

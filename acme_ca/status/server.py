@@ -28,6 +28,7 @@ import urllib.parse
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Final, TypeVar
 
 import structlog
@@ -37,7 +38,6 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from acme_ca import metrics
 from acme_ca.ca.issuers_file import IssuersFile, read_issuers_file
 from acme_ca.clock import Clock, SystemClock
-from acme_ca.config import Config
 from acme_ca.db.status import StatusRepository
 from acme_ca.status.ocsp import (
     MALFORMED_REQUEST,
@@ -114,13 +114,14 @@ class StatusState:
 STATUS_STATE: Final = web.AppKey("status_state", StatusState)
 
 
-def create_status_app(config: Config, dsn: str, *, clock: Clock | None = None) -> web.Application:
-    """The status listener's application on the database at ``dsn``."""
+def create_status_app(pki_path: Path, dsn: str, *, clock: Clock | None = None) -> web.Application:
+    """The status listener's application for the hierarchy of ``pki_path``/issuers.toml, on the
+    database at ``dsn``."""
     clock = clock or SystemClock()
     app = web.Application(client_max_size=MAX_REQUEST_BYTES)
 
     async def state_ctx(app: web.Application) -> AsyncIterator[None]:
-        parsed = await asyncio.to_thread(read_issuers_file, config.pki_path, now=clock.now())
+        parsed = await asyncio.to_thread(read_issuers_file, pki_path, now=clock.now())
         repository = await StatusRepository.open(dsn, max_size=POOL_SIZE)
         unregister = metrics.register_pool("status", repository.pool)
         try:

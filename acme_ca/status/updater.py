@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import os
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Final
@@ -40,8 +39,8 @@ from acme_ca import metrics
 from acme_ca.ca.issuers import Issuer, IssuerSet, open_root_signer
 from acme_ca.ca.issuers_file import IssuerConfigError, read_issuers_file
 from acme_ca.ca.lint import CertificateLinter
+from acme_ca.ca.settings import IssuerSettings
 from acme_ca.clock import Clock
-from acme_ca.config import Config
 from acme_ca.db.advisory import AdvisoryLocks
 from acme_ca.db.status import (
     CertificateStatus,
@@ -52,11 +51,10 @@ from acme_ca.db.status import (
 )
 from acme_ca.status.crl import CrlAuthority, entries_digest, publish_crl
 from acme_ca.status.ocsp import CERT_ID_HASHES, CertStatus, sign_ocsp_response
+from acme_ca.status.settings import StatusSettings
 
 log = structlog.get_logger(component="acme_ca.status.updater")
 
-#: How often the updater looks for due work without being told (lost NOTIFYs).
-DEFAULT_POLL_SECONDS: Final = 30.0
 #: BR 4.9.10: a response of 16 hours or more is refreshed at most 4 days after thisUpdate.
 MAX_OCSP_REFRESH_AGE: Final = timedelta(days=4)
 #: Certificates per OCSP refresh query.
@@ -69,41 +67,22 @@ def ocsp_refresh_age(validity: timedelta) -> timedelta:
     return min(validity / 2, MAX_OCSP_REFRESH_AGE)
 
 
-@dataclass(frozen=True)
-class StatusSettings:
-    crl_validity: timedelta
-    crl_interval: timedelta
-    ocsp_validity: timedelta
-    poll_seconds: float = DEFAULT_POLL_SECONDS
-    #: Where each published CRL is also written as a file (for a CDN); None: nowhere.
-    crl_dir: Path | None = None
-
-    @classmethod
-    def from_config(cls, config: Config) -> StatusSettings:
-        return cls(
-            crl_validity=timedelta(hours=config.crl_validity_hours),
-            crl_interval=timedelta(hours=config.crl_interval_hours),
-            ocsp_validity=timedelta(hours=config.ocsp_validity_hours),
-            crl_dir=config.crl_publish_path,
-        )
-
-
 def issuer_authority(issuer: Issuer) -> CrlAuthority:
     return CrlAuthority(issuer.name, issuer.certificate, issuer.signer)
 
 
-async def open_root_authorities(config: Config) -> list[CrlAuthority]:
+async def open_root_authorities(settings: IssuerSettings) -> list[CrlAuthority]:
     """The roots of issuers.toml whose key is configured (development), opened for signing
     their CRLs; offline roots (no key) are skipped.  Close them with :func:`close_authorities`.
     """
-    parsed = await asyncio.to_thread(read_issuers_file, config.pki_path)
+    parsed = await asyncio.to_thread(read_issuers_file, settings.pki_path)
     opened: list[CrlAuthority] = []
     for name, entry in parsed.roots.items():
         if entry.key is None:
             log.info("status.root_offline", root=name)
             continue
         try:
-            signer = await open_root_signer(config, name)
+            signer = await open_root_signer(settings, name)
         except IssuerConfigError as e:
             log.warning("status.root_key_unavailable", root=name, error=str(e))
             continue

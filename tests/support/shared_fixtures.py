@@ -11,6 +11,7 @@ import pytest
 
 from acme_ca.ca.issuers import IssuerSet, load_issuers
 from acme_ca.ca.lint import CertificateLinter
+from acme_ca.ca.settings import IssuerSettings
 from acme_ca.config import Config
 from acme_ca.testsrv.server import ChallengeServerConfig, ChallengeTestServer
 from tests.fixtures import CaFactory, RunningCa
@@ -51,7 +52,7 @@ def linter() -> CertificateLinter:
 @pytest.fixture
 async def issuers(pki_config: Config) -> AsyncIterator[IssuerSet]:
     """The issuing CAs of the module's ``pki_config`` hierarchy, closed after the test."""
-    loaded = await load_issuers(pki_config)
+    loaded = await load_issuers(IssuerSettings.from_config(pki_config))
     yield loaded
     await loaded.aclose()
 

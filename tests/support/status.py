@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from acme_ca.ca.hierarchy import init_hierarchy
 from acme_ca.ca.issuers import IssuerSet, load_issuers
 from acme_ca.ca.lint import CertificateLinter
+from acme_ca.ca.settings import HierarchySettings, IssuerSettings
 from acme_ca.clock import Clock, FixedClock
 from acme_ca.config import Config
 from acme_ca.db.certificates import CertificateRepository, RevocationOutcome
@@ -30,8 +31,8 @@ from acme_ca.status.crl import (
     CrlAuthority,
 )
 from acme_ca.status.server import create_status_app
+from acme_ca.status.settings import StatusSettings
 from acme_ca.status.updater import (
-    StatusSettings,
     StatusUpdater,
     close_authorities,
     issuer_authority,
@@ -153,7 +154,7 @@ def status_config(tmp_path_factory: pytest.TempPathFactory) -> Config:
     """A development hierarchy on software keys, made once per module."""
     home = tmp_path_factory.mktemp("status-home")
     config = replace(Config(), home=home, status_base_url=STATUS).validate()
-    run_in_thread(lambda: init_hierarchy(config))
+    run_in_thread(lambda: init_hierarchy(HierarchySettings.from_config(config)))
     return config
 
 
@@ -162,8 +163,8 @@ async def env(
     status_config: Config, linter: CertificateLinter, pool: asyncpg.Pool, dsn: str
 ) -> AsyncIterator[StatusEnv]:
     clock = FixedClock(now_seconds())
-    issuers = await load_issuers(status_config, clock=clock)
-    roots = await open_root_authorities(status_config)
+    issuers = await load_issuers(IssuerSettings.from_config(status_config), clock=clock)
+    roots = await open_root_authorities(IssuerSettings.from_config(status_config))
     account_id = await pool.fetchval(
         "INSERT INTO accounts (key_thumbprint, jwk, status, created_at, updated_at) "
         "VALUES ($1, $2, 'valid', now(), now()) RETURNING id",
@@ -193,7 +194,7 @@ async def status_site(env: StatusEnv) -> AsyncIterator[StatusSite]:
     """The key-less status listener on a free 127.0.0.1 port, on the same database."""
     sock = free_socket()
     runner = aiohttp.web.AppRunner(
-        create_status_app(env.config, env.dsn, clock=env.clock), access_log=None
+        create_status_app(env.config.pki_path, env.dsn, clock=env.clock), access_log=None
     )
     await runner.setup()
     await aiohttp.web.SockSite(runner, sock).start()

@@ -22,6 +22,7 @@ from cryptography.x509.oid import NameOID
 from acme_ca.ca.ct.submit import CtSettings
 from acme_ca.ca.hierarchy import init_hierarchy
 from acme_ca.ca.issuers import IssuerSet
+from acme_ca.ca.settings import HierarchySettings
 from acme_ca.ca.signer import HashName, Signer
 from acme_ca.config import Config
 from acme_ca.testsrv.ct_log import TestLogSpec
@@ -54,7 +55,7 @@ def run_in_thread(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
 def make_pki_config(home: Path, **changes: Any) -> Config:
     """A configuration whose ``pki_path`` gets a development hierarchy with software keys."""
     config = replace(Config(), home=home, **changes).validate()
-    run_in_thread(lambda: init_hierarchy(config))
+    run_in_thread(lambda: init_hierarchy(HierarchySettings.from_config(config)))
     return config
 
 

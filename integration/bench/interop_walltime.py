@@ -81,6 +81,8 @@ ISSUE_FLOWS = {
     "dns01-ecdsa-p256-wildcard": ("dns-01", "ecdsa", "wildcard"),
 }
 FLOWS = (*ISSUE_FLOWS, "tlsalpn01", "renew", "revoke")
+#: ``Run.startup`` key: acme_ca's start until its signing worker can sign.
+WORKER_READY = "acme_ca_worker"
 #: The flows of ``--minimal`` (the CI test): one issuance per client.
 MINIMAL_FLOWS = ("http01-ecdsa-p256",)
 
@@ -395,6 +397,10 @@ def machine(workdir: Path, note: str | None) -> dict[str, Any]:
     }
 
 
+def _seconds(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f} s"
+
+
 def report(run: Run, clients: Sequence[str]) -> str:
     """The Markdown table: wall seconds per client and in total, Pebble beside acme_ca."""
     m = run.machine
@@ -410,8 +416,10 @@ def report(run: Run, clients: Sequence[str]) -> str:
         f"{m['uacme']}; pebble {m['pebble']}; both with "
         + ", ".join(f"{k}={v}" for k, v in KNOBS.items()),
         *([f"- note: {m['note']}"] if m.get("note") else []),
-        "- start-up (to the directory answering): "
-        + ", ".join(f"{t} {s:.2f} s" for t, s in run.startup.items()),
+        f"- start-up: Pebble {_seconds(run.startup.get('pebble'))} to the directory "
+        f"answering; acme_ca {_seconds(run.startup.get('acme_ca'))} to the directory, "
+        f"{_seconds(run.startup.get(WORKER_READY))} to its signing worker ready (the flows "
+        "start after both)",
         "",
         "| client | flows | Pebble s | acme_ca s | acme_ca / Pebble |",
         "|---|---:|---:|---:|---:|",
@@ -427,6 +435,13 @@ def report(run: Run, clients: Sequence[str]) -> str:
     pebble_s, ours = run.seconds("pebble"), run.seconds("acme_ca")
     ratio = f"{ours / pebble_s:.2f}" if pebble_s else "—"
     lines.append(f"| **total** | {len(run.flows) // 2} | {pebble_s:.1f} | {ours:.1f} | {ratio} |")
+    if "pebble" in run.startup and WORKER_READY in run.startup:
+        pebble_all = pebble_s + run.startup["pebble"]
+        ours_all = ours + run.startup[WORKER_READY]
+        lines.append(
+            f"| **total with start-up** | | {pebble_all:.1f} | {ours_all:.1f} "
+            f"| {ours_all / pebble_all:.2f} |"
+        )
     lines += [
         "",
         "Per flow (s):",
@@ -511,6 +526,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         processes = stack.enter_context(_Processes(workdir / "acme_ca" / "logs"))
         pebble_ca = stack.enter_context(pebble(workdir / "pebble"))
         run.startup["pebble"] = pebble_ca.startup_seconds
+        started = time.monotonic()
         ours = start_test_mode(
             processes,
             "serve-test",
@@ -522,6 +538,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         run.startup["acme_ca"] = ours.startup_seconds
         # SIGTERM on the way out, also on errors: the server stops its embedded PostgreSQL.
         stack.callback(ours.proc.stop)
+        # The directory answers before the in-process signing worker can sign: a finalize
+        # meanwhile waits for it.  Start-up counts until it can; the flows start after.
+        ours.proc.wait_event("worker.started", timeout=READY_TIMEOUT)
+        run.startup[WORKER_READY] = time.monotonic() - started
         servers = {
             "pebble": interop_server("pebble", pebble_ca, workdir / "pebble"),
             "acme_ca": interop_server("acme_ca", ours, workdir / "acme_ca"),

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Benchmark acme_ca (production shape: own PostgreSQL, SoftHSM2, serve + separate worker)
+# Benchmark acme_ca (production shape: own PostgreSQL, SoftHSM2, serve + separate worker; the
+# same with rate limits on and with five remote VAs; serve --test; the README shape)
 # against Pebble and Smallstep's step-ca, at 1, 5, 50, 200 and 500 concurrent ACME clients;
 # prints a Markdown table.  Extra arguments go to `python -m integration.bench`, e.g.
 #   scripts/bench.sh --json bench.json --markdown bench.md --workdir bench-logs

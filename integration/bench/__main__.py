@@ -67,6 +67,9 @@ DISPLAY = {
     "pebble": "Pebble",
     "acme_ca": "acme_ca",
     "acme_ca-limits": "acme_ca, rate limits on",
+    "acme_ca-mpic": "acme_ca + 5 remote VAs",
+    "acme_ca-test": "acme_ca serve --test",
+    "acme_ca-readme": "acme_ca, README shape",
     "step-ca": "step-ca",
 }
 #: Targets restarted when they stop answering, and how many times a level is then run again:

@@ -13,9 +13,17 @@ managers yielding a :class:`Target`.
   has them), every bucket the load generator draws from overridden high enough that it is
   never refused (:func:`override_limits`), so the row measures what the checks cost (issue
   16: at most 5% below the row without them).
+* acme_ca-mpic: the production shape with five ``acme-ca remote-va`` processes (one per RIR,
+  on loopback, each with its mTLS certificate from ``acme-ca mpic-certs``) corroborating every
+  validation and CAA check, what each issuance costs from 2026-12-15 (BR 3.2.2.9); their CPU
+  is counted with the CA's.
+* acme_ca-test: ``acme-ca serve --test``, one process with its embedded PostgreSQL, its
+  built-in challenge DNS and in-process worker and CT test logs, as a client's CI runs it.
+* acme_ca-readme: the README's shape, ``acme-ca serve`` on its embedded defaults (embedded
+  PostgreSQL, file keys, in-process worker and CT test logs), pointed at the benchmark's DNS.
 
-CPU counted for a target is its own work: the pebble process; acme_ca's serve, worker and
-PostgreSQL trees.  The DNS server and the CT logs are reported beside it, not counted.
+CPU counted for a target is its own work: the pebble process; acme_ca's serve, worker,
+remote VA and PostgreSQL trees.  The DNS server and the CT logs are reported beside it, not counted.
 
 Every subprocess runs in a session of its own (a Ctrl-C at the terminal reaches only the
 benchmark, which then stops them in order) and is killed by the kernel should the benchmark
@@ -32,6 +40,7 @@ import json
 import os
 import re
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -52,7 +61,13 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from acme_ca.embedded_pg import EmbeddedPostgres
 from acme_ca.localca import LocalCa, cert_pem, local_name
 from integration.bench import counts
-from integration.processes import LoggedProcess, acme_ca_exe, base_env, free_port
+from integration.processes import (
+    LoggedProcess,
+    acme_ca_exe,
+    base_env,
+    free_port,
+    free_test_mode_ports,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 PEBBLE = "/usr/bin/pebble"
@@ -468,7 +483,9 @@ def acme_ca_limits(workdir: Path) -> Iterator[Target]:
 
 
 @contextlib.contextmanager
-def _acme_ca(workdir: Path, *, name: str, rate_limits: bool) -> Iterator[Target]:
+def _acme_ca(
+    workdir: Path, *, name: str, rate_limits: bool, remote_vas: bool = False
+) -> Iterator[Target]:
     # Imported here: the benchmark of Pebble alone needs neither SoftHSM2 nor its helper.
     from tests.support.softhsm import SoftHsmToken, softhsm_available
 
@@ -537,6 +554,10 @@ def _acme_ca(workdir: Path, *, name: str, rate_limits: bool) -> Iterator[Target]
         _wait("CT test logs", log_list.exists, [ct_logs], READY_TIMEOUT)
 
         port, http01_port = free_port(), free_port()
+        remotes: dict[str, Service] = {}
+        if remote_vas:
+            remotes = start_remote_vas(stack, exe, base, logs, dns_server, http01_port)
+            env |= mpic_env(base)
         serve_metrics, worker_metrics = free_port(), free_port()
         serve = start_service(
             stack,
@@ -581,13 +602,20 @@ def _acme_ca(workdir: Path, *, name: str, rate_limits: bool) -> Iterator[Target]
 
         binaries = postgres.binaries
         counted = {"serve": [serve.pid], "worker": [worker.pid], "postgres": [postmaster]}
+        if remotes:
+            counted["remote_vas"] = [va.pid for va in remotes.values()]
         yield Target(
             name=name,
             directory_url=directory_url,
             cafile=cafile,
             http01_port=http01_port,
             cpu_pids=lambda: [pid for pids in counted.values() for pid in pids],
-            alive=lambda: serve.alive() and worker.alive() and _pid_alive(postmaster),
+            alive=lambda: (
+                serve.alive()
+                and worker.alive()
+                and _pid_alive(postmaster)
+                and all(va.alive() for va in remotes.values())
+            ),
             details={
                 "version": _command_output(
                     "git", "-C", str(REPO), "describe", "--always", "--dirty"
@@ -602,6 +630,12 @@ def _acme_ca(workdir: Path, *, name: str, rate_limits: bool) -> Iterator[Target]
                     f"registered domain, accounts 1-{LIMIT_OVERRIDE_ACCOUNTS})"
                     if rate_limits
                     else "rate limits off"
+                )
+                + (
+                    f"; {len(remotes)} acme-ca remote-va processes (one per RIR, loopback, "
+                    "mTLS) corroborating every validation and CAA check, their CPU counted"
+                    if remotes
+                    else ""
                 ),
                 "processes": {
                     "serve": serve.pid,
@@ -609,6 +643,7 @@ def _acme_ca(workdir: Path, *, name: str, rate_limits: bool) -> Iterator[Target]
                     "postgres": postmaster,
                     "ct_logs": ct_logs.pid,
                     "dns": dns_server.service.pid,
+                    **{f"remote_va_{p}": va.pid for p, va in remotes.items()},
                 },
                 "postgresql": pg_version(binaries.version) if binaries else None,
                 "postgresql_binaries": str(binaries.bin_dir) if binaries else None,
@@ -631,6 +666,232 @@ def _acme_ca(workdir: Path, *, name: str, rate_limits: bool) -> Iterator[Target]
         )
 
 
+@contextlib.contextmanager
+def acme_ca_mpic(workdir: Path) -> Iterator[Target]:
+    """The production shape with five remote VAs (module docstring); stopped on exit."""
+    with _acme_ca(workdir, name="acme_ca-mpic", rate_limits=False, remote_vas=True) as target:
+        yield target
+
+
+def _port_open(port: int) -> Callable[[], bool]:
+    def ready() -> bool:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return True
+        return False
+
+    return ready
+
+
+def start_remote_vas(
+    stack: contextlib.ExitStack,
+    exe: str,
+    base: Path,
+    logs: Path,
+    dns_server: Dns,
+    http01_port: int,
+) -> dict[str, Service]:
+    """``acme-ca mpic-certs`` then one ``acme-ca remote-va`` per perspective of
+    :data:`integration.production_env.PERSPECTIVES`, on loopback ports, resolving through the
+    benchmark's DNS and fetching http-01 from the load generator's port; writes the primary's
+    perspectives file (:func:`mpic_env` points the CA at it)."""
+    from integration.production_env import PERSPECTIVES, PRIMARY_AT
+
+    mtls = base / "mtls"
+    made = subprocess.run(
+        [
+            exe,
+            "mpic-certs",
+            "--out",
+            str(mtls),
+            "--perspectives",
+            ",".join(p[0] for p in PERSPECTIVES),
+        ],
+        env=base_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if made.returncode != 0:
+        raise BenchSetupError(f"acme-ca mpic-certs failed:\n{made.stdout}{made.stderr}")
+    remotes: dict[str, Service] = {}
+    ports: dict[str, int] = {}
+    for perspective, rir, _, _ in PERSPECTIVES:
+        ports[perspective] = free_port()
+        remotes[perspective] = start_service(
+            stack,
+            f"remote-va-{perspective}",
+            [
+                exe,
+                "remote-va",
+                "--listen",
+                f"127.0.0.1:{ports[perspective]}",
+                "--perspective",
+                perspective,
+                "--rir",
+                rir,
+                "--dns-resolver",
+                dns_server.address,
+                "--tls-cert",
+                str(mtls / f"{perspective}.pem"),
+                "--tls-key",
+                str(mtls / f"{perspective}.key"),
+                "--client-ca",
+                str(mtls / "ca.pem"),
+                "--metrics-listen",
+                "off",
+            ],
+            env=base_env(
+                ACME_CA_HOME=str(base / f"remote-va-{perspective}"),
+                ACME_CA_DNSSEC="off",
+                ACME_CA_HTTP01_PORT=str(http01_port),
+                ACME_CA_ALLOW_LOOPBACK_VALIDATION="true",
+                ACME_CA_LOG_FORMAT="json",
+            ),
+            log_dir=logs,
+        )
+    for perspective, va in remotes.items():
+        _wait(f"remote VA {perspective}", _port_open(ports[perspective]), [va], READY_TIMEOUT)
+    lines = ["[primary]", f"latitude = {PRIMARY_AT[0]}", f"longitude = {PRIMARY_AT[1]}", ""]
+    for perspective, rir, latitude, longitude in PERSPECTIVES:
+        lines += [
+            "[[perspectives]]",
+            f'id = "{perspective}"',
+            f'rir = "{rir}"',
+            f'url = "https://127.0.0.1:{ports[perspective]}"',
+            f"latitude = {latitude}",
+            f"longitude = {longitude}",
+            "",
+        ]
+    (base / "perspectives.toml").write_text("\n".join(lines))
+    return remotes
+
+
+def mpic_env(base: Path) -> dict[str, str]:
+    """The primary's (serve's and the worker's) MPIC settings for :func:`start_remote_vas`."""
+    mtls = base / "mtls"
+    return {
+        "ACME_CA_MPIC_PERSPECTIVES_FILE": str(base / "perspectives.toml"),
+        "ACME_CA_MPIC_CLIENT_CERT": str(mtls / "primary.pem"),
+        "ACME_CA_MPIC_CLIENT_KEY": str(mtls / "primary.key"),
+        "ACME_CA_MPIC_SERVER_CA": str(mtls / "ca.pem"),
+    }
+
+
+def _embedded_postmaster(serve: Service) -> int:
+    """The pid of the PostgreSQL server ``serve`` started on its embedded defaults (its
+    ``embedded_postgres.started`` event names the cluster; postmaster.pid the process)."""
+    for event in _events(serve.stdout_path):
+        if event.get("event") == "embedded_postgres.started" and event.get("cluster"):
+            pid_file = Path(str(event["cluster"])) / "postmaster.pid"
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                return int(pid_file.read_text().splitlines()[0])
+    raise BenchSetupError(f"no embedded PostgreSQL found in serve's log\n{serve.tails()}")
+
+
+def _events(path: Path) -> Iterator[dict[str, Any]]:
+    with contextlib.suppress(OSError):
+        for line in path.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                event = json.loads(line)
+                if isinstance(event, dict):
+                    yield event
+
+
+#: A first start on embedded defaults makes its PostgreSQL cluster and hierarchy.
+EMBEDDED_READY_TIMEOUT = 180.0
+
+
+@contextlib.contextmanager
+def acme_ca_test(workdir: Path) -> Iterator[Target]:
+    """``acme-ca serve --test`` (module docstring); stopped on exit."""
+    with _acme_ca_embedded(workdir, name="acme_ca-test", test_mode=True) as target:
+        yield target
+
+
+@contextlib.contextmanager
+def acme_ca_readme(workdir: Path) -> Iterator[Target]:
+    """The README's ``acme-ca serve`` on its embedded defaults (module docstring)."""
+    with _acme_ca_embedded(workdir, name="acme_ca-readme", test_mode=False) as target:
+        yield target
+
+
+@contextlib.contextmanager
+def _acme_ca_embedded(workdir: Path, *, name: str, test_mode: bool) -> Iterator[Target]:
+    """One ``acme-ca serve`` process on its embedded PostgreSQL, with its worker and CT test
+    logs inside; in test mode its own challenge DNS answers every name with 127.0.0.1,
+    otherwise the benchmark's DNS does."""
+    try:
+        exe = acme_ca_exe()
+    except FileNotFoundError as e:
+        raise BenchSetupError(str(e)) from e
+    base = workdir / name
+    logs = base / "logs"
+    home = base / "home"
+    with contextlib.ExitStack() as stack:
+        port, http01_port = free_port(), free_port()
+        env = base_env(
+            ACME_CA_HOME=str(home),
+            ACME_CA_STATUS_LISTEN=f"127.0.0.1:{free_port()}",
+            ACME_CA_LOG_FORMAT="json",
+        )
+        argv = [exe, "serve", "--listen", f"127.0.0.1:{port}", "--http01-port", str(http01_port)]
+        infra: dict[str, list[int]] = {}
+        if test_mode:
+            argv += ["--test", "--challsrv-http01", "off"]
+            env |= free_test_mode_ports(argv, env)
+            shape = (
+                "acme-ca serve --test: one process with its embedded PostgreSQL, in-process "
+                "worker, CT test logs and challenge DNS, file keys; counted: serve's tree and "
+                "its PostgreSQL server"
+            )
+        else:
+            dns_server = start_dns(stack, logs)
+            infra["dns"] = [dns_server.service.pid]
+            argv += ["--dns-resolver", dns_server.address, "--dnssec", "off"]
+            argv += ["--allow-loopback-validation"]
+            shape = (
+                "acme-ca serve on its embedded defaults (the README's scripts/run.sh): one "
+                "process with its embedded PostgreSQL, in-process worker and CT test logs, "
+                "file keys; pebble-challtestsrv as DNS (dnssec off); counted: serve's tree and "
+                "its PostgreSQL server"
+            )
+        serve = start_service(stack, "serve", argv, env=env, log_dir=logs)
+        cafile = home / "tls" / "ca.pem"
+        directory_url = f"https://127.0.0.1:{port}/directory"
+        _wait(
+            f"acme-ca serve ({name})",
+            _directory_answers(directory_url, cafile),
+            [serve],
+            EMBEDDED_READY_TIMEOUT,
+        )
+        postmaster = _embedded_postmaster(serve)
+        counted = {"serve": [serve.pid], "postgres": [postmaster]}
+        yield Target(
+            name=name,
+            directory_url=directory_url,
+            cafile=cafile,
+            http01_port=http01_port,
+            cpu_pids=lambda: [pid for pids in counted.values() for pid in pids],
+            alive=lambda: serve.alive() and _pid_alive(postmaster),
+            details={
+                "version": _command_output(
+                    "git", "-C", str(REPO), "describe", "--always", "--dirty"
+                ),
+                "shape": shape,
+                "processes": {"serve": serve.pid, "postgres": postmaster}
+                | {k: v[0] for k, v in infra.items()},
+                "environment": {k: v for k, v in env.items() if k.startswith("ACME_CA_")},
+                "argv": argv[1:],
+                "cpu_counted": list(counted),
+                "logs": str(logs),
+            },
+            cpu_split=counted,
+            infra_split=infra,
+        )
+
+
 def step_ca(workdir: Path) -> contextlib.AbstractContextManager[Target]:
     """Smallstep's step-ca (:mod:`integration.bench.step_ca`, which imports this module)."""
     from integration.bench.step_ca import step_ca as start
@@ -643,5 +904,8 @@ TARGETS: dict[str, Callable[[Path], contextlib.AbstractContextManager[Target]]] 
     "pebble": pebble,
     "acme_ca": acme_ca,
     "acme_ca-limits": acme_ca_limits,
+    "acme_ca-mpic": acme_ca_mpic,
+    "acme_ca-test": acme_ca_test,
+    "acme_ca-readme": acme_ca_readme,
     "step-ca": step_ca,
 }

@@ -8,12 +8,13 @@ import io
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
-from acme import client, messages
+from acme import challenges, client, messages
 from acme import crypto_util as acme_crypto
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -270,3 +271,18 @@ def blocking_findings(
 ) -> list[tuple[str, str, str]]:
     findings = pkilint_findings(cert, validation)
     return [f for f in findings if f[0] in ("ERROR", "FATAL")]
+
+
+def answer_dns01(
+    acme: client.ClientV2,
+    key: JWK,
+    order: messages.OrderResource,
+    set_txt: Callable[[str, str], None],
+) -> None:
+    """Answer each authorization of ``order`` by dns-01: ``set_txt(name, value)`` puts the TXT
+    value at the validation name (no trailing dot), then the challenge is POSTed."""
+    for authz in order.authorizations:
+        challb = next(c for c in authz.body.challenges if isinstance(c.chall, challenges.DNS01))
+        response, validation = challb.chall.response_and_validation(key)
+        set_txt(challb.chall.validation_domain_name(authz.body.identifier.value), validation)
+        acme.answer_challenge(challb, response)

@@ -25,7 +25,7 @@ from typing import TypeVar
 
 import pytest
 import requests
-from acme import challenges, client, messages
+from acme import client, messages
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -38,6 +38,7 @@ from integration.challsrv_thread import ThreadedChallengeServer
 from integration.clients import (
     NAMES,
     acme_account,
+    answer_dns01,
     certbot_certonly,
     certbot_failure,
     csr_pem,
@@ -153,11 +154,7 @@ def _ready_order_dns01(
 ) -> messages.OrderResource:
     """newOrder, every authorization by dns-01 (TXT in the test DNS), polled to valid."""
     order = acme.new_order(csr_pem(names))
-    for authz in order.authorizations:
-        challb = next(c for c in authz.body.challenges if isinstance(c.chall, challenges.DNS01))
-        response, validation = challb.chall.response_and_validation(key)
-        dns.set_txt(challb.chall.validation_domain_name(authz.body.identifier.value), validation)
-        acme.answer_challenge(challb, response)
+    answer_dns01(acme, key, order, dns.set_txt)
     return acme.poll_authorizations(order, dt.datetime.now() + dt.timedelta(seconds=20))
 
 

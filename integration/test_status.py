@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
-from acme import challenges, client, messages
+from acme import client, messages
 from acme import crypto_util as acme_crypto
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -39,6 +39,7 @@ from josepy.jwa import ES256
 from josepy.jwk import JWKEC
 
 from integration.challsrv_thread import ThreadedChallengeServer
+from integration.clients import answer_dns01
 from integration.processes import CaProcess, CaProcesses, free_port
 
 pytestmark = pytest.mark.integration
@@ -103,13 +104,7 @@ def issue(
         serialization.NoEncryption(),
     )
     order = acme.new_order(acme_crypto.make_csr(key_pem, [NAME]))
-    for authz in order.authorizations:
-        challb = next(c for c in authz.body.challenges if isinstance(c.chall, challenges.DNS01))
-        response, validation = challb.chall.response_and_validation(account_key)
-        challenge_dns.set_txt(
-            challb.chall.validation_domain_name(authz.body.identifier.value), validation
-        )
-        acme.answer_challenge(challb, response)
+    answer_dns01(acme, account_key, order, challenge_dns.set_txt)
     deadline = dt.datetime.now() + dt.timedelta(seconds=30)
     order = acme.poll_and_finalize(order, deadline)
     assert order.fullchain_pem

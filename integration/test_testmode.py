@@ -46,6 +46,7 @@ from acme_ca.config.pebble import PEBBLE_MAX_VALIDATION_SLEEP
 from integration.clients import (
     NAMES,
     acme_account,
+    answer_dns01,
     blocking_findings,
     certbot_certonly,
     certbot_failure,
@@ -272,12 +273,7 @@ def test_management_api_endpoints_and_roots_verify_the_issued_chain(
     names = ["caa.mgmt.example.com", "issued.mgmt.example.com"]
     acme, key = acme_account(ca.directory_url, ca.cafile)
     order = acme.new_order(csr_pem(names))
-    for authz in order.authorizations:
-        challb = next(c for c in authz.body.challenges if isinstance(c.chall, challenges.DNS01))
-        _, validation = challb.chall.response_and_validation(key)
-        host = challb.chall.validation_domain_name(authz.body.identifier.value) + "."
-        ca.mgmt("/set-txt", {"host": host, "value": validation})
-        acme.answer_challenge(challb, challb.chall.response(key))
+    answer_dns01(acme, key, order, ca.set_txt)
     done = acme.poll_and_finalize(order, dt.datetime.now() + dt.timedelta(seconds=30))
     chain = x509.load_pem_x509_certificates(done.fullchain_pem.encode())
     leaf = write_pem(tmp_path / "leaf.pem", chain[:1])

@@ -13,13 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from acme import challenges
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from josepy.jwa import ES512
 from josepy.jwk import JWKEC
 
-from integration.clients import acme_account, csr_pem, openssl_verify
+from integration.clients import acme_account, answer_dns01, csr_pem, openssl_verify
 from integration.processes import CaProcesses
 from integration.testmode_server import QuietProcesses, start_test_mode, write_pem
 
@@ -49,12 +48,7 @@ def test_special_use_names_issued_in_test_mode_to_a_p521_account(
     assert acme.net.account is not None
     assert acme.net.account.body.key.public_key() == key.public_key()  # `key` in the account
     order = acme.new_order(csr_pem(NAMES))
-    for authz in order.authorizations:
-        challb = next(c for c in authz.body.challenges if isinstance(c.chall, challenges.DNS01))
-        _, validation = challb.chall.response_and_validation(key)
-        host = challb.chall.validation_domain_name(authz.body.identifier.value) + "."
-        ca.mgmt("/set-txt", {"host": host, "value": validation})
-        acme.answer_challenge(challb, challb.chall.response(key))
+    answer_dns01(acme, key, order, ca.set_txt)
     done = acme.poll_and_finalize(order, dt.datetime.now() + dt.timedelta(seconds=30))
     chain = x509.load_pem_x509_certificates(done.fullchain_pem.encode())
     san = chain[0].extensions.get_extension_for_class(x509.SubjectAlternativeName).value

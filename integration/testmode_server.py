@@ -68,6 +68,10 @@ class RunningTestCa:
         status, text = mgmt_post(self.management_url + path, body)
         assert status == 200, f"POST {path} {body}: {status} {text!r}"
 
+    def set_txt(self, name: str, value: str) -> None:
+        """Pebble's /set-txt for ``name`` (absolute; appends to the name's values)."""
+        self.mgmt("/set-txt", {"host": name.rstrip(".") + ".", "value": value})
+
     def root_pem(self, directory: Path) -> Path:
         """The CA's root, fetched from ``/roots/0`` as a harness would (once per server)."""
         if self._root is None:

@@ -168,8 +168,9 @@ def _directory_answers(url: str, cafile: Path | None) -> Callable[[], bool]:
     def ready() -> bool:
         if cafile is not None and not cafile.exists():
             return False
-        context = ssl.create_default_context(cafile=str(cafile)) if cafile else None
         try:
+            # Inside the try: serve may be half-way through writing the file (ssl.SSLError).
+            context = ssl.create_default_context(cafile=str(cafile)) if cafile else None
             with urllib.request.urlopen(url, timeout=2, context=context) as response:
                 return response.status == 200 and "newOrder" in json.loads(response.read())
         except (OSError, urllib.error.URLError, ValueError):

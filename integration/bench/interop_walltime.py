@@ -509,6 +509,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     unknown += [f for f in args.flows if f not in FLOWS]
     if unknown:
         parser.error(f"unknown client(s) or flow(s): {', '.join(unknown)}")
+    if {"renew", "revoke"} & set(args.flows) and "http01-ecdsa-p256" not in args.flows:
+        parser.error("renew and revoke act on the http01-ecdsa-p256 certificate: add that flow")
     return args
 
 

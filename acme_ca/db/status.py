@@ -81,7 +81,9 @@ class CrlDraft:
 
 
 @dataclass(frozen=True)
-class CrlRecord:
+class SignedCrl:
+    """A CRL as signed (``status/crl.py``), before :meth:`StatusRepository.store_crl`."""
+
     issuer: str
     number: int
     this_update: datetime
@@ -89,6 +91,12 @@ class CrlRecord:
     der: bytes
     entries: int
     entries_digest: bytes
+
+
+@dataclass(frozen=True)
+class CrlRecord(SignedCrl):
+    """A stored CRL: the signed one and when it was stored."""
+
     created_at: datetime
 
 

@@ -36,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from functools import cached_property
 from typing import Final
@@ -74,6 +74,7 @@ from acme_ca.db.status import (
     CrlRecord,
     RevokedEntries,
     RevokedEntry,
+    SignedCrl,
     StatusRepository,
 )
 
@@ -158,17 +159,6 @@ class CrlLintFailed(Exception):
     def __init__(self, findings: Sequence[LintFinding]) -> None:
         super().__init__("; ".join(str(f) for f in findings))
         self.findings = tuple(findings)
-
-
-@dataclass(frozen=True)
-class SignedCrl:
-    issuer: str
-    number: int
-    this_update: datetime
-    next_update: datetime
-    der: bytes
-    entries: int
-    entries_digest: bytes
 
 
 @dataclass(frozen=True)
@@ -431,16 +421,7 @@ async def publish_crl(
             findings=[str(f) for f in e.findings],
         )
         return None
-    record = CrlRecord(
-        issuer=signed.issuer,
-        number=signed.number,
-        this_update=signed.this_update,
-        next_update=signed.next_update,
-        der=signed.der,
-        entries=signed.entries,
-        entries_digest=signed.entries_digest,
-        created_at=clock.now(),
-    )
+    record = CrlRecord(**asdict(signed), created_at=clock.now())
     await repository.store_crl(record)
     log.info(
         "crl.published",

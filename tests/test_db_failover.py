@@ -16,9 +16,17 @@ import pytest
 
 from acme_ca.ca.deferrals import release_when_database_back
 from acme_ca.clock import SystemClock
+from acme_ca.db.accounts import AccountRepository
 from acme_ca.db.errors import database_unavailable
 from acme_ca.db.issuance import IssuanceRepository
+from acme_ca.db.orders import OrderRepository
 from acme_ca.db.pool import create_pool
+from acme_ca.main.app import STORAGE, TASKS, VALIDATOR
+from acme_ca.ra.challenges import ChallengeAuthority
+from acme_ca.testsrv.server import ChallengeTestServer
+from acme_ca.wfe.services import FRONT_END
+from tests.fixtures import RunningCa
+from tests.support.orders import Subscriber
 from tests.support.relay import relay_to
 from tests.support.worker import build_csr, insert_ready_order
 
@@ -126,3 +134,45 @@ async def test_a_job_that_met_a_database_outage_is_claimable_once_the_database_i
         )
     finally:
         await pool.close()
+
+
+async def test_a_validation_that_met_a_database_outage_runs_again_once_the_database_is_back(
+    dsn: str, va_ca: RunningCa, sub: Subscriber, challsrv: ChallengeTestServer
+) -> None:
+    """The process validating a challenge meets a database outage (a failover): it still
+    holds the challenge, so it runs the validation again as soon as the database answers,
+    instead of leaving it to another process after the 30 s lease. Real outage: the
+    validating authority reaches PostgreSQL through a relay that is cut for a second."""
+    fe = va_ca.app[FRONT_END]
+    storage = va_ca.app[STORAGE]
+    lease = timedelta(seconds=30)
+    reply = await sub.new_order("outage-validation.example.com")
+    authz = (await sub.get(reply.body["authorizations"][0])).body
+    challenge = next(c for c in authz["challenges"] if c["type"] == "http-01")
+    challsrv.store.add_http01(challenge["token"], sub.key_authorization(challenge["token"]))
+    challenge_id = int(challenge["url"].rsplit("/", 1)[1])
+    assert await storage.orders.start_challenge(challenge_id, now=datetime.now(UTC), lease=lease)
+    async with relay_to(dsn) as relay:
+        relayed = await create_pool(relay.dsn(dsn), max_size=2, acquire_timeout=0.5)
+        try:
+            authority = ChallengeAuthority(
+                OrderRepository(relayed),
+                AccountRepository(relayed),
+                va_ca.app[VALIDATOR],
+                va_ca.app[TASKS],
+                fe.clock,
+                account_uri=fe.urls.account,
+                reuse_period=fe.orders.reuse_period,
+                lease=lease,
+            )
+            await relay.cut()
+            started = time.monotonic()
+            running = asyncio.create_task(authority.run_validation(challenge_id))
+            await asyncio.sleep(1.0)
+            assert not running.done(), "the validation gave up while the database was away"
+            await relay.start()
+            await asyncio.wait_for(running, 10)
+            assert time.monotonic() - started < 5
+        finally:
+            relayed.terminate()
+    assert (await sub.wait_order(reply.headers["Location"]))["status"] == "ready"

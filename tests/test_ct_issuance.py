@@ -47,7 +47,8 @@ from acme_ca.ca.ct.sct import (
     to_millis,
     verify_signature,
 )
-from acme_ca.ca.ct.submit import CertificateTransparency, CtSettings
+from acme_ca.ca.ct.settings import CtSettings
+from acme_ca.ca.ct.submit import CertificateTransparency
 from acme_ca.ca.issuers import IssuerSet, load_issuers
 from acme_ca.ca.lint import CertificateLinter
 from acme_ca.ca.settings import IssuerSettings

@@ -29,6 +29,7 @@ from acme_ca.ca.ct.submit import CertificateTransparency
 from acme_ca.ca.issuance_profiles import profile_settings_factory
 from acme_ca.ca.issuers import IssuerSet
 from acme_ca.ca.lint import CertificateLinter, LintKind
+from acme_ca.ca.settings import IssuanceSettings
 from acme_ca.ca.worker import SigningWorker
 from acme_ca.cli import main
 from acme_ca.clock import FixedClock, SystemClock
@@ -343,7 +344,7 @@ def worker(h: Harness, pool: asyncpg.Pool, now: datetime) -> SigningWorker:
         h.issuers,
         h.linter,
         SystemClock(),
-        profile_for=profile_settings_factory(h.config),
+        profile_for=profile_settings_factory(IssuanceSettings.from_config(h.config)),
         ct=ct,
         production=False,  # a development hierarchy: no remote perspectives needed
         organizations=organizations,

@@ -40,7 +40,7 @@ from acme_ca.ca.ct.submit import CertificateTransparency
 from acme_ca.ca.issuance_profiles import profile_settings_factory
 from acme_ca.ca.issuers import IssuerSet, load_issuers
 from acme_ca.ca.lint import CertificateLinter
-from acme_ca.ca.settings import IssuerSettings
+from acme_ca.ca.settings import IssuanceSettings, IssuerSettings
 from acme_ca.ca.signing_checks import SigningGuard
 from acme_ca.ca.worker import SigningWorker
 from acme_ca.clock import FixedClock
@@ -384,7 +384,7 @@ class Rig:
             self.issuers,
             self.linter,
             self.clock,
-            profile_for=profile_settings_factory(self.config),
+            profile_for=profile_settings_factory(IssuanceSettings.from_config(self.config)),
             worker_id=worker_id,
             ct=ct,
             production=production,

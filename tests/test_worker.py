@@ -32,7 +32,7 @@ from acme_ca.ca.ct.submit import CertificateTransparency
 from acme_ca.ca.issuance_profiles import profile_settings_factory
 from acme_ca.ca.issuers import IssuerSet, load_issuers
 from acme_ca.ca.lint import CertificateLinter
-from acme_ca.ca.settings import IssuerSettings
+from acme_ca.ca.settings import IssuanceSettings, IssuerSettings
 from acme_ca.ca.worker import DEFAULT_LEASE, SigningWorker
 from acme_ca.clock import SystemClock
 from acme_ca.config import Config
@@ -224,7 +224,7 @@ def make_worker(
             linter,
             SystemClock(),
             ct=ct,
-            profile_for=profile_settings_factory(config),
+            profile_for=profile_settings_factory(IssuanceSettings.from_config(config)),
             poll_seconds=poll_seconds,
             lease=lease,
             worker_id=worker_id,
@@ -687,7 +687,7 @@ async def test_notify_during_the_last_empty_claim_is_not_lost(
         linter,
         SystemClock(),
         ct=ct,
-        profile_for=profile_settings_factory(pki_config),
+        profile_for=profile_settings_factory(IssuanceSettings.from_config(pki_config)),
         poll_seconds=30.0,
         worker_id="racy",
         production=False,

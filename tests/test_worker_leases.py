@@ -28,6 +28,7 @@ from acme_ca.ca.ct.submit import CertificateTransparency
 from acme_ca.ca.issuance_profiles import profile_settings_factory
 from acme_ca.ca.issuers import IssuerSet
 from acme_ca.ca.lint import CertificateLinter
+from acme_ca.ca.settings import IssuanceSettings
 from acme_ca.ca.signer import HashName, SignerError
 from acme_ca.ca.worker import SigningWorker
 from acme_ca.clock import SystemClock
@@ -82,7 +83,7 @@ def _worker(
         linter,
         SystemClock(),
         ct=ct,
-        profile_for=profile_settings_factory(config),
+        profile_for=profile_settings_factory(IssuanceSettings.from_config(config)),
         worker_id=worker_id,
         production=False,  # a development hierarchy: no remote perspectives needed
         **kwargs,  # type: ignore[arg-type]

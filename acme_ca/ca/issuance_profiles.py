@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import timedelta
-from typing import Any
 
 from acme_ca.br import DV_POLICY_OID, OV_POLICY_OID
 from acme_ca.ca.ct.policy import CT_POLICIES, CtPolicy
 from acme_ca.ca.issuers import Issuer
 from acme_ca.ca.lint import LintKind
 from acme_ca.ca.profile import ProfileSettings
+from acme_ca.ca.settings import IssuanceSettings
 from acme_ca.profiles import Profile
 
 
@@ -29,9 +29,9 @@ class IssuanceProfiles:
     """The configured profiles as the worker issues them: which :class:`ProfileSettings` one
     issuer fills in for one profile, and each profile's pkilint validations and CT policy."""
 
-    def __init__(self, config: Any) -> None:
-        self._config = config
-        self.profiles: Mapping[str, Profile] = config.profile_table
+    def __init__(self, settings: IssuanceSettings) -> None:
+        self.profiles: Mapping[str, Profile] = settings.profiles
+        self._backdate = timedelta(seconds=settings.backdate_seconds)
 
     def profile(self, name: str) -> Profile:
         """The job's profile; a job whose profile is gone from the configuration is an
@@ -49,7 +49,7 @@ class IssuanceProfiles:
             ocsp_url=issuer.ocsp_url if profile.ocsp_url else None,
             ca_issuers_url=issuer.ca_issuers_url,
             validity_period=profile.validity,
-            backdate=timedelta(seconds=self._config.backdate_seconds),
+            backdate=self._backdate,
             include_subject_key_identifier=profile.subject_key_identifier,
             rsa_key_encipherment=profile.rsa_key_encipherment,
             subject_common_name=profile.subject_common_name,
@@ -72,6 +72,6 @@ class IssuanceProfiles:
         return "DV-PRE-CERTIFICATE", "DV-FINAL-CERTIFICATE"
 
 
-def profile_settings_factory(config: Any) -> IssuanceProfiles:
+def profile_settings_factory(settings: IssuanceSettings) -> IssuanceProfiles:
     """The configured profiles as the worker issues them (:class:`IssuanceProfiles`)."""
-    return IssuanceProfiles(config)
+    return IssuanceProfiles(settings)

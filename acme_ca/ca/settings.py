@@ -3,16 +3,19 @@
 These ``from_config`` are the one place ca/ sees the :class:`~acme_ca.config.Config` (an
 import-linter contract keeps the rest of ca/ from importing it): how issuer keys are reached
 (:class:`HsmSettings`), which issuers sign (:class:`IssuerSettings`) and what ``acme-ca init``
-writes (:class:`HierarchySettings`).  The signing worker's own numbers (poll, concurrency,
-leases) are passed to its constructor by ``main/worker.py``; CT's are ``ct.submit.CtSettings``.
+writes (:class:`HierarchySettings`), and what the worker signs with (:class:`IssuanceSettings`).
+The signing worker's own numbers (poll, concurrency, leases) are passed to its constructor by
+``main/worker.py``; CT's are ``ct/settings.py``'s ``CtSettings``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from acme_ca.config.keys import Config
+from acme_ca.profiles import Profile
 
 
 @dataclass(frozen=True)
@@ -85,3 +88,16 @@ class HierarchySettings:
             alternate_roots=config.alternate_roots,
             chain_length=config.chain_length,
         )
+
+
+@dataclass(frozen=True)
+class IssuanceSettings:
+    """What the signing worker fills certificates from: every profile, resolved over the
+    top-level keys it inherits, and how far notBefore is backdated."""
+
+    profiles: Mapping[str, Profile]
+    backdate_seconds: int
+
+    @classmethod
+    def from_config(cls, config: Config) -> IssuanceSettings:
+        return cls(profiles=config.profile_table, backdate_seconds=config.backdate_seconds)

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from acme_ca.ca.ct.loglist import LogList, LogListError, parse_log_list
-from acme_ca.ca.ct.submit import CtSettings
+from acme_ca.ca.ct.settings import CtSettings
 from acme_ca.ca.issuers_file import IssuersFile
 from acme_ca.ca.profile import max_validity
 from acme_ca.config import Config

@@ -17,11 +17,12 @@ from typing import Any
 import structlog
 
 from acme_ca.ca.ct.loglist import FileLogList, LogListSource
-from acme_ca.ca.ct.submit import CertificateTransparency, CtSettings
+from acme_ca.ca.ct.settings import CtSettings
+from acme_ca.ca.ct.submit import CertificateTransparency
 from acme_ca.ca.issuance_profiles import profile_settings_factory
 from acme_ca.ca.issuers import IssuerSet, load_issuers
 from acme_ca.ca.lint import CertificateLinter
-from acme_ca.ca.settings import IssuerSettings
+from acme_ca.ca.settings import IssuanceSettings, IssuerSettings
 from acme_ca.ca.signing_checks import SigningGuard
 from acme_ca.ca.worker import SigningWorker
 from acme_ca.clock import Clock
@@ -181,7 +182,7 @@ async def run_worker(
             linter,
             clock,
             ct=ct,
-            profile_for=profile_settings_factory(config),
+            profile_for=profile_settings_factory(IssuanceSettings.from_config(config)),
             on_issued=updater.certificate_issued,
             poll_seconds=float(config.worker_poll_seconds),
             concurrency=config.worker_concurrency,

@@ -19,10 +19,12 @@ from acme_ca.ca.ct.loglist import (
     StaticLogList,
     parse_log_list,
 )
-from acme_ca.ca.ct.submit import CertificateTransparency, CtSettings
+from acme_ca.ca.ct.settings import CtSettings
+from acme_ca.ca.ct.submit import CertificateTransparency
 from acme_ca.ca.issuance_profiles import profile_settings_factory
 from acme_ca.ca.issuers import IssuerSet
 from acme_ca.ca.lint import CertificateLinter
+from acme_ca.ca.settings import IssuanceSettings
 from acme_ca.ca.worker import SigningWorker
 from acme_ca.clock import SystemClock
 from acme_ca.config import Config
@@ -92,7 +94,9 @@ class Harness:
             issuers or self.issuers,
             linter or self.linter,
             SystemClock(),
-            profile_for=profile_settings_factory(config or self.config),
+            profile_for=profile_settings_factory(
+                IssuanceSettings.from_config(config or self.config)
+            ),
             worker_id=worker_id,
             ct=ct,
             lint_final=lint_final,

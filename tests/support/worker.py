@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from acme_ca.ca.ct.submit import CtSettings
+from acme_ca.ca.ct.settings import CtSettings
 from acme_ca.ca.hierarchy import init_hierarchy
 from acme_ca.ca.issuers import IssuerSet
 from acme_ca.ca.settings import HierarchySettings

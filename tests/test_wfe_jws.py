@@ -9,10 +9,10 @@ import aiohttp
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from acme_ca.acme.b64 import b64url_encode
+from acme_ca.acme.b64 import b64url_decode, b64url_encode
 from acme_ca.clock import FixedClock
 from tests.fixtures import CaFactory, RunningCa
-from tests.support.jws import JwsClient, make_jws
+from tests.support.jws import JwsClient, PrivateKey, Reply, jwk_json, make_jws
 from tests.support.problems import assert_problem
 
 
@@ -240,3 +240,45 @@ async def test_protected_header_not_json_is_malformed(client: JwsClient) -> None
     )
     jws["protected"] = b64url_encode(b"{not json")
     assert_problem(await client.post_raw(client.kid or "", json.dumps(jws)), 400, "malformed")
+
+
+async def _new_account_with_jwk(
+    ca: RunningCa, session: aiohttp.ClientSession, key: PrivateKey, jwk: dict[str, str]
+) -> Reply:
+    """newAccount signed by ``key`` but carrying ``jwk`` (the same key, spelled otherwise)."""
+    c = JwsClient(session, ca.directory_url, key)
+    await c.load_directory()
+    url = c.directory["newAccount"]
+    jws = make_jws(
+        key,
+        {"termsOfServiceAgreed": True},
+        url=url,
+        nonce=await c.nonce(),
+        extra_protected={"jwk": jwk},
+    )
+    return await c.post_raw(url, json.dumps(jws))
+
+
+async def test_rfc7518_2_rsa_jwk_with_a_leading_zero_octet_malformed(
+    ca: RunningCa, session: aiohttp.ClientSession
+) -> None:
+    """A valid signature by the key, but ``n`` not in the minimum number of octets (RFC 7518
+    §2, §6.3.1): not a JWK, so ``malformed``, and no account is made."""
+    key = rsa.generate_private_key(65537, 2048)
+    jwk = jwk_json(key)
+    jwk["n"] = b64url_encode(b"\x00" + b64url_decode(jwk["n"]))
+    reply = await _new_account_with_jwk(ca, session, key, jwk)
+    assert_problem(reply, 400, "malformed")
+    assert "minimum number of octets" in reply.body["detail"]
+    assert (await _new_account_with_jwk(ca, session, key, jwk_json(key))).status == 201
+
+
+async def test_rfc7518_6_2_1_2_ec_jwk_coordinate_wrong_length_malformed(
+    ca: RunningCa, session: aiohttp.ClientSession
+) -> None:
+    key = ec.generate_private_key(ec.SECP384R1())
+    jwk = jwk_json(key)
+    jwk["y"] = b64url_encode(b"\x00" + b64url_decode(jwk["y"]))
+    reply = await _new_account_with_jwk(ca, session, key, jwk)
+    assert_problem(reply, 400, "malformed")
+    assert "P-384 coordinate length" in reply.body["detail"]

@@ -20,7 +20,7 @@ from acme_ca.acme import problems
 from acme_ca.acme.b64 import b64url_decode
 from acme_ca.acme.json_limits import loads_limited
 from acme_ca.acme.jsontypes import JsonValue
-from acme_ca.acme.jwk import Jwk, JwkError, PublicKey, parse_jwk
+from acme_ca.acme.jwk import Jwk, JwkEncodingError, JwkError, PublicKey, parse_jwk
 from acme_ca.acme.problems import AcmeError
 
 #: The signature algorithms we accept, in the order listed to clients.
@@ -130,7 +130,9 @@ def parse_jws(body: bytes, *, require_nonce: bool = True) -> ParsedJws:  # noqa:
     if has_jwk:
         try:
             jwk = parse_jwk(protected["jwk"])
-        except JwkError as exc:
+        except JwkEncodingError as exc:  # not a JWK at all (RFC 7518 encoding rules)
+            raise _malformed(str(exc)) from None
+        except JwkError as exc:  # a key we do not accept (RFC 8555 §6.2)
             raise AcmeError(problems.bad_public_key(str(exc))) from None
         check_alg_matches_key(alg, jwk.key)
     else:

@@ -8,7 +8,7 @@ from datetime import datetime
 import asyncpg
 
 from acme_ca.acme import problems
-from acme_ca.acme.jwk import Jwk, parse_jwk
+from acme_ca.acme.jwk import Jwk, parse_stored_jwk
 from acme_ca.acme.states import ORDERS, OrderEvent
 from acme_ca.acme.status import AccountStatus
 from acme_ca.db.audit import record_event
@@ -20,7 +20,8 @@ class Account:
     id: int
     #: RFC 7638 thumbprint of ``jwk``, as stored (the unique key of the account).
     key_thumbprint: bytes
-    #: The account key, parsed once here from the JWK stored as the client sent it.
+    #: The account key, parsed once here from the JWK stored as the client sent it
+    #: (josepy's type; :func:`parse_stored_jwk` reads keys stored before the encoding rules).
     jwk: Jwk
     contact: tuple[str, ...]
     status: AccountStatus
@@ -49,7 +50,7 @@ def _to_account(row: asyncpg.Record) -> Account:
     return Account(
         id=row["id"],
         key_thumbprint=bytes(row["key_thumbprint"]),
-        jwk=parse_jwk(row["jwk"]),
+        jwk=parse_stored_jwk(row["jwk"]),
         contact=tuple(row["contact"]),
         status=AccountStatus(row["status"]),
         tos_agreed_at=row["tos_agreed_at"],

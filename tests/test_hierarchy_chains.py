@@ -1,0 +1,69 @@
+"""Test mode's Pebble-shaped hierarchy (PEBBLE_ALTERNATE_ROOTS, PEBBLE_CHAIN_LENGTH; issue 21
+item 3): what issuers.toml records, and a kept home of another shape refused rather than
+rebuilt under the certificates it issued.  Issuance through it, beside the real Pebble, is
+integration/test_pebble_chains.py."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from acme_ca.ca.hierarchy import init_hierarchy
+from acme_ca.ca.hierarchy_chains import ChainShape, check_chain_shape
+from acme_ca.ca.issuers_file import IssuerConfigError, alternate_path, read_issuers_file
+from acme_ca.ca.settings import HierarchySettings
+from acme_ca.config import ConfigError, load_config
+
+
+def _config(home: Path, **env: str) -> HierarchySettings:
+    config = load_config(env={"ACME_CA_HOME": str(home), **env}, overrides={"test_mode": True})
+    return HierarchySettings.from_config(config)
+
+
+def _init(settings: HierarchySettings) -> None:
+    asyncio.run(init_hierarchy(settings))
+
+
+def test_pebble_shape_recorded_and_a_kept_home_of_another_shape_refused(tmp_path: Path) -> None:
+    shaped = _config(tmp_path / "a", PEBBLE_ALTERNATE_ROOTS="1", PEBBLE_CHAIN_LENGTH="2")
+    _init(shaped)
+    parsed = read_issuers_file(shaped.pki_path)
+    assert ChainShape.of_file(parsed) == ChainShape(1, 2)
+    for entry in parsed.issuers.values():
+        [alternate] = entry.alternate_chains
+        path = alternate_path(entry.certificate, alternate)
+        assert path[0] != entry.certificate and path[0].subject == entry.certificate.subject
+        assert path[0].public_key() == entry.certificate.public_key()
+    check_chain_shape(shaped)  # the same shape starts
+    with pytest.raises(
+        ConfigError, match=r"for 2 chain\(s\) of length 3, but .* 2 chain\(s\) of length 2:"
+    ):
+        check_chain_shape(
+            _config(tmp_path / "a", PEBBLE_CHAIN_LENGTH="3", PEBBLE_ALTERNATE_ROOTS="1")
+        )
+
+    default = _config(tmp_path / "b")
+    _init(default)
+    assert ChainShape.of_file(read_issuers_file(default.pki_path)) is None  # the cross-certificate
+    check_chain_shape(default)  # no variable: any hierarchy
+    with pytest.raises(ConfigError, match="holds a hierarchy of another shape"):
+        check_chain_shape(_config(tmp_path / "b", PEBBLE_ALTERNATE_ROOTS="1"))
+
+
+def test_alternate_chain_beginning_with_a_stranger_is_refused(tmp_path: Path) -> None:
+    """Only a certificate with the issuer's own subject and key stands in for it: another
+    chain's root-signed certificate of a different issuer breaks the link and is refused."""
+    config = _config(tmp_path, PEBBLE_ALTERNATE_ROOTS="1")
+    _init(config)
+    toml = config.pki_path / "issuers.toml"
+    text = toml.read_text()
+    assert '"dv-rsa-r2.pem"' in text
+    toml.write_text(
+        text.replace(
+            'alternate_chains = [["dv-rsa-r2.pem"]]', 'alternate_chains = [["dv-ecc-r2.pem"]]'
+        )
+    )
+    with pytest.raises(IssuerConfigError, match="alternate_chains\\[0\\]"):
+        read_issuers_file(config.pki_path)

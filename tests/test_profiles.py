@@ -43,6 +43,7 @@ from acme_ca.log import configure_logging
 from acme_ca.profiles import SHIPPED, ProfileSpec
 from acme_ca.ra.organizations import OrganizationPolicy
 from acme_ca.ra.profiles import ProfileConfigError, build_catalog
+from acme_ca.ra.settings import CatalogSettings
 from acme_ca.testsrv.ct_log import TestLogSpec
 from tests.fixtures import CaFactory
 from tests.support.ct import Harness, harness, three_operators
@@ -162,21 +163,31 @@ def test_profile_tables_are_validated_at_load(tmp_path: Path, toml: str, message
 def test_br_6_3_2_profile_validity_over_the_br_maximum_refuses_to_start() -> None:
     """150 days is within BR 6.3.2 until 2027-03-14 and beyond it from 2027-03-15 (100)."""
     config = config_with(ProfileSpec(name="long", description="150 days", validity_days=150))
-    assert "long" in build_catalog(config, at(2027, 3, 14), issuers=DV_ISSUERS).offered
+    assert (
+        "long"
+        in build_catalog(
+            CatalogSettings.from_config(config), at(2027, 3, 14), issuers=DV_ISSUERS
+        ).offered
+    )
     with pytest.raises(ProfileConfigError, match=r"profiles\.long: validity 150 days exceeds"):
-        build_catalog(config, at(2027, 3, 15), issuers=DV_ISSUERS)
+        build_catalog(CatalogSettings.from_config(config), at(2027, 3, 15), issuers=DV_ISSUERS)
     with pytest.raises(ProfileConfigError, match=r"BR 6\.3\.2 validity maximum of 100 days"):
-        build_catalog(config, at(2027, 3, 15), issuers=DV_ISSUERS)
+        build_catalog(CatalogSettings.from_config(config), at(2027, 3, 15), issuers=DV_ISSUERS)
     # The shipped profiles stay within every date's limit (tlsserver: 45 <= 47 from 2029).
-    assert build_catalog(Config(), at(2029, 3, 15), issuers=DV_ISSUERS).default == "dv"
+    assert (
+        build_catalog(
+            CatalogSettings.from_config(Config()), at(2029, 3, 15), issuers=DV_ISSUERS
+        ).default
+        == "dv"
+    )
 
 
 def test_br_4_2_1_profile_reuse_over_the_br_maximum_refuses_to_start() -> None:
     reuse = replace(SHIPPED["tlsserver"], authz_reuse_days=150)
     config = config_with(reuse)
-    assert build_catalog(config, at(2027, 3, 14), issuers=DV_ISSUERS)
+    assert build_catalog(CatalogSettings.from_config(config), at(2027, 3, 14), issuers=DV_ISSUERS)
     with pytest.raises(ProfileConfigError, match=r"BR 4\.2\.1 validation reuse maximum of 100"):
-        build_catalog(config, at(2027, 3, 15), issuers=DV_ISSUERS)
+        build_catalog(CatalogSettings.from_config(config), at(2027, 3, 15), issuers=DV_ISSUERS)
 
 
 async def test_front_end_refuses_to_start_on_a_profile_over_the_br(
@@ -190,28 +201,41 @@ async def test_front_end_refuses_to_start_on_a_profile_over_the_br(
 def test_sl_1_crl_url_may_be_left_out_only_by_short_lived_profiles_without_ocsp() -> None:
     no_crl = replace(SHIPPED["tlsserver"], crl_url=False, ocsp_url=False)
     with pytest.raises(ProfileConfigError, match=r"BR 7\.1\.2\.11\.2"):
-        build_catalog(config_with(no_crl), UTC_2026_06, issuers=DV_ISSUERS)
+        build_catalog(
+            CatalogSettings.from_config(config_with(no_crl)), UTC_2026_06, issuers=DV_ISSUERS
+        )
     short_no_crl = replace(SHIPPED["shortlived"], crl_url=False)
-    assert build_catalog(config_with(short_no_crl), UTC_2026_06, issuers=DV_ISSUERS)
+    assert build_catalog(
+        CatalogSettings.from_config(config_with(short_no_crl)), UTC_2026_06, issuers=DV_ISSUERS
+    )
 
 
 def test_ov_profile_needs_ov_issuers() -> None:
     # Without OV issuing CAs the shipped ov profile is not offered (and nothing refuses).
-    catalog = build_catalog(Config(), UTC_2026_06, issuers=DV_ISSUERS)
+    catalog = build_catalog(CatalogSettings.from_config(Config()), UTC_2026_06, issuers=DV_ISSUERS)
     assert "ov" not in catalog.offered and "ov-rsa" in catalog.unavailable["ov"]
     with pytest.raises(AcmeError) as refused:
         catalog.requested("ov")
     assert refused.value.problem.type == INVALID_PROFILE
-    assert "ov" in build_catalog(Config(), UTC_2026_06, issuers=ALL_ISSUERS).offered
+    assert (
+        "ov"
+        in build_catalog(
+            CatalogSettings.from_config(Config()), UTC_2026_06, issuers=ALL_ISSUERS
+        ).offered
+    )
     # An OV profile on DV issuing CAs, or a DV profile on OV ones, never starts (CP 1.1).
     wrong = replace(SHIPPED["ov"], rsa_issuer="dv-rsa")
     with pytest.raises(ProfileConfigError, match="dv-rsa is a dv issuer"):
-        build_catalog(config_with(wrong), UTC_2026_06, issuers=ALL_ISSUERS)
+        build_catalog(
+            CatalogSettings.from_config(config_with(wrong)), UTC_2026_06, issuers=ALL_ISSUERS
+        )
 
 
 def test_prof_2_finalize_under_a_withdrawn_profile_is_invalid_profile() -> None:
     withdrawn = replace(SHIPPED["shortlived"], enabled=False)
-    catalog = build_catalog(config_with(withdrawn), UTC_2026_06, issuers=DV_ISSUERS)
+    catalog = build_catalog(
+        CatalogSettings.from_config(config_with(withdrawn)), UTC_2026_06, issuers=DV_ISSUERS
+    )
     assert catalog.for_finalize("tlsserver").name == "tlsserver"
     with pytest.raises(AcmeError) as refused:
         catalog.for_finalize("shortlived")
@@ -626,11 +650,13 @@ async def test_ct_policy_per_profile(
 def test_unknown_ct_policy_or_challenge_type_refuses_to_start() -> None:
     bad_ct = replace(SHIPPED["tlsserver"], ct_policy="apple-only")
     with pytest.raises(ProfileConfigError, match="ct_policy 'apple-only'"):
-        build_catalog(config_with(bad_ct), UTC_2026_06, issuers=DV_ISSUERS)
+        build_catalog(
+            CatalogSettings.from_config(config_with(bad_ct)), UTC_2026_06, issuers=DV_ISSUERS
+        )
     bad_challenge = replace(SHIPPED["tlsserver"], challenges=["dns-account-01"])
     with pytest.raises(ProfileConfigError, match="'dns-account-01' is not an enabled"):
         build_catalog(
-            config_with(bad_challenge),
+            CatalogSettings.from_config(config_with(bad_challenge)),
             UTC_2026_06,
             issuers=DV_ISSUERS,
             challenge_types=["http-01", "dns-01"],

@@ -12,6 +12,7 @@ from acme_ca.ca.issuers_file import IssuerConfigError, read_issuers_file
 from acme_ca.clock import Clock
 from acme_ca.config import Config
 from acme_ca.ra.profiles import ProfileCatalog, ProfileConfigError, build_catalog
+from acme_ca.ra.settings import CatalogSettings
 
 
 def _issuers(config: Config) -> dict[str, str] | None:
@@ -30,7 +31,10 @@ def profiles_report(config: Config, at: datetime) -> dict[str, JsonValue]:
     profiles at ``at`` (the same checks), what they would offer and why not the others."""
     try:
         catalog = build_catalog(
-            config, at, issuers=_issuers(config), challenge_types=config.challenge_types
+            CatalogSettings.from_config(config),
+            at,
+            issuers=_issuers(config),
+            challenge_types=config.challenge_types,
         )
     except ProfileConfigError as exc:
         return {"ok": False, "problem": str(exc)}
@@ -61,5 +65,8 @@ async def profile_catalog(config: Config, clock: Clock) -> ProfileCatalog:
     the BRs in force today or names what this CA does not have."""
     issuers = await asyncio.to_thread(_issuers, config)
     return build_catalog(
-        config, clock.now(), issuers=issuers, challenge_types=config.challenge_types
+        CatalogSettings.from_config(config),
+        clock.now(),
+        issuers=issuers,
+        challenge_types=config.challenge_types,
     )

@@ -29,8 +29,9 @@ from acme_ca.br import max_dcv_reuse
 from acme_ca.ca.ct.policy import CT_POLICIES
 from acme_ca.ca.profile import max_validity
 from acme_ca.clock import Clock
-from acme_ca.config import Config, ConfigError
+from acme_ca.config.base import ConfigError
 from acme_ca.profiles import SHIPPED, SHORT_LIVED, Profile, ProfileSpec
+from acme_ca.ra.settings import CatalogSettings
 from acme_ca.va.registry import BR_METHODS
 
 log = structlog.get_logger(component="acme_ca.ra.profiles")
@@ -195,7 +196,7 @@ class AccountGate:
 
 
 def build_catalog(
-    config: Config,
+    settings: CatalogSettings,
     at: datetime,
     *,
     issuers: Mapping[str, str] | None,
@@ -207,14 +208,14 @@ def build_catalog(
     ``rsa_issuer``/``ecdsa_issuer`` count as present, as DV issuers).  A profile's issuers must
     exist and serve its validation level (an OV profile signs only with OV issuers, CP 1.1).
     ``challenge_types``: the enabled challenge types (default: every one the VA knows)."""
-    table = config.profile_table
+    table = settings.table
     specs: dict[str, ProfileSpec] = dict(SHIPPED)
-    specs.update((s.name, s) for s in config.profiles)
-    configured = {s.name for s in config.profiles} | {config.default_profile}
+    specs.update((s.name, s) for s in settings.configured)
+    configured = {s.name for s in settings.configured} | {settings.default_profile}
     known_issuers = (
         dict(issuers)
         if issuers is not None
-        else {config.rsa_issuer: "dv", config.ecdsa_issuer: "dv"}
+        else {settings.rsa_issuer: "dv", settings.ecdsa_issuer: "dv"}
     )
     enabled_challenges = tuple(challenge_types if challenge_types is not None else BR_METHODS)
     refusals: list[str] = []
@@ -255,6 +256,8 @@ def build_catalog(
         "profiles.loaded",
         offered=list(offered),
         unavailable=unavailable,
-        default=config.default_profile,
+        default=settings.default_profile,
     )
-    return ProfileCatalog(offered=offered, unavailable=unavailable, default=config.default_profile)
+    return ProfileCatalog(
+        offered=offered, unavailable=unavailable, default=settings.default_profile
+    )

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from acme_ca.config.base import DEFAULT_CHALLENGE_TYPES, split_host_port
+from acme_ca.config.base import doc_key, split_host_port
 from acme_ca.config.checks import check
+from acme_ca.config.keys_service import ServiceKeys
 from acme_ca.profiles import (
     DEFAULT_PROFILE,
     Inherited,
@@ -35,217 +35,50 @@ DEFAULT_METRICS_LISTEN = {
 }
 
 
-def _key(default: Any, doc: str, **kwargs: Any) -> Any:
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"doc": doc}, **kwargs)
-    return field(default=default, metadata={"doc": doc}, **kwargs)
-
-
 @dataclass(frozen=True)
-class Config:
-    """Every setting of the CA.  Field docs are the operator documentation."""
+class Config(ServiceKeys):
+    """Every setting of the CA: :class:`ServiceKeys`, then the issuance, status, test-mode,
+    MPIC, CT and logging keys below.  Field docs are the operator documentation."""
 
-    home: Path = _key(
-        Path(".acme-ca"),
-        "Directory for the CA's own state: the embedded PostgreSQL cluster (`pg/`), the "
-        "generated TLS material (`tls/`), development PKI (`pki/`). Env: `ACME_CA_HOME`.",
-    )
-    database_url: str | None = _key(
-        None,
-        "PostgreSQL DSN (`postgresql://user:pass@host:port/db`). Unset: the CA starts a "
-        "private embedded PostgreSQL under `home/pg` and stops it on exit.",
-    )
-    database_pool_size: int = _key(10, "Maximum connections in the asyncpg pool per process.")
-    database_acquire_timeout_seconds: int = _key(
-        3,
-        "Longest a request or a worker step waits for a free pooled database connection. "
-        "Past it a request is answered at once with 503 `serverInternal` and `Retry-After`, "
-        "instead of queueing into the client's timeout (docs/operations.md, load shedding).",
-    )
-    max_requests_in_flight: int = _key(
-        0,
-        "Requests one `serve` process works on at once; above it a request is answered at "
-        "once with 503 `serverInternal` and `Retry-After`. 0: derived, 16 per pooled "
-        "database connection (16 x `database_pool_size`: a request holds a connection for "
-        "milliseconds, so 16 waiting per connection still clear within the acquire timeout).",
-    )
-    max_connections: int = _key(
-        1000,
-        "Client connections one `serve` process keeps open. A new connection above it "
-        "closes the connection idle longest (no request in progress), so idle and slow "
-        "clients cannot crowd out a real one. Kept below the process's open-files limit.",
-    )
-    keepalive_timeout_seconds: int = _key(
-        15, "How long an idle keep-alive connection stays open after its last response."
-    )
-    header_read_timeout_seconds: int = _key(
-        10,
-        "How long a new connection may take to send its first request's headers before it "
-        "is closed (slowloris protection; aiohttp has no header timeout of its own).",
-    )
-    overload_retry_after_seconds: int = _key(
-        2,
-        "`Retry-After` sent with the 503 answers of load shedding and of a database outage.",
-    )
-    listen: str = _key("127.0.0.1:14000", "HOST:PORT the ACME server listens on.")
-    plain_http: bool = _key(
-        False,
-        "Serve plain HTTP instead of HTTPS, for running behind a TLS-terminating proxy. "
-        "`base_url` should then name the proxy's https URL.",
-    )
-    base_url: str | None = _key(
-        None,
-        "External base URL clients use (scheme://host[:port], no path). Every URL the CA "
-        "hands out is built from it and JWS `url` headers are checked against it; the Host "
-        "header is never trusted. Default: derived from `listen` and `plain_http`.",
-    )
-    tls_cert: Path | None = _key(
-        None,
-        "PEM certificate chain for HTTPS. Unset: a certificate for localhost/127.0.0.1 is "
-        "generated on first start, issued by a local CA written to `home/tls/ca.pem`.",
-    )
-    tls_key: Path | None = _key(None, "PEM private key for `tls_cert`.")
-    terms_of_service: str | None = _key(
-        "https://jprs.jp/pubcert/info/repository/",
-        "URL of the subscriber terms, published as `meta.termsOfService`. When set, "
-        "newAccount requires `termsOfServiceAgreed: true` (RFC 8555 §7.3). Empty: none.",
-    )
-    website: str | None = _key("https://jprs.jp/", "`meta.website` in the directory.")
-    caa_identities: list[str] = _key(
-        ["jprs.jp"],
-        "Issuer domain names recognised in CAA `issue`/`issuewild` records and published "
-        "as `meta.caaIdentities` (CP 4.2.4: `jprs.jp`).",
-    )
-    external_account_required: bool = _key(
-        False,
-        "Require External Account Binding on newAccount (RFC 8555 §7.3.4); keys are made "
-        "with `acme-ca eab create`.",
-    )
-    nonce_lifetime_seconds: int = _key(
-        3600, "How long a Replay-Nonce stays redeemable after it is handed out."
-    )
-    max_request_bytes: int = _key(
-        50_000, "Largest request body accepted; larger ones get a 413 malformed problem."
-    )
-    orders_page_size: int = _key(
-        50, "Orders per page of an account's `orders` list (RFC 8555 §7.1.2.1)."
-    )
-    retry_after_seconds: int = _key(
-        3, "Retry-After value sent while an order or challenge is processing."
-    )
-    rate_limits: bool | None = _key(
-        None,
-        "Enforce the rate limits (new accounts per address range, new orders per account, "
-        "certificates per registered domain, duplicate certificates, failed validations; "
-        "docs/operations.md, Rate limits). Unset: on, except in test mode (`serve --test`), "
-        "where only `true` turns them on.",
-    )
-    challenge_wait_seconds: int = _key(
-        3,
-        "How long a challenge POST waits for its validation to finish before answering "
-        "`processing`; an answer of `valid` or `invalid` saves the client its polls. 0: "
-        "answer at once (the validation still runs in the background).",
-    )
-    finalize_wait_seconds: int = _key(
-        5,
-        "How long finalize waits for the signing worker to store the certificate before "
-        "answering `processing` (woken by NOTIFY, not polling); an answer of `valid` saves "
-        "the client its polls. 0: answer at once.",
-    )
-    order_lifetime_seconds: int = _key(
-        7 * 86400, "How long a new order stays usable before it becomes invalid (expired)."
-    )
-    pending_authz_lifetime_seconds: int = _key(
-        7 * 86400,
-        "How long a pending authorization and its challenge tokens live; at most 30 days "
-        "(BR 3.2.2.4.7, 3.2.2.4.19).",
-    )
-    authz_reuse_days: int = _key(
-        30,
-        "How long a valid authorization is reused for new orders of the same account. Capped "
-        "at the BR 4.2.1 limit for the current date (200 days until 2027-03-15, then 100, "
-        "then 10 from 2029-03-15).",
-    )
-    max_names_per_order: int = _key(100, "Most identifiers one order may carry.")
-    blocked_names: list[str] = _key(
-        [], "Domain names (and everything below them) this CA refuses to certify."
-    )
-    validation_lease_seconds: int = _key(
-        30,
-        "How long one process owns a challenge it is validating without renewing it (it "
-        "renews every third of this while the validation runs); after that another process "
-        "takes the validation over (crash recovery).",
-    )
-    dns_resolver: str = _key(
-        "127.0.0.1:53",
-        "HOST:PORT of the DNSSEC-validating recursive resolver (e.g. Unbound) used for "
-        "dns-01, CAA and http-01 address lookups. Comma-separate several.",
-    )
-    dnssec: str = _key(
-        "require",
-        "`require`: every DNS answer must come DNSSEC-validated from `dns_resolver`: secure "
-        "(AD bit) or provably insecure (the resolver authenticated an ancestor's DNSKEY); "
-        "bogus answers (SERVFAIL) and non-validating resolvers fail (BR 3.2.2.4, 3.2.2.8.1). "
-        "`off`: answers are taken unchecked, for test mode only.",
-    )
-    dns_timeout_seconds: int = _key(5, "Timeout of one DNS query attempt.")
-    http01_port: int = _key(
-        80, "Port http-01 validation connects to (RFC 8555 §8.3 says 80; tests move it)."
-    )
-    tlsalpn01_port: int = _key(
-        443,
-        "Port tls-alpn-01 validation connects to (RFC 8737 §3 says 443; test mode: 5001, "
-        "Pebble's tlsPort).",
-    )
-    challenge_types: list[str] = _key(
-        list(DEFAULT_CHALLENGE_TYPES),
-        "The validation methods offered, by ACME challenge type (BR 3.2.2.4; the registry "
-        "in `acme_ca/va/registry.py`). New authorizations get one challenge per enabled "
-        "type, wildcard names only the DNS-based ones; a challenge of a type switched off "
-        "later fails when the client answers it. Env: comma-separated.",
-    )
-    allow_loopback_validation: bool = _key(
-        False,
-        "Let http-01 connect to loopback and private addresses. For tests and CI harnesses "
-        "only: production refuses them (SSRF protection).",
-    )
-    pki_dir: Path | None = _key(
+    pki_dir: Path | None = doc_key(
         None,
         "Directory of the issuing hierarchy: `issuers.toml` (which issuers exist, their "
         "certificates, keys and URLs) and the certificates it names. Default: `home/pki`, "
         "created by `acme-ca init` (and by `serve` on first start with embedded defaults).",
     )
-    pkcs11_module: str | None = _key(
+    pkcs11_module: str | None = doc_key(
         None,
         "Path of the PKCS#11 module of the HSM (e.g. /usr/lib/softhsm/libsofthsm2.so). Unset: "
         "issuer keys are software keys under `pki_dir` (development only; logged loudly).",
     )
-    pkcs11_token_label: str = _key("acme-ca", "Label of the HSM token holding the CA keys.")
-    pkcs11_pin: str | None = _key(
+    pkcs11_token_label: str = doc_key("acme-ca", "Label of the HSM token holding the CA keys.")
+    pkcs11_pin: str | None = doc_key(
         None, "User PIN of the token. Prefer `pkcs11_pin_file` or the environment."
     )
-    pkcs11_pin_file: Path | None = _key(None, "File whose first line is the token's user PIN.")
-    pkcs11_sessions: int = _key(2, "PKCS#11 sessions kept open per issuer key.")
-    hsm_session_wait_seconds: int = _key(
+    pkcs11_pin_file: Path | None = doc_key(None, "File whose first line is the token's user PIN.")
+    pkcs11_sessions: int = doc_key(2, "PKCS#11 sessions kept open per issuer key.")
+    hsm_session_wait_seconds: int = doc_key(
         10,
         "Longest a signature waits for a free PKCS#11 session; past it the job backs off "
         "like any HSM failure (docs/operations.md, HSM loss).",
     )
-    hsm_sign_timeout_seconds: int = _key(
+    hsm_sign_timeout_seconds: int = doc_key(
         30,
         "Longest one signature may take inside the PKCS#11 module; a call that hangs past it "
         "fails the attempt (the job backs off and the sessions are reopened) instead of "
         "holding the job, whose lease is renewed meanwhile, for ever.",
     )
-    hsm_deadline_seconds: int = _key(
+    hsm_deadline_seconds: int = doc_key(
         3600,
         "How long an order waits in `processing` while the HSM fails or its token is absent "
         "(the job backs off and retries, sessions are reopened when the token returns); "
         "after that the order becomes invalid with serverInternal.",
     )
-    rsa_issuer: str = _key("dv-rsa", "Issuer (name in issuers.toml) for RSA subscriber keys.")
-    ecdsa_issuer: str = _key("dv-ecc", "Issuer (name in issuers.toml) for ECDSA subscriber keys.")
-    status_base_url: str = _key(
+    rsa_issuer: str = doc_key("dv-rsa", "Issuer (name in issuers.toml) for RSA subscriber keys.")
+    ecdsa_issuer: str = doc_key(
+        "dv-ecc", "Issuer (name in issuers.toml) for ECDSA subscriber keys."
+    )
+    status_base_url: str = doc_key(
         "http://pki.acme-ca.example.com",
         "Plain-HTTP base URL of the CRL, OCSP and issuer-certificate repository, written into "
         "certificates (CRL Distribution Points, AIA) by `acme-ca init`. Production: the host "
@@ -253,37 +86,37 @@ class Config:
         "documentation name: an internal name or IP address here would fail pre-issuance "
         "linting (cabf.internal_domain_name).",
     )
-    policy_oid: str = _key(
+    policy_oid: str = doc_key(
         "1.3.6.1.4.1.53827.1.1.4",
         "The CA's own certificate policy OID, placed after the CA/B Forum DV OID "
         "2.23.140.1.2.1 (CP 1.2: JPRS CA Certificate Policy).",
     )
-    validity_days: int | None = _key(
+    validity_days: int | None = doc_key(
         None,
         "Validity of subscriber certificates in days, counted inclusively. Unset: the BR "
         "SHOULD for the issuance date (199, then 99 from 2027-03-15, 46 from 2029-03-15). "
         "Never above the BR maximum (200/100/47) whatever is set.",
     )
-    default_profile: str = _key(
+    default_profile: str = doc_key(
         DEFAULT_PROFILE,
         "Profile of orders that name none (draft-ietf-acme-profiles §4); one of `profiles`. "
         "The shipped profiles are `dv` (the CP's DV profile), `tlsserver`, `shortlived` and "
         "`ov` (docs/profiles.md).",
     )
-    profiles: tuple[ProfileSpec, ...] = _key(
+    profiles: tuple[ProfileSpec, ...] = doc_key(
         (),
         "`[profiles.<name>]` tables: each changes the shipped profile of that name or adds "
         "one; its keys are in the profile table below. TOML only (no environment variable).",
     )
-    backdate_seconds: int = _key(
+    backdate_seconds: int = doc_key(
         60, "How far notBefore lies before the signing time (clock skew of relying parties)."
     )
-    include_subject_key_identifier: bool = _key(
+    include_subject_key_identifier: bool = doc_key(
         False,
         "Put SKI in subscriber certificates. The CP's profile lists it; BR 7.1.2.7.6 makes it "
         "NOT RECOMMENDED, so it is off (see docs/conformance.md).",
     )
-    lint_final_certificates: bool = _key(
+    lint_final_certificates: bool = doc_key(
         False,
         "Also run pkilint on each final certificate (DV-FINAL-CERTIFICATE), not only on its "
         "precertificate. BR 4.3.1.2 makes it unnecessary when the final TBS is proven to "
@@ -291,40 +124,40 @@ class Config:
         "checks byte for byte before signing; costs one more lint (about a third of the "
         "worker's CPU per certificate).",
     )
-    weak_key_blocklists: list[str] = _key(
+    weak_key_blocklists: list[str] = doc_key(
         [],
         "openssl-blacklist format files of Debian weak RSA keys (BR 6.1.1.3), e.g. from "
         "Debian's openssl-blacklist package, named as Debian names them "
         "(`blacklist.RSA-2048`): the name says which RSA size a list covers, and a production "
         "hierarchy refuses RSA keys of sizes no list covers (docs/production.md).",
     )
-    serve_worker: bool = _key(
+    serve_worker: bool = doc_key(
         True,
         "Run a signing worker inside `acme-ca serve`. Production runs `acme-ca worker` as "
         "separate processes and sets this to false.",
     )
-    worker_poll_seconds: int = _key(
+    worker_poll_seconds: int = doc_key(
         5, "How often a worker looks for jobs even without a notification (lost NOTIFYs)."
     )
-    issuance_lease_seconds: int = _key(
+    issuance_lease_seconds: int = doc_key(
         30,
         "How long a worker owns an issuance job without renewing it. The worker renews the "
         "lease every third of this while the job is in flight, also during long HSM and CT "
         "calls; a killed worker's jobs are taken over when it lapses, or at once by a "
         "worker on the same host that sees the holder's process is gone.",
     )
-    worker_concurrency: int = _key(
+    worker_concurrency: int = doc_key(
         8,
         "Issuance jobs one worker process carries at once. A job spends most of its time "
         "waiting (HSM, CT logs, database), so several in flight keep the process busy; each "
         "holds a lease of its own, so workers on other machines never take the same job.",
     )
-    status_listen: str = _key(
+    status_listen: str = doc_key(
         "127.0.0.1:14080",
         "HOST:PORT of the plain-HTTP status listener: CRLs, OCSP and issuer certificates "
         "(what `status_base_url` points at). `off` disables it.",
     )
-    metrics_listen: str | None = _key(
+    metrics_listen: str | None = doc_key(
         None,
         "HOST:PORT of this process's Prometheus listener (`GET /metrics`, plain HTTP, never "
         "the ACME port), or `off`. Unset: `127.0.0.1:14090` for `serve` (its in-process "
@@ -332,20 +165,20 @@ class Config:
         "`127.0.0.1:14092` for `remote-va`, so the three can share a host. Flag: "
         "`--metrics-listen`. See docs/operations.md, Metrics and alerts.",
     )
-    crl_validity_hours: int = _key(
+    crl_validity_hours: int = doc_key(
         96,
         "nextUpdate - thisUpdate of every CRL: CP Table 7.2.2 gives 96 hours; BR 4.9.7 allows "
         "at most 10 days.",
     )
-    crl_interval_hours: int = _key(
+    crl_interval_hours: int = doc_key(
         24, "A fresh CRL is published at least this often (CP 4.9.7: every 24 hours)."
     )
-    crl_publish_dir: Path | None = _key(
+    crl_publish_dir: Path | None = doc_key(
         None,
         "Directory where every published CRL is also written as `<issuer>.crl` (atomically), "
         "for an operator to hand to a CDN. Default: `home/crl`.",
     )
-    audit_retention_days: int = _key(
+    audit_retention_days: int = doc_key(
         2557,
         "Days audit rows and stored requests are kept in the live `audit_events` and "
         "`requests` tables before `acme-ca audit retention` moves their month (a whole "
@@ -353,55 +186,55 @@ class Config:
         "2557 days always covers seven years). One period for both, so an order's timeline "
         "is never half archived. Values below 2557 are refused.",
     )
-    audit_signing_key: Path | None = _key(
+    audit_signing_key: Path | None = doc_key(
         None,
         "Ed25519 private key (PEM, PKCS#8) that signs `acme-ca audit export` files. Never an "
         "issuing key: a key of its own, kept by the operator. Default: "
         "`home/audit/export-ed25519.pem`, created (mode 0600) on the first export.",
     )
-    ocsp_validity_hours: int = _key(
+    ocsp_validity_hours: int = doc_key(
         96, "nextUpdate - thisUpdate of OCSP responses (BR 4.9.10: 8 hours to 10 days)."
     )
-    test_mode: bool = _key(
+    test_mode: bool = doc_key(
         False,
         "Test mode (`serve --test`): starts the challenge test server and uses it as the "
         "resolver and http-01 target, and enables the Pebble-compatible knobs. Never with an "
         "HSM (`pkcs11_module`).",
     )
-    challsrv_dns: str = _key("127.0.0.1:8053", "Test mode: the challenge test server's DNS.")
-    challsrv_management: str = _key(
+    challsrv_dns: str = doc_key("127.0.0.1:8053", "Test mode: the challenge test server's DNS.")
+    challsrv_management: str = doc_key(
         "127.0.0.1:8055", "Test mode: the pebble-challtestsrv-compatible management API."
     )
-    challsrv_http01: str = _key(
+    challsrv_http01: str = doc_key(
         "127.0.0.1:5002",
         "Test mode: the challenge test server's own http-01 listener, or `off` so a "
         "standalone client can bind the validation port itself.",
     )
-    challsrv_tlsalpn01: str = _key(
+    challsrv_tlsalpn01: str = doc_key(
         "127.0.0.1:5001",
         "Test mode: the challenge test server's own tls-alpn-01 listener (answers with the "
         "certificates of `/add-tlsalpn01`), or `off` so a client that answers the challenge "
         "itself (`lego --tls`) can bind the validation port.",
     )
-    challsrv_https01: str = _key(
+    challsrv_https01: str = doc_key(
         "127.0.0.1:5003",
         "Test mode: the challenge test server's https-01 listener (http-01 answers over TLS, "
         "pebble-challtestsrv's -https01), or `off`. In test mode the CA's http-01 redirects "
         "to https (port 443) are fetched there.",
     )
-    https01_port: int = _key(
+    https01_port: int = doc_key(
         443,
         "Port an http-01 redirect to an https URL connects to (BR 3.2.2.4.19 allows 443 only; "
         "test mode moves it to the challenge test server's https-01 listener).",
     )
-    management_listen: str = _key(
+    management_listen: str = doc_key(
         "127.0.0.1:15000",
         "Test mode: Pebble's management interface (`managementListenAddress`) on its own "
         "listener, HTTPS with the ACME listener's certificate: /roots/N, /root-keys/N, "
         "/intermediates/N, /intermediate-keys/N, /cert-status-by-serial/SERIAL (also on the "
         "challenge test server's management API); `off` disables it.",
     )
-    special_use_names: bool = _key(
+    special_use_names: bool = doc_key(
         False,
         "Test mode: accept the special-use names CI suites use (.test, .example, .localhost, "
         ".invalid, and single labels that are not TLDs, such as localhost), waiving only the "
@@ -409,26 +242,26 @@ class Config:
         "stays. On by default in test mode; `false` restores the production name policy. "
         "Refused outside test mode.",
     )
-    ephemeral: bool = _key(
+    ephemeral: bool = doc_key(
         False,
         "Test mode (`serve --test --ephemeral`): a throwaway home made for this run (new "
         "hierarchy, TLS certificate and embedded PostgreSQL) and removed at exit, as Pebble "
         "forgets everything. Not with `database_url` or `pki_dir`, which would outlive it.",
     )
-    deterministic: bool = _key(
+    deterministic: bool = doc_key(
         False,
         "Test mode (`serve --test --deterministic`): the reproducible preset: no nonce "
         "rejection, no validation sleep, authorizations always reused, whatever PEBBLE_* "
         "variables say. Refused together with a knob set otherwise.",
     )
-    pebble_config: Path | None = _key(
+    pebble_config: Path | None = doc_key(
         None,
         "Test mode (`serve --test --pebble-config FILE`): a Pebble JSON configuration file; "
         "its members we support set the matching keys (below TOML, env and flags), its "
         "`externalAccountMACKeys` become EAB keys that bind any number of accounts, as in "
         "Pebble, and the members we ignore are logged (`testmode.pebble_config`).",
     )
-    alternate_roots: int | None = _key(
+    alternate_roots: int | None = doc_key(
         None,
         "Test mode: chains besides the primary one (Pebble's PEBBLE_ALTERNATE_ROOTS, 0..63). "
         "With this or `chain_length` set, the generated hierarchy has Pebble's shape: 1 + N "
@@ -437,96 +270,96 @@ class Config:
         "chains. Unset (both): the development hierarchy, whose one alternate chain reaches "
         "Root X1 through a cross-certificate. Refused outside test mode and with `pki_dir`.",
     )
-    chain_length: int | None = _key(
+    chain_length: int | None = doc_key(
         None,
         "Test mode: certificates between a leaf and its root, the issuing CA's included, the "
         "root's not (Pebble's PEBBLE_CHAIN_LENGTH, 1..10; 1: the root signs the issuing CA). "
         "See `alternate_roots`.",
     )
-    nonce_reject_percent: int = _key(
+    nonce_reject_percent: int = doc_key(
         0,
         "Test mode: share of valid nonces rejected with badNonce (Pebble's "
         "PEBBLE_WFE_NONCEREJECT).",
     )
-    validation_delay_seconds: int = _key(
+    validation_delay_seconds: int = doc_key(
         0,
         "Test mode: each validation waits a random 0..N seconds first (Pebble sleeps unless "
         "PEBBLE_VA_NOSLEEP is set).",
     )
-    always_valid: bool = _key(
+    always_valid: bool = doc_key(
         False, "Test mode: every validation passes unchecked (PEBBLE_VA_ALWAYS_VALID)."
     )
-    authz_reuse_percent: int = _key(
+    authz_reuse_percent: int = doc_key(
         100,
         "Share of newOrder lookups that may reuse an existing authorization (Pebble's "
         "PEBBLE_AUTHZREUSE); below 100 only in test mode.",
     )
-    mpic_perspectives_file: Path | None = _key(
+    mpic_perspectives_file: Path | None = doc_key(
         None,
         "TOML file listing the remote validation perspectives (BR 3.2.2.9): `[[perspectives]]` "
         "with url, id, rir, latitude, longitude, resolver_latitude, resolver_longitude. "
         "Unset: no corroboration, which a production hierarchy refuses (docs/production.md).",
     )
-    mpic_client_cert: Path | None = _key(
+    mpic_client_cert: Path | None = doc_key(
         None, "PEM client certificate the primary presents to remote VAs (mutual TLS)."
     )
-    mpic_client_key: Path | None = _key(None, "Private key of `mpic_client_cert`.")
-    mpic_server_ca: Path | None = _key(
+    mpic_client_key: Path | None = doc_key(None, "Private key of `mpic_client_cert`.")
+    mpic_server_ca: Path | None = doc_key(
         None, "PEM CA certificate(s) the primary trusts for remote VAs' server certificates."
     )
-    mpic_timeout_seconds: int = _key(10, "Per-remote timeout of one corroboration request.")
-    test_perspectives: int = _key(
+    mpic_timeout_seconds: int = doc_key(10, "Per-remote timeout of one corroboration request.")
+    test_perspectives: int = doc_key(
         0,
         "Test mode: start this many local remote VAs (`serve --test --perspectives N`) so "
         "corroboration can be tried on one machine.",
     )
-    remote_va_listen: str = _key(
+    remote_va_listen: str = doc_key(
         "127.0.0.1:14443", "`acme-ca remote-va`: HOST:PORT of its mutual-TLS listener."
     )
-    perspective_id: str = _key("", "`acme-ca remote-va`: this perspective's id.")
-    perspective_rir: str = _key(
+    perspective_id: str = doc_key("", "`acme-ca remote-va`: this perspective's id.")
+    perspective_rir: str = doc_key(
         "", "`acme-ca remote-va`: this perspective's RIR (ARIN, RIPE, APNIC, LACNIC, AFRINIC)."
     )
-    remote_va_client_ca: Path | None = _key(
+    remote_va_client_ca: Path | None = doc_key(
         None,
         "`acme-ca remote-va`: CA certificate that must have issued the primary's client "
         "certificate; other clients are refused.",
     )
-    ct_log_list: Path | None = _key(
+    ct_log_list: Path | None = doc_key(
         None,
         "Certificate Transparency log list in Chrome's v3 JSON format (reloaded when it "
         "changes). Unset on the embedded defaults and in test mode: three in-process test logs "
         "are started and their list written to `home/ct/log_list.json`.",
     )
-    ct_timeout_seconds: int = _key(10, "Timeout of one CT log submission.")
-    ct_deadline_seconds: int = _key(
+    ct_timeout_seconds: int = doc_key(10, "Timeout of one CT log submission.")
+    ct_deadline_seconds: int = doc_key(
         3600,
         "How long issuance keeps retrying to collect enough SCTs before the order becomes "
         "invalid (the precertificate stays recorded).",
     )
-    ct_stagger_milliseconds: int = _key(
+    ct_stagger_milliseconds: int = doc_key(
         2000,
         "While SCTs are still missing, one more CT log is asked this often, so a slow log "
         "does not hold issuance up (the logs the policy needs are asked at once). Lower: "
         "less latency when a log is slow, more submissions.",
     )
-    ct_retry_pause_milliseconds: int = _key(
+    ct_retry_pause_milliseconds: int = doc_key(
         250,
         "Pause before retrying a CT log that answered 429 or 5xx without `Retry-After`, "
         "or refused the connection (within `ct_timeout_seconds`, 3 tries at most).",
     )
-    ct_backoff_initial_seconds: int = _key(
+    ct_backoff_initial_seconds: int = doc_key(
         10,
         "First pause before a job whose SCTs fell short of the policy tries again; it "
         "doubles on each retry up to `ct_backoff_max_seconds`, until `ct_deadline_seconds`.",
     )
-    ct_backoff_max_seconds: int = _key(
+    ct_backoff_max_seconds: int = doc_key(
         300, "Longest pause between two tries of a job whose SCTs fell short of the policy."
     )
-    log_format: str = _key(
+    log_format: str = doc_key(
         "json", "`json` (one JSON object per line, for operators) or `console` (for people)."
     )
-    log_level: str = _key("info", "Lowest log level emitted: debug, info, warning, error.")
+    log_level: str = doc_key("info", "Lowest log level emitted: debug, info, warning, error.")
 
     # ------------------------------------------------------------------ derived values
     @property

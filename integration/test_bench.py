@@ -445,3 +445,63 @@ def test_report_ratios_and_stopped_servers() -> None:
     assert rows[("200", "errors (by kind)")].endswith(
         "| stopped answering | badNonce 2, timeout 1 |  |"
     )
+
+
+def test_report_counts_shed_and_timeouts_apart_and_the_limits_ratio() -> None:
+    """Issue 17: timeouts and answers shed with Retry-After have rows of their own, apart
+    from errors; issue 16: the limits-on row is divided by the limits-off one."""
+    options = Options([500], 30, 60, ["acme_ca", "acme_ca-limits"], 10, None, None, None)
+    shed = Counter({"503 serverInternal (newOrder)": 40, "503 serverInternal (authz)": 2})
+    off = TargetResult(
+        "acme_ca",
+        {"shape": "x"},
+        [
+            LevelResult(
+                "acme_ca",
+                500,
+                60,
+                _Outcome(
+                    500,
+                    60,
+                    600,
+                    per_second=10.0,
+                    p50=1.0,
+                    errors=Counter({"serverInternal HTTP 500 (finalize)": 1}),
+                    timeouts=Counter({"timeout (finalize)": 3}),
+                    shed=shed,
+                ),
+                cpu_seconds=60.0,
+            )
+        ],
+    )
+    on = TargetResult(
+        "acme_ca-limits",
+        {"shape": "y"},
+        [
+            LevelResult(
+                "acme_ca-limits",
+                500,
+                60,
+                _Outcome(
+                    500, 60, 570, per_second=9.5, p50=1.1, shed=Counter({"429 rateLimited (x)": 1})
+                ),
+                cpu_seconds=60.0,
+            )
+        ],
+    )
+    machine = {k: "?" for k in ("date", "cpu_count", "cpu_model", "memory", "os", "kernel")}
+    machine |= {k: "?" for k in ("python", "pebble", "postgresql", "softhsm2", "acme_ca_commit")}
+    text = markdown([off, on], options, machine)
+    assert "| clients | figure | acme_ca | acme_ca, rate limits on | limits on / off |" in text
+    rows = {
+        line.strip("|").split("|")[1].strip(): line
+        for line in text.splitlines()
+        if line.startswith("| 500 ")
+    }
+    assert rows["issuances/s (higher is better)"].endswith("| 10.00 | 9.50 | 0.95 |")
+    assert rows["errors (by kind)"].endswith("| serverInternal HTTP 500 (finalize) 1 | 0 |  |")
+    assert rows["timeouts"].endswith("| 3 | 0 |  |")
+    assert rows["shed (answers obeyed, then retried)"].endswith(
+        "| 42 503s with Retry-After | 1 429s with Retry-After |  |"
+    )
+    assert rows["CPU ms/issuance (lower is better)"].endswith("| 100.0 | 105.3 | 1.05 |")

@@ -511,8 +511,7 @@ async def _admin(config: Config, args: argparse.Namespace) -> int:
         return 2
     from acme_ca.clock import SystemClock
     from acme_ca.db.certificates import CertificateRepository
-    from acme_ca.db.database import database_dsn, migrate
-    from acme_ca.db.pool import create_pool
+    from acme_ca.db.database import operator_pool
     from acme_ca.ra.revocation import (
         REASON_CODES,
         REASON_NAMES,
@@ -534,27 +533,22 @@ async def _admin(config: Config, args: argparse.Namespace) -> int:
             + ("\tprecertificate" if r.precertificate else "")
         )
 
-    async with database_dsn(config) as dsn:
-        await migrate(dsn)
-        pool = await create_pool(dsn, max_size=1)
+    async with operator_pool(config) as pool:
+        authority = RevocationAuthority(CertificateRepository(pool), SystemClock())
         try:
-            authority = RevocationAuthority(CertificateRepository(pool), SystemClock())
-            try:
-                if args.serial is not None:
-                    done = [await authority.revoke_serial(args.serial, reason, actor=actor)]
-                elif args.domain is not None:
-                    done = await authority.revoke_domain(
-                        args.domain, reason, actor=actor, dry_run=args.dry_run
-                    )
-                else:
-                    done = await revoke_org_certificates(
-                        pool, authority, args.org, reason, actor=actor, dry_run=args.dry_run
-                    )
-            except OperatorRevocationError as exc:
-                print(f"acme-ca: {exc}", file=sys.stderr)
-                return 1
-        finally:
-            await pool.close()
+            if args.serial is not None:
+                done = [await authority.revoke_serial(args.serial, reason, actor=actor)]
+            elif args.domain is not None:
+                done = await authority.revoke_domain(
+                    args.domain, reason, actor=actor, dry_run=args.dry_run
+                )
+            else:
+                done = await revoke_org_certificates(
+                    pool, authority, args.org, reason, actor=actor, dry_run=args.dry_run
+                )
+        except OperatorRevocationError as exc:
+            print(f"acme-ca: {exc}", file=sys.stderr)
+            return 1
     for r in done:
         verb = "revoked" if r.revoked else "updated" if r.updated else "already revoked"
         print(line(r, "would revoke" if args.dry_run else verb))

@@ -62,9 +62,8 @@ async def run_block_key(config: Config, args: argparse.Namespace, actor: str) ->
 
     from acme_ca.clock import SystemClock
     from acme_ca.db.certificates import CertificateRepository
-    from acme_ca.db.database import database_dsn, migrate
+    from acme_ca.db.database import operator_pool
     from acme_ca.db.key_compromise import KeyCompromiseRepository
-    from acme_ca.db.pool import create_pool
     from acme_ca.ra.revocation import (
         OperatorRevocationError,
         RevocationAuthority,
@@ -86,32 +85,27 @@ async def run_block_key(config: Config, args: argparse.Namespace, actor: str) ->
     except (OSError, ValueError) as exc:  # OperatorRevocationError is a ValueError
         print(f"acme-ca: {exc}", file=sys.stderr)
         return 2
-    async with database_dsn(config) as dsn:
-        await migrate(dsn)
-        pool = await create_pool(dsn, max_size=1)
+    async with operator_pool(config) as pool:
+        authority = RevocationAuthority(CertificateRepository(pool), SystemClock())
         try:
-            authority = RevocationAuthority(CertificateRepository(pool), SystemClock())
-            try:
-                result = await authority.block_key(
-                    digest, actor=actor, reason=args.reason, compromised_at=compromised_at
-                )
-            except OperatorRevocationError as exc:
-                print(f"acme-ca: {exc}", file=sys.stderr)
-                return 1
-            print(
-                f"blocked\t{digest.hex()}\tsweep={result.sweep_id}\t"
-                f"unexpired_certificates={result.certificates}"
+            result = await authority.block_key(
+                digest, actor=actor, reason=args.reason, compromised_at=compromised_at
             )
-            sweeps = KeyCompromiseRepository(pool)
-            deadline = asyncio.get_running_loop().time() + args.wait
-            while True:
-                sweep = await sweeps.get(result.sweep_id)
-                assert sweep is not None
-                if sweep.status == "done" or asyncio.get_running_loop().time() >= deadline:
-                    break
-                await asyncio.sleep(0.5)
-        finally:
-            await pool.close()
+        except OperatorRevocationError as exc:
+            print(f"acme-ca: {exc}", file=sys.stderr)
+            return 1
+        print(
+            f"blocked\t{digest.hex()}\tsweep={result.sweep_id}\t"
+            f"unexpired_certificates={result.certificates}"
+        )
+        sweeps = KeyCompromiseRepository(pool)
+        deadline = asyncio.get_running_loop().time() + args.wait
+        while True:
+            sweep = await sweeps.get(result.sweep_id)
+            assert sweep is not None
+            if sweep.status == "done" or asyncio.get_running_loop().time() >= deadline:
+                break
+            await asyncio.sleep(0.5)
     print(
         f"sweep {sweep.id}: {sweep.status}\trevoked={sweep.revoked}\tupdated={sweep.updated}"
         f"\tattempts={sweep.attempts}"

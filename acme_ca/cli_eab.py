@@ -69,48 +69,42 @@ async def organization_unusable(
 async def run_eab(config: Config, args: argparse.Namespace) -> int:
     """``acme-ca eab create|list|revoke``."""
     from acme_ca.clock import SystemClock
-    from acme_ca.db.database import database_dsn, migrate
+    from acme_ca.db.database import operator_pool
     from acme_ca.db.eab import EabKeyRepository, OrganizationUnavailable
-    from acme_ca.db.pool import create_pool
 
     now = SystemClock().now()
-    async with database_dsn(config) as dsn:
-        await migrate(dsn)
-        pool = await create_pool(dsn, max_size=1)
-        try:
-            repo = EabKeyRepository(pool)
-            if args.eab_command == "create":
-                kid = args.kid or "kid-" + secrets.token_hex(8)
-                key = command_line_safe_key()
-                why = None if args.org is None else await organization_unusable(pool, args.org, now)
-                if why is not None:
-                    print(f"acme-ca: cannot bind the key: {why}", file=sys.stderr)
-                    return 1
-                try:
-                    await repo.create(
-                        kid, key, args.comment, now, actor="operator:cli", organization_id=args.org
-                    )
-                except OrganizationUnavailable as exc:
-                    print(f"acme-ca: cannot bind the key: {exc}", file=sys.stderr)
-                    return 1
-                print(f"kid: {kid}")
-                print(f"hmac_key: {b64url_encode(key)}")
-                if args.org is not None:
-                    print(f"organization: {args.org}")
-            elif args.eab_command == "list":
-                for k in await repo.list():
-                    state = (
-                        "revoked"
-                        if k.revoked_at
-                        else (f"bound to account {k.account_id}" if k.account_id else "unused")
-                    )
-                    org = f"\torganization {k.organization_id}" if k.organization_id else ""
-                    print(f"{k.kid}\t{state}\t{k.created_at.isoformat()}\t{k.comment}{org}")
-            elif args.eab_command == "revoke":
-                if not await repo.revoke(args.kid, now, actor="operator:cli"):
-                    print(f"acme-ca: no active EAB key {args.kid!r}", file=sys.stderr)
-                    return 1
-                print(f"revoked {args.kid}")
-        finally:
-            await pool.close()
+    async with operator_pool(config) as pool:
+        repo = EabKeyRepository(pool)
+        if args.eab_command == "create":
+            kid = args.kid or "kid-" + secrets.token_hex(8)
+            key = command_line_safe_key()
+            why = None if args.org is None else await organization_unusable(pool, args.org, now)
+            if why is not None:
+                print(f"acme-ca: cannot bind the key: {why}", file=sys.stderr)
+                return 1
+            try:
+                await repo.create(
+                    kid, key, args.comment, now, actor="operator:cli", organization_id=args.org
+                )
+            except OrganizationUnavailable as exc:
+                print(f"acme-ca: cannot bind the key: {exc}", file=sys.stderr)
+                return 1
+            print(f"kid: {kid}")
+            print(f"hmac_key: {b64url_encode(key)}")
+            if args.org is not None:
+                print(f"organization: {args.org}")
+        elif args.eab_command == "list":
+            for k in await repo.list():
+                state = (
+                    "revoked"
+                    if k.revoked_at
+                    else (f"bound to account {k.account_id}" if k.account_id else "unused")
+                )
+                org = f"\torganization {k.organization_id}" if k.organization_id else ""
+                print(f"{k.kid}\t{state}\t{k.created_at.isoformat()}\t{k.comment}{org}")
+        elif args.eab_command == "revoke":
+            if not await repo.revoke(args.kid, now, actor="operator:cli"):
+                print(f"acme-ca: no active EAB key {args.kid!r}", file=sys.stderr)
+                return 1
+            print(f"revoked {args.kid}")
     return 0

@@ -59,8 +59,7 @@ def add_limits_parser(admin_sub: argparse._SubParsersAction[argparse.ArgumentPar
 
 async def run_limits(config: Config, args: argparse.Namespace, actor: str) -> int:
     from acme_ca.clock import SystemClock
-    from acme_ca.db.database import database_dsn, migrate
-    from acme_ca.db.pool import create_pool
+    from acme_ca.db.database import operator_pool
     from acme_ca.db.ratelimits import Override, RateLimitRepository
     from acme_ca.ra.ratelimits import BadLimitKey, Limit, bucket_key
 
@@ -75,28 +74,23 @@ async def run_limits(config: Config, args: argparse.Namespace, actor: str) -> in
     if args.limits_command == "set" and args.count < 0:
         print("acme-ca: --count must be 0 or more", file=sys.stderr)
         return 2
-    async with database_dsn(config) as dsn:
-        await migrate(dsn)
-        pool = await create_pool(dsn, max_size=1)
-        try:
-            repo = RateLimitRepository(pool)
-            if args.limits_command == "set":
-                seconds = int(args.period.total_seconds())
-                await repo.set_override(
-                    Override(args.limit, key, args.count, seconds, args.comment, actor, now)
+    async with operator_pool(config) as pool:
+        repo = RateLimitRepository(pool)
+        if args.limits_command == "set":
+            seconds = int(args.period.total_seconds())
+            await repo.set_override(
+                Override(args.limit, key, args.count, seconds, args.comment, actor, now)
+            )
+            print(f"override\t{args.limit}\t{key}\tcount={args.count}\tperiod={seconds}s")
+        elif args.limits_command == "clear":
+            if not await repo.clear_override(args.limit, key, actor=actor, now=now):
+                print(f"acme-ca: no override of {args.limit} for {key}", file=sys.stderr)
+                return 1
+            print(f"cleared\t{args.limit}\t{key}")
+        else:
+            for o in await repo.overrides():
+                print(
+                    f"{o.limit}\t{o.key}\tcount={o.count}\tperiod={o.period_seconds}s\t"
+                    f"by={o.actor}\tat={o.created_at.isoformat()}\t{o.comment}"
                 )
-                print(f"override\t{args.limit}\t{key}\tcount={args.count}\tperiod={seconds}s")
-            elif args.limits_command == "clear":
-                if not await repo.clear_override(args.limit, key, actor=actor, now=now):
-                    print(f"acme-ca: no override of {args.limit} for {key}", file=sys.stderr)
-                    return 1
-                print(f"cleared\t{args.limit}\t{key}")
-            else:
-                for o in await repo.overrides():
-                    print(
-                        f"{o.limit}\t{o.key}\tcount={o.count}\tperiod={o.period_seconds}s\t"
-                        f"by={o.actor}\tat={o.created_at.isoformat()}\t{o.comment}"
-                    )
-        finally:
-            await pool.close()
     return 0

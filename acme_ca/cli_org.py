@@ -87,10 +87,9 @@ def _line(org: Organization) -> str:
 async def run_org(config: Config, args: argparse.Namespace, actor: str) -> int:
     """``acme-ca org add|list|show|revoke``."""
     from acme_ca.clock import SystemClock
-    from acme_ca.db.database import database_dsn, migrate
+    from acme_ca.db.database import operator_pool
     from acme_ca.db.eab import EabKeyRepository
     from acme_ca.db.organizations import OrganizationRepository
-    from acme_ca.db.pool import create_pool
     from acme_ca.ra.organizations import organization_field_errors
 
     now = SystemClock().now()
@@ -117,60 +116,55 @@ async def run_org(config: Config, args: argparse.Namespace, actor: str) -> int:
             for error in errors:
                 print(f"acme-ca: {error}", file=sys.stderr)
             return 2
-    async with database_dsn(config) as dsn:
-        await migrate(dsn)
-        pool = await create_pool(dsn, max_size=1)
-        try:
-            repo = OrganizationRepository(pool)
-            if args.org_command == "add":
-                assert vetted_at is not None
-                org = await repo.add(
-                    name=args.name,
-                    country=args.country,
-                    state=args.state,
-                    locality=args.locality,
-                    evidence=args.evidence,
-                    vetted_by=args.vetted_by,
-                    vetted_at=vetted_at,
-                    now=now,
-                    actor=actor,
-                )
-                print(f"id: {org.id}")
+    async with operator_pool(config) as pool:
+        repo = OrganizationRepository(pool)
+        if args.org_command == "add":
+            assert vetted_at is not None
+            org = await repo.add(
+                name=args.name,
+                country=args.country,
+                state=args.state,
+                locality=args.locality,
+                evidence=args.evidence,
+                vetted_by=args.vetted_by,
+                vetted_at=vetted_at,
+                now=now,
+                actor=actor,
+            )
+            print(f"id: {org.id}")
+            print(_line(org))
+        elif args.org_command == "list":
+            for org in await repo.list():
                 print(_line(org))
-            elif args.org_command == "list":
-                for org in await repo.list():
-                    print(_line(org))
-            elif args.org_command == "show":
-                found = await repo.get(args.id)
-                if found is None:
-                    print(f"acme-ca: no organization {args.id}", file=sys.stderr)
-                    return 1
-                print(f"id: {found.id}")
-                for key, value in (
-                    ("status", found.status),
-                    ("name", found.name),
-                    ("country", found.country),
-                    ("state", found.state),
-                    ("locality", found.locality),
-                    ("evidence", found.evidence),
-                    ("vetted_by", found.vetted_by),
-                    ("vetted_at", found.vetted_at.isoformat()),
-                    ("revoked_at", found.revoked_at.isoformat() if found.revoked_at else "-"),
-                    ("created_at", found.created_at.isoformat()),
-                ):
-                    print(f"{key}: {value}")
-                for k in await EabKeyRepository(pool).list():
-                    if k.organization_id == found.id:
-                        state = "revoked" if k.revoked_at else "active"
-                        bound = f"account {k.account_id}" if k.account_id else "unused"
-                        print(f"eab_key: {k.kid}\t{state}\t{bound}")
-            elif args.org_command == "revoke":
-                if not await repo.revoke(args.id, now, actor=actor):
-                    print(f"acme-ca: no valid organization {args.id}", file=sys.stderr)
-                    return 1
-                print(f"revoked organization {args.id}")
-        finally:
-            await pool.close()
+        elif args.org_command == "show":
+            found = await repo.get(args.id)
+            if found is None:
+                print(f"acme-ca: no organization {args.id}", file=sys.stderr)
+                return 1
+            print(f"id: {found.id}")
+            for key, value in (
+                ("status", found.status),
+                ("name", found.name),
+                ("country", found.country),
+                ("state", found.state),
+                ("locality", found.locality),
+                ("evidence", found.evidence),
+                ("vetted_by", found.vetted_by),
+                ("vetted_at", found.vetted_at.isoformat()),
+                ("revoked_at", found.revoked_at.isoformat() if found.revoked_at else "-"),
+                ("created_at", found.created_at.isoformat()),
+            ):
+                print(f"{key}: {value}")
+            for k in await EabKeyRepository(pool).list():
+                if k.organization_id == found.id:
+                    state = "revoked" if k.revoked_at else "active"
+                    bound = f"account {k.account_id}" if k.account_id else "unused"
+                    print(f"eab_key: {k.kid}\t{state}\t{bound}")
+        elif args.org_command == "revoke":
+            if not await repo.revoke(args.id, now, actor=actor):
+                print(f"acme-ca: no valid organization {args.id}", file=sys.stderr)
+                return 1
+            print(f"revoked organization {args.id}")
     return 0
 
 

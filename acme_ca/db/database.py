@@ -13,6 +13,7 @@ import structlog
 
 from acme_ca.config import Config
 from acme_ca.db.migrate import apply_schema
+from acme_ca.db.pool import create_pool
 from acme_ca.embedded_pg import EmbeddedPostgres
 
 
@@ -102,3 +103,16 @@ async def migrate(dsn: str) -> list[int]:
         return await apply_schema(conn)
     finally:
         await conn.close()
+
+
+@asynccontextmanager
+async def operator_pool(config: Config) -> AsyncIterator[asyncpg.Pool]:
+    """The CA's database for a one-shot operator command (the embedded one found or started),
+    schema current, one connection; closed on exit."""
+    async with database_dsn(config) as dsn:
+        await migrate(dsn)
+        pool = await create_pool(dsn, max_size=1)
+        try:
+            yield pool
+        finally:
+            await pool.close()

@@ -18,8 +18,8 @@ import asyncpg
 from acme_ca.acme.jsontypes import JsonValue
 from acme_ca.config import Config
 from acme_ca.db.audit_chain import AuditChain
-from acme_ca.db.database import database_dsn, migrate
-from acme_ca.db.pool import create_pool, rows_by_id
+from acme_ca.db.database import operator_pool
+from acme_ca.db.pool import rows_by_id
 from acme_ca.db.requests import StoredRequest, requests_where
 
 
@@ -520,10 +520,5 @@ class AdminStorage:
 @asynccontextmanager
 async def admin_storage(config: Config) -> AsyncIterator[AdminStorage]:
     """The CA's database (the embedded one found or started), schema current, one connection."""
-    async with database_dsn(config) as dsn:
-        await migrate(dsn)
-        pool = await create_pool(dsn, max_size=1)
-        try:
-            yield AdminStorage(ForensicsRepository(pool), AuditChain(pool))
-        finally:
-            await pool.close()
+    async with operator_pool(config) as pool:
+        yield AdminStorage(ForensicsRepository(pool), AuditChain(pool))

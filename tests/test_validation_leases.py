@@ -15,7 +15,10 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
+from acme_ca.db.accounts import Account, AccountRepository
+from acme_ca.db.authorizations import Authorization, Challenge
 from acme_ca.db.migrate import apply_schema
+from acme_ca.db.orders import OrderRepository
 from acme_ca.embedded_pg import EmbeddedPostgres
 from acme_ca.main.app import STORAGE, TASKS, VALIDATOR
 from acme_ca.ra.challenges import ChallengeAuthority, Validator
@@ -157,3 +160,69 @@ async def test_migration_012_gives_challenges_a_lease_holder(postgres: EmbeddedP
         assert await apply_schema(conn) == [], "replaying the schema changes nothing"
     finally:
         await conn.close()
+
+
+class _CountedOrders(OrderRepository):
+    """The orders repository as it is, counting the challenge reads."""
+
+    challenge_reads = 0
+
+    async def get_challenge(self, challenge_id: int) -> tuple[Challenge, Authorization] | None:
+        self.challenge_reads += 1
+        return await super().get_challenge(challenge_id)
+
+
+class _CountedAccounts(AccountRepository):
+    """The accounts repository as it is, counting the reads by id."""
+
+    reads = 0
+
+    async def get(self, account_id: int) -> Account | None:
+        self.reads += 1
+        return await super().get(account_id)
+
+
+async def test_started_validation_reads_nothing_the_request_read(
+    dsn: str, va_ca: RunningCa, sub: Subscriber, challsrv: ChallengeTestServer
+) -> None:
+    """The validation a challenge POST starts runs on the challenge, authorization and
+    account that request read (issue 20: two statements fewer), and the result is what a
+    validation reading them itself records; one recovered from its lease reads them."""
+    fe = va_ca.app[FRONT_END]
+    storage = va_ca.app[STORAGE]
+    orders, accounts = _CountedOrders(storage.pool), _CountedAccounts(storage.pool)
+    authority = ChallengeAuthority(
+        orders,
+        accounts,
+        va_ca.app[VALIDATOR],
+        va_ca.app[TASKS],
+        fe.clock,
+        account_uri=fe.urls.account,
+        reuse_period=fe.orders.reuse_period,
+        wait_seconds=10,
+    )
+    reply = await sub.new_order("started-validation.example.com")
+    authz = (await sub.get(reply.body["authorizations"][0])).body
+    challenge = next(c for c in authz["challenges"] if c["type"] == "http-01")
+    challsrv.store.add_http01(challenge["token"], sub.key_authorization(challenge["token"]))
+    challenge_id = int(challenge["url"].rsplit("/", 1)[1])
+    account_id = await storage.pool.fetchval(
+        "SELECT account_id FROM authorizations a JOIN challenges c ON c.authz_id = a.id "
+        "WHERE c.id = $1",
+        challenge_id,
+    )
+    account = await storage.accounts.get(account_id)
+    assert account is not None
+    done, _ = await authority.respond(account, challenge_id)
+    assert done.status == "valid" and done.validation_records
+    assert (orders.challenge_reads, accounts.reads) == (2, 0)  # respond's own, before and after
+    assert (await sub.wait_order(reply.headers["Location"]))["status"] == "ready"
+
+    # Recovered (no request behind it): the validation reads what is recorded.
+    order_url, recovered = await _processing_challenge(
+        sub, challsrv, "recovered-validation.example.com", dsn, "gone-1:1"
+    )
+    before = (orders.challenge_reads, accounts.reads)
+    await authority.run_validation(recovered)
+    assert (orders.challenge_reads, accounts.reads) == (before[0] + 1, before[1] + 1)
+    assert (await sub.wait_order(order_url))["status"] == "ready"

@@ -14,8 +14,9 @@ import contextlib
 import secrets
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import timedelta
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import structlog
 
@@ -63,6 +64,14 @@ class Validator(Protocol):
 def key_authorization(token: str, thumbprint: bytes) -> str:
     """``token || '.' || base64url(JWK thumbprint)`` (RFC 8555 §8.1)."""
     return f"{token}.{b64url_encode(thumbprint)}"
+
+
+class Started(NamedTuple):
+    """A challenge just moved to processing, with what its validation reads."""
+
+    challenge: Challenge
+    authz: Authorization
+    account: Account
 
 
 class ChallengeAuthority:
@@ -135,8 +144,13 @@ class ChallengeAuthority:
                     type=challenge.type,
                     identifier=authz.identifier,
                 )
+                # What this request read is what the validation needs: the move to
+                # processing just succeeded, and type, token, name and account are fixed.
+                known = Started(
+                    replace(challenge, status=ChallengeStatus.PROCESSING), authz, account
+                )
                 validation = self._tasks.spawn(
-                    self.run_validation(challenge.id), name=f"validate-{challenge.id}"
+                    self.run_validation(challenge.id, known), name=f"validate-{challenge.id}"
                 )
                 if self._wait > 0:
                     # asyncio.wait never cancels: a client that hangs up does not stop it.
@@ -165,18 +179,22 @@ class ChallengeAuthority:
             headers={"Retry-After": str(self._retry_after)},
         )
 
-    async def run_validation(self, challenge_id: int) -> None:
+    async def run_validation(self, challenge_id: int, known: Started | None = None) -> None:
         """Validate, renewing the challenge's lease every third of it meanwhile, so another
-        process takes it over only when this one is gone (``recover_stale``)."""
+        process takes it over only when this one is gone (``recover_stale``).  ``known``:
+        the challenge, authorization and account as the request that started it read them
+        (the first attempt needs no read of its own); None reads them."""
         renewing = asyncio.create_task(self._renew_lease(challenge_id))
         try:
-            await self._validate_through_outage(challenge_id)
+            await self._validate_through_outage(challenge_id, known)
         finally:
             renewing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewing
 
-    async def _validate_through_outage(self, challenge_id: int) -> None:
+    async def _validate_through_outage(
+        self, challenge_id: int, known: Started | None = None
+    ) -> None:
         """:meth:`_validate`, run again while the database is away (a restart, a failover
         to a new primary): the challenge is still this process's (its lease is renewed
         meanwhile) and ``_validate`` starts from what is recorded, so the order goes on as
@@ -184,13 +202,14 @@ class ChallengeAuthority:
         deadline = time.monotonic() + self._lease.total_seconds()
         while True:
             try:
-                await self._validate(challenge_id)
+                await self._validate(challenge_id, known)
             except Exception as exc:
                 if not database_unavailable(exc) or time.monotonic() > deadline:
                     raise
                 log.warning(
                     "challenge.database_unavailable", challenge_id=challenge_id, error=repr(exc)
                 )
+                known = None  # read again what is recorded
             else:
                 return
             await asyncio.sleep(OUTAGE_RETRY_SECONDS)
@@ -206,13 +225,16 @@ class ChallengeAuthority:
             except Exception as exc:  # the database away for a moment: try again
                 log.warning("challenge.lease_renewal_failed", error=repr(exc))
 
-    async def _validate(self, challenge_id: int) -> None:
-        found = await self._orders.get_challenge(challenge_id)
-        if found is None or found[0].status != ChallengeStatus.PROCESSING:
-            return
-        challenge, authz = found
-        account = await self._accounts.get(authz.account_id)
-        assert account is not None
+    async def _validate(self, challenge_id: int, known: Started | None = None) -> None:
+        if known is None:
+            found = await self._orders.get_challenge(challenge_id)
+            if found is None or found[0].status != ChallengeStatus.PROCESSING:
+                return
+            challenge, authz = found
+            read = await self._accounts.get(authz.account_id)
+            assert read is not None
+            known = Started(challenge, authz, read)
+        challenge, authz, account = known
         if self._max_delay:
             await asyncio.sleep(secrets.randbelow(self._max_delay * 1000 + 1) / 1000)
         started = time.perf_counter()

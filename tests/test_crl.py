@@ -21,7 +21,7 @@ from acme_ca.ca.signer import SIGNATURE_ALGORITHMS
 from acme_ca.clock import SystemClock
 from acme_ca.db.certificates import CertificateRepository, RevocationOutcome
 from acme_ca.db.pool import create_pool
-from acme_ca.db.status import StatusRepository
+from acme_ca.db.status import CrlRecord, StatusRepository
 from acme_ca.status.crl import (
     der_children,
     publish_crl,
@@ -38,6 +38,26 @@ env = status_support.env
 status_site = status_support.status_site
 
 LINT_CRL = REPO / ".venv" / "bin" / "lint_crl"
+
+
+async def publish(
+    env: StatusEnv,
+    name: str,
+    *,
+    repository: StatusRepository | None = None,
+    linter: CertificateLinter | None = None,
+    with_entries: bool = True,
+) -> CrlRecord | None:
+    """publish_crl for ``name`` with the environment's repository, clock, CRL validity and
+    linter (or the ``repository`` and ``linter`` given)."""
+    return await publish_crl(
+        repository or env.repository,
+        env.authority(name),
+        clock=env.clock,
+        validity=env.settings.crl_validity,
+        linter=linter or env.linter,
+        with_entries=with_entries,
+    )
 
 
 # ------------------------------------------------------------------ publication
@@ -86,14 +106,7 @@ async def test_issuer_certificates_served_without_keys(
 @pytest.mark.parametrize("name", ISSUERS + ROOTS)
 async def test_br_crl_2_profile(env: StatusEnv, name: str) -> None:
     authority = env.authority(name)
-    record = await publish_crl(
-        env.repository,
-        authority,
-        clock=env.clock,
-        validity=env.settings.crl_validity,
-        linter=env.linter,
-        with_entries=name in ISSUERS,
-    )
+    record = await publish(env, name, with_entries=name in ISSUERS)
     assert record is not None
     crl = x509.load_der_x509_crl(record.der)
     tbs, outer_algorithm, _ = split_signed(record.der)
@@ -123,26 +136,23 @@ async def test_br_crl_2_profile(env: StatusEnv, name: str) -> None:
 async def test_br_crl_2_number_strictly_increasing(env: StatusEnv) -> None:
     authority = env.authority("dv-rsa")
 
-    async def publish(repository: StatusRepository) -> int:
-        record = await publish_crl(
-            repository,
-            authority,
-            clock=env.clock,
-            validity=env.settings.crl_validity,
-            linter=env.linter,
-        )
+    async def next_number(repository: StatusRepository) -> int:
+        record = await publish(env, authority.name, repository=repository)
         assert record is not None
         return record.number
 
-    first = [await publish(env.repository) for _ in range(3)]
+    first = [await next_number(env.repository) for _ in range(3)]
     # Two "workers" at once, each with its own pool.
     other_pool = await create_pool(env.dsn, max_size=2)
     try:
         concurrent = await asyncio.gather(
-            *(publish(StatusRepository(p)) for p in (env.pool, other_pool, env.pool, other_pool))
+            *(
+                next_number(StatusRepository(p))
+                for p in (env.pool, other_pool, env.pool, other_pool)
+            )
         )
         # A "restart": a new process's repository continues the sequence.
-        after_restart = await publish(StatusRepository(other_pool))
+        after_restart = await next_number(StatusRepository(other_pool))
     finally:
         await other_pool.close()
     numbers = [*first, *sorted(concurrent), after_restart]
@@ -150,7 +160,7 @@ async def test_br_crl_2_number_strictly_increasing(env: StatusEnv) -> None:
     assert len(set(concurrent)) == 4 and min(concurrent) > max(first)
     # Even with the counter row lost, the next number is above every stored one.
     await env.pool.execute("DELETE FROM crl_numbers")
-    assert await publish(env.repository) > after_restart
+    assert await next_number(env.repository) > after_restart
     latest = await env.repository.latest_crl("dv-rsa")
     assert latest is not None
     history = await env.repository.crl_history("dv-rsa")
@@ -185,13 +195,7 @@ async def test_br_crl_3_reason_codes(env: StatusEnv) -> None:
     other_id, other = await env.add_certificate("dv-rsa")
     await env.revoke(other_id, 1)
 
-    record = await publish_crl(
-        env.repository,
-        env.authority("dv-ecc"),
-        clock=env.clock,
-        validity=env.settings.crl_validity,
-        linter=env.linter,
-    )
+    record = await publish(env, "dv-ecc")
     assert record is not None and record.entries == len(REASONS)
     crl = x509.load_der_x509_crl(record.der)
     listed = {entry.serial_number: entry for entry in crl}
@@ -215,13 +219,7 @@ async def test_br_crl_3_forbidden_reason_is_never_written(env: StatusEnv) -> Non
     is still listed, without a reasonCode, and the CRL still lints clean."""
     _, serial = await env.add_certificate("dv-rsa", revoked_at=env.clock.now(), reason=6)
     with capture_logs() as logs:
-        record = await publish_crl(
-            env.repository,
-            env.authority("dv-rsa"),
-            clock=env.clock,
-            validity=env.settings.crl_validity,
-            linter=env.linter,
-        )
+        record = await publish(env, "dv-rsa")
     assert record is not None
     (entry,) = list(x509.load_der_x509_crl(record.der))
     assert entry.serial_number == int(serial, 16) and len(entry.extensions) == 0
@@ -256,21 +254,9 @@ class _FailingLinter(CertificateLinter):
 
 async def test_blocking_lint_finding_stops_publication(env: StatusEnv) -> None:
     authority = env.authority("dv-rsa")
-    before = await publish_crl(
-        env.repository,
-        authority,
-        clock=env.clock,
-        validity=env.settings.crl_validity,
-        linter=env.linter,
-    )
+    before = await publish(env, authority.name)
     with capture_logs() as logs:
-        result = await publish_crl(
-            env.repository,
-            authority,
-            clock=env.clock,
-            validity=env.settings.crl_validity,
-            linter=_FailingLinter(),
-        )
+        result = await publish(env, authority.name, linter=_FailingLinter())
     assert result is None
     failed = [e for e in logs if e["event"] == "crl.lint_failed"]
     assert failed and failed[0]["log_level"] == "error"
@@ -390,13 +376,7 @@ async def test_br_7_1_2_9_revoked_precertificate_without_certificate_is_listed(
             await CertificateRepository(env.pool).revoke(serial, reason=4, now=now, actor="test")
             is RevocationOutcome.REVOKED
         )
-    record = await publish_crl(
-        env.repository,
-        env.authority("dv-ecc"),
-        clock=env.clock,
-        validity=env.settings.crl_validity,
-        linter=env.linter,
-    )
+    record = await publish(env, "dv-ecc")
     assert record is not None and record.entries == 2
     listed = [entry.serial_number for entry in x509.load_der_x509_crl(record.der)]
     assert sorted(listed) == sorted(int(s, 16) for s in serials)

@@ -1,0 +1,46 @@
+"""Each room's settings, built from the Config by its ``from_config`` (docs/architecture.md,
+Settings): the few derived values they compute, which used to be computed by the rooms from
+the whole Config."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from acme_ca.config import Config
+from acme_ca.va.settings import MpicSettings, VASettings
+from acme_ca.wfe.settings import LoadSheddingSettings, WfeSettings
+
+
+def test_br_3_2_2_9_mpic_rules_are_strict_outside_test_mode_with_dnssec_required() -> None:
+    assert MpicSettings.from_config(Config()).strict
+    assert not MpicSettings.from_config(replace(Config(), test_mode=True)).strict
+    assert not MpicSettings.from_config(replace(Config(), dnssec="off")).strict
+
+
+def test_br_3_2_2_9_directory_says_corroboration_off_without_remote_perspectives() -> None:
+    """``meta.corroboration`` is announced unless perspectives are configured: a file, or
+    test mode's ``--perspectives N`` (which outside test mode starts none)."""
+    assert not WfeSettings.from_config(Config()).corroboration
+    listed = replace(Config(), mpic_perspectives_file=Path("perspectives.toml"))
+    assert WfeSettings.from_config(listed).corroboration
+    local = replace(Config(), test_mode=True, test_perspectives=2)
+    assert WfeSettings.from_config(local).corroboration
+    assert not WfeSettings.from_config(replace(Config(), test_perspectives=2)).corroboration
+
+
+def test_va_settings_resolvers_and_dnssec() -> None:
+    config = replace(Config(), dns_resolver="127.0.0.1:53, 192.0.2.1:5353", dnssec="off")
+    settings = VASettings.from_config(config)
+    assert settings.nameservers == ("127.0.0.1:53", "192.0.2.1:5353")
+    assert not settings.require_dnssec
+    assert VASettings.from_config(Config()).require_dnssec
+
+
+def test_load_shedding_in_flight_limit_derived_from_the_pool() -> None:
+    """0 (the default): 16 requests per pooled database connection; otherwise as set."""
+    assert LoadSheddingSettings.from_config(Config()).max_in_flight == 16 * 10
+    pooled = replace(Config(), database_pool_size=4)
+    assert LoadSheddingSettings.from_config(pooled).max_in_flight == 64
+    capped = replace(Config(), max_requests_in_flight=7)
+    assert LoadSheddingSettings.from_config(capped).max_in_flight == 7

@@ -18,7 +18,7 @@ from acme_ca.acme.b64 import b64url_encode
 from acme_ca.acme.jwk import Jwk, jwk_from_key, parse_jwk
 from acme_ca.acme.problems import Identifier
 from acme_ca.acme.status import AccountStatus, AuthorizationStatus, ChallengeStatus, OrderStatus
-from acme_ca.db.accounts import AccountRepository
+from acme_ca.db.accounts import Account, AccountRepository
 from acme_ca.db.authorizations import NewAuthorization, ValidationOutcome
 from acme_ca.db.orders import OrderRepository
 
@@ -41,6 +41,17 @@ RFC7638_THUMBPRINT = "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
 async def _stored_key(pool: asyncpg.Pool, account_id: int) -> tuple[object, bytes]:
     row = await pool.fetchrow("SELECT jwk, key_thumbprint FROM accounts WHERE id = $1", account_id)
     return row["jwk"], bytes(row["key_thumbprint"])
+
+
+async def _new_account(accounts: AccountRepository) -> Account:
+    """A fresh P-256 account with no contact, as newAccount stores one."""
+    return await accounts.create(
+        jwk=jwk_from_key(ec.generate_private_key(ec.SECP256R1()).public_key()),
+        contact=(),
+        tos_agreed=True,
+        eab_kid=None,
+        now=NOW,
+    )
 
 
 async def test_acme_chal_4_account_key_is_parsed_once_and_stored_as_sent(
@@ -83,13 +94,7 @@ async def test_acme_chal_1_challenge_error_and_records_come_back_typed(
     records as JSON; the challenge reads back with a ``ChallengeStatus``, the same
     ``Problem`` and the records as written, and the order failed with that problem."""
     accounts, orders = AccountRepository(pool), OrderRepository(pool)
-    account = await accounts.create(
-        jwk=jwk_from_key(ec.generate_private_key(ec.SECP256R1()).public_key()),
-        contact=(),
-        tos_agreed=True,
-        eab_kid=None,
-        now=NOW,
-    )
+    account = await _new_account(accounts)
     names = [Identifier("dns", "a.typed.example.com"), Identifier("dns", "b.typed.example.com")]
     order = await orders.create_order(
         account_id=account.id,
@@ -147,13 +152,7 @@ async def test_acme_authz_3_deactivation_stores_the_same_problem_document(
     """The problem an authorization's deactivation gives its orders is built by the factory
     and stored as the document it always was: type, detail and status 403."""
     accounts, orders = AccountRepository(pool), OrderRepository(pool)
-    account = await accounts.create(
-        jwk=jwk_from_key(ec.generate_private_key(ec.SECP256R1()).public_key()),
-        contact=(),
-        tos_agreed=True,
-        eab_kid=None,
-        now=NOW,
-    )
+    account = await _new_account(accounts)
     order = await orders.create_order(
         account_id=account.id,
         identifiers=[Identifier("dns", "d.typed.example.com")],

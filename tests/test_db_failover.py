@@ -21,6 +21,7 @@ from acme_ca.db.errors import database_unavailable
 from acme_ca.db.issuance import IssuanceRepository
 from acme_ca.db.orders import OrderRepository
 from acme_ca.db.pool import create_pool
+from acme_ca.liveness import holder_name
 from acme_ca.main.app import STORAGE, TASKS, VALIDATOR
 from acme_ca.ra.challenges import ChallengeAuthority
 from acme_ca.testsrv.server import ChallengeTestServer
@@ -176,3 +177,42 @@ async def test_a_validation_that_met_a_database_outage_runs_again_once_the_datab
         finally:
             relayed.terminate()
     assert (await sub.wait_order(reply.headers["Location"]))["status"] == "ready"
+
+
+async def test_a_challenge_started_while_the_answer_was_lost_is_run_by_its_holder_at_once(
+    dsn: str, va_ca: RunningCa, sub: Subscriber, challsrv: ChallengeTestServer
+) -> None:
+    """A challenge POST whose start committed (on the synchronous standby too) but whose
+    answer was lost to the primary's death gets a 503 and spawns no validation: the
+    challenge is processing under this live process's lease with nothing running it. The
+    next scan runs it at once instead of after the 30 s lease; one just started (its
+    validation about to be spawned) is left alone."""
+    fe = va_ca.app[FRONT_END]
+    holder = holder_name()
+    ids = []
+    for name, started_ago in (("orphan-here", 10), ("just-started", 0)):
+        reply = await sub.new_order(f"{name}.failover.example.com")
+        authz = (await sub.get(reply.body["authorizations"][0])).body
+        challenge = next(c for c in authz["challenges"] if c["type"] == "http-01")
+        challsrv.store.add_http01(challenge["token"], sub.key_authorization(challenge["token"]))
+        ids.append((reply.headers["Location"], int(challenge["url"].rsplit("/", 1)[1])))
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(
+                "UPDATE challenges SET status = 'processing', attempts = 1, lease_holder = $2, "
+                "lease_until = now() + interval '30 seconds' - make_interval(secs => $3) "
+                "WHERE id = $1",
+                ids[-1][1],
+                holder,
+                float(started_ago),
+            )
+        finally:
+            await conn.close()
+    assert await fe.challenges.recover_stale() == 1
+    orphan_url, _ = ids[0]
+    assert (await sub.wait_order(orphan_url))["status"] == "ready"
+    _, kept_id = ids[1]
+    status = await va_ca.app[STORAGE].pool.fetchval(
+        "SELECT status FROM challenges WHERE id = $1", kept_id
+    )
+    assert status == "processing"

@@ -185,6 +185,12 @@ class AlreadyReplaced(Exception):
         self.order_id = order_id
 
 
+#: How long ago a challenge of this process must have been started before it counts as
+#: orphaned here (not validating): far more than the moment between a start's commit and
+#: the spawn of its validation.
+ORPHAN_AGE = timedelta(seconds=5)
+
+
 class OrderRepository:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
@@ -399,16 +405,24 @@ class OrderRepository:
         lease: timedelta,
         holder: str | None = None,
         dead: Sequence[str] = (),
+        running: Sequence[int] | None = None,
         limit: int = 10,
     ) -> list[int]:
         """Take over processing challenges whose validator went away: the lease lapsed, or
-        its holder is one of ``dead`` (a process on this host that no longer exists)."""
+        its holder is one of ``dead`` (a process on this host that no longer exists), or,
+        given ``running`` (what ``holder`` is validating now), ``holder``'s own ones that
+        it is not validating, started over ORPHAN_AGE ago (a start whose commit went
+        through while its answer was lost to a database outage: nothing runs them)."""
         rows = await self._pool.fetch(
             """UPDATE challenges SET lease_until = $1::timestamptz + $2::interval,
                       lease_holder = $4
                WHERE id IN (SELECT id FROM challenges
                             WHERE status = 'processing'
-                              AND (lease_until < $1 OR lease_holder = ANY($5::text[]))
+                              AND (lease_until < $1 OR lease_holder = ANY($5::text[])
+                                   OR ($6::bigint[] IS NOT NULL AND lease_holder = $4
+                                       AND NOT id = ANY($6::bigint[])
+                                       AND lease_until < $1::timestamptz + $2::interval
+                                                         - $7::interval))
                             ORDER BY lease_until LIMIT $3 FOR UPDATE SKIP LOCKED)
                RETURNING id""",
             now,
@@ -416,6 +430,8 @@ class OrderRepository:
             limit,
             holder,
             list(dead),
+            None if running is None else list(running),
+            ORPHAN_AGE,
         )
         return [r["id"] for r in rows]
 

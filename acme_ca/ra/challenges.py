@@ -105,6 +105,9 @@ class ChallengeAuthority:
         self._lease = lease
         #: This process as a lease holder (``<hostname>:<pid>``, :mod:`acme_ca.liveness`).
         self._holder = holder_name()
+        #: The challenges this process is validating now (recover_stale: the others it
+        #: holds are orphans).
+        self._running: set[int] = set()
         self._max_delay = max_delay_seconds
         self._wait = wait_seconds
         self._retry_after = retry_after_seconds
@@ -184,10 +187,12 @@ class ChallengeAuthority:
         process takes it over only when this one is gone (``recover_stale``).  ``known``:
         the challenge, authorization and account as the request that started it read them
         (the first attempt needs no read of its own); None reads them."""
+        self._running.add(challenge_id)
         renewing = asyncio.create_task(self._renew_lease(challenge_id))
         try:
             await self._validate_through_outage(challenge_id, known)
         finally:
+            self._running.discard(challenge_id)
             renewing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewing
@@ -288,14 +293,20 @@ class ChallengeAuthority:
 
     async def recover_stale(self) -> int:
         """Re-run validations whose lease lapsed, or whose holder is a process on this host
-        that no longer exists (a killed ``serve``, restarted): returns how many."""
+        that no longer exists (a killed ``serve``, restarted), or that this process holds
+        but is not running (its start committed while the request met a database outage,
+        so no validation was spawned): returns how many."""
         now = self._clock.now()
         holders = await self._orders.challenge_lease_holders(host_prefix(self._holder), now=now)
         dead = dead_on_this_host(holders, self._holder)
         if dead:
             log.warning("challenge.holder_dead", holders=dead)
         ids = await self._orders.claim_stale_challenges(
-            now=now, lease=self._lease, holder=self._holder, dead=dead
+            now=now,
+            lease=self._lease,
+            holder=self._holder,
+            dead=dead,
+            running=sorted(self._running),
         )
         for challenge_id in ids:
             log.warning("challenge.recovered", challenge_id=challenge_id)

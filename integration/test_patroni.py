@@ -109,6 +109,8 @@ async def test_patroni_failover_under_load_loses_no_certificate(failover: Failov
                 run.result()
         await asyncio.sleep(0.05)
 
+    # Patroni promotes only the synchronous standby: have one at the kill.
+    await asyncio.to_thread(cluster.wait_healthy, timeout=30)
     old = cluster.leader()
     assert old is not None
     killed_wall, killed = datetime.now(UTC), time.monotonic()

@@ -17,7 +17,7 @@ from acme_ca.va.caa import LookupFailure
 from acme_ca.va.caa_lookup import OBSERVED_ALLOWED, OBSERVED_DENIED, CaaChecker, make_caa_lookup
 from acme_ca.va.records import CheckResult
 from acme_ca.va.resolver import DnsClient, ResolverSettings
-from tests.support.problems import ERR
+from tests.support.problems import check_problem
 
 ACCOUNT = "https://acme.jprs.test/acme/acct/42"
 
@@ -58,9 +58,8 @@ def denied(result: CheckResult) -> bool:
     assert result.observed == (OBSERVED_ALLOWED if result.ok else OBSERVED_DENIED)
     if result.ok:
         return False
-    assert result.problem is not None
-    assert result.problem.type == ERR + "caa"
-    assert result.problem.status == 403
+    problem = check_problem(result, "caa")
+    assert problem.status == 403
     return True
 
 

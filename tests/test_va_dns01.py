@@ -21,7 +21,7 @@ from acme_ca.testsrv.server import ChallengeServerConfig, ChallengeTestServer
 from acme_ca.va.authority import key_authorization
 from acme_ca.va.dns01 import Dns01Validator, challenge_name, dns01_txt_value
 from acme_ca.va.resolver import DnsClient, DnsFailure, Nameserver, ResolverSettings
-from tests.support.problems import ERR
+from tests.support.problems import ERR, check_problem
 
 TOKEN = "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA"
 KEY_AUTH = f"{TOKEN}.9jg46WB3rR_AHD-EBXdN7cBkH1WOu0tA3M9fm21mqTI"
@@ -107,9 +107,8 @@ async def test_acme_chal_6_wrong_value(srv: ChallengeTestServer, validator: Dns0
 
 async def test_acme_chal_6_no_record(srv: ChallengeTestServer, validator: Dns01Validator) -> None:
     result = await validator.check("example.test", KEY_AUTH)
-    assert result.problem is not None
-    assert result.problem.type == ERR + "incorrectResponse"
-    assert "No TXT record" in result.problem.detail
+    problem = check_problem(result, "incorrectResponse")
+    assert "No TXT record" in problem.detail
 
 
 async def test_acme_chal_6_nxdomain_is_empty_not_failure(
@@ -117,8 +116,7 @@ async def test_acme_chal_6_nxdomain_is_empty_not_failure(
 ) -> None:
     srv.store.set_nxdomain("_acme-challenge.example.test")
     result = await validator.check("example.test", KEY_AUTH)
-    assert result.problem is not None
-    assert result.problem.type == ERR + "incorrectResponse"
+    check_problem(result, "incorrectResponse")
     assert "NXDOMAIN" in (result.records[0].response or "")
 
 
@@ -171,8 +169,7 @@ async def test_acme_chal_6_cname_loop_is_dns_problem(
     srv.store.set_cname("_acme-challenge.example.test", "a.loop.test")
     srv.store.set_cname("a.loop.test", "_acme-challenge.example.test")
     result = await validator.check("example.test", KEY_AUTH)
-    assert result.problem is not None
-    assert result.problem.type == ERR + "dns"
+    check_problem(result, "dns")
 
 
 async def test_acme_chal_6_servfail(srv: ChallengeTestServer, validator: Dns01Validator) -> None:
@@ -204,9 +201,8 @@ async def test_br_dcv_1_unauthenticated_answer_refused_when_dnssec_required(
     """The test server sets no AD bit: with DNSSEC required, its answer is not good enough."""
     srv.store.set_txt("_acme-challenge.example.test", EXPECTED)
     result = await Dns01Validator(client(srv, require_dnssec=True)).check("example.test", KEY_AUTH)
-    assert result.problem is not None
-    assert result.problem.type == ERR + "dns"
-    assert "unauthenticated" in result.problem.detail
+    problem = check_problem(result, "dns")
+    assert "unauthenticated" in problem.detail
     assert result.records[0].authenticated is False
 
 

@@ -12,7 +12,7 @@ from acme_ca.testsrv.server import ChallengeServerConfig, ChallengeTestServer
 from acme_ca.va.dns01 import dns01_txt_value
 from acme_ca.va.dns_account import DnsAccountValidator, account_label, record_name
 from acme_ca.va.resolver import DnsClient, ResolverSettings
-from tests.support.problems import ERR
+from tests.support.problems import check_problem
 
 ACCOUNT = "https://acme.ca.example/acme/acct/17"
 OTHER_ACCOUNT = "https://acme.ca.example/acme/acct/18"
@@ -76,9 +76,8 @@ async def test_acct_1_record_under_another_accounts_label_refused(
     srv.store.set_txt(record_name(OTHER_ACCOUNT, NAME), EXPECTED)
     srv.store.set_txt(f"_acme-challenge.{NAME}", EXPECTED)  # dns-01's name does not count
     result = await validator.check(NAME, False, KEY_AUTH, ACCOUNT)
-    assert result.problem is not None
-    assert result.problem.type == ERR + "unauthorized"
-    assert account_label(ACCOUNT) in result.problem.detail
+    problem = check_problem(result, "unauthorized")
+    assert account_label(ACCOUNT) in problem.detail
 
 
 async def test_acct_1_wrong_value_is_incorrect_response(
@@ -86,8 +85,7 @@ async def test_acct_1_wrong_value_is_incorrect_response(
 ) -> None:
     srv.store.set_txt(record_name(ACCOUNT, NAME), "stale")
     result = await validator.check(NAME, False, KEY_AUTH, ACCOUNT)
-    assert result.problem is not None
-    assert result.problem.type == ERR + "incorrectResponse"
+    check_problem(result, "incorrectResponse")
 
 
 async def test_adn_3_account_pruned_to_base_domain(
@@ -106,6 +104,5 @@ async def test_sc_101_account_cname_of_the_adn_refused(
     srv.store.set_cname(record_name(ACCOUNT, NAME), "delegated.example.net")
     srv.store.set_txt("delegated.example.net", EXPECTED)
     result = await validator.check(NAME, False, KEY_AUTH, ACCOUNT)
-    assert result.problem is not None
-    assert result.problem.type == ERR + "unauthorized"
-    assert "CNAME" in result.problem.detail
+    problem = check_problem(result, "unauthorized")
+    assert "CNAME" in problem.detail

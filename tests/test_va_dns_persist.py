@@ -27,7 +27,7 @@ from acme_ca.va.dns_persist import (
 from acme_ca.va.resolver import DnsClient, ResolverSettings
 from tests.support.mpic import PERSPECTIVES, FakeTransport, agree
 from tests.support.mpic import validator as mpic_validator
-from tests.support.problems import ERR
+from tests.support.problems import check_problem
 
 ISSUER = "ca.example"
 ACCOUNT = "https://acme.ca.example/acme/acct/17"
@@ -165,9 +165,8 @@ async def test_persist_1_record_for_another_account_refused(
 ) -> None:
     srv.store.set_txt(TXT, record(account=OTHER_ACCOUNT))
     result = await validator.check(NAME, False, ACCOUNT)
-    assert result.problem is not None
-    assert result.problem.type == ERR + "unauthorized"
-    assert "accounturi" in result.problem.detail and OTHER_ACCOUNT in result.problem.detail
+    problem = check_problem(result, "unauthorized")
+    assert "accounturi" in problem.detail and OTHER_ACCOUNT in problem.detail
     assert result.records[-1].result == "fail"
 
 
@@ -176,9 +175,8 @@ async def test_persist_1_record_for_another_issuer_ignored(
 ) -> None:
     srv.store.set_txt(TXT, record(issuer="other-ca.example"))
     result = await validator.check(NAME, False, ACCOUNT)
-    assert result.problem is not None
-    assert result.problem.type == ERR + "unauthorized"
-    assert "other issuers ignored" in result.problem.detail
+    problem = check_problem(result, "unauthorized")
+    assert "other issuers ignored" in problem.detail
 
 
 async def test_persist_1_malformed_record_of_ours_is_malformed(
@@ -186,9 +184,8 @@ async def test_persist_1_malformed_record_of_ours_is_malformed(
 ) -> None:
     srv.store.set_txt(TXT, "ca.example; policy=wildcard")
     result = await validator.check(NAME, False, ACCOUNT)
-    assert result.problem is not None
-    assert result.problem.type == ERR + "malformed"
-    assert "accounturi" in result.problem.detail
+    problem = check_problem(result, "malformed")
+    assert "accounturi" in problem.detail
 
 
 async def test_persist_1_one_good_record_among_others(
@@ -250,9 +247,8 @@ async def test_adn_3_persist_parent_record_without_policy_wildcard_refused(
 ) -> None:
     srv.store.set_txt("_validation-persist.example.com", record())
     result = await validator.check(NAME, False, ACCOUNT)
-    assert result.problem is not None
-    assert result.problem.type == ERR + "unauthorized"
-    assert "parent domain" in result.problem.detail
+    problem = check_problem(result, "unauthorized")
+    assert "parent domain" in problem.detail
 
 
 async def test_adn_3_persist_never_pruned_past_the_registrable_domain(
@@ -272,9 +268,8 @@ async def test_sc_101_persist_cname_of_the_adn_refused(
     srv.store.set_txt("_validation-persist.delegate.example.net", record())
     srv.store.set_txt("_validation-persist.example.com", record("policy=wildcard"))
     result = await validator.check(NAME, False, ACCOUNT)
-    assert result.problem is not None
-    assert result.problem.type == ERR + "unauthorized"
-    assert "CNAME" in result.problem.detail and "SC-101" in result.problem.detail
+    problem = check_problem(result, "unauthorized")
+    assert "CNAME" in problem.detail and "SC-101" in problem.detail
     assert len(result.records) == 1  # the walk stopped at the CNAME
 
 
@@ -284,8 +279,7 @@ async def test_persist_1_servfail_fails_closed(
     srv.store.set_servfail(TXT)
     srv.store.set_txt("_validation-persist.example.com", record("policy=wildcard"))
     result = await validator.check(NAME, False, ACCOUNT)
-    assert result.problem is not None
-    assert result.problem.type == ERR + "dns"
+    check_problem(result, "dns")
 
 
 @pytest.mark.parametrize(

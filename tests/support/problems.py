@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from acme_ca.acme.problems import Problem
+from acme_ca.va.records import CheckResult
 from tests.support.jws import Reply
 
 ERR = "urn:ietf:params:acme:error:"
@@ -19,3 +21,11 @@ def assert_problem(reply: Reply, status: int, kind: str) -> dict[str, Any]:
     assert reply.body.get("status") == status, reply.body
     assert reply.headers.get("Replay-Nonce"), "errors carry a fresh nonce (ACME-NONCE-3)"
     return reply.body  # type: ignore[no-any-return]
+
+
+def check_problem(result: CheckResult, kind: str) -> Problem:
+    """``result`` (a validation method's or CAA's check) failed with the problem
+    ``ERR + kind``; returns the problem for the test's assertions on its detail."""
+    assert result.problem is not None, result
+    assert result.problem.type == ERR + kind, result.problem
+    return result.problem

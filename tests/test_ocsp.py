@@ -26,6 +26,7 @@ from acme_ca.status.crl import der_children
 from acme_ca.status.ocsp import (
     MALFORMED_REQUEST,
     UNAUTHORIZED,
+    CertIdHash,
     CertStatus,
     MalformedRequest,
     OcspResponder,
@@ -169,6 +170,37 @@ async def test_revoked_response_is_never_replaced_by_good(env: StatusEnv) -> Non
     stored = await env.repository.get_ocsp_response("dv-ecc", serial, "sha1")
     assert stored is not None and stored.status == "revoked"
     del row_id
+
+
+async def test_br_4_10_2_both_cert_id_responses_stored_in_one_statement(env: StatusEnv) -> None:
+    """A certificate's SHA-1 and SHA-256 CertID responses are stored together (issue 20),
+    each row under the same rule as alone: an older response than the stored one is not."""
+    _, serial = await env.add_certificate("dv-ecc")
+    ca = env.issuers.by_name("dv-ecc")
+    now = env.clock.now().replace(microsecond=0)
+
+    async def record(algorithm: CertIdHash, offset: int) -> OcspResponseRecord:
+        at = now + timedelta(seconds=offset)
+        until = at + timedelta(hours=96)
+        der = await sign_ocsp_response(
+            ca.certificate,
+            ca.signer,
+            int(serial, 16),
+            CertStatus(),
+            algorithm,
+            this_update=at,
+            next_update=until,
+            produced_at=at,
+        )
+        return OcspResponseRecord("dv-ecc", serial, algorithm, "good", None, der, at, until, at)
+
+    first = [await record("sha1", 10), await record("sha256", 10)]
+    assert await env.repository.store_ocsp_responses(first) == {"sha1", "sha256"}
+    later = [await record("sha1", 5), await record("sha256", 20)]  # sha1 older than stored
+    assert await env.repository.store_ocsp_responses(later) == {"sha256"}
+    for algorithm, kept in (("sha1", first[0]), ("sha256", later[1])):
+        stored = await env.repository.get_ocsp_response("dv-ecc", serial, algorithm)
+        assert stored is not None and stored.der == kept.der
 
 
 @pytest.mark.skipif(not LINT_OCSP.exists(), reason="pkilint not installed in .venv")

@@ -400,11 +400,18 @@ class StatusRepository:
     async def store_ocsp_response(self, response: OcspResponseRecord) -> bool:
         """Keep ``response`` as the current one; False if a newer one, or a revoked one
         where this is good, is already stored (a revocation is never undone)."""
-        stored = await self._pool.fetchval(
+        return bool(await self.store_ocsp_responses([response]))
+
+    async def store_ocsp_responses(self, responses: Sequence[OcspResponseRecord]) -> set[str]:
+        """:meth:`store_ocsp_response` for a certificate's responses (one per CertID hash
+        algorithm) in one statement; returns the hash algorithms of those stored."""
+        rows = await self._pool.fetch(
             """INSERT INTO ocsp_responses (issuer, serial, hash_algorithm, status,
                                            revocation_reason, der, this_update, next_update,
                                            produced_at, revoked_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+               SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],
+                                    $5::smallint[], $6::bytea[], $7::timestamptz[],
+                                    $8::timestamptz[], $9::timestamptz[], $10::timestamptz[])
                ON CONFLICT (issuer, serial, hash_algorithm) DO UPDATE SET
                    status = EXCLUDED.status, revocation_reason = EXCLUDED.revocation_reason,
                    der = EXCLUDED.der, this_update = EXCLUDED.this_update,
@@ -412,19 +419,19 @@ class StatusRepository:
                    revoked_at = EXCLUDED.revoked_at
                WHERE ocsp_responses.produced_at <= EXCLUDED.produced_at
                  AND NOT (ocsp_responses.status = 'revoked' AND EXCLUDED.status = 'good')
-               RETURNING 1""",
-            response.issuer,
-            response.serial,
-            response.hash_algorithm,
-            response.status,
-            response.revocation_reason,
-            response.der,
-            response.this_update,
-            response.next_update,
-            response.produced_at,
-            response.revoked_at,
+               RETURNING hash_algorithm""",
+            [r.issuer for r in responses],
+            [r.serial for r in responses],
+            [r.hash_algorithm for r in responses],
+            [r.status for r in responses],
+            [r.revocation_reason for r in responses],
+            [r.der for r in responses],
+            [r.this_update for r in responses],
+            [r.next_update for r in responses],
+            [r.produced_at for r in responses],
+            [r.revoked_at for r in responses],
         )
-        return stored is not None
+        return {r["hash_algorithm"] for r in rows}
 
     async def get_ocsp_response(
         self, issuer: str, serial: str, hash_algorithm: str

@@ -329,48 +329,61 @@ class StatusUpdater:
         return counts
 
     async def produce_responses(self, status: CertificateStatus) -> list[OcspResponseRecord]:
-        """Sign and store one response per CertID hash algorithm for this certificate."""
+        """Sign one response per CertID hash algorithm for this certificate, then store them
+        in one statement."""
         issuer = self._issuers.by_name(status.issuer)
         cert_status = (
             CertStatus()
             if status.revoked_at is None
             else CertStatus(status.revoked_at, status.revocation_reason or 0)
         )
+        produced = []
+        try:
+            for algorithm in CERT_ID_HASHES:
+                produced_at = self._clock.now().replace(microsecond=0)
+                this_update = produced_at
+                next_update = this_update + self._settings.ocsp_validity
+                der = await sign_ocsp_response(
+                    issuer.certificate,
+                    issuer.signer,
+                    int(status.serial, 16),
+                    cert_status,
+                    algorithm,
+                    this_update=this_update,
+                    next_update=next_update,
+                    produced_at=produced_at,
+                )
+                produced.append(
+                    OcspResponseRecord(
+                        issuer=status.issuer,
+                        serial=status.serial,
+                        hash_algorithm=algorithm,
+                        status=cert_status.name,
+                        revocation_reason=cert_status.reason,
+                        der=der,
+                        this_update=this_update,
+                        next_update=next_update,
+                        produced_at=produced_at,
+                        revoked_at=status.revoked_at,
+                    )
+                )
+        except Exception:
+            # As when each was stored once signed: what was signed before a failure is kept.
+            if produced:
+                await self._repository.store_ocsp_responses(produced)
+            raise
+        # Stored together: one round trip for the certificate's responses (issue 20).
+        kept = await self._repository.store_ocsp_responses(produced)
         stored = []
-        for algorithm in CERT_ID_HASHES:
-            produced_at = self._clock.now().replace(microsecond=0)
-            this_update = produced_at
-            next_update = this_update + self._settings.ocsp_validity
-            der = await sign_ocsp_response(
-                issuer.certificate,
-                issuer.signer,
-                int(status.serial, 16),
-                cert_status,
-                algorithm,
-                this_update=this_update,
-                next_update=next_update,
-                produced_at=produced_at,
-            )
-            record = OcspResponseRecord(
-                issuer=status.issuer,
-                serial=status.serial,
-                hash_algorithm=algorithm,
-                status=cert_status.name,
-                revocation_reason=cert_status.reason,
-                der=der,
-                this_update=this_update,
-                next_update=next_update,
-                produced_at=produced_at,
-                revoked_at=status.revoked_at,
-            )
-            if await self._repository.store_ocsp_response(record):
+        for record in produced:
+            if record.hash_algorithm in kept:
                 stored.append(record)
             else:  # a newer one, or a revoked one, is already there (another worker)
                 log.info(
                     "ocsp.not_stored",
                     issuer=status.issuer,
                     serial=status.serial,
-                    hash_algorithm=algorithm,
+                    hash_algorithm=record.hash_algorithm,
                     status=cert_status.name,
                 )
         return stored

@@ -362,15 +362,23 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: C901 -- flat dispat
         return 2
     if args.command == "serve":
         configure_logging(config.log_format, config.log_level)
+        early = None
+        if config.ephemeral:  # PostgreSQL boots while the server's modules import
+            from acme_ca.main.early_cluster import EarlyCluster
+
+            early = EarlyCluster(config.home / "pg-ephemeral")
         from acme_ca.main.serve import serve
 
         try:
-            asyncio.run(serve(config))
+            asyncio.run(serve(config, early_cluster=early))
         except ConfigError as exc:  # production invariants (docs/production.md), MPIC refusals
             print(f"acme-ca: configuration error: {exc}", file=sys.stderr)
             return 2
         except Exception as exc:
             return _failed("serve", exc)
+        finally:
+            if early is not None:
+                early.abandon()
         return 0
     if args.command == "remote-va":
         configure_logging(config.log_format, config.log_level)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -38,16 +39,24 @@ EPHEMERAL_TEMPLATE = "acme_ca_ephemeral_template"
 
 
 @asynccontextmanager
-async def ephemeral_database(data_root: Path) -> AsyncIterator[str]:
+async def ephemeral_database(
+    data_root: Path,
+    *,
+    started: concurrent.futures.Future[tuple[EmbeddedPostgres, str]] | None = None,
+) -> AsyncIterator[str]:
     """A new database for one ``serve --test --ephemeral`` run, dropped at exit.
 
     It is copied from :data:`EPHEMERAL_TEMPLATE` in a throwaway embedded cluster under
     ``data_root`` (no fsync: it only ever holds the template and the runs' databases), which
     stays between runs, so only the first run pays for initdb and the schema; the cluster is
-    stopped at exit like any embedded one.
+    stopped at exit like any embedded one.  ``started``: that cluster already starting (the
+    CLI starts it while the server's modules import, :mod:`acme_ca.main.early_cluster`).
     """
-    embedded = EmbeddedPostgres(data_root, throwaway=True)
-    base = await asyncio.to_thread(embedded.start)
+    if started is None:
+        embedded = EmbeddedPostgres(data_root, throwaway=True)
+        base = await asyncio.to_thread(embedded.start)
+    else:
+        embedded, base = await asyncio.wrap_future(started)
     try:
         await _create_database(base, EPHEMERAL_TEMPLATE, template=None, exist_ok=True)
         await migrate(_dsn_for(base, EPHEMERAL_TEMPLATE))

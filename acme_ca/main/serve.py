@@ -20,6 +20,7 @@ from acme_ca.config import Config
 from acme_ca.db.database import database_dsn, ephemeral_database, migrate
 from acme_ca.deployment import deployment_gate, signing_guard
 from acme_ca.main.app import create_app
+from acme_ca.main.early_cluster import EarlyCluster
 from acme_ca.main.metrics import metrics_listener
 from acme_ca.main.status import start_status_server
 from acme_ca.remote_va.primary import build_validator
@@ -58,12 +59,17 @@ async def ensure_hierarchy(config: Config) -> None:
 
 
 async def serve(
-    config: Config, *, stop: asyncio.Event | None = None, clock: Clock | None = None
+    config: Config,
+    *,
+    stop: asyncio.Event | None = None,
+    clock: Clock | None = None,
+    early_cluster: EarlyCluster | None = None,
 ) -> None:
     """Run the CA (:func:`_serve`); with ``ephemeral`` (``serve --test --ephemeral``) in a
     throwaway home made for this run and removed after it, as Pebble forgets everything.
     Only the HTTPS listener's certificate stays in ``home/tls`` (made once, like Pebble's
-    fixed one), so clients keep trusting ``$ACME_CA_HOME/tls/ca.pem``."""
+    fixed one), so clients keep trusting ``$ACME_CA_HOME/tls/ca.pem``.  ``early_cluster``:
+    the ephemeral runs' PostgreSQL, already starting (the CLI's, :mod:`.early_cluster`)."""
     if not config.ephemeral:
         await _serve(config, stop=stop, clock=clock)
         return
@@ -76,8 +82,11 @@ async def serve(
         run = replace(config, home=home, tls_cert=tls_cert, tls_key=tls_key)
         # The two slow first steps overlap: the run's new database (a copy of a migrated
         # template in $ACME_CA_HOME/pg-ephemeral) and the new hierarchy (key generation).
+        started = early_cluster.claim() if early_cluster is not None else None
         database = asyncio.create_task(
-            stack.enter_async_context(ephemeral_database(config.home / "pg-ephemeral"))
+            stack.enter_async_context(
+                ephemeral_database(config.home / "pg-ephemeral", started=started)
+            )
         )
         try:
             await ensure_hierarchy(run)

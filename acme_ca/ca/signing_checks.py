@@ -104,25 +104,28 @@ class SigningChecks:
         again (BR 3.2.2.8).  A refusal fails the order with its problem and an audit row;
         returns whether signing may go on.
         """
-        if not await self._date_rules_hold(job):
+        evidence = await self._date_rules_hold(job)
+        if evidence is None:
             return False
-        rechecked = await self._recheck_stale_caa(job)
+        rechecked = await self._recheck_stale_caa(job, evidence)
         if rechecked is None:
             return False
         # A recheck takes network time: the date rules once more at the time now reached.
-        return not rechecked or await self._date_rules_hold(job)
+        return not rechecked or await self._date_rules_hold(job) is not None
 
-    async def _date_rules_hold(self, job: PreparedJob) -> bool:
+    async def _date_rules_hold(self, job: PreparedJob) -> list[AuthorizationEvidence] | None:
+        """The order's authorizations as the date rules read them, or None when a rule
+        refused (the order has failed)."""
         now = self._clock.now()
         if self._signing_guard is not None:
             violations = list(self._signing_guard(now))
             if violations:
                 await self._refuse(job, [recheck.guard_refusal(violations)], now)
-                return False
+                return None
         key_id = recheck.csr_key_id(job.csr_der)
         if await self._jobs.is_key_blocked(key_id):
             await self._refuse(job, [recheck.blocked_key_refusal(key_id)], now)
-            return False
+            return None
         if job.issuer in self._ov_issuers:
             check = self._organizations
             refusal = recheck.organization_refusal(
@@ -132,13 +135,13 @@ class SigningChecks:
             )
             if refusal is not None:
                 await self._refuse(job, [refusal], now)
-                return False
+                return None
         purpose = recheck.issuer_purpose_refusal(
             job.issuer, job.issuer in self._ov_issuers, job.precert_lint_der
         )
         if purpose is not None:
             await self._refuse(job, [purpose], now)
-            return False
+            return None
         evidence = await self._jobs.order_authorizations(job.order_id)
         found = recheck.refusals(
             job.names,
@@ -151,19 +154,21 @@ class SigningChecks:
         )
         if found:
             await self._refuse(job, found, now)
-            return False
-        return True
+            return None
+        return evidence
 
-    async def _recheck_stale_caa(self, job: PreparedJob) -> bool | None:
+    async def _recheck_stale_caa(
+        self, job: PreparedJob, evidence: Sequence[AuthorizationEvidence]
+    ) -> bool | None:
         """Recheck CAA, concurrently, for each name whose check is older than 8 hours (so a
         100-name order stays well within the job's lease); whether any was rechecked, or None
-        when one refused (the order has failed)."""
-        evidence = await self._jobs.order_authorizations(job.order_id)
+        when one refused (the order has failed).  ``evidence``: the authorizations as the
+        date rules just read them (issue 20: one read fewer per certificate)."""
         now = self._clock.now()
         stale: list[tuple[str, AuthorizationEvidence, str]] = []
         for name, ev in recheck.authorizations_by_name(job.names, evidence).items():
             gone = recheck.authorization_refusal(name, ev, now)
-            if gone is not None:  # changed since the date rules looked (deactivated...)
+            if gone is not None:  # lapsed since the date rules looked at the same rows
                 await self._refuse(job, [gone], now)
                 return None
             assert ev is not None and ev.method is not None

@@ -89,11 +89,11 @@ async def run_org(config: Config, args: argparse.Namespace, actor: str) -> int:
     from acme_ca.clock import SystemClock
     from acme_ca.db.database import operator_pool
     from acme_ca.db.eab import EabKeyRepository
-    from acme_ca.db.organizations import OrganizationRepository
+    from acme_ca.db.organizations import OrganizationRepository, VettedOrganization
     from acme_ca.ra.organizations import organization_field_errors
 
     now = SystemClock().now()
-    vetted_at = None
+    vetted = None
     if args.org_command == "add":
         try:
             vetted_at = parse_vetted_at(args.vetted_at)
@@ -102,7 +102,7 @@ async def run_org(config: Config, args: argparse.Namespace, actor: str) -> int:
                 f"acme-ca: --vetted-at {args.vetted_at!r} is not an ISO 8601 date", file=sys.stderr
             )
             return 2
-        errors = organization_field_errors(
+        vetted = VettedOrganization(
             name=args.name,
             country=args.country,
             state=args.state,
@@ -110,8 +110,8 @@ async def run_org(config: Config, args: argparse.Namespace, actor: str) -> int:
             evidence=args.evidence,
             vetted_by=args.vetted_by,
             vetted_at=vetted_at,
-            now=now,
         )
+        errors = organization_field_errors(vetted, now=now)
         if errors:
             for error in errors:
                 print(f"acme-ca: {error}", file=sys.stderr)
@@ -119,18 +119,8 @@ async def run_org(config: Config, args: argparse.Namespace, actor: str) -> int:
     async with operator_pool(config) as pool:
         repo = OrganizationRepository(pool)
         if args.org_command == "add":
-            assert vetted_at is not None
-            org = await repo.add(
-                name=args.name,
-                country=args.country,
-                state=args.state,
-                locality=args.locality,
-                evidence=args.evidence,
-                vetted_by=args.vetted_by,
-                vetted_at=vetted_at,
-                now=now,
-                actor=actor,
-            )
+            assert vetted is not None
+            org = await repo.add(vetted, now=now, actor=actor)
             print(f"id: {org.id}")
             print(_line(org))
         elif args.org_command == "list":

@@ -42,6 +42,7 @@ from tests.support import status as status_support
 from tests.support.cli import run_cli
 from tests.support.jws import JwsClient, Reply, make_eab
 from tests.support.migrations import create_schema_before
+from tests.support.organizations import add_organization
 from tests.support.problems import assert_problem
 from tests.support.status import StatusEnv
 
@@ -57,16 +58,8 @@ SECOND = timedelta(seconds=1)
 async def add_org(
     pool: asyncpg.Pool, vetted_at: datetime, name: str = "Example Trading K.K."
 ) -> Organization:
-    return await OrganizationRepository(pool).add(
-        name=name,
-        country="JP",
-        state="Tokyo",
-        locality="Chiyoda-ku",
-        evidence="houjin-bangou 1234567890123 (NTA corporate number site)",
-        vetted_by="vetter:alice",
-        vetted_at=vetted_at,
-        now=datetime.now(UTC),
-        actor="operator:test",
+    return await add_organization(
+        pool, vetted_at, now=datetime.now(UTC), actor="operator:test", name=name
     )
 
 

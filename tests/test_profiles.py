@@ -50,6 +50,7 @@ from tests.support.ct import Harness, harness, three_operators
 from tests.support.jws import JwsClient
 from tests.support.migrations import create_schema_before
 from tests.support.orders import Subscriber
+from tests.support.organizations import add_organization
 from tests.support.revocation import account_id_of, make_issuer, make_leaf, store_certificate
 from tests.support.worker import build_csr, insert_ready_order, make_pki_config
 
@@ -330,17 +331,7 @@ def pki_config(tmp_path_factory: pytest.TempPathFactory) -> Config:
 async def bind_to_organization(pool: asyncpg.Pool, account_id: int, now: datetime) -> None:
     """The account registered with an EAB key of a vetted organization (acme-ca eab create
     --org), as the EAB binding of newAccount leaves it."""
-    org = await OrganizationRepository(pool).add(
-        name="Example Trading K.K.",
-        country="JP",
-        state="Tokyo",
-        locality="Chiyoda-ku",
-        evidence="registry 0100-01-000001",
-        vetted_by="operator",
-        vetted_at=now - timedelta(days=10),
-        now=now,
-        actor="test",
-    )
+    org = await add_organization(pool, now - timedelta(days=10), now=now, actor="test")
     kid = f"kid-{account_id}-{os.urandom(4).hex()}"
     await EabKeyRepository(pool).create(
         kid, os.urandom(32), "test", now, "test", organization_id=org.id

@@ -64,6 +64,7 @@ from acme_ca.va.settings import VASettings
 from acme_ca.va.setup import build_validation_authority
 from tests.support import mpic as mpic_tests
 from tests.support.ct import three_operators
+from tests.support.organizations import add_organization
 from tests.support.problems import ERR
 from tests.support.worker import (
     FAST,
@@ -820,16 +821,8 @@ async def test_a_worker_that_lost_its_lease_cannot_fail_the_job_it_refused(rig: 
 async def bind_to_new_organization(rig: Rig, order_id: int, vetted_at: datetime) -> int:
     """Bind the order's account to a new vetted organization, as ``acme-ca eab create
     --org`` and newAccount with that key do; returns the organization's id."""
-    org = await OrganizationRepository(rig.pool).add(
-        name="Recheck K.K.",
-        country="JP",
-        state="Tokyo",
-        locality="Minato-ku",
-        evidence="registry ref 42",
-        vetted_by="vetter",
-        vetted_at=vetted_at,
-        now=rig.clock.now(),
-        actor="operator:test",
+    org = await add_organization(
+        rig.pool, vetted_at, now=rig.clock.now(), actor="operator:test", name="Recheck K.K."
     )
     account_id = await rig.pool.fetchval("SELECT account_id FROM orders WHERE id = $1", order_id)
     kid = f"kid-ov-{order_id}"

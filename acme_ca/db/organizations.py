@@ -25,6 +25,21 @@ class OrganizationStatus(StrEnum):
 
 
 @dataclass(frozen=True)
+class VettedOrganization:
+    """What an operator records after vetting an organization (``acme-ca org add``)."""
+
+    name: str
+    country: str
+    state: str
+    locality: str
+    #: Where the vetting found the organization (registry reference, document id): CP 3.2.2.1.
+    evidence: str
+    vetted_by: str
+    #: When the vetting was completed: the BR 4.2.1 reuse period runs from here.
+    vetted_at: datetime
+
+
+@dataclass(frozen=True)
 class Organization:
     """One vetted organization, as recorded: the only source of an OV subject's C/ST/L/O."""
 
@@ -76,19 +91,7 @@ class OrganizationRepository:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    async def add(
-        self,
-        *,
-        name: str,
-        country: str,
-        state: str,
-        locality: str,
-        evidence: str,
-        vetted_by: str,
-        vetted_at: datetime,
-        now: datetime,
-        actor: str,
-    ) -> Organization:
+    async def add(self, vetted: VettedOrganization, *, now: datetime, actor: str) -> Organization:
         """Record a vetted organization (the values are checked by the caller and again by
         the table's constraints)."""
         async with self._pool.acquire() as conn, conn.transaction():
@@ -96,13 +99,13 @@ class OrganizationRepository:
                 """INSERT INTO organizations (name, country, state, locality, evidence,
                                               vetted_by, vetted_at, created_at)
                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING *""",
-                name,
-                country,
-                state,
-                locality,
-                evidence,
-                vetted_by,
-                vetted_at,
+                vetted.name,
+                vetted.country,
+                vetted.state,
+                vetted.locality,
+                vetted.evidence,
+                vetted.vetted_by,
+                vetted.vetted_at,
                 now,
             )
             org = _to_organization(row)

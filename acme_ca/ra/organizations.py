@@ -25,7 +25,12 @@ from acme_ca.acme import problems
 from acme_ca.acme.problems import AcmeError, Problem
 from acme_ca.br import RULE_ORGANIZATION, max_identity_reuse
 from acme_ca.clock import Clock
-from acme_ca.db.organizations import Organization, OrganizationRepository, OrganizationStatus
+from acme_ca.db.organizations import (
+    Organization,
+    OrganizationRepository,
+    OrganizationStatus,
+    VettedOrganization,
+)
 
 log = structlog.get_logger(component="acme_ca.ra.organizations")
 
@@ -36,17 +41,7 @@ CP_COUNTRIES: Final = frozenset({"JP"})
 MAX_LENGTHS: Final = {"name": 64, "state": 128, "locality": 128}
 
 
-def organization_field_errors(
-    *,
-    name: str,
-    country: str,
-    state: str,
-    locality: str,
-    evidence: str,
-    vetted_by: str,
-    vetted_at: datetime,
-    now: datetime,
-) -> list[str]:
+def organization_field_errors(vetted: VettedOrganization, *, now: datetime) -> list[str]:
     """What is wrong with an organization record an operator is about to add (empty: nothing).
 
     Every field is required (CP 7.1.1 makes ST, L and O mandatory in an OV subject; the
@@ -54,26 +49,30 @@ def organization_field_errors(
     errors = [
         f"--{flag} is empty"
         for flag, value in (
-            ("name", name),
-            ("state", state),
-            ("locality", locality),
-            ("evidence", evidence),
-            ("vetted-by", vetted_by),
+            ("name", vetted.name),
+            ("state", vetted.state),
+            ("locality", vetted.locality),
+            ("evidence", vetted.evidence),
+            ("vetted-by", vetted.vetted_by),
         )
         if not value.strip()
     ]
-    if country not in CP_COUNTRIES:
+    if vetted.country not in CP_COUNTRIES:
         errors.append(
-            f"--country {country!r}: the CP (4.1.1, 7.1.1) issues OV certificates to "
+            f"--country {vetted.country!r}: the CP (4.1.1, 7.1.1) issues OV certificates to "
             f"organizations in {', '.join(sorted(CP_COUNTRIES))} only"
         )
-    for flag, value in (("name", name), ("state", state), ("locality", locality)):
+    for flag, value in (
+        ("name", vetted.name),
+        ("state", vetted.state),
+        ("locality", vetted.locality),
+    ):
         if len(value) > MAX_LENGTHS[flag]:
             errors.append(f"--{flag} is longer than {MAX_LENGTHS[flag]} characters (RFC 5280)")
         if value != value.strip() or any(not c.isprintable() for c in value):
             errors.append(f"--{flag} has leading/trailing spaces or control characters")
-    if vetted_at > now:
-        errors.append(f"--vetted-at {vetted_at.isoformat()} is in the future")
+    if vetted.vetted_at > now:
+        errors.append(f"--vetted-at {vetted.vetted_at.isoformat()} is in the future")
     return errors
 
 

@@ -199,7 +199,6 @@ async def test_ov_2_vetting_reuse_unchanged_across_2027_03_15(pool: asyncpg.Pool
 def test_ov_vetting_in_the_future_is_refused() -> None:
     now = datetime(2026, 12, 1, tzinfo=UTC)
     org = Organization(
-        1,
         "A K.K.",
         "JP",
         "Tokyo",
@@ -207,9 +206,10 @@ def test_ov_vetting_in_the_future_is_refused() -> None:
         "ref",
         "v",
         now + SECOND,
-        OrganizationStatus.VALID,
-        None,
-        now,
+        id=1,
+        status=OrganizationStatus.VALID,
+        revoked_at=None,
+        created_at=now,
     )
     problem = organization_problem(org, now)
     assert problem is not None and "is vetted from" in problem.detail
@@ -223,7 +223,6 @@ def test_ov_1_subject_is_built_from_the_record_only() -> None:
     record's values are the only input, so a CSR asking for another O cannot reach it."""
     now = datetime(2026, 12, 1, tzinfo=UTC)
     org = Organization(
-        7,
         "Example Trading K.K.",
         "JP",
         "Tokyo",
@@ -231,9 +230,10 @@ def test_ov_1_subject_is_built_from_the_record_only() -> None:
         "ref",
         "v",
         now,
-        OrganizationStatus.VALID,
-        None,
-        now,
+        id=7,
+        status=OrganizationStatus.VALID,
+        revoked_at=None,
+        created_at=now,
     )
     name = ov_subject(org, "www.example.jp")
     assert [(a.oid, a.value) for a in name] == [

@@ -39,20 +39,11 @@ class VettedOrganization:
     vetted_at: datetime
 
 
-@dataclass(frozen=True)
-class Organization:
+@dataclass(frozen=True, kw_only=True)
+class Organization(VettedOrganization):
     """One vetted organization, as recorded: the only source of an OV subject's C/ST/L/O."""
 
     id: int
-    name: str
-    country: str
-    state: str
-    locality: str
-    #: Where the vetting found the organization (registry reference, document id): CP 3.2.2.1.
-    evidence: str
-    vetted_by: str
-    #: When the vetting was completed: the BR 4.2.1 reuse period runs from here.
-    vetted_at: datetime
     status: OrganizationStatus
     revoked_at: datetime | None
     created_at: datetime

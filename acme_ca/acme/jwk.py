@@ -1,15 +1,16 @@
 """JSON Web Keys (RFC 7517/7518) for account keys, and their RFC 7638 thumbprints.
 
-Account keys are josepy's JWK types (``JWKRSA``, ``JWKEC``; no Ed25519, which we do not
-accept), parsed by josepy after our own checks: public RSA or EC P-256/P-384/P-521 keys only,
-every member a string in unpadded base64url, and the key sent in its one encoding, which is
-the encoding josepy writes back: RSA ``n`` and ``e`` in the minimum number of octets
-(Base64urlUInt, RFC 7518 §2, §6.3.1) and EC ``x`` and ``y`` the full coordinate length
-(§6.2.1.2, §6.2.1.3). A key that breaks an encoding rule raises :class:`JwkEncodingError`
-(``malformed``: the message is not a JWK, as Boulder answers when go-jose cannot parse it);
-a key we do not support raises :class:`JwkError` (``badPublicKey``, RFC 8555 §6.2). Because
-the members sent are the members josepy writes, josepy's thumbprint is the thumbprint over
-what the client sent, the one every account was stored under.
+Account keys are held as josepy's JWK types (``JWKRSA``, ``JWKEC``; no Ed25519, which we do
+not accept) and their thumbprints are josepy's. We parse the members ourselves, stricter than
+josepy: public RSA or EC P-256/P-384/P-521 keys only, every member a string in canonical
+unpadded base64url, and the key sent in its one encoding, which is the encoding josepy writes
+back: RSA ``n`` and ``e`` in the minimum number of octets (Base64urlUInt, RFC 7518 §2,
+§6.3.1) and EC ``x`` and ``y`` the full coordinate length (§6.2.1.2, §6.2.1.3). A key that
+breaks an encoding rule raises :class:`JwkEncodingError` (``malformed``: the message is not
+a JWK, as Boulder answers when go-jose cannot parse it); a key we do not accept raises
+:class:`JwkError` (``badPublicKey``, RFC 8555 §6.2). Because the members sent are the members
+josepy writes, josepy's thumbprint is the thumbprint over what the client sent, the one every
+account was stored under.
 
 Verification never takes a key from here implicitly: :mod:`acme_ca.acme.jws` verifies with
 the explicit :attr:`Jwk.key` its caller resolved.
@@ -22,15 +23,19 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from josepy.errors import DeserializationError
-from josepy.jwk import JWK, JWKEC, JWKRSA
+from josepy.jwk import JWKEC, JWKRSA
 
 from acme_ca.acme.b64 import b64url_decode, b64url_encode
 
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 
 #: Accepted curves and their coordinate length in octets (RFC 7518 §6.2.1.2).
-_CURVES: dict[str, int] = {"P-256": 32, "P-384": 48, "P-521": 66}
+_CURVES: dict[str, tuple[ec.EllipticCurve, int]] = {
+    "P-256": (ec.SECP256R1(), 32),
+    "P-384": (ec.SECP384R1(), 48),
+    "P-521": (ec.SECP521R1(), 66),
+}
+_CURVE_NAMES = frozenset({"secp256r1", "secp384r1", "secp521r1"})
 _PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 _REQUIRED = {"RSA": ("n", "e"), "EC": ("crv", "x", "y")}
 
@@ -45,12 +50,18 @@ class JwkEncodingError(JwkError):
 
 @dataclass(frozen=True)
 class Jwk:
-    """A public account key: josepy's JWK, the cryptography key verification uses, and its
-    public members sorted by name (those sent, which are those josepy writes)."""
+    """A public account key: the cryptography key verification uses, its public members
+    sorted by name (those sent, which are those josepy writes) and josepy's JWK of it."""
 
-    jose: JWKRSA | JWKEC = field(compare=False)
     key: PublicKey = field(compare=False)
     members: tuple[tuple[str, str], ...]
+
+    @cached_property
+    def jose(self) -> JWKRSA | JWKEC:
+        """josepy's JWK, made when first needed (a thumbprint): most reads never need it."""
+        if isinstance(self.key, rsa.RSAPublicKey):
+            return JWKRSA(key=self.key)
+        return JWKEC(key=self.key)
 
     @property
     def kty(self) -> str:
@@ -77,8 +88,10 @@ class Jwk:
         return b64url_encode(self.thumbprint())
 
 
-def _checked_members(data: object) -> tuple[str, dict[str, str]]:
-    """``kty`` and its required members, each a non-empty unpadded base64url string."""
+def _checked_members(data: object, *, minimal: bool = True) -> tuple[dict[str, str], PublicKey]:
+    """``kty`` and its required members, each a non-empty canonical unpadded base64url
+    string in the encoding RFC 7518 prescribes (``minimal``: RSA members in the fewest
+    octets), and the cryptography key they make."""
     if not isinstance(data, Mapping):
         raise JwkEncodingError("JWK must be a JSON object")
     if _PRIVATE_MEMBERS & data.keys():
@@ -94,70 +107,61 @@ def _checked_members(data: object) -> tuple[str, dict[str, str]]:
         if not isinstance(value, str) or not value:
             raise JwkEncodingError(f"JWK member {name!r} is missing or not a string")
         members[name] = value
-    if kty == "EC" and members["crv"] not in _CURVES:
-        raise JwkError(f"unsupported curve {members['crv']!r}; accepted: P-256, P-384, P-521")
-    for name in _REQUIRED[kty]:
-        if name == "crv":
-            continue
+    crv = members.get("crv")
+    if kty == "EC" and crv not in _CURVES:
+        raise JwkError(f"unsupported curve {crv!r}; accepted: P-256, P-384, P-521")
+    raw: dict[str, bytes] = {}
+    for name in ("n", "e") if kty == "RSA" else ("x", "y"):
         try:
-            raw = b64url_decode(members[name])
+            raw[name] = b64url_decode(members[name])
         except ValueError:
             raise JwkEncodingError(f"JWK member {name!r} is not unpadded base64url") from None
-        if b64url_encode(raw) != members[name]:  # stray bits after the last octet
+        if b64url_encode(raw[name]) != members[name]:  # stray bits after the last octet
             raise JwkEncodingError(f"JWK member {name!r} is not canonical base64url")
-        if kty == "RSA" and raw[:1] == b"\x00":
+        if kty == "RSA" and minimal and raw[name][:1] == b"\x00":
             raise JwkEncodingError(
                 f"JWK member {name!r} has a leading zero octet: a Base64urlUInt must use the "
                 "minimum number of octets (RFC 7518 §2, §6.3.1)"
             )
-        if kty == "EC" and len(raw) != _CURVES[members["crv"]]:
+        if crv is not None and len(raw[name]) != _CURVES[crv][1]:
             raise JwkEncodingError(
-                f"JWK member {name!r} must be the full {members['crv']} coordinate length, "
-                f"{_CURVES[members['crv']]} octets (RFC 7518 §6.2.1.2, §6.2.1.3)"
+                f"JWK member {name!r} must be the full {crv} coordinate length, "
+                f"{_CURVES[crv][1]} octets (RFC 7518 §6.2.1.2, §6.2.1.3)"
             )
-    return kty, members
-
-
-def _from_members(kty: str, members: dict[str, str], *, canonical: bool = True) -> Jwk:
-    """josepy's parse of checked ``members``; ``canonical``: they are what josepy writes."""
     try:
-        parsed = JWK.from_json(members)
-    except (DeserializationError, ValueError) as exc:  # not on the curve, n/e unusable
-        what = "RSA key" if kty == "RSA" else "EC point"
-        raise JwkError(f"invalid {what}: {exc}") from None
-    assert isinstance(parsed, JWKRSA | JWKEC)  # kty was checked above
-    # josepy wraps the cryptography key (Comparable*Key); verification takes the key itself.
-    key = parsed.key._wrapped
-    assert isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey)
-    written = members if canonical else parsed.to_json()
-    return Jwk(parsed, key, tuple(sorted(written.items())))
+        if crv is None:
+            n, e = (int.from_bytes(raw[m], "big") for m in ("n", "e"))
+            return members, rsa.RSAPublicNumbers(e, n).public_key()
+        point = b"\x04" + raw["x"] + raw["y"]
+        return members, ec.EllipticCurvePublicKey.from_encoded_point(_CURVES[crv][0], point)
+    except ValueError as exc:
+        raise JwkError(f"invalid {'RSA key' if crv is None else 'EC point'}: {exc}") from None
 
 
 def parse_jwk(data: object) -> Jwk:
-    """Parse a public JWK from a request; :class:`JwkError` on anything unexpected."""
-    kty, members = _checked_members(data)
-    return _from_members(kty, members)
+    """Parse a public JWK from a request; :class:`JwkError` on anything unexpected.
+
+    The members checked are those josepy writes for the key, so josepy's type is built from
+    the key, without decoding the members a second time."""
+    members, key = _checked_members(data)
+    return Jwk(key, tuple(sorted(members.items())))
 
 
 def parse_stored_jwk(data: object) -> Jwk:
-    """Parse a JWK stored with an account. Keys accepted before the encoding rules were
-    enforced (an RSA member with a leading zero octet) are read as they are: their account
+    """Parse a JWK stored with an account. A key accepted before the encoding rules were
+    enforced (an RSA member with a leading zero octet) is read all the same: its account
     keeps the thumbprint stored with it, and a request signed with ``kid`` still verifies."""
     try:
         return parse_jwk(data)
     except JwkEncodingError:
         if not isinstance(data, Mapping) or data.get("kty") != "RSA":
             raise
-    members = {name: data[name] for name in ("kty", *_REQUIRED["RSA"]) if name in data}
-    return _from_members("RSA", members, canonical=False)
+    return jwk_from_key(_checked_members(data, minimal=False)[1])
 
 
 def jwk_from_key(key: PublicKey) -> Jwk:
-    """The JWK of a cryptography public key (used by tests and for stored keys)."""
-    if isinstance(key, rsa.RSAPublicKey):
-        jose: JWKRSA | JWKEC = JWKRSA(key=key)
-    elif key.curve.name in ("secp256r1", "secp384r1", "secp521r1"):
-        jose = JWKEC(key=key)
-    else:
+    """The JWK of a cryptography public key, as josepy writes it."""
+    if isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name not in _CURVE_NAMES:
         raise JwkError(f"unsupported curve {key.curve.name}")
-    return Jwk(jose, key, tuple(sorted(jose.to_json().items())))
+    jose = JWKRSA(key=key) if isinstance(key, rsa.RSAPublicKey) else JWKEC(key=key)
+    return Jwk(key, tuple(sorted(jose.to_json().items())))

@@ -17,9 +17,14 @@ import time
 import aiohttp
 import pytest
 
-from acme_ca.db.pool import BEGUN_WAIT_FACTOR, create_pool, request_scope
+from acme_ca.acme.b64 import b64url_encode
+from acme_ca.db.pool import BEGUN_WAIT_FACTOR, create_pool, request_age, request_scope
+from acme_ca.main.app import STORAGE
+from acme_ca.testsrv.server import ChallengeTestServer
 from acme_ca.wfe.middleware.load_shedding import LOAD_SHEDDER
 from tests.fixtures import CaFactory
+from tests.support.orders import subscriber, validation_config
+from tests.support.worker import build_csr
 
 
 async def _held(port: int, path: str) -> asyncio.StreamWriter:
@@ -104,6 +109,52 @@ async def test_rfc8555_6_6_only_a_requests_first_wait_for_the_database_is_bounde
         await holder
     finally:
         await pool.close()
+
+
+async def test_acme_ord_3_finalize_counts_its_wait_from_the_requests_arrival(
+    ca_factory: CaFactory, session: aiohttp.ClientSession, challsrv: ChallengeTestServer
+) -> None:
+    """finalize_wait_seconds is a budget from the request's arrival: a finalize that spent
+    it queued for the database (here: its one free connection held for longer than the
+    wait) answers ``processing`` as soon as the job is queued, instead of waiting the whole
+    wait again and pushing its answer into the client's timeout.  Without a worker, nothing
+    finishes the order, so the answer is ``processing`` either way; the margins are seconds."""
+    wait = 3.0
+    ca = await ca_factory.start(
+        finalize_wait_seconds=int(wait),
+        database_pool_size=2,  # the order-completion listener holds the other for good
+        database_acquire_timeout_seconds=30,
+        **validation_config(challsrv),
+    )
+    sub = await subscriber(ca, session, challsrv)
+    reply = await sub.new_order("queued-long.example.com")
+    await sub.answer(reply.body["authorizations"][0], "http-01")
+    order = await sub.wait_order(reply.headers["Location"])
+    assert order["status"] == "ready", order
+    csr = b64url_encode(build_csr(["queued-long.example.com"]))
+
+    front_pool = ca.app[STORAGE].pool
+    held = await front_pool.acquire(timeout=5)
+    finalizing = asyncio.create_task(sub.post(order["finalize"], {"csr": csr}))
+    await asyncio.sleep(wait + 0.5)  # the request's whole wait, spent queued
+    assert not finalizing.done()
+    released = time.monotonic()
+    await front_pool.release(held)
+    answered = await asyncio.wait_for(finalizing, timeout=30)
+    after_release = time.monotonic() - released
+    assert answered.status == 200, answered.body
+    assert answered.body["status"] == "processing", answered.body
+    assert int(answered.headers["Retry-After"]) > 0
+    # It did not wait another finalize_wait_seconds after getting its connection.
+    assert after_release < wait - 0.5, after_release
+
+
+async def test_request_age_is_counted_from_the_scope_and_zero_outside() -> None:
+    assert request_age() == 0.0
+    with request_scope():
+        await asyncio.sleep(0.2)
+        assert 0.2 <= request_age() < 0.2 * BEGUN_WAIT_FACTOR * 10
+    assert request_age() == 0.0
 
 
 async def _fetch_in_new_request(pool: object) -> object:

@@ -116,14 +116,15 @@ class ServiceKeys:
     challenge_wait_seconds: int = doc_key(
         3,
         "How long a challenge POST waits for its validation to finish before answering "
-        "`processing`; an answer of `valid` or `invalid` saves the client its polls. 0: "
+        "`processing`, counted from the request's arrival (time it spent queued under load "
+        "is not added); an answer of `valid` or `invalid` saves the client its polls. 0: "
         "answer at once (the validation still runs in the background).",
     )
     finalize_wait_seconds: int = doc_key(
         5,
         "How long finalize waits for the signing worker to store the certificate before "
-        "answering `processing` (woken by NOTIFY, not polling); an answer of `valid` saves "
-        "the client its polls. 0: answer at once.",
+        "answering `processing` (woken by NOTIFY, not polling), counted from the request's "
+        "arrival; an answer of `valid` saves the client its polls. 0: answer at once.",
     )
     order_lifetime_seconds: int = doc_key(
         7 * 86400, "How long a new order stays usable before it becomes invalid (expired)."

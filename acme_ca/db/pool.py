@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import json
+import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
@@ -12,9 +13,20 @@ import asyncpg
 
 #: A request's later waits for a connection, as a multiple of the acquire timeout (below).
 BEGUN_WAIT_FACTOR = 5
-#: Whether the current request has already had a connection (None: not in a request).
-_BEGUN: contextvars.ContextVar[list[bool] | None] = contextvars.ContextVar(
-    "acme_ca_db_request_begun", default=None
+
+
+class _Request:
+    """The current request: when it began, and whether it has had a connection yet."""
+
+    __slots__ = ("begun", "started")
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.begun = False
+
+
+_REQUEST: contextvars.ContextVar[_Request | None] = contextvars.ContextVar(
+    "acme_ca_db_request", default=None
 )
 
 
@@ -26,11 +38,19 @@ def request_scope() -> Iterator[None]:
     changed state (a challenge set processing, an order finalized) and then answered 503
     would leave its client a retry that meets 409 or ``orderNotReady`` instead.  Background
     work the request starts (its validation) inherits the begun state."""
-    token = _BEGUN.set([False])
+    token = _REQUEST.set(_Request())
     try:
         yield
     finally:
-        _BEGUN.reset(token)
+        _REQUEST.reset(token)
+
+
+def request_age() -> float:
+    """Seconds since the current request's :func:`request_scope` began (0 outside one):
+    the answers that wait for work (challenge, finalize) count their wait from the request's
+    arrival, so time it spent queueing under load is not added to it."""
+    current = _REQUEST.get()
+    return 0.0 if current is None else time.monotonic() - current.started
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -71,12 +91,12 @@ class BoundedPool(asyncpg.Pool):  # type: ignore[misc]  # asyncpg ships no type 
     def acquire(self, *, timeout: float | None = None) -> Any:
         if timeout is None:
             timeout = self._acquire_timeout
-            begun = _BEGUN.get()
-            if begun is not None and timeout is not None:
-                if begun[0]:
+            current = _REQUEST.get()
+            if current is not None and timeout is not None:
+                if current.begun:
                     timeout *= BEGUN_WAIT_FACTOR
                 else:
-                    return _DiscardBroken(super().acquire(timeout=timeout), begun)
+                    return _DiscardBroken(super().acquire(timeout=timeout), current)
         return _DiscardBroken(super().acquire(timeout=timeout))
 
 
@@ -90,17 +110,17 @@ class _DiscardBroken:
     requests too.  ``await pool.acquire()`` passes through unchanged.
     """
 
-    __slots__ = ("_begun", "_con", "_inner")
+    __slots__ = ("_con", "_inner", "_request")
 
-    def __init__(self, inner: Any, begun: list[bool] | None = None) -> None:
+    def __init__(self, inner: Any, request: _Request | None = None) -> None:
         self._inner = inner
         self._con: asyncpg.Connection | None = None
-        self._begun = begun
+        self._request = request
 
     async def __aenter__(self) -> asyncpg.Connection:
         self._con = await self._inner.__aenter__()
-        if self._begun is not None:
-            self._begun[0] = True  # request_scope: this request has begun
+        if self._request is not None:
+            self._request.begun = True  # request_scope: this request has begun
         return self._con
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
@@ -113,8 +133,8 @@ class _DiscardBroken:
 
     async def _acquired(self) -> asyncpg.Connection:
         con = await self._inner
-        if self._begun is not None:
-            self._begun[0] = True
+        if self._request is not None:
+            self._request.begun = True
         return con
 
 

@@ -27,6 +27,7 @@ from acme_ca.db.completions import OrderCompletions
 from acme_ca.db.issuance import IssuanceRepository
 from acme_ca.db.order_events import Order
 from acme_ca.db.orders import OrderRepository
+from acme_ca.db.pool import request_age
 from acme_ca.profiles import Profile
 from acme_ca.ra.csr import CheckedCsr, check_csr
 from acme_ca.ra.keys import KeyPolicy
@@ -92,14 +93,17 @@ class FinalizeAuthority:
         if self._limits is not None:  # an ARI renewal is exempt from the per-domain limit
             await self._limits.issuance(checked.names, replaces=order.replaces is not None)
         issuer = _issuer_for(profile, checked)
-        if self._completions is None or self._wait <= 0:
+        if self._completions is None or self._wait - request_age() <= 0:
             return await self._enqueue(account, order, checked, issuer, profile)
         async with self._completions.watch(order.id) as done:
             queued = await self._enqueue(account, order, checked, issuer, profile)
-            if done is None:
+            # The wait counts from the request's arrival (load shedding: under load, time
+            # queued is not added to it, so the answer stays inside clients' timeouts).
+            wait = self._wait - request_age()
+            if done is None or wait <= 0:
                 return queued
             try:
-                await asyncio.wait_for(done.wait(), self._wait)
+                await asyncio.wait_for(done.wait(), wait)
             except TimeoutError:
                 return queued
         # The worker moved it on (valid or invalid) in its own transaction: read that.

@@ -59,8 +59,6 @@ PROBLEM_JSON = "application/problem+json"
 SHED_STATUSES = (429, 503)
 #: Longest ``Retry-After`` obeyed, in seconds (a client does not sleep for hours in a run).
 RETRY_AFTER_CAP = 30.0
-#: Shed answers in a row to one request before the client gives up on the issuance.
-SHED_RETRIES = 20
 
 
 class IssuanceError(Exception):
@@ -261,25 +259,24 @@ class AcmeLoadClient:
             self._nonce = nonce
         return _Response(resp.status, resp.headers, body)
 
-    async def _obey_retry_after(self, resp: _Response, step: str, shed_so_far: int) -> bool:
+    async def _obey_retry_after(self, resp: _Response, step: str) -> bool:
         """When ``resp`` asks to come back later (:func:`retry_after_seconds`), count it,
-        wait as told and return True; False for any other answer."""
+        wait as told and return True; False for any other answer.  There is no limit on
+        how often: the run's window ends the issuance, as a client's own deadline would."""
         wait = retry_after_seconds(resp.status, resp.headers)
         if wait is None:
             return False
         self._result.shed[f"{resp.status} {_problem_kind(resp)} ({step})"] += 1
-        if shed_so_far >= SHED_RETRIES:
-            raise IssuanceError(f"still shed after {SHED_RETRIES} retries ({step})")
         self._result.shed_wait_seconds += wait
         await asyncio.sleep(wait)
         return True
 
     async def _fresh_nonce(self) -> str:
-        for shed in range(SHED_RETRIES + 1):
+        while True:
             resp = await self._request("HEAD", self._directory["newNonce"], "newNonce")
             if self._nonce is not None:
                 return self._nonce
-            if not await self._obey_retry_after(resp, "newNonce", shed):
+            if not await self._obey_retry_after(resp, "newNonce"):
                 break
         raise IssuanceError(f"HTTP {resp.status} without nonce (newNonce)")
 
@@ -288,7 +285,6 @@ class AcmeLoadClient:
         with Retry-After (503, 429) waited out and retried, each with a fresh nonce; any
         other problem is raised as an :class:`IssuanceError` named after its type."""
         bad_nonces = 0
-        shed = 0
         while True:
             nonce = self._nonce or await self._fresh_nonce()
             self._nonce = None
@@ -302,15 +298,14 @@ class AcmeLoadClient:
                 bad_nonces += 1
                 self._result.retries[f"badNonce ({step})"] += 1
                 continue
-            if await self._obey_retry_after(resp, step, shed):
-                shed += 1
+            if await self._obey_retry_after(resp, step):
                 continue
             raise IssuanceError(f"{kind} HTTP {resp.status} ({step})")
 
     async def register(self) -> None:
-        for shed in range(SHED_RETRIES + 1):
+        while True:
             resp = await self._request("GET", self._directory_url, "directory")
-            if resp.status == 200 or not await self._obey_retry_after(resp, "directory", shed):
+            if resp.status == 200 or not await self._obey_retry_after(resp, "directory"):
                 break
         if resp.status != 200:
             raise IssuanceError(f"HTTP {resp.status} (directory)")

@@ -116,6 +116,16 @@ async def expect_error(lib: LibClient, fn: Callable[..., Any], *args: Any) -> me
     return info.value
 
 
+async def expect_problem(
+    lib: LibClient, status: int, kind: str, fn: Callable[..., Any], *args: Any
+) -> messages.Error:
+    """The library call fails with the problem ``ERR + kind`` and HTTP ``status``."""
+    error = await expect_error(lib, fn, *args)
+    assert error.typ == ERR + kind, error
+    assert lib.last.status_code == status
+    return error
+
+
 def account_id(regr: messages.RegistrationResource) -> int:
     return int(regr.uri.rsplit("/", 1)[1])
 
@@ -218,9 +228,7 @@ async def test_acme_acct_3_only_return_existing_unknown_key(
 ) -> None:
     lib = await clients.make(ca)
     reg = messages.NewRegistration.from_data(email="nobody@example.com", only_return_existing=True)
-    error = await expect_error(lib, lib.client.new_account, reg)
-    assert error.typ == ERR + "accountDoesNotExist"
-    assert lib.last.status_code == 400
+    await expect_problem(lib, 400, "accountDoesNotExist", lib.client.new_account, reg)
     assert lib.last.headers["Content-Type"].split(";")[0] == "application/problem+json"
 
 
@@ -298,9 +306,7 @@ async def test_acme_key_2_rollover(
     assert error.typ == ERR + "accountDoesNotExist"
     # ... and its signatures under the account's kid no longer verify
     stale.net.account = regr
-    error = await expect_error(stale, post_as_get_sync(stale), regr.uri)
-    assert error.typ == ERR + stale_error
-    assert stale.last.status_code == 400
+    error = await expect_problem(stale, 400, stale_error, post_as_get_sync(stale), regr.uri)
     stale.net.account = None
 
     # registering the old key again makes a new, separate account
@@ -321,28 +327,22 @@ async def test_acme_acct_6_deactivate_then_401(ca: RunningCa, clients: Clients) 
 
     # kid-signed requests: 401 unauthorized
     for url in (regr.uri, regr.uri + "/orders"):
-        error = await expect_error(lib, post_as_get_sync(lib), url)
-        assert error.typ == ERR + "unauthorized"
-        assert lib.last.status_code == 401
+        await expect_problem(lib, 401, "unauthorized", post_as_get_sync(lib), url)
         assert "Replay-Nonce" in lib.last.headers
 
     # a second deactivation, a contact update, and the jwk lookup are refused alike
-    error = await expect_error(lib, lib.client.deactivate_registration, regr)
-    assert error.typ == ERR + "unauthorized"
-    assert lib.last.status_code == 401
-    error = await expect_error(lib, lib.client.query_registration, regr)
-    assert error.typ == ERR + "unauthorized"
-    assert lib.last.status_code == 401
+    await expect_problem(lib, 401, "unauthorized", lib.client.deactivate_registration, regr)
+    await expect_problem(lib, 401, "unauthorized", lib.client.query_registration, regr)
 
     # newAccount with the same key does not resurrect or replace the account
     fresh = await clients.make(ca, lib.key)
-    error = await expect_error(
+    await expect_problem(
         fresh,
+        401,
+        "unauthorized",
         fresh.client.new_account,
         messages.NewRegistration.from_data(terms_of_service_agreed=True),
     )
-    assert error.typ == ERR + "unauthorized"
-    assert fresh.last.status_code == 401
 
 
 # --------------------------------------------------------------------------- audit trail
@@ -423,15 +423,15 @@ async def test_acme_eab_1_bad_mac_unauthorized(
     lib = await clients.make(eab_ca)
     kid, _ = await new_eab_key(pool)
     binding = eab_for(lib, kid, secrets.token_bytes(32))
-    error = await expect_error(
+    await expect_problem(
         lib,
+        403,
+        "unauthorized",
         lib.client.new_account,
         messages.NewRegistration.from_data(
             terms_of_service_agreed=True, external_account_binding=binding
         ),
     )
-    assert error.typ == ERR + "unauthorized"
-    assert lib.last.status_code == 403
     stored = await EabKeyRepository(pool).get(kid)
     assert stored is not None and stored.account_id is None
 
@@ -494,13 +494,13 @@ async def test_acme_eab_1_missing_binding_external_account_required(
 ) -> None:
     lib = await clients.make(eab_ca)
     await new_eab_key(pool)
-    error = await expect_error(
+    await expect_problem(
         lib,
+        403,
+        "externalAccountRequired",
         lib.client.new_account,
         messages.NewRegistration.from_data(terms_of_service_agreed=True),
     )
-    assert error.typ == ERR + "externalAccountRequired"
-    assert lib.last.status_code == 403
 
 
 async def test_acme_eab_1_optional_binding_verified_when_sent(

@@ -62,6 +62,7 @@ from tests.support.worker import (
     job_of,
     make_pki_config,
     order_of,
+    signing_worker,
     wrap_issuers,
 )
 
@@ -218,18 +219,16 @@ def make_worker(
         config: Config = pki_config,
         concurrency: int = 1,
     ) -> SigningWorker:
-        return SigningWorker(
-            IssuanceRepository(pool),
+        return signing_worker(
+            pool,
             issuers,
             linter,
-            SystemClock(),
-            ct=ct,
-            profile_for=profile_settings_factory(IssuanceSettings.from_config(config)),
+            ct,
+            config,
             poll_seconds=poll_seconds,
             lease=lease,
             worker_id=worker_id,
             concurrency=concurrency,
-            production=False,  # a development hierarchy: no remote perspectives needed
         )
 
     return make

@@ -25,10 +25,8 @@ import pytest
 
 from acme_ca.ca.ct.loglist import StaticLogList, parse_log_list
 from acme_ca.ca.ct.submit import CertificateTransparency
-from acme_ca.ca.issuance_profiles import profile_settings_factory
 from acme_ca.ca.issuers import IssuerSet
 from acme_ca.ca.lint import CertificateLinter
-from acme_ca.ca.settings import IssuanceSettings
 from acme_ca.ca.signer import HashName, SignerError
 from acme_ca.ca.worker import SigningWorker
 from acme_ca.clock import SystemClock
@@ -45,6 +43,7 @@ from tests.support.worker import (
     job_of,
     make_pki_config,
     order_of,
+    signing_worker,
     wrap_issuers,
 )
 
@@ -77,17 +76,7 @@ def _worker(
     worker_id: str,
     **kwargs: object,
 ) -> SigningWorker:
-    return SigningWorker(
-        IssuanceRepository(pool),
-        issuers,
-        linter,
-        SystemClock(),
-        ct=ct,
-        profile_for=profile_settings_factory(IssuanceSettings.from_config(config)),
-        worker_id=worker_id,
-        production=False,  # a development hierarchy: no remote perspectives needed
-        **kwargs,  # type: ignore[arg-type]
-    )
+    return signing_worker(pool, issuers, linter, ct, config, worker_id=worker_id, **kwargs)
 
 
 async def _queue(pool: asyncpg.Pool, config: Config, i: int) -> int:

@@ -20,11 +20,17 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from acme_ca.ca.ct.settings import CtSettings
+from acme_ca.ca.ct.submit import CertificateTransparency
 from acme_ca.ca.hierarchy import init_hierarchy
+from acme_ca.ca.issuance_profiles import profile_settings_factory
 from acme_ca.ca.issuers import IssuerSet
-from acme_ca.ca.settings import HierarchySettings
+from acme_ca.ca.lint import CertificateLinter
+from acme_ca.ca.settings import HierarchySettings, IssuanceSettings
 from acme_ca.ca.signer import HashName, Signer
+from acme_ca.ca.worker import SigningWorker
+from acme_ca.clock import SystemClock
 from acme_ca.config import Config
+from acme_ca.db.issuance import IssuanceRepository
 from acme_ca.testsrv.ct_log import TestLogSpec
 from acme_ca.va.records import Method, ValidationRecord
 
@@ -280,3 +286,25 @@ def ct_log_specs() -> list[TestLogSpec]:
         TestLogSpec.generate("log B", "operator B"),
         TestLogSpec.generate("log C", "operator C", mode="static-ct-api"),
     ]
+
+
+def signing_worker(
+    pool: asyncpg.Pool,
+    issuers: IssuerSet,
+    linter: CertificateLinter,
+    ct: CertificateTransparency,
+    config: Config,
+    **options: Any,
+) -> SigningWorker:
+    """The signing worker as main/worker wires it, for a development hierarchy (no remote
+    perspectives needed); ``options`` are SigningWorker's (worker_id, lease, ...)."""
+    return SigningWorker(
+        IssuanceRepository(pool),
+        issuers,
+        linter,
+        SystemClock(),
+        ct=ct,
+        profile_for=profile_settings_factory(IssuanceSettings.from_config(config)),
+        production=False,
+        **options,
+    )

@@ -225,6 +225,19 @@ async def ocsp_says(
     return status != ocsp.OCSPCertStatus.REVOKED or response.revocation_reason == reason
 
 
+async def revoked_for_key_compromise(world: World, serials: list[str]) -> None:
+    """Wait until every serial is on the CRL and answered revoked by OCSP, keyCompromise."""
+    key_compromise = x509.ReasonFlags.key_compromise
+    await eventually(lambda: listed_on_crl(world.pool, serials, key_compromise), "the CRL")
+    for serial in serials:
+        await eventually(
+            functools.partial(
+                ocsp_says, world, serial, ocsp.OCSPCertStatus.REVOKED, key_compromise
+            ),
+            f"OCSP revoked for {serial}",
+        )
+
+
 def p256() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
@@ -269,15 +282,7 @@ async def test_br_4_9_1_1_key_compromise_revokes_all_certs_with_key(world: World
     )
     assert reply.status == 200, reply.body
 
-    key_compromise = x509.ReasonFlags.key_compromise
-    await eventually(lambda: listed_on_crl(world.pool, serials, key_compromise), "the CRL")
-    for serial in serials:
-        await eventually(
-            functools.partial(
-                ocsp_says, world, serial, ocsp.OCSPCertStatus.REVOKED, key_compromise
-            ),
-            f"OCSP revoked for {serial}",
-        )
+    await revoked_for_key_compromise(world, serials)
     assert await ocsp_says(world, unrelated, ocsp.OCSPCertStatus.GOOD, None)
     crl = await StatusRepository(world.pool).latest_crl(ISSUER)
     assert crl is not None and int(unrelated, 16) not in crl_entries(crl.der)
@@ -483,15 +488,7 @@ async def test_br_4_9_12_block_key_revokes_and_refuses_the_key(
 
     blocked = await world.pool.fetchrow("SELECT reason, source FROM blocked_keys")
     assert blocked["source"] == "operator:dave" and "ticket 42" in blocked["reason"]
-    key_compromise = x509.ReasonFlags.key_compromise
-    await eventually(lambda: listed_on_crl(world.pool, serials, key_compromise), "the CRL")
-    for serial in serials:
-        await eventually(
-            functools.partial(
-                ocsp_says, world, serial, ocsp.OCSPCertStatus.REVOKED, key_compromise
-            ),
-            "OCSP revoked",
-        )
+    await revoked_for_key_compromise(world, serials)
     holder = JwsClient(world.session, world.ca.directory_url, key)
     await holder.load_directory()
     assert_problem(await holder.register(), 400, "badPublicKey")
@@ -537,11 +534,7 @@ async def test_br_7_2_2_reason_upgrade_to_key_compromise_updates_crl_entry(
     )
 
     assert (await sub.post(revoke_url, certificate | {"reason": 1})).status == 200
-    key_compromise = x509.ReasonFlags.key_compromise
-    await eventually(lambda: listed_on_crl(world.pool, [serial], key_compromise), "the CRL")
-    await eventually(
-        lambda: ocsp_says(world, serial, ocsp.OCSPCertStatus.REVOKED, key_compromise), "OCSP"
-    )
+    await revoked_for_key_compromise(world, [serial])
     crl = await StatusRepository(world.pool).latest_crl(ISSUER)
     assert crl is not None
     entry = crl_entries(crl.der)[int(serial, 16)]

@@ -12,7 +12,7 @@ Both servers are started side by side, each as a client project's CI starts it:
   exactly as the interop suite starts it, but without the suite's ``Retry-After`` override.
 
 Both get the same Pebble knobs (``PEBBLE_VA_NOSLEEP=1``, ``PEBBLE_WFE_NONCEREJECT=0``), which
-both read. The clients are the interop suite's own (:mod:`integration.test_interop`: certbot,
+both read. The clients are the interop suite's own (:mod:`integration.interop_clients`: certbot,
 lego, dehydrated, uacme, driven by the same classes and hook scripts), and each runs the
 suite's flows: the four issuance cases, lego's tls-alpn-01 case, renewal of the http-01
 ECDSA certificate and revocation of the renewed one. Per client, a flow runs on Pebble then
@@ -294,7 +294,7 @@ def run_clients(
     flows: Sequence[str],
 ) -> None:
     """The interop suite's flows for each client, each flow on every target in turn."""
-    from integration import test_interop as interop
+    from integration import interop_clients as interop
 
     for client_name in clients:
         binary = interop.BINARIES[client_name]
@@ -335,7 +335,7 @@ def run_clients(
 def interop_server(kind: str, ca: Any, base: Path) -> Any:
     """The interop suite's :class:`InteropServer` around a running server: its hook scripts
     (pointing at the server's management API), root and uacme trust directory."""
-    from integration.test_interop import InteropServer
+    from integration.interop_clients import InteropServer
 
     uacme_certs = base / f"uacme-certs-{kind}"
     uacme_certs.mkdir(parents=True)
@@ -380,7 +380,7 @@ def machine(workdir: Path, note: str | None) -> dict[str, Any]:
         return None
 
     from integration.clients import CERTBOT
-    from integration.test_interop import LEGO, UACME
+    from integration.interop_clients import LEGO, UACME
 
     return {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

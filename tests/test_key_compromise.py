@@ -51,7 +51,7 @@ from acme_ca.testsrv.ct_log_set import TestCtLogs
 from acme_ca.testsrv.ct_logs_runner import accepted_roots
 from acme_ca.testsrv.server import ChallengeTestServer
 from tests.fixtures import CaFactory, RunningCa
-from tests.support.accounts import key_change
+from tests.support.accounts import bare_account, key_change
 from tests.support.cli import run_cli
 from tests.support.ct import Harness, harness
 from tests.support.jws import JwsClient
@@ -722,12 +722,7 @@ async def test_migration_001_backfills_key_hashes_and_queues_legacy_sweeps(
         leaf = make_leaf(issuer, ["old.example.com"], key=key)
         pre = make_leaf(issuer, ["old-pre.example.com"], key=key)
         now = datetime.now(UTC)
-        account = await conn.fetchval(
-            "INSERT INTO accounts (key_thumbprint, jwk, status, created_at, updated_at) "
-            "VALUES ($1, '{}', 'valid', $2, $2) RETURNING id",
-            os.urandom(32),
-            now,
-        )
+        account = await bare_account(conn, now)
         # The certificate, revoked, and its precertificate (same serial); another
         # precertificate whose order failed.
         await conn.execute(

@@ -39,6 +39,7 @@ from acme_ca.ra.organizations import (
 )
 from tests.fixtures import CaFactory, RunningCa
 from tests.support import status as status_support
+from tests.support.accounts import bare_account
 from tests.support.cli import run_cli
 from tests.support.jws import JwsClient, Reply, make_eab
 from tests.support.migrations import create_schema_before
@@ -122,11 +123,7 @@ async def test_ov_1_account_without_organization_is_refused(pool: asyncpg.Pool) 
     org = await add_org(pool, now - timedelta(days=10))
     plain, _ = await bound_account(pool, None)
     assert "not bound to a vetted organization" in await refused_at(pool, plain, now)
-    jwk_only = await pool.fetchval(
-        "INSERT INTO accounts (key_thumbprint, jwk, status, created_at, updated_at) "
-        "VALUES ($1, '{}', 'valid', now(), now()) RETURNING id",
-        os.urandom(32),
-    )
+    jwk_only = await bare_account(pool)
     assert "not bound" in await refused_at(pool, jwk_only, now)
 
     member, kid = await bound_account(pool, org.id)

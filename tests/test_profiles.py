@@ -46,6 +46,7 @@ from acme_ca.ra.profiles import ProfileConfigError, build_catalog
 from acme_ca.ra.settings import CatalogSettings
 from acme_ca.testsrv.ct_log import TestLogSpec
 from tests.fixtures import CaFactory
+from tests.support.accounts import bare_account
 from tests.support.ct import Harness, harness, three_operators
 from tests.support.jws import JwsClient
 from tests.support.migrations import create_schema_before
@@ -513,11 +514,7 @@ async def test_migration_008_gives_old_orders_and_jobs_the_dv_profile(
     conn = await asyncpg.connect(dsn)
     try:
         await create_schema_before(conn, 8)
-        account_id = await conn.fetchval(
-            "INSERT INTO accounts (key_thumbprint, jwk, status, created_at, updated_at) "
-            "VALUES ($1, '{}', 'valid', now(), now()) RETURNING id",
-            os.urandom(32),
-        )
+        account_id = await bare_account(conn)
         order_id = await conn.fetchval(
             "INSERT INTO orders (account_id, status, identifiers, expires_at, created_at, "
             "updated_at) VALUES ($1, 'processing', '[]', now(), now(), now()) RETURNING id",

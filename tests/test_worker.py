@@ -51,6 +51,7 @@ from acme_ca.db.pool import create_pool
 from acme_ca.embedded_pg import EmbeddedPostgres
 from acme_ca.testsrv.ct_log_set import TestCtLogs
 from acme_ca.testsrv.ct_logs_runner import accepted_roots
+from tests.support.accounts import bare_account
 from tests.support.migrations import create_schema_before
 from tests.support.worker import (
     FAST,
@@ -877,12 +878,7 @@ async def test_migration_005_derives_each_jobs_step_from_its_recorded_columns(
     try:
         await create_schema_before(conn, 5)
         now = datetime.now(UTC)
-        account = await conn.fetchval(
-            "INSERT INTO accounts (key_thumbprint, jwk, status, created_at, updated_at) "
-            "VALUES ($1, '{}', 'valid', $2, $2) RETURNING id",
-            os.urandom(32),
-            now,
-        )
+        account = await bare_account(conn, now)
         der, later = b"\x30\x03\x02\x01\x01", now + timedelta(days=90)
         prepared = {
             "serial": "",

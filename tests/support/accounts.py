@@ -1,6 +1,11 @@
-"""Account requests the JWS client builds by hand (keyChange)."""
+"""Account requests the JWS client builds by hand (keyChange), and bare account rows."""
 
 from __future__ import annotations
+
+import os
+from datetime import datetime
+
+import asyncpg
 
 from tests.support.jws import JwsClient, PrivateKey, Reply, jwk_json, make_jws
 
@@ -24,3 +29,16 @@ async def key_change(
         embed_jwk=True,
     )
     return await client.post(url, inner)
+
+
+async def bare_account(conn: asyncpg.Connection | asyncpg.Pool, at: datetime | None = None) -> int:
+    """An ``accounts`` row with a random thumbprint and an empty JWK, created at ``at``
+    (default: the database's now), valid in every schema version since 001: for tests that
+    need only an account id (the JWK is never read)."""
+    account_id: int = await conn.fetchval(
+        "INSERT INTO accounts (key_thumbprint, jwk, status, created_at, updated_at) "
+        "VALUES ($1, '{}', 'valid', coalesce($2, now()), coalesce($2, now())) RETURNING id",
+        os.urandom(32),
+        at,
+    )
+    return account_id

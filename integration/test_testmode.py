@@ -21,6 +21,7 @@ are shared with ``integration/test_interop.py``.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -28,7 +29,7 @@ import shutil
 import signal
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -443,9 +444,14 @@ def _assert_bad_nonce(reply: Any, sent: str) -> str:
     return fresh
 
 
-async def _jws_session(ca: RunningTestCa) -> aiohttp.ClientSession:
+@contextlib.asynccontextmanager
+async def _jws_client(ca: RunningTestCa) -> AsyncIterator[JwsClient]:
+    """A P-256 JWS client of ``ca`` (its directory loaded), over HTTPS to its local CA."""
     context = ssl.create_default_context(cafile=str(ca.cafile))
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context))
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as session:
+        client = JwsClient(session, ca.directory_url, ec.generate_private_key(ec.SECP256R1()))
+        await client.load_directory()
+        yield client
 
 
 async def test_pebble_wfe_noncereject_50_retries_succeed(
@@ -459,9 +465,7 @@ async def test_pebble_wfe_noncereject_50_retries_succeed(
         env={"PEBBLE_WFE_NONCEREJECT": "50"},
     )
     assert ca.proc.wait_event("testmode.ready")["nonce_reject_percent"] == 50
-    async with await _jws_session(ca) as session:
-        client = JwsClient(session, ca.directory_url, ec.generate_private_key(ec.SECP256R1()))
-        await client.load_directory()
+    async with _jws_client(ca) as client:
         nonce = await client.nonce()
         failures = retried_ok = 0
         registered = last_failed = False
@@ -506,9 +510,7 @@ async def test_nonce_reject_percent_config_key_100(
         env={"ACME_CA_NONCE_REJECT_PERCENT": "100"},
     )
     assert ca.proc.wait_event("testmode.ready")["nonce_reject_percent"] == 100
-    async with await _jws_session(ca) as session:
-        client = JwsClient(session, ca.directory_url, ec.generate_private_key(ec.SECP256R1()))
-        await client.load_directory()
+    async with _jws_client(ca) as client:
         nonce = await client.nonce()
         seen = {nonce}
         for _ in range(5):

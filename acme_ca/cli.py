@@ -364,9 +364,10 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: C901 -- flat dispat
         configure_logging(config.log_format, config.log_level)
         early = None
         if config.ephemeral:  # PostgreSQL boots while the server's modules import
+            from acme_ca.db.settings import DatabaseSettings
             from acme_ca.main.early_cluster import EarlyCluster
 
-            early = EarlyCluster(config.home / "pg-ephemeral")
+            early = EarlyCluster(DatabaseSettings.from_config(config).ephemeral_data_root)
         from acme_ca.main.serve import serve
 
         try:
@@ -493,8 +494,9 @@ def _mpic_certs(args: argparse.Namespace) -> int:
 
 async def _db_migrate(config: Config) -> int:
     from acme_ca.db.database import database_dsn, migrate
+    from acme_ca.db.settings import DatabaseSettings
 
-    async with database_dsn(config) as dsn:
+    async with database_dsn(DatabaseSettings.from_config(config)) as dsn:
         applied = await migrate(dsn)
     print(f"schema is current; migrations applied now: {applied or 'none'}")
     return 0
@@ -520,6 +522,7 @@ async def _admin(config: Config, args: argparse.Namespace) -> int:
     from acme_ca.clock import SystemClock
     from acme_ca.db.certificates import CertificateRepository
     from acme_ca.db.database import operator_pool
+    from acme_ca.db.settings import DatabaseSettings
     from acme_ca.ra.revocation import (
         REASON_CODES,
         REASON_NAMES,
@@ -541,7 +544,7 @@ async def _admin(config: Config, args: argparse.Namespace) -> int:
             + ("\tprecertificate" if r.precertificate else "")
         )
 
-    async with operator_pool(config) as pool:
+    async with operator_pool(DatabaseSettings.from_config(config)) as pool:
         authority = RevocationAuthority(CertificateRepository(pool), SystemClock())
         try:
             if args.serial is not None:

@@ -64,6 +64,7 @@ async def run_block_key(config: Config, args: argparse.Namespace, actor: str) ->
     from acme_ca.db.certificates import CertificateRepository
     from acme_ca.db.database import operator_pool
     from acme_ca.db.key_compromise import KeyCompromiseRepository
+    from acme_ca.db.settings import DatabaseSettings
     from acme_ca.ra.revocation import (
         OperatorRevocationError,
         RevocationAuthority,
@@ -85,7 +86,7 @@ async def run_block_key(config: Config, args: argparse.Namespace, actor: str) ->
     except (OSError, ValueError) as exc:  # OperatorRevocationError is a ValueError
         print(f"acme-ca: {exc}", file=sys.stderr)
         return 2
-    async with operator_pool(config) as pool:
+    async with operator_pool(DatabaseSettings.from_config(config)) as pool:
         authority = RevocationAuthority(CertificateRepository(pool), SystemClock())
         try:
             result = await authority.block_key(

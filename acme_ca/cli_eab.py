@@ -71,9 +71,10 @@ async def run_eab(config: Config, args: argparse.Namespace) -> int:
     from acme_ca.clock import SystemClock
     from acme_ca.db.database import operator_pool
     from acme_ca.db.eab import EabKeyRepository, OrganizationUnavailable
+    from acme_ca.db.settings import DatabaseSettings
 
     now = SystemClock().now()
-    async with operator_pool(config) as pool:
+    async with operator_pool(DatabaseSettings.from_config(config)) as pool:
         repo = EabKeyRepository(pool)
         if args.eab_command == "create":
             kid = args.kid or "kid-" + secrets.token_hex(8)

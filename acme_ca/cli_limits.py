@@ -61,6 +61,7 @@ async def run_limits(config: Config, args: argparse.Namespace, actor: str) -> in
     from acme_ca.clock import SystemClock
     from acme_ca.db.database import operator_pool
     from acme_ca.db.ratelimits import Override, RateLimitRepository
+    from acme_ca.db.settings import DatabaseSettings
     from acme_ca.ra.ratelimits import BadLimitKey, Limit, bucket_key
 
     now = SystemClock().now()
@@ -74,7 +75,7 @@ async def run_limits(config: Config, args: argparse.Namespace, actor: str) -> in
     if args.limits_command == "set" and args.count < 0:
         print("acme-ca: --count must be 0 or more", file=sys.stderr)
         return 2
-    async with operator_pool(config) as pool:
+    async with operator_pool(DatabaseSettings.from_config(config)) as pool:
         repo = RateLimitRepository(pool)
         if args.limits_command == "set":
             seconds = int(args.period.total_seconds())

@@ -90,6 +90,7 @@ async def run_org(config: Config, args: argparse.Namespace, actor: str) -> int:
     from acme_ca.db.database import operator_pool
     from acme_ca.db.eab import EabKeyRepository
     from acme_ca.db.organizations import OrganizationRepository, VettedOrganization
+    from acme_ca.db.settings import DatabaseSettings
     from acme_ca.ra.organizations import organization_field_errors
 
     now = SystemClock().now()
@@ -116,7 +117,7 @@ async def run_org(config: Config, args: argparse.Namespace, actor: str) -> int:
             for error in errors:
                 print(f"acme-ca: {error}", file=sys.stderr)
             return 2
-    async with operator_pool(config) as pool:
+    async with operator_pool(DatabaseSettings.from_config(config)) as pool:
         repo = OrganizationRepository(pool)
         if args.org_command == "add":
             assert vetted is not None

@@ -8,6 +8,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from acme_ca.config import Config
+from acme_ca.db.database import database_dsn
+from acme_ca.db.settings import DatabaseSettings
 from acme_ca.va.settings import MpicSettings, VASettings
 from acme_ca.wfe.settings import LoadSheddingSettings, WfeSettings
 
@@ -44,3 +46,26 @@ def test_load_shedding_in_flight_limit_derived_from_the_pool() -> None:
     assert LoadSheddingSettings.from_config(pooled).max_in_flight == 64
     capped = replace(Config(), max_requests_in_flight=7)
     assert LoadSheddingSettings.from_config(capped).max_in_flight == 7
+
+
+def test_database_settings_embedded_clusters_under_home_and_the_pool_keys() -> None:
+    """db/ reads the URL, the pool's size and wait, and where the embedded clusters live."""
+    config = replace(
+        Config(), home=Path("/srv/ca"), database_pool_size=4, database_acquire_timeout_seconds=2
+    )
+    settings = DatabaseSettings.from_config(config)
+    assert settings.url is None
+    assert settings.embedded_data_root == Path("/srv/ca/pg")
+    assert settings.ephemeral_data_root == Path("/srv/ca/pg-ephemeral")
+    assert (settings.pool_size, settings.acquire_timeout_seconds) == (4, 2)
+
+
+async def test_database_dsn_is_the_configured_url_without_an_embedded_cluster(
+    tmp_path: Path,
+) -> None:
+    """With ``database_url`` set, no cluster is started under ``home/pg``."""
+    url = "postgresql://ca@db.example.test:5432/acme_ca"
+    config = replace(Config(), home=tmp_path, database_url=url)
+    async with database_dsn(DatabaseSettings.from_config(config)) as dsn:
+        assert dsn == url
+    assert not (tmp_path / "pg").exists()

@@ -34,6 +34,7 @@ from acme_ca.clock import Clock, SystemClock
 from acme_ca.config import Config
 from acme_ca.db.audit_chain import GENESIS, AuditChain, ChainRow, row_hash
 from acme_ca.db.forensics import admin_storage
+from acme_ca.db.settings import DatabaseSettings
 
 SIGNATURE_ALGORITHM = "Ed25519"
 
@@ -61,7 +62,7 @@ async def run_async(config: Config, args: argparse.Namespace, clock: Clock) -> i
     except ValueError as exc:
         print(f"acme-ca: not an ISO 8601 date: {exc}", file=sys.stderr)
         return 2
-    async with admin_storage(config) as storage:
+    async with admin_storage(DatabaseSettings.from_config(config)) as storage:
         chain = storage.audit
         if args.audit_command == "verify":
             report = await chain.verify()

@@ -24,6 +24,7 @@ from acme_ca.admin.timeline import build_timeline, iso, render_text, to_json
 from acme_ca.clock import SystemClock
 from acme_ca.config import Config
 from acme_ca.db.forensics import CertFacts, ForensicsRepository, admin_storage
+from acme_ca.db.settings import DatabaseSettings
 from acme_ca.ra.revocation import REASON_NAMES
 
 _DOMAIN = re.compile(r"^(\*\.)?([a-z0-9-]{1,63}\.)*[a-z0-9-]{1,63}\.?$")
@@ -52,7 +53,7 @@ async def run_async(config: Config, args: argparse.Namespace, out: TextIO) -> in
     except ValueError as exc:
         print(f"acme-ca: not an ISO 8601 date: {exc}", file=sys.stderr)
         return 2
-    async with admin_storage(config) as storage:
+    async with admin_storage(DatabaseSettings.from_config(config)) as storage:
         repo = storage.forensics
         if args.admin_command == "order":
             return await _order(repo, args, out)

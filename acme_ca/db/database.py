@@ -12,19 +12,19 @@ from pathlib import Path
 import asyncpg
 import structlog
 
-from acme_ca.config import Config
 from acme_ca.db.migrate import apply_schema
 from acme_ca.db.pool import create_pool
+from acme_ca.db.settings import DatabaseSettings
 from acme_ca.embedded_pg import EmbeddedPostgres
 
 
 @asynccontextmanager
-async def database_dsn(config: Config) -> AsyncIterator[str]:
+async def database_dsn(settings: DatabaseSettings) -> AsyncIterator[str]:
     """Yield a DSN; an embedded server started here is stopped on exit, one found running is not."""
-    if config.database_url:
-        yield config.database_url
+    if settings.url:
+        yield settings.url
         return
-    embedded = EmbeddedPostgres(config.home / "pg")
+    embedded = EmbeddedPostgres(settings.embedded_data_root)
     dsn = await asyncio.to_thread(embedded.start)
     try:
         yield dsn
@@ -115,10 +115,10 @@ async def migrate(dsn: str) -> list[int]:
 
 
 @asynccontextmanager
-async def operator_pool(config: Config) -> AsyncIterator[asyncpg.Pool]:
+async def operator_pool(settings: DatabaseSettings) -> AsyncIterator[asyncpg.Pool]:
     """The CA's database for a one-shot operator command (the embedded one found or started),
     schema current, one connection; closed on exit."""
-    async with database_dsn(config) as dsn:
+    async with database_dsn(settings) as dsn:
         await migrate(dsn)
         pool = await create_pool(dsn, max_size=1)
         try:

@@ -16,11 +16,11 @@ from datetime import datetime
 import asyncpg
 
 from acme_ca.acme.jsontypes import JsonValue
-from acme_ca.config import Config
 from acme_ca.db.audit_chain import AuditChain
 from acme_ca.db.database import operator_pool
 from acme_ca.db.pool import rows_by_id
 from acme_ca.db.requests import StoredRequest, requests_where
+from acme_ca.db.settings import DatabaseSettings
 
 
 @dataclass(frozen=True)
@@ -518,7 +518,7 @@ class AdminStorage:
 
 
 @asynccontextmanager
-async def admin_storage(config: Config) -> AsyncIterator[AdminStorage]:
+async def admin_storage(settings: DatabaseSettings) -> AsyncIterator[AdminStorage]:
     """The CA's database (the embedded one found or started), schema current, one connection."""
-    async with operator_pool(config) as pool:
+    async with operator_pool(settings) as pool:
         yield AdminStorage(ForensicsRepository(pool), AuditChain(pool))

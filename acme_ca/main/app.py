@@ -28,6 +28,7 @@ from acme_ca.db.completions import OrderCompletions
 from acme_ca.db.organizations import OrganizationRepository
 from acme_ca.db.ratelimits import RateLimitRepository
 from acme_ca.db.requests import RequestRecorder
+from acme_ca.db.settings import DatabaseSettings
 from acme_ca.db.storage import Storage, open_storage
 from acme_ca.main.metrics import report_database
 from acme_ca.main.profiles import profile_catalog
@@ -89,12 +90,13 @@ def create_app(
     setup_front_end(app)
     # innermost: inside the problem mapping
     setup_load_shedding(app, LoadSheddingSettings.from_config(config))
+    database = DatabaseSettings.from_config(config)
 
     async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
         app[STORAGE] = await open_storage(
             dsn,
-            max_size=config.database_pool_size,
-            acquire_timeout=config.database_acquire_timeout_seconds,
+            max_size=database.pool_size,
+            acquire_timeout=database.acquire_timeout_seconds,
         )
         unreport = report_database(app[STORAGE], "acme", clock)
         try:
@@ -141,7 +143,7 @@ def create_app(
                 await built.aclose()
 
     async def front_end_ctx(app: web.Application) -> AsyncIterator[None]:
-        async with _rate_limits(config, dsn) as limits:
+        async with _rate_limits(config, dsn, database) as limits:
             app[FRONT_END] = await _front_end(
                 config,
                 clock,
@@ -207,15 +209,15 @@ def create_app(
 
 
 @contextlib.asynccontextmanager
-async def _rate_limits(config: Config, dsn: str) -> AsyncIterator[RateLimitRepository | None]:
+async def _rate_limits(
+    config: Config, dsn: str, database: DatabaseSettings
+) -> AsyncIterator[RateLimitRepository | None]:
     """The rate limits' buckets on a pool of their own (reported as ``pool=ratelimits``), or
     None when the limits are off."""
     if not config.rate_limits_enabled:
         yield None
         return
-    limits = await RateLimitRepository.open(
-        dsn, acquire_timeout=config.database_acquire_timeout_seconds
-    )
+    limits = await RateLimitRepository.open(dsn, acquire_timeout=database.acquire_timeout_seconds)
     unreport = metrics.register_pool("ratelimits", limits.pool)
     try:
         yield limits

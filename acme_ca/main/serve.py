@@ -18,6 +18,7 @@ from acme_ca.ca.settings import HierarchySettings
 from acme_ca.clock import Clock, SystemClock
 from acme_ca.config import Config
 from acme_ca.db.database import database_dsn, ephemeral_database, migrate
+from acme_ca.db.settings import DatabaseSettings
 from acme_ca.deployment import deployment_gate, signing_guard
 from acme_ca.main.app import create_app
 from acme_ca.main.early_cluster import EarlyCluster
@@ -85,7 +86,9 @@ async def serve(
         started = early_cluster.claim() if early_cluster is not None else None
         database = asyncio.create_task(
             stack.enter_async_context(
-                ephemeral_database(config.home / "pg-ephemeral", started=started)
+                ephemeral_database(
+                    DatabaseSettings.from_config(config).ephemeral_data_root, started=started
+                )
             )
         )
         try:
@@ -118,12 +121,13 @@ async def _serve(
     mpic = load_mpic_setup(va.mpic, clock.now())
     stop = stop or asyncio.Event()
     _stop_on_signals(stop)
-    if config.database_url is None:
+    database = DatabaseSettings.from_config(config)
+    if database.url is None:
         log.info("database.embedded", home=str(config.home.resolve()))
     async with contextlib.AsyncExitStack() as stack:
         # First: a metrics port already taken stops the start before anything else runs.
         await stack.enter_async_context(metrics_listener(config, "serve"))
-        dsn = await stack.enter_async_context(database_dsn(config))
+        dsn = await stack.enter_async_context(database_dsn(database))
         applied = await migrate(dsn)
         log.info("database.migrated", applied=applied)
         ct_logs = None
@@ -256,7 +260,7 @@ async def work(
     _stop_on_signals(stop)
     async with contextlib.AsyncExitStack() as stack:
         await stack.enter_async_context(metrics_listener(config, "worker"))
-        dsn = await stack.enter_async_context(database_dsn(config))
+        dsn = await stack.enter_async_context(database_dsn(DatabaseSettings.from_config(config)))
         await migrate(dsn)
         ct_logs = None
         if config.ct_log_list is None:  # embedded defaults: in-process CT test logs

@@ -29,6 +29,7 @@ from acme_ca.clock import Clock
 from acme_ca.config import Config
 from acme_ca.db.advisory import AdvisoryLocks
 from acme_ca.db.organizations import OrganizationRepository
+from acme_ca.db.settings import DatabaseSettings
 from acme_ca.db.status import StatusRepository
 from acme_ca.db.storage import Storage, open_storage
 from acme_ca.main.metrics import report_database
@@ -72,7 +73,7 @@ async def _storage(config: Config, dsn: str) -> AsyncIterator[Storage]:
     storage = await open_storage(
         dsn,
         max_size=4 + min(config.worker_concurrency, 8),
-        acquire_timeout=config.database_acquire_timeout_seconds,
+        acquire_timeout=DatabaseSettings.from_config(config).acquire_timeout_seconds,
     )
     try:
         yield storage

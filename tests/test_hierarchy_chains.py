@@ -6,6 +6,7 @@ integration/test_pebble_chains.py."""
 from __future__ import annotations
 
 import asyncio
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,9 @@ from acme_ca.ca.hierarchy_chains import ChainShape, check_chain_shape
 from acme_ca.ca.issuers_file import IssuerConfigError, alternate_path, read_issuers_file
 from acme_ca.ca.settings import HierarchySettings
 from acme_ca.config import ConfigError, load_config
+from tests.support.pkilint import pkilint
+
+LINT_CERT = Path(sys.executable).parent / "lint_cabf_serverauth_cert"
 
 
 def _config(home: Path, **env: str) -> HierarchySettings:
@@ -67,3 +71,18 @@ def test_alternate_chain_beginning_with_a_stranger_is_refused(tmp_path: Path) ->
     )
     with pytest.raises(IssuerConfigError, match="alternate_chains\\[0\\]"):
         read_issuers_file(config.pki_path)
+
+
+@pytest.mark.skipif(not LINT_CERT.exists(), reason="pkilint not installed in .venv")
+def test_pkilint_finds_nothing_above_notice_in_the_chains(tmp_path: Path) -> None:
+    """Every CA certificate of a two-chain, length-3 hierarchy: the roots, the intermediates
+    above the issuers (anyPolicy, as BR 7.1.2.10.5 allows an affiliated CA) and each issuing
+    CA's certificate in each chain."""
+    settings = _config(tmp_path, PEBBLE_ALTERNATE_ROOTS="1", PEBBLE_CHAIN_LENGTH="3")
+    _init(settings)
+    files = sorted(p.name for p in settings.pki_path.glob("*.pem"))
+    assert len(files) == 2 + 2 * 2 + 4 * 2, files  # roots, intermediates, issuers per chain
+    for name in files:
+        kind = "ROOT-CA" if name.startswith("root") else "INTERNAL-UNCONSTRAINED-TLS-CA"
+        result = pkilint(LINT_CERT, "lint", "-t", kind, "-s", "WARNING", settings.pki_path / name)
+        assert result.returncode == 0, (name, result.stdout + result.stderr)

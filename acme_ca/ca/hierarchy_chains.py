@@ -26,9 +26,8 @@ from datetime import datetime, timedelta
 from typing import Final
 
 from cryptography import x509
-from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.x509.oid import CertificatePoliciesOID, ExtendedKeyUsageOID
 
-from acme_ca.br import DV_POLICY_OID, OV_POLICY_OID
 from acme_ca.ca.hierarchy import (
     ISSUER_VALIDITY,
     ISSUING_CAS,
@@ -144,12 +143,11 @@ async def _intermediate(
     path_length: int,
     not_before: datetime,
     urls: _Urls,
-    policy_oid: str,
 ) -> x509.Certificate:
     """A CA certificate between a root and the issuing CAs: ``path_length`` CA certificates
-    may follow it (BR 7.1.2.2-like: serverAuth only; the DV and OV reserved policies, so both
-    kinds of issuer below it keep theirs)."""
-    oids = dict.fromkeys((DV_POLICY_OID, OV_POLICY_OID, policy_oid))
+    may follow it (BR 7.1.2.2-like: serverAuth only; anyPolicy, which BR 7.1.2.10.5 allows
+    an affiliated CA, so the DV and the OV issuers below it keep their reserved policies;
+    both reserved OIDs together would be pkilint's ca_multiple_reserved_policy_oids)."""
     not_after = min(
         not_before + ISSUER_VALIDITY - timedelta(seconds=1), parent.certificate.not_valid_after_utc
     )
@@ -166,7 +164,7 @@ async def _intermediate(
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(
             x509.CertificatePolicies(
-                [x509.PolicyInformation(x509.ObjectIdentifier(oid), None) for oid in oids]
+                [x509.PolicyInformation(CertificatePoliciesOID.ANY_POLICY, None)]
             ),
             critical=False,
         )
@@ -199,9 +197,7 @@ async def create_chains(
         for level in range(shape.chain_length - 1, 0, -1):
             spec = chain_intermediate(index, level)
             signer, key = await keys.create(spec)
-            cert = await _intermediate(
-                spec, signer, top, level, not_before, urls, settings.policy_oid
-            )
+            cert = await _intermediate(spec, signer, top, level, not_before, urls)
             files[spec.file] = _pem(cert)
             ca_tables.append(_ca_table(spec, key, urls))
             top = _Top(spec, cert, signer, (spec.file, *top.above))

@@ -237,7 +237,7 @@ class DynamicSignedZone:
 
 class ZoneManagement:
     """pebble-challtestsrv's ``/set-txt`` and ``/clear-txt`` verbs over HTTP on 127.0.0.1,
-    for the hook scripts of ``integration/test_interop.py``, changing a
+    for the hook scripts of ``integration/clients.py``, changing a
     :class:`DynamicSignedZone`."""
 
     def __init__(self, zone: DynamicSignedZone) -> None:

@@ -15,8 +15,8 @@ test server from one command, exercised as a client project's CI would use it.
   ``PEBBLE_VA_NOSLEEP``, ``PEBBLE_WFE_NONCEREJECT`` (and the config-key spelling);
 * refusals: test mode with an HSM, and the knobs without test mode.
 
-The helpers at the top (:func:`start_test_mode`, :class:`RunningTestCa`, :func:`mgmt_post`)
-are shared with ``integration/test_interop.py``.
+The helpers (:func:`start_test_mode`, :class:`RunningTestCa`, :func:`mgmt_post`) live in
+``integration/testmode_server.py``, shared with the other test-mode suites.
 """
 
 from __future__ import annotations

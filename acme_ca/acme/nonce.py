@@ -10,7 +10,6 @@ second insert, so a replay, even one racing the first use on another process, fa
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
 import struct
@@ -49,7 +48,8 @@ class NonceCodec:
         self._lifetime = lifetime
 
     def _tag(self, body: bytes) -> bytes:
-        return hmac.new(self._secret, body, hashlib.sha256).digest()[:_TAG_BYTES]
+        # One-shot HMAC (OpenSSL's, no HMAC object): half the cost of hmac.new per call.
+        return hmac.digest(self._secret, body, "sha256")[:_TAG_BYTES]
 
     def make(self, now: datetime) -> str:
         body = _BODY.pack(NONCE_VERSION, int(now.timestamp())) + secrets.token_bytes(_RANDOM_BYTES)

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 from acme_ca import metrics
 from acme_ca.acme import problems
-from acme_ca.acme.nonce import NonceCodec, NonceRejected
+from acme_ca.acme.nonce import NonceCodec, NonceRejected, OpenedNonce
 from acme_ca.acme.problems import AcmeError
 from acme_ca.clock import Clock
 from acme_ca.db.nonces import NonceRepository
@@ -33,8 +33,9 @@ class NonceService:
     def issue(self) -> str:
         return self._codec.make(self._clock.now())
 
-    def check(self, nonce: str) -> bytes:
-        """Check MAC and age without I/O; returns the id to redeem. ``badNonce`` on failure."""
+    def check(self, nonce: str) -> OpenedNonce:
+        """Check MAC and age without I/O; returns the opened nonce that :meth:`redeem` takes,
+        so a request opens its nonce once. ``badNonce`` on failure."""
         try:
             opened = self._codec.open(nonce, self._clock.now())
         except NonceRejected as exc:
@@ -50,17 +51,15 @@ class NonceService:
                     "nonce_reject_percent; retry with a fresh one"
                 )
             )
-        return opened.nonce_id
+        return opened
 
-    async def redeem(self, nonce: str) -> None:
-        """Consume the nonce; a second use anywhere gets ``badNonce``."""
-        opened = self._codec.open(nonce, self._clock.now())
+    async def redeem(self, opened: OpenedNonce) -> None:
+        """Consume the nonce :meth:`check` opened; a second use anywhere gets ``badNonce``."""
         self._redeemed(await self._repo.redeem(opened.nonce_id, opened.expires_at))
 
-    async def redeem_for_account(self, nonce: str, account_id: int) -> str | None:
+    async def redeem_for_account(self, opened: OpenedNonce, account_id: int) -> str | None:
         """:meth:`redeem`, returning the account's current row version from the same round
         trip (None when the account is gone)."""
-        opened = self._codec.open(nonce, self._clock.now())
         fresh, version = await self._repo.redeem_for_account(
             opened.nonce_id, opened.expires_at, account_id
         )

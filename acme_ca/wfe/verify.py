@@ -20,6 +20,7 @@ from acme_ca.acme import problems
 from acme_ca.acme.jwk import Jwk
 from acme_ca.acme.jws import ParsedJws, VerifiedJws, parse_jws, verify_jws
 from acme_ca.acme.messages import Message
+from acme_ca.acme.nonce import OpenedNonce
 from acme_ca.acme.problems import AcmeError
 from acme_ca.acme.status import AccountStatus
 from acme_ca.db.accounts import Account
@@ -77,10 +78,12 @@ async def _account_by_kid(fe: FrontEnd, kid: str, *, read: bool) -> tuple[Cached
     return cached, hit
 
 
-async def _verify_kid(fe: FrontEnd, parsed: ParsedJws, kid: str) -> tuple[VerifiedJws, Account]:
-    """Verify under the ``kid`` account's key and consume the nonce; the account must still
-    be the one verified against when the nonce is consumed (account_cache.py)."""
-    assert parsed.nonce is not None
+async def _verify_kid(
+    fe: FrontEnd, parsed: ParsedJws, kid: str, nonce: OpenedNonce
+) -> tuple[VerifiedJws, Account]:
+    """Verify under the ``kid`` account's key and consume the ``nonce`` (already checked);
+    the account must still be the one verified against when the nonce is consumed
+    (account_cache.py)."""
     cached, hit = await _account_by_kid(fe, kid, read=False)
     try:
         verified = verify_jws(parsed, cached.account.jwk.key)
@@ -91,7 +94,7 @@ async def _verify_kid(fe: FrontEnd, parsed: ParsedJws, kid: str) -> tuple[Verifi
         cached, _ = await _account_by_kid(fe, kid, read=True)
         verified = verify_jws(parsed, cached.account.jwk.key)
     structlog.contextvars.bind_contextvars(account_id=cached.account.id)
-    version = await fe.nonces.redeem_for_account(parsed.nonce, cached.account.id)
+    version = await fe.nonces.redeem_for_account(nonce, cached.account.id)
     if version != cached.version:
         # Changed since it was read: every check again on the account as it stands now; the
         # nonce stays consumed whatever the outcome.
@@ -141,7 +144,7 @@ async def verify_post(
             )
         )
     assert parsed.nonce is not None
-    fe.nonces.check(parsed.nonce)
+    nonce = fe.nonces.check(parsed.nonce)
 
     account: Account | None = None
     if parsed.jwk is not None:
@@ -152,12 +155,12 @@ async def verify_post(
                 )
             )
         verified = verify_jws(parsed, parsed.jwk.key)
-        await fe.nonces.redeem(parsed.nonce)
+        await fe.nonces.redeem(nonce)
     else:
         if mode is KeyMode.JWK:
             raise AcmeError(problems.malformed("this resource requires a 'jwk' header"))
         assert parsed.kid is not None
-        verified, account = await _verify_kid(fe, parsed, parsed.kid)
+        verified, account = await _verify_kid(fe, parsed, parsed.kid, nonce)
     decoded = None
     if message is not None and not (or_post_as_get and verified.is_post_as_get):
         decoded = message.from_json(verified.payload_json())

@@ -362,16 +362,17 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: C901 -- flat dispat
         return 2
     if args.command == "serve":
         configure_logging(config.log_format, config.log_level)
-        early = None
-        if config.ephemeral:  # PostgreSQL boots while the server's modules import
+        early, keys = None, None
+        if config.ephemeral:  # PostgreSQL boots, RSA keys are made, while the server imports
             from acme_ca.db.settings import DatabaseSettings
-            from acme_ca.main.early_cluster import EarlyCluster
+            from acme_ca.main.early_cluster import EarlyCluster, EarlyKeys
 
             early = EarlyCluster(DatabaseSettings.from_config(config).ephemeral_data_root)
+            keys = EarlyKeys()
         from acme_ca.main.serve import serve
 
         try:
-            asyncio.run(serve(config, early_cluster=early))
+            asyncio.run(serve(config, early_cluster=early, early_keys=keys))
         except ConfigError as exc:  # production invariants (docs/production.md), MPIC refusals
             print(f"acme-ca: configuration error: {exc}", file=sys.stderr)
             return 2
@@ -380,6 +381,8 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: C901 -- flat dispat
         finally:
             if early is not None:
                 early.abandon()
+            if keys is not None:
+                keys.close()
         return 0
     if args.command == "remote-va":
         configure_logging(config.log_format, config.log_level)

@@ -86,3 +86,36 @@ def test_pkilint_finds_nothing_above_notice_in_the_chains(tmp_path: Path) -> Non
         kind = "ROOT-CA" if name.startswith("root") else "INTERNAL-UNCONSTRAINED-TLS-CA"
         result = pkilint(LINT_CERT, "lint", "-t", kind, "-s", "WARNING", settings.pki_path / name)
         assert result.returncode == 0, (name, result.stdout + result.stderr)
+
+
+def test_supplied_keys_used_when_they_match_their_type(tmp_path: Path) -> None:
+    """``serve --test --ephemeral`` makes its RSA keys in a child process while it imports
+    (main/early_cluster.EarlyKeys); the key store takes a supplied key only of the type asked
+    for, and generates the rest itself."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from acme_ca.main.early_cluster import EarlyKeys
+
+    x1_key = rsa.generate_private_key(public_exponent=65537, key_size=3072)
+    wrong = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    asked: list[str] = []
+
+    def supplied(key_spec: str) -> rsa.RSAPrivateKey | None:
+        asked.append(key_spec)
+        return x1_key if key_spec == "rsa3072" else wrong if key_spec == "ec-p256" else None
+
+    settings = _config(tmp_path)
+    asyncio.run(init_hierarchy(settings, supplied=supplied))
+    parsed = read_issuers_file(settings.pki_path)
+    x1 = next(e for e in parsed.roots.values() if e.name == "root-x1")
+    assert x1.certificate.public_key() == x1_key.public_key()
+    assert parsed.issuers["dv-ecc"].certificate.public_key() != wrong.public_key()
+    assert sorted(set(asked)) == ["ec-p256", "ec-p384", "rsa2048", "rsa3072"]
+
+    keys = EarlyKeys({"rsa2048": 1})
+    try:
+        first = keys.take("rsa2048")
+        assert isinstance(first, rsa.RSAPrivateKey) and first.key_size == 2048
+        assert keys.take("rsa2048") is None and keys.take("rsa3072") is None
+    finally:
+        keys.close()

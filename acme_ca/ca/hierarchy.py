@@ -45,7 +45,7 @@ import contextlib
 import fcntl
 import json
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -60,7 +60,14 @@ from acme_ca.ca.der import sign_tbs_certificate, throwaway_signed_certificate
 from acme_ca.ca.issuers_file import GENERATED_BY_INIT, ISSUERS_FILE, PURPOSE_POLICY_OIDS
 from acme_ca.ca.pkcs11_signer import Pkcs11Signer, generate_pkcs11_key, resolve_pin
 from acme_ca.ca.settings import HierarchySettings, HsmSettings
-from acme_ca.ca.signer import KeySpec, Signer, SignerError, SoftwareSigner, default_hash
+from acme_ca.ca.signer import (
+    CaPrivateKey,
+    KeySpec,
+    Signer,
+    SignerError,
+    SoftwareSigner,
+    default_hash,
+)
 from acme_ca.clock import Clock, SystemClock
 from acme_ca.log import get_logger
 
@@ -111,14 +118,27 @@ ISSUING_CAS: Final = (
 # --------------------------------------------------------------------------- keys
 
 
+KeySupply = Callable[[KeySpec], CaPrivateKey | None]
+"""Fresh software keys made elsewhere, by type (``serve --test --ephemeral``'s early RSA keys);
+None: generate here."""
+
+
 class _KeyStore:
     """Creates each CA key in the HSM (when configured) or as a 0600 PEM under keys/."""
 
-    def __init__(self, hsm: HsmSettings, pki: Path, label_prefix: str, stack: _Closer) -> None:
+    def __init__(
+        self,
+        hsm: HsmSettings,
+        pki: Path,
+        label_prefix: str,
+        stack: _Closer,
+        supplied: KeySupply | None = None,
+    ) -> None:
         self._hsm = hsm
         self._pki = pki
         self._prefix = label_prefix
         self._closer = stack
+        self._supplied = supplied
         self._pin: str | None = None
 
     @property
@@ -132,7 +152,9 @@ class _KeyStore:
             keys = self._pki / KEYS_DIR
             await asyncio.to_thread(keys.mkdir, mode=0o700, exist_ok=True)
             relative = f"{KEYS_DIR}/{ca.name}.key.pem"
-            signer: Signer = await SoftwareSigner.generate(ca.key_spec, self._pki / relative)
+            signer: Signer = await SoftwareSigner.generate(
+                ca.key_spec, self._pki / relative, supplied=self._supplied
+            )
             self._closer.add(signer)
             return signer, {"key_file": relative}
         token = self._hsm.token_label
@@ -427,13 +449,15 @@ async def init_hierarchy(
     *,
     clock: Clock | None = None,
     key_label_prefix: str = DEFAULT_KEY_LABEL_PREFIX,
+    supplied: KeySupply | None = None,
 ) -> Path:
     """Create the development hierarchy under ``settings.pki_path``; return issuers.toml's path.
 
     Idempotent: with issuers.toml present nothing is done.  ``key_label_prefix`` names the
     HSM keys (``<prefix>-root-r1`` …); tests sharing one token give each run its own.  Test
     mode's ``alternate_roots``/``chain_length`` (Pebble's variables) give Pebble's shape
-    instead (:mod:`acme_ca.ca.hierarchy_chains`).
+    instead (:mod:`acme_ca.ca.hierarchy_chains`).  ``supplied``: software keys made elsewhere
+    (:data:`KeySupply`).
     """
     from acme_ca.ca.hierarchy_chains import ChainShape, create_chains
 
@@ -453,20 +477,17 @@ async def init_hierarchy(
         closer = _Closer()
         try:
             shape = ChainShape.of(settings)
+            keys = _KeyStore(settings.hsm, pki, key_label_prefix, closer, supplied)
             if shape is None:
-                await _create(settings, pki, clock or SystemClock(), key_label_prefix, closer)
+                await _create(settings, pki, clock or SystemClock(), keys)
             else:
-                keys = _KeyStore(settings.hsm, pki, key_label_prefix, closer)
                 await create_chains(settings, clock or SystemClock(), keys, shape)
         finally:
             await closer.aclose()
     return issuers_toml
 
 
-async def _create(
-    settings: HierarchySettings, pki: Path, clock: Clock, label_prefix: str, closer: _Closer
-) -> None:
-    keys = _KeyStore(settings.hsm, pki, label_prefix, closer)
+async def _create(settings: HierarchySettings, pki: Path, clock: Clock, keys: _KeyStore) -> None:
     urls = _Urls(settings.status_base_url.rstrip("/"))
     not_before = clock.now().replace(microsecond=0)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Final, Literal, Protocol, get_args
 
@@ -160,6 +160,17 @@ class SignerPublicKey:
         return signature_algorithm_der(self._public_key, hash)
 
 
+def _matches(key: CaPrivateKey, key_spec: KeySpec) -> bool:
+    """Whether ``key`` is what ``key_spec`` names (type and size or curve)."""
+    match key_spec:
+        case "rsa2048" | "rsa3072":
+            return isinstance(key, rsa.RSAPrivateKey) and key.key_size == int(key_spec[3:])
+        case "ec-p256" | "ec-p384":
+            curve = "secp256r1" if key_spec == "ec-p256" else "secp384r1"
+            return isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == curve
+    return False
+
+
 def _generate_private_key(key_spec: KeySpec) -> CaPrivateKey:
     match key_spec:
         case "rsa2048":
@@ -222,11 +233,21 @@ class SoftwareSigner(SignerPublicKey):
         """Nothing to release; present so both signers share one lifetime."""
 
     @classmethod
-    async def generate(cls, key_spec: KeySpec, path: Path) -> SoftwareSigner:
-        """Create a key, write it as unencrypted PKCS#8 PEM with mode 0600; never overwrite."""
+    async def generate(
+        cls,
+        key_spec: KeySpec,
+        path: Path,
+        *,
+        supplied: Callable[[KeySpec], CaPrivateKey | None] | None = None,
+    ) -> SoftwareSigner:
+        """Create a key, write it as unencrypted PKCS#8 PEM with mode 0600; never overwrite.
+        ``supplied`` may hand over a fresh key of ``key_spec`` generated elsewhere (``serve
+        --test --ephemeral`` makes its RSA keys in a child process while it starts)."""
 
         def work() -> CaPrivateKey:
-            key = _generate_private_key(key_spec)
+            key = supplied(key_spec) if supplied is not None else None
+            if key is None or not _matches(key, key_spec):
+                key = _generate_private_key(key_spec)
             pem = key.private_bytes(
                 serialization.Encoding.PEM,
                 serialization.PrivateFormat.PKCS8,

@@ -12,7 +12,7 @@ from typing import Any
 
 import structlog
 
-from acme_ca.ca.hierarchy import init_hierarchy
+from acme_ca.ca.hierarchy import KeySupply, init_hierarchy
 from acme_ca.ca.issuers_file import ISSUERS_FILE
 from acme_ca.ca.settings import HierarchySettings
 from acme_ca.clock import Clock, SystemClock
@@ -21,7 +21,7 @@ from acme_ca.db.database import database_dsn, ephemeral_database, migrate
 from acme_ca.db.settings import DatabaseSettings
 from acme_ca.deployment import deployment_gate, signing_guard
 from acme_ca.main.app import create_app
-from acme_ca.main.early_cluster import EarlyCluster
+from acme_ca.main.early_cluster import EarlyCluster, EarlyKeys
 from acme_ca.main.metrics import metrics_listener
 from acme_ca.main.status import start_status_server
 from acme_ca.remote_va.primary import build_validator
@@ -41,13 +41,13 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
-async def ensure_hierarchy(config: Config) -> None:
+async def ensure_hierarchy(config: Config, supplied: KeySupply | None = None) -> None:
     """On the embedded defaults (no ``pki_dir`` configured), create the development
     hierarchy on first start; a configured ``pki_dir`` must already hold issuers.toml.  In
     test mode an existing one must have the chains ``alternate_roots``/``chain_length`` ask
     for (Pebble's variables)."""
     if config.pki_dir is None and not (config.pki_path / ISSUERS_FILE).exists():
-        path = await init_hierarchy(HierarchySettings.from_config(config))
+        path = await init_hierarchy(HierarchySettings.from_config(config), supplied=supplied)
         log.warning(
             "pki.development_hierarchy_created",
             issuers=str(path),
@@ -65,12 +65,14 @@ async def serve(
     stop: asyncio.Event | None = None,
     clock: Clock | None = None,
     early_cluster: EarlyCluster | None = None,
+    early_keys: EarlyKeys | None = None,
 ) -> None:
     """Run the CA (:func:`_serve`); with ``ephemeral`` (``serve --test --ephemeral``) in a
     throwaway home made for this run and removed after it, as Pebble forgets everything.
     Only the HTTPS listener's certificate stays in ``home/tls`` (made once, like Pebble's
     fixed one), so clients keep trusting ``$ACME_CA_HOME/tls/ca.pem``.  ``early_cluster``:
-    the ephemeral runs' PostgreSQL, already starting (the CLI's, :mod:`.early_cluster`)."""
+    the ephemeral runs' PostgreSQL, already starting, and ``early_keys`` the new hierarchy's
+    RSA keys, being made (the CLI's, :mod:`.early_cluster`)."""
     if not config.ephemeral:
         await _serve(config, stop=stop, clock=clock)
         return
@@ -92,7 +94,7 @@ async def serve(
             )
         )
         try:
-            await ensure_hierarchy(run)
+            await ensure_hierarchy(run, early_keys.take if early_keys is not None else None)
         finally:
             dsn = await database
         await _serve(replace(run, database_url=dsn), stop=stop, clock=clock)

@@ -8,7 +8,7 @@ import io
 import json
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,23 @@ def certbot_dirs(base: Path) -> list[str]:
     ]  # fmt: skip
 
 
+def certbot_run(
+    argv: Sequence[str], cafile: Path, *, timeout: float = 60, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``argv`` (certbot and its arguments) against a CA whose HTTPS chains to ``cafile``;
+    the run is returned, failed or not."""
+    return subprocess.run(
+        list(argv),
+        capture_output=True,
+        text=True,
+        env=base_env(REQUESTS_CA_BUNDLE=str(cafile)),
+        cwd=cwd,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+
+
 def certbot_certonly(
     tmp_path: Path, ca: CaProcess, cafile: Path, key_type: str, http01_port: int
 ) -> tuple[subprocess.CompletedProcess[str], Path]:
@@ -72,16 +89,7 @@ def certbot_certonly(
         EMAIL,
         *certbot_dirs(certbot_dir),
     ]
-    run = subprocess.run(
-        args,
-        capture_output=True,
-        text=True,
-        env=base_env(REQUESTS_CA_BUNDLE=str(cafile)),
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
-    return run, certbot_dir
+    return certbot_run(args, cafile), certbot_dir
 
 
 def certbot_failure(

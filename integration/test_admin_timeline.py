@@ -32,8 +32,8 @@ from cryptography import x509
 from acme_ca import cli
 from acme_ca.admin.timeline import KINDS
 from acme_ca.log import configure_logging
-from integration.clients import CERTBOT, certbot_dirs, write_hooks
-from integration.processes import CaProcesses, base_env, describe, tail
+from integration.clients import CERTBOT, certbot_dirs, certbot_run, write_hooks
+from integration.processes import CaProcesses, describe, tail
 from integration.testmode_server import RunningTestCa, start_test_mode
 
 pytestmark = pytest.mark.integration
@@ -42,15 +42,11 @@ NAME = "timeline.certbot.example.com"
 
 
 def _certbot(ca: RunningTestCa, work: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    return certbot_run(
         [CERTBOT, *args, "--server", ca.directory_url, "-n", *certbot_dirs(work)],
-        capture_output=True,
-        text=True,
-        env=base_env(REQUESTS_CA_BUNDLE=str(ca.cafile)),
-        cwd=work,
+        ca.cafile,
         timeout=180,
-        stdin=subprocess.DEVNULL,
-        check=False,
+        cwd=work,
     )
 
 

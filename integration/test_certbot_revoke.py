@@ -27,7 +27,7 @@ from cryptography import x509
 from acme_ca.acme import ari
 from acme_ca.keyid import spki_sha256
 from integration.challsrv_thread import ThreadedChallengeServer
-from integration.clients import CERTBOT, certbot_dirs
+from integration.clients import CERTBOT, certbot_dirs, certbot_run
 from integration.processes import CaProcess, CaProcesses, base_env, describe, free_port
 
 pytestmark = pytest.mark.integration
@@ -45,7 +45,7 @@ class Certbot:
         self.http01_port = http01_port
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
+        return certbot_run(
             [
                 CERTBOT,
                 *args,
@@ -54,12 +54,8 @@ class Certbot:
                 "-n",
                 *certbot_dirs(self.base),
             ],
-            capture_output=True,
-            text=True,
-            env=base_env(REQUESTS_CA_BUNDLE=str(self.cafile)),
+            self.cafile,
             timeout=120,
-            stdin=subprocess.DEVNULL,
-            check=False,
         )
 
     def certonly(self, names: list[str], *extra: str) -> subprocess.CompletedProcess[str]:

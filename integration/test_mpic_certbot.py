@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from integration.clients import CERTBOT, certbot_dirs, challenge_records, write_hooks
-from integration.processes import CaProcesses, base_env, describe, tail
+from integration.clients import CERTBOT, certbot_dirs, certbot_run, challenge_records, write_hooks
+from integration.processes import CaProcesses, describe, tail
 from integration.testmode_server import start_test_mode
 
 pytestmark = pytest.mark.integration
@@ -54,16 +54,7 @@ def _certbot(
         "-d",
         NAME,
     ]
-    return subprocess.run(
-        argv,
-        capture_output=True,
-        text=True,
-        env=base_env(REQUESTS_CA_BUNDLE=str(cafile)),
-        cwd=work,
-        timeout=180,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
+    return certbot_run(argv, cafile, timeout=180, cwd=work)
 
 
 async def test_br_mpic_certbot_with_five_perspectives(

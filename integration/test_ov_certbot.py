@@ -28,8 +28,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from acme_ca.embedded_pg import EmbeddedPostgres
-from integration.clients import CERTBOT, blocking_findings, certbot_dirs, openssl_verify
-from integration.processes import base_env, describe, run_cli, tail
+from integration.clients import (
+    CERTBOT,
+    blocking_findings,
+    certbot_dirs,
+    certbot_run,
+    openssl_verify,
+)
+from integration.processes import describe, run_cli, tail
 from integration.testmode_server import (
     QuietProcesses,
     RunningTestCa,
@@ -81,16 +87,7 @@ class OvServer:
             *certbot_dirs(work),
             *args,
         ]
-        run = subprocess.run(
-            argv,
-            capture_output=True,
-            text=True,
-            env=base_env(REQUESTS_CA_BUNDLE=str(self.ca.cafile)),
-            cwd=work,
-            timeout=120,
-            stdin=subprocess.DEVNULL,
-            check=False,
-        )
+        run = certbot_run(argv, self.ca.cafile, timeout=120, cwd=work)
         if ok:
             assert run.returncode == 0, "\n".join(
                 [

@@ -39,9 +39,15 @@ from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsag
 from acme_ca.ca.ct.loglist import parse_log_list
 from acme_ca.ca.ct.sct import certificate_precert_entry, embedded_scts, verify_signature
 from acme_ca.deployment import INVARIANTS
-from integration.clients import CERTBOT, certbot_dirs, challenge_records, openssl_verify
+from integration.clients import (
+    CERTBOT,
+    certbot_dirs,
+    certbot_run,
+    challenge_records,
+    openssl_verify,
+)
 from integration.netns import require_namespaces
-from integration.processes import CaProcess, base_env, describe, free_port, tail
+from integration.processes import CaProcess, describe, free_port, tail
 from integration.production_env import (
     PERSPECTIVES,
     STATUS_BASE_URL,
@@ -109,16 +115,7 @@ def run_certbot(
         "--manual-cleanup-hook", str(env.hooks / "certbot-dns01-cleanup.sh"),
         "--agree-tos", "-m", EMAIL, "-d", name, *args,
     ]  # fmt: skip
-    return subprocess.run(
-        argv,
-        capture_output=True,
-        text=True,
-        env=base_env(REQUESTS_CA_BUNDLE=str(env.cafile)),
-        cwd=work,
-        timeout=CERTBOT_TIMEOUT,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
+    return certbot_run(argv, env.cafile, timeout=CERTBOT_TIMEOUT, cwd=work)
 
 
 def certbot(env: ProductionEnv, work: Path, name: str, key: list[str]) -> None:

@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from josepy.jwa import ES256
 from josepy.jwk import JWKEC
 
-from integration.clients import CERTBOT, certbot_dirs
+from integration.clients import CERTBOT, certbot_dirs, certbot_run
 from integration.processes import CaProcesses, base_env, describe, free_port, run_cli
 from tests.support.jws import JwsClient
 
@@ -73,7 +72,7 @@ def test_serve_embedded_defaults_https_and_certbot_register(
         assert ready[0]["tls_ca"] == str(cafile.resolve())
 
         certbot_dir = tmp_path / "certbot"
-        reg = subprocess.run(
+        reg = certbot_run(
             [
                 CERTBOT,
                 "register",
@@ -85,12 +84,7 @@ def test_serve_embedded_defaults_https_and_certbot_register(
                 "-n",
                 *certbot_dirs(certbot_dir),
             ],
-            capture_output=True,
-            text=True,
-            env=base_env(REQUESTS_CA_BUNDLE=str(cafile)),
-            timeout=60,
-            stdin=subprocess.DEVNULL,
-            check=False,
+            cafile,
         )
         assert reg.returncode == 0, f"certbot register: {describe(reg)}\n{ca.tails()}"
         assert "Account registered" in reg.stdout + reg.stderr, describe(reg)

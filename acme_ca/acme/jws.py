@@ -27,10 +27,12 @@ from acme_ca.acme.problems import AcmeError
 #: ES512 (P-521) is for account keys only, as in Boulder and Pebble; certificate keys stay
 #: P-256/P-384 (``ra/keys.py``).
 ALLOWED_ALGORITHMS = ("RS256", "ES256", "ES384", "ES512")
+#: Per EC algorithm: the curve, the signature algorithm verification uses (built once: it is
+#: immutable) and the length of r and of s in octets.
 _EC_ALGS = {
-    "ES256": ("secp256r1", hashes.SHA256(), 32),
-    "ES384": ("secp384r1", hashes.SHA384(), 48),
-    "ES512": ("secp521r1", hashes.SHA512(), 66),
+    "ES256": ("secp256r1", ec.ECDSA(hashes.SHA256()), 32),
+    "ES384": ("secp384r1", ec.ECDSA(hashes.SHA384()), 48),
+    "ES512": ("secp521r1", ec.ECDSA(hashes.SHA512()), 66),
 }
 
 
@@ -172,12 +174,12 @@ def verify_jws(parsed: ParsedJws, key: PublicKey) -> VerifiedJws:
         if isinstance(key, rsa.RSAPublicKey):
             key.verify(parsed.signature, parsed.signing_input, padding.PKCS1v15(), hashes.SHA256())
         else:
-            _, digest, size = _EC_ALGS[parsed.alg]
+            _, ecdsa, size = _EC_ALGS[parsed.alg]
             if len(parsed.signature) != 2 * size:
                 raise InvalidSignature
             r = int.from_bytes(parsed.signature[:size], "big")
             s = int.from_bytes(parsed.signature[size:], "big")
-            key.verify(encode_dss_signature(r, s), parsed.signing_input, ec.ECDSA(digest))
+            key.verify(encode_dss_signature(r, s), parsed.signing_input, ecdsa)
     except InvalidSignature:
         raise _malformed("JWS signature is invalid") from None
     return VerifiedJws(parsed=parsed, key=key, _token=_VERIFIED)

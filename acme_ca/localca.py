@@ -5,6 +5,8 @@ benchmark's Pebble (``integration/bench``).
 Nothing here is the CA's issuing hierarchy: these are P-256 keys kept in files, for TLS
 between parts the operator runs.  Every caller wants the same two shapes (a path-length-0
 root, and an end-entity certificate with one extended key usage), so they are built once here.
+The key-file writers (:func:`key_pem`, :func:`write_new`) also serve the issuing hierarchy's
+software keys (``ca/signer.py``, ``ca/hierarchy.py``) and the audit archive key.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Final
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import NameOID
 
 BACKDATE: Final = timedelta(hours=1)
@@ -33,7 +36,19 @@ def write_private(path: Path, data: bytes) -> None:
         handle.write(data)
 
 
-def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+def write_new(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Create ``path`` with ``mode`` from the first byte and write ``data`` durably (fsync).
+
+    Never overwrites: an existing file raises :class:`FileExistsError`, so a key or a
+    certificate once written is never replaced by another."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def key_pem(key: PrivateKeyTypes) -> bytes:
     """The unencrypted PKCS#8 PEM of ``key``."""
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()

@@ -17,7 +17,6 @@ import asyncio
 import base64
 import hashlib
 import json
-import os
 import sys
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -35,6 +34,7 @@ from acme_ca.config import Config
 from acme_ca.db.audit_chain import GENESIS, AuditChain, ChainRow, row_hash
 from acme_ca.db.forensics import admin_storage
 from acme_ca.db.settings import DatabaseSettings
+from acme_ca.localca import key_pem, write_new
 
 SIGNATURE_ALGORITHM = "Ed25519"
 
@@ -116,14 +116,7 @@ def load_signing_key(path: Path, *, create: bool) -> Ed25519PrivateKey:
             raise FileNotFoundError(f"no audit signing key at {path}")
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         key = Ed25519PrivateKey.generate()
-        pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(pem)
+        write_new(path, key_pem(key), 0o600)
         return key
     loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
     if not isinstance(loaded, Ed25519PrivateKey):

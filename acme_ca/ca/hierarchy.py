@@ -69,6 +69,7 @@ from acme_ca.ca.signer import (
     default_hash,
 )
 from acme_ca.clock import Clock, SystemClock
+from acme_ca.localca import write_new
 from acme_ca.log import get_logger
 
 _log = get_logger(__name__)
@@ -395,19 +396,11 @@ def _toml_table(header: str, items: Mapping[str, str | list[str] | list[list[str
     return "\n".join(lines) + "\n"
 
 
-def _write_new(path: Path, data: bytes, mode: int = 0o644) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def _write_atomically(path: Path, text: str) -> None:
     """Write via a temporary file and rename, so issuers.toml is either whole or absent."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.unlink(missing_ok=True)
-    _write_new(tmp, text.encode("utf-8"))
+    write_new(tmp, text.encode("utf-8"))
     os.replace(tmp, path)
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
@@ -571,7 +564,7 @@ async def _write_hierarchy(
 
     def write() -> None:
         for name, data in files.items():
-            _write_new(pki / name, data)
+            write_new(pki / name, data)
         _write_atomically(pki / ISSUERS_FILE, text)
 
     await asyncio.to_thread(write)

@@ -10,7 +10,6 @@ signature with the public key (:func:`verify_signature`) before returning it, so
 from __future__ import annotations
 
 import asyncio
-import os
 import stat
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -22,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from acme_ca import metrics
 from acme_ca.keyid import spki_sha256
+from acme_ca.localca import key_pem, write_new
 from acme_ca.log import get_logger
 
 _log = get_logger(__name__)
@@ -248,14 +248,7 @@ class SoftwareSigner(SignerPublicKey):
             key = supplied(key_spec) if supplied is not None else None
             if key is None or not _matches(key, key_spec):
                 key = _generate_private_key(key_spec)
-            pem = key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(pem)
+            write_new(path, key_pem(key), 0o600)
             return key
 
         return cls(await asyncio.to_thread(work), name=_key_name(path))

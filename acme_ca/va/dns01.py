@@ -26,8 +26,8 @@ from acme_ca.clock import Clock, SystemClock
 from acme_ca.va.methods import DcvMethod, applied_for, authorization_domain_name
 from acme_ca.va.records import (
     PRIMARY_PERSPECTIVE,
-    ChallengeRequest,
     CheckResult,
+    KeyAuthorizationCheck,
     ValidationRecord,
     dcv_records,
     dns_record,
@@ -67,7 +67,7 @@ def txt_strings(answer: DnsAnswer) -> list[str]:
     return values
 
 
-class Dns01Validator:
+class Dns01Validator(KeyAuthorizationCheck):
     """Checks the ``_acme-challenge`` TXT RRset through the VA's resolver."""
 
     def __init__(
@@ -80,12 +80,6 @@ class Dns01Validator:
         self._dns = dns
         self._perspective = perspective
         self._clock: Clock = clock or SystemClock()
-
-    async def validate(self, request: ChallengeRequest) -> CheckResult:
-        """The registry's entry point (:class:`acme_ca.va.registry.MethodCheck`)."""
-        return await self.check(
-            request.identifier, request.key_authorization, wildcard=request.wildcard
-        )
 
     async def check(
         self, identifier: str, key_authorization: str, *, wildcard: bool = False

@@ -17,6 +17,7 @@ records written before them, or by a remote VA of an older version, still read.
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -221,6 +222,23 @@ class ChallengeRequest:
     token: str
     key_authorization: str
     account_uri: str
+
+
+class KeyAuthorizationCheck(ABC):
+    """A method whose check needs only the name, its wildcard flag and the key authorization
+    (dns-01, tls-alpn-01): :meth:`validate`, the registry's entry point
+    (:class:`acme_ca.va.registry.MethodCheck`), hands those to :meth:`check`."""
+
+    async def validate(self, request: ChallengeRequest) -> CheckResult:
+        return await self.check(
+            request.identifier, request.key_authorization, wildcard=request.wildcard
+        )
+
+    @abstractmethod
+    async def check(
+        self, identifier: str, key_authorization: str, *, wildcard: bool = False
+    ) -> CheckResult:
+        """Never raises for what the network answered: every failure is a problem."""
 
 
 @dataclass(frozen=True)

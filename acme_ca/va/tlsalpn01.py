@@ -55,8 +55,8 @@ from acme_ca.va.methods import (
 )
 from acme_ca.va.records import (
     PRIMARY_PERSPECTIVE,
-    ChallengeRequest,
     CheckResult,
+    KeyAuthorizationCheck,
     ValidationRecord,
     dcv_records,
     truncate,
@@ -242,7 +242,7 @@ class _AttemptFailed(Exception):
         self.problem = problem
 
 
-class TlsAlpn01Validator:
+class TlsAlpn01Validator(KeyAuthorizationCheck):
     """Connects to ``port`` of the FQDN's allowed addresses and judges the ``acme-tls/1``
     certificate; ``address_policy`` as for http-01 (tests pass one allowing loopback)."""
 
@@ -265,12 +265,6 @@ class TlsAlpn01Validator:
         self._perspective = perspective
         self._clock: Clock = clock or SystemClock()
         self._tls = client_context()
-
-    async def validate(self, request: ChallengeRequest) -> CheckResult:
-        """The registry's entry point (:class:`acme_ca.va.registry.MethodCheck`)."""
-        return await self.check(
-            request.identifier, request.key_authorization, wildcard=request.wildcard
-        )
 
     async def check(
         self, identifier: str, key_authorization: str, *, wildcard: bool = False

@@ -20,6 +20,7 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 
 import asyncpg
 import structlog
@@ -59,6 +60,12 @@ class ChainRow:
     prev_hash: bytes
     hash: bytes
 
+    @cached_property
+    def details(self) -> dict[str, JsonValue]:
+        """``details_text`` parsed (the operator tools' reading of the row)."""
+        parsed: dict[str, JsonValue] = json.loads(self.details_text)
+        return parsed
+
 
 def _field(value: str | None) -> bytes:
     if value is None:
@@ -94,10 +101,11 @@ _COLUMNS = (
     "id, at, event, actor, account_id, order_id, request_id, details::text AS details_text, "
     "prev_hash, hash"
 )
-_ROWS = f"SELECT {_COLUMNS} FROM audit_events"  # noqa: S608 - constant names
+AUDIT_ROWS = f"SELECT {_COLUMNS} FROM audit_events"  # noqa: S608 - constant names
 
 
-def _row(r: asyncpg.Record) -> ChainRow:
+def chain_row(r: asyncpg.Record) -> ChainRow:
+    """The :class:`ChainRow` of a row selected by :data:`AUDIT_ROWS`."""
     return ChainRow(
         id=r["id"],
         at=r["at"],
@@ -121,12 +129,12 @@ async def chain_rows(
 ) -> AsyncIterator[ChainRow]:
     """Rows in chain (id) order, ``since <= at < until`` when given, read in batches by id."""
     query = (
-        _ROWS + " WHERE id > $1 "
+        AUDIT_ROWS + " WHERE id > $1 "
         "AND ($2::timestamptz IS NULL OR at >= $2) AND ($3::timestamptz IS NULL OR at < $3) "
         "ORDER BY id LIMIT $4"
     )
     async for r in rows_by_id(pool, query, since, until, batch=batch):
-        yield _row(r)
+        yield chain_row(r)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from datetime import datetime
 import asyncpg
 
 from acme_ca.acme.jsontypes import JsonValue
-from acme_ca.db.audit_chain import AuditChain
+from acme_ca.db.audit_chain import AUDIT_ROWS, AuditChain, ChainRow, chain_row
 from acme_ca.db.database import operator_pool
 from acme_ca.db.pool import rows_by_id
 from acme_ca.db.requests import StoredRequest, requests_where
@@ -121,18 +121,6 @@ class CrlFacts:
 
 
 @dataclass(frozen=True)
-class AuditFacts:
-    id: int
-    at: datetime
-    event: str
-    actor: str
-    account_id: int | None
-    order_id: int | None
-    request_id: str | None
-    details: dict[str, JsonValue]
-
-
-@dataclass(frozen=True)
 class AccountFacts:
     id: int
     status: str
@@ -155,7 +143,7 @@ class OrderRecord:
     ocsp: tuple[OcspFacts, ...]
     crls: tuple[CrlFacts, ...]
     requests: tuple[StoredRequest, ...]
-    audit: tuple[AuditFacts, ...]
+    audit: tuple[ChainRow, ...]
 
 
 _CERT_COLUMNS = (
@@ -183,19 +171,6 @@ def _cert(r: asyncpg.Record, *, precertificate: bool) -> CertFacts:
         revocation_reason=r["revocation_reason"],
         created_at=r["created_at"],
         spki_sha256=bytes(r["spki_sha256"]) if r["spki_sha256"] is not None else None,
-    )
-
-
-def _audit(r: asyncpg.Record) -> AuditFacts:
-    return AuditFacts(
-        id=r["id"],
-        at=r["at"],
-        event=r["event"],
-        actor=r["actor"],
-        account_id=r["account_id"],
-        order_id=r["order_id"],
-        request_id=r["request_id"],
-        details=r["details"],
     )
 
 
@@ -295,11 +270,10 @@ class ForensicsRepository:
         authz_ids = tuple(a.id for a in authzs)
         challenge_ids = tuple(ch.id for a in authzs for ch in a.challenges)
         audit = [
-            _audit(r)
+            chain_row(r)
             for r in await self._pool.fetch(
-                """SELECT id, at, event, actor, account_id, order_id, request_id, details
-                   FROM audit_events
-                   WHERE order_id = $1
+                AUDIT_ROWS
+                + """ WHERE order_id = $1
                       OR (details ? 'authz_id' AND (details->>'authz_id')::bigint = ANY($2))
                       OR (details ? 'serial' AND details->>'serial' = $3)
                    ORDER BY id""",
@@ -455,14 +429,13 @@ class ForensicsRepository:
         )
         return [_cert(r, precertificate=False) for r in rows]
 
-    async def account_audit(self, account_id: int, limit: int = 200) -> list[AuditFacts]:
+    async def account_audit(self, account_id: int, limit: int = 200) -> list[ChainRow]:
         rows = await self._pool.fetch(
-            """SELECT id, at, event, actor, account_id, order_id, request_id, details
-               FROM audit_events WHERE account_id = $1 ORDER BY id DESC LIMIT $2""",
+            AUDIT_ROWS + " WHERE account_id = $1 ORDER BY id DESC LIMIT $2",
             account_id,
             limit,
         )
-        return [_audit(r) for r in reversed(rows)]
+        return [chain_row(r) for r in reversed(rows)]
 
     async def account_requests(self, account_id: int, limit: int = 200) -> list[StoredRequest]:
         return (await requests_where(self._pool, account_id=account_id))[-limit:]

@@ -30,11 +30,11 @@ from acme_ca.db.audit import record_event
 from acme_ca.db.audit_chain import (
     GENESIS,
     REQUESTS_RETIRED_EVENT,
+    REQUESTS_TABLE,
     AuditChain,
     chain_rows,
     partitions,
     retire_partitions,
-    retire_request_partitions,
     row_hash,
     verify_chain,
 )
@@ -246,9 +246,15 @@ async def test_cp_5_4_3_retention_moves_requests_months_never_before_seven_years
     await store_request(pool, utc(2018, 2, 27), "feb")
     await store_request(pool, utc(2026, 11, 30), "recent")
     with pytest.raises(ValueError, match=r"CP 5\.4\.3"):
-        await retire_request_partitions(pool, utc(2025, 2, 14), timedelta(days=2556), actor="t")
-    assert not await retire_request_partitions(pool, utc(2025, 1, 31), SEVEN_YEARS, actor="t")
-    retired = await retire_request_partitions(pool, utc(2025, 2, 14), SEVEN_YEARS, actor="op")
+        await retire_partitions(
+            pool, utc(2025, 2, 14), timedelta(days=2556), actor="t", table=REQUESTS_TABLE
+        )
+    assert not await retire_partitions(
+        pool, utc(2025, 1, 31), SEVEN_YEARS, actor="t", table=REQUESTS_TABLE
+    )
+    retired = await retire_partitions(
+        pool, utc(2025, 2, 14), SEVEN_YEARS, actor="op", table=REQUESTS_TABLE
+    )
     assert [(p.name, p.rows, p.archived_as) for p in retired] == [
         ("requests_y2018m01", 1, "audit_archive.requests_y2018m01")
     ]

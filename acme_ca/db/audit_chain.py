@@ -9,7 +9,8 @@ by triggers); a month leaves only whole, by :func:`retire_partitions`, once all 
 older than the retention period (CP 5.4.3, 5.5.2: seven years), and that move is itself an
 audit row recording the retired ids and their last hashes, so the chain stays checkable
 across it. The stored ``requests`` (db/requests.py) are part of the same record and are
-kept the same way, by month, with the same period (:func:`retire_request_partitions`).
+kept the same way, by month, with the same period (:func:`retire_partitions`,
+``table=REQUESTS_TABLE``).
 """
 
 from __future__ import annotations
@@ -340,6 +341,38 @@ def _runs(ids: Sequence[int]) -> list[tuple[int, int]]:
     return runs
 
 
+Summary = Callable[[asyncpg.Connection, str], Awaitable[tuple[int, dict[str, JsonValue]]]]
+"""A retiring month's row count and what its retirement row records of it."""
+
+
+async def _audit_summary(conn: asyncpg.Connection, name: str) -> tuple[int, dict[str, JsonValue]]:
+    """The retired ids (as runs) with the hash of each run's last row (for verify_chain)."""
+    rows = await conn.fetch(f'SELECT id, hash FROM "{name}" ORDER BY id')  # noqa: S608
+    hashes = {r["id"]: bytes(r["hash"]).hex() for r in rows}
+    runs: list[JsonValue] = [
+        {"first": a, "last": b, "last_hash": hashes[b]} for a, b in _runs(list(hashes))
+    ]
+    return len(rows), {"id_runs": runs}
+
+
+async def _requests_summary(
+    conn: asyncpg.Connection, name: str
+) -> tuple[int, dict[str, JsonValue]]:
+    """The first and last request id."""
+    r = await conn.fetchrow(
+        f'SELECT count(*) AS n, min(id) AS first, max(id) AS last FROM "{name}"'  # noqa: S608
+    )
+    assert r is not None
+    return r["n"], {"first_id": r["first"], "last_id": r["last"]}
+
+
+_RETIREMENTS: dict[str, tuple[str, Summary]] = {
+    AUDIT_TABLE: (RETIRED_EVENT, _audit_summary),
+    REQUESTS_TABLE: (REQUESTS_RETIRED_EVENT, _requests_summary),
+}
+"""Each retiring table's audit event and summary."""
+
+
 async def retire_partitions(
     pool: asyncpg.Pool,
     now: datetime,
@@ -347,64 +380,19 @@ async def retire_partitions(
     *,
     actor: str,
     dry_run: bool = False,
+    table: str = AUDIT_TABLE,
 ) -> list[RetiredPartition]:
-    """Move each ``audit_events`` month wholly older than ``now - retention`` to the
-    ``audit_archive`` schema.
+    """Move each month of ``table`` (``audit_events`` or ``requests``) wholly older than
+    ``now - retention`` to the ``audit_archive`` schema.
 
     Never earlier: a month leaves only when its last instant is past the retention period.
     The partition is detached (no row trigger fires: rows are not deleted one by one) and
     kept in ``audit_archive`` for the operator to export and drop. In the same transaction
-    an ``audit.partition_retired`` row records the retired ids (as runs) with the hash of
-    each run's last row, which :func:`verify_chain` uses to check the link across the gap.
+    an audit row records the move: ``audit.partition_retired`` with the retired ids (as
+    runs) and the hash of each run's last row, which :func:`verify_chain` uses to check the
+    link across the gap; ``requests.partition_retired`` with the first and last request id.
     """
-
-    async def summary(conn: asyncpg.Connection, name: str) -> tuple[int, dict[str, JsonValue]]:
-        rows = await conn.fetch(f'SELECT id, hash FROM "{name}" ORDER BY id')  # noqa: S608
-        hashes = {r["id"]: bytes(r["hash"]).hex() for r in rows}
-        runs: list[JsonValue] = [
-            {"first": a, "last": b, "last_hash": hashes[b]} for a, b in _runs(list(hashes))
-        ]
-        return len(rows), {"id_runs": runs}
-
-    return await _retire_months(
-        pool, AUDIT_TABLE, RETIRED_EVENT, summary, now, retention, actor, dry_run
-    )
-
-
-async def retire_request_partitions(
-    pool: asyncpg.Pool,
-    now: datetime,
-    retention: timedelta,
-    *,
-    actor: str,
-    dry_run: bool = False,
-) -> list[RetiredPartition]:
-    """Move each ``requests`` month wholly older than ``now - retention`` to
-    ``audit_archive``, as :func:`retire_partitions` does for ``audit_events``; the move is
-    a ``requests.partition_retired`` audit row naming the first and last request id."""
-
-    async def summary(conn: asyncpg.Connection, name: str) -> tuple[int, dict[str, JsonValue]]:
-        r = await conn.fetchrow(
-            f'SELECT count(*) AS n, min(id) AS first, max(id) AS last FROM "{name}"'  # noqa: S608
-        )
-        assert r is not None
-        return r["n"], {"first_id": r["first"], "last_id": r["last"]}
-
-    return await _retire_months(
-        pool, REQUESTS_TABLE, REQUESTS_RETIRED_EVENT, summary, now, retention, actor, dry_run
-    )
-
-
-async def _retire_months(
-    pool: asyncpg.Pool,
-    table: str,
-    event: str,
-    summary: Callable[[asyncpg.Connection, str], Awaitable[tuple[int, dict[str, JsonValue]]]],
-    now: datetime,
-    retention: timedelta,
-    actor: str,
-    dry_run: bool,
-) -> list[RetiredPartition]:
+    event, summary = _RETIREMENTS[table]
     if retention < RETENTION_FLOOR:
         raise ValueError(
             f"retention of {retention.days} days is below {RETENTION_FLOOR.days} "
@@ -468,6 +456,6 @@ class AuditChain:
     async def retire_requests(
         self, now: datetime, retention: timedelta, *, actor: str, dry_run: bool = False
     ) -> list[RetiredPartition]:
-        return await retire_request_partitions(
-            self._pool, now, retention, actor=actor, dry_run=dry_run
+        return await retire_partitions(
+            self._pool, now, retention, actor=actor, dry_run=dry_run, table=REQUESTS_TABLE
         )

@@ -19,7 +19,7 @@ from acme_ca.acme.jsontypes import JsonValue
 from acme_ca.db.audit_chain import AUDIT_ROWS, AuditChain, ChainRow, chain_row
 from acme_ca.db.database import operator_pool
 from acme_ca.db.pool import rows_by_id
-from acme_ca.db.requests import StoredRequest, requests_where
+from acme_ca.db.requests import RequestRow, requests_where
 from acme_ca.db.settings import DatabaseSettings
 
 
@@ -142,7 +142,7 @@ class OrderRecord:
     certificate: CertFacts | None
     ocsp: tuple[OcspFacts, ...]
     crls: tuple[CrlFacts, ...]
-    requests: tuple[StoredRequest, ...]
+    requests: tuple[RequestRow, ...]
     audit: tuple[ChainRow, ...]
 
 
@@ -301,7 +301,7 @@ class ForensicsRepository:
             certificate=cert,
             ocsp=ocsp,
             crls=crls,
-            requests=tuple(sorted(reqs, key=lambda r: (r.at, r.id))),
+            requests=tuple(sorted(reqs, key=lambda r: r.at)),  # stable: each batch is by (at, id)
             audit=tuple(audit),
         )
 
@@ -437,7 +437,7 @@ class ForensicsRepository:
         )
         return [chain_row(r) for r in reversed(rows)]
 
-    async def account_requests(self, account_id: int, limit: int = 200) -> list[StoredRequest]:
+    async def account_requests(self, account_id: int, limit: int = 200) -> list[RequestRow]:
         return (await requests_where(self._pool, account_id=account_id))[-limit:]
 
     async def orders_for_domain(self, domain: str, since: datetime | None) -> list[OrderFacts]:

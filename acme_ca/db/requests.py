@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
 
@@ -47,7 +46,7 @@ class RequestRow(NamedTuple):
 
 
 COLUMNS = RequestRow._fields
-_SELECT = f"SELECT id, {', '.join(COLUMNS)} FROM requests"  # noqa: S608 - constant names
+_SELECT = f"SELECT {', '.join(COLUMNS)} FROM requests"  # noqa: S608 - constant names
 
 
 class RequestRecorder:
@@ -116,27 +115,6 @@ class RequestRecorder:
         await self.flush()
 
 
-@dataclass(frozen=True)
-class StoredRequest:
-    """A stored request row with its id (for timelines)."""
-
-    id: int
-    at: datetime
-    method: str
-    path: str
-    status: int
-    problem: str | None
-    duration_ms: float
-    user_agent: str
-    source: str | None
-    request_id: str
-    account_id: int | None
-    order_id: int | None
-    authz_id: int | None
-    challenge_id: int | None
-    certificate_id: int | None
-
-
 async def requests_where(
     pool: asyncpg.Pool,
     *,
@@ -146,8 +124,8 @@ async def requests_where(
     challenge_ids: tuple[int, ...] = (),
     certificate_id: int | None = None,
     account_id: int | None = None,
-) -> list[StoredRequest]:
-    """Requests matching any of the given ids, oldest first."""
+) -> list[RequestRow]:
+    """Requests matching any of the given ids, oldest first, as they were recorded."""
     records = await pool.fetch(
         _SELECT + " WHERE request_id = $1 "
         "OR order_id = $2 OR authz_id = ANY($3::bigint[]) OR challenge_id = ANY($4::bigint[]) "
@@ -159,4 +137,4 @@ async def requests_where(
         certificate_id,
         account_id,
     )
-    return [StoredRequest(**{k: r[k] for k in ("id", *COLUMNS)}) for r in records]
+    return [RequestRow(*r) for r in records]

@@ -33,7 +33,7 @@ from acme_ca.acme import problems
 from acme_ca.acme.problems import Problem
 from acme_ca.psl import public_suffix_list, registrable_domain
 from acme_ca.va.methods import DcvMethod
-from acme_ca.va.records import Method, ValidationRecord, dns_record
+from acme_ca.va.records import ValidationRecord, dns_record
 from acme_ca.va.resolver import DnsAnswer, DnsClient
 
 
@@ -92,14 +92,12 @@ class AdnWalker:
         dns: DnsClient,
         method: DcvMethod,
         *,
-        record_method: Method,
         perspective: str,
         now: Callable[[], datetime],
     ) -> None:
         self._dns = dns
         self._method = method
         public_suffix_list()  # parsed (~0.1-0.5 s) when the VA is built, not mid-validation
-        self._record_method = record_method
         self._perspective = perspective
         self._now = now
 
@@ -108,7 +106,7 @@ class AdnWalker:
         at = self._now()
         answer = await self._dns.query(name, "TXT")
         record = dns_record(
-            answer, method=self._record_method, hostname=adn, at=at, perspective=self._perspective
+            answer, method=self._method.label, hostname=adn, at=at, perspective=self._perspective
         )
         return AdnLookup(adn=adn, name=name, answer=answer, record=record)
 

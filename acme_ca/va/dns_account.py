@@ -75,13 +75,7 @@ class DnsAccountValidator:
         clock: Clock | None = None,
     ) -> None:
         self._clock: Clock = clock or SystemClock()
-        self._walker = AdnWalker(
-            dns,
-            METHOD,
-            record_method=LABEL,
-            perspective=perspective,
-            now=self._clock.now,
-        )
+        self._walker = AdnWalker(dns, METHOD, perspective=perspective, now=self._clock.now)
 
     async def validate(self, request: ChallengeRequest) -> CheckResult:
         """The registry's entry point."""

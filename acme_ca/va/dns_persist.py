@@ -200,13 +200,7 @@ class DnsPersistValidator:
     ) -> None:
         self.issuers = issuer_domain_names(issuers)
         self._clock: Clock = clock or SystemClock()
-        self._walker = AdnWalker(
-            dns,
-            METHOD,
-            record_method=LABEL,
-            perspective=perspective,
-            now=self._clock.now,
-        )
+        self._walker = AdnWalker(dns, METHOD, perspective=perspective, now=self._clock.now)
 
     def expected_value(self, account_uri: str) -> str:
         """What a record must hold, for records and problems."""

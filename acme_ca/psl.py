@@ -36,3 +36,11 @@ def registrable_domain(name: str) -> str | None:
         name.rstrip(".").lower(), accept_unknown=False
     )
     return found
+
+
+def parse_public_suffix_lists() -> None:
+    """Parse both lists now (blocking, ~0.1 s of CPU): ``serve`` calls it in a thread, before
+    the listener opens outside test mode and just after it in test mode (issue 21 item 8), so
+    neither the start nor a validation parses on the event loop."""
+    icann_public_suffix_list()
+    public_suffix_list()

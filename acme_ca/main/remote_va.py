@@ -17,6 +17,7 @@ from aiohttp import web
 from acme_ca.clock import SystemClock
 from acme_ca.config import Config
 from acme_ca.main.metrics import metrics_listener
+from acme_ca.psl import parse_public_suffix_lists
 from acme_ca.remote_va.server import make_remote_va_app
 from acme_ca.remote_va.settings import RemoteVaSettings
 from acme_ca.va.mtls import server_context
@@ -52,6 +53,8 @@ async def run_remote_va(config: Config, *, stop: asyncio.Event | None = None) ->
     context = await asyncio.to_thread(
         server_context, settings.tls_cert, settings.tls_key, settings.client_ca
     )
+    # Before listening: no validation parses the Public Suffix List on the event loop.
+    await asyncio.to_thread(parse_public_suffix_lists)
     identity = settings.identity
     app = make_remote_va_app(
         identity, remote_authority_factory(settings.va, SystemClock(), identity.perspective_id)

@@ -24,6 +24,7 @@ from acme_ca.main.app import create_app
 from acme_ca.main.early_cluster import EarlyCluster, EarlyKeys
 from acme_ca.main.metrics import metrics_listener
 from acme_ca.main.status import start_status_server
+from acme_ca.psl import parse_public_suffix_lists
 from acme_ca.remote_va.primary import build_validator
 from acme_ca.tls import ensure_local_tls, server_ssl_context
 from acme_ca.va.authority import ValidationAuthority
@@ -186,6 +187,7 @@ async def _serve(
         # (issue 21 item 8: ready within 1.5 s; a finalize just waits for it).
         if config.serve_worker and not config.test_mode:
             worker = start_worker()
+        await _parse_public_suffix_lists(config, ready=False)
         ssl_context = await asyncio.to_thread(server_ssl_context, config)
         validator = build_validator(va, clock, mpic)
         if isinstance(validator, ValidationAuthority):
@@ -229,6 +231,7 @@ async def _serve(
             if mpic.perspectives
             else "off",
         )
+        await _parse_public_suffix_lists(config, ready=True)
         if config.serve_worker and worker is None:
             worker = start_worker()
         waiters: list[asyncio.Task[Any]] = [asyncio.create_task(stop.wait())]
@@ -241,6 +244,14 @@ async def _serve(
         if worker is not None and worker in done:
             worker.result()  # a worker that died takes the server down: surface why
         log.info("server.stopping")
+
+
+async def _parse_public_suffix_lists(config: Config, *, ready: bool) -> None:
+    """Parse the Public Suffix List (identifier policy, ADN walk) in a thread, never on the
+    event loop: before the listener opens outside test mode, just after it in test mode, so
+    ``serve --test`` is ready sooner (issue 21 item 8)."""
+    if ready == config.test_mode:
+        await asyncio.to_thread(parse_public_suffix_lists)
 
 
 async def _stop_worker(worker: asyncio.Task[None], worker_stop: asyncio.Event) -> None:

@@ -208,7 +208,13 @@ class IdentifierPolicy:
         self.max_names = max_names
         self.special_use_names = special_use_names
         self.blocked_names = frozenset(n.lower().rstrip(".") for n in blocked_names)
-        self._psl = psl if psl is not None else icann_public_suffix_list()
+        self._given_psl = psl
+
+    @property
+    def _psl(self) -> PublicSuffixList:
+        # The shared list is parsed on first use, not here: serve parses it off the event
+        # loop (acme_ca.psl.parse_public_suffix_lists), in test mode after ready.
+        return self._given_psl if self._given_psl is not None else icann_public_suffix_list()
 
     def rejection_reason(self, identifier: Identifier) -> str | None:
         """The first rule ``identifier`` breaks (a ``REASON_*`` constant), or None if it is fine."""

@@ -31,7 +31,7 @@ from datetime import datetime
 
 from acme_ca.acme import problems
 from acme_ca.acme.problems import Problem
-from acme_ca.psl import public_suffix_list, registrable_domain
+from acme_ca.psl import registrable_domain
 from acme_ca.va.methods import DcvMethod
 from acme_ca.va.records import ValidationRecord, dns_record
 from acme_ca.va.resolver import DnsAnswer, DnsClient
@@ -97,7 +97,6 @@ class AdnWalker:
     ) -> None:
         self._dns = dns
         self._method = method
-        public_suffix_list()  # parsed (~0.1-0.5 s) when the VA is built, not mid-validation
         self._perspective = perspective
         self._now = now
 

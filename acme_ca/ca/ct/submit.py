@@ -31,7 +31,7 @@ import contextlib
 import email.utils
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, TypedDict
@@ -154,6 +154,28 @@ def _retry_after(value: str | None, now: datetime) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, (when - now).total_seconds())
+
+
+@contextlib.contextmanager
+def _timed(ct_log: CtLog, call: str) -> Iterator[None]:
+    """Observe one submission's time and outcome in ``ct_submission_time_seconds``:
+    ``success``, the :class:`_LogFailed` status, ``error``, or ``canceled`` (a hedged
+    submission no longer needed)."""
+    kind = "final" if call == "add-chain" else "precert"
+    started = time.perf_counter()
+    status = "canceled"
+    try:
+        yield
+    except _LogFailed as e:
+        status = e.status
+        raise
+    except Exception:
+        status = "error"
+        raise
+    else:
+        status = "success"
+    finally:
+        metrics.observe_ct_submission(ct_log.name, kind, status, time.perf_counter() - started)
 
 
 def _b64(cert: x509.Certificate) -> str:
@@ -356,73 +378,51 @@ class CertificateTransparency:
         body: AddChain,
         verify: Callable[[CtLog, SignedCertificateTimestamp], None],
     ) -> SignedCertificateTimestamp:
-        """:meth:`_post` to one log, recorded as ``ct_submission_time_seconds``."""
-        kind = "final" if call == "add-chain" else "precert"
-        started = time.perf_counter()
-        status = "canceled"  # a hedged submission no longer needed
-        try:
-            sct = await self._post(ct_log, call, body, verify)
-        except _LogFailed as e:
-            status = e.status
-            raise
-        except Exception:
-            status = "error"
-            raise
-        else:
-            status = "success"
-        finally:
-            metrics.observe_ct_submission(ct_log.name, kind, status, time.perf_counter() - started)
-        return sct
-
-    async def _post(
-        self,
-        ct_log: CtLog,
-        call: str,
-        body: AddChain,
-        verify: Callable[[CtLog, SignedCertificateTimestamp], None],
-    ) -> SignedCertificateTimestamp:
-        loop = asyncio.get_running_loop()
-        budget = self.settings.timeout
-        budget_end = loop.time() + budget
-        url = ct_log.endpoint(call)
-        tries = 0
-        while True:
-            tries += 1
-            remaining = budget_end - loop.time()
-            if remaining <= 0:
-                raise _LogFailed(f"no SCT within {budget:g} s", "timeout")
-            retry_after_header = None
-            try:
-                async with asyncio.timeout(remaining):
-                    async with self._http().post(url, json=body) as response:
-                        status = response.status
-                        retry_after_header = response.headers.get("Retry-After")
-                        payload = await response.read()
-            except TimeoutError:
-                raise _LogFailed(f"no answer within {budget:g} s", "timeout") from None
-            except aiohttp.ClientError as e:
-                status, payload = 0, str(e).encode()
-            if status == 200:
+        """POST ``body`` to one log's ``call``, retrying 429/5xx/connection failures within
+        the budget, recorded as ``ct_submission_time_seconds``."""
+        with _timed(ct_log, call):
+            loop = asyncio.get_running_loop()
+            budget = self.settings.timeout
+            budget_end = loop.time() + budget
+            url = ct_log.endpoint(call)
+            tries = 0
+            while True:
+                tries += 1
+                remaining = budget_end - loop.time()
+                if remaining <= 0:
+                    raise _LogFailed(f"no SCT within {budget:g} s", "timeout")
+                retry_after_header = None
                 try:
-                    sct = SignedCertificateTimestamp.from_json(json.loads(payload))
-                    verify(ct_log, sct)
-                except (ValueError, SctError) as e:
-                    raise _LogFailed(f"SCT rejected: {e}", "invalid_sct") from None
-                return sct
-            what = f"HTTP {status}" if status else f"connection failed ({payload.decode()})"
-            if status == 429 or status >= 500 or status == 0:
-                wait = _retry_after(retry_after_header, self._clock.now())
-                pause = self.settings.retry_pause if wait is None else wait
-                if tries >= MAX_TRIES or loop.time() + pause >= budget_end:
-                    if wait is not None:
-                        self._held[ct_log.log_id] = loop.time() + wait
-                        what += f", Retry-After {wait:g} s"
-                    raise _LogFailed(f"{what} after {tries} tries", "unavailable")
-                log.info("ct.submission_retry", log=ct_log.name, status=status, pause=pause)
-                await asyncio.sleep(pause)
-                continue
-            detail = payload[:200].decode(errors="replace").strip()
-            raise _LogFailed(f"{what}: {detail}" if detail else what, "rejected")
+                    async with asyncio.timeout(remaining):
+                        async with self._http().post(url, json=body) as response:
+                            status = response.status
+                            retry_after_header = response.headers.get("Retry-After")
+                            payload = await response.read()
+                except TimeoutError:
+                    raise _LogFailed(f"no answer within {budget:g} s", "timeout") from None
+                except aiohttp.ClientError as e:
+                    status, payload = 0, str(e).encode()
+                if status == 200:
+                    try:
+                        sct = SignedCertificateTimestamp.from_json(json.loads(payload))
+                        verify(ct_log, sct)
+                    except (ValueError, SctError) as e:
+                        raise _LogFailed(f"SCT rejected: {e}", "invalid_sct") from None
+                    return sct
+                what = f"HTTP {status}" if status else f"connection failed ({payload.decode()})"
+                if status == 429 or status >= 500 or status == 0:
+                    wait = _retry_after(retry_after_header, self._clock.now())
+                    pause = self.settings.retry_pause if wait is None else wait
+                    if tries >= MAX_TRIES or loop.time() + pause >= budget_end:
+                        if wait is not None:
+                            self._held[ct_log.log_id] = loop.time() + wait
+                            what += f", Retry-After {wait:g} s"
+                        raise _LogFailed(f"{what} after {tries} tries", "unavailable")
+                    log.info("ct.submission_retry", log=ct_log.name, status=status, pause=pause)
+                    await asyncio.sleep(pause)
+                    continue
+                detail = payload[:200].decode(errors="replace").strip()
+                raise _LogFailed(f"{what}: {detail}" if detail else what, "rejected")
 
     # ------------------------------------------------------------------ final certificates
 

@@ -34,6 +34,7 @@ from acme_ca.db.status import StatusRepository
 from acme_ca.db.storage import Storage, open_storage
 from acme_ca.main.metrics import report_database
 from acme_ca.main.profiles import profile_catalog
+from acme_ca.psl import parse_public_suffix_lists
 from acme_ca.ra.identifiers import IdentifierPolicy
 from acme_ca.ra.organizations import OrganizationPolicy
 from acme_ca.remote_va.primary import build_validator
@@ -116,6 +117,9 @@ async def _caa_validator(
         )
         yield None
         return
+    # Its validators read the Public Suffix List on first use: parsed here, off the event loop
+    # (a cache hit when serve already parsed it).
+    await asyncio.to_thread(parse_public_suffix_lists)
     validator = build_validator(VASettings.from_config(config), clock, mpic)
     try:
         yield validator

@@ -58,7 +58,6 @@ from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsag
 from acme_ca.br import DV_POLICY_OID
 from acme_ca.ca.der import sign_tbs_certificate, throwaway_signed_certificate
 from acme_ca.ca.issuers_file import GENERATED_BY_INIT, ISSUERS_FILE, PURPOSE_POLICY_OIDS
-from acme_ca.ca.pkcs11_signer import Pkcs11Signer, generate_pkcs11_key, resolve_pin
 from acme_ca.ca.settings import HierarchySettings, HsmSettings
 from acme_ca.ca.signer import (
     CaPrivateKey,
@@ -158,6 +157,10 @@ class _KeyStore:
             )
             self._closer.add(signer)
             return signer, {"key_file": relative}
+        # Imported here: python-pkcs11 loads for an HSM hierarchy only, not on serve --test's
+        # path to ready (issue 21 item 8).
+        from acme_ca.ca.pkcs11_signer import Pkcs11Signer, generate_pkcs11_key
+
         token = self._hsm.token_label
         label = f"{self._prefix}-{ca.name}"
         pin = await self._get_pin()
@@ -174,6 +177,8 @@ class _KeyStore:
         return signer, {"pkcs11_key_label": label}
 
     async def _get_pin(self) -> str:
+        from acme_ca.ca.pkcs11_signer import resolve_pin  # HSM only, as above
+
         if self._pin is None:
             self._pin = await asyncio.to_thread(resolve_pin, self._hsm.pin, self._hsm.pin_file)
         return self._pin

@@ -30,7 +30,6 @@ from acme_ca.ca.issuers_file import (
     extension_value,
     read_issuers_file,
 )
-from acme_ca.ca.pkcs11_signer import Pkcs11Signer, resolve_pin
 from acme_ca.ca.settings import HsmSettings, IssuerSettings
 from acme_ca.ca.signer import (
     HashName,
@@ -198,6 +197,10 @@ class _PinSource:
         self._pin: str | None = None
 
     async def get(self) -> str:
+        # Imported here: python-pkcs11 loads for HSM keys only, not for software keys
+        # (serve --test's path to ready, issue 21 item 8).
+        from acme_ca.ca.pkcs11_signer import resolve_pin
+
         if self._pin is None:
             self._pin = await asyncio.to_thread(resolve_pin, self._hsm.pin, self._hsm.pin_file)
         return self._pin
@@ -223,6 +226,8 @@ async def open_key(
         raise SignerError(
             f"PKCS#11 key {key.pkcs11_key_label!r} but pkcs11_module is not configured"
         )
+    from acme_ca.ca.pkcs11_signer import Pkcs11Signer  # HSM keys only, as in _PinSource
+
     if pin is None:
         pin = await _PinSource(hsm).get()
     return await Pkcs11Signer.open(

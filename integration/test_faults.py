@@ -283,12 +283,14 @@ def _ssl_context(shape: Shape) -> ssl.SSLContext:
 
 
 async def _request_in_flight(shape: Shape, context: ssl.SSLContext) -> asyncio.StreamWriter:
-    """A POST whose headers are in and whose body never comes: a request in flight."""
+    """A POST whose headers are in and whose body never comes: a request in flight. Not a
+    newAccount/newOrder: those are admitted only up to half the bound (new work), so eight of
+    them would hold four places, not eight."""
     _, writer = await asyncio.open_connection(
         "127.0.0.1", shape.port, ssl=context, server_hostname="127.0.0.1"
     )
     writer.write(
-        b"POST /acme/new-account HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"POST /acme/revoke-cert HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         b"Content-Type: application/jose+json\r\nContent-Length: 4000\r\n\r\n{"
     )
     await writer.drain()
@@ -347,7 +349,8 @@ async def test_flood_above_the_in_flight_bound_gets_fast_503s_then_healthy(
     ]
     print(
         f"flood: {statuses.count(503)} x 503, {statuses.count(200)} x 200, slowest "
-        f"{slowest:.2f} s at the client (TLS included), {max(shed):.1f} ms in the server"
+        f"{slowest:.2f} s at the client (TLS included), "
+        f"{max(shed, default=float('nan')):.1f} ms in the server"
     )
     assert set(statuses) <= {200, 503}
     assert statuses.count(503) >= 250, "requests above the bound must be shed"

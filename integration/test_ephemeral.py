@@ -56,6 +56,9 @@ def test_ephemeral_home_new_each_start_and_removed_at_exit(
         (created,) = ca.proc.events("database.ephemeral_created")
         (dropped,) = ca.proc.events("database.ephemeral_dropped")
         assert created["database"] == dropped["database"], "the run's database is dropped"
+        # The first run copies the template; it leaves a spare copy the second run renames
+        # (CREATE DATABASE ... TEMPLATE is off the second start's path to ready).
+        assert created["spare"] is (run == 1)
     assert roots[0] != roots[1], "a new hierarchy each start"
     assert sorted(p.name for p in home.iterdir()) == ["pg-ephemeral", "tls"]
     print(

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -22,6 +21,8 @@ from types import TracebackType
 from typing import IO, Any, Self
 
 import pytest
+
+from tests.support.ports import free_port
 
 
 def acme_ca_exe() -> str:
@@ -39,13 +40,6 @@ ACME_CA = acme_ca_exe()
 READY_TIMEOUT = 20.0
 STOP_TIMEOUT = 30.0
 TAIL_LINES = 40
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 #: The listeners ``serve --test`` opens on fixed ports by default (Pebble's 15000,

@@ -16,7 +16,6 @@ import datetime as dt
 import json
 import os
 import shutil
-import socket
 import socketserver
 import subprocess
 import threading
@@ -37,6 +36,8 @@ import dns.rdatatype
 import dns.rrset
 import dns.zone
 from cryptography.hazmat.primitives.asymmetric import ec
+
+from tests.support import ports
 
 UNBOUND_CANDIDATES = ("/usr/sbin/unbound", "unbound")
 APT_TIMEOUT = 600
@@ -297,18 +298,8 @@ def install_unbound() -> str | None:
 
 
 def free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1 (a race we accept in tests)."""
-    for _ in range(20):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port: int = tcp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free port")
+    """A port free for both UDP and TCP on 127.0.0.1, for a DNS server."""
+    return ports.free_port(udp=True)
 
 
 def unbound_config(

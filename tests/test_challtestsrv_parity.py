@@ -32,6 +32,7 @@ from acme_ca.config import ConfigError, load_config
 from acme_ca.testsrv.server import ChallengeServerConfig, ChallengeTestServer
 from acme_ca.va.http01 import Http01Validator
 from acme_ca.va.resolver import DnsClient, ResolverSettings
+from tests.support.ports import free_port as _free_port
 from tests.support.va import loopback_ok
 
 PEBBLE_CHALLTESTSRV = shutil.which("pebble-challtestsrv")
@@ -57,13 +58,6 @@ class Answer:
     status: int
     content_type: str | None
     body: bytes
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:

@@ -64,6 +64,7 @@ from acme_ca.testsrv.ct_log import LogListEntry, TestLogSpec, _without_poison
 from acme_ca.testsrv.ct_log_set import TestCtLogs
 from acme_ca.testsrv.ct_logs_runner import accepted_roots
 from tests.support.ct import Harness, harness, pyasn1_without_poison, three_operators
+from tests.support.ports import free_port
 from tests.support.worker import (
     FAST,
     INTERNAL_STATUS_URL,
@@ -215,13 +216,6 @@ def listed_logs(h: Harness) -> list[LogListEntry]:
         for kind in ("logs", "tiled_logs")
         for e in op[kind]
     ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def verify_with_openssl(

@@ -39,6 +39,7 @@ from acme_ca.db.accounts import AccountRepository
 from acme_ca.localca import LocalCa, cert_pem, key_pem, local_name
 from acme_ca.testsrv.pebble_ca import PebbleCa, pebble_ca, pebble_management_listener
 from acme_ca.testsrv.server import ChallengeServerConfig, ChallengeTestServer
+from tests.support.ports import free_port as _free_port
 from tests.support.revocation import make_issuer, make_leaf, store_certificate
 
 PEBBLE = shutil.which("pebble")
@@ -60,13 +61,6 @@ PATHS = [
     "/cert-status-by-serial/0x1f",
     "/cert-status-by-serial/abcdef0123",
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class PebbleProcess:

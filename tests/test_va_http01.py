@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import ipaddress
-import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -33,6 +32,7 @@ from acme_ca.va.http01 import (
     parse_target,
 )
 from acme_ca.va.resolver import DnsClient, ResolverSettings
+from tests.support.ports import free_port
 from tests.support.problems import ERR
 from tests.support.va import loopback_ok
 
@@ -521,14 +521,6 @@ def test_br_dcv_3_url_policy_maps_test_ports() -> None:
     assert parse_target("https://a.example:5003/", http_port=5002, https_port=5003).port == 5003
     with pytest.raises(TargetRefused):
         parse_target("http://a.example:80/", http_port=5002, https_port=5003)
-
-
-def free_port() -> int:
-    """A port that was just free on 127.0.0.1, so connecting to it is refused."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 # --- the Authorization Domain Name (BR 3.2.2.4 with SC-101; 5.4.1 with SC-099) ---------------

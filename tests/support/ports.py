@@ -1,0 +1,52 @@
+"""Free loopback ports for servers a test starts on a port it must name in advance.
+
+A port found by binding port 0 comes from the kernel's ephemeral range, the same range every
+later ``bind(("127.0.0.1", 0))`` draws from: between the moment the test releases it and the
+moment the server binds it, an in-process listener of the server itself (a CT test log, the
+status listener) may be handed the same port, and the server fails with "address already in
+use" (CI met exactly that). So the ports handed out here come from below the ephemeral range,
+where the kernel never picks on its own, are checked free for TCP (and UDP, for DNS) at the
+moment, and are never handed out twice by one test process.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+from pathlib import Path
+
+#: The lowest port handed out: above the registered services tests might clash with.
+LOWEST = 20000
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_handed_out: set[int] = set()
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+def _bindable(port: int, kind: socket.SocketKind) -> bool:
+    with socket.socket(socket.AF_INET, kind) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(*, udp: bool = False) -> int:
+    """A loopback port free for TCP (and for UDP too with ``udp``), outside the ephemeral
+    range, not handed out before by this process."""
+    highest = _ephemeral_start() - 1
+    for _ in range(200):
+        port = random.randint(LOWEST, highest)
+        if port in _handed_out or not _bindable(port, socket.SOCK_STREAM):
+            continue
+        if udp and not _bindable(port, socket.SOCK_DGRAM):
+            continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free loopback port between {LOWEST} and {highest}")

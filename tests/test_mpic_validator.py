@@ -289,3 +289,11 @@ async def test_br_5_4_1_caa_recheck_records_name_the_identifier_only() -> None:
 
 async def validate_wildcard(v: MpicValidator) -> CheckResult:
     return await v.validate("dns-01", "example.com", True, "tok", KEY_AUTH, "acct")
+
+
+async def test_aclose_releases_the_transport_and_the_local_checks() -> None:
+    transport = FakeTransport({})
+    v = validator(transport)
+    await v.aclose()
+    assert transport.closed
+    assert v._local.closed  # type: ignore[attr-defined]

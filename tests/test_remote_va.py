@@ -42,6 +42,8 @@ class Remote:
     challsrv: ChallengeTestServer
     built: list[int]
     closed: list[int]
+    connections: list[object]
+    """The TLS connection (transport) each check arrived on, in order."""
 
 
 @pytest.fixture
@@ -73,6 +75,12 @@ async def remote(tmp_path: Path) -> AsyncIterator[Remote]:
 
         cert, key = material.remotes["us-east"]
         app = make_remote_va_app(RemoteIdentity("us-east", "ARIN"), checks)
+        connections: list[object] = []
+
+        async def note_connection(request: web.Request, _: web.StreamResponse) -> None:
+            connections.append(request.transport)
+
+        app.on_response_prepare.append(note_connection)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(
@@ -81,7 +89,9 @@ async def remote(tmp_path: Path) -> AsyncIterator[Remote]:
         await site.start()
         port = runner.addresses[0][1]
         try:
-            yield Remote(f"https://127.0.0.1:{port}", material, challsrv, built, closed)
+            yield Remote(
+                f"https://127.0.0.1:{port}", material, challsrv, built, closed, connections
+            )
         finally:
             await runner.cleanup()
 
@@ -133,6 +143,43 @@ async def test_each_request_builds_fresh_checks(remote: Remote) -> None:
     assert len(remote.challsrv.store.dns_history("_acme-challenge.example.com")) == 2
     # ... and closes them (their pooled DNS connections) once the check is answered.
     assert len(remote.closed) == 2
+
+
+async def test_br_3_2_2_9_checks_share_one_kept_alive_tls_connection(remote: Remote) -> None:
+    # Issue 20: the mutual-TLS handshake is paid once per connection, not per check; each
+    # check is still answered for its own nonce by a full check of its own.
+    transport = primary_transport(remote.material)
+    perspective = Perspective("us-east", "ARIN", remote.url)
+    try:
+        nonces = [
+            (await transport.check(perspective, dcv_request(nonce).to_json()))["nonce"]
+            for nonce in ("a", "b", "c")
+        ]
+    finally:
+        await transport.aclose()
+    assert nonces == ["a", "b", "c"]
+    assert len(remote.built) == 3
+    assert len(remote.challsrv.store.dns_history("_acme-challenge.example.com")) == 3
+    assert len(remote.connections) == 3
+    assert len({id(c) for c in remote.connections}) == 1
+
+
+async def test_closed_transport_reconnects_and_still_verifies(remote: Remote) -> None:
+    transport = primary_transport(remote.material)
+    perspective = Perspective("us-east", "ARIN", remote.url)
+    await transport.check(perspective, dcv_request("a").to_json())
+    await transport.aclose()
+    reply = await transport.check(perspective, dcv_request("b").to_json())
+    await transport.aclose()
+    assert reply["nonce"] == "b"
+    assert len({id(c) for c in remote.connections}) == 2
+    # a pooled connection for one perspective is never used for another: eu-west's
+    # certificate check still fails against this us-east remote
+    with pytest.raises(RemoteUnavailable, match="TLS failure"):
+        await transport.check(
+            Perspective("eu-west", "RIPE NCC", remote.url), dcv_request("c").to_json()
+        )
+    await transport.aclose()
 
 
 async def test_server_certificate_must_name_the_perspective(remote: Remote) -> None:

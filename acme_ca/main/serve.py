@@ -27,7 +27,6 @@ from acme_ca.main.status import start_status_server
 from acme_ca.psl import parse_public_suffix_lists
 from acme_ca.remote_va.primary import build_validator
 from acme_ca.tls import ensure_local_tls, server_ssl_context
-from acme_ca.va.authority import ValidationAuthority
 from acme_ca.va.perspectives import load_mpic_setup
 from acme_ca.va.settings import VASettings
 from acme_ca.wfe import urls
@@ -190,8 +189,7 @@ async def _serve(
         await _parse_public_suffix_lists(config, ready=False)
         ssl_context = await asyncio.to_thread(server_ssl_context, config)
         validator = build_validator(va, clock, mpic)
-        if isinstance(validator, ValidationAuthority):
-            stack.push_async_callback(validator.aclose)
+        stack.push_async_callback(validator.aclose)
         app = create_app(
             config,
             dsn,

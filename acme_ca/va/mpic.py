@@ -94,6 +94,10 @@ class RemoteTransport(Protocol):
         """Raise :class:`RemoteUnavailable` (or time out) when there is no reply to judge."""
         ...
 
+    async def aclose(self) -> None:
+        """Release what the transport keeps open (pooled connections to the remotes)."""
+        ...
+
 
 @dataclass(frozen=True)
 class RemoteRequest:
@@ -276,6 +280,13 @@ class MpicValidator:
         self._clock = clock
         self._nonce = nonce
         self.perspectives = setup.perspectives
+
+    async def aclose(self) -> None:
+        """Release the local checks' and the transport's open connections."""
+        try:
+            await self._transport.aclose()
+        finally:
+            await self._local.aclose()
 
     async def validate(
         self,

@@ -48,12 +48,16 @@ class FakeLocal:
 
     def __init__(self, result: CheckResult) -> None:
         self.result = result
+        self.closed = False
 
     async def validate(self, *args: object) -> CheckResult:
         return self.result
 
     async def recheck_caa(self, *args: object) -> CheckResult:
         return self.result
+
+    async def aclose(self) -> None:
+        self.closed = True
 
 
 def agree(observed: str = KEY_AUTH, **overrides: Any) -> Behaviour:
@@ -82,11 +86,15 @@ class FakeTransport:
     def __init__(self, behaviours: dict[str, Behaviour]) -> None:
         self.behaviours = behaviours
         self.requests: list[tuple[str, dict[str, Any]]] = []
+        self.closed = False
 
     async def check(self, perspective: Perspective, request: dict[str, Any]) -> Any:
         self.requests.append((perspective.id, request))
         behaviour = self.behaviours.get(perspective.id, agree())
         return await behaviour(perspective, request)
+
+    async def aclose(self) -> None:
+        self.closed = True
 
 
 def validator(

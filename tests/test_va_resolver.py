@@ -27,6 +27,7 @@ import pytest
 from acme_ca.clock import FixedClock
 from acme_ca.testsrv.dns import DnsServer
 from acme_ca.testsrv.store import ChallengeStore
+from acme_ca.va.dns_tcp import TcpPool
 from acme_ca.va.records import dns_record
 from acme_ca.va.resolver import (
     TCP_IDLE_TIMEOUT,
@@ -600,6 +601,28 @@ async def test_aclose_closes_idle_connections(
     assert (await client.query("www.example.com", "A")).ok
     assert idle(client) == 0
     await eventually(lambda: responder.client_closes == 2)
+
+
+async def test_clients_sharing_tcp_pools_share_connections_not_answers(
+    responder: Responder,
+) -> None:
+    """Issue 20: a remote VA's per-request clients reuse the resolver connection; closing one
+    leaves the shared pool open, and each client still asks the resolver itself."""
+    settings = ResolverSettings((responder.nameserver,), attempts=1, require_dnssec=False)
+    pools = {ns: TcpPool(TCP_POOL_SIZE, TCP_IDLE_TIMEOUT) for ns in settings.parsed}
+    try:
+        for _ in range(3):
+            client = DnsClient(settings, tcp_pools=pools)
+            assert (await client.query("www.example.com", "A")).ok
+            await client.aclose()
+            assert idle(client) == 1
+        assert responder.asked == ["www.example.com"] * 3
+        assert responder.accepted == 1
+        assert responder.client_closes == 0
+    finally:
+        for pool in pools.values():
+            pool.close()
+    await eventually(lambda: responder.client_closes == 1)
 
 
 async def test_idle_connection_is_closed_after_idle_timeout(

@@ -6,7 +6,8 @@ completes the handshake.  It has one endpoint, ``POST /acme-ca/mpic/v1/check``, 
 the same checks as the primary (every method of :mod:`acme_ca.va.registry` and
 :class:`CaaChecker`) through this perspective's own resolver (``dns_resolver``) and answers
 the :class:`CheckResult` JSON with its perspective id, RIR and the request's nonce.  Every
-request builds its checks afresh (a new DNS client), so nothing is reused between requests.
+request builds its checks afresh (a new DNS client), so no answer is reused between requests;
+only the idle TCP connections to the resolver are (:func:`remote_authority_factory`).
 
 The process around this app (:mod:`acme_ca.main.remote_va`) listens on ``remote_va_listen``,
 or -- systemd socket activation -- on the listening socket passed as fd 3 with

@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Final, Literal
@@ -244,7 +245,9 @@ class DnsClient:
     """Queries the configured resolvers; one per VA, shared by every check.
 
     ``clock`` and ``proof_ttl`` govern the cache of "this resolver validates below this
-    ancestor" proofs (see the module docstring).
+    ancestor" proofs (see the module docstring).  ``tcp_pools`` (one per nameserver) lets
+    short-lived clients share idle TCP connections to the resolver -- the transport only:
+    answers and proofs stay with each client.
     """
 
     def __init__(
@@ -255,21 +258,29 @@ class DnsClient:
         proof_ttl: timedelta = VALIDATION_PROOF_TTL,
         tcp_pool_size: int = TCP_POOL_SIZE,
         tcp_idle_timeout: float = TCP_IDLE_TIMEOUT,
+        tcp_pools: Mapping[Nameserver, TcpPool] | None = None,
     ) -> None:
         self.settings = settings
         self._clock: Clock = clock or SystemClock()
         self._proof_ttl = proof_ttl
         self._servers = {str(ns): ns for ns in settings.parsed}
         self._proofs: dict[tuple[str, dns.name.Name], datetime] = {}
-        self._pools = {ns: TcpPool(tcp_pool_size, tcp_idle_timeout) for ns in settings.parsed}
+        self._owns_pools = tcp_pools is None
+        self._pools = (
+            {ns: TcpPool(tcp_pool_size, tcp_idle_timeout) for ns in settings.parsed}
+            if tcp_pools is None
+            else {ns: tcp_pools[ns] for ns in settings.parsed}
+        )
 
     async def aclose(self) -> None:
         """Close the idle TCP connections; any later connection is closed after its query.
 
-        Optional: idle connections close themselves after ``tcp_idle_timeout`` anyway.
+        Pools passed in as ``tcp_pools`` belong to the caller and stay open.  Optional: idle
+        connections close themselves after ``tcp_idle_timeout`` anyway.
         """
-        for pool in self._pools.values():
-            pool.close()
+        if self._owns_pools:
+            for pool in self._pools.values():
+                pool.close()
 
     def idle_connections(self, ns: Nameserver) -> int:
         """How many idle TCP connections to ``ns`` are pooled (for tests and metrics)."""

@@ -29,6 +29,7 @@ from acme_ca.va.http01 import (
     BODY_SLACK,
     Http01Validator,
     TargetRefused,
+    _insecure_tls_context,
     parse_target,
 )
 from acme_ca.va.resolver import DnsClient, ResolverSettings
@@ -620,3 +621,11 @@ async def test_br_5_4_1_http01_records_name_value_adn_and_method(
         assert body["identifier"] == NAME and body["adn"] == NAME
         assert body["value"] == KEY_AUTH
     assert [r.result for r in result.records] == [None, "pass"]
+
+
+def test_redirect_tls_context_is_made_once_per_process() -> None:
+    """Issue 20: a remote VA builds its validators per request; the TLS settings are shared."""
+    context = _insecure_tls_context()
+    assert _insecure_tls_context() is context
+    assert context.verify_mode == ssl.CERT_NONE and not context.check_hostname
+    assert context.minimum_version == ssl.TLSVersion.TLSv1_2

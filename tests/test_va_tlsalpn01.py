@@ -37,6 +37,7 @@ from acme_ca.va.tlsalpn01 import (
     TLS_PORT,
     TlsAlpn01Validator,
     acme_identifier_value,
+    client_context,
 )
 from tests.fixtures import CaFactory, free_socket
 from tests.support.orders import subscriber, validation_config
@@ -437,3 +438,11 @@ async def test_alpn_silent_server_times_out(
     assert result.problem is not None and result.problem.type == ERR + problem, result.problem
     assert detail in result.problem.detail
     assert result.records and result.records[-1].result == "fail"
+
+
+def test_client_context_is_made_once_per_process() -> None:
+    """Issue 20: a remote VA builds its validators per request; the TLS settings are shared."""
+    context = client_context()
+    assert client_context() is context
+    assert context.verify_mode == ssl.CERT_NONE and not context.check_hostname
+    assert context.minimum_version == ssl.TLSVersion.TLSv1_2

@@ -27,6 +27,7 @@ repeat the whole check and must present the same digest (BR 3.2.2.9).
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import ssl
 from dataclasses import dataclass
@@ -97,9 +98,13 @@ def acme_identifier_value(key_authorization: str) -> bytes:
     return _OCTET_STRING_32 + acme_identifier_digest(key_authorization)
 
 
+@functools.cache
 def client_context() -> ssl.SSLContext:
     """TLS 1.2+ offering only ``acme-tls/1``; the self-signed certificate is judged by
-    :func:`judge_certificate`, not by chain validation."""
+    :func:`judge_certificate`, not by chain validation.
+
+    One per process: it holds settings only (a client context keeps no sessions unless asked),
+    and making one per validator was a visible share of a remote VA's CPU (issue 20)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE

@@ -4,6 +4,7 @@ primary's certificate gets a request in."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import ssl
 from collections.abc import AsyncIterator
@@ -162,6 +163,23 @@ async def test_br_3_2_2_9_checks_share_one_kept_alive_tls_connection(remote: Rem
     assert len(remote.challsrv.store.dns_history("_acme-challenge.example.com")) == 3
     assert len(remote.connections) == 3
     assert len({id(c) for c in remote.connections}) == 1
+
+
+async def test_kept_alive_connection_closed_by_the_remote_is_replaced(remote: Remote) -> None:
+    """The remote closes the idle connection just before the next check: the check goes
+    over a new connection (at most one retry) instead of failing as unavailable."""
+    transport = primary_transport(remote.material)
+    perspective = Perspective("us-east", "ARIN", remote.url)
+    try:
+        await transport.check(perspective, dcv_request("a").to_json())
+        first = remote.connections[0]
+        assert isinstance(first, asyncio.Transport)
+        first.close()
+        reply = await transport.check(perspective, dcv_request("b").to_json())
+    finally:
+        await transport.aclose()
+    assert reply["nonce"] == "b"
+    assert remote.connections[-1] is not first
 
 
 async def test_closed_transport_reconnects_and_still_verifies(remote: Remote) -> None:

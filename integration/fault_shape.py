@@ -39,9 +39,9 @@ from integration.processes import (
     CaProcesses,
     base_env,
     describe,
-    free_port,
     run_cli,
 )
+from tests.support.ports import free_port
 from tests.support.softhsm import SoftHsmToken
 
 _T = TypeVar("_T")

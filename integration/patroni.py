@@ -35,7 +35,8 @@ import structlog
 from acme_ca.embedded_pg import EmbeddedPostgresError, find_postgres_binaries
 from acme_ca.embedded_pg.process import RunAs, clean_env
 from acme_ca.embedded_pg.run_as import server_user_for_new_cluster
-from integration.processes import LoggedProcess, free_port
+from integration.processes import LoggedProcess
+from tests.support.ports import free_port
 
 PATRONI = shutil.which("patroni") or "/usr/bin/patroni"
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"

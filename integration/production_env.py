@@ -71,7 +71,6 @@ from integration.processes import (
     CaProcesses,
     base_env,
     describe,
-    free_port,
     run_cli,
 )
 from integration.signed_dns import (
@@ -84,6 +83,7 @@ from integration.signed_dns import (
     unbound_config,
 )
 from integration.signed_dns import free_port as free_dns_port
+from tests.support.ports import free_port
 from tests.support.softhsm import SoftHsmToken
 
 ZONE = "production.example.com."

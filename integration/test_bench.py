@@ -34,8 +34,9 @@ from integration.bench import counts, procstat
 from integration.bench.__main__ import LevelResult, Options, TargetResult, markdown
 from integration.bench.loadgen import RETRY_AFTER_CAP, retry_after_seconds, run_load
 from integration.bench.servers import REPO, override_limits, pebble_missing
-from integration.processes import CaProcesses, acme_ca_exe, free_port, read_log_events
+from integration.processes import CaProcesses, acme_ca_exe, read_log_events
 from integration.testmode_server import start_test_mode
+from tests.support.ports import free_port
 from tests.support.softhsm import softhsm_available
 
 pytestmark = pytest.mark.integration

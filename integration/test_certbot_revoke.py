@@ -28,7 +28,8 @@ from acme_ca.acme import ari
 from acme_ca.keyid import spki_sha256
 from integration.challsrv_thread import ThreadedChallengeServer
 from integration.clients import CERTBOT, certbot_dirs, certbot_run
-from integration.processes import CaProcess, CaProcesses, base_env, describe, free_port
+from integration.processes import CaProcess, CaProcesses, base_env, describe
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.integration
 

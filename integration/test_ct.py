@@ -32,7 +32,8 @@ from josepy.jwk import JWKEC
 
 from acme_ca.ca.ct.loglist import openssl_ctlog_config, parse_log_list
 from acme_ca.ca.ct.sct import certificate_precert_entry, embedded_scts, verify_signature
-from integration.processes import CaProcesses, base_env, free_port
+from integration.processes import CaProcesses, base_env
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -53,9 +53,9 @@ from integration.processes import (
     CaProcess,
     LoggedProcess,
     base_env,
-    free_port,
 )
 from tests.support.jws import JwsClient, make_jws
+from tests.support.ports import free_port
 from tests.support.softhsm import softhsm_available
 from tests.support.worker import build_csr, insert_ready_order
 

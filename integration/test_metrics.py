@@ -34,8 +34,9 @@ from prometheus_client.samples import Sample
 from acme_ca import metrics
 from acme_ca.wfe import urls
 from integration.clients import NAMES, certbot_certonly, certbot_failure
-from integration.processes import CaProcesses, free_port
+from integration.processes import CaProcesses
 from integration.testmode_server import start_test_mode
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -81,11 +81,11 @@ from integration.processes import (
     CaProcess,
     CaProcesses,
     base_env,
-    free_port,
     run_cli,
     tail,
 )
 from tests.fixtures import TEMPLATE_DB
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.integration
 

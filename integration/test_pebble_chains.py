@@ -43,9 +43,9 @@ from cryptography.x509.verification import PolicyBuilder, Store
 from acme_ca.embedded_pg import EmbeddedPostgres
 from acme_ca.localca import LocalCa, cert_pem, key_pem, local_name
 from integration.clients import acme_account, csr_pem
-from integration.processes import free_port
 from integration.testmode_server import QuietProcesses, RunningTestCa, start_test_mode
 from tests.fixtures import TEMPLATE_DB
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -47,7 +47,7 @@ from integration.clients import (
     openssl_verify,
 )
 from integration.netns import require_namespaces
-from integration.processes import CaProcess, describe, free_port, tail
+from integration.processes import CaProcess, describe, tail
 from integration.production_env import (
     PERSPECTIVES,
     STATUS_BASE_URL,
@@ -60,6 +60,7 @@ from integration.production_env import (
     production_env,
     weak_key_lists,
 )
+from tests.support.ports import free_port
 from tests.support.softhsm import softhsm_available
 
 pytestmark = pytest.mark.integration

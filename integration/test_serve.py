@@ -20,8 +20,9 @@ from josepy.jwa import ES256
 from josepy.jwk import JWKEC
 
 from integration.clients import CERTBOT, certbot_dirs, certbot_run
-from integration.processes import CaProcesses, base_env, describe, free_port, run_cli
+from integration.processes import CaProcesses, base_env, describe, run_cli
 from tests.support.jws import JwsClient
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -40,7 +40,8 @@ from josepy.jwk import JWKEC
 
 from integration.challsrv_thread import ThreadedChallengeServer
 from integration.clients import answer_dns01
-from integration.processes import CaProcess, CaProcesses, free_port
+from integration.processes import CaProcess, CaProcesses
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -18,8 +18,8 @@ from integration.processes import (
     CaProcess,
     CaProcesses,
     base_env,
-    free_port,
 )
+from tests.support.ports import free_port
 
 PEM_CHAIN = "application/pem-certificate-chain"
 

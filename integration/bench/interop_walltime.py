@@ -57,7 +57,7 @@ from integration.bench.servers import (
     start_service,
 )
 from integration.clients import write_hooks
-from integration.processes import CaProcesses, base_env, free_port
+from integration.processes import CaProcesses, base_env
 from integration.testmode_server import (
     PEM_CHAIN,
     RunningTestCa,
@@ -65,6 +65,7 @@ from integration.testmode_server import (
     mgmt_post,
     start_test_mode,
 )
+from tests.support.ports import free_port
 
 #: The knobs both servers get (both read Pebble's variables), as a client project's CI sets
 #: them: no validation sleep, no injected badNonce.

@@ -65,9 +65,9 @@ from integration.processes import (
     LoggedProcess,
     acme_ca_exe,
     base_env,
-    free_port,
     free_test_mode_ports,
 )
+from tests.support.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 PEBBLE = "/usr/bin/pebble"

@@ -47,7 +47,8 @@ from integration.bench.servers import (
     start_dns,
     start_service,
 )
-from integration.processes import base_env, free_port
+from integration.processes import base_env
+from tests.support.ports import free_port
 
 PACKAGE = "golang-github-smallstep-certificates-dev"
 GOPATH = Path("/usr/share/gocode")

@@ -52,7 +52,7 @@ from integration.bench.servers import (
     _directory_answers,
     _wait,
     deb_version,
-    make_tls,
+    pebble_config,
     pebble_missing,
     start_service,
 )
@@ -177,22 +177,8 @@ def pebble(base: Path) -> Iterator[PebbleCa]:
             env=base_env(),
             log_dir=logs,
         )
-        ca_path, cert_path, key_path = make_tls(base / "tls")
         port, pebble_management = free_port(), free_port()
-        config = {
-            "pebble": {
-                "listenAddress": f"127.0.0.1:{port}",
-                "managementListenAddress": f"127.0.0.1:{pebble_management}",
-                "certificate": str(cert_path),
-                "privateKey": str(key_path),
-                "httpPort": http01_port,
-                "tlsPort": free_port(),
-                "ocspResponderURL": "",
-                "externalAccountBindingRequired": False,
-            }
-        }
-        config_path = base / "pebble-config.json"
-        config_path.write_text(json.dumps(config, indent=2) + "\n")
+        ca_path, config_path, config = pebble_config(base, port, pebble_management, http01_port)
         server = start_service(
             stack,
             "pebble",
@@ -213,7 +199,7 @@ def pebble(base: Path) -> Iterator[PebbleCa]:
             directory_url=directory_url,
             cafile=ca_path,
             http01_port=http01_port,
-            tlsalpn01_port=int(config["pebble"]["tlsPort"]),  # type: ignore[call-overload]
+            tlsalpn01_port=int(config["pebble"]["tlsPort"]),
             dns_port=dns_port,
             management_port=management,
             pebble_management_url=f"https://127.0.0.1:{pebble_management}",

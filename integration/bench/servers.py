@@ -301,6 +301,30 @@ def pebble_missing() -> str | None:
     return None
 
 
+def pebble_config(
+    base: Path, port: int, management_port: int, http01_port: int
+) -> tuple[Path, Path, dict[str, Any]]:
+    """Pebble's JSON config under ``base`` (TLS material made for it, no OCSP, no EAB), with the
+    ACME API on ``port``; returns the CA certificate its TLS chains to, the config's path and
+    the config."""
+    ca_path, cert_path, key_path = make_tls(base / "tls")
+    config: dict[str, Any] = {
+        "pebble": {
+            "listenAddress": f"127.0.0.1:{port}",
+            "managementListenAddress": f"127.0.0.1:{management_port}",
+            "certificate": str(cert_path),
+            "privateKey": str(key_path),
+            "httpPort": http01_port,
+            "tlsPort": free_port(),
+            "ocspResponderURL": "",
+            "externalAccountBindingRequired": False,
+        }
+    }
+    config_path = base / "pebble-config.json"
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
+    return ca_path, config_path, config
+
+
 @contextlib.contextmanager
 def pebble(workdir: Path) -> Iterator[Target]:
     """Pebble over HTTPS with its DNS; stopped on exit."""
@@ -311,22 +335,8 @@ def pebble(workdir: Path) -> Iterator[Target]:
     logs = base / "logs"
     with contextlib.ExitStack() as stack:
         dns_server = start_dns(stack, logs)
-        ca_path, cert_path, key_path = make_tls(base / "tls")
         port, http01_port = free_port(), free_port()
-        config = {
-            "pebble": {
-                "listenAddress": f"127.0.0.1:{port}",
-                "managementListenAddress": f"127.0.0.1:{free_port()}",
-                "certificate": str(cert_path),
-                "privateKey": str(key_path),
-                "httpPort": http01_port,
-                "tlsPort": free_port(),
-                "ocspResponderURL": "",
-                "externalAccountBindingRequired": False,
-            }
-        }
-        config_path = base / "pebble-config.json"
-        config_path.write_text(json.dumps(config, indent=2) + "\n")
+        ca_path, config_path, config = pebble_config(base, port, free_port(), http01_port)
         knobs = {"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"}
         server = start_service(
             stack,

@@ -67,7 +67,9 @@ class Admin:
 
 
 async def _published(dsn: str, serial: str, deadline: float) -> None:
-    """Wait until OCSP answers revoked and a CRL was published after the revocation."""
+    """Wait until OCSP answers revoked, a CRL was published after the revocation, and the
+    revocation's request row is stored (rows are written in batches every 0.25 s, off the
+    response path: db/requests.RequestRecorder)."""
     conn = await asyncpg.connect(dsn)
     try:
         while True:
@@ -75,11 +77,14 @@ async def _published(dsn: str, serial: str, deadline: float) -> None:
                 """SELECT EXISTS (SELECT 1 FROM ocsp_responses o WHERE o.serial = $1
                                    AND o.status = 'revoked')
                       AND EXISTS (SELECT 1 FROM crls l JOIN certificates c ON c.issuer = l.issuer
-                                  WHERE c.serial = $1 AND l.created_at >= c.revoked_at)""",
+                                  WHERE c.serial = $1 AND l.created_at >= c.revoked_at)
+                      AND EXISTS (SELECT 1 FROM requests r WHERE r.path = '/acme/revoke-cert')""",
                 serial,
             )
             if ready or time.monotonic() > deadline:
-                assert ready, "OCSP/CRL not republished after the revocation"
+                assert ready, (
+                    "OCSP/CRL not republished, or revoke-cert not stored, after the revocation"
+                )
                 return
             await asyncio.sleep(0.2)
     finally:

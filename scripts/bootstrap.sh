@@ -54,3 +54,9 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 export PATH="$ACME_CA_ROOT/.venv/bin:$PATH"
+
+# Byte-code for the project's own modules, written now: where PYTHONDONTWRITEBYTECODE is set
+# (CI images often set it) every `acme-ca` process would otherwise recompile about 200
+# modules at each start, about 0.5 s of `serve --test --ephemeral`'s 1.5 s (issue 21 item 8).
+# compileall writes regardless of that variable; a stale file is recompiled by mtime anyway.
+.venv/bin/python -m compileall -q -j 0 acme_ca integration tests >/dev/null

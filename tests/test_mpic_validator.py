@@ -19,7 +19,7 @@ from acme_ca.va.mpic import (
     remote_reply,
 )
 from acme_ca.va.perspectives import Perspective
-from acme_ca.va.records import CheckResult, ValidationRecord
+from acme_ca.va.records import ChallengeRequest, CheckResult, ValidationRecord
 from tests.support.mpic import (
     KEY_AUTH,
     PERSPECTIVES,
@@ -288,7 +288,9 @@ async def test_br_5_4_1_caa_recheck_records_name_the_identifier_only() -> None:
 
 
 async def validate_wildcard(v: MpicValidator) -> CheckResult:
-    return await v.validate("dns-01", "example.com", True, "tok", KEY_AUTH, "acct")
+    return await v.validate(
+        ChallengeRequest("dns-01", "example.com", True, "tok", KEY_AUTH, "acct")
+    )
 
 
 async def test_aclose_releases_the_transport_and_the_local_checks() -> None:

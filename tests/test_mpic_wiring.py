@@ -18,6 +18,7 @@ from acme_ca.va.authority import ValidationAuthority
 from acme_ca.va.dns01 import dns01_txt_value
 from acme_ca.va.mpic import MpicValidator
 from acme_ca.va.mtls import create_mpic_material
+from acme_ca.va.records import ChallengeRequest
 from acme_ca.va.settings import VASettings
 from tests.fixtures import CaFactory
 
@@ -94,7 +95,9 @@ async def test_serve_test_perspectives_corroborate(tmp_path: Path) -> None:
             validator = build_validator(VASettings.from_config(config), SystemClock(), setup)
             assert isinstance(validator, MpicValidator)
             result = await validator.validate(
-                "dns-01", "example.com", False, "tok123", KEY_AUTH, "https://ca/acct/1"
+                ChallengeRequest(
+                    "dns-01", "example.com", False, "tok123", KEY_AUTH, "https://ca/acct/1"
+                )
             )
     assert result.ok, result.problem
     assert result.records[-1].quorum == "3/3"

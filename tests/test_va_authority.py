@@ -22,6 +22,7 @@ from acme_ca.va.authority import (
     dns01_txt_value,
     key_authorization,
 )
+from acme_ca.va.records import ChallengeRequest
 from tests.support.problems import ERR
 from tests.support.va import local_authority
 
@@ -56,7 +57,7 @@ def test_acme_chal_6_txt_value_is_unpadded_sha256() -> None:
 async def test_http01_then_caa_allowed(srv: ChallengeTestServer, va: ValidationAuthority) -> None:
     srv.store.add_http01(TOKEN, KEY_AUTH)
     srv.store.add_caa(NAME, [CaaPolicy("issue", "jprs.jp; validationmethods=http-01")])
-    result = await va.validate("http-01", NAME, False, TOKEN, KEY_AUTH, ACCOUNT)
+    result = await va.validate(ChallengeRequest("http-01", NAME, False, TOKEN, KEY_AUTH, ACCOUNT))
     assert result.ok, result.problem
     assert [r.method for r in result.records] == ["http-01", "caa"]
     assert result.observed == KEY_AUTH
@@ -67,7 +68,7 @@ async def test_http01_then_caa_allowed(srv: ChallengeTestServer, va: ValidationA
 
 async def test_dns01_then_caa_allowed(srv: ChallengeTestServer, va: ValidationAuthority) -> None:
     srv.store.set_txt(f"_acme-challenge.{NAME}", dns01_txt_value(KEY_AUTH))
-    result = await va.validate("dns-01", NAME, True, TOKEN, KEY_AUTH, ACCOUNT)
+    result = await va.validate(ChallengeRequest("dns-01", NAME, True, TOKEN, KEY_AUTH, ACCOUNT))
     assert result.ok, result.problem
     assert [r.method for r in result.records] == ["dns-01", "caa", "caa"]
 
@@ -77,7 +78,7 @@ async def test_caa_denial_after_method_passed(
 ) -> None:
     srv.store.add_http01(TOKEN, KEY_AUTH)
     srv.store.add_caa(NAME, [CaaPolicy("issue", "other-ca.example")])
-    result = await va.validate("http-01", NAME, False, TOKEN, KEY_AUTH, ACCOUNT)
+    result = await va.validate(ChallengeRequest("http-01", NAME, False, TOKEN, KEY_AUTH, ACCOUNT))
     assert not result.ok and result.problem is not None
     assert result.problem.type == ERR + "caa"
     assert [r.method for r in result.records] == ["http-01", "caa"]
@@ -87,14 +88,14 @@ async def test_caa_denial_after_method_passed(
 async def test_caa_13_method_not_listed(srv: ChallengeTestServer, va: ValidationAuthority) -> None:
     srv.store.set_txt(f"_acme-challenge.{NAME}", dns01_txt_value(KEY_AUTH))
     srv.store.add_caa(NAME, [CaaPolicy("issue", "jprs.jp; validationmethods=http-01")])
-    result = await va.validate("dns-01", NAME, False, TOKEN, KEY_AUTH, ACCOUNT)
+    result = await va.validate(ChallengeRequest("dns-01", NAME, False, TOKEN, KEY_AUTH, ACCOUNT))
     assert result.problem is not None and result.problem.type == ERR + "caa"
 
 
 async def test_method_failure_skips_caa(srv: ChallengeTestServer, va: ValidationAuthority) -> None:
     # Nothing published: the responder answers an unknown token 200 with an empty body, as
     # pebble-challtestsrv does (f283596), which is not the key authorization.
-    result = await va.validate("http-01", NAME, False, TOKEN, KEY_AUTH, ACCOUNT)
+    result = await va.validate(ChallengeRequest("http-01", NAME, False, TOKEN, KEY_AUTH, ACCOUNT))
     assert result.problem is not None and result.problem.type == ERR + "incorrectResponse"
     assert [r.method for r in result.records] == ["http-01"]
     assert caa_queries(srv) == 0
@@ -104,7 +105,7 @@ async def test_br_dcv_5_http01_wildcard_refused(
     srv: ChallengeTestServer, va: ValidationAuthority
 ) -> None:
     srv.store.add_http01(TOKEN, KEY_AUTH)
-    result = await va.validate("http-01", NAME, True, TOKEN, KEY_AUTH, ACCOUNT)
+    result = await va.validate(ChallengeRequest("http-01", NAME, True, TOKEN, KEY_AUTH, ACCOUNT))
     assert result.problem is not None and result.problem.type == ERR + "unauthorized"
     assert srv.store.http_history(NAME) == ()
 
@@ -124,7 +125,9 @@ async def test_refused_before_any_lookup(
     key_auth: str,
     expected: str,
 ) -> None:
-    result = await va.validate(challenge_type, NAME, False, TOKEN, key_auth, ACCOUNT)
+    result = await va.validate(
+        ChallengeRequest(challenge_type, NAME, False, TOKEN, key_auth, ACCOUNT)
+    )
     assert result.problem is not None and result.problem.type == ERR + expected
     assert result.records == ()
     assert srv.store.dns_history(NAME) == ()
@@ -133,7 +136,7 @@ async def test_refused_before_any_lookup(
 async def test_always_valid_switch(srv: ChallengeTestServer) -> None:
     va = local_authority(srv, FixedClock(NOW), always_valid=True)
     srv.store.add_caa(NAME, [CaaPolicy("issue", "other-ca.example")])
-    result = await va.validate("dns-01", NAME, False, TOKEN, KEY_AUTH, ACCOUNT)
+    result = await va.validate(ChallengeRequest("dns-01", NAME, False, TOKEN, KEY_AUTH, ACCOUNT))
     assert result.ok
     (record,) = result.records
     assert record.response == ALWAYS_VALID_NOTE

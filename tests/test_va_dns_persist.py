@@ -24,6 +24,7 @@ from acme_ca.va.dns_persist import (
     PersistRecordError,
     parse_persist_record,
 )
+from acme_ca.va.records import ChallengeRequest
 from acme_ca.va.resolver import DnsClient, ResolverSettings
 from tests.support.mpic import PERSPECTIVES, FakeTransport, agree
 from tests.support.mpic import validator as mpic_validator
@@ -306,7 +307,9 @@ async def test_persist_2_corroboration_records_name_the_pruned_adn(
     mpic = mpic_validator(
         FakeTransport({p.id: agree(local.observed) for p in PERSPECTIVES}), local=local
     )
-    result = await mpic.validate("dns-persist-01", NAME, False, "tok", "tok.thumb", ACCOUNT)
+    result = await mpic.validate(
+        ChallengeRequest("dns-persist-01", NAME, False, "tok", "tok.thumb", ACCOUNT)
+    )
     assert result.ok, result.problem
     summaries = [r for r in result.records if r.corroborated is not None]
     assert len(summaries) == 6 and summaries[-1].quorum == "5/5"

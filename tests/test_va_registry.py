@@ -14,7 +14,7 @@ from acme_ca.clock import FixedClock
 from acme_ca.config import ConfigError, load_config
 from acme_ca.config.base import DEFAULT_CHALLENGE_TYPES
 from acme_ca.testsrv.server import ChallengeTestServer
-from acme_ca.va.records import PRIMARY_PERSPECTIVE
+from acme_ca.va.records import PRIMARY_PERSPECTIVE, ChallengeRequest
 from acme_ca.va.registry import (
     ALL_METHODS,
     DEFAULT_METHODS,
@@ -93,7 +93,9 @@ async def test_disabled_method_refused_by_the_va(srv: ChallengeTestServer) -> No
     any lookup."""
     va = local_authority(srv, FixedClock(NOW), methods=enabled_methods(["dns-01"]))
     srv.store.add_http01("tok", KEY_AUTH)
-    result = await va.validate("http-01", "example.test", False, "tok", KEY_AUTH, "acct")
+    result = await va.validate(
+        ChallengeRequest("http-01", "example.test", False, "tok", KEY_AUTH, "acct")
+    )
     assert result.problem is not None and result.problem.type == ERR + "malformed"
     assert result.records == ()
     assert srv.store.http_history("example.test") == ()

@@ -29,7 +29,7 @@ from acme_ca.testsrv.server import BindAddress, ChallengeServerConfig, Challenge
 from acme_ca.testsrv.store import CaaPolicy
 from acme_ca.testsrv.tlsalpn01 import load_pem_chain
 from acme_ca.va.addresses import public_address_policy
-from acme_ca.va.records import CheckResult
+from acme_ca.va.records import ChallengeRequest, CheckResult
 from acme_ca.va.resolver import DnsClient, ResolverSettings
 from acme_ca.va.tlsalpn01 import (
     ACME_IDENTIFIER_OID,
@@ -273,7 +273,7 @@ async def test_adn_1_http01_validates_exactly_the_fqdn(srv: ChallengeTestServer)
     child = "www.http.example.test"
     srv.store.add_http01(TOKEN, KEY_AUTH)
     result = await local_authority(srv, FixedClock(NOW)).validate(
-        "http-01", child, False, TOKEN, KEY_AUTH, ACCOUNT
+        ChallengeRequest("http-01", child, False, TOKEN, KEY_AUTH, ACCOUNT)
     )
     assert result.ok, result.problem
     assert [e.host.split(":")[0] for e in srv.store.http_history(child)] == [child]
@@ -319,12 +319,14 @@ async def test_testsrv_add_and_del_tlsalpn01(
         assert r.status == 200 and await r.read() == b""
     alpn_srv.store.add_caa(NAME, [CaaPolicy("issue", "jprs.jp")])
     va = local_authority(alpn_srv, SystemClock())
-    result = await va.validate("tls-alpn-01", NAME, False, TOKEN, KEY_AUTH, ACCOUNT)
+    result = await va.validate(
+        ChallengeRequest("tls-alpn-01", NAME, False, TOKEN, KEY_AUTH, ACCOUNT)
+    )
     assert result.ok, result.problem
     assert result.observed == digest()
     async with session.post(f"{api}/del-tlsalpn01", json={"host": NAME}) as r:
         assert r.status == 200
-    gone = await va.validate("tls-alpn-01", NAME, False, TOKEN, KEY_AUTH, ACCOUNT)
+    gone = await va.validate(ChallengeRequest("tls-alpn-01", NAME, False, TOKEN, KEY_AUTH, ACCOUNT))
     assert gone.problem is not None and gone.problem.type == ERR + "tls"
 
 

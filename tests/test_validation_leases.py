@@ -23,7 +23,7 @@ from acme_ca.embedded_pg import EmbeddedPostgres
 from acme_ca.main.app import STORAGE, TASKS, VALIDATOR
 from acme_ca.ra.challenges import ChallengeAuthority, Validator
 from acme_ca.testsrv.server import ChallengeTestServer
-from acme_ca.va.records import CheckResult
+from acme_ca.va.records import ChallengeRequest, CheckResult
 from acme_ca.wfe.services import FRONT_END
 from tests.fixtures import RunningCa
 from tests.support.migrations import create_schema_before
@@ -38,20 +38,10 @@ class HeldValidator:
         self.go = asyncio.Event()
         self.entered = asyncio.Event()
 
-    async def validate(
-        self,
-        challenge_type: str,
-        identifier: str,
-        wildcard: bool,
-        token: str,
-        key_authorization: str,
-        account_uri: str,
-    ) -> CheckResult:
+    async def validate(self, request: ChallengeRequest) -> CheckResult:
         self.entered.set()
         await self.go.wait()
-        return await self._inner.validate(
-            challenge_type, identifier, wildcard, token, key_authorization, account_uri
-        )
+        return await self._inner.validate(request)
 
     async def recheck_caa(
         self, identifier: str, wildcard: bool, account_uri: str, validation_method: str

@@ -29,7 +29,7 @@ from acme_ca.va.dns01 import dns01_txt_value
 from acme_ca.va.methods import WildcardNotAllowed, applied_for, authorization_domain_name
 from acme_ca.va.mpic import MpicValidator
 from acme_ca.va.perspectives import Perspective
-from acme_ca.va.records import CheckResult, FormatError, ValidationRecord
+from acme_ca.va.records import ChallengeRequest, CheckResult, FormatError, ValidationRecord
 from acme_ca.va.registry import BR_METHODS, METHODS
 from acme_ca.va.settings import VASettings
 from tests.fixtures import CaFactory, free_socket
@@ -124,7 +124,7 @@ async def test_br_3_2_2_4_record_names_method_section_and_label(
     BR section and the value that proved control; the deciding one says ``pass``."""
     value = publish(srv, method, identifier)
     result = await local_authority(srv, FixedClock(NOW)).validate(
-        method, identifier, wildcard, TOKEN, KEY_AUTH, ACCOUNT
+        ChallengeRequest(method, identifier, wildcard, TOKEN, KEY_AUTH, ACCOUNT)
     )
     assert result.ok, result.problem
     dcv = [r for r in result.records if r.method == method]
@@ -153,7 +153,7 @@ async def test_br_5_4_1_failed_validation_is_recorded_with_its_adn(
     if method == "dns-01":
         publish(srv, method, "example.test")
     result = await local_authority(srv, FixedClock(NOW)).validate(
-        method, "www.example.test", False, TOKEN, KEY_AUTH, ACCOUNT
+        ChallengeRequest(method, "www.example.test", False, TOKEN, KEY_AUTH, ACCOUNT)
     )
     assert not result.ok
     last = result.records[-1]
@@ -300,7 +300,7 @@ async def test_br_5_4_1_mpic_records_each_perspective_result_and_quorum(
         validator = build_validator(VASettings.from_config(config), clock, setup)
         assert isinstance(validator, MpicValidator)
         result = await validator.validate(
-            "dns-01", "www.example.test", True, TOKEN, KEY_AUTH, ACCOUNT
+            ChallengeRequest("dns-01", "www.example.test", True, TOKEN, KEY_AUTH, ACCOUNT)
         )
     assert result.ok, result.problem
     summaries = {

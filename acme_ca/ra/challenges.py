@@ -35,7 +35,7 @@ from acme_ca.db.pool import request_age
 from acme_ca.liveness import dead_on_this_host, holder_name, host_prefix
 from acme_ca.ra.ratelimits import RateLimiter
 from acme_ca.tasks import BackgroundTasks
-from acme_ca.va.records import CheckResult
+from acme_ca.va.records import ChallengeRequest, CheckResult
 from acme_ca.va.registry import BR_METHODS
 
 log = structlog.get_logger(component="acme_ca.ra.challenges")
@@ -47,15 +47,7 @@ OUTAGE_RETRY_SECONDS = 0.5
 class Validator(Protocol):
     """What the RA needs of the VA: validate a challenge, recheck CAA before issuance."""
 
-    async def validate(
-        self,
-        challenge_type: str,
-        identifier: str,
-        wildcard: bool,
-        token: str,
-        key_authorization: str,
-        account_uri: str,
-    ) -> CheckResult: ...
+    async def validate(self, request: ChallengeRequest) -> CheckResult: ...
 
     async def recheck_caa(
         self, identifier: str, wildcard: bool, account_uri: str, validation_method: str
@@ -248,12 +240,14 @@ class ChallengeAuthority:
         result: CheckResult | None = None
         try:
             result = await self._validator.validate(
-                challenge.type,
-                authz.identifier,
-                authz.wildcard,
-                challenge.token,
-                key_authorization(challenge.token, account.key_thumbprint),
-                self._account_uri(account.id),
+                ChallengeRequest(
+                    challenge_type=challenge.type,
+                    identifier=authz.identifier,
+                    wildcard=authz.wildcard,
+                    token=challenge.token,
+                    key_authorization=key_authorization(challenge.token, account.key_thumbprint),
+                    account_uri=self._account_uri(account.id),
+                )
             )
             method = {"brMethod": BR_METHODS[challenge.type], "brVersion": BR_VERSION}
             valid = result.ok

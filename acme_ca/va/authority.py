@@ -79,48 +79,48 @@ class ValidationAuthority:
         if self._on_close is not None:
             await self._on_close()
 
-    async def validate(
-        self,
-        challenge_type: str,
-        identifier: str,
-        wildcard: bool,
-        token: str,
-        key_authorization: str,
-        account_uri: str,
-    ) -> CheckResult:
+    async def validate(self, request: ChallengeRequest) -> CheckResult:
         """Run the method's check, then CAA; the records of both, in the order they ran.
 
-        ``identifier`` is the authorization's name without ``*.``; ``wildcard`` is its flag.
-        Unexpected exceptions propagate: the caller turns them into ``serverInternal``.
+        ``request.identifier`` is the authorization's name without ``*.``; ``wildcard`` is
+        its flag.  Unexpected exceptions propagate: the caller turns them into
+        ``serverInternal``.
         """
-        log = _log.bind(identifier=identifier, type=challenge_type, wildcard=wildcard)
-        check = self._checks.get(challenge_type)
+        log = _log.bind(
+            identifier=request.identifier, type=request.challenge_type, wildcard=request.wildcard
+        )
+        check = self._checks.get(request.challenge_type)
         if check is None:
             return CheckResult.failure(
-                problems.malformed(f"challenge type {challenge_type!r} is not enabled"), ()
+                problems.malformed(f"challenge type {request.challenge_type!r} is not enabled"), ()
             )
-        if not key_authorization.startswith(token + "."):
+        if not request.key_authorization.startswith(request.token + "."):
             return CheckResult.failure(
                 problems.server_internal("key authorization does not belong to the token"), ()
             )
         if self.always_valid:
             log.warning("va.validated", ok=True, always_valid=True)
-            return self._always_valid(challenge_type, identifier, wildcard, key_authorization)
+            return self._always_valid(
+                request.challenge_type,
+                request.identifier,
+                request.wildcard,
+                request.key_authorization,
+            )
         try:
-            authorization_domain_name(METHODS[challenge_type].dcv, identifier, wildcard)
+            authorization_domain_name(
+                METHODS[request.challenge_type].dcv, request.identifier, request.wildcard
+            )
         except WildcardNotAllowed as exc:
             return CheckResult.failure(problems.unauthorized(f"{exc} (BR-DCV-5)"), ())
-        method = await check.validate(
-            ChallengeRequest(identifier, wildcard, token, key_authorization, account_uri)
-        )
+        method = await check.validate(request)
         if not method.ok:
             log.info("va.validated", ok=False, problem=_short(method), stage="method")
             return method
         caa = await self._caa.check(
-            identifier,
-            wildcard=wildcard,
-            account_uri=account_uri,
-            validation_method=challenge_type,
+            request.identifier,
+            wildcard=request.wildcard,
+            account_uri=request.account_uri,
+            validation_method=request.challenge_type,
         )
         # A success is in the challenge.valid line and audit row that follow: debug.
         (log.info if not caa.ok else log.debug)(

@@ -61,6 +61,7 @@ from acme_ca.va.quorum import (
 )
 from acme_ca.va.records import (
     PRIMARY_PERSPECTIVE,
+    ChallengeRequest,
     CheckResult,
     FormatError,
     Method,
@@ -112,6 +113,33 @@ class RemoteRequest:
     nonce: str
     token: str | None = None
     key_authorization: str | None = None
+
+    @classmethod
+    def dcv(cls, request: ChallengeRequest, nonce: str) -> RemoteRequest:
+        """Ask a remote to repeat the primary's check of ``request``."""
+        return cls(
+            kind="dcv",
+            identifier=request.identifier,
+            wildcard=request.wildcard,
+            account_uri=request.account_uri,
+            method=request.challenge_type,
+            nonce=nonce,
+            token=request.token,
+            key_authorization=request.key_authorization,
+        )
+
+    def challenge(self) -> ChallengeRequest:
+        """The challenge a ``dcv`` request asks the remote to validate."""
+        assert self.kind == "dcv" and self.token is not None
+        assert self.key_authorization is not None
+        return ChallengeRequest(
+            challenge_type=self.method,
+            identifier=self.identifier,
+            wildcard=self.wildcard,
+            token=self.token,
+            key_authorization=self.key_authorization,
+            account_uri=self.account_uri,
+        )
 
     def to_json(self) -> dict[str, JsonValue]:
         body: dict[str, JsonValue] = {
@@ -166,15 +194,7 @@ async def run_remote_check(va: ValidationAuthority, request: RemoteRequest) -> C
         return await va.recheck_caa(
             request.identifier, request.wildcard, request.account_uri, request.method
         )
-    assert request.token is not None and request.key_authorization is not None
-    return await va.validate(
-        request.method,
-        request.identifier,
-        request.wildcard,
-        request.token,
-        request.key_authorization,
-        request.account_uri,
-    )
+    return await va.validate(request.challenge())
 
 
 def remote_reply(
@@ -288,38 +308,20 @@ class MpicValidator:
         finally:
             await self._local.aclose()
 
-    async def validate(
-        self,
-        challenge_type: str,
-        identifier: str,
-        wildcard: bool,
-        token: str,
-        key_authorization: str,
-        account_uri: str,
-    ) -> CheckResult:
+    async def validate(self, request: ChallengeRequest) -> CheckResult:
         """The primary's validation, then (only if it passed) the remotes' corroboration."""
-        local = await self._local.validate(
-            challenge_type, identifier, wildcard, token, key_authorization, account_uri
-        )
+        local = await self._local.validate(request)
         if not local.ok or self._local.always_valid:
             _log.info(
                 "va.mpic.remotes_not_asked",
-                identifier=identifier,
-                type=challenge_type,
+                identifier=request.identifier,
+                type=request.challenge_type,
                 reason="always_valid test mode" if local.ok else "the primary's check failed",
             )
             return local
-        request = RemoteRequest(
-            kind="dcv",
-            identifier=identifier,
-            wildcard=wildcard,
-            account_uri=account_uri,
-            method=challenge_type,
-            nonce=self._nonce(),
-            token=token,
-            key_authorization=key_authorization,
+        return await self._corroborated(
+            RemoteRequest.dcv(request, self._nonce()), local, request.challenge_type
         )
-        return await self._corroborated(request, local, challenge_type)
 
     async def recheck_caa(
         self, identifier: str, wildcard: bool, account_uri: str, validation_method: str

@@ -212,11 +212,14 @@ def problem_from_json(body: Any) -> Problem:
 
 @dataclass(frozen=True)
 class ChallengeRequest:
-    """What every method's check is given, at the primary and at each remote perspective
-    alike (so a remote can repeat the full check): the authorization's name without ``*.``,
-    its wildcard flag, the challenge token, the key authorization (RFC 8555 §8.1) and the
-    account URI (dns-persist-01 and dns-account-01 bind to it)."""
+    """One challenge to validate, the one message from the RA through the VA (and the MPIC
+    layer) down to the method's check, at the primary and at each remote perspective alike
+    (so a remote can repeat the full check): the challenge type (a method label of
+    :mod:`acme_ca.va.registry`), the authorization's name without ``*.``, its wildcard flag,
+    the challenge token, the key authorization (RFC 8555 §8.1) and the account URI
+    (dns-persist-01 and dns-account-01 bind to it)."""
 
+    challenge_type: str
     identifier: str
     wildcard: bool
     token: str

@@ -13,7 +13,7 @@ from acme_ca.va.mpic import (
     remote_reply,
 )
 from acme_ca.va.perspectives import MpicSetup, Perspective
-from acme_ca.va.records import CheckResult, ValidationRecord
+from acme_ca.va.records import ChallengeRequest, CheckResult, ValidationRecord
 
 KEY_AUTH = "tok.thumb"
 
@@ -114,4 +114,6 @@ def validator(
 
 
 async def validate(v: MpicValidator) -> CheckResult:
-    return await v.validate("dns-01", "example.com", False, "tok", KEY_AUTH, "acct")
+    return await v.validate(
+        ChallengeRequest("dns-01", "example.com", False, "tok", KEY_AUTH, "acct")
+    )

@@ -12,13 +12,17 @@ text cannot be matched (a JSON syntax error), status and content type are compar
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -27,14 +31,23 @@ import dns.message
 import dns.rcode
 import dns.rdatatype
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from acme_ca.config import ConfigError, load_config
-from acme_ca.testsrv.server import ChallengeServerConfig, ChallengeTestServer
+from acme_ca.testsrv.server import BindAddress, ChallengeServerConfig, ChallengeTestServer
 from acme_ca.va.http01 import Http01Validator
 from acme_ca.va.resolver import DnsClient, ResolverSettings
+from acme_ca.va.tlsalpn01 import (
+    ACME_IDENTIFIER_OID,
+    ALPN_PROTOCOL,
+    acme_identifier_value,
+    judge_certificate,
+)
 from tests.support.ports import free_port as _free_port
 from tests.support.va import loopback_ok
 
+_DER = Encoding.DER
 PEBBLE_CHALLTESTSRV = shutil.which("pebble-challtestsrv")
 pytestmark = pytest.mark.skipif(
     PEBBLE_CHALLTESTSRV is None, reason="pebble-challtestsrv not installed (Debian: pebble)"
@@ -49,6 +62,7 @@ class Endpoints:
     dns_port: int
     http01: str
     https01: str
+    tlsalpn01_port: int
 
 
 @dataclass(frozen=True)
@@ -74,7 +88,7 @@ def _wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
 @pytest.fixture(scope="module")
 def pebble() -> Iterator[Endpoints]:
     assert PEBBLE_CHALLTESTSRV is not None
-    dns_port, http01, https01, management = (_free_port() for _ in range(4))
+    dns_port, http01, https01, tlsalpn01, management = (_free_port() for _ in range(5))
     proc = subprocess.Popen(
         [
             PEBBLE_CHALLTESTSRV,
@@ -85,7 +99,7 @@ def pebble() -> Iterator[Endpoints]:
             "-https01",
             f"127.0.0.1:{https01}",
             "-tlsalpn01",
-            "",
+            f"127.0.0.1:{tlsalpn01}",
             "-management",
             f"127.0.0.1:{management}",
             "-defaultIPv6",
@@ -95,13 +109,14 @@ def pebble() -> Iterator[Endpoints]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        for port in (management, http01, https01):
+        for port in (management, http01, https01, tlsalpn01):
             _wait_listening(port, proc)
         yield Endpoints(
             f"http://127.0.0.1:{management}",
             dns_port,
             f"http://127.0.0.1:{http01}",
             f"https://127.0.0.1:{https01}",
+            tlsalpn01,
         )
     finally:
         proc.terminate()
@@ -110,13 +125,17 @@ def pebble() -> Iterator[Endpoints]:
 
 @pytest.fixture
 async def ours() -> AsyncIterator[Endpoints]:
-    async with ChallengeTestServer(ChallengeServerConfig.ephemeral(https01=True)) as srv:
-        assert srv.dns_port and srv.http01_port and srv.https01_port
+    config = replace(
+        ChallengeServerConfig.ephemeral(https01=True), tlsalpn01=BindAddress("127.0.0.1", 0)
+    )
+    async with ChallengeTestServer(config) as srv:
+        assert srv.dns_port and srv.http01_port and srv.https01_port and srv.tlsalpn01_port
         yield Endpoints(
             srv.management_url,
             srv.dns_port,
             f"http://127.0.0.1:{srv.http01_port}",
             f"https://127.0.0.1:{srv.https01_port}",
+            srv.tlsalpn01_port,
         )
 
 
@@ -431,6 +450,102 @@ async def test_challtestsrv_del_redirect(
     assert (await same_http01(session, both, path, tls=False))[0] == 200
     await same(session, both, "/del-redirect", {"path": "/never-added"})
     await same(session, both, "/del-redirect", {})
+
+
+# ------------------------------------------------------------------------------------------
+# tls-alpn-01 verbs and the tls-alpn-01 listener (RFC 8737)
+
+
+async def _alpn_handshake(port: int, server_name: str) -> tuple[str | None, bytes] | None:
+    """(negotiated ALPN, the certificate's DER) of a handshake offering only ``acme-tls/1``
+    with SNI ``server_name``, or None when the listener refuses it."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols([ALPN_PROTOCOL])
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection("127.0.0.1", port, ssl=context, server_hostname=server_name),
+            timeout=5,
+        )
+    except (ssl.SSLError, ConnectionError):
+        return None
+    try:
+        tls: ssl.SSLObject = writer.get_extra_info("ssl_object")
+        der = tls.getpeercert(binary_form=True)
+        assert der is not None
+        return tls.selected_alpn_protocol(), der
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await writer.wait_closed()
+
+
+async def same_tlsalpn01(
+    servers: tuple[Endpoints, Endpoints], server_name: str
+) -> list[x509.Certificate]:
+    """Both listeners accept (or both refuse) the handshake; when they accept, both negotiate
+    ``acme-tls/1`` and present a certificate for exactly ``server_name`` with the same
+    critical acmeIdentifier.  Returns [theirs, ours] (empty when both refused)."""
+    theirs, mine = [await _alpn_handshake(s.tlsalpn01_port, server_name) for s in servers]
+    assert (theirs is None) == (mine is None), (server_name, theirs, mine)
+    if theirs is None or mine is None:
+        return []
+    assert theirs[0] == mine[0] == ALPN_PROTOCOL
+    certs = [x509.load_der_x509_certificate(answer[1]) for answer in (theirs, mine)]
+    for cert in certs:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert san.get_values_for_type(x509.DNSName) == [server_name]
+    their_id, my_id = [c.extensions.get_extension_for_oid(ACME_IDENTIFIER_OID) for c in certs]
+    assert their_id.critical and my_id.critical
+    assert their_id.value.public_bytes() == my_id.value.public_bytes()
+    return certs
+
+
+async def test_challtestsrv_add_tlsalpn01(
+    session: aiohttp.ClientSession, both: tuple[Endpoints, Endpoints]
+) -> None:
+    host, content = "alpn-add.parity.example", "tok-alpn.thumbprint"
+    assert await same_tlsalpn01(both, host) == []  # nothing added: both refuse the handshake
+    answer = await same(session, both, "/add-tlsalpn01", {"host": host, "content": content})
+    assert (answer.status, answer.body) == (200, b"")
+    theirs, mine = await same_tlsalpn01(both, host)
+    value = mine.extensions.get_extension_for_oid(ACME_IDENTIFIER_OID).value.public_bytes()
+    assert value == acme_identifier_value(content)  # RFC 8737 §3: SHA-256 of the content
+    # ours also passes our own VA's RFC 8737 / BR 3.2.2.4.20 judgement (Pebble's has zero
+    # validity dates, a documented difference, so only its SAN and acmeIdentifier compare)
+    assert judge_certificate(mine.public_bytes(_DER), host, content, datetime.now(UTC)) == (
+        None,
+        value[2:].hex(),
+    )
+    assert theirs.public_bytes(_DER) != mine.public_bytes(_DER)
+    # a new content for the same host replaces the old one in both
+    await same(session, both, "/add-tlsalpn01", {"host": host, "content": "other.thumbprint"})
+    _, mine = await same_tlsalpn01(both, host)
+    assert mine.extensions.get_extension_for_oid(
+        ACME_IDENTIFIER_OID
+    ).value.public_bytes() == acme_identifier_value("other.thumbprint")
+    await same(session, both, "/add-tlsalpn01", {"host": host})
+    await same(session, both, "/add-tlsalpn01", {"content": content})
+    await same(session, both, "/add-tlsalpn01", {"host": "", "content": content})
+    await same(session, both, "/add-tlsalpn01", b"")
+    await same(session, both, "/add-tlsalpn01", b"{", exact=False)
+
+
+async def test_challtestsrv_del_tlsalpn01(
+    session: aiohttp.ClientSession, both: tuple[Endpoints, Endpoints]
+) -> None:
+    host = "alpn-del.parity.example"
+    await same(session, both, "/add-tlsalpn01", {"host": host, "content": "c.thumbprint"})
+    assert len(await same_tlsalpn01(both, host)) == 2
+    answer = await same(session, both, "/del-tlsalpn01", {"host": host})
+    assert (answer.status, answer.body) == (200, b"")
+    assert await same_tlsalpn01(both, host) == []  # removed: both refuse the handshake
+    answer = await same(session, both, "/del-tlsalpn01", {"host": "never-added.parity.example"})
+    assert (answer.status, answer.body) == (200, b"")
+    await same(session, both, "/del-tlsalpn01", {})
+    await same(session, both, "/del-tlsalpn01", b"")
+    await same(session, both, "/del-tlsalpn01", b"not json", exact=False)
 
 
 # ------------------------------------------------------------------------------------------

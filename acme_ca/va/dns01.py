@@ -16,24 +16,24 @@ matching value, or every value seen when none matched.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from typing import Final
 
 import structlog
 
 from acme_ca.acme import problems
 from acme_ca.acme.b64 import b64url_encode
-from acme_ca.clock import Clock, SystemClock
 from acme_ca.va.methods import DcvMethod, applied_for, authorization_domain_name
 from acme_ca.va.records import (
-    PRIMARY_PERSPECTIVE,
     CheckResult,
     KeyAuthorizationCheck,
+    PerspectiveCheck,
     ValidationRecord,
     dcv_records,
     dns_record,
     truncate,
 )
-from acme_ca.va.resolver import DnsAnswer, DnsClient
+from acme_ca.va.resolver import DnsAnswer
 
 CHALLENGE_LABEL: Final = "_acme-challenge"
 METHOD: Final = DcvMethod(
@@ -67,19 +67,9 @@ def txt_strings(answer: DnsAnswer) -> list[str]:
     return values
 
 
-class Dns01Validator(KeyAuthorizationCheck):
+@dataclass(eq=False, kw_only=True)
+class Dns01Validator(PerspectiveCheck, KeyAuthorizationCheck):
     """Checks the ``_acme-challenge`` TXT RRset through the VA's resolver."""
-
-    def __init__(
-        self,
-        dns: DnsClient,
-        *,
-        perspective: str = PRIMARY_PERSPECTIVE,
-        clock: Clock | None = None,
-    ) -> None:
-        self._dns = dns
-        self._perspective = perspective
-        self._clock: Clock = clock or SystemClock()
 
     async def check(
         self, identifier: str, key_authorization: str, *, wildcard: bool = False
@@ -88,10 +78,10 @@ class Dns01Validator(KeyAuthorizationCheck):
         adn = authorization_domain_name(METHOD, identifier, wildcard)
         name = f"{CHALLENGE_LABEL}.{adn}"
         expected = dns01_txt_value(key_authorization)
-        at = self._clock.now()
-        answer = await self._dns.query(name, "TXT")
+        at = self.clock.now()
+        answer = await self.dns.query(name, "TXT")
         record = dns_record(
-            answer, method=METHOD.label, hostname=adn, at=at, perspective=self._perspective
+            answer, method=METHOD.label, hostname=adn, at=at, perspective=self.perspective
         )
 
         def records(ok: bool) -> tuple[ValidationRecord, ...]:

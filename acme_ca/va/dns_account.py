@@ -22,17 +22,16 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from dataclasses import dataclass
 from typing import Final
 
 import structlog
 
 from acme_ca.acme import problems
-from acme_ca.clock import Clock, SystemClock
 from acme_ca.va.adn import AdnLookup, AdnWalker, adn_records
 from acme_ca.va.dns01 import CHALLENGE_LABEL, dns01_txt_value, txt_strings
 from acme_ca.va.methods import DcvMethod, applied_for
-from acme_ca.va.records import PRIMARY_PERSPECTIVE, ChallengeRequest, CheckResult, truncate
-from acme_ca.va.resolver import DnsClient
+from acme_ca.va.records import ChallengeRequest, CheckResult, PerspectiveCheck, truncate
 
 LABEL: Final = "dns-account-01"
 METHOD: Final = DcvMethod(
@@ -64,18 +63,12 @@ def record_name(account_uri: str, adn: str) -> str:
     return f"{record_prefix(account_uri)}.{adn.rstrip('.').lower().removeprefix('*.')}"
 
 
-class DnsAccountValidator:
+@dataclass(eq=False, kw_only=True)
+class DnsAccountValidator(PerspectiveCheck):
     """Checks the account-labelled ``_acme-challenge`` TXT RRset through the VA's resolver."""
 
-    def __init__(
-        self,
-        dns: DnsClient,
-        *,
-        perspective: str = PRIMARY_PERSPECTIVE,
-        clock: Clock | None = None,
-    ) -> None:
-        self._clock: Clock = clock or SystemClock()
-        self._walker = AdnWalker(dns, METHOD, perspective=perspective, now=self._clock.now)
+    def __post_init__(self) -> None:
+        self._walker = AdnWalker(self.dns, METHOD, perspective=self.perspective, now=self.clock.now)
 
     async def validate(self, request: ChallengeRequest) -> CheckResult:
         """The registry's entry point."""

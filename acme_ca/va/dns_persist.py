@@ -45,12 +45,10 @@ from acme_ca.acme import problems
 from acme_ca.acme.issuer_names import issuer_domain_names, normalize_issuer_domain_name
 from acme_ca.acme.problems import Problem
 from acme_ca.br import PERSISTENT_TXT_REUSE
-from acme_ca.clock import Clock, SystemClock
 from acme_ca.va.adn import AdnLookup, AdnWalker, adn_records
 from acme_ca.va.dns01 import txt_strings
 from acme_ca.va.methods import DcvMethod, applied_for
-from acme_ca.va.records import PRIMARY_PERSPECTIVE, ChallengeRequest, CheckResult, truncate
-from acme_ca.va.resolver import DnsClient
+from acme_ca.va.records import ChallengeRequest, CheckResult, PerspectiveCheck, truncate
 
 LABEL: Final = "dns-persist-01"
 PREFIX: Final = "_validation-persist"
@@ -187,20 +185,16 @@ class _Evaluation:
     others: int = 0
 
 
-class DnsPersistValidator:
-    """Checks ``_validation-persist`` TXT records through the VA's resolver."""
+@dataclass(eq=False, kw_only=True)
+class DnsPersistValidator(PerspectiveCheck):
+    """Checks ``_validation-persist`` TXT records through the VA's resolver; ``issuers``
+    are this CA's issuer domain names (normalised on construction)."""
 
-    def __init__(
-        self,
-        dns: DnsClient,
-        issuers: Sequence[str],
-        *,
-        perspective: str = PRIMARY_PERSPECTIVE,
-        clock: Clock | None = None,
-    ) -> None:
-        self.issuers = issuer_domain_names(issuers)
-        self._clock: Clock = clock or SystemClock()
-        self._walker = AdnWalker(dns, METHOD, perspective=perspective, now=self._clock.now)
+    issuers: Sequence[str] = field(kw_only=False)
+
+    def __post_init__(self) -> None:
+        self.issuers = issuer_domain_names(self.issuers)
+        self._walker = AdnWalker(self.dns, METHOD, perspective=self.perspective, now=self.clock.now)
 
     def expected_value(self, account_uri: str) -> str:
         """What a record must hold, for records and problems."""
@@ -214,7 +208,7 @@ class DnsPersistValidator:
         """Pass when a record of ours for this account authorises the name at some ADN."""
         fqdn = identifier.rstrip(".").lower().removeprefix("*.")
         wildcard = wildcard or identifier.startswith("*.")
-        now = self._clock.now()
+        now = self.clock.now()
         seen = _Evaluation()
 
         def accept(lookup: AdnLookup) -> bool:

@@ -19,14 +19,15 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Final, Literal
 
 from acme_ca.acme.jsontypes import JsonValue
 from acme_ca.acme.problems import Problem
+from acme_ca.clock import Clock, SystemClock
 from acme_ca.va.methods import DcvMethod
-from acme_ca.va.resolver import DnsAnswer, DnssecStatus
+from acme_ca.va.resolver import DnsAnswer, DnsClient, DnssecStatus
 
 Method = str
 """A record's method: an ACME validation method label of :mod:`acme_ca.va.registry`, or
@@ -225,6 +226,17 @@ class ChallengeRequest:
     token: str
     key_authorization: str
     account_uri: str
+
+
+@dataclass(eq=False, kw_only=True)
+class PerspectiveCheck:
+    """What every method's check is built with, for one perspective: its resolver client,
+    its name (on every record it writes, BR 5.4.1 item 7) and the clock the records are
+    timed by.  The methods add their own options as further keyword fields."""
+
+    dns: DnsClient = field(kw_only=False)
+    perspective: str = PRIMARY_PERSPECTIVE
+    clock: Clock = field(default_factory=SystemClock)
 
 
 class KeyAuthorizationCheck(ABC):

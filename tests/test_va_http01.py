@@ -24,12 +24,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from acme_ca.testsrv.server import ChallengeTestServer
-from acme_ca.va.addresses import public_address_policy
+from acme_ca.va.addresses import public_address_policy, unverified_tls_context
 from acme_ca.va.http01 import (
     BODY_SLACK,
     Http01Validator,
     TargetRefused,
-    _insecure_tls_context,
     parse_target,
 )
 from acme_ca.va.resolver import DnsClient, ResolverSettings
@@ -625,7 +624,7 @@ async def test_br_5_4_1_http01_records_name_value_adn_and_method(
 
 def test_redirect_tls_context_is_made_once_per_process() -> None:
     """Issue 20: a remote VA builds its validators per request; the TLS settings are shared."""
-    context = _insecure_tls_context()
-    assert _insecure_tls_context() is context
+    context = unverified_tls_context()
+    assert unverified_tls_context() is context
     assert context.verify_mode == ssl.CERT_NONE and not context.check_hostname
     assert context.minimum_version == ssl.TLSVersion.TLSv1_2

@@ -21,42 +21,27 @@ never which name is validated.  Only the redirects BR 3.2.2.4.19 allows lead els
 from __future__ import annotations
 
 import asyncio
-import functools
 import ipaddress
 import re
 import ssl
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Final
+from typing import ClassVar, Final
 from urllib.parse import quote, urljoin, urlsplit
 
 import structlog
 
 from acme_ca.acme import problems
 from acme_ca.acme.problems import Problem
-from acme_ca.clock import Clock, SystemClock
 from acme_ca.va.addresses import (
+    AddressCheck,
     AddressesRefused,
-    AddressPolicy,
     host_port,
-    public_address_policy,
     resolve_allowed,
+    unverified_tls_context,
 )
-from acme_ca.va.methods import (
-    DcvMethod,
-    WildcardNotAllowed,
-    applied_for,
-    authorization_domain_name,
-)
-from acme_ca.va.records import (
-    PRIMARY_PERSPECTIVE,
-    ChallengeRequest,
-    CheckResult,
-    ValidationRecord,
-    dcv_records,
-    truncate,
-)
-from acme_ca.va.resolver import DnsClient
+from acme_ca.va.methods import DcvMethod, WildcardNotAllowed, authorization_domain_name
+from acme_ca.va.records import ChallengeRequest, CheckResult, ValidationRecord, truncate
 
 METHOD: Final = DcvMethod(
     label="http-01",
@@ -170,19 +155,6 @@ def _is_ip_literal(host: str) -> bool:
     return True
 
 
-@functools.cache
-def _insecure_tls_context() -> ssl.SSLContext:
-    """For https redirect targets: RFC 8555 §8.3 practice is not to check the certificate.
-
-    One per process: it holds settings only (a client context keeps no sessions unless asked),
-    and making one per validator was a visible share of a remote VA's CPU (issue 20)."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    return context
-
-
 class _HopFailed(Exception):
     """Ends a check: the hop's problem and what is known of it so far."""
 
@@ -245,37 +217,22 @@ class _Head:
         return ", ".join(values) if values else None
 
 
-class Http01Validator:
+@dataclass(eq=False, kw_only=True)
+class Http01Validator(AddressCheck):
     """Fetches ``/.well-known/acme-challenge/<token>`` as RFC 8555 §8.3 and BR-DCV-3 allow.
 
     ``address_policy`` decides which resolved addresses may be connected to; the default is
     :func:`public_address_policy`, and tests pass one that also allows loopback.
-    ``max_body`` caps the body read; None means the expected length plus :data:`BODY_SLACK`.
+    ``https_port`` is what 443 means for a redirect to https; ``max_body`` caps the body
+    read, None meaning the expected length plus :data:`BODY_SLACK`.
     """
 
-    def __init__(
-        self,
-        dns: DnsClient,
-        *,
-        port: int = HTTP_PORT,
-        https_port: int = HTTPS_PORT,
-        address_policy: AddressPolicy = public_address_policy,
-        timeout: float = DEFAULT_TIMEOUT,
-        max_redirects: int = MAX_REDIRECTS,
-        max_body: int | None = None,
-        perspective: str = PRIMARY_PERSPECTIVE,
-        clock: Clock | None = None,
-    ) -> None:
-        self._dns = dns
-        self.port = port
-        self.https_port = https_port
-        self._address_policy = address_policy
-        self._timeout = timeout
-        self._max_redirects = max_redirects
-        self._max_body = max_body
-        self._perspective = perspective
-        self._clock: Clock = clock or SystemClock()
-        self._tls = _insecure_tls_context()
+    method: ClassVar[DcvMethod] = METHOD
+    port: int = HTTP_PORT
+    https_port: int = HTTPS_PORT
+    timeout: float = DEFAULT_TIMEOUT
+    max_redirects: int = MAX_REDIRECTS
+    max_body: int | None = None
 
     def challenge_url(self, identifier: str, token: str) -> str:
         """The first URL fetched; the configured port stands in for 80."""
@@ -302,13 +259,13 @@ class Http01Validator:
         if _TOKEN_RE.fullmatch(token) is None:
             return CheckResult.failure(problems.malformed("token is not base64url"), ())
         expected = key_authorization.encode("ascii")
-        cap = self._max_body if self._max_body is not None else len(expected) + BODY_SLACK
+        cap = self.max_body if self.max_body is not None else len(expected) + BODY_SLACK
         url = self.challenge_url(adn, token)
         records: list[ValidationRecord] = []
         hop: _Hop | None = None
         seen: set[str] = set()
         try:
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout(self.timeout):
                 while True:
                     hop = _Hop(url=url, hostname=urlsplit(url).hostname or "", at=self._now())
                     seen.add(url)
@@ -332,9 +289,7 @@ class Http01Validator:
         except _HopFailed as failed:
             problem = failed.problem
         except TimeoutError:
-            problem = problems.connection(
-                f"Fetching {url}: timeout after {self._timeout:g} seconds"
-            )
+            problem = problems.connection(f"Fetching {url}: timeout after {self.timeout:g} seconds")
         if hop is not None:
             records.append(hop.record(problem.detail))
         return self._fail(
@@ -342,7 +297,7 @@ class Http01Validator:
         )
 
     def _now(self) -> datetime:
-        return self._clock.now()
+        return self.clock.now()
 
     def _target(self, url: str, *, first: bool) -> Target:
         try:
@@ -353,10 +308,10 @@ class Http01Validator:
 
     def _next_url(self, url: str, location: str, redirects: int, seen: set[str]) -> str:
         """The target of redirect number ``redirects``, refused past the limit or on a loop."""
-        if redirects > self._max_redirects:
+        if redirects > self.max_redirects:
             raise _HopFailed(
                 problems.connection(
-                    f"Too many redirects: more than {self._max_redirects} from {url} (BR-DCV-3)"
+                    f"Too many redirects: more than {self.max_redirects} from {url} (BR-DCV-3)"
                 )
             )
         target = urljoin(url, location.strip())
@@ -385,27 +340,12 @@ class Http01Validator:
             problem, self._stamp(records, adn, key_authorization, ok=False), observed
         )
 
-    def _stamp(
-        self, records: list[ValidationRecord], adn: str, key_authorization: str, *, ok: bool
-    ) -> tuple[ValidationRecord, ...]:
-        """Put this validator's perspective and what was validated (SC-099) on every record."""
-        if self._perspective != PRIMARY_PERSPECTIVE:
-            records = [replace(r, perspective=self._perspective) for r in records]
-        return dcv_records(
-            records,
-            method=METHOD,
-            identifier=applied_for(adn, wildcard=False),
-            adn=adn,
-            value=key_authorization,
-            ok=ok,
-        )
-
     async def _connect(
         self, target: Target, hop: _Hop
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """Connect to the first allowed IPv6 address, falling back to the first IPv4 one."""
         try:
-            resolved = await resolve_allowed(self._dns, target.host, self._address_policy)
+            resolved = await resolve_allowed(self.dns, target.host, self.address_policy)
         except AddressesRefused as exc:
             hop.addresses = tuple(str(a) for a in exc.addresses)
             if exc.note:
@@ -421,7 +361,7 @@ class Http01Validator:
                 return await asyncio.open_connection(
                     str(address),
                     target.port,
-                    ssl=self._tls if target.scheme == "https" else None,
+                    ssl=unverified_tls_context() if target.scheme == "https" else None,
                     server_hostname=target.host if target.scheme == "https" else None,
                     limit=MAX_HEADER_BYTES,
                 )

@@ -27,12 +27,11 @@ repeat the whole check and must present the same digest (BR 3.2.2.9).
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import ssl
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final
+from typing import ClassVar, Final
 
 import structlog
 from cryptography import x509
@@ -40,29 +39,16 @@ from cryptography.exceptions import InvalidSignature
 
 from acme_ca.acme import problems
 from acme_ca.acme.problems import Problem
-from acme_ca.clock import Clock, SystemClock
 from acme_ca.va.addresses import (
+    AddressCheck,
     AddressesRefused,
-    AddressPolicy,
     host_port,
-    public_address_policy,
     resolve_allowed,
+    unverified_tls_context,
 )
-from acme_ca.va.methods import (
-    DcvMethod,
-    WildcardNotAllowed,
-    applied_for,
-    authorization_domain_name,
-)
-from acme_ca.va.records import (
-    PRIMARY_PERSPECTIVE,
-    CheckResult,
-    KeyAuthorizationCheck,
-    ValidationRecord,
-    dcv_records,
-    truncate,
-)
-from acme_ca.va.resolver import DnsClient, IPAddress
+from acme_ca.va.methods import DcvMethod, WildcardNotAllowed, authorization_domain_name
+from acme_ca.va.records import CheckResult, KeyAuthorizationCheck, ValidationRecord, truncate
+from acme_ca.va.resolver import IPAddress
 
 METHOD: Final = DcvMethod(
     label="tls-alpn-01",
@@ -98,19 +84,10 @@ def acme_identifier_value(key_authorization: str) -> bytes:
     return _OCTET_STRING_32 + acme_identifier_digest(key_authorization)
 
 
-@functools.cache
 def client_context() -> ssl.SSLContext:
     """TLS 1.2+ offering only ``acme-tls/1``; the self-signed certificate is judged by
-    :func:`judge_certificate`, not by chain validation.
-
-    One per process: it holds settings only (a client context keeps no sessions unless asked),
-    and making one per validator was a visible share of a remote VA's CPU (issue 20)."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.set_alpn_protocols([ALPN_PROTOCOL])
-    return context
+    :func:`judge_certificate`, not by chain validation.  One per process."""
+    return unverified_tls_context((ALPN_PROTOCOL,))
 
 
 @dataclass(frozen=True)
@@ -247,29 +224,16 @@ class _AttemptFailed(Exception):
         self.problem = problem
 
 
-class TlsAlpn01Validator(KeyAuthorizationCheck):
+@dataclass(eq=False, kw_only=True)
+class TlsAlpn01Validator(AddressCheck, KeyAuthorizationCheck):
     """Connects to ``port`` of the FQDN's allowed addresses and judges the ``acme-tls/1``
-    certificate; ``address_policy`` as for http-01 (tests pass one allowing loopback)."""
+    certificate; ``address_policy`` as for http-01 (tests pass one allowing loopback);
+    ``attempt_timeout`` bounds each connection and handshake."""
 
-    def __init__(
-        self,
-        dns: DnsClient,
-        *,
-        port: int = TLS_PORT,
-        address_policy: AddressPolicy = public_address_policy,
-        timeout: float = DEFAULT_TIMEOUT,
-        attempt_timeout: float = ATTEMPT_TIMEOUT,
-        perspective: str = PRIMARY_PERSPECTIVE,
-        clock: Clock | None = None,
-    ) -> None:
-        self._dns = dns
-        self.port = port
-        self._address_policy = address_policy
-        self._timeout = timeout
-        self._attempt_timeout = attempt_timeout
-        self._perspective = perspective
-        self._clock: Clock = clock or SystemClock()
-        self._tls = client_context()
+    method: ClassVar[DcvMethod] = METHOD
+    port: int = TLS_PORT
+    timeout: float = DEFAULT_TIMEOUT
+    attempt_timeout: float = ATTEMPT_TIMEOUT
 
     async def check(
         self, identifier: str, key_authorization: str, *, wildcard: bool = False
@@ -292,8 +256,8 @@ class TlsAlpn01Validator(KeyAuthorizationCheck):
                     method=METHOD.label,
                     hostname=adn,
                     query=query,
-                    at=self._clock.now(),
-                    perspective=self._perspective,
+                    at=self.clock.now(),
+                    perspective=self.perspective,
                     server=server,
                     addresses=addresses,
                     response=truncate(response, 512) if response is not None else None,
@@ -302,23 +266,16 @@ class TlsAlpn01Validator(KeyAuthorizationCheck):
             )
 
         def finish(problem: Problem | None, observed: str | None) -> CheckResult:
-            stamped = dcv_records(
-                records,
-                method=METHOD,
-                identifier=applied_for(adn, wildcard=False),
-                adn=adn,
-                value=expected,
-                ok=problem is None,
-            )
+            stamped = self._stamp(records, adn, expected, ok=problem is None)
             if problem is None:
                 return CheckResult.success(stamped, observed)
             _log.info("va.tlsalpn01.failed", name=adn, problem=problem.short_type)
             return CheckResult.failure(problem, stamped, observed)
 
         try:
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout(self.timeout):
                 try:
-                    resolved = await resolve_allowed(self._dns, adn, self._address_policy)
+                    resolved = await resolve_allowed(self.dns, adn, self.address_policy)
                 except AddressesRefused as exc:
                     addresses = tuple(str(a) for a in exc.addresses)
                     record(None, error="; ".join(filter(None, (exc.note, exc.problem.detail))))
@@ -336,7 +293,7 @@ class TlsAlpn01Validator(KeyAuthorizationCheck):
                     break
         except TimeoutError:
             problem = problems.connection(
-                f"tls-alpn-01 for {adn}: timeout after {self._timeout:g} seconds"
+                f"tls-alpn-01 for {adn}: timeout after {self.timeout:g} seconds"
             )
             record(None, error=problem.detail)
             return finish(problem, None)
@@ -358,7 +315,7 @@ class TlsAlpn01Validator(KeyAuthorizationCheck):
             record(server, response=f"ALPN {ALPN_PROTOCOL}", error=problem.detail)
             return finish(problem, None)
         reason, observed = judge_certificate(
-            handshake.certificate, adn, key_authorization, self._clock.now()
+            handshake.certificate, adn, key_authorization, self.clock.now()
         )
         response = f"ALPN {ALPN_PROTOCOL}; {describe(handshake.certificate)}"
         if reason is None:
@@ -379,10 +336,10 @@ class TlsAlpn01Validator(KeyAuthorizationCheck):
         stage = "connection"
         writer: asyncio.StreamWriter | None = None
         try:
-            async with asyncio.timeout(self._attempt_timeout):
+            async with asyncio.timeout(self.attempt_timeout):
                 _, writer = await asyncio.open_connection(str(address), self.port)
                 stage = "TLS handshake"
-                await writer.start_tls(self._tls, server_hostname=name)
+                await writer.start_tls(client_context(), server_hostname=name)
             tls = writer.get_extra_info("ssl_object")
             assert isinstance(tls, ssl.SSLObject)
             return Handshake(server, tls.selected_alpn_protocol(), tls.getpeercert(True))
@@ -390,7 +347,7 @@ class TlsAlpn01Validator(KeyAuthorizationCheck):
             raise _AttemptFailed(
                 _stage_problem(stage)(
                     f"tls-alpn-01 for {name}: {stage} with {server} timed out after "
-                    f"{self._attempt_timeout:g} seconds"
+                    f"{self.attempt_timeout:g} seconds"
                 )
             ) from exc
         except (ssl.SSLError, OSError) as exc:

@@ -44,6 +44,8 @@ from acme_ca.va.tlsalpn01 import (
     acme_identifier_value,
     judge_certificate,
 )
+from tests.fixtures import CaFactory
+from tests.support.orders import subscriber, validation_config
 from tests.support.ports import free_port as _free_port
 from tests.support.va import loopback_ok
 
@@ -634,3 +636,29 @@ async def test_br_3_2_2_4_19_redirect_to_https_validates_on_the_https01_listener
         assert result.ok, result.problem
         assert [e.https for e in srv.store.http_history(name)] == [False, True]
         assert srv.store.http_history(name)[1].server_name == name
+
+
+async def test_br_3_2_2_4_19_test_mode_ca_sends_a_redirect_to_443_to_the_https01_listener(
+    ca_factory: CaFactory, session: aiohttp.ClientSession
+) -> None:
+    """Through the whole CA in test mode: the http-01 answer redirects to ``https://NAME/…``
+    (port 443, BR 3.2.2.4.19's only other port); the CA follows it to the challenge server's
+    https-01 listener (``https01_port``) and the authorization becomes valid."""
+    async with ChallengeTestServer(ChallengeServerConfig.ephemeral(https01=True)) as srv:
+        ca = await ca_factory.start(
+            test_mode=True, https01_port=srv.https01_port, **validation_config(srv)
+        )
+        client = await subscriber(ca, session, srv)
+        name = "https-redirect.parity.example.com"
+        order = await client.new_order(name)
+        assert order.status == 201, order.body
+        (authz_url,) = order.body["authorizations"]
+        authz = (await client.get(authz_url)).body
+        challenge = next(c for c in authz["challenges"] if c["type"] == "http-01")
+        path = WELL_KNOWN + challenge["token"]
+        srv.store.add_redirect(path, f"https://{name}{path}")
+        srv.store.add_http01(challenge["token"], client.key_authorization(challenge["token"]))
+        assert (await client.post(challenge["url"], {})).status == 200
+        assert (await client.wait_authz(authz_url))["status"] == "valid"
+        history = srv.store.http_history(name)
+        assert [(e.https, e.server_name) for e in history] == [(False, ""), (True, name)]

@@ -27,10 +27,11 @@ import aiohttp
 import asyncpg
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from acme_ca.acme.b64 import b64url_encode
 from acme_ca.acme.jwk import jwk_from_key
 from acme_ca.ca.hierarchy import init_hierarchy
 from acme_ca.ca.settings import HierarchySettings
@@ -39,6 +40,7 @@ from acme_ca.db.accounts import AccountRepository
 from acme_ca.localca import LocalCa, cert_pem, key_pem, local_name
 from acme_ca.testsrv.pebble_ca import PebbleCa, pebble_ca, pebble_management_listener
 from acme_ca.testsrv.server import ChallengeServerConfig, ChallengeTestServer
+from tests.support.jws import JwsClient
 from tests.support.ports import free_port as _free_port
 from tests.support.revocation import make_issuer, make_leaf, store_certificate
 
@@ -67,8 +69,20 @@ class PebbleProcess:
     """The real Pebble, started at once and waited for only when first used, so it
     generates its keys while the module's own hierarchy is generated."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], port: int) -> None:
-        self._proc, self._port, self._ready = proc, port, False
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, acme_port: int) -> None:
+        self._proc, self._port, self._acme_port, self._ready = proc, port, acme_port, False
+
+    @property
+    def directory_url(self) -> str:
+        """Its ACME directory, once both of its listeners accept connections."""
+        deadline = time.monotonic() + 30
+        while True:
+            _ = self.url
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", self._acme_port)) == 0:
+                    return f"https://127.0.0.1:{self._acme_port}/dir"
+            assert time.monotonic() < deadline, "pebble's ACME listener never opened"
+            time.sleep(0.05)
 
     @property
     def url(self) -> str:
@@ -85,7 +99,9 @@ class PebbleProcess:
 
 @pytest.fixture(scope="module")
 def pebble(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PebbleProcess]:
-    """The real Pebble with two chains (PEBBLE_ALTERNATE_ROOTS=1); its management listener."""
+    """The real Pebble with two chains (PEBBLE_ALTERNATE_ROOTS=1); its management listener.
+    Its validations always pass at once and it rejects no nonce, so a test can have it issue
+    and revoke a certificate for /cert-status-by-serial in well under a second."""
     assert PEBBLE is not None
     work = tmp_path_factory.mktemp("pebble")
     now = datetime.now(UTC)
@@ -116,12 +132,18 @@ def pebble(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PebbleProcess]:
     )
     proc = subprocess.Popen(
         [PEBBLE, "-config", str(work / "config.json")],
-        env={**os.environ, "PEBBLE_ALTERNATE_ROOTS": "1"},
+        env={
+            **os.environ,
+            "PEBBLE_ALTERNATE_ROOTS": "1",
+            "PEBBLE_VA_ALWAYS_VALID": "1",
+            "PEBBLE_VA_NOSLEEP": "1",
+            "PEBBLE_WFE_NONCEREJECT": "0",
+        },
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
-        yield PebbleProcess(proc, management)
+        yield PebbleProcess(proc, management, acme)
     finally:
         proc.kill()  # all its state is in memory; nothing to shut down cleanly
         proc.wait(timeout=10)
@@ -249,3 +271,111 @@ def test_management_listen_config_key_and_pebble_name() -> None:
     )
     off = load_config(env={"ACME_CA_MANAGEMENT_LISTEN": "off"}, overrides={"test_mode": True})
     assert off.management_listen == "off"
+
+
+async def _pebble_issued(
+    pebble: PebbleProcess, session: aiohttp.ClientSession, name: str
+) -> tuple[x509.Certificate, JwsClient]:
+    """A certificate the real Pebble issued for ``name`` (validation always passes), and the
+    account that holds it."""
+    client = JwsClient(session, pebble.directory_url, ec.generate_private_key(ec.SECP256R1()))
+    await client.load_directory()
+    assert (await client.register()).status == 201
+    order = await client.post(
+        client.directory["newOrder"], {"identifiers": [{"type": "dns", "value": name}]}
+    )
+    assert order.status == 201, order.body
+    (authz_url,) = order.body["authorizations"]
+    authz = (await client.post(authz_url, None)).body
+    challenge = next(c for c in authz["challenges"] if c["type"] == "http-01")
+    assert (await client.post(challenge["url"], {})).status == 200
+    order_url = order.headers["Location"]
+    cert_key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .sign(cert_key, hashes.SHA256())
+    )
+    for _ in range(200):
+        body = (await client.post(order_url, None)).body
+        if body["status"] == "ready":
+            csr_der = csr.public_bytes(serialization.Encoding.DER)
+            finalized = await client.post(body["finalize"], {"csr": b64url_encode(csr_der)})
+            assert finalized.status == 200, finalized.body
+        elif body["status"] == "valid":
+            pem = (await client.post(body["certificate"], None)).raw
+            return x509.load_pem_x509_certificates(pem)[0], client
+        else:
+            assert body["status"] in ("pending", "processing"), body
+        await asyncio.sleep(0.02)
+    raise AssertionError("Pebble never issued")
+
+
+def _layout(body: bytes) -> str:
+    """The document with every string value and number blanked: Go's MarshalIndent layout
+    and member order, which a client parsing it by hand depends on."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"(?=[,\n])', '"-"', body.decode())
+    return re.sub(r": \d+", ": 0", text)
+
+
+GO_TIME = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)? \+0000 UTC$")
+"""Go's ``Time.UTC().String()``, which Pebble sends as ``RevokedAt``."""
+
+
+async def test_pebble_cert_status_by_serial_documents_as_pebbles(
+    pebble: PebbleProcess,
+    ours: tuple[str, str, PebbleCa],
+    pool: asyncpg.Pool,
+) -> None:
+    """/cert-status-by-serial/SERIAL of a valid, then a revoked certificate: the same status,
+    Content-Type, members in the same order, layout and value formats as the real Pebble's
+    for a certificate it issued and revoked itself."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=False)) as session:
+        cert, holder = await _pebble_issued(pebble, session, "status.example")
+        their_serial = format(cert.serial_number, "x")
+        jwk = jwk_from_key(ec.generate_private_key(ec.SECP256R1()).public_key())
+        account = await AccountRepository(pool).create(
+            jwk=jwk, contact=(), tos_agreed=True, eab_kid=None, now=datetime.now(UTC)
+        )
+        leaf = make_leaf(make_issuer(), ["status-pair.example.com"], serial=0x0ABCDEF012345)
+        await store_certificate(pool, account.id, leaf)
+        my_serial = format(leaf.cert.serial_number, "x")
+
+        async def both() -> tuple[tuple[int, str | None, bytes], ...]:
+            answers = []
+            for url in (
+                f"{pebble.url}/cert-status-by-serial/{their_serial.upper()}",
+                f"{ours[0]}/cert-status-by-serial/{my_serial.upper()}",
+                f"{ours[1]}/cert-status-by-serial/{my_serial.upper()}",
+            ):
+                status, ctype, _, body = await _get(session, url)
+                answers.append((status, ctype, body))
+            theirs, *mine = answers
+            for answer in mine:
+                assert answer[:2] == theirs[:2], (theirs, answer)
+                assert _layout(answer[2]) == _layout(theirs[2]), (theirs[2], answer[2])
+            return tuple(answers)
+
+        theirs, mine, _ = await both()
+        assert json.loads(theirs[2])["Serial"] == their_serial
+        assert json.loads(mine[2])["Serial"] == my_serial
+        assert json.loads(theirs[2])["Status"] == json.loads(mine[2])["Status"] == "Valid"
+
+        cert_der = cert.public_bytes(serialization.Encoding.DER)
+        revoked = await holder.post(
+            holder.directory["revokeCert"], {"certificate": b64url_encode(cert_der), "reason": 4}
+        )
+        assert revoked.status == 200, revoked.body
+        await pool.execute(
+            "UPDATE certificates SET revoked_at = $2, revocation_reason = 4 WHERE serial = $1",
+            my_serial,
+            datetime.now(UTC),
+        )
+        theirs, mine, _ = await both()
+        their_doc, my_doc = json.loads(theirs[2]), json.loads(mine[2])
+        assert list(my_doc) == list(their_doc)
+        assert (their_doc["Status"], their_doc["Reason"]) == ("Revoked", 4)
+        assert (my_doc["Status"], my_doc["Reason"]) == ("Revoked", 4)
+        assert GO_TIME.match(their_doc["RevokedAt"]), their_doc
+        assert GO_TIME.match(my_doc["RevokedAt"]), my_doc

@@ -76,6 +76,16 @@ async def http01_challenge(sub: Subscriber, name: str) -> dict[str, Any]:
     return challenge
 
 
+async def validated(sub: Subscriber, challenge_url: str) -> dict[str, Any]:
+    """The challenge once its validation is over: polled, as a client would, for 4 s."""
+    for _ in range(200):
+        now: dict[str, Any] = (await sub.get(challenge_url)).body
+        if now["status"] != "processing":
+            break
+        await asyncio.sleep(0.02)
+    return now
+
+
 async def processing_events(dsn: str, challenge_url: str) -> int:
     conn = await asyncpg.connect(dsn)
     try:
@@ -115,11 +125,7 @@ async def test_conc_1_racing_posts_one_validation_the_other_409(
     third = await sub.post(challenge["url"], {})
     assert third.status == 409 and third.headers["Retry-After"] == "2"
     held.release.set()
-    for _ in range(200):
-        now = (await sub.get(challenge["url"])).body
-        if now["status"] != "processing":
-            break
-        await asyncio.sleep(0.02)
+    now = await validated(sub, challenge["url"])
     assert now["status"] == "valid", now
     assert len(held.requests) == 1, held.requests
     assert await processing_events(dsn, challenge["url"]) == 1
@@ -141,11 +147,7 @@ async def test_conc_1_post_to_invalid_challenge_answers_its_state(
     held.body = b"not-the-key-authorization"
     held.release.set()
     assert (await sub.post(challenge["url"], {})).status == 200
-    for _ in range(200):
-        now = (await sub.get(challenge["url"])).body
-        if now["status"] != "processing":
-            break
-        await asyncio.sleep(0.02)
+    now = await validated(sub, challenge["url"])
     assert now["status"] == "invalid"
     again = await sub.post(challenge["url"], {})
     assert again.status == 200 and again.body["status"] == "invalid"
@@ -179,10 +181,6 @@ async def test_conc_1_one_validation_per_authorization(
     in_flight = http if started.body["url"] == http["url"] else dns
     assert in_flight["type"] in refused.body["detail"]
     held.release.set()
-    for _ in range(200):
-        now = (await sub.get(in_flight["url"])).body
-        if now["status"] != "processing":
-            break
-        await asyncio.sleep(0.02)
+    await validated(sub, in_flight["url"])
     counts = [await processing_events(dsn, c["url"]) for c in (http, dns)]
     assert sorted(counts) == [0, 1], counts

@@ -11,6 +11,7 @@ import importlib.metadata
 import ipaddress
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -25,7 +26,10 @@ from acme_ca.ca.lint import (
     UNDECODABLE,
     CertificateLinter,
     LintKind,
+    LintReport,
     Severity,
+    _index,
+    _IndexedWalk,
 )
 from acme_ca.ca.profile import ProfileSettings
 from tests.support.profile import (
@@ -358,3 +362,95 @@ async def test_lint_crl(hierarchy: Hierarchy, linter: CertificateLinter) -> None
         _crl(hierarchy, next_update=timedelta(days=1), reason=x509.ReasonFlags.certificate_hold)
     )
     assert {f.code for f in hold.blocking} == {"cabf.crl_prohibited_reason_code"}
+
+
+# ------------------------------------------------------------------ the indexed walk (issue 20)
+
+
+def _pkilint_own_findings(
+    der: bytes, kind: LintKind
+) -> list[tuple[int, str, str | None, str, str]]:
+    """What ``lint_cabf_serverauth_cert lint -t KIND`` reports, from a tree built and walked by
+    pkilint alone (no :func:`_index`): severity, code, message, path, validator."""
+    from pkilint import finding_filter, loader
+    from pkilint.cabf import serverauth
+    from pkilint.cabf.serverauth import serverauth_constants
+    from pkilint.pkix import certificate
+
+    cert_type = serverauth_constants.CertificateType.from_option_str(kind)
+    tree = certificate.create_pkix_certificate_validator_container(
+        serverauth.create_decoding_validators(), serverauth.create_validators(cert_type)
+    )
+    document = loader.RFC5280CertificateDocumentLoader().load_der_document(der, "certificate")
+    results, _ = finding_filter.filter_results(
+        serverauth.create_serverauth_finding_filters(cert_type), tree.validate(document.root)
+    )
+    return [
+        (
+            int(d.finding.severity),
+            str(d.finding.code),
+            None if d.message is None else str(d.message),
+            str(r.node.path),
+            type(r.validator).__name__,
+        )
+        for r in results
+        for d in r.finding_descriptions
+    ]
+
+
+def _ours(report: LintReport) -> list[tuple[int, str, str | None, str, str]]:
+    return [
+        (int(f.severity), f.code, f.message, f.path, f.validator)
+        for f in report.findings
+        if f.code != EKU_NOT_SERVER_AUTH_ONLY
+    ]
+
+
+def test_br_lint_1_indexed_walk_reports_what_pkilint_reports(
+    hierarchy: Hierarchy, good: x509.Certificate, linter: CertificateLinter
+) -> None:
+    """BR 4.3.1.2 / SC-075: skipping the validators that cannot match a node changes nothing
+    pkilint finds, nor its order: every bad case, a precertificate and an RSA-issued one are
+    linted by our tree and by a tree pkilint builds and walks alone (the dates by notBefore,
+    pkilint's default)."""
+    req = request(ec.generate_private_key(ec.SECP256R1()).public_key())
+    cases: list[tuple[bytes, LintKind]] = [
+        (good.public_bytes(serialization.Encoding.DER), "DV-FINAL-CERTIFICATE"),
+        (prepare(hierarchy.p256, req, precertificate=True).lint_der, "DV-PRE-CERTIFICATE"),
+        (prepare(hierarchy.rsa, req, precertificate=True).lint_der, "DV-PRE-CERTIFICATE"),
+        (prepare(hierarchy.p256, req).lint_der, "DV-PRE-CERTIFICATE"),  # poison missing
+        *((spoil(good), "DV-FINAL-CERTIFICATE") for _, spoil, _ in BAD_CASES),
+    ]
+    for der, kind in cases:
+        expected = _pkilint_own_findings(der, kind)
+        assert _ours(linter.lint(der, kind)) == expected
+        assert _ours(linter.lint(der, kind)) == expected  # again, from the remembered shapes
+    walk = linter._trees["DV-PRE-CERTIFICATE"].validator._validate_rec
+    assert isinstance(walk, _IndexedWalk)
+
+
+def test_br_lint_1_indexed_walk_asks_validators_it_cannot_vouch_for(
+    good: x509.Certificate,
+) -> None:
+    """A validator whose ``match`` is not one of pkilint's audited ones is asked about every
+    node, whatever its path says: the index may skip only what provably cannot match."""
+    from pkilint import loader
+    from pkilint.validation import Validator, ValidatorContainer
+
+    class Everywhere(Validator):  # type: ignore[misc]
+        def match(self, node: Any) -> bool:  # ignores its path
+            return True
+
+    class Plain(Validator):  # type: ignore[misc]
+        pass
+
+    everywhere, plain = Everywhere(path="nowhere"), Plain(path="nowhere")
+    container = ValidatorContainer(validators=[everywhere, plain])
+    _index(container)
+    document = loader.RFC5280CertificateDocumentLoader().load_der_document(
+        good.public_bytes(serialization.Encoding.DER), "certificate"
+    )
+    results = container.validate(document.root)
+    assert isinstance(container._validate_rec, _IndexedWalk)
+    assert results and {r.validator for r in results} == {everywhere}
+    assert len(results) == len(ValidatorContainer(validators=[everywhere]).validate(document.root))

@@ -18,11 +18,8 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
+from acme_ca.localca import LocalCa, cert_pem, key_pem, local_name
 from acme_ca.testsrv.server import ChallengeTestServer
 from acme_ca.va.addresses import public_address_policy, unverified_tls_context
 from acme_ca.va.http01 import (
@@ -86,28 +83,15 @@ def app_with(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) ->
 
 
 def self_signed_context(tmp_path: Path) -> ssl.SSLContext:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "not-the-site.invalid")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .sign(key, hashes.SHA256())
+    """A server certificate no client trusts, for another name: the VA must not judge it."""
+    root = LocalCa.create(
+        local_name("not-the-site.invalid"),
+        now=dt.datetime.now(dt.UTC),
+        lifetime=dt.timedelta(days=1),
     )
     cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    cert_path.write_bytes(cert_pem(root.cert))
+    key_path.write_bytes(key_pem(root.key))
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert_path, key_path)
     return context

@@ -134,6 +134,24 @@ async def test_acme_rev_3_success_is_200_with_an_empty_body(owner: Subscriber, l
     assert "Content-Type" not in reply.headers
 
 
+async def test_acme_rev_3_revoked_certificate_stays_downloadable(
+    owner: Subscriber, leaf: Leaf, pool: asyncpg.Pool
+) -> None:
+    """RFC 8555 §7.4.2 allows either; acme_ca keeps serving a revoked certificate at its URL
+    (a deliberate difference from Pebble, docs/testing-with-acme-ca.md): the same PEM leaf
+    before and after revocation."""
+    cert_id = await pool.fetchval("SELECT id FROM certificates WHERE serial = $1", leaf.serial)
+    url = owner.directory_url.removesuffix("/directory") + f"/acme/cert/{cert_id}"
+    before = await owner.post(url, None)
+    assert before.status == 200, before.body
+    assert (await revoke(owner, leaf)).status == 200
+    after = await owner.post(url, None)
+    assert after.status == 200, after.body
+    assert after.raw == before.raw
+    pem = leaf.cert.public_bytes(serialization.Encoding.PEM)
+    assert after.raw.startswith(pem)
+
+
 async def test_acme_rev_1_other_account_with_authorizations_for_all_names(
     va_ca: RunningCa,
     session: aiohttp.ClientSession,

@@ -152,6 +152,10 @@ class AddressCheck(PerspectiveCheck):
     address_policy: AddressPolicy = public_address_policy
     timeout: float
 
+    async def _resolve(self, host: str) -> Resolved:
+        """``host``'s addresses as :func:`resolve_allowed` keeps them for this check."""
+        return await resolve_allowed(self.dns, host, self.address_policy)
+
     def _stamp(
         self, records: Sequence[ValidationRecord], adn: str, value: str, *, ok: bool
     ) -> tuple[ValidationRecord, ...]:

@@ -33,13 +33,7 @@ import structlog
 
 from acme_ca.acme import problems
 from acme_ca.acme.problems import Problem
-from acme_ca.va.addresses import (
-    AddressCheck,
-    AddressesRefused,
-    host_port,
-    resolve_allowed,
-    unverified_tls_context,
-)
+from acme_ca.va.addresses import AddressCheck, AddressesRefused, host_port, unverified_tls_context
 from acme_ca.va.methods import DcvMethod, WildcardNotAllowed, authorization_domain_name
 from acme_ca.va.records import ChallengeRequest, CheckResult, ValidationRecord, truncate
 
@@ -345,7 +339,7 @@ class Http01Validator(AddressCheck):
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """Connect to the first allowed IPv6 address, falling back to the first IPv4 one."""
         try:
-            resolved = await resolve_allowed(self.dns, target.host, self.address_policy)
+            resolved = await self._resolve(target.host)
         except AddressesRefused as exc:
             hop.addresses = tuple(str(a) for a in exc.addresses)
             if exc.note:

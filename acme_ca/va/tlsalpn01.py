@@ -39,13 +39,7 @@ from cryptography.exceptions import InvalidSignature
 
 from acme_ca.acme import problems
 from acme_ca.acme.problems import Problem
-from acme_ca.va.addresses import (
-    AddressCheck,
-    AddressesRefused,
-    host_port,
-    resolve_allowed,
-    unverified_tls_context,
-)
+from acme_ca.va.addresses import AddressCheck, AddressesRefused, host_port, unverified_tls_context
 from acme_ca.va.methods import DcvMethod, WildcardNotAllowed, authorization_domain_name
 from acme_ca.va.records import CheckResult, KeyAuthorizationCheck, ValidationRecord, truncate
 from acme_ca.va.resolver import IPAddress
@@ -275,7 +269,7 @@ class TlsAlpn01Validator(AddressCheck, KeyAuthorizationCheck):
         try:
             async with asyncio.timeout(self.timeout):
                 try:
-                    resolved = await resolve_allowed(self.dns, adn, self.address_policy)
+                    resolved = await self._resolve(adn)
                 except AddressesRefused as exc:
                     addresses = tuple(str(a) for a in exc.addresses)
                     record(None, error="; ".join(filter(None, (exc.note, exc.problem.detail))))

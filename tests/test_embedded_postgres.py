@@ -27,6 +27,7 @@ from acme_ca.embedded_pg import (
     pgserver_bin_dir,
 )
 from acme_ca.embedded_pg import binaries as pg_binaries
+from acme_ca.embedded_pg.settings import socket_dir_for, write_settings
 
 
 class RecordingLogger:
@@ -117,7 +118,8 @@ async def test_embedded_start_select_one(make_pg: MakePg, tmp_path: Path) -> Non
     assert await _fetchval(dsn, "select 1") == 1
     assert await _fetchval(dsn, "select current_database()") == "acme_ca"
     assert await _fetchval(dsn, "show server_encoding") == "UTF8"
-    assert await _fetchval(dsn, "show unix_socket_directories") == ""
+    # The TCP DSN is TCP; the cluster also has a Unix socket (test_embedded_local_dsn_...).
+    assert await _fetchval(dsn, "select inet_server_addr() is not null") is True
     assert await _fetchval(dsn, "show listen_addresses") == "127.0.0.1"
 
     password = tmp_path / "pg" / "password"
@@ -316,3 +318,72 @@ async def test_embedded_start_with_pgserver_binaries(
     assert again.start() == dsn
     assert again.binaries is not None
     assert again.binaries.major == pg.binaries.major
+
+
+async def test_embedded_local_dsn_is_its_unix_socket_and_still_asks_the_password(
+    make_pg: MakePg, tmp_path: Path
+) -> None:
+    """The CA's own connections go over the cluster's Unix socket (issue 20: less kernel work
+    per round trip than loopback TCP); scram-sha-256 holds over it as over TCP, and only the
+    server user (and root) can reach it."""
+    pg = make_pg()
+    pg.start()
+    local = pg.local_dsn
+    cluster = pg.cluster_dir
+    assert cluster is not None
+    assert local != pg.dsn and "@127.0.0.1:" not in local
+    assert local.endswith("/acme_ca")
+    assert await _fetchval(local, "select inet_server_addr() is null") is True  # a Unix socket
+    assert await _fetchval(local, "show unix_socket_directories") == str(cluster)
+    assert await _fetchval(local, "show unix_socket_permissions") == "0700"
+    sockets = list(cluster.glob(".s.PGSQL.*[0-9]"))
+    assert len(sockets) == 1 and sockets[0].is_socket()
+    assert stat.S_IMODE(cluster.stat().st_mode) == 0o700
+    password = (tmp_path / "pg" / "password").read_text().strip()
+    with pytest.raises(asyncpg.InvalidPasswordError):
+        await _fetchval(local.replace(password, "wrong"), "select 1")
+    # Another database of the same server, over the same socket.
+    copy = pg.create_database("acme_ca_local")
+    assert await _fetchval(pg.local_dsn_for("acme_ca_local"), "select current_database()") == (
+        "acme_ca_local"
+    )
+    assert copy.endswith("/acme_ca_local")
+
+
+async def test_embedded_server_without_a_socket_is_reached_over_tcp_and_gets_one_next_start(
+    make_pg: MakePg, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server started by a version that made no socket (or whose path is too long for one)
+    is reused over TCP; the next start by this version adds the socket."""
+    with monkeypatch.context() as patch:
+        patch.setattr("acme_ca.embedded_pg.cluster.socket_dir_for", lambda cluster: None)
+        old = make_pg()
+        old.start()
+    reuser = make_pg()
+    reuser.start()
+    assert not reuser.owns_server
+    assert reuser.local_dsn == reuser.dsn
+    assert await _fetchval(reuser.local_dsn, "select inet_server_addr() is not null") is True
+    old.stop()
+    again = make_pg()
+    again.start()
+    assert again.local_dsn != again.dsn
+    assert await _fetchval(again.local_dsn, "select inet_server_addr() is null") is True
+
+
+def test_embedded_socket_only_where_the_path_fits_a_socket_name(tmp_path: Path) -> None:
+    """``sun_path`` is 108 bytes: a cluster path too long for ``/.s.PGSQL.<port>.lock`` (or
+    one the setting's list syntax would split) gets no socket, and its server TCP only."""
+    assert socket_dir_for(Path("/var/lib/acme-ca/pg-0123456789abcdef")) == Path(
+        "/var/lib/acme-ca/pg-0123456789abcdef"
+    )
+    assert socket_dir_for(Path("/" + "d" * 86)) == Path("/" + "d" * 86)
+    assert socket_dir_for(Path("/" + "d" * 87)) is None
+    assert socket_dir_for(Path("/srv/a,b/cluster")) is None
+    (tmp_path / "postgresql.conf").write_text("shared_buffers = 128MB\n")
+    write_settings(tmp_path, 54321, socket_dir=None)
+    assert "unix_socket_directories = ''" in (tmp_path / "postgresql.conf").read_text()
+    write_settings(tmp_path, 54321, socket_dir=Path("/srv/it's"))
+    text = (tmp_path / "postgresql.conf").read_text()
+    assert "unix_socket_directories = '/srv/it''s'" in text
+    assert text.count("unix_socket_directories") == 1

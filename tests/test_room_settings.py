@@ -7,9 +7,12 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import asyncpg
+
 from acme_ca.config import Config
 from acme_ca.db.database import database_dsn
 from acme_ca.db.settings import DatabaseSettings
+from acme_ca.embedded_pg import EmbeddedPostgres
 from acme_ca.va.settings import MpicSettings, VASettings
 from acme_ca.wfe.settings import LoadSheddingSettings, WfeSettings
 
@@ -69,3 +72,24 @@ async def test_database_dsn_is_the_configured_url_without_an_embedded_cluster(
     async with database_dsn(DatabaseSettings.from_config(config)) as dsn:
         assert dsn == url
     assert not (tmp_path / "pg").exists()
+
+
+async def test_database_dsn_of_the_embedded_cluster_is_its_unix_socket(
+    postgres: EmbeddedPostgres, tmp_path: Path
+) -> None:
+    """Without ``database_url`` the cluster is the CA's own, on this machine: its DSN names the
+    cluster's Unix socket (issue 20), not loopback TCP.  The session's cluster stands in for
+    ``home/pg`` here (reused, so not stopped on exit)."""
+    settings = replace(
+        DatabaseSettings.from_config(replace(Config(), home=tmp_path)),
+        embedded_data_root=postgres.data_root,
+    )
+    async with database_dsn(settings) as dsn:
+        assert "@127.0.0.1:" not in dsn and "%2F" in dsn
+        conn = await asyncpg.connect(dsn)
+        try:
+            assert await conn.fetchval("SELECT inet_server_addr() IS NULL") is True
+        finally:
+            await conn.close()
+    conn = await asyncpg.connect(postgres.dsn)  # still running: not this test's to stop
+    await conn.close()

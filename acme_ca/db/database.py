@@ -25,9 +25,10 @@ async def database_dsn(settings: DatabaseSettings) -> AsyncIterator[str]:
         yield settings.url
         return
     embedded = EmbeddedPostgres(settings.embedded_data_root)
-    dsn = await asyncio.to_thread(embedded.start)
+    await asyncio.to_thread(embedded.start)
     try:
-        yield dsn
+        # The server's Unix socket when it has one: the cluster is ours and on this machine.
+        yield embedded.local_dsn
     finally:
         await asyncio.to_thread(embedded.stop)
 
@@ -59,9 +60,10 @@ async def ephemeral_database(
     """
     if started is None:
         embedded = EmbeddedPostgres(data_root, throwaway=True)
-        base = await asyncio.to_thread(embedded.start)
+        await asyncio.to_thread(embedded.start)
     else:
-        embedded, base = await asyncio.wrap_future(started)
+        embedded, _ = await asyncio.wrap_future(started)
+    base = embedded.local_dsn  # its Unix socket, as database_dsn's
     try:
         await _create_database(base, EPHEMERAL_TEMPLATE, template=None, exist_ok=True)
         await migrate(_dsn_for(base, EPHEMERAL_TEMPLATE))

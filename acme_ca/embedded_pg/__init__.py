@@ -20,9 +20,11 @@ newest ``/usr/lib/postgresql/*/bin``), otherwise the binaries bundled in the ``p
 An existing cluster is always served by binaries of its own major version (``PG_VERSION``),
 so a cluster made with pgserver's binaries keeps working after Debian's package is installed.
 
-The server listens on 127.0.0.1 only, on a port chosen once and kept in ``postgresql.conf``
-(moved only if the port has since been taken), with no Unix socket at all, so long paths do
-not matter. Authentication is scram-sha-256 for every connection.
+The server listens on 127.0.0.1, on a port chosen once and kept in ``postgresql.conf``
+(moved only if the port has since been taken), and on a Unix socket in the cluster directory
+when its path is short enough (``EmbeddedPostgres.local_dsn``, what the CA itself connects
+with: cheaper per round trip than loopback TCP). Authentication is scram-sha-256 for every
+connection, over either.
 
 Several processes may share one cluster: ``start()`` returns the DSN of an already running
 server without taking ownership of it, and ``stop()`` stops only a server that this instance

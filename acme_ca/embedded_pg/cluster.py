@@ -40,6 +40,7 @@ from acme_ca.embedded_pg.settings import (
     configured_port,
     pick_free_port,
     port_is_free,
+    socket_dir_for,
     write_settings,
 )
 
@@ -81,6 +82,7 @@ class EmbeddedPostgres:
         self._run_as: RunAs | None = None
         self._cluster: Path | None = None
         self._port: int | None = None
+        self._socket_dir: Path | None = None
         self._password: str | None = None
         self._owned = False
         self._owned_pid: int | None = None
@@ -96,6 +98,24 @@ class EmbeddedPostgres:
     def dsn(self) -> str:
         """DSN of the ``acme_ca`` database; only meaningful after ``start()``."""
         return self._dsn_for(DB_NAME)
+
+    @property
+    def local_dsn(self) -> str:
+        """DSN of the ``acme_ca`` database over the server's Unix socket, for a client on this
+        machine (the CA's own processes): the same server, user and password as :attr:`dsn`,
+        with less kernel work per round trip than loopback TCP.  :attr:`dsn` when the running
+        server has no socket we can reach (a path too long for one, a server started by an
+        older version, a socket directory this user cannot enter)."""
+        return self.local_dsn_for(DB_NAME)
+
+    def local_dsn_for(self, database: str) -> str:
+        """:attr:`local_dsn` for another database of the same server."""
+        if self._port is None or self._socket_dir is None:
+            return self._dsn_for(database)
+        socket = self._socket_dir / f".s.PGSQL.{self._port}"
+        if not (os.access(self._socket_dir, os.X_OK) and socket.is_socket()):
+            return self._dsn_for(database)
+        return self._dsn_for(database, host=str(self._socket_dir))
 
     @property
     def owns_server(self) -> bool:
@@ -137,6 +157,7 @@ class EmbeddedPostgres:
                 # Still ours only if it is the very postmaster we started.
                 self._owned = self._owned and pid == self._owned_pid
                 self._port = running_port
+                self._socket_dir = self._socket_dir_of(cluster)
                 self._wait_ready(running_port)
                 self._log.info(
                     "embedded_postgres.reusing",
@@ -289,7 +310,12 @@ class EmbeddedPostgres:
             raise EmbeddedPostgresError(
                 f"initdb failed (exit {proc.returncode}) in {cluster}:\n{proc.stdout}{proc.stderr}"
             )
-        write_settings(cluster, pick_free_port(), throwaway=self._throwaway)
+        write_settings(
+            cluster,
+            pick_free_port(),
+            throwaway=self._throwaway,
+            socket_dir=socket_dir_for(cluster),
+        )
         self._log.info("embedded_postgres.initdb", cluster=str(cluster), version=binaries.major)
 
     def _write_password(self, password: str) -> None:
@@ -403,6 +429,16 @@ class EmbeddedPostgres:
             pass  # alive, and owned by another user
         return pid, port
 
+    @staticmethod
+    def _socket_dir_of(cluster: Path) -> Path | None:
+        """The running server's Unix socket directory, from its postmaster.pid (fifth line;
+        empty when it listens on TCP only)."""
+        try:
+            lines = (cluster / "postmaster.pid").read_text().splitlines()
+        except FileNotFoundError:
+            return None
+        return Path(lines[4]) if len(lines) > 4 and lines[4].strip() else None
+
     def _start_server(self, cluster: Path) -> None:
         """Start with pg_ctl -w on the configured port, moving the port if it was taken."""
         port = configured_port(cluster)
@@ -411,7 +447,10 @@ class EmbeddedPostgres:
                 new_port = pick_free_port()
                 self._log.warning("embedded_postgres.port_moved", old=port, new=new_port)
                 port = new_port
-                write_settings(cluster, port, throwaway=self._throwaway)
+            # Every start: a cluster made before the Unix socket was added gets it now.
+            write_settings(
+                cluster, port, throwaway=self._throwaway, socket_dir=socket_dir_for(cluster)
+            )
             log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
             log_fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             with os.fdopen(log_fd, "ab") as logf:
@@ -433,6 +472,7 @@ class EmbeddedPostgres:
                 self._owned = True
                 running = self._running_postmaster(cluster)
                 self._owned_pid = running[0] if running else None
+                self._socket_dir = self._socket_dir_of(cluster)
                 return
             attempt_log = tail(self.log_path, start=log_start)
             if "could not bind" in attempt_log and attempt < 2:
@@ -488,11 +528,12 @@ class EmbeddedPostgres:
         if fresh and proc.returncode == 0:
             self._log.info("embedded_postgres.database_created", database=name)
 
-    def _dsn_for(self, database: str) -> str:
-        """A libpq/asyncpg URL for ``database`` on our server."""
+    def _dsn_for(self, database: str, *, host: str = "127.0.0.1") -> str:
+        """A libpq/asyncpg URL for ``database`` on our server; ``host`` a socket directory
+        (percent-encoded into the URL's host, which libpq and asyncpg decode) or 127.0.0.1."""
         if self._port is None or self._password is None:
             raise EmbeddedPostgresError("the embedded cluster has not been started")
         return (
             f"postgresql://{quote(SUPERUSER, safe='')}:{quote(self._password, safe='')}"
-            f"@127.0.0.1:{self._port}/{quote(database, safe='')}"
+            f"@{quote(host, safe='.')}:{self._port}/{quote(database, safe='')}"
         )

@@ -519,7 +519,9 @@ def _acme_ca(
         # Statements counted per issuance (counts.py): pg_stat_statements needs a restart.
         counts.enable_statement_counting(dsn)
         postgres.stop()
-        dsn = postgres.start()
+        postgres.start()
+        # The CA's processes connect over the cluster's Unix socket, as on embedded defaults.
+        dsn = postgres.local_dsn
         counts.create_extension(dsn)
         postmaster = _postmaster_pid(postgres)
 

@@ -33,7 +33,7 @@ from acme_ca.acme import problems
 from acme_ca.acme.problems import Problem
 from acme_ca.psl import registrable_domain
 from acme_ca.va.methods import DcvMethod
-from acme_ca.va.records import ValidationRecord, dns_record
+from acme_ca.va.records import ValidationRecord, dcv_records, dns_record
 from acme_ca.va.resolver import DnsAnswer, DnsClient
 
 
@@ -140,16 +140,11 @@ def adn_records(
 ) -> tuple[ValidationRecord, ...]:
     """Each lookup's record naming what was validated, how, and at which ADN it looked (BR
     5.4.1 with SC-099); the last one, which decided, carries the result."""
-    out = [
-        replace(
-            lookup.record,
-            identifier=identifier,
-            adn=lookup.adn,
-            br_method=method.section,
-            value=value,
-        )
-        for lookup in lookups
-    ]
-    if out:
-        out[-1] = replace(out[-1], result="pass" if ok else "fail")
-    return tuple(out)
+    return dcv_records(
+        (replace(lookup.record, adn=lookup.adn) for lookup in lookups),
+        method=method,
+        identifier=identifier,
+        adn=None,
+        value=value,
+        ok=ok,
+    )

@@ -347,17 +347,19 @@ def dcv_records(
     *,
     method: DcvMethod,
     identifier: str,
-    adn: str,
+    adn: str | None,
     value: str,
     ok: bool,
 ) -> tuple[ValidationRecord, ...]:
     """One method check's records, each naming what was validated and how (BR 5.4.1, SC-099);
-    the last one -- the hop or lookup that decided -- also carries the check's result."""
+    the last one -- the hop or lookup that decided -- also carries the check's result.
+    ``adn`` None: each record already names the ADN it looked at (the methods that prune,
+    :func:`acme_ca.va.adn.adn_records`)."""
     out = [
         replace(
             r,
             identifier=identifier,
-            adn=adn,
+            adn=adn if adn is not None else r.adn,
             br_method=method.section,
             value=value,
         )

@@ -3,7 +3,7 @@ the key (and the BR/CP clause where one sets the bound)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from acme_ca.acme.issuer_names import issuer_domain_names
 from acme_ca.config.base import ConfigError, split_host_port
@@ -14,6 +14,41 @@ if TYPE_CHECKING:
     from acme_ca.config.keys import Config
 
 
+_POSITIVE_SERVING: Final = (
+    "nonce_lifetime_seconds",
+    "max_request_bytes",
+    "orders_page_size",
+    "database_pool_size",
+    "database_acquire_timeout_seconds",
+    "max_connections",
+    "keepalive_timeout_seconds",
+    "header_read_timeout_seconds",
+    "overload_retry_after_seconds",
+)
+_POSITIVE_LIFETIMES: Final = (
+    "order_lifetime_seconds",
+    "pending_authz_lifetime_seconds",
+    "authz_reuse_days",
+    "max_names_per_order",
+    "validation_lease_seconds",
+    "issuance_lease_seconds",
+    "hsm_session_wait_seconds",
+    "hsm_sign_timeout_seconds",
+    "hsm_deadline_seconds",
+    "dns_timeout_seconds",
+    "ct_stagger_milliseconds",
+    "ct_retry_pause_milliseconds",
+    "ct_backoff_initial_seconds",
+)
+
+
+def _positive(config: Config, names: tuple[str, ...]) -> None:
+    """Each of the numeric keys ``names`` must be above zero."""
+    for name in names:
+        if getattr(config, name) <= 0:
+            raise ConfigError(f"{name} must be positive")
+
+
 def check(config: Config) -> None:  # noqa: C901 -- a checklist: one check per config key
     """Check every value once at load; raise :class:`ConfigError` naming the key."""
     split_host_port(config.listen)
@@ -21,19 +56,7 @@ def check(config: Config) -> None:  # noqa: C901 -- a checklist: one check per c
         raise ConfigError("log_format must be 'json' or 'console'")
     if config.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError("log_level must be debug, info, warning or error")
-    for name in (
-        "nonce_lifetime_seconds",
-        "max_request_bytes",
-        "orders_page_size",
-        "database_pool_size",
-        "database_acquire_timeout_seconds",
-        "max_connections",
-        "keepalive_timeout_seconds",
-        "header_read_timeout_seconds",
-        "overload_retry_after_seconds",
-    ):
-        if getattr(config, name) <= 0:
-            raise ConfigError(f"{name} must be positive")
+    _positive(config, _POSITIVE_SERVING)
     if config.max_requests_in_flight < 0:
         raise ConfigError("max_requests_in_flight must not be negative (0: derived)")
     if config.base_url and not config.base_url.startswith(("http://", "https://")):
@@ -42,23 +65,7 @@ def check(config: Config) -> None:  # noqa: C901 -- a checklist: one check per c
         raise ConfigError("tls_cert and tls_key must be set together")
     if config.dnssec not in ("require", "off"):
         raise ConfigError("dnssec must be 'require' or 'off'")
-    for name in (
-        "order_lifetime_seconds",
-        "pending_authz_lifetime_seconds",
-        "authz_reuse_days",
-        "max_names_per_order",
-        "validation_lease_seconds",
-        "issuance_lease_seconds",
-        "hsm_session_wait_seconds",
-        "hsm_sign_timeout_seconds",
-        "hsm_deadline_seconds",
-        "dns_timeout_seconds",
-        "ct_stagger_milliseconds",
-        "ct_retry_pause_milliseconds",
-        "ct_backoff_initial_seconds",
-    ):
-        if getattr(config, name) <= 0:
-            raise ConfigError(f"{name} must be positive")
+    _positive(config, _POSITIVE_LIFETIMES)
     if config.ct_backoff_max_seconds < config.ct_backoff_initial_seconds:
         raise ConfigError("ct_backoff_max_seconds must be at least ct_backoff_initial_seconds")
     if config.pending_authz_lifetime_seconds > 30 * 86400:

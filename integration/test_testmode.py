@@ -163,7 +163,7 @@ def test_serve_test_starts_on_embedded_defaults_quickly_and_loudly(
         assert ready["http01"] == ca.challsrv_http01
         server_ready = ca.proc.wait_event("server.ready")
         assert server_ready["test_mode"] is True
-        assert server_ready["worker"] == "in-process"
+        assert server_ready["worker"] == "child process"
         assert ca.proc.events("database.embedded"), "not on the embedded database"
 
         meta = directory(ca)["meta"]
@@ -176,6 +176,13 @@ def test_serve_test_starts_on_embedded_defaults_quickly_and_loudly(
         assert x509.load_pem_x509_certificates(body)
         status, _, _ = http_get(f"http://{ca.challsrv_http01}/.well-known/acme-challenge/none")
         assert status == 200  # an unknown token: 200, empty, as pebble-challtestsrv
+        # Pebble's management interface on its own HTTPS listener (managementListenAddress),
+        # with the ACME listener's certificate, serving what the challenge server's API does
+        pebble_management = "https://" + ca.env["ACME_CA_MANAGEMENT_LISTEN"]
+        assert ready["pebble_management"] == pebble_management
+        context = ssl.create_default_context(cafile=str(ca.cafile))
+        status, ctype, own = http_get(pebble_management + "/roots/0", context)
+        assert (status, ctype, own) == (200, PEM_CHAIN, body)
 
         ca.stop()
         assert not (cluster_link / "postmaster.pid").exists()

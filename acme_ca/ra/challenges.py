@@ -35,7 +35,7 @@ from acme_ca.db.pool import request_age
 from acme_ca.liveness import dead_on_this_host, holder_name, host_prefix
 from acme_ca.ra.ratelimits import RateLimiter
 from acme_ca.tasks import BackgroundTasks
-from acme_ca.va.records import ChallengeRequest, CheckResult
+from acme_ca.va.records import CaaRechecker, ChallengeRequest, CheckResult
 from acme_ca.va.registry import BR_METHODS
 
 log = structlog.get_logger(component="acme_ca.ra.challenges")
@@ -44,14 +44,10 @@ log = structlog.get_logger(component="acme_ca.ra.challenges")
 OUTAGE_RETRY_SECONDS = 0.5
 
 
-class Validator(Protocol):
+class Validator(CaaRechecker, Protocol):
     """What the RA needs of the VA: validate a challenge, recheck CAA before issuance."""
 
     async def validate(self, request: ChallengeRequest) -> CheckResult: ...
-
-    async def recheck_caa(
-        self, identifier: str, wildcard: bool, account_uri: str, validation_method: str
-    ) -> CheckResult: ...
 
 
 def key_authorization(token: str, thumbprint: bytes) -> str:

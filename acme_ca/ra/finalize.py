@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 from cryptography.hazmat.primitives import serialization
@@ -33,18 +33,12 @@ from acme_ca.ra.csr import CheckedCsr, check_csr
 from acme_ca.ra.keys import KeyPolicy
 from acme_ca.ra.orders import OrderAuthority
 from acme_ca.ra.ratelimits import RateLimiter
-from acme_ca.va.records import CheckResult
+from acme_ca.va.records import CaaRechecker
 
 log = structlog.get_logger(component="acme_ca.ra.finalize")
 
 #: BR 3.2.2.8: issue within 8 hours of the CAA check (or the record's TTL, if longer).
 CAA_RECHECK_AFTER = timedelta(hours=8)
-
-
-class CaaRechecker(Protocol):
-    async def recheck_caa(
-        self, identifier: str, wildcard: bool, account_uri: str, validation_method: str
-    ) -> CheckResult: ...
 
 
 class FinalizeAuthority:

@@ -21,7 +21,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 
 from acme_ca.acme.jsontypes import JsonValue
 from acme_ca.acme.problems import Problem
@@ -226,6 +226,15 @@ class ChallengeRequest:
     token: str
     key_authorization: str
     account_uri: str
+
+
+class CaaRechecker(Protocol):
+    """The VA's CAA recheck before issuance, when the validation's CAA check is older than
+    BR 3.2.2.8 allows (corroborated when remote perspectives are configured)."""
+
+    async def recheck_caa(
+        self, identifier: str, wildcard: bool, account_uri: str, validation_method: str
+    ) -> CheckResult: ...
 
 
 @dataclass(eq=False, kw_only=True)

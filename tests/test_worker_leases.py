@@ -1,7 +1,7 @@
 """Issuance leases and HSM loss in the signing worker (issue 17 item 4): the lease is renewed
-while a job is in flight, a worker takes over at once the jobs of a dead holder on its own
-host, and a failing signer sends the job back to the queue with backoff (the order waits, up
-to ``hsm_deadline``) instead of parking it until its lease lapses.
+while a job is in flight (a slow signer, slow CT logs), a worker takes over at once the jobs
+of a dead holder on its own host, and a failing signer sends the job back to the queue with
+backoff (the order waits, up to ``hsm_deadline``) instead of parking it until its lease lapses.
 
 Real PostgreSQL, a real development hierarchy, the real linter and in-process CT test logs;
 the signer is the real one, wrapped so a test can stall it or make it fail
@@ -32,6 +32,7 @@ from acme_ca.ca.worker import SigningWorker
 from acme_ca.clock import SystemClock
 from acme_ca.config import Config
 from acme_ca.db.issuance import IssuanceRepository
+from acme_ca.liveness import host_prefix
 from acme_ca.testsrv.ct_log_set import TestCtLogs
 from acme_ca.testsrv.ct_logs_runner import accepted_roots
 from tests.support.worker import (
@@ -142,6 +143,42 @@ async def test_lease_is_renewed_while_a_slow_signer_holds_the_job(
     assert (await order_of(pool, order_id))["status"] == "valid"
 
 
+async def test_lease_is_renewed_while_the_ct_logs_are_slow(
+    pool: asyncpg.Pool, pki_config: Config, issuers: IssuerSet, linter: CertificateLinter
+) -> None:
+    """Every CT log answers after 3 s (within the CT timeout), ten leases of 0.3 s: the job
+    stays held by its worker, renewed, and another worker finds nothing to take; the job
+    then finishes once, with its SCTs."""
+    async with TestCtLogs(ct_log_specs(), accepted_roots(pki_config)) as logs:
+        slow_ct = CertificateTransparency(
+            StaticLogList(parse_log_list(logs.log_list())), SystemClock(), replace(FAST, timeout=6)
+        )
+        order_id = await _queue(pool, pki_config, 40)
+        lease = timedelta(seconds=0.3)
+        for ct_log in logs.logs:
+            ct_log.faults.delay = 3.0
+        waiting = asyncio.create_task(
+            _worker(pool, issuers, linter, slow_ct, pki_config, "ct-slow", lease=lease).run_once()
+        )
+        try:
+            async with asyncio.timeout(20):
+                while not sum(x.requests["add-pre-chain"] for x in logs.logs):
+                    await asyncio.sleep(0.02)
+            await asyncio.sleep(3 * lease.total_seconds())  # three leases: renewed, not lapsed
+            job = await job_of(pool, order_id)
+            assert job["status"] == "running" and job["locked_by"] == "ct-slow", dict(job)
+            assert job["locked_until"] > datetime.now(UTC)
+            other = _worker(pool, issuers, linter, slow_ct, pki_config, "other", lease=lease)
+            assert not await other.run_once(), "a renewed lease must not be taken over"
+            assert await asyncio.wait_for(waiting, timeout=30)
+        finally:
+            logs.clear_faults()
+            await slow_ct.aclose()
+    job = await job_of(pool, order_id)
+    assert job["status"] == "done" and job["attempts"] == 1
+    assert (await order_of(pool, order_id))["status"] == "valid"
+
+
 async def _dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     await asyncio.to_thread(proc.wait)
@@ -230,3 +267,49 @@ async def test_token_absent_past_the_deadline_fails_the_order(
     assert order["status"] == "invalid"
     assert order["error"]["type"] == "urn:ietf:params:acme:error:serverInternal"
     assert (await job_of(pool, order_id))["status"] == "failed"
+
+
+async def test_dead_holders_are_checked_at_start_and_once_per_poll_not_per_job(
+    pool: asyncpg.Pool,
+    pki_config: Config,
+    issuers: IssuerSet,
+    linter: CertificateLinter,
+    ct: CertificateTransparency,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A dead predecessor's job (10-minute lease) is taken over as the worker starts; the jobs
+    that NOTIFY it afterwards are claimed without asking again who holds leases (issue 20: that
+    query ran on every wake-up, about once per issuance), until the next poll interval."""
+    order_dead = await _queue(pool, pki_config, 40)
+    await pool.execute(
+        "UPDATE issuance_jobs SET status = 'running', attempts = 1, locked_by = $2, "
+        "locked_until = now() + interval '10 minutes' WHERE order_id = $1",
+        order_dead,
+        f"{HOST}:{await _dead_pid()}",
+    )
+    worker = _worker(pool, issuers, linter, ct, pki_config, f"{HOST}:{os.getpid()}")
+    worker._poll = 30.0
+    asked: list[str] = []
+    real = worker._jobs.lease_holders
+
+    async def counted(prefix: str, *, now: datetime) -> list[str]:
+        asked.append(prefix)
+        return await real(prefix, now=now)
+
+    monkeypatch.setattr(worker._jobs, "lease_holders", counted)
+
+    async def valid(order_id: int) -> None:
+        while (await order_of(pool, order_id))["status"] != "valid":
+            await asyncio.sleep(0.05)
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        await asyncio.wait_for(valid(order_dead), timeout=30)
+        for i in (41, 42, 43):
+            await asyncio.wait_for(valid(await _queue(pool, pki_config, i)), timeout=30)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=30)
+    assert asked == [host_prefix(worker.worker_id)]
+    assert (await job_of(pool, order_dead))["attempts"] == 2  # the dead holder's, then ours

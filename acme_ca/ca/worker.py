@@ -209,6 +209,8 @@ class SigningWorker:
                 self._wake.set()  # a slot freed while jobs may be waiting: claim at once
 
         listener = await self._jobs.listen(notified)
+        loop = asyncio.get_running_loop()
+        next_takeover = loop.time()  # at start, then once per poll interval
         log.info(
             "worker.started",
             worker_id=self.worker_id,
@@ -226,7 +228,11 @@ class SigningWorker:
                         await self._jobs.release_listener(listener, notified)
                         listener = await self._jobs.listen(notified)
                         log.warning("worker.listener_restored")
-                    await self.take_over_dead_holders()
+                    if loop.time() >= next_takeover:
+                        # Once per poll interval, not on every NOTIFY: a dead predecessor's
+                        # jobs resume within one interval, without a query per issuance.
+                        await self.take_over_dead_holders()
+                        next_takeover = loop.time() + self._poll
                     full = False
                     while not stop.is_set():
                         if len(in_flight) >= self._concurrency:
@@ -258,7 +264,7 @@ class SigningWorker:
     async def take_over_dead_holders(self) -> list[int]:
         """End the leases of workers on this host whose process no longer exists (a killed
         or crashed predecessor): their jobs resume now, not when the lease lapses
-        (:mod:`acme_ca.liveness`)."""
+        (:mod:`acme_ca.liveness`).  :meth:`run` asks at start and once per poll interval."""
         holders = await self._jobs.lease_holders(host_prefix(self.worker_id), now=self._clock.now())
         taken: list[int] = []
         for holder in dead_on_this_host(holders, self.worker_id):

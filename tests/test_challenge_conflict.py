@@ -58,12 +58,15 @@ async def held() -> AsyncIterator[HeldTarget]:
         await server.wait_closed()
 
 
-async def held_subscriber(
+@pytest.fixture
+async def sub(
     ca_factory: CaFactory,
     challsrv: ChallengeTestServer,
     session: aiohttp.ClientSession,
     held: HeldTarget,
 ) -> Subscriber:
+    """A subscriber of a CA whose http-01 port is ``held``, answering 409s with
+    Retry-After 2 and never waiting for a validation."""
     config = {**validation_config(challsrv), "http01_port": held.port}
     ca = await ca_factory.start(**config, challenge_wait_seconds=0, retry_after_seconds=2)
     return await subscriber(ca, session, challsrv)
@@ -100,16 +103,11 @@ async def processing_events(dsn: str, challenge_url: str) -> int:
 
 
 async def test_conc_1_racing_posts_one_validation_the_other_409(
-    ca_factory: CaFactory,
-    challsrv: ChallengeTestServer,
-    session: aiohttp.ClientSession,
-    held: HeldTarget,
-    dsn: str,
+    sub: Subscriber, held: HeldTarget, dsn: str
 ) -> None:
     """Two POSTs at once: one starts the validation (200 processing), the other gets 409
     with Retry-After; a third while it is still in flight gets 409 too; once released, one
     fetch was made and one validation recorded, and a POST then answers valid."""
-    sub = await held_subscriber(ca_factory, challsrv, session, held)
     challenge = await http01_challenge(sub, "race.example.com")
     held.body = sub.key_authorization(challenge["token"]).encode()
     first, second = await asyncio.gather(
@@ -135,14 +133,9 @@ async def test_conc_1_racing_posts_one_validation_the_other_409(
 
 
 async def test_conc_1_post_to_invalid_challenge_answers_its_state(
-    ca_factory: CaFactory,
-    challsrv: ChallengeTestServer,
-    session: aiohttp.ClientSession,
-    held: HeldTarget,
-    dsn: str,
+    sub: Subscriber, held: HeldTarget, dsn: str
 ) -> None:
     """A POST to an invalid challenge answers it as it is, with its error; nothing re-runs."""
-    sub = await held_subscriber(ca_factory, challsrv, session, held)
     challenge = await http01_challenge(sub, "refused-race.example.com")
     held.body = b"not-the-key-authorization"
     held.release.set()
@@ -157,22 +150,17 @@ async def test_conc_1_post_to_invalid_challenge_answers_its_state(
 
 
 async def test_conc_1_one_validation_per_authorization(
-    ca_factory: CaFactory,
-    challsrv: ChallengeTestServer,
-    session: aiohttp.ClientSession,
-    held: HeldTarget,
-    dsn: str,
+    sub: Subscriber, held: HeldTarget, dsn: str
 ) -> None:
     """Answering two challenges of one authorization at once (http-01 and dns-01, as a
     confused client might): one starts, the other gets 409 naming the one in flight, as
     Boulder's authorization-level processing flag answers; the other is never validated."""
-    sub = await held_subscriber(ca_factory, challsrv, session, held)
     order = (await sub.new_order("both.example.com")).body
     authz = (await sub.get(order["authorizations"][0])).body
     by_type = {c["type"]: c for c in authz["challenges"]}
     http, dns = by_type["http-01"], by_type["dns-01"]
     held.body = sub.key_authorization(http["token"]).encode()
-    challsrv.store.set_txt("_acme-challenge.both.example.com", "published-but-unused")
+    sub.srv.store.set_txt("_acme-challenge.both.example.com", "published-but-unused")
     replies = await asyncio.gather(sub.post(http["url"], {}), sub.post(dns["url"], {}))
     assert sorted(r.status for r in replies) == [200, 409], [r.body for r in replies]
     refused = next(r for r in replies if r.status == 409)

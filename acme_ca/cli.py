@@ -350,6 +350,9 @@ def _failed(process: str, exc: Exception) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:  # noqa: C901 -- flat dispatch, one branch per subcommand
     args = _parser().parse_args(argv)
+    # This process's own command line (the console script): a long-running command then owns
+    # the process until it exits and caches its loggers; called with arguments (tests) never.
+    cache_loggers = argv is None
     if args.command == "config-doc":
         sys.stdout.write(config_reference())
         return 0
@@ -361,7 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: C901 -- flat dispat
         print(f"acme-ca: configuration error: {exc}", file=sys.stderr)
         return 2
     if args.command == "serve":
-        configure_logging(config.log_format, config.log_level)
+        configure_logging(config.log_format, config.log_level, cache_loggers=cache_loggers)
         early, keys = None, None
         if config.ephemeral:  # PostgreSQL boots, RSA keys are made, while the server imports
             from acme_ca.db.settings import DatabaseSettings
@@ -385,7 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: C901 -- flat dispat
                 keys.close()
         return 0
     if args.command == "remote-va":
-        configure_logging(config.log_format, config.log_level)
+        configure_logging(config.log_format, config.log_level, cache_loggers=cache_loggers)
         from acme_ca.main.remote_va import run_remote_va
         from acme_ca.remote_va.settings import RemoteVaSettings
 
@@ -397,7 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: C901 -- flat dispat
         asyncio.run(run_remote_va(config))
         return 0
     if args.command == "worker":
-        configure_logging(config.log_format, config.log_level)
+        configure_logging(config.log_format, config.log_level, cache_loggers=cache_loggers)
         from acme_ca.main.serve import work
 
         try:

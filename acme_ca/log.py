@@ -20,8 +20,22 @@ _LEVELS = {
 }
 
 
-def configure_logging(fmt: str = "json", level: str = "info", stream: TextIO | None = None) -> None:
-    """Configure structlog once per process."""
+def configure_logging(
+    fmt: str = "json",
+    level: str = "info",
+    stream: TextIO | None = None,
+    *,
+    cache_loggers: bool = False,
+) -> None:
+    """Configure structlog once per process.
+
+    ``cache_loggers``: each logger is built once, on its first event, instead of on every
+    call (structlog's ``cache_logger_on_first_use``; a few microseconds per event, debug
+    events filtered out included: issue 20).  Only for a process that configures logging
+    once and then runs until it exits (``serve``, ``worker``, ``remote-va``); a cached logger
+    keeps the configuration it was first used under, so where logging is configured again
+    (tests: levels, streams, captured logs) it must stay off.
+    """
     renderer: Any = (
         structlog.processors.JSONRenderer(sort_keys=False)
         if fmt == "json"
@@ -37,7 +51,7 @@ def configure_logging(fmt: str = "json", level: str = "info", stream: TextIO | N
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level.lower()]),
         logger_factory=structlog.PrintLoggerFactory(stream or sys.stdout),
-        cache_logger_on_first_use=False,
+        cache_logger_on_first_use=cache_loggers,
     )
     # Libraries log through the standard library (asyncpg retrying its pool floor while the
     # database is down, aiohttp): the same JSON lines, traceback inside the event, not bare

@@ -280,7 +280,7 @@ async def test_dead_holders_are_checked_at_start_and_once_per_poll_not_per_job(
     """A dead predecessor's job (10-minute lease) is taken over as the worker starts; the jobs
     that NOTIFY it afterwards are claimed without asking again who holds leases (issue 20: that
     query ran on every wake-up, about once per issuance), until the next poll interval."""
-    order_dead = await _queue(pool, pki_config, 40)
+    order_dead = await _queue(pool, pki_config, 50)
     await pool.execute(
         "UPDATE issuance_jobs SET status = 'running', attempts = 1, locked_by = $2, "
         "locked_until = now() + interval '10 minutes' WHERE order_id = $1",
@@ -306,7 +306,7 @@ async def test_dead_holders_are_checked_at_start_and_once_per_poll_not_per_job(
     task = asyncio.create_task(worker.run(stop))
     try:
         await asyncio.wait_for(valid(order_dead), timeout=30)
-        for i in (41, 42, 43):
+        for i in (51, 52, 53):
             await asyncio.wait_for(valid(await _queue(pool, pki_config, i)), timeout=30)
     finally:
         stop.set()

@@ -227,6 +227,8 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long a job is owned without renewal (renewed every third; default 30)",
     )
+    # serve's worker child (acme_ca.main.worker_process): its configuration comes from serve.
+    worker.add_argument("--serve-child", action="store_true", help=argparse.SUPPRESS)
     check = sub.add_parser(
         "check",
         help="evaluate the production invariants: could this configuration issue "
@@ -358,13 +360,17 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: C901 -- flat dispat
         return 0
     if args.command == "mpic-certs":
         return _mpic_certs(args)
+    if args.command == "worker" and args.serve_child:
+        return _serve_child()
     try:
         config = load_config(args.config, overrides=_overrides(args))
     except ConfigError as exc:
         print(f"acme-ca: configuration error: {exc}", file=sys.stderr)
         return 2
     if args.command == "serve":
-        configure_logging(config.log_format, config.log_level, cache_loggers=cache_loggers)
+        configure_logging(
+            config.log_format, config.log_level, cache_loggers=cache_loggers, process="serve"
+        )
         early, keys = None, None
         if config.ephemeral:  # PostgreSQL boots, RSA keys are made, while the server imports
             from acme_ca.db.settings import DatabaseSettings
@@ -400,7 +406,9 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: C901 -- flat dispat
         asyncio.run(run_remote_va(config))
         return 0
     if args.command == "worker":
-        configure_logging(config.log_format, config.log_level, cache_loggers=cache_loggers)
+        configure_logging(
+            config.log_format, config.log_level, cache_loggers=cache_loggers, process="worker"
+        )
         from acme_ca.main.serve import work
 
         try:
@@ -446,6 +454,27 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: C901 -- flat dispat
     if args.command == "admin":
         return asyncio.run(_admin(config, args))
     return 2  # pragma: no cover - argparse enforces the choices
+
+
+def _serve_child() -> int:
+    """``acme-ca worker --serve-child``: serve's signing worker child, configured by serve
+    through its stdin (configuration, database, deployment assessment), not by files,
+    variables or flags (acme_ca.main.worker_process)."""
+    from acme_ca.main.worker_process import die_with_parent, read_launch, run_child
+
+    try:
+        launch = read_launch(sys.stdin.buffer)
+        die_with_parent(launch)
+    except Exception as exc:
+        print(f"acme-ca: worker --serve-child: {exc}", file=sys.stderr)
+        return 2
+    config = launch.config
+    configure_logging(config.log_format, config.log_level, cache_loggers=True, process="worker")
+    try:
+        asyncio.run(run_child(launch))
+    except Exception as exc:
+        return _failed("worker", exc)
+    return 0
 
 
 def _check(config: Config, args: argparse.Namespace) -> int:

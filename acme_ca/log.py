@@ -2,15 +2,20 @@
 
 ``merge_contextvars`` runs first, so ``request_id``, ``account_id`` and ``order_id`` bound by
 the web layer (or ``job_id`` by the worker) appear on every event of that request or job.
+Each event is written with one ``write`` (message and newline together), so the lines of
+processes sharing one stdout (serve and its worker child) never interleave; ``process``
+names the writer on every line.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
+from structlog.typing import Processor
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -26,8 +31,10 @@ def configure_logging(
     stream: TextIO | None = None,
     *,
     cache_loggers: bool = False,
+    process: str | None = None,
 ) -> None:
-    """Configure structlog once per process.
+    """Configure structlog once per process; ``process`` (serve, worker) is added to every
+    event that does not name a process itself.
 
     ``cache_loggers``: each logger is built once, on its first event, instead of on every
     call (structlog's ``cache_logger_on_first_use``; a few microseconds per event, debug
@@ -44,13 +51,15 @@ def configure_logging(
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            *_naming(process),
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level.lower()]),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stdout),
+        # WriteLogger: message and newline in one write (PrintLogger makes two).
+        logger_factory=structlog.WriteLoggerFactory(stream or sys.stdout),
         cache_logger_on_first_use=cache_loggers,
     )
     # Libraries log through the standard library (asyncpg retrying its pool floor while the
@@ -60,6 +69,7 @@ def configure_logging(
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[
+                *_naming(process),
                 structlog.stdlib.add_logger_name,
                 structlog.processors.add_log_level,
                 structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -74,6 +84,18 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(max(logging.WARNING, _LEVELS[level.lower()]))
+
+
+def _naming(process: str | None) -> list[Processor]:
+    """``process=<name>`` on every event that does not name one itself."""
+    if process is None:
+        return []
+
+    def name(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        event.setdefault("process", process)
+        return event
+
+    return [name]
 
 
 def get_logger(name: str) -> Any:

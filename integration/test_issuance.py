@@ -1,6 +1,6 @@
 """End-to-end issuance through the real ``acme-ca`` processes.
 
-* certbot (``--standalone`` http-01) against ``acme-ca serve`` over HTTPS with its in-process
+* certbot (``--standalone`` http-01) against ``acme-ca serve`` over HTTPS with its child
   signing worker, for an RSA and an ECDSA key: the certificate verifies against the
   development root, lints clean with pkilint, comes from the issuer matching the key type,
   carries the three names and is valid for the BR 6.3.2 SHOULD of the day (199 days now);
@@ -175,7 +175,7 @@ def _poll_order(
 
 
 # ------------------------------------------------------------------------------------------
-# 1. certbot, http-01, in-process worker, RSA and ECDSA
+# 1. certbot, http-01, serve's own worker (its child process), RSA and ECDSA
 
 
 @pytest.mark.parametrize("key_type", ["rsa", "ecdsa"])
@@ -192,7 +192,7 @@ def test_certbot_http01_issues_verifiable_lint_clean(
     ca = _serve_https(processes, "serve", env, challenge_dns, http01_port)
     cafile = home / "tls" / "ca.pem"
     pki = home / "pki"
-    assert ca.wait_event("server.ready")["worker"] == "in-process"
+    assert ca.wait_event("server.ready")["worker"] == "child process"
     assert (pki / "root.pem").is_file(), "serve did not create the development hierarchy"
 
     run, certbot_dir = certbot_certonly(tmp_path, ca, cafile, key_type, http01_port)

@@ -133,8 +133,16 @@ class Config(ServiceKeys):
     )
     serve_worker: bool = doc_key(
         True,
-        "Run a signing worker inside `acme-ca serve`. Production runs `acme-ca worker` as "
-        "separate processes and sets this to false.",
+        "Run a signing worker with `acme-ca serve`: a child process of serve (the same "
+        "interpreter, configuration and database; stopped with serve), so serve and the worker "
+        "use two cores. Production runs `acme-ca worker` as separate processes and sets this "
+        "to false.",
+    )
+    serve_worker_in_process: bool = doc_key(
+        False,
+        "With `serve_worker`: run the worker as a task inside the serve process instead of as "
+        "its child process: one process, one core, one `/metrics` with every family (debugging, "
+        "profiling, tests that need a single process).",
     )
     worker_poll_seconds: int = doc_key(
         5, "How often a worker looks for jobs even without a notification (lost NOTIFYs)."
@@ -160,10 +168,12 @@ class Config(ServiceKeys):
     metrics_listen: str | None = doc_key(
         None,
         "HOST:PORT of this process's Prometheus listener (`GET /metrics`, plain HTTP, never "
-        "the ACME port), or `off`. Unset: `127.0.0.1:14090` for `serve` (its in-process "
-        "worker and status listener included), `127.0.0.1:14091` for `worker`, "
-        "`127.0.0.1:14092` for `remote-va`, so the three can share a host. Flag: "
-        "`--metrics-listen`. See docs/operations.md, Metrics and alerts.",
+        "the ACME port), or `off`. Unset: `127.0.0.1:14090` for `serve` (its status "
+        "listener included, and its worker with `serve_worker_in_process`), `127.0.0.1:14091` "
+        "for `worker` and for serve's worker child process, `127.0.0.1:14092` for "
+        "`remote-va`, so the three can share a host. Set on `serve` (an address or `off`), "
+        "serve's worker child serves no metrics. Flag: `--metrics-listen`. See "
+        "docs/operations.md, Metrics and alerts.",
     )
     crl_validity_hours: int = doc_key(
         96,

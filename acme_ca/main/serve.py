@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import signal
-from dataclasses import replace
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
@@ -19,7 +21,7 @@ from acme_ca.clock import Clock, SystemClock
 from acme_ca.config import Config
 from acme_ca.db.database import database_dsn, ephemeral_database, migrate
 from acme_ca.db.settings import DatabaseSettings
-from acme_ca.deployment import deployment_gate, signing_guard
+from acme_ca.deployment import Assessment, deployment_gate, signing_guard
 from acme_ca.main.app import create_app
 from acme_ca.main.early_cluster import EarlyCluster, EarlyKeys
 from acme_ca.main.metrics import metrics_listener
@@ -27,7 +29,7 @@ from acme_ca.main.status import start_status_server
 from acme_ca.psl import parse_public_suffix_lists
 from acme_ca.remote_va.primary import build_validator
 from acme_ca.tls import ensure_local_tls, server_ssl_context
-from acme_ca.va.perspectives import load_mpic_setup
+from acme_ca.va.perspectives import MpicSetup, load_mpic_setup
 from acme_ca.va.settings import VASettings
 from acme_ca.wfe import urls
 from acme_ca.wfe.middleware.load_shedding import GuardedRunner, close_listener, listen
@@ -110,10 +112,13 @@ async def _serve(
     hierarchy with a failing invariant raises :class:`~acme_ca.deployment.DeploymentRefused`),
     and the multi-perspective configuration is checked (a refusal raises
     :class:`~acme_ca.va.perspectives.MpicConfigError`).  Started in order and stopped in
-    reverse: the metrics listener (``metrics_listen``), database, schema, the in-process CT
-    test logs (``ct_log_list`` unset: test mode and embedded defaults), in test mode the
+    reverse: the metrics listener (``metrics_listen``), database, schema, in test mode the
     challenge test server (and the ``--perspectives`` remote VAs), the status listener, the
-    signing worker (``serve_worker``), then the ACME listener.
+    signing worker (``serve_worker``: a child process, :mod:`.worker_process`, or with
+    ``serve_worker_in_process`` a task here; with its CT test logs when ``ct_log_list`` is
+    unset, test mode and embedded defaults), then the ACME listener.  Outside test mode the
+    worker starts before the listener, in test mode just after it; at stop it is stopped
+    first.
     """
     clock = clock or SystemClock()
     await ensure_hierarchy(config)
@@ -132,11 +137,6 @@ async def _serve(
         dsn = await stack.enter_async_context(database_dsn(database))
         applied = await migrate(dsn)
         log.info("database.migrated", applied=applied)
-        ct_logs = None
-        if config.ct_log_list is None:  # test mode, embedded defaults: in-process CT test logs
-            from acme_ca.testsrv.ct_logs_runner import ct_test_logs
-
-            ct_logs = await stack.enter_async_context(ct_test_logs(config))
         if config.test_mode:
             from acme_ca.testsrv.testmode import challenge_test_server
 
@@ -159,33 +159,14 @@ async def _serve(
                 status_base_url=config.status_base_url,
             )
         worker: asyncio.Task[None] | None = None
-
-        def start_worker() -> asyncio.Task[None]:
-            from acme_ca.main.worker import run_worker
-
-            worker_stop = asyncio.Event()
-            task = asyncio.create_task(
-                run_worker(
-                    config,
-                    dsn,
-                    worker_stop,
-                    clock,
-                    ct_logs=ct_logs,
-                    production=assessment.production,
-                    signing_guard=signing_guard(assessment),
-                    account_uri=urls.Urls(config.external_base_url).account,
-                    mpic=mpic,
-                ),
-                name="signing-worker",
-            )
-            stack.push_async_callback(_stop_worker, task, worker_stop)
-            return task
+        stop_worker: Callable[[], Awaitable[None]] | None = None
+        launch = _WorkerStart(config, dsn, clock, assessment, mpic)
 
         # Outside test mode the worker starts first, as it always has; test mode starts it once
         # the listener is up, so its keys, linter and CT set-up are off the path to ready
         # (issue 21 item 8: ready within 1.5 s; a finalize just waits for it).
         if config.serve_worker and not config.test_mode:
-            worker = start_worker()
+            worker, stop_worker = await launch.start(stack)
         await _parse_public_suffix_lists(config, ready=False)
         ssl_context = await asyncio.to_thread(server_ssl_context, config)
         validator = build_validator(va, clock, mpic)
@@ -223,7 +204,7 @@ async def _serve(
             tls_ca=None
             if ssl_context is None or config.tls_cert
             else str((config.home / "tls" / "ca.pem").resolve()),
-            worker="in-process" if config.serve_worker else "external",
+            worker=_worker_shape(config),
             test_mode=config.test_mode,
             corroboration=f"{len(mpic.perspectives)} remote perspective(s)"
             if mpic.perspectives
@@ -231,7 +212,7 @@ async def _serve(
         )
         await _parse_public_suffix_lists(config, ready=True)
         if config.serve_worker and worker is None:
-            worker = start_worker()
+            worker, stop_worker = await launch.start(stack)
         waiters: list[asyncio.Task[Any]] = [asyncio.create_task(stop.wait())]
         if worker is not None:
             waiters.append(worker)
@@ -242,6 +223,8 @@ async def _serve(
         if worker is not None and worker in done:
             worker.result()  # a worker that died takes the server down: surface why
         log.info("server.stopping")
+        if stop_worker is not None:  # the worker first: its jobs in flight finish
+            await stop_worker()
 
 
 async def _parse_public_suffix_lists(config: Config, *, ready: bool) -> None:
@@ -250,6 +233,58 @@ async def _parse_public_suffix_lists(config: Config, *, ready: bool) -> None:
     ``serve --test`` is ready sooner (issue 21 item 8)."""
     if ready == config.test_mode:
         await asyncio.to_thread(parse_public_suffix_lists)
+
+
+@dataclass(frozen=True)
+class _WorkerStart:
+    """serve's signing worker (``serve_worker``): what it is started with."""
+
+    config: Config
+    dsn: str
+    clock: Clock
+    assessment: Assessment
+    mpic: MpicSetup
+
+    async def start(
+        self, stack: contextlib.AsyncExitStack
+    ) -> tuple[asyncio.Task[None], Callable[[], Awaitable[None]]]:
+        """Start it, its stop on ``stack``; a task that ends when the worker does (raising
+        why, if it was not stopped), and how to stop it."""
+        config = self.config
+        if not config.serve_worker_in_process:
+            from acme_ca.main.worker_process import WorkerLaunch, child_config, worker_process
+
+            launch = WorkerLaunch(child_config(config, self.dsn), self.assessment, self.mpic)
+            child = await stack.enter_async_context(worker_process(launch))
+            return asyncio.create_task(child.exited(), name="signing-worker-process"), child.stop
+        from acme_ca.main.worker import run_worker
+        from acme_ca.testsrv.ct_logs_runner import ct_test_logs  # None: ct_log_list is set
+
+        ct_logs = await stack.enter_async_context(ct_test_logs(config))
+        worker_stop = asyncio.Event()
+        task = asyncio.create_task(
+            run_worker(
+                config,
+                self.dsn,
+                worker_stop,
+                self.clock,
+                ct_logs=ct_logs,
+                production=self.assessment.production,
+                signing_guard=signing_guard(self.assessment),
+                account_uri=urls.Urls(config.external_base_url).account,
+                mpic=self.mpic,
+            ),
+            name="signing-worker",
+        )
+        stop = functools.partial(_stop_worker, task, worker_stop)
+        stack.push_async_callback(stop)
+        return task, stop
+
+
+def _worker_shape(config: Config) -> str:
+    if not config.serve_worker:
+        return "external"
+    return "in-process" if config.serve_worker_in_process else "child process"
 
 
 async def _stop_worker(worker: asyncio.Task[None], worker_stop: asyncio.Event) -> None:

@@ -1,10 +1,13 @@
 """The three in-process CT test logs of ``acme-ca serve --test`` and the embedded defaults.
 
-When ``ct_log_list`` is unset, ``serve`` and ``worker`` each start the logs of
+When ``ct_log_list`` is unset, the process of each signing worker (``acme-ca worker``, serve's
+worker child, or ``serve`` itself with ``serve_worker_in_process``) starts the logs of
 :func:`acme_ca.testsrv.ct_log_set.default_specs` (operators A, B, C; A and B RFC 6962, C
-static-ct-api) on free ports of 127.0.0.1, accepting the roots of ``issuers.toml``, write their
-log list to ``home/ct/log_list.json`` and hand it to their own signing worker, so every
-certificate carries real SCTs that verify with that list.
+static-ct-api) on free ports of 127.0.0.1, accepting the roots of ``issuers.toml``, writes their
+log list to ``home/ct/log_list.json`` and hands it to its signing worker, so every certificate
+carries real SCTs that verify with that list.  The worker is their only client, so they run
+in its process: in serve's worker child their share of the CPU (about 7 ms per issuance) is
+off serve's core (issue 20 target 2, docs/performance.md).
 
 The log keys live in ``home/ct/test-log-{a,b,c}.pem`` (created on first start, shared by every
 process on the same home), so a log's identity survives restarts and processes; only its URL

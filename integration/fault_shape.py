@@ -59,20 +59,39 @@ class Shape:
     port: int
     #: The worker running now: tests share it (a worker takes seconds to start).
     current: CaProcess | None = None
+    #: The CT test logs' process, and how to start it again (:meth:`restart_ct_logs`).
+    ct_logs: Service | None = None
+    start_ct_logs: Callable[[], Service] | None = None
 
     @property
     def cafile(self) -> Path:
         return self.home / "tls" / "ca.pem"
 
     def worker(self, name: str) -> CaProcess:
-        """The running worker, or a new one called ``name`` once it has started."""
+        """The running worker, or a new one called ``name`` once it has started (a start
+        takes 3-5 s, more on a loaded 2-core runner: the wait allows three times the usual)."""
         if self.current is None or not self.current.alive():
             self.current = self.processes.worker(name, env=self.env)
-            self.current.wait_event("worker.started", timeout=READY_TIMEOUT)
+            self.current.wait_event("worker.started", timeout=3 * READY_TIMEOUT)
         return self.current
 
     def client(self) -> tuple[client.ClientV2, JWK]:
         return acme_account(self.serve.directory_url, self.cafile)
+
+    def stop_ct_logs(self) -> None:
+        """Every CT log down: its process stopped, so submissions are refused."""
+        assert self.ct_logs is not None
+        self.ct_logs.stop()
+
+    def restart_ct_logs(self) -> None:
+        """The CT logs back, with their keys (new ports, so a new log list, which the
+        worker re-reads without a restart); returns once the new list is written.
+
+        Call it on the main thread: the process dies with the thread that started it
+        (PR_SET_PDEATHSIG), and asyncio.to_thread's threads end with the test's loop."""
+        assert threading.current_thread() is threading.main_thread()
+        assert self.start_ct_logs is not None
+        self.ct_logs = self.start_ct_logs()
 
 
 @contextlib.contextmanager
@@ -104,18 +123,29 @@ def production_shape(base: Path, dsn: str, **env: str) -> Iterator[Shape]:
         )
         init = run_cli("init", env=settings, timeout=300)
         assert init.returncode == 0, describe(init)
-        ct_logs: Service = start_service(
-            stack,
-            "ct-logs",
-            [sys.executable, "-m", "integration.bench.ctlogs", "--home", str(home)],
-            env=base_env(),
-            log_dir=logs,
-        )
-        deadline = time.monotonic() + READY_TIMEOUT
-        while not log_list.exists():
-            ct_logs.check_alive()
-            assert time.monotonic() < deadline, ct_logs.tails()
-            time.sleep(0.1)
+        starts = 0
+
+        def start_ct_logs() -> Service:
+            """The CT logs' process, returned once it has written a new log list (atomic
+            rename: a new inode)."""
+            nonlocal starts
+            starts += 1
+            before = log_list.stat().st_ino if log_list.exists() else None
+            ct_logs: Service = start_service(
+                stack,
+                f"ct-logs-{starts}",
+                [sys.executable, "-m", "integration.bench.ctlogs", "--home", str(home)],
+                env=base_env(),
+                log_dir=logs,
+            )
+            deadline = time.monotonic() + READY_TIMEOUT
+            while not log_list.exists() or log_list.stat().st_ino == before:
+                ct_logs.check_alive()
+                assert time.monotonic() < deadline, ct_logs.tails()
+                time.sleep(0.05)
+            return ct_logs
+
+        ct_logs = start_ct_logs()
         processes = stack.enter_context(CaProcesses(logs))
         port = free_port()
         serve = processes.serve(
@@ -126,7 +156,10 @@ def production_shape(base: Path, dsn: str, **env: str) -> Iterator[Shape]:
             base_url=f"https://127.0.0.1:{port}",
         )
         serve.wait_ready(cafile=home / "tls" / "ca.pem")
-        yield Shape(settings, dsn, home, token, processes, serve, dns, port)
+        yield Shape(
+            settings, dsn, home, token, processes, serve, dns, port,
+            ct_logs=ct_logs, start_ct_logs=start_ct_logs,
+        )  # fmt: skip
 
 
 # ------------------------------------------------------------------------------ invariants

@@ -8,6 +8,12 @@ by ``acme-ca init``, CT test logs in a process of their own behind a log list fi
   starting.
 * The SoftHSM2 token made unavailable, then restored: orders wait (the jobs back off with
   ``issuance.hsm_unavailable``), the worker reopens its sessions and they finish.
+* The CT logs down (their process stopped): an order waits within the CT deadline and is
+  valid soon after they are back; past the deadline it is invalid with a problem, its
+  precertificate on record.
+* PostgreSQL stopped fast and immediately (crash recovery), then started: 503 with
+  ``Retry-After`` meanwhile, never a 500; the same serve and worker issue again.
+* SIGKILL of one serve and one worker of two each behind haproxy (the topology test).
 * Start-up with no token, a wrong PIN or a missing module: one JSON error event, exit 1.
 * Overload: a flood above the in-flight bound gets fast 503s with ``Retry-After``, and the
   server is healthy afterwards; 2,000 idle sockets and 200 slowloris connections do not keep
@@ -70,6 +76,13 @@ RESUME_WITHIN = 15.0
 IN_FLIGHT = 8
 HEADER_TIMEOUT = 2
 MAX_CONNECTIONS = 400
+#: Every worker of the shape retries a job whose SCTs fell short every second (instead of
+#: after 10 s, doubling), and gives a log 2 s: the CT outage test waits seconds, not minutes.
+CT_FAST = {
+    "ACME_CA_CT_BACKOFF_INITIAL_SECONDS": "1",
+    "ACME_CA_CT_BACKOFF_MAX_SECONDS": "1",
+    "ACME_CA_CT_TIMEOUT_SECONDS": "2",
+}
 #: (log event after which the worker is killed, what was recorded by then)
 KILL_POINTS = [
     ("issuance.prepared", "prepared"),
@@ -102,6 +115,7 @@ def shape(tmp_path_factory: pytest.TempPathFactory, postgres: EmbeddedPostgres) 
         ACME_CA_MAX_REQUESTS_IN_FLIGHT=str(IN_FLIGHT),
         ACME_CA_HEADER_READ_TIMEOUT_SECONDS=str(HEADER_TIMEOUT),
         ACME_CA_MAX_CONNECTIONS=str(MAX_CONNECTIONS),
+        **CT_FAST,
     ) as shape:
         yield shape
 
@@ -235,6 +249,88 @@ async def test_softhsm_token_unavailable_then_restored(shape: Shape, db: asyncpg
     assert worker.events("signer.pkcs11.reopened"), worker.tails()
     assert worker.alive()
     await assert_invariants(db)
+
+
+# ------------------------------------------------------------------------------ CT logs down
+
+#: The CT deadline of the worker that meets an outage longer than it.
+CT_SHORT_DEADLINE = 3
+
+
+async def _wait_deferred(pool: asyncpg.Pool, order_id: int, timeout: float) -> None:
+    """Until the order's job was sent back to the queue for want of SCTs at least once."""
+    deadline = time.monotonic() + timeout
+    while not await pool.fetchval(
+        "SELECT deferrals > 0 FROM issuance_jobs WHERE order_id = $1", order_id
+    ):
+        assert time.monotonic() < deadline, "the job was never deferred"
+        await asyncio.sleep(0.1)
+
+
+def _worker_with_short_ct_deadline(shape: Shape) -> CaProcess:
+    """A worker in place of the shape's running one, with ``ct_deadline_seconds`` 3."""
+    if shape.current is not None and shape.current.alive():
+        shape.current.terminate()
+    env = {**shape.env, "ACME_CA_CT_DEADLINE_SECONDS": str(CT_SHORT_DEADLINE)}
+    shape.current = shape.processes.worker("worker-ct-deadline", env=env)
+    shape.current.wait_event("worker.started", timeout=3 * READY_TIMEOUT)
+    return shape.current
+
+
+async def test_ct_logs_down_within_and_past_the_deadline(shape: Shape, db: asyncpg.Pool) -> None:
+    """Every CT log down (its process stopped: connections refused). Within the CT deadline
+    the order waits (its job deferred, nothing failed) and, once the logs are back (new ports:
+    a new log list, which the same worker re-reads), is valid within seconds. Past the
+    deadline (3 s for a second worker) the order becomes invalid with a problem naming CT,
+    its precertificate stays on record and no certificate is signed."""
+    worker = await asyncio.to_thread(shape.worker, "worker-ct")
+    await asyncio.to_thread(shape.stop_ct_logs)
+    down = True
+    try:
+        order_id = await _queue(db, "ct-within")
+        await _wait_deferred(db, order_id, timeout=60)
+        await asyncio.sleep(1)  # a retry or two more against the dead logs
+        assert (await db.fetchval("SELECT status FROM orders WHERE id = $1", order_id)) == (
+            "processing"
+        )
+        shape.restart_ct_logs()  # main thread: see there
+        down = False
+        back = time.monotonic()
+        await _wait_orders(db, [order_id], timeout=30)
+        print(f"CT logs back: order valid {time.monotonic() - back:.1f} s later")
+        assert (await db.fetchval("SELECT status FROM orders WHERE id = $1", order_id)) == (
+            "valid"
+        ), worker.tails()
+        assert worker.events("issuance.ct_deferred") and worker.alive()
+        await assert_invariants(db)
+
+        short = await asyncio.to_thread(_worker_with_short_ct_deadline, shape)
+        await asyncio.to_thread(shape.stop_ct_logs)
+        down = True
+        order_id = await _queue(db, "ct-past")
+        await _wait_orders(db, [order_id], timeout=60)
+        order = await db.fetchrow("SELECT status, error FROM orders WHERE id = $1", order_id)
+        assert order["status"] == "invalid", short.tails()
+        error = order["error"]
+        problem = json.loads(error) if isinstance(error, str) else error
+        assert problem["type"] == "urn:ietf:params:acme:error:serverInternal", problem
+        assert "Certificate Transparency" in problem["detail"], problem
+        signed = await db.fetchrow(
+            "SELECT (SELECT count(*) FROM precertificates WHERE order_id = $1) AS precerts, "
+            "(SELECT count(*) FROM certificates WHERE order_id = $1) AS certs",
+            order_id,
+        )
+        assert (signed["precerts"], signed["certs"]) == (1, 0), dict(signed)
+        # Logged just after the order failed: waited for, not read at once.
+        failed = await asyncio.to_thread(short.wait_event, "issuance.ct_failed", timeout=10)
+        assert failed["precertificate"] is True, failed
+        await assert_invariants(db)
+    finally:
+        if down:
+            shape.restart_ct_logs()  # main thread: see there
+        if shape.current is not None and shape.current.name == "worker-ct-deadline":
+            shape.current.terminate()  # the next test's worker has the default deadline
+            shape.current = None
 
 
 #: What each start-up failure changes, and what its one error event must say.
@@ -429,13 +525,49 @@ async def _closed_by_server(reader: asyncio.StreamReader) -> bool:
 # ------------------------------------------------------------------------------ database
 
 
+def _stop_postgres(postgres: EmbeddedPostgres, mode: str) -> None:
+    """``pg_ctl stop -m fast`` (clients disconnected, a checkpoint), or an immediate shutdown
+    (SIGQUIT to the postmaster, as ``-m immediate`` sends: no checkpoint, crash recovery at
+    the next start)."""
+    if mode == "fast":
+        postgres.stop()
+        return
+    assert postgres.cluster_dir is not None
+    pid = int((postgres.cluster_dir / "postmaster.pid").read_text().split()[0])
+    os.kill(pid, signal.SIGQUIT)
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{pid}").exists() and "zombie" not in _proc_state(pid):
+        assert time.monotonic() < deadline, f"postmaster {pid} still running after SIGQUIT"
+        time.sleep(0.05)
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:", 1)[1].split("\n", 1)[0]
+    except (OSError, IndexError):
+        return "zombie"  # gone while read
+
+
+def _wait_more(proc: CaProcess, event: str, than: int, timeout: float = 30) -> None:
+    """Until ``proc`` has logged ``event`` more than ``than`` times (its log is written off
+    the path the test waits on)."""
+    deadline = time.monotonic() + timeout
+    while len(proc.events(event)) <= than:
+        assert time.monotonic() < deadline, f"no new {event!r}\n{proc.tails()}"
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
 async def test_postgresql_restart_answers_503_then_serve_and_worker_recover(
-    shape: Shape, postgres: EmbeddedPostgres
+    shape: Shape, postgres: EmbeddedPostgres, mode: str
 ) -> None:
-    """The database stopped (fast shutdown) and started again: meanwhile requests that need
-    it get 503 serverInternal with Retry-After, never a 500; afterwards the same serve and
-    worker processes issue again, without a restart."""
+    """The database stopped (fast shutdown, or immediate: no checkpoint, crash recovery) and
+    started again: meanwhile requests that need it get 503 serverInternal with Retry-After,
+    never a 500; afterwards the same serve and worker processes issue again, without a
+    restart, and the worker LISTENs again."""
     worker = await asyncio.to_thread(shape.worker, "worker-pg")
+    unavailable = len(shape.serve.events("request.database_unavailable"))
+    relistened = len(worker.events("worker.listener_restored"))
     context = _ssl_context(shape)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as session:
         acme = JwsClient(
@@ -443,7 +575,7 @@ async def test_postgresql_restart_answers_503_then_serve_and_worker_recover(
         )
         await acme.load_directory()
         assert (await acme.register(contact=["mailto:ops@faults.example.com"])).status == 201
-        await asyncio.to_thread(postgres.stop)
+        await asyncio.to_thread(_stop_postgres, postgres, mode)
         try:
             during = [await acme.post(acme.account_url, None) for _ in range(3)]
         finally:
@@ -457,11 +589,11 @@ async def test_postgresql_restart_answers_503_then_serve_and_worker_recover(
             assert time.monotonic() < deadline, reply.body
             await asyncio.sleep(0.2)
     assert not shape.serve.events("request.internal_error"), shape.serve.tails()
-    assert shape.serve.events("request.database_unavailable")
-    seconds = await asyncio.to_thread(_issue_one, shape, "after-restart.faults.example.com")
-    print(f"issued {seconds:.1f} s after PostgreSQL came back, same processes")
+    await asyncio.to_thread(_wait_more, shape.serve, "request.database_unavailable", unavailable)
+    seconds = await asyncio.to_thread(_issue_one, shape, f"after-{mode}-restart.faults.example.com")
+    print(f"issued {seconds:.1f} s after PostgreSQL came back ({mode}), same processes")
     assert shape.serve.alive() and worker.alive() and worker is shape.current
-    assert worker.events("worker.listener_restored"), "the worker must LISTEN again"
+    await asyncio.to_thread(_wait_more, worker, "worker.listener_restored", relistened)
     pool = await create_pool(shape.dsn, max_size=2)
     try:
         await assert_invariants(pool)

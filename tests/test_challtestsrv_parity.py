@@ -37,7 +37,6 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from acme_ca.config import ConfigError, load_config
 from acme_ca.testsrv.server import BindAddress, ChallengeServerConfig, ChallengeTestServer
 from acme_ca.va.http01 import Http01Validator
-from acme_ca.va.resolver import DnsClient, ResolverSettings
 from acme_ca.va.tlsalpn01 import (
     ACME_IDENTIFIER_OID,
     ALPN_PROTOCOL,
@@ -47,7 +46,7 @@ from acme_ca.va.tlsalpn01 import (
 from tests.fixtures import CaFactory
 from tests.support.orders import subscriber, validation_config
 from tests.support.ports import free_port as _free_port
-from tests.support.va import loopback_ok
+from tests.support.va import loopback_ok, srv_dns
 
 _DER = Encoding.DER
 PEBBLE_CHALLTESTSRV = shutil.which("pebble-challtestsrv")
@@ -613,11 +612,7 @@ def test_test_mode_sends_https_redirects_to_the_https01_listener() -> None:
 async def test_br_3_2_2_4_19_redirect_to_https_validates_on_the_https01_listener() -> None:
     async with ChallengeTestServer(ChallengeServerConfig.ephemeral(https01=True)) as srv:
         assert srv.dns_port and srv.http01_port and srv.https01_port
-        dns_client = DnsClient(
-            ResolverSettings(
-                (f"127.0.0.1:{srv.dns_port}",), timeout=2.0, attempts=1, require_dnssec=False
-            )
-        )
+        dns_client = srv_dns(srv)
         validator = Http01Validator(
             dns_client,
             port=srv.http01_port,

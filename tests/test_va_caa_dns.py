@@ -16,8 +16,8 @@ from acme_ca.testsrv.store import CaaPolicy
 from acme_ca.va.caa import LookupFailure
 from acme_ca.va.caa_lookup import OBSERVED_ALLOWED, OBSERVED_DENIED, CaaChecker, make_caa_lookup
 from acme_ca.va.records import CheckResult
-from acme_ca.va.resolver import DnsClient, ResolverSettings
 from tests.support.problems import check_problem
+from tests.support.va import srv_dns
 
 ACCOUNT = "https://acme.jprs.test/acme/acct/42"
 
@@ -28,17 +28,9 @@ async def srv() -> AsyncIterator[ChallengeTestServer]:
         yield server
 
 
-def dns_client(srv: ChallengeTestServer, *, require_dnssec: bool = False) -> DnsClient:
-    return DnsClient(
-        ResolverSettings(
-            (f"127.0.0.1:{srv.dns_port}",), timeout=2.0, attempts=1, require_dnssec=require_dnssec
-        )
-    )
-
-
 @pytest.fixture
 def checker(srv: ChallengeTestServer) -> CaaChecker:
-    return CaaChecker.from_dns(dns_client(srv))
+    return CaaChecker.from_dns(srv_dns(srv))
 
 
 async def check(
@@ -114,7 +106,7 @@ async def test_caa_11_servfail_not_permission(
 async def test_caa_11_unauthenticated_answer_not_permission(srv: ChallengeTestServer) -> None:
     """With DNSSEC required, an answer without AD is a bogus lookup, never permission."""
     srv.store.add_caa("example.test", [CaaPolicy("issue", "jprs.jp")])
-    checker = CaaChecker.from_dns(dns_client(srv, require_dnssec=True))
+    checker = CaaChecker.from_dns(srv_dns(srv, require_dnssec=True))
     result = await check(checker)
     assert denied(result)
     assert result.problem is not None and "bogus" in result.problem.detail
@@ -181,7 +173,7 @@ async def test_caa_12_13_rfc8657_parameters(
 async def test_make_caa_lookup_reports_wire_values(srv: ChallengeTestServer) -> None:
     srv.store.add_caa("example.test", [CaaPolicy("Issue", "jprs.jp; x=y", flags=129)])
     srv.store.set_servfail("broken.test")
-    lookup = make_caa_lookup(dns_client(srv))
+    lookup = make_caa_lookup(srv_dns(srv))
     result = await lookup("example.test")
     assert result.query_name == "example.test"
     assert result.failure is None and result.authenticated is False

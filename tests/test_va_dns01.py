@@ -22,6 +22,7 @@ from acme_ca.va.authority import key_authorization
 from acme_ca.va.dns01 import Dns01Validator, challenge_name, dns01_txt_value
 from acme_ca.va.resolver import DnsClient, DnsFailure, Nameserver, ResolverSettings
 from tests.support.problems import ERR, check_problem
+from tests.support.va import srv_dns
 
 TOKEN = "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA"
 KEY_AUTH = f"{TOKEN}.9jg46WB3rR_AHD-EBXdN7cBkH1WOu0tA3M9fm21mqTI"
@@ -34,23 +35,9 @@ async def srv() -> AsyncIterator[ChallengeTestServer]:
         yield server
 
 
-def client(
-    srv: ChallengeTestServer, *, tcp: bool = False, require_dnssec: bool = False
-) -> DnsClient:
-    return DnsClient(
-        ResolverSettings(
-            (f"127.0.0.1:{srv.dns_port}",),
-            timeout=2.0,
-            attempts=1,
-            require_dnssec=require_dnssec,
-            tcp=tcp,
-        )
-    )
-
-
 @pytest.fixture
 def validator(srv: ChallengeTestServer) -> Dns01Validator:
-    return Dns01Validator(client(srv))
+    return Dns01Validator(srv_dns(srv, tcp=False))
 
 
 # --- the TXT value and key authorization (ACME-CHAL-4) -------------------------------------
@@ -80,7 +67,7 @@ def test_acme_chal_6_challenge_name() -> None:
 @pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
 async def test_acme_chal_6_good(srv: ChallengeTestServer, tcp: bool) -> None:
     srv.store.set_txt("_acme-challenge.example.test", EXPECTED)
-    result = await Dns01Validator(client(srv, tcp=tcp)).check("example.test", KEY_AUTH)
+    result = await Dns01Validator(srv_dns(srv, tcp=tcp)).check("example.test", KEY_AUTH)
     assert result.ok, result.problem
     assert result.observed == EXPECTED
     (record,) = result.records
@@ -200,7 +187,9 @@ async def test_br_dcv_1_unauthenticated_answer_refused_when_dnssec_required(
 ) -> None:
     """The test server sets no AD bit: with DNSSEC required, its answer is not good enough."""
     srv.store.set_txt("_acme-challenge.example.test", EXPECTED)
-    result = await Dns01Validator(client(srv, require_dnssec=True)).check("example.test", KEY_AUTH)
+    result = await Dns01Validator(srv_dns(srv, require_dnssec=True, tcp=False)).check(
+        "example.test", KEY_AUTH
+    )
     problem = check_problem(result, "dns")
     assert "unauthenticated" in problem.detail
     assert result.records[0].authenticated is False
@@ -257,7 +246,7 @@ async def test_resolver_falls_back_to_next_nameserver(
 async def test_resolve_addresses(srv: ChallengeTestServer) -> None:
     srv.store.add_a("host.example.test", ["192.0.2.7"])
     srv.store.add_aaaa("host.example.test", ["2001:db8::7"])
-    addresses = await client(srv).resolve_addresses("host.example.test")
+    addresses = await srv_dns(srv, tcp=False).resolve_addresses("host.example.test")
     assert [str(a) for a in addresses] == ["2001:db8::7", "192.0.2.7"]
 
 

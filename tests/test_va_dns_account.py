@@ -11,8 +11,8 @@ import pytest
 from acme_ca.testsrv.server import ChallengeServerConfig, ChallengeTestServer
 from acme_ca.va.dns01 import dns01_txt_value
 from acme_ca.va.dns_account import DnsAccountValidator, account_label, record_name
-from acme_ca.va.resolver import DnsClient, ResolverSettings
 from tests.support.problems import check_problem
+from tests.support.va import srv_dns
 
 ACCOUNT = "https://acme.ca.example/acme/acct/17"
 OTHER_ACCOUNT = "https://acme.ca.example/acme/acct/18"
@@ -29,11 +29,7 @@ async def srv() -> AsyncIterator[ChallengeTestServer]:
 
 @pytest.fixture
 def validator(srv: ChallengeTestServer) -> DnsAccountValidator:
-    dns = DnsClient(
-        ResolverSettings(
-            (f"127.0.0.1:{srv.dns_port}",), timeout=2.0, attempts=1, require_dnssec=False
-        )
-    )
+    dns = srv_dns(srv)
     return DnsAccountValidator(dns)
 
 

@@ -25,10 +25,10 @@ from acme_ca.va.dns_persist import (
     parse_persist_record,
 )
 from acme_ca.va.records import ChallengeRequest
-from acme_ca.va.resolver import DnsClient, ResolverSettings
 from tests.support.mpic import PERSPECTIVES, FakeTransport, agree
 from tests.support.mpic import validator as mpic_validator
 from tests.support.problems import check_problem
+from tests.support.va import srv_dns
 
 ISSUER = "ca.example"
 ACCOUNT = "https://acme.ca.example/acme/acct/17"
@@ -46,11 +46,7 @@ async def srv() -> AsyncIterator[ChallengeTestServer]:
 
 @pytest.fixture
 def validator(srv: ChallengeTestServer) -> DnsPersistValidator:
-    dns = DnsClient(
-        ResolverSettings(
-            (f"127.0.0.1:{srv.dns_port}",), timeout=2.0, attempts=1, require_dnssec=False
-        )
-    )
+    dns = srv_dns(srv)
     return DnsPersistValidator(dns, (ISSUER, "Other-Name.Example."), clock=FixedClock(NOW))
 
 

@@ -28,10 +28,10 @@ from acme_ca.va.http01 import (
     TargetRefused,
     parse_target,
 )
-from acme_ca.va.resolver import DnsClient, ResolverSettings
+from acme_ca.va.resolver import DnsClient
 from tests.support.ports import free_port
 from tests.support.problems import ERR
-from tests.support.va import loopback_ok
+from tests.support.va import loopback_ok, srv_dns
 
 TOKEN = "LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0"
 KEY_AUTH = f"{TOKEN}.9jg46WB3rR_AHD-EBXdN7cBkH1WOu0tA3M9fm21mqTI"
@@ -41,11 +41,7 @@ NAME = "site.example.test"
 
 @pytest.fixture
 def dns(srv: ChallengeTestServer) -> DnsClient:
-    return DnsClient(
-        ResolverSettings(
-            (f"127.0.0.1:{srv.dns_port}",), timeout=2.0, attempts=1, require_dnssec=False
-        )
-    )
+    return srv_dns(srv)
 
 
 @pytest.fixture

@@ -30,7 +30,6 @@ from acme_ca.testsrv.store import CaaPolicy
 from acme_ca.testsrv.tlsalpn01 import load_pem_chain
 from acme_ca.va.addresses import public_address_policy
 from acme_ca.va.records import ChallengeRequest, CheckResult
-from acme_ca.va.resolver import DnsClient, ResolverSettings
 from acme_ca.va.tlsalpn01 import (
     ACME_IDENTIFIER_OID,
     ALPN_PROTOCOL,
@@ -42,7 +41,7 @@ from acme_ca.va.tlsalpn01 import (
 from tests.fixtures import CaFactory, free_socket
 from tests.support.orders import subscriber, validation_config
 from tests.support.problems import ERR
-from tests.support.va import local_authority, loopback_ok
+from tests.support.va import local_authority, loopback_ok, srv_dns
 
 TOKEN = "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA"
 KEY_AUTH = f"{TOKEN}.9jg46WB3rR_AHD-EBXdN7cBkH1WOu0tA3M9fm21mqTI"
@@ -134,18 +133,10 @@ async def responder(pem: bytes | None, *, alpn: bool = True) -> AsyncIterator[Re
         await server.wait_closed()
 
 
-def dns(srv: ChallengeTestServer) -> DnsClient:
-    return DnsClient(
-        ResolverSettings(
-            (f"127.0.0.1:{srv.dns_port}",), timeout=2.0, attempts=1, require_dnssec=False
-        )
-    )
-
-
 def validator(srv: ChallengeTestServer, port: int, **kwargs: object) -> TlsAlpn01Validator:
     policy = kwargs.pop("address_policy", loopback_ok)
     return TlsAlpn01Validator(
-        dns(srv),
+        srv_dns(srv),
         port=port,
         address_policy=policy,  # type: ignore[arg-type]
         clock=FixedClock(NOW),

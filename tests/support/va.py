@@ -18,6 +18,22 @@ def loopback_ok(address: IPAddress) -> bool:
     return address.is_loopback or public_address_policy(address)
 
 
+def srv_dns(
+    srv: ChallengeTestServer, *, require_dnssec: bool = False, tcp: bool = True
+) -> DnsClient:
+    """A DNS client asking only ``srv``'s DNS server: one attempt of 2 s, no DNSSEC unless
+    asked, over TCP (production's default) unless asked for UDP."""
+    return DnsClient(
+        ResolverSettings(
+            (f"127.0.0.1:{srv.dns_port}",),
+            timeout=2.0,
+            attempts=1,
+            require_dnssec=require_dnssec,
+            tcp=tcp,
+        )
+    )
+
+
 def local_authority(
     srv: ChallengeTestServer,
     clock: Clock,
@@ -29,11 +45,7 @@ def local_authority(
     """A ValidationAuthority with every registered method (or ``methods``), resolving
     through ``srv`` (no DNSSEC) and connecting to its http-01 port and to its tls-alpn-01
     listener (or ``tlsalpn01_port``)."""
-    dns = DnsClient(
-        ResolverSettings(
-            (f"127.0.0.1:{srv.dns_port}",), timeout=2.0, attempts=1, require_dnssec=False
-        )
-    )
+    dns = srv_dns(srv)
     assert srv.http01_port is not None
     env = CheckEnv(
         dns=dns,

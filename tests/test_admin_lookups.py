@@ -3,7 +3,7 @@
 The full certbot issuance and revocation timeline is integration/test_admin_timeline.py;
 these check the lookups on an account with a pending order: by id and key thumbprint, by a
 request id the client saw, by name (``notexample.com`` is not under ``example.com``), and
-the not-found answers.
+the not-found answers; ``search --since`` leaves out older orders.
 """
 
 from __future__ import annotations
@@ -11,7 +11,10 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
+
+import asyncpg
 
 from acme_ca.acme.jwk import jwk_from_key
 from acme_ca.admin.commands import run_async
@@ -49,7 +52,12 @@ async def test_admin_account_by_id_and_key_thumbprint(
 
 
 async def test_admin_order_by_request_id_and_search_by_name(
-    dsn: str, tmp_path: Path, ca_factory: CaFactory, va_ca: RunningCa, sub: Subscriber
+    dsn: str,
+    tmp_path: Path,
+    pool: asyncpg.Pool,
+    ca_factory: CaFactory,
+    va_ca: RunningCa,
+    sub: Subscriber,
 ) -> None:
     mine = await sub.new_order("www.example.com")
     other = await sub.new_order("notexample.com")
@@ -67,6 +75,14 @@ async def test_admin_order_by_request_id_and_search_by_name(
     status, text = await admin(dsn, tmp_path, "search", "--domain", "example.com", "--json")
     assert status == 0
     assert [o["order_id"] for o in json.loads(text)] == [order_id]
+    # --since: only orders created since then (the order is from a moment ago).
+    created = await pool.fetchval("SELECT created_at FROM orders WHERE id = $1", order_id)
+    for since, found in ((created, [order_id]), (created + timedelta(seconds=1), [])):
+        status, text = await admin(
+            dsn, tmp_path, "search", "--domain", "example.com", "--since", since.isoformat(),
+            "--json",
+        )  # fmt: skip
+        assert status == 0 and [o["order_id"] for o in json.loads(text)] == found, since
     status, _ = await admin(dsn, tmp_path, "search", "--domain", "exa_mple.com%")
     assert status == 2
     assert (await admin(dsn, tmp_path, "order", "--request-id", "0000"))[0] == 1

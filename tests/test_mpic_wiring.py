@@ -21,6 +21,7 @@ from acme_ca.va.mtls import create_mpic_material
 from acme_ca.va.records import ChallengeRequest
 from acme_ca.va.settings import VASettings
 from tests.fixtures import CaFactory
+from tests.support.orders import validation_config
 
 KEY_AUTH = "tok123.thumbprint"
 
@@ -80,10 +81,7 @@ async def test_serve_test_perspectives_corroborate(tmp_path: Path) -> None:
             home=tmp_path,
             test_mode=True,
             test_perspectives=3,
-            dns_resolver=f"127.0.0.1:{challsrv.dns_port}",
-            dnssec="off",
-            allow_loopback_validation=True,
-            http01_port=challsrv.http01_port or 0,
+            **validation_config(challsrv),
         )
         challsrv.store.set_txt("_acme-challenge.example.com", dns01_txt_value(KEY_AUTH))
         async with local_remote_vas(VASettings.from_config(config), config.home) as setup:

@@ -32,6 +32,7 @@ from acme_ca.va.mtls import MpicMaterial, client_context, create_mpic_material, 
 from acme_ca.va.perspectives import MpicConfigError, Perspective
 from acme_ca.va.settings import VASettings
 from acme_ca.va.setup import remote_authority_factory
+from tests.support.orders import validation_config
 
 KEY_AUTH = "token123.thumbprint"
 
@@ -51,13 +52,7 @@ class Remote:
 async def remote(tmp_path: Path) -> AsyncIterator[Remote]:
     material = create_mpic_material(tmp_path / "mtls", ["us-east", "eu-west"])
     async with ChallengeTestServer(ChallengeServerConfig.ephemeral()) as challsrv:
-        config = replace(
-            Config(),
-            dns_resolver=f"127.0.0.1:{challsrv.dns_port}",
-            dnssec="off",
-            allow_loopback_validation=True,
-            http01_port=challsrv.http01_port or 0,
-        )
+        config = replace(Config(), **validation_config(challsrv))
         factory = remote_authority_factory(VASettings.from_config(config), SystemClock(), "us-east")
         built: list[int] = []
         closed: list[int] = []

@@ -282,14 +282,7 @@ async def test_br_5_4_1_mpic_records_each_perspective_result_and_quorum(
     was validated -- the example record of docs/mpic.md comes from this run."""
     clock = FixedClock(NOW)
     config = replace(
-        Config(),
-        home=tmp_path,
-        test_mode=True,
-        test_perspectives=5,
-        dns_resolver=f"127.0.0.1:{srv.dns_port}",
-        dnssec="off",
-        allow_loopback_validation=True,
-        http01_port=srv.http01_port or 0,
+        Config(), home=tmp_path, test_mode=True, test_perspectives=5, **validation_config(srv)
     )
     value = publish(srv, "dns-01", "www.example.test")
     with free_socket() as closed:

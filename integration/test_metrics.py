@@ -6,11 +6,13 @@ own metrics listener; certbot issues one certificate, a JWS with a forged nonce 
 and an OCSP request is answered.  Then both ``/metrics`` are scraped and every family of
 :mod:`acme_ca.metrics` must be there, the ones this issuance exercised with the counts it
 implies.  A second worker started with ``--metrics-listen off`` answers ``/metrics`` on no
-port it listens on.
+port it listens on.  The third kind of process, ``acme-ca remote-va``, answers two checks of
+a primary over mutual TLS and counts them under its own perspective id.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import ssl
@@ -32,9 +34,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from acme_ca import metrics
+from acme_ca.remote_va.client import MtlsTransport
+from acme_ca.va.dns01 import dns01_txt_value
+from acme_ca.va.mpic import RemoteRequest
+from acme_ca.va.mtls import client_context, create_mpic_material
+from acme_ca.va.perspectives import Perspective
 from acme_ca.wfe import urls
+from integration.challsrv_thread import ThreadedChallengeServer
 from integration.clients import NAMES, certbot_certonly, certbot_failure
-from integration.processes import CaProcesses
+from integration.processes import CaProcesses, base_env
 from integration.testmode_server import start_test_mode
 from tests.support.ports import free_port
 
@@ -76,6 +84,36 @@ def wait_for(check: Callable[[], bool], what: str, timeout: float = 20) -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"{what} not within {timeout:g} s")
         time.sleep(0.2)
+
+
+def settled(
+    url: str, ready: Callable[[dict[str, list[Sample]]], bool], timeout: float = 30
+) -> dict[str, list[Sample]]:
+    """The first scrape of ``url`` for which ``ready`` holds (a scrape a second apart, for
+    longer than one metrics.REFRESH_SECONDS); the last one if none does, for the asserts."""
+    deadline = time.monotonic() + max(timeout, 2 * metrics.REFRESH_SECONDS)
+    while not ready(scraped := scrape(url)) and time.monotonic() < deadline:
+        time.sleep(1)
+    return scraped
+
+
+def _gauges_settled(scraped: dict[str, list[Sample]]) -> bool:
+    """The database gauges show the queue empty again and a fresh CRL of dv-ecc."""
+    ages = [s.value for s in scraped.get("crl_age_seconds", []) if s.labels["issuer"] == "dv-ecc"]
+    return total(scraped.get("issuance_queue_depth", []), status="queued") == 0 and bool(
+        ages and ages[0] < 600
+    )
+
+
+def _worker_settled(scraped: dict[str, list[Sample]]) -> bool:
+    """The worker recorded the issuance's last step, its certificate and a CRL publication."""
+    steps = scraped.get("issuance_step_latency_seconds", [])
+    return (
+        _gauges_settled(scraped)
+        and total(steps, "_count", step="scts_collected", result="advanced") >= 1
+        and total(scraped.get("certificates", []), issuer="dv-ecc") >= 1
+        and total(scraped.get("crl_updater_generated", []), issuer="dv-ecc", result="success") >= 1
+    )
 
 
 def forged_nonce_request(directory_url: str, cafile: Path) -> tuple[int, dict[str, str]]:
@@ -175,8 +213,11 @@ def test_metrics_scraped_after_issuance_every_family_present_and_counting(
     status_url = f"http://127.0.0.1:{ca.status_port}"
     wait_for(lambda: ocsp_good(status_url, leaf, issuer), "an OCSP response saying good")
 
-    front = scrape(f"http://127.0.0.1:{serve_metrics}/metrics")
-    back = scrape(f"http://127.0.0.1:{worker_metrics}/metrics")
+    # What the worker records after the order is valid (the last step's latency, the CRLs it
+    # publishes on its own schedule), and the database gauges each process reads at most
+    # every metrics.REFRESH_SECONDS: scraped until they show the issuance, not read once.
+    front = settled(f"http://127.0.0.1:{serve_metrics}/metrics", _gauges_settled)
+    back = settled(f"http://127.0.0.1:{worker_metrics}/metrics", _worker_settled)
     expected = declared_families()
     assert expected <= front.keys(), expected - front.keys()
     assert expected <= back.keys(), expected - back.keys()
@@ -246,3 +287,72 @@ def test_metrics_scraped_after_issuance_every_family_present_and_counting(
     assert answers_metrics(worker_metrics)
     for proc in (quiet, worker, ca.proc):
         assert proc.terminate() == 0, proc.tails()
+
+
+def test_remote_va_metrics_count_its_checks_under_its_perspective(
+    tmp_path: Path, processes: CaProcesses
+) -> None:
+    """``acme-ca remote-va --metrics-listen``: a dns-01 check that passes and one whose TXT
+    record is missing, sent by the primary over mutual TLS, are counted in
+    ``validation_latency`` under the remote's perspective id with their result and problem,
+    and every family of acme_ca.metrics is exposed."""
+    material = create_mpic_material(tmp_path / "mtls", ["ap-northeast"])
+    cert, key = material.remotes["ap-northeast"]
+    port, metrics_port = free_port(), free_port()
+    key_authorization = "token-metrics.thumbprint"
+    with ThreadedChallengeServer() as dns:
+        dns.set_txt("_acme-challenge.good.example.com", dns01_txt_value(key_authorization))
+        remote = processes.start(
+            "remote-va", "remote-va", "--listen", f"127.0.0.1:{port}",
+            "--perspective", "ap-northeast", "--rir", "APNIC", "--dns-resolver", dns.resolver,
+            "--tls-cert", str(cert), "--tls-key", str(key),
+            "--client-ca", str(material.ca_cert),
+            "--metrics-listen", f"127.0.0.1:{metrics_port}",
+            env=base_env(ACME_CA_HOME=str(tmp_path / "home"), ACME_CA_DNSSEC="off"),
+        )  # fmt: skip
+        remote.wait_event("remote_va.ready")
+        assert remote.wait_event("metrics.ready")["process"] == "remote-va"
+
+        async def ask() -> list[bool]:
+            transport = MtlsTransport(
+                client_context(material.primary_cert, material.primary_key, material.ca_cert)
+            )
+            perspective = Perspective("ap-northeast", "APNIC", f"https://127.0.0.1:{port}")
+            try:
+                return [
+                    (
+                        await transport.check(
+                            perspective,
+                            RemoteRequest(
+                                kind="dcv",
+                                identifier=name,
+                                wildcard=False,
+                                account_uri="https://ca.example/acme/acct/1",
+                                method="dns-01",
+                                nonce=f"nonce-{name}",
+                                token="token-metrics",
+                                key_authorization=key_authorization,
+                            ).to_json(),
+                        )
+                    )["ok"]
+                    for name in ("good.example.com", "missing.example.com")
+                ]
+            finally:
+                await transport.aclose()
+
+        assert asyncio.run(ask()) == [True, False]
+    # Counted before the reply was sent: no wait needed.
+    scraped = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
+    expected = declared_families()
+    assert expected <= scraped.keys(), expected - scraped.keys()
+    latency = scraped["validation_latency"]
+    checked = {"operation": "dcv", "perspective": "ap-northeast", "challenge_type": "dns-01"}
+    assert total(latency, "_count", result="pass", problem_type="", **checked) == 1
+    failed = [
+        s
+        for s in latency
+        if s.name.endswith("_count") and s.labels.get("result") == "fail" and s.value
+    ]
+    assert [(s.labels["perspective"], s.value) for s in failed] == [("ap-northeast", 1)], failed
+    assert failed[0].labels["problem_type"], "a failed check names its problem"
+    assert remote.terminate() == 0, remote.tails()

@@ -16,6 +16,7 @@ import structlog
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from acme_ca.acme.b64 import b64url_decode
+from acme_ca.cli import _overrides, _parser
 from acme_ca.config import ConfigError, load_config
 from acme_ca.config.pebble import read_pebble_config
 from acme_ca.db.eab import EabKeyRepository
@@ -91,6 +92,16 @@ def test_pebble_config_in_test_mode_sets_keys_below_env(tmp_path: Path) -> None:
         overrides={"test_mode": True, "pebble_config": str(path)},
     )
     assert env_wins.http01_port == 5099
+
+
+def test_pebble_config_flag_of_serve(tmp_path: Path) -> None:
+    """``acme-ca serve --test --pebble-config FILE`` reaches the configuration."""
+    path = _write(tmp_path, PEBBLE_EAB_CONFIG)
+    args = _parser().parse_args(["serve", "--test", "--pebble-config", str(path)])
+    config = load_config(env={}, overrides=_overrides(args))
+    assert config.pebble_config == path
+    assert config.external_account_required is True
+    assert config.listen == "0.0.0.0:14000"
 
 
 def test_pebble_config_refused_outside_test_mode(tmp_path: Path) -> None:

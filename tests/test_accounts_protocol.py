@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from acme_ca.db.audit import events_for_account
 from tests.fixtures import CaFactory, RunningCa
 from tests.support.accounts import key_change
-from tests.support.jws import JwsClient, PrivateKey, jwk_json, make_jws
+from tests.support.jws import JwsClient, PrivateKey, jwk_json
 from tests.support.problems import assert_problem
 
 TERMS = "https://jprs.jp/pubcert/info/repository/"
@@ -464,31 +464,21 @@ async def test_acme_key_1_inner_not_signed_by_new_key_malformed(
     ca: RunningCa, session: aiohttp.ClientSession
 ) -> None:
     client = await registered(ca, session)
-    url = client.directory["keyChange"]
-    inner = make_jws(
+    reply = await key_change(
+        client,
         p256(),
-        {"account": client.kid, "oldKey": jwk_json(client.key)},
-        url=url,
-        nonce=None,
         embed_jwk=False,
         extra_protected={"jwk": jwk_json(p256())},  # claims a key it did not sign with
     )
-    assert_problem(await client.post(url, inner), 400, "malformed")
+    assert_problem(reply, 400, "malformed")
 
 
 async def test_acme_key_1_inner_with_kid_malformed(
     ca: RunningCa, session: aiohttp.ClientSession
 ) -> None:
     client = await registered(ca, session)
-    url = client.directory["keyChange"]
-    inner = make_jws(
-        p256(),
-        {"account": client.kid, "oldKey": jwk_json(client.key)},
-        url=url,
-        nonce=None,
-        kid=client.kid,
-    )
-    assert_problem(await client.post(url, inner), 400, "malformed")
+    reply = await key_change(client, p256(), kid=client.kid, embed_jwk=None)
+    assert_problem(reply, 400, "malformed")
 
 
 async def test_acme_key_1_new_key_rsa_1024_bad_public_key(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 
@@ -18,15 +19,21 @@ async def key_change(
     inner_url: str | None = None,
     account: str | None = None,
     old_jwk: dict[str, str] | None = None,
+    kid: str | None = None,
+    embed_jwk: bool | None = True,
+    extra_protected: dict[str, Any] | None = None,
 ) -> Reply:
-    """POST keyChange with an inner JWS built from the given (possibly wrong) parts."""
+    """POST keyChange with an inner JWS built from the given (possibly wrong) parts; ``kid``,
+    ``embed_jwk`` and ``extra_protected`` shape its protected header as :func:`make_jws`."""
     url = client.directory["keyChange"]
     inner = make_jws(
         new_key,
         {"account": account or client.kid, "oldKey": old_jwk or jwk_json(client.key)},
         url=inner_url or url,
         nonce=inner_nonce,
-        embed_jwk=True,
+        kid=kid,
+        embed_jwk=embed_jwk,
+        extra_protected=extra_protected,
     )
     return await client.post(url, inner)
 

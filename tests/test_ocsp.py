@@ -30,6 +30,7 @@ from acme_ca.status.ocsp import (
     CertStatus,
     MalformedRequest,
     OcspResponder,
+    _issuer_hashes,
     basic_response_of,
     decode_get_request,
     issuer_hashes,
@@ -441,3 +442,22 @@ async def test_br_7_2_2_moved_revocation_time_caught_by_poll(env: StatusEnv) -> 
         assert response.revocation_time_utc == earlier
         assert response.revocation_reason == x509.ReasonFlags.key_compromise
         assert record.revoked_at == earlier
+
+
+def test_ocsp_3_cert_id_hashes_remembered_per_issuer_and_algorithm(env: StatusEnv) -> None:
+    """The CertID hashes and the ResponderID are remembered per issuer certificate (issue 20:
+    computed twice per certificate issued); each issuer and algorithm keeps its own, as RFC
+    6960 4.1.1 and 4.2.1 define them, after the others were asked."""
+    for _ in range(2):  # the second round answers from what the first remembered
+        for name in ISSUERS:
+            certificate = env.issuers.by_name(name).certificate
+            for algorithm in ("sha1", "sha256"):
+                ids = issuer_hashes(certificate, algorithm)
+                assert ids.algorithm == algorithm
+                assert (
+                    ids.name_hash
+                    == hashlib.new(algorithm, certificate.subject.public_bytes()).digest()
+                )
+                assert ids.key_hash == hashlib.new(algorithm, spk_bits(certificate)).digest()
+            assert responder_key_hash(certificate) == hashlib.sha1(spk_bits(certificate)).digest()
+    assert _issuer_hashes.cache_info().hits >= 2 * len(ISSUERS)

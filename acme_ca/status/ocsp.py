@@ -107,8 +107,10 @@ def subject_public_key_bits(certificate: x509.Certificate) -> bytes:
     return parts[1][start + 1 : end]
 
 
+@functools.lru_cache(maxsize=64)
 def responder_key_hash(certificate: x509.Certificate) -> bytes:
-    """ResponderID byKey: SHA-1 of the subjectPublicKey bits (RFC 6960 4.2.1)."""
+    """ResponderID byKey: SHA-1 of the subjectPublicKey bits (RFC 6960 4.2.1); remembered
+    per issuer certificate (a few), as it was computed twice per certificate issued."""
     return hashlib.sha1(subject_public_key_bits(certificate)).digest()  # noqa: S324
 
 
@@ -122,6 +124,13 @@ class IssuerHashes:
 
 
 def issuer_hashes(certificate: x509.Certificate, algorithm: CertIdHash) -> IssuerHashes:
+    """The CertID hashes of ``certificate`` as issuer, remembered per issuer certificate and
+    algorithm (the same for every response it signs; computed twice per certificate issued)."""
+    return _issuer_hashes(certificate, algorithm)
+
+
+@functools.lru_cache(maxsize=64)
+def _issuer_hashes(certificate: x509.Certificate, algorithm: CertIdHash) -> IssuerHashes:
     return IssuerHashes(
         algorithm,
         hashlib.new(algorithm, raw_subject_der(certificate)).digest(),
@@ -223,6 +232,7 @@ class OcspSignerNotAllowed(ValueError):
     """The certificate of the key asked to sign OCSP does not allow it (BR 7.1.2.8)."""
 
 
+@functools.lru_cache(maxsize=64)
 def ocsp_signing_problem(certificate: x509.Certificate) -> str | None:
     """Why the key of ``certificate`` may not sign OCSP responses, or None.
 

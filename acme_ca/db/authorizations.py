@@ -16,6 +16,7 @@ import asyncpg
 from acme_ca.acme.jsontypes import JsonObject
 from acme_ca.acme.problems import Problem
 from acme_ca.acme.status import AuthorizationStatus, ChallengeStatus
+from acme_ca.db.nonces import Redeemed, Redemption, fetch_redeeming
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,16 @@ async def load_authorization(conn: asyncpg.Connection, authz_id: int) -> Authori
     # One round trip: the challenges come along as an array of challenge rows.
     row = await conn.fetchrow(_AUTHZ_SELECT + " WHERE a.id = $1", authz_id)
     return _authorization(row) if row is not None else None
+
+
+async def load_authorization_redeeming(
+    pool: asyncpg.Pool, authz_id: int, redemption: Redemption
+) -> tuple[Authorization | None, Redeemed]:
+    """:func:`load_authorization` with the request's nonce redeemed in the same round trip."""
+    row, redeemed = await fetch_redeeming(
+        pool, _AUTHZ_SELECT + " WHERE a.id = $1", (authz_id,), redemption
+    )
+    return (_authorization(row) if row is not None else None), redeemed
 
 
 async def load_challenge(

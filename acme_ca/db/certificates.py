@@ -13,6 +13,7 @@ import asyncpg
 
 from acme_ca.acme.jsontypes import JsonObject, JsonValue
 from acme_ca.db.audit import record_event
+from acme_ca.db.nonces import Redeemed, Redemption, fetch_redeeming
 from acme_ca.db.status import REVOCATION_CHANNEL, revocation_payload
 
 #: RFC 5280 CRLReason keyCompromise.
@@ -257,6 +258,15 @@ class CertificateRepository:
     async def get(self, certificate_id: int) -> CertificateRecord | None:
         row = await self._pool.fetchrow("SELECT * FROM certificates WHERE id = $1", certificate_id)
         return _record(row) if row else None
+
+    async def get_redeeming(
+        self, certificate_id: int, redemption: Redemption
+    ) -> tuple[CertificateRecord | None, Redeemed]:
+        """:meth:`get` with the request's nonce redeemed in the same round trip."""
+        row, redeemed = await fetch_redeeming(
+            self._pool, "SELECT * FROM certificates WHERE id = $1", (certificate_id,), redemption
+        )
+        return (_record(row) if row is not None else None), redeemed
 
     async def get_by_serial(self, serial: str) -> CertificateRecord | None:
         """The certificate with this serial (not a precertificate: what ACME clients hold)."""

@@ -39,10 +39,12 @@ from acme_ca.db.authorizations import (
     NewAuthorization,
     ValidationOutcome,
     load_authorization,
+    load_authorization_redeeming,
     load_challenge,
     order_validations,
 )
 from acme_ca.db.certificates import CertificateRecord, CertificateRepository
+from acme_ca.db.nonces import Redeemed, Redemption, fetch_redeeming
 from acme_ca.db.order_events import (
     ORDER_SELECT,
     Order,
@@ -200,9 +202,24 @@ class OrderRepository:
         row = await self._pool.fetchrow(ORDER_SELECT + " WHERE o.id = $1", order_id)
         return order_from_row(row) if row else None
 
+    async def get_order_redeeming(
+        self, order_id: int, redemption: Redemption
+    ) -> tuple[Order | None, Redeemed]:
+        """:meth:`get_order` with the request's nonce redeemed in the same round trip."""
+        row, redeemed = await fetch_redeeming(
+            self._pool, ORDER_SELECT + " WHERE o.id = $1", (order_id,), redemption
+        )
+        return (order_from_row(row) if row is not None else None), redeemed
+
     async def get_authorization(self, authz_id: int) -> Authorization | None:
         async with self._pool.acquire() as conn:
             return await load_authorization(conn, authz_id)
+
+    async def get_authorization_redeeming(
+        self, authz_id: int, redemption: Redemption
+    ) -> tuple[Authorization | None, Redeemed]:
+        """:meth:`get_authorization` with the request's nonce redeemed in the same round trip."""
+        return await load_authorization_redeeming(self._pool, authz_id, redemption)
 
     async def get_challenge(self, challenge_id: int) -> tuple[Challenge, Authorization] | None:
         async with self._pool.acquire() as conn:

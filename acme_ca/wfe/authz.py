@@ -13,7 +13,7 @@ from acme_ca.acme.status import AuthorizationStatus, ChallengeStatus
 from acme_ca.db.authorizations import Authorization, Challenge
 from acme_ca.wfe.responses import acme_json
 from acme_ca.wfe.services import FrontEnd, front_end
-from acme_ca.wfe.verify import KeyMode, verify_post
+from acme_ca.wfe.verify import KeyMode, verify_post, verify_post_reading
 
 
 def challenge_resource(fe: FrontEnd, challenge: Challenge, account_id: int) -> resources.Challenge:
@@ -49,11 +49,17 @@ def authz_resource(fe: FrontEnd, authz: Authorization) -> resources.Authorizatio
 
 async def post_authz(request: web.Request) -> web.Response:
     fe = front_end(request)
-    verified = await verify_post(request, KeyMode.KID, AuthzUpdate, or_post_as_get=True)
-    account = verified.require_account()
     authz_id = int(request.match_info["authz_id"])
+    # Read in the nonce's round trip; a deactivation (rare) reads again through the RA.
+    verified, found = await verify_post_reading(
+        request,
+        lambda redemption: fe.order_reads.get_authorization_redeeming(authz_id, redemption),
+        AuthzUpdate,
+        or_post_as_get=True,
+    )
+    account = verified.require_account()
     if verified.message is None:
-        authz = await fe.order_reads.get_authorization(authz_id)
+        authz = found
         if authz is None or authz.account_id != account.id:
             raise AcmeError(problems.not_found("no such authorization"))
     else:  # AuthzUpdate decodes only {"status": "deactivated"} (§7.5.2)

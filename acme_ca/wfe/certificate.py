@@ -10,19 +10,21 @@ from acme_ca.acme import problems
 from acme_ca.acme.messages import Finalize
 from acme_ca.acme.problems import AcmeError
 from acme_ca.db.certificates import CertificateRecord
-from acme_ca.wfe.order import load_own_order, order_resource, retry_after
+from acme_ca.wfe.order import order_resource, own_order, read_order_redeeming, retry_after
 from acme_ca.wfe.responses import acme_json
 from acme_ca.wfe.services import FrontEnd, front_end
-from acme_ca.wfe.verify import KeyMode, verify_post
+from acme_ca.wfe.verify import verify_post_reading
 
 PEM_CHAIN = "application/pem-certificate-chain"
 
 
 async def post_finalize(request: web.Request) -> web.Response:
     fe = front_end(request)
-    verified = await verify_post(request, KeyMode.KID, Finalize)
+    verified, found = await verify_post_reading(
+        request, read_order_redeeming(request, fe), Finalize
+    )
     account = verified.require_account()
-    order = await load_own_order(request, fe, account.id)
+    order = own_order(found, account.id)
     updated = await fe.finalize.finalize(account, order, verified.message)
     status = fe.orders.current_status(updated)
     return acme_json(
@@ -33,10 +35,12 @@ async def post_finalize(request: web.Request) -> web.Response:
 
 
 async def _own_certificate(request: web.Request, fe: FrontEnd) -> CertificateRecord:
-    verified = await verify_post(request, KeyMode.KID)
+    certificate_id = int(request.match_info["certificate_id"])
+    verified, record = await verify_post_reading(
+        request, lambda redemption: fe.certificate_reads.get_redeeming(certificate_id, redemption)
+    )
     if not verified.jws.is_post_as_get:
         raise AcmeError(problems.malformed("a certificate is fetched with POST-as-GET"))
-    record = await fe.certificate_reads.get(int(request.match_info["certificate_id"]))
     if record is None or record.account_id != verified.require_account().id:
         raise AcmeError(problems.not_found("no such certificate"))
     return record

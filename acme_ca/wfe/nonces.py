@@ -10,7 +10,7 @@ from acme_ca.acme import problems
 from acme_ca.acme.nonce import NonceCodec, NonceRejected, OpenedNonce
 from acme_ca.acme.problems import AcmeError
 from acme_ca.clock import Clock
-from acme_ca.db.nonces import NonceRepository
+from acme_ca.db.nonces import NonceRepository, Redeemed, Redemption
 
 
 class NonceService:
@@ -65,6 +65,18 @@ class NonceService:
         )
         self._redeemed(fresh)
         return version
+
+    @staticmethod
+    def redemption(opened: OpenedNonce, account_id: int) -> Redemption:
+        """The nonce :meth:`check` opened, to be redeemed in a read's round trip
+        (``db/nonces.fetch_redeeming``) instead of by :meth:`redeem_for_account`."""
+        return Redemption(opened.nonce_id, opened.expires_at, account_id)
+
+    def redeemed(self, outcome: Redeemed) -> str | None:
+        """What :meth:`redeem_for_account` says, for a redemption a read made: ``badNonce``
+        for a replay, else the account's row version (None when the account is gone)."""
+        self._redeemed(outcome.fresh)
+        return outcome.account_version
 
     @staticmethod
     def _redeemed(fresh: bool) -> None:

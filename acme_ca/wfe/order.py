@@ -12,7 +12,7 @@ from acme_ca.acme.status import OrderStatus
 from acme_ca.db.order_events import Order
 from acme_ca.wfe.responses import acme_json
 from acme_ca.wfe.services import FrontEnd, front_end
-from acme_ca.wfe.verify import KeyMode, verify_post
+from acme_ca.wfe.verify import KeyMode, RedeemingRead, verify_post, verify_post_reading
 
 
 def order_resource(order: Order, status: OrderStatus) -> resources.Order:
@@ -55,8 +55,14 @@ async def post_new_order(request: web.Request) -> web.Response:
     )
 
 
-async def load_own_order(request: web.Request, fe: FrontEnd, account_id: int) -> Order:
-    order = await fe.order_reads.get_order(int(request.match_info["order_id"]))
+def read_order_redeeming(request: web.Request, fe: FrontEnd) -> RedeemingRead[Order | None]:
+    """The request's order, read in the nonce's round trip (:func:`verify_post_reading`)."""
+    order_id = int(request.match_info["order_id"])
+    return lambda redemption: fe.order_reads.get_order_redeeming(order_id, redemption)
+
+
+def own_order(order: Order | None, account_id: int) -> Order:
+    """``order`` if the account owns it; ``notFound`` otherwise (or when there is none)."""
     if order is None or order.account_id != account_id:
         raise AcmeError(problems.not_found("no such order"))
     structlog.contextvars.bind_contextvars(order_id=order.id)
@@ -65,10 +71,10 @@ async def load_own_order(request: web.Request, fe: FrontEnd, account_id: int) ->
 
 async def post_order(request: web.Request) -> web.Response:
     fe = front_end(request)
-    verified = await verify_post(request, KeyMode.KID)
+    verified, found = await verify_post_reading(request, read_order_redeeming(request, fe))
     if not verified.jws.is_post_as_get:
         raise AcmeError(problems.malformed("an order is fetched with POST-as-GET"))
-    order = await load_own_order(request, fe, verified.require_account().id)
+    order = own_order(found, verified.require_account().id)
     status = fe.orders.current_status(order)
     return acme_json(
         order_resource(order, status).to_json(fe.urls), headers=retry_after(fe, status)

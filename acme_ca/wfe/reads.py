@@ -3,7 +3,9 @@
 Handlers answer POST-as-GET and build responses from these (as Boulder's WFE holds a
 read-only storage client); every write goes through an RA authority.  ``main/app.py`` hands
 the ``db/`` repositories, which satisfy these protocols structurally, so a handler cannot
-reach a write method through them (mypy refuses it).
+reach a write method through them (mypy refuses it).  The ``*_redeeming`` reads also spend
+the request's nonce in their round trip (``wfe/verify.verify_post_reading``), the one write a
+read-only request makes.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Protocol
 from acme_ca.db.accounts import Account
 from acme_ca.db.authorizations import Authorization, Challenge
 from acme_ca.db.certificates import CertificateRecord
+from acme_ca.db.nonces import Redeemed, Redemption
 from acme_ca.db.order_events import Order
 
 
@@ -29,7 +32,15 @@ class OrderReads(Protocol):
 
     async def get_order(self, order_id: int) -> Order | None: ...
 
+    async def get_order_redeeming(
+        self, order_id: int, redemption: Redemption
+    ) -> tuple[Order | None, Redeemed]: ...
+
     async def get_authorization(self, authz_id: int) -> Authorization | None: ...
+
+    async def get_authorization_redeeming(
+        self, authz_id: int, redemption: Redemption
+    ) -> tuple[Authorization | None, Redeemed]: ...
 
     async def get_challenge(self, challenge_id: int) -> tuple[Challenge, Authorization] | None: ...
 
@@ -38,5 +49,9 @@ class CertificateReads(Protocol):
     """Issued certificates, by id (download) and by serial (ACME Renewal Information)."""
 
     async def get(self, certificate_id: int) -> CertificateRecord | None: ...
+
+    async def get_redeeming(
+        self, certificate_id: int, redemption: Redemption
+    ) -> tuple[CertificateRecord | None, Redeemed]: ...
 
     async def get_by_serial(self, serial: str) -> CertificateRecord | None: ...

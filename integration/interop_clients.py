@@ -104,8 +104,10 @@ class InteropServer:
             for line in run.stdout.splitlines()
         )
 
-    def issued_serials(self) -> list[str]:
-        return [e["serial"] for e in self.ca.proc.events("certificate.issued")]
+    def wait_issued(self, serial: str) -> None:
+        """Until the CA logged ``certificate.issued`` for ``serial`` (logged just after the
+        commit a client may already have seen)."""
+        self.ca.proc.wait_events("certificate.issued", where=lambda e: e["serial"] == serial)
 
     def wait_revoked(self, serial: str, timeout: float = 10) -> None:
         deadline = time.monotonic() + timeout
@@ -215,7 +217,7 @@ def check_issued(server: InteropServer, issued: Issued, *, lint: bool = True) ->
         assert isinstance(key, rsa.RSAPublicKey) and key.key_size == 2048, key
     else:
         assert isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name == "secp256r1", key
-    assert issued.serial in server.issued_serials()
+    server.wait_issued(issued.serial)
 
 
 # ------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -207,6 +207,26 @@ class LoggedProcess:
                     f"{self.name}: no {name!r} event within {timeout:.0f} s\n{self.tails()}"
                 )
             time.sleep(0.1)
+
+    def wait_events(
+        self,
+        name: str,
+        *,
+        where: Callable[[dict[str, Any]], bool] = lambda event: True,
+        count: int = 1,
+        timeout: float = READY_TIMEOUT,
+    ) -> list[dict[str, Any]]:
+        """The events called ``name`` that match ``where``, once there are at least ``count``.
+
+        For what a process logs after the state a test waited on: ``certificate.issued`` is
+        logged after the commit that makes the order valid, so a client may hold the
+        certificate before the line is written."""
+        deadline = time.monotonic() + timeout
+        while len(found := [e for e in self.events(name) if where(e)]) < count:
+            if time.monotonic() > deadline:
+                pytest.fail(f"{self.name}: {len(found)} of {count} {name!r} events\n{self.tails()}")
+            time.sleep(0.05)
+        return found
 
     def terminate(self, timeout: float = STOP_TIMEOUT) -> int:
         """SIGTERM and wait; fails the test (after killing) if it does not exit in time."""

@@ -133,11 +133,9 @@ def test_alpn_lego_tls_issues_end_to_end(servers: Servers, tmp_path: Path) -> No
     names = [domain("tlsalpn01-ecdsa", "lego")]
     issued = client.issue(names, "ecdsa", "tls-alpn-01")
     check_issued(client.server, issued)
-    valid = [
-        e
-        for e in client.server.ca.proc.events("challenge.valid")
-        if e.get("identifier") == names[0]
-    ]
+    valid = client.server.ca.proc.wait_events(  # logged just after the commit
+        "challenge.valid", where=lambda e: e.get("identifier") == names[0]
+    )
     assert [e["type"] for e in valid] == ["tls-alpn-01"], valid
 
 

@@ -244,7 +244,7 @@ def test_certbot_http01_issues_verifiable_lint_clean(
         operators.append(ct_log.operator)
     assert len(operators) >= 3 and len(set(operators)) >= 2, operators
 
-    issued = ca.events("certificate.issued")
+    issued = ca.wait_events("certificate.issued")  # logged just after the commit
     assert len(issued) == 1, ca.tails()
     assert issued[0]["serial"] == _serial_hex(leaf)
     assert issued[0]["issuer"] == issuer_name
@@ -322,7 +322,7 @@ def test_issuance_signed_in_softhsm_with_separate_worker(
     leaf = _load(live / "cert.pem")
     assert leaf.issuer == _load(pki / "dv-ecc.pem").subject
 
-    issued = worker.events("certificate.issued")
+    issued = worker.wait_events("certificate.issued")  # logged just after the commit
     assert [e["serial"] for e in issued] == [_serial_hex(leaf)], worker.tails()
     assert ca.events("certificate.issued") == []
 
@@ -354,7 +354,8 @@ def test_issuance_signed_in_softhsm_with_separate_worker(
         == names
     )
     chain[0].verify_directly_issued_by(chain[1])
-    assert [e["serial"] for e in worker2.events("certificate.issued")] == [_serial_hex(chain[0])]
+    issued = worker2.wait_events("certificate.issued")
+    assert [e["serial"] for e in issued] == [_serial_hex(chain[0])]
 
 
 # ------------------------------------------------------------------------------------------

@@ -222,8 +222,9 @@ async def test_production_shape_certbot_dns01_issues_with_scts_and_5_of_5(
     assert len(operators) >= 3 and len(set(operators)) >= 2, operators
 
     # The worker process signed it (serve has no worker), with the HSM key of the issuer.
-    issued = [e for e in production.worker.events("certificate.issued")
-              if e.get("serial") == format(leaf.serial_number, "x")]  # fmt: skip
+    issued = production.worker.wait_events(  # logged just after the commit
+        "certificate.issued", where=lambda e: e.get("serial") == format(leaf.serial_number, "x")
+    )
     assert issued and issued[0]["issuer"] == issuer, production.worker.tails()
     assert not production.serve.events("certificate.issued")
 

@@ -15,6 +15,7 @@ import structlog
 from acme_ca.admin.args import COMMANDS as ADMIN_READ_COMMANDS
 from acme_ca.admin.args import register_admin, register_audit
 from acme_ca.cli_block_key import add_block_key_parser, run_block_key
+from acme_ca.cli_check import add_check_parser, run_check
 from acme_ca.cli_eab import add_eab_parser, run_eab
 from acme_ca.cli_limits import add_limits_parser, run_limits
 from acme_ca.cli_org import (
@@ -229,21 +230,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     # serve's worker child (acme_ca.main.worker_process): its configuration comes from serve.
     worker.add_argument("--serve-child", action="store_true", help=argparse.SUPPRESS)
-    check = sub.add_parser(
-        "check",
-        help="evaluate the production invariants: could this configuration issue "
-        "publicly-trusted certificates?",
-        description="Print the deployment shape and every production invariant as PASS or "
-        "FAIL with its BR/CP clause and the keys to set (docs/production.md). serve and "
-        "worker run the same evaluation and, with a production hierarchy, refuse to start "
-        "on any FAIL. Exit 0 only when every invariant passes.",
-    )
-    check.add_argument("--json", action="store_true", help="print the result as JSON")
-    check.add_argument(
-        "--at",
-        metavar="ISO8601",
-        help="evaluate at this time instead of now (e.g. 2026-12-15T00:00Z)",
-    )
+    add_check_parser(sub)
     sub.add_parser("init", help="create the development PKI hierarchy under pki_dir")
 
     db = sub.add_parser("db", help="database maintenance")
@@ -421,7 +408,7 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: C901 -- flat dispat
         return 0
     configure_logging(config.log_format, config.log_level, stream=sys.stderr)
     if args.command == "check":
-        return _check(config, args)
+        return run_check(config, args)
     if args.command == "init":
         from acme_ca.ca.hierarchy import init_hierarchy
         from acme_ca.ca.settings import HierarchySettings
@@ -475,31 +462,6 @@ def _serve_child() -> int:
     except Exception as exc:
         return _failed("worker", exc)
     return 0
-
-
-def _check(config: Config, args: argparse.Namespace) -> int:
-    import json
-    from datetime import UTC, datetime
-
-    from acme_ca.clock import SystemClock
-    from acme_ca.deployment import assess, render_text
-    from acme_ca.main.profiles import profiles_report, render_profiles
-
-    at = SystemClock().now()
-    if args.at:
-        try:
-            at = datetime.fromisoformat(args.at)
-        except ValueError:
-            print(f"acme-ca: --at {args.at!r} is not an ISO 8601 time", file=sys.stderr)
-            return 2
-        at = at if at.tzinfo else at.replace(tzinfo=UTC)
-    assessment = assess(config, at)
-    profiles = profiles_report(config, at)
-    if args.json:
-        print(json.dumps({**assessment.to_json(), "profiles": profiles}, indent=2))
-    else:
-        sys.stdout.write(render_text(assessment) + render_profiles(profiles))
-    return 1 if assessment.failures or not profiles["ok"] else 0
 
 
 def _mpic_certs(args: argparse.Namespace) -> int:

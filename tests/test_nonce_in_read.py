@@ -1,8 +1,8 @@
 """A nonce redeemed in the round trip of the handler's first read (issue 20): POST-as-GET of an
-order, authorization or certificate, and finalize's order.  The nonce is still single-use
-whether or not the read finds anything (ACME-NONCE-1, ACME-NONCE-2), the read's answer is
-never shown for a replay, and an account changed meanwhile is checked again before it is
-(RFC 8555 §7.3.6)."""
+order, authorization, challenge or certificate, a challenge's response and finalize's order.
+The nonce is still single-use whether or not the read finds anything (ACME-NONCE-1,
+ACME-NONCE-2), the read's answer is never shown for a replay, and an account changed
+meanwhile is checked again before it is (RFC 8555 §7.3.6)."""
 
 from __future__ import annotations
 
@@ -63,9 +63,13 @@ async def test_acme_nonce_2_post_as_get_and_finalize_refuse_a_replayed_nonce(
     reply = await sub.new_order("replay.example.com")
     assert reply.status == 201, reply.body
     order_url, order = reply.headers["Location"], reply.body
+    authz = (await sub.get(order["authorizations"][0])).body
+    challenge_url = next(c["url"] for c in authz["challenges"] if c["type"] == "dns-01")
     reads = [
         (order_url, None, 200),
         (order["authorizations"][0], None, 200),
+        (challenge_url, None, 200),
+        (challenge_url.rsplit("/", 1)[0] + "/424242", {}, 404),
         (order["finalize"], {"csr": "AAAA"}, 403),  # the order is not ready: orderNotReady
         (order_url.rsplit("/", 1)[0] + "/424242", None, 404),
         (order_url.split("/acme/order/")[0] + "/acme/cert/424242", None, 404),

@@ -113,17 +113,28 @@ async def load_authorization_redeeming(
     return (_authorization(row) if row is not None else None), redeemed
 
 
+#: A challenge's authorization with all its challenges, by the challenge's id ($1).
+_CHALLENGE_SELECT = _AUTHZ_SELECT + " JOIN challenges x ON x.authz_id = a.id WHERE x.id = $1"
+
+
 async def load_challenge(
     conn: asyncpg.Connection, challenge_id: int
 ) -> tuple[Challenge, Authorization] | None:
     """A challenge and its authorization in one round trip (the challenge is one of the
     authorization's, read in the same snapshot)."""
-    row = await conn.fetchrow(
-        _AUTHZ_SELECT + " JOIN challenges x ON x.authz_id = a.id WHERE x.id = $1",
-        challenge_id,
-    )
-    if row is None:
-        return None
+    row = await conn.fetchrow(_CHALLENGE_SELECT, challenge_id)
+    return _challenge_of(row, challenge_id) if row is not None else None
+
+
+async def load_challenge_redeeming(
+    pool: asyncpg.Pool, challenge_id: int, redemption: Redemption
+) -> tuple[tuple[Challenge, Authorization] | None, Redeemed]:
+    """:func:`load_challenge` with the request's nonce redeemed in the same round trip."""
+    row, redeemed = await fetch_redeeming(pool, _CHALLENGE_SELECT, (challenge_id,), redemption)
+    return (_challenge_of(row, challenge_id) if row is not None else None), redeemed
+
+
+def _challenge_of(row: asyncpg.Record, challenge_id: int) -> tuple[Challenge, Authorization]:
     authz = _authorization(row)
     [challenge] = [c for c in authz.challenges if c.id == challenge_id]
     return challenge, authz

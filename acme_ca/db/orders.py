@@ -41,6 +41,7 @@ from acme_ca.db.authorizations import (
     load_authorization,
     load_authorization_redeeming,
     load_challenge,
+    load_challenge_redeeming,
     order_validations,
 )
 from acme_ca.db.certificates import CertificateRecord, CertificateRepository
@@ -224,6 +225,12 @@ class OrderRepository:
     async def get_challenge(self, challenge_id: int) -> tuple[Challenge, Authorization] | None:
         async with self._pool.acquire() as conn:
             return await load_challenge(conn, challenge_id)
+
+    async def get_challenge_redeeming(
+        self, challenge_id: int, redemption: Redemption
+    ) -> tuple[tuple[Challenge, Authorization] | None, Redeemed]:
+        """:meth:`get_challenge` with the request's nonce redeemed in the same round trip."""
+        return await load_challenge_redeeming(self._pool, challenge_id, redemption)
 
     async def validations(self, order_id: int) -> list[AuthzValidation]:
         """Identifier, validation time and method of each of the order's authorizations."""

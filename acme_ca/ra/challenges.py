@@ -102,14 +102,24 @@ class ChallengeAuthority:
         self._retry_after = retry_after_seconds
         self._limits = limits
 
-    async def respond(self, account: Account, challenge_id: int) -> tuple[Challenge, Authorization]:
+    async def respond(
+        self,
+        account: Account,
+        challenge_id: int,
+        *,
+        found: tuple[Challenge, Authorization] | None = None,
+    ) -> tuple[Challenge, Authorization]:
         """The client says it is ready: start validation, once.
 
         A challenge already valid or invalid is answered as it is.  One whose validation is in
         flight -- started by an earlier POST, or by a POST racing this one (the conditional
         update lets exactly one start it) -- gets 409 with ``Retry-After``, as Boulder answers
-        (CONC-1): exactly one validation runs per challenge."""
-        found = await self._orders.get_challenge(challenge_id)
+        (CONC-1): exactly one validation runs per challenge.  ``found``: the challenge and its
+        authorization as this request already read them (in its nonce's round trip, issue
+        20); read here otherwise.  Either way only a read: the start itself is decided by the
+        conditional update below."""
+        if found is None:
+            found = await self._orders.get_challenge(challenge_id)
         if found is None or found[1].account_id != account.id:
             raise AcmeError(problems.not_found("no such challenge"))
         challenge, authz = found

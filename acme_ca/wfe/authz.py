@@ -13,7 +13,7 @@ from acme_ca.acme.status import AuthorizationStatus, ChallengeStatus
 from acme_ca.db.authorizations import Authorization, Challenge
 from acme_ca.wfe.responses import acme_json
 from acme_ca.wfe.services import FrontEnd, front_end
-from acme_ca.wfe.verify import KeyMode, verify_post, verify_post_reading
+from acme_ca.wfe.verify import verify_post_reading
 
 
 def challenge_resource(fe: FrontEnd, challenge: Challenge, account_id: int) -> resources.Challenge:
@@ -69,15 +69,21 @@ async def post_authz(request: web.Request) -> web.Response:
 
 async def post_challenge(request: web.Request) -> web.Response:
     fe = front_end(request)
-    verified = await verify_post(request, KeyMode.KID, ChallengeResponse, or_post_as_get=True)
-    account = verified.require_account()
     challenge_id = int(request.match_info["challenge_id"])
+    # Read in the nonce's round trip; the RA starts the validation on what was read.
+    verified, read = await verify_post_reading(
+        request,
+        lambda redemption: fe.order_reads.get_challenge_redeeming(challenge_id, redemption),
+        ChallengeResponse,
+        or_post_as_get=True,
+    )
+    account = verified.require_account()
+    if read is None or read[1].account_id != account.id:
+        raise AcmeError(problems.not_found("no such challenge"))
     if verified.message is None:
-        found = await fe.order_reads.get_challenge(challenge_id)
-        if found is None or found[1].account_id != account.id:
-            raise AcmeError(problems.not_found("no such challenge"))
+        found = read
     else:
-        found = await fe.challenges.respond(account, challenge_id)
+        found = await fe.challenges.respond(account, challenge_id, found=read)
     challenge, authz = found
     headers = {}
     if challenge.status is ChallengeStatus.PROCESSING:

@@ -44,6 +44,10 @@ class OrderReads(Protocol):
 
     async def get_challenge(self, challenge_id: int) -> tuple[Challenge, Authorization] | None: ...
 
+    async def get_challenge_redeeming(
+        self, challenge_id: int, redemption: Redemption
+    ) -> tuple[tuple[Challenge, Authorization] | None, Redeemed]: ...
+
 
 class CertificateReads(Protocol):
     """Issued certificates, by id (download) and by serial (ACME Renewal Information)."""

@@ -789,6 +789,27 @@ async def test_kc_2_key_blocked_after_finalize_is_not_signed(rig: Rig) -> None:
     await issued(rig.pool, other)
 
 
+async def test_kc_2_blocked_key_and_authorizations_read_in_one_statement(rig: Rig) -> None:
+    """BR 6.1.1.3(4) and RFC 8555 7.1.4: the signing re-check reads whether the CSR's key is
+    blocked and the order's authorizations in one statement (issue 20: two before), in the
+    order's positions, each with its valid challenge; a key blocked meanwhile shows in the
+    same read."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    order_id = await rig.queue(validated_at=rig.clock.now(), csr_der=build_csr(NAMES, key=key))
+    jobs = IssuanceRepository(rig.pool)
+    key_id = spki_sha256(key.public_key())
+    blocked, evidence = await jobs.signing_evidence(order_id, key_id)
+    assert not blocked
+    assert [e.identifier for e in evidence] == list(NAMES)
+    assert all(e.status == "valid" and e.method == "http-01" and e.records for e in evidence)
+    await RevocationAuthority(CertificateRepository(rig.pool), rig.clock).block_key(
+        key_id, actor="operator:test", reason="private key published"
+    )
+    blocked_now, again = await jobs.signing_evidence(order_id, key_id)
+    assert blocked_now and again == evidence
+    assert await jobs.signing_evidence(-1, key_id) == (True, [])  # no such order: no rows
+
+
 async def test_a_worker_that_lost_its_lease_cannot_fail_the_job_it_refused(rig: Rig) -> None:
     """A refusal is written only while the refusing worker still holds the job: a worker
     whose lease lapsed during a slow recheck leaves the job to the one that took it over."""

@@ -123,7 +123,10 @@ class SigningChecks:
                 await self._refuse(job, [recheck.guard_refusal(violations)], now)
                 return None
         key_id = recheck.csr_key_id(job.csr_der)
-        if await self._jobs.is_key_blocked(key_id):
+        # One round trip for the blocked key and the authorizations (issue 20); the rules
+        # below are applied in the same order as when each was read on its own.
+        blocked, evidence = await self._jobs.signing_evidence(job.order_id, key_id)
+        if blocked:
             await self._refuse(job, [recheck.blocked_key_refusal(key_id)], now)
             return None
         if job.issuer in self._ov_issuers:
@@ -142,7 +145,6 @@ class SigningChecks:
         if purpose is not None:
             await self._refuse(job, [purpose], now)
             return None
-        evidence = await self._jobs.order_authorizations(job.order_id)
         found = recheck.refusals(
             job.names,
             evidence,

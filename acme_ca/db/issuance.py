@@ -106,6 +106,41 @@ _COMPLETE_CTES = """,
 _COMPLETE = ORDER_EVENT_CTE + _COMPLETE_CTES
 
 
+#: What the signing re-check reads, in one statement: whether the CSR's key is blocked, and
+#: the order's authorizations in position order, each with its most recent valid challenge
+#: (one row with NULL authorization columns when the order has none).
+_SIGNING_EVIDENCE = """SELECT b.blocked, x.*
+   FROM (SELECT EXISTS (SELECT 1 FROM blocked_keys WHERE spki_sha256 = $2) AS blocked) b
+   LEFT JOIN LATERAL (
+       SELECT a.id, a.identifier, a.wildcard, a.status, a.expires_at, a.validated_at,
+              a.caa_checked_at, c.type, c.validation_records, oa.position
+       FROM order_authorizations oa
+       JOIN authorizations a ON a.id = oa.authz_id
+       LEFT JOIN LATERAL (
+           SELECT type, validation_records FROM challenges
+           WHERE authz_id = a.id AND status = 'valid'
+           ORDER BY validated_at DESC LIMIT 1) c ON true
+       WHERE oa.order_id = $1) x ON true
+   ORDER BY x.position"""
+
+
+def _evidence(rows: Sequence[asyncpg.Record]) -> list[AuthorizationEvidence]:
+    return [
+        AuthorizationEvidence(
+            authz_id=r["id"],
+            identifier=r["identifier"],
+            wildcard=r["wildcard"],
+            status=r["status"],
+            expires_at=r["expires_at"],
+            validated_at=r["validated_at"],
+            caa_checked_at=r["caa_checked_at"],
+            method=r["type"],
+            records=list(r["validation_records"] or []),
+        )
+        for r in rows
+    ]
+
+
 class IssuanceRepository:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
@@ -432,34 +467,14 @@ class IssuanceRepository:
         )
         return found is not None
 
-    async def order_authorizations(self, order_id: int) -> list[AuthorizationEvidence]:
-        """The order's authorizations, each with its most recent valid challenge."""
-        rows = await self._pool.fetch(
-            """SELECT a.id, a.identifier, a.wildcard, a.status, a.expires_at, a.validated_at,
-                      a.caa_checked_at, c.type, c.validation_records
-               FROM order_authorizations oa
-               JOIN authorizations a ON a.id = oa.authz_id
-               LEFT JOIN LATERAL (
-                   SELECT type, validation_records FROM challenges
-                   WHERE authz_id = a.id AND status = 'valid'
-                   ORDER BY validated_at DESC LIMIT 1) c ON true
-               WHERE oa.order_id = $1 ORDER BY oa.position""",
-            order_id,
-        )
-        return [
-            AuthorizationEvidence(
-                authz_id=r["id"],
-                identifier=r["identifier"],
-                wildcard=r["wildcard"],
-                status=r["status"],
-                expires_at=r["expires_at"],
-                validated_at=r["validated_at"],
-                caa_checked_at=r["caa_checked_at"],
-                method=r["type"],
-                records=list(r["validation_records"] or []),
-            )
-            for r in rows
-        ]
+    async def signing_evidence(
+        self, order_id: int, spki_sha256: bytes
+    ) -> tuple[bool, list[AuthorizationEvidence]]:
+        """Whether the key ``spki_sha256`` is blocked, and the order's authorizations, each
+        with its most recent valid challenge: what the signing re-check reads, in one round
+        trip and one snapshot (issue 20: they were two statements)."""
+        rows = await self._pool.fetch(_SIGNING_EVIDENCE, order_id, spki_sha256)
+        return bool(rows[0]["blocked"]), _evidence([r for r in rows if r["id"] is not None])
 
     async def record_caa_recheck(
         self,

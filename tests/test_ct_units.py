@@ -43,7 +43,7 @@ from acme_ca.ca.ct.sct import (
     signed_data,
     verify_signature,
 )
-from acme_ca.ca.ct.submit import _retry_after
+from acme_ca.ca.ct.submit import _b64, _encoded, _retry_after
 from acme_ca.ca.der import assemble_signed, tbs_signature_algorithm
 from acme_ca.testsrv import ct_log as ct_log_module
 from acme_ca.testsrv.ct_log import TestCtLog, TestLogSpec, _without_poison
@@ -308,6 +308,18 @@ def test_signature_checks_reject_tampering(pki: Pki) -> None:
     rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     with pytest.raises(SctError, match="RSA"):
         verify_signature(sct, rsa_key.public_key(), entry)
+
+
+def test_ct_1_add_chain_body_is_rfc6962_json_encoded_once(pki: Pki) -> None:
+    """RFC 6962 4.1: ``{"chain": [base64 DER, ...]}``, leaf first; encoded once per
+    submission and the same bytes sent to every log (issue 20)."""
+    body = _encoded({"chain": [_b64(pki.root), _b64(pki.root)]})
+    assert isinstance(body, bytes)
+    decoded = json.loads(body)
+    assert list(decoded) == ["chain"]
+    assert [base64.b64decode(c) for c in decoded["chain"]] == [
+        pki.root.public_bytes(serialization.Encoding.DER)
+    ] * 2
 
 
 def test_retry_after_header() -> None:

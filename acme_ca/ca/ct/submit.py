@@ -182,6 +182,15 @@ def _b64(cert: x509.Certificate) -> str:
     return base64.b64encode(cert.public_bytes(Encoding.DER)).decode()
 
 
+def _encoded(body: AddChain) -> bytes:
+    """``body`` as the JSON every log of one submission is sent: encoded once, not per POST
+    (issue 20: 6 encodings of the same chains per issuance)."""
+    return json.dumps(body).encode()
+
+
+_JSON: Final = {"Content-Type": "application/json"}
+
+
 class CertificateTransparency:
     """Log selection, submission and SCT verification for one worker process."""
 
@@ -259,7 +268,7 @@ class CertificateTransparency:
             problem = self.coverage_problem(not_before, not_after, policy) or "no usable logs"
             raise CtPolicyNotMet(requirement, [problem])
         entry = precert_entry(precert_tbs, issuer_spki_der)
-        body: AddChain = {"chain": [_b64(precert), *(_b64(c) for c in chain)]}
+        body = _encoded({"chain": [_b64(precert), *(_b64(c) for c in chain)]})
 
         def verify(ct_log: CtLog, sct: SignedCertificateTimestamp) -> None:
             self._verify(log_list, ct_log, sct, entry, submitted_at)
@@ -272,7 +281,7 @@ class CertificateTransparency:
         requirement: Requirement,
         candidates: list[CtLog],
         call: str,
-        body: AddChain,
+        body: bytes,
         verify: Callable[[CtLog, SignedCertificateTimestamp], None],
     ) -> list[LoggedSct]:
         loop = asyncio.get_running_loop()
@@ -375,11 +384,12 @@ class CertificateTransparency:
         self,
         ct_log: CtLog,
         call: str,
-        body: AddChain,
+        body: bytes,
         verify: Callable[[CtLog, SignedCertificateTimestamp], None],
     ) -> SignedCertificateTimestamp:
-        """POST ``body`` to one log's ``call``, retrying 429/5xx/connection failures within
-        the budget, recorded as ``ct_submission_time_seconds``."""
+        """POST ``body`` (an encoded :class:`AddChain`) to one log's ``call``, retrying
+        429/5xx/connection failures within the budget, recorded as
+        ``ct_submission_time_seconds``."""
         with _timed(ct_log, call):
             loop = asyncio.get_running_loop()
             budget = self.settings.timeout
@@ -394,7 +404,7 @@ class CertificateTransparency:
                 retry_after_header = None
                 try:
                     async with asyncio.timeout(remaining):
-                        async with self._http().post(url, json=body) as response:
+                        async with self._http().post(url, data=body, headers=_JSON) as response:
                             status = response.status
                             retry_after_header = response.headers.get("Retry-After")
                             payload = await response.read()
@@ -454,7 +464,7 @@ class CertificateTransparency:
             log.warning("ct.final_submission_skipped", serial=serial, error=str(e))
             return
         entry = X509Entry(certificate.public_bytes(Encoding.DER))
-        body: AddChain = {"chain": [_b64(certificate), *(_b64(c) for c in chain)]}
+        body = _encoded({"chain": [_b64(certificate), *(_b64(c) for c in chain)]})
         submitted_at = self._clock.now()
 
         def verify(ct_log: CtLog, sct: SignedCertificateTimestamp) -> None:

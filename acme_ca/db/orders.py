@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import asyncpg
@@ -28,7 +27,6 @@ from acme_ca.acme.states import (
     OrderEvent,
     authorizations_event,
     authz_status,
-    order_status,
 )
 from acme_ca.acme.status import AuthorizationStatus, OrderStatus
 from acme_ca.db.audit import current_request_id, record_event
@@ -55,6 +53,7 @@ from acme_ca.db.order_events import (
     order_from_row,
     order_move,
 )
+from acme_ca.db.replacements import AlreadyReplaced, Replacement, replacing_order
 
 #: A new order in one statement (issue 20): the order, its new authorizations (``a``, created
 #: in position order, so their ids rank them), their challenges in the order offered, the
@@ -169,23 +168,6 @@ _AUDIT_VALIDATION = """),
            ARRAY(SELECT l.id FROM l WHERE NOT l.decided ORDER BY l.id) AS undecided
 """
 _ADVANCE_VALIDATED = _LOCK_VALIDATED_ORDERS + _MOVE_DECIDED + _AUDIT_VALIDATION
-
-
-@dataclass(frozen=True)
-class Replacement:
-    """An accepted ``replaces`` (RFC 9773 §5): the certID and the certificate it names."""
-
-    cert_id: str
-    certificate_id: int
-    account_id: int
-
-
-class AlreadyReplaced(Exception):
-    """Another order that is not invalid already replaces the certificate."""
-
-    def __init__(self, order_id: int) -> None:
-        super().__init__(f"already replaced by order {order_id}")
-        self.order_id = order_id
 
 
 #: How long ago a challenge of this process must have been started before it counts as
@@ -318,7 +300,7 @@ class OrderRepository:
                     "SELECT 1 FROM certificates WHERE id = $1 FOR UPDATE",
                     replaces.certificate_id,
                 )
-                other = await _replacing_order(conn, replaces, now)
+                other = await replacing_order(conn, replaces, now)
                 if other is not None:
                     raise AlreadyReplaced(other)
             if reused_ids:
@@ -588,29 +570,6 @@ class OrderRepository:
                 details={"authz_id": authz_id, "orders_changed": changed},
             )
         return True
-
-
-async def _replacing_order(
-    conn: asyncpg.Connection, replaces: Replacement, now: datetime
-) -> int | None:
-    """The first order of the account that replaces the certificate and is not invalid at
-    ``now`` (RFC 9773 §5), its status derived as any read derives it."""
-    # Replacements come from the certificate's own account (the RA checks it), so the
-    # account index finds every candidate.
-    rows = await conn.fetch(
-        ORDER_SELECT + " WHERE o.account_id = $1 AND o.replaces = $2 AND o.status <> $3"
-        " ORDER BY o.id",
-        replaces.account_id,
-        replaces.cert_id,
-        OrderStatus.INVALID,
-    )
-    for row in rows:
-        order = order_from_row(row)
-        if order_status(order.status, order.expires_at, order.authz_states, now) != (
-            OrderStatus.INVALID
-        ):
-            return order.id
-    return None
 
 
 def _new(new: NewAuthorization | None) -> NewAuthorization:

@@ -24,7 +24,8 @@ from acme_ca.clock import Clock
 from acme_ca.db.accounts import Account
 from acme_ca.db.authorizations import NewAuthorization
 from acme_ca.db.order_events import Order
-from acme_ca.db.orders import AlreadyReplaced, OrderRepository, Replacement
+from acme_ca.db.orders import OrderRepository
+from acme_ca.db.replacements import AlreadyReplaced, Replacement
 from acme_ca.profiles import Profile
 from acme_ca.ra.identifiers import IdentifierPolicy, base_domain, is_wildcard
 from acme_ca.ra.profiles import AccountGate, ProfileCatalog, profile_challenges

@@ -77,11 +77,11 @@ IN_FLIGHT = 8
 HEADER_TIMEOUT = 2
 MAX_CONNECTIONS = 400
 #: Every worker of the shape retries a job whose SCTs fell short every second (instead of
-#: after 10 s, doubling), and gives a log 2 s: the CT outage test waits seconds, not minutes.
+#: after 10 s, doubling): the CT outage test waits seconds, not minutes. (A log that is down
+#: refuses connections at once; the submission timeout stays the default.)
 CT_FAST = {
     "ACME_CA_CT_BACKOFF_INITIAL_SECONDS": "1",
     "ACME_CA_CT_BACKOFF_MAX_SECONDS": "1",
-    "ACME_CA_CT_TIMEOUT_SECONDS": "2",
 }
 #: (log event after which the worker is killed, what was recorded by then)
 KILL_POINTS = [
@@ -253,9 +253,6 @@ async def test_softhsm_token_unavailable_then_restored(shape: Shape, db: asyncpg
 
 # ------------------------------------------------------------------------------ CT logs down
 
-#: The CT deadline of the worker that meets an outage longer than it.
-CT_SHORT_DEADLINE = 3
-
 
 async def _wait_deferred(pool: asyncpg.Pool, order_id: int, timeout: float) -> None:
     """Until the order's job was sent back to the queue for want of SCTs at least once."""
@@ -267,50 +264,40 @@ async def _wait_deferred(pool: asyncpg.Pool, order_id: int, timeout: float) -> N
         await asyncio.sleep(0.1)
 
 
-def _worker_with_short_ct_deadline(shape: Shape) -> CaProcess:
-    """A worker in place of the shape's running one, with ``ct_deadline_seconds`` 3."""
-    if shape.current is not None and shape.current.alive():
-        shape.current.terminate()
-    env = {**shape.env, "ACME_CA_CT_DEADLINE_SECONDS": str(CT_SHORT_DEADLINE)}
-    shape.current = shape.processes.worker("worker-ct-deadline", env=env)
-    shape.current.wait_event("worker.started", timeout=3 * READY_TIMEOUT)
-    return shape.current
+async def _submitted_long_ago(pool: asyncpg.Pool, order_id: int, timeout: float) -> None:
+    """Move the first CT submission of the order's (deferred, queued) job back past the CT
+    deadline (an hour): the outage has lasted that long as far as the job can tell."""
+    deadline = time.monotonic() + timeout
+    while (
+        await pool.execute(
+            "UPDATE issuance_jobs SET ct_submitted_at = ct_submitted_at - interval '2 hours' "
+            "WHERE order_id = $1 AND status = 'queued' AND ct_submitted_at IS NOT NULL",
+            order_id,
+        )
+        != "UPDATE 1"
+    ):
+        assert time.monotonic() < deadline, "the job never waited in the queue"
+        await asyncio.sleep(0.05)
 
 
 async def test_ct_logs_down_within_and_past_the_deadline(shape: Shape, db: asyncpg.Pool) -> None:
-    """Every CT log down (its process stopped: connections refused). Within the CT deadline
-    the order waits (its job deferred, nothing failed) and, once the logs are back (new ports:
-    a new log list, which the same worker re-reads), is valid within seconds. Past the
-    deadline (3 s for a second worker) the order becomes invalid with a problem naming CT,
-    its precertificate stays on record and no certificate is signed."""
+    """Every CT log down (its process stopped: connections refused), two orders queued.
+    Within the CT deadline an order waits (its job deferred, nothing failed) and, once the
+    logs are back (new ports: a new log list, which the same worker re-reads), is valid
+    within seconds. The other order's outage is made to have lasted past the deadline (its
+    first submission moved two hours back, the deadline being one): it becomes invalid with
+    a problem naming CT, its precertificate stays on record, no certificate is signed."""
     worker = await asyncio.to_thread(shape.worker, "worker-ct")
     await asyncio.to_thread(shape.stop_ct_logs)
     down = True
     try:
-        order_id = await _queue(db, "ct-within")
-        await _wait_deferred(db, order_id, timeout=60)
-        await asyncio.sleep(1)  # a retry or two more against the dead logs
-        assert (await db.fetchval("SELECT status FROM orders WHERE id = $1", order_id)) == (
-            "processing"
-        )
-        shape.restart_ct_logs()  # main thread: see there
-        down = False
-        back = time.monotonic()
-        await _wait_orders(db, [order_id], timeout=30)
-        print(f"CT logs back: order valid {time.monotonic() - back:.1f} s later")
-        assert (await db.fetchval("SELECT status FROM orders WHERE id = $1", order_id)) == (
-            "valid"
-        ), worker.tails()
-        assert worker.events("issuance.ct_deferred") and worker.alive()
-        await assert_invariants(db)
-
-        short = await asyncio.to_thread(_worker_with_short_ct_deadline, shape)
-        await asyncio.to_thread(shape.stop_ct_logs)
-        down = True
-        order_id = await _queue(db, "ct-past")
-        await _wait_orders(db, [order_id], timeout=60)
-        order = await db.fetchrow("SELECT status, error FROM orders WHERE id = $1", order_id)
-        assert order["status"] == "invalid", short.tails()
+        within, past = await _queue(db, "ct-within"), await _queue(db, "ct-past")
+        await _wait_deferred(db, within, timeout=60)
+        await _wait_deferred(db, past, timeout=60)
+        await _submitted_long_ago(db, past, timeout=30)
+        await _wait_orders(db, [past], timeout=30)
+        order = await db.fetchrow("SELECT status, error FROM orders WHERE id = $1", past)
+        assert order["status"] == "invalid", worker.tails()
         error = order["error"]
         problem = json.loads(error) if isinstance(error, str) else error
         assert problem["type"] == "urn:ietf:params:acme:error:serverInternal", problem
@@ -318,19 +305,29 @@ async def test_ct_logs_down_within_and_past_the_deadline(shape: Shape, db: async
         signed = await db.fetchrow(
             "SELECT (SELECT count(*) FROM precertificates WHERE order_id = $1) AS precerts, "
             "(SELECT count(*) FROM certificates WHERE order_id = $1) AS certs",
-            order_id,
+            past,
         )
         assert (signed["precerts"], signed["certs"]) == (1, 0), dict(signed)
         # Logged just after the order failed: waited for, not read at once.
-        failed = await asyncio.to_thread(short.wait_event, "issuance.ct_failed", timeout=10)
-        assert failed["precertificate"] is True, failed
+        failed = await asyncio.to_thread(worker.wait_events, "issuance.ct_failed", timeout=10)
+        assert failed[-1]["precertificate"] is True, failed
+
+        assert (await db.fetchval("SELECT status FROM orders WHERE id = $1", within)) == (
+            "processing"
+        )
+        shape.restart_ct_logs()  # main thread: see there
+        down = False
+        back = time.monotonic()
+        await _wait_orders(db, [within], timeout=30)
+        print(f"CT logs back: order valid {time.monotonic() - back:.1f} s later")
+        assert (await db.fetchval("SELECT status FROM orders WHERE id = $1", within)) == (
+            "valid"
+        ), worker.tails()
+        assert worker.alive()
         await assert_invariants(db)
     finally:
         if down:
-            shape.restart_ct_logs()  # main thread: see there
-        if shape.current is not None and shape.current.name == "worker-ct-deadline":
-            shape.current.terminate()  # the next test's worker has the default deadline
-            shape.current = None
+            shape.restart_ct_logs()
 
 
 #: What each start-up failure changes, and what its one error event must say.

@@ -358,17 +358,21 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: C901 -- flat dispat
         configure_logging(
             config.log_format, config.log_level, cache_loggers=cache_loggers, process="serve"
         )
-        early, keys = None, None
+        early, keys, spare = None, None, None
         if config.ephemeral:  # PostgreSQL boots, RSA keys are made, while the server imports
+            from acme_ca.ca.settings import HierarchySettings
             from acme_ca.db.settings import DatabaseSettings
             from acme_ca.main.early_cluster import EarlyCluster, EarlyKeys
+            from acme_ca.testsrv.ephemeral_spare import claim_spare
 
             early = EarlyCluster(DatabaseSettings.from_config(config).ephemeral_data_root)
-            keys = EarlyKeys()
+            # The hierarchy the last run made for this one; without it, new RSA keys.
+            spare = claim_spare(config.home, HierarchySettings.from_config(config))
+            keys = EarlyKeys() if spare is None else None
         from acme_ca.main.serve import serve
 
         try:
-            asyncio.run(serve(config, early_cluster=early, early_keys=keys))
+            asyncio.run(serve(config, early_cluster=early, early_keys=keys, spare=spare))
         except ConfigError as exc:  # production invariants (docs/production.md), MPIC refusals
             print(f"acme-ca: configuration error: {exc}", file=sys.stderr)
             return 2
@@ -379,6 +383,8 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: C901 -- flat dispat
                 early.abandon()
             if keys is not None:
                 keys.close()
+            if spare is not None:  # a start that failed before it moved the spare in
+                spare.discard()
         return 0
     if args.command == "remote-va":
         configure_logging(config.log_format, config.log_level, cache_loggers=cache_loggers)

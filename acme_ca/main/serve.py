@@ -10,7 +10,7 @@ import functools
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -33,6 +33,9 @@ from acme_ca.va.perspectives import MpicSetup, load_mpic_setup
 from acme_ca.va.settings import VASettings
 from acme_ca.wfe import urls
 from acme_ca.wfe.middleware.load_shedding import GuardedRunner, close_listener, listen
+
+if TYPE_CHECKING:
+    from acme_ca.testsrv.ephemeral_spare import ClaimedSpare
 
 log = structlog.get_logger(component="acme_ca.serve")
 
@@ -68,13 +71,16 @@ async def serve(
     clock: Clock | None = None,
     early_cluster: EarlyCluster | None = None,
     early_keys: EarlyKeys | None = None,
+    spare: ClaimedSpare | None = None,
 ) -> None:
     """Run the CA (:func:`_serve`); with ``ephemeral`` (``serve --test --ephemeral``) in a
     throwaway home made for this run and removed after it, as Pebble forgets everything.
     Only the HTTPS listener's certificate stays in ``home/tls`` (made once, like Pebble's
     fixed one), so clients keep trusting ``$ACME_CA_HOME/tls/ca.pem``.  ``early_cluster``:
     the ephemeral runs' PostgreSQL, already starting, and ``early_keys`` the new hierarchy's
-    RSA keys, being made (the CLI's, :mod:`.early_cluster`)."""
+    RSA keys, being made (the CLI's, :mod:`.early_cluster`); or ``spare``: the hierarchy
+    the previous run made for this one, taken by the CLI.  Once ready, the run makes the
+    next run's spare (:mod:`acme_ca.testsrv.ephemeral_spare`)."""
     if not config.ephemeral:
         await _serve(config, stop=stop, clock=clock)
         return
@@ -86,7 +92,8 @@ async def serve(
     async with ephemeral_home() as home, contextlib.AsyncExitStack() as stack:
         run = replace(config, home=home, tls_cert=tls_cert, tls_key=tls_key)
         # The two slow first steps overlap: the run's new database (a copy of a migrated
-        # template in $ACME_CA_HOME/pg-ephemeral) and the new hierarchy (key generation).
+        # template in $ACME_CA_HOME/pg-ephemeral) and the new hierarchy (key generation, or
+        # the spare moved in).
         started = early_cluster.claim() if early_cluster is not None else None
         database = asyncio.create_task(
             stack.enter_async_context(
@@ -96,14 +103,29 @@ async def serve(
             )
         )
         try:
+            if spare is not None:
+                await asyncio.to_thread(spare.move_into, home)
+                log.info("testmode.ephemeral_spare_used", home=str(home))
             await ensure_hierarchy(run, early_keys.take if early_keys is not None else None)
         finally:
             dsn = await database
-        await _serve(replace(run, database_url=dsn), stop=stop, clock=clock)
+        # Once ready, the next run's hierarchy is made in a low-priority child; at the end
+        # the run waits for it (bounded), so even a quick start and stop leaves a spare.
+        from acme_ca.testsrv.ephemeral_spare import finish_next_spare, make_next_spare
+
+        ready = asyncio.Event()
+        settings = HierarchySettings.from_config(run)
+        making = asyncio.create_task(make_next_spare(ready, config.home, settings))
+        stack.push_async_callback(finish_next_spare, ready, making)
+        await _serve(replace(run, database_url=dsn), stop=stop, clock=clock, ready=ready)
 
 
 async def _serve(
-    config: Config, *, stop: asyncio.Event | None = None, clock: Clock | None = None
+    config: Config,
+    *,
+    stop: asyncio.Event | None = None,
+    clock: Clock | None = None,
+    ready: asyncio.Event | None = None,
 ) -> None:
     """Run the CA until ``stop`` is set or the process is asked to terminate.
 
@@ -118,7 +140,7 @@ async def _serve(
     ``serve_worker_in_process`` a task here; with its CT test logs when ``ct_log_list`` is
     unset, test mode and embedded defaults), then the ACME listener.  Outside test mode the
     worker starts before the listener, in test mode just after it; at stop it is stopped
-    first.
+    first.  ``ready`` is set once all of that has started.
     """
     clock = clock or SystemClock()
     await ensure_hierarchy(config)
@@ -213,6 +235,8 @@ async def _serve(
         await _parse_public_suffix_lists(config, ready=True)
         if config.serve_worker and worker is None:
             worker, stop_worker = await launch.start(stack)
+        if ready is not None:  # serve --test --ephemeral: its spare for the next run
+            ready.set()
         waiters: list[asyncio.Task[Any]] = [asyncio.create_task(stop.wait())]
         if worker is not None:
             waiters.append(worker)

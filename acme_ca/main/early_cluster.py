@@ -117,7 +117,11 @@ class EarlyKeys:
             return {}
         keys: dict[str, list[CaPrivateKey]] = {}
         for block in out.split(_END)[:-1]:
-            key = serialization.load_pem_private_key(block + _END, password=None)
+            # Keys our own child just generated: RSA's consistency check (~10-25 ms of CPU a
+            # key, on the path to ready) guards against damaged or hostile key files only.
+            key = serialization.load_pem_private_key(
+                block + _END, password=None, unsafe_skip_rsa_key_validation=True
+            )
             if isinstance(key, rsa.RSAPrivateKey):
                 keys.setdefault(f"rsa{key.key_size}", []).append(key)
         return keys

@@ -2,7 +2,7 @@
 test server from one command, exercised as a client project's CI would use it.
 
 * start-up on the embedded defaults (fresh PostgreSQL cluster, PKI and TLS): the figure is
-  printed (the target is < 5 s on a warm venv; asserted < 15 s so a loaded machine passes);
+  printed, not asserted (the target is < 5 s on a warm venv; timings belong in benchmarks);
 * test mode is loud: a WARNING ``testmode.ready`` log line with the banner, and
   ``meta.testMode`` in the directory;
 * the management API (pebble-challtestsrv paths) against the running server: TXT, A,
@@ -74,7 +74,6 @@ from tests.support.jws import JwsClient
 pytestmark = pytest.mark.integration
 
 STARTUP_TARGET_SECONDS = 5.0
-STARTUP_LIMIT_SECONDS = 15.0
 BAD_NONCE = "urn:ietf:params:acme:error:badNonce"
 PROBLEM_JSON = "application/problem+json"
 HSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
@@ -152,7 +151,6 @@ def test_serve_test_starts_on_embedded_defaults_quickly_and_loudly(
             f"serve --test startup (embedded PostgreSQL initdb, PKI, TLS, challenge server): "
             f"{figure:.2f} s (target < {STARTUP_TARGET_SECONDS:.0f} s)"
         )
-        assert figure < STARTUP_LIMIT_SECONDS, ca.proc.tails()
 
         # Loud: a WARNING line with the banner, and test_mode on the ready line.
         ready = ca.proc.wait_event("testmode.ready")
@@ -434,8 +432,9 @@ def test_pebble_va_nosleep(
     acme.answer_challenge(challb, response)
     acme.poll_authorizations(order, dt.datetime.now() + dt.timedelta(seconds=20))
     elapsed = time.monotonic() - started
+    # A figure, not an assertion (timings belong in benchmarks); the delay's absence is
+    # asserted above on the ready line, and test_pebble_va_sleep proves the delay applies.
     print(f"testmode validation with PEBBLE_VA_NOSLEEP={nosleep or 'unset'}: {elapsed:.2f} s")
-    assert elapsed < 5
 
 
 # ------------------------------------------------------------------------------------------

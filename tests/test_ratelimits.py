@@ -327,3 +327,36 @@ async def test_finalize_per_domain_limit_ari_renewal_exempt_over_http(
     queued = await sub.post(renewal + "/finalize", {"csr": csr})
     assert queued.status == 200, queued.body
     assert queued.body["status"] == "processing"
+
+
+async def test_finalize_duplicate_certificates_limit_over_http(
+    ca_factory: CaFactory,
+    challsrv: ChallengeTestServer,
+    session: aiohttp.ClientSession,
+    pool: asyncpg.Pool,
+) -> None:
+    """The name set {dup, www.dup} blocked (override 0, keyed as ``admin limits`` spells it,
+    names in any order): its finalize is refused with rateLimited naming
+    duplicate_certificates, with Retry-After, and nothing is queued; another set of the
+    same domain is not this bucket."""
+    ca = await ca_factory.start(
+        rate_limits=True, finalize_wait_seconds=0, **validation_config(challsrv)
+    )
+    sub = await subscriber(ca, session, challsrv)
+    names = ["www.dup.example.com", "dup.example.com"]
+    key = bucket_key(Limit.DUPLICATE_CERTIFICATES, "DUP.example.com, www.dup.example.com")
+    await RateLimitRepository(pool).set_override(
+        Override("duplicate_certificates", key, 0, 7 * 86400, "", "op", NOW)
+    )
+    blocked = await ready_order(sub, names)
+    reply = await sub.post(blocked + "/finalize", {"csr": b64url_encode(build_csr(names))})
+    assert reply.status == 429, reply.body
+    assert reply.body["type"] == RATE_LIMITED
+    assert "duplicate_certificates" in reply.body["detail"]
+    assert int(reply.headers["Retry-After"]) == 7 * 86400
+    assert (await sub.get(blocked)).body["status"] == "ready"  # nothing queued
+
+    other = await ready_order(sub, ["dup.example.com"])
+    csr = b64url_encode(build_csr(["dup.example.com"]))
+    queued = await sub.post(other + "/finalize", {"csr": csr})
+    assert queued.status == 200 and queued.body["status"] == "processing", queued.body

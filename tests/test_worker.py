@@ -990,3 +990,63 @@ async def test_migration_005_derives_each_jobs_step_from_its_recorded_columns(
         }
     finally:
         await pool.close()
+
+
+class CountedClaims(IssuanceRepository):
+    """The real repository, counting the worker's claims and those that found nothing."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        super().__init__(pool)
+        self.claims = 0
+        self.empty = 0
+
+    async def claim(self, worker_id: str, *, now: datetime, lease: timedelta) -> Any:
+        job = await super().claim(worker_id, now=now, lease=lease)
+        self.claims += 1
+        self.empty += job is None
+        return job
+
+
+async def test_each_notified_job_is_claimed_without_an_empty_claim(
+    pool: asyncpg.Pool,
+    pki_config: Config,
+    issuers: IssuerSet,
+    linter: CertificateLinter,
+    ct: CertificateTransparency,
+) -> None:
+    """Jobs queued one after another (each NOTIFYs the worker) are each claimed by one claim,
+    without a second claim to find the queue empty (issue 20: one wasted statement per
+    issuance); the start-up pass still claims until the queue is empty, and a job queued
+    while two others run is still claimed at once."""
+    jobs = CountedClaims(pool)
+    worker = SigningWorker(
+        jobs,
+        issuers,
+        linter,
+        SystemClock(),
+        ct=ct,
+        profile_for=profile_settings_factory(IssuanceSettings.from_config(pki_config)),
+        poll_seconds=30.0,
+        worker_id="counted",
+        production=False,
+        concurrency=8,
+    )
+    async with running(worker):
+        await wait_for(lambda: _has_listener(pool), 10, "the worker's LISTEN")
+        await wait_for(lambda: _claimed(jobs, 1), 10, "the start-up pass")
+        assert (jobs.claims, jobs.empty) == (1, 1)
+        for i in range(3):
+            queued = await queue_order(pool, pki_config, names_for(40 + i))
+            await wait_for(job_done(pool, queued.order_id), 20, "the notified job")
+        assert (jobs.claims, jobs.empty) == (4, 1), "one claim per notified job"
+        together = [await queue_order(pool, pki_config, names_for(50 + i)) for i in range(3)]
+        for queued in together:
+            await wait_for(job_done(pool, queued.order_id), 20, "the jobs queued together")
+    assert jobs.claims - jobs.empty == 6  # each job claimed once (a NOTIFY landing during
+    # a claim that took its job may still cost one empty claim: not asserted)
+    for queued in together:
+        await assert_issued(pool, issuers, queued)
+
+
+async def _claimed(jobs: CountedClaims, n: int) -> bool:
+    return jobs.claims >= n

@@ -165,6 +165,9 @@ class SigningWorker:
         self._lease = lease
         self.worker_id = worker_id or holder_name()
         self._wake = asyncio.Event()
+        #: The next pass claims until the queue is empty (start, poll interval, a freed slot,
+        #: a job handed back); otherwise a pass claims at most one job per NOTIFY pending.
+        self._sweep = True
         self._concurrency = concurrency
         self._lint_final = lint_final
         self._lint = IssuanceLint(jobs, linter, clock, internal_name_waiver=internal_name_waiver)
@@ -194,9 +197,19 @@ class SigningWorker:
         """Work until ``stop`` is set: keep up to ``concurrency`` jobs in flight, claiming
         more whenever one finishes, a NOTIFY arrives or the poll interval passes; at stop,
         let the jobs in flight finish (each is bounded by its HSM, CT and database
-        timeouts)."""
+        timeouts).
+
+        Each NOTIFY (one per job queued) is worth one claim: a pass woken only by
+        notifications claims at most as many jobs as arrived, instead of claiming once more
+        to find the queue empty (issue 20: an empty claim per issuance).  Anything else that
+        may have left jobs waiting (start, the poll interval, a freed slot while full, a job
+        handed back, a lost or restored listener, a failed claim) makes the next pass claim
+        until the queue is empty, as every pass did before."""
+        pending = 0  # NOTIFYs not yet matched by a claim
 
         def notified(*_: Any) -> None:
+            nonlocal pending
+            pending += 1
             self._wake.set()
 
         in_flight: set[asyncio.Task[None]] = set()
@@ -206,6 +219,7 @@ class SigningWorker:
         def finished(task: asyncio.Task[None]) -> None:
             in_flight.discard(task)
             if full:
+                self._sweep = True
                 self._wake.set()  # a slot freed while jobs may be waiting: claim at once
 
         listener = await self._jobs.listen(notified)
@@ -223,24 +237,34 @@ class SigningWorker:
                 # Clear before claiming, not after: a NOTIFY that arrives while the last
                 # (empty) claim is in flight must still cut the following wait short.
                 self._wake.clear()
+                sweep, self._sweep = self._sweep, False
                 try:
                     if not self._jobs.listener_alive(listener):  # the database restarted
                         await self._jobs.release_listener(listener, notified)
                         listener = await self._jobs.listen(notified)
                         log.warning("worker.listener_restored")
+                        sweep = True  # notifications may have been lost meanwhile
                     if loop.time() >= next_takeover:
                         # Once per poll interval, not on every NOTIFY: a dead predecessor's
                         # jobs resume within one interval, without a query per issuance.
-                        await self.take_over_dead_holders()
+                        if await self.take_over_dead_holders():
+                            sweep = True
                         next_takeover = loop.time() + self._poll
                     full = False
                     while not stop.is_set():
                         if len(in_flight) >= self._concurrency:
                             full = True
                             break
+                        if not sweep and pending <= 0:
+                            break  # every job notified so far is claimed (or was taken)
+                        known = pending
                         job = await self._claim()
                         if job is None:
+                            # Those notified before the claim are settled (claimed by us or
+                            # another worker); one arriving during it stays pending.
+                            pending = max(0, pending - known)
                             break
+                        pending = max(0, pending - 1)
                         task = asyncio.create_task(self._run_job(job), name=f"job-{job.id}")
                         in_flight.add(task)
                         task.add_done_callback(finished)
@@ -248,18 +272,28 @@ class SigningWorker:
                     # The database went away between jobs (claim lives outside the job's
                     # guard): keep the worker alive and try again shortly.
                     log.warning("worker.claim_failed", error=repr(exc))
+                    self._sweep = True
                     await asyncio.sleep(CLAIM_ERROR_BACKOFF)
-                waiters = [asyncio.create_task(self._wake.wait()), asyncio.create_task(stop.wait())]
-                await asyncio.wait(waiters, timeout=self._poll, return_when=asyncio.FIRST_COMPLETED)
-                for waiter in waiters:
-                    waiter.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await waiter
+                await self._wait(stop)
         finally:
             if in_flight:
                 await asyncio.gather(*in_flight, return_exceptions=True)
             await self._jobs.release_listener(listener, notified)
             log.info("worker.stopped", worker_id=self.worker_id)
+
+    async def _wait(self, stop: asyncio.Event) -> None:
+        """Until a wake-up, ``stop``, or the poll interval (which makes the next pass claim
+        until the queue is empty: jobs due by time, lost notifications)."""
+        waiters = [asyncio.create_task(self._wake.wait()), asyncio.create_task(stop.wait())]
+        done, _ = await asyncio.wait(
+            waiters, timeout=self._poll, return_when=asyncio.FIRST_COMPLETED
+        )
+        if not done:
+            self._sweep = True
+        for waiter in waiters:
+            waiter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiter
 
     async def take_over_dead_holders(self) -> list[int]:
         """End the leases of workers on this host whose process no longer exists (a killed
@@ -311,6 +345,7 @@ class SigningWorker:
             if outage and await release_when_database_back(
                 self._jobs, self._clock, self.worker_id, job, self._lease
             ):
+                self._sweep = True
                 self._wake.set()  # claim it again now, not at the next poll
             structlog.contextvars.unbind_contextvars("job_id", "order_id", "account_id")
 

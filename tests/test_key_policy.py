@@ -35,6 +35,7 @@ from acme_ca.ra.keys import (
     KeyPolicy,
     KeyRejected,
     KeyRejectReason,
+    badkeys_data_dir,
     openssl_blacklist_fingerprint,
 )
 
@@ -559,6 +560,17 @@ def badkeys_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
     directory.mkdir()
     yield directory
     badkeys_cachedir.cache_clear()
+
+
+def test_badkeys_data_dir_is_where_badkeys_itself_reads(
+    badkeys_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The policy restates badkeys' cache location, so that building it imports no badkeys
+    (issue 21 item 8); a badkeys that moved it fails here."""
+    assert badkeys_data_dir() == Path(badkeys_cachedir()) == badkeys_cache
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    badkeys_cachedir.cache_clear()
+    assert badkeys_data_dir() == Path(badkeys_cachedir())
 
 
 def test_br_key_2_badkeys_blocklist_missing_is_skipped_and_logged_once(

@@ -42,14 +42,13 @@ from __future__ import annotations
 import asyncio
 import enum
 import hashlib
+import os
 import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Final, Literal
 
-import badkeys
 import structlog
-from badkeys.utils import _cachedir as _badkeys_cachedir  # private, but it *is* the location
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
@@ -233,8 +232,12 @@ _BADKEYS_DATA_FILES: Final = ("blocklist.dat", "badkeysdata.json")
 
 
 def badkeys_data_dir() -> Path:
-    """Where badkeys looks for its downloaded blocklist (it reads no other location)."""
-    return Path(_badkeys_cachedir())
+    """Where badkeys looks for its downloaded blocklist (it reads no other location): its
+    ``badkeys.utils._cachedir``, restated so that building a policy does not import badkeys
+    (~0.03-0.05 s of CPU on ``serve --test``'s path to ready, issue 21 item 8);
+    test_key_policy.py pins the two equal."""
+    cache = os.getenv("XDG_CACHE_HOME")
+    return Path(cache, "badkeys") if cache else Path("~/.cache/badkeys").expanduser()
 
 
 def _badkeys_blocklist_present() -> bool:
@@ -243,7 +246,10 @@ def _badkeys_blocklist_present() -> bool:
 
 
 def _badkeys_findings(spki_pem: str, checks: tuple[str, ...]) -> frozenset[str]:
-    """Run badkeys (CPU-bound; called in a worker thread) and return the checks that fired."""
+    """Run badkeys (CPU-bound; called in a worker thread) and return the checks that fired.
+    badkeys (and gmpy2) load on the first key checked, not at start (issue 21 item 8)."""
+    import badkeys
+
     try:
         result = badkeys.checkpubkey(spki_pem, checks=checks)
     except SystemExit as exc:  # badkeys' reaction to missing data; must not stop the server

@@ -13,13 +13,16 @@ from datetime import UTC, datetime, timedelta
 import aiohttp
 import asyncpg
 
+from acme_ca.acme.b64 import b64url_encode
 from acme_ca.db.certificates import CertificateRepository
 from acme_ca.db.nonces import Redeemed, Redemption
 from acme_ca.db.orders import OrderRepository
 from acme_ca.testsrv.server import ChallengeTestServer
+from acme_ca.testsrv.store import CaaPolicy
 from tests.fixtures import CaFactory
 from tests.support.orders import Subscriber, subscriber
 from tests.support.problems import assert_problem
+from tests.support.worker import build_csr, insert_ready_order
 
 
 async def _redeemed(pool: asyncpg.Pool) -> int:
@@ -106,3 +109,63 @@ async def test_acme_acct_6_read_with_the_nonce_refused_for_an_account_deactivate
         refused = await at_a.get(url)
         body = assert_problem(refused, 401, "unauthorized")
         assert "identifiers" not in body and "challenges" not in body
+
+
+async def test_br_3_2_2_8_finalize_reads_the_validations_its_caa_recheck_uses_with_the_order(
+    pool: asyncpg.Pool,
+) -> None:
+    """Finalize's one statement (nonce, order, validations) gives the CAA recheck the same
+    validations, in position order with their methods, as reading them apart would; an
+    unknown order gives nothing and still spends the nonce."""
+    orders = OrderRepository(pool)
+    validated = datetime.now(UTC) - timedelta(hours=9)  # past the 8-hour CAA recheck
+    account_id, order_id = await insert_ready_order(
+        pool, ["b.example.com", "*.a.example.com", "c.example.com"], validated_at=validated
+    )
+    redemption = Redemption(
+        secrets.token_bytes(16), datetime.now(UTC) + timedelta(hours=1), account_id
+    )
+    found, redeemed = await orders.get_order_to_finalize_redeeming(order_id, redemption)
+    assert redeemed.fresh and found is not None
+    order, validations = found
+    assert order == await orders.get_order(order_id)
+    assert validations == await orders.validations(order_id)
+    assert [(v.identifier, v.wildcard, v.method) for v in validations] == [
+        ("b.example.com", False, "http-01"),
+        ("a.example.com", True, "dns-01"),
+        ("c.example.com", False, "http-01"),
+    ]
+    assert all(v.validated_at == validated for v in validations)
+    again = await orders.get_order_to_finalize_redeeming(order_id + 1000, redemption)
+    assert again == (None, Redeemed(False, redeemed.account_version))
+
+
+async def test_br_3_2_2_8_caa_recheck_after_8_hours_at_finalize_on_the_validations_read(
+    sub: Subscriber, pool: asyncpg.Pool
+) -> None:
+    """An authorization validated more than 8 hours ago has its CAA checked again when the
+    order is finalized, on the validations read in finalize's first statement: CAA that now
+    names another CA refuses the finalize with ``caa`` and queues nothing."""
+    name = "recheck-at-finalize.example.com"
+    reply = await sub.new_order(name)
+    await sub.answer(reply.body["authorizations"][0], "http-01")
+    order = await sub.wait_order(reply.headers["Location"])
+    assert order["status"] == "ready", order
+    authz_id = int(reply.body["authorizations"][0].rsplit("/", 1)[1])
+    nine_hours_ago = datetime.now(UTC) - timedelta(hours=9)
+    await pool.execute(
+        "UPDATE authorizations SET validated_at = $2, caa_checked_at = $2 WHERE id = $1",
+        authz_id,
+        nine_hours_ago,
+    )
+    await pool.execute(
+        "UPDATE challenges SET validated_at = $2 WHERE authz_id = $1", authz_id, nine_hours_ago
+    )
+    sub.srv.store.add_caa(name, [CaaPolicy("issue", "letsencrypt.org")])
+    csr = b64url_encode(build_csr([name]))
+    refused = await sub.post(order["finalize"], {"csr": csr})
+    assert_problem(refused, 403, "caa")
+    assert not await pool.fetchval(
+        "SELECT count(*) FROM issuance_jobs WHERE order_id = $1",
+        int(reply.headers["Location"].rsplit("/", 1)[1]),
+    )

@@ -31,6 +31,7 @@ from acme_ca.acme.states import (
 from acme_ca.acme.status import AuthorizationStatus, OrderStatus
 from acme_ca.db.audit import current_request_id, record_event
 from acme_ca.db.authorizations import (
+    VALIDATION_ARRAYS,
     Authorization,
     AuthzValidation,
     Challenge,
@@ -41,6 +42,7 @@ from acme_ca.db.authorizations import (
     load_challenge,
     load_challenge_redeeming,
     order_validations,
+    validations_from_arrays,
 )
 from acme_ca.db.certificates import CertificateRecord, CertificateRepository
 from acme_ca.db.nonces import Redeemed, Redemption, fetch_redeeming
@@ -54,6 +56,12 @@ from acme_ca.db.order_events import (
     order_move,
 )
 from acme_ca.db.replacements import AlreadyReplaced, Replacement, replacing_order
+
+#: An order ($1) and its validations (finalize's CAA recheck) in one statement.
+_ORDER_TO_FINALIZE = (
+    "SELECT q.*, v.* FROM (" + ORDER_SELECT + " WHERE o.id = $1) AS q "  # noqa: S608
+    "LEFT JOIN LATERAL (" + VALIDATION_ARRAYS + ") AS v ON true"
+)
 
 #: A new order in one statement (issue 20): the order, its new authorizations (``a``, created
 #: in position order, so their ids rank them), their challenges in the order offered, the
@@ -193,6 +201,21 @@ class OrderRepository:
             self._pool, ORDER_SELECT + " WHERE o.id = $1", (order_id,), redemption
         )
         return (order_from_row(row) if row is not None else None), redeemed
+
+    async def get_order_to_finalize_redeeming(
+        self, order_id: int, redemption: Redemption
+    ) -> tuple[tuple[Order, list[AuthzValidation]] | None, Redeemed]:
+        """:meth:`get_order_redeeming` with the order's :meth:`validations` (finalize's CAA
+        recheck) from the same statement: one round trip for the nonce, the order and them."""
+        row, redeemed = await fetch_redeeming(
+            self._pool,
+            _ORDER_TO_FINALIZE,
+            (order_id,),
+            redemption,
+        )
+        if row is None:
+            return None, redeemed
+        return (order_from_row(row), validations_from_arrays(row)), redeemed
 
     async def get_authorization(self, authz_id: int) -> Authorization | None:
         async with self._pool.acquire() as conn:

@@ -9,7 +9,7 @@ transaction; a signing worker does the rest.  The response waits up to
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -23,6 +23,7 @@ from acme_ca.acme.problems import AcmeError
 from acme_ca.acme.status import OrderStatus
 from acme_ca.clock import Clock
 from acme_ca.db.accounts import Account
+from acme_ca.db.authorizations import AuthzValidation
 from acme_ca.db.completions import OrderCompletions
 from acme_ca.db.issuance import IssuanceRepository
 from acme_ca.db.order_events import Order
@@ -67,9 +68,18 @@ class FinalizeAuthority:
         self._completions = completions
         self._wait = wait_seconds
 
-    async def finalize(self, account: Account, order: Order, message: Finalize) -> Order:
+    async def finalize(
+        self,
+        account: Account,
+        order: Order,
+        message: Finalize,
+        *,
+        validations: Sequence[AuthzValidation] | None = None,
+    ) -> Order:
         """Queue the order's issuance; returns the order as it stands when the response is due:
-        ``processing`` as queued, or what the worker made of it within the wait."""
+        ``processing`` as queued, or what the worker made of it within the wait.
+        ``validations``: the order's, read with ``order`` (in the request's nonce round trip,
+        issue 20); read here otherwise."""
         status = self._orders.current_status(order)
         if status != OrderStatus.READY:
             raise AcmeError(
@@ -83,7 +93,7 @@ class FinalizeAuthority:
             account_spki=account_spki,
             key_policy=self._key_policy,
         )
-        await self._recheck_stale_caa(account, order)
+        await self._recheck_stale_caa(account, order, validations)
         if self._limits is not None:  # an ARI renewal is exempt from the per-domain limit
             await self._limits.issuance(checked.names, replaces=order.replaces is not None)
         issuer = _issuer_for(profile, checked)
@@ -129,9 +139,13 @@ class FinalizeAuthority:
         )
         return queued
 
-    async def _recheck_stale_caa(self, account: Account, order: Order) -> None:
+    async def _recheck_stale_caa(
+        self, account: Account, order: Order, validations: Sequence[AuthzValidation] | None
+    ) -> None:
         now = self._clock.now()
-        for v in await self._order_repo.validations(order.id):
+        if validations is None:
+            validations = await self._order_repo.validations(order.id)
+        for v in validations:
             if v.validated_at is not None and now - v.validated_at < CAA_RECHECK_AFTER:
                 continue
             result = await self._caa.recheck_caa(

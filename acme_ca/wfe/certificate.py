@@ -10,7 +10,7 @@ from acme_ca.acme import problems
 from acme_ca.acme.messages import Finalize
 from acme_ca.acme.problems import AcmeError
 from acme_ca.db.certificates import CertificateRecord
-from acme_ca.wfe.order import order_resource, own_order, read_order_redeeming, retry_after
+from acme_ca.wfe.order import order_resource, own_order, retry_after
 from acme_ca.wfe.responses import acme_json
 from acme_ca.wfe.services import FrontEnd, front_end
 from acme_ca.wfe.verify import verify_post_reading
@@ -20,12 +20,17 @@ PEM_CHAIN = "application/pem-certificate-chain"
 
 async def post_finalize(request: web.Request) -> web.Response:
     fe = front_end(request)
+    order_id = int(request.match_info["order_id"])
+    # The order and its validations (the CAA recheck's) in the nonce's round trip.
     verified, found = await verify_post_reading(
-        request, read_order_redeeming(request, fe), Finalize
+        request,
+        lambda redemption: fe.order_reads.get_order_to_finalize_redeeming(order_id, redemption),
+        Finalize,
     )
     account = verified.require_account()
-    order = own_order(found, account.id)
-    updated = await fe.finalize.finalize(account, order, verified.message)
+    order = own_order(found[0] if found is not None else None, account.id)
+    assert found is not None  # own_order refused it otherwise
+    updated = await fe.finalize.finalize(account, order, verified.message, validations=found[1])
     status = fe.orders.current_status(updated)
     return acme_json(
         order_resource(updated, status).to_json(fe.urls),

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from acme_ca.db.accounts import Account
-from acme_ca.db.authorizations import Authorization, Challenge
+from acme_ca.db.authorizations import Authorization, AuthzValidation, Challenge
 from acme_ca.db.certificates import CertificateRecord
 from acme_ca.db.nonces import Redeemed, Redemption
 from acme_ca.db.order_events import Order
@@ -35,6 +35,10 @@ class OrderReads(Protocol):
     async def get_order_redeeming(
         self, order_id: int, redemption: Redemption
     ) -> tuple[Order | None, Redeemed]: ...
+
+    async def get_order_to_finalize_redeeming(
+        self, order_id: int, redemption: Redemption
+    ) -> tuple[tuple[Order, list[AuthzValidation]] | None, Redeemed]: ...
 
     async def get_authorization(self, authz_id: int) -> Authorization | None: ...
 

@@ -4,14 +4,14 @@
 serve starts ``python -m acme_ca worker --serve-child`` with its own interpreter and hands it,
 through the child's stdin, one :class:`WorkerLaunch`: serve's configuration with the DSN of the
 database serve runs on (embedded and ephemeral ones included; their lifetime stays serve's),
-serve's deployment assessment (the child signs under the verdict serve started with), the
+serve's deployment assessment (the child signs under the verdict serve started with) and the
 corroboration set-up (``--perspectives``' remote VAs run in serve).  With ``ct_log_list``
 unset the child starts the CT test logs itself, as ``acme-ca worker`` does: the worker is
 their only client, and their share of the CPU is then off serve's core (docs/performance.md,
-issue 20 target 2).  A serve that is killed takes the child with it, as it
-took its in-process worker: on Linux the kernel SIGKILLs the child (``PR_SET_PDEATHSIG``);
-elsewhere the stdin pipe, left open as a lifeline, reaches end of file and the child stops
-as on SIGTERM.
+issue 20 target 2).  A serve that is killed takes the child with it, as it took its
+in-process worker: on Linux the kernel SIGKILLs the child (``PR_SET_PDEATHSIG``); elsewhere
+the stdin pipe, left open as a lifeline, reaches end of file and the child stops as on
+SIGTERM.
 
 The child writes its JSON log lines to serve's stdout (inherited), one ``write`` per line
 (:mod:`acme_ca.log`), each naming ``process: worker``.  It runs in a session of its own, so a
@@ -31,7 +31,7 @@ import signal
 import struct
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import IO
 
 import structlog
@@ -73,8 +73,6 @@ def child_config(config: Config, dsn: str) -> Config:
     """The child's configuration: serve's, on serve's database; its metrics listener the
     worker's default when ``metrics_listen`` is unset, else off (an address set for serve
     is serve's)."""
-    from dataclasses import replace
-
     return replace(
         config,
         database_url=dsn,

@@ -29,11 +29,24 @@ BACKDATE: Final = timedelta(hours=1)
 """How far before ``now`` a certificate becomes valid, for clocks slightly behind ours."""
 
 
+def replace_file(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` whole or not at all (a temporary file, then a rename), with
+    ``mode`` from the first byte: a reader polling for the file (a test waiting for
+    ``tls/ca.pem``) never sees it empty or half written."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_private(path: Path, data: bytes) -> None:
     """Write key material readable by its owner only (mode 0600 from the first byte)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
+    replace_file(path, data, 0o600)
 
 
 def write_new(path: Path, data: bytes, mode: int = 0o644) -> None:
@@ -132,7 +145,7 @@ class LocalCa:
             return cls.load(cert_path, key_path)
         ca = cls.create(subject, now=now, lifetime=lifetime)
         write_private(key_path, key_pem(ca.key))
-        cert_path.write_bytes(cert_pem(ca.cert))
+        replace_file(cert_path, cert_pem(ca.cert))
         return ca
 
     def issue(
@@ -186,4 +199,4 @@ class LocalCa:
     ) -> None:
         """Write an issued pair; with ``chain`` the root follows the certificate."""
         write_private(key_path, key_pem(key))
-        cert_path.write_bytes(cert_pem(cert) + (cert_pem(self.cert) if chain else b""))
+        replace_file(cert_path, cert_pem(cert) + (cert_pem(self.cert) if chain else b""))

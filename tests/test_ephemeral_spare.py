@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -197,3 +198,24 @@ def test_a_stopping_run_kills_a_builder_past_its_bound(tmp_path: Path) -> None:
         "testmode.ephemeral_spare_abandoned",
     ]
     assert not (tmp_path / SPARE).exists()
+
+
+def test_spare_moves_into_a_home_on_another_filesystem(made: Path, tmp_path: Path) -> None:
+    """The throwaway home is in the temporary directory, ``$ACME_CA_HOME`` anywhere: across
+    filesystems the spare is copied (modes kept) instead of renamed, then removed."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("no second filesystem at /dev/shm")
+    home = _home_with(made, tmp_path)
+    spare = claim_spare(home, _settings(home))
+    assert spare is not None
+    run_home = Path(tempfile.mkdtemp(dir=shm))
+    try:
+        spare.move_into(run_home)
+        assert read_issuers_file(run_home / "pki").issuers
+        assert (run_home / "pki" / "keys").stat().st_mode & 0o777 == 0o700
+        key = run_home / "pki" / "keys" / "root-r1.key.pem"
+        assert key.stat().st_mode & 0o777 == 0o600
+        assert list(home.iterdir()) == []
+    finally:
+        shutil.rmtree(run_home)

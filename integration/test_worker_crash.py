@@ -31,8 +31,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from acme_ca.ca.hierarchy import init_hierarchy
+from acme_ca.ca.issuance_steps import MAX_ATTEMPTS
 from acme_ca.ca.settings import HierarchySettings
-from acme_ca.ca.worker import MAX_ATTEMPTS
 from acme_ca.config import Config
 from acme_ca.db.issuance import IssuanceRepository
 from integration.processes import ACME_CA, LoggedProcess

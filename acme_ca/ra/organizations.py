@@ -136,7 +136,7 @@ class OrganizationPolicy:
     async def subject(self, account_id: int) -> x509.Name | None:
         """The vetted C, ST, L, O of the account's organization (:func:`ov_subject` without
         CN; the profile adds it), or None when it may not have an OV certificate now (the
-        shape of ``ca.worker.OrganizationSubject``)."""
+        shape of ``ca.issuance_steps.OrganizationSubject``)."""
         org = await self._organizations.organization_for_account(account_id)
         if org is None or organization_problem(org, self._clock.now()) is not None:
             return None

@@ -238,12 +238,23 @@ class AccountRepository:
             raise AccountKeyInUse(holder.id if holder else 0) from None
         return _to_account(row)
 
-    async def order_ids(self, account_id: int, *, after_id: int, limit: int) -> list[int]:
-        """One page of the account's order ids, oldest first, for the ``orders`` list."""
+    async def order_ids(
+        self, account_id: int, *, after_id: int, limit: int, now: datetime
+    ) -> list[int]:
+        """One page of the account's order ids, oldest first, for the ``orders`` list.
+
+        RFC 8555 §7.1.2.1: the list SHOULD NOT include invalid orders, so those stored as
+        invalid and pending or ready ones past ``expires`` (invalid from then on) are left
+        out; an order made invalid by a failed authorization is only known on reading it.
+        """
         rows = await self._pool.fetch(
-            "SELECT id FROM orders WHERE account_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+            """SELECT id FROM orders
+               WHERE account_id = $1 AND id > $2 AND status <> 'invalid'
+                 AND (status NOT IN ('pending', 'ready') OR expires_at > $4)
+               ORDER BY id LIMIT $3""",
             account_id,
             after_id,
             limit,
+            now,
         )
         return [r["id"] for r in rows]

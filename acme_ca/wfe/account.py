@@ -74,7 +74,9 @@ async def post_account_orders(request: web.Request) -> web.Response:
         raise AcmeError(problems.malformed("cursor must be a non-negative integer"))
     limit = fe.settings.orders_page_size
     # One row more than a page tells whether a next page exists (no empty last page).
-    ids = await fe.account_reads.order_ids(account.id, after_id=int(cursor_text), limit=limit + 1)
+    ids = await fe.account_reads.order_ids(
+        account.id, after_id=int(cursor_text), limit=limit + 1, now=fe.clock.now()
+    )
     links = []
     if len(ids) > limit:
         ids = ids[:limit]

@@ -10,6 +10,7 @@ read-only request makes.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Protocol
 
 from acme_ca.db.accounts import Account
@@ -24,7 +25,9 @@ class AccountReads(Protocol):
 
     async def get_versioned(self, account_id: int) -> tuple[Account, str] | None: ...
 
-    async def order_ids(self, account_id: int, *, after_id: int, limit: int) -> list[int]: ...
+    async def order_ids(
+        self, account_id: int, *, after_id: int, limit: int, now: datetime
+    ) -> list[int]: ...
 
 
 class OrderReads(Protocol):

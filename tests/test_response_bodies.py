@@ -156,7 +156,7 @@ async def test_acme_acct_6_account_fetch_update_deactivate(
     ca: RunningCa, session: aiohttp.ClientSession
 ) -> None:
     """§7.3.2, §7.3.6: POST-as-GET, update and deactivation answer 200 with the account;
-    afterwards the account gets 401 unauthorized."""
+    afterwards the account's key gets 401 unauthorized, at its URL and at newAccount."""
     client = await registered(ca, session)
     fetched = await client.post(client.account_url, None)
     assert_acme_json(fetched, client, 200, ACCOUNT_FIELDS)
@@ -172,6 +172,10 @@ async def test_acme_acct_6_account_fetch_update_deactivate(
     refused = await client.post(client.account_url, None)
     assert set(assert_problem(refused, 401, "unauthorized")) == PROBLEM_FIELDS
     assert index_link(client) in refused.links
+    # Its key at newAccount too: 401 as §7.3.6 says (Boulder answers 403), no Location.
+    again = await client.post(client.directory["newAccount"], {}, use_jwk=True)
+    assert set(assert_problem(again, 401, "unauthorized")) == PROBLEM_FIELDS
+    assert "Location" not in again.headers
 
 
 async def test_acme_key_2_key_change_answers_the_account_with_its_new_key(
@@ -247,9 +251,11 @@ async def test_acme_ord_1_orders_list_leaves_out_invalid_orders(
 async def test_acme_authz_2_authorization_fields_and_wildcard_flag(sub: Subscriber) -> None:
     """§7.1.4: identifier without ``*.``, ``wildcard: true`` only on the wildcard's
     authorization (absent, not false, otherwise), ``expires`` in RFC 3339; each challenge
-    ``type``/``url``/``token``/``status``; a wildcard offers DNS challenges only."""
+    ``type``/``url``/``token``/``status``; a wildcard offers DNS challenges only.  §7.5.2:
+    deactivation answers 200 with the authorization."""
     order = (await sub.new_order("*.wild.example.com", "wild.example.com")).body
     seen = {}
+    wildcard_urls: set[str] = set()
     for url in order["authorizations"]:
         reply = await sub.get(url)
         wildcard = bool(reply.body.get("wildcard"))
@@ -271,9 +277,17 @@ async def test_acme_authz_2_authorization_fields_and_wildcard_flag(sub: Subscrib
             if wildcard:
                 assert challenge["type"].startswith("dns-"), challenge
         seen[wildcard] = reply.body
+        if wildcard:
+            wildcard_urls.add(url)
     assert set(seen) == {True, False}
     assert seen[True]["wildcard"] is True
     assert any(c["type"] == "http-01" for c in seen[False]["challenges"])
+
+    # §7.5.2: deactivation answers 200 with the authorization, the same fields.
+    plain = next(u for u in order["authorizations"] if u not in wildcard_urls)
+    gone = await sub.post(plain, {"status": "deactivated"})
+    assert_acme_json(gone, sub, 200, AUTHZ_FIELDS)
+    assert gone.body["status"] == "deactivated"
 
 
 async def test_acme_chal_2_challenge_post_answers_the_challenge_with_up_link(
@@ -321,18 +335,44 @@ async def test_acme_fin_3_finalize_answers_the_order(sub: Subscriber) -> None:
 # certificate, renewalInfo
 
 
-async def test_acme_cert_1_download_headers(sub: Subscriber, pool: asyncpg.Pool) -> None:
-    """§7.4.2: application/pem-certificate-chain, leaf first, rel="index"; rel="up" to the
-    issuer (pkix-cert), and no rel="alternate" when there is no other chain."""
-    leaf = make_leaf(make_issuer(), ["cert.example.com"])
+async def test_acme_cert_1_download_headers_and_alternates(
+    sub: Subscriber, pool: asyncpg.Pool
+) -> None:
+    """§7.4.2: application/pem-certificate-chain with no parameter (§9.1 defines none), leaf
+    first, then the chain; rel="index", rel="up" to the issuer (pkix-cert) and
+    rel="alternate" to each other chain, the default chain's URL among them on an
+    alternate (Boulder links alternates the same way; it sends no rel="up")."""
+    issuer, cross = make_issuer("Chain Issuer"), make_issuer("Alternate Issuer")
+    leaf = make_leaf(issuer, ["cert.example.com"])
     cert_id = await store_certificate(pool, account_id_of(sub), leaf)
+    pem = serialization.Encoding.PEM
+    chain, alternate = (c.cert.public_bytes(pem).decode() for c in (issuer, cross))
+    await pool.execute(
+        "UPDATE certificates SET chain_pem = $2, alternate_chains = $3 WHERE id = $1",
+        cert_id,
+        chain,
+        [alternate],
+    )
     url = sub.directory_url.removesuffix("/directory") + f"/acme/cert/{cert_id}"
+    up = f'<{url}/issuer>;rel="up"'
+
     reply = await sub.get(url)
     assert reply.status == 200, reply.body
-    assert reply.content_type == "application/pem-certificate-chain"
-    assert reply.raw.startswith(leaf.cert.public_bytes(serialization.Encoding.PEM))
+    assert reply.headers["Content-Type"] == "application/pem-certificate-chain"
+    assert reply.raw.decode() == leaf.cert.public_bytes(pem).decode() + chain
     assert reply.headers.get("Replay-Nonce")
-    assert sorted(reply.links) == sorted([index_link(sub), f'<{url}/issuer>;rel="up"'])
+    assert sorted(reply.links) == sorted([index_link(sub), up, f'<{url}/alt/1>;rel="alternate"'])
+
+    alt = await sub.get(f"{url}/alt/1")
+    assert alt.status == 200, alt.body
+    assert alt.headers["Content-Type"] == "application/pem-certificate-chain"
+    assert alt.raw.decode() == leaf.cert.public_bytes(pem).decode() + alternate
+    assert sorted(alt.links) == sorted([index_link(sub), up, f'<{url}>;rel="alternate"'])
+
+    issuer_cert = await sub.get(f"{url}/issuer")
+    assert issuer_cert.status == 200
+    assert issuer_cert.headers["Content-Type"] == "application/pkix-cert"
+    assert issuer_cert.raw == issuer.cert.public_bytes(serialization.Encoding.DER)
 
 
 async def test_ari_4_renewal_info_body_and_headers(

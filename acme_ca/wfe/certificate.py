@@ -68,7 +68,9 @@ async def post_certificate(request: web.Request) -> web.Response:
         if not 1 <= index <= len(record.alternate_chains):
             raise AcmeError(problems.not_found("no such alternate chain"))
         chain = record.alternate_chains[index - 1]
-    response = web.Response(text=_leaf_pem(record) + chain, content_type=PEM_CHAIN)
+    # Bytes, not text: aiohttp would add "; charset=utf-8", a parameter RFC 8555 §9.1 does
+    # not define for this type (Boulder sends the bare type too).
+    response = web.Response(body=(_leaf_pem(record) + chain).encode(), content_type=PEM_CHAIN)
     response.headers.add("Link", f'<{fe.urls.certificate_issuer(record.id)}>;rel="up"')
     for n in range(1, len(record.alternate_chains) + 1):
         if alt is None or int(alt) != n:

@@ -1,7 +1,8 @@
 """Authorizations and their challenges as stored: the rows' dataclasses, loading one
 authorization with its challenges in one round trip, and how an order's authorizations were
-validated.  New ones are inserted with their order, and the writes that move them are, in
-:mod:`acme_ca.db.orders`, which moves their orders in the same transaction.
+validated.  New ones are inserted with their order, and the writes that move them are in
+:mod:`acme_ca.db.orders` and :mod:`acme_ca.db.validation_results`, which move their orders
+in the same transaction.
 """
 
 from __future__ import annotations

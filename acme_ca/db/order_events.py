@@ -4,8 +4,9 @@ Order statuses move only by the events of :data:`acme_ca.acme.states.ORDERS`, ea
 by one conditional update whose allowed states are the event's sources in that table, with
 the moved rows returned whole (``RETURNING``); :func:`order_event_statement` lets another
 repository (the issuance jobs, the accounts) put its own writes in the same statement.  Kept
-apart from :mod:`acme_ca.db.orders` (creating orders, challenges and validations) because
-every repository that changes an order's status goes through here.
+apart from :mod:`acme_ca.db.orders` (creating orders and challenges) and
+:mod:`acme_ca.db.validation_results` (validations) because every repository that changes an
+order's status goes through here.
 """
 
 from __future__ import annotations

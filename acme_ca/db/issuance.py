@@ -15,7 +15,8 @@ impossible.
 Every recording moves the step on with a conditional update (``WHERE step = <the one
 before> AND locked_by = <this worker>``) and returns the row as recorded, so a worker that
 lost its lease continues with (or stops at) what another worker recorded, never with its own
-second version.
+second version.  What the signing-time re-check reads and records is
+:mod:`acme_ca.db.signing_evidence`.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from acme_ca.db.order_events import (
     order_event_statement,
     order_from_row,
 )
+from acme_ca.db.signing_evidence import record_caa_recheck, signing_evidence
 
 NOTIFY_CHANNEL = "acme_ca_issuance"
 
@@ -104,41 +106,6 @@ _COMPLETE_CTES = """,
            pg_notify($19::text, ($1[1])::text) AS notified
 """
 _COMPLETE = ORDER_EVENT_CTE + _COMPLETE_CTES
-
-
-#: What the signing re-check reads, in one statement: whether the CSR's key is blocked, and
-#: the order's authorizations in position order, each with its most recent valid challenge
-#: (one row with NULL authorization columns when the order has none).
-_SIGNING_EVIDENCE = """SELECT b.blocked, x.*
-   FROM (SELECT EXISTS (SELECT 1 FROM blocked_keys WHERE spki_sha256 = $2) AS blocked) b
-   LEFT JOIN LATERAL (
-       SELECT a.id, a.identifier, a.wildcard, a.status, a.expires_at, a.validated_at,
-              a.caa_checked_at, c.type, c.validation_records, oa.position
-       FROM order_authorizations oa
-       JOIN authorizations a ON a.id = oa.authz_id
-       LEFT JOIN LATERAL (
-           SELECT type, validation_records FROM challenges
-           WHERE authz_id = a.id AND status = 'valid'
-           ORDER BY validated_at DESC LIMIT 1) c ON true
-       WHERE oa.order_id = $1) x ON true
-   ORDER BY x.position"""
-
-
-def _evidence(rows: Sequence[asyncpg.Record]) -> list[AuthorizationEvidence]:
-    return [
-        AuthorizationEvidence(
-            authz_id=r["id"],
-            identifier=r["identifier"],
-            wildcard=r["wildcard"],
-            status=r["status"],
-            expires_at=r["expires_at"],
-            validated_at=r["validated_at"],
-            caa_checked_at=r["caa_checked_at"],
-            method=r["type"],
-            records=list(r["validation_records"] or []),
-        )
-        for r in rows
-    ]
 
 
 class IssuanceRepository:
@@ -470,11 +437,9 @@ class IssuanceRepository:
     async def signing_evidence(
         self, order_id: int, spki_sha256: bytes
     ) -> tuple[bool, list[AuthorizationEvidence]]:
-        """Whether the key ``spki_sha256`` is blocked, and the order's authorizations, each
-        with its most recent valid challenge: what the signing re-check reads, in one round
-        trip and one snapshot (issue 20: they were two statements)."""
-        rows = await self._pool.fetch(_SIGNING_EVIDENCE, order_id, spki_sha256)
-        return bool(rows[0]["blocked"]), _evidence([r for r in rows if r["id"] is not None])
+        """Whether the key is blocked, and the order's authorizations as validated
+        (:func:`acme_ca.db.signing_evidence.signing_evidence`)."""
+        return await signing_evidence(self._pool, order_id, spki_sha256)
 
     async def record_caa_recheck(
         self,
@@ -489,33 +454,20 @@ class IssuanceRepository:
         problem: Problem | None,
         now: datetime,
     ) -> None:
-        """Audit a CAA recheck made before signing (BR 3.2.2.8: with its records) and, when
-        it allowed issuance, make ``checked_at`` the authorization's CAA check time."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            if ok:
-                await conn.execute(
-                    """UPDATE authorizations SET caa_checked_at = $2
-                       WHERE id = $1 AND (caa_checked_at IS NULL OR caa_checked_at < $2)""",
-                    authz_id,
-                    checked_at,
-                )
-            await record_event(
-                conn,
-                "caa.rechecked",
-                at=now,
-                actor=f"worker:{worker_id}",
-                account_id=job.account_id,
-                order_id=job.order_id,
-                details={
-                    "identifier": identifier,
-                    "authz_id": authz_id,
-                    "job_id": job.id,
-                    "checked_at": checked_at.isoformat(),
-                    "ok": ok,
-                    "records": list(records),
-                    **({"problem": problem.to_json()} if problem is not None else {}),
-                },
-            )
+        """Audit a CAA recheck made before signing
+        (:func:`acme_ca.db.signing_evidence.record_caa_recheck`)."""
+        await record_caa_recheck(
+            self._pool,
+            job,
+            worker_id,
+            authz_id=authz_id,
+            identifier=identifier,
+            checked_at=checked_at,
+            ok=ok,
+            records=records,
+            problem=problem,
+            now=now,
+        )
 
     async def listen(self, callback: Any) -> asyncpg.Connection:
         """A dedicated connection notified when jobs are enqueued (caller closes it)."""

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import structlog
 
+from acme_ca.ca.hierarchy_chains import ChainShape, check_chain_shape
 from acme_ca.ca.issuers_file import read_issuers_file
 from acme_ca.ca.settings import HierarchySettings
 from acme_ca.config import load_config
@@ -219,3 +220,21 @@ def test_spare_moves_into_a_home_on_another_filesystem(made: Path, tmp_path: Pat
         assert list(home.iterdir()) == []
     finally:
         shutil.rmtree(run_home)
+
+
+def test_spare_of_pebble_shape_serves_a_start_of_that_shape(tmp_path: Path) -> None:
+    """PEBBLE_CHAIN_LENGTH / PEBBLE_ALTERNATE_ROOTS: the builder makes the shape asked for,
+    and a start of that shape takes it and passes the chain-shape check it makes on a kept
+    hierarchy."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"PEBBLE_CHAIN_LENGTH": "2", "PEBBLE_ALTERNATE_ROOTS": "1"}
+    _build(home, _settings(home, **env))
+    spare = claim_spare(home, _settings(home, **env))
+    assert spare is not None
+    run_home = tmp_path / "run"
+    run_home.mkdir()
+    spare.move_into(run_home)
+    run = _settings(run_home, **env)
+    assert ChainShape.of_file(read_issuers_file(run.pki_path)) == ChainShape(1, 2)
+    check_chain_shape(run)

@@ -6,8 +6,8 @@ same serial, TBS and precertificate, until a deadline after which its order beco
 with a clear error.  A job that met a database outage (a restart, a failover to a new
 primary) hands its lease back as soon as the database answers again, so it resumes at once
 from its recorded step instead of waiting the lease out.  Kept apart from
-:mod:`acme_ca.ca.worker` so the worker's module holds the claim loop and the step handlers,
-and the waiting rules sit side by side here.
+:mod:`acme_ca.ca.worker` (the claim loop) and :mod:`acme_ca.ca.issuance_steps` (the step
+handlers), so the waiting rules sit side by side here.
 """
 
 from __future__ import annotations

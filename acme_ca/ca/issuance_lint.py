@@ -3,8 +3,8 @@
 pkilint itself runs in :mod:`acme_ca.ca.lint`; this module holds what the worker does with a
 report: an ERROR or FATAL finding fails the order (nothing more is signed), except test
 mode's one waiver, the internal-name finding for a job with special-use names, which is
-logged each time.  Kept apart from :mod:`acme_ca.ca.worker` so the worker's module holds the
-claim loop and the step handlers.
+logged each time.  Kept apart from :mod:`acme_ca.ca.issuance_steps` so the steps' module
+holds the step handlers only.
 """
 
 from __future__ import annotations

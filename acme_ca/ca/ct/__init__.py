@@ -10,5 +10,5 @@
 * :mod:`.submit`: ``add-pre-chain`` / ``add-chain`` to the chosen logs, concurrently with a
   stagger, with per-log timeouts and retries, every SCT verified before it is kept.
 
-The signing worker (:mod:`acme_ca.ca.worker`) drives the steps and records each of them.
+The signing worker's steps (:mod:`acme_ca.ca.issuance_steps`) drive these and record each.
 """

@@ -375,7 +375,7 @@ async def test_acme_cert_1_download_headers_and_alternates(
     assert issuer_cert.raw == issuer.cert.public_bytes(serialization.Encoding.DER)
 
 
-async def test_ari_4_renewal_info_body_and_headers(
+async def test_ari_3_renewal_info_body_and_headers(
     sub: Subscriber, pool: asyncpg.Pool, session: aiohttp.ClientSession
 ) -> None:
     """RFC 9773 §4.2: 200 with exactly ``suggestedWindow`` {start, end} (``explanationURL``

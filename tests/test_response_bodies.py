@@ -290,6 +290,29 @@ async def test_acme_authz_2_authorization_fields_and_wildcard_flag(sub: Subscrib
     assert gone.body["status"] == "deactivated"
 
 
+async def test_acme_authz_1_invalid_authorization_shows_only_the_failed_challenge(
+    sub: Subscriber,
+) -> None:
+    """§7.1.4: an invalid authorization's ``challenges`` is the challenge that was attempted
+    and failed (Boulder, too, drops the others once one was attempted), with its ``error``."""
+    order = (await sub.new_order("failed.example.com")).body
+    authz_url = order["authorizations"][0]
+    pending = (await sub.get(authz_url)).body
+    assert len(pending["challenges"]) > 1
+    challenge = next(c for c in pending["challenges"] if c["type"] == "http-01")
+    sub.srv.store.add_http01(challenge["token"], "not-the-key-authorization")
+    await sub.post(challenge["url"], {})
+    failed = await sub.wait_authz(authz_url)
+    assert failed["status"] == "invalid", failed
+    reply = await sub.get(authz_url)
+    assert_acme_json(reply, sub, 200, AUTHZ_FIELDS)
+    (shown,) = reply.body["challenges"]
+    assert shown["url"] == challenge["url"] and shown["status"] == "invalid"
+    assert TOKEN_CHALLENGE_FIELDS | {"error"} <= set(shown), shown
+    assert set(shown) <= TOKEN_CHALLENGE_FIELDS | {"error", "validated", "validationRecord"}
+    assert set(shown["error"]) == PROBLEM_FIELDS
+
+
 async def test_acme_chal_2_challenge_post_answers_the_challenge_with_up_link(
     sub: Subscriber,
 ) -> None:

@@ -33,11 +33,21 @@ def challenge_resource(fe: FrontEnd, challenge: Challenge, account_id: int) -> r
     )
 
 
+#: The challenges an authorization in this status shows: only those in the paired status.
+_SHOWN_CHALLENGE = {
+    AuthorizationStatus.VALID: ChallengeStatus.VALID,
+    AuthorizationStatus.INVALID: ChallengeStatus.INVALID,
+}
+
+
 def authz_resource(fe: FrontEnd, authz: Authorization) -> resources.Authorization:
     status = authz_status(authz.status, authz.expires_at, fe.clock.now())
     challenges = authz.challenges
-    if status is AuthorizationStatus.VALID:  # only the challenge that validated it (§7.1.4)
-        challenges = tuple(c for c in challenges if c.status is ChallengeStatus.VALID) or challenges
+    # §7.1.4: a valid authorization shows the challenge that validated it, an invalid one the
+    # challenge that was attempted and failed (Boulder shows only the attempted one too).
+    shown = _SHOWN_CHALLENGE.get(status)
+    if shown is not None:
+        challenges = tuple(c for c in challenges if c.status is shown) or challenges
     return resources.Authorization(
         identifier=Identifier("dns", authz.identifier),
         status=status,

@@ -427,13 +427,6 @@ class IssuanceRepository:
             )
             await notify_order_done(conn, job.order_id)
 
-    async def certificate_for_order(self, order_id: int) -> bool:
-        """Whether the order already has its certificate (a resumed job need not sign)."""
-        found = await self._pool.fetchval(
-            "SELECT 1 FROM certificates WHERE order_id = $1", order_id
-        )
-        return found is not None
-
     async def signing_evidence(
         self, order_id: int, spki_sha256: bytes
     ) -> tuple[bool, list[AuthorizationEvidence]]:

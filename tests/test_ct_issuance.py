@@ -32,6 +32,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtensionOID
+from structlog.testing import capture_logs
 
 from acme_ca.ca.ct.loglist import (
     FileLogList,
@@ -935,3 +936,53 @@ def test_ct_stagger_and_backoff_come_from_configuration() -> None:
     ]:
         with pytest.raises(ConfigError, match=key.removeprefix("ACME_CA_").lower()):
             load_config(env={**env, key: value})
+
+
+# --------------------------------------------------------------------------- OCSP hand-off
+
+
+async def test_br_ocsp_2_precertificate_handed_to_status_updater_once_its_pass_ends(
+    pool: asyncpg.Pool,
+    pki_config: Config,
+    issuers: IssuerSet,
+    linter: CertificateLinter,
+) -> None:
+    """BR-OCSP-2 / CT-6: every precertificate recorded reaches the status updater (which
+    signs its OCSP responses) exactly once, and only once the worker's pass over the job
+    has ended: after the final certificate, or after the CT deferral, so that OCSP signing
+    never sits between the precertificate and the answer to finalize (issue 20)."""
+    specs = [spec("log A", "operator A"), spec("log B", "operator B")]
+    slow_backoff = replace(
+        FAST, retry_initial=timedelta(seconds=30), retry_max=timedelta(seconds=30)
+    )
+    async with harness(pool, days(pki_config, 90), issuers, linter, specs, slow_backoff) as h:
+        handed: list[tuple[str, str, list[str]]] = []
+        with capture_logs() as logs:
+
+            def on_issued(issuer: str, serial: str) -> None:
+                handed.append((issuer, serial, [e["event"] for e in logs]))
+
+            worker = h.worker(on_issued=on_issued)
+            # Issued in one pass: handed over after certificate.issued, not before.
+            done, _ = await h.queue(["ocsp-handoff.example.com"])
+            assert await worker.run_once()
+            result = await issued(h, done)
+            assert [(i, s) for i, s, _ in handed] == [(h.config.ecdsa_issuer, result.job["serial"])]
+            before = handed[0][2]
+            assert before.index("precertificate.issued") < before.index("certificate.issued")
+
+            # Deferred for CT: handed over when that pass ends, and not again on the retry
+            # that issues the certificate for the same precertificate.
+            h.logs["log B"].faults.corrupt_signature = True
+            deferred, _ = await h.queue(["ocsp-deferred.example.com"])
+            assert await worker.run_once()
+            job = await job_of(pool, deferred)
+            assert job["status"] == "queued" and job["deferrals"] == 1, job
+            assert [s for _, s, _ in handed[1:]] == [job["serial"]]
+            h.logs["log B"].faults.clear()
+            await pool.execute(
+                "UPDATE issuance_jobs SET retry_at = now() WHERE order_id = $1", deferred
+            )
+            assert await worker.run_once()
+            await issued(h, deferred)
+            assert len(handed) == 2

@@ -19,7 +19,7 @@ small handler per step, each taking the typed view of its step and returning the
     the order and nothing is signed; a prepared job resumed after a crash is re-checked
     again); have the signer sign exactly the recorded TBS and record the precertificate: from
     this commit on it counts as issued (``precertificates``; ``on_issued`` tells the status
-    updater, which signs its OCSP responses).
+    updater, which signs its OCSP responses, when this pass of the job ends).
 ``precert_signed`` → :meth:`IssuanceSteps._collect_scts` → ``scts_collected``
     submit it with ``add-pre-chain`` to logs chosen by the policy and verify every SCT
     (:mod:`acme_ca.ca.ct.submit`); if the policy is not met, the job goes back to the queue
@@ -108,7 +108,8 @@ class IssuanceSteps:
 
     ``checks`` re-checks the order just before the precertificate is signed; ``lint`` and
     ``deferrals`` are the worker's (:class:`acme_ca.ca.worker.SigningWorker` builds them);
-    ``on_issued(issuer, serial)`` is told of every precertificate recorded."""
+    ``on_issued(issuer, serial)`` is told of every precertificate recorded, when the pass
+    that recorded it ends."""
 
     def __init__(
         self,
@@ -167,21 +168,33 @@ class IssuanceSteps:
                 serial=job.serial if isinstance(job, PreparedJob) else None,
             )
         current: IssuanceJob | None = job
-        while current is not None:
-            view, handler = self._steps[current.step]
-            if type(current) is not view:
-                raise IssuanceError(f"a {current.step} job read as {type(current).__name__}")
-            step, started = current.step, time.perf_counter()
-            try:
-                current = await handler(current, issuer)
-            except Exception:
-                metrics.observe_issuance_step(step, "error", time.perf_counter() - started)
-                raise
-            # The last two steps end the job when they return nothing; the others stop it.
-            finished = current is not None or step in (Step.SCTS_COLLECTED, Step.ISSUED)
-            metrics.observe_issuance_step(
-                step, "advanced" if finished else "stopped", time.perf_counter() - started
-            )
+        issued: str | None = None  # the serial of a precertificate recorded in this pass
+        try:
+            while current is not None:
+                view, handler = self._steps[current.step]
+                if type(current) is not view:
+                    raise IssuanceError(f"a {current.step} job read as {type(current).__name__}")
+                step, started = current.step, time.perf_counter()
+                try:
+                    current = await handler(current, issuer)
+                except Exception:
+                    metrics.observe_issuance_step(step, "error", time.perf_counter() - started)
+                    raise
+                if step is Step.PREPARED and isinstance(current, PrecertSignedJob):
+                    issued = current.serial
+                # The last two steps end the job when they return nothing; the others stop it.
+                finished = current is not None or step in (Step.SCTS_COLLECTED, Step.ISSUED)
+                metrics.observe_issuance_step(
+                    step, "advanced" if finished else "stopped", time.perf_counter() - started
+                )
+        finally:
+            # The status updater signs the precertificate's OCSP responses once this pass
+            # ends (issued, deferred for CT, or failed), not while its SCTs and final
+            # signature wait: on the worker's one event loop they would hold up the answer
+            # to finalize.  A pass ends within ct_timeout_seconds of the precertificate,
+            # far inside BR-OCSP-2's 15 minutes.
+            if issued is not None and self._on_issued is not None:
+                self._on_issued(issuer.name, issued)
 
     def _holds(self, job: IssuanceJob, step: str) -> bool:
         """Whether this worker still owns ``job`` as recorded; if not, another worker took it
@@ -286,9 +299,7 @@ class IssuanceSteps:
         ):
             return None
         log.info("precertificate.issued", serial=recorded.serial, issuer=issuer.name)
-        if self._on_issued is not None:
-            self._on_issued(issuer.name, recorded.serial)
-        return recorded
+        return recorded  # process() tells on_issued once this pass ends
 
     async def _collect_scts(self, job: PrecertSignedJob, issuer: Issuer) -> SctsCollectedJob | None:
         """precert_signed → scts_collected: SCTs from logs chosen by the policy, verified; the

@@ -61,7 +61,8 @@ class SigningWorker:
     (without them such an order is refused); ``organizations`` answers the OV rule for the
     account of a job of an OV issuer (without it such a job is refused).
     ``on_issued(issuer, serial)`` is told of every precertificate recorded (it counts as
-    issued: the status updater signs its OCSP responses)."""
+    issued: the status updater signs its OCSP responses) when the pass that recorded it
+    ends."""
 
     def __init__(
         self,

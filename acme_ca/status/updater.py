@@ -7,8 +7,10 @@ What it does and when (CP 4.9.7, 4.9.9; BR 4.9.7, 4.9.10):
   OCSP responses still missing or due;
 * on each ``acme_ca_revocation`` NOTIFY (sent when a revocation commits): the issuer's CRL and
   that certificate's OCSP responses, within seconds;
-* right after a precertificate is stored (the signing worker's ``on_issued`` calls
-  :meth:`StatusUpdater.certificate_issued`, wired in :mod:`acme_ca.main.worker`): its
+* once the signing worker's pass that stored a precertificate ends (its ``on_issued`` calls
+  :meth:`StatusUpdater.certificate_issued`, wired in :mod:`acme_ca.main.worker`; after the
+  final certificate, or the CT deferral, so that the signing does not hold up the answer to
+  finalize, and within ``ct_timeout_seconds``, far inside BR-OCSP-2's 15 minutes): its
   OCSP responses (a precertificate counts as issued, BR 7.1.2.9: its serial is never
   "unknown" from then on; the final certificate shares the serial and the responses);
 * every ``poll_seconds`` (30 s; lost notifications, other workers' certificates): CRLs older

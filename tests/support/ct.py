@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -85,6 +85,7 @@ class Harness:
         config: Config | None = None,
         linter: CertificateLinter | None = None,
         lint_final: bool = False,
+        on_issued: Callable[[str, str], None] | None = None,
     ) -> SigningWorker:
         if ct is None:
             ct = CertificateTransparency(self.source, SystemClock(), settings or self.settings)
@@ -100,6 +101,7 @@ class Harness:
             worker_id=worker_id,
             ct=ct,
             lint_final=lint_final,
+            on_issued=on_issued,
             production=False,  # a development hierarchy: no remote perspectives needed
         )
 

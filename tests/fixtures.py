@@ -73,22 +73,25 @@ def dsn(postgres: EmbeddedPostgres, template_dsn: str) -> Iterator[str]:
     about 9 MB of files (plus as much WAL), so a suite's 1,500 of them wrote ~20 GB and the
     session's teardown spent minutes deleting them (288 s on a loaded CI run)."""
     name = f"t_{uuid.uuid4().hex[:16]}"
-    yield postgres.create_database(name, template=TEMPLATE_DB)
-    _drop_database(postgres.dsn, name)
+    _maintain(postgres.dsn, f'CREATE DATABASE "{name}" TEMPLATE {TEMPLATE_DB}')
+    yield postgres.dsn_for(name)
+    # WITH (FORCE): a server process the test left running is cut off.
+    _maintain(postgres.dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def _drop_database(maintenance_dsn: str, name: str) -> None:
-    """``DROP DATABASE ... WITH (FORCE)``: a server process the test left running is cut off."""
+def _maintain(maintenance_dsn: str, statement: str) -> None:
+    """One statement on the cluster's maintenance database: SQL, not a ``createdb`` process
+    per test (about 70 ms less for each of the suite's ~1,500 databases)."""
     import asyncio
 
-    async def drop() -> None:
+    async def run() -> None:
         conn = await asyncpg.connect(maintenance_dsn)
         try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await conn.execute(statement)
         finally:
             await conn.close()
 
-    asyncio.run(drop())
+    asyncio.run(run())
 
 
 @pytest.fixture

@@ -108,6 +108,10 @@ class EmbeddedPostgres:
         older version, a socket directory this user cannot enter)."""
         return self.local_dsn_for(DB_NAME)
 
+    def dsn_for(self, database: str) -> str:
+        """:attr:`dsn` (loopback TCP) for another database of the same server."""
+        return self._dsn_for(database)
+
     def local_dsn_for(self, database: str) -> str:
         """:attr:`local_dsn` for another database of the same server."""
         if self._port is None or self._socket_dir is None:

@@ -300,6 +300,25 @@ class CaProcess(LoggedProcess):
         )
 
 
+def stop_leftover_clusters(home: Path, timeout: float = 10.0) -> None:
+    """Stop the embedded PostgreSQL clusters of ``home`` that outlived their ``serve``.
+
+    ``pg_ctl`` detaches the server, so a ``serve`` killed with SIGKILL (:meth:`CaProcesses.close`,
+    or a stop that timed out) leaves its cluster running; the next start of that home would
+    reuse it, but a test's home is never started again.  SIGQUIT is PostgreSQL's immediate
+    shutdown: the clusters are throwaway test state."""
+    for link in (home / "pg" / "cluster", home / "pg-ephemeral" / "cluster"):
+        pid_file = link.resolve() / "postmaster.pid"
+        try:
+            pid = int(pid_file.read_text().split("\n", 1)[0])
+            os.kill(pid, signal.SIGQUIT)
+        except (OSError, ValueError):
+            continue  # no cluster, or it already stopped
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and pid_file.exists():
+            time.sleep(0.05)
+
+
 class CaProcesses:
     """Starts ``acme-ca`` subprocesses; :meth:`close` kills whatever is left and prints the
     log tails (pytest shows them only for a failed test).  Also a context manager."""
@@ -308,6 +327,7 @@ class CaProcesses:
         self._log_dir = log_dir
         self._log_dir.mkdir(parents=True, exist_ok=True)
         self.started: list[CaProcess] = []
+        self._homes: set[Path] = set()
 
     def start(
         self,
@@ -322,6 +342,8 @@ class CaProcesses:
         ca = CaProcess.spawn(name, [*prefix, ACME_CA, *argv], log_dir=self._log_dir, env=env)
         ca.base_url = base_url
         self.started.append(ca)
+        if home := env.get("ACME_CA_HOME"):
+            self._homes.add(Path(home))
         return ca
 
     def serve(self, name: str, *args: str, env: dict[str, str], base_url: str) -> CaProcess:
@@ -353,6 +375,8 @@ class CaProcesses:
             ca.close_files()
             # Shown by pytest only when the test failed.
             print(ca.tails())
+        for home in self._homes:
+            stop_leftover_clusters(home)
 
     def __enter__(self) -> CaProcesses:
         return self

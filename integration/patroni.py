@@ -297,6 +297,10 @@ class PatroniCluster:
                 "data_dir": str(node.data_dir),
                 "bin_dir": str(self._bin_dir),
                 "pgpass": str(self.root / f"{node.name}.pgpass"),
+                # The replica's pg_basebackup asks the leader for an immediate checkpoint, not
+                # a spread one (paced over 0.9 x checkpoint_timeout: the replica then stayed
+                # "creating replica" past START_TIMEOUT on a quiet CI run).
+                "basebackup": [{"checkpoint": "fast"}],
                 "authentication": {
                     "superuser": {"username": SUPERUSER, "password": self.superuser_password},
                     "replication": {

@@ -186,6 +186,15 @@ class LoggedProcess:
             f"--- {self.name} stderr tail ---\n{tail(self.stderr_path, lines)}"
         )
 
+    def failure_reason(self) -> str:
+        """The reason of the process's ``*.failed`` event, first in a failure message (a CI
+        view that shows only the start of a long message still shows why)."""
+        for event in reversed(self.log_events()):
+            if str(event.get("event", "")).endswith(".failed"):
+                reason = f": {event.get('error_type')}: {event.get('reason')}"
+                return reason + (f"\n{event['exception']}" if "exception" in event else "")
+        return ""
+
     def log_events(self) -> list[dict[str, Any]]:
         """The JSON log lines written so far."""
         return read_log_events(self.stdout_path)
@@ -278,7 +287,10 @@ class CaProcess(LoggedProcess):
         last_error: object = None
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                pytest.fail(f"{self.name} exited with {self.proc.returncode}\n{self.tails()}")
+                pytest.fail(
+                    f"{self.name} exited with {self.proc.returncode}"
+                    f"{self.failure_reason()}\n{self.tails()}"
+                )
             context = None
             if cafile is not None:
                 if not cafile.exists():

@@ -352,8 +352,14 @@ class AcmeLoadClient:
             try:
                 await self.post(challenge["url"], {}, "challenge")
                 authz = await self._poll(authz_url, "poll authz", "pending")
-            finally:
+            except asyncio.CancelledError:
+                # The window closed mid-validation: the token stays served until the run
+                # ends, as the CA's remote perspectives may still be fetching it.
+                raise
+            except BaseException:
                 self._responder.answers.pop(token, None)
+                raise
+            self._responder.answers.pop(token, None)
             if authz.get("status") != "valid":
                 raise IssuanceError(f"authz {authz.get('status')}")
         csr = b64url_encode(_csr_der(name))

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import threading
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 from cryptography import x509
@@ -21,6 +22,8 @@ from structlog.testing import capture_logs
 
 from acme_ca.ca.der import split_signed, throwaway_signed_crl
 from acme_ca.db.status import RevokedEntries, RevokedEntry
+from acme_ca.status import crl as crl_module
+from acme_ca.status import updater as updater_module
 from acme_ca.status.crl import (
     CRL_REASONS,
     crl_builder,
@@ -45,14 +48,13 @@ LONE_PRECERTIFICATES = 1_000
 #: Revoked precertificates whose certificate is stored (and revoked): listed once, not twice.
 PAIRED_PRECERTIFICATES = 1_000
 ENTRIES = REVOKED_CERTIFICATES + LONE_PRECERTIFICATES
-#: The event loop's ticks every TICK seconds may be late by at most MAX_TICK_DELAY: a CPU-bound
-#: build on the loop would hold it for seconds; off the loop it yields within the GIL's
-#: switch interval (5 ms).  Generous for a loaded 2-core CI machine.
+#: The ticker's period: it runs while the work does, which is the work off the event loop
+#: (the worker threads are asserted; the ticks' lateness is printed).
 TICK = 0.010
-MAX_TICK_DELAY = 0.200
-#: The whole publication (read, build, lint, sign, store) of 100,000 entries.  The quadratic
-#: builder took ~20 s for this on a 2-core machine; the linear one takes 2-4 s.
-MAX_PUBLISH_SECONDS = 10.0
+#: Entries cryptography's (quadratic) builder may be given: one per encoding shape (serial
+#: of 1-20 octets, UTCTime or GeneralizedTime, six reasonCode encodings) plus the first and
+#: the last, the lint specimens (specimen_indexes); far below ENTRIES.
+MAX_SPECIMENS = 20 * 2 * 6 + 2
 
 
 # ------------------------------------------------------------------ the 100,000 revocations
@@ -171,14 +173,22 @@ async def timed(work: Awaitable[T]) -> tuple[T, float]:
 # ------------------------------------------------------------------ tests
 
 
-async def test_br_crl_3_crl_of_100000_entries_built_off_the_loop_in_time(env: StatusEnv) -> None:
-    """(a) all 100,000 entries listed once, as the tables say; (b) the event loop kept
-    ticking meanwhile; (c) within MAX_PUBLISH_SECONDS, where the quadratic builder took ~20 s."""
+async def test_br_crl_3_crl_of_100000_entries_built_off_the_loop_in_time(
+    env: StatusEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """(a) all 100,000 entries listed once, as the tables say; (b) drawn up in a worker
+    thread, the event loop ticking meanwhile; (c) cryptography's builder, quadratic in its
+    entries (~20 s for these), given only the lint specimens, every other entry encoded
+    directly.  The time taken is printed, not asserted: timings belong in benchmarks."""
     issuer = ISSUERS[0]
     await make_revocations(env, issuer)
     expected = await expected_entries(env, issuer)
     assert len(expected) == ENTRIES
 
+    drawn_in: list[threading.Thread] = []
+    built: list[threading.Thread] = []
+    monkeypatch.setattr(crl_module, "draw_up_crl", _in_thread(draw_up_crl, drawn_in))
+    monkeypatch.setattr(crl_module, "crl_entry", _in_thread(crl_module.crl_entry, built))
     async with loop_pulse() as delays:
         record, seconds = await timed(
             publish_crl(
@@ -189,10 +199,13 @@ async def test_br_crl_3_crl_of_100000_entries_built_off_the_loop_in_time(env: St
                 linter=env.linter,
             )
         )
+    print(
+        f"{ENTRIES} entries published in {seconds:.1f} s; loop tick delay max {max(delays):.3f} s"
+    )
     assert record is not None and record.entries == ENTRIES
+    assert drawn_in and threading.main_thread() not in drawn_in, drawn_in
     assert len(delays) > 10, "the ticker did not run during the publication"
-    assert max(delays) < MAX_TICK_DELAY, f"event loop blocked for {max(delays):.3f} s"
-    assert seconds < MAX_PUBLISH_SECONDS, f"{ENTRIES} entries took {seconds:.1f} s"
+    assert 0 < len(built) <= MAX_SPECIMENS, f"cryptography's builder got {len(built)} entries"
 
     crl = x509.load_der_x509_crl(record.der)
     assert crl.is_signature_valid(env.authority(issuer).signer.public_key)
@@ -210,23 +223,40 @@ async def test_br_crl_3_crl_of_100000_entries_built_off_the_loop_in_time(env: St
             assert extensions == [], "reasonCode written for unspecified (BR 7.2.2)"
 
 
-async def test_br_crl_1_updater_compares_100000_entries_off_the_loop(env: StatusEnv) -> None:
+async def test_br_crl_1_updater_compares_100000_entries_off_the_loop(
+    env: StatusEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The updater's periodic pass reads and digests the entries to decide whether the CRL
     is current: with 100,000 entries, neither the first publication nor the comparison
     holds the event loop."""
     issuer = ISSUERS[0]
     await make_revocations(env, issuer)
     updater = env.updater()
+    threads: dict[str, list[threading.Thread]] = {"draw_up_crl": [], "entries_digest": []}
+    for module, name in ((crl_module, "draw_up_crl"), (updater_module, "entries_digest")):
+        monkeypatch.setattr(module, name, _in_thread(getattr(module, name), threads[name]))
     with capture_logs() as logs:
         async with loop_pulse() as delays:
             await updater.publish_due_crls()  # none yet: every CRL is published
             await updater.publish_due_crls()  # all current: the digests match
+    print(f"loop tick delay max {max(delays):.3f} s")
     published = [e for e in logs if e["event"] == "crl.published"]
     assert sorted(e["issuer"] for e in published) == sorted(
         [*ISSUERS, *(r.name for r in env.roots)]
     )
     assert next(e for e in published if e["issuer"] == issuer)["entries"] == ENTRIES
-    assert max(delays) < MAX_TICK_DELAY, f"event loop blocked for {max(delays):.3f} s"
+    for name, ran_in in threads.items():
+        assert ran_in and threading.main_thread() not in ran_in, (name, ran_in)
+
+
+def _in_thread(function: Callable[..., T], threads: list[threading.Thread]) -> Callable[..., T]:
+    """``function``, noting the thread of each call."""
+
+    def noted(*args: Any) -> T:
+        threads.append(threading.current_thread())
+        return function(*args)
+
+    return noted
 
 
 def _shaped_entries(now: datetime) -> list[RevokedEntry]:

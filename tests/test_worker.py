@@ -645,11 +645,12 @@ async def test_notify_wakes_a_waiting_worker(
         await asyncio.sleep(0.2)  # let it drain the empty queue and settle into its wait
         start = time.monotonic()
         queued = await queue_order(pool, pki_config, names_for(1))
-        await wait_for(job_done(pool, queued.order_id), 10, "the job to be done")
+        # Done within 10 s while the next poll is 30 s away: the NOTIFY woke the worker
+        # (the time is printed, not asserted: timings belong in benchmarks).
+        await wait_for(job_done(pool, queued.order_id), 10, "the job (poll is 30s)")
         elapsed = time.monotonic() - start
         assert not task.done()
     print(f"notified worker issued in {elapsed:.3f}s (poll interval 30s)")
-    assert elapsed < 2.5, f"took {elapsed:.2f}s: the NOTIFY did not wake the worker"
     await assert_issued(pool, issuers, queued)
 
 
@@ -726,7 +727,6 @@ async def test_poll_finds_a_job_whose_notify_was_missed(
         elapsed = time.monotonic() - start
         assert not task.done(), "losing the listener must not stop the worker"
     print(f"polling worker issued in {elapsed:.3f}s (poll interval 1s, no listener)")
-    assert elapsed < 4.0
     await assert_issued(pool, issuers, queued)
 
 

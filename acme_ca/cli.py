@@ -41,6 +41,23 @@ ADMIN_REASONS = (
 )
 
 
+#: Options whose value may begin with "-": a base64url key thumbprint does, one time in 64,
+#: and argparse would take ``--key-thumbprint -A3B...`` for two options.
+_DASH_VALUE_OPTIONS = frozenset({"--key-thumbprint"})
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line (``sys.argv`` when None), parsed; ``OPTION VALUE`` of the options in
+    :data:`_DASH_VALUE_OPTIONS` is read as ``OPTION=VALUE``, so a value beginning with "-"
+    stays a value."""
+    given = list(sys.argv[1:] if argv is None else argv)
+    joined: list[str] = []
+    while given:
+        arg = given.pop(0)
+        joined.append(f"{arg}={given.pop(0)}" if arg in _DASH_VALUE_OPTIONS and given else arg)
+    return _parser().parse_args(joined)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="acme-ca", description="ACME (RFC 8555) issuing CA")
     parser.add_argument("--config", type=Path, help="TOML configuration file")
@@ -338,7 +355,7 @@ def _failed(process: str, exc: Exception) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:  # noqa: C901 -- flat dispatch, one branch per subcommand
-    args = _parser().parse_args(argv)
+    args = parse_args(argv)
     # This process's own command line (the console script): a long-running command then owns
     # the process until it exits and caches its loggers; called with arguments (tests) never.
     cache_loggers = argv is None

@@ -31,6 +31,7 @@ from integration.clients import (
 from integration.processes import STOP_TIMEOUT, CaProcesses, base_env, describe, run_cli, tail
 from integration.testmode_server import RunningTestCa, start_test_mode, write_pem
 from tests.fixtures import TEMPLATE_DB
+from tests.support.requirements import unavailable
 
 EMAIL = "interop@example.test"
 STANDALONE_ADDRESS = "127.0.0.2"
@@ -569,7 +570,7 @@ class Uacme(Client):
         TLS root: libcurl-gnutls has no CA-bundle variable, and the host stays untouched."""
         assert UACME is not None
         if not _uacme_trust_available(self.server.uacme_certs):
-            pytest.skip(
+            unavailable(
                 "uacme reads only the system CA store; trusting the test CA needs "
                 "`unshare --mount` (root) here, or the CA in the system store"
             )
@@ -661,7 +662,7 @@ def make_client(label: str, servers: Servers, tmp_path: Path, *, eab: bool = Fal
     client, kind, eab_kind = CLIENTS[label]
     binary = BINARIES[client]
     if binary is None or not Path(binary).exists():
-        pytest.skip(f"{client} is not installed (scripts/bootstrap.sh test installs it)")
+        unavailable(f"{client} is not installed (scripts/bootstrap.sh test installs it)")
     return CLIENT_CLASSES[client](servers.get(eab_kind if eab else kind), tmp_path / label)
 
 

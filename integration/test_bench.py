@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -37,17 +36,12 @@ from integration.bench.servers import REPO, override_limits, pebble_missing
 from integration.processes import CaProcesses, acme_ca_exe, read_log_events
 from integration.testmode_server import start_test_mode
 from tests.support.ports import free_port
+from tests.support.requirements import unavailable
 from tests.support.softhsm import softhsm_available
 
 pytestmark = pytest.mark.integration
 
 DURATION = 3
-
-
-def _skip_or_fail(reason: str) -> None:
-    if os.geteuid() == 0 and os.environ.get("CI") == "true":
-        pytest.fail(f"running as root under CI=true, yet {reason}")
-    pytest.skip(reason)
 
 
 @pytest.fixture
@@ -150,7 +144,7 @@ def _check_target(result: dict[str, Any], report: str) -> None:
 def test_bench_pebble(workdir: Path) -> None:
     problem = pebble_missing()
     if problem is not None:
-        _skip_or_fail(problem)
+        unavailable(problem)
     result = _run_bench("pebble", workdir)
     [level] = result["levels"]
     assert set(level["cpu_split"]) == {"pebble"}
@@ -161,9 +155,9 @@ def test_bench_acme_ca_production_shape_with_five_remote_vas(workdir: Path) -> N
     """The production shape, in its row with five remote VAs (``acme_ca-mpic``, a superset of
     the ``acme_ca`` row: the same start-up plus the remotes), so CI starts it once."""
     if not softhsm_available():
-        _skip_or_fail("SoftHSM2 is not installed (apt-get install softhsm2)")
+        unavailable("SoftHSM2 is not installed (apt-get install softhsm2)")
     if shutil.which("pebble-challtestsrv") is None:
-        _skip_or_fail("pebble-challtestsrv (the DNS server of both targets) is not installed")
+        unavailable("pebble-challtestsrv (the DNS server of both targets) is not installed")
     result = _run_bench("acme_ca-mpic", workdir)
     [level] = result["levels"]
     assert result["details"]["environment"]["ACME_CA_RATE_LIMITS"] == "false"
@@ -205,7 +199,7 @@ def test_bench_serve_test_and_readme_shapes(workdir: Path) -> None:
     serve, its worker child and its embedded PostgreSQL, each charged for (target 2: the
     worker on a core of its own)."""
     if shutil.which("pebble-challtestsrv") is None:
-        _skip_or_fail("pebble-challtestsrv (the README shape's DNS server) is not installed")
+        unavailable("pebble-challtestsrv (the README shape's DNS server) is not installed")
     for result in _run_benches(["acme_ca-test", "acme_ca-readme"], workdir):
         [level] = result["levels"]
         assert set(level["cpu_split"]) == {"serve", "worker", "postgres"}, result["name"]

@@ -22,6 +22,7 @@ import pytest
 from integration.bench import interop_walltime
 from integration.bench.interop_walltime import FlowResult, Run, report
 from integration.bench.servers import pebble_missing
+from tests.support.requirements import unavailable
 
 pytestmark = pytest.mark.integration
 
@@ -113,9 +114,9 @@ def test_smoke_one_uacme_issuance_on_pebble_and_on_serve_test(workdir: Path) -> 
     carry both wall times, and nothing is left running."""
     problem = pebble_missing()
     if problem is not None:
-        pytest.skip(problem)
+        unavailable(problem)
     if shutil.which("uacme") is None:
-        pytest.skip("uacme is not installed (scripts/bootstrap.sh test installs it)")
+        unavailable("uacme is not installed (scripts/bootstrap.sh test installs it)")
     raw_path = workdir / "interop.json"
     started = time.monotonic()
     code = interop_walltime.main(
@@ -124,10 +125,10 @@ def test_smoke_one_uacme_issuance_on_pebble_and_on_serve_test(workdir: Path) -> 
     print(f"interop wall-time smoke run: {time.monotonic() - started:.1f} s")
     raw = json.loads(raw_path.read_text())
     if "uacme" in raw["skipped"]:
-        pytest.skip(raw["skipped"]["uacme"])
+        unavailable(raw["skipped"]["uacme"])
     flows = raw["flows"]
     if any("unshare" in (f["error"] or "") for f in flows):
-        pytest.skip("uacme needs `unshare --mount` (root) to trust the test CAs")
+        unavailable("uacme needs `unshare --mount` (root) to trust the test CAs")
     assert code == 0, [f["detail"] for f in flows if f["error"]]
     assert [(f["target"], f["client"], f["flow"]) for f in flows] == [
         ("pebble", "uacme", "http01-ecdsa-p256"),

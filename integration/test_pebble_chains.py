@@ -46,6 +46,7 @@ from integration.clients import acme_account, csr_pem
 from integration.testmode_server import QuietProcesses, RunningTestCa, start_test_mode
 from tests.fixtures import TEMPLATE_DB
 from tests.support.ports import free_port
+from tests.support.requirements import unavailable
 
 pytestmark = pytest.mark.integration
 
@@ -170,7 +171,7 @@ def pairs(
     """Every shape's servers, started at once (three of ours, three Pebbles), and one
     certificate issued by each."""
     if PEBBLE is None:
-        pytest.skip("pebble not installed (Debian: pebble)")
+        unavailable("pebble not installed (Debian: pebble)")
     base = tmp_path_factory.mktemp("chains")
     pebbles: list[subprocess.Popen[bytes]] = []
     with QuietProcesses(base / "logs", request.session) as processes:

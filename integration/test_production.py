@@ -20,7 +20,6 @@ reason, but as root under ``CI=true`` a missing piece is a failure.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 import urllib.parse
@@ -61,19 +60,13 @@ from integration.production_env import (
     weak_key_lists,
 )
 from tests.support.ports import free_port
+from tests.support.requirements import unavailable
 from tests.support.softhsm import softhsm_available
 
 pytestmark = pytest.mark.integration
 
 EMAIL = "ops@production.example.com"
 CERTBOT_TIMEOUT = 180
-
-
-def _unavailable(reason: str) -> None:
-    """Skip, except as root under CI=true: CI must prove the production shape works."""
-    if os.geteuid() == 0 and os.environ.get("CI") == "true":
-        pytest.fail(f"running as root under CI=true, yet {reason}")
-    pytest.skip(reason)
 
 
 @dataclass
@@ -88,7 +81,7 @@ def production(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     """The environment, ``acme-ca serve`` and one ``acme-ca worker``, once per module."""
     require_namespaces(veth=True, root=True)
     if not softhsm_available():
-        _unavailable("SoftHSM2 is not installed (apt-get install softhsm2)")
+        unavailable("SoftHSM2 is not installed (apt-get install softhsm2)")
     try:
         with production_env(tmp_path_factory.mktemp("production")) as env:
             serve = env.start("serve", "serve")
@@ -97,7 +90,7 @@ def production(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
             worker.wait_event("worker.started", timeout=60)
             yield Running(env, serve, worker)
     except SetupError as exc:
-        _unavailable(f"the production environment could not be built: {exc}")
+        unavailable(f"the production environment could not be built: {exc}")
 
 
 # ------------------------------------------------------------------------------------------

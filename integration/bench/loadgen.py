@@ -349,16 +349,11 @@ class AcmeLoadClient:
                 raise IssuanceError("no http-01 challenge (authz)")
             token = challenge["token"]
             self._responder.answers[token] = f"{token}.{self._thumbprint}"
-            try:
-                await self.post(challenge["url"], {}, "challenge")
-                authz = await self._poll(authz_url, "poll authz", "pending")
-            except asyncio.CancelledError:
-                # The window closed mid-validation: the token stays served until the run
-                # ends, as the CA's remote perspectives may still be fetching it.
-                raise
-            except BaseException:
-                self._responder.answers.pop(token, None)
-                raise
+            await self.post(challenge["url"], {}, "challenge")
+            authz = await self._poll(authz_url, "poll authz", "pending")
+            # Withdrawn once the validation is over; when a request raised instead (an error,
+            # a timeout, the window's close cancelling the client) it stays served until the
+            # run ends, as the CA's remote perspectives may still be fetching it.
             self._responder.answers.pop(token, None)
             if authz.get("status") != "valid":
                 raise IssuanceError(f"authz {authz.get('status')}")

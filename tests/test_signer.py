@@ -16,17 +16,20 @@ import pkcs11
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 from structlog.testing import capture_logs
 
 from acme_ca.ca.der import (
+    THROWAWAY_CURVE,
+    THROWAWAY_RSA_BITS,
     assemble_signed,
     encode_length,
     sign_tbs_certificate,
     sign_tbs_crl,
     split_signed,
     tbs_signature_algorithm,
+    throwaway_for,
     throwaway_key,
     throwaway_signed_certificate,
     throwaway_signed_crl,
@@ -98,7 +101,7 @@ def hsm_keys(token: SoftHsmToken) -> dict[KeySpec, str]:
 @pytest.fixture(scope="module")
 def software_keys() -> dict[KeySpec, CaPrivateKey]:
     return {
-        "rsa2048": throwaway_key("rsa"),  # any RSA key will do; reuse the cached one
+        "rsa2048": rsa.generate_private_key(public_exponent=65537, key_size=2048),
         "ec-p256": ec.generate_private_key(ec.SECP256R1()),
         "ec-p384": ec.generate_private_key(ec.SECP384R1()),
     }
@@ -215,6 +218,29 @@ def test_assemble_signed_round_trips_a_real_certificate() -> None:
     tbs, alg, sig = split_signed(der)
     assert der[1] == 0x82  # an RSA-2048 certificate needs a two-byte long-form length
     assert assemble_signed(tbs, alg, sig) == der
+
+
+@pytest.mark.parametrize(
+    ("spec", "hash"), [("rsa2048", "sha256"), ("ec-p256", "sha256"), ("ec-p384", "sha384")]
+)
+def test_throwaway_key_is_the_cheapest_and_reaches_no_tbs_byte(
+    software_keys: dict[KeySpec, CaPrivateKey], spec: KeySpec, hash: HashName
+) -> None:
+    """The throwaway key is RSA-1024 or P-256 whatever the CA key's size or curve (issue 20):
+    the TBS it makes is byte for byte the one a key of the CA's own size or curve makes."""
+    signer = SoftwareSigner(software_keys[spec])
+    key = throwaway_for(signer.key_type)
+    if isinstance(key, rsa.RSAPrivateKey):
+        assert key.key_size == THROWAWAY_RSA_BITS == 1024
+    else:
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        assert key.curve.name == THROWAWAY_CURVE == "secp256r1"
+    builder = ca_builder(signer)
+    cheap = throwaway_signed_certificate(builder, signer, hash)
+    digest = hashes.SHA256() if hash == "sha256" else hashes.SHA384()
+    same_size = builder.sign(software_keys[spec], digest)
+    assert cheap.tbs_certificate_bytes == same_size.tbs_certificate_bytes
+    assert cheap.signature_algorithm_oid == same_size.signature_algorithm_oid
 
 
 # ------------------------------------------------------------------ certificates and CRLs

@@ -155,26 +155,34 @@ def tbs_signature_algorithm(tbs_der: bytes) -> bytes:
     raise ValueError("TBS has no signature AlgorithmIdentifier")
 
 
+#: The throwaway RSA key's size: the smallest cryptography makes. Nothing of the key reaches
+#: the TBS (sha256WithRSAEncryption names no size), and a 1024-bit signature costs about a
+#: fifth of a 2048-bit one (docs/performance.md, "Throwaway keys").
+THROWAWAY_RSA_BITS: Final = 1024
+#: The throwaway EC key's curve for every EC signer: ecdsa-with-SHA256/384 names no curve, and
+#: P-256 signs about eight times faster than P-384.
+THROWAWAY_CURVE: Final = "secp256r1"
+
+
 @functools.cache
 def throwaway_key(key_type: KeyType, curve: str | None = None) -> CaPrivateKey:
     """A process-lifetime key of this type, only ever used to make TBS bytes and lint copies.
 
-    ``curve`` is a cryptography curve name (``secp256r1``, ``secp384r1``); the RSA size does
-    not matter because nothing about it reaches the TBS.
+    ``curve`` is a cryptography curve name (``secp256r1``, ``secp384r1``). The RSA key has
+    :data:`THROWAWAY_RSA_BITS`: its size does not reach the TBS, so it is never a real CA key.
     """
     if key_type == "rsa":
-        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        return rsa.generate_private_key(public_exponent=65537, key_size=THROWAWAY_RSA_BITS)
     curves: dict[str, ec.EllipticCurve] = {"secp256r1": ec.SECP256R1(), "secp384r1": ec.SECP384R1()}
     if curve not in curves:
         raise ValueError(f"unsupported curve {curve!r}")
     return ec.generate_private_key(curves[curve])
 
 
-def _throwaway_for(signer: Signer) -> CaPrivateKey:
-    public_key = signer.public_key
-    if isinstance(public_key, ec.EllipticCurvePublicKey):
-        return throwaway_key("ec", public_key.curve.name)
-    return throwaway_key("rsa")
+def throwaway_for(key_type: KeyType) -> CaPrivateKey:
+    """The cheapest throwaway key whose signature AlgorithmIdentifier is the signer's: the
+    algorithm identifiers name the hash and the key's family, never its size or curve."""
+    return throwaway_key("ec", THROWAWAY_CURVE) if key_type == "ec" else throwaway_key("rsa")
 
 
 def _hash(hash: HashName) -> hashes.SHA256 | hashes.SHA384:
@@ -186,7 +194,7 @@ def throwaway_signed_certificate(
 ) -> x509.Certificate:
     """Step 1: the certificate signed by a throwaway key whose TBS ``signer`` can sign as is."""
     signer.signature_algorithm_der(hash)  # refuses a key/hash pair the BRs forbid
-    return builder.sign(_throwaway_for(signer), _hash(hash))
+    return builder.sign(throwaway_for(signer.key_type), _hash(hash))
 
 
 def throwaway_signed_tbs(tbs_der: bytes, signer: Signer, hash: HashName) -> bytes:
@@ -196,7 +204,7 @@ def throwaway_signed_tbs(tbs_der: bytes, signer: Signer, hash: HashName) -> byte
     sig_alg = signer.signature_algorithm_der(hash)
     if tbs_signature_algorithm(tbs_der) != sig_alg:
         raise ValueError("TBS names another signature algorithm than the signer's")
-    key = _throwaway_for(signer)
+    key = throwaway_for(signer.key_type)
     if isinstance(key, rsa.RSAPrivateKey):
         signature = key.sign(tbs_der, padding.PKCS1v15(), _hash(hash))
     else:
@@ -209,7 +217,7 @@ def throwaway_signed_crl(
 ) -> x509.CertificateRevocationList:
     """Step 1 for CRLs: see :func:`throwaway_signed_certificate`."""
     signer.signature_algorithm_der(hash)
-    return builder.sign(_throwaway_for(signer), _hash(hash))
+    return builder.sign(throwaway_for(signer.key_type), _hash(hash))
 
 
 async def _sign_tbs(tbs_der: bytes, signer: Signer, hash: HashName) -> bytes:

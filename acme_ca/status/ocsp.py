@@ -16,7 +16,7 @@ Responses (OCSP-2..7, BR-OCSP-1..4):
 
 cryptography's :class:`~cryptography.x509.ocsp.OCSPResponseBuilder` can only sign with a key it
 holds and insists that key be the responder certificate's.  So the response is built and signed
-with the throwaway key of the issuer's key type (:func:`acme_ca.ca.der.throwaway_key`) and a
+with the throwaway key of the issuer's key type (:func:`acme_ca.ca.der.throwaway_for`) and a
 stand-in responder certificate for it; then the tbsResponseData is taken apart, its
 ResponderID replaced by the issuer's key hash and its producedAt by the signing time, and
 exactly the re-encoded tbsResponseData is signed through the issuer's
@@ -47,7 +47,6 @@ import structlog
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -59,9 +58,16 @@ from acme_ca.ca.der import (
     encode_tlv,
     read_tlv,
     split_signed,
-    throwaway_key,
+    throwaway_for,
 )
-from acme_ca.ca.signer import CaPrivateKey, HashName, Signer, default_hash, verify_signature
+from acme_ca.ca.signer import (
+    CaPrivateKey,
+    HashName,
+    KeyType,
+    Signer,
+    default_hash,
+    verify_signature,
+)
 from acme_ca.clock import Clock
 from acme_ca.db.status import OcspResponseRecord, StatusRepository
 from acme_ca.status.crl import CRL_REASONS, der_children, raw_subject_der
@@ -157,10 +163,10 @@ GOOD: Final = CertStatus()
 
 
 @functools.cache
-def _stand_in_responder(key_type: str, curve: str | None) -> tuple[CaPrivateKey, x509.Certificate]:
+def _stand_in_responder(key_type: KeyType) -> tuple[CaPrivateKey, x509.Certificate]:
     """The throwaway key and a self-signed certificate for it: only so cryptography builds
     the response; its ResponderID is replaced before anything real is signed."""
-    key = throwaway_key("ec", curve) if key_type == "ec" else throwaway_key("rsa")
+    key = throwaway_for(key_type)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "acme_ca OCSP stand-in")])
     at = datetime(2000, 1, 1, tzinfo=UTC)
     cert = (
@@ -287,9 +293,7 @@ async def sign_ocsp_response(
     if problem is not None:
         raise OcspSignerNotAllowed(problem)
     hash = default_hash(signer.public_key)
-    public_key = signer.public_key
-    curve = public_key.curve.name if isinstance(public_key, ec.EllipticCurvePublicKey) else None
-    key, stand_in = _stand_in_responder(signer.key_type, curve)
+    key, stand_in = _stand_in_responder(signer.key_type)
     ids = issuer_hashes(issuer_certificate, algorithm)
     reason = None
     if status.revoked_at is not None and status.reason:

@@ -106,6 +106,8 @@ CREATE TABLE IF NOT EXISTS audit_events (
     details     jsonb NOT NULL DEFAULT '{}',
     prev_hash   bytea NOT NULL,
     hash        bytea NOT NULL,
+    chain       smallint NOT NULL DEFAULT 0,
+    seq         bigint,
     PRIMARY KEY (id, at)
 ) PARTITION BY RANGE (at);
 CREATE TABLE IF NOT EXISTS audit_events_default PARTITION OF audit_events DEFAULT;
@@ -502,16 +504,23 @@ CREATE INDEX IF NOT EXISTS key_compromise_sweeps_key ON key_compromise_sweeps (s
 -- The audit trail (CP 5.4.1, 5.4.3, 5.5.2; issue 16): tamper-evident, never updated, kept
 -- by month. db/audit_chain.py verifies, exports and retires it; docs/operations.md.
 
--- The end of the hash chain: the last row's id and hash (32 zero bytes before any row).
--- Its row lock serializes the writers of audit rows: see acme_ca_audit_chain().
+-- The ends of the hash chains: each chain's last row id, position and hash (32 zero bytes
+-- before its first row). There are 8 chains (db/audit_chain.CHAINS); a row joins chain
+-- coalesce(order_id, account_id, 0) % 8, so an order's rows are one chain, in order. Each
+-- head's row lock serializes the writers of its chain only: see acme_ca_audit_chain().
 CREATE TABLE IF NOT EXISTS audit_chain_head (
-    singleton  boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    chain      smallint PRIMARY KEY CHECK (chain >= 0 AND chain < 8),
     last_id    bigint NOT NULL,
+    last_seq   bigint NOT NULL,
     last_hash  bytea NOT NULL CHECK (length(last_hash) = 32)
 );
-INSERT INTO audit_chain_head (singleton, last_id, last_hash)
-    VALUES (true, 0, '\x0000000000000000000000000000000000000000000000000000000000000000')
+INSERT INTO audit_chain_head (chain, last_id, last_seq, last_hash)
+    SELECT k, 0, 0, '\x0000000000000000000000000000000000000000000000000000000000000000'
+    FROM generate_series(0, 7) AS k
     ON CONFLICT DO NOTHING;
+-- Audit row ids, in the order rows took their chain's lock: across chains, about the order
+-- in which they were written.
+CREATE SEQUENCE IF NOT EXISTS audit_event_ids AS bigint;
 
 -- One field of a row's hashed content: '-' for NULL, else its UTF-8 length, ':' and the
 -- text, so no two rows share a content (db/audit_chain.content_bytes computes the same).
@@ -535,22 +544,29 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
         || acme_ca_audit_field(request_id) || acme_ca_audit_field(details::text), 'UTF8'))
 $$;
 
--- Chains each new row to the one before. The head's row lock (FOR UPDATE) is held until the
--- inserting transaction ends, so concurrent writers take their turn: each reads the head
--- the previous writer committed (READ COMMITTED re-reads the locked row), and one that
--- rolls back leaves the head as it was. Ids are therefore the chain's order, without gaps.
--- The cost: transactions that write audit rows serialize from that insert to their commit.
+-- Chains each new row to the one before in its chain. The chain head's row lock (FOR UPDATE)
+-- is held until the inserting transaction ends, so concurrent writers of one chain take their
+-- turn: each reads the head the previous writer committed (READ COMMITTED re-reads the
+-- locked row), and one that rolls back leaves the head as it was. A row's id (from
+-- audit_event_ids, taken under the lock) therefore grows along its chain, and `seq` is its
+-- position in the chain, without gaps. The cost: transactions that write audit rows to the
+-- same chain serialize from that insert to their commit (WAL flush included); eight chains
+-- let the writers of eight orders commit at once (issue 20, docs/performance.md).
 CREATE OR REPLACE FUNCTION acme_ca_audit_chain() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
     head record;
 BEGIN
-    SELECT last_id, last_hash INTO head FROM audit_chain_head FOR UPDATE;
-    NEW.id := GREATEST(head.last_id + 1, COALESCE(NEW.id, 0));
+    NEW.chain := coalesce(NEW.order_id, NEW.account_id, 0) % 8;
+    SELECT last_seq, last_hash INTO head FROM audit_chain_head WHERE chain = NEW.chain
+        FOR UPDATE;
+    NEW.id := nextval('audit_event_ids');
+    NEW.seq := head.last_seq + 1;
     NEW.prev_hash := head.last_hash;
     NEW.hash := acme_ca_audit_hash(NEW.prev_hash, NEW.id, NEW.at, NEW.event, NEW.actor,
         NEW.account_id, NEW.order_id, NEW.request_id, NEW.details);
-    UPDATE audit_chain_head SET last_id = NEW.id, last_hash = NEW.hash;
+    UPDATE audit_chain_head SET last_id = NEW.id, last_seq = NEW.seq, last_hash = NEW.hash
+        WHERE chain = NEW.chain;
     RETURN NEW;
 END
 $$;

@@ -10,6 +10,8 @@ over and chains them.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import itertools
 import json
 import os
@@ -28,10 +30,12 @@ from acme_ca.clock import Clock, FixedClock, SystemClock
 from acme_ca.config import Config, ConfigError
 from acme_ca.db.audit import record_event
 from acme_ca.db.audit_chain import (
+    CHAINS,
     GENESIS,
     REQUESTS_RETIRED_EVENT,
     REQUESTS_TABLE,
     AuditChain,
+    ChainRow,
     chain_rows,
     partitions,
     retire_partitions,
@@ -86,7 +90,9 @@ async def test_cp_5_4_1_rows_chain_from_genesis_and_verify(pool: asyncpg.Pool) -
     for i in range(5):
         await add(pool, f"e.{i}", datetime.now(UTC), n=i, text='héllo\n"quoted"')
     rows = [r async for r in AuditChain(pool).rows()]
-    assert [r.id for r in rows] == [1, 2, 3, 4, 5]
+    # Order 2's rows are chain 2 (order_id % CHAINS), at positions 1..5.
+    assert {r.chain for r in rows} == {2}
+    assert [(r.id, r.seq) for r in rows] == [(i, i) for i in range(1, 6)]
     assert rows[0].prev_hash == GENESIS
     for before, after in itertools.pairwise(rows):
         assert after.prev_hash == before.hash
@@ -102,8 +108,9 @@ async def test_cp_5_4_1_chain_rows_read_in_batches_miss_and_repeat_no_row(
     """Keyset batches (db.pool.rows_by_id): a batch boundary on a row, and a short last batch."""
     for i in range(5):
         await add(pool, f"e.{i}", utc(2026, 1, 1, i))
+    ids = [1, 2, 3, 4, 5]
     for batch in (1, 2, 5, 6):
-        assert [r.id async for r in chain_rows(pool, batch=batch)] == [1, 2, 3, 4, 5]
+        assert [r.id async for r in chain_rows(pool, batch=batch)] == ids
     window = chain_rows(pool, since=utc(2026, 1, 1, 1), until=utc(2026, 1, 1, 4), batch=2)
     assert [r.event async for r in window] == ["e.1", "e.2", "e.3"]
 
@@ -113,12 +120,13 @@ async def test_cp_5_4_1_audit_verify_names_a_row_altered_in_the_database(
 ) -> None:
     for i in range(4):
         await add(pool, "order.created", datetime.now(UTC), n=i)
-    await tamper(pool, "UPDATE audit_events SET details = '{\"n\": 99}' WHERE id = 3")
+    third = 3
+    await tamper(pool, "UPDATE audit_events SET details = '{\"n\": 99}' WHERE id = $1", third)
     report = await verify_chain(pool)
-    assert report.broken is not None and report.broken.id == 3
+    assert report.broken is not None and report.broken.id == third
     assert "altered" in report.broken.reason
     status, out, _ = await run_cli(dsn, tmp_path, "audit", "verify")
-    assert status == 1 and "BROKEN at row 3" in out, out
+    assert status == 1 and f"BROKEN at row {third}" in out, out
 
 
 async def test_cp_5_4_1_audit_verify_finds_a_deleted_row_and_a_cut_tail(
@@ -126,12 +134,13 @@ async def test_cp_5_4_1_audit_verify_finds_a_deleted_row_and_a_cut_tail(
 ) -> None:
     for i in range(5):
         await add(pool, "order.created", datetime.now(UTC), n=i)
-    await tamper(pool, "DELETE FROM audit_events WHERE id = 2")
+    ids = [1, 2, 3, 4, 5]
+    await tamper(pool, "DELETE FROM audit_events WHERE id = $1", ids[1])
     report = await verify_chain(pool)
-    assert report.broken is not None and report.broken.id == 3
+    assert report.broken is not None and report.broken.id == ids[2]
     assert "removed or altered" in report.broken.reason
 
-    await tamper(pool, "DELETE FROM audit_events WHERE id >= 2")
+    await tamper(pool, "DELETE FROM audit_events WHERE id >= $1", ids[1])
     report = await verify_chain(pool)
     assert report.broken is not None and "removed from the end" in report.broken.reason
 
@@ -175,7 +184,10 @@ async def test_cp_5_4_1_concurrent_writers_chain_in_commit_order(pool: asyncpg.P
 
     await asyncio.gather(*(writer(i) for i in range(8)), rolled_back())
     rows = [r async for r in AuditChain(pool).rows()]
-    assert [r.id for r in rows] == list(range(1, 9))
+    # No order or account: chain 0, positions 1..8 without a gap (the rolled-back writer's id
+    # is skipped, its position is not), ids growing along the chain.
+    assert [r.seq for r in rows] == list(range(1, 9))
+    assert [r.id for r in rows] == sorted(r.id for r in rows)
     assert "never" not in {r.event for r in rows}
     assert (await verify_chain(pool)).ok
 
@@ -208,7 +220,9 @@ async def test_cp_5_4_3_retention_moves_whole_months_never_before_seven_years(
     # The chain still verifies across the gap, anchored by the retirement row.
     report = await verify_chain(pool)
     assert report.ok, report
-    assert report.anchor == "retired row 1"
+    # Order 2's chain continues from the retired January row; the retirement row (no
+    # order, no account) starts chain 0 at genesis.
+    assert report.anchor == "genesis, retired row 1"
     # The command on a clock of 2026-12-03: both 2018 months are past seven years, this
     # month is not; a dry run lists them and moves nothing.
     status, out, _ = await audit_command(
@@ -389,3 +403,195 @@ async def test_migration_010_chains_existing_audit_rows(postgres: EmbeddedPostgr
         assert (await verify_chain(pool)).ok
     finally:
         await pool.close()
+
+
+# --- several chains (issue 20) ------------------------------------------------------------
+
+
+async def add_for(
+    pool: asyncpg.Pool, event: str, order_id: int | None, **details: JsonValue
+) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        await record_event(
+            conn, event, at=datetime.now(UTC), actor="test", order_id=order_id, details=details
+        )
+
+
+async def test_cp_5_4_1_writers_of_other_chains_do_not_wait_for_a_commit(
+    pool: asyncpg.Pool,
+) -> None:
+    """A transaction holding its audit row open blocks only writers of its own chain
+    (order_id % CHAINS): another order's row is chained at once, and the chain that waited
+    goes on after the commit, every chain unbroken."""
+    async with pool.acquire() as holder, holder.transaction():
+        await record_event(holder, "held", at=datetime.now(UTC), actor="t", order_id=1)
+        async with pool.acquire() as other:
+            await other.execute("SET lock_timeout = '5s'")
+            await record_event(other, "other.chain", at=datetime.now(UTC), actor="t", order_id=2)
+            await other.execute("SET lock_timeout = '200ms'")
+            with pytest.raises(asyncpg.LockNotAvailableError):
+                async with other.transaction():
+                    await record_event(
+                        other, "same.chain", at=datetime.now(UTC), actor="t", order_id=1 + CHAINS
+                    )
+            await other.execute("RESET lock_timeout")
+    await add_for(pool, "same.chain", 1 + CHAINS)
+    rows = [r async for r in AuditChain(pool).rows()]
+    assert [(r.event, r.chain, r.seq) for r in rows] == [
+        ("other.chain", 2, 1),
+        ("held", 1, 1),
+        ("same.chain", 1, 2),
+    ] or [(r.event, r.chain, r.seq) for r in rows] == [
+        ("held", 1, 1),
+        ("other.chain", 2, 1),
+        ("same.chain", 1, 2),
+    ]
+    assert rows[-1].prev_hash == next(r.hash for r in rows if r.event == "held")
+    report = await verify_chain(pool)
+    assert report.ok and report.rows == 3 and report.anchor == "genesis", report
+
+
+async def test_cp_5_4_1_audit_verify_finds_a_cut_tail_and_a_moved_row_in_any_chain(
+    pool: asyncpg.Pool,
+) -> None:
+    for i in range(3):
+        await add_for(pool, "a", 1, i=i)
+        await add_for(pool, "b", 2, i=i)
+    await add_for(pool, "c", 3)
+    assert (await verify_chain(pool)).ok
+    by_chain = {
+        chain: [r async for r in AuditChain(pool).rows() if r.chain == chain] for chain in (1, 2, 3)
+    }
+    # A row moved into another chain breaks both.
+    moved = by_chain[2][1]
+    await tamper(pool, "UPDATE audit_events SET chain = 1 WHERE id = $1", moved.id)
+    report = await verify_chain(pool)
+    assert report.broken is not None and report.broken.id == moved.id
+    await tamper(pool, "UPDATE audit_events SET chain = 2 WHERE id = $1", moved.id)
+    assert (await verify_chain(pool)).ok
+    # Every row of chain 3 removed: its head still names one.
+    await tamper(pool, "DELETE FROM audit_events WHERE chain = 3")
+    report = await verify_chain(pool)
+    assert report.broken is not None and "head of chain 3" in report.broken.reason, report
+    assert "its last row is none" in report.broken.reason
+    # The last row of chain 1 removed: its head names it.
+    await tamper(pool, "DELETE FROM audit_events WHERE id = $1", by_chain[1][-1].id)
+    report = await verify_chain(pool)
+    assert report.broken is not None and "head of chain 1" in report.broken.reason, report
+    assert "removed from the end" in report.broken.reason
+
+
+async def test_cp_5_4_3_retention_bridges_retired_rows_in_the_middle_of_a_chain(
+    pool: asyncpg.Pool,
+) -> None:
+    """A row dated in a retired month may be chained after a younger row (clocks of two
+    processes): its retirement leaves a gap inside the chain, which the retirement row's
+    runs (the hash each run went on from, and its last row's) bridge."""
+    chain = AuditChain(pool)
+    await chain.ensure_partitions(utc(2018, 1, 1), months=3)
+    await add(pool, "jan", utc(2018, 1, 15))
+    await add(pool, "feb", utc(2018, 2, 20))
+    await add(pool, "late.jan", utc(2018, 1, 31, 23))  # chained after feb
+    await add(pool, "mar", utc(2018, 3, 2))
+    retired = await retire_partitions(pool, utc(2025, 2, 14), SEVEN_YEARS, actor="test")
+    assert [(p.name, p.rows) for p in retired] == [("audit_events_y2018m01", 2)]
+    runs = await pool.fetchval(
+        "SELECT details->'chain_runs' FROM audit_events WHERE event = 'audit.partition_retired'"
+    )
+    assert [(r["chain"], r["first"], r["last"]) for r in runs] == [(2, 1, 1), (2, 3, 3)]
+    assert [r.event async for r in chain.rows()] == ["feb", "mar", "audit.partition_retired"]
+    report = await verify_chain(pool)
+    assert report.ok, report
+    # A live row removed next to the gap is not bridged by it.
+    feb = await pool.fetchval("SELECT id FROM audit_events WHERE event = 'feb'")
+    await tamper(pool, "DELETE FROM audit_events WHERE id = $1", feb)
+    report = await verify_chain(pool)
+    assert report.broken is not None and not report.ok
+
+
+async def test_migration_014_spreads_new_rows_over_chains_and_keeps_the_old_one(
+    postgres: EmbeddedPostgres, tmp_path: Path
+) -> None:
+    dsn = postgres.create_database(f"m_{os.urandom(8).hex()}")
+    conn = await asyncpg.connect(dsn)
+    try:
+        await create_schema_before(conn, 14)
+        for i in range(3):
+            await conn.execute(
+                "INSERT INTO audit_events (at, event, actor, order_id) "
+                "VALUES (now(), $1, 'op', $2)",
+                f"old.{i}",
+                i + 1,
+            )
+        old_head = await conn.fetchrow("SELECT last_id, last_hash FROM audit_chain_head")
+        await apply_schema(conn)
+        old = await conn.fetch("SELECT id, chain, seq FROM audit_events ORDER BY id")
+        assert [(r["id"], r["chain"], r["seq"]) for r in old] == [
+            (1, 0, None),
+            (2, 0, None),
+            (3, 0, None),
+        ]
+        heads = await conn.fetch(
+            "SELECT chain, last_id, last_seq FROM audit_chain_head ORDER BY chain"
+        )
+        assert [(h["chain"], h["last_id"], h["last_seq"]) for h in heads] == [(0, 3, 3)] + [
+            (k, 0, 0) for k in range(1, CHAINS)
+        ]
+        await conn.execute(
+            "INSERT INTO audit_events (at, event, actor) VALUES (now(), 'new.none', 'op')"
+        )
+        await conn.execute(
+            "INSERT INTO audit_events (at, event, actor, order_id) VALUES (now(), 'new.7', 'op', 7)"
+        )
+        new = await conn.fetch(
+            "SELECT id, chain, seq, prev_hash FROM audit_events "
+            "WHERE event LIKE 'new.%' ORDER BY id"
+        )
+        assert [(r["id"], r["chain"], r["seq"]) for r in new] == [(4, 0, 4), (5, 7, 1)]
+        assert bytes(new[0]["prev_hash"]) == bytes(old_head["last_hash"])
+        assert bytes(new[1]["prev_hash"]) == GENESIS
+    finally:
+        await conn.close()
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
+    try:
+        assert (await verify_chain(pool)).ok
+        key = load_signing_key(tmp_path / "key.pem", create=True)
+        path = tmp_path / "all.jsonl"
+        with path.open("w") as out:
+            assert await export(AuditChain(pool), utc(2000, 1, 1), utc(2100, 1, 1), key, out) == 5
+        assert verify_export(path, key.public_key()) is None
+        # The link across the migration (old id 3, then chain 0's position 4) is checked:
+        # a file whose fourth row (re-hashed, re-signed) names another predecessor fails.
+        rows = [json.loads(x) for x in path.read_text().splitlines()[:-1]]
+        fourth = rows[3]
+        assert (fourth["chain"], fourth["seq"]) == (0, 4)
+        fourth["prev_hash"] = "11" * 32
+        fourth["hash"] = row_hash(bytes(32 * [0x11]), _chain_row(fourth)).hex()
+        forged = tmp_path / "forged.jsonl"
+        _write_signed(forged, rows, key)
+        assert "not linked to row 3" in (verify_export(forged, key.public_key()) or "")
+    finally:
+        await pool.close()
+
+
+def _chain_row(line: dict[str, JsonValue]) -> ChainRow:
+    return ChainRow(
+        id=int(str(line["id"])),
+        at=datetime.fromisoformat(str(line["at"])),
+        event=str(line["event"]),
+        actor=str(line["actor"]),
+        account_id=None,
+        order_id=None if line["order_id"] is None else int(str(line["order_id"])),
+        request_id=None,
+        details_text=str(line["details_text"]),
+        prev_hash=bytes.fromhex(str(line["prev_hash"])),
+        hash=b"",
+    )
+
+
+def _write_signed(path: Path, rows: list[dict[str, JsonValue]], key: Ed25519PrivateKey) -> None:
+    """An export file of ``rows`` signed by ``key`` the way :func:`export` signs one."""
+    body = "".join(json.dumps(r, separators=(",", ":"), ensure_ascii=False) + "\n" for r in rows)
+    digest = hashlib.sha256(body.encode()).digest()
+    signature = {"sha256": digest.hex(), "value": base64.b64encode(key.sign(digest)).decode()}
+    path.write_text(body + json.dumps({"signature": signature}) + "\n")

@@ -1,7 +1,7 @@
 """``acme-ca audit verify|export|retention``: the audit trail's integrity, archive and age.
 
-Exports are JSON Lines, one audit row per line in chain order with its ``prev_hash`` and
-``hash``, then one last line ``{"signature": ...}``: an Ed25519 signature over the SHA-256
+Exports are JSON Lines, one audit row per line in id order with its ``chain``, ``prev_hash``
+and ``hash``, then one last line ``{"signature": ...}``: an Ed25519 signature over the SHA-256
 of every byte before it. The key is ``audit_signing_key`` (default
 ``home/audit/export-ed25519.pem``, made on first use, mode 0600): a key for the archive
 only, never an issuing CA's key, so archiving needs no HSM session and a leaked archive key
@@ -157,6 +157,8 @@ def _line(row: ChainRow) -> dict[str, JsonValue]:
         "details_text": row.details_text,
         "prev_hash": row.prev_hash.hex(),
         "hash": row.hash.hex(),
+        "chain": row.chain,
+        "seq": row.seq,
     }
 
 
@@ -203,8 +205,9 @@ def verify_export(path: Path, public_key: Ed25519PublicKey) -> str | None:
     """None if ``path`` is an intact export signed by ``public_key``, else what is wrong.
 
     Checks the signature over the bytes before the last line, then each row's hash from its
-    fields and, between consecutive ids, the link (rows of other months may sit between
-    rows of a period, so only consecutive ids must link).
+    fields and, between rows of one chain at consecutive positions, the link (rows of other
+    months may sit between rows of a period, so only consecutive positions must link); a
+    chain's first row must start from the genesis hash.
     """
     data = path.read_bytes()
     body, sep, tail = data.rstrip(b"\n").rpartition(b"\n")
@@ -222,7 +225,7 @@ def verify_export(path: Path, public_key: Ed25519PublicKey) -> str | None:
         public_key.verify(base64.b64decode(sig["value"]), digest)
     except (InvalidSignature, ValueError, KeyError):
         return "the signature does not verify with this public key"
-    previous: ChainRow | None = None
+    previous: dict[int, ChainRow] = {}
     for number, raw in enumerate(signed.splitlines(), start=1):
         line = json.loads(raw)
         row = ChainRow(
@@ -236,12 +239,16 @@ def verify_export(path: Path, public_key: Ed25519PublicKey) -> str | None:
             details_text=line["details_text"],
             prev_hash=bytes.fromhex(line["prev_hash"]),
             hash=bytes.fromhex(line["hash"]),
+            chain=line.get("chain", 0),
+            seq=line.get("seq"),
         )
         if row_hash(row.prev_hash, row) != row.hash:
             return f"line {number} (row {row.id}): content does not match its hash"
-        if previous is not None and previous.id + 1 == row.id and row.prev_hash != previous.hash:
-            return f"line {number} (row {row.id}): not linked to row {previous.id}"
-        if row.id == 1 and row.prev_hash != GENESIS:
-            return f"line {number} (row 1): does not start from the genesis hash"
-        previous = row
+        before = previous.get(row.chain)
+        adjacent = before is not None and row.position == before.position + 1
+        if before is not None and adjacent and row.prev_hash != before.hash:
+            return f"line {number} (row {row.id}): not linked to row {before.id}"
+        if row.position == 1 and row.prev_hash != GENESIS:
+            return f"line {number} (row {row.id}): does not start from the genesis hash"
+        previous[row.chain] = row
     return None

@@ -1,16 +1,22 @@
 """The audit trail's integrity and lifetime: the hash chain, its verification, its months.
 
 Every ``audit_events`` row carries ``hash = SHA-256(prev_hash || content)``, chained by the
-``acme_ca_audit_chain`` trigger (schema.sql, "The audit trail"), which takes the row lock of
-``audit_chain_head`` so concurrent writers chain in commit order. :func:`content_bytes`
-is the same content computed here, so :func:`verify_chain` recomputes every hash without
-trusting the database's function. Rows never change (UPDATE, DELETE and TRUNCATE are refused
-by triggers); a month leaves only whole, by :func:`retire_partitions`, once all of it is
-older than the retention period (CP 5.4.3, 5.5.2: seven years), and that move is itself an
-audit row recording the retired ids and their last hashes, so the chain stays checkable
-across it. The stored ``requests`` (db/requests.py) are part of the same record and are
-kept the same way, by month, with the same period (:func:`retire_partitions`,
-``table=REQUESTS_TABLE``).
+``acme_ca_audit_chain`` trigger (schema.sql, "The audit trail") to the previous row of its
+chain: one of :data:`CHAINS`, ``coalesce(order_id, account_id, 0) % CHAINS``, so all rows of
+an order are one chain. The trigger takes the row lock of that chain's ``audit_chain_head``
+row, so concurrent writers of a chain chain in commit order while writers of other chains
+do not wait (issue 20). Ids (a sequence, taken under the chain's lock) grow along each chain
+and, across chains, follow about the order rows were written; ``seq`` is a row's gapless
+position in its chain (NULL for rows written before migration 014: their position is
+their id).
+:func:`content_bytes` is the same content computed here, so :func:`verify_chain` recomputes
+every hash without trusting the database's function. Rows never change (UPDATE, DELETE and
+TRUNCATE are refused by triggers); a month leaves only whole, by :func:`retire_partitions`,
+once all of it is older than the retention period (CP 5.4.3, 5.5.2: seven years), and that
+move is itself an audit row recording the retired runs of each chain and their end hashes,
+so every chain stays checkable across it. The stored ``requests`` (db/requests.py) are part
+of the same record and are kept the same way, by month, with the same period
+(:func:`retire_partitions`, ``table=REQUESTS_TABLE``).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import hashlib
 import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
 
@@ -31,7 +37,9 @@ from acme_ca.db.audit import record_event
 from acme_ca.db.pool import rows_by_id
 
 GENESIS = bytes(32)
-"""``prev_hash`` of the first row ever written."""
+"""``prev_hash`` of each chain's first row."""
+CHAINS = 8
+"""How many chains the audit rows are spread over (schema.sql's trigger and head rows)."""
 ARCHIVE_SCHEMA = "audit_archive"
 RETIRED_EVENT = "audit.partition_retired"
 REQUESTS_RETIRED_EVENT = "requests.partition_retired"
@@ -60,6 +68,16 @@ class ChainRow:
     details_text: str
     prev_hash: bytes
     hash: bytes
+    chain: int = 0
+    """Which chain the row joined (not hashed: the links bind a row to its chain)."""
+    seq: int | None = None
+    """Its position in the chain; None for rows from before migration 014 (see position)."""
+
+    @property
+    def position(self) -> int:
+        """The row's position in its chain: ``seq``, or the id of a row written when there
+        was one chain, whose ids were its positions."""
+        return self.id if self.seq is None else self.seq
 
     @cached_property
     def details(self) -> dict[str, JsonValue]:
@@ -100,7 +118,7 @@ def row_hash(prev_hash: bytes, row: ChainRow) -> bytes:
 
 _COLUMNS = (
     "id, at, event, actor, account_id, order_id, request_id, details::text AS details_text, "
-    "prev_hash, hash"
+    "prev_hash, hash, chain, seq"
 )
 AUDIT_ROWS = f"SELECT {_COLUMNS} FROM audit_events"  # noqa: S608 - constant names
 
@@ -118,6 +136,8 @@ def chain_row(r: asyncpg.Record) -> ChainRow:
         details_text=r["details_text"],
         prev_hash=bytes(r["prev_hash"]),
         hash=bytes(r["hash"]),
+        chain=r["chain"],
+        seq=r["seq"],
     )
 
 
@@ -140,7 +160,7 @@ async def chain_rows(
 
 @dataclass(frozen=True)
 class ChainBreak:
-    """The first row that does not fit the chain, and why."""
+    """The first row that does not fit its chain, and why."""
 
     id: int
     reason: str
@@ -152,7 +172,7 @@ class ChainReport:
     first_id: int | None
     last_id: int | None
     anchor: str
-    """What the first row's ``prev_hash`` was checked against."""
+    """What each chain's first row's ``prev_hash`` was checked against."""
     broken: ChainBreak | None
 
     @property
@@ -161,117 +181,136 @@ class ChainReport:
 
 
 @dataclass(frozen=True)
+class RetiredRun:
+    """Rows of one chain retired with an archived month, linked one to the next: the hash
+    the run continued from and the hash (and id) of its last row."""
+
+    chain: int
+    first: int
+    last: int
+    entry_hash: bytes
+    last_hash: bytes
+
+    def to_json(self) -> dict[str, JsonValue]:
+        return {
+            "chain": self.chain,
+            "first": self.first,
+            "last": self.last,
+            "prev_hash": self.entry_hash.hex(),
+            "last_hash": self.last_hash.hex(),
+        }
+
+
 class _Retired:
-    """Ids retired with archived months (from the ``audit.partition_retired`` rows)."""
+    """The retired runs (from the ``audit.partition_retired`` rows), by chain and entry hash:
+    a live row may continue from a run's last hash when the runs bridge from its chain's
+    previous live row (or from GENESIS) to it."""
 
-    runs: tuple[tuple[int, int], ...]
-    hash_of_run_end: dict[int, bytes]
+    def __init__(self, runs: Sequence[RetiredRun]) -> None:
+        self._by_entry = {(r.chain, r.entry_hash): r for r in runs}
 
-    def covers(self, first: int, last: int) -> bool:
-        """Whether every id in ``first..last`` was retired."""
-        need = first
-        for a, b in sorted(self.runs):
-            if a > need:
-                break
-            need = max(need, b + 1)
-            if need > last:
-                return True
-        return need > last
+    def bridge(self, chain: int, start: bytes, end: bytes) -> RetiredRun | None:
+        """The last of the retired runs leading from ``start`` to ``end`` in ``chain``, or
+        None when no such runs were retired."""
+        run = self._by_entry.get((chain, start))
+        seen = 0
+        while run is not None and seen <= len(self._by_entry):
+            if run.last_hash == end:
+                return run
+            run = self._by_entry.get((chain, run.last_hash))
+            seen += 1
+        return None
 
 
 async def _retired(pool: asyncpg.Pool) -> _Retired:
-    runs: list[tuple[int, int]] = []
-    ends: dict[int, bytes] = {}
+    runs: list[RetiredRun] = []
     for r in await pool.fetch(
         "SELECT details FROM audit_events WHERE event = $1 ORDER BY id", RETIRED_EVENT
     ):
         details = r["details"]
         if isinstance(details, str):  # a pool without the JSON codecs (db/pool.py)
             details = json.loads(details)
-        for run in details.get("id_runs", []):
-            runs.append((int(run["first"]), int(run["last"])))
-            ends[int(run["last"])] = bytes.fromhex(run["last_hash"])
-    return _Retired(tuple(runs), ends)
+        for run in details.get("chain_runs", []):
+            runs.append(
+                RetiredRun(
+                    chain=int(run["chain"]),
+                    first=int(run["first"]),
+                    last=int(run["last"]),
+                    entry_hash=bytes.fromhex(run["prev_hash"]),
+                    last_hash=bytes.fromhex(run["last_hash"]),
+                )
+            )
+    return _Retired(runs)
 
 
 async def verify_chain(pool: asyncpg.Pool) -> ChainReport:
-    """Recompute every row's hash and link; the first row that does not fit is named.
+    """Recompute every row's hash and every chain's links; the first row that does not fit
+    is named.
 
-    A link may skip ids only where the previous row's hash still matches (ids left unused,
-    e.g. by migrated rows) or where the skipped ids were all retired with archived months
-    and the row continues from the recorded hash of the last one. The head must name the
-    last row, so rows removed from the end are found too.
+    Each chain starts at GENESIS; a row links to the previous live row of its chain, or, where
+    rows between them (or before the first) were retired with archived months, to the last
+    of the retired runs that lead on from it. Each chain head must name its chain's last row
+    (or, with no live rows, the end of what was retired), so rows removed from the end of
+    any chain are found too.
     """
     retired = await _retired(pool)
     count = 0
     first_id: int | None = None
-    anchor = "genesis"
-    prev: ChainRow | None = None
+    last_id: int | None = None
+    anchors: set[str] = set()
+    last: dict[int, ChainRow] = {}
+
+    def broken(row_id: int, reason: str) -> ChainReport:
+        return ChainReport(count, first_id, row_id, _anchor(anchors), ChainBreak(row_id, reason))
+
     async for row in chain_rows(pool):
         count += 1
-        if prev is None:
-            first_id = row.id
-            if row.prev_hash == GENESIS and row.id == 1:
-                anchor = "genesis"
-            elif retired.covers(1, row.id - 1) and retired.hash_of_run_end.get(row.id - 1) == (
-                row.prev_hash
-            ):
-                anchor = f"retired row {row.id - 1}"
-            elif row.prev_hash == GENESIS:
-                anchor = "genesis (migrated ids)"
-            else:
-                return ChainReport(
-                    count, first_id, row.id, anchor, ChainBreak(row.id, "first row has no anchor")
-                )
-        else:
-            linked = row.prev_hash == prev.hash
-            if not linked and not (
-                retired.covers(prev.id + 1, row.id - 1)
-                and retired.hash_of_run_end.get(row.id - 1) == row.prev_hash
-            ):
-                return ChainReport(
-                    count,
-                    first_id,
+        first_id = row.id if first_id is None else first_id
+        last_id = row.id
+        prev = last.get(row.chain)
+        start = GENESIS if prev is None else prev.hash
+        if row.prev_hash != start:
+            run = retired.bridge(row.chain, start, row.prev_hash)
+            if run is None:
+                if prev is None:
+                    return broken(row.id, f"first row of chain {row.chain} has no anchor")
+                return broken(
                     row.id,
-                    anchor,
-                    ChainBreak(
-                        row.id,
-                        f"prev_hash does not match the hash of row {prev.id}: a row between "
-                        "them was removed or altered",
-                    ),
+                    f"prev_hash does not match the hash of row {prev.id}, the one before it "
+                    f"in chain {row.chain}: a row between them was removed or altered",
                 )
+            if prev is None:
+                anchors.add(f"retired row {run.last}")
+        elif prev is None:
+            anchors.add("genesis")
         if row_hash(row.prev_hash, row) != row.hash:
-            return ChainReport(
-                count,
-                first_id,
-                row.id,
-                anchor,
-                ChainBreak(row.id, "content does not match its hash: the row was altered"),
-            )
-        prev = row
-    head = await pool.fetchrow("SELECT last_id, last_hash FROM audit_chain_head")
-    last_id = prev.id if prev else None
-    if (
-        head is not None
-        and prev is not None
-        and (head["last_id"], bytes(head["last_hash"]))
-        != (
-            prev.id,
-            prev.hash,
+            return broken(row.id, "content does not match its hash: the row was altered")
+        last[row.chain] = row
+    heads = await pool.fetch(
+        "SELECT chain, last_id, last_hash FROM audit_chain_head ORDER BY chain"
+    )
+    for head in heads:
+        chain, head_hash = head["chain"], bytes(head["last_hash"])
+        tail = last.get(chain)
+        if tail is not None and (head["last_id"], head_hash) == (tail.id, tail.hash):
+            continue
+        if tail is None and (
+            head_hash == GENESIS or retired.bridge(chain, GENESIS, head_hash) is not None
+        ):
+            continue
+        return broken(
+            head["last_id"],
+            f"the head of chain {chain} names row {head['last_id']} but its last row is "
+            f"{'none' if tail is None else tail.id}: rows were removed from the end",
         )
-    ):
-        return ChainReport(
-            count,
-            first_id,
-            last_id,
-            anchor,
-            ChainBreak(
-                head["last_id"],
-                f"the chain head names row {head['last_id']} but the last row is {prev.id}: "
-                "rows were removed from the end",
-            ),
-        )
-    return ChainReport(count, first_id, last_id, anchor, None)
+    return ChainReport(count, first_id, last_id, _anchor(anchors), None)
+
+
+def _anchor(anchors: set[str]) -> str:
+    """How the chains were anchored: ``genesis`` when every one starts at GENESIS."""
+    if not anchors:
+        return "genesis"
+    return ", ".join(sorted(anchors, key=lambda a: (a != "genesis", a)))
 
 
 # --- months: partitions and retention ---------------------------------------------------
@@ -331,28 +370,27 @@ class RetiredPartition:
     """``audit_archive.<name>`` once moved; None for a dry run."""
 
 
-def _runs(ids: Sequence[int]) -> list[tuple[int, int]]:
-    runs: list[tuple[int, int]] = []
-    for i in ids:
-        if runs and runs[-1][1] + 1 == i:
-            runs[-1] = (runs[-1][0], i)
-        else:
-            runs.append((i, i))
-    return runs
-
-
 Summary = Callable[[asyncpg.Connection, str], Awaitable[tuple[int, dict[str, JsonValue]]]]
 """A retiring month's row count and what its retirement row records of it."""
 
 
 async def _audit_summary(conn: asyncpg.Connection, name: str) -> tuple[int, dict[str, JsonValue]]:
-    """The retired ids (as runs) with the hash of each run's last row (for verify_chain)."""
-    rows = await conn.fetch(f'SELECT id, hash FROM "{name}" ORDER BY id')  # noqa: S608
-    hashes = {r["id"]: bytes(r["hash"]).hex() for r in rows}
-    runs: list[JsonValue] = [
-        {"first": a, "last": b, "last_hash": hashes[b]} for a, b in _runs(list(hashes))
-    ]
-    return len(rows), {"id_runs": runs}
+    """The retired rows as runs per chain (rows each linked to the one before), with the hash
+    each run continued from and its last row's hash (for verify_chain)."""
+    rows = await conn.fetch(
+        f'SELECT id, chain, prev_hash, hash FROM "{name}" ORDER BY id'  # noqa: S608
+    )
+    runs: list[RetiredRun] = []
+    current: dict[int, int] = {}  # chain -> index in runs of its run still open
+    for r in rows:
+        chain, prev_hash, hash = r["chain"], bytes(r["prev_hash"]), bytes(r["hash"])
+        at = current.get(chain)
+        if at is not None and runs[at].last_hash == prev_hash:
+            runs[at] = replace(runs[at], last=r["id"], last_hash=hash)
+        else:
+            current[chain] = len(runs)
+            runs.append(RetiredRun(chain, r["id"], r["id"], prev_hash, hash))
+    return len(rows), {"chain_runs": [run.to_json() for run in runs]}
 
 
 async def _requests_summary(
@@ -388,9 +426,10 @@ async def retire_partitions(
     Never earlier: a month leaves only when its last instant is past the retention period.
     The partition is detached (no row trigger fires: rows are not deleted one by one) and
     kept in ``audit_archive`` for the operator to export and drop. In the same transaction
-    an audit row records the move: ``audit.partition_retired`` with the retired ids (as
-    runs) and the hash of each run's last row, which :func:`verify_chain` uses to check the
-    link across the gap; ``requests.partition_retired`` with the first and last request id.
+    an audit row records the move: ``audit.partition_retired`` with the retired rows as runs
+    per chain (first and last id, the hash the run continued from and its last row's hash),
+    which :func:`verify_chain` uses to check the link across the gap;
+    ``requests.partition_retired`` with the first and last request id.
     """
     event, summary = _RETIREMENTS[table]
     if retention < RETENTION_FLOOR:

@@ -505,8 +505,8 @@ CREATE INDEX IF NOT EXISTS key_compromise_sweeps_key ON key_compromise_sweeps (s
 -- by month. db/audit_chain.py verifies, exports and retires it; docs/operations.md.
 
 -- The ends of the hash chains: each chain's last row id, position and hash (32 zero bytes
--- before its first row). There are 8 chains (db/audit_chain.CHAINS); a row joins chain
--- coalesce(order_id, account_id, 0) % 8, so an order's rows are one chain, in order. Each
+-- before its first row). There are 8 chains (db/audit_chain.CHAINS); the rows of a
+-- transaction join chain coalesce(order_id, account_id, 0) % 8 of its first row. Each
 -- head's row lock serializes the writers of its chain only: see acme_ca_audit_chain().
 CREATE TABLE IF NOT EXISTS audit_chain_head (
     chain      smallint PRIMARY KEY CHECK (chain >= 0 AND chain < 8),
@@ -557,7 +557,13 @@ LANGUAGE plpgsql AS $$
 DECLARE
     head record;
 BEGIN
-    NEW.chain := coalesce(NEW.order_id, NEW.account_id, 0) % 8;
+    -- One chain per transaction: its first row's, so a transaction holds one chain head
+    -- at most and two writers can never wait for each other's heads (no deadlock).
+    NEW.chain := nullif(current_setting('acme_ca.audit_chain', true), '')::smallint;
+    IF NEW.chain IS NULL THEN
+        NEW.chain := coalesce(NEW.order_id, NEW.account_id, 0) % 8;
+        PERFORM set_config('acme_ca.audit_chain', NEW.chain::text, true);
+    END IF;
     SELECT last_seq, last_hash INTO head FROM audit_chain_head WHERE chain = NEW.chain
         FOR UPDATE;
     NEW.id := nextval('audit_event_ids');

@@ -595,3 +595,31 @@ def _write_signed(path: Path, rows: list[dict[str, JsonValue]], key: Ed25519Priv
     digest = hashlib.sha256(body.encode()).digest()
     signature = {"sha256": digest.hex(), "value": base64.b64encode(key.sign(digest)).decode()}
     path.write_text(body + json.dumps({"signature": signature}) + "\n")
+
+
+async def test_cp_5_4_1_transactions_writing_rows_of_two_chains_never_deadlock(
+    pool: asyncpg.Pool,
+) -> None:
+    """A transaction's rows join its first row's chain, so two transactions writing rows for
+    the same two orders in opposite order (a revocation with a key block, say) each hold one
+    head and both commit, instead of PostgreSQL aborting one for a deadlock."""
+    first_rows = asyncio.Event()
+    both_started = 0
+
+    async def writer(orders: tuple[int, int]) -> None:
+        nonlocal both_started
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("SET LOCAL deadlock_timeout = '100ms'")
+            await record_event(conn, "first", at=datetime.now(UTC), actor="t", order_id=orders[0])
+            both_started += 1
+            if both_started == 2:
+                first_rows.set()
+            await asyncio.wait_for(first_rows.wait(), 5)
+            await record_event(conn, "second", at=datetime.now(UTC), actor="t", order_id=orders[1])
+
+    await asyncio.wait_for(asyncio.gather(writer((1, 2)), writer((2, 1))), 10)
+    rows = [r async for r in AuditChain(pool).rows()]
+    assert sorted((r.chain, r.order_id, r.seq) for r in rows) == [
+        (1, 1, 1), (1, 2, 2), (2, 1, 2), (2, 2, 1),
+    ]  # fmt: skip
+    assert (await verify_chain(pool)).ok

@@ -3,11 +3,12 @@
 The request id comes from the structlog context the web layer bound, so an audit row and the
 log events of the request that caused it carry the same id.
 
-Each row is chained to the one before (db/audit_chain.py) by a trigger that holds the row
-lock of ``audit_chain_head`` until the transaction ends, so audit writers take turns. Write
-audit rows after the transaction's other row locks (UPDATE, SELECT ... FOR UPDATE) are
-taken: a transaction that holds the head and then waits for a row another audit writer has
-locked would deadlock with it.
+Each row is chained to the one before in its chain (db/audit_chain.py) by a trigger that
+holds the row lock of that chain's ``audit_chain_head`` row until the transaction ends, so
+audit writers of one chain take turns (a transaction's rows all join its first row's chain,
+so it holds one head at most). Write audit rows after the transaction's other row locks
+(UPDATE, SELECT ... FOR UPDATE) are taken: a transaction that holds a head and then waits
+for a row another audit writer of that chain has locked would deadlock with it.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 Every ``audit_events`` row carries ``hash = SHA-256(prev_hash || content)``, chained by the
 ``acme_ca_audit_chain`` trigger (schema.sql, "The audit trail") to the previous row of its
-chain: one of :data:`CHAINS`, ``coalesce(order_id, account_id, 0) % CHAINS``, so all rows of
-an order are one chain. The trigger takes the row lock of that chain's ``audit_chain_head``
+chain: one of :data:`CHAINS`, ``coalesce(order_id, account_id, 0) % CHAINS`` of the first
+audit row of its transaction (one chain per transaction: no deadlock on the heads). The
+trigger takes the row lock of that chain's ``audit_chain_head``
 row, so concurrent writers of a chain chain in commit order while writers of other chains
 do not wait (issue 20). Ids (a sequence, taken under the chain's lock) grow along each chain
 and, across chains, follow about the order rows were written; ``seq`` is a row's gapless

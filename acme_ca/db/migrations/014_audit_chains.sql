@@ -1,6 +1,7 @@
--- 014: eight audit chains instead of one (issue 20; CP 5.4.1). A row joins chain
--- coalesce(order_id, account_id, 0) % 8 and is chained to that chain's previous row, so the
--- writers of different orders no longer wait for each other's commit. Ids come from the
+-- 014: eight audit chains instead of one (issue 20; CP 5.4.1). The rows of a transaction
+-- join chain coalesce(order_id, account_id, 0) % 8 of its first row and are chained to that
+-- chain's previous row, so the writers of different orders no longer wait for each other's
+-- commit, and a transaction holds one chain's head at most (no deadlock between two). Ids come from the
 -- sequence audit_event_ids, taken under the chain's lock; `seq` is a row's position in its
 -- chain. Rows already written stay as they are: chain 0, `seq` NULL (their position is their
 -- id), their hashes unchanged (neither column is hashed content: the links bind a row to its
@@ -35,7 +36,13 @@ LANGUAGE plpgsql AS $$
 DECLARE
     head record;
 BEGIN
-    NEW.chain := coalesce(NEW.order_id, NEW.account_id, 0) % 8;
+    -- One chain per transaction: its first row's, so a transaction holds one chain head
+    -- at most and two writers can never wait for each other's heads (no deadlock).
+    NEW.chain := nullif(current_setting('acme_ca.audit_chain', true), '')::smallint;
+    IF NEW.chain IS NULL THEN
+        NEW.chain := coalesce(NEW.order_id, NEW.account_id, 0) % 8;
+        PERFORM set_config('acme_ca.audit_chain', NEW.chain::text, true);
+    END IF;
     SELECT last_seq, last_hash INTO head FROM audit_chain_head WHERE chain = NEW.chain
         FOR UPDATE;
     NEW.id := nextval('audit_event_ids');

@@ -576,9 +576,10 @@ async def test_cp_5_4_1_validation_result_in_two_statements_with_its_orders_and_
 async def test_cp_5_4_1_challenge_started_with_its_audit_row_in_one_statement_after_the_lock(
     pool: asyncpg.Pool, dsn: str
 ) -> None:
-    """start_challenge (issue 20): the authorization's lock, then the move and the
-    ``challenge.processing`` audit row in one statement; a sibling challenge of an
-    authorization being validated, or the same one again, does not start and audits nothing."""
+    """start_challenge (issue 20): one round trip, schema.sql's acme_ca_start_challenge: the
+    authorization's lock, then the move and the ``challenge.processing`` audit row in one
+    statement; a sibling challenge of an authorization being validated, or the same one
+    again, does not start and audits nothing."""
     repo = OrderRepository(pool)
     async with pool.acquire() as conn:
         account_id = await _account(conn)
@@ -606,7 +607,8 @@ async def test_cp_5_4_1_challenge_started_with_its_audit_row_in_one_statement_af
         warm=lambda r: r.start_challenge(warm[1], now=NOW, lease=timedelta(1), holder="h"),
     )
     assert started
-    assert [q.split()[0] for q in sent] == ["BEGIN;", "SELECT", "WITH", "COMMIT;"]
+    assert [q.split()[0] for q in sent] == ["SELECT"]
+    assert "acme_ca_start_challenge" in sent[0]
     assert not await repo.start_challenge(sibling, now=NOW, lease=timedelta(1), holder="h")
     assert not await repo.start_challenge(first, now=NOW, lease=timedelta(1), holder="h")
     rows = await pool.fetch(
@@ -619,4 +621,52 @@ async def test_cp_5_4_1_challenge_started_with_its_audit_row_in_one_statement_af
         "details": {"challenge_id": first, "authz_id": authz.id, "type": "http-01"},
     }
     assert len(rows) == 2  # warm-start's and the first's
+    assert (await verify_chain(pool)).ok
+
+
+async def test_conc_1_sibling_challenges_started_at_once_only_one_starts(
+    pool: asyncpg.Pool,
+) -> None:
+    """acme_ca_start_challenge's check of the other challenges is a statement after the
+    authorization's lock, with its own snapshot: of two challenges of one authorization
+    started at the same moment, exactly one moves to processing and is audited, every time."""
+    repo = OrderRepository(pool)
+    async with pool.acquire() as conn:
+        account_id = await _account(conn)
+    pairs = []
+    for i in range(12):
+        name = f"race{i}.example.com"
+        order = await repo.create_order(
+            account_id=account_id,
+            identifiers=[Identifier("dns", name)],
+            expires_at=LATER,
+            reuse=[None],
+            new_authzs=[
+                NewAuthorization(
+                    name,
+                    False,
+                    LATER,
+                    (
+                        ("http-01", "a-" + os.urandom(8).hex()),
+                        ("dns-01", "b-" + os.urandom(8).hex()),
+                    ),
+                )
+            ],
+            now=NOW,
+        )
+        authz = await repo.get_authorization(order.authz_ids[0])
+        assert authz is not None
+        pairs.append(tuple(c.id for c in authz.challenges))
+    results = await asyncio.gather(
+        *(
+            repo.start_challenge(c, now=NOW, lease=timedelta(1), holder="h")
+            for pair in pairs
+            for c in pair
+        )
+    )
+    assert [sum(results[2 * i : 2 * i + 2]) for i in range(len(pairs))] == [1] * len(pairs)
+    audited = await pool.fetchval(
+        "SELECT count(*) FROM audit_events WHERE event = 'challenge.processing'"
+    )
+    assert audited == len(pairs)
     assert (await verify_chain(pool)).ok

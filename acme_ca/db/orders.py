@@ -97,30 +97,6 @@ _CREATE_ORDER = """
 """
 
 
-#: pending -> processing (after the authorization's row lock, a statement of its own: see
-#: start_challenge) and its audit row, which reads the moved challenge, in one statement.
-_START_CHALLENGE = """
-    WITH u AS (
-        UPDATE challenges c SET status = 'processing', attempts = attempts + 1,
-               lease_until = $2::timestamptz + $3::interval, lease_holder = $4,
-               updated_at = $2
-        FROM authorizations a
-        WHERE c.id = $1 AND c.status = 'pending' AND a.id = c.authz_id
-          AND a.status = 'pending' AND a.expires_at > $2
-          AND NOT EXISTS (SELECT 1 FROM challenges o
-                          WHERE o.authz_id = c.authz_id AND o.status = 'processing')
-        RETURNING a.account_id, a.id AS authz_id, c.type),
-    e AS (
-        INSERT INTO audit_events (at, event, actor, account_id, order_id, request_id, details)
-        SELECT $2, 'challenge.processing', 'account:' || u.account_id, u.account_id, NULL,
-               $5::text,
-               jsonb_build_object('challenge_id', $1::bigint, 'authz_id', u.authz_id,
-                                  'type', u.type)
-        FROM u)
-    SELECT account_id FROM u
-"""
-
-
 #: How long ago a challenge of this process must have been started before it counts as
 #: orphaned here (not validating): far more than the moment between a start's commit and
 #: the spawn of its validation.
@@ -351,24 +327,18 @@ class OrderRepository:
         first, so two challenges of one authorization started at once serialize.  The lock
         is a statement of its own: the move's check of the other challenges must start after
         it is granted to see a challenge started meanwhile; the move and its audit row are
-        then one statement (issue 20)."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                """SELECT 1 FROM authorizations
-                   WHERE id = (SELECT authz_id FROM challenges WHERE id = $1) FOR UPDATE""",
-                challenge_id,
-            )
-            row = await conn.fetchrow(
-                _START_CHALLENGE,
-                challenge_id,
-                now,
-                lease,
-                holder,
-                current_request_id(),
-            )
-            if row is None:
-                return False
-        return True
+        then one statement.  Both run in schema.sql's ``acme_ca_start_challenge``, a VOLATILE
+        function whose statements each take a fresh snapshot: one round trip instead of
+        BEGIN, lock, move and COMMIT (issue 20)."""
+        account_id = await self._pool.fetchval(
+            "SELECT acme_ca_start_challenge($1, $2, $3, $4, $5)",
+            challenge_id,
+            now,
+            lease,
+            holder,
+            current_request_id(),
+        )
+        return account_id is not None
 
     async def claim_stale_challenges(
         self,

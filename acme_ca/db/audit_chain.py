@@ -4,14 +4,13 @@ Every ``audit_events`` row carries ``hash = SHA-256(prev_hash || content)``, cha
 ``acme_ca_audit_chain`` trigger (schema.sql, "The audit trail") to the previous row of its
 chain: one of :data:`CHAINS`, ``coalesce(order_id, account_id, 0) % CHAINS`` of the first
 audit row of its transaction (one chain per transaction: no deadlock on the heads). The
-trigger takes the row lock of that chain's ``audit_chain_head``
-row, so concurrent writers of a chain chain in commit order while writers of other chains
-do not wait (issue 20). Ids (a sequence, taken under the chain's lock) grow along each chain
-and, across chains, follow about the order rows were written; ``seq`` is a row's gapless
-position in its chain (NULL for rows written before migration 014: their position is
-their id).
-:func:`content_bytes` is the same content computed here, so :func:`verify_chain` recomputes
-every hash without trusting the database's function. Rows never change (UPDATE, DELETE and
+trigger takes the row lock of that chain's ``audit_chain_head`` row, so concurrent writers
+of a chain chain in commit order while writers of other chains do not wait (issue 20). Ids
+(a sequence, taken under the chain's lock) grow along each chain and, across chains, follow
+about the order rows were written; ``seq`` is a row's gapless position in its chain (NULL
+for rows written before migration 014: their position is their id). :func:`content_bytes`
+is the same content computed here, so :func:`verify_chain` recomputes every hash without
+trusting the database's function. Rows never change (UPDATE, DELETE and
 TRUNCATE are refused by triggers); a month leaves only whole, by :func:`retire_partitions`,
 once all of it is older than the retention period (CP 5.4.3, 5.5.2: seven years), and that
 move is itself an audit row recording the retired runs of each chain and their end hashes,

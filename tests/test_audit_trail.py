@@ -10,7 +10,6 @@ over and chains them.
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import itertools
 import json
@@ -24,7 +23,14 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from acme_ca.acme.jsontypes import JsonValue
-from acme_ca.admin.audit import export, load_signing_key, run_async, verify_export
+from acme_ca.admin.audit import (
+    export,
+    load_signing_key,
+    row_of_line,
+    run_async,
+    signature_line,
+    verify_export,
+)
 from acme_ca.cli import _parser
 from acme_ca.clock import Clock, FixedClock, SystemClock
 from acme_ca.config import Config, ConfigError
@@ -35,7 +41,6 @@ from acme_ca.db.audit_chain import (
     REQUESTS_RETIRED_EVENT,
     REQUESTS_TABLE,
     AuditChain,
-    ChainRow,
     chain_rows,
     partitions,
     retire_partitions,
@@ -566,7 +571,7 @@ async def test_migration_014_spreads_new_rows_over_chains_and_keeps_the_old_one(
         fourth = rows[3]
         assert (fourth["chain"], fourth["seq"]) == (0, 4)
         fourth["prev_hash"] = "11" * 32
-        fourth["hash"] = row_hash(bytes(32 * [0x11]), _chain_row(fourth)).hex()
+        fourth["hash"] = row_hash(bytes(32 * [0x11]), row_of_line(fourth)).hex()
         forged = tmp_path / "forged.jsonl"
         _write_signed(forged, rows, key)
         assert "not linked to row 3" in (verify_export(forged, key.public_key()) or "")
@@ -574,27 +579,10 @@ async def test_migration_014_spreads_new_rows_over_chains_and_keeps_the_old_one(
         await pool.close()
 
 
-def _chain_row(line: dict[str, JsonValue]) -> ChainRow:
-    return ChainRow(
-        id=int(str(line["id"])),
-        at=datetime.fromisoformat(str(line["at"])),
-        event=str(line["event"]),
-        actor=str(line["actor"]),
-        account_id=None,
-        order_id=None if line["order_id"] is None else int(str(line["order_id"])),
-        request_id=None,
-        details_text=str(line["details_text"]),
-        prev_hash=bytes.fromhex(str(line["prev_hash"])),
-        hash=b"",
-    )
-
-
 def _write_signed(path: Path, rows: list[dict[str, JsonValue]], key: Ed25519PrivateKey) -> None:
-    """An export file of ``rows`` signed by ``key`` the way :func:`export` signs one."""
+    """An export file of ``rows`` signed by ``key`` as :func:`export` signs one."""
     body = "".join(json.dumps(r, separators=(",", ":"), ensure_ascii=False) + "\n" for r in rows)
-    digest = hashlib.sha256(body.encode()).digest()
-    signature = {"sha256": digest.hex(), "value": base64.b64encode(key.sign(digest)).decode()}
-    path.write_text(body + json.dumps({"signature": signature}) + "\n")
+    path.write_text(body + signature_line(key, hashlib.sha256(body.encode()).digest()))
 
 
 async def test_cp_5_4_1_transactions_writing_rows_of_two_chains_never_deadlock(

@@ -20,7 +20,7 @@ import json
 import sys
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -177,28 +177,51 @@ async def export(
         count += 1
         first = row.id if first is None else first
         last = row.id
-    signature = key.sign(digest.digest())
     out.write(
-        json.dumps(
-            {
-                "signature": {
-                    "algorithm": SIGNATURE_ALGORITHM,
-                    "signed": "SHA-256 of every byte before this line",
-                    "sha256": digest.hexdigest(),
-                    "value": base64.b64encode(signature).decode(),
-                    "public_key": public_key_b64(key.public_key()),
-                    "rows": count,
-                    "first_id": first,
-                    "last_id": last,
-                    "since": since.isoformat(),
-                    "until": until.isoformat(),
-                }
-            },
-            separators=(",", ":"),
+        signature_line(
+            key,
+            digest.digest(),
+            rows=count,
+            first_id=first,
+            last_id=last,
+            since=since.isoformat(),
+            until=until.isoformat(),
         )
-        + "\n"
     )
     return count
+
+
+def signature_line(key: Ed25519PrivateKey, digest: bytes, **summary: JsonValue) -> str:
+    """An export's last line: ``key``'s signature over ``digest`` (the SHA-256 of every byte
+    before it), its public key, and ``summary`` (rows, first and last id, period)."""
+    signature = {
+        "algorithm": SIGNATURE_ALGORITHM,
+        "signed": "SHA-256 of every byte before this line",
+        "sha256": digest.hex(),
+        "value": base64.b64encode(key.sign(digest)).decode(),
+        "public_key": public_key_b64(key.public_key()),
+        **summary,
+    }
+    return json.dumps({"signature": signature}, separators=(",", ":")) + "\n"
+
+
+def row_of_line(line: dict[str, Any]) -> ChainRow:
+    """The :class:`ChainRow` an export line holds (``chain`` and ``seq`` absent from lines
+    exported before migration 014: chain 0, position = id)."""
+    return ChainRow(
+        id=line["id"],
+        at=datetime.fromisoformat(line["at"]),
+        event=line["event"],
+        actor=line["actor"],
+        account_id=line["account_id"],
+        order_id=line["order_id"],
+        request_id=line["request_id"],
+        details_text=line["details_text"],
+        prev_hash=bytes.fromhex(line["prev_hash"]),
+        hash=bytes.fromhex(line["hash"]),
+        chain=line.get("chain", 0),
+        seq=line.get("seq"),
+    )
 
 
 def verify_export(path: Path, public_key: Ed25519PublicKey) -> str | None:
@@ -227,26 +250,15 @@ def verify_export(path: Path, public_key: Ed25519PublicKey) -> str | None:
         return "the signature does not verify with this public key"
     previous: dict[int, ChainRow] = {}
     for number, raw in enumerate(signed.splitlines(), start=1):
-        line = json.loads(raw)
-        row = ChainRow(
-            id=line["id"],
-            at=datetime.fromisoformat(line["at"]),
-            event=line["event"],
-            actor=line["actor"],
-            account_id=line["account_id"],
-            order_id=line["order_id"],
-            request_id=line["request_id"],
-            details_text=line["details_text"],
-            prev_hash=bytes.fromhex(line["prev_hash"]),
-            hash=bytes.fromhex(line["hash"]),
-            chain=line.get("chain", 0),
-            seq=line.get("seq"),
-        )
+        row = row_of_line(json.loads(raw))
         if row_hash(row.prev_hash, row) != row.hash:
             return f"line {number} (row {row.id}): content does not match its hash"
         before = previous.get(row.chain)
-        adjacent = before is not None and row.position == before.position + 1
-        if before is not None and adjacent and row.prev_hash != before.hash:
+        if (
+            before is not None
+            and row.position == before.position + 1
+            and row.prev_hash != before.hash
+        ):
             return f"line {number} (row {row.id}): not linked to row {before.id}"
         if row.position == 1 and row.prev_hash != GENESIS:
             return f"line {number} (row {row.id}): does not start from the genesis hash"

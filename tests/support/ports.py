@@ -7,10 +7,16 @@ status listener) may be handed the same port, and the server fails with "address
 use" (CI met exactly that). So the ports handed out here come from below the ephemeral range,
 where the kernel never picks on its own, are checked free for TCP (and UDP, for DNS) at the
 moment, and are never handed out twice by one test process.
+
+The suite runs on pytest-xdist workers (scripts/test.sh), separate processes that cannot see
+each other's hand-outs: each worker draws only ports of its own residue class modulo the
+number of workers, so two workers never pick the same port between the check and the bind.
+Processes a worker starts inherit its environment and so its class.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 from pathlib import Path
@@ -37,16 +43,34 @@ def _bindable(port: int, kind: socket.SocketKind) -> bool:
     return True
 
 
+def worker_slot() -> tuple[int, int]:
+    """``(index, count)`` of this pytest-xdist worker (``PYTEST_XDIST_WORKER`` ``gwN`` and
+    ``PYTEST_XDIST_WORKER_COUNT``); ``(0, 1)`` outside xdist."""
+    name = os.environ.get("PYTEST_XDIST_WORKER", "")
+    try:
+        count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    except ValueError:
+        count = 1
+    if count > 1 and name.startswith("gw") and name[2:].isdigit():
+        return int(name[2:]) % count, count
+    return 0, 1
+
+
 def free_port(*, udp: bool = False) -> int:
     """A loopback port free for TCP (and for UDP too with ``udp``), outside the ephemeral
-    range, not handed out before by this process."""
-    highest = _ephemeral_start() - 1
+    range, of this worker's class (:func:`worker_slot`), not handed out before by this
+    process."""
+    index, count = worker_slot()
+    lowest, highest = -(-(LOWEST - index) // count), (_ephemeral_start() - 1 - index) // count
     for _ in range(200):
-        port = random.randint(LOWEST, highest)
+        port = random.randint(lowest, highest) * count + index
         if port in _handed_out or not _bindable(port, socket.SOCK_STREAM):
             continue
         if udp and not _bindable(port, socket.SOCK_DGRAM):
             continue
         _handed_out.add(port)
         return port
-    raise RuntimeError(f"no free loopback port between {LOWEST} and {highest}")
+    raise RuntimeError(
+        f"no free loopback port between {LOWEST} and {_ephemeral_start() - 1} "
+        f"(worker {index} of {count})"
+    )

@@ -53,6 +53,27 @@ async def test_acme_nonce_4_head_and_get(ca: RunningCa, session: aiohttp.ClientS
     assert "=" not in first and len(first) >= 22
 
 
+async def test_acme_nonce_4_head_keeps_the_connection(ca: RunningCa) -> None:
+    """HEAD newNonce says Content-Length: 0, so a client that does not special-case HEAD
+    (aiohttp's) reuses the connection instead of opening one (a TLS handshake) per nonce."""
+    opened = 0
+
+    async def on_connection(*_: object) -> None:
+        nonlocal opened
+        opened += 1
+
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_create_end.append(on_connection)
+    connector = aiohttp.TCPConnector(ssl=False, limit=1)
+    async with aiohttp.ClientSession(connector=connector, trace_configs=[trace]) as session:
+        for _ in range(3):
+            async with session.head(ca.base_url + "/acme/new-nonce") as head:
+                assert head.status == 200
+                assert head.headers["Content-Length"] == "0"
+                assert await head.read() == b""
+    assert opened == 1
+
+
 async def test_acme_link_1_index_on_resources(
     ca: RunningCa, session: aiohttp.ClientSession
 ) -> None:

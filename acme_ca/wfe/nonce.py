@@ -15,7 +15,12 @@ def _nonce_response(request: web.Request, status: int) -> web.Response:
 
 
 async def head_new_nonce(request: web.Request) -> web.Response:
-    return _nonce_response(request, 200)
+    response = _nonce_response(request, 200)
+    # aiohttp leaves Content-Length off a bodiless HEAD answer, and HTTP clients that do not
+    # special-case HEAD (aiohttp's own among them) then cannot tell where the answer ends
+    # and close the connection: one TLS handshake per nonce.  The GET is 204 (no length).
+    response.headers["Content-Length"] = "0"
+    return response
 
 
 async def get_new_nonce(request: web.Request) -> web.Response:

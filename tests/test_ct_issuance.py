@@ -382,6 +382,32 @@ async def test_200_day_certificate_has_three_scts_verified_three_ways(
     assert events[4]["details"]["scts"] == summaries
 
 
+async def test_final_certificates_go_only_to_the_configured_logs(
+    pool: asyncpg.Pool,
+    pki_config: Config,
+    issuers: IssuerSet,
+    linter: CertificateLinter,
+) -> None:
+    """CP 4.3.1 needs the precertificate logged; sending the final certificate afterwards is
+    best effort, done for the logs of ``ct_log_list`` only: the in-process test logs (test
+    mode, the embedded defaults) get precertificates only, as nobody reads them."""
+    config = days(pki_config, 200)
+    assert config.ct_log_list is None
+    assert not CtSettings.from_config(config).submit_final
+    assert CtSettings.from_config(replace(config, ct_log_list=Path("list.json"))).submit_final
+    settings = replace(FAST, submit_final=CtSettings.from_config(config).submit_final)
+    async with harness(pool, config, issuers, linter, three_operators(), settings) as h:
+        order_id, _ = await h.queue(["ct-test-logs.example.com"])
+        assert await h.worker().run_once()
+        result = await issued(h, order_id)
+        await h.cts[0].wait_idle()
+        precert_submissions = {x.name: x.requests["add-pre-chain"] for x in h.logs.logs}
+        final_submissions = {x.name: x.requests["add-chain"] for x in h.logs.logs}
+    assert len(result.row["scts"]) == 3
+    assert precert_submissions == {"log A": 1, "log B": 1, "log C": 1}
+    assert final_submissions == {"log A": 0, "log B": 0, "log C": 0}
+
+
 async def test_short_certificate_gets_two_scts_from_two_operators(
     pool: asyncpg.Pool,
     pki_config: Config,

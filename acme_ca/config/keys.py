@@ -339,7 +339,8 @@ class Config(ServiceKeys):
         None,
         "Certificate Transparency log list in Chrome's v3 JSON format (reloaded when it "
         "changes). Unset on the embedded defaults and in test mode: three in-process test logs "
-        "are started and their list written to `home/ct/log_list.json`.",
+        "are started and their list written to `home/ct/log_list.json`; they get "
+        "precertificates only (final certificates go to the logs of this list).",
     )
     ct_timeout_seconds: int = doc_key(10, "Timeout of one CT log submission.")
     ct_deadline_seconds: int = doc_key(

@@ -29,7 +29,8 @@ class CtSettings:
     retry_max: timedelta = timedelta(minutes=5)
     #: Allowed difference between a log's clock and ours.
     clock_skew: timedelta = timedelta(seconds=5)
-    #: Send final certificates to the logs afterwards (best effort).
+    #: Send final certificates to the logs afterwards (best effort); from a configuration,
+    #: only to the logs of ``ct_log_list`` (see :meth:`from_config`).
     submit_final: bool = True
     #: Try logs of equal standing in random order (spreads the load); tests turn it off.
     shuffle: bool = True
@@ -44,6 +45,10 @@ class CtSettings:
             retry_pause=config.ct_retry_pause_milliseconds / 1000,
             retry_initial=timedelta(seconds=config.ct_backoff_initial_seconds),
             retry_max=timedelta(seconds=config.ct_backoff_max_seconds),
+            # The in-process test logs (no ct_log_list: test mode, the embedded defaults) get
+            # precertificates only: nobody reads them, and answering add-chain was about 5 ms
+            # of the worker's CPU per issuance, in its own process (docs/performance.md).
+            submit_final=config.ct_log_list is not None,
         )
 
     def backoff(self, retries: int) -> timedelta:

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from acme_ca.own_python import own_python
 
 if TYPE_CHECKING:
     from acme_ca.ca.signer import CaPrivateKey, KeySpec
@@ -87,8 +88,10 @@ class EarlyKeys:
 
     def __init__(self, wanted: dict[str, int] = EARLY_RSA_KEYS) -> None:
         args = [f"{spec.removeprefix('rsa')}={count}" for spec, count in wanted.items()]
+        argv, env = own_python("-c", _CHILD, *args)
         self._child = subprocess.Popen(  # noqa: S603 - this interpreter, fixed code, no shell
-            [sys.executable, "-c", _CHILD, *args],
+            argv,
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,

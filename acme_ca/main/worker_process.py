@@ -40,12 +40,14 @@ from acme_ca.clock import SystemClock
 from acme_ca.config import Config
 from acme_ca.deployment import Assessment, signing_guard
 from acme_ca.main.metrics import metrics_listener
+from acme_ca.own_python import own_python
 from acme_ca.va.perspectives import MpicSetup
 from acme_ca.wfe import urls
 
 log = structlog.get_logger(component="acme_ca.main.worker_process")
 
-#: How the child is started (after ``sys.executable``): the ``acme-ca worker`` command.
+#: How the child is started (after this interpreter and ``-P``, :func:`own_python`): the
+#: ``acme-ca worker`` command.
 CHILD_ARGS = ("-m", "acme_ca", "worker", "--serve-child")
 #: How long a stopping child may finish its jobs in flight after SIGTERM before it is killed.
 STOP_SECONDS = 20.0
@@ -134,18 +136,19 @@ def _describe(code: int) -> str:
 async def worker_process(launch: WorkerLaunch) -> AsyncIterator[WorkerProcess]:
     """Start the child, hand it ``launch``, and stop it when the context exits."""
     payload = pickle.dumps(launch, protocol=pickle.HIGHEST_PROTOCOL)
+    argv, env = own_python(*CHILD_ARGS)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        *CHILD_ARGS,
+        *argv,
         stdin=asyncio.subprocess.PIPE,
         start_new_session=True,
+        env=env,
     )
     child = WorkerProcess(proc)
     try:
         assert proc.stdin is not None
         proc.stdin.write(_LENGTH.pack(len(payload)) + payload)
         await proc.stdin.drain()
-        log.info("worker.process_started", pid=proc.pid, argv=[sys.executable, *CHILD_ARGS])
+        log.info("worker.process_started", pid=proc.pid, argv=argv)
         yield child
     finally:
         await child.stop()

@@ -45,6 +45,7 @@ from typing import Any, Final
 import structlog
 
 from acme_ca.ca.settings import HierarchySettings
+from acme_ca.own_python import own_python
 
 log = structlog.get_logger(component="acme_ca.testsrv.ephemeral_spare")
 
@@ -252,11 +253,10 @@ async def make_next_spare(ready: asyncio.Event, home: Path, settings: HierarchyS
     if spare_stamp(settings) is None:
         return False
     started = time.monotonic()
+    argv, env = own_python("-m", __name__, str(home))
     child = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        __name__,
-        str(home),
+        *argv,
+        env=env,
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -353,7 +353,8 @@ class Responder:
 
     A questions get 192.0.2.1, other types an empty NOERROR, except: names in ``stall`` get no
     reply, names in ``cut`` get half of their reply and then the connection is closed, names
-    in ``wrong_id`` get a reply whose id is not the query's.  ``close_after_reply`` closes each
+    in ``wrong_id`` get a reply whose id is not the query's, names in ``custom`` the reply its
+    function makes of the query.  ``close_after_reply`` closes each
     connection after its first reply (a server closing idle connections); with
     ``close_when_reused`` a connection's second query is read and the connection closed
     unanswered (the server closed it just as the query was sent).  ``client_closes`` counts
@@ -367,6 +368,7 @@ class Responder:
         self.stall: set[str] = set()
         self.cut: set[str] = set()
         self.wrong_id: set[str] = set()
+        self.custom: dict[str, Callable[[dns.message.Message], dns.message.Message]] = {}
         self.close_after_reply = False
         self.close_when_reused = False
         self._writers: set[asyncio.StreamWriter] = set()
@@ -407,7 +409,9 @@ class Responder:
                 if name in self.stall:
                     continue
                 reply = dns.message.make_response(query)
-                if question.rdtype == dns.rdatatype.A:
+                if name in self.custom:
+                    reply = self.custom[name](query)
+                elif question.rdtype == dns.rdatatype.A:
                     reply.answer.append(
                         dns.rrset.from_text(question.name, 0, "IN", "A", "192.0.2.1")
                     )
@@ -565,7 +569,8 @@ async def test_reply_cut_short_fails_without_retry_and_is_not_reused(
 async def test_reply_with_another_id_fails_and_discards_the_connection(
     responder: Responder, tcp_client: ClientFactory
 ) -> None:
-    """dnspython matches the reply to the query; a mismatch is an error and closes the stream."""
+    """The reply must match the query (id, question); a mismatch is an error and closes the
+    stream."""
     responder.wrong_id.add("mismatch.example")
     client = tcp_client(responder.nameserver)
     answer = await client.query("mismatch.example", "A")
@@ -575,6 +580,61 @@ async def test_reply_with_another_id_fails_and_discards_the_connection(
     await eventually(lambda: responder.client_closes == 1)
     assert (await client.query("www.example.com", "A")).ok
     assert responder.accepted == 2
+
+
+async def test_caa_11_signed_nodata_is_read_without_its_proofs_and_badvers_stays_a_failure(
+    responder: Responder,
+) -> None:
+    """Over the real TCP transport with DNSSEC required: a signed NODATA (AD, the SOA, NSEC3
+    proofs and RRSIGs in the authority section, which the client does not parse) is a secure
+    empty answer, the next query reuses the connection, and an extended rcode (BADVERS, in
+    the OPT record) is still a failure rather than an empty answer, i.e. never CAA permission."""
+
+    def signed_nodata(query: dns.message.Message) -> dns.message.Message:
+        reply = dns.message.make_response(query)
+        reply.flags |= dns.flags.AD
+        sig = "A" * 344
+        reply.authority.append(
+            dns.rrset.from_text("example.com.", 300, "IN", "SOA", "ns. host. 1 3600 600 86400 60")
+        )
+        reply.authority.append(
+            dns.rrset.from_text(
+                "example.com.",
+                300,
+                "IN",
+                "RRSIG",
+                f"SOA 8 2 300 20261231000000 20261201000000 1 example.com. {sig}",
+            )
+        )
+        reply.authority.append(
+            dns.rrset.from_text(
+                "0P9MHAVEQVM6T7VBL5LOP2U3T2RP3TOM.example.com.",
+                300,
+                "IN",
+                "NSEC3",
+                "1 0 0 - 0P9MHAVEQVM6T7VBL5LOP2U3T2RP3TO0 A RRSIG",
+            )
+        )
+        return reply
+
+    def badvers(query: dns.message.Message) -> dns.message.Message:
+        reply = dns.message.make_response(query)
+        reply.set_rcode(dns.rcode.BADVERS)
+        return reply
+
+    responder.custom["signed.example.com"] = signed_nodata
+    responder.custom["badvers.example.com"] = badvers
+    client = DnsClient(ResolverSettings((responder.nameserver,), attempts=1, require_dnssec=True))
+    try:
+        answer = await client.query("signed.example.com", "CAA")
+        assert answer.ok and answer.records == () and answer.rcode == "NOERROR"
+        assert answer.dnssec == "secure"
+        refused = await client.query("badvers.example.com", "CAA")
+        assert not refused.ok and refused.failure is DnsFailure.ERROR
+        assert refused.error is not None and "BADVERS" in refused.error
+    finally:
+        await client.aclose()
+    assert responder.accepted == 1
 
 
 async def test_pool_keeps_at_most_pool_size_idle_connections(

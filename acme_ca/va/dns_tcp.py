@@ -1,9 +1,10 @@
 """Reused TCP connections to a DNS resolver (RFC 7766 §6.2.1) for the VA's DNS client.
 
-:class:`TcpConnection` is dnspython's asyncio stream socket plus what reuse needs, handed to
-``dns.asyncquery.tcp(sock=...)``; :class:`TcpPool` keeps one nameserver's idle connections,
-closes them after an idle timeout, and never hands out one the peer closed or one from another
-event loop.
+:class:`TcpConnection` is dnspython's asyncio stream socket plus what reuse needs;
+:func:`exchange` sends one query over it and reads its reply (RFC 1035 §4.2.2 framing), parsed
+as far as the VA reads it (:mod:`acme_ca.va.dns_reply`); :class:`TcpPool` keeps one
+nameserver's idle connections, closes them after an idle timeout, and never hands out one the
+peer closed or one from another event loop.
 """
 
 from __future__ import annotations
@@ -11,12 +12,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import struct
 from collections.abc import Awaitable
 from typing import TypeVar
 
 import dns._asyncbackend
 import dns.exception
 import dns.inet
+import dns.message
+
+from acme_ca.va.dns_reply import parse_reply
 
 _T = TypeVar("_T")
 
@@ -31,7 +36,7 @@ async def _within(awaitable: Awaitable[_T], seconds: float | None) -> _T:
 
 
 class TcpConnection(dns._asyncbackend.StreamSocket):  # dns.asyncbackend's, re-exported
-    """One TCP connection to a resolver, given to ``dns.asyncquery.tcp(sock=...)``.
+    """One TCP connection to a resolver, for :func:`exchange`.
 
     dnspython's asyncio stream socket plus what reuse needs: ``received`` counts the reply bytes
     read for the current query (a reused connection that fails before the first one was closed
@@ -90,6 +95,33 @@ class TcpConnection(dns._asyncbackend.StreamSocket):  # dns.asyncbackend's, re-e
         if not self.writer.is_closing():
             with contextlib.suppress(RuntimeError):  # its event loop is already closed
                 self.writer.close()
+
+
+async def exchange(
+    conn: TcpConnection, query: dns.message.Message, seconds: float
+) -> dns.message.Message:
+    """Send ``query`` over ``conn`` and read its reply, all within ``seconds``.
+
+    Raises ``dns.exception.Timeout``, ``EOFError`` (the peer closed the connection; nothing of
+    the reply read if ``conn.received`` is 0), ``OSError``, what dnspython raises for a
+    malformed reply, and ``dns.query.BadResponse`` for one that does not answer ``query``.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    wire = query.to_wire()
+    await conn.sendall(struct.pack("!H", len(wire)) + wire, seconds)
+
+    async def read_exactly(size: int) -> bytes:
+        data = b""
+        while len(data) < size:
+            chunk = await conn.recv(size - len(data), max(deadline - loop.time(), 0.0))
+            if not chunk:
+                raise EOFError("the resolver closed the connection")
+            data += chunk
+        return data
+
+    (length,) = struct.unpack("!H", await read_exactly(2))
+    return parse_reply(query, await read_exactly(length))
 
 
 class TcpPool:

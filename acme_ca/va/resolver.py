@@ -28,7 +28,9 @@ TCP connections to a resolver are reused (RFC 7766 §6.2.1): each :class:`DnsCli
 query at a time.  A connection is closed on any error, timeout or cancellation, when the
 resolver closed it, and after :data:`TCP_IDLE_TIMEOUT` unused, so a client that is never closed
 holds nothing for long; :meth:`DnsClient.aclose` closes the idle ones at once.  The
-connections and their pools are :mod:`acme_ca.va.dns_tcp`.
+connections and their pools are :mod:`acme_ca.va.dns_tcp`.  A reply is parsed as far as the
+checks read it (header, question, answer, EDNS), not its authority section
+(:mod:`acme_ca.va.dns_reply`).
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ import dns.rrset
 import structlog
 
 from acme_ca.clock import Clock, SystemClock
-from acme_ca.va.dns_tcp import TcpConnection, TcpPool
+from acme_ca.va.dns_tcp import TcpConnection, TcpPool, exchange
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -502,9 +504,9 @@ class DnsClient:
         An idle connection may have been closed by the resolver (RFC 7766 §6.2.3 lets it close
         idle connections at any time): if it fails before any byte of the reply arrived, the
         query is sent once more on a new connection, in what is left of ``budget``.  Any
-        failure closes the connection; dnspython matches the reply's id and question to the
-        query (``BadResponse`` otherwise), and a reply read in part leaves the stream
-        mid-message, so such a connection is never reused.
+        failure closes the connection; the reply's id and question must match the query's
+        (``BadResponse`` otherwise), and a reply read in part leaves the stream mid-message,
+        so such a connection is never reused.
         """
         pool = self._pools[ns]
         loop = asyncio.get_running_loop()
@@ -519,9 +521,7 @@ class DnsClient:
                 conn = await TcpConnection.open(ns.host, ns.port, left)
                 left = deadline - loop.time()
             try:
-                reply = await dns.asyncquery.tcp(
-                    query, ns.host, timeout=max(left, 0.0), port=ns.port, sock=conn
-                )
+                reply = await exchange(conn, query, max(left, 0.0))
             except BaseException as exc:
                 conn.shut()
                 stale = reused and conn.received == 0 and isinstance(exc, (EOFError, OSError))

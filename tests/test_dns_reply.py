@@ -19,7 +19,7 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
-from acme_ca.va.dns_reply import answer_part, parse_reply
+from acme_ca.va.dns_reply import answer_part, parse_reply, query_wire
 
 SIG = base64.b64encode(bytes(range(256))).decode()
 NSEC3_HASHES = ("0P9MHAVEQVM6T7VBL5LOP2U3T2RP3TOM", "Q04JKCEVQVMVPT7UQ8OGBK7PQBOLLK7T")
@@ -218,3 +218,23 @@ def test_mangled_replies_never_read_differently() -> None:
         assert ours.flags == whole.flags and ours.question == whole.question
         compared += 1
     assert compared > 100
+
+
+@pytest.mark.parametrize("name", ["www.example.com.", ".", "_acme-challenge.a.b.example.org."])
+@pytest.mark.parametrize("rdtype", ["CAA", "A", "AAAA", "TXT", "DNSKEY", "CNAME"])
+def test_query_wire_is_dnspythons_byte_for_byte(name: str, rdtype: str) -> None:
+    q = query(name, rdtype)
+    assert query_wire(q) == q.to_wire()
+
+
+def test_other_queries_go_to_dnspythons_renderer() -> None:
+    """Not the VA's usual shape (an EDNS option, no EDNS, two questions): rendered by
+    dnspython, so still byte for byte what it would send."""
+    with_option = dns.message.make_query(
+        "www.example.com.", "A", use_edns=0, options=[dns.edns.GenericOption(65001, b"x")]
+    )
+    no_edns = dns.message.make_query("www.example.com.", "A")
+    two = dns.message.make_query("www.example.com.", "A", use_edns=0)
+    two.find_rrset(two.question, dns.name.from_text("b.example."), 1, 1, create=True)
+    for q in (with_option, no_edns, two):
+        assert query_wire(q) == q.to_wire()

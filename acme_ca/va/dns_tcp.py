@@ -21,7 +21,7 @@ import dns.exception
 import dns.inet
 import dns.message
 
-from acme_ca.va.dns_reply import parse_reply
+from acme_ca.va.dns_reply import parse_reply, query_wire
 
 _T = TypeVar("_T")
 
@@ -108,7 +108,7 @@ async def exchange(
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
-    wire = query.to_wire()
+    wire = query_wire(query)
     await conn.sendall(struct.pack("!H", len(wire)) + wire, seconds)
 
     async def read_exactly(size: int) -> bytes:

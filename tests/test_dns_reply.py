@@ -15,6 +15,7 @@ import dns.message
 import dns.name
 import dns.query
 import dns.rcode
+import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 import pytest
@@ -231,10 +232,19 @@ def test_other_queries_go_to_dnspythons_renderer() -> None:
     """Not the VA's usual shape (an EDNS option, no EDNS, two questions): rendered by
     dnspython, so still byte for byte what it would send."""
     with_option = dns.message.make_query(
-        "www.example.com.", "A", use_edns=0, options=[dns.edns.GenericOption(65001, b"x")]
+        "www.example.com.",
+        "A",
+        use_edns=0,
+        options=[dns.edns.GenericOption(dns.edns.OptionType.NSID, b"x")],
     )
     no_edns = dns.message.make_query("www.example.com.", "A")
     two = dns.message.make_query("www.example.com.", "A", use_edns=0)
-    two.find_rrset(two.question, dns.name.from_text("b.example."), 1, 1, create=True)
+    two.find_rrset(
+        two.question,
+        dns.name.from_text("b.example."),
+        dns.rdataclass.IN,
+        dns.rdatatype.A,
+        create=True,
+    )
     for q in (with_option, no_edns, two):
         assert query_wire(q) == q.to_wire()

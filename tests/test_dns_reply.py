@@ -4,7 +4,6 @@ cut; anything unexpected parsed whole, with dnspython's own errors."""
 
 from __future__ import annotations
 
-import base64
 import random
 import struct
 
@@ -21,55 +20,13 @@ import dns.rrset
 import pytest
 
 from acme_ca.va.dns_reply import answer_part, parse_reply, query_wire
-
-SIG = base64.b64encode(bytes(range(256))).decode()
-NSEC3_HASHES = ("0P9MHAVEQVM6T7VBL5LOP2U3T2RP3TOM", "Q04JKCEVQVMVPT7UQ8OGBK7PQBOLLK7T")
+from tests.support.dns_replies import SIG, signed_nodata
 
 
 def query(name: str = "www.example.com.", rdtype: str = "CAA") -> dns.message.Message:
     q = dns.message.make_query(name, rdtype, use_edns=0, want_dnssec=True, payload=1232)
     q.flags |= dns.flags.AD
     return q
-
-
-def signed_nodata(q: dns.message.Message) -> dns.message.Message:
-    """What a validating resolver sends for NODATA in a signed zone: AD, the SOA, the NSEC3
-    proofs and their RRSIGs in the authority section."""
-    r = dns.message.make_response(q)
-    r.flags |= dns.flags.AD
-    r.authority.append(
-        dns.rrset.from_text(
-            "example.com.",
-            3600,
-            "IN",
-            "SOA",
-            "ns1.example.com. hostmaster.example.com. 2026120401 7200 3600 1209600 3600",
-        )
-    )
-    r.authority.append(
-        dns.rrset.from_text(
-            "example.com.",
-            3600,
-            "IN",
-            "RRSIG",
-            f"SOA 8 2 3600 20261231000000 20261201000000 12345 example.com. {SIG}",
-        )
-    )
-    for h in NSEC3_HASHES:
-        owner = f"{h}.example.com."
-        r.authority.append(
-            dns.rrset.from_text(owner, 3600, "IN", "NSEC3", f"1 0 0 - {h[:-1]}0 A RRSIG")
-        )
-        r.authority.append(
-            dns.rrset.from_text(
-                owner,
-                3600,
-                "IN",
-                "RRSIG",
-                f"NSEC3 8 3 3600 20261231000000 20261201000000 12345 example.com. {SIG}",
-            )
-        )
-    return r
 
 
 def cname_answer(q: dns.message.Message) -> dns.message.Message:

@@ -38,6 +38,7 @@ from acme_ca.va.resolver import (
     Nameserver,
     ResolverSettings,
 )
+from tests.support.dns_replies import signed_nodata
 
 T0 = datetime(2026, 4, 1, 12, 0, tzinfo=UTC)
 
@@ -589,33 +590,6 @@ async def test_caa_11_signed_nodata_is_read_without_its_proofs_and_badvers_stays
     proofs and RRSIGs in the authority section, which the client does not parse) is a secure
     empty answer, the next query reuses the connection, and an extended rcode (BADVERS, in
     the OPT record) is still a failure rather than an empty answer, i.e. never CAA permission."""
-
-    def signed_nodata(query: dns.message.Message) -> dns.message.Message:
-        reply = dns.message.make_response(query)
-        reply.flags |= dns.flags.AD
-        sig = "A" * 344
-        reply.authority.append(
-            dns.rrset.from_text("example.com.", 300, "IN", "SOA", "ns. host. 1 3600 600 86400 60")
-        )
-        reply.authority.append(
-            dns.rrset.from_text(
-                "example.com.",
-                300,
-                "IN",
-                "RRSIG",
-                f"SOA 8 2 300 20261231000000 20261201000000 1 example.com. {sig}",
-            )
-        )
-        reply.authority.append(
-            dns.rrset.from_text(
-                "0P9MHAVEQVM6T7VBL5LOP2U3T2RP3TOM.example.com.",
-                300,
-                "IN",
-                "NSEC3",
-                "1 0 0 - 0P9MHAVEQVM6T7VBL5LOP2U3T2RP3TO0 A RRSIG",
-            )
-        )
-        return reply
 
     def badvers(query: dns.message.Message) -> dns.message.Message:
         reply = dns.message.make_response(query)

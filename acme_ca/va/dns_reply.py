@@ -69,6 +69,16 @@ def _skip_record(wire: bytes, at: int) -> tuple[int, int] | None:
     return (rdtype, end) if end <= len(wire) else None
 
 
+def _skip_records(wire: bytes, at: int, count: int) -> int | None:
+    """The offset after ``count`` resource records from ``at``; None if malformed."""
+    for _ in range(count):
+        record = _skip_record(wire, at)
+        if record is None:
+            return None
+        at = record[1]
+    return at
+
+
 def answer_part(wire: bytes) -> bytes | None:
     """``wire`` without its authority section and with only the OPT record of its additional
     section; None when the reply is not shaped as expected (see the module docstring)."""
@@ -81,17 +91,11 @@ def answer_part(wire: bytes) -> bytes | None:
         if after is None or after + 4 > len(wire):
             return None
         at = after + 4
-    for _ in range(ancount):
-        record = _skip_record(wire, at)
-        if record is None:
-            return None
-        at = record[1]
-    answer_end = at
-    for _ in range(nscount):
-        record = _skip_record(wire, at)
-        if record is None:
-            return None
-        at = record[1]
+    answer_end = _skip_records(wire, at, ancount)
+    after_authority = None if answer_end is None else _skip_records(wire, answer_end, nscount)
+    if answer_end is None or after_authority is None:
+        return None
+    at = after_authority
     opt = b""
     for _ in range(arcount):
         record = _skip_record(wire, at)

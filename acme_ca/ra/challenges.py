@@ -117,17 +117,20 @@ class ChallengeAuthority:
         (CONC-1): exactly one validation runs per challenge.  ``found``: the challenge and its
         authorization as this request already read them (in its nonce's round trip, issue
         20); read here otherwise.  Either way only a read: the start itself is decided by the
-        conditional update below."""
-        if found is None:
-            found = await self._orders.get_challenge(challenge_id)
-        if found is None or found[1].account_id != account.id:
-            raise AcmeError(problems.not_found("no such challenge"))
-        challenge, authz = found
-        if challenge.status == ChallengeStatus.PROCESSING:
-            raise self._in_flight(challenge)
-        if challenge.status == ChallengeStatus.PENDING and (busy := _processing(authz)):
-            raise self._in_flight(busy)  # another challenge of this authorization runs
-        if challenge.status == ChallengeStatus.PENDING:
+        conditional update below, and a start lost to a racing request is decided again on a
+        fresh read (409 while the winner runs; once it is over, what a later POST gets)."""
+        for _ in range(_START_ATTEMPTS):
+            if found is None:
+                found = await self._orders.get_challenge(challenge_id)
+            if found is None or found[1].account_id != account.id:
+                raise AcmeError(problems.not_found("no such challenge"))
+            challenge, authz = found
+            if challenge.status == ChallengeStatus.PROCESSING:
+                raise self._in_flight(challenge)
+            if challenge.status != ChallengeStatus.PENDING:
+                return found  # valid or invalid: answered as it is
+            if busy := _processing(authz):
+                raise self._in_flight(busy)  # another challenge of this authorization runs
             if authz.status != AuthorizationStatus.PENDING or authz.expires_at <= self._clock.now():
                 raise AcmeError(
                     problems.malformed(
@@ -139,34 +142,36 @@ class ChallengeAuthority:
             if await self._orders.start_challenge(
                 challenge.id, now=self._clock.now(), lease=self._lease, holder=self._holder
             ):
-                log.info(
-                    "challenge.processing",
-                    challenge_id=challenge.id,
-                    authz_id=authz.id,
-                    type=challenge.type,
-                    identifier=authz.identifier,
-                )
-                # What this request read is what the validation needs: the move to
-                # processing just succeeded, and type, token, name and account are fixed.
-                known = Started(
-                    replace(challenge, status=ChallengeStatus.PROCESSING), authz, account
-                )
-                validation = self._tasks.spawn(
-                    self.run_validation(challenge.id, known), name=f"validate-{challenge.id}"
-                )
-                wait = self._wait - request_age()  # from the request's arrival
-                if wait > 0:
-                    # asyncio.wait never cancels: a client that hangs up does not stop it.
-                    await asyncio.wait({validation}, timeout=wait)
-            else:
-                again = await self._orders.get_challenge(challenge_id)
-                assert again is not None
-                busy = _processing(again[1])
-                if busy is not None:
-                    raise self._in_flight(busy)  # a racing POST started it (or a sibling)
-            found = await self._orders.get_challenge(challenge_id)
-            assert found is not None
+                await self._started(challenge, authz, account)
+                break
+            # Lost a race since the read: a POST to this challenge or a sibling started (and
+            # may have finished, leaving the authorization valid or invalid). Decide again
+            # on what is stored now, as a POST arriving after it would be answered.
+            found = None
+        found = await self._orders.get_challenge(challenge_id)
+        assert found is not None
         return found
+
+    async def _started(self, challenge: Challenge, authz: Authorization, account: Account) -> None:
+        """Run the validation this request just moved to processing; wait for it up to
+        ``wait_seconds`` from the request's arrival, so a quick one is answered final."""
+        log.info(
+            "challenge.processing",
+            challenge_id=challenge.id,
+            authz_id=authz.id,
+            type=challenge.type,
+            identifier=authz.identifier,
+        )
+        # What this request read is what the validation needs: the move to processing just
+        # succeeded, and type, token, name and account are fixed.
+        known = Started(replace(challenge, status=ChallengeStatus.PROCESSING), authz, account)
+        validation = self._tasks.spawn(
+            self.run_validation(challenge.id, known), name=f"validate-{challenge.id}"
+        )
+        wait = self._wait - request_age()  # from the request's arrival
+        if wait > 0:
+            # asyncio.wait never cancels: a client that hangs up does not stop it.
+            await asyncio.wait({validation}, timeout=wait)
 
     def _in_flight(self, challenge: Challenge) -> AcmeError:
         """409 for a POST while a challenge of the authorization is being validated
@@ -327,6 +332,11 @@ class ChallengeAuthority:
         updated = await self._orders.get_authorization(authz_id)
         assert updated is not None
         return updated
+
+
+#: Reads and start attempts a challenge POST makes before it answers what is stored: each
+#: failed start means another request changed the authorization meanwhile.
+_START_ATTEMPTS = 3
 
 
 def _processing(authz: Authorization) -> Challenge | None:

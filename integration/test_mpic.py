@@ -93,7 +93,11 @@ HELPER = Path(__file__).with_name("mpic_netns_helper.py")
 NS_DNS = "127.0.0.1:8053"
 NS_HTTP01_PORT = 5002
 NS_TLSALPN01_PORT = 5001
-MPIC_TIMEOUT_SECONDS = 8
+MPIC_TIMEOUT_SECONDS = 15
+#: Once decided, how long the primary waits for the remotes still out: the tests read every
+#: perspective's result, and on a loaded runner the fifth reply can come later than the
+#: default 250 ms after the fourth (the slow-remote test still sees the cut-off).
+MPIC_GRACE_MILLISECONDS = 2000
 POLL_SECONDS = 25.0
 
 # (id, RIR, latitude, longitude): four ARIN, one RIPE NCC, all >= 500 km apart and from Tokyo.
@@ -467,6 +471,7 @@ def world(
             ACME_CA_MPIC_CLIENT_KEY=str(mtls / "primary.key"),
             ACME_CA_MPIC_SERVER_CA=str(mtls / "ca.pem"),
             ACME_CA_MPIC_TIMEOUT_SECONDS=str(MPIC_TIMEOUT_SECONDS),
+            ACME_CA_MPIC_GRACE_MILLISECONDS=str(MPIC_GRACE_MILLISECONDS),
             ACME_CA_CHALLENGE_TYPES=",".join(CHALLENGE_TYPES),
             # not Pebble's fixed 5003: other suites' servers may hold it
             ACME_CA_CHALLSRV_HTTPS01=f"127.0.0.1:{free_port()}",
@@ -834,7 +839,8 @@ def test_slow_remote_is_cut_off_once_the_outcome_is_decided(fresh: World) -> Non
     assert attempt.quorum == "4/5"
     assert attempt.summary("us-south")["error"].startswith("not awaited"), attempt.records
     event = fresh.quorum_event(name)
-    assert event["elapsed_ms"] < MPIC_TIMEOUT_SECONDS * 1000 / 2, event
+    # decided, then the grace, then cut off: far from the per-remote timeout
+    assert MPIC_GRACE_MILLISECONDS - 50 <= event["elapsed_ms"] < MPIC_TIMEOUT_SECONDS * 1000 - 5000
     assert attempt.seconds < MPIC_TIMEOUT_SECONDS
 
 

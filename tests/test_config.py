@@ -45,8 +45,20 @@ def test_precedence_file_env_flags(tmp_path: Path) -> None:
         ({"ACME_CA_PENDING_AUTHZ_LIFETIME_SECONDS": str(31 * 86400)}, "30 days"),
         ({"ACME_CA_BASE_URL": "ftp://x"}, "base_url"),
         ({"ACME_CA_CAA_IDENTITIES": ""}, "caa_identities"),
+        ({"ACME_CA_MPIC_GRACE_MILLISECONDS": "-1"}, "mpic_grace_milliseconds"),
+        ({"ACME_CA_MPIC_GRACE_MILLISECONDS": "10001"}, "mpic_grace_milliseconds"),
     ],
-    ids=["listen", "bool", "positive", "dnssec", "br-token-lifetime", "base-url", "caa"],
+    ids=[
+        "listen",
+        "bool",
+        "positive",
+        "dnssec",
+        "br-token-lifetime",
+        "base-url",
+        "caa",
+        "mpic-grace-negative",
+        "mpic-grace-past-the-timeout",
+    ],
 )
 def test_invalid_values_name_the_key(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):

@@ -235,6 +235,16 @@ async def test_prompt_stragglers_are_still_recorded() -> None:
     assert result.ok and quorum(result) == "5/5"
 
 
+async def test_mpic_grace_milliseconds_sets_how_long_stragglers_may_answer() -> None:
+    """``mpic_grace_milliseconds``: the same straggler (0.3 s after the others) is recorded
+    with a grace of 2 s and cut off with none; the decision is the same either way."""
+    waited = await validate(validator(FakeTransport({"a4": late(0.3)}), grace=2.0))
+    assert waited.ok and quorum(waited) == "5/5"
+    cut = await validate(validator(FakeTransport({"a4": late(0.3)}), grace=0.0))
+    assert cut.ok and quorum(cut) == "4/5"
+    assert summaries(cut)["a4"].error == NOT_AWAITED
+
+
 # --- what the records say (BR 5.4.1 items 7-8, with SC-099) ----------------------------------
 
 

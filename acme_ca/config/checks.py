@@ -105,6 +105,8 @@ def check(config: Config) -> None:  # noqa: C901 -- a checklist: one check per c
         split_host_port(config.challsrv_https01)
     if not config.challenge_types:
         raise ConfigError("challenge_types must enable at least one validation method")
+    if not 0 <= config.mpic_grace_milliseconds <= 1000 * config.mpic_timeout_seconds:
+        raise ConfigError("mpic_grace_milliseconds must be between 0 and mpic_timeout_seconds")
     if config.validity_days is not None and not 1 <= config.validity_days <= 200:
         raise ConfigError("validity_days must be between 1 and 200 (BR 6.3.2)")
     if not 0 <= config.backdate_seconds <= 86400:

@@ -318,6 +318,13 @@ class Config(ServiceKeys):
         None, "PEM CA certificate(s) the primary trusts for remote VAs' server certificates."
     )
     mpic_timeout_seconds: int = doc_key(10, "Per-remote timeout of one corroboration request.")
+    mpic_grace_milliseconds: int = doc_key(
+        250,
+        "Once the quorum's outcome cannot change, how long the primary still waits for the "
+        "remote perspectives yet to answer, so their results go into the record; the rest are "
+        "then cancelled and recorded as not awaited. 0 cancels them at once; at most "
+        "`mpic_timeout_seconds`. The decision itself never waits for it.",
+    )
     test_perspectives: int = doc_key(
         0,
         "Test mode: start this many local remote VAs (`serve --test --perspectives N`) so "

@@ -74,4 +74,5 @@ async def local_remote_vas(
             client_key=material.primary_key,
             server_ca=material.ca_cert,
             timeout_seconds=float(settings.mpic.timeout_seconds),
+            grace_seconds=settings.mpic.grace_milliseconds / 1000,
         )

@@ -16,8 +16,8 @@ remote perspectives are configured.  It wraps the local :class:`ValidationAuthor
    non-corroboration;
 4. after each reply the pure rules of :mod:`acme_ca.va.quorum` are applied for the date of
    the check; as soon as the outcome cannot change, the remotes still pending get a short
-   grace (:data:`DECIDED_GRACE_SECONDS`) and are then cancelled and recorded as "not
-   awaited" -- a slow or hung remote never holds up a decided validation;
+   grace (``mpic_grace_milliseconds``, 250 ms unless set) and are then cancelled and
+   recorded as "not awaited" -- a slow or hung remote never holds up a decided validation;
 5. everything is recorded: each remote's own records, one summary record per remote (id,
    RIR, result) and one quorum record (``"4/5"``) -- appended to the :class:`CheckResult`
    the RA stores -- and one ``va.mpic.quorum`` log event with the same facts.
@@ -73,7 +73,6 @@ from acme_ca.va.registry import METHODS
 CHECK_PATH: Final = "/acme-ca/mpic/v1/check"
 """The one endpoint of a remote VA."""
 NOT_AWAITED: Final = "not awaited: the outcome was already decided"
-DECIDED_GRACE_SECONDS: Final = 0.25
 """Once the outcome is decided, replies already on their way get this long to arrive (so the
 record is as complete as promptness allows: five prompt remotes read "5/5", not "4/5");
 then the remotes still pending are cancelled."""
@@ -407,7 +406,9 @@ class MpicValidator:
                 collect(done)
                 if decide(rule, remotes, results).decided:
                     if pending:
-                        done, pending = await asyncio.wait(pending, timeout=DECIDED_GRACE_SECONDS)
+                        done, pending = await asyncio.wait(
+                            pending, timeout=self._setup.grace_seconds
+                        )
                         collect(done)
                     break
         finally:

@@ -126,6 +126,8 @@ class MpicSetup:
     client_key: Path | None = None
     server_ca: Path | None = None
     timeout_seconds: float = 10.0
+    #: Once decided, how long the remotes still out may answer (``mpic_grace_milliseconds``).
+    grace_seconds: float = 0.25
     primary: PrimarySite | None = None
     skip_reason: str | None = None
     local_test_perspectives: int = 0
@@ -323,6 +325,7 @@ def load_mpic_setup(
             strict=False,
             source=f"serve --test --perspectives {settings.test_perspectives}",
             timeout_seconds=float(settings.timeout_seconds),
+            grace_seconds=settings.grace_milliseconds / 1000,
             local_test_perspectives=settings.test_perspectives,
         )
     path = settings.perspectives_file
@@ -352,6 +355,7 @@ def load_mpic_setup(
         client_key=settings.client_key,
         server_ca=settings.server_ca,
         timeout_seconds=float(settings.timeout_seconds),
+        grace_seconds=settings.grace_milliseconds / 1000,
         primary=primary,
     )
     check_setup(setup, at)

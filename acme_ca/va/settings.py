@@ -27,6 +27,7 @@ class MpicSettings:
     client_key: Path | None
     server_ca: Path | None
     timeout_seconds: int
+    grace_milliseconds: int
     test_perspectives: int
 
     @classmethod
@@ -39,6 +40,7 @@ class MpicSettings:
             client_key=config.mpic_client_key,
             server_ca=config.mpic_server_ca,
             timeout_seconds=config.mpic_timeout_seconds,
+            grace_milliseconds=config.mpic_grace_milliseconds,
             test_perspectives=config.test_perspectives,
         )
 

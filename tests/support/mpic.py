@@ -104,10 +104,15 @@ def validator(
     perspectives: tuple[Perspective, ...] = PERSPECTIVES,
     strict: bool = True,
     timeout: float = 5.0,
+    grace: float = 0.25,
     at: datetime = DEC_2026,
 ) -> MpicValidator:
     setup = MpicSetup(
-        perspectives=perspectives, strict=strict, source="test", timeout_seconds=timeout
+        perspectives=perspectives,
+        strict=strict,
+        source="test",
+        timeout_seconds=timeout,
+        grace_seconds=grace,
     )
     primary = local or CheckResult.success((record(),), KEY_AUTH)
     return MpicValidator(FakeLocal(primary), setup, transport, FixedClock(at))  # type: ignore[arg-type]

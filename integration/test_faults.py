@@ -655,7 +655,8 @@ async def test_two_serves_behind_haproxy_and_two_workers_survive_a_kill_of_each(
                 replace(fronts[i], base_url=f"https://127.0.0.1:{p}"),
                 cafile=shape.cafile,
             )
-        await asyncio.to_thread(workers[1].wait_event, "worker.started", timeout=READY_TIMEOUT)
+        # As Shape.worker allows: a start takes 3-5 s, more on a loaded 2-core runner.
+        await asyncio.to_thread(workers[1].wait_event, "worker.started", timeout=3 * READY_TIMEOUT)
 
         # A nonce from one front end, redeemed at the other.
         context = _ssl_context(shape)

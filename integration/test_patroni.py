@@ -68,7 +68,7 @@ def failover(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Failover]:
         cluster.wait_healthy(timeout=START_TIMEOUT)
         with production_shape(base, dsn) as shape:
             shape.current = shape.processes.worker("worker", env=shape.env)
-            shape.current.wait_event("worker.started", timeout=READY_TIMEOUT)
+            shape.current.wait_event("worker.started", timeout=3 * READY_TIMEOUT)
             yield Failover(cluster, shape)
 
 

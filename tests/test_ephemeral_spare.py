@@ -9,8 +9,11 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,6 +24,8 @@ from acme_ca.ca.hierarchy_chains import ChainShape, check_chain_shape
 from acme_ca.ca.issuers_file import read_issuers_file
 from acme_ca.ca.settings import HierarchySettings
 from acme_ca.config import load_config
+from acme_ca.own_python import own_python
+from acme_ca.testsrv import ephemeral_spare
 from acme_ca.testsrv.ephemeral_spare import (
     BUILDING,
     CLAIMED,
@@ -31,6 +36,37 @@ from acme_ca.testsrv.ephemeral_spare import (
     finish_next_spare,
     make_next_spare,
 )
+
+#: The builder child as make_next_spare starts it, but at normal priority. serve gives it
+#: SCHED_IDLE so that it never takes CPU from requests; on a saturated CI runner that is a
+#: tiny share of a core, too little for these tests' deadlines. What it builds is the same;
+#: test_builder_runs_at_idle_priority checks the priority itself.
+_BUILDER_AT_NORMAL_PRIORITY = (
+    "import sys; from acme_ca.testsrv import ephemeral_spare as m; "
+    "m._lowest_priority = lambda: None; sys.exit(m.main(sys.argv[1:]))"
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def builder_at_normal_priority() -> Iterator[None]:
+    def own(*args: str) -> tuple[list[str], dict[str, str]]:
+        assert args[:2] == ("-m", ephemeral_spare.__name__), args
+        return own_python("-c", _BUILDER_AT_NORMAL_PRIORITY, *args[2:])
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ephemeral_spare, "own_python", own)
+        yield
+
+
+def test_builder_runs_at_idle_priority() -> None:
+    """The builder's first step lowers it below every request-serving process."""
+    code = (
+        "import os; from acme_ca.testsrv.ephemeral_spare import _lowest_priority; "
+        "_lowest_priority(); print(os.sched_getscheduler(0), os.nice(0))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    policy, niceness = (int(x) for x in out.stdout.split())
+    assert policy == os.SCHED_IDLE or niceness == 19, out.stdout
 
 
 def _settings(home: Path, **env: str) -> HierarchySettings:

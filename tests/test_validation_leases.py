@@ -49,15 +49,42 @@ class HeldValidator:
         return await self._inner.recheck_caa(identifier, wildcard, account_uri, validation_method)
 
 
+class _RenewalsCounted(OrderRepository):
+    """The orders repository as it is, counting the challenge lease renewals that held;
+    :meth:`reached` waits for the n-th.  The test waits on renewals, not on wall-clock time:
+    a loaded machine delays them, never skips them."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        super().__init__(pool)
+        self.renewals = 0
+        self._held = asyncio.Event()
+
+    async def renew_challenge_lease(
+        self, challenge_id: int, *, now: datetime, lease: timedelta
+    ) -> bool:
+        held = await super().renew_challenge_lease(challenge_id, now=now, lease=lease)
+        if held:
+            self.renewals += 1
+            self._held.set()
+        return held
+
+    async def reached(self, n: int, *, timeout: float = 30) -> None:
+        async with asyncio.timeout(timeout):
+            while self.renewals < n:
+                self._held.clear()
+                await self._held.wait()
+
+
 async def test_slow_validation_renews_its_lease_and_is_not_taken_over(
     va_ca: RunningCa, sub: Subscriber, challsrv: ChallengeTestServer
 ) -> None:
     fe = va_ca.app[FRONT_END]
     storage = va_ca.app[STORAGE]
     held = HeldValidator(va_ca.app[VALIDATOR])
-    lease = timedelta(seconds=0.6)
+    lease = timedelta(seconds=3)
+    orders = _RenewalsCounted(storage.pool)
     authority = ChallengeAuthority(
-        storage.orders,
+        orders,
         storage.accounts,
         held,
         va_ca.app[TASKS],
@@ -74,8 +101,10 @@ async def test_slow_validation_renews_its_lease_and_is_not_taken_over(
     assert await storage.orders.start_challenge(challenge_id, now=datetime.now(UTC), lease=lease)
     running = asyncio.create_task(authority.run_validation(challenge_id))
     try:
-        await asyncio.wait_for(held.entered.wait(), timeout=10)
-        await asyncio.sleep(4 * lease.total_seconds())
+        await asyncio.wait_for(held.entered.wait(), timeout=20)
+        # Three renewals, each a third of a lease after the last: the lease taken at the start
+        # has lapsed, only the renewals keep the validation from being recovered.
+        await orders.reached(3)
         assert await authority.recover_stale() == 0, "a renewed lease was taken over"
         lease_until = await storage.pool.fetchval(
             "SELECT lease_until FROM challenges WHERE id = $1", challenge_id

@@ -106,6 +106,34 @@ class TokenGone(WrappedSigner):
         return await super().sign(data, hash)
 
 
+class _Renewals:
+    """Counts the lease renewals of ``worker`` that held (the job was still its own), through
+    its repository's ``renew_lease``; :meth:`reached` waits for the n-th.  A test waits on
+    renewals, not on wall-clock time: a loaded machine delays them, never skips them."""
+
+    def __init__(self, worker: SigningWorker, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        self._held = asyncio.Event()
+        renew = worker._jobs.renew_lease
+
+        async def counted(job_id: int, worker_id: str, *, now: datetime, lease: timedelta) -> bool:
+            held = await renew(job_id, worker_id, now=now, lease=lease)
+            if held:
+                self.count += 1
+                self._held.set()
+            return held
+
+        monkeypatch.setattr(worker._jobs, "renew_lease", counted)
+
+    async def reached(self, n: int, *, timeout: float = 30) -> None:
+        """Until ``n`` renewals have held (a generous deadline: they come every third of a
+        lease)."""
+        async with asyncio.timeout(timeout):
+            while self.count < n:
+                self._held.clear()
+                await self._held.wait()
+
+
 def _with_signer(issuers: IssuerSet, name: str, signer: WrappedSigner) -> IssuerSet:
     """The same issuers, ``name`` signing through ``signer``."""
     changed = {**issuers.issuers, name: replace(issuers.issuers[name], signer=signer)}
@@ -118,18 +146,23 @@ async def test_lease_is_renewed_while_a_slow_signer_holds_the_job(
     issuers: IssuerSet,
     linter: CertificateLinter,
     ct: CertificateTransparency,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """The signer stalls until released: the job's lease is renewed every third of it, so
+    past its first lease the job is still its worker's and another worker finds nothing."""
     order_id = await _queue(pool, pki_config, 1)
     slow, signers = wrap_issuers(issuers)
     signer = signers[pki_config.ecdsa_issuer]
     signer.gate = asyncio.Event()
-    lease = timedelta(seconds=0.9)
-    stalled = asyncio.create_task(
-        _worker(pool, slow, linter, ct, pki_config, "slow", lease=lease).run_once()
-    )
+    lease = timedelta(seconds=3)
+    worker = _worker(pool, slow, linter, ct, pki_config, "slow", lease=lease)
+    renewals = _Renewals(worker, monkeypatch)
+    stalled = asyncio.create_task(worker.run_once())
     try:
         await asyncio.wait_for(signer.entered.wait(), timeout=20)
-        await asyncio.sleep(3 * lease.total_seconds())  # three leases: renewed, not lapsed
+        # Three renewals, each a third of a lease after the last: the lease taken with the
+        # claim has lapsed, only the renewals keep the job.
+        await renewals.reached(3)
         job = await job_of(pool, order_id)
         assert job["status"] == "running" and job["locked_by"] == "slow"
         assert job["locked_until"] > datetime.now(UTC)
@@ -144,33 +177,46 @@ async def test_lease_is_renewed_while_a_slow_signer_holds_the_job(
 
 
 async def test_lease_is_renewed_while_the_ct_logs_are_slow(
-    pool: asyncpg.Pool, pki_config: Config, issuers: IssuerSet, linter: CertificateLinter
+    pool: asyncpg.Pool,
+    pki_config: Config,
+    issuers: IssuerSet,
+    linter: CertificateLinter,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Every CT log answers after 3 s (within the CT timeout), ten leases of 0.3 s: the job
-    stays held by its worker, renewed, and another worker finds nothing to take; the job
-    then finishes once, with its SCTs."""
+    """Every CT log answers after 6 s (within the CT timeout), leases of 2 s: while the
+    submissions are held the lease is renewed, the job stays its worker's past its first
+    lease and another worker finds nothing to take; the job then finishes once, with its
+    SCTs."""
+    # Three times what the renewals waited for below take (2 s, a lease): the SCTs cannot
+    # come back before the check, even on a loaded machine.
+    delay = 6.0
     async with TestCtLogs(ct_log_specs(), accepted_roots(pki_config)) as logs:
         slow_ct = CertificateTransparency(
-            StaticLogList(parse_log_list(logs.log_list())), SystemClock(), replace(FAST, timeout=6)
+            StaticLogList(parse_log_list(logs.log_list())),
+            SystemClock(),
+            replace(FAST, timeout=delay + 9),
         )
         order_id = await _queue(pool, pki_config, 40)
-        lease = timedelta(seconds=0.3)
+        lease = timedelta(seconds=2)
         for ct_log in logs.logs:
-            ct_log.faults.delay = 3.0
-        waiting = asyncio.create_task(
-            _worker(pool, issuers, linter, slow_ct, pki_config, "ct-slow", lease=lease).run_once()
-        )
+            ct_log.faults.delay = delay
+        worker = _worker(pool, issuers, linter, slow_ct, pki_config, "ct-slow", lease=lease)
+        renewals = _Renewals(worker, monkeypatch)
+        waiting = asyncio.create_task(worker.run_once())
         try:
             async with asyncio.timeout(20):
                 while not sum(x.requests["add-pre-chain"] for x in logs.logs):
                     await asyncio.sleep(0.02)
-            await asyncio.sleep(3 * lease.total_seconds())  # three leases: renewed, not lapsed
+            # Two renewals while the logs hold the submissions, and three in all: the lease
+            # taken with the claim has lapsed, only the renewals keep the job.
+            await renewals.reached(max(3, renewals.count + 2))
             job = await job_of(pool, order_id)
             assert job["status"] == "running" and job["locked_by"] == "ct-slow", dict(job)
+            assert job["step"] == "precert_signed", "the SCTs came back before the check"
             assert job["locked_until"] > datetime.now(UTC)
             other = _worker(pool, issuers, linter, slow_ct, pki_config, "other", lease=lease)
             assert not await other.run_once(), "a renewed lease must not be taken over"
-            assert await asyncio.wait_for(waiting, timeout=30)
+            assert await asyncio.wait_for(waiting, timeout=60)
         finally:
             logs.clear_faults()
             await slow_ct.aclose()

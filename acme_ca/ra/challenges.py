@@ -325,8 +325,12 @@ class ChallengeAuthority:
         if authz is None or authz.account_id != account.id:
             raise AcmeError(problems.not_found("no such authorization"))
         if not await self._orders.deactivate_authorization(authz_id, self._clock.now()):
+            # Refused by the conditional update: name the status as stored now, which a
+            # request racing this one may have changed since the read above.
+            now = await self._orders.get_authorization(authz_id)
+            status = (now or authz).status
             raise AcmeError(
-                problems.malformed(f"an authorization that is {authz.status} cannot be deactivated")
+                problems.malformed(f"an authorization that is {status} cannot be deactivated")
             )
         log.info("authz.deactivated", authz_id=authz_id, account_id=account.id)
         updated = await self._orders.get_authorization(authz_id)

@@ -73,9 +73,8 @@ from acme_ca.va.registry import METHODS
 CHECK_PATH: Final = "/acme-ca/mpic/v1/check"
 """The one endpoint of a remote VA."""
 NOT_AWAITED: Final = "not awaited: the outcome was already decided"
-"""Once the outcome is decided, replies already on their way get this long to arrive (so the
-record is as complete as promptness allows: five prompt remotes read "5/5", not "4/5");
-then the remotes still pending are cancelled."""
+"""The result of a remote cancelled once the outcome was decided and its grace
+(:attr:`MpicSetup.grace_seconds`) had passed."""
 CORROBORATED: Final = "corroborated"
 
 Kind = Literal["dcv", "caa"]

@@ -126,7 +126,9 @@ class MpicSetup:
     client_key: Path | None = None
     server_ca: Path | None = None
     timeout_seconds: float = 10.0
-    #: Once decided, how long the remotes still out may answer (``mpic_grace_milliseconds``).
+    #: Once decided, how long replies already on their way may still arrive, so the record
+    #: is as complete as promptness allows (five prompt remotes read "5/5", not "4/5"):
+    #: ``mpic_grace_milliseconds``.
     grace_seconds: float = 0.25
     primary: PrimarySite | None = None
     skip_reason: str | None = None

@@ -12,8 +12,12 @@ The start-up time is measured and printed (the target is 1.5 s; Pebble's own sta
 
 from __future__ import annotations
 
+import contextlib
+import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,6 +33,59 @@ TARGET_SECONDS = 1.5
 def processes(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[CaProcesses]:
     with QuietProcesses(tmp_path / "logs", request.session) as procs:
         yield procs
+
+
+#: How long a run may take to make the next run's spare hierarchy.
+SPARE_WITHIN = 120.0
+
+
+def _spare_made(ca: RunningTestCa, home: Path) -> dict[str, Any]:
+    """The run's ``testmode.ephemeral_spare_made`` event. serve starts the spare's builder at
+    SCHED_IDLE, so that it never takes CPU from requests; on a saturated runner that starves
+    it (a run with six CPU burners beside the suite waited 120 s in vain), so the test puts
+    this home's builder back at normal priority as soon as it appears: what it builds and
+    when serve waits for it are unchanged."""
+    deadline = time.monotonic() + SPARE_WITHIN
+    lifted: set[int] = set()
+    while not (made := ca.proc.events("testmode.ephemeral_spare_made")):
+        assert ca.proc.alive(), ca.proc.tails()
+        assert time.monotonic() < deadline, f"no spare within {SPARE_WITHIN:g} s"
+        for pid in _builders_of(home):
+            # Every pass: the builder lowers itself once its imports are done, after it
+            # appeared here; each of its threads has its own policy.
+            for task in _threads(pid):
+                with contextlib.suppress(OSError):  # gone already
+                    if os.sched_getscheduler(task) != os.SCHED_OTHER:
+                        os.sched_setscheduler(task, os.SCHED_OTHER, os.sched_param(0))
+                        lifted.add(pid)
+                    if os.getpriority(os.PRIO_PROCESS, task) != 0:
+                        os.setpriority(os.PRIO_PROCESS, task, 0)
+                        lifted.add(pid)
+        time.sleep(0.05)
+    print(f"spare made; builders put back at normal priority: {sorted(lifted)}")
+    return made[0]
+
+
+def _threads(pid: int) -> list[int]:
+    try:
+        return [int(t.name) for t in Path(f"/proc/{pid}/task").iterdir()]
+    except OSError:
+        return []
+
+
+def _builders_of(home: Path) -> Iterator[int]:
+    """The pids of the spare builders working for ``home`` (their command line names it)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"acme_ca.testsrv.ephemeral_spare" in argv and any(
+            Path(os.fsdecode(arg)).resolve() == home.resolve() for arg in argv[-2:] if arg
+        ):
+            yield int(entry.name)
 
 
 def _run(
@@ -57,7 +114,7 @@ def test_ephemeral_home_new_each_start_and_removed_at_exit(
         assert not (home / "pki").exists(), "no hierarchy is kept in ACME_CA_HOME"
         # Once ready, the run makes the next run's hierarchy; waited for here so that a slow
         # machine still shows the next start taking it (a stop would wait for it, bounded).
-        assert ca.proc.wait_event("testmode.ephemeral_spare_made", timeout=120)["made"]
+        assert _spare_made(ca, home)["made"]
         ca.stop()
         assert not throwaway.exists(), "the throwaway home is removed at exit"
         assert ca.proc.events("testmode.ephemeral_home_removed")

@@ -24,6 +24,7 @@ from acme_ca.db.pool import create_pool
 from acme_ca.embedded_pg import EmbeddedPostgres
 from acme_ca.log import configure_logging
 from acme_ca.main.app import create_app
+from tests.support.shared_clusters import clusters_linked_from, remove_cluster
 
 TEMPLATE_DB = "acme_ca_template"
 
@@ -104,6 +105,15 @@ async def pool(dsn: str) -> AsyncIterator[asyncpg.Pool]:
 @pytest.fixture(autouse=True, scope="session")
 def _logging() -> None:
     configure_logging("json", "debug")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _shared_clusters_removed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """At the end of the session, the clusters its CA homes left in /var/lib/acme-ca
+    (:mod:`tests.support.shared_clusters`)."""
+    yield
+    for cluster in set(clusters_linked_from(tmp_path_factory.getbasetemp())):
+        remove_cluster(cluster)
 
 
 def free_socket() -> socket.socket:

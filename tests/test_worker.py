@@ -29,10 +29,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from acme_ca.ca.ct.loglist import StaticLogList, parse_log_list
 from acme_ca.ca.ct.sct import remove_poison
 from acme_ca.ca.ct.submit import CertificateTransparency
-from acme_ca.ca.issuance_profiles import profile_settings_factory
 from acme_ca.ca.issuers import IssuerSet, load_issuers
 from acme_ca.ca.lint import CertificateLinter
-from acme_ca.ca.settings import IssuanceSettings, IssuerSettings
+from acme_ca.ca.settings import IssuerSettings
 from acme_ca.ca.worker import DEFAULT_LEASE, SigningWorker
 from acme_ca.clock import SystemClock
 from acme_ca.config import Config
@@ -681,16 +680,15 @@ async def test_notify_during_the_last_empty_claim_is_not_lost(
     """The wake-up flag is cleared before the queue is drained, not after: a NOTIFY that
     lands while the claim that found the queue empty is in flight still wakes the worker."""
     jobs = EnqueueDuringFirstEmptyClaim(pool, lambda: queue_order(pool, pki_config, names_for(1)))
-    worker = SigningWorker(
-        jobs,
+    worker = signing_worker(
+        pool,
         issuers,
         linter,
-        SystemClock(),
-        ct=ct,
-        profile_for=profile_settings_factory(IssuanceSettings.from_config(pki_config)),
+        ct,
+        pki_config,
+        jobs=jobs,
         poll_seconds=30.0,
         worker_id="racy",
-        production=False,
     )
     async with running(worker):
         start = time.monotonic()
@@ -742,16 +740,15 @@ async def test_poll_finds_a_job_whose_notify_was_missed(
     """The listener connection is gone (as after a network blip): the enqueue's NOTIFY
     reaches nobody, and the worker must still find the job by polling."""
     jobs = DeafOnceLost(pool)
-    worker = SigningWorker(
-        jobs,
+    worker = signing_worker(
+        pool,
         issuers,
         linter,
-        SystemClock(),
-        ct=ct,
-        profile_for=profile_settings_factory(IssuanceSettings.from_config(pki_config)),
+        ct,
+        pki_config,
+        jobs=jobs,
         poll_seconds=1.0,
         worker_id="poller",
-        production=False,
     )
     async with running(worker) as task:
         await wait_for(lambda: _first_listen_done(jobs), 10, "the worker's LISTEN")
@@ -1067,18 +1064,17 @@ async def test_each_notified_job_is_claimed_without_an_empty_claim(
     issuance); the start-up pass still claims until the queue is empty, and a job queued
     while two others run is still claimed at once."""
     jobs = CountedClaims(pool)
-    worker = SigningWorker(
-        jobs,
+    worker = signing_worker(
+        pool,
         issuers,
         linter,
-        SystemClock(),
-        ct=ct,
-        profile_for=profile_settings_factory(IssuanceSettings.from_config(pki_config)),
+        ct,
+        pki_config,
+        jobs=jobs,
         # No poll in the test's time (a poll makes the next pass claim until the queue is
         # empty: one more empty claim), however long a loaded machine makes it take.
         poll_seconds=3600.0,
         worker_id="counted",
-        production=False,
         concurrency=8,
     )
     async with running(worker):

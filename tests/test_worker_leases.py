@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
+from typing import Any
 
 import asyncpg
 import pytest
@@ -75,7 +76,7 @@ def _worker(
     ct: CertificateTransparency,
     config: Config,
     worker_id: str,
-    **kwargs: object,
+    **kwargs: Any,
 ) -> SigningWorker:
     return signing_worker(pool, issuers, linter, ct, config, worker_id=worker_id, **kwargs)
 
@@ -106,24 +107,24 @@ class TokenGone(WrappedSigner):
         return await super().sign(data, hash)
 
 
-class _Renewals:
-    """Counts the lease renewals of ``worker`` that held (the job was still its own), through
-    its repository's ``renew_lease``; :meth:`reached` waits for the n-th.  A test waits on
-    renewals, not on wall-clock time: a loaded machine delays them, never skips them."""
+class _Renewals(IssuanceRepository):
+    """The real repository, counting the lease renewals that held (the job was still the
+    worker's); :meth:`reached` waits for the n-th.  A test waits on renewals, not on
+    wall-clock time: a loaded machine delays them, never skips them."""
 
-    def __init__(self, worker: SigningWorker, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        super().__init__(pool)
         self.count = 0
         self._held = asyncio.Event()
-        renew = worker._jobs.renew_lease
 
-        async def counted(job_id: int, worker_id: str, *, now: datetime, lease: timedelta) -> bool:
-            held = await renew(job_id, worker_id, now=now, lease=lease)
-            if held:
-                self.count += 1
-                self._held.set()
-            return held
-
-        monkeypatch.setattr(worker._jobs, "renew_lease", counted)
+    async def renew_lease(
+        self, job_id: int, worker_id: str, *, now: datetime, lease: timedelta
+    ) -> bool:
+        held = await super().renew_lease(job_id, worker_id, now=now, lease=lease)
+        if held:
+            self.count += 1
+            self._held.set()
+        return held
 
     async def reached(self, n: int, *, timeout: float = 30) -> None:
         """Until ``n`` renewals have held (a generous deadline: they come every third of a
@@ -146,7 +147,6 @@ async def test_lease_is_renewed_while_a_slow_signer_holds_the_job(
     issuers: IssuerSet,
     linter: CertificateLinter,
     ct: CertificateTransparency,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The signer stalls until released: the job's lease is renewed every third of it, so
     past its first lease the job is still its worker's and another worker finds nothing."""
@@ -155,8 +155,8 @@ async def test_lease_is_renewed_while_a_slow_signer_holds_the_job(
     signer = signers[pki_config.ecdsa_issuer]
     signer.gate = asyncio.Event()
     lease = timedelta(seconds=3)
-    worker = _worker(pool, slow, linter, ct, pki_config, "slow", lease=lease)
-    renewals = _Renewals(worker, monkeypatch)
+    renewals = _Renewals(pool)
+    worker = _worker(pool, slow, linter, ct, pki_config, "slow", lease=lease, jobs=renewals)
     stalled = asyncio.create_task(worker.run_once())
     try:
         await asyncio.wait_for(signer.entered.wait(), timeout=20)
@@ -181,7 +181,6 @@ async def test_lease_is_renewed_while_the_ct_logs_are_slow(
     pki_config: Config,
     issuers: IssuerSet,
     linter: CertificateLinter,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Every CT log answers after 6 s (within the CT timeout), leases of 2 s: while the
     submissions are held the lease is renewed, the job stays its worker's past its first
@@ -200,8 +199,10 @@ async def test_lease_is_renewed_while_the_ct_logs_are_slow(
         lease = timedelta(seconds=2)
         for ct_log in logs.logs:
             ct_log.faults.delay = delay
-        worker = _worker(pool, issuers, linter, slow_ct, pki_config, "ct-slow", lease=lease)
-        renewals = _Renewals(worker, monkeypatch)
+        renewals = _Renewals(pool)
+        worker = _worker(
+            pool, issuers, linter, slow_ct, pki_config, "ct-slow", lease=lease, jobs=renewals
+        )
         waiting = asyncio.create_task(worker.run_once())
         try:
             async with asyncio.timeout(20):

@@ -294,12 +294,15 @@ def signing_worker(
     linter: CertificateLinter,
     ct: CertificateTransparency,
     config: Config,
+    *,
+    jobs: IssuanceRepository | None = None,
     **options: Any,
 ) -> SigningWorker:
     """The signing worker as main/worker wires it, for a development hierarchy (no remote
-    perspectives needed); ``options`` are SigningWorker's (worker_id, lease, ...)."""
+    perspectives needed); ``jobs``: a repository of the test's own (counting, failing...)
+    instead of the plain one; ``options`` are SigningWorker's (worker_id, lease, ...)."""
     return SigningWorker(
-        IssuanceRepository(pool),
+        jobs if jobs is not None else IssuanceRepository(pool),
         issuers,
         linter,
         SystemClock(),
